@@ -1,0 +1,116 @@
+"""Tiny benchmark harness: side-by-side timings, ratios, and memory-bandwidth fractions.
+
+Every bench_*.py module defines ``run(quick: bool) -> None`` and uses :func:`timeit` and
+:class:`Table`. ``python benchmarks/run.py`` runs them all; ``--quick`` shrinks every problem
+so the whole suite runs in seconds (CI uses it as a smoke test, so benchmarks cannot rot).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+QUICK = os.environ.get("WP_BENCH_QUICK", "") not in ("", "0")
+
+
+def settle(seconds: float = 0.25) -> None:
+    """Let other libraries' spinning BLAS threads go idle before the next timing.
+
+    SciPy's and NumPy's OpenBLAS pools keep spinning for 0.1-0.2 s after a call and take the
+    second core from whatever runs next; sleeping first makes every contestant start equal.
+    """
+    if not QUICK:
+        time.sleep(seconds)
+
+
+def timeit(fn: Callable[[], Any], *, repeat: int = 7, min_time: float = 0.2,
+           warmup: int = 1) -> tuple[float, Any]:
+    """Median seconds per call of fn() and its last result.
+
+    Runs `warmup` untimed calls, then `repeat` timed samples; each sample loops fn until it
+    lasts at least `min_time`/`repeat` seconds (so microsecond kernels are measured too).
+    """
+    result = None
+    if QUICK:
+        t0 = time.perf_counter()
+        result = fn()
+        return time.perf_counter() - t0, result
+    for _ in range(warmup):
+        result = fn()
+    settle()
+    samples = []
+    per = min_time / repeat
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            n = 0
+            t0 = time.perf_counter()
+            while True:
+                result = fn()
+                n += 1
+                el = time.perf_counter() - t0
+                if el >= per:
+                    break
+            samples.append(el / n)
+    finally:
+        if gc_was:
+            gc.enable()
+    return statistics.median(samples), result
+
+
+_BW: float | None = None
+
+
+def memory_bandwidth() -> float:
+    """Measured memory bandwidth in bytes/s: the best of several 256 MiB array copies
+    (one read + one write stream)."""
+    global _BW
+    if _BW is None:
+        n = (8 << 20) if QUICK else (32 << 20)
+        a = np.ones(n)
+        b = np.empty_like(a)
+        best = float("inf")
+        for _ in range(2 if QUICK else 5):
+            t0 = time.perf_counter()
+            np.copyto(b, a)
+            best = min(best, time.perf_counter() - t0)
+        _BW = 2 * a.nbytes / best
+    return _BW
+
+
+class Table:
+    """Rows of results printed as an aligned text table."""
+
+    def __init__(self, title: str, columns: list[str]):
+        self.title, self.columns, self.rows = title, columns, []
+
+    def add(self, *values: Any) -> None:
+        self.rows.append([_fmt(v) for v in values])
+
+    def print(self) -> None:
+        widths = [max(len(c), *(len(r[i]) for r in self.rows)) if self.rows else len(c)
+                  for i, c in enumerate(self.columns)]
+        print(f"\n## {self.title}" + ("  [quick mode: timings meaningless]" if QUICK else ""))
+        print("  ".join(c.ljust(w) for c, w in zip(self.columns, widths)))
+        print("  ".join("-" * w for w in widths))
+        for r in self.rows:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v == 0 or 1e-3 <= abs(v) < 1e5:
+            return f"{v:.4g}"
+        return f"{v:.3e}"
+    return str(v)
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1e3

@@ -1,0 +1,37 @@
+"""Run every benchmark: ``python benchmarks/run.py [--quick] [names...]``.
+
+Names select modules (``sparse``, ``svd``, ``recovery``, ...); default: all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pathlib
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="tiny problems, one call each (smoke test)")
+    ap.add_argument("names", nargs="*", help="benchmark modules to run (default: all)")
+    args = ap.parse_args()
+    if args.quick:
+        os.environ["WP_BENCH_QUICK"] = "1"
+    sys.path.insert(0, str(HERE))
+    names = args.names or sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+    import weightpress as wp
+    from _harness import memory_bandwidth
+    print(f"weightpress {wp.__version__}, openmp={wp.has_openmp}, threads={wp.get_num_threads()}, "
+          f"memory bandwidth {memory_bandwidth() / 1e9:.1f} GB/s")
+    for name in names:
+        mod = importlib.import_module(f"bench_{name}")
+        mod.run(quick=args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

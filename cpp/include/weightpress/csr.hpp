@@ -1,0 +1,35 @@
+// CSR sparse products. Indices may be unsorted and duplicated (duplicates are summed).
+// Every output element is computed by one thread in a fixed order: results do not depend
+// on n_threads.
+#pragma once
+#include <cstdint>
+
+namespace wp {
+
+// O(rows) structural checks of indptr; throws ShapeError naming the problem.
+template <class I>
+void csr_check_indptr(std::int64_t rows, const I* indptr, std::int64_t nnz);
+
+// Full O(nnz) check: indptr as above and 0 <= indices < cols. Throws ShapeError.
+template <class I>
+void csr_check(std::int64_t rows, std::int64_t cols, const I* indptr, const I* indices,
+               std::int64_t nnz, int n_threads);
+
+// Y(rows×k) = A X with X (cols×k) row-major, leading dimension ldx (>= k); Y row-major, ldy.
+// Column indices are range-checked on the fly (free: they are read anyway); returns the
+// position of the first out-of-range index in `indices`, or -1 if all were in range (then Y
+// is complete; otherwise Y is unspecified). indptr must have passed csr_check_indptr.
+template <class T, class I>
+std::int64_t csr_matmat(std::int64_t rows, std::int64_t cols, const I* indptr, const I* indices,
+                        const T* data, std::int64_t k, const T* x, std::int64_t ldx, T* y,
+                        std::int64_t ldy, int n_threads);
+
+// Y(cols×k) = Aᵀ X with X (rows×k), without forming Aᵀ: rows are split into a number of
+// blocks that depends only on the problem size, each block scatters into its own buffer,
+// and the buffers are summed in block order. Same return convention as csr_matmat.
+template <class T, class I>
+std::int64_t csr_matmat_t(std::int64_t rows, std::int64_t cols, const I* indptr, const I* indices,
+                          const T* data, std::int64_t k, const T* x, std::int64_t ldx, T* y,
+                          std::int64_t ldy, int n_threads);
+
+}  // namespace wp

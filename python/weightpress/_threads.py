@@ -1,0 +1,93 @@
+"""Thread-count policy shared by every kernel.
+
+The count is resolved, in order, from the explicit ``n_threads`` argument, the innermost
+:func:`threads` context, :func:`set_num_threads`, and finally OpenMP's default (which honours
+``OMP_NUM_THREADS``) capped at the CPUs this process may use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import warnings
+from collections.abc import Iterator
+
+from . import _core
+
+_ctx: contextvars.ContextVar[int | None] = contextvars.ContextVar("weightpress_threads", default=None)
+_global: int | None = None
+_warned_serial = False
+
+
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _default() -> int:
+    return max(1, min(_core.omp_max_threads(), _usable_cpus()))
+
+
+def _check(n: object, name: str = "n_threads") -> int:
+    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+        raise TypeError(f"{name} must be an int or None, got {type(n).__name__}")
+    n = int(n)  # type: ignore[call-overload]
+    if n == 0:
+        raise ValueError(f"{name}=0 is invalid; use None for the default or -1 for all CPUs")
+    return n
+
+
+def _resolve(n_threads: int | None = None) -> int:
+    """The thread count a kernel should use for this call (always >= 1)."""
+    global _warned_serial
+    if n_threads is not None:
+        n = _check(n_threads)
+    else:
+        n = _ctx.get() or _global or _default()
+    if n < 0:
+        n = max(1, _usable_cpus() + 1 + n)
+    if not _core.has_openmp and n > 1:
+        if not _warned_serial:
+            _warned_serial = True
+            warnings.warn("weightpress was built without OpenMP; kernels run on one thread",
+                          RuntimeWarning, stacklevel=3)
+        return 1
+    return n
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the default number of threads for all kernels (``None`` restores the default).
+
+    Parameters
+    ----------
+    n : int or None
+        Positive count, ``-1`` for all usable CPUs (``-2`` all but one, ...), or ``None``.
+    """
+    global _global
+    _global = None if n is None else _check(n, "n")
+
+
+def get_num_threads() -> int:
+    """Return the number of threads kernels use when no ``n_threads`` is given."""
+    return _resolve(None)
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[int]:
+    """Context manager: kernels called inside use ``n`` threads (per Python thread/task).
+
+    Examples
+    --------
+    >>> import weightpress as wp
+    >>> with wp.threads(1):
+    ...     wp.get_num_threads()
+    1
+    """
+    token = _ctx.set(_check(n, "n"))
+    try:
+        yield _resolve(None)
+    finally:
+        _ctx.reset(token)

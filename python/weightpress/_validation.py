@@ -1,0 +1,90 @@
+"""Input coercion and checks shared by the public functions (one place, one wording)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_dtype(*dtypes: Any, name: str = "x") -> np.dtype:
+    """The float32/float64 dtype a computation on these inputs runs in.
+
+    float32 stays float32, float64 stays float64, mixed gives float64; integers and bools give
+    float64; float16 gives float32; complex and anything else raise TypeError.
+    """
+    dts = [np.dtype(d) for d in dtypes]
+    for d in dts:
+        if d.kind not in "fiub":
+            raise TypeError(f"{name}: expected a real numeric array, got dtype {d}")
+    if all(d.kind == "f" and d.itemsize <= 4 for d in dts):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def as_float_array(x: Any, name: str, dtype: np.dtype | None = None) -> np.ndarray:
+    """x as an ndarray of a float dtype (no copy when it already is one)."""
+    if sp.issparse(x):
+        raise TypeError(f"{name}: expected a dense array, got a sparse matrix")
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise TypeError(f"{name}: expected a numeric array, got dtype object")
+    dt = float_dtype(arr.dtype, name=name) if dtype is None else dtype
+    return arr.astype(dt, copy=False)
+
+
+def check_finite(x: np.ndarray, name: str) -> None:
+    if x.size and not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def real_scalar(v: Any, name: str, *, low: float | None = None, low_open: bool = False,
+                high: float | None = None, high_open: bool = False) -> float:
+    """A finite real number within the given bounds, or ValueError/TypeError naming `name`."""
+    if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.number)) or isinstance(v, np.complexfloating):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
+    f = float(v)
+    if not np.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {f}")
+    if low is not None and (f < low or (low_open and f == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {f}")
+    if high is not None and (f > high or (high_open and f == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {f}")
+    return f
+
+
+def positive_int(v: Any, name: str, *, low: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
+    i = int(v)
+    if i < low:
+        raise ValueError(f"{name} must be >= {low}, got {i}")
+    return i
+
+
+def as_csr(A: Any, name: str = "A") -> sp.csr_array | sp.csr_matrix:
+    """A SciPy CSR matrix/array as given, or TypeError. Data dtype is not changed here."""
+    if not (sp.issparse(A) and A.format == "csr"):
+        raise TypeError(f"{name}: expected a scipy.sparse CSR matrix or array, got {type(A).__name__}"
+                        + (f" in {A.format} format (convert with .tocsr())" if sp.issparse(A) else ""))
+    if A.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D sparse array, got {A.ndim}-D")
+    return A
+
+
+def csr_parts(A: Any, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data, indices, indptr) as C-contiguous arrays with a common int32/int64 index type."""
+    idx_t = np.int64 if (A.indptr.dtype == np.int64 or A.indices.dtype == np.int64) else np.int32
+    for arr, nm in ((A.indptr, "indptr"), (A.indices, "indices")):
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"A.{nm}: expected an integer array, got {arr.dtype}")
+    indptr = np.ascontiguousarray(A.indptr, dtype=idx_t)
+    indices = np.ascontiguousarray(A.indices, dtype=idx_t)
+    data = np.ascontiguousarray(A.data, dtype=dtype)
+    if indptr.ndim != 1 or indices.ndim != 1 or data.ndim != 1:
+        raise ValueError("malformed CSR: indptr, indices and data must be 1-D")
+    return data, indices, indptr

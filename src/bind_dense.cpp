@@ -1,0 +1,78 @@
+// Dense elementwise kernels and the BLAS table's test hooks.
+#include "bind_common.hpp"
+#include "weightpress/blas.hpp"
+#include "weightpress/threshold.hpp"
+
+namespace wpb {
+namespace {
+
+// kind: 0 = soft, 1 = hard. x and out are flat, same dtype and size; out may be x.
+void threshold(py::array x_, double level, py::array out_, int kind, int n_threads) {
+  check_threads(n_threads);
+  dispatch_real(x_.dtype(), [&](auto t) {
+    using T = typename decltype(t)::type;
+    auto x = strict<T>(x_, "x");
+    auto out = strict_out<T>(out_, "out");
+    if (x.size() != out.size())
+      throw wp::ShapeError("threshold: out has " + std::to_string(out.size()) +
+                           " elements, x has " + std::to_string(x.size()));
+    const T* xp = x.data();
+    T* op = out.mutable_data();
+    const auto n = static_cast<std::int64_t>(x.size());
+    py::gil_scoped_release nogil;
+    if (kind == 0) wp::soft_threshold<T>(n, xp, static_cast<T>(level), op, n_threads);
+    else wp::hard_threshold<T>(n, xp, static_cast<T>(level), op, n_threads);
+  });
+}
+
+// Row-major C = A @ B through the BLAS table (the table's test hook and a building block).
+py::array blas_gemm(py::array a_, py::array b_) {
+  return dispatch_real(a_.dtype(), [&](auto t) -> py::array {
+    using T = typename decltype(t)::type;
+    auto a = strict<T>(a_, "a");
+    auto b = strict<T>(b_, "b");
+    if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(0))
+      throw wp::ShapeError("blas_gemm: expected a (m, k) and b (k, n)");
+    const auto m = wp::blas::to_int(a.shape(0)), k = wp::blas::to_int(a.shape(1)),
+               n = wp::blas::to_int(b.shape(1));
+    carr<T> c({a.shape(0), b.shape(1)});
+    const T *ap = a.data(), *bp = b.data();
+    T* cp = c.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      if (k == 0)
+        std::fill(cp, cp + static_cast<std::int64_t>(m) * n, T(0));
+      else
+        wp::blas::gemm_rm<T>(false, false, m, n, k, T(1), ap, std::max(k, 1), bp, std::max(n, 1),
+                             T(0), cp, std::max(n, 1));
+    }
+    return c;
+  });
+}
+
+py::dict blas_selftest(const std::string& prefix) {
+  wp::blas::SelfTestRow rows[32];
+  int n;
+  {
+    py::gil_scoped_release nogil;
+    n = (prefix == "s") ? wp::blas::selftest<float>(rows, 32) : wp::blas::selftest<double>(rows, 32);
+  }
+  py::dict d;
+  for (int i = 0; i < n; ++i) d[py::str(rows[i].name)] = rows[i].residual;
+  return d;
+}
+
+}  // namespace
+
+void bind_dense(py::module_& m) {
+  m.def("threshold", &threshold, "Soft (kind=0) or hard (kind=1) thresholding, flat arrays.",
+        "x"_a.noconvert(), "level"_a, "out"_a.noconvert(), "kind"_a, "n_threads"_a);
+  m.def("blas_gemm", &blas_gemm, "Row-major a @ b through SciPy's BLAS table.", "a"_a.noconvert(),
+        "b"_a.noconvert());
+  m.def("blas_selftest", &blas_selftest,
+        "Run each BLAS/LAPACK routine of the table ('s' or 'd') on a fixed problem; "
+        "returns name -> relative residual.",
+        "prefix"_a);
+}
+
+}  // namespace wpb

@@ -1,0 +1,142 @@
+// CSR products, CSR checks and magnitude pruning to CSR.
+#include "bind_common.hpp"
+#include "weightpress/csr.hpp"
+#include "weightpress/prune.hpp"
+
+namespace wpb {
+namespace {
+
+template <class I>
+void check_csr_o1(const carr<I>& indptr, std::int64_t nnz_idx, std::int64_t nnz_data,
+                  std::int64_t rows) {
+  if (indptr.ndim() != 1 || indptr.shape(0) != rows + 1)
+    throw wp::ShapeError("malformed CSR: indptr has length " + std::to_string(indptr.size()) +
+                         ", expected n_rows + 1 = " + std::to_string(rows + 1));
+  if (nnz_idx != nnz_data)
+    throw wp::ShapeError("malformed CSR: indices has length " + std::to_string(nnz_idx) +
+                         " but data has length " + std::to_string(nnz_data));
+}
+
+void csr_check(py::array ip_, py::array ix_, std::int64_t rows, std::int64_t cols, int n_threads) {
+  check_threads(n_threads);
+  dispatch_index(ip_.dtype(), [&](auto u) {
+    using I = typename decltype(u)::type;
+    auto indptr = strict<I>(ip_, "indptr");
+    auto indices = strict<I>(ix_, "indices");
+    check_csr_o1<I>(indptr, indices.size(), indices.size(), rows);
+    const I *p = indptr.data(), *j = indices.data();
+    const auto nnz = static_cast<std::int64_t>(indices.size());
+    py::gil_scoped_release nogil;
+    wp::csr_check<I>(rows, cols, p, j, nnz, n_threads);
+  });
+}
+
+// out = A @ x (transpose=false) or Aᵀ @ x. x and out are C-contiguous 2-D (n, k) arrays of
+// A's dtype (1-D products come in as k = 1 views).
+void csr_matmat(py::array ip_, py::array ix_, py::array dt_, std::int64_t rows, std::int64_t cols,
+                py::array x_, py::array out_, bool transpose, int n_threads) {
+  check_threads(n_threads);
+  dispatch_real(dt_.dtype(), [&](auto t) {
+    using T = typename decltype(t)::type;
+    dispatch_index(ip_.dtype(), [&](auto u) {
+      using I = typename decltype(u)::type;
+      auto indptr = strict<I>(ip_, "indptr");
+      auto indices = strict<I>(ix_, "indices");
+      auto data = strict<T>(dt_, "data");
+      auto x = strict<T>(x_, "x");
+      auto out = strict_out<T>(out_, "out");
+      check_csr_o1<I>(indptr, indices.size(), data.size(), rows);
+      const std::int64_t xr = transpose ? rows : cols, yr = transpose ? cols : rows;
+      if (x.ndim() != 2 || x.shape(0) != xr)
+        throw wp::ShapeError("csr_matmul: X has " + std::to_string(x.ndim() ? x.shape(0) : 0) +
+                             " rows, expected " + std::to_string(xr));
+      const std::int64_t k = x.shape(1);
+      if (out.ndim() != 2 || out.shape(0) != yr || out.shape(1) != k)
+        throw wp::ShapeError("csr_matmul: out has the wrong shape");
+      const I *p = indptr.data(), *j = indices.data();
+      const T *v = data.data(), *xp = x.data();
+      T* yp = out.mutable_data();
+      std::int64_t bad;
+      {
+        py::gil_scoped_release nogil;
+        wp::csr_check_indptr<I>(rows, p, static_cast<std::int64_t>(indices.size()));
+        bad = transpose ? wp::csr_matmat_t<T, I>(rows, cols, p, j, v, k, xp, k, yp, k, n_threads)
+                        : wp::csr_matmat<T, I>(rows, cols, p, j, v, k, xp, k, yp, k, n_threads);
+      }
+      if (bad >= 0)
+        throw wp::ShapeError("malformed CSR: column index " + std::to_string(j[bad]) +
+                             " at position " + std::to_string(bad) + " is out of range for " +
+                             std::to_string(cols) + " columns");
+    });
+  });
+}
+
+// Magnitude pruning: W is any strided 2-D float array. mode: "threshold", "keep", "nm".
+// Returns (data, indices, indptr) with int32 indices when they fit, else int64.
+py::tuple prune(py::array w_, const std::string& mode, double threshold, std::int64_t keep, int n,
+                int m, int n_threads) {
+  check_threads(n_threads);
+  return dispatch_real(w_.dtype(), [&](auto t) -> py::tuple {
+    using T = typename decltype(t)::type;
+    if (w_.ndim() != 2) throw wp::ShapeError("prune: W must be 2-D");
+    const auto isz = static_cast<py::ssize_t>(sizeof(T));
+    if (w_.strides(0) % isz != 0 || w_.strides(1) % isz != 0)
+      throw py::type_error("prune: W strides must be multiples of the item size");
+    const std::int64_t rows = w_.shape(0), cols = w_.shape(1);
+    const std::int64_t rs = w_.strides(0) / isz, cs = w_.strides(1) / isz;
+    const T* w = static_cast<const T*>(w_.data());
+    wp::PruneSpec spec;
+    if (mode == "threshold") {
+      spec.mode = wp::PruneSpec::kThreshold;
+      spec.threshold = threshold;
+    } else if (mode == "keep") {
+      spec.mode = wp::PruneSpec::kKeepCount;
+      spec.keep = keep;
+    } else if (mode == "nm") {
+      spec.mode = wp::PruneSpec::kNofM;
+      spec.n = n;
+      spec.m = m;
+    } else {
+      throw py::value_error("prune: unknown mode " + mode);
+    }
+    wp::PruneState state;
+    py::array_t<std::int64_t> indptr64(rows + 1);
+    std::int64_t* ip = indptr64.mutable_data();
+    std::int64_t nnz;
+    {
+      py::gil_scoped_release nogil;
+      nnz = wp::prune_count<T>(rows, cols, w, rs, cs, spec, state, ip, n_threads);
+    }
+    py::array_t<T> data(nnz);
+    auto fill = [&](auto* indices, const std::int64_t* indptr) {
+      using I = std::remove_pointer_t<decltype(indices)>;
+      T* dp = data.mutable_data();
+      py::gil_scoped_release nogil;
+      wp::prune_fill<T, I>(rows, cols, w, rs, cs, state, indptr, indices, dp, n_threads);
+    };
+    if (nnz <= INT32_MAX && cols <= INT32_MAX) {
+      py::array_t<std::int32_t> indptr32(rows + 1), indices(nnz);
+      std::int32_t* p32 = indptr32.mutable_data();
+      for (std::int64_t i = 0; i <= rows; ++i) p32[i] = static_cast<std::int32_t>(ip[i]);
+      fill(indices.mutable_data(), ip);
+      return py::make_tuple(data, indices, indptr32);
+    }
+    py::array_t<std::int64_t> indices(nnz);
+    fill(indices.mutable_data(), ip);
+    return py::make_tuple(data, indices, indptr64);
+  });
+}
+
+}  // namespace
+
+void bind_sparse(py::module_& m) {
+  m.def("csr_check", &csr_check, "Full O(nnz) CSR structure check; raises ValueError.",
+        "indptr"_a.noconvert(), "indices"_a.noconvert(), "n_rows"_a, "n_cols"_a, "n_threads"_a);
+  m.def("csr_matmat", &csr_matmat, "out = A @ x or A.T @ x for CSR A and C-contiguous 2-D x.",
+        "indptr"_a.noconvert(), "indices"_a.noconvert(), "data"_a.noconvert(), "n_rows"_a,
+        "n_cols"_a, "x"_a.noconvert(), "out"_a.noconvert(), "transpose"_a, "n_threads"_a);
+  m.def("prune", &prune, "Magnitude pruning of a strided 2-D array to CSR (data, indices, indptr).",
+        "w"_a.noconvert(), "mode"_a, "threshold"_a, "keep"_a, "n"_a, "m"_a, "n_threads"_a);
+}
+
+}  // namespace wpb

@@ -1,0 +1,17 @@
+#include "bind_common.hpp"
+#include "weightpress/parallel.hpp"
+
+#ifndef WP_VERSION
+#define WP_VERSION "dev"
+#endif
+
+PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
+  m.doc() = "weightpress compiled engine (private; use the weightpress package)";
+  m.attr("__version__") = WP_VERSION;
+  m.attr("has_openmp") = wp::has_openmp;
+  m.def("omp_max_threads", &wp::omp_max_threads, "OpenMP's default thread count (OMP_NUM_THREADS).");
+  py::register_exception<wp::ShapeError>(m, "ShapeError", PyExc_ValueError);
+  wpb::load_blas(m);
+  wpb::bind_dense(m);
+  wpb::bind_sparse(m);
+}
