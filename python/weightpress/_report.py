@@ -1,0 +1,95 @@
+"""The per-layer table printed by ``weightpress compress`` and ``weightpress info``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Row:
+    """One tensor of a report."""
+
+    name: str
+    shape: tuple[int, ...]
+    form: str
+    params: int
+    nbytes: int
+    orig_bytes: int
+    error: float
+    reason: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.orig_bytes / self.nbytes if self.nbytes else float("inf")
+
+
+@dataclass
+class Report:
+    """Per-tensor rows plus file sizes; ``str(report)`` is the table ``weightpress info`` prints."""
+
+    rows: list[Row]
+    file_bytes: int = 0
+    source_bytes: int = 0
+
+    @property
+    def ratio(self) -> float:
+        return self.source_bytes / self.file_bytes if self.file_bytes else float("nan")
+
+    def table(self) -> str:
+        return format_table(self)
+
+    __str__ = table
+
+    @classmethod
+    def of_container(cls, c: Any) -> "Report":
+        """The report of an opened :class:`~weightpress.container.Container`."""
+        rows = [Row(n, tuple(e["shape"]), e["form"], e["params"], e["bytes"], e["orig_bytes"],
+                    e["error"], e.get("reason", "")) for n, e in c.entries.items()]
+        src = int(c.source.get("bytes") or sum(r.orig_bytes for r in rows))
+        return cls(rows, c.file_bytes, src)
+
+
+def human(n: float) -> str:
+    """Bytes as 12.3 KiB / 4.5 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def format_table(report: Any) -> str:
+    """Rows: name, shape, form, params, bytes, relative error, ratio, note; then totals.
+
+    The ``(header)`` row is the container's JSON metadata and index, so the bytes column
+    adds up to the file size exactly.
+    """
+    head = ("tensor", "shape", "form", "params", "bytes", "rel.err", "ratio", "note")
+    lines = []
+    for r in report.rows:
+        lines.append((r.name, "x".join(map(str, r.shape)) or "()", r.form, f"{r.params:,}",
+                      human(r.nbytes), f"{r.error:.4f}", f"{r.ratio:.2f}x",
+                      r.reason if r.form == "dense" else ""))
+    payload = sum(r.nbytes for r in report.rows)
+    params = sum(r.params for r in report.rows)
+    orig = sum(r.orig_bytes for r in report.rows)
+    tail = []
+    if report.file_bytes:
+        tail.append(("(header)", "", "", "", human(report.file_bytes - payload), "", "", "metadata"))
+        tail.append(("total", "", "", f"{params:,}", human(report.file_bytes), "",
+                     f"{report.ratio:.2f}x", f"source {human(report.source_bytes)}"))
+    else:
+        tail.append(("total", "", "", f"{params:,}", human(payload), "",
+                     f"{orig / payload if payload else float('nan'):.2f}x", ""))
+    rows = [head] + lines + tail
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    widths[0] = min(widths[0], 48)
+    right = {3, 4, 5, 6}
+    out = []
+    for k, r in enumerate(rows):
+        cells = [(c.rjust(w) if i in right else c.ljust(w)) for i, (c, w) in enumerate(zip(r, widths))]
+        out.append("  ".join(cells).rstrip())
+        if k == 0 or k == len(lines):
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)

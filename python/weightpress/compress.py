@@ -1,0 +1,321 @@
+"""Compress a whole model: rules (which tensors), a target (ratio or error), a plan per tensor,
+streaming into a container, and a report.
+
+Flow: ``open_source(path)`` gives a lazy mapping name -> array; :func:`plan` decides per tensor
+(compress with a method, or keep dense and why); :func:`compress_model` loads one tensor at a
+time, compresses it to its byte or error budget and stages it in a
+:class:`~weightpress.container.ContainerWriter`; the returned :class:`Report` is the per-layer
+table.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import methods as M
+from ._validation import real_scalar
+from .compressed import CompressedMatrix, Dense
+from ._report import Report, Row
+from .container import ContainerWriter
+from .io._base import TensorInfo, TensorSource
+
+__all__ = ["Rule", "parse_rule", "DEFAULT_RULES", "Decision", "plan", "compress_model",
+           "compress_tensor", "Report", "open_source", "default_layout", "global_threshold"]
+
+ACTIONS = ("skip",) + M.METHODS
+DEFAULT_MIN_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``pattern`` (a glob on tensor names) -> ``action`` (``skip`` or a method) with options.
+
+    Options override the global target for matching tensors: ``ratio``, ``error``, ``rank``,
+    ``sparsity``, ``pattern`` (N:M).
+    """
+
+    pattern: str
+    action: str
+    options: tuple[tuple[str, Any], ...] = ()
+    reason: str = "user rule"
+
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+
+_OPT_TYPES = {"ratio": float, "error": float, "rank": int, "sparsity": float, "pattern": str}
+
+
+def parse_rule(text: str) -> Rule:
+    """Parse ``GLOB=ACTION[:key=value,...]``, e.g. ``"*.attn.*=lowrank:rank=32"``, ``"lm_head*=skip"``.
+
+    Raises
+    ------
+    ValueError
+        Malformed text, unknown action or option, or a bad option value.
+    """
+    if not isinstance(text, str) or "=" not in text:
+        raise ValueError(f"rule: expected 'GLOB=ACTION[:key=value,...]', got {text!r}")
+    pat, _, rest = text.partition("=")
+    action, _, opts = rest.partition(":")
+    action = action.strip()
+    if not pat.strip() or action not in ACTIONS:
+        raise ValueError(f"rule {text!r}: action must be one of {', '.join(ACTIONS)}, got {action!r}")
+    options = []
+    for item in filter(None, (o.strip() for o in opts.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq or k not in _OPT_TYPES:
+            raise ValueError(f"rule {text!r}: option must be one of {', '.join(_OPT_TYPES)} as key=value, got {item!r}")
+        try:
+            options.append((k, _OPT_TYPES[k](v)))
+        except ValueError:
+            raise ValueError(f"rule {text!r}: option {k} needs a {_OPT_TYPES[k].__name__}, got {v!r}") from None
+    return Rule(pat.strip(), action, tuple(options), reason=f"rule {text}")
+
+
+# Tensors left as they are unless a user rule says otherwise (checked after user rules).
+DEFAULT_RULES: tuple[tuple[str, str], ...] = (
+    (r"(^|[._/])(bias|b)$|bias", "bias"),
+    (r"embed|wte|wpe|tok_emb|word_emb|position_emb|shared\.weight", "embedding"),
+    (r"norm|(^|[._/])ln(_?\w*)?([._/]|$)|layer_?norm|rms", "normalization"),
+)
+
+
+@dataclass
+class Decision:
+    """What happens to one tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    action: str                     # "skip" or a method name
+    reason: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(infos: Mapping[str, Any], method: str = "auto", rules: Iterable[Rule] = (),
+         min_size: int = DEFAULT_MIN_SIZE) -> list[Decision]:
+    """Decide per tensor: compress (with which method and options) or keep, with the reason.
+
+    User ``rules`` are tried first (first match wins); then the defaults: tensors that are
+    not 2-D, not floating point, smaller than ``min_size`` elements, or named like a bias,
+    an embedding or a normalization are kept.
+    """
+    if method not in M.METHODS:
+        raise ValueError(f"method: expected one of {', '.join(M.METHODS)}, got {method!r}")
+    rules = list(rules)
+    out = []
+    for name, inf in infos.items():
+        shape, dt = tuple(inf[0]), np.dtype(inf[1])
+        d = Decision(name, shape, dt, method)
+        user = next((r for r in rules if r.matches(name)), None)
+        if user is not None:
+            d.action, d.reason, d.options = user.action, user.reason, dict(user.options)
+            if d.action != "skip" and (len(shape) != 2 or dt.kind != "f"):
+                d.action, d.reason = "skip", f"{user.reason}, but not a 2-D float matrix"
+        elif len(shape) != 2:
+            d.action, d.reason = "skip", f"{len(shape)}-D tensor, not a matrix"
+        elif dt.kind != "f":
+            d.action, d.reason = "skip", f"{dt} tensor, not floating point"
+        else:
+            for rx, why in DEFAULT_RULES:
+                if re.search(rx, name, flags=re.IGNORECASE):
+                    d.action, d.reason = "skip", why
+                    break
+            else:
+                size = int(np.prod(shape))
+                if size < min_size:
+                    d.action, d.reason = "skip", f"small ({size} < {min_size} elements)"
+        out.append(d)
+    return out
+
+
+def default_layout(source: Any) -> str:
+    """PyTorch-style ``[out, in]`` for safetensors/PyTorch/npz, ``[in, out]`` for Keras/ONNX."""
+    fmt = getattr(source, "format", "")
+    return "in_out" if fmt in ("keras", "onnx", "h5") else "out_in"
+
+
+def compress_tensor(W: np.ndarray, method: str, *, error: float | None = None,
+                    nbytes: float | None = None, options: Mapping[str, Any] | None = None,
+                    layout: str = "out_in") -> CompressedMatrix:
+    """One matrix with one method to one budget (``error`` or ``nbytes``); options override."""
+    o = dict(options or {})
+    if "error" in o:
+        error, nbytes = o["error"], None
+    elif "ratio" in o:
+        error, nbytes = None, W.nbytes / real_scalar(o["ratio"], "ratio", low=1.0)
+    if method == "prune":
+        if "sparsity" in o:
+            return M.magnitude_prune(W, sparsity=o["sparsity"], layout=layout)
+        return M.magnitude_prune(W, error=error, nbytes=nbytes, layout=layout)
+    if method == "nm":
+        return M.nm_prune(W, o.get("pattern"), error=None if "pattern" in o else error,
+                          nbytes=None if "pattern" in o else nbytes, layout=layout)
+    if method == "lowrank":
+        if "rank" in o:
+            return M.low_rank(W, int(o["rank"]), layout=layout)
+        return M.low_rank(W, error=error, nbytes=nbytes, layout=layout)
+    if method == "slr":
+        return M.auto(W, error=error, nbytes=nbytes, layout=layout, forms=("sparse+lowrank",))
+    return M.auto(W, error=error, nbytes=nbytes, layout=layout)
+
+
+def global_threshold(source: Mapping[str, np.ndarray], names: list[str], *,
+                     keep: int | None = None, error: float | None = None) -> float:
+    """One magnitude threshold across tensors: keep about ``keep`` entries in all, or drop at
+    most ``error``² of the total energy. Streams the tensors once (a 32768-bin histogram of the
+    magnitudes' float32 bit patterns: bins 1 % wide, so the result is that close)."""
+    counts = np.zeros(1 << 16, np.int64)
+    energy = np.zeros(1 << 16, np.float64)
+    for n in names:
+        a = np.abs(np.asarray(source[n], dtype=np.float32)).reshape(-1)
+        b = (a.view(np.uint32) >> 15).astype(np.int64)
+        counts += np.bincount(b, minlength=1 << 16)
+        energy += np.bincount(b, weights=a.astype(np.float64) ** 2, minlength=1 << 16)
+    # from the top bin down: cumulative kept count / kept energy
+    kc = np.cumsum(counts[::-1])[::-1]
+    if keep is not None:
+        ok = np.nonzero(kc <= keep)[0]
+    else:
+        dropped = np.concatenate([[0.0], np.cumsum(energy)[:-1]])  # energy below each bin
+        ok = np.nonzero(dropped <= (error or 0.0) ** 2 * energy.sum())[0][-1:]
+    if ok.size == 0:
+        return float("inf")
+    edge = int(ok[0]) if keep is not None else int(ok[-1])
+    return float(np.array([edge << 15], np.uint32).view(np.float32)[0])
+
+
+def open_source(path: str | os.PathLike[str]) -> TensorSource:
+    """Open a model file lazily: ``weightpress.io.open_model`` when available, else a small
+    built-in reader for ``.safetensors`` and ``.npz``."""
+    try:
+        from .io import open_model  # type: ignore[attr-defined]
+    except ImportError:
+        open_model = None
+    if open_model is not None:
+        return open_model(path)
+    from ._open import open_builtin
+    return open_builtin(path)
+
+
+def _stored_itemsize(source: Any, name: str, dt: np.dtype) -> int:
+    st = getattr(source, "stored_dtypes", {}).get(name, "")
+    return {"BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1}.get(st, dt.itemsize)
+
+
+def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
+                   ratio: float | None = None, error: float | None = None,
+                   method: str = "auto", rules: Iterable[Rule] = (),
+                   min_size: int = DEFAULT_MIN_SIZE, layout: str | None = None,
+                   scope: str = "layer", options: Mapping[str, Any] | None = None,
+                   progress: Callable[[int, int, str], None] | None = None) -> Report:
+    """Compress every tensor of ``source`` per :func:`plan` into the container ``out``.
+
+    Parameters
+    ----------
+    source : TensorSource
+        The model (see :func:`open_source`).
+    out : str or os.PathLike
+        The container to write (atomically: nothing is left behind on failure).
+    ratio, error : float
+        Exactly one: the container should be ``ratio`` times smaller than the source's tensor
+        data (skipped tensors count at full size, so the compressed ones are squeezed harder),
+        or every compressed tensor's relative weight error is at most ``error``.
+    method : str
+        ``prune``, ``nm``, ``lowrank``, ``slr`` or ``auto`` (smallest form per layer for the
+        budget, never bigger than dense).
+    options : Mapping, optional
+        Method options for every compressed tensor (``rank``, ``sparsity``, ``pattern``),
+        overridden by a matching rule's own options; with a size option the target may be
+        omitted.
+    scope : str
+        ``"layer"`` (each layer gets the same ratio or error) or ``"global"`` (``prune`` only:
+        one magnitude threshold for all compressed layers).
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, or a ratio the kept tensors make impossible (the message says the most
+        that can be reached).
+    """
+    options = dict(options or {})
+    sized = {"rank", "sparsity", "pattern"} & options.keys()
+    if (ratio is not None and error is not None) or (ratio is None and error is None and not sized):
+        raise ValueError("give exactly one of ratio (e.g. 4) and error (e.g. 0.05), "
+                         "or a size option (rank, sparsity or N:M pattern)")
+    if ratio is not None:
+        ratio = real_scalar(ratio, "ratio", low=1.0)
+    if error is not None:
+        error = real_scalar(error, "error", low=0.0)
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope: expected 'layer' or 'global', got {scope!r}")
+    if scope == "global" and method != "prune":
+        raise ValueError(f"scope='global' works with method 'prune', got {method!r}")
+    infos: dict[str, TensorInfo] = dict(source.info())
+    decisions = plan(infos, method, rules, min_size)
+    layout = layout or default_layout(source)
+    orig = {d.name: int(np.prod(d.shape, dtype=np.int64)) * _stored_itemsize(source, d.name, d.dtype)
+            for d in decisions}
+    total = sum(orig.values())
+    kept = sum(orig[d.name] for d in decisions if d.action == "skip")
+    work = [d for d in decisions if d.action != "skip"]
+    layer_ratio = None
+    src_path = getattr(source, "path", "")
+    src_bytes = os.path.getsize(src_path) if os.path.isfile(src_path) else total
+    if ratio is not None:
+        # the container's JSON header costs about this much per tensor and part
+        header = 1024 + sum(320 + 3 * len(d.name) for d in decisions)
+        budget = src_bytes / ratio - kept - header
+        squeezable = sum(orig[d.name] for d in work)
+        if work and budget <= 0:
+            raise ValueError(f"ratio {ratio:g} is impossible: the kept tensors and the header "
+                             f"alone take {kept + header} of {src_bytes} bytes, so the best "
+                             f"reachable ratio is below {src_bytes / (kept + header):.3g} "
+                             f"(keep fewer tensors with --rules, or lower the ratio)")
+        layer_ratio = squeezable / budget if work else 1.0
+    thr = None
+    if scope == "global" and work:
+        names = [d.name for d in work]
+        if ratio is not None:
+            ptr_bytes = sum(M.sparse_nbytes(d.shape, 0, d.dtype.itemsize) for d in work)
+            entry = max(d.dtype.itemsize + M._index_itemsize(d.shape[1]) for d in work)
+            keep = int((sum(orig[n] for n in names) / layer_ratio - ptr_bytes) // entry)
+            thr = global_threshold(source, names, keep=keep)
+        else:
+            thr = global_threshold(source, names, error=error)
+    rows = []
+    with ContainerWriter(out, {"name": os.path.basename(getattr(source, "path", "")),
+                               "format": getattr(source, "format", ""), "bytes": src_bytes}) as w:
+        for i, d in enumerate(decisions):
+            if progress is not None:
+                progress(i, len(decisions), d.name)
+            W = source[d.name]
+            stored = getattr(source, "stored_dtypes", {}).get(d.name) or None
+            if d.action == "skip":
+                e = w.add(d.name, np.asarray(W), layout=layout, stored_dtype=stored,
+                          orig_bytes=orig[d.name], method="keep", reason=d.reason)
+            else:
+                Wa = np.asarray(W)
+                if thr is not None:
+                    m: CompressedMatrix = M.magnitude_prune(Wa, threshold=thr, layout=layout)
+                else:
+                    nb = None if layer_ratio is None else orig[d.name] / layer_ratio
+                    m = compress_tensor(Wa, d.action, error=error, nbytes=nb,
+                                        options={**options, **d.options}, layout=layout)
+                e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=orig[d.name],
+                          method=d.action, reason=d.reason)
+                del Wa, m
+            del W
+            rows.append(Row(d.name, d.shape, e["form"], e["params"], e["bytes"],
+                            e["orig_bytes"], e["error"], e["reason"]))
+        if progress is not None:
+            progress(len(decisions), len(decisions), "writing")
+    return Report(rows, w.file_bytes, src_bytes)

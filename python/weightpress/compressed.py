@@ -1,0 +1,393 @@
+"""Compressed weight matrices that still compute: dense, sparse, low-rank, sparse + low-rank.
+
+**The linear-layer convention, stated once.** A compressed matrix stands for one stored weight
+tensor ``W`` *as the file holds it*: ``shape`` and :meth:`~CompressedMatrix.toarray` are the
+stored tensor's. Its ``layout`` says how the layer uses it:
+
+- ``"out_in"`` (PyTorch ``nn.Linear``, safetensors/state dicts): ``W`` is ``[out, in]`` and the
+  layer computes ``y = x Wᵀ``;
+- ``"in_out"`` (Keras ``Dense``, ONNX ``MatMul``/``Gemm`` without ``transB``): ``W`` is
+  ``[in, out]`` and the layer computes ``y = x W``.
+
+:meth:`~CompressedMatrix.matmul` is the plain matrix product ``W @ X`` (or ``Wᵀ @ X``) whatever
+the layout; :meth:`~CompressedMatrix.apply` is the layer, ``x`` of shape ``(batch, in)`` to
+``y`` of shape ``(batch, out)``, with the layout taken into account.
+
+Stored arrays (:meth:`~CompressedMatrix.parts`) are what a container file holds; ``nbytes`` is
+their exact total (values, indices, index pointers, factors), so the bytes of a container file
+are the sum of its matrices' ``nbytes`` plus its JSON header.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from .sparse import csr_matmul
+
+__all__ = ["CompressedMatrix", "Dense", "Sparse", "LowRank", "SparsePlusLowRank", "LAYOUTS",
+           "FORMS", "from_parts"]
+
+LAYOUTS = ("out_in", "in_out")
+
+
+def _check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected 'out_in' ([out, in], y = x W^T) or 'in_out' "
+                         f"([in, out], y = x W), got {layout!r}")
+    return layout
+
+
+def _compute_dtype(dt: np.dtype) -> np.dtype:
+    """float16 (and integers) are computed in float32/float64, as the kernels take."""
+    return np.dtype(np.float64) if dt == np.float64 or dt.kind != "f" else np.dtype(np.float32)
+
+
+def _fro2(a: np.ndarray) -> float:
+    a64 = np.asarray(a, dtype=np.float64).reshape(-1)
+    return float(a64 @ a64)
+
+
+class CompressedMatrix:
+    """Interface shared by every compressed form (see the module docstring for the convention).
+
+    Attributes
+    ----------
+    form : str
+        ``"dense"``, ``"sparse"``, ``"lowrank"`` or ``"sparse+lowrank"``.
+    shape : tuple[int, int]
+        The stored tensor's shape.
+    dtype : numpy.dtype
+        dtype of :meth:`toarray` (the dtype the tensor was compressed from).
+    layout : str
+        ``"out_in"`` or ``"in_out"``.
+    """
+
+    form: ClassVar[str] = "?"
+    shape: tuple[int, int]
+    dtype: np.dtype
+    layout: str
+
+    # -- to implement ---------------------------------------------------------------------
+    def parts(self) -> dict[str, np.ndarray]:
+        """The stored arrays, by role (``"data"``, ``"indices"``, ``"left"``...)."""
+        raise NotImplementedError
+
+    def toarray(self) -> np.ndarray:
+        """The dense tensor this matrix stands for, in the stored shape and ``dtype``."""
+        raise NotImplementedError
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every stored array (values, indices, index pointers, factors)."""
+        return int(sum(p.nbytes for p in self.parts().values()))
+
+    @property
+    def n_params(self) -> int:
+        """Stored numbers: values and factor entries (indices are counted in ``nbytes`` only)."""
+        raise NotImplementedError
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of the dense tensor in ``dtype``."""
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1] if self.layout == "out_in" else self.shape[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0] if self.layout == "out_in" else self.shape[1]
+
+    def matmul(self, X: Any, transpose: bool = False) -> np.ndarray:
+        """Matrix product ``W @ X`` (``Wᵀ @ X`` with ``transpose``), ``X`` 1-D or 2-D.
+
+        Returns float32 for float32/float16 weights and inputs, else float64.
+
+        Raises
+        ------
+        ValueError
+            If ``X`` has the wrong number of rows or dimensions.
+        """
+        Xa = np.asarray(X)
+        if Xa.dtype.kind not in "fiub":
+            raise TypeError(f"X: expected a real numeric array, got dtype {Xa.dtype}")
+        if Xa.ndim not in (1, 2):
+            raise ValueError(f"X: expected a 1-D or 2-D array, got {Xa.ndim}-D")
+        need = self.shape[0] if transpose else self.shape[1]
+        if Xa.shape[0] != need:
+            raise ValueError(f"X: has {Xa.shape[0]} rows, expected {need} (W is "
+                             f"{self.shape[0]}x{self.shape[1]}{', transposed' if transpose else ''})")
+        dt = _compute_dtype(self.dtype)
+        if Xa.dtype == np.float64 or Xa.dtype.kind != "f":
+            dt = np.dtype(np.float64)
+        return self._matmul(Xa.astype(dt, copy=False), bool(transpose))
+
+    def apply(self, x: Any) -> np.ndarray:
+        """The linear layer without bias: ``x`` ``(batch, in)`` or ``(in,)`` -> ``y`` ``(batch, out)``.
+
+        ``y = x Wᵀ`` for layout ``"out_in"``, ``y = x W`` for ``"in_out"``.
+        """
+        xa = np.asarray(x)
+        if xa.ndim not in (1, 2):
+            raise ValueError(f"x: expected a 1-D or 2-D array, got {xa.ndim}-D")
+        if xa.shape[-1] != self.in_features:
+            raise ValueError(f"x: has {xa.shape[-1]} features, the layer takes {self.in_features}")
+        y = self.matmul(xa.T, transpose=(self.layout == "in_out"))
+        return y.T
+
+    def relative_error(self, W: Any) -> float:
+        """``‖W − Ŵ‖_F / ‖W‖_F`` against the original ``W`` (0 when both are zero)."""
+        Wa = np.asarray(W)
+        if Wa.shape != self.shape:
+            raise ValueError(f"W: expected shape {self.shape}, got {Wa.shape}")
+        ref = _fro2(Wa)
+        diff = _fro2(np.asarray(Wa, dtype=np.float64) - self.toarray().astype(np.float64))
+        if ref == 0.0:
+            return 0.0 if diff == 0.0 else float("inf")
+        return float(np.sqrt(diff / ref))
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.shape[0]}x{self.shape[1]} {self.dtype} "
+                f"{self.layout}: {self.n_params} params, {self.nbytes} bytes>")
+
+
+def _setup(obj: CompressedMatrix, shape: Any, dtype: Any, layout: str) -> None:
+    if len(shape) != 2 or any(int(s) < 0 for s in shape):
+        raise ValueError(f"shape: expected 2 non-negative sizes, got {shape!r}")
+    obj.shape = (int(shape[0]), int(shape[1]))
+    obj.dtype = np.dtype(dtype)
+    if obj.dtype.kind != "f":
+        raise TypeError(f"dtype: expected a floating dtype, got {obj.dtype}")
+    obj.layout = _check_layout(layout)
+
+
+class Dense(CompressedMatrix):
+    """A tensor kept as it is (the baseline every other form must beat)."""
+
+    form = "dense"
+
+    def __init__(self, W: Any, layout: str = "out_in"):
+        Wa = np.asarray(W)
+        if Wa.ndim != 2:
+            raise ValueError(f"W: expected a 2-D array, got {Wa.ndim}-D")
+        _setup(self, Wa.shape, Wa.dtype, layout)
+        self.W = Wa
+
+    def parts(self) -> dict[str, np.ndarray]:
+        return {"values": self.W}
+
+    @property
+    def n_params(self) -> int:
+        return int(self.W.size)
+
+    def toarray(self) -> np.ndarray:
+        return np.array(self.W)
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        W = self.W.astype(X.dtype, copy=False)
+        return (W.T if transpose else W) @ X
+
+
+class Sparse(CompressedMatrix):
+    """CSR storage: values, column indices (uint16 when the columns allow), row pointers.
+
+    Products run in the C++ CSR kernel (:func:`weightpress.csr_matmul`).
+
+    Parameters
+    ----------
+    A : scipy.sparse CSR array or matrix
+        The kept entries (e.g. from :func:`weightpress.prune`); canonical format expected.
+    layout : str
+        See the module docstring.
+    dtype : numpy.dtype, optional
+        dtype of the stored values (default: ``A.dtype``).
+    """
+
+    form = "sparse"
+
+    def __init__(self, A: Any, layout: str = "out_in", dtype: Any = None):
+        if not (sp.issparse(A) and A.format == "csr"):
+            raise TypeError(f"A: expected a scipy.sparse CSR array, got {type(A).__name__}")
+        dt = np.dtype(dtype if dtype is not None else A.dtype)
+        _setup(self, A.shape, dt, layout)
+        m, n = self.shape
+        idx = np.uint16 if n <= 1 << 16 else (np.int32 if n < 2**31 else np.int64)
+        ptr = np.int32 if A.nnz < 2**31 else np.int64
+        self.data = np.ascontiguousarray(A.data, dtype=dt)
+        self.indices = np.ascontiguousarray(A.indices, dtype=idx)
+        self.indptr = np.ascontiguousarray(A.indptr, dtype=ptr)
+        self._csr: sp.csr_array | None = None
+
+    @classmethod
+    def from_parts(cls, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+                   shape: tuple[int, int], layout: str = "out_in") -> "Sparse":
+        """Rebuild from stored arrays, checking the CSR structure (ValueError if malformed)."""
+        m, n = shape
+        if indptr.ndim != 1 or indptr.size != m + 1 or indptr[0] != 0:
+            raise ValueError(f"indptr: expected {m + 1} entries starting at 0")
+        if np.any(np.diff(indptr.astype(np.int64)) < 0):
+            raise ValueError("indptr: not monotone")
+        if indices.ndim != 1 or data.ndim != 1 or indices.size != data.size or indptr[-1] != data.size:
+            raise ValueError("indices/data: lengths do not match indptr[-1]")
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n):
+            raise ValueError(f"indices: column index out of range [0, {n})")
+        obj = cls.__new__(cls)
+        _setup(obj, shape, data.dtype, layout)
+        obj.data, obj.indices, obj.indptr = data, indices, indptr
+        obj._csr = None
+        return obj
+
+    @property
+    def nnz(self) -> int:
+        return int(self.data.size)
+
+    @property
+    def n_params(self) -> int:
+        return self.nnz
+
+    def parts(self) -> dict[str, np.ndarray]:
+        return {"data": self.data, "indices": self.indices, "indptr": self.indptr}
+
+    def tocsr(self, dtype: Any = None) -> sp.csr_array:
+        """A SciPy CSR array with int32/int64 indices (cached for the stored dtype)."""
+        dt = _compute_dtype(self.dtype) if dtype is None else np.dtype(dtype)
+        if self._csr is None or self._csr.dtype != dt:
+            idx = np.int64 if self.indptr.dtype == np.int64 or self.shape[1] >= 2**31 else np.int32
+            A = sp.csr_array((self.data.astype(dt, copy=False), self.indices.astype(idx),
+                              self.indptr.astype(idx, copy=False)), shape=self.shape)
+            A.has_sorted_indices = True
+            self._csr = A
+        return self._csr
+
+    def toarray(self) -> np.ndarray:
+        return self.tocsr(self.dtype if self.dtype != np.float16 else np.float32) \
+            .toarray().astype(self.dtype, copy=False)
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        return csr_matmul(self.tocsr(X.dtype), X, transpose=transpose)
+
+
+class LowRank(CompressedMatrix):
+    """``W ≈ left @ right`` with ``left`` ``(m, r)`` and ``right`` ``(r, n)``.
+
+    Build from an SVD with :meth:`from_svd` (``U·diag(s)·Vt``, ``√s`` folded into each factor
+    so both have the same scale, which keeps float16 storage safe). Products are two thin
+    BLAS GEMMs: ``left @ (right @ X)``.
+    """
+
+    form = "lowrank"
+
+    def __init__(self, left: Any, right: Any, layout: str = "out_in", dtype: Any = None):
+        L, R = np.asarray(left), np.asarray(right)
+        if L.ndim != 2 or R.ndim != 2 or L.shape[1] != R.shape[0]:
+            raise ValueError(f"left/right: expected (m, r) and (r, n) factors, got {L.shape} and {R.shape}")
+        dt = np.dtype(dtype if dtype is not None else np.result_type(L.dtype, R.dtype))
+        _setup(self, (L.shape[0], R.shape[1]), dt, layout)
+        self.left = np.ascontiguousarray(L, dtype=dt)
+        self.right = np.ascontiguousarray(R, dtype=dt)
+
+    @classmethod
+    def from_svd(cls, U: np.ndarray, s: np.ndarray, Vt: np.ndarray, layout: str = "out_in",
+                 dtype: Any = None) -> "LowRank":
+        """From thin SVD factors ``U`` ``(m, r)``, ``s`` ``(r,)``, ``Vt`` ``(r, n)``."""
+        root = np.sqrt(np.asarray(s, dtype=np.float64))
+        dt = dtype if dtype is not None else U.dtype
+        return cls(U * root.astype(U.dtype), root.astype(Vt.dtype)[:, None] * Vt, layout, dt)
+
+    @property
+    def rank(self) -> int:
+        return int(self.left.shape[1])
+
+    @property
+    def n_params(self) -> int:
+        return int(self.left.size + self.right.size)
+
+    def parts(self) -> dict[str, np.ndarray]:
+        return {"left": self.left, "right": self.right}
+
+    def toarray(self) -> np.ndarray:
+        dt = _compute_dtype(self.dtype)
+        return (self.left.astype(dt) @ self.right.astype(dt)).astype(self.dtype, copy=False)
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        L = self.left.astype(X.dtype, copy=False)
+        R = self.right.astype(X.dtype, copy=False)
+        if transpose:
+            return R.T @ (L.T @ X)
+        return L @ (R @ X)
+
+
+class SparsePlusLowRank(CompressedMatrix):
+    """``W ≈ S + L``: a :class:`Sparse` part plus a :class:`LowRank` part of the same shape."""
+
+    form = "sparse+lowrank"
+
+    def __init__(self, sparse: Sparse, lowrank: LowRank):
+        if not isinstance(sparse, Sparse) or not isinstance(lowrank, LowRank):
+            raise TypeError("sparse, lowrank: expected a Sparse and a LowRank matrix")
+        if sparse.shape != lowrank.shape or sparse.layout != lowrank.layout:
+            raise ValueError(f"sparse, lowrank: shapes/layouts differ ({sparse.shape} "
+                             f"{sparse.layout} vs {lowrank.shape} {lowrank.layout})")
+        _setup(self, sparse.shape, np.result_type(sparse.dtype, lowrank.dtype), sparse.layout)
+        self.sparse, self.lowrank = sparse, lowrank
+
+    @property
+    def n_params(self) -> int:
+        return self.sparse.n_params + self.lowrank.n_params
+
+    def parts(self) -> dict[str, np.ndarray]:
+        return {**{f"sparse.{k}": v for k, v in self.sparse.parts().items()},
+                **{f"lowrank.{k}": v for k, v in self.lowrank.parts().items()}}
+
+    def toarray(self) -> np.ndarray:
+        dt = _compute_dtype(self.dtype)
+        return (self.sparse.toarray().astype(dt) + self.lowrank.toarray().astype(dt)).astype(self.dtype)
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        return self.sparse._matmul(X, transpose) + self.lowrank._matmul(X, transpose)
+
+
+FORMS = {c.form: c for c in (Dense, Sparse, LowRank, SparsePlusLowRank)}
+
+
+def from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
+               layout: str = "out_in") -> CompressedMatrix:
+    """Rebuild a compressed matrix from its stored arrays (as :meth:`~CompressedMatrix.parts`).
+
+    Raises
+    ------
+    ValueError
+        Unknown form, missing parts, or parts inconsistent with ``shape``.
+    """
+    shape = (int(shape[0]), int(shape[1]))
+    need = {"dense": {"values"}, "sparse": {"data", "indices", "indptr"},
+            "lowrank": {"left", "right"},
+            "sparse+lowrank": {"sparse.data", "sparse.indices", "sparse.indptr",
+                               "lowrank.left", "lowrank.right"}}
+    if form not in need:
+        raise ValueError(f"form: expected one of {sorted(need)}, got {form!r}")
+    missing = need[form] - parts.keys()
+    if missing:
+        raise ValueError(f"{form}: missing stored arrays {sorted(missing)}")
+    if form == "dense":
+        m = Dense(parts["values"], layout)
+    elif form == "sparse":
+        m = Sparse.from_parts(parts["data"], parts["indices"], parts["indptr"], shape, layout)
+    elif form == "lowrank":
+        m = LowRank(parts["left"], parts["right"], layout)
+    else:
+        sub = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("sparse.")}
+        low = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("lowrank.")}
+        m = SparsePlusLowRank(from_parts("sparse", sub, shape, layout),  # type: ignore[arg-type]
+                              from_parts("lowrank", low, shape, layout))  # type: ignore[arg-type]
+    if m.shape != shape:
+        raise ValueError(f"{form}: stored arrays give shape {m.shape}, expected {shape}")
+    return m

@@ -1,0 +1,369 @@
+"""The compressed-model container: one safetensors file plus JSON metadata.
+
+Layout (format version 1). Every stored array is a safetensors tensor; a tensor kept dense is
+stored under its own name (so any safetensors reader sees the dense tensors), a compressed
+one as ``"<name>::<role>"`` arrays (``data``/``indices``/``indptr``, ``left``/``right``...).
+``__metadata__`` holds ``format = "weightpress.container"``, ``format_version``, the source
+file's name, format and size, and ``tensors``: a JSON object, per tensor, in the source's
+order::
+
+    {"form": "sparse", "shape": [256, 64], "dtype": "float32", "stored_dtype": "F32",
+     "layout": "out_in", "parts": {"data": "fc1.weight::data", ...},
+     "crc32": {"data": 123, ...}, "params": 3277, "bytes": 20229, "orig_bytes": 65536,
+     "error": 0.41, "norm": 12.3, "norm_hat": 11.2, "inner": 125.4,
+     "method": "prune", "reason": ""}
+
+``crc32`` is taken over each stored array's bytes; ``norm``, ``norm_hat`` and ``inner`` are
+``‖W‖_F``, ``‖Ŵ‖_F`` and ``⟨W, Ŵ⟩``, so :func:`verify` can check the stored error
+(``error² = (‖W‖² − 2⟨W,Ŵ⟩ + ‖Ŵ‖²) / ‖W‖²``) against the decoded tensor without the original.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._core import __version__
+from .compressed import CompressedMatrix, Dense, from_parts
+from .io._base import FormatError, TensorInfo, TensorSource
+from .io.safetensors import SafetensorsSource, write_safetensors
+
+__all__ = ["ContainerWriter", "Container", "open_container", "verify", "VerifyResult",
+           "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "weightpress.container"
+FORMAT_VERSION = 1
+SEP = "::"
+
+
+def _crc(a: np.ndarray) -> int:
+    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).reshape(-1)
+
+
+class _Spill(TensorSource):
+    """Arrays appended to a scratch file, read back memory-mapped (one at a time)."""
+
+    format = "spill"
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self._f = open(path, "wb")  # noqa: SIM115 - closed in finish()/close()
+        self._index: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}
+        self._info: dict[str, TensorInfo] = {}
+
+    def append(self, key: str, a: np.ndarray) -> None:
+        a = np.ascontiguousarray(a)
+        dt = a.dtype.newbyteorder("<") if a.dtype.byteorder not in "|<" else a.dtype
+        self._index[key] = (a.shape, a.dtype, self._f.tell())
+        self._info[key] = TensorInfo(a.shape, a.dtype)
+        self._f.write(memoryview(a.astype(dt, copy=False)).cast("B"))
+
+    def finish(self) -> None:
+        self._f.close()
+
+    def info(self) -> dict[str, TensorInfo]:
+        return self._info
+
+    def _load(self, name: str) -> np.ndarray:
+        shape, dt, off = self._index[name]
+        if int(np.prod(shape)) == 0:
+            return np.zeros(shape, dt)
+        return np.memmap(self.path, dtype=dt, mode="r", offset=off, shape=shape).view(np.ndarray)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class ContainerWriter:
+    """Build a container one tensor at a time; the file appears only on successful exit.
+
+    Parameters are staged in a scratch file beside ``path`` (memory stays bounded by one
+    tensor) and written, header first, when the ``with`` block ends without error.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The output file.
+    source : dict, optional
+        Facts about the source model stored in the metadata (``name``, ``format``, ``bytes``).
+
+    Examples
+    --------
+    >>> with ContainerWriter("model.wpz") as w:                     # doctest: +SKIP
+    ...     w.add("fc1.weight", compressed, original=W)
+    """
+
+    def __init__(self, path: str | os.PathLike[str], source: Mapping[str, Any] | None = None):
+        self.path = os.fspath(path)
+        d = os.path.dirname(os.path.abspath(self.path))
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(f"output {self.path!r} is a directory")
+        fd, tmp = tempfile.mkstemp(prefix=".wp-spill-", suffix=".tmp", dir=d)
+        os.close(fd)
+        self._spill = _Spill(tmp)
+        self.source = {k: str(v) for k, v in (source or {}).items()}
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._keys: set[str] = set()
+        self._dtypes: dict[str, str] = {}
+        self.file_bytes = 0
+
+    def add(self, name: str, obj: CompressedMatrix | np.ndarray, *, original: Any = None,
+            layout: str | None = None, stored_dtype: str | None = None,
+            orig_bytes: int | None = None, method: str = "", reason: str = "") -> dict[str, Any]:
+        """Stage one tensor: a compressed matrix, or an array kept dense.
+
+        ``original`` (the uncompressed tensor) gives the stored error figures; without it the
+        tensor counts as exact (dense). Returns the metadata entry.
+        """
+        if name in self.entries:
+            raise ValueError(f"name: tensor {name!r} added twice")
+        if isinstance(obj, np.ndarray) or not isinstance(obj, CompressedMatrix):
+            arr = np.asarray(obj)
+            obj = Dense(arr, layout or "out_in") if arr.ndim == 2 else None  # type: ignore[assignment]
+            parts = {"values": arr}
+            form, shape, dtype = "dense", arr.shape, arr.dtype
+            lay = layout or "out_in"
+        else:
+            parts = obj.parts()
+            form, shape, dtype, lay = obj.form, obj.shape, obj.dtype, obj.layout
+        keys = {role: (name if form == "dense" else f"{name}{SEP}{role}") for role in parts}
+        for k in keys.values():
+            if k in self._keys:
+                raise ValueError(f"name: stored key {k!r} collides with another tensor's")
+        # A dense tensor read from bf16/fp16 goes back in that dtype (exact: it came from there).
+        narrow = (form == "dense" and stored_dtype in ("BF16", "F16")
+                  and np.dtype(dtype) == np.float32)
+        nbytes = sum(a.nbytes for a in parts.values()) // (2 if narrow else 1)
+        entry: dict[str, Any] = {
+            "form": form, "shape": [int(s) for s in shape], "dtype": np.dtype(dtype).name,
+            "stored_dtype": stored_dtype, "layout": lay, "parts": keys,
+            "crc32": {r: _crc(a) for r, a in parts.items()},
+            "params": int(obj.n_params if obj is not None else np.asarray(parts["values"]).size),
+            "bytes": int(nbytes),
+            "orig_bytes": int(orig_bytes if orig_bytes is not None
+                              else np.prod(shape, dtype=np.int64) * np.dtype(dtype).itemsize),
+            "method": method, "reason": reason}
+        decoded = parts["values"] if form == "dense" else obj.toarray()  # type: ignore[union-attr]
+        nh2 = float(_f64(decoded) @ _f64(decoded))
+        if original is not None:
+            W = np.asarray(original)
+            if W.shape != tuple(shape):
+                raise ValueError(f"original: shape {W.shape} differs from {tuple(shape)}")
+            n2 = float(_f64(W) @ _f64(W))
+            inner = float(_f64(W) @ _f64(decoded))
+            diff = _f64(W) - _f64(decoded)
+            err = float(np.sqrt(diff @ diff / n2)) if n2 > 0 else (0.0 if not diff.any() else float("inf"))
+            del diff
+        else:
+            n2, inner, err = nh2, nh2, 0.0
+        entry.update(error=err, norm=float(np.sqrt(n2)), norm_hat=float(np.sqrt(nh2)), inner=inner)
+        del decoded
+        for role, a in parts.items():
+            self._spill.append(keys[role], a)
+            self._keys.add(keys[role])
+            if narrow:
+                self._dtypes[keys[role]] = stored_dtype  # type: ignore[assignment]
+        self.entries[name] = entry
+        return entry
+
+    def metadata(self) -> dict[str, str]:
+        return {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+                "weightpress_version": __version__,
+                "source": json.dumps(self.source, sort_keys=True),
+                "tensors": json.dumps(self.entries, separators=(",", ":"))}
+
+    def close(self) -> int:
+        """Write the container (atomically) and remove the scratch file; returns its size."""
+        try:
+            self._spill.finish()
+            self.file_bytes = write_safetensors(self.path, self._spill, self.metadata(),
+                                                dtypes=self._dtypes)
+        finally:
+            self.abort()
+        return self.file_bytes
+
+    def abort(self) -> None:
+        """Drop everything staged (no output file is written)."""
+        self._spill.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._spill.path)
+
+    def __enter__(self) -> "ContainerWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class Container(TensorSource):
+    """A container file opened lazily: ``c[name]`` is the decoded dense tensor,
+    :meth:`matrix` the compressed matrix, :attr:`entries` the stored metadata.
+
+    Raises
+    ------
+    FormatError
+        Not a weightpress container, an unknown format version, or malformed metadata.
+    """
+
+    format = "weightpress"
+
+    def __init__(self, path: str | os.PathLike[str]):
+        super().__init__(path)
+        self._st = SafetensorsSource(path)
+        meta = self._st.metadata
+        self.metadata = dict(meta)
+        if meta.get("format") != FORMAT:
+            raise FormatError(f"{self.path}: not a weightpress container (a plain safetensors "
+                              f"file? compress it with 'weightpress compress')")
+        if meta.get("format_version") != str(FORMAT_VERSION):
+            raise FormatError(f"{self.path}: container format version "
+                              f"{meta.get('format_version')!r}; this weightpress reads {FORMAT_VERSION}")
+        try:
+            self.entries: dict[str, dict[str, Any]] = json.loads(meta["tensors"])
+            self.source: dict[str, str] = json.loads(meta.get("source", "{}"))
+            self._info = {n: TensorInfo(e["shape"], np.dtype(e["dtype"])) for n, e in self.entries.items()}
+            for n, e in self.entries.items():
+                for role, key in e["parts"].items():
+                    if key not in self._st.info():
+                        raise FormatError(f"{self.path}: tensor {n!r} part {role!r} ({key!r}) is missing")
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            if isinstance(err, FormatError):
+                raise
+            raise FormatError(f"{self.path}: malformed container metadata ({err!r})") from None
+        self.stored_dtypes = {n: e.get("stored_dtype") or "" for n, e in self.entries.items()}
+
+    def info(self) -> dict[str, TensorInfo]:
+        return self._info
+
+    def parts(self, name: str) -> dict[str, np.ndarray]:
+        """The stored arrays of one tensor, memory-mapped."""
+        return {role: self._st[key] for role, key in self.entries[name]["parts"].items()}
+
+    def matrix(self, name: str) -> CompressedMatrix:
+        """One tensor as a compressed matrix (2-D tensors only)."""
+        e = self.entries[name]
+        if len(e["shape"]) != 2:
+            raise ValueError(f"{name!r} is a {len(e['shape'])}-D tensor, not a matrix; use container[name]")
+        try:
+            return from_parts(e["form"], self.parts(name), tuple(e["shape"]), e["layout"])
+        except (ValueError, TypeError) as err:
+            raise FormatError(f"{self.path}: tensor {name!r}: {err}") from None
+
+    def _load(self, name: str) -> np.ndarray:
+        e = self.entries[name]
+        if e["form"] == "dense":
+            return self.parts(name)["values"]
+        return self.matrix(name).toarray()
+
+    @property
+    def file_bytes(self) -> int:
+        return os.path.getsize(self.path)
+
+
+def open_container(path: str | os.PathLike[str]) -> Container:
+    """Open a container written by :class:`ContainerWriter` (lazy: reads the header only)."""
+    return Container(path)
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify` checked and found."""
+
+    path: str
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = None,
+           *, rtol: float = 1e-3) -> VerifyResult:
+    """Decode every tensor of a container and check it against the stored figures.
+
+    Checks, per tensor: every stored array is present with a matching CRC-32; the parts form a
+    valid matrix (CSR structure, factor shapes); the decoded tensor has the declared shape and
+    dtype and is finite; ``‖Ŵ‖_F`` matches the stored figure and the stored error is consistent
+    with ``‖W‖``, ``⟨W, Ŵ⟩`` and ``‖Ŵ‖``. With ``original`` (a mapping name -> array, e.g. the
+    source model) the error is recomputed against the original exactly.
+
+    Returns
+    -------
+    VerifyResult
+        ``ok`` is True when no problem was found; ``problems`` lists each one.
+
+    Raises
+    ------
+    FormatError
+        If the file is not a readable container at all (see :class:`Container`).
+    """
+    c = Container(path)
+    res = VerifyResult(os.fspath(path))
+    known = {k for e in c.entries.values() for k in e["parts"].values()}
+    extra = set(c._st.info()) - known
+    if extra:
+        res.problems.append(f"stored arrays not referenced by any tensor: {sorted(extra)[:5]}")
+    for name, e in c.entries.items():
+        res.checked += 1
+        where = f"{name}"
+        try:
+            parts = c.parts(name)
+            bad = [r for r, a in parts.items() if _crc(a) != e["crc32"].get(r)]
+            if bad:
+                res.problems.append(f"{where}: checksum mismatch in {bad} (file corrupted)")
+                continue
+            W_hat = c._load(name)
+        except (ValueError, TypeError, KeyError) as err:
+            res.problems.append(f"{where}: cannot decode ({err})")
+            continue
+        if list(W_hat.shape) != e["shape"] or W_hat.dtype.name != e["dtype"]:
+            res.problems.append(f"{where}: decodes to {W_hat.dtype} {W_hat.shape}, declared "
+                                f"{e['dtype']} {tuple(e['shape'])}")
+            continue
+        if W_hat.dtype.kind not in "fc":
+            continue
+        if not np.isfinite(W_hat).all():
+            res.problems.append(f"{where}: decoded tensor has NaN or Inf")
+            continue
+        nh = float(np.sqrt(_f64(W_hat) @ _f64(W_hat)))
+        scale = max(e["norm"], e["norm_hat"], 1e-30)
+        if abs(nh - e["norm_hat"]) > rtol * scale:
+            res.problems.append(f"{where}: decoded norm {nh:.6g} differs from stored {e['norm_hat']:.6g}")
+        n2, inner = e["norm"] ** 2, e["inner"]
+        if n2 > 0:
+            err = np.sqrt(max(0.0, n2 - 2 * inner + nh * nh) / n2)
+            if abs(err - e["error"]) > max(rtol, 1e-2 * e["error"]):
+                res.problems.append(f"{where}: stored error {e['error']:.4g} inconsistent with "
+                                    f"the decoded tensor ({err:.4g})")
+        if original is not None:
+            if name not in original:
+                res.problems.append(f"{where}: not in the original model")
+                continue
+            W = np.asarray(original[name])
+            if W.shape != W_hat.shape:
+                res.problems.append(f"{where}: original shape {W.shape} != {W_hat.shape}")
+                continue
+            n2w = float(_f64(W) @ _f64(W))
+            d = _f64(W) - _f64(W_hat)
+            true = float(np.sqrt(d @ d / n2w)) if n2w > 0 else 0.0
+            if abs(true - e["error"]) > max(rtol, 1e-2 * e["error"]):
+                res.problems.append(f"{where}: error against the original is {true:.4g}, "
+                                    f"stored {e['error']:.4g}")
+    c.close()
+    return res

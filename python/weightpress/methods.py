@@ -1,0 +1,271 @@
+"""Compression methods for one weight matrix: magnitude pruning (unstructured, N:M), low-rank,
+sparse + low-rank, and ``auto``, each aimed at a byte budget or a weight-space error budget.
+
+Every method returns a :class:`~weightpress.compressed.CompressedMatrix`. Errors are relative
+Frobenius errors in weight space, ``‖W − Ŵ‖_F / ‖W‖_F``. The byte sizes used to meet a budget
+are exactly the compressed matrix's ``nbytes`` (see :func:`sparse_nbytes`,
+:func:`lowrank_nbytes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._validation import as_float_array, check_finite, real_scalar
+from .compressed import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank
+from .sparse import _parse_pattern, prune
+
+__all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "auto",
+           "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS"]
+
+METHODS = ("prune", "nm", "lowrank", "slr", "auto")
+
+
+def _truncated_svd(W: np.ndarray, rank: int | None = None,
+                   tol: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD truncated to ``rank`` or to relative Frobenius error ``tol``.
+
+    The one place an SVD is computed: switch to ``weightpress.randomized_svd`` here.
+    """
+    import scipy.linalg
+
+    U, s, Vt = scipy.linalg.svd(W, full_matrices=False, lapack_driver="gesdd", check_finite=False)
+    if tol is not None:
+        rank = _rank_for_error(s, _fro2(W), tol)
+    r = len(s) if rank is None else min(int(rank), len(s))
+    return U[:, :r], s[:r], Vt[:r]
+
+
+def _fro2(a: np.ndarray) -> float:
+    v = np.asarray(a, dtype=np.float64).reshape(-1)
+    return float(v @ v)
+
+
+def _rank_for_error(s: np.ndarray, total2: float, tol: float) -> int:
+    """Smallest r with ``‖W − W_r‖_F ≤ tol ‖W‖_F`` from the singular values."""
+    if total2 == 0.0:
+        return 0
+    tail = total2 - np.concatenate([[0.0], np.cumsum(np.asarray(s, np.float64) ** 2)])
+    ok = np.nonzero(tail <= (tol * tol) * total2 * (1 - 1e-9))[0]
+    return int(ok[0]) if ok.size else len(s)
+
+
+def _index_itemsize(n_cols: int) -> int:
+    return 2 if n_cols <= 1 << 16 else (4 if n_cols < 2**31 else 8)
+
+
+def sparse_nbytes(shape: tuple[int, int], nnz: int, itemsize: int) -> int:
+    """Bytes of a :class:`Sparse` matrix of this shape and ``nnz`` (values, indices, indptr)."""
+    ptr = 4 if nnz < 2**31 else 8
+    return nnz * (itemsize + _index_itemsize(shape[1])) + (shape[0] + 1) * ptr
+
+
+def lowrank_nbytes(shape: tuple[int, int], rank: int, itemsize: int) -> int:
+    """Bytes of a rank-``rank`` :class:`LowRank` matrix."""
+    return rank * (shape[0] + shape[1]) * itemsize
+
+
+def _nnz_for_bytes(shape: tuple[int, int], nbytes: float, itemsize: int) -> int:
+    ptr = (shape[0] + 1) * 4
+    per = itemsize + _index_itemsize(shape[1])
+    return int(max(0, min(shape[0] * shape[1], (nbytes - ptr) // per)))
+
+
+def _prep(W: Any) -> np.ndarray:
+    Wa = as_float_array(W, "W")
+    if Wa.ndim != 2:
+        raise ValueError(f"W: expected a 2-D array, got {Wa.ndim}-D with shape {Wa.shape}")
+    check_finite(Wa, "W")
+    return Wa
+
+
+def _budget(error: Any, nbytes: Any) -> tuple[float | None, float | None]:
+    if (error is None) == (nbytes is None):
+        raise ValueError("give exactly one of error (relative weight error) and nbytes (byte budget)")
+    if error is not None:
+        return real_scalar(error, "error", low=0.0), None
+    return None, real_scalar(nbytes, "nbytes", low=0.0)
+
+
+def _sorted_energy(W: np.ndarray) -> np.ndarray:
+    """Squared magnitudes in decreasing order (float64)."""
+    e = np.abs(np.asarray(W, np.float64)).reshape(-1) ** 2
+    e.sort()
+    return e[::-1]
+
+
+def _keep_for_drop(energy_desc: np.ndarray, allowed: float) -> int:
+    """Fewest kept largest entries so that the dropped energy (the tail's sum) is ≤ allowed."""
+    csum = np.concatenate([[0.0], np.cumsum(energy_desc)])
+    dropped = csum[-1] - csum
+    ok = np.nonzero(dropped <= allowed * (1 - 1e-9))[0]
+    return int(ok[0]) if ok.size else energy_desc.size
+
+
+def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float | None = None,
+                    error: float | None = None, nbytes: float | None = None,
+                    layout: str = "out_in") -> Sparse:
+    """Magnitude pruning to a :class:`~weightpress.compressed.Sparse` matrix.
+
+    Exactly one of ``sparsity`` (fraction removed), ``threshold`` (keep ``|w| >= threshold``),
+    ``error`` (fewest entries such that the relative error is ≤ ``error``) or ``nbytes``
+    (most entries that fit in ``nbytes`` stored bytes).
+
+    Raises
+    ------
+    ValueError
+        ``W`` not 2-D or not finite, or not exactly one target given.
+    """
+    Wa = _prep(W)
+    given = [v is not None for v in (sparsity, threshold, error, nbytes)]
+    if sum(given) != 1:
+        raise ValueError("magnitude_prune: give exactly one of sparsity, threshold, error and nbytes")
+    if threshold is not None:
+        A = prune(Wa, threshold=threshold)
+    else:
+        if sparsity is None:
+            err, nb = _budget(error, nbytes)
+            if err is not None:
+                keep = _keep_for_drop(_sorted_energy(Wa), err * err * _fro2(Wa))
+            else:
+                keep = _nnz_for_bytes(Wa.shape, nb, Wa.dtype.itemsize)
+            sparsity = 1.0 - keep / max(1, Wa.size)
+        A = prune(Wa, sparsity=sparsity)
+    return Sparse(A, layout, dtype=Wa.dtype)
+
+
+def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: float | None = None,
+             nbytes: float | None = None, m: int = 8, layout: str = "out_in") -> Sparse:
+    """N:M pruning: in each group of ``M`` consecutive entries of a row keep the ``N`` largest.
+
+    With ``pattern`` (``"2:4"``) that pattern is used; otherwise the largest ``N`` out of ``m``
+    that fits ``nbytes``, or the smallest that meets ``error``.
+    """
+    Wa = _prep(W)
+    if pattern is not None:
+        return Sparse(prune(Wa, pattern=pattern), layout, dtype=Wa.dtype)
+    err, nb = _budget(error, nbytes)
+    best = None
+    for n in range(1, m + 1):
+        A = prune(Wa, pattern=(n, m))
+        cand = Sparse(A, layout, dtype=Wa.dtype)
+        if nb is not None:
+            if cand.nbytes > nb:
+                break
+            best = cand
+        else:
+            best = cand
+            if cand.relative_error(Wa) <= err:
+                break
+    return best if best is not None else Sparse(prune(Wa, pattern=(1, m)), layout, dtype=Wa.dtype)
+
+
+def low_rank(W: Any, rank: int | None = None, *, error: float | None = None,
+             nbytes: float | None = None, layout: str = "out_in") -> LowRank:
+    """Truncated SVD as a :class:`~weightpress.compressed.LowRank` matrix.
+
+    Exactly one of ``rank``, ``error`` (smallest rank with relative error ≤ ``error``) or
+    ``nbytes`` (largest rank that fits).
+    """
+    Wa = _prep(W)
+    if sum(v is not None for v in (rank, error, nbytes)) != 1:
+        raise ValueError("low_rank: give exactly one of rank, error and nbytes")
+    if nbytes is not None:
+        nb = real_scalar(nbytes, "nbytes", low=0.0)
+        rank = int(nb // ((Wa.shape[0] + Wa.shape[1]) * Wa.dtype.itemsize))
+    if rank is not None:
+        if int(rank) < 0:
+            raise ValueError(f"rank must be >= 0, got {rank}")
+        rank = min(int(rank), min(Wa.shape))
+        U, s, Vt = _truncated_svd(Wa, rank=rank)
+    else:
+        U, s, Vt = _truncated_svd(Wa, tol=real_scalar(error, "error", low=0.0))
+    return LowRank.from_svd(U, s, Vt, layout, dtype=Wa.dtype)
+
+
+@dataclass
+class Spectrum:
+    """A matrix's SVD kept for reuse by several candidate ranks."""
+
+    U: np.ndarray
+    s: np.ndarray
+    Vt: np.ndarray
+    total2: float
+
+    @classmethod
+    def of(cls, W: np.ndarray, rank: int | None = None) -> "Spectrum":
+        U, s, Vt = _truncated_svd(W, rank=rank)
+        return cls(U, s, Vt, _fro2(W))
+
+    def error(self, r: int) -> float:
+        if self.total2 == 0.0:
+            return 0.0
+        kept = float(np.sum(self.s[:r].astype(np.float64) ** 2))
+        return float(np.sqrt(max(0.0, self.total2 - kept) / self.total2))
+
+    def lowrank(self, r: int, layout: str, dtype: np.dtype) -> LowRank:
+        return LowRank.from_svd(self.U[:, :r], self.s[:r], self.Vt[:r], layout, dtype=dtype)
+
+
+def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
+                         nbytes: float | None = None, layout: str = "out_in",
+                         spectrum: Spectrum | None = None) -> SparsePlusLowRank:
+    """Rank-``rank`` truncated SVD plus the magnitude-pruned residual.
+
+    The residual keeps the fewest entries that bring the total relative error to ``error``, or
+    the most that fit in what ``nbytes`` leaves after the factors.
+    """
+    Wa = _prep(W)
+    err, nb = _budget(error, nbytes)
+    spec = spectrum if spectrum is not None else Spectrum.of(Wa, rank)
+    L = spec.lowrank(rank, layout, Wa.dtype)
+    R = Wa - L.toarray()
+    if err is not None:
+        keep = _keep_for_drop(_sorted_energy(R), err * err * _fro2(Wa))
+    else:
+        keep = _nnz_for_bytes(Wa.shape, nb - L.nbytes, Wa.dtype.itemsize)
+    S = Sparse(prune(R, sparsity=1.0 - keep / max(1, R.size)), layout, dtype=Wa.dtype)
+    return SparsePlusLowRank(S, L)
+
+
+def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
+         layout: str = "out_in", forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank"),
+         ) -> CompressedMatrix:
+    """The best form for a budget, never bigger than dense.
+
+    With ``error``: the smallest (in bytes) of pruning, low-rank and sparse + low-rank that meets
+    the relative error; dense if none is smaller than dense. With ``nbytes``: the lowest-error
+    form that fits (dense when the budget holds the dense tensor).
+    """
+    Wa = _prep(W)
+    err, nb = _budget(error, nbytes)
+    dense = Dense(Wa, layout)
+    if nb is not None and nb >= dense.nbytes:
+        return dense
+    cands: list[CompressedMatrix] = []
+    if "sparse" in forms:
+        cands.append(magnitude_prune(Wa, error=err, nbytes=nb, layout=layout))
+    spec = None
+    if "lowrank" in forms or "sparse+lowrank" in forms:
+        spec = Spectrum.of(Wa)
+        per_rank = (Wa.shape[0] + Wa.shape[1]) * Wa.dtype.itemsize
+        r_full = (_rank_for_error(spec.s, spec.total2, err) if err is not None
+                  else min(len(spec.s), int(nb // per_rank)))
+        if "lowrank" in forms:
+            cands.append(spec.lowrank(r_full, layout, Wa.dtype))
+        if "sparse+lowrank" in forms:
+            for r in sorted({r_full // 8, r_full // 4, r_full // 2} - {0}):
+                cands.append(sparse_plus_low_rank(Wa, r, error=err, nbytes=nb, layout=layout,
+                                                  spectrum=spec))
+    cands = [c for c in cands if c.nbytes < dense.nbytes]
+    if not cands:
+        return dense
+    if err is not None:
+        return min(cands, key=lambda c: c.nbytes)
+    fits = [c for c in cands if c.nbytes <= nb]
+    if not fits:  # a budget below every form: the smallest candidate, honest about its size
+        return min(cands, key=lambda c: c.nbytes)
+    return min(fits, key=lambda c: c.relative_error(Wa))
