@@ -23,7 +23,7 @@ from . import methods as M
 from ._validation import real_scalar
 from .compressed import CompressedMatrix, Dense
 from ._report import Report, Row
-from .container import ContainerWriter
+from .container import FORMAT, Container, ContainerWriter
 from .io._base import TensorInfo, TensorSource
 
 __all__ = ["Rule", "parse_rule", "DEFAULT_RULES", "Decision", "plan", "compress_model",
@@ -195,15 +195,21 @@ def global_threshold(source: Mapping[str, np.ndarray], names: list[str], *,
 
 def open_source(path: str | os.PathLike[str]) -> TensorSource:
     """Open a model file lazily: ``weightpress.io.open_model`` when available, else a small
-    built-in reader for ``.safetensors`` and ``.npz``."""
+    built-in reader for ``.safetensors`` and ``.npz``. A container opens as its decoded dense
+    tensors (:class:`~weightpress.container.Container`)."""
     try:
         from .io import open_model  # type: ignore[attr-defined]
     except ImportError:
         open_model = None
     if open_model is not None:
-        return open_model(path)
-    from ._open import open_builtin
-    return open_builtin(path)
+        src = open_model(path)
+    else:
+        from ._open import open_builtin
+        src = open_builtin(path)
+    if src.metadata.get("format") == FORMAT:  # a container: its decoded dense tensors
+        src.close()
+        return Container(path)
+    return src
 
 
 def _stored_itemsize(source: Any, name: str, dt: np.dtype) -> int:
@@ -272,7 +278,9 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     src_bytes = os.path.getsize(src_path) if os.path.isfile(src_path) else total
     if ratio is not None:
         # the container's JSON header costs about this much per tensor and part
-        header = 1024 + sum(320 + 3 * len(d.name) for d in decisions)
+        n_parts = {"skip": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5, "auto": 5}
+        header = 600 + sum(300 + n_parts[d.action] * (150 + len(d.name.encode()))
+                           for d in decisions)
         budget = src_bytes / ratio - kept - header
         squeezable = sum(orig[d.name] for d in work)
         if work and budget <= 0:

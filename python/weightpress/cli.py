@@ -1,0 +1,231 @@
+"""The ``weightpress`` command line.
+
+Exit codes (scripts can rely on them):
+
+- 0: success (``verify``: the file checked out);
+- 1: failure (``verify`` found problems, or an unexpected internal error);
+- 2: usage error or bad input (unknown option, missing or unreadable file, corrupt model,
+  impossible target, output that cannot be written).
+
+Errors print one line to stderr (``weightpress: error: ...``), no traceback; set
+``WEIGHTPRESS_DEBUG=1`` to see it. Outputs are written atomically: a failed run leaves no file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ._core import __version__
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class _Progress:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = time.perf_counter()
+
+    def __call__(self, i: int, n: int, what: str) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        done = int(width * i / max(n, 1))
+        bar = "#" * done + "." * (width - done)
+        sys.stderr.write(f"\r[{bar}] {i}/{n} {time.perf_counter() - self.t0:5.1f}s {what[:40]:<40}")
+        if i >= n:
+            sys.stderr.write("\r" + " " * (width + 60) + "\r")
+        sys.stderr.flush()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="weightpress",
+        description="Compress the weight matrices of trained neural networks "
+                    "(pruning, low rank, sparse + low rank) into a container file whose "
+                    "layers still compute.",
+        epilog="exit codes: 0 ok, 1 failure (verify found problems, internal error), "
+               "2 usage error or bad input. Try: weightpress demo")
+    p.add_argument("--version", action="version", version=f"weightpress {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    c = sub.add_parser("compress", help="compress a model file into a container",
+                       description="Compress a model (safetensors, npz, and the formats of "
+                                   "weightpress.io) into a .wpz container (safetensors + metadata).")
+    c.add_argument("model", help="input model file")
+    c.add_argument("-o", "--output", required=True, help="output container (e.g. model.wpz)")
+    tgt = c.add_mutually_exclusive_group()
+    tgt.add_argument("--ratio", type=float, help="make the file R times smaller than the input")
+    tgt.add_argument("--error", type=float,
+                     help="relative weight error ||W - W'||_F / ||W||_F allowed per layer")
+    c.add_argument("--method", default="auto", choices=["auto", "prune", "lowrank", "nm", "slr"],
+                   help="auto: smallest form per layer for the budget, never bigger than dense; "
+                        "prune: magnitude pruning to CSR; lowrank: truncated SVD; nm: N:M "
+                        "pruning; slr: sparse + low rank (default: auto)")
+    c.add_argument("--pattern", help="N:M pattern for --method nm (e.g. 2:4; then no target needed)")
+    c.add_argument("--rank", type=int, help="fixed rank for --method lowrank")
+    c.add_argument("--global", dest="scope", action="store_const", const="global", default="layer",
+                   help="--method prune: one magnitude threshold across all layers")
+    c.add_argument("--rules", action="append", default=[], metavar="GLOB=ACTION[:k=v,..]",
+                   help="override which tensors are compressed and how, first match wins; "
+                        "ACTION is skip, prune, lowrank, nm, slr or auto; options ratio, error, "
+                        "rank, sparsity, pattern. Repeat, or separate with ';'. E.g. "
+                        "--rules 'lm_head*=skip' --rules '*.q_proj.weight=lowrank:rank=64'")
+    c.add_argument("--min-size", type=int, default=4096,
+                   help="leave matrices with fewer elements dense (default: 4096)")
+    c.add_argument("--layout", choices=["out_in", "in_out"],
+                   help="how layers use their weights: out_in = [out, in], y = x W^T (PyTorch); "
+                        "in_out = [in, out], y = x W (Keras, ONNX). Default: from the format")
+    c.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
+
+    i = sub.add_parser("info", help="per-layer table of a container",
+                       description="Print name, shape, form, params, bytes, relative error and "
+                                   "ratio per tensor, and totals.")
+    i.add_argument("file", help="a .wpz container")
+
+    d = sub.add_parser("decompress", help="write the dense weights back",
+                       description="Decode every tensor to dense and write it (format from the "
+                                   "output's extension: .safetensors, .npz, or the formats of "
+                                   "weightpress.io, e.g. .onnx with --like).")
+    d.add_argument("file", help="a .wpz container")
+    d.add_argument("-o", "--output", required=True, help="output model file")
+    d.add_argument("--like", help="original model to copy the structure from (e.g. ONNX)")
+
+    v = sub.add_parser("verify", help="decode everything and check it",
+                       description="Check checksums, structure, shapes, dtypes and the stored "
+                                   "error figures. Exit 0 if all is well, 1 if not.")
+    v.add_argument("file", help="a .wpz container")
+    v.add_argument("--against", metavar="MODEL", help="also recompute errors against the original")
+
+    sub.add_parser("demo", help="compress the bundled digits model several ways",
+                   description="Compress the bundled 64-256-128-10 digits MLP with several "
+                               "methods and ratios; print accuracy and size for each.")
+    return p
+
+
+def _rules(texts: list[str]) -> list[Any]:
+    from .compress import parse_rule
+    return [parse_rule(t) for text in texts for t in text.split(";") if t.strip()]
+
+
+def _cmd_compress(a: argparse.Namespace) -> int:
+    from .compress import compress_model, open_source
+    opts: dict[str, Any] = {}
+    if a.pattern:
+        opts["pattern"] = a.pattern
+    if a.rank is not None:
+        opts["rank"] = a.rank
+    rules = _rules(a.rules)
+    if os.path.abspath(a.output) == os.path.abspath(a.model):
+        raise ValueError("output: must differ from the input model")
+    _check_output(a.output)
+    with open_source(a.model) as src:
+        rep = compress_model(src, a.output, ratio=a.ratio, error=a.error, method=a.method,
+                             rules=rules, min_size=a.min_size, layout=a.layout, scope=a.scope,
+                             options=opts, progress=_Progress())
+    if not a.quiet:
+        print(rep.table())
+    print(f"wrote {a.output}: {rep.file_bytes:,} bytes, {rep.ratio:.2f}x smaller than "
+          f"{a.model} ({rep.source_bytes:,} bytes)", file=sys.stderr if a.quiet else sys.stdout)
+    return EXIT_OK
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    from ._report import Report
+    from .container import Container
+    with Container(a.file) as c:
+        print(Report.of_container(c).table())
+    return EXIT_OK
+
+
+def _cmd_decompress(a: argparse.Namespace) -> int:
+    from .container import Container
+    _check_output(a.output)
+    with Container(a.file) as c:
+        dtypes = {n: d for n, d in c.stored_dtypes.items() if d in ("BF16",)}
+        try:
+            from .io import save_model  # type: ignore[attr-defined]
+        except ImportError:
+            save_model = None
+        if save_model is not None and (a.like or not a.output.endswith((".safetensors", ".npz"))):
+            save_model(a.output, c, like=a.like)
+        else:
+            if a.like:
+                raise ValueError("--like needs weightpress.io.save_model (not in this build)")
+            if not a.output.endswith((".safetensors", ".npz")):
+                raise ValueError(f"output: expected a .safetensors or .npz file, got {a.output!r}")
+            from ._open import save_builtin
+            save_builtin(a.output, c, dtypes=dtypes)
+    print(f"wrote {a.output}")
+    return EXIT_OK
+
+
+def _cmd_verify(a: argparse.Namespace) -> int:
+    from .container import verify
+    original = None
+    if a.against:
+        from .compress import open_source
+        original = open_source(a.against)
+    res = verify(a.file, original)
+    for p in res.problems:
+        print(f"FAIL {p}")
+    print(f"{'ok' if res.ok else 'FAILED'}: {res.checked} tensors checked, "
+          f"{len(res.problems)} problem(s)")
+    return EXIT_OK if res.ok else EXIT_FAIL
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run
+    run()
+    return EXIT_OK
+
+
+def _check_output(path: str) -> None:
+    """Fail early (before any work) when the output cannot be written."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"output {path!r} is a directory")
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise FileNotFoundError(f"output directory {d!r} does not exist")
+    if not os.access(d, os.W_OK):
+        raise PermissionError(f"output directory {d!r} is not writable")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
+    parser = _parser()
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return int(e.code or 0)
+    cmd = {"compress": _cmd_compress, "info": _cmd_info, "decompress": _cmd_decompress,
+           "verify": _cmd_verify, "demo": _cmd_demo}[a.command]
+    try:
+        return cmd(a)
+    except KeyboardInterrupt:
+        print("weightpress: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, KeyError) as e:
+        if os.environ.get("WEIGHTPRESS_DEBUG"):
+            raise
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else \
+            f"{e.strerror or e}: {e.filename}"
+        if isinstance(e, KeyError):
+            msg = f"no tensor {e}"
+        print(f"weightpress: error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback, for anything else
+        if os.environ.get("WEIGHTPRESS_DEBUG"):
+            raise
+        print(f"weightpress: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())
