@@ -212,28 +212,58 @@ class Spectrum:
 
 def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
                          nbytes: float | None = None, layout: str = "out_in",
-                         spectrum: Spectrum | None = None) -> SparsePlusLowRank:
-    """Rank-``rank`` truncated SVD plus the magnitude-pruned residual.
+                         iterations: int = 3, spectrum: Spectrum | None = None,
+                         ) -> SparsePlusLowRank:
+    """``W ≈ S + L``: rank-``rank`` factors plus magnitude-pruned residual, by alternation.
 
-    The residual keeps the fewest entries that bring the total relative error to ``error``, or
-    the most that fit in what ``nbytes`` leaves after the factors.
+    Starts from the truncated SVD of ``W`` (or the given ``spectrum`` of it), then
+    ``iterations`` times: ``S`` = the residual ``W − L`` pruned to the budget, ``L`` = the
+    rank-``rank`` SVD of ``W − S``. The sparse part keeps the fewest entries that bring the
+    relative error to ``error``, or the most that fit in what ``nbytes`` leaves after the
+    factors. The best iterate (fewest bytes for ``error``, lowest error for ``nbytes``) is
+    returned.
     """
     Wa = _prep(W)
     err, nb = _budget(error, nbytes)
     spec = spectrum if spectrum is not None else Spectrum.of(Wa, rank)
-    L = spec.lowrank(rank, layout, Wa.dtype)
-    R = Wa - L.toarray()
-    if err is not None:
-        keep = _keep_for_drop(_sorted_energy(R), err * err * _fro2(Wa))
-    else:
-        keep = _nnz_for_bytes(Wa.shape, nb - L.nbytes, Wa.dtype.itemsize)
-    S = Sparse(prune(R, sparsity=1.0 - keep / max(1, R.size)), layout, dtype=Wa.dtype)
-    return SparsePlusLowRank(S, L)
+    L0 = spec.lowrank(rank, layout, Wa.dtype)
+    if nb is not None:
+        return _alternate(Wa, L0, _nnz_for_bytes(Wa.shape, nb - L0.nbytes, Wa.dtype.itemsize),
+                          rank, iterations)
+    # error budget: alternate at a fixed sparse size, doubled until the budget is reachable,
+    # then keep the fewest residual entries that meet it.
+    allowed = err * err * _fro2(Wa)
+    k = max(1, Wa.size // 256) if iterations else Wa.size
+    while True:
+        L = _alternate(Wa, L0, k, rank, iterations).lowrank if iterations else L0
+        R = Wa - L.toarray()
+        keep = _keep_for_drop(_sorted_energy(R), allowed)
+        if keep <= k or k >= Wa.size:
+            S = Sparse(prune(R, sparsity=1.0 - keep / max(1, R.size)), layout, dtype=Wa.dtype)
+            return SparsePlusLowRank(S, L)
+        k *= 2
+
+
+def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int) -> SparsePlusLowRank:
+    """``iterations`` rounds of S = top-k of W − L, L = rank-r SVD of W − S; the best iterate."""
+    best, best_err = None, np.inf
+    for it in range(int(iterations) + 1):
+        if it:
+            U, s, Vt = _truncated_svd(Wa - cur_S.toarray(), rank=rank)
+            L = LowRank.from_svd(U, s, Vt, L.layout, dtype=Wa.dtype)
+        R = Wa - L.toarray()
+        cur_S = Sparse(prune(R, sparsity=1.0 - k / max(1, R.size)), L.layout, dtype=Wa.dtype)
+        cand = SparsePlusLowRank(cur_S, L)
+        e = cand.relative_error(Wa)
+        if e < best_err:
+            best, best_err = cand, e
+    assert best is not None
+    return best
 
 
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
          layout: str = "out_in", forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank"),
-         ) -> CompressedMatrix:
+         slr_iterations: int = 0) -> CompressedMatrix:
     """The best form for a budget, never bigger than dense.
 
     With ``error``: the smallest (in bytes) of pruning, low-rank and sparse + low-rank that meets
@@ -259,7 +289,7 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
         if "sparse+lowrank" in forms:
             for r in sorted({r_full // 8, r_full // 4, r_full // 2} - {0}):
                 cands.append(sparse_plus_low_rank(Wa, r, error=err, nbytes=nb, layout=layout,
-                                                  spectrum=spec))
+                                                  spectrum=spec, iterations=slr_iterations))
     cands = [c for c in cands if c.nbytes < dense.nbytes]
     if not cands:
         return dense
