@@ -290,11 +290,12 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                              f"(keep fewer tensors with --rules, or lower the ratio)")
         layer_ratio = squeezable / budget if work else 1.0
     thr = None
-    if scope == "global" and work:
-        names = [d.name for d in work]
+    glob = [d for d in work if d.action == "prune" and not d.options] if scope == "global" else []
+    if glob:
+        names = [d.name for d in glob]
         if ratio is not None:
-            ptr_bytes = sum(M.sparse_nbytes(d.shape, 0, d.dtype.itemsize) for d in work)
-            entry = max(d.dtype.itemsize + M._index_itemsize(d.shape[1]) for d in work)
+            ptr_bytes = sum(M.sparse_nbytes(d.shape, 0, d.dtype.itemsize) for d in glob)
+            entry = max(d.dtype.itemsize + M._index_itemsize(d.shape[1]) for d in glob)
             keep = int((sum(orig[n] for n in names) / layer_ratio - ptr_bytes) // entry)
             thr = global_threshold(source, names, keep=keep)
         else:
@@ -312,7 +313,7 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                           orig_bytes=orig[d.name], method="keep", reason=d.reason)
             else:
                 Wa = np.asarray(W)
-                if thr is not None:
+                if thr is not None and d in glob:
                     m: CompressedMatrix = M.magnitude_prune(Wa, threshold=thr, layout=layout)
                 else:
                     nb = None if layer_ratio is None else orig[d.name] / layer_ratio

@@ -47,7 +47,7 @@ def _compute_dtype(dt: np.dtype) -> np.dtype:
 
 def _fro2(a: np.ndarray) -> float:
     a64 = np.asarray(a, dtype=np.float64).reshape(-1)
-    return float(a64 @ a64)
+    return float(np.einsum("i,i->", a64, a64))  # no BLAS: its threads cost more than a dot here
 
 
 class CompressedMatrix:

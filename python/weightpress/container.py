@@ -52,6 +52,11 @@ def _f64(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64).reshape(-1)
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Sum of products in float64, without BLAS (whose threads cost more than this dot)."""
+    return float(np.einsum("i,i->", _f64(a), _f64(b)))
+
+
 class _Spill(TensorSource):
     """Arrays appended to a scratch file, read back memory-mapped (one at a time)."""
 
@@ -156,15 +161,15 @@ class ContainerWriter:
                               else np.prod(shape, dtype=np.int64) * np.dtype(dtype).itemsize),
             "method": method, "reason": reason}
         decoded = parts["values"] if form == "dense" else obj.toarray()  # type: ignore[union-attr]
-        nh2 = float(_f64(decoded) @ _f64(decoded))
+        nh2 = _dot(decoded, decoded)
         if original is not None:
             W = np.asarray(original)
             if W.shape != tuple(shape):
                 raise ValueError(f"original: shape {W.shape} differs from {tuple(shape)}")
-            n2 = float(_f64(W) @ _f64(W))
-            inner = float(_f64(W) @ _f64(decoded))
+            n2 = _dot(W, W)
+            inner = _dot(W, decoded)
             diff = _f64(W) - _f64(decoded)
-            err = float(np.sqrt(diff @ diff / n2)) if n2 > 0 else (0.0 if not diff.any() else float("inf"))
+            err = float(np.sqrt(_dot(diff, diff) / n2)) if n2 > 0 else (0.0 if not diff.any() else float("inf"))
             del diff
         else:
             n2, inner, err = nh2, nh2, 0.0
@@ -341,7 +346,7 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
         if not np.isfinite(W_hat).all():
             res.problems.append(f"{where}: decoded tensor has NaN or Inf")
             continue
-        nh = float(np.sqrt(_f64(W_hat) @ _f64(W_hat)))
+        nh = float(np.sqrt(_dot(W_hat, W_hat)))
         scale = max(e["norm"], e["norm_hat"], 1e-30)
         if abs(nh - e["norm_hat"]) > rtol * scale:
             res.problems.append(f"{where}: decoded norm {nh:.6g} differs from stored {e['norm_hat']:.6g}")
@@ -359,9 +364,9 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
             if W.shape != W_hat.shape:
                 res.problems.append(f"{where}: original shape {W.shape} != {W_hat.shape}")
                 continue
-            n2w = float(_f64(W) @ _f64(W))
+            n2w = _dot(W, W)
             d = _f64(W) - _f64(W_hat)
-            true = float(np.sqrt(d @ d / n2w)) if n2w > 0 else 0.0
+            true = float(np.sqrt(_dot(d, d) / n2w)) if n2w > 0 else 0.0
             if abs(true - e["error"]) > max(rtol, 1e-2 * e["error"]):
                 res.problems.append(f"{where}: error against the original is {true:.4g}, "
                                     f"stored {e['error']:.4g}")

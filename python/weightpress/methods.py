@@ -41,7 +41,7 @@ def _truncated_svd(W: np.ndarray, rank: int | None = None,
 
 def _fro2(a: np.ndarray) -> float:
     v = np.asarray(a, dtype=np.float64).reshape(-1)
-    return float(v @ v)
+    return float(np.einsum("i,i->", v, v))  # no BLAS: its threads cost more than a dot here
 
 
 def _rank_for_error(s: np.ndarray, total2: float, tol: float) -> int:

@@ -1,0 +1,173 @@
+"""Container round trip, honest byte counts, verify, plans and rules, whole-model compression."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from weightpress import methods as M
+from weightpress.compress import compress_model, open_source, parse_rule, plan
+from weightpress.compressed import Dense
+from weightpress.container import Container, ContainerWriter, verify
+from weightpress.io._base import FormatError
+from weightpress.io.safetensors import SafetensorsSource, f32_to_bf16, write_safetensors
+
+
+def _model(tmp_path, dtype=np.float32, name="m.safetensors", **extra):
+    g = np.random.default_rng(0)
+    t = {"enc.0.weight": (g.standard_normal((96, 64)) @ np.diag(np.linspace(1, 0.01, 64))).astype(dtype),
+         "enc.0.bias": g.standard_normal(96).astype(dtype),
+         "enc.1.weight": g.standard_normal((64, 96)).astype(dtype),
+         "embed.weight": g.standard_normal((100, 64)).astype(dtype),
+         "norm.weight": np.ones(64, dtype), "head.weight": g.standard_normal((10, 64)).astype(dtype),
+         "steps": np.array([3], np.int64), **extra}
+    p = tmp_path / name
+    write_safetensors(p, t)
+    return p, t
+
+
+def _write(path, W):
+    with ContainerWriter(path, {"name": "x"}) as w:
+        w.add("sp", M.magnitude_prune(W, sparsity=0.8), original=W)
+        w.add("lr", M.low_rank(W, 3, layout="in_out"), original=W)
+        w.add("slr", M.sparse_plus_low_rank(W, 2, error=0.3), original=W)
+        w.add("dense", Dense(W), original=W)
+        w.add("vec", np.arange(5, dtype=np.float32))
+    return w
+
+
+def test_round_trip_and_honest_bytes(tmp_path):
+    W = np.random.default_rng(1).standard_normal((40, 30)).astype(np.float32)
+    p = tmp_path / "c.wpz"
+    w = _write(p, W)
+    assert w.file_bytes == os.path.getsize(p)
+    c = Container(p)
+    assert list(c) == ["sp", "lr", "slr", "dense", "vec"]
+    for name, e in c.entries.items():
+        m = c.matrix(name) if name != "vec" else None
+        if m is not None:
+            assert m.form == e["form"] and m.nbytes == e["bytes"] and m.n_params == e["params"]
+            assert m.relative_error(W) == pytest.approx(e["error"], rel=1e-6)
+            np.testing.assert_array_equal(c[name], m.toarray())
+    assert c.matrix("lr").layout == "in_out"
+    np.testing.assert_array_equal(c["vec"], np.arange(5))
+    # the bytes column adds up to the file: payload + safetensors header
+    (hlen,) = struct.unpack("<Q", p.read_bytes()[:8])
+    assert sum(e["bytes"] for e in c.entries.values()) + 8 + hlen == os.path.getsize(p)
+    # a dense-kept tensor is a plain safetensors tensor under its own name
+    np.testing.assert_array_equal(SafetensorsSource(p)["dense"], W)
+    assert verify(p, {k: W for k in ("sp", "lr", "slr", "dense")} | {"vec": np.arange(5.0)}).ok
+
+
+def test_verify_catches_corruption(tmp_path):
+    W = np.random.default_rng(2).standard_normal((40, 30)).astype(np.float32)
+    p = tmp_path / "c.wpz"
+    _write(p, W)
+    raw = bytearray(p.read_bytes())
+    raw[-100] ^= 0x40  # one bit in the last stored arrays
+    bad = tmp_path / "bad.wpz"
+    bad.write_bytes(bytes(raw))
+    res = verify(bad)
+    assert not res.ok and any("checksum" in q for q in res.problems)
+    # a stored error figure that lies is caught without the original
+    c = Container(p)
+    entries = c.entries
+    entries["lr"]["error"] = 0.001
+    meta = dict(c.metadata, tensors=json.dumps(entries))
+    st = SafetensorsSource(p)
+    write_safetensors(tmp_path / "lie.wpz", {k: st[k] for k in st}, meta)
+    res = verify(tmp_path / "lie.wpz")
+    assert not res.ok and any("lr: stored error" in q for q in res.problems)
+    # wrong original: errors recomputed against it disagree
+    assert not verify(p, {k: W + 1 for k in ("sp", "lr", "slr", "dense", "vec")}).ok
+    # truncated: the file does not open at all
+    (tmp_path / "t.wpz").write_bytes(p.read_bytes()[:-10])
+    with pytest.raises(FormatError, match="truncated"):
+        verify(tmp_path / "t.wpz")
+
+
+def test_plain_safetensors_is_not_a_container(tmp_path):
+    p, _ = _model(tmp_path)
+    with pytest.raises(FormatError, match="not a weightpress container"):
+        Container(p)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    W = np.ones((4, 4), np.float32)
+    with pytest.raises(RuntimeError), ContainerWriter(tmp_path / "o.wpz") as w:
+        w.add("a", Dense(W))
+        raise RuntimeError("boom")
+    with pytest.raises(ValueError, match="twice"), ContainerWriter(tmp_path / "o.wpz") as w:
+        w.add("a", Dense(W))
+        w.add("a", Dense(W))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plan_rules_and_reasons():
+    infos = {"embed_tokens.weight": ((1000, 64), "float32"), "l.0.bias": ((64,), "float32"),
+             "l.0.weight": ((64, 64), "float32"), "ln_f.weight": ((64,), "float32"),
+             "l.1.layernorm.weight": ((64, 64), "float32"), "tiny.weight": ((8, 8), "float32"),
+             "conv.weight": ((8, 4, 3, 3), "float32"), "ids": ((100, 100), "int64")}
+    d = {x.name: x for x in plan(infos, "auto")}
+    assert d["l.0.weight"].action == "auto"
+    assert d["embed_tokens.weight"].reason == "embedding"
+    assert d["l.1.layernorm.weight"].reason == "normalization"
+    assert "1-D" in d["l.0.bias"].reason and "4-D" in d["conv.weight"].reason
+    assert "small" in d["tiny.weight"].reason and "int64" in d["ids"].reason
+    rules = [parse_rule("embed*=lowrank:rank=8"), parse_rule("l.0.*=skip")]
+    d = {x.name: x for x in plan(infos, "prune", rules)}
+    assert d["embed_tokens.weight"].action == "lowrank" and d["embed_tokens.weight"].options == {"rank": 8}
+    assert d["l.0.weight"].action == "skip" and "l.0.*=skip" in d["l.0.weight"].reason
+    for bad in ("nothing", "*=squash", "*=prune:color=red", "*=lowrank:rank=x"):
+        with pytest.raises(ValueError, match="rule"):
+            parse_rule(bad)
+
+
+@pytest.mark.parametrize("method", ["prune", "lowrank", "auto", "nm", "slr"])
+def test_compress_model_ratio(tmp_path, method):
+    p, t = _model(tmp_path)
+    rules = [parse_rule("embed*=prune")]
+    with open_source(p) as src:
+        rep = compress_model(src, tmp_path / "o.wpz", ratio=2, method=method, rules=rules,
+                             min_size=1000)
+    assert rep.file_bytes == os.path.getsize(tmp_path / "o.wpz")
+    if method != "nm":  # N:M can only drop whole fractions of each group
+        assert rep.ratio >= 2 * 0.99
+    assert verify(tmp_path / "o.wpz", t).ok
+    forms = {r.name: r.form for r in rep.rows}
+    assert forms["norm.weight"] == "dense" and forms["head.weight"] == "dense"
+    assert forms["embed.weight"] == "sparse"
+
+
+def test_compress_model_error_and_global(tmp_path):
+    p, t = _model(tmp_path)
+    with open_source(p) as src:
+        rep = compress_model(src, tmp_path / "e.wpz", error=0.3, method="auto")
+        assert all(r.error <= 0.3 * (1 + 1e-5) for r in rep.rows)
+        assert all(r.nbytes <= r.orig_bytes for r in rep.rows)
+        g = compress_model(src, tmp_path / "g.wpz", ratio=3, method="prune", scope="global",
+                           rules=[parse_rule("embed*=prune")])
+        assert g.ratio >= 3 * 0.97
+        errs = {r.name: r.error for r in g.rows if r.form == "sparse"}
+        assert errs["enc.0.weight"] != pytest.approx(errs["enc.1.weight"], abs=0.02)
+        with pytest.raises(ValueError, match="impossible"):
+            compress_model(src, tmp_path / "x.wpz", ratio=50, method="prune")
+        with pytest.raises(ValueError, match="exactly one"):
+            compress_model(src, tmp_path / "x.wpz", method="prune")
+    assert not (tmp_path / "x.wpz").exists()
+
+
+def test_bf16_source_keeps_bf16_for_dense_tensors(tmp_path):
+    g = np.random.default_rng(5)
+    W = g.standard_normal((64, 128)).astype(np.float32)
+    b = g.standard_normal(64).astype(np.float32)
+    p = tmp_path / "b.safetensors"
+    write_safetensors(p, {"w": W, "b": b}, dtypes={"w": "BF16", "b": "BF16"})
+    with open_source(p) as src:
+        rep = compress_model(src, tmp_path / "b.wpz", error=0.5, method="lowrank")
+    c = Container(tmp_path / "b.wpz")
+    assert c.entries["b"]["bytes"] == 64 * 2 and c.entries["w"]["orig_bytes"] == 64 * 128 * 2
+    np.testing.assert_array_equal(c["b"], (f32_to_bf16(b).astype(np.uint32) << 16).view(np.float32))
+    assert verify(tmp_path / "b.wpz").ok and rep.rows[0].error <= 0.5
