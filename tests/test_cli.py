@@ -46,6 +46,13 @@ def test_compress_info_verify_decompress(tmp_path, capsys):
             assert 0 < err < 1
 
 
+def test_info_on_a_plain_model(capsys):
+    assert main(["info", MODEL]) == 0
+    out = capsys.readouterr().out
+    assert "keep: small (1280 < 4096 elements)" in out and "fc2.weight" in out
+    assert "not a weightpress container" in out
+
+
 def test_nm_pattern_and_rules(tmp_path, capsys):
     out = tmp_path / "nm.wpz"
     assert main(["compress", MODEL, "-o", str(out), "--method", "nm", "--pattern", "2:4",
@@ -77,7 +84,7 @@ def test_verify_fails_with_exit_1_on_corruption(tmp_path, capsys):
     (["compress", MODEL, "-o", "OUT", "--rules", "fc*=melt", "--ratio", "2"], "action must be"),
     (["compress", MODEL, "-o", "NODIR/x.wpz", "--ratio", "2"], "does not exist"),
     (["compress", MODEL, "-o", "DIR", "--ratio", "2"], "is a directory"),
-    (["info", MODEL], "not a weightpress container"),
+    (["verify", MODEL], "not a weightpress container"),
     (["decompress", "BAD", "-o", "OUT"], "past the end"),
 ])
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, capsys, args, msg):

@@ -20,6 +20,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from ._core import __version__
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -84,10 +86,11 @@ def _parser() -> argparse.ArgumentParser:
                         "in_out = [in, out], y = x W (Keras, ONNX). Default: from the format")
     c.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
 
-    i = sub.add_parser("info", help="per-layer table of a container",
+    i = sub.add_parser("info", help="per-layer table of a container (or of a model)",
                        description="Print name, shape, form, params, bytes, relative error and "
-                                   "ratio per tensor, and totals.")
-    i.add_argument("file", help="a .wpz container")
+                                   "ratio per tensor of a container, and totals. For a plain "
+                                   "model: its tensors and what compress would do with each.")
+    i.add_argument("file", help="a .wpz container or a model file")
 
     d = sub.add_parser("decompress", help="write the dense weights back",
                        description="Decode every tensor to dense and write it (format from the "
@@ -137,10 +140,27 @@ def _cmd_compress(a: argparse.Namespace) -> int:
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
-    from ._report import Report
+    from ._report import Report, human
+    from .compress import _stored_itemsize, open_source, plan
     from .container import Container
-    with Container(a.file) as c:
-        print(Report.of_container(c).table())
+    src = open_source(a.file)
+    if isinstance(src, Container):
+        with src:
+            print(Report.of_container(src).table())
+        return EXIT_OK
+    with src:  # a plain model: its tensors and what 'compress' would do with each by default
+        rows = [("tensor", "shape", "dtype", "bytes", "default plan")]
+        for d in plan(src.info(), "auto"):
+            st = src.stored_dtypes.get(d.name) or d.dtype.name
+            rows.append((d.name, "x".join(map(str, d.shape)) or "()", st,
+                         human(int(np.prod(d.shape)) * _stored_itemsize(src, d.name, d.dtype)),
+                         "compress" if d.action != "skip" else f"keep: {d.reason}"))
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    for k, r in enumerate(rows):
+        print("  ".join(c.rjust(w[i]) if i == 3 else c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
+        if k == 0:
+            print("  ".join("-" * x for x in w))
+    print(f"{src.format} model, {len(rows) - 1} tensors, not a weightpress container")
     return EXIT_OK
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ._core import __version__
-from .compressed import CompressedMatrix, Dense, from_parts
+from .compressed import CompressedMatrix, Dense, error_stats, from_parts
 from .io._base import FormatError, TensorInfo, TensorSource
 from .io.safetensors import SafetensorsSource, write_safetensors
 
@@ -46,15 +46,6 @@ SEP = "::"
 
 def _crc(a: np.ndarray) -> int:
     return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
-
-
-def _f64(a: np.ndarray) -> np.ndarray:
-    return np.asarray(a, dtype=np.float64).reshape(-1)
-
-
-def _dot(a: np.ndarray, b: np.ndarray) -> float:
-    """Sum of products in float64, without BLAS (whose threads cost more than this dot)."""
-    return float(np.einsum("i,i->", _f64(a), _f64(b)))
 
 
 class _Spill(TensorSource):
@@ -161,17 +152,14 @@ class ContainerWriter:
                               else np.prod(shape, dtype=np.int64) * np.dtype(dtype).itemsize),
             "method": method, "reason": reason}
         decoded = parts["values"] if form == "dense" else obj.toarray()  # type: ignore[union-attr]
-        nh2 = _dot(decoded, decoded)
         if original is not None:
             W = np.asarray(original)
             if W.shape != tuple(shape):
                 raise ValueError(f"original: shape {W.shape} differs from {tuple(shape)}")
-            n2 = _dot(W, W)
-            inner = _dot(W, decoded)
-            diff = _f64(W) - _f64(decoded)
-            err = float(np.sqrt(_dot(diff, diff) / n2)) if n2 > 0 else (0.0 if not diff.any() else float("inf"))
-            del diff
+            n2, inner, nh2, d2 = error_stats(W, decoded)
+            err = float(np.sqrt(d2 / n2)) if n2 > 0 else (0.0 if d2 == 0 else float("inf"))
         else:
+            nh2 = error_stats(decoded, decoded)[0]
             n2, inner, err = nh2, nh2, 0.0
         entry.update(error=err, norm=float(np.sqrt(n2)), norm_hat=float(np.sqrt(nh2)), inner=inner)
         del decoded
@@ -346,7 +334,7 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
         if not np.isfinite(W_hat).all():
             res.problems.append(f"{where}: decoded tensor has NaN or Inf")
             continue
-        nh = float(np.sqrt(_dot(W_hat, W_hat)))
+        nh = float(np.sqrt(error_stats(W_hat, W_hat)[0]))
         scale = max(e["norm"], e["norm_hat"], 1e-30)
         if abs(nh - e["norm_hat"]) > rtol * scale:
             res.problems.append(f"{where}: decoded norm {nh:.6g} differs from stored {e['norm_hat']:.6g}")
@@ -364,9 +352,8 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
             if W.shape != W_hat.shape:
                 res.problems.append(f"{where}: original shape {W.shape} != {W_hat.shape}")
                 continue
-            n2w = _dot(W, W)
-            d = _f64(W) - _f64(W_hat)
-            true = float(np.sqrt(_dot(d, d) / n2w)) if n2w > 0 else 0.0
+            n2w, _, _, d2 = error_stats(W, W_hat)
+            true = float(np.sqrt(d2 / n2w)) if n2w > 0 else 0.0
             if abs(true - e["error"]) > max(rtol, 1e-2 * e["error"]):
                 res.problems.append(f"{where}: error against the original is {true:.4g}, "
                                     f"stored {e['error']:.4g}")

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from ._validation import as_float_array, check_finite, real_scalar
-from .compressed import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank
+from .compressed import (CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank,
+                         error_stats)
 from .sparse import _parse_pattern, prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "auto",
@@ -40,8 +41,7 @@ def _truncated_svd(W: np.ndarray, rank: int | None = None,
 
 
 def _fro2(a: np.ndarray) -> float:
-    v = np.asarray(a, dtype=np.float64).reshape(-1)
-    return float(np.einsum("i,i->", v, v))  # no BLAS: its threads cost more than a dot here
+    return error_stats(a, a)[0]
 
 
 def _rank_for_error(s: np.ndarray, total2: float, tol: float) -> int:
