@@ -175,3 +175,15 @@ def test_nm_pattern_and_method_checks():
         M.magnitude_prune(W, sparsity=0.5, error=0.1)
     with pytest.raises(ValueError, match="exactly one"):
         M.low_rank(W)
+
+
+@pytest.mark.parametrize("fn", [lambda W: M.magnitude_prune(W, sparsity=0.5),
+                                lambda W: M.low_rank(W, 3), lambda W: M.nm_prune(W, "2:4"),
+                                lambda W: M.auto(W, nbytes=W.nbytes / 3),
+                                lambda W: M.sparse_plus_low_rank(W, 2, error=0.5)])
+def test_float16_stays_float16(fn):
+    W = _planted(32, 32).astype(np.float16)
+    m = fn(W)
+    assert m.dtype == np.float16 and m.toarray().dtype == np.float16
+    assert all(p.dtype in (np.float16, np.uint16, np.int32) for p in m.parts().values())
+    assert m.matmul(np.ones((32, 2), np.float32)).dtype == np.float32

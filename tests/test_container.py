@@ -171,3 +171,14 @@ def test_bf16_source_keeps_bf16_for_dense_tensors(tmp_path):
     assert c.entries["b"]["bytes"] == 64 * 2 and c.entries["w"]["orig_bytes"] == 64 * 128 * 2
     np.testing.assert_array_equal(c["b"], (f32_to_bf16(b).astype(np.uint32) << 16).view(np.float32))
     assert verify(tmp_path / "b.wpz").ok and rep.rows[0].error <= 0.5
+
+
+def test_float16_model_stays_float16(tmp_path):
+    p, t = _model(tmp_path, dtype=np.float16)
+    with open_source(p) as src:
+        rep = compress_model(src, tmp_path / "h.wpz", ratio=2, method="auto",
+                             rules=[parse_rule("embed*=lowrank")])
+    c = Container(tmp_path / "h.wpz")
+    assert all(e["dtype"] == "float16" for n, e in c.entries.items() if n != "steps")
+    assert c["enc.0.weight"].dtype == np.float16 and rep.ratio >= 2 * 0.99
+    assert verify(tmp_path / "h.wpz", t).ok

@@ -82,6 +82,12 @@ def _prep(W: Any) -> np.ndarray:
     return Wa
 
 
+def _out_dtype(W: Any, Wa: np.ndarray) -> np.dtype:
+    """Results are stored in the input's float dtype (float16 stays float16), computed in Wa's."""
+    dt = np.asarray(W).dtype
+    return dt if dt.kind == "f" else Wa.dtype
+
+
 def _budget(error: Any, nbytes: Any) -> tuple[float | None, float | None]:
     if (error is None) == (nbytes is None):
         raise ValueError("give exactly one of error (relative weight error) and nbytes (byte budget)")
@@ -120,6 +126,7 @@ def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float |
         ``W`` not 2-D or not finite, or not exactly one target given.
     """
     Wa = _prep(W)
+    od = _out_dtype(W, Wa)
     given = [v is not None for v in (sparsity, threshold, error, nbytes)]
     if sum(given) != 1:
         raise ValueError("magnitude_prune: give exactly one of sparsity, threshold, error and nbytes")
@@ -131,10 +138,10 @@ def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float |
             if err is not None:
                 keep = _keep_for_drop(_sorted_energy(Wa), err * err * _fro2(Wa))
             else:
-                keep = _nnz_for_bytes(Wa.shape, nb, Wa.dtype.itemsize)
+                keep = _nnz_for_bytes(Wa.shape, nb, od.itemsize)
             sparsity = 1.0 - keep / max(1, Wa.size)
         A = prune(Wa, sparsity=sparsity)
-    return Sparse(A, layout, dtype=Wa.dtype)
+    return Sparse(A, layout, dtype=od)
 
 
 def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: float | None = None,
@@ -145,13 +152,14 @@ def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: flo
     that fits ``nbytes``, or the smallest that meets ``error``.
     """
     Wa = _prep(W)
+    od = _out_dtype(W, Wa)
     if pattern is not None:
-        return Sparse(prune(Wa, pattern=pattern), layout, dtype=Wa.dtype)
+        return Sparse(prune(Wa, pattern=pattern), layout, dtype=od)
     err, nb = _budget(error, nbytes)
     best = None
     for n in range(1, m + 1):
         A = prune(Wa, pattern=(n, m))
-        cand = Sparse(A, layout, dtype=Wa.dtype)
+        cand = Sparse(A, layout, dtype=od)
         if nb is not None:
             if cand.nbytes > nb:
                 break
@@ -160,7 +168,7 @@ def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: flo
             best = cand
             if cand.relative_error(Wa) <= err:
                 break
-    return best if best is not None else Sparse(prune(Wa, pattern=(1, m)), layout, dtype=Wa.dtype)
+    return best if best is not None else Sparse(prune(Wa, pattern=(1, m)), layout, dtype=od)
 
 
 def low_rank(W: Any, rank: int | None = None, *, error: float | None = None,
@@ -171,11 +179,12 @@ def low_rank(W: Any, rank: int | None = None, *, error: float | None = None,
     ``nbytes`` (largest rank that fits).
     """
     Wa = _prep(W)
+    od = _out_dtype(W, Wa)
     if sum(v is not None for v in (rank, error, nbytes)) != 1:
         raise ValueError("low_rank: give exactly one of rank, error and nbytes")
     if nbytes is not None:
         nb = real_scalar(nbytes, "nbytes", low=0.0)
-        rank = int(nb // ((Wa.shape[0] + Wa.shape[1]) * Wa.dtype.itemsize))
+        rank = int(nb // ((Wa.shape[0] + Wa.shape[1]) * od.itemsize))
     if rank is not None:
         if int(rank) < 0:
             raise ValueError(f"rank must be >= 0, got {rank}")
@@ -183,7 +192,7 @@ def low_rank(W: Any, rank: int | None = None, *, error: float | None = None,
         U, s, Vt = _truncated_svd(Wa, rank=rank)
     else:
         U, s, Vt = _truncated_svd(Wa, tol=real_scalar(error, "error", low=0.0))
-    return LowRank.from_svd(U, s, Vt, layout, dtype=Wa.dtype)
+    return LowRank.from_svd(U, s, Vt, layout, dtype=od)
 
 
 @dataclass
@@ -224,11 +233,12 @@ def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
     returned.
     """
     Wa = _prep(W)
+    od = _out_dtype(W, Wa)
     err, nb = _budget(error, nbytes)
     spec = spectrum if spectrum is not None else Spectrum.of(Wa, rank)
-    L0 = spec.lowrank(rank, layout, Wa.dtype)
+    L0 = spec.lowrank(rank, layout, od)
     if nb is not None:
-        return _alternate(Wa, L0, _nnz_for_bytes(Wa.shape, nb - L0.nbytes, Wa.dtype.itemsize),
+        return _alternate(Wa, L0, _nnz_for_bytes(Wa.shape, nb - L0.nbytes, od.itemsize),
                           rank, iterations)
     # error budget: alternate at a fixed sparse size, doubled until the budget is reachable,
     # then keep the fewest residual entries that meet it.
@@ -239,7 +249,7 @@ def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
         R = Wa - L.toarray()
         keep = _keep_for_drop(_sorted_energy(R), allowed)
         if keep <= k or k >= Wa.size:
-            S = Sparse(prune(R, sparsity=1.0 - keep / max(1, R.size)), layout, dtype=Wa.dtype)
+            S = Sparse(prune(R, sparsity=1.0 - keep / max(1, R.size)), layout, dtype=od)
             return SparsePlusLowRank(S, L)
         k *= 2
 
@@ -250,9 +260,9 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int) -
     for it in range(int(iterations) + 1):
         if it:
             U, s, Vt = _truncated_svd(Wa - cur_S.toarray(), rank=rank)
-            L = LowRank.from_svd(U, s, Vt, L.layout, dtype=Wa.dtype)
+            L = LowRank.from_svd(U, s, Vt, L.layout, dtype=L.dtype)
         R = Wa - L.toarray()
-        cur_S = Sparse(prune(R, sparsity=1.0 - k / max(1, R.size)), L.layout, dtype=Wa.dtype)
+        cur_S = Sparse(prune(R, sparsity=1.0 - k / max(1, R.size)), L.layout, dtype=L.dtype)
         cand = SparsePlusLowRank(cur_S, L)
         e = cand.relative_error(Wa)
         if e < best_err:
@@ -271,8 +281,9 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     form that fits (dense when the budget holds the dense tensor).
     """
     Wa = _prep(W)
+    od = _out_dtype(W, Wa)
     err, nb = _budget(error, nbytes)
-    dense = Dense(Wa, layout)
+    dense = Dense(Wa.astype(od, copy=False), layout)
     if nb is not None and nb >= dense.nbytes:
         return dense
     cands: list[CompressedMatrix] = []
@@ -281,11 +292,11 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     spec = None
     if "lowrank" in forms or "sparse+lowrank" in forms:
         spec = Spectrum.of(Wa)
-        per_rank = (Wa.shape[0] + Wa.shape[1]) * Wa.dtype.itemsize
+        per_rank = (Wa.shape[0] + Wa.shape[1]) * od.itemsize
         r_full = (_rank_for_error(spec.s, spec.total2, err) if err is not None
                   else min(len(spec.s), int(nb // per_rank)))
         if "lowrank" in forms:
-            cands.append(spec.lowrank(r_full, layout, Wa.dtype))
+            cands.append(spec.lowrank(r_full, layout, od))
         if "sparse+lowrank" in forms:
             for r in sorted({r_full // 8, r_full // 4, r_full // 2} - {0}):
                 cands.append(sparse_plus_low_rank(Wa, r, error=err, nbytes=nb, layout=layout,
