@@ -283,3 +283,14 @@ def test_empty_shapes(dtype):
         assert not y.any()
         yt = wp.csr_matmul(A, np.ones((m, k), dtype), transpose=True)
         assert yt.shape == (n, k) and not yt.any()
+
+
+@pytest.mark.parametrize("k", [1, 8])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_csr_matmul_malformed_large(k, transpose):
+    # large enough for every code path (blocked scatter, internal transpose, row-parallel)
+    A = sp.random_array((3000, 2000), density=0.01, format="csr", rng=8)
+    A.indices[A.nnz // 2] = 2000
+    X = np.ones((3000 if transpose else 2000, k))
+    with pytest.raises(ValueError, match="column index 2000 .* out of range"):
+        wp.csr_matmul(A, X, transpose=transpose)
