@@ -127,11 +127,14 @@ std::int64_t csr_matmat_t(std::int64_t rows, std::int64_t cols, const I* indptr,
                           std::int64_t ldy, int n_threads) {
   std::atomic<std::int64_t> first_bad{-1};
   const std::int64_t nnz = indptr[rows];
-  // Blocks: enough to keep 8 threads busy when the scatter dominates the final reduction,
-  // bounded by 64 MiB of buffers. Depends on the problem only, never on n_threads.
+  // Rows are split into blocks (a number that depends on the problem only, never on
+  // n_threads), each scatters into its own copy of Y, and the copies are summed in block
+  // order. Few blocks: each copy of Y must stay cache-friendly, and the reduction costs
+  // n_blocks * cols * k against the scatter's nnz * k. At most 32 MiB of extra copies.
   const std::int64_t out_elems = std::max<std::int64_t>(cols * k, 1);
-  std::int64_t n_blocks = std::clamp<std::int64_t>(nnz / std::max<std::int64_t>(2 * cols, 1), 1, 8);
-  n_blocks = std::min<std::int64_t>(n_blocks, std::max<std::int64_t>(1, (std::int64_t(64) << 20) / (out_elems * std::int64_t(sizeof(T)))));
+  std::int64_t n_blocks = std::clamp<std::int64_t>(nnz / std::max<std::int64_t>(4 * cols, 1), 1, 4);
+  n_blocks = std::min<std::int64_t>(
+      n_blocks, 1 + (std::int64_t(32) << 20) / (out_elems * std::int64_t(sizeof(T))));
   if (nnz * k < (1 << 15)) n_blocks = 1;
   std::vector<T> buf(static_cast<size_t>((n_blocks - 1) * out_elems));
   const int nt = static_cast<int>(std::min<std::int64_t>(n_threads, n_blocks));
@@ -153,9 +156,7 @@ std::int64_t csr_matmat_t(std::int64_t rows, std::int64_t cols, const I* indptr,
         }
         const T a = data[p];
         T* __restrict o = out + static_cast<std::int64_t>(j) * ld;
-        if (k == 1) *o += a * xr[0];
-        else
-          for (std::int64_t c = 0; c < k; ++c) o[c] += a * xr[c];
+        for (std::int64_t c = 0; c < k; ++c) o[c] += a * xr[c];
       }
     }
   }

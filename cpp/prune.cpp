@@ -128,11 +128,8 @@ std::int64_t prune_count(std::int64_t rows, std::int64_t cols, const T* w, std::
     std::int64_t tie_quota;  // entries with key == cut to keep, in row-major order
     if (spec.mode == PruneSpec::kThreshold) {
       if (!(spec.threshold >= 0)) throw ShapeError("prune: threshold must be >= 0");
-      const T thr = static_cast<T>(spec.threshold);
-      // the smallest key that passes |w| >= threshold (rounding of the threshold to T upward)
-      U c = K::of(thr);
-      if (static_cast<double>(thr) < spec.threshold) ++c;
-      cut = c;
+      // compared in W's precision, as NumPy and hard_threshold do: |w| >= T(threshold)
+      cut = K::of(static_cast<T>(spec.threshold));
       tie_quota = total;
     } else {
       if (spec.keep < 0 || spec.keep > total) throw ShapeError("prune: keep count out of range");

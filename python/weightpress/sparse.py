@@ -47,7 +47,8 @@ def prune(W: Any, sparsity: float | None = None, threshold: float | None = None,
         (earlier entries win). Zeros are never stored, so ``nnz`` is smaller when ``W`` has
         fewer nonzeros than that.
     threshold : float >= 0, optional
-        Keep the nonzero entries with ``|w| >= threshold``.
+        Keep the nonzero entries with ``|w| >= threshold``, compared in ``W``'s precision
+        (the threshold is rounded to ``W.dtype`` first, as NumPy and :func:`hard_threshold` do).
     pattern : str or (int, int), optional
         ``"N:M"``: in each group of ``M`` consecutive entries of a row keep the ``N`` largest in
         magnitude (ties: lower column wins). A last, shorter group keeps at most ``N``.

@@ -25,8 +25,9 @@ std::int64_t csr_matmat(std::int64_t rows, std::int64_t cols, const I* indptr, c
                         std::int64_t ldy, int n_threads);
 
 // Y(cols×k) = Aᵀ X with X (rows×k), without forming Aᵀ: rows are split into a number of
-// blocks that depends only on the problem size, each block scatters into its own buffer,
-// and the buffers are summed in block order. Same return convention as csr_matmat.
+// blocks (1 to 4) that depends only on the problem size, each block scatters into its own
+// copy of Y, and the copies are summed in block order, so the result does not depend on
+// n_threads. Same return convention as csr_matmat.
 template <class T, class I>
 std::int64_t csr_matmat_t(std::int64_t rows, std::int64_t cols, const I* indptr, const I* indices,
                           const T* data, std::int64_t k, const T* x, std::int64_t ldx, T* y,

@@ -1,0 +1,296 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+import weightpress as wp
+from conftest import EPS
+from strategies import csr_matrices, dense_arrays, finite
+
+# ----------------------------------------------------------------------------- prune
+
+
+def ref_prune_keep(W, keep):
+    """Reference: stable sort by (-|w|, row-major index), keep the first `keep` nonzeros."""
+    flat = np.ascontiguousarray(W).reshape(-1)
+    order = np.lexsort((np.arange(flat.size), -np.abs(flat.astype(np.float64))))
+    mask = np.zeros(flat.size, bool)
+    mask[order[:keep]] = True
+    mask &= flat != 0
+    return np.where(mask.reshape(W.shape), W, 0)
+
+
+def ref_prune_nm(W, n, m):
+    out = np.zeros_like(W)
+    for i in range(W.shape[0]):
+        for g in range(0, W.shape[1], m):
+            grp = W[i, g:g + m]
+            order = np.lexsort((np.arange(grp.size), -np.abs(grp.astype(np.float64))))
+            for j in order[:n]:
+                if grp[j] != 0:
+                    out[i, g + j] = grp[j]
+    return out
+
+
+def check_csr(A, W):
+    assert isinstance(A, sp.csr_array)
+    assert A.shape == W.shape and A.dtype == W.dtype
+    assert A.indices.dtype == A.indptr.dtype == np.int32
+    assert np.all(A.data != 0)
+    # sorted, canonical
+    for i in range(A.shape[0]):
+        cols = A.indices[A.indptr[i]:A.indptr[i + 1]]
+        assert np.all(np.diff(cols) > 0)
+
+
+@st.composite
+def matrices(draw, ties=False):
+    a = draw(dense_arrays(min_dims=2, max_dims=2, max_side=20))
+    if ties and a.size:
+        # few distinct magnitudes -> many ties, plus zeros
+        a = (np.round(a / 300.0) * 0.5).astype(a.dtype)
+    return a
+
+
+@given(matrices(ties=True), st.floats(0, 1))
+def test_prune_sparsity_exact_count_and_ties(W, s):
+    A = wp.prune(W, sparsity=s)
+    check_csr(A, W)
+    keep = W.size - int(round(s * W.size))
+    expected = ref_prune_keep(W, keep)
+    np.testing.assert_array_equal(A.toarray(), expected)
+    assert A.nnz == min(keep, np.count_nonzero(W))
+
+
+@given(matrices(), st.floats(0, 1000))
+def test_prune_threshold(W, t):
+    A = wp.prune(W, threshold=t)
+    check_csr(A, W)
+    np.testing.assert_array_equal(A.toarray(), np.where((np.abs(W) >= t) & (W != 0), W, 0))
+
+
+@given(matrices(ties=True), st.integers(1, 8), st.integers(1, 8))
+def test_prune_n_of_m(W, n, m):
+    n = min(n, m)
+    A = wp.prune(W, pattern=f"{n}:{m}")
+    check_csr(A, W)
+    np.testing.assert_array_equal(A.toarray(), ref_prune_nm(W, n, m))
+
+
+def test_prune_2_4_keeps_half():
+    W = np.random.default_rng(1).standard_normal((64, 128)).astype(np.float32)
+    A = wp.prune(W, pattern="2:4")
+    assert A.nnz == W.size // 2
+    dense = A.toarray().reshape(64, 32, 4)
+    assert np.all((dense != 0).sum(axis=2) == 2)
+
+
+def test_prune_large_float64_and_threads():
+    W = np.random.default_rng(2).standard_normal((700, 500))
+    W[::7, ::3] = 0.25  # ties
+    a1 = wp.prune(W, sparsity=0.83, n_threads=1)
+    a2 = wp.prune(W, sparsity=0.83, n_threads=2)
+    for name in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(getattr(a1, name), getattr(a2, name))
+    np.testing.assert_array_equal(a1.toarray(), ref_prune_keep(W, W.size - round(0.83 * W.size)))
+
+
+def test_prune_layouts_read_in_place():
+    W = np.random.default_rng(3).standard_normal((40, 30))
+    ref = wp.prune(W, sparsity=0.5).toarray()
+    np.testing.assert_array_equal(wp.prune(np.asfortranarray(W), sparsity=0.5).toarray(), ref)
+    big = np.zeros((80, 90))
+    big[::2, ::3] = W
+    np.testing.assert_array_equal(wp.prune(big[::2, ::3], sparsity=0.5).toarray(), ref)
+    np.testing.assert_array_equal(wp.prune(W[::-1, ::-1], sparsity=0.5).toarray(),
+                                  ref_prune_keep(W[::-1, ::-1], 600))
+
+
+def test_prune_edge_shapes(dtype):
+    for shape in [(0, 5), (5, 0), (0, 0), (1, 1)]:
+        W = np.ones(shape, dtype)
+        for kw in [dict(sparsity=0.5), dict(threshold=0.1), dict(pattern="2:4")]:
+            A = wp.prune(W, **kw)
+            assert A.shape == shape and A.dtype == dtype
+    assert wp.prune(np.ones((3, 3)), sparsity=0.0).nnz == 9
+    assert wp.prune(np.ones((3, 3)), sparsity=1.0).nnz == 0
+    inf = np.array([[np.inf, -1.0], [0.5, -np.inf]])
+    np.testing.assert_array_equal(wp.prune(inf, sparsity=0.5).toarray(), [[np.inf, 0], [0, -np.inf]])
+
+
+def test_prune_bad_input():
+    W = np.ones((4, 4))
+    with pytest.raises(ValueError, match="exactly one"):
+        wp.prune(W)
+    with pytest.raises(ValueError, match="exactly one"):
+        wp.prune(W, sparsity=0.5, threshold=1.0)
+    with pytest.raises(ValueError, match="sparsity must be <= 1"):
+        wp.prune(W, sparsity=1.5)
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        wp.prune(W, threshold=-1)
+    with pytest.raises(ValueError, match="pattern"):
+        wp.prune(W, pattern="4:2")
+    with pytest.raises(ValueError, match="pattern"):
+        wp.prune(W, pattern="two:four")
+    with pytest.raises(ValueError, match="2-D"):
+        wp.prune(np.ones(5), sparsity=0.5)
+    with pytest.raises(TypeError, match="dense"):
+        wp.prune(sp.csr_array(W), sparsity=0.5)
+    Wn = W.copy()
+    Wn[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        wp.prune(Wn, sparsity=0.5)
+
+
+# ----------------------------------------------------------------------------- csr_matmul
+
+
+def assert_product_close(y, A, X, transpose=False):
+    Ad = A.toarray().astype(np.float64)
+    if transpose:
+        Ad = Ad.T
+    X64 = np.asarray(X, dtype=np.float64)
+    ref = Ad @ X64
+    bound = (np.abs(Ad) @ np.abs(X64)).max(initial=0) + 1
+    np.testing.assert_allclose(y, ref, rtol=0, atol=EPS[y.dtype] * bound)
+
+
+@st.composite
+def product_case(draw):
+    A = draw(csr_matrices())
+    transpose = draw(st.booleans())
+    rows = A.shape[0] if transpose else A.shape[1]
+    one_d = draw(st.booleans())
+    k = draw(st.integers(0, 9)) if not one_d else None
+    shape = (rows,) if one_d else (rows, k)
+    rng = np.random.default_rng(draw(st.integers(0, 1000)))
+    X = rng.uniform(-5, 5, shape).astype(A.dtype)
+    layout = draw(st.sampled_from(["C", "F", "strided"]))
+    if layout == "F":
+        X = np.asfortranarray(X)
+    elif layout == "strided":
+        X = np.repeat(X, 2, axis=0)[::2]
+    return A, X, transpose
+
+
+@given(product_case())
+def test_csr_matmul_matches_dense(case):
+    A, X, transpose = case
+    y = wp.csr_matmul(A, X, transpose=transpose)
+    assert y.dtype == A.dtype
+    assert y.shape == ((A.shape[1] if transpose else A.shape[0]),) + X.shape[1:]
+    assert_product_close(y, A, X, transpose)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("k", [1, 7, 64, 256])
+def test_csr_matmul_threads_bit_identical(k, transpose, dtype):
+    A = sp.random_array((2000, 1500), density=0.02, format="csr", dtype=dtype, rng=4)
+    rows = A.shape[0] if transpose else A.shape[1]
+    X = np.random.default_rng(5).standard_normal((rows, k)).astype(dtype)
+    y1 = wp.csr_matmul(A, X, transpose=transpose, n_threads=1)
+    y2 = wp.csr_matmul(A, X, transpose=transpose, n_threads=2)
+    np.testing.assert_array_equal(y1, y2)
+    assert_product_close(y1, A, X, transpose)
+
+
+def test_csr_matmul_matrix_and_int64_and_out(dtype):
+    A = sp.csr_matrix(sp.random(50, 40, density=0.3, dtype=dtype, random_state=6))
+    A.indptr = A.indptr.astype(np.int64)
+    A.indices = A.indices.astype(np.int64)
+    X = np.random.default_rng(7).standard_normal((40, 3)).astype(dtype)
+    out = np.empty((50, 3), dtype)
+    r = wp.csr_matmul(A, X, out=out)
+    assert r is out
+    assert_product_close(out, A, X)
+    outF = np.empty((50, 3), dtype, order="F")
+    wp.csr_matmul(A, X, out=outF)
+    np.testing.assert_array_equal(outF, out)
+    v = np.empty(40, dtype)
+    wp.csr_matmul(A, np.ones(50, dtype), transpose=True, out=v)
+    assert_product_close(v, A, np.ones(50), transpose=True)
+
+
+def test_csr_matmul_dtype_promotion():
+    A = sp.random_array((5, 4), density=0.5, format="csr", dtype=np.float32, rng=1)
+    assert wp.csr_matmul(A, np.ones(4, np.float32)).dtype == np.float32
+    assert wp.csr_matmul(A, np.ones(4, np.float64)).dtype == np.float64
+    assert wp.csr_matmul(A, np.ones(4, np.int64)).dtype == np.float64
+    Ai = sp.csr_array(np.array([[1, 0], [0, 2]]))
+    np.testing.assert_array_equal(wp.csr_matmul(Ai, [1, 1]), [1.0, 2.0])
+
+
+def test_csr_matmul_duplicates_summed_unsorted():
+    indptr = np.array([0, 3, 3, 5], np.int32)
+    indices = np.array([2, 0, 2, 1, 1], np.int32)
+    data = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    A = sp.csr_array((data, indices, indptr), shape=(3, 3))
+    x = np.array([1.0, 10.0, 100.0])
+    np.testing.assert_array_equal(wp.csr_matmul(A, x), [402.0, 0.0, 90.0])
+    np.testing.assert_array_equal(wp.csr_matmul(A, x, transpose=True), [2.0, 900.0, 4.0])
+
+
+def _raw_csr(indptr, indices, data, shape):
+    A = sp.csr_array((np.array([1.0]), np.array([0]), np.array([0, 1])), shape=(1, 1))
+    A.indptr, A.indices, A.data = (np.asarray(indptr, np.int32), np.asarray(indices, np.int32),
+                                   np.asarray(data, np.float64))
+    A._shape = shape
+    return A
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_csr_matmul_malformed(transpose):
+    x = np.ones(3)
+    bad = {
+        "not monotone": _raw_csr([0, 2, 1, 3], [0, 1, 2], [1, 1, 1], (3, 3)),
+        "out of range": _raw_csr([0, 1, 2, 3], [0, 3, 1], [1, 1, 1], (3, 3)),
+        "out of range ": _raw_csr([0, 1, 2, 3], [0, -1, 1], [1, 1, 1], (3, 3)),
+        "indptr\\[0\\]": _raw_csr([1, 1, 2, 3], [0, 1, 1], [1, 1, 1], (3, 3)),
+        "indptr has length": _raw_csr([0, 1, 3], [0, 1, 1], [1, 1, 1], (3, 3)),
+        "indices has length": _raw_csr([0, 1, 2, 3], [0, 1, 1], [1, 1], (3, 3)),
+        "indptr\\[-1\\]": _raw_csr([0, 1, 2, 2], [0, 1, 1], [1, 1, 1], (3, 3)),
+    }
+    for msg, A in bad.items():
+        with pytest.raises(ValueError, match=msg.strip()):
+            wp.csr_matmul(A, x, transpose=transpose)
+
+
+def test_csr_matmul_bad_input():
+    A = sp.random_array((5, 4), density=0.5, format="csr", rng=1)
+    with pytest.raises(TypeError, match="CSR"):
+        wp.csr_matmul(A.tocoo(), np.ones(4))
+    with pytest.raises(TypeError, match="CSR"):
+        wp.csr_matmul(A.toarray(), np.ones(4))
+    with pytest.raises(ValueError, match="X: has 5 rows, expected 4"):
+        wp.csr_matmul(A, np.ones(5))
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        wp.csr_matmul(A, np.ones((4, 1, 1)))
+    with pytest.raises(TypeError, match="real numeric"):
+        wp.csr_matmul(A, np.ones(4, complex))
+    with pytest.raises(ValueError, match="overlap"):
+        X = np.ones((5, 5))
+        wp.csr_matmul(A, X[:4, :], out=X[:5, :])
+    with pytest.raises(ValueError, match="out: expected shape"):
+        wp.csr_matmul(A, np.ones(4), out=np.ones(4))
+
+
+def test_empty_shapes(dtype):
+    for m, n, k in [(0, 3, 2), (3, 0, 2), (0, 0, 1), (1, 1, 1), (4, 4, 0)]:
+        A = sp.csr_array((m, n), dtype=dtype)
+        y = wp.csr_matmul(A, np.ones((n, k), dtype))
+        assert y.shape == (m, k)
+        assert not y.any()
+        yt = wp.csr_matmul(A, np.ones((m, k), dtype), transpose=True)
+        assert yt.shape == (n, k) and not yt.any()
+
+
+@pytest.mark.parametrize("k", [1, 8])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_csr_matmul_malformed_large(k, transpose):
+    # large enough for every code path (blocked scatter, internal transpose, row-parallel)
+    A = sp.random_array((3000, 2000), density=0.01, format="csr", rng=8)
+    A.indices[A.nnz // 2] = 2000
+    X = np.ones((3000 if transpose else 2000, k))
+    with pytest.raises(ValueError, match="column index 2000 .* out of range"):
+        wp.csr_matmul(A, X, transpose=transpose)

@@ -1,0 +1,93 @@
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import weightpress as wp
+from weightpress import _core
+
+
+def test_threads_policy():
+    default = wp.get_num_threads()
+    assert default >= 1
+    wp.set_num_threads(1)
+    try:
+        assert wp.get_num_threads() == 1
+        with wp.threads(2) as n:
+            assert n == (2 if wp.has_openmp else 1)
+            assert wp.get_num_threads() == n
+            with wp.threads(1):
+                assert wp.get_num_threads() == 1
+            assert wp.get_num_threads() == n
+        assert wp.get_num_threads() == 1
+    finally:
+        wp.set_num_threads(None)
+    assert wp.get_num_threads() == default
+    with pytest.raises(ValueError, match="n=0"):
+        wp.set_num_threads(0)
+    with pytest.raises(TypeError, match="int"):
+        wp.set_num_threads(1.5)
+    with wp.threads(-1):
+        assert wp.get_num_threads() >= 1
+
+
+def test_threads_context_is_per_python_thread():
+    seen = {}
+
+    def worker():
+        seen["inner"] = wp.get_num_threads()
+
+    with wp.threads(1):
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+    assert seen["inner"] == wp.get_num_threads()
+
+
+def test_default_honours_omp_num_threads():
+    code = "import weightpress as wp; print(wp.get_num_threads())"
+    out = subprocess.run([sys.executable, "-c", code], env={"OMP_NUM_THREADS": "1", "PATH": ""},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"
+
+
+def test_has_openmp_flag():
+    assert wp.has_openmp is bool(_core.has_openmp)
+    assert isinstance(wp.__version__, str)
+
+
+@pytest.mark.parametrize("prefix", ["s", "d"])
+def test_blas_table_selftest(prefix):
+    res = _core.blas_selftest(prefix)
+    expected = {"gemm", "gemv", "syrk", "trsm", "trmm", "geqrf+orgqr", "gesdd", "gesvd", "potrf",
+                "potrs", "syevd", "getrf", "trtrs"}
+    assert set(res) == expected
+    tol = 1e-5 if prefix == "s" else 1e-13
+    for name, r in res.items():
+        assert r < tol, (name, r)
+
+
+@given(st.sampled_from([np.float32, np.float64]), st.integers(0, 40), st.integers(0, 40),
+       st.integers(0, 40), st.integers(0, 2**31))
+def test_gemm_through_table_equals_numpy(dtype, m, k, n, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    c = _core.blas_gemm(a, b)
+    assert c.dtype == dtype and c.shape == (m, n)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    tol = (1e-5 if dtype == np.float32 else 1e-13) * (np.abs(a) @ np.abs(b) + 1)
+    assert np.all(np.abs(c - ref) <= tol)
+
+
+def test_binding_is_strict():
+    with pytest.raises(TypeError, match="C-contiguous float32"):
+        _core.blas_gemm(np.ones((2, 2), np.float32), np.ones((2, 2)))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _core.blas_gemm(np.ones((2, 2), np.int64), np.ones((2, 2), np.int64))
+    with pytest.raises(ValueError, match="expected a"):
+        _core.blas_gemm(np.ones((2, 3)), np.ones((2, 2)))
