@@ -187,3 +187,24 @@ def test_float16_stays_float16(fn):
     assert m.dtype == np.float16 and m.toarray().dtype == np.float16
     assert all(p.dtype in (np.float16, np.uint16, np.int32) for p in m.parts().values())
     assert m.matmul(np.ones((32, 2), np.float32)).dtype == np.float32
+
+
+def test_uses_randomized_svd_when_available(monkeypatch):
+    calls = []
+
+    def fake(A, rank=None, *, tol=None, seed=None, **kw):  # exact, truncated like the real one
+        calls.append((rank, tol))
+        if tol is not None and tol < 1e-3:
+            import warnings
+            warnings.warn("tol not reached", RuntimeWarning)
+        U, s, Vt = np.linalg.svd(A, full_matrices=False)
+        r = rank if rank is not None else M._rank_for_error(s, float(np.sum(s**2)), tol)
+        return U[:, :r].astype(A.dtype), s[:r].astype(A.dtype), Vt[:r].astype(A.dtype)
+    monkeypatch.setattr(wp, "randomized_svd", fake, raising=False)
+    W = _planted(60, 50)
+    assert M.low_rank(W, 4).rank == 4 and calls[-1] == (4, None)
+    m = M.low_rank(W, error=0.1)
+    assert calls[-1] == (None, 0.1) and m.relative_error(W) <= 0.1 * (1 + 1e-5)
+    assert M.low_rank(W, error=1e-4).relative_error(W) <= 1e-4  # warned -> exact SVD instead
+    assert M.auto(W, error=0.1).relative_error(W) <= 0.1 * (1 + 1e-5)
+    assert M.low_rank(W, 0).rank == 0 and M.low_rank(W, error=1.0).rank == 0

@@ -9,10 +9,13 @@ are exactly the compressed matrix's ``nbytes`` (see :func:`sparse_nbytes`,
 
 from __future__ import annotations
 
+import importlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 from ._validation import as_float_array, check_finite, real_scalar
 from .compressed import (CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank,
@@ -27,16 +30,30 @@ METHODS = ("prune", "nm", "lowrank", "slr", "auto")
 
 def _truncated_svd(W: np.ndarray, rank: int | None = None,
                    tol: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Thin SVD truncated to ``rank`` or to relative Frobenius error ``tol``.
+    """Thin SVD truncated to ``rank`` or to relative Frobenius error ``tol`` (None: full).
 
-    The one place an SVD is computed: switch to ``weightpress.randomized_svd`` here.
+    The one place an SVD is computed: ``weightpress.randomized_svd`` (seeded, so results are
+    reproducible) when it is available and the truncation is worth it, else LAPACK's full SVD.
     """
-    import scipy.linalg
-
+    k = min(W.shape)
+    if rank is not None:
+        rank = max(0, min(int(rank), k))
+    if rank == 0 or (tol is not None and tol >= 1.0) or k == 0:
+        return (np.zeros((W.shape[0], 0), W.dtype), np.zeros(0, W.dtype), np.zeros((0, W.shape[1]), W.dtype))
+    rsvd = getattr(importlib.import_module("weightpress"), "randomized_svd", None)
+    if rsvd is not None and ((rank is not None and rank <= k // 2) or (tol is not None and tol > 0)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # tol not reachable: exact SVD below
+            try:
+                if rank is not None:
+                    return rsvd(W, rank, seed=0)
+                return rsvd(W, tol=tol, seed=0)
+            except RuntimeWarning:
+                pass
     U, s, Vt = scipy.linalg.svd(W, full_matrices=False, lapack_driver="gesdd", check_finite=False)
     if tol is not None:
         rank = _rank_for_error(s, _fro2(W), tol)
-    r = len(s) if rank is None else min(int(rank), len(s))
+    r = len(s) if rank is None else min(rank, len(s))
     return U[:, :r], s[:r], Vt[:r]
 
 
@@ -205,8 +222,9 @@ class Spectrum:
     total2: float
 
     @classmethod
-    def of(cls, W: np.ndarray, rank: int | None = None) -> "Spectrum":
-        U, s, Vt = _truncated_svd(W, rank=rank)
+    def of(cls, W: np.ndarray, rank: int | None = None, tol: float | None = None) -> "Spectrum":
+        """The SVD of W truncated to ``rank`` or error ``tol`` (full when neither)."""
+        U, s, Vt = _truncated_svd(W, rank=rank, tol=tol)
         return cls(U, s, Vt, _fro2(W))
 
     def error(self, r: int) -> float:
@@ -216,6 +234,8 @@ class Spectrum:
         return float(np.sqrt(max(0.0, self.total2 - kept) / self.total2))
 
     def lowrank(self, r: int, layout: str, dtype: np.dtype) -> LowRank:
+        if r > len(self.s):
+            raise ValueError(f"rank {r} is more than the {len(self.s)} singular values computed")
         return LowRank.from_svd(self.U[:, :r], self.s[:r], self.Vt[:r], layout, dtype=dtype)
 
 
@@ -291,10 +311,13 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
         cands.append(magnitude_prune(Wa, error=err, nbytes=nb, layout=layout))
     spec = None
     if "lowrank" in forms or "sparse+lowrank" in forms:
-        spec = Spectrum.of(Wa)
         per_rank = (Wa.shape[0] + Wa.shape[1]) * od.itemsize
-        r_full = (_rank_for_error(spec.s, spec.total2, err) if err is not None
-                  else min(len(spec.s), int(nb // per_rank)))
+        if err is not None:
+            spec = Spectrum.of(Wa, tol=err)
+            r_full = _rank_for_error(spec.s, spec.total2, err)
+        else:
+            spec = Spectrum.of(Wa, rank=min(min(Wa.shape), int(nb // per_rank)))
+            r_full = len(spec.s)
         if "lowrank" in forms:
             cands.append(spec.lowrank(r_full, layout, od))
         if "sparse+lowrank" in forms:
