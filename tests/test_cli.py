@@ -41,6 +41,7 @@ def test_compress_info_verify_decompress(tmp_path, capsys):
         else:
             d = SafetensorsSource(dense)
             orig = SafetensorsSource(MODEL)
+            assert d.metadata == orig.metadata  # the source's metadata, not the container's
             np.testing.assert_array_equal(d["fc1.bias"], orig["fc1.bias"])
             err = np.linalg.norm(d["fc2.weight"] - orig["fc2.weight"]) / np.linalg.norm(orig["fc2.weight"])
             assert 0 < err < 1
@@ -63,6 +64,19 @@ def test_nm_pattern_and_rules(tmp_path, capsys):
     rows = {ln.split()[0]: ln.split()[2] for ln in capsys.readouterr().out.splitlines()[2:8]}
     assert rows["fc3.weight"] == "sparse" and rows["fc2.weight"] == "sparse"
     assert rows["fc1.weight"] == "dense"
+
+
+def test_bf16_model_decompresses_to_bf16(tmp_path, capsys):
+    W = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
+    src = tmp_path / "b.safetensors"
+    write_safetensors(src, {"w": W, "b": W[0]}, dtypes={"w": "BF16", "b": "BF16"})
+    assert main(["compress", str(src), "-o", str(tmp_path / "b.wpz"), "--error", "0.4", "-q"]) == 0
+    assert main(["decompress", str(tmp_path / "b.wpz"), "-o", str(tmp_path / "d.safetensors")]) == 0
+    d, s = SafetensorsSource(tmp_path / "d.safetensors"), SafetensorsSource(src)
+    assert d.stored_dtypes == {"w": "BF16", "b": "BF16"}
+    np.testing.assert_array_equal(d["b"], s["b"])
+    assert np.linalg.norm(d["w"] - s["w"]) <= 0.41 * np.linalg.norm(s["w"])
+    capsys.readouterr()
 
 
 def test_verify_fails_with_exit_1_on_corruption(tmp_path, capsys):

@@ -74,7 +74,8 @@ def open_builtin(path: str | os.PathLike[str]) -> TensorSource:
 
 
 def save_builtin(path: str | os.PathLike[str], tensors: Mapping[str, Any], *,
-                 dtypes: Mapping[str, str] | None = None) -> None:
+                 dtypes: Mapping[str, str] | None = None,
+                 metadata: Mapping[str, str] | None = None) -> None:
     """Write tensors densely to ``.safetensors`` (default) or ``.npz``, one at a time, atomically."""
     p = os.fspath(path)
     if p.endswith(".npz"):
@@ -83,4 +84,4 @@ def save_builtin(path: str | os.PathLike[str], tensors: Mapping[str, Any], *,
                 with z.open(name + ".npy", "w", force_zip64=True) as m:
                     np.lib.format.write_array(m, np.asarray(tensors[name]), allow_pickle=False)
         return
-    write_safetensors(p, tensors, dtypes=dtypes)
+    write_safetensors(p, tensors, metadata or None, dtypes=dtypes)

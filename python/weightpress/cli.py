@@ -168,20 +168,21 @@ def _cmd_decompress(a: argparse.Namespace) -> int:
     from .container import Container
     _check_output(a.output)
     with Container(a.file) as c:
-        dtypes = {n: d for n, d in c.stored_dtypes.items() if d in ("BF16",)}
+        half = {"BF16": "BF16", "bfloat16": "BF16"}
+        dtypes = {n: half[d] for n, d in c.stored_dtypes.items() if d in half}
         try:
             from .io import save_model  # type: ignore[attr-defined]
         except ImportError:
             save_model = None
-        if save_model is not None and (a.like or not a.output.endswith((".safetensors", ".npz"))):
-            save_model(a.output, c, like=a.like)
+        if save_model is not None:
+            save_model(a.output, c, like=a.like, metadata=c.source_metadata)
         else:
             if a.like:
                 raise ValueError("--like needs weightpress.io.save_model (not in this build)")
             if not a.output.endswith((".safetensors", ".npz")):
                 raise ValueError(f"output: expected a .safetensors or .npz file, got {a.output!r}")
             from ._open import save_builtin
-            save_builtin(a.output, c, dtypes=dtypes)
+            save_builtin(a.output, c, dtypes=dtypes, metadata=c.source_metadata)
     print(f"wrote {a.output}")
     return EXIT_OK
 

@@ -214,7 +214,8 @@ def open_source(path: str | os.PathLike[str]) -> TensorSource:
 
 def _stored_itemsize(source: Any, name: str, dt: np.dtype) -> int:
     st = getattr(source, "stored_dtypes", {}).get(name, "")
-    return {"BF16": 2, "F16": 2, "F8_E4M3": 1, "F8_E5M2": 1}.get(st, dt.itemsize)
+    return {"BF16": 2, "bfloat16": 2, "F16": 2, "float16": 2, "F8_E4M3": 1,
+            "F8_E5M2": 1}.get(st, dt.itemsize)
 
 
 def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
@@ -301,8 +302,9 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         else:
             thr = global_threshold(source, names, error=error)
     rows = []
-    with ContainerWriter(out, {"name": os.path.basename(getattr(source, "path", "")),
-                               "format": getattr(source, "format", ""), "bytes": src_bytes}) as w:
+    facts = {"name": os.path.basename(src_path), "format": getattr(source, "format", ""),
+             "bytes": src_bytes}
+    with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
         for i, d in enumerate(decisions):
             if progress is not None:
                 progress(i, len(decisions), d.name)

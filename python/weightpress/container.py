@@ -94,6 +94,8 @@ class ContainerWriter:
         The output file.
     source : dict, optional
         Facts about the source model stored in the metadata (``name``, ``format``, ``bytes``).
+    source_metadata : dict, optional
+        The source file's own metadata, given back by ``decompress``.
 
     Examples
     --------
@@ -101,7 +103,8 @@ class ContainerWriter:
     ...     w.add("fc1.weight", compressed, original=W)
     """
 
-    def __init__(self, path: str | os.PathLike[str], source: Mapping[str, Any] | None = None):
+    def __init__(self, path: str | os.PathLike[str], source: Mapping[str, Any] | None = None,
+                 source_metadata: Mapping[str, str] | None = None):
         self.path = os.fspath(path)
         d = os.path.dirname(os.path.abspath(self.path))
         if os.path.isdir(self.path):
@@ -110,6 +113,7 @@ class ContainerWriter:
         os.close(fd)
         self._spill = _Spill(tmp)
         self.source = {k: str(v) for k, v in (source or {}).items()}
+        self.source_metadata = {str(k): str(v) for k, v in (source_metadata or {}).items()}
         self.entries: dict[str, dict[str, Any]] = {}
         self._keys: set[str] = set()
         self._dtypes: dict[str, str] = {}
@@ -139,6 +143,8 @@ class ContainerWriter:
             if k in self._keys:
                 raise ValueError(f"name: stored key {k!r} collides with another tensor's")
         # A dense tensor read from bf16/fp16 goes back in that dtype (exact: it came from there).
+        if stored_dtype in ("bfloat16", "float16"):  # other readers' spelling
+            stored_dtype = {"bfloat16": "BF16", "float16": "F16"}[stored_dtype]
         narrow = (form == "dense" and stored_dtype in ("BF16", "F16")
                   and np.dtype(dtype) == np.float32)
         nbytes = sum(a.nbytes for a in parts.values()) // (2 if narrow else 1)
@@ -175,6 +181,7 @@ class ContainerWriter:
         return {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "weightpress_version": __version__,
                 "source": json.dumps(self.source, sort_keys=True),
+                "source_metadata": json.dumps(self.source_metadata, sort_keys=True),
                 "tensors": json.dumps(self.entries, separators=(",", ":"))}
 
     def close(self) -> int:
@@ -229,6 +236,7 @@ class Container(TensorSource):
         try:
             self.entries: dict[str, dict[str, Any]] = json.loads(meta["tensors"])
             self.source: dict[str, str] = json.loads(meta.get("source", "{}"))
+            self.source_metadata: dict[str, str] = json.loads(meta.get("source_metadata", "{}"))
             self._info = {n: TensorInfo(e["shape"], np.dtype(e["dtype"])) for n, e in self.entries.items()}
             for n, e in self.entries.items():
                 for role, key in e["parts"].items():
