@@ -148,3 +148,14 @@ def test_demo_runs(capsys, monkeypatch):
     monkeypatch.setattr(demo, "SETTINGS", demo.SETTINGS[:1])
     assert main(["demo"]) == 0
     assert "prune 2x" in capsys.readouterr().out
+
+
+def test_progress_bar_only_on_a_terminal(capsys):
+    from weightpress.cli import _Progress
+    _Progress()(1, 4, "fc1.weight")  # stderr is captured: not a terminal, nothing drawn
+    assert capsys.readouterr().err == ""
+    bar = _Progress(enabled=True)
+    bar(1, 4, "fc1.weight")
+    bar(4, 4, "writing")
+    err = capsys.readouterr().err
+    assert "[#######" in err and "1/4 " in err and "fc1.weight" in err and err.endswith("\r")

@@ -21,8 +21,8 @@ import numpy as np
 
 from . import methods as M
 from ._validation import real_scalar
-from .compressed import CompressedMatrix, Dense
 from ._report import Report, Row
+from .compressed import CompressedMatrix
 from .container import FORMAT, Container, ContainerWriter
 from .io._base import TensorInfo, TensorSource
 
@@ -72,11 +72,13 @@ def parse_rule(text: str) -> Rule:
     for item in filter(None, (o.strip() for o in opts.split(","))):
         k, eq, v = item.partition("=")
         if not eq or k not in _OPT_TYPES:
-            raise ValueError(f"rule {text!r}: option must be one of {', '.join(_OPT_TYPES)} as key=value, got {item!r}")
+            raise ValueError(f"rule {text!r}: option must be one of {', '.join(_OPT_TYPES)} "
+                             f"as key=value, got {item!r}")
         try:
             options.append((k, _OPT_TYPES[k](v)))
         except ValueError:
-            raise ValueError(f"rule {text!r}: option {k} needs a {_OPT_TYPES[k].__name__}, got {v!r}") from None
+            raise ValueError(f"rule {text!r}: option {k} needs a "
+                             f"{_OPT_TYPES[k].__name__}, got {v!r}") from None
     return Rule(pat.strip(), action, tuple(options), reason=f"rule {text}")
 
 

@@ -20,7 +20,7 @@ import scipy.linalg
 from ._validation import as_float_array, check_finite, real_scalar
 from .compressed import (CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank,
                          error_stats)
-from .sparse import _parse_pattern, prune
+from .sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "auto",
            "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS"]
