@@ -182,3 +182,23 @@ def test_float16_model_stays_float16(tmp_path):
     assert all(e["dtype"] == "float16" for n, e in c.entries.items() if n != "steps")
     assert c["enc.0.weight"].dtype == np.float16 and rep.ratio >= 2 * 0.99
     assert verify(tmp_path / "h.wpz", t).ok
+
+
+def test_float16_values_for_a_float32_model(tmp_path):
+    p, t = _model(tmp_path)
+    with open_source(p) as src:
+        a = compress_model(src, tmp_path / "a.wpz", ratio=2, method="lowrank")
+        b = compress_model(src, tmp_path / "b.wpz", ratio=2, method="lowrank", value_dtype="float16")
+        with pytest.raises(ValueError, match="value_dtype"):
+            compress_model(src, tmp_path / "c.wpz", ratio=3, value_dtype="int8")
+    ea, eb = Container(tmp_path / "a.wpz").entries, Container(tmp_path / "b.wpz").entries
+    assert eb["enc.1.weight"]["dtype"] == "float16" and eb["norm.weight"]["dtype"] == "float32"
+    assert b.ratio >= 2 * 0.99
+    # the same bytes buy about twice the rank, so a lower error against the float32 original
+    assert eb["enc.1.weight"]["error"] < ea["enc.1.weight"]["error"]
+    assert verify(tmp_path / "b.wpz", t).ok
+    big = tmp_path / "big.safetensors"
+    write_safetensors(big, {"w": np.full((100, 100), 1e6, np.float32)})
+    with open_source(big) as src, pytest.raises(ValueError, match="overflow float16"):
+        compress_model(src, tmp_path / "d.wpz", error=0.1, value_dtype="float16")
+    assert not (tmp_path / "d.wpz").exists()

@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                         "ACTION is skip, prune, lowrank, nm, slr or auto; options ratio, error, "
                         "rank, sparsity, pattern. Repeat, or separate with ';'. E.g. "
                         "--rules 'lm_head*=skip' --rules '*.q_proj.weight=lowrank:rank=64'")
+    c.add_argument("--dtype", choices=["float16", "float32"], dest="value_dtype",
+                   help="store compressed values and factors in this dtype (float16 halves "
+                        "them; errors are measured against the original). Default: the weights'")
     c.add_argument("--min-size", type=int, default=4096,
                    help="leave matrices with fewer elements dense (default: 4096)")
     c.add_argument("--layout", choices=["out_in", "in_out"],
@@ -131,7 +134,7 @@ def _cmd_compress(a: argparse.Namespace) -> int:
     with open_source(a.model) as src:
         rep = compress_model(src, a.output, ratio=a.ratio, error=a.error, method=a.method,
                              rules=rules, min_size=a.min_size, layout=a.layout, scope=a.scope,
-                             options=opts, progress=_Progress())
+                             options=opts, value_dtype=a.value_dtype, progress=_Progress())
     if not a.quiet:
         print(rep.table())
     print(f"wrote {a.output}: {rep.file_bytes:,} bytes, {rep.ratio:.2f}x smaller than "

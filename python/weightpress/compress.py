@@ -220,11 +220,21 @@ def _stored_itemsize(source: Any, name: str, dt: np.dtype) -> int:
             "F8_E5M2": 1}.get(st, dt.itemsize)
 
 
+def _narrow(W: np.ndarray, dt: np.dtype, name: str) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        Wn = W.astype(dt)
+    if np.isfinite(W).all() and not np.isfinite(Wn).all():
+        raise ValueError(f"{name}: values overflow {dt} (largest |w| is {np.abs(W).max():.4g}); "
+                         f"store it in its own dtype")
+    return Wn
+
+
 def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                    ratio: float | None = None, error: float | None = None,
                    method: str = "auto", rules: Iterable[Rule] = (),
                    min_size: int = DEFAULT_MIN_SIZE, layout: str | None = None,
                    scope: str = "layer", options: Mapping[str, Any] | None = None,
+                   value_dtype: Any = None,
                    progress: Callable[[int, int, str], None] | None = None) -> Report:
     """Compress every tensor of ``source`` per :func:`plan` into the container ``out``.
 
@@ -245,6 +255,9 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         Method options for every compressed tensor (``rank``, ``sparsity``, ``pattern``),
         overridden by a matching rule's own options; with a size option the target may be
         omitted.
+    value_dtype : numpy dtype, optional
+        Store the compressed tensors' values and factors in this float dtype (``float16``
+        halves them); errors are still measured against the original. Default: the tensor's.
     scope : str
         ``"layer"`` (each layer gets the same ratio or error) or ``"global"`` (``prune`` only:
         one magnitude threshold for all compressed layers).
@@ -256,6 +269,9 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         that can be reached).
     """
     options = dict(options or {})
+    vdt = None if value_dtype is None else np.dtype(value_dtype)
+    if vdt is not None and vdt.kind != "f":
+        raise ValueError(f"value_dtype: expected a floating dtype (e.g. float16), got {vdt}")
     sized = {"rank", "sparsity", "pattern"} & options.keys()
     if (ratio is not None and error is not None) or (ratio is None and error is None and not sized):
         raise ValueError("give exactly one of ratio (e.g. 4) and error (e.g. 0.05), "
@@ -297,8 +313,8 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     if glob:
         names = [d.name for d in glob]
         if ratio is not None:
-            ptr_bytes = sum(M.sparse_nbytes(d.shape, 0, d.dtype.itemsize) for d in glob)
-            entry = max(d.dtype.itemsize + M._index_itemsize(d.shape[1]) for d in glob)
+            ptr_bytes = sum(M.sparse_nbytes(d.shape, 0, 4) for d in glob)
+            entry = max((vdt or d.dtype).itemsize + M._index_itemsize(d.shape[1]) for d in glob)
             keep = int((sum(orig[n] for n in names) / layer_ratio - ptr_bytes) // entry)
             thr = global_threshold(source, names, keep=keep)
         else:
@@ -317,15 +333,16 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                           orig_bytes=orig[d.name], method="keep", reason=d.reason)
             else:
                 Wa = np.asarray(W)
+                Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
                 if thr is not None and d in glob:
-                    m: CompressedMatrix = M.magnitude_prune(Wa, threshold=thr, layout=layout)
+                    m: CompressedMatrix = M.magnitude_prune(Wv, threshold=thr, layout=layout)
                 else:
                     nb = None if layer_ratio is None else orig[d.name] / layer_ratio
-                    m = compress_tensor(Wa, d.action, error=error, nbytes=nb,
+                    m = compress_tensor(Wv, d.action, error=error, nbytes=nb,
                                         options={**options, **d.options}, layout=layout)
                 e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=orig[d.name],
                           method=d.action, reason=d.reason)
-                del Wa, m
+                del Wa, Wv, m
             del W
             rows.append(Row(d.name, d.shape, e["form"], e["params"], e["bytes"],
                             e["orig_bytes"], e["error"], e["reason"]))

@@ -38,6 +38,8 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("auto 4x", {"method": "auto", "ratio": 4}),
     ("auto 8x", {"method": "auto", "ratio": 8}),
     ("auto error 0.2", {"method": "auto", "error": 0.2}),
+    ("prune 8x f16", {"method": "prune", "ratio": 8, "value_dtype": "float16"}),
+    ("lowrank 8x f16", {"method": "lowrank", "ratio": 8, "value_dtype": "float16"}),
 )
 
 
