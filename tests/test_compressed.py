@@ -6,7 +6,8 @@ import scipy.sparse as sp
 
 import weightpress as wp
 from weightpress import methods as M
-from weightpress.compressed import Dense, LowRank, Sparse, SparsePlusLowRank, from_parts
+from weightpress._parts import from_parts
+from weightpress.compressed import Dense, LowRank, Sparse, SparsePlusLowRank
 
 RNG = np.random.default_rng(42)
 

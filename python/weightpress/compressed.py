@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from .sparse import csr_matmul
 
 __all__ = ["CompressedMatrix", "Dense", "Sparse", "LowRank", "SparsePlusLowRank", "LAYOUTS",
-           "FORMS", "from_parts"]
+           "FORMS", "error_stats"]
 
 LAYOUTS = ("out_in", "in_out")
 
@@ -93,8 +93,20 @@ class CompressedMatrix:
         """The dense tensor this matrix stands for, in the stored shape and ``dtype``."""
         raise NotImplementedError
 
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Dense rows ``start:stop`` of :meth:`toarray`, decoded without the rest."""
+        raise NotImplementedError
+
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         raise NotImplementedError
+
+    def blocks(self, block: int = 1 << 20) -> Any:
+        """Yield ``(start, stop, rows)``: the dense tensor in row blocks of about ``block``
+        elements, so a caller never holds all of it."""
+        m, n = self.shape
+        step = max(1, block // max(1, n))
+        for r in range(0, m, step):
+            yield r, min(m, r + step), self.rows(r, min(m, r + step))
 
     # -- shared ---------------------------------------------------------------------------
     @property
@@ -162,7 +174,10 @@ class CompressedMatrix:
         Wa = np.asarray(W)
         if Wa.shape != self.shape:
             raise ValueError(f"W: expected shape {self.shape}, got {Wa.shape}")
-        ref, _, _, diff = error_stats(Wa, self.toarray())
+        ref = diff = 0.0
+        for r0, r1, blk in self.blocks():
+            a, _, _, d = error_stats(Wa[r0:r1], blk)
+            ref, diff = ref + a, diff + d
         if ref == 0.0:
             return 0.0 if diff == 0.0 else float("inf")
         return float(np.sqrt(diff / ref))
@@ -203,6 +218,9 @@ class Dense(CompressedMatrix):
 
     def toarray(self) -> np.ndarray:
         return np.array(self.W)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return np.array(self.W[start:stop])
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         W = self.W.astype(X.dtype, copy=False)
@@ -281,8 +299,11 @@ class Sparse(CompressedMatrix):
         return self._csr
 
     def toarray(self) -> np.ndarray:
-        return self.tocsr(self.dtype if self.dtype != np.float16 else np.float32) \
-            .toarray().astype(self.dtype, copy=False)
+        return self.rows(0, self.shape[0])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        A = self.tocsr(self.dtype if self.dtype != np.float16 else np.float32)
+        return A[start:stop].toarray().astype(self.dtype, copy=False)
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         return csr_matmul(self.tocsr(X.dtype), X, transpose=transpose)
@@ -327,8 +348,11 @@ class LowRank(CompressedMatrix):
         return {"left": self.left, "right": self.right}
 
     def toarray(self) -> np.ndarray:
+        return self.rows(0, self.shape[0])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
         dt = _compute_dtype(self.dtype)
-        return (self.left.astype(dt) @ self.right.astype(dt)).astype(self.dtype, copy=False)
+        return (self.left[start:stop].astype(dt) @ self.right.astype(dt)).astype(self.dtype, copy=False)
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         L = self.left.astype(X.dtype, copy=False)
@@ -361,46 +385,15 @@ class SparsePlusLowRank(CompressedMatrix):
                 **{f"lowrank.{k}": v for k, v in self.lowrank.parts().items()}}
 
     def toarray(self) -> np.ndarray:
+        return self.rows(0, self.shape[0])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
         dt = _compute_dtype(self.dtype)
-        return (self.sparse.toarray().astype(dt) + self.lowrank.toarray().astype(dt)).astype(self.dtype)
+        return (self.sparse.rows(start, stop).astype(dt)
+                + self.lowrank.rows(start, stop).astype(dt)).astype(self.dtype)
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         return self.sparse._matmul(X, transpose) + self.lowrank._matmul(X, transpose)
 
 
 FORMS = {c.form: c for c in (Dense, Sparse, LowRank, SparsePlusLowRank)}
-
-
-def from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
-               layout: str = "out_in") -> CompressedMatrix:
-    """Rebuild a compressed matrix from its stored arrays (as :meth:`~CompressedMatrix.parts`).
-
-    Raises
-    ------
-    ValueError
-        Unknown form, missing parts, or parts inconsistent with ``shape``.
-    """
-    shape = (int(shape[0]), int(shape[1]))
-    need = {"dense": {"values"}, "sparse": {"data", "indices", "indptr"},
-            "lowrank": {"left", "right"},
-            "sparse+lowrank": {"sparse.data", "sparse.indices", "sparse.indptr",
-                               "lowrank.left", "lowrank.right"}}
-    if form not in need:
-        raise ValueError(f"form: expected one of {sorted(need)}, got {form!r}")
-    missing = need[form] - parts.keys()
-    if missing:
-        raise ValueError(f"{form}: missing stored arrays {sorted(missing)}")
-    if form == "dense":
-        m = Dense(parts["values"], layout)
-    elif form == "sparse":
-        m = Sparse.from_parts(parts["data"], parts["indices"], parts["indptr"], shape, layout)
-    elif form == "lowrank":
-        m = LowRank(parts["left"], parts["right"], layout)
-    else:
-        sub = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("sparse.")}
-        low = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("lowrank.")}
-        m = SparsePlusLowRank(from_parts("sparse", sub, shape, layout),  # type: ignore[arg-type]
-                              from_parts("lowrank", low, shape, layout))  # type: ignore[arg-type]
-    if m.shape != shape:
-        raise ValueError(f"{form}: stored arrays give shape {m.shape}, expected {shape}")
-    return m

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from ._core import __version__
-from .compressed import CompressedMatrix, Dense, error_stats, from_parts
+from ._parts import from_parts
+from .compressed import CompressedMatrix, Dense, error_stats
 from .io._base import FormatError, TensorInfo, TensorSource
 from .io.safetensors import SafetensorsSource, write_safetensors
 
@@ -46,6 +47,21 @@ SEP = "::"
 
 def _crc(a: np.ndarray) -> int:
     return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+
+
+def _flat2(a: np.ndarray) -> np.ndarray:
+    return a.reshape(a.shape[0], -1) if a.ndim >= 2 else a.reshape(1, -1)
+
+
+def _blocks(obj: CompressedMatrix | None, arr: np.ndarray | None) -> Any:
+    """Row blocks of a compressed matrix, or of a dense array of any shape."""
+    if obj is not None and arr is None:
+        yield from obj.blocks()
+        return
+    flat = _flat2(np.asarray(arr))
+    step = max(1, (1 << 20) // max(1, flat.shape[1]))
+    for r in range(0, flat.shape[0], step):
+        yield r, r + step, flat[r:r + step]
 
 
 class _Spill(TensorSource):
@@ -157,18 +173,20 @@ class ContainerWriter:
             "orig_bytes": int(orig_bytes if orig_bytes is not None
                               else np.prod(shape, dtype=np.int64) * np.dtype(dtype).itemsize),
             "method": method, "reason": reason}
-        decoded = parts["values"] if form == "dense" else obj.toarray()  # type: ignore[union-attr]
         if original is not None:
             W = np.asarray(original)
             if W.shape != tuple(shape):
                 raise ValueError(f"original: shape {W.shape} differs from {tuple(shape)}")
-            n2, inner, nh2, d2 = error_stats(W, decoded)
-            err = float(np.sqrt(d2 / n2)) if n2 > 0 else (0.0 if d2 == 0 else float("inf"))
+            W = _flat2(W)
         else:
-            nh2 = error_stats(decoded, decoded)[0]
-            n2, inner, err = nh2, nh2, 0.0
+            W = None
+        n2 = inner = nh2 = d2 = 0.0  # accumulated over row blocks: the decode is never whole
+        for r0, r1, blk in _blocks(obj, parts["values"] if form == "dense" else None):
+            ref = W[r0:r1] if W is not None else blk
+            st = error_stats(ref, blk)
+            n2, inner, nh2, d2 = n2 + st[0], inner + st[1], nh2 + st[2], d2 + st[3]
+        err = float(np.sqrt(d2 / n2)) if n2 > 0 else (0.0 if d2 == 0 else float("inf"))
         entry.update(error=err, norm=float(np.sqrt(n2)), norm_hat=float(np.sqrt(nh2)), inner=inner)
-        del decoded
         for role, a in parts.items():
             self._spill.append(keys[role], a)
             self._keys.add(keys[role])
