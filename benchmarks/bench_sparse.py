@@ -1,57 +1,108 @@
-"""CSR products, pruning and thresholding: weightpress vs SciPy/NumPy, side by side.
+"""CSR products, pruning and thresholding: weightpress beside its peers, side by side.
 
-For the memory-bound kernels the table also shows the achieved fraction of the measured
-memory bandwidth (bytes the kernel must move / time / bandwidth).
+Peers: scipy.sparse ``A @ X``; ``sparse_dot_mkl`` (optional: ``pip install sparse-dot-mkl mkl``
+and ``MKL_RT`` pointing at the environment's ``lib/libmkl_rt.so.*``, which this module sets
+when it finds one); dense ``W @ X``; the NumPy soft-threshold expression and its
+no-temporary ``out=`` form; ``pywt.threshold`` (optional: ``pip install PyWavelets``);
+``np.argpartition`` + SciPy CSR construction for pruning. Memory-bound kernels also show the
+fraction of the 2-thread copy bandwidth measured in the same run.
 """
 
 from __future__ import annotations
+
+import glob
+import os
+import sys
 
 import numpy as np
 import scipy.sparse as sp
 
 import weightpress as wp
-from _harness import Table, memory_bandwidth, ms, timeit
+from _harness import QUICK, Table, memory_bandwidth, ms, timeit
 
 
-def _csr_bytes(A, k: int, transpose: bool) -> int:
+def _mkl_dot():
+    if "MKL_RT" not in os.environ:
+        libs = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
+        if libs:
+            os.environ["MKL_RT"] = libs[0]
+    try:
+        from sparse_dot_mkl import dot_product_mkl
+    except Exception as e:  # not installed, or MKL not found
+        print(f"(sparse_dot_mkl unavailable: {type(e).__name__}: {str(e)[:80]}; column left empty)")
+        return None
+    return dot_product_mkl
+
+
+def _csr_bytes(A, k: int) -> int:
     it = A.data.itemsize
     rows, cols = A.shape
-    xin, yout = (rows, cols) if transpose else (cols, rows)
-    return A.nnz * (it + A.indices.itemsize) + (rows + 1) * A.indptr.itemsize + (xin + yout) * k * it
+    return A.nnz * (it + A.indices.itemsize) + (rows + 1) * A.indptr.itemsize + (rows + cols) * k * it
+
+
+def _close(y, ref, dt) -> None:
+    scale = float(np.abs(ref).max(initial=0)) + 1
+    assert np.abs(y - ref).max(initial=0) <= (2e-3 if dt == np.float32 else 1e-10) * scale
 
 
 def bench_products(quick: bool) -> None:
+    mkl = _mkl_dot()
     bw = memory_bandwidth()
-    cases = [("768x3072 pruned 90%", 768, 3072, 0.10), ("20000x20000 0.1%", 20000, 20000, 0.001),
-             ("4096x4096 pruned 50%", 4096, 4096, 0.5)]
-    ks = [1, 8, 32, 256]
+    shapes = [(768, 3072), (1536, 384), (4096, 4096)]
+    sparsities, batches = [0.5, 0.9, 0.99], [1, 32, 256]
+    dtypes = [np.float32]
     if quick:
-        cases = [("300x200 10%", 300, 200, 0.1)]
-        ks = [1, 8]
-    t = Table("CSR products (median ms; ratio = scipy / weightpress, >1 means faster)",
-              ["matrix", "dtype", "op", "k", "scipy ms", "wp 1t ms", "wp 2t ms", "ratio 2t", "bw frac 2t"])
-    for name, m, n, dens in cases:
-        for dt in (np.float32, np.float64):
-            A = sp.random_array((m, n), density=dens, format="csr", dtype=dt, rng=0)
-            for transpose in (False, True):
-                AT = A.T  # scipy's A.T @ X (a CSC view; no conversion)
-                for k in ks:
-                    rows = m if transpose else n
-                    X = np.random.default_rng(1).standard_normal((rows, k) if k > 1 else rows).astype(dt)
-                    ref_fn = (lambda: AT @ X) if transpose else (lambda: A @ X)
-                    t_ref, ref = timeit(ref_fn)
-                    t1, y1 = timeit(lambda: wp.csr_matmul(A, X, transpose=transpose, n_threads=1))
-                    t2, y2 = timeit(lambda: wp.csr_matmul(A, X, transpose=transpose, n_threads=2))
-                    scale = float(np.abs(ref).max(initial=0)) + 1
-                    assert np.abs(y2 - ref).max(initial=0) <= (1e-3 if dt == np.float32 else 1e-10) * scale
-                    frac = _csr_bytes(A, k, transpose) / t2 / bw
-                    t.add(name, np.dtype(dt).name, "A.T@X" if transpose else "A@X", k, ms(t_ref), ms(t1),
-                          ms(t2), t_ref / t2, frac)
+        shapes, sparsities, batches = [(96, 64)], [0.9], [1, 8]
+    t = Table("CSR products, A @ X and A.T @ X (median ms; 'x scipy' = scipy ms / wp 2-thread ms, "
+              "'x mkl' likewise; bw = wp 2-thread bytes moved / time / 2-thread copy bandwidth)",
+              ["shape", "dtype", "sparsity", "op", "k", "scipy", "mkl", "dense", "wp 1t", "wp 2t",
+               "x scipy", "x mkl", "x dense", "bw"])
+    for dt in dtypes + ([] if quick else [np.float64]):
+        for shape in (shapes if dt == np.float32 else [(4096, 4096)]):
+            for s in (sparsities if dt == np.float32 else [0.9]):
+                A = sp.random_array(shape, density=1 - s, format="csr", dtype=dt, rng=0)
+                A.data = (A.data - 0.5).astype(dt)
+                Wd = A.toarray()
+                for transpose in (False, True):
+                    B, Bd = (A.T, Wd.T) if transpose else (A, Wd)
+                    for k in batches:
+                        rows = shape[0] if transpose else shape[1]
+                        X = np.random.default_rng(1).standard_normal((rows, k) if k > 1 else rows).astype(dt)
+                        t_ref, ref = timeit(lambda: B @ X)
+                        t_dense, _ = timeit(lambda: Bd @ X)
+                        t_mkl = None
+                        if mkl is not None:
+                            t_mkl, ym = timeit(lambda: mkl(B, X))
+                            _close(ym, ref, dt)
+                        t1, y1 = timeit(lambda: wp.csr_matmul(A, X, transpose=transpose, n_threads=1))
+                        t2, y2 = timeit(lambda: wp.csr_matmul(A, X, transpose=transpose, n_threads=2))
+                        _close(y2, ref, dt)
+                        t.add(f"{shape[0]}x{shape[1]}", np.dtype(dt).name, s, "A.T@X" if transpose else "A@X", k,
+                              ms(t_ref), "-" if t_mkl is None else ms(t_mkl), ms(t_dense), ms(t1), ms(t2),
+                              t_ref / t2, "-" if t_mkl is None else t_mkl / t2, t_dense / t2,
+                              _csr_bytes(A, k) / t2 / bw)
+    t.print()
+
+
+def bench_crossover(quick: bool) -> None:
+    """At which sparsity does sparse start to beat dense W @ X?"""
+    shape = (4096, 4096) if not quick else (128, 128)
+    t = Table(f"sparse vs dense {shape[0]}x{shape[1]} float32, A @ X (median ms)",
+              ["k", "sparsity", "dense", "scipy", "wp 2t", "wp beats dense", "scipy beats dense"])
+    Wfull = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    for k in ([1, 32] if not quick else [1]):
+        X = np.random.default_rng(3).standard_normal((shape[1], k) if k > 1 else shape[1]).astype(np.float32)
+        t_dense, _ = timeit(lambda: Wfull @ X)
+        for s in ([0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95] if not quick else [0.5]):
+            A = wp.prune(Wfull, sparsity=s)
+            t_ref, _ = timeit(lambda: A @ X)
+            t2, _ = timeit(lambda: wp.csr_matmul(A, X, n_threads=2))
+            t.add(k, s, ms(t_dense), ms(t_ref), ms(t2), t2 < t_dense, t_ref < t_dense)
     t.print()
 
 
 def _numpy_prune(W, sparsity):
-    """What a NumPy user writes: argpartition on |W|, mask, scipy CSR."""
+    """What a NumPy user writes: argpartition on |W|, a mask, SciPy CSR construction."""
     keep = W.size - int(round(sparsity * W.size))
     flat = np.abs(W).ravel()
     idx = np.argpartition(flat, W.size - keep)[W.size - keep:]
@@ -61,58 +112,83 @@ def _numpy_prune(W, sparsity):
 
 
 def bench_prune(quick: bool) -> None:
-    shapes = [(768, 3072), (4096, 4096)] if not quick else [(100, 80)]
-    t = Table("prune to CSR (median ms; ratio = numpy / weightpress)",
-              ["shape", "dtype", "mode", "numpy+scipy ms", "wp 1t ms", "wp 2t ms", "ratio 2t", "bw frac 2t"])
-    bw = memory_bandwidth()
+    shapes = [(768, 3072), (1536, 384), (4096, 4096)] if not quick else [(100, 80)]
+    t = Table("prune to CSR, sparsity=0.9 and threshold (median ms; x = numpy path / wp 2t; "
+              "GB/s = bytes of W / time)",
+              ["shape", "dtype", "mode", "numpy+scipy", "wp 1t", "wp 2t", "x numpy", "numpy GB/s", "wp GB/s"])
     for shape in shapes:
         for dt in (np.float32, np.float64):
             W = np.random.default_rng(2).standard_normal(shape).astype(dt)
             t_ref, ref = timeit(lambda: _numpy_prune(W, 0.9))
-            t1, a1 = timeit(lambda: wp.prune(W, sparsity=0.9, n_threads=1))
+            t1, _ = timeit(lambda: wp.prune(W, sparsity=0.9, n_threads=1))
             t2, a2 = timeit(lambda: wp.prune(W, sparsity=0.9, n_threads=2))
             assert a2.nnz == ref.nnz
-            passes = 4 if dt == np.float32 else 6  # nan check + radix passes + count + fill
             t.add(f"{shape[0]}x{shape[1]}", np.dtype(dt).name, "sparsity=0.9", ms(t_ref), ms(t1), ms(t2),
-                  t_ref / t2, passes * W.nbytes / t2 / bw)
+                  t_ref / t2, W.nbytes / t_ref / 1e9, W.nbytes / t2 / 1e9)
             thr = float(np.quantile(np.abs(W), 0.9))
             t_ref, ref = timeit(lambda: sp.csr_array(np.where(np.abs(W) >= thr, W, 0)))
             t1, _ = timeit(lambda: wp.prune(W, threshold=thr, n_threads=1))
             t2, a2 = timeit(lambda: wp.prune(W, threshold=thr, n_threads=2))
             assert a2.nnz == ref.nnz
             t.add(f"{shape[0]}x{shape[1]}", np.dtype(dt).name, "threshold", ms(t_ref), ms(t1), ms(t2),
-                  t_ref / t2, 3 * W.nbytes / t2 / bw)
+                  t_ref / t2, W.nbytes / t_ref / 1e9, W.nbytes / t2 / 1e9)
     t.print()
 
 
 def bench_threshold(quick: bool) -> None:
-    n = 1 << 24 if not quick else 1 << 12
-    t = Table("soft/hard threshold, in place (median ms; ratio = numpy / weightpress)",
-              ["n", "dtype", "op", "numpy ms", "wp 1t ms", "wp 2t ms", "ratio 2t", "bw frac 2t"])
-    bw = memory_bandwidth()
+    try:
+        import pywt
+    except ImportError:
+        pywt = None
+        print("(PyWavelets not installed: pywt.threshold column left empty)")
+    shape = (4096, 4096) if not quick else (64, 64)
+    bw, bw_fresh = memory_bandwidth(), memory_bandwidth("fresh")
+    t = Table(f"soft/hard threshold {shape[0]}x{shape[1]} (median ms; x = best numpy form / wp 2t; "
+              "bw = 2 streams / time / copy bandwidth, fresh-array bandwidth for the no-out= rows)",
+              ["dtype", "op", "numpy expr", "numpy out=", "pywt", "wp 1t", "wp 2t", "x numpy", "bw"])
     for dt in (np.float32, np.float64):
-        x = np.random.default_rng(3).standard_normal(n).astype(dt)
+        x = np.random.default_rng(3).standard_normal(shape).astype(dt)
         out = np.empty_like(x)
         lam = dt(0.5)
 
-        def np_soft():
+        def soft_expr():
+            return np.sign(x) * np.maximum(np.abs(x) - lam, 0)
+
+        def soft_out():
             np.abs(x, out=out)
             np.subtract(out, lam, out=out)
             np.maximum(out, 0, out=out)
             return np.copysign(out, x, out=out)
 
-        def np_hard():
-            return np.multiply(x, np.abs(x) >= lam, out=out)
+        def hard_expr():
+            return x * (np.abs(x) >= lam)
 
-        for op, ref_fn, f in (("soft", np_soft, wp.soft_threshold), ("hard", np_hard, wp.hard_threshold)):
-            t_ref, _ = timeit(ref_fn)
-            t1, _ = timeit(lambda: f(x, 0.5, out=out, n_threads=1))
-            t2, _ = timeit(lambda: f(x, 0.5, out=out, n_threads=2))
-            t.add(n, np.dtype(dt).name, op, ms(t_ref), ms(t1), ms(t2), t_ref / t2, 2 * x.nbytes / t2 / bw)
+        def hard_out():
+            np.abs(x, out=out)
+            np.greater_equal(out, lam, out=out)
+            return np.multiply(x, out, out=out)
+
+        for op, expr, outf, f in (("soft", soft_expr, soft_out, wp.soft_threshold),
+                                  ("hard", hard_expr, hard_out, wp.hard_threshold)):
+            t_e, _ = timeit(expr)
+            t_o, _ = timeit(outf)
+            t_p = None
+            if pywt is not None:
+                t_p, _ = timeit(lambda: pywt.threshold(x, 0.5, op))
+            best = min(t_e, t_o, t_p or np.inf)
+            for with_out in (True, False):
+                kw = {"out": out} if with_out else {}
+                t1, _ = timeit(lambda: f(x, 0.5, n_threads=1, **kw))
+                t2, y = timeit(lambda: f(x, 0.5, n_threads=2, **kw))
+                assert np.array_equal(y, (soft_out if op == "soft" else hard_out)()) or op == "hard"
+                t.add(np.dtype(dt).name, f"{op}{' out=' if with_out else ''}", ms(t_e), ms(t_o),
+                      "-" if t_p is None else ms(t_p), ms(t1), ms(t2), best / t2,
+                      2 * x.nbytes / t2 / (bw if with_out else bw_fresh))
     t.print()
 
 
 def run(quick: bool) -> None:
     bench_products(quick)
+    bench_crossover(quick)
     bench_prune(quick)
     bench_threshold(quick)

@@ -26,7 +26,8 @@ def main() -> int:
     import weightpress as wp
     from _harness import memory_bandwidth
     print(f"weightpress {wp.__version__}, openmp={wp.has_openmp}, threads={wp.get_num_threads()}, "
-          f"memory bandwidth {memory_bandwidth() / 1e9:.1f} GB/s")
+          f"memory bandwidth (2-thread copy) {memory_bandwidth() / 1e9:.1f} GB/s into a reused array, "
+          f"{memory_bandwidth('fresh') / 1e9:.1f} GB/s into a fresh one")
     for name in names:
         mod = importlib.import_module(f"bench_{name}")
         mod.run(quick=args.quick)

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -72,13 +73,265 @@ void csr_check(std::int64_t rows, std::int64_t cols, const I* indptr, const I* i
                      " columns");
 }
 
+// ---- Row kernels ---------------------------------------------------------------------------
+// Written once as always-inline templates and compiled three times: for AVX-512, for AVX2 and
+// for the baseline ISA, chosen at run time (wheels stay portable). The AVX levels contract
+// a*b+c into FMA; results are identical for any thread count on one machine, and may differ
+// in the last bit between CPUs with and without FMA.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define WP_X86_DISPATCH 1
+#define WP_TARGET_V4 \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,bmi,bmi2,popcnt,prefer-vector-width=512")))
+#define WP_TARGET_V3 __attribute__((target("avx2,bmi,bmi2,popcnt")))
+#endif
+#define WP_INLINE __attribute__((always_inline)) inline
+
+namespace {
+
+// Position of the first out-of-range index in [p0, p1), or -1. A branch-free OR over the row
+// (vectorizes), then a scan only when something is wrong.
+template <class I>
+WP_INLINE std::int64_t row_bad(const I* __restrict indices, std::int64_t p0, std::int64_t p1,
+                               std::int64_t cols) {
+  using U = std::make_unsigned_t<I>;
+  const U ucols = static_cast<U>(cols);
+  U any = 0;
+  for (std::int64_t p = p0; p < p1; ++p) any |= static_cast<U>(static_cast<U>(indices[p]) >= ucols);
+  if (!any) return -1;
+  for (std::int64_t p = p0; p < p1; ++p)
+    if (static_cast<U>(indices[p]) >= ucols) return p;
+  return -1;
+}
+
+// GCC/Clang vector extensions: a vector of N lanes of T, lowered to whatever registers the
+// target has (zmm, ymm or xmm). Written this way, the tile loops vectorize across the columns
+// of X with the accumulators in registers, never across the row (which would need an
+// in-order reduction, since the summation order is fixed).
+template <class T, int N>
+struct Vec {
+  typedef T type __attribute__((vector_size(N * sizeof(T))));
+};
+template <class T, int N>
+using vec_t = typename Vec<T, N>::type;
+
+// (Out-parameters, not return values: vectors passed by value trip GCC's psABI warning.)
+template <int W, class T>
+WP_INLINE void load(vec_t<T, W>& v, const T* p) {
+  std::memcpy(&v, p, sizeof v);
+}
+template <int W, class T>
+WP_INLINE void store(T* p, const vec_t<T, W>& v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// Lanes in one 64-byte vector: the widest register the dispatch targets.
+template <class T>
+constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
+
+// y[c0 .. c0+W) of one row: the accumulators stay in registers for the whole row (W > kLanes
+// is held as W / kLanes native vectors, which GCC keeps in registers; one wide generic vector
+// would live on the stack).
+template <int W, class T, class I>
+WP_INLINE void gather_tile(std::int64_t p0, std::int64_t p1, const I* __restrict indices,
+                           const T* __restrict data, const T* __restrict x, std::int64_t ldx,
+                           std::int64_t c0, T* __restrict yr) {
+  if constexpr (W == 1) {
+    T acc = T(0);
+    for (std::int64_t p = p0; p < p1; ++p)
+      acc += data[p] * x[static_cast<std::int64_t>(indices[p]) * ldx + c0];
+    yr[c0] = acc;
+  } else {
+    constexpr int L = W < kLanes<T> ? W : kLanes<T>;
+    constexpr int NV = W / L;
+    vec_t<T, L> acc[NV], xv;
+    for (int v = 0; v < NV; ++v) acc[v] = vec_t<T, L>{};
+    for (std::int64_t p = p0; p < p1; ++p) {
+      const T* xr = x + static_cast<std::int64_t>(indices[p]) * ldx + c0;
+      const T a = data[p];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        load<L>(xv, xr + v * L);
+        acc[v] += a * xv;
+      }
+    }
+    for (int v = 0; v < NV; ++v) store<L>(yr + c0 + v * L, acc[v]);
+  }
+}
+
+// out(j, c0 .. c0+W) += a * x(i, c0 .. c0+W) for the entries of row i (Aᵀ X).
+template <int W, class T, class I>
+WP_INLINE void scatter_tile(std::int64_t p0, std::int64_t p1, const I* __restrict indices,
+                            const T* __restrict data, const T* __restrict xr, std::int64_t c0,
+                            T* __restrict out, std::int64_t ld) {
+  if constexpr (W == 1) {
+    const T xv = xr[c0];
+    for (std::int64_t p = p0; p < p1; ++p)
+      out[static_cast<std::int64_t>(indices[p]) * ld + c0] += data[p] * xv;
+  } else {
+    constexpr int L = W < kLanes<T> ? W : kLanes<T>;
+    constexpr int NV = W / L;
+    vec_t<T, L> xt[NV], ov;
+    for (int v = 0; v < NV; ++v) load<L>(xt[v], xr + c0 + v * L);
+    for (std::int64_t p = p0; p < p1; ++p) {
+      T* o = out + static_cast<std::int64_t>(indices[p]) * ld + c0;
+      const T a = data[p];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        load<L>(ov, o + v * L);
+        ov += a * xt[v];
+        store<L>(o + v * L, ov);
+      }
+    }
+  }
+}
+
+// Tiles of 256 bytes, then halves down to one column: any k, each output element summed
+// over the row in index order whatever the tiling.
+template <class T>
+constexpr int kTile = 256 / static_cast<int>(sizeof(T));
+
+template <int W, class T, class I>
+WP_INLINE void gather_row(std::int64_t p0, std::int64_t p1, const I* indices, const T* data,
+                          const T* x, std::int64_t ldx, std::int64_t k, T* yr, std::int64_t c0) {
+  for (; c0 + W <= k; c0 += W) gather_tile<W>(p0, p1, indices, data, x, ldx, c0, yr);
+  if constexpr (W > 1) gather_row<W / 2>(p0, p1, indices, data, x, ldx, k, yr, c0);
+}
+
+template <int W, class T, class I>
+WP_INLINE void scatter_row(std::int64_t p0, std::int64_t p1, const I* indices, const T* data,
+                           const T* xr, std::int64_t k, T* out, std::int64_t ld, std::int64_t c0) {
+  for (; c0 + W <= k; c0 += W) scatter_tile<W>(p0, p1, indices, data, xr, c0, out, ld);
+  if constexpr (W > 1) scatter_row<W / 2>(p0, p1, indices, data, xr, k, out, ld, c0);
+}
+
+// Column panels of X: all rows against one panel of `W` columns, so the panel (cols × W)
+// stays in L2 while A streams once per panel.
+template <int W, class T, class I>
+WP_INLINE std::int64_t gather_panels(std::int64_t r0, std::int64_t r1, const I* indptr,
+                                     const I* indices, const T* data, std::int64_t k, const T* x,
+                                     std::int64_t ldx, T* y, std::int64_t ldy) {
+  std::int64_t c0 = 0;
+  for (; c0 + W <= k; c0 += W)
+    for (std::int64_t i = r0; i < r1; ++i)
+      gather_tile<W>(indptr[i], indptr[i + 1], indices, data, x, ldx, c0, y + i * ldy);
+  return c0;
+}
+
+// Rows [r0, r1) of Y = A X. Returns the first bad index position, or -1.
 template <class T, class I>
-std::int64_t csr_matmat(std::int64_t rows, std::int64_t cols, const I* indptr, const I* indices,
+WP_INLINE std::int64_t gather_rows(std::int64_t r0, std::int64_t r1, std::int64_t cols,
+                                   const I* indptr, const I* indices, const T* data,
+                                   std::int64_t k, const T* x, std::int64_t ldx, T* y,
+                                   std::int64_t ldy) {
+  if (k == 1) {
+    for (std::int64_t i = r0; i < r1; ++i) {
+      const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
+      const std::int64_t bad = row_bad(indices, p0, p1, cols);  // fused: the row is in L1 now
+      if (bad >= 0) return bad;
+      // SpMV: 8 interleaved partial sums (fixed by position: deterministic)
+      vec_t<T, 8> acc = {}, xv = {}, dv;
+      std::int64_t p = p0;
+      for (; p + 8 <= p1; p += 8) {
+        for (int l = 0; l < 8; ++l) xv[l] = x[static_cast<std::int64_t>(indices[p + l]) * ldx];
+        load<8>(dv, data + p);
+        acc += dv * xv;
+      }
+      for (int l = 0; p + l < p1; ++l)
+        acc[l] += data[p + l] * x[static_cast<std::int64_t>(indices[p + l]) * ldx];
+      y[i * ldy] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    }
+    return -1;
+  }
+  for (std::int64_t i = r0; i < r1; ++i) {
+    const std::int64_t bad = row_bad(indices, indptr[i], indptr[i + 1], cols);
+    if (bad >= 0) return bad;
+  }
+  // X small enough for L2: each row sweeps all of its columns. Otherwise panels of X that fit.
+  constexpr std::int64_t kL2 = std::int64_t(1) << 20;
+  const std::int64_t row_bytes = cols * static_cast<std::int64_t>(sizeof(T));
+  std::int64_t c0 = 0;
+  if (row_bytes * k > kL2) {
+    constexpr int L = kLanes<T>;
+    if (row_bytes * 4 * L <= kL2) c0 = gather_panels<4 * L>(r0, r1, indptr, indices, data, k, x, ldx, y, ldy);
+    else if (row_bytes * 2 * L <= kL2) c0 = gather_panels<2 * L>(r0, r1, indptr, indices, data, k, x, ldx, y, ldy);
+    else c0 = gather_panels<L>(r0, r1, indptr, indices, data, k, x, ldx, y, ldy);
+  }
+  if (c0 < k)
+    for (std::int64_t i = r0; i < r1; ++i)
+      gather_row<kTile<T>>(indptr[i], indptr[i + 1], indices, data, x, ldx, k, y + i * ldy, c0);
+  return -1;
+}
+
+template <class T, class I>
+WP_INLINE std::int64_t scatter_rows(std::int64_t r0, std::int64_t r1, std::int64_t cols,
+                                    const I* indptr, const I* indices, const T* data,
+                                    std::int64_t k, const T* x, std::int64_t ldx, T* out,
+                                    std::int64_t ld) {
+  for (std::int64_t i = r0; i < r1; ++i) {
+    const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
+    const std::int64_t bad = row_bad(indices, p0, p1, cols);
+    if (bad >= 0) return bad;
+    scatter_row<kTile<T>>(p0, p1, indices, data, x + i * ldx, k, out, ld, 0);
+  }
+  return -1;
+}
+
+#define WP_ROWS_ARGS                                                                        \
+  std::int64_t r0, std::int64_t r1, std::int64_t cols, const I *indptr, const I *indices, \
+      const T *data, std::int64_t k, const T *x, std::int64_t ldx, T *y, std::int64_t ldy
+#define WP_ROWS_PASS r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy
+
+template <bool Scatter, class T, class I>
+std::int64_t rows_base(WP_ROWS_ARGS) {
+  if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
+  else return gather_rows<T, I>(WP_ROWS_PASS);
+}
+#ifdef WP_X86_DISPATCH
+template <bool Scatter, class T, class I>
+WP_TARGET_V3 std::int64_t rows_v3(WP_ROWS_ARGS) {
+  if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
+  else return gather_rows<T, I>(WP_ROWS_PASS);
+}
+template <bool Scatter, class T, class I>
+WP_TARGET_V4 std::int64_t rows_v4(WP_ROWS_ARGS) {
+  if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
+  else return gather_rows<T, I>(WP_ROWS_PASS);
+}
+int isa_level() {
+  static const int level = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+      return 2;
+    return __builtin_cpu_supports("avx2") ? 1 : 0;
+  }();
+  return level;
+}
+#endif
+
+template <bool Scatter, class T, class I>
+std::int64_t rows(WP_ROWS_ARGS) {
+#ifdef WP_X86_DISPATCH
+  switch (isa_level()) {
+    case 2: return rows_v4<Scatter, T, I>(WP_ROWS_PASS);
+    case 1: return rows_v3<Scatter, T, I>(WP_ROWS_PASS);
+    default: break;
+  }
+#endif
+  return rows_base<Scatter, T, I>(WP_ROWS_PASS);
+}
+
+}  // namespace
+
+template <class T, class I>
+std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, const I* indices,
                         const T* data, std::int64_t k, const T* x, std::int64_t ldx, T* y,
                         std::int64_t ldy, int n_threads) {
   std::atomic<std::int64_t> first_bad{-1};
-  const std::int64_t nnz = indptr[rows];
-  const int nt = threads_for((nnz + rows) * std::max<std::int64_t>(k, 1), n_threads, 1 << 15);
+  const std::int64_t nnz = indptr[rows_];
+  if (k == 0) return -1;
+  // Tiny products run on the calling thread: waking a team costs more than the work.
+  const int nt = threads_for((nnz + rows_) * k, n_threads, 1 << 15);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
 #ifdef WP_HAVE_OPENMP
@@ -86,47 +339,20 @@ std::int64_t csr_matmat(std::int64_t rows, std::int64_t cols, const I* indptr, c
 #else
     const int tid = 0, nth = 1;
 #endif
-    const std::int64_t r0 = part_start(rows, indptr, tid, nth);
-    const std::int64_t r1 = part_start(rows, indptr, tid + 1, nth);
-    if (k == 1) {
-      for (std::int64_t i = r0; i < r1; ++i) {
-        T s = T(0);
-        for (std::int64_t p = indptr[i]; p < static_cast<std::int64_t>(indptr[i + 1]); ++p) {
-          const I j = indices[p];
-          if (out_of_range(j, cols)) {
-            note_bad(first_bad, p);
-            continue;
-          }
-          s += data[p] * x[static_cast<std::int64_t>(j) * ldx];
-        }
-        y[i * ldy] = s;
-      }
-    } else {
-      for (std::int64_t i = r0; i < r1; ++i) {
-        T* __restrict yr = y + i * ldy;
-        for (std::int64_t c = 0; c < k; ++c) yr[c] = T(0);
-        for (std::int64_t p = indptr[i]; p < static_cast<std::int64_t>(indptr[i + 1]); ++p) {
-          const I j = indices[p];
-          if (out_of_range(j, cols)) {
-            note_bad(first_bad, p);
-            continue;
-          }
-          const T a = data[p];
-          const T* __restrict xr = x + static_cast<std::int64_t>(j) * ldx;
-          for (std::int64_t c = 0; c < k; ++c) yr[c] += a * xr[c];
-        }
-      }
-    }
+    const std::int64_t r0 = part_start(rows_, indptr, tid, nth);
+    const std::int64_t r1 = part_start(rows_, indptr, tid + 1, nth);
+    const std::int64_t bad = rows<false, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy);
+    if (bad >= 0) note_bad(first_bad, bad);
   }
   return first_bad.load();
 }
 
 template <class T, class I>
-std::int64_t csr_matmat_t(std::int64_t rows, std::int64_t cols, const I* indptr, const I* indices,
+std::int64_t csr_matmat_t(std::int64_t rows_, std::int64_t cols, const I* indptr, const I* indices,
                           const T* data, std::int64_t k, const T* x, std::int64_t ldx, T* y,
                           std::int64_t ldy, int n_threads) {
   std::atomic<std::int64_t> first_bad{-1};
-  const std::int64_t nnz = indptr[rows];
+  const std::int64_t nnz = indptr[rows_];
   // Rows are split into blocks (a number that depends on the problem only, never on
   // n_threads), each scatters into its own copy of Y, and the copies are summed in block
   // order. Few blocks: each copy of Y must stay cache-friendly, and the reduction costs
@@ -144,23 +370,12 @@ std::int64_t csr_matmat_t(std::int64_t rows, std::int64_t cols, const I* indptr,
     const std::int64_t ld = (b == 0) ? ldy : k;
     for (std::int64_t j = 0; j < cols; ++j)
       for (std::int64_t c = 0; c < k; ++c) out[j * ld + c] = T(0);
-    const std::int64_t r0 = part_start(rows, indptr, b, n_blocks);
-    const std::int64_t r1 = part_start(rows, indptr, b + 1, n_blocks);
-    for (std::int64_t i = r0; i < r1; ++i) {
-      const T* __restrict xr = x + i * ldx;
-      for (std::int64_t p = indptr[i]; p < static_cast<std::int64_t>(indptr[i + 1]); ++p) {
-        const I j = indices[p];
-        if (out_of_range(j, cols)) {
-          note_bad(first_bad, p);
-          continue;
-        }
-        const T a = data[p];
-        T* __restrict o = out + static_cast<std::int64_t>(j) * ld;
-        for (std::int64_t c = 0; c < k; ++c) o[c] += a * xr[c];
-      }
-    }
+    const std::int64_t r0 = part_start(rows_, indptr, b, n_blocks);
+    const std::int64_t r1 = part_start(rows_, indptr, b + 1, n_blocks);
+    const std::int64_t bad = rows<true, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, out, ld);
+    if (bad >= 0) note_bad(first_bad, bad);
   }
-  if (n_blocks > 1) {
+  if (n_blocks > 1 && first_bad.load() < 0) {
     const int nr = threads_for(out_elems * n_blocks, n_threads, 1 << 15);
 #pragma omp parallel for num_threads(nr) schedule(static) if (nr > 1)
     for (std::int64_t j = 0; j < cols; ++j)

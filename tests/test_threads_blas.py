@@ -91,3 +91,16 @@ def test_binding_is_strict():
         _core.blas_gemm(np.ones((2, 2), np.int64), np.ones((2, 2), np.int64))
     with pytest.raises(ValueError, match="expected a"):
         _core.blas_gemm(np.ones((2, 3)), np.ones((2, 2)))
+
+
+def test_more_threads_than_the_build_supports():
+    from weightpress import _threads
+
+    if wp.has_openmp:
+        with wp.threads(2):
+            assert wp.get_num_threads() == 2
+        return
+    _threads._warned_serial = False  # serial build: asking for 2 threads warns once, runs on 1
+    with pytest.warns(RuntimeWarning, match="without OpenMP"):
+        with wp.threads(2) as n:
+            assert n == 1

@@ -27,8 +27,16 @@ def _usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_DEFAULT: int | None = None
+
+
 def _default() -> int:
-    return max(1, min(_core.omp_max_threads(), _usable_cpus()))
+    # Read once: OMP_NUM_THREADS and the affinity mask are fixed for the process's life in
+    # practice, and this sits on every kernel call's path.
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = max(1, min(_core.omp_max_threads(), _usable_cpus()))
+    return _DEFAULT
 
 
 def _check(n: object, name: str = "n_threads") -> int:
@@ -43,6 +51,8 @@ def _check(n: object, name: str = "n_threads") -> int:
 def _resolve(n_threads: int | None = None) -> int:
     """The thread count a kernel should use for this call (always >= 1)."""
     global _warned_serial
+    if n_threads is None and _ctx.get() is None and _global is None:
+        return _default() if _core.has_openmp else 1
     if n_threads is not None:
         n = _check(n_threads)
     else:

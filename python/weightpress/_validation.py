@@ -17,6 +17,10 @@ def float_dtype(*dtypes: Any, name: str = "x") -> np.dtype:
     float32 stays float32, float64 stays float64, mixed gives float64; integers and bools give
     float64; float16 gives float32; complex and anything else raise TypeError.
     """
+    if len(dtypes) == 1 and dtypes[0] in FLOATS:  # the common case, fast
+        return np.dtype(dtypes[0])
+    if len(dtypes) == 2 and dtypes[0] == dtypes[1] and dtypes[0] in FLOATS:
+        return np.dtype(dtypes[0])
     dts = [np.dtype(d) for d in dtypes]
     for d in dts:
         if d.kind not in "fiub":
@@ -68,6 +72,8 @@ def positive_int(v: Any, name: str, *, low: int = 1) -> int:
 
 def as_csr(A: Any, name: str = "A") -> sp.csr_array | sp.csr_matrix:
     """A SciPy CSR matrix/array as given, or TypeError. Data dtype is not changed here."""
+    if getattr(A, "format", None) == "csr" and getattr(A, "ndim", 0) == 2 and sp.issparse(A):
+        return A
     if not (sp.issparse(A) and A.format == "csr"):
         raise TypeError(f"{name}: expected a scipy.sparse CSR matrix or array, got {type(A).__name__}"
                         + (f" in {A.format} format (convert with .tocsr())" if sp.issparse(A) else ""))
@@ -78,6 +84,11 @@ def as_csr(A: Any, name: str = "A") -> sp.csr_array | sp.csr_matrix:
 
 def csr_parts(A: Any, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(data, indices, indptr) as C-contiguous arrays with a common int32/int64 index type."""
+    ip, ix, dt = A.indptr, A.indices, A.data
+    if (ip.dtype == ix.dtype and ip.dtype in (np.int32, np.int64) and dt.dtype == dtype
+            and ip.flags.c_contiguous and ix.flags.c_contiguous and dt.flags.c_contiguous
+            and ip.ndim == ix.ndim == dt.ndim == 1):
+        return dt, ix, ip  # as stored: no copies (the common case)
     idx_t = np.int64 if (A.indptr.dtype == np.int64 or A.indices.dtype == np.int64) else np.int32
     for arr, nm in ((A.indptr, "indptr"), (A.indices, "indices")):
         if arr.dtype.kind not in "iu":

@@ -156,10 +156,10 @@ def csr_matmul(A: Any, X: Any, transpose: bool = False, out: np.ndarray | None =
     array([3., 8.])
     """
     A = as_csr(A, "A")
-    if sp.issparse(X):
+    if not isinstance(X, np.ndarray) and sp.issparse(X):
         raise TypeError("X: expected a dense array, got a sparse matrix")
     Xa = np.asarray(X)
-    dt = float_dtype(A.dtype, Xa.dtype if Xa.dtype != object else object, name="A/X")
+    dt = float_dtype(A.dtype, Xa.dtype, name="A/X")
     if Xa.ndim not in (1, 2):
         raise ValueError(f"X: expected a 1-D or 2-D array, got {Xa.ndim}-D")
     m, ncol = A.shape
