@@ -202,3 +202,12 @@ def test_float16_values_for_a_float32_model(tmp_path):
     with open_source(big) as src, pytest.raises(ValueError, match="overflow float16"):
         compress_model(src, tmp_path / "d.wpz", error=0.1, value_dtype="float16")
     assert not (tmp_path / "d.wpz").exists()
+
+
+def test_no_layer_grows(tmp_path):
+    p, t = _model(tmp_path)
+    with open_source(p) as src:  # pruning to 1 % error keeps most entries: CSR would be bigger
+        rep = compress_model(src, tmp_path / "p.wpz", error=0.01, method="prune")
+    row = {r.name: r for r in rep.rows}["enc.1.weight"]
+    assert row.form == "dense" and "dense is smaller" in row.reason and row.error == 0.0
+    assert all(r.nbytes <= r.orig_bytes for r in rep.rows)

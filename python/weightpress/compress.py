@@ -22,7 +22,7 @@ import numpy as np
 from . import methods as M
 from ._validation import real_scalar
 from ._report import Report, Row
-from .compressed import CompressedMatrix
+from .compressed import CompressedMatrix, Dense
 from .container import FORMAT, Container, ContainerWriter
 from .io._base import TensorInfo, TensorSource
 
@@ -147,13 +147,18 @@ def default_layout(source: Any) -> str:
 
 def compress_tensor(W: np.ndarray, method: str, *, error: float | None = None,
                     nbytes: float | None = None, options: Mapping[str, Any] | None = None,
-                    layout: str = "out_in") -> CompressedMatrix:
-    """One matrix with one method to one budget (``error`` or ``nbytes``); options override."""
+                    layout: str = "out_in", orig_nbytes: int | None = None) -> CompressedMatrix:
+    """One matrix with one method to one budget (``error`` or ``nbytes``).
+
+    ``options`` (from a rule) override the budget: ``error``, ``ratio`` (of ``orig_nbytes``,
+    default ``W.nbytes``), ``rank``, ``sparsity``, ``pattern``.
+    """
     o = dict(options or {})
     if "error" in o:
         error, nbytes = o["error"], None
     elif "ratio" in o:
-        error, nbytes = None, W.nbytes / real_scalar(o["ratio"], "ratio", low=1.0)
+        base = W.nbytes if orig_nbytes is None else orig_nbytes
+        error, nbytes = None, base / real_scalar(o["ratio"], "ratio", low=1.0)
     if method == "prune":
         if "sparsity" in o:
             return M.magnitude_prune(W, sparsity=o["sparsity"], layout=layout)
@@ -339,9 +344,14 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                 else:
                     nb = None if layer_ratio is None else orig[d.name] / layer_ratio
                     m = compress_tensor(Wv, d.action, error=error, nbytes=nb,
-                                        options={**options, **d.options}, layout=layout)
+                                        options={**options, **d.options}, layout=layout,
+                                        orig_nbytes=orig[d.name])
+                reason = d.reason
+                if m.nbytes >= orig[d.name]:  # never bigger than what it replaces
+                    reason = f"{d.action} would take {m.nbytes} bytes, dense is smaller"
+                    m = Dense(Wa, layout)
                 e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=orig[d.name],
-                          method=d.action, reason=d.reason)
+                          method=d.action, reason=reason)
                 del Wa, Wv, m
             del W
             rows.append(Row(d.name, d.shape, e["form"], e["params"], e["bytes"],
