@@ -211,3 +211,21 @@ def test_no_layer_grows(tmp_path):
     row = {r.name: r for r in rep.rows}["enc.1.weight"]
     assert row.form == "dense" and "dense is smaller" in row.reason and row.error == 0.0
     assert all(r.nbytes <= r.orig_bytes for r in rep.rows)
+
+
+@pytest.mark.parametrize("tensors, match", [
+    ("{not json", "malformed container metadata"),
+    ('{"a": {"form": "sparse"}}', "malformed container metadata"),
+    ('{"a": {"form": "dense", "shape": [2], "dtype": "float32", "parts": {"values": "zz"}}}',
+     "missing"),
+])
+def test_container_with_lying_metadata(tmp_path, tensors, match):
+    p = tmp_path / "c.wpz"
+    write_safetensors(p, {"a": np.ones(2, np.float32)},
+                      {"format": "weightpress.container", "format_version": "1", "tensors": tensors})
+    with pytest.raises(FormatError, match=match):
+        Container(p)
+    write_safetensors(p, {"a": np.ones(2, np.float32)},
+                      {"format": "weightpress.container", "format_version": "9", "tensors": "{}"})
+    with pytest.raises(FormatError, match="version"):
+        Container(p)

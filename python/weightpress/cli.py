@@ -59,7 +59,11 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compress", help="compress a model file into a container",
                        description="Compress a model (safetensors, npz, and the formats of "
-                                   "weightpress.io) into a .wpz container (safetensors + metadata).")
+                                   "weightpress.io) into a .wpz container (safetensors + "
+                                   "metadata). By default 2-D float matrices of at least "
+                                   "--min-size elements are compressed; biases, norms and "
+                                   "embeddings are kept as they are ('weightpress info MODEL' "
+                                   "shows the plan and the reasons).")
     c.add_argument("model", help="input model file")
     c.add_argument("-o", "--output", required=True, help="output container (e.g. model.wpz)")
     tgt = c.add_mutually_exclusive_group()
