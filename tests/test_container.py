@@ -229,3 +229,34 @@ def test_container_with_lying_metadata(tmp_path, tensors, match):
                       {"format": "weightpress.container", "format_version": "9", "tensors": "{}"})
     with pytest.raises(FormatError, match="version"):
         Container(p)
+
+
+def test_bfloat16_storage(tmp_path):
+    g = np.random.default_rng(7)
+    W = (g.standard_normal((96, 8)) @ g.standard_normal((8, 80))
+         + 0.1 * g.standard_normal((96, 80))).astype(np.float32)
+    p = tmp_path / "b.safetensors"
+    write_safetensors(p, {"w": W, "v": W[:, :40].copy()}, dtypes={"w": "BF16", "v": "BF16"})
+    for method in ("lowrank", "prune", "auto", "slr"):
+        out = tmp_path / f"{method}.wpz"
+        with open_source(p) as src:  # bf16 in: values stored as bf16 by default
+            rep = compress_model(src, out, ratio=3, method=method, min_size=100)
+        c = Container(out)
+        e = c.entries["w"]
+        assert e["storage"] == "BF16" and e["orig_bytes"] == W.size * 2, method
+        m = c.matrix("w")
+        assert m.storage == "BF16" and m.nbytes == e["bytes"]
+        assert SafetensorsSource(out).stored_dtypes[e["parts"].get("left", e["parts"].get(
+            "data", e["parts"].get("sparse.data")))] == "BF16"
+        assert rep.ratio >= 3 * 0.99 and verify(out, SafetensorsSource(p)).ok
+        assert m.relative_error(SafetensorsSource(p)["w"]) == pytest.approx(e["error"], rel=1e-6)
+    # float32 model, bfloat16 values on request: the same bytes buy twice the rank
+    q = tmp_path / "f.safetensors"
+    write_safetensors(q, {"w": W})
+    with open_source(q) as src:
+        a = compress_model(src, tmp_path / "a.wpz", ratio=4, method="lowrank", min_size=100)
+        b = compress_model(src, tmp_path / "bb.wpz", ratio=4, method="lowrank", min_size=100,
+                           value_dtype="bfloat16")
+    ma, mb = Container(tmp_path / "a.wpz").matrix("w"), Container(tmp_path / "bb.wpz").matrix("w")
+    assert mb.rank >= 2 * ma.rank - 1 and b.rows[0].error < a.rows[0].error
+    assert Container(tmp_path / "bb.wpz")["w"].dtype == np.float32

@@ -83,9 +83,10 @@ def _parser() -> argparse.ArgumentParser:
                         "ACTION is skip, prune, lowrank, nm, slr or auto; options ratio, error, "
                         "rank, sparsity, pattern. Repeat, or separate with ';'. E.g. "
                         "--rules 'lm_head*=skip' --rules '*.q_proj.weight=lowrank:rank=64'")
-    c.add_argument("--dtype", choices=["float16", "float32"], dest="value_dtype",
-                   help="store compressed values and factors in this dtype (float16 halves "
-                        "them; errors are measured against the original). Default: the weights'")
+    c.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], dest="value_dtype",
+                   help="store compressed values and factors in this dtype (float16 or "
+                        "bfloat16 halve float32 ones; errors are measured against the "
+                        "original). Default: the weights' own (bfloat16 stays bfloat16)")
     c.add_argument("--min-size", type=int, default=4096,
                    help="leave matrices with fewer elements dense (default: 4096)")
     c.add_argument("--layout", choices=["out_in", "in_out"],

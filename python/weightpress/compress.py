@@ -147,11 +147,13 @@ def default_layout(source: Any) -> str:
 
 def compress_tensor(W: np.ndarray, method: str, *, error: float | None = None,
                     nbytes: float | None = None, options: Mapping[str, Any] | None = None,
-                    layout: str = "out_in", orig_nbytes: int | None = None) -> CompressedMatrix:
+                    layout: str = "out_in", orig_nbytes: int | None = None,
+                    storage: str | None = None) -> CompressedMatrix:
     """One matrix with one method to one budget (``error`` or ``nbytes``).
 
     ``options`` (from a rule) override the budget: ``error``, ``ratio`` (of ``orig_nbytes``,
-    default ``W.nbytes``), ``rank``, ``sparsity``, ``pattern``.
+    default ``W.nbytes``), ``rank``, ``sparsity``, ``pattern``. ``storage="BF16"`` stores the
+    values as bfloat16 (and budgets them at 2 bytes).
     """
     o = dict(options or {})
     if "error" in o:
@@ -159,20 +161,21 @@ def compress_tensor(W: np.ndarray, method: str, *, error: float | None = None,
     elif "ratio" in o:
         base = W.nbytes if orig_nbytes is None else orig_nbytes
         error, nbytes = None, base / real_scalar(o["ratio"], "ratio", low=1.0)
+    kw: dict[str, Any] = {"layout": layout, "storage": storage}
     if method == "prune":
         if "sparsity" in o:
-            return M.magnitude_prune(W, sparsity=o["sparsity"], layout=layout)
-        return M.magnitude_prune(W, error=error, nbytes=nbytes, layout=layout)
+            return M.magnitude_prune(W, sparsity=o["sparsity"], **kw)
+        return M.magnitude_prune(W, error=error, nbytes=nbytes, **kw)
     if method == "nm":
         return M.nm_prune(W, o.get("pattern"), error=None if "pattern" in o else error,
-                          nbytes=None if "pattern" in o else nbytes, layout=layout)
+                          nbytes=None if "pattern" in o else nbytes, **kw)
     if method == "lowrank":
         if "rank" in o:
-            return M.low_rank(W, int(o["rank"]), layout=layout)
-        return M.low_rank(W, error=error, nbytes=nbytes, layout=layout)
+            return M.low_rank(W, int(o["rank"]), **kw)
+        return M.low_rank(W, error=error, nbytes=nbytes, **kw)
     if method == "slr":
-        return M.auto(W, error=error, nbytes=nbytes, layout=layout, forms=("sparse+lowrank",))
-    return M.auto(W, error=error, nbytes=nbytes, layout=layout)
+        return M.auto(W, error=error, nbytes=nbytes, forms=("sparse+lowrank",), **kw)
+    return M.auto(W, error=error, nbytes=nbytes, **kw)
 
 
 def global_threshold(source: Mapping[str, np.ndarray], names: list[str], *,
@@ -225,6 +228,17 @@ def _stored_itemsize(source: Any, name: str, dt: np.dtype) -> int:
             "F8_E5M2": 1}.get(st, dt.itemsize)
 
 
+_BF16 = ("BF16", "bfloat16")
+
+
+def _value_itemsize(source: Any, d: Decision, vdt: np.dtype | None, bf16: bool) -> int:
+    if bf16:
+        return 2
+    if vdt is not None:
+        return vdt.itemsize
+    return _stored_itemsize(source, d.name, d.dtype)
+
+
 def _narrow(W: np.ndarray, dt: np.dtype, name: str) -> np.ndarray:
     with np.errstate(over="ignore"):
         Wn = W.astype(dt)
@@ -260,9 +274,10 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         Method options for every compressed tensor (``rank``, ``sparsity``, ``pattern``),
         overridden by a matching rule's own options; with a size option the target may be
         omitted.
-    value_dtype : numpy dtype, optional
-        Store the compressed tensors' values and factors in this float dtype (``float16``
-        halves them); errors are still measured against the original. Default: the tensor's.
+    value_dtype : numpy dtype or "bfloat16", optional
+        Store the compressed tensors' values and factors in this float dtype (``float16`` or
+        ``"bfloat16"`` halve float32 ones); errors are still measured against the original.
+        Default: the tensor's own (bfloat16 for tensors the source stores as bfloat16).
     scope : str
         ``"layer"`` (each layer gets the same ratio or error) or ``"global"`` (``prune`` only:
         one magnitude threshold for all compressed layers).
@@ -274,9 +289,11 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         that can be reached).
     """
     options = dict(options or {})
-    vdt = None if value_dtype is None else np.dtype(value_dtype)
+    want_bf16 = isinstance(value_dtype, str) and value_dtype.lower() in ("bfloat16", "bf16")
+    vdt = np.dtype(np.float32) if want_bf16 else (None if value_dtype is None else np.dtype(value_dtype))
     if vdt is not None and vdt.kind != "f":
-        raise ValueError(f"value_dtype: expected a floating dtype (e.g. float16), got {vdt}")
+        raise ValueError(f"value_dtype: expected a floating dtype (float16, bfloat16, float32), "
+                         f"got {vdt}")
     sized = {"rank", "sparsity", "pattern"} & options.keys()
     if (ratio is not None and error is not None) or (ratio is None and error is None and not sized):
         raise ValueError("give exactly one of ratio (e.g. 4) and error (e.g. 0.05), "
@@ -319,7 +336,8 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         names = [d.name for d in glob]
         if ratio is not None:
             ptr_bytes = sum(M.sparse_nbytes(d.shape, 0, 4) for d in glob)
-            entry = max((vdt or d.dtype).itemsize + M._index_itemsize(d.shape[1]) for d in glob)
+            entry = max(_value_itemsize(source, d, vdt, want_bf16) + M._index_itemsize(d.shape[1])
+                        for d in glob)
             keep = int((sum(orig[n] for n in names) / layer_ratio - ptr_bytes) // entry)
             thr = global_threshold(source, names, keep=keep)
         else:
@@ -339,13 +357,16 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
             else:
                 Wa = np.asarray(W)
                 Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
+                bf16 = want_bf16 or (vdt is None and (stored or "") in _BF16 and Wa.dtype == np.float32)
+                storage = "BF16" if bf16 else None
                 if thr is not None and d in glob:
-                    m: CompressedMatrix = M.magnitude_prune(Wv, threshold=thr, layout=layout)
+                    m: CompressedMatrix = M.magnitude_prune(Wv, threshold=thr, layout=layout,
+                                                            storage=storage)
                 else:
                     nb = None if layer_ratio is None else orig[d.name] / layer_ratio
                     m = compress_tensor(Wv, d.action, error=error, nbytes=nb,
                                         options={**options, **d.options}, layout=layout,
-                                        orig_nbytes=orig[d.name])
+                                        orig_nbytes=orig[d.name], storage=storage)
                 reason = d.reason
                 if m.nbytes >= orig[d.name]:  # never bigger than what it replaces
                     reason = f"{d.action} would take {m.nbytes} bytes, dense is smaller"

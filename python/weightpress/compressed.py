@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from .sparse import csr_matmul
 
 __all__ = ["CompressedMatrix", "Dense", "Sparse", "LowRank", "SparsePlusLowRank", "LAYOUTS",
-           "FORMS", "error_stats"]
+           "FORMS", "error_stats", "store_as"]
 
 LAYOUTS = ("out_in", "in_out")
 
@@ -118,10 +118,15 @@ class CompressedMatrix:
             yield r, min(m, r + step), self.rows(r, min(m, r + step))
 
     # -- shared ---------------------------------------------------------------------------
+    storage: str | None = None  # "BF16": float arrays hold bfloat16 values, stored so
+
     @property
     def nbytes(self) -> int:
-        """Bytes of every stored array (values, indices, index pointers, factors)."""
-        return int(sum(p.nbytes for p in self.parts().values()))
+        """Bytes of every stored array (values, indices, index pointers, factors), as stored
+        (2 per value under bfloat16 storage)."""
+        half = self.storage == "BF16"
+        return int(sum(p.size * 2 if half and p.dtype.kind == "f" else p.nbytes
+                       for p in self.parts().values()))
 
     @property
     def n_params(self) -> int:
@@ -406,3 +411,30 @@ class SparsePlusLowRank(CompressedMatrix):
 
 
 FORMS = {c.form: c for c in (Dense, Sparse, LowRank, SparsePlusLowRank)}
+
+
+def store_as(m: CompressedMatrix, storage: str | None, *, exact: bool = False) -> CompressedMatrix:
+    """Mark ``m`` as stored in ``storage`` (``None`` or ``"BF16"``), rounding its float32 value
+    arrays to bfloat16 in place (``exact``: they already are) so the matrix computes what the
+    file holds. Returns ``m``.
+    """
+    if storage is None:
+        return m
+    if storage != "BF16":
+        raise ValueError(f"storage: expected None or 'BF16', got {storage!r}")
+    if m.dtype != np.float32:
+        raise TypeError(f"storage='BF16' needs float32 values, got {m.dtype}")
+    if isinstance(m, SparsePlusLowRank):
+        store_as(m.sparse, storage, exact=exact)
+        store_as(m.lowrank, storage, exact=exact)
+    elif not exact:
+        from .io.safetensors import bf16_to_f32, f32_to_bf16
+        for p in m.parts().values():
+            if p.dtype == np.float32:
+                if not p.flags.writeable:
+                    raise ValueError("store_as: value arrays are read-only")
+                p[...] = bf16_to_f32(f32_to_bf16(p)).reshape(p.shape)
+        if isinstance(m, Sparse):
+            m._csr = None
+    m.storage = storage
+    return m

@@ -33,7 +33,7 @@ import numpy as np
 
 from ._core import __version__
 from ._parts import from_parts
-from .compressed import CompressedMatrix, Dense, error_stats
+from .compressed import CompressedMatrix, Dense, error_stats, store_as
 from .io._base import FormatError, TensorInfo, TensorSource
 from .io.safetensors import SafetensorsSource, write_safetensors
 
@@ -158,15 +158,16 @@ class ContainerWriter:
         for k in keys.values():
             if k in self._keys:
                 raise ValueError(f"name: stored key {k!r} collides with another tensor's")
-        # A dense tensor read from bf16/fp16 goes back in that dtype (exact: it came from there).
+        # A dense tensor read from bf16 goes back as bf16 (exact: it came from there).
         if stored_dtype in ("bfloat16", "float16"):  # other readers' spelling
             stored_dtype = {"bfloat16": "BF16", "float16": "F16"}[stored_dtype]
-        narrow = (form == "dense" and stored_dtype in ("BF16", "F16")
-                  and np.dtype(dtype) == np.float32)
-        nbytes = sum(a.nbytes for a in parts.values()) // (2 if narrow else 1)
+        narrow = form == "dense" and stored_dtype == "BF16" and np.dtype(dtype) == np.float32
+        storage = "BF16" if narrow else getattr(obj, "storage", None)
+        nbytes = sum(a.size * 2 if storage == "BF16" and a.dtype == np.float32 else a.nbytes
+                     for a in parts.values())
         entry: dict[str, Any] = {
             "form": form, "shape": [int(s) for s in shape], "dtype": np.dtype(dtype).name,
-            "stored_dtype": stored_dtype, "layout": lay, "parts": keys,
+            "stored_dtype": stored_dtype, "storage": storage, "layout": lay, "parts": keys,
             "crc32": {r: _crc(a) for r, a in parts.items()},
             "params": int(obj.n_params if obj is not None else np.asarray(parts["values"]).size),
             "bytes": int(nbytes),
@@ -190,8 +191,8 @@ class ContainerWriter:
         for role, a in parts.items():
             self._spill.append(keys[role], a)
             self._keys.add(keys[role])
-            if narrow:
-                self._dtypes[keys[role]] = stored_dtype  # type: ignore[assignment]
+            if storage == "BF16" and a.dtype == np.float32:
+                self._dtypes[keys[role]] = "BF16"
         self.entries[name] = entry
         return entry
 
@@ -279,7 +280,8 @@ class Container(TensorSource):
         if len(e["shape"]) != 2:
             raise ValueError(f"{name!r} is a {len(e['shape'])}-D tensor, not a matrix; use container[name]")
         try:
-            return from_parts(e["form"], self.parts(name), tuple(e["shape"]), e["layout"])
+            m = from_parts(e["form"], self.parts(name), tuple(e["shape"]), e["layout"])
+            return store_as(m, e.get("storage"), exact=True)
         except (ValueError, TypeError) as err:
             raise FormatError(f"{self.path}: tensor {name!r}: {err}") from None
 

@@ -19,7 +19,7 @@ import scipy.linalg
 
 from ._validation import as_float_array, check_finite, real_scalar
 from .compressed import (CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank,
-                         error_stats)
+                         error_stats, store_as)
 from .sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "auto",
@@ -130,7 +130,7 @@ def _keep_for_drop(energy_desc: np.ndarray, allowed: float) -> int:
 
 def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float | None = None,
                     error: float | None = None, nbytes: float | None = None,
-                    layout: str = "out_in") -> Sparse:
+                    layout: str = "out_in", storage: str | None = None) -> Sparse:
     """Magnitude pruning to a :class:`~weightpress.compressed.Sparse` matrix.
 
     Exactly one of ``sparsity`` (fraction removed), ``threshold`` (keep ``|w| >= threshold``),
@@ -144,6 +144,7 @@ def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float |
     """
     Wa = _prep(W)
     od = _out_dtype(W, Wa)
+    isz = 2 if storage == "BF16" else od.itemsize
     given = [v is not None for v in (sparsity, threshold, error, nbytes)]
     if sum(given) != 1:
         raise ValueError("magnitude_prune: give exactly one of sparsity, threshold, error and nbytes")
@@ -155,14 +156,15 @@ def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float |
             if err is not None:
                 keep = _keep_for_drop(_sorted_energy(Wa), err * err * _fro2(Wa))
             else:
-                keep = _nnz_for_bytes(Wa.shape, nb, od.itemsize)
+                keep = _nnz_for_bytes(Wa.shape, nb, isz)
             sparsity = 1.0 - keep / max(1, Wa.size)
         A = prune(Wa, sparsity=sparsity)
-    return Sparse(A, layout, dtype=od)
+    return store_as(Sparse(A, layout, dtype=od), storage)  # type: ignore[return-value]
 
 
 def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: float | None = None,
-             nbytes: float | None = None, m: int = 8, layout: str = "out_in") -> Sparse:
+             nbytes: float | None = None, m: int = 8, layout: str = "out_in",
+             storage: str | None = None) -> Sparse:
     """N:M pruning: in each group of ``M`` consecutive entries of a row keep the ``N`` largest.
 
     With ``pattern`` (``"2:4"``) that pattern is used; otherwise the largest ``N`` out of ``m``
@@ -170,13 +172,14 @@ def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: flo
     """
     Wa = _prep(W)
     od = _out_dtype(W, Wa)
+    isz = 2 if storage == "BF16" else od.itemsize
     if pattern is not None:
-        return Sparse(prune(Wa, pattern=pattern), layout, dtype=od)
+        return store_as(Sparse(prune(Wa, pattern=pattern), layout, dtype=od), storage)  # type: ignore[return-value]
     err, nb = _budget(error, nbytes)
     best = None
     for n in range(1, m + 1):
         A = prune(Wa, pattern=(n, m))
-        cand = Sparse(A, layout, dtype=od)
+        cand = store_as(Sparse(A, layout, dtype=od), storage)
         if nb is not None:
             if cand.nbytes > nb:
                 break
@@ -185,11 +188,14 @@ def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: flo
             best = cand
             if cand.relative_error(Wa) <= err:
                 break
-    return best if best is not None else Sparse(prune(Wa, pattern=(1, m)), layout, dtype=od)
+    if best is None:
+        best = store_as(Sparse(prune(Wa, pattern=(1, m)), layout, dtype=od), storage)
+    return best  # type: ignore[return-value]
 
 
 def low_rank(W: Any, rank: int | None = None, *, error: float | None = None,
-             nbytes: float | None = None, layout: str = "out_in") -> LowRank:
+             nbytes: float | None = None, layout: str = "out_in",
+             storage: str | None = None) -> LowRank:
     """Truncated SVD as a :class:`~weightpress.compressed.LowRank` matrix.
 
     Exactly one of ``rank``, ``error`` (smallest rank with relative error ≤ ``error``) or
@@ -197,11 +203,12 @@ def low_rank(W: Any, rank: int | None = None, *, error: float | None = None,
     """
     Wa = _prep(W)
     od = _out_dtype(W, Wa)
+    isz = 2 if storage == "BF16" else od.itemsize
     if sum(v is not None for v in (rank, error, nbytes)) != 1:
         raise ValueError("low_rank: give exactly one of rank, error and nbytes")
     if nbytes is not None:
         nb = real_scalar(nbytes, "nbytes", low=0.0)
-        rank = int(nb // ((Wa.shape[0] + Wa.shape[1]) * od.itemsize))
+        rank = int(nb // ((Wa.shape[0] + Wa.shape[1]) * isz))
     if rank is not None:
         if int(rank) < 0:
             raise ValueError(f"rank must be >= 0, got {rank}")
@@ -209,7 +216,7 @@ def low_rank(W: Any, rank: int | None = None, *, error: float | None = None,
         U, s, Vt = _truncated_svd(Wa, rank=rank)
     else:
         U, s, Vt = _truncated_svd(Wa, tol=real_scalar(error, "error", low=0.0))
-    return LowRank.from_svd(U, s, Vt, layout, dtype=od)
+    return store_as(LowRank.from_svd(U, s, Vt, layout, dtype=od), storage)  # type: ignore[return-value]
 
 
 @dataclass
@@ -242,7 +249,7 @@ class Spectrum:
 def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
                          nbytes: float | None = None, layout: str = "out_in",
                          iterations: int = 3, spectrum: Spectrum | None = None,
-                         ) -> SparsePlusLowRank:
+                         storage: str | None = None) -> SparsePlusLowRank:
     """``W ≈ S + L``: rank-``rank`` factors plus magnitude-pruned residual, by alternation.
 
     Starts from the truncated SVD of ``W`` (or the given ``spectrum`` of it), then
@@ -254,36 +261,38 @@ def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
     """
     Wa = _prep(W)
     od = _out_dtype(W, Wa)
+    isz = 2 if storage == "BF16" else od.itemsize
     err, nb = _budget(error, nbytes)
     spec = spectrum if spectrum is not None else Spectrum.of(Wa, rank)
-    L0 = spec.lowrank(rank, layout, od)
+    L0 = store_as(spec.lowrank(rank, layout, od), storage)
     if nb is not None:
-        return _alternate(Wa, L0, _nnz_for_bytes(Wa.shape, nb - L0.nbytes, od.itemsize),
-                          rank, iterations)
+        return _alternate(Wa, L0, _nnz_for_bytes(Wa.shape, nb - L0.nbytes, isz),
+                          rank, iterations, storage)
     # error budget: alternate at a fixed sparse size, doubled until the budget is reachable,
     # then keep the fewest residual entries that meet it.
     allowed = err * err * _fro2(Wa)
     k = max(1, Wa.size // 256) if iterations else Wa.size
     while True:
-        L = _alternate(Wa, L0, k, rank, iterations).lowrank if iterations else L0
+        L = _alternate(Wa, L0, k, rank, iterations, storage).lowrank if iterations else L0
         R = Wa - L.toarray()
         keep = _keep_for_drop(_sorted_energy(R), allowed)
         if keep <= k or k >= Wa.size:
             S = Sparse(prune(R, sparsity=1.0 - keep / max(1, R.size)), layout, dtype=od)
-            return SparsePlusLowRank(S, L)
+            return store_as(SparsePlusLowRank(S, L), storage)  # type: ignore[return-value]
         k *= 2
 
 
-def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int) -> SparsePlusLowRank:
+def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
+               storage: str | None = None) -> SparsePlusLowRank:
     """``iterations`` rounds of S = top-k of W − L, L = rank-r SVD of W − S; the best iterate."""
     best, best_err = None, np.inf
     for it in range(int(iterations) + 1):
         if it:
             U, s, Vt = _truncated_svd(Wa - cur_S.toarray(), rank=rank)
-            L = LowRank.from_svd(U, s, Vt, L.layout, dtype=L.dtype)
+            L = store_as(LowRank.from_svd(U, s, Vt, L.layout, dtype=L.dtype), storage)
         R = Wa - L.toarray()
         cur_S = Sparse(prune(R, sparsity=1.0 - k / max(1, R.size)), L.layout, dtype=L.dtype)
-        cand = SparsePlusLowRank(cur_S, L)
+        cand = store_as(SparsePlusLowRank(cur_S, L), storage)
         e = cand.relative_error(Wa)
         if e < best_err:
             best, best_err = cand, e
@@ -293,7 +302,7 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int) -
 
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
          layout: str = "out_in", forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank"),
-         slr_iterations: int = 0) -> CompressedMatrix:
+         slr_iterations: int = 0, storage: str | None = None) -> CompressedMatrix:
     """The best form for a budget, never bigger than dense.
 
     With ``error``: the smallest (in bytes) of pruning, low-rank and sparse + low-rank that meets
@@ -302,16 +311,18 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     """
     Wa = _prep(W)
     od = _out_dtype(W, Wa)
+    isz = 2 if storage == "BF16" else od.itemsize
     err, nb = _budget(error, nbytes)
     dense = Dense(Wa.astype(od, copy=False), layout)
-    if nb is not None and nb >= dense.nbytes:
+    dense_bytes = Wa.size * isz
+    if nb is not None and nb >= dense_bytes:
         return dense
     cands: list[CompressedMatrix] = []
     if "sparse" in forms:
-        cands.append(magnitude_prune(Wa, error=err, nbytes=nb, layout=layout))
+        cands.append(magnitude_prune(W, error=err, nbytes=nb, layout=layout, storage=storage))
     spec = None
     if "lowrank" in forms or "sparse+lowrank" in forms:
-        per_rank = (Wa.shape[0] + Wa.shape[1]) * od.itemsize
+        per_rank = (Wa.shape[0] + Wa.shape[1]) * isz
         if err is not None:
             spec = Spectrum.of(Wa, tol=err)
             r_full = _rank_for_error(spec.s, spec.total2, err)
@@ -319,12 +330,13 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
             spec = Spectrum.of(Wa, rank=min(min(Wa.shape), int(nb // per_rank)))
             r_full = len(spec.s)
         if "lowrank" in forms:
-            cands.append(spec.lowrank(r_full, layout, od))
+            cands.append(store_as(spec.lowrank(r_full, layout, od), storage))
         if "sparse+lowrank" in forms:
             for r in sorted({r_full // 8, r_full // 4, r_full // 2} - {0}):
-                cands.append(sparse_plus_low_rank(Wa, r, error=err, nbytes=nb, layout=layout,
-                                                  spectrum=spec, iterations=slr_iterations))
-    cands = [c for c in cands if c.nbytes < dense.nbytes]
+                cands.append(sparse_plus_low_rank(W, r, error=err, nbytes=nb, layout=layout,
+                                                  spectrum=spec, iterations=slr_iterations,
+                                                  storage=storage))
+    cands = [c for c in cands if c.nbytes < dense_bytes]
     if not cands:
         return dense
     if err is not None:
