@@ -201,7 +201,7 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     if a.against:
         from .compress import open_source
         original = open_source(a.against)
-    res = verify(a.file, original)
+    res = verify(a.file, original, progress=_Progress())
     for p in res.problems:
         print(f"FAIL {p}")
     print(f"{'ok' if res.ok else 'FAILED'}: {res.checked} tensors checked, "

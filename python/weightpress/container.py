@@ -315,7 +315,7 @@ class VerifyResult:
 
 
 def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = None,
-           *, rtol: float = 1e-3) -> VerifyResult:
+           *, rtol: float = 1e-3, progress: Any = None) -> VerifyResult:
     """Decode every tensor of a container and check it against the stored figures.
 
     Checks, per tensor: every stored array is present with a matching CRC-32; the parts form a
@@ -323,6 +323,8 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
     dtype and is finite; ``‖Ŵ‖_F`` matches the stored figure and the stored error is consistent
     with ``‖W‖``, ``⟨W, Ŵ⟩`` and ``‖Ŵ‖``. With ``original`` (a mapping name -> array, e.g. the
     source model) the error is recomputed against the original exactly.
+
+    ``progress(i, n, name)`` is called before each tensor when given.
 
     Returns
     -------
@@ -340,7 +342,9 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
     extra = set(c._st.info()) - known
     if extra:
         res.problems.append(f"stored arrays not referenced by any tensor: {sorted(extra)[:5]}")
-    for name, e in c.entries.items():
+    for i, (name, e) in enumerate(c.entries.items()):
+        if progress is not None:
+            progress(i, len(c.entries), name)
         res.checked += 1
         where = f"{name}"
         try:
@@ -385,5 +389,7 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
             if abs(true - e["error"]) > max(rtol, 1e-2 * e["error"]):
                 res.problems.append(f"{where}: error against the original is {true:.4g}, "
                                     f"stored {e['error']:.4g}")
+    if progress is not None:
+        progress(len(c.entries), len(c.entries), "done")
     c.close()
     return res
