@@ -320,7 +320,7 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     if ratio is not None:
         # the container's JSON header costs about this much per tensor and part
         n_parts = {"skip": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5, "auto": 5}
-        header = 600 + sum(300 + n_parts[d.action] * (150 + len(d.name.encode()))
+        header = 600 + sum(360 + n_parts[d.action] * (150 + len(d.name.encode()))
                            for d in decisions)
         budget = src_bytes / ratio - kept - header
         squeezable = sum(orig[d.name] for d in work)
