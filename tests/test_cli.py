@@ -159,3 +159,17 @@ def test_progress_bar_only_on_a_terminal(capsys):
     bar(4, 4, "writing")
     err = capsys.readouterr().err
     assert "[#######" in err and "1/4 " in err and "fc1.weight" in err and err.endswith("\r")
+
+
+def test_npz_model(tmp_path, capsys):
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "m.npz", **{"dense/kernel": g.standard_normal((64, 128)).astype(np.float32),
+                                    "dense/bias": np.zeros(128, np.float32)})
+    out = tmp_path / "m.wpz"
+    assert main(["compress", str(tmp_path / "m.npz"), "-o", str(out), "--ratio", "3",
+                 "--layout", "in_out", "-q"]) == 0
+    assert main(["decompress", str(out), "-o", str(tmp_path / "d.npz")]) == 0
+    with np.load(tmp_path / "d.npz") as z:
+        assert sorted(z.files) == ["dense/bias", "dense/kernel"] and z["dense/kernel"].shape == (64, 128)
+    assert main(["info", str(tmp_path / "m.npz")]) == 0
+    assert "npz model" in capsys.readouterr().out

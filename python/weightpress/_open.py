@@ -39,7 +39,9 @@ class NpzSource(TensorSource):
             with self._z.zip.open(name + ".npy") as f:
                 try:
                     version = np.lib.format.read_magic(f)
-                    shape, _, dt = np.lib.format._read_array_header(f, version)  # noqa: SLF001
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, _, dt = read(f)
                 except ValueError as e:
                     raise FormatError(f"{self.path}: member {name!r}: {e}") from None
             self._info[name] = TensorInfo(shape, dt)
