@@ -113,19 +113,15 @@ def _budget(error: Any, nbytes: Any) -> tuple[float | None, float | None]:
     return None, real_scalar(nbytes, "nbytes", low=0.0)
 
 
-def _sorted_energy(W: np.ndarray) -> np.ndarray:
-    """Squared magnitudes in decreasing order (float64)."""
-    e = np.abs(np.asarray(W, np.float64)).reshape(-1) ** 2
+def _keep_for_drop(W: np.ndarray, allowed: float) -> int:
+    """Fewest largest-magnitude entries of ``W`` to keep so that the dropped energy ``Σ w²``
+    is ≤ ``allowed``. One float64 buffer of ``W``'s size (sorted, then summed in place from the
+    smallest, which is also the accurate order)."""
+    e = np.asarray(W).astype(np.float64).reshape(-1)
+    np.square(e, out=e)
     e.sort()
-    return e[::-1]
-
-
-def _keep_for_drop(energy_desc: np.ndarray, allowed: float) -> int:
-    """Fewest kept largest entries so that the dropped energy (the tail's sum) is ≤ allowed."""
-    csum = np.concatenate([[0.0], np.cumsum(energy_desc)])
-    dropped = csum[-1] - csum
-    ok = np.nonzero(dropped <= allowed * (1 - 1e-9))[0]
-    return int(ok[0]) if ok.size else energy_desc.size
+    np.cumsum(e, out=e)  # e[t-1]: energy of the t smallest entries
+    return e.size - int(np.searchsorted(e, allowed * (1 - 1e-9), side="right"))
 
 
 def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float | None = None,
@@ -154,7 +150,7 @@ def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float |
         if sparsity is None:
             err, nb = _budget(error, nbytes)
             if err is not None:
-                keep = _keep_for_drop(_sorted_energy(Wa), err * err * _fro2(Wa))
+                keep = _keep_for_drop(Wa, err * err * _fro2(Wa))
             else:
                 keep = _nnz_for_bytes(Wa.shape, nb, isz)
             sparsity = 1.0 - keep / max(1, Wa.size)
@@ -275,7 +271,7 @@ def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
     while True:
         L = _alternate(Wa, L0, k, rank, iterations, storage).lowrank if iterations else L0
         R = Wa - L.toarray()
-        keep = _keep_for_drop(_sorted_energy(R), allowed)
+        keep = _keep_for_drop(R, allowed)
         if keep <= k or k >= Wa.size:
             S = Sparse(prune(R, sparsity=1.0 - keep / max(1, R.size)), layout, dtype=od)
             return store_as(SparsePlusLowRank(S, L), storage)  # type: ignore[return-value]
