@@ -1,0 +1,119 @@
+"""Budgets across layers: choose one compression setting per layer so that the whole model
+meets a size budget with the least total error (or a total-error budget with the fewest bytes).
+
+Each layer offers candidates ``(bytes, error)`` measured on that layer (its error-vs-size
+curve). The total cost is ``Σ weight_l · error_l²`` (squared relative errors weighted, by
+default, by the layer's share of parameters). Greedy steps along each layer's lower convex hull,
+best marginal gain per byte first, solve the Lagrangian relaxation of this knapsack exactly at
+every hull vertex, which is the standard way rate-distortion budgets are split.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Candidate", "allocate"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to store one layer: its size in bytes and its relative error."""
+
+    nbytes: int
+    error: float
+    label: str = ""
+
+
+def _hull(cands: Sequence[Candidate], weight: float) -> list[int]:
+    """Indices of the lower convex hull of (bytes, weight·error²), by increasing bytes, each
+    strictly better in cost than the one before."""
+    order = sorted(range(len(cands)), key=lambda i: (cands[i].nbytes, cands[i].error))
+    pts: list[int] = []
+    for i in order:
+        c = weight * cands[i].error ** 2
+        if pts and c >= weight * cands[pts[-1]].error ** 2:
+            continue  # more bytes, no less error: never worth it
+        while len(pts) >= 2:
+            a, b = pts[-2], pts[-1]
+            xa, ya = cands[a].nbytes, weight * cands[a].error ** 2
+            xb, yb = cands[b].nbytes, weight * cands[b].error ** 2
+            # b is above the segment a -> i: drop it
+            if (yb - ya) * (cands[i].nbytes - xa) >= (c - ya) * (xb - xa):
+                pts.pop()
+            else:
+                break
+        pts.append(i)
+    return pts
+
+
+def allocate(curves: Mapping[str, Sequence[Candidate]], max_bytes: int,
+             weights: Mapping[str, float] | None = None) -> dict[str, int]:
+    """Pick one candidate index per layer with total bytes ≤ `max_bytes`, minimising
+    ``Σ weight · error²``.
+
+    Parameters
+    ----------
+    curves : mapping layer name -> candidates
+        Every layer needs at least one candidate (include the uncompressed form).
+    max_bytes : int
+        The budget for all these layers together.
+    weights : mapping, optional
+        Importance of each layer's squared error (default 1).
+
+    Returns
+    -------
+    dict
+        layer name -> index into its candidate list.
+
+    Raises
+    ------
+    ValueError
+        If even the smallest candidate of every layer exceeds the budget (the message says by
+        how much), or a layer has no candidates.
+    """
+    weights = dict(weights or {})
+    hulls: dict[str, list[int]] = {}
+    for name, cands in curves.items():
+        if not cands:
+            raise ValueError(f"layer {name!r} has no candidates")
+        hulls[name] = _hull(cands, float(weights.get(name, 1.0)))
+    pos = {n: 0 for n in hulls}
+    used = sum(curves[n][h[0]].nbytes for n, h in hulls.items())
+    if used > max_bytes:
+        raise ValueError(f"budget of {max_bytes} bytes is impossible: the smallest setting of every "
+                         f"layer needs {used} bytes ({used / max(max_bytes, 1):.2f}x the budget)")
+    heap: list[tuple[float, str]] = []
+
+    def push(n: str) -> None:
+        h, p = hulls[n], pos[n]
+        if p + 1 < len(h):
+            a, b = curves[n][h[p]], curves[n][h[p + 1]]
+            w = float(weights.get(n, 1.0))
+            gain = w * (a.error ** 2 - b.error ** 2) / max(b.nbytes - a.nbytes, 1)
+            heapq.heappush(heap, (-gain, n))
+
+    for n in hulls:
+        push(n)
+    while heap:
+        _, n = heapq.heappop(heap)
+        h, p = hulls[n], pos[n]
+        extra = curves[n][h[p + 1]].nbytes - curves[n][h[p]].nbytes
+        if used + extra > max_bytes:
+            continue  # this layer's next step does not fit; cheaper steps of others may
+        used += extra
+        pos[n] = p + 1
+        push(n)
+    return {n: hulls[n][pos[n]] for n in hulls}
+
+
+def total(curves: Mapping[str, Sequence[Candidate]], choice: Mapping[str, int],
+          weights: Mapping[str, float] | None = None) -> tuple[int, float]:
+    """(total bytes, Σ weight·error²) of a choice."""
+    w = dict(weights or {})
+    b = sum(curves[n][i].nbytes for n, i in choice.items())
+    c = float(np.sum([w.get(n, 1.0) * curves[n][i].error ** 2 for n, i in choice.items()]))
+    return b, c

@@ -1,0 +1,106 @@
+"""Calibration statistics: what data-aware compression needs to know about a layer's inputs.
+
+A linear layer computes ``Y = X Wᵀ`` with ``W`` of shape ``(out, in)`` (PyTorch's layout) and
+inputs ``X`` of shape ``(n_samples, in)``. Every data-aware method here needs only the second
+moment ``H = XᵀX`` (``in × in``, accumulated in float64 over chunks, so any number of samples
+streams through in bounded memory) and the sample count. The output-space error of a
+replacement ``Ŵ`` is then ``‖X(W − Ŵ)ᵀ‖_F² = tr((W − Ŵ) H (W − Ŵ)ᵀ)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._validation import as_float_array
+
+__all__ = ["CalibrationStats", "output_error"]
+
+
+class CalibrationStats:
+    """Streaming second moment ``H = XᵀX`` of one layer's inputs.
+
+    Parameters
+    ----------
+    n_features : int
+        The layer's input width (``in``; ``W.shape[1]`` in PyTorch layout).
+    min_samples : int
+        Fewest samples :meth:`hessian` accepts (default 16): fewer cannot say anything
+        reliable about the input distribution.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from weightpress.calibration import CalibrationStats
+    >>> st = CalibrationStats(4)
+    >>> for chunk in np.array_split(np.random.default_rng(0).standard_normal((100, 4)), 3):
+    ...     st.update(chunk)
+    >>> st.n_samples
+    100
+    """
+
+    def __init__(self, n_features: int, *, min_samples: int = 16):
+        if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
+            raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
+        self.n_features = int(n_features)
+        self.min_samples = int(min_samples)
+        self.n_samples = 0
+        self._h = np.zeros((self.n_features, self.n_features))
+
+    @classmethod
+    def from_inputs(cls, X: Any, **kw: Any) -> "CalibrationStats":
+        """Statistics of one array of inputs (n_samples, n_features); higher-dimensional
+        activations (batch, tokens, features) are flattened to rows."""
+        Xa = np.asarray(X)
+        if Xa.ndim < 2:
+            raise ValueError(f"calibration inputs must be at least 2-D (samples, features), got shape {Xa.shape}")
+        st = cls(Xa.shape[-1], **kw)
+        st.update(Xa)
+        return st
+
+    def update(self, X: Any, *, chunk: int = 8192) -> "CalibrationStats":
+        """Add a chunk of inputs (rows are samples). Validates width and finiteness."""
+        Xa = as_float_array(X, "calibration inputs")
+        if Xa.ndim < 2:
+            raise ValueError(f"calibration inputs must be 2-D (samples, features), got shape {Xa.shape}")
+        Xa = Xa.reshape(-1, Xa.shape[-1])
+        if Xa.shape[1] != self.n_features:
+            raise ValueError(f"calibration inputs have {Xa.shape[1]} features, the layer takes "
+                             f"{self.n_features} (W has shape (out, {self.n_features}))")
+        for s in range(0, Xa.shape[0], chunk):
+            c = Xa[s:s + chunk].astype(np.float64)
+            if not np.isfinite(c).all():
+                raise ValueError("calibration inputs contain NaN or Inf")
+            self._h += c.T @ c
+        self.n_samples += Xa.shape[0]
+        return self
+
+    def hessian(self) -> np.ndarray:
+        """``XᵀX`` (float64, ``n_features × n_features``; do not modify)."""
+        if self.n_samples < self.min_samples:
+            raise ValueError(f"too few calibration samples: {self.n_samples} < min_samples={self.min_samples}")
+        return self._h
+
+    def column_norms(self) -> np.ndarray:
+        """``‖X[:, j]‖₂`` for every input feature j."""
+        return np.sqrt(np.maximum(np.diag(self.hessian()), 0.0))
+
+    def damped(self, rel: float = 1e-6) -> np.ndarray:
+        """``H + rel · mean(diag H) · I``: positive definite even for rank-deficient inputs
+        (fewer samples than features, dead features)."""
+        H = self.hessian()
+        d = float(np.mean(np.diag(H))) if H.size else 0.0
+        return H + (rel * d if d > 0 else 1e-12) * np.eye(self.n_features)
+
+
+def output_error(W: Any, W_hat: Any, stats: CalibrationStats) -> float:
+    """Relative output-space error ``‖XWᵀ − XŴᵀ‖_F / ‖XWᵀ‖_F`` from the statistics alone."""
+    Wd = np.asarray(W, dtype=np.float64)
+    D = Wd - np.asarray(W_hat.toarray() if hasattr(W_hat, "toarray") else W_hat, dtype=np.float64)
+    H = stats.hessian()
+    num = float(np.einsum("ij,ij->", D @ H, D))
+    den = float(np.einsum("ij,ij->", Wd @ H, Wd))
+    if den <= 0:
+        return 0.0 if num <= 0 else float("inf")
+    return float(np.sqrt(max(num, 0.0) / den))
