@@ -260,3 +260,40 @@ def test_bfloat16_storage(tmp_path):
     ma, mb = Container(tmp_path / "a.wpz").matrix("w"), Container(tmp_path / "bb.wpz").matrix("w")
     assert mb.rank >= 2 * ma.rank - 1 and b.rows[0].error < a.rows[0].error
     assert Container(tmp_path / "bb.wpz")["w"].dtype == np.float32
+
+
+@pytest.mark.parametrize("method", ["prune", "lowrank", "auto"])
+def test_compress_streams_one_tensor_at_a_time(tmp_path, method):
+    import gc
+    import weakref
+
+    from weightpress.io._base import TensorInfo, TensorSource
+
+    class Counting(TensorSource):
+        format = "test"
+
+        def __init__(self):
+            super().__init__(str(tmp_path / "none"))
+            self.alive = self.peak = self.loads = 0
+
+        def info(self):
+            return {f"l{i}.weight": TensorInfo((64, 80), np.float32) for i in range(6)}
+
+        def _load(self, name):
+            self.loads += 1
+            a = np.random.default_rng(int(name[1])).standard_normal((64, 80)).astype(np.float32)
+            self.alive += 1
+            self.peak = max(self.peak, self.alive)
+            weakref.finalize(a, self._gone)
+            return a
+
+        def _gone(self):
+            self.alive -= 1
+
+    src = Counting()
+    gc.disable()  # refcounting alone must free each tensor before the next is loaded
+    try:
+        compress_model(src, tmp_path / "s.wpz", ratio=3, method=method)
+    finally:
+        gc.enable()
+    assert src.loads == 6 and src.peak == 1
