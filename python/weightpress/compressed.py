@@ -242,7 +242,7 @@ class Dense(CompressedMatrix):
 
 
 class Sparse(CompressedMatrix):
-    """CSR storage: values, column indices (uint16 when the columns allow), row pointers.
+    """CSR storage: values, column indices (uint8 or uint16 when the columns allow), row pointers.
 
     Products run in the C++ CSR kernel (:func:`weightpress.csr_matmul`).
 
@@ -264,7 +264,8 @@ class Sparse(CompressedMatrix):
         dt = np.dtype(dtype if dtype is not None else A.dtype)
         _setup(self, A.shape, dt, layout)
         m, n = self.shape
-        idx = np.uint16 if n <= 1 << 16 else (np.int32 if n < 2**31 else np.int64)
+        idx = (np.uint8 if n <= 1 << 8 else np.uint16 if n <= 1 << 16
+               else np.int32 if n < 2**31 else np.int64)
         ptr = np.int32 if A.nnz < 2**31 else np.int64
         self.data = np.ascontiguousarray(A.data, dtype=dt)
         self.indices = np.ascontiguousarray(A.indices, dtype=idx)

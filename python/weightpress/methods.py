@@ -71,7 +71,7 @@ def _rank_for_error(s: np.ndarray, total2: float, tol: float) -> int:
 
 
 def _index_itemsize(n_cols: int) -> int:
-    return 2 if n_cols <= 1 << 16 else (4 if n_cols < 2**31 else 8)
+    return 1 if n_cols <= 1 << 8 else 2 if n_cols <= 1 << 16 else (4 if n_cols < 2**31 else 8)
 
 
 def sparse_nbytes(shape: tuple[int, int], nnz: int, itemsize: int) -> int:
