@@ -2,7 +2,8 @@
 
 Writes ``python/weightpress/data/digits_mlp.safetensors`` (PyTorch layout: ``fcN.weight`` is
 ``[out, in]``, the layer computes ``relu(x Wᵀ + b)``) and ``digits_test.npz`` (the held-out
-test split: ``x`` uint8 pixels 0..16, ``y`` labels). Deterministic: same seed, same weights
+test split: ``x`` uint8 pixels 0..16, ``y`` labels) and ``digits_calib.npz`` (512 training
+images, the calibration inputs of data-aware compression). Deterministic: same seed, same weights
 (for one scikit-learn/NumPy version). Needs scikit-learn; the runtime does not.
 
 Run: ``python scripts/train_digits.py``
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 from weightpress.io.safetensors import write_safetensors  # noqa: E402
 
 SEED = 0
+CALIB = 512
 OUT = os.path.join(os.path.dirname(__file__), "..", "python", "weightpress", "data")
 
 
@@ -42,6 +44,8 @@ def main() -> None:
     write_safetensors(os.path.join(OUT, "digits_mlp.safetensors"), tensors, meta)
     np.savez_compressed(os.path.join(OUT, "digits_test.npz"), x=X_te.astype(np.uint8),
                         y=y_te.astype(np.uint8))
+    # calibration inputs for data-aware compression: 512 *training* images (never test ones)
+    np.savez_compressed(os.path.join(OUT, "digits_calib.npz"), x=X_tr[:CALIB].astype(np.uint8))
     print(f"test accuracy {acc:.4f} on {len(y_te)} held-out digits; wrote {OUT}")
 
 

@@ -18,6 +18,8 @@ class Row:
     orig_bytes: int
     error: float
     reason: str = ""
+    output_error: float | None = None   # relative output-space error, with calibration data
+    times: dict[str, float] | None = None  # e.g. {"b1": s, "b1 dense": s, "b32": ..., "b32 dense": ...}
 
     @property
     def ratio(self) -> float:
@@ -45,7 +47,8 @@ class Report:
     def of_container(cls, c: Any) -> "Report":
         """The report of an opened :class:`~weightpress.container.Container`."""
         rows = [Row(n, tuple(e["shape"]), e["form"], e["params"], e["bytes"], e["orig_bytes"],
-                    e["error"], e.get("reason", "")) for n, e in c.entries.items()]
+                    e["error"], e.get("reason", ""), e.get("output_error"))
+                for n, e in c.entries.items()]
         src = int(c.source.get("bytes") or sum(r.orig_bytes for r in rows))
         return cls(rows, c.file_bytes, src)
 
@@ -65,27 +68,39 @@ def format_table(report: Any) -> str:
     The ``(header)`` row is the container's JSON metadata and index, so the bytes column
     adds up to the file size exactly.
     """
+    has_out = any(r.output_error is not None for r in report.rows)
+    has_t = any(r.times for r in report.rows)
     head = ("tensor", "shape", "form", "params", "bytes", "rel.err", "ratio", "note")
+    extra_head = (("out.err",) if has_out else ()) + (("b1 us", "b1 dense", "b32 us", "b32 dense")
+                                                       if has_t else ())
+    head = head[:6] + extra_head + head[6:]
     lines = []
     for r in report.rows:
+        extra: tuple[str, ...] = ()
+        if has_out:
+            extra += ("" if r.output_error is None else f"{r.output_error:.4f}",)
+        if has_t:
+            t = r.times or {}
+            extra += tuple(f"{t[k] * 1e6:.0f}" if k in t else "" for k in ("b1", "b1 dense", "b32", "b32 dense"))
         lines.append((r.name, "x".join(map(str, r.shape)) or "()", r.form, f"{r.params:,}",
-                      human(r.nbytes), f"{r.error:.4f}", f"{r.ratio:.2f}x",
+                      human(r.nbytes), f"{r.error:.4f}") + extra + (f"{r.ratio:.2f}x",
                       r.reason if r.form == "dense" else ""))
     payload = sum(r.nbytes for r in report.rows)
     params = sum(r.params for r in report.rows)
     orig = sum(r.orig_bytes for r in report.rows)
     tail = []
     if report.file_bytes:
-        tail.append(("(header)", "", "", "", human(report.file_bytes - payload), "", "", "metadata"))
-        tail.append(("total", "", "", f"{params:,}", human(report.file_bytes), "",
-                     f"{report.ratio:.2f}x", f"source {human(report.source_bytes)}"))
+        tail.append(("(header)", "", "", "", human(report.file_bytes - payload), "")
+                    + ("",) * len(extra_head) + ("", "metadata"))
+        tail.append(("total", "", "", f"{params:,}", human(report.file_bytes), "") + ("",) * len(extra_head)
+                    + (f"{report.ratio:.2f}x", f"source {human(report.source_bytes)}"))
     else:
-        tail.append(("total", "", "", f"{params:,}", human(payload), "",
-                     f"{orig / payload if payload else float('nan'):.2f}x", ""))
+        tail.append(("total", "", "", f"{params:,}", human(payload), "") + ("",) * len(extra_head)
+                    + (f"{orig / payload if payload else float('nan'):.2f}x", ""))
     rows = [head] + lines + tail
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     widths[0] = min(widths[0], 48)
-    right = {3, 4, 5, 6}
+    right = set(range(3, len(head) - 1))
     out = []
     for k, r in enumerate(rows):
         cells = [(c.rjust(w) if i in right else c.ljust(w)) for i, (c, w) in enumerate(zip(r, widths))]

@@ -9,13 +9,14 @@ replacement ``Ŵ`` is then ``‖X(W − Ŵ)ᵀ‖_F² = tr((W − Ŵ) H (W − �
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ._validation import as_float_array
 
-__all__ = ["CalibrationStats", "output_error"]
+__all__ = ["CalibrationStats", "CalibrationSet", "output_error", "check_calibration"]
 
 
 class CalibrationStats:
@@ -104,3 +105,63 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats) -> float:
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
     return float(np.sqrt(max(num, 0.0) / den))
+
+
+class CalibrationSet(Mapping):
+    """Per-layer calibration: weight tensor name -> :class:`CalibrationStats`, lazily.
+
+    Built from a file (``.npz`` or ``.safetensors``) or a mapping whose keys are the *weight*
+    tensors' names and whose values are that layer's inputs ``(n_samples, in)`` (any leading
+    dimensions are flattened), or ready :class:`CalibrationStats`. Statistics are computed when
+    a layer asks for them, one layer's inputs in memory at a time.
+    """
+
+    def __init__(self, source: Any, *, min_samples: int = 16):
+        import os
+
+        self._close = None
+        if isinstance(source, (str, os.PathLike)):
+            from .compress import open_source
+
+            try:
+                src = open_source(source)
+            except FileNotFoundError:
+                raise
+            except Exception as e:
+                raise ValueError(f"calibration file {os.fspath(source)!r}: {e}") from e
+            self._src: Mapping[str, Any] = src
+            self._close = getattr(src, "close", None)
+        elif isinstance(source, Mapping):
+            self._src = source
+        else:
+            raise TypeError(f"calibration: expected a file path or a mapping name -> inputs, "
+                            f"got {type(source).__name__}")
+        self.min_samples = int(min_samples)
+
+    def __getitem__(self, name: str) -> CalibrationStats:
+        v = self._src[name]
+        if isinstance(v, CalibrationStats):
+            return v
+        try:
+            return CalibrationStats.from_inputs(np.asarray(v), min_samples=self.min_samples)
+        except ValueError as e:
+            raise ValueError(f"calibration for {name!r}: {e}") from None
+
+    def __iter__(self):
+        return iter(self._src)
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+def check_calibration(stats: CalibrationStats, name: str, shape: tuple[int, ...], layout: str) -> None:
+    """Raise ValueError when calibration inputs do not fit the weight they are for."""
+    n_in = shape[1] if layout == "out_in" else shape[0]
+    if stats.n_features != n_in:
+        raise ValueError(f"calibration for {name!r} has {stats.n_features} features per sample, but "
+                         f"the weight {tuple(shape)} ({layout}) takes {n_in} inputs")
+    stats.hessian()  # too few samples -> ValueError now, before any work

@@ -253,8 +253,9 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                    method: str = "auto", rules: Iterable[Rule] = (),
                    min_size: int = DEFAULT_MIN_SIZE, layout: str | None = None,
                    scope: str = "layer", options: Mapping[str, Any] | None = None,
-                   value_dtype: Any = None,
-                   progress: Callable[[int, int, str], None] | None = None) -> Report:
+                   value_dtype: Any = None, calibration: Any = None, prefer: str = "size",
+                   progress: Callable[[int, int, str], None] | None = None,
+                   curves_out: dict[str, Any] | None = None) -> Report:
     """Compress every tensor of ``source`` per :func:`plan` into the container ``out``.
 
     Parameters
@@ -279,8 +280,22 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         ``"bfloat16"`` halve float32 ones); errors are still measured against the original.
         Default: the tensor's own (bfloat16 for tensors the source stores as bfloat16).
     scope : str
-        ``"layer"`` (each layer gets the same ratio or error) or ``"global"`` (``prune`` only:
-        one magnitude threshold for all compressed layers).
+        ``"layer"`` (each layer gets the same ratio or error), ``"global"`` (``prune`` only:
+        one magnitude threshold for all compressed layers), or ``"allocate"`` (with ``ratio``:
+        the byte budget is split across layers by their measured error-vs-size curves, so
+        layers that compress cheaply give more; errors are output-space errors where
+        calibration data exists).
+    calibration : str, mapping or CalibrationSet, optional
+        Inputs of the layers: a ``.npz``/``.safetensors`` file or mapping from *weight* tensor
+        names to that layer's input activations ``(n_samples, in)`` (or ready
+        :class:`~weightpress.calibration.CalibrationStats`). Layers with calibration use the
+        data-aware methods (OBS pruning, whitened low-rank, activation-scaled sparse +
+        low-rank) and ``error`` means the relative *output* error ``‖XWᵀ − XŴᵀ‖/‖XWᵀ‖``.
+    prefer : str
+        ``"size"`` or ``"speed"`` (data-aware ``auto``: among forms meeting the budget, the
+        one that runs fastest here at batch 32).
+    curves_out : dict, optional
+        Filled with each layer's error-vs-size candidates and the chosen one (``allocate``).
 
     Raises
     ------
@@ -302,10 +317,18 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         ratio = real_scalar(ratio, "ratio", low=1.0)
     if error is not None:
         error = real_scalar(error, "error", low=0.0)
-    if scope not in ("layer", "global"):
-        raise ValueError(f"scope: expected 'layer' or 'global', got {scope!r}")
+    if scope not in ("layer", "global", "allocate"):
+        raise ValueError(f"scope: expected 'layer', 'global' or 'allocate', got {scope!r}")
     if scope == "global" and method != "prune":
         raise ValueError(f"scope='global' works with method 'prune', got {method!r}")
+    if scope == "allocate" and ratio is None:
+        raise ValueError("scope='allocate' splits a byte budget: give ratio")
+    if prefer not in ("size", "speed"):
+        raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
+    from .calibration import CalibrationSet, check_calibration
+    cal = None
+    if calibration is not None:
+        cal = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet(calibration)
     infos: dict[str, TensorInfo] = dict(source.info())
     decisions = plan(infos, method, rules, min_size)
     layout = layout or default_layout(source)
@@ -342,6 +365,10 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
             thr = global_threshold(source, names, keep=keep)
         else:
             thr = global_threshold(source, names, error=error)
+    chosen = None
+    if scope == "allocate" and work:
+        chosen = _allocate(source, work, orig, budget, layout, cal, options, vdt, want_bf16,
+                           curves_out, progress)
     rows = []
     facts = {"name": os.path.basename(src_path), "format": getattr(source, "format", ""),
              "bytes": src_bytes}
@@ -359,24 +386,126 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                 Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
                 bf16 = want_bf16 or (vdt is None and (stored or "") in _BF16 and Wa.dtype == np.float32)
                 storage = "BF16" if bf16 else None
+                stats = None
+                if cal is not None and d.name in cal:
+                    stats = cal[d.name]
+                    check_calibration(stats, d.name, d.shape, layout)
                 if thr is not None and d in glob:
                     m: CompressedMatrix = M.magnitude_prune(Wv, threshold=thr, layout=layout,
                                                             storage=storage)
+                elif chosen is not None and d.name in chosen:
+                    form, nbc = chosen[d.name]
+                    m = _build(Wv, stats, form, nbc, layout, storage, {**options, **d.options})
                 else:
                     nb = None if layer_ratio is None else orig[d.name] / layer_ratio
-                    m = compress_tensor(Wv, d.action, error=error, nbytes=nb,
-                                        options={**options, **d.options}, layout=layout,
-                                        orig_nbytes=orig[d.name], storage=storage)
+                    if stats is not None:
+                        m = _aware(Wv, stats, d.action, error, nb, {**options, **d.options},
+                                   layout, storage, orig[d.name], prefer)
+                    else:
+                        m = compress_tensor(Wv, d.action, error=error, nbytes=nb,
+                                            options={**options, **d.options}, layout=layout,
+                                            orig_nbytes=orig[d.name], storage=storage)
                 reason = d.reason
                 if m.nbytes >= orig[d.name]:  # never bigger than what it replaces
                     reason = f"{d.action} would take {m.nbytes} bytes, dense is smaller"
                     m = Dense(Wa, layout)
                 e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=orig[d.name],
                           method=d.action, reason=reason)
+                if stats is not None:
+                    from .aware import layer_error
+                    Wo = Wa if layout == "out_in" else Wa.T
+                    e["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
                 del Wa, Wv, m
             del W
             rows.append(Row(d.name, d.shape, e["form"], e["params"], e["bytes"],
-                            e["orig_bytes"], e["error"], e["reason"]))
+                            e["orig_bytes"], e["error"], e["reason"], e.get("output_error")))
         if progress is not None:
             progress(len(decisions), len(decisions), "writing")
     return Report(rows, w.file_bytes, src_bytes)
+
+
+# -- data-aware and allocated compression ------------------------------------------------------
+
+# byte levels (fractions of the dense tensor) tried when measuring a layer's error-vs-size curve
+CURVE_LEVELS = tuple(float(1.15 ** -k) for k in range(2, 30))  # 1/1.3 ... 1/50, 15% apart
+
+
+def _forms_for(method: str) -> tuple[str, ...]:
+    return {"prune": ("prune",), "lowrank": ("lowrank",), "slr": ("slr",), "nm": ("nm",),
+            "auto": ("prune", "lowrank")}[method]
+
+
+def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, storage: str | None,
+           options: Mapping[str, Any]) -> CompressedMatrix:
+    """One form at one byte budget: data-aware with stats, weight-space without."""
+    if form == "dense":
+        return Dense(W, layout)
+    if stats is not None:
+        from .aware import compress_aware
+        return compress_aware(W, stats, form, nbytes=nbytes, options=options, layout=layout,
+                              storage=storage)
+    return compress_tensor(W, form, nbytes=nbytes, layout=layout, storage=storage,
+                           options={k: v for k, v in options.items() if k == "pattern"})
+
+
+def _aware(W: np.ndarray, stats: Any, method: str, error: float | None, nb: float | None,
+           options: Mapping[str, Any], layout: str, storage: str | None, orig_nbytes: int,
+           prefer: str) -> CompressedMatrix:
+    """Data-aware compression with a rule's options mapped onto a budget."""
+    from .aware import compress_aware
+    o = dict(options)
+    isz = 2 if storage == "BF16" else W.dtype.itemsize
+    shape = (int(W.shape[0]), int(W.shape[1]))
+    if "error" in o:
+        error, nb = real_scalar(o["error"], "error", low=0.0), None
+    elif "ratio" in o:
+        error, nb = None, orig_nbytes / real_scalar(o["ratio"], "ratio", low=1.0)
+    elif "rank" in o:
+        error, nb = None, M.lowrank_nbytes(shape, int(o["rank"]), isz)
+    elif "sparsity" in o:
+        keep = W.size - int(round(real_scalar(o["sparsity"], "sparsity", low=0.0, high=1.0) * W.size))
+        error, nb = None, M.sparse_nbytes(shape, keep, isz)
+    elif "pattern" in o:
+        method, error, nb = "nm", None, float(W.nbytes)
+    return compress_aware(W, stats, method, error=error, nbytes=nb, options=o, layout=layout,
+                          storage=storage, prefer=prefer)
+
+
+def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget: float,
+              layout: str, cal: Any, options: Mapping[str, Any], vdt: Any, want_bf16: bool,
+              curves_out: dict[str, Any] | None,
+              progress: Callable[[int, int, str], None] | None) -> dict[str, tuple[str, float]]:
+    """Measure every layer's error-vs-size curve, then split ``budget`` bytes across layers
+    (:func:`weightpress.allocate.allocate`). Returns name -> (form, nbytes) to build."""
+    from .allocate import Candidate, allocate
+    from .aware import layer_error
+    curves: dict[str, list[Candidate]] = {}
+    for i, d in enumerate(work):
+        if progress is not None:
+            progress(i, len(work), f"measuring {d.name}")
+        Wa = np.asarray(source[d.name])
+        Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
+        storage = "BF16" if want_bf16 else None
+        stats = cal[d.name] if cal is not None and d.name in cal else None
+        Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
+        cands = [Candidate(orig[d.name], 0.0, "dense")]
+        for form in _forms_for(d.action):
+            for lv in CURVE_LEVELS:
+                nb = orig[d.name] * lv
+                m = _build(Wv, stats, form, nb, layout, storage, {**options, **d.options})
+                if m.form == "dense" or m.nbytes >= orig[d.name]:
+                    continue
+                cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}"))
+                if form == "nm":
+                    break
+        curves[d.name] = cands
+        del Wa, Wv
+    choice = allocate(curves, int(budget))
+    if curves_out is not None:
+        curves_out.update({n: {"candidates": curves[n], "chosen": i} for n, i in choice.items()})
+    out = {}
+    for n, i in choice.items():
+        lab = curves[n][i].label
+        form, _, nb = lab.partition("@")
+        out[n] = (form, float(nb) if nb else float(orig[n]))
+    return out

@@ -1,0 +1,206 @@
+"""Data-aware compression of one layer to a budget, as a compressed matrix.
+
+The counterpart of :mod:`weightpress.methods` when calibration statistics of the layer's
+inputs exist: the same methods and budgets, but errors are *output-space* errors
+``‖XWᵀ − XŴᵀ‖_F / ‖XWᵀ‖_F`` and the algorithms are the data-aware ones of
+:mod:`weightpress.data_aware` (OBS pruning, whitened low-rank, activation-scaled sparse +
+low-rank). Layout is handled here: the algorithms see ``W`` as ``[out, in]``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from . import methods as M
+from ._validation import real_scalar
+from .calibration import CalibrationStats, output_error
+from .compressed import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
+from .data_aware import lowrank_whitened, prune_obs, sparse_plus_lowrank
+
+__all__ = ["compress_aware", "layer_error", "time_apply"]
+
+
+def _oriented(W: np.ndarray, layout: str) -> np.ndarray:
+    return W if layout == "out_in" else W.T
+
+
+def _sparse(P: sp.csr_array, layout: str, od: np.dtype, storage: str | None) -> Sparse:
+    A = P if layout == "out_in" else sp.csr_array(P.T)  # stored orientation
+    A.sort_indices()
+    return store_as(Sparse(A, layout, dtype=od), storage)  # type: ignore[return-value]
+
+
+def _balanced(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rescale rank-1 terms so each column of A and row of B have equal norms (safe in fp16)."""
+    a = np.linalg.norm(A, axis=0)
+    b = np.linalg.norm(B, axis=1)
+    c = np.sqrt(np.where((a > 0) & (b > 0), b / np.where(a > 0, a, 1), 1.0))
+    return A * c, B / c[:, None]
+
+
+def _lowrank(A: np.ndarray, B: np.ndarray, layout: str, od: np.dtype, storage: str | None) -> LowRank:
+    A, B = _balanced(A.astype(np.float64), B.astype(np.float64))
+    m = LowRank(A, B, "out_in", dtype=od) if layout == "out_in" else LowRank(B.T, A.T, layout, dtype=od)
+    return store_as(m, storage)  # type: ignore[return-value]
+
+
+def layer_error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats | None) -> float:
+    """Relative output error (with stats) or weight error of ``m`` against ``Wo`` ([out, in])."""
+    if stats is None:
+        return m.relative_error(Wo if m.layout == "out_in" else Wo.T)
+    D = m.toarray()
+    return output_error(Wo, D if m.layout == "out_in" else D.T, stats)
+
+
+def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Mapping[str, Any],
+              layout: str, od: np.dtype, storage: str | None
+              ) -> dict[str, Callable[[float], CompressedMatrix]]:
+    """Per form: nbytes -> the data-aware matrix of at most (about) that many bytes."""
+    isz = 2 if storage == "BF16" else od.itemsize
+    stored_shape = Wo.shape if layout == "out_in" else Wo.shape[::-1]
+    per_rank = (Wo.shape[0] + Wo.shape[1]) * isz
+
+    def prune_b(nb: float) -> CompressedMatrix:
+        nnz = M._nnz_for_bytes(stored_shape, nb, isz)
+        return _sparse(prune_obs(Wo, stats, sparsity=1.0 - nnz / max(1, Wo.size)), layout, od, storage)
+
+    def lowrank_b(nb: float) -> CompressedMatrix:
+        r = int(min(min(Wo.shape), nb // per_rank))
+        if r == 0:
+            return _lowrank(np.zeros((Wo.shape[0], 0)), np.zeros((0, Wo.shape[1])), layout, od, storage)
+        A, B, _ = lowrank_whitened(Wo, stats, rank=r, damp=float(options.get("damp", 1e-2)))
+        return _lowrank(A, B, layout, od, storage)
+
+    def slr_b(nb: float) -> CompressedMatrix:
+        rmax = int(min(min(Wo.shape), nb // per_rank))
+        best, best_e = None, np.inf
+        for r in sorted({rmax // 8, rmax // 4, rmax // 2} - {0}) or [0]:
+            left = nb - r * per_rank
+            nnz = M._nnz_for_bytes(stored_shape, left, isz)
+            S, A, B = sparse_plus_lowrank(Wo, r, 1.0 - nnz / max(1, Wo.size), stats, n_iter=10)
+            cand = SparsePlusLowRank(_sparse(S, layout, od, storage), _lowrank(A, B, layout, od, storage))
+            e = layer_error(Wo, cand, stats)
+            if e < best_e:
+                best, best_e = cand, e
+        assert best is not None
+        return best
+
+    def nm_b(nb: float) -> CompressedMatrix:
+        return _sparse(prune_obs(Wo, stats, pattern=options.get("pattern", "2:4")), layout, od, storage)
+
+    table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
+             "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b},
+             "auto": {"sparse": prune_b, "lowrank": lowrank_b}}
+    if method not in table:
+        raise ValueError(f"method: expected one of {', '.join(table)}, got {method!r}")
+    return table[method]
+
+
+def time_apply(m: CompressedMatrix, batch: int, repeat: int = 5) -> float:
+    """Median seconds of ``m.apply`` on a (batch, in) float32 input (this machine)."""
+    x = np.random.default_rng(0).standard_normal((batch, m.in_features)).astype(np.float32)
+    m.apply(x)
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        m.apply(x)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
+                   error: float | None = None, nbytes: float | None = None,
+                   options: Mapping[str, Any] | None = None, layout: str = "out_in",
+                   storage: str | None = None, prefer: str = "size") -> CompressedMatrix:
+    """Compress one layer using its input statistics.
+
+    Parameters
+    ----------
+    W : array_like
+        The stored weight (``[out, in]`` for ``layout="out_in"``, ``[in, out]`` for "in_out").
+    stats : CalibrationStats
+        Statistics of the layer's inputs (``in`` features).
+    method : str
+        ``prune`` (OBS), ``nm`` (OBS N:M, ``options["pattern"]``, default 2:4), ``lowrank``
+        (whitened), ``slr`` (activation-scaled sparse + low-rank) or ``auto`` (pruning or
+        low-rank, whichever is better for the budget).
+    error : float, optional
+        Relative output error to meet with the fewest bytes; or
+    nbytes : float, optional
+        Byte budget to meet with the lowest output error.
+    prefer : str
+        ``"size"`` (default) or ``"speed"``: among the forms that meet the budget, the one whose
+        layer runs fastest here at batch 32 (dense included when it fits).
+
+    Returns
+    -------
+    CompressedMatrix
+        Never bigger than dense: dense is returned when no form is smaller.
+    """
+    Wa = M._prep(W)
+    od = M._out_dtype(W, Wa)
+    opts = dict(options or {})
+    if prefer not in ("size", "speed"):
+        raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
+    Wo = _oriented(Wa.astype(np.float64, copy=False), layout)
+    if stats.n_features != Wo.shape[1]:
+        raise ValueError(f"calibration has {stats.n_features} input features but the layer takes "
+                         f"{Wo.shape[1]} (W {Wa.shape}, layout {layout})")
+    err, nb = M._budget(error, nbytes)
+    dense = store_as(Dense(Wa.astype(od, copy=False), layout), None)
+    dense_bytes = Wa.size * (2 if storage == "BF16" else od.itemsize)
+    builders = _builders(Wo, stats, method, opts, layout, od, storage)
+    cands: list[tuple[CompressedMatrix, float]] = []
+    for build in builders.values():
+        if nb is not None:
+            m = build(min(nb, dense_bytes))
+            cands.append((m, layer_error(Wo, m, stats)))
+        elif method == "lowrank" or "lowrank" in builders and build is builders["lowrank"]:
+            A, B, _ = lowrank_whitened(Wo, stats, error=max(err, 1e-12) if err < 1 else 0.999,
+                                       damp=float(opts.get("damp", 1e-2)))
+            m = _lowrank(A, B, layout, od, storage)
+            cands.append((m, layer_error(Wo, m, stats)))
+        else:
+            cands.append(_smallest_meeting(build, Wo, stats, err, dense_bytes))
+    if nb is not None:
+        fits = [(m, e) for m, e in cands if m.nbytes <= max(nb, 1)] or [min(cands, key=lambda c: c[0].nbytes)]
+        if nb >= dense_bytes:
+            fits.append((dense, 0.0))
+    else:
+        fits = [(m, e) for m, e in cands if e <= err * (1 + 1e-9)] or [(dense, 0.0)]
+    fits = [(m, e) for m, e in fits if m.nbytes < dense_bytes or m is dense] or [(dense, 0.0)]
+    if prefer == "speed":
+        if (dense, 0.0) not in fits and (nb is None or dense_bytes <= nb):
+            fits.append((dense, 0.0))
+        return min(fits, key=lambda c: time_apply(c[0], 32))[0]
+    if nb is not None:
+        return min(fits, key=lambda c: c[1])[0]
+    return min(fits, key=lambda c: c[0].nbytes)[0]
+
+
+def _smallest_meeting(build: Callable[[float], CompressedMatrix], Wo: np.ndarray,
+                      stats: CalibrationStats, err: float, dense_bytes: int
+                      ) -> tuple[CompressedMatrix, float]:
+    """Bisection on the byte budget (log scale) for the smallest matrix with error ≤ err."""
+    hi_m = build(dense_bytes)
+    hi_e = layer_error(Wo, hi_m, stats)
+    if hi_e > err:
+        return hi_m, hi_e
+    lo, hi = np.log(max(64.0, dense_bytes / 4096)), np.log(dense_bytes)
+    best = (hi_m, hi_e)
+    for _ in range(10):
+        mid = 0.5 * (lo + hi)
+        m = build(float(np.exp(mid)))
+        e = layer_error(Wo, m, stats)
+        if e <= err:
+            best, hi = (m, e), mid
+        else:
+            lo = mid
+        if hi - lo < 0.02:
+            break
+    return best
