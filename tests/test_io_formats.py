@@ -1,0 +1,229 @@
+"""weightpress.io: format detection, open_model/save_model, .npz/.npy, bad files.
+
+Format-specific suites: test_io_pytorch.py, test_io_onnx.py, test_io_keras.py.
+"""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from weightpress.io import FormatError, TensorSource, detect_format, open_model, save_model
+from weightpress.io._dtypes import bf16_bits_to_float32, float32_to_bf16_bits
+from weightpress.io.npz import NpzSource
+
+
+def _tensors():
+    rng = np.random.default_rng(0)
+    return {
+        "layer0.weight": rng.standard_normal((8, 5)).astype(np.float32),
+        "layer0.bias": rng.standard_normal(8).astype(np.float16),
+        "emb": rng.standard_normal((3, 4)),
+        "steps": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "mask": np.array([True, False, True]),
+        "empty": np.zeros((0, 4), np.float32),
+    }
+
+
+def _assert_same(src, ref):
+    assert sorted(src) == sorted(ref)
+    for k, v in ref.items():
+        got = src[k]
+        assert got.dtype == v.dtype, k
+        assert got.shape == v.shape, k
+        np.testing.assert_array_equal(got, v)
+
+
+# -- bf16 ------------------------------------------------------------------------------------
+def test_bf16_round_trip_and_rounding():
+    x = np.array([1.0, -2.5, 3.140625, 1e-3, np.inf, -np.inf, 0.0, 65504.0], np.float32)
+    bits = float32_to_bf16_bits(x)
+    # reference: bf16 is the top half of float32; these values are chosen exactly representable
+    # except 1e-3, which must round to nearest even
+    np.testing.assert_array_equal(bf16_bits_to_float32(bits)[[0, 1, 2, 4, 5, 6]], x[[0, 1, 2, 4, 5, 6]])
+    u = np.float32(1e-3).view(np.uint32)
+    lo, hi = u >> 16, (u >> 16) + 1
+    want = lo if (u & 0xFFFF) < 0x8000 else hi
+    assert bits[3] == want
+    # a tie rounds to even: 1 + 2^-8 sits halfway between two bf16 values
+    tie = np.array([1.0 + 2.0**-8], np.float32)
+    assert bf16_bits_to_float32(float32_to_bf16_bits(tie))[0] == 1.0
+    assert np.isnan(bf16_bits_to_float32(float32_to_bf16_bits(np.array([np.nan], np.float32))))[0]
+
+
+# -- npz / npy -------------------------------------------------------------------------------
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_written_by_numpy(tmp_path, compressed):
+    ref = _tensors()
+    p = tmp_path / "m.npz"
+    (np.savez_compressed if compressed else np.savez)(p, **ref)
+    assert detect_format(p) == "npz"
+    with open_model(p) as src:
+        assert isinstance(src, NpzSource)
+        assert src.info()["layer0.weight"].shape == (8, 5)
+        _assert_same(src, ref)
+        assert isinstance(src["layer0.weight"], np.memmap) != compressed
+
+
+def test_npz_round_trip_keeps_dtypes_and_fortran(tmp_path):
+    ref = _tensors()
+    ref["fortran"] = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    save_model(tmp_path / "o.npz", ref)
+    with open_model(tmp_path / "o.npz") as src:
+        _assert_same(src, ref)
+    with np.load(tmp_path / "o.npz") as z:  # numpy reads what we write
+        np.testing.assert_array_equal(z["layer0.bias"], ref["layer0.bias"])
+    # a lazy source streams into another file
+    with open_model(tmp_path / "o.npz") as src:
+        save_model(tmp_path / "p.npz", src)
+    with open_model(tmp_path / "p.npz") as src:
+        _assert_same(src, ref)
+
+
+def test_npy(tmp_path):
+    a = np.arange(20, dtype=np.float16).reshape(4, 5)
+    np.save(tmp_path / "w.npy", a)
+    with open_model(tmp_path / "w.npy") as src:
+        assert list(src) == ["w"]
+        assert isinstance(src["w"], np.memmap)
+        np.testing.assert_array_equal(src["w"], a)
+    save_model(tmp_path / "x.npy", {"x": a})
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), a)
+    assert np.load(tmp_path / "x.npy").dtype == np.float16
+    with pytest.raises(ValueError, match="one array"):
+        save_model(tmp_path / "y.npy", {"a": a, "b": a})
+
+
+def test_npz_listing_is_lazy(tmp_path, monkeypatch):
+    """Listing names and shapes must not read any tensor data."""
+    p = tmp_path / "big.npz"
+    np.savez(p, a=np.ones((100, 100)), b=np.zeros(7))
+    import numpy.lib.format as fmt
+
+    def boom(*a, **k):
+        raise AssertionError("tensor data read while listing")
+
+    monkeypatch.setattr(fmt, "read_array", boom)
+    monkeypatch.setattr(np, "memmap", boom)
+    with open_model(p) as src:
+        assert dict(src.info()) == {"a": ((100, 100), np.dtype("f8")), "b": ((7,), np.dtype("f8"))}
+        with pytest.raises(AssertionError, match="while listing"):
+            src["a"]
+
+
+def test_object_arrays_refused(tmp_path):
+    np.savez(tmp_path / "o.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(FormatError, match="Python objects"):
+        open_model(tmp_path / "o.npz")
+    np.save(tmp_path / "o.npy", np.array([None], dtype=object), allow_pickle=True)
+    with pytest.raises(FormatError, match="Python objects"):
+        open_model(tmp_path / "o.npy")
+    with pytest.raises(TypeError, match="numeric"):
+        save_model(tmp_path / "x.npz", {"s": np.array(["a"])})
+
+
+# -- detection and bad input ---------------------------------------------------------------
+def test_detect_by_magic_not_extension(tmp_path):
+    with open(tmp_path / "model.bin", "wb") as f:  # misleading extension
+        np.savez(f, a=np.ones(2))
+    assert detect_format(tmp_path / "model.bin") == "npz"
+    np.save(tmp_path / "x.npy", np.ones(2))
+    os.rename(tmp_path / "x.npy", tmp_path / "x.dat")
+    assert detect_format(tmp_path / "x.dat") == "npy"
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npy"])
+@pytest.mark.parametrize("cut", [0.1, 0.5, 0.9, 0.99])
+def test_truncated_files(tmp_path, fmt, cut):
+    p = tmp_path / f"m.{fmt}"
+    if fmt == "npz":
+        np.savez(p, a=np.ones((50, 50)), b=np.ones(10))
+    else:
+        np.save(p, np.ones((50, 50)))
+    data = p.read_bytes()
+    p.write_bytes(data[: int(len(data) * cut)])
+    with pytest.raises(FormatError, match=str(p.name)):
+        with open_model(p) as src:
+            for k in src:
+                np.asarray(src[k]).sum()
+
+
+def test_npz_lying_header(tmp_path):
+    """A .npy member whose header promises more data than the member holds."""
+    p = tmp_path / "lie.npz"
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ones(10))
+    raw = buf.getvalue().replace(b"(10,)", b"(99,)")
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("a.npy", raw)
+    with pytest.raises(FormatError, match="header says"):
+        open_model(p)
+
+
+def test_unknown_and_odd_paths(tmp_path):
+    (tmp_path / "junk.xyz").write_bytes(b"hello world, not a model at all")
+    with pytest.raises(FormatError, match="unknown model format"):
+        open_model(tmp_path / "junk.xyz")
+    (tmp_path / "empty.xyz").write_bytes(b"")
+    with pytest.raises(FormatError, match="empty"):
+        open_model(tmp_path / "empty.xyz")
+    with pytest.raises(FormatError, match="directory"):
+        open_model(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        open_model(tmp_path / "missing.npz")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as zf:
+        zf.writestr("readme.txt", "hi")
+    with pytest.raises(FormatError, match="zip archive"):
+        open_model(tmp_path / "other.zip")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    with pytest.raises(FormatError, match="bad.npz"):
+        open_model(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="format"):
+        open_model(tmp_path / "junk.xyz", format="tflite")
+
+
+def test_save_errors_leave_no_partial_output(tmp_path):
+    good = {"a": np.ones(3)}
+    out = tmp_path / "out.npz"
+    save_model(out, good)
+    before = out.read_bytes()
+
+    class Failing(dict):
+        def __getitem__(self, k):
+            if k == "b":
+                raise RuntimeError("decompression failed midway")
+            return super().__getitem__(k)
+
+    with pytest.raises(RuntimeError, match="midway"):
+        save_model(out, Failing(a=np.ones(1000), b=np.ones(3)))
+    assert out.read_bytes() == before  # old file untouched
+    assert sorted(os.listdir(tmp_path)) == ["out.npz"]  # no temporary left behind
+    with pytest.raises(ValueError, match="directory"):
+        save_model(tmp_path, good, format="npz")
+    with pytest.raises(ValueError, match="output format"):
+        save_model(tmp_path / "noext", good)
+    with pytest.raises(FileNotFoundError):
+        save_model(tmp_path / "no" / "such" / "dir.npz", good)
+    with pytest.raises(TypeError, match="mapping"):
+        save_model(tmp_path / "x.npz", [np.ones(2)])
+
+
+def test_open_model_returns_tensor_source(tmp_path):
+    np.savez(tmp_path / "a.npz", w=np.ones(2))
+    src = open_model(tmp_path / "a.npz", format="npz")
+    assert isinstance(src, TensorSource) and src.format == "npz" and len(src) == 1
+    assert "a.npz" in repr(src)
+    src.close()
+
+
+def test_bf16_against_ml_dtypes():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.standard_normal(5000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 5000),
+                        np.array([0.0, -0.0, np.inf, -np.inf, 3.4e38, 1e-40], np.float32)]).astype(np.float32)
+    ref = x.astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(float32_to_bf16_bits(x), ref.view(np.uint16))
+    np.testing.assert_array_equal(bf16_bits_to_float32(ref.view(np.uint16)), ref.astype(np.float32))
