@@ -42,8 +42,13 @@ def import_h5py() -> Any:
 
 
 def _is_bf16(ds: Any) -> bool:
+    """Keras 3 stores bfloat16 as 2-byte opaque data with attribute ``dtype="bfloat16"``."""
     if ds.dtype.kind != "V" or ds.dtype.itemsize != 2:
         return False
+    with contextlib.suppress(Exception):
+        tag = ds.attrs.get("dtype", b"")
+        if (tag.decode() if isinstance(tag, bytes) else str(tag)) == "bfloat16":
+            return True
     with contextlib.suppress(Exception):
         return b"bfloat16" in ds.id.get_type().get_tag().lower()
     return False
