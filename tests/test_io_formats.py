@@ -5,6 +5,7 @@ Format-specific suites: test_io_pytorch.py, test_io_onnx.py, test_io_keras.py.
 
 import os
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -227,3 +228,102 @@ def test_bf16_against_ml_dtypes():
     ref = x.astype(ml_dtypes.bfloat16)
     np.testing.assert_array_equal(float32_to_bf16_bits(x), ref.view(np.uint16))
     np.testing.assert_array_equal(bf16_bits_to_float32(ref.view(np.uint16)), ref.astype(np.float32))
+
+
+def _sample_files(d):
+    """One small file per format (those whose library is installed): name -> path."""
+    files = {}
+    np.savez(d / "a.npz", w=np.ones((20, 20)), b=np.arange(5.0))
+    np.savez_compressed(d / "c.npz", w=np.ones((20, 20)))
+    np.save(d / "a.npy", np.ones((10, 10)))
+    save_model(d / "t.pt", {"w": np.ones((10, 10), np.float32), "h": np.ones(4, np.float16)})
+    files.update(npz=d / "a.npz", npz_deflated=d / "c.npz", npy=d / "a.npy", pytorch=d / "t.pt")
+    try:
+        import onnx
+        from onnx import helper, numpy_helper
+    except ImportError:
+        pass
+    else:
+        g = helper.make_graph(
+            [helper.make_node("Constant", [], ["C"], value=numpy_helper.from_array(np.ones(3, np.float32), "c"))],
+            "g", [], [helper.make_tensor_value_info("C", onnx.TensorProto.FLOAT, [3])],
+            initializer=[numpy_helper.from_array(np.ones((6, 6), np.float32), "W")])
+        onnx.save(helper.make_model(g), d / "m.onnx")
+        files["onnx"] = d / "m.onnx"
+    try:
+        import h5py
+    except ImportError:
+        pass
+    else:
+        with h5py.File(d / "k.h5", "w") as f:
+            f["layers/dense/vars/0"] = np.ones((6, 6), np.float32)
+            f.create_dataset("layers/dense/vars/1", data=np.ones(6), compression="gzip")
+        with zipfile.ZipFile(d / "k.keras", "w") as zf:
+            zf.writestr("config.json", "{}")
+            zf.write(d / "k.h5", "model.weights.h5")
+        files.update(h5=d / "k.h5", keras=d / "k.keras")
+    return files
+
+
+@pytest.mark.parametrize("kind", ["npz", "npz_deflated", "npy", "pytorch", "onnx", "h5", "keras"])
+def test_random_damage_gives_format_error_or_data(tmp_path, kind):
+    """Flipped, zeroed or cut bytes: the reader either returns arrays or raises FormatError."""
+    files = _sample_files(tmp_path)
+    if kind not in files:
+        pytest.skip(f"library for {kind} not installed")
+    data = files[kind].read_bytes()
+    rng = np.random.default_rng(zlib.crc32(kind.encode()))
+    p = tmp_path / ("damaged" + files[kind].suffix)
+    for _ in range(40):
+        b = bytearray(data)
+        mode = rng.integers(3)
+        if mode == 0:
+            for i in rng.integers(0, len(b), rng.integers(1, 9)):
+                b[i] = rng.integers(256)
+        elif mode == 1:
+            b = b[: rng.integers(len(b))]
+        else:
+            i = int(rng.integers(len(b)))
+            b[i:i + 64] = bytes(len(b[i:i + 64]))
+        p.write_bytes(bytes(b))
+        try:
+            with open_model(p) as src:
+                for k in src:
+                    np.asarray(src[k]).sum()
+        except FormatError:
+            pass
+
+
+def test_npy_header_cut_mid_dict(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones(3))
+    raw = bytearray((tmp_path / "a.npy").read_bytes())
+    raw[60:70] = b"#" * 10  # comment out the closing brace
+    (tmp_path / "a.npy").write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match="not a valid .npy"):
+        open_model(tmp_path / "a.npy")
+
+
+# -- safetensors (reader/writer live in weightpress.io.safetensors) and conversions ------------
+def test_safetensors_through_dispatch_and_conversions(tmp_path):
+    st = pytest.importorskip("weightpress.io.safetensors")
+    ref = {"w": np.array([[1.5, -2.0], [0.25, 3.0]], np.float32), "h": np.arange(3, dtype=np.float16),
+           "i": np.arange(4, dtype=np.int64)}
+    st.write_safetensors(tmp_path / "a.safetensors", ref, metadata={"origin": "test"}, dtypes={"w": "BF16"})
+    assert detect_format(tmp_path / "a.safetensors") == "safetensors"
+    with open_model(tmp_path / "a.safetensors") as src:
+        assert src.format == "safetensors"
+        save_model(tmp_path / "b.pt", src)  # bf16 stays bf16 across formats
+        save_model(tmp_path / "b.npz", src)  # npz has no bf16: float32
+        save_model(tmp_path / "same.safetensors", {k: src[k] for k in src}, like=src)
+    with open_model(tmp_path / "b.pt") as pt:
+        assert pt.stored_dtypes == {"w": "bfloat16", "h": "float16", "i": "int64"}
+        save_model(tmp_path / "c.safetensors", pt)
+    for p in ("b.pt", "b.npz", "c.safetensors", "same.safetensors"):
+        with open_model(tmp_path / p) as src:
+            for k, v in ref.items():
+                assert src[k].dtype == v.dtype, (p, k)
+                np.testing.assert_array_equal(src[k], v)
+    with open_model(tmp_path / "c.safetensors") as src:
+        assert src.stored_dtypes["w"] == "BF16"
+    with open_model(tmp_path / "same.safetensors") as src:
+        assert src.stored_dtypes["w"] == "BF16" and src.metadata == {"origin": "test"}

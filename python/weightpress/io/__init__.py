@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
+from ._zip import ZIP_ERRORS
 
 __all__ = [
     "FormatError", "TensorInfo", "TensorSource", "atomic_write",
@@ -56,7 +57,7 @@ def _zip_format(path: str, ext: str) -> str:
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, struct.error) as e:
+    except ZIP_ERRORS as e:
         raise FormatError(f"{path}: corrupt or truncated zip archive ({e})") from None
     if any(n.endswith("/data.pkl") and n.count("/") == 1 for n in names):
         return "pytorch"
@@ -179,6 +180,14 @@ def _output_format(path: str, format: str | None, like: TensorSource | None) -> 
     return fmt
 
 
+def _half_dtypes(tensors: Mapping[str, np.ndarray], src: TensorSource | None) -> dict[str, str]:
+    """safetensors dtype per name for tensors `src` stored as bf16/fp16 (written back so)."""
+    names = {"bfloat16": "BF16", "BF16": "BF16", "float16": "F16", "F16": "F16"}
+    if src is None:
+        return {}
+    return {k: names[v] for k, v in src.stored_dtypes.items() if v in names and k in tensors}
+
+
 def save_model(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
                format: str | None = None, *, like: TensorSource | str | os.PathLike[str] | None = None,
                metadata: dict[str, str] | None = None) -> None:
@@ -222,7 +231,7 @@ def save_model(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
         if fmt == "safetensors":
             from .safetensors import write_safetensors
             meta = metadata if metadata is not None else (dict(src.metadata) if src is not None else None)
-            write_safetensors(path, tensors, metadata=meta or None)
+            write_safetensors(path, tensors, metadata=meta or None, dtypes=_half_dtypes(tensors, src))
         elif fmt == "npz":
             from .npz import write_npz
             write_npz(path, tensors)

@@ -20,3 +20,11 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     if nan.any():
         out[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
     return out
+
+
+_CANONICAL = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+
+
+def canonical_dtype_name(stored: str | None) -> str | None:
+    """Stored-dtype name in NumPy spelling (safetensors' ``BF16`` -> ``bfloat16``)."""
+    return None if stored is None else _CANONICAL.get(stored, stored)

@@ -11,8 +11,14 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 
 from ._base import FormatError
+
+# what reading a damaged zip can raise (zlib.error from a corrupt deflate stream,
+# NotImplementedError from a made-up version or method field)
+ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, struct.error,
+              zlib.error, NotImplementedError, UnicodeDecodeError)
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's structFileHeader (30 bytes)
 
@@ -21,7 +27,9 @@ def open_zip(path: str, what: str) -> zipfile.ZipFile:
     """Open `path` as a zip archive, or raise FormatError naming the file and `what` it should be."""
     try:
         return zipfile.ZipFile(path, "r")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, struct.error) as e:
+    except FileNotFoundError:
+        raise
+    except ZIP_ERRORS as e:
         raise FormatError(f"{path}: not a valid {what} (zip archive unreadable: {e})") from None
 
 
@@ -56,7 +64,7 @@ def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
     """Whole member as bytes, with zip errors (bad CRC, truncation) raised as FormatError."""
     try:
         return zf.read(info)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as e:
+    except ZIP_ERRORS as e:
         raise FormatError(f"{path}: zip member {info.filename!r} unreadable: {e}") from None
 
 

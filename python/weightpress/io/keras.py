@@ -21,7 +21,7 @@ import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
 from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits
-from ._zip import RangeFile, member_data_offset, open_zip
+from ._zip import ZIP_ERRORS, RangeFile, member_data_offset, open_zip
 
 __all__ = ["KerasSource", "write_keras"]
 
@@ -98,7 +98,7 @@ class KerasSource(TensorSource):
                 try:
                     with os.fdopen(fd, "wb") as out, self._zf.open(zi) as src:
                         shutil.copyfileobj(src, out, 1 << 20)
-                except (zipfile.BadZipFile, OSError, EOFError) as e:
+                except ZIP_ERRORS as e:
                     self.close()
                     raise FormatError(f"{where}: unreadable zip member ({e})") from None
                 self._file, self._base = self._tmp, 0

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
-from ._zip import member_data_offset, open_zip
+from ._zip import ZIP_ERRORS, member_data_offset, open_zip
 
 __all__ = ["NpySource", "NpzSource", "write_npz", "write_npy"]
 
@@ -26,8 +26,8 @@ def _read_npy_header(fp, where: str) -> tuple[tuple[int, ...], np.dtype, bool, i
         else:
             raise ValueError(f"unsupported .npy version {version}")
         header_len = fp.tell()
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as e:
-        raise FormatError(f"{where}: not a valid .npy array ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged header fails in many ways (tokenize, ast, zlib)
+        raise FormatError(f"{where}: not a valid .npy array ({type(e).__name__}: {e})") from None
     if dtype.hasobject:
         raise FormatError(f"{where}: holds Python objects (needs pickle); refusing to load it")
     return tuple(shape), dtype, bool(fortran), header_len
@@ -85,7 +85,7 @@ class NpzSource(TensorSource):
                 try:
                     with self._zf.open(zi) as fp:
                         shape, dtype, fortran, hlen = _read_npy_header(fp, where)
-                except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as e:
+                except ZIP_ERRORS as e:
                     raise FormatError(f"{where}: unreadable zip member ({e})") from None
                 info = TensorInfo(shape, dtype)
                 if zi.file_size != hlen + info.nbytes:
@@ -114,7 +114,7 @@ class NpzSource(TensorSource):
         try:
             with self._zf.open(zi) as fp:
                 return np.lib.format.read_array(fp, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        except ZIP_ERRORS as e:
             raise FormatError(f"{self.path}[{zi.filename}]: cannot read array: {e}") from None
 
     def close(self) -> None:

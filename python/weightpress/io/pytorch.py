@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
-from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits
+from ._dtypes import bf16_bits_to_float32, canonical_dtype_name, float32_to_bf16_bits
 from ._zip import member_data_offset, open_zip, read_member
 from .pytorch_pickle import STORAGE_DTYPES, TensorRef, load_pickle, state_dict_pickle, storage_name
 
@@ -184,7 +184,7 @@ def write_pytorch(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray
             if not isinstance(name, str):
                 raise TypeError(f"tensors: names must be str, got {name!r}")
             shape, dtype = _shape_dtype(tensors, name)
-            want = stored.get(name)
+            want = canonical_dtype_name(stored.get(name))
             if want == "bfloat16":
                 storage = "BFloat16Storage"
             elif want in ("float16", "float32", "float64") and dtype.kind == "f":
