@@ -179,6 +179,35 @@ def test_real_os_system_pickle_refused(tmp_path):
         open_model(p)
 
 
+@pytest.mark.parametrize("target", [b"ctorch\nFloatStorage\n", b"ctorch._utils\n_rebuild_tensor_v2\n",
+                                    b"ccollections\nOrderedDict\n", b"ctorch\nTensor\n"])
+def test_pickle_cannot_patch_allowed_objects(tmp_path, target):
+    """BUILD on an allow-listed global would let a file rewrite it for every later load."""
+    state = b"N}X\x04\x00\x00\x00nameX\x0d\x00\x00\x00DoubleStoragesX\x08\x00\x00\x00__code__K\x01s\x86"
+    p = tmp_path / "patch.pt"
+    write_torch_layout(p, None, [], pickle_bytes=b"\x80\x02" + target + state + b"b.")
+    with pytest.raises(FormatError, match="patch.pt"):
+        open_model(p)
+    w = np.arange(4, dtype=np.float32)
+    sw, tw = _contig(w, "0")
+    write_torch_layout(tmp_path / "ok.pt", {"w": tw}, [sw])
+    with open_model(tmp_path / "ok.pt") as src:  # nothing was patched
+        assert src["w"].dtype == np.float32
+        np.testing.assert_array_equal(src["w"], w)
+
+
+def test_harmless_leaves_pass(tmp_path):
+    """numpy scalars, bytes (protocol 2: _codecs.encode) and dtype/Size globals beside weights."""
+    w = np.ones(3, np.float32)
+    sw, tw = _contig(w, "0")
+    ckpt = {"best_acc": np.float64(0.93), "step": np.int64(7), "tag": b"\x00\xffbytes",
+            "size": _Global("torch", "Size"), "dtype": _Global("torch", "float32"), "model": {"w": tw}}
+    write_torch_layout(tmp_path / "leaves.pt", ckpt, [sw])
+    with open_model(tmp_path / "leaves.pt") as src:
+        assert list(src) == ["model.w"]
+        np.testing.assert_array_equal(src["model.w"], w)
+
+
 @pytest.mark.parametrize("case", ["offset", "stride", "missing", "pid", "garbage", "truncated_pickle"])
 def test_corrupt_checkpoints(tmp_path, case):
     w = np.ones(6, np.float32)
@@ -262,9 +291,12 @@ def test_TORCH_reads_what_torch_saves(tmp_path):
     sd["bf16"] = torch.randn(7, generator=g).bfloat16()
     sd["t"] = sd["0.weight"].t()
     sd["v"] = sd["0.weight"][1:3, ::2]
-    torch.save({"model": sd, "epoch": 3}, tmp_path / "real.pt")
+    torch.save({"model": sd, "epoch": 3, "best": np.float64(0.5), "shape": torch.Size([2]),
+                "dtype": torch.float16, "blob": b"\x00\x01", "p": torch.nn.Parameter(torch.ones(2))},
+               tmp_path / "real.pt")
     with open_model(tmp_path / "real.pt") as src:
-        assert sorted(src) == sorted(f"model.{k}" for k in sd)
+        assert sorted(src) == sorted([f"model.{k}" for k in sd] + ["p"])
+        np.testing.assert_array_equal(src["p"], np.ones(2, np.float32))
         for k, v in sd.items():
             ref = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
             got = src[f"model.{k}"]
@@ -279,12 +311,20 @@ def test_TORCH_reads_what_torch_saves(tmp_path):
 def test_TORCH_loads_what_we_write(tmp_path):
     sd = {"w": np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32),
           "h": np.ones(2, np.float16), "i": np.arange(3)}
+    sd["flag"] = np.array([True, False])
     save_model(tmp_path / "ours.pt", sd)
     got = torch.load(tmp_path / "ours.pt", weights_only=True)
     assert isinstance(got, collections.OrderedDict) and list(got) == list(sd)
     for k, v in sd.items():
         np.testing.assert_array_equal(got[k].numpy(), v)
         assert got[k].numpy().dtype == v.dtype
+    # bf16 written back as bf16 when the original stored it so
+    torch.save({"b": torch.tensor([1.0, -2.5, 0.375]).bfloat16()}, tmp_path / "bf.pt")
+    with open_model(tmp_path / "bf.pt") as src:
+        save_model(tmp_path / "bf2.pt", {"b": src["b"] * 2}, like=src)
+    b = torch.load(tmp_path / "bf2.pt", weights_only=True)["b"]
+    assert b.dtype == torch.bfloat16
+    np.testing.assert_array_equal(b.float().numpy(), [2.0, -5.0, 0.75])
     write_torch_layout(tmp_path / "fixture.pt", *_fixture_for_torch())
     got = torch.load(tmp_path / "fixture.pt", weights_only=True)  # our fixture is torch's layout
     np.testing.assert_array_equal(got["w"].numpy(), np.arange(6, dtype=np.float32).reshape(2, 3))

@@ -38,7 +38,11 @@ def _flatten(obj: Any, source: str) -> dict[str, TensorRef]:
         if seen > _MAX_ENTRIES or depth > 100:
             raise FormatError(f"{source}: checkpoint structure too large or too deep to list")
         if isinstance(o, TensorRef):
-            out[prefix] = o
+            key, k = prefix, 1
+            while key in out:  # {"a.b": t, "a": {"b": u}} flatten to the same name
+                k += 1
+                key = f"{prefix}#{k}"
+            out[key] = o
         elif isinstance(o, dict):
             items = [(str(k), v) for k, v in o.items()]
             stack.extend((f"{prefix}.{k}" if prefix else k, v, depth + 1) for k, v in reversed(items))

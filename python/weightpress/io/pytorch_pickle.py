@@ -41,7 +41,16 @@ _NUMPY_TO_STORAGE = {v[0].newbyteorder("<") if v[0].itemsize > 1 else v[0]: k
                      for k, v in STORAGE_DTYPES.items() if k != "BFloat16Storage"}
 
 
-class StorageType:
+class _Sealed:
+    """Our objects refuse the pickle's BUILD opcode, so a file cannot rewrite their fields."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise FormatError(f"the pickle tries to set state on a {type(self).__name__}; refused")
+
+
+class StorageType(_Sealed):
     """Stand-in for ``torch.FloatStorage`` and friends: just the name."""
 
     __slots__ = ("name",)
@@ -49,11 +58,8 @@ class StorageType:
     def __init__(self, name: str):
         self.name = name
 
-    def __reduce__(self) -> Any:  # pragma: no cover - never pickled by us
-        raise TypeError("StorageType is not picklable")
 
-
-class Storage:
+class Storage(_Sealed):
     """A persistent storage record: zip member key, element dtype, element count."""
 
     __slots__ = ("key", "dtype", "stored", "numel")
@@ -62,7 +68,7 @@ class Storage:
         self.key, self.dtype, self.stored, self.numel = key, dtype, stored, numel
 
 
-class TensorRef:
+class TensorRef(_Sealed):
     """A tensor as the pickle describes it; no data is read until the reader maps it."""
 
     __slots__ = ("storage", "offset", "shape", "strides")
@@ -70,9 +76,6 @@ class TensorRef:
     def __init__(self, storage: Storage, offset: int, shape: tuple[int, ...],
                  strides: tuple[int, ...]):
         self.storage, self.offset, self.shape, self.strides = storage, offset, shape, strides
-
-    def __setstate__(self, state: Any) -> None:
-        raise FormatError("a tensor in the pickle carries extra state (subclass?); refused")
 
 
 def _ints(x: Any, what: str) -> tuple[int, ...]:
@@ -102,34 +105,89 @@ def _rebuild_parameter(data: Any, *_rest: Any) -> TensorRef:
     return data
 
 
+def _rebuild_parameter_with_state(data: Any, requires_grad: Any, hooks: Any, state: Any) -> TensorRef:
+    if state:
+        raise FormatError("a Parameter with extra Python state in the pickle; refused")
+    return _rebuild_parameter(data)
+
+
 def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> TensorRef:
-    if new_type not in (_TENSOR_TYPE, _PARAMETER_TYPE) or not callable(func):
+    if new_type not in (_TENSOR_TYPE, _PARAMETER_TYPE) or func not in _REBUILDERS:
         raise FormatError("tensor subclass in the pickle refused (only Tensor and Parameter)")
     if not isinstance(args, tuple):
         raise FormatError("_rebuild_from_type_v2: arguments must be a tuple")
     return func(*args)
 
 
-class _TypeMarker:
+class _TypeMarker(_Sealed):
     __slots__ = ("name",)
 
     def __init__(self, name: str):
         self.name = name
 
 
+class _Fn(_Sealed):
+    """A constructor the pickle may call; sealed, so BUILD cannot patch our functions."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+_V2, _V1, _PARAM = _Fn(_rebuild_tensor_v2), _Fn(_rebuild_tensor), _Fn(_rebuild_parameter)
+_REBUILDERS = (_V2, _V1, _PARAM)
 _TENSOR_TYPE = _TypeMarker("torch.Tensor")
 _PARAMETER_TYPE = _TypeMarker("torch.nn.parameter.Parameter")
 
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+    ("torch._utils", "_rebuild_tensor_v2"): _V2,
+    ("torch._utils", "_rebuild_tensor"): _V1,
+    ("torch._utils", "_rebuild_parameter"): _PARAM,
+    ("torch._utils", "_rebuild_parameter_with_state"): _Fn(_rebuild_parameter_with_state),
+    ("torch._tensor", "_rebuild_from_type_v2"): _Fn(_rebuild_from_type_v2),
     ("torch", "Tensor"): _TENSOR_TYPE,
     ("torch.nn.parameter", "Parameter"): _PARAMETER_TYPE,
 }
 _ALLOWED.update({("torch", k): StorageType(k) for k in STORAGE_DTYPES})
+
+
+class Leaf(_Sealed):
+    """A harmless non-tensor value (numpy scalar, torch.Size, device, dtype, bytes): kept opaque.
+
+    Checkpoints carry these beside the weights (``best_acc`` as a numpy float, ...). They are
+    never tensors, so the reader only needs the pickle to get past them: the constructor stores
+    nothing, and state set by BUILD (numpy dtypes have some) is dropped.
+    """
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+class _LeafFactory(_Sealed):
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __call__(self, *args: Any) -> Leaf:
+        return Leaf(self.kind)
+
+
+_LEAVES = [("_codecs", "encode"), ("torch", "Size"), ("torch", "device"), ("numpy", "dtype"),
+           ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")]
+_LEAVES += [("torch", t) for t in ("float32", "float64", "float16", "bfloat16", "int64", "int32",
+                                   "int16", "int8", "uint8", "bool", "complex64", "complex128")]
+_ALLOWED.update({key: _LeafFactory(".".join(key)) for key in _LEAVES})
 
 
 class SafeUnpickler(pickle.Unpickler):
