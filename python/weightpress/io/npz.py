@@ -150,6 +150,7 @@ def write_npz(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray]) -
             a = _check_tensor(name, tensors[name])
             with zf.open(name + ".npy", "w", force_zip64=True) as m:
                 np.lib.format.write_array(m, np.asarray(a), allow_pickle=False)
+            del a  # drop this tensor before the next one is made
 
 
 def write_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:

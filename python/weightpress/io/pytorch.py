@@ -208,4 +208,5 @@ def write_pytorch(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray
             zi = _aligned_member(zf, f"archive/data/{key}", a.nbytes)
             with zf.open(zi, "w", force_zip64=True) as m:
                 m.write(memoryview(a.reshape(-1).view(np.uint8)))
+            del a  # drop this tensor before the next one is made
         zf.writestr(zipfile.ZipInfo("archive/version", (1980, 1, 1, 0, 0, 0)), b"3\n")
