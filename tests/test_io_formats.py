@@ -9,7 +9,6 @@ import zlib
 
 import numpy as np
 import pytest
-
 from weightpress.io import FormatError, TensorSource, detect_format, open_model, save_model
 from weightpress.io._dtypes import bf16_bits_to_float32, float32_to_bf16_bits
 from weightpress.io.npz import NpzSource
@@ -144,10 +143,9 @@ def test_truncated_files(tmp_path, fmt, cut):
         np.save(p, np.ones((50, 50)))
     data = p.read_bytes()
     p.write_bytes(data[: int(len(data) * cut)])
-    with pytest.raises(FormatError, match=str(p.name)):
-        with open_model(p) as src:
-            for k in src:
-                np.asarray(src[k]).sum()
+    with pytest.raises(FormatError, match=str(p.name)), open_model(p) as src:
+        for k in src:
+            np.asarray(src[k]).sum()
 
 
 def test_npz_lying_header(tmp_path):

@@ -14,9 +14,9 @@ import pytest
 
 h5py = pytest.importorskip("h5py")
 
-from weightpress.io import FormatError, detect_format, open_model, save_model  # noqa: E402
-from weightpress.io._dtypes import float32_to_bf16_bits  # noqa: E402
-from weightpress.io.keras import KerasSource  # noqa: E402
+from weightpress.io import FormatError, detect_format, open_model, save_model
+from weightpress.io._dtypes import float32_to_bf16_bits
+from weightpress.io.keras import KerasSource
 
 RNG = np.random.default_rng(11)
 K0 = RNG.standard_normal((5, 4)).astype(np.float32)
@@ -149,10 +149,9 @@ def test_truncated(tmp_path, cut, kind):
         write_keras_archive(p, zipfile.ZIP_STORED)
     data = p.read_bytes()
     p.write_bytes(data[: int(len(data) * cut)])
-    with pytest.raises(FormatError, match=f"m.{kind}"):
-        with open_model(p) as src:
-            for k in src:
-                np.asarray(src[k]).sum()
+    with pytest.raises(FormatError, match=f"m.{kind}"), open_model(p) as src:
+        for k in src:
+            np.asarray(src[k]).sum()
 
 
 def test_keras_zip_without_weights(tmp_path):

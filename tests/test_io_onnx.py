@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto as T  # noqa: E402
-from onnx import helper, numpy_helper  # noqa: E402
-
-from weightpress.io import FormatError, detect_format, open_model, save_model  # noqa: E402
-from weightpress.io.onnx_graph import OnnxSource  # noqa: E402
+from onnx import TensorProto as T
+from onnx import helper, numpy_helper
+from weightpress.io import FormatError, detect_format, open_model, save_model
+from weightpress.io.onnx_graph import OnnxSource
 
 RNG = np.random.default_rng(7)
 W = RNG.standard_normal((3, 4)).astype(np.float32)
@@ -109,10 +108,9 @@ def test_external_data_is_memory_mapped(tmp_path):
     # truncated external file
     data = (d / "weights.bin").read_bytes()
     (d / "weights.bin").write_bytes(data[:10])
-    with pytest.raises(FormatError, match="external data"):
-        with open_model(d / "m.onnx") as src:
-            for k in src:
-                src[k]
+    with pytest.raises(FormatError, match="external data"), open_model(d / "m.onnx") as src:
+        for k in src:
+            src[k]
 
 
 def test_external_data_outside_model_folder_refused(tmp_path):
@@ -126,14 +124,13 @@ def test_external_data_outside_model_folder_refused(tmp_path):
     (tmp_path / "secret.bin").write_bytes(b"\0" * 48)
     (tmp_path / "sub").mkdir()
     onnx.save(m, tmp_path / "sub" / "m.onnx")
-    with pytest.raises(FormatError, match="escapes"):
-        with open_model(tmp_path / "sub" / "m.onnx") as src:
-            src["W"]
+    with pytest.raises(FormatError, match="escapes"), open_model(tmp_path / "sub" / "m.onnx") as src:
+        src["W"]
 
 
 def test_replace_in_place_keeps_graph_and_runs(model_path, tmp_path):
     x = np.ones((1, 3), np.float32)
-    y0, loop0 = _run(model_path, x)
+    _, loop0 = _run(model_path, x)
     out = tmp_path / "out.onnx"
     with open_model(model_path) as src:
         save_model(out, {"W": src["W"] * 2, "S": np.zeros((2, 3)), "L": src["L"] + 1,
@@ -181,10 +178,9 @@ def test_write_errors(model_path, tmp_path):
 def test_truncated_and_corrupt(model_path, cut):
     data = model_path.read_bytes()
     model_path.write_bytes(data[: int(len(data) * cut)])
-    with pytest.raises(FormatError, match="m.onnx"):
-        with open_model(model_path) as src:
-            for k in src:
-                src[k]
+    with pytest.raises(FormatError, match="m.onnx"), open_model(model_path) as src:
+        for k in src:
+            src[k]
 
 
 def test_garbage_and_lying_sizes(tmp_path):

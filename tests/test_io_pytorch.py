@@ -15,7 +15,6 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from weightpress.io import FormatError, detect_format, open_model, save_model
 from weightpress.io._dtypes import float32_to_bf16_bits
 
@@ -225,10 +224,9 @@ def test_corrupt_checkpoints(tmp_path, case):
         _TorchPickler(buf, protocol=2).dump({"w": t})
         raw = buf.getvalue()[:-10]
     write_torch_layout(p, {"w": t}, [sw], pickle_bytes=raw)
-    with pytest.raises(FormatError, match="bad.pt"):
-        with open_model(p) as src:
-            for k in src:
-                src[k]
+    with pytest.raises(FormatError, match="bad.pt"), open_model(p) as src:
+        for k in src:
+            src[k]
 
 
 def test_legacy_and_truncated_and_torchscript(tmp_path):

@@ -29,8 +29,14 @@ from ._base import FormatError, TensorInfo, TensorSource, atomic_write
 from ._zip import ZIP_ERRORS
 
 __all__ = [
-    "FormatError", "TensorInfo", "TensorSource", "atomic_write",
-    "FORMATS", "detect_format", "open_model", "save_model",
+    "FORMATS",
+    "FormatError",
+    "TensorInfo",
+    "TensorSource",
+    "atomic_write",
+    "detect_format",
+    "open_model",
+    "save_model",
 ]
 
 FORMATS = ("safetensors", "npz", "npy", "onnx", "pytorch", "keras")
@@ -63,7 +69,7 @@ def _zip_format(path: str, ext: str) -> str:
         return "pytorch"
     if "model.weights.h5" in names:
         return "keras"
-    if all(n.endswith(".npy") or n.endswith("/") for n in names) and (names or ext == ".npz"):
+    if all(n.endswith((".npy", "/")) for n in names) and (names or ext == ".npz"):
         return "npz"
     if ext in _EXTENSIONS and ext not in (".npy", ".safetensors", ".onnx", ".h5", ".hdf5"):
         return _EXTENSIONS[ext]  # the reader says what is missing

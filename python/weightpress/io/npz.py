@@ -11,7 +11,7 @@ import numpy as np
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
 from ._zip import ZIP_ERRORS, member_data_offset, open_zip
 
-__all__ = ["NpySource", "NpzSource", "write_npz", "write_npy"]
+__all__ = ["NpySource", "NpzSource", "write_npy", "write_npz"]
 
 
 def _read_npy_header(fp, where: str) -> tuple[tuple[int, ...], np.dtype, bool, int]:  # type: ignore[no-untyped-def]

@@ -62,7 +62,7 @@ class StorageType(_Sealed):
 class Storage(_Sealed):
     """A persistent storage record: zip member key, element dtype, element count."""
 
-    __slots__ = ("key", "dtype", "stored", "numel")
+    __slots__ = ("dtype", "key", "numel", "stored")
 
     def __init__(self, key: str, dtype: np.dtype, stored: str, numel: int):
         self.key, self.dtype, self.stored, self.numel = key, dtype, stored, numel
@@ -71,7 +71,7 @@ class Storage(_Sealed):
 class TensorRef(_Sealed):
     """A tensor as the pickle describes it; no data is read until the reader maps it."""
 
-    __slots__ = ("storage", "offset", "shape", "strides")
+    __slots__ = ("offset", "shape", "storage", "strides")
 
     def __init__(self, storage: Storage, offset: int, shape: tuple[int, ...],
                  strides: tuple[int, ...]):
