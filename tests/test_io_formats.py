@@ -313,8 +313,9 @@ def test_safetensors_through_dispatch_and_conversions(tmp_path):
         save_model(tmp_path / "b.pt", src)  # bf16 stays bf16 across formats
         save_model(tmp_path / "b.npz", src)  # npz has no bf16: float32
         save_model(tmp_path / "same.safetensors", {k: src[k] for k in src}, like=src)
+        save_model(tmp_path / "nometa.safetensors", src)  # metadata is copied only from like=
     with open_model(tmp_path / "b.pt") as pt:
-        assert pt.stored_dtypes == {"w": "bfloat16", "h": "float16", "i": "int64"}
+        assert pt.stored_dtypes == {"w": "BF16", "h": "F16", "i": "I64"}
         save_model(tmp_path / "c.safetensors", pt)
     for p in ("b.pt", "b.npz", "c.safetensors", "same.safetensors"):
         with open_model(tmp_path / p) as src:
@@ -325,3 +326,15 @@ def test_safetensors_through_dispatch_and_conversions(tmp_path):
         assert src.stored_dtypes["w"] == "BF16"
     with open_model(tmp_path / "same.safetensors") as src:
         assert src.stored_dtypes["w"] == "BF16" and src.metadata == {"origin": "test"}
+    with open_model(tmp_path / "nometa.safetensors") as src:
+        assert src.metadata == {} and src.stored_dtypes["w"] == "BF16"
+
+
+def test_stored_dtype_names_are_one_vocabulary(tmp_path):
+    """Every reader spells stored dtypes as safetensors does (the container's vocabulary)."""
+    ref = {"f": np.ones(2, np.float32), "h": np.ones(2, np.float16), "i": np.arange(2), "b": np.array([True])}
+    save_model(tmp_path / "a.npz", ref)
+    save_model(tmp_path / "a.pt", ref)
+    for p in ("a.npz", "a.pt"):
+        with open_model(tmp_path / p) as src:
+            assert src.stored_dtypes == {"f": "F32", "h": "F16", "i": "I64", "b": "BOOL"}, p

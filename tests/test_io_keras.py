@@ -55,7 +55,7 @@ def _check(src):
     assert src["layers/dense/vars/1"].dtype == np.float16
     np.testing.assert_array_equal(src["layers/dense/vars/1"], B0)
     np.testing.assert_array_equal(src["layers/dense_1/vars/0"], K1)  # chunked + gzip
-    assert src.stored_dtypes["layers/dense_2/vars/0"] == "bfloat16"
+    assert src.stored_dtypes["layers/dense_2/vars/0"] == "BF16"
     assert src["layers/dense_2/vars/0"].dtype == np.float32
     np.testing.assert_array_equal(src["layers/dense_2/vars/0"], BF)
     assert src["optimizer/vars/0"].shape == () and int(src["optimizer/vars/0"]) == 3
@@ -111,7 +111,7 @@ def test_write_back_h5_and_keras(tmp_path):
             np.testing.assert_array_equal(src["layers/dense/vars/0"], K0 * 2)
             np.testing.assert_array_equal(src["layers/dense_1/vars/0"], K1)  # untouched
             assert src["layers/dense/vars/1"].dtype == np.float16  # stored dtype kept
-            assert src.stored_dtypes["layers/dense_2/vars/0"] == "bfloat16"
+            assert src.stored_dtypes["layers/dense_2/vars/0"] == "BF16"
             np.testing.assert_array_equal(src["layers/dense_2/vars/0"], BF * 4)
     with zipfile.ZipFile(tmp_path / "out.keras") as zf:
         assert sorted(zf.namelist()) == ["config.json", "metadata.json", "model.weights.h5"]
@@ -178,7 +178,7 @@ def test_KERAS_real_model_read_and_write_back(tmp_path):
     m.save(tmp_path / "m.keras")
     with open_model(tmp_path / "m.keras") as src:
         np.testing.assert_array_equal(src["layers/dense/vars/0"], m.layers[0].get_weights()[0])
-        assert src.stored_dtypes["layers/dense_1/vars/0"] == "bfloat16"
+        assert src.stored_dtypes["layers/dense_1/vars/0"] == "BF16"
         save_model(tmp_path / "z.keras", {"layers/dense/vars/0": src["layers/dense/vars/0"] * 0,
                                           "layers/dense_1/vars/0": src["layers/dense_1/vars/0"] * 2}, like=src)
     m2 = keras.saving.load_model(tmp_path / "z.keras")

@@ -92,7 +92,7 @@ def test_finds_initializers_constants_and_subgraphs(model_path):
         for name in ("typed_f", "typed_h", "typed_i", "typed_d"):
             assert src[name].dtype == ref[name].dtype, name
             np.testing.assert_array_equal(src[name], ref[name])
-        assert src["typed_bf"].dtype == np.float32 and src.stored_dtypes["typed_bf"] == "bfloat16"
+        assert src["typed_bf"].dtype == np.float32 and src.stored_dtypes["typed_bf"] == "BF16"
         np.testing.assert_array_equal(src["typed_bf"], np.asarray(ref["typed_bf"], np.float32))
 
 
@@ -142,7 +142,7 @@ def test_replace_in_place_keeps_graph_and_runs(model_path, tmp_path):
         np.testing.assert_array_equal(res["W"], 2 * W)
         assert res["B"].dtype == np.float16  # stored type kept
         np.testing.assert_array_equal(res["typed_i"], [7, -9])  # untouched
-        assert res.stored_dtypes["typed_bf"] == "bfloat16"
+        assert res.stored_dtypes["typed_bf"] == "BF16"
         np.testing.assert_array_equal(res["typed_bf"], np.array([3.0, 4.0, 0.333984375], np.float32))
     y1, loop1 = _run(out, x)
     np.testing.assert_allclose(y1, x @ (2 * W), rtol=1e-6)

@@ -113,7 +113,7 @@ def test_state_dict_layout_views_and_dtypes(tmp_path):
         assert src["fc.half"].dtype == np.float16
         np.testing.assert_array_equal(src["fc.half"], h)
         np.testing.assert_array_equal(src["steps"], idx)
-        assert src["bf"].dtype == np.float32 and src.stored_dtypes["bf"] == "bfloat16"
+        assert src["bf"].dtype == np.float32 and src.stored_dtypes["bf"] == "BF16"
         np.testing.assert_array_equal(src["bf"], bf)
         np.testing.assert_array_equal(src["fc.weight_t"], w.T)
         np.testing.assert_array_equal(src["window"], w[1:3, 2::2])
@@ -275,7 +275,7 @@ def test_bf16_written_back_as_bf16(tmp_path):
     with open_model(tmp_path / "b.pt") as src:
         save_model(tmp_path / "b2.pt", {"b": src["b"] * 2}, like=src)
     with open_model(tmp_path / "b2.pt") as out:
-        assert out.stored_dtypes["b"] == "bfloat16"
+        assert out.stored_dtypes["b"] == "BF16"
         np.testing.assert_array_equal(out["b"], bf * 2)
 
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
+from ._dtypes import stored_name
 from ._zip import ZIP_ERRORS
 
 __all__ = [
@@ -150,8 +151,9 @@ def open_model(path: str | os.PathLike[str], format: str | None = None) -> Tenso
     -------
     TensorSource
         Listing names, shapes and dtypes (``.info()``) reads headers only; indexing reads or
-        memory-maps one tensor. bf16 tensors come back as float32 (``stored_dtypes`` keeps the
-        stored type). Use it as a context manager to release the file.
+        memory-maps one tensor. bf16 tensors come back as float32; ``stored_dtypes`` gives
+        every tensor's stored type in safetensors' spelling (``"BF16"``, ``"F16"``, ``"F32"``,
+        ``"I64"``...), whatever the format. Use it as a context manager to release the file.
 
     Raises
     ------
@@ -188,10 +190,10 @@ def _output_format(path: str, format: str | None, like: TensorSource | None) -> 
 
 def _half_dtypes(tensors: Mapping[str, np.ndarray], src: TensorSource | None) -> dict[str, str]:
     """safetensors dtype per name for tensors `src` stored as bf16/fp16 (written back so)."""
-    names = {"bfloat16": "BF16", "BF16": "BF16", "float16": "F16", "F16": "F16"}
     if src is None:
         return {}
-    return {k: names[v] for k, v in src.stored_dtypes.items() if v in names and k in tensors}
+    st = {k: stored_name(v) for k, v in src.stored_dtypes.items()}
+    return {k: v for k, v in st.items() if v in ("BF16", "F16") and k in tensors}
 
 
 def save_model(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
@@ -213,7 +215,7 @@ def save_model(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
         Tensors stored there as bf16/fp16 are written back in that dtype (PyTorch, ONNX, Keras).
         Defaults to `tensors` itself when that is a TensorSource.
     metadata : dict[str, str], optional
-        Header metadata (safetensors only); defaults to `like`'s.
+        Header metadata (safetensors only); defaults to `like`'s when that is a safetensors file.
 
     Raises
     ------
@@ -236,7 +238,10 @@ def save_model(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
         fmt = _output_format(path, format, src)
         if fmt == "safetensors":
             from .safetensors import write_safetensors
-            meta = metadata if metadata is not None else (dict(src.metadata) if src is not None else None)
+            # header metadata is copied only from an original safetensors file named by like=
+            # (a container's own metadata would make the dense output look like a container)
+            keep = like is not None and like.format == "safetensors"
+            meta = metadata if metadata is not None else (dict(like.metadata) if keep else None)
             write_safetensors(path, tensors, metadata=meta or None, dtypes=_half_dtypes(tensors, src))
         elif fmt == "npz":
             from .npz import write_npz

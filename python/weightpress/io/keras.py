@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
-from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits
+from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits, stored_name
 from ._zip import ZIP_ERRORS, RangeFile, member_data_offset, open_zip
 
 __all__ = ["KerasSource", "write_keras"]
@@ -121,10 +121,10 @@ class KerasSource(TensorSource):
             return
         if _is_bf16(obj):
             self._info[name] = TensorInfo(obj.shape, np.float32)
-            self.stored_dtypes[name] = "bfloat16"
+            self.stored_dtypes[name] = "BF16"
         elif obj.dtype.kind in "biufc" and obj.shape is not None:
             self._info[name] = TensorInfo(obj.shape, obj.dtype)
-            self.stored_dtypes[name] = obj.dtype.name
+            self.stored_dtypes[name] = stored_name(obj.dtype.name)
         else:
             self.skipped[name] = f"dtype {obj.dtype} is not numeric"
             return
@@ -135,7 +135,7 @@ class KerasSource(TensorSource):
 
     def _load(self, name: str) -> np.ndarray:
         ds = self._ds[name]
-        bf16 = self.stored_dtypes[name] == "bfloat16"
+        bf16 = self.stored_dtypes[name] == "BF16"
         dtype = np.dtype("<u2") if bf16 else ds.dtype
         try:
             offset = ds.id.get_offset() if ds.chunks is None and ds.size else None

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
+from ._dtypes import stored_name
 from ._zip import ZIP_ERRORS, member_data_offset, open_zip
 
 __all__ = ["NpySource", "NpzSource", "write_npy", "write_npz"]
@@ -50,6 +51,7 @@ class NpySource(TensorSource):
             )
         self._name = os.path.splitext(os.path.basename(self.path))[0]
         self._info = {self._name: TensorInfo(shape, dtype)}
+        self.stored_dtypes[self._name] = stored_name(np.dtype(dtype).name)
 
     def info(self) -> dict[str, TensorInfo]:
         return self._info
@@ -94,6 +96,7 @@ class NpzSource(TensorSource):
                         f"{zi.file_size - hlen}"
                     )
                 self._info[zi.filename[:-4]] = info
+                self.stored_dtypes[zi.filename[:-4]] = stored_name(info.dtype.name)
                 self._members[zi.filename[:-4]] = (zi, fortran, hlen)
         except BaseException:
             self._zf.close()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
-from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits
+from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits, stored_name
 
 __all__ = ["OnnxSource", "write_onnx"]
 
@@ -171,7 +171,7 @@ class OnnxSource(TensorSource):
             np_dt, stored, _ = _DTYPES[t.data_type]
             self._tensors[name] = t
             self._info[name] = TensorInfo(tuple(t.dims), "f4" if stored == "bfloat16" else np_dt)
-            self.stored_dtypes[name] = stored
+            self.stored_dtypes[name] = stored_name(stored)
 
     def info(self) -> dict[str, TensorInfo]:
         return self._info

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
-from ._dtypes import bf16_bits_to_float32, canonical_dtype_name, float32_to_bf16_bits
+from ._dtypes import bf16_bits_to_float32, canonical_dtype_name, float32_to_bf16_bits, stored_name
 from ._zip import member_data_offset, open_zip, read_member
 from .pytorch_pickle import STORAGE_DTYPES, TensorRef, load_pickle, state_dict_pickle, storage_name
 
@@ -55,7 +55,7 @@ def _flatten(obj: Any, source: str) -> dict[str, TensorRef]:
 class PyTorchSource(TensorSource):
     """A PyTorch zip checkpoint as a lazy mapping of dotted names to arrays.
 
-    bf16 storages are returned as float32 (``stored_dtypes[name] == "bfloat16"``); fp16 stays
+    bf16 storages are returned as float32 (``stored_dtypes[name] == "BF16"``); fp16 stays
     fp16. Views (offsets, strides, transposes) are honoured; the legacy pre-1.6 format and
     TorchScript archives raise :class:`FormatError`.
     """
@@ -95,7 +95,7 @@ class PyTorchSource(TensorSource):
         for name, ref in self._refs.items():
             st = ref.storage
             self._info[name] = TensorInfo(ref.shape, np.float32 if st.stored == "bfloat16" else st.dtype)
-            self.stored_dtypes[name] = st.stored
+            self.stored_dtypes[name] = stored_name(st.stored)
 
     def info(self) -> dict[str, TensorInfo]:
         return self._info
