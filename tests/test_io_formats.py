@@ -3,6 +3,7 @@
 Format-specific suites: test_io_pytorch.py, test_io_onnx.py, test_io_keras.py.
 """
 
+import io
 import os
 import zipfile
 import zlib
@@ -151,13 +152,19 @@ def test_truncated_files(tmp_path, fmt, cut):
 def test_npz_lying_header(tmp_path):
     """A .npy member whose header promises more data than the member holds."""
     p = tmp_path / "lie.npz"
-    import io
-
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.ones(10))
     raw = buf.getvalue().replace(b"(10,)", b"(99,)")
     with zipfile.ZipFile(p, "w") as zf:
         zf.writestr("a.npy", raw)
+    with pytest.raises(FormatError, match="header says"):
+        open_model(p)
+    # a shape whose element count wraps around int64 (2**62 * 4 = 2**64 -> 0) must not pass the
+    # size check against a member holding no data
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": (2**62, 4)})
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("a.npy", head.getvalue())
     with pytest.raises(FormatError, match="header says"):
         open_model(p)
 

@@ -96,6 +96,28 @@ def test_finds_initializers_constants_and_subgraphs(model_path):
         np.testing.assert_array_equal(src["typed_bf"], np.asarray(ref["typed_bf"], np.float32))
 
 
+def test_embedded_tensors_mapped_without_parsing_the_model(model_path, monkeypatch):
+    """Opening scans the file; no full protobuf parse, embedded raw_data is memory-mapped."""
+    from weightpress.io.onnx_graph import collect_tensors
+
+    model = onnx.load(model_path)
+    want = collect_tensors(model.graph)
+
+    def boom(*a, **k):
+        raise AssertionError("whole model parsed")
+
+    monkeypatch.setattr(onnx, "load_model", boom)
+    monkeypatch.setattr(onnx, "load", boom)
+    monkeypatch.setattr(onnx.ModelProto, "ParseFromString", boom)
+    with open_model(model_path) as src:
+        assert list(src) == [k for k in want if k != "names"]  # same names, same order
+        assert isinstance(src["W"], np.memmap) and isinstance(src["S"], np.memmap)
+        for k in src:
+            ref = numpy_helper.to_array(want[k])
+            assert src[k].shape == ref.shape
+            np.testing.assert_array_equal(src[k], np.asarray(ref, src[k].dtype))
+
+
 def test_external_data_is_memory_mapped(tmp_path):
     d = tmp_path / "ext"
     d.mkdir()

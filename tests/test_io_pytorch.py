@@ -119,6 +119,18 @@ def test_state_dict_layout_views_and_dtypes(tmp_path):
         np.testing.assert_array_equal(src["window"], w[1:3, 2::2])
 
 
+def test_expanded_view_is_not_materialized(tmp_path):
+    """torch keeps expand()ed tensors as stride-0 views; so do we (no copy of 1e12 elements)."""
+    row = np.arange(4, dtype=np.float32)
+    st = _Storage("FloatStorage", "0", row)
+    huge = _Tensor(st, 0, (10**12, 4), (0, 1))
+    write_torch_layout(tmp_path / "e.pt", {"e": huge}, [st])
+    with open_model(tmp_path / "e.pt") as src:
+        e = src["e"]
+        assert e.shape == (10**12, 4) and e.strides == (0, 4) and not e.flags.writeable
+        np.testing.assert_array_equal(e[123456789], row)
+
+
 def test_nested_checkpoint_flattened_with_dots(tmp_path):
     a = np.ones((2, 2), np.float32)
     sa, ta = _contig(a, "0")

@@ -16,9 +16,10 @@ import zlib
 from ._base import FormatError
 
 # what reading a damaged zip can raise (zlib.error from a corrupt deflate stream,
-# NotImplementedError from a made-up version or method field)
+# NotImplementedError from a made-up version or method field, RuntimeError from a set
+# "encrypted" flag)
 ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, struct.error,
-              zlib.error, NotImplementedError, UnicodeDecodeError)
+              zlib.error, NotImplementedError, UnicodeDecodeError, RuntimeError)
 
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")  # zipfile's structFileHeader (30 bytes)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zipfile
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ class NpySource(TensorSource):
         super().__init__(path)
         with open(self.path, "rb") as f:
             shape, dtype, _, header_len = _read_npy_header(f, self.path)
-        need = header_len + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        need = header_len + math.prod(shape) * dtype.itemsize
         if os.path.getsize(self.path) < need:
             raise FormatError(
                 f"{self.path}: truncated .npy (header promises {need} bytes, "
@@ -90,9 +91,10 @@ class NpzSource(TensorSource):
                 except ZIP_ERRORS as e:
                     raise FormatError(f"{where}: unreadable zip member ({e})") from None
                 info = TensorInfo(shape, dtype)
-                if zi.file_size != hlen + info.nbytes:
+                nbytes = math.prod(shape) * dtype.itemsize  # exact: a lying header cannot wrap
+                if zi.file_size != hlen + nbytes:
                     raise FormatError(
-                        f"{where}: header says {info.nbytes} data bytes, member holds "
+                        f"{where}: header says {nbytes} data bytes, member holds "
                         f"{zi.file_size - hlen}"
                     )
                 self._info[zi.filename[:-4]] = info

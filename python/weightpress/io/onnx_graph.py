@@ -1,14 +1,15 @@
 """ONNX models: weights in graph initializers and in ``Constant`` nodes, subgraphs included.
 
-Reading uses the ``onnx`` package (an optional dependency) to parse the protobuf without its
-external data; tensors stored in external files are memory-mapped at their recorded offsets,
-tensors embedded in the model are decoded one at a time from ``raw_data`` or the typed fields.
+Reading scans the file (:mod:`.onnx_wire`) and memory-maps each tensor's ``raw_data`` or its
+external data file; the ``onnx`` package (an optional dependency) decodes tensors held in typed
+fields and writes models.
 Names: an initializer's name, or for a ``Constant`` node the name of its output (the name the
 graph uses). Writing replaces tensors in place in a copy of the original model.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
 from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits, stored_name
+from .onnx_wire import WireTensor, scan_onnx
 
 __all__ = ["OnnxSource", "write_onnx"]
 
@@ -108,7 +110,7 @@ def tensor_to_array(t: Any, base_dir: str, where: str) -> np.ndarray:
     shape = tuple(int(d) for d in t.dims)
     if any(d < 0 for d in shape):
         raise FormatError(f"{where}: negative dimension in {shape}")
-    n = int(np.prod(shape, dtype=np.int64))
+    n = math.prod(shape)
     need = n * dt.itemsize
     if t.data_location == 1:  # EXTERNAL
         kv = {e.key: e.value for e in t.external_data}
@@ -149,35 +151,59 @@ def tensor_to_array(t: Any, base_dir: str, where: str) -> np.ndarray:
 class OnnxSource(TensorSource):
     """An ONNX model's weights as a lazy mapping.
 
+    Opening scans the file's protobuf structure without decoding tensor data
+    (:mod:`.onnx_wire`); tensors whose bytes are in ``raw_data`` (the usual case) or in external
+    files are memory-mapped, the rare ones in typed fields are decoded with ``onnx`` on access.
     Tensors of types without a NumPy equivalent (strings, float8, int4) are left out and listed
-    in :attr:`skipped` (name -> reason). Embedded tensors live in the parsed protobuf (which
-    ONNX caps at 2 GB); external-data tensors are memory-mapped.
+    in :attr:`skipped` (name -> reason).
     """
 
     format = "onnx"
 
     def __init__(self, path: str | os.PathLike[str]):
         super().__init__(path)
-        self._model = _load_proto(self.path, external=False)
         self._base = os.path.dirname(os.path.abspath(self.path))
         self.skipped: dict[str, str] = {}
-        self._tensors: dict[str, Any] = {}
+        self._tensors: dict[str, WireTensor] = {}
         self._info: dict[str, TensorInfo] = {}
-        self.metadata = {p.key: p.value for p in self._model.metadata_props}
-        for name, t in collect_tensors(self._model.graph).items():
+        found, self.metadata = scan_onnx(self.path)
+        for name, t in found.items():
             if t.data_type not in _DTYPES:
                 self.skipped[name] = f"ONNX data type {t.data_type} has no NumPy equivalent"
                 continue
             np_dt, stored, _ = _DTYPES[t.data_type]
             self._tensors[name] = t
-            self._info[name] = TensorInfo(tuple(t.dims), "f4" if stored == "bfloat16" else np_dt)
+            self._info[name] = TensorInfo(t.dims, "f4" if stored == "bfloat16" else np_dt)
             self.stored_dtypes[name] = stored_name(stored)
 
     def info(self) -> dict[str, TensorInfo]:
         return self._info
 
     def _load(self, name: str) -> np.ndarray:
-        return tensor_to_array(self._tensors[name], self._base, f"{self.path}[{name}]")
+        t = self._tensors[name]
+        where = f"{self.path}[{name}]"
+        np_dt, stored, _ = _DTYPES[t.data_type]
+        if t.raw is not None and not t.external:
+            dt = np.dtype(np_dt)
+            n = math.prod(t.dims)
+            if t.raw[1] != n * dt.itemsize:
+                raise FormatError(f"{where}: raw_data holds {t.raw[1]} bytes, shape {t.dims} needs "
+                                  f"{n * dt.itemsize}")
+            arr = (np.memmap(self.path, dt, "r", offset=t.raw[0], shape=t.dims) if n
+                   else np.empty(t.dims, dt))
+            return bf16_bits_to_float32(arr) if stored == "bfloat16" else arr
+        onnx = import_onnx()
+        from google.protobuf.message import DecodeError
+
+        with open(self.path, "rb") as f:
+            f.seek(t.start)
+            raw = f.read(t.end - t.start)
+        proto = onnx.TensorProto()
+        try:
+            proto.ParseFromString(raw)
+        except (DecodeError, RuntimeError, ValueError) as e:
+            raise FormatError(f"{where}: corrupt tensor ({e})") from None
+        return tensor_to_array(proto, self._base, where)
 
 
 def _encode(a: np.ndarray, data_type: int, name: str) -> bytes:

@@ -11,6 +11,7 @@ strided view of a memory-mapped storage member. Nested containers (``{"state_dic
 from __future__ import annotations
 
 import io
+import math
 import os
 import zipfile
 from collections.abc import Mapping
@@ -119,7 +120,7 @@ class PyTorchSource(TensorSource):
         ref = self._refs[name]
         flat = self._storage(ref)
         dt = ref.storage.dtype
-        size = int(np.prod(ref.shape, dtype=np.int64))
+        size = math.prod(ref.shape)
         if size == 0:
             arr = np.empty(ref.shape, dt)
         else:
@@ -130,10 +131,9 @@ class PyTorchSource(TensorSource):
                     f"holding {flat.size}"
                 )
             base = flat[ref.offset:]
+            # a view (transposed, sliced, or expanded with stride 0) stays a view: no copy here
             arr = np.lib.stride_tricks.as_strided(
                 base, ref.shape, tuple(s * dt.itemsize for s in ref.strides), writeable=False)
-            if not arr.flags.c_contiguous:
-                arr = np.ascontiguousarray(arr)
         if ref.storage.stored == "bfloat16":
             return bf16_bits_to_float32(arr)
         return arr

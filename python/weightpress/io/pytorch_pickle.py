@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import pickle
 import struct
 from typing import Any
@@ -278,8 +279,8 @@ def state_dict_pickle(entries: list[tuple[str, str, int, tuple[int, ...]]]) -> b
     w.empty_ordered_dict()
     w.b.write(b"(")
     for name, storage, key, shape in entries:
-        numel = int(np.prod(shape, dtype=np.int64))
-        strides = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) for i in range(len(shape)))
+        numel = math.prod(shape)
+        strides = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
         w.str_(name)
         w.global_("torch._utils", "_rebuild_tensor_v2")
         w.b.write(b"((")
