@@ -172,6 +172,32 @@ def test_replace_in_place_keeps_graph_and_runs(model_path, tmp_path):
     np.testing.assert_allclose(loop0, S + 2 * L, rtol=1e-6)
 
 
+def test_raw_tensors_patched_in_a_byte_copy(model_path, tmp_path, monkeypatch):
+    """Replacing raw_data tensors copies the file and overwrites their bytes: no model parse."""
+    def boom(*a, **k):
+        raise AssertionError("whole model parsed")
+
+    out = tmp_path / "patched.onnx"
+    with open_model(model_path) as src:
+        new = {"W": -src["W"], "S": src["S"] + 1, "B": np.ones(4, np.float64)}
+        monkeypatch.setattr(onnx, "load_model", boom)
+        save_model(out, new, like=src)
+        monkeypatch.undo()
+    a, b = model_path.read_bytes(), out.read_bytes()
+    assert len(a) == len(b)
+    with open_model(out) as res:
+        np.testing.assert_array_equal(res["W"], -W)
+        np.testing.assert_array_equal(res["S"], S + 1)
+        assert res["B"].dtype == np.float16 and np.all(res["B"] == 1)
+        untouched = [k for k in res if k not in new]
+        with open_model(model_path) as src:
+            for k in untouched:
+                np.testing.assert_array_equal(res[k], src[k])
+    onnx.checker.check_model(onnx.load(out))
+    y, _ = _run(out, np.ones((1, 3), np.float32))
+    np.testing.assert_allclose(y, np.ones((1, 3), np.float32) @ -W + 1, rtol=1e-6)
+
+
 def test_round_trip_all_tensors(model_path, tmp_path):
     with open_model(model_path) as src:
         save_model(tmp_path / "same.onnx", src)  # like defaults to the source itself

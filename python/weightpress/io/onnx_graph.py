@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -225,6 +226,9 @@ def write_onnx(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
     ----------
     path : str or PathLike
         Output ``.onnx`` file, written atomically; all data is embedded (no external files).
+        When the replaced tensors are embedded as ``raw_data`` (the usual case) and `like` has no
+        external data, the file is copied and their bytes overwritten in place, one tensor in
+        memory; otherwise the model is parsed with ``onnx``, edited and serialized.
     tensors : Mapping[str, ndarray]
         Name -> new value, names as :class:`OnnxSource` lists them. Each must keep the original
         shape; values are cast to the stored type (bf16 rounded to nearest even). Tensors not
@@ -240,16 +244,53 @@ def write_onnx(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
         If a dtype cannot be cast to the stored type without changing kind.
     """
     like_path = like.path if isinstance(like, TensorSource) else os.fspath(like)
+    found, _ = scan_onnx(like_path)
+    for name in tensors:  # check every name and shape before writing anything
+        if name not in found or found[name].data_type not in _DTYPES:
+            raise ValueError(f"tensors[{name!r}]: no numeric initializer or Constant of that name in {like_path}")
+        shape = _shape_of(tensors, name)
+        if shape != found[name].dims:
+            raise ValueError(f"tensors[{name!r}]: shape {shape}, the model has {found[name].dims}")
+    if all(found[n].raw is not None for n in tensors) and not any(t.external for t in found.values()):
+        _patch_copy(path, tensors, found, like_path)
+    else:
+        _rewrite(path, tensors, like_path)
+
+
+def _shape_of(tensors: Mapping[str, np.ndarray], name: str) -> tuple[int, ...]:
+    if isinstance(tensors, TensorSource):
+        return tensors.info()[name].shape
+    return tuple(int(d) for d in np.shape(tensors[name]))
+
+
+def _patch_copy(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
+                found: dict[str, WireTensor], like_path: str) -> None:
+    """The tensors to replace are raw_data in the file: copy it and overwrite their bytes.
+
+    Same shape and stored type means the same byte length, so the copy stays a valid model with
+    everything else (graph, names, metadata, doc strings) byte for byte as it was; one tensor at
+    a time is in memory.
+    """
+    with atomic_write(path, "w+b") as f:
+        with open(like_path, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 22)
+        for name in tensors:
+            t = found[name]
+            raw = _encode(np.asarray(tensors[name]), t.data_type, name)
+            if t.raw is None or len(raw) != t.raw[1]:
+                raise FormatError(f"{like_path}[{name}]: raw_data does not match the tensor's shape")
+            f.seek(t.raw[0])
+            f.write(raw)
+            del raw
+
+
+def _rewrite(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], like_path: str) -> None:
+    """Typed-field or external tensors: parse the whole model with onnx, replace, serialize."""
     model = _load_proto(like_path, external=True)
     index = collect_tensors(model.graph)
     for name in tensors:
-        if name not in index or index[name].data_type not in _DTYPES:
-            raise ValueError(f"tensors[{name!r}]: no numeric initializer or Constant of that name in {like_path}")
         t = index[name]
-        a = np.asarray(tensors[name])
-        if a.shape != tuple(t.dims):
-            raise ValueError(f"tensors[{name!r}]: shape {a.shape}, the model has {tuple(t.dims)}")
-        raw = _encode(a, t.data_type, name)
+        raw = _encode(np.asarray(tensors[name]), t.data_type, name)
         for field in _TYPED_FIELDS:
             t.ClearField(field)
         t.ClearField("external_data")
