@@ -241,3 +241,16 @@ def test_garbage_and_lying_sizes(tmp_path):
     with open_model(tmp_path / "lie.onnx") as src:
         with pytest.raises(FormatError, match="raw_data holds 48 bytes"):
             src["W"]
+
+
+def test_without_onnx_package(model_path, tmp_path, monkeypatch):
+    """raw_data tensors read with no onnx installed; typed fields and writing say what to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with open_model(model_path) as src:
+        np.testing.assert_array_equal(src["W"], W)
+        with pytest.raises(ImportError, match=r"weightpress\[onnx\]"):
+            src["typed_f"]
+        with pytest.raises(ImportError, match=r"weightpress\[onnx\]"):
+            save_model(tmp_path / "o.onnx", {"typed_f": np.zeros(2, np.float32)}, like=src)
