@@ -189,6 +189,12 @@ def test_unknown_and_odd_paths(tmp_path):
         open_model(tmp_path / "bad.npz")
     with pytest.raises(ValueError, match="format"):
         open_model(tmp_path / "junk.xyz", format="tflite")
+    os.mkfifo(tmp_path / "pipe.npz")  # reading would block forever: refused up front
+    for fmt in (None, "npz", "pytorch", "onnx"):
+        with pytest.raises(FormatError, match="not a regular file"):
+            open_model(tmp_path / "pipe.npz", format=fmt)
+    with pytest.raises(FormatError, match="directory"):
+        open_model(tmp_path, format="npz")
 
 
 def test_save_errors_leave_no_partial_output(tmp_path):
@@ -211,6 +217,12 @@ def test_save_errors_leave_no_partial_output(tmp_path):
         save_model(tmp_path, good, format="npz")
     with pytest.raises(ValueError, match="output format"):
         save_model(tmp_path / "noext", good)
+
+    class Container(NpzSource):  # a source of a format save_model cannot write
+        format = "weightpress"
+
+    with Container(out) as c, pytest.raises(ValueError, match="output format"):
+        save_model(tmp_path / "noext", c)
     with pytest.raises(FileNotFoundError):
         save_model(tmp_path / "no" / "such" / "dir.npz", good)
     with pytest.raises(TypeError, match="mapping"):

@@ -77,6 +77,17 @@ def _zip_format(path: str, ext: str) -> str:
     raise FormatError(f"{path}: a zip archive, but not a PyTorch checkpoint, .keras archive or .npz")
 
 
+def _check_file(path: str | os.PathLike[str]) -> str:
+    """`path` as a str, if it is an existing regular file (a FIFO or device could block reads)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "no such model file", path)
+    if not os.path.isfile(path):
+        what = "a directory" if os.path.isdir(path) else "not a regular file"
+        raise FormatError(f"{path}: is {what}, expected a model file")
+    return path
+
+
 def detect_format(path: str | os.PathLike[str]) -> str:
     """Name of the format of the model file at `path`, from its first bytes, else its extension.
 
@@ -87,12 +98,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     FormatError
         If `path` is not a regular file or its format cannot be told.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "no such model file", path)
-    if not os.path.isfile(path):
-        what = "a directory" if os.path.isdir(path) else "not a regular file"
-        raise FormatError(f"{path}: is {what}, expected a model file")
+    path = _check_file(path)
     ext = os.path.splitext(path)[1].lower()
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -164,9 +170,7 @@ def open_model(path: str | os.PathLike[str], format: str | None = None) -> Tenso
         If the format needs an optional package that is missing (``onnx``, ``h5py``).
     """
     fmt = _normalize(format) or detect_format(path)
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise FormatError(f"{path}: is a directory, expected a model file")
+    path = _check_file(path)
     cls = _reader(fmt)
     try:
         return cls(path)
@@ -181,7 +185,7 @@ def _output_format(path: str, format: str | None, like: TensorSource | None) -> 
     fmt = _normalize(format)
     if fmt is None:
         fmt = _EXTENSIONS.get(os.path.splitext(path)[1].lower())
-    if fmt is None and like is not None:
+    if fmt is None and like is not None and like.format in FORMATS:
         fmt = like.format
     if fmt is None:
         raise ValueError(f"{path}: cannot tell the output format from the extension; pass format=...")
