@@ -357,3 +357,31 @@ def test_stored_dtype_names_are_one_vocabulary(tmp_path):
     for p in ("a.npz", "a.pt"):
         with open_model(tmp_path / p) as src:
             assert src.stored_dtypes == {"f": "F32", "h": "F16", "i": "I64", "b": "BOOL"}, p
+
+
+# -- property: any numeric tensors survive a round trip through every writable format -------
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+_DTYPES = [np.float32, np.float64, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8,
+           np.bool_, np.complex64]
+_arrays = st.sampled_from(_DTYPES).flatmap(
+    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)))
+_models = st.dictionaries(st.from_regex(r"[a-z][a-z0-9_.]{0,8}", fullmatch=True), _arrays,
+                          min_size=1, max_size=4)
+
+
+@given(tensors=_models, fmt=st.sampled_from(["npz", "pt", "h5"]))
+def test_round_trip_property(tmp_path_factory, tensors, fmt):
+    if fmt == "h5":
+        pytest.importorskip("h5py")
+        tensors = {k.replace(".", "_"): v for k, v in tensors.items()}  # h5 paths: no clash a/a.b
+    p = tmp_path_factory.mktemp("rt") / f"m.{fmt}"
+    save_model(p, tensors)
+    with open_model(p) as src:
+        assert sorted(src) == sorted(tensors)
+        for k, v in tensors.items():
+            got = src[k]
+            assert got.dtype == v.dtype and got.shape == v.shape, k
+            np.testing.assert_array_equal(got, v)
