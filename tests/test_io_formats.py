@@ -10,6 +10,9 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from weightpress.io import FormatError, TensorSource, detect_format, open_model, save_model
 from weightpress.io._dtypes import bf16_bits_to_float32, float32_to_bf16_bits
 from weightpress.io.npz import NpzSource
@@ -360,10 +363,6 @@ def test_stored_dtype_names_are_one_vocabulary(tmp_path):
 
 
 # -- property: any numeric tensors survive a round trip through every writable format -------
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
-
 _DTYPES = [np.float32, np.float64, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8,
            np.bool_, np.complex64]
 _arrays = st.sampled_from(_DTYPES).flatmap(

@@ -131,6 +131,60 @@ def test_expanded_view_is_not_materialized(tmp_path):
         np.testing.assert_array_equal(e[123456789], row)
 
 
+class _TensorV3(_Tensor):
+    """How torch pickles dtypes without a typed storage class (uint16/32/64, float8)."""
+
+    def __init__(self, storage, offset, shape, stride, dtype):
+        super().__init__(storage, offset, shape, stride)
+        self.args = (*self.args, _Global("torch", dtype))
+
+    def __reduce_ex__(self, proto):
+        return (_Global("torch._utils", "_rebuild_tensor_v3"), self.args)
+
+
+class _UntypedStorage(_Storage):
+    pass
+
+
+class _V3Pickler(_TorchPickler):
+    dispatch = dict(_TorchPickler.dispatch)
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _UntypedStorage):  # numel counts bytes
+            return ("storage", _Global("torch.storage", "UntypedStorage"), obj.key, "cpu", obj.data.nbytes)
+        return super().persistent_id(obj)
+
+
+def test_rebuild_tensor_v3_uint_and_float8(tmp_path):
+    u16 = np.array([0, 7, 65535], np.uint16)
+    codes = np.array([0x38, 0xBC, 0x7E, 0x7F, 0x01], np.uint8)  # e4m3fn: 1, -1.5, 448, nan, 2**-9
+    su = _UntypedStorage("u", "0", u16.view(np.uint8))
+    sf = _UntypedStorage("u", "1", codes)
+    obj = {"u16": _TensorV3(su, 1, (2,), (1,), "uint16"), "f8": _TensorV3(sf, 0, (5,), (1,), "float8_e4m3fn")}
+    buf = io.BytesIO()
+    _V3Pickler(buf, protocol=2).dump(obj)
+    write_torch_layout(tmp_path / "v3.pt", None, [su, sf], pickle_bytes=buf.getvalue())
+    with open_model(tmp_path / "v3.pt") as src:
+        assert src.stored_dtypes == {"u16": "U16", "f8": "F8_E4M3"}
+        np.testing.assert_array_equal(src["u16"], u16[1:])
+        assert src["f8"].dtype == np.float32
+        np.testing.assert_array_equal(src["f8"], [1.0, -1.5, 448.0, np.nan, 2.0**-9])
+    buf = io.BytesIO()
+    _V3Pickler(buf, protocol=2).dump({"x": _TensorV3(sf, 0, (1,), (1,), "float4_e2m1fn_x2")})
+    write_torch_layout(tmp_path / "f4.pt", None, [sf], pickle_bytes=buf.getvalue())
+    with pytest.raises(FormatError, match="float4_e2m1fn_x2"):
+        open_model(tmp_path / "f4.pt")
+
+
+def test_float8_tables_against_ml_dtypes():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from weightpress.io._dtypes import f8_to_float32
+
+    codes = np.arange(256, dtype=np.uint8)
+    for kind, ref_dt in (("float8_e4m3fn", ml_dtypes.float8_e4m3fn), ("float8_e5m2", ml_dtypes.float8_e5m2)):
+        np.testing.assert_array_equal(f8_to_float32(codes, kind), codes.view(ref_dt).astype(np.float32))
+
+
 def test_nested_checkpoint_flattened_with_dots(tmp_path):
     a = np.ones((2, 2), np.float32)
     sa, ta = _contig(a, "0")
@@ -301,6 +355,8 @@ def test_TORCH_reads_what_torch_saves(tmp_path):
     sd["bf16"] = torch.randn(7, generator=g).bfloat16()
     sd["t"] = sd["0.weight"].t()
     sd["v"] = sd["0.weight"][1:3, ::2]
+    sd["u16"] = torch.arange(5).to(torch.uint16)
+    sd["f8"] = torch.randn(4, generator=g).to(torch.float8_e4m3fn)
     torch.save({"model": sd, "epoch": 3, "best": np.float64(0.5), "shape": torch.Size([2]),
                 "dtype": torch.float16, "blob": b"\x00\x01", "p": torch.nn.Parameter(torch.ones(2))},
                tmp_path / "real.pt")
@@ -308,7 +364,7 @@ def test_TORCH_reads_what_torch_saves(tmp_path):
         assert sorted(src) == sorted([f"model.{k}" for k in sd] + ["p"])
         np.testing.assert_array_equal(src["p"], np.ones(2, np.float32))
         for k, v in sd.items():
-            ref = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+            ref = v.float().numpy() if v.dtype in (torch.bfloat16, torch.float8_e4m3fn) else v.numpy()
             got = src[f"model.{k}"]
             assert got.dtype == ref.dtype and got.shape == ref.shape
             np.testing.assert_array_equal(got, ref)

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
-from ._dtypes import bf16_bits_to_float32, canonical_dtype_name, float32_to_bf16_bits, stored_name
+from ._dtypes import (
+    bf16_bits_to_float32,
+    canonical_dtype_name,
+    f8_to_float32,
+    float32_to_bf16_bits,
+    stored_name,
+)
 from ._zip import member_data_offset, open_zip, read_member
 from .pytorch_pickle import STORAGE_DTYPES, TensorRef, load_pickle, state_dict_pickle, storage_name
 
@@ -95,7 +101,8 @@ class PyTorchSource(TensorSource):
         self._info: dict[str, TensorInfo] = {}
         for name, ref in self._refs.items():
             st = ref.storage
-            self._info[name] = TensorInfo(ref.shape, np.float32 if st.stored == "bfloat16" else st.dtype)
+            decoded = st.stored == "bfloat16" or st.stored.startswith("float8")
+            self._info[name] = TensorInfo(ref.shape, np.float32 if decoded else st.dtype)
             self.stored_dtypes[name] = stored_name(st.stored)
 
     def info(self) -> dict[str, TensorInfo]:
@@ -136,6 +143,8 @@ class PyTorchSource(TensorSource):
                 base, ref.shape, tuple(s * dt.itemsize for s in ref.strides), writeable=False)
         if ref.storage.stored == "bfloat16":
             return bf16_bits_to_float32(arr)
+        if ref.storage.stored.startswith("float8"):
+            return f8_to_float32(arr, ref.storage.stored)
         return arr
 
     def close(self) -> None:

@@ -37,9 +37,18 @@ STORAGE_DTYPES: dict[str, tuple[np.dtype, str]] = {
     "BoolStorage": (np.dtype("?"), "bool"),
     "ComplexFloatStorage": (np.dtype("<c8"), "complex64"),
     "ComplexDoubleStorage": (np.dtype("<c16"), "complex128"),
+    "UntypedStorage": (np.dtype("u1"), "untyped"),  # bytes; _rebuild_tensor_v3 gives the dtype
 }
+# torch dtype -> (numpy dtype of the stored bits, stored name), for _rebuild_tensor_v3, which
+# torch uses for dtypes without a typed storage class (uint16/32/64, float8)
+V3_DTYPES: dict[str, tuple[np.dtype, str]] = {
+    "uint16": (np.dtype("<u2"), "uint16"), "uint32": (np.dtype("<u4"), "uint32"),
+    "uint64": (np.dtype("<u8"), "uint64"), "float8_e4m3fn": (np.dtype("u1"), "float8_e4m3fn"),
+    "float8_e5m2": (np.dtype("u1"), "float8_e5m2"),
+}
+V3_DTYPES.update({v[1]: v for k, v in STORAGE_DTYPES.items() if k != "UntypedStorage"})
 _NUMPY_TO_STORAGE = {v[0].newbyteorder("<") if v[0].itemsize > 1 else v[0]: k
-                     for k, v in STORAGE_DTYPES.items() if k != "BFloat16Storage"}
+                     for k, v in STORAGE_DTYPES.items() if k not in ("BFloat16Storage", "UntypedStorage")}
 
 
 class _Sealed:
@@ -86,14 +95,27 @@ def _ints(x: Any, what: str) -> tuple[int, ...]:
 
 
 def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, *_rest: Any) -> TensorRef:
-    if not isinstance(storage, Storage):
-        raise FormatError("_rebuild_tensor_v2 called on something that is not a storage")
+    if not isinstance(storage, Storage) or storage.stored == "untyped":
+        raise FormatError("_rebuild_tensor_v2 called on something that is not a typed storage")
     if type(offset) is not int or offset < 0:
         raise FormatError(f"tensor storage offset must be a non-negative int, got {offset!r}")
     shape, strides = _ints(size, "size"), _ints(stride, "stride")
     if len(shape) != len(strides) or any(s < 0 for s in shape) or any(s < 0 for s in strides):
         raise FormatError(f"tensor size {shape} / stride {strides} are inconsistent")
     return TensorRef(storage, offset, shape, strides)
+
+
+def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, _grad: Any, _hooks: Any,
+                       dtype: Any, *_rest: Any) -> TensorRef:
+    if not isinstance(storage, Storage) or storage.stored != "untyped":
+        raise FormatError("_rebuild_tensor_v3 called on something that is not an untyped storage")
+    if not isinstance(dtype, TorchDType):
+        raise FormatError("_rebuild_tensor_v3 without a torch dtype")
+    if dtype.name not in V3_DTYPES:
+        raise FormatError(f"tensor dtype torch.{dtype.name} is not supported")
+    np_dt, stored = V3_DTYPES[dtype.name]
+    typed = Storage(storage.key, np_dt, stored, storage.numel // np_dt.itemsize)
+    return _rebuild_tensor_v2(typed, offset, size, stride)
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any) -> TensorRef:
@@ -120,6 +142,15 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Te
     return func(*args)
 
 
+class TorchDType(_Sealed):
+    """Stand-in for a ``torch.<dtype>`` global (used by _rebuild_tensor_v3; else a leaf)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
 class _TypeMarker(_Sealed):
     __slots__ = ("name",)
 
@@ -140,7 +171,8 @@ class _Fn(_Sealed):
 
 
 _V2, _V1, _PARAM = _Fn(_rebuild_tensor_v2), _Fn(_rebuild_tensor), _Fn(_rebuild_parameter)
-_REBUILDERS = (_V2, _V1, _PARAM)
+_V3 = _Fn(_rebuild_tensor_v3)
+_REBUILDERS = (_V2, _V1, _PARAM, _V3)
 _TENSOR_TYPE = _TypeMarker("torch.Tensor")
 _PARAMETER_TYPE = _TypeMarker("torch.nn.parameter.Parameter")
 
@@ -148,6 +180,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _V2,
     ("torch._utils", "_rebuild_tensor"): _V1,
+    ("torch._utils", "_rebuild_tensor_v3"): _V3,
     ("torch._utils", "_rebuild_parameter"): _PARAM,
     ("torch._utils", "_rebuild_parameter_with_state"): _Fn(_rebuild_parameter_with_state),
     ("torch._tensor", "_rebuild_from_type_v2"): _Fn(_rebuild_from_type_v2),
@@ -155,6 +188,10 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch.nn.parameter", "Parameter"): _PARAMETER_TYPE,
 }
 _ALLOWED.update({("torch", k): StorageType(k) for k in STORAGE_DTYPES})
+_ALLOWED[("torch.storage", "UntypedStorage")] = _ALLOWED[("torch", "UntypedStorage")]
+_ALLOWED.update({("torch", k): TorchDType(k) for k in (
+    *V3_DTYPES, "float", "double", "half", "long", "int", "short", "bfloat16", "complex64",
+    "complex128", "float8_e4m3fnuz", "float8_e5m2fnuz", "uint8", "int8", "bool")})
 
 
 class Leaf(_Sealed):
@@ -186,8 +223,6 @@ class _LeafFactory(_Sealed):
 
 _LEAVES = [("_codecs", "encode"), ("torch", "Size"), ("torch", "device"), ("numpy", "dtype"),
            ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")]
-_LEAVES += [("torch", t) for t in ("float32", "float64", "float16", "bfloat16", "int64", "int32",
-                                   "int16", "int8", "uint8", "bool", "complex64", "complex128")]
 _ALLOWED.update({key: _LeafFactory(".".join(key)) for key in _LEAVES})
 
 
