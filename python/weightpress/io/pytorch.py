@@ -62,8 +62,9 @@ def _flatten(obj: Any, source: str) -> dict[str, TensorRef]:
 class PyTorchSource(TensorSource):
     """A PyTorch zip checkpoint as a lazy mapping of dotted names to arrays.
 
-    bf16 storages are returned as float32 (``stored_dtypes[name] == "BF16"``); fp16 stays
-    fp16. Views (offsets, strides, transposes) are honoured; the legacy pre-1.6 format and
+    bf16 and float8 (e4m3fn, e5m2) tensors are returned as float32 (``stored_dtypes[name]``
+    says ``"BF16"``, ``"F8_E4M3"``, ``"F8_E5M2"``); fp16 stays fp16, uint16/32/64 stay as they
+    are. Views (offsets, strides, transposes) are honoured; the legacy pre-1.6 format and
     TorchScript archives raise :class:`FormatError`.
     """
 

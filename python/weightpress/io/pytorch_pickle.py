@@ -1,10 +1,12 @@
 """The pickle inside PyTorch zip checkpoints, read and written without torch.
 
 Reading goes through :class:`SafeUnpickler`, whose ``find_class`` knows a short allow-list of
-globals (the tensor rebuild functions, ``collections.OrderedDict``, the typed storage classes)
-and maps each to a constructor of ours; any other global raises :class:`FormatError` naming it,
-so no code from the file ever runs. Tensors come out as :class:`TensorRef` (storage key, dtype,
-offset, shape, strides) that the reader maps lazily.
+globals (the tensor rebuild functions, ``collections.OrderedDict``, the storage classes, torch
+dtypes, and a few harmless leaf values such as numpy scalars) and maps each to a constructor of
+ours; any other global raises :class:`FormatError` naming it, so no code from the file ever
+runs. Every object of ours refuses the pickle's BUILD opcode, so a file cannot rewrite the
+allow-listed objects for later loads. Tensors come out as :class:`TensorRef` (storage key,
+dtype, offset, shape, strides) that the reader maps lazily.
 
 Writing emits the protocol-2 byte stream ``torch.save`` produces for a flat state dict (an
 ``OrderedDict`` of ``_rebuild_tensor_v2`` calls on persistent storages), opcode by opcode.
