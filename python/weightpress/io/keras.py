@@ -42,12 +42,17 @@ def import_h5py() -> Any:
 
 
 def _is_bf16(ds: Any) -> bool:
-    """Keras 3 stores bfloat16 as 2-byte opaque data with attribute ``dtype="bfloat16"``."""
-    if ds.dtype.kind != "V" or ds.dtype.itemsize != 2:
+    """Keras 3 stores bfloat16 as 2-byte opaque data with an attribute ``dtype="bfloat16"``.
+
+    Only the attribute's existence is checked, not its value: reading a variable-length string
+    from a damaged file can keep the HDF5 library busy for minutes (found by fuzzing), and a
+    2-byte opaque dataset carrying a ``dtype`` attribute is Keras's bf16 in practice.
+    """
+    if ds.dtype.kind != "V" or ds.dtype.itemsize != 2 or ds.dtype.fields is not None:
         return False
+    h5py = import_h5py()
     with contextlib.suppress(Exception):
-        tag = ds.attrs.get("dtype", b"")
-        if (tag.decode() if isinstance(tag, bytes) else str(tag)) == "bfloat16":
+        if h5py.h5a.exists(ds.id, b"dtype"):
             return True
     with contextlib.suppress(Exception):
         return b"bfloat16" in ds.id.get_type().get_tag().lower()
