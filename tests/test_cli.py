@@ -144,6 +144,11 @@ def test_demo_runs(capsys, monkeypatch):
     by = {r["setting"]: r for r in res}
     assert by["lowrank 2x"]["accuracy"] > base - 0.03 and by["lowrank 2x"]["ratio"] >= 1.98
     assert by["prune 2x"]["accuracy"] > base - 0.03
+    # issue 6's target: >= 10x smaller with at most 1 point of accuracy lost, no retraining
+    best = by["auto 10x +cal alloc f16"]
+    assert best["ratio"] >= 10 and best["accuracy"] >= base - 0.01
+    # data-aware beats weight-space at the same size
+    assert by["prune 4x +cal"]["accuracy"] > by["prune 4x"]["accuracy"]
     # the command runs the same function (fewer settings here, to keep CI short)
     monkeypatch.setattr(demo, "SETTINGS", demo.SETTINGS[:1])
     assert main(["demo"]) == 0

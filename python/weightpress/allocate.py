@@ -107,7 +107,24 @@ def allocate(curves: Mapping[str, Sequence[Candidate]], max_bytes: int,
         used += extra
         pos[n] = p + 1
         push(n)
-    return {n: hulls[n][pos[n]] for n in hulls}
+    choice = {n: hulls[n][pos[n]] for n in hulls}
+    # Fill what the hull steps left: any candidate (hull or not) that lowers a layer's cost
+    # within the remaining bytes, best cost reduction first, until none fits.
+    while True:
+        best = None
+        for n, cands in curves.items():
+            w = float(weights.get(n, 1.0))
+            cur = cands[choice[n]]
+            for i, c in enumerate(cands):
+                extra = c.nbytes - cur.nbytes
+                gain = w * (cur.error ** 2 - c.error ** 2)
+                if gain > 0 and used + extra <= max_bytes and (best is None or gain > best[0]):
+                    best = (gain, n, i, extra)
+        if best is None:
+            return choice
+        _, n, i, extra = best
+        choice[n] = i
+        used += extra
 
 
 def total(curves: Mapping[str, Sequence[Candidate]], choice: Mapping[str, int],

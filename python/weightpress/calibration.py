@@ -48,6 +48,14 @@ class CalibrationStats:
         self.min_samples = int(min_samples)
         self.n_samples = 0
         self._h = np.zeros((self.n_features, self.n_features))
+        self._cache: dict[Any, Any] = {}  # factorizations of H, reused across budgets
+
+    def cached(self, key: Any, make: Any) -> Any:
+        """``make()`` once per key until the next :meth:`update` (factorizations of ``H``
+        that several compression budgets of one layer share)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     @classmethod
     def from_inputs(cls, X: Any, **kw: Any) -> "CalibrationStats":
@@ -75,6 +83,7 @@ class CalibrationStats:
                 raise ValueError("calibration inputs contain NaN or Inf")
             self._h += c.T @ c
         self.n_samples += Xa.shape[0]
+        self._cache.clear()
         return self
 
     def hessian(self) -> np.ndarray:

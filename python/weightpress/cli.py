@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     tgt = c.add_mutually_exclusive_group()
     tgt.add_argument("--ratio", type=float, help="make the file R times smaller than the input")
     tgt.add_argument("--error", type=float,
-                     help="relative weight error ||W - W'||_F / ||W||_F allowed per layer")
+                     help="relative error allowed per layer: ||W - W'||_F / ||W||_F, or with "
+                          "--calibration the output error ||XW^T - XW'^T||_F / ||XW^T||_F")
     c.add_argument("--method", default="auto", choices=["auto", "prune", "lowrank", "nm", "slr"],
                    help="auto: smallest form per layer for the budget, never bigger than dense; "
                         "prune: magnitude pruning to CSR; lowrank: truncated SVD; nm: N:M "
@@ -78,6 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--rank", type=int, help="fixed rank for --method lowrank")
     c.add_argument("--global", dest="scope", action="store_const", const="global", default="layer",
                    help="--method prune: one magnitude threshold across all layers")
+    c.add_argument("--allocate", dest="scope", action="store_const", const="allocate",
+                   help="with --ratio: split the byte budget across layers by their measured "
+                        "error-vs-size curves instead of giving every layer the same ratio")
+    c.add_argument("--calibration", metavar="FILE",
+                   help=".npz or .safetensors mapping weight tensor names to that layer's input "
+                        "activations (samples x in): data-aware methods (OBS pruning, whitened "
+                        "low rank, activation-scaled sparse + low rank) and output-space errors")
+    c.add_argument("--prefer", choices=["size", "speed"], default="size",
+                   help="with --calibration and --method auto: 'speed' keeps, among the forms "
+                        "that meet the budget, the one that runs fastest here (batch 32)")
+    c.add_argument("--plot", metavar="DIR",
+                   help="with --allocate: save each layer's error-vs-size curve and the chosen "
+                        "point as PNG files in DIR (needs matplotlib: weightpress[plot])")
     c.add_argument("--rules", action="append", default=[], metavar="GLOB=ACTION[:k=v,..]",
                    help="override which tensors are compressed and how, first match wins; "
                         "ACTION is skip, prune, lowrank, nm, slr or auto; options ratio, error, "
@@ -99,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "ratio per tensor of a container, and totals. For a plain "
                                    "model: its tensors and what compress would do with each.")
     i.add_argument("file", help="a .wpz container or a model file")
+    i.add_argument("--timing", action="store_true",
+                   help="also time each layer here, compressed and dense, at batch 1 and 32 "
+                        "(microseconds per call)")
 
     d = sub.add_parser("decompress", help="write the dense weights back",
                        description="Decode every tensor to dense and write it (format from the "
@@ -136,10 +153,21 @@ def _cmd_compress(a: argparse.Namespace) -> int:
     if os.path.abspath(a.output) == os.path.abspath(a.model):
         raise ValueError("output: must differ from the input model")
     _check_output(a.output)
+    if a.plot and a.scope != "allocate":
+        raise ValueError("--plot: the curves are measured by --allocate")
+    if a.plot:
+        from .plots import require_matplotlib
+        require_matplotlib()
+    curves: dict[str, Any] = {}
     with open_source(a.model) as src:
         rep = compress_model(src, a.output, ratio=a.ratio, error=a.error, method=a.method,
                              rules=rules, min_size=a.min_size, layout=a.layout, scope=a.scope,
-                             options=opts, value_dtype=a.value_dtype, progress=_Progress())
+                             options=opts, value_dtype=a.value_dtype, progress=_Progress(),
+                             calibration=a.calibration, prefer=a.prefer, curves_out=curves)
+    if a.plot:
+        from .plots import plot_curves
+        for path in plot_curves(curves, a.plot):
+            print(f"plot: {path}", file=sys.stderr)
     if not a.quiet:
         print(rep.table())
     print(f"wrote {a.output}: {rep.file_bytes:,} bytes, {rep.ratio:.2f}x smaller than "
@@ -154,7 +182,17 @@ def _cmd_info(a: argparse.Namespace) -> int:
     src = open_source(a.file)
     if isinstance(src, Container):
         with src:
-            print(Report.of_container(src).table())
+            rep = Report.of_container(src)
+            if a.timing:
+                from .aware import time_apply
+                from .compressed import Dense
+                for r in rep.rows:
+                    if len(r.shape) == 2 and r.form != "dense":
+                        m = src.matrix(r.name)
+                        dense = Dense(m.toarray(), m.layout)
+                        r.times = {"b1": time_apply(m, 1), "b1 dense": time_apply(dense, 1),
+                                   "b32": time_apply(m, 32), "b32 dense": time_apply(dense, 32)}
+            print(rep.table())
         return EXIT_OK
     with src:  # a plain model: its tensors and what 'compress' would do with each by default
         rows = [("tensor", "shape", "dtype", "bytes", "default plan")]

@@ -342,7 +342,7 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     src_bytes = os.path.getsize(src_path) if os.path.isfile(src_path) else total
     if ratio is not None:
         # the container's JSON header costs about this much per tensor and part
-        n_parts = {"skip": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5, "auto": 5}
+        n_parts = {"skip": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5, "auto": 3}
         header = 600 + sum(360 + n_parts[d.action] * (150 + len(d.name.encode()))
                            for d in decisions)
         budget = src_bytes / ratio - kept - header
@@ -427,7 +427,7 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
 # -- data-aware and allocated compression ------------------------------------------------------
 
 # byte levels (fractions of the dense tensor) tried when measuring a layer's error-vs-size curve
-CURVE_LEVELS = tuple(float(1.15 ** -k) for k in range(2, 30))  # 1/1.3 ... 1/50, 15% apart
+CURVE_LEVELS = tuple(float(1.25 ** -k) for k in range(1, 18))  # 1/1.25 ... 1/44, 25% apart
 
 
 def _forms_for(method: str) -> tuple[str, ...]:
@@ -489,9 +489,15 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
         stats = cal[d.name] if cal is not None and d.name in cal else None
         Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
         cands = [Candidate(orig[d.name], 0.0, "dense")]
+        isz = 2 if storage == "BF16" else Wv.dtype.itemsize
         for form in _forms_for(d.action):
-            for lv in CURVE_LEVELS:
-                nb = orig[d.name] * lv
+            budgets = [orig[d.name] * lv for lv in CURVE_LEVELS]
+            if form == "lowrank":  # every rank up to 48 of them: factors are cheap to resize
+                per = (d.shape[0] + d.shape[1]) * isz
+                rmax = min(min(d.shape), int(orig[d.name] // per))
+                ranks = np.unique(np.geomspace(1, max(rmax, 1), num=48).astype(int))
+                budgets = [float(r * per) for r in ranks]
+            for nb in budgets:
                 m = _build(Wv, stats, form, nb, layout, storage, {**options, **d.options})
                 if m.form == "dense" or m.nbytes >= orig[d.name]:
                     continue

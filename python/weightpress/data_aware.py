@@ -81,13 +81,10 @@ def prune_obs(W: Any, stats: CalibrationStats, sparsity: float | None = None,
     block = positive_int(block, "block")
     rows, cols = Wa.shape
     Wk = Wa.astype(np.float64, copy=True)
-    H = stats.hessian().copy()
-    dead = np.diag(H) == 0
-    H[dead, dead] = 1.0
+    dead = np.diag(stats.hessian()) == 0
     Wk[:, dead] = 0.0
-    H[np.diag_indices(cols)] += real_scalar(damp, "damp", low=0.0) * float(np.mean(np.diag(H)))
-    # upper Cholesky factor of H⁻¹: row i holds the update direction for column i
-    U = sla.cholesky(sla.cho_solve(sla.cho_factor(H, lower=True), np.eye(cols)), lower=False)
+    U = stats.cached(("obs", float(real_scalar(damp, "damp", low=0.0))),
+                     lambda: _inverse_hessian_factor(stats, float(damp)))
     total_prune = int(round(s * rows * cols))
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)
@@ -126,6 +123,16 @@ def prune_obs(W: Any, stats: CalibrationStats, sparsity: float | None = None,
     return prune(out, threshold=0.0)
 
 
+def _inverse_hessian_factor(stats: CalibrationStats, damp: float) -> np.ndarray:
+    """Upper Cholesky factor of the damped ``H⁻¹``: row i is column i's update direction."""
+    H = stats.hessian().copy()
+    cols = H.shape[0]
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    H[np.diag_indices(cols)] += damp * float(np.mean(np.diag(H)))
+    return sla.cholesky(sla.cho_solve(sla.cho_factor(H, lower=True), np.eye(cols)), lower=False)
+
+
 def rank_for_params(shape: tuple[int, int], n_params: int) -> int:
     """Largest rank whose two factors hold at most `n_params` numbers (at least 1)."""
     return max(1, min(min(shape), n_params // (shape[0] + shape[1])))
@@ -160,8 +167,11 @@ def lowrank_whitened(W: Any, stats: CalibrationStats, rank: int | None = None, *
     Wa = _check(W, stats)
     if (rank is None) == (error is None):
         raise ValueError("lowrank_whitened: give exactly one of rank and error")
-    S = sla.cholesky(stats.damped(real_scalar(damp, "damp", low=0.0)), lower=True)
-    U, sig, Vt = sla.svd(Wa.astype(np.float64) @ S, full_matrices=False, lapack_driver="gesdd")
+    damp = real_scalar(damp, "damp", low=0.0)
+    S = stats.cached(("chol", damp), lambda: sla.cholesky(stats.damped(damp), lower=True))
+    W64 = Wa.astype(np.float64)
+    key = ("wsvd", damp, W64.shape, hash(W64.tobytes()))  # every rank of one layer shares it
+    U, sig, Vt = stats.cached(key, lambda: sla.svd(W64 @ S, full_matrices=False, lapack_driver="gesdd"))
     if rank is not None:
         r = positive_int(rank, "rank")
         if r > len(sig):
