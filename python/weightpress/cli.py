@@ -86,6 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                    help=".npz or .safetensors mapping weight tensor names to that layer's input "
                         "activations (samples x in): data-aware methods (OBS pruning, whitened "
                         "low rank, activation-scaled sparse + low rank) and output-space errors")
+    c.add_argument("--capture", metavar="INPUTS.npz",
+                   help="ONNX models: sample model inputs (input name -> array); weightpress runs "
+                        "the model in onnxruntime and uses each MatMul/Gemm weight's inputs as "
+                        "calibration (needs weightpress[capture])")
     c.add_argument("--prefer", choices=["size", "speed"], default="size",
                    help="with --calibration and --method auto: 'speed' keeps, among the forms "
                         "that meet the budget, the one that runs fastest here (batch 32)")
@@ -158,12 +162,19 @@ def _cmd_compress(a: argparse.Namespace) -> int:
     if a.plot:
         from .plots import require_matplotlib
         require_matplotlib()
+    calibration: Any = a.calibration
+    if a.capture:
+        if a.calibration:
+            raise ValueError("--capture: give either --calibration or --capture")
+        from .capture import capture_onnx
+        with np.load(a.capture) as z:
+            calibration = capture_onnx(a.model, {k: z[k] for k in z.files})
     curves: dict[str, Any] = {}
     with open_source(a.model) as src:
         rep = compress_model(src, a.output, ratio=a.ratio, error=a.error, method=a.method,
                              rules=rules, min_size=a.min_size, layout=a.layout, scope=a.scope,
                              options=opts, value_dtype=a.value_dtype, progress=_Progress(),
-                             calibration=a.calibration, prefer=a.prefer, curves_out=curves)
+                             calibration=calibration, prefer=a.prefer, curves_out=curves)
     if a.plot:
         from .plots import plot_curves
         for path in plot_curves(curves, a.plot):
