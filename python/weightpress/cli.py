@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--layout", choices=["out_in", "in_out"],
                    help="how layers use their weights: out_in = [out, in], y = x W^T (PyTorch); "
                         "in_out = [in, out], y = x W (Keras, ONNX). Default: from the format")
+    c.add_argument("--timing", action="store_true",
+                   help="time each compressed layer here against dense at batch 1 and 32 and "
+                        "show it in the table (microseconds per call)")
     c.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
 
     i = sub.add_parser("info", help="per-layer table of a container (or of a model)",
@@ -179,11 +182,27 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         from .plots import plot_curves
         for path in plot_curves(curves, a.plot):
             print(f"plot: {path}", file=sys.stderr)
+    if a.timing:
+        from .container import Container
+        with Container(a.output) as c:
+            _add_timings(rep, c)
     if not a.quiet:
         print(rep.table())
     print(f"wrote {a.output}: {rep.file_bytes:,} bytes, {rep.ratio:.2f}x smaller than "
           f"{a.model} ({rep.source_bytes:,} bytes)", file=sys.stderr if a.quiet else sys.stdout)
     return EXIT_OK
+
+
+def _add_timings(rep: Any, container: Any) -> None:
+    """Time every compressed layer here against its dense form, at batch 1 and 32."""
+    from .aware import time_apply
+    from .compressed import Dense
+    for r in rep.rows:
+        if len(r.shape) == 2 and r.form != "dense":
+            m = container.matrix(r.name)
+            dense = Dense(m.toarray(), m.layout)
+            r.times = {"b1": time_apply(m, 1), "b1 dense": time_apply(dense, 1),
+                       "b32": time_apply(m, 32), "b32 dense": time_apply(dense, 32)}
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
@@ -195,14 +214,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
         with src:
             rep = Report.of_container(src)
             if a.timing:
-                from .aware import time_apply
-                from .compressed import Dense
-                for r in rep.rows:
-                    if len(r.shape) == 2 and r.form != "dense":
-                        m = src.matrix(r.name)
-                        dense = Dense(m.toarray(), m.layout)
-                        r.times = {"b1": time_apply(m, 1), "b1 dense": time_apply(dense, 1),
-                                   "b32": time_apply(m, 32), "b32 dense": time_apply(dense, 32)}
+                _add_timings(rep, src)
             print(rep.table())
         return EXIT_OK
     with src:  # a plain model: its tensors and what 'compress' would do with each by default
