@@ -334,11 +334,7 @@ std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, 
   const int nt = threads_for((nnz + rows_) * k, n_threads, 1 << 15);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-#ifdef WP_HAVE_OPENMP
-    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
-#else
-    const int tid = 0, nth = 1;
-#endif
+    const int tid = thread_id(), nth = team_size();
     const std::int64_t r0 = part_start(rows_, indptr, tid, nth);
     const std::int64_t r1 = part_start(rows_, indptr, tid + 1, nth);
     const std::int64_t bad = rows<false, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy);

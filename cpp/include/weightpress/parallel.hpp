@@ -15,10 +15,12 @@ namespace wp {
 #ifdef WP_HAVE_OPENMP
 inline constexpr bool has_openmp = true;
 inline int thread_id() { return omp_get_thread_num(); }
+inline int team_size() { return omp_get_num_threads(); }
 inline int omp_max_threads() { return omp_get_max_threads(); }
 #else
 inline constexpr bool has_openmp = false;
 inline int thread_id() { return 0; }
+inline int team_size() { return 1; }
 inline int omp_max_threads() { return 1; }
 #endif
 

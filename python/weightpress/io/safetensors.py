@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
+from ._dtypes import F8_TABLES, bf16_bits_to_float32, float32_to_bf16_bits
 
 __all__ = ["SafetensorsSource", "write_safetensors", "DTYPES"]
 
@@ -38,39 +39,10 @@ _NAMES = {DTYPES[k]: k for k in DTYPES if k not in _DECODED}
 _MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
 
 
-def _f8_table(exp_bits: int, bias: int, fn: bool) -> np.ndarray:
-    """float32 value of each of the 256 codes of an 8-bit float (``fn``: no infinities)."""
-    man_bits = 7 - exp_bits
-    codes = np.arange(256)
-    sign = np.where(codes & 0x80, -1.0, 1.0)
-    e = (codes >> man_bits) & ((1 << exp_bits) - 1)
-    m = codes & ((1 << man_bits) - 1)
-    val = np.where(e == 0, m / 2.0**man_bits * 2.0 ** (1 - bias),
-                   (1 + m / 2.0**man_bits) * 2.0 ** (e.astype(float) - bias))
-    top = (1 << exp_bits) - 1
-    if fn:  # E4M3FN: only S.1111.111 is NaN
-        val = np.where((e == top) & (m == (1 << man_bits) - 1), np.nan, val)
-    else:   # IEEE-like: all-ones exponent is inf (m == 0) or NaN
-        val = np.where(e == top, np.where(m == 0, np.inf, np.nan), val)
-    return (sign * val).astype(np.float32)
-
-
-_F8 = {"F8_E4M3": _f8_table(4, 7, True), "F8_E5M2": _f8_table(5, 15, False)}
-
-
-def bf16_to_f32(bits: np.ndarray) -> np.ndarray:
-    """Decode bfloat16 bit patterns (uint16) to float32, exactly."""
-    return (np.asarray(bits, dtype="<u2").astype("<u4") << 16).view("<f4")
-
-
-def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """Round float32 to bfloat16 bit patterns (uint16), to nearest, ties to even; NaN kept."""
-    u = np.ascontiguousarray(x, dtype="<f4").view("<u4")
-    rounded = ((u + (np.uint32(0x7FFF) + ((u >> 16) & 1))) >> 16).astype("<u2")
-    nan = np.isnan(x)
-    if nan.any():
-        rounded[nan] = ((u[nan] >> 16) | 0x0040).astype("<u2")
-    return rounded
+_F8 = {"F8_E4M3": F8_TABLES["float8_e4m3fn"], "F8_E5M2": F8_TABLES["float8_e5m2"]}
+# one implementation of the bfloat16 conversions, shared with the other readers
+bf16_to_f32 = bf16_bits_to_float32
+f32_to_bf16 = float32_to_bf16_bits
 
 
 class SafetensorsSource(TensorSource):
