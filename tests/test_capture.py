@@ -48,3 +48,22 @@ def test_compress_onnx_with_captured_calibration(tmp_path, capsys):
     with Container(str(out)) as c:
         assert c.entries["W1"]["layout"] == "in_out"
         assert c.entries["W1"]["output_error"] is not None
+
+
+def test_onnx_round_trip_through_the_container(tmp_path):
+    """compress an ONNX model, decompress it back into a copy of the original graph, run it."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(2)
+    W1, b1, W2 = _mlp(str(tmp_path / "m.onnx"), rng)
+    out = tmp_path / "m.wpz"
+    assert main(["compress", str(tmp_path / "m.onnx"), "-o", str(out), "--ratio", "1.5",
+                 "--method", "lowrank", "--min-size", "1000", "-q"]) == 0
+    dense = tmp_path / "d.onnx"
+    assert main(["decompress", str(out), "-o", str(dense), "--like", str(tmp_path / "m.onnx")]) == 0
+    with Container(str(out)) as c:
+        W1h, W2h = c["W1"], c["W2"]
+    x = rng.standard_normal((8, 32)).astype(np.float32)
+    y = ort.InferenceSession(str(dense), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, np.maximum(x @ W1h + b1, 0) @ W2h, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(W1h, W1)  # it really is the compressed model
