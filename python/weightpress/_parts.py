@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compressed import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank
+from .compressed import SparseCoded, CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank
 
 __all__ = ["from_parts"]
 
@@ -22,7 +22,8 @@ def from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
     need = {"dense": {"values"}, "sparse": {"data", "indices", "indptr"},
             "lowrank": {"left", "right"},
             "sparse+lowrank": {"sparse.data", "sparse.indices", "sparse.indptr",
-                               "lowrank.left", "lowrank.right"}}
+                               "lowrank.left", "lowrank.right"},
+            "sparse-coded": {"codes.data", "codes.indices", "codes.indptr"}}
     if form not in need:
         raise ValueError(f"form: expected one of {sorted(need)}, got {form!r}")
     missing = need[form] - parts.keys()
@@ -34,6 +35,23 @@ def from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
         m = Sparse.from_parts(parts["data"], parts["indices"], parts["indptr"], shape, layout)
     elif form == "lowrank":
         m = LowRank(parts["left"], parts["right"], layout)
+    elif form == "sparse-coded":
+        codes = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("codes.")}
+        if ("dictionary" in parts) == ("dct_shape" in parts):
+            raise ValueError("sparse-coded: expected exactly one of 'dictionary' and 'dct_shape'")
+        if "dictionary" in parts:
+            D = parts["dictionary"]
+            if D.ndim != 2 or D.shape[0] != shape[1]:
+                raise ValueError(f"sparse-coded: dictionary has shape {D.shape}, expected ({shape[1]}, k)")
+            k = D.shape[1]
+        else:
+            ds = parts["dct_shape"]
+            if ds.shape != (2,) or int(ds[0]) != shape[1] or int(ds[1]) < 1:
+                raise ValueError("sparse-coded: malformed dct_shape")
+            k = int(ds[1])
+        C = Sparse.from_parts(codes["data"], codes["indices"], codes["indptr"], (shape[0], k), layout)
+        m = (SparseCoded(C, parts["dictionary"]) if "dictionary" in parts
+             else SparseCoded(C, dct_atoms=shape[1]))
     else:
         sub = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("sparse.")}
         low = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("lowrank.")}

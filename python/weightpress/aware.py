@@ -96,6 +96,11 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
              "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b},
              "auto": {"sparse": prune_b, "lowrank": lowrank_b}}
+    if method == "code":  # sparse coding is weight-space; its error is still measured on outputs
+        def code_b(nb: float) -> CompressedMatrix:
+            return M.sparse_coded(Wo if layout == "out_in" else Wo.T, nbytes=nb, layout=layout,
+                                  storage=storage)
+        return {"code": code_b}
     if method not in table:
         raise ValueError(f"method: expected one of {', '.join(table)}, got {method!r}")
     return table[method]

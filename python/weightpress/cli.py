@@ -71,10 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     tgt.add_argument("--error", type=float,
                      help="relative error allowed per layer: ||W - W'||_F / ||W||_F, or with "
                           "--calibration the output error ||XW^T - XW'^T||_F / ||XW^T||_F")
-    c.add_argument("--method", default="auto", choices=["auto", "prune", "lowrank", "nm", "slr"],
+    c.add_argument("--method", default="auto", choices=["auto", "prune", "lowrank", "nm", "slr", "code"],
                    help="auto: smallest form per layer for the budget, never bigger than dense; "
                         "prune: magnitude pruning to CSR; lowrank: truncated SVD; nm: N:M "
-                        "pruning; slr: sparse + low rank (default: auto)")
+                        "pruning; slr: sparse + low rank; code: rows sparsely coded in a DCT "
+                        "dictionary (default: auto)")
     c.add_argument("--pattern", help="N:M pattern for --method nm (e.g. 2:4; then no target needed)")
     c.add_argument("--rank", type=int, help="fixed rank for --method lowrank")
     c.add_argument("--global", dest="scope", action="store_const", const="global", default="layer",

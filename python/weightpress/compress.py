@@ -175,6 +175,10 @@ def compress_tensor(W: np.ndarray, method: str, *, error: float | None = None,
         return M.low_rank(W, error=error, nbytes=nbytes, **kw)
     if method == "slr":
         return M.auto(W, error=error, nbytes=nbytes, forms=("sparse+lowrank",), **kw)
+    if method == "code":
+        if "n_nonzero" in o:
+            return M.sparse_coded(W, n_nonzero=int(o["n_nonzero"]), dictionary=o.get("dictionary", "dct"), **kw)
+        return M.sparse_coded(W, error=error, nbytes=nbytes, dictionary=o.get("dictionary", "dct"), **kw)
     return M.auto(W, error=error, nbytes=nbytes, **kw)
 
 
@@ -342,7 +346,7 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     src_bytes = os.path.getsize(src_path) if os.path.isfile(src_path) else total
     if ratio is not None:
         # the container's JSON header costs about this much per tensor and part
-        n_parts = {"skip": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5, "auto": 3}
+        n_parts = {"skip": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5, "code": 4, "auto": 3}
         header = 600 + sum(360 + n_parts[d.action] * (150 + len(d.name.encode()))
                            for d in decisions)
         budget = src_bytes / ratio - kept - header
@@ -432,7 +436,7 @@ CURVE_LEVELS = tuple(float(1.25 ** -k) for k in range(1, 18))  # 1/1.25 ... 1/44
 
 def _forms_for(method: str) -> tuple[str, ...]:
     return {"prune": ("prune",), "lowrank": ("lowrank",), "slr": ("slr",), "nm": ("nm",),
-            "auto": ("prune", "lowrank")}[method]
+            "code": ("code",), "auto": ("prune", "lowrank")}[method]
 
 
 def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, storage: str | None,

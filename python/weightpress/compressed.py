@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from .sparse import csr_matmul
 
-__all__ = ["CompressedMatrix", "Dense", "Sparse", "LowRank", "SparsePlusLowRank", "LAYOUTS",
+__all__ = ["CompressedMatrix", "Dense", "Sparse", "LowRank", "SparsePlusLowRank", "SparseCoded", "LAYOUTS",
            "FORMS", "error_stats", "store_as"]
 
 LAYOUTS = ("out_in", "in_out")
@@ -411,7 +411,71 @@ class SparsePlusLowRank(CompressedMatrix):
         return self.sparse._matmul(X, transpose) + self.lowrank._matmul(X, transpose)
 
 
-FORMS = {c.form: c for c in (Dense, Sparse, LowRank, SparsePlusLowRank)}
+class SparseCoded(CompressedMatrix):
+    """Rows coded sparsely in a dictionary: ``W ≈ C @ Dᵀ``, ``C`` sparse ``(m, k)``, ``D``
+    ``(n, k)``.
+
+    ``D`` is either stored (a learned dictionary) or the overcomplete DCT of
+    :func:`weightpress.sparse_coding.dct_dictionary`, which is regenerated from its size and
+    costs no bytes. Products: ``W @ X = C (Dᵀ X)`` (the sparse product in C++),
+    ``Wᵀ @ X = D (Cᵀ X)``.
+    """
+
+    form = "sparse-coded"
+
+    def __init__(self, codes: Sparse, dictionary: Any = None, *, dct_atoms: int | None = None):
+        if not isinstance(codes, Sparse):
+            raise TypeError("codes: expected a Sparse matrix (m, k)")
+        m, k = codes.shape
+        if (dictionary is None) == (dct_atoms is None):
+            raise ValueError("give exactly one of dictionary and dct_atoms")
+        if dictionary is not None:
+            D = np.asarray(dictionary)
+            if D.ndim != 2 or D.shape[1] != k:
+                raise ValueError(f"dictionary: expected (n, {k}), got {D.shape}")
+            self.dictionary: np.ndarray | None = np.ascontiguousarray(D, dtype=codes.dtype)
+            n = D.shape[0]
+            self._dct = None
+        else:
+            n = int(dct_atoms)
+            self.dictionary = None
+            self._dct = np.array([n, k], dtype=np.int64)
+        _setup(self, (m, n), codes.dtype, codes.layout)
+        self.codes = codes
+
+    def _D(self, dt: Any) -> np.ndarray:
+        if self.dictionary is not None:
+            return self.dictionary.astype(dt, copy=False)
+        from .sparse_coding import dct_dictionary
+        return dct_dictionary(int(self._dct[0]), int(self._dct[1]), dt)  # type: ignore[index]
+
+    @property
+    def n_params(self) -> int:
+        return self.codes.n_params + (0 if self.dictionary is None else int(self.dictionary.size))
+
+    def parts(self) -> dict[str, np.ndarray]:
+        p = {f"codes.{k}": v for k, v in self.codes.parts().items()}
+        if self.dictionary is not None:
+            p["dictionary"] = self.dictionary
+        else:
+            p["dct_shape"] = self._dct  # type: ignore[assignment]
+        return p
+
+    def toarray(self) -> np.ndarray:
+        return self.rows(0, self.shape[0])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        dt = _compute_dtype(self.dtype)
+        return (self.codes.rows(start, stop).astype(dt) @ self._D(dt).T).astype(self.dtype)
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        D = self._D(X.dtype)
+        if transpose:
+            return D @ self.codes._matmul(X, True)
+        return self.codes._matmul(np.ascontiguousarray(D.T @ X), False)
+
+
+FORMS = {c.form: c for c in (Dense, Sparse, LowRank, SparsePlusLowRank, SparseCoded)}
 
 
 def store_as(m: CompressedMatrix, storage: str | None, *, exact: bool = False) -> CompressedMatrix:

@@ -18,14 +18,14 @@ import numpy as np
 import scipy.linalg
 
 from ._validation import as_float_array, check_finite, real_scalar
-from .compressed import (CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank,
-                         error_stats, store_as)
+from .compressed import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
+                         SparsePlusLowRank, error_stats, store_as)
 from .sparse import prune
 
-__all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "auto",
+__all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
            "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS"]
 
-METHODS = ("prune", "nm", "lowrank", "slr", "auto")
+METHODS = ("prune", "nm", "lowrank", "slr", "code", "auto")
 
 
 def _truncated_svd(W: np.ndarray, rank: int | None = None,
@@ -341,3 +341,53 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     if not fits:  # a budget below every form: the smallest candidate, honest about its size
         return min(cands, key=lambda c: c.nbytes)
     return min(fits, key=lambda c: c.relative_error(Wa))
+
+
+def sparse_coded(W: Any, *, n_nonzero: int | None = None, error: float | None = None,
+                 nbytes: float | None = None, dictionary: str = "dct", n_atoms: int | None = None,
+                 layout: str = "out_in", storage: str | None = None) -> SparseCoded:
+    """Rows coded by batch OMP in a dictionary: a :class:`~weightpress.compressed.SparseCoded`.
+
+    ``dictionary="dct"`` (default) uses the orthonormal DCT of the row length, which is
+    regenerated on load and costs no bytes; ``"learned"`` learns ``n_atoms`` atoms (default
+    half the row length) from the rows by K-SVD and stores them. Exactly one of ``n_nonzero``
+    (per row), ``error`` (fewest nonzeros per row meeting the relative error) and ``nbytes``.
+    """
+    from .sparse_coding import sparse_code
+
+    Wa = _prep(W)
+    od = _out_dtype(W, Wa)
+    isz = 2 if storage == "BF16" else od.itemsize
+    if sum(v is not None for v in (n_nonzero, error, nbytes)) != 1:
+        raise ValueError("sparse_coded: give exactly one of n_nonzero, error and nbytes")
+    if dictionary not in ("dct", "learned"):
+        raise ValueError(f"dictionary: expected 'dct' or 'learned', got {dictionary!r}")
+    m, n = Wa.shape
+    k = n if dictionary == "dct" else (n_atoms or max(1, n // 2))
+    dict_bytes = 0 if dictionary == "dct" else n * k * isz
+
+    def build(s: int) -> SparseCoded:
+        D, C = sparse_code(Wa, max(1, min(s, k)), dictionary=dictionary, n_atoms=k)
+        codes = Sparse(C, layout, dtype=od)
+        sc = SparseCoded(codes, None if dictionary == "dct" else D, dct_atoms=n if dictionary == "dct" else None)
+        if storage is not None:
+            store_as(codes, storage)
+            sc.storage = storage
+        return sc
+
+    if n_nonzero is not None:
+        return build(int(n_nonzero))
+    if nbytes is not None:
+        nnz = _nnz_for_bytes((m, k), real_scalar(nbytes, "nbytes", low=0.0) - dict_bytes, isz)
+        return build(max(1, nnz // max(1, m)))
+    err = real_scalar(error, "error", low=0.0)
+    lo, hi = 1, k
+    best = build(hi)
+    while lo < hi:  # fewest nonzeros per row meeting the error
+        mid = (lo + hi) // 2
+        cand = build(mid)
+        if cand.relative_error(Wa) <= err:
+            best, hi = cand, mid
+        else:
+            lo = mid + 1
+    return best
