@@ -168,7 +168,6 @@ void check_params(std::int64_t m, std::int64_t n, const RsvdParams& p) {
   if (p.mode == RsvdParams::kSvt && !(p.lam >= 0.0 && std::isfinite(p.lam)))
     throw ShapeError("svt: lam must be finite and >= 0");
   if (p.oversamples < 0) throw ShapeError("randomized_svd: oversamples must be >= 0");
-  if (p.power_iters < 0) throw ShapeError("randomized_svd: power_iters must be >= 0");
 }
 
 // Orientation back to the caller's, scale back, and the sign convention: the entry of largest

@@ -36,7 +36,7 @@ py::tuple to_python(const wp::SvdFactors<T>& f, const wp::RsvdInfo& info) {
   if (!f.vt.empty()) std::memcpy(vt.mutable_data(), f.vt.data(), f.vt.size() * sizeof(T));
   py::dict d("rank"_a = info.rank, "basis"_a = info.basis, "n_blocks"_a = info.n_blocks,
              "rel_err"_a = info.rel_err, "verified"_a = info.verified, "direct"_a = info.direct,
-             "scale"_a = info.scale);
+             "scale"_a = info.scale, "power_iters"_a = info.power_iters);
   return py::make_tuple(u, s, vt, d);
 }
 

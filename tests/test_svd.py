@@ -117,6 +117,23 @@ def test_error_near_optimal_default_settings(dtype, kind, k):
         assert np.all(s <= sa[:k] * (1 + 1e-4))  # B = Q^T A: values never exceed A's
 
 
+def test_auto_power_iters_on_flat_spectrum(dtype):
+    """Flat spectra converge slowly: the automatic iteration count keeps the error within 2 %."""
+    rng = np.random.default_rng(22)
+    G = rng.standard_normal((400, 300))
+    A = planted(400, 300, np.linalg.svd(G, compute_uv=False), dtype, seed=22)
+    sa = ref_svd(A)[1]
+    k = 60
+    opt = np.sqrt(np.sum(sa[k:] ** 2))
+    U, s, Vt, info = wp.randomized_svd(A, k, seed=0, return_info=True)
+    err = np.linalg.norm(A.astype(float) - (U.astype(float) * s) @ Vt)
+    assert err <= 1.02 * opt
+    assert 2 <= info["power_iters"] <= 10
+    U, s, Vt, info = wp.randomized_svd(A, k, seed=0, power_iters=1, return_info=True)
+    assert info["power_iters"] == 1
+    assert np.linalg.norm(A.astype(float) - (U.astype(float) * s) @ Vt) > err  # fewer is worse
+
+
 @pytest.mark.parametrize("extra", [0, 3])
 def test_exact_low_rank_recovered(dtype, extra):
     r = 6

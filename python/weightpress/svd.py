@@ -60,14 +60,14 @@ def _prepare(A: Any) -> tuple[str, Any, tuple[int, int]]:
 
 
 def _run(A: Any, mode: int, *, rank: int = 0, tol: float = 0.0, lam: float = 0.0,
-         max_rank: int = 0, oversamples: int = 10, power_iters: int = 2, seed: Any = None,
+         max_rank: int = 0, oversamples: int = 10, power_iters: int | None = None, seed: Any = None,
          n_threads: int | None = None, block: int = 0, orth: int = 0,
          direct: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     kind, parts, (m, n) = _prepare(A)
     if mode == _MODE_RANK and rank > min(m, n):
         raise ValueError(f"rank must be <= min(m, n) = {min(m, n)} for A of shape {(m, n)}, got {rank}")
     os_ = _nonneg_int(oversamples, "oversamples")
-    pi = _nonneg_int(power_iters, "power_iters")
+    pi = -1 if power_iters is None else _nonneg_int(power_iters, "power_iters")
     s = _seed(seed)
     nt = _resolve(n_threads)
     opts = (mode, rank, tol, lam, max_rank, os_, pi, s, block, orth, direct, nt)
@@ -79,7 +79,7 @@ def _run(A: Any, mode: int, *, rank: int = 0, tol: float = 0.0, lam: float = 0.0
 
 
 def randomized_svd(A: Any, rank: int | None = None, *, tol: float | None = None,
-                   oversamples: int = 10, power_iters: int = 2, seed: Any = None,
+                   oversamples: int = 10, power_iters: int | None = None, seed: Any = None,
                    n_threads: int | None = None, return_info: bool = False):
     """Truncated SVD ``A ≈ U diag(s) Vt`` by randomized subspace iteration.
 
@@ -98,9 +98,12 @@ def randomized_svd(A: Any, rank: int | None = None, *, tol: float | None = None,
         Target ``||A - U diag(s) Vt||_F / ||A||_F``.
     oversamples : int, default 10
         Extra sketch columns (fixed rank).
-    power_iters : int, default 2
-        Subspace iterations; each costs one product with ``A`` and one with ``A.T``. In the
-        fixed-accuracy mode they are applied to every block.
+    power_iters : int or None, default None
+        Subspace iterations; each costs one product with ``A`` and one with ``A.T``. ``None``
+        (fixed rank): at least 2, then more while the captured energy of the top ``rank``
+        singular values still grows by more than about 0.6 % of the error (flat spectra
+        converge slowly), at most 10. In the fixed-accuracy mode they are applied to every
+        block (``None``: 2).
     seed : int, numpy.random.Generator or None
         Seed of the counter-based Gaussian sketch. The same seed gives the same result for
         every thread count. ``None`` draws fresh entropy.
@@ -111,7 +114,8 @@ def randomized_svd(A: Any, rank: int | None = None, *, tol: float | None = None,
     return_info : bool, default False
         Also return a dict: ``rank``, ``basis`` (columns of the range basis), ``n_blocks``,
         ``rel_err`` (fixed accuracy: the relative error, an estimate unless ``verified``),
-        ``verified``, ``direct`` (a full LAPACK SVD was cheaper and used instead).
+        ``verified``, ``direct`` (a full LAPACK SVD was cheaper and used instead),
+        ``power_iters`` (iterations done, fixed rank).
 
     Returns
     -------
@@ -185,7 +189,7 @@ def randomized_svd(A: Any, rank: int | None = None, *, tol: float | None = None,
     return (U, s, Vt, info) if return_info else (U, s, Vt)
 
 
-def svt(A: Any, lam: float, *, max_rank: int | None = None, power_iters: int = 2,
+def svt(A: Any, lam: float, *, max_rank: int | None = None, power_iters: int | None = None,
         seed: Any = None, n_threads: int | None = None):
     """Singular value thresholding: the proximal operator of ``lam * ||.||_*``.
 
@@ -200,8 +204,8 @@ def svt(A: Any, lam: float, *, max_rank: int | None = None, power_iters: int = 2
         Threshold.
     max_rank : int, optional
         Upper bound on the number of singular values examined (default ``min(m, n)``).
-    power_iters : int, default 2
-        Subspace iterations per block.
+    power_iters : int or None, default None
+        Subspace iterations per block (``None``: 2).
     seed : int, numpy.random.Generator or None
         Seed of the sketch.
     n_threads : int, optional

@@ -21,7 +21,8 @@ struct RsvdParams {
   double lam = 0.0;              // kSvt: threshold (>= 0)
   std::int64_t max_rank = 0;     // kTol / kSvt: cap on the basis size (0: min(m, n))
   std::int64_t oversamples = 10; // kRank: extra sketch columns
-  int power_iters = 2;           // subspace iterations (each = one product with A and one with Aᵀ)
+  int power_iters = -1;          // subspace iterations (each = one product with A and one with
+                                 // Aᵀ); < 0: automatic (kRank: 2 to 10 by convergence; QB: 2)
   std::uint64_t seed = 0;
   std::int64_t block = 0;        // kTol / kSvt: first QB block size (0: automatic)
   int orth = 0;                  // power-iteration orthonormalisation: 0 auto (Cholesky-QR in
@@ -33,6 +34,7 @@ struct RsvdInfo {
   std::int64_t rank = 0;   // columns returned
   std::int64_t basis = 0;  // columns of the range basis (kTol/kSvt: after the last block)
   int n_blocks = 0;        // QB blocks (kTol / kSvt)
+  int power_iters = 0;     // kRank: subspace iterations done
   double rel_err = -1.0;   // kTol: relative Frobenius error of the result (estimate or verified)
   bool verified = false;   // kTol: rel_err was computed from the residual itself
   bool direct = false;     // the full SVD path was used
