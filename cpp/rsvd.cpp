@@ -8,6 +8,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "rsvd_detail.hpp"
@@ -111,7 +112,7 @@ struct CsrOp final : LinOp<T> {
 
 struct Scan {
   bool finite = true;
-  double amax = 0.0, fro2 = 0.0;
+  double amax = 0.0, fro2 = 0.0;  // amax: the largest row 2-norm (or chunk norm for CSR)
 };
 
 // Per-row (or per-chunk) partial results, reduced in order: independent of the thread count.
@@ -123,15 +124,39 @@ Scan scan_rows(std::int64_t rows, std::int64_t cols, const T* a, std::int64_t ld
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t i = 0; i < rows; ++i) {
     const T* r = a + i * ld;
-    double mx = 0.0, s = 0.0;
-    bool fin = true;
-    for (std::int64_t j = 0; j < cols; ++j) {
-      const double v = static_cast<double>(r[j]);
-      fin &= std::isfinite(v);
-      mx = std::max(mx, std::abs(v));
-      s += v * v;
+    // 16 independent lanes in T over chunks of 256, chunk sums added in double, all in a fixed
+    // order: vectorisable and thread-independent. (float lanes lose ~1e-6 of relative accuracy
+    // on ‖A‖²; out-of-range magnitudes take the exact path below.)
+    constexpr int W = 16;
+    constexpr std::int64_t kChunk = 256;
+    double s = 0.0;
+    for (std::int64_t j0 = 0; j0 < cols; j0 += kChunk) {
+      const std::int64_t j1 = std::min(cols, j0 + kChunk);
+      T acc[W] = {};
+      std::int64_t j = j0;
+      for (; j + W <= j1; j += W)
+        for (int t = 0; t < W; ++t) acc[t] += r[j + t] * r[j + t];
+      for (int t = 0; j < j1; ++j, ++t) acc[t] += r[j] * r[j];
+      T cs = T(0);
+      for (int t = 0; t < W; ++t) cs += acc[t];
+      s += static_cast<double>(cs);
     }
-    amax[sz(i)] = mx;
+    // squares near the ends of float's range (overflow, underflow): the exact double sum
+    if (std::is_same_v<T, float> && std::isfinite(s) && (s > 1e30 || s < 1e-28)) {
+      s = 0.0;
+      for (std::int64_t c = 0; c < cols; ++c) s += static_cast<double>(r[c]) * static_cast<double>(r[c]);
+    }
+    bool fin = std::isfinite(s);  // NaN and Inf propagate into the sum of squares
+    if (!fin) {                   // or the squares overflowed in T
+      fin = true;
+      for (std::int64_t c = 0; c < cols; ++c) fin = fin && std::isfinite(static_cast<double>(r[c]));
+      if (fin) {
+        s = 0.0;
+        for (std::int64_t c = 0; c < cols; ++c)
+          s += static_cast<double>(r[c]) * static_cast<double>(r[c]);
+      }
+    }
+    amax[sz(i)] = std::sqrt(s);  // the row's 2-norm: bounds its largest entry
     ss[sz(i)] = s;
     ok[sz(i)] = fin;
   }
@@ -150,7 +175,9 @@ template <class T>
 int scale_exponent(double amax) {
   if (!(amax > 0.0)) return 0;
   const int e = std::ilogb(amax);
-  const int lim = std::numeric_limits<T>::max_exponent / 2;  // float: 64, double: 512
+  // float: 2^±64 (products stay far from overflow and subnormals); double: 2^±400 (squares
+  // summed in double stay finite)
+  const int lim = std::is_same_v<T, float> ? 64 : 400;
   return (e > lim || e < -lim) ? e : 0;
 }
 

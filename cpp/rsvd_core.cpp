@@ -31,21 +31,38 @@ void gaussian_sketch(std::int64_t rows, std::int64_t cols, std::int64_t col0, st
                      T* x, std::int64_t ld, int n_threads) {
   // Box-Muller on pairs of counters: normals 2p and 2p+1 share two hashed uniforms.
   const std::uint64_t key = splitmix(seed ^ 0x5851f42d4c957f2dULL);
-  const int nt = threads_for(rows * cols * 40, n_threads, 1 << 16);
+  const int nt = static_cast<int>(std::min<std::int64_t>(threads_for(rows * cols * 20, n_threads, 1 << 16), std::max<std::int64_t>(cols, 1)));
   constexpr double two_pi = 6.283185307179586476925286766559;
   constexpr double inv53 = 1.0 / 9007199254740992.0;  // 2^-53
+  auto pair = [key](std::uint64_t pr, double* z0, double* z1) {
+    const std::uint64_t h1 = splitmix(key + 2 * pr * 0x9e3779b97f4a7c15ULL);
+    const std::uint64_t h2 = splitmix(key + (2 * pr + 1) * 0x9e3779b97f4a7c15ULL);
+    const double u1 = (static_cast<double>(h1 >> 11) + 0.5) * inv53;  // (0, 1)
+    const double u2 = static_cast<double>(h2 >> 11) * inv53;
+    const double r = std::sqrt(-2.0 * std::log(u1));
+    *z0 = r * std::cos(two_pi * u2);
+    *z1 = r * std::sin(two_pi * u2);
+  };
+  // column by column: counters (col0 + j) * rows + i are consecutive in i, so both normals of
+  // a Box-Muller pair are used
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (std::int64_t i = 0; i < rows; ++i) {
-    for (std::int64_t j = 0; j < cols; ++j) {
-      const auto c = static_cast<std::uint64_t>((col0 + j) * rows + i);
-      const std::uint64_t pair = c >> 1;
-      const std::uint64_t h1 = splitmix(key + 2 * pair * 0x9e3779b97f4a7c15ULL);
-      const std::uint64_t h2 = splitmix(key + (2 * pair + 1) * 0x9e3779b97f4a7c15ULL);
-      const double u1 = (static_cast<double>(h1 >> 11) + 0.5) * inv53;  // (0, 1)
-      const double u2 = static_cast<double>(h2 >> 11) * inv53;
-      const double r = std::sqrt(-2.0 * std::log(u1));
-      const double z = (c & 1) ? r * std::sin(two_pi * u2) : r * std::cos(two_pi * u2);
-      x[i * ld + j] = static_cast<T>(z);
+  for (std::int64_t j = 0; j < cols; ++j) {
+    const auto base = static_cast<std::uint64_t>((col0 + j) * rows);
+    std::int64_t i = 0;
+    double z0 = 0.0, z1 = 0.0;
+    if (base & 1) {  // odd start: the second half of a pair
+      pair(base >> 1, &z0, &z1);
+      x[j] = static_cast<T>(z1);
+      i = 1;
+    }
+    for (; i + 1 < rows; i += 2) {
+      pair((base + static_cast<std::uint64_t>(i)) >> 1, &z0, &z1);
+      x[i * ld + j] = static_cast<T>(z0);
+      x[(i + 1) * ld + j] = static_cast<T>(z1);
+    }
+    if (i < rows) {
+      pair((base + static_cast<std::uint64_t>(i)) >> 1, &z0, &z1);
+      x[i * ld + j] = static_cast<T>(z0);
     }
   }
 }
@@ -54,6 +71,28 @@ namespace rsvd_detail {
 namespace {
 
 using blas::to_int;
+
+// One Cholesky-QR pass on a row-major r×c double matrix y (ld): G = yᵀy = RᵀR, y ← y R⁻¹, R
+// left in g (c×c, column-major, upper; lower part zero). False (y untouched) when R is
+// singular or too ill-conditioned for the pass to be accurate.
+bool chol_qr_pass(std::int64_t r, std::int64_t c, double* y, std::int64_t ld,
+                  std::vector<double>& g, double* cond_est = nullptr) {
+  const auto ci = to_int(c), ri = to_int(r), ldi = to_int(ld);
+  g.assign(sz(c * c), 0.0);
+  // row-major y (r×c) is column-major yᵀ (c×r): G = yᵀ·y = (yᵀ)(yᵀ)ᵀ
+  blas::syrk<double>('U', 'N', ci, ri, 1.0, y, ldi, 0.0, g.data(), ci);
+  if (blas::potrf<double>('U', ci, g.data(), ci) != 0) return false;
+  double dmax = 0.0, dmin = std::numeric_limits<double>::infinity();
+  for (std::int64_t j = 0; j < c; ++j) {
+    const double d = std::abs(g[sz(j * c + j)]);
+    dmax = std::max(dmax, d);
+    dmin = std::min(dmin, d);
+  }
+  if (!(dmin > 1e-6 * dmax)) return false;  // also catches NaN
+  blas::trsm<double>('L', 'U', 'T', 'N', ci, ri, 1.0, g.data(), ci, y, ldi);  // yᵀ ← R⁻ᵀ yᵀ
+  if (cond_est) *cond_est = dmax / dmin;
+  return true;
+}
 
 // Orthonormalises the columns of a row-major r×c matrix (ld >= c) in place, r >= c. Works in
 // double whatever T is (a float32 Gram matrix would square away half the digits).
@@ -83,7 +122,7 @@ class Orth {
   // then stale).
   bool polish(std::int64_t r, std::int64_t c, T* y, std::int64_t ld, std::int64_t nz, T* z,
               std::int64_t ldz, int method) {
-    if (c == 0 || r == 0) return true;
+    if (c == 0 || r == 0 || (method != 1 && orthonormal_enough())) return true;
     std::vector<double> zd;
     double* yp = nullptr;
     std::int64_t ldy = ld;
@@ -130,27 +169,22 @@ class Orth {
     if (final && !chol_pass(r, c, y, ld)) householder(r, c, y, ld);
   }
 
-  // One Cholesky-QR pass; false (y untouched) when the factor is unusable.
   bool chol_pass(std::int64_t r, std::int64_t c, double* y, std::int64_t ld) {
-    const auto ci = to_int(c), ri = to_int(r), ldi = to_int(ld);
-    g_.assign(sz(c * c), 0.0);
-    // row-major Y (r×c) is column-major Yᵀ (c×r): G = Yᵀ·Y = (Yᵀ)(Yᵀ)ᵀ
-    blas::syrk<double>('U', 'N', ci, ri, 1.0, y, ldi, 0.0, g_.data(), ci);
-    if (blas::potrf<double>('U', ci, g_.data(), ci) != 0) return false;
-    double dmax = 0.0, dmin = std::numeric_limits<double>::infinity();
-    for (std::int64_t j = 0; j < c; ++j) {
-      const double d = std::abs(g_[sz(j * c + j)]);
-      dmax = std::max(dmax, d);
-      dmin = std::min(dmin, d);
-    }
-    if (!(dmin > 1e-6 * dmax)) return false;  // also catches NaN
-    // Qᵀ = R⁻ᵀ Yᵀ
-    blas::trsm<double>('L', 'U', 'T', 'N', ci, ri, 1.0, g_.data(), ci, y, ldi);
-    return true;
+    exact_ = false;
+    return chol_qr_pass(r, c, y, ld, g_, &cond_);
   }
+  // One Cholesky-QR pass leaves ‖QᵀQ − I‖ ≈ eps₆₄·κ²; a second pass is only worth it when that
+  // shows at T's precision (κ from R's diagonal, a rough lower estimate, hence the margin).
+  bool orthonormal_enough() const {
+    const double eps_t = static_cast<double>(std::numeric_limits<T>::epsilon());
+    return exact_ || 1.1e-16 * cond_ * cond_ < 1e-3 * eps_t;
+  }
+  bool exact_ = false;
+  double cond_ = 1e300;
 
   void householder(std::int64_t r, std::int64_t c, double* y, std::int64_t ld) {
     ++householder_count;
+    exact_ = true;
     const auto ci = to_int(c), ri = to_int(r);
     h_.resize(sz(r * c));
     for (std::int64_t i = 0; i < r; ++i)
@@ -175,10 +209,12 @@ struct SmallSvd {
 
   template <class T>
   void compute(std::int64_t l_, std::int64_t n_, const T* b, std::int64_t ldb, bool want_vectors) {
+    eps_out_ = static_cast<double>(std::numeric_limits<T>::epsilon());
     l = l_;
     n = n_;
     const std::int64_t mn = std::min(l, n);
-    std::vector<double> a(sz(l * n));
+    a_.resize(sz(l * n));
+    std::vector<double>& a = a_;
     for (std::int64_t j = 0; j < n; ++j)
       for (std::int64_t i = 0; i < l; ++i) a[sz(j * l + i)] = static_cast<double>(b[j * ldb + i]);
     s.assign(sz(mn), 0.0);
@@ -187,6 +223,21 @@ struct SmallSvd {
     if (want_vectors) {
       u.assign(sz(l * mn), 0.0);
       vt.assign(sz(mn * n), 0.0);
+    }
+    if (want_vectors && n >= 2 * l && via_cholesky()) return;
+    if (!want_vectors && n >= 2 * l) {  // values only (the SVT stopping test): Gram eigenvalues
+      const auto li = to_int(l);
+      std::vector<double> g(sz(l * l), 0.0), w(sz(l));
+      blas::syrk<double>('U', 'N', li, to_int(n), 1.0, a.data(), li, 0.0, g.data(), li);
+      double wq = 0.0;
+      blas::blas_int iq = 0;
+      blas::syevd<double>('N', 'U', li, g.data(), li, w.data(), &wq, -1, &iq, -1);
+      std::vector<double> work(sz(std::max<std::int64_t>(1, static_cast<std::int64_t>(wq))));
+      std::vector<blas::blas_int> iw(sz(std::max<blas::blas_int>(1, iq)));
+      blas::syevd<double>('N', 'U', li, g.data(), li, w.data(), work.data(), to_int(work.size()),
+                          iw.data(), to_int(iw.size()));
+      for (std::int64_t i = 0; i < l; ++i) s[sz(i)] = std::sqrt(std::max(w[sz(l - 1 - i)], 0.0));
+      return;
     }
     double dummy = 0.0;
     double* up = want_vectors ? u.data() : &dummy;
@@ -201,6 +252,40 @@ struct SmallSvd {
     const auto info = blas::gesdd<double>(jobz, li, ni, a.data(), li, s.data(), up, li, vp, mni,
                                           work.data(), to_int(lw), iwork.data());
     if (info > 0) throw std::runtime_error("randomized_svd: LAPACK gesdd did not converge");
+  }
+
+ private:
+  std::vector<double> a_;
+  double eps_out_ = 1e-16;
+  // B (l×n, l ≪ n) = Rᵀ Qᵀ with Bᵀ = Q R by Cholesky-QR2 (the columns of Bᵀ are a row-major
+  // n×l matrix, which is how `a` is stored); then the l×l SVD Rᵀ = Ur S Vrᵀ gives
+  // B = Ur S (Q Vr)ᵀ. One gesdd of l×l instead of l×n: LAPACK's many small threaded BLAS
+  // calls inside a large gesdd/gesvd are what is slow here (and worse on a loaded machine).
+  bool via_cholesky() {
+    std::vector<double> q(a_), g1, g2;
+    double cond = 0.0;
+    if (!chol_qr_pass(n, l, q.data(), l, g1, &cond)) return false;
+    const auto li = to_int(l), ni = to_int(n);
+    if (1.1e-16 * cond * cond >= 1e-3 * eps_out_) {  // second pass (see Orth::orthonormal_enough)
+      if (!chol_qr_pass(n, l, q.data(), l, g2)) return false;
+      // R = R2 R1 (upper)
+      blas::trmm<double>('L', 'U', 'N', 'N', li, li, 1.0, g2.data(), li, g1.data(), li);
+    }
+    std::vector<double> rt(sz(l * l), 0.0), ur(sz(l * l)), vr(sz(l * l));
+    for (std::int64_t j = 0; j < l; ++j)
+      for (std::int64_t i = 0; i <= j; ++i) rt[sz(i * l + j)] = g1[sz(j * l + i)];
+    // gesvd, not gesdd: on this l×l problem OpenBLAS's gesdd measured ~100× slower
+    double wq = 0.0;
+    blas::gesvd<double>('S', 'S', li, li, rt.data(), li, s.data(), ur.data(), li, vr.data(), li,
+                        &wq, -1);
+    std::vector<double> work(sz(std::max<std::int64_t>(1, static_cast<std::int64_t>(wq))));
+    if (blas::gesvd<double>('S', 'S', li, li, rt.data(), li, s.data(), ur.data(), li, vr.data(),
+                            li, work.data(), to_int(work.size())) > 0)
+      return false;
+    u = ur;
+    // vt (l×n, column-major ld l) = Vrᵀ Qᵀ, and Qᵀ is `q` read column-major (l×n, ld l)
+    blas::gemm<double>('N', 'N', li, ni, li, 1.0, vr.data(), li, q.data(), li, 0.0, vt.data(), li);
+    return true;
   }
 };
 
