@@ -208,15 +208,21 @@ struct SmallSvd {
   std::vector<double> s, u, vt;  // u: l×l col-major; vt: l×n col-major (ld l)
 
   template <class T>
-  void compute(std::int64_t l_, std::int64_t n_, const T* b, std::int64_t ldb, bool want_vectors) {
+  void compute(std::int64_t l_, std::int64_t n_, const T* b, std::int64_t ldb, bool want_vectors,
+               bool b_rowmajor = false) {
     eps_out_ = static_cast<double>(std::numeric_limits<T>::epsilon());
     l = l_;
     n = n_;
     const std::int64_t mn = std::min(l, n);
     a_.resize(sz(l * n));
     std::vector<double>& a = a_;
-    for (std::int64_t j = 0; j < n; ++j)
-      for (std::int64_t i = 0; i < l; ++i) a[sz(j * l + i)] = static_cast<double>(b[j * ldb + i]);
+    if (b_rowmajor) {  // b holds the l×n matrix row-major
+      for (std::int64_t i = 0; i < l; ++i)
+        for (std::int64_t j = 0; j < n; ++j) a[sz(j * l + i)] = static_cast<double>(b[i * ldb + j]);
+    } else {
+      for (std::int64_t j = 0; j < n; ++j)
+        for (std::int64_t i = 0; i < l; ++i) a[sz(j * l + i)] = static_cast<double>(b[j * ldb + i]);
+    }
     s.assign(sz(mn), 0.0);
     if (mn == 0) return;
     const char jobz = want_vectors ? 'S' : 'N';
@@ -274,14 +280,25 @@ struct SmallSvd {
     std::vector<double> rt(sz(l * l), 0.0), ur(sz(l * l)), vr(sz(l * l));
     for (std::int64_t j = 0; j < l; ++j)
       for (std::int64_t i = 0; i <= j; ++i) rt[sz(i * l + j)] = g1[sz(j * l + i)];
-    // gesvd, not gesdd: on this l×l problem OpenBLAS's gesdd measured ~100× slower
+    // gesvd below ~100 columns (gesdd measured up to 100× slower there on this OpenBLAS,
+    // under load), gesdd above (gesvd is the slower one at 200+)
     double wq = 0.0;
-    blas::gesvd<double>('S', 'S', li, li, rt.data(), li, s.data(), ur.data(), li, vr.data(), li,
-                        &wq, -1);
-    std::vector<double> work(sz(std::max<std::int64_t>(1, static_cast<std::int64_t>(wq))));
-    if (blas::gesvd<double>('S', 'S', li, li, rt.data(), li, s.data(), ur.data(), li, vr.data(),
-                            li, work.data(), to_int(work.size())) > 0)
-      return false;
+    if (l <= 96) {
+      blas::gesvd<double>('S', 'S', li, li, rt.data(), li, s.data(), ur.data(), li, vr.data(),
+                          li, &wq, -1);
+      std::vector<double> work(sz(std::max<std::int64_t>(1, static_cast<std::int64_t>(wq))));
+      if (blas::gesvd<double>('S', 'S', li, li, rt.data(), li, s.data(), ur.data(), li,
+                              vr.data(), li, work.data(), to_int(work.size())) > 0)
+        return false;
+    } else {
+      std::vector<blas::blas_int> iwork(sz(8 * l));
+      blas::gesdd<double>('S', li, li, rt.data(), li, s.data(), ur.data(), li, vr.data(), li,
+                          &wq, -1, iwork.data());
+      std::vector<double> work(sz(std::max<std::int64_t>(1, static_cast<std::int64_t>(wq))));
+      if (blas::gesdd<double>('S', li, li, rt.data(), li, s.data(), ur.data(), li, vr.data(),
+                              li, work.data(), to_int(work.size()), iwork.data()) > 0)
+        return false;
+    }
     u = ur;
     // vt (l×n, column-major ld l) = Vrᵀ Qᵀ, and Qᵀ is `q` read column-major (l×n, ld l)
     blas::gemm<double>('N', 'N', li, ni, li, 1.0, vr.data(), li, q.data(), li, 0.0, vt.data(), li);
@@ -316,6 +333,22 @@ void direct_svd(const LinOp<T>& A, OpFactors<T>& f, Choose&& choose) {
   std::int64_t ld = 0;
   const T* a = A.colmajor(&tr, &ld);
   const std::int64_t m = A.m, n = A.n;
+  if (m >= 2 * n) {
+    // Tall: Aᵀ = Us S Vsᵀ through Cholesky-QR of A in double and an n×n SVD (SmallSvd), which
+    // is several times cheaper than gesdd on A here; gesdd is SmallSvd's own fallback.
+    SmallSvd sv;
+    sv.compute<T>(n, m, a, ld, true, !tr);
+    const std::int64_t k = choose(sv.s);
+    f.k = k;
+    f.s.assign(sv.s.begin(), sv.s.begin() + k);
+    f.u.assign(sz(m * k), T(0));
+    f.vt.assign(sz(k * n), T(0));
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t c = 0; c < k; ++c) f.u[sz(i * k + c)] = static_cast<T>(sv.vt[sz(i * n + c)]);
+    for (std::int64_t c = 0; c < k; ++c)
+      for (std::int64_t j = 0; j < n; ++j) f.vt[sz(c * n + j)] = static_cast<T>(sv.u[sz(c * n + j)]);
+    return;
+  }
   // the stored column-major matrix M is A (m×n) or Aᵀ (n×m)
   const std::int64_t rm = tr ? n : m, cm = tr ? m : n, mn = n;
   std::vector<T> buf(sz(rm * cm));
@@ -640,7 +673,7 @@ void rsvd_core(const LinOp<T>& A, const RsvdParams& p, OpFactors<T>& f, RsvdInfo
   const std::int64_t n = A.n;
   if (p.mode == RsvdParams::kRank) {
     const std::int64_t l = std::min(n, p.rank + std::max<std::int64_t>(p.oversamples, 0));
-    const bool direct = dense && (p.direct == 1 || (p.direct < 0 && (n <= 32 || 5 * l >= 2 * n)));
+    const bool direct = dense && (p.direct == 1 || (p.direct < 0 && (n <= 32 || 2 * l >= n)));
     info.direct = direct;
     if (direct) {
       const std::int64_t k = p.rank;
