@@ -176,7 +176,8 @@ def test_float32_extreme_scales(scale, sparse):
     if sparse:
         A = sp.csr_array(A)
     k = 10
-    U, s, Vt = wp.randomized_svd(A, k, seed=0)
+    U, s, Vt, info = wp.randomized_svd(A, k, seed=0, return_info=True)
+    assert info["scale"] != 1.0  # the power-of-two scaling path ran
     assert np.all(np.isfinite(U)) and np.all(np.isfinite(s)) and np.all(np.isfinite(Vt))
     assert np.all(s > 0)
     sr = ref_svd(A64)[1] * scale
@@ -259,6 +260,26 @@ def test_tol_rank_minimal_and_error_bound(dtype, kind, tol):
     np.testing.assert_allclose(info["rel_err"], err, rtol=1e-3 if info["verified"] else 3e-2)
     if dtype == np.float32 and tol <= 1e-2:
         assert info["verified"]  # the indicator cancels: the residual must have been checked
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "csr", "csr_wide", "dense_wide"])
+def test_tol_verified_residual_all_layouts(layout):
+    """float32 at tol=1e-2 needs the residual check: every operator layout computes it."""
+    sig = spectrum("poly", 120) ** 1.2
+    A = planted(260, 120, sig, np.float32, seed=23)
+    if layout in ("csr_wide", "dense_wide"):
+        A = np.ascontiguousarray(A.T)
+    if layout == "F":
+        A = np.asfortranarray(A)
+    M = sp.csr_array(A) if layout.startswith("csr") else A
+    U, s, Vt, info = wp.randomized_svd(M, tol=1e-2, seed=1, return_info=True)
+    assert info["verified"]
+    A64 = A.astype(float)
+    err = np.linalg.norm(A64 - (U.astype(float) * s) @ Vt) / np.linalg.norm(A64)
+    assert err <= 1e-2 * (1 + 1e-6)
+    np.testing.assert_allclose(info["rel_err"], err, rtol=1e-3)
+    rmin = minimal_rank(ref_svd(A)[1], 1e-2)
+    assert rmin <= U.shape[1] <= max(rmin + 3, 1.1 * rmin)
 
 
 def test_tol_flat_spectrum_and_wide():
