@@ -75,23 +75,29 @@ using blas::to_int;
 // One Cholesky-QR pass on a row-major r×c double matrix y (ld): G = yᵀy = RᵀR, y ← y R⁻¹, R
 // left in g (c×c, column-major, upper; lower part zero). False (y untouched) when R is
 // singular or too ill-conditioned for the pass to be accurate.
-bool chol_qr_pass(std::int64_t r, std::int64_t c, double* y, std::int64_t ld,
-                  std::vector<double>& g, double* cond_est = nullptr) {
+template <class U>
+bool chol_qr_pass_t(std::int64_t r, std::int64_t c, U* y, std::int64_t ld, std::vector<U>& g,
+                    double* cond_est, double min_ratio) {
   const auto ci = to_int(c), ri = to_int(r), ldi = to_int(ld);
-  g.assign(sz(c * c), 0.0);
+  g.assign(sz(c * c), U(0));
   // row-major y (r×c) is column-major yᵀ (c×r): G = yᵀ·y = (yᵀ)(yᵀ)ᵀ
-  blas::syrk<double>('U', 'N', ci, ri, 1.0, y, ldi, 0.0, g.data(), ci);
-  if (blas::potrf<double>('U', ci, g.data(), ci) != 0) return false;
+  blas::syrk<U>('U', 'N', ci, ri, U(1), y, ldi, U(0), g.data(), ci);
+  if (blas::potrf<U>('U', ci, g.data(), ci) != 0) return false;
   double dmax = 0.0, dmin = std::numeric_limits<double>::infinity();
   for (std::int64_t j = 0; j < c; ++j) {
-    const double d = std::abs(g[sz(j * c + j)]);
+    const double d = std::abs(static_cast<double>(g[sz(j * c + j)]));
     dmax = std::max(dmax, d);
     dmin = std::min(dmin, d);
   }
-  if (!(dmin > 1e-6 * dmax)) return false;  // also catches NaN
-  blas::trsm<double>('L', 'U', 'T', 'N', ci, ri, 1.0, g.data(), ci, y, ldi);  // yᵀ ← R⁻ᵀ yᵀ
+  if (!(dmin > min_ratio * dmax)) return false;  // also catches NaN
+  blas::trsm<U>('L', 'U', 'T', 'N', ci, ri, U(1), g.data(), ci, y, ldi);  // yᵀ ← R⁻ᵀ yᵀ
   if (cond_est) *cond_est = dmax / dmin;
   return true;
+}
+
+bool chol_qr_pass(std::int64_t r, std::int64_t c, double* y, std::int64_t ld,
+                  std::vector<double>& g, double* cond_est = nullptr) {
+  return chol_qr_pass_t<double>(r, c, y, ld, g, cond_est, 1e-6);
 }
 
 // Orthonormalises the columns of a row-major r×c matrix (ld >= c) in place, r >= c. Works in
@@ -103,6 +109,12 @@ class Orth {
  public:
   void run(std::int64_t r, std::int64_t c, T* y, std::int64_t ld, bool final, int method) {
     if (c == 0 || r == 0) return;
+    last_float_ = false;
+    if constexpr (std::is_same_v<T, float>) {
+      // Well-conditioned float32 bases: Cholesky-QR in float32 itself (κ <= 256 keeps
+      // ‖QᵀQ − I‖ <= eps₃₂κ² < 1e-2 and the span exact to ~eps₃₂κ); the rest in double.
+      if (method == 0 && chol_pass_f(r, c, y, ld) && (!final || chol_pass_f(r, c, y, ld))) return;
+    }
     if constexpr (std::is_same_v<T, double>) {
       run_d(r, c, y, ld, final, method);
     } else {
@@ -123,6 +135,13 @@ class Orth {
   bool polish(std::int64_t r, std::int64_t c, T* y, std::int64_t ld, std::int64_t nz, T* z,
               std::int64_t ldz, int method) {
     if (c == 0 || r == 0 || (method != 1 && orthonormal_enough())) return true;
+    if constexpr (std::is_same_v<T, float>) {
+      if (method == 0 && last_float_ && chol_pass_f(r, c, y, ld)) {
+        blas::trsm<float>('L', 'U', 'T', 'N', to_int(c), to_int(nz), 1.0f, gf_.data(), to_int(c),
+                          z, to_int(ldz));
+        return true;
+      }
+    }
     std::vector<double> zd;
     double* yp = nullptr;
     std::int64_t ldy = ld;
@@ -171,13 +190,22 @@ class Orth {
 
   bool chol_pass(std::int64_t r, std::int64_t c, double* y, std::int64_t ld) {
     exact_ = false;
+    last_float_ = false;
     return chol_qr_pass(r, c, y, ld, g_, &cond_);
   }
+  bool chol_pass_f(std::int64_t r, std::int64_t c, float* y, std::int64_t ld) {
+    if (!chol_qr_pass_t<float>(r, c, y, ld, gf_, &cond_, 1.0 / 256)) return false;
+    exact_ = false;
+    last_float_ = true;
+    return true;
+  }
+  bool last_float_ = false;
+  std::vector<float> gf_;
   // One Cholesky-QR pass leaves ‖QᵀQ − I‖ ≈ eps₆₄·κ²; a second pass is only worth it when that
   // shows at T's precision (κ from R's diagonal, a rough lower estimate, hence the margin).
   bool orthonormal_enough() const {
     const double eps_t = static_cast<double>(std::numeric_limits<T>::epsilon());
-    return exact_ || 1.1e-16 * cond_ * cond_ < 1e-3 * eps_t;
+    return exact_ || (!last_float_ && 1.1e-16 * cond_ * cond_ < 1e-3 * eps_t);
   }
   bool exact_ = false;
   double cond_ = 1e300;

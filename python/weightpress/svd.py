@@ -148,8 +148,9 @@ def randomized_svd(A: Any, rank: int | None = None, *, tol: float | None = None,
     Cholesky-QR with the Gram matrix in float64 (Householder QR when that is ill-conditioned
     or rank-deficient), then an SVD of the small ``l x n`` matrix in float64. float32 input
     keeps its products in float32 (BLAS ``sgemm``) and stays accurate. The sketch is taken on
-    the longer side (``A.T`` for wide input). When ``l`` is a large part of ``min(m, n)``, a
-    dense ``A`` goes to LAPACK ``gesdd`` directly (it is then cheaper, and exact).
+    the longer side (``A.T`` for wide input). When ``l >= min(m, n) / 2`` a dense ``A`` is
+    factorized exactly instead, which is then cheaper: tall ones (``max >= 2 min``) by
+    Cholesky-QR in float64 and a ``min(m, n)``-square SVD, others by LAPACK ``gesdd``.
 
     Fixed accuracy: a blocked adaptive QB (Yu, Gu & Li 2018, randQB_EI) grows the basis by
     blocks until ``||A||_F^2 - ||B||_F^2 <= tol^2 ||A||_F^2``; the rank is then the smallest

@@ -27,7 +27,8 @@ struct RsvdParams {
   std::int64_t block = 0;        // kTol / kSvt: first QB block size (0: automatic)
   int orth = 0;                  // power-iteration orthonormalisation: 0 auto (Cholesky-QR in
                                  // double, Householder when ill-conditioned), 1 Householder
-  int direct = -1;               // dense kRank: -1 auto, 0 never, 1 always (full LAPACK SVD)
+  int direct = -1;               // dense: -1 auto (kRank: when rank + oversamples >= min(m,n)/2;
+                                 // kTol/kSvt: min(m, n) <= 32), 0 never, 1 always (exact SVD)
 };
 
 struct RsvdInfo {
