@@ -506,7 +506,7 @@ class AdaptiveQB {
   AdaptiveQB(const LinOp<T>& A, const RsvdParams& p) : A_(A), p_(p) {
     lmax_ = std::min(A.n, p.max_rank > 0 ? p.max_rank : A.n);
     b0_ = p.block > 0 ? p.block
-                      : std::clamp<std::int64_t>(((A.n / 48) + 7) / 8 * 8, 16, 64);
+                      : std::clamp<std::int64_t>(((A.n / 24) + 7) / 8 * 8, 32, 64);
     energy_ = A.fro2;
   }
   std::int64_t l() const { return l_; }
