@@ -217,9 +217,12 @@ def test_csr_duplicates_and_unsorted_indices():
     c = np.concatenate([coo.col, coo.col])
     v = np.concatenate([coo.data / 2, coo.data / 2])
     perm = rng.permutation(len(v))
-    S = sp.csr_array((v[perm], (r[perm], c[perm])), shape=D.shape)
-    S = sp.csr_array((v[perm], c[perm], np.r_[0, np.cumsum(np.bincount(r, minlength=60))]),
-                     shape=D.shape) if False else S
+    # built from (data, indices, indptr) so that nothing sums the duplicates beforehand
+    order = np.argsort(r[perm], kind="stable")
+    rows, cols, vals = r[perm][order], c[perm][order], v[perm][order]
+    indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=60))]
+    S = sp.csr_array((vals, cols, indptr), shape=D.shape)
+    assert not S.has_canonical_format
     for kw in ({"rank": 5}, {"tol": 0.2}):
         s1 = wp.randomized_svd(S, **kw, seed=1)[1]
         s2 = wp.randomized_svd(D, **kw, seed=1)[1]
