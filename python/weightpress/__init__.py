@@ -8,6 +8,7 @@ from __future__ import annotations
 from . import _core
 from ._threads import get_num_threads, set_num_threads, threads
 from .sparse import csr_matmul, prune
+from .svd import randomized_svd, svt
 from .threshold import hard_threshold, soft_threshold
 
 __version__: str = _core.__version__
@@ -23,4 +24,6 @@ __all__ = [
     "hard_threshold",
     "prune",
     "csr_matmul",
+    "randomized_svd",
+    "svt",
 ]

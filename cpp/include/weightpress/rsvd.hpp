@@ -1,0 +1,72 @@
+// Truncated randomized SVD (Halko, Martinsson & Tropp 2011) with fixed rank, fixed accuracy
+// (blocked adaptive QB in the spirit of Yu, Gu & Li 2018, "randQB_EI") and singular value
+// thresholding, for dense (C or Fortran order) and CSR input.
+//
+// Everything runs here, without Python: a Gaussian sketch from a counter-based generator
+// (identical for every thread count), subspace iterations re-orthonormalised at every step,
+// the small SVD through LAPACK. Dense products go to SciPy's BLAS; CSR products to
+// wp::csr_matmat / wp::csr_matmat_t. Our own OpenMP loops (sketch, scans, CSR products) run in
+// separate phases from BLAS calls.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace wp {
+
+struct RsvdParams {
+  enum Mode { kRank = 0, kTol = 1, kSvt = 2 };
+  int mode = kRank;
+  std::int64_t rank = 0;         // kRank: columns returned, 1 <= rank <= min(m, n)
+  double tol = 0.0;              // kTol: target relative Frobenius error, in (0, 1)
+  double lam = 0.0;              // kSvt: threshold (>= 0)
+  std::int64_t max_rank = 0;     // kTol / kSvt: cap on the basis size (0: min(m, n))
+  std::int64_t oversamples = 10; // kRank: extra sketch columns
+  int power_iters = -1;          // subspace iterations (each = one product with A and one with
+                                 // Aᵀ); < 0: automatic (kRank: 2 to 10 by convergence; QB: 2)
+  std::uint64_t seed = 0;
+  std::int64_t block = 0;        // kTol / kSvt: first QB block size (0: automatic)
+  int orth = 0;                  // power-iteration orthonormalisation: 0 auto (Cholesky-QR in
+                                 // double, Householder when ill-conditioned), 1 Householder
+  int direct = -1;               // dense: -1 auto (kRank: when rank + oversamples >= min(m,n)/2;
+                                 // kTol/kSvt: min(m, n) <= 32), 0 never, 1 always (exact SVD)
+};
+
+struct RsvdInfo {
+  std::int64_t rank = 0;   // columns returned
+  std::int64_t basis = 0;  // columns of the range basis (kTol/kSvt: after the last block)
+  int n_blocks = 0;        // QB blocks (kTol / kSvt)
+  int power_iters = 0;     // kRank: subspace iterations done
+  double rel_err = -1.0;   // kTol: relative Frobenius error of the result (estimate or verified)
+  bool verified = false;   // kTol: rel_err was computed from the residual itself
+  bool direct = false;     // the full SVD path was used
+  double scale = 1.0;      // power of two A was scaled by internally (range safety)
+};
+
+// Factors in the caller's orientation, row-major: U (m×k), s (k), Vt (k×n).
+template <class T>
+struct SvdFactors {
+  std::int64_t m = 0, n = 0, k = 0;
+  std::vector<T> u, s, vt;
+};
+
+// A (m×n) stored densely: row-major with row stride lda (>= n) when !fortran; when fortran, the
+// buffer holds Aᵀ row-major, i.e. A in column-major order with column stride lda (>= m).
+// Throws ShapeError for NaN/Inf in A or bad parameters.
+template <class T>
+void randomized_svd_dense(std::int64_t m, std::int64_t n, const T* a, std::int64_t lda,
+                          bool fortran, const RsvdParams& p, SvdFactors<T>& out, RsvdInfo& info,
+                          int n_threads);
+
+// A (m×n) in CSR (indptr must have passed csr_check).
+template <class T, class I>
+void randomized_svd_csr(std::int64_t m, std::int64_t n, const I* indptr, const I* indices,
+                        const T* data, const RsvdParams& p, SvdFactors<T>& out, RsvdInfo& info,
+                        int n_threads);
+
+// Fill x (rows×cols row-major, leading dimension ld) with standard normal numbers: entry
+// (i, j) is a pure function of (seed, (col0 + j) * rows + i), whatever the thread count.
+template <class T>
+void gaussian_sketch(std::int64_t rows, std::int64_t cols, std::int64_t col0, std::uint64_t seed,
+                     T* x, std::int64_t ld, int n_threads);
+
+}  // namespace wp

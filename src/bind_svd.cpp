@@ -1,0 +1,131 @@
+// Randomized SVD / SVT: strict checks → dtype dispatch → GIL release → wp::randomized_svd_*.
+#include <algorithm>
+#include <cstring>
+
+#include "bind_common.hpp"
+#include "weightpress/csr.hpp"
+#include "weightpress/rsvd.hpp"
+
+namespace wpb {
+namespace {
+
+// Options shared by both entry points, packed by the Python layer (svd.py).
+wp::RsvdParams make_params(int mode, std::int64_t rank, double tol, double lam,
+                           std::int64_t max_rank, std::int64_t oversamples, int power_iters,
+                           std::uint64_t seed, std::int64_t block, int orth, int direct) {
+  wp::RsvdParams p;
+  p.mode = mode;
+  p.rank = rank;
+  p.tol = tol;
+  p.lam = lam;
+  p.max_rank = max_rank;
+  p.oversamples = oversamples;
+  p.power_iters = power_iters;
+  p.seed = seed;
+  p.block = block;
+  p.orth = orth;
+  p.direct = direct;
+  return p;
+}
+
+template <class T>
+py::tuple to_python(const wp::SvdFactors<T>& f, const wp::RsvdInfo& info) {
+  carr<T> u({f.m, f.k}), s(f.k), vt({f.k, f.n});
+  if (!f.u.empty()) std::memcpy(u.mutable_data(), f.u.data(), f.u.size() * sizeof(T));
+  if (!f.s.empty()) std::memcpy(s.mutable_data(), f.s.data(), f.s.size() * sizeof(T));
+  if (!f.vt.empty()) std::memcpy(vt.mutable_data(), f.vt.data(), f.vt.size() * sizeof(T));
+  py::dict d("rank"_a = info.rank, "basis"_a = info.basis, "n_blocks"_a = info.n_blocks,
+             "rel_err"_a = info.rel_err, "verified"_a = info.verified, "direct"_a = info.direct,
+             "scale"_a = info.scale, "power_iters"_a = info.power_iters);
+  return py::make_tuple(u, s, vt, d);
+}
+
+// a: C-contiguous 2-D; it holds A (m×n) when !fortran, Aᵀ (n×m) when fortran.
+py::tuple rsvd_dense(py::array a_, bool fortran, int mode, std::int64_t rank, double tol,
+                     double lam, std::int64_t max_rank, std::int64_t oversamples, int power_iters,
+                     std::uint64_t seed, std::int64_t block, int orth, int direct, int n_threads) {
+  check_threads(n_threads);
+  const auto p = make_params(mode, rank, tol, lam, max_rank, oversamples, power_iters, seed, block,
+                             orth, direct);
+  return dispatch_real(a_.dtype(), [&](auto t) -> py::tuple {
+    using T = typename decltype(t)::type;
+    auto a = strict<T>(a_, "A");
+    if (a.ndim() != 2) throw wp::ShapeError("randomized_svd: A must be 2-D");
+    const std::int64_t r = a.shape(0), c = a.shape(1);
+    const std::int64_t m = fortran ? c : r, n = fortran ? r : c;
+    const T* ap = a.data();
+    wp::SvdFactors<T> f;
+    wp::RsvdInfo info;
+    {
+      py::gil_scoped_release nogil;
+      wp::randomized_svd_dense<T>(m, n, ap, std::max<std::int64_t>(c, 1), fortran, p, f, info,
+                                  n_threads);
+    }
+    return to_python<T>(f, info);
+  });
+}
+
+py::tuple rsvd_csr(py::array ip_, py::array ix_, py::array dt_, std::int64_t rows,
+                   std::int64_t cols, int mode, std::int64_t rank, double tol, double lam,
+                   std::int64_t max_rank, std::int64_t oversamples, int power_iters,
+                   std::uint64_t seed, std::int64_t block, int orth, int direct, int n_threads) {
+  check_threads(n_threads);
+  const auto p = make_params(mode, rank, tol, lam, max_rank, oversamples, power_iters, seed, block,
+                             orth, direct);
+  return dispatch_real(dt_.dtype(), [&](auto t) -> py::tuple {
+    using T = typename decltype(t)::type;
+    return dispatch_index(ip_.dtype(), [&](auto u) -> py::tuple {
+      using I = typename decltype(u)::type;
+      auto indptr = strict<I>(ip_, "indptr");
+      auto indices = strict<I>(ix_, "indices");
+      auto data = strict<T>(dt_, "data");
+      if (indptr.ndim() != 1 || indptr.shape(0) != rows + 1)
+        throw wp::ShapeError("malformed CSR: indptr has length " + std::to_string(indptr.size()) +
+                             ", expected n_rows + 1 = " + std::to_string(rows + 1));
+      if (indices.size() != data.size())
+        throw wp::ShapeError("malformed CSR: indices and data have different lengths");
+      const I *p_ = indptr.data(), *j_ = indices.data();
+      const T* v_ = data.data();
+      const auto nnz = static_cast<std::int64_t>(indices.size());
+      wp::SvdFactors<T> f;
+      wp::RsvdInfo info;
+      {
+        py::gil_scoped_release nogil;
+        wp::csr_check<I>(rows, cols, p_, j_, nnz, n_threads);
+        wp::randomized_svd_csr<T, I>(rows, cols, p_, j_, v_, p, f, info, n_threads);
+      }
+      return to_python<T>(f, info);
+    });
+  });
+}
+
+// The counter-based Gaussian sketch (exposed for tests: thread-count independence).
+py::array gaussian_sketch(py::dtype dt, std::int64_t rows, std::int64_t cols, std::int64_t col0,
+                          std::uint64_t seed, int n_threads) {
+  check_threads(n_threads);
+  return dispatch_real(dt, [&](auto t) -> py::array {
+    using T = typename decltype(t)::type;
+    carr<T> x({rows, cols});
+    T* xp = x.mutable_data();
+    py::gil_scoped_release nogil;
+    wp::gaussian_sketch<T>(rows, cols, col0, seed, xp, std::max<std::int64_t>(cols, 1), n_threads);
+    return x;
+  });
+}
+
+}  // namespace
+
+void bind_svd(py::module_& m) {
+  m.def("rsvd_dense", &rsvd_dense, "Randomized SVD/SVT of a dense C-contiguous A (or Aᵀ).",
+        "a"_a.noconvert(), "fortran"_a, "mode"_a, "rank"_a, "tol"_a, "lam"_a, "max_rank"_a,
+        "oversamples"_a, "power_iters"_a, "seed"_a, "block"_a, "orth"_a, "direct"_a,
+        "n_threads"_a);
+  m.def("rsvd_csr", &rsvd_csr, "Randomized SVD/SVT of a CSR matrix.", "indptr"_a.noconvert(),
+        "indices"_a.noconvert(), "data"_a.noconvert(), "n_rows"_a, "n_cols"_a, "mode"_a, "rank"_a,
+        "tol"_a, "lam"_a, "max_rank"_a, "oversamples"_a, "power_iters"_a, "seed"_a, "block"_a,
+        "orth"_a, "direct"_a, "n_threads"_a);
+  m.def("gaussian_sketch", &gaussian_sketch, "Counter-based standard normal sketch (row-major).",
+        "dtype"_a, "rows"_a, "cols"_a, "col0"_a, "seed"_a, "n_threads"_a);
+}
+
+}  // namespace wpb
