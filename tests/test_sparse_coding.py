@@ -52,3 +52,39 @@ def test_bad_input():
         sparse_code(np.full((4, 4), np.nan), 2)
     with pytest.raises(ValueError, match="n_nonzero must be >= 1"):
         sparse_code(np.ones((4, 4)), 0, dictionary="dct")
+
+
+def test_sparse_coded_form_and_method(tmp_path):
+    import weightpress.methods as M
+    from weightpress._parts import from_parts
+    from weightpress.compress import compress_model
+    from weightpress.compressed import SparseCoded
+    from weightpress.container import Container
+    from weightpress.io.safetensors import write_safetensors, SafetensorsSource
+
+    rng = np.random.default_rng(3)
+    D = dct_dictionary(64)
+    C0 = np.zeros((100, 64))
+    for i in range(100):
+        C0[i, rng.choice(64, 4, replace=False)] = rng.standard_normal(4)
+    W = (C0 @ D.T).astype(np.float32)
+    m = M.sparse_coded(W, nbytes=W.nbytes / 4)
+    assert isinstance(m, SparseCoded) and "dictionary" not in m.parts()  # DCT: no bytes
+    assert m.nbytes <= W.nbytes / 4 and m.relative_error(W) < 1e-5
+    X = rng.standard_normal((64, 5)).astype(np.float32)
+    np.testing.assert_allclose(m.matmul(X), W @ X, atol=1e-4)
+    Y = rng.standard_normal((100, 3)).astype(np.float32)
+    np.testing.assert_allclose(m.matmul(Y, transpose=True), W.T @ Y, atol=1e-4)
+    r = from_parts("sparse-coded", m.parts(), m.shape)
+    np.testing.assert_array_equal(r.toarray(), m.toarray())
+    few = M.sparse_coded(W, error=0.5)
+    assert few.codes.nnz < m.codes.nnz and few.relative_error(W) <= 0.5
+    learned = M.sparse_coded(W, n_nonzero=2, dictionary="learned", n_atoms=16)
+    assert learned.parts()["dictionary"].shape == (64, 16)
+    # through a container
+    write_safetensors(tmp_path / "m.safetensors", {"w": W})
+    with SafetensorsSource(tmp_path / "m.safetensors") as src:
+        compress_model(src, tmp_path / "m.wpz", ratio=3, method="code", min_size=10)
+    with Container(str(tmp_path / "m.wpz")) as c:
+        assert c.entries["w"]["form"] == "sparse-coded"
+        np.testing.assert_allclose(c["w"], W, atol=1e-5)
