@@ -72,10 +72,10 @@ def _parallel_copy(dst: np.ndarray, src: np.ndarray, n_threads: int) -> None:
     """np.copyto split over n_threads Python threads (NumPy releases the GIL while copying)."""
     import threading
 
-    chunks = np.array_split(np.arange(src.size), n_threads)
     d, s = dst.reshape(-1), src.reshape(-1)
-    ts = [threading.Thread(target=np.copyto, args=(d[c[0]:c[-1] + 1], s[c[0]:c[-1] + 1]))
-          for c in chunks if c.size]
+    bounds = [s.size * i // n_threads for i in range(n_threads + 1)]
+    ts = [threading.Thread(target=np.copyto, args=(d[a:b], s[a:b]))
+          for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     for t in ts:
         t.start()
     for t in ts:
