@@ -143,18 +143,37 @@ WP_INLINE void gather_tile(std::int64_t p0, std::int64_t p1, const I* __restrict
   } else {
     constexpr int L = W < kLanes<T> ? W : kLanes<T>;
     constexpr int NV = W / L;
-    vec_t<T, L> acc[NV], xv;
-    for (int v = 0; v < NV; ++v) acc[v] = vec_t<T, L>{};
-    for (std::int64_t p = p0; p < p1; ++p) {
-      const T* xr = x + static_cast<std::int64_t>(indices[p]) * ldx + c0;
-      const T a = data[p];
+    // Independent accumulator chains (entry p feeds chain p % C) so that at least 4 FMAs are
+    // in flight: one chain per vector would wait on the FMA latency at every entry. The
+    // chains are summed in a fixed order at the end: deterministic.
+    constexpr int C = NV >= 4 ? 1 : 4 / NV;
+    vec_t<T, L> acc[C][NV], xv;
+    for (int c = 0; c < C; ++c)
+      for (int v = 0; v < NV; ++v) acc[c][v] = vec_t<T, L>{};
+    std::int64_t p = p0;
+    for (; p + C <= p1; p += C) {
+#pragma GCC unroll 4
+      for (int c = 0; c < C; ++c) {
+        const T* xr = x + static_cast<std::int64_t>(indices[p + c]) * ldx + c0;
+        const T a = data[p + c];
 #pragma GCC unroll 8
-      for (int v = 0; v < NV; ++v) {
-        load<L>(xv, xr + v * L);
-        acc[v] += a * xv;
+        for (int v = 0; v < NV; ++v) {
+          load<L>(xv, xr + v * L);
+          acc[c][v] += a * xv;
+        }
       }
     }
-    for (int v = 0; v < NV; ++v) store<L>(yr + c0 + v * L, acc[v]);
+    for (int c = 0; p < p1; ++p, ++c) {
+      const T* xr = x + static_cast<std::int64_t>(indices[p]) * ldx + c0;
+      const T a = data[p];
+      for (int v = 0; v < NV; ++v) {
+        load<L>(xv, xr + v * L);
+        acc[c][v] += a * xv;
+      }
+    }
+    for (int c = 1; c < C; ++c)
+      for (int v = 0; v < NV; ++v) acc[0][v] += acc[c][v];
+    for (int v = 0; v < NV; ++v) store<L>(yr + c0 + v * L, acc[0][v]);
   }
 }
 
