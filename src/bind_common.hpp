@@ -65,5 +65,6 @@ inline void check_threads(int n_threads) {
 void load_blas(py::module_& m);
 void bind_dense(py::module_& m);
 void bind_sparse(py::module_& m);
+void bind_recovery(py::module_& m);
 
 }  // namespace wpb

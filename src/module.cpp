@@ -14,4 +14,5 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   wpb::load_blas(m);
   wpb::bind_dense(m);
   wpb::bind_sparse(m);
+  wpb::bind_recovery(m);
 }

@@ -1,0 +1,285 @@
+// Batch orthogonal matching pursuit. See omp.hpp.
+//
+// Per signal the pursuit keeps V = G[:, I] L⁻ᵀ (n×k, L the Cholesky factor of G[I, I]) one
+// column per step, so that
+//   L[k, :k] = V[j_k, :k]            (row j_k of V; no triangular solve),
+//   V[:, k]  = (G[:, j_k] − V[:, :k] L[k, :k]ᵀ) / L[k, k],
+//   z_k      = (Dᵀy)[j_k] − L[k, :k]·z[:k]) / L[k, k]     (z = L⁻¹ (Dᵀy)_I),
+//   Dᵀr     −= V[:, k] z_k,           ‖r‖² −= z_k²,
+// and x_I = L⁻ᵀ z at the end. A step reads one column of G and the thread's own V, so the
+// Gram matrix (often larger than the caches) is streamed once per selected atom.
+#include "weightpress/omp.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "weightpress/blas.hpp"
+#include "weightpress/errors.hpp"
+#include "weightpress/parallel.hpp"
+
+namespace wp {
+
+template <class T>
+void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
+  if (n == 0) return;
+  if (m == 0) {
+    std::fill(G, G + n * n, T(0));
+    return;
+  }
+  const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features");
+  blas::syrk<T>('U', 'N', bn, bm, T(1), D, bn, T(0), G, bn);
+  // Column-major upper triangle: G[i + j n], i <= j. Mirror into the lower one in tiles.
+  constexpr std::int64_t B = 64;
+  for (std::int64_t j0 = 0; j0 < n; j0 += B)
+    for (std::int64_t i0 = 0; i0 <= j0; i0 += B) {
+      const std::int64_t j1 = std::min(n, j0 + B), i1 = std::min(n, i0 + B);
+      for (std::int64_t j = j0; j < j1; ++j)
+        for (std::int64_t i = i0; i < std::min(i1, j); ++i) G[j + i * n] = G[i + j * n];
+    }
+}
+
+template <class T>
+void omp_correlate(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y, T* C) {
+  if (n == 0 || N == 0) return;
+  if (m == 0) {
+    std::fill(C, C + n * N, T(0));
+    return;
+  }
+  const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features"),
+             bN = blas::to_int(N, "n_signals");
+  blas::gemm<T>('N', 'T', bn, bN, bm, T(1), D, bn, Y, bN, T(0), C, bn);
+}
+
+template <class T>
+void col_sqnorms(std::int64_t m, std::int64_t N, const T* Y, T* out, int n_threads) {
+  constexpr std::int64_t B = 256;  // columns per task: fixed, so the result is too
+  const std::int64_t nb = (N + B - 1) / B;
+  const int nt = threads_for(m * N, n_threads, 1 << 16);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (std::int64_t b = 0; b < nb; ++b) {
+    const std::int64_t s0 = b * B, s1 = std::min(N, s0 + B);
+    for (std::int64_t s = s0; s < s1; ++s) out[s] = T(0);
+    for (std::int64_t i = 0; i < m; ++i) {
+      const T* row = Y + i * N;
+      for (std::int64_t s = s0; s < s1; ++s) out[s] += row[s] * row[s];
+    }
+  }
+}
+
+namespace {
+
+template <class T>
+struct Workspace {
+  std::vector<T> V, a, z, L, x;
+  std::vector<std::int64_t> sel, ord;
+  std::vector<T> w;  // 1/G_jj, zeroed while atom j is in use
+  void init(std::int64_t n, std::int64_t kmax) {
+    V.resize(static_cast<std::size_t>(n * kmax));
+    a.resize(static_cast<std::size_t>(n));
+    z.resize(static_cast<std::size_t>(kmax));
+    L.resize(static_cast<std::size_t>(kmax * kmax));
+    x.resize(static_cast<std::size_t>(kmax));
+    sel.resize(static_cast<std::size_t>(kmax));
+    ord.resize(static_cast<std::size_t>(kmax));
+  }
+};
+
+// v = (g − Σ_{i<k} V_i w_i) * inv, then a −= v zk. Unrolled by four columns of V so that v is
+// loaded and stored a quarter as often.
+template <class T>
+__attribute__((always_inline)) inline void new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
+                       const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a) {
+  std::int64_t i = 0;
+  if (k == 0) {
+    for (std::int64_t r = 0; r < n; ++r) v[r] = g[r];
+  } else {
+    // first pass folds g in
+    const std::int64_t c = std::min<std::int64_t>(k, 4);
+    const T* v0 = V;
+    const T* v1 = V + (c > 1 ? n : 0);
+    const T* v2 = V + (c > 2 ? 2 * n : 0);
+    const T* v3 = V + (c > 3 ? 3 * n : 0);
+    const T w0 = w[0], w1 = c > 1 ? w[1] : T(0), w2 = c > 2 ? w[2] : T(0),
+            w3 = c > 3 ? w[3] : T(0);
+    for (std::int64_t r = 0; r < n; ++r)
+      v[r] = g[r] - ((v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3));
+    i = c;
+  }
+  for (; i + 4 <= k; i += 4) {
+    const T* __restrict v0 = V + i * n;
+    const T* __restrict v1 = v0 + n;
+    const T* __restrict v2 = v1 + n;
+    const T* __restrict v3 = v2 + n;
+    const T w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
+    for (std::int64_t r = 0; r < n; ++r)
+      v[r] -= (v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3);
+  }
+  for (; i < k; ++i) {
+    const T* __restrict v0 = V + i * n;
+    const T w0 = w[i];
+    for (std::int64_t r = 0; r < n; ++r) v[r] -= v0[r] * w0;
+  }
+  for (std::int64_t r = 0; r < n; ++r) {
+    v[r] *= inv;
+    a[r] -= v[r] * zk;
+  }
+}
+
+// argmax_j a_j² w_j (w_j = 1/G_jj for unused atoms, 0 for used or zero ones) with a positive
+// score, first index on ties; -1 if none. Pass 1 takes the maximum in L independent lanes (a
+// vector max), pass 2 finds its first occurrence.
+template <class T>
+__attribute__((always_inline)) inline std::int64_t select_atom_impl(std::int64_t n,
+                                                                    const T* __restrict a,
+                                                                    const T* __restrict w) {
+  constexpr int L = 16;
+  T acc[L] = {};
+  std::int64_t j = 0;
+  for (; j + L <= n; j += L)
+    for (int l = 0; l < L; ++l) {
+      const T v = a[j + l] * a[j + l] * w[j + l];
+      acc[l] = acc[l] > v ? acc[l] : v;
+    }
+  T mx = T(0);
+  for (; j < n; ++j) {
+    const T v = a[j] * a[j] * w[j];
+    mx = mx > v ? mx : v;
+  }
+  for (int l = 0; l < L; ++l) mx = mx > acc[l] ? mx : acc[l];
+  if (!(mx > T(0))) return -1;
+  for (j = 0; j < n; ++j)
+    if (a[j] * a[j] * w[j] == mx) return j;
+  return -1;  // unreachable unless NaN
+}
+
+// The two hot loops, compiled for AVX-512, AVX2+FMA-era CPUs and the baseline, chosen at load
+// time (GCC function multiversioning). Elementwise loops only and no FP contraction under
+// -std=c++17, so every clone gives bit-identical results.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define WP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define WP_CLONES
+#endif
+#define WP_KERNELS(T)                                                                          \
+  WP_CLONES void new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V, \
+                            const T* __restrict w, T inv, T zk, T* __restrict v,               \
+                            T* __restrict a) {                                                 \
+    new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);                                          \
+  }                                                                                            \
+  WP_CLONES std::int64_t select_atom(std::int64_t n, const T* __restrict a,                    \
+                                     const T* __restrict w) {                                  \
+    return select_atom_impl<T>(n, a, w);                                                       \
+  }
+WP_KERNELS(float)
+WP_KERNELS(double)
+#undef WP_KERNELS
+
+template <class T>
+void pursue(std::int64_t n, const T* G, const T* invdiag, const T* alpha0, T ynorm2,
+            std::int64_t kmax, double tol, Workspace<T>& ws, std::int64_t* supp, T* coef,
+            std::int64_t* count, T* resid2) {
+  const T ptol = T(1000) * std::numeric_limits<T>::epsilon();
+  T r2 = ynorm2;
+  std::int64_t k = 0;
+  T* a = ws.a.data();
+  T* V = ws.V.data();
+  T* L = ws.L.data();  // row-major kmax×kmax lower triangle
+  T* z = ws.z.data();
+  std::int64_t* sel = ws.sel.data();
+  T* wgt = ws.w.data();
+  if (!(tol >= 0 && static_cast<double>(r2) <= tol)) {
+    std::copy(alpha0, alpha0 + n, a);
+    while (k < kmax) {
+      const std::int64_t best = select_atom(n, a, wgt);
+      if (best < 0) break;  // residual orthogonal to every atom
+      const T* g = G + best * n;
+      T* Lk = L + k * kmax;
+      T s2 = T(0), dot = T(0);
+      for (std::int64_t i = 0; i < k; ++i) {
+        const T w = V[best + i * n];
+        Lk[i] = w;
+        s2 += w * w;
+        dot += w * z[i];
+      }
+      const T piv = g[best] - s2;
+      if (!(piv > ptol * g[best])) break;  // dependent on the chosen atoms (or NaN)
+      const T lkk = std::sqrt(piv);
+      Lk[k] = lkk;
+      const T zk = (alpha0[best] - dot) / lkk;
+      new_column(n, k, g, V, Lk, T(1) / lkk, zk, V + k * n, a);
+      z[k] = zk;
+      sel[k] = best;
+      wgt[best] = T(0);
+      r2 -= zk * zk;
+      ++k;
+      if (tol >= 0 && static_cast<double>(r2) <= tol) break;
+    }
+  }
+  // x = L⁻ᵀ z (back substitution), then sort by atom index.
+  T* x = ws.x.data();
+  for (std::int64_t i = k - 1; i >= 0; --i) {
+    T s = z[i];
+    for (std::int64_t j = i + 1; j < k; ++j) s -= L[j * kmax + i] * x[j];
+    x[i] = s / L[i * kmax + i];
+  }
+  std::int64_t* ordp = ws.ord.data();
+  std::iota(ordp, ordp + k, std::int64_t(0));
+  auto& ord = ws.ord;
+  std::sort(ordp, ordp + k, [&](std::int64_t p, std::int64_t q) { return sel[p] < sel[q]; });
+  for (std::int64_t i = 0; i < k; ++i) {
+    supp[i] = sel[ord[static_cast<std::size_t>(i)]];
+    coef[i] = x[ord[static_cast<std::size_t>(i)]];
+    wgt[sel[i]] = invdiag[sel[i]];
+  }
+  for (std::int64_t i = k; i < kmax; ++i) {
+    supp[i] = -1;
+    coef[i] = T(0);
+  }
+  *count = k;
+  *resid2 = std::max(r2, T(0));
+}
+
+}  // namespace
+
+template <class T>
+void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* ynorm2,
+               std::int64_t kmax, double tol, std::int64_t* supp, T* coef, std::int64_t* count,
+               T* resid2, int n_threads) {
+  if (kmax < 1 || kmax > n) throw ShapeError("omp: kmax must be in [1, n_atoms]");
+  std::vector<T> invdiag(static_cast<std::size_t>(n));
+  for (std::int64_t j = 0; j < n; ++j) {
+    const T d = G[j * n + j];
+    invdiag[static_cast<std::size_t>(j)] = d > T(0) ? T(1) / d : T(0);
+  }
+  const T* inv = invdiag.data();
+  const int nt = static_cast<int>(std::min<std::int64_t>(std::max(n_threads, 1), std::max<std::int64_t>(N, 1)));
+  std::vector<Workspace<T>> wss(static_cast<std::size_t>(nt));  // allocated serially
+  for (auto& w : wss) {
+    w.init(n, kmax);
+    w.w = invdiag;
+  }
+  FirstError err;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1)
+  for (std::int64_t s = 0; s < N; ++s)
+    err.run([&] {
+      pursue<T>(n, G, inv, C + s * n, ynorm2[s], kmax, tol, wss[static_cast<std::size_t>(thread_id())],
+                supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
+    });
+  err.rethrow();
+}
+
+#define WP_INST(T)                                                                              \
+  template void omp_gram<T>(std::int64_t, std::int64_t, const T*, T*);                          \
+  template void omp_correlate<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,  \
+                                 T*);                                                           \
+  template void col_sqnorms<T>(std::int64_t, std::int64_t, const T*, T*, int);                  \
+  template void omp_batch<T>(std::int64_t, std::int64_t, const T*, const T*, const T*,          \
+                             std::int64_t, double, std::int64_t*, T*, std::int64_t*, T*, int);
+WP_INST(float)
+WP_INST(double)
+#undef WP_INST
+
+}  // namespace wp
