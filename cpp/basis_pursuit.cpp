@@ -397,6 +397,22 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
   info.n_active = static_cast<std::int64_t>(S.size());
   info.gram_columns = ncache_;
 
+  // Atoms that joined on the way and whose coefficient came back to rounding level at λ = 0
+  // (on a recovered support every other atom does) are dropped before the polish.
+  const std::vector<std::int64_t> S_cert = S;  // the set w belongs to (for the certificate)
+  if (done && lam <= 0 && R.k == static_cast<std::int64_t>(S.size())) {
+    double xmax = 0;
+    for (double v : xs) xmax = std::max(xmax, std::fabs(v));
+    for (std::int64_t p = static_cast<std::int64_t>(S.size()) - 1; p >= 0; --p)
+      if (std::fabs(xs[static_cast<std::size_t>(p)]) <= 1e-11 * xmax) {
+        state_[static_cast<std::size_t>(S[static_cast<std::size_t>(p)])] = 0;
+        R.remove(p);
+        S.erase(S.begin() + p);
+        sg.erase(sg.begin() + p);
+        xs.erase(xs.begin() + p);
+      }
+    info.n_active = static_cast<std::int64_t>(S.size());
+  }
   // Polish on the true residual: x_S += G_SS⁻¹ (A_Sᵀ r − λ s), kept if no sign flips.
   std::vector<double> r(static_cast<std::size_t>(m)), cc(static_cast<std::size_t>(n));
   auto residual = [&](const std::vector<double>& xv) {
@@ -454,11 +470,12 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
   } else {
     // Basis pursuit (or BPDN that reached λ = 0): z = A_S G_SS⁻¹ s, scaled into ‖Aᵀz‖∞ <= 1.
     info.primal = l1;
-    if (S.empty()) {
+    if (S_cert.empty()) {
       info.dual = 0;
     } else {
       std::fill(tn.begin(), tn.end(), T(0));
-      for (std::size_t p = 0; p < S.size(); ++p) tn[static_cast<std::size_t>(S[p])] = static_cast<T>(w[p]);
+      for (std::size_t p = 0; p < S_cert.size(); ++p)
+        tn[static_cast<std::size_t>(S_cert[p])] = static_cast<T>(w[p]);
       A_.matvec(tn.data(), tm.data());
       A_.rmatvec(tm.data(), tn.data());
       double zmax = 0, yz = 0;

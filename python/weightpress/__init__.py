@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _core
 from ._threads import get_num_threads, set_num_threads, threads
+from .recovery import ConvergenceWarning, OMPDictionary, SolverInfo, basis_pursuit, lasso, omp
 from .sparse import csr_matmul, prune
 from .threshold import hard_threshold, soft_threshold
 
@@ -23,4 +24,10 @@ __all__ = [
     "hard_threshold",
     "prune",
     "csr_matmul",
+    "omp",
+    "OMPDictionary",
+    "basis_pursuit",
+    "lasso",
+    "SolverInfo",
+    "ConvergenceWarning",
 ]
