@@ -333,25 +333,37 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
     std::int64_t j_in = -1, p_out = -1;
     for (std::int64_t j = 0; j < n; ++j) {
       double dmin = inf;
-      if (state_[static_cast<std::size_t>(j)] == 0 && j != last_dropped) {
+      if (state_[static_cast<std::size_t>(j)] == 0) {
+        // The atom that just left sits on the boundary: its rounding-level root is spurious,
+        // but it may genuinely come back later on the segment.
+        const double dlo = j == last_dropped ? 1e-9 * lam : 0.0;
         const double cj = c_[static_cast<std::size_t>(j)], aj = a[static_cast<std::size_t>(j)];
         if (1.0 - aj > 0) {
           const double d = (lam - cj) / (1.0 - aj);
-          if (d > 0) dmin = d;
+          if (d > dlo) dmin = d;
         }
         if (1.0 + aj > 0) {
           const double d = (lam + cj) / (1.0 + aj);
-          if (d > 0 && d < dmin) dmin = d;
+          if (d > dlo && d < dmin) dmin = d;
         }
-        if (dmin < d_in) { d_in = dmin; j_in = j; }
+        // Already on the boundary (ties, e.g. equal correlations at the start) and moving
+        // out: enters now.
+        if (j != last_dropped && std::fabs(cj) >= lam * (1 - 1e-12) &&
+            ((cj > 0 && aj < 1.0) || (cj < 0 && aj > -1.0)))
+          dmin = 0;
+        if (dmin < d_in || (dmin == 0 && j_in < 0)) { d_in = dmin; j_in = j; }
       }
       dj_[static_cast<std::size_t>(j)] = dmin;
     }
-    for (std::size_t p = 0; p < S.size(); ++p)
+    for (std::size_t p = 0; p < S.size(); ++p) {
       if (w[p] * xs[p] < 0) {
         const double d = -xs[p] / w[p];
         if (d > 0 && d < d_out) { d_out = d; p_out = static_cast<std::int64_t>(p); }
+      } else if (xs[p] == 0 && w[p] * sg[p] < 0 && d_out > 0) {
+        d_out = 0;  // joined on a tie but would move against its sign: leaves at once
+        p_out = static_cast<std::int64_t>(p);
       }
+    }
     // An atom that would enter within a relative 1e-10 of the path's end is a rounding tie
     // with the end (on a recovered support, c_j = λ a_j for every inactive j, so the entering
     // step equals λ exactly): the end wins, and the certificate vouches for it.
@@ -426,6 +438,34 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
     for (std::int64_t j = 0; j < n; ++j) cc[static_cast<std::size_t>(j)] = static_cast<double>(tn[static_cast<std::size_t>(j)]);
   };
   residual(xs);
+  // BPDN end, exactly: on the last piece r(λ) = r_LS + λ A_S w with r_LS ⟂ A_S w, so
+  // ‖r(λ)‖² = ‖r_LS‖² + λ²q. The tracked ‖r‖² loses digits when sigma ≪ ‖y‖; this does not.
+  if (mode == L1Mode::kBPDN && done && lam > 0 && !S.empty() &&
+      R.k == static_cast<std::int64_t>(S.size()) && w.size() == S.size()) {
+    std::vector<double> xl(xs);
+    for (std::size_t p = 0; p < S.size(); ++p) xl[p] += lam * w[p];
+    for (int rep = 0; rep < 2; ++rep) {  // least squares on S, refined on the true residual
+      residual(xl);
+      std::vector<double> dx(S.size());
+      for (std::size_t p = 0; p < S.size(); ++p) dx[p] = cc[static_cast<std::size_t>(S[p])];
+      R.solve_t(dx.data());
+      R.solve(dx.data());
+      for (std::size_t p = 0; p < S.size(); ++p) xl[p] += dx[p];
+    }
+    residual(xl);
+    double rl2 = 0, q = 0;
+    for (double v : r) rl2 += v * v;
+    for (std::size_t p = 0; p < S.size(); ++p) q += sg[p] * w[p];
+    const double lam_new = q > 0 ? std::sqrt(std::max(0.0, target * target - rl2) / q) : 0.0;
+    bool ok = true;
+    for (std::size_t p = 0; p < S.size(); ++p)
+      if ((xl[p] - lam_new * w[p]) * sg[p] < 0) ok = false;
+    if (ok) {
+      for (std::size_t p = 0; p < S.size(); ++p) xs[p] = xl[p] - lam_new * w[p];
+      lam = lam_new;
+    }
+    residual(xs);
+  }
   if (!S.empty() && R.k == static_cast<std::int64_t>(S.size())) {
     std::vector<double> dx(S.size());
     for (std::size_t p = 0; p < S.size(); ++p) dx[p] = cc[static_cast<std::size_t>(S[p])] - lam * sg[p];
@@ -455,40 +495,42 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
   info.resid_norm = std::sqrt(rn2);
   info.corr_max = cmax;
   info.lambda = lam;
+  // Dual value of z = t·A_S G_SS⁻¹ s (the BP certificate), t as large as ‖Aᵀz‖∞ <= 1 allows;
+  // minus sigma‖z‖ for BPDN.
+  auto equiangular_dual = [&](double sigma) {
+    if (S_cert.empty()) return 0.0;
+    std::fill(tn.begin(), tn.end(), T(0));
+    for (std::size_t p = 0; p < S_cert.size(); ++p)
+      tn[static_cast<std::size_t>(S_cert[p])] = static_cast<T>(w[p]);
+    A_.matvec(tn.data(), tm.data());
+    A_.rmatvec(tm.data(), tn.data());
+    double zmax = 0, yz = 0, zn = 0;
+    for (std::int64_t j = 0; j < n; ++j)
+      zmax = std::max(zmax, std::fabs(static_cast<double>(tn[static_cast<std::size_t>(j)])));
+    for (std::int64_t i = 0; i < m; ++i) {
+      const double zi = static_cast<double>(tm[static_cast<std::size_t>(i)]);
+      yz += static_cast<double>(y[i]) * zi;
+      zn += zi * zi;
+    }
+    const double v = yz - sigma * std::sqrt(zn);
+    return zmax > 0 ? std::max(0.0, v / zmax) : 0.0;
+  };
   if (mode == L1Mode::kLasso) {
     info.primal = 0.5 * rn2 + target * l1;
     const double sc = cmax > target ? target / cmax : 1.0;  // θ = sc · r is dual feasible
     info.dual = sc * yr - 0.5 * sc * sc * rn2;
-  } else if (mode == L1Mode::kBPDN && (lam > 0 || S.empty())) {
+  } else if (mode == L1Mode::kBPDN) {
     info.primal = l1;
     if (S.empty() && std::sqrt(y2) <= target) {
       info.dual = 0;  // z = 0
     } else {
-      const double sc = cmax > 0 ? 1.0 / cmax : 0.0;  // z = r / ‖Aᵀr‖∞
-      info.dual = sc * yr - target * sc * std::sqrt(rn2);
+      // z = r / ‖Aᵀr‖∞, or the equiangular point when the residual is at rounding level.
+      const double sc = cmax > 0 ? 1.0 / cmax : 0.0;
+      info.dual = std::max(sc * yr - target * sc * std::sqrt(rn2), equiangular_dual(target));
     }
   } else {
-    // Basis pursuit (or BPDN that reached λ = 0): z = A_S G_SS⁻¹ s, scaled into ‖Aᵀz‖∞ <= 1.
     info.primal = l1;
-    if (S_cert.empty()) {
-      info.dual = 0;
-    } else {
-      std::fill(tn.begin(), tn.end(), T(0));
-      for (std::size_t p = 0; p < S_cert.size(); ++p)
-        tn[static_cast<std::size_t>(S_cert[p])] = static_cast<T>(w[p]);
-      A_.matvec(tn.data(), tm.data());
-      A_.rmatvec(tm.data(), tn.data());
-      double zmax = 0, yz = 0;
-      for (std::int64_t j = 0; j < n; ++j) zmax = std::max(zmax, std::fabs(static_cast<double>(tn[static_cast<std::size_t>(j)])));
-      for (std::int64_t i = 0; i < m; ++i) yz += static_cast<double>(y[i]) * static_cast<double>(tm[static_cast<std::size_t>(i)]);
-      const double zs = zmax > 1 ? 1.0 / zmax : 1.0;
-      info.dual = yz * zs;
-      if (mode == L1Mode::kBPDN) {
-        double zn = 0;
-        for (std::int64_t i = 0; i < m; ++i) zn += static_cast<double>(tm[static_cast<std::size_t>(i)]) * static_cast<double>(tm[static_cast<std::size_t>(i)]);
-        info.dual -= target * zs * std::sqrt(zn);
-      }
-    }
+    info.dual = equiangular_dual(0.0);
   }
   info.gap = info.primal - info.dual;
   return info;
