@@ -280,6 +280,7 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
   Chol R;
   double R2 = y2;  // ‖r‖² tracked along the path
   std::int64_t last_dropped = -1, entering = -1;
+  std::vector<std::int64_t> banned;  // dependent on the active set when they tried to enter
   bool done = false;
   // Immediate ends: x = 0 is optimal.
   if (lam <= 0 || (mode == L1Mode::kLasso && lam <= target) ||
@@ -292,6 +293,7 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
       if (std::fabs(c_[static_cast<std::size_t>(j)]) > std::fabs(c_[static_cast<std::size_t>(entering)])) entering = j;
   }
   std::int64_t it = 0;
+  const double lam0 = lam;
   const double inf = std::numeric_limits<double>::infinity();
   while (!done && it < max_iter) {
     if (entering >= 0) {
@@ -306,6 +308,7 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
         state_[static_cast<std::size_t>(entering)] = 1;
       } else {
         state_[static_cast<std::size_t>(entering)] = 2;  // dependent on the active atoms
+        banned.push_back(entering);
       }
       entering = -1;
     }
@@ -364,11 +367,11 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
         p_out = static_cast<std::int64_t>(p);
       }
     }
-    // An atom that would enter within a relative 1e-10 of the path's end is a rounding tie
+    // An atom that would enter within a relative 1e-8 of the path's end is a rounding tie
     // with the end (on a recovered support, c_j = λ a_j for every inactive j, so the entering
     // step equals λ exactly): the end wins, and the certificate vouches for it.
-    if (d_in >= d_end - 1e-10 * lam) d_in = inf;
-    if (d_out >= d_end - 1e-10 * lam) d_out = inf;
+    if (d_in >= d_end - 1e-8 * lam) d_in = inf;
+    if (d_out >= d_end - 1e-8 * lam) d_out = inf;
     double d = std::min(d_end, std::min(d_in, d_out));
     d = std::max(0.0, std::min(d, lam));
     for (std::size_t p = 0; p < S.size(); ++p) xs[p] += d * w[p];
@@ -376,10 +379,13 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
     R2 = std::max(0.0, R2 - 2 * d * lam * q + d * d * q);
     lam -= d;
     ++it;
-    if (d == d_end || lam <= 0) {
+    // The end, or so close to it (λ within 1e-11·λ₀ of its final value) that correlations
+    // are rounding noise: the polish below solves the last piece exactly.
+    const double floor = 1e-11 * lam0;
+    if (d == d_end || lam <= floor || (mode == L1Mode::kLasso && lam - target <= floor)) {
       done = true;
       if (mode == L1Mode::kLasso) lam = target;
-      if (lam < 0) lam = 0;
+      if (mode != L1Mode::kLasso && lam <= floor) lam = 0;
       break;
     }
     if (d == d_out) {
@@ -387,6 +393,8 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
       state_[static_cast<std::size_t>(S[p])] = 0;
       last_dropped = S[p];
       R.remove(p_out);
+      for (std::int64_t b : banned) state_[static_cast<std::size_t>(b)] = 0;  // may fit now
+      banned.clear();
       S.erase(S.begin() + p_out);
       sg.erase(sg.begin() + p_out);
       xs.erase(xs.begin() + p_out);

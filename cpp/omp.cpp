@@ -177,69 +177,101 @@ WP_KERNELS(float)
 WP_KERNELS(double)
 #undef WP_KERNELS
 
+// One signal's pursuit, step by step: start, then select/add until done, then finish. The
+// workspace holds everything that changes (V, Dᵀr, z, L, the used-atom weights).
 template <class T>
-void pursue(std::int64_t n, const T* G, const T* invdiag, const T* alpha0, T ynorm2,
-            std::int64_t kmax, double tol, Workspace<T>& ws, std::int64_t* supp, T* coef,
-            std::int64_t* count, T* resid2) {
-  const T ptol = T(1000) * std::numeric_limits<T>::epsilon();
-  T r2 = ynorm2;
+struct Pursuit {
+  std::int64_t n, kmax;
+  double tol;
+  const T* invdiag;
+  Workspace<T>* ws;
+  const T* alpha0 = nullptr;
+  T r2 = T(0);
   std::int64_t k = 0;
-  T* a = ws.a.data();
-  T* V = ws.V.data();
-  T* L = ws.L.data();  // row-major kmax×kmax lower triangle
-  T* z = ws.z.data();
-  std::int64_t* sel = ws.sel.data();
-  T* wgt = ws.w.data();
-  if (!(tol >= 0 && static_cast<double>(r2) <= tol)) {
-    std::copy(alpha0, alpha0 + n, a);
-    while (k < kmax) {
-      const std::int64_t best = select_atom(n, a, wgt);
-      if (best < 0) break;  // residual orthogonal to every atom
-      const T* g = G + best * n;
-      T* Lk = L + k * kmax;
-      T s2 = T(0), dot = T(0);
-      for (std::int64_t i = 0; i < k; ++i) {
-        const T w = V[best + i * n];
-        Lk[i] = w;
-        s2 += w * w;
-        dot += w * z[i];
-      }
-      const T piv = g[best] - s2;
-      if (!(piv > ptol * g[best])) break;  // dependent on the chosen atoms (or NaN)
-      const T lkk = std::sqrt(piv);
-      Lk[k] = lkk;
-      const T zk = (alpha0[best] - dot) / lkk;
-      new_column(n, k, g, V, Lk, T(1) / lkk, zk, V + k * n, a);
-      z[k] = zk;
-      sel[k] = best;
-      wgt[best] = T(0);
-      r2 -= zk * zk;
-      ++k;
-      if (tol >= 0 && static_cast<double>(r2) <= tol) break;
+  bool done = false;
+
+  void start(const T* a0, T ynorm2) {
+    alpha0 = a0;
+    r2 = ynorm2;
+    k = 0;
+    done = tol >= 0 && static_cast<double>(r2) <= tol;
+    if (!done) std::copy(a0, a0 + n, ws->a.data());
+  }
+  // The next atom by the OMP rule, or -1 (then done).
+  std::int64_t select() {
+    if (done || k >= kmax) {
+      done = true;
+      return -1;
     }
+    const std::int64_t best = select_atom(n, ws->a.data(), ws->w.data());
+    if (best < 0) done = true;  // residual orthogonal to every atom
+    return best;
   }
-  // x = L⁻ᵀ z (back substitution), then sort by atom index.
-  T* x = ws.x.data();
-  for (std::int64_t i = k - 1; i >= 0; --i) {
-    T s = z[i];
-    for (std::int64_t j = i + 1; j < k; ++j) s -= L[j * kmax + i] * x[j];
-    x[i] = s / L[i * kmax + i];
+  // Adds atom j with Gram column g = G[:, j]; stops instead if j is dependent (pivot test).
+  void add(std::int64_t j, const T* g) {
+    const T ptol = T(1000) * std::numeric_limits<T>::epsilon();
+    T* V = ws->V.data();
+    T* z = ws->z.data();
+    T* Lk = ws->L.data() + k * kmax;
+    T s2 = T(0), dot = T(0);
+    for (std::int64_t i = 0; i < k; ++i) {
+      const T w = V[j + i * n];
+      Lk[i] = w;
+      s2 += w * w;
+      dot += w * z[i];
+    }
+    const T piv = g[j] - s2;
+    if (!(piv > ptol * g[j])) {  // dependent on the chosen atoms (or NaN)
+      done = true;
+      return;
+    }
+    const T lkk = std::sqrt(piv);
+    Lk[k] = lkk;
+    const T zk = (alpha0[j] - dot) / lkk;
+    new_column(n, k, g, V, Lk, T(1) / lkk, zk, V + k * n, ws->a.data());
+    z[k] = zk;
+    ws->sel[static_cast<std::size_t>(k)] = j;
+    ws->w[static_cast<std::size_t>(j)] = T(0);
+    r2 -= zk * zk;
+    ++k;
+    if (tol >= 0 && static_cast<double>(r2) <= tol) done = true;
   }
-  std::int64_t* ordp = ws.ord.data();
-  std::iota(ordp, ordp + k, std::int64_t(0));
-  auto& ord = ws.ord;
-  std::sort(ordp, ordp + k, [&](std::int64_t p, std::int64_t q) { return sel[p] < sel[q]; });
-  for (std::int64_t i = 0; i < k; ++i) {
-    supp[i] = sel[ord[static_cast<std::size_t>(i)]];
-    coef[i] = x[ord[static_cast<std::size_t>(i)]];
-    wgt[sel[i]] = invdiag[sel[i]];
+  // x = L⁻ᵀ z (back substitution), sorted by atom index, into this signal's output row.
+  void finish(std::int64_t* supp, T* coef, std::int64_t* count, T* resid2) {
+    const T* L = ws->L.data();
+    const T* z = ws->z.data();
+    T* x = ws->x.data();
+    std::int64_t* sel = ws->sel.data();
+    for (std::int64_t i = k - 1; i >= 0; --i) {
+      T sum = z[i];
+      for (std::int64_t j = i + 1; j < k; ++j) sum -= L[j * kmax + i] * x[j];
+      x[i] = sum / L[i * kmax + i];
+    }
+    std::int64_t* ord = ws->ord.data();
+    std::iota(ord, ord + k, std::int64_t(0));
+    std::sort(ord, ord + k, [&](std::int64_t p, std::int64_t q) { return sel[p] < sel[q]; });
+    for (std::int64_t i = 0; i < k; ++i) {
+      supp[i] = sel[ord[i]];
+      coef[i] = x[ord[i]];
+      ws->w[static_cast<std::size_t>(sel[i])] = invdiag[sel[i]];
+    }
+    for (std::int64_t i = k; i < kmax; ++i) {
+      supp[i] = -1;
+      coef[i] = T(0);
+    }
+    *count = k;
+    *resid2 = std::max(r2, T(0));
   }
-  for (std::int64_t i = k; i < kmax; ++i) {
-    supp[i] = -1;
-    coef[i] = T(0);
+};
+
+template <class T>
+std::vector<T> inverse_diag(std::int64_t n, const T* d, std::int64_t stride) {
+  std::vector<T> inv(static_cast<std::size_t>(n));
+  for (std::int64_t j = 0; j < n; ++j) {
+    const T v = d[j * stride];
+    inv[static_cast<std::size_t>(j)] = v > T(0) ? T(1) / v : T(0);
   }
-  *count = k;
-  *resid2 = std::max(r2, T(0));
+  return inv;
 }
 
 }  // namespace
@@ -249,12 +281,7 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
                std::int64_t kmax, double tol, std::int64_t* supp, T* coef, std::int64_t* count,
                T* resid2, int n_threads) {
   if (kmax < 1 || kmax > n) throw ShapeError("omp: kmax must be in [1, n_atoms]");
-  std::vector<T> invdiag(static_cast<std::size_t>(n));
-  for (std::int64_t j = 0; j < n; ++j) {
-    const T d = G[j * n + j];
-    invdiag[static_cast<std::size_t>(j)] = d > T(0) ? T(1) / d : T(0);
-  }
-  const T* inv = invdiag.data();
+  const std::vector<T> invdiag = inverse_diag<T>(n, G, n + 1);
   const int nt = static_cast<int>(std::min<std::int64_t>(std::max(n_threads, 1), std::max<std::int64_t>(N, 1)));
   std::vector<Workspace<T>> wss(static_cast<std::size_t>(nt));  // allocated serially
   for (auto& w : wss) {
@@ -265,10 +292,74 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1)
   for (std::int64_t s = 0; s < N; ++s)
     err.run([&] {
-      pursue<T>(n, G, inv, C + s * n, ynorm2[s], kmax, tol, wss[static_cast<std::size_t>(thread_id())],
-                supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
+      Pursuit<T> p{n, kmax, tol, invdiag.data(), &wss[static_cast<std::size_t>(thread_id())]};
+      p.start(C + s * n, ynorm2[s]);
+      while (!p.done) {
+        const std::int64_t j = p.select();
+        if (j < 0) break;
+        p.add(j, G + j * n);
+      }
+      p.finish(supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
     });
   err.rethrow();
+}
+
+template <class T>
+void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* C,
+              const T* ynorm2, std::int64_t kmax, double tol, std::int64_t* supp, T* coef,
+              std::int64_t* count, T* resid2, int n_threads) {
+  if (kmax < 1 || kmax > n) throw ShapeError("omp: kmax must be in [1, n_atoms]");
+  std::vector<T> diag(static_cast<std::size_t>(n), T(0));  // ‖d_j‖², rows in order
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) diag[static_cast<std::size_t>(j)] += D[i * n + j] * D[i * n + j];
+  const std::vector<T> invdiag = inverse_diag<T>(n, diag.data(), 1);
+  std::vector<Workspace<T>> wss(static_cast<std::size_t>(N));
+  std::vector<Pursuit<T>> ps;
+  ps.reserve(static_cast<std::size_t>(N));
+  for (std::int64_t s = 0; s < N; ++s) {
+    auto& w = wss[static_cast<std::size_t>(s)];
+    w.init(n, kmax);
+    w.w = invdiag;
+    ps.push_back(Pursuit<T>{n, kmax, tol, invdiag.data(), &w});
+    ps.back().start(C + s * n, ynorm2[s]);
+  }
+  std::vector<T> cache, buf;                                   // Gram columns, n each
+  std::vector<std::int64_t> slot(static_cast<std::size_t>(n), -1), want(static_cast<std::size_t>(N));
+  std::int64_t ncache = 0;
+  const int nt = static_cast<int>(std::min<std::int64_t>(std::max(n_threads, 1), N));
+  const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features");
+  for (std::int64_t round = 0; round < kmax; ++round) {
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (std::int64_t s = 0; s < N; ++s) want[static_cast<std::size_t>(s)] = ps[static_cast<std::size_t>(s)].select();
+    std::vector<std::int64_t> fresh;  // atoms wanted this round whose column is not cached
+    for (std::int64_t j : want)
+      if (j >= 0 && slot[static_cast<std::size_t>(j)] < 0) {
+        slot[static_cast<std::size_t>(j)] = ncache + static_cast<std::int64_t>(fresh.size());
+        fresh.push_back(j);
+      }
+    if (fresh.empty() && std::all_of(want.begin(), want.end(), [](std::int64_t j) { return j < 0; }))
+      break;
+    if (!fresh.empty()) {  // G[:, fresh] = Dᵀ D[:, fresh]: one gemm
+      const auto b = static_cast<std::int64_t>(fresh.size());
+      buf.resize(static_cast<std::size_t>(m * b));
+      for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t t = 0; t < b; ++t)
+          buf[static_cast<std::size_t>(i + t * m)] = D[i * n + fresh[static_cast<std::size_t>(t)]];
+      cache.resize(static_cast<std::size_t>((ncache + b) * n));
+      blas::gemm<T>('N', 'N', bn, blas::to_int(b), bm, T(1), D, bn, buf.data(), bm, T(0),
+                    cache.data() + ncache * n, bn);
+      ncache += b;
+    }
+    const T* cp = cache.data();
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (std::int64_t s = 0; s < N; ++s) {
+      const std::int64_t j = want[static_cast<std::size_t>(s)];
+      if (j >= 0) ps[static_cast<std::size_t>(s)].add(j, cp + slot[static_cast<std::size_t>(j)] * n);
+    }
+  }
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (std::int64_t s = 0; s < N; ++s)
+    ps[static_cast<std::size_t>(s)].finish(supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
 }
 
 #define WP_INST(T)                                                                              \
@@ -277,7 +368,10 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
                                  T*);                                                           \
   template void col_sqnorms<T>(std::int64_t, std::int64_t, const T*, T*, int);                  \
   template void omp_batch<T>(std::int64_t, std::int64_t, const T*, const T*, const T*,          \
-                             std::int64_t, double, std::int64_t*, T*, std::int64_t*, T*, int);
+                             std::int64_t, double, std::int64_t*, T*, std::int64_t*, T*, int);   \
+  template void omp_lazy<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,       \
+                            const T*, std::int64_t, double, std::int64_t*, T*, std::int64_t*, T*, \
+                            int);
 WP_INST(float)
 WP_INST(double)
 #undef WP_INST

@@ -56,14 +56,19 @@ py::tuple omp(py::array d_, py::array y_, py::object g_, std::int64_t kmax, doub
     T *fp = coef.mutable_data(), *rp = resid2.mutable_data();
     {
       py::gil_scoped_release nogil;
-      if (!gp) {
-        gbuf.resize(static_cast<std::size_t>(n * n));
-        wp::omp_gram<T>(m, n, dp, gbuf.data());
-        gp = gbuf.data();
-      }
       wp::omp_correlate<T>(m, n, N, dp, yp, cbuf.data());
       wp::col_sqnorms<T>(m, N, yp, nbuf.data(), n_threads);
-      wp::omp_batch<T>(n, N, gp, cbuf.data(), nbuf.data(), kmax, tol, sp, fp, cp, rp, n_threads);
+      // Few signals: Gram columns on demand beat the full n² Gram matrix.
+      if (!gp && 2 * N * kmax <= n) {
+        wp::omp_lazy<T>(m, n, N, dp, cbuf.data(), nbuf.data(), kmax, tol, sp, fp, cp, rp, n_threads);
+      } else {
+        if (!gp) {
+          gbuf.resize(static_cast<std::size_t>(n * n));
+          wp::omp_gram<T>(m, n, dp, gbuf.data());
+          gp = gbuf.data();
+        }
+        wp::omp_batch<T>(n, N, gp, cbuf.data(), nbuf.data(), kmax, tol, sp, fp, cp, rp, n_threads);
+      }
     }
     return py::make_tuple(supp, coef, count, resid2);
   });

@@ -158,9 +158,27 @@ def test_batch_equals_one_by_one_and_dictionary():
     X = wp.omp(D, Y, n_nonzero=5)
     d = wp.OMPDictionary(D)
     for s in range(Y.shape[1]):
-        np.testing.assert_array_equal(wp.omp(D, Y[:, s], n_nonzero=5), X[:, s])
+        # one signal takes the lazy path (Gram columns on demand, gemm instead of syrk):
+        # the same support, coefficients equal up to BLAS rounding
+        xs = wp.omp(D, Y[:, s], n_nonzero=5)
+        np.testing.assert_array_equal(xs != 0, X[:, s] != 0)
+        np.testing.assert_allclose(xs, X[:, s], rtol=0, atol=1e-12)
         np.testing.assert_array_equal(d.encode(Y[:, s], n_nonzero=5), X[:, s])
     np.testing.assert_array_equal(d.encode(Y, n_nonzero=5), X)
+
+
+@pytest.mark.parametrize("tol", [None, 0.5])
+def test_lazy_gram_path_matches_full(tol):
+    # 2·N·k <= n_atoms: wp.omp computes only the Gram columns it needs, in lockstep rounds
+    D = unit_dict(60, 400, 20)
+    Y = np.random.default_rng(21).standard_normal((60, 7))
+    X = wp.omp(D, Y, n_nonzero=20, tol=tol)
+    Xf = wp.OMPDictionary(D).encode(Y, n_nonzero=20, tol=tol)
+    np.testing.assert_array_equal(X != 0, Xf != 0)
+    np.testing.assert_allclose(X, Xf, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(X, wp.omp(D, Y, n_nonzero=20, tol=tol, n_threads=1))
+    Xs = sklm.orthogonal_mp(D, Y, n_nonzero_coefs=20 if tol is None else None, tol=tol)
+    np.testing.assert_array_equal((X != 0).sum(axis=0), (Xs != 0).sum(axis=0))
 
 
 def test_threads_identical():

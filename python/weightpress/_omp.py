@@ -135,12 +135,10 @@ def omp(D: Any, Y: Any, n_nonzero: int | None = None, tol: float | None = None, 
     """
     if sp.issparse(D):
         raise TypeError("D: expected a dense array, got a sparse matrix")
-    Dt = np.asarray(D)
-    Yt = np.asarray(Y) if not sp.issparse(Y) else Y
-    if sp.issparse(Yt):
+    if sp.issparse(Y):
         raise TypeError("Y: expected a dense array, got a sparse matrix")
-    dt = float_dtype(Dt.dtype if Dt.dtype != object else object,
-                     Yt.dtype if Yt.dtype != object else object, name="D/Y")
+    Dt, Yt = np.asarray(D), np.asarray(Y)
+    dt = float_dtype(Dt.dtype, Yt.dtype, name="D/Y")
     Da = _check_dictionary(Dt, dt)
     return _run(Da, None, Yt, n_nonzero, tol, return_sparse, n_threads)
 

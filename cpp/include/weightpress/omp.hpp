@@ -31,4 +31,12 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
                std::int64_t kmax, double tol, std::int64_t* supp, T* coef, std::int64_t* count,
                T* resid2, int n_threads);
 
+// The same pursuit without the full Gram matrix, for few signals (N·kmax small against n):
+// all signals advance in lockstep, one atom per round, and the Gram columns of the atoms
+// chosen in a round that are not yet known come from one gemm, DᵀD[:, new]. Same outputs.
+template <class T>
+void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* C,
+              const T* ynorm2, std::int64_t kmax, double tol, std::int64_t* supp, T* coef,
+              std::int64_t* count, T* resid2, int n_threads);
+
 }  // namespace wp
