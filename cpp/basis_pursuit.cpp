@@ -234,7 +234,9 @@ void Homotopy<T>::combine(const std::vector<std::int64_t>& S, const std::vector<
   const std::int64_t nb = (n + B - 1) / B;
   std::vector<const T*> cols(static_cast<std::size_t>(k));
   for (std::int64_t p = 0; p < k; ++p) cols[static_cast<std::size_t>(p)] = col(S[static_cast<std::size_t>(p)]);
-  const int nt = threads_for(n * k, nt_, 1 << 17);
+  // One call is O(n·|S|), often well under a millisecond: a parallel region per event only pays
+  // for large supports (and on a busy machine a descheduled worker stalls the barrier).
+  const int nt = threads_for(n * k, nt_, std::int64_t(1) << 21);
   double* o = out.data();
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t b = 0; b < nb; ++b) {

@@ -326,7 +326,8 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
   std::vector<T> cache, buf;                                   // Gram columns, n each
   std::vector<std::int64_t> slot(static_cast<std::size_t>(n), -1), want(static_cast<std::size_t>(N));
   std::int64_t ncache = 0;
-  const int nt = static_cast<int>(std::min<std::int64_t>(std::max(n_threads, 1), N));
+  // Rounds are short (N·n·k work at most): threads only when a round is worth it.
+  const int nt = threads_for(N * n * kmax, n_threads, std::int64_t(1) << 20);
   const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features");
   for (std::int64_t round = 0; round < kmax; ++round) {
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
