@@ -42,19 +42,21 @@ void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
 }
 
 template <class T>
-void omp_correlate(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y, T* C) {
+void omp_correlate(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
+                   std::int64_t ldy, T* C) {
   if (n == 0 || N == 0) return;
   if (m == 0) {
     std::fill(C, C + n * N, T(0));
     return;
   }
   const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features"),
-             bN = blas::to_int(N, "n_signals");
-  blas::gemm<T>('N', 'T', bn, bN, bm, T(1), D, bn, Y, bN, T(0), C, bn);
+             bN = blas::to_int(N, "n_signals"), bl = blas::to_int(ldy, "n_signals");
+  blas::gemm<T>('N', 'T', bn, bN, bm, T(1), D, bn, Y, bl, T(0), C, bn);
 }
 
 template <class T>
-void col_sqnorms(std::int64_t m, std::int64_t N, const T* Y, T* out, int n_threads) {
+void col_sqnorms(std::int64_t m, std::int64_t N, const T* Y, std::int64_t ldy, T* out,
+                 int n_threads) {
   constexpr std::int64_t B = 256;  // columns per task: fixed, so the result is too
   const std::int64_t nb = (N + B - 1) / B;
   const int nt = threads_for(m * N, n_threads, 1 << 16);
@@ -63,7 +65,7 @@ void col_sqnorms(std::int64_t m, std::int64_t N, const T* Y, T* out, int n_threa
     const std::int64_t s0 = b * B, s1 = std::min(N, s0 + B);
     for (std::int64_t s = s0; s < s1; ++s) out[s] = T(0);
     for (std::int64_t i = 0; i < m; ++i) {
-      const T* row = Y + i * N;
+      const T* row = Y + i * ldy;
       for (std::int64_t s = s0; s < s1; ++s) out[s] += row[s] * row[s];
     }
   }
@@ -366,8 +368,8 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
 #define WP_INST(T)                                                                              \
   template void omp_gram<T>(std::int64_t, std::int64_t, const T*, T*);                          \
   template void omp_correlate<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,  \
-                                 T*);                                                           \
-  template void col_sqnorms<T>(std::int64_t, std::int64_t, const T*, T*, int);                  \
+                                 std::int64_t, T*);                                             \
+  template void col_sqnorms<T>(std::int64_t, std::int64_t, const T*, std::int64_t, T*, int);    \
   template void omp_batch<T>(std::int64_t, std::int64_t, const T*, const T*, const T*,          \
                              std::int64_t, double, std::int64_t*, T*, std::int64_t*, T*, int);   \
   template void omp_lazy<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,       \

@@ -30,7 +30,7 @@ py::array omp_gram(py::array d_) {
 
 // Returns (supp (N, kmax) int64, coef (N, kmax), count (N,) int64, resid2 (N,)).
 py::tuple omp(py::array d_, py::array y_, py::object g_, std::int64_t kmax, double tol,
-              int n_threads) {
+              int n_threads, std::int64_t chunk_) {
   check_threads(n_threads);
   return dispatch_real(d_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
@@ -48,7 +48,12 @@ py::tuple omp(py::array d_, py::array y_, py::object g_, std::int64_t kmax, doub
     }
     carr<std::int64_t> supp({N, kmax}), count(N);
     carr<T> coef({N, kmax}), resid2(N);
-    std::vector<T> gbuf, cbuf(static_cast<std::size_t>(N * n)), nbuf(static_cast<std::size_t>(N));
+    // Signals go in chunks so that DᵀY (chunk × n) stays within ~256 MiB (chunk_ > 0: tests).
+    const std::int64_t chunk = std::max<std::int64_t>(
+        1, chunk_ > 0 ? chunk_
+                      : std::min<std::int64_t>(N, (std::int64_t(1) << 25) / std::max<std::int64_t>(n, 1)));
+    std::vector<T> gbuf, cbuf(static_cast<std::size_t>(std::min(N, chunk) * n)),
+        nbuf(static_cast<std::size_t>(std::min(N, chunk)));
     const T *dp = D.data(), *yp = Y.data();
     const T* gp = g_.is_none() ? nullptr : G.data();
     auto* sp = supp.mutable_data();
@@ -56,18 +61,24 @@ py::tuple omp(py::array d_, py::array y_, py::object g_, std::int64_t kmax, doub
     T *fp = coef.mutable_data(), *rp = resid2.mutable_data();
     {
       py::gil_scoped_release nogil;
-      wp::omp_correlate<T>(m, n, N, dp, yp, cbuf.data());
-      wp::col_sqnorms<T>(m, N, yp, nbuf.data(), n_threads);
       // Few signals: Gram columns on demand beat the full n² Gram matrix.
-      if (!gp && 2 * N * kmax <= n) {
-        wp::omp_lazy<T>(m, n, N, dp, cbuf.data(), nbuf.data(), kmax, tol, sp, fp, cp, rp, n_threads);
-      } else {
-        if (!gp) {
-          gbuf.resize(static_cast<std::size_t>(n * n));
-          wp::omp_gram<T>(m, n, dp, gbuf.data());
-          gp = gbuf.data();
-        }
-        wp::omp_batch<T>(n, N, gp, cbuf.data(), nbuf.data(), kmax, tol, sp, fp, cp, rp, n_threads);
+      // (and their lockstep workspaces, chunk·n·(kmax + 2) values, stay within ~512 MiB).
+      const bool lazy = !gp && 2 * N * kmax <= n && std::min(N, chunk) * n * (kmax + 2) <= (std::int64_t(1) << 26);
+      if (!gp && !lazy) {
+        gbuf.resize(static_cast<std::size_t>(n * n));
+        wp::omp_gram<T>(m, n, dp, gbuf.data());
+        gp = gbuf.data();
+      }
+      for (std::int64_t s0 = 0; s0 < N; s0 += chunk) {
+        const std::int64_t b = std::min(chunk, N - s0);
+        wp::omp_correlate<T>(m, n, b, dp, yp + s0, N, cbuf.data());
+        wp::col_sqnorms<T>(m, b, yp + s0, N, nbuf.data(), n_threads);
+        if (lazy)
+          wp::omp_lazy<T>(m, n, b, dp, cbuf.data(), nbuf.data(), kmax, tol, sp + s0 * kmax,
+                          fp + s0 * kmax, cp + s0, rp + s0, n_threads);
+        else
+          wp::omp_batch<T>(n, b, gp, cbuf.data(), nbuf.data(), kmax, tol, sp + s0 * kmax,
+                           fp + s0 * kmax, cp + s0, rp + s0, n_threads);
       }
     }
     return py::make_tuple(supp, coef, count, resid2);
@@ -158,7 +169,8 @@ py::tuple l1_csr(py::array ip_, py::array ix_, py::array dt_, std::int64_t m, st
 void bind_recovery(py::module_& m) {
   m.def("omp_gram", &omp_gram, "G = D.T @ D for row-major D (one BLAS syrk).", "D"_a.noconvert());
   m.def("omp", &omp, "Batch OMP: (supp, coef, count, resid2) for the columns of Y.",
-        "D"_a.noconvert(), "Y"_a.noconvert(), "G"_a.none(true), "kmax"_a, "tol"_a, "n_threads"_a);
+        "D"_a.noconvert(), "Y"_a.noconvert(), "G"_a.none(true), "kmax"_a, "tol"_a, "n_threads"_a,
+        "chunk"_a = 0);
   m.def("l1_dense", &l1_dense, "l1 homotopy (mode 0 lasso, 1 BPDN, 2 BP) on dense A: (x, info).",
         "A"_a.noconvert(), "y"_a.noconvert(), "mode"_a, "target"_a, "max_iter"_a, "n_threads"_a);
   m.def("l1_csr", &l1_csr, "l1 homotopy on CSR A: (x, info).", "indptr"_a.noconvert(),

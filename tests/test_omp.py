@@ -182,6 +182,18 @@ def test_lazy_gram_path_matches_full(tol):
     np.testing.assert_array_equal((X != 0).sum(axis=0), (Xs != 0).sum(axis=0))
 
 
+@pytest.mark.parametrize("n_atoms", [30, 400])       # full-Gram and lazy paths
+def test_chunked_batches_identical(n_atoms):
+    from weightpress import _core
+    D = unit_dict(20, n_atoms, 22)
+    Y = np.ascontiguousarray(np.random.default_rng(23).standard_normal((20, 23)))
+    ref = _core.omp(D, Y, None, 5, -1.0, 2)
+    for chunk in (1, 7, 23):
+        out = _core.omp(D, Y, None, 5, -1.0, 2, chunk)
+        for a, b in zip(ref, out):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+
 def test_threads_identical():
     D = unit_dict(64, 256, 14)
     Y = np.random.default_rng(15).standard_normal((64, 300))

@@ -12,13 +12,16 @@ namespace wp {
 template <class T>
 void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G);
 
-// C(N×n, row-major: row s is Dᵀy_s) = (DᵀY)ᵀ. One BLAS gemm.
+// C(N×n, row-major: row s is Dᵀy_s) = (DᵀY)ᵀ for the row-major m×N block Y with row stride
+// ldy (>= N). One BLAS gemm.
 template <class T>
-void omp_correlate(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y, T* C);
+void omp_correlate(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
+                   std::int64_t ldy, T* C);
 
-// Squared column norms of the row-major m×N matrix Y (fixed summation order).
+// Squared column norms of the row-major m×N block Y, row stride ldy (fixed summation order).
 template <class T>
-void col_sqnorms(std::int64_t m, std::int64_t N, const T* Y, T* out, int n_threads);
+void col_sqnorms(std::int64_t m, std::int64_t N, const T* Y, std::int64_t ldy, T* out,
+                 int n_threads);
 
 // The pursuit proper. For signal s: alpha0 = C[s, :] (= Dᵀy_s), ynorm2[s] = ‖y_s‖².
 // Selects at most kmax atoms by the OMP rule argmax_j |d_jᵀr| / ‖d_j‖, stopping early when
