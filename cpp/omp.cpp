@@ -41,12 +41,36 @@ void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
     }
 }
 
+// Below this many columns, DᵀX is a hand-written single pass over D: OpenBLAS would wake its
+// threads for a product this thin, and on a busy machine that costs more than the product.
+constexpr std::int64_t kSmallBlock = 8;
+
+// out (b×n, row-major: row t is Dᵀx_t) = (DᵀX)ᵀ for row-major D (m×n) and X (m×b, row stride
+// ldx). Rows of D in order: fixed summation order.
+template <class T>
+void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const T* X,
+               std::int64_t ldx, T* out) {
+  std::fill(out, out + b * n, T(0));
+  for (std::int64_t i = 0; i < m; ++i) {
+    const T* __restrict di = D + i * n;
+    for (std::int64_t t = 0; t < b; ++t) {
+      const T xv = X[i * ldx + t];
+      T* __restrict o = out + t * n;
+      for (std::int64_t j = 0; j < n; ++j) o[j] += di[j] * xv;
+    }
+  }
+}
+
 template <class T>
 void omp_correlate(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
                    std::int64_t ldy, T* C) {
   if (n == 0 || N == 0) return;
   if (m == 0) {
     std::fill(C, C + n * N, T(0));
+    return;
+  }
+  if (N <= kSmallBlock) {  // a few signals: one pass over D, no BLAS thread wake-up
+    small_atb<T>(m, n, N, D, Y, ldy, C);
     return;
   }
   const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features"),
@@ -284,7 +308,8 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
                T* resid2, int n_threads) {
   if (kmax < 1 || kmax > n) throw ShapeError("omp: kmax must be in [1, n_atoms]");
   const std::vector<T> invdiag = inverse_diag<T>(n, G, n + 1);
-  const int nt = static_cast<int>(std::min<std::int64_t>(std::max(n_threads, 1), std::max<std::int64_t>(N, 1)));
+  // Threads only for batches worth waking them for (about N·n·kmax flops per call).
+  const int nt = threads_for(N * n * kmax, n_threads, std::int64_t(1) << 21);
   std::vector<Workspace<T>> wss(static_cast<std::size_t>(nt));  // allocated serially
   for (auto& w : wss) {
     w.init(n, kmax);
@@ -345,12 +370,19 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
     if (!fresh.empty()) {  // G[:, fresh] = Dᵀ D[:, fresh]: one gemm
       const auto b = static_cast<std::int64_t>(fresh.size());
       buf.resize(static_cast<std::size_t>(m * b));
-      for (std::int64_t i = 0; i < m; ++i)
-        for (std::int64_t t = 0; t < b; ++t)
-          buf[static_cast<std::size_t>(i + t * m)] = D[i * n + fresh[static_cast<std::size_t>(t)]];
       cache.resize(static_cast<std::size_t>((ncache + b) * n));
-      blas::gemm<T>('N', 'N', bn, blas::to_int(b), bm, T(1), D, bn, buf.data(), bm, T(0),
-                    cache.data() + ncache * n, bn);
+      if (b <= kSmallBlock) {
+        for (std::int64_t i = 0; i < m; ++i)  // row-major m×b
+          for (std::int64_t t = 0; t < b; ++t)
+            buf[static_cast<std::size_t>(i * b + t)] = D[i * n + fresh[static_cast<std::size_t>(t)]];
+        small_atb<T>(m, n, b, D, buf.data(), b, cache.data() + ncache * n);
+      } else {
+        for (std::int64_t i = 0; i < m; ++i)  // column-major m×b
+          for (std::int64_t t = 0; t < b; ++t)
+            buf[static_cast<std::size_t>(i + t * m)] = D[i * n + fresh[static_cast<std::size_t>(t)]];
+        blas::gemm<T>('N', 'N', bn, blas::to_int(b), bm, T(1), D, bn, buf.data(), bm, T(0),
+                      cache.data() + ncache * n, bn);
+      }
       ncache += b;
     }
     const T* cp = cache.data();
