@@ -36,10 +36,25 @@ template <class T>
 struct DenseOp final : Op<T> {
   const T* A = nullptr;
   mutable std::vector<T> buf;
+  // Products this small run in our own loops: a BLAS call would wake its threads, which on a
+  // busy machine costs far more than the product itself.
+  bool small() const { return this->m * this->n <= (std::int64_t(1) << 18); }
   void matvec(const T* x, T* out) const override {
     if (this->m == 0) return;
     if (this->n == 0) {
       std::fill(out, out + this->m, T(0));
+      return;
+    }
+    if (small()) {  // row dots, four partial sums in a fixed order
+      for (std::int64_t i = 0; i < this->m; ++i) {
+        const T* a = A + i * this->n;
+        T s[4] = {T(0), T(0), T(0), T(0)};
+        std::int64_t j = 0;
+        for (; j + 4 <= this->n; j += 4)
+          for (int l = 0; l < 4; ++l) s[l] += a[j + l] * x[j + l];
+        for (; j < this->n; ++j) s[0] += a[j] * x[j];
+        out[i] = (s[0] + s[1]) + (s[2] + s[3]);
+      }
       return;
     }
     // Row-major A (m×n) is the column-major n×m matrix Aᵀ: A x = (Aᵀ)ᵀ x.
@@ -50,6 +65,15 @@ struct DenseOp final : Op<T> {
     if (this->n == 0) return;
     if (this->m == 0) {
       std::fill(out, out + this->n, T(0));
+      return;
+    }
+    if (small()) {  // row axpys
+      std::fill(out, out + this->n, T(0));
+      for (std::int64_t i = 0; i < this->m; ++i) {
+        const T* a = A + i * this->n;
+        const T ri = r[i];
+        for (std::int64_t j = 0; j < this->n; ++j) out[j] += a[j] * ri;
+      }
       return;
     }
     blas::gemv<T>('N', blas::to_int(this->n), blas::to_int(this->m), T(1), A,
@@ -202,7 +226,9 @@ template <class T>
 void Homotopy<T>::ensure_cached(std::int64_t j) {
   if (slot_[static_cast<std::size_t>(j)] >= 0) return;
   const std::int64_t n = A_.n;
-  const std::int64_t want = std::min<std::int64_t>(n, 32);
+  // Blocks of 32 columns; small problems take 128 at a time, so that they make few BLAS calls
+  // (each may wake BLAS threads, which costs more than such a product on a busy machine).
+  const std::int64_t want = std::min<std::int64_t>(n, A_.m * n <= (std::int64_t(1) << 18) ? 128 : 32);
   std::vector<std::int64_t> cand;
   cand.reserve(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i)
