@@ -66,5 +66,6 @@ void load_blas(py::module_& m);
 void bind_dense(py::module_& m);
 void bind_sparse(py::module_& m);
 void bind_svd(py::module_& m);
+void bind_recovery(py::module_& m);
 
 }  // namespace wpb

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import _core
 from ._threads import get_num_threads, set_num_threads, threads
+from .recovery import ConvergenceWarning, OMPDictionary, SolverInfo, basis_pursuit, lasso, omp
 from .sparse import csr_matmul, prune
 from .svd import randomized_svd, svt
 from .threshold import hard_threshold, soft_threshold
@@ -26,4 +27,10 @@ __all__ = [
     "csr_matmul",
     "randomized_svd",
     "svt",
+    "omp",
+    "OMPDictionary",
+    "basis_pursuit",
+    "lasso",
+    "SolverInfo",
+    "ConvergenceWarning",
 ]

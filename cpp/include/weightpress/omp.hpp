@@ -1,0 +1,45 @@
+// Orthogonal matching pursuit, batch form (Rubinstein, Zibulevsky and Elad 2008).
+// D is row-major m×n (columns are atoms), Y row-major m×N (columns are signals).
+// The Gram matrix G = DᵀD and the correlations DᵀY come from one BLAS call each (serial);
+// the per-signal pursuit is OpenMP over signals with per-thread workspaces and small loops.
+// Each signal is processed by one thread in a fixed order: results do not depend on n_threads.
+#pragma once
+#include <cstdint>
+
+namespace wp {
+
+// G(n×n, row-major = column-major, symmetric) = DᵀD. One BLAS syrk, then a mirror copy.
+template <class T>
+void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G);
+
+// C(N×n, row-major: row s is Dᵀy_s) = (DᵀY)ᵀ for the row-major m×N block Y with row stride
+// ldy (>= N). One BLAS gemm.
+template <class T>
+void omp_correlate(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
+                   std::int64_t ldy, T* C);
+
+// Squared column norms of the row-major m×N block Y, row stride ldy (fixed summation order).
+template <class T>
+void col_sqnorms(std::int64_t m, std::int64_t N, const T* Y, std::int64_t ldy, T* out,
+                 int n_threads);
+
+// The pursuit proper. For signal s: alpha0 = C[s, :] (= Dᵀy_s), ynorm2[s] = ‖y_s‖².
+// Selects at most kmax atoms by the OMP rule argmax_j |d_jᵀr| / ‖d_j‖, stopping early when
+// ‖r‖² <= tol (tol < 0: no tolerance), when every correlation vanishes, or when the next atom
+// is numerically dependent on the chosen ones (Cholesky pivot test). Outputs per signal, row
+// s of the N×kmax arrays: supp (atom indices, ascending), coef, and count[s] entries used;
+// resid2[s] = ‖y_s − D x_s‖² as tracked by the pursuit.
+template <class T>
+void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* ynorm2,
+               std::int64_t kmax, double tol, std::int64_t* supp, T* coef, std::int64_t* count,
+               T* resid2, int n_threads);
+
+// The same pursuit without the full Gram matrix, for few signals (N·kmax small against n):
+// all signals advance in lockstep, one atom per round, and the Gram columns of the atoms
+// chosen in a round that are not yet known come from one gemm, DᵀD[:, new]. Same outputs.
+template <class T>
+void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* C,
+              const T* ynorm2, std::int64_t kmax, double tol, std::int64_t* supp, T* coef,
+              std::int64_t* count, T* resid2, int n_threads);
+
+}  // namespace wp

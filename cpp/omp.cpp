@@ -1,0 +1,414 @@
+// Batch orthogonal matching pursuit. See omp.hpp.
+//
+// Per signal the pursuit keeps V = G[:, I] L⁻ᵀ (n×k, L the Cholesky factor of G[I, I]) one
+// column per step, so that
+//   L[k, :k] = V[j_k, :k]            (row j_k of V; no triangular solve),
+//   V[:, k]  = (G[:, j_k] − V[:, :k] L[k, :k]ᵀ) / L[k, k],
+//   z_k      = (Dᵀy)[j_k] − L[k, :k]·z[:k]) / L[k, k]     (z = L⁻¹ (Dᵀy)_I),
+//   Dᵀr     −= V[:, k] z_k,           ‖r‖² −= z_k²,
+// and x_I = L⁻ᵀ z at the end. A step reads one column of G and the thread's own V, so the
+// Gram matrix (often larger than the caches) is streamed once per selected atom.
+#include "weightpress/omp.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "weightpress/blas.hpp"
+#include "weightpress/errors.hpp"
+#include "weightpress/parallel.hpp"
+
+namespace wp {
+
+template <class T>
+void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
+  if (n == 0) return;
+  if (m == 0) {
+    std::fill(G, G + n * n, T(0));
+    return;
+  }
+  const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features");
+  blas::syrk<T>('U', 'N', bn, bm, T(1), D, bn, T(0), G, bn);
+  // Column-major upper triangle: G[i + j n], i <= j. Mirror into the lower one in tiles.
+  constexpr std::int64_t B = 64;
+  for (std::int64_t j0 = 0; j0 < n; j0 += B)
+    for (std::int64_t i0 = 0; i0 <= j0; i0 += B) {
+      const std::int64_t j1 = std::min(n, j0 + B), i1 = std::min(n, i0 + B);
+      for (std::int64_t j = j0; j < j1; ++j)
+        for (std::int64_t i = i0; i < std::min(i1, j); ++i) G[j + i * n] = G[i + j * n];
+    }
+}
+
+// Below this many columns, DᵀX is a hand-written single pass over D: OpenBLAS would wake its
+// threads for a product this thin, and on a busy machine that costs more than the product.
+constexpr std::int64_t kSmallBlock = 8;
+
+// out (b×n, row-major: row t is Dᵀx_t) = (DᵀX)ᵀ for row-major D (m×n) and X (m×b, row stride
+// ldx). Rows of D in order: fixed summation order.
+template <class T>
+void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const T* X,
+               std::int64_t ldx, T* out) {
+  std::fill(out, out + b * n, T(0));
+  for (std::int64_t i = 0; i < m; ++i) {
+    const T* __restrict di = D + i * n;
+    for (std::int64_t t = 0; t < b; ++t) {
+      const T xv = X[i * ldx + t];
+      T* __restrict o = out + t * n;
+      for (std::int64_t j = 0; j < n; ++j) o[j] += di[j] * xv;
+    }
+  }
+}
+
+template <class T>
+void omp_correlate(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
+                   std::int64_t ldy, T* C) {
+  if (n == 0 || N == 0) return;
+  if (m == 0) {
+    std::fill(C, C + n * N, T(0));
+    return;
+  }
+  if (N <= kSmallBlock) {  // a few signals: one pass over D, no BLAS thread wake-up
+    small_atb<T>(m, n, N, D, Y, ldy, C);
+    return;
+  }
+  const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features"),
+             bN = blas::to_int(N, "n_signals"), bl = blas::to_int(ldy, "n_signals");
+  blas::gemm<T>('N', 'T', bn, bN, bm, T(1), D, bn, Y, bl, T(0), C, bn);
+}
+
+template <class T>
+void col_sqnorms(std::int64_t m, std::int64_t N, const T* Y, std::int64_t ldy, T* out,
+                 int n_threads) {
+  constexpr std::int64_t B = 256;  // columns per task: fixed, so the result is too
+  const std::int64_t nb = (N + B - 1) / B;
+  const int nt = threads_for(m * N, n_threads, 1 << 16);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (std::int64_t b = 0; b < nb; ++b) {
+    const std::int64_t s0 = b * B, s1 = std::min(N, s0 + B);
+    for (std::int64_t s = s0; s < s1; ++s) out[s] = T(0);
+    for (std::int64_t i = 0; i < m; ++i) {
+      const T* row = Y + i * ldy;
+      for (std::int64_t s = s0; s < s1; ++s) out[s] += row[s] * row[s];
+    }
+  }
+}
+
+namespace {
+
+template <class T>
+struct Workspace {
+  std::vector<T> V, a, z, L, x;
+  std::vector<std::int64_t> sel, ord;
+  std::vector<T> w;  // 1/G_jj, zeroed while atom j is in use
+  void init(std::int64_t n, std::int64_t kmax) {
+    V.resize(static_cast<std::size_t>(n * kmax));
+    a.resize(static_cast<std::size_t>(n));
+    z.resize(static_cast<std::size_t>(kmax));
+    L.resize(static_cast<std::size_t>(kmax * kmax));
+    x.resize(static_cast<std::size_t>(kmax));
+    sel.resize(static_cast<std::size_t>(kmax));
+    ord.resize(static_cast<std::size_t>(kmax));
+  }
+};
+
+// v = (g − Σ_{i<k} V_i w_i) * inv, then a −= v zk. Unrolled by four columns of V so that v is
+// loaded and stored a quarter as often.
+template <class T>
+__attribute__((always_inline)) inline void new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
+                       const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a) {
+  std::int64_t i = 0;
+  if (k == 0) {
+    for (std::int64_t r = 0; r < n; ++r) v[r] = g[r];
+  } else {
+    // first pass folds g in
+    const std::int64_t c = std::min<std::int64_t>(k, 4);
+    const T* v0 = V;
+    const T* v1 = V + (c > 1 ? n : 0);
+    const T* v2 = V + (c > 2 ? 2 * n : 0);
+    const T* v3 = V + (c > 3 ? 3 * n : 0);
+    const T w0 = w[0], w1 = c > 1 ? w[1] : T(0), w2 = c > 2 ? w[2] : T(0),
+            w3 = c > 3 ? w[3] : T(0);
+    for (std::int64_t r = 0; r < n; ++r)
+      v[r] = g[r] - ((v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3));
+    i = c;
+  }
+  for (; i + 4 <= k; i += 4) {
+    const T* __restrict v0 = V + i * n;
+    const T* __restrict v1 = v0 + n;
+    const T* __restrict v2 = v1 + n;
+    const T* __restrict v3 = v2 + n;
+    const T w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
+    for (std::int64_t r = 0; r < n; ++r)
+      v[r] -= (v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3);
+  }
+  for (; i < k; ++i) {
+    const T* __restrict v0 = V + i * n;
+    const T w0 = w[i];
+    for (std::int64_t r = 0; r < n; ++r) v[r] -= v0[r] * w0;
+  }
+  for (std::int64_t r = 0; r < n; ++r) {
+    v[r] *= inv;
+    a[r] -= v[r] * zk;
+  }
+}
+
+// argmax_j a_j² w_j (w_j = 1/G_jj for unused atoms, 0 for used or zero ones) with a positive
+// score, first index on ties; -1 if none. Pass 1 takes the maximum in L independent lanes (a
+// vector max), pass 2 finds its first occurrence.
+template <class T>
+__attribute__((always_inline)) inline std::int64_t select_atom_impl(std::int64_t n,
+                                                                    const T* __restrict a,
+                                                                    const T* __restrict w) {
+  constexpr int L = 16;
+  T acc[L] = {};
+  std::int64_t j = 0;
+  for (; j + L <= n; j += L)
+    for (int l = 0; l < L; ++l) {
+      const T v = a[j + l] * a[j + l] * w[j + l];
+      acc[l] = acc[l] > v ? acc[l] : v;
+    }
+  T mx = T(0);
+  for (; j < n; ++j) {
+    const T v = a[j] * a[j] * w[j];
+    mx = mx > v ? mx : v;
+  }
+  for (int l = 0; l < L; ++l) mx = mx > acc[l] ? mx : acc[l];
+  if (!(mx > T(0))) return -1;
+  for (j = 0; j < n; ++j)
+    if (a[j] * a[j] * w[j] == mx) return j;
+  return -1;  // unreachable unless NaN
+}
+
+// The two hot loops, compiled for AVX-512, AVX2+FMA-era CPUs and the baseline, chosen at load
+// time (GCC function multiversioning). Elementwise loops only and no FP contraction under
+// -std=c++17, so every clone gives bit-identical results.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define WP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define WP_CLONES
+#endif
+#define WP_KERNELS(T)                                                                          \
+  WP_CLONES void new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V, \
+                            const T* __restrict w, T inv, T zk, T* __restrict v,               \
+                            T* __restrict a) {                                                 \
+    new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);                                          \
+  }                                                                                            \
+  WP_CLONES std::int64_t select_atom(std::int64_t n, const T* __restrict a,                    \
+                                     const T* __restrict w) {                                  \
+    return select_atom_impl<T>(n, a, w);                                                       \
+  }
+WP_KERNELS(float)
+WP_KERNELS(double)
+#undef WP_KERNELS
+
+// One signal's pursuit, step by step: start, then select/add until done, then finish. The
+// workspace holds everything that changes (V, Dᵀr, z, L, the used-atom weights).
+template <class T>
+struct Pursuit {
+  std::int64_t n, kmax;
+  double tol;
+  const T* invdiag;
+  Workspace<T>* ws;
+  const T* alpha0 = nullptr;
+  T r2 = T(0);
+  std::int64_t k = 0;
+  bool done = false;
+
+  void start(const T* a0, T ynorm2) {
+    alpha0 = a0;
+    r2 = ynorm2;
+    k = 0;
+    done = tol >= 0 && static_cast<double>(r2) <= tol;
+    if (!done) std::copy(a0, a0 + n, ws->a.data());
+  }
+  // The next atom by the OMP rule, or -1 (then done).
+  std::int64_t select() {
+    if (done || k >= kmax) {
+      done = true;
+      return -1;
+    }
+    const std::int64_t best = select_atom(n, ws->a.data(), ws->w.data());
+    if (best < 0) done = true;  // residual orthogonal to every atom
+    return best;
+  }
+  // Adds atom j with Gram column g = G[:, j]; stops instead if j is dependent (pivot test).
+  void add(std::int64_t j, const T* g) {
+    const T ptol = T(1000) * std::numeric_limits<T>::epsilon();
+    T* V = ws->V.data();
+    T* z = ws->z.data();
+    T* Lk = ws->L.data() + k * kmax;
+    T s2 = T(0), dot = T(0);
+    for (std::int64_t i = 0; i < k; ++i) {
+      const T w = V[j + i * n];
+      Lk[i] = w;
+      s2 += w * w;
+      dot += w * z[i];
+    }
+    const T piv = g[j] - s2;
+    if (!(piv > ptol * g[j])) {  // dependent on the chosen atoms (or NaN)
+      done = true;
+      return;
+    }
+    const T lkk = std::sqrt(piv);
+    Lk[k] = lkk;
+    const T zk = (alpha0[j] - dot) / lkk;
+    new_column(n, k, g, V, Lk, T(1) / lkk, zk, V + k * n, ws->a.data());
+    z[k] = zk;
+    ws->sel[static_cast<std::size_t>(k)] = j;
+    ws->w[static_cast<std::size_t>(j)] = T(0);
+    r2 -= zk * zk;
+    ++k;
+    if (tol >= 0 && static_cast<double>(r2) <= tol) done = true;
+  }
+  // x = L⁻ᵀ z (back substitution), sorted by atom index, into this signal's output row.
+  void finish(std::int64_t* supp, T* coef, std::int64_t* count, T* resid2) {
+    const T* L = ws->L.data();
+    const T* z = ws->z.data();
+    T* x = ws->x.data();
+    std::int64_t* sel = ws->sel.data();
+    for (std::int64_t i = k - 1; i >= 0; --i) {
+      T sum = z[i];
+      for (std::int64_t j = i + 1; j < k; ++j) sum -= L[j * kmax + i] * x[j];
+      x[i] = sum / L[i * kmax + i];
+    }
+    std::int64_t* ord = ws->ord.data();
+    std::iota(ord, ord + k, std::int64_t(0));
+    std::sort(ord, ord + k, [&](std::int64_t p, std::int64_t q) { return sel[p] < sel[q]; });
+    for (std::int64_t i = 0; i < k; ++i) {
+      supp[i] = sel[ord[i]];
+      coef[i] = x[ord[i]];
+      ws->w[static_cast<std::size_t>(sel[i])] = invdiag[sel[i]];
+    }
+    for (std::int64_t i = k; i < kmax; ++i) {
+      supp[i] = -1;
+      coef[i] = T(0);
+    }
+    *count = k;
+    *resid2 = std::max(r2, T(0));
+  }
+};
+
+template <class T>
+std::vector<T> inverse_diag(std::int64_t n, const T* d, std::int64_t stride) {
+  std::vector<T> inv(static_cast<std::size_t>(n));
+  for (std::int64_t j = 0; j < n; ++j) {
+    const T v = d[j * stride];
+    inv[static_cast<std::size_t>(j)] = v > T(0) ? T(1) / v : T(0);
+  }
+  return inv;
+}
+
+}  // namespace
+
+template <class T>
+void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* ynorm2,
+               std::int64_t kmax, double tol, std::int64_t* supp, T* coef, std::int64_t* count,
+               T* resid2, int n_threads) {
+  if (kmax < 1 || kmax > n) throw ShapeError("omp: kmax must be in [1, n_atoms]");
+  const std::vector<T> invdiag = inverse_diag<T>(n, G, n + 1);
+  // Threads only for batches worth waking them for (about N·n·kmax flops per call).
+  const int nt = threads_for(N * n * kmax, n_threads, std::int64_t(1) << 21);
+  std::vector<Workspace<T>> wss(static_cast<std::size_t>(nt));  // allocated serially
+  for (auto& w : wss) {
+    w.init(n, kmax);
+    w.w = invdiag;
+  }
+  FirstError err;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1)
+  for (std::int64_t s = 0; s < N; ++s)
+    err.run([&] {
+      Pursuit<T> p{n, kmax, tol, invdiag.data(), &wss[static_cast<std::size_t>(thread_id())]};
+      p.start(C + s * n, ynorm2[s]);
+      while (!p.done) {
+        const std::int64_t j = p.select();
+        if (j < 0) break;
+        p.add(j, G + j * n);
+      }
+      p.finish(supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
+    });
+  err.rethrow();
+}
+
+template <class T>
+void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* C,
+              const T* ynorm2, std::int64_t kmax, double tol, std::int64_t* supp, T* coef,
+              std::int64_t* count, T* resid2, int n_threads) {
+  if (kmax < 1 || kmax > n) throw ShapeError("omp: kmax must be in [1, n_atoms]");
+  std::vector<T> diag(static_cast<std::size_t>(n), T(0));  // ‖d_j‖², rows in order
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) diag[static_cast<std::size_t>(j)] += D[i * n + j] * D[i * n + j];
+  const std::vector<T> invdiag = inverse_diag<T>(n, diag.data(), 1);
+  std::vector<Workspace<T>> wss(static_cast<std::size_t>(N));
+  std::vector<Pursuit<T>> ps;
+  ps.reserve(static_cast<std::size_t>(N));
+  for (std::int64_t s = 0; s < N; ++s) {
+    auto& w = wss[static_cast<std::size_t>(s)];
+    w.init(n, kmax);
+    w.w = invdiag;
+    ps.push_back(Pursuit<T>{n, kmax, tol, invdiag.data(), &w});
+    ps.back().start(C + s * n, ynorm2[s]);
+  }
+  std::vector<T> cache, buf;                                   // Gram columns, n each
+  std::vector<std::int64_t> slot(static_cast<std::size_t>(n), -1), want(static_cast<std::size_t>(N));
+  std::int64_t ncache = 0;
+  // Rounds are short (N·n·k work at most): threads only when a round is worth it.
+  const int nt = threads_for(N * n * kmax, n_threads, std::int64_t(1) << 20);
+  const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features");
+  for (std::int64_t round = 0; round < kmax; ++round) {
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (std::int64_t s = 0; s < N; ++s) want[static_cast<std::size_t>(s)] = ps[static_cast<std::size_t>(s)].select();
+    std::vector<std::int64_t> fresh;  // atoms wanted this round whose column is not cached
+    for (std::int64_t j : want)
+      if (j >= 0 && slot[static_cast<std::size_t>(j)] < 0) {
+        slot[static_cast<std::size_t>(j)] = ncache + static_cast<std::int64_t>(fresh.size());
+        fresh.push_back(j);
+      }
+    if (fresh.empty() && std::all_of(want.begin(), want.end(), [](std::int64_t j) { return j < 0; }))
+      break;
+    if (!fresh.empty()) {  // G[:, fresh] = Dᵀ D[:, fresh]: one gemm
+      const auto b = static_cast<std::int64_t>(fresh.size());
+      buf.resize(static_cast<std::size_t>(m * b));
+      cache.resize(static_cast<std::size_t>((ncache + b) * n));
+      if (b <= kSmallBlock) {
+        for (std::int64_t i = 0; i < m; ++i)  // row-major m×b
+          for (std::int64_t t = 0; t < b; ++t)
+            buf[static_cast<std::size_t>(i * b + t)] = D[i * n + fresh[static_cast<std::size_t>(t)]];
+        small_atb<T>(m, n, b, D, buf.data(), b, cache.data() + ncache * n);
+      } else {
+        for (std::int64_t i = 0; i < m; ++i)  // column-major m×b
+          for (std::int64_t t = 0; t < b; ++t)
+            buf[static_cast<std::size_t>(i + t * m)] = D[i * n + fresh[static_cast<std::size_t>(t)]];
+        blas::gemm<T>('N', 'N', bn, blas::to_int(b), bm, T(1), D, bn, buf.data(), bm, T(0),
+                      cache.data() + ncache * n, bn);
+      }
+      ncache += b;
+    }
+    const T* cp = cache.data();
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    for (std::int64_t s = 0; s < N; ++s) {
+      const std::int64_t j = want[static_cast<std::size_t>(s)];
+      if (j >= 0) ps[static_cast<std::size_t>(s)].add(j, cp + slot[static_cast<std::size_t>(j)] * n);
+    }
+  }
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+  for (std::int64_t s = 0; s < N; ++s)
+    ps[static_cast<std::size_t>(s)].finish(supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
+}
+
+#define WP_INST(T)                                                                              \
+  template void omp_gram<T>(std::int64_t, std::int64_t, const T*, T*);                          \
+  template void omp_correlate<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,  \
+                                 std::int64_t, T*);                                             \
+  template void col_sqnorms<T>(std::int64_t, std::int64_t, const T*, std::int64_t, T*, int);    \
+  template void omp_batch<T>(std::int64_t, std::int64_t, const T*, const T*, const T*,          \
+                             std::int64_t, double, std::int64_t*, T*, std::int64_t*, T*, int);   \
+  template void omp_lazy<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,       \
+                            const T*, std::int64_t, double, std::int64_t*, T*, std::int64_t*, T*, \
+                            int);
+WP_INST(float)
+WP_INST(double)
+#undef WP_INST
+
+}  // namespace wp

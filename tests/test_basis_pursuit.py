@@ -1,0 +1,286 @@
+"""Basis pursuit, BPDN and LASSO: against linprog (HiGHS) and lars_path, independent duality-gap
+certificates, phase-transition recovery, degenerate problems, threads, dtypes and bad input."""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy.optimize import linprog
+
+import weightpress as wp
+
+sklm = pytest.importorskip("sklearn.linear_model")
+
+
+def gauss(m, n, seed):
+    return np.random.default_rng(seed).standard_normal((m, n)) / np.sqrt(m)
+
+
+def sparse_vec(n, k, seed):
+    rng = np.random.default_rng(seed)
+    x = np.zeros(n)
+    x[rng.choice(n, k, replace=False)] = rng.standard_normal(k)
+    return x
+
+
+def lp_bp(A, y):
+    """min ‖x‖₁ s.t. Ax = y as an LP in (u, v) >= 0, x = u − v; HiGHS."""
+    n = A.shape[1]
+    res = linprog(np.ones(2 * n), A_eq=np.hstack([A, -A]), b_eq=y, bounds=(0, None), method="highs",
+                  options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+    assert res.status == 0
+    return res.x[:n] - res.x[n:], res.fun
+
+
+def bp_gap(A, y, x):
+    """Independent certificate for BP: dual z from the support's equiangular vector."""
+    S = np.flatnonzero(x)
+    if S.size == 0:
+        return 0.0
+    w = np.linalg.solve(A[:, S].T @ A[:, S], np.sign(x[S]))
+    z = A[:, S] @ w
+    z /= max(1.0, np.abs(A.T @ z).max())
+    P = np.abs(x).sum()
+    return (P - y @ z) / P
+
+
+def lasso_gap(A, y, x, lam):
+    r = y - A @ x
+    P = 0.5 * r @ r + lam * np.abs(x).sum()
+    th = r * min(1.0, lam / max(np.abs(A.T @ r).max(), 1e-300))
+    D = y @ th - 0.5 * th @ th
+    return (P - D) / P if P > 0 else 0.0
+
+
+@pytest.mark.parametrize("shape", [(20, 50), (30, 30), (15, 40)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bp_matches_linprog(shape, seed):
+    A = gauss(*shape, seed)
+    y = np.random.default_rng(seed + 50).standard_normal(shape[0])
+    x, info = wp.basis_pursuit(A, y, return_info=True)
+    _, fun = lp_bp(A, y)
+    assert info.converged and info.duality_gap <= 1e-6
+    np.testing.assert_allclose(np.abs(x).sum(), fun, rtol=1e-8)
+    np.testing.assert_allclose(A @ x, y, atol=1e-9 * np.linalg.norm(y))
+    assert bp_gap(A, y, x) <= 1e-8
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bp_exact_recovery_below_phase_transition(seed):
+    n, m = 200, 100                   # m/n = 0.5
+    k = 20                            # k/m = 0.2: below the Donoho–Tanner curve (~0.38)
+    A = gauss(m, n, seed)
+    x0 = sparse_vec(n, k, seed + 10)
+    x, info = wp.basis_pursuit(A, A @ x0, return_info=True)
+    assert np.linalg.norm(x - x0) <= 1e-8 * np.linalg.norm(x0)
+    np.testing.assert_array_equal(np.flatnonzero(x), np.flatnonzero(x0))
+    assert info.converged and info.n_active == k
+
+
+def test_bpdn_certificate_and_residual():
+    A = gauss(40, 120, 3)
+    rng = np.random.default_rng(4)
+    y = A @ sparse_vec(120, 8, 5) + 0.05 * rng.standard_normal(40)
+    sigma = 0.4 * np.linalg.norm(y)
+    x, info = wp.basis_pursuit(A, y, sigma=sigma, return_info=True)
+    r = y - A @ x
+    np.testing.assert_allclose(np.linalg.norm(r), sigma, rtol=1e-9)
+    z = r / np.abs(A.T @ r).max()                       # dual feasible
+    P, D = np.abs(x).sum(), y @ z - sigma * np.linalg.norm(z)
+    assert (P - D) / P <= 1e-8
+    assert info.converged
+    # the same point is the LASSO solution at the final λ
+    np.testing.assert_allclose(wp.lasso(A, y, info.lam), x, atol=1e-9)
+
+
+def test_bpdn_against_bp_limit_and_sigma_large():
+    A = gauss(30, 60, 6)
+    y = np.random.default_rng(7).standard_normal(30)
+    x0 = wp.basis_pursuit(A, y)
+    x1 = wp.basis_pursuit(A, y, sigma=1e-10 * np.linalg.norm(y))
+    np.testing.assert_allclose(x1, x0, atol=1e-8)
+    x, info = wp.basis_pursuit(A, y, sigma=1.01 * np.linalg.norm(y), return_info=True)
+    assert not x.any() and info.converged
+
+
+@pytest.mark.parametrize("frac", [0.5, 0.1, 0.01])
+def test_lasso_matches_lars_path(frac):
+    A = gauss(50, 80, 8)
+    y = np.random.default_rng(9).standard_normal(50)
+    lam = frac * np.abs(A.T @ y).max()
+    x, info = wp.lasso(A, y, lam, return_info=True)
+    _, _, coefs = sklm.lars_path(A, y, method="lasso", alpha_min=lam / A.shape[0])
+    np.testing.assert_allclose(x, coefs[:, -1], atol=1e-8)
+    assert info.converged and lasso_gap(A, y, x, lam) <= 1e-10
+
+
+def test_lasso_kkt_and_edges():
+    A = gauss(25, 40, 10)
+    y = np.random.default_rng(11).standard_normal(25)
+    lam0 = np.abs(A.T @ y).max()
+    assert not wp.lasso(A, y, lam0).any()
+    assert not wp.lasso(A, y, 2 * lam0).any()
+    x = wp.lasso(A, y, 0.2 * lam0)
+    c = A.T @ (y - A @ x)
+    S = x != 0
+    np.testing.assert_allclose(c[S], 0.2 * lam0 * np.sign(x[S]), rtol=1e-9)
+    assert np.all(np.abs(c[~S]) <= 0.2 * lam0 * (1 + 1e-9))
+
+
+def test_zero_y():
+    A = gauss(10, 20, 0)
+    for f in (lambda: wp.basis_pursuit(A, np.zeros(10), return_info=True),
+              lambda: wp.basis_pursuit(A, np.zeros(10), sigma=1.0, return_info=True),
+              lambda: wp.lasso(A, np.zeros(10), 0.5, return_info=True)):
+        x, info = f()
+        assert not x.any() and info.converged
+
+
+def test_tall_full_rank_recovers():
+    A = gauss(60, 20, 12)
+    x0 = np.random.default_rng(13).standard_normal(20)      # dense: the unique solution
+    x, info = wp.basis_pursuit(A, A @ x0, return_info=True)
+    np.testing.assert_allclose(x, x0, atol=1e-9)
+    assert info.converged
+
+
+def test_tall_infeasible_warns():
+    A = gauss(60, 20, 12)
+    y = np.random.default_rng(14).standard_normal(60)
+    with pytest.warns(wp.ConvergenceWarning, match="range"):
+        x, info = wp.basis_pursuit(A, y, return_info=True)
+    assert not info.converged and np.isfinite(x).all()
+
+
+def test_rank_deficient_and_duplicate_columns_match_linprog():
+    rng = np.random.default_rng(15)
+    B = rng.standard_normal((30, 6)) @ rng.standard_normal((6, 50))    # rank 6
+    y = B @ rng.standard_normal(50)
+    x, info = wp.basis_pursuit(B, y, return_info=True)
+    _, fun = lp_bp(B, y)
+    np.testing.assert_allclose(np.abs(x).sum(), fun, rtol=1e-7)
+    assert info.converged
+    A = gauss(20, 40, 16)
+    Ad = np.hstack([A, A[:, :10], 2 * A[:, 5:8]])                  # duplicates and multiples
+    yd = np.random.default_rng(17).standard_normal(20)
+    xd, infod = wp.basis_pursuit(Ad, yd, return_info=True)
+    _, fund = lp_bp(Ad, yd)
+    assert np.isfinite(xd).all() and infod.converged
+    np.testing.assert_allclose(np.abs(xd).sum(), fund, rtol=1e-8)
+
+
+@pytest.mark.parametrize("s", [1e-4, 1e4])
+def test_scaling(s):
+    A = gauss(30, 70, 18)
+    x0 = sparse_vec(70, 5, 19)
+    y = A @ x0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x1 = wp.basis_pursuit(s * A, y)           # x scales by 1/s
+        x2 = wp.basis_pursuit(A, s * y)           # x scales by s
+        x3 = wp.lasso(A, s * y, s * 0.1)          # lasso is homogeneous in (y, lam)
+        x4 = wp.basis_pursuit(A, s * y, sigma=s * 0.1)
+    np.testing.assert_allclose(x1 * s, x0, atol=1e-9)
+    np.testing.assert_allclose(x2 / s, x0, atol=1e-9)
+    np.testing.assert_allclose(x3 / s, wp.lasso(A, y, 0.1), atol=1e-9)
+    np.testing.assert_allclose(x4 / s, wp.basis_pursuit(A, y, sigma=0.1), atol=1e-9)
+
+
+def test_csr_equals_dense():
+    rng = np.random.default_rng(20)
+    A = sp.random(40, 90, density=0.2, format="csr", random_state=21) + sp.eye(40, 90, format="csr")
+    A = sp.csr_array(A)
+    y = rng.standard_normal(40)
+    Ad = A.toarray()
+    np.testing.assert_allclose(wp.basis_pursuit(A, y), wp.basis_pursuit(Ad, y), atol=1e-10)
+    np.testing.assert_allclose(wp.lasso(A, y, 0.3), wp.lasso(Ad, y, 0.3), atol=1e-10)
+    A64 = A.copy()
+    A64.indptr, A64.indices = A64.indptr.astype(np.int64), A64.indices.astype(np.int64)
+    np.testing.assert_allclose(wp.basis_pursuit(A64, y, sigma=0.5), wp.basis_pursuit(Ad, y, sigma=0.5), atol=1e-10)
+    np.testing.assert_allclose(wp.lasso(A.tocsc(), y, 0.3), wp.lasso(Ad, y, 0.3), atol=1e-10)
+
+
+def test_threads_identical_and_dtypes(dtype):
+    A = gauss(200, 600, 22).astype(dtype)
+    y = (A.astype(np.float64) @ sparse_vec(600, 30, 23)).astype(dtype)
+    a = wp.basis_pursuit(A, y, n_threads=1)
+    b = wp.basis_pursuit(A, y, n_threads=2)
+    assert a.dtype == dtype
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(wp.lasso(A, y, 0.05, n_threads=1), wp.lasso(A, y, 0.05, n_threads=2))
+
+
+# entries 0 or of magnitude >= 1e-3, so that HiGHS (the reference) is well-scaled
+ELEMS = st.floats(-10, 10, width=32).filter(lambda v: v == 0 or abs(v) >= 1e-3)
+
+
+@given(data=st.data())
+def test_property_bp_objective_le_linprog(data):
+    m = data.draw(st.integers(1, 8))
+    n = data.draw(st.integers(m, 16))
+    A = data.draw(hnp.arrays(np.float64, (m, n), elements=ELEMS))
+    y = data.draw(hnp.arrays(np.float64, (m,), elements=ELEMS))
+    if np.linalg.matrix_rank(A) < m or np.linalg.cond(A) > 1e6:
+        return
+    x, info = wp.basis_pursuit(A, y, return_info=True)
+    _, fun = lp_bp(A, y)
+    assert np.abs(x).sum() <= fun * (1 + 1e-7) + 1e-9
+    np.testing.assert_allclose(A @ x, y, atol=1e-7 * (np.linalg.norm(y) + 1))
+
+
+@given(data=st.data())
+def test_property_lasso_kkt(data):
+    m = data.draw(st.integers(1, 10))
+    n = data.draw(st.integers(1, 12))
+    A = data.draw(hnp.arrays(np.float64, (m, n), elements=st.floats(-10, 10, width=32)))
+    y = data.draw(hnp.arrays(np.float64, (m,), elements=st.floats(-10, 10, width=32)))
+    lam = data.draw(st.floats(0.01, 2.0)) * (np.abs(A.T @ y).max() + 1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", wp.ConvergenceWarning)   # degenerate draws: checked below
+        x, info = wp.lasso(A, y, lam, return_info=True)
+    assert np.isfinite(x).all()
+    c = A.T @ (y - A @ x)
+    scale = lam + np.abs(A).sum() * (np.abs(x).sum() + 1) * 1e-9
+    assert np.all(np.abs(c) <= lam * (1 + 1e-6) + scale * 1e-6)
+    if info.converged:
+        assert lasso_gap(A, y, x, lam) <= 1e-6 or np.abs(x).sum() == 0
+
+
+def test_bad_input():
+    A = gauss(5, 8, 0)
+    y = np.ones(5)
+    with pytest.raises(ValueError, match="y"):
+        wp.basis_pursuit(A, np.ones(4))
+    with pytest.raises(ValueError, match="sigma"):
+        wp.basis_pursuit(A, y, sigma=-1.0)
+    with pytest.raises(ValueError, match="lam"):
+        wp.lasso(A, y, -0.1)
+    with pytest.raises(ValueError, match="tol"):
+        wp.basis_pursuit(A, y, tol=0.0)
+    with pytest.raises(ValueError, match="NaN"):
+        wp.basis_pursuit(A, np.array([1, np.nan, 0, 0, 0.0]))
+    An = A.copy()
+    An[1, 1] = np.nan
+    with pytest.raises(ValueError, match="A"):
+        wp.lasso(An, y, 0.1)
+    with pytest.raises(ValueError, match="A"):
+        wp.basis_pursuit(np.ones(5), y)
+    with pytest.raises(ValueError, match="max_iter"):
+        wp.basis_pursuit(A, y, max_iter=-1)
+    bad = sp.csr_array(A)
+    bad.indices[0] = 99
+    with pytest.raises(ValueError, match="CSR|index"):
+        wp.basis_pursuit(bad, y)
+    with pytest.raises(TypeError):
+        wp.lasso(A, y, "big")
+
+
+def test_max_iter_warns():
+    A = gauss(30, 60, 1)
+    y = np.random.default_rng(2).standard_normal(30)
+    with pytest.warns(wp.ConvergenceWarning, match="max_iter"):
+        wp.basis_pursuit(A, y, max_iter=3)
