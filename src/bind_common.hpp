@@ -61,6 +61,27 @@ inline void check_threads(int n_threads) {
   if (n_threads < 1) throw py::value_error("n_threads must be >= 1, got " + std::to_string(n_threads));
 }
 
+// A CSR matrix's three arrays, borrowed strictly, with the O(1) structural checks every CSR
+// entry point makes (the O(nnz) ones happen in the engine, once per call).
+template <class T, class I>
+struct CsrArgs {
+  carr<I> indptr, indices;
+  carr<T> data;
+  std::int64_t nnz() const { return static_cast<std::int64_t>(indices.size()); }
+};
+
+template <class T, class I>
+CsrArgs<T, I> csr_args(py::handle ip, py::handle ix, py::handle dt, std::int64_t rows) {
+  CsrArgs<T, I> a{strict<I>(ip, "indptr"), strict<I>(ix, "indices"), strict<T>(dt, "data")};
+  if (a.indptr.ndim() != 1 || a.indptr.shape(0) != rows + 1)
+    throw wp::ShapeError("malformed CSR: indptr has length " + std::to_string(a.indptr.size()) +
+                         ", expected n_rows + 1 = " + std::to_string(rows + 1));
+  if (a.indices.ndim() != 1 || a.data.ndim() != 1 || a.indices.size() != a.data.size())
+    throw wp::ShapeError("malformed CSR: indices has length " + std::to_string(a.indices.size()) +
+                         " but data has length " + std::to_string(a.data.size()));
+  return a;
+}
+
 // Each binding file registers its functions here (called from module.cpp).
 void load_blas(py::module_& m);
 void bind_dense(py::module_& m);

@@ -138,14 +138,10 @@ py::tuple l1_csr(py::array ip_, py::array ix_, py::array dt_, std::int64_t m, st
     using T = typename decltype(t)::type;
     return dispatch_index(ip_.dtype(), [&](auto u) -> py::tuple {
       using I = typename decltype(u)::type;
-      auto indptr = strict<I>(ip_, "indptr");
-      auto indices = strict<I>(ix_, "indices");
-      auto data = strict<T>(dt_, "data");
+      auto csr = csr_args<T, I>(ip_, ix_, dt_, m);
+      auto &indptr = csr.indptr, &indices = csr.indices;
+      auto &data = csr.data;
       auto y = strict<T>(y_, "y");
-      if (indptr.ndim() != 1 || indptr.shape(0) != m + 1)
-        throw wp::ShapeError("malformed CSR: indptr must have length n_rows + 1");
-      if (indices.size() != data.size())
-        throw wp::ShapeError("malformed CSR: indices and data differ in length");
       if (y.ndim() != 1 || y.shape(0) != m)
         throw wp::ShapeError("l1: y must be 1-D of length " + std::to_string(m));
       carr<T> x(n);

@@ -6,24 +6,15 @@
 namespace wpb {
 namespace {
 
-template <class I>
-void check_csr_o1(const carr<I>& indptr, std::int64_t nnz_idx, std::int64_t nnz_data,
-                  std::int64_t rows) {
-  if (indptr.ndim() != 1 || indptr.shape(0) != rows + 1)
-    throw wp::ShapeError("malformed CSR: indptr has length " + std::to_string(indptr.size()) +
-                         ", expected n_rows + 1 = " + std::to_string(rows + 1));
-  if (nnz_idx != nnz_data)
-    throw wp::ShapeError("malformed CSR: indices has length " + std::to_string(nnz_idx) +
-                         " but data has length " + std::to_string(nnz_data));
-}
-
 void csr_check(py::array ip_, py::array ix_, std::int64_t rows, std::int64_t cols, int n_threads) {
   check_threads(n_threads);
   dispatch_index(ip_.dtype(), [&](auto u) {
     using I = typename decltype(u)::type;
     auto indptr = strict<I>(ip_, "indptr");
     auto indices = strict<I>(ix_, "indices");
-    check_csr_o1<I>(indptr, indices.size(), indices.size(), rows);
+    if (indptr.ndim() != 1 || indptr.shape(0) != rows + 1)
+      throw wp::ShapeError("malformed CSR: indptr has length " + std::to_string(indptr.size()) +
+                           ", expected n_rows + 1 = " + std::to_string(rows + 1));
     const I *p = indptr.data(), *j = indices.data();
     const auto nnz = static_cast<std::int64_t>(indices.size());
     py::gil_scoped_release nogil;
@@ -40,12 +31,11 @@ void csr_matmat(py::array ip_, py::array ix_, py::array dt_, std::int64_t rows, 
     using T = typename decltype(t)::type;
     dispatch_index(ip_.dtype(), [&](auto u) {
       using I = typename decltype(u)::type;
-      auto indptr = strict<I>(ip_, "indptr");
-      auto indices = strict<I>(ix_, "indices");
-      auto data = strict<T>(dt_, "data");
+      auto csr = csr_args<T, I>(ip_, ix_, dt_, rows);
+      auto &indptr = csr.indptr, &indices = csr.indices;
+      auto &data = csr.data;
       auto x = strict<T>(x_, "x");
       auto out = strict_out<T>(out_, "out");
-      check_csr_o1<I>(indptr, indices.size(), data.size(), rows);
       const std::int64_t xr = transpose ? rows : cols, yr = transpose ? cols : rows;
       if (x.ndim() != 2 || x.shape(0) != xr)
         throw wp::ShapeError("csr_matmul: X has " + std::to_string(x.ndim() ? x.shape(0) : 0) +

@@ -76,14 +76,9 @@ py::tuple rsvd_csr(py::array ip_, py::array ix_, py::array dt_, std::int64_t row
     using T = typename decltype(t)::type;
     return dispatch_index(ip_.dtype(), [&](auto u) -> py::tuple {
       using I = typename decltype(u)::type;
-      auto indptr = strict<I>(ip_, "indptr");
-      auto indices = strict<I>(ix_, "indices");
-      auto data = strict<T>(dt_, "data");
-      if (indptr.ndim() != 1 || indptr.shape(0) != rows + 1)
-        throw wp::ShapeError("malformed CSR: indptr has length " + std::to_string(indptr.size()) +
-                             ", expected n_rows + 1 = " + std::to_string(rows + 1));
-      if (indices.size() != data.size())
-        throw wp::ShapeError("malformed CSR: indices and data have different lengths");
+      auto csr = csr_args<T, I>(ip_, ix_, dt_, rows);
+      auto &indptr = csr.indptr, &indices = csr.indices;
+      auto &data = csr.data;
       const I *p_ = indptr.data(), *j_ = indices.data();
       const T* v_ = data.data();
       const auto nnz = static_cast<std::int64_t>(indices.size());
