@@ -245,15 +245,18 @@ WP_INLINE std::int64_t gather_rows(std::int64_t r0, std::int64_t r1, std::int64_
   if (k == 1) {
     for (std::int64_t i = r0; i < r1; ++i) {
       const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
-      const std::int64_t bad = row_bad(indices, p0, p1, cols);  // fused: the row is in L1 now
-      if (bad >= 0) return bad;
-      if (p1 - p0 < 8) {  // short rows (very sparse matrices): a plain loop, no vector setup
+      if (p1 - p0 < 8) {  // short rows (very sparse matrices): a plain loop, checked inline
         T s = T(0);
-        for (std::int64_t p = p0; p < p1; ++p)
-          s += data[p] * x[static_cast<std::int64_t>(indices[p]) * ldx];
+        for (std::int64_t p = p0; p < p1; ++p) {
+          const std::int64_t j = static_cast<std::int64_t>(indices[p]);
+          if (static_cast<std::uint64_t>(j) >= static_cast<std::uint64_t>(cols)) return p;
+          s += data[p] * x[j * ldx];
+        }
         y[i * ldy] = s;
         continue;
       }
+      const std::int64_t bad = row_bad(indices, p0, p1, cols);  // fused: the row is in L1 now
+      if (bad >= 0) return bad;
       // SpMV: 8 interleaved partial sums (fixed by position: deterministic)
       vec_t<T, 8> acc = {}, xv = {}, dv;
       std::int64_t p = p0;
