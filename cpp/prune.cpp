@@ -42,6 +42,20 @@ inline T at(const T* w, std::int64_t i, std::int64_t j, std::int64_t rs, std::in
   return w[i * rs + j * cs];
 }
 
+// f(j, w(i, j)) for every entry of row i. Contiguous rows (the common case) get a unit-stride
+// loop the compiler can vectorize; other layouts the strided one.
+template <class T, class F>
+__attribute__((always_inline)) inline void each_in_row(const T* w, std::int64_t i,
+                                                       std::int64_t cols, std::int64_t rs,
+                                                       std::int64_t cs, F&& f) {
+  const T* r = w + i * rs;
+  if (cs == 1) {
+    for (std::int64_t j = 0; j < cols; ++j) f(j, r[j]);
+  } else {
+    for (std::int64_t j = 0; j < cols; ++j) f(j, r[j * cs]);
+  }
+}
+
 // The key of the keep-th largest magnitude, by radix selection on 16-bit digits from the top.
 template <class T>
 std::uint64_t select_key(std::int64_t rows, std::int64_t cols, const T* w, std::int64_t rs,
@@ -97,8 +111,11 @@ std::int64_t prune_count(std::int64_t rows, std::int64_t cols, const T* w, std::
   // NaN check (one pass, shared by all modes; a NaN has no magnitude order).
   std::int64_t n_nan = 0;
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : n_nan) if (nt > 1)
-  for (std::int64_t i = 0; i < rows; ++i)
-    for (std::int64_t j = 0; j < cols; ++j) n_nan += K::of(at(w, i, j, rs, cs)) > K::kInf;
+  for (std::int64_t i = 0; i < rows; ++i) {
+    std::int64_t c = 0;
+    each_in_row(w, i, cols, rs, cs, [&](std::int64_t, T v) { c += K::of(v) > K::kInf; });
+    n_nan += c;
+  }
   if (n_nan > 0) throw ShapeError("prune: W contains " + std::to_string(n_nan) + " NaN value(s)");
 
   if (spec.mode == PruneSpec::kNofM) {
@@ -145,11 +162,11 @@ std::int64_t prune_count(std::int64_t rows, std::int64_t cols, const T* w, std::
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (std::int64_t i = 0; i < rows; ++i) {
       std::int64_t gt = 0, e = 0;
-      for (std::int64_t j = 0; j < cols; ++j) {
-        const U u = K::of(at(w, i, j, rs, cs));
+      each_in_row(w, i, cols, rs, cs, [&](std::int64_t, T v) {
+        const U u = K::of(v);
         gt += u > cut;
         e += u == cut;
-      }
+      });
       indptr[i + 1] = gt;
       eq[static_cast<size_t>(i)] = e;
     }
@@ -209,15 +226,14 @@ void prune_fill(std::int64_t rows, std::int64_t cols, const T* w, std::int64_t r
   for (std::int64_t i = 0; i < rows; ++i) {
     std::int64_t p = indptr[i];
     std::int64_t ties = state.ties_keep[static_cast<size_t>(i)];
-    for (std::int64_t j = 0; j < cols; ++j) {
-      const T v = at(w, i, j, rs, cs);
+    each_in_row(w, i, cols, rs, cs, [&](std::int64_t j, T v) {
       const U u = K::of(v);
       if (u > cut || (u == cut && ties > 0)) {
         if (u == cut) --ties;
         indices[p] = static_cast<I>(j);
         data[p++] = v;
       }
-    }
+    });
   }
 }
 
