@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import weightpress as wp
-from _harness import QUICK, Table, memory_bandwidth, ms, timeit
+from _harness import Table, memory_bandwidth, ms, timeit
 
 
 def _mkl_dot():

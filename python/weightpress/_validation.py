@@ -46,6 +46,15 @@ def check_finite(x: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains NaN or Inf")
 
 
+def as_matrix(W: Any, name: str = "W") -> np.ndarray:
+    """A finite 2-D float array (float dtype rules of :func:`as_float_array`), or ValueError."""
+    Wa = as_float_array(W, name)
+    if Wa.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got {Wa.ndim}-D with shape {Wa.shape}")
+    check_finite(Wa, name)
+    return Wa
+
+
 def real_scalar(v: Any, name: str, *, low: float | None = None, low_open: bool = False,
                 high: float | None = None, high_open: bool = False) -> float:
     """A finite real number within the given bounds, or ValueError/TypeError naming `name`."""

@@ -17,7 +17,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import methods as M
-from ._validation import real_scalar
 from .calibration import CalibrationStats, output_error
 from .compressed import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
 from .data_aware import lowrank_whitened, prune_obs, sparse_plus_lowrank
@@ -158,15 +157,15 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
         raise ValueError(f"calibration has {stats.n_features} input features but the layer takes "
                          f"{Wo.shape[1]} (W {Wa.shape}, layout {layout})")
     err, nb = M._budget(error, nbytes)
-    dense = store_as(Dense(Wa.astype(od, copy=False), layout), None)
+    dense = Dense(Wa.astype(od, copy=False), layout)
     dense_bytes = Wa.size * (2 if storage == "BF16" else od.itemsize)
     builders = _builders(Wo, stats, method, opts, layout, od, storage)
     cands: list[tuple[CompressedMatrix, float]] = []
-    for build in builders.values():
+    for form, build in builders.items():
         if nb is not None:
             m = build(min(nb, dense_bytes))
             cands.append((m, layer_error(Wo, m, stats)))
-        elif method == "lowrank" or "lowrank" in builders and build is builders["lowrank"]:
+        elif form == "lowrank":  # the rank for an error budget comes straight from the spectrum
             A, B, _ = lowrank_whitened(Wo, stats, error=max(err, 1e-12) if err < 1 else 0.999,
                                        damp=float(opts.get("damp", 1e-2)))
             m = _lowrank(A, B, layout, od, storage)

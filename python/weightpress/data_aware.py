@@ -21,7 +21,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from ._validation import as_float_array, positive_int, real_scalar
+from ._validation import as_matrix, positive_int, real_scalar
 from .calibration import CalibrationStats
 from .sparse import _parse_pattern, prune
 
@@ -29,11 +29,7 @@ __all__ = ["prune_obs", "lowrank_whitened", "sparse_plus_lowrank", "rank_for_par
 
 
 def _check(W: Any, stats: CalibrationStats | None) -> np.ndarray:
-    Wa = as_float_array(W, "W")
-    if Wa.ndim != 2:
-        raise ValueError(f"W: expected a 2-D (out, in) weight, got shape {Wa.shape}")
-    if not np.isfinite(Wa).all():
-        raise ValueError("W contains NaN or Inf")
+    Wa = as_matrix(W, "W")
     if stats is not None:
         if not isinstance(stats, CalibrationStats):
             raise TypeError(f"stats: expected CalibrationStats, got {type(stats).__name__}")

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from ._validation import as_float_array, check_finite, real_scalar
+from ._validation import as_matrix, real_scalar
 from .compressed import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
                          SparsePlusLowRank, error_stats, store_as)
 from .sparse import prune
@@ -92,11 +92,7 @@ def _nnz_for_bytes(shape: tuple[int, int], nbytes: float, itemsize: int) -> int:
 
 
 def _prep(W: Any) -> np.ndarray:
-    Wa = as_float_array(W, "W")
-    if Wa.ndim != 2:
-        raise ValueError(f"W: expected a 2-D array, got {Wa.ndim}-D with shape {Wa.shape}")
-    check_finite(Wa, "W")
-    return Wa
+    return as_matrix(W, "W")
 
 
 def _out_dtype(W: Any, Wa: np.ndarray) -> np.dtype:
@@ -168,7 +164,6 @@ def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: flo
     """
     Wa = _prep(W)
     od = _out_dtype(W, Wa)
-    isz = 2 if storage == "BF16" else od.itemsize
     if pattern is not None:
         return store_as(Sparse(prune(Wa, pattern=pattern), layout, dtype=od), storage)  # type: ignore[return-value]
     err, nb = _budget(error, nbytes)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import as_float_array, positive_int
+from ._validation import as_float_array, as_matrix, positive_int
 
 __all__ = ["dct_dictionary", "ksvd", "sparse_code"]
 
@@ -111,11 +111,7 @@ def sparse_code(W: Any, n_nonzero: int, *, dictionary: Any = "learned", n_atoms:
     n_iter : int
         K-SVD rounds for "learned".
     """
-    Wa = as_float_array(W, "W")
-    if Wa.ndim != 2:
-        raise ValueError(f"W: expected a 2-D (out, in) weight, got shape {Wa.shape}")
-    if not np.isfinite(Wa).all():
-        raise ValueError("W contains NaN or Inf")
+    Wa = as_matrix(W, "W")
     out, inp = Wa.shape
     k = inp if n_atoms is None else positive_int(n_atoms, "n_atoms")
     if isinstance(dictionary, str):
