@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from . import methods as M
 from .calibration import CalibrationStats, output_error
-from .compressed import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
+from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
 from .data_aware import lowrank_whitened, prune_obs, sparse_plus_lowrank
 
 __all__ = ["compress_aware", "layer_error", "time_apply"]

@@ -19,12 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from . import methods as M
-from ._validation import real_scalar
-from ._report import Report, Row
-from .compressed import CompressedMatrix, Dense
+from .._validation import real_scalar
+from ..compression import methods as M
+from .allocate import Candidate, allocate
+from ..compression.aware import compress_aware, layer_error
+from ..compression.calibration import CalibrationSet, check_calibration
+from ..compression.matrices import CompressedMatrix, Dense
+from ..io import open_model
+from ..io._base import TensorInfo, TensorSource
 from .container import FORMAT, Container, ContainerWriter
-from .io._base import TensorInfo, TensorSource
+from .report import Report, Row
 
 __all__ = ["Rule", "parse_rule", "DEFAULT_RULES", "Decision", "plan", "compress_model",
            "compress_tensor", "Report", "open_source", "default_layout", "global_threshold"]
@@ -211,15 +215,7 @@ def open_source(path: str | os.PathLike[str]) -> TensorSource:
     """Open a model file lazily: ``weightpress.io.open_model`` when available, else a small
     built-in reader for ``.safetensors`` and ``.npz``. A container opens as its decoded dense
     tensors (:class:`~weightpress.container.Container`)."""
-    try:
-        from .io import open_model  # type: ignore[attr-defined]
-    except ImportError:
-        open_model = None
-    if open_model is not None:
-        src = open_model(path)
-    else:
-        from ._open import open_builtin
-        src = open_builtin(path)
+    src = open_model(path)
     if src.metadata.get("format") == FORMAT:  # a container: its decoded dense tensors
         src.close()
         return Container(path)
@@ -329,7 +325,6 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         raise ValueError("scope='allocate' splits a byte budget: give ratio")
     if prefer not in ("size", "speed"):
         raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
-    from .calibration import CalibrationSet, check_calibration
     cal = None
     if calibration is not None:
         cal = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet(calibration)
@@ -416,7 +411,6 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                 e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=orig[d.name],
                           method=d.action, reason=reason)
                 if stats is not None:
-                    from .aware import layer_error
                     Wo = Wa if layout == "out_in" else Wa.T
                     e["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
                 del Wa, Wv, m
@@ -445,7 +439,6 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
     if form == "dense":
         return Dense(W, layout)
     if stats is not None:
-        from .aware import compress_aware
         return compress_aware(W, stats, form, nbytes=nbytes, options=options, layout=layout,
                               storage=storage)
     return compress_tensor(W, form, nbytes=nbytes, layout=layout, storage=storage,
@@ -456,7 +449,6 @@ def _aware(W: np.ndarray, stats: Any, method: str, error: float | None, nb: floa
            options: Mapping[str, Any], layout: str, storage: str | None, orig_nbytes: int,
            prefer: str) -> CompressedMatrix:
     """Data-aware compression with a rule's options mapped onto a budget."""
-    from .aware import compress_aware
     o = dict(options)
     isz = 2 if storage == "BF16" else W.dtype.itemsize
     shape = (int(W.shape[0]), int(W.shape[1]))
@@ -481,8 +473,6 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
               progress: Callable[[int, int, str], None] | None) -> dict[str, tuple[str, float]]:
     """Measure every layer's error-vs-size curve, then split ``budget`` bytes across layers
     (:func:`weightpress.allocate.allocate`). Returns name -> (form, nbytes) to build."""
-    from .allocate import Candidate, allocate
-    from .aware import layer_error
     curves: dict[str, list[Candidate]] = {}
     for i, d in enumerate(work):
         if progress is not None:

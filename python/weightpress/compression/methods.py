@@ -9,7 +9,6 @@ are exactly the compressed matrix's ``nbytes`` (see :func:`sparse_nbytes`,
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +16,12 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from ._validation import as_matrix, real_scalar
-from .compressed import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
+from .._validation import as_matrix, real_scalar
+from ..linalg.svd import randomized_svd
+from .sparse_coding import sparse_code
+from .matrices import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
                          SparsePlusLowRank, error_stats, store_as)
-from .sparse import prune
+from ..linalg.sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
            "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS"]
@@ -40,14 +41,13 @@ def _truncated_svd(W: np.ndarray, rank: int | None = None,
         rank = max(0, min(int(rank), k))
     if rank == 0 or (tol is not None and tol >= 1.0) or k == 0:
         return (np.zeros((W.shape[0], 0), W.dtype), np.zeros(0, W.dtype), np.zeros((0, W.shape[1]), W.dtype))
-    rsvd = getattr(importlib.import_module("weightpress"), "randomized_svd", None)
-    if rsvd is not None and ((rank is not None and rank <= k // 2) or (tol is not None and tol > 0)):
+    if ((rank is not None and rank <= k // 2) or (tol is not None and tol > 0)):
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # tol not reachable: exact SVD below
             try:
                 if rank is not None:
-                    return rsvd(W, rank, seed=0)
-                return rsvd(W, tol=tol, seed=0)
+                    return randomized_svd(W, rank, seed=0)
+                return randomized_svd(W, tol=tol, seed=0)
             except RuntimeWarning:
                 pass
     U, s, Vt = scipy.linalg.svd(W, full_matrices=False, lapack_driver="gesdd", check_finite=False)
@@ -348,8 +348,6 @@ def sparse_coded(W: Any, *, n_nonzero: int | None = None, error: float | None = 
     half the row length) from the rows by K-SVD and stores them. Exactly one of ``n_nonzero``
     (per row), ``error`` (fewest nonzeros per row meeting the relative error) and ``nbytes``.
     """
-    from .sparse_coding import sparse_code
-
     Wa = _prep(W)
     od = _out_dtype(W, Wa)
     isz = 2 if storage == "BF16" else od.itemsize

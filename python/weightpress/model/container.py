@@ -31,11 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ._core import __version__
-from ._parts import from_parts
-from .compressed import CompressedMatrix, Dense, error_stats, store_as
-from .io._base import FormatError, TensorInfo, TensorSource
-from .io.safetensors import SafetensorsSource, write_safetensors
+from .._core import __version__
+from ..compression.matrices import CompressedMatrix, Dense, error_stats, from_parts, store_as
+from ..io._base import FormatError, TensorInfo, TensorSource
+from ..io.safetensors import SafetensorsSource, write_safetensors
 
 __all__ = ["ContainerWriter", "Container", "open_container", "verify", "VerifyResult",
            "FORMAT", "FORMAT_VERSION"]
