@@ -27,7 +27,7 @@ from ..compression.aware import time_apply
 from ..compression.matrices import Dense
 from ..io import save_model
 from ..model.capture import capture_onnx
-from ..model.compress import _stored_itemsize, compress_model, open_source, parse_rule, plan
+from ..model.compress import compress_model, open_source, parse_rule, plan, source_nbytes
 from ..model.container import Container, verify
 from ..model.report import Report, human
 from .demo import run as run_demo
@@ -221,7 +221,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
         for d in plan(src.info(), "auto"):
             st = src.stored_dtypes.get(d.name) or d.dtype.name
             rows.append((d.name, "x".join(map(str, d.shape)) or "()", st,
-                         human(int(np.prod(d.shape)) * _stored_itemsize(src, d.name, d.dtype)),
+                         human(source_nbytes(src, d.name, d.shape, d.dtype)),
                          "compress" if d.action != "skip" else f"keep: {d.reason}"))
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     for k, r in enumerate(rows):

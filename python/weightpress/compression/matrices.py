@@ -28,9 +28,10 @@ import scipy.sparse as sp
 from ..io.safetensors import bf16_to_f32, f32_to_bf16
 from ..linalg.sparse import csr_matmul
 from .sparse_coding import dct_dictionary
+from .storage import array_nbytes, check_storage, dense_nbytes, index_dtype, pointer_dtype
 
 __all__ = ["CompressedMatrix", "Dense", "Sparse", "LowRank", "SparsePlusLowRank", "SparseCoded", "LAYOUTS",
-           "FORMS", "error_stats", "store_as", "from_parts"]
+           "FORMS", "error_stats", "fro2", "store_as", "from_parts"]
 
 LAYOUTS = ("out_in", "in_out")
 
@@ -47,7 +48,8 @@ def _compute_dtype(dt: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if dt == np.float64 or dt.kind != "f" else np.dtype(np.float32)
 
 
-def _fro2(a: np.ndarray) -> float:
+def fro2(a: np.ndarray) -> float:
+    """``‖a‖_F²`` accumulated in float64."""
     return error_stats(a, a)[0]
 
 
@@ -126,9 +128,7 @@ class CompressedMatrix:
     def nbytes(self) -> int:
         """Bytes of every stored array (values, indices, index pointers, factors), as stored
         (2 per value under bfloat16 storage)."""
-        half = self.storage == "BF16"
-        return int(sum(p.size * 2 if half and p.dtype.kind == "f" else p.nbytes
-                       for p in self.parts().values()))
+        return array_nbytes(self.parts().values(), self.storage)
 
     @property
     def n_params(self) -> int:
@@ -138,7 +138,7 @@ class CompressedMatrix:
     @property
     def dense_nbytes(self) -> int:
         """Bytes of the dense tensor in ``dtype``."""
-        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+        return dense_nbytes(self.shape, self.dtype.itemsize)
 
     @property
     def in_features(self) -> int:
@@ -266,9 +266,7 @@ class Sparse(CompressedMatrix):
         dt = np.dtype(dtype if dtype is not None else A.dtype)
         _setup(self, A.shape, dt, layout)
         m, n = self.shape
-        idx = (np.uint8 if n <= 1 << 8 else np.uint16 if n <= 1 << 16
-               else np.int32 if n < 2**31 else np.int64)
-        ptr = np.int32 if A.nnz < 2**31 else np.int64
+        idx, ptr = index_dtype(n), pointer_dtype(A.nnz)
         self.data = np.ascontiguousarray(A.data, dtype=dt)
         self.indices = np.ascontiguousarray(A.indices, dtype=idx)
         self.indptr = np.ascontiguousarray(A.indptr, dtype=ptr)
@@ -484,10 +482,8 @@ def store_as(m: CompressedMatrix, storage: str | None, *, exact: bool = False) -
     arrays to bfloat16 in place (``exact``: they already are) so the matrix computes what the
     file holds. Returns ``m``.
     """
-    if storage is None:
+    if check_storage(storage) is None:
         return m
-    if storage != "BF16":
-        raise ValueError(f"storage: expected None or 'BF16', got {storage!r}")
     if m.dtype != np.float32:
         raise TypeError(f"storage='BF16' needs float32 values, got {m.dtype}")
     if isinstance(m, SparsePlusLowRank):
