@@ -7,7 +7,6 @@ layer's :meth:`~weightpress.compressed.CompressedMatrix.apply`, straight from th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
