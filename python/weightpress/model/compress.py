@@ -20,7 +20,8 @@ import numpy as np
 from .._validation import real_scalar
 from ..compression import methods as M
 from .allocate import Candidate, allocate
-from ..compression.aware import compress_aware, layer_error
+from ..compression.aware import layer_error
+from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
 from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank_nbytes, rank_for_bytes,
@@ -44,38 +45,43 @@ def default_layout(source: Any) -> str:
 def compress_tensor(W: np.ndarray, method: str, *, error: float | None = None,
                     nbytes: float | None = None, options: Mapping[str, Any] | None = None,
                     layout: str = "out_in", orig_nbytes: int | None = None,
-                    storage: str | None = None) -> CompressedMatrix:
-    """One matrix with one method to one budget (``error`` or ``nbytes``).
+                    storage: str | None = None, calibration: Any = None,
+                    prefer: str = "size") -> CompressedMatrix:
+    """One matrix with one method to one budget (``error`` or ``nbytes``), a rule's
+    ``options`` taking precedence (:func:`rule_budget`); weight-space, or data-aware with
+    ``calibration`` statistics (:func:`weightpress.compression.registry.compress`)."""
+    b = rule_budget(options or {}, W, error=error, nbytes=nbytes, orig_nbytes=orig_nbytes,
+                    storage=storage)
+    return compress(W, method, b, storage=storage, layout=layout, calibration=calibration,
+                    options=options, prefer=prefer)
 
-    ``options`` (from a rule) override the budget: ``error``, ``ratio`` (of ``orig_nbytes``,
-    default ``W.nbytes``), ``rank``, ``sparsity``, ``pattern``. ``storage="BF16"`` stores the
-    values as bfloat16 (and budgets them at 2 bytes).
-    """
-    o = dict(options or {})
+
+def rule_budget(options: Mapping[str, Any], W: np.ndarray, *, error: float | None = None,
+                nbytes: float | None = None, orig_nbytes: int | None = None,
+                storage: str | None = None) -> Budget | None:
+    """The budget a tensor gets: a rule's ``error``, ``ratio`` (of ``orig_nbytes``, default
+    ``W.nbytes``), ``rank`` or ``sparsity`` (as the bytes of that rank or of the kept entries)
+    override the model-wide ``error``/``nbytes``; None when nothing sets one (a ``pattern`` or
+    ``n_nonzero`` setting fixes the size)."""
+    o = dict(options)
+    shape = (int(W.shape[0]), int(W.shape[1]))
+    isz = value_itemsize(W.dtype, storage)
     if "error" in o:
-        error, nbytes = o["error"], None
-    elif "ratio" in o:
+        return Budget(error=real_scalar(o["error"], "error", low=0.0))
+    if "ratio" in o:
         base = W.nbytes if orig_nbytes is None else orig_nbytes
-        error, nbytes = None, base / real_scalar(o["ratio"], "ratio", low=1.0)
-    kw: dict[str, Any] = {"layout": layout, "storage": storage}
-    if method == "prune":
-        if "sparsity" in o:
-            return M.magnitude_prune(W, sparsity=o["sparsity"], **kw)
-        return M.magnitude_prune(W, error=error, nbytes=nbytes, **kw)
-    if method == "nm":
-        return M.nm_prune(W, o.get("pattern"), error=None if "pattern" in o else error,
-                          nbytes=None if "pattern" in o else nbytes, **kw)
-    if method == "lowrank":
-        if "rank" in o:
-            return M.low_rank(W, int(o["rank"]), **kw)
-        return M.low_rank(W, error=error, nbytes=nbytes, **kw)
-    if method == "slr":
-        return M.auto(W, error=error, nbytes=nbytes, forms=("sparse+lowrank",), **kw)
-    if method == "code":
-        if "n_nonzero" in o:
-            return M.sparse_coded(W, n_nonzero=int(o["n_nonzero"]), dictionary=o.get("dictionary", "dct"), **kw)
-        return M.sparse_coded(W, error=error, nbytes=nbytes, dictionary=o.get("dictionary", "dct"), **kw)
-    return M.auto(W, error=error, nbytes=nbytes, **kw)
+        return Budget.ratio(o["ratio"], base)
+    if "rank" in o:
+        r = int(o["rank"])
+        if r < 0:
+            raise ValueError(f"rank must be >= 0, got {r}")
+        return Budget(nbytes=lowrank_nbytes(shape, min(r, min(shape)), isz))
+    if "sparsity" in o:
+        keep = W.size - int(round(real_scalar(o["sparsity"], "sparsity", low=0.0, high=1.0) * W.size))
+        return Budget(nbytes=sparse_nbytes(shape, keep, isz))
+    if "pattern" in o or "n_nonzero" in o or (error is None and nbytes is None):
+        return None
+    return Budget(error=error, nbytes=nbytes)
 
 
 def global_threshold(source: Mapping[str, np.ndarray], names: list[str], *,
@@ -379,12 +385,10 @@ def _build_layer(Wa: np.ndarray, ly: Layer, stats: Any, target: Target, layout: 
                                                 storage=storage)
     elif ly.form is not None:
         m = _build(Wv, stats, ly.form, nb or 0.0, layout, storage, options)
-    elif stats is not None:
-        m = _aware(Wv, stats, d.action, error, nb, options, layout, storage, ly.orig_bytes,
-                   target.prefer)
     else:
         m = compress_tensor(Wv, d.action, error=error, nbytes=nb, options=options, layout=layout,
-                            orig_nbytes=ly.orig_bytes, storage=storage)
+                            orig_nbytes=ly.orig_bytes, storage=storage, calibration=stats,
+                            prefer=target.prefer)
     if m.nbytes >= ly.orig_bytes:
         return Dense(Wa, layout), f"{d.action} would take {m.nbytes} bytes, dense is smaller"
     return m, d.reason
@@ -403,36 +407,12 @@ def _forms_for(method: str) -> tuple[str, ...]:
 
 def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, storage: str | None,
            options: Mapping[str, Any]) -> CompressedMatrix:
-    """One form at one byte budget: data-aware with stats, weight-space without."""
+    """One allocated form at one byte budget: data-aware with stats, weight-space without."""
     if form == "dense":
         return Dense(W, layout)
-    if stats is not None:
-        return compress_aware(W, stats, form, nbytes=nbytes, options=options, layout=layout,
-                              storage=storage)
-    return compress_tensor(W, form, nbytes=nbytes, layout=layout, storage=storage,
-                           options={k: v for k, v in options.items() if k == "pattern"})
-
-
-def _aware(W: np.ndarray, stats: Any, method: str, error: float | None, nb: float | None,
-           options: Mapping[str, Any], layout: str, storage: str | None, orig_nbytes: int,
-           prefer: str) -> CompressedMatrix:
-    """Data-aware compression with a rule's options mapped onto a budget."""
-    o = dict(options)
-    isz = value_itemsize(W.dtype, storage)
-    shape = (int(W.shape[0]), int(W.shape[1]))
-    if "error" in o:
-        error, nb = real_scalar(o["error"], "error", low=0.0), None
-    elif "ratio" in o:
-        error, nb = None, orig_nbytes / real_scalar(o["ratio"], "ratio", low=1.0)
-    elif "rank" in o:
-        error, nb = None, lowrank_nbytes(shape, int(o["rank"]), isz)
-    elif "sparsity" in o:
-        keep = W.size - int(round(real_scalar(o["sparsity"], "sparsity", low=0.0, high=1.0) * W.size))
-        error, nb = None, sparse_nbytes(shape, keep, isz)
-    elif "pattern" in o:
-        method, error, nb = "nm", None, float(W.nbytes)
-    return compress_aware(W, stats, method, error=error, nbytes=nb, options=o, layout=layout,
-                          storage=storage, prefer=prefer)
+    opts = {k: v for k, v in options.items() if k in ("pattern", "damp", "dictionary")}
+    return compress(W, form, Budget(nbytes=nbytes), storage=storage, layout=layout,
+                    calibration=stats, options=opts)
 
 
 def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget: float,
