@@ -29,6 +29,7 @@ from ..io import save_model
 from ..model.capture import capture_onnx
 from ..model.compress import compress_model, open_source, parse_rule, plan, source_nbytes
 from ..model.container import Container, verify
+from ..model.export_onnx import export_onnx
 from ..model.report import Report, human
 from .demo import run as run_demo
 from .plots import plot_curves, require_matplotlib
@@ -142,6 +143,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", required=True, help="output model file")
     d.add_argument("--like", help="original model to copy the structure from (e.g. ONNX)")
 
+    x = sub.add_parser("export", help="a runnable ONNX model whose compressed layers run compressed",
+                       description="Rewrite the original ONNX graph so that low-rank layers run "
+                                   "as two MatMuls and quantized ones through onnxruntime's "
+                                   "MatMulNBits; other forms go back dense (the table says "
+                                   "which and why).")
+    x.add_argument("file", help="a .wpz container")
+    x.add_argument("-o", "--output", required=True, help="output .onnx model")
+    x.add_argument("--like", required=True, help="the original ONNX model")
+    x.add_argument("--exact", action="store_true",
+                   help="quantized products in float (default: int8 activations per block, "
+                        "onnxruntime's fast kernels)")
+
     v = sub.add_parser("verify", help="decode everything and check it",
                        description="Check checksums, structure, shapes, dtypes and the stored "
                                    "error figures. Exit 0 if all is well, 1 if not.")
@@ -240,6 +253,17 @@ def _cmd_decompress(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    _check_output(a.output)
+    rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast")
+    for r in rows:
+        print(f"{r.name:<32} {r.form:<15} {r.how:<40} {human(r.nbytes):>9}  {r.note}")
+    done = sum(r.compressed for r in rows)
+    print(f"wrote {a.output}: {done} of {len(rows)} tensors run compressed, "
+          f"{human(sum(r.nbytes for r in rows))} of weights (dense: {human(sum(r.dense_nbytes for r in rows))})")
+    return EXIT_OK
+
+
 def _cmd_verify(a: argparse.Namespace) -> int:
     original = None
     if a.against:
@@ -276,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, usage errors
         return int(e.code or 0)
     cmd = {"compress": _cmd_compress, "info": _cmd_info, "decompress": _cmd_decompress,
+           "export": _cmd_export,
            "verify": _cmd_verify, "demo": _cmd_demo}[a.command]
     try:
         return cmd(a)
