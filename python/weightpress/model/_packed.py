@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["QuantParts", "CodebookParts", "unpack_bits", "pack_bits"]
+__all__ = ["QuantParts", "CodebookParts", "unpack_bits", "pack_bits", "dense_value"]
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 
@@ -148,3 +148,13 @@ class CodebookParts:
         C = self.centroids.astype(np.float32)
         M = C[0][codes] if C.shape[0] == 1 else np.take_along_axis(C, codes, axis=1)
         return M.astype(dtype, copy=False)
+
+
+def dense_value(c: Any, name: str) -> np.ndarray:
+    """The dense tensor of container ``c``'s ``name``, the quantized forms decoded here."""
+    e = c.entries[name]
+    if e["form"] not in ("quant", "codebook"):
+        return np.asarray(c[name])
+    cls = QuantParts if e["form"] == "quant" else CodebookParts
+    M = cls.from_entry(c.parts(name), e["shape"], e["layout"]).dense(np.float32)
+    return (M if e["layout"] == "out_in" else M.T).astype(e["dtype"])

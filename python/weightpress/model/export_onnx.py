@@ -32,7 +32,7 @@ import numpy as np
 from .._optional import require
 from ..io._base import atomic_write
 from ..io.onnx_graph import _MAX_PROTO, _TYPED_FIELDS, _encode, _load_proto, collect_tensors
-from ._packed import CodebookParts, QuantParts, pack_bits
+from ._packed import QuantParts, dense_value as _dense_value, pack_bits
 from .container import Container
 
 __all__ = ["export_onnx", "ExportRow", "COMPUTE"]
@@ -204,18 +204,6 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
     if gemm:
         nodes += _gemm_tail(b, node, final, a, wdt)
     return nodes, how
-
-
-def _dense_value(c: Container, name: str) -> np.ndarray:
-    e = c.entries[name]
-    if e["form"] == "quant":
-        q = QuantParts.from_entry(c.parts(name), e["shape"], e["layout"])
-        M = q.dense(np.float32)
-    elif e["form"] == "codebook":
-        M = CodebookParts.from_entry(c.parts(name), e["shape"], e["layout"]).dense(np.float32)
-    else:
-        return np.asarray(c[name])
-    return (M if e["layout"] == "out_in" else M.T).astype(e["dtype"])
 
 
 _DENSE_WHY = {
