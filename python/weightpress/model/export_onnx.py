@@ -33,6 +33,7 @@ from .._optional import require
 from ..io._base import atomic_write
 from ..io.onnx_graph import _MAX_PROTO, _TYPED_FIELDS, _encode, _load_proto, collect_tensors
 from ._packed import QuantParts, dense_value as _dense_value, pack_bits
+from ..compression.matrices import LowRank
 from .container import Container
 
 __all__ = ["export_onnx", "ExportRow", "COMPUTE"]
@@ -177,6 +178,7 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
     layout, form = e["layout"], e["form"]
     if form == "lowrank":
         m = c.matrix(name)
+        assert isinstance(m, LowRank)
         L, R = np.asarray(m.left), np.asarray(m.right)         # W = L @ R, W as stored
         F1, F2 = (R.T, L.T) if trans_b else (L, R)              # x @ op(W) = (x @ F1) @ F2
         f1, f2 = b.init(f"{name}_wp_lowrank0", F1.astype(wdt)), b.init(f"{name}_wp_lowrank1", F2.astype(wdt))

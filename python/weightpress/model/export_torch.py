@@ -30,6 +30,7 @@ import numpy as np
 
 from .._optional import require
 from ._packed import QuantParts, dense_value as _dense_value, pack_bits
+from ..compression.matrices import LowRank
 from .container import Container
 
 torch = require("torch", "loading a container into a PyTorch module")
@@ -53,7 +54,7 @@ def _like(orig: Any, A: Any, bias: Any) -> Any:
     return d
 
 
-class _Compressed(nn.Module):
+class _Compressed(nn.Module):  # type: ignore[name-defined,misc]
     in_features: int
     out_features: int
     kind: str = "linear"
@@ -280,6 +281,8 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
             # A (out, in) of the layer is the stored W (Linear) or Wᵀ (Conv1D)
             if form == "lowrank":
                 m = c.matrix(name)
+                assert isinstance(m, LowRank)
+        assert isinstance(m, LowRank)
                 L = torch.from_numpy(np.array(m.left, dtype=np.float32))
                 R = torch.from_numpy(np.array(m.right, dtype=np.float32))
                 U, V = (L, R) if not conv else (R.t(), L.t())       # A = U V
