@@ -282,7 +282,6 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
             if form == "lowrank":
                 m = c.matrix(name)
                 assert isinstance(m, LowRank)
-        assert isinstance(m, LowRank)
                 L = torch.from_numpy(np.array(m.left, dtype=np.float32))
                 R = torch.from_numpy(np.array(m.right, dtype=np.float32))
                 U, V = (L, R) if not conv else (R.t(), L.t())       # A = U V
