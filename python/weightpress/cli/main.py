@@ -29,6 +29,7 @@ from ..io import save_model
 from ..model.capture import capture_onnx
 from ..model.compress import compress_model, open_source, parse_rule, plan, source_nbytes
 from ..model.container import Container, verify
+from ..model.export_hf import export_compressed_tensors
 from ..model.export_onnx import export_onnx
 from ..model.report import Report, human
 from .demo import run as run_demo
@@ -143,14 +144,16 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", required=True, help="output model file")
     d.add_argument("--like", help="original model to copy the structure from (e.g. ONNX)")
 
-    x = sub.add_parser("export", help="a runnable ONNX model whose compressed layers run compressed",
-                       description="Rewrite the original ONNX graph so that low-rank layers run "
-                                   "as two MatMuls and quantized ones through onnxruntime's "
-                                   "MatMulNBits; other forms go back dense (the table says "
+    x = sub.add_parser("export", help="a runnable model whose compressed layers run compressed",
+                       description="With an ONNX --like: rewrite the graph so that low-rank "
+                                   "layers run as two MatMuls and quantized ones through "
+                                   "onnxruntime's MatMulNBits. With a Hugging Face model "
+                                   "directory as --like: a compressed-tensors checkpoint for "
+                                   "transformers. Other forms go back dense (the table says "
                                    "which and why).")
     x.add_argument("file", help="a .wpz container")
-    x.add_argument("-o", "--output", required=True, help="output .onnx model")
-    x.add_argument("--like", required=True, help="the original ONNX model")
+    x.add_argument("-o", "--output", required=True, help="output .onnx model (or directory)")
+    x.add_argument("--like", required=True, help="the original ONNX model or HF model directory")
     x.add_argument("--exact", action="store_true",
                    help="quantized products in float (default: int8 activations per block, "
                         "onnxruntime's fast kernels)")
@@ -254,6 +257,11 @@ def _cmd_decompress(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
+    if os.path.isdir(a.like):
+        for r in export_compressed_tensors(a.file, a.output, a.like):
+            print(f"{r.name:<40} {r.form:<15} {r.how:<32} {r.note}")
+        print(f"wrote {a.output} (compressed-tensors)")
+        return EXIT_OK
     _check_output(a.output)
     rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast")
     for r in rows:

@@ -1,0 +1,197 @@
+"""Runtime export: a transformer-shaped MLP dense vs exported, in onnxruntime and PyTorch.
+
+The model: ``L`` residual blocks ``x + W2 gelu(W1 x + b1) + b2`` (d -> 4d -> d, the shape of a
+transformer's MLP), run on ``(batch, 8, d)`` inputs at batch 1 and 32, one thread each
+(``WP_EXPORT_THREADS``). Variants: dense; int8 (8-bit symmetric per-channel codes, 4x);
+int4g128 (4-bit, groups of 128, about 7x); low rank at 4x. Each variant is measured in its own
+process (so peak resident memory is the model's): latency (median), peak and final resident
+memory above the process's baseline after imports, and file size. ONNX: ``weightpress export``
+(MatMulNBits, fast int8 activations); PyTorch: ``weightpress.torch.load_into``.
+
+Quantized containers come from a NumPy round-to-nearest quantizer in the container's stored
+format (tests/helpers.py::rtn_quant) until the quant branch's ``quantize`` is merged.
+Sizes: WP_EXPORT_D (768; quick: 128), WP_EXPORT_LAYERS (4; quick: 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+QUICK = os.environ.get("WP_BENCH_QUICK", "") not in ("", "0")
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def _block_module(d: int, layers: int):
+    import torch
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = torch.nn.Linear(d, 4 * d)
+            self.down = torch.nn.Linear(4 * d, d)
+
+        def forward(self, x):
+            return x + self.down(torch.nn.functional.gelu(self.up(x)))
+
+    return torch.nn.Sequential(*[Block() for _ in range(layers)]).eval()
+
+
+def _time(fn, reps: int) -> float:
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def child(runtime: str, path: str, d: int, layers: int, threads: int, reps: int) -> dict:
+    """One process, one model: baseline RSS after imports, then load, run, measure."""
+    import torch
+    import onnxruntime as ort
+    torch.set_num_threads(threads)
+    base = _rss_kb()
+    peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {}
+    if runtime == "ort":
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        name = s.get_inputs()[0].name
+        run = {b: (lambda x: (lambda: s.run(None, {name: x})))(
+            np.random.default_rng(0).standard_normal((b, 8, d)).astype(np.float32)) for b in (1, 32)}
+    else:
+        from weightpress.torch import load_into
+        with torch.device("meta"):
+            m = _block_module(d, layers)
+        m = m.to_empty(device="cpu")
+        if path.endswith(".wpz"):
+            load_into(m, path, sparse="auto")
+        else:
+            m.load_state_dict(torch.load(path, mmap=False))
+        run = {}
+        for b in (1, 32):
+            x = torch.randn(b, 8, d)
+            run[b] = (lambda x: (lambda: m(x)))(x)
+    with torch.no_grad():
+        for b in (1, 32):
+            out[f"b{b}"] = _time(run[b], reps)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["peak_mb"] = (peak - max(peak0, base)) / 1024
+    out["rss_mb"] = (_rss_kb() - base) / 1024
+    return out
+
+
+def _measure(runtime, path, d, layers, threads, reps):
+    if QUICK:  # smoke test: in this process (memory figures meaningless), no interpreter starts
+        return child(runtime, path, d, layers, threads, reps)
+    cmd = [sys.executable, __file__, "--child", runtime, path, str(d), str(layers), str(threads), str(reps)]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"{runtime} {path}: {r.stderr.strip().splitlines()[-1:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _containers(work: pathlib.Path, d: int, layers: int):
+    """The model written by torch (state dict and ONNX), and the containers of each variant."""
+    import torch
+    import warnings
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from helpers import rtn_quant
+    from weightpress.io import open_model
+    from weightpress.model.compress import compress_model
+    from weightpress.model.container import ContainerWriter
+    from weightpress.model.export_onnx import export_onnx
+
+    torch.manual_seed(0)
+    m = _block_module(d, layers)
+    pt = work / "dense.pt"
+    torch.save(m.state_dict(), pt)
+    onnx_path = work / "dense.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.randn(1, 8, d),), str(onnx_path), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    files = {"dense": {"ort": onnx_path, "torch": pt}}
+    specs = {"int8": (8, 0, True), "int4g128": (4, 128, True)}
+    for label, (bits, group, sym) in specs.items():
+        files[label] = {}
+        for rt, src, layout in (("ort", onnx_path, "in_out"), ("torch", pt, "out_in")):
+            s = open_model(str(src))
+            wpz = work / f"{label}-{rt}.wpz"
+            with ContainerWriter(wpz) as w:
+                for name, inf in s.info().items():
+                    W = np.asarray(s[name])
+                    if W.ndim == 2:
+                        q, _ = rtn_quant(W, bits, group, sym, layout=layout)
+                        w.add(name, q, original=W, layout=layout)
+            files[label][rt] = wpz
+    for rt, src in (("ort", onnx_path), ("torch", pt)):
+        wpz = work / f"lowrank-{rt}.wpz"
+        compress_model(open_model(str(src)), wpz, method="lowrank", ratio=4.0, min_size=1024)
+        files.setdefault("lowrank 4x", {})[rt] = wpz
+    for label in files:
+        if label != "dense":
+            out = work / f"{label.replace(' ', '_')}.onnx"
+            export_onnx(files[label]["ort"], out, onnx_path)
+            files[label]["ort_model"] = out
+            files[label]["wpz"] = files[label]["torch"]
+    return files
+
+
+def run(quick: bool = False) -> None:
+    from _harness import Table
+    d = int(os.environ.get("WP_EXPORT_D", 128 if quick else 768))
+    layers = int(os.environ.get("WP_EXPORT_LAYERS", 1 if quick else 4))
+    threads = int(os.environ.get("WP_EXPORT_THREADS", 1))
+    reps = 3 if quick else 30
+    with tempfile.TemporaryDirectory() as tmp:
+        work = pathlib.Path(tmp)
+        files = _containers(work, d, layers)
+        res = {}
+        for label, f in files.items():
+            ort_path = f.get("ort_model", f["ort"])
+            res[label] = {"ort": _measure("ort", str(ort_path), d, layers, threads, reps),
+                          "torch": _measure("torch", str(f["torch"]), d, layers, threads, reps),
+                          "onnx_mb": ort_path.stat().st_size / 2**20,
+                          "wpz_mb": f["torch"].stat().st_size / 2**20}
+    t = Table(f"export: {layers} MLP blocks d={d} (d->4d->d), input (batch, 8, d), {threads} thread(s); "
+              f"ms per call (x dense), RSS above baseline MB",
+              ["variant", "onnx MB", "ORT b1", "ORT b32", "ORT peak", "ORT rss", "torch file MB",
+               "torch b1", "torch b32", "torch peak", "torch rss"])
+    den = res["dense"]
+    for label, r in res.items():
+        def cell(rt, key, scale=1e3):
+            v = r[rt][key] * scale
+            ref = den[rt][key] * scale
+            return f"{v:.3g} ({v / ref:.2f}x)" if label != "dense" and ref > 0 else f"{v:.3g}"
+        t.add(label, f"{r['onnx_mb']:.2f}", cell("ort", "b1"), cell("ort", "b32"),
+              cell("ort", "peak_mb", 1), cell("ort", "rss_mb", 1), f"{r['wpz_mb']:.2f}",
+              cell("torch", "b1"), cell("torch", "b32"), cell("torch", "peak_mb", 1),
+              cell("torch", "rss_mb", 1))
+    t.print()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        rt, path, d, layers, threads, reps = sys.argv[2:8]
+        print(json.dumps(child(rt, path, int(d), int(layers), int(threads), int(reps))))
+    else:
+        sys.path.insert(0, str(HERE))
+        run(quick=QUICK or "--quick" in sys.argv)
