@@ -1,12 +1,14 @@
 """Runtime export: a transformer-shaped MLP dense vs exported, in onnxruntime and PyTorch.
 
 The model: ``L`` residual blocks ``x + W2 gelu(W1 x + b1) + b2`` (d -> 4d -> d, the shape of a
-transformer's MLP), run on ``(batch, 8, d)`` inputs at batch 1 and 32, one thread each
+transformer's MLP), run on ``(batch, seq, d)`` inputs (seq: ``WP_EXPORT_SEQ``, default 1: one token per sequence) at batch 1 and 32, one thread each
 (``WP_EXPORT_THREADS``). Variants: dense; int8 (8-bit symmetric per-channel codes, 4x);
 int4g128 (4-bit, groups of 128, about 7x); low rank at 4x. Each variant is measured in its own
 process (so peak resident memory is the model's): latency (median), peak and final resident
 memory above the process's baseline after imports, and file size. ONNX: ``weightpress export``
-(MatMulNBits, fast int8 activations); PyTorch: ``weightpress.torch.load_into``.
+(MatMulNBits, fast int8 activations); PyTorch: ``weightpress.torch.load_into`` (int8/int4
+weight-only kernels, bfloat16 activations). Peak memory is the kernel's high-water mark
+(VmHWM, reset after the imports) above the RSS after the imports; final is RSS after the runs.
 
 Quantized containers come from a NumPy round-to-nearest quantizer in the container's stored
 format (tests/helpers.py::rtn_quant) until the quant branch's ``quantize`` is merged.
@@ -28,11 +30,30 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 QUICK = os.environ.get("WP_BENCH_QUICK", "") not in ("", "0")
+SEQ = int(os.environ.get("WP_EXPORT_SEQ", 1))
 
 
 def _rss_kb() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's resident high-water mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _block_module(d: int, layers: int):
@@ -66,7 +87,7 @@ def child(runtime: str, path: str, d: int, layers: int, threads: int, reps: int)
     import onnxruntime as ort
     torch.set_num_threads(threads)
     base = _rss_kb()
-    peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _reset_peak()
     out = {}
     if runtime == "ort":
         so = ort.SessionOptions()
@@ -75,7 +96,7 @@ def child(runtime: str, path: str, d: int, layers: int, threads: int, reps: int)
         s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         name = s.get_inputs()[0].name
         run = {b: (lambda x: (lambda: s.run(None, {name: x})))(
-            np.random.default_rng(0).standard_normal((b, 8, d)).astype(np.float32)) for b in (1, 32)}
+            np.random.default_rng(0).standard_normal((b, SEQ, d)).astype(np.float32)) for b in (1, 32)}
     else:
         from weightpress.torch import load_into
         with torch.device("meta"):
@@ -87,13 +108,12 @@ def child(runtime: str, path: str, d: int, layers: int, threads: int, reps: int)
             m.load_state_dict(torch.load(path, mmap=False))
         run = {}
         for b in (1, 32):
-            x = torch.randn(b, 8, d)
+            x = torch.randn(b, SEQ, d)
             run[b] = (lambda x: (lambda: m(x)))(x)
     with torch.no_grad():
         for b in (1, 32):
             out[f"b{b}"] = _time(run[b], reps)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out["peak_mb"] = (peak - max(peak0, base)) / 1024
+    out["peak_mb"] = (_peak_kb() - base) / 1024
     out["rss_mb"] = (_rss_kb() - base) / 1024
     return out
 
@@ -126,8 +146,8 @@ def _containers(work: pathlib.Path, d: int, layers: int):
     onnx_path = work / "dense.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(m, (torch.randn(1, 8, d),), str(onnx_path), dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "b"}})
+        torch.onnx.export(m, (torch.randn(1, 2, d),), str(onnx_path), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b", 1: "s"}})
     files = {"dense": {"ort": onnx_path, "torch": pt}}
     specs = {"int8": (8, 0, True), "int4g128": (4, 128, True)}
     for label, (bits, group, sym) in specs.items():
@@ -171,7 +191,7 @@ def run(quick: bool = False) -> None:
                           "torch": _measure("torch", str(f["torch"]), d, layers, threads, reps),
                           "onnx_mb": ort_path.stat().st_size / 2**20,
                           "wpz_mb": f["torch"].stat().st_size / 2**20}
-    t = Table(f"export: {layers} MLP blocks d={d} (d->4d->d), input (batch, 8, d), {threads} thread(s); "
+    t = Table(f"export: {layers} MLP blocks d={d} (d->4d->d), input (batch, {SEQ}, d), {threads} thread(s); "
               f"ms per call (x dense), RSS above baseline MB",
               ["variant", "onnx MB", "ORT b1", "ORT b32", "ORT peak", "ORT rss", "torch file MB",
                "torch b1", "torch b32", "torch peak", "torch rss"])
