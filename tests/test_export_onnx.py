@@ -236,3 +236,57 @@ def test_bad_arguments(tmp_path, block):
     other = tmp_path / "g.onnx"
     _gemm_model(other, np.random.default_rng(0))
     assert export_onnx(wpz, tmp_path / "o.onnx", other) == []   # no tensor of it in that graph
+
+
+def _with_views(path, views):
+    """Mark container tensors as matrix views of N-D weights (entry ``view``, as the container
+    writes conv weights once matrix views are in: ``shape`` is the view, ``view.shape`` the
+    tensor's)."""
+    import json
+    from weightpress.io.safetensors import write_safetensors
+    with Container(path) as c:
+        meta = dict(c.metadata)
+        entries = json.loads(meta["tensors"])
+        for n, shp in views.items():
+            entries[n]["view"] = {"shape": list(shp)}
+        meta["tensors"] = json.dumps(entries)
+        arrays = {k: np.array(c._st[k]) for k in c._st.info()}
+    write_safetensors(path, arrays, meta)
+
+
+def test_lowrank_conv_runs_as_two_convs(tmp_path):
+    from weightpress.compression.matrices import LowRank
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 32, 3, stride=2, dilation=2, bias=False),
+                              torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, groups=4)).eval()
+    like = tmp_path / "c.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(net, (torch.randn(1, 3, 20, 20),), str(like), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    wpz = tmp_path / "c.wpz"
+    sd = {k: v.numpy() for k, v in net.state_dict().items()}
+    views, decoded = {}, {}
+    with ContainerWriter(wpz) as w:
+        for name, W in sd.items():
+            if W.ndim == 4:
+                M = W.reshape(W.shape[0], -1)
+                U, s, Vt = np.linalg.svd(M, full_matrices=False)
+                lr = LowRank.from_svd(U[:, :5], s[:5], Vt[:5])
+                w.add(name, lr, original=M)
+                views[name], decoded[name] = W.shape, lr.toarray().reshape(W.shape)
+            else:
+                w.add(name, W)
+    _with_views(wpz, views)
+    out = tmp_path / "o.onnx"
+    rows = {r.name: r for r in export_onnx(wpz, out, like)}
+    assert rows["0.weight"].how == "Conv 3x3 to 5 channels + Conv 1x1"
+    assert rows["2.weight"].how == "Conv 3x3 to 5 channels + Conv 1x1"
+    assert rows["4.weight"].how == "dense" and "grouped" in rows["4.weight"].note
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m)
+    assert sum(n.op_type == "Conv" for n in m.graph.node) == 5
+    ref = tmp_path / "ref.onnx"
+    save_model(ref, decoded, like=like)
+    x = np.random.default_rng(0).standard_normal((2, 3, 20, 20)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(ref, x), rtol=1e-4, atol=1e-4)

@@ -5,6 +5,8 @@ best there:
 
 - low rank ``W = L R`` used by a ``MatMul`` (or as the ``B`` of a ``Gemm``): two ``MatMul`` nodes
   through the thin factors (the ``Gemm`` keeps its bias, ``alpha`` and ``beta`` on the second);
+  a low-rank ``Conv`` weight (stored as its ``(O, I·Πk)`` matrix view, entry ``view``): a k×k
+  ``Conv`` to ``r`` channels, then a 1×1 ``Conv`` with the bias (``group=1`` only);
 - quantized (``quant``: 2–8 bit codes, float16 group scales, zero points): onnxruntime's
   ``com.microsoft.MatMulNBits``, the codes re-encoded exactly at 4 bits (codes of 2–4 bits) or
   8 bits (5–8), blocks of 16–128 inputs (a per-channel scale repeated over the blocks of its
@@ -161,10 +163,44 @@ def _gemm_tail(b: _Builder, node: Any, prod: str, a: dict[str, Any], wdt: np.dty
     return nodes
 
 
+def _tensor_shape(e: dict[str, Any]) -> tuple[int, ...]:
+    """The tensor's own shape: a conv weight is stored as its matrix view (``view``)."""
+    v = e.get("view")
+    return tuple(int(d) for d in (v["shape"] if v else e["shape"]))
+
+
+def _rewrite_conv(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
+                  wdt: np.dtype) -> tuple[list[Any], str] | str:
+    """A low-rank conv weight ``W (O, I·Πk) = L R``: a k×k Conv to ``r`` channels (``R``), then
+    a 1×1 Conv (``L``) with the bias."""
+    a = _attrs(node)
+    shape = _tensor_shape(e)
+    if e["form"] != "lowrank":
+        return "dense: no quantized Conv kernel in onnxruntime's CPU provider"
+    if int(a.get("group", 1)) != 1:
+        return "dense: grouped convolution (the factors would mix the groups)"
+    if e["layout"] != "out_in" or tuple(e["shape"]) != (shape[0], int(np.prod(shape[1:]))):
+        return "dense: not the (out, in·k) matrix view of the Conv weight"
+    m = c.matrix(name)
+    assert isinstance(m, LowRank)
+    r, nd = m.rank, len(shape) - 2
+    R = np.asarray(m.right).reshape((r,) + shape[1:]).astype(wdt)
+    L = np.asarray(m.left).reshape((shape[0], r) + (1,) * nd).astype(wdt)
+    t = b.name(f"{node.output[0]}_wp_r")
+    first = b.node("Conv", [node.input[0], b.init(f"{name}_wp_lowrank1", R)], [t],
+                   **{k: v for k, v in a.items() if k != "group"})
+    ins = [t, b.init(f"{name}_wp_lowrank0", L)] + list(node.input[2:3])
+    second = b.node("Conv", ins, [node.output[0]], kernel_shape=[1] * nd)
+    ks = "x".join(str(k) for k in shape[2:])
+    return [first, second], f"Conv {ks} to {r} channels + Conv 1x1"
+
+
 def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container, wdt: np.dtype,
              accuracy: int, block_size: int | None) -> tuple[list[Any], str] | str:
     """New nodes computing ``node`` from the compressed tensor, and a description; or the
     reason it stays dense."""
+    if node.op_type == "Conv":
+        return _rewrite_conv(b, node, name, e, c, wdt)
     a = _attrs(node) if node.op_type == "Gemm" else {}
     trans_b = bool(a.get("transB", 0))
     x = node.input[0]
@@ -273,8 +309,8 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
             continue
         t = index[name]
         dims = tuple(int(d) for d in t.dims)
-        if dims != tuple(e["shape"]):
-            raise ValueError(f"like: tensor {name!r} has shape {dims}, the container {tuple(e['shape'])}")
+        if dims != _tensor_shape(e):
+            raise ValueError(f"like: tensor {name!r} has shape {dims}, the container {_tensor_shape(e)}")
         form = e["form"]
         wdt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
         dense_b = int(np.prod(dims)) * wdt.itemsize
@@ -285,9 +321,9 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                 why = "dense: not a plain initializer of the main graph"
             elif not u:
                 why = "dense: no node reads it"
-            elif any(nd.op_type not in ("MatMul", "Gemm") or i != 1 for nd, i in u):
+            elif any(nd.op_type not in ("MatMul", "Gemm", "Conv") or i != 1 for nd, i in u):
                 ops = sorted({nd.op_type for nd, _ in u})
-                why = f"dense: read by {'/'.join(ops)}, not as the weight of MatMul/Gemm"
+                why = f"dense: read by {'/'.join(ops)}, not as the weight of MatMul/Gemm/Conv"
             else:
                 before = (len(b.inits), b.nbytes)
                 done: list[tuple[Any, list[Any]]] = []
@@ -307,7 +343,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                     drop.add(name)
                     rows.append(ExportRow(name, form, res[1], "", b.nbytes - before[1], dense_b))
                     continue
-        value = _dense_value(c, name)
+        value = np.asarray(_dense_value(c, name)).reshape(dims)  # a matrix view: C-order
         raw = _encode(value, t.data_type, name)
         for fld in _TYPED_FIELDS:
             t.ClearField(fld)
