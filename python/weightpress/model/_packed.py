@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["QuantParts", "CodebookParts", "unpack_bits", "pack_bits", "dense_value"]
+__all__ = ["QuantParts", "CodebookParts", "unpack_bits", "pack_bits", "dense_value", "tensor_shape"]
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 
@@ -158,3 +158,10 @@ def dense_value(c: Any, name: str) -> np.ndarray:
     cls = QuantParts if e["form"] == "quant" else CodebookParts
     M = cls.from_entry(c.parts(name), e["shape"], e["layout"]).dense(np.float32)
     return (M if e["layout"] == "out_in" else M.T).astype(e["dtype"])
+
+
+def tensor_shape(e: dict[str, Any]) -> tuple[int, ...]:
+    """A container entry's tensor shape: an N-D weight is stored as its matrix view, with the
+    tensor's own shape under ``view``."""
+    v = e.get("view")
+    return tuple(int(d) for d in (v["shape"] if v else e["shape"]))

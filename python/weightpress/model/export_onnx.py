@@ -34,7 +34,7 @@ import numpy as np
 from .._optional import require
 from ..io._base import atomic_write
 from ..io.onnx_graph import _MAX_PROTO, _TYPED_FIELDS, _encode, _load_proto, collect_tensors
-from ._packed import QuantParts, dense_value as _dense_value, pack_bits
+from ._packed import QuantParts, dense_value as _dense_value, pack_bits, tensor_shape
 from ..compression.matrices import LowRank
 from .container import Container
 
@@ -163,18 +163,12 @@ def _gemm_tail(b: _Builder, node: Any, prod: str, a: dict[str, Any], wdt: np.dty
     return nodes
 
 
-def _tensor_shape(e: dict[str, Any]) -> tuple[int, ...]:
-    """The tensor's own shape: a conv weight is stored as its matrix view (``view``)."""
-    v = e.get("view")
-    return tuple(int(d) for d in (v["shape"] if v else e["shape"]))
-
-
 def _rewrite_conv(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
                   wdt: np.dtype) -> tuple[list[Any], str] | str:
     """A low-rank conv weight ``W (O, I·Πk) = L R``: a k×k Conv to ``r`` channels (``R``), then
     a 1×1 Conv (``L``) with the bias."""
     a = _attrs(node)
-    shape = _tensor_shape(e)
+    shape = tensor_shape(e)
     if e["form"] != "lowrank":
         return "dense: no quantized Conv kernel in onnxruntime's CPU provider"
     if int(a.get("group", 1)) != 1:
@@ -309,8 +303,8 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
             continue
         t = index[name]
         dims = tuple(int(d) for d in t.dims)
-        if dims != _tensor_shape(e):
-            raise ValueError(f"like: tensor {name!r} has shape {dims}, the container {_tensor_shape(e)}")
+        if dims != tensor_shape(e):
+            raise ValueError(f"like: tensor {name!r} has shape {dims}, the container {tensor_shape(e)}")
         form = e["form"]
         wdt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
         dense_b = int(np.prod(dims)) * wdt.itemsize

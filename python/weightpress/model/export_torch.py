@@ -12,7 +12,9 @@ weight the container compressed, puts in its place a module that computes from t
   report says so);
 - pruned (CSR): :class:`SparseLinear`, through ``torch.sparse`` CSR or dense, whichever measured
   faster here at load (``sparse="auto"``);
-- everything else (dense, sparse + low rank, sparse-coded, codebook, ``Conv*d`` weights): the
+- a low-rank ``nn.Conv1d/2d/3d`` weight (stored as its ``(O, I·Πk)`` matrix view):
+  :class:`LowRankConv`, a k×k convolution to ``r`` channels then a 1×1 one (``groups=1``);
+- everything else (dense, sparse + low rank, sparse-coded, codebook, other conv weights): the
   decoded tensor is copied into the existing parameter.
 
 Each replacement has ``.dense()`` (an equivalent ``nn.Linear``/``Conv1D`` with the decoded
@@ -30,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ._packed import QuantParts, dense_value as _dense_value, pack_bits
+from ._packed import QuantParts, dense_value as _dense_value, pack_bits, tensor_shape
 from ..compression.matrices import LowRank
 from .container import Container
 
@@ -38,7 +40,8 @@ torch = require("torch", "loading a container into a PyTorch module")
 nn = torch.nn
 F = torch.nn.functional
 
-__all__ = ["load_into", "LoadRow", "LowRankLinear", "QuantLinear", "SparseLinear", "quant_modes"]
+__all__ = ["load_into", "LoadRow", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
+           "quant_modes"]
 
 
 def _is_conv1d(m: Any) -> bool:
@@ -245,6 +248,43 @@ class SparseLinear(_Compressed):
         return y if self.bias is None else y + self.bias
 
 
+class LowRankConv(nn.Module):  # type: ignore[name-defined,misc]
+    """A convolution whose weight's matrix view ``(O, I·Πk) = L R``: a k×k convolution to
+    ``r`` channels (``R``), then a 1×1 convolution (``L``) with the bias."""
+
+    def __init__(self, layer: Any, L: Any, R: Any):
+        super().__init__()
+        cls, r = type(layer), int(L.shape[1])
+        self.first = cls(layer.in_channels, r, layer.kernel_size, stride=layer.stride,
+                         padding=layer.padding, dilation=layer.dilation, bias=False,
+                         padding_mode=layer.padding_mode)
+        self.second = cls(r, layer.out_channels, 1, bias=layer.bias is not None)
+        with torch.no_grad():
+            self.first.weight.copy_(R.reshape(self.first.weight.shape))
+            self.second.weight.copy_(L.reshape(self.second.weight.shape))
+            if layer.bias is not None:
+                self.second.bias.copy_(layer.bias)
+
+    @property
+    def rank(self) -> int:
+        return int(self.first.out_channels)
+
+    def forward(self, x: Any) -> Any:
+        return self.second(self.first(x))
+
+    def dense(self) -> Any:
+        """The equivalent single convolution with the decoded weight."""
+        f, s = self.first, self.second
+        d = type(f)(f.in_channels, s.out_channels, f.kernel_size, stride=f.stride, padding=f.padding,
+                    dilation=f.dilation, bias=s.bias is not None, padding_mode=f.padding_mode)
+        with torch.no_grad():
+            W = s.weight.reshape(s.out_channels, -1) @ f.weight.reshape(f.out_channels, -1)
+            d.weight.copy_(W.reshape(d.weight.shape))
+            if s.bias is not None:
+                d.bias.copy_(s.bias)
+        return d
+
+
 @dataclass
 class LoadRow:
     """What happened to one container tensor."""
@@ -264,6 +304,12 @@ def _time(f: Any, x: Any, reps: int = 5) -> float:
             f(x)
             ts.append(time.perf_counter() - t)
     return sorted(ts)[len(ts) // 2]
+
+
+def _replace(module: Any, path: str, new: Any) -> None:
+    if path:
+        parent = module.get_submodule(path.rpartition(".")[0]) if "." in path else module
+        setattr(parent, path.rpartition(".")[2], new)
 
 
 def _oriented(e: dict[str, Any], is_conv1d: bool) -> bool:
@@ -313,6 +359,8 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
         owners.setdefault(id(t), []).append(n)
     layers = {f"{n}.weight" if n else "weight": (n, m) for n, m in module.named_modules()
               if isinstance(m, nn.Linear) or _is_conv1d(m)}
+    convs = {f"{n}.weight" if n else "weight": (n, m) for n, m in module.named_modules()
+             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))}
     rows: list[LoadRow] = []
     for name, e in c.entries.items():
         if name not in params:
@@ -320,14 +368,29 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 raise ValueError(f"container: tensor {name!r} has no parameter or buffer in the module")
             continue
         p = params[name]
-        if tuple(p.shape) != tuple(e["shape"]):
-            raise ValueError(f"container: tensor {name!r} has shape {tuple(e['shape'])}, the module "
+        if tuple(p.shape) != tensor_shape(e):
+            raise ValueError(f"container: tensor {name!r} has shape {tensor_shape(e)}, the module "
                              f"{tuple(p.shape)}")
         form = e["form"]
         new, how, note = None, "copied dense", ""
         tied = [n for n in owners[id(p)] if n != name]
         if tied and form != "dense":
             note = f"dense: tied with {tied[0]} (one parameter, several uses)"
+        elif name in convs and form == "lowrank":
+            path, layer = convs[name]
+            shape = tensor_shape(e)
+            if layer.groups != 1:
+                note = "dense: grouped convolution (the factors would mix the groups)"
+            elif e["layout"] != "out_in" or tuple(e["shape"]) != (shape[0], int(np.prod(shape[1:]))):
+                note = "dense: not the (out, in·k) matrix view of the conv weight"
+            else:
+                m = c.matrix(name)
+                assert isinstance(m, LowRank)
+                conv_new = LowRankConv(layer, torch.from_numpy(np.array(m.left, dtype=np.float32)),
+                                       torch.from_numpy(np.array(m.right, dtype=np.float32)))
+                _replace(module, path, conv_new)
+                rows.append(LoadRow(name, form, f"LowRankConv (rank {conv_new.rank})"))
+                continue
         elif name in layers and form in ("lowrank", "quant", "sparse"):
             path, layer = layers[name]
             conv = _is_conv1d(layer)
@@ -359,20 +422,19 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                     csr = T.to_sparse_csr()
                 use = sparse == "sparse"
                 if sparse == "auto":
-                    x = torch.randn(1, A.shape[1])
+                    x = torch.randn(1, T.shape[1])
                     use = _time(SparseLinear(csr, None, kind, True), x) < _time(SparseLinear(csr, None, kind, False), x)
                 new = SparseLinear(csr, bias, kind, use)
                 how = f"SparseLinear ({'CSR' if use else 'dense, faster here than CSR'})"
             if new is not None:
-                parent = module.get_submodule(path.rpartition(".")[0]) if "." in path else module
-                if path:
-                    setattr(parent, path.rpartition(".")[2], new)
+                _replace(module, path, new)
                 rows.append(LoadRow(name, form, how, note))
                 continue
         elif form != "dense":
-            note = "no compressed module for this form" if name in layers else "not a Linear/Conv1D weight"
-        value = _dense_value(c, name)
+            note = ("no compressed module for this form" if name in layers or name in convs
+                    else "not a Linear/Conv weight")
+        value = np.array(_dense_value(c, name)).reshape(tuple(p.shape))  # matrix views: C-order
         with torch.no_grad():
-            p.copy_(torch.from_numpy(np.array(value)).to(p.dtype))
+            p.copy_(torch.from_numpy(value).to(p.dtype))
         rows.append(LoadRow(name, form, how, note))
     return rows
