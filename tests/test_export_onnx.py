@@ -290,3 +290,33 @@ def test_lowrank_conv_runs_as_two_convs(tmp_path):
     save_model(ref, decoded, like=like)
     x = np.random.default_rng(0).standard_normal((2, 3, 20, 20)).astype(np.float32)
     np.testing.assert_allclose(_run(out, x), _run(ref, x), rtol=1e-4, atol=1e-4)
+
+
+def test_weight_read_by_two_nodes_is_stored_once(tmp_path):
+    rng = np.random.default_rng(7)
+    W = (rng.standard_normal((64, 64)) / 8).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("MatMul", ["t", "W"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])],
+                          [numpy_helper.from_array(W, "W")])
+    like = tmp_path / "t.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(like))
+    for method, opts in (("lowrank", {"rank": 8}),):
+        wpz = tmp_path / f"{method}.wpz"
+        compress_model(open_model(str(like)), wpz, method=method, options=opts, min_size=1024)
+        out = tmp_path / f"{method}.onnx"
+        export_onnx(wpz, out, like)
+        m = onnx.load(str(out))
+        assert len(m.graph.initializer) == 2 and sum(n.op_type == "MatMul" for n in m.graph.node) == 4
+        x = rng.standard_normal((3, 64)).astype(np.float32)
+        np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-4, atol=1e-5)
+    wpz = tmp_path / "q.wpz"
+    decoded = _quant_container(wpz, like, {"W": (4, 32, True)})
+    export_onnx(wpz, tmp_path / "q.onnx", like, compute="exact")
+    m = onnx.load(str(tmp_path / "q.onnx"))
+    assert len(m.graph.initializer) == 3 and sum(n.op_type == "MatMulNBits" for n in m.graph.node) == 2
+    ref = tmp_path / "qref.onnx"
+    save_model(ref, decoded, like=like)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    np.testing.assert_allclose(_run(tmp_path / "q.onnx", x), _run(ref, x), rtol=1e-4, atol=1e-5)

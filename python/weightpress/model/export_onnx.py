@@ -122,6 +122,7 @@ class _Builder:
         self.taken = taken
         self.inits: list[Any] = []
         self.nbytes = 0
+        self.cache: dict[Any, Any] = {}  # initializers shared by the nodes reading one weight
 
     def name(self, base: str) -> str:
         n, i = base, 1
@@ -211,7 +212,11 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
         assert isinstance(m, LowRank)
         L, R = np.asarray(m.left), np.asarray(m.right)         # W = L @ R, W as stored
         F1, F2 = (R.T, L.T) if trans_b else (L, R)              # x @ op(W) = (x @ F1) @ F2
-        f1, f2 = b.init(f"{name}_wp_lowrank0", F1.astype(wdt)), b.init(f"{name}_wp_lowrank1", F2.astype(wdt))
+        key = (name, trans_b)
+        if key not in b.cache:
+            b.cache[key] = (b.init(f"{name}_wp_lowrank0", F1.astype(wdt)),
+                            b.init(f"{name}_wp_lowrank1", F2.astype(wdt)))
+        f1, f2 = b.cache[key]
         t = b.name(f"{node.output[0]}_wp_r")
         nodes = pre + [b.node("MatMul", [x, f1], [t]), b.node("MatMul", [t, f2], [final])]
         how = f"2 MatMul (rank {L.shape[1]})"
@@ -224,8 +229,11 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
         if arr is None:
             return f"dense: group {q.group} holds no power-of-two block of 16 or more"
         Bp, S, Z, bits, bs = arr
-        ins = [x, b.init(f"{name}_wp_q", Bp), b.init(f"{name}_wp_scales", S.astype(wdt).reshape(-1)),
-               b.init(f"{name}_wp_zeros", Z)]
+        if name not in b.cache:
+            b.cache[name] = [b.init(f"{name}_wp_q", Bp),
+                             b.init(f"{name}_wp_scales", S.astype(wdt).reshape(-1)),
+                             b.init(f"{name}_wp_zeros", Z)]
+        ins = [x] + b.cache[name]
         nodes = pre + [b.node("MatMulNBits", ins, [final], domain=MS_DOMAIN, K=q.inn, N=q.out,
                               bits=bits, block_size=bs, accuracy_level=accuracy)]
         how = f"MatMulNBits {bits}-bit, block {bs}" + (" (int8 activations)" if accuracy else "")
@@ -328,8 +336,11 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                         break
                     done.append((nd, res[0]))
                 if isinstance(res, str):
+                    dropped = {t.name for t in b.inits[before[0]:]}
                     del b.inits[before[0]:]
                     b.nbytes = before[1]
+                    b.cache = {k: v for k, v in b.cache.items()
+                               if not dropped & set(v if isinstance(v, (list, tuple)) else [v])}
                     why = res
                 else:
                     for nd, new in done:
