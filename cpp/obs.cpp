@@ -109,9 +109,14 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
   if (rows == 0 || cols == 0) return;
   const std::int64_t g = quant ? quant_group(cols, opt.group) : cols;
   const std::int64_t ng = quant ? quant_n_groups(cols, opt.group) : 0;
-  const bool per_row = quant && g >= cols;
+  const bool fixed = quant && opt.col_group != nullptr;
+  const bool per_row = quant && !fixed && g >= cols;
+  if (fixed)
+    for (std::int64_t c = 0; c < cols; ++c)
+      if (opt.col_group[c] < 0 || opt.col_group[c] >= ng)
+        throw ShapeError("obs_sweep: col_group[" + std::to_string(c) + "] is not a group index");
   std::int64_t B = std::max<std::int64_t>(1, opt.block);
-  if (quant && !per_row) B = std::max(g, (B / g) * g);  // every group inside one block
+  if (quant && !per_row && !fixed) B = std::max(g, (B / g) * g);  // every group inside a block
   B = std::min(B, cols);
   const int maxq = quant ? (1 << opt.bits) - 1 : 0;
 
@@ -179,7 +184,12 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
               }
             }
           }
-          if (quant && !per_row && c % g == 0) {
+          if (fixed) {
+            const std::int64_t gi = r * ng + opt.col_group[c];
+            p.half = scales[gi];
+            p.scale = half_to_float(p.half);
+            p.zero = opt.symmetric ? (1 << (opt.bits - 1)) : zeros[gi];
+          } else if (quant && !per_row && c % g == 0) {
             p = quant_params(w + c, std::min(g, cols - c), opt.bits, opt.symmetric);
             scales[r * ng + c / g] = p.half;
             if (!opt.symmetric) zeros[r * ng + c / g] = static_cast<std::uint8_t>(p.zero);

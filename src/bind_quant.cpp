@@ -159,7 +159,8 @@ py::tuple obs_factor(py::array H_, double damp) {
 }
 
 py::object obs_sweep(py::array W_, py::array U_, int bits, std::int64_t group, bool symmetric,
-                     std::int64_t n_prune, int nm_n, int nm_m, std::int64_t block, int n_threads) {
+                     std::int64_t n_prune, int nm_n, int nm_m, std::int64_t block, py::object col_group,
+                     py::object scales_in, py::object zeros_in, int n_threads) {
   check_threads(n_threads);
   wp::ObsOptions opt;
   opt.bits = bits;
@@ -182,6 +183,21 @@ py::object obs_sweep(py::array W_, py::array U_, int bits, std::int64_t group, b
     carr<u8> codes({q ? rows : 0, q ? cols : 0});
     carr<u16> scales({q ? rows : 0, ng});
     carr<u8> zeros({z ? rows : 0, z ? ng : 0});
+    carr<std::int64_t> cg;
+    if (!col_group.is_none()) {  // fixed groups: scales (and zeros) come in
+      if (!q) throw wp::ShapeError("col_group: only with bits > 0");
+      cg = strict<std::int64_t>(col_group, "col_group");
+      if (cg.ndim() != 1 || cg.shape(0) != cols) throw wp::ShapeError("col_group: expected length cols");
+      auto si = strict<u16>(scales_in, "scales");
+      check_2d(si, rows, ng, "scales");
+      std::copy(si.data(), si.data() + rows * ng, scales.mutable_data());
+      if (z) {
+        auto zi = strict<u8>(zeros_in, "zeros");
+        check_2d(zi, rows, ng, "zeros");
+        std::copy(zi.data(), zi.data() + rows * ng, zeros.mutable_data());
+      }
+      opt.col_group = cg.data();
+    }
     T* wp_ = W.mutable_data();
     const T* up = U.data();
     u8 *cp = codes.mutable_data(), *zp = zeros.mutable_data();
@@ -218,7 +234,7 @@ void bind_quant(py::module_& m) {
   m.def("obs_sweep", &obs_sweep,
         "GPTQ / SparseGPT column sweep of W in place; returns (codes, scales, zeros|None) or None.",
         "W"_a.noconvert(), "U"_a.noconvert(), "bits"_a, "group"_a, "symmetric"_a, "n_prune"_a,
-        "nm_n"_a, "nm_m"_a, "block"_a, "n_threads"_a);
+        "nm_n"_a, "nm_m"_a, "block"_a, "col_group"_a, "scales"_a, "zeros"_a, "n_threads"_a);
 }
 
 }  // namespace wpb

@@ -31,6 +31,9 @@ struct ObsOptions {
   std::int64_t n_prune = 0;    // unstructured: weights to prune in total (exact)
   int nm_n = 0, nm_m = 0;      // N:M: keep nm_n of every nm_m columns per row (nm_m = 0: off)
   std::int64_t block = 128;    // columns per lazy-update block (rounded to a multiple of group)
+  // Fixed ("static") quantization groups, for a permuted column order (GPTQ's act-order): the
+  // group of swept column c is col_group[c], and scales / zeros are inputs, not outputs.
+  const std::int64_t* col_group = nullptr;
 };
 
 // Sweep W in place (rows × cols, row-major; on return the compressed weights: pruned entries

@@ -89,10 +89,12 @@ def prune_obs(W: Any, stats: CalibrationStats, sparsity: float | None = None,
     return prune(Wk.astype(Wa.dtype, copy=False), threshold=0.0)
 
 
-def obs_factor(stats: CalibrationStats, damp: float, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+def obs_factor(stats: CalibrationStats, damp: float, dtype: Any,
+               act_order: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(U, dead)``: the upper Cholesky factor of the damped ``H⁻¹ = UᵀU`` in ``dtype`` (row i
     is column i's update direction) and the dead-input mask (``H[i, i] == 0``), cached on
-    ``stats`` (every budget of one layer shares it). Computed in C++: one Cholesky of the
+    ``stats`` (every budget of one layer shares it). With ``act_order`` the factor is that of
+    ``H`` with its inputs in :func:`act_order_perm` order. Computed in C++: one Cholesky of the
     reversed ``H`` and one triangular inverse (``in³/3`` flops each, LAPACK/BLAS).
 
     Raises
@@ -104,13 +106,23 @@ def obs_factor(stats: CalibrationStats, damp: float, dtype: Any) -> tuple[np.nda
     dt = np.dtype(dtype)
 
     def make() -> tuple[np.ndarray, np.ndarray]:
-        H = np.array(stats.hessian(), dtype=dt, order="C")
+        H = stats.hessian()
+        if act_order:
+            p = act_order_perm(stats)
+            H = H[np.ix_(p, p)]
+        H = np.array(H, dtype=dt, order="C")
         info, dead = obs_factor_inplace(H, damp)
         if info:
             raise ValueError(f"damp={damp}: the damped Hessian XᵀX is not positive definite "
                              f"(leading minor {info}); use a larger damp")
         return H, dead.astype(bool)
-    return stats.cached(("obs", damp, dt.str), make)
+    return stats.cached(("obs", damp, dt.str, bool(act_order)), make)
+
+
+def act_order_perm(stats: CalibrationStats) -> np.ndarray:
+    """Inputs by decreasing ``H[i, i]`` (GPTQ's act-order: the columns that meet the largest
+    inputs are quantized first, while the most columns are left to absorb their error)."""
+    return np.argsort(-np.diag(stats.hessian()), kind="stable")
 
 
 def obs_prepare(Wa: np.ndarray, stats: CalibrationStats, damp: float) -> np.ndarray:

@@ -510,6 +510,12 @@ def from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
         Unknown form, missing parts, or parts inconsistent with ``shape``.
     """
     shape = (int(shape[0]), int(shape[1]))
+    if form in ("quant", "codebook"):  # (imported here: quant.py builds on this module)
+        from .quant import quant_from_parts
+        m = quant_from_parts(form, parts, shape, layout)
+        if m.shape != shape:
+            raise ValueError(f"{form}: stored arrays give shape {m.shape}, expected {shape}")
+        return m
     need = {"dense": {"values"}, "sparse": {"data", "indices", "indptr"},
             "lowrank": {"left", "right"},
             "sparse+lowrank": {"sparse.data", "sparse.indices", "sparse.indptr",

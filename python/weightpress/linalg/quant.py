@@ -105,11 +105,14 @@ def obs_factor_inplace(H: np.ndarray, damp: float) -> tuple[int, np.ndarray]:
 
 def obs_sweep(W: np.ndarray, U: np.ndarray, *, bits: int = 0, group: int = 0, symmetric: bool = True,
               n_prune: int = 0, nm: tuple[int, int] = (0, 0), block: int = 128,
-              n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+              col_group: np.ndarray | None = None, scales: np.ndarray | None = None,
+              zeros: np.ndarray | None = None, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """The GPTQ / SparseGPT sweep of ``W`` in place (see ``cpp/include/weightpress/obs.hpp``);
-    with ``bits`` returns ``(codes, scales float16, zeros or None)``."""
+    with ``bits`` returns ``(codes, scales float16, zeros or None)``. ``col_group`` (int64, one
+    per column of ``W``) fixes each swept column's group, with ``scales``/``zeros`` given."""
+    s16 = None if scales is None else _scales_u16(scales)
     res = _core.obs_sweep(W, U, int(bits), int(group), bool(symmetric), int(n_prune), int(nm[0]),
-                          int(nm[1]), int(block), _resolve(n_threads))
+                          int(nm[1]), int(block), col_group, s16, zeros, _resolve(n_threads))
     if res is None:
         return None
     codes, scales, zeros = res
