@@ -125,7 +125,10 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
   std::vector<GroupParams> params(static_cast<size_t>(rows), GroupParams{0.0f, 0, 0});
   std::vector<double> score;
   std::vector<std::int64_t> idx;
-  const int nt = threads_for(rows * B * B / 2, n_threads, 1 << 15);
+  // Each thread gets at least ~16 M flops of the in-block sweep: the phase sits between two
+  // BLAS calls, and a smaller one costs more in wake-ups (and in OpenBLAS threads still
+  // spinning on the other core) than it saves.
+  const int nt = threads_for(rows * B * B / 2, n_threads, std::int64_t(1) << 24);
   FirstError fe;
 
   if (per_row) {

@@ -24,7 +24,7 @@ from .._validation import as_matrix, positive_int, real_scalar
 from ..linalg import quant as lq
 from ..linalg.sparse import _parse_pattern
 from .calibration import CalibrationStats
-from .data_aware import _check, act_order_perm, obs_factor, obs_prepare
+from .data_aware import _check, act_order_perm, obs_factor, obs_prepare, small_blas
 from .matrices import CompressedMatrix, _compute_dtype, _setup
 
 __all__ = ["Quantized", "Codebook", "quantize", "gptq", "codebook", "quant_name", "quant_from_parts"]
@@ -89,7 +89,7 @@ class Quantized(CompressedMatrix):
             self.zeros = np.ascontiguousarray(zeros)
             if self.zeros.dtype != np.uint8 or self.zeros.shape != (out, ng):
                 raise ValueError(f"zeros: expected uint8 of shape {(out, ng)}")
-            if ng and int(self.zeros.max()) >= 1 << self.bits:
+            if self.zeros.size and int(self.zeros.max()) >= 1 << self.bits:
                 raise ValueError(f"zeros: a zero point does not fit {self.bits} bits")
 
     @property
@@ -258,26 +258,27 @@ def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = Non
     if not isinstance(act_order, (bool, np.bool_)):
         raise TypeError(f"act_order: expected a bool, got {type(act_order).__name__}")
     act = bool(act_order) and pattern is None
-    Wk = obs_prepare(Wa, stats, damp)
-    U = obs_factor(stats, damp, Wk.dtype, act)[0]
-    n_prune = int(round(s * Wa.size))
-    if act:
-        perm = act_order_perm(stats)
-        _, scales0, zeros0 = lq.quantize_rtn(Wk, b, g, sym, n_threads)
-        gs = g if 0 < g < Wa.shape[1] else max(Wa.shape[1], 1)
-        Wp = np.ascontiguousarray(Wk[:, perm])
-        res = lq.obs_sweep(Wp, U, bits=b, group=g, symmetric=sym, n_prune=n_prune, block=block,
-                           col_group=(perm // gs).astype(np.int64), scales=scales0, zeros=zeros0,
-                           n_threads=n_threads)
-        assert res is not None
-        codes = np.empty_like(res[0])
-        codes[:, perm] = res[0]
-        scales, zeros = res[1], res[2]
-    else:
-        res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, n_prune=n_prune, nm=nm,
-                           block=block, n_threads=n_threads)
-        assert res is not None
-        codes, scales, zeros = res
+    with small_blas(Wa.shape[1] ** 3 + Wa.size * Wa.shape[1]):
+        Wk = obs_prepare(Wa, stats, damp)
+        U = obs_factor(stats, damp, Wk.dtype, act)[0]
+        n_prune = int(round(s * Wa.size))
+        if act:
+            perm = act_order_perm(stats)
+            _, scales0, zeros0 = lq.quantize_rtn(Wk, b, g, sym, n_threads)
+            gs = g if 0 < g < Wa.shape[1] else max(Wa.shape[1], 1)
+            Wp = np.ascontiguousarray(Wk[:, perm])
+            res = lq.obs_sweep(Wp, U, bits=b, group=g, symmetric=sym, n_prune=n_prune, block=block,
+                               col_group=(perm // gs).astype(np.int64), scales=scales0, zeros=zeros0,
+                               n_threads=n_threads)
+            assert res is not None
+            codes = np.empty_like(res[0])
+            codes[:, perm] = res[0]
+            scales, zeros = res[1], res[2]
+        else:
+            res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, n_prune=n_prune, nm=nm,
+                               block=block, n_threads=n_threads)
+            assert res is not None
+            codes, scales, zeros = res
     return Quantized(lq.pack_codes(codes, b, n_threads), scales, zeros, Wa.shape, bits=b, group=g,
                      symmetric=sym, dtype=Wa.dtype)
 
