@@ -100,7 +100,7 @@ template <class T>
 void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const ObsOptions& opt,
                std::uint8_t* codes, std::uint16_t* scales, std::uint8_t* zeros, int n_threads) {
   const bool quant = opt.bits > 0;
-  QuantSpec spec{opt.bits, opt.group, opt.symmetric};
+  QuantSpec spec{opt.bits, opt.group, opt.symmetric, opt.mse};
   if (quant) quant_check_spec(spec, "obs_sweep");
   if (opt.nm_m < 0 || opt.nm_n < 0 || (opt.nm_m > 0 && opt.nm_n > opt.nm_m))
     throw ShapeError("obs_sweep: N:M pattern needs 0 <= N <= M");
@@ -135,7 +135,7 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (std::int64_t r = 0; r < rows; ++r)
       fe.run([&] {
-        const GroupParams p = quant_params(W + r * cols, cols, opt.bits, opt.symmetric);
+        const GroupParams p = quant_params_spec(W + r * cols, cols, spec);
         params[static_cast<size_t>(r)] = p;
         scales[r] = p.half;
         if (!opt.symmetric) zeros[r] = static_cast<std::uint8_t>(p.zero);
@@ -193,7 +193,7 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
             p.scale = half_to_float(p.half);
             p.zero = opt.symmetric ? (1 << (opt.bits - 1)) : zeros[gi];
           } else if (quant && !per_row && c % g == 0) {
-            p = quant_params(w + c, std::min(g, cols - c), opt.bits, opt.symmetric);
+            p = quant_params_spec(w + c, std::min(g, cols - c), spec);
             scales[r * ng + c / g] = p.half;
             if (!opt.symmetric) zeros[r * ng + c / g] = static_cast<std::uint8_t>(p.zero);
           }

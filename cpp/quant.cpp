@@ -135,7 +135,7 @@ void quant_rtn(std::int64_t rows, std::int64_t cols, const T* __restrict W, cons
           if (!std::isfinite(w[j]))
             throw ShapeError("quantize: W[" + std::to_string(r) + ", " + std::to_string(j) +
                              "] is not finite");
-        const GroupParams p = quant_params(w + c0, c1 - c0, spec.bits, spec.symmetric);
+        const GroupParams p = quant_params_spec(w + c0, c1 - c0, spec);
         scales[r * ng + gi] = p.half;
         if (!spec.symmetric) zeros[r * ng + gi] = static_cast<std::uint8_t>(p.zero);
         for (std::int64_t j = c0; j < c1; ++j)

@@ -74,9 +74,11 @@ py::array quant_unpack(py::array packed_, std::int64_t cols, int bits, int n_thr
   return out;
 }
 
-py::tuple quant_rtn(py::array W_, int bits, std::int64_t group, bool symmetric, int n_threads) {
+py::tuple quant_rtn(py::array W_, int bits, std::int64_t group, bool symmetric, bool mse,
+                    int n_threads) {
   check_threads(n_threads);
-  const auto s = spec_of(bits, group, symmetric);
+  auto s = spec_of(bits, group, symmetric);
+  s.mse = mse;
   return dispatch_real(W_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
     auto W = strict<T>(W_, "W");
@@ -159,13 +161,14 @@ py::tuple obs_factor(py::array H_, double damp) {
 }
 
 py::object obs_sweep(py::array W_, py::array U_, int bits, std::int64_t group, bool symmetric,
-                     std::int64_t n_prune, int nm_n, int nm_m, std::int64_t block, py::object col_group,
+                     bool mse, std::int64_t n_prune, int nm_n, int nm_m, std::int64_t block, py::object col_group,
                      py::object scales_in, py::object zeros_in, int n_threads) {
   check_threads(n_threads);
   wp::ObsOptions opt;
   opt.bits = bits;
   opt.group = group;
   opt.symmetric = symmetric;
+  opt.mse = mse;
   opt.n_prune = n_prune;
   opt.nm_n = nm_n;
   opt.nm_m = nm_m;
@@ -219,7 +222,7 @@ void bind_quant(py::module_& m) {
   m.def("quant_unpack", &quant_unpack, "Unpack rows of bits-wide fields into uint8 codes.",
         "packed"_a.noconvert(), "cols"_a, "bits"_a, "n_threads"_a);
   m.def("quant_rtn", &quant_rtn, "Round-to-nearest quantization: (codes, scales f16 bits, zeros|None).",
-        "W"_a.noconvert(), "bits"_a, "group"_a, "symmetric"_a, "n_threads"_a);
+        "W"_a.noconvert(), "bits"_a, "group"_a, "symmetric"_a, "mse"_a, "n_threads"_a);
   m.def("quant_dequantize", &quant_dequantize, "Dequantize a packed matrix into out.",
         "packed"_a.noconvert(), "scales"_a.noconvert(), "zeros"_a, "bits"_a, "group"_a,
         "symmetric"_a, "out"_a.noconvert(), "n_threads"_a);
@@ -233,7 +236,7 @@ void bind_quant(py::module_& m) {
         "H"_a.noconvert(), "damp"_a);
   m.def("obs_sweep", &obs_sweep,
         "GPTQ / SparseGPT column sweep of W in place; returns (codes, scales, zeros|None) or None.",
-        "W"_a.noconvert(), "U"_a.noconvert(), "bits"_a, "group"_a, "symmetric"_a, "n_prune"_a,
+        "W"_a.noconvert(), "U"_a.noconvert(), "bits"_a, "group"_a, "symmetric"_a, "mse"_a, "n_prune"_a,
         "nm_n"_a, "nm_m"_a, "block"_a, "col_group"_a, "scales"_a, "zeros"_a, "n_threads"_a);
 }
 

@@ -28,6 +28,7 @@ struct ObsOptions {
   int bits = 0;                // 0: no quantization (pruning only); else 2..8
   std::int64_t group = 0;      // quantization group along rows (0: one scale per row)
   bool symmetric = true;
+  bool mse = false;            // clipping search for each group's range (QuantSpec::mse)
   std::int64_t n_prune = 0;    // unstructured: weights to prune in total (exact)
   int nm_n = 0, nm_m = 0;      // N:M: keep nm_n of every nm_m columns per row (nm_m = 0: off)
   std::int64_t block = 128;    // columns per lazy-update block (rounded to a multiple of group)

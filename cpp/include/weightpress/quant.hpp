@@ -24,6 +24,7 @@ struct QuantSpec {
   int bits = 4;            // 2..8
   std::int64_t group = 0;  // columns per scale; 0 or >= cols means one scale per row
   bool symmetric = true;
+  bool mse = false;        // search the clipping range for the least squared error (below)
 };
 
 inline std::int64_t quant_row_bytes(std::int64_t cols, int bits) { return (cols * bits + 7) / 8; }
@@ -110,6 +111,12 @@ inline GroupParams quant_params(const T* w, std::int64_t n, int bits, bool symme
   return p;
 }
 
+// With mse: the range (max|w|, or [min, max]) shrunk by each of 1, 0.95, ..., 0.5 in turn, the
+// one whose rounding leaves the least squared error on w[0 .. n) kept (ties: the widest).
+// Clipping a few large weights buys a finer step for all the others (GPTQ's grid search).
+template <class T>
+inline GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool symmetric);
+
 // Code of w under p: clamp(round(w / scale) + zero, 0, 2^bits - 1); NaN gives 0.
 template <class T>
 inline int quant_code(T w, const GroupParams& p, int maxq) {
@@ -118,6 +125,50 @@ inline int quant_code(T w, const GroupParams& p, int maxq) {
   if (!(t >= 0)) t = 0;
   if (t > maxq) t = maxq;
   return static_cast<int>(t);
+}
+
+template <class T>
+inline GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool symmetric) {
+  const int maxq = (1 << bits) - 1;
+  GroupParams best = quant_params(w, n, bits, symmetric);
+  double best_err = -1;
+  T buf[2];
+  for (int k = 0; k <= 10; ++k) {
+    const double shrink = 1.0 - 0.05 * k;
+    GroupParams p;
+    if (k == 0) {
+      p = best;
+    } else {  // the parameters of the shrunk range: two points span it
+      double lo = 0, hi = 0, amax = 0;
+      for (std::int64_t j = 0; j < n; ++j) {
+        const double v = static_cast<double>(w[j]);
+        lo = std::fmin(lo, v);
+        hi = std::fmax(hi, v);
+        amax = std::fmax(amax, std::fabs(v));
+      }
+      if (symmetric) {
+        buf[0] = static_cast<T>(amax * shrink);
+        buf[1] = T(0);
+      } else {
+        buf[0] = static_cast<T>(lo * shrink);
+        buf[1] = static_cast<T>(hi * shrink);
+      }
+      p = quant_params(buf, 2, bits, symmetric);
+    }
+    double err = 0;
+    for (std::int64_t j = 0; j < n; ++j) {
+      const double q = static_cast<double>(p.scale) * (quant_code(w[j], p, maxq) - p.zero);
+      const double d = static_cast<double>(w[j]) - q;
+      err += d * d;
+    }
+    if (best_err < 0 || err < best_err) best = p, best_err = err;
+  }
+  return best;
+}
+
+template <class T>
+inline GroupParams quant_params_spec(const T* w, std::int64_t n, const QuantSpec& s) {
+  return s.mse ? quant_params_mse(w, n, s.bits, s.symmetric) : quant_params(w, n, s.bits, s.symmetric);
 }
 
 // ---- Kernels --------------------------------------------------------------------------------

@@ -71,6 +71,11 @@ def compress_tensor(W: np.ndarray, method: str, *, error: float | None = None,
         return M.low_rank(W, error=error, nbytes=nbytes, **kw)
     if method == "slr":
         return M.auto(W, error=error, nbytes=nbytes, forms=("sparse+lowrank",), **kw)
+    if method == "quant":
+        p = M.precision_of(o)
+        if p is not None:
+            return M.quantized(W, bits=p.bits, group=p.group, symmetric=p.symmetric, layout=layout)
+        return M.quantized(W, error=error, nbytes=nbytes, layout=layout)
     if method == "code":
         if "n_nonzero" in o:
             return M.sparse_coded(W, n_nonzero=int(o["n_nonzero"]), dictionary=o.get("dictionary", "dct"), **kw)
@@ -228,10 +233,10 @@ class Target:
         if vdt is not None and vdt.kind != "f":
             raise ValueError(f"value_dtype: expected a floating dtype (float16, bfloat16, float32), "
                              f"got {vdt}")
-        sized = {"rank", "sparsity", "pattern"} & opts.keys()
+        sized = {"rank", "sparsity", "pattern", "bits"} & opts.keys()
         if (ratio is not None and error is not None) or (ratio is None and error is None and not sized):
             raise ValueError("give exactly one of ratio (e.g. 4) and error (e.g. 0.05), "
-                             "or a size option (rank, sparsity or N:M pattern)")
+                             "or a size option (rank, sparsity, N:M pattern or bits)")
         if ratio is not None:
             ratio = real_scalar(ratio, "ratio", low=1.0)
         if error is not None:
@@ -357,7 +362,7 @@ def execute(source: TensorSource, out: str | os.PathLike[str], layers: list[Laye
                     Wo = Wa if layout == "out_in" else Wa.T
                     e["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
                 del Wa, m
-            rows.append(Row(d.name, d.shape, e["form"], e["params"], e["bytes"],
+            rows.append(Row(d.name, d.shape, e.get("label") or e["form"], e["params"], e["bytes"],
                             e["orig_bytes"], e["error"], e["reason"], e.get("output_error")))
         if progress is not None:
             progress(len(layers), len(layers), "writing")
@@ -398,7 +403,7 @@ CURVE_LEVELS = tuple(float(1.25 ** -k) for k in range(1, 18))  # 1/1.25 ... 1/44
 
 def _forms_for(method: str) -> tuple[str, ...]:
     return {"prune": ("prune",), "lowrank": ("lowrank",), "slr": ("slr",), "nm": ("nm",),
-            "code": ("code",), "auto": ("prune", "lowrank")}[method]
+            "code": ("code",), "quant": ("quant",), "auto": ("prune", "lowrank")}[method]
 
 
 def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, storage: str | None,
@@ -431,6 +436,8 @@ def _aware(W: np.ndarray, stats: Any, method: str, error: float | None, nb: floa
         error, nb = None, sparse_nbytes(shape, keep, isz)
     elif "pattern" in o:
         method, error, nb = "nm", None, float(W.nbytes)
+    elif "bits" in o:  # a fixed precision: the quant builder takes it from the options
+        method, error, nb = "quant", None, float(W.nbytes)
     return compress_aware(W, stats, method, error=error, nbytes=nb, options=o, layout=layout,
                           storage=storage, prefer=prefer)
 
