@@ -160,8 +160,9 @@ def test_gptq_dead_inputs_and_white_inputs():
     assert np.all(G.toarray()[:, 7] == 0)
     # H ∝ I: no compensation is possible, so GPTQ is round-to-nearest
     Q, _ = np.linalg.qr(rng.standard_normal((64, 32)))
-    G = gptq(W, CalibrationStats.from_inputs(Q * 8.0), 4, act_order=False)
-    np.testing.assert_allclose(G.toarray(), quantize(W, 4).toarray(), rtol=0, atol=1e-12)
+    for mse in (False, True):
+        G = gptq(W, CalibrationStats.from_inputs(Q * 8.0), 4, act_order=False, mse=mse)
+        np.testing.assert_allclose(G.toarray(), quantize(W, 4, mse=mse).toarray(), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("form", ["quant", "codebook"])
@@ -233,3 +234,52 @@ def test_empty_and_tiny_shapes(rows, cols, bits):
     y = Q.matmul(np.ones(cols, np.float32))
     assert y.shape == (rows,)
     np.testing.assert_allclose(y, Q.toarray().sum(axis=1), rtol=1e-6, atol=1e-6)
+
+
+def test_digits_model_10x_smaller_within_a_third_of_a_point():
+    # the bundled digits MLP with its calibration images: GPTQ at the precision each layer's
+    # budget allows (int2/int3), the file >= 10x smaller, accuracy within 0.3 point
+    from weightpress.cli import demo
+
+    res = demo.run([demo.HEADLINE], out=lambda s: None)
+    base, q = res[0], res[1]
+    assert q["ratio"] >= 10.0
+    assert base["accuracy"] - q["accuracy"] <= 0.003 + 1e-9
+
+
+def test_cli_quant_container_round_trip(tmp_path, capsys):
+    from weightpress.cli import demo, main
+    from weightpress.io.safetensors import SafetensorsSource
+    from weightpress.model.container import Container
+
+    model = demo.model_path()
+    out = tmp_path / "q.wpz"
+    assert main(["compress", model, "-o", str(out), "--method", "quant", "--bits", "4",
+                 "--group", "32", "--rules", "fc2.weight=quant:bits=8,symmetric=false"]) == 0
+    text = capsys.readouterr().out
+    assert "int4g32" in text and "uint8g32" in text  # the rule's options over the global ones
+    assert main(["verify", str(out), "--against", model]) == 0
+    c = Container(str(out))
+    orig = SafetensorsSource(model)
+    m1, m2 = c.matrix("fc1.weight"), c.matrix("fc2.weight")
+    assert isinstance(m1, Quantized) and m1.name == "int4g32" and m2.name == "uint8g32"
+    ref = quantize(np.asarray(orig["fc1.weight"]), 4, 32)
+    np.testing.assert_array_equal(m1.toarray(), ref.toarray())
+    assert c.entries["fc1.weight"]["bytes"] == ref.nbytes
+    from weightpress.compression.storage import quant_nbytes
+    assert ref.nbytes == quant_nbytes((256, 64), 4, 32)
+    assert main(["info", str(out)]) == 0
+    assert "int4g32" in capsys.readouterr().out
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    np.testing.assert_allclose(m1.apply(x), x @ ref.toarray().T, rtol=1e-5, atol=1e-5)
+    c.close()
+    # a ratio picks the precision; bad flags exit 2 with one line
+    assert main(["compress", model, "-o", str(tmp_path / "r.wpz"), "--method", "quant",
+                 "--ratio", "6"]) == 0
+    capsys.readouterr()
+    assert main(["compress", model, "-o", str(tmp_path / "b.wpz"), "--method", "quant",
+                 "--group", "64", "--ratio", "4"]) == 2
+    assert "--group needs --bits" in capsys.readouterr().err
+    assert main(["compress", model, "-o", str(tmp_path / "b.wpz"), "--method", "quant",
+                 "--bits", "9"]) == 2
+    assert "bits" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from ..model.compress import compress_model, parse_rule
 from ..model.container import Container
 from ..model.report import human
 
-__all__ = ["model_path", "test_data", "accuracy", "run", "SETTINGS"]
+__all__ = ["model_path", "test_data", "accuracy", "run", "SETTINGS", "HEADLINE"]
 
 LAYERS = ("fc1", "fc2", "fc3")
 
@@ -46,7 +46,14 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("auto 10x +cal alloc f16", {"method": "auto", "ratio": 10, "scope": "allocate",
                                  "calibration": "bundled", "value_dtype": "float16",
                                  "rules": "*.weight=auto"}),
+    # integer quantization: round to nearest, and GPTQ at the precision each budget allows
+    ("quant int8", {"method": "quant", "options": {"bits": 8}}),
+    ("quant int4g64", {"method": "quant", "options": {"bits": 4, "group": 64}}),
+    ("quant 10x +cal", {"method": "quant", "ratio": 10, "calibration": "bundled",
+                        "rules": "*.weight=quant"}),
 )
+# the headline figure (tests/test_quant.py asserts it)
+HEADLINE = SETTINGS[-1]
 
 
 def model_path() -> str:

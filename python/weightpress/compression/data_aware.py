@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
+from threadpoolctl import threadpool_limits
 import scipy.sparse as sp
 
 from .._validation import as_matrix, positive_int, real_scalar
@@ -133,7 +134,6 @@ def small_blas(flops: float) -> Any:
     loaded 2-core machine: a 256-input factor and sweep 1 ms sequential, 50–500 ms threaded)."""
     if flops >= 1e9:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
     return threadpool_limits(limits=1, user_api="blas")
 
 

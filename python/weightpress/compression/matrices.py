@@ -20,6 +20,7 @@ are the sum of its matrices' ``nbytes`` plus its JSON header.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -500,6 +501,16 @@ def store_as(m: CompressedMatrix, storage: str | None, *, exact: bool = False) -
     m.storage = storage
     return m
 
+_READERS: dict[str, Callable[[dict[str, np.ndarray], tuple[int, int], str], CompressedMatrix]] = {}
+
+
+def register_form(form: str, reader: Callable[[dict[str, np.ndarray], tuple[int, int], str],
+                                               CompressedMatrix]) -> None:
+    """Let :func:`from_parts` rebuild ``form`` with ``reader(parts, shape, layout)`` (forms
+    defined in modules that build on this one register themselves at import)."""
+    _READERS[form] = reader
+
+
 def from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
                layout: str = "out_in") -> CompressedMatrix:
     """Rebuild a compressed matrix from its stored arrays (as :meth:`~CompressedMatrix.parts`).
@@ -510,9 +521,8 @@ def from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
         Unknown form, missing parts, or parts inconsistent with ``shape``.
     """
     shape = (int(shape[0]), int(shape[1]))
-    if form in ("quant", "codebook"):  # (imported here: quant.py builds on this module)
-        from .quant import quant_from_parts
-        m = quant_from_parts(form, parts, shape, layout)
+    if form in _READERS:  # forms defined in other modules (quant.py: quant, codebook)
+        m = _READERS[form](parts, shape, layout)
         if m.shape != shape:
             raise ValueError(f"{form}: stored arrays give shape {m.shape}, expected {shape}")
         return m

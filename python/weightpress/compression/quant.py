@@ -25,7 +25,7 @@ from ..linalg import quant as lq
 from ..linalg.sparse import _parse_pattern
 from .calibration import CalibrationStats
 from .data_aware import _check, act_order_perm, obs_factor, obs_prepare, small_blas
-from .matrices import CompressedMatrix, _compute_dtype, _setup
+from .matrices import CompressedMatrix, _compute_dtype, _setup, register_form
 
 __all__ = ["Quantized", "Codebook", "quantize", "gptq", "codebook", "quant_name", "quant_from_parts"]
 
@@ -458,3 +458,7 @@ def quant_from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, 
     if form == "codebook":
         return Codebook.from_parts(parts, shape, layout)
     raise ValueError(f"form: expected 'quant' or 'codebook', got {form!r}")
+
+
+register_form("quant", Quantized.from_parts)
+register_form("codebook", Codebook.from_parts)
