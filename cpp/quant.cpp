@@ -329,7 +329,8 @@ void quant_matmul(std::int64_t rows, std::int64_t cols, const std::uint8_t* __re
   const T* const* xq = xp.data();
   T* const* yq = y.data();
   const std::int64_t items = (fast && n < 4) ? rows / 4 + 1 : rows;
-  const int nt = threads_for(rows * cols * n, n_threads, 1 << 16);
+  // at least ~1 M weights per thread (tens of µs): smaller products are done before a team wakes
+  const int nt = threads_for(rows * cols * n, n_threads, std::int64_t(1) << 20);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const std::int64_t tid = thread_id(), nth = team_size();
