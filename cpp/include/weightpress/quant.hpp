@@ -129,39 +129,43 @@ inline int quant_code(T w, const GroupParams& p, int maxq) {
 
 template <class T>
 inline GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool symmetric) {
-  const int maxq = (1 << bits) - 1;
-  GroupParams best = quant_params(w, n, bits, symmetric);
+  const float maxq = static_cast<float>((1 << bits) - 1);
+  double lo = 0, hi = 0, amax = 0;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const double v = static_cast<double>(w[j]);
+    lo = std::fmin(lo, v);
+    hi = std::fmax(hi, v);
+    amax = std::fmax(amax, std::fabs(v));
+  }
+  GroupParams best{};
   double best_err = -1;
-  T buf[2];
   for (int k = 0; k <= 10; ++k) {
     const double shrink = 1.0 - 0.05 * k;
-    GroupParams p;
-    if (k == 0) {
-      p = best;
-    } else {  // the parameters of the shrunk range: two points span it
-      double lo = 0, hi = 0, amax = 0;
-      for (std::int64_t j = 0; j < n; ++j) {
-        const double v = static_cast<double>(w[j]);
-        lo = std::fmin(lo, v);
-        hi = std::fmax(hi, v);
-        amax = std::fmax(amax, std::fabs(v));
-      }
-      if (symmetric) {
-        buf[0] = static_cast<T>(amax * shrink);
-        buf[1] = T(0);
-      } else {
-        buf[0] = static_cast<T>(lo * shrink);
-        buf[1] = static_cast<T>(hi * shrink);
-      }
-      p = quant_params(buf, 2, bits, symmetric);
-    }
-    double err = 0;
-    for (std::int64_t j = 0; j < n; ++j) {
-      const double q = static_cast<double>(p.scale) * (quant_code(w[j], p, maxq) - p.zero);
-      const double d = static_cast<double>(w[j]) - q;
-      err += d * d;
-    }
-    if (best_err < 0 || err < best_err) best = p, best_err = err;
+    T span[2];  // the shrunk range, as two points
+    span[0] = static_cast<T>(symmetric ? amax * shrink : lo * shrink);
+    span[1] = static_cast<T>(symmetric ? 0.0 : hi * shrink);
+    const GroupParams p = quant_params(span, 2, bits, symmetric);
+    if (!(p.scale > 0)) return p;  // all zero: nothing to search
+    // squared rounding error, in float with branch-free clamping and magic-number rounding
+    // (to nearest even, like nearbyint, for |t| < 2^22), so the loop vectorizes
+    const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero), s = p.scale;
+    const float magic = 12582912.0f;  // 1.5 · 2^23
+    auto sq = [&](std::int64_t j) {
+      const float v = static_cast<float>(w[j]);
+      float t = v * inv + z;
+      t = t < 0.0f ? 0.0f : (t > maxq ? maxq : t);
+      t = (t + magic) - magic;
+      const float d = v - s * (t - z);
+      return d * d;
+    };
+    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // eight partial sums: one vector
+    std::int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+      for (int i = 0; i < 8; ++i) part[i] += sq(j + i);
+    float err = 0.0f;
+    for (; j < n; ++j) err += sq(j);
+    for (int i = 0; i < 8; ++i) err += part[i];
+    if (best_err < 0 || static_cast<double>(err) < best_err) best = p, best_err = static_cast<double>(err);
   }
   return best;
 }
