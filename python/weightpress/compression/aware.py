@@ -9,6 +9,7 @@ low-rank). Layout is handled here: the algorithms see ``W`` as ``[out, in]``.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -97,14 +98,18 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
 
     shape_oi = (int(Wo.shape[0]), int(Wo.shape[1]))
     fixed = M.precision_of(dict(options))
+    w_key = (shape_oi, hash(Wo.tobytes()))
 
     def quant_b(nb: float) -> CompressedMatrix:
         cands = ([fixed] if fixed is not None else precisions_for_bytes(shape_oi, nb)
                  or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape_oi))])
         best, best_e = None, np.inf
         for p in cands:  # GPTQ at each candidate precision; the lowest output error wins
-            q = gptq(Wo, stats, p.bits, p.group, symmetric=p.symmetric,
-                     damp=float(options.get("damp", 1e-2)))
+            damp = float(options.get("damp", 1e-2))
+            # every budget of one layer (bisection, allocation curves) shares these results
+            q = copy.copy(stats.cached(("gptq", p, damp, w_key),
+                                       lambda: gptq(Wo, stats, p.bits, p.group,
+                                                    symmetric=p.symmetric, damp=damp)))
             if layout != "out_in":
                 q.shape, q.layout = q.shape[::-1], layout
             q.dtype = od
@@ -116,7 +121,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
 
     table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
              "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b}, "quant": {"quant": quant_b},
-             "auto": {"sparse": prune_b, "lowrank": lowrank_b}}
+             "auto": {"sparse": prune_b, "lowrank": lowrank_b, "quant": quant_b}}
     if method == "code":  # sparse coding is weight-space; its error is still measured on outputs
         def code_b(nb: float) -> CompressedMatrix:
             return M.sparse_coded(Wo if layout == "out_in" else Wo.T, nbytes=nb, layout=layout,
@@ -156,7 +161,7 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
         ``prune`` (OBS), ``nm`` (OBS N:M, ``options["pattern"]``, default 2:4), ``lowrank``
         (whitened), ``slr`` (activation-scaled sparse + low-rank), ``quant`` (GPTQ at the
         precision that fits the budget best, or at ``options`` ``bits``/``group``/``symmetric``)
-        or ``auto`` (pruning or low-rank, whichever is better for the budget).
+        or ``auto`` (pruning, low-rank or quantization, whichever is best for the budget).
     error : float, optional
         Relative output error to meet with the fewest bytes; or
     nbytes : float, optional
