@@ -56,7 +56,7 @@ def test_rtn_matches_reference_and_rounds_to_nearest(rows, cols, bits, group, sy
         g = cols if not group or group >= cols else group
         step = np.repeat(Q.scales.astype(np.float64), g, axis=1)[:, :cols]
         assert np.all(np.abs(W - D) <= 0.5 * step + 2 ** -10 * np.abs(W) + 1e-30)
-    assert Q.nbytes == Q.packed.nbytes + Q.scales.nbytes + 16 + (0 if sym else Q.zeros.nbytes)
+    assert Q.nbytes == Q.packed.nbytes + Q.scales.nbytes + 20 + (0 if sym else Q.zeros.nbytes)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -283,3 +283,41 @@ def test_cli_quant_container_round_trip(tmp_path, capsys):
     assert main(["compress", model, "-o", str(tmp_path / "b.wpz"), "--method", "quant",
                  "--bits", "9"]) == 2
     assert "bits" in capsys.readouterr().err
+
+
+def test_entropy_coding_round_trip_and_bad_streams():
+    pytest.importorskip("zstandard")
+    rng = np.random.default_rng(9)
+    W = (rng.standard_normal((64, 256)) * np.linspace(0.1, 1, 256)).astype(np.float32)
+    Q = quantize(W, 2, None)
+    plain = Q.nbytes
+    Q.set_coding("zstd")
+    assert Q.coding == "zstd" and "packed.zst" in Q.parts() and "packed" not in Q.parts()
+    assert Q.nbytes < plain
+    R = from_parts("quant", {k: v.copy() for k, v in Q.parts().items()}, W.shape)
+    assert R.coding == "zstd" and R.nbytes == Q.nbytes
+    np.testing.assert_array_equal(R.toarray(), Q.toarray())
+    x = rng.standard_normal(256).astype(np.float32)
+    np.testing.assert_array_equal(R.matmul(x), Q.matmul(x))
+    bad = dict(Q.parts())
+    bad["packed.zst"] = bad["packed.zst"][:-3]
+    with pytest.raises(ValueError, match="packed.zst"):
+        from_parts("quant", bad, W.shape)
+    with pytest.raises(ValueError, match="packed.zst"):  # decodes, but to the wrong size
+        from_parts("quant", bad | {"packed.zst": quantize(W[:32], 2).set_coding("zstd").parts()["packed.zst"]},
+                   W.shape)
+    # incompressible codes stay plain
+    N = quantize(rng.standard_normal((8, 64)).astype(np.float32), 8).set_coding("zstd")
+    assert N.coding is None and "packed" in N.parts()
+    with pytest.raises(ValueError, match="coding"):
+        Q.set_coding("gzip")
+
+
+def test_digits_entropy_coded_headline():
+    pytest.importorskip("zstandard")
+    from weightpress.cli import demo
+
+    setting = next(s for s in demo.SETTINGS if s[0] == "quant 10x +cal zstd")
+    res = demo.run([setting], out=lambda s: None)
+    assert res[1]["ratio"] >= 12.0
+    assert res[0]["accuracy"] - res[1]["accuracy"] <= 0.003 + 1e-9

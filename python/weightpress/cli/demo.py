@@ -7,6 +7,7 @@ layer's :meth:`~weightpress.compressed.CompressedMatrix.apply`, straight from th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import time
@@ -51,9 +52,11 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("quant int4g64", {"method": "quant", "options": {"bits": 4, "group": 64}}),
     ("quant 10x +cal", {"method": "quant", "ratio": 10, "calibration": "bundled",
                         "rules": "*.weight=quant"}),
+    ("quant 10x +cal zstd", {"method": "quant", "ratio": 10, "calibration": "bundled",
+                             "rules": "*.weight=quant", "coding": "zstd"}),
 )
 # the headline figure (tests/test_quant.py asserts it)
-HEADLINE = SETTINGS[-1]
+HEADLINE = SETTINGS[-2]
 
 
 def model_path() -> str:
@@ -123,6 +126,9 @@ def _run(settings: Any, out: Callable[[str], None]) -> list[dict[str, Any]]:
         for k, (label, kw) in enumerate(settings):
             path = os.path.join(d, f"{k}.wpz")
             kw = dict(kw)
+            if kw.get("coding") and importlib.util.find_spec("zstandard") is None:
+                out(f"{label:<24} (skipped: needs zstandard: pip install 'weightpress[zstd]')")
+                continue
             if kw.get("calibration") == "bundled":
                 kw["calibration"] = calibration()
             if isinstance(kw.get("rules"), str):

@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                         "the precision that fits, or at --bits/--group (default: auto)")
     c.add_argument("--pattern", help="N:M pattern for --method nm (e.g. 2:4; then no target needed)")
     c.add_argument("--rank", type=int, help="fixed rank for --method lowrank")
+    c.add_argument("--entropy", action="store_true",
+                   help="zstd-code the packed integer codes of quantized layers where it saves "
+                        "bytes (needs the zstandard package)")
     c.add_argument("--bits", type=int, help="--method quant: bits per weight, 2-8 (then no target needed)")
     c.add_argument("--group", type=int, help="--method quant with --bits: inputs per float16 scale "
                                              "(32, 64, 128; default one per output channel)")
@@ -194,7 +197,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         rep = compress_model(src, a.output, ratio=a.ratio, error=a.error, method=a.method,
                              rules=rules, min_size=a.min_size, layout=a.layout, scope=a.scope,
                              options=opts, value_dtype=a.value_dtype, progress=_Progress(),
-                             calibration=calibration, prefer=a.prefer, curves_out=curves)
+                             calibration=calibration, prefer=a.prefer, curves_out=curves,
+                             coding="zstd" if a.entropy else None)
     if a.plot:
         for path in plot_curves(curves, a.plot):
             print(f"plot: {path}", file=sys.stderr)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
 from .._validation import as_matrix, positive_int, real_scalar
 from ..linalg import quant as lq
 from ..linalg.sparse import _parse_pattern
@@ -79,6 +80,8 @@ class Quantized(CompressedMatrix):
                              f"{self.scales.shape}")
         if not np.isfinite(self.scales).all():
             raise ValueError("scales: contain NaN or Inf")
+        self.coding: str | None = None
+        self._coded: np.ndarray | None = None
         if self.symmetric:
             if zeros is not None:
                 raise ValueError("zeros: a symmetric matrix stores none")
@@ -101,10 +104,28 @@ class Quantized(CompressedMatrix):
         """``int4g64``, ``int8``, ``uint4g128``... (the report's form column)."""
         return quant_name(self.bits, self.group, self.symmetric)
 
+    def set_coding(self, coding: str | None) -> "Quantized":
+        """Entropy-code the packed codes when stored: ``"zstd"`` (Zstandard, level 19; needs
+        the ``zstandard`` package) keeps the coded stream only if it is smaller, so ``nbytes``
+        is the coded size; ``None`` stores them as they are. Returns self."""
+        if coding not in (None, "zstd"):
+            raise ValueError(f"coding: expected None or 'zstd', got {coding!r}")
+        self.coding, self._coded = None, None
+        if coding == "zstd" and self.packed.size:
+            zstd = require("zstandard", "entropy coding (coding='zstd')")
+            z = np.frombuffer(zstd.ZstdCompressor(level=19).compress(self.packed.tobytes()), np.uint8)
+            if z.size < self.packed.size:
+                self.coding, self._coded = "zstd", z
+        return self
+
     def parts(self) -> dict[str, np.ndarray]:
-        meta = np.array([self.bits, self.group, int(self.symmetric), _DTYPES.index(self.dtype)],
-                        dtype=np.int32)
-        p = {"packed": self.packed, "scales": self.scales, "qmeta": meta}
+        meta = np.array([self.bits, self.group, int(self.symmetric), _DTYPES.index(self.dtype),
+                         int(self.coding == "zstd")], dtype=np.int32)
+        p = {"scales": self.scales, "qmeta": meta}
+        if self._coded is not None:
+            p["packed.zst"] = self._coded
+        else:
+            p["packed"] = self.packed
         if self.zeros is not None:
             p["zeros"] = self.zeros
         return p
@@ -113,15 +134,38 @@ class Quantized(CompressedMatrix):
     def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
                    layout: str = "out_in") -> "Quantized":
         """Rebuild from stored arrays (ValueError if missing or inconsistent)."""
-        missing = {"packed", "scales", "qmeta"} - parts.keys()
+        missing = {"scales", "qmeta"} - parts.keys()
+        meta = np.asarray(parts.get("qmeta", np.zeros(0)))
+        if meta.shape != (5,) or meta.dtype.kind not in "iu" or not 0 <= int(meta[3]) < len(_DTYPES) \
+                or int(meta[4]) not in (0, 1):
+            raise ValueError("quant: malformed qmeta" if not missing else
+                             f"quant: missing stored arrays {sorted(missing)}")
+        coded = bool(meta[4])
+        if ("packed.zst" if coded else "packed") not in parts:
+            missing.add("packed.zst" if coded else "packed")
         if missing:
             raise ValueError(f"quant: missing stored arrays {sorted(missing)}")
-        meta = np.asarray(parts["qmeta"])
-        if meta.shape != (4,) or meta.dtype.kind not in "iu" or not 0 <= int(meta[3]) < len(_DTYPES):
-            raise ValueError("quant: malformed qmeta")
-        return cls(parts["packed"], parts["scales"], parts.get("zeros"), shape, bits=int(meta[0]),
-                   group=int(meta[1]), symmetric=bool(meta[2]), dtype=_DTYPES[int(meta[3])],
-                   layout=layout)
+        bits = lq.check_bits(int(meta[0]))
+        out, n_in = (shape[0], shape[1]) if layout == "out_in" else (shape[1], shape[0])
+        if coded:  # decoded into exactly the size the shape implies (a crafted frame cannot grow)
+            zstd = require("zstandard", "reading entropy-coded weights")
+            want = int(out) * lq.row_bytes(int(n_in), bits)
+            try:
+                raw = zstd.ZstdDecompressor().decompress(np.asarray(parts["packed.zst"]).tobytes(),
+                                                         max_output_size=want)
+            except zstd.ZstdError as e:
+                raise ValueError(f"quant: packed.zst does not decode: {e}") from None
+            if len(raw) != want:
+                raise ValueError(f"quant: packed.zst decodes to {len(raw)} bytes, expected {want}")
+            packed = np.frombuffer(raw, np.uint8).reshape(int(out), -1) if want else \
+                np.zeros((int(out), 0), np.uint8)
+        else:
+            packed = parts["packed"]
+        q = cls(packed, parts["scales"], parts.get("zeros"), shape, bits=bits, group=int(meta[1]),
+                symmetric=bool(meta[2]), dtype=_DTYPES[int(meta[3])], layout=layout)
+        if coded:
+            q.coding, q._coded = "zstd", np.asarray(parts["packed.zst"])
+        return q
 
     @property
     def n_params(self) -> int:
@@ -197,7 +241,7 @@ def quantize(W: Any, bits: int = 8, group: int | None = None, *, symmetric: bool
     >>> W = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
     >>> Q = quantize(W, bits=4, group=64)
     >>> Q.name, Q.nbytes
-    ('int4g64', 4368)
+    ('int4g64', 4372)
     """
     Wa = as_matrix(W, "W")
     b, g, sym = _quant_args(bits, group, symmetric)

@@ -101,10 +101,11 @@ class Precision:
 
     def nbytes(self, shape: tuple[int, int]) -> int:
         """Bytes of the packed codes (rows padded to whole bytes), the float16 scales, the zero
-        points and the 16-byte ``qmeta`` record: exactly the Quantized form's ``nbytes``."""
+        points and the 20-byte ``qmeta`` record: exactly the Quantized form's ``nbytes``
+        (without entropy coding; a coded form's ``nbytes`` is smaller, this its upper bound)."""
         out, n_in = int(shape[0]), int(shape[1])
         ng = self.n_groups(n_in)
-        return out * ((n_in * self.bits + 7) // 8) + out * ng * (2 + (0 if self.symmetric else 1)) + 16
+        return out * ((n_in * self.bits + 7) // 8) + out * ng * (2 + (0 if self.symmetric else 1)) + 20
 
     @property
     def name(self) -> str:

@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
 from .._validation import real_scalar
 from ..compression import methods as M
 from .allocate import Candidate, allocate
 from ..compression.aware import compress_aware, layer_error
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
+from ..compression.quant import Quantized
 from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank_nbytes, rank_for_bytes,
                                    sparse_nbytes, stored_itemsize, value_itemsize)
 from ..io import open_model
@@ -152,7 +154,7 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                    scope: str = "layer", options: Mapping[str, Any] | None = None,
                    value_dtype: Any = None, calibration: Any = None, prefer: str = "size",
                    progress: Callable[[int, int, str], None] | None = None,
-                   curves_out: dict[str, Any] | None = None) -> Report:
+                   curves_out: dict[str, Any] | None = None, coding: str | None = None) -> Report:
     """Compress every tensor of ``source`` per :func:`plan` into the container ``out``.
 
     Parameters
@@ -193,6 +195,9 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         one that runs fastest here at batch 32).
     curves_out : dict, optional
         Filled with each layer's error-vs-size candidates and the chosen one (``allocate``).
+    coding : str, optional
+        ``"zstd"``: entropy-code the packed integer codes of quantized layers where that saves
+        bytes (needs ``zstandard``); budgets count the uncoded size, so files come out smaller.
 
     Raises
     ------
@@ -201,7 +206,7 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         that can be reached).
     """
     target = Target.of(ratio=ratio, error=error, method=method, scope=scope, options=options,
-                       value_dtype=value_dtype, prefer=prefer)
+                       value_dtype=value_dtype, prefer=prefer, coding=coding)
     cal = None
     if calibration is not None:
         cal = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet(calibration)
@@ -223,10 +228,11 @@ class Target:
     options: dict[str, Any]
     value_dtype: np.dtype | None  # float values narrowed to this dtype (None: their own)
     bf16: bool                    # float32 values stored as bfloat16
+    coding: str | None = None     # "zstd": entropy-coded integer codes
 
     @classmethod
     def of(cls, *, ratio: Any, error: Any, method: str, scope: str, options: Any,
-           value_dtype: Any, prefer: str) -> "Target":
+           value_dtype: Any, prefer: str, coding: str | None = None) -> "Target":
         opts = dict(options or {})
         bf16 = isinstance(value_dtype, str) and value_dtype.lower() in ("bfloat16", "bf16")
         vdt = np.dtype(np.float32) if bf16 else (None if value_dtype is None else np.dtype(value_dtype))
@@ -249,7 +255,11 @@ class Target:
             raise ValueError("scope='allocate' splits a byte budget: give ratio")
         if prefer not in ("size", "speed"):
             raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
-        return cls(ratio, error, scope, prefer, opts, vdt, bf16)
+        if coding not in (None, "zstd"):
+            raise ValueError(f"coding: expected None or 'zstd', got {coding!r}")
+        if coding is not None:
+            require("zstandard", "coding='zstd'")
+        return cls(ratio, error, scope, prefer, opts, vdt, bf16, coding)
 
 
 @dataclass
@@ -390,6 +400,8 @@ def _build_layer(Wa: np.ndarray, ly: Layer, stats: Any, target: Target, layout: 
     else:
         m = compress_tensor(Wv, d.action, error=error, nbytes=nb, options=options, layout=layout,
                             orig_nbytes=ly.orig_bytes, storage=storage)
+    if target.coding is not None and isinstance(m, Quantized):
+        m.set_coding(target.coding)
     if m.nbytes >= ly.orig_bytes:
         return Dense(Wa, layout), f"{d.action} would take {m.nbytes} bytes, dense is smaller"
     return m, d.reason
