@@ -10,7 +10,8 @@ format        files                                  needs
 safetensors   ``.safetensors``                       —
 npz, npy      ``.npz`` (zip of .npy), ``.npy``       —
 pytorch       ``.pt``/``.pth``/``.bin`` zip (torch    — (never torch, never
-              >= 1.6 ``torch.save``)                 arbitrary pickle)
+              >= 1.6 ``torch.save``) and legacy      arbitrary pickle)
+              pickle checkpoints
 onnx          ``.onnx`` (+ external data files)      ``onnx`` (extra ``[onnx]``)
 keras         ``.keras`` archive, ``.h5``/``.hdf5``  ``h5py`` (extra ``[keras]``)
 ============  =====================================  ==============================
@@ -138,6 +139,9 @@ def _reader(fmt: str) -> type[TensorSource]:
     if fmt == "pytorch":
         from .pytorch import PyTorchSource
         return PyTorchSource
+    if fmt == "pytorch-legacy":
+        from .pytorch_legacy import LegacyPyTorchSource
+        return LegacyPyTorchSource
     from .keras import KerasSource
     return KerasSource
 
@@ -171,6 +175,10 @@ def open_model(path: str | os.PathLike[str], format: str | None = None) -> Tenso
     """
     fmt = _normalize(format) or detect_format(path)
     path = _check_file(path)
+    if fmt == "pytorch":
+        from .pytorch_legacy import is_legacy_pytorch
+        if is_legacy_pytorch(path):
+            fmt = "pytorch-legacy"
     cls = _reader(fmt)
     try:
         return cls(path)
