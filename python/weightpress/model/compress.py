@@ -19,12 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from . import methods as M
-from ._validation import real_scalar
-from ._report import Report, Row
-from .compressed import CompressedMatrix, Dense
-from .container import FORMAT, Container, ContainerWriter
-from .io._base import TensorInfo, TensorSource
+from .._validation import real_scalar
+from ..compression import methods as M
+from .allocate import Candidate, allocate
+from ..compression.aware import compress_aware, layer_error
+from ..compression.calibration import CalibrationSet, check_calibration
+from ..compression.matrices import CompressedMatrix, Dense
+from ..compression.storage import (dense_nbytes, index_itemsize, lowrank_nbytes, rank_for_bytes,
+                                   sparse_nbytes, stored_itemsize, value_itemsize)
+from ..io import open_model
+from ..io._base import TensorInfo, TensorSource
+from .container import FORMAT, Container, ContainerWriter, header_estimate
+from .report import Report, Row
 
 __all__ = ["Rule", "parse_rule", "DEFAULT_RULES", "Decision", "plan", "compress_model",
            "compress_tensor", "Report", "open_source", "default_layout", "global_threshold"]
@@ -211,25 +217,17 @@ def open_source(path: str | os.PathLike[str]) -> TensorSource:
     """Open a model file lazily: ``weightpress.io.open_model`` when available, else a small
     built-in reader for ``.safetensors`` and ``.npz``. A container opens as its decoded dense
     tensors (:class:`~weightpress.container.Container`)."""
-    try:
-        from .io import open_model  # type: ignore[attr-defined]
-    except ImportError:
-        open_model = None
-    if open_model is not None:
-        src = open_model(path)
-    else:
-        from ._open import open_builtin
-        src = open_builtin(path)
+    src = open_model(path)
     if src.metadata.get("format") == FORMAT:  # a container: its decoded dense tensors
         src.close()
         return Container(path)
     return src
 
 
-def _stored_itemsize(source: Any, name: str, dt: np.dtype) -> int:
-    st = getattr(source, "stored_dtypes", {}).get(name, "")
-    return {"BF16": 2, "bfloat16": 2, "F16": 2, "float16": 2, "F8_E4M3": 1,
-            "F8_E5M2": 1}.get(st, dt.itemsize)
+def source_nbytes(source: Any, name: str, shape: tuple[int, ...], dt: np.dtype) -> int:
+    """Bytes the source file spends on tensor ``name`` (in its stored dtype)."""
+    stored = getattr(source, "stored_dtypes", {}).get(name)
+    return dense_nbytes(shape, stored_itemsize(stored, dt))
 
 
 _BF16 = ("BF16", "bfloat16")
@@ -237,10 +235,10 @@ _BF16 = ("BF16", "bfloat16")
 
 def _value_itemsize(source: Any, d: Decision, vdt: np.dtype | None, bf16: bool) -> int:
     if bf16:
-        return 2
+        return value_itemsize(np.float32, "BF16")
     if vdt is not None:
         return vdt.itemsize
-    return _stored_itemsize(source, d.name, d.dtype)
+    return stored_itemsize(getattr(source, "stored_dtypes", {}).get(d.name), d.dtype)
 
 
 def _narrow(W: np.ndarray, dt: np.dtype, name: str) -> np.ndarray:
@@ -329,15 +327,13 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         raise ValueError("scope='allocate' splits a byte budget: give ratio")
     if prefer not in ("size", "speed"):
         raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
-    from .calibration import CalibrationSet, check_calibration
     cal = None
     if calibration is not None:
         cal = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet(calibration)
     infos: dict[str, TensorInfo] = dict(source.info())
     decisions = plan(infos, method, rules, min_size)
     layout = layout or default_layout(source)
-    orig = {d.name: int(np.prod(d.shape, dtype=np.int64)) * _stored_itemsize(source, d.name, d.dtype)
-            for d in decisions}
+    orig = {d.name: source_nbytes(source, d.name, d.shape, d.dtype) for d in decisions}
     total = sum(orig.values())
     kept = sum(orig[d.name] for d in decisions if d.action == "skip")
     work = [d for d in decisions if d.action != "skip"]
@@ -345,10 +341,7 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     src_path = getattr(source, "path", "")
     src_bytes = os.path.getsize(src_path) if os.path.isfile(src_path) else total
     if ratio is not None:
-        # the container's JSON header costs about this much per tensor and part
-        n_parts = {"skip": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5, "code": 4, "auto": 3}
-        header = 600 + sum(360 + n_parts[d.action] * (150 + len(d.name.encode()))
-                           for d in decisions)
+        header = header_estimate({d.name: d.action for d in decisions})
         budget = src_bytes / ratio - kept - header
         squeezable = sum(orig[d.name] for d in work)
         if work and budget <= 0:
@@ -362,8 +355,8 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     if glob:
         names = [d.name for d in glob]
         if ratio is not None:
-            ptr_bytes = sum(M.sparse_nbytes(d.shape, 0, 4) for d in glob)
-            entry = max(_value_itemsize(source, d, vdt, want_bf16) + M._index_itemsize(d.shape[1])
+            ptr_bytes = sum(sparse_nbytes(d.shape, 0, 4) for d in glob)
+            entry = max(_value_itemsize(source, d, vdt, want_bf16) + index_itemsize(d.shape[1])
                         for d in glob)
             keep = int((sum(orig[n] for n in names) / layer_ratio - ptr_bytes) // entry)
             thr = global_threshold(source, names, keep=keep)
@@ -416,7 +409,6 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                 e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=orig[d.name],
                           method=d.action, reason=reason)
                 if stats is not None:
-                    from .aware import layer_error
                     Wo = Wa if layout == "out_in" else Wa.T
                     e["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
                 del Wa, Wv, m
@@ -445,7 +437,6 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
     if form == "dense":
         return Dense(W, layout)
     if stats is not None:
-        from .aware import compress_aware
         return compress_aware(W, stats, form, nbytes=nbytes, options=options, layout=layout,
                               storage=storage)
     return compress_tensor(W, form, nbytes=nbytes, layout=layout, storage=storage,
@@ -456,19 +447,18 @@ def _aware(W: np.ndarray, stats: Any, method: str, error: float | None, nb: floa
            options: Mapping[str, Any], layout: str, storage: str | None, orig_nbytes: int,
            prefer: str) -> CompressedMatrix:
     """Data-aware compression with a rule's options mapped onto a budget."""
-    from .aware import compress_aware
     o = dict(options)
-    isz = 2 if storage == "BF16" else W.dtype.itemsize
+    isz = value_itemsize(W.dtype, storage)
     shape = (int(W.shape[0]), int(W.shape[1]))
     if "error" in o:
         error, nb = real_scalar(o["error"], "error", low=0.0), None
     elif "ratio" in o:
         error, nb = None, orig_nbytes / real_scalar(o["ratio"], "ratio", low=1.0)
     elif "rank" in o:
-        error, nb = None, M.lowrank_nbytes(shape, int(o["rank"]), isz)
+        error, nb = None, lowrank_nbytes(shape, int(o["rank"]), isz)
     elif "sparsity" in o:
         keep = W.size - int(round(real_scalar(o["sparsity"], "sparsity", low=0.0, high=1.0) * W.size))
-        error, nb = None, M.sparse_nbytes(shape, keep, isz)
+        error, nb = None, sparse_nbytes(shape, keep, isz)
     elif "pattern" in o:
         method, error, nb = "nm", None, float(W.nbytes)
     return compress_aware(W, stats, method, error=error, nbytes=nb, options=o, layout=layout,
@@ -481,8 +471,6 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
               progress: Callable[[int, int, str], None] | None) -> dict[str, tuple[str, float]]:
     """Measure every layer's error-vs-size curve, then split ``budget`` bytes across layers
     (:func:`weightpress.allocate.allocate`). Returns name -> (form, nbytes) to build."""
-    from .allocate import Candidate, allocate
-    from .aware import layer_error
     curves: dict[str, list[Candidate]] = {}
     for i, d in enumerate(work):
         if progress is not None:
@@ -493,14 +481,13 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
         stats = cal[d.name] if cal is not None and d.name in cal else None
         Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
         cands = [Candidate(orig[d.name], 0.0, "dense")]
-        isz = 2 if storage == "BF16" else Wv.dtype.itemsize
+        isz = value_itemsize(Wv.dtype, storage)
         for form in _forms_for(d.action):
             budgets = [orig[d.name] * lv for lv in CURVE_LEVELS]
             if form == "lowrank":  # every rank up to 48 of them: factors are cheap to resize
-                per = (d.shape[0] + d.shape[1]) * isz
-                rmax = min(min(d.shape), int(orig[d.name] // per))
+                rmax = min(min(d.shape), rank_for_bytes(d.shape, orig[d.name], isz))
                 ranks = np.unique(np.geomspace(1, max(rmax, 1), num=48).astype(int))
-                budgets = [float(r * per) for r in ranks]
+                budgets = [float(lowrank_nbytes(d.shape, int(r), isz)) for r in ranks]
             for nb in budgets:
                 m = _build(Wv, stats, form, nb, layout, storage, {**options, **d.options})
                 if m.form == "dense" or m.nbytes >= orig[d.name]:
