@@ -69,8 +69,8 @@ def _decompress_dir(m: realmodels.RealModel, tmp: str) -> str:
 @pytest.mark.parametrize("ratio", [2, 4])
 @pytest.mark.parametrize("name,fmt", realmodels.CORPUS, ids=[f"{n}-{f}" for n, f in realmodels.CORPUS])
 def test_real_model_round_trip(corpus, tmp_path, capsys, name, fmt, ratio):
-    from weightpress.compress import open_source
-    from weightpress.container import Container
+    from weightpress.model.compress import open_source
+    from weightpress.model.container import Container
 
     m = corpus(name, fmt)
     wpz = str(tmp_path / "m.wpz")

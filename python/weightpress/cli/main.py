@@ -192,6 +192,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
             _add_timings(rep, c)
     if not a.quiet:
         print(rep.table())
+    for note in rep.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {a.output}: {rep.file_bytes:,} bytes, {rep.ratio:.2f}x smaller than "
           f"{a.model} ({rep.source_bytes:,} bytes)", file=sys.stderr if a.quiet else sys.stdout)
     return EXIT_OK
@@ -235,7 +237,14 @@ def _cmd_info(a: argparse.Namespace) -> int:
 def _cmd_decompress(a: argparse.Namespace) -> int:
     _check_output(a.output)
     with Container(a.file) as c:
-        save_model(a.output, c, like=a.like, metadata=c.source_metadata)
+        structure = c.structure() if a.like is None else None
+        ext = os.path.splitext(a.output)[1].lower().lstrip(".")
+        if structure is not None and ext == {"h5": "h5", "keras": "keras"}.get(structure[0], structure[0]) \
+                or structure is not None and structure[0] == "h5" and ext == "hdf5":
+            from ..io.structure import write_from_skeleton
+            write_from_skeleton(a.output, structure[0], structure[1], c)
+        else:
+            save_model(a.output, c, like=a.like, metadata=c.source_metadata)
     print(f"wrote {a.output}")
     return EXIT_OK
 

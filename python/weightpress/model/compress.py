@@ -10,8 +10,10 @@ table.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
+import tempfile
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from ..compression.matrices import CompressedMatrix, Dense
 from ..compression.storage import (dense_nbytes, index_itemsize, lowrank_nbytes, rank_for_bytes,
                                    sparse_nbytes, stored_itemsize, value_itemsize)
 from ..io import open_model
+from ..compression.views import MatrixView, matrix_view
 from ..io._base import TensorInfo, TensorSource
 from .container import FORMAT, Container, ContainerWriter, header_estimate
 from .report import Report, Row
@@ -250,6 +253,30 @@ def _narrow(W: np.ndarray, dt: np.dtype, name: str) -> np.ndarray:
     return Wn
 
 
+def tensor_views(source: Any) -> dict[str, MatrixView | None]:
+    """Each tensor's matrix view (conv and recurrent weights as the matrix their layer
+    multiplies by; ONNX views from the operator that reads the initializer)."""
+    fmt = getattr(source, "format", "")
+    uses: dict[str, Any] = {}
+    if fmt == "onnx":
+        from ..io.structure import onnx_uses
+        try:
+            uses = onnx_uses(source.path)
+        except (ImportError, ValueError):
+            uses = {}
+    return {n: matrix_view(n, inf.shape, source_format=fmt, uses=uses.get(n))
+            for n, inf in source.info().items()}
+
+
+# keep-reasons of the default rules the ratio search may override (never a user rule's)
+_SOFT = ("bias", "embedding", "normalization", "small")
+
+
+def _soft_kept(d: Decision, view: MatrixView | None) -> bool:
+    return (d.action == "skip" and d.reason.startswith(_SOFT) and view is not None
+            and d.dtype.kind == "f" and view.kind != "bias")
+
+
 def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                    ratio: float | None = None, error: float | None = None,
                    method: str = "auto", rules: Iterable[Rule] = (),
@@ -331,25 +358,82 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     if calibration is not None:
         cal = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet(calibration)
     infos: dict[str, TensorInfo] = dict(source.info())
-    decisions = plan(infos, method, rules, min_size)
+    views = tensor_views(source)
+    user_rules = list(rules)
+    pinfos = {n: (views[n].matrix_shape if views.get(n) is not None else inf.shape, inf.dtype)
+              for n, inf in infos.items()}
+    decisions = plan(pinfos, method, user_rules, min_size)
+    aliases = {n: t for n, t in getattr(source, "aliases", {}).items() if t in infos}
+    for d in decisions:
+        v = views.get(d.name)
+        if d.name in aliases:
+            d.action, d.reason = "skip", f"tied to {aliases[d.name]}"
+        elif (d.action != "skip" and v is not None and v.kind in ("bias", "embedding")
+              and not any(r.matches(d.name) for r in user_rules)):
+            d.action, d.reason = "skip", v.kind
+    layout_given = layout
     layout = layout or default_layout(source)
-    orig = {d.name: source_nbytes(source, d.name, d.shape, d.dtype) for d in decisions}
+    orig = {d.name: 0 if d.name in aliases else source_nbytes(source, d.name, d.shape, d.dtype)
+            for d in decisions}
     total = sum(orig.values())
-    kept = sum(orig[d.name] for d in decisions if d.action == "skip")
-    work = [d for d in decisions if d.action != "skip"]
-    layer_ratio = None
     src_path = getattr(source, "path", "")
-    src_bytes = os.path.getsize(src_path) if os.path.isfile(src_path) else total
+    src_bytes = getattr(source, "file_bytes", None) or (
+        os.path.getsize(src_path) if os.path.isfile(src_path) else total)
+    from ..io.structure import skeleton_of
+    skeleton = skeleton_of(source)
+    notes: list[str] = []
+    # kept float tensors: stored in value_dtype when given, else their own dtype (the ratio
+    # search may lower it to float16, then compress them too, and says so)
+    kept_dtype: dict[str, np.dtype] = {}
+    if vdt is not None and not want_bf16:
+        kept_dtype = {d.name: vdt for d in decisions if d.action == "skip"
+                      and d.dtype.kind == "f" and d.name not in aliases}
+
+    def kept_bytes() -> int:
+        return sum(dense_nbytes(d.shape, kept_dtype[d.name].itemsize) if d.name in kept_dtype
+                   else orig[d.name] for d in decisions if d.action == "skip")
+
+    layer_ratio = None
+    budget = 0.0
+    extra = len(skeleton[1]) + 200 if skeleton else 0
     if ratio is not None:
-        header = header_estimate({d.name: d.action for d in decisions})
-        budget = src_bytes / ratio - kept - header
-        squeezable = sum(orig[d.name] for d in work)
-        if work and budget <= 0:
-            raise ValueError(f"ratio {ratio:g} is impossible: the kept tensors and the header "
-                             f"alone take {kept + header} of {src_bytes} bytes, so the best "
-                             f"reachable ratio is below {src_bytes / (kept + header):.3g} "
-                             f"(keep fewer tensors with --rules, or lower the ratio)")
-        layer_ratio = squeezable / budget if work else 1.0
+        def state() -> tuple[float, float, int]:
+            header = header_estimate({d.name: d.action for d in decisions}) + extra
+            kb = kept_bytes()
+            return src_bytes / ratio - kb - header, kb + header, header
+        budget, fixed, header = state()
+        squeezable = sum(orig[d.name] for d in decisions if d.action != "skip")
+        # too little room for the compressed tensors: kept floats to float16, then compress them
+        if budget <= 0 or squeezable / budget > 3 * ratio:
+            lowered = [d for d in decisions if d.action == "skip" and d.dtype.kind == "f"
+                       and d.dtype.itemsize > 2 and d.name not in aliases and d.name not in kept_dtype]
+            for d in lowered:
+                kept_dtype[d.name] = np.dtype(np.float16)
+            if lowered:
+                notes.append(f"{len(lowered)} kept float tensors stored as float16 to reach "
+                             f"ratio {ratio:g}")
+            budget, fixed, header = state()
+            squeezable = sum(orig[d.name] for d in decisions if d.action != "skip")
+        if budget <= 0 or squeezable / budget > 3 * ratio:
+            soft = [d for d in decisions if _soft_kept(d, views.get(d.name))]
+            for d in soft:
+                d.action, d.reason = method, f"compressed to reach ratio {ratio:g} (default: keep, {d.reason})"
+                kept_dtype.pop(d.name, None)
+            if soft:
+                notes.append(f"{len(soft)} tensors the default rules keep were compressed to "
+                             f"reach ratio {ratio:g}")
+            budget, fixed, header = state()
+            squeezable = sum(orig[d.name] for d in decisions if d.action != "skip")
+        if budget <= 0:
+            big = max((d for d in decisions if d.action == "skip"), default=None,
+                      key=lambda d: orig[d.name])
+            what = f"; the largest is {big.name} ({big.reason})" if big is not None else ""
+            raise ValueError(f"ratio {ratio:g} is impossible: the tensors that cannot be "
+                             f"compressed and the container's header take {int(fixed)} of "
+                             f"{src_bytes} bytes{what}, so the best reachable ratio is below "
+                             f"{src_bytes / fixed:.3g} (lower the ratio, or change --rules)")
+        layer_ratio = squeezable / budget if squeezable else 1.0
+    work = [d for d in decisions if d.action != "skip"]
     thr = None
     glob = [d for d in work if d.action == "prune" and not d.options] if scope == "global" else []
     if glob:
@@ -366,143 +450,133 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     if scope == "allocate" and work:
         chosen = _allocate(source, work, orig, budget, layout, cal, options, vdt, want_bf16,
                            curves_out, progress)
-    rows = []
     facts = {"name": os.path.basename(src_path), "format": getattr(source, "format", ""),
              "bytes": src_bytes}
-    with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
+
+    def write(path: str, layer_ratio: float | None) -> Report:
+      rows = []
+      with ContainerWriter(path, facts, source_metadata=getattr(source, "metadata", None)) as w:
+        if skeleton is not None:
+            w.set_structure(*skeleton)
         for i, d in enumerate(decisions):
             if progress is not None:
                 progress(i, len(decisions), d.name)
+            if d.name in aliases:
+                continue
             W = source[d.name]
             stored = getattr(source, "stored_dtypes", {}).get(d.name) or None
+            view = views.get(d.name)
             if d.action == "skip":
-                e = w.add(d.name, np.asarray(W), layout=layout, stored_dtype=stored,
-                          orig_bytes=orig[d.name], method="keep", reason=d.reason)
+                A = np.asarray(W)
+                reason = d.reason
+                if d.name in kept_dtype and A.dtype != kept_dtype[d.name]:
+                    A = _narrow(A, kept_dtype[d.name], d.name)
+                    reason = f"{reason}; stored as {A.dtype}"
+                e = w.add(d.name, A, layout=view.layout if view else layout, stored_dtype=stored,
+                          orig_bytes=orig[d.name], method="keep", reason=reason,
+                          original=W if A.dtype != np.asarray(W).dtype else None, dtype=W.dtype)
             else:
                 Wa = np.asarray(W)
+                if view is not None and view.is_reshape:
+                    Wa = view.to_matrix(np.ascontiguousarray(Wa))
+                tlayout = view.layout if view is not None and layout_given is None else layout
                 Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
                 bf16 = want_bf16 or (vdt is None and (stored or "") in _BF16 and Wa.dtype == np.float32)
                 storage = "BF16" if bf16 else None
                 stats = None
                 if cal is not None and d.name in cal:
                     stats = cal[d.name]
-                    check_calibration(stats, d.name, d.shape, layout)
+                    check_calibration(stats, d.name, d.shape, tlayout)
                 if thr is not None and d in glob:
-                    m: CompressedMatrix = M.magnitude_prune(Wv, threshold=thr, layout=layout,
+                    m: CompressedMatrix = M.magnitude_prune(Wv, threshold=thr, layout=tlayout,
                                                             storage=storage)
                 elif chosen is not None and d.name in chosen:
                     form, nbc = chosen[d.name]
-                    m = _build(Wv, stats, form, nbc, layout, storage, {**options, **d.options})
+                    m = _build(Wv, stats, form, nbc, tlayout, storage, {**options, **d.options})
                 else:
                     nb = None if layer_ratio is None else orig[d.name] / layer_ratio
                     if stats is not None:
                         m = _aware(Wv, stats, d.action, error, nb, {**options, **d.options},
-                                   layout, storage, orig[d.name], prefer)
+                                   tlayout, storage, orig[d.name], prefer)
                     else:
                         m = compress_tensor(Wv, d.action, error=error, nbytes=nb,
-                                            options={**options, **d.options}, layout=layout,
+                                            options={**options, **d.options}, layout=tlayout,
                                             orig_nbytes=orig[d.name], storage=storage)
                 reason = d.reason
                 if m.nbytes >= orig[d.name]:  # never bigger than what it replaces
                     reason = f"{d.action} would take {m.nbytes} bytes, dense is smaller"
-                    m = Dense(Wa, layout)
+                    m = Dense(Wa, tlayout)
                 e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=orig[d.name],
-                          method=d.action, reason=reason)
+                          method=d.action, reason=reason,
+                          view=view if view is not None and view.is_reshape else None,
+                          dtype=W.dtype)
                 if stats is not None:
-                    Wo = Wa if layout == "out_in" else Wa.T
+                    Wo = Wa if tlayout == "out_in" else Wa.T
                     e["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
                 del Wa, Wv, m
             del W
-            rows.append(Row(d.name, d.shape, e["form"], e["params"], e["bytes"],
-                            e["orig_bytes"], e["error"], e["reason"], e.get("output_error")))
+            shape = tuple(view.shape) if view is not None else d.shape
+            rows.append(Row(d.name, shape, e["form"] + (f" ({view.describe()})" if view is not None
+                                                         and view.is_reshape else ""),
+                            e["params"], e["bytes"], e["orig_bytes"], e["error"], e["reason"],
+                            e.get("output_error")))
+        for n, t in aliases.items():
+            e = w.add_alias(n, t)
+            rows.append(Row(n, tuple(infos[n].shape), "tied", 0, 0, 0, e["error"], e["reason"]))
         if progress is not None:
             progress(len(decisions), len(decisions), "writing")
-    return Report(rows, w.file_bytes, src_bytes)
+      r = Report(rows, w.file_bytes, src_bytes)
+      r.compressed_bytes = sum(e["bytes"] for e in w.entries.values() if e["method"] not in ("keep", "tied"))
+      return r
+
+    out = os.fspath(out)
+    if ratio is None or not work:
+        rep = write(out, layer_ratio)
+    else:
+        rep = _write_to_ratio(write, out, ratio, src_bytes, budget, layer_ratio, squeezable)
+    if error is not None and rep.file_bytes >= src_bytes:
+        notes.append(f"the container ({rep.file_bytes} bytes) is not smaller than the input "
+                     f"({src_bytes} bytes) at error {error:g}: loosen --error or use --ratio")
+    rep.notes = notes
+    return rep
 
 
-# -- data-aware and allocated compression ------------------------------------------------------
-
-# byte levels (fractions of the dense tensor) tried when measuring a layer's error-vs-size curve
-CURVE_LEVELS = tuple(float(1.25 ** -k) for k in range(1, 18))  # 1/1.25 ... 1/44, 25% apart
-
-
-def _forms_for(method: str) -> tuple[str, ...]:
-    return {"prune": ("prune",), "lowrank": ("lowrank",), "slr": ("slr",), "nm": ("nm",),
-            "code": ("code",), "auto": ("prune", "lowrank")}[method]
-
-
-def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, storage: str | None,
-           options: Mapping[str, Any]) -> CompressedMatrix:
-    """One form at one byte budget: data-aware with stats, weight-space without."""
-    if form == "dense":
-        return Dense(W, layout)
-    if stats is not None:
-        return compress_aware(W, stats, form, nbytes=nbytes, options=options, layout=layout,
-                              storage=storage)
-    return compress_tensor(W, form, nbytes=nbytes, layout=layout, storage=storage,
-                           options={k: v for k, v in options.items() if k == "pattern"})
-
-
-def _aware(W: np.ndarray, stats: Any, method: str, error: float | None, nb: float | None,
-           options: Mapping[str, Any], layout: str, storage: str | None, orig_nbytes: int,
-           prefer: str) -> CompressedMatrix:
-    """Data-aware compression with a rule's options mapped onto a budget."""
-    o = dict(options)
-    isz = value_itemsize(W.dtype, storage)
-    shape = (int(W.shape[0]), int(W.shape[1]))
-    if "error" in o:
-        error, nb = real_scalar(o["error"], "error", low=0.0), None
-    elif "ratio" in o:
-        error, nb = None, orig_nbytes / real_scalar(o["ratio"], "ratio", low=1.0)
-    elif "rank" in o:
-        error, nb = None, lowrank_nbytes(shape, int(o["rank"]), isz)
-    elif "sparsity" in o:
-        keep = W.size - int(round(real_scalar(o["sparsity"], "sparsity", low=0.0, high=1.0) * W.size))
-        error, nb = None, sparse_nbytes(shape, keep, isz)
-    elif "pattern" in o:
-        method, error, nb = "nm", None, float(W.nbytes)
-    return compress_aware(W, stats, method, error=error, nbytes=nb, options=o, layout=layout,
-                          storage=storage, prefer=prefer)
-
-
-def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget: float,
-              layout: str, cal: Any, options: Mapping[str, Any], vdt: Any, want_bf16: bool,
-              curves_out: dict[str, Any] | None,
-              progress: Callable[[int, int, str], None] | None) -> dict[str, tuple[str, float]]:
-    """Measure every layer's error-vs-size curve, then split ``budget`` bytes across layers
-    (:func:`weightpress.allocate.allocate`). Returns name -> (form, nbytes) to build."""
-    curves: dict[str, list[Candidate]] = {}
-    for i, d in enumerate(work):
-        if progress is not None:
-            progress(i, len(work), f"measuring {d.name}")
-        Wa = np.asarray(source[d.name])
-        Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
-        storage = "BF16" if want_bf16 else None
-        stats = cal[d.name] if cal is not None and d.name in cal else None
-        Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
-        cands = [Candidate(orig[d.name], 0.0, "dense")]
-        isz = value_itemsize(Wv.dtype, storage)
-        for form in _forms_for(d.action):
-            budgets = [orig[d.name] * lv for lv in CURVE_LEVELS]
-            if form == "lowrank":  # every rank up to 48 of them: factors are cheap to resize
-                rmax = min(min(d.shape), rank_for_bytes(d.shape, orig[d.name], isz))
-                ranks = np.unique(np.geomspace(1, max(rmax, 1), num=48).astype(int))
-                budgets = [float(lowrank_nbytes(d.shape, int(r), isz)) for r in ranks]
-            for nb in budgets:
-                m = _build(Wv, stats, form, nb, layout, storage, {**options, **d.options})
-                if m.form == "dense" or m.nbytes >= orig[d.name]:
-                    continue
-                cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}"))
-                if form == "nm":
-                    break
-        curves[d.name] = cands
-        del Wa, Wv
-    choice = allocate(curves, int(budget))
-    if curves_out is not None:
-        curves_out.update({n: {"candidates": curves[n], "chosen": i} for n, i in choice.items()})
-    out = {}
-    for n, i in choice.items():
-        lab = curves[n][i].label
-        form, _, nb = lab.partition("@")
-        out[n] = (form, float(nb) if nb else float(orig[n]))
-    return out
+def _write_to_ratio(write: Callable[[str, float | None], Report], out: str, ratio: float,
+                    src_bytes: int, budget: float, layer_ratio: float | None,
+                    squeezable: int) -> Report:
+    """Write, measure the file, and rewrite with the measured overhead until the file ratio
+    is within 3 % of ``ratio`` (at most 4 tries); keep the closest file at or above 0.97·ratio.
+    Raises ValueError (naming the best ratio reached) when none gets there."""
+    d = os.path.dirname(os.path.abspath(out))
+    best: tuple[float, str, Report] | None = None
+    tmps = []
+    target = src_bytes / ratio
+    try:
+        for _ in range(4):
+            fd, tmp = tempfile.mkstemp(prefix=".wp-try-", suffix=".tmp", dir=d)
+            os.close(fd)
+            tmps.append(tmp)
+            rep = write(tmp, layer_ratio)
+            r = src_bytes / rep.file_bytes
+            if r >= 0.97 * ratio and (best is None or abs(r - ratio) < abs(best[0] - ratio)):
+                best = (r, tmp, rep)
+            if 0.97 * ratio <= r <= 1.03 * ratio:
+                break
+            spent = rep.compressed_bytes
+            room = target - (rep.file_bytes - spent)
+            if room <= 0 or spent <= 0:
+                break
+            asked = squeezable / layer_ratio if layer_ratio else float(squeezable)
+            layer_ratio = squeezable / max(asked * room / spent, 1.0)  # the forms' shortfall, scaled
+        if best is None:
+            got = src_bytes / rep.file_bytes
+            raise ValueError(f"ratio {ratio:g} is not reached: the best file written was "
+                             f"{got:.3g}x smaller (the forms cannot shrink further); lower the "
+                             f"ratio or change --rules")
+        os.replace(best[1], out)
+        best[2].file_bytes = os.path.getsize(out)
+        return best[2]
+    finally:
+        for t in tmps:
+            with contextlib.suppress(OSError):
+                os.unlink(t)
