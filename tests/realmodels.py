@@ -104,8 +104,6 @@ def _hf_model(name: str, cfg: Any, files: str) -> RealModel:
     else:
         model.save_pretrained(files)
     inputs = _hf_inputs(name)
-    # torch's own state dict names (tied tensors included) for the independent reference
-    sd_names = set(model.state_dict())
 
     def run(path: str) -> np.ndarray:
         d = os.path.dirname(path)
@@ -114,14 +112,18 @@ def _hf_model(name: str, cfg: Any, files: str) -> RealModel:
             return _hf_out(m(**inputs))
 
     def run_tensors(tensors: Mapping[str, np.ndarray]) -> np.ndarray:
-        m = cls(cfg).eval()
-        sd = {k: torch.from_numpy(np.array(v)) for k, v in tensors.items() if k in sd_names}
-        missing, _unexpected = m.load_state_dict(sd, strict=False)
-        tied = {"lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"}
-        assert set(missing) <= tied, missing
-        m.tie_weights()
-        with torch.no_grad():
-            return _hf_out(m(**inputs))
+        # the weights written by the safetensors package itself, loaded by from_pretrained
+        # (transformers maps checkpoint names to module names, e.g. for ViT)
+        import tempfile
+        from safetensors.numpy import save_file
+        d = tempfile.mkdtemp(dir=files)
+        try:
+            shutil.copy(os.path.join(files, "config.json"), d)
+            save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                      os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+            return run(os.path.join(d, "model.safetensors"))
+        finally:
+            shutil.rmtree(d)
 
     return RealModel(name, fmt, os.path.join(files, "model.safetensors"), "model.safetensors",
                      run, run_tensors, {"config_dir": files})

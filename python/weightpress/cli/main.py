@@ -14,6 +14,7 @@ Errors print one line to stderr (``weightpress: error: ...``), no traceback; set
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -244,7 +245,9 @@ def _cmd_decompress(a: argparse.Namespace) -> int:
             from ..io.structure import write_from_skeleton
             write_from_skeleton(a.output, structure[0], structure[1], c)
         else:
-            save_model(a.output, c, like=a.like, metadata=c.source_metadata)
+            wmap = c.source.get("weight_map")
+            save_model(a.output, c, like=a.like, metadata=c.source_metadata,
+                       shards=json.loads(wmap) if wmap else None)
     print(f"wrote {a.output}")
     return EXIT_OK
 

@@ -163,6 +163,9 @@ def open_model(path: str | os.PathLike[str], format: str | None = None) -> Tenso
     ImportError
         If the format needs an optional package that is missing (``onnx``, ``h5py``).
     """
+    if format is None and os.fspath(path).endswith(".index.json"):
+        from .shards import ShardedSource
+        return ShardedSource(_check_file(path))
     fmt = _normalize(format) or detect_format(path)
     path = _check_file(path)
     if fmt == "pytorch":
@@ -200,8 +203,13 @@ def _half_dtypes(tensors: Mapping[str, np.ndarray], src: TensorSource | None) ->
 
 def save_model(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
                format: str | None = None, *, like: TensorSource | str | os.PathLike[str] | None = None,
-               metadata: dict[str, str] | None = None) -> None:
+               metadata: dict[str, str] | None = None,
+               shards: Mapping[str, str] | None = None) -> None:
     """Write dense tensors to a model file, atomically (never a half-written output).
+
+    A path ending in ``.index.json`` (``model.safetensors.index.json``,
+    ``pytorch_model.bin.index.json``) writes a sharded checkpoint: the shards beside it, grouped
+    as `shards` (name -> shard file name) says.
 
     Parameters
     ----------
@@ -237,6 +245,10 @@ def save_model(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
         like, own = open_model(like), True
     try:
         src = like if like is not None else (tensors if isinstance(tensors, TensorSource) else None)
+        if format is None and path.endswith(".index.json"):
+            from .shards import write_sharded
+            write_sharded(path, tensors, weight_map=shards, metadata=metadata)
+            return
         fmt = _output_format(path, format, src)
         if fmt == "safetensors":
             # header metadata is copied only from an original safetensors file named by like=

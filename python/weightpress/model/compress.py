@@ -452,6 +452,9 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                            curves_out, progress)
     facts = {"name": os.path.basename(src_path), "format": getattr(source, "format", ""),
              "bytes": src_bytes}
+    if getattr(source, "weight_map", None):
+        import json
+        facts["weight_map"] = json.dumps(source.weight_map)
 
     def write(path: str, layer_ratio: float | None) -> Report:
       rows = []

@@ -60,7 +60,7 @@ def header_estimate(tensors: Mapping[str, str]) -> int:
 
 
 def _crc(a: np.ndarray) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 
 
 def _flat2(a: np.ndarray) -> np.ndarray:
@@ -90,11 +90,11 @@ class _Spill(TensorSource):
         self._info: dict[str, TensorInfo] = {}
 
     def append(self, key: str, a: np.ndarray) -> None:
-        a = np.ascontiguousarray(a)
+        a = np.require(a, requirements="C")  # not ascontiguousarray: it makes 0-D arrays 1-D
         dt = a.dtype.newbyteorder("<") if a.dtype.byteorder not in "|<" else a.dtype
         self._index[key] = (a.shape, a.dtype, self._f.tell())
         self._info[key] = TensorInfo(a.shape, a.dtype)
-        self._f.write(memoryview(a.astype(dt, copy=False)).cast("B"))
+        self._f.write(np.ascontiguousarray(a.astype(dt, copy=False)).reshape(-1).view(np.uint8))
 
     def finish(self) -> None:
         self._f.close()
@@ -165,6 +165,7 @@ class ContainerWriter:
         """
         if name in self.entries:
             raise ValueError(f"name: tensor {name!r} added twice")
+        own_dtype = dtype
         if isinstance(obj, np.ndarray) or not isinstance(obj, CompressedMatrix):
             arr = np.asarray(obj)
             floating = arr.dtype.kind == "f"
@@ -196,8 +197,8 @@ class ContainerWriter:
             "method": method, "reason": reason}
         if view is not None:
             entry["view"] = view.to_json()
-        if dtype is not None and np.dtype(dtype) != np.dtype(entry["dtype"]):
-            entry["values_dtype"], entry["dtype"] = entry["dtype"], np.dtype(dtype).name
+        if own_dtype is not None and np.dtype(own_dtype) != np.dtype(entry["dtype"]):
+            entry["values_dtype"], entry["dtype"] = entry["dtype"], np.dtype(own_dtype).name
         if original is not None:
             W = np.asarray(original)
             if view is not None and W.shape == tuple(view.shape):
