@@ -392,7 +392,8 @@ def _keras_model(files: str, fmt: str) -> RealModel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m = keras.models.load_model(p, compile=False)
-        return np.asarray(keras.ops.convert_to_numpy(m(x, training=False)), np.float64)
+        y = m(x, training=False)  # a torch tensor (torch backend); keras' own convert warns
+        return np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y, np.float64)
 
     def run_tensors(tensors: Mapping[str, np.ndarray]) -> np.ndarray:
         # a copy of the original file with every dataset overwritten by h5py, then Keras loads it

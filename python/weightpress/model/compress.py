@@ -548,14 +548,15 @@ def _write_to_ratio(write: Callable[[str, float | None], Report], out: str, rati
                     src_bytes: int, budget: float, layer_ratio: float | None,
                     squeezable: int) -> Report:
     """Write, measure the file, and rewrite with the measured overhead until the file ratio
-    is within 3 % of ``ratio`` (at most 4 tries); keep the closest file at or above 0.97·ratio.
+    is within 3 % of ``ratio`` (at most 6 tries); keep the closest file at or above 0.97·ratio.
     Raises ValueError (naming the best ratio reached) when none gets there."""
     d = os.path.dirname(os.path.abspath(out))
     best: tuple[float, str, Report] | None = None
     tmps = []
     target = src_bytes / ratio
     try:
-        for _ in range(4):
+        lo = hi = None  # layer ratios known to give a file too big / too small
+        for _ in range(6):
             fd, tmp = tempfile.mkstemp(prefix=".wp-try-", suffix=".tmp", dir=d)
             os.close(fd)
             tmps.append(tmp)
@@ -565,11 +566,19 @@ def _write_to_ratio(write: Callable[[str, float | None], Report], out: str, rati
                 best = (r, tmp, rep)
             if 0.97 * ratio <= r <= 1.03 * ratio:
                 break
+            cur = layer_ratio or 1.0
+            if r < ratio:
+                lo = cur if lo is None else max(lo, cur)
+            else:
+                hi = cur if hi is None else min(hi, cur)
+            if lo is not None and hi is not None:
+                layer_ratio = float(np.sqrt(lo * hi))  # bisect between a miss on each side
+                continue
             spent = rep.compressed_bytes
             room = target - (rep.file_bytes - spent)
             if room <= 0 or spent <= 0:
                 break
-            asked = squeezable / layer_ratio if layer_ratio else float(squeezable)
+            asked = squeezable / cur
             layer_ratio = squeezable / max(asked * room / spent, 1.0)  # the forms' shortfall, scaled
         if best is None:
             got = src_bytes / rep.file_bytes
