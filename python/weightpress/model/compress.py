@@ -592,3 +592,91 @@ def _write_to_ratio(write: Callable[[str, float | None], Report], out: str, rati
         for t in tmps:
             with contextlib.suppress(OSError):
                 os.unlink(t)
+
+
+# -- data-aware and allocated compression ------------------------------------------------------
+
+# byte levels (fractions of the dense tensor) tried when measuring a layer's error-vs-size curve
+CURVE_LEVELS = tuple(float(1.25 ** -k) for k in range(1, 18))  # 1/1.25 ... 1/44, 25% apart
+
+
+def _forms_for(method: str) -> tuple[str, ...]:
+    return {"prune": ("prune",), "lowrank": ("lowrank",), "slr": ("slr",), "nm": ("nm",),
+            "code": ("code",), "auto": ("prune", "lowrank")}[method]
+
+
+def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, storage: str | None,
+           options: Mapping[str, Any]) -> CompressedMatrix:
+    """One form at one byte budget: data-aware with stats, weight-space without."""
+    if form == "dense":
+        return Dense(W, layout)
+    if stats is not None:
+        return compress_aware(W, stats, form, nbytes=nbytes, options=options, layout=layout,
+                              storage=storage)
+    return compress_tensor(W, form, nbytes=nbytes, layout=layout, storage=storage,
+                           options={k: v for k, v in options.items() if k == "pattern"})
+
+
+def _aware(W: np.ndarray, stats: Any, method: str, error: float | None, nb: float | None,
+           options: Mapping[str, Any], layout: str, storage: str | None, orig_nbytes: int,
+           prefer: str) -> CompressedMatrix:
+    """Data-aware compression with a rule's options mapped onto a budget."""
+    o = dict(options)
+    isz = value_itemsize(W.dtype, storage)
+    shape = (int(W.shape[0]), int(W.shape[1]))
+    if "error" in o:
+        error, nb = real_scalar(o["error"], "error", low=0.0), None
+    elif "ratio" in o:
+        error, nb = None, orig_nbytes / real_scalar(o["ratio"], "ratio", low=1.0)
+    elif "rank" in o:
+        error, nb = None, lowrank_nbytes(shape, int(o["rank"]), isz)
+    elif "sparsity" in o:
+        keep = W.size - int(round(real_scalar(o["sparsity"], "sparsity", low=0.0, high=1.0) * W.size))
+        error, nb = None, sparse_nbytes(shape, keep, isz)
+    elif "pattern" in o:
+        method, error, nb = "nm", None, float(W.nbytes)
+    return compress_aware(W, stats, method, error=error, nbytes=nb, options=o, layout=layout,
+                          storage=storage, prefer=prefer)
+
+
+def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget: float,
+              layout: str, cal: Any, options: Mapping[str, Any], vdt: Any, want_bf16: bool,
+              curves_out: dict[str, Any] | None,
+              progress: Callable[[int, int, str], None] | None) -> dict[str, tuple[str, float]]:
+    """Measure every layer's error-vs-size curve, then split ``budget`` bytes across layers
+    (:func:`weightpress.allocate.allocate`). Returns name -> (form, nbytes) to build."""
+    curves: dict[str, list[Candidate]] = {}
+    for i, d in enumerate(work):
+        if progress is not None:
+            progress(i, len(work), f"measuring {d.name}")
+        Wa = np.asarray(source[d.name])
+        Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
+        storage = "BF16" if want_bf16 else None
+        stats = cal[d.name] if cal is not None and d.name in cal else None
+        Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
+        cands = [Candidate(orig[d.name], 0.0, "dense")]
+        isz = value_itemsize(Wv.dtype, storage)
+        for form in _forms_for(d.action):
+            budgets = [orig[d.name] * lv for lv in CURVE_LEVELS]
+            if form == "lowrank":  # every rank up to 48 of them: factors are cheap to resize
+                rmax = min(min(d.shape), rank_for_bytes(d.shape, orig[d.name], isz))
+                ranks = np.unique(np.geomspace(1, max(rmax, 1), num=48).astype(int))
+                budgets = [float(lowrank_nbytes(d.shape, int(r), isz)) for r in ranks]
+            for nb in budgets:
+                m = _build(Wv, stats, form, nb, layout, storage, {**options, **d.options})
+                if m.form == "dense" or m.nbytes >= orig[d.name]:
+                    continue
+                cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}"))
+                if form == "nm":
+                    break
+        curves[d.name] = cands
+        del Wa, Wv
+    choice = allocate(curves, int(budget))
+    if curves_out is not None:
+        curves_out.update({n: {"candidates": curves[n], "chosen": i} for n, i in choice.items()})
+    out = {}
+    for n, i in choice.items():
+        lab = curves[n][i].label
+        form, _, nb = lab.partition("@")
+        out[n] = (form, float(nb) if nb else float(orig[n]))
+    return out
