@@ -43,6 +43,7 @@ def _oriented(Wa: np.ndarray, layout: str) -> np.ndarray:
     return Wa if layout == "out_in" else Wa.T
 
 
+@register_form
 class Quantized(CompressedMatrix):
     """``M ≈ scale · (u − zero)`` with ``M`` the ``(out, in)`` matrix (``W`` or ``Wᵀ`` by layout).
 
@@ -58,6 +59,7 @@ class Quantized(CompressedMatrix):
     """
 
     form = "quant"
+    needs = frozenset({"scales", "qmeta"})  # and "packed", or "packed.zst" when coded
 
     def __init__(self, packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
                  shape: tuple[int, int], *, bits: int, group: int, symmetric: bool,
@@ -379,6 +381,7 @@ def _kmeans_1d(V: np.ndarray, k: int, n_iter: int, init: np.ndarray | None = Non
     return C, codes
 
 
+@register_form
 class Codebook(CompressedMatrix):
     """``M[i, j] = centroids[i or 0, code[i, j]]``: k-means weight sharing with packed codes.
 
@@ -390,6 +393,7 @@ class Codebook(CompressedMatrix):
     """
 
     form = "codebook"
+    needs = frozenset({"packed", "centroids", "qmeta"})
 
     def __init__(self, packed: np.ndarray, centroids: np.ndarray, shape: tuple[int, int], *,
                  bits: int, dtype: Any = np.float32, layout: str = "out_in"):
@@ -519,6 +523,3 @@ def quant_from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, 
         return Codebook.from_parts(parts, shape, layout)
     raise ValueError(f"form: expected 'quant' or 'codebook', got {form!r}")
 
-
-register_form("quant", Quantized.from_parts)
-register_form("codebook", Codebook.from_parts)
