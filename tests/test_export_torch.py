@@ -123,7 +123,7 @@ def test_gpt2_conv1d(tmp_path):
     mlp = m.transformer.h[0].mlp
     assert isinstance(mlp.c_fc, LowRankLinear) and mlp.c_fc.kind == "conv1d"
     assert any(r.how.startswith("LowRankLinear") for r in rows)
-    assert [r.note for r in rows if r.name == "lm_head.weight"] == ["dense: tied with transformer.wte.weight (one parameter, several uses)"]
+    assert [r.how for r in rows if r.name == "lm_head.weight"] == ["copied dense"]  # tied: stored once
     ids = torch.tensor([[1, 5, 7, 9, 2]])
     with torch.no_grad():
         torch.testing.assert_close(m(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
