@@ -33,54 +33,10 @@ def correlated_inputs(rng, n, d, outliers=4) -> np.ndarray:
 
 
 def rtn_quant(W, bits=4, group=0, symmetric=True, layout="out_in"):
-    """A ``"quant"`` matrix in the container's stored format (packed little-endian codes, float16
-    scales, uint8 zero points; see weightpress.model._packed), quantized here in NumPy so the
-    exports can be tested against an independent decode. Returns ``(matrix, W_hat)``."""
-    from weightpress.compression.matrices import CompressedMatrix, _setup
+    """A round-to-nearest ``Quantized`` matrix and its dense decode (``toarray``: what the
+    container computes), for the export tests. Returns ``(matrix, W_hat)``."""
+    from weightpress.compression.quant import quantize
 
-    W = np.asarray(W, dtype=np.float32)
-    M = W if layout == "out_in" else W.T
-    out, inn = M.shape
-    g = inn if not group or group >= inn else group
-    ng = -(-inn // g)
-    gi = np.arange(inn) // g
-    top = (1 << bits) - 1
-    lo = np.stack([M[:, gi == j].min(axis=1) for j in range(ng)], axis=1)
-    hi = np.stack([M[:, gi == j].max(axis=1) for j in range(ng)], axis=1)
-    if symmetric:
-        s = (np.maximum(np.abs(lo), np.abs(hi)) / ((1 << (bits - 1)) - 1)).astype(np.float16)
-        z = np.full((out, ng), 1 << (bits - 1), np.uint8)
-    else:
-        s = ((hi - lo) / top).astype(np.float16)
-        z = np.clip(np.round(-lo / np.maximum(s.astype(np.float32), 1e-12)), 0, top).astype(np.uint8)
-    s = np.where(s == 0, np.float16(1e-3), s)
-    sf = s.astype(np.float32)[:, gi]
-    u = np.clip(np.round(M / sf) + z[:, gi], 0, top).astype(np.uint8)
-    M_hat = sf * (u.astype(np.float32) - z[:, gi])
-    bitsq = ((u[:, :, None] >> np.arange(bits, dtype=np.uint8)) & 1).reshape(out, inn * bits)
-    packed = np.packbits(bitsq, axis=1, bitorder="little")
-    meta = np.array([bits, group or 0, int(symmetric), 0], np.int32)
-    parts = {"packed": packed, "scales": s, "qmeta": meta}
-    if not symmetric:
-        parts["zeros"] = z
-    W_hat = M_hat if layout == "out_in" else M_hat.T
-
-    class _Q(CompressedMatrix):
-        form = "quant"
-
-        def parts(self):
-            return parts
-
-        @property
-        def n_params(self):
-            return int(W.size)
-
-        def rows(self, a, b):
-            return np.array(W_hat[a:b])
-
-        def toarray(self):
-            return np.array(W_hat)
-
-    q = _Q()
-    _setup(q, W.shape, np.float32, layout)
-    return q, np.ascontiguousarray(W_hat)
+    q = quantize(np.asarray(W, dtype=np.float32), bits, group or None, symmetric=symmetric,
+                 layout=layout)
+    return q, np.ascontiguousarray(q.toarray())

@@ -168,7 +168,7 @@ def test_nbits_reencoding_is_exact():
     W = rng.standard_normal((40, 100)).astype(np.float32)
     for bits, group, sym in ((3, 32, False), (7, 0, True), (4, 64, True)):
         q, W_hat = rtn_quant(W, bits, group, sym)
-        qp = QuantParts.from_entry(q.parts(), W.shape, "out_in")
+        qp = QuantParts.of(q)
         np.testing.assert_array_equal(qp.dense(), W_hat)
         Bp, S, Z, B, bs = nbits_arrays(qp)
         nb = Bp.shape[1]
@@ -238,58 +238,53 @@ def test_bad_arguments(tmp_path, block):
     assert export_onnx(wpz, tmp_path / "o.onnx", other) == []   # no tensor of it in that graph
 
 
-def _with_views(path, views):
-    """Mark container tensors as matrix views of N-D weights (entry ``view``, as the container
-    writes conv weights once matrix views are in: ``shape`` is the view, ``view.shape`` the
-    tensor's)."""
-    import json
-    from weightpress.io.safetensors import write_safetensors
-    with Container(path) as c:
-        meta = dict(c.metadata)
-        entries = json.loads(meta["tensors"])
-        for n, shp in views.items():
-            entries[n]["view"] = {"shape": list(shp)}
-        meta["tensors"] = json.dumps(entries)
-        arrays = {k: np.array(c._st[k]) for k in c._st.info()}
-    write_safetensors(path, arrays, meta)
+def _convnet():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 32, 3, stride=2, dilation=2, bias=False), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 64, 3, groups=4), torch.nn.ReLU(),
+                               torch.nn.Conv2d(64, 64, 3, groups=64, padding=1)).eval()
 
 
 def test_lowrank_conv_runs_as_two_convs(tmp_path):
-    from weightpress.compression.matrices import LowRank
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.Conv2d(16, 32, 3, stride=2, dilation=2, bias=False),
-                              torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, groups=4)).eval()
     like = tmp_path / "c.onnx"
     with pytest.warns(DeprecationWarning):
-        torch.onnx.export(net, (torch.randn(1, 3, 20, 20),), str(like), dynamo=False,
+        torch.onnx.export(_convnet(), (torch.randn(1, 3, 24, 24),), str(like), dynamo=False,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}})
     wpz = tmp_path / "c.wpz"
-    sd = {k: v.numpy() for k, v in net.state_dict().items()}
-    views, decoded = {}, {}
-    with ContainerWriter(wpz) as w:
-        for name, W in sd.items():
-            if W.ndim == 4:
-                M = W.reshape(W.shape[0], -1)
-                U, s, Vt = np.linalg.svd(M, full_matrices=False)
-                lr = LowRank.from_svd(U[:, :5], s[:5], Vt[:5])
-                w.add(name, lr, original=M)
-                views[name], decoded[name] = W.shape, lr.toarray().reshape(W.shape)
-            else:
-                w.add(name, W)
-    _with_views(wpz, views)
+    compress_model(open_model(str(like)), wpz, method="lowrank", options={"rank": 5}, min_size=256)
     out = tmp_path / "o.onnx"
     rows = {r.name: r for r in export_onnx(wpz, out, like)}
     assert rows["0.weight"].how == "Conv 3x3 to 5 channels + Conv 1x1"
     assert rows["2.weight"].how == "Conv 3x3 to 5 channels + Conv 1x1"
-    assert rows["4.weight"].how == "dense" and "grouped" in rows["4.weight"].note
+    assert rows["4.weight"].how == "Conv 3x3 to 5 channels per group (4 groups) + Conv 1x1"
+    assert rows["6.weight"].how == "dense" and "64 groups" in rows["6.weight"].note   # depthwise
     m = onnx.load(str(out))
     onnx.checker.check_model(m)
-    assert sum(n.op_type == "Conv" for n in m.graph.node) == 5
-    ref = tmp_path / "ref.onnx"
-    save_model(ref, decoded, like=like)
-    x = np.random.default_rng(0).standard_normal((2, 3, 20, 20)).astype(np.float32)
-    np.testing.assert_allclose(_run(out, x), _run(ref, x), rtol=1e-4, atol=1e-4)
+    assert sum(n.op_type == "Conv" for n in m.graph.node) == 7
+    x = np.random.default_rng(0).standard_normal((2, 3, 24, 24)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-4, atol=1e-4)
+
+
+def test_quant_from_the_pipeline(tmp_path):
+    """compress --method quant on a torch-exported Gemm model (weights [out, in], transB=1):
+    MatMulNBits, bit-exact with the decompressed model in 'exact' compute."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
+    like = tmp_path / "m.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(net, (torch.randn(2, 64),), str(like), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    for opts, how in (({"bits": 4, "group": 32}, "MatMulNBits 4-bit, block 32"),
+                      ({"bits": 8}, "MatMulNBits 8-bit"),
+                      ({"bits": 3, "group": 64, "symmetric": False}, "MatMulNBits 4-bit, block 64 (from 3-bit")):
+        wpz = tmp_path / "q.wpz"
+        compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1024)
+        out = tmp_path / "q.onnx"
+        rows = [r for r in export_onnx(wpz, out, like, compute="exact") if r.form == "quant"]
+        assert len(rows) == 2 and all(r.how.startswith(how) for r in rows), rows
+        np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-5, atol=1e-5)
 
 
 def test_weight_read_by_two_nodes_is_stored_once(tmp_path):

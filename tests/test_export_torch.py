@@ -160,44 +160,27 @@ def test_bad_input(tmp_path):
 
 
 def test_lowrank_conv(tmp_path):
-    import json
-    from weightpress.compression.matrices import LowRank
-    from weightpress.io.safetensors import write_safetensors
     from weightpress.torch import LowRankConv
 
     def net():
         torch.manual_seed(0)
         return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
                                    torch.nn.Conv2d(16, 24, 3, stride=2, bias=False), torch.nn.ReLU(),
-                                   torch.nn.Conv2d(24, 24, 3, groups=3)).eval()
-    m, ref = net(), net()
+                                   torch.nn.Conv2d(24, 48, 3, groups=3), torch.nn.ReLU(),
+                                   torch.nn.Conv1d(48, 48, 1, groups=48)).eval()
+    m = net()
     wpz = tmp_path / "c.wpz"
-    views = {}
-    with ContainerWriter(wpz) as w:
-        for name, W in m.state_dict().items():
-            W = W.numpy()
-            if W.ndim == 4:
-                M = W.reshape(W.shape[0], -1)
-                U, s, Vt = np.linalg.svd(M, full_matrices=False)
-                lr = LowRank.from_svd(U[:, :4], s[:4], Vt[:4])
-                w.add(name, lr, original=M)
-                views[name] = list(W.shape)
-                ref.state_dict()[name].copy_(torch.from_numpy(lr.toarray().reshape(W.shape)))
-            else:
-                w.add(name, W)
-    with Container(wpz) as c:   # the entry a container of matrix views holds: view.shape
-        meta = dict(c.metadata)
-        entries = json.loads(meta["tensors"])
-        for n, shp in views.items():
-            entries[n]["view"] = {"shape": shp}
-        meta["tensors"] = json.dumps(entries)
-        arrays = {k: np.array(c._st[k]) for k in c._st.info()}
-    write_safetensors(wpz, arrays, meta)
+    compress_model(open_model(str(_saved(tmp_path, m))), wpz, method="lowrank", options={"rank": 4},
+                   min_size=256)
+    ref = _decoded(net(), wpz)
     rows = {r.name: r for r in load_into(m, wpz)}
-    assert isinstance(m[0], LowRankConv) and isinstance(m[2], LowRankConv) and m[0].rank == 4
-    assert isinstance(m[4], torch.nn.Conv2d) and "grouped" in rows["4.weight"].note
+    assert all(isinstance(m[i], LowRankConv) for i in (0, 2, 4)) and m[4].rank == 4
+    assert m[4].first.groups == 3 and m[4].first.out_channels == 12
+    assert isinstance(m[6], torch.nn.Conv1d)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), ref(x), rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(m[2].dense()(torch.relu(m[0](x))), ref[2](torch.relu(ref[0](x))),
-                                   rtol=1e-4, atol=1e-4)
+        y = m[:6](x)
+        torch.testing.assert_close(y, ref[:6](x), rtol=1e-4, atol=1e-4)
+        h = torch.relu(m[:4](x))
+        torch.testing.assert_close(m[4].dense()(h), m[4](h), rtol=1e-4, atol=1e-4)
+    assert rows["6.weight"].how == "copied dense"

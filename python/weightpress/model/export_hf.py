@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..io.safetensors import write_safetensors
-from ._packed import QuantParts, dense_value
+from ._packed import QuantParts
 from .container import Container
 
 __all__ = ["export_compressed_tensors", "HFRow"]
@@ -122,7 +122,7 @@ def export_compressed_tensors(container: str | os.PathLike[str] | Container,
     rows: list[HFRow] = []
     for name, e in c.entries.items():
         if e["form"] == "quant" and name.endswith(".weight") and len(e["shape"]) == 2:
-            q = QuantParts.from_entry(c.parts(name), e["shape"], e["layout"])
+            q = QuantParts.of(c.matrix(name))
             if e["layout"] == "out_in":
                 prefix = name[: -len(".weight")]
                 sdt = np.dtype(e["dtype"]) if np.dtype(e["dtype"]).kind == "f" else np.dtype(np.float32)
@@ -138,7 +138,7 @@ def export_compressed_tensors(container: str | os.PathLike[str] | Container,
             note = "dense: codes run along the outputs ([in, out] layout), not nn.Linear's"
         else:
             note = "" if e["form"] == "dense" else "dense: compressed-tensors has no format for this form"
-        tensors[name] = np.asarray(dense_value(c, name))
+        tensors[name] = np.asarray(c[name])
         rows.append(HFRow(name, e["form"], "dense", note))
     fmts = {g["format"] for g in groups.values()}
     cfg["quantization_config"] = {

@@ -6,7 +6,8 @@ best there:
 - low rank ``W = L R`` used by a ``MatMul`` (or as the ``B`` of a ``Gemm``): two ``MatMul`` nodes
   through the thin factors (the ``Gemm`` keeps its bias, ``alpha`` and ``beta`` on the second);
   a low-rank ``Conv`` weight (stored as its ``(O, I·Πk)`` matrix view, entry ``view``): a k×k
-  ``Conv`` to ``r`` channels, then a 1×1 ``Conv`` with the bias (``group=1`` only);
+  ``Conv`` to ``r`` channels, then a 1×1 ``Conv`` with the bias (grouped convs: ``r`` channels
+  per group, the factor ``R`` repeated per group, while that stays below the outputs);
 - quantized (``quant``: 2–8 bit codes, float16 group scales, zero points): onnxruntime's
   ``com.microsoft.MatMulNBits``, the codes re-encoded exactly at 4 bits (codes of 2–4 bits) or
   8 bits (5–8), blocks of 16–128 inputs (a per-channel scale repeated over the blocks of its
@@ -34,7 +35,7 @@ import numpy as np
 from .._optional import require
 from ..io._base import atomic_write
 from ..io.onnx_graph import _MAX_PROTO, _TYPED_FIELDS, _encode, _load_proto, collect_tensors
-from ._packed import QuantParts, dense_value as _dense_value, pack_bits, tensor_shape
+from ._packed import QuantParts, pack_bits, tensor_shape
 from ..compression.matrices import LowRank
 from .container import Container
 
@@ -166,28 +167,30 @@ def _gemm_tail(b: _Builder, node: Any, prod: str, a: dict[str, Any], wdt: np.dty
 
 def _rewrite_conv(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
                   wdt: np.dtype) -> tuple[list[Any], str] | str:
-    """A low-rank conv weight ``W (O, I·Πk) = L R``: a k×k Conv to ``r`` channels (``R``), then
-    a 1×1 Conv (``L``) with the bias."""
+    """A low-rank conv weight ``W (O, I/g·Πk) = L R``: a k×k Conv to ``r`` channels per group
+    (``R``, the same for every group), then a 1×1 Conv (``L``, grouped alike) with the bias."""
     a = _attrs(node)
     shape = tensor_shape(e)
     if e["form"] != "lowrank":
         return "dense: no quantized Conv kernel in onnxruntime's CPU provider"
-    if int(a.get("group", 1)) != 1:
-        return "dense: grouped convolution (the factors would mix the groups)"
     if e["layout"] != "out_in" or tuple(e["shape"]) != (shape[0], int(np.prod(shape[1:]))):
         return "dense: not the (out, in·k) matrix view of the Conv weight"
+    g = int(a.get("group", 1))
     m = c.matrix(name)
     assert isinstance(m, LowRank)
     r, nd = m.rank, len(shape) - 2
+    if g * r >= shape[0]:
+        return f"dense: {g} groups x rank {r} channels would not be fewer than the {shape[0]} outputs"
     R = np.asarray(m.right).reshape((r,) + shape[1:]).astype(wdt)
     L = np.asarray(m.left).reshape((shape[0], r) + (1,) * nd).astype(wdt)
     t = b.name(f"{node.output[0]}_wp_r")
-    first = b.node("Conv", [node.input[0], b.init(f"{name}_wp_lowrank1", R)], [t],
-                   **{k: v for k, v in a.items() if k != "group"})
+    first = b.node("Conv", [node.input[0], b.init(f"{name}_wp_lowrank1", np.tile(R, (g,) + (1,) * (nd + 1)))],
+                   [t], **a)
     ins = [t, b.init(f"{name}_wp_lowrank0", L)] + list(node.input[2:3])
-    second = b.node("Conv", ins, [node.output[0]], kernel_shape=[1] * nd)
+    second = b.node("Conv", ins, [node.output[0]], kernel_shape=[1] * nd, group=g)
     ks = "x".join(str(k) for k in shape[2:])
-    return [first, second], f"Conv {ks} to {r} channels + Conv 1x1"
+    per = f" per group ({g} groups)" if g > 1 else ""
+    return [first, second], f"Conv {ks} to {r} channels{per} + Conv 1x1"
 
 
 def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container, wdt: np.dtype,
@@ -221,7 +224,7 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
         nodes = pre + [b.node("MatMul", [x, f1], [t]), b.node("MatMul", [t, f2], [final])]
         how = f"2 MatMul (rank {L.shape[1]})"
     elif form == "quant":
-        q = QuantParts.from_entry(c.parts(name), e["shape"], layout)
+        q = QuantParts.of(c.matrix(name))
         # MatMulNBits computes x @ Mᵀ with M (N, K): the quantized matrix must be op(W)ᵀ.
         if (layout == "in_out") == trans_b:
             return "dense: the quantized rows are the layer's inputs, not its outputs"
@@ -348,7 +351,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                     drop.add(name)
                     rows.append(ExportRow(name, form, res[1], "", b.nbytes - before[1], dense_b))
                     continue
-        value = np.asarray(_dense_value(c, name)).reshape(dims)  # a matrix view: C-order
+        value = np.asarray(c[name]).reshape(dims)  # a matrix view: C-order
         raw = _encode(value, t.data_type, name)
         for fld in _TYPED_FIELDS:
             t.ClearField(fld)

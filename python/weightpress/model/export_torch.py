@@ -12,8 +12,8 @@ weight the container compressed, puts in its place a module that computes from t
   report says so);
 - pruned (CSR): :class:`SparseLinear`, through ``torch.sparse`` CSR or dense, whichever measured
   faster here at load (``sparse="auto"``);
-- a low-rank ``nn.Conv1d/2d/3d`` weight (stored as its ``(O, I·Πk)`` matrix view):
-  :class:`LowRankConv`, a k×k convolution to ``r`` channels then a 1×1 one (``groups=1``);
+- a low-rank ``nn.Conv1d/2d/3d`` weight (stored as its ``(O, I/g·Πk)`` matrix view):
+  :class:`LowRankConv`, a k×k convolution to ``r`` channels per group then a 1×1 one;
 - everything else (dense, sparse + low rank, sparse-coded, codebook, other conv weights): the
   decoded tensor is copied into the existing parameter.
 
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
-from ._packed import QuantParts, dense_value as _dense_value, pack_bits, tensor_shape
+from ._packed import QuantParts, pack_bits, tensor_shape
 from ..compression.matrices import LowRank
 from .container import Container
 
@@ -249,25 +249,27 @@ class SparseLinear(_Compressed):
 
 
 class LowRankConv(nn.Module):  # type: ignore[name-defined,misc]
-    """A convolution whose weight's matrix view ``(O, I·Πk) = L R``: a k×k convolution to
-    ``r`` channels (``R``), then a 1×1 convolution (``L``) with the bias."""
+    """A convolution whose weight's matrix view ``(O, I/g·Πk) = L R``: a k×k convolution to
+    ``r`` channels per group (``R``, shared by the groups), then a 1×1 convolution (``L``,
+    grouped alike) with the bias."""
 
     def __init__(self, layer: Any, L: Any, R: Any):
         super().__init__()
-        cls, r = type(layer), int(L.shape[1])
-        self.first = cls(layer.in_channels, r, layer.kernel_size, stride=layer.stride,
-                         padding=layer.padding, dilation=layer.dilation, bias=False,
+        cls, r, g = type(layer), int(L.shape[1]), int(layer.groups)
+        self.first = cls(layer.in_channels, g * r, layer.kernel_size, stride=layer.stride,
+                         padding=layer.padding, dilation=layer.dilation, groups=g, bias=False,
                          padding_mode=layer.padding_mode)
-        self.second = cls(r, layer.out_channels, 1, bias=layer.bias is not None)
+        self.second = cls(g * r, layer.out_channels, 1, groups=g, bias=layer.bias is not None)
         with torch.no_grad():
-            self.first.weight.copy_(R.reshape(self.first.weight.shape))
+            Rk = R.reshape((r,) + tuple(self.first.weight.shape[1:]))
+            self.first.weight.copy_(Rk.repeat((g,) + (1,) * (Rk.dim() - 1)))
             self.second.weight.copy_(L.reshape(self.second.weight.shape))
             if layer.bias is not None:
                 self.second.bias.copy_(layer.bias)
 
     @property
     def rank(self) -> int:
-        return int(self.first.out_channels)
+        return int(self.first.out_channels // self.first.groups)
 
     def forward(self, x: Any) -> Any:
         return self.second(self.first(x))
@@ -275,11 +277,13 @@ class LowRankConv(nn.Module):  # type: ignore[name-defined,misc]
     def dense(self) -> Any:
         """The equivalent single convolution with the decoded weight."""
         f, s = self.first, self.second
-        d = type(f)(f.in_channels, s.out_channels, f.kernel_size, stride=f.stride, padding=f.padding,
-                    dilation=f.dilation, bias=s.bias is not None, padding_mode=f.padding_mode)
+        g, r, O = f.groups, self.rank, s.out_channels
+        d = type(f)(f.in_channels, O, f.kernel_size, stride=f.stride, padding=f.padding,
+                    dilation=f.dilation, groups=g, bias=s.bias is not None, padding_mode=f.padding_mode)
         with torch.no_grad():
-            W = s.weight.reshape(s.out_channels, -1) @ f.weight.reshape(f.out_channels, -1)
-            d.weight.copy_(W.reshape(d.weight.shape))
+            Lw = s.weight.reshape(g, O // g, r)
+            Rw = f.weight.reshape(g, r, -1)
+            d.weight.copy_(torch.bmm(Lw, Rw).reshape(d.weight.shape))
             if s.bias is not None:
                 d.bias.copy_(s.bias)
         return d
@@ -379,13 +383,14 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
         elif name in convs and form == "lowrank":
             path, layer = convs[name]
             shape = tensor_shape(e)
-            if layer.groups != 1:
-                note = "dense: grouped convolution (the factors would mix the groups)"
+            m = c.matrix(name)
+            assert isinstance(m, LowRank)
+            if layer.groups * m.rank >= shape[0]:
+                note = (f"dense: {layer.groups} groups x rank {m.rank} channels would not be fewer "
+                        f"than the {shape[0]} outputs")
             elif e["layout"] != "out_in" or tuple(e["shape"]) != (shape[0], int(np.prod(shape[1:]))):
                 note = "dense: not the (out, in·k) matrix view of the conv weight"
             else:
-                m = c.matrix(name)
-                assert isinstance(m, LowRank)
                 conv_new = LowRankConv(layer, torch.from_numpy(np.array(m.left, dtype=np.float32)),
                                        torch.from_numpy(np.array(m.right, dtype=np.float32)))
                 _replace(module, path, conv_new)
@@ -406,7 +411,7 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 new = LowRankLinear(U, V, bias, kind)
                 how = f"LowRankLinear (rank {new.rank})"
             elif form == "quant":
-                q = QuantParts.from_entry(c.parts(name), e["shape"], e["layout"])
+                q = QuantParts.of(c.matrix(name))
                 if _oriented(e, conv):
                     new = QuantLinear(q, bias, kind, quant)
                     how = f"QuantLinear {new.mode} ({q.bits}-bit" + (f", group {q.group})" if q.group < q.inn else ")")
@@ -433,7 +438,7 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
         elif form != "dense":
             note = ("no compressed module for this form" if name in layers or name in convs
                     else "not a Linear/Conv weight")
-        value = np.array(_dense_value(c, name)).reshape(tuple(p.shape))  # matrix views: C-order
+        value = np.array(c[name]).reshape(tuple(p.shape))  # matrix views: C-order
         with torch.no_grad():
             p.copy_(torch.from_numpy(value).to(p.dtype))
         rows.append(LoadRow(name, form, how, note))
