@@ -12,8 +12,8 @@ weight-only kernels, bfloat16 activations). Peak memory is the kernel's high-wat
 PyTorch builds the dense module first (then load_into swaps layers), so its resident figures
 keep the allocator's cache of the dense weights; "torch tensors MB" is what the module holds.
 
-Quantized containers come from a NumPy round-to-nearest quantizer in the container's stored
-format (tests/helpers.py::rtn_quant) until the quant branch's ``quantize`` is merged.
+Containers come from ``compress_model`` (``method="quant"``: round to nearest; ``"lowrank"``
+at ``ratio=4``).
 Sizes: WP_EXPORT_D (768; quick: 128), WP_EXPORT_LAYERS (4; quick: 1).
 """
 
@@ -138,11 +138,8 @@ def _containers(work: pathlib.Path, d: int, layers: int):
     """The model written by torch (state dict and ONNX), and the containers of each variant."""
     import torch
     import warnings
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from helpers import rtn_quant
     from weightpress.io import open_model
     from weightpress.model.compress import compress_model
-    from weightpress.model.container import ContainerWriter
     from weightpress.model.export_onnx import export_onnx
 
     torch.manual_seed(0)
@@ -155,19 +152,12 @@ def _containers(work: pathlib.Path, d: int, layers: int):
         torch.onnx.export(m, (torch.randn(1, 2, d),), str(onnx_path), dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "b", 1: "s"}})
     files = {"dense": {"ort": onnx_path, "torch": pt}}
-    specs = {"int8": (8, 0, True), "int4g128": (4, 128, True)}
-    for label, (bits, group, sym) in specs.items():
-        files[label] = {}
-        for rt, src, layout in (("ort", onnx_path, "in_out"), ("torch", pt, "out_in")):
-            s = open_model(str(src))
+    specs = {"int8": {"bits": 8}, "int4g128": {"bits": 4, "group": 128}}
+    for label, opts in specs.items():
+        for rt, src in (("ort", onnx_path), ("torch", pt)):
             wpz = work / f"{label}-{rt}.wpz"
-            with ContainerWriter(wpz) as w:
-                for name, inf in s.info().items():
-                    W = np.asarray(s[name])
-                    if W.ndim == 2:
-                        q, _ = rtn_quant(W, bits, group, sym, layout=layout)
-                        w.add(name, q, original=W, layout=layout)
-            files[label][rt] = wpz
+            compress_model(open_model(str(src)), wpz, method="quant", options=opts, min_size=1024)
+            files.setdefault(label, {})[rt] = wpz
     for rt, src in (("ort", onnx_path), ("torch", pt)):
         wpz = work / f"lowrank-{rt}.wpz"
         compress_model(open_model(str(src)), wpz, method="lowrank", ratio=4.0, min_size=1024)
