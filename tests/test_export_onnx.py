@@ -215,6 +215,9 @@ def test_cli_export(tmp_path, block, capsys):
     assert main(["export", str(wpz), "-o", str(out), "--like", str(like)]) == 0
     text = capsys.readouterr().out
     assert "2 MatMul" in text and f"wrote {out}" in text
+    assert main(["info", str(wpz), "--timing"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("model (compressed layers, summed): batch 1: ") and "batch 32: " in line
     onnx.checker.check_model(str(out))
     assert main(["export", str(wpz), "-o", str(tmp_path / "x.onnx")]) == 2   # --like missing
     assert main(["export", str(like), "-o", str(tmp_path / "x.onnx"), "--like", str(like)]) == 2

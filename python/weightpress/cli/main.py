@@ -242,6 +242,19 @@ def _add_timings(rep: Any, container: Any) -> None:
                        "b32": time_apply(m, 32), "b32 dense": time_apply(dense, 32)}
 
 
+def _timing_totals(rep: Any) -> str:
+    """One line: the compressed layers' times summed, as one forward pass through them."""
+    t: dict[str, float] = {}
+    for r in rep.rows:
+        for k, v in (getattr(r, "times", None) or {}).items():
+            t[k] = t.get(k, 0.0) + v
+    if not t:
+        return "model: no compressed matrix to time"
+    return "model (compressed layers, summed): " + ", ".join(
+        f"batch {b}: {t[f'b{b}'] * 1e6:.0f} us vs dense {t[f'b{b} dense'] * 1e6:.0f} us "
+        f"({t[f'b{b} dense'] / max(t[f'b{b}'], 1e-12):.2f}x)" for b in (1, 32))
+
+
 def _cmd_info(a: argparse.Namespace) -> int:
     src = open_source(a.file)
     if isinstance(src, Container):
@@ -250,6 +263,8 @@ def _cmd_info(a: argparse.Namespace) -> int:
             if a.timing:
                 _add_timings(rep, src)
             print(rep.table())
+            if a.timing:
+                print(_timing_totals(rep))
         return EXIT_OK
     with src:  # a plain model: its tensors and what 'compress' would do with each by default
         rows = [("tensor", "shape", "dtype", "bytes", "default plan")]
