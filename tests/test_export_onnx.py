@@ -215,6 +215,13 @@ def test_cli_export(tmp_path, block, capsys):
     assert main(["export", str(wpz), "-o", str(out), "--like", str(like)]) == 0
     text = capsys.readouterr().out
     assert "2 MatMul" in text and f"wrote {out}" in text
+    ext = tmp_path / "ext.onnx"
+    assert main(["export", str(wpz), "-o", str(ext), "--like", str(like), "--external-data"]) == 0
+    assert (tmp_path / "ext.onnx.data").stat().st_size > ext.stat().st_size
+    x = np.random.default_rng(2).standard_normal((1, 3, 64)).astype(np.float32)
+    np.testing.assert_array_equal(_run(ext, x), _run(out, x))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".wp-")) == []
+    capsys.readouterr()
     assert main(["info", str(wpz), "--timing"]) == 0
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("model (compressed layers, summed): batch 1: ") and "batch 32: " in line

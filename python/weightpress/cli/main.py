@@ -164,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("file", help="a .wpz container")
     x.add_argument("-o", "--output", required=True, help="output .onnx model (or directory)")
     x.add_argument("--like", required=True, help="the original ONNX model or HF model directory")
+    x.add_argument("--external-data", action="store_true",
+                   help="weights in OUTPUT.data beside the graph (less resident memory in "
+                        "onnxruntime; no 2 GB limit)")
     x.add_argument("--exact", action="store_true",
                    help="quantized products in float (default: int8 activations per block, "
                         "onnxruntime's fast kernels)")
@@ -305,7 +308,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
         print(f"wrote {a.output} (compressed-tensors)")
         return EXIT_OK
     _check_output(a.output)
-    rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast")
+    rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast",
+                       external_data=a.external_data)
     for r in rows:
         print(f"{r.name:<32} {r.form:<15} {r.how:<40} {human(r.nbytes):>9}  {r.note}")
     done = sum(r.compressed for r in rows)

@@ -259,7 +259,7 @@ _DENSE_WHY = {
 
 def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.PathLike[str],
                 like: str | os.PathLike[str] | None = None, *, compute: str = "fast",
-                block_size: int | None = None) -> list[ExportRow]:
+                block_size: int | None = None, external_data: bool = False) -> list[ExportRow]:
     """Write ``output``: the ONNX model ``like`` with the container's tensors, compressed layers
     running compressed (see the module docstring).
 
@@ -267,13 +267,19 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     ----------
     container : path or Container
     output : path
-        The ``.onnx`` file, written atomically (all data embedded: under 2 GB).
+        The ``.onnx`` file, written atomically (all data embedded: under 2 GB, unless
+        ``external_data``).
     like : path
         The original ONNX model the container was made from.
     compute : "fast" or "exact"
         Quantized products: int8 activations per block (onnxruntime's fast kernels) or float.
     block_size : int, optional
         Largest MatMulNBits block (a power of two, 16–256); default: the group, or 128.
+    external_data : bool
+        Write the weights to ``output + ".data"`` beside the graph (onnxruntime maps that file
+        instead of copying the weights out of the parsed model: measured 0.44x of dense's
+        resident memory for an int8 model against 0.50x with both embedded); lifts the 2 GB
+        limit.
 
     Returns
     -------
@@ -380,9 +386,38 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         if t.data_location == 1:
             t.ClearField("external_data")
             t.data_location = 0
-    if model.ByteSize() > _MAX_PROTO:
-        raise ValueError(f"{output}: the model would exceed ONNX's 2 GB single-file limit")
-    onnx.checker.check_model(model)
+    big = model.ByteSize() > _MAX_PROTO
+    if not big:
+        onnx.checker.check_model(model)
+    if external_data:
+        _write_external(model, os.fspath(output))
+        if big:
+            onnx.checker.check_model(os.fspath(output))
+        return rows
+    if big:
+        raise ValueError(f"{output}: the model would exceed ONNX's 2 GB single-file limit "
+                         f"(use external_data / --external-data)")
     with atomic_write(output) as f:
         f.write(model.SerializeToString())
     return rows
+
+
+def _write_external(model: Any, output: str) -> None:
+    """The graph to ``output``, tensors over 1 KiB to ``output.data`` (both replaced only once
+    written)."""
+    import shutil
+    import tempfile
+    ext = require("onnx.external_data_helper", "writing ONNX external data")
+    d = os.path.dirname(os.path.abspath(output))
+    data_name = os.path.basename(output) + ".data"
+    tmp = tempfile.mkdtemp(prefix=".wp-", dir=d)
+    try:
+        ext.convert_model_to_external_data(model, all_tensors_to_one_file=True, location=data_name,
+                                           size_threshold=1024)
+        ext.write_external_data_tensors(model, tmp)
+        if os.path.exists(os.path.join(tmp, data_name)):
+            os.replace(os.path.join(tmp, data_name), os.path.join(d, data_name))
+        with atomic_write(output) as f:
+            f.write(model.SerializeToString())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
