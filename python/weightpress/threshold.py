@@ -24,7 +24,7 @@ def _c_view(a: np.ndarray) -> np.ndarray | None:
 
 def _threshold(x: Any, level: Any, out: np.ndarray | None, kind: int, level_name: str,
                n_threads: int | None) -> np.ndarray:
-    lv = real_scalar(level, level_name, low=0.0)
+    lv = real_scalar(level, level_name, low=0.0, allow_inf=True)
     xa = as_float_array(x, "x")
     n = _resolve(n_threads)
     if out is None:
@@ -68,7 +68,8 @@ def soft_threshold(x: Any, lam: float, out: np.ndarray | None = None, *,
         Input of any shape, strides and layout. float32 stays float32; float64 stays float64;
         integer input is computed in float64, float16 in float32.
     lam : float
-        Threshold, finite and ``>= 0``.
+        Threshold, ``>= 0``; ``inf`` is allowed (every finite entry becomes a zero). NaN is
+        rejected.
     out : numpy.ndarray, optional
         Where to write the result: same shape as ``x`` and exactly the result dtype. ``out=x``
         works in place.
@@ -83,13 +84,15 @@ def soft_threshold(x: Any, lam: float, out: np.ndarray | None = None, *,
     Raises
     ------
     ValueError
-        If ``lam`` is negative or not finite, or ``out`` has the wrong shape or is read-only.
+        If ``lam`` is negative or NaN, or ``out`` has the wrong shape or is read-only.
     TypeError
         If ``x`` is not real numeric, or ``out`` has the wrong dtype.
 
     Notes
     -----
-    NaN propagates (``soft_threshold(nan, lam)`` is NaN); ``±inf`` stays ``±inf``.
+    NaN propagates (``soft_threshold(nan, lam)`` is NaN); ``±inf`` stays ``±inf`` for finite
+    ``lam`` (``inf - inf`` is NaN, as NumPy computes it, for ``lam = inf``). Zeroed entries keep
+    the sign of ``x`` (``-0.0`` for negative ``x``), exactly as the formula computes in NumPy.
     Memory-bound: one read and one write per element.
 
     Examples
@@ -110,7 +113,8 @@ def hard_threshold(x: Any, theta: float, out: np.ndarray | None = None, *,
     x : array_like
         Input of any shape, strides and layout (dtype rules as :func:`soft_threshold`).
     theta : float
-        Threshold, finite and ``>= 0``. Entries with ``|x| >= theta`` are kept.
+        Threshold, ``>= 0``; ``inf`` is allowed (only infinite entries are kept). NaN is
+        rejected. Entries with ``|x| >= theta`` are kept.
     out : numpy.ndarray, optional
         Output array (same shape, exactly the result dtype); ``out=x`` works in place.
     n_threads : int, optional
@@ -123,13 +127,14 @@ def hard_threshold(x: Any, theta: float, out: np.ndarray | None = None, *,
     Raises
     ------
     ValueError
-        If ``theta`` is negative or not finite, or ``out`` has the wrong shape.
+        If ``theta`` is negative or NaN, or ``out`` has the wrong shape.
     TypeError
         If ``x`` is not real numeric, or ``out`` has the wrong dtype.
 
     Notes
     -----
-    NaN propagates (it is never zeroed).
+    NaN propagates (it is never zeroed). Zeroed entries keep the sign of ``x``, as
+    ``x * (|x| >= theta)`` computes in NumPy.
 
     Examples
     --------
