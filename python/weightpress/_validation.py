@@ -56,15 +56,13 @@ def as_matrix(W: Any, name: str = "W") -> np.ndarray:
 
 
 def real_scalar(v: Any, name: str, *, low: float | None = None, low_open: bool = False,
-                high: float | None = None, high_open: bool = False,
-                allow_inf: bool = False) -> float:
-    """A finite (or, with allow_inf, infinite) real number within the given bounds, or
-    ValueError/TypeError naming `name`. NaN is always rejected."""
+                high: float | None = None, high_open: bool = False) -> float:
+    """A finite real number within the given bounds, or ValueError/TypeError naming `name`."""
     if isinstance(v, bool) or not isinstance(v, (numbers.Real, np.number)) or isinstance(v, np.complexfloating):
         raise TypeError(f"{name} must be a real number, got {type(v).__name__}")
     f = float(v)
-    if np.isnan(f) or (not allow_inf and not np.isfinite(f)):
-        raise ValueError(f"{name} must be {'a number' if allow_inf else 'finite'}, got {f}")
+    if not np.isfinite(f):
+        raise ValueError(f"{name} must be finite, got {f}")
     if low is not None and (f < low or (low_open and f == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {f}")
     if high is not None and (f > high or (high_open and f == high)):

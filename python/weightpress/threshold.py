@@ -22,9 +22,19 @@ def _c_view(a: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _level(v: Any, name: str) -> float:
+    """A threshold: a real number >= 0, +inf included (both operators are defined there); NaN
+    and -inf are rejected."""
+    if isinstance(v, (float, np.floating)) and v == np.inf:
+        return float("inf")
+    if isinstance(v, (float, np.floating)) and np.isnan(v):
+        raise ValueError(f"{name} must be a number >= 0 (inf allowed), got nan")
+    return real_scalar(v, name, low=0.0)
+
+
 def _threshold(x: Any, level: Any, out: np.ndarray | None, kind: int, level_name: str,
                n_threads: int | None) -> np.ndarray:
-    lv = real_scalar(level, level_name, low=0.0, allow_inf=True)
+    lv = _level(level, level_name)
     xa = as_float_array(x, "x")
     n = _resolve(n_threads)
     if out is None:
