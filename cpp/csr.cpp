@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "weightpress/errors.hpp"
+#include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
 
 namespace wp {
@@ -75,17 +76,9 @@ void csr_check(std::int64_t rows, std::int64_t cols, const I* indptr, const I* i
 
 // ---- Row kernels ---------------------------------------------------------------------------
 // Written once as always-inline templates and compiled three times: for AVX-512, for AVX2 and
-// for the baseline ISA, chosen at run time (wheels stay portable). The AVX levels contract
+// for the baseline ISA, chosen at run time (weightpress/isa.hpp). The AVX levels contract
 // a*b+c into FMA; results are identical for any thread count on one machine, and may differ
 // in the last bit between CPUs with and without FMA.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define WP_X86_DISPATCH 1
-#define WP_TARGET_V4 \
-  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,bmi,bmi2,popcnt,prefer-vector-width=512")))
-#define WP_TARGET_V3 __attribute__((target("avx2,bmi,bmi2,popcnt")))
-#endif
-#define WP_INLINE __attribute__((always_inline)) inline
-
 namespace {
 
 // Position of the first out-of-range index in [p0, p1), or -1. A branch-free OR over the row
@@ -326,25 +319,15 @@ WP_TARGET_V4 std::int64_t rows_v4(WP_ROWS_ARGS) {
   if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
   else return gather_rows<T, I>(WP_ROWS_PASS);
 }
-int isa_level() {
-  static const int level = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-      return 2;
-    return __builtin_cpu_supports("avx2") ? 1 : 0;
-  }();
-  return level;
-}
 #endif
 
 template <bool Scatter, class T, class I>
 std::int64_t rows(WP_ROWS_ARGS) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case 2: return rows_v4<Scatter, T, I>(WP_ROWS_PASS);
-    case 1: return rows_v3<Scatter, T, I>(WP_ROWS_PASS);
-    default: break;
+    case Isa::kV4: return rows_v4<Scatter, T, I>(WP_ROWS_PASS);
+    case Isa::kV3: return rows_v3<Scatter, T, I>(WP_ROWS_PASS);
+    case Isa::kBase: break;
   }
 #endif
   return rows_base<Scatter, T, I>(WP_ROWS_PASS);

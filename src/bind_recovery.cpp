@@ -2,7 +2,7 @@
 #include "bind_common.hpp"
 #include "weightpress/basis_pursuit.hpp"
 #include "weightpress/csr.hpp"
-#include "weightpress/omp.hpp"
+#include "weightpress/pursuit.hpp"
 
 namespace wpb {
 namespace {
