@@ -68,10 +68,14 @@ void csr_check(std::int64_t rows, std::int64_t cols, const I* indptr, const I* i
   for (std::int64_t p = 0; p < nnz; ++p)
     if (out_of_range(indices[p], cols)) note_bad(first_bad, p);
   const std::int64_t b = first_bad.load();
-  if (b >= 0)
-    throw ShapeError("malformed CSR: column index " + std::to_string(indices[b]) + " at position " +
-                     std::to_string(b) + " is out of range for " + std::to_string(cols) +
-                     " columns");
+  if (b >= 0) csr_bad_index<I>(indices, b, cols);
+}
+
+template <class I>
+void csr_bad_index(const I* indices, std::int64_t bad, std::int64_t cols) {
+  throw ShapeError("malformed CSR: column index " + std::to_string(indices[bad]) + " at position " +
+                   std::to_string(bad) + " is out of range for " + std::to_string(cols) +
+                   " columns");
 }
 
 // ---- Row kernels ---------------------------------------------------------------------------
@@ -398,7 +402,8 @@ std::int64_t csr_matmat_t(std::int64_t rows_, std::int64_t cols, const I* indptr
 
 #define WP_CSR_INST_I(I)                                                                   \
   template void csr_check_indptr<I>(std::int64_t, const I*, std::int64_t);                \
-  template void csr_check<I>(std::int64_t, std::int64_t, const I*, const I*, std::int64_t, int);
+  template void csr_check<I>(std::int64_t, std::int64_t, const I*, const I*, std::int64_t, int); \
+  template void csr_bad_index<I>(const I*, std::int64_t, std::int64_t);
 #define WP_CSR_INST(T, I)                                                                  \
   template std::int64_t csr_matmat<T, I>(std::int64_t, std::int64_t, const I*, const I*,   \
                                          const T*, std::int64_t, const T*, std::int64_t, T*, \

@@ -3,11 +3,9 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <string>
 
 #include "weightpress/blas.hpp"
 #include "weightpress/csr.hpp"
-#include "weightpress/errors.hpp"
 
 namespace wp {
 namespace {
@@ -199,20 +197,14 @@ template <class T, class I>
 void CsrOp<T, I>::fwd(std::int64_t l, const T* x, std::int64_t ldx, T* y, std::int64_t ldy) const {
   const std::int64_t bad =
       csr_matmat<T, I>(rs, cs, indptr, indices, data, l, x, ldx, y, ldy, this->n_threads);
-  if (bad >= 0)
-    throw ShapeError("malformed CSR: column index " + std::to_string(indices[bad]) +
-                     " at position " + std::to_string(bad) + " is out of range for " +
-                     std::to_string(cs) + " columns");
+  if (bad >= 0) csr_bad_index<I>(indices, bad, cs);
 }
 
 template <class T, class I>
 void CsrOp<T, I>::bwd(std::int64_t l, const T* x, std::int64_t ldx, T* y, std::int64_t ldy) const {
   const std::int64_t bad =
       csr_matmat_t<T, I>(rs, cs, indptr, indices, data, l, x, ldx, y, ldy, this->n_threads);
-  if (bad >= 0)
-    throw ShapeError("malformed CSR: column index " + std::to_string(indices[bad]) +
-                     " at position " + std::to_string(bad) + " is out of range for " +
-                     std::to_string(cs) + " columns");
+  if (bad >= 0) csr_bad_index<I>(indices, bad, cs);
 }
 
 template <class T, class I>

@@ -429,7 +429,44 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
     ps[static_cast<std::size_t>(s)].finish(supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
 }
 
+template <class T>
+void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
+                std::int64_t ldy, const T* G, const OmpParams& p, std::int64_t* supp, T* coef,
+                std::int64_t* count, T* resid2, int n_threads) {
+  const std::int64_t kmax = p.kmax;
+  if (kmax < 1 || kmax > n) throw ShapeError("omp: n_nonzero must be in [1, n_atoms]");
+  if (N == 0) return;
+  // Signals go in chunks so that DᵀY (chunk × n) stays within ~256 MiB.
+  const std::int64_t chunk = std::max<std::int64_t>(
+      1, p.chunk > 0 ? p.chunk
+                     : std::min<std::int64_t>(N, (std::int64_t(1) << 25) / std::max<std::int64_t>(n, 1)));
+  const std::int64_t cb = std::min(N, chunk);
+  // Few signals: Gram columns on demand beat the full n² Gram matrix (and their lockstep
+  // workspaces, chunk·n·(kmax + 2) values, stay within ~512 MiB).
+  const bool lazy = !G && 2 * N * kmax <= n && cb * n * (kmax + 2) <= (std::int64_t(1) << 26);
+  std::vector<T> gbuf, cbuf(static_cast<std::size_t>(cb * n)), nbuf(static_cast<std::size_t>(cb));
+  if (!G && !lazy) {
+    gbuf.resize(static_cast<std::size_t>(n * n));
+    omp_gram<T>(m, n, D, gbuf.data());
+    G = gbuf.data();
+  }
+  for (std::int64_t s0 = 0; s0 < N; s0 += chunk) {
+    const std::int64_t b = std::min(chunk, N - s0);
+    omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.data());
+    col_sqnorms<T>(m, b, Y + s0, ldy, nbuf.data(), n_threads);
+    if (lazy)
+      omp_lazy<T>(m, n, b, D, cbuf.data(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
+                  coef + s0 * kmax, count + s0, resid2 + s0, n_threads);
+    else
+      omp_batch<T>(n, b, G, cbuf.data(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
+                   coef + s0 * kmax, count + s0, resid2 + s0, n_threads);
+  }
+}
+
 #define WP_INST(T)                                                                              \
+  template void omp_encode<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,     \
+                              std::int64_t, const T*, const OmpParams&, std::int64_t*, T*,      \
+                              std::int64_t*, T*, int);                                          \
   template void omp_gram<T>(std::int64_t, std::int64_t, const T*, T*);                          \
   template void omp_correlate<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,  \
                                  std::int64_t, T*);                                             \

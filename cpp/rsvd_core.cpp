@@ -1,4 +1,4 @@
-// The randomized SVD algorithm proper, on an abstract operator (rsvd_detail.hpp): sketch,
+// The randomized SVD algorithm proper, on an abstract operator (linop.hpp): sketch,
 // orthonormalisation, subspace iteration, adaptive QB, the small SVD, verification.
 #include <algorithm>
 #include <cmath>

@@ -188,9 +188,12 @@ def test_chunked_batches_identical(n_atoms):
     from weightpress import _core
     D = unit_dict(20, n_atoms, 22)
     Y = np.ascontiguousarray(np.random.default_rng(23).standard_normal((20, 23)))
-    ref = _core.omp(D, Y, None, 5, -1.0, 2)
+    p = _core.OmpParams()
+    p.kmax, p.tol = 5, -1.0
+    ref = _core.omp(D, Y, None, p, 2)
     for chunk in (1, 7, 23):
-        out = _core.omp(D, Y, None, 5, -1.0, 2, chunk)
+        p.chunk = chunk
+        out = _core.omp(D, Y, None, p, 2)
         for a, b in zip(ref, out):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 

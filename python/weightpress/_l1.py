@@ -15,7 +15,7 @@ from ._validation import as_csr, as_float_array, check_finite, csr_parts, float_
 
 __all__ = ["basis_pursuit", "lasso", "SolverInfo", "ConvergenceWarning"]
 
-_LASSO, _BPDN, _BP = 0, 1, 2
+_LASSO, _BPDN, _BP = _core.L1Mode.lasso, _core.L1Mode.bpdn, _core.L1Mode.bp
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -91,7 +91,7 @@ def _prepare(A: Any, y: Any) -> tuple[Any, np.ndarray, np.dtype, int, int]:
     return op, yd, out_dt, m, n
 
 
-def _solve(op: Any, y: np.ndarray, m: int, n: int, mode: int, target: float, max_iter: Any,
+def _solve(op: Any, y: np.ndarray, m: int, n: int, mode: Any, target: float, max_iter: Any,
            n_threads: int | None, tol: float) -> tuple[np.ndarray, dict]:
     it = 10 * min(m, n) + 100 if max_iter is None else positive_int(max_iter, "max_iter", low=0)
     nt = _resolve(n_threads)

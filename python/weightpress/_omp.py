@@ -64,7 +64,9 @@ def _run(Da: np.ndarray, G: np.ndarray | None, Y: Any, n_nonzero: Any, tol: Any,
         supp = np.zeros((N, 0), dtype=np.int64)
         coef = np.zeros((N, 0), dtype=Da.dtype)
     else:
-        supp, coef, _count, _r2 = _core.omp(Da, Y2, G, kmax, t, nt)
+        p = _core.OmpParams()
+        p.kmax, p.tol = kmax, t
+        supp, coef, _count, _r2 = _core.omp(Da, Y2, G, p, nt)
     mask = supp >= 0
     if return_sparse and not one:
         indptr = np.zeros(N + 1, dtype=np.int64)
