@@ -140,10 +140,11 @@ void bind_recovery(py::module_& m) {
       .def_readwrite("chunk", &wp::OmpParams::chunk);
   m.def("omp", &omp, "Batch OMP: (supp, coef, count, resid2) for the columns of Y.",
         "D"_a.noconvert(), "Y"_a.noconvert(), "G"_a.none(true), "params"_a, "n_threads"_a);
-  py::enum_<wp::L1Mode>(m, "L1Mode", "What the l1 homotopy solves.")
+  py::native_enum<wp::L1Mode>(m, "L1Mode", "enum.IntEnum", "What the l1 homotopy solves.")
       .value("lasso", wp::L1Mode::kLasso)
       .value("bpdn", wp::L1Mode::kBPDN)
-      .value("bp", wp::L1Mode::kBP);
+      .value("bp", wp::L1Mode::kBP)
+      .finalize();
   m.def("l1_dense", &l1_dense, "l1 homotopy (L1Mode) on dense A: (x, info).",
         "A"_a.noconvert(), "y"_a.noconvert(), "mode"_a, "target"_a, "max_iter"_a, "n_threads"_a);
   m.def("l1_csr", &l1_csr, "l1 homotopy on CSR A: (x, info).", "indptr"_a.noconvert(),

@@ -107,10 +107,11 @@ void bind_sparse(py::module_& m) {
         "indptr"_a.noconvert(), "indices"_a.noconvert(), "data"_a.noconvert(), "n_rows"_a,
         "n_cols"_a, "x"_a.noconvert(), "out"_a.noconvert(), "transpose"_a, "n_threads"_a);
   py::class_<wp::PruneSpec> spec(m, "PruneSpec", "What prune keeps.");
-  py::enum_<wp::PruneSpec::Mode>(spec, "Mode")
+  py::native_enum<wp::PruneSpec::Mode>(spec, "Mode", "enum.IntEnum")
       .value("threshold", wp::PruneSpec::kThreshold)
       .value("keep", wp::PruneSpec::kKeepCount)
-      .value("nm", wp::PruneSpec::kNofM);
+      .value("nm", wp::PruneSpec::kNofM)
+      .finalize();
   spec.def(py::init<>())
       .def_readwrite("mode", &wp::PruneSpec::mode)
       .def_readwrite("threshold", &wp::PruneSpec::threshold)

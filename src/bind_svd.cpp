@@ -85,10 +85,11 @@ py::array gaussian_sketch(py::dtype dt, std::int64_t rows, std::int64_t cols, st
 
 void bind_svd(py::module_& m) {
   py::class_<wp::RsvdParams> params(m, "RsvdParams", "Options of rsvd_dense / rsvd_csr.");
-  py::enum_<wp::RsvdParams::Mode>(params, "Mode")
+  py::native_enum<wp::RsvdParams::Mode>(params, "Mode", "enum.IntEnum")
       .value("rank", wp::RsvdParams::kRank)
       .value("tol", wp::RsvdParams::kTol)
-      .value("svt", wp::RsvdParams::kSvt);
+      .value("svt", wp::RsvdParams::kSvt)
+      .finalize();
   params.def(py::init<>())
       .def_readwrite("mode", &wp::RsvdParams::mode)
       .def_readwrite("rank", &wp::RsvdParams::rank)
