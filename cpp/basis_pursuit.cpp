@@ -10,13 +10,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
+#include <string>
 #include <type_traits>
 #include <vector>
 
-#include "weightpress/blas.hpp"
-#include "weightpress/linop.hpp"
 #include "weightpress/errors.hpp"
+#include "weightpress/linop.hpp"
 #include "weightpress/parallel.hpp"
 
 namespace wp {
@@ -133,7 +132,7 @@ class Homotopy {
                std::vector<double>& out, const double* base, double sign);
   void enter();
   void direction();
-  Event next_event() ;
+  Event next_event();
   bool advance(const Event& e);
   void leave(std::int64_t p);
   void resync();

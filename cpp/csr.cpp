@@ -63,7 +63,7 @@ void csr_check(std::int64_t rows, std::int64_t cols, const I* indptr, const I* i
                std::int64_t nnz, int n_threads) {
   csr_check_indptr(rows, indptr, nnz);
   std::atomic<std::int64_t> first_bad{-1};
-  const int nt = threads_for(nnz, n_threads, 1 << 16);
+  const int nt = threads_for(nnz, n_threads, kGrainIndexScan);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t p = 0; p < nnz; ++p)
     if (out_of_range(indices[p], cols)) note_bad(first_bad, p);

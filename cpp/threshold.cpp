@@ -8,7 +8,7 @@ namespace wp {
 
 template <class T>
 void soft_threshold(std::int64_t n, const T* x, T lam, T* out, int n_threads) {
-  const int nt = threads_for(n, n_threads, 1 << 16);
+  const int nt = threads_for(n, n_threads, kGrainElementwise);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t i = 0; i < n; ++i) {
     const T v = x[i];
@@ -22,7 +22,7 @@ void soft_threshold(std::int64_t n, const T* x, T lam, T* out, int n_threads) {
 
 template <class T>
 void hard_threshold(std::int64_t n, const T* x, T theta, T* out, int n_threads) {
-  const int nt = threads_for(n, n_threads, 1 << 16);
+  const int nt = threads_for(n, n_threads, kGrainElementwise);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t i = 0; i < n; ++i) {
     const T v = x[i];

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Iterator
 
 from . import _core
+from ._optional import require
 
 _ctx: contextvars.ContextVar[int | None] = contextvars.ContextVar("weightpress_threads", default=None)
 _global: int | None = None
@@ -112,8 +113,8 @@ def threads(n: int) -> Iterator[int]:
 def _register_threadpoolctl() -> None:
     """A threadpoolctl LibController for weightpress's OpenMP pool (threadpoolctl >= 3.5)."""
     try:
-        import threadpoolctl
-    except ImportError:
+        threadpoolctl = require("threadpoolctl", "threadpoolctl's control of weightpress's pool")
+    except ImportError:  # optional: without it there is nothing to register with
         return
     if not hasattr(threadpoolctl, "register") or not hasattr(threadpoolctl, "LibController"):
         return

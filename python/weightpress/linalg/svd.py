@@ -160,7 +160,10 @@ def randomized_svd(A: Any, rank: int | None = None, *, tol: float | None = None,
     blocks until ``||A||_F^2 - ||B||_F^2 <= tol^2 ||A||_F^2``; the rank is then the smallest
     that meets ``tol`` according to the SVD of ``B``. When ``tol^2`` is close to the
     dtype's precision that indicator is unreliable (cancellation), so the residual
-    ``||A - U diag(s) Vt||_F`` is computed directly and the basis extended if needed.
+    ``||A - U diag(s) Vt||_F`` is computed directly and the basis extended if needed; a sketch
+    that finds only rounding errors outside the basis (an exactly low-rank ``A``) ends the
+    growth, so tolerances down to about ``100·eps`` are met at the true rank. Each new block
+    is orthogonalised against the basis twice (block Gram-Schmidt, "twice is enough").
 
     Sign convention: in each column of ``U`` the entry of largest magnitude (the first one on
     ties) is positive; ``Vt`` rows are flipped with it. With a fixed seed the result is
