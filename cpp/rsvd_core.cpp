@@ -560,8 +560,13 @@ class AdaptiveQB {
         // inside span(Q), one projection leaves a remainder whose own component in span(Q)
         // is as large as itself once normalised (block Gram-Schmidt, BCGS2).
         project_q(b);
-        orth_.run(m, b, y_.data(), b, false, p_.orth);
-        project_q(b);
+        // y's columns were unit vectors: a column that kept at least half its energy is
+        // orthogonal to Q to working accuracy after one pass (Kahan-Parlett); otherwise the
+        // second pass.
+        if (min_col_sumsq(m, b, y_.data()) < 0.5) {
+          orth_.run(m, b, y_.data(), b, false, p_.orth);
+          project_q(b);
+        }
       }
       for (int pass = 0;; ++pass) {
         const int hh = orth_.householder_count;
@@ -603,6 +608,15 @@ class AdaptiveQB {
                         std::int64_t ldc) {
     blas::gemm_rm<T>(ta, tb, to_int(m), to_int(n), to_int(k), alpha, a, to_int(lda), b,
                      to_int(ldb), beta, c, to_int(ldc));
+  }
+  static double min_col_sumsq(std::int64_t r, std::int64_t c, const T* y) {
+    std::vector<double> ss(sz(c), 0.0);
+    for (std::int64_t i = 0; i < r; ++i)
+      for (std::int64_t j = 0; j < c; ++j) {
+        const double v = static_cast<double>(y[i * c + j]);
+        ss[sz(j)] += v * v;
+      }
+    return c > 0 ? *std::min_element(ss.begin(), ss.end()) : 1.0;
   }
   // y -= Q (Qᵀ y)
   void project_q(std::int64_t b) {
