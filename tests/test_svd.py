@@ -328,7 +328,8 @@ def test_tol_near_eps_on_exactly_low_rank(shape, kind):
         err = np.linalg.norm(A - (U * s) @ Vt) / np.linalg.norm(A)
         assert U.shape[1] == 10 and err <= tol
         assert info["basis"] < min(m, n) / 2
-        np.testing.assert_allclose(info["rel_err"], err, rtol=1e-2)
+        # the residual measured plus the exact tail; at 1e-15 both sides carry rounding noise
+        np.testing.assert_allclose(info["rel_err"], err, rtol=0.1)
     # below what float64 resolves: warns, and still gives the rank-10 answer, not min(m, n)
     with pytest.warns(RuntimeWarning, match="not reached"):
         U, s, Vt = wp.randomized_svd(M, tol=1e-17, seed=0)
