@@ -39,6 +39,7 @@ py::tuple omp(py::array d_, py::array y_, py::object g_, const wp::OmpParams& p,
     if (Y.shape(0) != m)
       throw wp::ShapeError("omp: Y has " + std::to_string(Y.shape(0)) + " rows, D has " +
                            std::to_string(m));
+    // (before the outputs are allocated with it; omp_encode checks it again)
     if (p.kmax < 1 || p.kmax > n) throw wp::ShapeError("omp: n_nonzero must be in [1, n_atoms]");
     carr<T> G;
     if (!g_.is_none()) {

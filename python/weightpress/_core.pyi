@@ -25,7 +25,13 @@ def blas_selftest(prefix: str) -> dict[str, float]: ...
 
 # ---- thresholds ------------------------------------------------------------------------------
 
-def threshold(x: NDArray[np.floating], level: float, out: NDArray[np.floating], kind: int,
+class Shrink(enum.IntEnum):
+    """Soft or hard thresholding."""
+
+    soft = 0
+    hard = 1
+
+def threshold(x: NDArray[np.floating], level: float, out: NDArray[np.floating], kind: Shrink,
               n_threads: int) -> None: ...
 
 # ---- CSR and pruning -------------------------------------------------------------------------

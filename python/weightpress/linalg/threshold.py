@@ -32,7 +32,7 @@ def _level(v: Any, name: str) -> float:
     return real_scalar(v, name, low=0.0)
 
 
-def _threshold(x: Any, level: Any, out: np.ndarray | None, kind: int, level_name: str,
+def _threshold(x: Any, level: Any, out: np.ndarray | None, kind: _core.Shrink, level_name: str,
                n_threads: int | None) -> np.ndarray:
     lv = _level(level, level_name)
     xa = as_float_array(x, "x")
@@ -111,7 +111,7 @@ def soft_threshold(x: Any, lam: float, out: np.ndarray | None = None, *,
     >>> wp.soft_threshold(np.array([-2.0, 0.5, 3.0]), 1.0)
     array([-1.,  0.,  2.])
     """
-    return _threshold(x, lam, out, 0, "lam", n_threads)
+    return _threshold(x, lam, out, _core.Shrink.soft, "lam", n_threads)
 
 
 def hard_threshold(x: Any, theta: float, out: np.ndarray | None = None, *,
@@ -152,4 +152,4 @@ def hard_threshold(x: Any, theta: float, out: np.ndarray | None = None, *,
     >>> wp.hard_threshold(np.array([-2.0, 0.5, 3.0]), 1.0)
     array([-2.,  0.,  3.])
     """
-    return _threshold(x, theta, out, 1, "theta", n_threads)
+    return _threshold(x, theta, out, _core.Shrink.hard, "theta", n_threads)
