@@ -358,3 +358,25 @@ def test_lasso_at_lambda_max_is_exactly_zero_however_computed():
     A = sp.random(40, 70, density=0.2, format="csr", random_state=3)
     y = np.random.default_rng(3).standard_normal(40)
     assert not wp.lasso(A, y, np.abs(A.T @ y).max()).any()
+
+
+@pytest.mark.parametrize("sc", [1e-6, 1e-10])
+def test_full_support_path_with_extreme_column_scales(sc):
+    """A generic y (every atom of a 60-atom support enters, BP interpolates) with one column
+    shrunk by sc and another grown by 1/sc: column norms 1/sc² apart (up to 1e20)."""
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((60, 200))
+    A[:, 3] *= sc
+    A[:, 50] /= sc
+    y = rng.standard_normal(60)
+    x, info = wp.basis_pursuit(A, y, return_info=True)
+    assert info.converged and info.residual <= 1e-9 * np.linalg.norm(y)
+    # Aᵀr can only be computed to about eps·‖a_j‖·‖y‖ per column (1e-5 for the 1e10 column)
+    slack = 1e-12 * np.linalg.norm(A, axis=0) * np.linalg.norm(y)
+    for lam in (1e-2, 1e-6):
+        x, info = wp.lasso(A, y, lam, return_info=True)
+        c = A.T @ (y - A @ x)
+        S = x != 0
+        assert info.converged
+        assert np.all(np.abs(c[S] - lam * np.sign(x[S])) <= 1e-6 * lam + slack[S])
+        assert np.all(np.abs(c[~S]) <= lam * (1 + 1e-6) + slack[~S])
