@@ -11,8 +11,8 @@ import scipy.linalg as sla
 
 import weightpress as wp
 from _harness import Table, ms, timeit
-from weightpress.calibration import CalibrationStats, output_error
-from weightpress.data_aware import lowrank_whitened, prune_obs, rank_for_params, sparse_plus_lowrank
+from weightpress.compression.calibration import CalibrationStats, output_error
+from weightpress.compression.data_aware import lowrank_whitened, prune_obs, rank_for_params, sparse_plus_lowrank
 
 
 def _inputs(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

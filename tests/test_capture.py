@@ -5,9 +5,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from weightpress.capture import capture_onnx
+from weightpress.model.capture import capture_onnx
 from weightpress.cli import main
-from weightpress.container import Container
+from weightpress.model.container import Container
 
 
 def _mlp(path, rng):

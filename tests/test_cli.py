@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from weightpress import demo
+from weightpress.cli import demo
 from weightpress.cli import main
 from weightpress.io.safetensors import SafetensorsSource, write_safetensors
 
@@ -156,7 +156,7 @@ def test_demo_runs(capsys, monkeypatch):
 
 
 def test_progress_bar_only_on_a_terminal(capsys):
-    from weightpress.cli import _Progress
+    from weightpress.cli.main import _Progress
     _Progress()(1, 4, "fc1.weight")  # stderr is captured: not a terminal, nothing drawn
     assert capsys.readouterr().err == ""
     bar = _Progress(enabled=True)

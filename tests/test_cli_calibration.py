@@ -6,11 +6,11 @@ import re
 import numpy as np
 import pytest
 
-from weightpress import demo
-from weightpress.calibration import CalibrationStats, output_error
+from weightpress.cli import demo
+from weightpress.compression.calibration import CalibrationStats, output_error
 from weightpress.cli import main
-from weightpress.compress import compress_model, parse_rule
-from weightpress.container import Container
+from weightpress.model.compress import compress_model, parse_rule
+from weightpress.model.container import Container
 from weightpress.io.safetensors import SafetensorsSource
 
 MODEL = demo.model_path()

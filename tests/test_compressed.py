@@ -5,9 +5,9 @@ import pytest
 import scipy.sparse as sp
 
 import weightpress as wp
-from weightpress import methods as M
-from weightpress._parts import from_parts
-from weightpress.compressed import Dense, LowRank, Sparse, SparsePlusLowRank
+from weightpress.compression import methods as M
+from weightpress.compression.matrices import from_parts
+from weightpress.compression.matrices import Dense, LowRank, Sparse, SparsePlusLowRank
 
 RNG = np.random.default_rng(42)
 
@@ -203,7 +203,7 @@ def test_uses_randomized_svd_when_available(monkeypatch):
         U, s, Vt = np.linalg.svd(A, full_matrices=False)
         r = rank if rank is not None else M._rank_for_error(s, float(np.sum(s**2)), tol)
         return U[:, :r].astype(A.dtype), s[:r].astype(A.dtype), Vt[:r].astype(A.dtype)
-    monkeypatch.setattr(wp, "randomized_svd", fake, raising=False)
+    monkeypatch.setattr(M, "randomized_svd", fake)
     W = _planted(60, 50)
     assert M.low_rank(W, 4).rank == 4 and calls[-1] == (4, None)
     m = M.low_rank(W, error=0.1)

@@ -7,10 +7,10 @@ import struct
 import numpy as np
 import pytest
 
-from weightpress import methods as M
-from weightpress.compress import compress_model, open_source, parse_rule, plan
-from weightpress.compressed import Dense
-from weightpress.container import Container, ContainerWriter, verify
+from weightpress.compression import methods as M
+from weightpress.model.compress import compress_model, open_source, parse_rule, plan
+from weightpress.compression.matrices import Dense
+from weightpress.model.container import Container, ContainerWriter, verify
 from weightpress.io._base import FormatError
 from weightpress.io.safetensors import SafetensorsSource, f32_to_bf16, write_safetensors
 

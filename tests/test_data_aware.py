@@ -3,9 +3,9 @@ import pytest
 import scipy.linalg as sla
 
 import weightpress as wp
-from weightpress.allocate import Candidate, allocate, total
-from weightpress.calibration import CalibrationStats, output_error
-from weightpress.data_aware import lowrank_whitened, prune_obs, rank_for_params, sparse_plus_lowrank
+from weightpress.model.allocate import Candidate, allocate, total
+from weightpress.compression.calibration import CalibrationStats, output_error
+from weightpress.compression.data_aware import lowrank_whitened, prune_obs, rank_for_params, sparse_plus_lowrank
 
 
 def correlated_inputs(rng, n, d, outliers=4):

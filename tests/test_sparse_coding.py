@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from weightpress.sparse_coding import dct_dictionary, ksvd, sparse_code
+from weightpress.compression.sparse_coding import dct_dictionary, ksvd, sparse_code
 
 
 def test_dct_orthonormal_and_overcomplete():
@@ -55,11 +55,11 @@ def test_bad_input():
 
 
 def test_sparse_coded_form_and_method(tmp_path):
-    import weightpress.methods as M
-    from weightpress._parts import from_parts
-    from weightpress.compress import compress_model
-    from weightpress.compressed import SparseCoded
-    from weightpress.container import Container
+    import weightpress.compression.methods as M
+    from weightpress.compression.matrices import from_parts
+    from weightpress.model.compress import compress_model
+    from weightpress.compression.matrices import SparseCoded
+    from weightpress.model.container import Container
     from weightpress.io.safetensors import write_safetensors, SafetensorsSource
 
     rng = np.random.default_rng(3)

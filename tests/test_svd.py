@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 
 import weightpress as wp
 from weightpress import _core
-from weightpress.svd import _MODE_RANK, _MODE_SVT, _MODE_TOL, _run
+from weightpress.linalg.svd import _MODE_RANK, _MODE_SVT, _MODE_TOL, _run
 
 EPS = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 

@@ -2,22 +2,21 @@
 
 Kernels (C++17 + OpenMP): thresholding, magnitude pruning to CSR, CSR products, randomized
 SVD, batch OMP, basis pursuit / BPDN / LASSO. Compression of model files: ``compress_model``,
-``Container``, the compressed-matrix classes, calibration statistics (``weightpress.io`` reads
-and writes model files; ``weightpress.data_aware`` holds the data-aware algorithms).
+``Container``, the compressed-matrix classes, calibration statistics.
+
+Subpackages, each importing only the ones below it: ``cli`` -> ``model`` -> ``compression`` ->
+``linalg`` -> the compiled ``_core``; ``io`` (model file formats) is used by ``compression`` and
+``model`` and uses none of them.
 """
 
 from __future__ import annotations
 
 from . import _core
 from ._threads import get_num_threads, set_num_threads, threads
-from .recovery import ConvergenceWarning, OMPDictionary, SolverInfo, basis_pursuit, lasso, omp
-from .sparse import csr_matmul, prune
-from .svd import randomized_svd, svt
-from .threshold import hard_threshold, soft_threshold
-from .calibration import CalibrationStats  # noqa: E402  (after the kernels it uses)
-from .compressed import Dense, LowRank, Sparse, SparseCoded, SparsePlusLowRank  # noqa: E402
-from .compress import compress_model, open_source  # noqa: E402
-from .container import Container, verify  # noqa: E402
+from .compression import CalibrationStats, Dense, LowRank, Sparse, SparseCoded, SparsePlusLowRank
+from .linalg import (ConvergenceWarning, OMPDictionary, SolverInfo, basis_pursuit, csr_matmul,
+                     hard_threshold, lasso, omp, prune, randomized_svd, soft_threshold, svt)
+from .model import Container, compress_model, open_source, verify
 
 __version__: str = _core.__version__
 has_openmp: bool = bool(_core.has_openmp)

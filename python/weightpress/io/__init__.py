@@ -28,6 +28,11 @@ import numpy as np
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
 from ._dtypes import stored_name
 from ._zip import ZIP_ERRORS
+from .keras import KerasSource, write_keras
+from .npz import NpySource, NpzSource, write_npy, write_npz
+from .onnx_graph import OnnxSource, write_onnx
+from .pytorch import PyTorchSource, write_pytorch
+from .safetensors import SafetensorsSource, write_safetensors
 
 __all__ = [
     "FORMATS",
@@ -123,23 +128,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 def _reader(fmt: str) -> type[TensorSource]:
-    if fmt == "safetensors":
-        from .safetensors import SafetensorsSource
-        return SafetensorsSource
-    if fmt == "npz":
-        from .npz import NpzSource
-        return NpzSource
-    if fmt == "npy":
-        from .npz import NpySource
-        return NpySource
-    if fmt == "onnx":
-        from .onnx_graph import OnnxSource
-        return OnnxSource
-    if fmt == "pytorch":
-        from .pytorch import PyTorchSource
-        return PyTorchSource
-    from .keras import KerasSource
-    return KerasSource
+    return {"safetensors": SafetensorsSource, "npz": NpzSource, "npy": NpySource,
+            "onnx": OnnxSource, "pytorch": PyTorchSource}.get(fmt, KerasSource)
 
 
 def open_model(path: str | os.PathLike[str], format: str | None = None) -> TensorSource:
@@ -241,30 +231,24 @@ def save_model(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
         src = like if like is not None else (tensors if isinstance(tensors, TensorSource) else None)
         fmt = _output_format(path, format, src)
         if fmt == "safetensors":
-            from .safetensors import write_safetensors
             # header metadata is copied only from an original safetensors file named by like=
             # (a container's own metadata would make the dense output look like a container)
             keep = like is not None and like.format == "safetensors"
             meta = metadata if metadata is not None else (dict(like.metadata) if keep else None)
             write_safetensors(path, tensors, metadata=meta or None, dtypes=_half_dtypes(tensors, src))
         elif fmt == "npz":
-            from .npz import write_npz
             write_npz(path, tensors)
         elif fmt == "npy":
-            from .npz import write_npy
             if len(tensors) != 1:
                 raise ValueError(f"{path}: a .npy file holds one array, got {len(tensors)} tensors")
             write_npy(path, tensors[next(iter(tensors))])
         elif fmt == "pytorch":
-            from .pytorch import write_pytorch
             write_pytorch(path, tensors, like=src)
         elif fmt == "onnx":
             if src is None or src.format != "onnx":
                 raise ValueError(f"{path}: writing ONNX needs like= the original ONNX model")
-            from .onnx_graph import write_onnx
             write_onnx(path, tensors, like=src)
         else:
-            from .keras import write_keras
             write_keras(path, tensors, like=src if src is not None and src.format == "keras" else None)
     finally:
         if own and like is not None:

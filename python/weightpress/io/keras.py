@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
+
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write
 from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits, stored_name
 from ._zip import ZIP_ERRORS, RangeFile, check_inflate, member_data_offset, open_zip
@@ -31,14 +33,7 @@ WEIGHTS_MEMBER = "model.weights.h5"
 
 def import_h5py() -> Any:
     """The ``h5py`` module, or ImportError saying how to install it."""
-    try:
-        import h5py
-    except ImportError:
-        raise ImportError(
-            "reading or writing Keras .keras/.h5 files needs the 'h5py' package: "
-            "pip install 'weightpress[keras]'"
-        ) from None
-    return h5py
+    return require("h5py", "reading or writing Keras .keras/.h5 files")
 
 
 def _is_bf16(ds: Any) -> bool:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
+
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write, unique_name
 from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits, stored_name
 from .onnx_wire import WireTensor, scan_onnx
@@ -41,19 +43,12 @@ _MAX_PROTO = 2**31 - 1
 
 def import_onnx() -> Any:
     """The ``onnx`` module, or ImportError saying how to install it."""
-    try:
-        import onnx
-    except ImportError:
-        raise ImportError(
-            "reading or writing ONNX models needs the 'onnx' package: "
-            "pip install 'weightpress[onnx]'"
-        ) from None
-    return onnx
+    return require("onnx", "reading or writing ONNX models")
 
 
 def _load_proto(path: str, external: bool) -> Any:
     onnx = import_onnx()
-    from google.protobuf.message import DecodeError
+    DecodeError = require("google.protobuf.message").DecodeError
 
     try:
         model = onnx.load_model(path, load_external_data=external)
@@ -192,7 +187,7 @@ class OnnxSource(TensorSource):
                    else np.empty(t.dims, dt))
             return bf16_bits_to_float32(arr) if stored == "bfloat16" else arr
         onnx = import_onnx()
-        from google.protobuf.message import DecodeError
+        DecodeError = require("google.protobuf.message").DecodeError
 
         with open(self.path, "rb") as f:
             f.seek(t.start)

@@ -25,10 +25,13 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from .sparse import csr_matmul
+from ..io.safetensors import bf16_to_f32, f32_to_bf16
+from ..linalg.sparse import csr_matmul
+from .sparse_coding import dct_dictionary
+from .storage import array_nbytes, check_storage, dense_nbytes, index_dtype, pointer_dtype
 
 __all__ = ["CompressedMatrix", "Dense", "Sparse", "LowRank", "SparsePlusLowRank", "SparseCoded", "LAYOUTS",
-           "FORMS", "error_stats", "store_as"]
+           "FORMS", "error_stats", "fro2", "store_as", "from_parts"]
 
 LAYOUTS = ("out_in", "in_out")
 
@@ -45,7 +48,8 @@ def _compute_dtype(dt: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if dt == np.float64 or dt.kind != "f" else np.dtype(np.float32)
 
 
-def _fro2(a: np.ndarray) -> float:
+def fro2(a: np.ndarray) -> float:
+    """``‖a‖_F²`` accumulated in float64."""
     return error_stats(a, a)[0]
 
 
@@ -124,9 +128,7 @@ class CompressedMatrix:
     def nbytes(self) -> int:
         """Bytes of every stored array (values, indices, index pointers, factors), as stored
         (2 per value under bfloat16 storage)."""
-        half = self.storage == "BF16"
-        return int(sum(p.size * 2 if half and p.dtype.kind == "f" else p.nbytes
-                       for p in self.parts().values()))
+        return array_nbytes(self.parts().values(), self.storage)
 
     @property
     def n_params(self) -> int:
@@ -136,7 +138,7 @@ class CompressedMatrix:
     @property
     def dense_nbytes(self) -> int:
         """Bytes of the dense tensor in ``dtype``."""
-        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+        return dense_nbytes(self.shape, self.dtype.itemsize)
 
     @property
     def in_features(self) -> int:
@@ -264,9 +266,7 @@ class Sparse(CompressedMatrix):
         dt = np.dtype(dtype if dtype is not None else A.dtype)
         _setup(self, A.shape, dt, layout)
         m, n = self.shape
-        idx = (np.uint8 if n <= 1 << 8 else np.uint16 if n <= 1 << 16
-               else np.int32 if n < 2**31 else np.int64)
-        ptr = np.int32 if A.nnz < 2**31 else np.int64
+        idx, ptr = index_dtype(n), pointer_dtype(A.nnz)
         self.data = np.ascontiguousarray(A.data, dtype=dt)
         self.indices = np.ascontiguousarray(A.indices, dtype=idx)
         self.indptr = np.ascontiguousarray(A.indptr, dtype=ptr)
@@ -446,7 +446,6 @@ class SparseCoded(CompressedMatrix):
     def _D(self, dt: Any) -> np.ndarray:
         if self.dictionary is not None:
             return self.dictionary.astype(dt, copy=False)
-        from .sparse_coding import dct_dictionary
         return dct_dictionary(int(self._dct[0]), int(self._dct[1]), dt)  # type: ignore[index]
 
     @property
@@ -483,17 +482,14 @@ def store_as(m: CompressedMatrix, storage: str | None, *, exact: bool = False) -
     arrays to bfloat16 in place (``exact``: they already are) so the matrix computes what the
     file holds. Returns ``m``.
     """
-    if storage is None:
+    if check_storage(storage) is None:
         return m
-    if storage != "BF16":
-        raise ValueError(f"storage: expected None or 'BF16', got {storage!r}")
     if m.dtype != np.float32:
         raise TypeError(f"storage='BF16' needs float32 values, got {m.dtype}")
     if isinstance(m, SparsePlusLowRank):
         store_as(m.sparse, storage, exact=exact)
         store_as(m.lowrank, storage, exact=exact)
     elif not exact:
-        from .io.safetensors import bf16_to_f32, f32_to_bf16
         for p in m.parts().values():
             if p.dtype == np.float32:
                 if not p.flags.writeable:
@@ -502,4 +498,56 @@ def store_as(m: CompressedMatrix, storage: str | None, *, exact: bool = False) -
         if isinstance(m, Sparse):
             m._csr = None
     m.storage = storage
+    return m
+
+def from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
+               layout: str = "out_in") -> CompressedMatrix:
+    """Rebuild a compressed matrix from its stored arrays (as :meth:`~CompressedMatrix.parts`).
+
+    Raises
+    ------
+    ValueError
+        Unknown form, missing parts, or parts inconsistent with ``shape``.
+    """
+    shape = (int(shape[0]), int(shape[1]))
+    need = {"dense": {"values"}, "sparse": {"data", "indices", "indptr"},
+            "lowrank": {"left", "right"},
+            "sparse+lowrank": {"sparse.data", "sparse.indices", "sparse.indptr",
+                               "lowrank.left", "lowrank.right"},
+            "sparse-coded": {"codes.data", "codes.indices", "codes.indptr"}}
+    if form not in need:
+        raise ValueError(f"form: expected one of {sorted(need)}, got {form!r}")
+    missing = need[form] - parts.keys()
+    if missing:
+        raise ValueError(f"{form}: missing stored arrays {sorted(missing)}")
+    if form == "dense":
+        m = Dense(parts["values"], layout)
+    elif form == "sparse":
+        m = Sparse.from_parts(parts["data"], parts["indices"], parts["indptr"], shape, layout)
+    elif form == "lowrank":
+        m = LowRank(parts["left"], parts["right"], layout)
+    elif form == "sparse-coded":
+        codes = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("codes.")}
+        if ("dictionary" in parts) == ("dct_shape" in parts):
+            raise ValueError("sparse-coded: expected exactly one of 'dictionary' and 'dct_shape'")
+        if "dictionary" in parts:
+            D = parts["dictionary"]
+            if D.ndim != 2 or D.shape[0] != shape[1]:
+                raise ValueError(f"sparse-coded: dictionary has shape {D.shape}, expected ({shape[1]}, k)")
+            k = D.shape[1]
+        else:
+            ds = parts["dct_shape"]
+            if ds.shape != (2,) or int(ds[0]) != shape[1] or int(ds[1]) < 1:
+                raise ValueError("sparse-coded: malformed dct_shape")
+            k = int(ds[1])
+        C = Sparse.from_parts(codes["data"], codes["indices"], codes["indptr"], (shape[0], k), layout)
+        m = (SparseCoded(C, parts["dictionary"]) if "dictionary" in parts
+             else SparseCoded(C, dct_atoms=shape[1]))
+    else:
+        sub = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("sparse.")}
+        low = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("lowrank.")}
+        m = SparsePlusLowRank(from_parts("sparse", sub, shape, layout),  # type: ignore[arg-type]
+                              from_parts("lowrank", low, shape, layout))  # type: ignore[arg-type]
+    if m.shape != shape:
+        raise ValueError(f"{form}: stored arrays give shape {m.shape}, expected {shape}")
     return m

@@ -21,9 +21,9 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from ._validation import as_matrix, positive_int, real_scalar
+from .._validation import as_matrix, positive_int, real_scalar
 from .calibration import CalibrationStats
-from .sparse import _parse_pattern, prune
+from ..linalg.sparse import _parse_pattern, prune
 
 __all__ = ["prune_obs", "lowrank_whitened", "sparse_plus_lowrank", "rank_for_params"]
 

@@ -6,24 +6,23 @@ import os
 import re
 from typing import Any
 
+from .._optional import require
+
 __all__ = ["plot_curves", "require_matplotlib"]
 
 
-def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ValueError("plotting needs matplotlib: pip install 'weightpress[plot]'") from None
+def require_matplotlib() -> Any:
+    """matplotlib with the Agg backend, or ImportError with the install hint."""
+    matplotlib = require("matplotlib", "plotting")
+    matplotlib.use("Agg")
+    return matplotlib
 
 
 def plot_curves(curves: dict[str, Any], directory: str) -> list[str]:
     """One PNG per layer (bytes vs error of every measured candidate, by form, the chosen one
     circled) and ``allocation.png`` (bytes given to each layer). Returns the paths written."""
     require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "plotting")
 
     os.makedirs(directory, exist_ok=True)
     paths = []

@@ -10,134 +10,30 @@ table.
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import methods as M
-from ._validation import real_scalar
-from ._report import Report, Row
-from .compressed import CompressedMatrix, Dense
-from .container import FORMAT, Container, ContainerWriter
-from .io._base import TensorInfo, TensorSource
+from .._validation import real_scalar
+from ..compression import methods as M
+from .allocate import Candidate, allocate
+from ..compression.aware import compress_aware, layer_error
+from ..compression.calibration import CalibrationSet, check_calibration
+from ..compression.matrices import CompressedMatrix, Dense
+from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank_nbytes, rank_for_bytes,
+                                   sparse_nbytes, stored_itemsize, value_itemsize)
+from ..io import open_model
+from ..io._base import TensorSource
+from .container import FORMAT, Container, ContainerWriter, header_estimate
+from .report import Report, Row
+from .rules import DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, parse_rule, plan
 
 __all__ = ["Rule", "parse_rule", "DEFAULT_RULES", "Decision", "plan", "compress_model",
-           "compress_tensor", "Report", "open_source", "default_layout", "global_threshold"]
-
-ACTIONS = ("skip",) + M.METHODS
-DEFAULT_MIN_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class Rule:
-    """``pattern`` (a glob on tensor names) -> ``action`` (``skip`` or a method) with options.
-
-    Options override the global target for matching tensors: ``ratio``, ``error``, ``rank``,
-    ``sparsity``, ``pattern`` (N:M).
-    """
-
-    pattern: str
-    action: str
-    options: tuple[tuple[str, Any], ...] = ()
-    reason: str = "user rule"
-
-    def matches(self, name: str) -> bool:
-        return fnmatch.fnmatchcase(name, self.pattern)
-
-
-_OPT_TYPES = {"ratio": float, "error": float, "rank": int, "sparsity": float, "pattern": str}
-
-
-def parse_rule(text: str) -> Rule:
-    """Parse ``GLOB=ACTION[:key=value,...]``, e.g. ``"*.attn.*=lowrank:rank=32"``, ``"lm_head*=skip"``.
-
-    Raises
-    ------
-    ValueError
-        Malformed text, unknown action or option, or a bad option value.
-    """
-    if not isinstance(text, str) or "=" not in text:
-        raise ValueError(f"rule: expected 'GLOB=ACTION[:key=value,...]', got {text!r}")
-    pat, _, rest = text.partition("=")
-    action, _, opts = rest.partition(":")
-    action = action.strip()
-    if not pat.strip() or action not in ACTIONS:
-        raise ValueError(f"rule {text!r}: action must be one of {', '.join(ACTIONS)}, got {action!r}")
-    options = []
-    for item in filter(None, (o.strip() for o in opts.split(","))):
-        k, eq, v = item.partition("=")
-        if not eq or k not in _OPT_TYPES:
-            raise ValueError(f"rule {text!r}: option must be one of {', '.join(_OPT_TYPES)} "
-                             f"as key=value, got {item!r}")
-        try:
-            options.append((k, _OPT_TYPES[k](v)))
-        except ValueError:
-            raise ValueError(f"rule {text!r}: option {k} needs a "
-                             f"{_OPT_TYPES[k].__name__}, got {v!r}") from None
-    return Rule(pat.strip(), action, tuple(options), reason=f"rule {text}")
-
-
-# Tensors left as they are unless a user rule says otherwise (checked after user rules).
-DEFAULT_RULES: tuple[tuple[str, str], ...] = (
-    (r"(^|[._/])(bias|b)$|bias", "bias"),
-    (r"embed|wte|wpe|tok_emb|word_emb|position_emb|shared\.weight", "embedding"),
-    (r"norm|(^|[._/])ln(_?\w*)?([._/]|$)|layer_?norm|rms", "normalization"),
-)
-
-
-@dataclass
-class Decision:
-    """What happens to one tensor."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-    action: str                     # "skip" or a method name
-    reason: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def plan(infos: Mapping[str, Any], method: str = "auto", rules: Iterable[Rule] = (),
-         min_size: int = DEFAULT_MIN_SIZE) -> list[Decision]:
-    """Decide per tensor: compress (with which method and options) or keep, with the reason.
-
-    User ``rules`` are tried first (first match wins); then the defaults: tensors that are
-    not 2-D, not floating point, smaller than ``min_size`` elements, or named like a bias,
-    an embedding or a normalization are kept.
-    """
-    if method not in M.METHODS:
-        raise ValueError(f"method: expected one of {', '.join(M.METHODS)}, got {method!r}")
-    rules = list(rules)
-    out = []
-    for name, inf in infos.items():
-        shape, dt = tuple(inf[0]), np.dtype(inf[1])
-        d = Decision(name, shape, dt, method)
-        user = next((r for r in rules if r.matches(name)), None)
-        if user is not None:
-            d.action, d.reason, d.options = user.action, user.reason, dict(user.options)
-            if d.action != "skip" and (len(shape) != 2 or dt.kind != "f"):
-                d.action, d.reason = "skip", f"{user.reason}, but not a 2-D float matrix"
-        elif len(shape) != 2:
-            d.action, d.reason = "skip", f"{len(shape)}-D tensor, not a matrix"
-        elif dt.kind != "f":
-            d.action, d.reason = "skip", f"{dt} tensor, not floating point"
-        else:
-            for rx, why in DEFAULT_RULES:
-                if re.search(rx, name, flags=re.IGNORECASE):
-                    d.action, d.reason = "skip", why
-                    break
-            else:
-                size = int(np.prod(shape))
-                if size < min_size:
-                    d.action, d.reason = "skip", f"small ({size} < {min_size} elements)"
-        out.append(d)
-    return out
-
+           "compress_tensor", "Report", "open_source", "default_layout", "global_threshold",
+           "Target", "Layer", "budget_layers", "execute", "source_nbytes"]
 
 def default_layout(source: Any) -> str:
     """PyTorch-style ``[out, in]`` for safetensors/PyTorch/npz, ``[in, out]`` for Keras/ONNX."""
@@ -211,25 +107,17 @@ def open_source(path: str | os.PathLike[str]) -> TensorSource:
     """Open a model file lazily: ``weightpress.io.open_model`` when available, else a small
     built-in reader for ``.safetensors`` and ``.npz``. A container opens as its decoded dense
     tensors (:class:`~weightpress.container.Container`)."""
-    try:
-        from .io import open_model  # type: ignore[attr-defined]
-    except ImportError:
-        open_model = None
-    if open_model is not None:
-        src = open_model(path)
-    else:
-        from ._open import open_builtin
-        src = open_builtin(path)
+    src = open_model(path)
     if src.metadata.get("format") == FORMAT:  # a container: its decoded dense tensors
         src.close()
         return Container(path)
     return src
 
 
-def _stored_itemsize(source: Any, name: str, dt: np.dtype) -> int:
-    st = getattr(source, "stored_dtypes", {}).get(name, "")
-    return {"BF16": 2, "bfloat16": 2, "F16": 2, "float16": 2, "F8_E4M3": 1,
-            "F8_E5M2": 1}.get(st, dt.itemsize)
+def source_nbytes(source: Any, name: str, shape: tuple[int, ...], dt: np.dtype) -> int:
+    """Bytes the source file spends on tensor ``name`` (in its stored dtype)."""
+    stored = getattr(source, "stored_dtypes", {}).get(name)
+    return dense_nbytes(shape, stored_itemsize(stored, dt))
 
 
 _BF16 = ("BF16", "bfloat16")
@@ -237,10 +125,10 @@ _BF16 = ("BF16", "bfloat16")
 
 def _value_itemsize(source: Any, d: Decision, vdt: np.dtype | None, bf16: bool) -> int:
     if bf16:
-        return 2
+        return value_itemsize(np.float32, "BF16")
     if vdt is not None:
         return vdt.itemsize
-    return _stored_itemsize(source, d.name, d.dtype)
+    return stored_itemsize(getattr(source, "stored_dtypes", {}).get(d.name), d.dtype)
 
 
 def _narrow(W: np.ndarray, dt: np.dtype, name: str) -> np.ndarray:
@@ -307,125 +195,199 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         Bad arguments, or a ratio the kept tensors make impossible (the message says the most
         that can be reached).
     """
-    options = dict(options or {})
-    want_bf16 = isinstance(value_dtype, str) and value_dtype.lower() in ("bfloat16", "bf16")
-    vdt = np.dtype(np.float32) if want_bf16 else (None if value_dtype is None else np.dtype(value_dtype))
-    if vdt is not None and vdt.kind != "f":
-        raise ValueError(f"value_dtype: expected a floating dtype (float16, bfloat16, float32), "
-                         f"got {vdt}")
-    sized = {"rank", "sparsity", "pattern"} & options.keys()
-    if (ratio is not None and error is not None) or (ratio is None and error is None and not sized):
-        raise ValueError("give exactly one of ratio (e.g. 4) and error (e.g. 0.05), "
-                         "or a size option (rank, sparsity or N:M pattern)")
-    if ratio is not None:
-        ratio = real_scalar(ratio, "ratio", low=1.0)
-    if error is not None:
-        error = real_scalar(error, "error", low=0.0)
-    if scope not in ("layer", "global", "allocate"):
-        raise ValueError(f"scope: expected 'layer', 'global' or 'allocate', got {scope!r}")
-    if scope == "global" and method != "prune":
-        raise ValueError(f"scope='global' works with method 'prune', got {method!r}")
-    if scope == "allocate" and ratio is None:
-        raise ValueError("scope='allocate' splits a byte budget: give ratio")
-    if prefer not in ("size", "speed"):
-        raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
-    from .calibration import CalibrationSet, check_calibration
+    target = Target.of(ratio=ratio, error=error, method=method, scope=scope, options=options,
+                       value_dtype=value_dtype, prefer=prefer)
     cal = None
     if calibration is not None:
         cal = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet(calibration)
-    infos: dict[str, TensorInfo] = dict(source.info())
-    decisions = plan(infos, method, rules, min_size)
+    decisions = plan(dict(source.info()), method, rules, min_size)
     layout = layout or default_layout(source)
-    orig = {d.name: int(np.prod(d.shape, dtype=np.int64)) * _stored_itemsize(source, d.name, d.dtype)
-            for d in decisions}
-    total = sum(orig.values())
-    kept = sum(orig[d.name] for d in decisions if d.action == "skip")
-    work = [d for d in decisions if d.action != "skip"]
-    layer_ratio = None
-    src_path = getattr(source, "path", "")
-    src_bytes = os.path.getsize(src_path) if os.path.isfile(src_path) else total
-    if ratio is not None:
-        # the container's JSON header costs about this much per tensor and part
-        n_parts = {"skip": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5, "code": 4, "auto": 3}
-        header = 600 + sum(360 + n_parts[d.action] * (150 + len(d.name.encode()))
-                           for d in decisions)
-        budget = src_bytes / ratio - kept - header
-        squeezable = sum(orig[d.name] for d in work)
-        if work and budget <= 0:
-            raise ValueError(f"ratio {ratio:g} is impossible: the kept tensors and the header "
-                             f"alone take {kept + header} of {src_bytes} bytes, so the best "
-                             f"reachable ratio is below {src_bytes / (kept + header):.3g} "
-                             f"(keep fewer tensors with --rules, or lower the ratio)")
-        layer_ratio = squeezable / budget if work else 1.0
-    thr = None
-    glob = [d for d in work if d.action == "prune" and not d.options] if scope == "global" else []
-    if glob:
-        names = [d.name for d in glob]
+    layers, src_bytes = budget_layers(source, decisions, target, layout, cal, curves_out, progress)
+    return execute(source, out, layers, target, layout, cal, src_bytes, progress)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The user's target for a whole model, checked once: ``ratio`` (file bytes) or ``error``
+    (per layer), or only size options; how values are stored; how the budget is spread."""
+
+    ratio: float | None
+    error: float | None
+    scope: str
+    prefer: str
+    options: dict[str, Any]
+    value_dtype: np.dtype | None  # float values narrowed to this dtype (None: their own)
+    bf16: bool                    # float32 values stored as bfloat16
+
+    @classmethod
+    def of(cls, *, ratio: Any, error: Any, method: str, scope: str, options: Any,
+           value_dtype: Any, prefer: str) -> "Target":
+        opts = dict(options or {})
+        bf16 = isinstance(value_dtype, str) and value_dtype.lower() in ("bfloat16", "bf16")
+        vdt = np.dtype(np.float32) if bf16 else (None if value_dtype is None else np.dtype(value_dtype))
+        if vdt is not None and vdt.kind != "f":
+            raise ValueError(f"value_dtype: expected a floating dtype (float16, bfloat16, float32), "
+                             f"got {vdt}")
+        sized = {"rank", "sparsity", "pattern"} & opts.keys()
+        if (ratio is not None and error is not None) or (ratio is None and error is None and not sized):
+            raise ValueError("give exactly one of ratio (e.g. 4) and error (e.g. 0.05), "
+                             "or a size option (rank, sparsity or N:M pattern)")
         if ratio is not None:
-            ptr_bytes = sum(M.sparse_nbytes(d.shape, 0, 4) for d in glob)
-            entry = max(_value_itemsize(source, d, vdt, want_bf16) + M._index_itemsize(d.shape[1])
-                        for d in glob)
-            keep = int((sum(orig[n] for n in names) / layer_ratio - ptr_bytes) // entry)
-            thr = global_threshold(source, names, keep=keep)
-        else:
-            thr = global_threshold(source, names, error=error)
-    chosen = None
-    if scope == "allocate" and work:
-        chosen = _allocate(source, work, orig, budget, layout, cal, options, vdt, want_bf16,
-                           curves_out, progress)
+            ratio = real_scalar(ratio, "ratio", low=1.0)
+        if error is not None:
+            error = real_scalar(error, "error", low=0.0)
+        if scope not in ("layer", "global", "allocate"):
+            raise ValueError(f"scope: expected 'layer', 'global' or 'allocate', got {scope!r}")
+        if scope == "global" and method != "prune":
+            raise ValueError(f"scope='global' works with method 'prune', got {method!r}")
+        if scope == "allocate" and ratio is None:
+            raise ValueError("scope='allocate' splits a byte budget: give ratio")
+        if prefer not in ("size", "speed"):
+            raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
+        return cls(ratio, error, scope, prefer, opts, vdt, bf16)
+
+
+@dataclass
+class Layer:
+    """One tensor's part of the job: its decision, its bytes in the source, and the budget
+    it gets (a byte or error :class:`~weightpress.compression.storage.Budget`, a global pruning
+    threshold, or an allocated form at a byte budget; none for kept tensors and size options)."""
+
+    decision: Decision
+    orig_bytes: int
+    budget: Budget | None = None
+    threshold: float | None = None
+    form: str | None = None  # allocated form, built at budget.nbytes
+
+
+def budget_layers(source: TensorSource, decisions: list[Decision], target: Target, layout: str,
+                  cal: CalibrationSet | None, curves_out: dict[str, Any] | None = None,
+                  progress: Callable[[int, int, str], None] | None = None
+                  ) -> tuple[list[Layer], int]:
+    """Give every tensor its budget: the whole-file ratio becomes per-layer byte budgets (the
+    kept tensors and the container header paid first), a global threshold, or an allocation
+    across layers. Returns the layers and the source file's size in bytes.
+
+    Raises
+    ------
+    ValueError
+        A ratio the kept tensors and the header make impossible (the message gives the best
+        reachable ratio).
+    """
+    layers = [Layer(d, source_nbytes(source, d.name, d.shape, d.dtype)) for d in decisions]
+    orig = {ly.decision.name: ly.orig_bytes for ly in layers}
+    work = [ly for ly in layers if ly.decision.action != "skip"]
+    src_path = getattr(source, "path", "")
+    src_bytes = os.path.getsize(src_path) if os.path.isfile(src_path) else sum(orig.values())
+    if target.error is not None:
+        for ly in work:
+            ly.budget = Budget(error=target.error)
+    if target.ratio is None or not work:
+        _global(source, work, target, None)
+        return layers, src_bytes
+    kept = sum(ly.orig_bytes for ly in layers if ly.decision.action == "skip")
+    header = header_estimate({d.name: d.action for d in decisions})
+    avail = src_bytes / target.ratio - kept - header
+    if avail <= 0:
+        raise ValueError(f"ratio {target.ratio:g} is impossible: the kept tensors and the header "
+                         f"alone take {kept + header} of {src_bytes} bytes, so the best "
+                         f"reachable ratio is below {src_bytes / (kept + header):.3g} "
+                         f"(keep fewer tensors with --rules, or lower the ratio)")
+    layer_ratio = sum(ly.orig_bytes for ly in work) / avail
+    for ly in work:
+        ly.budget = Budget(nbytes=ly.orig_bytes / layer_ratio)
+    if target.scope == "allocate":
+        chosen = _allocate(source, [ly.decision for ly in work], orig, avail, layout, cal,
+                           target.options, target.value_dtype, target.bf16, curves_out, progress)
+        for ly in work:
+            if ly.decision.name in chosen:
+                ly.form, nb = chosen[ly.decision.name]
+                ly.budget = Budget(nbytes=nb)
+        return layers, src_bytes
+    _global(source, work, target, layer_ratio)
+    return layers, src_bytes
+
+
+def _global(source: TensorSource, work: list[Layer], target: Target,
+            layer_ratio: float | None) -> None:
+    """``scope="global"``: one magnitude threshold for every pruned layer without options."""
+    glob = [ly for ly in work if ly.decision.action == "prune" and not ly.decision.options]
+    if target.scope != "global" or not glob:
+        return
+    names = [ly.decision.name for ly in glob]
+    if layer_ratio is not None:
+        ptr_bytes = sum(sparse_nbytes(ly.decision.shape, 0, 4) for ly in glob)
+        entry = max(_value_itemsize(source, ly.decision, target.value_dtype, target.bf16)
+                    + index_itemsize(ly.decision.shape[1]) for ly in glob)
+        keep = int((sum(ly.orig_bytes for ly in glob) / layer_ratio - ptr_bytes) // entry)
+        thr = global_threshold(source, names, keep=keep)
+    else:
+        thr = global_threshold(source, names, error=target.error)
+    for ly in glob:
+        ly.threshold = thr
+
+
+def execute(source: TensorSource, out: str | os.PathLike[str], layers: list[Layer],
+            target: Target, layout: str, cal: CalibrationSet | None, src_bytes: int,
+            progress: Callable[[int, int, str], None] | None = None) -> Report:
+    """Build every layer to its budget, one source tensor in memory at a time, into the
+    container ``out`` (written atomically); returns the per-layer report."""
     rows = []
-    facts = {"name": os.path.basename(src_path), "format": getattr(source, "format", ""),
-             "bytes": src_bytes}
+    facts = {"name": os.path.basename(getattr(source, "path", "")),
+             "format": getattr(source, "format", ""), "bytes": src_bytes}
     with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
-        for i, d in enumerate(decisions):
+        for i, ly in enumerate(layers):
+            d = ly.decision
             if progress is not None:
-                progress(i, len(decisions), d.name)
-            W = source[d.name]
+                progress(i, len(layers), d.name)
             stored = getattr(source, "stored_dtypes", {}).get(d.name) or None
             if d.action == "skip":
-                e = w.add(d.name, np.asarray(W), layout=layout, stored_dtype=stored,
-                          orig_bytes=orig[d.name], method="keep", reason=d.reason)
+                e = w.add(d.name, np.asarray(source[d.name]), layout=layout, stored_dtype=stored,
+                          orig_bytes=ly.orig_bytes, method="keep", reason=d.reason)
             else:
-                Wa = np.asarray(W)
-                Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
-                bf16 = want_bf16 or (vdt is None and (stored or "") in _BF16 and Wa.dtype == np.float32)
-                storage = "BF16" if bf16 else None
+                Wa = np.asarray(source[d.name])
                 stats = None
                 if cal is not None and d.name in cal:
                     stats = cal[d.name]
                     check_calibration(stats, d.name, d.shape, layout)
-                if thr is not None and d in glob:
-                    m: CompressedMatrix = M.magnitude_prune(Wv, threshold=thr, layout=layout,
-                                                            storage=storage)
-                elif chosen is not None and d.name in chosen:
-                    form, nbc = chosen[d.name]
-                    m = _build(Wv, stats, form, nbc, layout, storage, {**options, **d.options})
-                else:
-                    nb = None if layer_ratio is None else orig[d.name] / layer_ratio
-                    if stats is not None:
-                        m = _aware(Wv, stats, d.action, error, nb, {**options, **d.options},
-                                   layout, storage, orig[d.name], prefer)
-                    else:
-                        m = compress_tensor(Wv, d.action, error=error, nbytes=nb,
-                                            options={**options, **d.options}, layout=layout,
-                                            orig_nbytes=orig[d.name], storage=storage)
-                reason = d.reason
-                if m.nbytes >= orig[d.name]:  # never bigger than what it replaces
-                    reason = f"{d.action} would take {m.nbytes} bytes, dense is smaller"
-                    m = Dense(Wa, layout)
-                e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=orig[d.name],
+                m, reason = _build_layer(Wa, ly, stats, target, layout, stored)
+                e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
                           method=d.action, reason=reason)
                 if stats is not None:
-                    from .aware import layer_error
                     Wo = Wa if layout == "out_in" else Wa.T
                     e["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
-                del Wa, Wv, m
-            del W
+                del Wa, m
             rows.append(Row(d.name, d.shape, e["form"], e["params"], e["bytes"],
                             e["orig_bytes"], e["error"], e["reason"], e.get("output_error")))
         if progress is not None:
-            progress(len(decisions), len(decisions), "writing")
+            progress(len(layers), len(layers), "writing")
     return Report(rows, w.file_bytes, src_bytes)
+
+
+def _build_layer(Wa: np.ndarray, ly: Layer, stats: Any, target: Target, layout: str,
+                 stored: str | None) -> tuple[CompressedMatrix, str]:
+    """One layer's compressed matrix at its budget, never bigger than what it replaces."""
+    d = ly.decision
+    Wv = Wa if target.value_dtype is None else _narrow(Wa, target.value_dtype, d.name)
+    bf16 = target.bf16 or (target.value_dtype is None and (stored or "") in _BF16
+                           and Wa.dtype == np.float32)
+    storage = "BF16" if bf16 else None
+    options = {**target.options, **d.options}
+    error, nb = ly.budget.pair() if ly.budget is not None else (None, None)
+    if ly.threshold is not None:
+        m: CompressedMatrix = M.magnitude_prune(Wv, threshold=ly.threshold, layout=layout,
+                                                storage=storage)
+    elif ly.form is not None:
+        m = _build(Wv, stats, ly.form, nb or 0.0, layout, storage, options)
+    elif stats is not None:
+        m = _aware(Wv, stats, d.action, error, nb, options, layout, storage, ly.orig_bytes,
+                   target.prefer)
+    else:
+        m = compress_tensor(Wv, d.action, error=error, nbytes=nb, options=options, layout=layout,
+                            orig_nbytes=ly.orig_bytes, storage=storage)
+    if m.nbytes >= ly.orig_bytes:
+        return Dense(Wa, layout), f"{d.action} would take {m.nbytes} bytes, dense is smaller"
+    return m, d.reason
 
 
 # -- data-aware and allocated compression ------------------------------------------------------
@@ -445,7 +407,6 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
     if form == "dense":
         return Dense(W, layout)
     if stats is not None:
-        from .aware import compress_aware
         return compress_aware(W, stats, form, nbytes=nbytes, options=options, layout=layout,
                               storage=storage)
     return compress_tensor(W, form, nbytes=nbytes, layout=layout, storage=storage,
@@ -456,19 +417,18 @@ def _aware(W: np.ndarray, stats: Any, method: str, error: float | None, nb: floa
            options: Mapping[str, Any], layout: str, storage: str | None, orig_nbytes: int,
            prefer: str) -> CompressedMatrix:
     """Data-aware compression with a rule's options mapped onto a budget."""
-    from .aware import compress_aware
     o = dict(options)
-    isz = 2 if storage == "BF16" else W.dtype.itemsize
+    isz = value_itemsize(W.dtype, storage)
     shape = (int(W.shape[0]), int(W.shape[1]))
     if "error" in o:
         error, nb = real_scalar(o["error"], "error", low=0.0), None
     elif "ratio" in o:
         error, nb = None, orig_nbytes / real_scalar(o["ratio"], "ratio", low=1.0)
     elif "rank" in o:
-        error, nb = None, M.lowrank_nbytes(shape, int(o["rank"]), isz)
+        error, nb = None, lowrank_nbytes(shape, int(o["rank"]), isz)
     elif "sparsity" in o:
         keep = W.size - int(round(real_scalar(o["sparsity"], "sparsity", low=0.0, high=1.0) * W.size))
-        error, nb = None, M.sparse_nbytes(shape, keep, isz)
+        error, nb = None, sparse_nbytes(shape, keep, isz)
     elif "pattern" in o:
         method, error, nb = "nm", None, float(W.nbytes)
     return compress_aware(W, stats, method, error=error, nbytes=nb, options=o, layout=layout,
@@ -481,8 +441,6 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
               progress: Callable[[int, int, str], None] | None) -> dict[str, tuple[str, float]]:
     """Measure every layer's error-vs-size curve, then split ``budget`` bytes across layers
     (:func:`weightpress.allocate.allocate`). Returns name -> (form, nbytes) to build."""
-    from .allocate import Candidate, allocate
-    from .aware import layer_error
     curves: dict[str, list[Candidate]] = {}
     for i, d in enumerate(work):
         if progress is not None:
@@ -493,14 +451,13 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
         stats = cal[d.name] if cal is not None and d.name in cal else None
         Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
         cands = [Candidate(orig[d.name], 0.0, "dense")]
-        isz = 2 if storage == "BF16" else Wv.dtype.itemsize
+        isz = value_itemsize(Wv.dtype, storage)
         for form in _forms_for(d.action):
             budgets = [orig[d.name] * lv for lv in CURVE_LEVELS]
             if form == "lowrank":  # every rank up to 48 of them: factors are cheap to resize
-                per = (d.shape[0] + d.shape[1]) * isz
-                rmax = min(min(d.shape), int(orig[d.name] // per))
+                rmax = min(min(d.shape), rank_for_bytes(d.shape, orig[d.name], isz))
                 ranks = np.unique(np.geomspace(1, max(rmax, 1), num=48).astype(int))
-                budgets = [float(r * per) for r in ranks]
+                budgets = [float(lowrank_nbytes(d.shape, int(r), isz)) for r in ranks]
             for nb in budgets:
                 m = _build(Wv, stats, form, nb, layout, storage, {**options, **d.options})
                 if m.form == "dense" or m.nbytes >= orig[d.name]:

@@ -7,7 +7,6 @@ layer's :meth:`~weightpress.compressed.CompressedMatrix.apply`, straight from th
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
@@ -16,11 +15,12 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from ._report import human
-from .compress import compress_model, parse_rule
-from .container import Container
-from .io.safetensors import SafetensorsSource
+from ..io.safetensors import SafetensorsSource
+from ..model.compress import compress_model, parse_rule
+from ..model.container import Container
+from ..model.report import human
 
 __all__ = ["model_path", "test_data", "accuracy", "run", "SETTINGS"]
 
@@ -51,12 +51,12 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
 
 def model_path() -> str:
     """Path of the bundled model file."""
-    return str(resources.files("weightpress") / "data" / "digits_mlp.safetensors")
+    return str(resources.files("weightpress.cli") / "data" / "digits_mlp.safetensors")
 
 
 def test_data() -> tuple[np.ndarray, np.ndarray]:
     """The held-out test split: ``x`` float32 in [0, 1] (pixels / 16), ``y`` int labels."""
-    with np.load(str(resources.files("weightpress") / "data" / "digits_test.npz")) as z:
+    with np.load(str(resources.files("weightpress.cli") / "data" / "digits_test.npz")) as z:
         return z["x"].astype(np.float32) / 16.0, z["y"].astype(np.int64)
 
 
@@ -65,7 +65,7 @@ def calibration() -> dict[str, np.ndarray]:
     computed with the original model: what a user would capture with a forward hook."""
     src = SafetensorsSource(model_path())
     W = {n: np.asarray(src[n]) for n in src}
-    with np.load(str(resources.files("weightpress") / "data" / "digits_calib.npz")) as z:
+    with np.load(str(resources.files("weightpress.cli") / "data" / "digits_calib.npz")) as z:
         h = z["x"].astype(np.float32) / 16.0
     cal = {}
     for i, n in enumerate(LAYERS):
@@ -88,12 +88,8 @@ def accuracy(layer: Callable[[str, np.ndarray], np.ndarray], bias: Callable[[str
 
 
 def _one_blas_thread() -> Any:
-    """Single-threaded BLAS for the demo's tiny matrices, when threadpoolctl is installed:
-    waking BLAS thread pools costs far more than these products (10x on a busy 2-core box)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
+    """Single-threaded BLAS for the demo's tiny matrices: waking BLAS thread pools costs far
+    more than these products (10x on a busy 2-core box)."""
     return threadpool_limits(limits=1, user_api="blas")
 
 

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from . import _core
-from ._threads import _resolve
-from ._validation import as_float_array, check_finite, float_dtype, positive_int, real_scalar
+from .. import _core
+from .._threads import _resolve
+from .._validation import as_float_array, check_finite, float_dtype, positive_int, real_scalar
 
 __all__ = ["omp", "OMPDictionary"]
 

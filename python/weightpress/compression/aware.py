@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from .._validation import as_matrix
 from . import methods as M
 from .calibration import CalibrationStats, output_error
-from .compressed import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
+from .storage import Budget, lowrank_nbytes, nnz_for_bytes, rank_for_bytes, value_itemsize
+from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
 from .data_aware import lowrank_whitened, prune_obs, sparse_plus_lowrank
 
 __all__ = ["compress_aware", "layer_error", "time_apply"]
@@ -60,27 +62,26 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
               layout: str, od: np.dtype, storage: str | None
               ) -> dict[str, Callable[[float], CompressedMatrix]]:
     """Per form: nbytes -> the data-aware matrix of at most (about) that many bytes."""
-    isz = 2 if storage == "BF16" else od.itemsize
+    isz = value_itemsize(od, storage)
     stored_shape = Wo.shape if layout == "out_in" else Wo.shape[::-1]
-    per_rank = (Wo.shape[0] + Wo.shape[1]) * isz
 
     def prune_b(nb: float) -> CompressedMatrix:
-        nnz = M._nnz_for_bytes(stored_shape, nb, isz)
+        nnz = nnz_for_bytes(stored_shape, nb, isz)
         return _sparse(prune_obs(Wo, stats, sparsity=1.0 - nnz / max(1, Wo.size)), layout, od, storage)
 
     def lowrank_b(nb: float) -> CompressedMatrix:
-        r = int(min(min(Wo.shape), nb // per_rank))
+        r = min(min(Wo.shape), rank_for_bytes(stored_shape, nb, isz))
         if r == 0:
             return _lowrank(np.zeros((Wo.shape[0], 0)), np.zeros((0, Wo.shape[1])), layout, od, storage)
         A, B, _ = lowrank_whitened(Wo, stats, rank=r, damp=float(options.get("damp", 1e-2)))
         return _lowrank(A, B, layout, od, storage)
 
     def slr_b(nb: float) -> CompressedMatrix:
-        rmax = int(min(min(Wo.shape), nb // per_rank))
+        rmax = min(min(Wo.shape), rank_for_bytes(stored_shape, nb, isz))
         best, best_e = None, np.inf
         for r in sorted({rmax // 8, rmax // 4, rmax // 2} - {0}) or [0]:
-            left = nb - r * per_rank
-            nnz = M._nnz_for_bytes(stored_shape, left, isz)
+            left = nb - lowrank_nbytes(stored_shape, r, isz)
+            nnz = nnz_for_bytes(stored_shape, left, isz)
             S, A, B = sparse_plus_lowrank(Wo, r, 1.0 - nnz / max(1, Wo.size), stats, n_iter=10)
             cand = SparsePlusLowRank(_sparse(S, layout, od, storage), _lowrank(A, B, layout, od, storage))
             e = layer_error(Wo, cand, stats)
@@ -147,8 +148,8 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     CompressedMatrix
         Never bigger than dense: dense is returned when no form is smaller.
     """
-    Wa = M._prep(W)
-    od = M._out_dtype(W, Wa)
+    Wa = as_matrix(W, "W")
+    od = M.out_dtype(W, Wa)
     opts = dict(options or {})
     if prefer not in ("size", "speed"):
         raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
@@ -156,9 +157,9 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     if stats.n_features != Wo.shape[1]:
         raise ValueError(f"calibration has {stats.n_features} input features but the layer takes "
                          f"{Wo.shape[1]} (W {Wa.shape}, layout {layout})")
-    err, nb = M._budget(error, nbytes)
+    err, nb = Budget.of(error=error, nbytes=nbytes).pair()
     dense = Dense(Wa.astype(od, copy=False), layout)
-    dense_bytes = Wa.size * (2 if storage == "BF16" else od.itemsize)
+    dense_bytes = Wa.size * value_itemsize(od, storage)
     builders = _builders(Wo, stats, method, opts, layout, od, storage)
     cands: list[tuple[CompressedMatrix, float]] = []
     for form, build in builders.items():

@@ -9,12 +9,14 @@ replacement ``Ŵ`` is then ``‖X(W − Ŵ)ᵀ‖_F² = tr((W − Ŵ) H (W − �
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ._validation import as_float_array
+from .._validation import as_float_array
+from ..io import open_model
 
 __all__ = ["CalibrationStats", "CalibrationSet", "output_error", "check_calibration"]
 
@@ -33,7 +35,7 @@ class CalibrationStats:
     Examples
     --------
     >>> import numpy as np
-    >>> from weightpress.calibration import CalibrationStats
+    >>> from weightpress.compression.calibration import CalibrationStats
     >>> st = CalibrationStats(4)
     >>> for chunk in np.array_split(np.random.default_rng(0).standard_normal((100, 4)), 3):
     ...     st.update(chunk)
@@ -126,14 +128,10 @@ class CalibrationSet(Mapping):
     """
 
     def __init__(self, source: Any, *, min_samples: int = 16):
-        import os
-
         self._close = None
         if isinstance(source, (str, os.PathLike)):
-            from .compress import open_source
-
             try:
-                src = open_source(source)
+                src = open_model(source)
             except FileNotFoundError:
                 raise
             except Exception as e:

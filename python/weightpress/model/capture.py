@@ -15,16 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
+
 __all__ = ["capture_onnx"]
-
-
-def _need(mod: str, extra: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(mod)
-    except ImportError:
-        raise ValueError(f"capturing activations needs {mod}: pip install 'weightpress[{extra}]'") from None
 
 
 def capture_onnx(model: str | os.PathLike[str], inputs: Mapping[str, Any],
@@ -46,8 +39,8 @@ def capture_onnx(model: str | os.PathLike[str], inputs: Mapping[str, Any],
     ValueError
         onnx/onnxruntime missing, an input missing or misnamed, or no weight found.
     """
-    onnx = _need("onnx", "onnx")
-    ort = _need("onnxruntime", "capture")
+    onnx = require("onnx", "capturing activations")
+    ort = require("onnxruntime", "capturing activations")
     m = onnx.load(os.fspath(model))
     stored = {i.name for i in m.graph.initializer}
     stored |= {o for n in m.graph.node if n.op_type == "Constant" for o in n.output}

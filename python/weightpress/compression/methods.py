@@ -9,7 +9,6 @@ are exactly the compressed matrix's ``nbytes`` (see :func:`sparse_nbytes`,
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -17,10 +16,14 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from ._validation import as_matrix, real_scalar
-from .compressed import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
-                         SparsePlusLowRank, error_stats, store_as)
-from .sparse import prune
+from .._validation import as_matrix, real_scalar
+from ..linalg.svd import randomized_svd
+from .sparse_coding import sparse_code
+from .matrices import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
+                       SparsePlusLowRank, fro2, store_as)
+from .storage import (Budget, lowrank_nbytes, nnz_for_bytes, rank_for_bytes, sparse_nbytes,
+                      value_itemsize)
+from ..linalg.sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
            "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS"]
@@ -40,25 +43,20 @@ def _truncated_svd(W: np.ndarray, rank: int | None = None,
         rank = max(0, min(int(rank), k))
     if rank == 0 or (tol is not None and tol >= 1.0) or k == 0:
         return (np.zeros((W.shape[0], 0), W.dtype), np.zeros(0, W.dtype), np.zeros((0, W.shape[1]), W.dtype))
-    rsvd = getattr(importlib.import_module("weightpress"), "randomized_svd", None)
-    if rsvd is not None and ((rank is not None and rank <= k // 2) or (tol is not None and tol > 0)):
+    if ((rank is not None and rank <= k // 2) or (tol is not None and tol > 0)):
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # tol not reachable: exact SVD below
             try:
                 if rank is not None:
-                    return rsvd(W, rank, seed=0)
-                return rsvd(W, tol=tol, seed=0)
+                    return randomized_svd(W, rank, seed=0)
+                return randomized_svd(W, tol=tol, seed=0)
             except RuntimeWarning:
                 pass
     U, s, Vt = scipy.linalg.svd(W, full_matrices=False, lapack_driver="gesdd", check_finite=False)
     if tol is not None:
-        rank = _rank_for_error(s, _fro2(W), tol)
+        rank = _rank_for_error(s, fro2(W), tol)
     r = len(s) if rank is None else min(rank, len(s))
     return U[:, :r], s[:r], Vt[:r]
-
-
-def _fro2(a: np.ndarray) -> float:
-    return error_stats(a, a)[0]
 
 
 def _rank_for_error(s: np.ndarray, total2: float, tol: float) -> int:
@@ -70,43 +68,14 @@ def _rank_for_error(s: np.ndarray, total2: float, tol: float) -> int:
     return int(ok[0]) if ok.size else len(s)
 
 
-def _index_itemsize(n_cols: int) -> int:
-    return 1 if n_cols <= 1 << 8 else 2 if n_cols <= 1 << 16 else (4 if n_cols < 2**31 else 8)
-
-
-def sparse_nbytes(shape: tuple[int, int], nnz: int, itemsize: int) -> int:
-    """Bytes of a :class:`Sparse` matrix of this shape and ``nnz`` (values, indices, indptr)."""
-    ptr = 4 if nnz < 2**31 else 8
-    return nnz * (itemsize + _index_itemsize(shape[1])) + (shape[0] + 1) * ptr
-
-
-def lowrank_nbytes(shape: tuple[int, int], rank: int, itemsize: int) -> int:
-    """Bytes of a rank-``rank`` :class:`LowRank` matrix."""
-    return rank * (shape[0] + shape[1]) * itemsize
-
-
-def _nnz_for_bytes(shape: tuple[int, int], nbytes: float, itemsize: int) -> int:
-    ptr = (shape[0] + 1) * 4
-    per = itemsize + _index_itemsize(shape[1])
-    return int(max(0, min(shape[0] * shape[1], (nbytes - ptr) // per)))
-
-
-def _prep(W: Any) -> np.ndarray:
-    return as_matrix(W, "W")
-
-
-def _out_dtype(W: Any, Wa: np.ndarray) -> np.dtype:
+def out_dtype(W: Any, Wa: np.ndarray) -> np.dtype:
     """Results are stored in the input's float dtype (float16 stays float16), computed in Wa's."""
     dt = np.asarray(W).dtype
     return dt if dt.kind == "f" else Wa.dtype
 
 
 def _budget(error: Any, nbytes: Any) -> tuple[float | None, float | None]:
-    if (error is None) == (nbytes is None):
-        raise ValueError("give exactly one of error (relative weight error) and nbytes (byte budget)")
-    if error is not None:
-        return real_scalar(error, "error", low=0.0), None
-    return None, real_scalar(nbytes, "nbytes", low=0.0)
+    return Budget.of(error=error, nbytes=nbytes).pair()
 
 
 def _keep_for_drop(W: np.ndarray, allowed: float) -> int:
@@ -134,9 +103,9 @@ def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float |
     ValueError
         ``W`` not 2-D or not finite, or not exactly one target given.
     """
-    Wa = _prep(W)
-    od = _out_dtype(W, Wa)
-    isz = 2 if storage == "BF16" else od.itemsize
+    Wa = as_matrix(W, "W")
+    od = out_dtype(W, Wa)
+    isz = value_itemsize(od, storage)
     given = [v is not None for v in (sparsity, threshold, error, nbytes)]
     if sum(given) != 1:
         raise ValueError("magnitude_prune: give exactly one of sparsity, threshold, error and nbytes")
@@ -146,9 +115,9 @@ def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float |
         if sparsity is None:
             err, nb = _budget(error, nbytes)
             if err is not None:
-                keep = _keep_for_drop(Wa, err * err * _fro2(Wa))
+                keep = _keep_for_drop(Wa, err * err * fro2(Wa))
             else:
-                keep = _nnz_for_bytes(Wa.shape, nb, isz)
+                keep = nnz_for_bytes(Wa.shape, nb, isz)
             sparsity = 1.0 - keep / max(1, Wa.size)
         A = prune(Wa, sparsity=sparsity)
     return store_as(Sparse(A, layout, dtype=od), storage)  # type: ignore[return-value]
@@ -162,8 +131,8 @@ def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: flo
     With ``pattern`` (``"2:4"``) that pattern is used; otherwise the largest ``N`` out of ``m``
     that fits ``nbytes``, or the smallest that meets ``error``.
     """
-    Wa = _prep(W)
-    od = _out_dtype(W, Wa)
+    Wa = as_matrix(W, "W")
+    od = out_dtype(W, Wa)
     if pattern is not None:
         return store_as(Sparse(prune(Wa, pattern=pattern), layout, dtype=od), storage)  # type: ignore[return-value]
     err, nb = _budget(error, nbytes)
@@ -192,14 +161,14 @@ def low_rank(W: Any, rank: int | None = None, *, error: float | None = None,
     Exactly one of ``rank``, ``error`` (smallest rank with relative error ≤ ``error``) or
     ``nbytes`` (largest rank that fits).
     """
-    Wa = _prep(W)
-    od = _out_dtype(W, Wa)
-    isz = 2 if storage == "BF16" else od.itemsize
+    Wa = as_matrix(W, "W")
+    od = out_dtype(W, Wa)
+    isz = value_itemsize(od, storage)
     if sum(v is not None for v in (rank, error, nbytes)) != 1:
         raise ValueError("low_rank: give exactly one of rank, error and nbytes")
     if nbytes is not None:
         nb = real_scalar(nbytes, "nbytes", low=0.0)
-        rank = int(nb // ((Wa.shape[0] + Wa.shape[1]) * isz))
+        rank = rank_for_bytes(Wa.shape, nb, isz)
     if rank is not None:
         if int(rank) < 0:
             raise ValueError(f"rank must be >= 0, got {rank}")
@@ -223,7 +192,7 @@ class Spectrum:
     def of(cls, W: np.ndarray, rank: int | None = None, tol: float | None = None) -> "Spectrum":
         """The SVD of W truncated to ``rank`` or error ``tol`` (full when neither)."""
         U, s, Vt = _truncated_svd(W, rank=rank, tol=tol)
-        return cls(U, s, Vt, _fro2(W))
+        return cls(U, s, Vt, fro2(W))
 
     def error(self, r: int) -> float:
         if self.total2 == 0.0:
@@ -250,18 +219,18 @@ def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
     factors. The best iterate (fewest bytes for ``error``, lowest error for ``nbytes``) is
     returned.
     """
-    Wa = _prep(W)
-    od = _out_dtype(W, Wa)
-    isz = 2 if storage == "BF16" else od.itemsize
+    Wa = as_matrix(W, "W")
+    od = out_dtype(W, Wa)
+    isz = value_itemsize(od, storage)
     err, nb = _budget(error, nbytes)
     spec = spectrum if spectrum is not None else Spectrum.of(Wa, rank)
     L0 = store_as(spec.lowrank(rank, layout, od), storage)
     if nb is not None:
-        return _alternate(Wa, L0, _nnz_for_bytes(Wa.shape, nb - L0.nbytes, isz),
+        return _alternate(Wa, L0, nnz_for_bytes(Wa.shape, nb - L0.nbytes, isz),
                           rank, iterations, storage)
     # error budget: alternate at a fixed sparse size, doubled until the budget is reachable,
     # then keep the fewest residual entries that meet it.
-    allowed = err * err * _fro2(Wa)
+    allowed = err * err * fro2(Wa)
     k = max(1, Wa.size // 256) if iterations else Wa.size
     while True:
         L = _alternate(Wa, L0, k, rank, iterations, storage).lowrank if iterations else L0
@@ -300,9 +269,9 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     the relative error; dense if none is smaller than dense. With ``nbytes``: the lowest-error
     form that fits (dense when the budget holds the dense tensor).
     """
-    Wa = _prep(W)
-    od = _out_dtype(W, Wa)
-    isz = 2 if storage == "BF16" else od.itemsize
+    Wa = as_matrix(W, "W")
+    od = out_dtype(W, Wa)
+    isz = value_itemsize(od, storage)
     err, nb = _budget(error, nbytes)
     dense = Dense(Wa.astype(od, copy=False), layout)
     dense_bytes = Wa.size * isz
@@ -348,11 +317,9 @@ def sparse_coded(W: Any, *, n_nonzero: int | None = None, error: float | None = 
     half the row length) from the rows by K-SVD and stores them. Exactly one of ``n_nonzero``
     (per row), ``error`` (fewest nonzeros per row meeting the relative error) and ``nbytes``.
     """
-    from .sparse_coding import sparse_code
-
-    Wa = _prep(W)
-    od = _out_dtype(W, Wa)
-    isz = 2 if storage == "BF16" else od.itemsize
+    Wa = as_matrix(W, "W")
+    od = out_dtype(W, Wa)
+    isz = value_itemsize(od, storage)
     if sum(v is not None for v in (n_nonzero, error, nbytes)) != 1:
         raise ValueError("sparse_coded: give exactly one of n_nonzero, error and nbytes")
     if dictionary not in ("dct", "learned"):
@@ -373,7 +340,7 @@ def sparse_coded(W: Any, *, n_nonzero: int | None = None, error: float | None = 
     if n_nonzero is not None:
         return build(int(n_nonzero))
     if nbytes is not None:
-        nnz = _nnz_for_bytes((m, k), real_scalar(nbytes, "nbytes", low=0.0) - dict_bytes, isz)
+        nnz = nnz_for_bytes((m, k), real_scalar(nbytes, "nbytes", low=0.0) - dict_bytes, isz)
         return build(max(1, nnz // max(1, m)))
     err = real_scalar(error, "error", low=0.0)
     lo, hi = 1, k

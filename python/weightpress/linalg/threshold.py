@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from ._threads import _resolve
-from ._validation import as_float_array, real_scalar
+from .. import _core
+from .._threads import _resolve
+from .._validation import as_float_array, real_scalar
 
 __all__ = ["soft_threshold", "hard_threshold"]
 

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._validation import as_float_array, as_matrix, positive_int
+from .._validation import as_float_array, as_matrix, positive_int
+from ..linalg.recovery import omp  # the batch OMP kernel
 
 __all__ = ["dct_dictionary", "ksvd", "sparse_code"]
 
@@ -33,7 +34,6 @@ def dct_dictionary(n: int, n_atoms: int | None = None, dtype: Any = np.float64) 
 
 
 def _codes(D: np.ndarray, Y: np.ndarray, n_nonzero: int) -> sp.csc_array:
-    from .recovery import omp  # the batch OMP kernel
 
     return omp(D, Y, n_nonzero=min(n_nonzero, D.shape[1]), return_sparse=True)
 

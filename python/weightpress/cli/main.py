@@ -22,7 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from ._core import __version__
+from .._core import __version__
+from ..compression.aware import time_apply
+from ..compression.matrices import Dense
+from ..io import save_model
+from ..model.capture import capture_onnx
+from ..model.compress import compress_model, open_source, parse_rule, plan, source_nbytes
+from ..model.container import Container, verify
+from ..model.report import Report, human
+from .demo import run as run_demo
+from .plots import plot_curves, require_matplotlib
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -146,12 +155,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _rules(texts: list[str]) -> list[Any]:
-    from .compress import parse_rule
     return [parse_rule(t) for text in texts for t in text.split(";") if t.strip()]
 
 
 def _cmd_compress(a: argparse.Namespace) -> int:
-    from .compress import compress_model, open_source
     opts: dict[str, Any] = {}
     if a.pattern:
         opts["pattern"] = a.pattern
@@ -164,13 +171,11 @@ def _cmd_compress(a: argparse.Namespace) -> int:
     if a.plot and a.scope != "allocate":
         raise ValueError("--plot: the curves are measured by --allocate")
     if a.plot:
-        from .plots import require_matplotlib
         require_matplotlib()
     calibration: Any = a.calibration
     if a.capture:
         if a.calibration:
             raise ValueError("--capture: give either --calibration or --capture")
-        from .capture import capture_onnx
         with np.load(a.capture) as z:
             calibration = capture_onnx(a.model, {k: z[k] for k in z.files})
     curves: dict[str, Any] = {}
@@ -180,11 +185,9 @@ def _cmd_compress(a: argparse.Namespace) -> int:
                              options=opts, value_dtype=a.value_dtype, progress=_Progress(),
                              calibration=calibration, prefer=a.prefer, curves_out=curves)
     if a.plot:
-        from .plots import plot_curves
         for path in plot_curves(curves, a.plot):
             print(f"plot: {path}", file=sys.stderr)
     if a.timing:
-        from .container import Container
         with Container(a.output) as c:
             _add_timings(rep, c)
     if not a.quiet:
@@ -196,8 +199,6 @@ def _cmd_compress(a: argparse.Namespace) -> int:
 
 def _add_timings(rep: Any, container: Any) -> None:
     """Time every compressed layer here against its dense form, at batch 1 and 32."""
-    from .aware import time_apply
-    from .compressed import Dense
     for r in rep.rows:
         if len(r.shape) == 2 and r.form != "dense":
             m = container.matrix(r.name)
@@ -207,9 +208,6 @@ def _add_timings(rep: Any, container: Any) -> None:
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
-    from ._report import Report, human
-    from .compress import _stored_itemsize, open_source, plan
-    from .container import Container
     src = open_source(a.file)
     if isinstance(src, Container):
         with src:
@@ -223,7 +221,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
         for d in plan(src.info(), "auto"):
             st = src.stored_dtypes.get(d.name) or d.dtype.name
             rows.append((d.name, "x".join(map(str, d.shape)) or "()", st,
-                         human(int(np.prod(d.shape)) * _stored_itemsize(src, d.name, d.dtype)),
+                         human(source_nbytes(src, d.name, d.shape, d.dtype)),
                          "compress" if d.action != "skip" else f"keep: {d.reason}"))
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     for k, r in enumerate(rows):
@@ -235,33 +233,16 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
 
 def _cmd_decompress(a: argparse.Namespace) -> int:
-    from .container import Container
     _check_output(a.output)
     with Container(a.file) as c:
-        half = {"BF16": "BF16", "bfloat16": "BF16"}
-        dtypes = {n: half[d] for n, d in c.stored_dtypes.items() if d in half}
-        try:
-            from .io import save_model  # type: ignore[attr-defined]
-        except ImportError:
-            save_model = None
-        if save_model is not None:
-            save_model(a.output, c, like=a.like, metadata=c.source_metadata)
-        else:
-            if a.like:
-                raise ValueError("--like needs weightpress.io.save_model (not in this build)")
-            if not a.output.endswith((".safetensors", ".npz")):
-                raise ValueError(f"output: expected a .safetensors or .npz file, got {a.output!r}")
-            from ._open import save_builtin
-            save_builtin(a.output, c, dtypes=dtypes, metadata=c.source_metadata)
+        save_model(a.output, c, like=a.like, metadata=c.source_metadata)
     print(f"wrote {a.output}")
     return EXIT_OK
 
 
 def _cmd_verify(a: argparse.Namespace) -> int:
-    from .container import verify
     original = None
     if a.against:
-        from .compress import open_source
         original = open_source(a.against)
     res = verify(a.file, original, progress=_Progress())
     for p in res.problems:
@@ -272,8 +253,7 @@ def _cmd_verify(a: argparse.Namespace) -> int:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run
-    run()
+    run_demo()
     return EXIT_OK
 
 
@@ -302,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("weightpress: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError, KeyError) as e:
+    except (ValueError, TypeError, OSError, KeyError, ImportError) as e:
         if os.environ.get("WEIGHTPRESS_DEBUG"):
             raise
         msg = str(e) if not isinstance(e, OSError) or not e.filename else \

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from . import _core
-from ._threads import _resolve
-from ._validation import as_csr, as_float_array, csr_parts, float_dtype, positive_int, real_scalar
+from .. import _core
+from .._threads import _resolve
+from .._validation import as_csr, as_float_array, csr_parts, float_dtype, positive_int, real_scalar
 
 __all__ = ["randomized_svd", "svt"]
 
