@@ -59,11 +59,35 @@ def header_estimate(tensors: Mapping[str, str]) -> int:
 
 
 def _crc(a: np.ndarray) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+    """CRC-32 of an array's bytes in little-endian order (0-D and empty arrays too), taken in
+    chunks so a strided array is never copied whole."""
+    a = np.asarray(a)
+    if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and not _LITTLE):
+        a = a.astype(a.dtype.newbyteorder("<"))
+    crc = 0
+    flat = a.reshape(-1) if a.flags.c_contiguous else a.flat
+    step = max(1, (1 << 24) // max(1, a.itemsize))
+    for i in range(0, a.size, step):
+        crc = zlib.crc32(np.ascontiguousarray(flat[i:i + step]).view(np.uint8), crc)
+    return crc
+
+
+_LITTLE = np.little_endian
+
+
+def _compact(a: np.ndarray) -> np.ndarray | None:
+    """The smallest array that broadcasts to `a` when `a` is an expanded (stride-0) view of it,
+    else None: such a tensor is stored once, never materialised."""
+    if a.ndim == 0 or a.size <= 1 or all(s != 0 for s in a.strides):
+        return None
+    idx = tuple(slice(0, 1) if (s == 0 and n > 1) else slice(None) for s, n in zip(a.strides, a.shape))
+    return np.ascontiguousarray(a[idx])
 
 
 def _flat2(a: np.ndarray) -> np.ndarray:
-    return a.reshape(a.shape[0], -1) if a.ndim >= 2 else a.reshape(1, -1)
+    if a.ndim >= 2:  # explicit column count: -1 cannot be inferred when a dimension is 0
+        return a.reshape(a.shape[0], int(np.prod(a.shape[1:], dtype=np.int64)))
+    return a.reshape(1, a.size)
 
 
 def _blocks(obj: CompressedMatrix | None, arr: np.ndarray | None) -> Any:
@@ -89,11 +113,17 @@ class _Spill(TensorSource):
         self._info: dict[str, TensorInfo] = {}
 
     def append(self, key: str, a: np.ndarray) -> None:
-        a = np.ascontiguousarray(a)
-        dt = a.dtype.newbyteorder("<") if a.dtype.byteorder not in "|<" else a.dtype
-        self._index[key] = (a.shape, a.dtype, self._f.tell())
-        self._info[key] = TensorInfo(a.shape, a.dtype)
-        self._f.write(memoryview(a.astype(dt, copy=False)).cast("B"))
+        a = np.asarray(a)
+        shape = a.shape  # np.ascontiguousarray would turn a 0-D array into shape (1,)
+        native = a.dtype.newbyteorder("=") if not a.dtype.isnative else a.dtype
+        le = native.newbyteorder("<") if native.byteorder not in "|<" else native
+        self._index[key] = (shape, native, self._f.tell())
+        self._info[key] = TensorInfo(shape, native)
+        flat = a.reshape(-1) if a.flags.c_contiguous else a.flat
+        step = max(1, (1 << 24) // max(1, a.itemsize))
+        for i in range(0, a.size, step):
+            part = np.ascontiguousarray(flat[i:i + step]).astype(le, copy=False)
+            self._f.write(part.view(np.uint8).data)
 
     def finish(self) -> None:
         self._f.close()
@@ -158,10 +188,15 @@ class ContainerWriter:
         """
         if name in self.entries:
             raise ValueError(f"name: tensor {name!r} added twice")
+        expanded = None
         if isinstance(obj, np.ndarray) or not isinstance(obj, CompressedMatrix):
             arr = np.asarray(obj)
-            obj = Dense(arr, layout or "out_in") if arr.ndim == 2 else None  # type: ignore[assignment]
-            parts = {"values": arr}
+            if not arr.dtype.isnative:  # big-endian input: stored and reported native
+                arr = arr.astype(arr.dtype.newbyteorder("="))
+            expanded = _compact(arr)
+            float_matrix = arr.ndim == 2 and arr.dtype.kind == "f" and expanded is None
+            obj = Dense(arr, layout or "out_in") if float_matrix else None  # type: ignore[assignment]
+            parts = {"values": arr if expanded is None else expanded}
             form, shape, dtype = "dense", arr.shape, arr.dtype
             lay = layout or "out_in"
         else:
@@ -182,6 +217,7 @@ class ContainerWriter:
             "stored_dtype": stored_dtype, "storage": storage, "layout": lay, "parts": keys,
             "crc32": {r: _crc(a) for r, a in parts.items()},
             "params": int(obj.n_params if obj is not None else np.asarray(parts["values"]).size),
+            **({"expanded": True} if expanded is not None else {}),
             "bytes": int(nbytes),
             "orig_bytes": int(orig_bytes if orig_bytes is not None
                               else dense_nbytes(shape, np.dtype(dtype).itemsize)),
@@ -194,10 +230,15 @@ class ContainerWriter:
         else:
             W = None
         n2 = inner = nh2 = d2 = 0.0  # accumulated over row blocks: the decode is never whole
-        for r0, r1, blk in _blocks(obj, parts["values"] if form == "dense" else None):
-            ref = W[r0:r1] if W is not None else blk
-            st = error_stats(ref, blk)
-            n2, inner, nh2, d2 = n2 + st[0], inner + st[1], nh2 + st[2], d2 + st[3]
+        if form == "dense" and (expanded is not None or np.dtype(dtype).kind not in "fc"):
+            if expanded is not None and expanded.dtype.kind in "fc":  # stored exactly, once
+                reps = int(np.prod(shape, dtype=np.int64)) // max(1, expanded.size)
+                n2 = nh2 = inner = error_stats(expanded, expanded)[0] * reps
+        else:
+            for r0, r1, blk in _blocks(obj, parts["values"] if form == "dense" else None):
+                ref = W[r0:r1] if W is not None else blk
+                st = error_stats(ref, blk)
+                n2, inner, nh2, d2 = n2 + st[0], inner + st[1], nh2 + st[2], d2 + st[3]
         err = float(np.sqrt(d2 / n2)) if n2 > 0 else (0.0 if d2 == 0 else float("inf"))
         entry.update(error=err, norm=float(np.sqrt(n2)), norm_hat=float(np.sqrt(nh2)), inner=inner)
         for role, a in parts.items():
@@ -253,9 +294,14 @@ class Container(TensorSource):
 
     format = "weightpress"
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, verify_checksums: bool = True):
         super().__init__(path)
-        self._st = SafetensorsSource(path)
+        self.verify_checksums = verify_checksums
+        self._checked: set[str] = set()
+        try:
+            self._st = SafetensorsSource(path)
+        except FormatError as e:
+            raise FormatError(f"{self.path}: not a weightpress container ({e})") from None
         meta = self._st.metadata
         self.metadata = dict(meta)
         if meta.get("format") != FORMAT:
@@ -273,18 +319,37 @@ class Container(TensorSource):
                 for role, key in e["parts"].items():
                     if key not in self._st.info():
                         raise FormatError(f"{self.path}: tensor {n!r} part {role!r} ({key!r}) is missing")
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as err:
             if isinstance(err, FormatError):
                 raise
-            raise FormatError(f"{self.path}: malformed container metadata ({err!r})") from None
+            raise FormatError(f"{self.path}: malformed container metadata "
+                              f"({type(err).__name__}: {str(err)[:200]})") from None
         self.stored_dtypes = {n: e.get("stored_dtype") or "" for n, e in self.entries.items()}
 
     def info(self) -> dict[str, TensorInfo]:
         return self._info
 
     def parts(self, name: str) -> dict[str, np.ndarray]:
-        """The stored arrays of one tensor, memory-mapped."""
-        return {role: self._st[key] for role, key in self.entries[name]["parts"].items()}
+        """The stored arrays of one tensor, memory-mapped; their CRC-32s are checked against
+        the stored ones on first read (FormatError on a mismatch) unless the container was
+        opened with ``verify_checksums=False``."""
+        e = self.entries[name]
+        out = {role: self._st[key] for role, key in e["parts"].items()}
+        if self.verify_checksums and name not in self._checked:
+            crcs = e.get("crc32")
+            if not isinstance(crcs, dict):
+                raise FormatError(f"{self.path}: tensor {name!r} has no checksums")
+            bad = [r for r, a in out.items() if _crc(a) != crcs.get(r)]
+            if bad:
+                raise FormatError(f"{self.path}: tensor {name!r}: checksum mismatch in "
+                                  f"{', '.join(bad)} (file corrupted)")
+            self._checked.add(name)
+        return out
+
+    def check_checksums(self) -> None:
+        """Read every stored array once and check its CRC-32 (FormatError on the first bad one)."""
+        for name in self.entries:
+            self.parts(name)
 
     def matrix(self, name: str) -> CompressedMatrix:
         """One tensor as a compressed matrix (2-D tensors only)."""
@@ -300,7 +365,13 @@ class Container(TensorSource):
     def _load(self, name: str) -> np.ndarray:
         e = self.entries[name]
         if e["form"] == "dense":
-            return self.parts(name)["values"]
+            values = self.parts(name)["values"]
+            if e.get("expanded"):
+                try:
+                    return np.broadcast_to(values, tuple(e["shape"]))
+                except ValueError as err:
+                    raise FormatError(f"{self.path}: tensor {name!r}: {err}") from None
+            return values
         return self.matrix(name).toarray()
 
     @property
@@ -348,7 +419,7 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
     FormatError
         If the file is not a readable container at all (see :class:`Container`).
     """
-    c = Container(path)
+    c = Container(path, verify_checksums=False)  # checked below, per tensor, as problems
     res = VerifyResult(os.fspath(path))
     known = {k for e in c.entries.values() for k in e["parts"].values()}
     extra = set(c._st.info()) - known
