@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
@@ -143,6 +143,28 @@ class TensorSource(Mapping[str, np.ndarray]):
         return f"<{type(self).__name__} {self.format} {self.path!r}: {len(self)} tensors>"
 
 
+def make_temp(directory: str, prefix: str = ".wp-", suffix: str = ".tmp") -> tuple[int, str]:
+    """Create a new private file in `directory`: ``(fd, path)``, like ``tempfile.mkstemp``.
+
+    Unlike mkstemp, the name is chosen before the file exists, so a signal (Ctrl-C, SIGTERM)
+    arriving just as the file is created still lets this function remove it: no window leaves
+    an orphaned temporary file behind.
+    """
+    for _ in range(100):
+        path = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            continue
+        except BaseException:
+            with contextlib.suppress(OSError):  # created just before the interrupt: ours
+                if os.path.exists(path):
+                    os.unlink(path)
+            raise
+        return fd, path
+    raise FileExistsError(f"{directory}: cannot create a temporary file")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success rename it over `path`.
@@ -152,8 +174,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".wp-", suffix=".tmp", dir=d)
-    try:
+    tmp = None
+    try:  # mkstemp inside the try: a signal right after it still removes the file
+        fd, tmp = make_temp(d)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -163,6 +186,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise

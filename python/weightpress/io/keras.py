@@ -21,7 +21,7 @@ import numpy as np
 
 from .._optional import require
 
-from ._base import FormatError, TensorInfo, TensorSource, atomic_write
+from ._base import FormatError, TensorInfo, TensorSource, atomic_write, make_temp
 from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits, stored_name
 from ._zip import ZIP_ERRORS, RangeFile, check_inflate, member_data_offset, open_zip
 
@@ -116,7 +116,7 @@ class KerasSource(TensorSource):
             return
         # compressed member: unpack it to a temporary file, streaming, its size bounded
         check_inflate(zi, self.path)
-        fd, self._tmp = tempfile.mkstemp(suffix=".h5", prefix="wp-keras-")
+        fd, self._tmp = make_temp(tempfile.gettempdir(), "wp-keras-", ".h5")
         try:
             with os.fdopen(fd, "wb") as out, self._zf.open(zi) as src:
                 shutil.copyfileobj(src, out, 1 << 20)
@@ -251,7 +251,7 @@ def write_keras(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
             return
         if src is None or src._zf is None:
             raise ValueError(f"{path}: writing a .keras archive needs like= the original .keras file")
-        fd, tmp = tempfile.mkstemp(suffix=".h5", prefix="wp-keras-")
+        fd, tmp = make_temp(tempfile.gettempdir(), "wp-keras-", ".h5")
         try:
             with os.fdopen(fd, "w+b") as f:
                 _write_h5(f, tensors, src)

@@ -120,8 +120,20 @@ class PyTorchSource(TensorSource):
         # by the pickle's size (a real checkpoint spends far more than 4 bytes per item)
         self._refs = _flatten(obj, self.path, min(_MAX_ENTRIES, max(100_000, len(raw) // 4)))
         self._info: dict[str, TensorInfo] = {}
+        sizes = {zi.filename: zi.file_size for zi in self._zf.infolist()}
         for name, ref in self._refs.items():
             st = ref.storage
+            # a tensor reaching past its storage is a corrupt file: say so now, not at load time
+            # (where a --ratio budget computed from the header would have failed first)
+            member = f"{self._prefix}data/{st.key}"
+            if member not in sizes:
+                raise FormatError(f"{self.path}: tensor {name!r}: storage member {member!r} is missing")
+            if math.prod(ref.shape):
+                last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.strides))
+                held = sizes[member] // st.dtype.itemsize
+                if last >= held:
+                    raise FormatError(f"{self.path}: tensor {name!r} reaches element {last} of a "
+                                      f"storage holding {held} (file truncated or corrupt)")
             decoded = st.stored == "bfloat16" or st.stored.startswith("float8")
             self._info[name] = TensorInfo(ref.shape, np.float32 if decoded else st.dtype)
             self.stored_dtypes[name] = stored_name(st.stored)

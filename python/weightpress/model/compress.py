@@ -27,7 +27,7 @@ from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank
                                    sparse_nbytes, stored_itemsize, value_itemsize)
 from ..io import open_model
 from ..io._base import TensorSource
-from .container import FORMAT, Container, ContainerWriter, header_estimate
+from .container import FORMAT, Container, ContainerWriter, _compact, header_estimate
 from .report import Report, Row
 from .rules import DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, parse_rule, plan
 
@@ -200,7 +200,11 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     cal = None
     if calibration is not None:
         cal = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet(calibration)
-    decisions = plan(dict(source.info()), method, rules, min_size)
+    infos = dict(source.info())
+    if not infos:
+        raise ValueError(f"{getattr(source, 'path', 'source')}: no tensors to compress "
+                         f"(a checkpoint without weights?)")
+    decisions = plan(infos, method, rules, min_size)
     layout = layout or default_layout(source)
     layers, src_bytes = budget_layers(source, decisions, target, layout, cal, curves_out, progress)
     return execute(source, out, layers, target, layout, cal, src_bytes, progress)
@@ -344,13 +348,23 @@ def execute(source: TensorSource, out: str | os.PathLike[str], layers: list[Laye
             if d.action == "skip":
                 e = w.add(d.name, np.asarray(source[d.name]), layout=layout, stored_dtype=stored,
                           orig_bytes=ly.orig_bytes, method="keep", reason=d.reason)
+            elif _compact(Wa := np.asarray(source[d.name])) is not None:
+                # an expanded (stride-0) tensor: stored once as it is, never materialised
+                e = w.add(d.name, Wa, layout=layout, stored_dtype=stored,
+                          orig_bytes=ly.orig_bytes, method="keep",
+                          reason="expanded view (stride 0), stored once")
+                del Wa
             else:
-                Wa = np.asarray(source[d.name])
                 stats = None
                 if cal is not None and d.name in cal:
                     stats = cal[d.name]
                     check_calibration(stats, d.name, d.shape, layout)
-                m, reason = _build_layer(Wa, ly, stats, target, layout, stored)
+                try:
+                    m, reason = _build_layer(Wa, ly, stats, target, layout, stored)
+                except ValueError as err:  # name the tensor ("W contains NaN or Inf" alone does not)
+                    if repr(d.name) in str(err) or f"{d.name}:" in str(err):
+                        raise
+                    raise ValueError(f"tensor {d.name!r}: {err}") from None
                 e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
                           method=d.action, reason=reason)
                 if stats is not None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import numpy as np
 from .._core import __version__
 from ..compression.storage import array_nbytes, dense_nbytes
 from ..compression.matrices import CompressedMatrix, Dense, error_stats, from_parts, store_as
-from ..io._base import FormatError, TensorInfo, TensorSource
+from ..io._base import FormatError, TensorInfo, TensorSource, make_temp
 from ..io.safetensors import SafetensorsSource, write_safetensors
 
 __all__ = ["header_estimate", "ContainerWriter", "Container", "open_container", "verify", "VerifyResult",
@@ -165,18 +164,33 @@ class ContainerWriter:
     def __init__(self, path: str | os.PathLike[str], source: Mapping[str, Any] | None = None,
                  source_metadata: Mapping[str, str] | None = None):
         self.path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(self.path))
         if os.path.isdir(self.path):
             raise IsADirectoryError(f"output {self.path!r} is a directory")
-        fd, tmp = tempfile.mkstemp(prefix=".wp-spill-", suffix=".tmp", dir=d)
-        os.close(fd)
-        self._spill = _Spill(tmp)
+        # the scratch file is made on first use, inside the `with` block, so a signal between
+        # construction and __enter__ cannot leave it behind
+        self._spill_file: _Spill | None = None
         self.source = {k: str(v) for k, v in (source or {}).items()}
         self.source_metadata = {str(k): str(v) for k, v in (source_metadata or {}).items()}
         self.entries: dict[str, dict[str, Any]] = {}
         self._keys: set[str] = set()
         self._dtypes: dict[str, str] = {}
         self.file_bytes = 0
+
+    @property
+    def _spill(self) -> _Spill:
+        if self._spill_file is None:
+            d = os.path.dirname(os.path.abspath(self.path))
+            tmp = None
+            try:
+                fd, tmp = make_temp(d, ".wp-spill-")
+                os.close(fd)
+                self._spill_file = _Spill(tmp)
+            except BaseException:
+                if tmp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                raise
+        return self._spill_file
 
     def add(self, name: str, obj: CompressedMatrix | np.ndarray, *, original: Any = None,
             layout: str | None = None, stored_dtype: str | None = None,
@@ -268,9 +282,10 @@ class ContainerWriter:
 
     def abort(self) -> None:
         """Drop everything staged (no output file is written)."""
-        self._spill.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self._spill.path)
+        if self._spill_file is not None:
+            self._spill_file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._spill_file.path)
 
     def __enter__(self) -> "ContainerWriter":
         return self

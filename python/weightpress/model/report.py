@@ -62,6 +62,13 @@ def human(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+def printable(text: str) -> str:
+    """`text` with control and other non-printable characters escaped (``\\x1b``, ``\\n``), so
+    a tensor name cannot clear the terminal or forge table rows."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in str(text))
+
+
 def format_table(report: Any) -> str:
     """Rows: name, shape, form, params, bytes, relative error, ratio, note; then totals.
 
@@ -82,9 +89,9 @@ def format_table(report: Any) -> str:
         if has_t:
             t = r.times or {}
             extra += tuple(f"{t[k] * 1e6:.0f}" if k in t else "" for k in ("b1", "b1 dense", "b32", "b32 dense"))
-        lines.append((r.name, "x".join(map(str, r.shape)) or "()", r.form, f"{r.params:,}",
+        lines.append((printable(r.name), "x".join(map(str, r.shape)) or "()", r.form, f"{r.params:,}",
                       human(r.nbytes), f"{r.error:.4f}") + extra + (f"{r.ratio:.2f}x",
-                      r.reason if r.form == "dense" else ""))
+                      printable(r.reason) if r.form == "dense" else ""))
     payload = sum(r.nbytes for r in report.rows)
     params = sum(r.params for r in report.rows)
     orig = sum(r.orig_bytes for r in report.rows)
