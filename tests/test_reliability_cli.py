@@ -295,3 +295,37 @@ def test_signal_leaves_no_temp_files(tmp_path, sig):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert list(outdir.iterdir()) == [], (sig, list(outdir.iterdir()), err[-300:])
+
+
+def test_onnx_unstorable_initializers_not_dropped_silently(tmp_path, capsys):
+    """ONNX string (and float8/int4 where the reader has no dtype for them) initializers used
+    to vanish: no row, lost at decompress. Now they are listed in the container, reported,
+    warned about, and kept when decompressing with --like the original."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(6)
+    W = numpy_helper.from_array(rng.standard_normal((64, 128)).astype(np.float32), "W")
+    labels = helper.make_tensor("labels", TensorProto.STRING, [2], [b"cat", b"dog"])
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 128])],
+                          [W, labels])
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g), str(src))
+    c = tmp_path / "m.wpz"
+    code, out, err = _run(capsys, "compress", src, "-o", c, "--ratio", "2")
+    assert code == 0, err
+    assert "labels" in err and "not in the container" in err
+    assert "not stored: labels" in out
+    with Container(c) as cc:
+        assert "labels" in cc.not_stored
+    code, out, _ = _run(capsys, "info", c)
+    assert "not stored: labels" in out
+    back = tmp_path / "back.onnx"
+    code, _, err = _run(capsys, "decompress", c, "-o", back, "--like", src)
+    assert code == 0, err
+    m = onnx.load(str(back))
+    lab = next(t for t in m.graph.initializer if t.name == "labels")
+    assert list(lab.string_data) == [b"cat", b"dog"]
+    code, _, err = _run(capsys, "decompress", c, "-o", tmp_path / "back.safetensors")
+    assert code == 0 and "labels" in err and "missing" in err

@@ -193,6 +193,11 @@ def _cmd_compress(a: argparse.Namespace) -> int:
             _add_timings(rep, c)
     if not a.quiet:
         print(rep.table())
+    if rep.not_stored:
+        print(f"weightpress: warning: {len(rep.not_stored)} tensor(s) of {a.model} have no "
+              f"storable dtype and are not in the container (listed in it; decompress with "
+              f"--like {a.model} keeps them): "
+              f"{printable(', '.join(list(rep.not_stored)[:5]))}", file=sys.stderr)
     print(f"wrote {a.output}: {rep.file_bytes:,} bytes, {rep.ratio:.2f}x smaller than "
           f"{a.model} ({rep.source_bytes:,} bytes)", file=sys.stderr if a.quiet else sys.stdout)
     return EXIT_OK
@@ -238,6 +243,11 @@ def _cmd_decompress(a: argparse.Namespace) -> int:
     _check_output(a.output, a.file, *([a.like] if a.like else []))
     with Container(a.file) as c:
         save_model(a.output, c, like=a.like, metadata=c.source_metadata)
+        if c.not_stored and not a.like:
+            print(f"weightpress: warning: {len(c.not_stored)} tensor(s) of the original were "
+                  f"not stored and are missing from {a.output} (decompress with --like the "
+                  f"original to keep them): {printable(', '.join(list(c.not_stored)[:5]))}",
+                  file=sys.stderr)
     print(f"wrote {a.output}")
     return EXIT_OK
 

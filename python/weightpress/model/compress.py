@@ -373,9 +373,13 @@ def execute(source: TensorSource, out: str | os.PathLike[str], layers: list[Laye
                 del Wa, m
             rows.append(Row(d.name, d.shape, e["form"], e["params"], e["bytes"],
                             e["orig_bytes"], e["error"], e["reason"], e.get("output_error")))
+        # what the reader left out (no dtype to hold it) is listed in the container and the
+        # report, never dropped in silence
+        skipped = {str(k): str(v) for k, v in (getattr(source, "skipped", None) or {}).items()}
+        w.not_stored.update(skipped)
         if progress is not None:
             progress(len(layers), len(layers), "writing")
-    return Report(rows, w.file_bytes, src_bytes)
+    return Report(rows, w.file_bytes, src_bytes, skipped)
 
 
 def _build_layer(Wa: np.ndarray, ly: Layer, stats: Any, target: Target, layout: str,

@@ -172,6 +172,9 @@ class ContainerWriter:
         self.source = {k: str(v) for k, v in (source or {}).items()}
         self.source_metadata = {str(k): str(v) for k, v in (source_metadata or {}).items()}
         self.entries: dict[str, dict[str, Any]] = {}
+        # tensors of the source that no form can hold (ONNX strings, int4...): listed, so
+        # their absence is never silent
+        self.not_stored: dict[str, str] = {}
         self._keys: set[str] = set()
         self._dtypes: dict[str, str] = {}
         self.file_bytes = 0
@@ -268,7 +271,8 @@ class ContainerWriter:
                 "weightpress_version": __version__,
                 "source": json.dumps(self.source, sort_keys=True),
                 "source_metadata": json.dumps(self.source_metadata, sort_keys=True),
-                "tensors": json.dumps(self.entries, separators=(",", ":"))}
+                "tensors": json.dumps(self.entries, separators=(",", ":")),
+                **({"not_stored": json.dumps(self.not_stored)} if self.not_stored else {})}
 
     def close(self) -> int:
         """Write the container (atomically) and remove the scratch file; returns its size."""
@@ -329,6 +333,8 @@ class Container(TensorSource):
             self.entries: dict[str, dict[str, Any]] = json.loads(meta["tensors"])
             self.source: dict[str, str] = json.loads(meta.get("source", "{}"))
             self.source_metadata: dict[str, str] = json.loads(meta.get("source_metadata", "{}"))
+            self.not_stored: dict[str, str] = {str(k): str(v) for k, v in
+                                               json.loads(meta.get("not_stored", "{}")).items()}
             self._info = {n: TensorInfo(e["shape"], np.dtype(e["dtype"])) for n, e in self.entries.items()}
             for n, e in self.entries.items():
                 for role, key in e["parts"].items():

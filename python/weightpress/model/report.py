@@ -33,6 +33,7 @@ class Report:
     rows: list[Row]
     file_bytes: int = 0
     source_bytes: int = 0
+    not_stored: dict[str, str] | None = None  # tensors the reader could not hold, and why
 
     @property
     def ratio(self) -> float:
@@ -50,7 +51,7 @@ class Report:
                     e["error"], e.get("reason", ""), e.get("output_error"))
                 for n, e in c.entries.items()]
         src = int(c.source.get("bytes") or sum(r.orig_bytes for r in rows))
-        return cls(rows, c.file_bytes, src)
+        return cls(rows, c.file_bytes, src, dict(getattr(c, "not_stored", {}) or {}))
 
 
 def human(n: float) -> str:
@@ -114,4 +115,7 @@ def format_table(report: Any) -> str:
         out.append("  ".join(cells).rstrip())
         if k == 0 or k == len(lines):
             out.append("  ".join("-" * w for w in widths))
+    for name, why in (getattr(report, "not_stored", None) or {}).items():
+        out.append(f"not stored: {printable(name)} ({printable(why)}); decompress with --like "
+                   f"the original keeps it")
     return "\n".join(out)
