@@ -46,7 +46,11 @@ LD_PRELOAD="$asan_rt $cxx_rt" \
 ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:detect_odr_violation=0:log_path=$logdir/asan" \
 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logdir/ubsan" \
   "$venv/bin/python" -m pytest -q -p no:cacheprovider "${files[@]}" \
-      -W "ignore::DeprecationWarning" 2>&1 | tee "$log" || status=$?
+      -W "ignore::DeprecationWarning" \
+      --deselect tests/test_threads_blas.py::test_default_honours_omp_num_threads \
+      2>&1 | tee "$log" || status=$?
+# (deselected: it starts a child interpreter with an emptied environment, so without the
+# LD_PRELOAD the sanitized extension refuses to load; the normal test run covers it)
 reports=$(cat "$logdir"/* 2>/dev/null | grep -cE "ERROR: AddressSanitizer|runtime error:|CHECK failed|ERROR: LeakSanitizer" || true)
 echo "== sanitizer reports: $reports"
 for f in "$logdir"/*; do [[ -f "$f" ]] && { echo "--- $f"; head -60 "$f"; }; done
