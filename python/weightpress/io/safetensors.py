@@ -203,7 +203,9 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"metadata: keys and values must be strings, got {k!r}: {type(v).__name__}")
     infos = _infos(tensors)
-    header: dict[str, Any] = {}
+    # the header is assembled from one short JSON fragment per tensor (a dict per tensor
+    # cost several times the header's own size for headers of 100k+ tensors)
+    frags: list[str] = []
     plan = []
     offset = 0
     for name, (shape, dt) in infos.items():
@@ -219,12 +221,14 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
         elif stored not in ("BF16", "F16", "F32", "F64"):
             raise ValueError(f"dtypes[{name!r}]: expected 'BF16', 'F16', 'F32' or 'F64', got {stored!r}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[stored].itemsize
-        header[name] = {"dtype": stored, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        frags.append(f'{json.dumps(name, ensure_ascii=False)}:{{"dtype":"{stored}","shape":'
+                     f'[{",".join(str(int(d)) for d in shape)}],"data_offsets":[{offset},{offset + nbytes}]}}')
         plan.append((name, shape, dt, stored))
         offset += nbytes
     if meta:
-        header = {"__metadata__": meta, **header}
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        frags.insert(0, '"__metadata__":' + json.dumps(meta, separators=(",", ":"), ensure_ascii=False))
+    raw = ("{" + ",".join(frags) + "}").encode("utf-8")
+    del frags
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the reference writer does
     with atomic_write(path) as f:
         f.write(struct.pack("<Q", len(raw)))

@@ -140,6 +140,45 @@ class _Spill(TensorSource):
         self._f.close()
 
 
+class _Entries(Mapping[str, dict[str, Any]]):
+    """The writer's per-tensor metadata, held as compact JSON text (a dict per tensor cost
+    about 2 KB: 200k tensors took most of a gigabyte). The newest entry stays a live dict
+    until the next one is added, so a caller may still annotate it (``output_error``)."""
+
+    def __init__(self) -> None:
+        self._text: dict[str, str] = {}
+        self._last: tuple[str, dict[str, Any]] | None = None
+
+    def _flush(self) -> None:
+        if self._last is not None:
+            name, e = self._last
+            self._text[name] = json.dumps(e, separators=(",", ":"))
+            self._last = None
+
+    def add(self, name: str, entry: dict[str, Any]) -> None:
+        self._flush()
+        self._text[name] = ""
+        self._last = (name, entry)
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        if self._last is not None and self._last[0] == name:
+            return self._last[1]
+        return json.loads(self._text[name])
+
+    def __iter__(self) -> Any:
+        return iter(self._text)
+
+    def __len__(self) -> int:
+        return len(self._text)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._text
+
+    def json(self) -> str:
+        self._flush()
+        return "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in self._text.items()) + "}"
+
+
 class ContainerWriter:
     """Build a container one tensor at a time; the file appears only on successful exit.
 
@@ -171,7 +210,7 @@ class ContainerWriter:
         self._spill_file: _Spill | None = None
         self.source = {k: str(v) for k, v in (source or {}).items()}
         self.source_metadata = {str(k): str(v) for k, v in (source_metadata or {}).items()}
-        self.entries: dict[str, dict[str, Any]] = {}
+        self.entries = _Entries()
         # tensors of the source that no form can hold (ONNX strings, int4...): listed, so
         # their absence is never silent
         self.not_stored: dict[str, str] = {}
@@ -263,7 +302,7 @@ class ContainerWriter:
             self._keys.add(keys[role])
             if storage == "BF16" and a.dtype == np.float32:
                 self._dtypes[keys[role]] = "BF16"
-        self.entries[name] = entry
+        self.entries.add(name, entry)
         return entry
 
     def metadata(self) -> dict[str, str]:
@@ -271,7 +310,7 @@ class ContainerWriter:
                 "weightpress_version": __version__,
                 "source": json.dumps(self.source, sort_keys=True),
                 "source_metadata": json.dumps(self.source_metadata, sort_keys=True),
-                "tensors": json.dumps(self.entries, separators=(",", ":")),
+                "tensors": self.entries.json(),
                 **({"not_stored": json.dumps(self.not_stored)} if self.not_stored else {})}
 
     def close(self) -> int:
