@@ -14,6 +14,7 @@ Errors print one line to stderr (``weightpress: error: ...``), no traceback; set
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import stat
@@ -29,6 +30,7 @@ from .._core import __version__
 from ..compression.aware import time_apply
 from ..compression.matrices import Dense
 from ..io import save_model
+from ..io.structure import write_from_skeleton
 from ..model.capture import capture_onnx
 from ..model.compress import compress_model, open_source, parse_rule, plan, source_nbytes
 from ..model.container import Container, verify
@@ -83,13 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     tgt.add_argument("--error", type=float,
                      help="relative error allowed per layer: ||W - W'||_F / ||W||_F, or with "
                           "--calibration the output error ||XW^T - XW'^T||_F / ||XW^T||_F")
-    c.add_argument("--method", default="auto", choices=["auto", "prune", "lowrank", "nm", "slr", "code"],
+    c.add_argument("--method", default="auto", choices=["auto", "prune", "lowrank", "nm", "slr", "code", "quant"],
                    help="auto: smallest form per layer for the budget, never bigger than dense; "
                         "prune: magnitude pruning to CSR; lowrank: truncated SVD; nm: N:M "
                         "pruning; slr: sparse + low rank; code: rows sparsely coded in a DCT "
-                        "dictionary (default: auto)")
+                        "dictionary; quant: integer quantization (GPTQ with --calibration) at "
+                        "the precision that fits, or at --bits/--group (default: auto)")
     c.add_argument("--pattern", help="N:M pattern for --method nm (e.g. 2:4; then no target needed)")
     c.add_argument("--rank", type=int, help="fixed rank for --method lowrank")
+    c.add_argument("--entropy", action="store_true",
+                   help="zstd-code the packed integer codes of quantized layers where it saves "
+                        "bytes (needs the zstandard package)")
+    c.add_argument("--bits", type=int, help="--method quant: bits per weight, 2-8 (then no target needed)")
+    c.add_argument("--group", type=int, help="--method quant with --bits: inputs per float16 scale "
+                                             "(32, 64, 128; default one per output channel)")
     c.add_argument("--global", dest="scope", action="store_const", const="global", default="layer",
                    help="--method prune: one magnitude threshold across all layers")
     c.add_argument("--allocate", dest="scope", action="store_const", const="allocate",
@@ -111,8 +120,9 @@ def _parser() -> argparse.ArgumentParser:
                         "point as PNG files in DIR (needs matplotlib: weightpress[plot])")
     c.add_argument("--rules", action="append", default=[], metavar="GLOB=ACTION[:k=v,..]",
                    help="override which tensors are compressed and how, first match wins; "
-                        "ACTION is skip, prune, lowrank, nm, slr or auto; options ratio, error, "
-                        "rank, sparsity, pattern. Repeat, or separate with ';'. E.g. "
+                        "ACTION is skip, prune, lowrank, nm, slr, code, quant or auto; options "
+                        "ratio, error, rank, sparsity, pattern, bits, group, symmetric. Repeat, "
+                        "or separate with ';'. E.g. '*.fc*=quant:bits=4,group=64', "
                         "--rules 'lm_head*=skip' --rules '*.q_proj.weight=lowrank:rank=64'")
     c.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], dest="value_dtype",
                    help="store compressed values and factors in this dtype (float16 or "
@@ -167,6 +177,12 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         opts["pattern"] = a.pattern
     if a.rank is not None:
         opts["rank"] = a.rank
+    if a.bits is not None:
+        opts["bits"] = a.bits
+    if a.group is not None:
+        if a.bits is None:
+            raise ValueError("--group needs --bits (e.g. --bits 4 --group 64)")
+        opts["group"] = a.group
     rules = _rules(a.rules)
     _check_output(a.output, a.model)
     if a.plot and a.scope != "allocate":
@@ -184,7 +200,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         rep = compress_model(src, a.output, ratio=a.ratio, error=a.error, method=a.method,
                              rules=rules, min_size=a.min_size, layout=a.layout, scope=a.scope,
                              options=opts, value_dtype=a.value_dtype, progress=_Progress(),
-                             calibration=calibration, prefer=a.prefer, curves_out=curves)
+                             calibration=calibration, prefer=a.prefer, curves_out=curves,
+                             coding="zstd" if a.entropy else None)
     if a.plot:
         for path in plot_curves(curves, a.plot):
             print(f"plot: {path}", file=sys.stderr)
@@ -193,6 +210,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
             _add_timings(rep, c)
     if not a.quiet:
         print(rep.table())
+    for note in rep.notes:
+        print(f"note: {note}", file=sys.stderr)
     if rep.not_stored:
         print(f"weightpress: warning: {len(rep.not_stored)} tensor(s) of {a.model} have no "
               f"storable dtype and are not in the container (listed in it; decompress with "
@@ -242,7 +261,15 @@ def _cmd_info(a: argparse.Namespace) -> int:
 def _cmd_decompress(a: argparse.Namespace) -> int:
     _check_output(a.output, a.file, *([a.like] if a.like else []))
     with Container(a.file) as c:
-        save_model(a.output, c, like=a.like, metadata=c.source_metadata)
+        structure = c.structure() if a.like is None else None
+        ext = os.path.splitext(a.output)[1].lower().lstrip(".")
+        if structure is not None and ext == {"h5": "h5", "keras": "keras"}.get(structure[0], structure[0]) \
+                or structure is not None and structure[0] == "h5" and ext == "hdf5":
+                write_from_skeleton(a.output, structure[0], structure[1], c)
+        else:
+            wmap = c.source.get("weight_map")
+            save_model(a.output, c, like=a.like, metadata=c.source_metadata,
+                       shards=json.loads(wmap) if wmap else None)
         if c.not_stored and not a.like:
             print(f"weightpress: warning: {len(c.not_stored)} tensor(s) of the original were "
                   f"not stored and are missing from {a.output} (decompress with --like the "

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.linalg
@@ -21,14 +22,15 @@ from ..linalg.svd import randomized_svd
 from .sparse_coding import sparse_code
 from .matrices import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
                        SparsePlusLowRank, fro2, store_as)
-from .storage import (Budget, lowrank_nbytes, nnz_for_bytes, rank_for_bytes, sparse_nbytes,
-                      value_itemsize)
+from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
+                      precisions_for_bytes, rank_for_bytes, sparse_nbytes, value_itemsize)
+from .quant import Quantized, quantize
 from ..linalg.sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
-           "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS"]
+           "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS", "quantized", "precision_of"]
 
-METHODS = ("prune", "nm", "lowrank", "slr", "code", "auto")
+METHODS = ("prune", "nm", "lowrank", "slr", "code", "quant", "auto")
 
 
 def _truncated_svd(W: np.ndarray, rank: int | None = None,
@@ -72,6 +74,33 @@ def out_dtype(W: Any, Wa: np.ndarray) -> np.dtype:
     """Results are stored in the input's float dtype (float16 stays float16), computed in Wa's."""
     dt = np.asarray(W).dtype
     return dt if dt.kind == "f" else Wa.dtype
+
+
+T = TypeVar("T")
+
+
+def smallest_meeting(lo: int, hi: int, build: Callable[[int], T],
+                     ok: Callable[[T], bool]) -> tuple[int, T, bool]:
+    """The one budget search: the smallest setting ``k`` in ``[lo, hi]`` whose ``build(k)``
+    is ``ok``, by bisection (``ok`` must be monotone in ``k``: more nonzeros, more rank, more
+    bytes). Returns ``(k, build(k), True)``, or ``(hi, build(hi), False)`` when even ``hi``
+    is not ok. Builds about ``log2(hi - lo)`` candidates, each once."""
+    seen: dict[int, T] = {}
+
+    def at(k: int) -> T:
+        if k not in seen:
+            seen[k] = build(k)
+        return seen[k]
+
+    if not ok(at(hi)):
+        return hi, at(hi), False
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(at(mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi, at(hi), True
 
 
 def _budget(error: Any, nbytes: Any) -> tuple[float | None, float | None]:
@@ -136,21 +165,14 @@ def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: flo
     if pattern is not None:
         return store_as(Sparse(prune(Wa, pattern=pattern), layout, dtype=od), storage)  # type: ignore[return-value]
     err, nb = _budget(error, nbytes)
-    best = None
-    for n in range(1, m + 1):
-        A = prune(Wa, pattern=(n, m))
-        cand = store_as(Sparse(A, layout, dtype=od), storage)
-        if nb is not None:
-            if cand.nbytes > nb:
-                break
-            best = cand
-        else:
-            best = cand
-            if cand.relative_error(Wa) <= err:
-                break
-    if best is None:
-        best = store_as(Sparse(prune(Wa, pattern=(1, m)), layout, dtype=od), storage)
-    return best  # type: ignore[return-value]
+
+    def build(n: int) -> CompressedMatrix:
+        return store_as(Sparse(prune(Wa, pattern=(n, m)), layout, dtype=od), storage)
+
+    if nb is not None:  # the most kept per group that fits: one below the first that does not
+        n, cand, over = smallest_meeting(1, m, build, lambda c: c.nbytes > nb)
+        return (build(max(1, n - 1)) if over else cand)  # type: ignore[return-value]
+    return smallest_meeting(1, m, build, lambda c: c.relative_error(Wa) <= err)[1]  # type: ignore[return-value]
 
 
 def low_rank(W: Any, rank: int | None = None, *, error: float | None = None,
@@ -255,8 +277,9 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
                storage: str | None = None) -> SparsePlusLowRank:
     """``iterations`` rounds of S = top-k of W − L, L = rank-r SVD of W − S; the best iterate."""
     best, best_err = None, np.inf
-    for it in range(int(iterations) + 1):
-        if it:
+    cur_S: Sparse | None = None
+    for _ in range(int(iterations) + 1):
+        if cur_S is not None:  # L = rank-r SVD of W − S, S from the previous round
             U, s, Vt = _truncated_svd(Wa - cur_S.toarray(), rank=rank)
             L = store_as(LowRank.from_svd(U, s, Vt, L.layout, dtype=L.dtype), storage)
         R = _residual(Wa, L)
@@ -270,12 +293,13 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
 
 
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
-         layout: str = "out_in", forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank"),
+         layout: str = "out_in",
+         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant"),
          slr_iterations: int = 0, storage: str | None = None) -> CompressedMatrix:
     """The best form for a budget, never bigger than dense.
 
-    With ``error``: the smallest (in bytes) of pruning, low-rank and sparse + low-rank that meets
-    the relative error; dense if none is smaller than dense. With ``nbytes``: the lowest-error
+    With ``error``: the smallest (in bytes) of pruning, low-rank, sparse + low-rank and integer
+    quantization that meets the relative error; dense if none is smaller than dense. With ``nbytes``: the lowest-error
     form that fits (dense when the budget holds the dense tensor).
     """
     Wa = as_matrix(W, "W")
@@ -320,6 +344,11 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
                                               spectrum=spec, iterations=slr_iterations,
                                               storage=storage))
         del spec
+    if "quant" in forms:  # (for an error budget only if some precision meets it)
+        q = quantized(W, error=err, nbytes=nb, layout=layout)
+        if err is None or q.relative_error(Wa) <= err * (1 + 1e-9):
+            consider(q)
+        del q
     return dense if best is None else best
 
 
@@ -359,13 +388,55 @@ def sparse_coded(W: Any, *, n_nonzero: int | None = None, error: float | None = 
         nnz = nnz_for_bytes((m, k), real_scalar(nbytes, "nbytes", low=0.0) - dict_bytes, isz)
         return build(max(1, nnz // max(1, m)))
     err = real_scalar(error, "error", low=0.0)
-    lo, hi = 1, k
-    best = build(hi)
-    while lo < hi:  # fewest nonzeros per row meeting the error
-        mid = (lo + hi) // 2
-        cand = build(mid)
-        if cand.relative_error(Wa) <= err:
-            best, hi = cand, mid
-        else:
-            lo = mid + 1
-    return best
+    # fewest nonzeros per row meeting the error (all k when none does)
+    return smallest_meeting(1, k, build, lambda c: c.relative_error(Wa) <= err)[1]
+
+
+def precision_of(options: dict[str, Any]) -> Precision | None:
+    """The precision a rule's options fix (``bits``, ``group``, ``symmetric``), or None."""
+    if "bits" not in options:
+        if "group" in options or "symmetric" in options:
+            raise ValueError("options group/symmetric need bits (e.g. quant:bits=4,group=64)")
+        return None
+    return Precision(int(options["bits"]), int(options.get("group", 0) or 0),
+                     bool(options.get("symmetric", True)))
+
+
+def _oi_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
+    return (int(shape[0]), int(shape[1])) if layout == "out_in" else (int(shape[1]), int(shape[0]))
+
+
+def quantized(W: Any, *, bits: int | None = None, group: int | None = None,
+              symmetric: bool | None = None, error: float | None = None,
+              nbytes: float | None = None, layout: str = "out_in",
+              storage: str | None = None) -> Quantized:
+    """Round-to-nearest integer quantization (:class:`~weightpress.compression.quant.Quantized`)
+    at a fixed precision (``bits``, ``group``, ``symmetric``), or at the precision of
+    :data:`~weightpress.compression.storage.QUANT_LADDER` that meets a budget: the lowest
+    weight error among the largest that fit ``nbytes``, or the fewest bytes meeting ``error``.
+    ``storage`` is accepted for symmetry with the other methods (codes are integers; scales are
+    float16 whatever it says).
+    """
+    Wa = as_matrix(W, "W")
+    od = out_dtype(W, Wa)
+    shape = _oi_shape(Wa.shape, layout)
+
+    def build(p: Precision) -> Quantized:
+        q = quantize(Wa, p.bits, p.group, symmetric=p.symmetric, layout=layout)
+        q.dtype = od
+        return q
+
+    if bits is not None:
+        return build(Precision(int(bits), int(group or 0), True if symmetric is None else bool(symmetric)))
+    err, nb = _budget(error, nbytes)
+    if nb is not None:
+        cands = precisions_for_bytes(shape, nb) or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape))]
+        return min((build(p) for p in cands), key=lambda q: q.relative_error(Wa))
+    best = None
+    for p in sorted(QUANT_LADDER, key=lambda p: (p.nbytes(shape), -p.bits)):
+        q = build(p)
+        if q.relative_error(Wa) <= err * (1 + 1e-9):
+            return q
+        best = q
+    assert best is not None
+    return best  # nothing meets the error: the largest precision, honest about its error

@@ -82,20 +82,23 @@ class PyTorchSource(TensorSource):
 
     bf16 and float8 (e4m3fn, e5m2) tensors are returned as float32 (``stored_dtypes[name]``
     says ``"BF16"``, ``"F8_E4M3"``, ``"F8_E5M2"``); fp16 stays fp16, uint16/32/64 stay as they
-    are. Views (offsets, strides, transposes) are honoured; the legacy pre-1.6 format and
-    TorchScript archives raise :class:`FormatError`.
+    are. Views (offsets, strides, transposes) are honoured; names that share one storage view
+    (tied weights) are listed in :attr:`aliases` (name -> first name). TorchScript archives
+    raise :class:`FormatError`; the legacy pre-1.6 format is read by
+    :class:`~weightpress.io.pytorch_legacy.LegacyPyTorchSource`.
     """
 
     format = "pytorch"
 
     def __init__(self, path: str | os.PathLike[str]):
         super().__init__(path)
+        self.aliases: dict[str, str] = {}
         with open(self.path, "rb") as f:
             head = f.read(2)
         if head[:1] == b"\x80":
             raise FormatError(
-                f"{self.path}: legacy (pre-1.6, non-zip) PyTorch checkpoint is not supported; "
-                "re-save it with torch.save from torch>=1.6"
+                f"{self.path}: legacy (pre-1.6, non-zip) PyTorch checkpoint: open it with "
+                "weightpress.io.open_model (LegacyPyTorchSource)"
             )
         self._zf = open_zip(self.path, "PyTorch checkpoint")
         try:
@@ -119,12 +122,15 @@ class PyTorchSource(TensorSource):
         # a shared sub-object can be visited many times for one pickle byte: bound the walk
         # by the pickle's size (a real checkpoint spends far more than 4 bytes per item)
         self._refs = _flatten(obj, self.path, min(_MAX_ENTRIES, max(100_000, len(raw) // 4)))
-        self._info: dict[str, TensorInfo] = {}
+        self._check_storages()
+        self._index_refs()
+
+    def _check_storages(self) -> None:
+        """A tensor reaching past its storage is a corrupt file: say so at open time, not at
+        load time (where a --ratio budget computed from the header would have failed first)."""
         sizes = {zi.filename: zi.file_size for zi in self._zf.infolist()}
         for name, ref in self._refs.items():
             st = ref.storage
-            # a tensor reaching past its storage is a corrupt file: say so now, not at load time
-            # (where a --ratio budget computed from the header would have failed first)
             member = f"{self._prefix}data/{st.key}"
             if member not in sizes:
                 raise FormatError(f"{self.path}: tensor {name!r}: storage member {member!r} is missing")
@@ -134,9 +140,21 @@ class PyTorchSource(TensorSource):
                 if last >= held:
                     raise FormatError(f"{self.path}: tensor {name!r} reaches element {last} of a "
                                       f"storage holding {held} (file truncated or corrupt)")
+
+    def _index_refs(self) -> None:
+        """Shapes and dtypes from the refs; names sharing one storage view become aliases."""
+        self._info: dict[str, TensorInfo] = {}
+        first: dict[tuple[Any, ...], str] = {}
+        for name, ref in self._refs.items():
+            st = ref.storage
             decoded = st.stored == "bfloat16" or st.stored.startswith("float8")
             self._info[name] = TensorInfo(ref.shape, np.float32 if decoded else st.dtype)
             self.stored_dtypes[name] = stored_name(st.stored)
+            key = (st.key, st.stored, ref.offset, ref.shape, ref.strides)
+            if key in first:  # tied weights (GPT-2's lm_head and wte): one storage, two names
+                self.aliases[name] = first[key]
+            else:
+                first[key] = name
 
     def info(self) -> dict[str, TensorInfo]:
         return self._info

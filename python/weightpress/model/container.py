@@ -42,11 +42,12 @@ __all__ = ["header_estimate", "ContainerWriter", "Container", "open_container", 
 FORMAT = "weightpress.container"
 FORMAT_VERSION = 1
 SEP = "::"
+STRUCTURE_KEY = "__weightpress_structure__"
 
 
 # stored arrays per tensor by the method that makes it (dense: 1; CSR: data, indices, indptr...)
 _PARTS_PER_METHOD = {"skip": 1, "keep": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5,
-                     "code": 4, "auto": 3}
+                     "code": 4, "quant": 4, "auto": 3}
 
 
 def header_estimate(tensors: Mapping[str, str]) -> int:
@@ -217,6 +218,7 @@ class ContainerWriter:
         self._keys: set[str] = set()
         self._dtypes: dict[str, str] = {}
         self.file_bytes = 0
+        self.structure: dict[str, Any] = {}
 
     @property
     def _spill(self) -> _Spill:
@@ -236,21 +238,28 @@ class ContainerWriter:
 
     def add(self, name: str, obj: CompressedMatrix | np.ndarray, *, original: Any = None,
             layout: str | None = None, stored_dtype: str | None = None,
-            orig_bytes: int | None = None, method: str = "", reason: str = "") -> dict[str, Any]:
-        """Stage one tensor: a compressed matrix, or an array kept dense.
+            orig_bytes: int | None = None, method: str = "", reason: str = "",
+            view: Any = None, dtype: Any = None) -> dict[str, Any]:
+        """Stage one tensor: a compressed matrix, or an array (any dtype, any rank) kept dense.
 
         ``original`` (the uncompressed tensor) gives the stored error figures; without it the
-        tensor counts as exact (dense). Returns the metadata entry.
+        tensor counts as exact (dense). ``view`` (a
+        :class:`~weightpress.compression.views.MatrixView`) says the matrix is an N-D tensor
+        seen as a matrix: it is decoded back to ``view.shape``. ``dtype`` is the tensor's own
+        dtype when the values are stored in another (``float16`` for a float32 tensor): it is
+        decoded back to it. Returns the metadata entry.
         """
         if name in self.entries:
             raise ValueError(f"name: tensor {name!r} added twice")
         expanded = None
+        own_dtype = dtype
         if isinstance(obj, np.ndarray) or not isinstance(obj, CompressedMatrix):
             arr = np.asarray(obj)
             if not arr.dtype.isnative:  # big-endian input: stored and reported native
                 arr = arr.astype(arr.dtype.newbyteorder("="))
             expanded = _compact(arr)
-            float_matrix = arr.ndim == 2 and arr.dtype.kind == "f" and expanded is None
+            floating = arr.dtype.kind == "f"
+            float_matrix = arr.ndim == 2 and floating and expanded is None
             obj = Dense(arr, layout or "out_in") if float_matrix else None  # type: ignore[assignment]
             parts = {"values": arr if expanded is None else expanded}
             form, shape, dtype = "dense", arr.shape, arr.dtype
@@ -278,8 +287,17 @@ class ContainerWriter:
             "orig_bytes": int(orig_bytes if orig_bytes is not None
                               else dense_nbytes(shape, np.dtype(dtype).itemsize)),
             "method": method, "reason": reason}
+        label = getattr(obj, "name", None)  # quantized forms: int4g64, kmeans3r...
+        if isinstance(label, str):
+            entry["label"] = label
+        if view is not None:
+            entry["view"] = view.to_json()
+        if own_dtype is not None and np.dtype(own_dtype) != np.dtype(entry["dtype"]):
+            entry["values_dtype"], entry["dtype"] = entry["dtype"], np.dtype(own_dtype).name
         if original is not None:
             W = np.asarray(original)
+            if view is not None and W.shape == tuple(view.shape):
+                W = view.to_matrix(W)
             if W.shape != tuple(shape):
                 raise ValueError(f"original: shape {W.shape} differs from {tuple(shape)}")
             W = _flat2(W)
@@ -305,13 +323,40 @@ class ContainerWriter:
         self.entries.add(name, entry)
         return entry
 
+    def add_alias(self, name: str, target: str) -> dict[str, Any]:
+        """Stage `name` as another name of the already staged tensor `target` (tied weights:
+        one storage under two names); nothing is stored twice."""
+        if name in self.entries:
+            raise ValueError(f"name: tensor {name!r} added twice")
+        if target not in self.entries or "alias" in self.entries[target]:
+            raise ValueError(f"target: {target!r} is not a staged tensor")
+        t = self.entries[target]
+        entry = {k: t[k] for k in ("shape", "dtype", "stored_dtype", "layout", "error", "norm",
+                                   "norm_hat", "inner", "params")}
+        entry.update(form=t["form"], alias=target, parts={}, crc32={}, bytes=0, orig_bytes=0,
+                     storage=t.get("storage"), method="tied", reason=f"tied to {target}")
+        for k in ("view", "values_dtype"):
+            if k in t:
+                entry[k] = t[k]
+        self.entries.add(name, entry)
+        return entry
+
+    def set_structure(self, kind: str, blob: bytes) -> None:
+        """Keep what the source format needs besides the weights (an ONNX graph without its
+        weights, a Keras file's layout; see :mod:`weightpress.io.structure`)."""
+        a = np.frombuffer(blob, np.uint8)
+        self._spill.append(STRUCTURE_KEY, a)
+        self._keys.add(STRUCTURE_KEY)
+        self.structure = {"kind": kind, "key": STRUCTURE_KEY, "crc32": _crc(a), "bytes": int(a.size)}
+
     def metadata(self) -> dict[str, str]:
         return {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "weightpress_version": __version__,
                 "source": json.dumps(self.source, sort_keys=True),
                 "source_metadata": json.dumps(self.source_metadata, sort_keys=True),
                 "tensors": self.entries.json(),
-                **({"not_stored": json.dumps(self.not_stored)} if self.not_stored else {})}
+                **({"not_stored": json.dumps(self.not_stored)} if self.not_stored else {}),
+                **({"structure": json.dumps(self.structure)} if self.structure else {})}
 
     def close(self) -> int:
         """Write the container (atomically) and remove the scratch file; returns its size."""
@@ -374,7 +419,12 @@ class Container(TensorSource):
             self.source_metadata: dict[str, str] = json.loads(meta.get("source_metadata", "{}"))
             self.not_stored: dict[str, str] = {str(k): str(v) for k, v in
                                                json.loads(meta.get("not_stored", "{}")).items()}
-            self._info = {n: TensorInfo(e["shape"], np.dtype(e["dtype"])) for n, e in self.entries.items()}
+            self.structure_info: dict[str, Any] = json.loads(meta.get("structure", "{}"))
+            self._info = {n: TensorInfo(e["view"]["shape"] if "view" in e else e["shape"],
+                                        np.dtype(e["dtype"])) for n, e in self.entries.items()}
+            for n, e in self.entries.items():
+                if "alias" in e and e["alias"] not in self.entries:
+                    raise FormatError(f"{self.path}: tensor {n!r} is tied to a missing tensor")
             for n, e in self.entries.items():
                 for role, key in e["parts"].items():
                     if key not in self._st.info():
@@ -394,6 +444,8 @@ class Container(TensorSource):
         the stored ones on first read (FormatError on a mismatch) unless the container was
         opened with ``verify_checksums=False``."""
         e = self.entries[name]
+        if "alias" in e:
+            return self.parts(e["alias"])
         out = {role: self._st[key] for role, key in e["parts"].items()}
         if self.verify_checksums and name not in self._checked:
             crcs = e.get("crc32")
@@ -410,10 +462,23 @@ class Container(TensorSource):
         """Read every stored array once and check its CRC-32 (FormatError on the first bad one)."""
         for name in self.entries:
             self.parts(name)
+        self.structure()
+
+    def structure(self) -> tuple[str, bytes] | None:
+        """(kind, zlib bytes) of the source model's structure, if the container keeps it."""
+        s = self.structure_info
+        if not s:
+            return None
+        a = self._st[s["key"]]
+        if _crc(a) != s["crc32"]:
+            raise FormatError(f"{self.path}: checksum mismatch in the stored model structure")
+        return s["kind"], np.asarray(a).tobytes()
 
     def matrix(self, name: str) -> CompressedMatrix:
-        """One tensor as a compressed matrix (2-D tensors only)."""
+        """One tensor as a compressed matrix (2-D tensors and N-D tensors seen as matrices)."""
         e = self.entries[name]
+        if "alias" in e:
+            return self.matrix(e["alias"])
         if len(e["shape"]) != 2:
             raise ValueError(f"{name!r} is a {len(e['shape'])}-D tensor, not a matrix; use container[name]")
         try:
@@ -424,15 +489,22 @@ class Container(TensorSource):
 
     def _load(self, name: str) -> np.ndarray:
         e = self.entries[name]
+        if "alias" in e:
+            return self._load(e["alias"])
         if e["form"] == "dense":
-            values = self.parts(name)["values"]
+            a = self.parts(name)["values"]
             if e.get("expanded"):
                 try:
-                    return np.broadcast_to(values, tuple(e["shape"]))
+                    return np.broadcast_to(a, tuple(e["shape"]))
                 except ValueError as err:
                     raise FormatError(f"{self.path}: tensor {name!r}: {err}") from None
-            return values
-        return self.matrix(name).toarray()
+        else:
+            a = self.matrix(name).toarray()
+        if "view" in e:
+            a = np.asarray(a).reshape(e["view"]["shape"])
+        if a.dtype != np.dtype(e["dtype"]):
+            a = a.astype(e["dtype"])
+        return a
 
     @property
     def file_bytes(self) -> int:
@@ -482,6 +554,12 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
     c = Container(path, verify_checksums=False)  # checked below, per tensor, as problems
     res = VerifyResult(os.fspath(path))
     known = {k for e in c.entries.values() for k in e["parts"].values()}
+    if c.structure_info:
+        known.add(c.structure_info.get("key"))
+        try:
+            c.structure()
+        except FormatError as err:
+            res.problems.append(str(err))
     extra = set(c._st.info()) - known
     if extra:
         res.problems.append(f"stored arrays not referenced by any tensor: {sorted(extra)[:5]}")
@@ -492,7 +570,8 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
         where = f"{name}"
         try:
             parts = c.parts(name)
-            bad = [r for r, a in parts.items() if _crc(a) != e["crc32"].get(r)]
+            crcs = c.entries[e["alias"]]["crc32"] if "alias" in e else e["crc32"]
+            bad = [r for r, a in parts.items() if _crc(a) != crcs.get(r)]
             if bad:
                 res.problems.append(f"{where}: checksum mismatch in {bad} (file corrupted)")
                 continue
@@ -500,7 +579,8 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
         except (ValueError, TypeError, KeyError) as err:
             res.problems.append(f"{where}: cannot decode ({err})")
             continue
-        if list(W_hat.shape) != e["shape"] or W_hat.dtype.name != e["dtype"]:
+        want_shape = e["view"]["shape"] if "view" in e else e["shape"]
+        if list(W_hat.shape) != want_shape or W_hat.dtype.name != e["dtype"]:
             res.problems.append(f"{where}: decodes to {W_hat.dtype} {W_hat.shape}, declared "
                                 f"{e['dtype']} {tuple(e['shape'])}")
             continue

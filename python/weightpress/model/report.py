@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -33,6 +33,8 @@ class Report:
     rows: list[Row]
     file_bytes: int = 0
     source_bytes: int = 0
+    notes: list[str] = field(default_factory=list)  # what the search did beyond the rules
+    compressed_bytes: int = 0  # bytes of the tensors compressed (not kept) in the container
     not_stored: dict[str, str] | None = None  # tensors the reader could not hold, and why
 
     @property
@@ -47,7 +49,7 @@ class Report:
     @classmethod
     def of_container(cls, c: Any) -> "Report":
         """The report of an opened :class:`~weightpress.container.Container`."""
-        rows = [Row(n, tuple(e["shape"]), e["form"], e["params"], e["bytes"], e["orig_bytes"],
+        rows = [Row(n, tuple(e["shape"]), e.get("label") or e["form"], e["params"], e["bytes"], e["orig_bytes"],
                     e["error"], e.get("reason", ""), e.get("output_error"))
                 for n, e in c.entries.items()]
         src = int(c.source.get("bytes") or sum(r.orig_bytes for r in rows))
