@@ -52,6 +52,8 @@ def _check(n: object, name: str = "n_threads") -> int:
     n = int(n)  # type: ignore[call-overload]
     if n == 0:
         raise ValueError(f"{name}=0 is invalid; use None for the default or -1 for all CPUs")
+    if not -(2**31) < n < 2**31:
+        raise ValueError(f"{name}={n} is out of range (a thread count fits in a 32-bit int)")
     return n
 
 
