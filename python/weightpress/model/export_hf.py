@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io._base import atomic_write
 from ..io.safetensors import write_safetensors
 from ._packed import QuantParts
 from .container import Container
@@ -149,11 +150,12 @@ def export_compressed_tensors(container: str | os.PathLike[str] | Container,
         "config_groups": {f"group_{i}": {**g, "input_activations": None, "output_activations": None}
                           for i, g in enumerate(groups.values())}}
     os.makedirs(output_dir, exist_ok=True)
-    for fn in sorted(os.listdir(like_dir)):
+    for fn in sorted(os.listdir(like_dir)):  # tokenizer and generation files, each atomically
         src = os.path.join(like_dir, fn)
         if fn != "config.json" and os.path.isfile(src) and not _WEIGHT_FILES.search(fn):
-            shutil.copyfile(src, os.path.join(output_dir, fn))
+            with open(src, "rb") as fi, atomic_write(os.path.join(output_dir, fn)) as fo:
+                shutil.copyfileobj(fi, fo)
     write_safetensors(os.path.join(output_dir, "model.safetensors"), tensors, {"format": "pt"})
-    with open(os.path.join(output_dir, "config.json"), "w") as f:
+    with atomic_write(os.path.join(output_dir, "config.json"), "w") as f:  # last: a loadable dir
         json.dump(cfg, f, indent=2)
     return rows
