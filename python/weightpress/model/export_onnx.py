@@ -26,6 +26,8 @@ the original graph (to float rounding; plus the activation rounding of ``compute
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -405,8 +407,6 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
 def _write_external(model: Any, output: str) -> None:
     """The graph to ``output``, tensors over 1 KiB to ``output.data`` (both replaced only once
     written)."""
-    import shutil
-    import tempfile
     ext = require("onnx.external_data_helper", "writing ONNX external data")
     d = os.path.dirname(os.path.abspath(output))
     data_name = os.path.basename(output) + ".data"
