@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import stat
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +34,7 @@ from ..io.structure import write_from_skeleton
 from ..model.capture import capture_onnx
 from ..model.compress import compress_model, open_source, parse_rule, plan, source_nbytes
 from ..model.container import Container, verify
-from ..model.report import Report, human
+from ..model.report import Report, human, printable
 from .demo import run as run_demo
 from .plots import plot_curves, require_matplotlib
 
@@ -181,9 +184,7 @@ def _cmd_compress(a: argparse.Namespace) -> int:
             raise ValueError("--group needs --bits (e.g. --bits 4 --group 64)")
         opts["group"] = a.group
     rules = _rules(a.rules)
-    if os.path.abspath(a.output) == os.path.abspath(a.model):
-        raise ValueError("output: must differ from the input model")
-    _check_output(a.output)
+    _check_output(a.output, a.model)
     if a.plot and a.scope != "allocate":
         raise ValueError("--plot: the curves are measured by --allocate")
     if a.plot:
@@ -211,6 +212,11 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         print(rep.table())
     for note in rep.notes:
         print(f"note: {note}", file=sys.stderr)
+    if rep.not_stored:
+        print(f"weightpress: warning: {len(rep.not_stored)} tensor(s) of {a.model} have no "
+              f"storable dtype and are not in the container (listed in it; decompress with "
+              f"--like {a.model} keeps them): "
+              f"{printable(', '.join(list(rep.not_stored)[:5]))}", file=sys.stderr)
     print(f"wrote {a.output}: {rep.file_bytes:,} bytes, {rep.ratio:.2f}x smaller than "
           f"{a.model} ({rep.source_bytes:,} bytes)", file=sys.stderr if a.quiet else sys.stdout)
     return EXIT_OK
@@ -230,6 +236,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
     src = open_source(a.file)
     if isinstance(src, Container):
         with src:
+            src.check_checksums()  # the table is only as good as the file: read it all once
             rep = Report.of_container(src)
             if a.timing:
                 _add_timings(rep, src)
@@ -238,10 +245,10 @@ def _cmd_info(a: argparse.Namespace) -> int:
     with src:  # a plain model: its tensors and what 'compress' would do with each by default
         rows = [("tensor", "shape", "dtype", "bytes", "default plan")]
         for d in plan(src.info(), "auto"):
-            st = src.stored_dtypes.get(d.name) or d.dtype.name
-            rows.append((d.name, "x".join(map(str, d.shape)) or "()", st,
+            st = printable(src.stored_dtypes.get(d.name) or d.dtype.name)
+            rows.append((printable(d.name), "x".join(map(str, d.shape)) or "()", st,
                          human(source_nbytes(src, d.name, d.shape, d.dtype)),
-                         "compress" if d.action != "skip" else f"keep: {d.reason}"))
+                         "compress" if d.action != "skip" else f"keep: {printable(d.reason)}"))
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     for k, r in enumerate(rows):
         print("  ".join(c.rjust(w[i]) if i == 3 else c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
@@ -252,7 +259,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
 
 def _cmd_decompress(a: argparse.Namespace) -> int:
-    _check_output(a.output)
+    _check_output(a.output, a.file, *([a.like] if a.like else []))
     with Container(a.file) as c:
         structure = c.structure() if a.like is None else None
         ext = os.path.splitext(a.output)[1].lower().lstrip(".")
@@ -263,6 +270,11 @@ def _cmd_decompress(a: argparse.Namespace) -> int:
             wmap = c.source.get("weight_map")
             save_model(a.output, c, like=a.like, metadata=c.source_metadata,
                        shards=json.loads(wmap) if wmap else None)
+        if c.not_stored and not a.like:
+            print(f"weightpress: warning: {len(c.not_stored)} tensor(s) of the original were "
+                  f"not stored and are missing from {a.output} (decompress with --like the "
+                  f"original to keep them): {printable(', '.join(list(c.not_stored)[:5]))}",
+                  file=sys.stderr)
     print(f"wrote {a.output}")
     return EXIT_OK
 
@@ -273,7 +285,7 @@ def _cmd_verify(a: argparse.Namespace) -> int:
         original = open_source(a.against)
     res = verify(a.file, original, progress=_Progress())
     for p in res.problems:
-        print(f"FAIL {p}")
+        print(f"FAIL {printable(p)}")
     print(f"{'ok' if res.ok else 'FAILED'}: {res.checked} tensors checked, "
           f"{len(res.problems)} problem(s)")
     return EXIT_OK if res.ok else EXIT_FAIL
@@ -284,15 +296,53 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_output(path: str) -> None:
-    """Fail early (before any work) when the output cannot be written."""
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"output {path!r} is a directory")
+def _check_output(path: str, *inputs: str) -> None:
+    """Fail early (before any work) when the output cannot or must not be written: it must be
+    a regular file or a new path (never a directory, FIFO or device, which the atomic rename
+    would replace), and must not be any input, however reached (symlinks, symlinked folders,
+    hard links: compared by device and inode)."""
+    if os.path.exists(path):
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            what = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+            raise ValueError(f"-o {path}: is {what}, not a regular file; give a file path")
+        for inp in inputs:
+            if os.path.exists(inp) and os.path.samefile(path, inp):
+                raise ValueError(f"-o {path}: is the input {inp} (the same file); "
+                                 f"write the output elsewhere")
+    for inp in inputs:  # a new path can still name an input through a symlinked folder
+        if os.path.realpath(path) == os.path.realpath(inp):
+            raise ValueError(f"-o {path}: is the input {inp}; write the output elsewhere")
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         raise FileNotFoundError(f"output directory {d!r} does not exist")
     if not os.access(d, os.W_OK):
         raise PermissionError(f"output directory {d!r} is not writable")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so every temporary file is removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """Route SIGTERM and SIGHUP through the same cleanup as SIGINT (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            old[sig] = signal.signal(sig, _raise_terminated)
+    return old
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -304,11 +354,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     cmd = {"compress": _cmd_compress, "info": _cmd_info, "decompress": _cmd_decompress,
            "verify": _cmd_verify, "demo": _cmd_demo}[a.command]
+    old_handlers = _install_signal_handlers()
     try:
         return cmd(a)
-    except KeyboardInterrupt:
-        print("weightpress: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, _Terminated) else signal.SIGINT
+        print(f"weightpress: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + int(signum)
     except (ValueError, TypeError, OSError, KeyError, ImportError) as e:
         if os.environ.get("WEIGHTPRESS_DEBUG"):
             raise
@@ -316,13 +368,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{e.strerror or e}: {e.filename}"
         if isinstance(e, KeyError):
             msg = f"no tensor {e}"
-        print(f"weightpress: error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
+        line = printable(msg.splitlines()[0]) if msg.strip() else type(e).__name__
+        print(f"weightpress: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - one line, not a traceback, for anything else
         if os.environ.get("WEIGHTPRESS_DEBUG"):
             raise
-        print(f"weightpress: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"weightpress: internal error: {type(e).__name__}: {printable(str(e))[:500]}",
+              file=sys.stderr)
         return EXIT_FAIL
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

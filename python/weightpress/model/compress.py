@@ -35,7 +35,7 @@ from ..compression.views import MatrixView
 from ..io import open_model
 from ..io.structure import skeleton_of
 from ..io._base import TensorSource
-from .container import FORMAT, Container, ContainerWriter, header_estimate
+from .container import FORMAT, Container, ContainerWriter, _compact, header_estimate
 from .report import Report, Row
 from .rules import (DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, _soft_kept, parse_rule, plan,
                     tensor_views)
@@ -219,6 +219,9 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     cal = None
     if calibration is not None:
         cal = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet(calibration)
+    if not source.info():
+        raise ValueError(f"{getattr(source, 'path', 'source')}: no tensors to compress "
+                         f"(a checkpoint without weights?)")
     job = prepare(source, method, rules, min_size, layout)
     plan_ = budget_layers(source, job, target, cal, curves_out, progress)
     out = os.fspath(out)
@@ -493,6 +496,11 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
                           stored_dtype=stored, orig_bytes=ly.orig_bytes, method="keep",
                           reason=reason, original=W if A.dtype != np.asarray(W).dtype else None,
                           dtype=W.dtype)
+            elif _compact(np.asarray(W)) is not None:
+                # an expanded (stride-0) tensor: stored once as it is, never materialised
+                e = w.add(d.name, np.asarray(W), layout=view.layout if view else job.layout,
+                          stored_dtype=stored, orig_bytes=ly.orig_bytes, method="keep",
+                          reason="expanded view (stride 0), stored once")
             else:
                 Wa = np.asarray(W)
                 if view is not None and view.is_reshape:
@@ -506,7 +514,12 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
                 if (layer_ratio is not None and budgeted.layer_ratio and ly.form is None
                         and budget is not None and budget.nbytes is not None):
                     budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / layer_ratio)
-                m, reason = _build_layer(Wa, ly, budget, stats, target, tlayout, stored)
+                try:
+                    m, reason = _build_layer(Wa, ly, budget, stats, target, tlayout, stored)
+                except ValueError as err:  # name the tensor ("W contains NaN or Inf" alone does not)
+                    if repr(d.name) in str(err) or f"{d.name}:" in str(err):
+                        raise
+                    raise ValueError(f"tensor {d.name!r}: {err}") from None
                 e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
                           method=d.action, reason=reason,
                           view=view if view is not None and view.is_reshape else None,
@@ -524,9 +537,13 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
         for name, tied in job.aliases.items():
             e = w.add_alias(name, tied)
             rows.append(Row(name, job.shapes[name], "tied", 0, 0, 0, e["error"], e["reason"]))
+        # what the reader left out (no dtype to hold it) is listed in the container and the
+        # report, never dropped in silence
+        skipped = {str(k): str(v) for k, v in (getattr(source, "skipped", None) or {}).items()}
+        w.not_stored.update(skipped)
         if progress is not None:
             progress(n, n, "writing")
-    rep = Report(rows, w.file_bytes, budgeted.src_bytes)
+    rep = Report(rows, w.file_bytes, budgeted.src_bytes, not_stored=skipped)
     rep.compressed_bytes = sum(e["bytes"] for e in w.entries.values()
                                if e["method"] not in ("keep", "tied"))
     return rep
