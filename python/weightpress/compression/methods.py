@@ -294,12 +294,13 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
 
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
          layout: str = "out_in",
-         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant"),
+         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank"),
          slr_iterations: int = 0, storage: str | None = None) -> CompressedMatrix:
     """The best form for a budget, never bigger than dense.
 
-    With ``error``: the smallest (in bytes) of pruning, low-rank, sparse + low-rank and integer
-    quantization that meets the relative error; dense if none is smaller than dense. With ``nbytes``: the lowest-error
+    With ``error``: the smallest (in bytes) of pruning, low-rank and sparse + low-rank (and
+    integer quantization when ``forms`` names ``"quant"``) that meets the relative error; dense
+    if none is smaller than dense. With ``nbytes``: the lowest-error
     form that fits (dense when the budget holds the dense tensor).
     """
     Wa = as_matrix(W, "W")
@@ -344,7 +345,7 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
                                               spectrum=spec, iterations=slr_iterations,
                                               storage=storage))
         del spec
-    if "quant" in forms:  # (for an error budget only if some precision meets it)
+    if "quant" in forms:  # opt-in (forms=(..., "quant")); for an error budget only if met
         q = quantized(W, error=err, nbytes=nb, layout=layout)
         if err is None or q.relative_error(Wa) <= err * (1 + 1e-9):
             consider(q)

@@ -195,6 +195,17 @@ class Quantized(CompressedMatrix):
             return self._dequant(self.dtype, start, stop).astype(self.dtype, copy=False)
         return self.toarray()[start:stop]
 
+    def blocks(self, block: int = 1 << 20) -> Any:
+        """Row blocks of :meth:`toarray`; for ``in_out`` (codes run along the stored columns)
+        decoded once, not once per block."""
+        if self.layout == "out_in":
+            yield from super().blocks(block)
+            return
+        D = self.toarray()
+        step = max(1, block // max(1, self.shape[1]))
+        for r in range(0, self.shape[0], step):
+            yield r, min(self.shape[0], r + step), D[r:r + step]
+
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         direct = (self.layout == "out_in") != transpose  # the product is M @ X
         if not direct:  # Mᵀ @ X: not the kernel's direction; dequantize (rare: not the layer)
@@ -455,6 +466,17 @@ class Codebook(CompressedMatrix):
         if self.layout == "out_in":
             return self._dequant(self.dtype, start, stop).astype(self.dtype, copy=False)
         return self.toarray()[start:stop]
+
+    def blocks(self, block: int = 1 << 20) -> Any:
+        """Row blocks of :meth:`toarray`; for ``in_out`` (codes run along the stored columns)
+        decoded once, not once per block."""
+        if self.layout == "out_in":
+            yield from super().blocks(block)
+            return
+        D = self.toarray()
+        step = max(1, block // max(1, self.shape[1]))
+        for r in range(0, self.shape[0], step):
+            yield r, min(self.shape[0], r + step), D[r:r + step]
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         direct = (self.layout == "out_in") != transpose
