@@ -106,7 +106,7 @@ def _corrupt(path):
     raw = bytearray(path.read_bytes())
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
-    key = next(k for k in header if k.endswith("::data") or k.endswith("::left"))
+    key = next(k for k in header if k.endswith(("::data", "::left", "::packed", "::quant.packed")))
     b, e = header[key]["data_offsets"]
     for i in range(4):
         raw[8 + n + (b + e) // 2 + i] ^= 0x77

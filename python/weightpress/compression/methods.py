@@ -24,7 +24,7 @@ from .matrices import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
                        SparsePlusLowRank, fro2, store_as)
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, sparse_nbytes, value_itemsize)
-from .quant import Quantized, quantize
+from .quant import Quantized, fill_with_residual, quantize
 from ..linalg.sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
@@ -294,14 +294,14 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
 
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
          layout: str = "out_in",
-         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank"),
+         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant", "float16"),
          slr_iterations: int = 0, storage: str | None = None) -> CompressedMatrix:
     """The best form for a budget, never bigger than dense.
 
-    With ``error``: the smallest (in bytes) of pruning, low-rank and sparse + low-rank (and
-    integer quantization when ``forms`` names ``"quant"``) that meets the relative error; dense
-    if none is smaller than dense. With ``nbytes``: the lowest-error
-    form that fits (dense when the budget holds the dense tensor).
+    With ``error``: the smallest (in bytes) of pruning, low-rank, sparse + low-rank, integer
+    quantization (its residual's largest entries filling a byte budget) and float16 values that
+    meets the relative error; dense if none is smaller than dense. With ``nbytes``: the
+    lowest-error form that fits (dense when the budget holds the dense tensor).
     """
     Wa = as_matrix(W, "W")
     od = out_dtype(W, Wa)
@@ -345,11 +345,18 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
                                               spectrum=spec, iterations=slr_iterations,
                                               storage=storage))
         del spec
-    if "quant" in forms:  # opt-in (forms=(..., "quant")); for an error budget only if met
-        q = quantized(W, error=err, nbytes=nb, layout=layout)
+    if "quant" in forms and Wa.size:  # for an error budget only if met
+        q = quantized(W, error=err, nbytes=nb, layout=layout, storage=storage)
         if err is None or q.relative_error(Wa) <= err * (1 + 1e-9):
             consider(q)
         del q
+    if "float16" in forms and od.itemsize > 2 and storage is None:  # half the bytes, ~1e-4 error
+        with np.errstate(over="ignore"):
+            h = Wa.astype(np.float16)
+        if np.isfinite(h).all():
+            c = Dense(h, layout)
+            if err is None or c.relative_error(Wa) <= err * (1 + 1e-9):
+                consider(c)
     return dense if best is None else best
 
 
@@ -430,9 +437,10 @@ def quantized(W: Any, *, bits: int | None = None, group: int | None = None,
     if bits is not None:
         return build(Precision(int(bits), int(group or 0), True if symmetric is None else bool(symmetric)))
     err, nb = _budget(error, nbytes)
-    if nb is not None:
+    if nb is not None:  # the best precision that fits, then the residual's largest entries
         cands = precisions_for_bytes(shape, nb) or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape))]
-        return min((build(p) for p in cands), key=lambda q: q.relative_error(Wa))
+        q = min((build(p) for p in cands), key=lambda q: q.relative_error(Wa))
+        return fill_with_residual(q, Wa, nb, storage)  # type: ignore[return-value]
     best = None
     for p in sorted(QUANT_LADDER, key=lambda p: (p.nbytes(shape), -p.bits)):
         q = build(p)

@@ -46,8 +46,10 @@ STRUCTURE_KEY = "__weightpress_structure__"
 
 
 # stored arrays per tensor by the method that makes it (dense: 1; CSR: data, indices, indptr...)
+# (quant: codes, scales, zero points, qmeta, and a CSR correction when it fills a budget; auto
+# usually picks a 2-3 array form: the ratio search measures the file and corrects the rest)
 _PARTS_PER_METHOD = {"skip": 1, "keep": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5,
-                     "code": 4, "quant": 4, "auto": 3}
+                     "code": 4, "quant": 7, "auto": 3}
 
 
 def header_estimate(tensors: Mapping[str, str]) -> int:
