@@ -53,7 +53,7 @@ class Report:
                     e["error"], e.get("reason", ""), e.get("output_error"))
                 for n, e in c.entries.items()]
         src = int(c.source.get("bytes") or sum(r.orig_bytes for r in rows))
-        return cls(rows, c.file_bytes, src, dict(getattr(c, "not_stored", {}) or {}))
+        return cls(rows, c.file_bytes, src, not_stored=dict(getattr(c, "not_stored", {}) or {}))
 
 
 def human(n: float) -> str:
