@@ -256,7 +256,7 @@ def test_control_characters_in_names_escaped(tmp_path, capsys):
     assert code == 0 and "\x1b" not in out and "\x07" not in out
     assert "forged" in out and not any(line.startswith("forged") for line in out.splitlines())
     c = tmp_path / "m.wpz"
-    code, out, _ = _run(capsys, "compress", m, "-o", c, "--ratio", "1.5")
+    code, out, _ = _run(capsys, "compress", m, "-o", c, "--error", "0.5", "--min-size", "16")
     assert code == 0 and "\x1b" not in out
     assert not any(line.startswith("forged") for line in out.splitlines())
     code, out, _ = _run(capsys, "info", c)
