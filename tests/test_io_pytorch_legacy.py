@@ -69,3 +69,22 @@ def test_legacy_truncated(tmp_path):
         f.write(data[:-100])
     with pytest.raises(FormatError, match="past the end"):
         open_model(q)
+
+
+def test_huge_announced_string_does_not_allocate(tmp_path):
+    """A 340-byte legacy pickle whose opcode announces a multi-gigabyte string made the reader
+    allocate 18 GB (found by fuzzing, kept in fuzz/corpus/pytorch): reads are clamped to the file
+    and each pickle is measured before it is loaded. Run under a 2 GB address-space limit."""
+    import pathlib
+    import subprocess
+    import sys
+
+    seed = pathlib.Path(__file__).resolve().parents[1] / "fuzz" / "corpus" / "pytorch" / "legacy-huge-string-oom"
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+            "from weightpress.io import FormatError, open_model\n"
+            "try:\n    open_model(sys.argv[1], 'pytorch')\nexcept FormatError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(seed)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "corrupt pickle" in r.stdout and "MemoryError" not in r.stdout

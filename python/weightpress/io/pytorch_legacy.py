@@ -16,7 +16,9 @@ the count fields once, then memory-mapped: nothing is read until a tensor is ask
 
 from __future__ import annotations
 
+import io
 import os
+import pickletools
 import struct
 from typing import Any, BinaryIO
 
@@ -24,7 +26,8 @@ import numpy as np
 
 from ._base import FormatError
 from .pytorch import PyTorchSource, _flatten
-from .pytorch_pickle import STORAGE_DTYPES, SafeUnpickler, Storage, StorageType, TensorRef
+from .pytorch_pickle import (STORAGE_DTYPES, SafeUnpickler, Storage, StorageType, TensorRef,
+                             check_nesting)
 
 __all__ = ["LegacyPyTorchSource", "is_legacy_pytorch"]
 
@@ -65,9 +68,47 @@ class _LegacyUnpickler(SafeUnpickler):
         return st
 
 
-def _load(f: BinaryIO, source: str, storages: dict[str, Storage]) -> Any:
+class _Bounded:
+    """Reads of a file clamped to what is left of it: a pickle opcode announcing a
+    multi-gigabyte string must not make ``read(n)`` allocate ``n`` bytes (found by fuzzing: a
+    340-byte file took 18 GB)."""
+
+    def __init__(self, f: BinaryIO, size: int):
+        self._f, self._size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self._size - self._f.tell())
+        return self._f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self._f.readline(max(1, min(1 << 20, self._size - self._f.tell())))
+
+
+def _one_pickle(f: BinaryIO, source: str) -> bytes:
+    """The bytes of the pickle starting at ``f``'s position (found by walking its opcodes, so
+    nothing is built), leaving ``f`` just past it."""
+    start = f.tell()
+    size = os.fstat(f.fileno()).st_size
     try:
-        return _LegacyUnpickler(f, source, storages).load()
+        for op, _, _ in pickletools.genops(_Bounded(f, size)):
+            if op.name == "STOP":
+                break
+        else:
+            raise ValueError("no STOP opcode")
+    except (ValueError, EOFError, struct.error, UnicodeDecodeError) as e:
+        raise FormatError(f"{source}: corrupt pickle ({e})") from None
+    end = f.tell()
+    f.seek(start)
+    raw = f.read(end - start)
+    f.seek(end)
+    return raw
+
+
+def _load(f: BinaryIO, source: str, storages: dict[str, Storage]) -> Any:
+    raw = _one_pickle(f, source)
+    check_nesting(raw, source)
+    try:
+        return _LegacyUnpickler(io.BytesIO(raw), source, storages).load()
     except FormatError as e:
         msg = str(e)
         raise FormatError(msg if msg.startswith(source) else f"{source}: {msg}") from None
