@@ -19,6 +19,8 @@ import numpy as np
 
 from .._validation import real_scalar
 from ..compression import methods as M
+from . import curves as C
+from . import distributed as D
 from .allocate import Candidate, allocate
 from ..compression.aware import compress_aware, layer_error
 from ..compression.calibration import CalibrationSet, check_calibration
@@ -27,13 +29,15 @@ from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank
                                    sparse_nbytes, stored_itemsize, value_itemsize)
 from ..io import open_model
 from ..io._base import TensorSource
-from .container import FORMAT, Container, ContainerWriter, header_estimate
+from .journal import Journal
+from .container import FORMAT, Container, ContainerWriter, Staged, header_estimate, stage_tensor
 from .report import Report, Row
 from .rules import DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, parse_rule, plan
 
 __all__ = ["Rule", "parse_rule", "DEFAULT_RULES", "Decision", "plan", "compress_model",
            "compress_tensor", "Report", "open_source", "default_layout", "global_threshold",
-           "Target", "Layer", "budget_layers", "execute", "source_nbytes"]
+           "Target", "Layer", "budget_layers", "execute", "source_nbytes", "stage_layer",
+           "layer_curve"]
 
 def default_layout(source: Any) -> str:
     """PyTorch-style ``[out, in]`` for safetensors/PyTorch/npz, ``[in, out]`` for Keras/ONNX."""
@@ -147,7 +151,8 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                    scope: str = "layer", options: Mapping[str, Any] | None = None,
                    value_dtype: Any = None, calibration: Any = None, prefer: str = "size",
                    progress: Callable[[int, int, str], None] | None = None,
-                   curves_out: dict[str, Any] | None = None) -> Report:
+                   curves_out: dict[str, Any] | None = None, client: Any = None,
+                   journal: bool = False, resume: bool = False) -> Report:
     """Compress every tensor of ``source`` per :func:`plan` into the container ``out``.
 
     Parameters
@@ -188,12 +193,25 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         one that runs fastest here at batch 32).
     curves_out : dict, optional
         Filled with each layer's error-vs-size candidates and the chosen one (``allocate``).
+    client : distributed.Client, optional
+        Spread the layers over a Dask cluster: every layer's curve (``allocate``) and build is
+        one task; workers open ``source``'s file themselves (it needs a path they can read,
+        and so does a calibration file) and send back the stored arrays, which are written
+        here in plan order, so the file is byte-identical to the one made without a client.
+        A layer whose task fails is retried (twice); progress counts finished layers.
+    journal : bool
+        Keep a journal beside the output (``out + ".journal"``, removed on success): the
+        budgets and every finished layer, so an interrupted run can continue.
+    resume : bool
+        Continue from the journal of an interrupted run with the same input and settings
+        (implies ``journal``); without a journal the run starts afresh.
 
     Raises
     ------
     ValueError
         Bad arguments, or a ratio the kept tensors make impossible (the message says the most
-        that can be reached).
+        that can be reached); ``resume`` with a journal written for another input or other
+        settings (the message says which).
     """
     target = Target.of(ratio=ratio, error=error, method=method, scope=scope, options=options,
                        value_dtype=value_dtype, prefer=prefer)
@@ -202,8 +220,29 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         cal = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet(calibration)
     decisions = plan(dict(source.info()), method, rules, min_size)
     layout = layout or default_layout(source)
-    layers, src_bytes = budget_layers(source, decisions, target, layout, cal, curves_out, progress)
-    return execute(source, out, layers, target, layout, cal, src_bytes, progress)
+    jr = None
+    if journal or resume:
+        jr = Journal.start(out, source, settings={
+            "target": target, "method": method, "rules": list(rules), "min_size": min_size,
+            "layout": layout, "decisions": decisions}, calibration=cal, resume=resume)
+    try:
+        saved = jr.restore_layers(decisions, Layer, curves_out) if jr is not None else None
+        if saved is not None:
+            layers, src_bytes = saved
+        else:
+            layers, src_bytes = budget_layers(source, decisions, target, layout, cal, curves_out,
+                                              progress, client=client)
+            if jr is not None:
+                jr.save_layers(layers, src_bytes, curves_out)
+        rep = execute(source, out, layers, target, layout, cal, src_bytes, progress,
+                      client=client, journal=jr)
+    except (ValueError, TypeError):
+        if jr is not None:  # bad input: a rerun cannot pick anything up, leave nothing behind
+            jr.remove()
+        raise
+    if jr is not None:
+        jr.remove()
+    return rep
 
 
 @dataclass(frozen=True)
@@ -262,8 +301,8 @@ class Layer:
 
 def budget_layers(source: TensorSource, decisions: list[Decision], target: Target, layout: str,
                   cal: CalibrationSet | None, curves_out: dict[str, Any] | None = None,
-                  progress: Callable[[int, int, str], None] | None = None
-                  ) -> tuple[list[Layer], int]:
+                  progress: Callable[[int, int, str], None] | None = None, *,
+                  client: Any = None) -> tuple[list[Layer], int]:
     """Give every tensor its budget: the whole-file ratio becomes per-layer byte budgets (the
     kept tensors and the container header paid first), a global threshold, or an allocation
     across layers. Returns the layers and the source file's size in bytes.
@@ -298,7 +337,8 @@ def budget_layers(source: TensorSource, decisions: list[Decision], target: Targe
         ly.budget = Budget(nbytes=ly.orig_bytes / layer_ratio)
     if target.scope == "allocate":
         chosen = _allocate(source, [ly.decision for ly in work], orig, avail, layout, cal,
-                           target.options, target.value_dtype, target.bf16, curves_out, progress)
+                           target.options, target.value_dtype, target.bf16, curves_out, progress,
+                           client)
         for ly in work:
             if ly.decision.name in chosen:
                 ly.form, nb = chosen[ly.decision.name]
@@ -329,39 +369,69 @@ def _global(source: TensorSource, work: list[Layer], target: Target,
 
 def execute(source: TensorSource, out: str | os.PathLike[str], layers: list[Layer],
             target: Target, layout: str, cal: CalibrationSet | None, src_bytes: int,
-            progress: Callable[[int, int, str], None] | None = None) -> Report:
-    """Build every layer to its budget, one source tensor in memory at a time, into the
-    container ``out`` (written atomically); returns the per-layer report."""
+            progress: Callable[[int, int, str], None] | None = None, *, client: Any = None,
+            journal: Any = None) -> Report:
+    """Build every layer to its budget, one source tensor in memory at a time (or one per Dask
+    worker with ``client``), into the container ``out`` (written atomically), in plan order;
+    layers the ``journal`` holds are taken from it, new ones recorded in it. Returns the
+    per-layer report."""
     rows = []
     facts = {"name": os.path.basename(getattr(source, "path", "")),
              "format": getattr(source, "format", ""), "bytes": src_bytes}
+    done = journal.done if journal is not None else set()
+    todo = [i for i, ly in enumerate(layers) if i not in done]
+    if client is not None:
+        fresh = iter(D.map_layers(client, build_task, source, layers, todo, target, layout, cal,
+                                  progress))
+    else:
+        fresh = (stage_layer(source, layers[i], target, layout, _stats(cal, layers[i]), i,
+                             len(layers), progress) for i in todo)
     with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
         for i, ly in enumerate(layers):
-            d = ly.decision
-            if progress is not None:
-                progress(i, len(layers), d.name)
-            stored = getattr(source, "stored_dtypes", {}).get(d.name) or None
-            if d.action == "skip":
-                e = w.add(d.name, np.asarray(source[d.name]), layout=layout, stored_dtype=stored,
-                          orig_bytes=ly.orig_bytes, method="keep", reason=d.reason)
+            if i in done:
+                st = journal.load(i)
             else:
-                Wa = np.asarray(source[d.name])
-                stats = None
-                if cal is not None and d.name in cal:
-                    stats = cal[d.name]
-                    check_calibration(stats, d.name, d.shape, layout)
-                m, reason = _build_layer(Wa, ly, stats, target, layout, stored)
-                e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
-                          method=d.action, reason=reason)
-                if stats is not None:
-                    Wo = Wa if layout == "out_in" else Wa.T
-                    e["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
-                del Wa, m
-            rows.append(Row(d.name, d.shape, e["form"], e["params"], e["bytes"],
+                st = next(fresh)
+                if journal is not None and ly.decision.action != "skip":
+                    journal.record(i, st)
+            e = w.add_staged(st)
+            rows.append(Row(st.name, ly.decision.shape, e["form"], e["params"], e["bytes"],
                             e["orig_bytes"], e["error"], e["reason"], e.get("output_error")))
         if progress is not None:
             progress(len(layers), len(layers), "writing")
     return Report(rows, w.file_bytes, src_bytes)
+
+
+def _stats(cal: CalibrationSet | None, ly: Layer) -> Any:
+    """The layer's calibration statistics (checked against its shape), or None."""
+    d = ly.decision
+    if d.action == "skip" or cal is None or d.name not in cal:
+        return None
+    return cal[d.name]
+
+
+def stage_layer(source: TensorSource, ly: Layer, target: Target, layout: str, stats: Any,
+                i: int = 0, n: int = 0,
+                progress: Callable[[int, int, str], None] | None = None) -> Staged:
+    """One layer built to its budget and prepared for the container (the unit of work a Dask
+    worker runs; the same arguments give the same bytes in any process)."""
+    d = ly.decision
+    if progress is not None:
+        progress(i, n, d.name)
+    stored = getattr(source, "stored_dtypes", {}).get(d.name) or None
+    if d.action == "skip":
+        return stage_tensor(d.name, np.asarray(source[d.name]), layout=layout, stored_dtype=stored,
+                            orig_bytes=ly.orig_bytes, method="keep", reason=d.reason)
+    Wa = np.asarray(source[d.name])
+    if stats is not None:
+        check_calibration(stats, d.name, d.shape, layout)
+    m, reason = _build_layer(Wa, ly, stats, target, layout, stored)
+    st = stage_tensor(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
+                      method=d.action, reason=reason)
+    if stats is not None:
+        Wo = Wa if layout == "out_in" else Wa.T
+        st.entry["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
+    return st
 
 
 def _build_layer(Wa: np.ndarray, ly: Layer, stats: Any, target: Target, layout: str,
@@ -435,38 +505,68 @@ def _aware(W: np.ndarray, stats: Any, method: str, error: float | None, nb: floa
                           storage=storage, prefer=prefer)
 
 
+# byte levels of the forms measured by building them (OBS pruning, sparse + low-rank, coding):
+# every other level of CURVE_LEVELS, 56 % apart (the one-pass curves use 48 levels, see curves.py)
+MEASURED_LEVELS = CURVE_LEVELS[::2]
+
+
+def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats: Any,
+                options: Mapping[str, Any], vdt: Any, want_bf16: bool) -> list[Candidate]:
+    """One layer's error-vs-size candidates for :func:`~weightpress.model.allocate.allocate`
+    (dense first). Magnitude pruning and (whitened) low rank come from one sort or one SVD
+    (:mod:`~weightpress.model.curves`); the other forms are built and measured at
+    :data:`MEASURED_LEVELS`. Labels are ``"form@budget"``: the byte budget that rebuilds it."""
+    Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
+    storage = "BF16" if want_bf16 else None
+    Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
+    cands = [Candidate(orig_bytes, 0.0, "dense")]
+    isz = value_itemsize(Wv.dtype, storage)
+    stored_shape = (int(Wa.shape[0]), int(Wa.shape[1]))
+    opts = {**options, **d.options}
+    for form in _forms_for(d.action):
+        pts: list[tuple[int, float, float]] | None = None
+        if form == "prune" and stats is None:
+            pts = C.prune_curve(np.asarray(Wa, np.float64), Wv, storage, stored_shape, isz,
+                                orig_bytes)
+        elif form == "lowrank" and stats is None:
+            pts = C.lowrank_curve(np.asarray(Wa, np.float64), stored_shape, isz, orig_bytes)
+        elif form == "lowrank":
+            Wvo = (Wv if layout == "out_in" else Wv.T).astype(np.float64)
+            pts = C.whitened_curve(Wvo, stats, stored_shape, isz, orig_bytes,
+                                   float(opts.get("damp", 1e-2)))
+        if pts is not None:
+            cands += [Candidate(nb, e, f"{form}@{b:.0f}") for nb, e, b in pts if nb < orig_bytes]
+            continue
+        for nb in [orig_bytes * lv for lv in MEASURED_LEVELS]:
+            m = _build(Wv, stats, form, nb, layout, storage, opts)
+            if m.form == "dense" or m.nbytes >= orig_bytes:
+                continue
+            cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}"))
+            if form == "nm":
+                break
+    return cands
+
+
 def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget: float,
               layout: str, cal: Any, options: Mapping[str, Any], vdt: Any, want_bf16: bool,
               curves_out: dict[str, Any] | None,
-              progress: Callable[[int, int, str], None] | None) -> dict[str, tuple[str, float]]:
-    """Measure every layer's error-vs-size curve, then split ``budget`` bytes across layers
+              progress: Callable[[int, int, str], None] | None,
+              client: Any = None) -> dict[str, tuple[str, float]]:
+    """Measure every layer's error-vs-size curve (:func:`layer_curve`; one Dask task per layer
+    with ``client``), then split ``budget`` bytes across layers
     (:func:`weightpress.allocate.allocate`). Returns name -> (form, nbytes) to build."""
     curves: dict[str, list[Candidate]] = {}
-    for i, d in enumerate(work):
-        if progress is not None:
-            progress(i, len(work), f"measuring {d.name}")
-        Wa = np.asarray(source[d.name])
-        Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
-        storage = "BF16" if want_bf16 else None
-        stats = cal[d.name] if cal is not None and d.name in cal else None
-        Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
-        cands = [Candidate(orig[d.name], 0.0, "dense")]
-        isz = value_itemsize(Wv.dtype, storage)
-        for form in _forms_for(d.action):
-            budgets = [orig[d.name] * lv for lv in CURVE_LEVELS]
-            if form == "lowrank":  # every rank up to 48 of them: factors are cheap to resize
-                rmax = min(min(d.shape), rank_for_bytes(d.shape, orig[d.name], isz))
-                ranks = np.unique(np.geomspace(1, max(rmax, 1), num=48).astype(int))
-                budgets = [float(lowrank_nbytes(d.shape, int(r), isz)) for r in ranks]
-            for nb in budgets:
-                m = _build(Wv, stats, form, nb, layout, storage, {**options, **d.options})
-                if m.form == "dense" or m.nbytes >= orig[d.name]:
-                    continue
-                cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}"))
-                if form == "nm":
-                    break
-        curves[d.name] = cands
-        del Wa, Wv
+    if client is not None:
+        for d, cands in zip(work, D.map_curves(client, curve_task, source, work, orig, layout, cal,
+                                               options, vdt, want_bf16, progress)):
+            curves[d.name] = cands
+    else:
+        for i, d in enumerate(work):
+            if progress is not None:
+                progress(i, len(work), f"measuring {d.name}")
+            stats = cal[d.name] if cal is not None and d.name in cal else None
+            curves[d.name] = layer_curve(np.asarray(source[d.name]), d, orig[d.name], layout,
+                                         stats, options, vdt, want_bf16)
     choice = allocate(curves, int(budget))
     if curves_out is not None:
         curves_out.update({n: {"candidates": curves[n], "chosen": i} for n, i in choice.items()})
@@ -476,3 +576,19 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
         form, _, nb = lab.partition("@")
         out[n] = (form, float(nb) if nb else float(orig[n]))
     return out
+
+
+# -- Dask tasks (model.distributed submits them; a worker opens the files itself) --------------
+
+def build_task(path: str, ly: Layer, target: Target, layout: str, cal: Any) -> Staged:
+    """Task: one layer built and staged (:func:`stage_layer`) from the model at ``path``."""
+    src = D.worker_open(path, open_source)
+    return stage_layer(src, ly, target, layout, D.worker_stats(cal, ly.decision.name))
+
+
+def curve_task(path: str, d: Decision, orig_bytes: int, layout: str, cal: Any,
+               options: Mapping[str, Any], vdt: Any, want_bf16: bool) -> list[Candidate]:
+    """Task: one layer's error-vs-size curve (:func:`layer_curve`)."""
+    src = D.worker_open(path, open_source)
+    return layer_curve(np.asarray(src[d.name]), d, orig_bytes, layout,
+                       D.worker_stats(cal, d.name), options, vdt, want_bf16)
