@@ -30,12 +30,12 @@ _OPEN: dict[Any, Any] = {}  # per worker process: (path, size, mtime) -> opened 
 
 def local_client(n_workers: int) -> Any:
     """A ``distributed.Client`` on a new LocalCluster of ``n_workers`` processes with one
-    thread each (no dashboard). Close it (``with``) to stop the cluster."""
+    thread each (its dashboard, if bokeh is installed, on a free port). Close it (``with``) to stop the cluster."""
     distributed = require("distributed", "--workers / client= (Dask)")
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
         raise ValueError(f"workers: expected a positive integer, got {n_workers!r}")
     cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+                                       dashboard_address=":0")
     client = distributed.Client(cluster)
     client._wp_cluster = cluster  # closed with the client (see close())
     return client
@@ -139,12 +139,11 @@ def ordered(client: Any, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]
             if not head.done():
                 distributed.wait([f for i, f in futs.items() if i not in finished],
                                  return_when="FIRST_COMPLETED")
-            new = [i for i, f in futs.items() if i not in finished and f.done()]
-            for i in sorted(new):
-                finished.add(i)
-            if new and progress is not None:
-                progress(len(finished), n, f"{what}{names[max(new)]}")
             while yielded < n and yielded in futs and futs[yielded].done():
+                new = [i for i, f in futs.items() if i not in finished and f.done()]
+                finished.update(new)
+                if new and progress is not None:
+                    progress(len(finished), n, f"{what}{names[max(new)]}")
                 f = futs.pop(yielded)
                 res = f.result()  # re-raises the task's error once its retries are spent
                 f.release()
