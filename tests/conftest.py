@@ -17,3 +17,13 @@ EPS = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 @pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
 def dtype(request):
     return np.dtype(request.param)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The real-architecture table (tests/test_real_models.py), when those tests ran."""
+    import sys
+    mod = sys.modules.get("realmodels")
+    if mod is not None and mod.RESULTS:
+        terminalreporter.write_sep("=", "real models: file ratio and output difference "
+                                        "(relative L2) vs the original")
+        terminalreporter.write_line(mod.table())

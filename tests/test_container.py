@@ -192,7 +192,10 @@ def test_float16_values_for_a_float32_model(tmp_path):
         with pytest.raises(ValueError, match="value_dtype"):
             compress_model(src, tmp_path / "c.wpz", ratio=3, value_dtype="int8")
     ea, eb = Container(tmp_path / "a.wpz").entries, Container(tmp_path / "b.wpz").entries
-    assert eb["enc.1.weight"]["dtype"] == "float16" and eb["norm.weight"]["dtype"] == "float32"
+    # values stored in float16, every float tensor (kept ones too); each decodes to its own dtype
+    assert eb["enc.1.weight"]["values_dtype"] == "float16" and eb["enc.1.weight"]["dtype"] == "float32"
+    assert eb["norm.weight"]["values_dtype"] == "float16" and eb["norm.weight"]["dtype"] == "float32"
+    assert Container(tmp_path / "b.wpz")["enc.1.weight"].dtype == np.float32
     assert b.ratio >= 2 * 0.99
     # the same bytes buy about twice the rank, so a lower error against the float32 original
     assert eb["enc.1.weight"]["error"] < ea["enc.1.weight"]["error"]
@@ -248,7 +251,8 @@ def test_bfloat16_storage(tmp_path):
         assert m.storage == "BF16" and m.nbytes == e["bytes"]
         assert SafetensorsSource(out).stored_dtypes[e["parts"].get("left", e["parts"].get(
             "data", e["parts"].get("sparse.data")))] == "BF16"
-        assert rep.ratio >= 3 * 0.99 and verify(out, SafetensorsSource(p)).ok
+        # the promise is 0.97 R; on this 23 KB file one rank is 2 % of the bytes
+        assert rep.ratio >= 3 * 0.97 and verify(out, SafetensorsSource(p)).ok
         assert m.relative_error(SafetensorsSource(p)["w"]) == pytest.approx(e["error"], rel=1e-6)
     # float32 model, bfloat16 values on request: the same bytes buy twice the rank
     q = tmp_path / "f.safetensors"
@@ -296,4 +300,5 @@ def test_compress_streams_one_tensor_at_a_time(tmp_path, method):
         compress_model(src, tmp_path / "s.wpz", ratio=3, method=method)
     finally:
         gc.enable()
-    assert src.loads == 6 and src.peak == 1
+    # one read per tensor per try of the ratio search (which rewrites until within 3 %)
+    assert src.loads % 6 == 0 and 6 <= src.loads <= 36 and src.peak == 1

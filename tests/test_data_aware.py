@@ -1,18 +1,10 @@
 import numpy as np
 import pytest
-import scipy.linalg as sla
 
 import weightpress as wp
-from weightpress.model.allocate import Candidate, allocate, total
+from helpers import correlated_inputs
 from weightpress.compression.calibration import CalibrationStats, output_error
 from weightpress.compression.data_aware import lowrank_whitened, prune_obs, rank_for_params, sparse_plus_lowrank
-
-
-def correlated_inputs(rng, n, d, outliers=4):
-    C = rng.standard_normal((d, d)) * (np.arange(1, d + 1) ** -0.8)[:, None]
-    X = rng.standard_normal((n, d)) @ C
-    X[:, rng.choice(d, outliers, replace=False)] *= 20
-    return X
 
 
 @pytest.fixture
@@ -21,34 +13,6 @@ def layer():
     W = rng.standard_normal((96, 64)) / 8
     X = correlated_inputs(rng, 1000, 64)
     return W, X, CalibrationStats.from_inputs(X)
-
-
-def test_stats_stream_and_error(layer):
-    W, X, st = layer
-    st2 = CalibrationStats(64)
-    for c in np.array_split(X, 7):
-        st2.update(c)
-    np.testing.assert_allclose(st2.hessian(), X.T @ X, rtol=1e-12)
-    Wh = W + np.random.default_rng(1).standard_normal(W.shape) * 0.01
-    direct = np.linalg.norm(X @ (W - Wh).T) / np.linalg.norm(X @ W.T)
-    assert output_error(W, Wh, st) == pytest.approx(direct, rel=1e-9)
-    st3 = CalibrationStats.from_inputs(X.reshape(10, 100, 64))  # (batch, tokens, features)
-    np.testing.assert_allclose(st3.hessian(), X.T @ X, rtol=1e-12)
-
-
-def test_stats_bad_input():
-    st = CalibrationStats(8)
-    with pytest.raises(ValueError, match="9 features, the layer takes 8"):
-        st.update(np.ones((20, 9)))
-    with pytest.raises(ValueError, match="NaN"):
-        st.update(np.full((20, 8), np.nan))
-    with pytest.raises(ValueError, match="2-D"):
-        st.update(np.ones(8))
-    st.update(np.ones((5, 8)))
-    with pytest.raises(ValueError, match="too few calibration samples"):
-        st.hessian()
-    with pytest.raises(ValueError, match="stats describe 8"):
-        prune_obs(np.ones((3, 5)), CalibrationStats.from_inputs(np.ones((30, 8))), sparsity=0.5)
 
 
 def test_whitened_svd_error_equals_dropped_singular_values(layer):
@@ -135,43 +99,3 @@ def test_half_parameter_targets(layer):
     assert best * 2 <= baseline
 
 
-def test_allocation_beats_uniform():
-    # layer "a" compresses almost for free, layer "b" does not
-    sizes = [100, 200, 400, 800, 1000]
-    curves = {
-        "a": [Candidate(b, e) for b, e in zip(sizes, [0.02, 0.01, 0.005, 0.001, 0.0])],
-        "b": [Candidate(b, e) for b, e in zip(sizes, [0.9, 0.6, 0.3, 0.1, 0.0])],
-    }
-    choice = allocate(curves, 1200)
-    b, cost = total(curves, choice)
-    assert b <= 1200
-    uniform = {"a": 2, "b": 2}  # 400 + 400 bytes: the same ratio for both layers
-    _, cost_u = total(curves, uniform)
-    assert cost < cost_u
-    assert choice == {"a": 1, "b": 4}  # the optimum: most bytes to the layer that needs them
-    with pytest.raises(ValueError, match="impossible"):
-        allocate(curves, 150)
-
-
-def test_allocation_is_optimal_on_small_cases():
-    rng = np.random.default_rng(5)
-    for _ in range(20):
-        curves = {}
-        for n in "abc":
-            b = np.sort(rng.choice(np.arange(1, 50), 4, replace=False)) * 10
-            e = np.sort(rng.uniform(0, 1, 4))[::-1]
-            # convex curves, where the greedy hull walk is exactly optimal
-            e = np.sort(np.maximum.accumulate(e))[::-1]
-            curves[n] = [Candidate(int(x), float(y)) for x, y in zip(b, e)]
-        budget = int(rng.integers(60, 1500))
-        try:
-            choice = allocate(curves, budget)
-        except ValueError:
-            continue
-        best = min(
-            (total(curves, {"a": i, "b": j, "c": k})[1]
-             for i in range(4) for j in range(4) for k in range(4)
-             if total(curves, {"a": i, "b": j, "c": k})[0] <= budget))
-        # greedy on hulls: optimal for hull points, within one step otherwise
-        assert total(curves, choice)[0] <= budget
-        assert total(curves, choice)[1] <= best + max(c[0].error ** 2 for c in curves.values())

@@ -101,8 +101,8 @@ def test_cluster_output_is_byte_identical(model, client, tmp_path, case):
     assert sum(e["form"] != "dense" for e in entries.values()) >= 12  # work really was done
     n = len(entries)
     built = [c for c in calls if not c[2].startswith("measuring") and c[2] != "writing"]
-    assert built and built[-1][:2] == (n, n)  # progress counted every layer as done
-    assert [c[0] for c in built] == sorted(c[0] for c in built)
+    # progress counted every layer as done (once per try of the ratio search)
+    assert built[-1][:2] == (n, n) and all(0 < i <= n for i, _, _ in built)
 
 
 def test_in_memory_calibration_travels_with_the_task(model, client, tmp_path):
@@ -192,17 +192,18 @@ def test_cli_bad_cluster_arguments(model, tmp_path, capsys):
     assert not os.path.exists(out)
 
 
-def test_client_needs_a_file(client):
-    from weightpress.io._base import TensorSource
+def test_client_needs_a_file(client, tmp_path):
+    from weightpress.io._base import TensorInfo, TensorSource
 
     class Mem(TensorSource):
         format = "mem"
 
         def info(self):
-            return {"w": ((64, 64), np.dtype(np.float32))}
+            return {"w": TensorInfo((64, 64), np.dtype(np.float32))}
 
         def _load(self, name):
             return np.ones((64, 64), np.float32)
     with pytest.raises(ValueError, match="client"):
-        compress_model(Mem(""), "/nonexistent/x.wpz", ratio=2, client=client)
+        compress_model(Mem(""), str(tmp_path / "x.wpz"), ratio=2, client=client)
+    assert os.listdir(tmp_path) == []
     assert C.build_task.__module__ == "weightpress.model.compress"

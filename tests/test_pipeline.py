@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weightpress.io.safetensors import SafetensorsSource, write_safetensors
-from weightpress.model.compress import Target, budget_layers, execute
+from weightpress.model.compress import Target, budget_layers, execute, prepare
 from weightpress.model.container import Container, header_estimate
 from weightpress.model.rules import parse_rule, plan
 
@@ -49,28 +49,31 @@ def test_byte_budgets_never_exceed_the_ratio(tmp_path_factory, ratio, seed):
     path = tmp_path_factory.mktemp("m") / "m.safetensors"
     _model(path, np.random.default_rng(seed), [(64, 96), (96, 80), (8, 8)])
     with SafetensorsSource(path) as src:
-        decisions = plan(src.info(), "auto")
+        job = prepare(src, "auto")
         t = _target(ratio=ratio)
         try:
-            layers, src_bytes = budget_layers(src, decisions, t, "out_in", None)
+            b = budget_layers(src, job, t)
         except ValueError as e:
             assert "impossible" in e.args[0] and "best reachable ratio" in e.args[0]
             return
-        kept = sum(ly.orig_bytes for ly in layers if ly.decision.action == "skip")
-        spent = sum(ly.budget.nbytes for ly in layers if ly.budget is not None)
-        header = header_estimate({d.name: d.action for d in decisions})
-        assert kept + spent + header <= src_bytes / ratio * (1 + 1e-9)
-        assert all(ly.budget is None for ly in layers if ly.decision.action == "skip")
+        kept = sum(ly.orig_bytes if ly.keep_dtype is None else ly.orig_bytes // 2
+                   for ly in b.layers if ly.decision.action == "skip")
+        spent = sum(ly.budget.nbytes for ly in b.layers if ly.budget is not None)
+        header = header_estimate({d.name: d.action for d in job.decisions})
+        assert kept + spent + header <= b.src_bytes / ratio * (1 + 1e-9)
+        assert all(ly.budget is None for ly in b.layers if ly.decision.action == "skip")
+        assert all(ly.keep_dtype in (None, np.float16) for ly in b.layers)
 
 
 def test_execute_writes_what_the_budget_says(tmp_path):
     rng = np.random.default_rng(0)
     tensors = _model(tmp_path / "m.safetensors", rng, [(128, 96), (96, 64)])
     with SafetensorsSource(tmp_path / "m.safetensors") as src:
-        decisions = plan(src.info(), "prune", [parse_rule("layer1*=lowrank")])
+        job = prepare(src, "prune", [parse_rule("layer1*=lowrank")])
         t = _target(ratio=3)
-        layers, src_bytes = budget_layers(src, decisions, t, "out_in", None)
-        rep = execute(src, tmp_path / "c.wpz", layers, t, "out_in", None, src_bytes)
+        b = budget_layers(src, job, t)
+        rep = execute(src, tmp_path / "c.wpz", job, b, t)
+        layers = b.layers
     assert rep.ratio >= 3 * 0.97
     with Container(tmp_path / "c.wpz") as c:
         assert c.entries["layer0.weight"]["form"] == "sparse"

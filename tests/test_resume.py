@@ -27,8 +27,8 @@ KILLER = """
 import os, signal, sys
 from weightpress.model import journal as J
 orig, n, seen = J.Journal.record, int(sys.argv[1]), []
-def record(self, i, st):
-    orig(self, i, st)
+def record(self, i, key, st):
+    orig(self, i, key, st)
     seen.append(i)
     if len(seen) >= n:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -144,11 +144,12 @@ def test_journal_keeps_a_layer_exactly(tmp_path, model):
               stage_tensor("b", magnitude_prune(W.astype(np.float16), sparsity=0.5), original=W),
               stage_tensor("c", np.arange(12, dtype=np.float16).reshape(3, 4))]
     for i, st in enumerate(staged):
-        jr.record(i, st)
+        jr.record(i, f"{i:016x}", st)
     again = Journal.start(str(tmp_path / "o.wpz"), src, settings={"x": 1}, resume=True)
-    assert again.done == {0, 1, 2}
+    assert again.done == {(i, f"{i:016x}") for i in range(3)}
     for i, st in enumerate(staged):
-        back = again.load(i)
+        assert again.has(i, f"{i:016x}") and not again.has(i, f"{i + 1:016x}")
+        back = again.load(i, f"{i:016x}")
         assert (back.name, back.entry, back.dtypes) == (st.name, st.entry, st.dtypes)
         assert list(back.parts) == list(st.parts)
         for r in st.parts:

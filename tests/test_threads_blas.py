@@ -35,17 +35,25 @@ def test_threads_policy():
         assert wp.get_num_threads() >= 1
 
 
+@pytest.mark.skipif(not wp.has_openmp, reason="a serial build has one thread count only")
 def test_threads_context_is_per_python_thread():
+    """A ``threads(n)`` context in one Python thread does not leak into another: the other
+    sees the process-wide setting (set here to differ from the context's count)."""
     seen = {}
 
     def worker():
         seen["inner"] = wp.get_num_threads()
 
-    with wp.threads(1):
-        t = threading.Thread(target=worker)
-        t.start()
-        t.join()
-    assert seen["inner"] == wp.get_num_threads()
+    wp.set_num_threads(1)
+    try:
+        with wp.threads(2):
+            t = threading.Thread(target=worker)
+            t.start()
+            t.join()
+            assert wp.get_num_threads() == 2
+    finally:
+        wp.set_num_threads(None)
+    assert seen["inner"] == 1
 
 
 def test_default_honours_omp_num_threads():

@@ -14,6 +14,7 @@ Errors print one line to stderr (``weightpress: error: ...``), no traceback; set
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -26,6 +27,7 @@ from .._core import __version__
 from ..compression.aware import time_apply
 from ..compression.matrices import Dense
 from ..io import save_model
+from ..io.structure import write_from_skeleton
 from ..model.capture import capture_onnx
 from ..model.compress import compress_model, open_source, parse_rule, plan, source_nbytes
 from ..model.container import Container, verify
@@ -219,6 +221,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
             _add_timings(rep, c)
     if not a.quiet:
         print(rep.table())
+    for note in rep.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {a.output}: {rep.file_bytes:,} bytes, {rep.ratio:.2f}x smaller than "
           f"{a.model} ({rep.source_bytes:,} bytes)", file=sys.stderr if a.quiet else sys.stdout)
     return EXIT_OK
@@ -262,7 +266,15 @@ def _cmd_info(a: argparse.Namespace) -> int:
 def _cmd_decompress(a: argparse.Namespace) -> int:
     _check_output(a.output)
     with Container(a.file) as c:
-        save_model(a.output, c, like=a.like, metadata=c.source_metadata)
+        structure = c.structure() if a.like is None else None
+        ext = os.path.splitext(a.output)[1].lower().lstrip(".")
+        if structure is not None and ext == {"h5": "h5", "keras": "keras"}.get(structure[0], structure[0]) \
+                or structure is not None and structure[0] == "h5" and ext == "hdf5":
+                write_from_skeleton(a.output, structure[0], structure[1], c)
+        else:
+            wmap = c.source.get("weight_map")
+            save_model(a.output, c, like=a.like, metadata=c.source_metadata,
+                       shards=json.loads(wmap) if wmap else None)
     print(f"wrote {a.output}")
     return EXIT_OK
 

@@ -192,21 +192,13 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
 def _smallest_meeting(build: Callable[[float], CompressedMatrix], Wo: np.ndarray,
                       stats: CalibrationStats, err: float, dense_bytes: int
                       ) -> tuple[CompressedMatrix, float]:
-    """Bisection on the byte budget (log scale) for the smallest matrix with error ≤ err."""
-    hi_m = build(dense_bytes)
-    hi_e = layer_error(Wo, hi_m, stats)
-    if hi_e > err:
-        return hi_m, hi_e
+    """The smallest matrix with error ≤ err: byte budgets on a log grid 2 % apart from
+    dense/4096 to dense, searched by :func:`~weightpress.compression.methods.smallest_meeting`."""
     lo, hi = np.log(max(64.0, dense_bytes / 4096)), np.log(dense_bytes)
-    best = (hi_m, hi_e)
-    for _ in range(10):
-        mid = 0.5 * (lo + hi)
-        m = build(float(np.exp(mid)))
-        e = layer_error(Wo, m, stats)
-        if e <= err:
-            best, hi = (m, e), mid
-        else:
-            lo = mid
-        if hi - lo < 0.02:
-            break
-    return best
+    steps = max(1, int(np.ceil((hi - lo) / 0.02)))
+
+    def at(k: int) -> tuple[CompressedMatrix, float]:
+        m = build(float(np.exp(lo + (hi - lo) * k / steps)))
+        return m, layer_error(Wo, m, stats)
+
+    return M.smallest_meeting(0, steps, at, lambda me: me[1] <= err)[1]

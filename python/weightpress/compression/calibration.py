@@ -38,7 +38,7 @@ class CalibrationStats:
     >>> from weightpress.compression.calibration import CalibrationStats
     >>> st = CalibrationStats(4)
     >>> for chunk in np.array_split(np.random.default_rng(0).standard_normal((100, 4)), 3):
-    ...     st.update(chunk)
+    ...     _ = st.update(chunk)
     >>> st.n_samples
     100
     """

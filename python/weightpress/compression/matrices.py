@@ -31,7 +31,7 @@ from .sparse_coding import dct_dictionary
 from .storage import array_nbytes, check_storage, dense_nbytes, index_dtype, pointer_dtype
 
 __all__ = ["CompressedMatrix", "Dense", "Sparse", "LowRank", "SparsePlusLowRank", "SparseCoded", "LAYOUTS",
-           "FORMS", "error_stats", "fro2", "store_as", "from_parts"]
+           "FORMS", "error_stats", "fro2", "store_as", "from_parts", "register_form"]
 
 LAYOUTS = ("out_in", "in_out")
 
@@ -93,11 +93,18 @@ class CompressedMatrix:
     """
 
     form: ClassVar[str] = "?"
+    needs: ClassVar[frozenset[str]] = frozenset()  # stored arrays from_parts requires
     shape: tuple[int, int]
     dtype: np.dtype
     layout: str
 
     # -- to implement ---------------------------------------------------------------------
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                   layout: str = "out_in") -> "CompressedMatrix":
+        """Rebuild from the arrays :meth:`parts` gave (checked: ValueError if malformed)."""
+        raise NotImplementedError
+
     def parts(self) -> dict[str, np.ndarray]:
         """The stored arrays, by role (``"data"``, ``"indices"``, ``"left"``...)."""
         raise NotImplementedError
@@ -218,6 +225,13 @@ class Dense(CompressedMatrix):
 
     form = "dense"
 
+    needs = frozenset({"values"})
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                   layout: str = "out_in") -> "Dense":
+        return cls(parts["values"], layout)
+
     def __init__(self, W: Any, layout: str = "out_in"):
         Wa = np.asarray(W)
         if Wa.ndim != 2:
@@ -272,9 +286,16 @@ class Sparse(CompressedMatrix):
         self.indptr = np.ascontiguousarray(A.indptr, dtype=ptr)
         self._csr: sp.csr_array | None = None
 
+    needs = frozenset({"data", "indices", "indptr"})
+
     @classmethod
-    def from_parts(cls, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
-                   shape: tuple[int, int], layout: str = "out_in") -> "Sparse":
+    def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                   layout: str = "out_in") -> "Sparse":
+        return cls.from_arrays(parts["data"], parts["indices"], parts["indptr"], shape, layout)
+
+    @classmethod
+    def from_arrays(cls, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray,
+                    shape: tuple[int, int], layout: str = "out_in") -> "Sparse":
         """Rebuild from stored arrays, checking the CSR structure (ValueError if malformed)."""
         m, n = shape
         if indptr.ndim != 1 or indptr.size != m + 1 or indptr[0] != 0:
@@ -334,6 +355,13 @@ class LowRank(CompressedMatrix):
 
     form = "lowrank"
 
+    needs = frozenset({"left", "right"})
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                   layout: str = "out_in") -> "LowRank":
+        return cls(parts["left"], parts["right"], layout)
+
     def __init__(self, left: Any, right: Any, layout: str = "out_in", dtype: Any = None):
         L, R = np.asarray(left), np.asarray(right)
         if L.ndim != 2 or R.ndim != 2 or L.shape[1] != R.shape[0]:
@@ -382,6 +410,15 @@ class SparsePlusLowRank(CompressedMatrix):
 
     form = "sparse+lowrank"
 
+    needs = frozenset({"sparse.data", "sparse.indices", "sparse.indptr", "lowrank.left",
+                       "lowrank.right"})
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                   layout: str = "out_in") -> "SparsePlusLowRank":
+        return cls(Sparse.from_parts(_sub(parts, "sparse"), shape, layout),
+                   LowRank.from_parts(_sub(parts, "lowrank"), shape, layout))
+
     def __init__(self, sparse: Sparse, lowrank: LowRank):
         if not isinstance(sparse, Sparse) or not isinstance(lowrank, LowRank):
             raise TypeError("sparse, lowrank: expected a Sparse and a LowRank matrix")
@@ -422,6 +459,27 @@ class SparseCoded(CompressedMatrix):
     """
 
     form = "sparse-coded"
+
+    needs = frozenset({"codes.data", "codes.indices", "codes.indptr"})
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                   layout: str = "out_in") -> "SparseCoded":
+        if ("dictionary" in parts) == ("dct_shape" in parts):
+            raise ValueError("sparse-coded: expected exactly one of 'dictionary' and 'dct_shape'")
+        if "dictionary" in parts:
+            D = parts["dictionary"]
+            if D.ndim != 2 or D.shape[0] != shape[1]:
+                raise ValueError(f"sparse-coded: dictionary has shape {D.shape}, expected ({shape[1]}, k)")
+            k = D.shape[1]
+        else:
+            ds = parts["dct_shape"]
+            if ds.shape != (2,) or int(ds[0]) != shape[1] or int(ds[1]) < 1:
+                raise ValueError("sparse-coded: malformed dct_shape")
+            k = int(ds[1])
+        C = Sparse.from_parts(_sub(parts, "codes"), (shape[0], k), layout)
+        return (cls(C, parts["dictionary"]) if "dictionary" in parts
+                else cls(C, dct_atoms=shape[1]))
 
     def __init__(self, codes: Sparse, dictionary: Any = None, *, dct_atoms: int | None = None):
         if not isinstance(codes, Sparse):
@@ -474,7 +532,8 @@ class SparseCoded(CompressedMatrix):
         return self.codes._matmul(np.ascontiguousarray(D.T @ X), False)
 
 
-FORMS = {c.form: c for c in (Dense, Sparse, LowRank, SparsePlusLowRank, SparseCoded)}
+FORMS: dict[str, type[CompressedMatrix]] = {
+    c.form: c for c in (Dense, Sparse, LowRank, SparsePlusLowRank, SparseCoded)}
 
 
 def store_as(m: CompressedMatrix, storage: str | None, *, exact: bool = False) -> CompressedMatrix:
@@ -500,9 +559,24 @@ def store_as(m: CompressedMatrix, storage: str | None, *, exact: bool = False) -
     m.storage = storage
     return m
 
+def _sub(parts: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays of one component (``"sparse.data"`` -> ``"data"`` for prefix ``sparse``)."""
+    return {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith(prefix + ".")}
+
+
+def register_form(cls: type[CompressedMatrix]) -> type[CompressedMatrix]:
+    """Add a compressed-matrix class to :data:`FORMS` (by its ``form``), so containers store
+    and rebuild it; usable as a class decorator."""
+    if not cls.form or cls.form == "?" or not cls.needs:
+        raise ValueError(f"{cls.__name__}: a form needs a name and the parts it stores")
+    FORMS[cls.form] = cls
+    return cls
+
+
 def from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
                layout: str = "out_in") -> CompressedMatrix:
-    """Rebuild a compressed matrix from its stored arrays (as :meth:`~CompressedMatrix.parts`).
+    """Rebuild a compressed matrix from its stored arrays (as :meth:`~CompressedMatrix.parts`):
+    the form's class checks and assembles them.
 
     Raises
     ------
@@ -510,44 +584,13 @@ def from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
         Unknown form, missing parts, or parts inconsistent with ``shape``.
     """
     shape = (int(shape[0]), int(shape[1]))
-    need = {"dense": {"values"}, "sparse": {"data", "indices", "indptr"},
-            "lowrank": {"left", "right"},
-            "sparse+lowrank": {"sparse.data", "sparse.indices", "sparse.indptr",
-                               "lowrank.left", "lowrank.right"},
-            "sparse-coded": {"codes.data", "codes.indices", "codes.indptr"}}
-    if form not in need:
-        raise ValueError(f"form: expected one of {sorted(need)}, got {form!r}")
-    missing = need[form] - parts.keys()
+    if form not in FORMS:
+        raise ValueError(f"form: expected one of {sorted(FORMS)}, got {form!r}")
+    cls = FORMS[form]
+    missing = cls.needs - parts.keys()
     if missing:
         raise ValueError(f"{form}: missing stored arrays {sorted(missing)}")
-    if form == "dense":
-        m = Dense(parts["values"], layout)
-    elif form == "sparse":
-        m = Sparse.from_parts(parts["data"], parts["indices"], parts["indptr"], shape, layout)
-    elif form == "lowrank":
-        m = LowRank(parts["left"], parts["right"], layout)
-    elif form == "sparse-coded":
-        codes = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("codes.")}
-        if ("dictionary" in parts) == ("dct_shape" in parts):
-            raise ValueError("sparse-coded: expected exactly one of 'dictionary' and 'dct_shape'")
-        if "dictionary" in parts:
-            D = parts["dictionary"]
-            if D.ndim != 2 or D.shape[0] != shape[1]:
-                raise ValueError(f"sparse-coded: dictionary has shape {D.shape}, expected ({shape[1]}, k)")
-            k = D.shape[1]
-        else:
-            ds = parts["dct_shape"]
-            if ds.shape != (2,) or int(ds[0]) != shape[1] or int(ds[1]) < 1:
-                raise ValueError("sparse-coded: malformed dct_shape")
-            k = int(ds[1])
-        C = Sparse.from_parts(codes["data"], codes["indices"], codes["indptr"], (shape[0], k), layout)
-        m = (SparseCoded(C, parts["dictionary"]) if "dictionary" in parts
-             else SparseCoded(C, dct_atoms=shape[1]))
-    else:
-        sub = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("sparse.")}
-        low = {k.split(".", 1)[1]: v for k, v in parts.items() if k.startswith("lowrank.")}
-        m = SparsePlusLowRank(from_parts("sparse", sub, shape, layout),  # type: ignore[arg-type]
-                              from_parts("lowrank", low, shape, layout))  # type: ignore[arg-type]
+    m = cls.from_parts(parts, shape, layout)
     if m.shape != shape:
         raise ValueError(f"{form}: stored arrays give shape {m.shape}, expected {shape}")
     return m

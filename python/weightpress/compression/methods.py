@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.linalg
@@ -72,6 +73,33 @@ def out_dtype(W: Any, Wa: np.ndarray) -> np.dtype:
     """Results are stored in the input's float dtype (float16 stays float16), computed in Wa's."""
     dt = np.asarray(W).dtype
     return dt if dt.kind == "f" else Wa.dtype
+
+
+T = TypeVar("T")
+
+
+def smallest_meeting(lo: int, hi: int, build: Callable[[int], T],
+                     ok: Callable[[T], bool]) -> tuple[int, T, bool]:
+    """The one budget search: the smallest setting ``k`` in ``[lo, hi]`` whose ``build(k)``
+    is ``ok``, by bisection (``ok`` must be monotone in ``k``: more nonzeros, more rank, more
+    bytes). Returns ``(k, build(k), True)``, or ``(hi, build(hi), False)`` when even ``hi``
+    is not ok. Builds about ``log2(hi - lo)`` candidates, each once."""
+    seen: dict[int, T] = {}
+
+    def at(k: int) -> T:
+        if k not in seen:
+            seen[k] = build(k)
+        return seen[k]
+
+    if not ok(at(hi)):
+        return hi, at(hi), False
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(at(mid)):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi, at(hi), True
 
 
 def _budget(error: Any, nbytes: Any) -> tuple[float | None, float | None]:
@@ -136,21 +164,14 @@ def nm_prune(W: Any, pattern: str | tuple[int, int] | None = None, *, error: flo
     if pattern is not None:
         return store_as(Sparse(prune(Wa, pattern=pattern), layout, dtype=od), storage)  # type: ignore[return-value]
     err, nb = _budget(error, nbytes)
-    best = None
-    for n in range(1, m + 1):
-        A = prune(Wa, pattern=(n, m))
-        cand = store_as(Sparse(A, layout, dtype=od), storage)
-        if nb is not None:
-            if cand.nbytes > nb:
-                break
-            best = cand
-        else:
-            best = cand
-            if cand.relative_error(Wa) <= err:
-                break
-    if best is None:
-        best = store_as(Sparse(prune(Wa, pattern=(1, m)), layout, dtype=od), storage)
-    return best  # type: ignore[return-value]
+
+    def build(n: int) -> CompressedMatrix:
+        return store_as(Sparse(prune(Wa, pattern=(n, m)), layout, dtype=od), storage)
+
+    if nb is not None:  # the most kept per group that fits: one below the first that does not
+        n, cand, over = smallest_meeting(1, m, build, lambda c: c.nbytes > nb)
+        return (build(max(1, n - 1)) if over else cand)  # type: ignore[return-value]
+    return smallest_meeting(1, m, build, lambda c: c.relative_error(Wa) <= err)[1]  # type: ignore[return-value]
 
 
 def low_rank(W: Any, rank: int | None = None, *, error: float | None = None,
@@ -246,8 +267,9 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
                storage: str | None = None) -> SparsePlusLowRank:
     """``iterations`` rounds of S = top-k of W − L, L = rank-r SVD of W − S; the best iterate."""
     best, best_err = None, np.inf
-    for it in range(int(iterations) + 1):
-        if it:
+    cur_S: Sparse | None = None
+    for _ in range(int(iterations) + 1):
+        if cur_S is not None:  # L = rank-r SVD of W − S, S from the previous round
             U, s, Vt = _truncated_svd(Wa - cur_S.toarray(), rank=rank)
             L = store_as(LowRank.from_svd(U, s, Vt, L.layout, dtype=L.dtype), storage)
         R = Wa - L.toarray()
@@ -343,13 +365,5 @@ def sparse_coded(W: Any, *, n_nonzero: int | None = None, error: float | None = 
         nnz = nnz_for_bytes((m, k), real_scalar(nbytes, "nbytes", low=0.0) - dict_bytes, isz)
         return build(max(1, nnz // max(1, m)))
     err = real_scalar(error, "error", low=0.0)
-    lo, hi = 1, k
-    best = build(hi)
-    while lo < hi:  # fewest nonzeros per row meeting the error
-        mid = (lo + hi) // 2
-        cand = build(mid)
-        if cand.relative_error(Wa) <= err:
-            best, hi = cand, mid
-        else:
-            lo = mid + 1
-    return best
+    # fewest nonzeros per row meeting the error (all k when none does)
+    return smallest_meeting(1, k, build, lambda c: c.relative_error(Wa) <= err)[1]

@@ -10,7 +10,8 @@ format        files                                  needs
 safetensors   ``.safetensors``                       —
 npz, npy      ``.npz`` (zip of .npy), ``.npy``       —
 pytorch       ``.pt``/``.pth``/``.bin`` zip (torch    — (never torch, never
-              >= 1.6 ``torch.save``)                 arbitrary pickle)
+              >= 1.6 ``torch.save``) and legacy      arbitrary pickle)
+              pickle checkpoints
 onnx          ``.onnx`` (+ external data files)      ``onnx`` (extra ``[onnx]``)
 keras         ``.keras`` archive, ``.h5``/``.hdf5``  ``h5py`` (extra ``[keras]``)
 ============  =====================================  ==============================
@@ -32,7 +33,9 @@ from .keras import KerasSource, write_keras
 from .npz import NpySource, NpzSource, write_npy, write_npz
 from .onnx_graph import OnnxSource, write_onnx
 from .pytorch import PyTorchSource, write_pytorch
+from .pytorch_legacy import LegacyPyTorchSource, is_legacy_pytorch
 from .safetensors import SafetensorsSource, write_safetensors
+from .shards import ShardedSource, write_sharded
 
 __all__ = [
     "FORMATS",
@@ -128,6 +131,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 def _reader(fmt: str) -> type[TensorSource]:
+    if fmt == "pytorch-legacy":
+        return LegacyPyTorchSource
     return {"safetensors": SafetensorsSource, "npz": NpzSource, "npy": NpySource,
             "onnx": OnnxSource, "pytorch": PyTorchSource}.get(fmt, KerasSource)
 
@@ -159,8 +164,13 @@ def open_model(path: str | os.PathLike[str], format: str | None = None) -> Tenso
     ImportError
         If the format needs an optional package that is missing (``onnx``, ``h5py``).
     """
+    if format is None and os.fspath(path).endswith(".index.json"):
+        return ShardedSource(_check_file(path), open_model)
     fmt = _normalize(format) or detect_format(path)
     path = _check_file(path)
+    if fmt == "pytorch":
+        if is_legacy_pytorch(path):
+            fmt = "pytorch-legacy"
     cls = _reader(fmt)
     try:
         return cls(path)
@@ -192,8 +202,13 @@ def _half_dtypes(tensors: Mapping[str, np.ndarray], src: TensorSource | None) ->
 
 def save_model(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
                format: str | None = None, *, like: TensorSource | str | os.PathLike[str] | None = None,
-               metadata: dict[str, str] | None = None) -> None:
+               metadata: dict[str, str] | None = None,
+               shards: Mapping[str, str] | None = None) -> None:
     """Write dense tensors to a model file, atomically (never a half-written output).
+
+    A path ending in ``.index.json`` (``model.safetensors.index.json``,
+    ``pytorch_model.bin.index.json``) writes a sharded checkpoint: the shards beside it, grouped
+    as `shards` (name -> shard file name) says.
 
     Parameters
     ----------
@@ -229,6 +244,9 @@ def save_model(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
         like, own = open_model(like), True
     try:
         src = like if like is not None else (tensors if isinstance(tensors, TensorSource) else None)
+        if format is None and path.endswith(".index.json"):
+            write_sharded(path, tensors, weight_map=shards, metadata=metadata)
+            return
         fmt = _output_format(path, format, src)
         if fmt == "safetensors":
             # header metadata is copied only from an original safetensors file named by like=

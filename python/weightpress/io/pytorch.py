@@ -64,20 +64,23 @@ class PyTorchSource(TensorSource):
 
     bf16 and float8 (e4m3fn, e5m2) tensors are returned as float32 (``stored_dtypes[name]``
     says ``"BF16"``, ``"F8_E4M3"``, ``"F8_E5M2"``); fp16 stays fp16, uint16/32/64 stay as they
-    are. Views (offsets, strides, transposes) are honoured; the legacy pre-1.6 format and
-    TorchScript archives raise :class:`FormatError`.
+    are. Views (offsets, strides, transposes) are honoured; names that share one storage view
+    (tied weights) are listed in :attr:`aliases` (name -> first name). TorchScript archives
+    raise :class:`FormatError`; the legacy pre-1.6 format is read by
+    :class:`~weightpress.io.pytorch_legacy.LegacyPyTorchSource`.
     """
 
     format = "pytorch"
 
     def __init__(self, path: str | os.PathLike[str]):
         super().__init__(path)
+        self.aliases: dict[str, str] = {}
         with open(self.path, "rb") as f:
             head = f.read(2)
         if head[:1] == b"\x80":
             raise FormatError(
-                f"{self.path}: legacy (pre-1.6, non-zip) PyTorch checkpoint is not supported; "
-                "re-save it with torch.save from torch>=1.6"
+                f"{self.path}: legacy (pre-1.6, non-zip) PyTorch checkpoint: open it with "
+                "weightpress.io.open_model (LegacyPyTorchSource)"
             )
         self._zf = open_zip(self.path, "PyTorch checkpoint")
         try:
@@ -99,12 +102,22 @@ class PyTorchSource(TensorSource):
         raw = read_member(self._zf, self._zf.getinfo(pkl[0]), self.path)
         obj = load_pickle(io.BytesIO(raw), self.path)
         self._refs = _flatten(obj, self.path)
+        self._index_refs()
+
+    def _index_refs(self) -> None:
+        """Shapes and dtypes from the refs; names sharing one storage view become aliases."""
         self._info: dict[str, TensorInfo] = {}
+        first: dict[tuple[Any, ...], str] = {}
         for name, ref in self._refs.items():
             st = ref.storage
             decoded = st.stored == "bfloat16" or st.stored.startswith("float8")
             self._info[name] = TensorInfo(ref.shape, np.float32 if decoded else st.dtype)
             self.stored_dtypes[name] = stored_name(st.stored)
+            key = (st.key, st.stored, ref.offset, ref.shape, ref.strides)
+            if key in first:  # tied weights (GPT-2's lm_head and wte): one storage, two names
+                self.aliases[name] = first[key]
+            else:
+                first[key] = name
 
     def info(self) -> dict[str, TensorInfo]:
         return self._info

@@ -10,7 +10,10 @@ table.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,22 +25,26 @@ from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
 from .allocate import Candidate, allocate
-from ..compression.aware import compress_aware, layer_error
+from ..compression.aware import layer_error
+from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
 from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank_nbytes, rank_for_bytes,
                                    sparse_nbytes, stored_itemsize, value_itemsize)
+from ..compression.views import MatrixView
 from ..io import open_model
+from ..io.structure import skeleton_of
 from ..io._base import TensorSource
 from .journal import Journal
-from .container import FORMAT, Container, ContainerWriter, Staged, header_estimate, stage_tensor
+from .container import Container, ContainerWriter, FORMAT, Staged, header_estimate, stage_tensor
 from .report import Report, Row
-from .rules import DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, parse_rule, plan
+from .rules import (DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, _soft_kept, parse_rule, plan,
+                    tensor_views)
 
 __all__ = ["Rule", "parse_rule", "DEFAULT_RULES", "Decision", "plan", "compress_model",
            "compress_tensor", "Report", "open_source", "default_layout", "global_threshold",
-           "Target", "Layer", "budget_layers", "execute", "source_nbytes", "stage_layer",
-           "layer_curve"]
+           "Target", "Job", "prepare", "Layer", "Budgeted", "budget_layers", "execute",
+           "source_nbytes", "stage_layer", "layer_curve"]
 
 def default_layout(source: Any) -> str:
     """PyTorch-style ``[out, in]`` for safetensors/PyTorch/npz, ``[in, out]`` for Keras/ONNX."""
@@ -48,38 +55,43 @@ def default_layout(source: Any) -> str:
 def compress_tensor(W: np.ndarray, method: str, *, error: float | None = None,
                     nbytes: float | None = None, options: Mapping[str, Any] | None = None,
                     layout: str = "out_in", orig_nbytes: int | None = None,
-                    storage: str | None = None) -> CompressedMatrix:
-    """One matrix with one method to one budget (``error`` or ``nbytes``).
+                    storage: str | None = None, calibration: Any = None,
+                    prefer: str = "size") -> CompressedMatrix:
+    """One matrix with one method to one budget (``error`` or ``nbytes``), a rule's
+    ``options`` taking precedence (:func:`rule_budget`); weight-space, or data-aware with
+    ``calibration`` statistics (:func:`weightpress.compression.registry.compress`)."""
+    b = rule_budget(options or {}, W, error=error, nbytes=nbytes, orig_nbytes=orig_nbytes,
+                    storage=storage)
+    return compress(W, method, b, storage=storage, layout=layout, calibration=calibration,
+                    options=options, prefer=prefer)
 
-    ``options`` (from a rule) override the budget: ``error``, ``ratio`` (of ``orig_nbytes``,
-    default ``W.nbytes``), ``rank``, ``sparsity``, ``pattern``. ``storage="BF16"`` stores the
-    values as bfloat16 (and budgets them at 2 bytes).
-    """
-    o = dict(options or {})
+
+def rule_budget(options: Mapping[str, Any], W: np.ndarray, *, error: float | None = None,
+                nbytes: float | None = None, orig_nbytes: int | None = None,
+                storage: str | None = None) -> Budget | None:
+    """The budget a tensor gets: a rule's ``error``, ``ratio`` (of ``orig_nbytes``, default
+    ``W.nbytes``), ``rank`` or ``sparsity`` (as the bytes of that rank or of the kept entries)
+    override the model-wide ``error``/``nbytes``; None when nothing sets one (a ``pattern`` or
+    ``n_nonzero`` setting fixes the size)."""
+    o = dict(options)
+    shape = (int(W.shape[0]), int(W.shape[1]))
+    isz = value_itemsize(W.dtype, storage)
     if "error" in o:
-        error, nbytes = o["error"], None
-    elif "ratio" in o:
+        return Budget(error=real_scalar(o["error"], "error", low=0.0))
+    if "ratio" in o:
         base = W.nbytes if orig_nbytes is None else orig_nbytes
-        error, nbytes = None, base / real_scalar(o["ratio"], "ratio", low=1.0)
-    kw: dict[str, Any] = {"layout": layout, "storage": storage}
-    if method == "prune":
-        if "sparsity" in o:
-            return M.magnitude_prune(W, sparsity=o["sparsity"], **kw)
-        return M.magnitude_prune(W, error=error, nbytes=nbytes, **kw)
-    if method == "nm":
-        return M.nm_prune(W, o.get("pattern"), error=None if "pattern" in o else error,
-                          nbytes=None if "pattern" in o else nbytes, **kw)
-    if method == "lowrank":
-        if "rank" in o:
-            return M.low_rank(W, int(o["rank"]), **kw)
-        return M.low_rank(W, error=error, nbytes=nbytes, **kw)
-    if method == "slr":
-        return M.auto(W, error=error, nbytes=nbytes, forms=("sparse+lowrank",), **kw)
-    if method == "code":
-        if "n_nonzero" in o:
-            return M.sparse_coded(W, n_nonzero=int(o["n_nonzero"]), dictionary=o.get("dictionary", "dct"), **kw)
-        return M.sparse_coded(W, error=error, nbytes=nbytes, dictionary=o.get("dictionary", "dct"), **kw)
-    return M.auto(W, error=error, nbytes=nbytes, **kw)
+        return Budget.ratio(o["ratio"], base)
+    if "rank" in o:
+        r = int(o["rank"])
+        if r < 0:
+            raise ValueError(f"rank must be >= 0, got {r}")
+        return Budget(nbytes=lowrank_nbytes(shape, min(r, min(shape)), isz))
+    if "sparsity" in o:
+        keep = W.size - int(round(real_scalar(o["sparsity"], "sparsity", low=0.0, high=1.0) * W.size))
+        return Budget(nbytes=sparse_nbytes(shape, keep, isz))
+    if "pattern" in o or "n_nonzero" in o or (error is None and nbytes is None):
+        return None
+    return Budget(error=error, nbytes=nbytes)
 
 
 def global_threshold(source: Mapping[str, np.ndarray], names: list[str], *,
@@ -218,30 +230,38 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     cal = None
     if calibration is not None:
         cal = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet(calibration)
-    decisions = plan(dict(source.info()), method, rules, min_size)
-    layout = layout or default_layout(source)
+    job = prepare(source, method, rules, min_size, layout)
+    out = os.fspath(out)
     jr = None
     if journal or resume:
         jr = Journal.start(out, source, settings={
             "target": target, "method": method, "rules": list(rules), "min_size": min_size,
-            "layout": layout, "decisions": decisions}, calibration=cal, resume=resume)
+            "layout": job.layout, "decisions": job.decisions}, calibration=cal, resume=resume)
     try:
-        saved = jr.restore_layers(decisions, Layer, curves_out) if jr is not None else None
-        if saved is not None:
-            layers, src_bytes = saved
-        else:
-            layers, src_bytes = budget_layers(source, decisions, target, layout, cal, curves_out,
-                                              progress, client=client)
+        plan_ = jr.restore_budgets(job, Layer, Budgeted, curves_out) if jr is not None else None
+        if plan_ is None:
+            plan_ = budget_layers(source, job, target, cal, curves_out, progress, client=client)
             if jr is not None:
-                jr.save_layers(layers, src_bytes, curves_out)
-        rep = execute(source, out, layers, target, layout, cal, src_bytes, progress,
-                      client=client, journal=jr)
+                jr.save_budgets(plan_, curves_out)
+        if target.ratio is None or not plan_.work:
+            rep = execute(source, out, job, plan_, target, cal, progress, client=client,
+                          journal=jr)
+        else:
+            rep = _write_to_ratio(lambda path, lr: execute(source, path, job, plan_, target, cal,
+                                                           progress, layer_ratio=lr,
+                                                           client=client, journal=jr),
+                                  out, target.ratio, plan_)
     except (ValueError, TypeError):
         if jr is not None:  # bad input: a rerun cannot pick anything up, leave nothing behind
             jr.remove()
         raise
     if jr is not None:
         jr.remove()
+    if target.error is not None and rep.file_bytes >= plan_.src_bytes:
+        plan_.notes.append(f"the container ({rep.file_bytes} bytes) is not smaller than the input "
+                           f"({plan_.src_bytes} bytes) at error {target.error:g}: loosen --error "
+                           f"or use --ratio")
+    rep.notes = plan_.notes
     return rep
 
 
@@ -257,6 +277,7 @@ class Target:
     options: dict[str, Any]
     value_dtype: np.dtype | None  # float values narrowed to this dtype (None: their own)
     bf16: bool                    # float32 values stored as bfloat16
+    method: str = "auto"
 
     @classmethod
     def of(cls, *, ratio: Any, error: Any, method: str, scope: str, options: Any,
@@ -283,69 +304,164 @@ class Target:
             raise ValueError("scope='allocate' splits a byte budget: give ratio")
         if prefer not in ("size", "speed"):
             raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
-        return cls(ratio, error, scope, prefer, opts, vdt, bf16)
+        return cls(ratio, error, scope, prefer, opts, vdt, bf16, method)
+
+
+@dataclass
+class Job:
+    """What the model is and what happens to each tensor: the decisions (on matrix views of
+    N-D weights), the views, tied names, the layout and the model's skeleton."""
+
+    decisions: list[Decision]
+    views: dict[str, MatrixView | None]
+    aliases: dict[str, str]          # tied name -> the name whose storage it shares
+    layout: str                      # the model-wide default
+    layout_given: bool               # the user chose it (views then keep it)
+    skeleton: tuple[str, bytes] | None
+    shapes: dict[str, tuple[int, ...]]  # each tensor's own shape
+
+
+def prepare(source: TensorSource, method: str = "auto", rules: Iterable[Rule] = (),
+            min_size: int = DEFAULT_MIN_SIZE, layout: str | None = None) -> Job:
+    """Plan every tensor of ``source`` (:func:`~weightpress.model.rules.plan` on the matrix
+    each N-D weight is viewed as), store tied tensors once, and keep the model's skeleton."""
+    infos = dict(source.info())
+    views = tensor_views(source)
+    user_rules = list(rules)
+    pinfos = {n: (views[n].matrix_shape if views.get(n) is not None else inf.shape, inf.dtype)
+              for n, inf in infos.items()}
+    decisions = plan(pinfos, method, user_rules, min_size)
+    aliases = {n: t for n, t in getattr(source, "aliases", {}).items() if t in infos}
+    for d in decisions:
+        v = views.get(d.name)
+        if d.name in aliases:
+            d.action, d.reason = "skip", f"tied to {aliases[d.name]}"
+        elif (d.action != "skip" and v is not None and v.kind in ("bias", "embedding")
+              and not any(r.matches(d.name) for r in user_rules)):
+            d.action, d.reason = "skip", v.kind
+    return Job(decisions, views, aliases, layout or default_layout(source), layout is not None,
+               skeleton_of(source), {n: tuple(inf.shape) for n, inf in infos.items()})
 
 
 @dataclass
 class Layer:
     """One tensor's part of the job: its decision, its bytes in the source, and the budget
     it gets (a byte or error :class:`~weightpress.compression.storage.Budget`, a global pruning
-    threshold, or an allocated form at a byte budget; none for kept tensors and size options)."""
+    threshold, or an allocated form at a byte budget; none for kept tensors and size options),
+    or the dtype a kept float tensor is stored in."""
 
     decision: Decision
     orig_bytes: int
     budget: Budget | None = None
     threshold: float | None = None
-    form: str | None = None  # allocated form, built at budget.nbytes
+    form: str | None = None          # allocated form, built at budget.nbytes
+    keep_dtype: np.dtype | None = None  # kept float tensor stored in this dtype
 
 
-def budget_layers(source: TensorSource, decisions: list[Decision], target: Target, layout: str,
-                  cal: CalibrationSet | None, curves_out: dict[str, Any] | None = None,
+@dataclass
+class Budgeted:
+    """Every layer with its budget, and what the search did to reach the target."""
+
+    layers: list[Layer]
+    src_bytes: int
+    notes: list[str]
+    squeezable: int = 0              # source bytes of the tensors compressed
+    layer_ratio: float | None = None  # how much each of them shrinks (ratio targets)
+
+    @property
+    def work(self) -> list[Layer]:
+        return [ly for ly in self.layers if ly.decision.action != "skip"]
+
+
+def budget_layers(source: TensorSource, job: Job, target: Target,
+                  cal: CalibrationSet | None = None, curves_out: dict[str, Any] | None = None,
                   progress: Callable[[int, int, str], None] | None = None, *,
-                  client: Any = None) -> tuple[list[Layer], int]:
+                  client: Any = None) -> Budgeted:
     """Give every tensor its budget: the whole-file ratio becomes per-layer byte budgets (the
-    kept tensors and the container header paid first), a global threshold, or an allocation
-    across layers. Returns the layers and the source file's size in bytes.
+    kept tensors, the model's skeleton and the container header paid first; when they leave too
+    little room, kept floats go to float16 and then the tensors the default rules keep are
+    compressed too, and the notes say so), a global threshold, or an allocation across layers.
 
     Raises
     ------
     ValueError
-        A ratio the kept tensors and the header make impossible (the message gives the best
-        reachable ratio).
+        A ratio the kept tensors and the header make impossible (the message names the largest
+        kept tensor and gives the best reachable ratio).
     """
-    layers = [Layer(d, source_nbytes(source, d.name, d.shape, d.dtype)) for d in decisions]
-    orig = {ly.decision.name: ly.orig_bytes for ly in layers}
-    work = [ly for ly in layers if ly.decision.action != "skip"]
+    decisions = job.decisions
+    layers = {d.name: Layer(d, 0 if d.name in job.aliases
+                            else source_nbytes(source, d.name, d.shape, d.dtype))
+              for d in decisions}
     src_path = getattr(source, "path", "")
-    src_bytes = os.path.getsize(src_path) if os.path.isfile(src_path) else sum(orig.values())
+    src_bytes = getattr(source, "file_bytes", None) or (
+        os.path.getsize(src_path) if os.path.isfile(src_path)
+        else sum(ly.orig_bytes for ly in layers.values()))
+    res = Budgeted(list(layers.values()), int(src_bytes), [])
+    kept_floats = [d for d in decisions if d.action == "skip" and d.dtype.kind == "f"
+                   and d.name not in job.aliases]
+    if target.value_dtype is not None and not target.bf16:
+        for d in kept_floats:
+            layers[d.name].keep_dtype = target.value_dtype
     if target.error is not None:
-        for ly in work:
+        for ly in res.work:
             ly.budget = Budget(error=target.error)
-    if target.ratio is None or not work:
-        _global(source, work, target, None)
-        return layers, src_bytes
-    kept = sum(ly.orig_bytes for ly in layers if ly.decision.action == "skip")
-    header = header_estimate({d.name: d.action for d in decisions})
-    avail = src_bytes / target.ratio - kept - header
+    if target.ratio is None or not res.work and not kept_floats:
+        _global(source, res.work, target, None)
+        return res
+    ratio = target.ratio
+    extra = len(job.skeleton[1]) + 200 if job.skeleton else 0
+
+    def room() -> tuple[float, float, int]:
+        """Bytes left for the compressed tensors, bytes fixed, bytes compressed in the source."""
+        kept = sum(dense_nbytes(ly.decision.shape, ly.keep_dtype.itemsize)
+                   if ly.keep_dtype is not None else ly.orig_bytes
+                   for ly in layers.values() if ly.decision.action == "skip")
+        fixed = kept + header_estimate({d.name: d.action for d in decisions}) + extra
+        return src_bytes / ratio - fixed, fixed, sum(ly.orig_bytes for ly in res.work)
+
+    avail, fixed, squeezable = room()
+    if avail <= 0 or squeezable / avail > 3 * ratio:  # too little room: kept floats to float16
+        lowered = [d for d in kept_floats if d.dtype.itemsize > 2 and layers[d.name].keep_dtype is None]
+        for d in lowered:
+            layers[d.name].keep_dtype = np.dtype(np.float16)
+        if lowered:
+            res.notes.append(f"{len(lowered)} kept float tensors stored as float16 to reach "
+                             f"ratio {ratio:g}")
+        avail, fixed, squeezable = room()
+    if avail <= 0 or squeezable / avail > 3 * ratio:  # still: compress what the defaults keep
+        soft = [d for d in decisions if _soft_kept(d, job.views.get(d.name))]
+        for d in soft:
+            d.action = target.method
+            d.reason = f"compressed to reach ratio {ratio:g} (default: keep, {d.reason})"
+            layers[d.name].keep_dtype = None
+        if soft:
+            res.notes.append(f"{len(soft)} tensors the default rules keep were compressed to "
+                             f"reach ratio {ratio:g}")
+        avail, fixed, squeezable = room()
     if avail <= 0:
-        raise ValueError(f"ratio {target.ratio:g} is impossible: the kept tensors and the header "
-                         f"alone take {kept + header} of {src_bytes} bytes, so the best "
-                         f"reachable ratio is below {src_bytes / (kept + header):.3g} "
-                         f"(keep fewer tensors with --rules, or lower the ratio)")
-    layer_ratio = sum(ly.orig_bytes for ly in work) / avail
-    for ly in work:
-        ly.budget = Budget(nbytes=ly.orig_bytes / layer_ratio)
-    if target.scope == "allocate":
-        chosen = _allocate(source, [ly.decision for ly in work], orig, avail, layout, cal,
-                           target.options, target.value_dtype, target.bf16, curves_out, progress,
-                           client)
-        for ly in work:
+        big = max((d for d in decisions if d.action == "skip"), default=None,
+                  key=lambda d: layers[d.name].orig_bytes)
+        what = f"; the largest is {big.name} ({big.reason})" if big is not None else ""
+        raise ValueError(f"ratio {ratio:g} is impossible: the tensors that cannot be "
+                         f"compressed and the container's header take {int(fixed)} of "
+                         f"{src_bytes} bytes{what}, so the best reachable ratio is below "
+                         f"{src_bytes / fixed:.3g} (lower the ratio, or change --rules)")
+    res.squeezable = squeezable
+    res.layer_ratio = squeezable / avail if squeezable else 1.0
+    for ly in res.work:
+        ly.budget = Budget(nbytes=ly.orig_bytes / res.layer_ratio)
+    if target.scope == "allocate" and res.work:
+        orig = {ly.decision.name: ly.orig_bytes for ly in res.layers}
+        chosen = _allocate(source, [ly.decision for ly in res.work], orig, avail, job.layout,
+                           cal, target.options, target.value_dtype, target.bf16, curves_out,
+                           progress, client)
+        for ly in res.work:
             if ly.decision.name in chosen:
                 ly.form, nb = chosen[ly.decision.name]
                 ly.budget = Budget(nbytes=nb)
-        return layers, src_bytes
-    _global(source, work, target, layer_ratio)
-    return layers, src_bytes
+        return res
+    _global(source, res.work, target, res.layer_ratio)
+    return res
 
 
 def _global(source: TensorSource, work: list[Layer], target: Target,
@@ -367,75 +483,173 @@ def _global(source: TensorSource, work: list[Layer], target: Target,
         ly.threshold = thr
 
 
-def execute(source: TensorSource, out: str | os.PathLike[str], layers: list[Layer],
-            target: Target, layout: str, cal: CalibrationSet | None, src_bytes: int,
-            progress: Callable[[int, int, str], None] | None = None, *, client: Any = None,
-            journal: Any = None) -> Report:
+def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgeted: Budgeted,
+            target: Target, cal: CalibrationSet | None = None,
+            progress: Callable[[int, int, str], None] | None = None,
+            layer_ratio: float | None = None, *, client: Any = None,
+            journal: Journal | None = None) -> Report:
     """Build every layer to its budget, one source tensor in memory at a time (or one per Dask
-    worker with ``client``), into the container ``out`` (written atomically), in plan order;
-    layers the ``journal`` holds are taken from it, new ones recorded in it. Returns the
-    per-layer report."""
+    worker with ``client``: :func:`stage_layer` is the task), into the container ``out``
+    (written atomically, in plan order, so the bytes do not depend on where layers were built);
+    returns the per-layer report. ``layer_ratio`` rescales the byte budgets that came from the
+    ratio (the ratio search's retries). Layers the ``journal`` holds at the same budget are
+    taken from it; new ones are recorded in it."""
     rows = []
     facts = {"name": os.path.basename(getattr(source, "path", "")),
-             "format": getattr(source, "format", ""), "bytes": src_bytes}
-    done = journal.done if journal is not None else set()
-    todo = [i for i, ly in enumerate(layers) if i not in done]
+             "format": getattr(source, "format", ""), "bytes": budgeted.src_bytes}
+    if getattr(source, "weight_map", None):
+        facts["weight_map"] = json.dumps(source.weight_map)
+    n = len(budgeted.layers)
+    tasks = {}  # index -> (layer, budget, view, layout): what building it needs
+    for i, ly in enumerate(budgeted.layers):
+        d = ly.decision
+        if d.name in job.aliases:
+            continue
+        view = job.views.get(d.name)
+        tlayout = view.layout if view is not None and not job.layout_given else job.layout
+        if d.action == "skip":
+            tlayout = view.layout if view else job.layout
+        budget = ly.budget
+        if (layer_ratio is not None and budgeted.layer_ratio and ly.form is None
+                and budget is not None and budget.nbytes is not None):
+            budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / layer_ratio)
+        tasks[i] = (ly, budget, view, tlayout)
+    keys = {i: journal.key(t[0], t[1]) for i, t in tasks.items()} if journal is not None else {}
+    done = {i for i in tasks if journal is not None and journal.has(i, keys[i])}
+    todo = [i for i in tasks if i not in done]
     if client is not None:
-        fresh = iter(D.map_layers(client, build_task, source, layers, todo, target, layout, cal,
-                                  progress))
+        fresh = iter(D.map_layers(client, build_task, source, [tasks[i] for i in todo], target,
+                                  cal, [budgeted.layers[i].decision.name for i in todo], n,
+                                  n - len(todo), progress))
     else:
-        fresh = (stage_layer(source, layers[i], target, layout, _stats(cal, layers[i]), i,
-                             len(layers), progress) for i in todo)
+        fresh = (stage_layer(source, *tasks[i], target, _stats(cal, tasks[i][0]), i, n, progress)
+                 for i in todo)
     with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
-        for i, ly in enumerate(layers):
+        if job.skeleton is not None:
+            w.set_structure(*job.skeleton)
+        for i, (ly, _, view, _) in tasks.items():
+            d = ly.decision
             if i in done:
-                st = journal.load(i)
+                st = journal.load(i, keys[i])  # type: ignore[union-attr]
             else:
                 st = next(fresh)
-                if journal is not None and ly.decision.action != "skip":
-                    journal.record(i, st)
+                if journal is not None and d.action != "skip":
+                    journal.record(i, keys[i], st)
             e = w.add_staged(st)
-            rows.append(Row(st.name, ly.decision.shape, e["form"], e["params"], e["bytes"],
-                            e["orig_bytes"], e["error"], e["reason"], e.get("output_error")))
+            reshaped = view is not None and view.is_reshape
+            rows.append(Row(d.name, tuple(view.shape) if view is not None else d.shape,
+                            e["form"] + (f" ({view.describe()})" if reshaped else ""),
+                            e["params"], e["bytes"], e["orig_bytes"], e["error"], e["reason"],
+                            e.get("output_error")))
+        for name, tied in job.aliases.items():
+            e = w.add_alias(name, tied)
+            rows.append(Row(name, job.shapes[name], "tied", 0, 0, 0, e["error"], e["reason"]))
         if progress is not None:
-            progress(len(layers), len(layers), "writing")
-    return Report(rows, w.file_bytes, src_bytes)
+            progress(n, n, "writing")
+    rep = Report(rows, w.file_bytes, budgeted.src_bytes)
+    rep.compressed_bytes = sum(e["bytes"] for e in w.entries.values()
+                               if e["method"] not in ("keep", "tied"))
+    return rep
 
 
 def _stats(cal: CalibrationSet | None, ly: Layer) -> Any:
-    """The layer's calibration statistics (checked against its shape), or None."""
+    """The layer's calibration statistics, or None."""
     d = ly.decision
     if d.action == "skip" or cal is None or d.name not in cal:
         return None
     return cal[d.name]
 
 
-def stage_layer(source: TensorSource, ly: Layer, target: Target, layout: str, stats: Any,
-                i: int = 0, n: int = 0,
+def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: MatrixView | None,
+                layout: str, target: Target, stats: Any, i: int = 0, n: int = 0,
                 progress: Callable[[int, int, str], None] | None = None) -> Staged:
-    """One layer built to its budget and prepared for the container (the unit of work a Dask
-    worker runs; the same arguments give the same bytes in any process)."""
+    """One tensor built to ``budget`` (or kept) and prepared for the container: the unit of
+    work of :func:`execute` and of a Dask worker (the same arguments give the same bytes in
+    any process)."""
     d = ly.decision
     if progress is not None:
         progress(i, n, d.name)
+    W = source[d.name]
     stored = getattr(source, "stored_dtypes", {}).get(d.name) or None
     if d.action == "skip":
-        return stage_tensor(d.name, np.asarray(source[d.name]), layout=layout, stored_dtype=stored,
-                            orig_bytes=ly.orig_bytes, method="keep", reason=d.reason)
-    Wa = np.asarray(source[d.name])
+        A = np.asarray(W)
+        reason = d.reason
+        if ly.keep_dtype is not None and A.dtype != ly.keep_dtype:
+            A = _narrow(A, ly.keep_dtype, d.name)
+            reason = f"{reason}; stored as {A.dtype}"
+        return stage_tensor(d.name, A, layout=layout, stored_dtype=stored,
+                            orig_bytes=ly.orig_bytes, method="keep", reason=reason,
+                            original=W if A.dtype != np.asarray(W).dtype else None,
+                            dtype=W.dtype)
+    Wa = np.asarray(W)
+    if view is not None and view.is_reshape:
+        Wa = view.to_matrix(np.ascontiguousarray(Wa))
     if stats is not None:
         check_calibration(stats, d.name, d.shape, layout)
-    m, reason = _build_layer(Wa, ly, stats, target, layout, stored)
+    m, reason = _build_layer(Wa, ly, budget, stats, target, layout, stored)
     st = stage_tensor(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
-                      method=d.action, reason=reason)
+                      method=d.action, reason=reason,
+                      view=view if view is not None and view.is_reshape else None, dtype=W.dtype)
     if stats is not None:
         Wo = Wa if layout == "out_in" else Wa.T
         st.entry["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
     return st
 
 
-def _build_layer(Wa: np.ndarray, ly: Layer, stats: Any, target: Target, layout: str,
-                 stored: str | None) -> tuple[CompressedMatrix, str]:
+def _write_to_ratio(write: Callable[[str, float | None], Report], out: str, ratio: float,
+                    budgeted: Budgeted) -> Report:
+    """Write, measure the file, and rewrite with the measured overhead until the file ratio
+    is within 3 % of ``ratio`` (at most 6 tries; the first usually is: each try reads every
+    tensor again, one at a time); keep the closest file at or above 0.97·ratio. Raises ValueError (naming the best ratio reached) when none gets
+    there."""
+    d = os.path.dirname(os.path.abspath(out))
+    src_bytes, squeezable = budgeted.src_bytes, budgeted.squeezable
+    layer_ratio = budgeted.layer_ratio
+    best: tuple[float, str, Report] | None = None
+    tmps = []
+    target = src_bytes / ratio
+    try:
+        lo = hi = None  # layer ratios known to give a file too big / too small
+        for _ in range(6):
+            fd, tmp = tempfile.mkstemp(prefix=".wp-try-", suffix=".tmp", dir=d)
+            os.close(fd)
+            tmps.append(tmp)
+            rep = write(tmp, layer_ratio)
+            r = src_bytes / rep.file_bytes
+            if r >= 0.97 * ratio and (best is None or abs(r - ratio) < abs(best[0] - ratio)):
+                best = (r, tmp, rep)
+            if 0.97 * ratio <= r <= 1.03 * ratio:
+                break
+            cur = layer_ratio or 1.0
+            if r < ratio:
+                lo = cur if lo is None else max(lo, cur)
+            else:
+                hi = cur if hi is None else min(hi, cur)
+            if lo is not None and hi is not None:
+                layer_ratio = float(np.sqrt(lo * hi))  # bisect between a miss on each side
+                continue
+            spent = rep.compressed_bytes
+            left = target - (rep.file_bytes - spent)
+            if left <= 0 or spent <= 0:
+                break
+            asked = squeezable / cur
+            layer_ratio = squeezable / max(asked * left / spent, 1.0)  # the forms' shortfall, scaled
+        if best is None:
+            got = src_bytes / rep.file_bytes
+            raise ValueError(f"ratio {ratio:g} is not reached: the best file written was "
+                             f"{got:.3g}x smaller (the forms cannot shrink further); lower the "
+                             f"ratio or change --rules")
+        os.replace(best[1], out)
+        best[2].file_bytes = os.path.getsize(out)
+        return best[2]
+    finally:
+        for t in tmps:
+            with contextlib.suppress(OSError):
+                os.unlink(t)
+
+
+def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, target: Target,
+                 layout: str, stored: str | None) -> tuple[CompressedMatrix, str]:
     """One layer's compressed matrix at its budget, never bigger than what it replaces."""
     d = ly.decision
     Wv = Wa if target.value_dtype is None else _narrow(Wa, target.value_dtype, d.name)
@@ -443,18 +657,16 @@ def _build_layer(Wa: np.ndarray, ly: Layer, stats: Any, target: Target, layout: 
                            and Wa.dtype == np.float32)
     storage = "BF16" if bf16 else None
     options = {**target.options, **d.options}
-    error, nb = ly.budget.pair() if ly.budget is not None else (None, None)
+    error, nb = budget.pair() if budget is not None else (None, None)
     if ly.threshold is not None:
         m: CompressedMatrix = M.magnitude_prune(Wv, threshold=ly.threshold, layout=layout,
                                                 storage=storage)
     elif ly.form is not None:
         m = _build(Wv, stats, ly.form, nb or 0.0, layout, storage, options)
-    elif stats is not None:
-        m = _aware(Wv, stats, d.action, error, nb, options, layout, storage, ly.orig_bytes,
-                   target.prefer)
     else:
         m = compress_tensor(Wv, d.action, error=error, nbytes=nb, options=options, layout=layout,
-                            orig_nbytes=ly.orig_bytes, storage=storage)
+                            orig_nbytes=ly.orig_bytes, storage=storage, calibration=stats,
+                            prefer=target.prefer)
     if m.nbytes >= ly.orig_bytes:
         return Dense(Wa, layout), f"{d.action} would take {m.nbytes} bytes, dense is smaller"
     return m, d.reason
@@ -473,36 +685,12 @@ def _forms_for(method: str) -> tuple[str, ...]:
 
 def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, storage: str | None,
            options: Mapping[str, Any]) -> CompressedMatrix:
-    """One form at one byte budget: data-aware with stats, weight-space without."""
+    """One allocated form at one byte budget: data-aware with stats, weight-space without."""
     if form == "dense":
         return Dense(W, layout)
-    if stats is not None:
-        return compress_aware(W, stats, form, nbytes=nbytes, options=options, layout=layout,
-                              storage=storage)
-    return compress_tensor(W, form, nbytes=nbytes, layout=layout, storage=storage,
-                           options={k: v for k, v in options.items() if k == "pattern"})
-
-
-def _aware(W: np.ndarray, stats: Any, method: str, error: float | None, nb: float | None,
-           options: Mapping[str, Any], layout: str, storage: str | None, orig_nbytes: int,
-           prefer: str) -> CompressedMatrix:
-    """Data-aware compression with a rule's options mapped onto a budget."""
-    o = dict(options)
-    isz = value_itemsize(W.dtype, storage)
-    shape = (int(W.shape[0]), int(W.shape[1]))
-    if "error" in o:
-        error, nb = real_scalar(o["error"], "error", low=0.0), None
-    elif "ratio" in o:
-        error, nb = None, orig_nbytes / real_scalar(o["ratio"], "ratio", low=1.0)
-    elif "rank" in o:
-        error, nb = None, lowrank_nbytes(shape, int(o["rank"]), isz)
-    elif "sparsity" in o:
-        keep = W.size - int(round(real_scalar(o["sparsity"], "sparsity", low=0.0, high=1.0) * W.size))
-        error, nb = None, sparse_nbytes(shape, keep, isz)
-    elif "pattern" in o:
-        method, error, nb = "nm", None, float(W.nbytes)
-    return compress_aware(W, stats, method, error=error, nbytes=nb, options=o, layout=layout,
-                          storage=storage, prefer=prefer)
+    opts = {k: v for k, v in options.items() if k in ("pattern", "damp", "dictionary")}
+    return compress(W, form, Budget(nbytes=nbytes), storage=storage, layout=layout,
+                    calibration=stats, options=opts)
 
 
 # byte levels of the forms measured by building them (OBS pruning, sparse + low-rank, coding):
@@ -580,10 +768,13 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
 
 # -- Dask tasks (model.distributed submits them; a worker opens the files itself) --------------
 
-def build_task(path: str, ly: Layer, target: Target, layout: str, cal: Any) -> Staged:
+def build_task(path: str, ly: Layer, budget: Budget | None, view: MatrixView | None,
+               layout: str, target: Target, cal: Any) -> Staged:
     """Task: one layer built and staged (:func:`stage_layer`) from the model at ``path``."""
     src = D.worker_open(path, open_source)
-    return stage_layer(src, ly, target, layout, D.worker_stats(cal, ly.decision.name))
+    return stage_layer(src, ly, budget, view, layout, target,
+                       D.worker_stats(cal, ly.decision.name) if ly.decision.action != "skip"
+                       else None)
 
 
 def curve_task(path: str, d: Decision, orig_bytes: int, layout: str, cal: Any,

@@ -43,6 +43,7 @@ __all__ = ["header_estimate", "ContainerWriter", "Staged", "stage_tensor", "Cont
 FORMAT = "weightpress.container"
 FORMAT_VERSION = 1
 SEP = "::"
+STRUCTURE_KEY = "__weightpress_structure__"
 
 
 # stored arrays per tensor by the method that makes it (dense: 1; CSR: data, indices, indptr...)
@@ -59,7 +60,7 @@ def header_estimate(tensors: Mapping[str, str]) -> int:
 
 
 def _crc(a: np.ndarray) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 
 
 def _flat2(a: np.ndarray) -> np.ndarray:
@@ -89,11 +90,11 @@ class _Spill(TensorSource):
         self._info: dict[str, TensorInfo] = {}
 
     def append(self, key: str, a: np.ndarray) -> None:
-        a = np.ascontiguousarray(a)
+        a = np.require(a, requirements="C")  # not ascontiguousarray: it makes 0-D arrays 1-D
         dt = a.dtype.newbyteorder("<") if a.dtype.byteorder not in "|<" else a.dtype
         self._index[key] = (a.shape, a.dtype, self._f.tell())
         self._info[key] = TensorInfo(a.shape, a.dtype)
-        self._f.write(memoryview(a.astype(dt, copy=False)).cast("B"))
+        self._f.write(np.ascontiguousarray(a.astype(dt, copy=False)).reshape(-1).view(np.uint8))
 
     def finish(self) -> None:
         self._f.close()
@@ -124,14 +125,18 @@ class Staged:
 
 def stage_tensor(name: str, obj: CompressedMatrix | np.ndarray, *, original: Any = None,
                  layout: str | None = None, stored_dtype: str | None = None,
-                 orig_bytes: int | None = None, method: str = "", reason: str = "") -> Staged:
-    """One tensor ready for :meth:`ContainerWriter.add_staged`: its metadata entry (checksums
-    and error figures included) and its stored arrays. Needs no writer, so a worker process
-    can prepare it; the same inputs give the same bytes wherever it runs.
+                 orig_bytes: int | None = None, method: str = "", reason: str = "",
+                 view: Any = None, dtype: Any = None) -> Staged:
+    """One tensor ready for :meth:`ContainerWriter.add_staged` (arguments as
+    :meth:`ContainerWriter.add`): its metadata entry (checksums and error figures included)
+    and its stored arrays. Needs no writer, so a worker process can prepare it; the same
+    inputs give the same bytes wherever it runs.
     """
+    own_dtype = dtype
     if isinstance(obj, np.ndarray) or not isinstance(obj, CompressedMatrix):
         arr = np.asarray(obj)
-        obj = Dense(arr, layout or "out_in") if arr.ndim == 2 else None  # type: ignore[assignment]
+        floating = arr.dtype.kind == "f"
+        obj = Dense(arr, layout or "out_in") if arr.ndim == 2 and floating else None  # type: ignore[assignment]
         parts = {"values": arr}
         form, shape, dtype = "dense", arr.shape, arr.dtype
         lay = layout or "out_in"
@@ -154,15 +159,23 @@ def stage_tensor(name: str, obj: CompressedMatrix | np.ndarray, *, original: Any
         "orig_bytes": int(orig_bytes if orig_bytes is not None
                           else dense_nbytes(shape, np.dtype(dtype).itemsize)),
         "method": method, "reason": reason}
+    if view is not None:
+        entry["view"] = view.to_json()
+    if own_dtype is not None and np.dtype(own_dtype) != np.dtype(entry["dtype"]):
+        entry["values_dtype"], entry["dtype"] = entry["dtype"], np.dtype(own_dtype).name
     if original is not None:
         W = np.asarray(original)
+        if view is not None and W.shape == tuple(view.shape):
+            W = view.to_matrix(W)
         if W.shape != tuple(shape):
             raise ValueError(f"original: shape {W.shape} differs from {tuple(shape)}")
         W = _flat2(W)
     else:
         W = None
     n2 = inner = nh2 = d2 = 0.0  # accumulated over row blocks: the decode is never whole
-    for r0, r1, blk in _blocks(obj, parts["values"] if form == "dense" else None):
+    exact_copy = form == "dense" and np.dtype(dtype).kind not in "fc"
+    for r0, r1, blk in ([] if exact_copy else
+                        _blocks(obj, parts["values"] if form == "dense" else None)):
         ref = W[r0:r1] if W is not None else blk
         st = error_stats(ref, blk)
         n2, inner, nh2, d2 = n2 + st[0], inner + st[1], nh2 + st[2], d2 + st[3]
@@ -208,20 +221,27 @@ class ContainerWriter:
         self._keys: set[str] = set()
         self._dtypes: dict[str, str] = {}
         self.file_bytes = 0
+        self.structure: dict[str, Any] = {}
 
     def add(self, name: str, obj: CompressedMatrix | np.ndarray, *, original: Any = None,
             layout: str | None = None, stored_dtype: str | None = None,
-            orig_bytes: int | None = None, method: str = "", reason: str = "") -> dict[str, Any]:
-        """Stage one tensor: a compressed matrix, or an array kept dense.
+            orig_bytes: int | None = None, method: str = "", reason: str = "",
+            view: Any = None, dtype: Any = None) -> dict[str, Any]:
+        """Stage one tensor: a compressed matrix, or an array (any dtype, any rank) kept dense.
 
         ``original`` (the uncompressed tensor) gives the stored error figures; without it the
-        tensor counts as exact (dense). Returns the metadata entry.
+        tensor counts as exact (dense). ``view`` (a
+        :class:`~weightpress.compression.views.MatrixView`) says the matrix is an N-D tensor
+        seen as a matrix: it is decoded back to ``view.shape``. ``dtype`` is the tensor's own
+        dtype when the values are stored in another (``float16`` for a float32 tensor): it is
+        decoded back to it. Returns the metadata entry.
         """
         if name in self.entries:
             raise ValueError(f"name: tensor {name!r} added twice")
         return self.add_staged(stage_tensor(name, obj, original=original, layout=layout,
                                             stored_dtype=stored_dtype, orig_bytes=orig_bytes,
-                                            method=method, reason=reason))
+                                            method=method, reason=reason, view=view,
+                                            dtype=dtype))
 
     def add_staged(self, st: "Staged") -> dict[str, Any]:
         """Append a tensor prepared by :func:`stage_tensor` (perhaps in another process, or
@@ -240,12 +260,39 @@ class ContainerWriter:
         self.entries[st.name] = st.entry
         return st.entry
 
+    def add_alias(self, name: str, target: str) -> dict[str, Any]:
+        """Stage `name` as another name of the already staged tensor `target` (tied weights:
+        one storage under two names); nothing is stored twice."""
+        if name in self.entries:
+            raise ValueError(f"name: tensor {name!r} added twice")
+        if target not in self.entries or "alias" in self.entries[target]:
+            raise ValueError(f"target: {target!r} is not a staged tensor")
+        t = self.entries[target]
+        entry = {k: t[k] for k in ("shape", "dtype", "stored_dtype", "layout", "error", "norm",
+                                   "norm_hat", "inner", "params")}
+        entry.update(form=t["form"], alias=target, parts={}, crc32={}, bytes=0, orig_bytes=0,
+                     storage=t.get("storage"), method="tied", reason=f"tied to {target}")
+        for k in ("view", "values_dtype"):
+            if k in t:
+                entry[k] = t[k]
+        self.entries[name] = entry
+        return entry
+
+    def set_structure(self, kind: str, blob: bytes) -> None:
+        """Keep what the source format needs besides the weights (an ONNX graph without its
+        weights, a Keras file's layout; see :mod:`weightpress.io.structure`)."""
+        a = np.frombuffer(blob, np.uint8)
+        self._spill.append(STRUCTURE_KEY, a)
+        self._keys.add(STRUCTURE_KEY)
+        self.structure = {"kind": kind, "key": STRUCTURE_KEY, "crc32": _crc(a), "bytes": int(a.size)}
+
     def metadata(self) -> dict[str, str]:
         return {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "weightpress_version": __version__,
                 "source": json.dumps(self.source, sort_keys=True),
                 "source_metadata": json.dumps(self.source_metadata, sort_keys=True),
-                "tensors": json.dumps(self.entries, separators=(",", ":"))}
+                "tensors": json.dumps(self.entries, separators=(",", ":")),
+                **({"structure": json.dumps(self.structure)} if self.structure else {})}
 
     def close(self) -> int:
         """Write the container (atomically) and remove the scratch file; returns its size."""
@@ -300,7 +347,12 @@ class Container(TensorSource):
             self.entries: dict[str, dict[str, Any]] = json.loads(meta["tensors"])
             self.source: dict[str, str] = json.loads(meta.get("source", "{}"))
             self.source_metadata: dict[str, str] = json.loads(meta.get("source_metadata", "{}"))
-            self._info = {n: TensorInfo(e["shape"], np.dtype(e["dtype"])) for n, e in self.entries.items()}
+            self.structure_info: dict[str, Any] = json.loads(meta.get("structure", "{}"))
+            self._info = {n: TensorInfo(e["view"]["shape"] if "view" in e else e["shape"],
+                                        np.dtype(e["dtype"])) for n, e in self.entries.items()}
+            for n, e in self.entries.items():
+                if "alias" in e and e["alias"] not in self.entries:
+                    raise FormatError(f"{self.path}: tensor {n!r} is tied to a missing tensor")
             for n, e in self.entries.items():
                 for role, key in e["parts"].items():
                     if key not in self._st.info():
@@ -316,11 +368,26 @@ class Container(TensorSource):
 
     def parts(self, name: str) -> dict[str, np.ndarray]:
         """The stored arrays of one tensor, memory-mapped."""
-        return {role: self._st[key] for role, key in self.entries[name]["parts"].items()}
+        e = self.entries[name]
+        if "alias" in e:
+            e = self.entries[e["alias"]]
+        return {role: self._st[key] for role, key in e["parts"].items()}
+
+    def structure(self) -> tuple[str, bytes] | None:
+        """(kind, zlib bytes) of the source model's structure, if the container keeps it."""
+        s = self.structure_info
+        if not s:
+            return None
+        a = self._st[s["key"]]
+        if _crc(a) != s["crc32"]:
+            raise FormatError(f"{self.path}: checksum mismatch in the stored model structure")
+        return s["kind"], np.asarray(a).tobytes()
 
     def matrix(self, name: str) -> CompressedMatrix:
-        """One tensor as a compressed matrix (2-D tensors only)."""
+        """One tensor as a compressed matrix (2-D tensors and N-D tensors seen as matrices)."""
         e = self.entries[name]
+        if "alias" in e:
+            return self.matrix(e["alias"])
         if len(e["shape"]) != 2:
             raise ValueError(f"{name!r} is a {len(e['shape'])}-D tensor, not a matrix; use container[name]")
         try:
@@ -331,9 +398,14 @@ class Container(TensorSource):
 
     def _load(self, name: str) -> np.ndarray:
         e = self.entries[name]
-        if e["form"] == "dense":
-            return self.parts(name)["values"]
-        return self.matrix(name).toarray()
+        if "alias" in e:
+            return self._load(e["alias"])
+        a = self.parts(name)["values"] if e["form"] == "dense" else self.matrix(name).toarray()
+        if "view" in e:
+            a = np.asarray(a).reshape(e["view"]["shape"])
+        if a.dtype != np.dtype(e["dtype"]):
+            a = a.astype(e["dtype"])
+        return a
 
     @property
     def file_bytes(self) -> int:
@@ -383,6 +455,12 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
     c = Container(path)
     res = VerifyResult(os.fspath(path))
     known = {k for e in c.entries.values() for k in e["parts"].values()}
+    if c.structure_info:
+        known.add(c.structure_info.get("key"))
+        try:
+            c.structure()
+        except FormatError as err:
+            res.problems.append(str(err))
     extra = set(c._st.info()) - known
     if extra:
         res.problems.append(f"stored arrays not referenced by any tensor: {sorted(extra)[:5]}")
@@ -393,7 +471,8 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
         where = f"{name}"
         try:
             parts = c.parts(name)
-            bad = [r for r, a in parts.items() if _crc(a) != e["crc32"].get(r)]
+            crcs = c.entries[e["alias"]]["crc32"] if "alias" in e else e["crc32"]
+            bad = [r for r, a in parts.items() if _crc(a) != crcs.get(r)]
             if bad:
                 res.problems.append(f"{where}: checksum mismatch in {bad} (file corrupted)")
                 continue
@@ -401,7 +480,8 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
         except (ValueError, TypeError, KeyError) as err:
             res.problems.append(f"{where}: cannot decode ({err})")
             continue
-        if list(W_hat.shape) != e["shape"] or W_hat.dtype.name != e["dtype"]:
+        want_shape = e["view"]["shape"] if "view" in e else e["shape"]
+        if list(W_hat.shape) != want_shape or W_hat.dtype.name != e["dtype"]:
             res.problems.append(f"{where}: decodes to {W_hat.dtype} {W_hat.shape}, declared "
                                 f"{e['dtype']} {tuple(e['shape'])}")
             continue

@@ -154,20 +154,19 @@ def ordered(client: Any, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]
             f.cancel()
 
 
-def map_layers(client: Any, task: Callable[..., Any], source: Any, layers: Sequence[Any],
-               todo: Sequence[int], target: Any, layout: str, cal: Any,
+def map_layers(client: Any, task: Callable[..., Any], source: Any, specs: Sequence[tuple],
+               target: Any, cal: Any, names: Sequence[str], n_total: int, n_done: int,
                progress: Callable[[int, int, str], None] | None = None) -> Iterator[Any]:
-    """``task(path, layer, target, layout, calibration)`` for ``layers[i]``, ``i`` in ``todo``,
-    on the cluster; the staged layers in that order."""
+    """``task(path, *spec, target, calibration)`` for every spec ``(layer, budget, view,
+    layout)`` on the cluster; the staged layers in that order. Progress counts ``n_done``
+    layers (already in a journal) plus the tasks finished, out of ``n_total``."""
     path = _path(source)
-    args = [(path, layers[i], target, layout, _cal_ref(cal, layers[i].decision.name))
-            for i in todo]
-    names = [layers[i].decision.name for i in todo]
-    offset = len(layers) - len(todo)  # layers already done (journal) count as done
+    args = [(path, *spec, target, _cal_ref(cal, spec[0].decision.name)
+             if spec[0].decision.action != "skip" else None) for spec in specs]
 
     def prog(k: int, n: int, name: str) -> None:
         if progress is not None:
-            progress(offset + k, len(layers), name)
+            progress(n_done + k, n_total, name)
     return ordered(client, task, args, names, prog)
 
 

@@ -8,8 +8,9 @@ Beside the output ``OUT`` lives ``OUT.journal/``:
   its first MiB, which holds a safetensors/npz header);
 - ``layers.json``: every layer's budget (and the allocation's curves), written once the
   budgets are known, so a resumed run does not measure them again;
-- ``layer-NNNNNN.safetensors``: one finished compressed layer, its stored arrays and its
-  container entry, each written atomically (a file there is complete).
+- ``layer-NNNNNN-KEY.safetensors``: one finished compressed layer (``KEY``: a hash of the
+  budget it was built at, which the ratio search may change between tries), its stored arrays
+  and its container entry, each written atomically (a file there is complete).
 
 :meth:`Journal.start` with ``resume=True`` checks the manifest against the current input and
 settings and refuses (``ValueError`` naming what changed) when they differ; the resumed run
@@ -41,7 +42,7 @@ __all__ = ["Journal", "journal_path", "source_identity"]
 
 JOURNAL_FORMAT = "weightpress.journal/1"
 _HEAD = 1 << 20  # bytes of each file hashed for its identity
-_LAYER = re.compile(r"^layer-(\d{6})\.safetensors$")
+_LAYER = re.compile(r"^layer-(\d{6})-([0-9a-f]{16})\.safetensors$")
 
 
 def journal_path(out: str | os.PathLike[str]) -> str:
@@ -109,11 +110,11 @@ class Journal:
     def __init__(self, path: str, manifest: dict[str, Any]):
         self.path = path
         self.manifest = manifest
-        self.done: set[int] = set()
+        self.done: set[tuple[int, str]] = set()  # (index, key) of the recorded layers
         for f in os.listdir(path):
             m = _LAYER.match(f)
             if m:
-                self.done.add(int(m.group(1)))
+                self.done.add((int(m.group(1)), m.group(2)))
 
     @classmethod
     def start(cls, out: str | os.PathLike[str], source: Any, *, settings: Mapping[str, Any],
@@ -177,56 +178,78 @@ class Journal:
 
     # -- budgets ---------------------------------------------------------------------------
 
-    def save_layers(self, layers: list[Any], src_bytes: int,
-                    curves: Mapping[str, Any] | None = None) -> None:
-        """Record every layer's budget (and the allocation's curves)."""
-        rows = [{"name": ly.decision.name, "orig_bytes": ly.orig_bytes,
+    def save_budgets(self, plan: Any, curves: Mapping[str, Any] | None = None) -> None:
+        """Record every layer's budget (and the allocation's curves, and what the budgeting
+        changed in the decisions)."""
+        rows = [{"name": ly.decision.name, "action": ly.decision.action,
+                 "reason": ly.decision.reason, "orig_bytes": ly.orig_bytes,
                  "budget": None if ly.budget is None else list(ly.budget.pair()),
-                 "threshold": ly.threshold, "form": ly.form} for ly in layers]
+                 "threshold": ly.threshold, "form": ly.form,
+                 "keep_dtype": None if ly.keep_dtype is None else np.dtype(ly.keep_dtype).str}
+                for ly in plan.layers]
         cv = {n: {"candidates": [[c.nbytes, c.error, c.label] for c in v["candidates"]],
                   "chosen": v["chosen"]} for n, v in (curves or {}).items()}
         _write_json(os.path.join(self.path, "layers.json"),
-                    {"src_bytes": src_bytes, "layers": rows, "curves": cv})
+                    {"src_bytes": plan.src_bytes, "notes": plan.notes,
+                     "squeezable": plan.squeezable, "layer_ratio": plan.layer_ratio,
+                     "layers": rows, "curves": cv})
 
-    def restore_layers(self, decisions: list[Any], make_layer: Any,
-                       curves_out: dict[str, Any] | None = None) -> tuple[list[Any], int] | None:
-        """The layers recorded by :meth:`save_layers` (``make_layer(decision, orig_bytes,
-        budget, threshold, form)`` each), or None when there are none yet."""
+    def restore_budgets(self, job: Any, Layer: Any, Budgeted: Any,
+                        curves_out: dict[str, Any] | None = None) -> Any:
+        """The ``Budgeted`` plan recorded by :meth:`save_budgets`, made of ``Layer``s (the
+        classes of :mod:`~weightpress.model.compress`, which imports this module), its
+        decisions ``job``'s updated as the budgeting left them; None when there is none."""
         try:
             with open(os.path.join(self.path, "layers.json"), encoding="utf-8") as f:
                 data = json.load(f)
         except (OSError, ValueError):
             return None
         rows = data["layers"]
-        if [r["name"] for r in rows] != [d.name for d in decisions]:
+        if [r["name"] for r in rows] != [d.name for d in job.decisions]:
             return None
         layers = []
-        for d, r in zip(decisions, rows):
+        for d, r in zip(job.decisions, rows):
+            d.action, d.reason = r["action"], r["reason"]
             b = r["budget"]
-            budget = None if b is None else Budget(error=b[0], nbytes=b[1])
-            layers.append(make_layer(d, int(r["orig_bytes"]), budget, r["threshold"], r["form"]))
+            layers.append(Layer(d, int(r["orig_bytes"]),
+                                None if b is None else Budget(error=b[0], nbytes=b[1]),
+                                r["threshold"], r["form"],
+                                None if r["keep_dtype"] is None else np.dtype(r["keep_dtype"])))
         if curves_out is not None:
             curves_out.update({n: {"candidates": [Candidate(int(c[0]), float(c[1]), str(c[2]))
                                                   for c in v["candidates"]],
                                    "chosen": int(v["chosen"])}
                                for n, v in data.get("curves", {}).items()})
-        return layers, int(data["src_bytes"])
+        return Budgeted(layers, int(data["src_bytes"]), list(data["notes"]),
+                        int(data["squeezable"]), data["layer_ratio"])
 
     # -- finished layers -------------------------------------------------------------------
 
-    def _file(self, i: int) -> str:
-        return os.path.join(self.path, f"layer-{i:06d}.safetensors")
+    @staticmethod
+    def key(ly: Any, budget: Budget | None) -> str:
+        """What a layer was built at (its budget after the ratio search's rescaling): a layer
+        is reused only at the same one."""
+        spec = {"name": ly.decision.name, "action": ly.decision.action,
+                "budget": None if budget is None else list(budget.pair()),
+                "threshold": ly.threshold, "form": ly.form}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
-    def record(self, i: int, st: Staged) -> None:
+    def _file(self, i: int, key: str) -> str:
+        return os.path.join(self.path, f"layer-{i:06d}-{key}.safetensors")
+
+    def has(self, i: int, key: str) -> bool:
+        return (i, key) in self.done
+
+    def record(self, i: int, key: str, st: Staged) -> None:
         """Keep a finished layer (atomically: the file is complete or absent)."""
         meta = {"name": st.name, "entry": json.dumps(st.entry), "dtypes": json.dumps(st.dtypes)}
-        write_safetensors(self._file(i), {r: np.ascontiguousarray(a) for r, a in st.parts.items()},
-                          meta)
-        self.done.add(i)
+        write_safetensors(self._file(i, key),
+                          {r: np.ascontiguousarray(a) for r, a in st.parts.items()}, meta)
+        self.done.add((i, key))
 
-    def load(self, i: int) -> Staged:
+    def load(self, i: int, key: str) -> Staged:
         """A layer recorded by :meth:`record`, exactly as it was staged."""
-        src = SafetensorsSource(self._file(i))
+        src = SafetensorsSource(self._file(i, key))
         try:
             meta = src.metadata
             parts = {r: np.array(src[r]) for r in src.info()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -33,6 +33,8 @@ class Report:
     rows: list[Row]
     file_bytes: int = 0
     source_bytes: int = 0
+    notes: list[str] = field(default_factory=list)  # what the search did beyond the rules
+    compressed_bytes: int = 0  # bytes of the tensors compressed (not kept) in the container
 
     @property
     def ratio(self) -> float:

@@ -13,8 +13,11 @@ from typing import Any
 import numpy as np
 
 from ..compression import methods as M
+from ..compression.views import MatrixView, matrix_view
+from ..io.structure import onnx_uses
 
-__all__ = ["Rule", "parse_rule", "DEFAULT_RULES", "DEFAULT_MIN_SIZE", "Decision", "plan", "ACTIONS"]
+__all__ = ["Rule", "parse_rule", "DEFAULT_RULES", "DEFAULT_MIN_SIZE", "Decision", "plan", "ACTIONS",
+           "tensor_views"]
 
 ACTIONS = ("skip",) + M.METHODS
 DEFAULT_MIN_SIZE = 4096
@@ -124,3 +127,27 @@ def plan(infos: Mapping[str, Any], method: str = "auto", rules: Iterable[Rule] =
                     d.action, d.reason = "skip", f"small ({size} < {min_size} elements)"
         out.append(d)
     return out
+
+
+def tensor_views(source: Any) -> dict[str, MatrixView | None]:
+    """Each tensor's matrix view (conv and recurrent weights as the matrix their layer
+    multiplies by; ONNX views from the operator that reads the initializer)."""
+    fmt = getattr(source, "format", "")
+    uses: dict[str, Any] = {}
+    if fmt == "onnx":
+        try:
+            uses = onnx_uses(source.path)
+        except (ImportError, ValueError):
+            uses = {}
+    return {n: matrix_view(n, inf.shape, source_format=fmt, uses=uses.get(n))
+            for n, inf in source.info().items()}
+
+
+# keep-reasons of the default rules the ratio search may override (never a user rule's)
+_SOFT = ("bias", "embedding", "normalization", "small")
+
+
+def _soft_kept(d: Decision, view: MatrixView | None) -> bool:
+    """A tensor only the default rules keep, that a ratio search may compress after all."""
+    return (d.action == "skip" and d.reason.startswith(_SOFT) and view is not None
+            and d.dtype.kind == "f" and view.kind != "bias")

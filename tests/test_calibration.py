@@ -1,0 +1,44 @@
+"""Calibration statistics (weightpress.compression.calibration): streamed H = XᵀX, output
+errors from H alone, bad inputs."""
+
+import numpy as np
+import pytest
+
+from helpers import correlated_inputs
+from weightpress.compression.calibration import CalibrationStats, output_error
+from weightpress.compression.data_aware import prune_obs
+
+
+@pytest.fixture
+def layer():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((96, 64)) / 8
+    X = correlated_inputs(rng, 1000, 64)
+    return W, X, CalibrationStats.from_inputs(X)
+
+def test_stats_stream_and_error(layer):
+    W, X, st = layer
+    st2 = CalibrationStats(64)
+    for c in np.array_split(X, 7):
+        st2.update(c)
+    np.testing.assert_allclose(st2.hessian(), X.T @ X, rtol=1e-12)
+    Wh = W + np.random.default_rng(1).standard_normal(W.shape) * 0.01
+    direct = np.linalg.norm(X @ (W - Wh).T) / np.linalg.norm(X @ W.T)
+    assert output_error(W, Wh, st) == pytest.approx(direct, rel=1e-9)
+    st3 = CalibrationStats.from_inputs(X.reshape(10, 100, 64))  # (batch, tokens, features)
+    np.testing.assert_allclose(st3.hessian(), X.T @ X, rtol=1e-12)
+
+
+def test_stats_bad_input():
+    st = CalibrationStats(8)
+    with pytest.raises(ValueError, match="9 features, the layer takes 8"):
+        st.update(np.ones((20, 9)))
+    with pytest.raises(ValueError, match="NaN"):
+        st.update(np.full((20, 8), np.nan))
+    with pytest.raises(ValueError, match="2-D"):
+        st.update(np.ones(8))
+    st.update(np.ones((5, 8)))
+    with pytest.raises(ValueError, match="too few calibration samples"):
+        st.hessian()
+    with pytest.raises(ValueError, match="stats describe 8"):
+        prune_obs(np.ones((3, 5)), CalibrationStats.from_inputs(np.ones((30, 8))), sparsity=0.5)
