@@ -60,9 +60,12 @@ def _file_identity(path: str) -> dict[str, Any]:
 
 def source_identity(source: Any) -> list[dict[str, Any]]:
     """Size, modification time and head hash of every file the source reads."""
-    files = getattr(source, "files", None) or getattr(source, "shards", None)
     path = getattr(source, "path", None)
-    paths = [os.fspath(f) for f in files] if files else ([os.fspath(path)] if path else [])
+    paths = [os.fspath(path)] if path else []
+    wmap = getattr(source, "weight_map", None)  # a sharded checkpoint: the index and its shards
+    if path and wmap:
+        d = os.path.dirname(os.path.abspath(path))
+        paths += [os.path.join(d, s) for s in dict.fromkeys(wmap.values())]
     if paths and os.path.isdir(paths[0]):
         paths = sorted(os.path.join(paths[0], f) for f in os.listdir(paths[0]))
     return [_file_identity(p) for p in paths if os.path.isfile(p)]
