@@ -517,13 +517,17 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
     keys = {i: journal.key(t[0], t[1]) for i, t in tasks.items()} if journal is not None else {}
     done = {i for i in tasks if journal is not None and journal.has(i, keys[i])}
     todo = [i for i in tasks if i not in done]
-    if client is not None:
-        fresh = iter(D.map_layers(client, build_task, source, [tasks[i] for i in todo], target,
-                                  cal, [budgeted.layers[i].decision.name for i in todo], n,
-                                  n - len(todo), progress))
+    local = todo
+    if client is not None:  # tensors kept as they are are read here, not sent back and forth
+        local = [i for i in todo if tasks[i][0].decision.action == "skip"]
+        remote = [i for i in todo if tasks[i][0].decision.action != "skip"]
+        fresh = iter(D.map_layers(client, build_task, source, [tasks[i] for i in remote], target,
+                                  cal, [budgeted.layers[i].decision.name for i in remote], n,
+                                  n - len(remote), progress))
     else:
         fresh = (stage_layer(source, *tasks[i], target, _stats(cal, tasks[i][0]), i, n, progress)
                  for i in todo)
+    here = set(local) if client is not None else set()
     with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
         if job.skeleton is not None:
             w.set_structure(*job.skeleton)
@@ -531,6 +535,8 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
             d = ly.decision
             if i in done:
                 st = journal.load(i, keys[i])  # type: ignore[union-attr]
+            elif i in here:
+                st = stage_layer(source, *tasks[i], target, None)
             else:
                 st = next(fresh)
                 if journal is not None and d.action != "skip":
