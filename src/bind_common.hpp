@@ -88,5 +88,6 @@ void bind_dense(py::module_& m);
 void bind_sparse(py::module_& m);
 void bind_svd(py::module_& m);
 void bind_recovery(py::module_& m);
+void bind_quant(py::module_& m);
 
 }  // namespace wpb

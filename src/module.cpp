@@ -16,4 +16,5 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   wpb::bind_sparse(m);
   wpb::bind_svd(m);
   wpb::bind_recovery(m);
+  wpb::bind_quant(m);
 }

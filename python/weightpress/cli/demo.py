@@ -7,6 +7,7 @@ layer's :meth:`~weightpress.compressed.CompressedMatrix.apply`, straight from th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import time
@@ -22,7 +23,7 @@ from ..model.compress import compress_model, parse_rule
 from ..model.container import Container
 from ..model.report import human
 
-__all__ = ["model_path", "test_data", "accuracy", "run", "SETTINGS"]
+__all__ = ["model_path", "test_data", "accuracy", "run", "SETTINGS", "HEADLINE"]
 
 LAYERS = ("fc1", "fc2", "fc3")
 
@@ -46,7 +47,16 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("auto 10x +cal alloc f16", {"method": "auto", "ratio": 10, "scope": "allocate",
                                  "calibration": "bundled", "value_dtype": "float16",
                                  "rules": "*.weight=auto"}),
+    # integer quantization: round to nearest, and GPTQ at the precision each budget allows
+    ("quant int8", {"method": "quant", "options": {"bits": 8}}),
+    ("quant int4g64", {"method": "quant", "options": {"bits": 4, "group": 64}}),
+    ("quant 10x +cal", {"method": "quant", "ratio": 10, "calibration": "bundled",
+                        "rules": "*.weight=quant"}),
+    ("quant 10x +cal zstd", {"method": "quant", "ratio": 10, "calibration": "bundled",
+                             "rules": "*.weight=quant", "coding": "zstd"}),
 )
+# the headline figure (tests/test_quant.py asserts it)
+HEADLINE = SETTINGS[-2]
 
 
 def model_path() -> str:
@@ -116,6 +126,9 @@ def _run(settings: Any, out: Callable[[str], None]) -> list[dict[str, Any]]:
         for k, (label, kw) in enumerate(settings):
             path = os.path.join(d, f"{k}.wpz")
             kw = dict(kw)
+            if kw.get("coding") and importlib.util.find_spec("zstandard") is None:
+                out(f"{label:<24} (skipped: needs zstandard: pip install 'weightpress[zstd]')")
+                continue
             if kw.get("calibration") == "bundled":
                 kw["calibration"] = calibration()
             if isinstance(kw.get("rules"), str):

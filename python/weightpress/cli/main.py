@@ -84,13 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     tgt.add_argument("--error", type=float,
                      help="relative error allowed per layer: ||W - W'||_F / ||W||_F, or with "
                           "--calibration the output error ||XW^T - XW'^T||_F / ||XW^T||_F")
-    c.add_argument("--method", default="auto", choices=["auto", "prune", "lowrank", "nm", "slr", "code"],
+    c.add_argument("--method", default="auto", choices=["auto", "prune", "lowrank", "nm", "slr", "code", "quant"],
                    help="auto: smallest form per layer for the budget, never bigger than dense; "
                         "prune: magnitude pruning to CSR; lowrank: truncated SVD; nm: N:M "
                         "pruning; slr: sparse + low rank; code: rows sparsely coded in a DCT "
-                        "dictionary (default: auto)")
+                        "dictionary; quant: integer quantization (GPTQ with --calibration) at "
+                        "the precision that fits, or at --bits/--group (default: auto)")
     c.add_argument("--pattern", help="N:M pattern for --method nm (e.g. 2:4; then no target needed)")
     c.add_argument("--rank", type=int, help="fixed rank for --method lowrank")
+    c.add_argument("--entropy", action="store_true",
+                   help="zstd-code the packed integer codes of quantized layers where it saves "
+                        "bytes (needs the zstandard package)")
+    c.add_argument("--bits", type=int, help="--method quant: bits per weight, 2-8 (then no target needed)")
+    c.add_argument("--group", type=int, help="--method quant with --bits: inputs per float16 scale "
+                                             "(32, 64, 128; default one per output channel)")
     c.add_argument("--global", dest="scope", action="store_const", const="global", default="layer",
                    help="--method prune: one magnitude threshold across all layers")
     c.add_argument("--allocate", dest="scope", action="store_const", const="allocate",
@@ -112,8 +119,9 @@ def _parser() -> argparse.ArgumentParser:
                         "point as PNG files in DIR (needs matplotlib: weightpress[plot])")
     c.add_argument("--rules", action="append", default=[], metavar="GLOB=ACTION[:k=v,..]",
                    help="override which tensors are compressed and how, first match wins; "
-                        "ACTION is skip, prune, lowrank, nm, slr or auto; options ratio, error, "
-                        "rank, sparsity, pattern. Repeat, or separate with ';'. E.g. "
+                        "ACTION is skip, prune, lowrank, nm, slr, code, quant or auto; options "
+                        "ratio, error, rank, sparsity, pattern, bits, group, symmetric. Repeat, "
+                        "or separate with ';'. E.g. '*.fc*=quant:bits=4,group=64', "
                         "--rules 'lm_head*=skip' --rules '*.q_proj.weight=lowrank:rank=64'")
     c.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], dest="value_dtype",
                    help="store compressed values and factors in this dtype (float16 or "
@@ -180,6 +188,12 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         opts["pattern"] = a.pattern
     if a.rank is not None:
         opts["rank"] = a.rank
+    if a.bits is not None:
+        opts["bits"] = a.bits
+    if a.group is not None:
+        if a.bits is None:
+            raise ValueError("--group needs --bits (e.g. --bits 4 --group 64)")
+        opts["group"] = a.group
     rules = _rules(a.rules)
     if os.path.abspath(a.output) == os.path.abspath(a.model):
         raise ValueError("output: must differ from the input model")
@@ -209,7 +223,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
                                  scope=a.scope, options=opts, value_dtype=a.value_dtype,
                                  progress=_Progress(), calibration=calibration,
                                  prefer=a.prefer, curves_out=curves, client=client,
-                                 journal=True, resume=a.resume)
+                                 journal=True, resume=a.resume,
+                                 coding="zstd" if a.entropy else None)
     finally:
         if client is not None:
             close_client(client)

@@ -5,6 +5,7 @@ rebuilds from its stored parts), the byte model, the methods that aim a form at 
 from .calibration import CalibrationSet, CalibrationStats, output_error
 from .matrices import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded, SparsePlusLowRank,
                        from_parts)
+from .quant import Codebook, Quantized
 
 __all__ = ["CompressedMatrix", "Dense", "Sparse", "LowRank", "SparsePlusLowRank", "SparseCoded",
-           "from_parts", "CalibrationStats", "CalibrationSet", "output_error"]
+           "from_parts", "CalibrationStats", "CalibrationSet", "output_error", "Quantized", "Codebook"]

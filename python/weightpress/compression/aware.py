@@ -9,6 +9,7 @@ low-rank). Layout is handled here: the algorithms see ``W`` as ``[out, in]``.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,7 +20,9 @@ import scipy.sparse as sp
 from .._validation import as_matrix
 from . import methods as M
 from .calibration import CalibrationStats, output_error
-from .storage import Budget, lowrank_nbytes, nnz_for_bytes, rank_for_bytes, value_itemsize
+from .storage import (QUANT_LADDER, Budget, lowrank_nbytes, nnz_for_bytes, precisions_for_bytes,
+                      rank_for_bytes, value_itemsize)
+from .quant import gptq
 from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
 from .data_aware import lowrank_whitened, prune_obs, sparse_plus_lowrank
 
@@ -93,9 +96,32 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     def nm_b(nb: float) -> CompressedMatrix:
         return _sparse(prune_obs(Wo, stats, pattern=options.get("pattern", "2:4")), layout, od, storage)
 
+    shape_oi = (int(Wo.shape[0]), int(Wo.shape[1]))
+    fixed = M.precision_of(dict(options))
+    w_key = (shape_oi, hash(Wo.tobytes()))
+
+    def quant_b(nb: float) -> CompressedMatrix:
+        cands = ([fixed] if fixed is not None else precisions_for_bytes(shape_oi, nb)
+                 or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape_oi))])
+        best, best_e = None, np.inf
+        for p in cands:  # GPTQ at each candidate precision; the lowest output error wins
+            damp = float(options.get("damp", 1e-2))
+            # every budget of one layer (bisection, allocation curves) shares these results
+            q = copy.copy(stats.cached(("gptq", p, damp, w_key),
+                                       lambda: gptq(Wo, stats, p.bits, p.group,
+                                                    symmetric=p.symmetric, damp=damp)))
+            if layout != "out_in":
+                q.shape, q.layout = q.shape[::-1], layout
+            q.dtype = od
+            e = layer_error(Wo, q, stats)
+            if e < best_e:
+                best, best_e = q, e
+        assert best is not None
+        return best
+
     table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
-             "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b},
-             "auto": {"sparse": prune_b, "lowrank": lowrank_b}}
+             "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b}, "quant": {"quant": quant_b},
+             "auto": {"sparse": prune_b, "lowrank": lowrank_b, "quant": quant_b}}
     if method == "code":  # sparse coding is weight-space; its error is still measured on outputs
         def code_b(nb: float) -> CompressedMatrix:
             return M.sparse_coded(Wo if layout == "out_in" else Wo.T, nbytes=nb, layout=layout,
@@ -133,8 +159,9 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
         Statistics of the layer's inputs (``in`` features).
     method : str
         ``prune`` (OBS), ``nm`` (OBS N:M, ``options["pattern"]``, default 2:4), ``lowrank``
-        (whitened), ``slr`` (activation-scaled sparse + low-rank) or ``auto`` (pruning or
-        low-rank, whichever is better for the budget).
+        (whitened), ``slr`` (activation-scaled sparse + low-rank), ``quant`` (GPTQ at the
+        precision that fits the budget best, or at ``options`` ``bits``/``group``/``symmetric``)
+        or ``auto`` (pruning, low-rank or quantization, whichever is best for the budget).
     error : float, optional
         Relative output error to meet with the fewest bytes; or
     nbytes : float, optional

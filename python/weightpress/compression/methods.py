@@ -22,14 +22,15 @@ from ..linalg.svd import randomized_svd
 from .sparse_coding import sparse_code
 from .matrices import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
                        SparsePlusLowRank, fro2, store_as)
-from .storage import (Budget, lowrank_nbytes, nnz_for_bytes, rank_for_bytes, sparse_nbytes,
-                      value_itemsize)
+from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
+                      precisions_for_bytes, rank_for_bytes, sparse_nbytes, value_itemsize)
+from .quant import Quantized, quantize
 from ..linalg.sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
-           "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS"]
+           "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS", "quantized", "precision_of"]
 
-METHODS = ("prune", "nm", "lowrank", "slr", "code", "auto")
+METHODS = ("prune", "nm", "lowrank", "slr", "code", "quant", "auto")
 
 
 def _truncated_svd(W: np.ndarray, rank: int | None = None,
@@ -283,12 +284,13 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
 
 
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
-         layout: str = "out_in", forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank"),
+         layout: str = "out_in",
+         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant"),
          slr_iterations: int = 0, storage: str | None = None) -> CompressedMatrix:
     """The best form for a budget, never bigger than dense.
 
-    With ``error``: the smallest (in bytes) of pruning, low-rank and sparse + low-rank that meets
-    the relative error; dense if none is smaller than dense. With ``nbytes``: the lowest-error
+    With ``error``: the smallest (in bytes) of pruning, low-rank, sparse + low-rank and integer
+    quantization that meets the relative error; dense if none is smaller than dense. With ``nbytes``: the lowest-error
     form that fits (dense when the budget holds the dense tensor).
     """
     Wa = as_matrix(W, "W")
@@ -318,6 +320,10 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
                 cands.append(sparse_plus_low_rank(W, r, error=err, nbytes=nb, layout=layout,
                                                   spectrum=spec, iterations=slr_iterations,
                                                   storage=storage))
+    if "quant" in forms:  # (for an error budget only if some precision meets it)
+        q = quantized(W, error=err, nbytes=nb, layout=layout)
+        if err is None or q.relative_error(Wa) <= err * (1 + 1e-9):
+            cands.append(q)
     cands = [c for c in cands if c.nbytes < dense_bytes]
     if not cands:
         return dense
@@ -367,3 +373,53 @@ def sparse_coded(W: Any, *, n_nonzero: int | None = None, error: float | None = 
     err = real_scalar(error, "error", low=0.0)
     # fewest nonzeros per row meeting the error (all k when none does)
     return smallest_meeting(1, k, build, lambda c: c.relative_error(Wa) <= err)[1]
+
+
+def precision_of(options: dict[str, Any]) -> Precision | None:
+    """The precision a rule's options fix (``bits``, ``group``, ``symmetric``), or None."""
+    if "bits" not in options:
+        if "group" in options or "symmetric" in options:
+            raise ValueError("options group/symmetric need bits (e.g. quant:bits=4,group=64)")
+        return None
+    return Precision(int(options["bits"]), int(options.get("group", 0) or 0),
+                     bool(options.get("symmetric", True)))
+
+
+def _oi_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
+    return (int(shape[0]), int(shape[1])) if layout == "out_in" else (int(shape[1]), int(shape[0]))
+
+
+def quantized(W: Any, *, bits: int | None = None, group: int | None = None,
+              symmetric: bool | None = None, error: float | None = None,
+              nbytes: float | None = None, layout: str = "out_in",
+              storage: str | None = None) -> Quantized:
+    """Round-to-nearest integer quantization (:class:`~weightpress.compression.quant.Quantized`)
+    at a fixed precision (``bits``, ``group``, ``symmetric``), or at the precision of
+    :data:`~weightpress.compression.storage.QUANT_LADDER` that meets a budget: the lowest
+    weight error among the largest that fit ``nbytes``, or the fewest bytes meeting ``error``.
+    ``storage`` is accepted for symmetry with the other methods (codes are integers; scales are
+    float16 whatever it says).
+    """
+    Wa = as_matrix(W, "W")
+    od = out_dtype(W, Wa)
+    shape = _oi_shape(Wa.shape, layout)
+
+    def build(p: Precision) -> Quantized:
+        q = quantize(Wa, p.bits, p.group, symmetric=p.symmetric, layout=layout)
+        q.dtype = od
+        return q
+
+    if bits is not None:
+        return build(Precision(int(bits), int(group or 0), True if symmetric is None else bool(symmetric)))
+    err, nb = _budget(error, nbytes)
+    if nb is not None:
+        cands = precisions_for_bytes(shape, nb) or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape))]
+        return min((build(p) for p in cands), key=lambda q: q.relative_error(Wa))
+    best = None
+    for p in sorted(QUANT_LADDER, key=lambda p: (p.nbytes(shape), -p.bits)):
+        q = build(p)
+        if q.relative_error(Wa) <= err * (1 + 1e-9):
+            return q
+        best = q
+    assert best is not None
+    return best  # nothing meets the error: the largest precision, honest about its error

@@ -1,7 +1,8 @@
 """One way to compress a matrix: ``compress(W, method, budget, storage=..., calibration=...)``.
 
 Every method (magnitude or OBS pruning, N:M, low rank (plain or whitened), sparse + low rank,
-sparse coding, and ``auto``, which picks among them) is reached through the same signature; a
+sparse coding, integer quantization (round to nearest, or GPTQ with calibration), and
+``auto``, which picks among them) is reached through the same signature; a
 :class:`~weightpress.compression.storage.Budget` says what it may cost (bytes, or a relative
 error: in weight space, or in output space when calibration statistics are given). Method
 *settings* that fix the size outright (``pattern`` for N:M, ``n_nonzero`` for sparse coding)
@@ -47,7 +48,8 @@ def compress(W: Any, method: str = "auto", budget: Budget | None = None, *,
         The layer's input statistics: the data-aware variant of the method, errors in output
         space.
     options : mapping, optional
-        ``pattern`` (N:M), ``n_nonzero``/``dictionary`` (sparse coding), ``damp``.
+        ``pattern`` (N:M), ``n_nonzero``/``dictionary`` (sparse coding), ``bits``/``group``/
+        ``symmetric`` (a fixed precision for ``quant``), ``damp``.
     prefer : str
         ``"size"`` or ``"speed"`` (data-aware: the fastest form meeting the budget).
 
@@ -67,6 +69,8 @@ def compress(W: Any, method: str = "auto", budget: Budget | None = None, *,
     if calibration is not None:
         if "pattern" in o:
             method, nbytes, error = "nm", float(np.asarray(W).nbytes), None
+        elif "bits" in o:  # a fixed precision: the quant builder takes it from the options
+            method, nbytes, error = "quant", float(np.asarray(W).nbytes), None
         return compress_aware(W, calibration, method, error=error, nbytes=nbytes, options=o,
                               layout=layout, storage=storage, prefer=prefer)
     kw: dict[str, Any] = {"layout": layout, "storage": storage}
@@ -80,6 +84,11 @@ def compress(W: Any, method: str = "auto", budget: Budget | None = None, *,
         return M.low_rank(W, error=error, nbytes=nbytes, **kw)
     if method == "slr":
         return M.auto(W, error=error, nbytes=nbytes, forms=("sparse+lowrank",), **kw)
+    if method == "quant":
+        p = M.precision_of(o)
+        if p is not None:
+            return M.quantized(W, bits=p.bits, group=p.group, symmetric=p.symmetric, layout=layout)
+        return M.quantized(W, error=error, nbytes=nbytes, layout=layout)
     if method == "code":
         dictionary = o.get("dictionary", "dct")
         if "n_nonzero" in o:

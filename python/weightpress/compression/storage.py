@@ -19,7 +19,8 @@ from ..io._dtypes import canonical_dtype_name
 
 __all__ = ["STORAGES", "check_storage", "value_itemsize", "array_nbytes", "index_dtype",
            "index_itemsize", "pointer_dtype", "dense_nbytes", "sparse_nbytes", "lowrank_nbytes",
-           "nnz_for_bytes", "rank_for_bytes", "stored_itemsize", "Budget"]
+           "nnz_for_bytes", "rank_for_bytes", "stored_itemsize", "Budget", "Precision",
+           "QUANT_LADDER", "quant_nbytes", "precisions_for_bytes"]
 
 STORAGES = (None, "BF16")
 
@@ -82,6 +83,53 @@ def nnz_for_bytes(shape: tuple[int, int], nbytes: float, itemsize: int) -> int:
 def rank_for_bytes(shape: tuple[int, int], nbytes: float, itemsize: int) -> int:
     """Largest rank whose :func:`lowrank_nbytes` fits in ``nbytes``."""
     return int(max(0.0, nbytes) // max(1, (shape[0] + shape[1]) * itemsize))
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Integer storage of a matrix's values: ``bits`` per value (2–8), one float16 scale per
+    ``group`` inputs (0: per output row), a uint8 zero point per group unless ``symmetric``.
+    ``shape`` arguments below are the ``(out, in)`` matrix the codes describe."""
+
+    bits: int
+    group: int = 0
+    symmetric: bool = True
+
+    def n_groups(self, n_in: int) -> int:
+        g = n_in if self.group <= 0 or self.group >= n_in else self.group
+        return 0 if n_in == 0 else -(-n_in // max(1, g))
+
+    def nbytes(self, shape: tuple[int, int]) -> int:
+        """Bytes of the packed codes (rows padded to whole bytes), the float16 scales, the zero
+        points and the 20-byte ``qmeta`` record: exactly the Quantized form's ``nbytes``
+        (without entropy coding; a coded form's ``nbytes`` is smaller, this its upper bound)."""
+        out, n_in = int(shape[0]), int(shape[1])
+        ng = self.n_groups(n_in)
+        return out * ((n_in * self.bits + 7) // 8) + out * ng * (2 + (0 if self.symmetric else 1)) + 20
+
+    @property
+    def name(self) -> str:
+        """``int4g64``, ``int8``, ``uint2`` (asymmetric)... the report's spelling."""
+        return f"{'' if self.symmetric else 'u'}int{self.bits}" + (f"g{self.group}" if self.group else "")
+
+
+def quant_nbytes(shape: tuple[int, int], bits: int, group: int = 0, symmetric: bool = True) -> int:
+    """:meth:`Precision.nbytes` of ``Precision(bits, group, symmetric)``."""
+    return Precision(int(bits), int(group), bool(symmetric)).nbytes(shape)
+
+
+# The precisions budgets choose from, best first at each size (asymmetric pays a byte per group
+# for its zero points and keeps an extra level where weights are skewed).
+QUANT_LADDER: tuple[Precision, ...] = tuple(
+    Precision(b, g, s) for b in (8, 6, 5, 4, 3, 2) for g in (0, 128, 64, 32) for s in (True, False))
+
+
+def precisions_for_bytes(shape: tuple[int, int], nbytes: float, top: int = 3) -> list[Precision]:
+    """The ``top`` largest precisions of :data:`QUANT_LADDER` whose bytes fit ``nbytes`` (the
+    candidates worth measuring for that budget), largest first; [] if none fits."""
+    fit = sorted((p for p in QUANT_LADDER if p.nbytes(shape) <= nbytes),
+                 key=lambda p: (-p.nbytes(shape), p.bits))
+    return fit[:top]
 
 
 # bytes per element of the stored dtypes readers report (safetensors spelling or NumPy's)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .._optional import require
 from .._validation import real_scalar
 from ..compression import methods as M
 from . import curves as C
@@ -29,6 +30,7 @@ from ..compression.aware import layer_error
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
+from ..compression.quant import Quantized
 from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank_nbytes, rank_for_bytes,
                                    sparse_nbytes, stored_itemsize, value_itemsize)
 from ..compression.views import MatrixView
@@ -89,7 +91,7 @@ def rule_budget(options: Mapping[str, Any], W: np.ndarray, *, error: float | Non
     if "sparsity" in o:
         keep = W.size - int(round(real_scalar(o["sparsity"], "sparsity", low=0.0, high=1.0) * W.size))
         return Budget(nbytes=sparse_nbytes(shape, keep, isz))
-    if "pattern" in o or "n_nonzero" in o or (error is None and nbytes is None):
+    if "pattern" in o or "n_nonzero" in o or "bits" in o or (error is None and nbytes is None):
         return None
     return Budget(error=error, nbytes=nbytes)
 
@@ -163,8 +165,8 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                    scope: str = "layer", options: Mapping[str, Any] | None = None,
                    value_dtype: Any = None, calibration: Any = None, prefer: str = "size",
                    progress: Callable[[int, int, str], None] | None = None,
-                   curves_out: dict[str, Any] | None = None, client: Any = None,
-                   journal: bool = False, resume: bool = False) -> Report:
+                   curves_out: dict[str, Any] | None = None, coding: str | None = None,
+                   client: Any = None, journal: bool = False, resume: bool = False) -> Report:
     """Compress every tensor of ``source`` per :func:`plan` into the container ``out``.
 
     Parameters
@@ -205,6 +207,9 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         one that runs fastest here at batch 32).
     curves_out : dict, optional
         Filled with each layer's error-vs-size candidates and the chosen one (``allocate``).
+    coding : str, optional
+        ``"zstd"``: entropy-code the packed integer codes of quantized layers where that saves
+        bytes (needs ``zstandard``); budgets count the uncoded size, so files come out smaller.
     client : distributed.Client, optional
         Spread the layers over a Dask cluster: every layer's curve (``allocate``) and build is
         one task; workers open ``source``'s file themselves (it needs a path they can read,
@@ -226,6 +231,7 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         settings (the message says which).
     """
     target = Target.of(ratio=ratio, error=error, method=method, scope=scope, options=options,
+                       coding=coding,
                        value_dtype=value_dtype, prefer=prefer)
     cal = None
     if calibration is not None:
@@ -278,20 +284,21 @@ class Target:
     value_dtype: np.dtype | None  # float values narrowed to this dtype (None: their own)
     bf16: bool                    # float32 values stored as bfloat16
     method: str = "auto"
+    coding: str | None = None     # "zstd": entropy-coded integer codes
 
     @classmethod
     def of(cls, *, ratio: Any, error: Any, method: str, scope: str, options: Any,
-           value_dtype: Any, prefer: str) -> "Target":
+           value_dtype: Any, prefer: str, coding: str | None = None) -> "Target":
         opts = dict(options or {})
         bf16 = isinstance(value_dtype, str) and value_dtype.lower() in ("bfloat16", "bf16")
         vdt = np.dtype(np.float32) if bf16 else (None if value_dtype is None else np.dtype(value_dtype))
         if vdt is not None and vdt.kind != "f":
             raise ValueError(f"value_dtype: expected a floating dtype (float16, bfloat16, float32), "
                              f"got {vdt}")
-        sized = {"rank", "sparsity", "pattern"} & opts.keys()
+        sized = {"rank", "sparsity", "pattern", "bits"} & opts.keys()
         if (ratio is not None and error is not None) or (ratio is None and error is None and not sized):
             raise ValueError("give exactly one of ratio (e.g. 4) and error (e.g. 0.05), "
-                             "or a size option (rank, sparsity or N:M pattern)")
+                             "or a size option (rank, sparsity, N:M pattern or bits)")
         if ratio is not None:
             ratio = real_scalar(ratio, "ratio", low=1.0)
         if error is not None:
@@ -304,7 +311,11 @@ class Target:
             raise ValueError("scope='allocate' splits a byte budget: give ratio")
         if prefer not in ("size", "speed"):
             raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
-        return cls(ratio, error, scope, prefer, opts, vdt, bf16, method)
+        if coding not in (None, "zstd"):
+            raise ValueError(f"coding: expected None or 'zstd', got {coding!r}")
+        if coding is not None:
+            require("zstandard", "coding='zstd'")
+        return cls(ratio, error, scope, prefer, opts, vdt, bf16, method, coding)
 
 
 @dataclass
@@ -544,7 +555,7 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
             e = w.add_staged(st)
             reshaped = view is not None and view.is_reshape
             rows.append(Row(d.name, tuple(view.shape) if view is not None else d.shape,
-                            e["form"] + (f" ({view.describe()})" if reshaped else ""),
+                            (e.get("label") or e["form"]) + (f" ({view.describe()})" if reshaped else ""),
                             e["params"], e["bytes"], e["orig_bytes"], e["error"], e["reason"],
                             e.get("output_error")))
         for name, tied in job.aliases.items():
@@ -673,6 +684,8 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
         m = compress_tensor(Wv, d.action, error=error, nbytes=nb, options=options, layout=layout,
                             orig_nbytes=ly.orig_bytes, storage=storage, calibration=stats,
                             prefer=target.prefer)
+    if target.coding is not None and isinstance(m, Quantized):
+        m.set_coding(target.coding)
     if m.nbytes >= ly.orig_bytes:
         return Dense(Wa, layout), f"{d.action} would take {m.nbytes} bytes, dense is smaller"
     return m, d.reason
@@ -686,7 +699,7 @@ CURVE_LEVELS = tuple(float(1.25 ** -k) for k in range(1, 18))  # 1/1.25 ... 1/44
 
 def _forms_for(method: str) -> tuple[str, ...]:
     return {"prune": ("prune",), "lowrank": ("lowrank",), "slr": ("slr",), "nm": ("nm",),
-            "code": ("code",), "auto": ("prune", "lowrank")}[method]
+            "code": ("code",), "quant": ("quant",), "auto": ("prune", "lowrank", "quant")}[method]
 
 
 def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, storage: str | None,

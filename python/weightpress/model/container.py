@@ -48,7 +48,7 @@ STRUCTURE_KEY = "__weightpress_structure__"
 
 # stored arrays per tensor by the method that makes it (dense: 1; CSR: data, indices, indptr...)
 _PARTS_PER_METHOD = {"skip": 1, "keep": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5,
-                     "code": 4, "auto": 3}
+                     "code": 4, "quant": 4, "auto": 3}
 
 
 def header_estimate(tensors: Mapping[str, str]) -> int:
@@ -159,6 +159,9 @@ def stage_tensor(name: str, obj: CompressedMatrix | np.ndarray, *, original: Any
         "orig_bytes": int(orig_bytes if orig_bytes is not None
                           else dense_nbytes(shape, np.dtype(dtype).itemsize)),
         "method": method, "reason": reason}
+    label = getattr(obj, "name", None)  # quantized forms: int4g64, kmeans3r...
+    if isinstance(label, str):
+        entry["label"] = label
     if view is not None:
         entry["view"] = view.to_json()
     if own_dtype is not None and np.dtype(own_dtype) != np.dtype(entry["dtype"]):

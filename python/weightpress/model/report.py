@@ -48,7 +48,7 @@ class Report:
     @classmethod
     def of_container(cls, c: Any) -> "Report":
         """The report of an opened :class:`~weightpress.container.Container`."""
-        rows = [Row(n, tuple(e["shape"]), e["form"], e["params"], e["bytes"], e["orig_bytes"],
+        rows = [Row(n, tuple(e["shape"]), e.get("label") or e["form"], e["params"], e["bytes"], e["orig_bytes"],
                     e["error"], e.get("reason", ""), e.get("output_error"))
                 for n, e in c.entries.items()]
         src = int(c.source.get("bytes") or sum(r.orig_bytes for r in rows))

@@ -40,7 +40,18 @@ class Rule:
         return fnmatch.fnmatchcase(name, self.pattern)
 
 
-_OPT_TYPES = {"ratio": float, "error": float, "rank": int, "sparsity": float, "pattern": str}
+def _flag(v: str) -> bool:
+    t = v.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(v)
+
+
+_flag.__name__ = "bool"
+_OPT_TYPES = {"ratio": float, "error": float, "rank": int, "sparsity": float, "pattern": str,
+              "bits": int, "group": int, "symmetric": _flag}
 
 
 def parse_rule(text: str) -> Rule:

@@ -1,0 +1,212 @@
+// Integer quantization of weight matrices: bit packing (2–8 bits), round-to-nearest with
+// per-row or group-wise float16 scales, and products with the packed matrix that dequantize
+// in registers (the float matrix is never materialised).
+//
+// Storage (the format every function here reads and writes):
+//   - W is (rows × cols), groups run along each row: group gi of row r covers columns
+//     [gi·group, min((gi+1)·group, cols)); group = cols means one scale per row.
+//   - codes u ∈ [0, 2^bits) are packed per row, little-endian bit order (element j of a row at
+//     bit j·bits of the row's bytes), each row padded to whole bytes: row_bytes = ⌈cols·bits/8⌉.
+//   - value = scale · (u − zero). Symmetric: zero = 2^(bits−1) for every group (not stored),
+//     scale = max|w| / (2^(bits−1) − 1). Asymmetric: zero ∈ [0, 2^bits) stored per group
+//     (uint8), scale = (max(w,0) − min(w,0)) / (2^bits − 1), so 0 is exactly representable.
+//   - scales are IEEE float16 bit patterns (uint16), rows × n_groups, row-major.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "weightpress/errors.hpp"
+
+namespace wp {
+
+struct QuantSpec {
+  int bits = 4;            // 2..8
+  std::int64_t group = 0;  // columns per scale; 0 or >= cols means one scale per row
+  bool symmetric = true;
+  bool mse = false;        // search the clipping range for the least squared error (below)
+};
+
+inline std::int64_t quant_row_bytes(std::int64_t cols, int bits) { return (cols * bits + 7) / 8; }
+inline std::int64_t quant_group(std::int64_t cols, std::int64_t group) {
+  return (group <= 0 || group >= cols) ? (cols > 0 ? cols : 1) : group;
+}
+inline std::int64_t quant_n_groups(std::int64_t cols, std::int64_t group) {
+  const std::int64_t g = quant_group(cols, group);
+  return cols == 0 ? 0 : (cols + g - 1) / g;
+}
+// Throws ShapeError unless 2 <= bits <= 8 and group >= 0.
+void quant_check_spec(const QuantSpec& spec, const char* who);
+
+// ---- float16 (IEEE binary16) bit patterns, round to nearest even ----------------------------
+inline std::uint16_t float_to_half(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const std::uint32_t sign = (x >> 16) & 0x8000u;
+  const std::uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+  if (ax >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds past 65504
+  if (ax < 0x38800000u) {  // below 2^-14: a half subnormal (or zero), in units of 2^-24
+    float v;
+    std::memcpy(&v, &ax, 4);
+    const auto m = static_cast<std::uint32_t>(std::nearbyint(v * 16777216.0f));
+    return static_cast<std::uint16_t>(sign | m);
+  }
+  std::uint32_t h = ((((ax >> 23) - 127u + 15u) << 10) | ((ax & 0x7fffffu) >> 13));
+  const std::uint32_t rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return static_cast<std::uint16_t>(sign | h);
+}
+inline float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  const std::uint32_t e = (h >> 10) & 31u, m = h & 0x3ffu;
+  std::uint32_t bits;
+  if (e == 0) {
+    const float v = static_cast<float>(m) * (1.0f / 16777216.0f);
+    return sign ? -v : v;
+  }
+  if (e == 31) bits = sign | 0x7f800000u | (m << 13);
+  else bits = sign | ((e + 112u) << 23) | (m << 13);
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// ---- One group's parameters and codes (shared by round-to-nearest and the OBS sweep) --------
+struct GroupParams {
+  float scale;          // the float16-rounded scale, as a float
+  std::uint16_t half;   // its bit pattern
+  int zero;             // code of the value 0
+};
+
+// Parameters for the values w[0 .. n) (min/max rule above). Throws ShapeError if the scale
+// overflows float16 (|w| beyond about 65504 · (2^(bits-1) - 1)).
+template <class T>
+inline GroupParams quant_params(const T* w, std::int64_t n, int bits, bool symmetric) {
+  const int maxq = (1 << bits) - 1;
+  double s;
+  double lo = 0, hi = 0;
+  if (symmetric) {
+    double amax = 0;
+    for (std::int64_t j = 0; j < n; ++j) amax = std::fmax(amax, std::fabs(static_cast<double>(w[j])));
+    s = amax / static_cast<double>((1 << (bits - 1)) - 1);
+  } else {
+    for (std::int64_t j = 0; j < n; ++j) {
+      lo = std::fmin(lo, static_cast<double>(w[j]));
+      hi = std::fmax(hi, static_cast<double>(w[j]));
+    }
+    s = (hi - lo) / maxq;
+  }
+  GroupParams p;
+  p.half = float_to_half(static_cast<float>(s));
+  if ((p.half & 0x7c00u) == 0x7c00u)
+    throw ShapeError("quantize: a group's scale " + std::to_string(s) +
+                     " does not fit float16 (weights too large or not finite)");
+  p.scale = half_to_float(p.half);
+  if (symmetric) p.zero = 1 << (bits - 1);
+  else {
+    double z = p.scale > 0 ? std::nearbyint(-lo / p.scale) : 0.0;
+    p.zero = static_cast<int>(z < 0 ? 0 : (z > maxq ? maxq : z));
+  }
+  return p;
+}
+
+// With mse: the range (max|w|, or [min, max]) shrunk by each of 1, 0.95, ..., 0.5 in turn, the
+// one whose rounding leaves the least squared error on w[0 .. n) kept (ties: the widest).
+// Clipping a few large weights buys a finer step for all the others (GPTQ's grid search).
+template <class T>
+inline GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool symmetric);
+
+// Code of w under p: clamp(round(w / scale) + zero, 0, 2^bits - 1); NaN gives 0.
+template <class T>
+inline int quant_code(T w, const GroupParams& p, int maxq) {
+  if (!(p.scale > 0)) return p.zero;
+  double t = std::nearbyint(static_cast<double>(w) / p.scale) + p.zero;
+  if (!(t >= 0)) t = 0;
+  if (t > maxq) t = maxq;
+  return static_cast<int>(t);
+}
+
+template <class T>
+inline GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool symmetric) {
+  const float maxq = static_cast<float>((1 << bits) - 1);
+  double lo = 0, hi = 0, amax = 0;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const double v = static_cast<double>(w[j]);
+    lo = std::fmin(lo, v);
+    hi = std::fmax(hi, v);
+    amax = std::fmax(amax, std::fabs(v));
+  }
+  GroupParams best{};
+  double best_err = -1;
+  for (int k = 0; k <= 10; ++k) {
+    const double shrink = 1.0 - 0.05 * k;
+    T span[2];  // the shrunk range, as two points
+    span[0] = static_cast<T>(symmetric ? amax * shrink : lo * shrink);
+    span[1] = static_cast<T>(symmetric ? 0.0 : hi * shrink);
+    const GroupParams p = quant_params(span, 2, bits, symmetric);
+    if (!(p.scale > 0)) return p;  // all zero: nothing to search
+    // squared rounding error, in float with branch-free clamping and magic-number rounding
+    // (to nearest even, like nearbyint, for |t| < 2^22), so the loop vectorizes
+    const float inv = 1.0f / p.scale, z = static_cast<float>(p.zero), s = p.scale;
+    const float magic = 12582912.0f;  // 1.5 · 2^23
+    auto sq = [&](std::int64_t j) {
+      const float v = static_cast<float>(w[j]);
+      float t = v * inv + z;
+      t = t < 0.0f ? 0.0f : (t > maxq ? maxq : t);
+      t = (t + magic) - magic;
+      const float d = v - s * (t - z);
+      return d * d;
+    };
+    float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // eight partial sums: one vector
+    std::int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+      for (int i = 0; i < 8; ++i) part[i] += sq(j + i);
+    float err = 0.0f;
+    for (; j < n; ++j) err += sq(j);
+    for (int i = 0; i < 8; ++i) err += part[i];
+    if (best_err < 0 || static_cast<double>(err) < best_err) best = p, best_err = static_cast<double>(err);
+  }
+  return best;
+}
+
+template <class T>
+inline GroupParams quant_params_spec(const T* w, std::int64_t n, const QuantSpec& s) {
+  return s.mse ? quant_params_mse(w, n, s.bits, s.symmetric) : quant_params(w, n, s.bits, s.symmetric);
+}
+
+// ---- Kernels --------------------------------------------------------------------------------
+// Pack codes (rows × cols, one per byte, each < 2^bits) into rows × row_bytes. Throws
+// ShapeError naming the first code out of range.
+void quant_pack(std::int64_t rows, std::int64_t cols, int bits, const std::uint8_t* __restrict codes,
+                std::uint8_t* __restrict packed, int n_threads);
+// The inverse: rows × row_bytes → rows × cols codes (padding bits are ignored).
+void quant_unpack(std::int64_t rows, std::int64_t cols, int bits, const std::uint8_t* __restrict packed,
+                  std::uint8_t* __restrict codes, int n_threads);
+
+// Round-to-nearest: codes (rows × cols), scales (rows × n_groups, float16 bits) and, when
+// asymmetric, zeros (rows × n_groups). W must be finite (ShapeError otherwise).
+template <class T>
+void quant_rtn(std::int64_t rows, std::int64_t cols, const T* __restrict W, const QuantSpec& spec,
+               std::uint8_t* __restrict codes, std::uint16_t* __restrict scales,
+               std::uint8_t* __restrict zeros, int n_threads);
+
+// W = scale · (u − zero), rows × cols in T. zeros may be null when symmetric.
+template <class T>
+void quant_dequantize(std::int64_t rows, std::int64_t cols, const std::uint8_t* __restrict packed,
+                      const std::uint16_t* __restrict scales, const std::uint8_t* __restrict zeros,
+                      const QuantSpec& spec, T* __restrict out, int n_threads);
+
+// Y (n × rows) = X (n × cols) · Wᵀ with W packed as above. Row-parallel; each output is summed
+// in a fixed order (identical for any thread count on one machine). Vectorized paths for 2, 4
+// and 8 bits (AVX-512 / AVX2 / SSE2 chosen at run time); 3, 5, 6, 7 bits decode per chunk.
+template <class T>
+void quant_matmul(std::int64_t rows, std::int64_t cols, const std::uint8_t* __restrict packed,
+                  const std::uint16_t* __restrict scales, const std::uint8_t* __restrict zeros,
+                  const QuantSpec& spec, std::int64_t n, const T* __restrict X, T* __restrict Y,
+                  int n_threads);
+
+// Which vector path quant_matmul takes on this CPU: 2 = AVX-512, 1 = AVX2, 0 = baseline.
+int quant_isa_level();
+
+}  // namespace wp

@@ -1,0 +1,525 @@
+"""Quantized weight matrices: the forms that make files small at high fidelity.
+
+- :class:`Quantized`: uniform integer codes (2–8 bits), symmetric or asymmetric, one float16
+  scale per output row or per group of 32/64/128 inputs, bit-packed. Products run in C++ on
+  the packed codes (dequantized in registers, never in memory).
+- :class:`Codebook`: non-uniform quantization by weight sharing (Deep Compression): k-means
+  centroids per layer or per row, packed indices.
+- :func:`quantize` (round to nearest) and :func:`gptq` (data-aware: each column's rounding
+  error is compensated on the columns not yet quantized through the inverse Hessian of the
+  layer's inputs, optionally jointly with SparseGPT pruning).
+
+Both forms stand for the stored tensor (see :mod:`weightpress.compression.matrices`): for the
+``"in_out"`` layout the codes run along the stored tensor's columns (the layer's inputs), so
+groups always cut the input dimension and scales are per output channel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._optional import require
+from .._validation import as_matrix, positive_int, real_scalar
+from ..linalg import quant as lq
+from ..linalg.sparse import _parse_pattern
+from .calibration import CalibrationStats
+from .data_aware import _check, act_order_perm, obs_factor, obs_prepare, small_blas
+from .matrices import CompressedMatrix, _compute_dtype, _setup, register_form
+
+__all__ = ["Quantized", "Codebook", "quantize", "gptq", "codebook", "quant_name", "quant_from_parts"]
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+
+
+def quant_name(bits: int, group: int, symmetric: bool) -> str:
+    """Report name of a precision: ``int8``, ``int4g64``, ``uint4g128`` (asymmetric)."""
+    return f"{'' if symmetric else 'u'}int{bits}" + (f"g{group}" if group else "")
+
+
+def _oriented(Wa: np.ndarray, layout: str) -> np.ndarray:
+    """The (out, in) matrix the codes describe."""
+    return Wa if layout == "out_in" else Wa.T
+
+
+@register_form
+class Quantized(CompressedMatrix):
+    """``M ≈ scale · (u − zero)`` with ``M`` the ``(out, in)`` matrix (``W`` or ``Wᵀ`` by layout).
+
+    Build with :func:`quantize` or :func:`gptq`; rebuild with :meth:`from_parts`.
+
+    Attributes
+    ----------
+    packed : uint8 ndarray (out, ⌈in·bits/8⌉)
+    scales : float16 ndarray (out, n_groups)
+    zeros : uint8 ndarray (out, n_groups) or None (symmetric)
+    bits, group, symmetric
+        ``group`` 0 means one scale per output row.
+    """
+
+    form = "quant"
+    needs = frozenset({"scales", "qmeta"})  # and "packed", or "packed.zst" when coded
+
+    def __init__(self, packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None,
+                 shape: tuple[int, int], *, bits: int, group: int, symmetric: bool,
+                 dtype: Any = np.float32, layout: str = "out_in"):
+        _setup(self, shape, dtype, layout)
+        self.bits = lq.check_bits(bits)
+        self.group = lq.check_group(group)
+        self.symmetric = bool(symmetric)
+        out, inn = self._mshape
+        if self.group >= inn:
+            self.group = 0
+        ng = lq.n_groups(inn, self.group)
+        self.packed = np.ascontiguousarray(packed, dtype=np.uint8)
+        self.scales = np.ascontiguousarray(scales)
+        if self.packed.shape != (out, lq.row_bytes(inn, self.bits)):
+            raise ValueError(f"packed: expected shape {(out, lq.row_bytes(inn, self.bits))}, "
+                             f"got {self.packed.shape}")
+        if self.scales.dtype != np.float16 or self.scales.shape != (out, ng):
+            raise ValueError(f"scales: expected float16 of shape {(out, ng)}, got {self.scales.dtype} "
+                             f"{self.scales.shape}")
+        if not np.isfinite(self.scales).all():
+            raise ValueError("scales: contain NaN or Inf")
+        self.coding: str | None = None
+        self._coded: np.ndarray | None = None
+        self._wide: tuple[np.ndarray, np.ndarray | None, int] | None = None
+        if self.symmetric:
+            if zeros is not None:
+                raise ValueError("zeros: a symmetric matrix stores none")
+            self.zeros = None
+        else:
+            if zeros is None:
+                raise ValueError("zeros: an asymmetric matrix needs its zero points")
+            self.zeros = np.ascontiguousarray(zeros)
+            if self.zeros.dtype != np.uint8 or self.zeros.shape != (out, ng):
+                raise ValueError(f"zeros: expected uint8 of shape {(out, ng)}")
+            if self.zeros.size and int(self.zeros.max()) >= 1 << self.bits:
+                raise ValueError(f"zeros: a zero point does not fit {self.bits} bits")
+
+    @property
+    def _mshape(self) -> tuple[int, int]:
+        return self.shape if self.layout == "out_in" else (self.shape[1], self.shape[0])
+
+    @property
+    def name(self) -> str:
+        """``int4g64``, ``int8``, ``uint4g128``... (the report's form column)."""
+        return quant_name(self.bits, self.group, self.symmetric)
+
+    def set_coding(self, coding: str | None) -> "Quantized":
+        """Entropy-code the packed codes when stored: ``"zstd"`` (Zstandard, level 19; needs
+        the ``zstandard`` package) keeps the coded stream only if it is smaller, so ``nbytes``
+        is the coded size; ``None`` stores them as they are. Returns self."""
+        if coding not in (None, "zstd"):
+            raise ValueError(f"coding: expected None or 'zstd', got {coding!r}")
+        self.coding, self._coded = None, None
+        if coding == "zstd" and self.packed.size:
+            zstd = require("zstandard", "entropy coding (coding='zstd')")
+            z = np.frombuffer(zstd.ZstdCompressor(level=19).compress(self.packed.tobytes()), np.uint8)
+            if z.size < self.packed.size:
+                self.coding, self._coded = "zstd", z
+        return self
+
+    def parts(self) -> dict[str, np.ndarray]:
+        meta = np.array([self.bits, self.group, int(self.symmetric), _DTYPES.index(self.dtype),
+                         int(self.coding == "zstd")], dtype=np.int32)
+        p = {"scales": self.scales, "qmeta": meta}
+        if self._coded is not None:
+            p["packed.zst"] = self._coded
+        else:
+            p["packed"] = self.packed
+        if self.zeros is not None:
+            p["zeros"] = self.zeros
+        return p
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                   layout: str = "out_in") -> "Quantized":
+        """Rebuild from stored arrays (ValueError if missing or inconsistent)."""
+        missing = {"scales", "qmeta"} - parts.keys()
+        meta = np.asarray(parts.get("qmeta", np.zeros(0)))
+        if meta.shape != (5,) or meta.dtype.kind not in "iu" or not 0 <= int(meta[3]) < len(_DTYPES) \
+                or int(meta[4]) not in (0, 1):
+            raise ValueError("quant: malformed qmeta" if not missing else
+                             f"quant: missing stored arrays {sorted(missing)}")
+        coded = bool(meta[4])
+        if ("packed.zst" if coded else "packed") not in parts:
+            missing.add("packed.zst" if coded else "packed")
+        if missing:
+            raise ValueError(f"quant: missing stored arrays {sorted(missing)}")
+        bits = lq.check_bits(int(meta[0]))
+        out, n_in = (shape[0], shape[1]) if layout == "out_in" else (shape[1], shape[0])
+        if coded:  # decoded into exactly the size the shape implies (a crafted frame cannot grow)
+            zstd = require("zstandard", "reading entropy-coded weights")
+            want = int(out) * lq.row_bytes(int(n_in), bits)
+            try:
+                raw = zstd.ZstdDecompressor().decompress(np.asarray(parts["packed.zst"]).tobytes(),
+                                                         max_output_size=want)
+            except zstd.ZstdError as e:
+                raise ValueError(f"quant: packed.zst does not decode: {e}") from None
+            if len(raw) != want:
+                raise ValueError(f"quant: packed.zst decodes to {len(raw)} bytes, expected {want}")
+            packed = np.frombuffer(raw, np.uint8).reshape(int(out), -1) if want else \
+                np.zeros((int(out), 0), np.uint8)
+        else:
+            packed = parts["packed"]
+        q = cls(packed, parts["scales"], parts.get("zeros"), shape, bits=bits, group=int(meta[1]),
+                symmetric=bool(meta[2]), dtype=_DTYPES[int(meta[3])], layout=layout)
+        if coded:
+            q.coding, q._coded = "zstd", np.asarray(parts["packed.zst"])
+        return q
+
+    @property
+    def n_params(self) -> int:
+        return int(self.shape[0] * self.shape[1])
+
+    def codes(self) -> np.ndarray:
+        """The unpacked codes ``(out, in)``, uint8."""
+        return lq.unpack_codes(self.packed, self._mshape[1], self.bits)
+
+    def _dequant(self, dtype: Any, r0: int = 0, r1: int | None = None) -> np.ndarray:
+        """Rows r0:r1 of M in dtype (float32 for float16)."""
+        r1 = self._mshape[0] if r1 is None else r1
+        dt = _compute_dtype(np.dtype(dtype))
+        z = None if self.zeros is None else self.zeros[r0:r1]
+        return lq.dequantize(self.packed[r0:r1], self.scales[r0:r1], z, (r1 - r0, self._mshape[1]),
+                             self.bits, self.group, self.symmetric, dt)
+
+    def toarray(self) -> np.ndarray:
+        M = self._dequant(self.dtype)
+        return _oriented(M, self.layout).astype(self.dtype, copy=False)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if self.layout == "out_in":
+            return self._dequant(self.dtype, start, stop).astype(self.dtype, copy=False)
+        return self.toarray()[start:stop]
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        direct = (self.layout == "out_in") != transpose  # the product is M @ X
+        if not direct:  # Mᵀ @ X: not the kernel's direction; dequantize (rare: not the layer)
+            return self._dequant(X.dtype).T @ X
+        one = X.ndim == 1
+        Xt = np.ascontiguousarray((X[:, None] if one else X).T)
+        packed, zeros, bits, sym = self._kernel_codes()
+        Y = lq.quant_matmul(packed, self.scales, zeros, self._mshape, bits, self.group, sym, Xt)
+        return Y[0] if one else Y.T
+
+    def _kernel_codes(self) -> tuple[np.ndarray, np.ndarray | None, int, bool]:
+        """The codes as the product kernel runs fastest on them: 2, 4 and 8 bits as stored;
+        3 bits widened to 4 and 5-7 bits to 8 (with explicit zero points), once, in memory only
+        (the vectorized kernels decode whole bytes; the file keeps the narrow codes)."""
+        if self.bits in (2, 4, 8):
+            return self.packed, self.zeros, self.bits, self.symmetric
+        if self._wide is None:
+            wide = 4 if self.bits == 3 else 8
+            out, n_in = self._mshape
+            zeros = (np.full((out, lq.n_groups(n_in, self.group)), 1 << (self.bits - 1), np.uint8)
+                     if self.symmetric else self.zeros)
+            self._wide = (lq.pack_codes(self.codes(), wide), zeros, wide)
+        packed, zeros, wide = self._wide
+        return packed, zeros, wide, False
+
+
+def _quant_args(bits: Any, group: Any, symmetric: Any) -> tuple[int, int, bool]:
+    if not isinstance(symmetric, (bool, np.bool_)):
+        raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__}")
+    return lq.check_bits(bits), lq.check_group(group), bool(symmetric)
+
+
+def _contig(Wa: np.ndarray, layout: str) -> np.ndarray:
+    ct = np.float64 if Wa.dtype == np.float64 else np.float32
+    return np.ascontiguousarray(_oriented(Wa, layout), dtype=ct)
+
+
+def quantize(W: Any, bits: int = 8, group: int | None = None, *, symmetric: bool = True,
+             mse: bool = False, layout: str = "out_in", n_threads: int | None = None) -> Quantized:
+    """Round-to-nearest integer quantization.
+
+    Parameters
+    ----------
+    W : array_like, 2-D float
+        The stored tensor (``layout`` says which side is the input).
+    bits : int in [2, 8]
+    group : int, optional
+        Inputs per scale (32, 64, 128...); None: one scale per output channel.
+    symmetric : bool
+        ``scale = max|w| / (2^(bits-1) − 1)`` around 0; else min/max with a zero point.
+    mse : bool
+        Shrink each group's range by the factor (1, 0.95 ... 0.5) with the least squared error.
+
+    Returns
+    -------
+    Quantized
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from weightpress.compression.quant import quantize
+    >>> W = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
+    >>> Q = quantize(W, bits=4, group=64)
+    >>> Q.name, Q.nbytes
+    ('int4g64', 4372)
+    """
+    Wa = as_matrix(W, "W")
+    b, g, sym = _quant_args(bits, group, symmetric)
+    M = _contig(Wa, layout)
+    codes, scales, zeros = lq.quantize_rtn(M, b, g, sym, bool(mse), n_threads)
+    return Quantized(lq.pack_codes(codes, b, n_threads), scales, zeros, Wa.shape, bits=b, group=g,
+                     symmetric=sym, dtype=Wa.dtype, layout=layout)
+
+
+def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = None, *,
+         symmetric: bool = True, sparsity: float | None = None,
+         pattern: str | tuple[int, int] | None = None, act_order: bool = True, mse: bool = True,
+         block: int = 128, damp: float = 0.01, n_threads: int | None = None) -> Quantized:
+    """Data-aware quantization (GPTQ), optionally joint with pruning (SparseGPT).
+
+    Columns are quantized left to right; each one's rounding error is spread over the columns
+    not yet visited through the upper Cholesky factor ``U`` of the damped ``H⁻¹`` (``H = XᵀX``),
+    so the output error ``‖X(W − Ŵ)ᵀ‖`` stays far below round-to-nearest's. Group scales are
+    chosen on the updated weights as the sweep reaches each group.
+
+    Parameters
+    ----------
+    W : array_like, (out, in)
+        PyTorch layout.
+    stats : CalibrationStats
+        Statistics of the layer's inputs.
+    bits, group, symmetric
+        As :func:`quantize`.
+    sparsity : float in [0, 1], optional
+        Also prune this fraction (exact count; mask per block, SparseGPT); or
+    pattern : "N:M", optional
+        N:M pruning along each row. Pruned weights get the code of 0.
+    act_order : bool
+        Sweep the inputs by decreasing ``H[i, i]`` (GPTQ's act-order; not with ``pattern``).
+        The scales are then fixed before the sweep from the weights as given ("static
+        groups"), so the stored groups stay contiguous.
+    mse : bool
+        Choose each group's range by the least squared rounding error over shrink factors
+        1, 0.95 ... 0.5 of min/max (clips outliers; matters most at 2–3 bits).
+    block : int
+        Columns per lazy-update block (speed only; rounded to a multiple of ``group``).
+    damp : float
+        Hessian dampening relative to its mean diagonal.
+
+    Returns
+    -------
+    Quantized
+        ``layout="out_in"``, ``W``'s dtype.
+
+    Notes
+    -----
+    ``O(in³)`` for the factor (cached on ``stats``) plus ``O(out·in²)`` for the sweep, nearly
+    all in BLAS (a few GEMMs); the per-column work inside a block runs one row per OpenMP
+    thread, so results do not depend on the thread count.
+    """
+    Wa = _check(W, stats)
+    b, g, sym = _quant_args(bits, group, symmetric)
+    if sparsity is not None and pattern is not None:
+        raise ValueError("gptq: give at most one of sparsity and pattern")
+    nm = _parse_pattern(pattern) if pattern is not None else (0, 0)
+    s = real_scalar(sparsity, "sparsity", low=0.0, high=1.0) if sparsity is not None else 0.0
+    block = positive_int(block, "block")
+    if not isinstance(act_order, (bool, np.bool_)):
+        raise TypeError(f"act_order: expected a bool, got {type(act_order).__name__}")
+    act = bool(act_order) and pattern is None
+    with small_blas(Wa.shape[1] ** 3 + Wa.size * Wa.shape[1]):
+        Wk = obs_prepare(Wa, stats, damp)
+        U = obs_factor(stats, damp, Wk.dtype, act)[0]
+        n_prune = int(round(s * Wa.size))
+        if act:
+            perm = act_order_perm(stats)
+            _, scales0, zeros0 = lq.quantize_rtn(Wk, b, g, sym, bool(mse), n_threads)
+            gs = g if 0 < g < Wa.shape[1] else max(Wa.shape[1], 1)
+            Wp = np.ascontiguousarray(Wk[:, perm])
+            res = lq.obs_sweep(Wp, U, bits=b, group=g, symmetric=sym, mse=bool(mse), n_prune=n_prune, block=block,
+                               col_group=(perm // gs).astype(np.int64), scales=scales0, zeros=zeros0,
+                               n_threads=n_threads)
+            assert res is not None
+            codes = np.empty_like(res[0])
+            codes[:, perm] = res[0]
+            scales, zeros = res[1], res[2]
+        else:
+            res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse), n_prune=n_prune, nm=nm,
+                               block=block, n_threads=n_threads)
+            assert res is not None
+            codes, scales, zeros = res
+    return Quantized(lq.pack_codes(codes, b, n_threads), scales, zeros, Wa.shape, bits=b, group=g,
+                     symmetric=sym, dtype=Wa.dtype)
+
+
+# ---- Codebook (weight sharing) ------------------------------------------------------------
+def _kmeans_1d(V: np.ndarray, k: int, n_iter: int, init: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means on each row of V independently (1-D values): centroids ``(rows, k)``
+    and codes ``(rows, cols)``. Initialised at ``init`` (broadcast over rows) or at the rows'
+    quantiles, so deterministic; Lloyd steps never increase the error."""
+    rows, cols = V.shape
+    q = (np.arange(k) + 0.5) / k
+    if init is not None:
+        C = np.array(np.broadcast_to(init, (rows, k)), dtype=np.float64)
+    else:
+        C = np.quantile(V, q, axis=1).T.astype(np.float64) if cols else np.zeros((rows, k))
+    codes = np.zeros((rows, cols), dtype=np.int64)
+    step = max(1, (1 << 22) // max(1, cols * k))
+    for _ in range(n_iter):
+        C.sort(axis=1)
+        mid = (C[:, 1:] + C[:, :-1]) / 2
+        for r0 in range(0, rows, step):  # blocks of rows bound the (rows, cols, k) comparison
+            r1 = min(rows, r0 + step)
+            codes[r0:r1] = (V[r0:r1, :, None] > mid[r0:r1, None, :]).sum(axis=2)
+        flat = codes + (np.arange(rows) * k)[:, None]
+        cnt = np.bincount(flat.ravel(), minlength=rows * k).reshape(rows, k)
+        tot = np.bincount(flat.ravel(), weights=V.ravel().astype(np.float64),
+                          minlength=rows * k).reshape(rows, k)
+        newC = np.where(cnt > 0, tot / np.maximum(cnt, 1), C)
+        if np.array_equal(newC, C):
+            break
+        C = newC
+    return C, codes
+
+
+@register_form
+class Codebook(CompressedMatrix):
+    """``M[i, j] = centroids[i or 0, code[i, j]]``: k-means weight sharing with packed codes.
+
+    Attributes
+    ----------
+    packed : uint8 (out, ⌈in·bits/8⌉)
+    centroids : float16 (1, 2^bits) per layer or (out, 2^bits) per row
+    bits : int
+    """
+
+    form = "codebook"
+    needs = frozenset({"packed", "centroids", "qmeta"})
+
+    def __init__(self, packed: np.ndarray, centroids: np.ndarray, shape: tuple[int, int], *,
+                 bits: int, dtype: Any = np.float32, layout: str = "out_in"):
+        _setup(self, shape, dtype, layout)
+        self.bits = lq.check_bits(bits)
+        out, inn = self._mshape
+        self.packed = np.ascontiguousarray(packed, dtype=np.uint8)
+        if self.packed.shape != (out, lq.row_bytes(inn, self.bits)):
+            raise ValueError(f"packed: expected shape {(out, lq.row_bytes(inn, self.bits))}")
+        self.centroids = np.ascontiguousarray(centroids)
+        k = 1 << self.bits
+        if (self.centroids.dtype != np.float16 or self.centroids.ndim != 2
+                or self.centroids.shape[1] != k or self.centroids.shape[0] not in (1, out)):
+            raise ValueError(f"centroids: expected float16 of shape (1, {k}) or ({out}, {k})")
+        if not np.isfinite(self.centroids).all():
+            raise ValueError("centroids: contain NaN or Inf")
+
+    _mshape = Quantized._mshape
+
+    @property
+    def per_row(self) -> bool:
+        return self.centroids.shape[0] != 1 or self._mshape[0] == 1
+
+    @property
+    def name(self) -> str:
+        return f"kmeans{self.bits}" + ("r" if self.centroids.shape[0] > 1 else "")
+
+    def parts(self) -> dict[str, np.ndarray]:
+        meta = np.array([self.bits, _DTYPES.index(self.dtype)], dtype=np.int32)
+        return {"packed": self.packed, "centroids": self.centroids, "qmeta": meta}
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                   layout: str = "out_in") -> "Codebook":
+        missing = {"packed", "centroids", "qmeta"} - parts.keys()
+        if missing:
+            raise ValueError(f"codebook: missing stored arrays {sorted(missing)}")
+        meta = np.asarray(parts["qmeta"])
+        if meta.shape != (2,) or meta.dtype.kind not in "iu" or not 0 <= int(meta[1]) < len(_DTYPES):
+            raise ValueError("codebook: malformed qmeta")
+        return cls(parts["packed"], parts["centroids"], shape, bits=int(meta[0]),
+                   dtype=_DTYPES[int(meta[1])], layout=layout)
+
+    @property
+    def n_params(self) -> int:
+        return int(self.shape[0] * self.shape[1])
+
+    def _dequant(self, dtype: Any, r0: int = 0, r1: int | None = None) -> np.ndarray:
+        r1 = self._mshape[0] if r1 is None else r1
+        codes = lq.unpack_codes(self.packed[r0:r1], self._mshape[1], self.bits)
+        C = self.centroids.astype(_compute_dtype(np.dtype(dtype)))
+        C = C[r0:r1] if C.shape[0] > 1 else np.broadcast_to(C, (r1 - r0, C.shape[1]))
+        return np.take_along_axis(C, codes.astype(np.intp), axis=1)
+
+    def toarray(self) -> np.ndarray:
+        return _oriented(self._dequant(self.dtype), self.layout).astype(self.dtype, copy=False)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if self.layout == "out_in":
+            return self._dequant(self.dtype, start, stop).astype(self.dtype, copy=False)
+        return self.toarray()[start:stop]
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        direct = (self.layout == "out_in") != transpose
+        out, inn = self._mshape
+        if not direct:
+            return self._dequant(X.dtype).T @ X
+        Y = np.empty((out,) + X.shape[1:], dtype=X.dtype)
+        step = max(1, (1 << 20) // max(1, inn))  # decode a block of rows at a time
+        for r0 in range(0, out, step):
+            r1 = min(out, r0 + step)
+            Y[r0:r1] = self._dequant(X.dtype, r0, r1) @ X
+        return Y
+
+
+def codebook(W: Any, bits: int = 4, *, per_row: bool = False, n_iter: int = 25,
+             layout: str = "out_in") -> Codebook:
+    """Weight sharing: ``2^bits`` k-means centroids (float16) per layer or per output row.
+
+    Parameters
+    ----------
+    W : array_like, 2-D float
+    bits : int in [2, 8]
+    per_row : bool
+        One codebook per output row (more centroids stored, smaller error).
+    n_iter : int
+        Most Lloyd iterations (stops when the centroids no longer move).
+
+    Returns
+    -------
+    Codebook
+    """
+    Wa = as_matrix(W, "W")
+    b = lq.check_bits(bits)
+    n_iter = positive_int(n_iter, "n_iter")
+    M = _contig(Wa, layout).astype(np.float64)
+    C, codes = _kmeans_1d(M.reshape(1, -1), 1 << b, n_iter)
+    V = M.reshape(1, -1)
+    if per_row:  # start every row from the layer's codebook: never worse than it
+        V = M
+        C, codes = _kmeans_1d(M, 1 << b, n_iter, init=np.sort(C[0]))
+    C16 = C.astype(np.float16)
+    if not np.isfinite(C16).all():
+        raise ValueError("W: centroids overflow float16")
+    # codes to the nearest float16 centroid (the values the file holds)
+    C16.sort(axis=1)
+    Cf = C16.astype(np.float64)
+    mid = (Cf[:, 1:] + Cf[:, :-1]) / 2
+    codes = np.stack([np.searchsorted(mid[i], V[i], side="left") for i in range(V.shape[0])]) \
+        if V.shape[0] <= 1 else None
+    if codes is None:
+        step = max(1, (1 << 22) // max(1, V.shape[1] << b))
+        codes = np.empty(V.shape, dtype=np.int64)
+        for r0 in range(0, V.shape[0], step):
+            r1 = min(V.shape[0], r0 + step)
+            codes[r0:r1] = (V[r0:r1, :, None] > mid[r0:r1, None, :]).sum(axis=2)
+    codes = codes.reshape(M.shape).astype(np.uint8)
+    return Codebook(lq.pack_codes(codes, b), C16, Wa.shape, bits=b, dtype=Wa.dtype, layout=layout)
+
+
+def quant_from_parts(form: str, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                     layout: str = "out_in") -> CompressedMatrix:
+    """:meth:`Quantized.from_parts` or :meth:`Codebook.from_parts` by form name."""
+    if form == "quant":
+        return Quantized.from_parts(parts, shape, layout)
+    if form == "codebook":
+        return Codebook.from_parts(parts, shape, layout)
+    raise ValueError(f"form: expected 'quant' or 'codebook', got {form!r}")
+

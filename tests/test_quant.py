@@ -1,0 +1,323 @@
+"""Quantized forms: packing, round-to-nearest, packed products, GPTQ, codebooks."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import weightpress as wp
+from weightpress.compression.calibration import CalibrationStats, output_error
+from weightpress.compression.matrices import from_parts
+from weightpress.compression.quant import Codebook, Quantized, codebook, gptq, quantize
+from weightpress.linalg import quant as lq
+
+
+def reference(Q: Quantized) -> np.ndarray:
+    """Dequantize with NumPy from the unpacked codes: scale · (u − zero), float64."""
+    out, inn = Q._mshape
+    g = inn if Q.group == 0 else Q.group
+    codes = Q.codes().astype(np.float64)
+    s = np.repeat(Q.scales.astype(np.float64), g, axis=1)[:, :inn]
+    z = (2.0 ** (Q.bits - 1) if Q.symmetric
+         else np.repeat(Q.zeros.astype(np.float64), g, axis=1)[:, :inn])
+    M = s * (codes - z)
+    return M if Q.layout == "out_in" else M.T
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (5, 33), (2, 130), (0, 4), (4, 0)])
+def test_pack_unpack_round_trip(bits, shape):
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 1 << bits, size=shape, dtype=np.uint8)
+    packed = lq.pack_codes(codes, bits)
+    assert packed.shape == (shape[0], (shape[1] * bits + 7) // 8)
+    np.testing.assert_array_equal(lq.unpack_codes(packed, shape[1], bits), codes)
+    # little-endian bit order, rows padded to whole bytes
+    if shape[0]:
+        bitstream = np.unpackbits(packed[0], bitorder="little")[: shape[1] * bits]
+        vals = (bitstream.reshape(-1, bits) << np.arange(bits)).sum(axis=1) if shape[1] else []
+        np.testing.assert_array_equal(vals, codes[0])
+
+
+def test_pack_rejects_codes_that_do_not_fit():
+    with pytest.raises(ValueError, match="does not fit 3 bits"):
+        lq.pack_codes(np.array([[1, 8]], dtype=np.uint8), 3)
+
+
+@given(rows=st.integers(0, 6), cols=st.integers(0, 40), bits=st.integers(2, 8),
+       group=st.sampled_from([None, 1, 3, 8, 32]), sym=st.booleans(), seed=st.integers(0, 2**16))
+def test_rtn_matches_reference_and_rounds_to_nearest(rows, cols, bits, group, sym, seed):
+    rng = np.random.default_rng(seed)
+    W = (rng.standard_normal((rows, cols)) * rng.uniform(0.01, 10)).astype(np.float32)
+    Q = quantize(W, bits, group, symmetric=sym)
+    D = Q.toarray()
+    assert D.shape == W.shape and D.dtype == np.float32
+    np.testing.assert_allclose(D, reference(Q), rtol=1e-6, atol=0)
+    if W.size:  # every weight within ~half a step of its value (the scale rounds to float16)
+        g = cols if not group or group >= cols else group
+        step = np.repeat(Q.scales.astype(np.float64), g, axis=1)[:, :cols]
+        assert np.all(np.abs(W - D) <= 0.5 * step + 2 ** -10 * np.abs(W) + 1e-30)
+    assert Q.nbytes == Q.packed.nbytes + Q.scales.nbytes + 20 + (0 if sym else Q.zeros.nbytes)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("group,sym", [(None, True), (32, True), (64, False), (None, False), (24, True)])
+@pytest.mark.parametrize("shape", [(37, 130), (64, 256)])
+def test_matmul_matches_dequantized(dtype, bits, group, sym, shape):
+    rng = np.random.default_rng(bits * 7 + shape[0])
+    W = rng.standard_normal(shape).astype(dtype)
+    Q = quantize(W, bits, group, symmetric=sym)
+    D = reference(Q)
+    eps = 1e-5 if dtype == np.float32 else 1e-12
+    for n in (1, 3, 9):
+        X = rng.standard_normal((shape[1], n)).astype(dtype)
+        Y = Q.matmul(X)
+        assert Y.dtype == dtype and Y.shape == (shape[0], n)
+        bound = np.abs(D) @ np.abs(X) + 1
+        np.testing.assert_array_less(np.abs(Y - D @ X), eps * bound)
+    x = rng.standard_normal(shape[1]).astype(dtype)
+    np.testing.assert_array_less(np.abs(Q.matmul(x) - D @ x), eps * (np.abs(D) @ np.abs(x) + 1))
+    # the layer, and the transposed product (dequantized path)
+    xb = rng.standard_normal((5, shape[1])).astype(dtype)
+    np.testing.assert_allclose(Q.apply(xb), xb @ D.T, atol=eps * 10 * np.abs(xb).max() * np.abs(D).sum(1).max())
+    v = rng.standard_normal(shape[0]).astype(dtype)
+    np.testing.assert_allclose(Q.matmul(v, transpose=True), D.T @ v, rtol=1e-4, atol=1e-4)
+
+
+def test_in_out_layout_quantizes_along_inputs():
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((96, 40)).astype(np.float32)  # Keras [in, out]
+    Q = quantize(W, 4, 32, layout="in_out")
+    np.testing.assert_array_equal(Q.toarray(), quantize(W.T, 4, 32).toarray().T)
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    np.testing.assert_allclose(Q.apply(x), x @ Q.toarray(), rtol=1e-5, atol=1e-4)
+
+
+def test_results_do_not_depend_on_thread_count():
+    rng = np.random.default_rng(6)
+    W = rng.standard_normal((300, 512)).astype(np.float32)
+    Q = quantize(W, 4, 64)
+    X = rng.standard_normal((512, 5)).astype(np.float32)
+    with wp.threads(1):
+        Y1 = Q.matmul(X)
+        y1 = Q.matmul(X[:, 0])
+    with wp.threads(2):
+        Y2 = Q.matmul(X)
+        y2 = Q.matmul(X[:, 0])
+    np.testing.assert_array_equal(Y1, Y2)
+    np.testing.assert_array_equal(y1, y2)
+    st_ = CalibrationStats.from_inputs(correlated_inputs(rng, 600, 512))
+    with wp.threads(1):
+        G1 = gptq(W, st_, 4, 64)
+    with wp.threads(2):
+        G2 = gptq(W, st_, 4, 64)
+    np.testing.assert_array_equal(G1.packed, G2.packed)
+
+
+def correlated_inputs(rng, n, d, outliers=4):
+    C = rng.standard_normal((d, d)) * (np.arange(1, d + 1) ** -0.8)[:, None]
+    X = rng.standard_normal((n, d)) @ C
+    X[:, rng.choice(d, outliers, replace=False)] *= 20
+    return X
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("bits,limit", [(4, 0.5), (3, 0.4)])
+@pytest.mark.parametrize("group", [None, 64])
+def test_gptq_beats_round_to_nearest(seed, bits, limit, group):
+    # a transformer-like layer: correlated inputs with a few outlier channels
+    rng = np.random.default_rng(seed)
+    X = correlated_inputs(rng, 2048, 256).astype(np.float32)
+    W = rng.standard_normal((128, 256)).astype(np.float32)
+    st_ = CalibrationStats.from_inputs(X)
+    rtn = output_error(W, quantize(W, bits, group).toarray(), st_)
+    G = gptq(W, st_, bits, group)
+    assert G.name == f"int{bits}" + (f"g{group}" if group else "")
+    assert output_error(W, G.toarray(), st_) <= limit * rtn
+    # without act-order it still beats round-to-nearest
+    assert output_error(W, gptq(W, st_, bits, group, act_order=False).toarray(), st_) < rtn
+
+
+def test_gptq_joint_pruning():
+    rng = np.random.default_rng(2)
+    X = correlated_inputs(rng, 1024, 128)
+    W = rng.standard_normal((64, 128))
+    st_ = CalibrationStats.from_inputs(X)
+    G = gptq(W, st_, 4, 32, sparsity=0.5)
+    D = G.toarray()
+    assert (D == 0).sum() >= W.size // 2
+    P = gptq(W, st_, 8, None, pattern="2:4")
+    assert np.all((P.toarray().reshape(64, 32, 4) != 0).sum(axis=2) <= 2)
+    assert output_error(W, P.toarray(), st_) < output_error(W, wp.prune(W, pattern="2:4"), st_)
+
+
+def test_gptq_dead_inputs_and_white_inputs():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((500, 32))
+    X[:, 7] = 0.0
+    W = rng.standard_normal((8, 32))
+    G = gptq(W, CalibrationStats.from_inputs(X), 4)
+    assert np.all(G.toarray()[:, 7] == 0)
+    # H ∝ I: no compensation is possible, so GPTQ is round-to-nearest
+    Q, _ = np.linalg.qr(rng.standard_normal((64, 32)))
+    for mse in (False, True):
+        G = gptq(W, CalibrationStats.from_inputs(Q * 8.0), 4, act_order=False, mse=mse)
+        np.testing.assert_allclose(G.toarray(), quantize(W, 4, mse=mse).toarray(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", ["quant", "codebook"])
+def test_parts_round_trip(form):
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((20, 50)).astype(np.float32)
+    for m in ([quantize(W, 3, 16), quantize(W, 8, None, symmetric=False)] if form == "quant"
+              else [codebook(W, 3), codebook(W, 2, per_row=True)]):
+        r = from_parts(m.form, {k: v.copy() for k, v in m.parts().items()}, W.shape)
+        assert type(r) is type(m) and r.nbytes == m.nbytes
+        np.testing.assert_array_equal(r.toarray(), m.toarray())
+    with pytest.raises(ValueError, match="missing"):
+        from_parts(form, {"packed": m.packed}, W.shape)
+    bad = dict(m.parts())
+    bad["packed"] = m.packed[:, :-1]
+    with pytest.raises(ValueError, match="packed"):
+        from_parts(form, bad, W.shape)
+
+
+def test_codebook_weight_sharing():
+    rng = np.random.default_rng(8)
+    W = rng.standard_normal((64, 200)).astype(np.float32)
+    C = codebook(W, 4)
+    R = codebook(W, 4, per_row=True)
+    assert isinstance(C, Codebook) and len(np.unique(C.toarray())) <= 16
+    assert R.relative_error(W) <= C.relative_error(W)
+    assert C.relative_error(W) < quantize(W, 4).relative_error(W)  # k-means beats a uniform grid
+    x = rng.standard_normal((3, 200)).astype(np.float32)
+    np.testing.assert_allclose(C.apply(x), x @ C.toarray().T, rtol=1e-5, atol=1e-4)
+    assert C.nbytes == 64 * 100 + 16 * 2 + 8
+
+
+def test_bad_input():
+    W = np.ones((4, 8), np.float32)
+    for bits in (1, 9, 2.5, True):
+        with pytest.raises(ValueError, match="bits"):
+            quantize(W, bits)
+    with pytest.raises(ValueError, match="group"):
+        quantize(W, 4, -1)
+    with pytest.raises(TypeError, match="symmetric"):
+        quantize(W, 4, symmetric="yes")
+    with pytest.raises(ValueError, match="NaN"):
+        quantize(np.full((2, 2), np.nan), 4)
+    with pytest.raises(ValueError, match="2-D"):
+        quantize(np.ones(5), 4)
+    with pytest.raises(ValueError, match="float16"):
+        quantize(np.full((2, 2), 1e38), 2)
+    Q = quantize(W, 4)
+    with pytest.raises(ValueError, match="rows"):
+        Q.matmul(np.ones(7))
+    with pytest.raises(ValueError, match="features"):
+        Q.apply(np.ones((2, 9)))
+    st_ = CalibrationStats.from_inputs(np.random.default_rng(0).standard_normal((50, 6)))
+    with pytest.raises(ValueError, match="features"):
+        gptq(W, st_, 4)
+    with pytest.raises(ValueError, match="at most one"):
+        gptq(np.ones((3, 6)), st_, 4, sparsity=0.5, pattern="2:4")
+    with pytest.raises(ValueError, match="scales"):
+        Quantized(Q.packed, Q.scales.astype(np.float32), None, W.shape, bits=4, group=0, symmetric=True)
+    with pytest.raises(ValueError, match="zeros"):
+        Quantized(Q.packed, Q.scales, None, W.shape, bits=4, group=0, symmetric=False)
+
+
+@given(rows=st.integers(0, 3), cols=st.integers(0, 3), bits=st.integers(2, 8))
+def test_empty_and_tiny_shapes(rows, cols, bits):
+    W = np.arange(rows * cols, dtype=np.float32).reshape(rows, cols) - 1
+    Q = quantize(W, bits)
+    assert Q.toarray().shape == (rows, cols)
+    y = Q.matmul(np.ones(cols, np.float32))
+    assert y.shape == (rows,)
+    np.testing.assert_allclose(y, Q.toarray().sum(axis=1), rtol=1e-6, atol=1e-6)
+
+
+def test_digits_model_10x_smaller_within_a_third_of_a_point():
+    # the bundled digits MLP with its calibration images: GPTQ at the precision each layer's
+    # budget allows (int2/int3), the file >= 10x smaller, accuracy within 0.3 point
+    from weightpress.cli import demo
+
+    res = demo.run([demo.HEADLINE], out=lambda s: None)
+    base, q = res[0], res[1]
+    assert q["ratio"] >= 10.0
+    assert base["accuracy"] - q["accuracy"] <= 0.003 + 1e-9
+
+
+def test_cli_quant_container_round_trip(tmp_path, capsys):
+    from weightpress.cli import demo, main
+    from weightpress.io.safetensors import SafetensorsSource
+    from weightpress.model.container import Container
+
+    model = demo.model_path()
+    out = tmp_path / "q.wpz"
+    assert main(["compress", model, "-o", str(out), "--method", "quant", "--bits", "4",
+                 "--group", "32", "--rules", "fc2.weight=quant:bits=8,symmetric=false"]) == 0
+    text = capsys.readouterr().out
+    assert "int4g32" in text and "uint8g32" in text  # the rule's options over the global ones
+    assert main(["verify", str(out), "--against", model]) == 0
+    c = Container(str(out))
+    orig = SafetensorsSource(model)
+    m1, m2 = c.matrix("fc1.weight"), c.matrix("fc2.weight")
+    assert isinstance(m1, Quantized) and m1.name == "int4g32" and m2.name == "uint8g32"
+    ref = quantize(np.asarray(orig["fc1.weight"]), 4, 32)
+    np.testing.assert_array_equal(m1.toarray(), ref.toarray())
+    assert c.entries["fc1.weight"]["bytes"] == ref.nbytes
+    from weightpress.compression.storage import quant_nbytes
+    assert ref.nbytes == quant_nbytes((256, 64), 4, 32)
+    assert main(["info", str(out)]) == 0
+    assert "int4g32" in capsys.readouterr().out
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    np.testing.assert_allclose(m1.apply(x), x @ ref.toarray().T, rtol=1e-5, atol=1e-5)
+    c.close()
+    # a ratio picks the precision; bad flags exit 2 with one line
+    assert main(["compress", model, "-o", str(tmp_path / "r.wpz"), "--method", "quant",
+                 "--ratio", "6"]) == 0
+    capsys.readouterr()
+    assert main(["compress", model, "-o", str(tmp_path / "b.wpz"), "--method", "quant",
+                 "--group", "64", "--ratio", "4"]) == 2
+    assert "--group needs --bits" in capsys.readouterr().err
+    assert main(["compress", model, "-o", str(tmp_path / "b.wpz"), "--method", "quant",
+                 "--bits", "9"]) == 2
+    assert "bits" in capsys.readouterr().err
+
+
+def test_entropy_coding_round_trip_and_bad_streams():
+    pytest.importorskip("zstandard")
+    rng = np.random.default_rng(9)
+    W = (rng.standard_normal((64, 256)) * np.linspace(0.1, 1, 256)).astype(np.float32)
+    Q = quantize(W, 2, None)
+    plain = Q.nbytes
+    Q.set_coding("zstd")
+    assert Q.coding == "zstd" and "packed.zst" in Q.parts() and "packed" not in Q.parts()
+    assert Q.nbytes < plain
+    R = from_parts("quant", {k: v.copy() for k, v in Q.parts().items()}, W.shape)
+    assert R.coding == "zstd" and R.nbytes == Q.nbytes
+    np.testing.assert_array_equal(R.toarray(), Q.toarray())
+    x = rng.standard_normal(256).astype(np.float32)
+    np.testing.assert_array_equal(R.matmul(x), Q.matmul(x))
+    bad = dict(Q.parts())
+    bad["packed.zst"] = bad["packed.zst"][:-3]
+    with pytest.raises(ValueError, match="packed.zst"):
+        from_parts("quant", bad, W.shape)
+    with pytest.raises(ValueError, match="packed.zst"):  # decodes, but to the wrong size
+        from_parts("quant", bad | {"packed.zst": quantize(W[:32], 2).set_coding("zstd").parts()["packed.zst"]},
+                   W.shape)
+    # incompressible codes stay plain
+    N = quantize(rng.standard_normal((8, 64)).astype(np.float32), 8).set_coding("zstd")
+    assert N.coding is None and "packed" in N.parts()
+    with pytest.raises(ValueError, match="coding"):
+        Q.set_coding("gzip")
+
+
+def test_digits_entropy_coded_headline():
+    pytest.importorskip("zstandard")
+    from weightpress.cli import demo
+
+    setting = next(s for s in demo.SETTINGS if s[0] == "quant 10x +cal zstd")
+    res = demo.run([setting], out=lambda s: None)
+    assert res[1]["ratio"] >= 12.0
+    assert res[0]["accuracy"] - res[1]["accuracy"] <= 0.003 + 1e-9
