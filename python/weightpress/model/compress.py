@@ -712,8 +712,9 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
                     calibration=stats, options=opts)
 
 
-# byte levels of the forms measured by building them (OBS pruning, sparse + low-rank, coding):
-# every other level of CURVE_LEVELS, 56 % apart (the one-pass curves use 48 levels, see curves.py)
+# byte levels of OBS pruning's curve (with calibration; measured by building it): every other
+# level of CURVE_LEVELS, 56 % apart. Other built forms (sparse + low rank, coding, quantization)
+# use CURVE_LEVELS; the one-pass curves use 48 levels (curves.py)
 MEASURED_LEVELS = CURVE_LEVELS[::2]
 
 
@@ -722,7 +723,8 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
     """One layer's error-vs-size candidates for :func:`~weightpress.model.allocate.allocate`
     (dense first). Magnitude pruning and (whitened) low rank come from one sort or one SVD
     (:mod:`~weightpress.model.curves`); the other forms are built and measured at
-    :data:`MEASURED_LEVELS`. Labels are ``"form@budget"``: the byte budget that rebuilds it."""
+    OBS pruning is built and measured at :data:`MEASURED_LEVELS`, the other built forms at
+    :data:`CURVE_LEVELS`. Labels are ``"form@budget"``: the byte budget that rebuilds it."""
     Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
     storage = "BF16" if want_bf16 else None
     Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
@@ -744,7 +746,8 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
         if pts is not None:
             cands += [Candidate(nb, e, f"{form}@{b:.0f}") for nb, e, b in pts if nb < orig_bytes]
             continue
-        for nb in [orig_bytes * lv for lv in MEASURED_LEVELS]:
+        levels = MEASURED_LEVELS if form == "prune" else CURVE_LEVELS  # OBS sweeps are dear
+        for nb in [orig_bytes * lv for lv in levels]:
             m = _build(Wv, stats, form, nb, layout, storage, opts)
             if m.form == "dense" or m.nbytes >= orig_bytes:
                 continue
