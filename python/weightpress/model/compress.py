@@ -722,8 +722,8 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
                 options: Mapping[str, Any], vdt: Any, want_bf16: bool) -> list[Candidate]:
     """One layer's error-vs-size candidates for :func:`~weightpress.model.allocate.allocate`
     (dense first). Magnitude pruning and (whitened) low rank come from one sort or one SVD
-    (:mod:`~weightpress.model.curves`); the other forms are built and measured at
-    OBS pruning is built and measured at :data:`MEASURED_LEVELS`, the other built forms at
+    (:mod:`~weightpress.model.curves`); the other forms are built and measured:
+    OBS pruning at :data:`MEASURED_LEVELS`, the other built forms at
     :data:`CURVE_LEVELS`. Labels are ``"form@budget"``: the byte budget that rebuilds it."""
     Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
     storage = "BF16" if want_bf16 else None
