@@ -62,8 +62,8 @@ def test_layer_curve_labels_rebuild_their_points(W):
     cands = layer_curve(W, d, W.nbytes, "out_in", None, {}, None, False)
     assert cands[0].label == "dense"
     forms = {c.label.partition("@")[0] for c in cands[1:]}
-    assert forms == {"prune", "lowrank"}
-    for c in cands[1::7]:
+    assert {"prune", "lowrank"} <= forms  # (auto also measures quantization, by building it)
+    for c in [c for c in cands[1:] if c.label.partition("@")[0] in ("prune", "lowrank")][::7]:
         form, _, nb = c.label.partition("@")
         m = (magnitude_prune(W, nbytes=float(nb)) if form == "prune"
              else low_rank(W, rank_for_bytes(W.shape, float(nb), 4)))
