@@ -10,125 +10,16 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
+#include <string>
+#include <type_traits>
 #include <vector>
 
-#include "weightpress/blas.hpp"
-#include "weightpress/csr.hpp"
 #include "weightpress/errors.hpp"
+#include "weightpress/linop.hpp"
 #include "weightpress/parallel.hpp"
 
 namespace wp {
 namespace {
-
-template <class T>
-struct Op {
-  std::int64_t m = 0, n = 0;
-  int n_threads = 1;
-  virtual ~Op() = default;
-  virtual void matvec(const T* x, T* out) const = 0;   // out(m) = A x
-  virtual void rmatvec(const T* r, T* out) const = 0;  // out(n) = Aᵀ r
-  // out (n×b, column-major, ld n) = Aᵀ A[:, cols]
-  virtual void gram(const std::int64_t* cols, std::int64_t b, T* out) const = 0;
-};
-
-template <class T>
-struct DenseOp final : Op<T> {
-  const T* A = nullptr;
-  mutable std::vector<T> buf;
-  // Products this small run in our own loops: a BLAS call would wake its threads, which on a
-  // busy machine costs far more than the product itself.
-  bool small() const { return this->m * this->n <= (std::int64_t(1) << 18); }
-  void matvec(const T* x, T* out) const override {
-    if (this->m == 0) return;
-    if (this->n == 0) {
-      std::fill(out, out + this->m, T(0));
-      return;
-    }
-    if (small()) {  // row dots, four partial sums in a fixed order
-      for (std::int64_t i = 0; i < this->m; ++i) {
-        const T* a = A + i * this->n;
-        T s[4] = {T(0), T(0), T(0), T(0)};
-        std::int64_t j = 0;
-        for (; j + 4 <= this->n; j += 4)
-          for (int l = 0; l < 4; ++l) s[l] += a[j + l] * x[j + l];
-        for (; j < this->n; ++j) s[0] += a[j] * x[j];
-        out[i] = (s[0] + s[1]) + (s[2] + s[3]);
-      }
-      return;
-    }
-    // Row-major A (m×n) is the column-major n×m matrix Aᵀ: A x = (Aᵀ)ᵀ x.
-    blas::gemv<T>('T', blas::to_int(this->n), blas::to_int(this->m), T(1), A,
-                  blas::to_int(this->n), x, 1, T(0), out, 1);
-  }
-  void rmatvec(const T* r, T* out) const override {
-    if (this->n == 0) return;
-    if (this->m == 0) {
-      std::fill(out, out + this->n, T(0));
-      return;
-    }
-    if (small()) {  // row axpys
-      std::fill(out, out + this->n, T(0));
-      for (std::int64_t i = 0; i < this->m; ++i) {
-        const T* a = A + i * this->n;
-        const T ri = r[i];
-        for (std::int64_t j = 0; j < this->n; ++j) out[j] += a[j] * ri;
-      }
-      return;
-    }
-    blas::gemv<T>('N', blas::to_int(this->n), blas::to_int(this->m), T(1), A,
-                  blas::to_int(this->n), r, 1, T(0), out, 1);
-  }
-  void gram(const std::int64_t* cols, std::int64_t b, T* out) const override {
-    const std::int64_t rows = this->m, n_ = this->n;
-    if (rows == 0) {
-      std::fill(out, out + n_ * b, T(0));
-      return;
-    }
-    buf.resize(static_cast<std::size_t>(rows * b));
-    for (std::int64_t i = 0; i < rows; ++i)
-      for (std::int64_t t = 0; t < b; ++t)
-        buf[static_cast<std::size_t>(i + t * rows)] = A[i * n_ + cols[t]];
-    blas::gemm<T>('N', 'N', blas::to_int(n_), blas::to_int(b), blas::to_int(rows), T(1), A,
-                  blas::to_int(n_), buf.data(), blas::to_int(rows), T(0), out, blas::to_int(n_));
-  }
-};
-
-template <class T, class I>
-struct CsrOp final : Op<T> {
-  const I* p = nullptr;
-  const I* j = nullptr;
-  const T* v = nullptr;
-  mutable std::vector<T> buf, tmp;
-  mutable std::vector<std::int64_t> pos;
-  void check(std::int64_t bad) const {
-    if (bad >= 0)
-      throw ShapeError("malformed CSR: column index " + std::to_string(j[bad]) + " at position " +
-                       std::to_string(bad) + " is out of range for " + std::to_string(this->n) +
-                       " columns");
-  }
-  void matvec(const T* x, T* out) const override {
-    check(csr_matmat<T, I>(this->m, this->n, p, j, v, 1, x, 1, out, 1, this->n_threads));
-  }
-  void rmatvec(const T* r, T* out) const override {
-    check(csr_matmat_t<T, I>(this->m, this->n, p, j, v, 1, r, 1, out, 1, this->n_threads));
-  }
-  void gram(const std::int64_t* cols, std::int64_t b, T* out) const override {
-    const std::int64_t rows = this->m, n_ = this->n;
-    pos.assign(static_cast<std::size_t>(n_), -1);
-    for (std::int64_t t = 0; t < b; ++t) pos[static_cast<std::size_t>(cols[t])] = t;
-    buf.assign(static_cast<std::size_t>(rows * b), T(0));  // A[:, cols], row-major m×b
-    for (std::int64_t i = 0; i < rows; ++i)
-      for (std::int64_t q = p[i]; q < static_cast<std::int64_t>(p[i + 1]); ++q) {
-        const std::int64_t t = pos[static_cast<std::size_t>(j[q])];
-        if (t >= 0) buf[static_cast<std::size_t>(i * b + t)] += v[q];
-      }
-    tmp.resize(static_cast<std::size_t>(n_ * b));
-    check(csr_matmat_t<T, I>(rows, n_, p, j, v, b, buf.data(), b, tmp.data(), b, this->n_threads));
-    for (std::int64_t r = 0; r < n_; ++r)
-      for (std::int64_t t = 0; t < b; ++t) out[r + t * n_] = tmp[static_cast<std::size_t>(r * b + t)];
-  }
-};
 
 // Upper-triangular Cholesky factor R (RᵀR = G_SS) of the active set's Gram matrix, column-major
 // with a growing leading dimension.
@@ -195,58 +86,152 @@ struct Chol {
   }
 };
 
+// Column scale. Every tie and rounding threshold below is relative to the atom's own
+// correlation scale ‖a_j‖·λ₀ₙ (λ₀ₙ = max_k |a_kᵀy| / ‖a_k‖, the path's start in column-
+// normalised coordinates), not to λ itself: an atom whose column is 1e10 times shorter than
+// another's enters at a λ 1e10 times smaller, and that is not a tie with the path's end.
 template <class T>
 class Homotopy {
  public:
-  Homotopy(const Op<T>& A, int n_threads) : A_(A), nt_(n_threads) {}
+  Homotopy(const LinOp<T>& A, int n_threads) : A_(A), nt_(n_threads), m_(A.m), n_(A.n) {}
 
   L1Info run(const T* y, L1Mode mode, double target, std::int64_t max_iter, T* x_out);
 
  private:
-  const Op<T>& A_;
+  struct Event {
+    double d = 0, d_end = 0, d_in = 0, d_out = 0;
+    std::int64_t j_in = -1, p_out = -1;
+  };
+  const LinOp<T>& A_;
   int nt_;
-  std::vector<T> cache_;                // Gram columns, n each
+  std::int64_t m_, n_;
+  const T* y_ = nullptr;
+  L1Mode mode_ = L1Mode::kBP;
+  double target_ = 0;
+  std::vector<T> tn_, tm_;              // scratch vectors (n, m) in T for the operator
+  std::vector<T> cache_, gwork_;        // Gram columns, n each
   std::vector<std::int64_t> slot_;      // atom -> cache column, or -1
   std::int64_t ncache_ = 0;
-  std::vector<double> c_;               // correlations Aᵀr
+  std::vector<double> c0_, c_, a_;      // Aᵀy; correlations Aᵀr; direction G[:, S] w
+  std::vector<double> colw_;            // ‖a_j‖·λ₀ₙ/λ₀: atom j's correlation scale, relative
   std::vector<char> state_;             // 0 inactive, 1 active, 2 excluded (dependent)
   std::vector<double> dj_;              // each inactive atom's entering step on this segment
+  std::vector<std::int64_t> S_, banned_;
+  std::vector<double> sg_, xs_, w_;
+  std::vector<double> r_, cc_;          // true residual and Aᵀr (after the path)
+  Chol R_;
+  double y2_ = 0, R2_ = 0, lam_ = 0, lam0_ = 0, q_ = 0, floor_ = 0, cnorm_max_ = 0;
+  std::int64_t last_dropped_ = -1, entering_ = -1, it_ = 0;
 
   const T* col(std::int64_t j) const {
-    return cache_.data() + slot_[static_cast<std::size_t>(j)] * A_.n;
+    return cache_.data() + slot_[static_cast<std::size_t>(j)] * n_;
   }
+  bool start();
   void ensure_cached(std::int64_t j);
   void combine(const std::vector<std::int64_t>& S, const std::vector<double>& w,
                std::vector<double>& out, const double* base, double sign);
+  void enter();
+  void direction();
+  Event next_event();
+  bool advance(const Event& e);
+  void leave(std::int64_t p);
+  void resync();
+  void drop_rounding_atoms();
+  void residual(const std::vector<double>& xv);
+  void polish_bpdn();
+  void polish();
+  double equiangular_dual(const std::vector<std::int64_t>& S_cert, double sigma);
+  void certificate(const std::vector<std::int64_t>& S_cert, L1Info& info);
 };
+
+// Correlations, λ₀ and the column scales. True when x = 0 is the answer.
+template <class T>
+bool Homotopy<T>::start() {
+  const std::int64_t m = m_, n = n_;
+  const auto N = static_cast<std::size_t>(n);
+  tn_.assign(N, T(0));
+  tm_.assign(static_cast<std::size_t>(m), T(0));
+  y2_ = 0;
+  for (std::int64_t i = 0; i < m; ++i) y2_ += static_cast<double>(y_[i]) * static_cast<double>(y_[i]);
+  c0_.assign(N, 0.0);
+  a_.assign(N, 0.0);
+  if (n > 0) A_.rmatvec(y_, tn_.data());
+  std::vector<double> cn(N, 0.0);
+  if (n > 0) A_.col_sumsq(cn.data());
+  double lam = 0, lam0n = 0;
+  // x = 0 is optimal iff ‖Aᵀy‖∞ <= λ. Each aⱼᵀy carries a rounding error of at most
+  // m·u·‖aⱼ‖‖y‖ however it is summed, so any two computations of λ_max (ours, the caller's
+  // NumPy one) differ by at most m·eps·‖aⱼ‖‖y‖: within that the answer is 0 on every CPU.
+  const double eps = static_cast<double>(std::numeric_limits<T>::epsilon());
+  const double ynorm = std::sqrt(y2_);
+  double lam_sure = 0;  // the largest |aⱼᵀy| minus its rounding bound
+  for (std::int64_t j = 0; j < n; ++j) {
+    const auto J = static_cast<std::size_t>(j);
+    c0_[J] = static_cast<double>(tn_[J]);
+    cn[J] = std::sqrt(cn[J]);
+    cnorm_max_ = std::max(cnorm_max_, cn[J]);
+    const double cj = std::fabs(c0_[J]);
+    lam = std::max(lam, cj);
+    if (cn[J] > 0) lam0n = std::max(lam0n, cj / cn[J]);
+    lam_sure = std::max(lam_sure, cj - static_cast<double>(m) * eps * cn[J] * ynorm);
+  }
+  c_ = c0_;
+  lam_ = lam0_ = lam;
+  colw_.assign(N, 0.0);
+  double colw_min = 1.0;
+  for (std::size_t j = 0; j < N; ++j) {
+    colw_[j] = lam > 0 ? cn[j] * lam0n / lam : 0.0;
+    if (cn[j] > 0) colw_min = std::min(colw_min, colw_[j]);
+  }
+  // The path ends once λ is rounding noise (1e-11·λ₀) for every column, the shortest one
+  // included: lowered by the smallest column scale when scales differ by more than 4× (within
+  // that, following the path further into the noise only adds rounding-level events).
+  floor_ = 1e-11 * lam0_ * std::min(1.0, 4.0 * std::max(colw_min, 1e-13));
+  dj_.resize(N);
+  for (std::size_t j = 0; j < N; ++j) dj_[j] = lam - std::fabs(c0_[j]);
+  slot_.assign(N, -1);
+  state_.assign(N, 0);
+  R2_ = y2_;
+  if (lam <= 0 || (mode_ == L1Mode::kBPDN && ynorm <= target_)) return true;
+  if (mode_ == L1Mode::kLasso && (lam <= target_ || lam_sure <= target_)) {
+    lam_ = target_;
+    return true;
+  }
+  entering_ = 0;
+  for (std::int64_t j = 1; j < n; ++j)
+    if (std::fabs(c_[static_cast<std::size_t>(j)]) > std::fabs(c_[static_cast<std::size_t>(entering_)]))
+      entering_ = j;
+  return false;
+}
 
 // Caches the Gram column of j together with the (block − 1) uncached, inactive atoms that
 // would enter soonest on the current segment (the likeliest to enter next), in one product.
 template <class T>
 void Homotopy<T>::ensure_cached(std::int64_t j) {
   if (slot_[static_cast<std::size_t>(j)] >= 0) return;
-  const std::int64_t n = A_.n;
+  const std::int64_t n = n_;
   // Blocks of 32 columns; small problems take 128 at a time, so that they make few BLAS calls
   // (each may wake BLAS threads, which costs more than such a product on a busy machine).
-  const std::int64_t want = std::min<std::int64_t>(n, A_.m * n <= (std::int64_t(1) << 18) ? 128 : 32);
+  const std::int64_t want = std::min<std::int64_t>(n, m_ * n <= (std::int64_t(1) << 18) ? 128 : 32);
   std::vector<std::int64_t> cand;
   cand.reserve(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i)
     if (i != j && slot_[static_cast<std::size_t>(i)] < 0 && state_[static_cast<std::size_t>(i)] == 0)
       cand.push_back(i);
   const std::int64_t take = std::min<std::int64_t>(want - 1, static_cast<std::int64_t>(cand.size()));
-  auto by_corr = [&](std::int64_t p, std::int64_t q) {
+  auto by_step = [&](std::int64_t p, std::int64_t q) {
     const double cp = dj_[static_cast<std::size_t>(p)], cq = dj_[static_cast<std::size_t>(q)];
     return cp < cq || (cp == cq && p < q);
   };
   if (take > 0 && take < static_cast<std::int64_t>(cand.size()))
-    std::nth_element(cand.begin(), cand.begin() + take, cand.end(), by_corr);
+    std::nth_element(cand.begin(), cand.begin() + take, cand.end(), by_step);
   cand.resize(static_cast<std::size_t>(std::max<std::int64_t>(take, 0)));
   cand.insert(cand.begin(), j);
   const auto b = static_cast<std::int64_t>(cand.size());
   cache_.resize(static_cast<std::size_t>((ncache_ + b) * n));
-  A_.gram(cand.data(), b, cache_.data() + ncache_ * n);
-  for (std::int64_t t = 0; t < b; ++t) slot_[static_cast<std::size_t>(cand[static_cast<std::size_t>(t)])] = ncache_ + t;
+  A_.gram(cand.data(), b, cache_.data() + ncache_ * n, gwork_);
+  for (std::int64_t t = 0; t < b; ++t)
+    slot_[static_cast<std::size_t>(cand[static_cast<std::size_t>(t)])] = ncache_ + t;
   ncache_ += b;
 }
 
@@ -255,7 +240,7 @@ void Homotopy<T>::ensure_cached(std::int64_t j) {
 template <class T>
 void Homotopy<T>::combine(const std::vector<std::int64_t>& S, const std::vector<double>& w,
                           std::vector<double>& out, const double* base, double sign) {
-  const std::int64_t n = A_.n, k = static_cast<std::int64_t>(S.size());
+  const std::int64_t n = n_, k = static_cast<std::int64_t>(S.size());
   constexpr std::int64_t B = 1024;
   const std::int64_t nb = (n + B - 1) / B;
   std::vector<const T*> cols(static_cast<std::size_t>(k));
@@ -280,295 +265,332 @@ void Homotopy<T>::combine(const std::vector<std::int64_t>& S, const std::vector<
   }
 }
 
+// The pending atom joins the active set (Cholesky update), or is excluded when dependent.
 template <class T>
-L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max_iter, T* x_out) {
-  const std::int64_t m = A_.m, n = A_.n;
-  L1Info info;
-  std::fill(x_out, x_out + n, T(0));
-  std::vector<T> tn(static_cast<std::size_t>(n)), tm(static_cast<std::size_t>(m));
-  double y2 = 0;
-  for (std::int64_t i = 0; i < m; ++i) y2 += static_cast<double>(y[i]) * static_cast<double>(y[i]);
+void Homotopy<T>::enter() {
   const double eps_piv = std::is_same<T, float>::value ? 1e-5 : 1e-10;
-
-  std::vector<double> c0(static_cast<std::size_t>(n)), a(static_cast<std::size_t>(n));
-  if (n > 0) A_.rmatvec(y, tn.data());
-  double lam = 0;
-  for (std::int64_t j = 0; j < n; ++j) {
-    c0[static_cast<std::size_t>(j)] = static_cast<double>(tn[static_cast<std::size_t>(j)]);
-    lam = std::max(lam, std::fabs(c0[static_cast<std::size_t>(j)]));
-  }
-  c_ = c0;
-  dj_.resize(static_cast<std::size_t>(n));
-  for (std::int64_t j = 0; j < n; ++j) dj_[static_cast<std::size_t>(j)] = lam - std::fabs(c0[static_cast<std::size_t>(j)]);
-  slot_.assign(static_cast<std::size_t>(n), -1);
-  state_.assign(static_cast<std::size_t>(n), 0);
-
-  std::vector<std::int64_t> S;
-  std::vector<double> sg, xs, w, rhs;
-  Chol R;
-  double R2 = y2;  // ‖r‖² tracked along the path
-  std::int64_t last_dropped = -1, entering = -1;
-  std::vector<std::int64_t> banned;  // dependent on the active set when they tried to enter
-  bool done = false;
-  // Immediate ends: x = 0 is optimal.
-  if (lam <= 0 || (mode == L1Mode::kLasso && lam <= target) ||
-      (mode == L1Mode::kBPDN && std::sqrt(y2) <= target)) {
-    done = true;
-    if (mode == L1Mode::kLasso) lam = std::max(target, lam);
+  const std::int64_t j = entering_;
+  entering_ = -1;
+  ensure_cached(j);
+  const T* g = col(j);
+  std::vector<double> rhs(S_.size());
+  for (std::size_t p = 0; p < S_.size(); ++p) rhs[p] = static_cast<double>(g[S_[p]]);
+  if (R_.add(rhs, static_cast<double>(g[j]), eps_piv)) {
+    S_.push_back(j);
+    sg_.push_back(c_[static_cast<std::size_t>(j)] > 0 ? 1.0 : -1.0);
+    xs_.push_back(0.0);
+    state_[static_cast<std::size_t>(j)] = 1;
   } else {
-    entering = 0;
-    for (std::int64_t j = 1; j < n; ++j)
-      if (std::fabs(c_[static_cast<std::size_t>(j)]) > std::fabs(c_[static_cast<std::size_t>(entering)])) entering = j;
+    state_[static_cast<std::size_t>(j)] = 2;  // dependent on the active atoms
+    banned_.push_back(j);
   }
-  std::int64_t it = 0;
-  const double lam0 = lam;
+}
+
+// w = G_SS⁻¹ s, a = G[:, S] w, q = sᵀw.
+template <class T>
+void Homotopy<T>::direction() {
+  w_ = sg_;
+  R_.solve_t(w_.data());
+  R_.solve(w_.data());
+  combine(S_, w_, a_, nullptr, 1.0);
+  q_ = 0;
+  for (std::size_t p = 0; p < S_.size(); ++p) q_ += sg_[p] * w_[p];
+}
+
+// The step to the next event on this segment: the end, an atom entering, an atom leaving.
+template <class T>
+typename Homotopy<T>::Event Homotopy<T>::next_event() {
   const double inf = std::numeric_limits<double>::infinity();
-  while (!done && it < max_iter) {
-    if (entering >= 0) {
-      ensure_cached(entering);
-      const T* g = col(entering);
-      rhs.resize(S.size());
-      for (std::size_t p = 0; p < S.size(); ++p) rhs[p] = static_cast<double>(g[S[p]]);
-      if (R.add(rhs, static_cast<double>(g[entering]), eps_piv)) {
-        S.push_back(entering);
-        sg.push_back(c_[static_cast<std::size_t>(entering)] > 0 ? 1.0 : -1.0);
-        xs.push_back(0.0);
-        state_[static_cast<std::size_t>(entering)] = 1;
-      } else {
-        state_[static_cast<std::size_t>(entering)] = 2;  // dependent on the active atoms
-        banned.push_back(entering);
+  const double lam = lam_;
+  Event e;
+  e.d_end = lam;  // kBP: λ reaches 0
+  if (mode_ == L1Mode::kLasso) e.d_end = lam - target_;
+  if (mode_ == L1Mode::kBPDN) {
+    const double t2 = target_ * target_;
+    if (R2_ <= t2) {
+      e.d_end = 0;
+    } else if (q_ > 0) {
+      const double disc = lam * lam - (R2_ - t2) / q_;
+      e.d_end = disc >= 0 ? lam - std::sqrt(disc) : lam;
+    }
+  }
+  e.d_in = inf;
+  e.d_out = inf;
+  for (std::int64_t j = 0; j < n_; ++j) {
+    const auto J = static_cast<std::size_t>(j);
+    double dmin = inf;
+    if (state_[J] == 0) {
+      // The atom that just left sits on the boundary: its rounding-level root is spurious,
+      // but it may genuinely come back later on the segment.
+      const double dlo = j == last_dropped_ ? 1e-9 * lam : 0.0;
+      const double cj = c_[J], aj = a_[J];
+      if (1.0 - aj > 0) {
+        const double d = (lam - cj) / (1.0 - aj);
+        if (d > dlo) dmin = d;
       }
-      entering = -1;
-    }
-    if (S.empty()) break;
-    // Direction: w = G_SS⁻¹ s, a = G[:, S] w, q = sᵀw.
-    w = sg;
-    R.solve_t(w.data());
-    R.solve(w.data());
-    combine(S, w, a, nullptr, 1.0);
-    double q = 0;
-    for (std::size_t p = 0; p < S.size(); ++p) q += sg[p] * w[p];
-    // Step to the next event.
-    double d_end = lam;  // kBP: λ reaches 0
-    if (mode == L1Mode::kLasso) d_end = lam - target;
-    if (mode == L1Mode::kBPDN) {
-      const double t2 = target * target;
-      if (R2 <= t2) {
-        d_end = 0;
-      } else if (q > 0) {
-        const double disc = lam * lam - (R2 - t2) / q;
-        d_end = disc >= 0 ? lam - std::sqrt(disc) : lam;
+      if (1.0 + aj > 0) {
+        const double d = (lam + cj) / (1.0 + aj);
+        if (d > dlo && d < dmin) dmin = d;
       }
-    }
-    double d_in = inf, d_out = inf;
-    std::int64_t j_in = -1, p_out = -1;
-    for (std::int64_t j = 0; j < n; ++j) {
-      double dmin = inf;
-      if (state_[static_cast<std::size_t>(j)] == 0) {
-        // The atom that just left sits on the boundary: its rounding-level root is spurious,
-        // but it may genuinely come back later on the segment.
-        const double dlo = j == last_dropped ? 1e-9 * lam : 0.0;
-        const double cj = c_[static_cast<std::size_t>(j)], aj = a[static_cast<std::size_t>(j)];
-        if (1.0 - aj > 0) {
-          const double d = (lam - cj) / (1.0 - aj);
-          if (d > dlo) dmin = d;
-        }
-        if (1.0 + aj > 0) {
-          const double d = (lam + cj) / (1.0 + aj);
-          if (d > dlo && d < dmin) dmin = d;
-        }
-        // Already on the boundary (ties, e.g. equal correlations at the start) and moving
-        // out: enters now.
-        if (j != last_dropped && std::fabs(cj) >= lam * (1 - 1e-12) &&
-            ((cj > 0 && aj < 1.0) || (cj < 0 && aj > -1.0)))
-          dmin = 0;
-        if (dmin < d_in || (dmin == 0 && j_in < 0)) { d_in = dmin; j_in = j; }
+      // Already on the boundary (ties, e.g. equal correlations at the start) and moving
+      // out: enters now.
+      if (j != last_dropped_ && std::fabs(cj) >= lam * (1 - 1e-12) &&
+          ((cj > 0 && aj < 1.0) || (cj < 0 && aj > -1.0)))
+        dmin = 0;
+      dj_[J] = dmin;
+      // An atom that would enter within a relative 1e-8 of the path's end is a rounding tie
+      // with the end (on a recovered support, c_j = λ a_j for every inactive j, so the
+      // entering step equals λ exactly): the end wins, and the certificate vouches for it.
+      // "Relative" is to this column's correlation scale (see above), not to λ alone.
+      if (dmin <= e.d_end && dmin >= e.d_end - 1e-8 * lam * colw_[J]) dmin = inf;
+      if (dmin < e.d_in || (dmin == 0 && e.j_in < 0)) {
+        e.d_in = dmin;
+        e.j_in = j;
       }
-      dj_[static_cast<std::size_t>(j)] = dmin;
-    }
-    for (std::size_t p = 0; p < S.size(); ++p) {
-      if (w[p] * xs[p] < 0) {
-        const double d = -xs[p] / w[p];
-        if (d > 0 && d < d_out) { d_out = d; p_out = static_cast<std::int64_t>(p); }
-      } else if (xs[p] == 0 && w[p] * sg[p] < 0 && d_out > 0) {
-        d_out = 0;  // joined on a tie but would move against its sign: leaves at once
-        p_out = static_cast<std::int64_t>(p);
-      }
-    }
-    // An atom that would enter within a relative 1e-8 of the path's end is a rounding tie
-    // with the end (on a recovered support, c_j = λ a_j for every inactive j, so the entering
-    // step equals λ exactly): the end wins, and the certificate vouches for it.
-    if (d_in >= d_end - 1e-8 * lam) d_in = inf;
-    if (d_out >= d_end - 1e-8 * lam) d_out = inf;
-    double d = std::min(d_end, std::min(d_in, d_out));
-    d = std::max(0.0, std::min(d, lam));
-    for (std::size_t p = 0; p < S.size(); ++p) xs[p] += d * w[p];
-    for (std::int64_t j = 0; j < n; ++j) c_[static_cast<std::size_t>(j)] -= d * a[static_cast<std::size_t>(j)];
-    R2 = std::max(0.0, R2 - 2 * d * lam * q + d * d * q);
-    lam -= d;
-    ++it;
-    // The end, or so close to it (λ within 1e-11·λ₀ of its final value) that correlations
-    // are rounding noise: the polish below solves the last piece exactly.
-    const double floor = 1e-11 * lam0;
-    if (d == d_end || lam <= floor || (mode == L1Mode::kLasso && lam - target <= floor)) {
-      done = true;
-      if (mode == L1Mode::kLasso) lam = target;
-      if (mode != L1Mode::kLasso && lam <= floor) lam = 0;
-      break;
-    }
-    if (d == d_out) {
-      const auto p = static_cast<std::size_t>(p_out);
-      state_[static_cast<std::size_t>(S[p])] = 0;
-      last_dropped = S[p];
-      R.remove(p_out);
-      for (std::int64_t b : banned) state_[static_cast<std::size_t>(b)] = 0;  // may fit now
-      banned.clear();
-      S.erase(S.begin() + p_out);
-      sg.erase(sg.begin() + p_out);
-      xs.erase(xs.begin() + p_out);
     } else {
-      entering = j_in;
-      last_dropped = -1;
-    }
-    if (it % 64 == 0) {  // resynchronise c with x: c = Aᵀy − G[:, S] x_S
-      combine(S, xs, c_, c0.data(), -1.0);
-      double r2 = y2;  // ‖r‖² = ‖y‖² − 2 x·(Aᵀy)_S + x_Sᵀ G_SS x_S
-      for (std::size_t p = 0; p < S.size(); ++p) {
-        const double cp = c0[static_cast<std::size_t>(S[p])];
-        r2 -= xs[p] * (cp + c_[static_cast<std::size_t>(S[p])]);
-      }
-      R2 = std::max(0.0, r2);
+      dj_[J] = inf;
     }
   }
-  info.finished = done;
-  info.iterations = it;
-  info.n_active = static_cast<std::int64_t>(S.size());
-  info.gram_columns = ncache_;
+  for (std::size_t p = 0; p < S_.size(); ++p) {
+    if (w_[p] * xs_[p] < 0) {
+      const double d = -xs_[p] / w_[p];
+      if (d > 0 && d < e.d_out) {
+        e.d_out = d;
+        e.p_out = static_cast<std::int64_t>(p);
+      }
+    } else if (xs_[p] == 0 && w_[p] * sg_[p] < 0 && e.d_out > 0) {
+      e.d_out = 0;  // joined on a tie but would move against its sign: leaves at once
+      e.p_out = static_cast<std::int64_t>(p);
+    }
+  }
+  if (e.d_out >= e.d_end - 1e-8 * lam) e.d_out = inf;  // a rounding tie with the end
+  e.d = std::max(0.0, std::min({e.d_end, e.d_in, e.d_out, lam}));
+  return e;
+}
 
-  // Atoms that joined on the way and whose coefficient came back to rounding level at λ = 0
-  // (on a recovered support every other atom does) are dropped before the polish.
-  const std::vector<std::int64_t> S_cert = S;  // the set w belongs to (for the certificate)
-  if (done && lam <= 0 && R.k == static_cast<std::int64_t>(S.size())) {
-    double xmax = 0;
-    for (double v : xs) xmax = std::max(xmax, std::fabs(v));
-    for (std::int64_t p = static_cast<std::int64_t>(S.size()) - 1; p >= 0; --p)
-      if (std::fabs(xs[static_cast<std::size_t>(p)]) <= 1e-11 * xmax) {
-        state_[static_cast<std::size_t>(S[static_cast<std::size_t>(p)])] = 0;
-        R.remove(p);
-        S.erase(S.begin() + p);
-        sg.erase(sg.begin() + p);
-        xs.erase(xs.begin() + p);
-      }
-    info.n_active = static_cast<std::int64_t>(S.size());
+// Moves along the segment by e.d. True at the path's end.
+template <class T>
+bool Homotopy<T>::advance(const Event& e) {
+  const double d = e.d;
+  for (std::size_t p = 0; p < S_.size(); ++p) xs_[p] += d * w_[p];
+  for (std::int64_t j = 0; j < n_; ++j) c_[static_cast<std::size_t>(j)] -= d * a_[static_cast<std::size_t>(j)];
+  R2_ = std::max(0.0, R2_ - 2 * d * lam_ * q_ + d * d * q_);
+  lam_ -= d;
+  ++it_;
+  // The end, or so close to it that correlations are rounding noise for every column: the
+  // polish below solves the last piece exactly.
+  if (d == e.d_end || lam_ <= floor_ || (mode_ == L1Mode::kLasso && lam_ - target_ <= floor_)) {
+    if (mode_ == L1Mode::kLasso) lam_ = target_;
+    if (mode_ != L1Mode::kLasso && lam_ <= floor_) lam_ = 0;
+    return true;
   }
-  // Polish on the true residual: x_S += G_SS⁻¹ (A_Sᵀ r − λ s), kept if no sign flips.
-  std::vector<double> r(static_cast<std::size_t>(m)), cc(static_cast<std::size_t>(n));
-  auto residual = [&](const std::vector<double>& xv) {
-    std::fill(tn.begin(), tn.end(), T(0));
-    for (std::size_t p = 0; p < S.size(); ++p) tn[static_cast<std::size_t>(S[p])] = static_cast<T>(xv[p]);
-    if (m > 0) A_.matvec(tn.data(), tm.data());
-    for (std::int64_t i = 0; i < m; ++i)
-      r[static_cast<std::size_t>(i)] = static_cast<double>(y[i]) - static_cast<double>(tm[static_cast<std::size_t>(i)]);
-    for (std::int64_t i = 0; i < m; ++i) tm[static_cast<std::size_t>(i)] = static_cast<T>(r[static_cast<std::size_t>(i)]);
-    if (n > 0) A_.rmatvec(tm.data(), tn.data());
-    for (std::int64_t j = 0; j < n; ++j) cc[static_cast<std::size_t>(j)] = static_cast<double>(tn[static_cast<std::size_t>(j)]);
+  return false;
+}
+
+template <class T>
+void Homotopy<T>::leave(std::int64_t p_out) {
+  const auto p = static_cast<std::size_t>(p_out);
+  state_[static_cast<std::size_t>(S_[p])] = 0;
+  last_dropped_ = S_[p];
+  R_.remove(p_out);
+  for (std::int64_t b : banned_) state_[static_cast<std::size_t>(b)] = 0;  // may fit now
+  banned_.clear();
+  S_.erase(S_.begin() + p_out);
+  sg_.erase(sg_.begin() + p_out);
+  xs_.erase(xs_.begin() + p_out);
+}
+
+// Resynchronises c with x: c = Aᵀy − G[:, S] x_S, and ‖r‖² = ‖y‖² − 2 x·(Aᵀy)_S + x_Sᵀ G_SS x_S.
+template <class T>
+void Homotopy<T>::resync() {
+  combine(S_, xs_, c_, c0_.data(), -1.0);
+  double r2 = y2_;
+  for (std::size_t p = 0; p < S_.size(); ++p) {
+    const double cp = c0_[static_cast<std::size_t>(S_[p])];
+    r2 -= xs_[p] * (cp + c_[static_cast<std::size_t>(S_[p])]);
+  }
+  R2_ = std::max(0.0, r2);
+}
+
+// Atoms that joined on the way and whose coefficient came back to rounding level at λ = 0
+// (on a recovered support every other atom does) are dropped before the polish. "Rounding
+// level" compares |x_p|·‖a_p‖, the atom's share of Ax, not |x_p|: columns may differ in scale.
+template <class T>
+void Homotopy<T>::drop_rounding_atoms() {
+  if (R_.k != static_cast<std::int64_t>(S_.size())) return;
+  auto share = [&](std::size_t p) {
+    return std::fabs(xs_[p]) * colw_[static_cast<std::size_t>(S_[p])];
   };
-  residual(xs);
-  // BPDN end, exactly: on the last piece r(λ) = r_LS + λ A_S w with r_LS ⟂ A_S w, so
-  // ‖r(λ)‖² = ‖r_LS‖² + λ²q. The tracked ‖r‖² loses digits when sigma ≪ ‖y‖; this does not.
-  if (mode == L1Mode::kBPDN && done && lam > 0 && !S.empty() &&
-      R.k == static_cast<std::int64_t>(S.size()) && w.size() == S.size()) {
-    std::vector<double> xl(xs);
-    for (std::size_t p = 0; p < S.size(); ++p) xl[p] += lam * w[p];
-    for (int rep = 0; rep < 2; ++rep) {  // least squares on S, refined on the true residual
-      residual(xl);
-      std::vector<double> dx(S.size());
-      for (std::size_t p = 0; p < S.size(); ++p) dx[p] = cc[static_cast<std::size_t>(S[p])];
-      R.solve_t(dx.data());
-      R.solve(dx.data());
-      for (std::size_t p = 0; p < S.size(); ++p) xl[p] += dx[p];
+  double smax = 0;
+  for (std::size_t p = 0; p < S_.size(); ++p) smax = std::max(smax, share(p));
+  for (std::int64_t p = static_cast<std::int64_t>(S_.size()) - 1; p >= 0; --p)
+    if (share(static_cast<std::size_t>(p)) <= 1e-11 * smax) {
+      state_[static_cast<std::size_t>(S_[static_cast<std::size_t>(p)])] = 0;
+      R_.remove(p);
+      S_.erase(S_.begin() + p);
+      sg_.erase(sg_.begin() + p);
+      xs_.erase(xs_.begin() + p);
     }
-    residual(xl);
-    double rl2 = 0, q = 0;
-    for (double v : r) rl2 += v * v;
-    for (std::size_t p = 0; p < S.size(); ++p) q += sg[p] * w[p];
-    const double lam_new = q > 0 ? std::sqrt(std::max(0.0, target * target - rl2) / q) : 0.0;
-    bool ok = true;
-    for (std::size_t p = 0; p < S.size(); ++p)
-      if ((xl[p] - lam_new * w[p]) * sg[p] < 0) ok = false;
-    if (ok) {
-      for (std::size_t p = 0; p < S.size(); ++p) xs[p] = xl[p] - lam_new * w[p];
-      lam = lam_new;
-    }
-    residual(xs);
-  }
-  if (!S.empty() && R.k == static_cast<std::int64_t>(S.size())) {
-    std::vector<double> dx(S.size());
-    for (std::size_t p = 0; p < S.size(); ++p) dx[p] = cc[static_cast<std::size_t>(S[p])] - lam * sg[p];
-    R.solve_t(dx.data());
-    R.solve(dx.data());
-    std::vector<double> xn(xs);
-    bool ok = true;
-    for (std::size_t p = 0; p < S.size(); ++p) {
-      xn[p] += dx[p];
-      if (xn[p] * sg[p] < 0) ok = false;
-    }
-    if (ok) {
-      xs.swap(xn);
-      residual(xs);
-    }
-  }
-  for (std::size_t p = 0; p < S.size(); ++p) x_out[S[p]] = static_cast<T>(xs[p]);
+}
 
-  // Certificate.
-  double rn2 = 0, l1 = 0, cmax = 0, yr = 0;
-  for (std::int64_t i = 0; i < m; ++i) {
-    rn2 += r[static_cast<std::size_t>(i)] * r[static_cast<std::size_t>(i)];
-    yr += static_cast<double>(y[i]) * r[static_cast<std::size_t>(i)];
+// The true residual r = y − A x_S and cc = Aᵀr, from the operator (not tracked).
+template <class T>
+void Homotopy<T>::residual(const std::vector<double>& xv) {
+  const std::int64_t m = m_, n = n_;
+  r_.resize(static_cast<std::size_t>(m));
+  cc_.resize(static_cast<std::size_t>(n));
+  std::fill(tn_.begin(), tn_.end(), T(0));
+  for (std::size_t p = 0; p < S_.size(); ++p) tn_[static_cast<std::size_t>(S_[p])] = static_cast<T>(xv[p]);
+  if (m > 0) A_.matvec(tn_.data(), tm_.data());
+  for (std::int64_t i = 0; i < m; ++i)
+    r_[static_cast<std::size_t>(i)] = static_cast<double>(y_[i]) - static_cast<double>(tm_[static_cast<std::size_t>(i)]);
+  for (std::int64_t i = 0; i < m; ++i) tm_[static_cast<std::size_t>(i)] = static_cast<T>(r_[static_cast<std::size_t>(i)]);
+  if (n > 0) A_.rmatvec(tm_.data(), tn_.data());
+  for (std::int64_t j = 0; j < n; ++j) cc_[static_cast<std::size_t>(j)] = static_cast<double>(tn_[static_cast<std::size_t>(j)]);
+}
+
+// BPDN end, exactly: on the last piece r(λ) = r_LS + λ A_S w with r_LS ⟂ A_S w, so
+// ‖r(λ)‖² = ‖r_LS‖² + λ²q. The tracked ‖r‖² loses digits when sigma ≪ ‖y‖; this does not.
+template <class T>
+void Homotopy<T>::polish_bpdn() {
+  const std::size_t k = S_.size();
+  std::vector<double> xl(xs_);
+  for (std::size_t p = 0; p < k; ++p) xl[p] += lam_ * w_[p];
+  for (int rep = 0; rep < 2; ++rep) {  // least squares on S, refined on the true residual
+    residual(xl);
+    std::vector<double> dx(k);
+    for (std::size_t p = 0; p < k; ++p) dx[p] = cc_[static_cast<std::size_t>(S_[p])];
+    R_.solve_t(dx.data());
+    R_.solve(dx.data());
+    for (std::size_t p = 0; p < k; ++p) xl[p] += dx[p];
   }
-  for (double v : xs) l1 += std::fabs(v);
-  for (double v : cc) cmax = std::max(cmax, std::fabs(v));
+  residual(xl);
+  double rl2 = 0, q = 0;
+  for (double v : r_) rl2 += v * v;
+  for (std::size_t p = 0; p < k; ++p) q += sg_[p] * w_[p];
+  const double lam_new = q > 0 ? std::sqrt(std::max(0.0, target_ * target_ - rl2) / q) : 0.0;
+  bool ok = true;
+  for (std::size_t p = 0; p < k; ++p)
+    if ((xl[p] - lam_new * w_[p]) * sg_[p] < 0) ok = false;
+  if (ok) {
+    for (std::size_t p = 0; p < k; ++p) xs_[p] = xl[p] - lam_new * w_[p];
+    lam_ = lam_new;
+  }
+  residual(xs_);
+}
+
+// Polish on the true residual: x_S += G_SS⁻¹ (A_Sᵀ r − λ s), kept if no sign flips.
+template <class T>
+void Homotopy<T>::polish() {
+  const std::size_t k = S_.size();
+  std::vector<double> dx(k);
+  for (std::size_t p = 0; p < k; ++p) dx[p] = cc_[static_cast<std::size_t>(S_[p])] - lam_ * sg_[p];
+  R_.solve_t(dx.data());
+  R_.solve(dx.data());
+  std::vector<double> xn(xs_);
+  for (std::size_t p = 0; p < k; ++p) {
+    xn[p] += dx[p];
+    if (xn[p] * sg_[p] < 0) return;
+  }
+  xs_.swap(xn);
+  residual(xs_);
+}
+
+// Dual value of z = t·A_S G_SS⁻¹ s (the BP certificate), t as large as ‖Aᵀz‖∞ <= 1 allows;
+// minus sigma‖z‖ for BPDN. w_ belongs to S_cert (the set of the last direction).
+template <class T>
+double Homotopy<T>::equiangular_dual(const std::vector<std::int64_t>& S_cert, double sigma) {
+  if (S_cert.empty()) return 0.0;
+  std::fill(tn_.begin(), tn_.end(), T(0));
+  for (std::size_t p = 0; p < S_cert.size(); ++p)
+    tn_[static_cast<std::size_t>(S_cert[p])] = static_cast<T>(w_[p]);
+  A_.matvec(tn_.data(), tm_.data());
+  A_.rmatvec(tm_.data(), tn_.data());
+  double zmax = 0, yz = 0, zn = 0;
+  for (std::int64_t j = 0; j < n_; ++j)
+    zmax = std::max(zmax, std::fabs(static_cast<double>(tn_[static_cast<std::size_t>(j)])));
+  for (std::int64_t i = 0; i < m_; ++i) {
+    const double zi = static_cast<double>(tm_[static_cast<std::size_t>(i)]);
+    yz += static_cast<double>(y_[i]) * zi;
+    zn += zi * zi;
+  }
+  const double v = yz - sigma * std::sqrt(zn);
+  return zmax > 0 ? std::max(0.0, v / zmax) : 0.0;
+}
+
+template <class T>
+void Homotopy<T>::certificate(const std::vector<std::int64_t>& S_cert, L1Info& info) {
+  double rn2 = 0, l1 = 0, cmax = 0, yr = 0;
+  for (std::int64_t i = 0; i < m_; ++i) {
+    rn2 += r_[static_cast<std::size_t>(i)] * r_[static_cast<std::size_t>(i)];
+    yr += static_cast<double>(y_[i]) * r_[static_cast<std::size_t>(i)];
+  }
+  for (double v : xs_) l1 += std::fabs(v);
+  for (double v : cc_) cmax = std::max(cmax, std::fabs(v));
   info.resid_norm = std::sqrt(rn2);
   info.corr_max = cmax;
-  info.lambda = lam;
-  // Dual value of z = t·A_S G_SS⁻¹ s (the BP certificate), t as large as ‖Aᵀz‖∞ <= 1 allows;
-  // minus sigma‖z‖ for BPDN.
-  auto equiangular_dual = [&](double sigma) {
-    if (S_cert.empty()) return 0.0;
-    std::fill(tn.begin(), tn.end(), T(0));
-    for (std::size_t p = 0; p < S_cert.size(); ++p)
-      tn[static_cast<std::size_t>(S_cert[p])] = static_cast<T>(w[p]);
-    A_.matvec(tn.data(), tm.data());
-    A_.rmatvec(tm.data(), tn.data());
-    double zmax = 0, yz = 0, zn = 0;
-    for (std::int64_t j = 0; j < n; ++j)
-      zmax = std::max(zmax, std::fabs(static_cast<double>(tn[static_cast<std::size_t>(j)])));
-    for (std::int64_t i = 0; i < m; ++i) {
-      const double zi = static_cast<double>(tm[static_cast<std::size_t>(i)]);
-      yz += static_cast<double>(y[i]) * zi;
-      zn += zi * zi;
-    }
-    const double v = yz - sigma * std::sqrt(zn);
-    return zmax > 0 ? std::max(0.0, v / zmax) : 0.0;
-  };
-  if (mode == L1Mode::kLasso) {
-    info.primal = 0.5 * rn2 + target * l1;
-    const double sc = cmax > target ? target / cmax : 1.0;  // θ = sc · r is dual feasible
+  info.lambda = lam_;
+  if (mode_ == L1Mode::kLasso) {
+    info.primal = 0.5 * rn2 + target_ * l1;
+    // θ = sc·r is dual feasible for sc = min(1, λ/‖Aᵀr‖∞). Aᵀr carries rounding errors of
+    // about m·eps·‖a_j‖(‖y‖ + ‖r‖) even at the exact solution, so at λ = 0 (least squares, where
+    // Aᵀr = 0 exactly) or when the violation is at that level, θ = r itself is the dual point.
+    const double eps = static_cast<double>(std::numeric_limits<T>::epsilon());
+    const double cround = static_cast<double>(std::max<std::int64_t>(m_, 1)) * eps * cnorm_max_ *
+                          (std::sqrt(y2_) + std::sqrt(rn2));
+    const double sc = cmax > target_ + cround ? target_ / cmax : 1.0;
     info.dual = sc * yr - 0.5 * sc * sc * rn2;
-  } else if (mode == L1Mode::kBPDN) {
+  } else if (mode_ == L1Mode::kBPDN) {
     info.primal = l1;
-    if (S.empty() && std::sqrt(y2) <= target) {
+    if (S_.empty() && std::sqrt(y2_) <= target_) {
       info.dual = 0;  // z = 0
     } else {
       // z = r / ‖Aᵀr‖∞, or the equiangular point when the residual is at rounding level.
       const double sc = cmax > 0 ? 1.0 / cmax : 0.0;
-      info.dual = std::max(sc * yr - target * sc * std::sqrt(rn2), equiangular_dual(target));
+      info.dual = std::max(sc * yr - target_ * sc * std::sqrt(rn2), equiangular_dual(S_cert, target_));
     }
   } else {
     info.primal = l1;
-    info.dual = equiangular_dual(0.0);
+    info.dual = equiangular_dual(S_cert, 0.0);
   }
   info.gap = info.primal - info.dual;
+}
+
+template <class T>
+L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max_iter, T* x_out) {
+  y_ = y;
+  mode_ = mode;
+  target_ = target;
+  std::fill(x_out, x_out + n_, T(0));
+  bool done = start();
+  while (!done && it_ < max_iter) {
+    if (entering_ >= 0) enter();
+    if (S_.empty()) break;
+    direction();
+    const Event e = next_event();
+    done = advance(e);
+    if (done) break;
+    if (e.d == e.d_out) {
+      leave(e.p_out);
+    } else {
+      entering_ = e.j_in;
+      last_dropped_ = -1;
+    }
+    if (it_ % 64 == 0) resync();
+  }
+  L1Info info;
+  info.finished = done;
+  info.iterations = it_;
+  info.gram_columns = ncache_;
+  const std::vector<std::int64_t> S_cert = S_;  // the set w belongs to (for the certificate)
+  if (done && lam_ <= 0) drop_rounding_atoms();
+  info.n_active = static_cast<std::int64_t>(S_.size());
+  residual(xs_);
+  const bool factored = !S_.empty() && R_.k == static_cast<std::int64_t>(S_.size());
+  if (mode == L1Mode::kBPDN && done && lam_ > 0 && factored && w_.size() == S_.size()) polish_bpdn();
+  if (factored) polish();
+  for (std::size_t p = 0; p < S_.size(); ++p) x_out[S_[p]] = static_cast<T>(xs_[p]);
+  certificate(S_cert, info);
   return info;
 }
 
@@ -591,7 +613,8 @@ L1Info l1_homotopy_dense(std::int64_t m, std::int64_t n, const T* A, const T* y,
   op.m = m;
   op.n = n;
   op.n_threads = n_threads;
-  op.A = A;
+  op.a = A;
+  op.ld = n;
   return Homotopy<T>(op, n_threads).run(y, mode, target, max_iter, x);
 }
 
@@ -604,9 +627,11 @@ L1Info l1_homotopy_csr(std::int64_t m, std::int64_t n, const I* indptr, const I*
   op.m = m;
   op.n = n;
   op.n_threads = n_threads;
-  op.p = indptr;
-  op.j = indices;
-  op.v = data;
+  op.rs = m;
+  op.cs = n;
+  op.indptr = indptr;
+  op.indices = indices;
+  op.data = data;
   return Homotopy<T>(op, n_threads).run(y, mode, target, max_iter, x);
 }
 

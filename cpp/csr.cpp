@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "weightpress/errors.hpp"
+#include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
 
 namespace wp {
@@ -62,30 +63,26 @@ void csr_check(std::int64_t rows, std::int64_t cols, const I* indptr, const I* i
                std::int64_t nnz, int n_threads) {
   csr_check_indptr(rows, indptr, nnz);
   std::atomic<std::int64_t> first_bad{-1};
-  const int nt = threads_for(nnz, n_threads, 1 << 16);
+  const int nt = threads_for(nnz, n_threads, kGrainIndexScan);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t p = 0; p < nnz; ++p)
     if (out_of_range(indices[p], cols)) note_bad(first_bad, p);
   const std::int64_t b = first_bad.load();
-  if (b >= 0)
-    throw ShapeError("malformed CSR: column index " + std::to_string(indices[b]) + " at position " +
-                     std::to_string(b) + " is out of range for " + std::to_string(cols) +
-                     " columns");
+  if (b >= 0) csr_bad_index<I>(indices, b, cols);
+}
+
+template <class I>
+void csr_bad_index(const I* indices, std::int64_t bad, std::int64_t cols) {
+  throw ShapeError("malformed CSR: column index " + std::to_string(indices[bad]) + " at position " +
+                   std::to_string(bad) + " is out of range for " + std::to_string(cols) +
+                   " columns");
 }
 
 // ---- Row kernels ---------------------------------------------------------------------------
 // Written once as always-inline templates and compiled three times: for AVX-512, for AVX2 and
-// for the baseline ISA, chosen at run time (wheels stay portable). The AVX levels contract
+// for the baseline ISA, chosen at run time (weightpress/isa.hpp). The AVX levels contract
 // a*b+c into FMA; results are identical for any thread count on one machine, and may differ
 // in the last bit between CPUs with and without FMA.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define WP_X86_DISPATCH 1
-#define WP_TARGET_V4 \
-  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,bmi,bmi2,popcnt,prefer-vector-width=512")))
-#define WP_TARGET_V3 __attribute__((target("avx2,bmi,bmi2,popcnt")))
-#endif
-#define WP_INLINE __attribute__((always_inline)) inline
-
 namespace {
 
 // Position of the first out-of-range index in [p0, p1), or -1. A branch-free OR over the row
@@ -326,25 +323,15 @@ WP_TARGET_V4 std::int64_t rows_v4(WP_ROWS_ARGS) {
   if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
   else return gather_rows<T, I>(WP_ROWS_PASS);
 }
-int isa_level() {
-  static const int level = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-      return 2;
-    return __builtin_cpu_supports("avx2") ? 1 : 0;
-  }();
-  return level;
-}
 #endif
 
 template <bool Scatter, class T, class I>
 std::int64_t rows(WP_ROWS_ARGS) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case 2: return rows_v4<Scatter, T, I>(WP_ROWS_PASS);
-    case 1: return rows_v3<Scatter, T, I>(WP_ROWS_PASS);
-    default: break;
+    case Isa::kV4: return rows_v4<Scatter, T, I>(WP_ROWS_PASS);
+    case Isa::kV3: return rows_v3<Scatter, T, I>(WP_ROWS_PASS);
+    case Isa::kBase: break;
   }
 #endif
   return rows_base<Scatter, T, I>(WP_ROWS_PASS);
@@ -415,7 +402,8 @@ std::int64_t csr_matmat_t(std::int64_t rows_, std::int64_t cols, const I* indptr
 
 #define WP_CSR_INST_I(I)                                                                   \
   template void csr_check_indptr<I>(std::int64_t, const I*, std::int64_t);                \
-  template void csr_check<I>(std::int64_t, std::int64_t, const I*, const I*, std::int64_t, int);
+  template void csr_check<I>(std::int64_t, std::int64_t, const I*, const I*, std::int64_t, int); \
+  template void csr_bad_index<I>(const I*, std::int64_t, std::int64_t);
 #define WP_CSR_INST(T, I)                                                                  \
   template std::int64_t csr_matmat<T, I>(std::int64_t, std::int64_t, const I*, const I*,   \
                                          const T*, std::int64_t, const T*, std::int64_t, T*, \

@@ -158,7 +158,7 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
         }
       mark_smallest(score, k, mask.data(), idx);
     }
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1)  // rows independent
     for (std::int64_t r = 0; r < rows; ++r)
       fe.run([&] {
         T* __restrict w = W + r * cols;

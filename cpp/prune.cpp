@@ -250,4 +250,8 @@ void prune_fill(std::int64_t rows, std::int64_t cols, const T* w, std::int64_t r
 WP_PRUNE_INST(float)
 WP_PRUNE_INST(double)
 
+void narrow_indptr(std::int64_t rows, const std::int64_t* in, std::int32_t* out) {
+  for (std::int64_t i = 0; i <= rows; ++i) out[i] = static_cast<std::int32_t>(in[i]);
+}
+
 }  // namespace wp

@@ -331,10 +331,13 @@ void quant_matmul(std::int64_t rows, std::int64_t cols, const std::uint8_t* __re
   const std::int64_t items = (fast && n < 4) ? rows / 4 + 1 : rows;
   // at least ~1 M weights per thread (tens of µs): smaller products are done before a team wakes
   const int nt = threads_for(rows * cols * n, n_threads, std::int64_t(1) << 20);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const std::int64_t tid = thread_id(), nth = team_size();
-    const std::int64_t t0 = items * tid / nth, t1 = items * (tid + 1) / nth;
+  // Dynamic chunks (8 per thread): on a shared machine a descheduled thread's rows are taken
+  // by the other; each output is still computed by one thread in one fixed order.
+  const std::int64_t chunk = std::max<std::int64_t>(1, items / (8 * std::int64_t(nt)));
+  const std::int64_t n_chunks = (items + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+  for (std::int64_t ci = 0; ci < n_chunks; ++ci) {
+    const std::int64_t t0 = ci * chunk, t1 = std::min(items, t0 + chunk);
 #ifdef WPQ_X86_DISPATCH
     if (level == 2) qk_v4::range<T>(a, xq, yq, t0, t1);
     else if (level == 1) qk_v3::range<T>(a, xq, yq, t0, t1);

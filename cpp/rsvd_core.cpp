@@ -1,4 +1,4 @@
-// The randomized SVD algorithm proper, on an abstract operator (rsvd_detail.hpp): sketch,
+// The randomized SVD algorithm proper, on an abstract operator (linop.hpp): sketch,
 // orthonormalisation, subspace iteration, adaptive QB, the small SVD, verification.
 #include <algorithm>
 #include <cmath>
@@ -513,6 +513,8 @@ class AdaptiveQB {
   std::int64_t lmax() const { return lmax_; }
   int blocks() const { return blocks_; }
   double energy_left() const { return energy_; }
+  // The last sketch found nothing outside span(Q) but rounding errors.
+  bool exhausted() const { return exhausted_; }
   const T* q() const { return q_.get(); }
   std::int64_t ldq() const { return cap_; }
   const T* bt() const { return bt_.get(); }
@@ -521,7 +523,7 @@ class AdaptiveQB {
   template <class Stop>
   void grow(Stop&& stop) {
     const std::int64_t m = A_.m, n = A_.n;
-    while (l_ < lmax_) {
+    while (l_ < lmax_ && !exhausted_) {
       std::int64_t b = std::max(b0_, (l_ / 3 + 7) / 8 * 8);
       b = std::min({b, std::int64_t(512), lmax_ - l_});
       reserve(l_ + b);
@@ -531,6 +533,15 @@ class AdaptiveQB {
       gaussian_sketch<T>(n, b, l_, p_.seed, z_.data(), b, A_.n_threads);
       A_.mm(b, z_.data(), b, y_.data(), b);
       project_y(b, z_.data());
+      // (I − QQᵀ)AΩ at rounding level: the basis holds A's whole range (an exactly low-rank
+      // A). E‖AΩ‖² = b‖A‖²; a product in T carries relative errors of about eps·sqrt(n) (8×
+      // that is the bound used: measured 1.5·eps·sqrt(n) on a CSR all-ones matrix). A block of
+      // noise would only add directions of rounding errors: stop here.
+      if (l_ > 0 && sumsq(m, b, y_.data(), b) <= 64.0 * eps2_ * static_cast<double>(n) *
+                                                     static_cast<double>(b) * A_.fro2) {
+        exhausted_ = true;
+        break;
+      }
       orth_.run(m, b, y_.data(), b, false, p_.orth);
       for (int it = 0; it < (p_.power_iters < 0 ? 2 : p_.power_iters); ++it) {
         A_.mm_t(b, y_.data(), b, z_.data(), b);
@@ -544,11 +555,27 @@ class AdaptiveQB {
         project_y(b, z_.data());
         orth_.run(m, b, y_.data(), b, false, p_.orth);
       }
-      if (l_ > 0) {  // re-orthogonalise against Q (twice is enough)
-        gemm_rm_t(true, false, l_, b, m, T(1), q_.get(), cap_, y_.data(), b, T(0), t_.data(), b);
-        gemm_rm_t(false, false, m, b, l_, T(-1), q_.get(), cap_, t_.data(), b, T(1), y_.data(), b);
+      if (l_ > 0) {
+        // Re-orthogonalise against Q twice ("twice is enough"): when the block is mostly
+        // inside span(Q), one projection leaves a remainder whose own component in span(Q)
+        // is as large as itself once normalised (block Gram-Schmidt, BCGS2).
+        project_q(b);
+        // y's columns were unit vectors: a column that kept at least half its energy is
+        // orthogonal to Q to working accuracy after one pass (Kahan-Parlett); otherwise the
+        // second pass.
+        if (min_col_sumsq(m, b, y_.data()) < 0.5) {
+          orth_.run(m, b, y_.data(), b, false, p_.orth);
+          project_q(b);
+        }
       }
-      orth_.run(m, b, y_.data(), b, true, p_.orth);
+      for (int pass = 0;; ++pass) {
+        const int hh = orth_.householder_count;
+        orth_.run(m, b, y_.data(), b, true, p_.orth);
+        // Householder completes a rank-deficient block with arbitrary directions, which need
+        // not be orthogonal to Q: project those out and orthonormalise once more.
+        if (l_ == 0 || orth_.householder_count == hh || pass == 2) break;
+        project_q(b);
+      }
       A_.mm_t(b, y_.data(), b, z_.data(), b);  // Bᵢᵀ = Aᵀ Yᵢ
       for (std::int64_t i = 0; i < m; ++i)
         std::copy(y_.begin() + static_cast<std::ptrdiff_t>(i * b),
@@ -568,6 +595,9 @@ class AdaptiveQB {
   const RsvdParams& p_;
   std::int64_t lmax_ = 0, b0_ = 16, l_ = 0, cap_ = 0;
   int blocks_ = 0;
+  bool exhausted_ = false;
+  const double eps2_ = static_cast<double>(std::numeric_limits<T>::epsilon()) *
+                       static_cast<double>(std::numeric_limits<T>::epsilon());
   double energy_ = 0.0;
   std::unique_ptr<T[]> q_, bt_;
   std::vector<T> y_, z_, t_;
@@ -578,6 +608,20 @@ class AdaptiveQB {
                         std::int64_t ldc) {
     blas::gemm_rm<T>(ta, tb, to_int(m), to_int(n), to_int(k), alpha, a, to_int(lda), b,
                      to_int(ldb), beta, c, to_int(ldc));
+  }
+  static double min_col_sumsq(std::int64_t r, std::int64_t c, const T* y) {
+    std::vector<double> ss(sz(c), 0.0);
+    for (std::int64_t i = 0; i < r; ++i)
+      for (std::int64_t j = 0; j < c; ++j) {
+        const double v = static_cast<double>(y[i * c + j]);
+        ss[sz(j)] += v * v;
+      }
+    return c > 0 ? *std::min_element(ss.begin(), ss.end()) : 1.0;
+  }
+  // y -= Q (Qᵀ y)
+  void project_q(std::int64_t b) {
+    gemm_rm_t(true, false, l_, b, A_.m, T(1), q_.get(), cap_, y_.data(), b, T(0), t_.data(), b);
+    gemm_rm_t(false, false, A_.m, b, l_, T(-1), q_.get(), cap_, t_.data(), b, T(1), y_.data(), b);
   }
   // y -= Q (B x) with B x = (Bᵀ)ᵀ x
   void project_y(std::int64_t b, const T* x) {
@@ -627,7 +671,7 @@ template <class T>
 void fixed_accuracy(const LinOp<T>& A, const RsvdParams& p, OpFactors<T>& f, RsvdInfo& info) {
   const double fro2 = A.fro2;
   const double tol2 = p.tol * p.tol;
-  double target = tol2 * fro2;
+  const double target = tol2 * fro2;
   if (fro2 == 0.0) {
     f = OpFactors<T>{};
     f.u.clear();
@@ -635,34 +679,51 @@ void fixed_accuracy(const LinOp<T>& A, const RsvdParams& p, OpFactors<T>& f, Rsv
     return;
   }
   // The indicator ‖A‖² − ‖B‖² is only as good as ~ eps·sqrt(dim) relative to ‖A‖²: below
-  // that, check the residual itself.
+  // that, grow the basis until the indicator reaches its own resolution (or the sketch finds
+  // nothing but rounding errors), then measure the residual itself.
   const double eps = static_cast<double>(std::numeric_limits<T>::epsilon());
-  const bool must_verify = tol2 < 64.0 * eps * std::sqrt(static_cast<double>(A.m));
+  const double resolution = 64.0 * eps * std::sqrt(static_cast<double>(A.m));
+  const bool must_verify = tol2 < resolution;
   AdaptiveQB<T> qb(A, p);
-  for (int round = 0; round < 4; ++round) {
-    const double goal = target;
-    qb.grow([goal](const AdaptiveQB<T>& s, const T*, std::int64_t) {
-      return s.energy_left() <= goal;
-    });
+  const double goal = must_verify ? resolution * fro2 : target;
+  qb.grow([goal](const AdaptiveQB<T>& s, const T*, std::int64_t) { return s.energy_left() <= goal; });
+  for (;;) {
     const std::int64_t l = qb.l();
     SmallSvd sv;
     sv.compute<T>(l, A.n, qb.bt(), qb.ldq(), true);
-    double e2 = 0.0;
-    std::int64_t r = rank_for(sv.s, fro2, target, &e2);
-    if (r < 0) r = l;  // basis full: the best we have
-    assemble<T>(A.m, qb.q(), qb.ldq(), sv, r, f);
     info.basis = l;
     info.n_blocks = qb.blocks();
-    info.rel_err = std::sqrt(e2 / fro2);
-    info.verified = false;
-    if (!must_verify) return;
-    const double t2 = verify2(A, f);
-    info.rel_err = std::sqrt(t2 / fro2);
+    if (!must_verify) {
+      double e2 = 0.0;
+      std::int64_t r = rank_for(sv.s, fro2, target, &e2);
+      if (r < 0) r = l;  // basis full: the best we have
+      assemble<T>(A.m, qb.q(), qb.ldq(), sv, r, f);
+      info.rel_err = std::sqrt(e2 / fro2);
+      info.verified = false;
+      return;
+    }
+    // ‖A − U_r S_r V_rᵀ‖² = ‖A − QB‖² + Σ_{i>=r} sᵢ² (Q orthonormal): the first term measured
+    // directly, the second from tail sums (no cancellation).
+    assemble<T>(A.m, qb.q(), qb.ldq(), sv, l, f);
+    const double rb2 = verify2(A, f);
+    const auto ns = static_cast<std::int64_t>(sv.s.size());
+    std::vector<double> tail(sz(ns + 1), 0.0);
+    for (std::int64_t i = ns - 1; i >= 0; --i) tail[sz(i)] = tail[sz(i + 1)] + sv.s[sz(i)] * sv.s[sz(i)];
+    std::int64_t r = 0;
+    while (r < ns && rb2 + tail[sz(r)] > target) ++r;
+    const bool met = rb2 + tail[sz(r)] <= target;
+    if (!met && !qb.exhausted() && l < qb.lmax()) {
+      qb.grow([](const AdaptiveQB<T>&, const T*, std::int64_t) { return true; });  // one block
+      if (qb.l() > l) continue;
+    }
+    if (!met) {  // below what this basis (or the working precision) resolves: the smallest
+      r = 0;     // rank within a factor 2 of the best error the basis gives
+      while (r < ns && tail[sz(r)] > rb2) ++r;
+    }
+    assemble<T>(A.m, qb.q(), qb.ldq(), sv, r, f);
+    info.rel_err = std::sqrt((rb2 + tail[sz(r)]) / fro2);  // measured residual + exact tail
     info.verified = true;
-    if (t2 <= tol2 * fro2 || (r == l && l == qb.lmax())) return;
-    // the indicator was optimistic by (t2 − e2): ask for that much more
-    target -= (t2 - e2) * 1.25;
-    if (target <= 0.0) return;  // below working precision: report what we have
+    return;
   }
 }
 

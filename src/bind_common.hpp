@@ -1,5 +1,6 @@
 // Shared binding helpers: strict array access, dtype dispatch. No math here.
 #pragma once
+#include <pybind11/native_enum.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 

@@ -6,8 +6,8 @@
 namespace wpb {
 namespace {
 
-// kind: 0 = soft, 1 = hard. x and out are flat, same dtype and size; out may be x.
-void threshold(py::array x_, double level, py::array out_, int kind, int n_threads) {
+// x and out are flat, same dtype and size; out may be x.
+void threshold(py::array x_, double level, py::array out_, wp::Shrink kind, int n_threads) {
   check_threads(n_threads);
   dispatch_real(x_.dtype(), [&](auto t) {
     using T = typename decltype(t)::type;
@@ -20,7 +20,7 @@ void threshold(py::array x_, double level, py::array out_, int kind, int n_threa
     T* op = out.mutable_data();
     const auto n = static_cast<std::int64_t>(x.size());
     py::gil_scoped_release nogil;
-    if (kind == 0) wp::soft_threshold<T>(n, xp, static_cast<T>(level), op, n_threads);
+    if (kind == wp::Shrink::kSoft) wp::soft_threshold<T>(n, xp, static_cast<T>(level), op, n_threads);
     else wp::hard_threshold<T>(n, xp, static_cast<T>(level), op, n_threads);
   });
 }
@@ -65,7 +65,11 @@ py::dict blas_selftest(const std::string& prefix) {
 }  // namespace
 
 void bind_dense(py::module_& m) {
-  m.def("threshold", &threshold, "Soft (kind=0) or hard (kind=1) thresholding, flat arrays.",
+  py::native_enum<wp::Shrink>(m, "Shrink", "enum.IntEnum", "Soft or hard thresholding.")
+      .value("soft", wp::Shrink::kSoft)
+      .value("hard", wp::Shrink::kHard)
+      .finalize();
+  m.def("threshold", &threshold, "Soft or hard thresholding (Shrink) of flat arrays.",
         "x"_a.noconvert(), "level"_a, "out"_a.noconvert(), "kind"_a, "n_threads"_a);
   m.def("blas_gemm", &blas_gemm, "Row-major a @ b through SciPy's BLAS table.", "a"_a.noconvert(),
         "b"_a.noconvert());

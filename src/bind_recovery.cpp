@@ -2,7 +2,7 @@
 #include "bind_common.hpp"
 #include "weightpress/basis_pursuit.hpp"
 #include "weightpress/csr.hpp"
-#include "weightpress/omp.hpp"
+#include "weightpress/pursuit.hpp"
 
 namespace wpb {
 namespace {
@@ -29,8 +29,7 @@ py::array omp_gram(py::array d_) {
 }
 
 // Returns (supp (N, kmax) int64, coef (N, kmax), count (N,) int64, resid2 (N,)).
-py::tuple omp(py::array d_, py::array y_, py::object g_, std::int64_t kmax, double tol,
-              int n_threads, std::int64_t chunk_) {
+py::tuple omp(py::array d_, py::array y_, py::object g_, const wp::OmpParams& p, int n_threads) {
   check_threads(n_threads);
   return dispatch_real(d_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
@@ -40,20 +39,15 @@ py::tuple omp(py::array d_, py::array y_, py::object g_, std::int64_t kmax, doub
     if (Y.shape(0) != m)
       throw wp::ShapeError("omp: Y has " + std::to_string(Y.shape(0)) + " rows, D has " +
                            std::to_string(m));
-    if (kmax < 1 || kmax > n) throw wp::ShapeError("omp: n_nonzero must be in [1, n_atoms]");
+    // (before the outputs are allocated with it; omp_encode checks it again)
+    if (p.kmax < 1 || p.kmax > n) throw wp::ShapeError("omp: n_nonzero must be in [1, n_atoms]");
     carr<T> G;
     if (!g_.is_none()) {
       G = matrix<T>(g_, "G");
       if (G.shape(0) != n || G.shape(1) != n) throw wp::ShapeError("omp: G must be n_atoms²");
     }
-    carr<std::int64_t> supp({N, kmax}), count(N);
-    carr<T> coef({N, kmax}), resid2(N);
-    // Signals go in chunks so that DᵀY (chunk × n) stays within ~256 MiB (chunk_ > 0: tests).
-    const std::int64_t chunk = std::max<std::int64_t>(
-        1, chunk_ > 0 ? chunk_
-                      : std::min<std::int64_t>(N, (std::int64_t(1) << 25) / std::max<std::int64_t>(n, 1)));
-    std::vector<T> gbuf, cbuf(static_cast<std::size_t>(std::min(N, chunk) * n)),
-        nbuf(static_cast<std::size_t>(std::min(N, chunk)));
+    carr<std::int64_t> supp({N, p.kmax}), count(N);
+    carr<T> coef({N, p.kmax}), resid2(N);
     const T *dp = D.data(), *yp = Y.data();
     const T* gp = g_.is_none() ? nullptr : G.data();
     auto* sp = supp.mutable_data();
@@ -61,25 +55,7 @@ py::tuple omp(py::array d_, py::array y_, py::object g_, std::int64_t kmax, doub
     T *fp = coef.mutable_data(), *rp = resid2.mutable_data();
     {
       py::gil_scoped_release nogil;
-      // Few signals: Gram columns on demand beat the full n² Gram matrix.
-      // (and their lockstep workspaces, chunk·n·(kmax + 2) values, stay within ~512 MiB).
-      const bool lazy = !gp && 2 * N * kmax <= n && std::min(N, chunk) * n * (kmax + 2) <= (std::int64_t(1) << 26);
-      if (!gp && !lazy) {
-        gbuf.resize(static_cast<std::size_t>(n * n));
-        wp::omp_gram<T>(m, n, dp, gbuf.data());
-        gp = gbuf.data();
-      }
-      for (std::int64_t s0 = 0; s0 < N; s0 += chunk) {
-        const std::int64_t b = std::min(chunk, N - s0);
-        wp::omp_correlate<T>(m, n, b, dp, yp + s0, N, cbuf.data());
-        wp::col_sqnorms<T>(m, b, yp + s0, N, nbuf.data(), n_threads);
-        if (lazy)
-          wp::omp_lazy<T>(m, n, b, dp, cbuf.data(), nbuf.data(), kmax, tol, sp + s0 * kmax,
-                          fp + s0 * kmax, cp + s0, rp + s0, n_threads);
-        else
-          wp::omp_batch<T>(n, b, gp, cbuf.data(), nbuf.data(), kmax, tol, sp + s0 * kmax,
-                           fp + s0 * kmax, cp + s0, rp + s0, n_threads);
-      }
+      wp::omp_encode<T>(m, n, N, dp, yp, N, gp, p, sp, fp, cp, rp, n_threads);
     }
     return py::make_tuple(supp, coef, count, resid2);
   });
@@ -100,16 +76,10 @@ py::dict info_dict(const wp::L1Info& i) {
   return d;
 }
 
-wp::L1Mode l1_mode(int mode) {
-  if (mode < 0 || mode > 2) throw py::value_error("l1 mode must be 0 (lasso), 1 (bpdn), 2 (bp)");
-  return static_cast<wp::L1Mode>(mode);
-}
-
 // Homotopy on dense row-major A: returns (x, info).
-py::tuple l1_dense(py::array a_, py::array y_, int mode, double target, std::int64_t max_iter,
+py::tuple l1_dense(py::array a_, py::array y_, wp::L1Mode md, double target, std::int64_t max_iter,
                    int n_threads) {
   check_threads(n_threads);
-  const auto md = l1_mode(mode);
   return dispatch_real(a_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
     auto A = matrix<T>(a_, "A");
@@ -131,9 +101,9 @@ py::tuple l1_dense(py::array a_, py::array y_, int mode, double target, std::int
 
 // Homotopy on CSR A (indptr/indices/data, shape (m, n)): returns (x, info).
 py::tuple l1_csr(py::array ip_, py::array ix_, py::array dt_, std::int64_t m, std::int64_t n,
-                 py::array y_, int mode, double target, std::int64_t max_iter, int n_threads) {
+                 py::array y_, wp::L1Mode md, double target, std::int64_t max_iter,
+                 int n_threads) {
   check_threads(n_threads);
-  const auto md = l1_mode(mode);
   return dispatch_real(dt_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
     return dispatch_index(ip_.dtype(), [&](auto u) -> py::tuple {
@@ -164,10 +134,19 @@ py::tuple l1_csr(py::array ip_, py::array ix_, py::array dt_, std::int64_t m, st
 
 void bind_recovery(py::module_& m) {
   m.def("omp_gram", &omp_gram, "G = D.T @ D for row-major D (one BLAS syrk).", "D"_a.noconvert());
+  py::class_<wp::OmpParams>(m, "OmpParams", "Options of omp.")
+      .def(py::init<>())
+      .def_readwrite("kmax", &wp::OmpParams::kmax)
+      .def_readwrite("tol", &wp::OmpParams::tol)
+      .def_readwrite("chunk", &wp::OmpParams::chunk);
   m.def("omp", &omp, "Batch OMP: (supp, coef, count, resid2) for the columns of Y.",
-        "D"_a.noconvert(), "Y"_a.noconvert(), "G"_a.none(true), "kmax"_a, "tol"_a, "n_threads"_a,
-        "chunk"_a = 0);
-  m.def("l1_dense", &l1_dense, "l1 homotopy (mode 0 lasso, 1 BPDN, 2 BP) on dense A: (x, info).",
+        "D"_a.noconvert(), "Y"_a.noconvert(), "G"_a.none(true), "params"_a, "n_threads"_a);
+  py::native_enum<wp::L1Mode>(m, "L1Mode", "enum.IntEnum", "What the l1 homotopy solves.")
+      .value("lasso", wp::L1Mode::kLasso)
+      .value("bpdn", wp::L1Mode::kBPDN)
+      .value("bp", wp::L1Mode::kBP)
+      .finalize();
+  m.def("l1_dense", &l1_dense, "l1 homotopy (L1Mode) on dense A: (x, info).",
         "A"_a.noconvert(), "y"_a.noconvert(), "mode"_a, "target"_a, "max_iter"_a, "n_threads"_a);
   m.def("l1_csr", &l1_csr, "l1 homotopy on CSR A: (x, info).", "indptr"_a.noconvert(),
         "indices"_a.noconvert(), "data"_a.noconvert(), "n_rows"_a, "n_cols"_a, "y"_a.noconvert(),

@@ -53,18 +53,14 @@ void csr_matmat(py::array ip_, py::array ix_, py::array dt_, std::int64_t rows, 
         bad = transpose ? wp::csr_matmat_t<T, I>(rows, cols, p, j, v, k, xp, k, yp, k, n_threads)
                         : wp::csr_matmat<T, I>(rows, cols, p, j, v, k, xp, k, yp, k, n_threads);
       }
-      if (bad >= 0)
-        throw wp::ShapeError("malformed CSR: column index " + std::to_string(j[bad]) +
-                             " at position " + std::to_string(bad) + " is out of range for " +
-                             std::to_string(cols) + " columns");
+      if (bad >= 0) wp::csr_bad_index<I>(j, bad, cols);
     });
   });
 }
 
-// Magnitude pruning: W is any strided 2-D float array. mode: "threshold", "keep", "nm".
-// Returns (data, indices, indptr) with int32 indices when they fit, else int64.
-py::tuple prune(py::array w_, const std::string& mode, double threshold, std::int64_t keep, int n,
-                int m, int n_threads) {
+// Magnitude pruning: W is any strided 2-D float array. Returns (data, indices, indptr) with
+// the index width wp::csr_fits_int32 picks.
+py::tuple prune(py::array w_, const wp::PruneSpec& spec, int n_threads) {
   check_threads(n_threads);
   return dispatch_real(w_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
@@ -75,20 +71,6 @@ py::tuple prune(py::array w_, const std::string& mode, double threshold, std::in
     const std::int64_t rows = w_.shape(0), cols = w_.shape(1);
     const std::int64_t rs = w_.strides(0) / isz, cs = w_.strides(1) / isz;
     const T* w = static_cast<const T*>(w_.data());
-    wp::PruneSpec spec;
-    if (mode == "threshold") {
-      spec.mode = wp::PruneSpec::kThreshold;
-      spec.threshold = threshold;
-    } else if (mode == "keep") {
-      spec.mode = wp::PruneSpec::kKeepCount;
-      spec.keep = keep;
-    } else if (mode == "nm") {
-      spec.mode = wp::PruneSpec::kNofM;
-      spec.n = n;
-      spec.m = m;
-    } else {
-      throw py::value_error("prune: unknown mode " + mode);
-    }
     wp::PruneState state;
     py::array_t<std::int64_t> indptr64(rows + 1);
     std::int64_t* ip = indptr64.mutable_data();
@@ -104,10 +86,9 @@ py::tuple prune(py::array w_, const std::string& mode, double threshold, std::in
       py::gil_scoped_release nogil;
       wp::prune_fill<T, I>(rows, cols, w, rs, cs, state, indptr, indices, dp, n_threads);
     };
-    if (nnz <= INT32_MAX && cols <= INT32_MAX) {
+    if (wp::csr_fits_int32(nnz, cols)) {
       py::array_t<std::int32_t> indptr32(rows + 1), indices(nnz);
-      std::int32_t* p32 = indptr32.mutable_data();
-      for (std::int64_t i = 0; i <= rows; ++i) p32[i] = static_cast<std::int32_t>(ip[i]);
+      wp::narrow_indptr(rows, ip, indptr32.mutable_data());
       fill(indices.mutable_data(), ip);
       return py::make_tuple(data, indices, indptr32);
     }
@@ -125,8 +106,20 @@ void bind_sparse(py::module_& m) {
   m.def("csr_matmat", &csr_matmat, "out = A @ x or A.T @ x for CSR A and C-contiguous 2-D x.",
         "indptr"_a.noconvert(), "indices"_a.noconvert(), "data"_a.noconvert(), "n_rows"_a,
         "n_cols"_a, "x"_a.noconvert(), "out"_a.noconvert(), "transpose"_a, "n_threads"_a);
+  py::class_<wp::PruneSpec> spec(m, "PruneSpec", "What prune keeps.");
+  py::native_enum<wp::PruneSpec::Mode>(spec, "Mode", "enum.IntEnum")
+      .value("threshold", wp::PruneSpec::kThreshold)
+      .value("keep", wp::PruneSpec::kKeepCount)
+      .value("nm", wp::PruneSpec::kNofM)
+      .finalize();
+  spec.def(py::init<>())
+      .def_readwrite("mode", &wp::PruneSpec::mode)
+      .def_readwrite("threshold", &wp::PruneSpec::threshold)
+      .def_readwrite("keep", &wp::PruneSpec::keep)
+      .def_readwrite("n", &wp::PruneSpec::n)
+      .def_readwrite("m", &wp::PruneSpec::m);
   m.def("prune", &prune, "Magnitude pruning of a strided 2-D array to CSR (data, indices, indptr).",
-        "w"_a.noconvert(), "mode"_a, "threshold"_a, "keep"_a, "n"_a, "m"_a, "n_threads"_a);
+        "w"_a.noconvert(), "spec"_a, "n_threads"_a);
 }
 
 }  // namespace wpb

@@ -9,25 +9,6 @@
 namespace wpb {
 namespace {
 
-// Options shared by both entry points, packed by the Python layer (svd.py).
-wp::RsvdParams make_params(int mode, std::int64_t rank, double tol, double lam,
-                           std::int64_t max_rank, std::int64_t oversamples, int power_iters,
-                           std::uint64_t seed, std::int64_t block, int orth, int direct) {
-  wp::RsvdParams p;
-  p.mode = mode;
-  p.rank = rank;
-  p.tol = tol;
-  p.lam = lam;
-  p.max_rank = max_rank;
-  p.oversamples = oversamples;
-  p.power_iters = power_iters;
-  p.seed = seed;
-  p.block = block;
-  p.orth = orth;
-  p.direct = direct;
-  return p;
-}
-
 template <class T>
 py::tuple to_python(const wp::SvdFactors<T>& f, const wp::RsvdInfo& info) {
   carr<T> u({f.m, f.k}), s(f.k), vt({f.k, f.n});
@@ -41,12 +22,8 @@ py::tuple to_python(const wp::SvdFactors<T>& f, const wp::RsvdInfo& info) {
 }
 
 // a: C-contiguous 2-D; it holds A (m×n) when !fortran, Aᵀ (n×m) when fortran.
-py::tuple rsvd_dense(py::array a_, bool fortran, int mode, std::int64_t rank, double tol,
-                     double lam, std::int64_t max_rank, std::int64_t oversamples, int power_iters,
-                     std::uint64_t seed, std::int64_t block, int orth, int direct, int n_threads) {
+py::tuple rsvd_dense(py::array a_, bool fortran, const wp::RsvdParams& p, int n_threads) {
   check_threads(n_threads);
-  const auto p = make_params(mode, rank, tol, lam, max_rank, oversamples, power_iters, seed, block,
-                             orth, direct);
   return dispatch_real(a_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
     auto a = strict<T>(a_, "A");
@@ -66,12 +43,8 @@ py::tuple rsvd_dense(py::array a_, bool fortran, int mode, std::int64_t rank, do
 }
 
 py::tuple rsvd_csr(py::array ip_, py::array ix_, py::array dt_, std::int64_t rows,
-                   std::int64_t cols, int mode, std::int64_t rank, double tol, double lam,
-                   std::int64_t max_rank, std::int64_t oversamples, int power_iters,
-                   std::uint64_t seed, std::int64_t block, int orth, int direct, int n_threads) {
+                   std::int64_t cols, const wp::RsvdParams& p, int n_threads) {
   check_threads(n_threads);
-  const auto p = make_params(mode, rank, tol, lam, max_rank, oversamples, power_iters, seed, block,
-                             orth, direct);
   return dispatch_real(dt_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
     return dispatch_index(ip_.dtype(), [&](auto u) -> py::tuple {
@@ -111,14 +84,29 @@ py::array gaussian_sketch(py::dtype dt, std::int64_t rows, std::int64_t cols, st
 }  // namespace
 
 void bind_svd(py::module_& m) {
+  py::class_<wp::RsvdParams> params(m, "RsvdParams", "Options of rsvd_dense / rsvd_csr.");
+  py::native_enum<wp::RsvdParams::Mode>(params, "Mode", "enum.IntEnum")
+      .value("rank", wp::RsvdParams::kRank)
+      .value("tol", wp::RsvdParams::kTol)
+      .value("svt", wp::RsvdParams::kSvt)
+      .finalize();
+  params.def(py::init<>())
+      .def_readwrite("mode", &wp::RsvdParams::mode)
+      .def_readwrite("rank", &wp::RsvdParams::rank)
+      .def_readwrite("tol", &wp::RsvdParams::tol)
+      .def_readwrite("lam", &wp::RsvdParams::lam)
+      .def_readwrite("max_rank", &wp::RsvdParams::max_rank)
+      .def_readwrite("oversamples", &wp::RsvdParams::oversamples)
+      .def_readwrite("power_iters", &wp::RsvdParams::power_iters)
+      .def_readwrite("seed", &wp::RsvdParams::seed)
+      .def_readwrite("block", &wp::RsvdParams::block)
+      .def_readwrite("orth", &wp::RsvdParams::orth)
+      .def_readwrite("direct", &wp::RsvdParams::direct);
   m.def("rsvd_dense", &rsvd_dense, "Randomized SVD/SVT of a dense C-contiguous A (or Aᵀ).",
-        "a"_a.noconvert(), "fortran"_a, "mode"_a, "rank"_a, "tol"_a, "lam"_a, "max_rank"_a,
-        "oversamples"_a, "power_iters"_a, "seed"_a, "block"_a, "orth"_a, "direct"_a,
-        "n_threads"_a);
+        "a"_a.noconvert(), "fortran"_a, "params"_a, "n_threads"_a);
   m.def("rsvd_csr", &rsvd_csr, "Randomized SVD/SVT of a CSR matrix.", "indptr"_a.noconvert(),
-        "indices"_a.noconvert(), "data"_a.noconvert(), "n_rows"_a, "n_cols"_a, "mode"_a, "rank"_a,
-        "tol"_a, "lam"_a, "max_rank"_a, "oversamples"_a, "power_iters"_a, "seed"_a, "block"_a,
-        "orth"_a, "direct"_a, "n_threads"_a);
+        "indices"_a.noconvert(), "data"_a.noconvert(), "n_rows"_a, "n_cols"_a, "params"_a,
+        "n_threads"_a);
   m.def("gaussian_sketch", &gaussian_sketch, "Counter-based standard normal sketch (row-major).",
         "dtype"_a, "rows"_a, "cols"_a, "col0"_a, "seed"_a, "n_threads"_a);
 }

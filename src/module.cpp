@@ -5,6 +5,12 @@
 #define WP_VERSION "dev"
 #endif
 
+// The one exported C symbol: threadpoolctl's controller for weightpress (_threads.py) finds this
+// module among the loaded libraries by it (a file name prefix alone, "_core", is not unique).
+extern "C" __attribute__((visibility("default"))) int weightpress_omp_max_threads() {
+  return wp::omp_max_threads();
+}
+
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   m.doc() = "weightpress compiled engine (private; use the weightpress package)";
   m.attr("__version__") = WP_VERSION;

@@ -30,3 +30,13 @@ def correlated_inputs(rng, n, d, outliers=4) -> np.ndarray:
     X = rng.standard_normal((n, d)) @ C
     X[:, rng.choice(d, outliers, replace=False)] *= 20
     return X
+
+
+def rtn_quant(W, bits=4, group=0, symmetric=True, layout="out_in"):
+    """A round-to-nearest ``Quantized`` matrix and its dense decode (``toarray``: what the
+    container computes), for the export tests. Returns ``(matrix, W_hat)``."""
+    from weightpress.compression.quant import quantize
+
+    q = quantize(np.asarray(W, dtype=np.float32), bits, group or None, symmetric=symmetric,
+                 layout=layout)
+    return q, np.ascontiguousarray(q.toarray())

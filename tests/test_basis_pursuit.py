@@ -284,3 +284,99 @@ def test_max_iter_warns():
     y = np.random.default_rng(2).standard_normal(30)
     with pytest.warns(wp.ConvergenceWarning, match="max_iter"):
         wp.basis_pursuit(A, y, max_iter=3)
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e7, 1e8, 1e10])
+def test_bp_robust_to_column_scale(scale):
+    """Columns 1e7+ apart in scale: the small column's atom enters at a lambda 1e7 times
+    smaller than the first; it is not a rounding tie with the path's end."""
+    A = np.array([[scale, 0.0], [1.0, 1.0]])
+    y = np.array([10.0, 1.0])
+    for M in (A, sp.csr_array(A)):
+        x, info = wp.basis_pursuit(M, y, return_info=True)
+        np.testing.assert_allclose(x, [10 / scale, 1 - 10 / scale], rtol=1e-12)
+        assert info.converged and info.residual <= 1e-12 * np.linalg.norm(y)
+    # BPDN: the short column still carries the second measurement
+    x, info = wp.basis_pursuit(A, y, sigma=0.1, return_info=True)
+    assert info.converged and x[1] > 0.85 and abs(info.residual - 0.1) <= 1e-9
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e7, 1e10])
+def test_lasso_robust_to_column_scale_vs_lars(scale):
+    rng = np.random.default_rng(int(np.log10(scale)))
+    m, n = 30, 60
+    sc = np.logspace(0, np.log10(scale), n)
+    rng.shuffle(sc)
+    A = rng.standard_normal((m, n)) * sc
+    x0 = np.zeros(n)
+    idx = rng.choice(n, 6, replace=False)
+    x0[idx] = rng.standard_normal(6) / sc[idx]
+    y = A @ x0 + 1e-3 * rng.standard_normal(m)
+    lam = 0.01 * np.abs(A.T @ y).max()
+    x, info = wp.lasso(A, y, lam, return_info=True)
+    _, _, coefs = sklm.lars_path(A, y, alpha_min=lam / m, method="lasso")
+    ref = coefs[:, -1]
+    assert info.converged
+    # coefficients compared in column-normalised units (x_j * |a_j| is A x's share)
+    cn = np.linalg.norm(A, axis=0)
+    np.testing.assert_allclose(x * cn, ref * cn, atol=1e-7 * np.abs(ref * cn).max())
+    # the 2x2 case at a small lam: the short column is in the support
+    A2 = np.array([[scale, 0.0], [1.0, 1.0]])
+    x2 = wp.lasso(A2, np.array([10.0, 1.0]), 1e-3)
+    c2 = A2.T @ (np.array([10.0, 1.0]) - A2 @ x2)
+    np.testing.assert_allclose(c2, 1e-3 * np.sign(x2), rtol=1e-6)
+    assert (x2 != 0).all()
+
+
+def test_lasso_lambda_zero_is_least_squares_and_converged():
+    rng = np.random.default_rng(31)
+    A = rng.standard_normal((20, 10))
+    y = rng.standard_normal(20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, info = wp.lasso(A, y, 0.0, return_info=True)
+    np.testing.assert_allclose(x, np.linalg.lstsq(A, y, rcond=None)[0], rtol=1e-10)
+    assert info.converged and info.duality_gap <= 1e-10
+    r = np.linalg.norm(A @ x - y)
+    np.testing.assert_allclose(info.primal, 0.5 * r**2, rtol=1e-10)
+    np.testing.assert_allclose(info.dual, 0.5 * r**2, rtol=1e-10)
+
+
+def test_lasso_at_lambda_max_is_exactly_zero_however_computed():
+    """x = 0 iff lam >= ‖Aᵀy‖∞; any summation order of Aᵀy gives the same answer (the
+    solver decides with a rounding bound, not with its own rounded lambda_max)."""
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        m, n = int(rng.integers(5, 60)), int(rng.integers(5, 80))
+        A, y = rng.standard_normal((m, n)), rng.standard_normal(m)
+        for lam0 in (np.abs(A.T @ y).max(), np.abs(y @ A).max(),
+                     max(abs(float(np.dot(A[:, j], y))) for j in range(n)),
+                     np.abs(np.einsum("ij,i->j", A, y)).max()):
+            x, info = wp.lasso(A, y, lam0, return_info=True)
+            assert not x.any() and not np.signbit(x).any()
+            assert info.converged and info.n_active == 0
+    A = sp.random(40, 70, density=0.2, format="csr", random_state=3)
+    y = np.random.default_rng(3).standard_normal(40)
+    assert not wp.lasso(A, y, np.abs(A.T @ y).max()).any()
+
+
+@pytest.mark.parametrize("sc", [1e-6, 1e-10])
+def test_full_support_path_with_extreme_column_scales(sc):
+    """A generic y (every atom of a 60-atom support enters, BP interpolates) with one column
+    shrunk by sc and another grown by 1/sc: column norms 1/sc² apart (up to 1e20)."""
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((60, 200))
+    A[:, 3] *= sc
+    A[:, 50] /= sc
+    y = rng.standard_normal(60)
+    x, info = wp.basis_pursuit(A, y, return_info=True)
+    assert info.converged and info.residual <= 1e-9 * np.linalg.norm(y)
+    # Aᵀr can only be computed to about eps·‖a_j‖·‖y‖ per column (1e-5 for the 1e10 column)
+    slack = 1e-12 * np.linalg.norm(A, axis=0) * np.linalg.norm(y)
+    for lam in (1e-2, 1e-6):
+        x, info = wp.lasso(A, y, lam, return_info=True)
+        c = A.T @ (y - A @ x)
+        S = x != 0
+        assert info.converged
+        assert np.all(np.abs(c[S] - lam * np.sign(x[S])) <= 1e-6 * lam + slack[S])
+        assert np.all(np.abs(c[~S]) <= lam * (1 + 1e-6) + slack[~S])

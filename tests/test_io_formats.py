@@ -168,7 +168,7 @@ def test_npz_lying_header(tmp_path):
     np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": (2**62, 4)})
     with zipfile.ZipFile(p, "w") as zf:
         zf.writestr("a.npy", head.getvalue())
-    with pytest.raises(FormatError, match="header says"):
+    with pytest.raises(FormatError, match="header says|too large"):
         open_model(p)
 
 

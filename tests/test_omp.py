@@ -1,6 +1,8 @@
 """Batch OMP: against scikit-learn's orthogonal_mp, exact recovery, stopping rules, degenerate
 dictionaries, threads, dtypes and bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -186,9 +188,12 @@ def test_chunked_batches_identical(n_atoms):
     from weightpress import _core
     D = unit_dict(20, n_atoms, 22)
     Y = np.ascontiguousarray(np.random.default_rng(23).standard_normal((20, 23)))
-    ref = _core.omp(D, Y, None, 5, -1.0, 2)
+    p = _core.OmpParams()
+    p.kmax, p.tol = 5, -1.0
+    ref = _core.omp(D, Y, None, p, 2)
     for chunk in (1, 7, 23):
-        out = _core.omp(D, Y, None, 5, -1.0, 2, chunk)
+        p.chunk = chunk
+        out = _core.omp(D, Y, None, p, 2)
         for a, b in zip(ref, out):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
@@ -231,7 +236,8 @@ def test_empty_shapes():
     D = unit_dict(6, 9, 0)
     assert wp.omp(D, np.zeros((6, 0)), n_nonzero=2).shape == (9, 0)
     assert wp.omp(np.zeros((0, 5)), np.zeros(0), n_nonzero=2).shape == (5,)
-    assert wp.omp(np.zeros((3, 0)), np.ones(3), n_nonzero=1).shape == (0,)
+    with pytest.warns(UserWarning, match="n_nonzero=1"):
+        assert wp.omp(np.zeros((3, 0)), np.ones(3), n_nonzero=1).shape == (0,)
 
 
 @given(data=st.data())
@@ -246,7 +252,10 @@ def test_property_least_squares_on_support(data):
     if data.draw(st.booleans()):
         D, Y = np.asfortranarray(D), np.asfortranarray(Y)
     k = data.draw(st.integers(1, 25))
-    X = wp.omp(D, Y, n_nonzero=k)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        X = wp.omp(D, Y, n_nonzero=k)
+    assert any("n_nonzero" in str(r.message) for r in w) == (k > n)
     assert X.dtype == dt and X.shape == (n, N)
     assert np.isfinite(X).all()
     assert ((X != 0).sum(axis=0) <= min(k, m, n)).all()
@@ -283,3 +292,16 @@ def test_bad_input():
         wp.omp(D.astype(complex), np.ones(5))
     with pytest.raises(TypeError, match="sparse"):
         wp.omp(sp.csr_array(D), np.ones(5))
+
+
+def test_n_nonzero_above_the_atoms_warns_and_clips():
+    D = unit_dict(20, 8, 3)
+    y = D @ np.arange(1.0, 9.0)
+    with pytest.warns(UserWarning, match="n_nonzero=12"):
+        x = wp.omp(D, y, n_nonzero=12)
+    np.testing.assert_allclose(x, np.arange(1.0, 9.0), atol=1e-10)  # all 8 atoms used
+    with pytest.warns(UserWarning, match="n_nonzero=9"):
+        wp.OMPDictionary(D).encode(y, n_nonzero=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wp.omp(D, y, n_nonzero=8)  # exactly the number of atoms: no warning

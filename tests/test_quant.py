@@ -317,7 +317,16 @@ def test_digits_entropy_coded_headline():
     pytest.importorskip("zstandard")
     from weightpress.cli import demo
 
-    setting = next(s for s in demo.SETTINGS if s[0] == "quant 10x +cal zstd")
+    setting = next(s for s in demo.SETTINGS if s[0] == "quant 12x +cal zstd")
     res = demo.run([setting], out=lambda s: None)
-    assert res[1]["ratio"] >= 12.0
+    assert res[1]["ratio"] >= 12.0 * 0.97  # --ratio lands within 3 %
     assert res[0]["accuracy"] - res[1]["accuracy"] <= 0.003 + 1e-9
+
+
+@pytest.mark.parametrize("layout", ["out_in", "in_out"])
+def test_row_blocks_match_toarray(layout):
+    W = np.random.default_rng(10).standard_normal((300, 70)).astype(np.float32)
+    for m in (quantize(W, 4, 32, layout=layout), codebook(W, 3, layout=layout)):
+        D = np.concatenate([b for _, _, b in m.blocks(block=1000)])
+        np.testing.assert_array_equal(D, m.toarray())
+        np.testing.assert_array_equal(m.rows(5, 9), m.toarray()[5:9])

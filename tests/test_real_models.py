@@ -78,7 +78,9 @@ def test_real_model_round_trip(corpus, tmp_path, capsys, name, fmt, ratio):
     err = capsys.readouterr().err
     assert rc == 0, err
     file_ratio = _input_bytes(m) / os.path.getsize(wpz)
-    assert 0.97 * ratio <= file_ratio <= 1.03 * ratio, (file_ratio, err)
+    # at least 0.97 R (the promise); above it within 5 %: on the 47 KB conv zoo the container's
+    # header is half the file and quantized forms step in whole bits
+    assert 0.97 * ratio <= file_ratio <= 1.05 * ratio, (file_ratio, err)
 
     out_dir = _decompress_dir(m, str(tmp_path))
     out_path = os.path.join(out_dir, m.out_name)

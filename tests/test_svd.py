@@ -312,6 +312,46 @@ def test_tol_below_precision_warns():
     assert U.shape[1] == 100
 
 
+@pytest.mark.parametrize("shape", [(300, 200), (2000, 600), (200, 300)])
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+def test_tol_near_eps_on_exactly_low_rank(shape, kind):
+    """float64 rank 10: tol 1e-12 down to about 1e2*eps is reached at rank 10 (the sketch stops
+    when it finds only rounding errors outside the basis), not by taking every column."""
+    rng = np.random.default_rng(40)
+    m, n = shape
+    A = rng.standard_normal((m, 10)) @ rng.standard_normal((10, n))
+    M = sp.csr_array(A) if kind == "csr" else A
+    for tol in (1e-12, 1e-13, 100 * np.finfo(np.float64).eps):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            U, s, Vt, info = wp.randomized_svd(M, tol=tol, seed=0, return_info=True)
+        err = np.linalg.norm(A - (U * s) @ Vt) / np.linalg.norm(A)
+        assert U.shape[1] == 10 and err <= tol
+        assert info["basis"] < min(m, n) / 2
+        # the residual measured plus the exact tail; at 1e-15 both sides carry rounding noise
+        np.testing.assert_allclose(info["rel_err"], err, rtol=0.1)
+    # below what float64 resolves: warns, and still gives the rank-10 answer, not min(m, n)
+    with pytest.warns(RuntimeWarning, match="not reached"):
+        U, s, Vt = wp.randomized_svd(M, tol=1e-17, seed=0)
+    assert U.shape[1] <= 12
+    assert np.linalg.norm(A - (U * s) @ Vt) <= 1e-14 * np.linalg.norm(A)
+
+
+def test_tol_near_eps_decaying_spectrum_several_blocks():
+    """A spectrum that needs several blocks to reach 1e-13: every block is re-orthogonalised
+    against the basis, so the measured error stays what the basis gives."""
+    k = 150
+    s0 = np.exp(-np.arange(k) / 5.0)
+    A = planted(400, 300, s0, seed=41)
+    tol = 1e-13
+    U, s, Vt, info = wp.randomized_svd(A, tol=tol, seed=0, return_info=True)
+    err = np.linalg.norm(A - (U * s) @ Vt) / np.linalg.norm(A)
+    tail = np.sqrt(np.cumsum((s0**2)[::-1])[::-1] / np.sum(s0**2))
+    rmin = int(np.argmax(np.append(tail, 0) <= tol))
+    assert err <= tol and rmin <= U.shape[1] <= rmin + 3
+    np.testing.assert_allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-12)
+
+
 # ---- SVT -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [(300, 200), (200, 300), (30, 20)])
@@ -340,6 +380,51 @@ def test_svt_edges():
     np.testing.assert_allclose(s1, s2, rtol=1e-10)
     with pytest.raises(ValueError, match="lam"):
         wp.svt(A, -1.0)
+
+
+def _exact_prox(A, lam):
+    U, s, Vt = np.linalg.svd(A.astype(np.float64), full_matrices=False)
+    return (U * np.maximum(s - lam, 0)) @ Vt, np.maximum(s - lam, 0)
+
+
+def _structured(name):
+    rng = np.random.default_rng(42)
+    if name == "one_row":
+        A = np.zeros((300, 200))
+        A[7] = rng.standard_normal(200)
+    elif name == "one_column":
+        A = np.zeros((300, 200))
+        A[:, 11] = rng.standard_normal(300)
+    elif name == "block_constant":
+        A = np.kron(rng.standard_normal((3, 4)), np.ones((100, 50)))
+    elif name == "ones":
+        A = np.ones((300, 200))
+    else:  # a constant block in a zero matrix
+        A = np.zeros((300, 200))
+        A[50:120, 30:90] = 2.5
+    return A
+
+
+@pytest.mark.parametrize("name", ["one_row", "one_column", "block_constant", "ones", "block"])
+@pytest.mark.parametrize("kind", ["dense", "csr"])
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+def test_svt_on_structured_matrices_is_the_exact_prox(name, kind, dt):
+    """Energy in one row, one column or constant blocks (exactly low rank, sparse range):
+    the sketch's later blocks are pure rounding; they must not enter the basis."""
+    A = _structured(name).astype(dt)
+    M = sp.csr_array(A) if kind == "csr" else A
+    t = 1e-12 if dt == np.float64 else 1e-4
+    for lam in (1.0, 0.1):
+        X_ref, s_ref = _exact_prox(A, lam)
+        U, s, Vt = wp.svt(M, lam, seed=0)
+        assert s.dtype == dt
+        np.testing.assert_allclose(s, s_ref[: len(s)], rtol=t, atol=t * s_ref[0])
+        assert len(s) == np.count_nonzero(s_ref > t * s_ref[0])
+        np.testing.assert_allclose(U.T.astype(float) @ U, np.eye(len(s)), atol=10 * t)
+        np.testing.assert_allclose((U.astype(float) * s) @ Vt, X_ref, atol=t * np.abs(A).max() * np.sqrt(A.size))
+    if dt == np.float64:
+        U, s, Vt = wp.randomized_svd(M, tol=1e-10, seed=0)
+        np.testing.assert_allclose((U * s) @ Vt, A, atol=1e-12 * np.abs(A).max() * np.sqrt(A.size))
 
 
 # ---- determinism, threads, sketch ------------------------------------------------------------

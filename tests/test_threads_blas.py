@@ -112,3 +112,43 @@ def test_more_threads_than_the_build_supports():
     with pytest.warns(RuntimeWarning, match="without OpenMP"):
         with wp.threads(2) as n:
             assert n == 1
+
+
+def test_threadpoolctl_governs_the_weightpress_pool():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from weightpress import _threads
+    ours = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "weightpress"]
+    assert len(ours) == 1 and ours[0]["internal_api"] == "weightpress"
+    assert ours[0]["filepath"] == _core.__file__ and ours[0]["num_threads"] == wp.get_num_threads()
+    before = wp.get_num_threads()
+    seen = []
+    orig = _core.threshold
+
+    def spy(*args):  # the count the kernel is actually given
+        seen.append(args[-1])
+        return orig(*args)
+
+    _core.threshold = spy
+    try:
+        with threadpoolctl.threadpool_limits(1, user_api="weightpress"):
+            assert wp.get_num_threads() == 1
+            wp.soft_threshold(np.ones(10), 0.5)
+            with wp.threads(2):  # an explicit context still wins
+                wp.soft_threshold(np.ones(10), 0.5)
+        assert wp.get_num_threads() == before and _threads._global is None  # default restored
+        with threadpoolctl.threadpool_limits(1):  # every pool, weightpress's included
+            wp.soft_threshold(np.ones(10), 0.5)
+        if wp.has_openmp:
+            with threadpoolctl.threadpool_limits(3, user_api="weightpress"):
+                assert wp.get_num_threads() == 3
+                wp.soft_threshold(np.ones(10), 0.5)
+    finally:
+        _core.threshold = orig
+    assert seen == [1, 2 if wp.has_openmp else 1, 1] + ([3] if wp.has_openmp else [])
+    wp.set_num_threads(2)
+    try:  # a count set by set_num_threads is what threadpool_limits restores
+        with threadpoolctl.threadpool_limits(1, user_api="weightpress"):
+            assert wp.get_num_threads() == 1
+        assert _threads._global == 2
+    finally:
+        wp.set_num_threads(None)

@@ -94,7 +94,7 @@ def test_dtype_rules():
 def test_bad_input(f):
     with pytest.raises(ValueError, match=r"(lam|theta) must be >= 0"):
         f(np.ones(3), -1.0)
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="(lam|theta) must be a number"):
         f(np.ones(3), np.nan)
     with pytest.raises(TypeError, match="real number"):
         f(np.ones(3), "1")
@@ -116,3 +116,27 @@ def test_threads_bit_identical(dtype):
     x = np.random.default_rng(0).standard_normal(300_001).astype(dtype)
     for f in (wp.soft_threshold, wp.hard_threshold):
         np.testing.assert_array_equal(f(x, 0.3, n_threads=1), f(x, 0.3, n_threads=2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_infinite_threshold_is_well_defined(dtype):
+    """lam = inf: every finite entry becomes a zero carrying x's sign, as NumPy's formulas
+    compute (and PyWavelets' x * max(1 - lam/|x|, 0)); NaN and inf - inf stay NaN."""
+    x = np.array([-3.0, -0.0, 0.0, 2.5, 1e30, -1e-30, np.nan, np.inf, -np.inf], dtype=dtype)
+    with np.errstate(invalid="ignore"):
+        ref_s = np.sign(x) * np.maximum(np.abs(x) - dtype(np.inf), 0)
+        ref_h = x * (np.abs(x) >= dtype(np.inf))
+    for f, ref in ((wp.soft_threshold, ref_s), (wp.hard_threshold, ref_h)):
+        y = f(x, np.inf)
+        assert y.dtype == x.dtype
+        np.testing.assert_array_equal(y, ref)
+        np.testing.assert_array_equal(np.signbit(y[:6]), np.signbit(ref[:6]))
+        assert not y[:6].any()
+    assert np.isnan(wp.soft_threshold(x, float("inf"))[6:8]).all()  # nan, inf - inf
+    np.testing.assert_array_equal(wp.hard_threshold(x, np.inf)[7:], [np.inf, -np.inf])
+
+
+def test_zeros_keep_the_sign_of_x():
+    x = np.array([-0.5, 0.5, -2.0, -0.0])
+    np.testing.assert_array_equal(np.signbit(wp.soft_threshold(x, 1.0)), [True, False, True, False])
+    np.testing.assert_array_equal(np.signbit(wp.hard_threshold(x, 1.0)), [True, False, True, True])

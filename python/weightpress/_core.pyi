@@ -1,36 +1,126 @@
-"""Hand-written stub of the compiled module (private: use the weightpress package)."""
+"""Hand-written stub of the compiled module (private: use the weightpress package).
+
+Checked against the built module in CI: ``python -m mypy.stubtest weightpress._core``.
+"""
+
+import enum
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 __version__: str
 has_openmp: bool
+_cython_blas: ModuleType
+_cython_lapack: ModuleType
 
 class ShapeError(ValueError): ...
 
+# ---- threads, BLAS ---------------------------------------------------------------------------
+
 def omp_max_threads() -> int: ...
-def threshold(x: NDArray[np.floating], level: float, out: NDArray[np.floating], kind: int,
-              n_threads: int) -> None: ...
 def blas_gemm(a: NDArray[np.floating], b: NDArray[np.floating]) -> NDArray[np.floating]: ...
 def blas_selftest(prefix: str) -> dict[str, float]: ...
+
+# ---- thresholds ------------------------------------------------------------------------------
+
+class Shrink(enum.IntEnum):
+    """Soft or hard thresholding."""
+
+    soft = 0
+    hard = 1
+
+def threshold(x: NDArray[np.floating], level: float, out: NDArray[np.floating], kind: Shrink,
+              n_threads: int) -> None: ...
+
+# ---- CSR and pruning -------------------------------------------------------------------------
+
 def csr_check(indptr: NDArray[np.integer], indices: NDArray[np.integer], n_rows: int, n_cols: int,
               n_threads: int) -> None: ...
 def csr_matmat(indptr: NDArray[np.integer], indices: NDArray[np.integer], data: NDArray[np.floating],
                n_rows: int, n_cols: int, x: NDArray[np.floating], out: NDArray[np.floating],
                transpose: bool, n_threads: int) -> None: ...
-def prune(w: NDArray[np.floating], mode: str, threshold: float, keep: int, n: int, m: int,
+
+class PruneSpec:
+    """What prune keeps."""
+
+    class Mode(enum.IntEnum):
+        threshold = 0
+        keep = 1
+        nm = 2
+
+    mode: PruneSpec.Mode
+    threshold: float
+    keep: int
+    n: int
+    m: int
+    def __init__(self) -> None: ...
+
+def prune(w: NDArray[np.floating], spec: PruneSpec,
           n_threads: int) -> tuple[NDArray[np.floating], NDArray[np.integer], NDArray[np.integer]]: ...
-def rsvd_dense(a: NDArray[np.floating], fortran: bool, mode: int, rank: int, tol: float, lam: float,
-               max_rank: int, oversamples: int, power_iters: int, seed: int, block: int, orth: int,
-               direct: int, n_threads: int
-               ) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating], dict[str, object]]: ...
+
+# ---- randomized SVD --------------------------------------------------------------------------
+
+class RsvdParams:
+    """Options of rsvd_dense / rsvd_csr."""
+
+    class Mode(enum.IntEnum):
+        rank = 0
+        tol = 1
+        svt = 2
+
+    mode: RsvdParams.Mode
+    rank: int
+    tol: float
+    lam: float
+    max_rank: int
+    oversamples: int
+    power_iters: int
+    seed: int
+    block: int
+    orth: int
+    direct: int
+    def __init__(self) -> None: ...
+
+_SvdOut = tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating], dict[str, Any]]
+
+def rsvd_dense(a: NDArray[np.floating], fortran: bool, params: RsvdParams,
+               n_threads: int) -> _SvdOut: ...
 def rsvd_csr(indptr: NDArray[np.integer], indices: NDArray[np.integer], data: NDArray[np.floating],
-             n_rows: int, n_cols: int, mode: int, rank: int, tol: float, lam: float, max_rank: int,
-             oversamples: int, power_iters: int, seed: int, block: int, orth: int, direct: int,
-             n_threads: int
-             ) -> tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating], dict[str, object]]: ...
-def gaussian_sketch(dtype: np.dtype, rows: int, cols: int, col0: int, seed: int,
+             n_rows: int, n_cols: int, params: RsvdParams, n_threads: int) -> _SvdOut: ...
+def gaussian_sketch(dtype: np.dtype[Any], rows: int, cols: int, col0: int, seed: int,
                     n_threads: int) -> NDArray[np.floating]: ...
+
+# ---- sparse recovery -------------------------------------------------------------------------
+
+class OmpParams:
+    """Options of omp."""
+
+    kmax: int
+    tol: float
+    chunk: int
+    def __init__(self) -> None: ...
+
+def omp_gram(D: NDArray[np.floating]) -> NDArray[np.floating]: ...
+def omp(D: NDArray[np.floating], Y: NDArray[np.floating], G: NDArray[np.floating] | None,
+        params: OmpParams, n_threads: int
+        ) -> tuple[NDArray[np.int64], NDArray[np.floating], NDArray[np.int64], NDArray[np.floating]]: ...
+
+class L1Mode(enum.IntEnum):
+    """What the l1 homotopy solves."""
+
+    lasso = 0
+    bpdn = 1
+    bp = 2
+
+def l1_dense(A: NDArray[np.floating], y: NDArray[np.floating], mode: L1Mode, target: float,
+             max_iter: int, n_threads: int) -> tuple[NDArray[np.floating], dict[str, Any]]: ...
+def l1_csr(indptr: NDArray[np.integer], indices: NDArray[np.integer], data: NDArray[np.floating],
+           n_rows: int, n_cols: int, y: NDArray[np.floating], mode: L1Mode, target: float,
+           max_iter: int, n_threads: int) -> tuple[NDArray[np.floating], dict[str, Any]]: ...
+
+# ---- quantization ---------------------------------------------------------------------------
 
 # quantization (bind_quant.cpp): scales are float16 bit patterns (uint16)
 def quant_pack(codes: NDArray[np.uint8], bits: int, n_threads: int) -> NDArray[np.uint8]: ...

@@ -3,6 +3,12 @@
 The count is resolved, in order, from the explicit ``n_threads`` argument, the innermost
 :func:`threads` context, :func:`set_num_threads`, and finally OpenMP's default (which honours
 ``OMP_NUM_THREADS``) capped at the CPUs this process may use.
+
+When threadpoolctl is installed, weightpress registers a controller with it (``user_api`` and
+``internal_api`` "weightpress"), so ``threadpool_limits(n)`` and
+``threadpool_limits(n, user_api="weightpress")`` set the default count (as
+:func:`set_num_threads` does) and restore it on exit; an explicit ``n_threads`` or a
+:func:`threads` context still takes precedence.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import warnings
 from collections.abc import Iterator
 
 from . import _core
+from ._optional import require
 
 _ctx: contextvars.ContextVar[int | None] = contextvars.ContextVar("weightpress_threads", default=None)
 _global: int | None = None
@@ -45,6 +52,8 @@ def _check(n: object, name: str = "n_threads") -> int:
     n = int(n)  # type: ignore[call-overload]
     if n == 0:
         raise ValueError(f"{name}=0 is invalid; use None for the default or -1 for all CPUs")
+    if not -(2**31) < n < 2**31:
+        raise ValueError(f"{name}={n} is out of range (a thread count fits in a 32-bit int)")
     return n
 
 
@@ -101,3 +110,42 @@ def threads(n: int) -> Iterator[int]:
         yield _resolve(None)
     finally:
         _ctx.reset(token)
+
+
+def _register_threadpoolctl() -> None:
+    """A threadpoolctl LibController for weightpress's OpenMP pool (threadpoolctl >= 3.5)."""
+    try:
+        threadpoolctl = require("threadpoolctl", "threadpoolctl's control of weightpress's pool")
+    except ImportError:  # optional: without it there is nothing to register with
+        return
+    if not hasattr(threadpoolctl, "register") or not hasattr(threadpoolctl, "LibController"):
+        return
+
+    class _WeightpressController(threadpoolctl.LibController):  # type: ignore[misc]
+        user_api = "weightpress"
+        internal_api = "weightpress"
+        filename_prefixes = ("_core",)
+        check_symbols = ("weightpress_omp_max_threads",)  # exported by src/module.cpp
+
+        def set_additional_attributes(self) -> None:
+            # threadpool_limits restores the count it found; restoring that count restores
+            # set_num_threads' own state (None: the default), not a pinned number.
+            self._global_at_start = _global
+            self._count_at_start = get_num_threads()
+
+        def get_num_threads(self) -> int:
+            return get_num_threads()
+
+        def set_num_threads(self, num_threads: int) -> None:
+            if num_threads == self._count_at_start:
+                set_num_threads(self._global_at_start)
+            else:
+                set_num_threads(num_threads)
+
+        def get_version(self) -> str:
+            return str(_core.__version__)
+
+    threadpoolctl.register(_WeightpressController)
+
+
+_register_threadpoolctl()

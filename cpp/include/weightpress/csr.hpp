@@ -15,6 +15,11 @@ template <class I>
 void csr_check(std::int64_t rows, std::int64_t cols, const I* indptr, const I* indices,
                std::int64_t nnz, int n_threads);
 
+// Throws the ShapeError naming the out-of-range column index at position `bad` (what the
+// products below return when they find one).
+template <class I>
+[[noreturn]] void csr_bad_index(const I* indices, std::int64_t bad, std::int64_t cols);
+
 // Y(rows×k) = A X with X (cols×k) row-major, leading dimension ldx (>= k); Y row-major, ldy.
 // Column indices are range-checked on the fly (free: they are read anyway); returns the
 // position of the first out-of-range index in `indices`, or -1 if all were in range (then Y

@@ -33,4 +33,12 @@ void prune_fill(std::int64_t rows, std::int64_t cols, const T* w, std::int64_t r
                 const PruneState& state, const std::int64_t* indptr, I* indices, T* data,
                 int n_threads);
 
+// CSR index width: true when int32 holds every column index and every indptr entry.
+inline bool csr_fits_int32(std::int64_t nnz, std::int64_t cols) {
+  return nnz <= INT32_MAX && cols <= INT32_MAX;
+}
+
+// indptr narrowed to int32 (the caller checked csr_fits_int32).
+void narrow_indptr(std::int64_t rows, const std::int64_t* in, std::int32_t* out);
+
 }  // namespace wp

@@ -15,7 +15,7 @@ namespace wp {
 
 struct RsvdParams {
   enum Mode { kRank = 0, kTol = 1, kSvt = 2 };
-  int mode = kRank;
+  Mode mode = kRank;
   std::int64_t rank = 0;         // kRank: columns returned, 1 <= rank <= min(m, n)
   double tol = 0.0;              // kTol: target relative Frobenius error, in (0, 1)
   double lam = 0.0;              // kSvt: threshold (>= 0)

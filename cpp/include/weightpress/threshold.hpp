@@ -3,6 +3,8 @@
 #include <cstdint>
 
 namespace wp {
+enum class Shrink : int { kSoft = 0, kHard = 1 };
+
 // out = sign(x) * max(|x| - lam, 0), lam >= 0
 template <class T>
 void soft_threshold(std::int64_t n, const T* x, T lam, T* out, int n_threads);

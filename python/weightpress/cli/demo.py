@@ -50,9 +50,9 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     # integer quantization: round to nearest, and GPTQ at the precision each budget allows
     ("quant int8", {"method": "quant", "options": {"bits": 8}}),
     ("quant int4g64", {"method": "quant", "options": {"bits": 4, "group": 64}}),
-    ("quant 10x +cal", {"method": "quant", "ratio": 10, "calibration": "bundled",
-                        "rules": "*.weight=quant"}),
-    ("quant 10x +cal zstd", {"method": "quant", "ratio": 10, "calibration": "bundled",
+    ("quant 10.5x +cal", {"method": "quant", "ratio": 10.5, "calibration": "bundled",
+                          "rules": "*.weight=quant"}),
+    ("quant 12x +cal zstd", {"method": "quant", "ratio": 12, "calibration": "bundled",
                              "rules": "*.weight=quant", "coding": "zstd"}),
 )
 # the headline figure (tests/test_quant.py asserts it)

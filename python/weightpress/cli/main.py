@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import stat
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +36,9 @@ from ..model.compress import compress_model, open_source, parse_rule, plan, sour
 from ..model.container import Container, verify
 from ..model.distributed import close as close_client
 from ..model.distributed import connect, local_client
-from ..model.report import Report, human
+from ..model.export_hf import export_compressed_tensors
+from ..model.export_onnx import export_onnx
+from ..model.report import Report, human, printable
 from .demo import run as run_demo
 from .plots import plot_curves, require_matplotlib
 
@@ -166,6 +171,23 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", required=True, help="output model file")
     d.add_argument("--like", help="original model to copy the structure from (e.g. ONNX)")
 
+    x = sub.add_parser("export", help="a runnable model whose compressed layers run compressed",
+                       description="With an ONNX --like: rewrite the graph so that low-rank "
+                                   "layers run as two MatMuls and quantized ones through "
+                                   "onnxruntime's MatMulNBits. With a Hugging Face model "
+                                   "directory as --like: a compressed-tensors checkpoint for "
+                                   "transformers. Other forms go back dense (the table says "
+                                   "which and why).")
+    x.add_argument("file", help="a .wpz container")
+    x.add_argument("-o", "--output", required=True, help="output .onnx model (or directory)")
+    x.add_argument("--like", required=True, help="the original ONNX model or HF model directory")
+    x.add_argument("--external-data", action="store_true",
+                   help="weights in OUTPUT.data beside the graph (less resident memory in "
+                        "onnxruntime; no 2 GB limit)")
+    x.add_argument("--exact", action="store_true",
+                   help="quantized products in float (default: int8 activations per block, "
+                        "onnxruntime's fast kernels)")
+
     v = sub.add_parser("verify", help="decode everything and check it",
                        description="Check checksums, structure, shapes, dtypes and the stored "
                                    "error figures. Exit 0 if all is well, 1 if not.")
@@ -195,9 +217,7 @@ def _cmd_compress(a: argparse.Namespace) -> int:
             raise ValueError("--group needs --bits (e.g. --bits 4 --group 64)")
         opts["group"] = a.group
     rules = _rules(a.rules)
-    if os.path.abspath(a.output) == os.path.abspath(a.model):
-        raise ValueError("output: must differ from the input model")
-    _check_output(a.output)
+    _check_output(a.output, a.model)
     if a.plot and a.scope != "allocate":
         raise ValueError("--plot: the curves are measured by --allocate")
     if a.plot:
@@ -238,6 +258,11 @@ def _cmd_compress(a: argparse.Namespace) -> int:
         print(rep.table())
     for note in rep.notes:
         print(f"note: {note}", file=sys.stderr)
+    if rep.not_stored:
+        print(f"weightpress: warning: {len(rep.not_stored)} tensor(s) of {a.model} have no "
+              f"storable dtype and are not in the container (listed in it; decompress with "
+              f"--like {a.model} keeps them): "
+              f"{printable(', '.join(list(rep.not_stored)[:5]))}", file=sys.stderr)
     print(f"wrote {a.output}: {rep.file_bytes:,} bytes, {rep.ratio:.2f}x smaller than "
           f"{a.model} ({rep.source_bytes:,} bytes)", file=sys.stderr if a.quiet else sys.stdout)
     return EXIT_OK
@@ -253,22 +278,38 @@ def _add_timings(rep: Any, container: Any) -> None:
                        "b32": time_apply(m, 32), "b32 dense": time_apply(dense, 32)}
 
 
+def _timing_totals(rep: Any) -> str:
+    """One line: the compressed layers' times summed, as one forward pass through them."""
+    t: dict[str, float] = {}
+    for r in rep.rows:
+        for k, v in (getattr(r, "times", None) or {}).items():
+            t[k] = t.get(k, 0.0) + v
+    if not t:
+        return "model: no compressed matrix to time"
+    return "model (compressed layers, summed): " + ", ".join(
+        f"batch {b}: {t[f'b{b}'] * 1e6:.0f} us vs dense {t[f'b{b} dense'] * 1e6:.0f} us "
+        f"({t[f'b{b} dense'] / max(t[f'b{b}'], 1e-12):.2f}x)" for b in (1, 32))
+
+
 def _cmd_info(a: argparse.Namespace) -> int:
     src = open_source(a.file)
     if isinstance(src, Container):
         with src:
+            src.check_checksums()  # the table is only as good as the file: read it all once
             rep = Report.of_container(src)
             if a.timing:
                 _add_timings(rep, src)
             print(rep.table())
+            if a.timing:
+                print(_timing_totals(rep))
         return EXIT_OK
     with src:  # a plain model: its tensors and what 'compress' would do with each by default
         rows = [("tensor", "shape", "dtype", "bytes", "default plan")]
         for d in plan(src.info(), "auto"):
-            st = src.stored_dtypes.get(d.name) or d.dtype.name
-            rows.append((d.name, "x".join(map(str, d.shape)) or "()", st,
+            st = printable(src.stored_dtypes.get(d.name) or d.dtype.name)
+            rows.append((printable(d.name), "x".join(map(str, d.shape)) or "()", st,
                          human(source_nbytes(src, d.name, d.shape, d.dtype)),
-                         "compress" if d.action != "skip" else f"keep: {d.reason}"))
+                         "compress" if d.action != "skip" else f"keep: {printable(d.reason)}"))
     w = [max(len(r[i]) for r in rows) for i in range(5)]
     for k, r in enumerate(rows):
         print("  ".join(c.rjust(w[i]) if i == 3 else c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
@@ -279,7 +320,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
 
 def _cmd_decompress(a: argparse.Namespace) -> int:
-    _check_output(a.output)
+    _check_output(a.output, a.file, *([a.like] if a.like else []))
     with Container(a.file) as c:
         structure = c.structure() if a.like is None else None
         ext = os.path.splitext(a.output)[1].lower().lstrip(".")
@@ -290,7 +331,29 @@ def _cmd_decompress(a: argparse.Namespace) -> int:
             wmap = c.source.get("weight_map")
             save_model(a.output, c, like=a.like, metadata=c.source_metadata,
                        shards=json.loads(wmap) if wmap else None)
+        if c.not_stored and not a.like:
+            print(f"weightpress: warning: {len(c.not_stored)} tensor(s) of the original were "
+                  f"not stored and are missing from {a.output} (decompress with --like the "
+                  f"original to keep them): {printable(', '.join(list(c.not_stored)[:5]))}",
+                  file=sys.stderr)
     print(f"wrote {a.output}")
+    return EXIT_OK
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    if os.path.isdir(a.like):
+        for r in export_compressed_tensors(a.file, a.output, a.like):
+            print(f"{printable(r.name):<40} {r.form:<15} {r.how:<32} {r.note}")
+        print(f"wrote {a.output} (compressed-tensors)")
+        return EXIT_OK
+    _check_output(a.output)
+    rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast",
+                       external_data=a.external_data)
+    for r in rows:
+        print(f"{printable(r.name):<32} {r.form:<15} {r.how:<40} {human(r.nbytes):>9}  {r.note}")
+    done = sum(r.compressed for r in rows)
+    print(f"wrote {a.output}: {done} of {len(rows)} tensors run compressed, "
+          f"{human(sum(r.nbytes for r in rows))} of weights (dense: {human(sum(r.dense_nbytes for r in rows))})")
     return EXIT_OK
 
 
@@ -300,7 +363,7 @@ def _cmd_verify(a: argparse.Namespace) -> int:
         original = open_source(a.against)
     res = verify(a.file, original, progress=_Progress())
     for p in res.problems:
-        print(f"FAIL {p}")
+        print(f"FAIL {printable(p)}")
     print(f"{'ok' if res.ok else 'FAILED'}: {res.checked} tensors checked, "
           f"{len(res.problems)} problem(s)")
     return EXIT_OK if res.ok else EXIT_FAIL
@@ -311,15 +374,53 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_output(path: str) -> None:
-    """Fail early (before any work) when the output cannot be written."""
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"output {path!r} is a directory")
+def _check_output(path: str, *inputs: str) -> None:
+    """Fail early (before any work) when the output cannot or must not be written: it must be
+    a regular file or a new path (never a directory, FIFO or device, which the atomic rename
+    would replace), and must not be any input, however reached (symlinks, symlinked folders,
+    hard links: compared by device and inode)."""
+    if os.path.exists(path):
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            what = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+            raise ValueError(f"-o {path}: is {what}, not a regular file; give a file path")
+        for inp in inputs:
+            if os.path.exists(inp) and os.path.samefile(path, inp):
+                raise ValueError(f"-o {path}: is the input {inp} (the same file); "
+                                 f"write the output elsewhere")
+    for inp in inputs:  # a new path can still name an input through a symlinked folder
+        if os.path.realpath(path) == os.path.realpath(inp):
+            raise ValueError(f"-o {path}: is the input {inp}; write the output elsewhere")
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         raise FileNotFoundError(f"output directory {d!r} does not exist")
     if not os.access(d, os.W_OK):
         raise PermissionError(f"output directory {d!r} is not writable")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so every temporary file is removed on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """Route SIGTERM and SIGHUP through the same cleanup as SIGINT (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            old[sig] = signal.signal(sig, _raise_terminated)
+    return old
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -330,12 +431,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version, usage errors
         return int(e.code or 0)
     cmd = {"compress": _cmd_compress, "info": _cmd_info, "decompress": _cmd_decompress,
+           "export": _cmd_export,
            "verify": _cmd_verify, "demo": _cmd_demo}[a.command]
+    old_handlers = _install_signal_handlers()
     try:
         return cmd(a)
-    except KeyboardInterrupt:
-        print("weightpress: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, _Terminated) else signal.SIGINT
+        print(f"weightpress: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + int(signum)
     except (ValueError, TypeError, OSError, KeyError, ImportError) as e:
         if os.environ.get("WEIGHTPRESS_DEBUG"):
             raise
@@ -343,13 +447,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{e.strerror or e}: {e.filename}"
         if isinstance(e, KeyError):
             msg = f"no tensor {e}"
-        print(f"weightpress: error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
+        line = printable(msg.splitlines()[0]) if msg.strip() else type(e).__name__
+        print(f"weightpress: error: {line}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - one line, not a traceback, for anything else
         if os.environ.get("WEIGHTPRESS_DEBUG"):
             raise
-        print(f"weightpress: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"weightpress: internal error: {type(e).__name__}: {printable(str(e))[:500]}",
+              file=sys.stderr)
         return EXIT_FAIL
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -112,13 +112,24 @@ class CalibrationStats:
         return H + (rel * d if d > 0 else 1e-12) * np.eye(self.n_features)
 
 
-def output_error(W: Any, W_hat: Any, stats: CalibrationStats) -> float:
-    """Relative output-space error ``‖XWᵀ − XŴᵀ‖_F / ‖XWᵀ‖_F`` from the statistics alone."""
-    Wd = np.asarray(W, dtype=np.float64)
-    D = Wd - np.asarray(W_hat.toarray() if hasattr(W_hat, "toarray") else W_hat, dtype=np.float64)
+def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 18) -> float:
+    """Relative output-space error ``‖XWᵀ − XŴᵀ‖_F / ‖XWᵀ‖_F`` from the statistics alone.
+
+    Accumulated over row blocks of about `block` elements in float64, so the extra memory is
+    a few blocks, not several full-size float64 copies of W (issue 15: this was 10-20x W).
+    """
+    Wa = np.asarray(W)
+    Wh = np.asarray(W_hat.toarray() if hasattr(W_hat, "toarray") else W_hat)
+    if Wa.shape != Wh.shape:
+        raise ValueError(f"W_hat: shape {Wh.shape} differs from W's {Wa.shape}")
     H = stats.hessian()
-    num = float(np.einsum("ij,ij->", D @ H, D))
-    den = float(np.einsum("ij,ij->", Wd @ H, Wd))
+    num = den = 0.0
+    step = max(1, block // max(1, Wa.shape[1]))
+    for r in range(0, Wa.shape[0], step):
+        Wd = np.asarray(Wa[r:r + step], dtype=np.float64)
+        D = Wd - np.asarray(Wh[r:r + step], dtype=np.float64)
+        num += float(np.einsum("ij,ij->", D @ H, D))
+        den += float(np.einsum("ij,ij->", Wd @ H, Wd))
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
     return float(np.sqrt(max(num, 0.0) / den))

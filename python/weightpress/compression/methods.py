@@ -24,7 +24,7 @@ from .matrices import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
                        SparsePlusLowRank, fro2, store_as)
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, sparse_nbytes, value_itemsize)
-from .quant import Quantized, quantize
+from .quant import Quantized, fill_with_residual, quantize
 from ..linalg.sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
@@ -256,12 +256,21 @@ def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
     k = max(1, Wa.size // 256) if iterations else Wa.size
     while True:
         L = _alternate(Wa, L0, k, rank, iterations, storage).lowrank if iterations else L0
-        R = Wa - L.toarray()
+        R = _residual(Wa, L)
         keep = _keep_for_drop(R, allowed)
         if keep <= k or k >= Wa.size:
             S = Sparse(prune(R, sparsity=1.0 - keep / max(1, R.size)), layout, dtype=od)
             return store_as(SparsePlusLowRank(S, L), storage)  # type: ignore[return-value]
         k *= 2
+
+
+def _residual(Wa: np.ndarray, L: LowRank) -> np.ndarray:
+    """``W − L`` written into L's decoded array (one full-size temporary, not two)."""
+    R = L.toarray()
+    if R.dtype != np.result_type(Wa.dtype, R.dtype) or not R.flags.writeable:
+        return Wa - R
+    np.subtract(Wa, R, out=R)
+    return R
 
 
 def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
@@ -273,7 +282,7 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
         if cur_S is not None:  # L = rank-r SVD of W − S, S from the previous round
             U, s, Vt = _truncated_svd(Wa - cur_S.toarray(), rank=rank)
             L = store_as(LowRank.from_svd(U, s, Vt, L.layout, dtype=L.dtype), storage)
-        R = Wa - L.toarray()
+        R = _residual(Wa, L)
         cur_S = Sparse(prune(R, sparsity=1.0 - k / max(1, R.size)), L.layout, dtype=L.dtype)
         cand = store_as(SparsePlusLowRank(cur_S, L), storage)
         e = cand.relative_error(Wa)
@@ -285,13 +294,14 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
 
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
          layout: str = "out_in",
-         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant"),
+         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant", "float16"),
          slr_iterations: int = 0, storage: str | None = None) -> CompressedMatrix:
     """The best form for a budget, never bigger than dense.
 
-    With ``error``: the smallest (in bytes) of pruning, low-rank, sparse + low-rank and integer
-    quantization that meets the relative error; dense if none is smaller than dense. With ``nbytes``: the lowest-error
-    form that fits (dense when the budget holds the dense tensor).
+    With ``error``: the smallest (in bytes) of pruning, low-rank, sparse + low-rank, integer
+    quantization (its residual's largest entries filling a byte budget) and float16 values that
+    meets the relative error; dense if none is smaller than dense. With ``nbytes``: the
+    lowest-error form that fits (dense when the budget holds the dense tensor).
     """
     Wa = as_matrix(W, "W")
     od = out_dtype(W, Wa)
@@ -301,10 +311,24 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     dense_bytes = Wa.size * isz
     if nb is not None and nb >= dense_bytes:
         return dense
-    cands: list[CompressedMatrix] = []
+    # candidates are compared as they are built and only the best one is kept, so memory
+    # holds W, the spectrum and two candidates, not every form at once (issue 15: 6x -> ~3x)
+    best: CompressedMatrix | None = None
+    best_key: tuple[int, float] | None = None
+
+    def consider(c: CompressedMatrix) -> None:
+        nonlocal best, best_key
+        if c.nbytes >= dense_bytes:
+            return
+        if err is not None:
+            key = (0, float(c.nbytes))
+        else:  # the lowest error among forms that fit; else the smallest, honest about its size
+            key = (0, c.relative_error(Wa)) if c.nbytes <= nb else (1, float(c.nbytes))
+        if best_key is None or key < best_key:
+            best, best_key = c, key
+
     if "sparse" in forms:
-        cands.append(magnitude_prune(W, error=err, nbytes=nb, layout=layout, storage=storage))
-    spec = None
+        consider(magnitude_prune(W, error=err, nbytes=nb, layout=layout, storage=storage))
     if "lowrank" in forms or "sparse+lowrank" in forms:
         per_rank = (Wa.shape[0] + Wa.shape[1]) * isz
         if err is not None:
@@ -314,25 +338,26 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
             spec = Spectrum.of(Wa, rank=min(min(Wa.shape), int(nb // per_rank)))
             r_full = len(spec.s)
         if "lowrank" in forms:
-            cands.append(store_as(spec.lowrank(r_full, layout, od), storage))
+            consider(store_as(spec.lowrank(r_full, layout, od), storage))
         if "sparse+lowrank" in forms:
             for r in sorted({r_full // 8, r_full // 4, r_full // 2} - {0}):
-                cands.append(sparse_plus_low_rank(W, r, error=err, nbytes=nb, layout=layout,
-                                                  spectrum=spec, iterations=slr_iterations,
-                                                  storage=storage))
-    if "quant" in forms:  # (for an error budget only if some precision meets it)
-        q = quantized(W, error=err, nbytes=nb, layout=layout)
+                consider(sparse_plus_low_rank(W, r, error=err, nbytes=nb, layout=layout,
+                                              spectrum=spec, iterations=slr_iterations,
+                                              storage=storage))
+        del spec
+    if "quant" in forms and Wa.size:  # for an error budget only if met
+        q = quantized(W, error=err, nbytes=nb, layout=layout, storage=storage)
         if err is None or q.relative_error(Wa) <= err * (1 + 1e-9):
-            cands.append(q)
-    cands = [c for c in cands if c.nbytes < dense_bytes]
-    if not cands:
-        return dense
-    if err is not None:
-        return min(cands, key=lambda c: c.nbytes)
-    fits = [c for c in cands if c.nbytes <= nb]
-    if not fits:  # a budget below every form: the smallest candidate, honest about its size
-        return min(cands, key=lambda c: c.nbytes)
-    return min(fits, key=lambda c: c.relative_error(Wa))
+            consider(q)
+        del q
+    if "float16" in forms and od.itemsize > 2 and storage is None:  # half the bytes, ~1e-4 error
+        with np.errstate(over="ignore"):
+            h = Wa.astype(np.float16)
+        if np.isfinite(h).all():
+            c = Dense(h, layout)
+            if err is None or c.relative_error(Wa) <= err * (1 + 1e-9):
+                consider(c)
+    return dense if best is None else best
 
 
 def sparse_coded(W: Any, *, n_nonzero: int | None = None, error: float | None = None,
@@ -412,9 +437,10 @@ def quantized(W: Any, *, bits: int | None = None, group: int | None = None,
     if bits is not None:
         return build(Precision(int(bits), int(group or 0), True if symmetric is None else bool(symmetric)))
     err, nb = _budget(error, nbytes)
-    if nb is not None:
+    if nb is not None:  # the best precision that fits, then the residual's largest entries
         cands = precisions_for_bytes(shape, nb) or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape))]
-        return min((build(p) for p in cands), key=lambda q: q.relative_error(Wa))
+        q = min((build(p) for p in cands), key=lambda q: q.relative_error(Wa))
+        return fill_with_residual(q, Wa, nb, storage)  # type: ignore[return-value]
     best = None
     for p in sorted(QUANT_LADDER, key=lambda p: (p.nbytes(shape), -p.bits)):
         q = build(p)

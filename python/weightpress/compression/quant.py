@@ -26,7 +26,9 @@ from ..linalg import quant as lq
 from ..linalg.sparse import _parse_pattern
 from .calibration import CalibrationStats
 from .data_aware import _check, act_order_perm, obs_factor, obs_prepare, small_blas
-from .matrices import CompressedMatrix, _compute_dtype, _setup, register_form
+from ..linalg.sparse import prune
+from .matrices import CompressedMatrix, Sparse, _compute_dtype, _setup, _sub, register_form, store_as
+from .storage import nnz_for_bytes, value_itemsize
 
 __all__ = ["Quantized", "Codebook", "quantize", "gptq", "codebook", "quant_name", "quant_from_parts"]
 
@@ -195,6 +197,17 @@ class Quantized(CompressedMatrix):
             return self._dequant(self.dtype, start, stop).astype(self.dtype, copy=False)
         return self.toarray()[start:stop]
 
+    def blocks(self, block: int = 1 << 20) -> Any:
+        """Row blocks of :meth:`toarray`; for ``in_out`` (codes run along the stored columns)
+        decoded once, not once per block."""
+        if self.layout == "out_in":
+            yield from super().blocks(block)
+            return
+        D = self.toarray()
+        step = max(1, block // max(1, self.shape[1]))
+        for r in range(0, self.shape[0], step):
+            yield r, min(self.shape[0], r + step), D[r:r + step]
+
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         direct = (self.layout == "out_in") != transpose  # the product is M @ X
         if not direct:  # Mᵀ @ X: not the kernel's direction; dequantize (rare: not the layer)
@@ -219,6 +232,72 @@ class Quantized(CompressedMatrix):
             self._wide = (lq.pack_codes(self.codes(), wide), zeros, wide)
         packed, zeros, wide = self._wide
         return packed, zeros, wide, False
+
+
+@register_form
+class QuantizedPlusSparse(CompressedMatrix):
+    """Integer codes plus a sparse correction: ``W ≈ Q + S``, ``S`` the largest entries of the
+    rounding residual ``W − Q`` kept exactly in CSR. Between two precisions of the ladder the
+    correction spends the rest of a byte budget where it lowers the error most (outliers), so a
+    budget is met to within one entry's bytes rather than to the next precision down."""
+
+    form = "quant+sparse"
+    needs = frozenset({"quant.scales", "quant.qmeta", "sparse.data", "sparse.indices",
+                       "sparse.indptr"})
+
+    def __init__(self, quant: Quantized, sparse: Sparse):
+        if not isinstance(quant, Quantized) or not isinstance(sparse, Sparse):
+            raise TypeError("expected a Quantized and a Sparse matrix")
+        if quant.shape != sparse.shape or quant.layout != sparse.layout:
+            raise ValueError(f"parts differ: {quant.shape} {quant.layout} vs {sparse.shape} "
+                             f"{sparse.layout}")
+        _setup(self, quant.shape, quant.dtype, quant.layout)
+        self.quant, self.sparse = quant, sparse
+        self.storage = sparse.storage
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                   layout: str = "out_in") -> "QuantizedPlusSparse":
+        return cls(Quantized.from_parts(_sub(parts, "quant"), shape, layout),
+                   Sparse.from_parts(_sub(parts, "sparse"), shape, layout))
+
+    @property
+    def name(self) -> str:
+        return f"{self.quant.name}+csr"
+
+    @property
+    def n_params(self) -> int:
+        return self.quant.n_params + self.sparse.n_params
+
+    def parts(self) -> dict[str, np.ndarray]:
+        return {**{f"quant.{k}": v for k, v in self.quant.parts().items()},
+                **{f"sparse.{k}": v for k, v in self.sparse.parts().items()}}
+
+    @property
+    def nbytes(self) -> int:
+        return self.quant.nbytes + self.sparse.nbytes
+
+    def toarray(self) -> np.ndarray:
+        return (self.quant.toarray() + self.sparse.toarray()).astype(self.dtype, copy=False)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return (self.quant.rows(start, stop) + self.sparse.rows(start, stop)).astype(self.dtype, copy=False)
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        return self.quant._matmul(X, transpose) + self.sparse._matmul(X, transpose)
+
+
+def fill_with_residual(q: Quantized, W: np.ndarray, nbytes: float,
+                       storage: str | None = None) -> Quantized | QuantizedPlusSparse:
+    """``q`` plus the largest entries of ``W − q`` that fit in what ``nbytes`` leaves after
+    ``q`` (``q`` itself when not one entry fits)."""
+    isz = value_itemsize(q.dtype, storage)
+    k = nnz_for_bytes(q.shape, nbytes - q.nbytes, isz)
+    if k <= 0:
+        return q
+    R = W.astype(_compute_dtype(q.dtype), copy=False) - q.toarray()
+    S = store_as(Sparse(prune(R, sparsity=1.0 - k / max(1, R.size)), q.layout, dtype=q.dtype), storage)
+    return QuantizedPlusSparse(q, S)  # type: ignore[arg-type]
 
 
 def _quant_args(bits: Any, group: Any, symmetric: Any) -> tuple[int, int, bool]:
@@ -455,6 +534,17 @@ class Codebook(CompressedMatrix):
         if self.layout == "out_in":
             return self._dequant(self.dtype, start, stop).astype(self.dtype, copy=False)
         return self.toarray()[start:stop]
+
+    def blocks(self, block: int = 1 << 20) -> Any:
+        """Row blocks of :meth:`toarray`; for ``in_out`` (codes run along the stored columns)
+        decoded once, not once per block."""
+        if self.layout == "out_in":
+            yield from super().blocks(block)
+            return
+        D = self.toarray()
+        step = max(1, block // max(1, self.shape[1]))
+        for r in range(0, self.shape[0], step):
+            yield r, min(self.shape[0], r + step), D[r:r + step]
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         direct = (self.layout == "out_in") != transpose

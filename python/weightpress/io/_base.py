@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
@@ -19,6 +19,55 @@ import numpy as np
 
 class FormatError(ValueError):
     """A model file is corrupt, truncated, or not in the format it claims."""
+
+
+# Limits that keep time and memory bounded by the input file, whatever a crafted file says.
+MAX_ELEMENTS_BYTES = 2**62  # a tensor's byte size (non-zero dims) must fit NumPy's intp with room
+INFLATE_FACTOR = 16  # a compressed zip member read into memory may inflate to this many times
+INFLATE_SLACK = 64 * 1024 * 1024  # the archive's size plus this many bytes, and no more
+
+
+def inflate_limit(archive_bytes: int) -> int:
+    """Most bytes a compressed member of an archive of `archive_bytes` may decompress to when it
+    is read into memory or a temporary file (``INFLATE_FACTOR * size + INFLATE_SLACK``)."""
+    return INFLATE_FACTOR * int(archive_bytes) + INFLATE_SLACK
+
+
+def check_shape(shape: Any, itemsize: int, where: str) -> tuple[int, ...]:
+    """`shape` as a tuple of ints, or FormatError when it is not one NumPy can hold.
+
+    Each dimension must be a non-negative int, and the byte size of the non-zero dimensions
+    must stay below :data:`MAX_ELEMENTS_BYTES` (NumPy refuses larger shapes even with a zero
+    dimension, e.g. ``[0, 2**64]``).
+    """
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise FormatError(f"{where}: shape must be a sequence of ints, got {type(shape).__name__}") from None
+    total = max(1, int(itemsize))
+    for d in dims:
+        if type(d) is not int and not isinstance(d, np.integer) or isinstance(d, bool) or d < 0:
+            raise FormatError(f"{where}: shape must hold non-negative ints, got {shape!r:.200}")
+        if d:
+            total *= int(d)
+            if total > MAX_ELEMENTS_BYTES:
+                raise FormatError(f"{where}: shape {shape!r:.200} is too large to hold "
+                                  f"(over 2**62 bytes)")
+    return tuple(int(d) for d in dims)
+
+
+def unique_name(out: Mapping[str, Any], name: str, counters: dict[str, int]) -> str:
+    """`name`, or ``name#k`` with the first free k, in amortised O(1): each name's counter only
+    moves forward (a quadratic ``while key in out`` let a 1 KB file take hours)."""
+    if name not in out:
+        return name
+    k = counters.get(name, 1)
+    key = name
+    while key in out:
+        k += 1
+        key = f"{name}#{k}"
+    counters[name] = k
+    return key
 
 
 class TensorInfo(tuple):
@@ -94,6 +143,28 @@ class TensorSource(Mapping[str, np.ndarray]):
         return f"<{type(self).__name__} {self.format} {self.path!r}: {len(self)} tensors>"
 
 
+def make_temp(directory: str, prefix: str = ".wp-", suffix: str = ".tmp") -> tuple[int, str]:
+    """Create a new private file in `directory`: ``(fd, path)``, like ``tempfile.mkstemp``.
+
+    Unlike mkstemp, the name is chosen before the file exists, so a signal (Ctrl-C, SIGTERM)
+    arriving just as the file is created still lets this function remove it: no window leaves
+    an orphaned temporary file behind.
+    """
+    for _ in range(100):
+        path = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}{suffix}")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            continue
+        except BaseException:
+            with contextlib.suppress(OSError):  # created just before the interrupt: ours
+                if os.path.exists(path):
+                    os.unlink(path)
+            raise
+        return fd, path
+    raise FileExistsError(f"{directory}: cannot create a temporary file")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success rename it over `path`.
@@ -103,8 +174,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".wp-", suffix=".tmp", dir=d)
-    try:
+    tmp = None
+    try:  # mkstemp inside the try: a signal right after it still removes the file
+        fd, tmp = make_temp(d)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -114,6 +186,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise

@@ -13,7 +13,7 @@ import struct
 import zipfile
 import zlib
 
-from ._base import FormatError
+from ._base import FormatError, inflate_limit
 
 # what reading a damaged zip can raise (zlib.error from a corrupt deflate stream,
 # NotImplementedError from a made-up version or method field, RuntimeError from a set
@@ -61,8 +61,24 @@ def member_data_offset(path: str, info: zipfile.ZipInfo) -> int | None:
     return start
 
 
+def check_inflate(info: zipfile.ZipInfo, path: str) -> None:
+    """FormatError if member `info`, compressed, would inflate past :func:`inflate_limit`.
+
+    A stored member is bounded by the archive itself; zipfile never reads a member past its
+    declared ``file_size``, so checking the declared size bounds the memory or disk it takes.
+    """
+    if info.compress_type == zipfile.ZIP_STORED:
+        return
+    limit = inflate_limit(os.path.getsize(path))
+    if info.file_size > limit:
+        raise FormatError(f"{path}: zip member {info.filename!r} inflates to {info.file_size} "
+                          f"bytes, more than this archive may hold ({limit}): refusing a zip bomb")
+
+
 def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> bytes:
-    """Whole member as bytes, with zip errors (bad CRC, truncation) raised as FormatError."""
+    """Whole member as bytes, with zip errors (bad CRC, truncation) raised as FormatError, and
+    a compressed member's size bounded by the archive's (:func:`check_inflate`)."""
+    check_inflate(info, path)
     try:
         return zf.read(info)
     except ZIP_ERRORS as e:

@@ -21,9 +21,9 @@ import numpy as np
 
 from .._optional import require
 
-from ._base import FormatError, TensorInfo, TensorSource, atomic_write
+from ._base import FormatError, TensorInfo, TensorSource, atomic_write, make_temp
 from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits, stored_name
-from ._zip import ZIP_ERRORS, RangeFile, member_data_offset, open_zip
+from ._zip import ZIP_ERRORS, RangeFile, check_inflate, member_data_offset, open_zip
 
 __all__ = ["KerasSource", "write_keras"]
 
@@ -75,45 +75,55 @@ class KerasSource(TensorSource):
         self._tmp: str | None = None
         self._range: RangeFile | None = None
         self._zf: zipfile.ZipFile | None = None
+        self._h5: Any = None
         with open(self.path, "rb") as f:
             head = f.read(8)
-        if head == HDF5_MAGIC:
-            self._file, self._base = self.path, 0
-            self._h5 = _open_h5(h5py, self.path, "r", self.path)
-        else:
-            self._zf = open_zip(self.path, ".keras archive")
-            try:
-                zi = self._zf.getinfo(WEIGHTS_MEMBER)
-            except KeyError:
-                self._zf.close()
-                raise FormatError(f"{self.path}: no {WEIGHTS_MEMBER} member: not a .keras archive") from None
-            start = member_data_offset(self.path, zi)
-            where = f"{self.path}[{WEIGHTS_MEMBER}]"
-            if start is not None:
-                self._file, self._base = self.path, start
-                self._range = RangeFile(self.path, start, zi.file_size)
-                self._h5 = _open_h5(h5py, self._range, "r", where)
-            else:  # compressed member: unpack it to a temporary file, streaming
-                fd, self._tmp = tempfile.mkstemp(suffix=".h5", prefix="wp-keras-")
-                try:
-                    with os.fdopen(fd, "wb") as out, self._zf.open(zi) as src:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                except ZIP_ERRORS as e:
-                    self.close()
-                    raise FormatError(f"{where}: unreadable zip member ({e})") from None
-                self._file, self._base = self._tmp, 0
-                self._h5 = _open_h5(h5py, self._tmp, "r", where)
+        try:  # any failure below closes what was opened and removes the temporary file
+            self._open(h5py, head)
+        except BaseException:
+            self.close()
+            raise
         self._ds: dict[str, Any] = {}
         self._info: dict[str, TensorInfo] = {}
         self.skipped: dict[str, str] = {}
         try:
             self._h5.visititems(self._visit)
-        except FormatError:
-            self.close()
-            raise
         except Exception as e:  # noqa: BLE001 - h5py raises many kinds on corrupt files
             self.close()
+            if isinstance(e, FormatError):
+                raise
             raise FormatError(f"{self.path}: corrupt HDF5 structure ({type(e).__name__}: {e})") from None
+        except BaseException:  # Ctrl-C, a signal: still no temporary file left behind
+            self.close()
+            raise
+
+    def _open(self, h5py: Any, head: bytes) -> None:
+        if head == HDF5_MAGIC:
+            self._file, self._base = self.path, 0
+            self._h5 = _open_h5(h5py, self.path, "r", self.path)
+            return
+        self._zf = open_zip(self.path, ".keras archive")
+        try:
+            zi = self._zf.getinfo(WEIGHTS_MEMBER)
+        except KeyError:
+            raise FormatError(f"{self.path}: no {WEIGHTS_MEMBER} member: not a .keras archive") from None
+        start = member_data_offset(self.path, zi)
+        where = f"{self.path}[{WEIGHTS_MEMBER}]"
+        if start is not None:
+            self._file, self._base = self.path, start
+            self._range = RangeFile(self.path, start, zi.file_size)
+            self._h5 = _open_h5(h5py, self._range, "r", where)
+            return
+        # compressed member: unpack it to a temporary file, streaming, its size bounded
+        check_inflate(zi, self.path)
+        fd, self._tmp = make_temp(tempfile.gettempdir(), "wp-keras-", ".h5")
+        try:
+            with os.fdopen(fd, "wb") as out, self._zf.open(zi) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except ZIP_ERRORS as e:
+            raise FormatError(f"{where}: unreadable zip member ({e})") from None
+        self._file, self._base = self._tmp, 0
+        self._h5 = _open_h5(h5py, self._tmp, "r", where)
 
     def _visit(self, name: str, obj: Any) -> None:
         h5py = import_h5py()
@@ -123,7 +133,7 @@ class KerasSource(TensorSource):
             self._info[name] = TensorInfo(obj.shape, np.float32)
             self.stored_dtypes[name] = "BF16"
         elif obj.dtype.kind in "biufc" and obj.shape is not None:
-            self._info[name] = TensorInfo(obj.shape, obj.dtype)
+            self._info[name] = TensorInfo(obj.shape, obj.dtype.newbyteorder("="))
             self.stored_dtypes[name] = stored_name(obj.dtype.name)
         else:
             self.skipped[name] = f"dtype {obj.dtype} is not numeric"
@@ -151,11 +161,14 @@ class KerasSource(TensorSource):
             raise
         except Exception as e:  # noqa: BLE001
             raise FormatError(f"{self.path}[{name}]: cannot read dataset ({type(e).__name__}: {e})") from None
-        return bf16_bits_to_float32(arr) if bf16 else arr
+        if bf16:
+            return bf16_bits_to_float32(arr)
+        return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._h5.close()
+        if self._h5 is not None:
+            with contextlib.suppress(Exception):
+                self._h5.close()
         for res in (self._range, self._zf):
             if res is not None:
                 res.close()
@@ -238,7 +251,7 @@ def write_keras(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
             return
         if src is None or src._zf is None:
             raise ValueError(f"{path}: writing a .keras archive needs like= the original .keras file")
-        fd, tmp = tempfile.mkstemp(suffix=".h5", prefix="wp-keras-")
+        fd, tmp = make_temp(tempfile.gettempdir(), "wp-keras-", ".h5")
         try:
             with os.fdopen(fd, "w+b") as f:
                 _write_h5(f, tensors, src)

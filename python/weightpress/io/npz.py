@@ -9,9 +9,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._base import FormatError, TensorInfo, TensorSource, atomic_write
+from ._base import FormatError, TensorInfo, TensorSource, atomic_write, check_shape
 from ._dtypes import stored_name
-from ._zip import ZIP_ERRORS, member_data_offset, open_zip
+from ._zip import ZIP_ERRORS, check_inflate, member_data_offset, open_zip
 
 __all__ = ["NpySource", "NpzSource", "write_npy", "write_npz"]
 
@@ -32,7 +32,16 @@ def _read_npy_header(fp, where: str) -> tuple[tuple[int, ...], np.dtype, bool, i
         raise FormatError(f"{where}: not a valid .npy array ({type(e).__name__}: {e})") from None
     if dtype.hasobject:
         raise FormatError(f"{where}: holds Python objects (needs pickle); refusing to load it")
-    return tuple(shape), dtype, bool(fortran), header_len
+    return check_shape(shape, dtype.itemsize, where), dtype, bool(fortran), header_len
+
+
+def _native(dtype: np.dtype) -> np.dtype:
+    """`dtype` in this machine's byte order (big-endian arrays are returned converted)."""
+    return dtype.newbyteorder("=") if not dtype.isnative else dtype
+
+
+def _to_native(arr: np.ndarray) -> np.ndarray:
+    return arr.astype(_native(arr.dtype)) if not arr.dtype.isnative else arr
 
 
 class NpySource(TensorSource):
@@ -51,7 +60,7 @@ class NpySource(TensorSource):
                 f"file has {os.path.getsize(self.path)})"
             )
         self._name = os.path.splitext(os.path.basename(self.path))[0]
-        self._info = {self._name: TensorInfo(shape, dtype)}
+        self._info = {self._name: TensorInfo(shape, _native(dtype))}
         self.stored_dtypes[self._name] = stored_name(np.dtype(dtype).name)
 
     def info(self) -> dict[str, TensorInfo]:
@@ -59,7 +68,7 @@ class NpySource(TensorSource):
 
     def _load(self, name: str) -> np.ndarray:
         try:
-            return np.load(self.path, mmap_mode="r", allow_pickle=False)
+            return _to_native(np.load(self.path, mmap_mode="r", allow_pickle=False))
         except (ValueError, OSError) as e:
             raise FormatError(f"{self.path}: cannot read array: {e}") from None
 
@@ -77,7 +86,7 @@ class NpzSource(TensorSource):
         super().__init__(path)
         self._zf = open_zip(self.path, ".npz archive")
         self._info: dict[str, TensorInfo] = {}
-        self._members: dict[str, tuple[zipfile.ZipInfo, bool, int]] = {}
+        self._members: dict[str, tuple[zipfile.ZipInfo, bool, int, np.dtype]] = {}
         try:
             for zi in self._zf.infolist():
                 if zi.is_dir():
@@ -90,7 +99,7 @@ class NpzSource(TensorSource):
                         shape, dtype, fortran, hlen = _read_npy_header(fp, where)
                 except ZIP_ERRORS as e:
                     raise FormatError(f"{where}: unreadable zip member ({e})") from None
-                info = TensorInfo(shape, dtype)
+                info = TensorInfo(shape, _native(dtype))
                 nbytes = math.prod(shape) * dtype.itemsize  # exact: a lying header cannot wrap
                 if zi.file_size != hlen + nbytes:
                     raise FormatError(
@@ -99,7 +108,7 @@ class NpzSource(TensorSource):
                     )
                 self._info[zi.filename[:-4]] = info
                 self.stored_dtypes[zi.filename[:-4]] = stored_name(info.dtype.name)
-                self._members[zi.filename[:-4]] = (zi, fortran, hlen)
+                self._members[zi.filename[:-4]] = (zi, fortran, hlen, dtype)
         except BaseException:
             self._zf.close()
             raise
@@ -108,17 +117,18 @@ class NpzSource(TensorSource):
         return self._info
 
     def _load(self, name: str) -> np.ndarray:
-        zi, fortran, hlen = self._members[name]
+        zi, fortran, hlen, stored = self._members[name]
         info = self._info[name]
         start = member_data_offset(self.path, zi)
         if start is not None:
             if info.size == 0:
                 return np.empty(info.shape, info.dtype, order="F" if fortran else "C")
-            return np.memmap(self.path, dtype=info.dtype, mode="r", offset=start + hlen,
-                             shape=info.shape, order="F" if fortran else "C")
+            return _to_native(np.memmap(self.path, dtype=stored, mode="r", offset=start + hlen,
+                                        shape=info.shape, order="F" if fortran else "C"))
+        check_inflate(zi, self.path)
         try:
             with self._zf.open(zi) as fp:
-                return np.lib.format.read_array(fp, allow_pickle=False)
+                return _to_native(np.lib.format.read_array(fp, allow_pickle=False))
         except ZIP_ERRORS as e:
             raise FormatError(f"{self.path}[{zi.filename}]: cannot read array: {e}") from None
 

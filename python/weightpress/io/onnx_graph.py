@@ -9,6 +9,7 @@ graph uses). Writing replaces tensors in place in a copy of the original model.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import shutil
@@ -19,7 +20,7 @@ import numpy as np
 
 from .._optional import require
 
-from ._base import FormatError, TensorInfo, TensorSource, atomic_write
+from ._base import FormatError, TensorInfo, TensorSource, atomic_write, unique_name
 from ._dtypes import bf16_bits_to_float32, float32_to_bf16_bits, stored_name
 from .onnx_wire import WireTensor, scan_onnx
 
@@ -66,17 +67,14 @@ def collect_tensors(graph: Any) -> dict[str, Any]:
     GRAPH, GRAPHS, TENSOR = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS,
                              onnx.AttributeProto.TENSOR)
     out: dict[str, Any] = {}
+    counters: dict[str, int] = {}
 
     def add(name: str, t: Any) -> None:
-        key, k = name, 1
-        while key in out:
-            k += 1
-            key = f"{name}#{k}"
-        out[key] = t
+        out[unique_name(out, name, counters)] = t
 
-    stack = [graph]
+    stack = collections.deque([graph])
     while stack:
-        g = stack.pop(0)
+        g = stack.popleft()
         for t in g.initializer:
             add(t.name, t)
         for node in g.node:

@@ -11,11 +11,12 @@ typed fields or an external file). Names and order match :func:`.onnx_graph.coll
 
 from __future__ import annotations
 
+import collections
 import mmap
 import os
 from dataclasses import dataclass, field
 
-from ._base import FormatError
+from ._base import FormatError, check_shape, unique_name
 
 # field numbers (onnx.proto)
 _MODEL_IR, _MODEL_GRAPH, _MODEL_META = 1, 7, 14
@@ -122,7 +123,7 @@ class _Scanner:
                 t.typed = True
         if any(d >= 2**63 for d in dims):
             raise self.fail(f"negative dimension in tensor {name!r}")
-        t.dims = tuple(dims)
+        t.dims = check_shape(dims, 1, f"{self.path}: tensor {name!r}")
         return name, t
 
     def node(self, rng: tuple[int, int], g: _Graph) -> None:
@@ -189,14 +190,11 @@ def scan_onnx(path: str) -> tuple[dict[str, WireTensor], dict[str, str]]:
             if graph is None or ir <= 0:
                 raise FormatError(f"{path}: not an ONNX model (no graph or IR version)")
             out: dict[str, WireTensor] = {}
-            queue = [graph]
+            counters: dict[str, int] = {}
+            queue = collections.deque([graph])
             while queue:
-                g = s.graph(queue.pop(0))
+                g = s.graph(queue.popleft())
                 for name, t in g.inits + g.consts:
-                    key, k = name, 1
-                    while key in out:
-                        k += 1
-                        key = f"{name}#{k}"
-                    out[key] = t
+                    out[unique_name(out, name, counters)] = t
                 queue.extend(g.subgraphs)
             return out, meta

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import FormatError, TensorInfo, TensorSource, atomic_write
+from ._base import FormatError, TensorInfo, TensorSource, atomic_write, unique_name
 from ._dtypes import (
     bf16_bits_to_float32,
     canonical_dtype_name,
@@ -33,25 +33,43 @@ from .pytorch_pickle import STORAGE_DTYPES, TensorRef, load_pickle, state_dict_p
 __all__ = ["PyTorchSource", "write_pytorch"]
 
 _MAX_ENTRIES = 1_000_000  # flattening visits at most this many container items
+_MAX_DEPTH = 100
 
 
-def _flatten(obj: Any, source: str) -> dict[str, TensorRef]:
+def _key(k: Any) -> str:
+    """A dict key as a name part; only plain keys are spelled out (a deeply nested tuple key
+    would recurse in ``str``)."""
+    if isinstance(k, str):
+        return k
+    if isinstance(k, (int, float)) and not isinstance(k, bool):
+        return str(k)
+    return f"<{type(k).__name__}>"
+
+
+def _flatten(obj: Any, source: str, budget: int = _MAX_ENTRIES) -> dict[str, TensorRef]:
+    """Dotted name -> tensor for every tensor in a nested checkpoint object.
+
+    Shared sub-objects (a pickle's memo lets a small file reference one dict many times) can
+    make the tree exponentially larger than the file, so at most `budget` items are visited
+    and the names' total length is bounded too; past that the file is refused.
+    """
     out: dict[str, TensorRef] = {}
-    seen = 0
+    counters: dict[str, int] = {}
+    seen = chars = 0
+    max_chars = 64 * budget
     stack: list[tuple[str, Any, int]] = [("", obj, 0)]
     while stack:
         prefix, o, depth = stack.pop()
         seen += 1
-        if seen > _MAX_ENTRIES or depth > 100:
+        if seen > budget or depth > _MAX_DEPTH:
             raise FormatError(f"{source}: checkpoint structure too large or too deep to list")
         if isinstance(o, TensorRef):
-            key, k = prefix, 1
-            while key in out:  # {"a.b": t, "a": {"b": u}} flatten to the same name
-                k += 1
-                key = f"{prefix}#{k}"
-            out[key] = o
+            chars += len(prefix)
+            if chars > max_chars:
+                raise FormatError(f"{source}: checkpoint tensor names too long to list")
+            out[unique_name(out, prefix, counters)] = o
         elif isinstance(o, dict):
-            items = [(str(k), v) for k, v in o.items()]
+            items = [(_key(k), v) for k, v in o.items()]
             stack.extend((f"{prefix}.{k}" if prefix else k, v, depth + 1) for k, v in reversed(items))
         elif isinstance(o, (list, tuple)):
             stack.extend((f"{prefix}.{i}" if prefix else str(i), v, depth + 1)
@@ -101,8 +119,27 @@ class PyTorchSource(TensorSource):
             raise FormatError(f"{self.path}: big-endian checkpoint is not supported")
         raw = read_member(self._zf, self._zf.getinfo(pkl[0]), self.path)
         obj = load_pickle(io.BytesIO(raw), self.path)
-        self._refs = _flatten(obj, self.path)
+        # a shared sub-object can be visited many times for one pickle byte: bound the walk
+        # by the pickle's size (a real checkpoint spends far more than 4 bytes per item)
+        self._refs = _flatten(obj, self.path, min(_MAX_ENTRIES, max(100_000, len(raw) // 4)))
+        self._check_storages()
         self._index_refs()
+
+    def _check_storages(self) -> None:
+        """A tensor reaching past its storage is a corrupt file: say so at open time, not at
+        load time (where a --ratio budget computed from the header would have failed first)."""
+        sizes = {zi.filename: zi.file_size for zi in self._zf.infolist()}
+        for name, ref in self._refs.items():
+            st = ref.storage
+            member = f"{self._prefix}data/{st.key}"
+            if member not in sizes:
+                raise FormatError(f"{self.path}: tensor {name!r}: storage member {member!r} is missing")
+            if math.prod(ref.shape):
+                last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.strides))
+                held = sizes[member] // st.dtype.itemsize
+                if last >= held:
+                    raise FormatError(f"{self.path}: tensor {name!r} reaches element {last} of a "
+                                      f"storage holding {held} (file truncated or corrupt)")
 
     def _index_refs(self) -> None:
         """Shapes and dtypes from the refs; names sharing one storage view become aliases."""

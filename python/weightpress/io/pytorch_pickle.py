@@ -18,12 +18,13 @@ import collections
 import io
 import math
 import pickle
+import pickletools
 import struct
 from typing import Any
 
 import numpy as np
 
-from ._base import FormatError
+from ._base import FormatError, check_shape
 
 # storage class name -> (numpy dtype, stored dtype name); bf16 is read as uint16 bits.
 STORAGE_DTYPES: dict[str, tuple[np.dtype, str]] = {
@@ -103,7 +104,8 @@ def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, *_rest
         raise FormatError(f"tensor storage offset must be a non-negative int, got {offset!r}")
     shape, strides = _ints(size, "size"), _ints(stride, "stride")
     if len(shape) != len(strides) or any(s < 0 for s in shape) or any(s < 0 for s in strides):
-        raise FormatError(f"tensor size {shape} / stride {strides} are inconsistent")
+        raise FormatError(f"tensor size {shape!r:.200} / stride {strides!r:.200} are inconsistent")
+    check_shape(shape, storage.dtype.itemsize, "tensor size")
     return TensorRef(storage, offset, shape, strides)
 
 
@@ -256,9 +258,73 @@ class SafeUnpickler(pickle.Unpickler):
         return Storage(key, dtype, stored, numel)
 
 
+MAX_TUPLE_DEPTH = 100
+_TUPLE_OPS = {"TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "FROZENSET"}
+_PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
+
+
+def check_nesting(raw: bytes, source: str, limit: int = MAX_TUPLE_DEPTH) -> None:
+    """FormatError if the pickle builds tuples nested deeper than `limit`.
+
+    Hashing a tuple recurses in C without a depth guard, so a deep tuple used as a dict key
+    (a 1 MB pickle of a million nested 1-tuples) crashes the interpreter by stack overflow
+    while unpickling. This walks the opcodes once (linear, nothing is built), tracking how deep
+    each stack entry's tuples nest; lists and dicts are not hashable, so they count as depth 0.
+    """
+    stack: list[int] = []
+    marks: list[int] = []
+    memo: dict[Any, int] = {}
+    try:
+        for op, arg, _pos in pickletools.genops(raw):
+            name = op.name
+            if name == "MARK":
+                marks.append(len(stack))
+                continue
+            before = op.stack_before
+            items: list[int] = []
+            if pickletools.markobject in before:
+                m = marks.pop()
+                items = stack[m:]
+                del stack[m:]
+                n_below = before.index(pickletools.markobject)
+            else:
+                n_below = len(before)
+            if n_below:
+                top = stack[-n_below:]
+                del stack[-n_below:]
+                if name in _PUT_OPS or name == "MEMOIZE" or name == "DUP":
+                    items = top
+                else:
+                    items = items + top if name in _TUPLE_OPS else items
+            if name in _TUPLE_OPS:
+                depth = 1 + max(items, default=0)
+                if depth > limit:
+                    raise FormatError(f"{source}: pickle nests tuples more than {limit} deep")
+                stack.append(depth)
+            elif name in _PUT_OPS or name == "MEMOIZE":
+                v = items[-1] if items else 0
+                memo[arg if name in _PUT_OPS else len(memo)] = v
+                stack.append(v)
+            elif name in _GET_OPS:
+                stack.append(memo.get(arg, 0))
+            elif name == "DUP":
+                stack.extend([items[-1] if items else 0] * 2)
+            else:
+                stack.extend([0] * len(op.stack_after))
+            if name == "STOP":
+                break
+    except FormatError:
+        raise
+    except Exception as e:  # noqa: BLE001 - malformed opcodes: the unpickler says it better
+        del e
+
+
 def load_pickle(data: Any, source: str) -> Any:
     """Unpickle `data` (a binary stream) safely; any failure is a FormatError naming `source`."""
     try:
+        if isinstance(data, io.BytesIO):
+            check_nesting(data.getvalue(), source)
         return SafeUnpickler(data, source).load()
     except FormatError as e:
         msg = str(e)

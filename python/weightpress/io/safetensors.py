@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import FormatError, TensorInfo, TensorSource, atomic_write
+from ._base import FormatError, TensorInfo, TensorSource, atomic_write, check_shape
 from ._dtypes import F8_TABLES, bf16_bits_to_float32, float32_to_bf16_bits
 
 __all__ = ["SafetensorsSource", "write_safetensors", "DTYPES"]
@@ -84,6 +84,8 @@ class SafetensorsSource(TensorSource):
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
             raise FormatError(f"{self.path}: header is not valid JSON ({e})") from None
+        except RecursionError:
+            raise FormatError(f"{self.path}: header JSON nests too deeply") from None
         if not isinstance(header, dict):
             raise FormatError(f"{self.path}: header must be a JSON object")
         self._data_start = 8 + n
@@ -100,6 +102,12 @@ class SafetensorsSource(TensorSource):
             self.stored_dtypes[name] = dt
             out = np.dtype(np.float32) if dt in _DECODED else DTYPES[dt].newbyteorder("=")
             self._info[name] = TensorInfo(shape, out)
+        # the reference implementation rejects tensors whose data ranges overlap
+        spans = sorted((b, e, n) for n, (_, _, b, e) in self._entries.items() if e > b)
+        for (_, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
+            if b1 < e0:
+                raise FormatError(f"{self.path}: tensors {n0!r} and {n1!r} overlap in the data "
+                                  f"(byte {b1} < {e0})")
 
     def _check_entry(self, name: str, e: Any, data_len: int) -> tuple[str, tuple[int, ...], int, int]:
         where = f"{self.path}: tensor {name!r}"
@@ -108,12 +116,12 @@ class SafetensorsSource(TensorSource):
         dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
         if dt not in DTYPES:
             raise FormatError(f"{where}: unknown dtype {dt!r} (known: {', '.join(DTYPES)})")
-        if (not isinstance(shape, list) or
-                not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
-            raise FormatError(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+        if not isinstance(shape, list):
+            raise FormatError(f"{where}: shape must be a list of non-negative integers, got {shape!r:.200}")
+        shape = list(check_shape(shape, DTYPES[dt].itemsize, where))
         if (not isinstance(offs, list) or len(offs) != 2 or
                 not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
-            raise FormatError(f"{where}: data_offsets must be [begin, end], got {offs!r}")
+            raise FormatError(f"{where}: data_offsets must be [begin, end], got {offs!r:.200}")
         begin, end = offs
         nbytes = int(np.prod(shape, dtype=object)) * DTYPES[dt].itemsize
         if begin < 0 or end < begin or end - begin != nbytes:
@@ -195,7 +203,9 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
         if not isinstance(k, str) or not isinstance(v, str):
             raise TypeError(f"metadata: keys and values must be strings, got {k!r}: {type(v).__name__}")
     infos = _infos(tensors)
-    header: dict[str, Any] = {}
+    # the header is assembled from one short JSON fragment per tensor (a dict per tensor
+    # cost several times the header's own size for headers of 100k+ tensors)
+    frags: list[str] = []
     plan = []
     offset = 0
     for name, (shape, dt) in infos.items():
@@ -211,12 +221,14 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
         elif stored not in ("BF16", "F16", "F32", "F64"):
             raise ValueError(f"dtypes[{name!r}]: expected 'BF16', 'F16', 'F32' or 'F64', got {stored!r}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[stored].itemsize
-        header[name] = {"dtype": stored, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        frags.append(f'{json.dumps(name, ensure_ascii=False)}:{{"dtype":"{stored}","shape":'
+                     f'[{",".join(str(int(d)) for d in shape)}],"data_offsets":[{offset},{offset + nbytes}]}}')
         plan.append((name, shape, dt, stored))
         offset += nbytes
     if meta:
-        header = {"__metadata__": meta, **header}
-    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        frags.insert(0, '"__metadata__":' + json.dumps(meta, separators=(",", ":"), ensure_ascii=False))
+    raw = ("{" + ",".join(frags) + "}").encode("utf-8")
+    del frags
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the reference writer does
     with atomic_write(path) as f:
         f.write(struct.pack("<Q", len(raw)))
@@ -232,10 +244,12 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
 
 
 def _write_array(f: Any, a: np.ndarray, stored: str, chunk: int = 1 << 24) -> None:
-    """Write ``a`` as little-endian ``stored`` data in chunks (no full-size temporary)."""
-    flat = a.reshape(-1) if a.flags.c_contiguous else np.ascontiguousarray(a).reshape(-1)
+    """Write ``a`` as little-endian ``stored`` data in chunks (no full-size temporary, also for
+    a strided or stride-0 broadcast view, which is never materialised whole)."""
+    contiguous = a.flags.c_contiguous
+    flat = a.reshape(-1) if contiguous else a.flat
     step = max(1, chunk // max(1, a.itemsize))
-    for i in range(0, flat.size, step):
+    for i in range(0, a.size, step):
         part = flat[i:i + step]
         if stored == "BF16":
             part = f32_to_bf16(part.astype(np.float32, copy=False))

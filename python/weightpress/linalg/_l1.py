@@ -15,7 +15,7 @@ from .._validation import as_csr, as_float_array, check_finite, csr_parts, float
 
 __all__ = ["basis_pursuit", "lasso", "SolverInfo", "ConvergenceWarning"]
 
-_LASSO, _BPDN, _BP = 0, 1, 2
+_LASSO, _BPDN, _BP = _core.L1Mode.lasso, _core.L1Mode.bpdn, _core.L1Mode.bp
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -91,7 +91,7 @@ def _prepare(A: Any, y: Any) -> tuple[Any, np.ndarray, np.dtype, int, int]:
     return op, yd, out_dt, m, n
 
 
-def _solve(op: Any, y: np.ndarray, m: int, n: int, mode: int, target: float, max_iter: Any,
+def _solve(op: Any, y: np.ndarray, m: int, n: int, mode: Any, target: float, max_iter: Any,
            n_threads: int | None, tol: float) -> tuple[np.ndarray, dict]:
     it = 10 * min(m, n) + 100 if max_iter is None else positive_int(max_iter, "max_iter", low=0)
     nt = _resolve(n_threads)
@@ -200,7 +200,8 @@ def basis_pursuit(A: Any, y: Any, sigma: float = 0.0, *, tol: float = 1e-6,
     quadratic in λ, so the stop is exact). Each event costs ``O(n·|S|)`` with Gram columns
     ``AᵀA[:, j]`` computed in blocks by BLAS for the atoms that would enter soonest; a
     k-sparse solution takes about k events. The answer is polished on the true residual and
-    certified by a dual point: for BP ``z = A_S (A_SᵀA_S)⁻¹ sign(x_S)`` scaled so that
+    certified by a dual point. Ties and the path's end are judged relative to each column's
+    own scale, so columns whose norms differ by 1e10 or more are handled exactly. Dual point: for BP ``z = A_S (A_SᵀA_S)⁻¹ sign(x_S)`` scaled so that
     ``‖Aᵀz‖∞ <= 1`` (dual: ``max yᵀz``); for BPDN ``z = r / ‖Aᵀr‖∞`` (dual:
     ``max yᵀz − sigma‖z‖``).
 
@@ -238,7 +239,10 @@ def lasso(A: Any, y: Any, lam: float, *, tol: float = 1e-6, max_iter: int | None
     y : array_like, shape (m,)
         Targets.
     lam : float >= 0
-        Penalty. ``lam >= ‖Aᵀy‖∞`` gives ``x = 0``. Note the scaling: scikit-learn's
+        Penalty. ``lam >= ‖Aᵀy‖∞`` gives exactly ``x = 0``, however ``‖Aᵀy‖∞`` was computed
+        (the solver compares with a rounding bound, ``m·eps·‖a_j‖‖y‖`` per column, so the same
+        ``lam`` gives the same zero on every CPU and BLAS). ``lam = 0`` is least squares
+        (the minimum-l1-norm solution when it is not unique). Note the scaling: scikit-learn's
         ``Lasso(alpha)`` minimises ``‖Ax − y‖² / (2m) + alpha‖x‖₁``, i.e. ``lam = alpha·m``.
     tol : float > 0
         Relative duality gap that counts as converged (warn otherwise).

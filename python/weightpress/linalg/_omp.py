@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,9 @@ def _stopping(n_nonzero: Any, tol: Any, m: int, n: int) -> tuple[int, float]:
         k = max(1, int(0.1 * n)) if tol is None else max(1, min(m, n))
     else:
         k = positive_int(n_nonzero, "n_nonzero")
+        if k > n:
+            warnings.warn(f"omp: n_nonzero={k} is more than the {n} atoms of D; at most {n} "
+                          "atoms can be chosen", UserWarning, stacklevel=4)
     return max(1, min(k, m, n)), t
 
 
@@ -59,7 +64,9 @@ def _run(Da: np.ndarray, G: np.ndarray | None, Y: Any, n_nonzero: Any, tol: Any,
         supp = np.zeros((N, 0), dtype=np.int64)
         coef = np.zeros((N, 0), dtype=Da.dtype)
     else:
-        supp, coef, _count, _r2 = _core.omp(Da, Y2, G, kmax, t, nt)
+        p = _core.OmpParams()
+        p.kmax, p.tol = kmax, t
+        supp, coef, _count, _r2 = _core.omp(Da, Y2, G, p, nt)
     mask = supp >= 0
     if return_sparse and not one:
         indptr = np.zeros(N + 1, dtype=np.int64)
@@ -92,7 +99,8 @@ def omp(D: Any, Y: Any, n_nonzero: int | None = None, tol: float | None = None, 
     n_nonzero : int >= 1, optional
         Most atoms per signal. Default: 10% of the atoms when ``tol`` is None, else
         ``min(n_features, n_atoms)``. Values above the dictionary's rank are allowed: the
-        pursuit stops when the next atom is linearly dependent on the chosen ones.
+        pursuit stops when the next atom is linearly dependent on the chosen ones. A value
+        above the number of atoms is clipped to it with a ``UserWarning``.
     tol : float >= 0, optional
         Stop as soon as the squared residual ``‖y − D x‖²`` is at most ``tol`` (``x = 0``
         when ``‖y‖² <= tol``). With both ``n_nonzero`` and ``tol``, the first one reached stops.

@@ -91,18 +91,18 @@ def prune(W: Any, sparsity: float | None = None, threshold: float | None = None,
     if any(s % Wa.itemsize for s in Wa.strides):
         Wa = np.ascontiguousarray(Wa)
     n = _resolve(n_threads)
-    keep, thr, nm = 0, 0.0, (0, 0)
+    spec = _core.PruneSpec()
     if sparsity is not None:
         s = real_scalar(sparsity, "sparsity", low=0.0, high=1.0)
-        keep = Wa.size - int(round(s * Wa.size))
-        mode = "keep"
+        spec.keep = Wa.size - int(round(s * Wa.size))
+        spec.mode = _core.PruneSpec.Mode.keep
     elif threshold is not None:
-        thr = real_scalar(threshold, "threshold", low=0.0)
-        mode = "threshold"
+        spec.threshold = real_scalar(threshold, "threshold", low=0.0)
+        spec.mode = _core.PruneSpec.Mode.threshold
     else:
-        nm = _parse_pattern(pattern)
-        mode = "nm"
-    data, indices, indptr = _core.prune(Wa, mode, thr, keep, nm[0], nm[1], n)
+        spec.n, spec.m = _parse_pattern(pattern)
+        spec.mode = _core.PruneSpec.Mode.nm
+    data, indices, indptr = _core.prune(Wa, spec, n)
     A = sp.csr_array((data, indices, indptr), shape=Wa.shape)
     A.has_sorted_indices = True
     A.has_canonical_format = True

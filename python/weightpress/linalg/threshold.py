@@ -22,9 +22,19 @@ def _c_view(a: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _threshold(x: Any, level: Any, out: np.ndarray | None, kind: int, level_name: str,
+def _level(v: Any, name: str) -> float:
+    """A threshold: a real number >= 0, +inf included (both operators are defined there); NaN
+    and -inf are rejected."""
+    if isinstance(v, (float, np.floating)) and v == np.inf:
+        return float("inf")
+    if isinstance(v, (float, np.floating)) and np.isnan(v):
+        raise ValueError(f"{name} must be a number >= 0 (inf allowed), got nan")
+    return real_scalar(v, name, low=0.0)
+
+
+def _threshold(x: Any, level: Any, out: np.ndarray | None, kind: _core.Shrink, level_name: str,
                n_threads: int | None) -> np.ndarray:
-    lv = real_scalar(level, level_name, low=0.0)
+    lv = _level(level, level_name)
     xa = as_float_array(x, "x")
     n = _resolve(n_threads)
     if out is None:
@@ -68,7 +78,8 @@ def soft_threshold(x: Any, lam: float, out: np.ndarray | None = None, *,
         Input of any shape, strides and layout. float32 stays float32; float64 stays float64;
         integer input is computed in float64, float16 in float32.
     lam : float
-        Threshold, finite and ``>= 0``.
+        Threshold, ``>= 0``; ``inf`` is allowed (every finite entry becomes a zero). NaN is
+        rejected.
     out : numpy.ndarray, optional
         Where to write the result: same shape as ``x`` and exactly the result dtype. ``out=x``
         works in place.
@@ -83,13 +94,15 @@ def soft_threshold(x: Any, lam: float, out: np.ndarray | None = None, *,
     Raises
     ------
     ValueError
-        If ``lam`` is negative or not finite, or ``out`` has the wrong shape or is read-only.
+        If ``lam`` is negative or NaN, or ``out`` has the wrong shape or is read-only.
     TypeError
         If ``x`` is not real numeric, or ``out`` has the wrong dtype.
 
     Notes
     -----
-    NaN propagates (``soft_threshold(nan, lam)`` is NaN); ``±inf`` stays ``±inf``.
+    NaN propagates (``soft_threshold(nan, lam)`` is NaN); ``±inf`` stays ``±inf`` for finite
+    ``lam`` (``inf - inf`` is NaN, as NumPy computes it, for ``lam = inf``). Zeroed entries keep
+    the sign of ``x`` (``-0.0`` for negative ``x``), exactly as the formula computes in NumPy.
     Memory-bound: one read and one write per element.
 
     Examples
@@ -98,7 +111,7 @@ def soft_threshold(x: Any, lam: float, out: np.ndarray | None = None, *,
     >>> wp.soft_threshold(np.array([-2.0, 0.5, 3.0]), 1.0)
     array([-1.,  0.,  2.])
     """
-    return _threshold(x, lam, out, 0, "lam", n_threads)
+    return _threshold(x, lam, out, _core.Shrink.soft, "lam", n_threads)
 
 
 def hard_threshold(x: Any, theta: float, out: np.ndarray | None = None, *,
@@ -110,7 +123,8 @@ def hard_threshold(x: Any, theta: float, out: np.ndarray | None = None, *,
     x : array_like
         Input of any shape, strides and layout (dtype rules as :func:`soft_threshold`).
     theta : float
-        Threshold, finite and ``>= 0``. Entries with ``|x| >= theta`` are kept.
+        Threshold, ``>= 0``; ``inf`` is allowed (only infinite entries are kept). NaN is
+        rejected. Entries with ``|x| >= theta`` are kept.
     out : numpy.ndarray, optional
         Output array (same shape, exactly the result dtype); ``out=x`` works in place.
     n_threads : int, optional
@@ -123,13 +137,14 @@ def hard_threshold(x: Any, theta: float, out: np.ndarray | None = None, *,
     Raises
     ------
     ValueError
-        If ``theta`` is negative or not finite, or ``out`` has the wrong shape.
+        If ``theta`` is negative or NaN, or ``out`` has the wrong shape.
     TypeError
         If ``x`` is not real numeric, or ``out`` has the wrong dtype.
 
     Notes
     -----
-    NaN propagates (it is never zeroed).
+    NaN propagates (it is never zeroed). Zeroed entries keep the sign of ``x``, as
+    ``x * (|x| >= theta)`` computes in NumPy.
 
     Examples
     --------
@@ -137,4 +152,4 @@ def hard_threshold(x: Any, theta: float, out: np.ndarray | None = None, *,
     >>> wp.hard_threshold(np.array([-2.0, 0.5, 3.0]), 1.0)
     array([-2.,  0.,  3.])
     """
-    return _threshold(x, theta, out, 1, "theta", n_threads)
+    return _threshold(x, theta, out, _core.Shrink.hard, "theta", n_threads)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import numpy as np
 from .._core import __version__
 from ..compression.storage import array_nbytes, dense_nbytes
 from ..compression.matrices import CompressedMatrix, Dense, error_stats, from_parts, store_as
-from ..io._base import FormatError, TensorInfo, TensorSource
+from ..io._base import FormatError, TensorInfo, TensorSource, make_temp
 from ..io.safetensors import SafetensorsSource, write_safetensors
 
 __all__ = ["header_estimate", "ContainerWriter", "Staged", "stage_tensor", "Container", "open_container", "verify", "VerifyResult",
@@ -47,8 +46,10 @@ STRUCTURE_KEY = "__weightpress_structure__"
 
 
 # stored arrays per tensor by the method that makes it (dense: 1; CSR: data, indices, indptr...)
+# (quant: codes, scales, zero points, qmeta, and a CSR correction when it fills a budget; auto
+# usually picks a 2-3 array form: the ratio search measures the file and corrects the rest)
 _PARTS_PER_METHOD = {"skip": 1, "keep": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5,
-                     "code": 4, "quant": 4, "auto": 3}
+                     "code": 4, "quant": 7, "auto": 3}
 
 
 def header_estimate(tensors: Mapping[str, str]) -> int:
@@ -60,11 +61,35 @@ def header_estimate(tensors: Mapping[str, str]) -> int:
 
 
 def _crc(a: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    """CRC-32 of an array's bytes in little-endian order (0-D and empty arrays too), taken in
+    chunks so a strided array is never copied whole."""
+    a = np.asarray(a)
+    if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and not _LITTLE):
+        a = a.astype(a.dtype.newbyteorder("<"))
+    crc = 0
+    flat = a.reshape(-1) if a.flags.c_contiguous else a.flat
+    step = max(1, (1 << 24) // max(1, a.itemsize))
+    for i in range(0, a.size, step):
+        crc = zlib.crc32(np.ascontiguousarray(flat[i:i + step]).view(np.uint8), crc)
+    return crc
+
+
+_LITTLE = np.little_endian
+
+
+def _compact(a: np.ndarray) -> np.ndarray | None:
+    """The smallest array that broadcasts to `a` when `a` is an expanded (stride-0) view of it,
+    else None: such a tensor is stored once, never materialised."""
+    if a.ndim == 0 or a.size <= 1 or all(s != 0 for s in a.strides):
+        return None
+    idx = tuple(slice(0, 1) if (s == 0 and n > 1) else slice(None) for s, n in zip(a.strides, a.shape))
+    return np.ascontiguousarray(a[idx])
 
 
 def _flat2(a: np.ndarray) -> np.ndarray:
-    return a.reshape(a.shape[0], -1) if a.ndim >= 2 else a.reshape(1, -1)
+    if a.ndim >= 2:  # explicit column count: -1 cannot be inferred when a dimension is 0
+        return a.reshape(a.shape[0], int(np.prod(a.shape[1:], dtype=np.int64)))
+    return a.reshape(1, a.size)
 
 
 def _blocks(obj: CompressedMatrix | None, arr: np.ndarray | None) -> Any:
@@ -90,11 +115,17 @@ class _Spill(TensorSource):
         self._info: dict[str, TensorInfo] = {}
 
     def append(self, key: str, a: np.ndarray) -> None:
-        a = np.require(a, requirements="C")  # not ascontiguousarray: it makes 0-D arrays 1-D
-        dt = a.dtype.newbyteorder("<") if a.dtype.byteorder not in "|<" else a.dtype
-        self._index[key] = (a.shape, a.dtype, self._f.tell())
-        self._info[key] = TensorInfo(a.shape, a.dtype)
-        self._f.write(np.ascontiguousarray(a.astype(dt, copy=False)).reshape(-1).view(np.uint8))
+        a = np.asarray(a)
+        shape = a.shape  # np.ascontiguousarray would turn a 0-D array into shape (1,)
+        native = a.dtype.newbyteorder("=") if not a.dtype.isnative else a.dtype
+        le = native.newbyteorder("<") if native.byteorder not in "|<" else native
+        self._index[key] = (shape, native, self._f.tell())
+        self._info[key] = TensorInfo(shape, native)
+        flat = a.reshape(-1) if a.flags.c_contiguous else a.flat
+        step = max(1, (1 << 24) // max(1, a.itemsize))
+        for i in range(0, a.size, step):
+            part = np.ascontiguousarray(flat[i:i + step]).astype(le, copy=False)
+            self._f.write(part.view(np.uint8).data)
 
     def finish(self) -> None:
         self._f.close()
@@ -133,11 +164,16 @@ def stage_tensor(name: str, obj: CompressedMatrix | np.ndarray, *, original: Any
     inputs give the same bytes wherever it runs.
     """
     own_dtype = dtype
+    expanded = None
     if isinstance(obj, np.ndarray) or not isinstance(obj, CompressedMatrix):
         arr = np.asarray(obj)
+        if not arr.dtype.isnative:  # big-endian input: stored and reported native
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        expanded = _compact(arr)
         floating = arr.dtype.kind == "f"
-        obj = Dense(arr, layout or "out_in") if arr.ndim == 2 and floating else None  # type: ignore[assignment]
-        parts = {"values": arr}
+        float_matrix = arr.ndim == 2 and floating and expanded is None
+        obj = Dense(arr, layout or "out_in") if float_matrix else None  # type: ignore[assignment]
+        parts = {"values": arr if expanded is None else expanded}
         form, shape, dtype = "dense", arr.shape, arr.dtype
         lay = layout or "out_in"
     else:
@@ -155,6 +191,7 @@ def stage_tensor(name: str, obj: CompressedMatrix | np.ndarray, *, original: Any
         "stored_dtype": stored_dtype, "storage": storage, "layout": lay, "parts": keys,
         "crc32": {r: _crc(a) for r, a in parts.items()},
         "params": int(obj.n_params if obj is not None else np.asarray(parts["values"]).size),
+        **({"expanded": True} if expanded is not None else {}),
         "bytes": int(nbytes),
         "orig_bytes": int(orig_bytes if orig_bytes is not None
                           else dense_nbytes(shape, np.dtype(dtype).itemsize)),
@@ -176,16 +213,58 @@ def stage_tensor(name: str, obj: CompressedMatrix | np.ndarray, *, original: Any
     else:
         W = None
     n2 = inner = nh2 = d2 = 0.0  # accumulated over row blocks: the decode is never whole
-    exact_copy = form == "dense" and np.dtype(dtype).kind not in "fc"
-    for r0, r1, blk in ([] if exact_copy else
-                        _blocks(obj, parts["values"] if form == "dense" else None)):
-        ref = W[r0:r1] if W is not None else blk
-        st = error_stats(ref, blk)
-        n2, inner, nh2, d2 = n2 + st[0], inner + st[1], nh2 + st[2], d2 + st[3]
+    if form == "dense" and (expanded is not None or np.dtype(dtype).kind not in "fc"):
+        if expanded is not None and expanded.dtype.kind in "fc":  # stored exactly, once
+            reps = int(np.prod(shape, dtype=np.int64)) // max(1, expanded.size)
+            n2 = nh2 = inner = error_stats(expanded, expanded)[0] * reps
+    else:
+        for r0, r1, blk in _blocks(obj, parts["values"] if form == "dense" else None):
+            ref = W[r0:r1] if W is not None else blk
+            st = error_stats(ref, blk)
+            n2, inner, nh2, d2 = n2 + st[0], inner + st[1], nh2 + st[2], d2 + st[3]
     err = float(np.sqrt(d2 / n2)) if n2 > 0 else (0.0 if d2 == 0 else float("inf"))
     entry.update(error=err, norm=float(np.sqrt(n2)), norm_hat=float(np.sqrt(nh2)), inner=inner)
     dtypes = {keys[r]: "BF16" for r, a in parts.items() if storage == "BF16" and a.dtype == np.float32}
     return Staged(name, entry, dict(parts), dtypes)
+
+
+class _Entries(Mapping[str, dict[str, Any]]):
+    """The writer's per-tensor metadata, held as compact JSON text (a dict per tensor cost
+    about 2 KB: 200k tensors took most of a gigabyte). The newest entry stays a live dict
+    until the next one is added, so a caller may still annotate it (``output_error``)."""
+
+    def __init__(self) -> None:
+        self._text: dict[str, str] = {}
+        self._last: tuple[str, dict[str, Any]] | None = None
+
+    def _flush(self) -> None:
+        if self._last is not None:
+            name, e = self._last
+            self._text[name] = json.dumps(e, separators=(",", ":"))
+            self._last = None
+
+    def add(self, name: str, entry: dict[str, Any]) -> None:
+        self._flush()
+        self._text[name] = ""
+        self._last = (name, entry)
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        if self._last is not None and self._last[0] == name:
+            return self._last[1]
+        return json.loads(self._text[name])
+
+    def __iter__(self) -> Any:
+        return iter(self._text)
+
+    def __len__(self) -> int:
+        return len(self._text)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._text
+
+    def json(self) -> str:
+        self._flush()
+        return "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in self._text.items()) + "}"
 
 
 class ContainerWriter:
@@ -212,19 +291,37 @@ class ContainerWriter:
     def __init__(self, path: str | os.PathLike[str], source: Mapping[str, Any] | None = None,
                  source_metadata: Mapping[str, str] | None = None):
         self.path = os.fspath(path)
-        d = os.path.dirname(os.path.abspath(self.path))
         if os.path.isdir(self.path):
             raise IsADirectoryError(f"output {self.path!r} is a directory")
-        fd, tmp = tempfile.mkstemp(prefix=".wp-spill-", suffix=".tmp", dir=d)
-        os.close(fd)
-        self._spill = _Spill(tmp)
+        # the scratch file is made on first use, inside the `with` block, so a signal between
+        # construction and __enter__ cannot leave it behind
+        self._spill_file: _Spill | None = None
         self.source = {k: str(v) for k, v in (source or {}).items()}
         self.source_metadata = {str(k): str(v) for k, v in (source_metadata or {}).items()}
-        self.entries: dict[str, dict[str, Any]] = {}
+        self.entries = _Entries()
+        # tensors of the source that no form can hold (ONNX strings, int4...): listed, so
+        # their absence is never silent
+        self.not_stored: dict[str, str] = {}
         self._keys: set[str] = set()
         self._dtypes: dict[str, str] = {}
         self.file_bytes = 0
         self.structure: dict[str, Any] = {}
+
+    @property
+    def _spill(self) -> _Spill:
+        if self._spill_file is None:
+            d = os.path.dirname(os.path.abspath(self.path))
+            tmp = None
+            try:
+                fd, tmp = make_temp(d, ".wp-spill-")
+                os.close(fd)
+                self._spill_file = _Spill(tmp)
+            except BaseException:
+                if tmp is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                raise
+        return self._spill_file
 
     def add(self, name: str, obj: CompressedMatrix | np.ndarray, *, original: Any = None,
             layout: str | None = None, stored_dtype: str | None = None,
@@ -260,7 +357,7 @@ class ContainerWriter:
             self._keys.add(keys[role])
             if keys[role] in st.dtypes:
                 self._dtypes[keys[role]] = st.dtypes[keys[role]]
-        self.entries[st.name] = st.entry
+        self.entries.add(st.name, st.entry)
         return st.entry
 
     def add_alias(self, name: str, target: str) -> dict[str, Any]:
@@ -278,7 +375,7 @@ class ContainerWriter:
         for k in ("view", "values_dtype"):
             if k in t:
                 entry[k] = t[k]
-        self.entries[name] = entry
+        self.entries.add(name, entry)
         return entry
 
     def set_structure(self, kind: str, blob: bytes) -> None:
@@ -294,7 +391,8 @@ class ContainerWriter:
                 "weightpress_version": __version__,
                 "source": json.dumps(self.source, sort_keys=True),
                 "source_metadata": json.dumps(self.source_metadata, sort_keys=True),
-                "tensors": json.dumps(self.entries, separators=(",", ":")),
+                "tensors": self.entries.json(),
+                **({"not_stored": json.dumps(self.not_stored)} if self.not_stored else {}),
                 **({"structure": json.dumps(self.structure)} if self.structure else {})}
 
     def close(self) -> int:
@@ -309,9 +407,10 @@ class ContainerWriter:
 
     def abort(self) -> None:
         """Drop everything staged (no output file is written)."""
-        self._spill.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self._spill.path)
+        if self._spill_file is not None:
+            self._spill_file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._spill_file.path)
 
     def __enter__(self) -> "ContainerWriter":
         return self
@@ -335,9 +434,14 @@ class Container(TensorSource):
 
     format = "weightpress"
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], *, verify_checksums: bool = True):
         super().__init__(path)
-        self._st = SafetensorsSource(path)
+        self.verify_checksums = verify_checksums
+        self._checked: set[str] = set()
+        try:
+            self._st = SafetensorsSource(path)
+        except FormatError as e:
+            raise FormatError(f"{self.path}: not a weightpress container ({e})") from None
         meta = self._st.metadata
         self.metadata = dict(meta)
         if meta.get("format") != FORMAT:
@@ -350,6 +454,8 @@ class Container(TensorSource):
             self.entries: dict[str, dict[str, Any]] = json.loads(meta["tensors"])
             self.source: dict[str, str] = json.loads(meta.get("source", "{}"))
             self.source_metadata: dict[str, str] = json.loads(meta.get("source_metadata", "{}"))
+            self.not_stored: dict[str, str] = {str(k): str(v) for k, v in
+                                               json.loads(meta.get("not_stored", "{}")).items()}
             self.structure_info: dict[str, Any] = json.loads(meta.get("structure", "{}"))
             self._info = {n: TensorInfo(e["view"]["shape"] if "view" in e else e["shape"],
                                         np.dtype(e["dtype"])) for n, e in self.entries.items()}
@@ -360,21 +466,40 @@ class Container(TensorSource):
                 for role, key in e["parts"].items():
                     if key not in self._st.info():
                         raise FormatError(f"{self.path}: tensor {n!r} part {role!r} ({key!r}) is missing")
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as err:
             if isinstance(err, FormatError):
                 raise
-            raise FormatError(f"{self.path}: malformed container metadata ({err!r})") from None
+            raise FormatError(f"{self.path}: malformed container metadata "
+                              f"({type(err).__name__}: {str(err)[:200]})") from None
         self.stored_dtypes = {n: e.get("stored_dtype") or "" for n, e in self.entries.items()}
 
     def info(self) -> dict[str, TensorInfo]:
         return self._info
 
     def parts(self, name: str) -> dict[str, np.ndarray]:
-        """The stored arrays of one tensor, memory-mapped."""
+        """The stored arrays of one tensor, memory-mapped; their CRC-32s are checked against
+        the stored ones on first read (FormatError on a mismatch) unless the container was
+        opened with ``verify_checksums=False``."""
         e = self.entries[name]
         if "alias" in e:
-            e = self.entries[e["alias"]]
-        return {role: self._st[key] for role, key in e["parts"].items()}
+            return self.parts(e["alias"])
+        out = {role: self._st[key] for role, key in e["parts"].items()}
+        if self.verify_checksums and name not in self._checked:
+            crcs = e.get("crc32")
+            if not isinstance(crcs, dict):
+                raise FormatError(f"{self.path}: tensor {name!r} has no checksums")
+            bad = [r for r, a in out.items() if _crc(a) != crcs.get(r)]
+            if bad:
+                raise FormatError(f"{self.path}: tensor {name!r}: checksum mismatch in "
+                                  f"{', '.join(bad)} (file corrupted)")
+            self._checked.add(name)
+        return out
+
+    def check_checksums(self) -> None:
+        """Read every stored array once and check its CRC-32 (FormatError on the first bad one)."""
+        for name in self.entries:
+            self.parts(name)
+        self.structure()
 
     def structure(self) -> tuple[str, bytes] | None:
         """(kind, zlib bytes) of the source model's structure, if the container keeps it."""
@@ -403,7 +528,15 @@ class Container(TensorSource):
         e = self.entries[name]
         if "alias" in e:
             return self._load(e["alias"])
-        a = self.parts(name)["values"] if e["form"] == "dense" else self.matrix(name).toarray()
+        if e["form"] == "dense":
+            a = self.parts(name)["values"]
+            if e.get("expanded"):
+                try:
+                    return np.broadcast_to(a, tuple(e["shape"]))
+                except ValueError as err:
+                    raise FormatError(f"{self.path}: tensor {name!r}: {err}") from None
+        else:
+            a = self.matrix(name).toarray()
         if "view" in e:
             a = np.asarray(a).reshape(e["view"]["shape"])
         if a.dtype != np.dtype(e["dtype"]):
@@ -455,7 +588,7 @@ def verify(path: str | os.PathLike[str], original: Mapping[str, Any] | None = No
     FormatError
         If the file is not a readable container at all (see :class:`Container`).
     """
-    c = Container(path)
+    c = Container(path, verify_checksums=False)  # checked below, per tensor, as problems
     res = VerifyResult(os.fspath(path))
     known = {k for e in c.entries.values() for k in e["parts"].values()}
     if c.structure_info:

@@ -35,6 +35,7 @@ class Report:
     source_bytes: int = 0
     notes: list[str] = field(default_factory=list)  # what the search did beyond the rules
     compressed_bytes: int = 0  # bytes of the tensors compressed (not kept) in the container
+    not_stored: dict[str, str] | None = None  # tensors the reader could not hold, and why
 
     @property
     def ratio(self) -> float:
@@ -52,7 +53,7 @@ class Report:
                     e["error"], e.get("reason", ""), e.get("output_error"))
                 for n, e in c.entries.items()]
         src = int(c.source.get("bytes") or sum(r.orig_bytes for r in rows))
-        return cls(rows, c.file_bytes, src)
+        return cls(rows, c.file_bytes, src, not_stored=dict(getattr(c, "not_stored", {}) or {}))
 
 
 def human(n: float) -> str:
@@ -62,6 +63,13 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def printable(text: str) -> str:
+    """`text` with control and other non-printable characters escaped (``\\x1b``, ``\\n``), so
+    a tensor name cannot clear the terminal or forge table rows."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in str(text))
 
 
 def format_table(report: Any) -> str:
@@ -84,9 +92,9 @@ def format_table(report: Any) -> str:
         if has_t:
             t = r.times or {}
             extra += tuple(f"{t[k] * 1e6:.0f}" if k in t else "" for k in ("b1", "b1 dense", "b32", "b32 dense"))
-        lines.append((r.name, "x".join(map(str, r.shape)) or "()", r.form, f"{r.params:,}",
+        lines.append((printable(r.name), "x".join(map(str, r.shape)) or "()", r.form, f"{r.params:,}",
                       human(r.nbytes), f"{r.error:.4f}") + extra + (f"{r.ratio:.2f}x",
-                      r.reason if r.form == "dense" else ""))
+                      printable(r.reason) if r.form == "dense" else ""))
     payload = sum(r.nbytes for r in report.rows)
     params = sum(r.params for r in report.rows)
     orig = sum(r.orig_bytes for r in report.rows)
@@ -109,4 +117,7 @@ def format_table(report: Any) -> str:
         out.append("  ".join(cells).rstrip())
         if k == 0 or k == len(lines):
             out.append("  ".join("-" * w for w in widths))
+    for name, why in (getattr(report, "not_stored", None) or {}).items():
+        out.append(f"not stored: {printable(name)} ({printable(why)}); decompress with --like "
+                   f"the original keeps it")
     return "\n".join(out)

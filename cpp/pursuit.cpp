@@ -1,4 +1,4 @@
-// Batch orthogonal matching pursuit. See omp.hpp.
+// Batch orthogonal matching pursuit. See pursuit.hpp.
 //
 // Per signal the pursuit keeps V = G[:, I] L⁻ᵀ (n×k, L the Cholesky factor of G[I, I]) one
 // column per step, so that
@@ -8,7 +8,7 @@
 //   Dᵀr     −= V[:, k] z_k,           ‖r‖² −= z_k²,
 // and x_I = L⁻ᵀ z at the end. A step reads one column of G and the thread's own V, so the
 // Gram matrix (often larger than the caches) is streamed once per selected atom.
-#include "weightpress/omp.hpp"
+#include "weightpress/pursuit.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +18,7 @@
 
 #include "weightpress/blas.hpp"
 #include "weightpress/errors.hpp"
+#include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
 
 namespace wp {
@@ -116,7 +117,7 @@ struct Workspace {
 // v = (g − Σ_{i<k} V_i w_i) * inv, then a −= v zk. Unrolled by four columns of V so that v is
 // loaded and stored a quarter as often.
 template <class T>
-__attribute__((always_inline)) inline void new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
+WP_INLINE void new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
                        const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a) {
   std::int64_t i = 0;
   if (k == 0) {
@@ -158,7 +159,7 @@ __attribute__((always_inline)) inline void new_column_impl(std::int64_t n, std::
 // score, first index on ties; -1 if none. Pass 1 takes the maximum in L independent lanes (a
 // vector max), pass 2 finds its first occurrence.
 template <class T>
-__attribute__((always_inline)) inline std::int64_t select_atom_impl(std::int64_t n,
+WP_INLINE std::int64_t select_atom_impl(std::int64_t n,
                                                                     const T* __restrict a,
                                                                     const T* __restrict w) {
   constexpr int L = 16;
@@ -181,27 +182,58 @@ __attribute__((always_inline)) inline std::int64_t select_atom_impl(std::int64_t
   return -1;  // unreachable unless NaN
 }
 
-// The two hot loops, compiled for AVX-512, AVX2+FMA-era CPUs and the baseline, chosen at load
-// time (GCC function multiversioning). Elementwise loops only and no FP contraction under
-// -std=c++17, so every clone gives bit-identical results.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define WP_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define WP_CLONES
-#endif
-#define WP_KERNELS(T)                                                                          \
-  WP_CLONES void new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V, \
-                            const T* __restrict w, T inv, T zk, T* __restrict v,               \
-                            T* __restrict a) {                                                 \
+// The two hot loops, compiled for AVX-512, AVX2-era CPUs and the baseline, chosen at run time
+// (weightpress/isa.hpp). Elementwise loops only and no FP contraction under -std=c++17, so
+// every variant gives bit-identical results.
+#ifdef WP_X86_DISPATCH
+#define WP_VARIANTS(T)                                                                         \
+  WP_TARGET_V4 void new_column_v4(std::int64_t n, std::int64_t k, const T* __restrict g,       \
+                                  const T* V, const T* __restrict w, T inv, T zk,              \
+                                  T* __restrict v, T* __restrict a) {                          \
     new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);                                          \
   }                                                                                            \
-  WP_CLONES std::int64_t select_atom(std::int64_t n, const T* __restrict a,                    \
-                                     const T* __restrict w) {                                  \
+  WP_TARGET_V3 void new_column_v3(std::int64_t n, std::int64_t k, const T* __restrict g,       \
+                                  const T* V, const T* __restrict w, T inv, T zk,              \
+                                  T* __restrict v, T* __restrict a) {                          \
+    new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);                                          \
+  }                                                                                            \
+  WP_TARGET_V4 std::int64_t select_atom_v4(std::int64_t n, const T* __restrict a,              \
+                                           const T* __restrict w) {                            \
+    return select_atom_impl<T>(n, a, w);                                                       \
+  }                                                                                            \
+  WP_TARGET_V3 std::int64_t select_atom_v3(std::int64_t n, const T* __restrict a,              \
+                                           const T* __restrict w) {                            \
     return select_atom_impl<T>(n, a, w);                                                       \
   }
-WP_KERNELS(float)
-WP_KERNELS(double)
-#undef WP_KERNELS
+WP_VARIANTS(float)
+WP_VARIANTS(double)
+#undef WP_VARIANTS
+#endif
+
+template <class T>
+void new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
+                const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a) {
+#ifdef WP_X86_DISPATCH
+  switch (isa_level()) {
+    case Isa::kV4: return new_column_v4(n, k, g, V, w, inv, zk, v, a);
+    case Isa::kV3: return new_column_v3(n, k, g, V, w, inv, zk, v, a);
+    case Isa::kBase: break;
+  }
+#endif
+  new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);
+}
+
+template <class T>
+std::int64_t select_atom(std::int64_t n, const T* __restrict a, const T* __restrict w) {
+#ifdef WP_X86_DISPATCH
+  switch (isa_level()) {
+    case Isa::kV4: return select_atom_v4(n, a, w);
+    case Isa::kV3: return select_atom_v3(n, a, w);
+    case Isa::kBase: break;
+  }
+#endif
+  return select_atom_impl<T>(n, a, w);
+}
 
 // One signal's pursuit, step by step: start, then select/add until done, then finish. The
 // workspace holds everything that changes (V, Dᵀr, z, L, the used-atom weights).
@@ -397,7 +429,44 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
     ps[static_cast<std::size_t>(s)].finish(supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
 }
 
+template <class T>
+void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
+                std::int64_t ldy, const T* G, const OmpParams& p, std::int64_t* supp, T* coef,
+                std::int64_t* count, T* resid2, int n_threads) {
+  const std::int64_t kmax = p.kmax;
+  if (kmax < 1 || kmax > n) throw ShapeError("omp: n_nonzero must be in [1, n_atoms]");
+  if (N == 0) return;
+  // Signals go in chunks so that DᵀY (chunk × n) stays within ~256 MiB.
+  const std::int64_t chunk = std::max<std::int64_t>(
+      1, p.chunk > 0 ? p.chunk
+                     : std::min<std::int64_t>(N, (std::int64_t(1) << 25) / std::max<std::int64_t>(n, 1)));
+  const std::int64_t cb = std::min(N, chunk);
+  // Few signals: Gram columns on demand beat the full n² Gram matrix (and their lockstep
+  // workspaces, chunk·n·(kmax + 2) values, stay within ~512 MiB).
+  const bool lazy = !G && 2 * N * kmax <= n && cb * n * (kmax + 2) <= (std::int64_t(1) << 26);
+  std::vector<T> gbuf, cbuf(static_cast<std::size_t>(cb * n)), nbuf(static_cast<std::size_t>(cb));
+  if (!G && !lazy) {
+    gbuf.resize(static_cast<std::size_t>(n * n));
+    omp_gram<T>(m, n, D, gbuf.data());
+    G = gbuf.data();
+  }
+  for (std::int64_t s0 = 0; s0 < N; s0 += chunk) {
+    const std::int64_t b = std::min(chunk, N - s0);
+    omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.data());
+    col_sqnorms<T>(m, b, Y + s0, ldy, nbuf.data(), n_threads);
+    if (lazy)
+      omp_lazy<T>(m, n, b, D, cbuf.data(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
+                  coef + s0 * kmax, count + s0, resid2 + s0, n_threads);
+    else
+      omp_batch<T>(n, b, G, cbuf.data(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
+                   coef + s0 * kmax, count + s0, resid2 + s0, n_threads);
+  }
+}
+
 #define WP_INST(T)                                                                              \
+  template void omp_encode<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,     \
+                              std::int64_t, const T*, const OmpParams&, std::int64_t*, T*,      \
+                              std::int64_t*, T*, int);                                          \
   template void omp_gram<T>(std::int64_t, std::int64_t, const T*, T*);                          \
   template void omp_correlate<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,  \
                                  std::int64_t, T*);                                             \

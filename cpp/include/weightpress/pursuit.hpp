@@ -42,4 +42,20 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
               const T* ynorm2, std::int64_t kmax, double tol, std::int64_t* supp, T* coef,
               std::int64_t* count, T* resid2, int n_threads);
 
+// Options of a batch encode.
+struct OmpParams {
+  std::int64_t kmax = 1;   // most atoms per signal, 1 <= kmax <= n
+  double tol = -1.0;       // stop at ‖r‖² <= tol (< 0: no residual criterion)
+  std::int64_t chunk = 0;  // signals per chunk (0: automatic, DᵀY within ~256 MiB; tests set it)
+};
+
+// The whole batch for the columns of Y (row-major m×N, row stride ldy): signals in chunks,
+// each chunk's correlations DᵀY_chunk by one gemm, then the pursuit with the Gram matrix G
+// (n×n, given; or nullptr: built here once, or, for few signals, Gram columns on demand by
+// omp_lazy). Outputs as omp_batch, N rows each.
+template <class T>
+void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
+                std::int64_t ldy, const T* G, const OmpParams& p, std::int64_t* supp, T* coef,
+                std::int64_t* count, T* resid2, int n_threads);
+
 }  // namespace wp

@@ -1,0 +1,124 @@
+"""Peak memory of ``compress`` per method, in multiples of the largest tensor (issue 15).
+
+Each configuration runs in a fresh Python process: it opens a model whose largest tensor is
+a ``rows x cols`` float32 matrix (plus a few small ones), then compresses it to a container.
+Two figures, both relative to the largest tensor's bytes:
+
+- ``traced``: tracemalloc's peak over the compress call (NumPy arrays and Python objects);
+- ``rss``: growth of the process's peak resident set (``ru_maxrss``) over the call, which
+  also counts the C++ kernels' own buffers and the memory-mapped input pages it touched.
+
+The budget is 3x the largest tensor for ``--method auto`` and the calibrated methods.
+
+    python benchmarks/bench_memory.py [--rows 2048 --cols 2048] [--check]
+    python benchmarks/run.py memory          # as part of the suite (--quick: small matrix)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+BUDGET = 3.0
+CONFIGS = [  # (label, compress keyword arguments, calibrated?)
+    ("auto --ratio 4", {"method": "auto", "ratio": 4.0}, False),
+    ("auto --error 0.3", {"method": "auto", "error": 0.3}, False),
+    ("prune --ratio 4", {"method": "prune", "ratio": 4.0}, False),
+    ("lowrank --ratio 4", {"method": "lowrank", "ratio": 4.0}, False),
+    ("slr --ratio 4", {"method": "slr", "ratio": 4.0}, False),
+    ("auto --ratio 4 (calibrated)", {"method": "auto", "ratio": 4.0}, True),
+    ("prune --ratio 4 (calibrated)", {"method": "prune", "ratio": 4.0}, True),
+    ("lowrank --ratio 4 (calibrated)", {"method": "lowrank", "ratio": 4.0}, True),
+    ("slr --ratio 4 (calibrated)", {"method": "slr", "ratio": 4.0}, True),
+]
+
+_CHILD = r"""
+import json, os, resource, sys, tracemalloc
+import numpy as np
+from weightpress.model.compress import compress_model, open_source
+cfg = json.loads(sys.argv[1])
+cal = None
+if cfg["calibrated"]:
+    z = np.load(cfg["cal"])
+    cal = {k: z[k] for k in z.files}
+src = open_source(cfg["model"])
+np.asarray(src["big.weight"]).sum()  # the input's pages are in before the baseline
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+tracemalloc.start()
+compress_model(src, cfg["out"], calibration=cal, min_size=16, **cfg["kw"])
+traced = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"traced": traced, "rss": peak - base}))
+"""
+
+
+def measure(rows: int, cols: int, configs=CONFIGS) -> list[dict]:
+    import numpy as np
+
+    from weightpress.io.safetensors import write_safetensors
+
+    tmp = tempfile.mkdtemp(prefix="wp-bench-mem-")
+    rng = np.random.default_rng(0)
+    # a matrix with decaying spectrum plus noise, so every form has real work to do
+    U = rng.standard_normal((rows, 64)).astype(np.float32)
+    V = rng.standard_normal((64, cols)).astype(np.float32)
+    big = U @ V / 8 + rng.standard_normal((rows, cols)).astype(np.float32)
+    model = os.path.join(tmp, "m.safetensors")
+    write_safetensors(model, {"big.weight": big,
+                              "small.weight": rng.standard_normal((cols // 4, cols)).astype(np.float32),
+                              "big.bias": np.zeros(rows, np.float32)})
+    cal = os.path.join(tmp, "cal.npz")
+    X = rng.standard_normal((512, cols)).astype(np.float32)
+    np.savez(cal, **{"big.weight": X, "small.weight": X})
+    largest = big.nbytes
+    del big, U, V, X
+    out = []
+    for label, kw, calibrated in configs:
+        cfg = {"model": model, "out": os.path.join(tmp, "o.wpz"), "kw": kw,
+               "calibrated": calibrated, "cal": cal}
+        r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg)], capture_output=True,
+                           text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+        if r.returncode != 0:
+            raise RuntimeError(f"{label}: {r.stderr[-2000:]}")
+        m = json.loads(r.stdout.strip().splitlines()[-1])
+        out.append({"config": label, "traced_x": m["traced"] / largest, "rss_x": m["rss"] / largest,
+                    "largest_mib": largest / 2**20})
+    return out
+
+
+def report(rows: list[dict]) -> str:
+    lines = [f"{'configuration':32s} {'traced':>8s} {'rss':>8s}   (x largest tensor, "
+             f"{rows[0]['largest_mib']:.0f} MiB; budget {BUDGET:g}x)"]
+    for r in rows:
+        flag = "" if max(r["traced_x"], r["rss_x"]) <= BUDGET else "   OVER"
+        lines.append(f"{r['config']:32s} {r['traced_x']:8.2f} {r['rss_x']:8.2f}{flag}")
+    return "\n".join(lines)
+
+
+def run(quick: bool = False) -> None:
+    """Entry point for benchmarks/run.py."""
+    n = 512 if quick else 2048
+    print("\n== peak memory of compress (fresh process per row)")
+    print(report(measure(n, n, CONFIGS[:2] + CONFIGS[5:6] if quick else CONFIGS)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=2048)
+    ap.add_argument("--cols", type=int, default=2048)
+    ap.add_argument("--check", action="store_true", help=f"exit 1 if a row is over {BUDGET:g}x")
+    a = ap.parse_args()
+    rows = measure(a.rows, a.cols)
+    print(report(rows))
+    if a.check and any(max(r["traced_x"], r["rss_x"]) > BUDGET for r in rows):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+// The one way the engine selects instruction sets: a hot loop is written once as an
+// always-inline template, compiled for x86-64-v4 (AVX-512), x86-64-v3 (AVX2) and the baseline
+// by thin wrappers marked WP_TARGET_V4 / WP_TARGET_V3, and called through a switch on
+// wp::isa_level(), which asks the CPU once (wheels stay portable: no -march flag). Other
+// architectures (aarch64) and compilers without the attributes compile the baseline only.
+// Used by csr.cpp (SpMV/SpMM row kernels) and pursuit.cpp (OMP's two hot loops).
+//
+// Kernels that must give bit-identical results on every CPU avoid FP contraction (GCC uses
+// -ffp-contract=off under -std=c++17) or document where FMA changes the last bit.
+#pragma once
+
+#define WP_INLINE __attribute__((always_inline)) inline
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define WP_X86_DISPATCH 1
+#define WP_TARGET_V4 \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,bmi,bmi2,popcnt,prefer-vector-width=512")))
+#define WP_TARGET_V3 __attribute__((target("avx2,bmi,bmi2,popcnt")))
+#endif
+
+namespace wp {
+
+enum class Isa : int { kBase = 0, kV3 = 1, kV4 = 2 };
+
+// The widest level this CPU supports (kBase off x86-64). Computed once.
+inline Isa isa_level() {
+#ifdef WP_X86_DISPATCH
+  static const Isa level = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+      return Isa::kV4;
+    return __builtin_cpu_supports("avx2") ? Isa::kV3 : Isa::kBase;
+  }();
+  return level;
+#else
+  return Isa::kBase;
+#endif
+}
+
+}  // namespace wp

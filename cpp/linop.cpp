@@ -1,0 +1,287 @@
+// Dense and CSR linear operators (see linop.hpp).
+#include "weightpress/linop.hpp"
+
+#include <algorithm>
+#include <cstddef>
+
+#include "weightpress/blas.hpp"
+#include "weightpress/csr.hpp"
+
+namespace wp {
+namespace {
+
+using blas::to_int;
+inline std::size_t sz(std::int64_t v) { return static_cast<std::size_t>(v); }
+
+// A single vector against a matrix this small runs in our own loops (see linop.hpp).
+constexpr std::int64_t kSmallVec = std::int64_t(1) << 18;
+
+// out[i] = Σ_j s[i, j] x[j] for a row-major r×c s (ld): four partial sums in a fixed order.
+template <class T>
+void row_dots(std::int64_t r, std::int64_t c, const T* s, std::int64_t ld, const T* x, T* out) {
+  for (std::int64_t i = 0; i < r; ++i) {
+    const T* a = s + i * ld;
+    T acc[4] = {T(0), T(0), T(0), T(0)};
+    std::int64_t j = 0;
+    for (; j + 4 <= c; j += 4)
+      for (int t = 0; t < 4; ++t) acc[t] += a[j + t] * x[j + t];
+    for (; j < c; ++j) acc[0] += a[j] * x[j];
+    out[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  }
+}
+
+// out[j] = Σ_i s[i, j] x[i] for a row-major r×c s (ld): row axpys.
+template <class T>
+void row_axpys(std::int64_t r, std::int64_t c, const T* s, std::int64_t ld, const T* x, T* out) {
+  std::fill(out, out + c, T(0));
+  for (std::int64_t i = 0; i < r; ++i) {
+    const T* a = s + i * ld;
+    const T xi = x[i];
+    for (std::int64_t j = 0; j < c; ++j) out[j] += a[j] * xi;
+  }
+}
+
+template <class T>
+std::vector<T> transpose(std::int64_t r, std::int64_t c, const T* x) {  // row-major r×c → c×r
+  std::vector<T> t(sz(r * c));
+  for (std::int64_t i = 0; i < r; ++i)
+    for (std::int64_t j = 0; j < c; ++j) t[sz(j * r + i)] = x[i * c + j];
+  return t;
+}
+
+// Row-major (m×n) residual ‖A − L R‖² where fill(r0, r1, D) writes rows r0..r1 of A into D
+// (row-major, ld n): blocked so that memory stays bounded.
+template <class T, class Fill>
+double resid2_rows(std::int64_t m, std::int64_t n, std::int64_t k, const T* L, const T* R,
+                   Fill&& fill) {
+  if (m == 0 || n == 0) return 0.0;
+  const std::int64_t rb = std::max<std::int64_t>(1, std::min<std::int64_t>(m, (1 << 20) / n));
+  std::vector<T> d(sz(rb * n));
+  double total = 0.0;
+  for (std::int64_t r0 = 0; r0 < m; r0 += rb) {
+    const std::int64_t r1 = std::min(m, r0 + rb), h = r1 - r0;
+    fill(r0, r1, d.data());
+    if (k > 0)
+      blas::gemm_rm<T>(false, false, to_int(h), to_int(n), to_int(k), T(-1), L + r0 * k,
+                       to_int(k), R, to_int(n), T(1), d.data(), to_int(n));
+    double acc = 0.0;
+    for (std::int64_t i = 0; i < h * n; ++i) {
+      const double v = static_cast<double>(d[sz(i)]);
+      acc += v * v;
+    }
+    total += acc;
+  }
+  return total;
+}
+
+}  // namespace
+
+template <class T>
+void LinOp<T>::gram(const std::int64_t* cols, std::int64_t b, T* out, std::vector<T>& work) const {
+  if (m == 0) {
+    std::fill(out, out + n * b, T(0));
+    return;
+  }
+  work.resize(sz(m * b + n * b));
+  T* y = work.data();
+  T* g = y + m * b;
+  columns(cols, b, y);
+  mm_t(b, y, b, g, b);  // n×b row-major
+  for (std::int64_t r = 0; r < n; ++r)
+    for (std::int64_t t = 0; t < b; ++t) out[r + t * n] = g[sz(r * b + t)];
+}
+
+// ---- dense ----------------------------------------------------------------------------------
+
+template <class T>
+void DenseOp<T>::mm(std::int64_t l, const T* x, std::int64_t ldx, T* y, std::int64_t ldy) const {
+  const std::int64_t m_ = this->m, n_ = this->n;
+  if (m_ == 0 || l == 0) return;
+  if (n_ == 0) {
+    for (std::int64_t i = 0; i < m_; ++i) std::fill(y + i * ldy, y + i * ldy + l, T(0));
+    return;
+  }
+  if (l == 1 && ldx == 1 && ldy == 1 && m_ * n_ <= kSmallVec) {
+    if (col) row_axpys<T>(n_, m_, a, ld, x, y);
+    else row_dots<T>(m_, n_, a, ld, x, y);
+    return;
+  }
+  if (l == 1 && ldx == 1 && ldy == 1) {  // stored row-major S: A x = S x (!col) or Sᵀ x (col)
+    const blas::blas_int sr = to_int(col ? n_ : m_), sc = to_int(col ? m_ : n_);
+    blas::gemv<T>(col ? 'N' : 'T', sc, sr, T(1), a, to_int(ld), x, 1, T(0), y, 1);
+    return;
+  }
+  blas::gemm_rm<T>(col, false, to_int(m_), to_int(l), to_int(n_), T(1), a, to_int(ld), x,
+                   to_int(ldx), T(0), y, to_int(ldy));
+}
+
+template <class T>
+void DenseOp<T>::mm_t(std::int64_t l, const T* x, std::int64_t ldx, T* y,
+                      std::int64_t ldy) const {
+  const std::int64_t m_ = this->m, n_ = this->n;
+  if (n_ == 0 || l == 0) return;
+  if (m_ == 0) {
+    for (std::int64_t j = 0; j < n_; ++j) std::fill(y + j * ldy, y + j * ldy + l, T(0));
+    return;
+  }
+  if (l == 1 && ldx == 1 && ldy == 1 && m_ * n_ <= kSmallVec) {
+    if (col) row_dots<T>(n_, m_, a, ld, x, y);
+    else row_axpys<T>(m_, n_, a, ld, x, y);
+    return;
+  }
+  if (l == 1 && ldx == 1 && ldy == 1) {
+    const blas::blas_int sr = to_int(col ? n_ : m_), sc = to_int(col ? m_ : n_);
+    blas::gemv<T>(col ? 'T' : 'N', sc, sr, T(1), a, to_int(ld), x, 1, T(0), y, 1);
+    return;
+  }
+  blas::gemm_rm<T>(!col, false, to_int(n_), to_int(l), to_int(m_), T(1), a, to_int(ld), x,
+                   to_int(ldx), T(0), y, to_int(ldy));
+}
+
+template <class T>
+void DenseOp<T>::columns(const std::int64_t* cols, std::int64_t b, T* y) const {
+  const std::int64_t m_ = this->m;
+  if (!col) {
+    for (std::int64_t i = 0; i < m_; ++i)
+      for (std::int64_t t = 0; t < b; ++t) y[i * b + t] = a[i * ld + cols[t]];
+  } else {
+    for (std::int64_t t = 0; t < b; ++t) {
+      const T* s = a + cols[t] * ld;
+      for (std::int64_t i = 0; i < m_; ++i) y[i * b + t] = s[i];
+    }
+  }
+}
+
+template <class T>
+void DenseOp<T>::col_sumsq(double* out) const {
+  const std::int64_t m_ = this->m, n_ = this->n;
+  std::fill(out, out + n_, 0.0);
+  if (!col) {
+    for (std::int64_t i = 0; i < m_; ++i)
+      for (std::int64_t j = 0; j < n_; ++j) {
+        const double v = static_cast<double>(a[i * ld + j]);
+        out[j] += v * v;
+      }
+  } else {
+    for (std::int64_t j = 0; j < n_; ++j) {
+      double s = 0.0;
+      for (std::int64_t i = 0; i < m_; ++i) {
+        const double v = static_cast<double>(a[j * ld + i]);
+        s += v * v;
+      }
+      out[j] = s;
+    }
+  }
+}
+
+template <class T>
+double DenseOp<T>::resid2(std::int64_t k, const T* L, const T* R) const {
+  const std::int64_t mm_ = this->m, nn_ = this->n;
+  if (!col)
+    return resid2_rows<T>(mm_, nn_, k, L, R, [&](std::int64_t r0, std::int64_t r1, T* d) {
+      for (std::int64_t i = r0; i < r1; ++i)
+        std::copy(a + i * ld, a + i * ld + nn_, d + (i - r0) * nn_);
+    });
+  // stored rows are the operator's columns: ‖Aᵀ − Rᵀ Lᵀ‖
+  const auto Lt = transpose(mm_, k, L), Rt = transpose(k, nn_, R);
+  return resid2_rows<T>(nn_, mm_, k, Rt.data(), Lt.data(),
+                        [&](std::int64_t r0, std::int64_t r1, T* d) {
+                          for (std::int64_t i = r0; i < r1; ++i)
+                            std::copy(a + i * ld, a + i * ld + mm_, d + (i - r0) * mm_);
+                        });
+}
+
+// ---- CSR ------------------------------------------------------------------------------------
+
+template <class T, class I>
+void CsrOp<T, I>::fwd(std::int64_t l, const T* x, std::int64_t ldx, T* y, std::int64_t ldy) const {
+  const std::int64_t bad =
+      csr_matmat<T, I>(rs, cs, indptr, indices, data, l, x, ldx, y, ldy, this->n_threads);
+  if (bad >= 0) csr_bad_index<I>(indices, bad, cs);
+}
+
+template <class T, class I>
+void CsrOp<T, I>::bwd(std::int64_t l, const T* x, std::int64_t ldx, T* y, std::int64_t ldy) const {
+  const std::int64_t bad =
+      csr_matmat_t<T, I>(rs, cs, indptr, indices, data, l, x, ldx, y, ldy, this->n_threads);
+  if (bad >= 0) csr_bad_index<I>(indices, bad, cs);
+}
+
+template <class T, class I>
+void CsrOp<T, I>::mm(std::int64_t l, const T* x, std::int64_t ldx, T* y, std::int64_t ldy) const {
+  if (tr) bwd(l, x, ldx, y, ldy);
+  else fwd(l, x, ldx, y, ldy);
+}
+
+template <class T, class I>
+void CsrOp<T, I>::mm_t(std::int64_t l, const T* x, std::int64_t ldx, T* y,
+                       std::int64_t ldy) const {
+  if (tr) fwd(l, x, ldx, y, ldy);
+  else bwd(l, x, ldx, y, ldy);
+}
+
+template <class T, class I>
+void CsrOp<T, I>::columns(const std::int64_t* cols, std::int64_t b, T* y) const {
+  const std::int64_t m_ = this->m;
+  std::fill(y, y + m_ * b, T(0));
+  if (tr) {  // the operator's column j is stored row j
+    for (std::int64_t t = 0; t < b; ++t)
+      for (auto q = static_cast<std::int64_t>(indptr[cols[t]]);
+           q < static_cast<std::int64_t>(indptr[cols[t] + 1]); ++q) {
+        const auto i = static_cast<std::int64_t>(indices[q]);
+        if (i >= 0 && i < m_) y[i * b + t] += data[q];  // out of range: reported by products
+      }
+    return;
+  }
+  pos_.assign(sz(cs), -1);
+  for (std::int64_t t = 0; t < b; ++t) pos_[sz(cols[t])] = t;
+  for (std::int64_t i = 0; i < rs; ++i)
+    for (auto q = static_cast<std::int64_t>(indptr[i]); q < static_cast<std::int64_t>(indptr[i + 1]);
+         ++q) {
+      const auto j = static_cast<std::int64_t>(indices[q]);
+      if (j < 0 || j >= cs) continue;  // reported by the products
+      const std::int64_t t = pos_[sz(j)];
+      if (t >= 0) y[i * b + t] += data[q];
+    }
+}
+
+template <class T, class I>
+void CsrOp<T, I>::col_sumsq(double* out) const {
+  std::fill(out, out + this->n, 0.0);
+  for (std::int64_t i = 0; i < rs; ++i)
+    for (auto q = static_cast<std::int64_t>(indptr[i]); q < static_cast<std::int64_t>(indptr[i + 1]);
+         ++q) {
+      const double v = static_cast<double>(data[q]);
+      if (tr) {
+        out[i] += v * v;
+      } else {
+        const auto j = static_cast<std::int64_t>(indices[q]);
+        if (j >= 0 && j < cs) out[j] += v * v;
+      }
+    }
+}
+
+template <class T, class I>
+double CsrOp<T, I>::resid2(std::int64_t k, const T* L, const T* R) const {
+  auto fill = [&](std::int64_t r0, std::int64_t r1, T* d) {
+    std::fill(d, d + (r1 - r0) * cs, T(0));
+    for (std::int64_t i = r0; i < r1; ++i)
+      for (auto p = static_cast<std::int64_t>(indptr[i]); p < static_cast<std::int64_t>(indptr[i + 1]);
+           ++p)
+        d[(i - r0) * cs + static_cast<std::int64_t>(indices[p])] += data[p];
+  };
+  if (!tr) return resid2_rows<T>(rs, cs, k, L, R, fill);
+  const auto Lt = transpose(this->m, k, L), Rt = transpose(k, this->n, R);
+  return resid2_rows<T>(rs, cs, k, Rt.data(), Lt.data(), fill);
+}
+
+template class LinOp<float>;
+template class LinOp<double>;
+template class DenseOp<float>;
+template class DenseOp<double>;
+template class CsrOp<float, std::int32_t>;
+template class CsrOp<float, std::int64_t>;
+template class CsrOp<double, std::int32_t>;
+template class CsrOp<double, std::int64_t>;
+
+}  // namespace wp

@@ -1,0 +1,6 @@
+"""atheris harness: the npz target of fuzz/targets.py (see fuzz/run.py)."""
+
+from harness import main
+
+if __name__ == "__main__":
+    main("npz")

@@ -1,0 +1,445 @@
+"""A container loaded into a PyTorch module: the compressed layers compute from their
+compressed form.
+
+:func:`load_into` walks a module and, for each ``nn.Linear`` or transformers ``Conv1D`` whose
+weight the container compressed, puts in its place a module that computes from the stored form:
+
+- low rank ``W = L R``: :class:`LowRankLinear`, two thin ``nn.Linear`` (the bias on the second);
+- quantized (``quant``): :class:`QuantLinear`, the codes kept packed. Codes of 2–4 bits in
+  groups of 32–256 (or per channel) run in PyTorch's int4 weight-only kernel, symmetric
+  per-channel codes of more bits in its int8 one (activations in bfloat16: the fast paths it
+  has on CPU); others are dequantized in each call (small in memory, slower than dense: the
+  report says so);
+- pruned (CSR): :class:`SparseLinear`, through ``torch.sparse`` CSR or dense, whichever measured
+  faster here at load (``sparse="auto"``);
+- a low-rank ``nn.Conv1d/2d/3d`` weight (stored as its ``(O, I/g·Πk)`` matrix view):
+  :class:`LowRankConv`, a k×k convolution to ``r`` channels per group then a 1×1 one;
+- everything else (dense, sparse + low rank, sparse-coded, codebook, other conv weights): the
+  decoded tensor is copied into the existing parameter.
+
+Each replacement has ``.dense()`` (an equivalent ``nn.Linear``/``Conv1D`` with the decoded
+weight) and works under ``torch.compile``. ``torch`` is an optional dependency.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._optional import require
+from ._packed import QuantParts, pack_bits, tensor_shape
+from ..compression.matrices import LowRank
+from .container import Container
+
+torch = require("torch", "loading a container into a PyTorch module")
+nn = torch.nn
+F = torch.nn.functional
+
+__all__ = ["load_into", "LoadRow", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
+           "quant_modes"]
+
+
+def _is_conv1d(m: Any) -> bool:
+    """transformers' GPT-2 style ``Conv1D`` (weight ``[in, out]``, ``y = x W + b``)."""
+    return type(m).__name__ == "Conv1D" and hasattr(m, "nf") and getattr(m, "weight", None) is not None
+
+
+def _like(orig: Any, A: Any, bias: Any) -> Any:
+    """An ``nn.Linear`` computing ``x Aᵀ + bias`` (A ``(out, in)``)."""
+    d = nn.Linear(A.shape[1], A.shape[0], bias=bias is not None)
+    d.weight = nn.Parameter(A.contiguous())
+    if bias is not None:
+        d.bias = nn.Parameter(bias.detach().clone())
+    return d
+
+
+class _Compressed(nn.Module):  # type: ignore[name-defined,misc]
+    in_features: int
+    out_features: int
+    kind: str = "linear"
+
+    def matrix(self) -> Any:  # pragma: no cover - each subclass
+        raise NotImplementedError
+
+    def dense(self) -> Any:
+        """An equivalent dense ``nn.Linear`` (or ``Conv1D``) with the decoded weight."""
+        with torch.no_grad():
+            A, b = self.matrix().float(), self.bias
+            if self.kind != "conv1d":
+                return _like(None, A, b)
+            Conv1D = require("transformers.pytorch_utils", "rebuilding a Conv1D").Conv1D
+            d = Conv1D(A.shape[0], A.shape[1])
+            d.weight = nn.Parameter(A.t().contiguous())
+            d.bias = nn.Parameter(b.detach().clone() if b is not None else torch.zeros(A.shape[0]))
+            return d
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class LowRankLinear(_Compressed):
+    """``y = (x Vᵀ) Uᵀ + b`` with ``U`` ``(out, r)`` and ``V`` ``(r, in)``."""
+
+    def __init__(self, U: Any, V: Any, bias: Any = None, kind: str = "linear"):
+        super().__init__()
+        self.out_features, r = U.shape
+        self.in_features = V.shape[1]
+        self.first = nn.Linear(self.in_features, r, bias=False)
+        self.second = nn.Linear(r, self.out_features, bias=bias is not None)
+        with torch.no_grad():
+            self.first.weight.copy_(V)
+            self.second.weight.copy_(U)
+            if bias is not None:
+                self.second.bias.copy_(bias)
+        self.kind = kind
+
+    @property
+    def bias(self) -> Any:
+        return self.second.bias
+
+    @property
+    def rank(self) -> int:
+        return int(self.first.out_features)
+
+    def forward(self, x: Any) -> Any:
+        return self.second(self.first(x))
+
+    def matrix(self) -> Any:
+        return self.second.weight @ self.first.weight
+
+
+def _int4_group(q: QuantParts) -> int | None:
+    """The group size PyTorch's int4 kernel can run ``q`` with (32–256, dividing the inputs),
+    or None: codes of at most 4 bits, a per-channel scale repeated over groups."""
+    if q.bits > 4 or q.inn % 32 or not hasattr(torch, "_weight_int4pack_mm_for_cpu"):
+        return None
+    if q.group >= q.inn:
+        return next(g for g in (256, 128, 64, 32) if q.inn % g == 0)
+    return q.group if q.group in (32, 64, 128, 256) and q.inn % q.group == 0 else None
+
+
+def quant_modes(q: QuantParts) -> list[str]:
+    """The ways :class:`QuantLinear` can run ``q``, fastest first (measured on x86-64 CPUs,
+    torch 2.13: int4 and int8 weight-only kernels 2.5-3x faster than dense at one row, with
+    bfloat16 activations; dequantizing in each call is slower than dense)."""
+    modes = []
+    if _int4_group(q) is not None:
+        modes.append("int4")
+    if q.symmetric and q.group >= q.inn and hasattr(torch, "_weight_int8pack_mm"):
+        modes.append("int8")
+    return modes + ["dequant"]
+
+
+class QuantLinear(_Compressed):
+    """Packed integer codes with float scales; ``A = s · (u − z)`` per group of inputs.
+
+    ``mode``:
+
+    - ``"int4"`` (codes of 2–4 bits, groups of 32–256 or per channel):
+      ``torch._weight_int4pack_mm_for_cpu`` on the packed codes, bfloat16 activations and
+      scales (``A = (u − 8)·s + s·(8 − z)``; the float16 scales rounded to bfloat16, a relative
+      2⁻⁹ per group: the kernel is fast only in bfloat16);
+    - ``"int8"`` (symmetric per-channel codes): int8 ``u − z`` through
+      ``torch._weight_int8pack_mm``, bfloat16 activations;
+    - ``"dequant"``: 4- or 8-bit packed codes dequantized to float in each call (float
+      exact, slower than dense);
+    - ``"auto"``: the first of :func:`quant_modes`.
+    """
+
+    def __init__(self, q: QuantParts, bias: Any = None, kind: str = "linear", mode: str = "auto"):
+        super().__init__()
+        self.out_features, self.in_features = q.out, q.inn
+        self.kind = kind
+        modes = quant_modes(q)
+        if mode == "auto":
+            mode = modes[0]
+        if mode not in ("int4", "int8", "dequant"):
+            raise ValueError(f"quant: expected 'auto', 'int4', 'int8' or 'dequant', got {mode!r}")
+        if mode not in modes:
+            raise ValueError(f"quant={mode!r} cannot run {q.bits}-bit codes "
+                             f"({'symmetric' if q.symmetric else 'asymmetric'}, group {q.group}); "
+                             f"possible: {', '.join(modes)}")
+        self.mode = mode
+        self.bits = q.bits
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        if mode == "int4":
+            g = _int4_group(q)
+            assert g is not None
+            gi = np.arange(0, q.inn, g) // max(q.group, 1)             # this group -> stored group
+            s = q.scales[:, gi].astype(np.float32)                     # (out, K/g)
+            z = s * (8.0 - q.zeros[:, gi].astype(np.float32))
+            sz = np.stack([s.T, z.T], axis=-1)                         # (K/g, out, 2)
+            codes = torch.from_numpy(q.codes().astype(np.int32))
+            self.group = g
+            self.register_buffer("packed", torch._convert_weight_to_int4pack_for_cpu(codes, 1))
+            self.register_buffer("scales_zeros", torch.from_numpy(np.ascontiguousarray(sz)).to(torch.bfloat16))
+            return
+        if mode == "int8":
+            w = q.codes().astype(np.int16) - q.zeros[:, :1].astype(np.int16)
+            self.register_buffer("qweight", torch.from_numpy(w.astype(np.int8)))
+            self.register_buffer("scales", torch.from_numpy(q.scales[:, 0].astype(np.float32)).to(torch.bfloat16))
+            return
+        B = 4 if q.bits <= 4 else 8
+        g = q.group
+        ng = q.n_groups
+        codes = np.repeat(q.zeros, g, axis=1)  # padding to whole groups: the zero point (0)
+        codes[:, :q.inn] = q.codes()
+        self.group, self.n_groups, self.store_bits = g, ng, B
+        self.register_buffer("packed", torch.from_numpy(pack_bits(codes, B)))
+        self.register_buffer("scales", torch.from_numpy(q.scales.astype(np.float32)))
+        self.register_buffer("zeros", torch.from_numpy(q.zeros.astype(np.float32)))
+
+    def matrix(self) -> Any:
+        if self.mode == "int4":
+            eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+            # A^T = I @ A^T: the kernel's own dequantization, in float32 for the identity
+            return torch._weight_int4pack_mm_for_cpu(eye.float(), self.packed, self.group,
+                                                     self.scales_zeros.float()).t().contiguous()
+        if self.mode == "int8":
+            return self.qweight.float() * self.scales.float()[:, None]
+        p = self.packed
+        if self.store_bits == 4:
+            u = torch.stack((p & 15, p >> 4), dim=-1).reshape(p.shape[0], -1)
+        else:
+            u = p
+        u = u[:, :self.n_groups * self.group].reshape(self.out_features, self.n_groups, self.group)
+        A = (u.float() - self.zeros[..., None]) * self.scales[..., None]
+        return A.reshape(self.out_features, -1)[:, :self.in_features]
+
+    def forward(self, x: Any) -> Any:
+        if self.mode == "dequant":
+            return F.linear(x, self.matrix().to(x.dtype), self.bias)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.mode == "int4":
+            y = torch._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_zeros)
+        else:
+            y = torch._weight_int8pack_mm(x2, self.qweight, self.scales)
+        y = y.to(x.dtype).reshape(*lead, self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+class SparseLinear(_Compressed):
+    """A pruned weight through ``torch.sparse`` CSR (``use_sparse``) or dense."""
+
+    def __init__(self, A_csr: Any, bias: Any = None, kind: str = "linear", use_sparse: bool = True):
+        super().__init__()
+        self.out_features, self.in_features = A_csr.shape
+        self.kind = kind
+        self.use_sparse = bool(use_sparse)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        W = A_csr if use_sparse else A_csr.to_dense()
+        self.register_buffer("weight", W)
+
+    def matrix(self) -> Any:
+        return self.weight.to_dense() if self.use_sparse else self.weight
+
+    def forward(self, x: Any) -> Any:
+        if not self.use_sparse:
+            return F.linear(x, self.weight, self.bias)
+        lead = x.shape[:-1]
+        y = torch.sparse.mm(self.weight, x.reshape(-1, self.in_features).t()).t()
+        y = y.reshape(*lead, self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+class LowRankConv(nn.Module):  # type: ignore[name-defined,misc]
+    """A convolution whose weight's matrix view ``(O, I/g·Πk) = L R``: a k×k convolution to
+    ``r`` channels per group (``R``, shared by the groups), then a 1×1 convolution (``L``,
+    grouped alike) with the bias."""
+
+    def __init__(self, layer: Any, L: Any, R: Any):
+        super().__init__()
+        cls, r, g = type(layer), int(L.shape[1]), int(layer.groups)
+        self.first = cls(layer.in_channels, g * r, layer.kernel_size, stride=layer.stride,
+                         padding=layer.padding, dilation=layer.dilation, groups=g, bias=False,
+                         padding_mode=layer.padding_mode)
+        self.second = cls(g * r, layer.out_channels, 1, groups=g, bias=layer.bias is not None)
+        with torch.no_grad():
+            Rk = R.reshape((r,) + tuple(self.first.weight.shape[1:]))
+            self.first.weight.copy_(Rk.repeat((g,) + (1,) * (Rk.dim() - 1)))
+            self.second.weight.copy_(L.reshape(self.second.weight.shape))
+            if layer.bias is not None:
+                self.second.bias.copy_(layer.bias)
+
+    @property
+    def rank(self) -> int:
+        return int(self.first.out_channels // self.first.groups)
+
+    def forward(self, x: Any) -> Any:
+        return self.second(self.first(x))
+
+    def dense(self) -> Any:
+        """The equivalent single convolution with the decoded weight."""
+        f, s = self.first, self.second
+        g, r, O = f.groups, self.rank, s.out_channels
+        d = type(f)(f.in_channels, O, f.kernel_size, stride=f.stride, padding=f.padding,
+                    dilation=f.dilation, groups=g, bias=s.bias is not None, padding_mode=f.padding_mode)
+        with torch.no_grad():
+            Lw = s.weight.reshape(g, O // g, r)
+            Rw = f.weight.reshape(g, r, -1)
+            d.weight.copy_(torch.bmm(Lw, Rw).reshape(d.weight.shape))
+            if s.bias is not None:
+                d.bias.copy_(s.bias)
+        return d
+
+
+@dataclass
+class LoadRow:
+    """What happened to one container tensor."""
+
+    name: str
+    form: str
+    how: str       # "LowRankLinear (rank 16)", "QuantLinear int8", "SparseLinear (CSR)", "copied dense"
+    note: str = ""
+
+
+def _time(f: Any, x: Any, reps: int = 5) -> float:
+    with torch.no_grad():
+        f(x)
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            f(x)
+            ts.append(time.perf_counter() - t)
+    return sorted(ts)[len(ts) // 2]
+
+
+def _replace(module: Any, path: str, new: Any) -> None:
+    if path:
+        parent = module.get_submodule(path.rpartition(".")[0]) if "." in path else module
+        setattr(parent, path.rpartition(".")[2], new)
+
+
+def _oriented(e: dict[str, Any], is_conv1d: bool) -> bool:
+    """True when the container's (out, in) matrix (``M``) is the layer's ``A`` (y = x Aᵀ)."""
+    # nn.Linear stores A = W [out, in]; Conv1D stores W [in, out] = Aᵀ.
+    return (e["layout"] == "out_in") != is_conv1d
+
+
+def load_into(module: Any, container: str | os.PathLike[str] | Container, *, sparse: str = "auto",
+              quant: str = "auto", strict: bool = True) -> list[LoadRow]:
+    """Load a container's tensors into ``module`` (in place), compressed layers as modules that
+    compute from the compressed form (see the module docstring).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model the container was compressed from (same parameter names and shapes).
+    container : path or Container
+    sparse : "auto", "sparse" or "dense"
+        Pruned layers: time both at batch 1 at load and keep the faster ("auto"), or force one.
+    quant : "auto", "int4", "int8" or "dequant"
+        Quantized layers (see :class:`QuantLinear`); "auto" takes the fastest way each layer
+        can run, a forced one raises where a layer cannot run that way.
+    strict : bool
+        Raise if a container tensor has no parameter or buffer of that name.
+
+    Returns
+    -------
+    list of LoadRow
+        One per container tensor.
+
+    Raises
+    ------
+    ValueError
+        A tensor's shape differs from the module's, a name is missing (``strict``), or a bad
+        ``sparse``/``quant`` choice.
+    """
+    if sparse not in ("auto", "sparse", "dense"):
+        raise ValueError(f"sparse: expected 'auto', 'sparse' or 'dense', got {sparse!r}")
+    if quant not in ("auto", "int4", "int8", "dequant"):
+        raise ValueError(f"quant: expected 'auto', 'int4', 'int8' or 'dequant', got {quant!r}")
+    c = container if isinstance(container, Container) else Container(container)
+    params = dict(module.named_parameters(remove_duplicate=False))
+    params.update(dict(module.named_buffers(remove_duplicate=False)))
+    owners: dict[int, list[str]] = {}
+    for n, t in params.items():
+        owners.setdefault(id(t), []).append(n)
+    layers = {f"{n}.weight" if n else "weight": (n, m) for n, m in module.named_modules()
+              if isinstance(m, nn.Linear) or _is_conv1d(m)}
+    convs = {f"{n}.weight" if n else "weight": (n, m) for n, m in module.named_modules()
+             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))}
+    rows: list[LoadRow] = []
+    for name, e in c.entries.items():
+        if name not in params:
+            if strict:
+                raise ValueError(f"container: tensor {name!r} has no parameter or buffer in the module")
+            continue
+        p = params[name]
+        if tuple(p.shape) != tensor_shape(e):
+            raise ValueError(f"container: tensor {name!r} has shape {tensor_shape(e)}, the module "
+                             f"{tuple(p.shape)}")
+        form = e["form"]
+        new, how, note = None, "copied dense", ""
+        tied = [n for n in owners[id(p)] if n != name]
+        if tied and form != "dense":
+            note = f"dense: tied with {tied[0]} (one parameter, several uses)"
+        elif name in convs and form == "lowrank":
+            path, layer = convs[name]
+            shape = tensor_shape(e)
+            m = c.matrix(name)
+            assert isinstance(m, LowRank)
+            if layer.groups * m.rank >= shape[0]:
+                note = (f"dense: {layer.groups} groups x rank {m.rank} channels would not be fewer "
+                        f"than the {shape[0]} outputs")
+            elif e["layout"] != "out_in" or tuple(e["shape"]) != (shape[0], int(np.prod(shape[1:]))):
+                note = "dense: not the (out, in·k) matrix view of the conv weight"
+            else:
+                conv_new = LowRankConv(layer, torch.from_numpy(np.array(m.left, dtype=np.float32)),
+                                       torch.from_numpy(np.array(m.right, dtype=np.float32)))
+                _replace(module, path, conv_new)
+                rows.append(LoadRow(name, form, f"LowRankConv (rank {conv_new.rank})"))
+                continue
+        elif name in layers and form in ("lowrank", "quant", "sparse"):
+            path, layer = layers[name]
+            conv = _is_conv1d(layer)
+            kind = "conv1d" if conv else "linear"
+            bias = layer.bias
+            # A (out, in) of the layer is the stored W (Linear) or Wᵀ (Conv1D)
+            if form == "lowrank":
+                m = c.matrix(name)
+                assert isinstance(m, LowRank)
+                L = torch.from_numpy(np.array(m.left, dtype=np.float32))
+                R = torch.from_numpy(np.array(m.right, dtype=np.float32))
+                U, V = (L, R) if not conv else (R.t(), L.t())       # A = U V
+                new = LowRankLinear(U, V, bias, kind)
+                how = f"LowRankLinear (rank {new.rank})"
+            elif form == "quant":
+                q = QuantParts.of(c.matrix(name))
+                if _oriented(e, conv):
+                    new = QuantLinear(q, bias, kind, quant)
+                    how = f"QuantLinear {new.mode} ({q.bits}-bit" + (f", group {q.group})" if q.group < q.inn else ")")
+                    if new.mode == "dequant":
+                        note = "dequantized in each call (no packed kernel for this layout in PyTorch CPU)"
+                else:
+                    note = "dense: the quantized rows are the layer's inputs"
+            else:
+                A = np.array(c[name], dtype=np.float32)
+                T = torch.from_numpy(np.ascontiguousarray(A if not conv else A.T))
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+                    csr = T.to_sparse_csr()
+                use = sparse == "sparse"
+                if sparse == "auto":
+                    x = torch.randn(1, T.shape[1])
+                    use = _time(SparseLinear(csr, None, kind, True), x) < _time(SparseLinear(csr, None, kind, False), x)
+                new = SparseLinear(csr, bias, kind, use)
+                how = f"SparseLinear ({'CSR' if use else 'dense, faster here than CSR'})"
+            if new is not None:
+                _replace(module, path, new)
+                rows.append(LoadRow(name, form, how, note))
+                continue
+        elif form != "dense":
+            note = ("no compressed module for this form" if name in layers or name in convs
+                    else "not a Linear/Conv weight")
+        value = np.array(c[name]).reshape(tuple(p.shape))  # matrix views: C-order
+        with torch.no_grad():
+            p.copy_(torch.from_numpy(value).to(p.dtype))
+        rows.append(LoadRow(name, form, how, note))
+    return rows

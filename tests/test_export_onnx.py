@@ -1,0 +1,327 @@
+"""weightpress.model.export_onnx: containers back into ONNX graphs that run compressed."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from helpers import rtn_quant
+from weightpress.cli import main
+from weightpress.io import open_model, save_model
+from weightpress.model.compress import compress_model
+from weightpress.model.container import Container, ContainerWriter
+from weightpress.model.export_onnx import export_onnx, nbits_arrays
+from weightpress.model._packed import QuantParts, pack_bits, unpack_bits
+
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+
+def _run(path, x):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    """A transformer-shaped MLP block exported by torch: (batch, seq, 64) through MatMul+Add."""
+    d = tmp_path_factory.mktemp("block")
+    torch.manual_seed(0)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = torch.nn.Linear(64, 192)
+            self.down = torch.nn.Linear(192, 64)
+
+        def forward(self, x):
+            return x + self.down(torch.nn.functional.gelu(self.up(x)))
+
+    m = Block().eval()
+    path = d / "block.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(m, (torch.randn(2, 5, 64),), str(path), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b", 1: "s"}})
+    g = onnx.load(str(path)).graph
+    weights = [n.input[1] for n in g.node if n.op_type == "MatMul"]
+    assert len(weights) == 2
+    return path, weights
+
+
+def _gemm_model(path, rng):
+    """Gemm with transB=0 plus alpha/beta, then Gemm with transB=1 (PyTorch's [out, in])."""
+    W1 = (rng.standard_normal((48, 96)) / 7).astype(np.float32)      # [in, out]
+    W2 = (rng.standard_normal((32, 96)) / 10).astype(np.float32)     # [out, in]
+    b1, b2 = rng.standard_normal(96).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "W1", "b1"], ["h"], alpha=0.5, beta=2.0),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "W2", "b2"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 48])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
+                          [numpy_helper.from_array(a, n) for a, n in
+                           ((W1, "W1"), (b1, "b1"), (W2, "W2"), (b2, "b2"))])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _reference(tmp_path, container, like):
+    """The container's dense decode put into the original graph."""
+    ref = tmp_path / "ref.onnx"
+    with Container(container) as c:
+        save_model(ref, c, like=like)
+    return ref
+
+
+def test_pack_roundtrip():
+    rng = np.random.default_rng(0)
+    for bits in range(2, 9):
+        u = rng.integers(0, 1 << bits, (5, 37)).astype(np.uint8)
+        p = pack_bits(u, bits)
+        assert p.shape == (5, (37 * bits + 7) // 8)
+        np.testing.assert_array_equal(unpack_bits(p, 37, bits), u)
+        ref = np.packbits(((u[:, :, None] >> np.arange(bits, dtype=np.uint8)) & 1).reshape(5, -1),
+                          axis=1, bitorder="little")
+        np.testing.assert_array_equal(p, ref)
+
+
+def test_lowrank_runs_as_two_matmuls(tmp_path, block):
+    like, weights = block
+    wpz = tmp_path / "m.wpz"
+    compress_model(open_model(str(like)), wpz, method="lowrank", options={"rank": 8}, min_size=1024)
+    out = tmp_path / "out.onnx"
+    rows = export_onnx(wpz, out, like)
+    got = {r.name: r for r in rows}
+    for w in weights:
+        assert got[w].how == "2 MatMul (rank 8)" and got[w].nbytes < got[w].dense_nbytes / 2
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m)
+    assert sum(n.op_type == "MatMul" for n in m.graph.node) == 4
+    assert not {t.name for t in m.graph.initializer} & set(weights)
+    x = np.random.default_rng(1).standard_normal((3, 7, 64)).astype(np.float32)
+    ref = _run(_reference(tmp_path, wpz, like), x)
+    np.testing.assert_allclose(_run(out, x), ref, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(_run(like, x), ref, atol=1e-3)  # the compression did change something
+    assert out.stat().st_size < 0.6 * like.stat().st_size
+
+
+def test_gemm_alpha_beta_and_transb(tmp_path):
+    rng = np.random.default_rng(2)
+    like = tmp_path / "g.onnx"
+    _gemm_model(like, rng)
+    wpz = tmp_path / "g.wpz"
+    compress_model(open_model(str(like)), wpz, method="lowrank", options={"rank": 6}, min_size=1024)
+    out = tmp_path / "out.onnx"
+    rows = export_onnx(wpz, out, like)
+    assert [r.how for r in rows if r.name in ("W1", "W2")] == ["2 MatMul (rank 6)"] * 2
+    x = rng.standard_normal((4, 48)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-4, atol=1e-4)
+
+
+def _quant_container(path, like, specs):
+    """A container holding each weight of ``like`` quantized per ``specs`` (name -> (bits, group,
+    symmetric)); returns the dense decodes."""
+    src = open_model(str(like))
+    decoded = {}
+    with ContainerWriter(path) as w:
+        for name, (bits, group, sym) in specs.items():
+            W = np.asarray(src[name])
+            q, W_hat = rtn_quant(W, bits, group, sym, layout="in_out")
+            w.add(name, q, original=W, layout="in_out")
+            decoded[name] = W_hat
+    return decoded
+
+
+@pytest.mark.parametrize("specs", [
+    {0: (4, 32, True), 1: (8, 0, False)},
+    {0: (3, 64, False), 1: (6, 64, True)},
+    {0: (2, 16, True), 1: (5, 0, True)},
+])
+def test_quant_runs_as_matmulnbits(tmp_path, block, specs):
+    like, weights = block
+    specs = {weights[k]: v for k, v in specs.items()}
+    wpz = tmp_path / "q.wpz"
+    decoded = _quant_container(wpz, like, specs)
+    ref = tmp_path / "ref.onnx"
+    save_model(ref, decoded, like=like)  # independent decode (NumPy) in the original graph
+    x = np.random.default_rng(3).standard_normal((2, 9, 64)).astype(np.float32)
+    y_ref = _run(ref, x)
+    for compute, tol in (("exact", 1e-4), ("fast", 3e-2)):
+        out = tmp_path / f"{compute}.onnx"
+        rows = export_onnx(wpz, out, like, compute=compute)
+        for r in rows:
+            bits = specs[r.name][0]
+            assert r.how.startswith(f"MatMulNBits {4 if bits <= 4 else 8}-bit"), r.how
+            assert r.nbytes < r.dense_nbytes / (4.5 if bits <= 4 else 3.5)
+        m = onnx.load(str(out))
+        onnx.checker.check_model(m)
+        assert sum(n.op_type == "MatMulNBits" for n in m.graph.node) == 2
+        y = _run(out, x)
+        err = np.linalg.norm(y - y_ref) / np.linalg.norm(y_ref)
+        assert err < tol, (compute, err)
+        if compute == "exact":
+            np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_nbits_reencoding_is_exact():
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((40, 100)).astype(np.float32)
+    for bits, group, sym in ((3, 32, False), (7, 0, True), (4, 64, True)):
+        q, W_hat = rtn_quant(W, bits, group, sym)
+        qp = QuantParts.of(q)
+        np.testing.assert_array_equal(qp.dense(), W_hat)
+        Bp, S, Z, B, bs = nbits_arrays(qp)
+        nb = Bp.shape[1]
+        codes = unpack_bits(Bp.reshape(40, -1), nb * bs, B).reshape(40, nb, bs).astype(np.float32)
+        zp = unpack_bits(Z, nb, B).astype(np.float32)
+        M = ((codes - zp[:, :, None]) * S.astype(np.float32)[:, :, None]).reshape(40, -1)
+        np.testing.assert_array_equal(M[:, :100], W_hat)
+        np.testing.assert_array_equal(M[:, 100:], 0)
+
+
+def test_forms_without_a_faster_kernel_go_dense(tmp_path, block):
+    like, weights = block
+    wpz = tmp_path / "p.wpz"
+    compress_model(open_model(str(like)), wpz, method="prune", options={"sparsity": 0.8}, min_size=1024)
+    out = tmp_path / "p.onnx"
+    rows = export_onnx(wpz, out, like)
+    pr = [r for r in rows if r.name in weights]
+    assert pr and all(r.how == "dense" and "sparse" in r.note for r in pr)
+    x = np.random.default_rng(5).standard_normal((1, 4, 64)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-5, atol=1e-5)
+
+
+def test_quant_in_the_wrong_orientation_goes_dense(tmp_path):
+    rng = np.random.default_rng(6)
+    like = tmp_path / "g.onnx"
+    _gemm_model(like, rng)
+    wpz = tmp_path / "g.wpz"
+    decoded = _quant_container(wpz, like, {"W1": (4, 16, True), "W2": (4, 16, True)})
+    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "o.onnx", like, compute="exact")}
+    assert rows["W1"].how.startswith("MatMulNBits")      # transB=0, in_out: rows are outputs
+    assert rows["W2"].how == "dense" and "inputs" in rows["W2"].note   # transB=1: they are inputs
+    ref = tmp_path / "ref.onnx"
+    save_model(ref, decoded, like=like)
+    x = rng.standard_normal((3, 48)).astype(np.float32)
+    np.testing.assert_allclose(_run(tmp_path / "o.onnx", x), _run(ref, x), rtol=1e-4, atol=1e-4)
+
+
+def test_cli_export(tmp_path, block, capsys):
+    like, weights = block
+    wpz = tmp_path / "m.wpz"
+    assert main(["compress", str(like), "-o", str(wpz), "--method", "lowrank", "--ratio", "2"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "o.onnx"
+    assert main(["export", str(wpz), "-o", str(out), "--like", str(like)]) == 0
+    text = capsys.readouterr().out
+    assert "2 MatMul" in text and f"wrote {out}" in text
+    ext = tmp_path / "ext.onnx"
+    assert main(["export", str(wpz), "-o", str(ext), "--like", str(like), "--external-data"]) == 0
+    assert (tmp_path / "ext.onnx.data").stat().st_size > ext.stat().st_size
+    x = np.random.default_rng(2).standard_normal((1, 3, 64)).astype(np.float32)
+    np.testing.assert_array_equal(_run(ext, x), _run(out, x))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".wp-")) == []
+    capsys.readouterr()
+    assert main(["info", str(wpz), "--timing"]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("model (compressed layers, summed): batch 1: ") and "batch 32: " in line
+    onnx.checker.check_model(str(out))
+    assert main(["export", str(wpz), "-o", str(tmp_path / "x.onnx")]) == 2   # --like missing
+    assert main(["export", str(like), "-o", str(tmp_path / "x.onnx"), "--like", str(like)]) == 2
+    err = capsys.readouterr().err
+    assert "block.onnx" in err.splitlines()[-1]
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bad_arguments(tmp_path, block):
+    like, _ = block
+    wpz = tmp_path / "m.wpz"
+    compress_model(open_model(str(like)), wpz, method="lowrank", options={"rank": 4}, min_size=1024)
+    with pytest.raises(ValueError, match="like"):
+        export_onnx(wpz, tmp_path / "o.onnx")
+    with pytest.raises(ValueError, match="compute"):
+        export_onnx(wpz, tmp_path / "o.onnx", like, compute="int3")
+    with pytest.raises(ValueError, match="block_size"):
+        export_onnx(wpz, tmp_path / "o.onnx", like, block_size=48)
+    other = tmp_path / "g.onnx"
+    _gemm_model(other, np.random.default_rng(0))
+    assert export_onnx(wpz, tmp_path / "o.onnx", other) == []   # no tensor of it in that graph
+
+
+def _convnet():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 32, 3, stride=2, dilation=2, bias=False), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 64, 3, groups=4), torch.nn.ReLU(),
+                               torch.nn.Conv2d(64, 64, 3, groups=64, padding=1)).eval()
+
+
+def test_lowrank_conv_runs_as_two_convs(tmp_path):
+    like = tmp_path / "c.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(_convnet(), (torch.randn(1, 3, 24, 24),), str(like), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    wpz = tmp_path / "c.wpz"
+    compress_model(open_model(str(like)), wpz, method="lowrank", options={"rank": 5}, min_size=256)
+    out = tmp_path / "o.onnx"
+    rows = {r.name: r for r in export_onnx(wpz, out, like)}
+    assert rows["0.weight"].how == "Conv 3x3 to 5 channels + Conv 1x1"
+    assert rows["2.weight"].how == "Conv 3x3 to 5 channels + Conv 1x1"
+    assert rows["4.weight"].how == "Conv 3x3 to 5 channels per group (4 groups) + Conv 1x1"
+    assert rows["6.weight"].how == "dense" and "64 groups" in rows["6.weight"].note   # depthwise
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m)
+    assert sum(n.op_type == "Conv" for n in m.graph.node) == 7
+    x = np.random.default_rng(0).standard_normal((2, 3, 24, 24)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-4, atol=1e-4)
+
+
+def test_quant_from_the_pipeline(tmp_path):
+    """compress --method quant on a torch-exported Gemm model (weights [out, in], transB=1):
+    MatMulNBits, bit-exact with the decompressed model in 'exact' compute."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
+    like = tmp_path / "m.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(net, (torch.randn(2, 64),), str(like), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    for opts, how in (({"bits": 4, "group": 32}, "MatMulNBits 4-bit, block 32"),
+                      ({"bits": 8}, "MatMulNBits 8-bit"),
+                      ({"bits": 3, "group": 64, "symmetric": False}, "MatMulNBits 4-bit, block 64 (from 3-bit")):
+        wpz = tmp_path / "q.wpz"
+        compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1024)
+        out = tmp_path / "q.onnx"
+        rows = [r for r in export_onnx(wpz, out, like, compute="exact") if r.form == "quant"]
+        assert len(rows) == 2 and all(r.how.startswith(how) for r in rows), rows
+        np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-5, atol=1e-5)
+
+
+def test_weight_read_by_two_nodes_is_stored_once(tmp_path):
+    rng = np.random.default_rng(7)
+    W = (rng.standard_normal((64, 64)) / 8).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+             helper.make_node("MatMul", ["t", "W"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])],
+                          [numpy_helper.from_array(W, "W")])
+    like = tmp_path / "t.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(like))
+    for method, opts in (("lowrank", {"rank": 8}),):
+        wpz = tmp_path / f"{method}.wpz"
+        compress_model(open_model(str(like)), wpz, method=method, options=opts, min_size=1024)
+        out = tmp_path / f"{method}.onnx"
+        export_onnx(wpz, out, like)
+        m = onnx.load(str(out))
+        assert len(m.graph.initializer) == 2 and sum(n.op_type == "MatMul" for n in m.graph.node) == 4
+        x = rng.standard_normal((3, 64)).astype(np.float32)
+        np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-4, atol=1e-5)
+    wpz = tmp_path / "q.wpz"
+    decoded = _quant_container(wpz, like, {"W": (4, 32, True)})
+    export_onnx(wpz, tmp_path / "q.onnx", like, compute="exact")
+    m = onnx.load(str(tmp_path / "q.onnx"))
+    assert len(m.graph.initializer) == 3 and sum(n.op_type == "MatMulNBits" for n in m.graph.node) == 2
+    ref = tmp_path / "qref.onnx"
+    save_model(ref, decoded, like=like)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    np.testing.assert_allclose(_run(tmp_path / "q.onnx", x), _run(ref, x), rtol=1e-4, atol=1e-5)

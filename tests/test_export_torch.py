@@ -1,0 +1,186 @@
+"""weightpress.torch.load_into: containers into PyTorch modules that compute compressed."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from helpers import rtn_quant  # noqa: E402
+from weightpress.io import open_model  # noqa: E402
+from weightpress.model.compress import compress_model  # noqa: E402
+from weightpress.model.container import Container, ContainerWriter  # noqa: E402
+from weightpress.torch import LowRankLinear, QuantLinear, SparseLinear, load_into  # noqa: E402
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32)).eval()
+
+
+def _saved(tmp_path, m):
+    p = tmp_path / "m.pt"
+    torch.save(m.state_dict(), p)
+    return p
+
+
+def _decoded(module, wpz):
+    """The module with the container's dense decode as its weights (the reference)."""
+    with Container(wpz) as c:
+        sd = {k: torch.from_numpy(np.array(c[k])) for k in c.entries}
+    module.load_state_dict(sd, strict=False)
+    return module
+
+
+def test_lowrank_linear(tmp_path):
+    m = _mlp()
+    wpz = tmp_path / "m.wpz"
+    compress_model(open_model(str(_saved(tmp_path, m))), wpz, method="lowrank", options={"rank": 8},
+                   min_size=1024)
+    ref = _decoded(_mlp(), wpz)
+    rows = load_into(m, wpz)
+    assert isinstance(m[0], LowRankLinear) and isinstance(m[2], LowRankLinear) and m[0].rank == 8
+    assert {r.how for r in rows if r.name.endswith("weight")} == {"LowRankLinear (rank 8)"}
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        y, y_ref = m(x), ref(x)
+        torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m[0].dense()(x), ref[0](x), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(y, _mlp()(x), atol=1e-3)  # compression did change something
+    assert sum(p.numel() for p in m.parameters()) < 0.5 * sum(p.numel() for p in _mlp().parameters())
+
+
+@pytest.mark.parametrize("mode", ["sparse", "dense", "auto"])
+def test_sparse_linear(tmp_path, mode):
+    m = _mlp()
+    wpz = tmp_path / "m.wpz"
+    compress_model(open_model(str(_saved(tmp_path, m))), wpz, method="prune",
+                   options={"sparsity": 0.9}, min_size=1024)
+    ref = _decoded(_mlp(), wpz)
+    load_into(m, wpz, sparse=mode)
+    assert isinstance(m[0], SparseLinear)
+    if mode != "auto":
+        assert m[0].use_sparse == (mode == "sparse")
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def _quant_wpz(tmp_path, m, specs):
+    wpz = tmp_path / "q.wpz"
+    ref = _mlp()
+    with ContainerWriter(wpz) as w:
+        for name, (bits, group, sym) in specs.items():
+            W = m.state_dict()[name].numpy()
+            q, W_hat = rtn_quant(W, bits, group, sym, layout="out_in")
+            w.add(name, q, original=W)
+            ref.state_dict()[name].copy_(torch.from_numpy(W_hat))
+    return wpz, ref
+
+
+@pytest.mark.parametrize("specs, modes", [
+    ({"0.weight": (8, 0, True), "2.weight": (4, 32, False)}, ("int8", "int4")),
+    ({"0.weight": (6, 16, False), "2.weight": (3, 0, True)}, ("dequant", "int4")),
+])
+def test_quant_linear(tmp_path, specs, modes):
+    m = _mlp()
+    wpz, ref = _quant_wpz(tmp_path, m, specs)
+    rows = {r.name: r for r in load_into(m, wpz)}
+    assert isinstance(m[0], QuantLinear) and isinstance(m[2], QuantLinear)
+    assert (m[0].mode, m[2].mode) == modes
+    if "int8" in modes:
+        assert m[0].qweight.dtype == torch.int8
+    assert m[2].packed.dtype == torch.uint8 and m[2].packed.numel() <= 32 * 128 // 2
+    assert ("dequantized" in rows["0.weight"].note) == (modes[0] == "dequant")
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        for layer, xin in ((0, x), (2, torch.relu(ref[0](x)))):
+            y, y_ref = m[layer](xin), ref[layer](xin)
+            tol = 1e-5 if m[layer].mode == "dequant" else 2e-2   # bfloat16 activations
+            assert (y - y_ref).norm() / y_ref.norm() < tol
+            torch.testing.assert_close(m[layer].dense().weight, ref[layer].weight,
+                                       rtol=1e-5 if m[layer].mode == "dequant" else 1e-2,
+                                       atol=1e-6 if m[layer].mode == "dequant" else 1e-3)
+    m2 = _mlp()
+    load_into(m2, wpz, quant="dequant")
+    with torch.no_grad():
+        torch.testing.assert_close(m2(x), ref(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="cannot run"):
+        load_into(_mlp(), wpz, quant="int8" if "int8" not in modes else "int4")
+
+
+def test_gpt2_conv1d(tmp_path):
+    tr = pytest.importorskip("transformers")
+    cfg = tr.GPT2Config(n_embd=32, n_layer=1, n_head=2, n_positions=16, vocab_size=50)
+    torch.manual_seed(0)
+    m = tr.GPT2LMHeadModel(cfg).eval()
+    wpz = tmp_path / "g.wpz"
+    compress_model(open_model(str(_saved(tmp_path, m))), wpz, method="lowrank",
+                   rules=[], options={"rank": 6}, min_size=1024)
+    torch.manual_seed(0)
+    ref = tr.GPT2LMHeadModel(cfg).eval()
+    _decoded(ref, wpz)
+    rows = load_into(m, wpz)
+    mlp = m.transformer.h[0].mlp
+    assert isinstance(mlp.c_fc, LowRankLinear) and mlp.c_fc.kind == "conv1d"
+    assert any(r.how.startswith("LowRankLinear") for r in rows)
+    assert [r.how for r in rows if r.name == "lm_head.weight"] == ["copied dense"]  # tied: stored once
+    ids = torch.tensor([[1, 5, 7, 9, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids).logits, ref(ids).logits, rtol=1e-4, atol=1e-4)
+        d = mlp.c_fc.dense()
+        assert type(d).__name__ == "Conv1D"
+        h = torch.randn(1, 3, 32)
+        torch.testing.assert_close(d(h), mlp.c_fc(h), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile(tmp_path):
+    m = _mlp()
+    wpz, _ = _quant_wpz(tmp_path, m, {"2.weight": (4, 32, True)})
+    load_into(m, wpz)
+    lr = torch.nn.Sequential(LowRankLinear(torch.randn(64, 4), torch.randn(4, 64)), torch.nn.ReLU(), m)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        eager = lr(x)
+        compiled = torch.compile(lr, backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_input(tmp_path):
+    m = _mlp()
+    wpz = tmp_path / "m.wpz"
+    compress_model(open_model(str(_saved(tmp_path, m))), wpz, method="lowrank", options={"rank": 4},
+                   min_size=1024)
+    with pytest.raises(ValueError, match="shape"):
+        load_into(torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.ReLU(), torch.nn.Linear(128, 32)), wpz)
+    with pytest.raises(ValueError, match="no parameter"):
+        load_into(torch.nn.Sequential(torch.nn.Linear(64, 128)), wpz)
+    assert load_into(torch.nn.Sequential(torch.nn.Linear(64, 128)), wpz, strict=False)
+    with pytest.raises(ValueError, match="sparse"):
+        load_into(_mlp(), wpz, sparse="csr")
+
+
+def test_lowrank_conv(tmp_path):
+    from weightpress.torch import LowRankConv
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(16, 24, 3, stride=2, bias=False), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(24, 48, 3, groups=3), torch.nn.ReLU(),
+                                   torch.nn.Conv1d(48, 48, 1, groups=48)).eval()
+    m = net()
+    wpz = tmp_path / "c.wpz"
+    compress_model(open_model(str(_saved(tmp_path, m))), wpz, method="lowrank", options={"rank": 4},
+                   min_size=256)
+    ref = _decoded(net(), wpz)
+    rows = {r.name: r for r in load_into(m, wpz)}
+    assert all(isinstance(m[i], LowRankConv) for i in (0, 2, 4)) and m[4].rank == 4
+    assert m[4].first.groups == 3 and m[4].first.out_channels == 12
+    assert isinstance(m[6], torch.nn.Conv1d)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        y = m[:6](x)
+        torch.testing.assert_close(y, ref[:6](x), rtol=1e-4, atol=1e-4)
+        h = torch.relu(m[:4](x))
+        torch.testing.assert_close(m[4].dense()(h), m[4](h), rtol=1e-4, atol=1e-4)
+    assert rows["6.weight"].how == "copied dense"
