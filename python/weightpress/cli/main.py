@@ -439,6 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, _Terminated) else signal.SIGINT
         print(f"weightpress: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        out = getattr(a, "output", None)
+        if a.command == "compress" and out and os.path.isdir(f"{out}.journal"):
+            print(f"weightpress: the finished layers are kept in {printable(out)}.journal: rerun "
+                  f"with --resume to continue, or delete it", file=sys.stderr)
         return 128 + int(signum)
     except (ValueError, TypeError, OSError, KeyError, ImportError) as e:
         if os.environ.get("WEIGHTPRESS_DEBUG"):

@@ -31,7 +31,7 @@ from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
 from ..compression.quant import Quantized
-from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank_nbytes, rank_for_bytes,
+from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank_nbytes,
                                    sparse_nbytes, stored_itemsize, value_itemsize)
 from ..compression.views import MatrixView
 from ..io import open_model
