@@ -35,6 +35,12 @@ def test_capture_matches_numpy_forward(tmp_path):
     np.testing.assert_allclose(acts["W2"], np.maximum(x @ W1 + b1, 0), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="missing model input"):
         capture_onnx(str(tmp_path / "m.onnx"), {"z": x})
+    # stats=True: X^T X accumulated batch by batch, the same as from all the samples at once
+    st = capture_onnx(str(tmp_path / "m.onnx"), {"x": x}, batch=64, stats=True)
+    for name in ("W1", "W2"):
+        X = acts[name].astype(np.float64)
+        np.testing.assert_allclose(st[name].hessian(), X.T @ X, rtol=1e-9, atol=1e-6)
+        assert st[name].n_samples == 300
 
 
 def test_compress_onnx_with_captured_calibration(tmp_path, capsys):

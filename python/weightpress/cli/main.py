@@ -34,6 +34,8 @@ from ..io.structure import write_from_skeleton
 from ..model.capture import capture_onnx
 from ..model.compress import compress_model, open_source, parse_rule, plan, source_nbytes
 from ..model.container import Container, verify
+from ..model.distributed import close as close_client
+from ..model.distributed import connect, local_client
 from ..model.export_hf import export_compressed_tensors
 from ..model.export_onnx import export_onnx
 from ..model.report import Report, human, printable
@@ -139,6 +141,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="time each compressed layer here against dense at batch 1 and 32 and "
                         "show it in the table (microseconds per call)")
     c.add_argument("-q", "--quiet", action="store_true", help="do not print the table")
+    dist = c.add_mutually_exclusive_group()
+    dist.add_argument("--workers", type=int, metavar="N",
+                      help="spread the layers over a Dask LocalCluster of N worker processes "
+                           "(one thread each); the output is the same file (needs "
+                           "weightpress[dask])")
+    dist.add_argument("--scheduler", metavar="ADDRESS|FILE",
+                      help="use an existing Dask cluster: tcp://HOST:PORT or a scheduler file; "
+                           "its workers must read the model (and calibration) at the same path")
+    c.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its journal (OUTPUT.journal/, kept "
+                        "beside the output until it is written); refused when the input or the "
+                        "settings changed")
 
     i = sub.add_parser("info", help="per-layer table of a container (or of a model)",
                        description="Print name, shape, form, params, bytes, relative error and "
@@ -209,18 +223,31 @@ def _cmd_compress(a: argparse.Namespace) -> int:
     if a.plot:
         require_matplotlib()
     calibration: Any = a.calibration
+    if a.workers is not None and a.workers < 1:
+        raise ValueError(f"--workers: expected a positive number of workers, got {a.workers}")
     if a.capture:
         if a.calibration:
             raise ValueError("--capture: give either --calibration or --capture")
-        with np.load(a.capture) as z:
-            calibration = capture_onnx(a.model, {k: z[k] for k in z.files})
+        with np.load(a.capture) as z:  # activations streamed into X^T X batch by batch
+            calibration = capture_onnx(a.model, {k: z[k] for k in z.files}, stats=True)
     curves: dict[str, Any] = {}
-    with open_source(a.model) as src:
-        rep = compress_model(src, a.output, ratio=a.ratio, error=a.error, method=a.method,
-                             rules=rules, min_size=a.min_size, layout=a.layout, scope=a.scope,
-                             options=opts, value_dtype=a.value_dtype, progress=_Progress(),
-                             calibration=calibration, prefer=a.prefer, curves_out=curves,
-                             coding="zstd" if a.entropy else None)
+    client = None
+    if a.workers is not None:
+        client = local_client(a.workers)
+    elif a.scheduler:
+        client = connect(a.scheduler)
+    try:
+        with open_source(a.model) as src:
+            rep = compress_model(src, a.output, ratio=a.ratio, error=a.error, method=a.method,
+                                 rules=rules, min_size=a.min_size, layout=a.layout,
+                                 scope=a.scope, options=opts, value_dtype=a.value_dtype,
+                                 progress=_Progress(), calibration=calibration,
+                                 prefer=a.prefer, curves_out=curves, client=client,
+                                 journal=True, resume=a.resume,
+                                 coding="zstd" if a.entropy else None)
+    finally:
+        if client is not None:
+            close_client(client)
     if a.plot:
         for path in plot_curves(curves, a.plot):
             print(f"plot: {path}", file=sys.stderr)
@@ -412,6 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, _Terminated) else signal.SIGINT
         print(f"weightpress: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        out = getattr(a, "output", None)
+        if a.command == "compress" and out and os.path.isdir(f"{out}.journal"):
+            print(f"weightpress: the finished layers are kept in {printable(out)}.journal: rerun "
+                  f"with --resume to continue, or delete it", file=sys.stderr)
         return 128 + int(signum)
     except (ValueError, TypeError, OSError, KeyError, ImportError) as e:
         if os.environ.get("WEIGHTPRESS_DEBUG"):

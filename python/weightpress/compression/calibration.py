@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import as_float_array
+from .._validation import float_dtype
 from ..io import open_model
 
 __all__ = ["CalibrationStats", "CalibrationSet", "output_error", "check_calibration"]
@@ -71,8 +71,14 @@ class CalibrationStats:
         return st
 
     def update(self, X: Any, *, chunk: int = 8192) -> "CalibrationStats":
-        """Add a chunk of inputs (rows are samples). Validates width and finiteness."""
-        Xa = as_float_array(X, "calibration inputs")
+        """Add a chunk of inputs (rows are samples). Validates width and finiteness.
+
+        ``X`` may be memory-mapped and of any float dtype: it is read and converted
+        ``chunk`` rows at a time, so memory stays bounded by one chunk (plus ``XᵀX``)."""
+        Xa = np.asarray(X)
+        if Xa.dtype == object:
+            raise TypeError("calibration inputs: expected a numeric array, got dtype object")
+        float_dtype(Xa.dtype, name="calibration inputs")
         if Xa.ndim < 2:
             raise ValueError(f"calibration inputs must be 2-D (samples, features), got shape {Xa.shape}")
         Xa = Xa.reshape(-1, Xa.shape[-1])
@@ -80,7 +86,7 @@ class CalibrationStats:
             raise ValueError(f"calibration inputs have {Xa.shape[1]} features, the layer takes "
                              f"{self.n_features} (W has shape (out, {self.n_features}))")
         for s in range(0, Xa.shape[0], chunk):
-            c = Xa[s:s + chunk].astype(np.float64)
+            c = np.asarray(Xa[s:s + chunk], dtype=np.float64)
             if not np.isfinite(c).all():
                 raise ValueError("calibration inputs contain NaN or Inf")
             self._h += c.T @ c
@@ -135,12 +141,17 @@ class CalibrationSet(Mapping):
     Built from a file (``.npz`` or ``.safetensors``) or a mapping whose keys are the *weight*
     tensors' names and whose values are that layer's inputs ``(n_samples, in)`` (any leading
     dimensions are flattened), or ready :class:`CalibrationStats`. Statistics are computed when
-    a layer asks for them, one layer's inputs in memory at a time.
+    a layer asks for them, streaming that layer's inputs in chunks (files are memory-mapped
+    where the format allows: uncompressed ``.npz`` and ``.safetensors``), so memory holds
+    one chunk of samples and ``XᵀX``, not all samples. ``path`` is the file's path (None for
+    a mapping).
     """
 
     def __init__(self, source: Any, *, min_samples: int = 16):
         self._close = None
+        self.path: str | None = None
         if isinstance(source, (str, os.PathLike)):
+            self.path = os.fspath(source)
             try:
                 src = open_model(source)
             except FileNotFoundError:
@@ -161,7 +172,7 @@ class CalibrationSet(Mapping):
         if isinstance(v, CalibrationStats):
             return v
         try:
-            return CalibrationStats.from_inputs(np.asarray(v), min_samples=self.min_samples)
+            return CalibrationStats.from_inputs(v, min_samples=self.min_samples)
         except ValueError as e:
             raise ValueError(f"calibration for {name!r}: {e}") from None
 

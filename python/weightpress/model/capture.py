@@ -16,14 +16,18 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
+from ..compression.calibration import CalibrationStats
 
 __all__ = ["capture_onnx"]
 
 
 def capture_onnx(model: str | os.PathLike[str], inputs: Mapping[str, Any],
-                 *, batch: int = 256) -> dict[str, np.ndarray]:
+                 *, batch: int = 256, stats: bool = False) -> dict[str, Any]:
     """Run ``model`` on ``inputs`` (model input name -> array, samples along axis 0) and
-    return each weight's layer inputs, flattened to ``(n, in)``.
+    return each weight's layer inputs, flattened to ``(n, in)``; with ``stats``, their
+    :class:`~weightpress.compression.calibration.CalibrationStats` instead, accumulated batch
+    by batch (memory holds one batch of activations and each layer's ``XᵀX``, never all the
+    samples; weights fed by the same tensor share one object).
 
     Parameters
     ----------
@@ -74,9 +78,21 @@ def capture_onnx(model: str | os.PathLike[str], inputs: Mapping[str, Any],
         raise ValueError(f"inputs: every input needs the same number of samples, got {sorted(n)}")
     total = n.pop()
     chunks: dict[str, list[np.ndarray]] = {o: [] for o in outs}
+    acc: dict[str, CalibrationStats] = {}
     for s in range(0, total, max(1, int(batch))):
         res = sess.run(outs, {k: v[s:s + batch] for k, v in feeds.items()})
         for o, r in zip(outs, res):
-            chunks[o].append(np.asarray(r))
+            r = np.asarray(r)
+            if not stats:
+                chunks[o].append(r)
+                continue
+            if r.ndim < 2:
+                raise ValueError(f"{os.fspath(model)}: activation {o!r} has shape {r.shape}, "
+                                 f"not (samples, features)")
+            if o not in acc:
+                acc[o] = CalibrationStats(int(r.shape[-1]))
+            acc[o].update(r)
+    if stats:
+        return {w: acc[a] for w, a in targets.items()}
     acts = {o: np.concatenate(c, axis=0) for o, c in chunks.items()}
     return {w: acts[a].reshape(-1, acts[a].shape[-1]) for w, a in targets.items()}

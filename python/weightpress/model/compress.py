@@ -23,19 +23,22 @@ import numpy as np
 from .._optional import require
 from .._validation import real_scalar
 from ..compression import methods as M
+from . import curves as C
+from . import distributed as D
 from .allocate import Candidate, allocate
 from ..compression.aware import layer_error
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
 from ..compression.quant import Quantized
-from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank_nbytes, rank_for_bytes,
+from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank_nbytes,
                                    sparse_nbytes, stored_itemsize, value_itemsize)
 from ..compression.views import MatrixView
 from ..io import open_model
 from ..io.structure import skeleton_of
 from ..io._base import TensorSource
-from .container import FORMAT, Container, ContainerWriter, _compact, header_estimate
+from .container import FORMAT, Container, ContainerWriter, Staged, _compact, header_estimate, stage_tensor
+from .journal import Journal
 from .report import Report, Row
 from .rules import (DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, _soft_kept, parse_rule, plan,
                     tensor_views)
@@ -43,7 +46,7 @@ from .rules import (DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, _soft_kept,
 __all__ = ["Rule", "parse_rule", "DEFAULT_RULES", "Decision", "plan", "compress_model",
            "compress_tensor", "Report", "open_source", "default_layout", "global_threshold",
            "Target", "Job", "prepare", "Layer", "Budgeted", "budget_layers", "execute",
-           "source_nbytes"]
+           "source_nbytes", "stage_layer", "layer_curve"]
 
 def default_layout(source: Any) -> str:
     """PyTorch-style ``[out, in]`` for safetensors/PyTorch/npz, ``[in, out]`` for Keras/ONNX."""
@@ -162,7 +165,8 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                    scope: str = "layer", options: Mapping[str, Any] | None = None,
                    value_dtype: Any = None, calibration: Any = None, prefer: str = "size",
                    progress: Callable[[int, int, str], None] | None = None,
-                   curves_out: dict[str, Any] | None = None, coding: str | None = None) -> Report:
+                   curves_out: dict[str, Any] | None = None, coding: str | None = None,
+                   client: Any = None, journal: bool = False, resume: bool = False) -> Report:
     """Compress every tensor of ``source`` per :func:`plan` into the container ``out``.
 
     Parameters
@@ -206,12 +210,25 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
     coding : str, optional
         ``"zstd"``: entropy-code the packed integer codes of quantized layers where that saves
         bytes (needs ``zstandard``); budgets count the uncoded size, so files come out smaller.
+    client : distributed.Client, optional
+        Spread the layers over a Dask cluster: every layer's curve (``allocate``) and build is
+        one task; workers open ``source``'s file themselves (it needs a path they can read,
+        and so does a calibration file) and send back the stored arrays, which are written
+        here in plan order, so the file is byte-identical to the one made without a client.
+        A layer whose task fails is retried (twice); progress counts finished layers.
+    journal : bool
+        Keep a journal beside the output (``out + ".journal"``, removed on success): the
+        budgets and every finished layer, so an interrupted run can continue.
+    resume : bool
+        Continue from the journal of an interrupted run with the same input and settings
+        (implies ``journal``); without a journal the run starts afresh.
 
     Raises
     ------
     ValueError
         Bad arguments, or a ratio the kept tensors make impossible (the message says the most
-        that can be reached).
+        that can be reached); ``resume`` with a journal written for another input or other
+        settings (the message says which).
     """
     target = Target.of(ratio=ratio, error=error, method=method, scope=scope, options=options,
                        coding=coding,
@@ -223,14 +240,32 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
         raise ValueError(f"{getattr(source, 'path', 'source')}: no tensors to compress "
                          f"(a checkpoint without weights?)")
     job = prepare(source, method, rules, min_size, layout)
-    plan_ = budget_layers(source, job, target, cal, curves_out, progress)
     out = os.fspath(out)
-    if target.ratio is None or not plan_.work:
-        rep = execute(source, out, job, plan_, target, cal, progress)
-    else:
-        rep = _write_to_ratio(lambda path, lr: execute(source, path, job, plan_, target, cal,
-                                                       progress, layer_ratio=lr),
-                              out, target.ratio, plan_)
+    jr = None
+    if journal or resume:
+        jr = Journal.start(out, source, settings={
+            "target": target, "method": method, "rules": list(rules), "min_size": min_size,
+            "layout": job.layout, "decisions": job.decisions}, calibration=cal, resume=resume)
+    try:
+        plan_ = jr.restore_budgets(job, Layer, Budgeted, curves_out) if jr is not None else None
+        if plan_ is None:
+            plan_ = budget_layers(source, job, target, cal, curves_out, progress, client=client)
+            if jr is not None:
+                jr.save_budgets(plan_, curves_out)
+        if target.ratio is None or not plan_.work:
+            rep = execute(source, out, job, plan_, target, cal, progress, client=client,
+                          journal=jr)
+        else:
+            rep = _write_to_ratio(lambda path, lr: execute(source, path, job, plan_, target, cal,
+                                                           progress, layer_ratio=lr,
+                                                           client=client, journal=jr),
+                                  out, target.ratio, plan_)
+    except (ValueError, TypeError):
+        if jr is not None:  # bad input: a rerun cannot pick anything up, leave nothing behind
+            jr.remove()
+        raise
+    if jr is not None:
+        jr.remove()
     if target.error is not None and rep.file_bytes >= plan_.src_bytes:
         plan_.notes.append(f"the container ({rep.file_bytes} bytes) is not smaller than the input "
                            f"({plan_.src_bytes} bytes) at error {target.error:g}: loosen --error "
@@ -354,7 +389,8 @@ class Budgeted:
 
 def budget_layers(source: TensorSource, job: Job, target: Target,
                   cal: CalibrationSet | None = None, curves_out: dict[str, Any] | None = None,
-                  progress: Callable[[int, int, str], None] | None = None) -> Budgeted:
+                  progress: Callable[[int, int, str], None] | None = None, *,
+                  client: Any = None) -> Budgeted:
     """Give every tensor its budget: the whole-file ratio becomes per-layer byte budgets (the
     kept tensors, the model's skeleton and the container header paid first; when they leave too
     little room, kept floats go to float16 and then the tensors the default rules keep are
@@ -432,7 +468,7 @@ def budget_layers(source: TensorSource, job: Job, target: Target,
         orig = {ly.decision.name: ly.orig_bytes for ly in res.layers}
         chosen = _allocate(source, [ly.decision for ly in res.work], orig, avail, job.layout,
                            cal, target.options, target.value_dtype, target.bf16, curves_out,
-                           progress)
+                           progress, client)
         for ly in res.work:
             if ly.decision.name in chosen:
                 ly.form, nb = chosen[ly.decision.name]
@@ -464,71 +500,62 @@ def _global(source: TensorSource, work: list[Layer], target: Target,
 def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgeted: Budgeted,
             target: Target, cal: CalibrationSet | None = None,
             progress: Callable[[int, int, str], None] | None = None,
-            layer_ratio: float | None = None) -> Report:
-    """Build every layer to its budget, one source tensor in memory at a time, into the
-    container ``out`` (written atomically); returns the per-layer report. ``layer_ratio``
-    rescales the byte budgets that came from the ratio (the ratio search's retries)."""
+            layer_ratio: float | None = None, *, client: Any = None,
+            journal: Journal | None = None) -> Report:
+    """Build every layer to its budget, one source tensor in memory at a time (or one per Dask
+    worker with ``client``: :func:`stage_layer` is the task), into the container ``out``
+    (written atomically, in plan order, so the bytes do not depend on where layers were built);
+    returns the per-layer report. ``layer_ratio`` rescales the byte budgets that came from the
+    ratio (the ratio search's retries). Layers the ``journal`` holds at the same budget are
+    taken from it; new ones are recorded in it."""
     rows = []
     facts = {"name": os.path.basename(getattr(source, "path", "")),
              "format": getattr(source, "format", ""), "bytes": budgeted.src_bytes}
     if getattr(source, "weight_map", None):
         facts["weight_map"] = json.dumps(source.weight_map)
     n = len(budgeted.layers)
+    tasks = {}  # index -> (layer, budget, view, layout): what building it needs
+    for i, ly in enumerate(budgeted.layers):
+        d = ly.decision
+        if d.name in job.aliases:
+            continue
+        view = job.views.get(d.name)
+        tlayout = view.layout if view is not None and not job.layout_given else job.layout
+        if d.action == "skip":
+            tlayout = view.layout if view else job.layout
+        budget = ly.budget
+        if (layer_ratio is not None and budgeted.layer_ratio and ly.form is None
+                and budget is not None and budget.nbytes is not None):
+            budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / layer_ratio)
+        tasks[i] = (ly, budget, view, tlayout)
+    keys = {i: journal.key(t[0], t[1]) for i, t in tasks.items()} if journal is not None else {}
+    done = {i for i in tasks if journal is not None and journal.has(i, keys[i])}
+    todo = [i for i in tasks if i not in done]
+    local = todo
+    if client is not None:  # tensors kept as they are are read here, not sent back and forth
+        local = [i for i in todo if tasks[i][0].decision.action == "skip"]
+        remote = [i for i in todo if tasks[i][0].decision.action != "skip"]
+        fresh = iter(D.map_layers(client, build_task, source, [tasks[i] for i in remote], target,
+                                  cal, [budgeted.layers[i].decision.name for i in remote], n,
+                                  n - len(remote), progress))
+    else:
+        fresh = (stage_layer(source, *tasks[i], target, _stats(cal, tasks[i][0]), i, n, progress)
+                 for i in todo)
+    here = set(local) if client is not None else set()
     with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
         if job.skeleton is not None:
             w.set_structure(*job.skeleton)
-        for i, ly in enumerate(budgeted.layers):
+        for i, (ly, _, view, _) in tasks.items():
             d = ly.decision
-            if progress is not None:
-                progress(i, n, d.name)
-            if d.name in job.aliases:
-                continue
-            W = source[d.name]
-            stored = getattr(source, "stored_dtypes", {}).get(d.name) or None
-            view = job.views.get(d.name)
-            if d.action == "skip":
-                A = np.asarray(W)
-                reason = d.reason
-                if ly.keep_dtype is not None and A.dtype != ly.keep_dtype:
-                    A = _narrow(A, ly.keep_dtype, d.name)
-                    reason = f"{reason}; stored as {A.dtype}"
-                e = w.add(d.name, A, layout=view.layout if view else job.layout,
-                          stored_dtype=stored, orig_bytes=ly.orig_bytes, method="keep",
-                          reason=reason, original=W if A.dtype != np.asarray(W).dtype else None,
-                          dtype=W.dtype)
-            elif _compact(np.asarray(W)) is not None:
-                # an expanded (stride-0) tensor: stored once as it is, never materialised
-                e = w.add(d.name, np.asarray(W), layout=view.layout if view else job.layout,
-                          stored_dtype=stored, orig_bytes=ly.orig_bytes, method="keep",
-                          reason="expanded view (stride 0), stored once")
+            if i in done:
+                st = journal.load(i, keys[i])  # type: ignore[union-attr]
+            elif i in here:
+                st = stage_layer(source, *tasks[i], target, None)
             else:
-                Wa = np.asarray(W)
-                if view is not None and view.is_reshape:
-                    Wa = view.to_matrix(np.ascontiguousarray(Wa))
-                tlayout = view.layout if view is not None and not job.layout_given else job.layout
-                stats = None
-                if cal is not None and d.name in cal:
-                    stats = cal[d.name]
-                    check_calibration(stats, d.name, d.shape, tlayout)
-                budget = ly.budget
-                if (layer_ratio is not None and budgeted.layer_ratio and ly.form is None
-                        and budget is not None and budget.nbytes is not None):
-                    budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / layer_ratio)
-                try:
-                    m, reason = _build_layer(Wa, ly, budget, stats, target, tlayout, stored)
-                except ValueError as err:  # name the tensor ("W contains NaN or Inf" alone does not)
-                    if repr(d.name) in str(err) or f"{d.name}:" in str(err):
-                        raise
-                    raise ValueError(f"tensor {d.name!r}: {err}") from None
-                e = w.add(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
-                          method=d.action, reason=reason,
-                          view=view if view is not None and view.is_reshape else None,
-                          dtype=W.dtype)
-                if stats is not None:
-                    Wo = Wa if tlayout == "out_in" else Wa.T
-                    e["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
-                del Wa, m
-            del W
+                st = next(fresh)
+                if journal is not None and d.action != "skip":
+                    journal.record(i, keys[i], st)
+            e = w.add_staged(st)
             reshaped = view is not None and view.is_reshape
             rows.append(Row(d.name, tuple(view.shape) if view is not None else d.shape,
                             (e.get("label") or e["form"]) + (f" ({view.describe()})" if reshaped else ""),
@@ -547,6 +574,60 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
     rep.compressed_bytes = sum(e["bytes"] for e in w.entries.values()
                                if e["method"] not in ("keep", "tied"))
     return rep
+
+
+def _stats(cal: CalibrationSet | None, ly: Layer) -> Any:
+    """The layer's calibration statistics, or None."""
+    d = ly.decision
+    if d.action == "skip" or cal is None or d.name not in cal:
+        return None
+    return cal[d.name]
+
+
+def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: MatrixView | None,
+                layout: str, target: Target, stats: Any, i: int = 0, n: int = 0,
+                progress: Callable[[int, int, str], None] | None = None) -> Staged:
+    """One tensor built to ``budget`` (or kept) and prepared for the container: the unit of
+    work of :func:`execute` and of a Dask worker (the same arguments give the same bytes in
+    any process)."""
+    d = ly.decision
+    if progress is not None:
+        progress(i, n, d.name)
+    W = source[d.name]
+    stored = getattr(source, "stored_dtypes", {}).get(d.name) or None
+    if d.action == "skip":
+        A = np.asarray(W)
+        reason = d.reason
+        if ly.keep_dtype is not None and A.dtype != ly.keep_dtype:
+            A = _narrow(A, ly.keep_dtype, d.name)
+            reason = f"{reason}; stored as {A.dtype}"
+        return stage_tensor(d.name, A, layout=layout, stored_dtype=stored,
+                            orig_bytes=ly.orig_bytes, method="keep", reason=reason,
+                            original=W if A.dtype != np.asarray(W).dtype else None,
+                            dtype=W.dtype)
+    if _compact(np.asarray(W)) is not None:
+        # an expanded (stride-0) tensor: stored once as it is, never materialised
+        return stage_tensor(d.name, np.asarray(W), layout=layout, stored_dtype=stored,
+                            orig_bytes=ly.orig_bytes, method="keep",
+                            reason="expanded view (stride 0), stored once")
+    Wa = np.asarray(W)
+    if view is not None and view.is_reshape:
+        Wa = view.to_matrix(np.ascontiguousarray(Wa))
+    if stats is not None:
+        check_calibration(stats, d.name, d.shape, layout)
+    try:
+        m, reason = _build_layer(Wa, ly, budget, stats, target, layout, stored)
+    except ValueError as err:  # name the tensor ("W contains NaN or Inf" alone does not)
+        if repr(d.name) in str(err) or f"{d.name}:" in str(err):
+            raise
+        raise ValueError(f"tensor {d.name!r}: {err}") from None
+    st = stage_tensor(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
+                      method=d.action, reason=reason,
+                      view=view if view is not None and view.is_reshape else None, dtype=W.dtype)
+    if stats is not None:
+        Wo = Wa if layout == "out_in" else Wa.T
+        st.entry["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
+    return st
 
 
 def _write_to_ratio(write: Callable[[str, float | None], Report], out: str, ratio: float,
@@ -648,38 +729,71 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
                     calibration=stats, options=opts)
 
 
+# byte levels of OBS pruning's curve (with calibration; measured by building it): every other
+# level of CURVE_LEVELS, 56 % apart. Other built forms (sparse + low rank, coding, quantization)
+# use CURVE_LEVELS; the one-pass curves use 48 levels (curves.py)
+MEASURED_LEVELS = CURVE_LEVELS[::2]
+
+
+def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats: Any,
+                options: Mapping[str, Any], vdt: Any, want_bf16: bool) -> list[Candidate]:
+    """One layer's error-vs-size candidates for :func:`~weightpress.model.allocate.allocate`
+    (dense first). Magnitude pruning and (whitened) low rank come from one sort or one SVD
+    (:mod:`~weightpress.model.curves`); the other forms are built and measured:
+    OBS pruning at :data:`MEASURED_LEVELS`, the other built forms at
+    :data:`CURVE_LEVELS`. Labels are ``"form@budget"``: the byte budget that rebuilds it."""
+    Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
+    storage = "BF16" if want_bf16 else None
+    Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
+    cands = [Candidate(orig_bytes, 0.0, "dense")]
+    isz = value_itemsize(Wv.dtype, storage)
+    stored_shape = (int(Wa.shape[0]), int(Wa.shape[1]))
+    opts = {**options, **d.options}
+    for form in _forms_for(d.action):
+        pts: list[tuple[int, float, float]] | None = None
+        if form == "prune" and stats is None:
+            pts = C.prune_curve(np.asarray(Wa, np.float64), Wv, storage, stored_shape, isz,
+                                orig_bytes)
+        elif form == "lowrank" and stats is None:
+            pts = C.lowrank_curve(np.asarray(Wa, np.float64), stored_shape, isz, orig_bytes)
+        elif form == "lowrank":
+            Wvo = (Wv if layout == "out_in" else Wv.T).astype(np.float64)
+            pts = C.whitened_curve(Wvo, stats, stored_shape, isz, orig_bytes,
+                                   float(opts.get("damp", 1e-2)))
+        if pts is not None:
+            cands += [Candidate(nb, e, f"{form}@{b:.0f}") for nb, e, b in pts if nb < orig_bytes]
+            continue
+        levels = MEASURED_LEVELS if form == "prune" else CURVE_LEVELS  # OBS sweeps are dear
+        for nb in [orig_bytes * lv for lv in levels]:
+            m = _build(Wv, stats, form, nb, layout, storage, opts)
+            if m.form == "dense" or m.nbytes >= orig_bytes:
+                continue
+            cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}"))
+            if form == "nm":
+                break
+    return cands
+
+
 def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget: float,
               layout: str, cal: Any, options: Mapping[str, Any], vdt: Any, want_bf16: bool,
               curves_out: dict[str, Any] | None,
-              progress: Callable[[int, int, str], None] | None) -> dict[str, tuple[str, float]]:
-    """Measure every layer's error-vs-size curve, then split ``budget`` bytes across layers
+              progress: Callable[[int, int, str], None] | None,
+              client: Any = None) -> dict[str, tuple[str, float]]:
+    """Measure every layer's error-vs-size curve (:func:`layer_curve`; one Dask task per layer
+    with ``client``), then split ``budget`` bytes across layers
     (:func:`weightpress.allocate.allocate`). Returns name -> (form, nbytes) to build."""
     curves: dict[str, list[Candidate]] = {}
-    for i, d in enumerate(work):
-        if progress is not None:
-            progress(i, len(work), f"measuring {d.name}")
-        Wa = np.asarray(source[d.name])
-        Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
-        storage = "BF16" if want_bf16 else None
-        stats = cal[d.name] if cal is not None and d.name in cal else None
-        Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
-        cands = [Candidate(orig[d.name], 0.0, "dense")]
-        isz = value_itemsize(Wv.dtype, storage)
-        for form in _forms_for(d.action):
-            budgets = [orig[d.name] * lv for lv in CURVE_LEVELS]
-            if form == "lowrank":  # every rank up to 48 of them: factors are cheap to resize
-                rmax = min(min(d.shape), rank_for_bytes(d.shape, orig[d.name], isz))
-                ranks = np.unique(np.geomspace(1, max(rmax, 1), num=48).astype(int))
-                budgets = [float(lowrank_nbytes(d.shape, int(r), isz)) for r in ranks]
-            for nb in budgets:
-                m = _build(Wv, stats, form, nb, layout, storage, {**options, **d.options})
-                if m.form == "dense" or m.nbytes >= orig[d.name]:
-                    continue
-                cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}"))
-                if form == "nm":
-                    break
-        curves[d.name] = cands
-        del Wa, Wv
+    if client is not None:
+        for d, cands in zip(work, D.map_curves(client, curve_task, source, work, orig, layout, cal,
+                                               options, vdt, want_bf16, progress)):
+            curves[d.name] = cands
+    else:
+        for i, d in enumerate(work):
+            if progress is not None:
+                progress(i, len(work), f"measuring {d.name}")
+            stats = cal[d.name] if cal is not None and d.name in cal else None
+            curves[d.name] = layer_curve(np.asarray(source[d.name]), d, orig[d.name], layout,
+                                         stats, options, vdt, want_bf16)
     choice = allocate(curves, int(budget))
     if curves_out is not None:
         curves_out.update({n: {"candidates": curves[n], "chosen": i} for n, i in choice.items()})
@@ -689,3 +803,22 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
         form, _, nb = lab.partition("@")
         out[n] = (form, float(nb) if nb else float(orig[n]))
     return out
+
+
+# -- Dask tasks (model.distributed submits them; a worker opens the files itself) --------------
+
+def build_task(path: str, ly: Layer, budget: Budget | None, view: MatrixView | None,
+               layout: str, target: Target, cal: Any) -> Staged:
+    """Task: one layer built and staged (:func:`stage_layer`) from the model at ``path``."""
+    src = D.worker_open(path, open_source)
+    return stage_layer(src, ly, budget, view, layout, target,
+                       D.worker_stats(cal, ly.decision.name) if ly.decision.action != "skip"
+                       else None)
+
+
+def curve_task(path: str, d: Decision, orig_bytes: int, layout: str, cal: Any,
+               options: Mapping[str, Any], vdt: Any, want_bf16: bool) -> list[Candidate]:
+    """Task: one layer's error-vs-size curve (:func:`layer_curve`)."""
+    src = D.worker_open(path, open_source)
+    return layer_curve(np.asarray(src[d.name]), d, orig_bytes, layout,
+                       D.worker_stats(cal, d.name), options, vdt, want_bf16)

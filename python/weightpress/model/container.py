@@ -36,7 +36,7 @@ from ..compression.matrices import CompressedMatrix, Dense, error_stats, from_pa
 from ..io._base import FormatError, TensorInfo, TensorSource, make_temp
 from ..io.safetensors import SafetensorsSource, write_safetensors
 
-__all__ = ["header_estimate", "ContainerWriter", "Container", "open_container", "verify", "VerifyResult",
+__all__ = ["header_estimate", "ContainerWriter", "Staged", "stage_tensor", "Container", "open_container", "verify", "VerifyResult",
            "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "weightpress.container"
@@ -141,6 +141,91 @@ class _Spill(TensorSource):
 
     def close(self) -> None:
         self._f.close()
+
+
+@dataclass
+class Staged:
+    """One tensor prepared for the container: its metadata entry, its stored arrays by role
+    (keys in ``entry["parts"]``) and the stored keys written in another dtype (``"BF16"``)."""
+
+    name: str
+    entry: dict[str, Any]
+    parts: dict[str, np.ndarray]
+    dtypes: dict[str, str]
+
+
+def stage_tensor(name: str, obj: CompressedMatrix | np.ndarray, *, original: Any = None,
+                 layout: str | None = None, stored_dtype: str | None = None,
+                 orig_bytes: int | None = None, method: str = "", reason: str = "",
+                 view: Any = None, dtype: Any = None) -> Staged:
+    """One tensor ready for :meth:`ContainerWriter.add_staged` (arguments as
+    :meth:`ContainerWriter.add`): its metadata entry (checksums and error figures included)
+    and its stored arrays. Needs no writer, so a worker process can prepare it; the same
+    inputs give the same bytes wherever it runs.
+    """
+    own_dtype = dtype
+    expanded = None
+    if isinstance(obj, np.ndarray) or not isinstance(obj, CompressedMatrix):
+        arr = np.asarray(obj)
+        if not arr.dtype.isnative:  # big-endian input: stored and reported native
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        expanded = _compact(arr)
+        floating = arr.dtype.kind == "f"
+        float_matrix = arr.ndim == 2 and floating and expanded is None
+        obj = Dense(arr, layout or "out_in") if float_matrix else None  # type: ignore[assignment]
+        parts = {"values": arr if expanded is None else expanded}
+        form, shape, dtype = "dense", arr.shape, arr.dtype
+        lay = layout or "out_in"
+    else:
+        parts = obj.parts()
+        form, shape, dtype, lay = obj.form, obj.shape, obj.dtype, obj.layout
+    keys = {role: (name if form == "dense" else f"{name}{SEP}{role}") for role in parts}
+    # A dense tensor read from bf16 goes back as bf16 (exact: it came from there).
+    if stored_dtype in ("bfloat16", "float16"):  # other readers' spelling
+        stored_dtype = {"bfloat16": "BF16", "float16": "F16"}[stored_dtype]
+    narrow = form == "dense" and stored_dtype == "BF16" and np.dtype(dtype) == np.float32
+    storage = "BF16" if narrow else getattr(obj, "storage", None)
+    nbytes = array_nbytes(parts.values(), storage)
+    entry: dict[str, Any] = {
+        "form": form, "shape": [int(s) for s in shape], "dtype": np.dtype(dtype).name,
+        "stored_dtype": stored_dtype, "storage": storage, "layout": lay, "parts": keys,
+        "crc32": {r: _crc(a) for r, a in parts.items()},
+        "params": int(obj.n_params if obj is not None else np.asarray(parts["values"]).size),
+        **({"expanded": True} if expanded is not None else {}),
+        "bytes": int(nbytes),
+        "orig_bytes": int(orig_bytes if orig_bytes is not None
+                          else dense_nbytes(shape, np.dtype(dtype).itemsize)),
+        "method": method, "reason": reason}
+    label = getattr(obj, "name", None)  # quantized forms: int4g64, kmeans3r...
+    if isinstance(label, str):
+        entry["label"] = label
+    if view is not None:
+        entry["view"] = view.to_json()
+    if own_dtype is not None and np.dtype(own_dtype) != np.dtype(entry["dtype"]):
+        entry["values_dtype"], entry["dtype"] = entry["dtype"], np.dtype(own_dtype).name
+    if original is not None:
+        W = np.asarray(original)
+        if view is not None and W.shape == tuple(view.shape):
+            W = view.to_matrix(W)
+        if W.shape != tuple(shape):
+            raise ValueError(f"original: shape {W.shape} differs from {tuple(shape)}")
+        W = _flat2(W)
+    else:
+        W = None
+    n2 = inner = nh2 = d2 = 0.0  # accumulated over row blocks: the decode is never whole
+    if form == "dense" and (expanded is not None or np.dtype(dtype).kind not in "fc"):
+        if expanded is not None and expanded.dtype.kind in "fc":  # stored exactly, once
+            reps = int(np.prod(shape, dtype=np.int64)) // max(1, expanded.size)
+            n2 = nh2 = inner = error_stats(expanded, expanded)[0] * reps
+    else:
+        for r0, r1, blk in _blocks(obj, parts["values"] if form == "dense" else None):
+            ref = W[r0:r1] if W is not None else blk
+            st = error_stats(ref, blk)
+            n2, inner, nh2, d2 = n2 + st[0], inner + st[1], nh2 + st[2], d2 + st[3]
+    err = float(np.sqrt(d2 / n2)) if n2 > 0 else (0.0 if d2 == 0 else float("inf"))
+    entry.update(error=err, norm=float(np.sqrt(n2)), norm_hat=float(np.sqrt(nh2)), inner=inner)
+    dtypes = {keys[r]: "BF16" for r, a in parts.items() if storage == "BF16" and a.dtype == np.float32}
+    return Staged(name, entry, dict(parts), dtypes)
 
 
 class _Entries(Mapping[str, dict[str, Any]]):
@@ -253,77 +338,27 @@ class ContainerWriter:
         """
         if name in self.entries:
             raise ValueError(f"name: tensor {name!r} added twice")
-        expanded = None
-        own_dtype = dtype
-        if isinstance(obj, np.ndarray) or not isinstance(obj, CompressedMatrix):
-            arr = np.asarray(obj)
-            if not arr.dtype.isnative:  # big-endian input: stored and reported native
-                arr = arr.astype(arr.dtype.newbyteorder("="))
-            expanded = _compact(arr)
-            floating = arr.dtype.kind == "f"
-            float_matrix = arr.ndim == 2 and floating and expanded is None
-            obj = Dense(arr, layout or "out_in") if float_matrix else None  # type: ignore[assignment]
-            parts = {"values": arr if expanded is None else expanded}
-            form, shape, dtype = "dense", arr.shape, arr.dtype
-            lay = layout or "out_in"
-        else:
-            parts = obj.parts()
-            form, shape, dtype, lay = obj.form, obj.shape, obj.dtype, obj.layout
-        keys = {role: (name if form == "dense" else f"{name}{SEP}{role}") for role in parts}
+        return self.add_staged(stage_tensor(name, obj, original=original, layout=layout,
+                                            stored_dtype=stored_dtype, orig_bytes=orig_bytes,
+                                            method=method, reason=reason, view=view,
+                                            dtype=dtype))
+
+    def add_staged(self, st: "Staged") -> dict[str, Any]:
+        """Append a tensor prepared by :func:`stage_tensor` (perhaps in another process, or
+        read back from a journal). Returns its metadata entry."""
+        if st.name in self.entries:
+            raise ValueError(f"name: tensor {st.name!r} added twice")
+        keys = st.entry["parts"]
         for k in keys.values():
             if k in self._keys:
                 raise ValueError(f"name: stored key {k!r} collides with another tensor's")
-        # A dense tensor read from bf16 goes back as bf16 (exact: it came from there).
-        if stored_dtype in ("bfloat16", "float16"):  # other readers' spelling
-            stored_dtype = {"bfloat16": "BF16", "float16": "F16"}[stored_dtype]
-        narrow = form == "dense" and stored_dtype == "BF16" and np.dtype(dtype) == np.float32
-        storage = "BF16" if narrow else getattr(obj, "storage", None)
-        nbytes = array_nbytes(parts.values(), storage)
-        entry: dict[str, Any] = {
-            "form": form, "shape": [int(s) for s in shape], "dtype": np.dtype(dtype).name,
-            "stored_dtype": stored_dtype, "storage": storage, "layout": lay, "parts": keys,
-            "crc32": {r: _crc(a) for r, a in parts.items()},
-            "params": int(obj.n_params if obj is not None else np.asarray(parts["values"]).size),
-            **({"expanded": True} if expanded is not None else {}),
-            "bytes": int(nbytes),
-            "orig_bytes": int(orig_bytes if orig_bytes is not None
-                              else dense_nbytes(shape, np.dtype(dtype).itemsize)),
-            "method": method, "reason": reason}
-        label = getattr(obj, "name", None)  # quantized forms: int4g64, kmeans3r...
-        if isinstance(label, str):
-            entry["label"] = label
-        if view is not None:
-            entry["view"] = view.to_json()
-        if own_dtype is not None and np.dtype(own_dtype) != np.dtype(entry["dtype"]):
-            entry["values_dtype"], entry["dtype"] = entry["dtype"], np.dtype(own_dtype).name
-        if original is not None:
-            W = np.asarray(original)
-            if view is not None and W.shape == tuple(view.shape):
-                W = view.to_matrix(W)
-            if W.shape != tuple(shape):
-                raise ValueError(f"original: shape {W.shape} differs from {tuple(shape)}")
-            W = _flat2(W)
-        else:
-            W = None
-        n2 = inner = nh2 = d2 = 0.0  # accumulated over row blocks: the decode is never whole
-        if form == "dense" and (expanded is not None or np.dtype(dtype).kind not in "fc"):
-            if expanded is not None and expanded.dtype.kind in "fc":  # stored exactly, once
-                reps = int(np.prod(shape, dtype=np.int64)) // max(1, expanded.size)
-                n2 = nh2 = inner = error_stats(expanded, expanded)[0] * reps
-        else:
-            for r0, r1, blk in _blocks(obj, parts["values"] if form == "dense" else None):
-                ref = W[r0:r1] if W is not None else blk
-                st = error_stats(ref, blk)
-                n2, inner, nh2, d2 = n2 + st[0], inner + st[1], nh2 + st[2], d2 + st[3]
-        err = float(np.sqrt(d2 / n2)) if n2 > 0 else (0.0 if d2 == 0 else float("inf"))
-        entry.update(error=err, norm=float(np.sqrt(n2)), norm_hat=float(np.sqrt(nh2)), inner=inner)
-        for role, a in parts.items():
+        for role, a in st.parts.items():
             self._spill.append(keys[role], a)
             self._keys.add(keys[role])
-            if storage == "BF16" and a.dtype == np.float32:
-                self._dtypes[keys[role]] = "BF16"
-        self.entries.add(name, entry)
-        return entry
+            if keys[role] in st.dtypes:
+                self._dtypes[keys[role]] = st.dtypes[keys[role]]
+        self.entries.add(st.name, st.entry)
+        return st.entry
 
     def add_alias(self, name: str, target: str) -> dict[str, Any]:
         """Stage `name` as another name of the already staged tensor `target` (tied weights:

@@ -1,0 +1,125 @@
+"""Error-vs-size curves of one layer from one sort or one factorisation.
+
+``--allocate`` needs, per layer, the error it would have at many sizes. Building the layer at
+every size and measuring it costs one build per point; for two forms the whole curve follows
+from one pass instead:
+
+- magnitude pruning (weight space): keeping the ``k`` largest entries drops the others, so one
+  sort of the squared magnitudes and a cumulative sum give the error at every ``k`` (the
+  rounding of the kept values to the stored dtype is added the same way);
+- low rank (weight space): the truncation error at rank ``r`` is the tail of the singular
+  values, ``‖σ[r:]‖ / ‖W‖``, from one SVD;
+- whitened low rank (with calibration): with ``H + δI = S Sᵀ`` and ``W S = U Σ Vᵀ``, the rank-r
+  truncation leaves ``D_r = U_{>r} Σ_{>r} V_{>r}ᵀ S⁻¹``, whose output error against the
+  undamped ``H`` is ``Σ_{i>r} σᵢ² (1 − δ ‖S⁻ᵀ vᵢ‖²)``: every rank's exact output error from
+  one SVD and one triangular solve.
+
+Each point carries the byte budget that rebuilds exactly that point (``nnz_for_bytes`` and
+``rank_for_bytes`` invert the byte counts used here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.linalg as sla
+
+from ..compression.calibration import CalibrationStats
+from ..compression.storage import lowrank_nbytes, nnz_for_bytes, sparse_nbytes
+from ..io.safetensors import bf16_to_f32, f32_to_bf16
+
+__all__ = ["FINE_LEVELS", "prune_curve", "lowrank_curve", "whitened_curve", "stored_values"]
+
+# byte levels (fractions of the dense tensor) of the one-pass curves: 48 points from 1/1.25
+# down to 1/44 (the range CURVE_LEVELS spans), 8 % apart
+FINE_LEVELS = tuple(float(x) for x in np.geomspace(1 / 1.25, 1.25 ** -17, 48))
+
+
+def stored_values(Wv: np.ndarray, storage: str | None) -> np.ndarray:
+    """The values as the container will hold them (bfloat16-rounded for ``"BF16"``)."""
+    if storage == "BF16" and Wv.dtype == np.float32:
+        return bf16_to_f32(f32_to_bf16(np.ascontiguousarray(Wv))).reshape(Wv.shape)
+    return Wv
+
+
+def prune_curve(W64: np.ndarray, Wv: np.ndarray, storage: str | None,
+                stored_shape: tuple[int, int], isz: int, orig_bytes: float
+                ) -> list[tuple[int, float, float]]:
+    """Magnitude pruning's relative weight error at every level of :data:`FINE_LEVELS`.
+
+    ``W64`` is the original (float64), ``Wv`` the values pruned (perhaps narrowed to the
+    value dtype), ``storage`` how they are stored (their rounding counts). Returns
+    ``(nbytes, error, budget)`` per distinct kept count, ``budget`` rebuilding that count.
+    Ties in magnitude are broken by position, as the pruning kernel may break them otherwise;
+    the error then differs in the tied entries only.
+    """
+    a = W64.reshape(-1)
+    total = float(a @ a)
+    Wstored = stored_values(Wv, storage)
+    order = np.argsort(np.abs(Wv).reshape(-1), kind="stable")  # ascending: dropped first
+    drop = np.concatenate([[0.0], np.cumsum(a[order] ** 2)])        # drop[t]: t smallest gone
+    r = (a - Wstored.reshape(-1).astype(np.float64))[order] ** 2     # rounding of kept values
+    keep_round = np.concatenate([np.cumsum(r[::-1])[::-1], [0.0]])   # keep_round[t]: from t on
+    n = a.size
+    out = []
+    seen = set()
+    for lv in FINE_LEVELS:
+        nb = orig_bytes * lv
+        k = nnz_for_bytes(stored_shape, nb, isz)
+        if k in seen or k <= 0:
+            continue
+        seen.add(k)
+        t = n - k
+        err2 = drop[t] + keep_round[t]
+        out.append((sparse_nbytes(stored_shape, k, isz),
+                    float(np.sqrt(max(err2, 0.0) / total)) if total > 0 else 0.0,
+                    float(sparse_nbytes(stored_shape, k, isz))))
+    return out
+
+
+def _ranks(shape: tuple[int, int], orig_bytes: float, isz: int) -> np.ndarray:
+    rmax = min(min(shape), int(max(0.0, orig_bytes) // max(1, (shape[0] + shape[1]) * isz)))
+    return np.unique(np.geomspace(1, max(rmax, 1), num=48).astype(int))
+
+
+def lowrank_curve(W64: np.ndarray, stored_shape: tuple[int, int], isz: int,
+                  orig_bytes: float) -> list[tuple[int, float, float]]:
+    """Truncated SVD's relative weight error at up to 48 ranks, from one SVD's singular values
+    (the optimum: the randomized SVD the build uses for small ranks lands within its
+    oversampled accuracy of it)."""
+    s = sla.svd(W64, compute_uv=False, lapack_driver="gesdd", check_finite=False)
+    total = float(np.sum(s ** 2))
+    tail = np.concatenate([np.cumsum((s ** 2)[::-1])[::-1], [0.0]])
+    out = []
+    for r in _ranks(stored_shape, orig_bytes, isz):
+        nb = lowrank_nbytes(stored_shape, int(r), isz)
+        e = float(np.sqrt(max(tail[min(r, len(s))], 0.0) / total)) if total > 0 else 0.0
+        out.append((nb, e, float(nb)))
+    return out
+
+
+def whitened_curve(Wo64: np.ndarray, stats: CalibrationStats, stored_shape: tuple[int, int],
+                   isz: int, orig_bytes: float, damp: float) -> list[tuple[int, float, float]]:
+    """Whitened low rank's exact relative *output* error at up to 48 ranks from one SVD of
+    ``W S`` (``Wo64`` in ``[out, in]``). Shares the factorisations with
+    :func:`~weightpress.compression.data_aware.lowrank_whitened` through the statistics'
+    cache, so the build at the chosen rank reuses them."""
+    S = stats.cached(("chol", damp), lambda: sla.cholesky(stats.damped(damp), lower=True))
+    key = ("wsvd", damp, Wo64.shape, hash(Wo64.tobytes()))
+    U, sig, Vt = stats.cached(key, lambda: sla.svd(Wo64 @ S, full_matrices=False, lapack_driver="gesdd"))
+    H = stats.hessian()
+    diag = np.diag(H)
+    mean = float(np.mean(diag)) if H.size else 0.0
+    delta = damp * mean if mean > 0 else 1e-12
+    # rows of Vᵀ S⁻¹: ‖S⁻ᵀ vᵢ‖² per singular triplet
+    B = sla.solve_triangular(S, Vt.T, lower=True, trans="T").T
+    c = np.einsum("ij,ij->i", B, B)
+    per = sig ** 2 * (1.0 - delta * c)  # each dropped triplet's share of ‖X Dᵀ‖²
+    den = float(np.einsum("ij,ij->", Wo64 @ H, Wo64))
+    tail = np.concatenate([np.cumsum(per[::-1])[::-1], [0.0]])
+    out = []
+    for r in _ranks(stored_shape, orig_bytes, isz):
+        nb = lowrank_nbytes(stored_shape, int(r), isz)
+        num = max(float(tail[min(r, len(sig))]), 0.0)
+        e = float(np.sqrt(num / den)) if den > 0 else 0.0
+        out.append((nb, e, float(nb)))
+    return out
