@@ -54,13 +54,17 @@ def fuzz(only: list[str], seconds: int, timeout: int, rss_mb: int, artifacts: st
     artifacts = artifacts or os.path.join(work, "artifacts")
     os.makedirs(artifacts, exist_ok=True)
     failed = []
+    # a fixed mutation seed (WP_FUZZ_SEED to vary it): CI reruns the same search, so a finding
+    # reproduces; vary it locally to search further
+    seed = int(os.environ.get("WP_FUZZ_SEED", "1"))
     for name in only:
         scratch = os.path.join(work, name)
         os.makedirs(scratch, exist_ok=True)
         cmd = [sys.executable, os.path.join(HERE, f"fuzz_{name}.py"), scratch,
                os.path.join(HERE, "corpus", name), f"-max_total_time={seconds}",
                f"-timeout={timeout}", f"-rss_limit_mb={rss_mb}", "-print_final_stats=1",
-               f"-artifact_prefix={artifacts}/{name}-", "-max_len=65536"]
+               f"-artifact_prefix={artifacts}/{name}-", "-max_len=65536",
+               f"-seed={seed}"]
         t0 = time.monotonic()
         r = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
                            timeout=seconds + 10 * timeout + 120, env=dict(os.environ, OMP_NUM_THREADS="1"))
