@@ -4,17 +4,9 @@ errors from H alone, bad inputs."""
 import numpy as np
 import pytest
 
-from helpers import correlated_inputs
 from weightpress.compression.calibration import CalibrationStats, output_error
 from weightpress.compression.data_aware import prune_obs
 
-
-@pytest.fixture
-def layer():
-    rng = np.random.default_rng(0)
-    W = rng.standard_normal((96, 64)) / 8
-    X = correlated_inputs(rng, 1000, 64)
-    return W, X, CalibrationStats.from_inputs(X)
 
 def test_stats_stream_and_error(layer):
     W, X, st = layer

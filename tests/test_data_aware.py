@@ -7,12 +7,6 @@ from weightpress.compression.calibration import CalibrationStats, output_error
 from weightpress.compression.data_aware import lowrank_whitened, prune_obs, rank_for_params, sparse_plus_lowrank
 
 
-@pytest.fixture
-def layer():
-    rng = np.random.default_rng(0)
-    W = rng.standard_normal((96, 64)) / 8
-    X = correlated_inputs(rng, 1000, 64)
-    return W, X, CalibrationStats.from_inputs(X)
 
 
 def test_whitened_svd_error_equals_dropped_singular_values(layer):

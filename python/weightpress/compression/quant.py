@@ -45,8 +45,35 @@ def _oriented(Wa: np.ndarray, layout: str) -> np.ndarray:
     return Wa if layout == "out_in" else Wa.T
 
 
+class _CodedRows(CompressedMatrix):
+    """Decoding shared by the code-based forms: their ``_dequant(dtype, r0, r1)`` gives rows of
+    the ``(out, in)`` matrix the codes describe."""
+
+    def _dequant(self, dtype: Any, r0: int = 0, r1: int | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def toarray(self) -> np.ndarray:
+        return _oriented(self._dequant(self.dtype), self.layout).astype(self.dtype, copy=False)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if self.layout == "out_in":
+            return self._dequant(self.dtype, start, stop).astype(self.dtype, copy=False)
+        return self.toarray()[start:stop]
+
+    def blocks(self, block: int = 1 << 20) -> Any:
+        """Row blocks of :meth:`toarray`; for ``in_out`` (codes run along the stored columns)
+        decoded once, not once per block."""
+        if self.layout == "out_in":
+            yield from super().blocks(block)
+            return
+        D = self.toarray()
+        step = max(1, block // max(1, self.shape[1]))
+        for r in range(0, self.shape[0], step):
+            yield r, min(self.shape[0], r + step), D[r:r + step]
+
+
 @register_form
-class Quantized(CompressedMatrix):
+class Quantized(_CodedRows):
     """``M ≈ scale · (u − zero)`` with ``M`` the ``(out, in)`` matrix (``W`` or ``Wᵀ`` by layout).
 
     Build with :func:`quantize` or :func:`gptq`; rebuild with :meth:`from_parts`.
@@ -187,26 +214,6 @@ class Quantized(CompressedMatrix):
         z = None if self.zeros is None else self.zeros[r0:r1]
         return lq.dequantize(self.packed[r0:r1], self.scales[r0:r1], z, (r1 - r0, self._mshape[1]),
                              self.bits, self.group, self.symmetric, dt)
-
-    def toarray(self) -> np.ndarray:
-        M = self._dequant(self.dtype)
-        return _oriented(M, self.layout).astype(self.dtype, copy=False)
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        if self.layout == "out_in":
-            return self._dequant(self.dtype, start, stop).astype(self.dtype, copy=False)
-        return self.toarray()[start:stop]
-
-    def blocks(self, block: int = 1 << 20) -> Any:
-        """Row blocks of :meth:`toarray`; for ``in_out`` (codes run along the stored columns)
-        decoded once, not once per block."""
-        if self.layout == "out_in":
-            yield from super().blocks(block)
-            return
-        D = self.toarray()
-        step = max(1, block // max(1, self.shape[1]))
-        for r in range(0, self.shape[0], step):
-            yield r, min(self.shape[0], r + step), D[r:r + step]
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         direct = (self.layout == "out_in") != transpose  # the product is M @ X
@@ -461,7 +468,7 @@ def _kmeans_1d(V: np.ndarray, k: int, n_iter: int, init: np.ndarray | None = Non
 
 
 @register_form
-class Codebook(CompressedMatrix):
+class Codebook(_CodedRows):
     """``M[i, j] = centroids[i or 0, code[i, j]]``: k-means weight sharing with packed codes.
 
     Attributes
@@ -526,25 +533,6 @@ class Codebook(CompressedMatrix):
         C = self.centroids.astype(_compute_dtype(np.dtype(dtype)))
         C = C[r0:r1] if C.shape[0] > 1 else np.broadcast_to(C, (r1 - r0, C.shape[1]))
         return np.take_along_axis(C, codes.astype(np.intp), axis=1)
-
-    def toarray(self) -> np.ndarray:
-        return _oriented(self._dequant(self.dtype), self.layout).astype(self.dtype, copy=False)
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        if self.layout == "out_in":
-            return self._dequant(self.dtype, start, stop).astype(self.dtype, copy=False)
-        return self.toarray()[start:stop]
-
-    def blocks(self, block: int = 1 << 20) -> Any:
-        """Row blocks of :meth:`toarray`; for ``in_out`` (codes run along the stored columns)
-        decoded once, not once per block."""
-        if self.layout == "out_in":
-            yield from super().blocks(block)
-            return
-        D = self.toarray()
-        step = max(1, block // max(1, self.shape[1]))
-        for r in range(0, self.shape[0], step):
-            yield r, min(self.shape[0], r + step), D[r:r + step]
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         direct = (self.layout == "out_in") != transpose
