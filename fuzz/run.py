@@ -1,6 +1,7 @@
 """Run every fuzz harness for a bounded time; exit 1 on any finding.
 
-    python fuzz/run.py --seconds 25             # each harness 25 s (CI)
+    python fuzz/run.py --seconds 25             # each harness 25 s (exploring)
+    python fuzz/run.py --runs 100000            # each harness a fixed number of inputs (CI)
     python fuzz/run.py --seconds 60 --only npz  # one harness
     python fuzz/run.py --replay                 # each corpus file once, no atheris needed
 
@@ -44,7 +45,13 @@ def replay(only: list[str]) -> int:
     return 1 if bad else 0
 
 
-def fuzz(only: list[str], seconds: int, timeout: int, rss_mb: int, artifacts: str | None) -> int:
+# inputs per second relative to the readers (the CLI harness runs whole commands): --runs N gives
+# each harness N * RATE inputs, so every harness takes about the same time
+RATE = {"cli": 0.01}
+
+
+def fuzz(only: list[str], seconds: int, timeout: int, rss_mb: int, artifacts: str | None,
+         n_inputs: int | None = None) -> int:
     try:
         import atheris  # noqa: F401
     except ImportError:
@@ -61,13 +68,15 @@ def fuzz(only: list[str], seconds: int, timeout: int, rss_mb: int, artifacts: st
         scratch = os.path.join(work, name)
         os.makedirs(scratch, exist_ok=True)
         cmd = [sys.executable, os.path.join(HERE, f"fuzz_{name}.py"), scratch,
-               os.path.join(HERE, "corpus", name), f"-max_total_time={seconds}",
+               os.path.join(HERE, "corpus", name),
+               (f"-runs={max(1, int(n_inputs * RATE.get(name, 1.0)))}" if n_inputs
+                else f"-max_total_time={seconds}"),
                f"-timeout={timeout}", f"-rss_limit_mb={rss_mb}", "-print_final_stats=1",
                f"-artifact_prefix={artifacts}/{name}-", "-max_len=65536",
                f"-seed={seed}"]
         t0 = time.monotonic()
         r = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
-                           timeout=seconds + 10 * timeout + 120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                           timeout=(seconds if not n_inputs else 1800) + 10 * timeout + 120, env=dict(os.environ, OMP_NUM_THREADS="1"))
         runs = next((ln.split()[-1] for ln in r.stderr.splitlines() if "stat::number_of_executed_units" in ln), "?")
         status = "ok" if r.returncode == 0 else f"FINDING (exit {r.returncode})"
         print(f"{name:12s} {time.monotonic() - t0:6.1f} s  {runs:>8s} inputs  {status}", flush=True)
@@ -84,6 +93,8 @@ def fuzz(only: list[str], seconds: int, timeout: int, rss_mb: int, artifacts: st
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=int, default=25, help="per harness (default 25)")
+    p.add_argument("--runs", type=int, help="a fixed number of inputs per harness instead of a time "
+                                            "(deterministic with the fixed seed: what CI runs)")
     p.add_argument("--only", action="append", choices=ORDER, help="run only these harnesses")
     p.add_argument("--replay", action="store_true", help="replay the corpus once, no fuzzing")
     p.add_argument("--timeout", type=int, default=20, help="seconds one input may take")
@@ -93,7 +104,7 @@ def main() -> int:
     only = a.only or list(ORDER)
     if a.replay:
         return replay(only)
-    return fuzz(only, a.seconds, a.timeout, a.rss_mb, a.artifacts)
+    return fuzz(only, a.seconds, a.timeout, a.rss_mb, a.artifacts, a.runs)
 
 
 if __name__ == "__main__":

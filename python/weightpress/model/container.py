@@ -60,6 +60,10 @@ def header_estimate(tensors: Mapping[str, str]) -> int:
                      for n, m in tensors.items())
 
 
+# numbers every tensor's metadata entry carries (verify and the report read them)
+_NUMERIC_FIELDS = ("error", "norm", "norm_hat", "inner", "params", "bytes", "orig_bytes")
+
+
 def _crc(a: np.ndarray) -> int:
     """CRC-32 of an array's bytes in little-endian order (0-D and empty arrays too), taken in
     chunks so a strided array is never copied whole."""
@@ -462,6 +466,11 @@ class Container(TensorSource):
             for n, e in self.entries.items():
                 if "alias" in e and e["alias"] not in self.entries:
                     raise FormatError(f"{self.path}: tensor {n!r} is tied to a missing tensor")
+                bad = [k for k in _NUMERIC_FIELDS if not isinstance(e.get(k), (int, float))
+                       or isinstance(e.get(k), bool)]
+                if bad or not isinstance(e.get("parts"), dict) or not isinstance(e.get("crc32"), dict):
+                    raise FormatError(f"{self.path}: tensor {n!r}: malformed metadata "
+                                      f"({', '.join(bad) or 'parts/crc32'} missing or not numbers)")
             for n, e in self.entries.items():
                 for role, key in e["parts"].items():
                     if key not in self._st.info():
