@@ -475,7 +475,8 @@ class Container(TensorSource):
                 for role, key in e["parts"].items():
                     if key not in self._st.info():
                         raise FormatError(f"{self.path}: tensor {n!r} part {role!r} ({key!r}) is missing")
-        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError, SyntaxError) as err:
+            # (SyntaxError: NumPy parses some dtype strings as Python, found by fuzzing)
             if isinstance(err, FormatError):
                 raise
             raise FormatError(f"{self.path}: malformed container metadata "
