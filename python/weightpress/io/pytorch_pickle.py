@@ -265,7 +265,8 @@ _GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
 
 
 def check_nesting(raw: bytes, source: str, limit: int = MAX_TUPLE_DEPTH) -> None:
-    """FormatError if the pickle builds tuples nested deeper than `limit`.
+    """FormatError if the pickle builds tuples nested deeper than `limit`, or stores into a memo
+    index larger than the pickle itself.
 
     Hashing a tuple recurses in C without a depth guard, so a deep tuple used as a dict key
     (a 1 MB pickle of a million nested 1-tuples) crashes the interpreter by stack overflow
@@ -303,6 +304,11 @@ def check_nesting(raw: bytes, source: str, limit: int = MAX_TUPLE_DEPTH) -> None
                     raise FormatError(f"{source}: pickle nests tuples more than {limit} deep")
                 stack.append(depth)
             elif name in _PUT_OPS or name == "MEMOIZE":
+                if name in _PUT_OPS and (not isinstance(arg, int) or not 0 <= arg <= len(raw)):
+                    # the C unpickler sizes its memo table by the largest index: one opcode
+                    # with index 10^9 asks for gigabytes (found by fuzzing); a real pickle
+                    # numbers its memo entries from 0, fewer than its bytes
+                    raise FormatError(f"{source}: pickle memo index {str(arg)[:20]} out of range")
                 v = items[-1] if items else 0
                 memo[arg if name in _PUT_OPS else len(memo)] = v
                 stack.append(v)
