@@ -41,14 +41,6 @@ void row_axpys(std::int64_t r, std::int64_t c, const T* s, std::int64_t ld, cons
   }
 }
 
-template <class T>
-std::vector<T> transpose(std::int64_t r, std::int64_t c, const T* x) {  // row-major r×c → c×r
-  std::vector<T> t(sz(r * c));
-  for (std::int64_t i = 0; i < r; ++i)
-    for (std::int64_t j = 0; j < c; ++j) t[sz(j * r + i)] = x[i * c + j];
-  return t;
-}
-
 // Row-major (m×n) residual ‖A − L R‖² where fill(r0, r1, D) writes rows r0..r1 of A into D
 // (row-major, ld n): blocked so that memory stays bounded.
 template <class T, class Fill>
@@ -183,7 +175,7 @@ double DenseOp<T>::resid2(std::int64_t k, const T* L, const T* R) const {
         std::copy(a + i * ld, a + i * ld + nn_, d + (i - r0) * nn_);
     });
   // stored rows are the operator's columns: ‖Aᵀ − Rᵀ Lᵀ‖
-  const auto Lt = transpose(mm_, k, L), Rt = transpose(k, nn_, R);
+  const auto Lt = transposed_copy(mm_, k, L), Rt = transposed_copy(k, nn_, R);
   return resid2_rows<T>(nn_, mm_, k, Rt.data(), Lt.data(),
                         [&](std::int64_t r0, std::int64_t r1, T* d) {
                           for (std::int64_t i = r0; i < r1; ++i)
@@ -271,9 +263,19 @@ double CsrOp<T, I>::resid2(std::int64_t k, const T* L, const T* R) const {
         d[(i - r0) * cs + static_cast<std::int64_t>(indices[p])] += data[p];
   };
   if (!tr) return resid2_rows<T>(rs, cs, k, L, R, fill);
-  const auto Lt = transpose(this->m, k, L), Rt = transpose(k, this->n, R);
+  const auto Lt = transposed_copy(this->m, k, L), Rt = transposed_copy(k, this->n, R);
   return resid2_rows<T>(rs, cs, k, Rt.data(), Lt.data(), fill);
 }
+
+template <class T>
+std::vector<T> transposed_copy(std::int64_t r, std::int64_t c, const T* x) {
+  std::vector<T> t(sz(r * c));
+  for (std::int64_t i = 0; i < r; ++i)
+    for (std::int64_t j = 0; j < c; ++j) t[sz(j * r + i)] = x[i * c + j];
+  return t;
+}
+template std::vector<float> transposed_copy(std::int64_t, std::int64_t, const float*);
+template std::vector<double> transposed_copy(std::int64_t, std::int64_t, const double*);
 
 template class LinOp<float>;
 template class LinOp<double>;

@@ -23,14 +23,6 @@ namespace {
 
 using blas::to_int;
 
-template <class T>
-std::vector<T> transpose(std::int64_t r, std::int64_t c, const T* x) {  // row-major r×c → c×r
-  std::vector<T> t(sz(r * c));
-  for (std::int64_t i = 0; i < r; ++i)
-    for (std::int64_t j = 0; j < c; ++j) t[sz(j * r + i)] = x[i * c + j];
-  return t;
-}
-
 struct Scan {
   bool finite = true;
   double amax = 0.0, fro2 = 0.0;  // amax: the largest row 2-norm (or chunk norm for CSR)
@@ -131,8 +123,8 @@ void emit(const OpFactors<T>& f, bool transposed, std::int64_t m, std::int64_t n
     out.u.assign(f.u.begin(), f.u.end());
     out.vt.assign(f.vt.begin(), f.vt.end());
   } else {  // operator = Aᵀ = U' S V'ᵀ  ⇒  A = V' S U'ᵀ
-    out.u = transpose(k, m, f.vt.data());
-    out.vt = transpose(n, k, f.u.data());
+    out.u = transposed_copy(k, m, f.vt.data());
+    out.vt = transposed_copy(n, k, f.u.data());
   }
   out.s.resize(sz(k));
   for (std::int64_t c = 0; c < k; ++c) out.s[sz(c)] = static_cast<T>(std::ldexp(f.s[sz(c)], exp2));

@@ -15,6 +15,10 @@
 
 namespace wp {
 
+// Row-major r×c → c×r copy of x (explicitly instantiated for float and double).
+template <class T>
+std::vector<T> transposed_copy(std::int64_t r, std::int64_t c, const T* x);
+
 template <class T>
 class LinOp {
  public:

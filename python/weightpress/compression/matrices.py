@@ -405,7 +405,38 @@ class LowRank(CompressedMatrix):
         return L @ (R @ X)
 
 
-class SparsePlusLowRank(CompressedMatrix):
+class SumOfForms(CompressedMatrix):
+    """A matrix stored as the sum of other compressed forms (``terms``: role prefix -> form):
+    their parts under the prefix, their bytes and parameters added, their products summed."""
+
+    @property
+    def terms(self) -> tuple[tuple[str, CompressedMatrix], ...]:
+        raise NotImplementedError
+
+    @property
+    def n_params(self) -> int:
+        return sum(m.n_params for _, m in self.terms)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.nbytes for _, m in self.terms)
+
+    def parts(self) -> dict[str, np.ndarray]:
+        return {f"{p}.{k}": v for p, m in self.terms for k, v in m.parts().items()}
+
+    def toarray(self) -> np.ndarray:
+        dt = _compute_dtype(self.dtype)
+        return sum(m.toarray().astype(dt) for _, m in self.terms).astype(self.dtype)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        dt = _compute_dtype(self.dtype)
+        return sum(m.rows(start, stop).astype(dt) for _, m in self.terms).astype(self.dtype)
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        return sum(m._matmul(X, transpose) for _, m in self.terms)
+
+
+class SparsePlusLowRank(SumOfForms):
     """``W ≈ S + L``: a :class:`Sparse` part plus a :class:`LowRank` part of the same shape."""
 
     form = "sparse+lowrank"
@@ -429,23 +460,8 @@ class SparsePlusLowRank(CompressedMatrix):
         self.sparse, self.lowrank = sparse, lowrank
 
     @property
-    def n_params(self) -> int:
-        return self.sparse.n_params + self.lowrank.n_params
-
-    def parts(self) -> dict[str, np.ndarray]:
-        return {**{f"sparse.{k}": v for k, v in self.sparse.parts().items()},
-                **{f"lowrank.{k}": v for k, v in self.lowrank.parts().items()}}
-
-    def toarray(self) -> np.ndarray:
-        return self.rows(0, self.shape[0])
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        dt = _compute_dtype(self.dtype)
-        return (self.sparse.rows(start, stop).astype(dt)
-                + self.lowrank.rows(start, stop).astype(dt)).astype(self.dtype)
-
-    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
-        return self.sparse._matmul(X, transpose) + self.lowrank._matmul(X, transpose)
+    def terms(self) -> tuple[tuple[str, CompressedMatrix], ...]:
+        return (("sparse", self.sparse), ("lowrank", self.lowrank))
 
 
 class SparseCoded(CompressedMatrix):

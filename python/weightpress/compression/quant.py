@@ -27,7 +27,8 @@ from ..linalg.sparse import _parse_pattern
 from .calibration import CalibrationStats
 from .data_aware import _check, act_order_perm, obs_factor, obs_prepare, small_blas
 from ..linalg.sparse import prune
-from .matrices import CompressedMatrix, Sparse, _compute_dtype, _setup, _sub, register_form, store_as
+from .matrices import (CompressedMatrix, Sparse, SumOfForms, _compute_dtype, _setup, _sub, register_form,
+                       store_as)
 from .storage import nnz_for_bytes, value_itemsize
 
 __all__ = ["Quantized", "Codebook", "quantize", "gptq", "codebook", "quant_name", "quant_from_parts"]
@@ -242,7 +243,7 @@ class Quantized(_CodedRows):
 
 
 @register_form
-class QuantizedPlusSparse(CompressedMatrix):
+class QuantizedPlusSparse(SumOfForms):
     """Integer codes plus a sparse correction: ``W ≈ Q + S``, ``S`` the largest entries of the
     rounding residual ``W − Q`` kept exactly in CSR. Between two precisions of the ladder the
     correction spends the rest of a byte budget where it lowers the error most (outliers), so a
@@ -273,25 +274,8 @@ class QuantizedPlusSparse(CompressedMatrix):
         return f"{self.quant.name}+csr"
 
     @property
-    def n_params(self) -> int:
-        return self.quant.n_params + self.sparse.n_params
-
-    def parts(self) -> dict[str, np.ndarray]:
-        return {**{f"quant.{k}": v for k, v in self.quant.parts().items()},
-                **{f"sparse.{k}": v for k, v in self.sparse.parts().items()}}
-
-    @property
-    def nbytes(self) -> int:
-        return self.quant.nbytes + self.sparse.nbytes
-
-    def toarray(self) -> np.ndarray:
-        return (self.quant.toarray() + self.sparse.toarray()).astype(self.dtype, copy=False)
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        return (self.quant.rows(start, stop) + self.sparse.rows(start, stop)).astype(self.dtype, copy=False)
-
-    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
-        return self.quant._matmul(X, transpose) + self.sparse._matmul(X, transpose)
+    def terms(self) -> tuple[tuple[str, CompressedMatrix], ...]:
+        return (("quant", self.quant), ("sparse", self.sparse))
 
 
 def fill_with_residual(q: Quantized, W: np.ndarray, nbytes: float,

@@ -27,7 +27,7 @@ import numpy as np
 from ._base import FormatError
 from .pytorch import PyTorchSource, _flatten
 from .pytorch_pickle import (STORAGE_DTYPES, SafeUnpickler, Storage, StorageType, TensorRef,
-                             check_nesting)
+                             as_format_error, check_nesting)
 
 __all__ = ["LegacyPyTorchSource", "is_legacy_pytorch"]
 
@@ -107,15 +107,8 @@ def _one_pickle(f: BinaryIO, source: str) -> bytes:
 def _load(f: BinaryIO, source: str, storages: dict[str, Storage]) -> Any:
     raw = _one_pickle(f, source)
     check_nesting(raw, source)
-    try:
-        return _LegacyUnpickler(io.BytesIO(raw), source, storages).load()
-    except FormatError as e:
-        msg = str(e)
-        raise FormatError(msg if msg.startswith(source) else f"{source}: {msg}") from None
-    except RecursionError:
-        raise FormatError(f"{source}: pickle nests too deeply") from None
-    except Exception as e:  # noqa: BLE001 - any pickle failure means a corrupt file
-        raise FormatError(f"{source}: corrupt pickle ({type(e).__name__}: {e})") from None
+    return as_format_error(lambda: _LegacyUnpickler(io.BytesIO(raw), source, storages).load(),
+                           source)
 
 
 class LegacyPyTorchSource(PyTorchSource):

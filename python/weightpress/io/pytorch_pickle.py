@@ -20,6 +20,7 @@ import math
 import pickle
 import pickletools
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -328,10 +329,19 @@ def check_nesting(raw: bytes, source: str, limit: int = MAX_TUPLE_DEPTH) -> None
 
 def load_pickle(data: Any, source: str) -> Any:
     """Unpickle `data` (a binary stream) safely; any failure is a FormatError naming `source`."""
-    try:
+    def load() -> Any:
         if isinstance(data, io.BytesIO):
             check_nesting(data.getvalue(), source)
         return SafeUnpickler(data, source).load()
+
+    return as_format_error(load, source)
+
+
+def as_format_error(load: Callable[[], Any], source: str) -> Any:
+    """``load()``, with any failure of an unpickler turned into one FormatError naming
+    `source` (the zip and the legacy PyTorch readers share it)."""
+    try:
+        return load()
     except FormatError as e:
         msg = str(e)
         raise FormatError(msg if msg.startswith(source) else f"{source}: {msg}") from None
