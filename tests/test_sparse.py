@@ -96,6 +96,36 @@ def test_prune_large_float64_and_threads():
     np.testing.assert_array_equal(a1.toarray(), ref_prune_keep(W, W.size - round(0.83 * W.size)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prune_sampled_cut_large(dtype):
+    # above 2^16 entries the cut is bracketed from a sample and chosen among the entries in the
+    # bracket: exact count, row-major ties, every thread count, any layout
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((300, 700)).astype(dtype)
+    W[::5, ::2] = 1.25  # a block of ties straddling the cut
+    keep = W.size - round(0.7 * W.size)
+    ref = ref_prune_keep(W, keep)
+    for n in (1, 2):
+        A = wp.prune(W, sparsity=0.7, n_threads=n)
+        check_csr(A, W)
+        np.testing.assert_array_equal(A.toarray(), ref)
+    np.testing.assert_array_equal(wp.prune(np.asfortranarray(W), sparsity=0.7).toarray(), ref)
+
+
+def test_prune_sample_miss_falls_back():
+    # 256 x 520: the sample covers the first 131072 entries only, and the largest entries all
+    # sit in the last 4 rows, so the sample's bracket misses the cut: the exact fallback runs
+    W = np.random.default_rng(6).standard_normal((256, 520))
+    W[-4:] += np.sign(W[-4:]) * 100
+    W[-1, ::2] = 100.5  # ties at the cut
+    keep = 2048 - 100
+    s = 1 - keep / W.size
+    for n in (1, 2):
+        A = wp.prune(W, sparsity=s, n_threads=n)
+        check_csr(A, W)
+        np.testing.assert_array_equal(A.toarray(), ref_prune_keep(W, W.size - round(s * W.size)))
+
+
 def test_prune_layouts_read_in_place():
     W = np.random.default_rng(3).standard_normal((40, 30))
     ref = wp.prune(W, sparsity=0.5).toarray()
