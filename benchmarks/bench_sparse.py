@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import weightpress as wp
-from _harness import Table, memory_bandwidth, ms, timeit
+from _harness import Table, last_level_cache, memory_bandwidth, ms, read_bandwidth, timeit
 
 
 def _mkl_dot():
@@ -81,6 +81,51 @@ def bench_products(quick: bool) -> None:
                               ms(t_ref), "-" if t_mkl is None else ms(t_mkl), ms(t_dense), ms(t1), ms(t2),
                               t_ref / t2, "-" if t_mkl is None else t_mkl / t2, t_dense / t2,
                               _csr_bytes(A, k) / t2 / bw)
+    t.print()
+
+
+def _csr_random_rows(n: int, density: float, dt, rng) -> sp.csr_array:
+    """n x n CSR with exactly round(density * n) entries per row, one drawn uniformly from each
+    run of n / nnz_row columns (sorted, no duplicates): a random pattern built in O(nnz)."""
+    per = max(1, round(density * n))
+    edges = np.linspace(0, n, per + 1).astype(np.int64)
+    lo, width = edges[:-1], np.diff(edges)
+    idx = (lo + (rng.random((n, per)) * width).astype(np.int64)).astype(np.int32)
+    data = (rng.random(n * per, dtype=np.float32) - 0.5).astype(dt)
+    indptr = np.arange(0, n * per + 1, per, dtype=np.int32 if n * per < 2**31 else np.int64)
+    return sp.csr_array((data, idx.reshape(-1), indptr), shape=(n, n))
+
+
+def bench_spmv_bandwidth(quick: bool) -> None:
+    """SpMV (batch 1) on matrices at and above the last-level cache: fraction of the measured
+    read bandwidth, side by side with SciPy, sparse_dot_mkl and dense GEMV."""
+    mkl = _mkl_dot()
+    llc = last_level_cache()
+    bw1, bw2 = read_bandwidth(1), read_bandwidth(2)
+    sizes = [4096, 8192] if not quick else [256]
+    t = Table(f"SpMV A @ x float32 (median ms; bytes = CSR (values + int32 indices + indptr) + x + y; "
+              f"'rd bw' = bytes / time / read bandwidth with as many threads ({bw1 / 1e9:.1f} GB/s 1t, "
+              f"{bw2 / 1e9:.1f} GB/s 2t); LLC {llc >> 20} MiB; dense = NumPy W @ x, its own threads)",
+              ["n", "sparsity", "CSR MB", "> LLC", "scipy", "mkl", "dense", "wp 1t", "wp 2t", "x scipy",
+               "x mkl", "x dense", "rd bw 1t", "rd bw 2t", "dense rd bw"])
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        for s in (0.5, 0.9):
+            A = _csr_random_rows(n, 1 - s, np.float32, rng)
+            x = rng.standard_normal(n).astype(np.float32)
+            by = _csr_bytes(A, 1)
+            Wd = A.toarray() if n * n * 4 <= (1 << 30) else None
+            t_ref, ref = timeit(lambda: A @ x)
+            t_dense = timeit(lambda: Wd @ x)[0] if Wd is not None else None
+            del Wd
+            t_mkl = timeit(lambda: mkl(A, x))[0] if mkl is not None else None
+            t1, _ = timeit(lambda: wp.csr_matmul(A, x, n_threads=1))
+            t2, y2 = timeit(lambda: wp.csr_matmul(A, x, n_threads=2))
+            _close(y2, ref, np.float32)
+            t.add(n, s, by / 1e6, by > llc, ms(t_ref), "-" if t_mkl is None else ms(t_mkl),
+                  "-" if t_dense is None else ms(t_dense), ms(t1), ms(t2), t_ref / t2,
+                  "-" if t_mkl is None else t_mkl / t2, "-" if t_dense is None else t_dense / t2,
+                  by / t1 / bw1, by / t2 / bw2, "-" if t_dense is None else n * n * 4 / t_dense / bw2)
     t.print()
 
 
@@ -189,6 +234,7 @@ def bench_threshold(quick: bool) -> None:
 
 
 def run(quick: bool) -> None:
+    bench_spmv_bandwidth(quick)
     bench_products(quick)
     bench_crossover(quick)
     bench_prune(quick)

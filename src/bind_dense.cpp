@@ -1,6 +1,8 @@
 // Dense elementwise kernels and the BLAS table's test hooks.
 #include "bind_common.hpp"
 #include "weightpress/blas.hpp"
+#include "weightpress/isa.hpp"
+#include "weightpress/probe.hpp"
 #include "weightpress/threshold.hpp"
 
 namespace wpb {
@@ -50,6 +52,18 @@ py::array blas_gemm(py::array a_, py::array b_) {
   });
 }
 
+// XOR of an array's bytes taken as 64-bit words (a C-contiguous array whose size in bytes is
+// a multiple of 8): the benchmarks' read-bandwidth probe.
+std::uint64_t read_probe(py::array a, int n_threads) {
+  check_threads(n_threads);
+  if (!(a.flags() & py::array::c_style) || a.nbytes() % 8 != 0)
+    throw py::type_error("read_probe: expected a C-contiguous array of 8-byte multiples");
+  const auto* p = static_cast<const std::uint64_t*>(a.data());
+  const auto n = static_cast<std::int64_t>(a.nbytes() / 8);
+  py::gil_scoped_release nogil;
+  return wp::read_probe(n, p, n_threads);
+}
+
 py::dict blas_selftest(const std::string& prefix) {
   wp::blas::SelfTestRow rows[32];
   int n;
@@ -73,6 +87,10 @@ void bind_dense(py::module_& m) {
         "x"_a.noconvert(), "level"_a, "out"_a.noconvert(), "kind"_a, "n_threads"_a);
   m.def("blas_gemm", &blas_gemm, "Row-major a @ b through SciPy's BLAS table.", "a"_a.noconvert(),
         "b"_a.noconvert());
+  m.def("read_probe", &read_probe, "XOR of the array's 64-bit words (read-bandwidth probe).",
+        "a"_a, "n_threads"_a);
+  m.def("isa_level", [] { return static_cast<int>(wp::isa_level()); },
+        "Instruction set the kernels dispatch to: 0 baseline, 1 x86-64-v3 (AVX2), 2 x86-64-v4 (AVX-512).");
   m.def("blas_selftest", &blas_selftest,
         "Run each BLAS/LAPACK routine of the table ('s' or 'd') on a fixed problem; "
         "returns name -> relative residual.",

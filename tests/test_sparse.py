@@ -324,3 +324,33 @@ def test_csr_matmul_malformed_large(k, transpose):
     X = np.ones((3000 if transpose else 2000, k))
     with pytest.raises(ValueError, match="column index 2000 .* out of range"):
         wp.csr_matmul(A, X, transpose=transpose)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("index", [np.int32, np.int64])
+def test_spmv_long_rows_every_isa_path(dtype, index):
+    # rows long enough for the gathered vector loops (32+ entries) plus ragged tails, and
+    # short rows; int32 and int64 indices; bit-identical for 1 and 2 threads
+    rng = np.random.default_rng(11)
+    A = sp.random_array((300, 500), density=0.3, format="csr", dtype=dtype, rng=rng)
+    A.data -= dtype(0.5)
+    A.indptr, A.indices = A.indptr.astype(index), A.indices.astype(index)
+    x = rng.standard_normal(500).astype(dtype)
+    y1 = wp.csr_matmul(A, x, n_threads=1)
+    y2 = wp.csr_matmul(A, x, n_threads=2)
+    np.testing.assert_array_equal(y1, y2)
+    ref = A.astype(np.float64) @ x.astype(np.float64)
+    bound = abs(A).astype(np.float64) @ np.abs(x.astype(np.float64))
+    assert np.all(np.abs(y1 - ref) <= EPS[np.dtype(dtype)] * (bound + 1))
+    bad = A.copy()
+    bad.indices[bad.indptr[150] + 40] = 500
+    with pytest.raises(ValueError, match="out of range"):
+        wp.csr_matmul(bad, x)
+
+
+def test_read_probe_is_xor_of_words():
+    from weightpress import _core
+
+    a = np.random.default_rng(1).integers(0, 2**63, 100_003, dtype=np.uint64)
+    assert _core.read_probe(a, 1) == _core.read_probe(a, 2) == int(np.bitwise_xor.reduce(a))
+    assert 0 <= _core.isa_level() <= 2

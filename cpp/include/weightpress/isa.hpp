@@ -14,8 +14,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define WP_X86_DISPATCH 1
 #define WP_TARGET_V4 \
-  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,bmi,bmi2,popcnt,prefer-vector-width=512")))
-#define WP_TARGET_V3 __attribute__((target("avx2,bmi,bmi2,popcnt")))
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt,prefer-vector-width=512")))
+#define WP_TARGET_V3 __attribute__((target("avx2,fma,f16c,bmi,bmi2,popcnt")))
 #endif
 
 namespace wp {
@@ -27,10 +27,14 @@ inline Isa isa_level() {
 #ifdef WP_X86_DISPATCH
   static const Isa level = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+    // x86-64-v3 as the psABI defines it (AVX2 + FMA + F16C + BMI1/2), and v4 on top of it
+    const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi") &&
+                    __builtin_cpu_supports("bmi2");
+    if (v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
       return Isa::kV4;
-    return __builtin_cpu_supports("avx2") ? Isa::kV3 : Isa::kBase;
+    return v3 ? Isa::kV3 : Isa::kBase;
   }();
   return level;
 #else
