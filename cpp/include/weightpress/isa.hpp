@@ -3,7 +3,8 @@
 // by thin wrappers marked WP_TARGET_V4 / WP_TARGET_V3, and called through a switch on
 // wp::isa_level(), which asks the CPU once (wheels stay portable: no -march flag). Other
 // architectures (aarch64) and compilers without the attributes compile the baseline only.
-// Used by csr.cpp (SpMV/SpMM row kernels) and pursuit.cpp (OMP's two hot loops).
+// Used by csr.cpp (SpMV/SpMM row kernels), prune.cpp (count and compaction), quant.cpp (the
+// packed products, by region), probe.cpp and pursuit.cpp (OMP's two hot loops).
 //
 // Kernels that must give bit-identical results on every CPU avoid FP contraction (GCC uses
 // -ffp-contract=off under -std=c++17) or document where FMA changes the last bit.
@@ -16,6 +17,24 @@
 #define WP_TARGET_V4 \
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt,prefer-vector-width=512")))
 #define WP_TARGET_V3 __attribute__((target("avx2,fma,f16c,bmi,bmi2,popcnt")))
+// The same targets for a whole region of code (a namespace of kernels included from a .inc
+// file, as quant.cpp does): every function in it, inline helpers and lambdas included, is
+// compiled for the level. WP_BEGIN_TARGET_V3 ... WP_END_TARGET.
+#if defined(__clang__)
+#define WP_BEGIN_TARGET_V3 \
+  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c,bmi,bmi2,popcnt\"))), apply_to = function)")
+#define WP_BEGIN_TARGET_V4                                                                       \
+  _Pragma(                                                                                        \
+      "clang attribute push(__attribute__((target(\"avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt\"))), apply_to = function)")
+#define WP_END_TARGET _Pragma("clang attribute pop")
+#else
+#define WP_BEGIN_TARGET_V3 \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c,bmi,bmi2,popcnt\")")
+#define WP_BEGIN_TARGET_V4       \
+  _Pragma("GCC push_options") \
+      _Pragma("GCC target(\"avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt,prefer-vector-width=512\")")
+#define WP_END_TARGET _Pragma("GCC pop_options")
+#endif
 #endif
 
 namespace wp {
