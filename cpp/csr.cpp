@@ -450,6 +450,21 @@ std::int64_t rows(WP_ROWS_ARGS) {
 
 }  // namespace
 
+// Serial cost of the products in units of 1/40 ns, fitted to measurements (benchmarks/
+// bench_sparse.py "thread grain": 1 thread, float32, in cache, best of 200 on the 2-core
+// development machine): A X took 0.31 ns per entry at k = 1, 0.57 at k = 8 and 0.9-1.0 at
+// k = 32, i.e. 0.025·(12 + k) ns; Aᵀ X 0.72-0.82, 0.8-1.1 and 2.6-2.9 ns, i.e.
+// 0.025·(28 + 2.6k) ns. (The former grain counted (nnz + rows)·k units against 2^15, which
+// sent a k = 32 product of 1 µs to two threads and kept a k = 1 product of 10 µs on one.)
+// A region pays off once its serial time is about 14 µs (parallel.hpp): kGrainCost.
+inline std::int64_t gather_cost(std::int64_t nnz, std::int64_t rows, std::int64_t k) {
+  return nnz * (12 + k) + rows * k;
+}
+inline std::int64_t scatter_cost(std::int64_t nnz, std::int64_t cols, std::int64_t k) {
+  return nnz * (28 + 26 * k / 10) + cols * k;
+}
+constexpr std::int64_t kGrainCost = 14 * 1000 * 40;
+
 template <class T, class I>
 std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, const I* indices,
                         const T* data, std::int64_t k, const T* x, std::int64_t ldx, T* y,
@@ -458,7 +473,7 @@ std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, 
   const std::int64_t nnz = indptr[rows_];
   if (k == 0) return -1;
   // Tiny products run on the calling thread: waking a team costs more than the work.
-  const int nt = threads_for((nnz + rows_) * k, n_threads, 1 << 15);
+  const int nt = threads_for(gather_cost(nnz, rows_, k), n_threads, kGrainCost);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), nth = team_size();
@@ -484,7 +499,7 @@ std::int64_t csr_matmat_t(std::int64_t rows_, std::int64_t cols, const I* indptr
   std::int64_t n_blocks = std::clamp<std::int64_t>(nnz / std::max<std::int64_t>(4 * cols, 1), 1, 4);
   n_blocks = std::min<std::int64_t>(
       n_blocks, 1 + (std::int64_t(32) << 20) / (out_elems * std::int64_t(sizeof(T))));
-  if (nnz * k < (1 << 15)) n_blocks = 1;
+  if (scatter_cost(nnz, cols, k) <= kGrainCost) n_blocks = 1;
   std::vector<T> buf(static_cast<size_t>((n_blocks - 1) * out_elems));
   const int nt = static_cast<int>(std::min<std::int64_t>(n_threads, n_blocks));
 #pragma omp parallel for num_threads(nt) schedule(static, 1) if (nt > 1)
@@ -499,7 +514,7 @@ std::int64_t csr_matmat_t(std::int64_t rows_, std::int64_t cols, const I* indptr
     if (bad >= 0) note_bad(first_bad, bad);
   }
   if (n_blocks > 1 && first_bad.load() < 0) {
-    const int nr = threads_for(out_elems * n_blocks, n_threads, 1 << 15);
+    const int nr = threads_for(out_elems * n_blocks, n_threads, kGrainElementwise);
 #pragma omp parallel for num_threads(nr) schedule(static) if (nr > 1)
     for (std::int64_t j = 0; j < cols; ++j)
       for (std::int64_t b = 1; b < n_blocks; ++b) {

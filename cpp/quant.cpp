@@ -48,7 +48,7 @@ void quant_pack(std::int64_t rows, std::int64_t cols, int bits, const std::uint8
   const std::int64_t rb = quant_row_bytes(cols, bits);
   const unsigned limit = 1u << bits;
   std::atomic<std::int64_t> first_bad{-1};
-  const int nt = threads_for(rows * cols, n_threads, 1 << 16);
+  const int nt = threads_for(rows * cols, n_threads, kGrainIndexScan);  // a byte scan
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::uint8_t* c = codes + r * cols;
@@ -97,7 +97,7 @@ void quant_unpack(std::int64_t rows, std::int64_t cols, int bits, const std::uin
                   std::uint8_t* __restrict codes, int n_threads) {
   quant_check_spec(QuantSpec{bits, 0, true}, "quant_unpack");
   const std::int64_t rb = quant_row_bytes(cols, bits);
-  const int nt = threads_for(rows * cols, n_threads, 1 << 16);
+  const int nt = threads_for(rows * cols, n_threads, kGrainIndexScan);  // a byte scan
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::uint8_t* in = packed + r * rb;
@@ -125,7 +125,7 @@ void quant_rtn(std::int64_t rows, std::int64_t cols, const T* __restrict W, cons
   const std::int64_t g = quant_group(cols, spec.group), ng = quant_n_groups(cols, spec.group);
   const int maxq = (1 << spec.bits) - 1;
   FirstError err;
-  const int nt = threads_for(rows * cols, n_threads, 1 << 15);
+  const int nt = threads_for(rows * cols, n_threads, kGrainElementwise);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t r = 0; r < rows; ++r) {
     err.run([&] {
@@ -154,7 +154,7 @@ void quant_dequantize(std::int64_t rows, std::int64_t cols, const std::uint8_t* 
   quant_check_spec(spec, "dequantize");
   const std::int64_t g = quant_group(cols, spec.group), ng = quant_n_groups(cols, spec.group);
   const std::int64_t rb = quant_row_bytes(cols, spec.bits);
-  const int nt = threads_for(rows * cols, n_threads, 1 << 15);
+  const int nt = threads_for(rows * cols, n_threads, kGrainElementwise);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::uint8_t* in = packed + r * rb;

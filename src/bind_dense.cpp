@@ -2,6 +2,7 @@
 #include "bind_common.hpp"
 #include "weightpress/blas.hpp"
 #include "weightpress/isa.hpp"
+#include "weightpress/linop.hpp"
 #include "weightpress/probe.hpp"
 #include "weightpress/threshold.hpp"
 
@@ -64,6 +65,23 @@ std::uint64_t read_probe(py::array a, int n_threads) {
   return wp::read_probe(n, p, n_threads);
 }
 
+// y = a @ x for a C-contiguous 2-D a: our loop or BLAS gemv (kSmallProduct's measurement hook).
+py::array dense_matvec(py::array a_, py::array x_, bool use_blas) {
+  return dispatch_real(a_.dtype(), [&](auto t) -> py::array {
+    using T = typename decltype(t)::type;
+    auto a = strict<T>(a_, "a");
+    auto x = strict<T>(x_, "x");
+    if (a.ndim() != 2 || x.ndim() != 1 || x.shape(0) != a.shape(1))
+      throw wp::ShapeError("dense_matvec: expected a (m, n) and x (n,)");
+    carr<T> y(std::vector<py::ssize_t>{a.shape(0)});
+    const T *ap = a.data(), *xp = x.data();
+    T* yp = y.mutable_data();
+    py::gil_scoped_release nogil;
+    wp::dense_matvec<T>(a.shape(0), a.shape(1), ap, xp, yp, use_blas);
+    return y;
+  });
+}
+
 py::dict blas_selftest(const std::string& prefix) {
   wp::blas::SelfTestRow rows[32];
   int n;
@@ -87,6 +105,8 @@ void bind_dense(py::module_& m) {
         "x"_a.noconvert(), "level"_a, "out"_a.noconvert(), "kind"_a, "n_threads"_a);
   m.def("blas_gemm", &blas_gemm, "Row-major a @ b through SciPy's BLAS table.", "a"_a.noconvert(),
         "b"_a.noconvert());
+  m.def("dense_matvec", &dense_matvec, "a @ x through our loop or BLAS gemv (benchmark hook).",
+        "a"_a.noconvert(), "x"_a.noconvert(), "use_blas"_a);
   m.def("read_probe", &read_probe, "XOR of the array's 64-bit words (read-bandwidth probe).",
         "a"_a, "n_threads"_a);
   m.def("isa_level", [] { return static_cast<int>(wp::isa_level()); },
