@@ -326,21 +326,25 @@ WP_TARGET_V4 std::int64_t spmv_v4(std::int64_t r0, std::int64_t r1, std::int64_t
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
       for (; p + 32 <= p1; p += 32) {
         const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 16);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_i32gather_ps(j0, x, 4), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p + 16), _mm512_i32gather_ps(j1, x, 4), a1);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, j0, x, 4), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p + 16), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, j1, x, 4), a1);
       }
       if (p + 16 <= p1) {
         const __m512i j0 = _mm512_loadu_si512(indices + p);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_i32gather_ps(j0, x, 4), a0);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, j0, x, 4), a0);
         p += 16;
       }
-      s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+      alignas(64) float l[16];  // (not _mm512_reduce_add_ps: GCC 12 warns inside it)
+      _mm512_store_ps(l, _mm512_add_ps(a0, a1));
+      float h[8];
+      for (int q = 0; q < 8; ++q) h[q] = l[q] + l[q + 8];
+      s = ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
     } else if constexpr (std::is_same_v<T, float>) {  // int64 indices: 8 lanes
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
       for (; p + 16 <= p1; p += 16) {
         const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 8);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm512_i64gather_ps(j0, x, 4), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm512_i64gather_ps(j1, x, 4), a1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm512_mask_i64gather_ps(_mm256_setzero_ps(), 0xff, j0, x, 4), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm512_mask_i64gather_ps(_mm256_setzero_ps(), 0xff, j1, x, 4), a1);
       }
       const __m256 a = _mm256_add_ps(a0, a1);
       const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -350,16 +354,18 @@ WP_TARGET_V4 std::int64_t spmv_v4(std::int64_t r0, std::int64_t r1, std::int64_t
       for (; p + 16 <= p1; p += 16) {
         __m512d x0, x1;
         if constexpr (sizeof(I) == 4) {
-          x0 = _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p)), x, 8);
-          x1 = _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8)), x, 8);
+          x0 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p)), x, 8);
+          x1 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8)), x, 8);
         } else {
-          x0 = _mm512_i64gather_pd(_mm512_loadu_si512(indices + p), x, 8);
-          x1 = _mm512_i64gather_pd(_mm512_loadu_si512(indices + p + 8), x, 8);
+          x0 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), 0xff, _mm512_loadu_si512(indices + p), x, 8);
+          x1 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), 0xff, _mm512_loadu_si512(indices + p + 8), x, 8);
         }
         a0 = _mm512_fmadd_pd(_mm512_loadu_pd(data + p), x0, a0);
         a1 = _mm512_fmadd_pd(_mm512_loadu_pd(data + p + 8), x1, a1);
       }
-      s = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+      alignas(64) double l[8];
+      _mm512_store_pd(l, _mm512_add_pd(a0, a1));
+      s = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
     }
     for (; p < p1; ++p) s += data[p] * x[static_cast<std::int64_t>(indices[p])];
     y[i * ldy] = s;
@@ -379,23 +385,26 @@ WP_TARGET_V3 std::int64_t spmv_v3(std::int64_t r0, std::int64_t r1, std::int64_t
     std::int64_t p = p0;
     T s = T(0);
     if constexpr (std::is_same_v<T, float> && sizeof(I) == 4) {
+      // (masked gathers with a zero source: GCC 12 warns on the unmasked forms' undefined source)
+      const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
       for (; p + 16 <= p1; p += 16) {
         const __m256i j0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p));
         const __m256i j1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8));
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm256_i32gather_ps(x, j0, 4), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm256_i32gather_ps(x, j1, 4), a1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, j0, all, 4), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, j1, all, 4), a1);
       }
       const __m256 a = _mm256_add_ps(a0, a1);
       const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
       s = (h[0] + h[1]) + (h[2] + h[3]);
     } else if constexpr (std::is_same_v<T, double> && sizeof(I) == 4) {
+      const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi32(-1));
       __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
       for (; p + 8 <= p1; p += 8) {
         const __m128i j0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p));
         const __m128i j1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p + 4));
-        a0 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p), _mm256_i32gather_pd(x, j0, 8), a0);
-        a1 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p + 4), _mm256_i32gather_pd(x, j1, 8), a1);
+        a0 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j0, all, 8), a0);
+        a1 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p + 4), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j1, all, 8), a1);
       }
       const __m256d a = _mm256_add_pd(a0, a1);
       s = (a[0] + a[1]) + (a[2] + a[3]);

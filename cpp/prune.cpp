@@ -234,8 +234,8 @@ WP_TARGET_V4 std::int64_t select_v4(const T* __restrict r, std::int64_t j0, std:
       if constexpr (sizeof(I) == 4) {
         _mm512_storeu_si512(bi + n, ci);
       } else {
-        _mm512_storeu_si512(bi + n, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(ci)));
-        _mm512_storeu_si512(bi + n + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(ci, 1)));
+        _mm512_storeu_si512(bi + n, _mm512_maskz_cvtepi32_epi64(0xff, _mm512_maskz_extracti64x4_epi64(0xf, ci, 0)));
+        _mm512_storeu_si512(bi + n + 8, _mm512_maskz_cvtepi32_epi64(0xff, _mm512_maskz_extracti64x4_epi64(0xf, ci, 1)));
       }
       n += __builtin_popcount(m);
     }
@@ -251,7 +251,7 @@ WP_TARGET_V4 std::int64_t select_v4(const T* __restrict r, std::int64_t j0, std:
       _mm512_storeu_pd(bd + n, _mm512_maskz_compress_pd(m, v));
       const __m256i ci = _mm256_maskz_compress_epi32(m, idx);
       if constexpr (sizeof(I) == 4) _mm256_storeu_si256(reinterpret_cast<__m256i*>(bi + n), ci);
-      else _mm512_storeu_si512(bi + n, _mm512_cvtepi32_epi64(ci));
+      else _mm512_storeu_si512(bi + n, _mm512_maskz_cvtepi32_epi64(0xff, ci));
       n += __builtin_popcount(m);
     }
   }
