@@ -71,9 +71,14 @@ def prune(W: Any, sparsity: float | None = None, threshold: float | None = None,
 
     Notes
     -----
-    Selection and CSR construction run in C++ in two passes over ``W`` (count, then fill);
-    exact-count selection adds a radix select on the magnitudes' bits (2 passes for float32,
-    4 for float64). Memory is the output plus O(rows); no dense temporary of ``W``'s size.
+    Selection and CSR construction run in C++ in two passes over ``W``: the first counts
+    each row's entries above a bracket around the cut (checking for NaN on the way) and
+    collects the entries inside it, the second writes the CSR arrays (vectorized compaction
+    on AVX2/AVX-512 CPUs). For ``sparsity`` the bracket comes from a fixed sample of ``W``
+    (about 1 % of the entries fall inside it for Gaussian weights) and the exact cut is chosen
+    among the collected entries; should the sample miss, an exact radix select and one more
+    counting pass take over (same result, slower). Memory is the output plus O(rows) plus the
+    bracket's entries; no dense temporary of ``W``'s size.
 
     Examples
     --------
@@ -146,7 +151,11 @@ def csr_matmul(A: Any, X: Any, transpose: bool = False, out: np.ndarray | None =
     -----
     Row-parallel for ``A @ X``; ``A.T @ X`` scatters rows in blocks whose number depends
     only on the problem, summed in a fixed order. Column indices are range-checked inside the
-    product loop, at no extra pass over memory.
+    product loop, at no extra pass over memory. Products too small to pay for a second thread
+    (under about 14 µs by a measured cost model) run on one. The row loops are compiled for
+    AVX-512, AVX2 and the baseline and chosen per CPU at run time (``A @ x`` uses hardware
+    gathers); results are identical for any thread count on one machine, and may differ in
+    the last bits between instruction sets (FMA, lane count).
 
     Examples
     --------
