@@ -11,7 +11,7 @@ import time
 import numpy as np
 import scipy.linalg as sla
 
-from _harness import Table, memory_bandwidth, ms, settle, timeit
+from _harness import Table, memory_bandwidth, ms, read_bandwidth, settle, timeit
 from weightpress.compression.calibration import CalibrationStats, output_error
 from weightpress.compression.data_aware import obs_factor
 from weightpress.compression.quant import gptq, quantize
@@ -28,11 +28,12 @@ def _matmul(quick: bool) -> None:
     n = 256 if quick else 4096
     rng = np.random.default_rng(0)
     W = rng.standard_normal((n, n)).astype(np.float32)
-    bw = memory_bandwidth()
+    bw, rbw = memory_bandwidth(), read_bandwidth(2)
     t = Table(f"y = W x, W {n}x{n} float32 (NumPy: dense sgemv/sgemm) vs packed (weightpress); "
-              f"GB/s = bytes read / time, bw% of the 2-thread copy bandwidth {bw / 1e9:.1f} GB/s",
+              f"GB/s = bytes read / time, bw% of the 2-thread copy bandwidth {bw / 1e9:.1f} GB/s, "
+              f"rd% of the 2-thread read bandwidth {rbw / 1e9:.1f} GB/s (numpy rd%: its 4 B/weight)",
               ["form", "batch", "numpy ms", "packed ms", "x faster", "MB read", "GB/s", "bw %",
-               "max rel err"])
+               "rd %", "numpy rd %", "max rel err"])
     for name, bits, group in (("int4g64", 4, 64), ("int4", 4, None), ("int8", 8, None),
                               ("int2g64", 2, 64), ("int3g64", 3, 64)):
         Q = quantize(W, bits, group)
@@ -46,7 +47,7 @@ def _matmul(quick: bool) -> None:
             ref = D.astype(np.float64) @ x
             err = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
             t.add(name, batch, ms(t_np), ms(t_q), t_np / t_q, read / 1e6, read / t_q / 1e9,
-                  100 * read / t_q / bw, err)
+                  100 * read / t_q / bw, 100 * read / t_q / rbw, 100 * D.nbytes / t_np / rbw, err)
     t.print()
 
 
