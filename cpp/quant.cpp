@@ -159,7 +159,7 @@ void quant_dequantize(std::int64_t rows, std::int64_t cols, const std::uint8_t* 
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::uint8_t* in = packed + r * rb;
     for (std::int64_t gi = 0; gi < ng; ++gi) {
-      const T s = static_cast<T>(half_to_float(scales[r * ng + gi]));
+      const T s = static_cast<T>(half_to_float(load_half(scales + r * ng + gi)));
       const T z = static_cast<T>(group_zero(zeros, r * ng + gi, spec));
       const std::int64_t c1 = std::min((gi + 1) * g, cols);
       for (std::int64_t j = gi * g; j < c1; ++j)
@@ -222,6 +222,7 @@ using wp::fast_bits;
 using wp::get_code;
 using wp::vec_t;
 using wp::half_to_float;
+using wp::load_half;
 constexpr int kVecBytes = 16;
 #define WPQ_HAS_F16C 0
 #define WPQ_LUT 0
@@ -237,6 +238,7 @@ using wp::fast_bits;
 using wp::get_code;
 using wp::vec_t;
 using wp::half_to_float;
+using wp::load_half;
 constexpr int kVecBytes = 32;
 #define WPQ_HAS_F16C 1
 #define WPQ_LUT 0
@@ -252,6 +254,7 @@ using wp::fast_bits;
 using wp::get_code;
 using wp::vec_t;
 using wp::half_to_float;
+using wp::load_half;
 constexpr int kVecBytes = 64;
 #define WPQ_HAS_F16C 1
 #define WPQ_LUT 1

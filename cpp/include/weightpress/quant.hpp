@@ -57,6 +57,14 @@ inline std::uint16_t float_to_half(float f) {
   if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
   return static_cast<std::uint16_t>(sign | h);
 }
+// A stored float16 scale, read without assuming 2-byte alignment: scales may be a view into a
+// container's byte buffer at any offset (UBSan flagged the plain load in the product).
+inline std::uint16_t load_half(const std::uint16_t* p) {
+  std::uint16_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 inline float half_to_float(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
   const std::uint32_t e = (h >> 10) & 31u, m = h & 0x3ffu;
