@@ -323,6 +323,17 @@ def test_digits_entropy_coded_headline():
     assert res[0]["accuracy"] - res[1]["accuracy"] <= 0.003 + 1e-9
 
 
+def test_digits_20x_within_a_point():
+    # issue 11's figure: the bundled digits model >= 20x smaller (whole file: compact header,
+    # GPTQ ternary codes with joint sparsity, zstd) at <= 1 point accuracy drop
+    pytest.importorskip("zstandard")
+    from weightpress.cli import demo
+
+    res = demo.run([demo.HEADLINE_20X], out=lambda s: None)
+    assert res[1]["ratio"] >= 20.0
+    assert res[0]["accuracy"] - res[1]["accuracy"] <= 0.01 + 1e-9
+
+
 @pytest.mark.parametrize("layout", ["out_in", "in_out"])
 def test_row_blocks_match_toarray(layout):
     W = np.random.default_rng(10).standard_normal((300, 70)).astype(np.float32)
