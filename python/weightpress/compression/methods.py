@@ -25,6 +25,7 @@ from .matrices import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, sparse_nbytes, value_itemsize)
 from .quant import Quantized, fill_with_residual, quantize
+from .squant import sparse_quantize
 from ..linalg.sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
@@ -294,12 +295,14 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
 
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
          layout: str = "out_in",
-         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant", "float16"),
+         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant", "sparse+quant",
+                                   "float16"),
          slr_iterations: int = 0, storage: str | None = None) -> CompressedMatrix:
     """The best form for a budget, never bigger than dense.
 
     With ``error``: the smallest (in bytes) of pruning, low-rank, sparse + low-rank, integer
-    quantization (its residual's largest entries filling a byte budget) and float16 values that
+    quantization (its residual's largest entries filling a byte budget), pruning with int8/int4
+    values at bitmask or CSR positions (byte budgets only) and float16 values that
     meets the relative error; dense if none is smaller than dense. With ``nbytes``: the
     lowest-error form that fits (dense when the budget holds the dense tensor).
     """
@@ -350,6 +353,12 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
         if err is None or q.relative_error(Wa) <= err * (1 + 1e-9):
             consider(q)
         del q
+    if "sparse+quant" in forms and nb is not None and Wa.size:
+        # pruned with int8/int4 values at bitmask or CSR positions (whichever is smaller)
+        for b in (8, 4):
+            c = sparse_quantize(Wa, nbytes=nb, bits=b, layout=layout)
+            c.dtype = od
+            consider(c)
     if "float16" in forms and od.itemsize > 2 and storage is None:  # half the bytes, ~1e-4 error
         with np.errstate(over="ignore"):
             h = Wa.astype(np.float16)

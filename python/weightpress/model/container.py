@@ -70,10 +70,11 @@ def header_estimate(tensors: Mapping[str, str]) -> int:
     """About how many bytes the container's header will take for ``tensors`` (name -> method,
     ``"skip"`` for a tensor kept dense): the safetensors header of the header and blob tensors,
     and the compressed JSON metadata (per tensor its entry, per stored array its dtype, shape
-    and checksum). Measured on written containers of a few tensors it errs high by 10-30 %;
-    a stored array over :data:`BLOB_MAX` bytes adds a safetensors entry (~100 bytes) it
-    does not count, negligible beside that array."""
-    return 400 + sum(100 + len(n.encode()) // 2 + 20 * _PARTS_PER_METHOD.get(m, 5)
+    and checksum). Measured on the digits model's containers (6 tensors, 833-907 bytes) it
+    is within 5 %; a header of many alike tensors compresses far better (20,000 empty
+    tensors: 3 bytes each, estimated 60). A stored array over :data:`BLOB_MAX` bytes adds a
+    safetensors entry (~100 bytes) it does not count, negligible beside that array."""
+    return 330 + sum(60 + len(n.encode()) // 4 + 10 * min(3, _PARTS_PER_METHOD.get(m, 5))
                      for n, m in tensors.items())
 
 
