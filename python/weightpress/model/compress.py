@@ -694,8 +694,8 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
                            and Wa.dtype == np.float32)
     storage = "BF16" if bf16 else None
     options = {**target.options, **d.options}
-    if target.coding is not None and stats is not None:
-        options["coding"] = target.coding  # the calibrated quant search sizes coded streams
+    if target.coding is not None:
+        options["coding"] = target.coding  # quantization sizes coded streams
     error, nb = budget.pair() if budget is not None else (None, None)
     if ly.threshold is not None:
         m: CompressedMatrix = M.magnitude_prune(Wv, threshold=ly.threshold, layout=layout,
