@@ -38,6 +38,7 @@ from .._optional import require
 from ..io._base import atomic_write
 from ..io.onnx_graph import _MAX_PROTO, _TYPED_FIELDS, _encode, _load_proto, collect_tensors
 from ._packed import QuantParts, pack_bits, tensor_shape
+from ..compression.lowrank_quant import LowRankQuant
 from ..compression.matrices import LowRank
 from .container import Container
 
@@ -109,6 +110,15 @@ def _subgraph_names(graph: Any) -> set[str]:
             for sg in ([a.g] if a.HasField("g") else []) + list(a.graphs):
                 walk(sg)
     return out
+
+
+def _names(v: Any) -> set[str]:
+    """Every string inside a cache value (initializer names, in nested lists and tuples)."""
+    if isinstance(v, str):
+        return {v}
+    if isinstance(v, (list, tuple)):
+        return set().union(*(_names(x) for x in v)) if v else set()
+    return set()
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -244,6 +254,31 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
         how = f"MatMulNBits {bits}-bit, block {bs}" + (" (int8 activations)" if accuracy else "")
         if bits != q.bits:
             how += f" (from {q.bits}-bit codes)"
+    elif form == "lowrank-int8":
+        m = c.matrix(name)
+        assert isinstance(m, LowRankQuant)
+        # M = U V is the layer's (out, in) matrix unless the node reads it transposed
+        if (layout == "in_out") == trans_b:
+            return "dense: the int8 factors' rows are the layer's inputs, not its outputs"
+        if name not in b.cache:
+            made = []
+            for tag, f in (("v", m.first), ("u", m.second)):
+                arr = nbits_arrays(QuantParts.of(f), block_size)
+                if arr is None:
+                    return "dense: no MatMulNBits block fits the factors"
+                Bp, S, Z, bits, bs = arr
+                made.append(([b.init(f"{name}_wp_{tag}_q", Bp),
+                              b.init(f"{name}_wp_{tag}_scales", S.astype(wdt).reshape(-1)),
+                              b.init(f"{name}_wp_{tag}_zeros", Z)], f.shape, bits, bs))
+            b.cache[name] = made
+        (i1, (r, inn), bits1, bs1), (i2, (out, _), bits2, bs2) = b.cache[name]
+        t = b.name(f"{node.output[0]}_wp_r")
+        nodes = pre + [
+            b.node("MatMulNBits", [x] + i1, [t], domain=MS_DOMAIN, K=inn, N=r, bits=bits1,
+                   block_size=bs1, accuracy_level=accuracy),
+            b.node("MatMulNBits", [t] + i2, [final], domain=MS_DOMAIN, K=r, N=out, bits=bits2,
+                   block_size=bs2, accuracy_level=accuracy)]
+        how = f"2 MatMulNBits 8-bit (rank {r})" + (" (int8 activations)" if accuracy else "")
     else:
         return "dense"
     if gemm:
@@ -328,7 +363,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         wdt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
         dense_b = int(np.prod(dims)) * wdt.itemsize
         why = _DENSE_WHY.get(form, "dense")
-        if form in ("lowrank", "quant"):
+        if form in ("lowrank", "quant", "lowrank-int8"):
             u = uses.get(name, [])
             if name not in inits or name in in_sub or name in graph_out or wdt.kind != "f":
                 why = "dense: not a plain initializer of the main graph"
@@ -350,8 +385,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                     dropped = {t.name for t in b.inits[before[0]:]}
                     del b.inits[before[0]:]
                     b.nbytes = before[1]
-                    b.cache = {k: v for k, v in b.cache.items()
-                               if not dropped & set(v if isinstance(v, (list, tuple)) else [v])}
+                    b.cache = {k: v for k, v in b.cache.items() if not dropped & _names(v)}
                     why = res
                 else:
                     for nd, new in done:

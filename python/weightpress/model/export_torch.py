@@ -33,6 +33,7 @@ import numpy as np
 
 from .._optional import require
 from ._packed import QuantParts, pack_bits, tensor_shape
+from ..compression.lowrank_quant import LowRankQuant
 from ..compression.matrices import LowRank
 from .container import Container
 
@@ -41,7 +42,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 __all__ = ["load_into", "LoadRow", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
-           "quant_modes"]
+           "LowRankQuantLinear", "quant_modes"]
 
 
 def _is_conv1d(m: Any) -> bool:
@@ -224,6 +225,37 @@ class QuantLinear(_Compressed):
         return y if self.bias is None else y + self.bias
 
 
+class LowRankQuantLinear(_Compressed):
+    """Low rank with int8 factors (``lowrank-int8``): ``y = ((x Vᵀ) Uᵀ) + b``, each factor a
+    :class:`QuantLinear` (per-channel int8 codes: PyTorch's int8 weight-only kernel)."""
+
+    def __init__(self, first: QuantParts, second: QuantParts, bias: Any = None,
+                 kind: str = "linear", mode: str = "auto"):
+        super().__init__()
+        self.first = QuantLinear(first, None, "linear", mode)
+        self.second = QuantLinear(second, bias, "linear", mode)
+        self.in_features, self.out_features = first.inn, second.out
+        self.kind = kind
+
+    @property
+    def bias(self) -> Any:
+        return self.second.bias
+
+    @property
+    def rank(self) -> int:
+        return int(self.first.out_features)
+
+    @property
+    def mode(self) -> str:
+        return str(self.first.mode)
+
+    def forward(self, x: Any) -> Any:
+        return self.second(self.first(x))
+
+    def matrix(self) -> Any:
+        return self.second.matrix() @ self.first.matrix()
+
+
 class SparseLinear(_Compressed):
     """A pruned weight through ``torch.sparse`` CSR (``use_sparse``) or dense."""
 
@@ -396,7 +428,7 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 _replace(module, path, conv_new)
                 rows.append(LoadRow(name, form, f"LowRankConv (rank {conv_new.rank})"))
                 continue
-        elif name in layers and form in ("lowrank", "quant", "sparse"):
+        elif name in layers and form in ("lowrank", "quant", "sparse", "lowrank-int8"):
             path, layer = layers[name]
             conv = _is_conv1d(layer)
             kind = "conv1d" if conv else "linear"
@@ -419,6 +451,15 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                         note = "dequantized in each call (no packed kernel for this layout in PyTorch CPU)"
                 else:
                     note = "dense: the quantized rows are the layer's inputs"
+            elif form == "lowrank-int8":
+                m = c.matrix(name)
+                assert isinstance(m, LowRankQuant)
+                if _oriented(e, conv):
+                    new = LowRankQuantLinear(QuantParts.of(m.first), QuantParts.of(m.second),
+                                             bias, kind, quant)
+                    how = f"LowRankQuantLinear {new.mode} (rank {new.rank})"
+                else:
+                    note = "dense: the int8 factors' rows are the layer's inputs"
             else:
                 A = np.array(c[name], dtype=np.float32)
                 T = torch.from_numpy(np.ascontiguousarray(A if not conv else A.T))
