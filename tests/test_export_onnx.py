@@ -365,3 +365,33 @@ def test_lowrank_int8_runs_as_two_matmulnbits(tmp_path, block):
     assert len(rows) == 2 and all(r.how.startswith("2 MatMulNBits") for r in rows), rows
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
     np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, gl), x), rtol=1e-4, atol=1e-5)
+
+
+def test_quant_conv_runs_as_dequantizelinear(tmp_path):
+    """Per-channel quantized Conv weights (plain, grouped, depthwise; symmetric and asymmetric
+    codes) become DequantizeLinear -> Conv, equal to the container's decode; group-wise scales
+    and conv_quant="dense" stay dense with the reason."""
+    like = tmp_path / "c.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(_convnet(), (torch.randn(1, 3, 24, 24),), str(like), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    x = np.random.default_rng(0).standard_normal((2, 3, 24, 24)).astype(np.float32)
+    for opts in ({"bits": 8}, {"bits": 4, "symmetric": False}):
+        wpz = tmp_path / "q.wpz"
+        compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=256)
+        out = tmp_path / "q.onnx"
+        rows = [r for r in export_onnx(wpz, out, like) if r.form == "quant"]
+        assert len(rows) == 4 and all(r.how.startswith(f"DequantizeLinear {opts['bits']}-bit") for r in rows)
+        assert all(r.nbytes <= r.dense_nbytes / 4 + 64 * 8 for r in rows)
+        m = onnx.load(str(out))
+        onnx.checker.check_model(m)
+        assert sum(n.op_type == "DequantizeLinear" for n in m.graph.node) == 4
+        np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x),
+                                   rtol=1e-5, atol=1e-5)
+        rows = export_onnx(wpz, tmp_path / "d.onnx", like, conv_quant="dense")
+        assert all(r.how == "dense" and "conv_quant" in r.note for r in rows if r.form == "quant")
+    wpz = tmp_path / "g.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 4, "group": 32},
+                   min_size=256)
+    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "g.onnx", like)}
+    assert rows["2.weight"].how == "dense" and "group-wise" in rows["2.weight"].note

@@ -213,3 +213,35 @@ def test_lowrank_int8_linear(tmp_path, mode):
     held = sum(t.numel() * t.element_size() for t in list(m.buffers()) + list(m.parameters()))
     dense = sum(p.numel() * 4 for p in _mlp().parameters())
     assert held < 0.3 * dense
+
+
+def test_quant_conv(tmp_path):
+    """Quantized conv weights (plain, grouped, depthwise; per channel and group-wise) become
+    QuantConv: packed codes, equal to the container's decode; .dense() and torch.compile."""
+    from weightpress.torch import QuantConv
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(32, 64, 3, groups=4), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(64, 64, 3, groups=64, padding=1)).eval()
+
+    x = torch.randn(2, 3, 16, 16)
+    for opts in ({"bits": 8}, {"bits": 4, "group": 32, "symmetric": False}):
+        m = net()
+        wpz = tmp_path / "c.wpz"
+        compress_model(open_model(str(_saved(tmp_path, m))), wpz, method="quant", options=opts,
+                       min_size=256)
+        ref = _decoded(net(), wpz)
+        rows = load_into(m, wpz)
+        kinds = {r.name: r.how for r in rows}
+        assert all(isinstance(m[i], QuantConv) for i in (0, 2, 4)), kinds
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(m[2].dense()(torch.relu(ref[0](x))), ref[2](torch.relu(ref[0](x))),
+                                       rtol=1e-5, atol=1e-5)
+            if opts["bits"] == 8:
+                yc = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
+                torch.testing.assert_close(yc, ref(x), rtol=1e-5, atol=1e-5)
+        held = sum(t.numel() * t.element_size() for t in m.buffers())
+        assert held < 0.5 * sum(p.numel() * 4 for n, p in net().named_parameters() if "weight" in n)

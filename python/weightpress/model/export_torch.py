@@ -42,7 +42,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 __all__ = ["load_into", "LoadRow", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
-           "LowRankQuantLinear", "quant_modes"]
+           "LowRankQuantLinear", "QuantConv", "quant_modes"]
 
 
 def _is_conv1d(m: Any) -> bool:
@@ -321,6 +321,41 @@ class LowRankConv(nn.Module):  # type: ignore[name-defined,misc]
         return d
 
 
+class QuantConv(nn.Module):  # type: ignore[name-defined,misc]
+    """A convolution whose weight's matrix view ``(O, I/g·Πk)`` is quantized: the codes kept
+    packed (4 or 8 bits per weight) with their float scales (a :class:`QuantLinear` in
+    ``"dequant"`` mode), the weight dequantized in each call and run by the layer's own
+    convolution (PyTorch has no integer-weight convolution on CPU)."""
+
+    def __init__(self, layer: Any, q: QuantParts):
+        super().__init__()
+        self.conv = layer
+        self.weight_shape = tuple(layer.weight.shape)
+        self.q = QuantLinear(q, None, "linear", "dequant")
+        del layer.weight            # the float weight goes; forward passes the decoded one
+        layer.register_buffer("weight", None, persistent=False)
+
+    @property
+    def bits(self) -> int:
+        return int(self.q.bits)
+
+    def forward(self, x: Any) -> Any:
+        w = self.q.matrix().reshape(self.weight_shape).to(x.dtype)
+        return self.conv._conv_forward(x, w, self.conv.bias)
+
+    def dense(self) -> Any:
+        """The equivalent convolution with the decoded weight."""
+        f = self.conv
+        d = type(f)(f.in_channels, f.out_channels, f.kernel_size, stride=f.stride,
+                    padding=f.padding, dilation=f.dilation, groups=f.groups,
+                    bias=f.bias is not None, padding_mode=f.padding_mode)
+        with torch.no_grad():
+            d.weight.copy_(self.q.matrix().reshape(self.weight_shape))
+            if f.bias is not None:
+                d.bias.copy_(f.bias)
+        return d
+
+
 @dataclass
 class LoadRow:
     """What happened to one container tensor."""
@@ -427,6 +462,17 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                                        torch.from_numpy(np.array(m.right, dtype=np.float32)))
                 _replace(module, path, conv_new)
                 rows.append(LoadRow(name, form, f"LowRankConv (rank {conv_new.rank})"))
+                continue
+        elif name in convs and form == "quant":
+            path, layer = convs[name]
+            shape = tensor_shape(e)
+            if e["layout"] != "out_in" or tuple(e["shape"]) != (shape[0], int(np.prod(shape[1:]))):
+                note = "dense: not the (out, in·k) matrix view of the conv weight"
+            else:
+                q = QuantParts.of(c.matrix(name))
+                qc = QuantConv(layer, q)
+                _replace(module, path, qc)
+                rows.append(LoadRow(name, form, f"QuantConv ({q.bits}-bit codes, dequantized per call)"))
                 continue
         elif name in layers and form in ("lowrank", "quant", "sparse", "lowrank-int8"):
             path, layer = layers[name]
