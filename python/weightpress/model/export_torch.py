@@ -131,7 +131,9 @@ def quant_modes(q: QuantParts) -> list[str]:
     modes = []
     if _int4_group(q) is not None:
         modes.append("int4")
-    if q.symmetric and q.group >= q.inn and hasattr(torch, "_weight_int8pack_mm"):
+    # the int8 kernel (torch 2.13) crashes on some shapes whose inputs are not a multiple of
+    # 16 (e.g. 31 outputs x 8, 20, 100 inputs); with a multiple of 16 every shape tried ran
+    if q.symmetric and q.group >= q.inn and q.inn % 16 == 0 and hasattr(torch, "_weight_int8pack_mm"):
         modes.append("int8")
     return modes + ["dequant"]
 
@@ -225,6 +227,17 @@ class QuantLinear(_Compressed):
         return y if self.bias is None else y + self.bias
 
 
+def _pad8(q: QuantParts, out: int, inn: int) -> QuantParts:
+    """8-bit per-channel ``q`` padded with zeros to ``(out, inn)`` (codes at the zero point,
+    scale 0 on new rows)."""
+    codes = np.repeat(q.zeros[:, :1], inn, axis=1)
+    codes[:, :q.inn] = q.codes()
+    codes = np.concatenate([codes, np.full((out - q.out, inn), 1 << (q.bits - 1), np.uint8)])
+    scales = np.concatenate([q.scales, np.zeros((out - q.out, 1), q.scales.dtype)])
+    zeros = np.concatenate([q.zeros, np.full((out - q.out, 1), 1 << (q.bits - 1), np.uint8)])
+    return QuantParts(pack_bits(codes, 8), scales, zeros, 8, inn, q.symmetric, q.dtype, out, inn)
+
+
 class LowRankQuantLinear(_Compressed):
     """Low rank with int8 factors (``lowrank-int8``): ``y = ((x Vᵀ) Uᵀ) + b``, each factor a
     :class:`QuantLinear` (per-channel int8 codes: PyTorch's int8 weight-only kernel)."""
@@ -232,6 +245,12 @@ class LowRankQuantLinear(_Compressed):
     def __init__(self, first: QuantParts, second: QuantParts, bias: Any = None,
                  kind: str = "linear", mode: str = "auto"):
         super().__init__()
+        r = self._rank = first.out
+        if mode != "dequant" and r % 16 and first.bits == 8 == second.bits:
+            # rank padded to a multiple of 16 (zero rows of V, zero columns of U: the same
+            # product) so the second factor runs in the int8 kernel too
+            rp = r + (-r) % 16
+            first, second = _pad8(first, rp, first.inn), _pad8(second, second.out, rp)
         self.first = QuantLinear(first, None, "linear", mode)
         self.second = QuantLinear(second, bias, "linear", mode)
         self.in_features, self.out_features = first.inn, second.out
@@ -243,7 +262,7 @@ class LowRankQuantLinear(_Compressed):
 
     @property
     def rank(self) -> int:
-        return int(self.first.out_features)
+        return int(self._rank)   # first.out_features: padded to a multiple of 16 for int8
 
     @property
     def mode(self) -> str:
