@@ -78,11 +78,12 @@ def test_calibration_streams_memory_mapped_chunks(tmp_path):
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
     st = CalibrationStats(24).update(mm, chunk=700)
     ref = X.astype(np.float64).T @ X.astype(np.float64)
-    np.testing.assert_allclose(st.hessian(), ref, rtol=1e-12)
+    tol = 1e-5 * np.abs(ref).max()  # float16 inputs: H in float32
+    np.testing.assert_allclose(st.hessian(), ref, rtol=0, atol=tol)
     assert st.n_samples == 5000
     np.savez(tmp_path / "cal.npz", w=X)  # stored uncompressed: read memory-mapped
     cs = CalibrationSet(str(tmp_path / "cal.npz"))
     assert cs.path == str(tmp_path / "cal.npz")
-    np.testing.assert_allclose(cs["w"].hessian(), ref, rtol=1e-12)
+    np.testing.assert_allclose(cs["w"].hessian(), ref, rtol=0, atol=tol)
     with pytest.raises(ValueError, match="NaN"):
         CalibrationStats(24).update(np.full((3, 24), np.nan, np.float16))

@@ -98,11 +98,13 @@ def quant_matmul(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray | Non
                               group, bool(symmetric), X, _resolve(n_threads))
 
 
-def obs_factor_inplace(H: np.ndarray, damp: float) -> tuple[int, np.ndarray]:
+def obs_factor_inplace(H: np.ndarray, damp: float, keep_lower: bool = False) -> tuple[int, np.ndarray]:
     """Replace ``H`` (float32/float64, C-contiguous, writeable) by the upper Cholesky factor ``U``
     of its damped inverse, ``H⁻¹ = UᵀU``; returns ``(info, dead)`` (info > 0: not positive
-    definite)."""
-    return _core.obs_factor(H, float(damp))
+    definite). With ``keep_lower`` the strictly lower triangle keeps ``H`` (its diagonal is
+    lost; when info > 0 the strictly upper triangle holds ``H``), so one buffer serves the
+    sweep and, restored, the statistics."""
+    return _core.obs_factor(H, float(damp), bool(keep_lower))
 
 
 def obs_sweep(W: np.ndarray, U: np.ndarray, *, bits: int = 0, group: int = 0, symmetric: bool = True,

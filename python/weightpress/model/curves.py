@@ -9,10 +9,10 @@ from one pass instead:
   rounding of the kept values to the stored dtype is added the same way);
 - low rank (weight space): the truncation error at rank ``r`` is the tail of the singular
   values, ``‖σ[r:]‖ / ‖W‖``, from one SVD;
-- whitened low rank (with calibration): with ``H + δI = S Sᵀ`` and ``W S = U Σ Vᵀ``, the rank-r
-  truncation leaves ``D_r = U_{>r} Σ_{>r} V_{>r}ᵀ S⁻¹``, whose output error against the
-  undamped ``H`` is ``Σ_{i>r} σᵢ² (1 − δ ‖S⁻ᵀ vᵢ‖²)``: every rank's exact output error from
-  one SVD and one triangular solve.
+- whitened low rank (with calibration): with ``H = L Lᵀ`` the rank-r truncation of ``W L``
+  leaves the output error ``Σ_{i>r} σᵢ²``, and the ``σᵢ²`` are the eigenvalues of the Gram
+  matrix of the smaller side of ``W L``: every rank's exact output error from one
+  eigenvalue-only solve.
 
 Each point carries the byte budget that rebuilds exactly that point (``nnz_for_bytes`` and
 ``rank_for_bytes`` invert the byte counts used here).
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg as sla
+
+from ..compression.data_aware import whitened_spectrum
 
 from ..compression.calibration import CalibrationStats
 from ..compression.storage import lowrank_nbytes, nnz_for_bytes, sparse_nbytes
@@ -97,29 +99,19 @@ def lowrank_curve(W64: np.ndarray, stored_shape: tuple[int, int], isz: int,
     return out
 
 
-def whitened_curve(Wo64: np.ndarray, stats: CalibrationStats, stored_shape: tuple[int, int],
-                   isz: int, orig_bytes: float, damp: float) -> list[tuple[int, float, float]]:
-    """Whitened low rank's exact relative *output* error at up to 48 ranks from one SVD of
-    ``W S`` (``Wo64`` in ``[out, in]``). Shares the factorisations with
-    :func:`~weightpress.compression.data_aware.lowrank_whitened` through the statistics'
-    cache, so the build at the chosen rank reuses them."""
-    S = stats.cached(("chol", damp), lambda: sla.cholesky(stats.damped(damp), lower=True))
-    key = ("wsvd", damp, Wo64.shape, hash(Wo64.tobytes()))
-    U, sig, Vt = stats.cached(key, lambda: sla.svd(Wo64 @ S, full_matrices=False, lapack_driver="gesdd"))
-    H = stats.hessian()
-    diag = np.diag(H)
-    mean = float(np.mean(diag)) if H.size else 0.0
-    delta = damp * mean if mean > 0 else 1e-12
-    # rows of Vᵀ S⁻¹: ‖S⁻ᵀ vᵢ‖² per singular triplet
-    B = sla.solve_triangular(S, Vt.T, lower=True, trans="T").T
-    c = np.einsum("ij,ij->i", B, B)
-    per = sig ** 2 * (1.0 - delta * c)  # each dropped triplet's share of ‖X Dᵀ‖²
-    den = float(np.einsum("ij,ij->", Wo64 @ H, Wo64))
-    tail = np.concatenate([np.cumsum(per[::-1])[::-1], [0.0]])
+def whitened_curve(Wo: np.ndarray, stats: CalibrationStats, stored_shape: tuple[int, int],
+                   isz: int, orig_bytes: float, damp: float = 0.0) -> list[tuple[int, float, float]]:
+    """Whitened low rank's exact relative *output* error at up to 48 ranks (``Wo`` in
+    ``[out, in]``): the tail sums of the eigenvalues of one Gram matrix, eigenvalues only
+    (:func:`~weightpress.compression.data_aware.whitened_spectrum`), the errors of exactly
+    what :func:`~weightpress.compression.data_aware.lowrank_whitened` builds at each rank.
+    ``damp`` is accepted for compatibility (nothing is inverted)."""
+    lam, den = whitened_spectrum(Wo, stats)
+    tail = np.concatenate([np.cumsum(lam[::-1])[::-1], [0.0]])
     out = []
     for r in _ranks(stored_shape, orig_bytes, isz):
         nb = lowrank_nbytes(stored_shape, int(r), isz)
-        num = max(float(tail[min(r, len(sig))]), 0.0)
+        num = max(float(tail[min(r, len(lam))]), 0.0)
         e = float(np.sqrt(num / den)) if den > 0 else 0.0
         out.append((nb, e, float(nb)))
     return out
