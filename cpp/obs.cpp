@@ -219,6 +219,11 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
           e[i] = ec;
         }
         params[static_cast<size_t>(r)] = p;
+        if (opt.row_err) {
+          double acc = 0;
+          for (std::int64_t i = 0; i < nb; ++i) acc += static_cast<double>(e[i]) * static_cast<double>(e[i]);
+          opt.row_err[r] += acc;
+        }
       });
     fe.rethrow();
     if (i2 < cols)  // W[:, i2:] −= E (rows × nb) · U[i1:i2, i2:]

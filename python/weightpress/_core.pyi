@@ -139,5 +139,6 @@ def obs_factor(H: NDArray[np.floating], damp: float, keep_lower: bool = ...) -> 
 def obs_sweep(W: NDArray[np.floating], U: NDArray[np.floating], bits: int, group: int, symmetric: bool,
               mse: bool, n_prune: int, nm_n: int, nm_m: int, block: int,
               col_group: NDArray[np.int64] | None, scales: NDArray[np.uint16] | None,
-              zeros: NDArray[np.uint8] | None, n_threads: int
+              zeros: NDArray[np.uint8] | None, n_threads: int,
+              row_err: NDArray[np.float64] | None = ...
               ) -> tuple[NDArray[np.uint8], NDArray[np.uint16], NDArray[np.uint8] | None] | None: ...

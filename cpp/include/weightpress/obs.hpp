@@ -38,6 +38,10 @@ struct ObsOptions {
   // Fixed ("static") quantization groups, for a permuted column order (GPTQ's act-order): the
   // group of swept column c is col_group[c], and scales / zeros are inputs, not outputs.
   const std::int64_t* col_group = nullptr;
+  // Optional (rows): each row's Σ_c e_c², e_c = (w_c − q_c) / U[c, c] (w_c as updated when
+  // column c is reached): the row's squared error (w − ŵ)ᵀ H_damped (w − ŵ), so one sweep
+  // reports its own output error without a product with H.
+  double* row_err = nullptr;
 };
 
 // Sweep W in place (rows × cols, row-major; on return the compressed weights: pruned entries

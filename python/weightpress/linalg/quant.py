@@ -111,13 +111,16 @@ def obs_sweep(W: np.ndarray, U: np.ndarray, *, bits: int = 0, group: int = 0, sy
               mse: bool = False,
               n_prune: int = 0, nm: tuple[int, int] = (0, 0), block: int = 128,
               col_group: np.ndarray | None = None, scales: np.ndarray | None = None,
-              zeros: np.ndarray | None = None, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+              zeros: np.ndarray | None = None, n_threads: int | None = None,
+              row_err: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """The GPTQ / SparseGPT sweep of ``W`` in place (see ``cpp/include/weightpress/obs.hpp``);
     with ``bits`` returns ``(codes, scales float16, zeros or None)``. ``col_group`` (int64, one
-    per column of ``W``) fixes each swept column's group, with ``scales``/``zeros`` given."""
+    per column of ``W``) fixes each swept column's group, with ``scales``/``zeros`` given.
+    ``row_err`` (float64, one per row of ``W``) is added each row's squared error against the
+    damped ``H`` (``Σ_c e_c²``)."""
     s16 = None if scales is None else _scales_u16(scales)
     res = _core.obs_sweep(W, U, int(bits), int(group), bool(symmetric), bool(mse), int(n_prune), int(nm[0]),
-                          int(nm[1]), int(block), col_group, s16, zeros, _resolve(n_threads))
+                          int(nm[1]), int(block), col_group, s16, zeros, _resolve(n_threads), row_err)
     if res is None:
         return None
     codes, scales, zeros = res

@@ -14,6 +14,11 @@ from one pass instead:
   matrix of the smaller side of ``W L``: every rank's exact output error from one
   eigenvalue-only solve.
 
+- OBS pruning (with calibration): one factorisation of ``H`` serves every level, and each
+  level is one sweep that reports its own output error (``Σ e_c²`` over the swept columns is
+  the error against the damped ``H``; the dampening's share ``δ‖W − Ŵ‖²`` is taken off): no
+  product with ``H`` per level, no rebuild.
+
 Each point carries the byte budget that rebuilds exactly that point (``nnz_for_bytes`` and
 ``rank_for_bytes`` invert the byte counts used here).
 """
@@ -23,13 +28,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
-from ..compression.data_aware import whitened_spectrum
+from ..compression.data_aware import obs_factor_shared, obs_prepare, small_blas, whitened_spectrum
+from ..linalg.quant import obs_sweep
 
 from ..compression.calibration import CalibrationStats
 from ..compression.storage import lowrank_nbytes, nnz_for_bytes, sparse_nbytes
 from ..io.safetensors import bf16_to_f32, f32_to_bf16
 
-__all__ = ["FINE_LEVELS", "prune_curve", "lowrank_curve", "whitened_curve", "stored_values"]
+__all__ = ["FINE_LEVELS", "prune_curve", "lowrank_curve", "whitened_curve", "obs_curve",
+           "stored_values"]
 
 # byte levels (fractions of the dense tensor) of the one-pass curves: 48 points from 1/1.25
 # down to 1/44 (the range CURVE_LEVELS spans), 8 % apart
@@ -114,4 +121,50 @@ def whitened_curve(Wo: np.ndarray, stats: CalibrationStats, stored_shape: tuple[
         num = max(float(tail[min(r, len(lam))]), 0.0)
         e = float(np.sqrt(num / den)) if den > 0 else 0.0
         out.append((nb, e, float(nb)))
+    return out
+
+
+def obs_curve(Wo: np.ndarray, stats: CalibrationStats, stored_shape: tuple[int, int], isz: int,
+              orig_bytes: float, levels: tuple[float, ...], damp: float = 0.01
+              ) -> list[tuple[int, float, float]]:
+    """OBS (SparseGPT) pruning's exact relative *output* error at each byte level (fractions
+    of ``orig_bytes``), ``Wo`` in ``[out, in]``: the factor of ``H`` once, then one sweep per
+    level into one reused buffer, each sweep's error from its own ``Σ e_c²``. Returns
+    ``(nbytes, error, budget)``, ``nbytes`` counting the nonzeros the sweep left (the bytes
+    of what ``budget`` rebuilds with :func:`~weightpress.compression.data_aware.prune_obs`).
+    The rounding of kept values to a narrower stored dtype is not counted."""
+    H = stats.hessian()
+    dt = np.float64 if Wo.dtype == np.float64 else np.float32
+    den = 0.0
+    step = max(1, (1 << 18) // max(1, Wo.shape[1]))
+    for r in range(0, Wo.shape[0], step):
+        Wb = np.asarray(Wo[r:r + step], dtype=H.dtype)
+        den += float(np.multiply(Wb @ H, Wb).sum(dtype=np.float64))
+    dg = np.diag(H).astype(np.float64)
+    dg[dg == 0] = 1.0  # dead inputs count 1 in the dampening's mean (obs_factor)
+    delta = float(damp) * float(dg.mean()) if dg.size else 0.0
+    Wk = obs_prepare(np.asarray(Wo), stats, damp).astype(dt, copy=False)
+    work = np.empty_like(Wk)
+    re = np.zeros(Wk.shape[0])
+    out: list[tuple[int, float, float]] = []
+    seen: set[int] = set()
+    with small_blas(Wk.shape[1] ** 3 + Wk.size * Wk.shape[1]), \
+            obs_factor_shared(stats, damp, dt) as U:
+        for lv in levels:
+            nb = orig_bytes * lv
+            k = nnz_for_bytes(stored_shape, nb, isz)
+            if k in seen or k <= 0:
+                continue
+            seen.add(k)
+            np.copyto(work, Wk)
+            re[:] = 0.0
+            obs_sweep(work, U, n_prune=Wk.size - min(k, Wk.size), row_err=re)
+            d2 = 0.0
+            for r in range(0, Wk.shape[0], step):
+                dd = (Wk[r:r + step] - work[r:r + step]).astype(np.float64)
+                d2 += float(np.einsum("ij,ij->", dd, dd))
+            num = max(float(re.sum()) - delta * d2, 0.0)
+            nnz = int(np.count_nonzero(work))
+            e = float(np.sqrt(num / den)) if den > 0 else 0.0
+            out.append((sparse_nbytes(stored_shape, nnz, isz), e, float(nb)))
     return out
