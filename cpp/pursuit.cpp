@@ -114,11 +114,14 @@ struct Workspace {
   }
 };
 
-// v = (g − Σ_{i<k} V_i w_i) * inv, then a −= v zk. Unrolled by four columns of V so that v is
-// loaded and stored a quarter as often.
+// v = (g − Σ_{i<k} V_i w_i) * inv, then a −= v zk; returns max_j a_j² sw_j over the updated a
+// (the next selection's score, fused into this pass: sw_j = 1/G_jj, 0 for used atoms). Columns
+// of V in blocks of eight, then four, then one, so that v is loaded and stored once per block:
+// at k = 32 the loop is bound by the reads of V, not of v. Elementwise, in a fixed order.
 template <class T>
-WP_INLINE void new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
-                       const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a) {
+WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
+                            const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a,
+                            const T* __restrict sw) {
   std::int64_t i = 0;
   if (k == 0) {
     for (std::int64_t r = 0; r < n; ++r) v[r] = g[r];
@@ -135,6 +138,21 @@ WP_INLINE void new_column_impl(std::int64_t n, std::int64_t k, const T* __restri
       v[r] = g[r] - ((v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3));
     i = c;
   }
+  for (; i + 8 <= k; i += 8) {
+    const T* __restrict v0 = V + i * n;
+    const T* __restrict v1 = v0 + n;
+    const T* __restrict v2 = v1 + n;
+    const T* __restrict v3 = v2 + n;
+    const T* __restrict v4 = v3 + n;
+    const T* __restrict v5 = v4 + n;
+    const T* __restrict v6 = v5 + n;
+    const T* __restrict v7 = v6 + n;
+    const T w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
+    const T w4 = w[i + 4], w5 = w[i + 5], w6 = w[i + 6], w7 = w[i + 7];
+    for (std::int64_t r = 0; r < n; ++r)
+      v[r] -= ((v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3)) +
+              ((v4[r] * w4 + v5[r] * w5) + (v6[r] * w6 + v7[r] * w7));
+  }
   for (; i + 4 <= k; i += 4) {
     const T* __restrict v0 = V + i * n;
     const T* __restrict v1 = v0 + n;
@@ -149,10 +167,36 @@ WP_INLINE void new_column_impl(std::int64_t n, std::int64_t k, const T* __restri
     const T w0 = w[i];
     for (std::int64_t r = 0; r < n; ++r) v[r] -= v0[r] * w0;
   }
-  for (std::int64_t r = 0; r < n; ++r) {
+  constexpr int L = 16;
+  T acc[L] = {};
+  std::int64_t r = 0;
+  for (; r + L <= n; r += L)
+    for (int l = 0; l < L; ++l) {
+      const T vr = v[r + l] * inv;
+      v[r + l] = vr;
+      const T ar = a[r + l] - vr * zk;
+      a[r + l] = ar;
+      const T s = ar * ar * sw[r + l];
+      acc[l] = acc[l] > s ? acc[l] : s;
+    }
+  T mx = T(0);
+  for (; r < n; ++r) {
     v[r] *= inv;
     a[r] -= v[r] * zk;
+    const T s = a[r] * a[r] * sw[r];
+    mx = mx > s ? mx : s;
   }
+  for (int l = 0; l < L; ++l) mx = mx > acc[l] ? mx : acc[l];
+  return mx;
+}
+
+// The first j with a_j² w_j == mx (the maximum, computed by the same expression), -1 if none.
+template <class T>
+std::int64_t first_with(std::int64_t n, const T* __restrict a, const T* __restrict w, T mx) {
+  if (!(mx > T(0))) return -1;
+  for (std::int64_t j = 0; j < n; ++j)
+    if (a[j] * a[j] * w[j] == mx) return j;
+  return -1;  // unreachable unless NaN
 }
 
 // argmax_j a_j² w_j (w_j = 1/G_jj for unused atoms, 0 for used or zero ones) with a positive
@@ -187,15 +231,15 @@ WP_INLINE std::int64_t select_atom_impl(std::int64_t n,
 // every variant gives bit-identical results.
 #ifdef WP_X86_DISPATCH
 #define WP_VARIANTS(T)                                                                         \
-  WP_TARGET_V4 void new_column_v4(std::int64_t n, std::int64_t k, const T* __restrict g,       \
-                                  const T* V, const T* __restrict w, T inv, T zk,              \
-                                  T* __restrict v, T* __restrict a) {                          \
-    new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);                                          \
+  WP_TARGET_V4 T new_column_v4(std::int64_t n, std::int64_t k, const T* __restrict g,          \
+                               const T* V, const T* __restrict w, T inv, T zk,                 \
+                               T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
+    return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);                               \
   }                                                                                            \
-  WP_TARGET_V3 void new_column_v3(std::int64_t n, std::int64_t k, const T* __restrict g,       \
-                                  const T* V, const T* __restrict w, T inv, T zk,              \
-                                  T* __restrict v, T* __restrict a) {                          \
-    new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);                                          \
+  WP_TARGET_V3 T new_column_v3(std::int64_t n, std::int64_t k, const T* __restrict g,          \
+                               const T* V, const T* __restrict w, T inv, T zk,                 \
+                               T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
+    return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);                               \
   }                                                                                            \
   WP_TARGET_V4 std::int64_t select_atom_v4(std::int64_t n, const T* __restrict a,              \
                                            const T* __restrict w) {                            \
@@ -211,16 +255,17 @@ WP_VARIANTS(double)
 #endif
 
 template <class T>
-void new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
-                const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a) {
+T new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
+             const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a,
+             const T* __restrict sw) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return new_column_v4(n, k, g, V, w, inv, zk, v, a);
-    case Isa::kV3: return new_column_v3(n, k, g, V, w, inv, zk, v, a);
+    case Isa::kV4: return new_column_v4(n, k, g, V, w, inv, zk, v, a, sw);
+    case Isa::kV3: return new_column_v3(n, k, g, V, w, inv, zk, v, a, sw);
     case Isa::kBase: break;
   }
 #endif
-  new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);
+  return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);
 }
 
 template <class T>
@@ -247,11 +292,13 @@ struct Pursuit {
   T r2 = T(0);
   std::int64_t k = 0;
   bool done = false;
+  T mx_next = T(-1);  // the next selection's maximum score, from the last update (-1: none)
 
   void start(const T* a0, T ynorm2) {
     alpha0 = a0;
     r2 = ynorm2;
     k = 0;
+    mx_next = T(-1);
     done = tol >= 0 && static_cast<double>(r2) <= tol;
     if (!done) std::copy(a0, a0 + n, ws->a.data());
   }
@@ -261,7 +308,8 @@ struct Pursuit {
       done = true;
       return -1;
     }
-    const std::int64_t best = select_atom(n, ws->a.data(), ws->w.data());
+    const std::int64_t best = mx_next >= T(0) ? first_with(n, ws->a.data(), ws->w.data(), mx_next)
+                                              : select_atom(n, ws->a.data(), ws->w.data());
     if (best < 0) done = true;  // residual orthogonal to every atom
     return best;
   }
@@ -286,10 +334,10 @@ struct Pursuit {
     const T lkk = std::sqrt(piv);
     Lk[k] = lkk;
     const T zk = (alpha0[j] - dot) / lkk;
-    new_column(n, k, g, V, Lk, T(1) / lkk, zk, V + k * n, ws->a.data());
+    ws->w[static_cast<std::size_t>(j)] = T(0);
+    mx_next = new_column(n, k, g, V, Lk, T(1) / lkk, zk, V + k * n, ws->a.data(), ws->w.data());
     z[k] = zk;
     ws->sel[static_cast<std::size_t>(k)] = j;
-    ws->w[static_cast<std::size_t>(j)] = T(0);
     r2 -= zk * zk;
     ++k;
     if (tol >= 0 && static_cast<double>(r2) <= tol) done = true;
