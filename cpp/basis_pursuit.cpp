@@ -17,6 +17,7 @@
 
 #include "weightpress/blas.hpp"
 #include "weightpress/errors.hpp"
+#include "weightpress/isa.hpp"
 #include "weightpress/linop.hpp"
 #include "weightpress/parallel.hpp"
 
@@ -87,6 +88,57 @@ struct Chol {
     for (std::int64_t i = 0; i <= k; ++i) at(i, k) = 0;
   }
 };
+
+// o[r0:r1] += Σ_p w_p g_p[r0:r1], columns in order, four at a time (o is loaded and stored
+// once per four columns; it stays in L1 while the columns stream). Elementwise and without FP
+// contraction, so every ISA variant gives the same bits. Measured: BPDN 1024×4096 (454 events,
+// one thread) 440 -> 335 ms; the scalar SSE2 loop, one column at a time, was 40% of the solve.
+template <class T>
+WP_INLINE void accumulate_impl(std::int64_t r0, std::int64_t r1, std::int64_t k,
+                               const T* const* cols, const double* w, double* __restrict o) {
+  std::int64_t p = 0;
+  for (; p + 4 <= k; p += 4) {
+    const T* __restrict g0 = cols[p];
+    const T* __restrict g1 = cols[p + 1];
+    const T* __restrict g2 = cols[p + 2];
+    const T* __restrict g3 = cols[p + 3];
+    const double w0 = w[p], w1 = w[p + 1], w2 = w[p + 2], w3 = w[p + 3];
+    for (std::int64_t r = r0; r < r1; ++r)
+      o[r] += (w0 * static_cast<double>(g0[r]) + w1 * static_cast<double>(g1[r])) +
+              (w2 * static_cast<double>(g2[r]) + w3 * static_cast<double>(g3[r]));
+  }
+  for (; p < k; ++p) {
+    const T* __restrict g = cols[p];
+    const double wp = w[p];
+    for (std::int64_t r = r0; r < r1; ++r) o[r] += wp * static_cast<double>(g[r]);
+  }
+}
+
+#ifdef WP_X86_DISPATCH
+template <class T>
+WP_TARGET_V4 void accumulate_v4(std::int64_t r0, std::int64_t r1, std::int64_t k,
+                                const T* const* cols, const double* w, double* __restrict o) {
+  accumulate_impl<T>(r0, r1, k, cols, w, o);
+}
+template <class T>
+WP_TARGET_V3 void accumulate_v3(std::int64_t r0, std::int64_t r1, std::int64_t k,
+                                const T* const* cols, const double* w, double* __restrict o) {
+  accumulate_impl<T>(r0, r1, k, cols, w, o);
+}
+#endif
+
+template <class T>
+void accumulate(std::int64_t r0, std::int64_t r1, std::int64_t k, const T* const* cols,
+                const double* w, double* __restrict o) {
+#ifdef WP_X86_DISPATCH
+  switch (isa_level()) {
+    case Isa::kV4: return accumulate_v4<T>(r0, r1, k, cols, w, o);
+    case Isa::kV3: return accumulate_v3<T>(r0, r1, k, cols, w, o);
+    case Isa::kBase: break;
+  }
+#endif
+  accumulate_impl<T>(r0, r1, k, cols, w, o);
+}
 
 // Column scale. Every tie and rounding threshold below is relative to the atom's own
 // correlation scale ‖a_j‖·λ₀ₙ (λ₀ₙ = max_k |a_kᵀy| / ‖a_k‖, the path's start in column-
@@ -282,11 +334,7 @@ void Homotopy<T>::combine(const std::vector<std::int64_t>& S, const std::vector<
   for (std::int64_t b = 0; b < nb; ++b) {
     const std::int64_t r0 = b * B, r1 = std::min(n, r0 + B);
     for (std::int64_t r = r0; r < r1; ++r) o[r] = 0.0;
-    for (std::int64_t p = 0; p < k; ++p) {
-      const T* g = cols[static_cast<std::size_t>(p)];
-      const double wp = w[static_cast<std::size_t>(p)];
-      for (std::int64_t r = r0; r < r1; ++r) o[r] += wp * static_cast<double>(g[r]);
-    }
+    accumulate<T>(r0, r1, k, cols.data(), w.data(), o);
     if (base)
       for (std::int64_t r = r0; r < r1; ++r) o[r] = base[r] + sign * o[r];
     else if (sign != 1.0)

@@ -49,8 +49,8 @@ constexpr std::int64_t kSmallBlock = 8;
 // out (b×n, row-major: row t is Dᵀx_t) = (DᵀX)ᵀ for row-major D (m×n) and X (m×b, row stride
 // ldx). Rows of D in order: fixed summation order.
 template <class T>
-void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const T* X,
-               std::int64_t ldx, T* out) {
+WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
+                              const T* X, std::int64_t ldx, T* out) {
   std::fill(out, out + b * n, T(0));
   for (std::int64_t i = 0; i < m; ++i) {
     const T* __restrict di = D + i * n;
@@ -60,6 +60,34 @@ void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const
       for (std::int64_t j = 0; j < n; ++j) o[j] += di[j] * xv;
     }
   }
+}
+
+// Per ISA (weightpress/isa.hpp): elementwise, no FP contraction, so the same bits everywhere.
+// (One signal, 256×1024, k = 8: core 675 -> 570 µs CPU, within this machine's noise.)
+#ifdef WP_X86_DISPATCH
+template <class T>
+WP_TARGET_V4 void small_atb_v4(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
+                               const T* X, std::int64_t ldx, T* out) {
+  small_atb_impl<T>(m, n, b, D, X, ldx, out);
+}
+template <class T>
+WP_TARGET_V3 void small_atb_v3(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
+                               const T* X, std::int64_t ldx, T* out) {
+  small_atb_impl<T>(m, n, b, D, X, ldx, out);
+}
+#endif
+
+template <class T>
+void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const T* X,
+               std::int64_t ldx, T* out) {
+#ifdef WP_X86_DISPATCH
+  switch (isa_level()) {
+    case Isa::kV4: return small_atb_v4<T>(m, n, b, D, X, ldx, out);
+    case Isa::kV3: return small_atb_v3<T>(m, n, b, D, X, ldx, out);
+    case Isa::kBase: break;
+  }
+#endif
+  small_atb_impl<T>(m, n, b, D, X, ldx, out);
 }
 
 template <class T>
@@ -114,11 +142,14 @@ struct Workspace {
   }
 };
 
-// v = (g − Σ_{i<k} V_i w_i) * inv, then a −= v zk. Unrolled by four columns of V so that v is
-// loaded and stored a quarter as often.
+// v = (g − Σ_{i<k} V_i w_i) * inv, then a −= v zk; returns max_j a_j² sw_j over the updated a
+// (the next selection's score, fused into this pass: sw_j = 1/G_jj, 0 for used atoms). Columns
+// of V in blocks of eight, then four, then one, so that v is loaded and stored once per block:
+// at k = 32 the loop is bound by the reads of V, not of v. Elementwise, in a fixed order.
 template <class T>
-WP_INLINE void new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
-                       const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a) {
+WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
+                            const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a,
+                            const T* __restrict sw) {
   std::int64_t i = 0;
   if (k == 0) {
     for (std::int64_t r = 0; r < n; ++r) v[r] = g[r];
@@ -135,6 +166,21 @@ WP_INLINE void new_column_impl(std::int64_t n, std::int64_t k, const T* __restri
       v[r] = g[r] - ((v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3));
     i = c;
   }
+  for (; i + 8 <= k; i += 8) {
+    const T* __restrict v0 = V + i * n;
+    const T* __restrict v1 = v0 + n;
+    const T* __restrict v2 = v1 + n;
+    const T* __restrict v3 = v2 + n;
+    const T* __restrict v4 = v3 + n;
+    const T* __restrict v5 = v4 + n;
+    const T* __restrict v6 = v5 + n;
+    const T* __restrict v7 = v6 + n;
+    const T w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
+    const T w4 = w[i + 4], w5 = w[i + 5], w6 = w[i + 6], w7 = w[i + 7];
+    for (std::int64_t r = 0; r < n; ++r)
+      v[r] -= ((v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3)) +
+              ((v4[r] * w4 + v5[r] * w5) + (v6[r] * w6 + v7[r] * w7));
+  }
   for (; i + 4 <= k; i += 4) {
     const T* __restrict v0 = V + i * n;
     const T* __restrict v1 = v0 + n;
@@ -149,10 +195,36 @@ WP_INLINE void new_column_impl(std::int64_t n, std::int64_t k, const T* __restri
     const T w0 = w[i];
     for (std::int64_t r = 0; r < n; ++r) v[r] -= v0[r] * w0;
   }
-  for (std::int64_t r = 0; r < n; ++r) {
+  constexpr int L = 16;
+  T acc[L] = {};
+  std::int64_t r = 0;
+  for (; r + L <= n; r += L)
+    for (int l = 0; l < L; ++l) {
+      const T vr = v[r + l] * inv;
+      v[r + l] = vr;
+      const T ar = a[r + l] - vr * zk;
+      a[r + l] = ar;
+      const T s = ar * ar * sw[r + l];
+      acc[l] = acc[l] > s ? acc[l] : s;
+    }
+  T mx = T(0);
+  for (; r < n; ++r) {
     v[r] *= inv;
     a[r] -= v[r] * zk;
+    const T s = a[r] * a[r] * sw[r];
+    mx = mx > s ? mx : s;
   }
+  for (int l = 0; l < L; ++l) mx = mx > acc[l] ? mx : acc[l];
+  return mx;
+}
+
+// The first j with a_j² w_j == mx (the maximum, computed by the same expression), -1 if none.
+template <class T>
+std::int64_t first_with(std::int64_t n, const T* __restrict a, const T* __restrict w, T mx) {
+  if (!(mx > T(0))) return -1;
+  for (std::int64_t j = 0; j < n; ++j)
+    if (a[j] * a[j] * w[j] == mx) return j;
+  return -1;  // unreachable unless NaN
 }
 
 // argmax_j a_j² w_j (w_j = 1/G_jj for unused atoms, 0 for used or zero ones) with a positive
@@ -187,15 +259,15 @@ WP_INLINE std::int64_t select_atom_impl(std::int64_t n,
 // every variant gives bit-identical results.
 #ifdef WP_X86_DISPATCH
 #define WP_VARIANTS(T)                                                                         \
-  WP_TARGET_V4 void new_column_v4(std::int64_t n, std::int64_t k, const T* __restrict g,       \
-                                  const T* V, const T* __restrict w, T inv, T zk,              \
-                                  T* __restrict v, T* __restrict a) {                          \
-    new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);                                          \
+  WP_TARGET_V4 T new_column_v4(std::int64_t n, std::int64_t k, const T* __restrict g,          \
+                               const T* V, const T* __restrict w, T inv, T zk,                 \
+                               T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
+    return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);                               \
   }                                                                                            \
-  WP_TARGET_V3 void new_column_v3(std::int64_t n, std::int64_t k, const T* __restrict g,       \
-                                  const T* V, const T* __restrict w, T inv, T zk,              \
-                                  T* __restrict v, T* __restrict a) {                          \
-    new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);                                          \
+  WP_TARGET_V3 T new_column_v3(std::int64_t n, std::int64_t k, const T* __restrict g,          \
+                               const T* V, const T* __restrict w, T inv, T zk,                 \
+                               T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
+    return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);                               \
   }                                                                                            \
   WP_TARGET_V4 std::int64_t select_atom_v4(std::int64_t n, const T* __restrict a,              \
                                            const T* __restrict w) {                            \
@@ -211,16 +283,17 @@ WP_VARIANTS(double)
 #endif
 
 template <class T>
-void new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
-                const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a) {
+T new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
+             const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a,
+             const T* __restrict sw) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return new_column_v4(n, k, g, V, w, inv, zk, v, a);
-    case Isa::kV3: return new_column_v3(n, k, g, V, w, inv, zk, v, a);
+    case Isa::kV4: return new_column_v4(n, k, g, V, w, inv, zk, v, a, sw);
+    case Isa::kV3: return new_column_v3(n, k, g, V, w, inv, zk, v, a, sw);
     case Isa::kBase: break;
   }
 #endif
-  new_column_impl<T>(n, k, g, V, w, inv, zk, v, a);
+  return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);
 }
 
 template <class T>
@@ -247,11 +320,13 @@ struct Pursuit {
   T r2 = T(0);
   std::int64_t k = 0;
   bool done = false;
+  T mx_next = T(-1);  // the next selection's maximum score, from the last update (-1: none)
 
   void start(const T* a0, T ynorm2) {
     alpha0 = a0;
     r2 = ynorm2;
     k = 0;
+    mx_next = T(-1);
     done = tol >= 0 && static_cast<double>(r2) <= tol;
     if (!done) std::copy(a0, a0 + n, ws->a.data());
   }
@@ -261,7 +336,8 @@ struct Pursuit {
       done = true;
       return -1;
     }
-    const std::int64_t best = select_atom(n, ws->a.data(), ws->w.data());
+    const std::int64_t best = mx_next >= T(0) ? first_with(n, ws->a.data(), ws->w.data(), mx_next)
+                                              : select_atom(n, ws->a.data(), ws->w.data());
     if (best < 0) done = true;  // residual orthogonal to every atom
     return best;
   }
@@ -286,10 +362,10 @@ struct Pursuit {
     const T lkk = std::sqrt(piv);
     Lk[k] = lkk;
     const T zk = (alpha0[j] - dot) / lkk;
-    new_column(n, k, g, V, Lk, T(1) / lkk, zk, V + k * n, ws->a.data());
+    ws->w[static_cast<std::size_t>(j)] = T(0);
+    mx_next = new_column(n, k, g, V, Lk, T(1) / lkk, zk, V + k * n, ws->a.data(), ws->w.data());
     z[k] = zk;
     ws->sel[static_cast<std::size_t>(k)] = j;
-    ws->w[static_cast<std::size_t>(j)] = T(0);
     r2 -= zk * zk;
     ++k;
     if (tol >= 0 && static_cast<double>(r2) <= tol) done = true;
@@ -383,6 +459,12 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
     ps.back().start(C + s * n, ynorm2[s]);
   }
   std::vector<T> cache, buf;                                   // Gram columns, n each
+  std::vector<std::int64_t> cand;
+  // Columns per gemm when few are wanted: 2·kmax, up to 64 (each costs m·n; a round that
+  // finds its atom cached costs nothing). Measured on one signal, one thread, against SPAMS:
+  // 512×2048 k = 32 went from 1.2× to 0.65×; at k = 8 (256×1024) the predictions missed too
+  // often to pay (1.56× → 1.8×), so short pursuits compute only the columns they choose.
+  const std::int64_t block = kmax >= 16 ? std::min<std::int64_t>(2 * kmax, 64) : 0;
   std::vector<std::int64_t> slot(static_cast<std::size_t>(n), -1), want(static_cast<std::size_t>(N));
   std::int64_t ncache = 0;
   // Rounds are short (N·n·k work at most): threads only when a round is worth it.
@@ -399,6 +481,31 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
       }
     if (fresh.empty() && std::all_of(want.begin(), want.end(), [](std::int64_t j) { return j < 0; }))
       break;
+    if (!fresh.empty() && static_cast<std::int64_t>(fresh.size()) < block) {
+      // Predicted columns ride along: each signal's uncached atoms of highest score, the ones
+      // likeliest to be chosen next (one gemm of `block` columns reads D once; a column at a
+      // time read it once per column).
+      const std::int64_t per = (block - static_cast<std::int64_t>(fresh.size()) + N - 1) / N;
+      for (std::int64_t s = 0; s < N && static_cast<std::int64_t>(fresh.size()) < block; ++s) {
+        if (want[static_cast<std::size_t>(s)] < 0) continue;
+        const T* a = wss[static_cast<std::size_t>(s)].a.data();
+        const T* w = wss[static_cast<std::size_t>(s)].w.data();
+        cand.clear();
+        for (std::int64_t j = 0; j < n; ++j)
+          if (slot[static_cast<std::size_t>(j)] < 0 && w[j] > T(0)) cand.push_back(j);
+        const auto t = std::min<std::int64_t>(per, static_cast<std::int64_t>(cand.size()));
+        auto by_score = [&](std::int64_t p, std::int64_t q) {
+          const T sp = a[p] * a[p] * w[p], sq = a[q] * a[q] * w[q];
+          return sp > sq || (sp == sq && p < q);
+        };
+        std::partial_sort(cand.begin(), cand.begin() + t, cand.end(), by_score);
+        for (std::int64_t i = 0; i < t && static_cast<std::int64_t>(fresh.size()) < block; ++i) {
+          const std::int64_t j = cand[static_cast<std::size_t>(i)];
+          slot[static_cast<std::size_t>(j)] = ncache + static_cast<std::int64_t>(fresh.size());
+          fresh.push_back(j);
+        }
+      }
+    }
     if (!fresh.empty()) {  // G[:, fresh] = Dᵀ D[:, fresh]: one gemm
       const auto b = static_cast<std::int64_t>(fresh.size());
       buf.resize(static_cast<std::size_t>(m * b));
@@ -436,15 +543,16 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
   const std::int64_t kmax = p.kmax;
   if (kmax < 1 || kmax > n) throw ShapeError("omp: n_nonzero must be in [1, n_atoms]");
   if (N == 0) return;
-  // Signals go in chunks whose correlations DᵀY (chunk × n) stay in cache (4 MiB of doubles,
-  // 64 to 4096 signals): the pursuit reads them right after the gemm that wrote them, and the
-  // buffer is reused instead of page-faulting N·n fresh values (27% of a 10000-signal call's
-  // time went to the kernel zeroing pages, measured at 256×1024).
+  // Signals go in chunks of 2M correlations DᵀY (chunk × n; 256 to 8192 signals), the buffer
+  // reused: page-faulting N·n fresh values took 27% of a 10000-signal call (256×1024, one
+  // thread). Not smaller: each chunk alternates a BLAS gemm with an OpenMP region, and with
+  // 512-signal chunks the two-thread wall time tripled on a loaded machine (BLAS threads
+  // spinning, barriers stalled); 2048-8192 signals measured alike.
   const std::int64_t chunk = std::max<std::int64_t>(
       1, p.chunk > 0 ? p.chunk
                      : std::min<std::int64_t>(N, std::clamp<std::int64_t>(
-                                                     (std::int64_t(1) << 19) / std::max<std::int64_t>(n, 1),
-                                                     64, 4096)));
+                                                     (std::int64_t(1) << 21) / std::max<std::int64_t>(n, 1),
+                                                     256, 8192)));
   const std::int64_t cb = std::min(N, chunk);
   // Few signals: Gram columns on demand beat the full n² Gram matrix (and their lockstep
   // workspaces, chunk·n·(kmax + 2) values, stay within ~512 MiB).

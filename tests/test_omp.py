@@ -305,3 +305,23 @@ def test_n_nonzero_above_the_atoms_warns_and_clips():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         wp.omp(D, y, n_nonzero=8)  # exactly the number of atoms: no warning
+
+
+@pytest.mark.parametrize("N", [1, 3])
+def test_few_signals_predicted_gram_columns_match_sklearn(N):
+    # Few signals (2·N·k <= n_atoms) compute only the Gram columns they touch; with k >= 16 the
+    # likeliest next atoms' columns come along in one gemm (hits and misses both happen here).
+    m, n, k = 96, 800, 20
+    D = unit_dict(m, n, 7)
+    rng = np.random.default_rng(8)
+    Y = D @ sparse_codes(n, N, k, 9) + 0.01 * rng.standard_normal((m, N))
+    X = wp.omp(D, Y, n_nonzero=k)
+    Xs = sklm.orthogonal_mp(D, Y, n_nonzero_coefs=k).reshape(n, N)
+    for s in range(N):
+        supp_s = np.flatnonzero(Xs[:, s])
+        assert margins_ok(D, Y[:, s], supp_s)
+        np.testing.assert_array_equal(np.flatnonzero(X[:, s]), supp_s)
+        np.testing.assert_allclose(X[:, s], Xs[:, s], rtol=0, atol=1e-8)
+    # the full-Gram path (syrk instead of gemm columns: equal up to rounding)
+    np.testing.assert_allclose(X, wp.OMPDictionary(D).encode(Y, n_nonzero=k), rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(X, wp.omp(D, Y, n_nonzero=k, n_threads=1))
