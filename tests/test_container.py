@@ -325,9 +325,9 @@ def test_compress_streams_one_tensor_at_a_time(tmp_path, method):
 
 
 def test_reads_format_version_1():
-    # containers written before the compact header (fuzz seeds, format version 1) still open
-    corpus = os.path.join(os.path.dirname(__file__), "..", "fuzz", "corpus", "container")
-    for f in ("ratio2.wpz", "lowrank.wpz"):
+    # containers written before the compact header (format version 1) still open
+    corpus = os.path.join(os.path.dirname(__file__), "data")
+    for f in ("container_v1_ratio2.wpz", "container_v1_lowrank.wpz"):
         c = Container(os.path.join(corpus, f))
         assert c.version == "1" and c.entries
         assert verify(os.path.join(corpus, f)).ok
