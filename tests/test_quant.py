@@ -84,6 +84,25 @@ def test_matmul_matches_dequantized(dtype, bits, group, sym, shape):
     np.testing.assert_allclose(Q.matmul(v, transpose=True), D.T @ v, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("bits,group", [(4, 64), (4, 128), (2, 128)])
+@pytest.mark.parametrize("shape", [(10, 64 * 19), (37, 128 * 20)])
+def test_matmul_whole_groups_path(bits, group, shape):
+    # symmetric, every group whole and a multiple of two chunks: the AVX-512 path without
+    # tails that converts 16 scales at a time (19 or 20 groups: a full batch and a partial one)
+    rng = np.random.default_rng(bits + shape[0])
+    W = rng.standard_normal(shape).astype(np.float32)
+    Q = quantize(W, bits, group)
+    D = reference(Q)
+    for n in (1, 3, 8):
+        X = rng.standard_normal((shape[1], n)).astype(np.float32)
+        with wp.threads(1):
+            Y1 = Q.matmul(X)
+        with wp.threads(2):
+            Y2 = Q.matmul(X)
+        np.testing.assert_array_equal(Y1, Y2)
+        np.testing.assert_array_less(np.abs(Y1 - D @ X), 1e-5 * (np.abs(D) @ np.abs(X) + 1))
+
+
 def test_in_out_layout_quantizes_along_inputs():
     rng = np.random.default_rng(5)
     W = rng.standard_normal((96, 40)).astype(np.float32)  # Keras [in, out]

@@ -26,7 +26,7 @@ from .quant import Quantized, gptq
 from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
 from .data_aware import lowrank_whitened, prune_obs, sparse_plus_lowrank
 
-__all__ = ["compress_aware", "layer_error", "time_apply"]
+__all__ = ["compress_aware", "layer_error", "known_error", "time_apply"]
 
 
 # joint sparsities tried below plain int2 when the codes are entropy-coded
@@ -52,17 +52,26 @@ def _balanced(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _lowrank(A: np.ndarray, B: np.ndarray, layout: str, od: np.dtype, storage: str | None) -> LowRank:
-    A, B = _balanced(A.astype(np.float64), B.astype(np.float64))
+    A, B = _balanced(A, B)
     m = LowRank(A, B, "out_in", dtype=od) if layout == "out_in" else LowRank(B.T, A.T, layout, dtype=od)
     return store_as(m, storage)  # type: ignore[return-value]
 
 
 def layer_error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats | None) -> float:
-    """Relative output error (with stats) or weight error of ``m`` against ``Wo`` ([out, in])."""
+    """Relative output error (with stats) or weight error of ``m`` against ``Wo`` ([out, in],
+    any float dtype: the errors are accumulated in float64 a block at a time). A matrix
+    stored ``[out, in]`` is decoded a block of rows at a time."""
     if stats is None:
         return m.relative_error(Wo if m.layout == "out_in" else Wo.T)
-    D = m.toarray()
-    return output_error(Wo, D if m.layout == "out_in" else D.T, stats)
+    if m.layout == "out_in":
+        return output_error(Wo, m, stats)
+    return output_error(Wo, m.toarray().T, stats)
+
+
+def known_error(m: CompressedMatrix, stats: CalibrationStats | None) -> float | None:
+    """The output error :func:`compress_aware` measured for ``m`` with ``stats`` (None if none)."""
+    k = getattr(m, "_wp_output_error", None)
+    return k[1] if k is not None and k[0] is stats else None
 
 
 def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Mapping[str, Any],
@@ -74,7 +83,8 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
 
     def prune_b(nb: float) -> CompressedMatrix:
         nnz = nnz_for_bytes(stored_shape, nb, isz)
-        return _sparse(prune_obs(Wo, stats, sparsity=1.0 - nnz / max(1, Wo.size)), layout, od, storage)
+        return _sparse(prune_obs(Wo, stats, sparsity=1.0 - nnz / max(1, Wo.size),
+                                 damp=float(options.get("damp", 1e-2))), layout, od, storage)
 
     def lowrank_b(nb: float) -> CompressedMatrix:
         r = min(min(Wo.shape), rank_for_bytes(stored_shape, nb, isz))
@@ -204,7 +214,7 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     opts = dict(options or {})
     if prefer not in ("size", "speed"):
         raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
-    Wo = _oriented(Wa.astype(np.float64, copy=False), layout)
+    Wo = _oriented(Wa, layout)  # in its own dtype: float32 stays float32 (issue 15: memory)
     if stats.n_features != Wo.shape[1]:
         raise ValueError(f"calibration has {stats.n_features} input features but the layer takes "
                          f"{Wo.shape[1]} (W {Wa.shape}, layout {layout})")
@@ -236,10 +246,14 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     if prefer == "speed":
         if (dense, 0.0) not in fits and (nb is None or dense_bytes <= nb):
             fits.append((dense, 0.0))
-        return min(fits, key=lambda c: time_apply(c[0], 32))[0]
-    if nb is not None:
-        return min(fits, key=lambda c: c[1])[0]
-    return min(fits, key=lambda c: c[0].nbytes)[0]
+        best = min(fits, key=lambda c: time_apply(c[0], 32))
+    elif nb is not None:
+        best = min(fits, key=lambda c: c[1])
+    else:
+        best = min(fits, key=lambda c: c[0].nbytes)
+    if best[0] is not dense:  # the caller's report needs it: measured once
+        best[0]._wp_output_error = (stats, best[1])
+    return best[0]
 
 
 def _smallest_meeting(build: Callable[[float], CompressedMatrix], Wo: np.ndarray,

@@ -26,12 +26,13 @@ from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_b
                       precisions_for_bytes, rank_for_bytes, sparse_nbytes, value_itemsize)
 from .quant import Quantized, fill_with_residual, quantize
 from .squant import sparse_quantize
+from .lowrank_quant import METHOD as LOWRANK_INT8, lowrank_int8
 from ..linalg.sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
            "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS", "quantized", "precision_of"]
 
-METHODS = ("prune", "nm", "lowrank", "slr", "code", "quant", "auto")
+METHODS = ("prune", "nm", "lowrank", "slr", "code", "quant", LOWRANK_INT8, "auto")
 
 
 def _truncated_svd(W: np.ndarray, rank: int | None = None,
@@ -296,7 +297,7 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
          layout: str = "out_in",
          forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant", "sparse+quant",
-                                   "float16"),
+                                   "float16", LOWRANK_INT8),
          slr_iterations: int = 0, storage: str | None = None,
          coding: str | None = None) -> CompressedMatrix:
     """The best form for a budget, never bigger than dense.
@@ -319,6 +320,8 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     # holds W, the spectrum and two candidates, not every form at once (issue 15: 6x -> ~3x)
     best: CompressedMatrix | None = None
     best_key: tuple[int, float] | None = None
+    spec_kept: Spectrum | None = None
+    lr_err, lr_bytes = 0.0, 0
 
     def consider(c: CompressedMatrix) -> None:
         nonlocal best, best_key
@@ -348,6 +351,9 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
                 consider(sparse_plus_low_rank(W, r, error=err, nbytes=nb, layout=layout,
                                               spectrum=spec, iterations=slr_iterations,
                                               storage=storage))
+        if LOWRANK_INT8 in forms and storage is None:
+            spec_kept, lr_bytes = spec, lowrank_nbytes(Wa.shape, r_full, isz)
+            lr_err = spec.error(r_full)
         del spec
     if "quant" in forms and Wa.size:  # for an error budget only if met
         q = quantized(W, error=err, nbytes=nb, layout=layout, storage=storage, coding=coding)
@@ -367,6 +373,17 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
             c = Dense(h, layout)
             if err is None or c.relative_error(Wa) <= err * (1 + 1e-9):
                 consider(c)
+    # int8 factors hold ~4x the rank of float32 ones in the same bytes, which roughly halves
+    # low rank's error where the spectrum decays slowly: built only where low rank came near
+    # the best form (its error within 2.5x of the best's, or its bytes within 3.5x)
+    if spec_kept is not None and best is not None and best_key is not None and (
+            isinstance(best, LowRank)
+            or (err is None and best_key[0] == 0 and lr_err <= 2.5 * best_key[1])
+            or (err is not None and lr_bytes <= 3.5 * best_key[1])):
+        if err is not None:  # a few more values than the float rank: int8 rounding costs some
+            r = len(spec_kept.s)
+            spec_kept = Spectrum.of(Wa, rank=min(min(Wa.shape), r + max(4, r // 8)))
+        consider(lowrank_int8(W, error=err, nbytes=nb, layout=layout, spectrum=spec_kept))
     return dense if best is None else best
 
 

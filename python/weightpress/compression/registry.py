@@ -67,6 +67,8 @@ def compress(W: Any, method: str = "auto", budget: Budget | None = None, *,
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     o = dict(options or {})
     error, nbytes = budget.pair() if budget is not None else (None, None)
+    if calibration is not None and method == M.LOWRANK_INT8:
+        raise ValueError(f"method: {M.LOWRANK_INT8} has no data-aware variant (drop the calibration)")
     if calibration is not None:
         if "pattern" in o:
             method, nbytes, error = "nm", float(np.asarray(W).nbytes), None
@@ -91,6 +93,10 @@ def compress(W: Any, method: str = "auto", budget: Budget | None = None, *,
         if p is not None:
             return M.quantized(W, bits=p.bits, group=p.group, symmetric=p.symmetric, layout=layout)
         return M.quantized(W, error=error, nbytes=nbytes, layout=layout, coding=coding)
+    if method == M.LOWRANK_INT8:  # low rank, factors in int8 (compression/lowrank_quant.py)
+        if "rank" in o:
+            return M.lowrank_int8(W, int(o["rank"]), layout=layout)
+        return M.lowrank_int8(W, error=error, nbytes=nbytes, layout=layout)
     if method == "code":
         dictionary = o.get("dictionary", "dct")
         if "n_nonzero" in o:
