@@ -171,7 +171,9 @@ def test_compress_model_error_and_global(tmp_path):
         assert g.ratio >= 3 * 0.97
         errs = {r.name: r.error for r in g.rows if r.form == "sparse"}
         assert errs["enc.0.weight"] != pytest.approx(errs["enc.1.weight"], abs=0.02)
-        with pytest.raises(ValueError, match="impossible"):
+        with pytest.raises(ValueError, match="impossible"):  # the kept tensors alone are larger
+            compress_model(src, tmp_path / "x.wpz", ratio=500, method="prune")
+        with pytest.raises(ValueError, match="not reached"):  # pruning cannot get there
             compress_model(src, tmp_path / "x.wpz", ratio=50, method="prune")
         with pytest.raises(ValueError, match="exactly one"):
             compress_model(src, tmp_path / "x.wpz", method="prune")
