@@ -11,6 +11,10 @@ Keras and GPT-2's Conv1D keep outputs last, so there it is per input channel);
 ``int4-g64``: symmetric int4, one float16 scale per 64 values. Other tensors stay as they are.
 Their file ratio is the source's bytes over the quantized bytes (no container header).
 
+weightpress runs as ``compress --ratio R --dtype float16 --entropy zstd`` (:data:`WP`): float
+values and kept floats in float16, integer codes entropy-coded; everything else default
+(default rules: embeddings and 1-D tensors kept).
+
 Run: ``python benchmarks/bench_quant_corpus.py [--quick] [model ...]``
 (``--quick``: the digits MLP and two real models).
 """
@@ -34,6 +38,7 @@ MODELS = (("bert", "safetensors"), ("gpt2", "safetensors"), ("vit", "safetensors
           ("t5", "safetensors"), ("resnet", "pt"), ("mobilenet_v3", "pt"), ("convzoo", "pt"),
           ("lstm", "pt"), ("mobilenet_v2", "keras"))
 QUICK_MODELS = (("bert", "safetensors"), ("resnet", "pt"))
+WP: dict[str, Any] = {"value_dtype": "float16", "coding": "zstd"}
 
 
 def rtn(tensors: Mapping[str, np.ndarray], bits: int, group: int | None) -> tuple[dict[str, np.ndarray], int]:
@@ -99,7 +104,7 @@ def compare(path: str, run_tensors: Callable[[Mapping[str, np.ndarray]], np.ndar
         res: dict[str, float] = {}
         for r in (4, 8):
             out = os.path.join(tmp, f"r{r}.wpz")
-            compress_model(src, out, ratio=r, **dict(extra or {}))
+            compress_model(src, out, ratio=r, **{**WP, **dict(extra or {})})
             with Container(out) as c:
                 dense = {k: np.array(c[k]) for k in c}
             res[f"wp{r}"] = _rel(run_tensors(dense), y0)

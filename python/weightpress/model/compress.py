@@ -722,7 +722,7 @@ CURVE_LEVELS = tuple(float(1.25 ** -k) for k in range(1, 18))  # 1/1.25 ... 1/44
 
 def _forms_for(method: str) -> tuple[str, ...]:
     return {"prune": ("prune",), "lowrank": ("lowrank",), "slr": ("slr",), "nm": ("nm",),
-            "code": ("code",), "quant": ("quant",), "auto": ("prune", "lowrank")}[method]
+            "code": ("code",), "quant": ("quant",), "auto": ("prune", "lowrank", "quant")}[method]
 
 
 def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, storage: str | None,
@@ -778,7 +778,9 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
             m = _build(Wv, stats, form, nb, layout, storage, opts)
             if m.form == "dense" or m.nbytes >= orig_bytes:
                 continue
-            cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}"))
+            # quantized candidates name their precision after '#' (plots draw one curve each)
+            prec = f"#{m.name}" if form == "quant" and isinstance(getattr(m, "name", None), str) else ""
+            cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}{prec}"))
             if form == "nm":
                 break
     return cands
@@ -811,6 +813,7 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
     for n, i in choice.items():
         lab = curves[n][i].label
         form, _, nb = lab.partition("@")
+        nb = nb.partition("#")[0]
         out[n] = (form, float(nb) if nb else float(orig[n]))
     return out
 

@@ -593,6 +593,7 @@ class Container(TensorSource):
         self._blob_at: dict[tuple[str, str], tuple[int, str, tuple[int, ...]]] = {}
         self._blob: np.ndarray | None = None
         try:
+            head: dict[str, Any]
             if self.version == "1":  # every value a JSON string
                 head = {k: json.loads(meta[k]) for k in ("tensors", "source", "source_metadata",
                                                          "not_stored", "structure") if k in meta}
