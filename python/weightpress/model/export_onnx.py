@@ -36,6 +36,7 @@ import numpy as np
 
 from .._optional import require
 from ..io._base import atomic_write
+from ..io.structure import write_from_skeleton
 from ..io.onnx_graph import _MAX_PROTO, _TYPED_FIELDS, _encode, _load_proto, collect_tensors
 from ._packed import QuantParts, pack_bits, tensor_shape
 from ..compression.lowrank_quant import LowRankQuant
@@ -341,8 +342,9 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     output : path
         The ``.onnx`` file, written atomically (all data embedded: under 2 GB, unless
         ``external_data``).
-    like : path
-        The original ONNX model the container was made from.
+    like : path, optional
+        The original ONNX model the container was made from; default: the graph the container
+        keeps (containers made from ONNX files keep it).
     compute : "fast" or "exact"
         Quantized products: int8 activations per block (onnxruntime's fast kernels) or float.
     block_size : int, optional
@@ -365,7 +367,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     Raises
     ------
     ValueError
-        No ``like``, a ``like`` that does not hold the container's tensors (name or shape),
+        No ``like`` and no ONNX graph in the container, a ``like`` that does not hold the container's tensors (name or shape),
         a bad ``compute`` or ``block_size``, or a result over 2 GB.
     """
     onnx = require("onnx", "exporting to ONNX")
@@ -375,9 +377,18 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         raise ValueError(f"block_size: expected a power of two in 16..256, got {block_size!r}")
     if conv_quant not in ("dequant", "dense"):
         raise ValueError(f"conv_quant: expected 'dequant' or 'dense', got {conv_quant!r}")
-    if like is None:
-        raise ValueError("like: give the original ONNX model the container was made from (--like)")
     c = container if isinstance(container, Container) else Container(container)
+    if like is None:
+        s = c.structure()
+        if s is None or s[0] != "onnx":
+            raise ValueError("like: the container keeps no ONNX graph: give the original ONNX "
+                             "model it was made from (--like)")
+        with tempfile.TemporaryDirectory(prefix=".wp-like-",
+                                         dir=os.path.dirname(os.path.abspath(output))) as tmp:
+            write_from_skeleton(os.path.join(tmp, "like.onnx"), "onnx", s[1], c)
+            return export_onnx(c, output, os.path.join(tmp, "like.onnx"), compute=compute,
+                               block_size=block_size, external_data=external_data,
+                               conv_quant=conv_quant)
     model = _load_proto(os.fspath(like), external=True)
     g = model.graph
     index = collect_tensors(g)
