@@ -45,7 +45,7 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 QUICK = os.environ.get("WP_BENCH_QUICK", "") not in ("", "0")
-ARCHS = ("bert", "gpt2", "vit", "t5", "resnet", "mobilenet_v3", "lstm", "mlp")
+ARCHS = ("mlp", "bert", "gpt2", "vit", "t5", "resnet", "mobilenet_v3", "lstm")
 TRANSFORMERS = ("bert", "gpt2", "vit", "t5", "mlp")
 VARIANTS = {"int8": ("quant", {"bits": 8}, None),
             "int4g128": ("quant", {"bits": 4, "group": 128}, None),
@@ -355,6 +355,9 @@ def run(quick: bool = False) -> None:
                 t.add(name, v, mb("ort"), cell("ort", "b1", 1e3), cell("ort", "b32", 1e3),
                       cell("ort", "peak_mb"), mb("torch"), cell("torch", "b1", 1e3),
                       cell("torch", "b32", 1e3), cell("torch", "peak_mb"), *diffs)
+        if name != archs[-1]:   # the table so far, as each architecture finishes (long runs)
+            t.print()
+            sys.stdout.flush()
     t.print()
 
 

@@ -14,9 +14,18 @@ best there:
   row), zero points always given; ``compute="fast"`` lets onnxruntime round the activations to
   int8 per block (``accuracy_level=4``, its fast integer kernels), ``"exact"`` keeps them float
   (``accuracy_level=0``: the container's product to float rounding, but slow at 8 bits);
+- low rank + int8 (``lowrank-int8``: per-row int8 factors ``M = U V``): two ``MatMulNBits``
+  (8-bit, ``V`` then ``U``), the rank padded to a block with zero codes;
+- a quantized ``Conv`` weight with one scale per output channel: ``DequantizeLinear`` (int8
+  codes, or uint8 with zero points, along axis 0) → ``Conv``. onnxruntime cannot pre-pack a
+  weight computed in the graph, so this is smaller in memory but slower than the dense conv
+  (measured, 1 thread, batch 1, 64→64 3×3 on 56×56: 2.1 ms vs 1.3 ms; ``ConvInteger`` with
+  dynamically quantized activations: 63 ms; it also takes only a scalar weight zero point);
+  ``conv_quant="dense"`` keeps the dense conv. Group-wise scales along the flattened kernel
+  have no ``DequantizeLinear`` form below opset 21 and stay dense;
 - everything else dense: pruned (CSR), sparse + low rank, sparse-coded and codebook tensors are
   decoded, since onnxruntime densifies sparse initializers at load and has no sparse-weight
-  product on CPU; so are compressed tensors used by any other node (``Conv``...), by a
+  product on CPU; so are compressed tensors used by any other node, by a
   subgraph, or in a layout the product cannot take. The report says so per tensor.
 
 The result passes ``onnx.checker`` and computes what the container's dense decode computes in
