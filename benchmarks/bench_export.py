@@ -11,7 +11,7 @@ converter (tf2onnx) this project does not install, and it is not a PyTorch modul
 Variants (containers from ``compress_model`` on the dense ``.onnx`` for onnxruntime and the
 dense ``.pt`` state dict for PyTorch; default rules: embeddings, norms and biases kept):
 ``int8`` (8-bit symmetric per channel, 4x on the compressed layers), ``int4g128`` (4-bit,
-groups of 128: about 7x), ``lowrank-int8`` (low rank with int8 factors at ``--ratio 4``).
+groups of 128: about 7x), ``lowrank-int8`` (low rank with int8 factors, each layer 4x).
 ONNX: ``export_onnx`` (MatMulNBits with int8 activations, DequantizeLinear -> Conv), both dense
 and exported models with their weights in a ``.data`` file beside the graph (onnxruntime maps
 it); PyTorch: ``weightpress.torch.load_into`` into the module built with its parameters on the
@@ -47,9 +47,11 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 QUICK = os.environ.get("WP_BENCH_QUICK", "") not in ("", "0")
 ARCHS = ("mlp", "bert", "gpt2", "vit", "t5", "resnet", "mobilenet_v3", "lstm")
 TRANSFORMERS = ("bert", "gpt2", "vit", "t5", "mlp")
+# label -> (method, options, error): a size option, or a per-layer ratio option (the error
+# only satisfies compress_model's "ratio or error" check: the rule's ratio sets each budget)
 VARIANTS = {"int8": ("quant", {"bits": 8}, None),
             "int4g128": ("quant", {"bits": 4, "group": 128}, None),
-            "lowrank-int8": ("lowrank-int8", {}, 4.0)}
+            "lowrank-int8": ("lowrank-int8", {"ratio": 4}, 1.0)}
 
 
 def _rss_kb() -> int:
@@ -270,14 +272,15 @@ def _files(name: str, work: pathlib.Path, variants: list[str]) -> dict:
                     all_tensors_to_one_file=True, location=f"{name}.onnx.data", size_threshold=1024)
     files = {"dense": {"ort": dense, "torch": pt, "ort_bytes": _size(dense), "torch_bytes": pt.stat().st_size}}
     for v in variants:
-        method, opts, ratio = VARIANTS[v]
+        print(f"[{time.strftime('%H:%M:%S')}] {name} {v}: compress, export", file=sys.stderr, flush=True)
+        method, opts, error = VARIANTS[v]
         f: dict = {}
         for rt, src in (("ort", raw), ("torch", pt)):
             wpz = work / f"{name}-{v}-{rt}.wpz"
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 compress_model(open_model(str(src)), wpz, method=method, options=dict(opts),
-                               ratio=ratio, min_size=1024)
+                               error=error, min_size=1024)
             f[f"{rt}_wpz"] = wpz
         out = work / f"{name}-{v}.onnx"
         rows = export_onnx(f["ort_wpz"], out, raw, external_data=True)
