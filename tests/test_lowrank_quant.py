@@ -36,6 +36,7 @@ def test_bytes_products_and_parts(layout):
     Y = D.T @ X
     np.testing.assert_allclose(m.matmul(X, transpose=True), Y, rtol=0, atol=1e-5 * np.abs(Y).max())
     np.testing.assert_allclose(m.rows(3, 9), D[3:9], rtol=0, atol=1e-6 * np.abs(D).max())
+    np.testing.assert_allclose(m.rows(30, 4096), D[30:], rtol=0, atol=1e-6 * np.abs(D).max())
     m2 = from_parts(m.form, m.parts(), m.shape, layout)
     assert isinstance(m2, LowRankQuant) and np.array_equal(m2.toarray(), m.toarray())
     assert m.relative_error(W) < 0.03
