@@ -95,7 +95,8 @@ def _hf_config(name: str):
                                    num_attention_heads=heads, intermediate_size=4 * h,
                                    max_position_embeddings=128),
         "gpt2": lambda: GPT2Config(n_embd=h, n_layer=L, n_head=heads, vocab_size=2048,
-                                   n_positions=128, use_cache=False),
+                                   n_positions=128, use_cache=False, bos_token_id=0,
+                                   eos_token_id=0),
         "vit": lambda: ViTConfig(image_size=64, patch_size=8, hidden_size=h, num_hidden_layers=L,
                                  num_attention_heads=heads, intermediate_size=4 * h),
         "t5": lambda: T5Config(vocab_size=2048, d_model=h, d_kv=64, num_heads=heads, d_ff=4 * h,
@@ -118,7 +119,10 @@ def _module(name: str):
                 self.m = cls(_hf_config(name))
 
             def forward(self, *xs):
-                out = self.m(**dict(zip(keys, xs)), return_dict=True)
+                kw = dict(zip(keys, xs))
+                if name == "gpt2":  # without a mask transformers builds one with aten::diff,
+                    kw["attention_mask"] = torch.ones_like(xs[0])   # which ONNX cannot export
+                out = self.m(**kw, return_dict=True)
                 return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
         return Wrap().eval()
