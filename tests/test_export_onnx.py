@@ -223,10 +223,22 @@ def test_cli_export(tmp_path, block, capsys):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".wp-")) == []
     capsys.readouterr()
     assert main(["info", str(wpz), "--timing"]) == 0
-    line = capsys.readouterr().out.splitlines()[-1]
-    assert line.startswith("model (compressed layers, summed): batch 1: ") and "batch 32: " in line
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("model (compressed layers, summed): batch 1: ") and "batch 32: " in lines[-2]
+    # the whole model in onnxruntime, dense vs exported (the graph the container keeps)
+    assert lines[-1].startswith("model (onnxruntime, 1 thread): batch 1: ") and "batch 32: " in lines[-1]
+    assert "2 layers run compressed, 0 decoded to dense" in lines[-1]
     onnx.checker.check_model(str(out))
-    assert main(["export", str(wpz), "-o", str(tmp_path / "x.onnx")]) == 2   # --like missing
+    # without --like: the graph the container keeps, the same model
+    assert main(["export", str(wpz), "-o", str(tmp_path / "kept.onnx")]) == 0
+    np.testing.assert_allclose(_run(tmp_path / "kept.onnx", x), _run(out, x), rtol=1e-6, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".wp-")) == []
+    npz = tmp_path / "m.npz"
+    np.savez(npz, w=np.ones((64, 64), np.float32))
+    assert main(["compress", str(npz), "-o", str(tmp_path / "n.wpz"), "--ratio", "2"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "n.wpz"), "-o", str(tmp_path / "x.onnx")]) == 2  # no graph
+    assert "like" in capsys.readouterr().err
     assert main(["export", str(like), "-o", str(tmp_path / "x.onnx"), "--like", str(like)]) == 2
     err = capsys.readouterr().err
     assert "block.onnx" in err.splitlines()[-1]
@@ -237,8 +249,9 @@ def test_bad_arguments(tmp_path, block):
     like, _ = block
     wpz = tmp_path / "m.wpz"
     compress_model(open_model(str(like)), wpz, method="lowrank", options={"rank": 4}, min_size=1024)
-    with pytest.raises(ValueError, match="like"):
-        export_onnx(wpz, tmp_path / "o.onnx")
+    assert sum(r.compressed for r in export_onnx(wpz, tmp_path / "o.onnx")) == 2  # like: kept graph
+    with pytest.raises(ValueError, match="conv_quant"):
+        export_onnx(wpz, tmp_path / "o.onnx", like, conv_quant="int8")
     with pytest.raises(ValueError, match="compute"):
         export_onnx(wpz, tmp_path / "o.onnx", like, compute="int3")
     with pytest.raises(ValueError, match="block_size"):

@@ -14,6 +14,7 @@ Errors print one line to stderr (``weightpress: error: ...``), no traceback; set
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -38,6 +39,7 @@ from ..model.distributed import close as close_client
 from ..model.distributed import connect, local_client
 from ..model.export_hf import export_compressed_tensors
 from ..model.export_onnx import export_onnx
+from ..model.export_timing import time_onnx_model
 from ..model.report import Report, human, printable
 from .demo import run as run_demo
 from .plots import plot_curves, require_matplotlib
@@ -163,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("file", help="a .wpz container or a model file")
     i.add_argument("--timing", action="store_true",
                    help="also time each layer here, compressed and dense, at batch 1 and 32 "
-                        "(microseconds per call)")
+                        "(microseconds per call), and, for a container of an ONNX model, the "
+                        "whole model in onnxruntime dense vs exported (one thread)")
 
     d = sub.add_parser("decompress", help="write the dense weights back",
                        description="Decode every tensor to dense and write it (format from the "
@@ -182,7 +185,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "which and why).")
     x.add_argument("file", help="a .wpz container")
     x.add_argument("-o", "--output", required=True, help="output .onnx model (or directory)")
-    x.add_argument("--like", required=True, help="the original ONNX model or HF model directory")
+    x.add_argument("--like", help="the original ONNX model or HF model directory (default for "
+                                  "ONNX: the graph the container keeps)")
+    x.add_argument("--conv-quant", choices=["dequant", "dense"], default="dequant",
+                   help="quantized Conv weights: DequantizeLinear -> Conv (int8 in memory, slower: "
+                        "onnxruntime cannot pre-pack them) or dense (default: dequant)")
     x.add_argument("--external-data", action="store_true",
                    help="weights in OUTPUT.data beside the graph (less resident memory in "
                         "onnxruntime; no 2 GB limit)")
@@ -304,6 +311,9 @@ def _cmd_info(a: argparse.Namespace) -> int:
             print(rep.table())
             if a.timing:
                 print(_timing_totals(rep))
+                s = src.structure_info
+                if s and s.get("kind") == "onnx" and importlib.util.find_spec("onnxruntime"):
+                    print(time_onnx_model(src).line())
         return EXIT_OK
     with src:  # a plain model: its tensors and what 'compress' would do with each by default
         rows = [("tensor", "shape", "dtype", "bytes", "default plan")]
@@ -343,14 +353,14 @@ def _cmd_decompress(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    if os.path.isdir(a.like):
+    if a.like is not None and os.path.isdir(a.like):
         for r in export_compressed_tensors(a.file, a.output, a.like):
             print(f"{printable(r.name):<40} {r.form:<15} {r.how:<32} {r.note}")
         print(f"wrote {a.output} (compressed-tensors)")
         return EXIT_OK
-    _check_output(a.output)
+    _check_output(a.output, a.file, *([a.like] if a.like else []))
     rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast",
-                       external_data=a.external_data)
+                       external_data=a.external_data, conv_quant=a.conv_quant)
     for r in rows:
         print(f"{printable(r.name):<32} {r.form:<15} {r.how:<40} {human(r.nbytes):>9}  {r.note}")
     done = sum(r.compressed for r in rows)

@@ -133,6 +133,7 @@ class LowRankQuant(CompressedMatrix):
         return _oriented(self._m_rows(0, out), self.layout).astype(self.dtype, copy=False)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
+        stop = max(start, min(stop, self.shape[0]))   # like slicing: a stop past the end is the end
         if self.layout == "out_in":
             return self._m_rows(start, stop).astype(self.dtype, copy=False)
         dt = _compute_dtype(self.dtype)

@@ -321,7 +321,7 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     best: CompressedMatrix | None = None
     best_key: tuple[int, float] | None = None
     spec_kept: Spectrum | None = None
-    lr_err, lr_bytes = 0.0, 0
+    lr_bytes = 0
 
     def consider(c: CompressedMatrix) -> None:
         nonlocal best, best_key
@@ -353,7 +353,6 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
                                               storage=storage))
         if LOWRANK_INT8 in forms and storage is None:
             spec_kept, lr_bytes = spec, lowrank_nbytes(Wa.shape, r_full, isz)
-            lr_err = spec.error(r_full)
         del spec
     if "quant" in forms and Wa.size:  # for an error budget only if met
         q = quantized(W, error=err, nbytes=nb, layout=layout, storage=storage, coding=coding)
@@ -374,12 +373,11 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
             if err is None or c.relative_error(Wa) <= err * (1 + 1e-9):
                 consider(c)
     # int8 factors hold ~4x the rank of float32 ones in the same bytes, which roughly halves
-    # low rank's error where the spectrum decays slowly: built only where low rank came near
-    # the best form (its error within 2.5x of the best's, or its bytes within 3.5x)
-    if spec_kept is not None and best is not None and best_key is not None and (
-            isinstance(best, LowRank)
-            or (err is None and best_key[0] == 0 and lr_err <= 2.5 * best_key[1])
-            or (err is not None and lr_bytes <= 3.5 * best_key[1])):
+    # low rank's error where the spectrum decays slowly: built for error budgets where low rank
+    # came near the best form (its bytes within 3.5x). Not for byte budgets: the pipeline's
+    # ratio search (its reachable-ratio bound, its steps) does not know this form yet.
+    if spec_kept is not None and best is not None and best_key is not None and err is not None and (
+            isinstance(best, LowRank) or lr_bytes <= 3.5 * best_key[1]):
         if err is not None:  # a few more values than the float rank: int8 rounding costs some
             r = len(spec_kept.s)
             spec_kept = Spectrum.of(Wa, rank=min(min(Wa.shape), r + max(4, r // 8)))

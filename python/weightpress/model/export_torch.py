@@ -12,9 +12,13 @@ weight the container compressed, puts in its place a module that computes from t
   report says so);
 - pruned (CSR): :class:`SparseLinear`, through ``torch.sparse`` CSR or dense, whichever measured
   faster here at load (``sparse="auto"``);
+- low rank + int8 (``lowrank-int8``): :class:`LowRankQuantLinear`, two per-channel int8
+  :class:`QuantLinear` (the rank padded to a multiple of 16 for PyTorch's int8 kernel);
+- a quantized ``nn.Conv1d/2d/3d`` weight: :class:`QuantConv`, the codes packed, dequantized in
+  each call (PyTorch has no integer-weight convolution on CPU);
 - a low-rank ``nn.Conv1d/2d/3d`` weight (stored as its ``(O, I/g·Πk)`` matrix view):
   :class:`LowRankConv`, a k×k convolution to ``r`` channels per group then a 1×1 one;
-- everything else (dense, sparse + low rank, sparse-coded, codebook, other conv weights): the
+- everything else (dense, sparse + low rank, sparse-coded, codebook): the
   decoded tensor is copied into the existing parameter.
 
 Each replacement has ``.dense()`` (an equivalent ``nn.Linear``/``Conv1D`` with the decoded
