@@ -293,3 +293,18 @@ def test_safetensors_header_of_many_empty_tensors_stays_near_file_size(tmp_path)
     assert m[f"model.layers.7.attention.some_long_name.weight"].shape == (0, 64)
     assert held < 5 * size, f"held {held / size:.1f}x the file"
     assert peak < 8 * size, f"peak {peak / size:.1f}x the file"
+
+
+def test_randomized_svd_on_csr_with_decreasing_indptr_is_a_value_error():
+    """Found by scripts/hostile_probe.py: SciPy's canonical-format scan ran on the broken
+    indptr first and failed in C++ (RuntimeError: vector::_M_default_append)."""
+    import scipy.sparse as sp
+
+    import weightpress as wp
+
+    A = sp.random(20, 12, density=0.3, format="csr", random_state=0).copy()  # format unknown
+    A.indptr[5] = A.indptr[6] + 1
+    with pytest.raises(ValueError, match="indptr"):
+        wp.randomized_svd(A, 2, seed=0)
+    with pytest.raises(ValueError, match="indptr"):
+        wp.svt(A, 0.5, seed=0)
