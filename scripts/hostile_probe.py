@@ -1,6 +1,6 @@
 """Probe weightpress as a hostile or unlucky user would, and count what happens (issue 15).
 
-    python scripts/hostile_probe.py [--quick] [--only files,pickles,kills,disk,numeric,concurrent]
+    python scripts/hostile_probe.py [--quick] [--only files,pickles,kills,sigkill,disk,numeric,concurrent]
 
 Per area it prints: inputs tried, crashes (an exit code other than 0/2, an unexpected
 exception, death by signal), silent wrong results (exit 0 with a wrong answer), hangs (past a
@@ -13,8 +13,10 @@ Areas:
               changed must not decompress with exit 0 to different values
   pickles     PyTorch checkpoints whose pickle calls os.system/exec/eval/subprocess/getattr:
               nothing runs (a marker file must not appear), exit 2
-  kills       compress killed by SIGKILL/SIGTERM/SIGINT/SIGHUP at several moments: an
-              existing output keeps its bytes; only the announced resume journal is left
+  kills       compress killed by SIGTERM/SIGINT/SIGHUP at several moments: an existing
+              output keeps its bytes; only the announced resume journal is left
+  sigkill     the same with SIGKILL, which no handler sees: the output must survive; scratch
+              files present at that moment stay behind and are counted as bytes lost
   disk        a file-size limit (disk full, EFBIG) and a read-only output folder: exit 2,
               no partial output, the old output intact
   numeric     the public numpy-level functions on NaN/Inf, wrong dtypes/ndim/shapes,
@@ -67,6 +69,11 @@ def _h(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+class _Hang(BaseException):
+    """Raised by the alarm: a BaseException, so no handler in the CLI can take it for an
+    I/O error (TimeoutError is an OSError)."""
+
+
 def _cli(argv: list[str], timeout: float = HANG_S) -> tuple[int | None, str]:
     """Run the CLI in-process (fast) with an alarm for hangs: (exit code or None on hang, text)."""
     from weightpress.cli import main
@@ -74,14 +81,14 @@ def _cli(argv: list[str], timeout: float = HANG_S) -> tuple[int | None, str]:
     buf = io.StringIO()
 
     def _alarm(*_):
-        raise TimeoutError
+        raise _Hang
 
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(int(timeout))
     try:
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
             code = main(argv)
-    except TimeoutError:
+    except _Hang:
         return None, buf.getvalue()
     except BaseException as e:  # noqa: BLE001 - an escaping exception is a finding
         return -1, f"{type(e).__name__}: {e}"
@@ -225,9 +232,10 @@ def _spawn(argv: list[str], **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"), **kw)
 
 
-def probe_kills(quick: bool) -> Tally:
-    t = Tally("kills")
-    sigs = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+def probe_kills(quick: bool, sigs: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP),
+                area: str = "kills") -> Tally:
+    """Handled signals. SIGKILL (no handler runs) is its own row: see probe_sigkill."""
+    t = Tally(area)
     delays = [0.5, 1.5, 3.0] if quick else [0.3, 0.8, 1.5, 2.5, 4.0, 6.0]
     with tempfile.TemporaryDirectory() as d:
         m = os.path.join(d, "m.safetensors")
@@ -235,7 +243,7 @@ def probe_kills(quick: bool) -> Tally:
         outdir = os.path.join(d, "out")
         os.mkdir(outdir)
         out = os.path.join(outdir, "m.wpz")
-        assert _cli(["compress", m, "-o", out, "--error", "0.5", "-q"])[0] == 0
+        assert _cli(["compress", m, "-o", out, "--method", "prune", "--ratio", "2", "-q"])[0] == 0
         before = _h(out)
         for sig in sigs:
             for delay in delays:
@@ -270,6 +278,12 @@ def probe_kills(quick: bool) -> Tally:
                     t.lost += size
                     subprocess.run(["rm", "-rf", fp], check=True)
     return t
+
+
+def probe_sigkill(quick: bool) -> Tally:
+    """SIGKILL: nothing can clean up, so scratch files that exist at that moment stay (named
+    ``.wp-*``); the existing output must still be intact."""
+    return probe_kills(quick, (signal.SIGKILL,), "sigkill")
 
 
 def probe_disk(quick: bool) -> Tally:
@@ -429,7 +443,8 @@ def probe_concurrent(quick: bool) -> Tally:
     return t
 
 
-AREAS = {"files": probe_files, "pickles": probe_pickles, "kills": probe_kills, "disk": probe_disk,
+AREAS = {"files": probe_files, "pickles": probe_pickles, "kills": probe_kills,
+         "sigkill": probe_sigkill, "disk": probe_disk,
          "numeric": probe_numeric, "concurrent": probe_concurrent}
 
 
