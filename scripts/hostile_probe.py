@@ -327,7 +327,6 @@ def probe_disk(quick: bool) -> Tally:
 
 def probe_numeric(quick: bool) -> Tally:
     import scipy.sparse as sp
-
     import weightpress as wp
 
     t = Tally("numeric")
