@@ -64,7 +64,7 @@ void mark_smallest(std::vector<double>& score, std::int64_t k, std::uint8_t* mas
 }  // namespace
 
 template <class T>
-int obs_factor(std::int64_t n, T* H, double damp, std::uint8_t* dead) {
+int obs_factor(std::int64_t n, T* H, double damp, std::uint8_t* dead, bool keep_lower) {
   if (n == 0) return 0;
   const blas::blas_int N = blas::to_int(n, "obs_factor: n_features");
   double mean = 0;
@@ -85,14 +85,16 @@ int obs_factor(std::int64_t n, T* H, double damp, std::uint8_t* dead) {
   // Reversing the whole n×n buffer maps (i, j) to (n−1−i, n−1−j).
   std::reverse(H, H + n * n);
   const blas::blas_int info = blas::potrf<T>('L', N, H, N);
-  if (info > 0) return static_cast<int>(info);
   std::reverse(H, H + n * n);  // column-major R in the upper triangle
+  if (info > 0) return static_cast<int>(info);  // (the row-major upper triangle is still H)
   tri_inv_upper<T>(N, H, N);
-  // column-major upper U → row-major upper U (a transpose), zeros below
+  // column-major upper U → row-major upper U (a transpose). The swap moves the row-major
+  // upper triangle, which the factorisation never touched (H's own values), below.
   for (std::int64_t i = 0; i < n; ++i)
     for (std::int64_t j = i + 1; j < n; ++j) std::swap(H[i * n + j], H[j * n + i]);
-  for (std::int64_t i = 0; i < n; ++i)
-    for (std::int64_t j = 0; j < i; ++j) H[i * n + j] = T(0);
+  if (!keep_lower)
+    for (std::int64_t i = 0; i < n; ++i)
+      for (std::int64_t j = 0; j < i; ++j) H[i * n + j] = T(0);
   return 0;
 }
 
@@ -217,6 +219,11 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
           e[i] = ec;
         }
         params[static_cast<size_t>(r)] = p;
+        if (opt.row_err) {
+          double acc = 0;
+          for (std::int64_t i = 0; i < nb; ++i) acc += static_cast<double>(e[i]) * static_cast<double>(e[i]);
+          opt.row_err[r] += acc;
+        }
       });
     fe.rethrow();
     if (i2 < cols)  // W[:, i2:] −= E (rows × nb) · U[i1:i2, i2:]
@@ -226,8 +233,8 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
   }
 }
 
-template int obs_factor<float>(std::int64_t, float*, double, std::uint8_t*);
-template int obs_factor<double>(std::int64_t, double*, double, std::uint8_t*);
+template int obs_factor<float>(std::int64_t, float*, double, std::uint8_t*, bool);
+template int obs_factor<double>(std::int64_t, double*, double, std::uint8_t*, bool);
 template void obs_sweep<float>(std::int64_t, std::int64_t, float*, const float*, const ObsOptions&,
                                std::uint8_t*, std::uint16_t*, std::uint8_t*, int);
 template void obs_sweep<double>(std::int64_t, std::int64_t, double*, const double*,

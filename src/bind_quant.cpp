@@ -141,7 +141,7 @@ py::array quant_matmul(py::array packed, py::array scales, py::object zeros, std
   });
 }
 
-py::tuple obs_factor(py::array H_, double damp) {
+py::tuple obs_factor(py::array H_, double damp, bool keep_lower) {
   if (!(damp >= 0)) throw py::value_error("damp must be >= 0");
   return dispatch_real(H_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
@@ -154,7 +154,7 @@ py::tuple obs_factor(py::array H_, double damp) {
     int info;
     {
       py::gil_scoped_release nogil;
-      info = wp::obs_factor<T>(n, hp, damp, dp);
+      info = wp::obs_factor<T>(n, hp, damp, dp, keep_lower);
     }
     return py::make_tuple(info, dead);
   });
@@ -162,7 +162,7 @@ py::tuple obs_factor(py::array H_, double damp) {
 
 py::object obs_sweep(py::array W_, py::array U_, int bits, std::int64_t group, bool symmetric,
                      bool mse, std::int64_t n_prune, int nm_n, int nm_m, std::int64_t block, py::object col_group,
-                     py::object scales_in, py::object zeros_in, int n_threads) {
+                     py::object scales_in, py::object zeros_in, int n_threads, py::object row_err) {
   check_threads(n_threads);
   wp::ObsOptions opt;
   opt.bits = bits;
@@ -201,6 +201,12 @@ py::object obs_sweep(py::array W_, py::array U_, int bits, std::int64_t group, b
       }
       opt.col_group = cg.data();
     }
+    carr<double> re;
+    if (!row_err.is_none()) {  // accumulated into: the caller zeroes it
+      re = strict_out<double>(row_err, "row_err");
+      if (re.ndim() != 1 || re.shape(0) != rows) throw wp::ShapeError("row_err: expected length rows");
+      opt.row_err = re.mutable_data();
+    }
     T* wp_ = W.mutable_data();
     const T* up = U.data();
     u8 *cp = codes.mutable_data(), *zp = zeros.mutable_data();
@@ -233,11 +239,12 @@ void bind_quant(py::module_& m) {
         "Vector path of quant_matmul on this CPU: 2 AVX-512, 1 AVX2, 0 baseline.");
   m.def("obs_factor", &obs_factor,
         "Replace H by the upper Cholesky factor of the damped inverse; returns (info, dead).",
-        "H"_a.noconvert(), "damp"_a);
+        "H"_a.noconvert(), "damp"_a, "keep_lower"_a = false);
   m.def("obs_sweep", &obs_sweep,
         "GPTQ / SparseGPT column sweep of W in place; returns (codes, scales, zeros|None) or None.",
         "W"_a.noconvert(), "U"_a.noconvert(), "bits"_a, "group"_a, "symmetric"_a, "mse"_a, "n_prune"_a,
-        "nm_n"_a, "nm_m"_a, "block"_a, "col_group"_a, "scales"_a, "zeros"_a, "n_threads"_a);
+        "nm_n"_a, "nm_m"_a, "block"_a, "col_group"_a, "scales"_a, "zeros"_a, "n_threads"_a,
+        "row_err"_a = py::none());
 }
 
 }  // namespace wpb

@@ -10,10 +10,16 @@ from weightpress.compression.data_aware import prune_obs
 
 def test_stats_stream_and_error(layer):
     W, X, st = layer
-    st2 = CalibrationStats(64)
+    st2 = CalibrationStats(64, dtype=np.float64)
     for c in np.array_split(X, 7):
         st2.update(c)
     np.testing.assert_allclose(st2.hessian(), X.T @ X, rtol=1e-12)
+    st32 = CalibrationStats(64)  # float32 by default: H is as large as a square weight
+    for c in np.array_split(X, 7):
+        st32.update(c)
+    H32 = st32.hessian()
+    assert H32.dtype == np.float32 and np.array_equal(H32, H32.T)
+    np.testing.assert_allclose(H32, X.T @ X, rtol=0, atol=1e-5 * np.abs(X.T @ X).max())
     Wh = W + np.random.default_rng(1).standard_normal(W.shape) * 0.01
     direct = np.linalg.norm(X @ (W - Wh).T) / np.linalg.norm(X @ W.T)
     assert output_error(W, Wh, st) == pytest.approx(direct, rel=1e-9)

@@ -39,7 +39,8 @@ def test_capture_matches_numpy_forward(tmp_path):
     st = capture_onnx(str(tmp_path / "m.onnx"), {"x": x}, batch=64, stats=True)
     for name in ("W1", "W2"):
         X = acts[name].astype(np.float64)
-        np.testing.assert_allclose(st[name].hessian(), X.T @ X, rtol=1e-9, atol=1e-6)
+        ref = X.T @ X  # float32 activations: H is accumulated in float32
+        np.testing.assert_allclose(st[name].hessian(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
         assert st[name].n_samples == 300
 
 

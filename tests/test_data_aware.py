@@ -4,16 +4,22 @@ import pytest
 import weightpress as wp
 from helpers import correlated_inputs
 from weightpress.compression.calibration import CalibrationStats, output_error
-from weightpress.compression.data_aware import lowrank_whitened, prune_obs, rank_for_params, sparse_plus_lowrank
+from weightpress.compression.data_aware import (lowrank_whitened, prune_obs, rank_for_params,
+                                               sparse_plus_lowrank, whitened_spectrum)
 
 
 
 
 def test_whitened_svd_error_equals_dropped_singular_values(layer):
     W, X, st = layer
+    # independent reference: the singular values of W L, H = XᵀX = L Lᵀ (NumPy)
+    sig_ref = np.linalg.svd(W @ np.linalg.cholesky(X.T @ X), compute_uv=False)
+    lam, total = whitened_spectrum(W, st)
+    np.testing.assert_allclose(np.sqrt(lam), sig_ref, rtol=1e-7, atol=1e-9 * sig_ref[0])
     for r in (1, 10, 40):
-        A, B, sig = lowrank_whitened(W, st, rank=r, damp=0.0 + 1e-12)
-        pred = np.sqrt((sig[r:] ** 2).sum() / (sig ** 2).sum())
+        A, B, sig = lowrank_whitened(W, st, rank=r)
+        np.testing.assert_allclose(sig, sig_ref[:r], rtol=1e-9)
+        pred = np.sqrt((sig_ref[r:] ** 2).sum() / (sig_ref ** 2).sum())
         assert output_error(W, A @ B, st) == pytest.approx(pred, rel=1e-6)
         # and it beats plain truncated SVD in output space
         U, s, Vt = np.linalg.svd(W, full_matrices=False)

@@ -21,8 +21,11 @@ namespace wp {
 // with H[j, j] == 0 are dead: flagged in dead[j] (may be null) and given H[j, j] = 1. damp is
 // added to the diagonal relative to its mean: H += damp · mean(diag H) · I. Returns 0, or the
 // LAPACK potrf info (> 0) when the damped H is not positive definite.
+// keep_lower: the strictly lower triangle keeps H's values instead of zeros (obs_sweep reads U's
+// upper triangle and diagonal only, so one n × n buffer holds both; the caller keeps H's
+// diagonal). The strictly upper triangle holds H's values when info > 0.
 template <class T>
-int obs_factor(std::int64_t n, T* H, double damp, std::uint8_t* dead);
+int obs_factor(std::int64_t n, T* H, double damp, std::uint8_t* dead, bool keep_lower = false);
 
 struct ObsOptions {
   int bits = 0;                // 0: no quantization (pruning only); else 2..8
@@ -35,6 +38,10 @@ struct ObsOptions {
   // Fixed ("static") quantization groups, for a permuted column order (GPTQ's act-order): the
   // group of swept column c is col_group[c], and scales / zeros are inputs, not outputs.
   const std::int64_t* col_group = nullptr;
+  // Optional (rows): each row's Σ_c e_c², e_c = (w_c − q_c) / U[c, c] (w_c as updated when
+  // column c is reached): the row's squared error (w − ŵ)ᵀ H_damped (w − ŵ), so one sweep
+  // reports its own output error without a product with H.
+  double* row_err = nullptr;
 };
 
 // Sweep W in place (rows × cols, row-major; on return the compressed weights: pruned entries

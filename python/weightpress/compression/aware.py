@@ -20,13 +20,17 @@ import scipy.sparse as sp
 from .._validation import as_matrix
 from . import methods as M
 from .calibration import CalibrationStats, output_error
-from .storage import (QUANT_LADDER, Budget, lowrank_nbytes, nnz_for_bytes, precisions_for_bytes,
-                      rank_for_bytes, value_itemsize)
-from .quant import gptq
+from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
+                      precisions_for_bytes, rank_for_bytes, value_itemsize)
+from .quant import Quantized, gptq
 from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
 from .data_aware import lowrank_whitened, prune_obs, sparse_plus_lowrank
 
-__all__ = ["compress_aware", "layer_error", "time_apply"]
+__all__ = ["compress_aware", "layer_error", "known_error", "time_apply"]
+
+
+# joint sparsities tried below plain int2 when the codes are entropy-coded
+_LOW_SPARSITY = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 def _oriented(W: np.ndarray, layout: str) -> np.ndarray:
@@ -48,17 +52,26 @@ def _balanced(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _lowrank(A: np.ndarray, B: np.ndarray, layout: str, od: np.dtype, storage: str | None) -> LowRank:
-    A, B = _balanced(A.astype(np.float64), B.astype(np.float64))
+    A, B = _balanced(A, B)
     m = LowRank(A, B, "out_in", dtype=od) if layout == "out_in" else LowRank(B.T, A.T, layout, dtype=od)
     return store_as(m, storage)  # type: ignore[return-value]
 
 
 def layer_error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats | None) -> float:
-    """Relative output error (with stats) or weight error of ``m`` against ``Wo`` ([out, in])."""
+    """Relative output error (with stats) or weight error of ``m`` against ``Wo`` ([out, in],
+    any float dtype: the errors are accumulated in float64 a block at a time). A matrix
+    stored ``[out, in]`` is decoded a block of rows at a time."""
     if stats is None:
         return m.relative_error(Wo if m.layout == "out_in" else Wo.T)
-    D = m.toarray()
-    return output_error(Wo, D if m.layout == "out_in" else D.T, stats)
+    if m.layout == "out_in":
+        return output_error(Wo, m, stats)
+    return output_error(Wo, m.toarray().T, stats)
+
+
+def known_error(m: CompressedMatrix, stats: CalibrationStats | None) -> float | None:
+    """The output error :func:`compress_aware` measured for ``m`` with ``stats`` (None if none)."""
+    k = getattr(m, "_wp_output_error", None)
+    return k[1] if k is not None and k[0] is stats else None
 
 
 def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Mapping[str, Any],
@@ -70,7 +83,8 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
 
     def prune_b(nb: float) -> CompressedMatrix:
         nnz = nnz_for_bytes(stored_shape, nb, isz)
-        return _sparse(prune_obs(Wo, stats, sparsity=1.0 - nnz / max(1, Wo.size)), layout, od, storage)
+        return _sparse(prune_obs(Wo, stats, sparsity=1.0 - nnz / max(1, Wo.size),
+                                 damp=float(options.get("damp", 1e-2))), layout, od, storage)
 
     def lowrank_b(nb: float) -> CompressedMatrix:
         r = min(min(Wo.shape), rank_for_bytes(stored_shape, nb, isz))
@@ -100,22 +114,42 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     fixed = M.precision_of(dict(options))
     w_key = (shape_oi, hash(Wo.tobytes()))
 
+    coding = options.get("coding")
+
+    def gptq_at(p: Precision, sparsity: float) -> Quantized:
+        damp = float(options.get("damp", 1e-2))
+        # every budget of one layer (bisection, allocation curves) shares these results
+        q = copy.copy(stats.cached(("gptq", p, sparsity, damp, w_key),
+                                   lambda: gptq(Wo, stats, p.bits, p.group, symmetric=p.symmetric,
+                                                sparsity=sparsity or None, damp=damp)))
+        if layout != "out_in":
+            q.shape, q.layout = q.shape[::-1], layout
+        q.dtype = od
+        if coding is not None:
+            q.set_coding(coding)  # on the copy: the cached one stays plain
+        return q
+
     def quant_b(nb: float) -> CompressedMatrix:
-        cands = ([fixed] if fixed is not None else precisions_for_bytes(shape_oi, nb)
-                 or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape_oi))])
-        best, best_e = None, np.inf
-        for p in cands:  # GPTQ at each candidate precision; the lowest output error wins
-            damp = float(options.get("damp", 1e-2))
-            # every budget of one layer (bisection, allocation curves) shares these results
-            q = copy.copy(stats.cached(("gptq", p, damp, w_key),
-                                       lambda: gptq(Wo, stats, p.bits, p.group,
-                                                    symmetric=p.symmetric, damp=damp)))
-            if layout != "out_in":
-                q.shape, q.layout = q.shape[::-1], layout
-            q.dtype = od
-            e = layer_error(Wo, q, stats)
-            if e < best_e:
-                best, best_e = q, e
+        if fixed is not None:
+            cands = [(fixed, 0.0)]
+        else:
+            cands = [(p, 0.0) for p in precisions_for_bytes(shape_oi, nb)
+                     or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape_oi))]]
+        if coding is not None and fixed is None:
+            # coded streams are smaller than plain ones: larger precisions may fit, and below
+            # plain int2 ternary (int2) or int3 codes with GPTQ-chosen zeros (SparseGPT's
+            # joint mode), whose coded size falls with every zero
+            cands += [(p, 0.0) for p in precisions_for_bytes(shape_oi, 2 * nb, top=3)
+                      if (p, 0.0) not in cands]
+            if nb < Precision(2).nbytes(shape_oi):
+                cands += [(Precision(b), s) for b, grid in ((2, _LOW_SPARSITY), (3, _LOW_SPARSITY[2:]))
+                          for s in grid]
+        best, best_key = None, (2, np.inf)
+        for p, s in cands:  # GPTQ at each candidate; the lowest output error that fits wins
+            q = gptq_at(p, s)
+            key = (0, layer_error(Wo, q, stats)) if q.nbytes <= nb else (1, float(q.nbytes))
+            if key < best_key:
+                best, best_key = q, key
         assert best is not None
         return best
 
@@ -180,7 +214,7 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     opts = dict(options or {})
     if prefer not in ("size", "speed"):
         raise ValueError(f"prefer: expected 'size' or 'speed', got {prefer!r}")
-    Wo = _oriented(Wa.astype(np.float64, copy=False), layout)
+    Wo = _oriented(Wa, layout)  # in its own dtype: float32 stays float32 (issue 15: memory)
     if stats.n_features != Wo.shape[1]:
         raise ValueError(f"calibration has {stats.n_features} input features but the layer takes "
                          f"{Wo.shape[1]} (W {Wa.shape}, layout {layout})")
@@ -188,6 +222,8 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     dense = Dense(Wa.astype(od, copy=False), layout)
     dense_bytes = Wa.size * value_itemsize(od, storage)
     builders = _builders(Wo, stats, method, opts, layout, od, storage)
+    if method == "quant" and M.precision_of(opts) is not None:
+        return builders["quant"](dense_bytes)  # a precision the rule fixes is what it gets
     cands: list[tuple[CompressedMatrix, float]] = []
     for form, build in builders.items():
         if nb is not None:
@@ -210,10 +246,14 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     if prefer == "speed":
         if (dense, 0.0) not in fits and (nb is None or dense_bytes <= nb):
             fits.append((dense, 0.0))
-        return min(fits, key=lambda c: time_apply(c[0], 32))[0]
-    if nb is not None:
-        return min(fits, key=lambda c: c[1])[0]
-    return min(fits, key=lambda c: c[0].nbytes)[0]
+        best = min(fits, key=lambda c: time_apply(c[0], 32))
+    elif nb is not None:
+        best = min(fits, key=lambda c: c[1])
+    else:
+        best = min(fits, key=lambda c: c[0].nbytes)
+    if best[0] is not dense:  # the caller's report needs it: measured once
+        best[0]._wp_output_error = (stats, best[1])
+    return best[0]
 
 
 def _smallest_meeting(build: Callable[[float], CompressedMatrix], Wo: np.ndarray,

@@ -2,7 +2,7 @@
 
 A linear layer computes ``Y = X Wᵀ`` with ``W`` of shape ``(out, in)`` (PyTorch's layout) and
 inputs ``X`` of shape ``(n_samples, in)``. Every data-aware method here needs only the second
-moment ``H = XᵀX`` (``in × in``, accumulated in float64 over chunks, so any number of samples
+moment ``H = XᵀX`` (``in × in``, accumulated over chunks by BLAS ``syrk``, so any number of samples
 streams through in bounded memory) and the sample count. The output-space error of a
 replacement ``Ŵ`` is then ``‖X(W − Ŵ)ᵀ‖_F² = tr((W − Ŵ) H (W − Ŵ)ᵀ)``.
 """
@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from scipy.linalg.blas import get_blas_funcs
 
 from .._validation import float_dtype
 from ..io import open_model
@@ -31,6 +32,11 @@ class CalibrationStats:
     min_samples : int
         Fewest samples :meth:`hessian` accepts (default 16): fewer cannot say anything
         reliable about the input distribution.
+    dtype : float32 or float64, optional
+        The dtype ``H`` is kept in (default: float32; :meth:`from_inputs` takes the inputs'
+        own, so float64 inputs give a float64 ``H``). ``H`` is as large as a weight with as
+        many outputs as inputs, so float32 keeps the calibrated methods within a few times
+        the layer's own size (issue 15); each chunk's product is one BLAS ``syrk``.
 
     Examples
     --------
@@ -43,14 +49,22 @@ class CalibrationStats:
     100
     """
 
-    def __init__(self, n_features: int, *, min_samples: int = 16):
+    def __init__(self, n_features: int, *, min_samples: int = 16, dtype: Any = np.float32):
         if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
             raise ValueError(f"n_features must be a positive integer, got {n_features!r}")
+        dt = np.dtype(dtype)
+        if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"dtype: expected float32 or float64, got {dt}")
         self.n_features = int(n_features)
         self.min_samples = int(min_samples)
         self.n_samples = 0
-        self._h = np.zeros((self.n_features, self.n_features))
+        self._h = np.zeros((self.n_features, self.n_features), dt)
+        self._full = True  # both triangles of _h hold H (syrk fills one)
         self._cache: dict[Any, Any] = {}  # factorizations of H, reused across budgets
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._h.dtype
 
     def cached(self, key: Any, make: Any) -> Any:
         """``make()`` once per key until the next :meth:`update` (factorizations of ``H``
@@ -62,10 +76,13 @@ class CalibrationStats:
     @classmethod
     def from_inputs(cls, X: Any, **kw: Any) -> "CalibrationStats":
         """Statistics of one array of inputs (n_samples, n_features); higher-dimensional
-        activations (batch, tokens, features) are flattened to rows."""
+        activations (batch, tokens, features) are flattened to rows. ``H`` is float64 for
+        float64 inputs, else float32 (unless ``dtype`` says)."""
         Xa = np.asarray(X)
         if Xa.ndim < 2:
             raise ValueError(f"calibration inputs must be at least 2-D (samples, features), got shape {Xa.shape}")
+        if "dtype" not in kw:
+            kw["dtype"] = np.float64 if Xa.dtype == np.float64 else np.float32
         st = cls(Xa.shape[-1], **kw)
         st.update(Xa)
         return st
@@ -73,8 +90,9 @@ class CalibrationStats:
     def update(self, X: Any, *, chunk: int = 8192) -> "CalibrationStats":
         """Add a chunk of inputs (rows are samples). Validates width and finiteness.
 
-        ``X`` may be memory-mapped and of any float dtype: it is read and converted
-        ``chunk`` rows at a time, so memory stays bounded by one chunk (plus ``XᵀX``)."""
+        ``X`` may be memory-mapped and of any float dtype: it is read and converted at most
+        ``chunk`` rows (and about 2²⁰ values) at a time, so memory stays bounded by one
+        chunk plus ``H``."""
         Xa = np.asarray(X)
         if Xa.dtype == object:
             raise TypeError("calibration inputs: expected a numeric array, got dtype object")
@@ -85,51 +103,84 @@ class CalibrationStats:
         if Xa.shape[1] != self.n_features:
             raise ValueError(f"calibration inputs have {Xa.shape[1]} features, the layer takes "
                              f"{self.n_features} (W has shape (out, {self.n_features}))")
-        for s in range(0, Xa.shape[0], chunk):
-            c = np.asarray(Xa[s:s + chunk], dtype=np.float64)
+        step = max(1, min(int(chunk), (1 << 20) // self.n_features))
+        syrk = get_blas_funcs("syrk", dtype=self._h.dtype)
+        for s in range(0, Xa.shape[0], step):
+            c = np.ascontiguousarray(Xa[s:s + step], dtype=self._h.dtype)
             if not np.isfinite(c).all():
                 raise ValueError("calibration inputs contain NaN or Inf")
-            self._h += c.T @ c
+            # H (F-order view: symmetric, so the same) += cᵀc, one triangle
+            out = syrk(1.0, c.T, beta=1.0, c=self._h.T, trans=0, lower=0, overwrite_c=1)
+            if not np.shares_memory(out, self._h):
+                self._h[...] = out.T
+            self._full = False
         self.n_samples += Xa.shape[0]
         self._cache.clear()
         return self
 
     def hessian(self) -> np.ndarray:
-        """``XᵀX`` (float64, ``n_features × n_features``; do not modify)."""
+        """``XᵀX`` (``n_features × n_features`` in :attr:`dtype`; do not modify)."""
         if self.n_samples < self.min_samples:
             raise ValueError(f"too few calibration samples: {self.n_samples} < min_samples={self.min_samples}")
+        if not self._full:  # syrk filled the lower triangle (C order): mirror it, by blocks
+            H, n, b = self._h, self.n_features, 256
+            for i0 in range(0, n, b):
+                i1 = min(i0 + b, n)
+                H[i0:i1, i1:] = H[i1:, i0:i1].T
+                blk = H[i0:i1, i0:i1]
+                blk[...] = np.tril(blk) + np.tril(blk, -1).T
+            self._full = True
         return self._h
 
     def column_norms(self) -> np.ndarray:
-        """``‖X[:, j]‖₂`` for every input feature j."""
-        return np.sqrt(np.maximum(np.diag(self.hessian()), 0.0))
+        """``‖X[:, j]‖₂`` for every input feature j (float64)."""
+        return np.sqrt(np.maximum(np.diag(self.hessian()).astype(np.float64), 0.0))
 
     def damped(self, rel: float = 1e-6) -> np.ndarray:
-        """``H + rel · mean(diag H) · I``: positive definite even for rank-deficient inputs
-        (fewer samples than features, dead features)."""
+        """``H + rel · mean(diag H) · I`` (a copy): positive definite even for rank-deficient
+        inputs (fewer samples than features, dead features)."""
         H = self.hessian()
-        d = float(np.mean(np.diag(H))) if H.size else 0.0
-        return H + (rel * d if d > 0 else 1e-12) * np.eye(self.n_features)
+        d = float(np.mean(np.diag(H), dtype=np.float64)) if H.size else 0.0
+        out = H.copy()
+        out.flat[::self.n_features + 1] += (rel * d if d > 0 else 1e-12)
+        return out
+
+
+def _rows_of(M: Any, r0: int, r1: int) -> np.ndarray:
+    if hasattr(M, "rows") and getattr(M, "layout", "out_in") == "out_in":
+        return M.rows(r0, r1)
+    return np.asarray(M[r0:r1])
 
 
 def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 18) -> float:
     """Relative output-space error ``‖XWᵀ − XŴᵀ‖_F / ‖XWᵀ‖_F`` from the statistics alone.
 
-    Accumulated over row blocks of about `block` elements in float64, so the extra memory is
-    a few blocks, not several full-size float64 copies of W (issue 15: this was 10-20x W).
+    ``W_hat`` is an array or a compressed matrix (decoded a block of rows at a time when it is
+    stored ``[out, in]``). Accumulated in float64 over row blocks of about `block` elements,
+    a float32 ``H`` converted a block of columns at a time, so the extra memory is a few
+    blocks, not full-size float64 copies of W or H (issue 15: this was 10-20x W); float64
+    because pruning and quantization put their error where ``H`` is small, where a float32
+    product would cancel.
     """
     Wa = np.asarray(W)
-    Wh = np.asarray(W_hat.toarray() if hasattr(W_hat, "toarray") else W_hat)
-    if Wa.shape != Wh.shape:
-        raise ValueError(f"W_hat: shape {Wh.shape} differs from W's {Wa.shape}")
+    if hasattr(W_hat, "toarray") and not (hasattr(W_hat, "rows") and getattr(W_hat, "layout", "") == "out_in"):
+        W_hat = W_hat.toarray()
+    shape = tuple(W_hat.shape) if hasattr(W_hat, "shape") else None
+    if shape != Wa.shape:
+        raise ValueError(f"W_hat: shape {shape} differs from W's {Wa.shape}")
     H = stats.hessian()
+    n_in = Wa.shape[1] if Wa.ndim == 2 else 0
+    step = max(1, block // max(1, n_in))
+    cstep = n_in if H.dtype == np.float64 else max(1, block // max(1, n_in))
     num = den = 0.0
-    step = max(1, block // max(1, Wa.shape[1]))
     for r in range(0, Wa.shape[0], step):
-        Wd = np.asarray(Wa[r:r + step], dtype=np.float64)
-        D = Wd - np.asarray(Wh[r:r + step], dtype=np.float64)
-        num += float(np.einsum("ij,ij->", D @ H, D))
-        den += float(np.einsum("ij,ij->", Wd @ H, Wd))
+        r1 = min(r + step, Wa.shape[0])  # rows() of a coded form takes no stop past its end
+        Wd = np.asarray(Wa[r:r1], dtype=np.float64)
+        D = Wd - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
+        for c in range(0, n_in, cstep):
+            Hc = np.asarray(H[:, c:c + cstep], dtype=np.float64)
+            num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c + cstep]))
+            den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, c:c + cstep]))
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
     return float(np.sqrt(max(num, 0.0) / den))

@@ -28,7 +28,8 @@ from .calibration import CalibrationStats
 from ..linalg.quant import obs_factor_inplace, obs_sweep
 from ..linalg.sparse import _parse_pattern, prune
 
-__all__ = ["prune_obs", "lowrank_whitened", "sparse_plus_lowrank", "rank_for_params"]
+__all__ = ["prune_obs", "lowrank_whitened", "whitened_spectrum", "sparse_plus_lowrank",
+           "rank_for_params", "obs_factor_shared"]
 
 
 def _check(W: Any, stats: CalibrationStats | None) -> np.ndarray:
@@ -86,10 +87,54 @@ def prune_obs(W: Any, stats: CalibrationStats, sparsity: float | None = None,
     total_prune = int(round(s * Wa.size))
     with small_blas(Wa.shape[1] ** 3 + Wa.size * Wa.shape[1]):
         Wk = obs_prepare(Wa, stats, damp)
-        U = obs_factor(stats, damp, Wk.dtype)[0]
-        obs_sweep(Wk, U, n_prune=total_prune, nm=nm, block=block, n_threads=n_threads)
+        with obs_factor_shared(stats, damp, Wk.dtype) as U:
+            obs_sweep(Wk, U, n_prune=total_prune, nm=nm, block=block, n_threads=n_threads)
     # zero exactly what was pruned (dead columns included); keep the rest as stored values
     return prune(Wk.astype(Wa.dtype, copy=False), threshold=0.0)
+
+
+@contextlib.contextmanager
+def obs_factor_shared(stats: CalibrationStats, damp: float, dtype: Any) -> Any:
+    """The sweep's factor ``U`` (as :func:`obs_factor`) written over the statistics' own ``H``
+    for the duration of the ``with`` block, and ``H`` restored after it (bit for bit).
+
+    The sweep reads only ``U``'s upper triangle and diagonal, and ``H`` is symmetric, so one
+    ``in × in`` buffer holds both: the factorisation leaves ``H`` in the strictly lower
+    triangle, its diagonal is kept aside. Memory: no second ``in × in`` matrix (issue 15: the
+    calibrated methods within 3x the largest tensor). A factor already cached on ``stats``
+    (by :func:`obs_factor`) is used as it is; an ``H`` of another dtype is factored in a copy.
+    """
+    dt = np.dtype(dtype)
+    key = ("obs", float(damp), dt.str, False)
+    H = stats.hessian()
+    if key in stats._cache or H.dtype != dt:
+        yield obs_factor(stats, damp, dt)[0]
+        return
+    damp = real_scalar(damp, "damp", low=0.0)
+    diag = H.diagonal().copy()
+    info = 0
+    try:
+        info, _ = obs_factor_inplace(H, damp, keep_lower=True)
+        if info:
+            raise ValueError(f"damp={damp}: the damped Hessian XᵀX is not positive definite "
+                             f"(leading minor {info}); use a larger damp")
+        yield H
+    finally:  # H's values are in the triangle the factorisation left alone: mirror them back
+        _mirror(H, lower=not info)
+        np.fill_diagonal(H, diag)
+
+
+def _mirror(H: np.ndarray, lower: bool, b: int = 256) -> None:
+    """Copy the strictly lower (``lower``) or upper triangle of ``H`` onto the other, by blocks."""
+    n = H.shape[0]
+    for i0 in range(0, n, b):
+        i1 = min(i0 + b, n)
+        if lower:
+            H[i0:i1, i1:] = H[i1:, i0:i1].T
+        else:
+            H[i1:, i0:i1] = H[i0:i1, i1:].T
+        blk = H[i0:i1, i0:i1]
+        blk[...] = np.tril(blk) + np.tril(blk, -1).T if lower else np.triu(blk) + np.triu(blk, 1).T
 
 
 def obs_factor(stats: CalibrationStats, damp: float, dtype: Any,
@@ -153,11 +198,15 @@ def rank_for_params(shape: tuple[int, int], n_params: int) -> int:
 def lowrank_whitened(W: Any, stats: CalibrationStats, rank: int | None = None, *,
                      error: float | None = None, damp: float = 1e-6
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Low-rank ``W ≈ A @ B`` that minimises the output error (truncation in whitened space).
+    """Low-rank ``W ≈ A @ B`` that minimises the output error ``‖X(W − AB)ᵀ‖_F``.
 
-    With ``XᵀX = S Sᵀ`` (Cholesky), ``‖X(W − Ŵ)ᵀ‖_F = ‖(W − Ŵ) S‖_F``, so the best rank-r
-    ``Ŵ`` truncates the SVD of ``W S`` and the output error equals the dropped singular
-    values exactly.
+    With ``H = XᵀX = L Lᵀ``, the output error is ``‖(W − Ŵ) L‖_F``, so the best rank-r ``Ŵ``
+    truncates the SVD of ``W L`` and the squared output error is the sum of the dropped
+    ``σᵢ²`` exactly (SVD-LLM). Those are the eigenvalues of the Gram matrix of the smaller side:
+    ``G = W H Wᵀ`` (out × out) when ``out ≤ in``, whose top eigenvectors ``U_r`` give
+    ``Ŵ = U_r (U_rᵀ W)``; else ``K = Lᵀ WᵀW L`` (in × in, ``L`` from the eigenvalues of
+    ``H``), whose top eigenvectors ``V_r`` give ``U_r = W L V_r Σ_r⁻¹``. Nothing is inverted,
+    so rank-deficient inputs need no dampening, and no SVD of a full-size matrix is taken.
 
     Parameters
     ----------
@@ -168,35 +217,110 @@ def lowrank_whitened(W: Any, stats: CalibrationStats, rank: int | None = None, *
     error : float in (0, 1), optional
         Relative output error to meet with the smallest rank.
     damp : float
-        Relative dampening of ``XᵀX`` (keeps ``S`` invertible for rank-deficient inputs).
+        Accepted for compatibility; unused (no inverse of ``H`` is taken).
 
     Returns
     -------
     A : ndarray (out, r), B : ndarray (r, in), sigma : ndarray
-        Factors in ``W``'s dtype, and all singular values of ``W S`` (float64), so that
-        ``sqrt(sum(sigma[r:]**2) / sum(sigma**2))`` is the predicted relative output error.
+        Factors in ``W``'s dtype, and singular values of ``W L`` in decreasing order (float64):
+        all of them with ``error``; the ``r`` kept with ``rank``. With all of them,
+        ``sqrt(sum(sigma[r:]**2) / sum(sigma**2))`` is the relative output error of rank r.
+
+    Notes
+    -----
+    Computed in the statistics' dtype (float32 for float32 inputs): ``k = min(out, in)``,
+    ``out·in·k + in·k²`` flops and one ``k × k`` symmetric eigenproblem (only the ``r`` top
+    eigenvectors with ``rank``); memory one ``k × k`` matrix besides ``H``.
     """
     Wa = _check(W, stats)
     if (rank is None) == (error is None):
         raise ValueError("lowrank_whitened: give exactly one of rank and error")
-    damp = real_scalar(damp, "damp", low=0.0)
-    S = stats.cached(("chol", damp), lambda: sla.cholesky(stats.damped(damp), lower=True))
-    W64 = Wa.astype(np.float64)
-    key = ("wsvd", damp, W64.shape, hash(W64.tobytes()))  # every rank of one layer shares it
-    U, sig, Vt = stats.cached(key, lambda: sla.svd(W64 @ S, full_matrices=False, lapack_driver="gesdd"))
+    real_scalar(damp, "damp", low=0.0)
+    k = min(Wa.shape)
     if rank is not None:
         r = positive_int(rank, "rank")
-        if r > len(sig):
-            raise ValueError(f"rank must be <= min(W.shape) = {len(sig)}, got {r}")
+        if r > k:
+            raise ValueError(f"rank must be <= min(W.shape) = {k}, got {r}")
+        lam, Z = _gram_eigh(Wa, stats, r)
     else:
         e = real_scalar(error, "error", low=0.0, low_open=True, high=1.0, high_open=True)
-        tail = np.sqrt(np.maximum(np.cumsum((sig ** 2)[::-1])[::-1], 0))  # tail[r] = ‖σ[r:]‖
-        tot = tail[0] if len(tail) else 0.0
-        ok = np.nonzero(np.append(tail[1:], 0.0) <= e * tot)[0]
-        r = int(ok[0]) + 1 if len(ok) else len(sig)
-    A = U[:, :r] * sig[:r]
-    B = sla.solve_triangular(S, Vt[:r].T, lower=True, trans="T").T  # V_rᵀ S⁻¹
-    return A.astype(Wa.dtype), B.astype(Wa.dtype), sig
+        lam, Z = _gram_eigh(Wa, stats, None)
+        tail = np.concatenate([np.cumsum(lam[::-1])[::-1], [0.0]])  # tail[r] = Σ λ[r:]
+        ok = np.nonzero(tail[1:] <= e * e * tail[0])[0]
+        r = int(ok[0]) + 1 if len(ok) else len(lam)
+        lam, Z = lam[:r], Z[:, :r]
+    A, B = _whitened_factors(Wa, stats, lam[:r], Z[:, :r])
+    sig = np.sqrt(np.maximum(lam, 0.0))
+    return A.astype(Wa.dtype, copy=False), B.astype(Wa.dtype, copy=False), sig
+
+
+def whitened_spectrum(W: Any, stats: CalibrationStats) -> tuple[np.ndarray, float]:
+    """``(λ, total)``: the eigenvalues ``σᵢ²`` of the Gram matrix of ``W L`` in decreasing order
+    (float64; the squared output error of rank r is ``Σ λ[r:]``) and ``tr(W H Wᵀ)``, from
+    one eigenvalue-only solve (no eigenvectors: the curve of every rank at once)."""
+    Wa = _check(W, stats)
+    G, _ = _gram(Wa, stats)
+    lam = sla.eigh(G, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evr")
+    lam = np.maximum(lam[::-1].astype(np.float64), 0.0)
+    return lam, float(lam.sum())
+
+
+def _compute_dtype(stats: CalibrationStats) -> np.dtype:
+    return stats.hessian().dtype
+
+
+def _gram(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(G, L)``: ``G = W H Wᵀ`` (out ≤ in; L None) or ``K = Lᵀ WᵀW L`` with ``H = L Lᵀ``
+    (out > in), in the statistics' dtype, built by row blocks (temporaries of a block)."""
+    H = stats.hessian()
+    dt = H.dtype
+    out, n_in = Wa.shape
+    if out <= n_in:
+        G = np.empty((out, out), dt)
+        Wc = np.asarray(Wa, dtype=dt)
+        step = max(1, (1 << 20) // max(1, n_in))
+        for r0 in range(0, out, step):
+            G[r0:r0 + step] = (Wc[r0:r0 + step] @ H) @ Wc.T
+        return G, None
+    lamH, Q = sla.eigh(H, check_finite=False, driver="evr")  # in × in: the smaller side
+    L = Q * np.sqrt(np.maximum(lamH, 0.0)).astype(dt)
+    del Q
+    WtW = np.zeros((n_in, n_in), dt)
+    step = max(1, (1 << 20) // max(1, n_in))
+    for r0 in range(0, out, step):
+        Wb = np.asarray(Wa[r0:r0 + step], dtype=dt)
+        WtW += Wb.T @ Wb
+    K = L.T @ WtW @ L
+    return K, L
+
+
+def _gram_eigh(Wa: np.ndarray, stats: CalibrationStats, r: int | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``r`` (all with None) eigenpairs of :func:`_gram`, decreasing; eigenvectors as
+    left singular vectors of ``W L`` (out × r)."""
+    G, L = _gram(Wa, stats)
+    k = G.shape[0]
+    sub = None if r is None else (k - r, k - 1)
+    lam, V = sla.eigh(G, subset_by_index=sub, overwrite_a=True, check_finite=False, driver="evr")
+    del G
+    lam, V = lam[::-1].astype(np.float64), V[:, ::-1]
+    if L is None:
+        return np.maximum(lam, 0.0), V
+    lam = np.maximum(lam, 0.0)
+    keep = lam > lam[:1].max(initial=0.0) * 1e-12 if lam.size else lam > 0
+    # left singular vectors of W L: W L vᵢ / σᵢ (directions of zero σ contribute nothing)
+    Uw = np.zeros((Wa.shape[0], V.shape[1]), L.dtype)
+    if keep.any():
+        s = np.sqrt(lam[keep]).astype(L.dtype)
+        Uw[:, keep] = (np.asarray(Wa, dtype=L.dtype) @ (L @ V[:, keep])) / s
+    return lam, Uw
+
+
+def _whitened_factors(Wa: np.ndarray, stats: CalibrationStats, lam: np.ndarray, U: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """``Ŵ = U (Uᵀ W)``: ``A = U`` (out × r), ``B = Uᵀ W`` (r × in)."""
+    Wc = np.asarray(Wa, dtype=U.dtype)
+    return U, U.T @ Wc
 
 
 def _svd_r(M: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:

@@ -98,24 +98,29 @@ def quant_matmul(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray | Non
                               group, bool(symmetric), X, _resolve(n_threads))
 
 
-def obs_factor_inplace(H: np.ndarray, damp: float) -> tuple[int, np.ndarray]:
+def obs_factor_inplace(H: np.ndarray, damp: float, keep_lower: bool = False) -> tuple[int, np.ndarray]:
     """Replace ``H`` (float32/float64, C-contiguous, writeable) by the upper Cholesky factor ``U``
     of its damped inverse, ``H⁻¹ = UᵀU``; returns ``(info, dead)`` (info > 0: not positive
-    definite)."""
-    return _core.obs_factor(H, float(damp))
+    definite). With ``keep_lower`` the strictly lower triangle keeps ``H`` (its diagonal is
+    lost; when info > 0 the strictly upper triangle holds ``H``), so one buffer serves the
+    sweep and, restored, the statistics."""
+    return _core.obs_factor(H, float(damp), bool(keep_lower))
 
 
 def obs_sweep(W: np.ndarray, U: np.ndarray, *, bits: int = 0, group: int = 0, symmetric: bool = True,
               mse: bool = False,
               n_prune: int = 0, nm: tuple[int, int] = (0, 0), block: int = 128,
               col_group: np.ndarray | None = None, scales: np.ndarray | None = None,
-              zeros: np.ndarray | None = None, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+              zeros: np.ndarray | None = None, n_threads: int | None = None,
+              row_err: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """The GPTQ / SparseGPT sweep of ``W`` in place (see ``cpp/include/weightpress/obs.hpp``);
     with ``bits`` returns ``(codes, scales float16, zeros or None)``. ``col_group`` (int64, one
-    per column of ``W``) fixes each swept column's group, with ``scales``/``zeros`` given."""
+    per column of ``W``) fixes each swept column's group, with ``scales``/``zeros`` given.
+    ``row_err`` (float64, one per row of ``W``) is added each row's squared error against the
+    damped ``H`` (``Σ_c e_c²``)."""
     s16 = None if scales is None else _scales_u16(scales)
     res = _core.obs_sweep(W, U, int(bits), int(group), bool(symmetric), bool(mse), int(n_prune), int(nm[0]),
-                          int(nm[1]), int(block), col_group, s16, zeros, _resolve(n_threads))
+                          int(nm[1]), int(block), col_group, s16, zeros, _resolve(n_threads), row_err)
     if res is None:
         return None
     codes, scales, zeros = res

@@ -26,7 +26,7 @@ from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
 from .allocate import Candidate, allocate
-from ..compression.aware import layer_error
+from ..compression.aware import known_error, layer_error
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
@@ -466,8 +466,11 @@ def budget_layers(source: TensorSource, job: Job, target: Target,
         ly.budget = Budget(nbytes=ly.orig_bytes / res.layer_ratio)
     if target.scope == "allocate" and res.work:
         orig = {ly.decision.name: ly.orig_bytes for ly in res.layers}
+        opts = dict(target.options)
+        if target.coding is not None and cal is not None:
+            opts["coding"] = target.coding  # curves of coded sizes
         chosen = _allocate(source, [ly.decision for ly in res.work], orig, avail, job.layout,
-                           cal, target.options, target.value_dtype, target.bf16, curves_out,
+                           cal, opts, target.value_dtype, target.bf16, curves_out,
                            progress, client)
         for ly in res.work:
             if ly.decision.name in chosen:
@@ -626,7 +629,8 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
                       view=view if view is not None and view.is_reshape else None, dtype=W.dtype)
     if stats is not None:
         Wo = Wa if layout == "out_in" else Wa.T
-        st.entry["output_error"] = layer_error(Wo.astype(np.float64), m, stats)
+        e = known_error(m, stats) if target.value_dtype is None and not target.bf16 else None
+        st.entry["output_error"] = e if e is not None else layer_error(Wo, m, stats)
     return st
 
 
@@ -691,6 +695,8 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
                            and Wa.dtype == np.float32)
     storage = "BF16" if bf16 else None
     options = {**target.options, **d.options}
+    if target.coding is not None:
+        options["coding"] = target.coding  # quantization sizes coded streams
     error, nb = budget.pair() if budget is not None else (None, None)
     if ly.threshold is not None:
         m: CompressedMatrix = M.magnitude_prune(Wv, threshold=ly.threshold, layout=layout,
@@ -724,14 +730,15 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
     """One allocated form at one byte budget: data-aware with stats, weight-space without."""
     if form == "dense":
         return Dense(W, layout)
-    opts = {k: v for k, v in options.items() if k in ("pattern", "damp", "dictionary")}
+    opts = {k: v for k, v in options.items() if k in ("pattern", "damp", "dictionary", "coding")}
     return compress(W, form, Budget(nbytes=nbytes), storage=storage, layout=layout,
                     calibration=stats, options=opts)
 
 
-# byte levels of OBS pruning's curve (with calibration; measured by building it): every other
-# level of CURVE_LEVELS, 56 % apart. Other built forms (sparse + low rank, coding, quantization)
-# use CURVE_LEVELS; the one-pass curves use 48 levels (curves.py)
+# byte levels of an N:M OBS pattern's curve (measured by building it): every other level of
+# CURVE_LEVELS. Unstructured OBS pruning (curves.obs_curve: one factor, one self-measuring sweep
+# per level) and the other built forms (sparse + low rank, coding, quantization) use
+# CURVE_LEVELS; the one-pass curves use 48 levels (curves.py)
 MEASURED_LEVELS = CURVE_LEVELS[::2]
 
 
@@ -739,12 +746,12 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
                 options: Mapping[str, Any], vdt: Any, want_bf16: bool) -> list[Candidate]:
     """One layer's error-vs-size candidates for :func:`~weightpress.model.allocate.allocate`
     (dense first). Magnitude pruning and (whitened) low rank come from one sort or one SVD
-    (:mod:`~weightpress.model.curves`); the other forms are built and measured:
-    OBS pruning at :data:`MEASURED_LEVELS`, the other built forms at
-    :data:`CURVE_LEVELS`. Labels are ``"form@budget"``: the byte budget that rebuilds it."""
+    (:mod:`~weightpress.model.curves`), OBS pruning from one factor and one self-measuring
+    sweep per level of :data:`CURVE_LEVELS` (:func:`~weightpress.model.curves.obs_curve`); the
+    other forms are built and measured at :data:`CURVE_LEVELS`. Labels are ``"form@budget"``: the byte budget that rebuilds it."""
     Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
     storage = "BF16" if want_bf16 else None
-    Wo = (Wa if layout == "out_in" else Wa.T).astype(np.float64)
+    Wo = Wa if layout == "out_in" else Wa.T
     cands = [Candidate(orig_bytes, 0.0, "dense")]
     isz = value_itemsize(Wv.dtype, storage)
     stored_shape = (int(Wa.shape[0]), int(Wa.shape[1]))
@@ -757,9 +764,12 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
         elif form == "lowrank" and stats is None:
             pts = C.lowrank_curve(np.asarray(Wa, np.float64), stored_shape, isz, orig_bytes)
         elif form == "lowrank":
-            Wvo = (Wv if layout == "out_in" else Wv.T).astype(np.float64)
-            pts = C.whitened_curve(Wvo, stats, stored_shape, isz, orig_bytes,
-                                   float(opts.get("damp", 1e-2)))
+            Wvo = Wv if layout == "out_in" else Wv.T
+            pts = C.whitened_curve(Wvo, stats, stored_shape, isz, orig_bytes)
+        elif form == "prune" and "pattern" not in opts:
+            Wvo = Wv if layout == "out_in" else Wv.T
+            pts = C.obs_curve(Wvo, stats, stored_shape, isz, orig_bytes, CURVE_LEVELS,
+                              float(opts.get("damp", 1e-2)))
         if pts is not None:
             cands += [Candidate(nb, e, f"{form}@{b:.0f}") for nb, e, b in pts if nb < orig_bytes]
             continue

@@ -9,10 +9,15 @@ from one pass instead:
   rounding of the kept values to the stored dtype is added the same way);
 - low rank (weight space): the truncation error at rank ``r`` is the tail of the singular
   values, ``‖σ[r:]‖ / ‖W‖``, from one SVD;
-- whitened low rank (with calibration): with ``H + δI = S Sᵀ`` and ``W S = U Σ Vᵀ``, the rank-r
-  truncation leaves ``D_r = U_{>r} Σ_{>r} V_{>r}ᵀ S⁻¹``, whose output error against the
-  undamped ``H`` is ``Σ_{i>r} σᵢ² (1 − δ ‖S⁻ᵀ vᵢ‖²)``: every rank's exact output error from
-  one SVD and one triangular solve.
+- whitened low rank (with calibration): with ``H = L Lᵀ`` the rank-r truncation of ``W L``
+  leaves the output error ``Σ_{i>r} σᵢ²``, and the ``σᵢ²`` are the eigenvalues of the Gram
+  matrix of the smaller side of ``W L``: every rank's exact output error from one
+  eigenvalue-only solve.
+
+- OBS pruning (with calibration): one factorisation of ``H`` serves every level, and each
+  level is one sweep that reports its own output error (``Σ e_c²`` over the swept columns is
+  the error against the damped ``H``; the dampening's share ``δ‖W − Ŵ‖²`` is taken off): no
+  product with ``H`` per level, no rebuild.
 
 Each point carries the byte budget that rebuilds exactly that point (``nnz_for_bytes`` and
 ``rank_for_bytes`` invert the byte counts used here).
@@ -23,11 +28,15 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
+from ..compression.data_aware import obs_factor_shared, obs_prepare, small_blas, whitened_spectrum
+from ..linalg.quant import obs_sweep
+
 from ..compression.calibration import CalibrationStats
 from ..compression.storage import lowrank_nbytes, nnz_for_bytes, sparse_nbytes
 from ..io.safetensors import bf16_to_f32, f32_to_bf16
 
-__all__ = ["FINE_LEVELS", "prune_curve", "lowrank_curve", "whitened_curve", "stored_values"]
+__all__ = ["FINE_LEVELS", "prune_curve", "lowrank_curve", "whitened_curve", "obs_curve",
+           "stored_values"]
 
 # byte levels (fractions of the dense tensor) of the one-pass curves: 48 points from 1/1.25
 # down to 1/44 (the range CURVE_LEVELS spans), 8 % apart
@@ -97,29 +106,65 @@ def lowrank_curve(W64: np.ndarray, stored_shape: tuple[int, int], isz: int,
     return out
 
 
-def whitened_curve(Wo64: np.ndarray, stats: CalibrationStats, stored_shape: tuple[int, int],
-                   isz: int, orig_bytes: float, damp: float) -> list[tuple[int, float, float]]:
-    """Whitened low rank's exact relative *output* error at up to 48 ranks from one SVD of
-    ``W S`` (``Wo64`` in ``[out, in]``). Shares the factorisations with
-    :func:`~weightpress.compression.data_aware.lowrank_whitened` through the statistics'
-    cache, so the build at the chosen rank reuses them."""
-    S = stats.cached(("chol", damp), lambda: sla.cholesky(stats.damped(damp), lower=True))
-    key = ("wsvd", damp, Wo64.shape, hash(Wo64.tobytes()))
-    U, sig, Vt = stats.cached(key, lambda: sla.svd(Wo64 @ S, full_matrices=False, lapack_driver="gesdd"))
-    H = stats.hessian()
-    diag = np.diag(H)
-    mean = float(np.mean(diag)) if H.size else 0.0
-    delta = damp * mean if mean > 0 else 1e-12
-    # rows of Vᵀ S⁻¹: ‖S⁻ᵀ vᵢ‖² per singular triplet
-    B = sla.solve_triangular(S, Vt.T, lower=True, trans="T").T
-    c = np.einsum("ij,ij->i", B, B)
-    per = sig ** 2 * (1.0 - delta * c)  # each dropped triplet's share of ‖X Dᵀ‖²
-    den = float(np.einsum("ij,ij->", Wo64 @ H, Wo64))
-    tail = np.concatenate([np.cumsum(per[::-1])[::-1], [0.0]])
+def whitened_curve(Wo: np.ndarray, stats: CalibrationStats, stored_shape: tuple[int, int],
+                   isz: int, orig_bytes: float, damp: float = 0.0) -> list[tuple[int, float, float]]:
+    """Whitened low rank's exact relative *output* error at up to 48 ranks (``Wo`` in
+    ``[out, in]``): the tail sums of the eigenvalues of one Gram matrix, eigenvalues only
+    (:func:`~weightpress.compression.data_aware.whitened_spectrum`), the errors of exactly
+    what :func:`~weightpress.compression.data_aware.lowrank_whitened` builds at each rank.
+    ``damp`` is accepted for compatibility (nothing is inverted)."""
+    lam, den = whitened_spectrum(Wo, stats)
+    tail = np.concatenate([np.cumsum(lam[::-1])[::-1], [0.0]])
     out = []
     for r in _ranks(stored_shape, orig_bytes, isz):
         nb = lowrank_nbytes(stored_shape, int(r), isz)
-        num = max(float(tail[min(r, len(sig))]), 0.0)
+        num = max(float(tail[min(r, len(lam))]), 0.0)
         e = float(np.sqrt(num / den)) if den > 0 else 0.0
         out.append((nb, e, float(nb)))
+    return out
+
+
+def obs_curve(Wo: np.ndarray, stats: CalibrationStats, stored_shape: tuple[int, int], isz: int,
+              orig_bytes: float, levels: tuple[float, ...], damp: float = 0.01
+              ) -> list[tuple[int, float, float]]:
+    """OBS (SparseGPT) pruning's exact relative *output* error at each byte level (fractions
+    of ``orig_bytes``), ``Wo`` in ``[out, in]``: the factor of ``H`` once, then one sweep per
+    level into one reused buffer, each sweep's error from its own ``Σ e_c²``. Returns
+    ``(nbytes, error, budget)``, ``nbytes`` counting the nonzeros the sweep left (the bytes
+    of what ``budget`` rebuilds with :func:`~weightpress.compression.data_aware.prune_obs`).
+    The rounding of kept values to a narrower stored dtype is not counted."""
+    H = stats.hessian()
+    dt = np.float64 if Wo.dtype == np.float64 else np.float32
+    den = 0.0
+    step = max(1, (1 << 18) // max(1, Wo.shape[1]))
+    for r in range(0, Wo.shape[0], step):
+        Wb = np.asarray(Wo[r:r + step], dtype=H.dtype)
+        den += float(np.multiply(Wb @ H, Wb).sum(dtype=np.float64))
+    dg = np.diag(H).astype(np.float64)
+    dg[dg == 0] = 1.0  # dead inputs count 1 in the dampening's mean (obs_factor)
+    delta = float(damp) * float(dg.mean()) if dg.size else 0.0
+    Wk = obs_prepare(np.asarray(Wo), stats, damp).astype(dt, copy=False)
+    work = np.empty_like(Wk)
+    re = np.zeros(Wk.shape[0])
+    out: list[tuple[int, float, float]] = []
+    seen: set[int] = set()
+    with small_blas(Wk.shape[1] ** 3 + Wk.size * Wk.shape[1]), \
+            obs_factor_shared(stats, damp, dt) as U:
+        for lv in levels:
+            nb = orig_bytes * lv
+            k = nnz_for_bytes(stored_shape, nb, isz)
+            if k in seen or k <= 0:
+                continue
+            seen.add(k)
+            np.copyto(work, Wk)
+            re[:] = 0.0
+            obs_sweep(work, U, n_prune=Wk.size - min(k, Wk.size), row_err=re)
+            d2 = 0.0
+            for r in range(0, Wk.shape[0], step):
+                dd = (Wk[r:r + step] - work[r:r + step]).astype(np.float64)
+                d2 += float(np.einsum("ij,ij->", dd, dd))
+            num = max(float(re.sum()) - delta * d2, 0.0)
+            nnz = int(np.count_nonzero(work))
+            e = float(np.sqrt(num / den)) if den > 0 else 0.0
+            out.append((sparse_nbytes(stored_shape, nnz, isz), e, float(nb)))
     return out
