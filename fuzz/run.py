@@ -93,6 +93,9 @@ def fuzz(only: list[str], seconds: int, timeout: int, rss_mb: int, artifacts: st
                            timeout=(seconds if not n_inputs else 1800) + 10 * timeout + 120, env=dict(os.environ, OMP_NUM_THREADS="1"))
         runs = next((ln.split()[-1] for ln in r.stderr.splitlines() if "stat::number_of_executed_units" in ln), "?")
         status = "ok" if r.returncode == 0 else f"FINDING (exit {r.returncode})"
+        if "no interesting inputs were found" in r.stderr and " cov: " not in r.stderr:
+            # weightpress was not instrumented (an editable install's loader): a blind search
+            status += ", BLIND: no coverage (use a regular install: pip install .)"
         print(f"{name:12s} {time.monotonic() - t0:6.1f} s  {runs:>8s} inputs  {status}", flush=True)
         if r.returncode != 0:
             failed.append(name)
