@@ -1,6 +1,6 @@
 """The fuzz targets (fuzz/targets.py) over the committed seed corpus: every seed goes through
 its reader or the CLI without an unexpected exception. The fuzzing itself runs in CI
-(``python fuzz/run.py --seconds 25``, needs atheris)."""
+(``python fuzz/run.py --seconds 45``, needs atheris)."""
 
 from __future__ import annotations
 

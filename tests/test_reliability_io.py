@@ -262,3 +262,49 @@ def test_write_safetensors_broadcast_view_not_materialised(tmp_path):
         got = m["w"]
         assert got.shape == (16384, 2048)
         np.testing.assert_array_equal(got[::1000], big[::1000])
+
+
+def test_safetensors_header_of_many_empty_tensors_stays_near_file_size(tmp_path):
+    """Issue 15: a header of many empty tensors made the reader hold ~40x the header (a dict
+    per entry, a tuple copy of each shape, a dtype object per tensor). Now each entry is a
+    compact tuple as soon as it is parsed and the reader keeps one TensorInfo and one offset."""
+    import json
+    import struct
+    import tracemalloc
+
+    from weightpress.io import open_model
+
+    n = 20_000
+    head = json.dumps({f"model.layers.{i}.attention.some_long_name.weight":
+                       {"dtype": "F32", "shape": [0, 64], "data_offsets": [0, 0]}
+                       for i in range(n)}).encode()
+    head += b" " * (-len(head) % 8)
+    p = tmp_path / "empty.safetensors"
+    p.write_bytes(struct.pack("<Q", len(head)) + head)
+    size = p.stat().st_size
+    tracemalloc.start()
+    try:
+        m = open_model(p)
+        info = m.info()
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(info) == n and info[f"model.layers.{n - 1}.attention.some_long_name.weight"].shape == (0, 64)
+    assert m[f"model.layers.7.attention.some_long_name.weight"].shape == (0, 64)
+    assert held < 5 * size, f"held {held / size:.1f}x the file"
+    assert peak < 8 * size, f"peak {peak / size:.1f}x the file"
+
+
+def test_randomized_svd_on_csr_with_decreasing_indptr_is_a_value_error():
+    """Found by scripts/hostile_probe.py: SciPy's canonical-format scan ran on the broken
+    indptr first and failed in C++ (RuntimeError: vector::_M_default_append)."""
+    import scipy.sparse as sp
+
+    import weightpress as wp
+
+    A = sp.random(20, 12, density=0.3, format="csr", random_state=0).copy()  # format unknown
+    A.indptr[5] = A.indptr[6] + 1
+    with pytest.raises(ValueError, match="indptr"):
+        wp.randomized_svd(A, 2, seed=0)
+    with pytest.raises(ValueError, match="indptr"):
+        wp.svt(A, 0.5, seed=0)

@@ -109,15 +109,71 @@ def _budget(error: Any, nbytes: Any) -> tuple[float | None, float | None]:
     return Budget.of(error=error, nbytes=nbytes).pair()
 
 
+_CHUNK = 1 << 15  # entries per step of a _keep_for_drop pass (buffers well under 1 MiB)
+_DIGIT = 8  # bits decided per pass of _keep_for_drop (256 bins)
+
+
 def _keep_for_drop(W: np.ndarray, allowed: float) -> int:
     """Fewest largest-magnitude entries of ``W`` to keep so that the dropped energy ``Σ w²``
-    is ≤ ``allowed``. One float64 buffer of ``W``'s size (sorted, then summed in place from the
-    smallest, which is also the accurate order)."""
-    e = np.asarray(W).astype(np.float64).reshape(-1)
-    np.square(e, out=e)
-    e.sort()
-    np.cumsum(e, out=e)  # e[t-1]: energy of the t smallest entries
-    return e.size - int(np.searchsorted(e, allowed * (1 - 1e-9), side="right"))
+    is ≤ ``allowed``.
+
+    A radix selection on the bit patterns of ``|w|`` (monotone in ``|w|`` for IEEE floats):
+    each pass over ``W``, in chunks of :data:`_CHUNK` entries, histograms the next 8 bits of
+    the entries still undecided, with their count and their energy in float64, and keeps the
+    one bin where the dropped energy crosses ``allowed``. Once that bin holds at most
+    :data:`_CHUNK` entries they are gathered and sorted; after the last pass it holds equal
+    magnitudes (ties), counted exactly. Usually two or three passes, at most four for float32
+    and eight for float64, and no copy of ``W`` (sorting a float64 copy, as before, took twice
+    a float32 matrix: issue 15).
+    """
+    a = np.asarray(W)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    flat = a.ravel(order="K")  # a view for C- or F-ordered input; a copy only if strided
+    n = flat.size
+    if n == 0:
+        return 0
+    bits = 32 if a.dtype == np.float32 else 64
+    ut = np.uint32 if bits == 32 else np.uint64
+    mask = ut((1 << (bits - 1)) - 1)  # drop the sign bit: key order == |w| order
+    limit = allowed * (1 - 1e-9)
+    e_below, c_below = 0.0, 0  # energy and count of the entries known to be dropped
+    prefix: int | None = None  # the key bits above `shift` of the undecided bin
+    nb = 1 << _DIGIT
+    for shift in range(bits - _DIGIT, -1, -_DIGIT):
+        counts = np.zeros(nb, np.int64)
+        energy = np.zeros(nb, np.float64)
+        for i in range(0, n, _CHUNK):
+            c = flat[i:i + _CHUNK]
+            key = c.view(ut) & mask
+            if prefix is not None:
+                sel = (key >> ut(shift + _DIGIT)) == ut(prefix)
+                c, key = c[sel], key[sel]
+            digit = ((key >> ut(shift)) & ut(nb - 1)).astype(np.intp)
+            v = c.astype(np.float64)
+            np.square(v, out=v)
+            counts += np.bincount(digit, minlength=nb)
+            energy += np.bincount(digit, weights=v, minlength=nb)
+        cum = e_below + np.cumsum(energy)
+        d = int(np.searchsorted(cum, limit, side="right"))  # first bin not droppable whole
+        if d == nb:  # every undecided entry can go
+            return n - (c_below + int(counts.sum()))
+        e_below = float(cum[d - 1]) if d else e_below
+        c_below += int(counts[:d].sum())
+        prefix = d if prefix is None else (prefix << _DIGIT) | d
+        if 0 < shift and counts[d] <= _CHUNK:  # few enough left: gather, sort, count exactly
+            parts = []
+            for i in range(0, n, _CHUNK):
+                c = flat[i:i + _CHUNK]
+                parts.append(c[((c.view(ut) & mask) >> ut(shift)) == ut(prefix)])
+            v = np.square(np.concatenate(parts).astype(np.float64))
+            v.sort()
+            more = int(np.searchsorted(e_below + np.cumsum(v), limit, side="right"))
+            return n - (c_below + more)
+    # the bin holds counts[d] entries of one magnitude (> 0: zeros are always droppable)
+    sq = float(energy[d]) / float(counts[d])
+    more = min(int(counts[d]), int((limit - e_below) // sq)) if sq > 0 else int(counts[d])
+    return n - (c_below + max(0, more))
 
 
 def magnitude_prune(W: Any, *, sparsity: float | None = None, threshold: float | None = None,
@@ -267,11 +323,18 @@ def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
 
 
 def _residual(Wa: np.ndarray, L: LowRank) -> np.ndarray:
-    """``W − L`` written into L's decoded array (one full-size temporary, not two)."""
-    R = L.toarray()
-    if R.dtype != np.result_type(Wa.dtype, R.dtype) or not R.flags.writeable:
-        return Wa - R
-    np.subtract(Wa, R, out=R)
+    """``W − L``, decoded by blocks of rows into one full-size array (no full-size temporary
+    for the product: a block's decoded rows are subtracted in place)."""
+    R = np.empty(Wa.shape, np.result_type(Wa.dtype, L.dtype))
+    step = max(1, _CHUNK // max(1, Wa.shape[1]))
+    direct = L.left.dtype == L.right.dtype == L.dtype == R.dtype and L.dtype.itemsize >= 4
+    for r0 in range(0, Wa.shape[0], step):
+        r1 = min(Wa.shape[0], r0 + step)
+        if direct:  # the decoded rows' own product, without copying the factors per block
+            np.matmul(L.left[r0:r1], L.right, out=R[r0:r1])
+            np.subtract(Wa[r0:r1], R[r0:r1], out=R[r0:r1])
+        else:
+            np.subtract(Wa[r0:r1], L.rows(r0, r1), out=R[r0:r1])
     return R
 
 
@@ -286,6 +349,7 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
             L = store_as(LowRank.from_svd(U, s, Vt, L.layout, dtype=L.dtype), storage)
         R = _residual(Wa, L)
         cur_S = Sparse(prune(R, sparsity=1.0 - k / max(1, R.size)), L.layout, dtype=L.dtype)
+        del R  # not held while the candidate's error is measured
         cand = store_as(SparsePlusLowRank(cur_S, L), storage)
         e = cand.relative_error(Wa)
         if e < best_err:
@@ -336,6 +400,29 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
 
     if "sparse" in forms:
         consider(magnitude_prune(W, error=err, nbytes=nb, layout=layout, storage=storage))
+    # the one-pass forms first: the best candidate held while the spectrum and the sparse +
+    # low-rank residuals are built is then the smallest one (ties are kept in this order)
+    if "quant" in forms and Wa.size:  # for an error budget only if met
+        q = quantized(W, error=err, nbytes=nb, layout=layout, storage=storage, coding=coding)
+        if err is None or q.relative_error(Wa) <= err * (1 + 1e-9):
+            consider(q)
+        del q
+    if "sparse+quant" in forms and nb is not None and Wa.size:
+        # pruned with int8/int4 values at bitmask or CSR positions (whichever is smaller)
+        for b in (8, 4):
+            c = sparse_quantize(Wa, nbytes=nb, bits=b, layout=layout)
+            c.dtype = od
+            consider(c)
+            del c
+    if "float16" in forms and od.itemsize > 2 and storage is None:  # half the bytes, ~1e-4 error
+        with np.errstate(over="ignore"):
+            h = Wa.astype(np.float16)
+        if np.isfinite(h).all():
+            c = Dense(h, layout)
+            if err is None or c.relative_error(Wa) <= err * (1 + 1e-9):
+                consider(c)
+            del c
+        del h  # (a float16 copy of W: not held while the spectrum is built)
     if "lowrank" in forms or "sparse+lowrank" in forms:
         per_rank = (Wa.shape[0] + Wa.shape[1]) * isz
         if err is not None:
@@ -354,24 +441,6 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
         if LOWRANK_INT8 in forms and storage is None:
             spec_kept, lr_bytes = spec, lowrank_nbytes(Wa.shape, r_full, isz)
         del spec
-    if "quant" in forms and Wa.size:  # for an error budget only if met
-        q = quantized(W, error=err, nbytes=nb, layout=layout, storage=storage, coding=coding)
-        if err is None or q.relative_error(Wa) <= err * (1 + 1e-9):
-            consider(q)
-        del q
-    if "sparse+quant" in forms and nb is not None and Wa.size:
-        # pruned with int8/int4 values at bitmask or CSR positions (whichever is smaller)
-        for b in (8, 4):
-            c = sparse_quantize(Wa, nbytes=nb, bits=b, layout=layout)
-            c.dtype = od
-            consider(c)
-    if "float16" in forms and od.itemsize > 2 and storage is None:  # half the bytes, ~1e-4 error
-        with np.errstate(over="ignore"):
-            h = Wa.astype(np.float16)
-        if np.isfinite(h).all():
-            c = Dense(h, layout)
-            if err is None or c.relative_error(Wa) <= err * (1 + 1e-9):
-                consider(c)
     # int8 factors hold ~4x the rank of float32 ones in the same bytes, which roughly halves
     # low rank's error where the spectrum decays slowly: built for error budgets where low rank
     # came near the best form (its bytes within 3.5x). Not for byte budgets: the pipeline's

@@ -76,7 +76,12 @@ class TensorInfo(tuple):
     __slots__ = ()
 
     def __new__(cls, shape: tuple[int, ...], dtype: np.dtype) -> "TensorInfo":
-        return super().__new__(cls, (tuple(int(s) for s in shape), np.dtype(dtype)))
+        # a shape that already is a tuple of ints is shared, not copied (readers keep one
+        # TensorInfo per tensor: 200k tensors in one header)
+        if type(shape) is not tuple or not all(type(s) is int for s in shape):
+            shape = tuple(int(s) for s in shape)
+        return super().__new__(cls, (shape, dtype if type(dtype) is not str and isinstance(dtype, np.dtype)
+                                     else np.dtype(dtype)))
 
     @property
     def shape(self) -> tuple[int, ...]:

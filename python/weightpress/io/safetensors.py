@@ -12,6 +12,7 @@ tensor at a time through :func:`~weightpress.io._base.atomic_write` (:func:`writ
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Mapping
@@ -37,6 +38,27 @@ DTYPES: dict[str, np.dtype] = {
 _DECODED = {"BF16", "F8_E4M3", "F8_E5M2"}
 _NAMES = {DTYPES[k]: k for k in DTYPES if k not in _DECODED}
 _MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
+
+
+_DT_NAME = {k: k for k in DTYPES}
+_OUT = {k: np.dtype(np.float32) if k in _DECODED else DTYPES[k].newbyteorder("=") for k in DTYPES}
+_ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+
+
+class _Entry(tuple):
+    """(dtype, shape, data_offsets) of one header entry, as parsed."""
+
+    __slots__ = ()
+
+
+def _compact_object(pairs: list[tuple[str, Any]]) -> Any:
+    """json ``object_pairs_hook``: a tensor entry (exactly the three keys) becomes an
+    :class:`_Entry`; any other object a dict (the header itself, ``__metadata__``, junk that
+    the checks reject)."""
+    if len(pairs) == 3 and {k for k, _ in pairs} == _ENTRY_KEYS:
+        d = dict(pairs)
+        return _Entry((d["dtype"], d["shape"], d["data_offsets"]))
+    return dict(pairs)
 
 
 _F8 = {"F8_E4M3": F8_TABLES["float8_e4m3fn"], "F8_E5M2": F8_TABLES["float8_e5m2"]}
@@ -81,7 +103,11 @@ class SafetensorsSource(TensorSource):
                                   f"file ({size} bytes): truncated or not safetensors")
             raw = f.read(n)
         try:
-            header = json.loads(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
+            del raw
+            # each tensor's entry becomes a compact tuple as soon as it is parsed (a dict per
+            # entry, as json.loads builds, took ~40x a header of 200k empty tensors)
+            header = json.loads(text, object_pairs_hook=_compact_object)
         except (UnicodeDecodeError, ValueError) as e:
             raise FormatError(f"{self.path}: header is not valid JSON ({e})") from None
         except RecursionError:
@@ -94,16 +120,22 @@ class SafetensorsSource(TensorSource):
         if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
             raise FormatError(f"{self.path}: __metadata__ must map strings to strings")
         self.metadata = dict(meta)
-        self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        del text
+        # per tensor: its stored dtype name (shared strings), a TensorInfo and the data's first
+        # byte; nothing else is kept (the end follows from the shape)
+        self._begin: dict[str, int] = {}
         self._info: dict[str, TensorInfo] = {}
-        for name, e in header.items():
-            self._entries[name] = self._check_entry(name, e, data_len)
-            dt, shape = self._entries[name][:2]
+        spans = []
+        for name in list(header):
+            dt, shape, begin, end = self._check_entry(name, header.pop(name), data_len)
             self.stored_dtypes[name] = dt
-            out = np.dtype(np.float32) if dt in _DECODED else DTYPES[dt].newbyteorder("=")
-            self._info[name] = TensorInfo(shape, out)
+            self._info[name] = TensorInfo(shape, _OUT[dt])
+            self._begin[name] = begin
+            if end > begin:
+                spans.append((begin, end, name))
+        del header
         # the reference implementation rejects tensors whose data ranges overlap
-        spans = sorted((b, e, n) for n, (_, _, b, e) in self._entries.items() if e > b)
+        spans.sort()
         for (_, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
             if b1 < e0:
                 raise FormatError(f"{self.path}: tensors {n0!r} and {n1!r} overlap in the data "
@@ -111,34 +143,38 @@ class SafetensorsSource(TensorSource):
 
     def _check_entry(self, name: str, e: Any, data_len: int) -> tuple[str, tuple[int, ...], int, int]:
         where = f"{self.path}: tensor {name!r}"
-        if not isinstance(e, dict) or not {"dtype", "shape", "data_offsets"} <= e.keys():
+        if isinstance(e, _Entry):
+            dt, shape, offs = e
+        elif isinstance(e, dict) and {"dtype", "shape", "data_offsets"} <= e.keys():
+            dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
+        else:
             raise FormatError(f"{where}: entry needs dtype, shape and data_offsets")
-        dt, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
-        if dt not in DTYPES:
-            raise FormatError(f"{where}: unknown dtype {dt!r} (known: {', '.join(DTYPES)})")
+        if not isinstance(dt, str) or dt not in DTYPES:
+            raise FormatError(f"{where}: unknown dtype {dt!r:.200} (known: {', '.join(DTYPES)})")
+        dt = _DT_NAME[dt]  # one shared string per dtype name
         if not isinstance(shape, list):
             raise FormatError(f"{where}: shape must be a list of non-negative integers, got {shape!r:.200}")
-        shape = list(check_shape(shape, DTYPES[dt].itemsize, where))
+        shape = check_shape(shape, DTYPES[dt].itemsize, where)
         if (not isinstance(offs, list) or len(offs) != 2 or
                 not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
             raise FormatError(f"{where}: data_offsets must be [begin, end], got {offs!r:.200}")
         begin, end = offs
-        nbytes = int(np.prod(shape, dtype=object)) * DTYPES[dt].itemsize
+        nbytes = math.prod(shape) * DTYPES[dt].itemsize
         if begin < 0 or end < begin or end - begin != nbytes:
             raise FormatError(f"{where}: data_offsets {offs} hold {end - begin} bytes, but "
                               f"{dt} {shape} needs {nbytes}")
         if end > data_len:
             raise FormatError(f"{where}: data ends at byte {end}, past the end of the data "
                               f"({data_len} bytes): file truncated")
-        return dt, tuple(shape), begin, end
+        return dt, shape, begin, end
 
     def info(self) -> dict[str, TensorInfo]:
         return self._info
 
     def _load(self, name: str) -> np.ndarray:
-        dt, shape, begin, end = self._entries[name]
+        dt, shape, begin = self.stored_dtypes[name], self._info[name].shape, self._begin[name]
         raw_dt = DTYPES[dt]
-        if end == begin:
+        if math.prod(shape) == 0:
             arr = np.zeros(shape, dtype=raw_dt)
         else:
             arr = np.memmap(self.path, dtype=raw_dt, mode="r", offset=self._data_start + begin,

@@ -44,6 +44,10 @@ def _prepare(A: Any) -> tuple[str, Any, tuple[int, int]]:
         m, n = A.shape
         if m == 0 or n == 0:
             raise ValueError(f"A: expected a non-empty matrix, got shape {A.shape}")
+        # structure first: SciPy's canonical-format scan below trusts indptr (a decreasing one
+        # made it fail inside C++ with "vector::_M_default_append", issue 15 re-probe)
+        _, ix, ip = csr_parts(A, dt)
+        _core.csr_check(ip, ix, m, n, _resolve(None))
         if not A.has_canonical_format:  # duplicates would spoil ‖A‖_F
             A = A.copy()
             A.sum_duplicates()
