@@ -20,16 +20,15 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
-from threadpoolctl import threadpool_limits
 import scipy.sparse as sp
 
 from .._validation import as_matrix, positive_int, real_scalar
-from .calibration import CalibrationStats
+from .calibration import CalibrationStats, small_blas
 from ..linalg.quant import obs_factor_inplace, obs_sweep
 from ..linalg.sparse import _parse_pattern, prune
 
 __all__ = ["prune_obs", "lowrank_whitened", "whitened_spectrum", "sparse_plus_lowrank",
-           "rank_for_params", "obs_factor_shared"]
+           "rank_for_params", "obs_factor_shared", "quadratic_total"]
 
 
 def _check(W: Any, stats: CalibrationStats | None) -> np.ndarray:
@@ -85,12 +84,49 @@ def prune_obs(W: Any, stats: CalibrationStats, sparsity: float | None = None,
     s = real_scalar(sparsity, "sparsity", low=0.0, high=1.0) if sparsity is not None else 0.0
     block = positive_int(block, "block")
     total_prune = int(round(s * Wa.size))
+    P, _ = _prune_obs(Wa, stats, total_prune, nm, block, damp, n_threads)
+    return P
+
+
+def _prune_obs(Wa: np.ndarray, stats: CalibrationStats, n_prune: int, nm: tuple[int, int],
+               block: int, damp: float, n_threads: int | None) -> tuple[sp.csr_array, float]:
+    """:func:`prune_obs` and its squared output error ``‖X(W − Ŵ)ᵀ‖²`` (undamped ``H``),
+    which the sweep measures itself: ``Σ e_c²`` less the dampening's ``δ‖W − Ŵ‖²``."""
     with small_blas(Wa.shape[1] ** 3 + Wa.size * Wa.shape[1]):
         Wk = obs_prepare(Wa, stats, damp)
+        W0 = Wk.copy() if Wk.size <= (1 << 16) else None  # small: kept; large: re-read from Wa
+        re = np.zeros(Wk.shape[0])
         with obs_factor_shared(stats, damp, Wk.dtype) as U:
-            obs_sweep(Wk, U, n_prune=total_prune, nm=nm, block=block, n_threads=n_threads)
+            obs_sweep(Wk, U, n_prune=n_prune, nm=nm, block=block, n_threads=n_threads, row_err=re)
+    dg = np.diag(stats.hessian()).astype(np.float64)
+    dead = dg == 0
+    dg[dead] = 1.0
+    delta = float(damp) * float(dg.mean()) if dg.size else 0.0
+    d2 = 0.0
+    step = max(1, (1 << 18) // max(1, Wk.shape[1]))
+    for r in range(0, Wk.shape[0], step):
+        w0 = (W0[r:r + step] if W0 is not None
+              else np.asarray(Wa[r:r + step], dtype=Wk.dtype)).astype(np.float64)
+        w0[:, dead] = 0.0
+        dd = w0 - Wk[r:r + step]
+        d2 += float(np.einsum("ij,ij->", dd, dd))
+    num = max(float(re.sum()) - delta * d2, 0.0)
     # zero exactly what was pruned (dead columns included); keep the rest as stored values
-    return prune(Wk.astype(Wa.dtype, copy=False), threshold=0.0)
+    return prune(Wk.astype(Wa.dtype, copy=False), threshold=0.0), num
+
+
+def quadratic_total(W: Any, stats: CalibrationStats) -> float:
+    """``‖XWᵀ‖_F² = tr(W H Wᵀ)`` (the denominator of relative output errors), accumulated in
+    float64 over row blocks of a product in the statistics' dtype."""
+    Wa = np.asarray(W)
+    H = stats.hessian()
+    den = 0.0
+    step = max(1, (1 << 18) // max(1, Wa.shape[1]))
+    with small_blas(Wa.size * Wa.shape[1]):
+        for r in range(0, Wa.shape[0], step):
+            Wb = np.asarray(Wa[r:r + step], dtype=H.dtype)
+            den += float(np.multiply(Wb @ H, Wb).sum(dtype=np.float64))
+    return den
 
 
 @contextlib.contextmanager
@@ -173,15 +209,6 @@ def act_order_perm(stats: CalibrationStats) -> np.ndarray:
     return np.argsort(-np.diag(stats.hessian()), kind="stable")
 
 
-def small_blas(flops: float) -> Any:
-    """A context that keeps BLAS on one thread for problems under ~10⁹ flops: waking OpenBLAS's
-    pool (and its threads spinning afterwards) costs more than such a problem (measured on a
-    loaded 2-core machine: a 256-input factor and sweep 1 ms sequential, 50–500 ms threaded)."""
-    if flops >= 1e9:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 def obs_prepare(Wa: np.ndarray, stats: CalibrationStats, damp: float) -> np.ndarray:
     """A C-contiguous working copy of ``Wa`` in its compute dtype, dead input columns zeroed."""
     ct = np.float64 if Wa.dtype == np.float64 else np.float32
@@ -237,19 +264,20 @@ def lowrank_whitened(W: Any, stats: CalibrationStats, rank: int | None = None, *
         raise ValueError("lowrank_whitened: give exactly one of rank and error")
     real_scalar(damp, "damp", low=0.0)
     k = min(Wa.shape)
-    if rank is not None:
-        r = positive_int(rank, "rank")
-        if r > k:
-            raise ValueError(f"rank must be <= min(W.shape) = {k}, got {r}")
-        lam, Z = _gram_eigh(Wa, stats, r)
-    else:
-        e = real_scalar(error, "error", low=0.0, low_open=True, high=1.0, high_open=True)
-        lam, Z = _gram_eigh(Wa, stats, None)
-        tail = np.concatenate([np.cumsum(lam[::-1])[::-1], [0.0]])  # tail[r] = Σ λ[r:]
-        ok = np.nonzero(tail[1:] <= e * e * tail[0])[0]
-        r = int(ok[0]) + 1 if len(ok) else len(lam)
-        lam, Z = lam[:r], Z[:, :r]
-    A, B = _whitened_factors(Wa, stats, lam[:r], Z[:, :r])
+    with small_blas(Wa.size * max(Wa.shape) + k ** 3):
+        if rank is not None:
+            r = positive_int(rank, "rank")
+            if r > k:
+                raise ValueError(f"rank must be <= min(W.shape) = {k}, got {r}")
+            lam, Z = _gram_eigh(Wa, stats, r)
+        else:
+            e = real_scalar(error, "error", low=0.0, low_open=True, high=1.0, high_open=True)
+            lam, Z = _gram_eigh(Wa, stats, None)
+            tail = np.concatenate([np.cumsum(lam[::-1])[::-1], [0.0]])  # tail[r] = Σ λ[r:]
+            ok = np.nonzero(tail[1:] <= e * e * tail[0])[0]
+            r = int(ok[0]) + 1 if len(ok) else len(lam)
+            lam, Z = lam[:r], Z[:, :r]
+        A, B = _whitened_factors(Wa, stats, lam[:r], Z[:, :r])
     sig = np.sqrt(np.maximum(lam, 0.0))
     return A.astype(Wa.dtype, copy=False), B.astype(Wa.dtype, copy=False), sig
 
@@ -259,8 +287,9 @@ def whitened_spectrum(W: Any, stats: CalibrationStats) -> tuple[np.ndarray, floa
     (float64; the squared output error of rank r is ``Σ λ[r:]``) and ``tr(W H Wᵀ)``, from
     one eigenvalue-only solve (no eigenvectors: the curve of every rank at once)."""
     Wa = _check(W, stats)
-    G, _ = _gram(Wa, stats)
-    lam = sla.eigh(G, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evr")
+    with small_blas(Wa.size * max(Wa.shape) + min(Wa.shape) ** 3):
+        G, _ = _gram(Wa, stats)
+        lam = sla.eigh(G, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evr")
     lam = np.maximum(lam[::-1].astype(np.float64), 0.0)
     return lam, float(lam.sum())
 

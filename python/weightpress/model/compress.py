@@ -730,9 +730,9 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
                     calibration=stats, options=opts)
 
 
-# byte levels of an N:M OBS pattern's curve (measured by building it): every other level of
-# CURVE_LEVELS. Unstructured OBS pruning (curves.obs_curve: one factor, one self-measuring sweep
-# per level) and the other built forms (sparse + low rank, coding, quantization) use
+# byte levels of OBS pruning's curve (with calibration): every other level of CURVE_LEVELS,
+# 56 % apart (curves.obs_curve: one factor, one self-measuring sweep per level; an N:M pattern
+# is built and measured). The other built forms (sparse + low rank, coding, quantization) use
 # CURVE_LEVELS; the one-pass curves use 48 levels (curves.py)
 MEASURED_LEVELS = CURVE_LEVELS[::2]
 
@@ -742,7 +742,7 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
     """One layer's error-vs-size candidates for :func:`~weightpress.model.allocate.allocate`
     (dense first). Magnitude pruning and (whitened) low rank come from one sort or one SVD
     (:mod:`~weightpress.model.curves`), OBS pruning from one factor and one self-measuring
-    sweep per level of :data:`CURVE_LEVELS` (:func:`~weightpress.model.curves.obs_curve`); the
+    sweep per level of :data:`MEASURED_LEVELS` (:func:`~weightpress.model.curves.obs_curve`); the
     other forms are built and measured at :data:`CURVE_LEVELS`. Labels are ``"form@budget"``: the byte budget that rebuilds it."""
     Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
     storage = "BF16" if want_bf16 else None
@@ -763,7 +763,7 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
             pts = C.whitened_curve(Wvo, stats, stored_shape, isz, orig_bytes)
         elif form == "prune" and "pattern" not in opts:
             Wvo = Wv if layout == "out_in" else Wv.T
-            pts = C.obs_curve(Wvo, stats, stored_shape, isz, orig_bytes, CURVE_LEVELS,
+            pts = C.obs_curve(Wvo, stats, stored_shape, isz, orig_bytes, MEASURED_LEVELS,
                               float(opts.get("damp", 1e-2)))
         if pts is not None:
             cands += [Candidate(nb, e, f"{form}@{b:.0f}") for nb, e, b in pts if nb < orig_bytes]
