@@ -524,8 +524,10 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
         if d.action == "skip":
             tlayout = view.layout if view else job.layout
         budget = ly.budget
-        if (layer_ratio is not None and budgeted.layer_ratio and ly.form is None
-                and budget is not None and budget.nbytes is not None):
+        if (layer_ratio is not None and budgeted.layer_ratio and ly.threshold is None
+                and budget is not None and budget.nbytes is not None
+                and (ly.form is None or ly.form != "dense")):
+            # every byte budget follows the retry, allocated ones too (their form is kept)
             budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / layer_ratio)
         tasks[i] = (ly, budget, view, tlayout)
     keys = {i: journal.key(t[0], t[1]) for i, t in tasks.items()} if journal is not None else {}
