@@ -112,8 +112,9 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--cols", type=int, default=2048)
     ap.add_argument("--check", action="store_true", help=f"exit 1 if a row is over {BUDGET:g}x")
+    ap.add_argument("--only", default="", help="run only the configurations containing this text")
     a = ap.parse_args()
-    rows = measure(a.rows, a.cols)
+    rows = measure(a.rows, a.cols, [c for c in CONFIGS if a.only in c[0]])
     print(report(rows))
     if a.check and any(max(r["traced_x"], r["rss_x"]) > BUDGET for r in rows):
         return 1

@@ -26,6 +26,7 @@ from .._validation import as_matrix, positive_int, real_scalar
 from .calibration import CalibrationStats, small_blas
 from ..linalg.quant import obs_factor_inplace, obs_sweep
 from ..linalg.sparse import _parse_pattern, prune
+from ..linalg.svd import randomized_svd
 
 __all__ = ["prune_obs", "lowrank_whitened", "whitened_spectrum", "sparse_plus_lowrank",
            "rank_for_params", "obs_factor_shared", "quadratic_total"]
@@ -352,9 +353,21 @@ def _whitened_factors(Wa: np.ndarray, stats: CalibrationStats, lam: np.ndarray, 
     return U, U.T @ Wc
 
 
-def _svd_r(M: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-    U, s, Vt = sla.svd(M, full_matrices=False, lapack_driver="gesdd")
-    return U[:, :r] * s[:r], Vt[:r]
+def _sq(R: np.ndarray, block: int = 1 << 18) -> float:
+    """``‖R‖_F²`` accumulated in float64 a block of rows at a time."""
+    step = max(1, block // max(1, R.shape[1]))
+    t = 0.0
+    for r in range(0, R.shape[0], step):
+        b = R[r:r + step].astype(np.float64)
+        t += float(np.einsum("ij,ij->", b, b))
+    return t
+
+
+def _sub_csr(R: np.ndarray, S: sp.csr_array) -> None:
+    """``R -= S`` in place (S's explicit entries only)."""
+    if S.nnz:
+        rows = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
+        R[rows, S.indices] -= S.data
 
 
 def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationStats | None = None,
@@ -393,21 +406,35 @@ def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationSt
         d = np.maximum(d, (pos.mean() if pos.size else 1.0) * 1e-3)
     else:
         d = np.ones(Wa.shape[1])
-    Ws = Wa.astype(np.float64) * d
-    Sd = np.zeros_like(Ws)
-    A = np.zeros((Ws.shape[0], r))
-    B = np.zeros((r, Ws.shape[1]))
+    # in W's float dtype, two full-size buffers (the scaled W and the residual), the sparse
+    # part as CSR (issue 15: this held six float64 copies of W)
+    ct = np.float64 if Wa.dtype == np.float64 else np.float32
+    dc = d.astype(ct)
+    Ws = np.multiply(Wa, dc, dtype=ct)
+    R = np.empty_like(Ws)
+    S = sp.csr_array(Ws.shape, dtype=ct)
+    A = np.zeros((Ws.shape[0], r), ct)
+    B = np.zeros((r, Ws.shape[1]), ct)
     prev = np.inf
+    wnorm = float(np.sqrt(_sq(Ws)))
     for _ in range(n_iter):
         if r:
-            A, B = _svd_r(Ws - Sd, r)
-            L = A @ B
+            np.copyto(R, Ws)
+            _sub_csr(R, S)  # R = Ws − S
+            U, sv, Vt = randomized_svd(R, r, seed=0)
+            A, B = U * sv, Vt
+            np.matmul(A, B, out=R)
+            np.subtract(Ws, R, out=R)  # R = Ws − L
         else:
-            L = 0.0
-        Sd = prune(Ws - L, sparsity=s).toarray()
-        res = float(np.linalg.norm(Ws - L - Sd))
-        if abs(prev - res) <= tol * max(1.0, float(np.linalg.norm(Ws))):
+            np.copyto(R, Ws)
+        S = prune(R, sparsity=s)  # the largest entries of the residual, as they are
+        sd = S.data.astype(np.float64)
+        res = float(np.sqrt(max(_sq(R) - float(sd @ sd), 0.0)))  # ‖Ws − L − S‖
+        if abs(prev - res) <= tol * max(1.0, wnorm):
             break
         prev = res
-    S = prune((Sd / d).astype(Wa.dtype), threshold=0.0)
-    return S, A.astype(Wa.dtype), (B / d).astype(Wa.dtype)
+    del R, Ws
+    S = sp.csr_array(S, copy=True)
+    S.data = (S.data / dc[S.indices]).astype(Wa.dtype)
+    S.eliminate_zeros()
+    return S, A.astype(Wa.dtype), (B / dc).astype(Wa.dtype)
