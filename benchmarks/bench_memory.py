@@ -24,6 +24,10 @@ import sys
 import tempfile
 
 BUDGET = 3.0
+# --check expectations: --method auto and the calibrated methods within BUDGET (issue 15); the
+# weight-space forms are reported against the same line but not held to it
+CHECKED = ("auto --ratio 4", "auto --error 0.3", "auto --ratio 4 (calibrated)",
+           "prune --ratio 4 (calibrated)", "lowrank --ratio 4 (calibrated)")
 CONFIGS = [  # (label, compress keyword arguments, calibrated?)
     ("auto --ratio 4", {"method": "auto", "ratio": 4.0}, False),
     ("auto --error 0.3", {"method": "auto", "error": 0.3}, False),
@@ -58,11 +62,15 @@ print(json.dumps({"traced": traced, "rss": peak - base}))
 
 
 def measure(rows: int, cols: int, configs=CONFIGS) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="wp-bench-mem-") as tmp:
+        return _measure(tmp, rows, cols, configs)
+
+
+def _measure(tmp: str, rows: int, cols: int, configs) -> list[dict]:
     import numpy as np
 
     from weightpress.io.safetensors import write_safetensors
 
-    tmp = tempfile.mkdtemp(prefix="wp-bench-mem-")
     rng = np.random.default_rng(0)
     # a matrix with decaying spectrum plus noise, so every form has real work to do
     U = rng.standard_normal((rows, 64)).astype(np.float32)
@@ -95,7 +103,8 @@ def report(rows: list[dict]) -> str:
     lines = [f"{'configuration':32s} {'traced':>8s} {'rss':>8s}   (x largest tensor, "
              f"{rows[0]['largest_mib']:.0f} MiB; budget {BUDGET:g}x)"]
     for r in rows:
-        flag = "" if max(r["traced_x"], r["rss_x"]) <= BUDGET else "   OVER"
+        flag = "" if max(r["traced_x"], r["rss_x"]) <= BUDGET else (
+            "   OVER" if r["config"] in CHECKED else "   (over; not checked)")
         lines.append(f"{r['config']:32s} {r['traced_x']:8.2f} {r['rss_x']:8.2f}{flag}")
     return "\n".join(lines)
 
@@ -111,12 +120,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--cols", type=int, default=2048)
-    ap.add_argument("--check", action="store_true", help=f"exit 1 if a row is over {BUDGET:g}x")
+    ap.add_argument("--check", action="store_true",
+                    help=f"exit 1 if a checked row (auto, calibrated prune/lowrank/auto) is over {BUDGET:g}x")
     ap.add_argument("--only", default="", help="run only the configurations containing this text")
     a = ap.parse_args()
     rows = measure(a.rows, a.cols, [c for c in CONFIGS if a.only in c[0]])
     print(report(rows))
-    if a.check and any(max(r["traced_x"], r["rss_x"]) > BUDGET for r in rows):
+    if a.check and any(max(r["traced_x"], r["rss_x"]) > BUDGET for r in rows
+                       if r["config"] in CHECKED):
         return 1
     return 0
 

@@ -105,7 +105,7 @@ class CalibrationStats:
         if Xa.shape[1] != self.n_features:
             raise ValueError(f"calibration inputs have {Xa.shape[1]} features, the layer takes "
                              f"{self.n_features} (W has shape (out, {self.n_features}))")
-        step = max(1, min(int(chunk), (1 << 20) // self.n_features))
+        step = max(1, min(int(chunk), (1 << 18) // self.n_features))
         syrk = get_blas_funcs("syrk", dtype=self._h.dtype)
         for s in range(0, Xa.shape[0], step):
             c = np.ascontiguousarray(Xa[s:s + step], dtype=self._h.dtype)
@@ -125,12 +125,7 @@ class CalibrationStats:
         if self.n_samples < self.min_samples:
             raise ValueError(f"too few calibration samples: {self.n_samples} < min_samples={self.min_samples}")
         if not self._full:  # syrk filled the lower triangle (C order): mirror it, by blocks
-            H, n, b = self._h, self.n_features, 256
-            for i0 in range(0, n, b):
-                i1 = min(i0 + b, n)
-                H[i0:i1, i1:] = H[i1:, i0:i1].T
-                blk = H[i0:i1, i0:i1]
-                blk[...] = np.tril(blk) + np.tril(blk, -1).T
+            _mirror_lower(self._h)
             self._full = True
         return self._h
 
@@ -146,6 +141,23 @@ class CalibrationStats:
         out = H.copy()
         out.flat[::self.n_features + 1] += (rel * d if d > 0 else 1e-12)
         return out
+
+
+def row_step(rows: int, cols: int, max_elems: int = 1 << 18) -> int:
+    """Rows per block of a blocked pass over a ``rows × cols`` matrix: at most ``max_elems``
+    values and at most a sixteenth of the matrix, so a pass's float64 temporaries stay a small
+    fraction of the matrix at any size (issue 15: peak memory in multiples of the tensor)."""
+    return max(1, min(max_elems // max(1, cols), -(-rows // 16)))
+
+
+def _mirror_lower(H: np.ndarray, b: int = 64) -> None:
+    """Copy the strictly lower triangle of ``H`` onto the upper, by blocks (small temporaries)."""
+    n = H.shape[0]
+    for i0 in range(0, n, b):
+        i1 = min(i0 + b, n)
+        H[i0:i1, i1:] = H[i1:, i0:i1].T.copy()
+        blk = H[i0:i1, i0:i1]
+        blk[...] = np.tril(blk) + np.tril(blk, -1).T
 
 
 def small_blas(flops: float) -> Any:
@@ -182,8 +194,8 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 
         raise ValueError(f"W_hat: shape {shape} differs from W's {Wa.shape}")
     H = stats.hessian()
     n_in = Wa.shape[1] if Wa.ndim == 2 else 0
-    step = max(1, block // max(1, n_in))
-    cstep = n_in if H.dtype == np.float64 else max(1, block // max(1, n_in))
+    step = row_step(Wa.shape[0], n_in, block)
+    cstep = n_in if H.dtype == np.float64 else row_step(n_in, n_in, block)
     num = den = 0.0
     with small_blas(4.0 * Wa.size * n_in):
         num, den = _quadratic_forms(Wa, W_hat, H, step, cstep)

@@ -23,7 +23,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from .._validation import as_matrix, positive_int, real_scalar
-from .calibration import CalibrationStats, small_blas
+from .calibration import CalibrationStats, row_step, small_blas
 from ..linalg.quant import obs_factor_inplace, obs_sweep
 from ..linalg.sparse import _parse_pattern, prune
 from ..linalg.svd import randomized_svd
@@ -95,7 +95,6 @@ def _prune_obs(Wa: np.ndarray, stats: CalibrationStats, n_prune: int, nm: tuple[
     which the sweep measures itself: ``Σ e_c²`` less the dampening's ``δ‖W − Ŵ‖²``."""
     with small_blas(Wa.shape[1] ** 3 + Wa.size * Wa.shape[1]):
         Wk = obs_prepare(Wa, stats, damp)
-        W0 = Wk.copy() if Wk.size <= (1 << 16) else None  # small: kept; large: re-read from Wa
         re = np.zeros(Wk.shape[0])
         with obs_factor_shared(stats, damp, Wk.dtype) as U:
             obs_sweep(Wk, U, n_prune=n_prune, nm=nm, block=block, n_threads=n_threads, row_err=re)
@@ -104,10 +103,9 @@ def _prune_obs(Wa: np.ndarray, stats: CalibrationStats, n_prune: int, nm: tuple[
     dg[dead] = 1.0
     delta = float(damp) * float(dg.mean()) if dg.size else 0.0
     d2 = 0.0
-    step = max(1, (1 << 18) // max(1, Wk.shape[1]))
+    step = row_step(*Wk.shape)
     for r in range(0, Wk.shape[0], step):
-        w0 = (W0[r:r + step] if W0 is not None
-              else np.asarray(Wa[r:r + step], dtype=Wk.dtype)).astype(np.float64)
+        w0 = np.asarray(Wa[r:r + step], dtype=Wk.dtype).astype(np.float64)
         w0[:, dead] = 0.0
         dd = w0 - Wk[r:r + step]
         d2 += float(np.einsum("ij,ij->", dd, dd))
@@ -122,7 +120,7 @@ def quadratic_total(W: Any, stats: CalibrationStats) -> float:
     Wa = np.asarray(W)
     H = stats.hessian()
     den = 0.0
-    step = max(1, (1 << 18) // max(1, Wa.shape[1]))
+    step = row_step(*Wa.shape)
     with small_blas(Wa.size * Wa.shape[1]):
         for r in range(0, Wa.shape[0], step):
             Wb = np.asarray(Wa[r:r + step], dtype=H.dtype)
@@ -161,15 +159,15 @@ def obs_factor_shared(stats: CalibrationStats, damp: float, dtype: Any) -> Any:
         np.fill_diagonal(H, diag)
 
 
-def _mirror(H: np.ndarray, lower: bool, b: int = 256) -> None:
+def _mirror(H: np.ndarray, lower: bool, b: int = 64) -> None:
     """Copy the strictly lower (``lower``) or upper triangle of ``H`` onto the other, by blocks."""
     n = H.shape[0]
     for i0 in range(0, n, b):
         i1 = min(i0 + b, n)
         if lower:
-            H[i0:i1, i1:] = H[i1:, i0:i1].T
+            H[i0:i1, i1:] = H[i1:, i0:i1].T.copy()
         else:
-            H[i1:, i0:i1] = H[i0:i1, i1:].T
+            H[i1:, i0:i1] = H[i0:i1, i1:].T.copy()
         blk = H[i0:i1, i0:i1]
         blk[...] = np.tril(blk) + np.tril(blk, -1).T if lower else np.triu(blk) + np.triu(blk, 1).T
 
@@ -290,7 +288,7 @@ def whitened_spectrum(W: Any, stats: CalibrationStats) -> tuple[np.ndarray, floa
     Wa = _check(W, stats)
     with small_blas(Wa.size * max(Wa.shape) + min(Wa.shape) ** 3):
         G, _ = _gram(Wa, stats)
-        lam = sla.eigh(G, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evr")
+        lam = sla.eigh(G.T, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evr")
     lam = np.maximum(lam[::-1].astype(np.float64), 0.0)
     return lam, float(lam.sum())
 
@@ -308,7 +306,7 @@ def _gram(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarr
     if out <= n_in:
         G = np.empty((out, out), dt)
         Wc = np.asarray(Wa, dtype=dt)
-        step = max(1, (1 << 20) // max(1, n_in))
+        step = row_step(out, n_in)
         for r0 in range(0, out, step):
             G[r0:r0 + step] = (Wc[r0:r0 + step] @ H) @ Wc.T
         return G, None
@@ -316,7 +314,7 @@ def _gram(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarr
     L = Q * np.sqrt(np.maximum(lamH, 0.0)).astype(dt)
     del Q
     WtW = np.zeros((n_in, n_in), dt)
-    step = max(1, (1 << 20) // max(1, n_in))
+    step = row_step(out, n_in)
     for r0 in range(0, out, step):
         Wb = np.asarray(Wa[r0:r0 + step], dtype=dt)
         WtW += Wb.T @ Wb
@@ -331,7 +329,8 @@ def _gram_eigh(Wa: np.ndarray, stats: CalibrationStats, r: int | None
     G, L = _gram(Wa, stats)
     k = G.shape[0]
     sub = None if r is None else (k - r, k - 1)
-    lam, V = sla.eigh(G, subset_by_index=sub, overwrite_a=True, check_finite=False, driver="evr")
+    # G.T: the same symmetric matrix, Fortran-ordered, so LAPACK works in it without a copy
+    lam, V = sla.eigh(G.T, subset_by_index=sub, overwrite_a=True, check_finite=False, driver="evr")
     del G
     lam, V = lam[::-1].astype(np.float64), V[:, ::-1]
     if L is None:
@@ -353,9 +352,9 @@ def _whitened_factors(Wa: np.ndarray, stats: CalibrationStats, lam: np.ndarray, 
     return U, U.T @ Wc
 
 
-def _sq(R: np.ndarray, block: int = 1 << 18) -> float:
+def _sq(R: np.ndarray) -> float:
     """``‖R‖_F²`` accumulated in float64 a block of rows at a time."""
-    step = max(1, block // max(1, R.shape[1]))
+    step = row_step(*R.shape)
     t = 0.0
     for r in range(0, R.shape[0], step):
         b = R[r:r + step].astype(np.float64)
@@ -406,34 +405,34 @@ def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationSt
         d = np.maximum(d, (pos.mean() if pos.size else 1.0) * 1e-3)
     else:
         d = np.ones(Wa.shape[1])
-    # in W's float dtype, two full-size buffers (the scaled W and the residual), the sparse
-    # part as CSR (issue 15: this held six float64 copies of W)
+    # in W's float dtype, one full-size buffer (the residual; W·diag(d) is formed into it
+    # again when needed), the sparse part as CSR (issue 15: this held six float64 copies of W)
     ct = np.float64 if Wa.dtype == np.float64 else np.float32
     dc = d.astype(ct)
-    Ws = np.multiply(Wa, dc, dtype=ct)
-    R = np.empty_like(Ws)
-    S = sp.csr_array(Ws.shape, dtype=ct)
-    A = np.zeros((Ws.shape[0], r), ct)
-    B = np.zeros((r, Ws.shape[1]), ct)
+    R = np.empty(Wa.shape, ct)
+    S = sp.csr_array(Wa.shape, dtype=ct)
+    A = np.zeros((Wa.shape[0], r), ct)
+    B = np.zeros((r, Wa.shape[1]), ct)
     prev = np.inf
-    wnorm = float(np.sqrt(_sq(Ws)))
+    np.multiply(Wa, dc, out=R)
+    wnorm = float(np.sqrt(_sq(R)))
+    step = row_step(*R.shape)
     for _ in range(n_iter):
+        np.multiply(Wa, dc, out=R)
         if r:
-            np.copyto(R, Ws)
             _sub_csr(R, S)  # R = Ws − S
             U, sv, Vt = randomized_svd(R, r, seed=0)
             A, B = U * sv, Vt
-            np.matmul(A, B, out=R)
-            np.subtract(Ws, R, out=R)  # R = Ws − L
-        else:
-            np.copyto(R, Ws)
+            np.multiply(Wa, dc, out=R)
+            for r0 in range(0, R.shape[0], step):  # R = Ws − L, L = A B a block at a time
+                R[r0:r0 + step] -= A[r0:r0 + step] @ B
         S = prune(R, sparsity=s)  # the largest entries of the residual, as they are
         sd = S.data.astype(np.float64)
         res = float(np.sqrt(max(_sq(R) - float(sd @ sd), 0.0)))  # ‖Ws − L − S‖
         if abs(prev - res) <= tol * max(1.0, wnorm):
             break
         prev = res
-    del R, Ws
+    del R
     S = sp.csr_array(S, copy=True)
     S.data = (S.data / dc[S.indices]).astype(Wa.dtype)
     S.eliminate_zeros()
