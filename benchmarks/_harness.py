@@ -108,6 +108,60 @@ def memory_bandwidth(kind: str = "reused", n_threads: int = 2) -> float:
     return _BW[key]
 
 
+def read_bandwidth(n_threads: int = 2) -> float:
+    """Measured read bandwidth in bytes/s with `n_threads` threads: the best of several
+    read-only reductions (XOR of 64-bit words, weightpress's ``_core.read_probe``) over an array
+    twice the last-level cache (at least 256 MiB), so it comes from memory, not cache.
+
+    The right yardstick for kernels that mostly read (SpMV, GEMV, prune's count pass): a copy
+    also writes, and NumPy's own reductions (sum, max) are compute-bound below it.
+    """
+    key = f"read/{n_threads}"
+    if key not in _BW:
+        from weightpress import _core
+
+        nbytes = (32 << 20) if QUICK else max(256 << 20, 2 * last_level_cache())
+        a = np.ones(nbytes // 8, np.uint64)
+        _core.read_probe(a, n_threads)
+        best = float("inf")
+        for _ in range(2 if QUICK else 8):
+            t0 = time.perf_counter()
+            _core.read_probe(a, n_threads)
+            best = min(best, time.perf_counter() - t0)
+        _BW[key] = a.nbytes / best
+    return _BW[key]
+
+
+def last_level_cache() -> int:
+    """Bytes of the largest CPU cache Linux reports (0 where unknown)."""
+    import glob
+
+    best = 0
+    for f in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            txt = open(f).read().strip()
+        except OSError:
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:], 1)
+        try:
+            best = max(best, int(txt.rstrip("KMG")) * mult)
+        except ValueError:
+            pass
+    return best
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 class Table:
     """Rows of results printed as an aligned text table."""
 

@@ -1,21 +1,31 @@
-"""Runtime export: a transformer-shaped MLP dense vs exported, in onnxruntime and PyTorch.
+"""Runtime export, "is it faster": each real architecture of the test corpus dense vs exported,
+in onnxruntime and PyTorch, at batch 1 and 32, same thread count.
 
-The model: ``L`` residual blocks ``x + W2 gelu(W1 x + b1) + b2`` (d -> 4d -> d, the shape of a
-transformer's MLP), run on ``(batch, seq, d)`` inputs (seq: ``WP_EXPORT_SEQ``, default 1: one token per sequence) at batch 1 and 32, one thread each
-(``WP_EXPORT_THREADS``). Variants: dense; int8 (8-bit symmetric per-channel codes, 4x);
-int4g128 (4-bit, groups of 128, about 7x); low rank at 4x. Each variant is measured in its own
-process (so peak resident memory is the model's): latency (median), peak and final resident
-memory above the process's baseline after imports, and file size. ONNX: ``weightpress export``
-(MatMulNBits, fast int8 activations), both ONNX models with their weights in a ``.data`` file
-beside the graph (``--external-data``: onnxruntime maps it); PyTorch: ``weightpress.torch.load_into`` (int8/int4
-weight-only kernels, bfloat16 activations). Peak memory is the kernel's high-water mark
-(VmHWM, reset after the imports) above the RSS after the imports; final is RSS after the runs.
-PyTorch builds the dense module first (then load_into swaps layers), so its resident figures
-keep the allocator's cache of the dense weights; "torch tensors MB" is what the module holds.
+Architectures (tests/realmodels.py, built at run time with random weights, no downloads):
+transformers BERT, GPT-2, ViT, T5 (``WP_EXPORT_HIDDEN``, default 256, 4 layers, MLP 4x: the
+corpus's configs widened so layers are big enough to matter), the ResNet-18- and
+MobileNetV3-style CNNs and the LSTM/GRU model in torch.nn, and a transformer-shaped MLP
+(``mlp``: residual blocks d -> 4d -> d). Keras MobileNetV2 is not here: onnxruntime needs a
+converter (tf2onnx) this project does not install, and it is not a PyTorch module.
 
-Containers come from ``compress_model`` (``method="quant"``: round to nearest; ``"lowrank"``
-at ``ratio=4``).
-Sizes: WP_EXPORT_D (768; quick: 128), WP_EXPORT_LAYERS (4; quick: 1).
+Variants (containers from ``compress_model`` on the dense ``.onnx`` for onnxruntime and the
+dense ``.pt`` state dict for PyTorch; default rules: embeddings, norms and biases kept):
+``int8`` (8-bit symmetric per channel, 4x on the compressed layers), ``int4g128`` (4-bit,
+groups of 128: about 7x), ``lowrank-int8`` (low rank with int8 factors at ``--ratio 4``).
+ONNX: ``export_onnx`` (MatMulNBits with int8 activations, DequantizeLinear -> Conv), both dense
+and exported models with their weights in a ``.data`` file beside the graph (onnxruntime maps
+it); PyTorch: ``weightpress.torch.load_into`` into the module built with its parameters on the
+meta device (so the dense weights are never allocated for the compressed variants).
+
+Each figure comes from its own process (fresh interpreter per model and runtime): latency
+(best of ``reps`` calls), peak resident memory above the process's RSS after imports (VmHWM,
+reset after the imports; ru_maxrss where that cannot be reset), file size; and the output's
+relative L2 difference at batch 1 against the dense model and against the container's own
+dense decode run in the same runtime (what the container says the model computes).
+
+Environment: ``WP_EXPORT_ARCHS`` (comma list; default all), ``WP_EXPORT_THREADS`` (1),
+``WP_EXPORT_HIDDEN`` (256), ``WP_EXPORT_REPS`` (20), ``WP_EXPORT_VARIANTS`` (comma list).
+``python benchmarks/run.py export`` (or ``--quick``: the MLP only, tiny, in-process).
 """
 
 from __future__ import annotations
@@ -28,12 +38,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
 QUICK = os.environ.get("WP_BENCH_QUICK", "") not in ("", "0")
-SEQ = int(os.environ.get("WP_EXPORT_SEQ", 1))
+ARCHS = ("bert", "gpt2", "vit", "t5", "resnet", "mobilenet_v3", "lstm", "mlp")
+TRANSFORMERS = ("bert", "gpt2", "vit", "t5", "mlp")
+VARIANTS = {"int8": ("quant", {"bits": 8}, None),
+            "int4g128": ("quant", {"bits": 4, "group": 128}, None),
+            "lowrank-int8": ("lowrank-int8", {}, 4.0)}
 
 
 def _rss_kb() -> int:
@@ -42,7 +58,6 @@ def _rss_kb() -> int:
 
 
 def _reset_peak() -> bool:
-    """Reset the kernel's resident high-water mark (VmHWM) to the current RSS (Linux >= 4.0)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -52,31 +67,117 @@ def _reset_peak() -> bool:
 
 
 def _peak_kb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _block_module(d: int, layers: int):
+# -- the architectures ----------------------------------------------------------------------
+
+def _hidden() -> int:
+    return int(os.environ.get("WP_EXPORT_HIDDEN", 64 if QUICK else 256))
+
+
+def _hf_config(name: str):
+    from transformers import BertConfig, GPT2Config, T5Config, ViTConfig
+    h, L = _hidden(), 1 if QUICK else 4
+    heads = max(1, h // 64)
+    return {
+        "bert": lambda: BertConfig(vocab_size=2048, hidden_size=h, num_hidden_layers=L,
+                                   num_attention_heads=heads, intermediate_size=4 * h,
+                                   max_position_embeddings=128),
+        "gpt2": lambda: GPT2Config(n_embd=h, n_layer=L, n_head=heads, vocab_size=2048,
+                                   n_positions=128, use_cache=False),
+        "vit": lambda: ViTConfig(image_size=64, patch_size=8, hidden_size=h, num_hidden_layers=L,
+                                 num_attention_heads=heads, intermediate_size=4 * h),
+        "t5": lambda: T5Config(vocab_size=2048, d_model=h, d_kv=64, num_heads=heads, d_ff=4 * h,
+                               num_layers=L, num_decoder_layers=L, use_cache=False),
+    }[name]()
+
+
+def _module(name: str):
+    """A fresh module (weights initialised by the constructor) with positional inputs."""
     import torch
+    if name in ("bert", "gpt2", "vit", "t5"):
+        import transformers as tr
+        cls = {"bert": tr.BertModel, "gpt2": tr.GPT2LMHeadModel, "vit": tr.ViTModel,
+               "t5": tr.T5ForConditionalGeneration}[name]
+        keys = {"vit": ("pixel_values",), "t5": ("input_ids", "decoder_input_ids")}.get(name, ("input_ids",))
 
-    class Block(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.up = torch.nn.Linear(d, 4 * d)
-            self.down = torch.nn.Linear(4 * d, d)
+        class Wrap(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = cls(_hf_config(name))
 
-        def forward(self, x):
-            return x + self.down(torch.nn.functional.gelu(self.up(x)))
+            def forward(self, *xs):
+                out = self.m(**dict(zip(keys, xs)), return_dict=True)
+                return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
 
-    return torch.nn.Sequential(*[Block() for _ in range(layers)]).eval()
+        return Wrap().eval()
+    if name == "mlp":
+        d = 128 if QUICK else 768
 
+        class Block(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.up = torch.nn.Linear(d, 4 * d)
+                self.down = torch.nn.Linear(4 * d, d)
+
+            def forward(self, x):
+                return x + self.down(torch.nn.functional.gelu(self.up(x)))
+
+        return torch.nn.Sequential(*[Block() for _ in range(1 if QUICK else 4)]).eval()
+    import realmodels
+    cls = realmodels._cnn_classes()[name]
+    return (cls(width=32) if name == "resnet" else cls()).eval()
+
+
+def _inputs(name: str, batch: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    if name in ("bert", "gpt2"):
+        return [rng.integers(0, 2048, (batch, 32)).astype(np.int64)]
+    if name == "t5":
+        return [rng.integers(0, 2048, (batch, 32)).astype(np.int64),
+                rng.integers(0, 2048, (batch, 8)).astype(np.int64)]
+    if name == "vit":
+        return [rng.standard_normal((batch, 3, 64, 64)).astype(np.float32)]
+    if name == "mlp":
+        return [rng.standard_normal((batch, 1, 128 if QUICK else 768)).astype(np.float32)]
+    if name == "lstm":
+        return [rng.standard_normal((batch, 16, 16)).astype(np.float32)]
+    return [rng.standard_normal((batch, 3, 64, 64)).astype(np.float32)]
+
+
+def _empty_module(name: str):
+    """The module with its parameters allocated but never written (untouched pages are not
+    resident) and its buffers as the constructor made them: what load_into fills."""
+    import torch
+    reg = torch.nn.Module.register_parameter
+
+    def on_meta(self, pname, p):
+        reg(self, pname, None if p is None else torch.nn.Parameter(p.to("meta"), p.requires_grad))
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        m = _module(name)
+    finally:
+        torch.nn.Module.register_parameter = reg
+    bufs = {k: b for k, b in m.named_buffers()}
+    m = m.to_empty(device="cpu")
+    for k, b in bufs.items():
+        owner, _, leaf = k.rpartition(".")
+        (m.get_submodule(owner) if owner else m)._buffers[leaf] = b
+    return m
+
+
+# -- one measurement, in its own process ------------------------------------------------------
 
 def _time(fn, reps: int) -> float:
-    """Best of ``reps`` calls: on a shared, loaded machine the fastest call is the figure that
-    reproduces (the median moves with the neighbours' load)."""
     fn()
     ts = []
     for _ in range(reps):
@@ -86,139 +187,181 @@ def _time(fn, reps: int) -> float:
     return float(np.min(ts))
 
 
-def child(runtime: str, path: str, d: int, layers: int, threads: int, reps: int) -> dict:
-    """One process, one model: baseline RSS after imports, then load, run, measure."""
+def child(runtime: str, name: str, path: str, threads: int, reps: int) -> dict:
     import torch
     import onnxruntime as ort
     torch.set_num_threads(threads)
     base = _rss_kb()
     _reset_peak()
-    out = {}
+    out: dict = {}
+    feeds = {b: _inputs(name, b) for b in (1, 32)}
     if runtime == "ort":
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        name = s.get_inputs()[0].name
-        run = {b: (lambda x: (lambda: s.run(None, {name: x})))(
-            np.random.default_rng(0).standard_normal((b, SEQ, d)).astype(np.float32)) for b in (1, 32)}
+        names = [i.name for i in s.get_inputs()]
+        run = {b: (lambda f: (lambda: s.run(None, dict(zip(names, f)))[0]))(feeds[b]) for b in feeds}
     else:
-        from weightpress.torch import load_into
-        with torch.device("meta"):
-            m = _block_module(d, layers)
-        m = m.to_empty(device="cpu")
+        m = _empty_module(name)
         if path.endswith(".wpz"):
+            from weightpress.torch import load_into
             load_into(m, path, sparse="auto")
         else:
-            m.load_state_dict(torch.load(path, mmap=False))
+            sd = torch.load(path, mmap=True, weights_only=True)
+            m.load_state_dict(sd, strict=False, assign=True)
         out["tensor_mb"] = sum(t.numel() * t.element_size()
                                for t in list(m.parameters()) + list(m.buffers())) / 2**20
         run = {}
-        for b in (1, 32):
-            x = torch.randn(b, SEQ, d)
-            run[b] = (lambda x: (lambda: m(x)))(x)
+        for b in feeds:
+            xs = [torch.from_numpy(x) for x in feeds[b]]
+            run[b] = (lambda xs: (lambda: m(*xs)))(xs)
     with torch.no_grad():
+        y1 = np.asarray(run[1]() if runtime == "ort" else run[1]().numpy(), np.float64)
         for b in (1, 32):
             out[f"b{b}"] = _time(run[b], reps)
     out["peak_mb"] = (_peak_kb() - base) / 1024
-    out["rss_mb"] = (_rss_kb() - base) / 1024
+    np.save(path + f".{runtime}.y1.npy", y1)
     return out
 
 
-def _measure(runtime, path, d, layers, threads, reps):
-    if QUICK:  # smoke test: in this process (memory figures meaningless), no interpreter starts
-        return child(runtime, path, d, layers, threads, reps)
-    cmd = [sys.executable, __file__, "--child", runtime, path, str(d), str(layers), str(threads), str(reps)]
+def _measure(runtime: str, name: str, path: pathlib.Path, threads: int, reps: int) -> dict:
+    if QUICK:
+        return child(runtime, name, str(path), threads, reps)
+    cmd = [sys.executable, __file__, "--child", runtime, name, str(path), str(threads), str(reps)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
-        raise RuntimeError(f"{runtime} {path}: {r.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"{runtime} {name} {path.name}: {r.stderr.strip().splitlines()[-3:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _containers(work: pathlib.Path, d: int, layers: int):
-    """The model written by torch (state dict and ONNX), and the containers of each variant."""
+# -- files ----------------------------------------------------------------------------------
+
+def _size(p: pathlib.Path) -> int:
+    return sum(q.stat().st_size for q in (p, p.with_name(p.name + ".data")) if q.exists())
+
+
+def _files(name: str, work: pathlib.Path, variants: list[str]) -> dict:
+    """dense .pt and .onnx (+ external data); per variant the containers and the export."""
+    import onnx
     import torch
-    import warnings
     from weightpress.io import open_model
     from weightpress.model.compress import compress_model
+    from weightpress.model.container import Container
     from weightpress.model.export_onnx import export_onnx
+    from weightpress.io import save_model
 
     torch.manual_seed(0)
-    m = _block_module(d, layers)
-    pt = work / "dense.pt"
+    m = _module(name)
+    if name in ("resnet", "mobilenet_v3"):
+        import realmodels
+        realmodels._randomize_bn(m)
+    pt = work / f"{name}.pt"
     torch.save(m.state_dict(), pt)
-    onnx_path = work / "dense.onnx"
+    raw = work / f"{name}-raw.onnx"
+    xs = tuple(torch.from_numpy(x) for x in _inputs(name, 2))
+    names = [f"x{i}" for i in range(len(xs))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(m, (torch.randn(1, 2, d),), str(onnx_path), dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "b", 1: "s"}})
-    import onnx
-    dense_ext = work / "dense_ext.onnx"   # weights in a .data file: onnxruntime maps it
-    onnx.save_model(onnx.load(str(onnx_path)), str(dense_ext), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="dense_ext.onnx.data", size_threshold=1024)
-    files = {"dense": {"ort": onnx_path, "ort_model": dense_ext, "torch": pt}}
-    specs = {"int8": {"bits": 8}, "int4g128": {"bits": 4, "group": 128}}
-    for label, opts in specs.items():
-        for rt, src in (("ort", onnx_path), ("torch", pt)):
-            wpz = work / f"{label}-{rt}.wpz"
-            compress_model(open_model(str(src)), wpz, method="quant", options=opts, min_size=1024)
-            files.setdefault(label, {})[rt] = wpz
-    for rt, src in (("ort", onnx_path), ("torch", pt)):
-        wpz = work / f"lowrank-{rt}.wpz"
-        compress_model(open_model(str(src)), wpz, method="lowrank", ratio=4.0, min_size=1024)
-        files.setdefault("lowrank 4x", {})[rt] = wpz
-    for label in files:
-        if label != "dense":
-            out = work / f"{label.replace(' ', '_')}.onnx"
-            export_onnx(files[label]["ort"], out, onnx_path, external_data=True)
-            files[label]["ort_model"] = out
-            files[label]["wpz"] = files[label]["torch"]
+        torch.onnx.export(m, xs, str(raw), dynamo=False, input_names=names, output_names=["y"],
+                          dynamic_axes={n: {0: "b"} for n in names}, opset_version=17)
+    dense = work / f"{name}.onnx"
+    onnx.save_model(onnx.load(str(raw)), str(dense), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=f"{name}.onnx.data", size_threshold=1024)
+    files = {"dense": {"ort": dense, "torch": pt, "ort_bytes": _size(dense), "torch_bytes": pt.stat().st_size}}
+    for v in variants:
+        method, opts, ratio = VARIANTS[v]
+        f: dict = {}
+        for rt, src in (("ort", raw), ("torch", pt)):
+            wpz = work / f"{name}-{v}-{rt}.wpz"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                compress_model(open_model(str(src)), wpz, method=method, options=dict(opts),
+                               ratio=ratio, min_size=1024)
+            f[f"{rt}_wpz"] = wpz
+        out = work / f"{name}-{v}.onnx"
+        rows = export_onnx(f["ort_wpz"], out, raw, external_data=True)
+        ref = work / f"{name}-{v}-decoded.onnx"
+        with Container(f["ort_wpz"]) as c:
+            save_model(ref, c, like=raw)
+            f["stated_error"] = max((float(e.get("error", 0.0)) for e in c.entries.values()), default=0.0)
+        f.update(ort=out, torch=f["torch_wpz"], ort_bytes=_size(out), ref=ref,
+                 torch_bytes=f["torch_wpz"].stat().st_size,
+                 how=sorted({r.how.split(" (")[0] for r in rows if r.form != "dense"}),
+                 dense_layers=sum(r.how == "dense" and r.form != "dense" for r in rows))
+        files[v] = f
     return files
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def run(quick: bool = False) -> None:
     import importlib.util
     from _harness import Table
-    missing = [m for m in ("torch", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("torch", "onnx", "onnxruntime", "transformers")
+               if importlib.util.find_spec(m) is None]
     if missing:
         print(f"\n## export: skipped (needs {', '.join(missing)})")
         return
-    d = int(os.environ.get("WP_EXPORT_D", 128 if quick else 768))
-    layers = int(os.environ.get("WP_EXPORT_LAYERS", 1 if quick else 4))
+    global QUICK
+    QUICK = QUICK or quick
+    archs = os.environ.get("WP_EXPORT_ARCHS", "mlp" if QUICK else ",".join(ARCHS)).split(",")
     threads = int(os.environ.get("WP_EXPORT_THREADS", 1))
-    reps = 3 if quick else 30
-    with tempfile.TemporaryDirectory() as tmp:
-        work = pathlib.Path(tmp)
-        files = _containers(work, d, layers)
-        res = {}
-        for label, f in files.items():
-            ort_path = f.get("ort_model", f["ort"])
-            res[label] = {"ort": _measure("ort", str(ort_path), d, layers, threads, reps),
-                          "torch": _measure("torch", str(f["torch"]), d, layers, threads, reps),
-                          "onnx_mb": sum(p.stat().st_size for p in (ort_path, ort_path.with_name(
-                              ort_path.name + ".data")) if p.exists()) / 2**20,
-                          "wpz_mb": f["torch"].stat().st_size / 2**20}
-    t = Table(f"export: {layers} MLP blocks d={d} (d->4d->d), input (batch, {SEQ}, d), {threads} thread(s); "
-              f"best-of-{reps} ms per call (x dense), resident MB above the baseline after imports",
-              ["variant", "onnx MB", "ORT b1", "ORT b32", "ORT peak", "ORT rss", "torch file MB",
-               "torch b1", "torch b32", "torch peak", "torch rss", "torch tensors MB"])
-    den = res["dense"]
-    for label, r in res.items():
-        def cell(rt, key, scale=1e3):
-            v = r[rt][key] * scale
-            ref = den[rt][key] * scale
-            return f"{v:.3g} ({v / ref:.2f}x)" if label != "dense" and ref > 0 else f"{v:.3g}"
-        t.add(label, f"{r['onnx_mb']:.2f}", cell("ort", "b1"), cell("ort", "b32"),
-              cell("ort", "peak_mb", 1), cell("ort", "rss_mb", 1), f"{r['wpz_mb']:.2f}",
-              cell("torch", "b1"), cell("torch", "b32"), cell("torch", "peak_mb", 1),
-              cell("torch", "rss_mb", 1), cell("torch", "tensor_mb", 1))
+    reps = 2 if QUICK else int(os.environ.get("WP_EXPORT_REPS", 20))
+    want = os.environ.get("WP_EXPORT_VARIANTS", ",".join(VARIANTS)).split(",")
+    load = os.getloadavg()[0]
+    t = Table(f"export: dense vs exported, {threads} thread(s), best of {reps} calls, ms (x dense); "
+              f"peak = resident MB above the process after imports (x dense); load average {load:.1f}",
+              ["model", "variant", "ORT file MB", "ORT b1", "ORT b32", "ORT peak", "torch file MB",
+               "torch b1", "torch b32", "torch peak", "diff vs dense", "diff vs decode",
+               "stated err", "ORT ops"])
+    for name in archs:
+        variants = [v for v in want if v in VARIANTS and (v != "int4g128" or name in TRANSFORMERS)]
+        with tempfile.TemporaryDirectory() as tmp:
+            work = pathlib.Path(tmp)
+            try:
+                files = _files(name, work, variants)
+            except Exception as e:  # an architecture that cannot be exported: say so, go on
+                t.add(name, "-", f"not run: {type(e).__name__}: {str(e).splitlines()[0][:80]}",
+                      *[""] * 11)
+                continue
+            res = {}
+            for v, f in files.items():
+                res[v] = {rt: _measure(rt, name, f[rt], threads, reps) for rt in ("ort", "torch")}
+            dense_y = np.load(str(files["dense"]["ort"]) + ".ort.y1.npy")
+            for v, f in files.items():
+                r, d = res[v], res["dense"]
+
+                def cell(rt, key, scale=1.0):
+                    val, ref = r[rt][key] * scale, d[rt][key] * scale
+                    return f"{val:.3g}" if v == "dense" or ref <= 0 else f"{val:.3g} ({val / ref:.2f}x)"
+
+                def mb(rt):
+                    val, ref = f[f"{rt}_bytes"] / 2**20, files["dense"][f"{rt}_bytes"] / 2**20
+                    return f"{val:.2f}" if v == "dense" else f"{val:.2f} ({ref / val:.1f}x smaller)"
+
+                if v == "dense":
+                    diffs = ("", "", "", "")
+                else:
+                    y = np.load(str(f["ort"]) + ".ort.y1.npy")
+                    import realmodels
+                    feed = dict(zip([f"x{i}" for i in range(9)], _inputs(name, 1)))
+                    y_ref = realmodels._ort(str(f["ref"]), feed)
+                    diffs = (f"{_rel(y, dense_y):.2e}", f"{_rel(y, y_ref):.2e}",
+                             f"{f['stated_error']:.2e}",
+                             "+".join(f["how"]) + (f", {f['dense_layers']} dense" if f["dense_layers"] else ""))
+                t.add(name, v, mb("ort"), cell("ort", "b1", 1e3), cell("ort", "b32", 1e3),
+                      cell("ort", "peak_mb"), mb("torch"), cell("torch", "b1", 1e3),
+                      cell("torch", "b32", 1e3), cell("torch", "peak_mb"), *diffs)
     t.print()
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        rt, path, d, layers, threads, reps = sys.argv[2:8]
-        print(json.dumps(child(rt, path, int(d), int(layers), int(threads), int(reps))))
+        rt, name, path, threads, reps = sys.argv[2:7]
+        print(json.dumps(child(rt, name, path, int(threads), int(reps))))
     else:
         sys.path.insert(0, str(HERE))
         run(quick=QUICK or "--quick" in sys.argv)

@@ -13,12 +13,13 @@ from __future__ import annotations
 import glob
 import os
 import sys
+import time
 
 import numpy as np
 import scipy.sparse as sp
 
 import weightpress as wp
-from _harness import Table, memory_bandwidth, ms, timeit
+from _harness import QUICK, Table, last_level_cache, memory_bandwidth, ms, read_bandwidth, timeit
 
 
 def _mkl_dot():
@@ -81,6 +82,114 @@ def bench_products(quick: bool) -> None:
                               ms(t_ref), "-" if t_mkl is None else ms(t_mkl), ms(t_dense), ms(t1), ms(t2),
                               t_ref / t2, "-" if t_mkl is None else t_mkl / t2, t_dense / t2,
                               _csr_bytes(A, k) / t2 / bw)
+    t.print()
+
+
+def _csr_random_rows(n: int, density: float, dt, rng) -> sp.csr_array:
+    """n x n CSR with exactly round(density * n) entries per row, one drawn uniformly from each
+    run of n / nnz_row columns (sorted, no duplicates): a random pattern built in O(nnz)."""
+    per = max(1, round(density * n))
+    edges = np.linspace(0, n, per + 1).astype(np.int64)
+    lo, width = edges[:-1], np.diff(edges)
+    idx = (lo + (rng.random((n, per)) * width).astype(np.int64)).astype(np.int32)
+    data = (rng.random(n * per, dtype=np.float32) - 0.5).astype(dt)
+    indptr = np.arange(0, n * per + 1, per, dtype=np.int32 if n * per < 2**31 else np.int64)
+    return sp.csr_array((data, idx.reshape(-1), indptr), shape=(n, n))
+
+
+def bench_spmv_bandwidth(quick: bool) -> None:
+    """SpMV (batch 1) on matrices at and above the last-level cache: fraction of the measured
+    read bandwidth, side by side with SciPy, sparse_dot_mkl and dense GEMV."""
+    mkl = _mkl_dot()
+    llc = last_level_cache()
+    bw1, bw2 = read_bandwidth(1), read_bandwidth(2)
+    sizes = [4096, 8192] if not quick else [256]
+    t = Table(f"SpMV A @ x float32 (median ms; bytes = CSR (values + int32 indices + indptr) + x + y; "
+              f"'rd bw' = bytes / time / read bandwidth with as many threads ({bw1 / 1e9:.1f} GB/s 1t, "
+              f"{bw2 / 1e9:.1f} GB/s 2t); LLC {llc >> 20} MiB; dense = NumPy W @ x, its own threads)",
+              ["n", "sparsity", "CSR MB", "> LLC", "scipy", "mkl", "dense", "wp 1t", "wp 2t", "x scipy",
+               "x mkl", "x dense", "rd bw 1t", "rd bw 2t", "dense rd bw"])
+    rng = np.random.default_rng(0)
+    for n in sizes:
+        for s in (0.5, 0.9):
+            A = _csr_random_rows(n, 1 - s, np.float32, rng)
+            x = rng.standard_normal(n).astype(np.float32)
+            by = _csr_bytes(A, 1)
+            Wd = A.toarray() if n * n * 4 <= (1 << 30) else None
+            t_ref, ref = timeit(lambda: A @ x)
+            t_dense = timeit(lambda: Wd @ x)[0] if Wd is not None else None
+            del Wd
+            t_mkl = timeit(lambda: mkl(A, x))[0] if mkl is not None else None
+            t1, _ = timeit(lambda: wp.csr_matmul(A, x, n_threads=1))
+            t2, y2 = timeit(lambda: wp.csr_matmul(A, x, n_threads=2))
+            _close(y2, ref, np.float32)
+            t.add(n, s, by / 1e6, by > llc, ms(t_ref), "-" if t_mkl is None else ms(t_mkl),
+                  "-" if t_dense is None else ms(t_dense), ms(t1), ms(t2), t_ref / t2,
+                  "-" if t_mkl is None else t_mkl / t2, "-" if t_dense is None else t_dense / t2,
+                  by / t1 / bw1, by / t2 / bw2, "-" if t_dense is None else n * n * 4 / t_dense / bw2)
+    t.print()
+
+
+def _best(fn, n: int) -> float:
+    """Least time of n calls (serial cost on a shared machine: the minimum filters preemption)."""
+    fn()
+    best = float("inf")
+    for _ in range(1 if QUICK else n):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_grain(quick: bool) -> None:
+    """The CSR products' serial cost per entry (what cpp/csr.cpp's cost model is fitted to) and
+    1 vs 2 threads (the model sends a product to threads above 14 µs of predicted serial work)."""
+    t = Table("thread grain: CSR product serial ns per entry, 1 thread, in cache (best of 200), "
+              "against csr.cpp's model (pred = model x nnz: 2 threads pay off above ~14 µs)",
+              ["n", "density", "k", "op", "ns/entry", "model", "pred µs", "wp 1t µs", "wp 2t µs", "2t/1t"])
+    rng = np.random.default_rng(0)
+    A0 = sp.csr_array((np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(2, np.int32)), shape=(1, 8))
+    x0 = np.ones(8, np.float32)
+    t_call = _best(lambda: wp.csr_matmul(A0, x0, n_threads=1), 2000)
+    for n, d in ([(1024, 0.1), (1024, 0.5)] if not quick else [(64, 0.3)]):
+        A = sp.random_array((n, n), density=d, format="csr", dtype=np.float32, rng=0)
+        for k in (1, 8, 32):
+            X = rng.standard_normal((n, k) if k > 1 else n).astype(np.float32)
+            for tr in (False, True):
+                t1 = _best(lambda: wp.csr_matmul(A, X, transpose=tr, n_threads=1), 200)
+                model = 0.025 * ((28 + 2.6 * k) if tr else (12 + k))
+                t2 = _best(lambda: wp.csr_matmul(A, X, transpose=tr, n_threads=2), 200)
+                t.add(n, d, k, "A.T@X" if tr else "A@X", (t1 - t_call) / A.nnz * 1e9, model,
+                      model * A.nnz / 1e3, t1 * 1e6, t2 * 1e6, t2 / t1)
+    t.print()
+
+
+def bench_small_products(quick: bool) -> None:
+    """cpp/include/weightpress/blas.hpp kSmallProduct: a single vector against an m x n matrix
+    through our loop or BLAS gemv (median of 100: BLAS's threads show in the median)."""
+    from weightpress import _core
+
+    t = Table("small products: y = A x through our loop vs BLAS gemv (median µs of 100); "
+              "kSmallProduct = 2^18 entries", ["dtype", "entries", "own µs", "blas µs", "own/blas"])
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        for e in (range(12, 23, 2) if not quick else [10]):
+            m = n = int(2 ** (e / 2))
+            A = rng.standard_normal((m, n)).astype(dt)
+            x = rng.standard_normal(n).astype(dt)
+            y0, y1 = _core.dense_matvec(A, x, False), _core.dense_matvec(A, x, True)
+            _close(y0, y1, dt)
+            ts = {}
+            for use in (False, True):
+                fn = (lambda u=use: _core.dense_matvec(A, x, u))
+                fn()
+                v = []
+                for _ in range(1 if QUICK else 100):
+                    t0 = time.perf_counter()
+                    fn()
+                    v.append(time.perf_counter() - t0)
+                ts[use] = float(np.median(v))
+            t.add(np.dtype(dt).name, f"2^{e}", ts[False] * 1e6, ts[True] * 1e6, ts[False] / ts[True])
     t.print()
 
 
@@ -189,7 +298,10 @@ def bench_threshold(quick: bool) -> None:
 
 
 def run(quick: bool) -> None:
+    bench_spmv_bandwidth(quick)
     bench_products(quick)
     bench_crossover(quick)
     bench_prune(quick)
     bench_threshold(quick)
+    bench_grain(quick)
+    bench_small_products(quick)

@@ -24,9 +24,15 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     names = args.names or sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
     import weightpress as wp
-    from _harness import memory_bandwidth
+    from weightpress import _core
+    from _harness import cpu_model, last_level_cache, memory_bandwidth, read_bandwidth
     print(f"weightpress {wp.__version__}, openmp={wp.has_openmp}, threads={wp.get_num_threads()}, "
-          f"memory bandwidth (2-thread copy) {memory_bandwidth() / 1e9:.1f} GB/s into a reused array, "
+          f"CPU {cpu_model()}, ISA level {_core.isa_level()} (0 base, 1 AVX2, 2 AVX-512), "
+          f"last-level cache {last_level_cache() >> 20} MiB, load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"memory bandwidth: read (XOR reduction) {read_bandwidth(1) / 1e9:.1f} GB/s 1 thread, "
+          f"{read_bandwidth(2) / 1e9:.1f} GB/s 2 threads; copy (2 threads) "
+          f"{memory_bandwidth() / 1e9:.1f} GB/s into a reused array, "
           f"{memory_bandwidth('fresh') / 1e9:.1f} GB/s into a fresh one")
     for name in names:
         mod = importlib.import_module(f"bench_{name}")

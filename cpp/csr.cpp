@@ -11,6 +11,10 @@
 #include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
 
+#ifdef WP_X86_DISPATCH
+#include <immintrin.h>
+#endif
+
 namespace wp {
 
 template <class I>
@@ -302,6 +306,109 @@ WP_INLINE std::int64_t scatter_rows(std::int64_t r0, std::int64_t r1, std::int64
   return -1;
 }
 
+// SpMV (k = 1, unit stride) with hardware gathers of x: the AVX-512 and AVX2 row loops.
+// Per row: the index range check (fused: the row's indices are then in L1), V-lane partial
+// sums in two chains (entry p feeds lane p % V of chain (p / V) % 2), summed in a fixed order;
+// the tail is added lane-wise in order. The order depends only on the row and the ISA.
+#ifdef WP_X86_DISPATCH
+template <class T, class I>
+WP_TARGET_V4 std::int64_t spmv_v4(std::int64_t r0, std::int64_t r1, std::int64_t cols,
+                                  const I* __restrict indptr, const I* __restrict indices,
+                                  const T* __restrict data, const T* __restrict x,
+                                  T* __restrict y, std::int64_t ldy) {
+  for (std::int64_t i = r0; i < r1; ++i) {
+    const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
+    const std::int64_t bad = row_bad(indices, p0, p1, cols);
+    if (bad >= 0) return bad;
+    std::int64_t p = p0;
+    T s = T(0);
+    if constexpr (std::is_same_v<T, float> && sizeof(I) == 4) {
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+      for (; p + 32 <= p1; p += 32) {
+        const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 16);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_i32gather_ps(j0, x, 4), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p + 16), _mm512_i32gather_ps(j1, x, 4), a1);
+      }
+      if (p + 16 <= p1) {
+        const __m512i j0 = _mm512_loadu_si512(indices + p);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_i32gather_ps(j0, x, 4), a0);
+        p += 16;
+      }
+      s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    } else if constexpr (std::is_same_v<T, float>) {  // int64 indices: 8 lanes
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      for (; p + 16 <= p1; p += 16) {
+        const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 8);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm512_i64gather_ps(j0, x, 4), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm512_i64gather_ps(j1, x, 4), a1);
+      }
+      const __m256 a = _mm256_add_ps(a0, a1);
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+      s = (h[0] + h[1]) + (h[2] + h[3]);
+    } else {  // double: 8 lanes
+      __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+      for (; p + 16 <= p1; p += 16) {
+        __m512d x0, x1;
+        if constexpr (sizeof(I) == 4) {
+          x0 = _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p)), x, 8);
+          x1 = _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8)), x, 8);
+        } else {
+          x0 = _mm512_i64gather_pd(_mm512_loadu_si512(indices + p), x, 8);
+          x1 = _mm512_i64gather_pd(_mm512_loadu_si512(indices + p + 8), x, 8);
+        }
+        a0 = _mm512_fmadd_pd(_mm512_loadu_pd(data + p), x0, a0);
+        a1 = _mm512_fmadd_pd(_mm512_loadu_pd(data + p + 8), x1, a1);
+      }
+      s = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+    }
+    for (; p < p1; ++p) s += data[p] * x[static_cast<std::int64_t>(indices[p])];
+    y[i * ldy] = s;
+  }
+  return -1;
+}
+
+template <class T, class I>
+WP_TARGET_V3 std::int64_t spmv_v3(std::int64_t r0, std::int64_t r1, std::int64_t cols,
+                                  const I* __restrict indptr, const I* __restrict indices,
+                                  const T* __restrict data, const T* __restrict x,
+                                  T* __restrict y, std::int64_t ldy) {
+  for (std::int64_t i = r0; i < r1; ++i) {
+    const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
+    const std::int64_t bad = row_bad(indices, p0, p1, cols);
+    if (bad >= 0) return bad;
+    std::int64_t p = p0;
+    T s = T(0);
+    if constexpr (std::is_same_v<T, float> && sizeof(I) == 4) {
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      for (; p + 16 <= p1; p += 16) {
+        const __m256i j0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p));
+        const __m256i j1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8));
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm256_i32gather_ps(x, j0, 4), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm256_i32gather_ps(x, j1, 4), a1);
+      }
+      const __m256 a = _mm256_add_ps(a0, a1);
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+      s = (h[0] + h[1]) + (h[2] + h[3]);
+    } else if constexpr (std::is_same_v<T, double> && sizeof(I) == 4) {
+      __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+      for (; p + 8 <= p1; p += 8) {
+        const __m128i j0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p));
+        const __m128i j1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p + 4));
+        a0 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p), _mm256_i32gather_pd(x, j0, 8), a0);
+        a1 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p + 4), _mm256_i32gather_pd(x, j1, 8), a1);
+      }
+      const __m256d a = _mm256_add_pd(a0, a1);
+      s = (a[0] + a[1]) + (a[2] + a[3]);
+    } else {
+      return gather_rows<T, I>(i, r1, cols, indptr, indices, data, 1, x, 1, y, ldy);
+    }
+    for (; p < p1; ++p) s += data[p] * x[static_cast<std::int64_t>(indices[p])];
+    y[i * ldy] = s;
+  }
+  return -1;
+}
+#endif
+
 #define WP_ROWS_ARGS                                                                        \
   std::int64_t r0, std::int64_t r1, std::int64_t cols, const I *indptr, const I *indices, \
       const T *data, std::int64_t k, const T *x, std::int64_t ldx, T *y, std::int64_t ldy
@@ -315,11 +422,15 @@ std::int64_t rows_base(WP_ROWS_ARGS) {
 #ifdef WP_X86_DISPATCH
 template <bool Scatter, class T, class I>
 WP_TARGET_V3 std::int64_t rows_v3(WP_ROWS_ARGS) {
+  if constexpr (!Scatter)
+    if (k == 1 && ldx == 1) return spmv_v3<T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
   if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
   else return gather_rows<T, I>(WP_ROWS_PASS);
 }
 template <bool Scatter, class T, class I>
 WP_TARGET_V4 std::int64_t rows_v4(WP_ROWS_ARGS) {
+  if constexpr (!Scatter)
+    if (k == 1 && ldx == 1) return spmv_v4<T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
   if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
   else return gather_rows<T, I>(WP_ROWS_PASS);
 }
@@ -339,6 +450,21 @@ std::int64_t rows(WP_ROWS_ARGS) {
 
 }  // namespace
 
+// Serial cost of the products in units of 1/40 ns, fitted to measurements (benchmarks/
+// bench_sparse.py "thread grain": 1 thread, float32, in cache, best of 200 on the 2-core
+// development machine): A X took 0.31 ns per entry at k = 1, 0.57 at k = 8 and 0.9-1.0 at
+// k = 32, i.e. 0.025·(12 + k) ns; Aᵀ X 0.72-0.82, 0.8-1.1 and 2.6-2.9 ns, i.e.
+// 0.025·(28 + 2.6k) ns. (The former grain counted (nnz + rows)·k units against 2^15, which
+// sent a k = 32 product of 1 µs to two threads and kept a k = 1 product of 10 µs on one.)
+// A region pays off once its serial time is about 14 µs (parallel.hpp): kGrainCost.
+inline std::int64_t gather_cost(std::int64_t nnz, std::int64_t rows, std::int64_t k) {
+  return nnz * (12 + k) + rows * k;
+}
+inline std::int64_t scatter_cost(std::int64_t nnz, std::int64_t cols, std::int64_t k) {
+  return nnz * (28 + 26 * k / 10) + cols * k;
+}
+constexpr std::int64_t kGrainCost = 14 * 1000 * 40;
+
 template <class T, class I>
 std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, const I* indices,
                         const T* data, std::int64_t k, const T* x, std::int64_t ldx, T* y,
@@ -347,7 +473,7 @@ std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, 
   const std::int64_t nnz = indptr[rows_];
   if (k == 0) return -1;
   // Tiny products run on the calling thread: waking a team costs more than the work.
-  const int nt = threads_for((nnz + rows_) * k, n_threads, 1 << 15);
+  const int nt = threads_for(gather_cost(nnz, rows_, k), n_threads, kGrainCost);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), nth = team_size();
@@ -373,7 +499,7 @@ std::int64_t csr_matmat_t(std::int64_t rows_, std::int64_t cols, const I* indptr
   std::int64_t n_blocks = std::clamp<std::int64_t>(nnz / std::max<std::int64_t>(4 * cols, 1), 1, 4);
   n_blocks = std::min<std::int64_t>(
       n_blocks, 1 + (std::int64_t(32) << 20) / (out_elems * std::int64_t(sizeof(T))));
-  if (nnz * k < (1 << 15)) n_blocks = 1;
+  if (scatter_cost(nnz, cols, k) <= kGrainCost) n_blocks = 1;
   std::vector<T> buf(static_cast<size_t>((n_blocks - 1) * out_elems));
   const int nt = static_cast<int>(std::min<std::int64_t>(n_threads, n_blocks));
 #pragma omp parallel for num_threads(nt) schedule(static, 1) if (nt > 1)
@@ -388,7 +514,7 @@ std::int64_t csr_matmat_t(std::int64_t rows_, std::int64_t cols, const I* indptr
     if (bad >= 0) note_bad(first_bad, bad);
   }
   if (n_blocks > 1 && first_bad.load() < 0) {
-    const int nr = threads_for(out_elems * n_blocks, n_threads, 1 << 15);
+    const int nr = threads_for(out_elems * n_blocks, n_threads, kGrainElementwise);
 #pragma omp parallel for num_threads(nr) schedule(static) if (nr > 1)
     for (std::int64_t j = 0; j < cols; ++j)
       for (std::int64_t b = 1; b < n_blocks; ++b) {

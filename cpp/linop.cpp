@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstring>
 
 #include "weightpress/blas.hpp"
 #include "weightpress/csr.hpp"
+#include "weightpress/isa.hpp"
 
 namespace wp {
 namespace {
@@ -13,26 +15,42 @@ namespace {
 using blas::to_int;
 inline std::size_t sz(std::int64_t v) { return static_cast<std::size_t>(v); }
 
-// A single vector against a matrix this small runs in our own loops (see linop.hpp).
-constexpr std::int64_t kSmallVec = std::int64_t(1) << 18;
+// A single vector against a matrix of at most kSmallProduct entries runs in our own loops
+// (see linop.hpp and blas.hpp).
+constexpr std::int64_t kSmallVec = blas::kSmallProduct;
 
-// out[i] = Σ_j s[i, j] x[j] for a row-major r×c s (ld): four partial sums in a fixed order.
+// out[i] = Σ_j s[i, j] x[j] for a row-major r×c s (ld): 64 partial sums (entry j feeds sum
+// j % 64: four independent 16-lane chains, so the adds overlap), added in a fixed tree. Written
+// with generic 16-lane vectors, which every ISA level lowers to the same operations in the
+// same order (no FMA contraction under -std=c++17), so the result is the same on every CPU;
+// compiled per level through isa.hpp.
 template <class T>
-void row_dots(std::int64_t r, std::int64_t c, const T* s, std::int64_t ld, const T* x, T* out) {
+WP_INLINE void row_dots_body(std::int64_t r, std::int64_t c, const T* s, std::int64_t ld,
+                             const T* x, T* out) {
+  typedef T v16 __attribute__((vector_size(16 * sizeof(T))));
   for (std::int64_t i = 0; i < r; ++i) {
     const T* a = s + i * ld;
-    T acc[4] = {T(0), T(0), T(0), T(0)};
+    v16 acc[4] = {}, av, xv;
     std::int64_t j = 0;
-    for (; j + 4 <= c; j += 4)
-      for (int t = 0; t < 4; ++t) acc[t] += a[j + t] * x[j + t];
-    for (; j < c; ++j) acc[0] += a[j] * x[j];
-    out[i] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (; j + 64 <= c; j += 64)
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        std::memcpy(&av, a + j + 16 * q, sizeof av);
+        std::memcpy(&xv, x + j + 16 * q, sizeof xv);
+        acc[q] += av * xv;
+      }
+    for (int l = 0; j < c; ++j, ++l) acc[l >> 4][l & 15] += a[j] * x[j];
+    const v16 t = (acc[0] + acc[2]) + (acc[1] + acc[3]);
+    T h[8];
+    for (int l = 0; l < 8; ++l) h[l] = t[l] + t[l + 8];
+    out[i] = ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
   }
 }
 
 // out[j] = Σ_i s[i, j] x[i] for a row-major r×c s (ld): row axpys.
 template <class T>
-void row_axpys(std::int64_t r, std::int64_t c, const T* s, std::int64_t ld, const T* x, T* out) {
+WP_INLINE void row_axpys_body(std::int64_t r, std::int64_t c, const T* s, std::int64_t ld,
+                              const T* x, T* out) {
   std::fill(out, out + c, T(0));
   for (std::int64_t i = 0; i < r; ++i) {
     const T* a = s + i * ld;
@@ -40,6 +58,45 @@ void row_axpys(std::int64_t r, std::int64_t c, const T* s, std::int64_t ld, cons
     for (std::int64_t j = 0; j < c; ++j) out[j] += a[j] * xi;
   }
 }
+
+#define WP_ROWOP_ARGS std::int64_t r, std::int64_t c, const T *s, std::int64_t ld, const T *x, T *out
+template <class T>
+void row_dots_base(WP_ROWOP_ARGS) { row_dots_body(r, c, s, ld, x, out); }
+template <class T>
+void row_axpys_base(WP_ROWOP_ARGS) { row_axpys_body(r, c, s, ld, x, out); }
+#ifdef WP_X86_DISPATCH
+template <class T>
+WP_TARGET_V3 void row_dots_v3(WP_ROWOP_ARGS) { row_dots_body(r, c, s, ld, x, out); }
+template <class T>
+WP_TARGET_V4 void row_dots_v4(WP_ROWOP_ARGS) { row_dots_body(r, c, s, ld, x, out); }
+template <class T>
+WP_TARGET_V3 void row_axpys_v3(WP_ROWOP_ARGS) { row_axpys_body(r, c, s, ld, x, out); }
+template <class T>
+WP_TARGET_V4 void row_axpys_v4(WP_ROWOP_ARGS) { row_axpys_body(r, c, s, ld, x, out); }
+#endif
+template <class T>
+void row_dots(WP_ROWOP_ARGS) {
+#ifdef WP_X86_DISPATCH
+  switch (isa_level()) {
+    case Isa::kV4: return row_dots_v4(r, c, s, ld, x, out);
+    case Isa::kV3: return row_dots_v3(r, c, s, ld, x, out);
+    case Isa::kBase: break;
+  }
+#endif
+  row_dots_base(r, c, s, ld, x, out);
+}
+template <class T>
+void row_axpys(WP_ROWOP_ARGS) {
+#ifdef WP_X86_DISPATCH
+  switch (isa_level()) {
+    case Isa::kV4: return row_axpys_v4(r, c, s, ld, x, out);
+    case Isa::kV3: return row_axpys_v3(r, c, s, ld, x, out);
+    case Isa::kBase: break;
+  }
+#endif
+  row_axpys_base(r, c, s, ld, x, out);
+}
+#undef WP_ROWOP_ARGS
 
 // Row-major (m×n) residual ‖A − L R‖² where fill(r0, r1, D) writes rows r0..r1 of A into D
 // (row-major, ld n): blocked so that memory stays bounded.
@@ -276,6 +333,18 @@ std::vector<T> transposed_copy(std::int64_t r, std::int64_t c, const T* x) {
 }
 template std::vector<float> transposed_copy(std::int64_t, std::int64_t, const float*);
 template std::vector<double> transposed_copy(std::int64_t, std::int64_t, const double*);
+
+template <class T>
+void dense_matvec(std::int64_t m, std::int64_t n, const T* a, const T* x, T* y, bool use_blas) {
+  if (m == 0) return;
+  if (!use_blas || n == 0) {
+    row_dots<T>(m, n, a, n, x, y);
+    return;
+  }
+  blas::gemv<T>('T', to_int(n), to_int(m), T(1), a, to_int(n), x, 1, T(0), y, 1);
+}
+template void dense_matvec<float>(std::int64_t, std::int64_t, const float*, const float*, float*, bool);
+template void dense_matvec<double>(std::int64_t, std::int64_t, const double*, const double*, double*, bool);
 
 template class LinOp<float>;
 template class LinOp<double>;

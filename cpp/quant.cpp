@@ -8,9 +8,10 @@
 #include <type_traits>
 #include <vector>
 
+#include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef WP_X86_DISPATCH
 #include <immintrin.h>
 #endif
 
@@ -47,7 +48,7 @@ void quant_pack(std::int64_t rows, std::int64_t cols, int bits, const std::uint8
   const std::int64_t rb = quant_row_bytes(cols, bits);
   const unsigned limit = 1u << bits;
   std::atomic<std::int64_t> first_bad{-1};
-  const int nt = threads_for(rows * cols, n_threads, 1 << 16);
+  const int nt = threads_for(rows * cols, n_threads, kGrainIndexScan);  // a byte scan
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::uint8_t* c = codes + r * cols;
@@ -96,7 +97,7 @@ void quant_unpack(std::int64_t rows, std::int64_t cols, int bits, const std::uin
                   std::uint8_t* __restrict codes, int n_threads) {
   quant_check_spec(QuantSpec{bits, 0, true}, "quant_unpack");
   const std::int64_t rb = quant_row_bytes(cols, bits);
-  const int nt = threads_for(rows * cols, n_threads, 1 << 16);
+  const int nt = threads_for(rows * cols, n_threads, kGrainIndexScan);  // a byte scan
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::uint8_t* in = packed + r * rb;
@@ -124,7 +125,7 @@ void quant_rtn(std::int64_t rows, std::int64_t cols, const T* __restrict W, cons
   const std::int64_t g = quant_group(cols, spec.group), ng = quant_n_groups(cols, spec.group);
   const int maxq = (1 << spec.bits) - 1;
   FirstError err;
-  const int nt = threads_for(rows * cols, n_threads, 1 << 15);
+  const int nt = threads_for(rows * cols, n_threads, kGrainElementwise);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t r = 0; r < rows; ++r) {
     err.run([&] {
@@ -153,7 +154,7 @@ void quant_dequantize(std::int64_t rows, std::int64_t cols, const std::uint8_t* 
   quant_check_spec(spec, "dequantize");
   const std::int64_t g = quant_group(cols, spec.group), ng = quant_n_groups(cols, spec.group);
   const std::int64_t rb = quant_row_bytes(cols, spec.bits);
-  const int nt = threads_for(rows * cols, n_threads, 1 << 15);
+  const int nt = threads_for(rows * cols, n_threads, kGrainElementwise);
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::uint8_t* in = packed + r * rb;
@@ -168,9 +169,8 @@ void quant_dequantize(std::int64_t rows, std::int64_t cols, const std::uint8_t* 
 }
 
 // ---- The product ----------------------------------------------------------------------------
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define WPQ_X86_DISPATCH 1
-#endif
+// Compiled once per instruction set (the namespaces below), chosen per CPU by wp::isa_level()
+// (weightpress/isa.hpp), the engine's one dispatch.
 
 namespace {
 
@@ -229,13 +229,8 @@ constexpr int kVecBytes = 16;
 #undef WPQ_HAS_F16C
 #undef WPQ_LUT
 }  // namespace qk_base
-#ifdef WPQ_X86_DISPATCH
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,bmi,bmi2"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c,bmi,bmi2")
-#endif
+#ifdef WP_X86_DISPATCH
+WP_BEGIN_TARGET_V3
 namespace qk_v3 {
 using wp::MatArgs;
 using wp::fast_bits;
@@ -249,14 +244,8 @@ constexpr int kVecBytes = 32;
 #undef WPQ_HAS_F16C
 #undef WPQ_LUT
 }  // namespace qk_v3
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi,bmi2"))), apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi,bmi2,prefer-vector-width=512")
-#endif
+WP_END_TARGET
+WP_BEGIN_TARGET_V4
 namespace qk_v4 {
 using wp::MatArgs;
 using wp::fast_bits;
@@ -270,31 +259,12 @@ constexpr int kVecBytes = 64;
 #undef WPQ_HAS_F16C
 #undef WPQ_LUT
 }  // namespace qk_v4
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+WP_END_TARGET
 #endif
 
 namespace wp {
 
-int quant_isa_level() {
-#ifdef WPQ_X86_DISPATCH
-  static const int level = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("f16c"))
-      return 2;
-    return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            __builtin_cpu_supports("f16c")) ? 1 : 0;
-  }();
-  return level;
-#else
-  return 0;
-#endif
-}
+int quant_isa_level() { return static_cast<int>(isa_level()); }
 
 template <class T>
 void quant_matmul(std::int64_t rows, std::int64_t cols, const std::uint8_t* __restrict packed,
@@ -311,7 +281,7 @@ void quant_matmul(std::int64_t rows, std::int64_t cols, const std::uint8_t* __re
                   quant_row_bytes(cols, spec.bits), n, spec.bits, spec.symmetric, packed, scales,
                   zeros};
   const int level = quant_isa_level();
-#ifdef WPQ_X86_DISPATCH
+#ifdef WP_X86_DISPATCH
   const int L = level == 2 ? qk_v4::lanes<T>() : level == 1 ? qk_v3::lanes<T>() : qk_base::lanes<T>();
 #else
   const int L = qk_base::lanes<T>();
@@ -338,7 +308,7 @@ void quant_matmul(std::int64_t rows, std::int64_t cols, const std::uint8_t* __re
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
   for (std::int64_t ci = 0; ci < n_chunks; ++ci) {
     const std::int64_t t0 = ci * chunk, t1 = std::min(items, t0 + chunk);
-#ifdef WPQ_X86_DISPATCH
+#ifdef WP_X86_DISPATCH
     if (level == 2) qk_v4::range<T>(a, xq, yq, t0, t1);
     else if (level == 1) qk_v3::range<T>(a, xq, yq, t0, t1);
     else qk_base::range<T>(a, xq, yq, t0, t1);

@@ -380,3 +380,47 @@ def test_full_support_path_with_extreme_column_scales(sc):
         assert info.converged
         assert np.all(np.abs(c[S] - lam * np.sign(x[S])) <= 1e-6 * lam + slack[S])
         assert np.all(np.abs(c[~S]) <= lam * (1 + 1e-6) + slack[~S])
+
+
+# Wide LASSO problems (n >= 4·max(64, m/4)) are solved on working sets of columns; these reach
+# every exit of that loop: optimal on the first set (frac 0.3), violators added (0.05, 0.01),
+# fallback to the homotopy on A once the set passes 3m/4 columns (0.002), and a CSR operator.
+# Reference: coordinate descent run to 1e-14 (lars_path itself is off by 7e-4 in duality gap
+# at frac 0.01 here).
+@pytest.mark.parametrize("frac", [0.3, 0.05, 0.01, 0.002])
+def test_lasso_working_sets_match_coordinate_descent(frac):
+    m, n = 160, 900
+    rng = np.random.default_rng(40)
+    A = rng.standard_normal((m, n)) / np.sqrt(m)
+    y = A @ sparse_vec(n, 12, 41) + 0.05 * rng.standard_normal(m)
+    lam = frac * np.abs(A.T @ y).max()
+    x, info = wp.lasso(A, y, lam, return_info=True)
+    ref = sklm.Lasso(alpha=lam / m, fit_intercept=False, tol=1e-14, max_iter=10**6).fit(A, y).coef_
+    assert lasso_gap(A, y, ref, lam) <= 1e-11
+    np.testing.assert_allclose(x, ref, atol=1e-9)
+    assert info.converged and lasso_gap(A, y, x, lam) <= 1e-12
+    c = A.T @ (y - A @ x)  # KKT on every column, not only the working set's
+    assert np.all(np.abs(c) <= lam * (1 + 1e-9))
+
+
+def test_lasso_working_sets_csr_scaled_columns_and_threads():
+    m, n = 120, 700
+    rng = np.random.default_rng(42)
+    A = sp.random(m, n, density=0.3, format="csr", random_state=43, dtype=np.float64)
+    sc = np.logspace(-3, 3, n)
+    rng.shuffle(sc)
+    A = sp.csr_array(A @ sp.diags(sc))
+    Ad = A.toarray()
+    x0 = np.zeros(n)
+    idx = rng.choice(n, 10, replace=False)
+    x0[idx] = rng.standard_normal(10) / sc[idx]
+    y = Ad @ x0 + 1e-3 * rng.standard_normal(m)
+    lam = 0.02 * np.abs(Ad.T @ y).max()
+    x, info = wp.lasso(A, y, lam, return_info=True)
+    _, _, coefs = sklm.lars_path(Ad, y, alpha_min=lam / m, method="lasso")
+    cn = np.linalg.norm(Ad, axis=0)
+    ref = coefs[:, -1]
+    np.testing.assert_allclose(x * cn, ref * cn, atol=1e-7 * np.abs(ref * cn).max())
+    assert info.converged
+    np.testing.assert_allclose(wp.lasso(Ad, y, lam), x, atol=1e-10)
+    np.testing.assert_array_equal(wp.lasso(A, y, lam, n_threads=1), wp.lasso(A, y, lam, n_threads=2))

@@ -325,3 +325,73 @@ def test_weight_read_by_two_nodes_is_stored_once(tmp_path):
     save_model(ref, decoded, like=like)
     x = rng.standard_normal((3, 64)).astype(np.float32)
     np.testing.assert_allclose(_run(tmp_path / "q.onnx", x), _run(ref, x), rtol=1e-4, atol=1e-5)
+
+
+def test_lowrank_int8_runs_as_two_matmulnbits(tmp_path, block):
+    """--method lowrank-int8: the factors' int8 codes run in two MatMulNBits per layer, exactly
+    the container's product (``compute="exact"``), in MatMul (in_out) and Gemm transB graphs."""
+    like, weights = block
+    wpz = tmp_path / "lq.wpz"
+    compress_model(open_model(str(like)), wpz, method="lowrank-int8", options={"rank": 24},
+                   min_size=1024)
+    with Container(wpz) as c:
+        assert {c.entries[w]["form"] for w in weights} == {"lowrank-int8"}
+    out = tmp_path / "lq.onnx"
+    rows = {r.name: r for r in export_onnx(wpz, out, like, compute="exact")}
+    for w in weights:
+        assert rows[w].how == "2 MatMulNBits 8-bit (rank 24)", rows[w]
+        assert rows[w].nbytes < rows[w].dense_nbytes / 4
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m)
+    assert sum(n.op_type == "MatMulNBits" for n in m.graph.node) == 4
+    x = np.random.default_rng(1).standard_normal((3, 7, 64)).astype(np.float32)
+    ref = _run(_reference(tmp_path, wpz, like), x)
+    np.testing.assert_allclose(_run(out, x), ref, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(_run(like, x), ref, atol=1e-3)
+    fast = tmp_path / "lq_fast.onnx"
+    export_onnx(wpz, fast, like)  # int8 activations: close, not exact
+    assert np.linalg.norm(_run(fast, x) - ref) < 0.02 * np.linalg.norm(ref)
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
+    gl = tmp_path / "gemm.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(net, (torch.randn(2, 64),), str(gl), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    wpz = tmp_path / "g.wpz"
+    compress_model(open_model(str(gl)), wpz, method="lowrank-int8", ratio=4, min_size=1024)
+    out = tmp_path / "g.onnx"
+    rows = [r for r in export_onnx(wpz, out, gl, compute="exact") if r.form == "lowrank-int8"]
+    assert len(rows) == 2 and all(r.how.startswith("2 MatMulNBits") for r in rows), rows
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, gl), x), rtol=1e-4, atol=1e-5)
+
+
+def test_quant_conv_runs_as_dequantizelinear(tmp_path):
+    """Per-channel quantized Conv weights (plain, grouped, depthwise; symmetric and asymmetric
+    codes) become DequantizeLinear -> Conv, equal to the container's decode; group-wise scales
+    and conv_quant="dense" stay dense with the reason."""
+    like = tmp_path / "c.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(_convnet(), (torch.randn(1, 3, 24, 24),), str(like), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    x = np.random.default_rng(0).standard_normal((2, 3, 24, 24)).astype(np.float32)
+    for opts in ({"bits": 8}, {"bits": 4, "symmetric": False}):
+        wpz = tmp_path / "q.wpz"
+        compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=256)
+        out = tmp_path / "q.onnx"
+        rows = [r for r in export_onnx(wpz, out, like) if r.form == "quant"]
+        assert len(rows) == 4 and all(r.how.startswith(f"DequantizeLinear {opts['bits']}-bit") for r in rows)
+        assert all(r.nbytes <= r.dense_nbytes / 4 + 64 * 8 for r in rows)
+        m = onnx.load(str(out))
+        onnx.checker.check_model(m)
+        assert sum(n.op_type == "DequantizeLinear" for n in m.graph.node) == 4
+        np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x),
+                                   rtol=1e-5, atol=1e-5)
+        rows = export_onnx(wpz, tmp_path / "d.onnx", like, conv_quant="dense")
+        assert all(r.how == "dense" and "conv_quant" in r.note for r in rows if r.form == "quant")
+    wpz = tmp_path / "g.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 4, "group": 32},
+                   min_size=256)
+    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "g.onnx", like)}
+    assert rows["2.weight"].how == "dense" and "group-wise" in rows["2.weight"].note

@@ -184,3 +184,65 @@ def test_lowrank_conv(tmp_path):
         h = torch.relu(m[:4](x))
         torch.testing.assert_close(m[4].dense()(h), m[4](h), rtol=1e-4, atol=1e-4)
     assert rows["6.weight"].how == "copied dense"
+
+
+@pytest.mark.parametrize("mode", ["auto", "dequant"])
+def test_lowrank_int8_linear(tmp_path, mode):
+    """lowrank-int8 layers become two per-channel int8 linears (PyTorch's int8 kernel with
+    bfloat16 activations, or dequantized in float), close to the container's decode; under
+    torch.compile too; ``.dense()`` gives the decoded layer."""
+    from weightpress.torch import LowRankQuantLinear
+    m = _mlp()
+    wpz = tmp_path / "m.wpz"
+    compress_model(open_model(str(_saved(tmp_path, m))), wpz, method="lowrank-int8",
+                   options={"rank": 13}, min_size=1024)   # the int8 kernel runs it padded to 16
+    ref = _decoded(_mlp(), wpz)
+    rows = load_into(m, wpz, quant=mode)
+    assert isinstance(m[0], LowRankQuantLinear) and m[0].rank == 13
+    want = "int8" if mode == "auto" else "dequant"
+    assert {r.how for r in rows if r.name.endswith("weight")} == {f"LowRankQuantLinear {want} (rank 13)"}
+    assert m[0].second.mode == want
+    x = torch.randn(5, 64)
+    tol = 2e-2 if mode == "auto" else 1e-5   # bfloat16 activations in the int8 kernel
+    with torch.no_grad():
+        y, y_ref = m(x), ref(x)
+        assert (y - y_ref).norm() <= tol * y_ref.norm()
+        d, d_ref = m[0].dense()(x), ref[0](x)   # int8 mode: scales held in bfloat16
+        assert (d - d_ref).norm() <= (1e-2 if mode == "auto" else 1e-5) * d_ref.norm()
+        yc = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
+        torch.testing.assert_close(yc, y, rtol=1e-3, atol=1e-3)
+    held = sum(t.numel() * t.element_size() for t in list(m.buffers()) + list(m.parameters()))
+    dense = sum(p.numel() * 4 for p in _mlp().parameters())
+    assert held < 0.3 * dense
+
+
+def test_quant_conv(tmp_path):
+    """Quantized conv weights (plain, grouped, depthwise; per channel and group-wise) become
+    QuantConv: packed codes, equal to the container's decode; .dense() and torch.compile."""
+    from weightpress.torch import QuantConv
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(32, 64, 3, groups=4), torch.nn.ReLU(),
+                                   torch.nn.Conv2d(64, 64, 3, groups=64, padding=1)).eval()
+
+    x = torch.randn(2, 3, 16, 16)
+    for opts in ({"bits": 8}, {"bits": 4, "group": 32, "symmetric": False}):
+        m = net()
+        wpz = tmp_path / "c.wpz"
+        compress_model(open_model(str(_saved(tmp_path, m))), wpz, method="quant", options=opts,
+                       min_size=256)
+        ref = _decoded(net(), wpz)
+        rows = load_into(m, wpz)
+        kinds = {r.name: r.how for r in rows}
+        assert all(isinstance(m[i], QuantConv) for i in (0, 2, 4)), kinds
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), ref(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(m[2].dense()(torch.relu(ref[0](x))), ref[2](torch.relu(ref[0](x))),
+                                       rtol=1e-5, atol=1e-5)
+            if opts["bits"] == 8:
+                yc = torch.compile(m, backend="aot_eager", fullgraph=True)(x)
+                torch.testing.assert_close(yc, ref(x), rtol=1e-5, atol=1e-5)
+        held = sum(t.numel() * t.element_size() for t in m.buffers())
+        assert held < 0.5 * sum(p.numel() * 4 for n, p in net().named_parameters() if "weight" in n)

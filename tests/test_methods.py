@@ -38,7 +38,7 @@ def test_byte_budgets_are_met(ratio):
 
 def test_auto_picks_the_right_form_and_never_grows():
     W_low = _planted(80, 80, r=4, noise=1e-4)
-    assert M.auto(W_low, error=0.01).form == "lowrank"
+    assert M.auto(W_low, error=0.01).form in ("lowrank", "lowrank-int8")  # int8 factors: smaller
     W_sparse = np.zeros((80, 80), np.float32)
     W_sparse[RNG.integers(0, 80, 60), RNG.integers(0, 80, 60)] = 1.0
     assert M.auto(W_sparse, error=0.01).form == "sparse"

@@ -84,6 +84,25 @@ def test_matmul_matches_dequantized(dtype, bits, group, sym, shape):
     np.testing.assert_allclose(Q.matmul(v, transpose=True), D.T @ v, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("bits,group", [(4, 64), (4, 128), (2, 128)])
+@pytest.mark.parametrize("shape", [(10, 64 * 19), (37, 128 * 20)])
+def test_matmul_whole_groups_path(bits, group, shape):
+    # symmetric, every group whole and a multiple of two chunks: the AVX-512 path without
+    # tails that converts 16 scales at a time (19 or 20 groups: a full batch and a partial one)
+    rng = np.random.default_rng(bits + shape[0])
+    W = rng.standard_normal(shape).astype(np.float32)
+    Q = quantize(W, bits, group)
+    D = reference(Q)
+    for n in (1, 3, 8):
+        X = rng.standard_normal((shape[1], n)).astype(np.float32)
+        with wp.threads(1):
+            Y1 = Q.matmul(X)
+        with wp.threads(2):
+            Y2 = Q.matmul(X)
+        np.testing.assert_array_equal(Y1, Y2)
+        np.testing.assert_array_less(np.abs(Y1 - D @ X), 1e-5 * (np.abs(D) @ np.abs(X) + 1))
+
+
 def test_in_out_layout_quantizes_along_inputs():
     rng = np.random.default_rng(5)
     W = rng.standard_normal((96, 40)).astype(np.float32)  # Keras [in, out]
@@ -323,6 +342,17 @@ def test_digits_entropy_coded_headline():
     assert res[0]["accuracy"] - res[1]["accuracy"] <= 0.003 + 1e-9
 
 
+def test_digits_20x_within_a_point():
+    # issue 11's figure: the bundled digits model >= 20x smaller (whole file: compact header,
+    # GPTQ ternary codes with joint sparsity, zstd) at <= 1 point accuracy drop
+    pytest.importorskip("zstandard")
+    from weightpress.cli import demo
+
+    res = demo.run([demo.HEADLINE_20X], out=lambda s: None)
+    assert res[1]["ratio"] >= 20.0
+    assert res[0]["accuracy"] - res[1]["accuracy"] <= 0.01 + 1e-9
+
+
 @pytest.mark.parametrize("layout", ["out_in", "in_out"])
 def test_row_blocks_match_toarray(layout):
     W = np.random.default_rng(10).standard_normal((300, 70)).astype(np.float32)
@@ -330,3 +360,93 @@ def test_row_blocks_match_toarray(layout):
         D = np.concatenate([b for _, _, b in m.blocks(block=1000)])
         np.testing.assert_array_equal(D, m.toarray())
         np.testing.assert_array_equal(m.rows(5, 9), m.toarray()[5:9])
+
+
+# ---- quantized structure: bitmask / CSR positions with integer codes -------------------------
+@pytest.mark.parametrize("layout", ["out_in", "in_out"])
+@pytest.mark.parametrize("structure", ["bitmask", "csr"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_sparse_quantized_round_trip_bytes_and_products(layout, structure, bits):
+    from weightpress.compression.squant import sparse_quantize, squant_nbytes
+
+    rng = np.random.default_rng(bits)
+    W = rng.standard_normal((37, 90)).astype(np.float32)
+    Wl = W if layout == "out_in" else np.ascontiguousarray(W.T)
+    S = sparse_quantize(Wl, sparsity=0.6, bits=bits, structure=structure, layout=layout)
+    assert S.name == f"{structure}+int{bits}" and S.nnz == round(0.4 * W.size)
+    assert S.nbytes == squant_nbytes((37, 90), S.nnz, bits, structure) == sum(
+        a.nbytes for a in S.parts().values())
+    D = S.toarray()
+    assert D.shape == Wl.shape and np.count_nonzero(D) <= S.nnz
+    # kept entries are the largest, each within half a step of its row's scale
+    Wo = W
+    Do = D if layout == "out_in" else D.T
+    kept = Do != 0
+    step = np.abs(Wo).max(axis=1, where=kept | ~kept.any(axis=1, keepdims=True), initial=0) / ((1 << (bits - 1)) - 1)
+    assert np.all(np.abs(Do - Wo)[kept] <= (step[:, None] * 0.51 + 1e-6).repeat(90, 1)[kept])
+    R = from_parts("squant", {k: v.copy() for k, v in S.parts().items()}, Wl.shape, layout)
+    np.testing.assert_array_equal(R.toarray(), D)
+    x = rng.standard_normal((5, 90)).astype(np.float32)
+    ref = x.astype(np.float64) @ Do.T.astype(np.float64)
+    np.testing.assert_allclose(R.apply(x), ref, rtol=1e-4, atol=1e-4)
+    v = rng.standard_normal(Wl.shape[0]).astype(np.float32)
+    np.testing.assert_allclose(R.matmul(v, transpose=True), D.T @ v, rtol=1e-4, atol=1e-4)
+
+
+def test_bitmask_beats_csr_at_moderate_sparsity_and_fills_budgets():
+    from weightpress.compression.squant import sparse_quantize, squant_nbytes
+
+    shape = (256, 512)  # uint16 column indices: the bitmask wins above 1/16 density
+    for density in (0.1, 0.3, 0.5):
+        nnz = int(density * shape[0] * shape[1])
+        assert squant_nbytes(shape, nnz, 4, "bitmask") < squant_nbytes(shape, nnz, 4, "csr")
+    assert squant_nbytes(shape, 2000, 4, "csr") < squant_nbytes(shape, 2000, 4, "bitmask")
+    W = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    for nb in (3000, 20000, 60000):
+        S = sparse_quantize(W, nbytes=nb, bits=4)
+        assert S.nbytes <= nb
+        other = "csr" if S.structure == "bitmask" else "bitmask"
+        assert sparse_quantize(W, nbytes=nb, bits=4, structure=other).nnz <= S.nnz
+        # one more entry would not fit
+        assert squant_nbytes(shape, S.nnz + 1, 4, S.structure) > nb or S.nnz == W.size
+
+
+def test_sparse_quantized_from_gptq_and_auto():
+    from weightpress.compression import methods as M
+    from weightpress.compression.calibration import CalibrationStats
+    from weightpress.compression.squant import SparseQuantized
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((400, 64)) * np.linspace(0.2, 2, 64)
+    W = rng.standard_normal((48, 64)).astype(np.float32)
+    q = gptq(W, CalibrationStats.from_inputs(X), bits=4, sparsity=0.6)
+    S = SparseQuantized.from_quantized(q)
+    np.testing.assert_array_equal(S.toarray(), q.toarray())  # the same matrix, zeros dropped
+    assert S.nnz <= round(0.4 * W.size) and S.nbytes < q.nbytes
+    with pytest.raises(ValueError, match="symmetric"):
+        SparseQuantized.from_quantized(quantize(W, 4, 32))
+    # heavy-tailed weights: auto's byte budget goes to pruned int8/int4 values
+    H = (rng.standard_normal((128, 128)) * rng.standard_normal((128, 128)) ** 2).astype(np.float32)
+    a = M.auto(H, nbytes=H.nbytes / 8)
+    assert isinstance(a, SparseQuantized) and a.nbytes <= H.nbytes / 8
+    assert a.relative_error(H) < M.auto(H, nbytes=H.nbytes / 8,
+                                        forms=("sparse", "lowrank", "quant")).relative_error(H)
+
+
+def test_sparse_quantized_bad_parts():
+    from weightpress.compression.squant import sparse_quantize
+
+    W = np.random.default_rng(6).standard_normal((8, 20)).astype(np.float32)
+    for structure in ("bitmask", "csr"):
+        p = sparse_quantize(W, sparsity=0.5, bits=4, structure=structure).parts()
+        with pytest.raises(ValueError, match="codes"):
+            from_parts("squant", p | {"codes": p["codes"][:-1]}, W.shape)
+        with pytest.raises(ValueError, match="qmeta"):
+            from_parts("squant", p | {"qmeta": np.array([4, 7, 0], np.int32)}, W.shape)
+        with pytest.raises(ValueError, match="missing"):
+            from_parts("squant", {k: v for k, v in p.items() if k != "scales"}, W.shape)
+    p = sparse_quantize(W, sparsity=0.5, bits=4, structure="csr").parts()
+    with pytest.raises(ValueError, match="indices"):
+        from_parts("squant", p | {"indices": p["indices"] + 30}, W.shape)
+    with pytest.raises(ValueError, match="exactly one"):
+        sparse_quantize(W, sparsity=0.5, nnz=3)

@@ -96,6 +96,36 @@ def test_prune_large_float64_and_threads():
     np.testing.assert_array_equal(a1.toarray(), ref_prune_keep(W, W.size - round(0.83 * W.size)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prune_sampled_cut_large(dtype):
+    # above 2^16 entries the cut is bracketed from a sample and chosen among the entries in the
+    # bracket: exact count, row-major ties, every thread count, any layout
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((300, 700)).astype(dtype)
+    W[::5, ::2] = 1.25  # a block of ties straddling the cut
+    keep = W.size - round(0.7 * W.size)
+    ref = ref_prune_keep(W, keep)
+    for n in (1, 2):
+        A = wp.prune(W, sparsity=0.7, n_threads=n)
+        check_csr(A, W)
+        np.testing.assert_array_equal(A.toarray(), ref)
+    np.testing.assert_array_equal(wp.prune(np.asfortranarray(W), sparsity=0.7).toarray(), ref)
+
+
+def test_prune_sample_miss_falls_back():
+    # 256 x 520: the sample covers the first 131072 entries only, and the largest entries all
+    # sit in the last 4 rows, so the sample's bracket misses the cut: the exact fallback runs
+    W = np.random.default_rng(6).standard_normal((256, 520))
+    W[-4:] += np.sign(W[-4:]) * 100
+    W[-1, ::2] = 100.5  # ties at the cut
+    keep = 2048 - 100
+    s = 1 - keep / W.size
+    for n in (1, 2):
+        A = wp.prune(W, sparsity=s, n_threads=n)
+        check_csr(A, W)
+        np.testing.assert_array_equal(A.toarray(), ref_prune_keep(W, W.size - round(s * W.size)))
+
+
 def test_prune_layouts_read_in_place():
     W = np.random.default_rng(3).standard_normal((40, 30))
     ref = wp.prune(W, sparsity=0.5).toarray()
@@ -294,3 +324,33 @@ def test_csr_matmul_malformed_large(k, transpose):
     X = np.ones((3000 if transpose else 2000, k))
     with pytest.raises(ValueError, match="column index 2000 .* out of range"):
         wp.csr_matmul(A, X, transpose=transpose)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("index", [np.int32, np.int64])
+def test_spmv_long_rows_every_isa_path(dtype, index):
+    # rows long enough for the gathered vector loops (32+ entries) plus ragged tails, and
+    # short rows; int32 and int64 indices; bit-identical for 1 and 2 threads
+    rng = np.random.default_rng(11)
+    A = sp.random_array((300, 500), density=0.3, format="csr", dtype=dtype, rng=rng)
+    A.data -= dtype(0.5)
+    A.indptr, A.indices = A.indptr.astype(index), A.indices.astype(index)
+    x = rng.standard_normal(500).astype(dtype)
+    y1 = wp.csr_matmul(A, x, n_threads=1)
+    y2 = wp.csr_matmul(A, x, n_threads=2)
+    np.testing.assert_array_equal(y1, y2)
+    ref = A.astype(np.float64) @ x.astype(np.float64)
+    bound = abs(A).astype(np.float64) @ np.abs(x.astype(np.float64))
+    assert np.all(np.abs(y1 - ref) <= EPS[np.dtype(dtype)] * (bound + 1))
+    bad = A.copy()
+    bad.indices[bad.indptr[150] + 40] = 500
+    with pytest.raises(ValueError, match="out of range"):
+        wp.csr_matmul(bad, x)
+
+
+def test_read_probe_is_xor_of_words():
+    from weightpress import _core
+
+    a = np.random.default_rng(1).integers(0, 2**63, 100_003, dtype=np.uint64)
+    assert _core.read_probe(a, 1) == _core.read_probe(a, 2) == int(np.bitwise_xor.reduce(a))
+    assert 0 <= _core.isa_level() <= 2

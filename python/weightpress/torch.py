@@ -2,8 +2,8 @@
 puts a container into a module with its compressed layers computing compressed; see
 :mod:`weightpress.model.export_torch`."""
 
-from .model.export_torch import (LoadRow, LowRankConv, LowRankLinear, QuantLinear, SparseLinear,
-                                 load_into, quant_modes)
+from .model.export_torch import (LoadRow, LowRankConv, LowRankLinear, LowRankQuantLinear,
+                                 QuantConv, QuantLinear, SparseLinear, load_into, quant_modes)
 
 __all__ = ["load_into", "LoadRow", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
-           "quant_modes"]
+           "LowRankQuantLinear", "QuantConv", "quant_modes"]

@@ -3,6 +3,7 @@
 // Column-major (Fortran) conventions throughout; LP64 integers. Call these only from serial
 // code, never inside an OpenMP parallel region (SciPy's OpenBLAS has its own thread pool).
 #pragma once
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -62,6 +63,16 @@ const Table& table();
 template <class T> const Fns<T>& fns();
 template <> inline const Fns<float>& fns<float>() { return table().s; }
 template <> inline const Fns<double>& fns<double>() { return table().d; }
+
+// Entries of the largest matrix whose product with a single vector runs in our own loop rather
+// than BLAS gemv (linop.cpp; basis_pursuit.cpp's block size should use the same line).
+// Measured with benchmarks/bench_sparse.py "small products" (median of 100; 2-core machine at
+// load 12-13, so provisional): up to 2^18 entries serial gemv beat our loop by 1.2-2.3x (1-25
+// us); from 2^20 on OpenBLAS ran gemv on its threads (its own cut-off: 460800 entries) and,
+// with the second core busy, took 24-28 ms (median) against our loop's 0.16-0.63 ms. So the
+// line sits where OpenBLAS starts threading, and the loop below it costs microseconds; whether
+// large single-vector products should avoid BLAS's threads too is for a quiet-machine rerun.
+inline constexpr std::int64_t kSmallProduct = std::int64_t(1) << 18;
 
 // Narrow a size to BLAS's int, or throw: LP64 BLAS cannot address more.
 template <class N>

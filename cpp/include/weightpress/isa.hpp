@@ -3,7 +3,8 @@
 // by thin wrappers marked WP_TARGET_V4 / WP_TARGET_V3, and called through a switch on
 // wp::isa_level(), which asks the CPU once (wheels stay portable: no -march flag). Other
 // architectures (aarch64) and compilers without the attributes compile the baseline only.
-// Used by csr.cpp (SpMV/SpMM row kernels) and pursuit.cpp (OMP's two hot loops).
+// Used by csr.cpp (SpMV/SpMM row kernels), prune.cpp (count and compaction), quant.cpp (the
+// packed products, by region), probe.cpp and pursuit.cpp (OMP's two hot loops).
 //
 // Kernels that must give bit-identical results on every CPU avoid FP contraction (GCC uses
 // -ffp-contract=off under -std=c++17) or document where FMA changes the last bit.
@@ -14,8 +15,26 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define WP_X86_DISPATCH 1
 #define WP_TARGET_V4 \
-  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,bmi,bmi2,popcnt,prefer-vector-width=512")))
-#define WP_TARGET_V3 __attribute__((target("avx2,bmi,bmi2,popcnt")))
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt,prefer-vector-width=512")))
+#define WP_TARGET_V3 __attribute__((target("avx2,fma,f16c,bmi,bmi2,popcnt")))
+// The same targets for a whole region of code (a namespace of kernels included from a .inc
+// file, as quant.cpp does): every function in it, inline helpers and lambdas included, is
+// compiled for the level. WP_BEGIN_TARGET_V3 ... WP_END_TARGET.
+#if defined(__clang__)
+#define WP_BEGIN_TARGET_V3 \
+  _Pragma("clang attribute push(__attribute__((target(\"avx2,fma,f16c,bmi,bmi2,popcnt\"))), apply_to = function)")
+#define WP_BEGIN_TARGET_V4                                                                       \
+  _Pragma(                                                                                        \
+      "clang attribute push(__attribute__((target(\"avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt\"))), apply_to = function)")
+#define WP_END_TARGET _Pragma("clang attribute pop")
+#else
+#define WP_BEGIN_TARGET_V3 \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx2,fma,f16c,bmi,bmi2,popcnt\")")
+#define WP_BEGIN_TARGET_V4       \
+  _Pragma("GCC push_options") \
+      _Pragma("GCC target(\"avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c,bmi,bmi2,popcnt,prefer-vector-width=512\")")
+#define WP_END_TARGET _Pragma("GCC pop_options")
+#endif
 #endif
 
 namespace wp {
@@ -27,10 +46,14 @@ inline Isa isa_level() {
 #ifdef WP_X86_DISPATCH
   static const Isa level = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+    // x86-64-v3 as the psABI defines it (AVX2 + FMA + F16C + BMI1/2), and v4 on top of it
+    const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                    __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi") &&
+                    __builtin_cpu_supports("bmi2");
+    if (v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
       return Isa::kV4;
-    return __builtin_cpu_supports("avx2") ? Isa::kV3 : Isa::kBase;
+    return v3 ? Isa::kV3 : Isa::kBase;
   }();
   return level;
 #else

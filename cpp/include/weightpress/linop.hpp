@@ -19,6 +19,11 @@ namespace wp {
 template <class T>
 std::vector<T> transposed_copy(std::int64_t r, std::int64_t c, const T* x);
 
+// y = A x for a row-major m×n A, through our own loop (blas = false) or BLAS gemv: the hook
+// with which benchmarks/bench_sparse.py measures kSmallProduct (blas.hpp).
+template <class T>
+void dense_matvec(std::int64_t m, std::int64_t n, const T* a, const T* x, T* y, bool blas);
+
 template <class T>
 class LinOp {
  public:

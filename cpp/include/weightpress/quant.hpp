@@ -206,7 +206,8 @@ void quant_matmul(std::int64_t rows, std::int64_t cols, const std::uint8_t* __re
                   const QuantSpec& spec, std::int64_t n, const T* __restrict X, T* __restrict Y,
                   int n_threads);
 
-// Which vector path quant_matmul takes on this CPU: 2 = AVX-512, 1 = AVX2, 0 = baseline.
+// Which vector path quant_matmul takes on this CPU: 2 = AVX-512, 1 = AVX2, 0 = baseline
+// (wp::isa_level(), the engine-wide dispatch of weightpress/isa.hpp).
 int quant_isa_level();
 
 }  // namespace wp

@@ -89,12 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     tgt.add_argument("--error", type=float,
                      help="relative error allowed per layer: ||W - W'||_F / ||W||_F, or with "
                           "--calibration the output error ||XW^T - XW'^T||_F / ||XW^T||_F")
-    c.add_argument("--method", default="auto", choices=["auto", "prune", "lowrank", "nm", "slr", "code", "quant"],
+    c.add_argument("--method", default="auto", choices=["auto", "prune", "lowrank", "nm", "slr", "code", "quant",
+                                                      "lowrank-int8"],
                    help="auto: smallest form per layer for the budget, never bigger than dense; "
                         "prune: magnitude pruning to CSR; lowrank: truncated SVD; nm: N:M "
                         "pruning; slr: sparse + low rank; code: rows sparsely coded in a DCT "
                         "dictionary; quant: integer quantization (GPTQ with --calibration) at "
-                        "the precision that fits, or at --bits/--group (default: auto)")
+                        "the precision that fits, or at --bits/--group; lowrank-int8: truncated SVD "
+                        "with int8 factors (per-row scales) (default: auto)")
     c.add_argument("--pattern", help="N:M pattern for --method nm (e.g. 2:4; then no target needed)")
     c.add_argument("--rank", type=int, help="fixed rank for --method lowrank")
     c.add_argument("--entropy", action="store_true",

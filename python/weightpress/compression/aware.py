@@ -20,13 +20,17 @@ import scipy.sparse as sp
 from .._validation import as_matrix
 from . import methods as M
 from .calibration import CalibrationStats, output_error
-from .storage import (QUANT_LADDER, Budget, lowrank_nbytes, nnz_for_bytes, precisions_for_bytes,
-                      rank_for_bytes, value_itemsize)
-from .quant import gptq
+from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
+                      precisions_for_bytes, rank_for_bytes, value_itemsize)
+from .quant import Quantized, gptq
 from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
 from .data_aware import _prune_obs, lowrank_whitened, prune_obs, quadratic_total, sparse_plus_lowrank
 
 __all__ = ["compress_aware", "layer_error", "known_error", "time_apply"]
+
+
+# joint sparsities tried below plain int2 when the codes are entropy-coded
+_LOW_SPARSITY = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
 
 def _oriented(W: np.ndarray, layout: str) -> np.ndarray:
@@ -127,22 +131,42 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     fixed = M.precision_of(dict(options))
     w_key = (shape_oi, hash(Wo.tobytes()))
 
+    coding = options.get("coding")
+
+    def gptq_at(p: Precision, sparsity: float) -> Quantized:
+        damp = float(options.get("damp", 1e-2))
+        # every budget of one layer (bisection, allocation curves) shares these results
+        q = copy.copy(stats.cached(("gptq", p, sparsity, damp, w_key),
+                                   lambda: gptq(Wo, stats, p.bits, p.group, symmetric=p.symmetric,
+                                                sparsity=sparsity or None, damp=damp)))
+        if layout != "out_in":
+            q.shape, q.layout = q.shape[::-1], layout
+        q.dtype = od
+        if coding is not None:
+            q.set_coding(coding)  # on the copy: the cached one stays plain
+        return q
+
     def quant_b(nb: float) -> CompressedMatrix:
-        cands = ([fixed] if fixed is not None else precisions_for_bytes(shape_oi, nb)
-                 or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape_oi))])
-        best, best_e = None, np.inf
-        for p in cands:  # GPTQ at each candidate precision; the lowest output error wins
-            damp = float(options.get("damp", 1e-2))
-            # every budget of one layer (bisection, allocation curves) shares these results
-            q = copy.copy(stats.cached(("gptq", p, damp, w_key),
-                                       lambda: gptq(Wo, stats, p.bits, p.group,
-                                                    symmetric=p.symmetric, damp=damp)))
-            if layout != "out_in":
-                q.shape, q.layout = q.shape[::-1], layout
-            q.dtype = od
-            e = layer_error(Wo, q, stats)
-            if e < best_e:
-                best, best_e = q, e
+        if fixed is not None:
+            cands = [(fixed, 0.0)]
+        else:
+            cands = [(p, 0.0) for p in precisions_for_bytes(shape_oi, nb)
+                     or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape_oi))]]
+        if coding is not None and fixed is None:
+            # coded streams are smaller than plain ones: larger precisions may fit, and below
+            # plain int2 ternary (int2) or int3 codes with GPTQ-chosen zeros (SparseGPT's
+            # joint mode), whose coded size falls with every zero
+            cands += [(p, 0.0) for p in precisions_for_bytes(shape_oi, 2 * nb, top=3)
+                      if (p, 0.0) not in cands]
+            if nb < Precision(2).nbytes(shape_oi):
+                cands += [(Precision(b), s) for b, grid in ((2, _LOW_SPARSITY), (3, _LOW_SPARSITY[2:]))
+                          for s in grid]
+        best, best_key = None, (2, np.inf)
+        for p, s in cands:  # GPTQ at each candidate; the lowest output error that fits wins
+            q = gptq_at(p, s)
+            key = (0, layer_error(Wo, q, stats)) if q.nbytes <= nb else (1, float(q.nbytes))
+            if key < best_key:
+                best, best_key = q, key
         assert best is not None
         return best
 
@@ -215,6 +239,8 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     dense = Dense(Wa.astype(od, copy=False), layout)
     dense_bytes = Wa.size * value_itemsize(od, storage)
     builders = _builders(Wo, stats, method, opts, layout, od, storage)
+    if method == "quant" and M.precision_of(opts) is not None:
+        return builders["quant"](dense_bytes)  # a precision the rule fixes is what it gets
     cands: list[tuple[CompressedMatrix, float]] = []
     for form, build in builders.items():
         if nb is not None:

@@ -210,8 +210,9 @@ def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, step: int, cstep
     num = den = 0.0
     n_in = H.shape[0]
     for r in range(0, Wa.shape[0], step):
-        Wd = np.asarray(Wa[r:r + step], dtype=np.float64)
-        D = Wd - np.asarray(_rows_of(W_hat, r, r + step), dtype=np.float64)
+        r1 = min(r + step, Wa.shape[0])  # rows() of a coded form takes no stop past its end
+        Wd = np.asarray(Wa[r:r1], dtype=np.float64)
+        D = Wd - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
         for c in range(0, n_in, cstep):
             Hc = np.asarray(H[:, c:c + cstep], dtype=np.float64)
             num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c + cstep]))

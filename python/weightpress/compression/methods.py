@@ -25,12 +25,14 @@ from .matrices import (CompressedMatrix, Dense, LowRank, Sparse, SparseCoded,
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, sparse_nbytes, value_itemsize)
 from .quant import Quantized, fill_with_residual, quantize
+from .squant import sparse_quantize
+from .lowrank_quant import METHOD as LOWRANK_INT8, lowrank_int8
 from ..linalg.sparse import prune
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
            "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS", "quantized", "precision_of"]
 
-METHODS = ("prune", "nm", "lowrank", "slr", "code", "quant", "auto")
+METHODS = ("prune", "nm", "lowrank", "slr", "code", "quant", LOWRANK_INT8, "auto")
 
 
 def _truncated_svd(W: np.ndarray, rank: int | None = None,
@@ -294,12 +296,15 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
 
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
          layout: str = "out_in",
-         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant", "float16"),
-         slr_iterations: int = 0, storage: str | None = None) -> CompressedMatrix:
+         forms: tuple[str, ...] = ("sparse", "lowrank", "sparse+lowrank", "quant", "sparse+quant",
+                                   "float16", LOWRANK_INT8),
+         slr_iterations: int = 0, storage: str | None = None,
+         coding: str | None = None) -> CompressedMatrix:
     """The best form for a budget, never bigger than dense.
 
     With ``error``: the smallest (in bytes) of pruning, low-rank, sparse + low-rank, integer
-    quantization (its residual's largest entries filling a byte budget) and float16 values that
+    quantization (its residual's largest entries filling a byte budget), pruning with int8/int4
+    values at bitmask or CSR positions (byte budgets only) and float16 values that
     meets the relative error; dense if none is smaller than dense. With ``nbytes``: the
     lowest-error form that fits (dense when the budget holds the dense tensor).
     """
@@ -315,6 +320,8 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     # holds W, the spectrum and two candidates, not every form at once (issue 15: 6x -> ~3x)
     best: CompressedMatrix | None = None
     best_key: tuple[int, float] | None = None
+    spec_kept: Spectrum | None = None
+    lr_err, lr_bytes = 0.0, 0
 
     def consider(c: CompressedMatrix) -> None:
         nonlocal best, best_key
@@ -344,12 +351,21 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
                 consider(sparse_plus_low_rank(W, r, error=err, nbytes=nb, layout=layout,
                                               spectrum=spec, iterations=slr_iterations,
                                               storage=storage))
+        if LOWRANK_INT8 in forms and storage is None:
+            spec_kept, lr_bytes = spec, lowrank_nbytes(Wa.shape, r_full, isz)
+            lr_err = spec.error(r_full)
         del spec
     if "quant" in forms and Wa.size:  # for an error budget only if met
-        q = quantized(W, error=err, nbytes=nb, layout=layout, storage=storage)
+        q = quantized(W, error=err, nbytes=nb, layout=layout, storage=storage, coding=coding)
         if err is None or q.relative_error(Wa) <= err * (1 + 1e-9):
             consider(q)
         del q
+    if "sparse+quant" in forms and nb is not None and Wa.size:
+        # pruned with int8/int4 values at bitmask or CSR positions (whichever is smaller)
+        for b in (8, 4):
+            c = sparse_quantize(Wa, nbytes=nb, bits=b, layout=layout)
+            c.dtype = od
+            consider(c)
     if "float16" in forms and od.itemsize > 2 and storage is None:  # half the bytes, ~1e-4 error
         with np.errstate(over="ignore"):
             h = Wa.astype(np.float16)
@@ -357,6 +373,17 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
             c = Dense(h, layout)
             if err is None or c.relative_error(Wa) <= err * (1 + 1e-9):
                 consider(c)
+    # int8 factors hold ~4x the rank of float32 ones in the same bytes, which roughly halves
+    # low rank's error where the spectrum decays slowly: built only where low rank came near
+    # the best form (its error within 2.5x of the best's, or its bytes within 3.5x)
+    if spec_kept is not None and best is not None and best_key is not None and (
+            isinstance(best, LowRank)
+            or (err is None and best_key[0] == 0 and lr_err <= 2.5 * best_key[1])
+            or (err is not None and lr_bytes <= 3.5 * best_key[1])):
+        if err is not None:  # a few more values than the float rank: int8 rounding costs some
+            r = len(spec_kept.s)
+            spec_kept = Spectrum.of(Wa, rank=min(min(Wa.shape), r + max(4, r // 8)))
+        consider(lowrank_int8(W, error=err, nbytes=nb, layout=layout, spectrum=spec_kept))
     return dense if best is None else best
 
 
@@ -417,13 +444,14 @@ def _oi_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int]:
 def quantized(W: Any, *, bits: int | None = None, group: int | None = None,
               symmetric: bool | None = None, error: float | None = None,
               nbytes: float | None = None, layout: str = "out_in",
-              storage: str | None = None) -> Quantized:
+              storage: str | None = None, coding: str | None = None) -> Quantized:
     """Round-to-nearest integer quantization (:class:`~weightpress.compression.quant.Quantized`)
     at a fixed precision (``bits``, ``group``, ``symmetric``), or at the precision of
     :data:`~weightpress.compression.storage.QUANT_LADDER` that meets a budget: the lowest
     weight error among the largest that fit ``nbytes``, or the fewest bytes meeting ``error``.
     ``storage`` is accepted for symmetry with the other methods (codes are integers; scales are
-    float16 whatever it says).
+    float16 whatever it says). ``coding`` (``"zstd"``) entropy-codes the codes, and a byte
+    budget is then met by coded sizes (larger precisions fit).
     """
     Wa = as_matrix(W, "W")
     od = out_dtype(W, Wa)
@@ -432,14 +460,18 @@ def quantized(W: Any, *, bits: int | None = None, group: int | None = None,
     def build(p: Precision) -> Quantized:
         q = quantize(Wa, p.bits, p.group, symmetric=p.symmetric, layout=layout)
         q.dtype = od
-        return q
+        return q.set_coding(coding) if coding is not None else q
 
     if bits is not None:
         return build(Precision(int(bits), int(group or 0), True if symmetric is None else bool(symmetric)))
     err, nb = _budget(error, nbytes)
     if nb is not None:  # the best precision that fits, then the residual's largest entries
         cands = precisions_for_bytes(shape, nb) or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape))]
-        q = min((build(p) for p in cands), key=lambda q: q.relative_error(Wa))
+        if coding is not None:  # coded codes are smaller: the next precisions up may fit
+            cands += [p for p in precisions_for_bytes(shape, 1.4 * nb, top=4) if p not in cands]
+        built = [build(p) for p in cands]
+        q = min((c for c in built if c.nbytes <= nb), default=None, key=lambda c: c.relative_error(Wa))
+        q = q if q is not None else min(built, key=lambda c: c.nbytes)
         return fill_with_residual(q, Wa, nb, storage)  # type: ignore[return-value]
     best = None
     for p in sorted(QUANT_LADDER, key=lambda p: (p.nbytes(shape), -p.bits)):

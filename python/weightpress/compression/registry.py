@@ -49,7 +49,8 @@ def compress(W: Any, method: str = "auto", budget: Budget | None = None, *,
         space.
     options : mapping, optional
         ``pattern`` (N:M), ``n_nonzero``/``dictionary`` (sparse coding), ``bits``/``group``/
-        ``symmetric`` (a fixed precision for ``quant``), ``damp``.
+        ``symmetric`` (a fixed precision for ``quant``), ``damp``, ``coding`` (``"zstd"``:
+        integer codes entropy-coded, budgets met by coded sizes).
     prefer : str
         ``"size"`` or ``"speed"`` (data-aware: the fastest form meeting the budget).
 
@@ -66,6 +67,8 @@ def compress(W: Any, method: str = "auto", budget: Budget | None = None, *,
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
     o = dict(options or {})
     error, nbytes = budget.pair() if budget is not None else (None, None)
+    if calibration is not None and method == M.LOWRANK_INT8:
+        raise ValueError(f"method: {M.LOWRANK_INT8} has no data-aware variant (drop the calibration)")
     if calibration is not None:
         if "pattern" in o:
             method, nbytes, error = "nm", float(np.asarray(W).nbytes), None
@@ -84,14 +87,19 @@ def compress(W: Any, method: str = "auto", budget: Budget | None = None, *,
         return M.low_rank(W, error=error, nbytes=nbytes, **kw)
     if method == "slr":
         return M.auto(W, error=error, nbytes=nbytes, forms=("sparse+lowrank",), **kw)
+    coding = o.get("coding")
     if method == "quant":
         p = M.precision_of(o)
         if p is not None:
             return M.quantized(W, bits=p.bits, group=p.group, symmetric=p.symmetric, layout=layout)
-        return M.quantized(W, error=error, nbytes=nbytes, layout=layout)
+        return M.quantized(W, error=error, nbytes=nbytes, layout=layout, coding=coding)
+    if method == M.LOWRANK_INT8:  # low rank, factors in int8 (compression/lowrank_quant.py)
+        if "rank" in o:
+            return M.lowrank_int8(W, int(o["rank"]), layout=layout)
+        return M.lowrank_int8(W, error=error, nbytes=nbytes, layout=layout)
     if method == "code":
         dictionary = o.get("dictionary", "dct")
         if "n_nonzero" in o:
             return M.sparse_coded(W, n_nonzero=int(o["n_nonzero"]), dictionary=dictionary, **kw)
         return M.sparse_coded(W, error=error, nbytes=nbytes, dictionary=dictionary, **kw)
-    return M.auto(W, error=error, nbytes=nbytes, **kw)
+    return M.auto(W, error=error, nbytes=nbytes, coding=coding, **kw)

@@ -466,8 +466,11 @@ def budget_layers(source: TensorSource, job: Job, target: Target,
         ly.budget = Budget(nbytes=ly.orig_bytes / res.layer_ratio)
     if target.scope == "allocate" and res.work:
         orig = {ly.decision.name: ly.orig_bytes for ly in res.layers}
+        opts = dict(target.options)
+        if target.coding is not None and cal is not None:
+            opts["coding"] = target.coding  # curves of coded sizes
         chosen = _allocate(source, [ly.decision for ly in res.work], orig, avail, job.layout,
-                           cal, target.options, target.value_dtype, target.bf16, curves_out,
+                           cal, opts, target.value_dtype, target.bf16, curves_out,
                            progress, client)
         for ly in res.work:
             if ly.decision.name in chosen:
@@ -694,6 +697,8 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
                            and Wa.dtype == np.float32)
     storage = "BF16" if bf16 else None
     options = {**target.options, **d.options}
+    if target.coding is not None:
+        options["coding"] = target.coding  # quantization sizes coded streams
     error, nb = budget.pair() if budget is not None else (None, None)
     if ly.threshold is not None:
         m: CompressedMatrix = M.magnitude_prune(Wv, threshold=ly.threshold, layout=layout,
@@ -727,7 +732,7 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
     """One allocated form at one byte budget: data-aware with stats, weight-space without."""
     if form == "dense":
         return Dense(W, layout)
-    opts = {k: v for k, v in options.items() if k in ("pattern", "damp", "dictionary")}
+    opts = {k: v for k, v in options.items() if k in ("pattern", "damp", "dictionary", "coding")}
     return compress(W, form, Budget(nbytes=nbytes), storage=storage, layout=layout,
                     calibration=stats, options=opts)
 

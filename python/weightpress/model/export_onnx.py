@@ -38,6 +38,7 @@ from .._optional import require
 from ..io._base import atomic_write
 from ..io.onnx_graph import _MAX_PROTO, _TYPED_FIELDS, _encode, _load_proto, collect_tensors
 from ._packed import QuantParts, pack_bits, tensor_shape
+from ..compression.lowrank_quant import LowRankQuant
 from ..compression.matrices import LowRank
 from .container import Container
 
@@ -111,6 +112,15 @@ def _subgraph_names(graph: Any) -> set[str]:
     return out
 
 
+def _names(v: Any) -> set[str]:
+    """Every string inside a cache value (initializer names, in nested lists and tuples)."""
+    if isinstance(v, str):
+        return {v}
+    if isinstance(v, (list, tuple)):
+        return set().union(*(_names(x) for x in v)) if v else set()
+    return set()
+
+
 def _attrs(node: Any) -> dict[str, Any]:
     onnx = require("onnx")
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -126,6 +136,7 @@ class _Builder:
         self.inits: list[Any] = []
         self.nbytes = 0
         self.cache: dict[Any, Any] = {}  # initializers shared by the nodes reading one weight
+        self.conv_quant = "dequant"
 
     def name(self, base: str) -> str:
         n, i = base, 1
@@ -173,10 +184,12 @@ def _rewrite_conv(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Conta
     (``R``, the same for every group), then a 1×1 Conv (``L``, grouped alike) with the bias."""
     a = _attrs(node)
     shape = tensor_shape(e)
-    if e["form"] != "lowrank":
-        return "dense: no quantized Conv kernel in onnxruntime's CPU provider"
+    if e["form"] not in ("lowrank", "quant"):
+        return "dense: no Conv kernel for this form in onnxruntime's CPU provider"
     if e["layout"] != "out_in" or tuple(e["shape"]) != (shape[0], int(np.prod(shape[1:]))):
         return "dense: not the (out, in·k) matrix view of the Conv weight"
+    if e["form"] == "quant":
+        return _quant_conv(b, node, name, c, wdt, shape)
     g = int(a.get("group", 1))
     m = c.matrix(name)
     assert isinstance(m, LowRank)
@@ -193,6 +206,37 @@ def _rewrite_conv(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Conta
     ks = "x".join(str(k) for k in shape[2:])
     per = f" per group ({g} groups)" if g > 1 else ""
     return [first, second], f"Conv {ks} to {r} channels{per} + Conv 1x1"
+
+
+def _quant_conv(b: _Builder, node: Any, name: str, c: Container, wdt: np.dtype,
+                shape: tuple[int, ...]) -> tuple[list[Any], str] | str:
+    """A quantized Conv weight with one scale per output channel: ``DequantizeLinear`` (int8
+    codes minus the zero point, or uint8 codes with their zero points, along axis 0) → Conv.
+    Exact to float rounding; the weight is dequantized in each call, so onnxruntime cannot
+    pre-pack it: smaller in memory, slower than dense (measured: see the module docstring)."""
+    if b.conv_quant == "dense":
+        return "dense: quantized Conv kept dense (conv_quant='dense': pre-packed, faster in onnxruntime)"
+    q = QuantParts.of(c.matrix(name))
+    if q.n_groups != 1:
+        return (f"dense: group-wise scales (group {q.group}) along the flattened kernel have no "
+                f"DequantizeLinear form below opset 21")
+    if wdt != np.float32:
+        return f"dense: a {wdt} Conv weight (DequantizeLinear here gives float32)"
+    if name not in b.cache:
+        u = q.codes()
+        if q.symmetric:  # u − z fits int8 (z = 2^(bits−1)): zero points 0
+            codes = (u.astype(np.int16) - q.zeros.astype(np.int16)).astype(np.int8)
+            zp = np.zeros(q.out, np.int8)
+        else:
+            codes, zp = u, q.zeros[:, 0].copy()
+        b.cache[name] = [b.init(f"{name}_wp_q", codes.reshape(shape)),
+                         b.init(f"{name}_wp_scale", q.scales[:, 0].astype(np.float32)),
+                         b.init(f"{name}_wp_zero", zp)]
+    w = b.name(f"{name}_wp_dq")
+    dq = b.node("DequantizeLinear", b.cache[name], [w], axis=0)
+    conv = b.node("Conv", [node.input[0], w] + list(node.input[2:]), list(node.output),
+                  **_attrs(node))
+    return [dq, conv], f"DequantizeLinear {q.bits}-bit per channel -> Conv (dequantized per call)"
 
 
 def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container, wdt: np.dtype,
@@ -244,6 +288,31 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
         how = f"MatMulNBits {bits}-bit, block {bs}" + (" (int8 activations)" if accuracy else "")
         if bits != q.bits:
             how += f" (from {q.bits}-bit codes)"
+    elif form == "lowrank-int8":
+        m = c.matrix(name)
+        assert isinstance(m, LowRankQuant)
+        # M = U V is the layer's (out, in) matrix unless the node reads it transposed
+        if (layout == "in_out") == trans_b:
+            return "dense: the int8 factors' rows are the layer's inputs, not its outputs"
+        if name not in b.cache:
+            made = []
+            for tag, f in (("v", m.first), ("u", m.second)):
+                arr = nbits_arrays(QuantParts.of(f), block_size)
+                if arr is None:
+                    return "dense: no MatMulNBits block fits the factors"
+                Bp, S, Z, bits, bs = arr
+                made.append(([b.init(f"{name}_wp_{tag}_q", Bp),
+                              b.init(f"{name}_wp_{tag}_scales", S.astype(wdt).reshape(-1)),
+                              b.init(f"{name}_wp_{tag}_zeros", Z)], f.shape, bits, bs))
+            b.cache[name] = made
+        (i1, (r, inn), bits1, bs1), (i2, (out, _), bits2, bs2) = b.cache[name]
+        t = b.name(f"{node.output[0]}_wp_r")
+        nodes = pre + [
+            b.node("MatMulNBits", [x] + i1, [t], domain=MS_DOMAIN, K=inn, N=r, bits=bits1,
+                   block_size=bs1, accuracy_level=accuracy),
+            b.node("MatMulNBits", [t] + i2, [final], domain=MS_DOMAIN, K=r, N=out, bits=bits2,
+                   block_size=bs2, accuracy_level=accuracy)]
+        how = f"2 MatMulNBits 8-bit (rank {r})" + (" (int8 activations)" if accuracy else "")
     else:
         return "dense"
     if gemm:
@@ -261,7 +330,8 @@ _DENSE_WHY = {
 
 def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.PathLike[str],
                 like: str | os.PathLike[str] | None = None, *, compute: str = "fast",
-                block_size: int | None = None, external_data: bool = False) -> list[ExportRow]:
+                block_size: int | None = None, external_data: bool = False,
+                conv_quant: str = "dequant") -> list[ExportRow]:
     """Write ``output``: the ONNX model ``like`` with the container's tensors, compressed layers
     running compressed (see the module docstring).
 
@@ -277,6 +347,10 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         Quantized products: int8 activations per block (onnxruntime's fast kernels) or float.
     block_size : int, optional
         Largest MatMulNBits block (a power of two, 16–256); default: the group, or 128.
+    conv_quant : "dequant" or "dense"
+        Quantized Conv weights (one scale per output channel): ``DequantizeLinear`` → ``Conv``
+        (int8 in the file and in memory, dequantized in each call: onnxruntime cannot pre-pack
+        a computed weight, so slower than dense at batch 1), or dense (the runtime's fastest).
     external_data : bool
         Write the weights to ``output + ".data"`` beside the graph (onnxruntime maps that file
         instead of copying the weights out of the parsed model: measured 0.44x of dense's
@@ -299,6 +373,8 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         raise ValueError(f"compute: expected 'fast' or 'exact', got {compute!r}")
     if block_size is not None and (isinstance(block_size, bool) or block_size not in (16, 32, 64, 128, 256)):
         raise ValueError(f"block_size: expected a power of two in 16..256, got {block_size!r}")
+    if conv_quant not in ("dequant", "dense"):
+        raise ValueError(f"conv_quant: expected 'dequant' or 'dense', got {conv_quant!r}")
     if like is None:
         raise ValueError("like: give the original ONNX model the container was made from (--like)")
     c = container if isinstance(container, Container) else Container(container)
@@ -317,6 +393,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     replace: dict[int, list[Any]] = {}   # id(node) -> nodes that take its place
     drop: set[str] = set()
     b = _Builder(g, np.float32)
+    b.conv_quant = conv_quant
     for name, e in c.entries.items():
         if name not in index:
             continue
@@ -328,7 +405,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         wdt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
         dense_b = int(np.prod(dims)) * wdt.itemsize
         why = _DENSE_WHY.get(form, "dense")
-        if form in ("lowrank", "quant"):
+        if form in ("lowrank", "quant", "lowrank-int8"):
             u = uses.get(name, [])
             if name not in inits or name in in_sub or name in graph_out or wdt.kind != "f":
                 why = "dense: not a plain initializer of the main graph"
@@ -350,8 +427,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                     dropped = {t.name for t in b.inits[before[0]:]}
                     del b.inits[before[0]:]
                     b.nbytes = before[1]
-                    b.cache = {k: v for k, v in b.cache.items()
-                               if not dropped & set(v if isinstance(v, (list, tuple)) else [v])}
+                    b.cache = {k: v for k, v in b.cache.items() if not dropped & _names(v)}
                     why = res
                 else:
                     for nd, new in done:

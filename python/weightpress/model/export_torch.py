@@ -33,6 +33,7 @@ import numpy as np
 
 from .._optional import require
 from ._packed import QuantParts, pack_bits, tensor_shape
+from ..compression.lowrank_quant import LowRankQuant
 from ..compression.matrices import LowRank
 from .container import Container
 
@@ -41,7 +42,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 __all__ = ["load_into", "LoadRow", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
-           "quant_modes"]
+           "LowRankQuantLinear", "QuantConv", "quant_modes"]
 
 
 def _is_conv1d(m: Any) -> bool:
@@ -130,7 +131,9 @@ def quant_modes(q: QuantParts) -> list[str]:
     modes = []
     if _int4_group(q) is not None:
         modes.append("int4")
-    if q.symmetric and q.group >= q.inn and hasattr(torch, "_weight_int8pack_mm"):
+    # the int8 kernel (torch 2.13) crashes on some shapes whose inputs are not a multiple of
+    # 16 (e.g. 31 outputs x 8, 20, 100 inputs); with a multiple of 16 every shape tried ran
+    if q.symmetric and q.group >= q.inn and q.inn % 16 == 0 and hasattr(torch, "_weight_int8pack_mm"):
         modes.append("int8")
     return modes + ["dequant"]
 
@@ -224,6 +227,54 @@ class QuantLinear(_Compressed):
         return y if self.bias is None else y + self.bias
 
 
+def _pad8(q: QuantParts, out: int, inn: int) -> QuantParts:
+    """8-bit per-channel ``q`` padded with zeros to ``(out, inn)`` (codes at the zero point,
+    scale 0 on new rows)."""
+    codes = np.repeat(q.zeros[:, :1], inn, axis=1)
+    codes[:, :q.inn] = q.codes()
+    codes = np.concatenate([codes, np.full((out - q.out, inn), 1 << (q.bits - 1), np.uint8)])
+    scales = np.concatenate([q.scales, np.zeros((out - q.out, 1), q.scales.dtype)])
+    zeros = np.concatenate([q.zeros, np.full((out - q.out, 1), 1 << (q.bits - 1), np.uint8)])
+    return QuantParts(pack_bits(codes, 8), scales, zeros, 8, inn, q.symmetric, q.dtype, out, inn)
+
+
+class LowRankQuantLinear(_Compressed):
+    """Low rank with int8 factors (``lowrank-int8``): ``y = ((x Vᵀ) Uᵀ) + b``, each factor a
+    :class:`QuantLinear` (per-channel int8 codes: PyTorch's int8 weight-only kernel)."""
+
+    def __init__(self, first: QuantParts, second: QuantParts, bias: Any = None,
+                 kind: str = "linear", mode: str = "auto"):
+        super().__init__()
+        r = self._rank = first.out
+        if mode != "dequant" and r % 16 and first.bits == 8 == second.bits:
+            # rank padded to a multiple of 16 (zero rows of V, zero columns of U: the same
+            # product) so the second factor runs in the int8 kernel too
+            rp = r + (-r) % 16
+            first, second = _pad8(first, rp, first.inn), _pad8(second, second.out, rp)
+        self.first = QuantLinear(first, None, "linear", mode)
+        self.second = QuantLinear(second, bias, "linear", mode)
+        self.in_features, self.out_features = first.inn, second.out
+        self.kind = kind
+
+    @property
+    def bias(self) -> Any:
+        return self.second.bias
+
+    @property
+    def rank(self) -> int:
+        return int(self._rank)   # first.out_features: padded to a multiple of 16 for int8
+
+    @property
+    def mode(self) -> str:
+        return str(self.first.mode)
+
+    def forward(self, x: Any) -> Any:
+        return self.second(self.first(x))
+
+    def matrix(self) -> Any:
+        return self.second.matrix() @ self.first.matrix()
+
+
 class SparseLinear(_Compressed):
     """A pruned weight through ``torch.sparse`` CSR (``use_sparse``) or dense."""
 
@@ -286,6 +337,41 @@ class LowRankConv(nn.Module):  # type: ignore[name-defined,misc]
             d.weight.copy_(torch.bmm(Lw, Rw).reshape(d.weight.shape))
             if s.bias is not None:
                 d.bias.copy_(s.bias)
+        return d
+
+
+class QuantConv(nn.Module):  # type: ignore[name-defined,misc]
+    """A convolution whose weight's matrix view ``(O, I/g·Πk)`` is quantized: the codes kept
+    packed (4 or 8 bits per weight) with their float scales (a :class:`QuantLinear` in
+    ``"dequant"`` mode), the weight dequantized in each call and run by the layer's own
+    convolution (PyTorch has no integer-weight convolution on CPU)."""
+
+    def __init__(self, layer: Any, q: QuantParts):
+        super().__init__()
+        self.conv = layer
+        self.weight_shape = tuple(layer.weight.shape)
+        self.q = QuantLinear(q, None, "linear", "dequant")
+        del layer.weight            # the float weight goes; forward passes the decoded one
+        layer.register_buffer("weight", None, persistent=False)
+
+    @property
+    def bits(self) -> int:
+        return int(self.q.bits)
+
+    def forward(self, x: Any) -> Any:
+        w = self.q.matrix().reshape(self.weight_shape).to(x.dtype)
+        return self.conv._conv_forward(x, w, self.conv.bias)
+
+    def dense(self) -> Any:
+        """The equivalent convolution with the decoded weight."""
+        f = self.conv
+        d = type(f)(f.in_channels, f.out_channels, f.kernel_size, stride=f.stride,
+                    padding=f.padding, dilation=f.dilation, groups=f.groups,
+                    bias=f.bias is not None, padding_mode=f.padding_mode)
+        with torch.no_grad():
+            d.weight.copy_(self.q.matrix().reshape(self.weight_shape))
+            if f.bias is not None:
+                d.bias.copy_(f.bias)
         return d
 
 
@@ -396,7 +482,18 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 _replace(module, path, conv_new)
                 rows.append(LoadRow(name, form, f"LowRankConv (rank {conv_new.rank})"))
                 continue
-        elif name in layers and form in ("lowrank", "quant", "sparse"):
+        elif name in convs and form == "quant":
+            path, layer = convs[name]
+            shape = tensor_shape(e)
+            if e["layout"] != "out_in" or tuple(e["shape"]) != (shape[0], int(np.prod(shape[1:]))):
+                note = "dense: not the (out, in·k) matrix view of the conv weight"
+            else:
+                q = QuantParts.of(c.matrix(name))
+                qc = QuantConv(layer, q)
+                _replace(module, path, qc)
+                rows.append(LoadRow(name, form, f"QuantConv ({q.bits}-bit codes, dequantized per call)"))
+                continue
+        elif name in layers and form in ("lowrank", "quant", "sparse", "lowrank-int8"):
             path, layer = layers[name]
             conv = _is_conv1d(layer)
             kind = "conv1d" if conv else "linear"
@@ -419,6 +516,15 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                         note = "dequantized in each call (no packed kernel for this layout in PyTorch CPU)"
                 else:
                     note = "dense: the quantized rows are the layer's inputs"
+            elif form == "lowrank-int8":
+                m = c.matrix(name)
+                assert isinstance(m, LowRankQuant)
+                if _oriented(e, conv):
+                    new = LowRankQuantLinear(QuantParts.of(m.first), QuantParts.of(m.second),
+                                             bias, kind, quant)
+                    how = f"LowRankQuantLinear {new.mode} (rank {new.rank})"
+                else:
+                    note = "dense: the int8 factors' rows are the layer's inputs"
             else:
                 A = np.array(c[name], dtype=np.float32)
                 T = torch.from_numpy(np.ascontiguousarray(A if not conv else A.T))

@@ -1,0 +1,279 @@
+"""Quantized structure: pruned matrices whose kept values are integer codes.
+
+:class:`SparseQuantized` keeps the nonzeros of the ``(out, in)`` matrix ``M`` (``W`` or ``Wᵀ``
+by layout) as ``bits``-bit codes with one float16 scale per output row, and their positions
+either as a **bitmask** (1 bit per weight, rows padded to whole bytes) or as **CSR** indices
+(uint8/uint16... column indices and a row pointer). The bitmask costs ``in/8`` bytes per row
+whatever the density, CSR ``index_itemsize`` per kept entry: the bitmask wins above a density
+of about ``1/(8·index_itemsize)`` (1/8 with uint8 indices, 1/16 with uint16), so from moderate
+sparsity down, and :func:`sparse_quantize` picks the smaller. Values are symmetric:
+``s_r · (u − 2^(bits−1))``.
+
+Bytes (exact, :func:`squant_nbytes`): positions + ``⌈nnz·bits/8⌉`` codes + ``2·out`` scales +
+the 12-byte ``qmeta`` record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._validation import as_matrix, real_scalar
+from ..linalg import quant as lq
+from ..linalg.sparse import csr_matmul
+from .matrices import CompressedMatrix, _compute_dtype, _setup, register_form
+from .quant import Quantized, _CodedRows, _contig
+from .storage import index_dtype, pointer_dtype
+
+__all__ = ["SparseQuantized", "sparse_quantize", "squant_nbytes", "squant_nnz_for_bytes",
+           "STRUCTURES"]
+
+STRUCTURES = ("csr", "bitmask")
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
+_META = 12  # qmeta: int32 [bits, structure, dtype]
+
+
+def squant_nbytes(shape: tuple[int, int], nnz: int, bits: int, structure: str) -> int:
+    """Exact bytes of a :class:`SparseQuantized` ``(out, in)`` matrix with ``nnz`` codes."""
+    out, n_in = int(shape[0]), int(shape[1])
+    vals = (int(nnz) * int(bits) + 7) // 8 + 2 * out + _META
+    if structure == "bitmask":
+        return out * ((n_in + 7) // 8) + vals
+    return (out + 1) * pointer_dtype(nnz).itemsize + int(nnz) * index_dtype(n_in).itemsize + vals
+
+
+def squant_nnz_for_bytes(shape: tuple[int, int], nbytes: float, bits: int, structure: str) -> int:
+    """Most codes whose :func:`squant_nbytes` fits ``nbytes`` (0 if none; -1 if not even the
+    empty matrix fits)."""
+    out, n_in = int(shape[0]), int(shape[1])
+    if squant_nbytes(shape, 0, bits, structure) > nbytes:
+        return -1
+    per = bits / 8 + (0 if structure == "bitmask" else index_dtype(n_in).itemsize)
+    k = int(min(out * n_in, max(0.0, (nbytes - squant_nbytes(shape, 0, bits, structure)) / per)))
+    while k > 0 and squant_nbytes(shape, k, bits, structure) > nbytes:
+        k -= 1
+    return k
+
+
+@register_form
+class SparseQuantized(_CodedRows):
+    """Nonzeros as integer codes (per-row float16 scales) at bitmask or CSR positions.
+
+    Build with :func:`sparse_quantize` or :meth:`from_quantized`; rebuild with
+    :meth:`from_parts`.
+
+    Attributes
+    ----------
+    structure : "bitmask" or "csr"
+    mask : uint8 (out, ⌈in/8⌉), bit ``j % 8`` of byte ``j // 8`` (bitmask only)
+    indptr, indices : CSR positions (csr only)
+    codes : uint8 (⌈nnz·bits/8⌉,) packed codes of the nonzeros in row-major order
+    scales : float16 (out, 1)
+    bits : int
+    """
+
+    form = "squant"
+    needs = frozenset({"codes", "scales", "qmeta"})
+
+    def __init__(self, structure: str, positions: dict[str, np.ndarray], codes: np.ndarray,
+                 scales: np.ndarray, shape: tuple[int, int], *, bits: int, dtype: Any = np.float32,
+                 layout: str = "out_in"):
+        _setup(self, shape, dtype, layout)
+        if structure not in STRUCTURES:
+            raise ValueError(f"structure: expected 'csr' or 'bitmask', got {structure!r}")
+        self.structure = structure
+        self.bits = lq.check_bits(bits)
+        out, n_in = self._mshape
+        if structure == "bitmask":
+            self.mask = np.ascontiguousarray(positions["mask"])
+            if self.mask.dtype != np.uint8 or self.mask.shape != (out, (n_in + 7) // 8):
+                raise ValueError(f"mask: expected uint8 of shape {(out, (n_in + 7) // 8)}")
+            counts = np.unpackbits(self.mask, axis=1, bitorder="little", count=n_in).sum(axis=1)
+            self.indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            self.indices = None
+        else:
+            self.mask = None
+            ip, ix = np.asarray(positions["indptr"]), np.asarray(positions["indices"])
+            if ip.ndim != 1 or ip.shape[0] != out + 1 or ip.dtype.kind not in "iu":
+                raise ValueError(f"indptr: expected {out + 1} integers")
+            if ix.ndim != 1 or ix.dtype.kind not in "iu":
+                raise ValueError("indices: expected a 1-D integer array")
+            if (ip.size and (ip[0] != 0 or ip[-1] != ix.size or np.any(np.diff(ip) < 0))):
+                raise ValueError("indptr: must start at 0, not decrease and end at len(indices)")
+            if ix.size and (int(ix.min()) < 0 or int(ix.max()) >= n_in):
+                raise ValueError(f"indices: out of range [0, {n_in})")
+            self.indptr, self.indices = ip, ix
+        self.nnz = int(self.indptr[-1]) if self.indptr.size else 0
+        self.codes = np.ascontiguousarray(codes)
+        if self.codes.dtype != np.uint8 or self.codes.shape != ((self.nnz * self.bits + 7) // 8,):
+            raise ValueError(f"codes: expected uint8 of shape {((self.nnz * self.bits + 7) // 8,)}")
+        self.scales = np.ascontiguousarray(scales)
+        if self.scales.dtype != np.float16 or self.scales.shape != (out, 1):
+            raise ValueError(f"scales: expected float16 of shape {(out, 1)}")
+        if not np.isfinite(self.scales).all():
+            raise ValueError("scales: contain NaN or Inf")
+        self._csr_cache: dict[np.dtype, sp.csr_array] = {}
+
+    _mshape = Quantized._mshape
+
+    @property
+    def name(self) -> str:
+        """``bitmask+int4``, ``csr+int8``... (the report's form column)."""
+        return f"{self.structure}+int{self.bits}"
+
+    @property
+    def n_params(self) -> int:
+        return self.nnz
+
+    def parts(self) -> dict[str, np.ndarray]:
+        meta = np.array([self.bits, STRUCTURES.index(self.structure), _DTYPES.index(self.dtype)],
+                        dtype=np.int32)
+        if self.structure == "bitmask":
+            pos = {"mask": self.mask}
+        else:
+            out, n_in = self._mshape
+            pos = {"indptr": self.indptr.astype(pointer_dtype(self.nnz), copy=False),
+                   "indices": self.indices.astype(index_dtype(n_in), copy=False)}
+        return {**pos, "codes": self.codes, "scales": self.scales, "qmeta": meta}
+
+    @classmethod
+    def from_parts(cls, parts: dict[str, np.ndarray], shape: tuple[int, int],
+                   layout: str = "out_in") -> "SparseQuantized":
+        missing = {"codes", "scales", "qmeta"} - parts.keys()
+        if missing:
+            raise ValueError(f"squant: missing stored arrays {sorted(missing)}")
+        meta = np.asarray(parts["qmeta"])
+        if (meta.shape != (3,) or meta.dtype.kind not in "iu" or not 0 <= int(meta[1]) < 2
+                or not 0 <= int(meta[2]) < len(_DTYPES)):
+            raise ValueError("squant: malformed qmeta")
+        structure = STRUCTURES[int(meta[1])]
+        need = {"mask"} if structure == "bitmask" else {"indptr", "indices"}
+        if need - parts.keys():
+            raise ValueError(f"squant: missing stored arrays {sorted(need - parts.keys())}")
+        return cls(structure, {k: parts[k] for k in need}, parts["codes"], parts["scales"], shape,
+                   bits=int(meta[0]), dtype=_DTYPES[int(meta[2])], layout=layout)
+
+    @classmethod
+    def from_quantized(cls, q: Quantized, structure: str | None = None) -> "SparseQuantized":
+        """The nonzero codes of a symmetric per-row ``q`` (GPTQ with joint sparsity, say) at
+        bitmask or CSR positions (``None``: the smaller)."""
+        if not q.symmetric or q.group != 0:
+            raise ValueError("q: expected a symmetric matrix with one scale per row")
+        c = q.codes()
+        keep = c != (1 << (q.bits - 1))
+        return _assemble(keep, c[keep], q.scales, q.bits, q.shape, q.dtype, q.layout, structure)
+
+    def _positions(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.structure == "csr":
+            assert self.indices is not None
+            return self.indptr, self.indices
+        out, n_in = self._mshape
+        bits = np.unpackbits(self.mask, axis=1, bitorder="little", count=n_in)
+        return self.indptr, np.nonzero(bits)[1]
+
+    def csr(self, dtype: Any = np.float32) -> sp.csr_array:
+        """The ``(out, in)`` matrix as a SciPy CSR array of decoded values (kept once per dtype)."""
+        dt = np.dtype(dtype)
+        if dt not in self._csr_cache:
+            ip, ix = self._positions()
+            u = lq.unpack_codes(self.codes[None, :], self.nnz, self.bits)[0].astype(dt)
+            rows = np.repeat(np.arange(self._mshape[0]), np.diff(ip))
+            vals = (u - (1 << (self.bits - 1))) * self.scales[:, 0].astype(dt)[rows]
+            self._csr_cache[dt] = sp.csr_array((vals, ix.astype(np.int64), ip.astype(np.int64)),
+                                               shape=self._mshape)
+        return self._csr_cache[dt]
+
+    def _dequant(self, dtype: Any, r0: int = 0, r1: int | None = None) -> np.ndarray:
+        r1 = self._mshape[0] if r1 is None else r1
+        return self.csr(_compute_dtype(np.dtype(dtype)))[r0:r1].toarray()
+
+    def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
+        direct = (self.layout == "out_in") != transpose  # the product is M @ X
+        return csr_matmul(self.csr(X.dtype), X, transpose=not direct)
+
+
+def _assemble(keep: np.ndarray, codes: np.ndarray, scales: np.ndarray, bits: int,
+              shape: tuple[int, int], dtype: Any, layout: str, structure: str | None
+              ) -> SparseQuantized:
+    """A SparseQuantized from the (out, in) keep mask and the kept codes (row-major)."""
+    out, n_in = keep.shape
+    nnz = int(keep.sum())
+    if structure is None:
+        structure = min(STRUCTURES, key=lambda s: squant_nbytes((out, n_in), nnz, bits, s))
+    packed = (lq.pack_codes(codes.reshape(1, -1).astype(np.uint8), bits)[0] if nnz
+              else np.zeros(0, np.uint8))
+    if structure == "bitmask":
+        pos = {"mask": np.packbits(keep, axis=1, bitorder="little")
+               if n_in else np.zeros((out, 0), np.uint8)}
+    else:
+        pos = {"indptr": np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int64),
+               "indices": np.nonzero(keep)[1].astype(np.int64)}
+    return SparseQuantized(structure, pos, packed, scales.astype(np.float16).reshape(out, 1), shape,
+                           bits=bits, dtype=dtype, layout=layout)
+
+
+def sparse_quantize(W: Any, *, sparsity: float | None = None, nnz: int | None = None,
+                    nbytes: float | None = None, bits: int = 8, structure: str | None = None,
+                    layout: str = "out_in") -> SparseQuantized:
+    """Magnitude pruning with the kept values quantized (symmetric, one float16 scale per
+    output row, round to nearest).
+
+    Parameters
+    ----------
+    W : array_like, 2-D float
+    sparsity, nnz, nbytes
+        Exactly one: the fraction pruned, the entries kept, or a byte budget (the most entries
+        whose exact bytes fit).
+    bits : int in [2, 8]
+    structure : "bitmask", "csr" or None
+        None: whichever is smaller for the kept count.
+
+    Returns
+    -------
+    SparseQuantized
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from weightpress.compression.squant import sparse_quantize
+    >>> W = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
+    >>> S = sparse_quantize(W, sparsity=0.5, bits=4)
+    >>> S.name, S.nbytes
+    ('bitmask+int4', 3212)
+    """
+    Wa = as_matrix(W, "W")
+    b = lq.check_bits(bits)
+    if sum(v is not None for v in (sparsity, nnz, nbytes)) != 1:
+        raise ValueError("sparse_quantize: give exactly one of sparsity, nnz and nbytes")
+    if structure is not None and structure not in STRUCTURES:
+        raise ValueError(f"structure: expected 'csr', 'bitmask' or None, got {structure!r}")
+    M = _contig(Wa, layout)
+    out, n_in = M.shape
+    if nbytes is not None:
+        nb = real_scalar(nbytes, "nbytes", low=0.0)
+        fits = {s: squant_nnz_for_bytes((out, n_in), nb, b, s)
+                for s in ([structure] if structure else STRUCTURES)}
+        structure = max(fits, key=lambda s: fits[s])
+        k = max(0, fits[structure])
+    elif sparsity is not None:
+        k = M.size - int(round(real_scalar(sparsity, "sparsity", low=0.0, high=1.0) * M.size))
+    else:
+        if isinstance(nnz, bool) or not isinstance(nnz, (int, np.integer)) or not 0 <= nnz <= M.size:
+            raise ValueError(f"nnz: expected an integer in [0, {M.size}], got {nnz!r}")
+        k = int(nnz)
+    keep = np.zeros(M.shape, bool)
+    if k > 0:
+        flat = np.argpartition(np.abs(M).reshape(-1), M.size - k)[M.size - k:]
+        keep.reshape(-1)[flat] = True
+    half = (1 << (b - 1)) - 1
+    amax = np.where(keep, np.abs(M), 0).max(axis=1, initial=0.0)
+    s16 = (amax / half).astype(np.float16)
+    s16 = np.where((s16 == 0) | ~np.isfinite(s16), np.float16(1), s16)
+    if not np.isfinite((amax / half)).all() or np.any(amax / half > np.finfo(np.float16).max):
+        raise ValueError("W: row scales overflow float16")
+    s = s16.astype(np.float64)
+    codes = np.clip(np.rint(M / s[:, None]), -half - 1, half) + (1 << (b - 1))
+    return _assemble(keep, codes[keep], s16, b, Wa.shape, Wa.dtype, layout, structure)
+
