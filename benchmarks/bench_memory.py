@@ -5,7 +5,7 @@ a ``rows x cols`` float32 matrix (plus a few small ones), then compresses it to 
 Two figures, both relative to the largest tensor's bytes:
 
 - ``traced``: tracemalloc's peak over the compress call (NumPy arrays and Python objects);
-- ``rss``: growth of the process's peak resident set (``ru_maxrss``) over the call, which
+- ``rss``: growth of the process's peak resident set (``VmHWM``) over the call, which
   also counts the C++ kernels' own buffers and the memory-mapped input pages it touched.
 
 The budget is 3x the largest tensor for ``--method auto`` and the calibrated methods.
@@ -49,14 +49,20 @@ cal = None
 if cfg["calibrated"]:
     z = np.load(cfg["cal"])
     cal = {k: z[k] for k in z.files}
+def hwm():  # this process's own high-water mark (ru_maxrss is inherited across fork/exec)
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 src = open_source(cfg["model"])
 np.asarray(src["big.weight"]).sum()  # the input's pages are in before the baseline
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = hwm()
 tracemalloc.start()
 compress_model(src, cfg["out"], calibration=cal, min_size=16, **cfg["kw"])
 traced = tracemalloc.get_traced_memory()[1]
 tracemalloc.stop()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = hwm()
 print(json.dumps({"traced": traced, "rss": peak - base}))
 """
 

@@ -68,7 +68,12 @@ from weightpress.model.compress import compress_model, open_source
 from weightpress.model.distributed import close, local_client
 if __name__ == "__main__":
     index, out, workers, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def peak():  # this process's own high-water mark (ru_maxrss is inherited across fork/exec)
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     client = local_client(workers) if workers > 1 else None
     import weightpress.model.compress  # noqa: F401  (imports paid before the baselines)
     if client is not None:
