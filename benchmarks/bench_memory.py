@@ -5,7 +5,7 @@ a ``rows x cols`` float32 matrix (plus a few small ones), then compresses it to 
 Two figures, both relative to the largest tensor's bytes:
 
 - ``traced``: tracemalloc's peak over the compress call (NumPy arrays and Python objects);
-- ``rss``: growth of the process's peak resident set (``ru_maxrss``) over the call, which
+- ``rss``: growth of the process's peak resident set (``VmHWM``) over the call, which
   also counts the C++ kernels' own buffers and the memory-mapped input pages it touched.
 
 The budget is 3x the largest tensor for ``--method auto`` and the calibrated methods.
@@ -24,6 +24,10 @@ import sys
 import tempfile
 
 BUDGET = 3.0
+# --check expectations: --method auto and the calibrated methods within BUDGET (issue 15); the
+# weight-space forms are reported against the same line but not held to it
+CHECKED = ("auto --ratio 4", "auto --error 0.3", "auto --ratio 4 (calibrated)",
+           "prune --ratio 4 (calibrated)", "lowrank --ratio 4 (calibrated)")
 CONFIGS = [  # (label, compress keyword arguments, calibrated?)
     ("auto --ratio 4", {"method": "auto", "ratio": 4.0}, False),
     ("auto --error 0.3", {"method": "auto", "error": 0.3}, False),
@@ -45,24 +49,34 @@ cal = None
 if cfg["calibrated"]:
     z = np.load(cfg["cal"])
     cal = {k: z[k] for k in z.files}
+def hwm():  # this process's own high-water mark (ru_maxrss is inherited across fork/exec)
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 src = open_source(cfg["model"])
 np.asarray(src["big.weight"]).sum()  # the input's pages are in before the baseline
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = hwm()
 tracemalloc.start()
 compress_model(src, cfg["out"], calibration=cal, min_size=16, **cfg["kw"])
 traced = tracemalloc.get_traced_memory()[1]
 tracemalloc.stop()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = hwm()
 print(json.dumps({"traced": traced, "rss": peak - base}))
 """
 
 
 def measure(rows: int, cols: int, configs=CONFIGS) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="wp-bench-mem-") as tmp:
+        return _measure(tmp, rows, cols, configs)
+
+
+def _measure(tmp: str, rows: int, cols: int, configs) -> list[dict]:
     import numpy as np
 
     from weightpress.io.safetensors import write_safetensors
 
-    tmp = tempfile.mkdtemp(prefix="wp-bench-mem-")
     rng = np.random.default_rng(0)
     # a matrix with decaying spectrum plus noise, so every form has real work to do
     U = rng.standard_normal((rows, 64)).astype(np.float32)
@@ -95,7 +109,8 @@ def report(rows: list[dict]) -> str:
     lines = [f"{'configuration':32s} {'traced':>8s} {'rss':>8s}   (x largest tensor, "
              f"{rows[0]['largest_mib']:.0f} MiB; budget {BUDGET:g}x)"]
     for r in rows:
-        flag = "" if max(r["traced_x"], r["rss_x"]) <= BUDGET else "   OVER"
+        flag = "" if max(r["traced_x"], r["rss_x"]) <= BUDGET else (
+            "   OVER" if r["config"] in CHECKED else "   (over; not checked)")
         lines.append(f"{r['config']:32s} {r['traced_x']:8.2f} {r['rss_x']:8.2f}{flag}")
     return "\n".join(lines)
 
@@ -111,11 +126,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--cols", type=int, default=2048)
-    ap.add_argument("--check", action="store_true", help=f"exit 1 if a row is over {BUDGET:g}x")
+    ap.add_argument("--check", action="store_true",
+                    help=f"exit 1 if a checked row (auto, calibrated prune/lowrank/auto) is over {BUDGET:g}x")
+    ap.add_argument("--only", default="", help="run only the configurations containing this text")
     a = ap.parse_args()
-    rows = measure(a.rows, a.cols)
+    rows = measure(a.rows, a.cols, [c for c in CONFIGS if a.only in c[0]])
     print(report(rows))
-    if a.check and any(max(r["traced_x"], r["rss_x"]) > BUDGET for r in rows):
+    if a.check and any(max(r["traced_x"], r["rss_x"]) > BUDGET for r in rows
+                       if r["config"] in CHECKED):
         return 1
     return 0
 

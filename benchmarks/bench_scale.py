@@ -8,7 +8,8 @@ feed-forward weights (float32, a decaying spectrum plus noise, so both pruning a
 have something to find), with biases and norms. Full mode: d = 2048, 20 blocks = 1.0 B
 parameters, about 4 GB (``WP_SCALE_PARAMS`` sets another size, e.g. ``2.5e8``); quick mode:
 d = 64, 2 blocks. Each run is a fresh Python process, so its peak RSS is its own; the workers
-report theirs. ``WP_SCALE_METHOD`` picks the method (default ``auto``).
+report theirs, and how far each grew over its peak after the imports, in multiples of the
+largest tensor (the issue's bound: 3x). ``WP_SCALE_METHOD`` picks the method (default ``auto``).
 """
 
 from __future__ import annotations
@@ -67,18 +68,30 @@ from weightpress.model.compress import compress_model, open_source
 from weightpress.model.distributed import close, local_client
 if __name__ == "__main__":
     index, out, workers, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def peak():  # this process's own high-water mark (ru_maxrss is inherited across fork/exec)
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     client = local_client(workers) if workers > 1 else None
+    import weightpress.model.compress  # noqa: F401  (imports paid before the baselines)
+    if client is not None:
+        client.run(lambda: __import__("weightpress.model.compress"))
+    base = peak()
+    workers_base = client.run(peak) if client is not None else {}
     t0 = time.perf_counter()
     try:
         with open_source(index) as src:
             rep = compress_model(src, out, ratio=4, method=method)
         wall = time.perf_counter() - t0
-        workers_rss = sorted(client.run(peak).values()) if client is not None else []
+        wpeak = client.run(peak) if client is not None else {}
     finally:
         if client is not None:
             close(client)
-    print(json.dumps({"wall": wall, "client_rss": peak(), "workers_rss": workers_rss,
+    print(json.dumps({"wall": wall, "client_rss": peak(), "client_base": base,
+                      "workers_rss": [wpeak[k] for k in sorted(wpeak)],
+                      "workers_base": [workers_base[k] for k in sorted(wpeak)],
                       "ratio": rep.ratio, "bytes": rep.file_bytes}))
 """
 
@@ -105,7 +118,8 @@ def run(quick: bool) -> None:
     t = Table(f"compress --ratio 4 --method {method}: sharded safetensors, {n_params / 1e6:.3g} M "
               f"params ({n_params * 4 / 1e9:.3g} GB float32, {blocks} blocks of d={d}; largest "
               f"tensor {largest / 2**20:.0f} MiB)",
-              ["run", "wall s", "peak RSS client MiB", "peak RSS workers MiB", "ratio", "sha256"])
+              ["run", "wall s", "peak RSS client MiB", "peak RSS workers MiB",
+               "growth over imports, x largest (client; workers)", "ratio", "sha256"])
     with tempfile.TemporaryDirectory(dir=os.environ.get("WP_SCALE_DIR")) as tmp:
         index = os.path.join(tmp, "model.safetensors.index.json")
         t0 = time.perf_counter()
@@ -119,8 +133,11 @@ def run(quick: bool) -> None:
                 raise RuntimeError(f"compress with {workers} worker(s) failed:\n{r.stderr[-2000:]}")
             res = json.loads(r.stdout.strip().splitlines()[-1])
             label = "1 process" if workers == 1 else f"LocalCluster, {workers} workers"
+            grow = [(res["client_rss"] - res["client_base"]) / largest] + [
+                (p - b) / largest for p, b in zip(res["workers_rss"], res["workers_base"])]
             t.add(label, res["wall"], res["client_rss"] / 2**20,
                   " ".join(f"{x / 2**20:.0f}" for x in res["workers_rss"]) or "-",
+                  f"{grow[0]:.2f}" + ("; " + " ".join(f"{g:.2f}" for g in grow[1:]) if grow[1:] else ""),
                   res["ratio"], _sha(out))
             os.unlink(out)
     t.print()

@@ -75,3 +75,28 @@ def test_smallest_meeting_is_the_smallest():
     assert len(built) <= 12 and len(set(built)) == len(built)  # bisection, each built once
     k, _, ok = M.smallest_meeting(1, 9, build, lambda k: False)
     assert (k, ok) == (9, False)
+
+
+@pytest.mark.parametrize("method", ["prune", "lowrank", "auto"])
+def test_calibrated_methods_peak_memory_within_3x_the_layer(method):
+    # issue 15: H (as large as a square weight) in float32, the OBS factor written over H,
+    # whitened low rank from one Gram matrix, errors accumulated in small float64 blocks.
+    # tracemalloc counts NumPy's and Python's allocations, deterministically.
+    import tracemalloc
+
+    from helpers import correlated_inputs
+    from weightpress.compression.aware import compress_aware
+    from weightpress.compression.calibration import CalibrationStats
+
+    rng = np.random.default_rng(0)
+    W = (rng.standard_normal((384, 384)) / 20).astype(np.float32)
+    X = correlated_inputs(rng, 512, 384).astype(np.float32)
+    tracemalloc.start()
+    try:
+        st = CalibrationStats.from_inputs(X)  # H is part of the peak
+        m = compress_aware(W, st, method, nbytes=W.nbytes / 4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert m.nbytes <= W.nbytes / 4
+    assert peak <= 3.0 * W.nbytes, f"{method}: peak {peak / W.nbytes:.2f}x the layer"

@@ -24,7 +24,7 @@ from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_b
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
 from .quant import Quantized, gptq
 from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
-from .data_aware import lowrank_whitened, prune_obs, sparse_plus_lowrank
+from .data_aware import _prune_obs, lowrank_whitened, prune_obs, quadratic_total, sparse_plus_lowrank
 
 __all__ = ["compress_aware", "layer_error", "known_error", "time_apply"]
 
@@ -81,17 +81,34 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     isz = value_itemsize(od, storage)
     stored_shape = Wo.shape if layout == "out_in" else Wo.shape[::-1]
 
+    den: list[float] = []  # ‖XWᵀ‖², once per layer
+
+    def predicted(m: CompressedMatrix, num: float) -> CompressedMatrix:
+        """Mark ``m`` with the relative output error its build measured (no product with H)."""
+        if not den:
+            den.append(quadratic_total(Wo, stats))
+        m._wp_predicted = float(np.sqrt(max(num, 0.0) / den[0])) if den[0] > 0 else 0.0
+        return m
+
     def prune_b(nb: float) -> CompressedMatrix:
         nnz = nnz_for_bytes(stored_shape, nb, isz)
-        return _sparse(prune_obs(Wo, stats, sparsity=1.0 - nnz / max(1, Wo.size),
-                                 damp=float(options.get("damp", 1e-2))), layout, od, storage)
+        P, num = _prune_obs(Wo, stats, int(round((1.0 - nnz / max(1, Wo.size)) * Wo.size)),
+                            (0, 0), 128, float(options.get("damp", 1e-2)), None)
+        return predicted(_sparse(P, layout, od, storage), num) if storage is None and od == Wo.dtype \
+            else _sparse(P, layout, od, storage)
 
     def lowrank_b(nb: float) -> CompressedMatrix:
         r = min(min(Wo.shape), rank_for_bytes(stored_shape, nb, isz))
         if r == 0:
             return _lowrank(np.zeros((Wo.shape[0], 0)), np.zeros((0, Wo.shape[1])), layout, od, storage)
-        A, B, _ = lowrank_whitened(Wo, stats, rank=r, damp=float(options.get("damp", 1e-2)))
-        return _lowrank(A, B, layout, od, storage)
+        A, B, sig = lowrank_whitened(Wo, stats, rank=r, damp=float(options.get("damp", 1e-2)))
+        m = _lowrank(A, B, layout, od, storage)
+        if storage is None and od == Wo.dtype:
+            if not den:
+                den.append(quadratic_total(Wo, stats))
+            # the kept share of ‖XWᵀ‖²: the rest is the output error (to the eigensolver's precision)
+            predicted(m, den[0] - float(np.sum(sig.astype(np.float64) ** 2)))
+        return m
 
     def slr_b(nb: float) -> CompressedMatrix:
         rmax = min(min(Wo.shape), rank_for_bytes(stored_shape, nb, isz))
@@ -228,7 +245,7 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     for form, build in builders.items():
         if nb is not None:
             m = build(min(nb, dense_bytes))
-            cands.append((m, layer_error(Wo, m, stats)))
+            cands.append((m, _error(Wo, m, stats)))
         elif form == "lowrank":  # the rank for an error budget comes straight from the spectrum
             A, B, _ = lowrank_whitened(Wo, stats, error=max(err, 1e-12) if err < 1 else 0.999,
                                        damp=float(opts.get("damp", 1e-2)))
@@ -251,9 +268,16 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
         best = min(fits, key=lambda c: c[1])
     else:
         best = min(fits, key=lambda c: c[0].nbytes)
-    if best[0] is not dense:  # the caller's report needs it: measured once
-        best[0]._wp_output_error = (stats, best[1])
+    if best[0] is not dense and getattr(best[0], "_wp_predicted", None) is None:
+        best[0]._wp_output_error = (stats, best[1])  # measured: the caller's report reuses it
     return best[0]
+
+
+def _error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats) -> float:
+    """The output error the build measured (OBS sweeps, whitened spectra), else measured here.
+    The report measures the chosen form once more against the original weights."""
+    p = getattr(m, "_wp_predicted", None)
+    return p if p is not None else layer_error(Wo, m, stats)
 
 
 def _smallest_meeting(build: Callable[[float], CompressedMatrix], Wo: np.ndarray,
@@ -266,6 +290,6 @@ def _smallest_meeting(build: Callable[[float], CompressedMatrix], Wo: np.ndarray
 
     def at(k: int) -> tuple[CompressedMatrix, float]:
         m = build(float(np.exp(lo + (hi - lo) * k / steps)))
-        return m, layer_error(Wo, m, stats)
+        return m, _error(Wo, m, stats)
 
     return M.smallest_meeting(0, steps, at, lambda me: me[1] <= err)[1]

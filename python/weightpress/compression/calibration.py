@@ -9,12 +9,14 @@ replacement ``Ŵ`` is then ``‖X(W − Ŵ)ᵀ‖_F² = tr((W − Ŵ) H (W − �
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from scipy.linalg.blas import get_blas_funcs
+from threadpoolctl import threadpool_limits
 
 from .._validation import float_dtype
 from ..io import open_model
@@ -103,7 +105,7 @@ class CalibrationStats:
         if Xa.shape[1] != self.n_features:
             raise ValueError(f"calibration inputs have {Xa.shape[1]} features, the layer takes "
                              f"{self.n_features} (W has shape (out, {self.n_features}))")
-        step = max(1, min(int(chunk), (1 << 20) // self.n_features))
+        step = max(1, min(int(chunk), (1 << 18) // self.n_features))
         syrk = get_blas_funcs("syrk", dtype=self._h.dtype)
         for s in range(0, Xa.shape[0], step):
             c = np.ascontiguousarray(Xa[s:s + step], dtype=self._h.dtype)
@@ -123,12 +125,7 @@ class CalibrationStats:
         if self.n_samples < self.min_samples:
             raise ValueError(f"too few calibration samples: {self.n_samples} < min_samples={self.min_samples}")
         if not self._full:  # syrk filled the lower triangle (C order): mirror it, by blocks
-            H, n, b = self._h, self.n_features, 256
-            for i0 in range(0, n, b):
-                i1 = min(i0 + b, n)
-                H[i0:i1, i1:] = H[i1:, i0:i1].T
-                blk = H[i0:i1, i0:i1]
-                blk[...] = np.tril(blk) + np.tril(blk, -1).T
+            _mirror_lower(self._h)
             self._full = True
         return self._h
 
@@ -146,9 +143,36 @@ class CalibrationStats:
         return out
 
 
+def row_step(rows: int, cols: int, max_elems: int = 1 << 18) -> int:
+    """Rows per block of a blocked pass over a ``rows × cols`` matrix: at most ``max_elems``
+    values and at most a sixteenth of the matrix, so a pass's float64 temporaries stay a small
+    fraction of the matrix at any size (issue 15: peak memory in multiples of the tensor)."""
+    return max(1, min(max_elems // max(1, cols), -(-rows // 16)))
+
+
+def _mirror_lower(H: np.ndarray, b: int = 64) -> None:
+    """Copy the strictly lower triangle of ``H`` onto the upper, by blocks (small temporaries)."""
+    n = H.shape[0]
+    for i0 in range(0, n, b):
+        i1 = min(i0 + b, n)
+        H[i0:i1, i1:] = H[i1:, i0:i1].T.copy()
+        blk = H[i0:i1, i0:i1]
+        blk[...] = np.tril(blk) + np.tril(blk, -1).T
+
+
+def small_blas(flops: float) -> Any:
+    """A context that keeps BLAS on one thread for problems under ~10⁹ flops: waking OpenBLAS's
+    pool (and its threads spinning afterwards) costs more than such a problem (measured on a
+    loaded 2-core machine: a 256-input factor and sweep 1 ms sequential, 50–500 ms threaded;
+    a 384 × 384 symmetric eigensolve 0.04 s sequential, 0.3–1.7 s threaded)."""
+    if flops >= 1e9:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def _rows_of(M: Any, r0: int, r1: int) -> np.ndarray:
     if hasattr(M, "rows") and getattr(M, "layout", "out_in") == "out_in":
-        return M.rows(r0, r1)
+        return M.rows(r0, min(r1, M.shape[0]))  # (Quantized.rows needs stop <= rows)
     return np.asarray(M[r0:r1])
 
 
@@ -170,9 +194,21 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 
         raise ValueError(f"W_hat: shape {shape} differs from W's {Wa.shape}")
     H = stats.hessian()
     n_in = Wa.shape[1] if Wa.ndim == 2 else 0
-    step = max(1, block // max(1, n_in))
-    cstep = n_in if H.dtype == np.float64 else max(1, block // max(1, n_in))
+    step = row_step(Wa.shape[0], n_in, block)
+    cstep = n_in if H.dtype == np.float64 else row_step(n_in, n_in, block)
     num = den = 0.0
+    with small_blas(4.0 * Wa.size * n_in):
+        num, den = _quadratic_forms(Wa, W_hat, H, step, cstep)
+    if den <= 0:
+        return 0.0 if num <= 0 else float("inf")
+    return float(np.sqrt(max(num, 0.0) / den))
+
+
+def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, step: int, cstep: int
+                     ) -> tuple[float, float]:
+    """``(tr(D H Dᵀ), tr(W H Wᵀ))`` with ``D = W − Ŵ``, float64, by blocks."""
+    num = den = 0.0
+    n_in = H.shape[0]
     for r in range(0, Wa.shape[0], step):
         r1 = min(r + step, Wa.shape[0])  # rows() of a coded form takes no stop past its end
         Wd = np.asarray(Wa[r:r1], dtype=np.float64)
@@ -181,9 +217,7 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 
             Hc = np.asarray(H[:, c:c + cstep], dtype=np.float64)
             num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c + cstep]))
             den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, c:c + cstep]))
-    if den <= 0:
-        return 0.0 if num <= 0 else float("inf")
-    return float(np.sqrt(max(num, 0.0) / den))
+    return num, den
 
 
 class CalibrationSet(Mapping):
@@ -217,15 +251,23 @@ class CalibrationSet(Mapping):
             raise TypeError(f"calibration: expected a file path or a mapping name -> inputs, "
                             f"got {type(source).__name__}")
         self.min_samples = int(min_samples)
+        self._last: tuple[str, CalibrationStats] | None = None
 
     def __getitem__(self, name: str) -> CalibrationStats:
+        if self._last is not None and self._last[0] == name:  # asked again for the same layer
+            return self._last[1]
         v = self._src[name]
         if isinstance(v, CalibrationStats):
             return v
         try:
-            return CalibrationStats.from_inputs(v, min_samples=self.min_samples)
+            st = CalibrationStats.from_inputs(v, min_samples=self.min_samples)
         except ValueError as e:
             raise ValueError(f"calibration for {name!r}: {e}") from None
+        self._last = (name, st)  # one layer's statistics kept: memory stays one H
+        return st
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._src  # without computing the statistics (Mapping's would)
 
     def __iter__(self):
         return iter(self._src)

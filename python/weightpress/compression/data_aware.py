@@ -20,16 +20,16 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
-from threadpoolctl import threadpool_limits
 import scipy.sparse as sp
 
 from .._validation import as_matrix, positive_int, real_scalar
-from .calibration import CalibrationStats
+from .calibration import CalibrationStats, row_step, small_blas
 from ..linalg.quant import obs_factor_inplace, obs_sweep
 from ..linalg.sparse import _parse_pattern, prune
+from ..linalg.svd import randomized_svd
 
 __all__ = ["prune_obs", "lowrank_whitened", "whitened_spectrum", "sparse_plus_lowrank",
-           "rank_for_params", "obs_factor_shared"]
+           "rank_for_params", "obs_factor_shared", "quadratic_total"]
 
 
 def _check(W: Any, stats: CalibrationStats | None) -> np.ndarray:
@@ -85,12 +85,47 @@ def prune_obs(W: Any, stats: CalibrationStats, sparsity: float | None = None,
     s = real_scalar(sparsity, "sparsity", low=0.0, high=1.0) if sparsity is not None else 0.0
     block = positive_int(block, "block")
     total_prune = int(round(s * Wa.size))
+    P, _ = _prune_obs(Wa, stats, total_prune, nm, block, damp, n_threads)
+    return P
+
+
+def _prune_obs(Wa: np.ndarray, stats: CalibrationStats, n_prune: int, nm: tuple[int, int],
+               block: int, damp: float, n_threads: int | None) -> tuple[sp.csr_array, float]:
+    """:func:`prune_obs` and its squared output error ``‖X(W − Ŵ)ᵀ‖²`` (undamped ``H``),
+    which the sweep measures itself: ``Σ e_c²`` less the dampening's ``δ‖W − Ŵ‖²``."""
     with small_blas(Wa.shape[1] ** 3 + Wa.size * Wa.shape[1]):
         Wk = obs_prepare(Wa, stats, damp)
+        re = np.zeros(Wk.shape[0])
         with obs_factor_shared(stats, damp, Wk.dtype) as U:
-            obs_sweep(Wk, U, n_prune=total_prune, nm=nm, block=block, n_threads=n_threads)
+            obs_sweep(Wk, U, n_prune=n_prune, nm=nm, block=block, n_threads=n_threads, row_err=re)
+    dg = np.diag(stats.hessian()).astype(np.float64)
+    dead = dg == 0
+    dg[dead] = 1.0
+    delta = float(damp) * float(dg.mean()) if dg.size else 0.0
+    d2 = 0.0
+    step = row_step(*Wk.shape)
+    for r in range(0, Wk.shape[0], step):
+        w0 = np.asarray(Wa[r:r + step], dtype=Wk.dtype).astype(np.float64)
+        w0[:, dead] = 0.0
+        dd = w0 - Wk[r:r + step]
+        d2 += float(np.einsum("ij,ij->", dd, dd))
+    num = max(float(re.sum()) - delta * d2, 0.0)
     # zero exactly what was pruned (dead columns included); keep the rest as stored values
-    return prune(Wk.astype(Wa.dtype, copy=False), threshold=0.0)
+    return prune(Wk.astype(Wa.dtype, copy=False), threshold=0.0), num
+
+
+def quadratic_total(W: Any, stats: CalibrationStats) -> float:
+    """``‖XWᵀ‖_F² = tr(W H Wᵀ)`` (the denominator of relative output errors), accumulated in
+    float64 over row blocks of a product in the statistics' dtype."""
+    Wa = np.asarray(W)
+    H = stats.hessian()
+    den = 0.0
+    step = row_step(*Wa.shape)
+    with small_blas(Wa.size * Wa.shape[1]):
+        for r in range(0, Wa.shape[0], step):
+            Wb = np.asarray(Wa[r:r + step], dtype=H.dtype)
+            den += float(np.multiply(Wb @ H, Wb).sum(dtype=np.float64))
+    return den
 
 
 @contextlib.contextmanager
@@ -124,15 +159,15 @@ def obs_factor_shared(stats: CalibrationStats, damp: float, dtype: Any) -> Any:
         np.fill_diagonal(H, diag)
 
 
-def _mirror(H: np.ndarray, lower: bool, b: int = 256) -> None:
+def _mirror(H: np.ndarray, lower: bool, b: int = 64) -> None:
     """Copy the strictly lower (``lower``) or upper triangle of ``H`` onto the other, by blocks."""
     n = H.shape[0]
     for i0 in range(0, n, b):
         i1 = min(i0 + b, n)
         if lower:
-            H[i0:i1, i1:] = H[i1:, i0:i1].T
+            H[i0:i1, i1:] = H[i1:, i0:i1].T.copy()
         else:
-            H[i1:, i0:i1] = H[i0:i1, i1:].T
+            H[i1:, i0:i1] = H[i0:i1, i1:].T.copy()
         blk = H[i0:i1, i0:i1]
         blk[...] = np.tril(blk) + np.tril(blk, -1).T if lower else np.triu(blk) + np.triu(blk, 1).T
 
@@ -171,15 +206,6 @@ def act_order_perm(stats: CalibrationStats) -> np.ndarray:
     """Inputs by decreasing ``H[i, i]`` (GPTQ's act-order: the columns that meet the largest
     inputs are quantized first, while the most columns are left to absorb their error)."""
     return np.argsort(-np.diag(stats.hessian()), kind="stable")
-
-
-def small_blas(flops: float) -> Any:
-    """A context that keeps BLAS on one thread for problems under ~10⁹ flops: waking OpenBLAS's
-    pool (and its threads spinning afterwards) costs more than such a problem (measured on a
-    loaded 2-core machine: a 256-input factor and sweep 1 ms sequential, 50–500 ms threaded)."""
-    if flops >= 1e9:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def obs_prepare(Wa: np.ndarray, stats: CalibrationStats, damp: float) -> np.ndarray:
@@ -237,19 +263,20 @@ def lowrank_whitened(W: Any, stats: CalibrationStats, rank: int | None = None, *
         raise ValueError("lowrank_whitened: give exactly one of rank and error")
     real_scalar(damp, "damp", low=0.0)
     k = min(Wa.shape)
-    if rank is not None:
-        r = positive_int(rank, "rank")
-        if r > k:
-            raise ValueError(f"rank must be <= min(W.shape) = {k}, got {r}")
-        lam, Z = _gram_eigh(Wa, stats, r)
-    else:
-        e = real_scalar(error, "error", low=0.0, low_open=True, high=1.0, high_open=True)
-        lam, Z = _gram_eigh(Wa, stats, None)
-        tail = np.concatenate([np.cumsum(lam[::-1])[::-1], [0.0]])  # tail[r] = Σ λ[r:]
-        ok = np.nonzero(tail[1:] <= e * e * tail[0])[0]
-        r = int(ok[0]) + 1 if len(ok) else len(lam)
-        lam, Z = lam[:r], Z[:, :r]
-    A, B = _whitened_factors(Wa, stats, lam[:r], Z[:, :r])
+    with small_blas(Wa.size * max(Wa.shape) + k ** 3):
+        if rank is not None:
+            r = positive_int(rank, "rank")
+            if r > k:
+                raise ValueError(f"rank must be <= min(W.shape) = {k}, got {r}")
+            lam, Z = _gram_eigh(Wa, stats, r)
+        else:
+            e = real_scalar(error, "error", low=0.0, low_open=True, high=1.0, high_open=True)
+            lam, Z = _gram_eigh(Wa, stats, None)
+            tail = np.concatenate([np.cumsum(lam[::-1])[::-1], [0.0]])  # tail[r] = Σ λ[r:]
+            ok = np.nonzero(tail[1:] <= e * e * tail[0])[0]
+            r = int(ok[0]) + 1 if len(ok) else len(lam)
+            lam, Z = lam[:r], Z[:, :r]
+        A, B = _whitened_factors(Wa, stats, lam[:r], Z[:, :r])
     sig = np.sqrt(np.maximum(lam, 0.0))
     return A.astype(Wa.dtype, copy=False), B.astype(Wa.dtype, copy=False), sig
 
@@ -259,8 +286,9 @@ def whitened_spectrum(W: Any, stats: CalibrationStats) -> tuple[np.ndarray, floa
     (float64; the squared output error of rank r is ``Σ λ[r:]``) and ``tr(W H Wᵀ)``, from
     one eigenvalue-only solve (no eigenvectors: the curve of every rank at once)."""
     Wa = _check(W, stats)
-    G, _ = _gram(Wa, stats)
-    lam = sla.eigh(G, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evr")
+    with small_blas(Wa.size * max(Wa.shape) + min(Wa.shape) ** 3):
+        G, _ = _gram(Wa, stats)
+        lam = sla.eigh(G.T, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evr")
     lam = np.maximum(lam[::-1].astype(np.float64), 0.0)
     return lam, float(lam.sum())
 
@@ -278,7 +306,7 @@ def _gram(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarr
     if out <= n_in:
         G = np.empty((out, out), dt)
         Wc = np.asarray(Wa, dtype=dt)
-        step = max(1, (1 << 20) // max(1, n_in))
+        step = row_step(out, n_in)
         for r0 in range(0, out, step):
             G[r0:r0 + step] = (Wc[r0:r0 + step] @ H) @ Wc.T
         return G, None
@@ -286,7 +314,7 @@ def _gram(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarr
     L = Q * np.sqrt(np.maximum(lamH, 0.0)).astype(dt)
     del Q
     WtW = np.zeros((n_in, n_in), dt)
-    step = max(1, (1 << 20) // max(1, n_in))
+    step = row_step(out, n_in)
     for r0 in range(0, out, step):
         Wb = np.asarray(Wa[r0:r0 + step], dtype=dt)
         WtW += Wb.T @ Wb
@@ -301,7 +329,8 @@ def _gram_eigh(Wa: np.ndarray, stats: CalibrationStats, r: int | None
     G, L = _gram(Wa, stats)
     k = G.shape[0]
     sub = None if r is None else (k - r, k - 1)
-    lam, V = sla.eigh(G, subset_by_index=sub, overwrite_a=True, check_finite=False, driver="evr")
+    # G.T: the same symmetric matrix, Fortran-ordered, so LAPACK works in it without a copy
+    lam, V = sla.eigh(G.T, subset_by_index=sub, overwrite_a=True, check_finite=False, driver="evr")
     del G
     lam, V = lam[::-1].astype(np.float64), V[:, ::-1]
     if L is None:
@@ -323,9 +352,21 @@ def _whitened_factors(Wa: np.ndarray, stats: CalibrationStats, lam: np.ndarray, 
     return U, U.T @ Wc
 
 
-def _svd_r(M: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-    U, s, Vt = sla.svd(M, full_matrices=False, lapack_driver="gesdd")
-    return U[:, :r] * s[:r], Vt[:r]
+def _sq(R: np.ndarray) -> float:
+    """``‖R‖_F²`` accumulated in float64 a block of rows at a time."""
+    step = row_step(*R.shape)
+    t = 0.0
+    for r in range(0, R.shape[0], step):
+        b = R[r:r + step].astype(np.float64)
+        t += float(np.einsum("ij,ij->", b, b))
+    return t
+
+
+def _sub_csr(R: np.ndarray, S: sp.csr_array) -> None:
+    """``R -= S`` in place (S's explicit entries only)."""
+    if S.nnz:
+        rows = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
+        R[rows, S.indices] -= S.data
 
 
 def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationStats | None = None,
@@ -364,21 +405,35 @@ def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationSt
         d = np.maximum(d, (pos.mean() if pos.size else 1.0) * 1e-3)
     else:
         d = np.ones(Wa.shape[1])
-    Ws = Wa.astype(np.float64) * d
-    Sd = np.zeros_like(Ws)
-    A = np.zeros((Ws.shape[0], r))
-    B = np.zeros((r, Ws.shape[1]))
+    # in W's float dtype, one full-size buffer (the residual; W·diag(d) is formed into it
+    # again when needed), the sparse part as CSR (issue 15: this held six float64 copies of W)
+    ct = np.float64 if Wa.dtype == np.float64 else np.float32
+    dc = d.astype(ct)
+    R = np.empty(Wa.shape, ct)
+    S = sp.csr_array(Wa.shape, dtype=ct)
+    A = np.zeros((Wa.shape[0], r), ct)
+    B = np.zeros((r, Wa.shape[1]), ct)
     prev = np.inf
+    np.multiply(Wa, dc, out=R)
+    wnorm = float(np.sqrt(_sq(R)))
+    step = row_step(*R.shape)
     for _ in range(n_iter):
+        np.multiply(Wa, dc, out=R)
         if r:
-            A, B = _svd_r(Ws - Sd, r)
-            L = A @ B
-        else:
-            L = 0.0
-        Sd = prune(Ws - L, sparsity=s).toarray()
-        res = float(np.linalg.norm(Ws - L - Sd))
-        if abs(prev - res) <= tol * max(1.0, float(np.linalg.norm(Ws))):
+            _sub_csr(R, S)  # R = Ws − S
+            U, sv, Vt = randomized_svd(R, r, seed=0)
+            A, B = U * sv, Vt
+            np.multiply(Wa, dc, out=R)
+            for r0 in range(0, R.shape[0], step):  # R = Ws − L, L = A B a block at a time
+                R[r0:r0 + step] -= A[r0:r0 + step] @ B
+        S = prune(R, sparsity=s)  # the largest entries of the residual, as they are
+        sd = S.data.astype(np.float64)
+        res = float(np.sqrt(max(_sq(R) - float(sd @ sd), 0.0)))  # ‖Ws − L − S‖
+        if abs(prev - res) <= tol * max(1.0, wnorm):
             break
         prev = res
-    S = prune((Sd / d).astype(Wa.dtype), threshold=0.0)
-    return S, A.astype(Wa.dtype), (B / d).astype(Wa.dtype)
+    del R
+    S = sp.csr_array(S, copy=True)
+    S.data = (S.data / dc[S.indices]).astype(Wa.dtype)
+    S.eliminate_zeros()
+    return S, A.astype(Wa.dtype), (B / dc).astype(Wa.dtype)

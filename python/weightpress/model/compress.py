@@ -527,8 +527,10 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
         if d.action == "skip":
             tlayout = view.layout if view else job.layout
         budget = ly.budget
-        if (layer_ratio is not None and budgeted.layer_ratio and ly.form is None
-                and budget is not None and budget.nbytes is not None):
+        if (layer_ratio is not None and budgeted.layer_ratio and ly.threshold is None
+                and budget is not None and budget.nbytes is not None
+                and (ly.form is None or ly.form != "dense")):
+            # every byte budget follows the retry, allocated ones too (their form is kept)
             budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / layer_ratio)
         tasks[i] = (ly, budget, view, tlayout)
     keys = {i: journal.key(t[0], t[1]) for i, t in tasks.items()} if journal is not None else {}
@@ -735,9 +737,9 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
                     calibration=stats, options=opts)
 
 
-# byte levels of an N:M OBS pattern's curve (measured by building it): every other level of
-# CURVE_LEVELS. Unstructured OBS pruning (curves.obs_curve: one factor, one self-measuring sweep
-# per level) and the other built forms (sparse + low rank, coding, quantization) use
+# byte levels of OBS pruning's curve (with calibration): every other level of CURVE_LEVELS,
+# 56 % apart (curves.obs_curve: one factor, one self-measuring sweep per level; an N:M pattern
+# is built and measured). The other built forms (sparse + low rank, coding, quantization) use
 # CURVE_LEVELS; the one-pass curves use 48 levels (curves.py)
 MEASURED_LEVELS = CURVE_LEVELS[::2]
 
@@ -747,7 +749,7 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
     """One layer's error-vs-size candidates for :func:`~weightpress.model.allocate.allocate`
     (dense first). Magnitude pruning and (whitened) low rank come from one sort or one SVD
     (:mod:`~weightpress.model.curves`), OBS pruning from one factor and one self-measuring
-    sweep per level of :data:`CURVE_LEVELS` (:func:`~weightpress.model.curves.obs_curve`); the
+    sweep per level of :data:`MEASURED_LEVELS` (:func:`~weightpress.model.curves.obs_curve`); the
     other forms are built and measured at :data:`CURVE_LEVELS`. Labels are ``"form@budget"``: the byte budget that rebuilds it."""
     Wv = Wa if vdt is None else _narrow(Wa, vdt, d.name)
     storage = "BF16" if want_bf16 else None
@@ -768,7 +770,7 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
             pts = C.whitened_curve(Wvo, stats, stored_shape, isz, orig_bytes)
         elif form == "prune" and "pattern" not in opts:
             Wvo = Wv if layout == "out_in" else Wv.T
-            pts = C.obs_curve(Wvo, stats, stored_shape, isz, orig_bytes, CURVE_LEVELS,
+            pts = C.obs_curve(Wvo, stats, stored_shape, isz, orig_bytes, MEASURED_LEVELS,
                               float(opts.get("damp", 1e-2)))
         if pts is not None:
             cands += [Candidate(nb, e, f"{form}@{b:.0f}") for nb, e, b in pts if nb < orig_bytes]

@@ -31,7 +31,7 @@ import scipy.linalg as sla
 from ..compression.data_aware import obs_factor_shared, obs_prepare, small_blas, whitened_spectrum
 from ..linalg.quant import obs_sweep
 
-from ..compression.calibration import CalibrationStats
+from ..compression.calibration import CalibrationStats, row_step
 from ..compression.storage import lowrank_nbytes, nnz_for_bytes, sparse_nbytes
 from ..io.safetensors import bf16_to_f32, f32_to_bf16
 
@@ -136,7 +136,7 @@ def obs_curve(Wo: np.ndarray, stats: CalibrationStats, stored_shape: tuple[int, 
     H = stats.hessian()
     dt = np.float64 if Wo.dtype == np.float64 else np.float32
     den = 0.0
-    step = max(1, (1 << 18) // max(1, Wo.shape[1]))
+    step = row_step(*Wo.shape)
     for r in range(0, Wo.shape[0], step):
         Wb = np.asarray(Wo[r:r + step], dtype=H.dtype)
         den += float(np.multiply(Wb @ H, Wb).sum(dtype=np.float64))
