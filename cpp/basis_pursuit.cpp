@@ -293,7 +293,7 @@ void Homotopy<T>::ensure_cached(std::int64_t j) {
   const std::int64_t n = n_;
   // Blocks of 32 columns; small problems take 128 at a time, so that they make few BLAS calls
   // (each may wake BLAS threads, which costs more than such a product on a busy machine).
-  const std::int64_t want = std::min<std::int64_t>(n, m_ * n <= (std::int64_t(1) << 18) ? 128 : 32);
+  const std::int64_t want = std::min<std::int64_t>(n, m_ * n <= blas::kSmallProduct ? 128 : 32);
   std::vector<std::int64_t> cand;
   cand.reserve(static_cast<std::size_t>(n));
   for (std::int64_t i = 0; i < n; ++i)

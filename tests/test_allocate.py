@@ -69,7 +69,9 @@ def test_allocated_layers_follow_the_ratio_search(tmp_path, monkeypatch, ratio):
         return rep
     monkeypatch.setattr(CM, "execute", spy)
     with open_source(mp) as src:
+        # pruning's curves are fine-grained; auto's include quantization, whose steps (dense ->
+        # int8 is 4x for a layer) are too coarse on 6 layers to land within 3 % of 1.3x
         rep = compress_model(src, str(tmp_path / "o.wpz"), ratio=ratio, scope="allocate",
-                             calibration=cp)
+                             calibration=cp, method="prune")
     assert len(sizes) == 1 or len(set(sizes)) > 1  # a retry wrote another file
     assert abs(rep.ratio - ratio) <= 0.03 * ratio

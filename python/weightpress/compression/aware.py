@@ -10,6 +10,7 @@ low-rank). Layout is handled here: the algorithms see ``W`` as ``[out, in]``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -129,7 +130,10 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
 
     shape_oi = (int(Wo.shape[0]), int(Wo.shape[1]))
     fixed = M.precision_of(dict(options))
-    w_key = (shape_oi, hash(Wo.tobytes()))
+    # the cache key hashes W's bytes in place (tobytes() was one more copy of the layer)
+    w_key = (shape_oi, str(Wo.dtype), hashlib.blake2b(
+        Wo.data if Wo.flags.c_contiguous else np.ascontiguousarray(Wo).data,
+        digest_size=16).hexdigest())
 
     coding = options.get("coding")
 

@@ -404,13 +404,16 @@ def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = Non
             _, scales0, zeros0 = lq.quantize_rtn(Wk, b, g, sym, bool(mse), n_threads)
             gs = g if 0 < g < Wa.shape[1] else max(Wa.shape[1], 1)
             Wp = np.ascontiguousarray(Wk[:, perm])
+            del Wk  # one working copy at a time (issue 15: calibrated methods within 3x W)
             res = lq.obs_sweep(Wp, U, bits=b, group=g, symmetric=sym, mse=bool(mse), n_prune=n_prune, block=block,
                                col_group=(perm // gs).astype(np.int64), scales=scales0, zeros=zeros0,
                                n_threads=n_threads)
             assert res is not None
+            del Wp
             codes = np.empty_like(res[0])
             codes[:, perm] = res[0]
             scales, zeros = res[1], res[2]
+            del res
         else:
             res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse), n_prune=n_prune, nm=nm,
                                block=block, n_threads=n_threads)

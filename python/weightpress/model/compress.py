@@ -724,7 +724,8 @@ CURVE_LEVELS = tuple(float(1.25 ** -k) for k in range(1, 18))  # 1/1.25 ... 1/44
 
 def _forms_for(method: str) -> tuple[str, ...]:
     return {"prune": ("prune",), "lowrank": ("lowrank",), "slr": ("slr",), "nm": ("nm",),
-            "code": ("code",), "quant": ("quant",), "auto": ("prune", "lowrank", "quant")}[method]
+            "code": ("code",), "quant": ("quant",), "lowrank-int8": ("lowrank-int8",),
+            "auto": ("prune", "lowrank", "quant")}[method]
 
 
 def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, storage: str | None,

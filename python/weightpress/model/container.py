@@ -63,7 +63,7 @@ _BLOB_DTYPES = {k: v for k, v in DTYPES.items() if k not in ("F8_E4M3", "F8_E5M2
 # (quant: codes, scales, zero points, qmeta, and a CSR correction when it fills a budget; auto
 # usually picks a 2-3 array form: the ratio search measures the file and corrects the rest)
 _PARTS_PER_METHOD = {"skip": 1, "keep": 1, "prune": 3, "nm": 3, "lowrank": 2, "slr": 5,
-                     "code": 4, "quant": 7, "auto": 3}
+                     "code": 4, "quant": 7, "lowrank-int8": 6, "auto": 3}
 
 
 def header_estimate(tensors: Mapping[str, str]) -> int:
@@ -622,9 +622,13 @@ class Container(TensorSource):
                     raise FormatError(f"{self.path}: tensor {n!r} is tied to a missing tensor")
                 bad = [k for k in _NUMERIC_FIELDS if not isinstance(e.get(k), (int, float))
                        or isinstance(e.get(k), bool)]
+                bad += [k for k in ("form", "dtype") if not isinstance(e.get(k), str)]
+                if "layout" in e and not isinstance(e["layout"], str):
+                    bad.append("layout")
                 if bad or not isinstance(e.get("parts"), dict) or not isinstance(e.get("crc32"), dict):
                     raise FormatError(f"{self.path}: tensor {n!r}: malformed metadata "
-                                      f"({', '.join(bad) or 'parts/crc32'} missing or not numbers)")
+                                      f"({', '.join(bad) or 'parts/crc32'} missing or of the "
+                                      f"wrong type)")
             off = 0
             for n, e in self.entries.items():
                 for role, key in e["parts"].items():
@@ -717,7 +721,7 @@ class Container(TensorSource):
         if len(e["shape"]) != 2:
             raise ValueError(f"{name!r} is a {len(e['shape'])}-D tensor, not a matrix; use container[name]")
         try:
-            m = from_parts(e["form"], self.parts(name), tuple(e["shape"]), e["layout"])
+            m = from_parts(e["form"], self.parts(name), tuple(e["shape"]), e.get("layout", "out_in"))
             return store_as(m, e.get("storage"), exact=True)
         except (ValueError, TypeError) as err:
             raise FormatError(f"{self.path}: tensor {name!r}: {err}") from None
