@@ -257,6 +257,10 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
             cands.append((m, layer_error(Wo, m, stats)))
         else:
             cands.append(_smallest_meeting(build, Wo, stats, err, dense_bytes))
+        if prefer == "size" and len(cands) > 1:
+            # only the best so far stays alive (issue 15: memory within 3x the layer); the
+            # choice below is the same as over every candidate
+            cands = [min(cands, key=lambda c: _rank(c, nb, err, dense_bytes))]
     if nb is not None:
         fits = [(m, e) for m, e in cands if m.nbytes <= max(nb, 1)] or [min(cands, key=lambda c: c[0].nbytes)]
         if nb >= dense_bytes:
@@ -275,6 +279,19 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     if best[0] is not dense and getattr(best[0], "_wp_predicted", None) is None:
         best[0]._wp_output_error = (stats, best[1])  # measured: the caller's report reuses it
     return best[0]
+
+
+def _rank(c: tuple[CompressedMatrix, float], nb: float | None, err: float | None,
+          dense_bytes: int) -> tuple[int, float]:
+    """Order of candidates that :func:`compress_aware`'s final choice (by size) agrees with:
+    for a byte budget the fitting ones smaller than dense by error, then the fitting ones, then
+    the rest by bytes; for an error budget the ones meeting it by bytes."""
+    m, e = c
+    if nb is not None:
+        fits = m.nbytes <= max(nb, 1)
+        return (0, e) if fits and m.nbytes < dense_bytes else (1 if fits else 2, float(m.nbytes))
+    assert err is not None
+    return (0, float(m.nbytes)) if e <= err * (1 + 1e-9) and m.nbytes < dense_bytes else (1, 0.0)
 
 
 def _error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats) -> float:

@@ -129,23 +129,29 @@ def quadratic_total(W: Any, stats: CalibrationStats) -> float:
 
 
 @contextlib.contextmanager
-def obs_factor_shared(stats: CalibrationStats, damp: float, dtype: Any) -> Any:
+def obs_factor_shared(stats: CalibrationStats, damp: float, dtype: Any,
+                      perm: np.ndarray | None = None) -> Any:
     """The sweep's factor ``U`` (as :func:`obs_factor`) written over the statistics' own ``H``
     for the duration of the ``with`` block, and ``H`` restored after it (bit for bit).
 
     The sweep reads only ``U``'s upper triangle and diagonal, and ``H`` is symmetric, so one
     ``in × in`` buffer holds both: the factorisation leaves ``H`` in the strictly lower
-    triangle, its diagonal is kept aside. Memory: no second ``in × in`` matrix (issue 15: the
+    triangle, its diagonal is kept aside. With ``perm`` (GPTQ's act-order) ``H``'s inputs are
+    first permuted in place (``H[p][:, p]``, following the permutation's cycles a row and a
+    column at a time) and put back after. Memory: no second ``in × in`` matrix (issue 15: the
     calibrated methods within 3x the largest tensor). A factor already cached on ``stats``
     (by :func:`obs_factor`) is used as it is; an ``H`` of another dtype is factored in a copy.
     """
     dt = np.dtype(dtype)
-    key = ("obs", float(damp), dt.str, False)
+    key = ("obs", float(damp), dt.str, perm is not None)
     H = stats.hessian()
-    if key in stats._cache or H.dtype != dt:
-        yield obs_factor(stats, damp, dt)[0]
+    if key in stats._cache or H.dtype != dt or not H.flags.c_contiguous or not H.flags.writeable:
+        yield obs_factor(stats, damp, dt, perm is not None)[0]
         return
     damp = real_scalar(damp, "damp", low=0.0)
+    if perm is not None:
+        perm = np.asarray(perm, dtype=np.int64)
+        _permute_sym(H, perm)
     diag = H.diagonal().copy()
     info = 0
     try:
@@ -157,6 +163,35 @@ def obs_factor_shared(stats: CalibrationStats, damp: float, dtype: Any) -> Any:
     finally:  # H's values are in the triangle the factorisation left alone: mirror them back
         _mirror(H, lower=not info)
         np.fill_diagonal(H, diag)
+        if perm is not None:
+            _permute_sym(H, np.argsort(perm, kind="stable"))
+
+
+def _permute_sym(H: np.ndarray, p: np.ndarray) -> None:
+    """``H ← H[p][:, p]`` in place: each cycle of ``p`` moves rows, then columns, one at a
+    time through a one-row buffer (exact: values are only copied)."""
+    for axis in (0, 1):
+        seen = np.zeros(len(p), dtype=bool)
+        for s in range(len(p)):
+            if seen[s] or p[s] == s:
+                seen[s] = True
+                continue
+            tmp = (H[s] if axis == 0 else H[:, s]).copy()
+            i = s
+            while True:
+                seen[i] = True
+                j = int(p[i])
+                if j == s:
+                    if axis == 0:
+                        H[i] = tmp
+                    else:
+                        H[:, i] = tmp
+                    break
+                if axis == 0:
+                    H[i] = H[j]
+                else:
+                    H[:, i] = H[:, j]
+                i = j
 
 
 def _mirror(H: np.ndarray, lower: bool, b: int = 64) -> None:

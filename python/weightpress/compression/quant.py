@@ -25,7 +25,7 @@ from .._validation import as_matrix, positive_int, real_scalar
 from ..linalg import quant as lq
 from ..linalg.sparse import _parse_pattern
 from .calibration import CalibrationStats
-from .data_aware import _check, act_order_perm, obs_factor, obs_prepare, small_blas
+from .data_aware import _check, act_order_perm, obs_factor_shared, obs_prepare, small_blas
 from ..linalg.sparse import prune
 from .matrices import (CompressedMatrix, Sparse, SumOfForms, _compute_dtype, _setup, _sub, register_form,
                        store_as)
@@ -397,30 +397,39 @@ def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = Non
     act = bool(act_order) and pattern is None
     with small_blas(Wa.shape[1] ** 3 + Wa.size * Wa.shape[1]):
         Wk = obs_prepare(Wa, stats, damp)
-        U = obs_factor(stats, damp, Wk.dtype, act)[0]
         n_prune = int(round(s * Wa.size))
-        if act:
-            perm = act_order_perm(stats)
-            _, scales0, zeros0 = lq.quantize_rtn(Wk, b, g, sym, bool(mse), n_threads)
-            gs = g if 0 < g < Wa.shape[1] else max(Wa.shape[1], 1)
-            Wp = np.ascontiguousarray(Wk[:, perm])
-            del Wk  # one working copy at a time (issue 15: calibrated methods within 3x W)
-            res = lq.obs_sweep(Wp, U, bits=b, group=g, symmetric=sym, mse=bool(mse), n_prune=n_prune, block=block,
-                               col_group=(perm // gs).astype(np.int64), scales=scales0, zeros=zeros0,
-                               n_threads=n_threads)
-            assert res is not None
-            del Wp
-            codes = np.empty_like(res[0])
-            codes[:, perm] = res[0]
-            scales, zeros = res[1], res[2]
-            del res
-        else:
-            res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse), n_prune=n_prune, nm=nm,
-                               block=block, n_threads=n_threads)
-            assert res is not None
-            codes, scales, zeros = res
+        perm = act_order_perm(stats) if act else None
+        # the factor is written over H for the sweep and H restored after (no second in x in
+        # matrix; issue 15), unless one is cached already
+        with obs_factor_shared(stats, damp, Wk.dtype, perm) as U:
+            if perm is not None:
+                scales0, zeros0 = lq.quantize_rtn(Wk, b, g, sym, bool(mse), n_threads)[1:]
+                gs = g if 0 < g < Wa.shape[1] else max(Wa.shape[1], 1)
+                _permute_columns(Wk, perm)  # in place, a block of rows at a time
+                res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse),
+                                   n_prune=n_prune, block=block,
+                                   col_group=(perm // gs).astype(np.int64), scales=scales0,
+                                   zeros=zeros0, n_threads=n_threads)
+                assert res is not None
+                del Wk
+                codes = np.empty_like(res[0])
+                codes[:, perm] = res[0]
+                scales, zeros = res[1], res[2]
+                del res
+            else:
+                res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse),
+                                   n_prune=n_prune, nm=nm, block=block, n_threads=n_threads)
+                assert res is not None
+                codes, scales, zeros = res
     return Quantized(lq.pack_codes(codes, b, n_threads), scales, zeros, Wa.shape, bits=b, group=g,
                      symmetric=sym, dtype=Wa.dtype)
+
+
+def _permute_columns(W: np.ndarray, perm: np.ndarray, rows: int = 64) -> None:
+    """``W ← W[:, perm]`` in place, a block of rows at a time (a block-sized buffer, not a
+    second copy of ``W``)."""
+    for r in range(0, W.shape[0], rows):
+        W[r:r + rows] = W[r:r + rows, perm]
 
 
 # ---- Codebook (weight sharing) ------------------------------------------------------------
