@@ -122,9 +122,10 @@ class CompressedMatrix:
 
     def blocks(self, block: int = 1 << 20) -> Any:
         """Yield ``(start, stop, rows)``: the dense tensor in row blocks of about ``block``
-        elements, so a caller never holds all of it."""
+        elements and at most a sixteenth of the matrix, so a caller never holds all of it
+        (issue 15: peak memory in multiples of the tensor at any size)."""
         m, n = self.shape
-        step = max(1, block // max(1, n))
+        step = max(1, min(block // max(1, n), -(-m // 16)))
         for r in range(0, m, step):
             yield r, min(m, r + step), self.rows(r, min(m, r + step))
 

@@ -68,7 +68,7 @@ class _CodedRows(CompressedMatrix):
             yield from super().blocks(block)
             return
         D = self.toarray()
-        step = max(1, block // max(1, self.shape[1]))
+        step = max(1, min(block // max(1, self.shape[1]), -(-self.shape[0] // 16)))
         for r in range(0, self.shape[0], step):
             yield r, min(self.shape[0], r + step), D[r:r + step]
 
@@ -286,8 +286,11 @@ def fill_with_residual(q: Quantized, W: np.ndarray, nbytes: float,
     k = nnz_for_bytes(q.shape, nbytes - q.nbytes, isz)
     if k <= 0:
         return q
-    R = W.astype(_compute_dtype(q.dtype), copy=False) - q.toarray()
-    S = store_as(Sparse(prune(R, sparsity=1.0 - k / max(1, R.size)), q.layout, dtype=q.dtype), storage)
+    R = q.toarray()  # becomes W − q in place: one full-size array (issue 15: memory)
+    R = np.subtract(W, R, out=R) if np.asarray(W).dtype == R.dtype else W.astype(R.dtype) - R
+    C = prune(R, sparsity=1.0 - k / max(1, R.size))
+    del R
+    S = store_as(Sparse(C, q.layout, dtype=q.dtype), storage)
     return QuantizedPlusSparse(q, S)  # type: ignore[arg-type]
 
 

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from .._validation import as_matrix, real_scalar
 from ..linalg import quant as lq
-from ..linalg.sparse import csr_matmul
+from ..linalg.sparse import csr_matmul, prune
 from .matrices import CompressedMatrix, _compute_dtype, _setup, register_form
 from .quant import Quantized, _CodedRows, _contig
 from .storage import index_dtype, pointer_dtype
@@ -185,9 +185,32 @@ class SparseQuantized(_CodedRows):
                                                shape=self._mshape)
         return self._csr_cache[dt]
 
+    def _unpacked(self) -> np.ndarray:
+        """The nonzeros' codes, one uint8 each (kept: an eighth of W's float32 bytes at most)."""
+        if getattr(self, "_u", None) is None:
+            self._u = lq.unpack_codes(self.codes[None, :], self.nnz, self.bits)[0]
+        return self._u
+
     def _dequant(self, dtype: Any, r0: int = 0, r1: int | None = None) -> np.ndarray:
-        r1 = self._mshape[0] if r1 is None else r1
-        return self.csr(_compute_dtype(np.dtype(dtype)))[r0:r1].toarray()
+        """Rows ``r0:r1`` decoded straight from the positions and codes of those rows (the same
+        arithmetic as :meth:`csr`; memory about the block, not a CSR of the whole matrix)."""
+        dt = _compute_dtype(np.dtype(dtype))
+        out_n, n_in = self._mshape
+        r1 = out_n if r1 is None else min(r1, out_n)
+        r0 = min(max(r0, 0), r1)
+        ip = self.indptr
+        a, b = int(ip[r0]), int(ip[r1])
+        rows = np.repeat(np.arange(r1 - r0), np.diff(ip[r0:r1 + 1]))
+        vals = ((self._unpacked()[a:b].astype(dt) - (1 << (self.bits - 1)))
+                * self.scales[r0:r1, 0].astype(dt)[rows])
+        D = np.zeros((r1 - r0, n_in), dt)
+        if self.structure == "bitmask":
+            assert self.mask is not None
+            D[np.unpackbits(self.mask[r0:r1], axis=1, bitorder="little", count=n_in).view(bool)] = vals
+        else:
+            assert self.indices is not None
+            D[rows, self.indices[a:b]] = vals
+        return D
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         direct = (self.layout == "out_in") != transpose  # the product is M @ X
@@ -263,17 +286,40 @@ def sparse_quantize(W: Any, *, sparsity: float | None = None, nnz: int | None = 
         if isinstance(nnz, bool) or not isinstance(nnz, (int, np.integer)) or not 0 <= nnz <= M.size:
             raise ValueError(f"nnz: expected an integer in [0, {M.size}], got {nnz!r}")
         k = int(nnz)
-    keep = np.zeros(M.shape, bool)
+    # the k largest magnitudes straight to CSR by the two-pass C++ pruning (ties in row-major
+    # order; zeros never kept), then codes of the kept values only: memory about the kept
+    # entries, not float64 copies of W (issue 15: auto within 3x the largest tensor)
     if k > 0:
-        flat = np.argpartition(np.abs(M).reshape(-1), M.size - k)[M.size - k:]
-        keep.reshape(-1)[flat] = True
+        C = prune(M, sparsity=(M.size - k) / M.size)
+        data, idx, ptr = C.data, C.indices, C.indptr
+        del C
+    else:
+        data, idx, ptr = np.zeros(0, M.dtype), np.zeros(0, np.int32), np.zeros(out + 1, np.int64)
+    rs = max(1, -(-out // 16))  # row blocks: temporaries of a sixteenth of the matrix
+    spans = [(r0, min(out, r0 + rs), int(ptr[r0]), int(ptr[min(out, r0 + rs)]))
+             for r0 in range(0, out, rs)]
+
+    def rows_of(r0: int, r1: int) -> np.ndarray:
+        return np.repeat(np.arange(r1 - r0), np.diff(ptr[r0:r1 + 1]))
+
+    keep = np.zeros(M.shape, bool)
+    amax = np.zeros(out, np.float64)
+    for r0, r1, a, e in spans:
+        keep[r0:r1][rows_of(r0, r1), idx[a:e]] = True
+        ne = np.flatnonzero(np.diff(ptr[r0:r1 + 1]))
+        if ne.size:
+            amax[r0 + ne] = np.maximum.reduceat(np.abs(data[a:e]), ptr[r0:r1][ne] - a)
+    del idx
     half = (1 << (b - 1)) - 1
-    amax = np.where(keep, np.abs(M), 0).max(axis=1, initial=0.0)
     s16 = (amax / half).astype(np.float16)
     s16 = np.where((s16 == 0) | ~np.isfinite(s16), np.float16(1), s16)
     if not np.isfinite((amax / half)).all() or np.any(amax / half > np.finfo(np.float16).max):
         raise ValueError("W: row scales overflow float16")
     s = s16.astype(np.float64)
-    codes = np.clip(np.rint(M / s[:, None]), -half - 1, half) + (1 << (b - 1))
-    return _assemble(keep, codes[keep], s16, b, Wa.shape, Wa.dtype, layout, structure)
+    codes = np.empty(data.size, np.uint8)
+    for r0, r1, a, e in spans:  # in float64 as before, a block of rows at a time
+        q = np.rint(data[a:e] / s[r0:r1][rows_of(r0, r1)])
+        codes[a:e] = np.clip(q, -half - 1, half) + (1 << (b - 1))
+    del data
+    return _assemble(keep, codes, s16, b, Wa.shape, Wa.dtype, layout, structure)
 
