@@ -132,7 +132,15 @@ class _Spill(TensorSource):
 
     def __init__(self, path: str):
         super().__init__(path)
-        self._f = open(path, "wb")  # noqa: SIM115 - closed in finish()/close()
+        self._f = open(path, "w+b")  # noqa: SIM115 - closed in close()
+        fd_path = f"/proc/self/fd/{self._f.fileno()}"
+        if os.path.exists(fd_path):
+            # Linux: the name goes now and the open descriptor keeps the bytes, read back
+            # through /proc/self/fd: a run killed by SIGKILL (no handler runs) leaves no
+            # scratch file behind (issue 15)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                self.path = fd_path
         self._index: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}
         self._info: dict[str, TensorInfo] = {}
 
@@ -150,7 +158,7 @@ class _Spill(TensorSource):
             self._f.write(part.view(np.uint8).data)
 
     def finish(self) -> None:
-        self._f.close()
+        self._f.flush()  # (open until close(): an unnamed scratch file lives on its descriptor)
 
     def info(self) -> dict[str, TensorInfo]:
         return self._info
@@ -548,8 +556,9 @@ class ContainerWriter:
         for f in (self._spill_file, self._blob_file):
             if f is not None:
                 f.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(f.path)
+                if not f.path.startswith("/proc/self/fd/"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(f.path)
 
     def __enter__(self) -> "ContainerWriter":
         return self
