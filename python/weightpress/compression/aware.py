@@ -166,12 +166,21 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
                 cands += [(Precision(b), s) for b, grid in ((2, _LOW_SPARSITY), (3, _LOW_SPARSITY[2:]))
                           for s in grid]
         best, best_key = None, (2, np.inf)
+        damp = float(options.get("damp", 1e-2))
         for p, s in cands:  # GPTQ at each candidate; the lowest output error that fits wins
             q = gptq_at(p, s)
-            key = (0, layer_error(Wo, q, stats)) if q.nbytes <= nb else (1, float(q.nbytes))
+            if q.nbytes <= nb:  # (measured once per precision: the ratio search's retries and
+                # the allocation's budgets ask again; coding changes bytes, not values)
+                e = stats.cached(("gptq_err", p, s, damp, w_key),
+                                 lambda: layer_error(Wo, q, stats))
+                key = (0, e)
+            else:
+                key = (1, float(q.nbytes))
             if key < best_key:
                 best, best_key = q, key
         assert best is not None
+        if best_key[0] == 0:
+            best._wp_predicted = best_key[1]  # compress_aware's choice reuses it
         return best
 
     table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
