@@ -187,7 +187,7 @@ def lowrank_int8(W: Any, rank: int | None = None, *, error: float | None = None,
     >>> W = (rng.standard_normal((96, 8)) @ rng.standard_normal((8, 64))).astype(np.float32)
     >>> m = lowrank_int8(W, rank=8)
     >>> m.nbytes, round(m.relative_error(W), 3) < 0.01
-    (1592, True)
+    (1528, True)
     """
     Wa = as_matrix(W, "W")
     od = Wa.dtype if Wa.dtype.kind == "f" else np.dtype(np.float32)
