@@ -184,19 +184,10 @@ def _empty_module(name: str):
 
 # -- one measurement, in its own process ------------------------------------------------------
 
-def _time(fn, reps: int) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.min(ts))
-
-
 def child(runtime: str, name: str, path: str, threads: int, reps: int) -> dict:
     import torch
     import onnxruntime as ort
+    from weightpress.model.export_timing import best_time
     torch.set_num_threads(threads)
     base = _rss_kb()
     _reset_peak()
@@ -225,11 +216,11 @@ def child(runtime: str, name: str, path: str, threads: int, reps: int) -> dict:
             run[b] = (lambda xs: (lambda: m(*xs)))(xs)
     with torch.no_grad():
         y1 = np.asarray(run[1]() if runtime == "ort" else run[1]().numpy(), np.float64)
-        out["b1"] = _time(run[1], reps)
+        out["b1"] = best_time(run[1], reps)
         # resident high-water mark with the model loaded and run at batch 1 (batch 32's
         # activations would dominate it); then the high-water mark over everything
         out["peak_mb"] = (_peak_kb() - base) / 1024
-        out["b32"] = _time(run[32], reps)
+        out["b32"] = best_time(run[32], reps)
     out["peak_all_mb"] = (_peak_kb() - base) / 1024
     np.save(path + f".{runtime}.y1.npy", y1)
     return out

@@ -63,7 +63,8 @@ def _feed(session: Any, batch: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _best(fn: Any, reps: int) -> float:
+def best_time(fn: Any, reps: int) -> float:
+    """Least seconds of ``reps`` calls of ``fn`` after one warm-up call."""
     fn()
     ts = []
     for _ in range(reps):
@@ -109,6 +110,6 @@ def time_onnx_model(container: str | os.PathLike[str] | Container,
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
             for b in batches:
                 feed = _feed(sess, b)
-                into[b] = _best(lambda: sess.run(None, feed), reps)
+                into[b] = best_time(lambda: sess.run(None, feed), reps)
             del sess
     return t

@@ -87,7 +87,18 @@ class _Compressed(nn.Module):  # type: ignore[name-defined,misc]
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-class LowRankLinear(_Compressed):
+class _TwoFactors(_Compressed):
+    """A linear layer computed as ``second(first(x))``; the bias is the second factor's."""
+
+    @property
+    def bias(self) -> Any:
+        return self.second.bias
+
+    def forward(self, x: Any) -> Any:
+        return self.second(self.first(x))
+
+
+class LowRankLinear(_TwoFactors):
     """``y = (x Vᵀ) Uᵀ + b`` with ``U`` ``(out, r)`` and ``V`` ``(r, in)``."""
 
     def __init__(self, U: Any, V: Any, bias: Any = None, kind: str = "linear"):
@@ -104,15 +115,8 @@ class LowRankLinear(_Compressed):
         self.kind = kind
 
     @property
-    def bias(self) -> Any:
-        return self.second.bias
-
-    @property
     def rank(self) -> int:
         return int(self.first.out_features)
-
-    def forward(self, x: Any) -> Any:
-        return self.second(self.first(x))
 
     def matrix(self) -> Any:
         return self.second.weight @ self.first.weight
@@ -242,7 +246,7 @@ def _pad8(q: QuantParts, out: int, inn: int) -> QuantParts:
     return QuantParts(pack_bits(codes, 8), scales, zeros, 8, inn, q.symmetric, q.dtype, out, inn)
 
 
-class LowRankQuantLinear(_Compressed):
+class LowRankQuantLinear(_TwoFactors):
     """Low rank with int8 factors (``lowrank-int8``): ``y = ((x Vᵀ) Uᵀ) + b``, each factor a
     :class:`QuantLinear` (per-channel int8 codes: PyTorch's int8 weight-only kernel)."""
 
@@ -261,19 +265,12 @@ class LowRankQuantLinear(_Compressed):
         self.kind = kind
 
     @property
-    def bias(self) -> Any:
-        return self.second.bias
-
-    @property
     def rank(self) -> int:
         return int(self._rank)   # first.out_features: padded to a multiple of 16 for int8
 
     @property
     def mode(self) -> str:
         return str(self.first.mode)
-
-    def forward(self, x: Any) -> Any:
-        return self.second(self.first(x))
 
     def matrix(self) -> Any:
         return self.second.matrix() @ self.first.matrix()
