@@ -8,28 +8,39 @@ best there:
   a low-rank ``Conv`` weight (stored as its ``(O, I·Πk)`` matrix view, entry ``view``): a k×k
   ``Conv`` to ``r`` channels, then a 1×1 ``Conv`` with the bias (grouped convs: ``r`` channels
   per group, the factor ``R`` repeated per group, while that stays below the outputs);
-- quantized (``quant``: 2–8 bit codes, float16 group scales, zero points): onnxruntime's
-  ``com.microsoft.MatMulNBits``, the codes re-encoded exactly at 4 bits (codes of 2–4 bits) or
-  8 bits (5–8), blocks of 16–128 inputs (a per-channel scale repeated over the blocks of its
-  row), zero points always given; ``compute="fast"`` lets onnxruntime round the activations to
-  int8 per block (``accuracy_level=4``, its fast integer kernels), ``"exact"`` keeps them float
-  (``accuracy_level=0``: the container's product to float rounding, but slow at 8 bits);
-- low rank + int8 (``lowrank-int8``: per-row int8 factors ``M = U V``): two ``MatMulNBits``
-  (8-bit, ``V`` then ``U``), the rank padded to a block with zero codes;
+- quantized (``quant``: 2–8 bit codes, float16 group scales, zero points) with one scale per
+  row and 5–8-bit codes, ``compute="fast"``: onnxruntime's ``com.microsoft.DynamicQuantizeMatMul``
+  (the codes as its int8 weight, exactly; activations rounded to uint8 per tensor at each call;
+  its pre-packed integer GEMM measured 4–9x faster than the dense MatMul at 32 and 1024 rows,
+  1 thread, on an AMX/VNNI Xeon, with about 1e-2 relative rounding error per product on
+  Gaussian activations);
+- other quantized weights (group scales, or 2–4-bit codes), and all of them with
+  ``compute="block"``: ``com.microsoft.MatMulNBits``, the codes re-encoded exactly at 4 bits
+  (codes of 2–4 bits) or 8 bits (5–8), blocks of 16–128 inputs (a per-channel scale repeated
+  over the blocks of its row), zero points always given, activations rounded to int8 per block
+  (``accuracy_level=4``: less rounding than per tensor, slower at 8 bits); ``"exact"`` keeps
+  the activations float (``accuracy_level=0``: the container's product to float rounding, but
+  slow at 8 bits);
+- low rank + int8 (``lowrank-int8``: per-row int8 factors ``M = U V``): two of the above
+  (``V`` then ``U``; MatMulNBits pads the rank to a block with zero codes);
 - a quantized ``Conv`` weight with one scale per output channel: ``DequantizeLinear`` (int8
   codes, or uint8 with zero points, along axis 0) → ``Conv``. onnxruntime cannot pre-pack a
-  weight computed in the graph, so this is smaller in memory but slower than the dense conv
-  (measured, 1 thread, batch 1, 64→64 3×3 on 56×56: 2.1 ms vs 1.3 ms; ``ConvInteger`` with
-  dynamically quantized activations: 63 ms; it also takes only a scalar weight zero point);
-  ``conv_quant="dense"`` keeps the dense conv. Group-wise scales along the flattened kernel
-  have no ``DequantizeLinear`` form below opset 21 and stay dense;
+  weight computed in the graph (nor lay it out in NCHWc), so this is smaller in memory but
+  usually slower than the dense conv (measured, 1 thread, batch 1, 64→64 3×3 on 56×56:
+  2.1 ms vs 1.3 ms; ``ConvInteger`` with dynamically quantized activations: 16 ms; folding the
+  ``DequantizeLinear`` at load, session option ``session.disable_quant_qdq``, gives the dense
+  speed and the dense memory). ``conv_quant="auto"`` (default) times the model both ways and
+  keeps the convs dense unless the dequantized ones are no slower; ``"dequant"`` and
+  ``"dense"`` force one. Group-wise scales along the flattened kernel have no
+  ``DequantizeLinear`` form below opset 21 and stay dense;
 - everything else dense: pruned (CSR), sparse + low rank, sparse-coded and codebook tensors are
   decoded, since onnxruntime densifies sparse initializers at load and has no sparse-weight
   product on CPU; so are compressed tensors used by any other node, by a
   subgraph, or in a layout the product cannot take. The report says so per tensor.
 
 The result passes ``onnx.checker`` and computes what the container's dense decode computes in
-the original graph (to float rounding; plus the activation rounding of ``compute="fast"``).
+the original graph (to float rounding; plus the activation rounding of ``compute="fast"`` and
+``"block"``).
 """
 
 from __future__ import annotations
@@ -54,7 +65,7 @@ from .container import Container
 
 __all__ = ["export_onnx", "ExportRow", "COMPUTE"]
 
-COMPUTE = {"fast": 4, "exact": 0}  # -> MatMulNBits accuracy_level
+COMPUTE = {"fast": 4, "block": 4, "exact": 0}  # -> MatMulNBits accuracy_level
 MS_DOMAIN = "com.microsoft"
 
 
@@ -102,6 +113,52 @@ def nbits_arrays(q: QuantParts, block_size: int | None = None
     codes[:, :K] = q.codes()
     Bp = pack_bits(codes, B).reshape(N, nb, bs * B // 8)
     return Bp, q.scales[:, gidx], pack_bits(zp, B), B, bs
+
+
+def _dqmm_arrays(q: QuantParts) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(B (K, N), scale (N,), zero_point (N,) or None)`` for DynamicQuantizeMatMul from a
+    quantized ``(N, K)`` matrix with one scale per row and 5–8-bit codes, exactly: symmetric
+    codes minus their zero point as int8, asymmetric ones as uint8 with per-column zero points."""
+    u = q.codes()
+    if q.symmetric:
+        B = (u.astype(np.int16) - q.zeros[:, :1].astype(np.int16)).astype(np.int8)
+        zp = None
+    else:
+        B, zp = u, q.zeros[:, 0].copy()
+    return np.ascontiguousarray(B.T), q.scales[:, 0].astype(np.float32), zp
+
+
+def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dtype,
+             compute: str, block_size: int | None) -> tuple[Any, str] | str:
+    """One node computing ``y = x @ Mᵀ`` from the quantized ``(N, K)`` matrix ``M``; or why not.
+
+    ``compute="fast"`` with one scale per row and 5–8-bit codes: ``DynamicQuantizeMatMul``
+    (activations rounded to uint8 per tensor each call, int8 codes as its pre-packed integer
+    weight: measured 4–9x faster than the dense MatMul at 32 and 1024 rows, 1 thread, and
+    3–8x faster than MatMulNBits 8-bit); otherwise ``MatMulNBits`` (int8 activations per block
+    when "fast" or "block", float when "exact")."""
+    if compute == "fast" and q.n_groups == 1 and q.bits > 4 and wdt == np.float32:
+        if key not in b.cache:
+            B, S, Z = _dqmm_arrays(q)
+            b.cache[key] = ([b.init(f"{key}_q", B), b.init(f"{key}_scale", S)]
+                            + ([b.init(f"{key}_zero", Z)] if Z is not None else []))
+        node = b.node("DynamicQuantizeMatMul", [x] + b.cache[key], [y], domain=MS_DOMAIN)
+        how = f"DynamicQuantizeMatMul {q.bits}-bit per channel (uint8 activations per tensor)"
+        return node, how
+    accuracy = COMPUTE[compute]
+    arr = nbits_arrays(q, block_size)
+    if arr is None:
+        return f"dense: group {q.group} holds no power-of-two block of 16 or more"
+    Bp, S, Z, bits, bs = arr
+    if key not in b.cache:
+        b.cache[key] = [b.init(f"{key}_q", Bp), b.init(f"{key}_scales", S.astype(wdt).reshape(-1)),
+                        b.init(f"{key}_zeros", Z)]
+    node = b.node("MatMulNBits", [x] + b.cache[key], [y], domain=MS_DOMAIN, K=q.inn, N=q.out,
+                  bits=bits, block_size=bs, accuracy_level=accuracy)
+    how = f"MatMulNBits {bits}-bit, block {bs}" + (" (int8 activations)" if accuracy else "")
+    if bits != q.bits:
+        how += f" (from {q.bits}-bit codes)"
+    return node, how
 
 
 def _subgraph_names(graph: Any) -> set[str]:
@@ -224,12 +281,12 @@ def _quant_conv(b: _Builder, node: Any, name: str, c: Container, wdt: np.dtype,
     codes minus the zero point, or uint8 codes with their zero points, along axis 0) → Conv.
     Exact to float rounding; the weight is dequantized in each call, so onnxruntime cannot
     pre-pack it: smaller in memory, slower than dense (measured: see the module docstring)."""
-    if b.conv_quant == "dense":
-        return "dense: quantized Conv kept dense (conv_quant='dense': pre-packed, faster in onnxruntime)"
     q = QuantParts.of(c.matrix(name))
     if q.n_groups != 1:
         return (f"dense: group-wise scales (group {q.group}) along the flattened kernel have no "
                 f"DequantizeLinear form below opset 21")
+    if b.conv_quant == "dense":
+        return "dense: quantized Conv kept dense (conv_quant='dense': pre-packed, faster in onnxruntime)"
     if wdt != np.float32:
         return f"dense: a {wdt} Conv weight (DequantizeLinear here gives float32)"
     if name not in b.cache:
@@ -250,7 +307,7 @@ def _quant_conv(b: _Builder, node: Any, name: str, c: Container, wdt: np.dtype,
 
 
 def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container, wdt: np.dtype,
-             accuracy: int, block_size: int | None) -> tuple[list[Any], str] | str:
+             compute: str, block_size: int | None) -> tuple[list[Any], str] | str:
     """New nodes computing ``node`` from the compressed tensor, and a description; or the
     reason it stays dense."""
     if node.op_type == "Conv":
@@ -284,45 +341,32 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
         # MatMulNBits computes x @ Mᵀ with M (N, K): the quantized matrix must be op(W)ᵀ.
         if (layout == "in_out") == trans_b:
             return "dense: the quantized rows are the layer's inputs, not its outputs"
-        arr = nbits_arrays(q, block_size)
-        if arr is None:
-            return f"dense: group {q.group} holds no power-of-two block of 16 or more"
-        Bp, S, Z, bits, bs = arr
-        if name not in b.cache:
-            b.cache[name] = [b.init(f"{name}_wp_q", Bp),
-                             b.init(f"{name}_wp_scales", S.astype(wdt).reshape(-1)),
-                             b.init(f"{name}_wp_zeros", Z)]
-        ins = [x] + b.cache[name]
-        nodes = pre + [b.node("MatMulNBits", ins, [final], domain=MS_DOMAIN, K=q.inn, N=q.out,
-                              bits=bits, block_size=bs, accuracy_level=accuracy)]
-        how = f"MatMulNBits {bits}-bit, block {bs}" + (" (int8 activations)" if accuracy else "")
-        if bits != q.bits:
-            how += f" (from {q.bits}-bit codes)"
+        made = _qmatmul(b, x, final, q, name, wdt, compute, block_size)
+        if isinstance(made, str):
+            return made
+        nodes = pre + [made[0]]
+        how = made[1]
     elif form == "lowrank-int8":
         m = c.matrix(name)
         assert isinstance(m, LowRankQuant)
         # M = U V is the layer's (out, in) matrix unless the node reads it transposed
         if (layout == "in_out") == trans_b:
             return "dense: the int8 factors' rows are the layer's inputs, not its outputs"
-        if name not in b.cache:
-            made = []
-            for tag, f in (("v", m.first), ("u", m.second)):
-                arr = nbits_arrays(QuantParts.of(f), block_size)
-                if arr is None:
-                    return "dense: no MatMulNBits block fits the factors"
-                Bp, S, Z, bits, bs = arr
-                made.append(([b.init(f"{name}_wp_{tag}_q", Bp),
-                              b.init(f"{name}_wp_{tag}_scales", S.astype(wdt).reshape(-1)),
-                              b.init(f"{name}_wp_{tag}_zeros", Z)], f.shape, bits, bs))
-            b.cache[name] = made
-        (i1, (r, inn), bits1, bs1), (i2, (out, _), bits2, bs2) = b.cache[name]
         t = b.name(f"{node.output[0]}_wp_r")
-        nodes = pre + [
-            b.node("MatMulNBits", [x] + i1, [t], domain=MS_DOMAIN, K=inn, N=r, bits=bits1,
-                   block_size=bs1, accuracy_level=accuracy),
-            b.node("MatMulNBits", [t] + i2, [final], domain=MS_DOMAIN, K=r, N=out, bits=bits2,
-                   block_size=bs2, accuracy_level=accuracy)]
-        how = f"2 MatMulNBits 8-bit (rank {r})" + (" (int8 activations)" if accuracy else "")
+        first = _qmatmul(b, x, t, QuantParts.of(m.first), f"{name}_wp_v", wdt, compute, block_size)
+        if isinstance(first, str):
+            return first
+        second = _qmatmul(b, t, final, QuantParts.of(m.second), f"{name}_wp_u", wdt, compute,
+                          block_size)
+        if isinstance(second, str):
+            return second
+        nodes = pre + [first[0], second[0]]
+        r = m.first.shape[0]
+        ops = [first[1].split()[0], second[1].split()[0]]
+        how = (f"2 {ops[0]} 8-bit (rank {r})" if ops[0] == ops[1]
+               else f"{ops[0]} + {ops[1]} 8-bit (rank {r})")
+        how += (" (uint8 activations per tensor)" if "DynamicQuantizeMatMul" in ops
+                else " (int8 activations)" if COMPUTE[compute] else "")
     else:
         return "dense"
     if gemm:
@@ -341,7 +385,7 @@ _DENSE_WHY = {
 def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.PathLike[str],
                 like: str | os.PathLike[str] | None = None, *, compute: str = "fast",
                 block_size: int | None = None, external_data: bool = False,
-                conv_quant: str = "dequant") -> list[ExportRow]:
+                conv_quant: str = "auto") -> list[ExportRow]:
     """Write ``output``: the ONNX model ``like`` with the container's tensors, compressed layers
     running compressed (see the module docstring).
 
@@ -354,14 +398,18 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     like : path, optional
         The original ONNX model the container was made from; default: the graph the container
         keeps (containers made from ONNX files keep it).
-    compute : "fast" or "exact"
-        Quantized products: int8 activations per block (onnxruntime's fast kernels) or float.
+    compute : "fast", "block" or "exact"
+        Quantized products: the fastest integer kernels (DynamicQuantizeMatMul, activations
+        rounded per tensor, where it applies; else MatMulNBits with int8 activations per block),
+        MatMulNBits with int8 activations per block everywhere (less rounding), or float.
     block_size : int, optional
         Largest MatMulNBits block (a power of two, 16–256); default: the group, or 128.
-    conv_quant : "dequant" or "dense"
+    conv_quant : "auto", "dequant" or "dense"
         Quantized Conv weights (one scale per output channel): ``DequantizeLinear`` → ``Conv``
         (int8 in the file and in memory, dequantized in each call: onnxruntime cannot pre-pack
-        a computed weight, so slower than dense at batch 1), or dense (the runtime's fastest).
+        a computed weight, so usually slower than dense at batch 1), dense (the runtime's
+        fastest), or ``"auto"``: the model is timed both ways in onnxruntime at batch 1
+        (1 thread) and the convs stay int8 only when that is no slower.
     external_data : bool
         Write the weights to ``output + ".data"`` beside the graph (onnxruntime maps that file
         instead of copying the weights out of the parsed model: measured 0.44x of dense's
@@ -381,11 +429,11 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     """
     onnx = require("onnx", "exporting to ONNX")
     if compute not in COMPUTE:
-        raise ValueError(f"compute: expected 'fast' or 'exact', got {compute!r}")
+        raise ValueError(f"compute: expected 'fast', 'block' or 'exact', got {compute!r}")
     if block_size is not None and (isinstance(block_size, bool) or block_size not in (16, 32, 64, 128, 256)):
         raise ValueError(f"block_size: expected a power of two in 16..256, got {block_size!r}")
-    if conv_quant not in ("dequant", "dense"):
-        raise ValueError(f"conv_quant: expected 'dequant' or 'dense', got {conv_quant!r}")
+    if conv_quant not in ("auto", "dequant", "dense"):
+        raise ValueError(f"conv_quant: expected 'auto', 'dequant' or 'dense', got {conv_quant!r}")
     c = container if isinstance(container, Container) else Container(container)
     if like is None:
         s = c.structure()
@@ -398,6 +446,20 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
             return export_onnx(c, output, os.path.join(tmp, "like.onnx"), compute=compute,
                                block_size=block_size, external_data=external_data,
                                conv_quant=conv_quant)
+    if conv_quant == "auto":
+        head = _load_proto(os.fspath(like), external=False)
+        convs = {n.input[1] for n in head.graph.node if n.op_type == "Conv" and len(n.input) > 1}
+        why_dense = ""
+        if any(e["form"] == "quant" and nm in convs for nm, e in c.entries.items()):
+            conv_quant, why_dense = _choose_conv_quant(c, output, like, compute, block_size)
+        else:
+            conv_quant = "dequant"
+        rows = export_onnx(c, output, like, compute=compute, block_size=block_size,
+                           external_data=external_data, conv_quant=conv_quant)
+        for r in rows:
+            if why_dense and r.how == "dense" and "conv_quant=" in r.note:
+                r.note = why_dense
+        return rows
     model = _load_proto(os.fspath(like), external=True)
     g = model.graph
     index = collect_tensors(g)
@@ -439,7 +501,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                 done: list[tuple[Any, list[Any]]] = []
                 res: Any = None
                 for nd, _ in u:
-                    res = _rewrite(b, nd, name, e, c, wdt, COMPUTE[compute], block_size)
+                    res = _rewrite(b, nd, name, e, c, wdt, compute, block_size)
                     if isinstance(res, str):
                         break
                     done.append((nd, res[0]))
@@ -498,6 +560,43 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     with atomic_write(output) as f:
         f.write(model.SerializeToString())
     return rows
+
+
+def _choose_conv_quant(c: Container, output: str | os.PathLike[str],
+                       like: str | os.PathLike[str] | None, compute: str,
+                       block_size: int | None) -> tuple[str, str]:
+    """``("dequant", "")`` when the graph with its quantized convs as DequantizeLinear → Conv
+    runs at batch 1 no slower in onnxruntime (1 thread, best of 3 rounds of 7 calls,
+    interleaved) than the same graph with them dense; else ``("dense", why)``. onnxruntime
+    cannot pre-pack (or lay out in NCHWc) a weight computed in the graph, so the dequantized
+    conv is usually slower; this keeps the export never slower than the dense convs."""
+    ort = require("onnxruntime", "timing the quantized convolutions (conv_quant='auto')")
+    from .export_timing import _feed, best_time   # export_timing imports this module
+    d = os.path.dirname(os.path.abspath(output))
+    with tempfile.TemporaryDirectory(prefix=".wp-conv-", dir=d) as tmp:
+        paths = {}
+        for mode in ("dequant", "dense"):
+            paths[mode] = os.path.join(tmp, f"{mode}.onnx")
+            rows = export_onnx(c, paths[mode], like, compute=compute, block_size=block_size,
+                               external_data=True, conv_quant=mode)
+            if mode == "dequant" and not any(r.how.startswith("DequantizeLinear") for r in rows):
+                return "dequant", ""            # no quantized conv: nothing to choose
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        sess = {m: ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+                for m, p in paths.items()}
+        feed = _feed(sess["dense"], 1)
+        t = {m: float("inf") for m in sess}
+        for _ in range(3):
+            for m, s in sess.items():
+                t[m] = min(t[m], best_time(lambda: s.run(None, feed), 7))
+        del sess
+    if t["dequant"] <= t["dense"]:
+        return "dequant", ""
+    return "dense", (f"dense: DequantizeLinear -> Conv measured slower in onnxruntime (model at "
+                     f"batch 1, 1 thread: {t['dequant'] * 1e3:.3g} ms vs {t['dense'] * 1e3:.3g} ms "
+                     f"with the convs dense); conv_quant='dequant' keeps it int8")
 
 
 def _write_external(model: Any, output: str) -> None:
