@@ -446,3 +446,53 @@ def test_conv_quant_auto_keeps_the_faster_graph(tmp_path):
     np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x),
                                rtol=1e-5, atol=1e-5)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".wp-")]
+
+
+def test_quantized_embedding_runs_as_gatherblockquantized(tmp_path):
+    """An nn.Embedding table quantized per row (8 bits) or in groups (3- and 4-bit codes, two a
+    byte) becomes GatherBlockQuantized over its codes, equal to the container's decode; groups
+    that are not a power of two stay dense with the reason."""
+    torch.manual_seed(0)
+
+    class Emb(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(300, 96)
+            self.out = torch.nn.Linear(96, 8)
+
+        def forward(self, ids):
+            return self.out(self.emb(ids))
+
+    like = tmp_path / "e.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(Emb().eval(), (torch.zeros(2, 5, dtype=torch.long),), str(like),
+                          dynamo=False, input_names=["ids"], output_names=["y"],
+                          dynamic_axes={"ids": {0: "b", 1: "s"}})
+    src = open_model(str(like))
+    name = "emb.weight"
+    ids = np.random.default_rng(0).integers(0, 300, (3, 7)).astype(np.int64)
+    for bits, group, sym, how in ((8, 0, True, "GatherBlockQuantized 8-bit, block 32"),
+                                  (4, 32, False, "GatherBlockQuantized 4-bit, block 32"),
+                                  (3, 16, True, "GatherBlockQuantized 4-bit, block 16 (from 3-bit"),
+                                  (4, 24, True, None)):
+        wpz = tmp_path / "e.wpz"
+        q, _ = rtn_quant(np.asarray(src[name]), bits, group, sym)
+        with ContainerWriter(wpz) as w:
+            w.add(name, q, original=np.asarray(src[name]), layout="out_in")
+        out = tmp_path / "e_q.onnx"
+        row = {r.name: r for r in export_onnx(wpz, out, like)}[name]
+        m = onnx.load(str(out))
+        onnx.checker.check_model(m)
+        ops = [n.op_type for n in m.graph.node]
+        if how is None:
+            assert row.how == "dense" and "block" in row.note, row
+            assert "GatherBlockQuantized" not in ops
+        else:
+            assert row.how.startswith(how), row
+            assert ops.count("GatherBlockQuantized") == 1 and "Gather" not in ops
+            assert row.nbytes < row.dense_nbytes / (3.4 if bits == 8 else 5)
+            assert name not in {t.name for t in m.graph.initializer}
+        s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        r = ort.InferenceSession(str(_reference(tmp_path, wpz, like)), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(s.run(None, {"ids": ids})[0], r.run(None, {"ids": ids})[0],
+                                   rtol=1e-5, atol=1e-6)

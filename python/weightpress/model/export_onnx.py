@@ -23,6 +23,10 @@ best there:
   slow at 8 bits);
 - low rank + int8 (``lowrank-int8``: per-row int8 factors ``M = U V``): two of the above
   (``V`` then ``U``; MatMulNBits pads the rank to a block with zero codes);
+- a quantized embedding table ``(V, d)`` (one scale per row, or groups of a power of two along
+  ``d``) read by ``Gather``: ``com.microsoft.GatherBlockQuantized`` over its codes (uint8, or
+  two codes a byte for 2–4 bits), so only the gathered rows are dequantized and the table
+  stays codes in memory;
 - a quantized ``Conv`` weight with one scale per output channel: ``DequantizeLinear`` (int8
   codes, or uint8 with zero points, along axis 0) → ``Conv``. onnxruntime cannot pre-pack a
   weight computed in the graph (nor lay it out in NCHWc), so this is smaller in memory but
@@ -306,12 +310,57 @@ def _quant_conv(b: _Builder, node: Any, name: str, c: Container, wdt: np.dtype,
     return [dq, conv], f"DequantizeLinear {q.bits}-bit per channel -> Conv (dequantized per call)"
 
 
+def _gather_block(q: QuantParts) -> int | None:
+    """GatherBlockQuantized's block (a power of two, at least 16, dividing the row) for a
+    table quantized per row or in groups of a power of two; None when there is none."""
+    if q.n_groups == 1:
+        return next((bs for bs in (256, 128, 64, 32, 16) if q.inn % bs == 0), None)
+    return q.group if q.group >= 16 and q.group & (q.group - 1) == 0 and q.inn % q.group == 0 else None
+
+
+def _rewrite_gather(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
+                    wdt: np.dtype) -> tuple[list[Any], str] | str:
+    """An embedding table ``(V, d)`` quantized per row (or in groups along ``d``) read by
+    ``Gather`` (axis 0): ``com.microsoft.GatherBlockQuantized`` over its codes (uint8, or two
+    4-bit codes a byte for 2–4-bit codes), scales and zero points; only the gathered rows are
+    dequantized, so the table stays in memory as codes."""
+    if e["form"] != "quant":
+        return "dense: only quantized tables have a gather over codes in onnxruntime"
+    if int(_attrs(node).get("axis", 0)) != 0:
+        return "dense: a Gather along another axis than the rows"
+    shape = tensor_shape(e)
+    if e["layout"] != "out_in" or len(shape) != 2 or tuple(e["shape"]) != shape:
+        return "dense: the quantized rows are not the table's rows"
+    if wdt not in (np.float32, np.float16):
+        return f"dense: a {wdt} table"
+    q = QuantParts.of(c.matrix(name))
+    bs = _gather_block(q)
+    if bs is None:
+        return f"dense: no power-of-two block of 16 or more divides the groups ({q.group} of {q.inn})"
+    bits = 4 if q.bits <= 4 else 8
+    key = (name, "gather")
+    if key not in b.cache:
+        nb = q.inn // bs
+        gidx = np.minimum(np.arange(nb) * bs // max(q.group, 1), q.n_groups - 1)
+        b.cache[key] = [b.init(f"{name}_wp_q", pack_bits(q.codes(), bits)),
+                        b.init(f"{name}_wp_scales", q.scales[:, gidx].astype(wdt)),
+                        b.init(f"{name}_wp_zeros", pack_bits(q.zeros[:, gidx], bits))]
+    d, s_, z = b.cache[key]
+    node_ = b.node("GatherBlockQuantized", [d, node.input[1], s_, z], list(node.output),
+                   domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=bs, bits=bits)
+    how = f"GatherBlockQuantized {bits}-bit, block {bs}" + (f" (from {q.bits}-bit codes)"
+                                                          if bits != q.bits else "")
+    return [node_], how
+
+
 def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container, wdt: np.dtype,
              compute: str, block_size: int | None) -> tuple[list[Any], str] | str:
     """New nodes computing ``node`` from the compressed tensor, and a description; or the
     reason it stays dense."""
     if node.op_type == "Conv":
         return _rewrite_conv(b, node, name, e, c, wdt)
+    if node.op_type == "Gather":
+        return _rewrite_gather(b, node, name, e, c, wdt)
     a = _attrs(node) if node.op_type == "Gemm" else {}
     trans_b = bool(a.get("transB", 0))
     x = node.input[0]
@@ -373,6 +422,8 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
         nodes += _gemm_tail(b, node, final, a, wdt)
     return nodes, how
 
+
+_WEIGHT_INPUTS = {("MatMul", 1), ("Gemm", 1), ("Conv", 1), ("Gather", 0)}
 
 _DENSE_WHY = {
     "sparse": "dense: onnxruntime densifies sparse initializers and has no sparse-weight MatMul on CPU",
@@ -493,9 +544,10 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                 why = "dense: not a plain initializer of the main graph"
             elif not u:
                 why = "dense: no node reads it"
-            elif any(nd.op_type not in ("MatMul", "Gemm", "Conv") or i != 1 for nd, i in u):
+            elif any((nd.op_type, i) not in _WEIGHT_INPUTS for nd, i in u):
                 ops = sorted({nd.op_type for nd, _ in u})
-                why = f"dense: read by {'/'.join(ops)}, not as the weight of MatMul/Gemm/Conv"
+                why = (f"dense: read by {'/'.join(ops)}, not as the weight of MatMul/Gemm/Conv "
+                       f"or the table of Gather")
             else:
                 before = (len(b.inits), b.nbytes)
                 done: list[tuple[Any, list[Any]]] = []
