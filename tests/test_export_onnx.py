@@ -496,3 +496,33 @@ def test_quantized_embedding_runs_as_gatherblockquantized(tmp_path):
         r = ort.InferenceSession(str(_reference(tmp_path, wpz, like)), providers=["CPUExecutionProvider"])
         np.testing.assert_allclose(s.run(None, {"ids": ids})[0], r.run(None, {"ids": ids})[0],
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_quantized_lstm_runs_as_dynamicquantizelstm(tmp_path):
+    """The real recurrent model (torch: 2-layer bidirectional LSTM, GRU, linear) with its
+    weights quantized per row: lstm_quant="int8" turns each LSTM into DynamicQuantizeLSTM over
+    the int8 codes (uint8 activations per tensor: close to the container's decode, not exact),
+    the GRU stays dense with the reason; "auto" keeps either, consistently."""
+    import realmodels
+    rm = realmodels.build("lstm", "onnx", str(tmp_path))
+    wpz = tmp_path / "l.wpz"
+    for opts in ({"bits": 8}, {"bits": 6, "symmetric": False}):
+        compress_model(open_model(rm.path), wpz, method="quant", options=opts, min_size=256)
+        ref = rm.run(str(_reference(tmp_path, wpz, rm.path)))
+        out = tmp_path / "l.onnx"
+        rows = [r for r in export_onnx(wpz, out, rm.path, lstm_quant="int8") if r.form == "quant"]
+        lstm = [r for r in rows if "LSTM" in r.name]
+        assert len(lstm) == 4 and all(r.how.startswith(f"DynamicQuantizeLSTM {opts['bits']}-bit")
+                                      for r in lstm), rows
+        assert all(r.nbytes == r.dense_nbytes // 4 + 5 * 384 for r in lstm)  # codes + scale, zero / row
+        assert all(r.how == "dense" and "GRU" in r.note for r in rows if "GRU" in r.name), rows
+        m = onnx.load(str(out))
+        onnx.checker.check_model(m)
+        ops = [n.op_type for n in m.graph.node]
+        assert ops.count("DynamicQuantizeLSTM") == 2 and "LSTM" not in ops
+        y = rm.run(str(out))
+        err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+        assert 1e-7 < err < 0.03, err
+    rows = [r for r in export_onnx(wpz, out, rm.path) if "LSTM" in r.name and r.form == "quant"]
+    auto_q = [r.how.startswith("DynamicQuantizeLSTM") for r in rows]
+    assert all(auto_q) or (not any(auto_q) and all("measured slower" in r.note for r in rows)), rows
