@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,7 +27,8 @@ from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_b
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
 from .quant import Quantized, gptq
 from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
-from .data_aware import _prune_obs, lowrank_whitened, prune_obs, quadratic_total, sparse_plus_lowrank
+from .data_aware import (_prune_obs, lowrank_whitened, prune_obs, quadratic_total, sparse_plus_lowrank,
+                         sweep_output_error)
 
 __all__ = ["compress_aware", "layer_error", "known_error", "time_apply"]
 
@@ -56,6 +59,54 @@ def _lowrank(A: np.ndarray, B: np.ndarray, layout: str, od: np.dtype, storage: s
     A, B = _balanced(A, B)
     m = LowRank(A, B, "out_in", dtype=od) if layout == "out_in" else LowRank(B.T, A.T, layout, dtype=od)
     return store_as(m, storage)  # type: ignore[return-value]
+
+
+class _Memo:
+    """A bounded, thread-safe LRU map of small per-layer results (a few floats per key) that
+    outlives one layer's statistics: a ratio search rebuilds every layer at a new budget
+    (with freshly computed statistics), and what a precision's GPTQ costs and how far it
+    errs is the same every time. Keys hash the weights and ``H``, so a hit is the same
+    computation; memory stays a few hundred bytes per entry, never a layer's arrays."""
+
+    def __init__(self, max_entries: int = 4096):
+        self.max_entries = int(max_entries)
+        self._d: OrderedDict[Any, dict[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> dict[str, float] | None:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: Any, value: dict[str, float]) -> None:
+        with self._lock:
+            self._d[key] = {**self._d.get(key, {}), **value}
+            self._d.move_to_end(key)
+            while len(self._d) > self.max_entries:
+                self._d.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+
+_MEMO = _Memo()
+
+
+def _h_key(stats: CalibrationStats) -> str:
+    H = stats.hessian()
+    return hashlib.blake2b(H.data if H.flags.c_contiguous else np.ascontiguousarray(H).data,
+                           digest_size=16).hexdigest() + f"/{stats.n_samples}"
+
+
+def remember_error(m: CompressedMatrix, error: float) -> None:
+    """Record the exact output error a report measured for ``m`` (a calibrated quantized
+    build): the same build in a later try of a ratio search takes it from :func:`known_error`."""
+    k = getattr(m, "_wp_memo", None)
+    if k is not None:
+        _MEMO.put(k, {"exact": float(error)})
 
 
 def layer_error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats | None) -> float:
@@ -136,16 +187,38 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         digest_size=16).hexdigest())
 
     coding = options.get("coding")
+    damp_q = float(options.get("damp", 1e-2))
+
+    def memo_key(p: Precision, sparsity: float) -> tuple[Any, ...]:
+        # the layer's weights, its statistics' H (hashed once per statistics) and the setting:
+        # what GPTQ's result is a function of (it is deterministic for any thread count)
+        return ("gptq", w_key, stats.cached(("h_key",), lambda: _h_key(stats)), p, sparsity,
+                damp_q, str(od))
 
     def gptq_at(p: Precision, sparsity: float) -> Quantized:
-        damp = float(options.get("damp", 1e-2))
+        def make() -> Quantized:
+            re = np.zeros(Wo.shape[0])
+            q = gptq(Wo, stats, p.bits, p.group, symmetric=p.symmetric,
+                     sparsity=sparsity or None, damp=damp_q, row_err=re)
+            if not den:
+                den.append(quadratic_total(Wo, stats))
+            # the sweep's own output error (Σ e_c² less the dampening's share): no out·in²
+            # product with H per precision; the report measures the chosen form exactly
+            num = sweep_output_error(Wo, q.rows, stats, damp_q, float(re.sum()), Wo.dtype)
+            e = float(np.sqrt(num / den[0])) if den[0] > 0 else 0.0
+            _MEMO.put(memo_key(p, sparsity), {"error": e, "nbytes": q.nbytes})
+            q._wp_predicted = e
+            return q
+
         # every budget of one layer (bisection, allocation curves) shares these results
-        q = copy.copy(stats.cached(("gptq", p, sparsity, damp, w_key),
-                                   lambda: gptq(Wo, stats, p.bits, p.group, symmetric=p.symmetric,
-                                                sparsity=sparsity or None, damp=damp)))
+        q = copy.copy(stats.cached(("gptq", p, sparsity, damp_q, w_key), make))
         if layout != "out_in":
             q.shape, q.layout = q.shape[::-1], layout
         q.dtype = od
+        q._wp_memo = memo_key(p, sparsity)
+        exact = (_MEMO.get(q._wp_memo) or {}).get("exact")
+        if exact is not None:  # measured by an earlier report (a ratio search's retry)
+            q._wp_output_error = (stats, exact)
         if coding is not None:
             q.set_coding(coding)  # on the copy: the cached one stays plain
         return q
@@ -166,22 +239,29 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
                 cands += [(Precision(b), s) for b, grid in ((2, _LOW_SPARSITY), (3, _LOW_SPARSITY[2:]))
                           for s in grid]
         best, best_key = None, (2, np.inf)
-        damp = float(options.get("damp", 1e-2))
-        for p, s in cands:  # GPTQ at each candidate; the lowest output error that fits wins
+        for p, s in cands:  # the lowest output error that fits wins
+            if coding is None:
+                # plain codes: the bytes are known without a build, and an error measured by
+                # an earlier try (the ratio search's retries rebuild every layer) is reused,
+                # so only the winner is built again
+                size = p.nbytes(shape_oi)
+                if size > nb:
+                    key: tuple[int, float] = (1, float(size))
+                else:
+                    known = (_MEMO.get(memo_key(p, s)) or {}).get("error")
+                    key = (0, known if known is not None else _error(Wo, gptq_at(p, s), stats))
+                if key < best_key:
+                    best, best_key = (p, s), key
+                continue
             q = gptq_at(p, s)
-            if q.nbytes <= nb:  # (measured once per precision: the ratio search's retries and
-                # the allocation's budgets ask again; coding changes bytes, not values)
-                e = stats.cached(("gptq_err", p, s, damp, w_key),
-                                 lambda: layer_error(Wo, q, stats))
-                key = (0, e)
-            else:
-                key = (1, float(q.nbytes))
+            key = (0, _error(Wo, q, stats)) if q.nbytes <= nb else (1, float(q.nbytes))
             if key < best_key:
-                best, best_key = q, key
+                best, best_key = (p, s), key
         assert best is not None
+        q = gptq_at(*best)
         if best_key[0] == 0:
-            best._wp_predicted = best_key[1]  # compress_aware's choice reuses it
-        return best
+            q._wp_predicted = best_key[1]  # compress_aware's choice reuses it
+        return q
 
     table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
              "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b}, "quant": {"quant": quant_b},

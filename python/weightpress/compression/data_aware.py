@@ -98,20 +98,30 @@ def _prune_obs(Wa: np.ndarray, stats: CalibrationStats, n_prune: int, nm: tuple[
         re = np.zeros(Wk.shape[0])
         with obs_factor_shared(stats, damp, Wk.dtype) as U:
             obs_sweep(Wk, U, n_prune=n_prune, nm=nm, block=block, n_threads=n_threads, row_err=re)
+    num = sweep_output_error(Wa, lambda r0, r1: Wk[r0:r1], stats, damp, float(re.sum()), Wk.dtype)
+    # zero exactly what was pruned (dead columns included); keep the rest as stored values
+    return prune(Wk.astype(Wa.dtype, copy=False), threshold=0.0), num
+
+
+def sweep_output_error(Wa: np.ndarray, rows_hat: Any, stats: CalibrationStats, damp: float,
+                       swept: float, dtype: Any) -> float:
+    """``‖X(W − Ŵ)ᵀ‖²`` (undamped ``H``) of an OBS/GPTQ sweep from its own ``Σ e_c²``
+    (``swept``: the error against the damped ``H``): less the dampening's ``δ‖W − Ŵ‖²`` over
+    the live inputs (dead ones are zeroed before the sweep and count nothing). ``rows_hat(r0,
+    r1)`` gives rows of ``Ŵ``; one pass over ``W`` in row blocks, no product with ``H``."""
     dg = np.diag(stats.hessian()).astype(np.float64)
     dead = dg == 0
     dg[dead] = 1.0
     delta = float(damp) * float(dg.mean()) if dg.size else 0.0
     d2 = 0.0
-    step = row_step(*Wk.shape)
-    for r in range(0, Wk.shape[0], step):
-        w0 = np.asarray(Wa[r:r + step], dtype=Wk.dtype).astype(np.float64)
+    step = row_step(*Wa.shape)
+    for r in range(0, Wa.shape[0], step):
+        r1 = min(r + step, Wa.shape[0])
+        w0 = np.asarray(Wa[r:r1], dtype=dtype).astype(np.float64)
         w0[:, dead] = 0.0
-        dd = w0 - Wk[r:r + step]
+        dd = w0 - np.asarray(rows_hat(r, r1), dtype=np.float64)
         d2 += float(np.einsum("ij,ij->", dd, dd))
-    num = max(float(re.sum()) - delta * d2, 0.0)
-    # zero exactly what was pruned (dead columns included); keep the rest as stored values
-    return prune(Wk.astype(Wa.dtype, copy=False), threshold=0.0), num
+    return max(swept - delta * d2, 0.0)
 
 
 def quadratic_total(W: Any, stats: CalibrationStats) -> float:

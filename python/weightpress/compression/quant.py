@@ -345,7 +345,8 @@ def quantize(W: Any, bits: int = 8, group: int | None = None, *, symmetric: bool
 def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = None, *,
          symmetric: bool = True, sparsity: float | None = None,
          pattern: str | tuple[int, int] | None = None, act_order: bool = True, mse: bool = True,
-         block: int = 128, damp: float = 0.01, n_threads: int | None = None) -> Quantized:
+         block: int = 128, damp: float = 0.01, n_threads: int | None = None,
+         row_err: np.ndarray | None = None) -> Quantized:
     """Data-aware quantization (GPTQ), optionally joint with pruning (SparseGPT).
 
     Columns are quantized left to right; each one's rounding error is spread over the columns
@@ -376,6 +377,9 @@ def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = Non
         Columns per lazy-update block (speed only; rounded to a multiple of ``group``).
     damp : float
         Hessian dampening relative to its mean diagonal.
+    row_err : ndarray, optional
+        float64, one per row of ``W``: each row's squared error against the *damped* ``H``
+        (the sweep's own ``Σ_c e_c²``, no product with ``H``) is added to it.
 
     Returns
     -------
@@ -412,7 +416,7 @@ def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = Non
                 res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse),
                                    n_prune=n_prune, block=block,
                                    col_group=(perm // gs).astype(np.int64), scales=scales0,
-                                   zeros=zeros0, n_threads=n_threads)
+                                   zeros=zeros0, n_threads=n_threads, row_err=row_err)
                 assert res is not None
                 del Wk
                 codes = np.empty_like(res[0])
@@ -421,7 +425,8 @@ def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = Non
                 del res
             else:
                 res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse),
-                                   n_prune=n_prune, nm=nm, block=block, n_threads=n_threads)
+                                   n_prune=n_prune, nm=nm, block=block, n_threads=n_threads,
+                                   row_err=row_err)
                 assert res is not None
                 codes, scales, zeros = res
     return Quantized(lq.pack_codes(codes, b, n_threads), scales, zeros, Wa.shape, bits=b, group=g,

@@ -26,7 +26,7 @@ from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
 from .allocate import Candidate, allocate
-from ..compression.aware import known_error, layer_error
+from ..compression.aware import known_error, layer_error, remember_error
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
@@ -631,8 +631,13 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
                       view=view if view is not None and view.is_reshape else None, dtype=W.dtype)
     if stats is not None:
         Wo = Wa if layout == "out_in" else Wa.T
-        e = known_error(m, stats) if target.value_dtype is None and not target.bf16 else None
-        st.entry["output_error"] = e if e is not None else layer_error(Wo, m, stats)
+        exact = target.value_dtype is None and not target.bf16
+        e = known_error(m, stats) if exact else None
+        if e is None:
+            e = layer_error(Wo, m, stats)
+            if exact:
+                remember_error(m, e)  # a ratio search's next try may build the same form
+        st.entry["output_error"] = e
     return st
 
 
