@@ -177,31 +177,30 @@ def obs_factor_shared(stats: CalibrationStats, damp: float, dtype: Any,
             _permute_sym(H, np.argsort(perm, kind="stable"))
 
 
-def _permute_sym(H: np.ndarray, p: np.ndarray) -> None:
-    """``H ← H[p][:, p]`` in place: each cycle of ``p`` moves rows, then columns, one at a
-    time through a one-row buffer (exact: values are only copied)."""
-    for axis in (0, 1):
-        seen = np.zeros(len(p), dtype=bool)
-        for s in range(len(p)):
-            if seen[s] or p[s] == s:
-                seen[s] = True
-                continue
-            tmp = (H[s] if axis == 0 else H[:, s]).copy()
-            i = s
-            while True:
-                seen[i] = True
-                j = int(p[i])
-                if j == s:
-                    if axis == 0:
-                        H[i] = tmp
-                    else:
-                        H[:, i] = tmp
-                    break
-                if axis == 0:
-                    H[i] = H[j]
-                else:
-                    H[:, i] = H[:, j]
-                i = j
+def _permute_sym(H: np.ndarray, p: np.ndarray, rows: int = 64) -> None:
+    """``H ← H[p][:, p]`` in place for a symmetric ``H`` (exact: values are only copied): the
+    columns of each block of rows are gathered (``A = H[:, p]``), ``A`` is transposed in place
+    block by block (``Aᵀ = H[p]``, ``H`` being symmetric), and the columns gathered again.
+    Temporaries of a block of rows, no second ``in × in`` matrix (issue 15)."""
+    n = H.shape[0]
+    for _ in range(2):
+        for r in range(0, n, rows):
+            H[r:r + rows] = H[r:r + rows, p]
+        if _ == 0:
+            _transpose_inplace(H, rows)
+
+
+def _transpose_inplace(A: np.ndarray, b: int) -> None:
+    """``A ← Aᵀ`` for a square ``A``, swapping blocks (``b × b`` temporaries)."""
+    n = A.shape[0]
+    for i0 in range(0, n, b):
+        i1 = min(i0 + b, n)
+        A[i0:i1, i0:i1] = A[i0:i1, i0:i1].T.copy()
+        for j0 in range(i1, n, b):
+            j1 = min(j0 + b, n)
+            t = A[i0:i1, j0:j1].copy()
+            A[i0:i1, j0:j1] = A[j0:j1, i0:i1].T
+            A[j0:j1, i0:i1] = t.T
 
 
 def _mirror(H: np.ndarray, lower: bool, b: int = 64) -> None:
