@@ -788,10 +788,25 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
                 continue
             # quantized candidates name their precision after '#' (plots draw one curve each)
             prec = f"#{m.name}" if form == "quant" and isinstance(getattr(m, "name", None), str) else ""
-            cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}{prec}"))
+            cands.append(Candidate(m.nbytes, _curve_error(Wo, m, stats, form, vdt is None and not want_bf16),
+                                   f"{form}@{nb:.0f}{prec}"))
             if form == "nm":
                 break
     return cands
+
+
+def _curve_error(Wo: np.ndarray, m: CompressedMatrix, stats: Any, form: str, own: bool) -> float:
+    """A built curve point's error: calibrated quantization's is the one its GPTQ sweep
+    measured (or a report's exact one; :mod:`~weightpress.compression.aware`), the same
+    precision at several levels measured once, no ``out·in²`` pass per level; others (and
+    values narrowed to another dtype, ``own`` False) are measured here."""
+    if stats is not None and own and form == "quant":
+        e = known_error(m, stats)
+        if e is None:
+            e = getattr(m, "_wp_predicted", None)
+        if e is not None:
+            return float(e)
+    return layer_error(Wo, m, stats)
 
 
 def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget: float,
