@@ -72,15 +72,18 @@ class Work:
         from weightpress.compression import aware
         from weightpress.model import compress as mc
 
-        def wrap(mod: object, name: str, field: str) -> None:
+        def wrap(mod: object, name: str, field: str, count: object = lambda *a: 1) -> None:
             real = getattr(mod, name)
 
             def counted(*a: object, **k: object) -> object:
-                setattr(self, field, getattr(self, field) + 1)
+                setattr(self, field, getattr(self, field) + count(*a))  # type: ignore[operator]
                 return real(*a, **k)
             self._undo.append((mod, name, real))
             setattr(mod, name, counted)
-        wrap(aware, "gptq", "gptq")
+        if hasattr(aware, "gptq_many"):  # one factorisation, several precisions: count those
+            wrap(aware, "gptq_many", "gptq", lambda W, stats, settings: len(settings))
+        else:
+            wrap(aware, "gptq", "gptq")
         wrap(aware, "output_error", "output_error")
         wrap(mc, "execute", "tries")
         return self

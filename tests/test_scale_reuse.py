@@ -39,13 +39,13 @@ def layer():
 
 def _count_gptq(monkeypatch):
     calls = []
-    real = Q.gptq
+    real = Q.gptq_many
 
-    def counting(*a, **k):
-        calls.append((a[2], a[3], k.get("symmetric")))
-        return real(*a, **k)
+    def counting(W, stats, settings, **k):
+        calls.extend(settings)
+        return real(W, stats, settings, **k)
 
-    monkeypatch.setattr(A, "gptq", counting)
+    monkeypatch.setattr(A, "gptq_many", counting)
     return calls
 
 
@@ -103,3 +103,28 @@ def test_memo_is_bounded():
         memo.put(i, {"error": float(i)})
     assert memo.get(0) is None and memo.get(9) == {"error": 9.0}
     assert len(memo._d) == 3
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+def test_gptq_many_is_gptq_at_each_setting_bit_for_bit(act_order):
+    """One factorisation of H for several precisions: the same codes, scales and sweep errors
+    as one gptq call each, and H given back unchanged."""
+    rng = np.random.default_rng(11)
+    W = (rng.standard_normal((24, 40)) / 6).astype(np.float32)
+    X = correlated_inputs(rng, 200, 40).astype(np.float32)
+    X[:, 2] = 0.0
+    st = CalibrationStats.from_inputs(X)
+    H0 = st.hessian().copy()
+    settings = [(8, None, True, None), (4, 8, False, None), (3, 16, True, 0.3), (2, None, False, None)]
+    errs = [np.zeros(24) for _ in settings]
+    many = Q.gptq_many(W, st, settings, act_order=act_order, row_errs=errs)
+    np.testing.assert_array_equal(st.hessian(), H0)
+    for (b, g, sym, sp), q, e in zip(settings, many, errs):
+        e1 = np.zeros(24)
+        one = gptq(W, st, b, g, symmetric=sym, sparsity=sp, act_order=act_order, row_err=e1)
+        assert q.name == one.name
+        np.testing.assert_array_equal(q.packed, one.packed)
+        np.testing.assert_array_equal(q.scales, one.scales)
+        np.testing.assert_array_equal(e, e1)
+    with pytest.raises(ValueError, match="row_errs"):
+        Q.gptq_many(W, st, settings, row_errs=[None])

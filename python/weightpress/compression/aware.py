@@ -25,12 +25,13 @@ from . import methods as M
 from .calibration import CalibrationStats, output_error
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
-from .quant import Quantized, gptq
+from .quant import Quantized, gptq_many
 from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
 from .data_aware import (_prune_obs, lowrank_whitened, prune_obs, quadratic_total, sparse_plus_lowrank,
                          sweep_output_error)
 
-__all__ = ["compress_aware", "layer_error", "known_error", "time_apply"]
+__all__ = ["compress_aware", "layer_error", "known_error", "time_apply", "warm_quant",
+           "remember_error"]
 
 
 # joint sparsities tried below plain int2 when the codes are entropy-coded
@@ -195,23 +196,32 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         return ("gptq", w_key, stats.cached(("h_key",), lambda: _h_key(stats)), p, sparsity,
                 damp_q, str(od))
 
-    def gptq_at(p: Precision, sparsity: float) -> Quantized:
-        def make() -> Quantized:
-            re = np.zeros(Wo.shape[0])
-            q = gptq(Wo, stats, p.bits, p.group, symmetric=p.symmetric,
-                     sparsity=sparsity or None, damp=damp_q, row_err=re)
-            if not den:
-                den.append(quadratic_total(Wo, stats))
-            # the sweep's own output error (Σ e_c² less the dampening's share): no out·in²
-            # product with H per precision; the report measures the chosen form exactly
+    def measure(settings: list[tuple[Precision, float]]) -> None:
+        """GPTQ at every setting this layer's statistics have not cached yet, all with one
+        factorisation of ``H`` (:func:`~weightpress.compression.quant.gptq_many`), each with
+        the output error its own sweep measured (Σ e_c² less the dampening's share: no
+        out·in² product with ``H`` per precision; the report measures the chosen form
+        exactly)."""
+        todo = list(dict.fromkeys(ps for ps in settings
+                                  if ("gptq", *ps, damp_q, w_key) not in stats._cache))
+        if not todo:
+            return
+        res = [np.zeros(Wo.shape[0]) for _ in todo]
+        qs = gptq_many(Wo, stats, [(p.bits, p.group, p.symmetric, s or None) for p, s in todo],
+                       damp=damp_q, row_errs=res)
+        if not den:
+            den.append(quadratic_total(Wo, stats))
+        for (p, s), q, re in zip(todo, qs, res):
             num = sweep_output_error(Wo, q.rows, stats, damp_q, float(re.sum()), Wo.dtype)
             e = float(np.sqrt(num / den[0])) if den[0] > 0 else 0.0
-            _MEMO.put(memo_key(p, sparsity), {"error": e, "nbytes": q.nbytes})
+            _MEMO.put(memo_key(p, s), {"error": e, "nbytes": q.nbytes})
             q._wp_predicted = e
-            return q
+            # every budget of one layer (bisection, allocation curves) shares these results
+            stats.cached(("gptq", p, s, damp_q, w_key), lambda q=q: q)
 
-        # every budget of one layer (bisection, allocation curves) shares these results
-        q = copy.copy(stats.cached(("gptq", p, sparsity, damp_q, w_key), make))
+    def gptq_at(p: Precision, sparsity: float) -> Quantized:
+        measure([(p, sparsity)])
+        q = copy.copy(stats._cache[("gptq", p, sparsity, damp_q, w_key)])
         if layout != "out_in":
             q.shape, q.layout = q.shape[::-1], layout
         q.dtype = od
@@ -223,13 +233,13 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
             q.set_coding(coding)  # on the copy: the cached one stays plain
         return q
 
-    def quant_b(nb: float) -> CompressedMatrix:
+    def candidates(nb: float) -> list[tuple[Precision, float]]:
+        """The settings worth measuring for a budget of ``nb`` bytes."""
         if fixed is not None:
-            cands = [(fixed, 0.0)]
-        else:
-            cands = [(p, 0.0) for p in precisions_for_bytes(shape_oi, nb)
-                     or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape_oi))]]
-        if coding is not None and fixed is None:
+            return [(fixed, 0.0)]
+        cands = [(p, 0.0) for p in precisions_for_bytes(shape_oi, nb)
+                 or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape_oi))]]
+        if coding is not None:
             # coded streams are smaller than plain ones: larger precisions may fit, and below
             # plain int2 ternary (int2) or int3 codes with GPTQ-chosen zeros (SparseGPT's
             # joint mode), whose coded size falls with every zero
@@ -238,6 +248,19 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
             if nb < Precision(2).nbytes(shape_oi):
                 cands += [(Precision(b), s) for b, grid in ((2, _LOW_SPARSITY), (3, _LOW_SPARSITY[2:]))
                           for s in grid]
+        return cands
+
+    def unmeasured(cands: list[tuple[Precision, float]], nb: float) -> list[tuple[Precision, float]]:
+        """Of ``cands``, those a build must measure: with plain codes the ones that fit and
+        whose error no earlier try recorded (the bytes are known without a build)."""
+        if coding is not None:
+            return cands
+        return [(p, s) for p, s in cands if p.nbytes(shape_oi) <= nb
+                and (_MEMO.get(memo_key(p, s)) or {}).get("error") is None]
+
+    def quant_b(nb: float) -> CompressedMatrix:
+        cands = candidates(nb)
+        measure(unmeasured(cands, nb))
         best, best_key = None, (2, np.inf)
         for p, s in cands:  # the lowest output error that fits wins
             if coding is None:
@@ -250,11 +273,9 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
                 else:
                     known = (_MEMO.get(memo_key(p, s)) or {}).get("error")
                     key = (0, known if known is not None else _error(Wo, gptq_at(p, s), stats))
-                if key < best_key:
-                    best, best_key = (p, s), key
-                continue
-            q = gptq_at(p, s)
-            key = (0, _error(Wo, q, stats)) if q.nbytes <= nb else (1, float(q.nbytes))
+            else:
+                q = gptq_at(p, s)
+                key = (0, _error(Wo, q, stats)) if q.nbytes <= nb else (1, float(q.nbytes))
             if key < best_key:
                 best, best_key = (p, s), key
         assert best is not None
@@ -262,6 +283,11 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         if best_key[0] == 0:
             q._wp_predicted = best_key[1]  # compress_aware's choice reuses it
         return q
+
+    def prefetch(budgets: list[float]) -> None:
+        measure([c for nb in budgets for c in unmeasured(candidates(nb), nb)])
+
+    quant_b.prefetch = prefetch  # type: ignore[attr-defined]
 
     table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
              "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b}, "quant": {"quant": quant_b},
@@ -274,6 +300,17 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     if method not in table:
         raise ValueError(f"method: expected one of {', '.join(table)}, got {method!r}")
     return table[method]
+
+
+def warm_quant(W: Any, stats: CalibrationStats, budgets: list[float], *,
+               options: Mapping[str, Any] | None = None, layout: str = "out_in",
+               storage: str | None = None) -> None:
+    """Measure, with one factorisation of ``H``, every GPTQ precision that
+    :func:`compress_aware` ``"quant"`` asks for at any of ``budgets`` (bytes): an allocation
+    curve's levels then find them cached on ``stats``."""
+    Wa = as_matrix(W, "W")
+    _builders(_oriented(Wa, layout), stats, "quant", dict(options or {}), layout,
+              M.out_dtype(W, Wa), storage)["quant"].prefetch(list(budgets))
 
 
 def time_apply(m: CompressedMatrix, batch: int, repeat: int = 7) -> float:

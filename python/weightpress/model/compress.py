@@ -26,7 +26,7 @@ from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
 from .allocate import Candidate, allocate
-from ..compression.aware import known_error, layer_error, remember_error
+from ..compression.aware import known_error, layer_error, remember_error, warm_quant
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
@@ -782,6 +782,11 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
             cands += [Candidate(nb, e, f"{form}@{b:.0f}") for nb, e, b in pts if nb < orig_bytes]
             continue
         levels = MEASURED_LEVELS if form == "prune" else CURVE_LEVELS  # OBS sweeps are dear
+        if form == "quant" and stats is not None:
+            # every level's candidate precisions with one factorisation of H (then cached)
+            warm_quant(Wv, stats, [orig_bytes * lv for lv in levels], layout=layout,
+                       storage=storage, options={k: v for k, v in opts.items()
+                                                 if k in ("damp", "coding")})
         for nb in [orig_bytes * lv for lv in levels]:
             m = _build(Wv, stats, form, nb, layout, storage, opts)
             if m.form == "dense" or m.nbytes >= orig_bytes:
