@@ -84,7 +84,9 @@ class Work:
             wrap(aware, "gptq_many", "gptq", lambda W, stats, settings: len(settings))
         else:
             wrap(aware, "gptq", "gptq")
-        wrap(aware, "output_error", "output_error")
+        # an exact output-error pass: aware's own (denominator once per layer) or calibration's
+        wrap(aware, "_output_error" if hasattr(aware, "_output_error") else "output_error",
+             "output_error")
         wrap(mc, "execute", "tries")
         return self
 

@@ -128,3 +128,16 @@ def test_gptq_many_is_gptq_at_each_setting_bit_for_bit(act_order):
         np.testing.assert_array_equal(e, e1)
     with pytest.raises(ValueError, match="row_errs"):
         Q.gptq_many(W, st, settings, row_errs=[None])
+
+
+def test_output_error_with_its_denominator_kept_is_the_same_number(layer):
+    """The report's exact pass keeps tr(W H Wᵀ) per layer: the same float64 blocks, the same
+    number as calibration.output_error, first call or later."""
+    W, X = layer
+    st = CalibrationStats.from_inputs(X)
+    for method in ("prune", "quant", "lowrank"):
+        m = compress_aware(W, st, method, nbytes=W.nbytes / 4)
+        want = output_error(W, m, st)
+        assert A._output_error(W, m, st) == want
+        assert A._output_error(W, m, st) == want
+    assert A._output_error(W, W, st) == 0.0

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from .._validation import as_matrix
 from . import methods as M
-from .calibration import CalibrationStats, output_error
+from .calibration import CalibrationStats, _rows_of, output_error, row_step, small_blas
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
 from .quant import Quantized, gptq_many
@@ -117,8 +117,47 @@ def layer_error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats | N
     if stats is None:
         return m.relative_error(Wo if m.layout == "out_in" else Wo.T)
     if m.layout == "out_in":
-        return output_error(Wo, m, stats)
-    return output_error(Wo, m.toarray().T, stats)
+        return _output_error(Wo, m, stats)
+    return _output_error(Wo, m.toarray().T, stats)
+
+
+def _output_error(Wo: np.ndarray, W_hat: Any, stats: CalibrationStats) -> float:
+    """:func:`~weightpress.compression.calibration.output_error`, the same float64 blocks and
+    the same number, with its denominator ``tr(W H Wᵀ)`` computed once per layer's weights
+    and statistics (a ratio search's tries and a report measure several forms of one layer:
+    each then pays one ``out·in²`` product, not two)."""
+    Wa = np.asarray(Wo)
+    if Wa.ndim != 2 or tuple(getattr(W_hat, "shape", ())) != Wa.shape:
+        return output_error(Wa, W_hat, stats)  # (its errors for odd shapes)
+    H = stats.hessian()
+    n_in = Wa.shape[1]
+    step = row_step(Wa.shape[0], n_in, 1 << 18)
+    cstep = n_in if H.dtype == np.float64 else row_step(n_in, n_in, 1 << 18)
+    wk = hashlib.blake2b(Wa.data if Wa.flags.c_contiguous else np.ascontiguousarray(Wa).data,
+                         digest_size=16).hexdigest()
+    with small_blas(2.0 * Wa.size * n_in):
+        den = stats.cached(("den64", wk, str(Wa.dtype), Wa.shape),
+                           lambda: _quadratic(Wa, None, H, step, cstep))
+        num = _quadratic(Wa, W_hat, H, step, cstep)
+    if den <= 0:
+        return 0.0 if num <= 0 else float("inf")
+    return float(np.sqrt(max(num, 0.0) / den))
+
+
+def _quadratic(Wa: np.ndarray, W_hat: Any, H: np.ndarray, step: int, cstep: int) -> float:
+    """``tr(D H Dᵀ)`` with ``D = W − Ŵ`` (``W`` itself when ``W_hat`` is None), float64, by
+    blocks of rows and of ``H``'s columns (as ``output_error``)."""
+    tot = 0.0
+    n_in = H.shape[0]
+    for r in range(0, Wa.shape[0], step):
+        r1 = min(r + step, Wa.shape[0])
+        D = np.asarray(Wa[r:r1], dtype=np.float64)
+        if W_hat is not None:
+            D = D - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
+        for c in range(0, n_in, cstep):
+            Hc = np.asarray(H[:, c:c + cstep], dtype=np.float64)
+            tot += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c + cstep]))
+    return tot
 
 
 def known_error(m: CompressedMatrix, stats: CalibrationStats | None) -> float | None:
