@@ -7,6 +7,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
 #include "weightpress/errors.hpp"
 #include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
@@ -129,52 +133,76 @@ WP_INLINE void store(T* p, const vec_t<T, W>& v) {
 template <class T>
 constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
 
-// y[c0 .. c0+W) of one row: the accumulators stay in registers for the whole row (W > kLanes
-// is held as W / kLanes native vectors, which GCC keeps in registers; one wide generic vector
-// would live on the stack).
-template <int W, class T, class I>
-WP_INLINE void gather_tile(std::int64_t p0, std::int64_t p1, const I* __restrict indices,
-                           const T* __restrict data, const T* __restrict x, std::int64_t ldx,
-                           std::int64_t c0, T* __restrict yr) {
+// X(j, c0 .. c0+W) for the entry `PF` positions ahead of q in its row, fetched into L1 while
+// the FMAs of the entries before it run (PF = 0: none).
+template <int W, int PF, class T, class I>
+WP_INLINE void prefetch_x(const I* __restrict indices, std::int64_t q, std::int64_t end,
+                          const T* __restrict x, std::int64_t ldx, std::int64_t c0) {
+  if constexpr (PF > 0) {
+    if (q + PF < end) {
+      const T* xr = x + static_cast<std::int64_t>(indices[q + PF]) * ldx + c0;
+      constexpr int kLine = 64 / static_cast<int>(sizeof(T));
+      for (int l = 0; l < W; l += kLine) __builtin_prefetch(xr + l);
+    }
+  }
+}
+
+// y(i0 .. i0+R, c0 .. c0+W) for R consecutive rows, the R x W accumulators in registers
+// (W > kLanes is held as W / kLanes native vectors, which GCC keeps in registers; one wide
+// generic vector would live on the stack). The rows are walked in lockstep, so their
+// independent X loads and FMA chains overlap (one row alone waits on the FMA latency when W
+// is narrow); each row still sums its own entries in index order with one accumulator per
+// output element, so a row's result does not depend on R, on which rows share its block or
+// on the thread count.
+template <int R, int W, int PF, class T, class I>
+WP_INLINE void gather_block(std::int64_t i0, const I* __restrict indptr,
+                            const I* __restrict indices, const T* __restrict data,
+                            const T* __restrict x, std::int64_t ldx, std::int64_t c0,
+                            T* __restrict y, std::int64_t ldy) {
+  std::int64_t p[R], e[R], common = INT64_MAX;
+  for (int r = 0; r < R; ++r) {
+    p[r] = indptr[i0 + r];
+    e[r] = indptr[i0 + r + 1];
+    common = std::min(common, e[r] - p[r]);
+  }
   if constexpr (W == 1) {
+    static_assert(R == 1, "one column goes row by row (gather_tiles)");
     T acc = T(0);
-    for (std::int64_t p = p0; p < p1; ++p)
-      acc += data[p] * x[static_cast<std::int64_t>(indices[p]) * ldx + c0];
-    yr[c0] = acc;
+    for (std::int64_t q = p[0]; q < e[0]; ++q)
+      acc += data[q] * x[static_cast<std::int64_t>(indices[q]) * ldx + c0];
+    y[i0 * ldy + c0] = acc;
   } else {
     constexpr int L = W < kLanes<T> ? W : kLanes<T>;
     constexpr int NV = W / L;
-    // Independent accumulator chains (entry p feeds chain p % C) so that at least 4 FMAs are
-    // in flight: one chain per vector would wait on the FMA latency at every entry. The
-    // chains are summed in a fixed order at the end: deterministic.
-    constexpr int C = NV >= 4 ? 1 : 4 / NV;
-    vec_t<T, L> acc[C][NV], xv;
-    for (int c = 0; c < C; ++c)
-      for (int v = 0; v < NV; ++v) acc[c][v] = vec_t<T, L>{};
-    std::int64_t p = p0;
-    for (; p + C <= p1; p += C) {
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-        const T* xr = x + static_cast<std::int64_t>(indices[p + c]) * ldx + c0;
-        const T a = data[p + c];
+    vec_t<T, L> acc[R][NV], xv;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = vec_t<T, L>{};
+    for (std::int64_t q = 0; q < common; ++q) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        prefetch_x<W, PF>(indices, p[r] + q, e[r], x, ldx, c0);
+        const T* xr = x + static_cast<std::int64_t>(indices[p[r] + q]) * ldx + c0;
+        const T a = data[p[r] + q];
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) {
           load<L>(xv, xr + v * L);
-          acc[c][v] += a * xv;
+          acc[r][v] += a * xv;
         }
       }
     }
-    for (int c = 0; p < p1; ++p, ++c) {
-      const T* xr = x + static_cast<std::int64_t>(indices[p]) * ldx + c0;
-      const T a = data[p];
-      for (int v = 0; v < NV; ++v) {
-        load<L>(xv, xr + v * L);
-        acc[c][v] += a * xv;
+    for (int r = 0; r < R; ++r) {
+      for (std::int64_t q = p[r] + common; q < e[r]; ++q) {
+        prefetch_x<W, PF>(indices, q, e[r], x, ldx, c0);
+        const T* xr = x + static_cast<std::int64_t>(indices[q]) * ldx + c0;
+        const T a = data[q];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+          load<L>(xv, xr + v * L);
+          acc[r][v] += a * xv;
+        }
       }
+      for (int v = 0; v < NV; ++v) store<L>(y + (i0 + r) * ldy + c0 + v * L, acc[r][v]);
     }
-    for (int c = 1; c < C; ++c)
-      for (int v = 0; v < NV; ++v) acc[0][v] += acc[c][v];
-    for (int v = 0; v < NV; ++v) store<L>(yr + c0 + v * L, acc[0][v]);
   }
 }
 
@@ -210,11 +238,31 @@ WP_INLINE void scatter_tile(std::int64_t p0, std::int64_t p1, const I* __restric
 template <class T>
 constexpr int kTile = 256 / static_cast<int>(sizeof(T));
 
-template <int W, class T, class I>
-WP_INLINE void gather_row(std::int64_t p0, std::int64_t p1, const I* indices, const T* data,
-                          const T* x, std::int64_t ldx, std::int64_t k, T* yr, std::int64_t c0) {
-  for (; c0 + W <= k; c0 += W) gather_tile<W>(p0, p1, indices, data, x, ldx, c0, yr);
-  if constexpr (W > 1) gather_row<W / 2>(p0, p1, indices, data, x, ldx, k, yr, c0);
+// Columns [c0, k) of the R rows from i0: tiles of W columns, then halves down to one column.
+template <int R, int W, int PF, class T, class I>
+WP_INLINE void gather_tiles(std::int64_t i0, const I* indptr, const I* indices, const T* data,
+                            const T* x, std::int64_t ldx, std::int64_t k, T* y, std::int64_t ldy,
+                            std::int64_t c0) {
+  if constexpr (W == 1 && R > 1) {
+    // one column left: row by row (GCC vectorizes R scalar chains across the rows, and may
+    // then contract their a*x+acc differently from one row's chain: not bit-identical)
+    if (c0 < k)
+      for (int r = 0; r < R; ++r) gather_block<1, 1, PF>(i0 + r, indptr, indices, data, x, ldx, c0, y, ldy);
+  } else {
+    for (; c0 + W <= k; c0 += W) gather_block<R, W, PF>(i0, indptr, indices, data, x, ldx, c0, y, ldy);
+    if constexpr (W > 1) gather_tiles<R, W / 2, PF>(i0, indptr, indices, data, x, ldx, k, y, ldy, c0);
+  }
+}
+
+// Rows [r0, r1) in blocks of R (the last few one by one: the same sums, see gather_block).
+template <int R, int W, int PF, class T, class I>
+WP_INLINE void gather_range(std::int64_t r0, std::int64_t r1, const I* indptr, const I* indices,
+                            const T* data, const T* x, std::int64_t ldx, std::int64_t k, T* y,
+                            std::int64_t ldy) {
+  std::int64_t i = r0;
+  if constexpr (R > 1)
+    for (; i + R <= r1; i += R) gather_tiles<R, W, PF>(i, indptr, indices, data, x, ldx, k, y, ldy, 0);
+  for (; i < r1; ++i) gather_tiles<1, W, PF>(i, indptr, indices, data, x, ldx, k, y, ldy, 0);
 }
 
 template <int W, class T, class I>
@@ -224,25 +272,105 @@ WP_INLINE void scatter_row(std::int64_t p0, std::int64_t p1, const I* indices, c
   if constexpr (W > 1) scatter_row<W / 2>(p0, p1, indices, data, xr, k, out, ld, c0);
 }
 
-// Column panels of X: all rows against one panel of `W` columns, so the panel (cols × W)
-// stays in L2 while A streams once per panel.
-template <int W, class T, class I>
-WP_INLINE std::int64_t gather_panels(std::int64_t r0, std::int64_t r1, const I* indptr,
-                                     const I* indices, const T* data, std::int64_t k, const T* x,
-                                     std::int64_t ldx, T* y, std::int64_t ldy) {
-  std::int64_t c0 = 0;
-  for (; c0 + W <= k; c0 += W)
-    for (std::int64_t i = r0; i < r1; ++i)
-      gather_tile<W>(indptr[i], indptr[i + 1], indices, data, x, ldx, c0, y + i * ldy);
-  return c0;
+// True if the row's column indices do not decrease (what gather_column_blocks needs).
+template <class I>
+WP_INLINE bool row_sorted(const I* __restrict indices, std::int64_t p0, std::int64_t p1) {
+  unsigned down = 0;
+  for (std::int64_t p = p0 + 1; p < p1; ++p) down |= static_cast<unsigned>(indices[p] < indices[p - 1]);
+  return down == 0;
 }
 
+// Rows of X per column block: half the L2 cache of this CPU (the other half for A's stream,
+// Y and the other hyperthread), 512 KiB where the OS does not say.
+inline std::int64_t x_block_rows(std::int64_t row_bytes) {
+  static const std::int64_t budget = [] {
+    long l2 = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return l2 > 0 ? std::clamp<std::int64_t>(l2 / 2, 128 << 10, 2 << 20) : std::int64_t(512) << 10;
+  }();
+  return std::max<std::int64_t>(1, budget / std::max<std::int64_t>(row_bytes, 1));
+}
+
+// y(i, c0 .. c0+W) += the entries [p, q) of row i: the accumulators start from y and end
+// there, so a row summed over consecutive segments is summed exactly as in one pass.
+template <int W, int PF, class T, class I>
+WP_INLINE void gather_segment(std::int64_t p, std::int64_t q, const I* __restrict indices,
+                              const T* __restrict data, const T* __restrict x, std::int64_t ldx,
+                              std::int64_t c0, T* __restrict yr) {
+  if constexpr (W == 1) {
+    T acc = yr[c0];
+    for (; p < q; ++p) acc += data[p] * x[static_cast<std::int64_t>(indices[p]) * ldx + c0];
+    yr[c0] = acc;
+  } else {
+    constexpr int L = W < kLanes<T> ? W : kLanes<T>;
+    constexpr int NV = W / L;
+    vec_t<T, L> acc[NV], xv;
+    for (int v = 0; v < NV; ++v) load<L>(acc[v], yr + c0 + v * L);
+    for (; p < q; ++p) {
+      prefetch_x<W, PF>(indices, p, q, x, ldx, c0);
+      const T* xr = x + static_cast<std::int64_t>(indices[p]) * ldx + c0;
+      const T a = data[p];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        load<L>(xv, xr + v * L);
+        acc[v] += a * xv;
+      }
+    }
+    for (int v = 0; v < NV; ++v) store<L>(yr + c0 + v * L, acc[v]);
+  }
+}
+
+template <int W, int PF, class T, class I>
+WP_INLINE void segment_tiles(std::int64_t p, std::int64_t q, const I* indices, const T* data,
+                             const T* x, std::int64_t ldx, std::int64_t k, T* yr, std::int64_t c0) {
+  for (; c0 + W <= k; c0 += W) gather_segment<W, PF>(p, q, indices, data, x, ldx, c0, yr);
+  if constexpr (W > 1) segment_tiles<W / 2, PF>(p, q, indices, data, x, ldx, k, yr, c0);
+}
+
+// Rows [r0, r1) against X in blocks of `block` of its rows (the columns of A), each block
+// small enough to stay in L2 while every row of the range consumes its entries in it. Needs
+// column indices sorted within each row (checked by the caller); pos: r1 - r0 cursors.
+template <int W, int PF, class T, class I>
+WP_INLINE void gather_column_blocks(std::int64_t r0, std::int64_t r1, std::int64_t cols,
+                                    const I* indptr, const I* indices, const T* data,
+                                    const T* x, std::int64_t ldx, std::int64_t k, T* y,
+                                    std::int64_t ldy, std::int64_t block, std::int64_t* pos) {
+  for (std::int64_t i = r0; i < r1; ++i) {
+    pos[i - r0] = indptr[i];
+    for (std::int64_t c = 0; c < k; ++c) y[i * ldy + c] = T(0);
+  }
+  for (std::int64_t j0 = 0; j0 < cols; j0 += block) {
+    const std::int64_t j1 = j0 + block;
+    for (std::int64_t i = r0; i < r1; ++i) {
+      const std::int64_t p = pos[i - r0], e = indptr[i + 1];
+      std::int64_t q = p;
+      while (q < e && static_cast<std::int64_t>(indices[q]) < j1) ++q;
+      pos[i - r0] = q;
+      if (q > p) segment_tiles<W, PF>(p, q, indices, data, x, ldx, k, y + i * ldy, 0);
+    }
+  }
+}
+
+// How the SpMM (k > 1) row loop blocks, per instruction set (measured, see gather_rows):
+// rows walked together when a row's tile is narrow, and the bytes of X per row and tile then.
+// Wide rows (k * sizeof(T) >= 256 bytes) go one at a time in tiles of wide_bytes.
+struct Blocking {
+  int rows;        // R: rows in lockstep for narrow tiles
+  int tile_bytes;  // of one row's tile in that case: R x tile_bytes of accumulators
+  int wide_bytes;  // tile of a wide row
+};
+inline constexpr Blocking kBlockV4{8, 128, 256};   // 16 zmm of accumulators out of 32; 4
+inline constexpr Blocking kBlockV3{4, 64, 256};    // 8 ymm out of 16; 8
+inline constexpr Blocking kBlockBase{4, 32, 128};  // 8 xmm out of 16 (SSE2) or of NEON's 32; 8
+
 // Rows [r0, r1) of Y = A X. Returns the first bad index position, or -1.
-template <class T, class I>
+template <class T, class I, const Blocking& B = kBlockBase>
 WP_INLINE std::int64_t gather_rows(std::int64_t r0, std::int64_t r1, std::int64_t cols,
                                    const I* indptr, const I* indices, const T* data,
                                    std::int64_t k, const T* x, std::int64_t ldx, T* y,
-                                   std::int64_t ldy) {
+                                   std::int64_t ldy, std::int64_t* pos = nullptr) {
   if (k == 1) {
     for (std::int64_t i = r0; i < r1; ++i) {
       const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
@@ -272,23 +400,28 @@ WP_INLINE std::int64_t gather_rows(std::int64_t r0, std::int64_t r1, std::int64_
     }
     return -1;
   }
+  const std::int64_t block = pos ? x_block_rows(k * static_cast<std::int64_t>(sizeof(T))) : cols;
+  bool sorted = block < cols;
   for (std::int64_t i = r0; i < r1; ++i) {
     const std::int64_t bad = row_bad(indices, indptr[i], indptr[i + 1], cols);
     if (bad >= 0) return bad;
+    if (sorted) sorted = row_sorted(indices, indptr[i], indptr[i + 1]);
   }
-  // X small enough for L2: each row sweeps all of its columns. Otherwise panels of X that fit.
-  constexpr std::int64_t kL2 = std::int64_t(1) << 20;
-  const std::int64_t row_bytes = cols * static_cast<std::int64_t>(sizeof(T));
-  std::int64_t c0 = 0;
-  if (row_bytes * k > kL2) {
-    constexpr int L = kLanes<T>;
-    if (row_bytes * 4 * L <= kL2) c0 = gather_panels<4 * L>(r0, r1, indptr, indices, data, k, x, ldx, y, ldy);
-    else if (row_bytes * 2 * L <= kL2) c0 = gather_panels<2 * L>(r0, r1, indptr, indices, data, k, x, ldx, y, ldy);
-    else c0 = gather_panels<L>(r0, r1, indptr, indices, data, k, x, ldx, y, ldy);
-  }
-  if (c0 < k)
-    for (std::int64_t i = r0; i < r1; ++i)
-      gather_row<kTile<T>>(indptr[i], indptr[i + 1], indices, data, x, ldx, k, y + i * ldy, c0);
+  // Measured against MKL's mkl_sparse_s_mm (row-major X, one thread, 4096², AVX-512;
+  // benchmarks/bench_sparse.py "SpMM"): X rows wider than a 256-byte tile are bound by loading
+  // X from L3, so each row streams its full X rows tile by tile with a software prefetch 16
+  // entries ahead (1.1-1.2x faster than column panels of X kept in L2, which the shared L2 of
+  // a loaded 2-core VM did not keep); narrower rows are bound by the FMA latency of their few
+  // accumulators and run R rows in lockstep (k = 16-32: 1.1-1.6x over one row with
+  // interleaved chains; prefetching there measured slower).
+  constexpr int kWide = B.wide_bytes / static_cast<int>(sizeof(T));
+  if (sorted)
+    gather_column_blocks<kWide, 16>(r0, r1, cols, indptr, indices, data, x, ldx, k, y, ldy, block, pos);
+  else if (k * static_cast<std::int64_t>(sizeof(T)) >= 256)
+    gather_range<1, kWide, 16>(r0, r1, indptr, indices, data, x, ldx, k, y, ldy);
+  else
+    gather_range<B.rows, B.tile_bytes / static_cast<int>(sizeof(T)), 0>(r0, r1, indptr, indices,
+                                                                       data, x, ldx, k, y, ldy);
   return -1;
 }
 
@@ -420,13 +553,14 @@ WP_TARGET_V3 std::int64_t spmv_v3(std::int64_t r0, std::int64_t r1, std::int64_t
 
 #define WP_ROWS_ARGS                                                                        \
   std::int64_t r0, std::int64_t r1, std::int64_t cols, const I *indptr, const I *indices, \
-      const T *data, std::int64_t k, const T *x, std::int64_t ldx, T *y, std::int64_t ldy
+      const T *data, std::int64_t k, const T *x, std::int64_t ldx, T *y, std::int64_t ldy, \
+      std::int64_t *pos
 #define WP_ROWS_PASS r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy
 
 template <bool Scatter, class T, class I>
 std::int64_t rows_base(WP_ROWS_ARGS) {
   if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
-  else return gather_rows<T, I>(WP_ROWS_PASS);
+  else return gather_rows<T, I, kBlockBase>(WP_ROWS_PASS, pos);
 }
 #ifdef WP_X86_DISPATCH
 template <bool Scatter, class T, class I>
@@ -434,14 +568,14 @@ WP_TARGET_V3 std::int64_t rows_v3(WP_ROWS_ARGS) {
   if constexpr (!Scatter)
     if (k == 1 && ldx == 1) return spmv_v3<T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
   if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
-  else return gather_rows<T, I>(WP_ROWS_PASS);
+  else return gather_rows<T, I, kBlockV3>(WP_ROWS_PASS, pos);
 }
 template <bool Scatter, class T, class I>
 WP_TARGET_V4 std::int64_t rows_v4(WP_ROWS_ARGS) {
   if constexpr (!Scatter)
     if (k == 1 && ldx == 1) return spmv_v4<T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
   if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
-  else return gather_rows<T, I>(WP_ROWS_PASS);
+  else return gather_rows<T, I, kBlockV4>(WP_ROWS_PASS, pos);
 }
 #endif
 
@@ -449,12 +583,12 @@ template <bool Scatter, class T, class I>
 std::int64_t rows(WP_ROWS_ARGS) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return rows_v4<Scatter, T, I>(WP_ROWS_PASS);
-    case Isa::kV3: return rows_v3<Scatter, T, I>(WP_ROWS_PASS);
+    case Isa::kV4: return rows_v4<Scatter, T, I>(WP_ROWS_PASS, pos);
+    case Isa::kV3: return rows_v3<Scatter, T, I>(WP_ROWS_PASS, pos);
     case Isa::kBase: break;
   }
 #endif
-  return rows_base<Scatter, T, I>(WP_ROWS_PASS);
+  return rows_base<Scatter, T, I>(WP_ROWS_PASS, pos);
 }
 
 }  // namespace
@@ -483,12 +617,23 @@ std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, 
   if (k == 0) return -1;
   // Tiny products run on the calling thread: waking a team costs more than the work.
   const int nt = threads_for(gather_cost(nnz, rows_, k), n_threads, kGrainCost);
+  // Wide rows of X that do not fit L2 together: X in blocks of its rows (gather_rows), when
+  // the blocks hold enough rows and each row of A has a few entries per block (else the
+  // per-block bookkeeping, rows x blocks, outweighs the entries). One cursor per row.
+  std::vector<std::int64_t> pos;
+  const std::int64_t row_bytes = k * static_cast<std::int64_t>(sizeof(T));
+  if (row_bytes >= 256) {
+    const std::int64_t block = x_block_rows(row_bytes);
+    const std::int64_t n_blocks = (cols + block - 1) / block;
+    if (n_blocks > 1 && block >= 64 && rows_ * n_blocks * 4 <= nnz) pos.resize(static_cast<size_t>(rows_));
+  }
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), nth = team_size();
     const std::int64_t r0 = part_start(rows_, indptr, tid, nth);
     const std::int64_t r1 = part_start(rows_, indptr, tid + 1, nth);
-    const std::int64_t bad = rows<false, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy);
+    const std::int64_t bad = rows<false, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy,
+                                                   pos.empty() ? nullptr : pos.data() + r0);
     if (bad >= 0) note_bad(first_bad, bad);
   }
   return first_bad.load();
@@ -519,7 +664,7 @@ std::int64_t csr_matmat_t(std::int64_t rows_, std::int64_t cols, const I* indptr
       for (std::int64_t c = 0; c < k; ++c) out[j * ld + c] = T(0);
     const std::int64_t r0 = part_start(rows_, indptr, b, n_blocks);
     const std::int64_t r1 = part_start(rows_, indptr, b + 1, n_blocks);
-    const std::int64_t bad = rows<true, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, out, ld);
+    const std::int64_t bad = rows<true, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, out, ld, nullptr);
     if (bad >= 0) note_bad(first_bad, bad);
   }
   if (n_blocks > 1 && first_bad.load() < 0) {

@@ -214,7 +214,7 @@ def test_csr_matmul_matches_dense(case):
 
 
 @pytest.mark.parametrize("transpose", [False, True])
-@pytest.mark.parametrize("k", [1, 7, 64, 256])
+@pytest.mark.parametrize("k", [1, 3, 7, 17, 33, 64, 100, 256])
 def test_csr_matmul_threads_bit_identical(k, transpose, dtype):
     A = sp.random_array((2000, 1500), density=0.02, format="csr", dtype=dtype, rng=4)
     rows = A.shape[0] if transpose else A.shape[1]
