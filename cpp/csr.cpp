@@ -147,6 +147,23 @@ WP_INLINE void prefetch_x(const I* __restrict indices, std::int64_t q, std::int6
   }
 }
 
+// acc + sum of data[p] * X(indices[p], c0) over [p0, p1), in order, for the last column of a
+// tile. Computed in lane 0 of a 2-lane vector: as scalar code GCC vectorizes the products
+// in some inlined copies (then adds them in order: a*x+acc rounded twice) and contracts to
+// FMA in others, which would make the rounding depend on where the copy sits; as a vector
+// it is contracted exactly like the wider tiles.
+template <class T, class I>
+WP_INLINE T column_sum(std::int64_t p0, std::int64_t p1, const I* __restrict indices,
+                       const T* __restrict data, const T* __restrict x, std::int64_t ldx,
+                       std::int64_t c0, T acc0) {
+  vec_t<T, 2> acc = {acc0, T(0)};
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const vec_t<T, 2> xv = {x[static_cast<std::int64_t>(indices[p]) * ldx + c0], T(0)};
+    acc += data[p] * xv;
+  }
+  return acc[0];
+}
+
 // y(i0 .. i0+R, c0 .. c0+W) for R consecutive rows, the R x W accumulators in registers
 // (W > kLanes is held as W / kLanes native vectors, which GCC keeps in registers; one wide
 // generic vector would live on the stack). The rows are walked in lockstep, so their
@@ -167,10 +184,7 @@ WP_INLINE void gather_block(std::int64_t i0, const I* __restrict indptr,
   }
   if constexpr (W == 1) {
     static_assert(R == 1, "one column goes row by row (gather_tiles)");
-    T acc = T(0);
-    for (std::int64_t q = p[0]; q < e[0]; ++q)
-      acc += data[q] * x[static_cast<std::int64_t>(indices[q]) * ldx + c0];
-    y[i0 * ldy + c0] = acc;
+    y[i0 * ldy + c0] = column_sum(p[0], e[0], indices, data, x, ldx, c0, T(0));
   } else {
     constexpr int L = W < kLanes<T> ? W : kLanes<T>;
     constexpr int NV = W / L;
@@ -300,9 +314,7 @@ WP_INLINE void gather_segment(std::int64_t p, std::int64_t q, const I* __restric
                               const T* __restrict data, const T* __restrict x, std::int64_t ldx,
                               std::int64_t c0, T* __restrict yr) {
   if constexpr (W == 1) {
-    T acc = yr[c0];
-    for (; p < q; ++p) acc += data[p] * x[static_cast<std::int64_t>(indices[p]) * ldx + c0];
-    yr[c0] = acc;
+    yr[c0] = column_sum(p, q, indices, data, x, ldx, c0, yr[c0]);
   } else {
     constexpr int L = W < kLanes<T> ? W : kLanes<T>;
     constexpr int NV = W / L;
