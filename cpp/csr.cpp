@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -456,63 +457,118 @@ WP_INLINE std::int64_t scatter_rows(std::int64_t r0, std::int64_t r1, std::int64
 // sums in two chains (entry p feeds lane p % V of chain (p / V) % 2), summed in a fixed order;
 // the tail is added lane-wise in order. The order depends only on the row and the ISA.
 #ifdef WP_X86_DISPATCH
+// The SpMV loops' two streams (indices, values), fetched 2 KiB ahead of the N entries from p:
+// on matrices larger than the LLC the hardware prefetcher alone left the 32768² SpMV at
+// 0.5-0.8x of the read bandwidth, 0.9x with this (benchmarks/bench_sparse.py, spmv --large).
+template <int N, class T, class I>
+WP_INLINE void prefetch_streams(const I* indices, const T* data, std::int64_t p) {
+  constexpr int kAhead = 2048;
+  const char* ip = reinterpret_cast<const char*>(indices + p) + kAhead;
+  const char* dp = reinterpret_cast<const char*>(data + p) + kAhead;
+  for (int b = 0; b < N * static_cast<int>(sizeof(I)); b += 64) __builtin_prefetch(ip + b);
+  for (int b = 0; b < N * static_cast<int>(sizeof(T)); b += 64) __builtin_prefetch(dp + b);
+}
+
+// AVX-512: the range check rides in the gather loop (no separate pass over the row's indices:
+// on a matrix larger than the LLC that pass read the index stream alone, then the loop read
+// the values alone). Each vector of indices is compared unsigned against cols and only the
+// lanes in range are gathered; a row with any lane out of range is rescanned for the first.
 template <class T, class I>
 WP_TARGET_V4 std::int64_t spmv_v4(std::int64_t r0, std::int64_t r1, std::int64_t cols,
                                   const I* __restrict indptr, const I* __restrict indices,
                                   const T* __restrict data, const T* __restrict x,
                                   T* __restrict y, std::int64_t ldy) {
+  using U = std::make_unsigned_t<I>;
+  // every index at or above `lim` (as unsigned) is out of range: negative ones included
+  const U lim = static_cast<U>(std::min<std::uint64_t>(
+      static_cast<std::uint64_t>(cols), static_cast<std::uint64_t>(std::numeric_limits<I>::max()) + 1));
   for (std::int64_t i = r0; i < r1; ++i) {
     const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
-    const std::int64_t bad = row_bad(indices, p0, p1, cols);
-    if (bad >= 0) return bad;
     std::int64_t p = p0;
     T s = T(0);
+    unsigned ok = 1;  // all lanes so far in range
     if constexpr (std::is_same_v<T, float> && sizeof(I) == 4) {
+      const __m512i vl = _mm512_set1_epi32(static_cast<int>(lim));
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+      __mmask16 all = 0xffff;
       for (; p + 32 <= p1; p += 32) {
+        prefetch_streams<32>(indices, data, p);
         const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 16);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, j0, x, 4), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p + 16), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, j1, x, 4), a1);
+        const __mmask16 m0 = _mm512_cmplt_epu32_mask(j0, vl), m1 = _mm512_cmplt_epu32_mask(j1, vl);
+        all = static_cast<__mmask16>(all & m0 & m1);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, j0, x, 4), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p + 16), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, j1, x, 4), a1);
       }
       if (p + 16 <= p1) {
         const __m512i j0 = _mm512_loadu_si512(indices + p);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, j0, x, 4), a0);
+        const __mmask16 m0 = _mm512_cmplt_epu32_mask(j0, vl);
+        all = static_cast<__mmask16>(all & m0);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, j0, x, 4), a0);
         p += 16;
       }
+      ok = all == 0xffff;
       alignas(64) float l[16];  // (not _mm512_reduce_add_ps: GCC 12 warns inside it)
       _mm512_store_ps(l, _mm512_add_ps(a0, a1));
       float h[8];
       for (int q = 0; q < 8; ++q) h[q] = l[q] + l[q + 8];
       s = ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
     } else if constexpr (std::is_same_v<T, float>) {  // int64 indices: 8 lanes
+      const __m512i vl = _mm512_set1_epi64(static_cast<long long>(lim));
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      __mmask8 all = 0xff;
       for (; p + 16 <= p1; p += 16) {
+        prefetch_streams<16>(indices, data, p);
         const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 8);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm512_mask_i64gather_ps(_mm256_setzero_ps(), 0xff, j0, x, 4), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm512_mask_i64gather_ps(_mm256_setzero_ps(), 0xff, j1, x, 4), a1);
+        const __mmask8 m0 = _mm512_cmplt_epu64_mask(j0, vl), m1 = _mm512_cmplt_epu64_mask(j1, vl);
+        all = static_cast<__mmask8>(all & m0 & m1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm512_mask_i64gather_ps(_mm256_setzero_ps(), m0, j0, x, 4), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm512_mask_i64gather_ps(_mm256_setzero_ps(), m1, j1, x, 4), a1);
       }
+      ok = all == 0xff;
       const __m256 a = _mm256_add_ps(a0, a1);
       const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
       s = (h[0] + h[1]) + (h[2] + h[3]);
     } else {  // double: 8 lanes
       __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+      __mmask8 all = 0xff;
       for (; p + 16 <= p1; p += 16) {
+        prefetch_streams<16>(indices, data, p);
         __m512d x0, x1;
+        __mmask8 m0, m1;
         if constexpr (sizeof(I) == 4) {
-          x0 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p)), x, 8);
-          x1 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8)), x, 8);
+          const __m256i vl = _mm256_set1_epi32(static_cast<int>(lim));
+          const __m256i j0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p));
+          const __m256i j1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8));
+          m0 = _mm256_cmplt_epu32_mask(j0, vl);
+          m1 = _mm256_cmplt_epu32_mask(j1, vl);
+          x0 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m0, j0, x, 8);
+          x1 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m1, j1, x, 8);
         } else {
-          x0 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), 0xff, _mm512_loadu_si512(indices + p), x, 8);
-          x1 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), 0xff, _mm512_loadu_si512(indices + p + 8), x, 8);
+          const __m512i vl = _mm512_set1_epi64(static_cast<long long>(lim));
+          const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 8);
+          m0 = _mm512_cmplt_epu64_mask(j0, vl);
+          m1 = _mm512_cmplt_epu64_mask(j1, vl);
+          x0 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), m0, j0, x, 8);
+          x1 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), m1, j1, x, 8);
         }
+        all = static_cast<__mmask8>(all & m0 & m1);
         a0 = _mm512_fmadd_pd(_mm512_loadu_pd(data + p), x0, a0);
         a1 = _mm512_fmadd_pd(_mm512_loadu_pd(data + p + 8), x1, a1);
       }
+      ok = all == 0xff;
       alignas(64) double l[8];
       _mm512_store_pd(l, _mm512_add_pd(a0, a1));
       s = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
     }
-    for (; p < p1; ++p) s += data[p] * x[static_cast<std::int64_t>(indices[p])];
+    for (; p < p1; ++p) {
+      const U j = static_cast<U>(indices[p]);
+      if (j >= lim) {
+        ok = 0;
+        break;
+      }
+      s += data[p] * x[static_cast<std::int64_t>(j)];
+    }
+    if (!ok) return row_bad(indices, p0, p1, cols);
     y[i * ldy] = s;
   }
   return -1;
@@ -523,43 +579,61 @@ WP_TARGET_V3 std::int64_t spmv_v3(std::int64_t r0, std::int64_t r1, std::int64_t
                                   const I* __restrict indptr, const I* __restrict indices,
                                   const T* __restrict data, const T* __restrict x,
                                   T* __restrict y, std::int64_t ldy) {
-  for (std::int64_t i = r0; i < r1; ++i) {
-    const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
-    const std::int64_t bad = row_bad(indices, p0, p1, cols);
-    if (bad >= 0) return bad;
-    std::int64_t p = p0;
-    T s = T(0);
-    if constexpr (std::is_same_v<T, float> && sizeof(I) == 4) {
-      // (masked gathers with a zero source: GCC 12 warns on the unmasked forms' undefined source)
-      const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      for (; p + 16 <= p1; p += 16) {
-        const __m256i j0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p));
-        const __m256i j1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8));
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, j0, all, 4), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, j1, all, 4), a1);
+  if constexpr (sizeof(I) != 4) {
+    return gather_rows<T, I>(r0, r1, cols, indptr, indices, data, 1, x, 1, y, ldy);
+  } else {
+    // as spmv_v4: the range check in the gather loop (AVX2 has no unsigned compare: a lane is
+    // in range if j > -1 and not j > cols - 1), only lanes in range gathered
+    const int jmax = static_cast<int>(std::min<std::int64_t>(cols - 1, std::numeric_limits<int>::max()));
+    const __m256i vmax = _mm256_set1_epi32(jmax), vneg = _mm256_set1_epi32(-1);
+    for (std::int64_t i = r0; i < r1; ++i) {
+      const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
+      std::int64_t p = p0;
+      T s = T(0);
+      __m256i okv = vneg;  // all ones while every lane is in range
+      if constexpr (std::is_same_v<T, float>) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (; p + 16 <= p1; p += 16) {
+          prefetch_streams<16>(indices, data, p);
+          const __m256i j0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p));
+          const __m256i j1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8));
+          const __m256i m0 = _mm256_andnot_si256(_mm256_cmpgt_epi32(j0, vmax), _mm256_cmpgt_epi32(j0, vneg));
+          const __m256i m1 = _mm256_andnot_si256(_mm256_cmpgt_epi32(j1, vmax), _mm256_cmpgt_epi32(j1, vneg));
+          okv = _mm256_and_si256(okv, _mm256_and_si256(m0, m1));
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, j0, _mm256_castsi256_ps(m0), 4), a0);
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, j1, _mm256_castsi256_ps(m1), 4), a1);
+        }
+        const __m256 a = _mm256_add_ps(a0, a1);
+        const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        s = (h[0] + h[1]) + (h[2] + h[3]);
+      } else {
+        const __m128i vmax4 = _mm256_castsi256_si128(vmax), vneg4 = _mm256_castsi256_si128(vneg);
+        __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+        for (; p + 8 <= p1; p += 8) {
+          prefetch_streams<8>(indices, data, p);
+          const __m128i j0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p));
+          const __m128i j1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p + 4));
+          const __m128i m0 = _mm_andnot_si128(_mm_cmpgt_epi32(j0, vmax4), _mm_cmpgt_epi32(j0, vneg4));
+          const __m128i m1 = _mm_andnot_si128(_mm_cmpgt_epi32(j1, vmax4), _mm_cmpgt_epi32(j1, vneg4));
+          okv = _mm256_and_si256(okv, _mm256_castsi128_si256(_mm_and_si128(m0, m1)));
+          a0 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j0, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m0)), 8), a0);
+          a1 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p + 4), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j1, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m1)), 8), a1);
+        }
+        okv = _mm256_inserti128_si256(okv, _mm_set1_epi32(-1), 1);  // (upper half unused)
+        const __m256d a = _mm256_add_pd(a0, a1);
+        s = (a[0] + a[1]) + (a[2] + a[3]);
       }
-      const __m256 a = _mm256_add_ps(a0, a1);
-      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-      s = (h[0] + h[1]) + (h[2] + h[3]);
-    } else if constexpr (std::is_same_v<T, double> && sizeof(I) == 4) {
-      const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi32(-1));
-      __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
-      for (; p + 8 <= p1; p += 8) {
-        const __m128i j0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p));
-        const __m128i j1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p + 4));
-        a0 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j0, all, 8), a0);
-        a1 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p + 4), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j1, all, 8), a1);
+      bool ok = _mm256_movemask_epi8(okv) == -1;
+      for (; ok && p < p1; ++p) {
+        const std::int64_t j = static_cast<std::int64_t>(indices[p]);
+        if (j < 0 || j >= cols) ok = false;
+        else s += data[p] * x[j];
       }
-      const __m256d a = _mm256_add_pd(a0, a1);
-      s = (a[0] + a[1]) + (a[2] + a[3]);
-    } else {
-      return gather_rows<T, I>(i, r1, cols, indptr, indices, data, 1, x, 1, y, ldy);
+      if (!ok) return row_bad(indices, p0, p1, cols);
+      y[i * ldy] = s;
     }
-    for (; p < p1; ++p) s += data[p] * x[static_cast<std::int64_t>(indices[p])];
-    y[i * ldy] = s;
+    return -1;
   }
-  return -1;
 }
 #endif
 

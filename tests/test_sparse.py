@@ -390,10 +390,57 @@ def test_spmv_long_rows_every_isa_path(dtype, index):
     ref = A.astype(np.float64) @ x.astype(np.float64)
     bound = abs(A).astype(np.float64) @ np.abs(x.astype(np.float64))
     assert np.all(np.abs(y1 - ref) <= EPS[np.dtype(dtype)] * (bound + 1))
-    bad = A.copy()
-    bad.indices[bad.indptr[150] + 40] = 500
-    with pytest.raises(ValueError, match="out of range"):
-        wp.csr_matmul(bad, x)
+    for pos, val in ((bad_p, v) for bad_p in (A.indptr[150] + 40, A.indptr[151] - 1) for v in (500, -1)):
+        bad = A.copy()
+        bad.indices[pos] = val  # in a gathered vector, or the row's scalar tail
+        with pytest.raises(ValueError, match=f"column index {val} at position {pos} is out of range"):
+            wp.csr_matmul(bad, x)
+
+
+_ISA_CHECK = """
+import numpy as np, scipy.sparse as sp, weightpress as wp
+from weightpress import _core
+assert _core.isa_level() <= LEVEL, _core.isa_level()
+rng = np.random.default_rng(13)
+for dt in (np.float32, np.float64):
+    for ix in (np.int32, np.int64):
+        A = sp.random_array((300, 500), density=0.3, format="csr", dtype=dt, rng=rng)
+        A.data -= dt(0.5)
+        A.indptr, A.indices = A.indptr.astype(ix), A.indices.astype(ix)
+        for k in (1, 3, 32, 100):
+            X = rng.standard_normal((500, k) if k > 1 else 500).astype(dt)
+            y = wp.csr_matmul(A, X, n_threads=1)
+            assert np.array_equal(y, wp.csr_matmul(A, X, n_threads=2))
+            ref = A.astype(np.float64) @ X.astype(np.float64)
+            bound = abs(A).astype(np.float64) @ np.abs(X.astype(np.float64))
+            assert np.all(np.abs(y - ref) <= (1e-4 if dt == np.float32 else 1e-10) * (bound + 1))
+        x = X[:, 0].copy()
+        for where, val in ((40, 500), (41, -1), (-1, 500)):  # vector body, negative, row tail
+            bad = A.copy()
+            row = 150
+            bad.indices[(bad.indptr[row] if where >= 0 else bad.indptr[row + 1]) + where] = val
+            try:
+                wp.csr_matmul(bad, x)
+            except ValueError as e:
+                assert "out of range" in str(e), e
+            else:
+                raise AssertionError(("no error", dt, ix, where))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_products_on_capped_isa(level):
+    # WP_MAX_ISA caps the run-time dispatch: the AVX2 and baseline row loops (SpMV gathers
+    # with the range check in the loop, SpMM blocks) checked on any x86-64 CPU
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, WP_MAX_ISA=str(level))
+    r = subprocess.run([sys.executable, "-c", _ISA_CHECK.replace("LEVEL", str(level))], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
 def test_read_probe_is_xor_of_words():
