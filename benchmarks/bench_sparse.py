@@ -153,6 +153,8 @@ def _csr_random_rows(n: int, density: float, dt, rng) -> sp.csr_array:
 def bench_spmv_bandwidth(quick: bool) -> None:
     """SpMV (batch 1) on matrices at and above the last-level cache: fraction of the measured
     read bandwidth, side by side with SciPy, sparse_dot_mkl and dense GEMV."""
+    from weightpress import _core
+
     mkl = _mkl_dot()
     llc = last_level_cache()
     bw1, bw2 = read_bandwidth(1), read_bandwidth(2)
@@ -161,9 +163,11 @@ def bench_spmv_bandwidth(quick: bool) -> None:
         sizes.append(32768)  # 90 %: 107M entries, ~0.86 GB of CSR (> any LLC here)
     t = Table(f"SpMV A @ x float32 (median ms; bytes = CSR (values + int32 indices + indptr) + x + y; "
               f"'rd bw' = bytes / time / read bandwidth with as many threads ({bw1 / 1e9:.1f} GB/s 1t, "
-              f"{bw2 / 1e9:.1f} GB/s 2t); LLC {llc >> 20} MiB; dense = NumPy W @ x, its own threads)",
+              f"{bw2 / 1e9:.1f} GB/s 2t); LLC {llc >> 20} MiB; dense = NumPy W @ x, its own threads; "
+              f"'vs read' = least time reading the CSR's arrays / least time of wp, called in turn)",
               ["n", "sparsity", "CSR MB", "> LLC", "scipy", "mkl", "dense", "wp 1t", "wp 2t", "x scipy",
-               "x mkl", "x dense", "rd bw 1t", "rd bw 2t", "dense rd bw"])
+               "x mkl", "x dense", "rd bw 1t", "rd bw 2t", "dense rd bw", "vs read 1t", "vs read 2t",
+               "load"])
     rng = np.random.default_rng(0)
     for n in sizes:
         for s in ((0.5, 0.9) if n <= 8192 else (0.9,)):
@@ -178,10 +182,19 @@ def bench_spmv_bandwidth(quick: bool) -> None:
             t1, _ = timeit(lambda: wp.csr_matmul(A, x, n_threads=1))
             t2, y2 = timeit(lambda: wp.csr_matmul(A, x, n_threads=2))
             _close(y2, ref, np.float32)
+            # robust under load: reading the CSR's own arrays (read_probe) and the SpMV called
+            # in turn, least times: the fraction of the attainable read rate, same moment
+            words = [a[: a.nbytes // 8 * 8 // a.itemsize].view(np.uint64) for a in (A.data, A.indices, A.indptr)]
+            vs_read = []
+            for nt in (1, 2):
+                tr, tw = interleaved_best([lambda: [_core.read_probe(w, nt) for w in words],
+                                           lambda: wp.csr_matmul(A, x, n_threads=nt)], budget=3.0, max_rounds=12)
+                vs_read.append(tr / tw)
             t.add(n, s, by / 1e6, by > llc, ms(t_ref), "-" if t_mkl is None else ms(t_mkl),
                   "-" if t_dense is None else ms(t_dense), ms(t1), ms(t2), t_ref / t2,
                   "-" if t_mkl is None else t_mkl / t2, "-" if t_dense is None else t_dense / t2,
-                  by / t1 / bw1, by / t2 / bw2, "-" if t_dense is None else n * n * 4 / t_dense / bw2)
+                  by / t1 / bw1, by / t2 / bw2, "-" if t_dense is None else n * n * 4 / t_dense / bw2,
+                  vs_read[0], vs_read[1], f"{os.getloadavg()[0]:.1f}")
     t.print()
 
 
