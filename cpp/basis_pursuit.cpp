@@ -762,10 +762,11 @@ L1Info Homotopy<T>::run(const T* y, L1Mode mode, double target, std::int64_t max
 // BPDN's support, guessed by solving the problem in float32 first: for a dense, row-major,
 // well-scaled double A the homotopy on a float copy costs about two thirds of the double one
 // (its Gram columns and the streams over them are half as wide) and ends on the same support
-// and signs (12 of 12 Gaussian problems 512×2048 and 1024×4096, 1% noise). The double solve
-// then starts from that support as its working set: exact on the block, checked on all of A,
-// repaired (violators join) or, past the working-set limits, redone by the double homotopy.
-// Returns the support (ascending), or nothing when the guess does not apply.
+// and signs (12 of 12 Gaussian problems 512×2048 and 1024×4096, 1% noise; a near miss, an
+// atom at the edge of entering, in others). The double solve takes it from there
+// (bpdn_on_support): exact on the support, checked on all of A, revised, or redone by the
+// double homotopy. Returns the support (ascending) and its signs, or nothing when the guess
+// does not apply.
 template <class T>
 std::vector<std::int64_t> float_support_guess(const LinOp<T>& A, const T* y, double target,
                                               std::int64_t max_iter, int n_threads,
@@ -823,21 +824,25 @@ std::vector<std::int64_t> float_support_guess(const LinOp<T>& A, const T* y, dou
 // with ‖r‖ = sigma is explicit. One Cholesky factorisation of G_SS (LAPACK), the fit refined
 // twice on the true residual, then the optimality conditions of the whole problem from one
 // product c = Aᵀr: signs of x_S as s, |c_j| <= λ off S. True (x_out, info filled, with the
-// certificate of Homotopy::certificate) when they hold; false sends the caller to the working
-// sets. About 10 ms at 1024×4096 with |S| = 408, against ~40 for the block homotopy on S.
+// certificate of Homotopy::certificate) when they hold (kOptimal); otherwise S and sg are
+// revised as an active-set step (kRevised: atoms whose coefficient crossed zero leave,
+// violators join with their correlation's sign) or the fit is off (kFailed). About 10 ms at
+// 1024×4096 with |S| = 408, against ~40 for the block homotopy on S.
+enum class OnSupport { kOptimal, kRevised, kFailed };
+
 template <class T>
-bool bpdn_on_support(const LinOp<T>& A, const T* y, double sigma,
-                     const std::vector<std::int64_t>& S, const std::vector<double>& sg,
-                     const std::vector<double>& cn, T* x_out, L1Info& info) {
+OnSupport bpdn_on_support(const LinOp<T>& A, const T* y, double sigma,
+                          std::vector<std::int64_t>& S, std::vector<double>& sg,
+                          const std::vector<double>& cn, T* x_out, L1Info& info) {
   const std::int64_t m = A.m, n = A.n, k = static_cast<std::int64_t>(S.size());
-  if (k == 0 || k > m || !(sigma > 0)) return false;
+  if (k == 0 || k > m || !(sigma > 0)) return OnSupport::kFailed;
   const auto K = static_cast<std::size_t>(k), M = static_cast<std::size_t>(m);
   std::vector<T> as(M * K);  // A[:, S] row-major m×k = column-major k×m (Asᵀ)
   A.columns(S.data(), k, as.data());
   const auto bk = blas::to_int(k, "k"), bm = blas::to_int(m, "m");
   std::vector<T> G(K * K);
   blas::syrk<T>('U', 'N', bk, bm, T(1), as.data(), bk, T(0), G.data(), bk);
-  if (blas::potrf<T>('U', bk, G.data(), bk) != 0) return false;
+  if (blas::potrf<T>('U', bk, G.data(), bk) != 0) return OnSupport::kFailed;
   std::vector<T> rhs(2 * K), ax(M), r(M), d(K);
   blas::gemv<T>('N', bk, bm, T(1), as.data(), bk, y, 1, T(0), rhs.data(), 1);  // A_Sᵀy
   for (std::size_t p = 0; p < K; ++p) rhs[K + p] = static_cast<T>(sg[p]);
@@ -863,13 +868,15 @@ bool bpdn_on_support(const LinOp<T>& A, const T* y, double sigma,
   double q = 0;
   for (std::size_t p = 0; p < K; ++p) q += sg[p] * static_cast<double>(w[p]);
   const double t2 = sigma * sigma;
-  if (!(q > 0) || !(t2 > rl2)) return false;
+  if (!(q > 0) || !(t2 > rl2)) return OnSupport::kFailed;
   const double lam = std::sqrt((t2 - rl2) / q);
   std::vector<T> xs(K);
+  std::vector<char> drop(K, 0);
   double l1 = 0;
+  bool flips = false;
   for (std::size_t p = 0; p < K; ++p) {
     xs[p] = static_cast<T>(static_cast<double>(xl[p]) - lam * static_cast<double>(w[p]));
-    if (!(static_cast<double>(xs[p]) * sg[p] > 0)) return false;
+    if (!(static_cast<double>(xs[p]) * sg[p] > 0)) drop[p] = flips = true;
     l1 += std::fabs(static_cast<double>(xs[p]));
   }
   const double rn2 = resid(xs.data());
@@ -887,12 +894,30 @@ bool bpdn_on_support(const LinOp<T>& A, const T* y, double sigma,
     const auto J = static_cast<std::size_t>(S[p]);
     inS[J] = 1;
     if (std::fabs(static_cast<double>(c[J]) - lam * sg[p]) > 1e-9 * lam + rnd * std::sqrt(cn[J]))
-      return false;
+      return OnSupport::kFailed;  // the fit itself is off: not this method's problem
   }
+  std::vector<std::int64_t> join;
   for (std::size_t j = 0; j < static_cast<std::size_t>(n); ++j) {
     const double cj = std::fabs(static_cast<double>(c[j]));
     cmax = std::max(cmax, cj);
-    if (!inS[j] && cj > lam * (1 + 1e-9) + rnd * std::sqrt(cn[j])) return false;
+    if (!inS[j] && cj > lam * (1 + 1e-9) + rnd * std::sqrt(cn[j]))
+      join.push_back(static_cast<std::int64_t>(j));
+  }
+  if (flips || !join.empty()) {
+    // Revise the support as an active-set step would: coefficients that crossed zero leave,
+    // violators join with the sign of their correlation.
+    std::vector<std::pair<std::int64_t, double>> ns;
+    for (std::size_t p = 0; p < K; ++p)
+      if (!drop[p]) ns.emplace_back(S[p], sg[p]);
+    for (std::int64_t j : join) ns.emplace_back(j, c[static_cast<std::size_t>(j)] > 0 ? 1.0 : -1.0);
+    std::sort(ns.begin(), ns.end());
+    S.clear();
+    sg.clear();
+    for (const auto& e : ns) {
+      S.push_back(e.first);
+      sg.push_back(e.second);
+    }
+    return OnSupport::kRevised;
   }
   std::fill(x_out, x_out + n, T(0));
   for (std::size_t p = 0; p < K; ++p) x_out[S[p]] = xs[p];
@@ -906,7 +931,7 @@ bool bpdn_on_support(const LinOp<T>& A, const T* y, double sigma,
   const double sc = cmax > 0 ? 1.0 / cmax : 0.0;
   info.dual = std::max(0.0, sc * yr - sigma * sc * std::sqrt(rn2));
   info.gap = info.primal - info.dual;
-  return true;
+  return OnSupport::kOptimal;
 }
 
 // Working sets (LASSO and BPDN). The homotopy pays for Gram columns over all n atoms (m·n
@@ -928,19 +953,32 @@ L1Info l1_solve(const LinOp<T>& A, const T* y, L1Mode mode, double target,
   // float_support_guess); otherwise it stays on the homotopy: at sigma = noise level its λ lies
   // deep in the path, the support nears m, and working sets grown from the correlations with y
   // took thousands of events (measured: 3-30× slower at 512×2048 and 1024×4096).
-  std::int64_t guess_events = 0;
-  std::vector<std::int64_t> guess;
   if (mode == L1Mode::kBPDN && m > 0 && n > 0) {
+    std::int64_t guess_events = 0;
+    std::vector<std::int64_t> guess;
     std::vector<double> cn2(static_cast<std::size_t>(n)), sg;
     A.col_sumsq(cn2.data());
     guess = float_support_guess<T>(A, y, target, max_iter, n_threads, cn2, &sg, &guess_events);
-    L1Info gi;
-    if (!guess.empty() && bpdn_on_support<T>(A, y, target, guess, sg, cn2, x_out, gi)) {
-      gi.iterations = guess_events;
-      return gi;
+    // A near miss (an atom at the edge of entering or leaving) is revised a few times; past
+    // that, or when the fit fails, the double homotopy decides (working sets grown from a
+    // wrong guess measured slower than the path itself).
+    const bool guessed = !guess.empty();
+    for (int round = 0; round < 4 && !guess.empty(); ++round) {
+      L1Info gi;
+      const OnSupport st = bpdn_on_support<T>(A, y, target, guess, sg, cn2, x_out, gi);
+      if (st == OnSupport::kOptimal) {
+        gi.iterations = guess_events;
+        return gi;
+      }
+      if (st == OnSupport::kFailed) break;
+    }
+    if (guessed) {
+      L1Info info = Homotopy<T>(A, n_threads).run(y, mode, target, max_iter, x_out);
+      info.iterations += guess_events;
+      return info;
     }
   }
-  if (guess.empty() && (mode != L1Mode::kLasso || n < 4 * w0 || m == 0))
+  if (mode != L1Mode::kLasso || n < 4 * w0 || m == 0)
     return Homotopy<T>(A, n_threads).run(y, mode, target, max_iter, x_out);
   const auto N = static_cast<std::size_t>(n), M = static_cast<std::size_t>(m);
   std::vector<T> tn(N), tm(M);
@@ -962,17 +1000,12 @@ L1Info l1_solve(const LinOp<T>& A, const T* y, L1Mode mode, double target,
     const double sp = score[static_cast<std::size_t>(p)], sq = score[static_cast<std::size_t>(q)];
     return sp > sq || (sp == sq && p < q);
   };
-  std::vector<std::int64_t> W;
-  if (guess.empty()) {
-    std::partial_sort(order.begin(), order.begin() + w0, order.end(), by_score);
-    W.assign(order.begin(), order.begin() + w0);
-  } else {
-    W = guess;
-  }
+  std::partial_sort(order.begin(), order.begin() + w0, order.end(), by_score);
+  std::vector<std::int64_t> W(order.begin(), order.begin() + w0);
   std::vector<char> inW(N, 0);
   for (std::int64_t j : W) inW[static_cast<std::size_t>(j)] = 1;
   const double eps = static_cast<double>(std::numeric_limits<T>::epsilon());
-  std::int64_t events = guess_events, gram_cols = 0;
+  std::int64_t events = 0, gram_cols = 0;
   std::vector<T> xw;
   std::vector<double> r(M);
   for (;;) {
