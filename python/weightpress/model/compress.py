@@ -26,7 +26,7 @@ from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
 from .allocate import Candidate, allocate, size_aware_budgets
-from ..compression.aware import known_error, layer_error
+from ..compression.aware import known_error, layer_error, remember_error, warm_quant
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
@@ -690,8 +690,13 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
                       view=view if view is not None and view.is_reshape else None, dtype=W.dtype)
     if stats is not None:
         Wo = Wa if layout == "out_in" else Wa.T
-        e = known_error(m, stats) if target.value_dtype is None and not target.bf16 else None
-        st.entry["output_error"] = e if e is not None else layer_error(Wo, m, stats)
+        exact = target.value_dtype is None and not target.bf16
+        e = known_error(m, stats) if exact else None
+        if e is None:
+            e = layer_error(Wo, m, stats)
+            if exact:
+                remember_error(m, e)  # a ratio search's next try may build the same form
+        st.entry["output_error"] = e
     return st
 
 
@@ -843,16 +848,36 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
             cands += [Candidate(nb, e, f"{form}@{b:.0f}") for nb, e, b in pts if nb < orig_bytes]
             continue
         levels = MEASURED_LEVELS if form == "prune" else CURVE_LEVELS  # OBS sweeps are dear
+        if form == "quant" and stats is not None:
+            # every level's candidate precisions with one factorisation of H (then cached)
+            warm_quant(Wv, stats, [orig_bytes * lv for lv in levels], layout=layout,
+                       storage=storage, options={k: v for k, v in opts.items()
+                                                 if k in ("damp", "coding")})
         for nb in [orig_bytes * lv for lv in levels]:
             m = _build(Wv, stats, form, nb, layout, storage, opts)
             if m.form == "dense" or m.nbytes >= orig_bytes:
                 continue
             # quantized candidates name their precision after '#' (plots draw one curve each)
             prec = f"#{m.name}" if form == "quant" and isinstance(getattr(m, "name", None), str) else ""
-            cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}{prec}"))
+            cands.append(Candidate(m.nbytes, _curve_error(Wo, m, stats, form, vdt is None and not want_bf16),
+                                   f"{form}@{nb:.0f}{prec}"))
             if form == "nm":
                 break
     return cands
+
+
+def _curve_error(Wo: np.ndarray, m: CompressedMatrix, stats: Any, form: str, own: bool) -> float:
+    """A built curve point's error: calibrated quantization's is the one its GPTQ sweep
+    measured (or a report's exact one; :mod:`~weightpress.compression.aware`), the same
+    precision at several levels measured once, no ``out·in²`` pass per level; others (and
+    values narrowed to another dtype, ``own`` False) are measured here."""
+    if stats is not None and own and form == "quant":
+        e = known_error(m, stats)
+        if e is None:
+            e = getattr(m, "_wp_predicted", None)
+        if e is not None:
+            return float(e)
+    return layer_error(Wo, m, stats)
 
 
 def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget: float,
