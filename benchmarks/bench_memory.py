@@ -126,7 +126,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--cols", type=int, default=2048)
     ap.add_argument("--check", action="store_true",
-                    help=f"exit 1 if a checked row (auto, calibrated prune/lowrank/auto) is over {BUDGET:g}x")
+                    help=f"exit 1 if a checked row (auto, calibrated prune/lowrank/auto) is over "
+                         f"{BUDGET:g}x in either column, traced or rss")
     ap.add_argument("--only", default="", help="run only the configurations containing this text")
     a = ap.parse_args()
     rows = measure(a.rows, a.cols, [c for c in CONFIGS if a.only in c[0]])
