@@ -65,6 +65,28 @@ def timeit(fn: Callable[[], Any], *, repeat: int = 7, min_time: float = 0.2,
     return statistics.median(samples), result
 
 
+def peak_rss() -> int:
+    """This process's own peak resident set in bytes: ``VmHWM`` from /proc/self/status, or
+    ``ru_maxrss`` where there is no /proc (that one is inherited across fork/exec, so a child
+    started by a big parent reports the parent's peak). Child scripts import it with the
+    benchmarks folder on PYTHONPATH (:func:`child_env`)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmark's child process: this one's, with the benchmarks folder
+    on PYTHONPATH (so the child, and Dask workers it starts, can import this module)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
 def interleaved_best(fns: list[Callable[[], Any]], *, budget: float = 2.0, max_rounds: int = 25,
                      pause: float = 0.0) -> list[float]:
     """Least seconds per call of each fn, called in turn round after round (so that a busy

@@ -23,6 +23,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import child_env  # noqa: E402
+
 BUDGET = 3.0
 # --check expectations: --method auto and the calibrated methods within BUDGET (issue 15); the
 # weight-space forms are reported against the same line but not held to it
@@ -41,20 +44,15 @@ CONFIGS = [  # (label, compress keyword arguments, calibrated?)
 ]
 
 _CHILD = r"""
-import json, os, resource, sys, tracemalloc
+import json, os, sys, tracemalloc
 import numpy as np
+from _harness import peak_rss as hwm
 from weightpress.model.compress import compress_model, open_source
 cfg = json.loads(sys.argv[1])
 cal = None
 if cfg["calibrated"]:
     z = np.load(cfg["cal"])
     cal = {k: z[k] for k in z.files}
-def hwm():  # this process's own high-water mark (ru_maxrss is inherited across fork/exec)
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 src = open_source(cfg["model"])
 np.asarray(src["big.weight"]).sum()  # the input's pages are in before the baseline
 base = hwm()
@@ -68,6 +66,7 @@ print(json.dumps({"traced": traced, "rss": peak - base}))
 
 
 def measure(rows: int, cols: int, configs=CONFIGS) -> list[dict]:
+    """One row per configuration: traced and rss peaks in multiples of the largest tensor."""
     with tempfile.TemporaryDirectory(prefix="wp-bench-mem-") as tmp:
         return _measure(tmp, rows, cols, configs)
 
@@ -96,7 +95,7 @@ def _measure(tmp: str, rows: int, cols: int, configs) -> list[dict]:
         cfg = {"model": model, "out": os.path.join(tmp, "o.wpz"), "kw": kw,
                "calibrated": calibrated, "cal": cal}
         r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg)], capture_output=True,
-                           text=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+                           text=True, env=child_env(OMP_NUM_THREADS="2"))
         if r.returncode != 0:
             raise RuntimeError(f"{label}: {r.stderr[-2000:]}")
         m = json.loads(r.stdout.strip().splitlines()[-1])
@@ -127,7 +126,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=2048)
     ap.add_argument("--cols", type=int, default=2048)
     ap.add_argument("--check", action="store_true",
-                    help=f"exit 1 if a checked row (auto, calibrated prune/lowrank/auto) is over {BUDGET:g}x")
+                    help=f"exit 1 if a checked row (auto, calibrated prune/lowrank/auto) is over "
+                         f"{BUDGET:g}x in either column, traced or rss")
     ap.add_argument("--only", default="", help="run only the configurations containing this text")
     a = ap.parse_args()
     rows = measure(a.rows, a.cols, [c for c in CONFIGS if a.only in c[0]])

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from _harness import Table
+from _harness import Table, child_env
 from weightpress.io._base import TensorInfo, TensorSource
 from weightpress.io.shards import write_sharded
 
@@ -63,17 +63,14 @@ class Synthetic(TensorSource):
 
 
 RUN = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
+from _harness import peak_rss
 from weightpress.model.compress import compress_model, open_source
 from weightpress.model.distributed import close, local_client
 if __name__ == "__main__":
     index, out, workers, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    def peak():  # this process's own high-water mark (ru_maxrss is inherited across fork/exec)
-        try:
-            with open("/proc/self/status") as f:
-                return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
-        except (OSError, StopIteration):
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    def peak():  # this process's own high-water mark (workers import _harness too)
+        return peak_rss()
     client = local_client(workers) if workers > 1 else None
     import weightpress.model.compress  # noqa: F401  (imports paid before the baselines)
     if client is not None:
@@ -128,7 +125,7 @@ def run(quick: bool) -> None:
         for workers in (1, 2):
             out = os.path.join(tmp, f"out{workers}.wpz")
             r = subprocess.run([sys.executable, "-c", RUN, index, out, str(workers), method],
-                               capture_output=True, text=True, check=False)
+                               capture_output=True, text=True, check=False, env=child_env())
             if r.returncode != 0:
                 raise RuntimeError(f"compress with {workers} worker(s) failed:\n{r.stderr[-2000:]}")
             res = json.loads(r.stdout.strip().splitlines()[-1])

@@ -12,6 +12,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "rsvd_detail.hpp"
 #include "weightpress/blas.hpp"
 #include "weightpress/csr.hpp"
@@ -150,6 +154,16 @@ void emit(OpFactors<T>&& f, bool transposed, std::int64_t m, std::int64_t n, int
   }
 }
 
+// The scratch of one SVD (basis blocks, Gram matrix, eigenvectors: up to about 2x the input)
+// goes back to the system. glibc keeps freed heap chunks mapped when a live one (here the
+// factors just returned) sits above them, which left about 1x the input resident after the
+// call (issue 15, bench_memory.py's auto --error row); malloc_trim releases those pages.
+void release_scratch() {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}
+
 }  // namespace
 }  // namespace rsvd_detail
 
@@ -186,6 +200,7 @@ void randomized_svd_dense(std::int64_t m, std::int64_t n, const T* a, std::int64
   rsvd_core<T>(op, p, f, info);
   info.scale = std::ldexp(1.0, -e);
   emit<T>(std::move(f), transposed, m, n, e, out);
+  release_scratch();
 }
 
 template <class T, class I>
@@ -230,6 +245,7 @@ void randomized_svd_csr(std::int64_t m, std::int64_t n, const I* indptr, const I
   rsvd_core<T>(op, p, f, info);
   info.scale = std::ldexp(1.0, -e);
   emit<T>(std::move(f), transposed, m, n, e, out);
+  release_scratch();
 }
 
 #define WP_RSVD_INST(T)                                                                      \

@@ -53,7 +53,7 @@ _RECURRENT = re.compile(r"weight_(ih|hh)_l\d+(_reverse)?$|(lstm|gru|rnn).*(kerne
 _KERAS = ("keras", "h5")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per tensor (40k-tensor models, issue 15)
 class MatrixView:
     """How one tensor is seen as a matrix.
 

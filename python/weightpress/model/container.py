@@ -32,7 +32,7 @@ import contextlib
 import json
 import os
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,13 +144,16 @@ class _Spill(TensorSource):
         self._index: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}
         self._info: dict[str, TensorInfo] = {}
 
-    def append(self, key: str, a: np.ndarray) -> None:
+    def append(self, key: str | None, a: np.ndarray) -> None:
+        """Append `a`'s bytes (little-endian); `key` None: bytes only, not read back by name
+        (the blob of small arrays: 40k empty tensors' index entries were 2x the input)."""
         a = np.asarray(a)
         shape = a.shape  # np.ascontiguousarray would turn a 0-D array into shape (1,)
         native = a.dtype.newbyteorder("=") if not a.dtype.isnative else a.dtype
         le = native.newbyteorder("<") if native.byteorder not in "|<" else native
-        self._index[key] = (shape, native, self._f.tell())
-        self._info[key] = TensorInfo(shape, native)
+        if key is not None:
+            self._index[key] = (shape, native, self._f.tell())
+            self._info[key] = TensorInfo(shape, native)
         flat = a.reshape(-1) if a.flags.c_contiguous else a.flat
         step = max(1, (1 << 24) // max(1, a.itemsize))
         for i in range(0, a.size, step):
@@ -205,11 +208,16 @@ _ZDICT = (
 ).encode("utf-8")
 
 
-def encode_header(text: str) -> np.ndarray:
+def encode_header(text: str | Iterable[str]) -> np.ndarray:
     """The header tensor's bytes: ``text`` UTF-8, zlib level 9 with the format's preset
-    dictionary."""
+    dictionary. ``text`` may come in pieces (the same bytes: deflate does not depend on how
+    its input is split), so a header of many tensors is never held whole."""
     c = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
-    return np.frombuffer(c.compress(text.encode("utf-8")) + c.flush(), np.uint8)
+    out = bytearray()
+    for piece in ((text,) if isinstance(text, str) else text):
+        out += c.compress(piece.encode("utf-8"))
+    out += c.flush()
+    return np.frombuffer(bytes(out), np.uint8)
 
 
 def decode_header(a: np.ndarray, where: str) -> dict[str, Any]:
@@ -344,42 +352,79 @@ def stage_tensor(name: str, obj: CompressedMatrix | np.ndarray, *, original: Any
 
 
 class _Entries(Mapping[str, dict[str, Any]]):
-    """The writer's per-tensor metadata, held as compact JSON text (a dict per tensor cost
-    about 2 KB: 200k tensors took most of a gigabyte). The newest entry stays a live dict
+    """The writer's per-tensor metadata: compact JSON, compressed in batches of
+    :data:`_BATCH` entries (a dict per tensor cost about 2 KB: 200k tensors took most of a
+    gigabyte; the JSON text itself, ~350 bytes for an empty tensor's entry, was still 3x the
+    input file of a model of 40k empty tensors, issue 15). The newest entry stays a live dict
     until the next one is added, so a caller may still annotate it (``output_error``)."""
 
+    _BATCH = 256
+
     def __init__(self) -> None:
-        self._text: dict[str, str] = {}
+        self._index: dict[str, int] = {}  # name -> position
+        self._batches: list[bytes] = []  # zlib of _BATCH entries' JSON, one per line
+        self._open: list[str] = []  # the JSON of the entries of the batch being filled
         self._last: tuple[str, dict[str, Any]] | None = None
 
     def _flush(self) -> None:
         if self._last is not None:
-            name, e = self._last
-            self._text[name] = json.dumps(e, separators=(",", ":"))
+            self._open.append(json.dumps(self._last[1], separators=(",", ":")))
             self._last = None
+            if len(self._open) == self._BATCH:
+                self._batches.append(zlib.compress("\n".join(self._open).encode("utf-8"), 6))
+                self._open = []
 
     def add(self, name: str, entry: dict[str, Any]) -> None:
         self._flush()
-        self._text[name] = ""
+        self._index[name] = len(self._index)
         self._last = (name, entry)
+
+    def _batch(self, b: int) -> list[str]:
+        if b == len(self._batches):
+            return self._open
+        return zlib.decompress(self._batches[b]).decode("utf-8").split("\n")
 
     def __getitem__(self, name: str) -> dict[str, Any]:
         if self._last is not None and self._last[0] == name:
             return self._last[1]
-        return json.loads(self._text[name])
+        i = self._index[name]
+        return json.loads(self._batch(i // self._BATCH)[i % self._BATCH])
 
     def __iter__(self) -> Any:
-        return iter(self._text)
+        return iter(self._index)
 
     def __len__(self) -> int:
-        return len(self._text)
+        return len(self._index)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._text
+        return name in self._index
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:  # type: ignore[override]
+        """Every (name, entry) in order, decompressing each batch once."""
+        self._flush()
+        names = iter(self._index)
+        for b in range(len(self._batches) + 1):
+            for t in self._batch(b):
+                yield next(names), json.loads(t)
+
+    def values(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        return (e for _, e in self.items())
+
+    def json_pieces(self) -> Iterator[str]:
+        """The JSON object of every entry, in order of addition, a batch at a time."""
+        self._flush()
+        yield "{"
+        names = iter(self._index)
+        sep = ""
+        for b in range(len(self._batches) + 1):
+            texts = self._batch(b)
+            if texts:
+                yield sep + ",".join(f"{json.dumps(next(names))}:{t}" for t in texts)
+                sep = ","
+        yield "}"
 
     def json(self) -> str:
-        self._flush()
-        return "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in self._text.items()) + "}"
+        return "".join(self.json_pieces())
 
 
 class ContainerWriter:
@@ -489,7 +534,7 @@ class ContainerWriter:
             if name is not None and a.size * DTYPES[name].itemsize <= BLOB_MAX:
                 if stored == "BF16":
                     a = f32_to_bf16(np.ascontiguousarray(a, dtype=np.float32))
-                self._blob.append(f"{st.name}{SEP}{role}", a)
+                self._blob.append(None, a)
                 parts[role] = [name, [int(d) for d in a.shape]]
                 continue
             self._spill.append(keys[role], a)
@@ -527,22 +572,29 @@ class ContainerWriter:
         self._keys.add(STRUCTURE_KEY)
         self.structure = {"kind": kind, "key": STRUCTURE_KEY, "crc32": _crc(a), "bytes": int(a.size)}
 
-    def header_json(self) -> str:
-        """The container's metadata (format version 2: stored compressed in the header tensor)."""
+    def header_pieces(self) -> Iterator[str]:
+        """The container's metadata (format version 2: stored compressed in the header tensor),
+        as consecutive pieces of its JSON text."""
         def dump(v: Any) -> str:
             return json.dumps(v, sort_keys=True, separators=(",", ":"))
-        return ('{"weightpress_version":' + json.dumps(__version__) + ',"source":' + dump(self.source)
-                + ',"source_metadata":' + dump(self.source_metadata)
-                + (',"not_stored":' + dump(self.not_stored) if self.not_stored else "")
-                + (',"structure":' + dump(self.structure) if self.structure else "")
-                + ',"tensors":' + self.entries.json() + "}")
+        yield ('{"weightpress_version":' + json.dumps(__version__) + ',"source":' + dump(self.source)
+               + ',"source_metadata":' + dump(self.source_metadata)
+               + (',"not_stored":' + dump(self.not_stored) if self.not_stored else "")
+               + (',"structure":' + dump(self.structure) if self.structure else "")
+               + ',"tensors":')
+        yield from self.entries.json_pieces()
+        yield "}"
+
+    def header_json(self) -> str:
+        """The container's metadata as one JSON text."""
+        return "".join(self.header_pieces())
 
     def close(self) -> int:
         """Write the container (atomically) and remove the scratch files; returns its size."""
         try:
             self._spill.finish()
             self._blob.finish()
-            head = encode_header(self.header_json())
+            head = encode_header(self.header_pieces())
             meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                     "header_crc32": str(_crc(head))}
             self.file_bytes = write_safetensors(

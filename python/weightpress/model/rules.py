@@ -91,7 +91,7 @@ DEFAULT_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
-@dataclass
+@dataclass(slots=True)  # one per tensor (40k-tensor models, issue 15)
 class Decision:
     """What happens to one tensor."""
 
