@@ -51,28 +51,122 @@ def write_model(dirname: str, *, blocks: int = 6, d: int = 384, ff: int = 1536,
     return mp, cp
 
 
-def _time(model: str, out: str, **kw: object) -> float:
+CONFIGS = [("--ratio 4", {"ratio": 4}),
+           ("--ratio 4 --calibration", {"ratio": 4, "calibration": True}),
+           ("--ratio 4 --allocate", {"ratio": 4, "scope": "allocate"}),
+           ("--ratio 4 --allocate --calibration", {"ratio": 4, "scope": "allocate", "calibration": True}),
+           ("--ratio 1.3 --allocate --calibration",
+            {"ratio": 1.3, "scope": "allocate", "calibration": True})]
+
+
+class Work:
+    """Counts of the expensive steps of a calibrated run (for the quick-mode check): GPTQ
+    runs, exact output-error passes (``out·in²`` products with ``H``), tries of the ratio
+    search."""
+
+    def __init__(self) -> None:
+        self.gptq = self.output_error = self.tries = 0
+        self._undo: list[tuple[object, str, object]] = []
+
+    def __enter__(self) -> "Work":
+        from weightpress.compression import aware
+        from weightpress.model import compress as mc
+
+        def wrap(mod: object, name: str, field: str, count: object = lambda *a: 1) -> None:
+            real = getattr(mod, name)
+
+            def counted(*a: object, **k: object) -> object:
+                setattr(self, field, getattr(self, field) + count(*a))  # type: ignore[operator]
+                return real(*a, **k)
+            self._undo.append((mod, name, real))
+            setattr(mod, name, counted)
+        if hasattr(aware, "gptq_many"):  # one factorisation, several precisions: count those
+            wrap(aware, "gptq_many", "gptq", lambda W, stats, settings: len(settings))
+        else:
+            wrap(aware, "gptq", "gptq")
+        # an exact output-error pass: aware's own (denominator once per layer) or calibration's
+        wrap(aware, "_output_error" if hasattr(aware, "_output_error") else "output_error",
+             "output_error")
+        wrap(mc, "execute", "tries")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for mod, name, real in reversed(self._undo):
+            setattr(mod, name, real)
+        self._undo.clear()
+
+
+def _run(model: str, out: str, **kw: object) -> tuple[float, object]:
+    from weightpress.compression import aware
+    if hasattr(aware, "_MEMO"):
+        aware._MEMO.clear()  # every configuration starts cold (the memo outlives one call)
     t0 = time.perf_counter()
     with open_source(model) as src:
-        compress_model(src, out, **kw)  # type: ignore[arg-type]
-    return time.perf_counter() - t0
+        rep = compress_model(src, out, **kw)  # type: ignore[arg-type]
+    return time.perf_counter() - t0, rep
+
+
+def quality(model: str, calib: str, out: str) -> tuple[float, float, float]:
+    """Of the container ``out`` against the model: the relative output error on the
+    calibration inputs, as the parameter-weighted RMS over the compressed layers (the
+    allocation's objective) and the largest one, and the weight error's weighted RMS: the
+    same yardstick for every configuration, calibrated or not."""
+    from weightpress.compression.calibration import CalibrationSet, output_error
+    from weightpress.model.container import Container
+
+    cal = CalibrationSet(calib)
+    num_o = num_w = tot = 0.0
+    worst = 0.0
+    with open_source(model) as src, Container(out) as c:
+        for name in cal:
+            W = np.asarray(src[name], dtype=np.float64)
+            Wh = np.asarray(c[name], dtype=np.float64)
+            eo = output_error(W, Wh, cal[name])
+            ew = float(np.linalg.norm(W - Wh) / np.linalg.norm(W))
+            num_o += W.size * eo ** 2
+            num_w += W.size * ew ** 2
+            tot += W.size
+            worst = max(worst, eo)
+    cal.close()
+    return float(np.sqrt(num_o / tot)), worst, float(np.sqrt(num_w / tot))
+
+
+# quick-mode check (CI): the calibrated runs must not fall back to paying per budget. Bounds
+# per compressed layer and try of the ratio search, about twice what they take now, so a
+# regression to an exact output-error pass per curve point or per quantization precision
+# (what made --allocate --calibration 330-870 s, issue 13) fails loudly
+MAX_OUTPUT_ERRORS_PER_LAYER_TRY = 2
+MAX_GPTQ_PER_LAYER_TRY = 4   # and the curves' (allocate) once per layer:
+MAX_GPTQ_PER_CURVE = 40
 
 
 def run(quick: bool) -> None:
-    t = Table("compress a MiniLM-sized model (6 x [4 x 384x384, 1536x384, 384x1536]), wall s",
-              ["run", "seconds"])
+    t = Table("compress a MiniLM-sized model (6 x [4 x 384x384, 1536x384, 384x1536]), wall s; "
+              "quality of every result on the calibration inputs (output error: "
+              "parameter-weighted RMS and max over the 36 layers)",
+              ["run", "seconds", "ratio", "output err RMS", "output err max", "weight err RMS",
+               "tries", "GPTQ runs", "exact output-error passes"])
+    failures = []
     with tempfile.TemporaryDirectory() as tmp:
         if quick:
             mp, cp = write_model(tmp, blocks=1, d=64, ff=128, samples=64)
         else:
             mp, cp = write_model(tmp)
         out = os.path.join(tmp, "out.wpz")
-        for label, kw in [("--ratio 4", {"ratio": 4}),
-                          ("--ratio 4 --calibration", {"ratio": 4, "calibration": cp}),
-                          ("--ratio 4 --allocate", {"ratio": 4, "scope": "allocate"}),
-                          ("--ratio 4 --allocate --calibration",
-                           {"ratio": 4, "scope": "allocate", "calibration": cp}),
-                          ("--ratio 1.3 --allocate --calibration",
-                           {"ratio": 1.3, "scope": "allocate", "calibration": cp})]:
-            t.add(label, _time(mp, out, **kw))
+        n_layers = len(NAMES) * (1 if quick else 6)
+        for label, kw in CONFIGS:
+            kw = {**kw, "calibration": cp} if kw.get("calibration") else kw
+            with Work() as w:
+                sec, rep = _run(mp, out, **kw)
+            rms, worst, wrms = quality(mp, cp, out)
+            t.add(label, sec, rep.ratio, rms, worst, wrms, w.tries, w.gptq, w.output_error)
+            if "calibration" in kw:
+                if w.output_error > MAX_OUTPUT_ERRORS_PER_LAYER_TRY * n_layers * w.tries:
+                    failures.append(f"{label}: {w.output_error} exact output-error passes for "
+                                    f"{n_layers} layers x {w.tries} tries")
+                curves = MAX_GPTQ_PER_CURVE if kw.get("scope") == "allocate" else 0
+                if w.gptq > (curves + MAX_GPTQ_PER_LAYER_TRY * w.tries) * n_layers:
+                    failures.append(f"{label}: {w.gptq} GPTQ runs for {n_layers} layers")
     t.print()
+    if failures:
+        raise SystemExit("bench_allocate: the calibrated path regressed:\n  " + "\n  ".join(failures))

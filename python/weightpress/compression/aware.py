@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,14 +22,16 @@ import scipy.sparse as sp
 
 from .._validation import as_matrix
 from . import methods as M
-from .calibration import CalibrationStats, output_error
+from .calibration import CalibrationStats, _rows_of, output_error, row_step, small_blas
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
-from .quant import Quantized, gptq
+from .quant import Quantized, gptq_many
 from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
-from .data_aware import _prune_obs, lowrank_whitened, prune_obs, quadratic_total, sparse_plus_lowrank
+from .data_aware import (_prune_obs, lowrank_whitened, prune_obs, quadratic_total, sparse_plus_lowrank,
+                         sweep_output_error)
 
-__all__ = ["compress_aware", "layer_error", "known_error", "time_apply"]
+__all__ = ["compress_aware", "layer_error", "known_error", "time_apply", "warm_quant",
+           "remember_error"]
 
 
 # joint sparsities tried below plain int2 when the codes are entropy-coded
@@ -58,6 +62,54 @@ def _lowrank(A: np.ndarray, B: np.ndarray, layout: str, od: np.dtype, storage: s
     return store_as(m, storage)  # type: ignore[return-value]
 
 
+class _Memo:
+    """A bounded, thread-safe LRU map of small per-layer results (a few floats per key) that
+    outlives one layer's statistics: a ratio search rebuilds every layer at a new budget
+    (with freshly computed statistics), and what a precision's GPTQ costs and how far it
+    errs is the same every time. Keys hash the weights and ``H``, so a hit is the same
+    computation; memory stays a few hundred bytes per entry, never a layer's arrays."""
+
+    def __init__(self, max_entries: int = 4096):
+        self.max_entries = int(max_entries)
+        self._d: OrderedDict[Any, dict[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> dict[str, float] | None:
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: Any, value: dict[str, float]) -> None:
+        with self._lock:
+            self._d[key] = {**self._d.get(key, {}), **value}
+            self._d.move_to_end(key)
+            while len(self._d) > self.max_entries:
+                self._d.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+
+_MEMO = _Memo()
+
+
+def _h_key(stats: CalibrationStats) -> str:
+    H = stats.hessian()
+    return hashlib.blake2b(H.data if H.flags.c_contiguous else np.ascontiguousarray(H).data,
+                           digest_size=16).hexdigest() + f"/{stats.n_samples}"
+
+
+def remember_error(m: CompressedMatrix, error: float) -> None:
+    """Record the exact output error a report measured for ``m`` (a calibrated quantized
+    build): the same build in a later try of a ratio search takes it from :func:`known_error`."""
+    k = getattr(m, "_wp_memo", None)
+    if k is not None:
+        _MEMO.put(k, {"exact": float(error)})
+
+
 def layer_error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats | None) -> float:
     """Relative output error (with stats) or weight error of ``m`` against ``Wo`` ([out, in],
     any float dtype: the errors are accumulated in float64 a block at a time). A matrix
@@ -65,8 +117,47 @@ def layer_error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats | N
     if stats is None:
         return m.relative_error(Wo if m.layout == "out_in" else Wo.T)
     if m.layout == "out_in":
-        return output_error(Wo, m, stats)
-    return output_error(Wo, m.toarray().T, stats)
+        return _output_error(Wo, m, stats)
+    return _output_error(Wo, m.toarray().T, stats)
+
+
+def _output_error(Wo: np.ndarray, W_hat: Any, stats: CalibrationStats) -> float:
+    """:func:`~weightpress.compression.calibration.output_error`, the same float64 blocks and
+    the same number, with its denominator ``tr(W H Wᵀ)`` computed once per layer's weights
+    and statistics (a ratio search's tries and a report measure several forms of one layer:
+    each then pays one ``out·in²`` product, not two)."""
+    Wa = np.asarray(Wo)
+    if Wa.ndim != 2 or tuple(getattr(W_hat, "shape", ())) != Wa.shape:
+        return output_error(Wa, W_hat, stats)  # (its errors for odd shapes)
+    H = stats.hessian()
+    n_in = Wa.shape[1]
+    step = row_step(Wa.shape[0], n_in, 1 << 18)
+    cstep = n_in if H.dtype == np.float64 else row_step(n_in, n_in, 1 << 18)
+    wk = hashlib.blake2b(Wa.data if Wa.flags.c_contiguous else np.ascontiguousarray(Wa).data,
+                         digest_size=16).hexdigest()
+    with small_blas(2.0 * Wa.size * n_in):
+        den = stats.cached(("den64", wk, str(Wa.dtype), Wa.shape),
+                           lambda: _quadratic(Wa, None, H, step, cstep))
+        num = _quadratic(Wa, W_hat, H, step, cstep)
+    if den <= 0:
+        return 0.0 if num <= 0 else float("inf")
+    return float(np.sqrt(max(num, 0.0) / den))
+
+
+def _quadratic(Wa: np.ndarray, W_hat: Any, H: np.ndarray, step: int, cstep: int) -> float:
+    """``tr(D H Dᵀ)`` with ``D = W − Ŵ`` (``W`` itself when ``W_hat`` is None), float64, by
+    blocks of rows and of ``H``'s columns (as ``output_error``)."""
+    tot = 0.0
+    n_in = H.shape[0]
+    for r in range(0, Wa.shape[0], step):
+        r1 = min(r + step, Wa.shape[0])
+        D = np.asarray(Wa[r:r1], dtype=np.float64)
+        if W_hat is not None:
+            D = D - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
+        for c in range(0, n_in, cstep):
+            Hc = np.asarray(H[:, c:c + cstep], dtype=np.float64)
+            tot += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c + cstep]))
+    return tot
 
 
 def known_error(m: CompressedMatrix, stats: CalibrationStats | None) -> float | None:
@@ -136,27 +227,58 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         digest_size=16).hexdigest())
 
     coding = options.get("coding")
+    damp_q = float(options.get("damp", 1e-2))
+
+    def memo_key(p: Precision, sparsity: float) -> tuple[Any, ...]:
+        # the layer's weights, its statistics' H (hashed once per statistics) and the setting:
+        # what GPTQ's result is a function of (it is deterministic for any thread count)
+        return ("gptq", w_key, stats.cached(("h_key",), lambda: _h_key(stats)), p, sparsity,
+                damp_q, str(od))
+
+    def measure(settings: list[tuple[Precision, float]]) -> None:
+        """GPTQ at every setting this layer's statistics have not cached yet, all with one
+        factorisation of ``H`` (:func:`~weightpress.compression.quant.gptq_many`), each with
+        the output error its own sweep measured (Σ e_c² less the dampening's share: no
+        out·in² product with ``H`` per precision; the report measures the chosen form
+        exactly)."""
+        todo = list(dict.fromkeys(ps for ps in settings
+                                  if ("gptq", *ps, damp_q, w_key) not in stats._cache))
+        if not todo:
+            return
+        res = [np.zeros(Wo.shape[0]) for _ in todo]
+        qs = gptq_many(Wo, stats, [(p.bits, p.group, p.symmetric, s or None) for p, s in todo],
+                       damp=damp_q, row_errs=res)
+        if not den:
+            den.append(quadratic_total(Wo, stats))
+        for (p, s), q, re in zip(todo, qs, res):
+            num = sweep_output_error(Wo, q.rows, stats, damp_q, float(re.sum()), Wo.dtype)
+            e = float(np.sqrt(num / den[0])) if den[0] > 0 else 0.0
+            _MEMO.put(memo_key(p, s), {"error": e, "nbytes": q.nbytes})
+            q._wp_predicted = e
+            # every budget of one layer (bisection, allocation curves) shares these results
+            stats.cached(("gptq", p, s, damp_q, w_key), lambda q=q: q)
 
     def gptq_at(p: Precision, sparsity: float) -> Quantized:
-        damp = float(options.get("damp", 1e-2))
-        # every budget of one layer (bisection, allocation curves) shares these results
-        q = copy.copy(stats.cached(("gptq", p, sparsity, damp, w_key),
-                                   lambda: gptq(Wo, stats, p.bits, p.group, symmetric=p.symmetric,
-                                                sparsity=sparsity or None, damp=damp)))
+        measure([(p, sparsity)])
+        q = copy.copy(stats._cache[("gptq", p, sparsity, damp_q, w_key)])
         if layout != "out_in":
             q.shape, q.layout = q.shape[::-1], layout
         q.dtype = od
+        q._wp_memo = memo_key(p, sparsity)
+        exact = (_MEMO.get(q._wp_memo) or {}).get("exact")
+        if exact is not None:  # measured by an earlier report (a ratio search's retry)
+            q._wp_output_error = (stats, exact)
         if coding is not None:
             q.set_coding(coding)  # on the copy: the cached one stays plain
         return q
 
-    def quant_b(nb: float) -> CompressedMatrix:
+    def candidates(nb: float) -> list[tuple[Precision, float]]:
+        """The settings worth measuring for a budget of ``nb`` bytes."""
         if fixed is not None:
-            cands = [(fixed, 0.0)]
-        else:
-            cands = [(p, 0.0) for p in precisions_for_bytes(shape_oi, nb)
-                     or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape_oi))]]
-        if coding is not None and fixed is None:
+            return [(fixed, 0.0)]
+        cands = [(p, 0.0) for p in precisions_for_bytes(shape_oi, nb)
+                 or [min(QUANT_LADDER, key=lambda p: p.nbytes(shape_oi))]]
+        if coding is not None:
             # coded streams are smaller than plain ones: larger precisions may fit, and below
             # plain int2 ternary (int2) or int3 codes with GPTQ-chosen zeros (SparseGPT's
             # joint mode), whose coded size falls with every zero
@@ -165,23 +287,46 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
             if nb < Precision(2).nbytes(shape_oi):
                 cands += [(Precision(b), s) for b, grid in ((2, _LOW_SPARSITY), (3, _LOW_SPARSITY[2:]))
                           for s in grid]
+        return cands
+
+    def unmeasured(cands: list[tuple[Precision, float]], nb: float) -> list[tuple[Precision, float]]:
+        """Of ``cands``, those a build must measure: with plain codes the ones that fit and
+        whose error no earlier try recorded (the bytes are known without a build)."""
+        if coding is not None:
+            return cands
+        return [(p, s) for p, s in cands if p.nbytes(shape_oi) <= nb
+                and (_MEMO.get(memo_key(p, s)) or {}).get("error") is None]
+
+    def quant_b(nb: float) -> CompressedMatrix:
+        cands = candidates(nb)
+        measure(unmeasured(cands, nb))
         best, best_key = None, (2, np.inf)
-        damp = float(options.get("damp", 1e-2))
-        for p, s in cands:  # GPTQ at each candidate; the lowest output error that fits wins
-            q = gptq_at(p, s)
-            if q.nbytes <= nb:  # (measured once per precision: the ratio search's retries and
-                # the allocation's budgets ask again; coding changes bytes, not values)
-                e = stats.cached(("gptq_err", p, s, damp, w_key),
-                                 lambda: layer_error(Wo, q, stats))
-                key = (0, e)
+        for p, s in cands:  # the lowest output error that fits wins
+            if coding is None:
+                # plain codes: the bytes are known without a build, and an error measured by
+                # an earlier try (the ratio search's retries rebuild every layer) is reused,
+                # so only the winner is built again
+                size = p.nbytes(shape_oi)
+                if size > nb:
+                    key: tuple[int, float] = (1, float(size))
+                else:
+                    known = (_MEMO.get(memo_key(p, s)) or {}).get("error")
+                    key = (0, known if known is not None else _error(Wo, gptq_at(p, s), stats))
             else:
-                key = (1, float(q.nbytes))
+                q = gptq_at(p, s)
+                key = (0, _error(Wo, q, stats)) if q.nbytes <= nb else (1, float(q.nbytes))
             if key < best_key:
-                best, best_key = q, key
+                best, best_key = (p, s), key
         assert best is not None
+        q = gptq_at(*best)
         if best_key[0] == 0:
-            best._wp_predicted = best_key[1]  # compress_aware's choice reuses it
-        return best
+            q._wp_predicted = best_key[1]  # compress_aware's choice reuses it
+        return q
+
+    def prefetch(budgets: list[float]) -> None:
+        measure([c for nb in budgets for c in unmeasured(candidates(nb), nb)])
+
+    quant_b.prefetch = prefetch  # type: ignore[attr-defined]
 
     table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
              "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b}, "quant": {"quant": quant_b},
@@ -194,6 +339,17 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     if method not in table:
         raise ValueError(f"method: expected one of {', '.join(table)}, got {method!r}")
     return table[method]
+
+
+def warm_quant(W: Any, stats: CalibrationStats, budgets: list[float], *,
+               options: Mapping[str, Any] | None = None, layout: str = "out_in",
+               storage: str | None = None) -> None:
+    """Measure, with one factorisation of ``H``, every GPTQ precision that
+    :func:`compress_aware` ``"quant"`` asks for at any of ``budgets`` (bytes): an allocation
+    curve's levels then find them cached on ``stats``."""
+    Wa = as_matrix(W, "W")
+    _builders(_oriented(Wa, layout), stats, "quant", dict(options or {}), layout,
+              M.out_dtype(W, Wa), storage)["quant"].prefetch(list(budgets))
 
 
 def time_apply(m: CompressedMatrix, batch: int, repeat: int = 7) -> float:

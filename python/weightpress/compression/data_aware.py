@@ -98,20 +98,30 @@ def _prune_obs(Wa: np.ndarray, stats: CalibrationStats, n_prune: int, nm: tuple[
         re = np.zeros(Wk.shape[0])
         with obs_factor_shared(stats, damp, Wk.dtype) as U:
             obs_sweep(Wk, U, n_prune=n_prune, nm=nm, block=block, n_threads=n_threads, row_err=re)
+    num = sweep_output_error(Wa, lambda r0, r1: Wk[r0:r1], stats, damp, float(re.sum()), Wk.dtype)
+    # zero exactly what was pruned (dead columns included); keep the rest as stored values
+    return prune(Wk.astype(Wa.dtype, copy=False), threshold=0.0), num
+
+
+def sweep_output_error(Wa: np.ndarray, rows_hat: Any, stats: CalibrationStats, damp: float,
+                       swept: float, dtype: Any) -> float:
+    """``‖X(W − Ŵ)ᵀ‖²`` (undamped ``H``) of an OBS/GPTQ sweep from its own ``Σ e_c²``
+    (``swept``: the error against the damped ``H``): less the dampening's ``δ‖W − Ŵ‖²`` over
+    the live inputs (dead ones are zeroed before the sweep and count nothing). ``rows_hat(r0,
+    r1)`` gives rows of ``Ŵ``; one pass over ``W`` in row blocks, no product with ``H``."""
     dg = np.diag(stats.hessian()).astype(np.float64)
     dead = dg == 0
     dg[dead] = 1.0
     delta = float(damp) * float(dg.mean()) if dg.size else 0.0
     d2 = 0.0
-    step = row_step(*Wk.shape)
-    for r in range(0, Wk.shape[0], step):
-        w0 = np.asarray(Wa[r:r + step], dtype=Wk.dtype).astype(np.float64)
+    step = row_step(*Wa.shape)
+    for r in range(0, Wa.shape[0], step):
+        r1 = min(r + step, Wa.shape[0])
+        w0 = np.asarray(Wa[r:r1], dtype=dtype).astype(np.float64)
         w0[:, dead] = 0.0
-        dd = w0 - Wk[r:r + step]
+        dd = w0 - np.asarray(rows_hat(r, r1), dtype=np.float64)
         d2 += float(np.einsum("ij,ij->", dd, dd))
-    num = max(float(re.sum()) - delta * d2, 0.0)
-    # zero exactly what was pruned (dead columns included); keep the rest as stored values
-    return prune(Wk.astype(Wa.dtype, copy=False), threshold=0.0), num
+    return max(swept - delta * d2, 0.0)
 
 
 def quadratic_total(W: Any, stats: CalibrationStats) -> float:
@@ -167,31 +177,30 @@ def obs_factor_shared(stats: CalibrationStats, damp: float, dtype: Any,
             _permute_sym(H, np.argsort(perm, kind="stable"))
 
 
-def _permute_sym(H: np.ndarray, p: np.ndarray) -> None:
-    """``H ← H[p][:, p]`` in place: each cycle of ``p`` moves rows, then columns, one at a
-    time through a one-row buffer (exact: values are only copied)."""
-    for axis in (0, 1):
-        seen = np.zeros(len(p), dtype=bool)
-        for s in range(len(p)):
-            if seen[s] or p[s] == s:
-                seen[s] = True
-                continue
-            tmp = (H[s] if axis == 0 else H[:, s]).copy()
-            i = s
-            while True:
-                seen[i] = True
-                j = int(p[i])
-                if j == s:
-                    if axis == 0:
-                        H[i] = tmp
-                    else:
-                        H[:, i] = tmp
-                    break
-                if axis == 0:
-                    H[i] = H[j]
-                else:
-                    H[:, i] = H[:, j]
-                i = j
+def _permute_sym(H: np.ndarray, p: np.ndarray, rows: int = 64) -> None:
+    """``H ← H[p][:, p]`` in place for a symmetric ``H`` (exact: values are only copied): the
+    columns of each block of rows are gathered (``A = H[:, p]``), ``A`` is transposed in place
+    block by block (``Aᵀ = H[p]``, ``H`` being symmetric), and the columns gathered again.
+    Temporaries of a block of rows, no second ``in × in`` matrix (issue 15)."""
+    n = H.shape[0]
+    for _ in range(2):
+        for r in range(0, n, rows):
+            H[r:r + rows] = H[r:r + rows, p]
+        if _ == 0:
+            _transpose_inplace(H, rows)
+
+
+def _transpose_inplace(A: np.ndarray, b: int) -> None:
+    """``A ← Aᵀ`` for a square ``A``, swapping blocks (``b × b`` temporaries)."""
+    n = A.shape[0]
+    for i0 in range(0, n, b):
+        i1 = min(i0 + b, n)
+        A[i0:i1, i0:i1] = A[i0:i1, i0:i1].T.copy()
+        for j0 in range(i1, n, b):
+            j1 = min(j0 + b, n)
+            t = A[i0:i1, j0:j1].copy()
+            A[i0:i1, j0:j1] = A[j0:j1, i0:i1].T
+            A[j0:j1, i0:i1] = t.T
 
 
 def _mirror(H: np.ndarray, lower: bool, b: int = 64) -> None:

@@ -25,13 +25,13 @@ from .._validation import as_matrix, positive_int, real_scalar
 from ..linalg import quant as lq
 from ..linalg.sparse import _parse_pattern
 from .calibration import CalibrationStats
-from .data_aware import _check, act_order_perm, obs_factor_shared, obs_prepare, small_blas
+from .data_aware import _check, act_order_perm, obs_factor_shared, small_blas
 from ..linalg.sparse import prune
 from .matrices import (CompressedMatrix, Sparse, SumOfForms, _compute_dtype, _setup, _sub, register_form,
                        store_as)
 from .storage import nnz_for_bytes, value_itemsize
 
-__all__ = ["Quantized", "Codebook", "quantize", "gptq", "codebook", "quant_name", "quant_from_parts"]
+__all__ = ["Quantized", "Codebook", "quantize", "gptq", "gptq_many", "codebook", "quant_name", "quant_from_parts"]
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16))
 
@@ -345,7 +345,8 @@ def quantize(W: Any, bits: int = 8, group: int | None = None, *, symmetric: bool
 def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = None, *,
          symmetric: bool = True, sparsity: float | None = None,
          pattern: str | tuple[int, int] | None = None, act_order: bool = True, mse: bool = True,
-         block: int = 128, damp: float = 0.01, n_threads: int | None = None) -> Quantized:
+         block: int = 128, damp: float = 0.01, n_threads: int | None = None,
+         row_err: np.ndarray | None = None) -> Quantized:
     """Data-aware quantization (GPTQ), optionally joint with pruning (SparseGPT).
 
     Columns are quantized left to right; each one's rounding error is spread over the columns
@@ -376,6 +377,9 @@ def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = Non
         Columns per lazy-update block (speed only; rounded to a multiple of ``group``).
     damp : float
         Hessian dampening relative to its mean diagonal.
+    row_err : ndarray, optional
+        float64, one per row of ``W``: each row's squared error against the *damped* ``H``
+        (the sweep's own ``Σ_c e_c²``, no product with ``H``) is added to it.
 
     Returns
     -------
@@ -388,44 +392,72 @@ def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = Non
     all in BLAS (a few GEMMs); the per-column work inside a block runs one row per OpenMP
     thread, so results do not depend on the thread count.
     """
-    Wa = _check(W, stats)
-    b, g, sym = _quant_args(bits, group, symmetric)
     if sparsity is not None and pattern is not None:
         raise ValueError("gptq: give at most one of sparsity and pattern")
+    return gptq_many(W, stats, [(bits, group, symmetric, sparsity)], pattern=pattern,
+                     act_order=act_order, mse=mse, block=block, damp=damp, n_threads=n_threads,
+                     row_errs=[row_err])[0]
+
+
+def gptq_many(W: Any, stats: CalibrationStats, settings: Any, *,
+              pattern: str | tuple[int, int] | None = None, act_order: bool = True,
+              mse: bool = True, block: int = 128, damp: float = 0.01,
+              n_threads: int | None = None, row_errs: Any = None) -> list[Quantized]:
+    """:func:`gptq` at several settings ``(bits, group, symmetric, sparsity)`` of one layer
+    with one factorisation of ``H`` (the ``in³`` step they share): what a budget's candidate
+    precisions and an allocation curve's levels need. The same results as one :func:`gptq`
+    call per setting, bit for bit. ``row_errs``: one :func:`gptq` ``row_err`` (or None) per
+    setting. Memory: the results, one working copy of ``W`` and ``H`` (factored in place)."""
+    Wa = _check(W, stats)
+    specs = []
+    for bits, group, symmetric, sparsity in settings:
+        b, g, sym = _quant_args(bits, group, symmetric)
+        s = real_scalar(sparsity, "sparsity", low=0.0, high=1.0) if sparsity is not None else 0.0
+        specs.append((b, g, sym, int(round(s * Wa.size))))
+    errs = list(row_errs) if row_errs is not None else [None] * len(specs)
+    if len(errs) != len(specs):
+        raise ValueError(f"row_errs: expected {len(specs)} entries, got {len(errs)}")
     nm = _parse_pattern(pattern) if pattern is not None else (0, 0)
-    s = real_scalar(sparsity, "sparsity", low=0.0, high=1.0) if sparsity is not None else 0.0
     block = positive_int(block, "block")
     if not isinstance(act_order, (bool, np.bool_)):
         raise TypeError(f"act_order: expected a bool, got {type(act_order).__name__}")
     act = bool(act_order) and pattern is None
+    out: list[Quantized] = []
     with small_blas(Wa.shape[1] ** 3 + Wa.size * Wa.shape[1]):
-        Wk = obs_prepare(Wa, stats, damp)
-        n_prune = int(round(s * Wa.size))
+        dead = np.diag(stats.hessian()) == 0  # read before H is overwritten by its factor
         perm = act_order_perm(stats) if act else None
-        # the factor is written over H for the sweep and H restored after (no second in x in
+        ct = np.float64 if Wa.dtype == np.float64 else np.float32
+        # the factor is written over H for the sweeps and H restored after (no second in x in
         # matrix; issue 15), unless one is cached already
-        with obs_factor_shared(stats, damp, Wk.dtype, perm) as U:
-            if perm is not None:
-                scales0, zeros0 = lq.quantize_rtn(Wk, b, g, sym, bool(mse), n_threads)[1:]
-                gs = g if 0 < g < Wa.shape[1] else max(Wa.shape[1], 1)
-                _permute_columns(Wk, perm)  # in place, a block of rows at a time
-                res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse),
-                                   n_prune=n_prune, block=block,
-                                   col_group=(perm // gs).astype(np.int64), scales=scales0,
-                                   zeros=zeros0, n_threads=n_threads)
-                assert res is not None
-                del Wk
-                codes = np.empty_like(res[0])
-                codes[:, perm] = res[0]
-                scales, zeros = res[1], res[2]
-                del res
-            else:
-                res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse),
-                                   n_prune=n_prune, nm=nm, block=block, n_threads=n_threads)
-                assert res is not None
-                codes, scales, zeros = res
-    return Quantized(lq.pack_codes(codes, b, n_threads), scales, zeros, Wa.shape, bits=b, group=g,
-                     symmetric=sym, dtype=Wa.dtype)
+        with obs_factor_shared(stats, damp, ct, perm) as U:
+            for (b, g, sym, n_prune), re in zip(specs, errs):
+                Wk = np.array(Wa, dtype=ct, order="C", copy=True)  # obs_prepare's working copy
+                Wk[:, dead] = 0.0
+                if perm is not None:
+                    scales0, zeros0 = lq.quantize_rtn(Wk, b, g, sym, bool(mse), n_threads)[1:]
+                    gs = g if 0 < g < Wa.shape[1] else max(Wa.shape[1], 1)
+                    _permute_columns(Wk, perm)  # in place, a block of rows at a time
+                    res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse),
+                                       n_prune=n_prune, block=block,
+                                       col_group=(perm // gs).astype(np.int64), scales=scales0,
+                                       zeros=zeros0, n_threads=n_threads, row_err=re)
+                    assert res is not None
+                    del Wk
+                    codes = np.empty_like(res[0])
+                    codes[:, perm] = res[0]
+                    scales, zeros = res[1], res[2]
+                    del res
+                else:
+                    res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse),
+                                       n_prune=n_prune, nm=nm, block=block, n_threads=n_threads,
+                                       row_err=re)
+                    assert res is not None
+                    del Wk
+                    codes, scales, zeros = res
+                out.append(Quantized(lq.pack_codes(codes, b, n_threads), scales, zeros, Wa.shape,
+                                     bits=b, group=g, symmetric=sym, dtype=Wa.dtype))
+                del codes
+    return out
 
 
 def _permute_columns(W: np.ndarray, perm: np.ndarray, rows: int = 64) -> None:

@@ -25,8 +25,8 @@ from .._validation import real_scalar
 from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
-from .allocate import Candidate, allocate
-from ..compression.aware import known_error, layer_error
+from .allocate import Candidate, allocate, size_aware_budgets
+from ..compression.aware import known_error, layer_error, remember_error, warm_quant
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
@@ -442,10 +442,20 @@ def budget_layers(source: TensorSource, job: Job, target: Target,
             res.notes.append(f"{len(lowered)} kept float tensors stored as float16 to reach "
                              f"ratio {ratio:g}")
         avail, fixed, squeezable = room()
-    if avail <= 0 or squeezable / avail > 3 * ratio:  # still: compress what the defaults keep
-        soft = [d for d in decisions if _soft_kept(d, job.views.get(d.name))]
+    soft = [d for d in decisions if _soft_kept(d, job.views.get(d.name))]
+    soft_bytes = sum(dense_nbytes(d.shape, layers[d.name].keep_dtype.itemsize)
+                     if layers[d.name].keep_dtype is not None else layers[d.name].orig_bytes
+                     for d in soft)
+    quantizing = target.method in ("auto", "quant")
+    if avail <= 0 or squeezable / avail > 3 * ratio or (
+            quantizing and ratio > 2 and soft_bytes > SOFT_SHARE * src_bytes / ratio):
+        # still too little room, or (quantizing past what float16 gives) matrices only the
+        # defaults keep (embeddings, small layers) would take a noticeable share of the file:
+        # compress them too, by
+        # quantization where the method allows (per row: the standard form of a lookup table
+        # and of a small layer, whose few rows low rank and pruning serve badly)
         for d in soft:
-            d.action = target.method
+            d.action = "quant" if quantizing else target.method
             d.reason = f"compressed to reach ratio {ratio:g} (default: keep, {d.reason})"
             layers[d.name].keep_dtype = None
         if soft:
@@ -462,8 +472,11 @@ def budget_layers(source: TensorSource, job: Job, target: Target,
                          f"{src_bytes / fixed:.3g} (lower the ratio, or change --rules)")
     res.squeezable = squeezable
     res.layer_ratio = squeezable / avail if squeezable else 1.0
+    split = size_aware_budgets({ly.decision.name: int(np.prod(ly.decision.shape))
+                                for ly in res.work},
+                               {ly.decision.name: ly.orig_bytes for ly in res.work}, avail)
     for ly in res.work:
-        ly.budget = Budget(nbytes=ly.orig_bytes / res.layer_ratio)
+        ly.budget = Budget(nbytes=split.get(ly.decision.name, ly.orig_bytes / res.layer_ratio))
     if target.scope == "allocate" and res.work:
         orig = {ly.decision.name: ly.orig_bytes for ly in res.layers}
         opts = dict(target.options)
@@ -631,8 +644,13 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
                       view=view if view is not None and view.is_reshape else None, dtype=W.dtype)
     if stats is not None:
         Wo = Wa if layout == "out_in" else Wa.T
-        e = known_error(m, stats) if target.value_dtype is None and not target.bf16 else None
-        st.entry["output_error"] = e if e is not None else layer_error(Wo, m, stats)
+        exact = target.value_dtype is None and not target.bf16
+        e = known_error(m, stats) if exact else None
+        if e is None:
+            e = layer_error(Wo, m, stats)
+            if exact:
+                remember_error(m, e)  # a ratio search's next try may build the same form
+        st.entry["output_error"] = e
     return st
 
 
@@ -716,6 +734,11 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
     return m, d.reason
 
 
+# kept matrices (embeddings, small layers) whose bytes exceed this share of the file a ratio
+# target asks for are compressed too (below it they barely change what the others get)
+SOFT_SHARE = 0.02
+
+
 # -- data-aware and allocated compression ------------------------------------------------------
 
 # byte levels (fractions of the dense tensor) tried when measuring a layer's error-vs-size curve
@@ -777,16 +800,36 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
             cands += [Candidate(nb, e, f"{form}@{b:.0f}") for nb, e, b in pts if nb < orig_bytes]
             continue
         levels = MEASURED_LEVELS if form == "prune" else CURVE_LEVELS  # OBS sweeps are dear
+        if form == "quant" and stats is not None:
+            # every level's candidate precisions with one factorisation of H (then cached)
+            warm_quant(Wv, stats, [orig_bytes * lv for lv in levels], layout=layout,
+                       storage=storage, options={k: v for k, v in opts.items()
+                                                 if k in ("damp", "coding")})
         for nb in [orig_bytes * lv for lv in levels]:
             m = _build(Wv, stats, form, nb, layout, storage, opts)
             if m.form == "dense" or m.nbytes >= orig_bytes:
                 continue
             # quantized candidates name their precision after '#' (plots draw one curve each)
             prec = f"#{m.name}" if form == "quant" and isinstance(getattr(m, "name", None), str) else ""
-            cands.append(Candidate(m.nbytes, layer_error(Wo, m, stats), f"{form}@{nb:.0f}{prec}"))
+            cands.append(Candidate(m.nbytes, _curve_error(Wo, m, stats, form, vdt is None and not want_bf16),
+                                   f"{form}@{nb:.0f}{prec}"))
             if form == "nm":
                 break
     return cands
+
+
+def _curve_error(Wo: np.ndarray, m: CompressedMatrix, stats: Any, form: str, own: bool) -> float:
+    """A built curve point's error: calibrated quantization's is the one its GPTQ sweep
+    measured (or a report's exact one; :mod:`~weightpress.compression.aware`), the same
+    precision at several levels measured once, no ``out·in²`` pass per level; others (and
+    values narrowed to another dtype, ``own`` False) are measured here."""
+    if stats is not None and own and form == "quant":
+        e = known_error(m, stats)
+        if e is None:
+            e = getattr(m, "_wp_predicted", None)
+        if e is not None:
+            return float(e)
+    return layer_error(Wo, m, stats)
 
 
 def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget: float,

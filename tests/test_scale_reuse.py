@@ -1,0 +1,143 @@
+"""What makes calibrated compression fast at scale (issue 13) without changing its results:
+GPTQ's output error from its own sweep, and the bounded memo that lets a ratio search's
+retries (and the allocation's budgets) reuse each precision's measured error."""
+
+import numpy as np
+import pytest
+
+from helpers import correlated_inputs
+from weightpress.compression import aware as A
+from weightpress.compression import quant as Q
+from weightpress.compression.aware import compress_aware, layer_error
+from weightpress.compression.calibration import CalibrationStats, output_error
+from weightpress.compression.data_aware import quadratic_total, sweep_output_error
+from weightpress.compression.quant import gptq
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bits,group,sym", [(8, 0, True), (4, 16, False), (3, 32, True), (2, 0, True)])
+def test_gptq_sweep_error_is_the_output_error(dtype, bits, group, sym):
+    rng = np.random.default_rng(bits)
+    W = (rng.standard_normal((40, 64)) / 8).astype(dtype)
+    X = correlated_inputs(rng, 300, 64).astype(dtype)
+    X[:, 5] = 0.0  # a dead input: zeroed before the sweep, no output error
+    st = CalibrationStats.from_inputs(X)
+    re = np.zeros(W.shape[0])
+    q = gptq(W, st, bits, group or None, symmetric=sym, row_err=re)
+    assert (re > 0).all()
+    num = sweep_output_error(W, q.rows, st, 0.01, float(re.sum()), W.dtype)
+    exact = output_error(W, q, st)
+    assert np.sqrt(num / quadratic_total(W, st)) == pytest.approx(exact, rel=1e-3)
+
+
+@pytest.fixture()
+def layer():
+    rng = np.random.default_rng(7)
+    W = (rng.standard_normal((96, 64)) / 8).astype(np.float32)
+    return W, correlated_inputs(rng, 400, 64)
+
+
+def _count_gptq(monkeypatch):
+    calls = []
+    real = Q.gptq_many
+
+    def counting(W, stats, settings, **k):
+        calls.extend(settings)
+        return real(W, stats, settings, **k)
+
+    monkeypatch.setattr(A, "gptq_many", counting)
+    return calls
+
+
+def test_a_retry_with_fresh_statistics_builds_only_the_winner(layer, monkeypatch):
+    """The ratio search recomputes a layer's statistics every try: the precisions measured in
+    the first try are not run again, only the one chosen is rebuilt, and it is the same."""
+    W, X = layer
+    A._MEMO.clear()
+    calls = _count_gptq(monkeypatch)
+    nb = W.nbytes / 5
+    first = compress_aware(W, CalibrationStats.from_inputs(X), "quant", nbytes=nb)
+    n_first = len(calls)
+    assert n_first >= 2  # several precisions fit and were measured
+    again = compress_aware(W, CalibrationStats.from_inputs(X), "quant", nbytes=nb)
+    assert len(calls) - n_first == 1
+    assert again.name == first.name
+    np.testing.assert_array_equal(again.packed, first.packed)
+    # and without the memo the same layer comes out the same
+    A._MEMO.clear()
+    cold = compress_aware(W, CalibrationStats.from_inputs(X), "quant", nbytes=nb)
+    assert cold.name == first.name
+    np.testing.assert_array_equal(cold.packed, first.packed)
+
+
+def test_memo_keys_follow_the_data(layer, monkeypatch):
+    """Other inputs (another H) or other weights are other computations: measured afresh."""
+    W, X = layer
+    A._MEMO.clear()
+    calls = _count_gptq(monkeypatch)
+    nb = W.nbytes / 5
+    compress_aware(W, CalibrationStats.from_inputs(X), "quant", nbytes=nb)
+    n = len(calls)
+    compress_aware(W, CalibrationStats.from_inputs(X[:-1]), "quant", nbytes=nb)
+    assert len(calls) - n == n
+    compress_aware(W * 2, CalibrationStats.from_inputs(X), "quant", nbytes=nb)
+    assert len(calls) - 2 * n == n
+
+
+def test_remembered_exact_error_is_reported(layer):
+    W, X = layer
+    A._MEMO.clear()
+    st = CalibrationStats.from_inputs(X)
+    m = compress_aware(W, st, "quant", nbytes=W.nbytes / 5)
+    assert A.known_error(m, st) is None  # the sweep's estimate: the report measures it
+    e = layer_error(W, m, st)
+    A.remember_error(m, e)
+    st2 = CalibrationStats.from_inputs(X)
+    m2 = compress_aware(W, st2, "quant", nbytes=W.nbytes / 5)
+    assert A.known_error(m2, st2) == e
+
+
+def test_memo_is_bounded():
+    memo = A._Memo(max_entries=3)
+    for i in range(10):
+        memo.put(i, {"error": float(i)})
+    assert memo.get(0) is None and memo.get(9) == {"error": 9.0}
+    assert len(memo._d) == 3
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+def test_gptq_many_is_gptq_at_each_setting_bit_for_bit(act_order):
+    """One factorisation of H for several precisions: the same codes, scales and sweep errors
+    as one gptq call each, and H given back unchanged."""
+    rng = np.random.default_rng(11)
+    W = (rng.standard_normal((24, 40)) / 6).astype(np.float32)
+    X = correlated_inputs(rng, 200, 40).astype(np.float32)
+    X[:, 2] = 0.0
+    st = CalibrationStats.from_inputs(X)
+    H0 = st.hessian().copy()
+    settings = [(8, None, True, None), (4, 8, False, None), (3, 16, True, 0.3), (2, None, False, None)]
+    errs = [np.zeros(24) for _ in settings]
+    many = Q.gptq_many(W, st, settings, act_order=act_order, row_errs=errs)
+    np.testing.assert_array_equal(st.hessian(), H0)
+    for (b, g, sym, sp), q, e in zip(settings, many, errs):
+        e1 = np.zeros(24)
+        one = gptq(W, st, b, g, symmetric=sym, sparsity=sp, act_order=act_order, row_err=e1)
+        assert q.name == one.name
+        np.testing.assert_array_equal(q.packed, one.packed)
+        np.testing.assert_array_equal(q.scales, one.scales)
+        np.testing.assert_array_equal(e, e1)
+    with pytest.raises(ValueError, match="row_errs"):
+        Q.gptq_many(W, st, settings, row_errs=[None])
+
+
+def test_output_error_with_its_denominator_kept_is_the_same_number(layer):
+    """The report's exact pass keeps tr(W H Wᵀ) per layer: the same float64 blocks, the same
+    number as calibration.output_error, first call or later."""
+    W, X = layer
+    st = CalibrationStats.from_inputs(X)
+    for method in ("prune", "quant", "lowrank"):
+        m = compress_aware(W, st, method, nbytes=W.nbytes / 4)
+        want = output_error(W, m, st)
+        assert A._output_error(W, m, st) == want
+        assert A._output_error(W, m, st) == want
+    assert A._output_error(W, W, st) == 0.0
