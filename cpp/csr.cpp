@@ -426,9 +426,9 @@ WP_INLINE std::int64_t gather_rows(std::int64_t r0, std::int64_t r1, std::int64_
   // column panels of X (64 columns, all rows per panel) took 1.4x MKL's time; whole rows one
   // at a time with a software prefetch 16 entries ahead 0.85-0.9x; X in blocks of its rows
   // that fit half of L2, every row consuming its entries of one block before the next,
-  // 0.5-0.65x at 90 % sparsity and 0.33x at 50 % (sorted indices: otherwise whole rows).
+  // 0.48-0.67x at 90 % sparsity and 0.32-0.40x at 50 % (sorted indices: otherwise whole rows).
   // Narrower rows (k < 64 float32) are bound by the FMA latency of their few accumulators
-  // and run R rows in lockstep: k = 16-32, 0.6-0.9x MKL's time against 0.95-1.05x for one row
+  // and run R rows in lockstep: k = 16-32, 0.6-0.87x MKL's time against 0.9-1.0x for one row
   // with interleaved chains (prefetching there measured slower).
   constexpr int kWide = B.wide_bytes / static_cast<int>(sizeof(T));
   if (sorted)
