@@ -156,9 +156,9 @@ void accumulate(std::int64_t r0, std::int64_t r1, std::int64_t k, const T* const
 // ties at the start). A step within a relative 1e-8 of the end, relative to the column's
 // correlation scale colw_j, is a rounding tie with the end: on a recovered support c_j = λa_j
 // for every inactive j, so the entering step equals λ exactly; the end wins, and the
-// certificate vouches for it. Branch-free, so that it vectorises (one pass instead of a
-// branchy loop with two divisions per atom: it was 14% of a BPDN solve); the same expressions
-// as the scalar loop it replaces, so the same bits on every ISA.
+// certificate vouches for it. Branch-free, so that it vectorises (it replaces a branchy scalar
+// loop with two divisions per atom); the same expressions as that loop, so the same path
+// (454 events at 1024×4096, the same solution) and the same bits on every ISA.
 WP_INLINE double entering_steps_impl(std::int64_t n, double lam, double d_end,
                                      const double* __restrict c, const double* __restrict a,
                                      const char* __restrict state,

@@ -278,3 +278,17 @@ def test_quant_embedding(tmp_path):
             torch.testing.assert_close(yc, ref(ids), rtol=1e-6, atol=1e-6)
         held = sum(t.numel() * t.element_size() for t in m[0].buffers())
         assert held < W.nbytes / (3.4 if bits == 8 else 5), held
+
+
+def test_compressed_linears_have_no_dense_weight(tmp_path):
+    """QuantLinear and the two-factor linears answer ``.weight`` with None (no dense weight),
+    so model code that checks ``isinstance(layer.weight, torch.Tensor)`` (transformers' T5
+    feed-forward) runs with them in place."""
+    for method, opts in (("quant", {"bits": 8}), ("lowrank", {"rank": 8})):
+        m = _mlp()
+        wpz = tmp_path / f"{method}.wpz"
+        compress_model(open_model(str(_saved(tmp_path, m))), wpz, method=method, options=opts,
+                       min_size=256)
+        load_into(m, wpz)
+        assert type(m[0]).__name__ in ("QuantLinear", "LowRankLinear")
+        assert m[0].weight is None

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 import weightpress as wp
 from weightpress.compression.calibration import CalibrationStats, output_error
@@ -45,6 +45,9 @@ def test_pack_rejects_codes_that_do_not_fit():
 
 @given(rows=st.integers(0, 6), cols=st.integers(0, 40), bits=st.integers(2, 8),
        group=st.sampled_from([None, 1, 3, 8, 32]), sym=st.booleans(), seed=st.integers(0, 2**16))
+# found by hypothesis: a group of one weight of 1.2e-3 has a float16-subnormal scale (4.7e-6),
+# which rounded down clipped the weight by more than a step
+@example(rows=4, cols=29, bits=8, group=1, sym=False, seed=1187)
 def test_rtn_matches_reference_and_rounds_to_nearest(rows, cols, bits, group, sym, seed):
     rng = np.random.default_rng(seed)
     W = (rng.standard_normal((rows, cols)) * rng.uniform(0.01, 10)).astype(np.float32)

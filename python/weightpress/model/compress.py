@@ -31,8 +31,8 @@ from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
 from ..compression.quant import Quantized
-from ..compression.storage import (Budget, dense_nbytes, index_itemsize, lowrank_nbytes,
-                                   sparse_nbytes, stored_itemsize, value_itemsize)
+from ..compression.storage import (Budget, Precision, dense_nbytes, index_itemsize,
+                                   lowrank_nbytes, sparse_nbytes, stored_itemsize, value_itemsize)
 from ..compression.views import MatrixView
 from ..io import open_model
 from ..io.structure import skeleton_of
@@ -443,24 +443,37 @@ def budget_layers(source: TensorSource, job: Job, target: Target,
                              f"ratio {ratio:g}")
         avail, fixed, squeezable = room()
     soft = [d for d in decisions if _soft_kept(d, job.views.get(d.name))]
-    soft_bytes = sum(dense_nbytes(d.shape, layers[d.name].keep_dtype.itemsize)
-                     if layers[d.name].keep_dtype is not None else layers[d.name].orig_bytes
-                     for d in soft)
     quantizing = target.method in ("auto", "quant")
-    if avail <= 0 or squeezable / avail > 3 * ratio or (
-            quantizing and ratio > 2 and soft_bytes > SOFT_SHARE * src_bytes / ratio):
-        # still too little room, or (quantizing past what float16 gives) matrices only the
-        # defaults keep (embeddings, small layers) would take a noticeable share of the file:
-        # compress them too, by
-        # quantization where the method allows (per row: the standard form of a lookup table
-        # and of a small layer, whose few rows low rank and pruning serve badly)
-        for d in soft:
+
+    def kept_bytes(ds: list[Decision]) -> int:
+        return sum(dense_nbytes(d.shape, layers[d.name].keep_dtype.itemsize)
+                   if layers[d.name].keep_dtype is not None else layers[d.name].orig_bytes
+                   for d in ds)
+
+    if avail <= 0 or squeezable / avail > 3 * ratio:  # still: compress what the defaults keep
+        chosen = soft
+    elif quantizing and ratio > 2:
+        # quantizing past what float16 gives: matrices only the defaults keep are quantized
+        # too where, kept, they would take a large share of the file (embeddings: more than
+        # EMBED_SHARE; small layers: more than SOFT_SHARE)
+        emb = [d for d in soft if d.reason.startswith("embedding")]
+        rest = [d for d in soft if not d.reason.startswith("embedding")]
+        chosen = ((emb if kept_bytes(emb) > EMBED_SHARE * src_bytes / ratio else [])
+                  + (rest if kept_bytes(rest) > SOFT_SHARE * src_bytes / ratio else []))
+    else:
+        chosen = []
+    gentle: list[Decision] = []
+    if chosen:
+        # by quantization where the method allows (per row: the standard form of a lookup
+        # table and of a small layer, whose few rows low rank and pruning serve badly)
+        for d in chosen:
+            if quantizing and d.reason.startswith("embedding"):
+                gentle.append(d)
             d.action = "quant" if quantizing else target.method
             d.reason = f"compressed to reach ratio {ratio:g} (default: keep, {d.reason})"
             layers[d.name].keep_dtype = None
-        if soft:
-            res.notes.append(f"{len(soft)} tensors the default rules keep were compressed to "
-                             f"reach ratio {ratio:g}")
+        res.notes.append(f"{len(chosen)} tensors the default rules keep were compressed to "
+                         f"reach ratio {ratio:g}")
         avail, fixed, squeezable = room()
     if avail <= 0:
         big = max((d for d in decisions if d.action == "skip"), default=None,
@@ -472,9 +485,12 @@ def budget_layers(source: TensorSource, job: Job, target: Target,
                          f"{src_bytes / fixed:.3g} (lower the ratio, or change --rules)")
     res.squeezable = squeezable
     res.layer_ratio = squeezable / avail if squeezable else 1.0
-    split = size_aware_budgets({ly.decision.name: int(np.prod(ly.decision.shape))
-                                for ly in res.work},
-                               {ly.decision.name: ly.orig_bytes for ly in res.work}, avail)
+    fixed_q = _gentle_precision(gentle, job, avail)
+    fixed_names = {d.name for d in gentle if "bits" in d.options}
+    free = [ly for ly in res.work if ly.decision.name not in fixed_names]
+    split = size_aware_budgets({ly.decision.name: int(np.prod(ly.decision.shape)) for ly in free},
+                               {ly.decision.name: ly.orig_bytes for ly in free},
+                               avail - fixed_q)
     for ly in res.work:
         ly.budget = Budget(nbytes=split.get(ly.decision.name, ly.orig_bytes / res.layer_ratio))
     if target.scope == "allocate" and res.work:
@@ -492,6 +508,36 @@ def budget_layers(source: TensorSource, job: Job, target: Target,
         return res
     _global(source, res.work, target, res.layer_ratio)
     return res
+
+
+# precisions (bits, group) tried, in order, for the matrices the defaults keep when a ratio
+# target quantizes them; the first whose bytes take at most GENTLE_SHARE of the room is used
+GENTLE = ((8, 0), (4, 64))
+GENTLE_SHARE = 0.5
+
+
+def _gentle_precision(soft: list[Decision], job: Job, avail: float) -> int:
+    """Embeddings only the defaults keep (kept because they tend to be sensitive) that a ratio
+    target quantizes get a fixed, gentle precision, the standard one for them: int8 per row, else int4 in groups of 64, the first whose bytes stay within
+    :data:`GENTLE_SHARE` of ``avail`` (none fits: they share the budget like the others).
+    Sets their ``bits``/``group`` options; returns their bytes."""
+    if not soft or avail <= 0:
+        return 0
+    shapes = {}
+    for d in soft:
+        v = job.views.get(d.name)
+        lay = v.layout if v is not None and not job.layout_given else job.layout
+        r, c = int(d.shape[0]), int(d.shape[1])
+        shapes[d.name] = (r, c) if lay == "out_in" else (c, r)
+    for bits, group in GENTLE:
+        need = sum(Precision(bits, group if group < sh[1] else 0).nbytes(sh)
+                   for sh in shapes.values())
+        if need <= GENTLE_SHARE * avail:
+            for d in soft:
+                d.options = {**d.options, "bits": bits, **({"group": group} if group and
+                                                            group < shapes[d.name][1] else {})}
+            return need
+    return 0
 
 
 def _global(source: TensorSource, work: list[Layer], target: Target,
@@ -734,9 +780,11 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
     return m, d.reason
 
 
-# kept matrices (embeddings, small layers) whose bytes exceed this share of the file a ratio
-# target asks for are compressed too (below it they barely change what the others get)
+# kept small matrices whose bytes exceed this share of the file a ratio target asks for are
+# quantized too (below it they barely change what the others get); embeddings (often the most
+# sensitive tensors: a lookup table or the input projection) only beyond EMBED_SHARE
 SOFT_SHARE = 0.02
+EMBED_SHARE = 1 / 3
 
 
 # -- data-aware and allocated compression ------------------------------------------------------

@@ -56,6 +56,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -406,12 +407,17 @@ def _rewrite_lstms(b: _Builder, g: Any, c: Container, index: dict[str, Any], ini
                 break
         if not ok:
             continue
-        arrs, qs, shapes = [], [], []
+        arrs: list[list[np.ndarray]] = []
+        qs: list[QuantParts] = []
+        shapes: list[tuple[int, ...]] = []
         for w in ws:
             shapes.append(tuple(int(d) for d in index[w].dims))
             qs.append(QuantParts.of(c.matrix(w)))
-            arrs.append(_lstm_weight(qs[-1], shapes[-1][0], shapes[-1]))
-        if any(isinstance(x, str) for x in arrs):
+            arr = _lstm_weight(qs[-1], shapes[-1][0], shapes[-1])
+            if isinstance(arr, str):
+                break
+            arrs.append(arr)
+        if len(arrs) != 2:
             continue
         made, info = [], []
         for w, arr, q, shape in zip(ws, arrs, qs, shapes):
@@ -592,15 +598,15 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         for k in modes:
             if modes[k] == "auto":
                 modes[k] = "dense" if k in notes else _SLOW_ON[k]
-        rows = export_onnx(c, output, like, compute=compute, block_size=block_size,
-                           external_data=external_data, **modes)
-        for r in rows:
+        chosen = export_onnx(c, output, like, compute=compute, block_size=block_size,
+                             external_data=external_data, **modes)
+        for r in chosen:
             if r.how == "dense":
                 if "conv_quant" in notes and "conv_quant=" in r.note:
                     r.note = notes["conv_quant"]
                 elif "lstm_quant" in notes and "read by LSTM" in r.note:
                     r.note = notes["lstm_quant"]
-        return rows
+        return chosen
     model = _load_proto(os.fspath(like), external=True)
     g = model.graph
     index = collect_tensors(g)
@@ -713,6 +719,34 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     return rows
 
 
+def _feed(session: Any, batch: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = {}
+    types = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+             "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+    for i in session.get_inputs():
+        if i.type not in types:
+            raise ValueError(f"input {i.name!r}: type {i.type} has no generated value")
+        dims = [d if isinstance(d, int) and d > 0 else (batch if k == 0 else 8)
+                for k, d in enumerate(i.shape)]
+        dt = np.dtype(types[i.type])
+        out[i.name] = (rng.standard_normal(dims).astype(dt) if dt.kind == "f"
+                       else np.zeros(dims, dt))
+    return out
+
+
+def best_time(fn: Any, reps: int) -> float:
+    """Least seconds of ``reps`` calls of ``fn`` after one warm-up call."""
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
 _SLOW_ON = {"conv_quant": "dequant", "lstm_quant": "int8"}
 _SLOW_WHAT = {"conv_quant": "DequantizeLinear -> Conv", "lstm_quant": "DynamicQuantizeLSTM"}
 
@@ -725,7 +759,6 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
     ``auto`` off), onnxruntime, batch 1, 1 thread, best of 3 interleaved rounds of 7 calls.
     Returns ``{mode: why dense}`` for those measured slower (the rest keep the rewrite)."""
     ort = require("onnxruntime", "timing the quantized convolutions and LSTMs ('auto')")
-    from .export_timing import _feed, best_time   # export_timing imports this module
     if not auto:
         return {}
     base = {k: ("dense" if v == "auto" else v) for k, v in modes.items()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +20,9 @@ from .._optional import require
 from ..io import save_model
 from ..io.structure import write_from_skeleton
 from .container import Container
-from .export_onnx import export_onnx
+from .export_onnx import _feed, best_time, export_onnx
 
-__all__ = ["ModelTiming", "time_onnx_model"]
+__all__ = ["ModelTiming", "time_onnx_model", "best_time"]
 
 
 @dataclass
@@ -44,34 +43,6 @@ class ModelTiming:
         return (f"model (onnxruntime, {self.threads} thread{'s' if self.threads > 1 else ''}): "
                 + ", ".join(parts) + f"; file {self.exported_bytes:,} vs {self.dense_bytes:,} bytes; "
                 f"{self.compressed_layers} layers run compressed, {self.dense_layers} decoded to dense")
-
-
-def _feed(session: Any, batch: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    out = {}
-    types = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-             "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-             "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
-    for i in session.get_inputs():
-        if i.type not in types:
-            raise ValueError(f"input {i.name!r}: type {i.type} has no generated value")
-        dims = [d if isinstance(d, int) and d > 0 else (batch if k == 0 else 8)
-                for k, d in enumerate(i.shape)]
-        dt = np.dtype(types[i.type])
-        out[i.name] = (rng.standard_normal(dims).astype(dt) if dt.kind == "f"
-                       else np.zeros(dims, dt))
-    return out
-
-
-def best_time(fn: Any, reps: int) -> float:
-    """Least seconds of ``reps`` calls of ``fn`` after one warm-up call."""
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
 
 
 def time_onnx_model(container: str | os.PathLike[str] | Container,

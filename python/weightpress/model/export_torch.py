@@ -89,7 +89,15 @@ class _Compressed(nn.Module):  # type: ignore[name-defined,misc]
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-class _TwoFactors(_Compressed):
+class _NoWeight:
+    """No dense ``weight``: ``layer.weight`` is None (not an AttributeError), so model code that
+    checks ``isinstance(layer.weight, torch.Tensor)`` before a dtype cast (transformers' T5
+    feed-forward) runs with the compressed layer in place."""
+
+    weight: Any = None
+
+
+class _TwoFactors(_NoWeight, _Compressed):
     """A linear layer computed as ``second(first(x))``; the bias is the second factor's."""
 
     @property
@@ -148,7 +156,7 @@ def quant_modes(q: QuantParts) -> list[str]:
     return modes + ["dequant"]
 
 
-class QuantLinear(_Compressed):
+class QuantLinear(_NoWeight, _Compressed):
     """Packed integer codes with float scales; ``A = s · (u − z)`` per group of inputs.
 
     ``mode``:
