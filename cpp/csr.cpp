@@ -420,13 +420,16 @@ WP_INLINE std::int64_t gather_rows(std::int64_t r0, std::int64_t r1, std::int64_
     if (bad >= 0) return bad;
     if (sorted) sorted = row_sorted(indices, indptr[i], indptr[i + 1]);
   }
-  // Measured against MKL's mkl_sparse_s_mm (row-major X, one thread, 4096², AVX-512;
-  // benchmarks/bench_sparse.py "SpMM"): X rows wider than a 256-byte tile are bound by loading
-  // X from L3, so each row streams its full X rows tile by tile with a software prefetch 16
-  // entries ahead (1.1-1.2x faster than column panels of X kept in L2, which the shared L2 of
-  // a loaded 2-core VM did not keep); narrower rows are bound by the FMA latency of their few
-  // accumulators and run R rows in lockstep (k = 16-32: 1.1-1.6x over one row with
-  // interleaved chains; prefetching there measured slower).
+  // Measured against MKL's mkl_sparse_s_mm (row-major X, one thread, 4096² float32, AVX-512,
+  // a stand-alone A/B of kernel variants called in turn, least of 5-9, load 4-11; then
+  // benchmarks/bench_sparse.py "spmm"): at k = 256 X (4 MiB) does not fit L2. The former
+  // column panels of X (64 columns, all rows per panel) took 1.4x MKL's time; whole rows one
+  // at a time with a software prefetch 16 entries ahead 0.85-0.9x; X in blocks of its rows
+  // that fit half of L2, every row consuming its entries of one block before the next,
+  // 0.48-0.67x at 90 % sparsity and 0.32-0.40x at 50 % (sorted indices: otherwise whole rows).
+  // Narrower rows (k < 64 float32) are bound by the FMA latency of their few accumulators
+  // and run R rows in lockstep: k = 16-32, 0.6-0.87x MKL's time against 0.9-1.0x for one row
+  // with interleaved chains (prefetching there measured slower).
   constexpr int kWide = B.wide_bytes / static_cast<int>(sizeof(T));
   if (sorted)
     gather_column_blocks<kWide, 16>(r0, r1, cols, indptr, indices, data, x, ldx, k, y, ldy, block, pos);

@@ -103,3 +103,50 @@ def test_bad_inputs():
 # -- methods and their budgets ---------------------------------------------------------------
 
 
+
+
+@pytest.mark.parametrize("layout", ["out_in", "in_out"])
+def test_sparse_dense_enough_multiplies_dense(layout):
+    # at or above the density where the CSR kernel's arrays are no smaller than the dense
+    # matrix (50 % for float32 values with int32 indices), products go through a cached dense
+    # copy (BLAS) that replaces the CSR cache; below it, through the CSR kernel
+    rng = np.random.default_rng(21)
+    W = rng.standard_normal((64, 48)).astype(np.float32)
+    x = rng.standard_normal((5, 64 if layout == "in_out" else 48)).astype(np.float32)
+    for sparsity, dense in ((0.4, True), (0.5, True), (0.55, False)):
+        A = wp.prune(W, sparsity=sparsity)
+        s = Sparse(A, layout)
+        Wl = A.toarray() if layout == "out_in" else A.toarray().T
+        y = s.apply(x)
+        ref = x.astype(np.float64) @ Wl.astype(np.float64).T
+        _close(y, ref, np.float32)
+        assert (s._dense is not None) == dense and (s._csr is None) == dense
+        _close(s.matmul(x.T[:, :1] if layout == "out_in" else x[:1].T.copy(), transpose=layout == "in_out"),
+               ref[:1].T, np.float32)
+    s = Sparse(wp.prune(W, sparsity=0.3))  # dense enough for float64 too (67 %)
+    s.matmul(np.ones(48, np.float32))
+    s.matmul(np.ones(48))  # float64: a float64 copy replaces the float32 one
+    assert s._dense.dtype == np.float64
+
+
+def test_csr_matmul_says_when_dense_is_faster():
+    from weightpress.linalg import DenseFasterWarning, dense_product_pays
+
+    assert dense_product_pays(500, (10, 100), np.float32, np.int32)
+    assert not dense_product_pays(494, (10, 100), np.float32, np.int32)
+    assert dense_product_pays(667, (10, 100), np.float64, np.int32)
+    assert not dense_product_pays(660, (10, 100), np.float64, np.int32)
+    assert dense_product_pays(334, (10, 100), np.float32, np.int64)
+    rng = np.random.default_rng(22)
+    W = rng.standard_normal((1024, 1024)).astype(np.float32)
+    x = np.ones(1024, np.float32)
+    with pytest.warns(DenseFasterWarning, match="50% of its 1024x1024 entries"):
+        y = wp.csr_matmul(wp.prune(W, sparsity=0.5), x)
+    _close(y, W.astype(np.float64) * (np.abs(W) >= np.median(np.abs(W))) @ x, np.float32)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wp.csr_matmul(wp.prune(W, sparsity=0.6), x)  # CSR smaller than dense: silent
+        wp.csr_matmul(wp.prune(W, sparsity=0.5), x, check_dense=False)
+        wp.csr_matmul(wp.prune(W[:512, :512], sparsity=0.1), x[:512])  # too small to matter

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..io.safetensors import bf16_to_f32, f32_to_bf16
-from ..linalg.sparse import csr_matmul
+from ..linalg.sparse import csr_matmul, dense_product_pays
 from .sparse_coding import dct_dictionary
 from .storage import array_nbytes, check_storage, dense_nbytes, index_dtype, pointer_dtype
 
@@ -286,6 +286,7 @@ class Sparse(CompressedMatrix):
         self.indices = np.ascontiguousarray(A.indices, dtype=idx)
         self.indptr = np.ascontiguousarray(A.indptr, dtype=ptr)
         self._csr: sp.csr_array | None = None
+        self._dense: np.ndarray | None = None
 
     needs = frozenset({"data", "indices", "indptr"})
 
@@ -311,6 +312,7 @@ class Sparse(CompressedMatrix):
         _setup(obj, shape, data.dtype, layout)
         obj.data, obj.indices, obj.indptr = data, indices, indptr
         obj._csr = None
+        obj._dense = None
         return obj
 
     @property
@@ -343,7 +345,16 @@ class Sparse(CompressedMatrix):
         return A[start:stop].toarray().astype(self.dtype, copy=False)
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
-        return csr_matmul(self.tocsr(X.dtype), X, transpose=transpose)
+        # Dense enough that the CSR kernel's arrays (int32/int64 indices) are no smaller than
+        # the dense matrix: a cached dense copy, no larger than the CSR cache it replaces,
+        # and BLAS, which reads no more memory (weightpress.linalg.dense_product_pays).
+        idx = np.int64 if self.indptr.dtype == np.int64 or self.shape[1] >= 2**31 else np.int32
+        if dense_product_pays(self.nnz, self.shape, X.dtype, idx):
+            if self._dense is None or self._dense.dtype != X.dtype:
+                self._dense = self.tocsr(X.dtype).toarray()
+                self._csr = None  # (the dense copy replaces it)
+            return (self._dense.T if transpose else self._dense) @ X
+        return csr_matmul(self.tocsr(X.dtype), X, transpose=transpose, check_dense=False)
 
 
 class LowRank(CompressedMatrix):
@@ -572,7 +583,7 @@ def store_as(m: CompressedMatrix, storage: str | None, *, exact: bool = False) -
                     raise ValueError("store_as: value arrays are read-only")
                 p[...] = bf16_to_f32(f32_to_bf16(p)).reshape(p.shape)
         if isinstance(m, Sparse):
-            m._csr = None
+            m._csr = m._dense = None
     m.storage = storage
     return m
 

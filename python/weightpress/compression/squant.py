@@ -214,7 +214,7 @@ class SparseQuantized(_CodedRows):
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         direct = (self.layout == "out_in") != transpose  # the product is M @ X
-        return csr_matmul(self.csr(X.dtype), X, transpose=not direct)
+        return csr_matmul(self.csr(X.dtype), X, transpose=not direct, check_dense=False)
 
 
 def _assemble(keep: np.ndarray, codes: np.ndarray, scales: np.ndarray, bits: int,

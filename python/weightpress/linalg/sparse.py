@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,33 @@ from .. import _core
 from .._threads import _resolve
 from .._validation import as_csr, as_float_array, csr_parts, float_dtype, real_scalar
 
-__all__ = ["prune", "csr_matmul"]
+__all__ = ["prune", "csr_matmul", "dense_product_pays", "DenseFasterWarning"]
+
+# csr_matmul says so (DenseFasterWarning) only from this many matrix elements up: below it a
+# product takes microseconds either way.
+_WARN_ELEMENTS = 1 << 20
+
+
+class DenseFasterWarning(UserWarning):
+    """A CSR product on a matrix whose CSR arrays are no smaller than the dense matrix: a
+    dense product (BLAS) reads no more memory and is as fast or faster."""
+
+
+def dense_product_pays(nnz: int, shape: tuple[int, int], dtype: Any, index_dtype: Any) -> bool:
+    """True when a dense ``W @ X`` reads no more memory than the CSR product of the same matrix.
+
+    The CSR kernel reads ``nnz * (value + index) + (rows + 1) * index`` bytes of the matrix, the
+    dense one ``rows * cols * value``: at or above that density (50 % for float32 values with
+    int32 indices, 67 % for float64) a dense product is as fast at batch 1, where both are
+    bound by memory reads, and faster at larger batches, where BLAS's GEMM runs near peak
+    arithmetic and the CSR kernel does not. Measured (benchmarks/bench_sparse.py crossover,
+    4096² float32, 1 thread each, called in turn): the CSR product took 1.06x the dense time
+    at 50 % sparsity, 1.18x at 30 %; issue 14 measured 1.6x at 50 % on an AMD EPYC.
+    """
+    m, n = shape
+    v, i = np.dtype(dtype).itemsize, np.dtype(index_dtype).itemsize
+    return m * n * v <= nnz * (v + i) + (m + 1) * i
+
 
 
 def _parse_pattern(pattern: Any) -> tuple[int, int]:
@@ -115,7 +142,7 @@ def prune(W: Any, sparsity: float | None = None, threshold: float | None = None,
 
 
 def csr_matmul(A: Any, X: Any, transpose: bool = False, out: np.ndarray | None = None, *,
-               n_threads: int | None = None) -> np.ndarray:
+               n_threads: int | None = None, check_dense: bool = True) -> np.ndarray:
     """Sparse-dense product ``A @ X`` (or ``A.T @ X``) for a CSR matrix ``A``.
 
     Parameters
@@ -132,6 +159,11 @@ def csr_matmul(A: Any, X: Any, transpose: bool = False, out: np.ndarray | None =
         Output of the exact result shape and dtype; must not overlap ``X``.
     n_threads : int, optional
         Threads to use. Results are identical for every thread count.
+    check_dense : bool
+        Warn (:class:`DenseFasterWarning`) when ``A`` has at least a million elements and is
+        dense enough that a dense product would read no more memory
+        (:func:`dense_product_pays`: 50 % nonzeros for float32 with int32 indices). False for
+        callers that keep CSR on purpose. The product is computed either way.
 
     Returns
     -------
@@ -181,6 +213,10 @@ def csr_matmul(A: Any, X: Any, transpose: bool = False, out: np.ndarray | None =
     res_shape = (res_rows,) if Xa.ndim == 1 else (res_rows, k)
     X2 = np.ascontiguousarray(Xa, dtype=dt).reshape(need, k)
     data, indices, indptr = csr_parts(A, dt)
+    if check_dense and m * ncol >= _WARN_ELEMENTS and dense_product_pays(data.size, (m, ncol), dt, indices.dtype):
+        warnings.warn(f"A: {data.size / (m * ncol):.0%} of its {m}x{ncol} entries are stored, so its CSR "
+                      f"arrays are no smaller than the dense matrix and a dense product (A.toarray() "
+                      f"@ X, BLAS) is as fast or faster", DenseFasterWarning, stacklevel=2)
     n = _resolve(n_threads)
     direct = None
     if out is not None:
