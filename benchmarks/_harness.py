@@ -65,6 +65,37 @@ def timeit(fn: Callable[[], Any], *, repeat: int = 7, min_time: float = 0.2,
     return statistics.median(samples), result
 
 
+def interleaved_best(fns: list[Callable[[], Any]], *, budget: float = 2.0, max_rounds: int = 25,
+                     pause: float = 0.0) -> list[float]:
+    """Least seconds per call of each fn, called in turn round after round (so that a busy
+    spell of a shared machine hits every contestant alike), until `budget` seconds or
+    `max_rounds` rounds; at least 3 rounds. `pause` sleeps before each call (let other
+    libraries' spinning threads go idle: see :func:`settle`).
+    """
+    for f in fns:
+        f()
+    best = [float("inf")] * len(fns)
+    if QUICK:
+        return [_once(f) for f in fns]
+    t_start = time.perf_counter()
+    rounds = 0
+    while rounds < 3 or (rounds < max_rounds and time.perf_counter() - t_start < budget):
+        for i, f in enumerate(fns):
+            if pause:
+                time.sleep(pause)
+            t0 = time.perf_counter()
+            f()
+            best[i] = min(best[i], time.perf_counter() - t0)
+        rounds += 1
+    return best
+
+
+def _once(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 _BW: dict[str, float] = {}
 
 

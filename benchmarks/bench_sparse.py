@@ -6,6 +6,11 @@ when it finds one); dense ``W @ X``; the NumPy soft-threshold expression and its
 no-temporary ``out=`` form; ``pywt.threshold`` (optional: ``pip install PyWavelets``);
 ``np.argpartition`` + SciPy CSR construction for pruning. Memory-bound kernels also show the
 fraction of the 2-thread copy bandwidth measured in the same run.
+
+``WP_BENCH_SPARSE=spmm,spmv`` runs only the named sections (spmv, spmm, products, crossover,
+prune, threshold, grain, small); ``WP_BENCH_LARGE=1`` (``run.py --large``) adds SpMV shapes
+larger than the last-level cache (32768² at 90 %: about 0.9 GB of CSR, 3 GB of memory while
+it is built), which CI's quick mode never runs.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ import numpy as np
 import scipy.sparse as sp
 
 import weightpress as wp
-from _harness import QUICK, Table, last_level_cache, memory_bandwidth, ms, read_bandwidth, timeit
+from _harness import (QUICK, Table, interleaved_best, last_level_cache, memory_bandwidth, ms,
+                      read_bandwidth, timeit)
+
+LARGE = os.environ.get("WP_BENCH_LARGE", "") not in ("", "0")
 
 
 def _mkl_dot():
@@ -85,6 +93,51 @@ def bench_products(quick: bool) -> None:
     t.print()
 
 
+def bench_spmm(quick: bool) -> None:
+    """A @ X against sparse_dot_mkl (MKL's mkl_sparse_?_mm, row-major X) with the same thread
+    count, the contestants called in turn and the least time kept (interleaved_best: a busy
+    spell of the shared machine hits both alike). 2 threads pause 0.25 s before each call so
+    MKL's spinning OpenMP threads go idle first."""
+    mkl = _mkl_dot()
+    set_mkl = None
+    if mkl is not None:
+        import sparse_dot_mkl
+
+        set_mkl = sparse_dot_mkl.mkl_set_num_threads
+    n = 4096 if not quick else 128
+    t = Table(f"SpMM A @ X, {n}x{n} (least ms of interleaved calls; 'x mkl' = mkl ms / wp ms, "
+              "> 1: weightpress faster; scipy: median ms, one thread)",
+              ["dtype", "sparsity", "k", "scipy", "mkl 1t", "wp 1t", "x mkl 1t", "mkl 2t", "wp 2t",
+               "x mkl 2t", "load"])
+    cases = [(np.float32, s, k) for s in (0.9, 0.5) for k in (8, 32, 256)] + \
+        [(np.float64, 0.9, k) for k in (32, 256)]
+    if quick:
+        cases = [(np.float32, 0.9, 8), (np.float64, 0.9, 32)]
+    for dt, s, k in cases:
+        A = sp.random_array((n, n), density=1 - s, format="csr", dtype=dt, rng=0)
+        A.data = (A.data - 0.5).astype(dt)
+        X = np.random.default_rng(1).standard_normal((n, k)).astype(dt)
+        t_ref, ref = timeit(lambda: A @ X, repeat=3, min_time=0.1)
+        row = [np.dtype(dt).name, s, k, ms(t_ref)]
+        for nt in (1, 2):
+            fns = [lambda: wp.csr_matmul(A, X, n_threads=nt)]
+            if mkl is not None:
+                set_mkl(nt)
+                fns.append(lambda: mkl(A, X))
+            best = interleaved_best(fns, budget=1.5 if nt == 1 else 3.0, pause=0.25 if nt == 2 else 0.0)
+            _close(fns[0](), ref, dt)
+            if mkl is not None:
+                _close(fns[1](), ref, dt)
+                row += [ms(best[1]), ms(best[0]), best[1] / best[0]]
+            else:
+                row += ["-", ms(best[0]), "-"]
+        row.append(f"{os.getloadavg()[0]:.1f}")
+        t.add(*row)
+    if set_mkl is not None:
+        set_mkl(2)
+    t.print()
+
+
 def _csr_random_rows(n: int, density: float, dt, rng) -> sp.csr_array:
     """n x n CSR with exactly round(density * n) entries per row, one drawn uniformly from each
     run of n / nnz_row columns (sorted, no duplicates): a random pattern built in O(nnz)."""
@@ -100,18 +153,24 @@ def _csr_random_rows(n: int, density: float, dt, rng) -> sp.csr_array:
 def bench_spmv_bandwidth(quick: bool) -> None:
     """SpMV (batch 1) on matrices at and above the last-level cache: fraction of the measured
     read bandwidth, side by side with SciPy, sparse_dot_mkl and dense GEMV."""
+    from weightpress import _core
+
     mkl = _mkl_dot()
     llc = last_level_cache()
     bw1, bw2 = read_bandwidth(1), read_bandwidth(2)
     sizes = [4096, 8192] if not quick else [256]
+    if LARGE and not quick:
+        sizes.append(32768)  # 90 %: 107M entries, ~0.86 GB of CSR (> any LLC here)
     t = Table(f"SpMV A @ x float32 (median ms; bytes = CSR (values + int32 indices + indptr) + x + y; "
               f"'rd bw' = bytes / time / read bandwidth with as many threads ({bw1 / 1e9:.1f} GB/s 1t, "
-              f"{bw2 / 1e9:.1f} GB/s 2t); LLC {llc >> 20} MiB; dense = NumPy W @ x, its own threads)",
+              f"{bw2 / 1e9:.1f} GB/s 2t); LLC {llc >> 20} MiB; dense = NumPy W @ x, its own threads; "
+              f"'vs read' = least time reading the CSR's arrays / least time of wp, called in turn)",
               ["n", "sparsity", "CSR MB", "> LLC", "scipy", "mkl", "dense", "wp 1t", "wp 2t", "x scipy",
-               "x mkl", "x dense", "rd bw 1t", "rd bw 2t", "dense rd bw"])
+               "x mkl", "x dense", "rd bw 1t", "rd bw 2t", "dense rd bw", "vs read 1t", "vs read 2t",
+               "load"])
     rng = np.random.default_rng(0)
     for n in sizes:
-        for s in (0.5, 0.9):
+        for s in ((0.5, 0.9) if n <= 8192 else (0.9,)):
             A = _csr_random_rows(n, 1 - s, np.float32, rng)
             x = rng.standard_normal(n).astype(np.float32)
             by = _csr_bytes(A, 1)
@@ -123,10 +182,19 @@ def bench_spmv_bandwidth(quick: bool) -> None:
             t1, _ = timeit(lambda: wp.csr_matmul(A, x, n_threads=1))
             t2, y2 = timeit(lambda: wp.csr_matmul(A, x, n_threads=2))
             _close(y2, ref, np.float32)
+            # robust under load: reading the CSR's own arrays (read_probe) and the SpMV called
+            # in turn, least times: the fraction of the attainable read rate, same moment
+            words = [a[: a.nbytes // 8 * 8 // a.itemsize].view(np.uint64) for a in (A.data, A.indices, A.indptr)]
+            vs_read = []
+            for nt in (1, 2):
+                tr, tw = interleaved_best([lambda: [_core.read_probe(w, nt) for w in words],
+                                           lambda: wp.csr_matmul(A, x, n_threads=nt)], budget=3.0, max_rounds=12)
+                vs_read.append(tr / tw)
             t.add(n, s, by / 1e6, by > llc, ms(t_ref), "-" if t_mkl is None else ms(t_mkl),
                   "-" if t_dense is None else ms(t_dense), ms(t1), ms(t2), t_ref / t2,
                   "-" if t_mkl is None else t_mkl / t2, "-" if t_dense is None else t_dense / t2,
-                  by / t1 / bw1, by / t2 / bw2, "-" if t_dense is None else n * n * 4 / t_dense / bw2)
+                  by / t1 / bw1, by / t2 / bw2, "-" if t_dense is None else n * n * 4 / t_dense / bw2,
+                  vs_read[0], vs_read[1], f"{os.getloadavg()[0]:.1f}")
     t.print()
 
 
@@ -297,11 +365,16 @@ def bench_threshold(quick: bool) -> None:
     t.print()
 
 
+SECTIONS = {"spmv": bench_spmv_bandwidth, "spmm": bench_spmm, "products": bench_products,
+            "crossover": bench_crossover, "prune": bench_prune, "threshold": bench_threshold,
+            "grain": bench_grain, "small": bench_small_products}
+
+
 def run(quick: bool) -> None:
-    bench_spmv_bandwidth(quick)
-    bench_products(quick)
-    bench_crossover(quick)
-    bench_prune(quick)
-    bench_threshold(quick)
-    bench_grain(quick)
-    bench_small_products(quick)
+    only = [v for v in os.environ.get("WP_BENCH_SPARSE", "").split(",") if v]
+    unknown = set(only) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"WP_BENCH_SPARSE: unknown section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
+    for name, fn in SECTIONS.items():
+        if not only or name in only:
+            fn(quick)

@@ -17,10 +17,14 @@ HERE = pathlib.Path(__file__).resolve().parent
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny problems, one call each (smoke test)")
+    ap.add_argument("--large", action="store_true",
+                    help="add the shapes larger than the last-level cache (sparse: SpMV 32768²)")
     ap.add_argument("names", nargs="*", help="benchmark modules to run (default: all)")
     args = ap.parse_args()
     if args.quick:
         os.environ["WP_BENCH_QUICK"] = "1"
+    if args.large:
+        os.environ["WP_BENCH_LARGE"] = "1"
     sys.path.insert(0, str(HERE))
     names = args.names or sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
     import weightpress as wp

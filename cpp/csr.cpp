@@ -3,9 +3,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
 
 #include "weightpress/errors.hpp"
 #include "weightpress/isa.hpp"
@@ -129,52 +134,90 @@ WP_INLINE void store(T* p, const vec_t<T, W>& v) {
 template <class T>
 constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
 
-// y[c0 .. c0+W) of one row: the accumulators stay in registers for the whole row (W > kLanes
-// is held as W / kLanes native vectors, which GCC keeps in registers; one wide generic vector
-// would live on the stack).
-template <int W, class T, class I>
-WP_INLINE void gather_tile(std::int64_t p0, std::int64_t p1, const I* __restrict indices,
-                           const T* __restrict data, const T* __restrict x, std::int64_t ldx,
-                           std::int64_t c0, T* __restrict yr) {
+// X(j, c0 .. c0+W) for the entry `PF` positions ahead of q in its row, fetched into L1 while
+// the FMAs of the entries before it run (PF = 0: none).
+template <int W, int PF, class T, class I>
+WP_INLINE void prefetch_x(const I* __restrict indices, std::int64_t q, std::int64_t end,
+                          const T* __restrict x, std::int64_t ldx, std::int64_t c0) {
+  if constexpr (PF > 0) {
+    if (q + PF < end) {
+      const T* xr = x + static_cast<std::int64_t>(indices[q + PF]) * ldx + c0;
+      constexpr int kLine = 64 / static_cast<int>(sizeof(T));
+      for (int l = 0; l < W; l += kLine) __builtin_prefetch(xr + l);
+    }
+  }
+}
+
+// acc + sum of data[p] * X(indices[p], c0) over [p0, p1), in order, for the last column of a
+// tile. Computed in lane 0 of a 2-lane vector: as scalar code GCC vectorizes the products
+// in some inlined copies (then adds them in order: a*x+acc rounded twice) and contracts to
+// FMA in others, which would make the rounding depend on where the copy sits; as a vector
+// it is contracted exactly like the wider tiles.
+template <class T, class I>
+WP_INLINE T column_sum(std::int64_t p0, std::int64_t p1, const I* __restrict indices,
+                       const T* __restrict data, const T* __restrict x, std::int64_t ldx,
+                       std::int64_t c0, T acc0) {
+  vec_t<T, 2> acc = {acc0, T(0)};
+  for (std::int64_t p = p0; p < p1; ++p) {
+    const vec_t<T, 2> xv = {x[static_cast<std::int64_t>(indices[p]) * ldx + c0], T(0)};
+    acc += data[p] * xv;
+  }
+  return acc[0];
+}
+
+// y(i0 .. i0+R, c0 .. c0+W) for R consecutive rows, the R x W accumulators in registers
+// (W > kLanes is held as W / kLanes native vectors, which GCC keeps in registers; one wide
+// generic vector would live on the stack). The rows are walked in lockstep, so their
+// independent X loads and FMA chains overlap (one row alone waits on the FMA latency when W
+// is narrow); each row still sums its own entries in index order with one accumulator per
+// output element, so a row's result does not depend on R, on which rows share its block or
+// on the thread count.
+template <int R, int W, int PF, class T, class I>
+WP_INLINE void gather_block(std::int64_t i0, const I* __restrict indptr,
+                            const I* __restrict indices, const T* __restrict data,
+                            const T* __restrict x, std::int64_t ldx, std::int64_t c0,
+                            T* __restrict y, std::int64_t ldy) {
+  std::int64_t p[R], e[R], common = INT64_MAX;
+  for (int r = 0; r < R; ++r) {
+    p[r] = indptr[i0 + r];
+    e[r] = indptr[i0 + r + 1];
+    common = std::min(common, e[r] - p[r]);
+  }
   if constexpr (W == 1) {
-    T acc = T(0);
-    for (std::int64_t p = p0; p < p1; ++p)
-      acc += data[p] * x[static_cast<std::int64_t>(indices[p]) * ldx + c0];
-    yr[c0] = acc;
+    static_assert(R == 1, "one column goes row by row (gather_tiles)");
+    y[i0 * ldy + c0] = column_sum(p[0], e[0], indices, data, x, ldx, c0, T(0));
   } else {
     constexpr int L = W < kLanes<T> ? W : kLanes<T>;
     constexpr int NV = W / L;
-    // Independent accumulator chains (entry p feeds chain p % C) so that at least 4 FMAs are
-    // in flight: one chain per vector would wait on the FMA latency at every entry. The
-    // chains are summed in a fixed order at the end: deterministic.
-    constexpr int C = NV >= 4 ? 1 : 4 / NV;
-    vec_t<T, L> acc[C][NV], xv;
-    for (int c = 0; c < C; ++c)
-      for (int v = 0; v < NV; ++v) acc[c][v] = vec_t<T, L>{};
-    std::int64_t p = p0;
-    for (; p + C <= p1; p += C) {
-#pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) {
-        const T* xr = x + static_cast<std::int64_t>(indices[p + c]) * ldx + c0;
-        const T a = data[p + c];
+    vec_t<T, L> acc[R][NV], xv;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = vec_t<T, L>{};
+    for (std::int64_t q = 0; q < common; ++q) {
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        prefetch_x<W, PF>(indices, p[r] + q, e[r], x, ldx, c0);
+        const T* xr = x + static_cast<std::int64_t>(indices[p[r] + q]) * ldx + c0;
+        const T a = data[p[r] + q];
 #pragma GCC unroll 8
         for (int v = 0; v < NV; ++v) {
           load<L>(xv, xr + v * L);
-          acc[c][v] += a * xv;
+          acc[r][v] += a * xv;
         }
       }
     }
-    for (int c = 0; p < p1; ++p, ++c) {
-      const T* xr = x + static_cast<std::int64_t>(indices[p]) * ldx + c0;
-      const T a = data[p];
-      for (int v = 0; v < NV; ++v) {
-        load<L>(xv, xr + v * L);
-        acc[c][v] += a * xv;
+    for (int r = 0; r < R; ++r) {
+      for (std::int64_t q = p[r] + common; q < e[r]; ++q) {
+        prefetch_x<W, PF>(indices, q, e[r], x, ldx, c0);
+        const T* xr = x + static_cast<std::int64_t>(indices[q]) * ldx + c0;
+        const T a = data[q];
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+          load<L>(xv, xr + v * L);
+          acc[r][v] += a * xv;
+        }
       }
+      for (int v = 0; v < NV; ++v) store<L>(y + (i0 + r) * ldy + c0 + v * L, acc[r][v]);
     }
-    for (int c = 1; c < C; ++c)
-      for (int v = 0; v < NV; ++v) acc[0][v] += acc[c][v];
-    for (int v = 0; v < NV; ++v) store<L>(yr + c0 + v * L, acc[0][v]);
   }
 }
 
@@ -210,11 +253,31 @@ WP_INLINE void scatter_tile(std::int64_t p0, std::int64_t p1, const I* __restric
 template <class T>
 constexpr int kTile = 256 / static_cast<int>(sizeof(T));
 
-template <int W, class T, class I>
-WP_INLINE void gather_row(std::int64_t p0, std::int64_t p1, const I* indices, const T* data,
-                          const T* x, std::int64_t ldx, std::int64_t k, T* yr, std::int64_t c0) {
-  for (; c0 + W <= k; c0 += W) gather_tile<W>(p0, p1, indices, data, x, ldx, c0, yr);
-  if constexpr (W > 1) gather_row<W / 2>(p0, p1, indices, data, x, ldx, k, yr, c0);
+// Columns [c0, k) of the R rows from i0: tiles of W columns, then halves down to one column.
+template <int R, int W, int PF, class T, class I>
+WP_INLINE void gather_tiles(std::int64_t i0, const I* indptr, const I* indices, const T* data,
+                            const T* x, std::int64_t ldx, std::int64_t k, T* y, std::int64_t ldy,
+                            std::int64_t c0) {
+  if constexpr (W == 1 && R > 1) {
+    // one column left: row by row (GCC vectorizes R scalar chains across the rows, and may
+    // then contract their a*x+acc differently from one row's chain: not bit-identical)
+    if (c0 < k)
+      for (int r = 0; r < R; ++r) gather_block<1, 1, PF>(i0 + r, indptr, indices, data, x, ldx, c0, y, ldy);
+  } else {
+    for (; c0 + W <= k; c0 += W) gather_block<R, W, PF>(i0, indptr, indices, data, x, ldx, c0, y, ldy);
+    if constexpr (W > 1) gather_tiles<R, W / 2, PF>(i0, indptr, indices, data, x, ldx, k, y, ldy, c0);
+  }
+}
+
+// Rows [r0, r1) in blocks of R (the last few one by one: the same sums, see gather_block).
+template <int R, int W, int PF, class T, class I>
+WP_INLINE void gather_range(std::int64_t r0, std::int64_t r1, const I* indptr, const I* indices,
+                            const T* data, const T* x, std::int64_t ldx, std::int64_t k, T* y,
+                            std::int64_t ldy) {
+  std::int64_t i = r0;
+  if constexpr (R > 1)
+    for (; i + R <= r1; i += R) gather_tiles<R, W, PF>(i, indptr, indices, data, x, ldx, k, y, ldy, 0);
+  for (; i < r1; ++i) gather_tiles<1, W, PF>(i, indptr, indices, data, x, ldx, k, y, ldy, 0);
 }
 
 template <int W, class T, class I>
@@ -224,25 +287,103 @@ WP_INLINE void scatter_row(std::int64_t p0, std::int64_t p1, const I* indices, c
   if constexpr (W > 1) scatter_row<W / 2>(p0, p1, indices, data, xr, k, out, ld, c0);
 }
 
-// Column panels of X: all rows against one panel of `W` columns, so the panel (cols × W)
-// stays in L2 while A streams once per panel.
-template <int W, class T, class I>
-WP_INLINE std::int64_t gather_panels(std::int64_t r0, std::int64_t r1, const I* indptr,
-                                     const I* indices, const T* data, std::int64_t k, const T* x,
-                                     std::int64_t ldx, T* y, std::int64_t ldy) {
-  std::int64_t c0 = 0;
-  for (; c0 + W <= k; c0 += W)
-    for (std::int64_t i = r0; i < r1; ++i)
-      gather_tile<W>(indptr[i], indptr[i + 1], indices, data, x, ldx, c0, y + i * ldy);
-  return c0;
+// True if the row's column indices do not decrease (what gather_column_blocks needs).
+template <class I>
+WP_INLINE bool row_sorted(const I* __restrict indices, std::int64_t p0, std::int64_t p1) {
+  unsigned down = 0;
+  for (std::int64_t p = p0 + 1; p < p1; ++p) down |= static_cast<unsigned>(indices[p] < indices[p - 1]);
+  return down == 0;
 }
 
+// Rows of X per column block: half the L2 cache of this CPU (the other half for A's stream,
+// Y and the other hyperthread), 512 KiB where the OS does not say.
+inline std::int64_t x_block_rows(std::int64_t row_bytes) {
+  static const std::int64_t budget = [] {
+    long l2 = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return l2 > 0 ? std::clamp<std::int64_t>(l2 / 2, 128 << 10, 2 << 20) : std::int64_t(512) << 10;
+  }();
+  return std::max<std::int64_t>(1, budget / std::max<std::int64_t>(row_bytes, 1));
+}
+
+// y(i, c0 .. c0+W) += the entries [p, q) of row i: the accumulators start from y and end
+// there, so a row summed over consecutive segments is summed exactly as in one pass.
+template <int W, int PF, class T, class I>
+WP_INLINE void gather_segment(std::int64_t p, std::int64_t q, const I* __restrict indices,
+                              const T* __restrict data, const T* __restrict x, std::int64_t ldx,
+                              std::int64_t c0, T* __restrict yr) {
+  if constexpr (W == 1) {
+    yr[c0] = column_sum(p, q, indices, data, x, ldx, c0, yr[c0]);
+  } else {
+    constexpr int L = W < kLanes<T> ? W : kLanes<T>;
+    constexpr int NV = W / L;
+    vec_t<T, L> acc[NV], xv;
+    for (int v = 0; v < NV; ++v) load<L>(acc[v], yr + c0 + v * L);
+    for (; p < q; ++p) {
+      prefetch_x<W, PF>(indices, p, q, x, ldx, c0);
+      const T* xr = x + static_cast<std::int64_t>(indices[p]) * ldx + c0;
+      const T a = data[p];
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) {
+        load<L>(xv, xr + v * L);
+        acc[v] += a * xv;
+      }
+    }
+    for (int v = 0; v < NV; ++v) store<L>(yr + c0 + v * L, acc[v]);
+  }
+}
+
+template <int W, int PF, class T, class I>
+WP_INLINE void segment_tiles(std::int64_t p, std::int64_t q, const I* indices, const T* data,
+                             const T* x, std::int64_t ldx, std::int64_t k, T* yr, std::int64_t c0) {
+  for (; c0 + W <= k; c0 += W) gather_segment<W, PF>(p, q, indices, data, x, ldx, c0, yr);
+  if constexpr (W > 1) segment_tiles<W / 2, PF>(p, q, indices, data, x, ldx, k, yr, c0);
+}
+
+// Rows [r0, r1) against X in blocks of `block` of its rows (the columns of A), each block
+// small enough to stay in L2 while every row of the range consumes its entries in it. Needs
+// column indices sorted within each row (checked by the caller); pos: r1 - r0 cursors.
+template <int W, int PF, class T, class I>
+WP_INLINE void gather_column_blocks(std::int64_t r0, std::int64_t r1, std::int64_t cols,
+                                    const I* indptr, const I* indices, const T* data,
+                                    const T* x, std::int64_t ldx, std::int64_t k, T* y,
+                                    std::int64_t ldy, std::int64_t block, std::int64_t* pos) {
+  for (std::int64_t i = r0; i < r1; ++i) {
+    pos[i - r0] = indptr[i];
+    for (std::int64_t c = 0; c < k; ++c) y[i * ldy + c] = T(0);
+  }
+  for (std::int64_t j0 = 0; j0 < cols; j0 += block) {
+    const std::int64_t j1 = j0 + block;
+    for (std::int64_t i = r0; i < r1; ++i) {
+      const std::int64_t p = pos[i - r0], e = indptr[i + 1];
+      std::int64_t q = p;
+      while (q < e && static_cast<std::int64_t>(indices[q]) < j1) ++q;
+      pos[i - r0] = q;
+      if (q > p) segment_tiles<W, PF>(p, q, indices, data, x, ldx, k, y + i * ldy, 0);
+    }
+  }
+}
+
+// How the SpMM (k > 1) row loop blocks, per instruction set (measured, see gather_rows):
+// rows walked together when a row's tile is narrow, and the bytes of X per row and tile then.
+// Wide rows (k * sizeof(T) >= 256 bytes) go one at a time in tiles of wide_bytes.
+struct Blocking {
+  int rows;        // R: rows in lockstep for narrow tiles
+  int tile_bytes;  // of one row's tile in that case: R x tile_bytes of accumulators
+  int wide_bytes;  // tile of a wide row
+};
+inline constexpr Blocking kBlockV4{8, 128, 256};   // 16 zmm of accumulators out of 32; 4
+inline constexpr Blocking kBlockV3{4, 64, 256};    // 8 ymm out of 16; 8
+inline constexpr Blocking kBlockBase{4, 32, 128};  // 8 xmm out of 16 (SSE2) or of NEON's 32; 8
+
 // Rows [r0, r1) of Y = A X. Returns the first bad index position, or -1.
-template <class T, class I>
+template <class T, class I, const Blocking& B = kBlockBase>
 WP_INLINE std::int64_t gather_rows(std::int64_t r0, std::int64_t r1, std::int64_t cols,
                                    const I* indptr, const I* indices, const T* data,
                                    std::int64_t k, const T* x, std::int64_t ldx, T* y,
-                                   std::int64_t ldy) {
+                                   std::int64_t ldy, std::int64_t* pos = nullptr) {
   if (k == 1) {
     for (std::int64_t i = r0; i < r1; ++i) {
       const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
@@ -272,23 +413,28 @@ WP_INLINE std::int64_t gather_rows(std::int64_t r0, std::int64_t r1, std::int64_
     }
     return -1;
   }
+  const std::int64_t block = pos ? x_block_rows(k * static_cast<std::int64_t>(sizeof(T))) : cols;
+  bool sorted = block < cols;
   for (std::int64_t i = r0; i < r1; ++i) {
     const std::int64_t bad = row_bad(indices, indptr[i], indptr[i + 1], cols);
     if (bad >= 0) return bad;
+    if (sorted) sorted = row_sorted(indices, indptr[i], indptr[i + 1]);
   }
-  // X small enough for L2: each row sweeps all of its columns. Otherwise panels of X that fit.
-  constexpr std::int64_t kL2 = std::int64_t(1) << 20;
-  const std::int64_t row_bytes = cols * static_cast<std::int64_t>(sizeof(T));
-  std::int64_t c0 = 0;
-  if (row_bytes * k > kL2) {
-    constexpr int L = kLanes<T>;
-    if (row_bytes * 4 * L <= kL2) c0 = gather_panels<4 * L>(r0, r1, indptr, indices, data, k, x, ldx, y, ldy);
-    else if (row_bytes * 2 * L <= kL2) c0 = gather_panels<2 * L>(r0, r1, indptr, indices, data, k, x, ldx, y, ldy);
-    else c0 = gather_panels<L>(r0, r1, indptr, indices, data, k, x, ldx, y, ldy);
-  }
-  if (c0 < k)
-    for (std::int64_t i = r0; i < r1; ++i)
-      gather_row<kTile<T>>(indptr[i], indptr[i + 1], indices, data, x, ldx, k, y + i * ldy, c0);
+  // Measured against MKL's mkl_sparse_s_mm (row-major X, one thread, 4096², AVX-512;
+  // benchmarks/bench_sparse.py "SpMM"): X rows wider than a 256-byte tile are bound by loading
+  // X from L3, so each row streams its full X rows tile by tile with a software prefetch 16
+  // entries ahead (1.1-1.2x faster than column panels of X kept in L2, which the shared L2 of
+  // a loaded 2-core VM did not keep); narrower rows are bound by the FMA latency of their few
+  // accumulators and run R rows in lockstep (k = 16-32: 1.1-1.6x over one row with
+  // interleaved chains; prefetching there measured slower).
+  constexpr int kWide = B.wide_bytes / static_cast<int>(sizeof(T));
+  if (sorted)
+    gather_column_blocks<kWide, 16>(r0, r1, cols, indptr, indices, data, x, ldx, k, y, ldy, block, pos);
+  else if (k * static_cast<std::int64_t>(sizeof(T)) >= 256)
+    gather_range<1, kWide, 16>(r0, r1, indptr, indices, data, x, ldx, k, y, ldy);
+  else
+    gather_range<B.rows, B.tile_bytes / static_cast<int>(sizeof(T)), 0>(r0, r1, indptr, indices,
+                                                                       data, x, ldx, k, y, ldy);
   return -1;
 }
 
@@ -311,63 +457,118 @@ WP_INLINE std::int64_t scatter_rows(std::int64_t r0, std::int64_t r1, std::int64
 // sums in two chains (entry p feeds lane p % V of chain (p / V) % 2), summed in a fixed order;
 // the tail is added lane-wise in order. The order depends only on the row and the ISA.
 #ifdef WP_X86_DISPATCH
+// The SpMV loops' two streams (indices, values), fetched 2 KiB ahead of the N entries from p:
+// on matrices larger than the LLC the hardware prefetcher alone left the 32768² SpMV at
+// 0.5-0.8x of the read bandwidth, 0.9x with this (benchmarks/bench_sparse.py, spmv --large).
+template <int N, class T, class I>
+WP_INLINE void prefetch_streams(const I* indices, const T* data, std::int64_t p) {
+  constexpr int kAhead = 2048;
+  const char* ip = reinterpret_cast<const char*>(indices + p) + kAhead;
+  const char* dp = reinterpret_cast<const char*>(data + p) + kAhead;
+  for (int b = 0; b < N * static_cast<int>(sizeof(I)); b += 64) __builtin_prefetch(ip + b);
+  for (int b = 0; b < N * static_cast<int>(sizeof(T)); b += 64) __builtin_prefetch(dp + b);
+}
+
+// AVX-512: the range check rides in the gather loop (no separate pass over the row's indices:
+// on a matrix larger than the LLC that pass read the index stream alone, then the loop read
+// the values alone). Each vector of indices is compared unsigned against cols and only the
+// lanes in range are gathered; a row with any lane out of range is rescanned for the first.
 template <class T, class I>
 WP_TARGET_V4 std::int64_t spmv_v4(std::int64_t r0, std::int64_t r1, std::int64_t cols,
                                   const I* __restrict indptr, const I* __restrict indices,
                                   const T* __restrict data, const T* __restrict x,
                                   T* __restrict y, std::int64_t ldy) {
+  using U = std::make_unsigned_t<I>;
+  // every index at or above `lim` (as unsigned) is out of range: negative ones included
+  const U lim = static_cast<U>(std::min<std::uint64_t>(
+      static_cast<std::uint64_t>(cols), static_cast<std::uint64_t>(std::numeric_limits<I>::max()) + 1));
   for (std::int64_t i = r0; i < r1; ++i) {
     const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
-    const std::int64_t bad = row_bad(indices, p0, p1, cols);
-    if (bad >= 0) return bad;
     std::int64_t p = p0;
     T s = T(0);
+    unsigned ok = 1;  // all lanes so far in range
     if constexpr (std::is_same_v<T, float> && sizeof(I) == 4) {
+      const __m512i vl = _mm512_set1_epi32(static_cast<int>(lim));
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+      __mmask16 all = 0xffff;
       for (; p + 32 <= p1; p += 32) {
+        prefetch_streams<32>(indices, data, p);
         const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 16);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, j0, x, 4), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p + 16), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, j1, x, 4), a1);
+        const __mmask16 m0 = _mm512_cmplt_epu32_mask(j0, vl), m1 = _mm512_cmplt_epu32_mask(j1, vl);
+        all = static_cast<__mmask16>(all & m0 & m1);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, j0, x, 4), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p + 16), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, j1, x, 4), a1);
       }
       if (p + 16 <= p1) {
         const __m512i j0 = _mm512_loadu_si512(indices + p);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xffff, j0, x, 4), a0);
+        const __mmask16 m0 = _mm512_cmplt_epu32_mask(j0, vl);
+        all = static_cast<__mmask16>(all & m0);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, j0, x, 4), a0);
         p += 16;
       }
+      ok = all == 0xffff;
       alignas(64) float l[16];  // (not _mm512_reduce_add_ps: GCC 12 warns inside it)
       _mm512_store_ps(l, _mm512_add_ps(a0, a1));
       float h[8];
       for (int q = 0; q < 8; ++q) h[q] = l[q] + l[q + 8];
       s = ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
     } else if constexpr (std::is_same_v<T, float>) {  // int64 indices: 8 lanes
+      const __m512i vl = _mm512_set1_epi64(static_cast<long long>(lim));
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      __mmask8 all = 0xff;
       for (; p + 16 <= p1; p += 16) {
+        prefetch_streams<16>(indices, data, p);
         const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 8);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm512_mask_i64gather_ps(_mm256_setzero_ps(), 0xff, j0, x, 4), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm512_mask_i64gather_ps(_mm256_setzero_ps(), 0xff, j1, x, 4), a1);
+        const __mmask8 m0 = _mm512_cmplt_epu64_mask(j0, vl), m1 = _mm512_cmplt_epu64_mask(j1, vl);
+        all = static_cast<__mmask8>(all & m0 & m1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm512_mask_i64gather_ps(_mm256_setzero_ps(), m0, j0, x, 4), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm512_mask_i64gather_ps(_mm256_setzero_ps(), m1, j1, x, 4), a1);
       }
+      ok = all == 0xff;
       const __m256 a = _mm256_add_ps(a0, a1);
       const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
       s = (h[0] + h[1]) + (h[2] + h[3]);
     } else {  // double: 8 lanes
       __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+      __mmask8 all = 0xff;
       for (; p + 16 <= p1; p += 16) {
+        prefetch_streams<16>(indices, data, p);
         __m512d x0, x1;
+        __mmask8 m0, m1;
         if constexpr (sizeof(I) == 4) {
-          x0 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p)), x, 8);
-          x1 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8)), x, 8);
+          const __m256i vl = _mm256_set1_epi32(static_cast<int>(lim));
+          const __m256i j0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p));
+          const __m256i j1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8));
+          m0 = _mm256_cmplt_epu32_mask(j0, vl);
+          m1 = _mm256_cmplt_epu32_mask(j1, vl);
+          x0 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m0, j0, x, 8);
+          x1 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m1, j1, x, 8);
         } else {
-          x0 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), 0xff, _mm512_loadu_si512(indices + p), x, 8);
-          x1 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), 0xff, _mm512_loadu_si512(indices + p + 8), x, 8);
+          const __m512i vl = _mm512_set1_epi64(static_cast<long long>(lim));
+          const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 8);
+          m0 = _mm512_cmplt_epu64_mask(j0, vl);
+          m1 = _mm512_cmplt_epu64_mask(j1, vl);
+          x0 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), m0, j0, x, 8);
+          x1 = _mm512_mask_i64gather_pd(_mm512_setzero_pd(), m1, j1, x, 8);
         }
+        all = static_cast<__mmask8>(all & m0 & m1);
         a0 = _mm512_fmadd_pd(_mm512_loadu_pd(data + p), x0, a0);
         a1 = _mm512_fmadd_pd(_mm512_loadu_pd(data + p + 8), x1, a1);
       }
+      ok = all == 0xff;
       alignas(64) double l[8];
       _mm512_store_pd(l, _mm512_add_pd(a0, a1));
       s = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
     }
-    for (; p < p1; ++p) s += data[p] * x[static_cast<std::int64_t>(indices[p])];
+    for (; p < p1; ++p) {
+      const U j = static_cast<U>(indices[p]);
+      if (j >= lim) {
+        ok = 0;
+        break;
+      }
+      s += data[p] * x[static_cast<std::int64_t>(j)];
+    }
+    if (!ok) return row_bad(indices, p0, p1, cols);
     y[i * ldy] = s;
   }
   return -1;
@@ -378,55 +579,74 @@ WP_TARGET_V3 std::int64_t spmv_v3(std::int64_t r0, std::int64_t r1, std::int64_t
                                   const I* __restrict indptr, const I* __restrict indices,
                                   const T* __restrict data, const T* __restrict x,
                                   T* __restrict y, std::int64_t ldy) {
-  for (std::int64_t i = r0; i < r1; ++i) {
-    const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
-    const std::int64_t bad = row_bad(indices, p0, p1, cols);
-    if (bad >= 0) return bad;
-    std::int64_t p = p0;
-    T s = T(0);
-    if constexpr (std::is_same_v<T, float> && sizeof(I) == 4) {
-      // (masked gathers with a zero source: GCC 12 warns on the unmasked forms' undefined source)
-      const __m256 all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      for (; p + 16 <= p1; p += 16) {
-        const __m256i j0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p));
-        const __m256i j1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8));
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, j0, all, 4), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, j1, all, 4), a1);
+  if constexpr (sizeof(I) != 4) {
+    return gather_rows<T, I>(r0, r1, cols, indptr, indices, data, 1, x, 1, y, ldy);
+  } else {
+    // as spmv_v4: the range check in the gather loop (AVX2 has no unsigned compare: a lane is
+    // in range if j > -1 and not j > cols - 1), only lanes in range gathered
+    const int jmax = static_cast<int>(std::min<std::int64_t>(cols - 1, std::numeric_limits<int>::max()));
+    const __m256i vmax = _mm256_set1_epi32(jmax), vneg = _mm256_set1_epi32(-1);
+    for (std::int64_t i = r0; i < r1; ++i) {
+      const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
+      std::int64_t p = p0;
+      T s = T(0);
+      __m256i okv = vneg;  // all ones while every lane is in range
+      if constexpr (std::is_same_v<T, float>) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (; p + 16 <= p1; p += 16) {
+          prefetch_streams<16>(indices, data, p);
+          const __m256i j0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p));
+          const __m256i j1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8));
+          const __m256i m0 = _mm256_andnot_si256(_mm256_cmpgt_epi32(j0, vmax), _mm256_cmpgt_epi32(j0, vneg));
+          const __m256i m1 = _mm256_andnot_si256(_mm256_cmpgt_epi32(j1, vmax), _mm256_cmpgt_epi32(j1, vneg));
+          okv = _mm256_and_si256(okv, _mm256_and_si256(m0, m1));
+          a0 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p), _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, j0, _mm256_castsi256_ps(m0), 4), a0);
+          a1 = _mm256_fmadd_ps(_mm256_loadu_ps(data + p + 8), _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, j1, _mm256_castsi256_ps(m1), 4), a1);
+        }
+        const __m256 a = _mm256_add_ps(a0, a1);
+        const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        s = (h[0] + h[1]) + (h[2] + h[3]);
+      } else {
+        const __m128i vmax4 = _mm256_castsi256_si128(vmax), vneg4 = _mm256_castsi256_si128(vneg);
+        __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+        for (; p + 8 <= p1; p += 8) {
+          prefetch_streams<8>(indices, data, p);
+          const __m128i j0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p));
+          const __m128i j1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p + 4));
+          const __m128i m0 = _mm_andnot_si128(_mm_cmpgt_epi32(j0, vmax4), _mm_cmpgt_epi32(j0, vneg4));
+          const __m128i m1 = _mm_andnot_si128(_mm_cmpgt_epi32(j1, vmax4), _mm_cmpgt_epi32(j1, vneg4));
+          okv = _mm256_and_si256(okv, _mm256_castsi128_si256(_mm_and_si128(m0, m1)));
+          a0 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j0, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m0)), 8), a0);
+          a1 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p + 4), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j1, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m1)), 8), a1);
+        }
+        okv = _mm256_inserti128_si256(okv, _mm_set1_epi32(-1), 1);  // (upper half unused)
+        const __m256d a = _mm256_add_pd(a0, a1);
+        s = (a[0] + a[1]) + (a[2] + a[3]);
       }
-      const __m256 a = _mm256_add_ps(a0, a1);
-      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-      s = (h[0] + h[1]) + (h[2] + h[3]);
-    } else if constexpr (std::is_same_v<T, double> && sizeof(I) == 4) {
-      const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi32(-1));
-      __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
-      for (; p + 8 <= p1; p += 8) {
-        const __m128i j0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p));
-        const __m128i j1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p + 4));
-        a0 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j0, all, 8), a0);
-        a1 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p + 4), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j1, all, 8), a1);
+      bool ok = _mm256_movemask_epi8(okv) == -1;
+      for (; ok && p < p1; ++p) {
+        const std::int64_t j = static_cast<std::int64_t>(indices[p]);
+        if (j < 0 || j >= cols) ok = false;
+        else s += data[p] * x[j];
       }
-      const __m256d a = _mm256_add_pd(a0, a1);
-      s = (a[0] + a[1]) + (a[2] + a[3]);
-    } else {
-      return gather_rows<T, I>(i, r1, cols, indptr, indices, data, 1, x, 1, y, ldy);
+      if (!ok) return row_bad(indices, p0, p1, cols);
+      y[i * ldy] = s;
     }
-    for (; p < p1; ++p) s += data[p] * x[static_cast<std::int64_t>(indices[p])];
-    y[i * ldy] = s;
+    return -1;
   }
-  return -1;
 }
 #endif
 
 #define WP_ROWS_ARGS                                                                        \
   std::int64_t r0, std::int64_t r1, std::int64_t cols, const I *indptr, const I *indices, \
-      const T *data, std::int64_t k, const T *x, std::int64_t ldx, T *y, std::int64_t ldy
+      const T *data, std::int64_t k, const T *x, std::int64_t ldx, T *y, std::int64_t ldy, \
+      std::int64_t *pos
 #define WP_ROWS_PASS r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy
 
 template <bool Scatter, class T, class I>
 std::int64_t rows_base(WP_ROWS_ARGS) {
   if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
-  else return gather_rows<T, I>(WP_ROWS_PASS);
+  else return gather_rows<T, I, kBlockBase>(WP_ROWS_PASS, pos);
 }
 #ifdef WP_X86_DISPATCH
 template <bool Scatter, class T, class I>
@@ -434,14 +654,14 @@ WP_TARGET_V3 std::int64_t rows_v3(WP_ROWS_ARGS) {
   if constexpr (!Scatter)
     if (k == 1 && ldx == 1) return spmv_v3<T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
   if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
-  else return gather_rows<T, I>(WP_ROWS_PASS);
+  else return gather_rows<T, I, kBlockV3>(WP_ROWS_PASS, pos);
 }
 template <bool Scatter, class T, class I>
 WP_TARGET_V4 std::int64_t rows_v4(WP_ROWS_ARGS) {
   if constexpr (!Scatter)
     if (k == 1 && ldx == 1) return spmv_v4<T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
   if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
-  else return gather_rows<T, I>(WP_ROWS_PASS);
+  else return gather_rows<T, I, kBlockV4>(WP_ROWS_PASS, pos);
 }
 #endif
 
@@ -449,12 +669,12 @@ template <bool Scatter, class T, class I>
 std::int64_t rows(WP_ROWS_ARGS) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return rows_v4<Scatter, T, I>(WP_ROWS_PASS);
-    case Isa::kV3: return rows_v3<Scatter, T, I>(WP_ROWS_PASS);
+    case Isa::kV4: return rows_v4<Scatter, T, I>(WP_ROWS_PASS, pos);
+    case Isa::kV3: return rows_v3<Scatter, T, I>(WP_ROWS_PASS, pos);
     case Isa::kBase: break;
   }
 #endif
-  return rows_base<Scatter, T, I>(WP_ROWS_PASS);
+  return rows_base<Scatter, T, I>(WP_ROWS_PASS, pos);
 }
 
 }  // namespace
@@ -483,12 +703,23 @@ std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, 
   if (k == 0) return -1;
   // Tiny products run on the calling thread: waking a team costs more than the work.
   const int nt = threads_for(gather_cost(nnz, rows_, k), n_threads, kGrainCost);
+  // Wide rows of X that do not fit L2 together: X in blocks of its rows (gather_rows), when
+  // the blocks hold enough rows and each row of A has a few entries per block (else the
+  // per-block bookkeeping, rows x blocks, outweighs the entries). One cursor per row.
+  std::vector<std::int64_t> pos;
+  const std::int64_t row_bytes = k * static_cast<std::int64_t>(sizeof(T));
+  if (row_bytes >= 256) {
+    const std::int64_t block = x_block_rows(row_bytes);
+    const std::int64_t n_blocks = (cols + block - 1) / block;
+    if (n_blocks > 1 && block >= 64 && rows_ * n_blocks * 4 <= nnz) pos.resize(static_cast<size_t>(rows_));
+  }
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), nth = team_size();
     const std::int64_t r0 = part_start(rows_, indptr, tid, nth);
     const std::int64_t r1 = part_start(rows_, indptr, tid + 1, nth);
-    const std::int64_t bad = rows<false, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy);
+    const std::int64_t bad = rows<false, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy,
+                                                   pos.empty() ? nullptr : pos.data() + r0);
     if (bad >= 0) note_bad(first_bad, bad);
   }
   return first_bad.load();
@@ -519,7 +750,7 @@ std::int64_t csr_matmat_t(std::int64_t rows_, std::int64_t cols, const I* indptr
       for (std::int64_t c = 0; c < k; ++c) out[j * ld + c] = T(0);
     const std::int64_t r0 = part_start(rows_, indptr, b, n_blocks);
     const std::int64_t r1 = part_start(rows_, indptr, b + 1, n_blocks);
-    const std::int64_t bad = rows<true, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, out, ld);
+    const std::int64_t bad = rows<true, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, out, ld, nullptr);
     if (bad >= 0) note_bad(first_bad, bad);
   }
   if (n_blocks > 1 && first_bad.load() < 0) {

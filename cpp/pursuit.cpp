@@ -567,6 +567,12 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
     const std::int64_t b = std::min(chunk, N - s0);
     omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.data());
     col_sqnorms<T>(m, b, Y + s0, ldy, nbuf.data(), n_threads);
+    if (p.check_finite && N <= kSmallBlock) {
+      T acc = T(0);  // 0·x stays 0 for finite x and is NaN for NaN or Inf
+      for (std::int64_t i = 0; i < b * n; ++i) acc += T(0) * cbuf[static_cast<std::size_t>(i)];
+      for (std::int64_t i = 0; i < b; ++i) acc += T(0) * nbuf[static_cast<std::size_t>(i)];
+      if (acc != T(0)) throw NonFinite("omp: D.T @ Y is not finite");
+    }
     if (lazy)
       omp_lazy<T>(m, n, b, D, cbuf.data(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
                   coef + s0 * kmax, count + s0, resid2 + s0, n_threads);

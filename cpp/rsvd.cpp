@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "rsvd_detail.hpp"
@@ -112,19 +113,23 @@ void check_params(std::int64_t m, std::int64_t n, const RsvdParams& p) {
 
 // Orientation back to the caller's, scale back, and the sign convention: the entry of largest
 // magnitude in each column of U (the first such, on ties) is positive.
+// The factors are moved (or transposed one at a time, each source freed at once): never two
+// copies of both (issue 15: the output was held three times on its way to Python).
 template <class T>
-void emit(const OpFactors<T>& f, bool transposed, std::int64_t m, std::int64_t n, int exp2,
+void emit(OpFactors<T>&& f, bool transposed, std::int64_t m, std::int64_t n, int exp2,
           SvdFactors<T>& out) {
   const std::int64_t k = f.k;
   out.m = m;
   out.n = n;
   out.k = k;
   if (!transposed) {
-    out.u.assign(f.u.begin(), f.u.end());
-    out.vt.assign(f.vt.begin(), f.vt.end());
+    out.u = std::move(f.u);
+    out.vt = std::move(f.vt);
   } else {  // operator = Aᵀ = U' S V'ᵀ  ⇒  A = V' S U'ᵀ
     out.u = transposed_copy(k, m, f.vt.data());
+    std::vector<T>().swap(f.vt);
     out.vt = transposed_copy(n, k, f.u.data());
+    std::vector<T>().swap(f.u);
   }
   out.s.resize(sz(k));
   for (std::int64_t c = 0; c < k; ++c) out.s[sz(c)] = static_cast<T>(std::ldexp(f.s[sz(c)], exp2));
@@ -180,7 +185,7 @@ void randomized_svd_dense(std::int64_t m, std::int64_t n, const T* a, std::int64
   OpFactors<T> f;
   rsvd_core<T>(op, p, f, info);
   info.scale = std::ldexp(1.0, -e);
-  emit<T>(f, transposed, m, n, e, out);
+  emit<T>(std::move(f), transposed, m, n, e, out);
 }
 
 template <class T, class I>
@@ -224,7 +229,7 @@ void randomized_svd_csr(std::int64_t m, std::int64_t n, const I* indptr, const I
   OpFactors<T> f;
   rsvd_core<T>(op, p, f, info);
   info.scale = std::ldexp(1.0, -e);
-  emit<T>(f, transposed, m, n, e, out);
+  emit<T>(std::move(f), transposed, m, n, e, out);
 }
 
 #define WP_RSVD_INST(T)                                                                      \

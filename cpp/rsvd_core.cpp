@@ -238,19 +238,29 @@ struct SmallSvd {
   template <class T>
   void compute(std::int64_t l_, std::int64_t n_, const T* b, std::int64_t ldb, bool want_vectors,
                bool b_rowmajor = false) {
+    compute_with<T>(l_, n_, want_vectors, [&](double* a) {
+      if (b_rowmajor) {  // b holds the l×n matrix row-major
+        for (std::int64_t i = 0; i < l_; ++i)
+          for (std::int64_t j = 0; j < n_; ++j)
+            a[sz(j * l_ + i)] = static_cast<double>(b[i * ldb + j]);
+      } else {
+        for (std::int64_t j = 0; j < n_; ++j)
+          for (std::int64_t i = 0; i < l_; ++i)
+            a[sz(j * l_ + i)] = static_cast<double>(b[j * ldb + i]);
+      }
+    });
+  }
+
+  // The same with the l×n matrix written by fill(a) into a column-major double buffer (ld l).
+  template <class T, class Fill>
+  void compute_with(std::int64_t l_, std::int64_t n_, bool want_vectors, Fill&& fill) {
     eps_out_ = static_cast<double>(std::numeric_limits<T>::epsilon());
     l = l_;
     n = n_;
     const std::int64_t mn = std::min(l, n);
     a_.resize(sz(l * n));
     std::vector<double>& a = a_;
-    if (b_rowmajor) {  // b holds the l×n matrix row-major
-      for (std::int64_t i = 0; i < l; ++i)
-        for (std::int64_t j = 0; j < n; ++j) a[sz(j * l + i)] = static_cast<double>(b[i * ldb + j]);
-    } else {
-      for (std::int64_t j = 0; j < n; ++j)
-        for (std::int64_t i = 0; i < l; ++i) a[sz(j * l + i)] = static_cast<double>(b[j * ldb + i]);
-    }
+    fill(a.data());
     s.assign(sz(mn), 0.0);
     if (mn == 0) return;
     const char jobz = want_vectors ? 'S' : 'N';
@@ -497,6 +507,54 @@ void fixed_rank(const LinOp<T>& A, const RsvdParams& p, OpFactors<T>& f, RsvdInf
   info.power_iters = it;
 }
 
+// One block of the adaptive QB: Qᵢ (m×b) and Bᵢᵀ = AᵀQᵢ (n×b), both row-major; its first
+// column is column `off` of Q. The basis is kept as a list of blocks, not one growing matrix: a
+// contiguous Q and Bᵀ had to be reallocated (old and new copies at once, capacity doubled) as
+// the basis grew, which made the fixed-accuracy SVD of a 2048² float32 matrix peak at 7.3×
+// the matrix (issue 15).
+template <class T>
+struct QbBlock {
+  std::int64_t off = 0, b = 0;
+  std::vector<T> q, bt;
+};
+
+template <class T>
+void gemm_rm_t(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha,
+               const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
+               std::int64_t ldc) {
+  blas::gemm_rm<T>(ta, tb, to_int(m), to_int(n), to_int(k), alpha, a, to_int(lda), b,
+                   to_int(ldb), beta, c, to_int(ldc));
+}
+
+// t (l×c row-major) = Qᵀ x (x m×c), or Bx = (Bᵀ)ᵀ x (x n×c) when of_b.
+template <class T>
+void blocks_t_times(const std::vector<QbBlock<T>>& bl, bool of_b, std::int64_t rows, const T* x,
+                    std::int64_t c, T* t) {
+  for (const auto& k : bl)
+    gemm_rm_t<T>(true, false, k.b, c, rows, T(1), (of_b ? k.bt : k.q).data(), k.b, x, c, T(0),
+                 t + k.off * c, c);
+}
+
+// y (rows×c) += alpha · Q t (or Bᵀ t when of_b), t (l×c row-major).
+template <class T>
+void blocks_times(const std::vector<QbBlock<T>>& bl, bool of_b, std::int64_t rows, T alpha,
+                  const T* t, std::int64_t c, T* y) {
+  for (const auto& k : bl)
+    gemm_rm_t<T>(false, false, rows, c, k.b, alpha, (of_b ? k.bt : k.q).data(), k.b,
+                 t + k.off * c, c, T(1), y, c);
+}
+
+// Rows j0..j1 of Bᵀ (n×l) into a double buffer: d[(j − j0)·l + i] = B(i, j), i.e. the columns
+// j0..j1 of B, column-major with ld l.
+template <class T>
+void bt_rows(const std::vector<QbBlock<T>>& bl, std::int64_t l, std::int64_t j0, std::int64_t j1,
+             double* d) {
+  for (const auto& k : bl)
+    for (std::int64_t j = j0; j < j1; ++j)
+      for (std::int64_t c = 0; c < k.b; ++c)
+        d[sz((j - j0) * l + k.off + c)] = static_cast<double>(k.bt[sz(j * k.b + c)]);
+}
+
 // Blocked adaptive QB (randQB_EI): Q (m×l) and Bᵀ = AᵀQ (n×l) grow by blocks until the
 // energy indicator ‖A‖² − ‖B‖² meets the target (kTol) or the newest block's largest singular
 // value falls below lam (kSvt).
@@ -511,13 +569,15 @@ class AdaptiveQB {
   }
   std::int64_t l() const { return l_; }
   std::int64_t lmax() const { return lmax_; }
-  int blocks() const { return blocks_; }
+  int blocks() const { return static_cast<int>(bl_.size()); }
   double energy_left() const { return energy_; }
   // The last sketch found nothing outside span(Q) but rounding errors.
   bool exhausted() const { return exhausted_; }
-  const T* q() const { return q_.get(); }
-  std::int64_t ldq() const { return cap_; }
-  const T* bt() const { return bt_.get(); }
+  const std::vector<QbBlock<T>>& basis() const { return bl_; }
+  void release() { std::vector<QbBlock<T>>().swap(bl_); }
+  void release_q() {
+    for (auto& k : bl_) std::vector<T>().swap(k.q);
+  }
 
   // Adds blocks until stop() is true or the basis is full.
   template <class Stop>
@@ -526,89 +586,80 @@ class AdaptiveQB {
     while (l_ < lmax_ && !exhausted_) {
       std::int64_t b = std::max(b0_, (l_ / 3 + 7) / 8 * 8);
       b = std::min({b, std::int64_t(512), lmax_ - l_});
-      reserve(l_ + b);
-      y_.resize(sz(m * b));
-      z_.resize(sz(n * b));
-      t_.resize(sz(cap_ * b));
-      gaussian_sketch<T>(n, b, l_, p_.seed, z_.data(), b, A_.n_threads);
-      A_.mm(b, z_.data(), b, y_.data(), b);
-      project_y(b, z_.data());
+      std::vector<T> y(sz(m * b)), z(sz(n * b));
+      t_.resize(sz(l_ * b));
+      gaussian_sketch<T>(n, b, l_, p_.seed, z.data(), b, A_.n_threads);
+      A_.mm(b, z.data(), b, y.data(), b);
+      if (l_ > 0) {  // y -= Q (B Ω)
+        blocks_t_times<T>(bl_, true, n, z.data(), b, t_.data());
+        blocks_times<T>(bl_, false, m, T(-1), t_.data(), b, y.data());
+      }
       // (I − QQᵀ)AΩ at rounding level: the basis holds A's whole range (an exactly low-rank
       // A). E‖AΩ‖² = b‖A‖²; a product in T carries relative errors of about eps·sqrt(n) (8×
       // that is the bound used: measured 1.5·eps·sqrt(n) on a CSR all-ones matrix). A block of
       // noise would only add directions of rounding errors: stop here.
-      if (l_ > 0 && sumsq(m, b, y_.data(), b) <= 64.0 * eps2_ * static_cast<double>(n) *
-                                                     static_cast<double>(b) * A_.fro2) {
+      if (l_ > 0 && sumsq(m, b, y.data(), b) <= 64.0 * eps2_ * static_cast<double>(n) *
+                                                    static_cast<double>(b) * A_.fro2) {
         exhausted_ = true;
         break;
       }
-      orth_.run(m, b, y_.data(), b, false, p_.orth);
+      orth_.run(m, b, y.data(), b, false, p_.orth);
       for (int it = 0; it < (p_.power_iters < 0 ? 2 : p_.power_iters); ++it) {
-        A_.mm_t(b, y_.data(), b, z_.data(), b);
+        A_.mm_t(b, y.data(), b, z.data(), b);
         if (l_ > 0) {  // z -= Bᵀ (Qᵀ y)
-          gemm_rm_t(true, false, l_, b, m, T(1), q_.get(), cap_, y_.data(), b, T(0), t_.data(), b);
-          gemm_rm_t(false, false, n, b, l_, T(-1), bt_.get(), cap_, t_.data(), b, T(1), z_.data(),
-                    b);
+          blocks_t_times<T>(bl_, false, m, y.data(), b, t_.data());
+          blocks_times<T>(bl_, true, n, T(-1), t_.data(), b, z.data());
         }
-        orth_.run(n, b, z_.data(), b, false, p_.orth);
-        A_.mm(b, z_.data(), b, y_.data(), b);
-        project_y(b, z_.data());
-        orth_.run(m, b, y_.data(), b, false, p_.orth);
+        orth_.run(n, b, z.data(), b, false, p_.orth);
+        A_.mm(b, z.data(), b, y.data(), b);
+        if (l_ > 0) {  // y -= Q (B z)
+          blocks_t_times<T>(bl_, true, n, z.data(), b, t_.data());
+          blocks_times<T>(bl_, false, m, T(-1), t_.data(), b, y.data());
+        }
+        orth_.run(m, b, y.data(), b, false, p_.orth);
       }
       if (l_ > 0) {
         // Re-orthogonalise against Q twice ("twice is enough"): when the block is mostly
         // inside span(Q), one projection leaves a remainder whose own component in span(Q)
         // is as large as itself once normalised (block Gram-Schmidt, BCGS2).
-        project_q(b);
+        project_q(b, y.data());
         // y's columns were unit vectors: a column that kept at least half its energy is
         // orthogonal to Q to working accuracy after one pass (Kahan-Parlett); otherwise the
         // second pass.
-        if (min_col_sumsq(m, b, y_.data()) < 0.5) {
-          orth_.run(m, b, y_.data(), b, false, p_.orth);
-          project_q(b);
+        if (min_col_sumsq(m, b, y.data()) < 0.5) {
+          orth_.run(m, b, y.data(), b, false, p_.orth);
+          project_q(b, y.data());
         }
       }
       for (int pass = 0;; ++pass) {
         const int hh = orth_.householder_count;
-        orth_.run(m, b, y_.data(), b, true, p_.orth);
+        orth_.run(m, b, y.data(), b, true, p_.orth);
         // Householder completes a rank-deficient block with arbitrary directions, which need
         // not be orthogonal to Q: project those out and orthonormalise once more.
         if (l_ == 0 || orth_.householder_count == hh || pass == 2) break;
-        project_q(b);
+        project_q(b, y.data());
       }
-      A_.mm_t(b, y_.data(), b, z_.data(), b);  // Bᵢᵀ = Aᵀ Yᵢ
-      for (std::int64_t i = 0; i < m; ++i)
-        std::copy(y_.begin() + static_cast<std::ptrdiff_t>(i * b),
-                  y_.begin() + static_cast<std::ptrdiff_t>((i + 1) * b), q_.get() + i * cap_ + l_);
-      for (std::int64_t i = 0; i < n; ++i)
-        std::copy(z_.begin() + static_cast<std::ptrdiff_t>(i * b),
-                  z_.begin() + static_cast<std::ptrdiff_t>((i + 1) * b), bt_.get() + i * cap_ + l_);
-      energy_ -= sumsq(n, b, z_.data(), b);
+      A_.mm_t(b, y.data(), b, z.data(), b);  // Bᵢᵀ = Aᵀ Yᵢ
+      energy_ -= sumsq(n, b, z.data(), b);
+      bl_.push_back(QbBlock<T>{l_, b, std::move(y), std::move(z)});
       l_ += b;
-      ++blocks_;
-      if (stop(*this, z_.data(), b)) break;
+      if (stop(*this, bl_.back().bt.data(), b)) break;
     }
+    std::vector<T>().swap(t_);
   }
 
  private:
   const LinOp<T>& A_;
   const RsvdParams& p_;
-  std::int64_t lmax_ = 0, b0_ = 16, l_ = 0, cap_ = 0;
-  int blocks_ = 0;
+  std::int64_t lmax_ = 0, b0_ = 16, l_ = 0;
   bool exhausted_ = false;
   const double eps2_ = static_cast<double>(std::numeric_limits<T>::epsilon()) *
                        static_cast<double>(std::numeric_limits<T>::epsilon());
   double energy_ = 0.0;
-  std::unique_ptr<T[]> q_, bt_;
-  std::vector<T> y_, z_, t_;
+  std::vector<QbBlock<T>> bl_;
+  std::vector<T> t_;
   Orth<T> orth_;
 
-  static void gemm_rm_t(bool ta, bool tb, std::int64_t m, std::int64_t n, std::int64_t k, T alpha,
-                        const T* a, std::int64_t lda, const T* b, std::int64_t ldb, T beta, T* c,
-                        std::int64_t ldc) {
-    blas::gemm_rm<T>(ta, tb, to_int(m), to_int(n), to_int(k), alpha, a, to_int(lda), b,
-                     to_int(ldb), beta, c, to_int(ldc));
-  }
   static double min_col_sumsq(std::int64_t r, std::int64_t c, const T* y) {
     std::vector<double> ss(sz(c), 0.0);
     for (std::int64_t i = 0; i < r; ++i)
@@ -619,29 +670,39 @@ class AdaptiveQB {
     return c > 0 ? *std::min_element(ss.begin(), ss.end()) : 1.0;
   }
   // y -= Q (Qᵀ y)
-  void project_q(std::int64_t b) {
-    gemm_rm_t(true, false, l_, b, A_.m, T(1), q_.get(), cap_, y_.data(), b, T(0), t_.data(), b);
-    gemm_rm_t(false, false, A_.m, b, l_, T(-1), q_.get(), cap_, t_.data(), b, T(1), y_.data(), b);
-  }
-  // y -= Q (B x) with B x = (Bᵀ)ᵀ x
-  void project_y(std::int64_t b, const T* x) {
-    if (l_ == 0) return;
-    gemm_rm_t(true, false, l_, b, A_.n, T(1), bt_.get(), cap_, x, b, T(0), t_.data(), b);
-    gemm_rm_t(false, false, A_.m, b, l_, T(-1), q_.get(), cap_, t_.data(), b, T(1), y_.data(), b);
-  }
-  void reserve(std::int64_t need) {
-    if (need <= cap_) return;
-    std::int64_t nc = std::min(lmax_, std::max(need, 2 * cap_));
-    std::unique_ptr<T[]> nq(new T[sz(A_.m * nc)]), nb(new T[sz(A_.n * nc)]);
-    for (std::int64_t i = 0; i < A_.m; ++i)
-      std::copy(q_.get() + i * cap_, q_.get() + i * cap_ + l_, nq.get() + i * nc);
-    for (std::int64_t i = 0; i < A_.n; ++i)
-      std::copy(bt_.get() + i * cap_, bt_.get() + i * cap_ + l_, nb.get() + i * nc);
-    q_ = std::move(nq);
-    bt_ = std::move(nb);
-    cap_ = nc;
+  void project_q(std::int64_t b, T* y) {
+    blocks_t_times<T>(bl_, false, A_.m, y, b, t_.data());
+    blocks_times<T>(bl_, false, A_.m, T(-1), t_.data(), b, y);
   }
 };
+
+// The small SVD of B (l×n) from the blocks.
+template <class T>
+void small_svd_of(const AdaptiveQB<T>& qb, std::int64_t n, bool want_vectors, SmallSvd& sv) {
+  const std::int64_t l = qb.l();
+  sv.compute_with<T>(l, n, want_vectors, [&](double* a) { bt_rows<T>(qb.basis(), l, 0, n, a); });
+}
+
+// U (m×k) = Q · Ub[:, :k] from the blocks; Vt (k×n) from sv.vt (col-major, ld min(l, n)).
+template <class T>
+void assemble(std::int64_t m, const std::vector<QbBlock<T>>& bl, const SmallSvd& sv,
+              std::int64_t k, OpFactors<T>& f) {
+  const std::int64_t l = sv.l, n = sv.n;
+  f.k = k;
+  f.s.assign(sv.s.begin(), sv.s.begin() + k);
+  f.u.assign(sz(m * k), T(0));
+  f.vt.assign(sz(k * n), T(0));
+  if (k == 0) return;
+  std::vector<T> ub(sz(l * k));  // first k columns of Ub, column-major = row-major k×l
+  for (std::int64_t c = 0; c < k; ++c)
+    for (std::int64_t i = 0; i < l; ++i) ub[sz(c * l + i)] = static_cast<T>(sv.u[sz(c * l + i)]);
+  for (const auto& b : bl)
+    gemm_rm_t<T>(false, true, m, k, b.b, T(1), b.q.data(), b.b, ub.data() + b.off, l, T(1),
+                 f.u.data(), k);
+  const std::int64_t ldv = std::min(l, n);
+  for (std::int64_t c = 0; c < k; ++c)
+    for (std::int64_t j = 0; j < n; ++j) f.vt[sz(c * n + j)] = static_cast<T>(sv.vt[sz(j * ldv + c)]);
+}
 
 // Smallest r with fro2 − Σ_{i<r} s_i² <= target (s descending); -1 if none.
 std::int64_t rank_for(const std::vector<double>& s, double fro2, double target, double* err2) {
@@ -667,6 +728,134 @@ double verify2(const LinOp<T>& A, const OpFactors<T>& f) {
   return A.resid2(f.k, us.data(), f.vt.data());
 }
 
+// ---- the final stage by the Gram matrix ----------------------------------------------------
+// G = BBᵀ (l×l, double) has the eigenvalues σᵢ(B)² and B's left singular vectors as
+// eigenvectors, so U = Q Z and Vt = S⁻¹ Zᵀ B. Its memory is G and the r wanted eigenvectors,
+// against the l×n double copy of B, its l×l and l×n factors and gesdd's workspace of the
+// SVD of B (issue 15). The squared values carry absolute errors of about eps₆₄‖A‖², which
+// is used only where the target is far above that (gram_accurate).
+
+// G's upper triangle, column-major, from Bᵀ's rows in chunks (never a double copy of B).
+template <class T>
+std::vector<double> gram_of_b(const std::vector<QbBlock<T>>& bl, std::int64_t l, std::int64_t n) {
+  std::vector<double> g(sz(l * l), 0.0);
+  const std::int64_t c =
+      std::min(n, std::clamp<std::int64_t>((std::int64_t(1) << 18) / std::max<std::int64_t>(l, 1), 16, 512));
+  std::vector<double> d(sz(c * l));
+  for (std::int64_t j0 = 0; j0 < n; j0 += c) {
+    const std::int64_t j1 = std::min(n, j0 + c);
+    bt_rows<T>(bl, l, j0, j1, d.data());
+    blas::syrk<double>('U', 'N', to_int(l), to_int(j1 - j0), 1.0, d.data(), to_int(l),
+                       j0 == 0 ? 0.0 : 1.0, g.data(), to_int(l));
+  }
+  return g;
+}
+
+// syevr with its workspace query; false when LAPACK reports a failure (info > 0).
+inline bool syevr_run(char jobz, char range, char uplo, std::int64_t l, double* g,
+                      std::int64_t il, std::int64_t iu, std::vector<double>& w,
+                      std::vector<double>& z, std::int64_t nz) {
+  const auto li = to_int(l);
+  blas::blas_int found = 0, iq = 0;
+  double wq = 0.0;
+  w.assign(sz(l), 0.0);
+  if (jobz == 'V') z.assign(sz(l * nz), 0.0);
+  std::vector<blas::blas_int> isuppz(sz(2 * std::max<std::int64_t>(nz, 1)));
+  double dz = 0.0;
+  double* zp = jobz == 'V' ? z.data() : &dz;
+  blas::syevr<double>(jobz, range, uplo, li, g, li, to_int(il), to_int(iu), &found, w.data(), zp,
+                      li, isuppz.data(), &wq, -1, &iq, -1);
+  std::vector<double> work(sz(std::max<std::int64_t>(1, static_cast<std::int64_t>(wq))));
+  std::vector<blas::blas_int> iwork(sz(std::max<blas::blas_int>(1, iq)));
+  const auto info = blas::syevr<double>(jobz, range, uplo, li, g, li, to_int(il), to_int(iu),
+                                        &found, w.data(), zp, li, isuppz.data(), work.data(),
+                                        to_int(work.size()), iwork.data(), to_int(iwork.size()));
+  return info == 0 && (range != 'I' || found == iu - il + 1);
+}
+
+// All eigenpairs of G (consumed): ascending values in w, vectors in z (l×l, column-major).
+// MRRR (syevr, range 'A'): its subset mode falls back to bisection and inverse iteration,
+// measured 4× slower at l = 2,000. False when LAPACK reports a failure.
+inline bool gram_eig(std::vector<double>&& g, std::int64_t l, std::vector<double>& w,
+                     std::vector<double>& z) {
+  const bool ok = syevr_run('V', 'A', 'U', l, g.data(), 1, l, w, z, l);
+  std::vector<double>().swap(g);
+  return ok;
+}
+
+// The rank-r factors U = Q Z, Vt = S⁻¹ Zᵀ B from G's eigenpairs (w ascending, z l×l) and the
+// blocks (Q released once U is built, z on return).
+template <class T>
+void gram_factors(AdaptiveQB<T>& qb, std::int64_t m, std::int64_t n, const std::vector<double>& w,
+                  std::vector<double>&& z, std::int64_t r, OpFactors<T>& f) {
+  const std::int64_t l = qb.l();
+  f = OpFactors<T>{};
+  f.k = r;
+  f.s.assign(sz(r), 0.0);
+  if (r == 0) return;
+  // singular triplet k is eigenpair l − 1 − k (column l − 1 − k of z)
+  for (std::int64_t k = 0; k < r; ++k) f.s[sz(k)] = std::sqrt(std::max(w[sz(l - 1 - k)], 0.0));
+  f.u.assign(sz(m * r), T(0));
+  {
+    std::vector<T> zt(sz(r * l));  // row-major r×l, descending
+    for (std::int64_t k = 0; k < r; ++k)
+      for (std::int64_t i = 0; i < l; ++i)
+        zt[sz(k * l + i)] = static_cast<T>(z[sz((l - 1 - k) * l + i)]);
+    for (const auto& b : qb.basis())
+      gemm_rm_t<T>(false, true, m, r, b.b, T(1), b.q.data(), b.b, zt.data() + b.off, l, T(1),
+                   f.u.data(), r);
+  }
+  qb.release_q();  // (each output is allocated once what it replaces is gone)
+  f.vt.assign(sz(r * n), T(0));
+  // Vt in double by chunks of B's columns, so that rows of Vt for small σ stay orthonormal;
+  // the r wanted eigenvectors are z's last r columns
+  const double* zr = z.data() + (l - r) * l;
+  const std::int64_t c = std::min(
+      n, std::clamp<std::int64_t>((std::int64_t(1) << 18) / std::max(l, r), 16, 512));
+  std::vector<double> d(sz(c * l)), v(sz(r * c));
+  for (std::int64_t j0 = 0; j0 < n; j0 += c) {
+    const std::int64_t j1 = std::min(n, j0 + c), h = j1 - j0;
+    bt_rows<T>(qb.basis(), l, j0, j1, d.data());
+    blas::gemm<double>('T', 'N', to_int(r), to_int(h), to_int(l), 1.0, zr, to_int(l), d.data(),
+                       to_int(l), 0.0, v.data(), to_int(r));
+    for (std::int64_t cc = 0; cc < r; ++cc) {
+      const std::int64_t k = r - 1 - cc;
+      const double inv = f.s[sz(k)] > 0.0 ? 1.0 / f.s[sz(k)] : 0.0;
+      for (std::int64_t j = 0; j < h; ++j)
+        f.vt[sz(k * n + j0 + j)] = static_cast<T>(v[sz(j * r + cc)] * inv);
+    }
+  }
+  std::vector<double>().swap(z);
+}
+
+// ‖(I − QQᵀ)A‖² in double, by chunks of A's columns (the measured part of the error when the
+// energy indicator cannot resolve the target).
+template <class T>
+double resid_of_basis2(const LinOp<T>& A, const std::vector<QbBlock<T>>& bl, std::int64_t l) {
+  const std::int64_t m = A.m, n = A.n;
+  const std::int64_t c = std::min(
+      n, std::clamp<std::int64_t>((std::int64_t(1) << 18) / std::max<std::int64_t>(m, 1), 8, 256));
+  std::vector<std::int64_t> cols(sz(c));
+  std::vector<T> y(sz(m * c)), t(sz(l * c));
+  double total = 0.0;
+  for (std::int64_t j0 = 0; j0 < n; j0 += c) {
+    const std::int64_t h = std::min(n, j0 + c) - j0;
+    for (std::int64_t j = 0; j < h; ++j) cols[sz(j)] = j0 + j;
+    A.columns(cols.data(), h, y.data());
+    blocks_t_times<T>(bl, false, m, y.data(), h, t.data());
+    blocks_times<T>(bl, false, m, T(-1), t.data(), h, y.data());
+    total += sumsq(m, h, y.data(), h);
+  }
+  return total;
+}
+
+// The Gram path is used where the eigenvalue errors, at most about l·eps₆₄‖A‖² over a tail
+// sum, stay 256× below the target: every float32 tolerance the dtype can meet (100·eps₃₂ and
+// up, for up to ~4,000 columns), float64 down to about 1e-5.
+inline bool gram_accurate(double tol2, std::int64_t lmax) {
+  return tol2 >= 256.0 * static_cast<double>(lmax) * std::numeric_limits<double>::epsilon();
+}
+
 template <class T>
 void fixed_accuracy(const LinOp<T>& A, const RsvdParams& p, OpFactors<T>& f, RsvdInfo& info) {
   const double fro2 = A.fro2;
@@ -685,26 +874,68 @@ void fixed_accuracy(const LinOp<T>& A, const RsvdParams& p, OpFactors<T>& f, Rsv
   const double resolution = 64.0 * eps * std::sqrt(static_cast<double>(A.m));
   const bool must_verify = tol2 < resolution;
   AdaptiveQB<T> qb(A, p);
+  bool gram = gram_accurate(tol2, qb.lmax());
   const double goal = must_verify ? resolution * fro2 : target;
   qb.grow([goal](const AdaptiveQB<T>& s, const T*, std::int64_t) { return s.energy_left() <= goal; });
   for (;;) {
     const std::int64_t l = qb.l();
-    SmallSvd sv;
-    sv.compute<T>(l, A.n, qb.bt(), qb.ldq(), true);
     info.basis = l;
     info.n_blocks = qb.blocks();
+    if (gram) {
+      std::vector<double> w, z;
+      if (!gram_eig(gram_of_b<T>(qb.basis(), l, A.n), l, w, z)) {
+        gram = false;  // LAPACK failed: the SVD of B below
+        continue;
+      }
+      std::vector<double> lam(w.rbegin(), w.rend());  // σᵢ², descending
+      for (auto& v : lam) v = std::max(v, 0.0);
+      const auto nl = static_cast<std::int64_t>(lam.size());
+      std::vector<double> tail(sz(nl + 1), 0.0);
+      for (std::int64_t i = nl - 1; i >= 0; --i) tail[sz(i)] = tail[sz(i + 1)] + lam[sz(i)];
+      std::int64_t r = 0;
+      double rb2 = 0.0;
+      if (!must_verify) {
+        double kept = 0.0;  // the smallest r meeting the indicator (all l: the best we have)
+        while (r < nl && fro2 - kept > target) kept += lam[sz(r++)];
+      } else {
+        rb2 = resid_of_basis2<T>(A, qb.basis(), l);
+        while (r < nl && rb2 + tail[sz(r)] > target) ++r;
+        if (rb2 + tail[sz(r)] > target) {
+          if (!qb.exhausted() && l < qb.lmax()) {
+            qb.grow([](const AdaptiveQB<T>&, const T*, std::int64_t) { return true; });
+            if (qb.l() > l) continue;
+          }
+          r = 0;  // below what this basis resolves: the smallest rank within a factor 2 of it
+          while (r < nl && tail[sz(r)] > rb2) ++r;
+        }
+      }
+      // values at G's rounding level hold no direction: their triplets would not be
+      // orthonormal, and they add nothing to U S Vt
+      while (r > 0 && lam[sz(r - 1)] <= static_cast<double>(l) * 4.0 *
+                                           std::numeric_limits<double>::epsilon() * lam[0])
+        --r;
+      gram_factors<T>(qb, A.m, A.n, w, std::move(z), r, f);
+      double kept = 0.0;
+      for (std::int64_t i = 0; i < r; ++i) kept += lam[sz(i)];
+      info.rel_err = must_verify ? std::sqrt((rb2 + tail[sz(r)]) / fro2)
+                                 : std::sqrt(std::max(fro2 - kept, 0.0) / fro2);
+      info.verified = must_verify;
+      return;
+    }
+    SmallSvd sv;
+    small_svd_of<T>(qb, A.n, true, sv);
     if (!must_verify) {
       double e2 = 0.0;
       std::int64_t r = rank_for(sv.s, fro2, target, &e2);
       if (r < 0) r = l;  // basis full: the best we have
-      assemble<T>(A.m, qb.q(), qb.ldq(), sv, r, f);
+      assemble<T>(A.m, qb.basis(), sv, r, f);
       info.rel_err = std::sqrt(e2 / fro2);
       info.verified = false;
       return;
     }
     // ‖A − U_r S_r V_rᵀ‖² = ‖A − QB‖² + Σ_{i>=r} sᵢ² (Q orthonormal): the first term measured
     // directly, the second from tail sums (no cancellation).
-    assemble<T>(A.m, qb.q(), qb.ldq(), sv, l, f);
+    assemble<T>(A.m, qb.basis(), sv, l, f);
     const double rb2 = verify2(A, f);
     const auto ns = static_cast<std::int64_t>(sv.s.size());
     std::vector<double> tail(sz(ns + 1), 0.0);
@@ -720,7 +951,7 @@ void fixed_accuracy(const LinOp<T>& A, const RsvdParams& p, OpFactors<T>& f, Rsv
       r = 0;     // rank within a factor 2 of the best error the basis gives
       while (r < ns && tail[sz(r)] > rb2) ++r;
     }
-    assemble<T>(A.m, qb.q(), qb.ldq(), sv, r, f);
+    assemble<T>(A.m, qb.basis(), sv, r, f);
     info.rel_err = std::sqrt((rb2 + tail[sz(r)]) / fro2);  // measured residual + exact tail
     info.verified = true;
     return;
@@ -743,10 +974,10 @@ void svt_qb(const LinOp<T>& A, const RsvdParams& p, OpFactors<T>& f, RsvdInfo& i
   });
   const std::int64_t l = qb.l();
   SmallSvd sv;
-  sv.compute<T>(l, n, qb.bt(), qb.ldq(), true);
+  small_svd_of<T>(qb, n, true, sv);
   std::int64_t r = 0;
   while (r < static_cast<std::int64_t>(sv.s.size()) && sv.s[sz(r)] > lam) ++r;
-  assemble<T>(A.m, qb.q(), qb.ldq(), sv, r, f);
+  assemble<T>(A.m, qb.basis(), sv, r, f);
   for (auto& v : f.s) v -= lam;
   info.basis = l;
   info.n_blocks = qb.blocks();

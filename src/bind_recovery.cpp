@@ -133,12 +133,14 @@ py::tuple l1_csr(py::array ip_, py::array ix_, py::array dt_, std::int64_t m, st
 }  // namespace
 
 void bind_recovery(py::module_& m) {
+  py::register_exception<wp::NonFinite>(m, "NonFinite", PyExc_ValueError);
   m.def("omp_gram", &omp_gram, "G = D.T @ D for row-major D (one BLAS syrk).", "D"_a.noconvert());
   py::class_<wp::OmpParams>(m, "OmpParams", "Options of omp.")
       .def(py::init<>())
       .def_readwrite("kmax", &wp::OmpParams::kmax)
       .def_readwrite("tol", &wp::OmpParams::tol)
-      .def_readwrite("chunk", &wp::OmpParams::chunk);
+      .def_readwrite("chunk", &wp::OmpParams::chunk)
+      .def_readwrite("check_finite", &wp::OmpParams::check_finite);
   m.def("omp", &omp, "Batch OMP: (supp, coef, count, resid2) for the columns of Y.",
         "D"_a.noconvert(), "Y"_a.noconvert(), "G"_a.none(true), "params"_a, "n_threads"_a);
   py::native_enum<wp::L1Mode>(m, "L1Mode", "enum.IntEnum", "What the l1 homotopy solves.")

@@ -1,6 +1,8 @@
 // Randomized SVD / SVT: strict checks → dtype dispatch → GIL release → wp::randomized_svd_*.
 #include <algorithm>
-#include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
 
 #include "bind_common.hpp"
 #include "weightpress/csr.hpp"
@@ -9,12 +11,23 @@
 namespace wpb {
 namespace {
 
+// A NumPy array that owns the vector's buffer (moved, not copied: the factors are the largest
+// thing the SVD returns). Empty ones are plain new arrays.
 template <class T>
-py::tuple to_python(const wp::SvdFactors<T>& f, const wp::RsvdInfo& info) {
-  carr<T> u({f.m, f.k}), s(f.k), vt({f.k, f.n});
-  if (!f.u.empty()) std::memcpy(u.mutable_data(), f.u.data(), f.u.size() * sizeof(T));
-  if (!f.s.empty()) std::memcpy(s.mutable_data(), f.s.data(), f.s.size() * sizeof(T));
-  if (!f.vt.empty()) std::memcpy(vt.mutable_data(), f.vt.data(), f.vt.size() * sizeof(T));
+carr<T> adopt(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  if (v.empty()) return carr<T>(shape);
+  auto owned = std::make_unique<std::vector<T>>(std::move(v));
+  const T* data = owned->data();
+  py::capsule base(owned.get(), [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  owned.release();
+  return carr<T>(shape, data, base);
+}
+
+template <class T>
+py::tuple to_python(wp::SvdFactors<T>&& f, const wp::RsvdInfo& info) {
+  auto u = adopt<T>(std::move(f.u), {f.m, f.k});
+  auto s = adopt<T>(std::move(f.s), {f.k});
+  auto vt = adopt<T>(std::move(f.vt), {f.k, f.n});
   py::dict d("rank"_a = info.rank, "basis"_a = info.basis, "n_blocks"_a = info.n_blocks,
              "rel_err"_a = info.rel_err, "verified"_a = info.verified, "direct"_a = info.direct,
              "scale"_a = info.scale, "power_iters"_a = info.power_iters);
@@ -38,7 +51,7 @@ py::tuple rsvd_dense(py::array a_, bool fortran, const wp::RsvdParams& p, int n_
       wp::randomized_svd_dense<T>(m, n, ap, std::max<std::int64_t>(c, 1), fortran, p, f, info,
                                   n_threads);
     }
-    return to_python<T>(f, info);
+    return to_python<T>(std::move(f), info);
   });
 }
 
@@ -62,7 +75,7 @@ py::tuple rsvd_csr(py::array ip_, py::array ix_, py::array dt_, std::int64_t row
         wp::csr_check<I>(rows, cols, p_, j_, nnz, n_threads);
         wp::randomized_svd_csr<T, I>(rows, cols, p_, j_, v_, p, f, info, n_threads);
       }
-      return to_python<T>(f, info);
+      return to_python<T>(std::move(f), info);
     });
   });
 }

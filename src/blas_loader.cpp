@@ -35,6 +35,7 @@ void fill(wp::blas::Fns<T>& f, const py::dict& b, const py::dict& l, char p) {
   f.potrf = capsule_fn<typename F::potrf_t>(l, s + "potrf");
   f.potrs = capsule_fn<typename F::potrs_t>(l, s + "potrs");
   f.syevd = capsule_fn<typename F::syevd_t>(l, s + "syevd");
+  f.syevr = capsule_fn<typename F::syevr_t>(l, s + "syevr");
   f.getrf = capsule_fn<typename F::getrf_t>(l, s + "getrf");
   f.trtrs = capsule_fn<typename F::trtrs_t>(l, s + "trtrs");
 }

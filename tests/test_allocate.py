@@ -75,3 +75,57 @@ def test_allocated_layers_follow_the_ratio_search(tmp_path, monkeypatch, ratio):
                              calibration=cp, method="prune")
     assert len(sizes) == 1 or len(set(sizes)) > 1  # a retry wrote another file
     assert abs(rep.ratio - ratio) <= 0.03 * ratio
+
+
+def test_size_aware_budgets_protect_small_layers():
+    from weightpress.model.allocate import SMALL_DEADZONE_BITS, size_aware_budgets
+
+    sizes = {"a": 4096, "b": 4096, "c": 16384, "head": 256}
+    orig = {k: 4 * v for k, v in sizes.items()}
+    total = sum(orig.values()) / 16  # 2 bits per weight on average
+    b = size_aware_budgets(sizes, orig, total)
+    assert abs(sum(b.values()) - total) < 1e-6 * total
+    bits = {k: 8 * b[k] / sizes[k] for k in sizes}
+    # the closed form: below the byte-weighted median size (here c), half a bit per halving
+    # beyond the dead zone; layers of the median size and above share the rest equally
+    extra = 0.5 * np.log2(16384 / 256) - SMALL_DEADZONE_BITS
+    assert bits["head"] - bits["c"] == pytest.approx(extra, rel=1e-9)
+    assert bits["a"] - bits["c"] == pytest.approx(0.5 * np.log2(4) - SMALL_DEADZONE_BITS, rel=1e-9)
+    assert bits["a"] == pytest.approx(bits["b"], rel=1e-12)
+    # layers of one size keep the uniform ratio
+    same = size_aware_budgets({"x": 100, "y": 100}, {"x": 400, "y": 400}, 200)
+    assert same == {"x": 100.0, "y": 100.0}
+    # no layer gets more than its own bytes; a generous total fills every layer to dense
+    b = size_aware_budgets(sizes, orig, 0.9 * sum(orig.values()))
+    assert all(b[k] <= orig[k] * (1 + 1e-12) for k in sizes)
+    assert sum(b.values()) == pytest.approx(0.9 * sum(orig.values()))
+    assert size_aware_budgets(sizes, orig, 2 * sum(orig.values())) == {k: float(v) for k, v in orig.items()}
+
+
+def test_ratio_search_quantizes_kept_matrices_that_matter(tmp_path):
+    # a big layer, a small head (kept by the default size rule) and an embedding: at ratio 8
+    # with quantization the kept float matrices would take a large share of the file, so they
+    # are quantized (per row) and the head gets more bits per weight than the big layer;
+    # with pruning (or at ratio 2) the defaults keep them
+    from weightpress.model.compress import compress_model, open_source
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    t = {"fc.weight": rng.standard_normal((256, 256)).astype(np.float32),
+         "head.weight": rng.standard_normal((10, 256)).astype(np.float32),
+         "embed.weight": rng.standard_normal((100, 64)).astype(np.float32)}
+    p = str(tmp_path / "m.safetensors")
+    save_file(t, p)
+    with open_source(p) as src:
+        q = compress_model(src, tmp_path / "q.wpz", ratio=8, method="quant")
+        pr = compress_model(src, tmp_path / "p.wpz", ratio=8, method="prune")
+        q2 = compress_model(src, tmp_path / "q2.wpz", ratio=2, method="quant")
+    rows = {r.name: r for r in q.rows}
+    assert rows["head.weight"].form.startswith(("int", "uint"))
+    assert rows["embed.weight"].form.startswith(("int", "uint"))
+    assert "compressed to reach ratio 8" in rows["embed.weight"].reason
+    per_weight = {n: rows[n].nbytes / t[n].size for n in ("fc.weight", "head.weight")}
+    assert per_weight["head.weight"] > 1.3 * per_weight["fc.weight"]
+    assert q.ratio >= 8 * 0.97
+    assert {r.name: r.form for r in pr.rows}["head.weight"] == "dense"
+    assert {r.name: r.form for r in q2.rows}["embed.weight"] == "dense"

@@ -424,3 +424,52 @@ def test_lasso_working_sets_csr_scaled_columns_and_threads():
     assert info.converged
     np.testing.assert_allclose(wp.lasso(Ad, y, lam), x, atol=1e-10)
     np.testing.assert_array_equal(wp.lasso(A, y, lam, n_threads=1), wp.lasso(A, y, lam, n_threads=2))
+
+
+def bpdn_kkt(A, y, x, sigma, lam, rtol=1e-8):
+    """Independent optimality check of BPDN: ‖r‖ = sigma, A_Sᵀr = λ sign(x_S), |A_jᵀr| <= λ."""
+    r = y - A @ x
+    c = A.T @ r
+    S = np.flatnonzero(x)
+    np.testing.assert_allclose(np.linalg.norm(r), sigma, rtol=1e-9)
+    np.testing.assert_allclose(c[S], lam * np.sign(x[S]), rtol=rtol, atol=rtol * lam)
+    assert np.abs(c).max() <= lam * (1 + rtol)
+    z = r / np.abs(c).max()
+    P, D = np.abs(x).sum(), y @ z - sigma * np.linalg.norm(z)
+    assert (P - D) / P <= 1e-9
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bpdn_large_dense_support_guess_is_optimal(seed):
+    # 512×2048 takes the float32 support guess and the exact solve on that support
+    m, n = 512, 2048
+    A = gauss(m, n, 40 + seed)
+    rng = np.random.default_rng(50 + seed)
+    y0 = A @ sparse_vec(n, 64, 60 + seed)
+    e = 0.01 * np.linalg.norm(y0) / np.sqrt(m) * rng.standard_normal(m)
+    y, sigma = y0 + e, float(np.linalg.norm(e))
+    x, info = wp.basis_pursuit(A, y, sigma=sigma, return_info=True)
+    assert info.converged and info.n_active > 64
+    bpdn_kkt(A, y, x, sigma, info.lam)
+    # the LASSO at the final λ (working sets, no guess) is the same point
+    np.testing.assert_allclose(wp.lasso(A, y, info.lam), x, atol=1e-9)
+    np.testing.assert_array_equal(wp.basis_pursuit(A, y, sigma=sigma, n_threads=2),
+                                  wp.basis_pursuit(A, y, sigma=sigma, n_threads=1))
+
+
+def test_bpdn_large_dense_guess_repaired_or_redone():
+    # columns float32 cannot tell apart (a near-duplicate pair) and column scales 1e3 apart:
+    # whatever the float32 solve guesses, the answer is the double problem's optimum
+    m, n = 512, 2048
+    A = gauss(m, n, 70)
+    A[:, 1] = A[:, 0] * (1 + 1e-9) + 1e-10 * np.random.default_rng(71).standard_normal(m)
+    A[:, 2:200] *= 1e3
+    rng = np.random.default_rng(72)
+    xt = sparse_vec(n, 60, 73)
+    xt[:2] = [1.0, 0.5]
+    y0 = A @ xt
+    e = 0.01 * np.linalg.norm(y0) / np.sqrt(m) * rng.standard_normal(m)
+    y, sigma = y0 + e, float(np.linalg.norm(e))
+    x, info = wp.basis_pursuit(A, y, sigma=sigma, return_info=True)
+    assert info.converged
+    bpdn_kkt(A, y, x, sigma, info.lam, rtol=1e-7)

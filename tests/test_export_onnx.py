@@ -149,13 +149,19 @@ def test_quant_runs_as_matmulnbits(tmp_path, block, specs):
     for compute, tol in (("exact", 1e-4), ("fast", 3e-2)):
         out = tmp_path / f"{compute}.onnx"
         rows = export_onnx(wpz, out, like, compute=compute)
+        n_dq = 0
         for r in rows:
-            bits = specs[r.name][0]
-            assert r.how.startswith(f"MatMulNBits {4 if bits <= 4 else 8}-bit"), r.how
+            bits, group, _ = specs[r.name]
+            if compute == "fast" and bits > 4 and group == 0:   # per channel: integer MatMul
+                assert r.how.startswith(f"DynamicQuantizeMatMul {bits}-bit per channel"), r.how
+                n_dq += 1
+            else:
+                assert r.how.startswith(f"MatMulNBits {4 if bits <= 4 else 8}-bit"), r.how
             assert r.nbytes < r.dense_nbytes / (4.5 if bits <= 4 else 3.5)
         m = onnx.load(str(out))
         onnx.checker.check_model(m)
-        assert sum(n.op_type == "MatMulNBits" for n in m.graph.node) == 2
+        ops = [n.op_type for n in m.graph.node]
+        assert ops.count("MatMulNBits") == 2 - n_dq and ops.count("DynamicQuantizeMatMul") == n_dq
         y = _run(out, x)
         err = np.linalg.norm(y - y_ref) / np.linalg.norm(y_ref)
         assert err < tol, (compute, err)
@@ -361,9 +367,16 @@ def test_lowrank_int8_runs_as_two_matmulnbits(tmp_path, block):
     ref = _run(_reference(tmp_path, wpz, like), x)
     np.testing.assert_allclose(_run(out, x), ref, rtol=1e-4, atol=1e-4)
     assert not np.allclose(_run(like, x), ref, atol=1e-3)
-    fast = tmp_path / "lq_fast.onnx"
-    export_onnx(wpz, fast, like)  # int8 activations: close, not exact
-    assert np.linalg.norm(_run(fast, x) - ref) < 0.02 * np.linalg.norm(ref)
+    for compute, op in (("fast", "DynamicQuantizeMatMul"), ("block", "MatMulNBits")):
+        fast = tmp_path / f"lq_{compute}.onnx"
+        rows = {r.name: r for r in export_onnx(wpz, fast, like, compute=compute)}
+        assert all(rows[w].how.startswith(f"2 {op} 8-bit (rank 24)") for w in weights), rows
+        m = onnx.load(str(fast))
+        onnx.checker.check_model(m)
+        assert sum(n.op_type == op for n in m.graph.node) == 4
+        # 8-bit activations (per tensor, or per block): close, not exact
+        err = np.linalg.norm(_run(fast, x) - ref) / np.linalg.norm(ref)
+        assert 1e-6 < err < 0.02, (compute, err)
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64)).eval()
@@ -393,7 +406,7 @@ def test_quant_conv_runs_as_dequantizelinear(tmp_path):
         wpz = tmp_path / "q.wpz"
         compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=256)
         out = tmp_path / "q.onnx"
-        rows = [r for r in export_onnx(wpz, out, like) if r.form == "quant"]
+        rows = [r for r in export_onnx(wpz, out, like, conv_quant="dequant") if r.form == "quant"]
         assert len(rows) == 4 and all(r.how.startswith(f"DequantizeLinear {opts['bits']}-bit") for r in rows)
         assert all(r.nbytes <= r.dense_nbytes / 4 + 64 * 8 for r in rows)
         m = onnx.load(str(out))
@@ -408,3 +421,108 @@ def test_quant_conv_runs_as_dequantizelinear(tmp_path):
                    min_size=256)
     rows = {r.name: r for r in export_onnx(wpz, tmp_path / "g.onnx", like)}
     assert rows["2.weight"].how == "dense" and "group-wise" in rows["2.weight"].note
+
+
+def test_conv_quant_auto_keeps_the_faster_graph(tmp_path):
+    """conv_quant="auto" times the model with its quantized convs dequantized and dense, and
+    writes one of the two: every quantized conv DequantizeLinear, or every one dense with the
+    measured times in its note; either way equal to the container's decode."""
+    like = tmp_path / "c.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(_convnet(), (torch.randn(1, 3, 24, 24),), str(like), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=256)
+    out = tmp_path / "a.onnx"
+    rows = [r for r in export_onnx(wpz, out, like) if r.form == "quant"]
+    assert len(rows) == 4
+    dq = [r.how.startswith("DequantizeLinear") for r in rows]
+    assert all(dq) or not any(dq), rows
+    if not any(dq):
+        assert all("measured slower" in r.note and " ms vs " in r.note for r in rows), rows
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("DequantizeLinear") == 4 * all(dq)
+    x = np.random.default_rng(0).standard_normal((2, 3, 24, 24)).astype(np.float32)
+    np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x),
+                               rtol=1e-5, atol=1e-5)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".wp-")]
+
+
+def test_quantized_embedding_runs_as_gatherblockquantized(tmp_path):
+    """An nn.Embedding table quantized per row (8 bits) or in groups (3- and 4-bit codes, two a
+    byte) becomes GatherBlockQuantized over its codes, equal to the container's decode; groups
+    that are not a power of two stay dense with the reason."""
+    torch.manual_seed(0)
+
+    class Emb(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(300, 96)
+            self.out = torch.nn.Linear(96, 8)
+
+        def forward(self, ids):
+            return self.out(self.emb(ids))
+
+    like = tmp_path / "e.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(Emb().eval(), (torch.zeros(2, 5, dtype=torch.long),), str(like),
+                          dynamo=False, input_names=["ids"], output_names=["y"],
+                          dynamic_axes={"ids": {0: "b", 1: "s"}})
+    src = open_model(str(like))
+    name = "emb.weight"
+    ids = np.random.default_rng(0).integers(0, 300, (3, 7)).astype(np.int64)
+    for bits, group, sym, how in ((8, 0, True, "GatherBlockQuantized 8-bit, block 32"),
+                                  (4, 32, False, "GatherBlockQuantized 4-bit, block 32"),
+                                  (3, 16, True, "GatherBlockQuantized 4-bit, block 16 (from 3-bit"),
+                                  (4, 24, True, None)):
+        wpz = tmp_path / "e.wpz"
+        q, _ = rtn_quant(np.asarray(src[name]), bits, group, sym)
+        with ContainerWriter(wpz) as w:
+            w.add(name, q, original=np.asarray(src[name]), layout="out_in")
+        out = tmp_path / "e_q.onnx"
+        row = {r.name: r for r in export_onnx(wpz, out, like)}[name]
+        m = onnx.load(str(out))
+        onnx.checker.check_model(m)
+        ops = [n.op_type for n in m.graph.node]
+        if how is None:
+            assert row.how == "dense" and "block" in row.note, row
+            assert "GatherBlockQuantized" not in ops
+        else:
+            assert row.how.startswith(how), row
+            assert ops.count("GatherBlockQuantized") == 1 and "Gather" not in ops
+            assert row.nbytes < row.dense_nbytes / (3.4 if bits == 8 else 5)
+            assert name not in {t.name for t in m.graph.initializer}
+        s = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        r = ort.InferenceSession(str(_reference(tmp_path, wpz, like)), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(s.run(None, {"ids": ids})[0], r.run(None, {"ids": ids})[0],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_quantized_lstm_runs_as_dynamicquantizelstm(tmp_path):
+    """The real recurrent model (torch: 2-layer bidirectional LSTM, GRU, linear) with its
+    weights quantized per row: lstm_quant="int8" turns each LSTM into DynamicQuantizeLSTM over
+    the int8 codes (uint8 activations per tensor: close to the container's decode, not exact),
+    the GRU stays dense with the reason; "auto" keeps either, consistently."""
+    import realmodels
+    rm = realmodels.build("lstm", "onnx", str(tmp_path))
+    wpz = tmp_path / "l.wpz"
+    for opts in ({"bits": 8}, {"bits": 6, "symmetric": False}):
+        compress_model(open_model(rm.path), wpz, method="quant", options=opts, min_size=256)
+        ref = rm.run(str(_reference(tmp_path, wpz, rm.path)))
+        out = tmp_path / "l.onnx"
+        rows = [r for r in export_onnx(wpz, out, rm.path, lstm_quant="int8") if r.form == "quant"]
+        lstm = [r for r in rows if "LSTM" in r.name]
+        assert len(lstm) == 4 and all(r.how.startswith(f"DynamicQuantizeLSTM {opts['bits']}-bit")
+                                      for r in lstm), rows
+        assert all(r.nbytes == r.dense_nbytes // 4 + 5 * 384 for r in lstm)  # codes + scale, zero / row
+        assert all(r.how == "dense" and "GRU" in r.note for r in rows if "GRU" in r.name), rows
+        m = onnx.load(str(out))
+        onnx.checker.check_model(m)
+        ops = [n.op_type for n in m.graph.node]
+        assert ops.count("DynamicQuantizeLSTM") == 2 and "LSTM" not in ops
+        y = rm.run(str(out))
+        err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+        assert 1e-7 < err < 0.03, err
+    rows = [r for r in export_onnx(wpz, out, rm.path) if "LSTM" in r.name and r.form == "quant"]
+    auto_q = [r.how.startswith("DynamicQuantizeLSTM") for r in rows]
+    assert all(auto_q) or (not any(auto_q) and all("measured slower" in r.note for r in rows)), rows

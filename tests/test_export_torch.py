@@ -246,3 +246,35 @@ def test_quant_conv(tmp_path):
                 torch.testing.assert_close(yc, ref(x), rtol=1e-5, atol=1e-5)
         held = sum(t.numel() * t.element_size() for t in m.buffers())
         assert held < 0.5 * sum(p.numel() * 4 for n, p in net().named_parameters() if "weight" in n)
+
+
+def test_quant_embedding(tmp_path):
+    """A quantized nn.Embedding table (8-bit per row; 3-bit in groups, two codes a byte)
+    becomes QuantEmbedding: codes held, only looked-up rows dequantized, equal to the
+    container's decode; .dense() and torch.compile."""
+    from weightpress.torch import QuantEmbedding
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Embedding(300, 96, padding_idx=0),
+                                   torch.nn.Linear(96, 8)).eval()
+
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, 300, (3, 7)))
+    W = net()[0].weight.detach().numpy()
+    for bits, group, sym in ((8, 0, True), (3, 32, False)):
+        q, W_hat = rtn_quant(W, bits, group, sym)
+        wpz = tmp_path / "e.wpz"
+        with ContainerWriter(wpz) as w:
+            w.add("0.weight", q, original=W, layout="out_in")
+        m = net()
+        rows = load_into(m, wpz)
+        assert isinstance(m[0], QuantEmbedding), rows
+        assert rows[0].how.startswith(f"QuantEmbedding ({bits}-bit"), rows
+        ref = _decoded(net(), wpz)
+        with torch.no_grad():
+            torch.testing.assert_close(m(ids), ref(ids), rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(m[0].dense().weight, torch.from_numpy(W_hat), rtol=1e-6, atol=1e-6)
+            yc = torch.compile(m, backend="aot_eager", fullgraph=True)(ids)
+            torch.testing.assert_close(yc, ref(ids), rtol=1e-6, atol=1e-6)
+        held = sum(t.numel() * t.element_size() for t in m[0].buffers())
+        assert held < W.nbytes / (3.4 if bits == 8 else 5), held

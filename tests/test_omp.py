@@ -294,6 +294,28 @@ def test_bad_input():
         wp.omp(sp.csr_array(D), np.ones(5))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("N", [1, 8, 9])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_non_finite_dictionary_found_through_the_correlations(bad, N, dt):
+    # up to 8 signals the engine finds a bad D through DᵀY, where 0·Inf is NaN: the entry sits
+    # on a row where every signal is 0, so only that product can reveal it
+    D = unit_dict(6, 10, 1).astype(dt)
+    D[2, 4] = bad
+    Y = np.random.default_rng(2).standard_normal((6, N)).astype(dt)
+    Y[2] = 0
+    with pytest.raises(ValueError, match="D contains NaN or Inf"):
+        wp.omp(D, Y if N > 1 else Y[:, 0], n_nonzero=2)
+    D[2, 4] = 1.0
+    wp.omp(D, Y, n_nonzero=2)  # and a finite D passes
+
+
+def test_overflowing_correlations_are_an_error_not_garbage():
+    D = unit_dict(6, 10, 1) * 1e200
+    with pytest.raises(ValueError, match="overflow"):
+        wp.omp(D, np.full(6, 1e200), n_nonzero=2)
+
+
 def test_n_nonzero_above_the_atoms_warns_and_clips():
     D = unit_dict(20, 8, 3)
     y = D @ np.arange(1.0, 9.0)

@@ -192,15 +192,19 @@ def product_case(draw):
     transpose = draw(st.booleans())
     rows = A.shape[0] if transpose else A.shape[1]
     one_d = draw(st.booleans())
-    k = draw(st.integers(0, 9)) if not one_d else None
+    # batch widths around the SpMM tiles: lockstep row blocks (8-32 columns), wide rows
+    # (64+ float32 columns), and ragged tails that halve down to one column
+    k = draw(st.one_of(st.integers(0, 9), st.sampled_from([15, 17, 31, 33, 63, 65, 70]))) if not one_d else None
     shape = (rows,) if one_d else (rows, k)
     rng = np.random.default_rng(draw(st.integers(0, 1000)))
     X = rng.uniform(-5, 5, shape).astype(A.dtype)
-    layout = draw(st.sampled_from(["C", "F", "strided"]))
+    layout = draw(st.sampled_from(["C", "F", "strided", "column-strided"]))
     if layout == "F":
         X = np.asfortranarray(X)
     elif layout == "strided":
         X = np.repeat(X, 2, axis=0)[::2]
+    elif layout == "column-strided" and X.ndim == 2:
+        X = np.repeat(X, 3, axis=1)[:, ::3]
     return A, X, transpose
 
 
@@ -213,16 +217,24 @@ def test_csr_matmul_matches_dense(case):
     assert_product_close(y, A, X, transpose)
 
 
+@pytest.mark.parametrize("index", [np.int32, np.int64])
 @pytest.mark.parametrize("transpose", [False, True])
-@pytest.mark.parametrize("k", [1, 7, 64, 256])
-def test_csr_matmul_threads_bit_identical(k, transpose, dtype):
+@pytest.mark.parametrize("k", [1, 3, 7, 17, 33, 64, 100, 256])
+def test_csr_matmul_threads_bit_identical(k, transpose, dtype, index):
     A = sp.random_array((2000, 1500), density=0.02, format="csr", dtype=dtype, rng=4)
+    A.indptr, A.indices = A.indptr.astype(index), A.indices.astype(index)
     rows = A.shape[0] if transpose else A.shape[1]
     X = np.random.default_rng(5).standard_normal((rows, k)).astype(dtype)
     y1 = wp.csr_matmul(A, X, transpose=transpose, n_threads=1)
     y2 = wp.csr_matmul(A, X, transpose=transpose, n_threads=2)
     np.testing.assert_array_equal(y1, y2)
-    assert_product_close(y1, A, X, transpose)
+    if index == np.int32:  # (the int64 kernels are checked against the int32 ones: cheaper)
+        assert_product_close(y1, A, X, transpose)
+    else:
+        A32 = A.copy()
+        A32.indptr, A32.indices = A.indptr.astype(np.int32), A.indices.astype(np.int32)
+        np.testing.assert_allclose(y1, wp.csr_matmul(A32, X, transpose=transpose, n_threads=1),
+                                   rtol=0, atol=EPS[np.dtype(dtype)] * (np.abs(y1).max(initial=0) + 1))
 
 
 def test_csr_matmul_matrix_and_int64_and_out(dtype):
@@ -328,6 +340,42 @@ def test_csr_matmul_malformed_large(k, transpose):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("index", [np.int32, np.int64])
+def test_spmm_paths_sum_alike(dtype, index):
+    # X of 3000 rows x 128 float64 (or 256 float32) columns is larger than any L2 budget
+    # (<= 2 MiB): the product streams X in blocks of its rows (sorted indices), while narrower
+    # slices of X go through the one-pass wide rows and the lockstep row blocks. Every path
+    # sums each output element over the row in index order with one accumulator, so the
+    # columns agree exactly; unsorted rows fall back to one pass and still match.
+    rng = np.random.default_rng(12)
+    A = sp.random_array((700, 3000), density=0.05, format="csr", dtype=dtype, rng=rng)
+    A.data -= dtype(0.5)
+    A.indptr, A.indices = A.indptr.astype(index), A.indices.astype(index)
+    k = 1024 // np.dtype(dtype).itemsize
+    X = rng.standard_normal((3000, k)).astype(dtype)
+    Y1 = wp.csr_matmul(A, X, n_threads=1)
+    np.testing.assert_array_equal(Y1, wp.csr_matmul(A, X, n_threads=2))
+    assert_product_close(Y1, A, X)
+    for w in (100, 64, 33, 32, 16, 8):
+        np.testing.assert_array_equal(wp.csr_matmul(A, X[:, :w], n_threads=2), Y1[:, :w])
+    B = A.copy()  # every 7th row reversed: not sorted
+    for i in range(0, 700, 7):
+        s0, s1 = B.indptr[i], B.indptr[i + 1]
+        B.indices[s0:s1], B.data[s0:s1] = B.indices[s0:s1][::-1].copy(), B.data[s0:s1][::-1].copy()
+    B.has_sorted_indices = False
+    Yb = wp.csr_matmul(B, X, n_threads=2)
+    np.testing.assert_array_equal(Yb, wp.csr_matmul(B, X, n_threads=1))
+    assert_product_close(Yb, B, X)
+    keep = np.ones(700, bool)
+    keep[::7] = False
+    np.testing.assert_array_equal(Yb[keep], Y1[keep])
+    bad = A.copy()
+    bad.indices[bad.indptr[350] + 3] = 3000
+    with pytest.raises(ValueError, match="column index 3000 .* out of range"):
+        wp.csr_matmul(bad, X)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("index", [np.int32, np.int64])
 def test_spmv_long_rows_every_isa_path(dtype, index):
     # rows long enough for the gathered vector loops (32+ entries) plus ragged tails, and
     # short rows; int32 and int64 indices; bit-identical for 1 and 2 threads
@@ -342,10 +390,57 @@ def test_spmv_long_rows_every_isa_path(dtype, index):
     ref = A.astype(np.float64) @ x.astype(np.float64)
     bound = abs(A).astype(np.float64) @ np.abs(x.astype(np.float64))
     assert np.all(np.abs(y1 - ref) <= EPS[np.dtype(dtype)] * (bound + 1))
-    bad = A.copy()
-    bad.indices[bad.indptr[150] + 40] = 500
-    with pytest.raises(ValueError, match="out of range"):
-        wp.csr_matmul(bad, x)
+    for pos, val in ((bad_p, v) for bad_p in (A.indptr[150] + 40, A.indptr[151] - 1) for v in (500, -1)):
+        bad = A.copy()
+        bad.indices[pos] = val  # in a gathered vector, or the row's scalar tail
+        with pytest.raises(ValueError, match=f"column index {val} at position {pos} is out of range"):
+            wp.csr_matmul(bad, x)
+
+
+_ISA_CHECK = """
+import numpy as np, scipy.sparse as sp, weightpress as wp
+from weightpress import _core
+assert _core.isa_level() <= LEVEL, _core.isa_level()
+rng = np.random.default_rng(13)
+for dt in (np.float32, np.float64):
+    for ix in (np.int32, np.int64):
+        A = sp.random_array((300, 500), density=0.3, format="csr", dtype=dt, rng=rng)
+        A.data -= dt(0.5)
+        A.indptr, A.indices = A.indptr.astype(ix), A.indices.astype(ix)
+        for k in (1, 3, 32, 100):
+            X = rng.standard_normal((500, k) if k > 1 else 500).astype(dt)
+            y = wp.csr_matmul(A, X, n_threads=1)
+            assert np.array_equal(y, wp.csr_matmul(A, X, n_threads=2))
+            ref = A.astype(np.float64) @ X.astype(np.float64)
+            bound = abs(A).astype(np.float64) @ np.abs(X.astype(np.float64))
+            assert np.all(np.abs(y - ref) <= (1e-4 if dt == np.float32 else 1e-10) * (bound + 1))
+        x = X[:, 0].copy()
+        for where, val in ((40, 500), (41, -1), (-1, 500)):  # vector body, negative, row tail
+            bad = A.copy()
+            row = 150
+            bad.indices[(bad.indptr[row] if where >= 0 else bad.indptr[row + 1]) + where] = val
+            try:
+                wp.csr_matmul(bad, x)
+            except ValueError as e:
+                assert "out of range" in str(e), e
+            else:
+                raise AssertionError(("no error", dt, ix, where))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_products_on_capped_isa(level):
+    # WP_MAX_ISA caps the run-time dispatch: the AVX2 and baseline row loops (SpMV gathers
+    # with the range check in the loop, SpMM blocks) checked on any x86-64 CPU
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, WP_MAX_ISA=str(level))
+    r = subprocess.run([sys.executable, "-c", _ISA_CHECK.replace("LEVEL", str(level))], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
 def test_read_probe_is_xor_of_words():

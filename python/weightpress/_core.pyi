@@ -16,6 +16,7 @@ _cython_blas: ModuleType
 _cython_lapack: ModuleType
 
 class ShapeError(ValueError): ...
+class NonFinite(ValueError): ...
 
 # ---- threads, BLAS ---------------------------------------------------------------------------
 
@@ -103,6 +104,7 @@ class OmpParams:
     kmax: int
     tol: float
     chunk: int
+    check_finite: bool
     def __init__(self) -> None: ...
 
 def omp_gram(D: NDArray[np.floating]) -> NDArray[np.floating]: ...

@@ -3,7 +3,8 @@ puts a container into a module with its compressed layers computing compressed; 
 :mod:`weightpress.model.export_torch`."""
 
 from .model.export_torch import (LoadRow, LowRankConv, LowRankLinear, LowRankQuantLinear,
-                                 QuantConv, QuantLinear, SparseLinear, load_into, quant_modes)
+                                 QuantConv, QuantEmbedding, QuantLinear, SparseLinear, load_into,
+                                 quant_modes)
 
 __all__ = ["load_into", "LoadRow", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
-           "LowRankQuantLinear", "QuantConv", "quant_modes"]
+           "LowRankQuantLinear", "QuantConv", "QuantEmbedding", "quant_modes"]

@@ -31,6 +31,9 @@ struct Fns {
   using potrs_t = void(char*, blas_int*, blas_int*, T*, blas_int*, T*, blas_int*, blas_int*);
   using syevd_t = void(char*, char*, blas_int*, T*, blas_int*, T*, T*, blas_int*, blas_int*,
                        blas_int*, blas_int*);
+  using syevr_t = void(char*, char*, char*, blas_int*, T*, blas_int*, T*, T*, blas_int*,
+                       blas_int*, T*, blas_int*, T*, T*, blas_int*, blas_int*, T*, blas_int*,
+                       blas_int*, blas_int*, blas_int*);
   using getrf_t = void(blas_int*, blas_int*, T*, blas_int*, blas_int*, blas_int*);
   using trtrs_t = void(char*, char*, char*, blas_int*, blas_int*, T*, blas_int*, T*, blas_int*,
                        blas_int*);
@@ -47,6 +50,7 @@ struct Fns {
   potrf_t* potrf = nullptr;
   potrs_t* potrs = nullptr;
   syevd_t* syevd = nullptr;
+  syevr_t* syevr = nullptr;
   getrf_t* getrf = nullptr;
   trtrs_t* trtrs = nullptr;
 };
@@ -175,6 +179,20 @@ inline blas_int syevd(char jobz, char uplo, blas_int n, T* a, blas_int lda, T* w
   blas_int info = 0;
   fns<T>().syevd(&jobz, &uplo, &n, a, &lda, w, work, &lwork, iwork, &liwork, &info);
   check_info(info, "syevd");
+  return info;
+}
+// Eigenvalues (ascending) of a symmetric matrix, all (range 'A') or those of index il..iu
+// (1-based, range 'I'), with their eigenvectors in z (n×m, col-major) when jobz = 'V' (MRRR).
+template <class T>
+inline blas_int syevr(char jobz, char range, char uplo, blas_int n, T* a, blas_int lda,
+                      blas_int il, blas_int iu, blas_int* m, T* w, T* z, blas_int ldz,
+                      blas_int* isuppz, T* work, blas_int lwork, blas_int* iwork,
+                      blas_int liwork) {
+  blas_int info = 0;
+  T vl = T(0), vu = T(0), abstol = T(0);
+  fns<T>().syevr(&jobz, &range, &uplo, &n, a, &lda, &vl, &vu, &il, &iu, &abstol, m, w, z, &ldz,
+                 isuppz, work, &lwork, iwork, &liwork, &info);
+  check_info(info, "syevr");
   return info;
 }
 template <class T>

@@ -37,6 +37,9 @@
 #endif
 #endif
 
+#include <algorithm>
+#include <cstdlib>
+
 namespace wp {
 
 enum class Isa : int { kBase = 0, kV3 = 1, kV4 = 2 };
@@ -50,10 +53,15 @@ inline Isa isa_level() {
     const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                     __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi") &&
                     __builtin_cpu_supports("bmi2");
+    Isa best = v3 ? Isa::kV3 : Isa::kBase;
     if (v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-      return Isa::kV4;
-    return v3 ? Isa::kV3 : Isa::kBase;
+      best = Isa::kV4;
+    // WP_MAX_ISA=0|1|2 caps the level (tests run the AVX2 and baseline paths on any CPU)
+    const char* cap = std::getenv("WP_MAX_ISA");
+    if (cap && cap[0] >= '0' && cap[0] <= '2' && cap[1] == '\0')
+      best = std::min(best, static_cast<Isa>(cap[0] - '0'));
+    return best;
   }();
   return level;
 #else

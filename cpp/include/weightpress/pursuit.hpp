@@ -5,6 +5,7 @@
 // Each signal is processed by one thread in a fixed order: results do not depend on n_threads.
 #pragma once
 #include <cstdint>
+#include <stdexcept>
 
 namespace wp {
 
@@ -47,6 +48,17 @@ struct OmpParams {
   std::int64_t kmax = 1;   // most atoms per signal, 1 <= kmax <= n
   double tol = -1.0;       // stop at ‖r‖² <= tol (< 0: no residual criterion)
   std::int64_t chunk = 0;  // signals per chunk (0: automatic, DᵀY within ~256 MiB; tests set it)
+  // Check DᵀY and ‖y‖² for NaN/Inf (throw NonFinite) in place of a pass over D by the caller:
+  // in IEEE arithmetic a NaN or Inf anywhere in column j of D, or in Y, makes (DᵀY)[j, ·] or
+  // ‖y‖² non-finite (0·Inf is NaN), and a finite D and Y give non-finite values only by
+  // overflow. Honoured for batches of at most kSmallBlock signals (DᵀY by our own loop, which
+  // skips no zeros); larger batches are checked by the caller, where that pass is amortised.
+  bool check_finite = false;
+};
+
+// Thrown by omp_encode when OmpParams::check_finite finds a non-finite correlation.
+struct NonFinite : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 // The whole batch for the columns of Y (row-major m×N, row stride ldy): signals in chunks,

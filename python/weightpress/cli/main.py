@@ -187,15 +187,20 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("-o", "--output", required=True, help="output .onnx model (or directory)")
     x.add_argument("--like", help="the original ONNX model or HF model directory (default for "
                                   "ONNX: the graph the container keeps)")
-    x.add_argument("--conv-quant", choices=["dequant", "dense"], default="dequant",
-                   help="quantized Conv weights: DequantizeLinear -> Conv (int8 in memory, slower: "
-                        "onnxruntime cannot pre-pack them) or dense (default: dequant)")
+    x.add_argument("--conv-quant", choices=["auto", "dequant", "dense"], default="auto",
+                   help="quantized Conv weights: DequantizeLinear -> Conv (int8 in memory, usually "
+                        "slower: onnxruntime cannot pre-pack them), dense, or auto (default: the "
+                        "model timed both ways at batch 1, int8 only if no slower)")
+    x.add_argument("--lstm-quant", choices=["auto", "int8", "dense"], default="auto",
+                   help="LSTMs with quantized weights: DynamicQuantizeLSTM (faster for wide "
+                        "LSTMs, slower for narrow ones), dense, or auto (default: timed as "
+                        "--conv-quant)")
     x.add_argument("--external-data", action="store_true",
                    help="weights in OUTPUT.data beside the graph (less resident memory in "
                         "onnxruntime; no 2 GB limit)")
     x.add_argument("--exact", action="store_true",
-                   help="quantized products in float (default: int8 activations per block, "
-                        "onnxruntime's fast kernels)")
+                   help="quantized products in float (default: onnxruntime's fast integer "
+                        "kernels, activations rounded to 8 bits)")
 
     v = sub.add_parser("verify", help="decode everything and check it",
                        description="Check checksums, structure, shapes, dtypes and the stored "
@@ -360,7 +365,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
         return EXIT_OK
     _check_output(a.output, a.file, *([a.like] if a.like else []))
     rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast",
-                       external_data=a.external_data, conv_quant=a.conv_quant)
+                       external_data=a.external_data, conv_quant=a.conv_quant,
+                       lstm_quant=a.lstm_quant)
     for r in rows:
         print(f"{printable(r.name):<32} {r.form:<15} {r.how:<40} {human(r.nbytes):>9}  {r.note}")
     done = sum(r.compressed for r in rows)

@@ -16,13 +16,14 @@ from .._validation import as_float_array, check_finite, float_dtype, positive_in
 __all__ = ["omp", "OMPDictionary"]
 
 
-def _check_dictionary(D: Any, dtype: np.dtype | None = None) -> np.ndarray:
+def _check_dictionary(D: Any, dtype: np.dtype | None = None, finite: bool = True) -> np.ndarray:
     Da = as_float_array(D, "D", dtype)
     if Da.ndim != 2:
         raise ValueError(f"D: expected a 2-D array (n_features, n_atoms), got {Da.ndim}-D "
                          f"with shape {Da.shape}")
     Da = np.ascontiguousarray(Da)
-    check_finite(Da, "D")
+    if finite:
+        check_finite(Da, "D")
     return Da
 
 
@@ -53,20 +54,33 @@ def _stopping(n_nonzero: Any, tol: Any, m: int, n: int) -> tuple[int, float]:
     return max(1, min(k, m, n)), t
 
 
+# Up to this many signals the engine checks D for NaN/Inf through DᵀY (OmpParams.check_finite):
+# a separate pass over D cost as much as the correlations themselves for one signal.
+_FUSED_CHECK = 8
+
+
 def _run(Da: np.ndarray, G: np.ndarray | None, Y: Any, n_nonzero: Any, tol: Any,
-         return_sparse: bool, n_threads: int | None) -> Any:
+         return_sparse: bool, n_threads: int | None, d_checked: bool = True) -> Any:
     m, n = Da.shape
     Y2, one = _check_signals(Y, m, Da.dtype)
     kmax, t = _stopping(n_nonzero, tol, m, n)
     nt = _resolve(n_threads)
     N = Y2.shape[1]
+    if not d_checked and (N > _FUSED_CHECK or m == 0 or n == 0 or N == 0):
+        check_finite(Da, "D")
+        d_checked = True
     if m == 0 or n == 0 or N == 0:
         supp = np.zeros((N, 0), dtype=np.int64)
         coef = np.zeros((N, 0), dtype=Da.dtype)
     else:
         p = _core.OmpParams()
         p.kmax, p.tol = kmax, t
-        supp, coef, _count, _r2 = _core.omp(Da, Y2, G, p, nt)
+        p.check_finite = not d_checked
+        try:
+            supp, coef, _count, _r2 = _core.omp(Da, Y2, G, p, nt)
+        except _core.NonFinite:
+            check_finite(Da, "D")  # Y is finite: then D is not, or DᵀY overflows
+            raise ValueError("D/Y: D.T @ Y overflows the floating-point range") from None
     mask = supp >= 0
     if return_sparse and not one:
         indptr = np.zeros(N + 1, dtype=np.int64)
@@ -147,8 +161,8 @@ def omp(D: Any, Y: Any, n_nonzero: int | None = None, tol: float | None = None, 
         raise TypeError("Y: expected a dense array, got a sparse matrix")
     Dt, Yt = np.asarray(D), np.asarray(Y)
     dt = float_dtype(Dt.dtype, Yt.dtype, name="D/Y")
-    Da = _check_dictionary(Dt, dt)
-    return _run(Da, None, Yt, n_nonzero, tol, return_sparse, n_threads)
+    Da = _check_dictionary(Dt, dt, finite=False)
+    return _run(Da, None, Yt, n_nonzero, tol, return_sparse, n_threads, d_checked=False)
 
 
 class OMPDictionary:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Candidate", "allocate"]
+__all__ = ["Candidate", "allocate", "size_aware_budgets"]
 
 
 @dataclass(frozen=True)
@@ -134,3 +134,76 @@ def total(curves: Mapping[str, Sequence[Candidate]], choice: Mapping[str, int],
     b = sum(curves[n][i].nbytes for n, i in choice.items())
     c = float(np.sum([w.get(n, 1.0) * curves[n][i].error ** 2 for n, i in choice.items()]))
     return b, c
+
+
+# Extra bits per weight a layer gets for each halving of its size below the reference (the
+# closed form below) start only this many bits in: layers of about the same size (attention
+# and MLP matrices of one transformer) keep equal ratios; much smaller ones (a classifier
+# head, a first convolution) get more bits.
+SMALL_DEADZONE_BITS = 0.5
+SMALL_MAX_EXTRA_BITS = 6.0
+
+
+def size_aware_budgets(sizes: Mapping[str, int], orig_bytes: Mapping[str, int],
+                       total: float) -> dict[str, float]:
+    """Split ``total`` bytes across layers for a uniform ratio target, protecting small layers.
+
+    The objective :func:`allocate` minimises, ``Σ error_l²`` with every layer's relative error
+    counting the same, has a closed form under the high-rate model of quantization
+    (``error_l² ∝ 4^(−bits_l)``, the same constant for every layer): the optimum gives layer
+    ``l`` with ``n_l`` weights ``bits_l = c − ½·log2(n_l)`` bits per weight. A tiny layer's
+    extra bits cost almost nothing in total, while at an equal ratio its error would count
+    as much as a large layer's. Here only the layers smaller than the byte-weighted median
+    size ``n_ref`` get that bonus, ``½·log2(n_ref / n_l)`` bits less
+    :data:`SMALL_DEADZONE_BITS` (at most :data:`SMALL_MAX_EXTRA_BITS`), so models of
+    similar-sized layers keep equal ratios; the others share what is left in proportion to
+    their bytes. No layer gets more than its own bytes, and the bonuses take at most half of
+    ``total``.
+
+    Parameters
+    ----------
+    sizes : mapping layer name -> number of weights
+    orig_bytes : mapping layer name -> bytes it has uncompressed
+    total : float
+        Bytes for all these layers together.
+
+    Returns
+    -------
+    dict
+        layer name -> byte budget (they sum to ``total`` unless every layer is capped at its
+        own bytes).
+
+    Examples
+    --------
+    >>> b = size_aware_budgets({"big": 32768, "head": 1280}, {"big": 131072, "head": 5120}, 6800)
+    >>> round(b["big"] + b["head"]), b["head"] / 5120 > 2 * b["big"] / 131072
+    (6800, True)
+    """
+    names = [n for n in sizes if orig_bytes.get(n, 0) > 0]
+    if not names or total <= 0:
+        return {n: 0.0 for n in sizes}
+    n = np.array([max(int(sizes[k]), 1) for k in names], np.float64)
+    o = np.array([float(orig_bytes[k]) for k in names])
+    order = np.argsort(n, kind="stable")
+    cum = np.cumsum(o[order])
+    n_ref = float(n[order][int(np.searchsorted(cum, 0.5 * cum[-1]))])
+    extra_bits = np.clip(0.5 * np.log2(n_ref / n) - SMALL_DEADZONE_BITS, 0.0, SMALL_MAX_EXTRA_BITS)
+    bonus = n * extra_bits / 8.0
+    if bonus.sum() > 0.5 * total:
+        bonus *= 0.5 * total / bonus.sum()
+    capped = np.zeros(len(names), bool)
+    out = np.zeros(len(names))
+    for _ in range(len(names) + 1):  # layers that reach their own bytes drop out
+        free = ~capped
+        left = total - o[capped].sum()
+        share = left - bonus[free].sum()
+        if share <= 0:  # the bonuses alone fill it: scale them into what is left
+            out[free] = bonus[free] * max(left, 0.0) / max(bonus[free].sum(), 1e-300)
+        else:
+            out[free] = bonus[free] + o[free] * share / o[free].sum()
+        out[capped] = o[capped]
+        over = free & (out > o)
+        if not over.any():
+            break
+        capped |= over
+    return {k: float(v) for k, v in zip(names, out)} | {k: 0.0 for k in sizes if k not in names}

@@ -25,7 +25,7 @@ from .._validation import real_scalar
 from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
-from .allocate import Candidate, allocate
+from .allocate import Candidate, allocate, size_aware_budgets
 from ..compression.aware import known_error, layer_error, remember_error, warm_quant
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
@@ -442,10 +442,20 @@ def budget_layers(source: TensorSource, job: Job, target: Target,
             res.notes.append(f"{len(lowered)} kept float tensors stored as float16 to reach "
                              f"ratio {ratio:g}")
         avail, fixed, squeezable = room()
-    if avail <= 0 or squeezable / avail > 3 * ratio:  # still: compress what the defaults keep
-        soft = [d for d in decisions if _soft_kept(d, job.views.get(d.name))]
+    soft = [d for d in decisions if _soft_kept(d, job.views.get(d.name))]
+    soft_bytes = sum(dense_nbytes(d.shape, layers[d.name].keep_dtype.itemsize)
+                     if layers[d.name].keep_dtype is not None else layers[d.name].orig_bytes
+                     for d in soft)
+    quantizing = target.method in ("auto", "quant")
+    if avail <= 0 or squeezable / avail > 3 * ratio or (
+            quantizing and ratio > 2 and soft_bytes > SOFT_SHARE * src_bytes / ratio):
+        # still too little room, or (quantizing past what float16 gives) matrices only the
+        # defaults keep (embeddings, small layers) would take a noticeable share of the file:
+        # compress them too, by
+        # quantization where the method allows (per row: the standard form of a lookup table
+        # and of a small layer, whose few rows low rank and pruning serve badly)
         for d in soft:
-            d.action = target.method
+            d.action = "quant" if quantizing else target.method
             d.reason = f"compressed to reach ratio {ratio:g} (default: keep, {d.reason})"
             layers[d.name].keep_dtype = None
         if soft:
@@ -462,8 +472,11 @@ def budget_layers(source: TensorSource, job: Job, target: Target,
                          f"{src_bytes / fixed:.3g} (lower the ratio, or change --rules)")
     res.squeezable = squeezable
     res.layer_ratio = squeezable / avail if squeezable else 1.0
+    split = size_aware_budgets({ly.decision.name: int(np.prod(ly.decision.shape))
+                                for ly in res.work},
+                               {ly.decision.name: ly.orig_bytes for ly in res.work}, avail)
     for ly in res.work:
-        ly.budget = Budget(nbytes=ly.orig_bytes / res.layer_ratio)
+        ly.budget = Budget(nbytes=split.get(ly.decision.name, ly.orig_bytes / res.layer_ratio))
     if target.scope == "allocate" and res.work:
         orig = {ly.decision.name: ly.orig_bytes for ly in res.layers}
         opts = dict(target.options)
@@ -773,6 +786,11 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
     if m.nbytes >= ly.orig_bytes:
         return Dense(Wa, layout), f"{d.action} would take {m.nbytes} bytes, dense is smaller"
     return m, d.reason
+
+
+# kept matrices (embeddings, small layers) whose bytes exceed this share of the file a ratio
+# target asks for are compressed too (below it they barely change what the others get)
+SOFT_SHARE = 0.02
 
 
 # -- data-aware and allocated compression ------------------------------------------------------

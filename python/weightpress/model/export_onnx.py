@@ -8,28 +8,47 @@ best there:
   a low-rank ``Conv`` weight (stored as its ``(O, I·Πk)`` matrix view, entry ``view``): a k×k
   ``Conv`` to ``r`` channels, then a 1×1 ``Conv`` with the bias (grouped convs: ``r`` channels
   per group, the factor ``R`` repeated per group, while that stays below the outputs);
-- quantized (``quant``: 2–8 bit codes, float16 group scales, zero points): onnxruntime's
-  ``com.microsoft.MatMulNBits``, the codes re-encoded exactly at 4 bits (codes of 2–4 bits) or
-  8 bits (5–8), blocks of 16–128 inputs (a per-channel scale repeated over the blocks of its
-  row), zero points always given; ``compute="fast"`` lets onnxruntime round the activations to
-  int8 per block (``accuracy_level=4``, its fast integer kernels), ``"exact"`` keeps them float
-  (``accuracy_level=0``: the container's product to float rounding, but slow at 8 bits);
-- low rank + int8 (``lowrank-int8``: per-row int8 factors ``M = U V``): two ``MatMulNBits``
-  (8-bit, ``V`` then ``U``), the rank padded to a block with zero codes;
+- quantized (``quant``: 2–8 bit codes, float16 group scales, zero points) with one scale per
+  row and 5–8-bit codes, ``compute="fast"``: onnxruntime's ``com.microsoft.DynamicQuantizeMatMul``
+  (the codes as its int8 weight, exactly; activations rounded to uint8 per tensor at each call;
+  its pre-packed integer GEMM measured 4–9x faster than the dense MatMul at 32 and 1024 rows,
+  1 thread, on an AMX/VNNI Xeon, with about 1e-2 relative rounding error per product on
+  Gaussian activations);
+- other quantized weights (group scales, or 2–4-bit codes), and all of them with
+  ``compute="block"``: ``com.microsoft.MatMulNBits``, the codes re-encoded exactly at 4 bits
+  (codes of 2–4 bits) or 8 bits (5–8), blocks of 16–128 inputs (a per-channel scale repeated
+  over the blocks of its row), zero points always given, activations rounded to int8 per block
+  (``accuracy_level=4``: less rounding than per tensor, slower at 8 bits); ``"exact"`` keeps
+  the activations float (``accuracy_level=0``: the container's product to float rounding, but
+  slow at 8 bits);
+- low rank + int8 (``lowrank-int8``: per-row int8 factors ``M = U V``): two of the above
+  (``V`` then ``U``; MatMulNBits pads the rank to a block with zero codes);
+- a quantized embedding table ``(V, d)`` (one scale per row, or groups of a power of two along
+  ``d``) read by ``Gather``: ``com.microsoft.GatherBlockQuantized`` over its codes (uint8, or
+  two codes a byte for 2–4 bits), so only the gathered rows are dequantized and the table
+  stays codes in memory;
 - a quantized ``Conv`` weight with one scale per output channel: ``DequantizeLinear`` (int8
   codes, or uint8 with zero points, along axis 0) → ``Conv``. onnxruntime cannot pre-pack a
-  weight computed in the graph, so this is smaller in memory but slower than the dense conv
-  (measured, 1 thread, batch 1, 64→64 3×3 on 56×56: 2.1 ms vs 1.3 ms; ``ConvInteger`` with
-  dynamically quantized activations: 63 ms; it also takes only a scalar weight zero point);
-  ``conv_quant="dense"`` keeps the dense conv. Group-wise scales along the flattened kernel
-  have no ``DequantizeLinear`` form below opset 21 and stay dense;
+  weight computed in the graph (nor lay it out in NCHWc), so this is smaller in memory but
+  usually slower than the dense conv (measured, 1 thread, batch 1, 64→64 3×3 on 56×56:
+  2.1 ms vs 1.3 ms; ``ConvInteger`` with dynamically quantized activations: 16 ms; folding the
+  ``DequantizeLinear`` at load, session option ``session.disable_quant_qdq``, gives the dense
+  speed and the dense memory). ``conv_quant="auto"`` (default) times the model both ways and
+  keeps the convs dense unless the dequantized ones are no slower; ``"dequant"`` and
+  ``"dense"`` force one. Group-wise scales along the flattened kernel have no
+  ``DequantizeLinear`` form below opset 21 and stay dense;
+- an ``LSTM`` whose ``W`` and ``R`` are quantized per row: ``com.microsoft.DynamicQuantizeLSTM``
+  (int8 weights, activations rounded to uint8 per tensor at each step); faster than the dense
+  LSTM when wide, slower when narrow, so ``lstm_quant="auto"`` times it like the convs. GRUs
+  (no quantized kernel) stay dense;
 - everything else dense: pruned (CSR), sparse + low rank, sparse-coded and codebook tensors are
   decoded, since onnxruntime densifies sparse initializers at load and has no sparse-weight
   product on CPU; so are compressed tensors used by any other node, by a
   subgraph, or in a layout the product cannot take. The report says so per tensor.
 
 The result passes ``onnx.checker`` and computes what the container's dense decode computes in
-the original graph (to float rounding; plus the activation rounding of ``compute="fast"``).
+the original graph (to float rounding; plus the activation rounding of ``compute="fast"`` and
+``"block"``).
 """
 
 from __future__ import annotations
@@ -54,7 +73,7 @@ from .container import Container
 
 __all__ = ["export_onnx", "ExportRow", "COMPUTE"]
 
-COMPUTE = {"fast": 4, "exact": 0}  # -> MatMulNBits accuracy_level
+COMPUTE = {"fast": 4, "block": 4, "exact": 0}  # -> MatMulNBits accuracy_level
 MS_DOMAIN = "com.microsoft"
 
 
@@ -102,6 +121,52 @@ def nbits_arrays(q: QuantParts, block_size: int | None = None
     codes[:, :K] = q.codes()
     Bp = pack_bits(codes, B).reshape(N, nb, bs * B // 8)
     return Bp, q.scales[:, gidx], pack_bits(zp, B), B, bs
+
+
+def _dqmm_arrays(q: QuantParts) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(B (K, N), scale (N,), zero_point (N,) or None)`` for DynamicQuantizeMatMul from a
+    quantized ``(N, K)`` matrix with one scale per row and 5–8-bit codes, exactly: symmetric
+    codes minus their zero point as int8, asymmetric ones as uint8 with per-column zero points."""
+    u = q.codes()
+    if q.symmetric:
+        B = (u.astype(np.int16) - q.zeros[:, :1].astype(np.int16)).astype(np.int8)
+        zp = None
+    else:
+        B, zp = u, q.zeros[:, 0].copy()
+    return np.ascontiguousarray(B.T), q.scales[:, 0].astype(np.float32), zp
+
+
+def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dtype,
+             compute: str, block_size: int | None) -> tuple[Any, str] | str:
+    """One node computing ``y = x @ Mᵀ`` from the quantized ``(N, K)`` matrix ``M``; or why not.
+
+    ``compute="fast"`` with one scale per row and 5–8-bit codes: ``DynamicQuantizeMatMul``
+    (activations rounded to uint8 per tensor each call, int8 codes as its pre-packed integer
+    weight: measured 4–9x faster than the dense MatMul at 32 and 1024 rows, 1 thread, and
+    3–8x faster than MatMulNBits 8-bit); otherwise ``MatMulNBits`` (int8 activations per block
+    when "fast" or "block", float when "exact")."""
+    if compute == "fast" and q.n_groups == 1 and q.bits > 4 and wdt == np.float32:
+        if key not in b.cache:
+            B, S, Z = _dqmm_arrays(q)
+            b.cache[key] = ([b.init(f"{key}_q", B), b.init(f"{key}_scale", S)]
+                            + ([b.init(f"{key}_zero", Z)] if Z is not None else []))
+        node = b.node("DynamicQuantizeMatMul", [x] + b.cache[key], [y], domain=MS_DOMAIN)
+        how = f"DynamicQuantizeMatMul {q.bits}-bit per channel (uint8 activations per tensor)"
+        return node, how
+    accuracy = COMPUTE[compute]
+    arr = nbits_arrays(q, block_size)
+    if arr is None:
+        return f"dense: group {q.group} holds no power-of-two block of 16 or more"
+    Bp, S, Z, bits, bs = arr
+    if key not in b.cache:
+        b.cache[key] = [b.init(f"{key}_q", Bp), b.init(f"{key}_scales", S.astype(wdt).reshape(-1)),
+                        b.init(f"{key}_zeros", Z)]
+    node = b.node("MatMulNBits", [x] + b.cache[key], [y], domain=MS_DOMAIN, K=q.inn, N=q.out,
+                  bits=bits, block_size=bs, accuracy_level=accuracy)
+    how = f"MatMulNBits {bits}-bit, block {bs}" + (" (int8 activations)" if accuracy else "")
+    if bits != q.bits:
+        how += f" (from {q.bits}-bit codes)"
+    return node, how
 
 
 def _subgraph_names(graph: Any) -> set[str]:
@@ -224,12 +289,12 @@ def _quant_conv(b: _Builder, node: Any, name: str, c: Container, wdt: np.dtype,
     codes minus the zero point, or uint8 codes with their zero points, along axis 0) → Conv.
     Exact to float rounding; the weight is dequantized in each call, so onnxruntime cannot
     pre-pack it: smaller in memory, slower than dense (measured: see the module docstring)."""
-    if b.conv_quant == "dense":
-        return "dense: quantized Conv kept dense (conv_quant='dense': pre-packed, faster in onnxruntime)"
     q = QuantParts.of(c.matrix(name))
     if q.n_groups != 1:
         return (f"dense: group-wise scales (group {q.group}) along the flattened kernel have no "
                 f"DequantizeLinear form below opset 21")
+    if b.conv_quant == "dense":
+        return "dense: quantized Conv kept dense (conv_quant='dense': pre-packed, faster in onnxruntime)"
     if wdt != np.float32:
         return f"dense: a {wdt} Conv weight (DequantizeLinear here gives float32)"
     if name not in b.cache:
@@ -249,12 +314,128 @@ def _quant_conv(b: _Builder, node: Any, name: str, c: Container, wdt: np.dtype,
     return [dq, conv], f"DequantizeLinear {q.bits}-bit per channel -> Conv (dequantized per call)"
 
 
+def _gather_block(q: QuantParts) -> int | None:
+    """GatherBlockQuantized's block (a power of two, at least 16, dividing the row) for a
+    table quantized per row or in groups of a power of two; None when there is none."""
+    if q.n_groups == 1:
+        return next((bs for bs in (256, 128, 64, 32, 16) if q.inn % bs == 0), None)
+    return q.group if q.group >= 16 and q.group & (q.group - 1) == 0 and q.inn % q.group == 0 else None
+
+
+def _rewrite_gather(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
+                    wdt: np.dtype) -> tuple[list[Any], str] | str:
+    """An embedding table ``(V, d)`` quantized per row (or in groups along ``d``) read by
+    ``Gather`` (axis 0): ``com.microsoft.GatherBlockQuantized`` over its codes (uint8, or two
+    4-bit codes a byte for 2–4-bit codes), scales and zero points; only the gathered rows are
+    dequantized, so the table stays in memory as codes."""
+    if e["form"] != "quant":
+        return "dense: only quantized tables have a gather over codes in onnxruntime"
+    if int(_attrs(node).get("axis", 0)) != 0:
+        return "dense: a Gather along another axis than the rows"
+    shape = tensor_shape(e)
+    if e["layout"] != "out_in" or len(shape) != 2 or tuple(e["shape"]) != shape:
+        return "dense: the quantized rows are not the table's rows"
+    if wdt not in (np.float32, np.float16):
+        return f"dense: a {wdt} table"
+    q = QuantParts.of(c.matrix(name))
+    bs = _gather_block(q)
+    if bs is None:
+        return f"dense: no power-of-two block of 16 or more divides the groups ({q.group} of {q.inn})"
+    bits = 4 if q.bits <= 4 else 8
+    key = (name, "gather")
+    if key not in b.cache:
+        nb = q.inn // bs
+        gidx = np.minimum(np.arange(nb) * bs // max(q.group, 1), q.n_groups - 1)
+        b.cache[key] = [b.init(f"{name}_wp_q", pack_bits(q.codes(), bits)),
+                        b.init(f"{name}_wp_scales", q.scales[:, gidx].astype(wdt)),
+                        b.init(f"{name}_wp_zeros", pack_bits(q.zeros[:, gidx], bits))]
+    d, s_, z = b.cache[key]
+    node_ = b.node("GatherBlockQuantized", [d, node.input[1], s_, z], list(node.output),
+                   domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=bs, bits=bits)
+    how = f"GatherBlockQuantized {bits}-bit, block {bs}" + (f" (from {q.bits}-bit codes)"
+                                                          if bits != q.bits else "")
+    return [node_], how
+
+
+_LSTM_ATTRS = ("activation_alpha", "activation_beta", "activations", "clip", "direction",
+               "hidden_size", "input_forget")
+
+
+def _lstm_weight(q: QuantParts, D: int, shape: tuple[int, ...]) -> list[np.ndarray] | str:
+    """``[codes (D, in, 4H), scales (D, 4H), zero points (D, 4H)]`` for DynamicQuantizeLSTM from
+    an LSTM weight ``(D, 4H, in)`` quantized per row of its ``(D·4H, in)`` view, exactly: codes
+    minus their zero points as int8 (symmetric, or up to 7 bits), or uint8 codes with their one
+    zero point; or why not."""
+    if q.n_groups != 1:
+        return f"dense: group-wise scales (group {q.group}); DynamicQuantizeLSTM takes one per row"
+    u = q.codes()
+    zp: np.ndarray
+    if q.symmetric or q.bits <= 7:      # codes minus zero points fit int8: zero points 0
+        codes = (u.astype(np.int16) - q.zeros.astype(np.int16)).astype(np.int8)
+        zp = np.zeros(q.out, np.int8)
+    elif np.all(q.zeros == q.zeros[0, 0]):
+        codes, zp = u, q.zeros[:, 0].copy()
+    else:   # onnxruntime: "InputWeight point must be constant" (one zero point per tensor)
+        return "dense: 8-bit codes with per-row zero points (DynamicQuantizeLSTM takes one)"
+    return [np.ascontiguousarray(codes.reshape(shape).transpose(0, 2, 1)),
+            q.scales[:, 0].astype(np.float32).reshape(D, -1), zp.reshape(D, -1)]
+
+
+def _rewrite_lstms(b: _Builder, g: Any, c: Container, index: dict[str, Any], inits: dict[str, Any],
+                   uses: dict[str, list[tuple[Any, int]]], blocked: set[str]
+                   ) -> dict[int, tuple[list[Any], list[tuple[str, str, int, int]]]]:
+    """LSTM nodes whose ``W`` and ``R`` the container quantized per row, as
+    ``com.microsoft.DynamicQuantizeLSTM`` (int8 weights, activations rounded to uint8 per
+    tensor at each step): ``id(node) -> ([new node], [(tensor, how, bytes, dense bytes)])``."""
+    onnx = b.onnx
+    out: dict[int, tuple[list[Any], list[tuple[str, str, int, int]]]] = {}
+    for n in g.node:
+        if n.op_type != "LSTM" or n.domain not in ("", "ai.onnx") or len(n.input) < 3:
+            continue
+        a = _attrs(n)
+        if int(a.get("layout", 0)) != 0:
+            continue
+        ws = [n.input[1], n.input[2]]
+        ok = True
+        for w in ws:
+            e = c.entries.get(w)
+            if (e is None or e["form"] != "quant" or w not in inits or w in blocked
+                    or len(uses.get(w, [])) != 1 or e["layout"] != "out_in"
+                    or inits[w].data_type != onnx.TensorProto.FLOAT):
+                ok = False
+                break
+        if not ok:
+            continue
+        arrs, qs, shapes = [], [], []
+        for w in ws:
+            shapes.append(tuple(int(d) for d in index[w].dims))
+            qs.append(QuantParts.of(c.matrix(w)))
+            arrs.append(_lstm_weight(qs[-1], shapes[-1][0], shapes[-1]))
+        if any(isinstance(x, str) for x in arrs):
+            continue
+        made, info = [], []
+        for w, arr, q, shape in zip(ws, arrs, qs, shapes):
+            made.append([b.init(f"{w}_wp_{k}", v) for k, v in zip(("q", "scale", "zero"), arr)])
+            info.append((w, f"DynamicQuantizeLSTM {q.bits}-bit per channel (uint8 activations "
+                            f"per tensor)", sum(int(v.nbytes) for v in arr),
+                         int(np.prod(shape)) * 4))
+        ins = list(n.input[:8]) + [""] * (8 - min(len(n.input), 8))
+        ins[1], ins[2] = made[0][0], made[1][0]
+        ins += [made[0][1], made[0][2], made[1][1], made[1][2]]
+        kw = {k: v for k, v in a.items() if k in _LSTM_ATTRS}
+        node = b.node("DynamicQuantizeLSTM", ins, list(n.output), domain=MS_DOMAIN, **kw)
+        out[id(n)] = ([node], info)
+    return out
+
+
 def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container, wdt: np.dtype,
-             accuracy: int, block_size: int | None) -> tuple[list[Any], str] | str:
+             compute: str, block_size: int | None) -> tuple[list[Any], str] | str:
     """New nodes computing ``node`` from the compressed tensor, and a description; or the
     reason it stays dense."""
     if node.op_type == "Conv":
         return _rewrite_conv(b, node, name, e, c, wdt)
+    if node.op_type == "Gather":
+        return _rewrite_gather(b, node, name, e, c, wdt)
     a = _attrs(node) if node.op_type == "Gemm" else {}
     trans_b = bool(a.get("transB", 0))
     x = node.input[0]
@@ -284,51 +465,40 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
         # MatMulNBits computes x @ Mᵀ with M (N, K): the quantized matrix must be op(W)ᵀ.
         if (layout == "in_out") == trans_b:
             return "dense: the quantized rows are the layer's inputs, not its outputs"
-        arr = nbits_arrays(q, block_size)
-        if arr is None:
-            return f"dense: group {q.group} holds no power-of-two block of 16 or more"
-        Bp, S, Z, bits, bs = arr
-        if name not in b.cache:
-            b.cache[name] = [b.init(f"{name}_wp_q", Bp),
-                             b.init(f"{name}_wp_scales", S.astype(wdt).reshape(-1)),
-                             b.init(f"{name}_wp_zeros", Z)]
-        ins = [x] + b.cache[name]
-        nodes = pre + [b.node("MatMulNBits", ins, [final], domain=MS_DOMAIN, K=q.inn, N=q.out,
-                              bits=bits, block_size=bs, accuracy_level=accuracy)]
-        how = f"MatMulNBits {bits}-bit, block {bs}" + (" (int8 activations)" if accuracy else "")
-        if bits != q.bits:
-            how += f" (from {q.bits}-bit codes)"
+        made = _qmatmul(b, x, final, q, name, wdt, compute, block_size)
+        if isinstance(made, str):
+            return made
+        nodes = pre + [made[0]]
+        how = made[1]
     elif form == "lowrank-int8":
         m = c.matrix(name)
         assert isinstance(m, LowRankQuant)
         # M = U V is the layer's (out, in) matrix unless the node reads it transposed
         if (layout == "in_out") == trans_b:
             return "dense: the int8 factors' rows are the layer's inputs, not its outputs"
-        if name not in b.cache:
-            made = []
-            for tag, f in (("v", m.first), ("u", m.second)):
-                arr = nbits_arrays(QuantParts.of(f), block_size)
-                if arr is None:
-                    return "dense: no MatMulNBits block fits the factors"
-                Bp, S, Z, bits, bs = arr
-                made.append(([b.init(f"{name}_wp_{tag}_q", Bp),
-                              b.init(f"{name}_wp_{tag}_scales", S.astype(wdt).reshape(-1)),
-                              b.init(f"{name}_wp_{tag}_zeros", Z)], f.shape, bits, bs))
-            b.cache[name] = made
-        (i1, (r, inn), bits1, bs1), (i2, (out, _), bits2, bs2) = b.cache[name]
         t = b.name(f"{node.output[0]}_wp_r")
-        nodes = pre + [
-            b.node("MatMulNBits", [x] + i1, [t], domain=MS_DOMAIN, K=inn, N=r, bits=bits1,
-                   block_size=bs1, accuracy_level=accuracy),
-            b.node("MatMulNBits", [t] + i2, [final], domain=MS_DOMAIN, K=r, N=out, bits=bits2,
-                   block_size=bs2, accuracy_level=accuracy)]
-        how = f"2 MatMulNBits 8-bit (rank {r})" + (" (int8 activations)" if accuracy else "")
+        first = _qmatmul(b, x, t, QuantParts.of(m.first), f"{name}_wp_v", wdt, compute, block_size)
+        if isinstance(first, str):
+            return first
+        second = _qmatmul(b, t, final, QuantParts.of(m.second), f"{name}_wp_u", wdt, compute,
+                          block_size)
+        if isinstance(second, str):
+            return second
+        nodes = pre + [first[0], second[0]]
+        r = m.first.shape[0]
+        ops = [first[1].split()[0], second[1].split()[0]]
+        how = (f"2 {ops[0]} 8-bit (rank {r})" if ops[0] == ops[1]
+               else f"{ops[0]} + {ops[1]} 8-bit (rank {r})")
+        how += (" (uint8 activations per tensor)" if "DynamicQuantizeMatMul" in ops
+                else " (int8 activations)" if COMPUTE[compute] else "")
     else:
         return "dense"
     if gemm:
         nodes += _gemm_tail(b, node, final, a, wdt)
     return nodes, how
 
+
+_WEIGHT_INPUTS = {("MatMul", 1), ("Gemm", 1), ("Conv", 1), ("Gather", 0)}
 
 _DENSE_WHY = {
     "sparse": "dense: onnxruntime densifies sparse initializers and has no sparse-weight MatMul on CPU",
@@ -341,7 +511,7 @@ _DENSE_WHY = {
 def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.PathLike[str],
                 like: str | os.PathLike[str] | None = None, *, compute: str = "fast",
                 block_size: int | None = None, external_data: bool = False,
-                conv_quant: str = "dequant") -> list[ExportRow]:
+                conv_quant: str = "auto", lstm_quant: str = "auto") -> list[ExportRow]:
     """Write ``output``: the ONNX model ``like`` with the container's tensors, compressed layers
     running compressed (see the module docstring).
 
@@ -354,14 +524,23 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     like : path, optional
         The original ONNX model the container was made from; default: the graph the container
         keeps (containers made from ONNX files keep it).
-    compute : "fast" or "exact"
-        Quantized products: int8 activations per block (onnxruntime's fast kernels) or float.
+    compute : "fast", "block" or "exact"
+        Quantized products: the fastest integer kernels (DynamicQuantizeMatMul, activations
+        rounded per tensor, where it applies; else MatMulNBits with int8 activations per block),
+        MatMulNBits with int8 activations per block everywhere (less rounding), or float.
     block_size : int, optional
         Largest MatMulNBits block (a power of two, 16–256); default: the group, or 128.
-    conv_quant : "dequant" or "dense"
+    conv_quant : "auto", "dequant" or "dense"
         Quantized Conv weights (one scale per output channel): ``DequantizeLinear`` → ``Conv``
         (int8 in the file and in memory, dequantized in each call: onnxruntime cannot pre-pack
-        a computed weight, so slower than dense at batch 1), or dense (the runtime's fastest).
+        a computed weight, so usually slower than dense at batch 1), dense (the runtime's
+        fastest), or ``"auto"``: the model is timed both ways in onnxruntime at batch 1
+        (1 thread) and the convs stay int8 only when that is no slower.
+    lstm_quant : "auto", "int8" or "dense"
+        LSTMs whose ``W`` and ``R`` are both quantized per row: ``DynamicQuantizeLSTM`` (int8
+        weights, activations rounded to uint8 per tensor; measured 2.4x faster than the dense
+        LSTM at hidden 256, but 1.7x slower at hidden 48, batch 1, 1 thread), dense, or
+        ``"auto"``: timed like ``conv_quant``.
     external_data : bool
         Write the weights to ``output + ".data"`` beside the graph (onnxruntime maps that file
         instead of copying the weights out of the parsed model: measured 0.44x of dense's
@@ -381,11 +560,13 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     """
     onnx = require("onnx", "exporting to ONNX")
     if compute not in COMPUTE:
-        raise ValueError(f"compute: expected 'fast' or 'exact', got {compute!r}")
+        raise ValueError(f"compute: expected 'fast', 'block' or 'exact', got {compute!r}")
     if block_size is not None and (isinstance(block_size, bool) or block_size not in (16, 32, 64, 128, 256)):
         raise ValueError(f"block_size: expected a power of two in 16..256, got {block_size!r}")
-    if conv_quant not in ("dequant", "dense"):
-        raise ValueError(f"conv_quant: expected 'dequant' or 'dense', got {conv_quant!r}")
+    if conv_quant not in ("auto", "dequant", "dense"):
+        raise ValueError(f"conv_quant: expected 'auto', 'dequant' or 'dense', got {conv_quant!r}")
+    if lstm_quant not in ("auto", "int8", "dense"):
+        raise ValueError(f"lstm_quant: expected 'auto', 'int8' or 'dense', got {lstm_quant!r}")
     c = container if isinstance(container, Container) else Container(container)
     if like is None:
         s = c.structure()
@@ -397,7 +578,29 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
             write_from_skeleton(os.path.join(tmp, "like.onnx"), "onnx", s[1], c)
             return export_onnx(c, output, os.path.join(tmp, "like.onnx"), compute=compute,
                                block_size=block_size, external_data=external_data,
-                               conv_quant=conv_quant)
+                               conv_quant=conv_quant, lstm_quant=lstm_quant)
+    if "auto" in (conv_quant, lstm_quant):
+        head = _load_proto(os.fspath(like), external=False).graph
+        quant = {nm for nm, e in c.entries.items() if e["form"] == "quant"}
+        has = {"conv_quant": any(n.op_type == "Conv" and n.input[1] in quant
+                                 for n in head.node if len(n.input) > 1),
+               "lstm_quant": any(n.op_type == "LSTM" and {n.input[1], n.input[2]} <= quant
+                                 for n in head.node if len(n.input) > 2)}
+        modes = {"conv_quant": conv_quant, "lstm_quant": lstm_quant}
+        notes = _choose_modes(c, output, like, compute, block_size,
+                              {k: v for k, v in modes.items() if v == "auto" and has[k]}, modes)
+        for k in modes:
+            if modes[k] == "auto":
+                modes[k] = "dense" if k in notes else _SLOW_ON[k]
+        rows = export_onnx(c, output, like, compute=compute, block_size=block_size,
+                           external_data=external_data, **modes)
+        for r in rows:
+            if r.how == "dense":
+                if "conv_quant" in notes and "conv_quant=" in r.note:
+                    r.note = notes["conv_quant"]
+                elif "lstm_quant" in notes and "read by LSTM" in r.note:
+                    r.note = notes["lstm_quant"]
+        return rows
     model = _load_proto(os.fspath(like), external=True)
     g = model.graph
     index = collect_tensors(g)
@@ -414,8 +617,17 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     drop: set[str] = set()
     b = _Builder(g, np.float32)
     b.conv_quant = conv_quant
+    done_lstm: set[str] = set()
+    if lstm_quant == "int8":
+        for nid, (new_nodes, info) in _rewrite_lstms(b, g, c, index, inits, uses,
+                                                     in_sub | graph_out).items():
+            replace[nid] = new_nodes
+            for w, how, nb, db in info:
+                drop.add(w)
+                done_lstm.add(w)
+                rows.append(ExportRow(w, c.entries[w]["form"], how, "", nb, db))
     for name, e in c.entries.items():
-        if name not in index:
+        if name not in index or name in done_lstm:
             continue
         t = index[name]
         dims = tuple(int(d) for d in t.dims)
@@ -431,15 +643,16 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                 why = "dense: not a plain initializer of the main graph"
             elif not u:
                 why = "dense: no node reads it"
-            elif any(nd.op_type not in ("MatMul", "Gemm", "Conv") or i != 1 for nd, i in u):
+            elif any((nd.op_type, i) not in _WEIGHT_INPUTS for nd, i in u):
                 ops = sorted({nd.op_type for nd, _ in u})
-                why = f"dense: read by {'/'.join(ops)}, not as the weight of MatMul/Gemm/Conv"
+                why = (f"dense: read by {'/'.join(ops)}, not as the weight of MatMul/Gemm/Conv "
+                       f"or the table of Gather")
             else:
                 before = (len(b.inits), b.nbytes)
                 done: list[tuple[Any, list[Any]]] = []
                 res: Any = None
                 for nd, _ in u:
-                    res = _rewrite(b, nd, name, e, c, wdt, COMPUTE[compute], block_size)
+                    res = _rewrite(b, nd, name, e, c, wdt, compute, block_size)
                     if isinstance(res, str):
                         break
                     done.append((nd, res[0]))
@@ -498,6 +711,51 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     with atomic_write(output) as f:
         f.write(model.SerializeToString())
     return rows
+
+
+_SLOW_ON = {"conv_quant": "dequant", "lstm_quant": "int8"}
+_SLOW_WHAT = {"conv_quant": "DequantizeLinear -> Conv", "lstm_quant": "DynamicQuantizeLSTM"}
+
+
+def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
+                  compute: str, block_size: int | None, auto: dict[str, str],
+                  modes: dict[str, str]) -> dict[str, str]:
+    """For each rewrite in ``auto`` (``conv_quant``, ``lstm_quant``) that may run slower than
+    the dense layer: time the model with it against the model without it (the others of
+    ``auto`` off), onnxruntime, batch 1, 1 thread, best of 3 interleaved rounds of 7 calls.
+    Returns ``{mode: why dense}`` for those measured slower (the rest keep the rewrite)."""
+    ort = require("onnxruntime", "timing the quantized convolutions and LSTMs ('auto')")
+    from .export_timing import _feed, best_time   # export_timing imports this module
+    if not auto:
+        return {}
+    base = {k: ("dense" if v == "auto" else v) for k, v in modes.items()}
+    cands = {"base": base} | {k: base | {k: _SLOW_ON[k]} for k in auto}
+    d = os.path.dirname(os.path.abspath(output))
+    notes: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix=".wp-auto-", dir=d) as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        sess = {}
+        for k, m in cands.items():
+            p = os.path.join(tmp, f"{k}.onnx")
+            rows = export_onnx(c, p, like, compute=compute, block_size=block_size,
+                               external_data=True, **m)
+            if k != "base" and not any(r.how.startswith(_SLOW_WHAT[k].split()[0]) for r in rows):
+                continue                  # nothing of this kind could be rewritten
+            sess[k] = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+        feed = _feed(sess["base"], 1)
+        t = {k: float("inf") for k in sess}
+        for _ in range(3):
+            for k, s in sess.items():
+                t[k] = min(t[k], best_time(lambda: s.run(None, feed), 7))
+        del sess
+    for k in auto:
+        if k in t and t[k] > t["base"]:
+            notes[k] = (f"dense: {_SLOW_WHAT[k]} measured slower in onnxruntime (model at batch 1, "
+                        f"1 thread: {t[k] * 1e3:.3g} ms vs {t['base'] * 1e3:.3g} ms with it dense); "
+                        f"{k}='{_SLOW_ON[k]}' keeps it quantized")
+    return notes
 
 
 def _write_external(model: Any, output: str) -> None:

@@ -16,6 +16,8 @@ weight the container compressed, puts in its place a module that computes from t
   :class:`QuantLinear` (the rank padded to a multiple of 16 for PyTorch's int8 kernel);
 - a quantized ``nn.Conv1d/2d/3d`` weight: :class:`QuantConv`, the codes packed, dequantized in
   each call (PyTorch has no integer-weight convolution on CPU);
+- a quantized ``nn.Embedding`` table (per row, or groups along the embedding):
+  :class:`QuantEmbedding`, the codes kept packed, only the looked-up rows dequantized;
 - a low-rank ``nn.Conv1d/2d/3d`` weight (stored as its ``(O, I/g·Πk)`` matrix view):
   :class:`LowRankConv`, a k×k convolution to ``r`` channels per group then a 1×1 one;
 - everything else (dense, sparse + low rank, sparse-coded, codebook): the
@@ -46,7 +48,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 __all__ = ["load_into", "LoadRow", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
-           "LowRankQuantLinear", "QuantConv", "quant_modes"]
+           "LowRankQuantLinear", "QuantConv", "QuantEmbedding", "quant_modes"]
 
 
 def _is_conv1d(m: Any) -> bool:
@@ -376,6 +378,48 @@ class QuantConv(nn.Module):  # type: ignore[name-defined,misc]
         return d
 
 
+class QuantEmbedding(nn.Module):  # type: ignore[name-defined,misc]
+    """An ``nn.Embedding`` whose table ``(V, d)`` is quantized per row (or in groups along
+    ``d``): the codes kept as uint8 (two 4-bit codes a byte for 2–4-bit codes) with their
+    float16 scales and zero points; each call gathers the rows' codes and dequantizes only
+    those rows (the table is never dense in memory)."""
+
+    def __init__(self, layer: Any, q: QuantParts):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = q.out, q.inn
+        self.padding_idx = layer.padding_idx
+        self.group, self.n_groups = q.group, q.n_groups
+        self.nibbles = q.bits <= 4
+        self.bits = q.bits
+        self.register_buffer("codes", torch.from_numpy(pack_bits(q.codes(), 4 if self.nibbles else 8)))
+        self.register_buffer("scales", torch.from_numpy(np.array(q.scales, np.float16)))
+        self.register_buffer("zeros", torch.from_numpy(np.array(q.zeros, np.uint8)))
+
+    def _rows(self, ids: Any) -> Any:
+        c = self.codes[ids]
+        if self.nibbles:
+            c = torch.stack((c & 15, c >> 4), -1).flatten(-2)[..., :self.embedding_dim]
+        s = self.scales[ids].float()
+        z = self.zeros[ids].float()
+        if self.n_groups == 1:
+            return (c.float() - z) * s
+        gi = torch.arange(self.embedding_dim, device=c.device) // self.group
+        return (c.float() - z[..., gi]) * s[..., gi]
+
+    def forward(self, ids: Any) -> Any:
+        return self._rows(ids)
+
+    def dense(self) -> Any:
+        """The equivalent ``nn.Embedding`` with the decoded table."""
+        d = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx)
+        with torch.no_grad():
+            d.weight.copy_(self._rows(torch.arange(self.num_embeddings)))
+        return d
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group={self.group}"
+
+
 @dataclass
 class LoadRow:
     """What happened to one container tensor."""
@@ -452,6 +496,8 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
               if isinstance(m, nn.Linear) or _is_conv1d(m)}
     convs = {f"{n}.weight" if n else "weight": (n, m) for n, m in module.named_modules()
              if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))}
+    embs = {f"{n}.weight" if n else "weight": (n, m) for n, m in module.named_modules()
+            if isinstance(m, nn.Embedding)}
     rows: list[LoadRow] = []
     for name, e in c.entries.items():
         if name not in params:
@@ -493,6 +539,18 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 qc = QuantConv(layer, q)
                 _replace(module, path, qc)
                 rows.append(LoadRow(name, form, f"QuantConv ({q.bits}-bit codes, dequantized per call)"))
+                continue
+        elif name in embs and form == "quant":
+            path, layer = embs[name]
+            if e["layout"] != "out_in" or tuple(e["shape"]) != tuple(p.shape):
+                note = "dense: the quantized rows are not the table's rows"
+            elif layer.max_norm is not None or layer.scale_grad_by_freq or layer.sparse:
+                note = "dense: max_norm/scale_grad_by_freq/sparse embeddings need the float table"
+            else:
+                q = QuantParts.of(c.matrix(name))
+                _replace(module, path, QuantEmbedding(layer, q))
+                rows.append(LoadRow(name, form, f"QuantEmbedding ({q.bits}-bit"
+                                    + (f", group {q.group})" if q.group < q.inn else ")")))
                 continue
         elif name in layers and form in ("lowrank", "quant", "sparse", "lowrank-int8"):
             path, layer = layers[name]
