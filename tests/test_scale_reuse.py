@@ -141,3 +141,59 @@ def test_output_error_with_its_denominator_kept_is_the_same_number(layer):
         assert A._output_error(W, m, st) == want
         assert A._output_error(W, m, st) == want
     assert A._output_error(W, W, st) == 0.0
+
+
+def test_mix_moves_the_layers_with_the_most_error_removed_per_byte():
+    from weightpress.model.compress import _mix
+    from weightpress.model.report import Report, Row
+
+    def rep(sizes, errs, file_bytes):
+        rows = [Row(f"l{i}", (10, 10), "f", 100, b, 400, e) for i, (b, e) in enumerate(zip(sizes, errs))]
+        return Report(rows, file_bytes, 4000)
+
+    small = rep([100, 100, 100, 100], [0.4, 0.4, 0.4, 0.4], 1000)
+    big = rep([200, 150, 300, 100], [0.1, 0.39, 0.2, 0.4], 1550)
+    # params * (error² drop) per byte added: l0 15/100, l2 12/200, l1 0.79/50; l3 cannot move
+    got = _mix(big, small, 3.0, 5.0, target=1300)
+    assert got == {"l0": 3.0, "l1": 5.0, "l2": 3.0, "l3": 5.0}
+    got = _mix(big, small, 3.0, 5.0, target=1250)  # l2 no longer fits after l0; l1 does
+    assert got == {"l0": 3.0, "l1": 3.0, "l2": 5.0, "l3": 5.0}
+    assert _mix(big, small, 3.0, 5.0, target=1000) is None  # no room
+    assert _mix(big, rep([100] * 3, [0.4] * 3, 900), 3.0, 5.0, target=1300) is None  # rows differ
+
+
+def test_ratio_search_mixes_budgets_when_one_ratio_for_all_jumps_over_the_target(tmp_path):
+    """Quantized layers move in steps of a precision: the ratio search brackets the target
+    and then builds each layer at one side of the bracket, which reaches the window."""
+    import weightpress.model.compress as mc
+    from weightpress.io.safetensors import write_safetensors
+    from weightpress.model.compress import compress_model, open_source
+
+    rng = np.random.default_rng(5)
+    W, X = {}, {}
+    for i in range(12):
+        n_in = 48 + 16 * (i % 3)
+        W[f"l{i}.weight"] = (rng.standard_normal((64, n_in)) / 8).astype(np.float32)
+        X[f"l{i}.weight"] = correlated_inputs(rng, 200, n_in).astype(np.float32)
+    mp, cp = str(tmp_path / "m.safetensors"), str(tmp_path / "c.safetensors")
+    write_safetensors(mp, W)
+    write_safetensors(cp, X)
+    tries = []
+    real = mc.execute
+
+    def counting(*a, **k):
+        tries.append(k.get("layer_ratio"))
+        return real(*a, **k)
+
+    mc.execute = counting
+    try:
+        with open_source(mp) as src:
+            rep = compress_model(src, str(tmp_path / "o.wpz"), ratio=4, method="quant",
+                                 calibration=cp, min_size=16)
+    finally:
+        mc.execute = real
+    # one ratio for all: 4.52x, then 3.62x; the third try mixes the two sides and lands in
+    # the window (bisecting one ratio took all six tries on such models)
+    assert len(tries) == 3 and all(isinstance(t, float) for t in tries[:2])
+    assert isinstance(tries[2], dict) and len(set(tries[2].values())) == 2
+    assert 0.99 * 4 <= rep.ratio <= 1.03 * 4

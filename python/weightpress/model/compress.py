@@ -562,14 +562,14 @@ def _global(source: TensorSource, work: list[Layer], target: Target,
 def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgeted: Budgeted,
             target: Target, cal: CalibrationSet | None = None,
             progress: Callable[[int, int, str], None] | None = None,
-            layer_ratio: float | None = None, *, client: Any = None,
+            layer_ratio: float | Mapping[str, float] | None = None, *, client: Any = None,
             journal: Journal | None = None) -> Report:
     """Build every layer to its budget, one source tensor in memory at a time (or one per Dask
     worker with ``client``: :func:`stage_layer` is the task), into the container ``out``
     (written atomically, in plan order, so the bytes do not depend on where layers were built);
     returns the per-layer report. ``layer_ratio`` rescales the byte budgets that came from the
-    ratio (the ratio search's retries). Layers the ``journal`` holds at the same budget are
-    taken from it; new ones are recorded in it."""
+    ratio (the ratio search's retries; a mapping gives each named layer its own). Layers the
+    ``journal`` holds at the same budget are taken from it; new ones are recorded in it."""
     rows = []
     facts = {"name": os.path.basename(getattr(source, "path", "")),
              "format": getattr(source, "format", ""), "bytes": budgeted.src_bytes}
@@ -586,11 +586,12 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
         if d.action == "skip":
             tlayout = view.layout if view else job.layout
         budget = ly.budget
-        if (layer_ratio is not None and budgeted.layer_ratio and ly.threshold is None
+        lr = layer_ratio.get(d.name) if isinstance(layer_ratio, Mapping) else layer_ratio
+        if (lr is not None and budgeted.layer_ratio and ly.threshold is None
                 and budget is not None and budget.nbytes is not None
                 and (ly.form is None or ly.form != "dense")):
             # every byte budget follows the retry, allocated ones too (their form is kept)
-            budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / layer_ratio)
+            budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / lr)
         tasks[i] = (ly, budget, view, tlayout)
     keys = {i: journal.key(t[0], t[1]) for i, t in tasks.items()} if journal is not None else {}
     done = {i for i in tasks if journal is not None and journal.has(i, keys[i])}
@@ -700,20 +701,28 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
     return st
 
 
-def _write_to_ratio(write: Callable[[str, float | None], Report], out: str, ratio: float,
+def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
                     budgeted: Budgeted) -> Report:
     """Write, measure the file, and rewrite with the measured overhead until the file ratio
     is within 1 % below to 3 % above ``ratio`` (at most 6 tries; the first usually is: each
-    try reads every tensor again, one at a time); keep the closest file at or above 0.97·ratio. Raises ValueError (naming the best ratio reached) when none gets
-    there."""
+    try reads every tensor again, one at a time); keep the closest file at or above
+    0.97·ratio. Raises ValueError (naming the best ratio reached) when none gets there.
+
+    Once one try's file is too big and another's too small, the layers' own sizes and errors
+    in those two tries (their reports) say what mixing them gives: the next try builds each
+    layer at one of its two budgets (:func:`_mix`), which lands within a layer's step of the
+    target where the forms' sizes move in steps (quantization's precisions) and bisecting
+    one ratio for all layers keeps jumping over it."""
     d = os.path.dirname(os.path.abspath(out))
     src_bytes, squeezable = budgeted.src_bytes, budgeted.squeezable
-    layer_ratio = budgeted.layer_ratio
+    layer_ratio: Any = budgeted.layer_ratio
     best: tuple[float, str, Report] | None = None
     tmps = []
     target = src_bytes / ratio
     try:
         lo = hi = None  # layer ratios known to give a file too big / too small
+        reps: dict[float, Report] = {}
+        mixed = False
         for _ in range(6):
             fd, tmp = tempfile.mkstemp(prefix=".wp-try-", suffix=".tmp", dir=d)
             os.close(fd)
@@ -724,13 +733,23 @@ def _write_to_ratio(write: Callable[[str, float | None], Report], out: str, rati
                 best = (r, tmp, rep)
             if 0.99 * ratio <= r <= 1.03 * ratio:  # aim close; >= 0.97 R is the promise
                 break
+            if isinstance(layer_ratio, Mapping):  # a mix that missed the window
+                if best is not None and best[1] == tmp:
+                    break  # within a layer's step of the target: as close as the forms go
+                assert lo is not None and hi is not None
+                layer_ratio = float(np.sqrt(lo * hi))  # (mispredicted: bisect as before)
+                continue
             cur = layer_ratio or 1.0
+            reps[cur] = rep
             if r < ratio:
                 lo = cur if lo is None else max(lo, cur)
             else:
                 hi = cur if hi is None else min(hi, cur)
             if lo is not None and hi is not None:
-                layer_ratio = float(np.sqrt(lo * hi))  # bisect between a miss on each side
+                mix = None if mixed else _mix(reps[lo], reps[hi], lo, hi, target)
+                mixed = True
+                # each layer at its own side of the bracket; else bisect between the misses
+                layer_ratio = mix if mix is not None else float(np.sqrt(lo * hi))
                 continue
             spent = rep.compressed_bytes
             left = target - (rep.file_bytes - spent)
@@ -750,6 +769,41 @@ def _write_to_ratio(write: Callable[[str, float | None], Report], out: str, rati
         for t in tmps:
             with contextlib.suppress(OSError):
                 os.unlink(t)
+
+
+def _mix(big: Report, small: Report, lo: float, hi: float, target: float
+         ) -> dict[str, float] | None:
+    """Per-layer ratios mixing two tries (``big``'s file too big at layer ratio ``lo``,
+    ``small``'s too small at ``hi``): every layer starts at ``hi``; layers move to ``lo``
+    by the most error removed per byte added (``params · error²``, output errors where
+    calibration gave them: the allocation's objective) while the file stays within
+    ``target`` bytes. The same budget builds the same bytes, so the file is predicted to the
+    header's few bytes. None when the reports do not pair up or nothing moves."""
+    rows_b = {r.name: r for r in big.rows}
+    if set(rows_b) != {r.name for r in small.rows}:
+        return None
+    moves = []
+    for r in small.rows:
+        rb = rows_b.get(r.name)
+        if rb is None:
+            return None
+        extra = rb.nbytes - r.nbytes
+        if extra <= 0:
+            continue
+        es = r.output_error if r.output_error is not None else r.error
+        eb = rb.output_error if rb.output_error is not None else rb.error
+        gain = r.params * (es ** 2 - eb ** 2)
+        moves.append((-gain / extra, r.name, extra))
+    room = target - small.file_bytes
+    if not moves or room <= 0:
+        return None
+    moves.sort()
+    chosen = {r.name: hi for r in small.rows}
+    for _, name, extra in moves:
+        if extra <= room:
+            chosen[name] = lo
+            room -= extra
+    return chosen if any(v == lo for v in chosen.values()) else None
 
 
 def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, target: Target,
