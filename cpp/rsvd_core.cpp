@@ -344,10 +344,12 @@ struct SmallSvd {
   }
 };
 
-// U (m×k) = Q (m×l, ld ldq) · Ub[:, :k]; Vt (k×n) from vt (col-major, ld l).
-template <class T>
-void assemble(std::int64_t m, const T* q, std::int64_t ldq, const SmallSvd& sv, std::int64_t k,
-              OpFactors<T>& f) {
+// f from the small SVD: s[:k]; U (m×k) = Q · Ub[:, :k], where `q_times(ub, l, u)` multiplies
+// Q by ub (row-major k×l: the first k columns of Ub) into u (row-major m×k, zeroed); Vt (k×n)
+// from sv.vt (col-major, ld min(l, n)). One body for the two ways Q is held (one array, blocks).
+template <class T, class QTimes>
+void assemble_with(std::int64_t m, const SmallSvd& sv, std::int64_t k, OpFactors<T>& f,
+                   QTimes&& q_times) {
   const std::int64_t l = sv.l, n = sv.n;
   f.k = k;
   f.s.assign(sv.s.begin(), sv.s.begin() + k);
@@ -357,11 +359,20 @@ void assemble(std::int64_t m, const T* q, std::int64_t ldq, const SmallSvd& sv, 
   std::vector<T> ub(sz(l * k));  // first k columns of Ub, column-major = row-major k×l
   for (std::int64_t c = 0; c < k; ++c)
     for (std::int64_t i = 0; i < l; ++i) ub[sz(c * l + i)] = static_cast<T>(sv.u[sz(c * l + i)]);
-  blas::gemm_rm<T>(false, true, to_int(m), to_int(k), to_int(l), T(1), q, to_int(ldq), ub.data(),
-                   to_int(l), T(0), f.u.data(), to_int(k));
+  q_times(ub.data(), l, f.u.data());
   const std::int64_t ldv = std::min(l, n);
   for (std::int64_t c = 0; c < k; ++c)
     for (std::int64_t j = 0; j < n; ++j) f.vt[sz(c * n + j)] = static_cast<T>(sv.vt[sz(j * ldv + c)]);
+}
+
+// Q one array (m×l, ld ldq).
+template <class T>
+void assemble(std::int64_t m, const T* q, std::int64_t ldq, const SmallSvd& sv, std::int64_t k,
+              OpFactors<T>& f) {
+  assemble_with<T>(m, sv, k, f, [&](const T* ub, std::int64_t l, T* u) {
+    blas::gemm_rm<T>(false, true, to_int(m), to_int(k), to_int(l), T(1), q, to_int(ldq), ub,
+                     to_int(l), T(0), u, to_int(k));
+  });
 }
 
 // Full LAPACK SVD of a dense operator (in T), truncated afterwards by `choose(s)`.
@@ -683,25 +694,14 @@ void small_svd_of(const AdaptiveQB<T>& qb, std::int64_t n, bool want_vectors, Sm
   sv.compute_with<T>(l, n, want_vectors, [&](double* a) { bt_rows<T>(qb.basis(), l, 0, n, a); });
 }
 
-// U (m×k) = Q · Ub[:, :k] from the blocks; Vt (k×n) from sv.vt (col-major, ld min(l, n)).
+// Q held as blocks of its columns.
 template <class T>
 void assemble(std::int64_t m, const std::vector<QbBlock<T>>& bl, const SmallSvd& sv,
               std::int64_t k, OpFactors<T>& f) {
-  const std::int64_t l = sv.l, n = sv.n;
-  f.k = k;
-  f.s.assign(sv.s.begin(), sv.s.begin() + k);
-  f.u.assign(sz(m * k), T(0));
-  f.vt.assign(sz(k * n), T(0));
-  if (k == 0) return;
-  std::vector<T> ub(sz(l * k));  // first k columns of Ub, column-major = row-major k×l
-  for (std::int64_t c = 0; c < k; ++c)
-    for (std::int64_t i = 0; i < l; ++i) ub[sz(c * l + i)] = static_cast<T>(sv.u[sz(c * l + i)]);
-  for (const auto& b : bl)
-    gemm_rm_t<T>(false, true, m, k, b.b, T(1), b.q.data(), b.b, ub.data() + b.off, l, T(1),
-                 f.u.data(), k);
-  const std::int64_t ldv = std::min(l, n);
-  for (std::int64_t c = 0; c < k; ++c)
-    for (std::int64_t j = 0; j < n; ++j) f.vt[sz(c * n + j)] = static_cast<T>(sv.vt[sz(j * ldv + c)]);
+  assemble_with<T>(m, sv, k, f, [&](const T* ub, std::int64_t l, T* u) {
+    for (const auto& b : bl)
+      gemm_rm_t<T>(false, true, m, k, b.b, T(1), b.q.data(), b.b, ub + b.off, l, T(1), u, k);
+  });
 }
 
 // Smallest r with fro2 − Σ_{i<r} s_i² <= target (s descending); -1 if none.
