@@ -14,8 +14,8 @@ from __future__ import annotations
 from . import _core
 from ._threads import get_num_threads, set_num_threads, threads
 from .compression import CalibrationStats, Dense, LowRank, Sparse, SparseCoded, SparsePlusLowRank
-from .linalg import (ConvergenceWarning, OMPDictionary, SolverInfo, basis_pursuit, csr_matmul,
-                     hard_threshold, lasso, omp, prune, randomized_svd, soft_threshold, svt)
+from .linalg import (ConvergenceWarning, DenseFasterWarning, OMPDictionary, SolverInfo,
+                     basis_pursuit, csr_matmul, hard_threshold, lasso, omp, prune, randomized_svd, soft_threshold, svt)
 from .model import Container, compress_model, open_source, verify
 
 __version__: str = _core.__version__
@@ -39,6 +39,7 @@ __all__ = [
     "lasso",
     "SolverInfo",
     "ConvergenceWarning",
+    "DenseFasterWarning",
     "compress_model",
     "open_source",
     "Container",

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from .._validation import as_matrix, real_scalar
 from ..linalg import quant as lq
 from ..linalg.sparse import csr_matmul, prune
-from .matrices import CompressedMatrix, _compute_dtype, _setup, register_form
+from .matrices import _compute_dtype, _setup, register_form
 from .quant import Quantized, _CodedRows, _contig
 from .storage import index_dtype, pointer_dtype
 
