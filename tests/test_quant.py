@@ -48,6 +48,9 @@ def test_pack_rejects_codes_that_do_not_fit():
 # found by hypothesis: a group of one weight of 1.2e-3 has a float16-subnormal scale (4.7e-6),
 # which rounded down clipped the weight by more than a step
 @example(rows=4, cols=29, bits=8, group=1, sym=False, seed=1187)
+# and a normal scale rounded down 1.2e-4 relative, whose zero point's rounding then clipped the
+# group's top weight by 0.524 of a step
+@example(rows=4, cols=15, bits=8, group=3, sym=False, seed=1)
 def test_rtn_matches_reference_and_rounds_to_nearest(rows, cols, bits, group, sym, seed):
     rng = np.random.default_rng(seed)
     W = (rng.standard_normal((rows, cols)) * rng.uniform(0.01, 10)).astype(np.float32)

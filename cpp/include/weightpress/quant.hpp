@@ -107,16 +107,12 @@ inline GroupParams quant_params(const T* w, std::int64_t n, int bits, bool symme
   }
   GroupParams p;
   p.half = float_to_half(static_cast<float>(s));
-  // A scale rounded down to float16 spans the range in more steps than the codes have: the
-  // extreme weight clips by (steps · s / rounded - steps) steps. Negligible for normal scales
-  // (at most 2^-11 · 255 < 0.13 of a step) but whole steps for float16's subnormal ones (below
-  // 2^-14, where the rounding is coarse): there one float16 ulp up keeps every weight within
-  // half a step. Normal scales stay rounded to nearest.
-  {
-    const double steps = symmetric ? static_cast<double>((1 << (bits - 1)) - 1) : maxq;
-    const double rounded = static_cast<double>(half_to_float(p.half));
-    if (s > 0 && steps * s > (steps + 0.5) * rounded) ++p.half;
-  }
+  // The scale is rounded UP to float16: rounded down, it spans the range in more steps than the
+  // codes have, and the extreme weight clips — by whole steps at float16's subnormal scales
+  // (below 2^-14), and by just over half a step where the zero point's rounding adds to it
+  // (an 8-bit group [-0.133, 0.0135]: 0.524 step). Rounded up, (hi - lo) / scale <= maxq, so
+  // some zero point keeps both ends within half a step, and round(-lo / scale) is one.
+  if (s > 0 && static_cast<double>(half_to_float(p.half)) < s) ++p.half;
   if ((p.half & 0x7c00u) == 0x7c00u)
     throw ShapeError("quantize: a group's scale " + std::to_string(s) +
                      " does not fit float16 (weights too large or not finite)");
