@@ -389,8 +389,8 @@ def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = Non
     Notes
     -----
     ``O(in³)`` for the factor (cached on ``stats``) plus ``O(out·in²)`` for the sweep, nearly
-    all in BLAS (a few GEMMs); the per-column work inside a block runs one row per OpenMP
-    thread, so results do not depend on the thread count.
+    all in BLAS (a few GEMMs); the per-column work inside a block runs 16 rows at a time in
+    vectors, one tile per OpenMP task, so results do not depend on the thread count.
     """
     if sparsity is not None and pattern is not None:
         raise ValueError("gptq: give at most one of sparsity and pattern")
