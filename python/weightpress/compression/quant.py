@@ -443,8 +443,9 @@ def gptq_many(W: Any, stats: CalibrationStats, settings: Any, *,
                                        zeros=zeros0, n_threads=n_threads, row_err=re)
                     assert res is not None
                     del Wk
-                    codes = np.empty_like(res[0])
-                    codes[:, perm] = res[0]
+                    # codes[:, perm] = res[0], as a gather (a scatter through NumPy's fancy
+                    # assignment took 0.35 s of CPU on 4096 x 4096 codes; take, 0.016 s)
+                    codes = np.take(res[0], np.argsort(perm), axis=1)
                     scales, zeros = res[1], res[2]
                     del res
                 else:
