@@ -173,6 +173,7 @@ void randomized_svd_dense(std::int64_t m, std::int64_t n, const T* a, std::int64
                           int n_threads) {
   using namespace rsvd_detail;
   check_params<T>(m, n, p);
+  release_scratch();  // (pages the caller freed, before this SVD's scratch is allocated)
   // stored row-major: R rows of C entries with stride lda
   const std::int64_t R = fortran ? n : m, C = fortran ? m : n;
   Scan sc = scan_rows<T>(R, C, a, lda, n_threads);
