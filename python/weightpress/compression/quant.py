@@ -434,7 +434,7 @@ def gptq_many(W: Any, stats: CalibrationStats, settings: Any, *,
                 Wk = np.array(Wa, dtype=ct, order="C", copy=True)  # obs_prepare's working copy
                 Wk[:, dead] = 0.0
                 if perm is not None:
-                    scales0, zeros0 = lq.quantize_rtn(Wk, b, g, sym, bool(mse), n_threads)[1:]
+                    scales0, zeros0 = _rtn_params(Wk, b, g, sym, bool(mse), n_threads)
                     gs = g if 0 < g < Wa.shape[1] else max(Wa.shape[1], 1)
                     _permute_columns(Wk, perm)  # in place, a block of rows at a time
                     res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse),
@@ -443,10 +443,9 @@ def gptq_many(W: Any, stats: CalibrationStats, settings: Any, *,
                                        zeros=zeros0, n_threads=n_threads, row_err=re)
                     assert res is not None
                     del Wk
-                    codes = np.empty_like(res[0])
-                    codes[:, perm] = res[0]
-                    scales, zeros = res[1], res[2]
+                    codes, scales, zeros = res
                     del res
+                    _unpermute_columns(codes, perm)
                 else:
                     res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=bool(mse),
                                        n_prune=n_prune, nm=nm, block=block, n_threads=n_threads,
@@ -458,6 +457,28 @@ def gptq_many(W: Any, stats: CalibrationStats, settings: Any, *,
                                      bits=b, group=g, symmetric=sym, dtype=Wa.dtype))
                 del codes
     return out
+
+
+def _rtn_params(Wk: np.ndarray, b: int, g: int, sym: bool, mse: bool, n_threads: int | None,
+                rows: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+    """Round-to-nearest scales and zeros of ``Wk`` (rows are independent), a block of rows at
+    a time: the codes of a block, not of the whole matrix, are held (issue 15: memory)."""
+    parts = [lq.quantize_rtn(Wk[r:r + rows], b, g, sym, mse, n_threads)[1:]
+             for r in range(0, Wk.shape[0], rows)]
+    if not parts:
+        return lq.quantize_rtn(Wk, b, g, sym, mse, n_threads)[1:]
+    scales = np.concatenate([p[0] for p in parts])
+    zeros = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+    return scales, zeros
+
+
+def _unpermute_columns(C: np.ndarray, perm: np.ndarray, rows: int = 64) -> None:
+    """``C[:, perm] ← C`` in place (the columns put back in their order), a block of rows at
+    a time (no second full-size array)."""
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(perm.size, dtype=perm.dtype)
+    for r in range(0, C.shape[0], rows):
+        C[r:r + rows] = C[r:r + rows, inv]
 
 
 def _permute_columns(W: np.ndarray, perm: np.ndarray, rows: int = 64) -> None:
