@@ -211,9 +211,11 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
             nnz = nnz_for_bytes(stored_shape, left, isz)
             S, A, B = sparse_plus_lowrank(Wo, r, 1.0 - nnz / max(1, Wo.size), stats, n_iter=10)
             cand = SparsePlusLowRank(_sparse(S, layout, od, storage), _lowrank(A, B, layout, od, storage))
+            del S, A, B  # (the candidate holds its own narrowed copies; not held through the next)
             e = layer_error(Wo, cand, stats)
             if e < best_e:
                 best, best_e = cand, e
+            del cand
         assert best is not None
         return best
 

@@ -407,11 +407,11 @@ def _sq(R: np.ndarray) -> float:
 
 
 def _sub_csr(R: np.ndarray, S: sp.csr_array) -> None:
-    """``R -= S`` in place (S's explicit entries only), by blocks of rows of about 64k entries
+    """``R -= S`` in place (S's explicit entries only), by blocks of rows of about 8k entries
     (the row indices and gathered values of a block, not of every entry: issue 15)."""
     if S.nnz:
         ip = S.indptr
-        step = max(1, int((1 << 16) * S.shape[0] // S.nnz))
+        step = max(1, int((1 << 13) * S.shape[0] // S.nnz))
         for r0 in range(0, S.shape[0], step):
             r1 = min(S.shape[0], r0 + step)
             a, b = int(ip[r0]), int(ip[r1])
