@@ -158,14 +158,16 @@ void emit(OpFactors<T>&& f, bool transposed, std::int64_t m, std::int64_t n, int
 // goes back to the system. glibc keeps freed heap chunks mapped when a live one (here the
 // factors just returned) sits above them, which left about 1x the input resident after the
 // call (issue 15, bench_memory.py's auto --error row); malloc_trim releases those pages.
-void release_scratch() {
+void release_scratch() { release_free_memory(); }
+
+}  // namespace
+}  // namespace rsvd_detail
+
+void release_free_memory() {
 #if defined(__GLIBC__)
   malloc_trim(0);
 #endif
 }
-
-}  // namespace
-}  // namespace rsvd_detail
 
 template <class T>
 void randomized_svd_dense(std::int64_t m, std::int64_t n, const T* a, std::int64_t lda,
@@ -173,6 +175,7 @@ void randomized_svd_dense(std::int64_t m, std::int64_t n, const T* a, std::int64
                           int n_threads) {
   using namespace rsvd_detail;
   check_params<T>(m, n, p);
+  release_scratch();  // (pages the caller freed, before this SVD's scratch is allocated)
   // stored row-major: R rows of C entries with stride lda
   const std::int64_t R = fortran ? n : m, C = fortran ? m : n;
   Scan sc = scan_rows<T>(R, C, a, lda, n_threads);

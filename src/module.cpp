@@ -1,5 +1,6 @@
 #include "bind_common.hpp"
 #include "weightpress/parallel.hpp"
+#include "weightpress/rsvd.hpp"
 
 #ifndef WP_VERSION
 #define WP_VERSION "dev"
@@ -16,6 +17,9 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   m.attr("__version__") = WP_VERSION;
   m.attr("has_openmp") = wp::has_openmp;
   m.def("omp_max_threads", &wp::omp_max_threads, "OpenMP's default thread count (OMP_NUM_THREADS).");
+  m.def("release_free_memory", &wp::release_free_memory,
+        "Return the C heap's free pages to the system (glibc malloc_trim; else nothing).",
+        py::call_guard<py::gil_scoped_release>());
   py::register_exception<wp::ShapeError>(m, "ShapeError", PyExc_ValueError);
   wpb::load_blas(m);
   wpb::bind_dense(m);

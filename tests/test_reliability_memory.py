@@ -66,9 +66,9 @@ def test_auto_peak_within_three_times_the_matrix():
     if "error" in budget:
         assert c.relative_error(W) <= 0.3 * (1 + 1e-6)
     assert c.nbytes < W.nbytes
-    # the bench (a 2048 x 2048 layer through compress_model) measures 2.8x; in-process here,
-    # with pytest around it, about 3.5x (5.8x before); the bound guards the regression
-    assert peak <= 4.0 * W.nbytes, f"auto {budget}: traced peak {peak / W.nbytes:.2f}x the matrix"
+    # 2.1x measured (3.5x before the full spectrum became the low-rank candidate's own
+    # factors and candidates that cannot win were skipped; 5.8x before that)
+    assert peak <= 2.75 * W.nbytes, f"auto {budget}: traced peak {peak / W.nbytes:.2f}x the matrix"
 
 
 def _compress_empty_tensors_peak(tmp_path, n: int) -> tuple[int, int]:

@@ -69,4 +69,10 @@ template <class T>
 void gaussian_sketch(std::int64_t rows, std::int64_t cols, std::int64_t col0, std::uint64_t seed,
                      T* x, std::int64_t ld, int n_threads);
 
+// Returns the free pages of the C heap to the system (glibc's malloc_trim; nothing elsewhere).
+// glibc keeps pages of freed chunks mapped while a live chunk sits above them, so a run that
+// builds and drops full-size candidates one after another grew resident memory well past what
+// it held at any time (issue 15); the compression methods call this between candidates.
+void release_free_memory();
+
 }  // namespace wp

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._validation import as_matrix
+from ..linalg.memory import release_free_memory
 from . import methods as M
 from .calibration import CalibrationStats, _rows_of, output_error, row_step, small_blas
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
@@ -210,9 +211,11 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
             nnz = nnz_for_bytes(stored_shape, left, isz)
             S, A, B = sparse_plus_lowrank(Wo, r, 1.0 - nnz / max(1, Wo.size), stats, n_iter=10)
             cand = SparsePlusLowRank(_sparse(S, layout, od, storage), _lowrank(A, B, layout, od, storage))
+            del S, A, B  # (the candidate holds its own narrowed copies; not held through the next)
             e = layer_error(Wo, cand, stats)
             if e < best_e:
                 best, best_e = cand, e
+            del cand
         assert best is not None
         return best
 
@@ -419,6 +422,7 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
             A, B, _ = lowrank_whitened(Wo, stats, error=max(err, 1e-12) if err < 1 else 0.999,
                                        damp=float(opts.get("damp", 1e-2)))
             m = _lowrank(A, B, layout, od, storage)
+            del A, B
             cands.append((m, layer_error(Wo, m, stats)))
         else:
             cands.append(_smallest_meeting(build, Wo, stats, err, dense_bytes))
@@ -426,6 +430,8 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
             # only the best so far stays alive (issue 15: memory within 3x the layer); the
             # choice below is the same as over every candidate
             cands = [min(cands, key=lambda c: _rank(c, nb, err, dense_bytes))]
+        m = None  # type: ignore[assignment]
+        release_free_memory()  # (the dropped candidates' pages, before the next form is built)
     if nb is not None:
         fits = [(m, e) for m, e in cands if m.nbytes <= max(nb, 1)] or [min(cands, key=lambda c: c[0].nbytes)]
         if nb >= dense_bytes:

@@ -407,10 +407,17 @@ def _sq(R: np.ndarray) -> float:
 
 
 def _sub_csr(R: np.ndarray, S: sp.csr_array) -> None:
-    """``R -= S`` in place (S's explicit entries only)."""
+    """``R -= S`` in place (S's explicit entries only), by blocks of rows of about 8k entries
+    (the row indices and gathered values of a block, not of every entry: issue 15)."""
     if S.nnz:
-        rows = np.repeat(np.arange(S.shape[0]), np.diff(S.indptr))
-        R[rows, S.indices] -= S.data
+        ip = S.indptr
+        step = max(1, int((1 << 13) * S.shape[0] // S.nnz))
+        for r0 in range(0, S.shape[0], step):
+            r1 = min(S.shape[0], r0 + step)
+            a, b = int(ip[r0]), int(ip[r1])
+            if a < b:
+                rows = np.repeat(np.arange(r0, r1), np.diff(ip[r0:r1 + 1]))
+                R[rows, S.indices[a:b]] -= S.data[a:b]
 
 
 def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationStats | None = None,
@@ -465,14 +472,17 @@ def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationSt
         np.multiply(Wa, dc, out=R)
         if r:
             _sub_csr(R, S)  # R = Ws − S
+            del S, A, B  # (not held through the SVD; all three are set again below)
             U, sv, Vt = randomized_svd(R, r, seed=0)
             A, B = U * sv, Vt
+            del U
             np.multiply(Wa, dc, out=R)
             for r0 in range(0, R.shape[0], step):  # R = Ws − L, L = A B a block at a time
                 R[r0:r0 + step] -= A[r0:r0 + step] @ B
         S = prune(R, sparsity=s)  # the largest entries of the residual, as they are
         sd = S.data.astype(np.float64)
         res = float(np.sqrt(max(_sq(R) - float(sd @ sd), 0.0)))  # ‖Ws − L − S‖
+        del sd
         if abs(prev - res) <= tol * max(1.0, wnorm):
             break
         prev = res

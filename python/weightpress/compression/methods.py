@@ -28,6 +28,7 @@ from .quant import Quantized, fill_with_residual, quantize
 from .squant import sparse_quantize
 from .lowrank_quant import METHOD as LOWRANK_INT8, lowrank_int8
 from ..linalg.sparse import prune
+from ..linalg.memory import release_free_memory
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
            "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS", "quantized", "precision_of"]
@@ -423,6 +424,7 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
         if err is None or q.relative_error(Wa) <= err * (1 + 1e-9):
             consider(q)
         del q
+        release_free_memory()  # (each dropped candidate's pages, before the next is built)
     if "sparse+quant" in forms and nb is not None and Wa.size:
         # pruned with int8/int4 values at bitmask or CSR positions (whichever is smaller)
         for b in (8, 4):
@@ -430,6 +432,7 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
             c.dtype = od
             consider(c)
             del c
+        release_free_memory()
     if "float16" in forms and od.itemsize > 2 and storage is None:  # half the bytes, ~1e-4 error
         with np.errstate(over="ignore"):
             h = Wa.astype(np.float16)
@@ -464,11 +467,13 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
         if "lowrank" in forms and can_win(r_full):
             consider(store_as(spec.lowrank(r_full, layout, od, consume=True), storage))
         del spec
+        release_free_memory()
         for r in ranks:
             if can_win(r):
                 consider(sparse_plus_low_rank(W, r, error=err, nbytes=nb, layout=layout,
                                               spectrum=head, iterations=slr_iterations,
                                               storage=storage))
+                release_free_memory()
         del head
         if LOWRANK_INT8 in forms and storage is None:
             lr_rank, lr_bytes = r_full, lowrank_nbytes(Wa.shape, r_full, isz)
