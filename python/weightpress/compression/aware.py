@@ -122,42 +122,49 @@ def layer_error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats | N
 
 
 def _output_error(Wo: np.ndarray, W_hat: Any, stats: CalibrationStats) -> float:
-    """:func:`~weightpress.compression.calibration.output_error`, the same float64 blocks and
-    the same number, with its denominator ``tr(W H Wᵀ)`` computed once per layer's weights
-    and statistics (a ratio search's tries and a report measure several forms of one layer:
-    each then pays one ``out·in²`` product, not two)."""
+    """:func:`~weightpress.compression.calibration.output_error` (float64, the same number to
+    rounding), with its denominator ``tr(W H Wᵀ)`` computed in the same pass as the first
+    numerator of a layer's weights and statistics and then reused (a ratio search's tries and
+    a report measure several forms of one layer: each then pays one ``out·in²`` product)."""
     Wa = np.asarray(Wo)
     if Wa.ndim != 2 or tuple(getattr(W_hat, "shape", ())) != Wa.shape:
         return output_error(Wa, W_hat, stats)  # (its errors for odd shapes)
     H = stats.hessian()
-    n_in = Wa.shape[1]
-    step = row_step(Wa.shape[0], n_in, 1 << 18)
-    cstep = n_in if H.dtype == np.float64 else row_step(n_in, n_in, 1 << 18)
     wk = hashlib.blake2b(Wa.data if Wa.flags.c_contiguous else np.ascontiguousarray(Wa).data,
                          digest_size=16).hexdigest()
-    with small_blas(4.0 * Wa.size * n_in):  # (output_error's threads: the same sums)
-        den = stats.cached(("den64", wk, str(Wa.dtype), Wa.shape),
-                           lambda: _quadratic(Wa, None, H, step, cstep))
-        num = _quadratic(Wa, W_hat, H, step, cstep)
+    dkey = ("den64", wk, str(Wa.dtype), Wa.shape)
+    with small_blas(4.0 * Wa.size * Wa.shape[1]):  # (output_error's threads: the same sums)
+        den = stats._cache.get(dkey)
+        num, d = _quadratic(Wa, W_hat, H, den is None)
+        if den is None:
+            den = stats.cached(dkey, lambda: d)
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
     return float(np.sqrt(max(num, 0.0) / den))
 
 
-def _quadratic(Wa: np.ndarray, W_hat: Any, H: np.ndarray, step: int, cstep: int) -> float:
-    """``tr(D H Dᵀ)`` with ``D = W − Ŵ`` (``W`` itself when ``W_hat`` is None), float64, by
-    blocks of rows and of ``H``'s columns (as ``output_error``)."""
-    tot = 0.0
-    n_in = H.shape[0]
-    for r in range(0, Wa.shape[0], step):
-        r1 = min(r + step, Wa.shape[0])
-        D = np.asarray(Wa[r:r1], dtype=np.float64)
-        if W_hat is not None:
-            D = D - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
-        for c in range(0, n_in, cstep):
-            Hc = np.asarray(H[:, c:c + cstep], dtype=np.float64)
-            tot += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c + cstep]))
-    return tot
+def _quadratic(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool,
+               h_block: int = 1 << 20) -> tuple[float, float]:
+    """``(tr(D H Dᵀ), tr(W H Wᵀ))`` with ``D = W − Ŵ`` (the second 0.0 unless ``with_den``),
+    float64. ``H`` is converted to float64 a block of columns at a time (at most ``h_block``
+    values: the whole of it up to 1024 inputs), once per call, and each column block meets
+    every row block of ``D`` (rows of ``Ŵ`` decoded again per column block: cheaper than
+    converting ``H`` again per row block, which made this pass a product of small GEMMs)."""
+    num = den = 0.0
+    rows, n_in = Wa.shape
+    step = max(1, min(rows, (1 << 18) // max(1, n_in)))  # float64 blocks of 2 MiB at most
+    cstep = max(1, min(n_in, h_block // max(1, n_in)))
+    for c in range(0, n_in, cstep):
+        c1 = min(c + cstep, n_in)
+        Hc = np.asarray(H[:, c:c1], dtype=np.float64)
+        for r in range(0, rows, step):
+            r1 = min(r + step, rows)
+            Wd = np.asarray(Wa[r:r1], dtype=np.float64)
+            D = Wd - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
+            num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c1]))
+            if with_den:
+                den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, c:c1]))
+    return num, den
 
 
 def known_error(m: CompressedMatrix, stats: CalibrationStats | None) -> float | None:

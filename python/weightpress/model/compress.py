@@ -256,10 +256,19 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
             rep = execute(source, out, job, plan_, target, cal, progress, client=client,
                           journal=jr)
         else:
-            rep = _write_to_ratio(lambda path, lr: execute(source, path, job, plan_, target, cal,
-                                                           progress, layer_ratio=lr,
-                                                           client=client, journal=jr),
-                                  out, target.ratio, plan_)
+            # the search's tries keep every layer they build (the run's journal, else a
+            # scratch one beside the output): a later try that asks a layer for a budget an
+            # earlier one built it at (the mixed try: every layer at one of two tried
+            # budgets) reads it back instead of building it again
+            store = jr if jr is not None else _scratch_journal(out)
+            try:
+                rep = _write_to_ratio(lambda path, lr: execute(source, path, job, plan_, target,
+                                                               cal, progress, layer_ratio=lr,
+                                                               client=client, journal=store),
+                                      out, target.ratio, plan_)
+            finally:
+                if store is not jr:
+                    store.remove()
     except (ValueError, TypeError):
         if jr is not None:  # bad input: a rerun cannot pick anything up, leave nothing behind
             jr.remove()
@@ -272,6 +281,13 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                            f"or use --ratio")
     rep.notes = plan_.notes
     return rep
+
+
+def _scratch_journal(out: str) -> Journal:
+    """A private, empty journal in a fresh directory beside ``out`` (removed by the caller):
+    the finished layers of a ratio search's tries, on disk, not in memory."""
+    d = tempfile.mkdtemp(prefix=".wp-layers-", dir=os.path.dirname(os.path.abspath(out)))
+    return Journal(d, {})
 
 
 @dataclass(frozen=True)
