@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from .._validation import as_matrix
 from . import methods as M
-from .calibration import CalibrationStats, _rows_of, output_error, row_step, small_blas
+from .calibration import CalibrationStats, _quadratic_forms, output_error, small_blas
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
 from .quant import Quantized, gptq_many
@@ -135,36 +135,12 @@ def _output_error(Wo: np.ndarray, W_hat: Any, stats: CalibrationStats) -> float:
     dkey = ("den64", wk, str(Wa.dtype), Wa.shape)
     with small_blas(4.0 * Wa.size * Wa.shape[1]):  # (output_error's threads: the same sums)
         den = stats._cache.get(dkey)
-        num, d = _quadratic(Wa, W_hat, H, den is None)
+        num, d = _quadratic_forms(Wa, W_hat, H, den is None)
         if den is None:
             den = stats.cached(dkey, lambda: d)
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
     return float(np.sqrt(max(num, 0.0) / den))
-
-
-def _quadratic(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool,
-               h_block: int = 1 << 20) -> tuple[float, float]:
-    """``(tr(D H Dᵀ), tr(W H Wᵀ))`` with ``D = W − Ŵ`` (the second 0.0 unless ``with_den``),
-    float64. ``H`` is converted to float64 a block of columns at a time (at most ``h_block``
-    values: the whole of it up to 1024 inputs), once per call, and each column block meets
-    every row block of ``D`` (rows of ``Ŵ`` decoded again per column block: cheaper than
-    converting ``H`` again per row block, which made this pass a product of small GEMMs)."""
-    num = den = 0.0
-    rows, n_in = Wa.shape
-    step = max(1, min(rows, (1 << 18) // max(1, n_in)))  # float64 blocks of 2 MiB at most
-    cstep = max(1, min(n_in, h_block // max(1, n_in)))
-    for c in range(0, n_in, cstep):
-        c1 = min(c + cstep, n_in)
-        Hc = np.asarray(H[:, c:c1], dtype=np.float64)
-        for r in range(0, rows, step):
-            r1 = min(r + step, rows)
-            Wd = np.asarray(Wa[r:r1], dtype=np.float64)
-            D = Wd - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
-            num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c1]))
-            if with_den:
-                den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, c:c1]))
-    return num, den
 
 
 def known_error(m: CompressedMatrix, stats: CalibrationStats | None) -> float | None:

@@ -194,29 +194,36 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 
         raise ValueError(f"W_hat: shape {shape} differs from W's {Wa.shape}")
     H = stats.hessian()
     n_in = Wa.shape[1] if Wa.ndim == 2 else 0
-    step = row_step(Wa.shape[0], n_in, block)
-    cstep = n_in if H.dtype == np.float64 else row_step(n_in, n_in, block)
-    num = den = 0.0
     with small_blas(4.0 * Wa.size * n_in):
-        num, den = _quadratic_forms(Wa, W_hat, H, step, cstep)
+        num, den = _quadratic_forms(Wa, W_hat, H, True, block)
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
     return float(np.sqrt(max(num, 0.0) / den))
 
 
-def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, step: int, cstep: int
-                     ) -> tuple[float, float]:
-    """``(tr(D H Dᵀ), tr(W H Wᵀ))`` with ``D = W − Ŵ``, float64, by blocks."""
+def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool = True,
+                     block: int = 1 << 18) -> tuple[float, float]:
+    """``(tr(D H Dᵀ), tr(W H Wᵀ))`` with ``D = W − Ŵ`` (the second 0.0 unless ``with_den``),
+    float64. ``H`` is converted a block of at most ``4 · block`` values (whole columns: all of
+    ``H`` up to 1024 inputs) at a time, once per call, and each such block meets every row
+    block of ``D`` (``block`` values;
+    rows of ``Ŵ`` are decoded again per column block, which costs less than converting ``H``
+    again per row block did: that made this pass a product of many small GEMMs). Memory: float64
+    blocks of ``5 · block`` values and their product (10 MiB by default), at any size."""
     num = den = 0.0
-    n_in = H.shape[0]
-    for r in range(0, Wa.shape[0], step):
-        r1 = min(r + step, Wa.shape[0])  # rows() of a coded form takes no stop past its end
-        Wd = np.asarray(Wa[r:r1], dtype=np.float64)
-        D = Wd - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
-        for c in range(0, n_in, cstep):
-            Hc = np.asarray(H[:, c:c + cstep], dtype=np.float64)
-            num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c + cstep]))
-            den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, c:c + cstep]))
+    rows, n_in = Wa.shape
+    step = max(1, min(rows, block // max(1, n_in)))
+    cstep = max(1, min(n_in, 4 * block // max(1, n_in)))
+    for c in range(0, n_in, cstep):
+        c1 = min(c + cstep, n_in)
+        Hc = np.asarray(H[:, c:c1], dtype=np.float64)
+        for r in range(0, rows, step):
+            r1 = min(r + step, rows)  # rows() of a coded form takes no stop past its end
+            Wd = np.asarray(Wa[r:r1], dtype=np.float64)
+            D = Wd - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
+            num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c1]))
+            if with_den:
+                den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, c:c1]))
     return num, den
 
 
