@@ -63,6 +63,9 @@ class CalibrationStats:
         self._h = np.zeros((self.n_features, self.n_features), dt)
         self._full = True  # both triangles of _h hold H (syrk fills one)
         self._cache: dict[Any, Any] = {}  # factorizations of H, reused across budgets
+        # factors of H are cached (a copy) rather than written over H for one use: set by a
+        # CalibrationSet that keeps these statistics for later visits
+        self.keep_factors = False
 
     @property
     def dtype(self) -> np.dtype:
@@ -227,6 +230,32 @@ def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool =
     return num, den
 
 
+# bytes of statistics (and their cached factors) a CalibrationSet keeps across visits
+KEEP_BYTES = 512 << 20
+
+
+def _held_bytes(x: Any, depth: int = 0) -> int:
+    """Bytes of the arrays ``x`` holds: statistics (``H`` and their cache), arrays, tuples,
+    lists, dicts and compressed matrices (their stored parts), a few levels deep."""
+    if depth > 4:
+        return 0
+    if isinstance(x, np.ndarray):
+        return int(x.nbytes)
+    if isinstance(x, CalibrationStats):
+        return int(x._h.nbytes) + _held_bytes(x._cache, depth + 1)
+    if isinstance(x, dict):
+        return sum(_held_bytes(v, depth + 1) for v in x.values())
+    if isinstance(x, (tuple, list)):
+        return sum(_held_bytes(v, depth + 1) for v in x)
+    parts = getattr(x, "parts", None)
+    if callable(parts):
+        try:
+            return sum(int(a.nbytes) for a in parts().values())
+        except Exception:  # noqa: BLE001 (a form that cannot list its parts: counted as 0)
+            return 0
+    return 0
+
+
 class CalibrationSet(Mapping):
     """Per-layer calibration: weight tensor name -> :class:`CalibrationStats`, lazily.
 
@@ -237,9 +266,24 @@ class CalibrationSet(Mapping):
     where the format allows: uncompressed ``.npz`` and ``.safetensors``), so memory holds
     one chunk of samples and ``XᵀX``, not all samples. ``path`` is the file's path (None for
     a mapping).
+
+    ``keep_bytes``: statistics computed here are kept, with what they cached (the factors of
+    ``H`` the data-aware methods use, which they then keep instead of factoring ``H`` in
+    place; measured quantizations), while all of them together take at most this many bytes
+    (default :data:`KEEP_BYTES`, or ``$WP_CALIBRATION_KEEP_MB`` MiB; 0 keeps only the last
+    layer's): a ratio search's next try and the build after an allocation's curves find each
+    layer's ``H`` and factors ready instead of computing them again. Layers are admitted
+    while there is room and never evicted for later ones (a search visits the layers in the
+    same order every try: evicting the oldest would make every visit a miss).
     """
 
-    def __init__(self, source: Any, *, min_samples: int = 16):
+    def __init__(self, source: Any, *, min_samples: int = 16, keep_bytes: int | None = None):
+        if keep_bytes is None:
+            env = os.environ.get("WP_CALIBRATION_KEEP_MB")
+            keep_bytes = int(float(env) * (1 << 20)) if env else KEEP_BYTES
+        self.keep_bytes = max(0, int(keep_bytes))
+        self._kept: dict[str, CalibrationStats] = {}
+        self._kept_sizes: dict[str, int] = {}
         self._close = None
         self.path: str | None = None
         if isinstance(source, (str, os.PathLike)):
@@ -263,15 +307,39 @@ class CalibrationSet(Mapping):
     def __getitem__(self, name: str) -> CalibrationStats:
         if self._last is not None and self._last[0] == name:  # asked again for the same layer
             return self._last[1]
-        v = self._src[name]
-        if isinstance(v, CalibrationStats):
-            return v
-        try:
-            st = CalibrationStats.from_inputs(v, min_samples=self.min_samples)
-        except ValueError as e:
-            raise ValueError(f"calibration for {name!r}: {e}") from None
-        self._last = (name, st)  # one layer's statistics kept: memory stays one H
+        if self._last is not None:
+            self._settle(*self._last)
+        st = self._kept.get(name)
+        if st is None:
+            v = self._src[name]
+            if isinstance(v, CalibrationStats):
+                return v
+            try:
+                st = CalibrationStats.from_inputs(v, min_samples=self.min_samples)
+            except ValueError as e:
+                raise ValueError(f"calibration for {name!r}: {e}") from None
+            if self.keep_bytes and self._room() >= _held_bytes(st):
+                st.keep_factors = True
+                self._kept[name] = st
+                self._kept_sizes[name] = _held_bytes(st)
+        self._last = (name, st)  # one layer's statistics kept at least (memory: one H)
         return st
+
+    def _room(self) -> int:
+        return self.keep_bytes - sum(self._kept_sizes.values())
+
+    def _settle(self, name: str, st: CalibrationStats) -> None:
+        """A layer is left: count what its statistics now hold (their factors, measured
+        forms); over the budget they are let go (the next visit computes them again)."""
+        if name not in self._kept:
+            return
+        self._kept_sizes[name] = 0
+        size = _held_bytes(st)
+        if size > self._room():
+            del self._kept[name], self._kept_sizes[name]
+            st.keep_factors = False
+        else:
+            self._kept_sizes[name] = size
 
     def __contains__(self, name: object) -> bool:
         return name in self._src  # without computing the statistics (Mapping's would)

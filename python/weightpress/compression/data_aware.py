@@ -155,7 +155,8 @@ def obs_factor_shared(stats: CalibrationStats, damp: float, dtype: Any,
     dt = np.dtype(dtype)
     key = ("obs", float(damp), dt.str, perm is not None)
     H = stats.hessian()
-    if key in stats._cache or H.dtype != dt or not H.flags.c_contiguous or not H.flags.writeable:
+    if (key in stats._cache or stats.keep_factors or H.dtype != dt or not H.flags.c_contiguous
+            or not H.flags.writeable):  # (kept statistics keep their factors for later visits)
         yield obs_factor(stats, damp, dt, perm is not None)[0]
         return
     damp = real_scalar(damp, "damp", low=0.0)
