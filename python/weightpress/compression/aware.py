@@ -158,10 +158,15 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
 
     den: list[float] = []  # ‖XWᵀ‖², once per layer
 
+    def total() -> float:
+        # on the statistics, by the weights' hash: a kept layer's next build (a ratio
+        # search's retry, the build after the allocation's curves) does not compute it again
+        return stats.cached(("qtotal",) + w_key, lambda: quadratic_total(Wo, stats))
+
     def predicted(m: CompressedMatrix, num: float) -> CompressedMatrix:
         """Mark ``m`` with the relative output error its build measured (no product with H)."""
         if not den:
-            den.append(quadratic_total(Wo, stats))
+            den.append(total())
         m._wp_predicted = float(np.sqrt(max(num, 0.0) / den[0])) if den[0] > 0 else 0.0
         return m
 
@@ -180,7 +185,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         m = _lowrank(A, B, layout, od, storage)
         if storage is None and od == Wo.dtype:
             if not den:
-                den.append(quadratic_total(Wo, stats))
+                den.append(total())
             # the kept share of ‖XWᵀ‖²: the rest is the output error (to the eigensolver's precision)
             predicted(m, den[0] - float(np.sum(sig.astype(np.float64) ** 2)))
         return m
@@ -232,7 +237,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         qs = gptq_many(Wo, stats, [(p.bits, p.group, p.symmetric, s or None) for p, s in todo],
                        damp=damp_q, row_errs=res)
         if not den:
-            den.append(quadratic_total(Wo, stats))
+            den.append(total())
         for (p, s), q, re in zip(todo, qs, res):
             num = sweep_output_error(Wo, q.rows, stats, damp_q, float(re.sum()), Wo.dtype)
             e = float(np.sqrt(num / den[0])) if den[0] > 0 else 0.0
