@@ -312,7 +312,13 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         return q
 
     def prefetch(budgets: list[float]) -> None:
-        measure([c for nb in budgets for c in unmeasured(candidates(nb), nb)])
+        todo = []
+        for nb in budgets:
+            cs = candidates(nb)
+            todo += unmeasured(cs, nb)
+            if coding is None and not any(p.nbytes(shape_oi) <= nb for p, _ in cs):
+                todo += cs  # nothing fits: quant_b builds the smallest precision, measured here too
+        measure(todo)
 
     quant_b.prefetch = prefetch  # type: ignore[attr-defined]
 
