@@ -151,3 +151,21 @@ def test_fro2_is_error_stats_first_number():
     a = np.random.default_rng(2).standard_normal((300, 7000)).astype(np.float32)
     assert fro2(a) == error_stats(a, a)[0]
     assert fro2(np.zeros((0, 3))) == 0.0
+
+
+@pytest.mark.parametrize("layout", ["out_in", "in_out"])
+def test_a_curve_hashes_its_layer_once_and_finds_the_same_cached_results(layout):
+    """``options["_w_hash"]`` (an allocation curve's, computed once per layer) is the key the
+    builders compute themselves: a build with it reuses what one without it cached."""
+    from weightpress.compression import aware as A
+
+    rng = np.random.default_rng(4)
+    W = (rng.standard_normal((40, 56)) / 8).astype(np.float32)
+    Ws = W if layout == "out_in" else np.ascontiguousarray(W.T)
+    st = CalibrationStats.from_inputs(correlated_inputs(rng, 200, 56).astype(np.float32))
+    a = A.compress_aware(Ws, st, "quant", nbytes=W.nbytes / 5, layout=layout)
+    n = len(st._cache)
+    b = A.compress_aware(Ws, st, "quant", nbytes=W.nbytes / 5, layout=layout,
+                         options={"_w_hash": A.weights_hash(Ws, layout)})
+    assert len(st._cache) == n  # nothing measured again: the same keys
+    assert all(np.array_equal(a.parts()[k], b.parts()[k]) for k in a.parts())

@@ -31,7 +31,7 @@ from .data_aware import (_prune_obs, lowrank_whitened, prune_obs, quadratic_tota
                          sweep_output_error)
 
 __all__ = ["compress_aware", "layer_error", "known_error", "time_apply", "warm_quant",
-           "remember_error"]
+           "remember_error", "weights_hash"]
 
 
 # joint sparsities tried below plain int2 when the codes are entropy-coded
@@ -100,6 +100,18 @@ def _h_key(stats: CalibrationStats) -> str:
     H = stats.hessian()
     return hashlib.blake2b(H.data if H.flags.c_contiguous else np.ascontiguousarray(H).data,
                            digest_size=16).hexdigest() + f"/{stats.n_samples}"
+
+
+def _hash(Wo: np.ndarray) -> str:
+    return hashlib.blake2b(Wo.data if Wo.flags.c_contiguous else np.ascontiguousarray(Wo).data,
+                           digest_size=16).hexdigest()
+
+
+def weights_hash(W: Any, layout: str = "out_in") -> str:
+    """The hash :func:`compress_aware` keys a layer's cached results by (its ``[out, in]``
+    weights' bytes); passed as ``options["_w_hash"]`` it is not computed again per call."""
+    Wa = as_matrix(W, "W")
+    return _hash(_oriented(Wa, layout))
 
 
 def remember_error(m: CompressedMatrix, error: float) -> None:
@@ -210,9 +222,9 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     shape_oi = (int(Wo.shape[0]), int(Wo.shape[1]))
     fixed = M.precision_of(dict(options))
     # the cache key hashes W's bytes in place (tobytes() was one more copy of the layer)
-    w_key = (shape_oi, str(Wo.dtype), hashlib.blake2b(
-        Wo.data if Wo.flags.c_contiguous else np.ascontiguousarray(Wo).data,
-        digest_size=16).hexdigest())
+    # (a caller that builds one layer at many budgets, an allocation curve, hashes it once:
+    # options["_w_hash"], weights_hash of the same W and layout)
+    w_key = (shape_oi, str(Wo.dtype), options.get("_w_hash") or _hash(Wo))
 
     coding = options.get("coding")
     damp_q = float(options.get("damp", 1e-2))

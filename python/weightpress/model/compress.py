@@ -26,7 +26,7 @@ from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
 from .allocate import Candidate, allocate, size_aware_budgets
-from ..compression.aware import known_error, layer_error, remember_error, warm_quant
+from ..compression.aware import known_error, layer_error, remember_error, warm_quant, weights_hash
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
@@ -874,7 +874,8 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
     """One allocated form at one byte budget: data-aware with stats, weight-space without."""
     if form == "dense":
         return Dense(W, layout)
-    opts = {k: v for k, v in options.items() if k in ("pattern", "damp", "dictionary", "coding")}
+    opts = {k: v for k, v in options.items()
+            if k in ("pattern", "damp", "dictionary", "coding", "_w_hash")}
     return compress(W, form, Budget(nbytes=nbytes), storage=storage, layout=layout,
                     calibration=stats, options=opts)
 
@@ -919,10 +920,12 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
             continue
         levels = MEASURED_LEVELS if form == "prune" else CURVE_LEVELS  # OBS sweeps are dear
         if form == "quant" and stats is not None:
+            # the weights hashed once for every level's build (their cached results' key)
+            opts = {**opts, "_w_hash": weights_hash(Wv, layout)}
             # every level's candidate precisions with one factorisation of H (then cached)
             warm_quant(Wv, stats, [orig_bytes * lv for lv in levels], layout=layout,
                        storage=storage, options={k: v for k, v in opts.items()
-                                                 if k in ("damp", "coding")})
+                                                 if k in ("damp", "coding", "_w_hash")})
         for nb in [orig_bytes * lv for lv in levels]:
             m = _build(Wv, stats, form, nb, layout, storage, opts)
             if m.form == "dense" or m.nbytes >= orig_bytes:
