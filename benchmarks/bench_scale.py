@@ -86,7 +86,7 @@ if __name__ == "__main__":
     t0 = time.perf_counter()
     try:
         with open_source(index) as src:
-            rep = compress_model(src, out, ratio=4, method=method)
+            rep = compress_model(src, out, ratio=4, method=method, client=client)
         wall = time.perf_counter() - t0
         client_cpu = cpu() - cpu0
         wpeak = client.run(peak) if client is not None else {}
