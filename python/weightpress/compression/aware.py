@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from .._validation import as_matrix
 from ..linalg.memory import release_free_memory
 from . import methods as M
-from .calibration import CalibrationStats, _rows_of, output_error, row_step, small_blas
+from .calibration import CalibrationStats, _quadratic_forms, output_error, small_blas
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
 from .quant import Quantized, gptq_many
@@ -32,7 +32,7 @@ from .data_aware import (_prune_obs, lowrank_whitened, prune_obs, quadratic_tota
                          sweep_output_error)
 
 __all__ = ["compress_aware", "layer_error", "known_error", "time_apply", "warm_quant",
-           "remember_error"]
+           "remember_error", "weights_hash"]
 
 
 # joint sparsities tried below plain int2 when the codes are entropy-coded
@@ -103,6 +103,18 @@ def _h_key(stats: CalibrationStats) -> str:
                            digest_size=16).hexdigest() + f"/{stats.n_samples}"
 
 
+def _hash(Wo: np.ndarray) -> str:
+    return hashlib.blake2b(Wo.data if Wo.flags.c_contiguous else np.ascontiguousarray(Wo).data,
+                           digest_size=16).hexdigest()
+
+
+def weights_hash(W: Any, layout: str = "out_in") -> str:
+    """The hash :func:`compress_aware` keys a layer's cached results by (its ``[out, in]``
+    weights' bytes); passed as ``options["_w_hash"]`` it is not computed again per call."""
+    Wa = as_matrix(W, "W")
+    return _hash(_oriented(Wa, layout))
+
+
 def remember_error(m: CompressedMatrix, error: float) -> None:
     """Record the exact output error a report measured for ``m`` (a calibrated quantized
     build): the same build in a later try of a ratio search takes it from :func:`known_error`."""
@@ -123,42 +135,25 @@ def layer_error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats | N
 
 
 def _output_error(Wo: np.ndarray, W_hat: Any, stats: CalibrationStats) -> float:
-    """:func:`~weightpress.compression.calibration.output_error`, the same float64 blocks and
-    the same number, with its denominator ``tr(W H Wᵀ)`` computed once per layer's weights
-    and statistics (a ratio search's tries and a report measure several forms of one layer:
-    each then pays one ``out·in²`` product, not two)."""
+    """:func:`~weightpress.compression.calibration.output_error` (float64, the same number to
+    rounding), with its denominator ``tr(W H Wᵀ)`` computed in the same pass as the first
+    numerator of a layer's weights and statistics and then reused (a ratio search's tries and
+    a report measure several forms of one layer: each then pays one ``out·in²`` product)."""
     Wa = np.asarray(Wo)
     if Wa.ndim != 2 or tuple(getattr(W_hat, "shape", ())) != Wa.shape:
         return output_error(Wa, W_hat, stats)  # (its errors for odd shapes)
     H = stats.hessian()
-    n_in = Wa.shape[1]
-    step = row_step(Wa.shape[0], n_in, 1 << 18)
-    cstep = n_in if H.dtype == np.float64 else row_step(n_in, n_in, 1 << 18)
     wk = hashlib.blake2b(Wa.data if Wa.flags.c_contiguous else np.ascontiguousarray(Wa).data,
                          digest_size=16).hexdigest()
-    with small_blas(4.0 * Wa.size * n_in):  # (output_error's threads: the same sums)
-        den = stats.cached(("den64", wk, str(Wa.dtype), Wa.shape),
-                           lambda: _quadratic(Wa, None, H, step, cstep))
-        num = _quadratic(Wa, W_hat, H, step, cstep)
+    dkey = ("den64", wk, str(Wa.dtype), Wa.shape)
+    with small_blas(4.0 * Wa.size * Wa.shape[1]):  # (output_error's threads: the same sums)
+        den = stats._cache.get(dkey)
+        num, d = _quadratic_forms(Wa, W_hat, H, den is None)
+        if den is None:
+            den = stats.cached(dkey, lambda: d)
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
     return float(np.sqrt(max(num, 0.0) / den))
-
-
-def _quadratic(Wa: np.ndarray, W_hat: Any, H: np.ndarray, step: int, cstep: int) -> float:
-    """``tr(D H Dᵀ)`` with ``D = W − Ŵ`` (``W`` itself when ``W_hat`` is None), float64, by
-    blocks of rows and of ``H``'s columns (as ``output_error``)."""
-    tot = 0.0
-    n_in = H.shape[0]
-    for r in range(0, Wa.shape[0], step):
-        r1 = min(r + step, Wa.shape[0])
-        D = np.asarray(Wa[r:r1], dtype=np.float64)
-        if W_hat is not None:
-            D = D - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
-        for c in range(0, n_in, cstep):
-            Hc = np.asarray(H[:, c:c + cstep], dtype=np.float64)
-            tot += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c + cstep]))
-    return tot
 
 
 def known_error(m: CompressedMatrix, stats: CalibrationStats | None) -> float | None:
@@ -176,10 +171,15 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
 
     den: list[float] = []  # ‖XWᵀ‖², once per layer
 
+    def total() -> float:
+        # on the statistics, by the weights' hash: a kept layer's next build (a ratio
+        # search's retry, the build after the allocation's curves) does not compute it again
+        return stats.cached(("qtotal",) + w_key, lambda: quadratic_total(Wo, stats))
+
     def predicted(m: CompressedMatrix, num: float) -> CompressedMatrix:
         """Mark ``m`` with the relative output error its build measured (no product with H)."""
         if not den:
-            den.append(quadratic_total(Wo, stats))
+            den.append(total())
         m._wp_predicted = float(np.sqrt(max(num, 0.0) / den[0])) if den[0] > 0 else 0.0
         return m
 
@@ -198,7 +198,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         m = _lowrank(A, B, layout, od, storage)
         if storage is None and od == Wo.dtype:
             if not den:
-                den.append(quadratic_total(Wo, stats))
+                den.append(total())
             # the kept share of ‖XWᵀ‖²: the rest is the output error (to the eigensolver's precision)
             predicted(m, den[0] - float(np.sum(sig.astype(np.float64) ** 2)))
         return m
@@ -225,9 +225,9 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     shape_oi = (int(Wo.shape[0]), int(Wo.shape[1]))
     fixed = M.precision_of(dict(options))
     # the cache key hashes W's bytes in place (tobytes() was one more copy of the layer)
-    w_key = (shape_oi, str(Wo.dtype), hashlib.blake2b(
-        Wo.data if Wo.flags.c_contiguous else np.ascontiguousarray(Wo).data,
-        digest_size=16).hexdigest())
+    # (a caller that builds one layer at many budgets, an allocation curve, hashes it once:
+    # options["_w_hash"], weights_hash of the same W and layout)
+    w_key = (shape_oi, str(Wo.dtype), options.get("_w_hash") or _hash(Wo))
 
     coding = options.get("coding")
     damp_q = float(options.get("damp", 1e-2))
@@ -252,7 +252,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         qs = gptq_many(Wo, stats, [(p.bits, p.group, p.symmetric, s or None) for p, s in todo],
                        damp=damp_q, row_errs=res)
         if not den:
-            den.append(quadratic_total(Wo, stats))
+            den.append(total())
         for (p, s), q, re in zip(todo, qs, res):
             num = sweep_output_error(Wo, q.rows, stats, damp_q, float(re.sum()), Wo.dtype)
             e = float(np.sqrt(num / den[0])) if den[0] > 0 else 0.0
@@ -327,7 +327,13 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         return q
 
     def prefetch(budgets: list[float]) -> None:
-        measure([c for nb in budgets for c in unmeasured(candidates(nb), nb)])
+        todo = []
+        for nb in budgets:
+            cs = candidates(nb)
+            todo += unmeasured(cs, nb)
+            if coding is None and not any(p.nbytes(shape_oi) <= nb for p, _ in cs):
+                todo += cs  # nothing fits: quant_b builds the smallest precision, measured here too
+        measure(todo)
 
     quant_b.prefetch = prefetch  # type: ignore[attr-defined]
 

@@ -63,6 +63,9 @@ class CalibrationStats:
         self._h = np.zeros((self.n_features, self.n_features), dt)
         self._full = True  # both triangles of _h hold H (syrk fills one)
         self._cache: dict[Any, Any] = {}  # factorizations of H, reused across budgets
+        # factors of H are cached (a copy) rather than written over H for one use: set by a
+        # CalibrationSet that keeps these statistics for later visits
+        self.keep_factors = False
 
     @property
     def dtype(self) -> np.dtype:
@@ -194,30 +197,63 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 
         raise ValueError(f"W_hat: shape {shape} differs from W's {Wa.shape}")
     H = stats.hessian()
     n_in = Wa.shape[1] if Wa.ndim == 2 else 0
-    step = row_step(Wa.shape[0], n_in, block)
-    cstep = n_in if H.dtype == np.float64 else row_step(n_in, n_in, block)
-    num = den = 0.0
     with small_blas(4.0 * Wa.size * n_in):
-        num, den = _quadratic_forms(Wa, W_hat, H, step, cstep)
+        num, den = _quadratic_forms(Wa, W_hat, H, True, block)
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
     return float(np.sqrt(max(num, 0.0) / den))
 
 
-def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, step: int, cstep: int
-                     ) -> tuple[float, float]:
-    """``(tr(D H Dᵀ), tr(W H Wᵀ))`` with ``D = W − Ŵ``, float64, by blocks."""
+def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool = True,
+                     block: int = 1 << 18) -> tuple[float, float]:
+    """``(tr(D H Dᵀ), tr(W H Wᵀ))`` with ``D = W − Ŵ`` (the second 0.0 unless ``with_den``),
+    float64. ``H`` is converted a block of at most ``4 · block`` values (whole columns: all of
+    ``H`` up to 1024 inputs) at a time, once per call, and each such block meets every row
+    block of ``D`` (``block`` values;
+    rows of ``Ŵ`` are decoded again per column block, which costs less than converting ``H``
+    again per row block did: that made this pass a product of many small GEMMs). Memory: float64
+    blocks of ``5 · block`` values and their product (10 MiB by default), at any size."""
     num = den = 0.0
-    n_in = H.shape[0]
-    for r in range(0, Wa.shape[0], step):
-        r1 = min(r + step, Wa.shape[0])  # rows() of a coded form takes no stop past its end
-        Wd = np.asarray(Wa[r:r1], dtype=np.float64)
-        D = Wd - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
-        for c in range(0, n_in, cstep):
-            Hc = np.asarray(H[:, c:c + cstep], dtype=np.float64)
-            num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c + cstep]))
-            den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, c:c + cstep]))
+    rows, n_in = Wa.shape
+    step = max(1, min(rows, block // max(1, n_in)))
+    cstep = max(1, min(n_in, 4 * block // max(1, n_in)))
+    for c in range(0, n_in, cstep):
+        c1 = min(c + cstep, n_in)
+        Hc = np.asarray(H[:, c:c1], dtype=np.float64)
+        for r in range(0, rows, step):
+            r1 = min(r + step, rows)  # rows() of a coded form takes no stop past its end
+            Wd = np.asarray(Wa[r:r1], dtype=np.float64)
+            D = Wd - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
+            num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c1]))
+            if with_den:
+                den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, c:c1]))
     return num, den
+
+
+# bytes of statistics (and their cached factors) a CalibrationSet keeps across visits
+KEEP_BYTES = 512 << 20
+
+
+def _held_bytes(x: Any, depth: int = 0) -> int:
+    """Bytes of the arrays ``x`` holds: statistics (``H`` and their cache), arrays, tuples,
+    lists, dicts and compressed matrices (their stored parts), a few levels deep."""
+    if depth > 4:
+        return 0
+    if isinstance(x, np.ndarray):
+        return int(x.nbytes)
+    if isinstance(x, CalibrationStats):
+        return int(x._h.nbytes) + _held_bytes(x._cache, depth + 1)
+    if isinstance(x, dict):
+        return sum(_held_bytes(v, depth + 1) for v in x.values())
+    if isinstance(x, (tuple, list)):
+        return sum(_held_bytes(v, depth + 1) for v in x)
+    parts = getattr(x, "parts", None)
+    if callable(parts):
+        try:
+            return sum(int(a.nbytes) for a in parts().values())
+        except Exception:  # noqa: BLE001 (a form that cannot list its parts: counted as 0)
+            return 0
+    return 0
 
 
 class CalibrationSet(Mapping):
@@ -230,9 +266,24 @@ class CalibrationSet(Mapping):
     where the format allows: uncompressed ``.npz`` and ``.safetensors``), so memory holds
     one chunk of samples and ``XᵀX``, not all samples. ``path`` is the file's path (None for
     a mapping).
+
+    ``keep_bytes``: statistics computed here are kept, with what they cached (the factors of
+    ``H`` the data-aware methods use, which they then keep instead of factoring ``H`` in
+    place; measured quantizations), while all of them together take at most this many bytes
+    (default :data:`KEEP_BYTES`, or ``$WP_CALIBRATION_KEEP_MB`` MiB; 0 keeps only the last
+    layer's): a ratio search's next try and the build after an allocation's curves find each
+    layer's ``H`` and factors ready instead of computing them again. Layers are admitted
+    while there is room and never evicted for later ones (a search visits the layers in the
+    same order every try: evicting the oldest would make every visit a miss).
     """
 
-    def __init__(self, source: Any, *, min_samples: int = 16):
+    def __init__(self, source: Any, *, min_samples: int = 16, keep_bytes: int | None = None):
+        if keep_bytes is None:
+            env = os.environ.get("WP_CALIBRATION_KEEP_MB")
+            keep_bytes = int(float(env) * (1 << 20)) if env else KEEP_BYTES
+        self.keep_bytes = max(0, int(keep_bytes))
+        self._kept: dict[str, CalibrationStats] = {}
+        self._kept_sizes: dict[str, int] = {}
         self._close = None
         self.path: str | None = None
         if isinstance(source, (str, os.PathLike)):
@@ -256,15 +307,39 @@ class CalibrationSet(Mapping):
     def __getitem__(self, name: str) -> CalibrationStats:
         if self._last is not None and self._last[0] == name:  # asked again for the same layer
             return self._last[1]
-        v = self._src[name]
-        if isinstance(v, CalibrationStats):
-            return v
-        try:
-            st = CalibrationStats.from_inputs(v, min_samples=self.min_samples)
-        except ValueError as e:
-            raise ValueError(f"calibration for {name!r}: {e}") from None
-        self._last = (name, st)  # one layer's statistics kept: memory stays one H
+        if self._last is not None:
+            self._settle(*self._last)
+        st = self._kept.get(name)
+        if st is None:
+            v = self._src[name]
+            if isinstance(v, CalibrationStats):
+                return v
+            try:
+                st = CalibrationStats.from_inputs(v, min_samples=self.min_samples)
+            except ValueError as e:
+                raise ValueError(f"calibration for {name!r}: {e}") from None
+            if self.keep_bytes and self._room() >= _held_bytes(st):
+                st.keep_factors = True
+                self._kept[name] = st
+                self._kept_sizes[name] = _held_bytes(st)
+        self._last = (name, st)  # one layer's statistics kept at least (memory: one H)
         return st
+
+    def _room(self) -> int:
+        return self.keep_bytes - sum(self._kept_sizes.values())
+
+    def _settle(self, name: str, st: CalibrationStats) -> None:
+        """A layer is left: count what its statistics now hold (their factors, measured
+        forms); over the budget they are let go (the next visit computes them again)."""
+        if name not in self._kept:
+            return
+        self._kept_sizes[name] = 0
+        size = _held_bytes(st)
+        if size > self._room():
+            del self._kept[name], self._kept_sizes[name]
+            st.keep_factors = False
+        else:
+            self._kept_sizes[name] = size
 
     def __contains__(self, name: object) -> bool:
         return name in self._src  # without computing the statistics (Mapping's would)

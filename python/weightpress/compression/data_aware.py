@@ -16,6 +16,7 @@ of the layer's inputs, and return plain arrays / CSR matrices in ``W``'s dtype:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -155,7 +156,8 @@ def obs_factor_shared(stats: CalibrationStats, damp: float, dtype: Any,
     dt = np.dtype(dtype)
     key = ("obs", float(damp), dt.str, perm is not None)
     H = stats.hessian()
-    if key in stats._cache or H.dtype != dt or not H.flags.c_contiguous or not H.flags.writeable:
+    if (key in stats._cache or stats.keep_factors or H.dtype != dt or not H.flags.c_contiguous
+            or not H.flags.writeable):  # (kept statistics keep their factors for later visits)
         yield obs_factor(stats, damp, dt, perm is not None)[0]
         return
     damp = real_scalar(damp, "damp", low=0.0)
@@ -331,7 +333,7 @@ def whitened_spectrum(W: Any, stats: CalibrationStats) -> tuple[np.ndarray, floa
     one eigenvalue-only solve (no eigenvectors: the curve of every rank at once)."""
     Wa = _check(W, stats)
     with small_blas(Wa.size * max(Wa.shape) + min(Wa.shape) ** 3):
-        G, _ = _gram(Wa, stats)
+        G, _ = _gram_of(Wa, stats)
         lam = sla.eigh(G.T, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evr")
     lam = np.maximum(lam[::-1].astype(np.float64), 0.0)
     return lam, float(lam.sum())
@@ -339,6 +341,18 @@ def whitened_spectrum(W: Any, stats: CalibrationStats) -> tuple[np.ndarray, floa
 
 def _compute_dtype(stats: CalibrationStats) -> np.dtype:
     return stats.hessian().dtype
+
+
+def _gram_of(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_gram` (``G`` a fresh array the caller may overwrite); statistics that are kept
+    across visits (``keep_factors``) cache it by the weights' hash, so a layer's later builds
+    (a ratio search's retry, the build after the allocation's curves) copy it instead."""
+    if not stats.keep_factors:
+        return _gram(Wa, stats)
+    Wc = Wa if Wa.flags.c_contiguous else np.ascontiguousarray(Wa)
+    key = ("gram", Wa.shape, str(Wa.dtype), hashlib.blake2b(Wc.data, digest_size=16).hexdigest())
+    G, L = stats.cached(key, lambda: _gram(Wa, stats))
+    return G.copy(), L
 
 
 def _gram(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarray | None]:
@@ -370,7 +384,7 @@ def _gram_eigh(Wa: np.ndarray, stats: CalibrationStats, r: int | None
                ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``r`` (all with None) eigenpairs of :func:`_gram`, decreasing; eigenvectors as
     left singular vectors of ``W L`` (out × r)."""
-    G, L = _gram(Wa, stats)
+    G, L = _gram_of(Wa, stats)
     k = G.shape[0]
     sub = None if r is None else (k - r, k - 1)
     # G.T: the same symmetric matrix, Fortran-ordered, so LAPACK works in it without a copy

@@ -360,19 +360,53 @@ def _alternate(Wa: np.ndarray, L: LowRank, k: int, rank: int, iterations: int,
     """``iterations`` rounds of S = top-k of W − L, L = rank-r SVD of W − S; the best iterate."""
     best, best_err = None, np.inf
     cur_S: Sparse | None = None
+    # the stored values are the residual's own (no bfloat16 rounding, W's dtype): the error is
+    # what the residual loses, ‖R‖² − ‖S‖², from arrays in hand instead of a decoding pass
+    exact = storage is None and L.dtype == Wa.dtype and _residual_exact(Wa, L)
+    ref2 = fro2(Wa) if exact else 0.0
     for _ in range(int(iterations) + 1):
         if cur_S is not None:  # L = rank-r SVD of W − S, S from the previous round
             U, s, Vt = _truncated_svd(Wa - cur_S.toarray(), rank=rank)
             L = store_as(LowRank.from_svd(U, s, Vt, L.layout, dtype=L.dtype), storage)
         R = _residual(Wa, L)
         cur_S = Sparse(prune(R, sparsity=1.0 - k / max(1, R.size)), L.layout, dtype=L.dtype)
+        lost = fro2(R) - _sq(cur_S.data) if exact else 0.0
         del R  # not held while the candidate's error is measured
         cand = store_as(SparsePlusLowRank(cur_S, L), storage)
-        e = cand.relative_error(Wa)
+        if exact:
+            e = _rel(max(lost, 0.0), ref2)
+            cand._wp_rel_error = e  # type: ignore[attr-defined]  # (auto's comparison)
+        else:
+            e = cand.relative_error(Wa)
         if e < best_err:
             best, best_err = cand, e
     assert best is not None
     return best
+
+
+def _residual_exact(Wa: np.ndarray, L: LowRank) -> bool:
+    """Whether :func:`_residual` and ``L``'s decoded rows use ``W``'s dtype (float32 or
+    float64 throughout), so the residual holds the stored form's exact differences."""
+    return Wa.dtype in (np.float32, np.float64) and L.left.dtype == L.right.dtype == Wa.dtype
+
+
+def _sq(v: np.ndarray) -> float:
+    return float(np.einsum("i,i->", v, v, dtype=np.float64)) if v.size else 0.0
+
+
+def _rel(lost2: float, ref2: float) -> float:
+    if ref2 == 0.0:
+        return 0.0 if lost2 == 0.0 else float("inf")
+    return float(np.sqrt(lost2 / ref2))
+
+
+def _pruned_error(W: np.ndarray, S: Sparse, ref2: float) -> float | None:
+    """Relative error of magnitude pruning ``W`` to ``S`` (its kept values W's own, stored
+    as they are): what the dropped entries held, ``‖W‖² − ‖S‖²``; None when the values were
+    converted (another dtype, bfloat16 storage) and must be measured."""
+    if S.storage is not None or S.dtype != W.dtype or S.data.dtype != W.dtype:
+        return None
+    return _rel(max(ref2 - _sq(S.data), 0.0), ref2)
 
 
 def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
@@ -408,15 +442,23 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
         nonlocal best, best_key
         if c.nbytes >= dense_bytes:
             return
+        known = c.__dict__.pop("_wp_rel_error", None)  # computed by its build
         if err is not None:
             key = (0, float(c.nbytes))
         else:  # the lowest error among forms that fit; else the smallest, honest about its size
-            key = (0, c.relative_error(Wa)) if c.nbytes <= nb else (1, float(c.nbytes))
+            key = ((0, known if known is not None else c.relative_error(Wa)) if c.nbytes <= nb
+                   else (1, float(c.nbytes)))
         if best_key is None or key < best_key:
             best, best_key = c, key
 
     if "sparse" in forms:
-        consider(magnitude_prune(W, error=err, nbytes=nb, layout=layout, storage=storage))
+        p = magnitude_prune(W, error=err, nbytes=nb, layout=layout, storage=storage)
+        if nb is not None and p.nbytes <= nb:
+            e = _pruned_error(Wa, p, fro2(Wa))
+            if e is not None:
+                p._wp_rel_error = e  # type: ignore[attr-defined]
+        consider(p)
+        del p
     # the one-pass forms first: the best candidate held while the spectrum and the sparse +
     # low-rank residuals are built is then the smallest one (ties are kept in this order)
     if "quant" in forms and Wa.size:  # for an error budget only if met

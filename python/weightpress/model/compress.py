@@ -26,7 +26,7 @@ from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
 from .allocate import Candidate, allocate, size_aware_budgets
-from ..compression.aware import known_error, layer_error, remember_error, warm_quant
+from ..compression.aware import known_error, layer_error, remember_error, warm_quant, weights_hash
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
@@ -256,10 +256,19 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
             rep = execute(source, out, job, plan_, target, cal, progress, client=client,
                           journal=jr)
         else:
-            rep = _write_to_ratio(lambda path, lr: execute(source, path, job, plan_, target, cal,
-                                                           progress, layer_ratio=lr,
-                                                           client=client, journal=jr),
-                                  out, target.ratio, plan_)
+            # the search's tries keep every layer they build (the run's journal, else a
+            # scratch one beside the output): a later try that asks a layer for a budget an
+            # earlier one built it at (the mixed try: every layer at one of two tried
+            # budgets) reads it back instead of building it again
+            store = jr if jr is not None else _scratch_journal(out)
+            try:
+                rep = _write_to_ratio(lambda path, lr: execute(source, path, job, plan_, target,
+                                                               cal, progress, layer_ratio=lr,
+                                                               client=client, journal=store),
+                                      out, target.ratio, plan_)
+            finally:
+                if store is not jr:
+                    store.remove()
     except (ValueError, TypeError):
         if jr is not None:  # bad input: a rerun cannot pick anything up, leave nothing behind
             jr.remove()
@@ -272,6 +281,13 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
                            f"or use --ratio")
     rep.notes = plan_.notes
     return rep
+
+
+def _scratch_journal(out: str) -> Journal:
+    """A private, empty journal in a fresh directory beside ``out`` (removed by the caller):
+    the finished layers of a ratio search's tries, on disk, not in memory."""
+    d = tempfile.mkdtemp(prefix=".wp-layers-", dir=os.path.dirname(os.path.abspath(out)))
+    return Journal(d, {})
 
 
 @dataclass(frozen=True)
@@ -858,7 +874,8 @@ def _build(W: np.ndarray, stats: Any, form: str, nbytes: float, layout: str, sto
     """One allocated form at one byte budget: data-aware with stats, weight-space without."""
     if form == "dense":
         return Dense(W, layout)
-    opts = {k: v for k, v in options.items() if k in ("pattern", "damp", "dictionary", "coding")}
+    opts = {k: v for k, v in options.items()
+            if k in ("pattern", "damp", "dictionary", "coding", "_w_hash")}
     return compress(W, form, Budget(nbytes=nbytes), storage=storage, layout=layout,
                     calibration=stats, options=opts)
 
@@ -903,10 +920,12 @@ def layer_curve(Wa: np.ndarray, d: Decision, orig_bytes: int, layout: str, stats
             continue
         levels = MEASURED_LEVELS if form == "prune" else CURVE_LEVELS  # OBS sweeps are dear
         if form == "quant" and stats is not None:
+            # the weights hashed once for every level's build (their cached results' key)
+            opts = {**opts, "_w_hash": weights_hash(Wv, layout)}
             # every level's candidate precisions with one factorisation of H (then cached)
             warm_quant(Wv, stats, [orig_bytes * lv for lv in levels], layout=layout,
                        storage=storage, options={k: v for k, v in opts.items()
-                                                 if k in ("damp", "coding")})
+                                                 if k in ("damp", "coding", "_w_hash")})
         for nb in [orig_bytes * lv for lv in levels]:
             m = _build(Wv, stats, form, nb, layout, storage, opts)
             if m.form == "dense" or m.nbytes >= orig_bytes:

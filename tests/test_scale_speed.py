@@ -1,0 +1,172 @@
+"""Work the compress pipeline no longer repeats (issue 13), each checked to leave the results
+as they were: the ratio search's mixed try reads back the layers its two tries built, kept
+calibration statistics carry a layer's H and factors from one visit to the next, and
+weight-space ``auto`` takes pruning's and sparse + low rank's errors from what they dropped."""
+
+import os
+
+import numpy as np
+import pytest
+
+from helpers import correlated_inputs
+from weightpress.compression import methods as M
+from weightpress.compression.calibration import CalibrationSet, CalibrationStats, _held_bytes
+from weightpress.compression.matrices import fro2
+
+
+@pytest.fixture()
+def model(tmp_path):
+    """Twelve small layers of three widths with calibration inputs (the ratio search needs
+    three tries on them: one ratio for all jumps over the target both ways)."""
+    from weightpress.io.safetensors import write_safetensors
+
+    rng = np.random.default_rng(5)
+    W, X = {}, {}
+    for i in range(12):
+        n_in = 48 + 16 * (i % 3)
+        W[f"l{i}.weight"] = (rng.standard_normal((64, n_in)) / 8).astype(np.float32)
+        X[f"l{i}.weight"] = correlated_inputs(rng, 200, n_in).astype(np.float32)
+    mp, cp = str(tmp_path / "m.safetensors"), str(tmp_path / "c.safetensors")
+    write_safetensors(mp, W)
+    write_safetensors(cp, X)
+    return mp, cp
+
+
+def _compress(mp, out, cal, **kw):
+    from weightpress.model.compress import compress_model, open_source
+
+    with open_source(mp) as src:
+        return compress_model(src, out, ratio=4, method="quant", calibration=cal, min_size=16,
+                              **kw)
+
+
+def test_the_mixed_try_reads_back_what_the_first_two_built(model, tmp_path, monkeypatch):
+    import weightpress.model.compress as mc
+
+    mp, cp = model
+    builds, tries = [], []
+    real_build, real_exec = mc._build_layer, mc.execute
+    monkeypatch.setattr(mc, "_build_layer", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    monkeypatch.setattr(mc, "execute", lambda *a, **k: tries.append(k.get("layer_ratio"))
+                        or real_exec(*a, **k))
+    out = str(tmp_path / "o.wpz")
+    rep = _compress(mp, out, CalibrationSet(cp, keep_bytes=0))
+    assert len(tries) == 3 and isinstance(tries[2], dict)  # bracket, bracket, mix
+    assert len(builds) == 2 * 12  # the mix built nothing: every layer at a budget tried before
+    assert 0.99 * 4 <= rep.ratio <= 1.03 * 4
+    # the scratch store and the tries' files are gone
+    assert sorted(os.listdir(tmp_path)) == ["c.safetensors", "m.safetensors", "o.wpz"]
+    # and the file is the one a run with a journal (which reuses layers the same way) writes
+    out2 = str(tmp_path / "o2.wpz")
+    _compress(mp, out2, CalibrationSet(cp, keep_bytes=0), journal=True)
+    with open(out, "rb") as a, open(out2, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_kept_statistics_write_the_same_file_and_compute_h_once(model, tmp_path, monkeypatch):
+    mp, cp = model
+    out0, out1 = str(tmp_path / "a.wpz"), str(tmp_path / "b.wpz")
+    _compress(mp, out0, CalibrationSet(cp, keep_bytes=0))
+    made = []
+    real = CalibrationStats.from_inputs.__func__
+
+    def counting(cls, X, **k):
+        made.append(1)
+        return real(cls, X, **k)
+
+    monkeypatch.setattr(CalibrationStats, "from_inputs", classmethod(counting))
+    cal = CalibrationSet(cp)
+    _compress(mp, out1, cal)
+    assert len(made) == 12  # three tries, one H per layer
+    with open(out0, "rb") as a, open(out1, "rb") as b:
+        assert a.read() == b.read()
+    assert sum(cal._kept_sizes.values()) <= cal.keep_bytes
+    assert all(st.keep_factors for st in cal._kept.values())
+
+
+def test_keep_bytes_bounds_what_is_kept(tmp_path):
+    rng = np.random.default_rng(0)
+    X = {f"l{i}": rng.standard_normal((64, 32)).astype(np.float32) for i in range(6)}
+    one = _held_bytes(CalibrationStats.from_inputs(X["l0"]))
+    assert one == 32 * 32 * 4
+    cal = CalibrationSet(X, keep_bytes=3 * one)
+    first = [cal[n] for n in X]
+    assert len(cal._kept) == 3 and sum(cal._kept_sizes.values()) <= 3 * one
+    again = [cal[n] for n in X]
+    assert [a is b for a, b in zip(first, again)] == [True] * 3 + [False] * 3
+    assert cal["l5"] is again[5]  # (asked again for the same layer: the last one is held)
+    none = CalibrationSet(X, keep_bytes=0)
+    a = none["l0"]
+    none["l1"]
+    assert none["l0"] is not a and not a.keep_factors
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WP_CALIBRATION_KEEP_MB", "0.5")
+        assert CalibrationSet(X).keep_bytes == 1 << 19
+
+
+def test_kept_factors_give_the_same_forms():
+    """A kept layer caches its factors (obs_factor) instead of factoring H in place: the
+    sweeps see the same factor, bit for bit."""
+    from weightpress.compression.aware import compress_aware
+
+    rng = np.random.default_rng(3)
+    W = (rng.standard_normal((48, 64)) / 8).astype(np.float32)
+    X = correlated_inputs(rng, 300, 64).astype(np.float32)
+    for method in ("prune", "quant", "lowrank"):
+        a = compress_aware(W, CalibrationStats.from_inputs(X), method, nbytes=W.nbytes / 5)
+        st = CalibrationStats.from_inputs(X)
+        st.keep_factors = True
+        b = compress_aware(W, st, method, nbytes=W.nbytes / 5)
+        c = compress_aware(W, st, method, nbytes=W.nbytes / 5)  # from what the first cached
+        for m in (b, c):
+            pa, pb = a.parts(), m.parts()
+            assert pa.keys() == pb.keys()
+            assert all(np.array_equal(pa[k], pb[k]) for k in pa)
+        assert any(k[0] in ("obs", "gram") for k in st._cache if isinstance(k, tuple))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_auto_errors_from_what_was_dropped_are_the_measured_ones(dtype):
+    rng = np.random.default_rng(1)
+    W = ((rng.standard_normal((96, 40)) @ rng.standard_normal((40, 128))) / 20
+         + rng.standard_normal((96, 128)) / 50).astype(dtype)
+    nb = W.nbytes / 3
+    p = M.magnitude_prune(W, nbytes=nb)
+    assert M._pruned_error(W, p, fro2(W)) == pytest.approx(p.relative_error(W), rel=1e-6)
+    for r in (4, 10):
+        c = M.sparse_plus_low_rank(W, r, nbytes=nb)
+        assert c._wp_rel_error == pytest.approx(c.relative_error(W), rel=1e-5)
+    if dtype == np.float32:  # values narrowed on storage: no shortcut, measured
+        assert M._pruned_error(W, M.magnitude_prune(W, nbytes=nb, storage="BF16"), fro2(W)) is None
+        assert not hasattr(M.sparse_plus_low_rank(W, 4, nbytes=nb, storage="BF16"), "_wp_rel_error")
+    # auto picks what measuring every candidate picks
+    best = M.auto(W, nbytes=nb)
+    assert not hasattr(best, "_wp_rel_error")
+    assert best.nbytes <= nb
+
+
+def test_fro2_is_error_stats_first_number():
+    from weightpress.compression.matrices import error_stats
+
+    a = np.random.default_rng(2).standard_normal((300, 7000)).astype(np.float32)
+    assert fro2(a) == error_stats(a, a)[0]
+    assert fro2(np.zeros((0, 3))) == 0.0
+
+
+@pytest.mark.parametrize("layout", ["out_in", "in_out"])
+def test_a_curve_hashes_its_layer_once_and_finds_the_same_cached_results(layout):
+    """``options["_w_hash"]`` (an allocation curve's, computed once per layer) is the key the
+    builders compute themselves: a build with it reuses what one without it cached."""
+    from weightpress.compression import aware as A
+
+    rng = np.random.default_rng(4)
+    W = (rng.standard_normal((40, 56)) / 8).astype(np.float32)
+    Ws = W if layout == "out_in" else np.ascontiguousarray(W.T)
+    st = CalibrationStats.from_inputs(correlated_inputs(rng, 200, 56).astype(np.float32))
+    A._MEMO.clear()  # (the memo outlives calls: another test's layer could be this one)
+    a = A.compress_aware(Ws, st, "quant", nbytes=W.nbytes / 5, layout=layout)
+    n = len(st._cache)
+    b = A.compress_aware(Ws, st, "quant", nbytes=W.nbytes / 5, layout=layout,
+                         options={"_w_hash": A.weights_hash(Ws, layout)})
+    assert len(st._cache) == n  # nothing measured again: the same keys
+    assert all(np.array_equal(a.parts()[k], b.parts()[k]) for k in a.parts())
