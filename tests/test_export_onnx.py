@@ -526,3 +526,93 @@ def test_quantized_lstm_runs_as_dynamicquantizelstm(tmp_path):
     rows = [r for r in export_onnx(wpz, out, rm.path) if "LSTM" in r.name and r.form == "quant"]
     auto_q = [r.how.startswith("DynamicQuantizeLSTM") for r in rows]
     assert all(auto_q) or (not any(auto_q) and all("measured slower" in r.note for r in rows)), rows
+
+
+def _deep_mlp(path, layers=6, d=64):
+    """A residual stack of d -> 2d -> d blocks exported by torch (MatMul + Add per layer)."""
+    torch.manual_seed(0)
+
+    class Deep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up = torch.nn.ModuleList(torch.nn.Linear(d, 2 * d) for _ in range(layers))
+            self.down = torch.nn.ModuleList(torch.nn.Linear(2 * d, d) for _ in range(layers))
+
+        def forward(self, x):
+            for u, w in zip(self.up, self.down):
+                x = x + w(torch.nn.functional.gelu(u(x)))
+            return x
+
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(Deep().eval(), (torch.randn(2, 16, d),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}})
+
+
+def test_export_keeps_outputs_within_the_stated_error(tmp_path):
+    """The integer kernels' activation rounding puts a deep int8 stack further from the
+    container's computation than the container's stated error; the checked export does not:
+    on fresh inputs (not the check's samples) its outputs are within the stated error of the
+    container's decode, run by onnxruntime in the original graph, and the rows name the layers
+    that compensate their rounding and why."""
+    like = tmp_path / "deep.onnx"
+    _deep_mlp(like)
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=1024)
+    with Container(wpz) as c:
+        stated = max(float(e["error"]) for e in c.entries.values())
+    assert 1e-3 < stated < 2e-2
+    x = np.random.default_rng(11).standard_normal((3, 16, 64)).astype(np.float32)
+    ref = _run(_reference(tmp_path, wpz, like), x)
+
+    def err(p):
+        y = _run(p, x)
+        return np.linalg.norm(y - ref) / np.linalg.norm(ref)
+
+    raw = tmp_path / "raw.onnx"
+    rows = export_onnx(wpz, raw, like, check=False)
+    assert rows.output_error is None
+    assert all(r.how.startswith("DynamicQuantizeMatMul 8-bit") for r in rows if r.form == "quant")
+    assert err(raw) > stated          # what the check is for: the one-pass integer model is not
+    out = tmp_path / "checked.onnx"
+    rows = export_onnx(wpz, out, like)
+    assert err(out) <= stated, (err(out), stated)
+    assert rows.stated_error == pytest.approx(stated)
+    assert rows.output_error <= 0.8 * stated
+    fixed = [r for r in rows if "stated error" in r.note]
+    assert fixed and all(("x2" in r.how or "MatMulNBits" in r.how) for r in fixed), rows
+    assert all("compensate their activation rounding" in r.note or "float activations" in r.note
+               for r in fixed)
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == sum(
+        2 if "x2" in r.how else r.how.startswith("DynamicQuantizeMatMul") for r in rows)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".wp-")]
+    # the same with the caller's sample inputs; a missing input is named
+    rows = export_onnx(wpz, tmp_path / "mine.onnx", like, inputs={"x": x[:2]})
+    assert rows.output_error <= 0.8 * stated
+    with pytest.raises(ValueError, match="inputs: no value for the model's input 'x'"):
+        export_onnx(wpz, tmp_path / "bad.onnx", like, inputs={"y": x})
+
+
+def test_twopass_compensates_the_activation_rounding(tmp_path, block):
+    """compute="twopass": each per-channel int8 layer is DynamicQuantizeMatMul of the
+    activations plus DynamicQuantizeMatMul of their rounding residual (one weight for both),
+    about two orders of magnitude closer to the container's computation than one pass."""
+    like, weights = block
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=1024)
+    x = np.random.default_rng(5).standard_normal((2, 9, 64)).astype(np.float32)
+    x[0, 0, :2] *= 30                               # outliers widen the per-tensor range
+    ref = _run(_reference(tmp_path, wpz, like), x)
+    errs = {}
+    for compute in ("fast", "twopass"):
+        out = tmp_path / f"{compute}.onnx"
+        rows = {r.name: r for r in export_onnx(wpz, out, like, compute=compute, check=False)}
+        m = onnx.load(str(out))
+        onnx.checker.check_model(m)
+        n_dq = [n.op_type for n in m.graph.node].count("DynamicQuantizeMatMul")
+        assert n_dq == (2 if compute == "twopass" else 1) * len(weights)
+        assert len({i.name for i in m.graph.initializer if i.name.endswith("_q")}) == len(weights)
+        assert all(rows[w].nbytes < rows[w].dense_nbytes / 3.5 for w in weights)
+        errs[compute] = np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref)
+    assert errs["twopass"] < 1e-3 < errs["fast"], errs
+    assert errs["twopass"] < errs["fast"] / 30, errs
