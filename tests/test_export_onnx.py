@@ -148,7 +148,7 @@ def test_quant_runs_as_matmulnbits(tmp_path, block, specs):
     y_ref = _run(ref, x)
     for compute, tol in (("exact", 1e-4), ("fast", 3e-2)):
         out = tmp_path / f"{compute}.onnx"
-        rows = export_onnx(wpz, out, like, compute=compute)
+        rows = export_onnx(wpz, out, like, compute=compute, group_quant="nbits")
         n_dq = 0
         for r in rows:
             bits, group, _ = specs[r.name]
@@ -616,3 +616,38 @@ def test_twopass_compensates_the_activation_rounding(tmp_path, block):
         errs[compute] = np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref)
     assert errs["twopass"] < 1e-3 < errs["fast"], errs
     assert errs["twopass"] < errs["fast"] / 30, errs
+
+
+@pytest.mark.parametrize("opts", [{"bits": 4, "group": 32}, {"bits": 8, "group": 32, "symmetric": False},
+                                  {"bits": 3, "group": 48}])
+def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts):
+    """group_quant="int8": a weight quantized in groups along its inputs is Split into the
+    groups' columns, one DynamicQuantizeMatMul per group (codes a byte each, exactly the
+    container's), summed; close to the container's decode (activations rounded per group).
+    "auto" writes one of the two forms for all such layers, and says why when MatMulNBits."""
+    like, weights = block
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1024)
+    x = np.random.default_rng(2).standard_normal((2, 7, 64)).astype(np.float32)
+    ref = _run(_reference(tmp_path, wpz, like), x)
+    out = tmp_path / "g.onnx"
+    rows = {r.name: r for r in export_onnx(wpz, out, like, group_quant="int8", check=False)}
+    groups = {w: -(-({weights[0]: 64, weights[1]: 192}[w]) // opts["group"]) for w in weights}
+    for w in weights:
+        assert rows[w].how.startswith(f"DynamicQuantizeMatMul per group ({groups[w]} groups of "
+                                      f"{opts['group']}, {opts['bits']}-bit"), rows[w]
+        assert rows[w].nbytes < rows[w].dense_nbytes / 3.2    # a byte a code, scales per group
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m)
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == sum(groups.values())
+    assert ops.count("Split") == ops.count("Sum") == 2
+    err = np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref)
+    assert 1e-6 < err < 2e-2, err
+    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "a.onnx", like)}
+    kinds = {rows[w].how.split(" (")[0].split(",")[0] for w in weights}
+    assert kinds in ({"DynamicQuantizeMatMul per group"}, {"MatMulNBits 4-bit"}, {"MatMulNBits 8-bit"}), kinds
+    if kinds != {"DynamicQuantizeMatMul per group"}:
+        assert all("measured slower" in rows[w].note for w in weights), rows
+    y = _run(tmp_path / "a.onnx", x)
+    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2e-2
