@@ -233,7 +233,7 @@ def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
     sizes = [g] * (G - 1) + [q.inn - g * (G - 1)]
     if key not in b.cache:
         u, z = q.codes(), q.zeros
-        made = [b.init(f"{key}_split", np.array(sizes, np.int64))]
+        made = [b.init(f"{key}_split", np.array(sizes, np.int64)) if b.opset >= 13 else ""]
         for j in range(G):
             cols = u[:, j * g:j * g + sizes[j]]
             if q.symmetric or q.bits < 8:       # codes minus zero points fit int8
@@ -249,7 +249,8 @@ def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
     per = 3 if len(made) == 1 + 3 * G else 2
     xs = [b.name(f"{y}_wp_x{j}") for j in range(G)]
     ys = [b.name(f"{y}_wp_y{j}") for j in range(G)]
-    nodes = [b.node("Split", [x, made[0]], xs, axis=-1)]
+    nodes = [b.node("Split", [x, made[0]], xs, axis=-1) if b.opset >= 13
+             else b.node("Split", [x], xs, axis=-1, split=sizes)]  # 'split' an attribute before 13
     for j in range(G):
         nodes.append(b.node("DynamicQuantizeMatMul", [xs[j]] + made[1 + per * j:1 + per * (j + 1)],
                             [ys[j]], domain=MS_DOMAIN))
@@ -302,6 +303,7 @@ class _Builder:
         self.cache: dict[Any, Any] = {}  # initializers shared by the nodes reading one weight
         self.conv_quant = "dequant"
         self.group_quant = "nbits"
+        self.opset = 17                   # the model's default-domain opset
 
     def name(self, base: str) -> str:
         n, i = base, 1
@@ -767,6 +769,7 @@ def _export(c: Container, output: str | os.PathLike[str], like: str | os.PathLik
     b = _Builder(g, np.float32)
     b.conv_quant = conv_quant
     b.group_quant = group_quant
+    b.opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     done_lstm: set[str] = set()
     if lstm_quant == "int8":
         for nid, (new_nodes, info) in _rewrite_lstms(b, g, c, index, inits, uses,
