@@ -651,3 +651,25 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
         assert all("measured slower" in rows[w].note for w in weights), rows
     y = _run(tmp_path / "a.onnx", x)
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2e-2
+
+
+def test_sample_inputs_index_the_embedding(tmp_path):
+    """The check's sample inputs: token ids below the rows of the table they index (through a
+    Cast), ones for a mask, the declared batch for a dynamic first dimension."""
+    from weightpress.model.export_check import sample_feed, session
+    T = numpy_helper.from_array(np.ones((50, 4), np.float32), "T")
+    nodes = [helper.make_node("Cast", ["ids"], ["i32"], to=TensorProto.INT32),
+             helper.make_node("Gather", ["T", "i32"], ["e"]),
+             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["m", "ax"], ["m3"]),
+             helper.make_node("Mul", ["e", "m3"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", 6]),
+                                       helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [T, numpy_helper.from_array(np.array([2], np.int64), "ax")])
+    path = tmp_path / "emb.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    feed = sample_feed(session(path), 4, g)
+    assert feed["ids"].shape == (4, 6) and feed["ids"].dtype == np.int64
+    assert feed["ids"].min() >= 0 and feed["ids"].max() < 50 and len(np.unique(feed["ids"])) > 5
+    assert (feed["attention_mask"] == 1).all()
