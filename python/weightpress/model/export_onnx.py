@@ -653,10 +653,12 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         Run the exported model and the container's own computation (its dense decode in the
         original graph) in onnxruntime on sample inputs, and where an integer path
         (``compute`` "fast"/"block", DynamicQuantizeLSTM) puts the outputs further from the
-        container's than the container's stated error (:mod:`~weightpress.model.export_check`),
-        let layers compute with float activations instead, those adding the most error
-        first, until the outputs are within it (all of them, if need be: ``compute="exact"``
-        is the container's computation to float rounding). The rows say which, and why.
+        container's than 0.8x the container's stated error
+        (:mod:`~weightpress.model.export_check`), let layers compensate their activation
+        rounding (``"twopass"``), then compute with float activations, those adding the most
+        error first, until the outputs are within it (all of them, if need be:
+        ``compute="exact"`` is the container's computation to float rounding). The rows say
+        which, and why.
     inputs : mapping, optional
         Sample inputs for ``check`` (input name -> array, e.g. calibration inputs); default:
         made from the graph's declared inputs (:func:`~weightpress.model.export_check.sample_feed`,
@@ -733,6 +735,8 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     for r in rows:
         if r.name in levels:
             r.note = levels[r.name][1]
+            if levels[r.name][0] == "twopass" and "x2" not in r.how:
+                r.note += " (no compensated kernel for its form: float activations)"
         elif r.how == "dense":
             if "conv_quant" in notes and "conv_quant=" in r.note:
                 r.note = notes["conv_quant"]
