@@ -908,7 +908,7 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
         sess = {}
         for k, m in cands.items():
             p = os.path.join(tmp, f"{k}.onnx")
-            rows = _export(c, p, like, compute, block_size, True, **m)
+            rows = _export(c, p, like, compute, block_size, True, levels=None, **m)
             if k != "base" and not any(r.how.startswith(_SLOW_WHAT[k]) for r in rows):
                 continue                  # nothing of this kind could be rewritten
             sess[k] = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
