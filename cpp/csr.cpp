@@ -612,17 +612,18 @@ WP_TARGET_V3 std::int64_t spmv_v3(std::int64_t r0, std::int64_t r1, std::int64_t
       } else {
         const __m128i vmax4 = _mm256_castsi256_si128(vmax), vneg4 = _mm256_castsi256_si128(vneg);
         __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+        __m128i ok4 = _mm_set1_epi32(-1);  // four 32-bit indices per gather here
         for (; p + 8 <= p1; p += 8) {
           prefetch_streams<8>(indices, data, p);
           const __m128i j0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p));
           const __m128i j1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(indices + p + 4));
           const __m128i m0 = _mm_andnot_si128(_mm_cmpgt_epi32(j0, vmax4), _mm_cmpgt_epi32(j0, vneg4));
           const __m128i m1 = _mm_andnot_si128(_mm_cmpgt_epi32(j1, vmax4), _mm_cmpgt_epi32(j1, vneg4));
-          okv = _mm256_and_si256(okv, _mm256_castsi128_si256(_mm_and_si128(m0, m1)));
+          ok4 = _mm_and_si128(ok4, _mm_and_si128(m0, m1));
           a0 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j0, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m0)), 8), a0);
           a1 = _mm256_fmadd_pd(_mm256_loadu_pd(data + p + 4), _mm256_mask_i32gather_pd(_mm256_setzero_pd(), x, j1, _mm256_castsi256_pd(_mm256_cvtepi32_epi64(m1)), 8), a1);
         }
-        okv = _mm256_inserti128_si256(okv, _mm_set1_epi32(-1), 1);  // (upper half unused)
+        okv = _mm256_set_m128i(_mm_set1_epi32(-1), ok4);  // the upper half: no indices
         const __m256d a = _mm256_add_pd(a0, a1);
         s = (a[0] + a[1]) + (a[2] + a[3]);
       }

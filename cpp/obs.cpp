@@ -3,12 +3,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "weightpress/blas.hpp"
+#include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
 
 namespace wp {
@@ -59,6 +61,191 @@ void mark_smallest(std::vector<double>& score, std::int64_t k, std::uint8_t* mas
   };
   std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(), less);
   for (std::int64_t t = 0; t < k; ++t) mask[idx[static_cast<size_t>(t)]] = 1;
+}
+
+
+// ---- The in-block sweep, kTileRows rows at a time -------------------------------------------
+// Each row's sweep is a chain (column c's rounding depends on the errors of the columns before
+// it), but rows are independent: a tile holds kTileRows rows' block transposed (wt[i][l], lane
+// l = row), so the rank-1 update W[:, j] −= e · U[c, j] runs across the lanes in vectors and
+// the rows' chains overlap instead of each waiting on its own divisions. Every lane does the
+// same operations in the same order as a row on its own (no FP contraction under -std=c++17),
+// so results equal the one-row sweep bit for bit, on every CPU and thread count.
+constexpr std::int64_t kTileRows = 16;
+
+template <class T>
+struct LaneVecOf {
+  typedef T type __attribute__((vector_size(kTileRows * sizeof(T))));
+};
+template <class T>
+using LaneVec = typename LaneVecOf<T>::type;
+
+template <class T>
+struct SweepBlock {
+  std::int64_t rows, cols, g, ng, i1, i2;
+  bool quant, per_row, fixed, masked;
+  int maxq;
+  const QuantSpec* spec;
+  const ObsOptions* opt;
+  T* W;
+  const T* U;
+  T* err;                     // rows × nb: the block's scaled errors (for the GEMM after it)
+  const std::uint8_t* mask;   // rows × nb: unstructured pruning mask of the block
+  GroupParams* params;        // each row's current quantization parameters
+  std::uint8_t* codes;
+  std::uint16_t* scales;
+  std::uint8_t* zeros;
+};
+
+template <class T>
+WP_INLINE void sweep_tile(const SweepBlock<T>& b, std::int64_t r0) {
+  constexpr std::int64_t L = kTileRows;
+  const ObsOptions& opt = *b.opt;
+  const std::int64_t cols = b.cols, i1 = b.i1, nb = b.i2 - b.i1;
+  const std::int64_t nl = std::min<std::int64_t>(L, b.rows - r0);  // live lanes; the rest stay 0
+  std::vector<T> buf(static_cast<size_t>(2 * nb * L), T(0));
+  T* __restrict wt = buf.data();
+  T* __restrict et = wt + nb * L;
+  std::vector<std::uint8_t> mk(static_cast<size_t>(nb * L), 0);
+  std::vector<std::uint8_t> ctv(static_cast<size_t>(nb * L));  // the block's codes, lane-major
+  std::uint8_t* __restrict ct = ctv.data();
+  for (std::int64_t l = 0; l < nl; ++l) {
+    const T* w = b.W + (r0 + l) * cols + i1;
+    for (std::int64_t i = 0; i < nb; ++i) wt[i * L + l] = w[i];
+    if (b.masked && opt.nm_m == 0)  // N:M masks are chosen in the sweep, per group
+      for (std::int64_t i = 0; i < nb; ++i) mk[static_cast<size_t>(i * L + l)] = b.mask[(r0 + l) * nb + i];
+  }
+  GroupParams p[L];
+  for (std::int64_t l = 0; l < L; ++l) p[l] = l < nl ? b.params[r0 + l] : GroupParams{0.0f, 0, 0};
+  std::vector<T> tmp(static_cast<size_t>(b.quant && !b.per_row && !b.fixed ? b.g : 0));
+  T ec[L];
+  int code[L];
+  for (std::int64_t i = 0; i < nb; ++i) {
+    const std::int64_t c = i1 + i;
+    if (opt.nm_m > 0 && c % opt.nm_m == 0) {
+      const std::int64_t gs = std::min<std::int64_t>(opt.nm_m, cols - c);
+      if (i + gs <= nb) {  // the group lies inside this block
+        const std::int64_t drop = std::max<std::int64_t>(0, gs - opt.nm_n);
+        for (std::int64_t l = 0; l < nl; ++l) {
+          for (std::int64_t t = 0; t < gs; ++t) mk[static_cast<size_t>((i + t) * L + l)] = 0;
+          for (std::int64_t t = 0; t < drop; ++t) {  // drop-th smallest, ties to the left
+            std::int64_t best = -1;
+            double bs = 0;
+            for (std::int64_t q = 0; q < gs; ++q) {
+              if (mk[static_cast<size_t>((i + q) * L + l)]) continue;
+              const double wq = static_cast<double>(wt[(i + q) * L + l]);
+              const double dq = static_cast<double>(b.U[(c + q) * cols + c + q]);
+              const double sq = (wq * wq) / (dq * dq);
+              if (best < 0 || sq < bs) best = q, bs = sq;
+            }
+            mk[static_cast<size_t>((i + best) * L + l)] = 1;
+          }
+        }
+      }
+    }
+    if (b.fixed) {
+      for (std::int64_t l = 0; l < nl; ++l) {
+        const std::int64_t gi = (r0 + l) * b.ng + opt.col_group[c];
+        p[l].half = b.scales[gi];
+        p[l].scale = half_to_float(p[l].half);
+        p[l].zero = opt.symmetric ? (1 << (opt.bits - 1)) : b.zeros[gi];
+      }
+    } else if (b.quant && !b.per_row && c % b.g == 0) {
+      const std::int64_t gl = std::min(b.g, cols - c);
+      for (std::int64_t l = 0; l < nl; ++l) {
+        for (std::int64_t q = 0; q < gl; ++q) tmp[static_cast<size_t>(q)] = wt[(i + q) * L + l];
+        p[l] = quant_params_spec(tmp.data(), gl, *b.spec);
+        b.scales[(r0 + l) * b.ng + c / b.g] = p[l].half;
+        if (!opt.symmetric) b.zeros[(r0 + l) * b.ng + c / b.g] = static_cast<std::uint8_t>(p[l].zero);
+      }
+    }
+    const T* __restrict u = b.U + c * cols;
+    const T uc = u[c];
+    T* __restrict wi = wt + i * L;
+    const std::uint8_t* __restrict mi = mk.data() + i * L;
+    // quant_code and the error, written branch-free over the lanes (they vectorize): the
+    // same operations as quant_code's, selects in place of its early returns
+    if (b.quant) {
+      double sc[L], zr[L], dk[L];  // codes as doubles (small integers: exact)
+      for (std::int64_t l = 0; l < L; ++l)
+        sc[l] = static_cast<double>(p[l].scale), zr[l] = static_cast<double>(p[l].zero);
+      const double mq = static_cast<double>(b.maxq);
+      for (std::int64_t l = 0; l < L; ++l) {
+        double t = std::nearbyint(static_cast<double>(wi[l]) / sc[l]) + zr[l];
+        t = t >= 0 ? t : 0.0;  // NaN too
+        t = t > mq ? mq : t;
+        t = sc[l] > 0 ? t : zr[l];
+        dk[l] = mi[l] ? zr[l] : t;
+      }
+      for (std::int64_t l = 0; l < L; ++l) {
+        const T wv = wi[l];
+        T q = static_cast<T>(static_cast<float>(sc[l])) * static_cast<T>(dk[l] - zr[l]);
+        q = mi[l] ? T(0) : q;
+        ec[l] = (wv - q) / uc;
+        wi[l] = q;
+      }
+      for (std::int64_t l = 0; l < L; ++l) code[l] = static_cast<int>(dk[l]);
+    } else {
+      for (std::int64_t l = 0; l < L; ++l) {
+        const T wv = wi[l];
+        const T q = mi[l] ? T(0) : wv;
+        code[l] = 0;
+        ec[l] = (wv - q) / uc;
+        wi[l] = q;
+      }
+    }
+    for (std::int64_t l = 0; l < L; ++l) et[i * L + l] = ec[l];
+    for (std::int64_t l = 0; l < L; ++l) ct[i * L + l] = static_cast<std::uint8_t>(code[l]);
+    // the rank-1 update, one vector of lanes per column (GCC's vector extension: one zmm of
+    // floats on AVX-512, two ymm on AVX2; left to the vectorizer, GCC vectorized along j with
+    // permutes instead)
+    LaneVec<T> ev;
+    std::memcpy(&ev, ec, sizeof ev);
+    for (std::int64_t j = i + 1; j < nb; ++j) {
+      LaneVec<T> wv;
+      std::memcpy(&wv, wt + j * L, sizeof wv);
+      wv -= ev * u[i1 + j];
+      std::memcpy(wt + j * L, &wv, sizeof wv);
+    }
+  }
+  for (std::int64_t l = 0; l < nl; ++l) {
+    T* w = b.W + (r0 + l) * cols + i1;
+    T* e = b.err + (r0 + l) * nb;
+    for (std::int64_t i = 0; i < nb; ++i) {
+      w[i] = wt[i * L + l];
+      e[i] = et[i * L + l];
+    }
+    if (b.codes) {
+      std::uint8_t* k = b.codes + (r0 + l) * cols + i1;
+      for (std::int64_t i = 0; i < nb; ++i) k[i] = ct[i * L + l];
+    }
+    b.params[r0 + l] = p[l];
+    if (opt.row_err) {
+      double acc = 0;
+      for (std::int64_t i = 0; i < nb; ++i) acc += static_cast<double>(e[i]) * static_cast<double>(e[i]);
+      opt.row_err[r0 + l] += acc;
+    }
+  }
+}
+
+template <class T>
+void sweep_tile_base(const SweepBlock<T>& b, std::int64_t r0) { sweep_tile(b, r0); }
+#ifdef WP_X86_DISPATCH
+template <class T>
+WP_TARGET_V3 void sweep_tile_v3(const SweepBlock<T>& b, std::int64_t r0) { sweep_tile(b, r0); }
+template <class T>
+WP_TARGET_V4 void sweep_tile_v4(const SweepBlock<T>& b, std::int64_t r0) { sweep_tile(b, r0); }
+#endif
+
+template <class T>
+void sweep_tile_dispatch(Isa level, const SweepBlock<T>& b, std::int64_t r0) {
+#ifdef WP_X86_DISPATCH
+  if (level == Isa::kV4) return sweep_tile_v4(b, r0);
+  if (level == Isa::kV3) return sweep_tile_v3(b, r0);
+#else
+  (void)level;
+#endif
+  sweep_tile_base(b, r0);
 }
 
 }  // namespace
@@ -145,6 +332,8 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
     fe.rethrow();
   }
 
+  const Isa level = isa_level();
+  const std::int64_t n_tiles = (rows + kTileRows - 1) / kTileRows;
   for (std::int64_t i1 = 0; i1 < cols; i1 += B) {
     const std::int64_t i2 = std::min(i1 + B, cols), nb = i2 - i1;
     if (opt.n_prune > 0) {  // the block's share of the exact total, smallest w² / U[c,c]²
@@ -160,71 +349,13 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
         }
       mark_smallest(score, k, mask.data(), idx);
     }
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1)  // rows independent
-    for (std::int64_t r = 0; r < rows; ++r)
-      fe.run([&] {
-        T* __restrict w = W + r * cols;
-        std::uint8_t* mk = mask.data() + r * nb;
-        T* __restrict e = err.data() + r * nb;
-        GroupParams p = params[static_cast<size_t>(r)];
-        if (opt.nm_m > 0) std::fill(mk, mk + nb, std::uint8_t(0));
-        for (std::int64_t i = 0; i < nb; ++i) {
-          const std::int64_t c = i1 + i;
-          if (opt.nm_m > 0 && c % opt.nm_m == 0) {
-            const std::int64_t gs = std::min<std::int64_t>(opt.nm_m, cols - c);
-            if (i + gs <= nb) {  // the group lies inside this block
-              const std::int64_t drop = std::max<std::int64_t>(0, gs - opt.nm_n);
-              for (std::int64_t t = 0; t < gs; ++t) mk[i + t] = 0;
-              for (std::int64_t t = 0; t < drop; ++t) {  // drop-th smallest, ties to the left
-                std::int64_t best = -1;
-                double bs = 0;
-                for (std::int64_t q = 0; q < gs; ++q) {
-                  if (mk[i + q]) continue;
-                  const double wq = static_cast<double>(w[c + q]);
-                  const double dq = static_cast<double>(U[(c + q) * cols + c + q]);
-                  const double sq = (wq * wq) / (dq * dq);
-                  if (best < 0 || sq < bs) best = q, bs = sq;
-                }
-                mk[i + best] = 1;
-              }
-            }
-          }
-          if (fixed) {
-            const std::int64_t gi = r * ng + opt.col_group[c];
-            p.half = scales[gi];
-            p.scale = half_to_float(p.half);
-            p.zero = opt.symmetric ? (1 << (opt.bits - 1)) : zeros[gi];
-          } else if (quant && !per_row && c % g == 0) {
-            p = quant_params_spec(w + c, std::min(g, cols - c), spec);
-            scales[r * ng + c / g] = p.half;
-            if (!opt.symmetric) zeros[r * ng + c / g] = static_cast<std::uint8_t>(p.zero);
-          }
-          const T wv = w[c];
-          T q;
-          int code = 0;
-          if (mk[i]) {
-            q = T(0);
-            code = p.zero;
-          } else if (quant) {
-            code = quant_code(wv, p, maxq);
-            q = static_cast<T>(p.scale) * static_cast<T>(code - p.zero);
-          } else {
-            q = wv;
-          }
-          if (codes) codes[r * cols + c] = static_cast<std::uint8_t>(code);
-          const T* __restrict u = U + c * cols;
-          const T ec = (wv - q) / u[c];
-          w[c] = q;
-          for (std::int64_t j = c + 1; j < i2; ++j) w[j] -= ec * u[j];
-          e[i] = ec;
-        }
-        params[static_cast<size_t>(r)] = p;
-        if (opt.row_err) {
-          double acc = 0;
-          for (std::int64_t i = 0; i < nb; ++i) acc += static_cast<double>(e[i]) * static_cast<double>(e[i]);
-          opt.row_err[r] += acc;
-        }
-      });
+    const SweepBlock<T> sb{rows, cols, g, ng, i1, i2, quant, per_row, fixed, opt.n_prune > 0,
+                           maxq, &spec, &opt, W, U, err.data(), mask.data(), params.data(),
+                           codes, scales, zeros};
+    // rows independent, kTileRows at a time (one tile per task: results do not depend on
+    // the thread count)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (std::int64_t t = 0; t < n_tiles; ++t) fe.run([&] { sweep_tile_dispatch(level, sb, t * kTileRows); });
     fe.rethrow();
     if (i2 < cols)  // W[:, i2:] −= E (rows × nb) · U[i1:i2, i2:]
       blas::gemm_rm<T>(false, false, blas::to_int(rows), blas::to_int(cols - i2), blas::to_int(nb),

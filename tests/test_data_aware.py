@@ -99,3 +99,42 @@ def test_half_parameter_targets(layer):
     assert best * 2 <= baseline
 
 
+
+
+_SWEEP_DIGEST = r"""
+import hashlib, numpy as np
+from weightpress.compression.calibration import CalibrationStats
+from weightpress.compression.quant import gptq
+from weightpress.compression.data_aware import prune_obs
+rng = np.random.default_rng(7)
+h = hashlib.sha256()
+for o, i in ((37, 96), (16, 64), (1, 8), (33, 160)):  # rows around the 16-row tiles
+    for dt in (np.float32, np.float64):
+        X = rng.standard_normal((200, i)) @ rng.standard_normal((i, i))
+        st = CalibrationStats.from_inputs(X.astype(dt))
+        W = rng.standard_normal((o, i)).astype(dt)
+        for bits, group, sym, act in ((4, None, True, False), (3, 32, False, True), (8, 16, False, False)):
+            h.update(gptq(W, st, bits, group, symmetric=sym, act_order=act).toarray().tobytes())
+        h.update(gptq(W, st, 4, 32, sparsity=0.5, act_order=False).toarray().tobytes())
+        for kw in (dict(sparsity=0.6, block=16), dict(pattern="2:4")):
+            h.update(prune_obs(W, st, **kw).toarray().tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_obs_sweep_same_weights_on_every_isa_level_and_thread_count():
+    # The sweep's AVX-512, AVX2 and baseline copies (16-row tiles, vectorized across rows) are
+    # compiled without FP contraction: the same weights to the bit on every level, with any
+    # number of threads, tiles with dead lanes included (37, 1, 33 rows)
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for level, threads in (("2", "2"), ("1", "1"), ("0", "2")):
+        env = dict(os.environ, WP_MAX_ISA=level, OMP_NUM_THREADS=threads)
+        r = subprocess.run([sys.executable, "-c", _SWEEP_DIGEST], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        digests.add(r.stdout.strip())
+    assert len(digests) == 1

@@ -8,8 +8,9 @@
 //     exact) or per group of M columns (N:M: keep the N largest of each M per row);
 //   - the joint mode: prune, then quantize what is kept.
 // Columns are swept in blocks (default 128): inside a block each row is independent (OpenMP
-// over rows, one row per thread, so results do not depend on the thread count); between
-// blocks the block's errors update the remaining columns with one GEMM (BLAS, serial call).
+// over tiles of 16 rows swept together in vectors, one tile per task, so results do not
+// depend on the thread count or the ISA level); between blocks the block's errors update the
+// remaining columns with one GEMM (BLAS, serial call).
 #pragma once
 #include <cstdint>
 

@@ -12,11 +12,13 @@
 //     (uint8), scale = (max(w,0) − min(w,0)) / (2^bits − 1), so 0 is exactly representable.
 //   - scales are IEEE float16 bit patterns (uint16), rows × n_groups, row-major.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 #include "weightpress/errors.hpp"
+#include "weightpress/isa.hpp"
 
 namespace wp {
 
@@ -81,6 +83,14 @@ inline float half_to_float(std::uint16_t h) {
 }
 
 // ---- One group's parameters and codes (shared by round-to-nearest and the OBS sweep) --------
+// fmin/fmax of a running bound and a value, NaN values ignored (the bound is never NaN), as
+// compares: std::fmin/fmax are library calls on x86-64 without -ffinite-math-only, and three
+// per weight were a fifth of GPTQ's sweep. Signed zeros may differ from fmin's; no result here
+// depends on the sign of a zero bound.
+inline double min_num(double bound, double v) { return v < bound ? v : bound; }
+inline double max_num(double bound, double v) { return v > bound ? v : bound; }
+
+
 struct GroupParams {
   float scale;          // the float16-rounded scale, as a float
   std::uint16_t half;   // its bit pattern
@@ -96,12 +106,12 @@ inline GroupParams quant_params(const T* w, std::int64_t n, int bits, bool symme
   double lo = 0, hi = 0;
   if (symmetric) {
     double amax = 0;
-    for (std::int64_t j = 0; j < n; ++j) amax = std::fmax(amax, std::fabs(static_cast<double>(w[j])));
+    for (std::int64_t j = 0; j < n; ++j) amax = max_num(amax, std::fabs(static_cast<double>(w[j])));
     s = amax / static_cast<double>((1 << (bits - 1)) - 1);
   } else {
     for (std::int64_t j = 0; j < n; ++j) {
-      lo = std::fmin(lo, static_cast<double>(w[j]));
-      hi = std::fmax(hi, static_cast<double>(w[j]));
+      lo = min_num(lo, static_cast<double>(w[j]));
+      hi = max_num(hi, static_cast<double>(w[j]));
     }
     s = (hi - lo) / maxq;
   }
@@ -129,7 +139,7 @@ inline GroupParams quant_params(const T* w, std::int64_t n, int bits, bool symme
 // one whose rounding leaves the least squared error on w[0 .. n) kept (ties: the widest).
 // Clipping a few large weights buys a finer step for all the others (GPTQ's grid search).
 template <class T>
-inline GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool symmetric);
+WP_INLINE GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool symmetric);
 
 // Code of w under p: clamp(round(w / scale) + zero, 0, 2^bits - 1); NaN gives 0.
 template <class T>
@@ -141,15 +151,18 @@ inline int quant_code(T w, const GroupParams& p, int maxq) {
   return static_cast<int>(t);
 }
 
+// Always inlined: the OBS sweep's AVX2/AVX-512 copies then run its error loop in their own
+// vectors (it was a tenth of GPTQ's sweep in baseline SSE); obs.cpp is compiled without FP
+// contraction, so every copy computes the same sums.
 template <class T>
-inline GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool symmetric) {
+WP_INLINE GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool symmetric) {
   const float maxq = static_cast<float>((1 << bits) - 1);
   double lo = 0, hi = 0, amax = 0;
   for (std::int64_t j = 0; j < n; ++j) {
     const double v = static_cast<double>(w[j]);
-    lo = std::fmin(lo, v);
-    hi = std::fmax(hi, v);
-    amax = std::fmax(amax, std::fabs(v));
+    lo = min_num(lo, v);
+    hi = max_num(hi, v);
+    amax = max_num(amax, std::fabs(v));
   }
   GroupParams best{};
   double best_err = -1;
@@ -167,7 +180,7 @@ inline GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool s
     auto sq = [&](std::int64_t j) {
       const float v = static_cast<float>(w[j]);
       float t = v * inv + z;
-      t = t < 0.0f ? 0.0f : (t > maxq ? maxq : t);
+      t = std::min(std::max(t, 0.0f), maxq);  // NaN stays NaN, as with the ternaries
       t = (t + magic) - magic;
       const float d = v - s * (t - z);
       return d * d;
@@ -185,7 +198,7 @@ inline GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool s
 }
 
 template <class T>
-inline GroupParams quant_params_spec(const T* w, std::int64_t n, const QuantSpec& s) {
+WP_INLINE GroupParams quant_params_spec(const T* w, std::int64_t n, const QuantSpec& s) {
   return s.mse ? quant_params_mse(w, n, s.bits, s.symmetric) : quant_params(w, n, s.bits, s.symmetric);
 }
 
