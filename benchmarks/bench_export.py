@@ -15,7 +15,10 @@ Variants (containers from ``compress_model`` on the dense ``.onnx`` for onnxrunt
 dense ``.pt`` state dict for PyTorch; default rules: embeddings, norms and biases kept):
 ``int8`` (8-bit symmetric per channel, 4x on the compressed layers), ``int4g128`` (4-bit,
 groups of 128: about 7x), ``lowrank-int8`` (low rank with int8 factors, each layer 4x).
-ONNX: ``export_onnx`` (MatMulNBits with int8 activations, DequantizeLinear -> Conv), both dense
+ONNX: ``export_onnx`` with its defaults (``compute="fast"``: DynamicQuantizeMatMul for
+per-channel int8, one per group or MatMulNBits for int4 groups as timed, convs and LSTMs
+quantized only where timed no slower; its output check makes the layers that put the outputs
+beyond the container's stated error compensate their rounding), both dense
 and exported models with their weights in a ``.data`` file beside the graph (onnxruntime maps
 it); PyTorch: ``weightpress.torch.load_into`` into the module built with its parameters on the
 meta device (so the dense weights are never allocated for the compressed variants).
