@@ -88,7 +88,7 @@ def sample_feed(session: Any, batch: int, graph: Any = None, seed: int = 0) -> d
 def session(path: str | os.PathLike[str], optimize: bool = True) -> Any:
     """An onnxruntime CPU session of ``path`` on one thread (deterministic), with the default
     graph optimizations, or none (``optimize=False``: float32 kernels as the graph says)."""
-    ort = require("onnxruntime", "checking the exported model's outputs")
+    ort = require("onnxruntime", "checking the exported model's outputs (check=False skips it)")
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
