@@ -217,6 +217,8 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
     how = f"MatMulNBits {bits}-bit, block {bs}" + (" (int8 activations)" if accuracy else "")
     if bits != q.bits:
         how += f" (from {q.bits}-bit codes)"
+    if q.n_groups > 1:
+        how += f"; groups of {q.group}"
     return [node], how
 
 
@@ -725,7 +727,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                               {k: v for k, v in modes.items() if v == "auto" and has[k]}, modes)
         for k in modes:
             if modes[k] == "auto":
-                modes[k] = _OFF[k] if k in notes else _SLOW_ON[k]
+                modes[k] = _OFF[k] if notes.get(k, "").startswith(_OFF_NOTE[k]) else _SLOW_ON[k]
     levels: dict[str, tuple[str, str]] = {}
     measured: tuple[float, float] | None = None
     if check:
@@ -742,8 +744,12 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                 r.note = notes["conv_quant"]
             elif "lstm_quant" in notes and "read by LSTM" in r.note:
                 r.note = notes["lstm_quant"]
-        elif "group_quant" in notes and r.how.startswith("MatMulNBits") and "activations" in r.how:
+        elif ("group_quant" in notes and r.how.startswith("MatMulNBits") and "activations" in r.how
+              and "groups of" in r.how):
             r.note = notes["group_quant"]
+        elif not r.note:   # kept by the timing: say what it measured
+            r.note = next((notes[k] for k, pre in _SLOW_PREFIX.items()
+                           if k in notes and r.how.startswith(pre)), "")
     if measured is not None:
         rows.output_error, rows.stated_error = measured
     return rows
@@ -885,6 +891,9 @@ _SLOW_ON = {"conv_quant": "dequant", "lstm_quant": "int8", "group_quant": "int8"
 _OFF = {"conv_quant": "dense", "lstm_quant": "dense", "group_quant": "nbits"}
 _SLOW_WHAT = {"conv_quant": "DequantizeLinear -> Conv", "lstm_quant": "DynamicQuantizeLSTM",
               "group_quant": "DynamicQuantizeMatMul per group"}
+_SLOW_PREFIX = {"conv_quant": "DequantizeLinear", "lstm_quant": "DynamicQuantizeLSTM",
+                "group_quant": "DynamicQuantizeMatMul per group"}   # how its rows begin
+_OFF_NOTE = {k: ("dense" if v == "dense" else "MatMulNBits") + ":" for k, v in _OFF.items()}
 
 
 def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
@@ -893,7 +902,8 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
     """For each rewrite in ``auto`` (``conv_quant``, ``lstm_quant``) that may run slower than
     the dense layer: time the model with it against the model without it (the others of
     ``auto`` off), onnxruntime, batch 1, 1 thread, best of 3 interleaved rounds of 7 calls.
-    Returns ``{mode: why dense}`` for those measured slower (the rest keep the rewrite)."""
+    Returns ``{mode: why}``: why the layers stay dense (or MatMulNBits) for those measured
+    slower, the times that kept the rewrite for the others."""
     ort = require("onnxruntime", "timing the quantized convolutions and LSTMs ('auto')")
     if not auto:
         return {}
@@ -909,7 +919,7 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
         for k, m in cands.items():
             p = os.path.join(tmp, f"{k}.onnx")
             rows = _export(c, p, like, compute, block_size, True, levels=None, **m)
-            if k != "base" and not any(r.how.startswith(_SLOW_WHAT[k]) for r in rows):
+            if k != "base" and not any(r.how.startswith(_SLOW_PREFIX[k]) for r in rows):
                 continue                  # nothing of this kind could be rewritten
             sess[k] = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
         feed = sample_feed(sess["base"], 1, _load_proto(os.fspath(like), external=False).graph)
@@ -924,6 +934,10 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
             notes[k] = (f"{off}: {_SLOW_WHAT[k]} measured slower in onnxruntime (model at batch 1, "
                         f"1 thread: {t[k] * 1e3:.3g} ms vs {t['base'] * 1e3:.3g} ms with "
                         f"{off}); {k}='{_SLOW_ON[k]}' keeps it")
+        elif k in t:
+            off = "dense" if _OFF[k] == "dense" else "MatMulNBits"
+            notes[k] = (f"kept: measured no slower in onnxruntime than {off} (model at batch 1, "
+                        f"1 thread: {t[k] * 1e3:.3g} ms vs {t['base'] * 1e3:.3g} ms)")
     return notes
 
 
