@@ -75,20 +75,33 @@ if __name__ == "__main__":
     import weightpress.model.compress  # noqa: F401  (imports paid before the baselines)
     if client is not None:
         client.run(lambda: __import__("weightpress.model.compress"))
+    def cpu():  # this process's CPU seconds (user + system)
+        import resource
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
     base = peak()
     workers_base = client.run(peak) if client is not None else {}
+    workers_cpu0 = client.run(cpu) if client is not None else {}
+    cpu0 = cpu()
     t0 = time.perf_counter()
     try:
         with open_source(index) as src:
-            rep = compress_model(src, out, ratio=4, method=method)
+            rep = compress_model(src, out, ratio=4, method=method, client=client)
         wall = time.perf_counter() - t0
+        client_cpu = cpu() - cpu0
         wpeak = client.run(peak) if client is not None else {}
+        wcpu = client.run(cpu) if client is not None else {}
+        workers_cpu = sum(v - workers_cpu0.get(k, 0.0) for k, v in wcpu.items())
     finally:
         if client is not None:
             close(client)
+    # a worker the cluster replaced mid-run (lost, restarted) is a new process with a new
+    # address: its peak says nothing of the layers it did not build; say so, not a low figure
+    replaced = sorted(set(wpeak) ^ set(workers_base))
     print(json.dumps({"wall": wall, "client_rss": peak(), "client_base": base,
-                      "workers_rss": [wpeak[k] for k in sorted(wpeak)],
-                      "workers_base": [workers_base[k] for k in sorted(wpeak)],
+                      "workers_rss": [wpeak[k] for k in sorted(wpeak) if k in workers_base],
+                      "workers_base": [workers_base[k] for k in sorted(wpeak) if k in workers_base],
+                      "replaced": replaced, "client_cpu": client_cpu, "workers_cpu": workers_cpu,
                       "ratio": rep.ratio, "bytes": rep.file_bytes}))
 """
 
@@ -115,7 +128,7 @@ def run(quick: bool) -> None:
     t = Table(f"compress --ratio 4 --method {method}: sharded safetensors, {n_params / 1e6:.3g} M "
               f"params ({n_params * 4 / 1e9:.3g} GB float32, {blocks} blocks of d={d}; largest "
               f"tensor {largest / 2**20:.0f} MiB)",
-              ["run", "wall s", "peak RSS client MiB", "peak RSS workers MiB",
+              ["run", "wall s", "CPU s client; workers", "peak RSS client MiB", "peak RSS workers MiB",
                "growth over imports, x largest (client; workers)", "ratio", "sha256"])
     with tempfile.TemporaryDirectory(dir=os.environ.get("WP_SCALE_DIR")) as tmp:
         index = os.path.join(tmp, "model.safetensors.index.json")
@@ -132,7 +145,10 @@ def run(quick: bool) -> None:
             label = "1 process" if workers == 1 else f"LocalCluster, {workers} workers"
             grow = [(res["client_rss"] - res["client_base"]) / largest] + [
                 (p - b) / largest for p, b in zip(res["workers_rss"], res["workers_base"])]
-            t.add(label, res["wall"], res["client_rss"] / 2**20,
+            if res.get("replaced"):
+                label += f" ({len(res['replaced'])} worker address(es) changed: replaced mid-run)"
+            t.add(label, res["wall"], f"{res['client_cpu']:.0f}; {res['workers_cpu']:.0f}",
+                  res["client_rss"] / 2**20,
                   " ".join(f"{x / 2**20:.0f}" for x in res["workers_rss"]) or "-",
                   f"{grow[0]:.2f}" + ("; " + " ".join(f"{g:.2f}" for g in grow[1:]) if grow[1:] else ""),
                   res["ratio"], _sha(out))

@@ -129,6 +129,11 @@ class Orth {
   }
   int householder_count = 0;
 
+  // Frees the work buffers (a block of double rows each): they are sized again on next use.
+  void release() {
+    for (auto* v : {&yd_, &h_, &tau_, &work_}) std::vector<double>().swap(*v);
+  }
+
   // One more Cholesky-QR pass on y (r×c), and the same triangular factor applied to z (nz×c):
   // z ← z R⁻¹. Returns false when y had to be re-orthonormalised by Householder instead (z is
   // then stale).
@@ -589,6 +594,9 @@ class AdaptiveQB {
   void release_q() {
     for (auto& k : bl_) std::vector<T>().swap(k.q);
   }
+  void release_bt() {
+    for (auto& k : bl_) std::vector<T>().swap(k.bt);
+  }
 
   // Adds blocks until stop() is true or the basis is full.
   template <class Stop>
@@ -657,6 +665,7 @@ class AdaptiveQB {
       if (stop(*this, bl_.back().bt.data(), b)) break;
     }
     std::vector<T>().swap(t_);
+    orth_.release();  // not held through the final stage (issue 15)
   }
 
  private:
@@ -784,7 +793,9 @@ inline bool gram_eig(std::vector<double>&& g, std::int64_t l, std::vector<double
 }
 
 // The rank-r factors U = Q Z, Vt = S⁻¹ Zᵀ B from G's eigenpairs (w ascending, z l×l) and the
-// blocks (Q released once U is built, z on return).
+// blocks. Vt first, from B and z in double; then B and z are freed and U is built from Q and a
+// T copy of z's r wanted columns, and Q freed: each output is allocated once what it no longer
+// needs is gone (issue 15: Q, B, z and both outputs were held at once).
 template <class T>
 void gram_factors(AdaptiveQB<T>& qb, std::int64_t m, std::int64_t n, const std::vector<double>& w,
                   std::vector<double>&& z, std::int64_t r, OpFactors<T>& f) {
@@ -795,37 +806,38 @@ void gram_factors(AdaptiveQB<T>& qb, std::int64_t m, std::int64_t n, const std::
   if (r == 0) return;
   // singular triplet k is eigenpair l − 1 − k (column l − 1 − k of z)
   for (std::int64_t k = 0; k < r; ++k) f.s[sz(k)] = std::sqrt(std::max(w[sz(l - 1 - k)], 0.0));
-  f.u.assign(sz(m * r), T(0));
-  {
-    std::vector<T> zt(sz(r * l));  // row-major r×l, descending
-    for (std::int64_t k = 0; k < r; ++k)
-      for (std::int64_t i = 0; i < l; ++i)
-        zt[sz(k * l + i)] = static_cast<T>(z[sz((l - 1 - k) * l + i)]);
-    for (const auto& b : qb.basis())
-      gemm_rm_t<T>(false, true, m, r, b.b, T(1), b.q.data(), b.b, zt.data() + b.off, l, T(1),
-                   f.u.data(), r);
-  }
-  qb.release_q();  // (each output is allocated once what it replaces is gone)
   f.vt.assign(sz(r * n), T(0));
-  // Vt in double by chunks of B's columns, so that rows of Vt for small σ stay orthonormal;
-  // the r wanted eigenvectors are z's last r columns
-  const double* zr = z.data() + (l - r) * l;
-  const std::int64_t c = std::min(
-      n, std::clamp<std::int64_t>((std::int64_t(1) << 18) / std::max(l, r), 16, 512));
-  std::vector<double> d(sz(c * l)), v(sz(r * c));
-  for (std::int64_t j0 = 0; j0 < n; j0 += c) {
-    const std::int64_t j1 = std::min(n, j0 + c), h = j1 - j0;
-    bt_rows<T>(qb.basis(), l, j0, j1, d.data());
-    blas::gemm<double>('T', 'N', to_int(r), to_int(h), to_int(l), 1.0, zr, to_int(l), d.data(),
-                       to_int(l), 0.0, v.data(), to_int(r));
-    for (std::int64_t cc = 0; cc < r; ++cc) {
-      const std::int64_t k = r - 1 - cc;
-      const double inv = f.s[sz(k)] > 0.0 ? 1.0 / f.s[sz(k)] : 0.0;
-      for (std::int64_t j = 0; j < h; ++j)
-        f.vt[sz(k * n + j0 + j)] = static_cast<T>(v[sz(j * r + cc)] * inv);
+  {
+    // Vt in double by chunks of B's columns, so that rows of Vt for small σ stay orthonormal;
+    // the r wanted eigenvectors are z's last r columns
+    const double* zr = z.data() + (l - r) * l;
+    const std::int64_t c = std::min(
+        n, std::clamp<std::int64_t>((std::int64_t(1) << 18) / std::max(l, r), 16, 512));
+    std::vector<double> d(sz(c * l)), v(sz(r * c));
+    for (std::int64_t j0 = 0; j0 < n; j0 += c) {
+      const std::int64_t j1 = std::min(n, j0 + c), h = j1 - j0;
+      bt_rows<T>(qb.basis(), l, j0, j1, d.data());
+      blas::gemm<double>('T', 'N', to_int(r), to_int(h), to_int(l), 1.0, zr, to_int(l),
+                         d.data(), to_int(l), 0.0, v.data(), to_int(r));
+      for (std::int64_t cc = 0; cc < r; ++cc) {
+        const std::int64_t k = r - 1 - cc;
+        const double inv = f.s[sz(k)] > 0.0 ? 1.0 / f.s[sz(k)] : 0.0;
+        for (std::int64_t j = 0; j < h; ++j)
+          f.vt[sz(k * n + j0 + j)] = static_cast<T>(v[sz(j * r + cc)] * inv);
+      }
     }
   }
+  qb.release_bt();
+  std::vector<T> zt(sz(r * l));  // row-major r×l, descending
+  for (std::int64_t k = 0; k < r; ++k)
+    for (std::int64_t i = 0; i < l; ++i)
+      zt[sz(k * l + i)] = static_cast<T>(z[sz((l - 1 - k) * l + i)]);
   std::vector<double>().swap(z);
+  f.u.assign(sz(m * r), T(0));
+  for (const auto& b : qb.basis())
+    gemm_rm_t<T>(false, true, m, r, b.b, T(1), b.q.data(), b.b, zt.data() + b.off, l, T(1),
+                 f.u.data(), r);
+  qb.release_q();
 }
 
 // ‖(I − QQᵀ)A‖² in double, by chunks of A's columns (the measured part of the error when the

@@ -280,10 +280,23 @@ class Spectrum:
         kept = float(np.sum(self.s[:r].astype(np.float64) ** 2))
         return float(np.sqrt(max(0.0, self.total2 - kept) / self.total2))
 
-    def lowrank(self, r: int, layout: str, dtype: np.dtype) -> LowRank:
+    def lowrank(self, r: int, layout: str, dtype: np.dtype, consume: bool = False) -> LowRank:
+        """The rank-r factors. ``consume``: scaled in this spectrum's own arrays (the same
+        values as :meth:`LowRank.from_svd`, no copy of U and Vt; the spectrum is spent)."""
         if r > len(self.s):
             raise ValueError(f"rank {r} is more than the {len(self.s)} singular values computed")
-        return LowRank.from_svd(self.U[:, :r], self.s[:r], self.Vt[:r], layout, dtype=dtype)
+        if not consume or not (self.U.flags.writeable and self.Vt.flags.writeable):
+            return LowRank.from_svd(self.U[:, :r], self.s[:r], self.Vt[:r], layout, dtype=dtype)
+        root = np.sqrt(np.asarray(self.s[:r], dtype=np.float64))
+        U, Vt = self.U[:, :r], self.Vt[:r]
+        np.multiply(U, root.astype(U.dtype), out=U)
+        np.multiply(root.astype(Vt.dtype)[:, None], Vt, out=Vt)
+        self.U = self.Vt = None  # type: ignore[assignment]
+        return LowRank(U, Vt, layout, dtype if dtype is not None else U.dtype)
+
+    def head(self, r: int) -> "Spectrum":
+        """The first ``r`` singular triplets, copied (the full factors can then be freed)."""
+        return Spectrum(self.U[:, :r].copy(), self.s[:r].copy(), self.Vt[:r].copy(), self.total2)
 
 
 def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
@@ -317,7 +330,10 @@ def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
         R = _residual(Wa, L)
         keep = _keep_for_drop(R, allowed)
         if keep <= k or k >= Wa.size:
-            S = Sparse(prune(R, sparsity=1.0 - keep / max(1, R.size)), layout, dtype=od)
+            P = prune(R, sparsity=1.0 - keep / max(1, R.size))
+            del R  # (not held while the CSR arrays are narrowed)
+            S = Sparse(P, layout, dtype=od)
+            del P
             return store_as(SparsePlusLowRank(S, L), storage)  # type: ignore[return-value]
         k *= 2
 
@@ -384,7 +400,7 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     # holds W, the spectrum and two candidates, not every form at once (issue 15: 6x -> ~3x)
     best: CompressedMatrix | None = None
     best_key: tuple[int, float] | None = None
-    spec_kept: Spectrum | None = None
+    lr_rank: int | None = None  # the float low rank meeting the error (for the int8 factors)
     lr_bytes = 0
 
     def consider(c: CompressedMatrix) -> None:
@@ -431,26 +447,40 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
         else:
             spec = Spectrum.of(Wa, rank=min(min(Wa.shape), int(nb // per_rank)))
             r_full = len(spec.s)
-        if "lowrank" in forms:
-            consider(store_as(spec.lowrank(r_full, layout, od), storage))
-        if "sparse+lowrank" in forms:
-            for r in sorted({r_full // 8, r_full // 4, r_full // 2} - {0}):
-                consider(sparse_plus_low_rank(W, r, error=err, nbytes=nb, layout=layout,
-                                              spectrum=spec, iterations=slr_iterations,
-                                              storage=storage))
-        if LOWRANK_INT8 in forms and storage is None:
-            spec_kept, lr_bytes = spec, lowrank_nbytes(Wa.shape, r_full, isz)
+
+        def can_win(r: int) -> bool:
+            """Whether a form holding rank-r factors (their bytes, at least) can still replace
+            the best one: never for an error budget once those bytes reach the best's."""
+            if err is None or best_key is None:
+                return True
+            return lowrank_nbytes(Wa.shape, r, isz) < min(best_key[1], dense_bytes)
+
+        ranks = [r for r in sorted({r_full // 8, r_full // 4, r_full // 2} - {0}) if can_win(r)
+                 ] if "sparse+lowrank" in forms else []
+        # the sparse + low-rank candidates need the spectrum's first ranks only: a copy of
+        # those, so that the full spectrum becomes the low-rank candidate's own factors
+        # (scaled in place) and is gone once a better form is found (issue 15: memory)
+        head = spec.head(max(ranks)) if ranks else None
+        if "lowrank" in forms and can_win(r_full):
+            consider(store_as(spec.lowrank(r_full, layout, od, consume=True), storage))
         del spec
+        for r in ranks:
+            if can_win(r):
+                consider(sparse_plus_low_rank(W, r, error=err, nbytes=nb, layout=layout,
+                                              spectrum=head, iterations=slr_iterations,
+                                              storage=storage))
+        del head
+        if LOWRANK_INT8 in forms and storage is None:
+            lr_rank, lr_bytes = r_full, lowrank_nbytes(Wa.shape, r_full, isz)
     # int8 factors hold ~4x the rank of float32 ones in the same bytes, which roughly halves
     # low rank's error where the spectrum decays slowly: built for error budgets where low rank
     # came near the best form (its bytes within 3.5x). Not for byte budgets: the pipeline's
     # ratio search (its reachable-ratio bound, its steps) does not know this form yet.
-    if spec_kept is not None and best is not None and best_key is not None and err is not None and (
+    if lr_rank is not None and best is not None and best_key is not None and err is not None and (
             isinstance(best, LowRank) or lr_bytes <= 3.5 * best_key[1]):
-        if err is not None:  # a few more values than the float rank: int8 rounding costs some
-            r = len(spec_kept.s)
-            spec_kept = Spectrum.of(Wa, rank=min(min(Wa.shape), r + max(4, r // 8)))
-        consider(lowrank_int8(W, error=err, nbytes=nb, layout=layout, spectrum=spec_kept))
+        # a few more values than the float rank: int8 rounding costs some
+        spec = Spectrum.of(Wa, rank=min(min(Wa.shape), lr_rank + max(4, lr_rank // 8)))
+        consider(lowrank_int8(W, error=err, nbytes=nb, layout=layout, spectrum=spec))
     return dense if best is None else best
 
 
