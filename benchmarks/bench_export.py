@@ -3,7 +3,10 @@ in onnxruntime and PyTorch, at batch 1 and 32, same thread count.
 
 Architectures (tests/realmodels.py, built at run time with random weights, no downloads):
 transformers BERT, GPT-2, ViT, T5 (``WP_EXPORT_HIDDEN``, default 256, 4 layers, MLP 4x: the
-corpus's configs widened so layers are big enough to matter), the ResNet-18- and
+corpus's configs widened so layers are big enough to matter), ``bert-base``: BERT-base's
+shapes written by transformers from its config at run time (hidden 768, 12 heads, MLP 3072,
+vocabulary 30522; ``WP_EXPORT_BASE_LAYERS`` layers, default 4 of its 12; random weights),
+where weights, not onnxruntime's own ~10 MB, dominate resident memory; the ResNet-18- and
 MobileNetV3-style CNNs and the LSTM/GRU model in torch.nn, and a transformer-shaped MLP
 (``mlp``: residual blocks d -> 4d -> d). Keras MobileNetV2 is not here: onnxruntime needs a
 converter (tf2onnx) this project does not install, and it is not a PyTorch module.
@@ -12,7 +15,10 @@ Variants (containers from ``compress_model`` on the dense ``.onnx`` for onnxrunt
 dense ``.pt`` state dict for PyTorch; default rules: embeddings, norms and biases kept):
 ``int8`` (8-bit symmetric per channel, 4x on the compressed layers), ``int4g128`` (4-bit,
 groups of 128: about 7x), ``lowrank-int8`` (low rank with int8 factors, each layer 4x).
-ONNX: ``export_onnx`` (MatMulNBits with int8 activations, DequantizeLinear -> Conv), both dense
+ONNX: ``export_onnx`` with its defaults (``compute="fast"``: DynamicQuantizeMatMul for
+per-channel int8, one per group or MatMulNBits for int4 groups as timed, convs and LSTMs
+quantized only where timed no slower; its output check makes the layers that put the outputs
+beyond the container's stated error compensate their rounding), both dense
 and exported models with their weights in a ``.data`` file beside the graph (onnxruntime maps
 it); PyTorch: ``weightpress.torch.load_into`` into the module built with its parameters on the
 meta device (so the dense weights are never allocated for the compressed variants).
@@ -22,7 +28,11 @@ Each figure comes from its own process (fresh interpreter per model and runtime)
 model loaded and run at batch 1 (VmHWM, reset after the imports; ru_maxrss where that cannot be
 reset; batch 32's activations are left out of it), file size; and the output's
 relative L2 difference at batch 1 against the dense model and against the container's own
-dense decode run in the same runtime (what the container says the model computes).
+dense decode run in the same runtime (what the container says the model computes), next to
+the container's stated error (its largest per-tensor relative error,
+:mod:`weightpress.model.export_check`), which the export's own check holds the outputs to
+("N more exact (check)": layers the check made compensate their activation rounding or
+compute in float).
 
 Environment: ``WP_EXPORT_ARCHS`` (comma list; default all), ``WP_EXPORT_THREADS`` (1),
 ``WP_EXPORT_HIDDEN`` (256), ``WP_EXPORT_REPS`` (20), ``WP_EXPORT_VARIANTS`` (comma list).
@@ -46,8 +56,8 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 QUICK = os.environ.get("WP_BENCH_QUICK", "") not in ("", "0")
-ARCHS = ("mlp", "bert", "gpt2", "vit", "t5", "resnet", "mobilenet_v3", "lstm")
-TRANSFORMERS = ("bert", "gpt2", "vit", "t5", "mlp")
+ARCHS = ("mlp", "bert", "gpt2", "vit", "t5", "bert-base", "resnet", "mobilenet_v3", "lstm")
+TRANSFORMERS = ("bert", "gpt2", "vit", "t5", "bert-base", "mlp")
 # label -> (method, options, error): a size option, or a per-layer ratio option (the error
 # only satisfies compress_model's "ratio or error" check: the rule's ratio sets each budget)
 # embedding tables (and GPT-2's position table) quantized per row at 8 bits in every variant
@@ -90,11 +100,20 @@ def _hidden() -> int:
     return int(os.environ.get("WP_EXPORT_HIDDEN", 64 if QUICK else 256))
 
 
+def _base_layers() -> int:
+    return int(os.environ.get("WP_EXPORT_BASE_LAYERS", 4))
+
+
 def _hf_config(name: str):
     from transformers import BertConfig, GPT2Config, T5Config, ViTConfig
     h, L = _hidden(), 1 if QUICK else 4
     heads = max(1, h // 64)
     return {
+        # BERT-base's shapes (hidden 768, 12 heads, MLP 3072, its 30522-token vocabulary and
+        # 512 positions), fewer layers (WP_EXPORT_BASE_LAYERS, default 4) to keep the run short
+        "bert-base": lambda: BertConfig(vocab_size=30522, hidden_size=768,
+                                        num_hidden_layers=_base_layers(), num_attention_heads=12,
+                                        intermediate_size=3072, max_position_embeddings=512),
         "bert": lambda: BertConfig(vocab_size=2048, hidden_size=h, num_hidden_layers=L,
                                    num_attention_heads=heads, intermediate_size=4 * h,
                                    max_position_embeddings=128),
@@ -111,9 +130,9 @@ def _hf_config(name: str):
 def _module(name: str):
     """A fresh module (weights initialised by the constructor) with positional inputs."""
     import torch
-    if name in ("bert", "gpt2", "vit", "t5"):
+    if name in ("bert", "gpt2", "vit", "t5", "bert-base"):
         import transformers as tr
-        cls = {"bert": tr.BertModel, "gpt2": tr.GPT2LMHeadModel, "vit": tr.ViTModel,
+        cls = {"bert": tr.BertModel, "bert-base": tr.BertModel, "gpt2": tr.GPT2LMHeadModel, "vit": tr.ViTModel,
                "t5": tr.T5ForConditionalGeneration}[name]
         keys = {"vit": ("pixel_values",), "t5": ("input_ids", "decoder_input_ids")}.get(name, ("input_ids",))
 
@@ -152,6 +171,8 @@ def _inputs(name: str, batch: int) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     if name in ("bert", "gpt2"):
         return [rng.integers(0, 2048, (batch, 32)).astype(np.int64)]
+    if name == "bert-base":
+        return [rng.integers(0, 30522, (batch, 32)).astype(np.int64)]
     if name == "t5":
         return [rng.integers(0, 2048, (batch, 32)).astype(np.int64),
                 rng.integers(0, 2048, (batch, 8)).astype(np.int64)]
@@ -326,7 +347,8 @@ def _files(name: str, work: pathlib.Path, variants: list[str]) -> dict:
         f.update(ort=out, torch=f["torch_wpz"], ort_bytes=_size(out), ref=ref,
                  torch_bytes=f["torch_wpz"].stat().st_size,
                  how=sorted({r.how.split(" (")[0] for r in rows if r.form != "dense"}),
-                 dense_layers=sum(r.how == "dense" and r.form != "dense" for r in rows))
+                 dense_layers=sum(r.how == "dense" and r.form != "dense" for r in rows),
+                 checked=sum("stated error" in r.note for r in rows))
         files[v] = f
     return files
 
@@ -401,7 +423,8 @@ def run(quick: bool = False) -> None:
                     y_ref = realmodels._ort(str(f["ref"]), feed)
                     diffs = (f"{_rel(y, dense_y):.2e}", f"{_rel(y, y_ref):.2e}",
                              f"{f['stated_error']:.2e}",
-                             "+".join(f["how"]) + (f", {f['dense_layers']} dense" if f["dense_layers"] else ""))
+                             "+".join(f["how"]) + (f", {f['dense_layers']} dense" if f["dense_layers"] else "")
+                             + (f", {f['checked']} more exact (check)" if f["checked"] else ""))
                 t.add(name, v, mb("ort"), cell("ort", "b1", 1e3), cell("ort", "b32", 1e3),
                       cell("ort", "peak_mb"), cell("ort", "model_mb"), mb("torch"), cell("torch", "b1", 1e3),
                       cell("torch", "b32", 1e3), cell("torch", "peak_mb"), *diffs)

@@ -19,7 +19,9 @@ from .._optional import require
 from ..io import save_model
 from ..io.structure import write_from_skeleton
 from .container import Container
-from .export_onnx import _feed, best_time, export_onnx
+from ..io.onnx_graph import _load_proto
+from .export_check import sample_feed
+from .export_onnx import best_time, export_onnx
 
 __all__ = ["ModelTiming", "time_onnx_model", "best_time"]
 
@@ -76,9 +78,10 @@ def time_onnx_model(container: str | os.PathLike[str] | Container,
                         exported_bytes=os.path.getsize(out),
                         compressed_layers=sum(r.compressed for r in rows),
                         dense_layers=sum(r.form != "dense" and not r.compressed for r in rows))
+        graph = _load_proto(dense, external=False).graph
         for path, into in ((dense, t.dense), (out, t.exported)):
             sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
             for b in batches:
-                into[b] = best_time(functools.partial(sess.run, None, _feed(sess, b)), reps)
+                into[b] = best_time(functools.partial(sess.run, None, sample_feed(sess, b, graph)), reps)
             sess = None  # the dense session's memory is given back before the exported one loads
     return t
