@@ -75,7 +75,7 @@ def test_kept_statistics_write_the_same_file_and_compute_h_once(model, tmp_path,
         return real(cls, X, **k)
 
     monkeypatch.setattr(CalibrationStats, "from_inputs", classmethod(counting))
-    cal = CalibrationSet(cp)
+    cal = CalibrationSet(cp, keep_bytes=512 << 20)  # opted in (the default keeps none: memory)
     _compress(mp, out1, cal)
     assert len(made) == 12  # three tries, one H per layer
     with open(out0, "rb") as a, open(out1, "rb") as b:

@@ -205,14 +205,14 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 
 
 
 def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool = True,
-                     block: int = 1 << 18) -> tuple[float, float]:
+                     block: int = 1 << 17) -> tuple[float, float]:
     """``(tr(D H Dᵀ), tr(W H Wᵀ))`` with ``D = W − Ŵ`` (the second 0.0 unless ``with_den``),
     float64. ``H`` is converted a block of at most ``4 · block`` values (whole columns: all of
     ``H`` up to 1024 inputs) at a time, once per call, and each such block meets every row
     block of ``D`` (``block`` values;
     rows of ``Ŵ`` are decoded again per column block, which costs less than converting ``H``
     again per row block did: that made this pass a product of many small GEMMs). Memory: float64
-    blocks of ``5 · block`` values and their product (10 MiB by default), at any size."""
+    blocks of ``5 · block`` values and their product (5 MiB by default), at any size."""
     num = den = 0.0
     rows, n_in = Wa.shape
     step = max(1, min(rows, block // max(1, n_in)))
@@ -230,8 +230,14 @@ def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool =
     return num, den
 
 
-# bytes of statistics (and their cached factors) a CalibrationSet keeps across visits
-KEEP_BYTES = 512 << 20
+# bytes of statistics (and their cached factors) a CalibrationSet keeps across visits, by
+# default none: kept, a layer's H and the factors of H the data-aware methods then keep beside
+# it (instead of factoring H in place) take 1-2x the largest tensor each, and the calibrated
+# methods' peak went from under 3x the largest tensor to 4.6-10x (benchmarks/bench_memory.py,
+# issue 15), for 10-15 % of a MiniLM-sized calibrated search's time (issue 13: 13.5 s -> 11.4 s
+# at --ratio 4, 25.0 s -> 22.6 s with --allocate, quiet). A user with memory to spare opts in:
+# CalibrationSet(..., keep_bytes=N) or $WP_CALIBRATION_KEEP_MB.
+KEEP_BYTES = 0
 
 
 def _held_bytes(x: Any, depth: int = 0) -> int:
