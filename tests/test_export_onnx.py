@@ -1,5 +1,7 @@
 """weightpress.model.export_onnx: containers back into ONNX graphs that run compressed."""
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -212,6 +214,24 @@ def test_quant_in_the_wrong_orientation_goes_dense(tmp_path):
     np.testing.assert_allclose(_run(tmp_path / "o.onnx", x), _run(ref, x), rtol=1e-4, atol=1e-4)
 
 
+def test_cli_export_prints_the_output_check(tmp_path, block, capsys):
+    # int8 layers round their activations: the check measures the exported outputs against
+    # the container's computation and prints both figures; --no-check skips it
+    like, _ = block
+    wpz = tmp_path / "q.wpz"
+    assert main(["compress", str(like), "-o", str(wpz), "--method", "quant", "--ratio", "3.5"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(wpz), "-o", str(tmp_path / "q.onnx"), "--like", str(like)]) == 0
+    text = capsys.readouterr().out
+    line = next(t for t in text.splitlines() if t.startswith("outputs vs the container"))
+    measured, stated = (float(v) for v in re.findall(r"(\d\.\d+e[-+]\d+)", line))
+    assert 0 <= measured <= stated
+    assert main(["export", str(wpz), "-o", str(tmp_path / "nc.onnx"), "--like", str(like),
+                 "--no-check", "--group-quant", "nbits"]) == 0
+    out = capsys.readouterr().out
+    assert "outputs vs the container" not in out and "nothing to check" not in out
+
+
 def test_cli_export(tmp_path, block, capsys):
     like, weights = block
     wpz = tmp_path / "m.wpz"
@@ -221,6 +241,8 @@ def test_cli_export(tmp_path, block, capsys):
     assert main(["export", str(wpz), "-o", str(out), "--like", str(like)]) == 0
     text = capsys.readouterr().out
     assert "2 MatMul" in text and f"wrote {out}" in text
+    # low rank computes in float: nothing for the output check to measure, and it says so
+    assert "no layer rounds its activations" in text
     ext = tmp_path / "ext.onnx"
     assert main(["export", str(wpz), "-o", str(ext), "--like", str(like), "--external-data"]) == 0
     assert (tmp_path / "ext.onnx.data").stat().st_size > ext.stat().st_size

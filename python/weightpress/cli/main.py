@@ -195,6 +195,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="LSTMs with quantized weights: DynamicQuantizeLSTM (faster for wide "
                         "LSTMs, slower for narrow ones), dense, or auto (default: timed as "
                         "--conv-quant)")
+    x.add_argument("--group-quant", choices=["auto", "int8", "nbits"], default="auto",
+                   help="group-quantized MatMuls: one integer MatMul per group (faster at batch "
+                        "32, a byte per code), MatMulNBits (packed codes), or auto (default: timed "
+                        "both ways)")
+    x.add_argument("--no-check", action="store_true",
+                   help="skip the output check (by default the exported model runs beside the "
+                        "container's computation on sample inputs, and layers whose integer "
+                        "kernels put the outputs beyond the container's stated error compute "
+                        "more exactly)")
     x.add_argument("--external-data", action="store_true",
                    help="weights in OUTPUT.data beside the graph (less resident memory in "
                         "onnxruntime; no 2 GB limit)")
@@ -366,9 +375,16 @@ def _cmd_export(a: argparse.Namespace) -> int:
     _check_output(a.output, a.file, *([a.like] if a.like else []))
     rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast",
                        external_data=a.external_data, conv_quant=a.conv_quant,
-                       lstm_quant=a.lstm_quant)
+                       lstm_quant=a.lstm_quant, group_quant=a.group_quant,
+                       check=not a.no_check)
     for r in rows:
         print(f"{printable(r.name):<32} {r.form:<15} {r.how:<40} {human(r.nbytes):>9}  {r.note}")
+    if rows.output_error is not None:
+        print(f"outputs vs the container's computation (sample inputs): {rows.output_error:.2e} "
+              f"(stated error {rows.stated_error:.2e})")
+    elif not a.no_check:
+        print("outputs: no layer rounds its activations (float products, as the container "
+              "computes), nothing to check")
     done = sum(r.compressed for r in rows)
     print(f"wrote {a.output}: {done} of {len(rows)} tensors run compressed, "
           f"{human(sum(r.nbytes for r in rows))} of weights (dense: {human(sum(r.dense_nbytes for r in rows))})")

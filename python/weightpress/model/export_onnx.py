@@ -956,7 +956,7 @@ def _probes(graph: Any, names: list[str]) -> dict[str, list[tuple[str, str]]]:
 def _check_outputs(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
                    compute: str, block_size: int | None, modes: dict[str, str],
                    inputs: Mapping[str, np.ndarray] | None
-                   ) -> tuple[dict[str, tuple[str, str]], tuple[float, float]]:
+                   ) -> tuple[dict[str, tuple[str, str]], tuple[float, float] | None]:
     """The layers that must compute more exactly so that the exported model's outputs stay
     within the container's stated error of its computation, ``{tensor: (compute, why)}``,
     and ``(output error, stated error)`` of the model that results.
@@ -993,8 +993,8 @@ def _check_outputs(c: Container, output: str | os.PathLike[str], like: str | os.
 
         p0, rows = export({}, "asked")
         cands = [r.name for r in rows if "activations" in r.how]
-        if not cands:
-            return {}, (float("nan"), stated)
+        if not cands:  # nothing rounds activations: float products, nothing measured
+            return {}, None
         want = [i.name for i in session(p0).get_inputs()]
         if inputs is not None:
             missing = [n for n in want if n not in inputs]
