@@ -208,7 +208,7 @@ def test_float16_model_stays_float16(tmp_path):
 def test_float16_values_for_a_float32_model(tmp_path):
     p, t = _model(tmp_path)
     with open_source(p) as src:
-        a = compress_model(src, tmp_path / "a.wpz", ratio=2, method="lowrank")
+        compress_model(src, tmp_path / "a.wpz", ratio=2, method="lowrank")
         b = compress_model(src, tmp_path / "b.wpz", ratio=2, method="lowrank", value_dtype="float16")
         with pytest.raises(ValueError, match="value_dtype"):
             compress_model(src, tmp_path / "c.wpz", ratio=3, value_dtype="int8")

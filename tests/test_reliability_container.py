@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from weightpress.compression.matrices import Dense
-from weightpress.io import FormatError, open_model
+from weightpress.io import FormatError
 from weightpress.io.safetensors import write_safetensors
 from weightpress.model.container import Container, ContainerWriter, verify
 from weightpress.compression import methods as M

@@ -290,7 +290,7 @@ def test_safetensors_header_of_many_empty_tensors_stays_near_file_size(tmp_path)
     finally:
         tracemalloc.stop()
     assert len(info) == n and info[f"model.layers.{n - 1}.attention.some_long_name.weight"].shape == (0, 64)
-    assert m[f"model.layers.7.attention.some_long_name.weight"].shape == (0, 64)
+    assert m["model.layers.7.attention.some_long_name.weight"].shape == (0, 64)
     assert held < 5 * size, f"held {held / size:.1f}x the file"
     assert peak < 8 * size, f"peak {peak / size:.1f}x the file"
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import weightpress as wp
 from conftest import EPS
-from strategies import csr_matrices, dense_arrays, finite
+from strategies import csr_matrices, dense_arrays
 
 # ----------------------------------------------------------------------------- prune
 

@@ -684,7 +684,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         No ``like`` and no ONNX graph in the container, a ``like`` that does not hold the container's tensors (name or shape),
         a bad ``compute`` or ``block_size``, or a result over 2 GB.
     """
-    onnx = require("onnx", "exporting to ONNX")
+    require("onnx", "exporting to ONNX")  # fails early, naming the missing package
     if compute not in COMPUTE:
         raise ValueError(f"compute: expected 'fast', 'block' or 'exact', got {compute!r}")
     if block_size is not None and (isinstance(block_size, bool) or block_size not in (16, 32, 64, 128, 256)):
