@@ -40,3 +40,21 @@ def rtn_quant(W, bits=4, group=0, symmetric=True, layout="out_in"):
     q = quantize(np.asarray(W, dtype=np.float32), bits, group or None, symmetric=symmetric,
                  layout=layout)
     return q, np.ascontiguousarray(q.toarray())
+
+
+def twelve_layer_model(tmp_path):
+    """Twelve small layers of three widths (64 x 48/64/80, float32) and their calibration
+    inputs, written as safetensors; one ratio for all of them jumps over a target both ways,
+    so the ratio search needs its three tries. Returns (model path, calibration path)."""
+    from weightpress.io.safetensors import write_safetensors
+
+    rng = np.random.default_rng(5)
+    W, X = {}, {}
+    for i in range(12):
+        n_in = 48 + 16 * (i % 3)
+        W[f"l{i}.weight"] = (rng.standard_normal((64, n_in)) / 8).astype(np.float32)
+        X[f"l{i}.weight"] = correlated_inputs(rng, 200, n_in).astype(np.float32)
+    mp, cp = str(tmp_path / "m.safetensors"), str(tmp_path / "c.safetensors")
+    write_safetensors(mp, W)
+    write_safetensors(cp, X)
+    return mp, cp

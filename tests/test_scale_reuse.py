@@ -5,7 +5,7 @@ retries (and the allocation's budgets) reuse each precision's measured error."""
 import numpy as np
 import pytest
 
-from helpers import correlated_inputs
+from helpers import correlated_inputs, twelve_layer_model
 from weightpress.compression import aware as A
 from weightpress.compression import quant as Q
 from weightpress.compression.aware import compress_aware, layer_error
@@ -166,18 +166,9 @@ def test_ratio_search_mixes_budgets_when_one_ratio_for_all_jumps_over_the_target
     """Quantized layers move in steps of a precision: the ratio search brackets the target
     and then builds each layer at one side of the bracket, which reaches the window."""
     import weightpress.model.compress as mc
-    from weightpress.io.safetensors import write_safetensors
     from weightpress.model.compress import compress_model, open_source
 
-    rng = np.random.default_rng(5)
-    W, X = {}, {}
-    for i in range(12):
-        n_in = 48 + 16 * (i % 3)
-        W[f"l{i}.weight"] = (rng.standard_normal((64, n_in)) / 8).astype(np.float32)
-        X[f"l{i}.weight"] = correlated_inputs(rng, 200, n_in).astype(np.float32)
-    mp, cp = str(tmp_path / "m.safetensors"), str(tmp_path / "c.safetensors")
-    write_safetensors(mp, W)
-    write_safetensors(cp, X)
+    mp, cp = twelve_layer_model(tmp_path)
     tries = []
     real = mc.execute
 

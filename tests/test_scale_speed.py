@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers import correlated_inputs
+from helpers import correlated_inputs, twelve_layer_model
 from weightpress.compression import methods as M
 from weightpress.compression.calibration import CalibrationSet, CalibrationStats, _held_bytes
 from weightpress.compression.matrices import fro2
@@ -18,18 +18,7 @@ from weightpress.compression.matrices import fro2
 def model(tmp_path):
     """Twelve small layers of three widths with calibration inputs (the ratio search needs
     three tries on them: one ratio for all jumps over the target both ways)."""
-    from weightpress.io.safetensors import write_safetensors
-
-    rng = np.random.default_rng(5)
-    W, X = {}, {}
-    for i in range(12):
-        n_in = 48 + 16 * (i % 3)
-        W[f"l{i}.weight"] = (rng.standard_normal((64, n_in)) / 8).astype(np.float32)
-        X[f"l{i}.weight"] = correlated_inputs(rng, 200, n_in).astype(np.float32)
-    mp, cp = str(tmp_path / "m.safetensors"), str(tmp_path / "c.safetensors")
-    write_safetensors(mp, W)
-    write_safetensors(cp, X)
-    return mp, cp
+    return twelve_layer_model(tmp_path)
 
 
 def _compress(mp, out, cal, **kw):
