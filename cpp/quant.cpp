@@ -36,6 +36,23 @@ inline unsigned get_code(const std::uint8_t* row, std::int64_t j, int bits, std:
   return (v >> (bit & 7)) & ((1u << bits) - 1u);
 }
 
+// One packed row's codes, one per byte (8 and 4 bits as byte loops, which vectorize).
+inline void unpack_row(const std::uint8_t* in, std::uint8_t* __restrict c, std::int64_t cols, int bits,
+                       std::int64_t row_bytes) {
+  if (bits == 8) {
+    std::memcpy(c, in, static_cast<size_t>(cols));
+  } else if (bits == 4) {
+    const std::int64_t h = cols / 2;
+    for (std::int64_t k = 0; k < h; ++k) {
+      c[2 * k] = static_cast<std::uint8_t>(in[k] & 15u);
+      c[2 * k + 1] = static_cast<std::uint8_t>(in[k] >> 4);
+    }
+    if (cols & 1) c[cols - 1] = static_cast<std::uint8_t>(in[h] & 15u);
+  } else {
+    for (std::int64_t j = 0; j < cols; ++j) c[j] = static_cast<std::uint8_t>(get_code(in, j, bits, row_bytes));
+  }
+}
+
 inline float group_zero(const std::uint8_t* zeros, std::int64_t idx, const QuantSpec& spec) {
   return spec.symmetric ? static_cast<float>(1 << (spec.bits - 1)) : static_cast<float>(zeros[idx]);
 }
@@ -99,22 +116,7 @@ void quant_unpack(std::int64_t rows, std::int64_t cols, int bits, const std::uin
   const std::int64_t rb = quant_row_bytes(cols, bits);
   const int nt = threads_for(rows * cols, n_threads, kGrainIndexScan);  // a byte scan
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const std::uint8_t* in = packed + r * rb;
-    std::uint8_t* c = codes + r * cols;
-    if (bits == 8) {
-      std::memcpy(c, in, static_cast<size_t>(cols));
-    } else if (bits == 4) {
-      const std::int64_t h = cols / 2;
-      for (std::int64_t k = 0; k < h; ++k) {
-        c[2 * k] = static_cast<std::uint8_t>(in[k] & 15u);
-        c[2 * k + 1] = static_cast<std::uint8_t>(in[k] >> 4);
-      }
-      if (cols & 1) c[cols - 1] = static_cast<std::uint8_t>(in[h] & 15u);
-    } else {
-      for (std::int64_t j = 0; j < cols; ++j) c[j] = static_cast<std::uint8_t>(get_code(in, j, bits, rb));
-    }
-  }
+  for (std::int64_t r = 0; r < rows; ++r) unpack_row(packed + r * rb, codes + r * cols, cols, bits, rb);
 }
 
 template <class T>
@@ -164,20 +166,8 @@ void quant_dequantize(std::int64_t rows, std::int64_t cols, const std::uint8_t* 
     std::vector<std::uint8_t> c(static_cast<size_t>(cols));
 #pragma omp for schedule(static)
     for (std::int64_t r = 0; r < rows; ++r) {
-      const std::uint8_t* in = packed + r * rb;
-      std::uint8_t* __restrict cr = c.data();
-      if (spec.bits == 8) {
-        std::memcpy(cr, in, static_cast<size_t>(cols));
-      } else if (spec.bits == 4) {
-        const std::int64_t h = cols / 2;
-        for (std::int64_t k = 0; k < h; ++k) {
-          cr[2 * k] = static_cast<std::uint8_t>(in[k] & 15u);
-          cr[2 * k + 1] = static_cast<std::uint8_t>(in[k] >> 4);
-        }
-        if (cols & 1) cr[cols - 1] = static_cast<std::uint8_t>(in[h] & 15u);
-      } else {
-        for (std::int64_t j = 0; j < cols; ++j) cr[j] = static_cast<std::uint8_t>(get_code(in, j, spec.bits, rb));
-      }
+      const std::uint8_t* __restrict cr = c.data();
+      unpack_row(packed + r * rb, c.data(), cols, spec.bits, rb);
       T* __restrict o = out + r * cols;
       for (std::int64_t gi = 0; gi < ng; ++gi) {
         const T s = static_cast<T>(half_to_float(load_half(scales + r * ng + gi)));
