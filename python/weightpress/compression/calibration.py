@@ -179,7 +179,7 @@ def _rows_of(M: Any, r0: int, r1: int) -> np.ndarray:
     return np.asarray(M[r0:r1])
 
 
-def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 18) -> float:
+def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 17) -> float:
     """Relative output-space error ``‖XWᵀ − XŴᵀ‖_F / ‖XWᵀ‖_F`` from the statistics alone.
 
     ``W_hat`` is an array or a compressed matrix (decoded a block of rows at a time when it is
