@@ -60,17 +60,45 @@ void csr_matmat(py::array ip_, py::array ix_, py::array dt_, std::int64_t rows, 
 
 // Magnitude pruning: W is any strided 2-D float array. Returns (data, indices, indptr) with
 // the index width wp::csr_fits_int32 picks.
+// The element view of a strided 2-D float array for the pruning kernels.
+template <class T>
+struct PruneView {
+  std::int64_t rows, cols, rs, cs;
+  const T* w;
+};
+
+template <class T>
+PruneView<T> prune_view(const py::array& w_) {
+  if (w_.ndim() != 2) throw wp::ShapeError("prune: W must be 2-D");
+  const auto isz = static_cast<py::ssize_t>(sizeof(T));
+  if (w_.strides(0) % isz != 0 || w_.strides(1) % isz != 0)
+    throw py::type_error("prune: W strides must be multiples of the item size");
+  return {w_.shape(0), w_.shape(1), w_.strides(0) / isz, w_.strides(1) / isz,
+          static_cast<const T*>(w_.data())};
+}
+
+// The count pass alone: each row's kept entries as a CSR indptr (int64), without the arrays.
+py::array_t<std::int64_t> prune_row_counts(py::array w_, const wp::PruneSpec& spec, int n_threads) {
+  check_threads(n_threads);
+  return dispatch_real(w_.dtype(), [&](auto t) -> py::array_t<std::int64_t> {
+    using T = typename decltype(t)::type;
+    const PruneView<T> v = prune_view<T>(w_);
+    wp::PruneState state;
+    py::array_t<std::int64_t> indptr(v.rows + 1);
+    std::int64_t* ip = indptr.mutable_data();
+    py::gil_scoped_release nogil;
+    wp::prune_count<T>(v.rows, v.cols, v.w, v.rs, v.cs, spec, state, ip, n_threads);
+    return indptr;
+  });
+}
+
 py::tuple prune(py::array w_, const wp::PruneSpec& spec, int n_threads) {
   check_threads(n_threads);
   return dispatch_real(w_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
-    if (w_.ndim() != 2) throw wp::ShapeError("prune: W must be 2-D");
-    const auto isz = static_cast<py::ssize_t>(sizeof(T));
-    if (w_.strides(0) % isz != 0 || w_.strides(1) % isz != 0)
-      throw py::type_error("prune: W strides must be multiples of the item size");
-    const std::int64_t rows = w_.shape(0), cols = w_.shape(1);
-    const std::int64_t rs = w_.strides(0) / isz, cs = w_.strides(1) / isz;
-    const T* w = static_cast<const T*>(w_.data());
+    const PruneView<T> v = prune_view<T>(w_);
+    const std::int64_t rows = v.rows, cols = v.cols, rs = v.rs, cs = v.cs;
+    const T* w = v.w;
     wp::PruneState state;
     py::array_t<std::int64_t> indptr64(rows + 1);
     std::int64_t* ip = indptr64.mutable_data();
@@ -118,6 +146,9 @@ void bind_sparse(py::module_& m) {
       .def_readwrite("keep", &wp::PruneSpec::keep)
       .def_readwrite("n", &wp::PruneSpec::n)
       .def_readwrite("m", &wp::PruneSpec::m);
+  m.def("prune_row_counts", &prune_row_counts,
+        "prune's count pass alone: the CSR indptr (int64) of what it keeps.", "w"_a.noconvert(), "spec"_a,
+        "n_threads"_a);
   m.def("prune", &prune, "Magnitude pruning of a strided 2-D array to CSR (data, indices, indptr).",
         "w"_a.noconvert(), "spec"_a, "n_threads"_a);
 }

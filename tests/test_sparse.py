@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import weightpress as wp
@@ -449,3 +449,28 @@ def test_read_probe_is_xor_of_words():
     a = np.random.default_rng(1).integers(0, 2**63, 100_003, dtype=np.uint64)
     assert _core.read_probe(a, 1) == _core.read_probe(a, 2) == int(np.bitwise_xor.reduce(a))
     assert 0 <= _core.isa_level() <= 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(1, 4), st.integers(0, 3),
+       st.sampled_from([np.float32, np.float64]), st.data())
+def test_prune_by_row_blocks_keeps_what_prune_keeps(rows, cols, block, levels, dt, data):
+    # prune_row_counts (the count pass alone) then each block of rows pruned to its share:
+    # the same entries as one prune of the whole matrix, ties (few distinct magnitudes, signs,
+    # zeros) in row-major order included - what sparse_quantize relies on to hold one block
+    from weightpress.linalg.sparse import prune, prune_keep, prune_row_counts
+
+    vals = data.draw(st.lists(st.integers(-levels, levels), min_size=rows * cols,
+                              max_size=rows * cols))
+    W = np.array(vals, dtype=dt).reshape(rows, cols)
+    keep = data.draw(st.integers(0, rows * cols))
+    ref = prune(W, sparsity=(W.size - keep) / W.size).toarray()
+    ptr = prune_row_counts(W, keep)
+    assert ptr.dtype == np.int64 and ptr[0] == 0 and ptr[-1] == np.count_nonzero(ref)
+    got = np.zeros_like(W)
+    for r0 in range(0, rows, block):
+        r1 = min(rows, r0 + block)
+        d, i, p = prune_keep(W[r0:r1], int(ptr[r1] - ptr[r0]))
+        np.testing.assert_array_equal(np.asarray(p), ptr[r0:r1 + 1] - ptr[r0])
+        got[r0:r1] = sp.csr_array((d, i, p), shape=(r1 - r0, cols)).toarray()
+    np.testing.assert_array_equal(got, ref)

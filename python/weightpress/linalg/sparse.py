@@ -57,6 +57,34 @@ def _parse_pattern(pattern: Any) -> tuple[int, int]:
     return n, mm
 
 
+def prune_row_counts(W: np.ndarray, keep: int, n_threads: int | None = None) -> np.ndarray:
+    """Each row's count of the ``keep`` largest magnitudes of ``W`` (2-D float, ties in
+    row-major order, zeros never kept), as a CSR ``indptr`` (int64): :func:`prune`'s first
+    pass without its arrays. Pruning a block of rows to its share of this (:func:`prune_keep`)
+    keeps exactly the entries :func:`prune` keeps there."""
+    spec = _core.PruneSpec()
+    spec.mode, spec.keep = _core.PruneSpec.Mode.keep, int(keep)
+    return _core.prune_row_counts(_strided_float(W), spec, _resolve(n_threads))
+
+
+def prune_keep(W: np.ndarray, keep: int, n_threads: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CSR arrays ``(data, indices, indptr)`` of the ``keep`` largest magnitudes of ``W``
+    (as :func:`prune` with that count, without the scipy wrapper)."""
+    spec = _core.PruneSpec()
+    spec.mode, spec.keep = _core.PruneSpec.Mode.keep, int(keep)
+    return _core.prune(_strided_float(W), spec, _resolve(n_threads))
+
+
+def _strided_float(W: Any) -> np.ndarray:
+    Wa = as_float_array(W, "W")
+    if Wa.ndim != 2:
+        raise ValueError(f"W: expected a 2-D array, got {Wa.ndim}-D with shape {Wa.shape}")
+    if any(s % Wa.itemsize for s in Wa.strides):
+        Wa = np.ascontiguousarray(Wa)
+    return Wa
+
+
 def prune(W: Any, sparsity: float | None = None, threshold: float | None = None,
           pattern: str | tuple[int, int] | None = None, *, n_threads: int | None = None) -> sp.csr_array:
     """Magnitude pruning of a 2-D array straight to a CSR array.
@@ -117,11 +145,7 @@ def prune(W: Any, sparsity: float | None = None, threshold: float | None = None,
     given = [v is not None for v in (sparsity, threshold, pattern)]
     if sum(given) != 1:
         raise ValueError("prune: give exactly one of sparsity, threshold and pattern")
-    Wa = as_float_array(W, "W")
-    if Wa.ndim != 2:
-        raise ValueError(f"W: expected a 2-D array, got {Wa.ndim}-D with shape {Wa.shape}")
-    if any(s % Wa.itemsize for s in Wa.strides):
-        Wa = np.ascontiguousarray(Wa)
+    Wa = _strided_float(W)
     n = _resolve(n_threads)
     spec = _core.PruneSpec()
     if sparsity is not None:
