@@ -39,6 +39,7 @@ inline unsigned get_code(const std::uint8_t* row, std::int64_t j, int bits, std:
 // One packed row's codes, one per byte (8 and 4 bits as byte loops, which vectorize).
 inline void unpack_row(const std::uint8_t* in, std::uint8_t* __restrict c, std::int64_t cols, int bits,
                        std::int64_t row_bytes) {
+  if (cols <= 0) return;  // (memcpy of nothing from a null row is still undefined: UBSan)
   if (bits == 8) {
     std::memcpy(c, in, static_cast<size_t>(cols));
   } else if (bits == 4) {
