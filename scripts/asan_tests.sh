@@ -45,13 +45,16 @@ status=0
 LD_PRELOAD="$asan_rt $cxx_rt" \
 ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:detect_odr_violation=0:log_path=$logdir/asan" \
 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$logdir/ubsan" \
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider "${files[@]}" \
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider --capture=sys "${files[@]}" \
       -W "ignore::DeprecationWarning" \
       --deselect tests/test_threads_blas.py::test_default_honours_omp_num_threads \
       2>&1 | tee "$log" || status=$?
 # (deselected: it starts a child interpreter with an emptied environment, so without the
 # LD_PRELOAD the sanitized extension refuses to load; the normal test run covers it)
-reports=$(cat "$logdir"/* 2>/dev/null | grep -cE "ERROR: AddressSanitizer|runtime error:|CHECK failed|ERROR: LeakSanitizer" || true)
+# GCC's UBSan ignores log_path when ASan is loaded too and writes to stderr: pytest runs with
+# --capture=sys (Python-level capture only), so a report written to fd 2 as the process halts
+# reaches the tee'd log instead of a capture buffer that dies with the process, and is counted
+reports=$(cat "$logdir"/* "$log" 2>/dev/null | grep -cE "ERROR: AddressSanitizer|runtime error:|CHECK failed|ERROR: LeakSanitizer" || true)
 echo "== sanitizer reports: $reports"
 for f in "$logdir"/*; do [[ -f "$f" ]] && { echo "--- $f"; head -60 "$f"; }; done
 if [[ "$status" != 0 || "$reports" != 0 ]]; then
