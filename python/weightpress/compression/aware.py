@@ -10,7 +10,6 @@ low-rank). Layout is handled here: the algorithms see ``W`` as ``[out, in]``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -28,8 +27,8 @@ from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_b
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
 from .quant import Quantized, gptq_many
 from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
-from .data_aware import (_prune_obs, lowrank_whitened, prune_obs, quadratic_total, sparse_plus_lowrank,
-                         sweep_output_error)
+from .data_aware import (_prune_obs, array_digest, lowrank_whitened, prune_obs, quadratic_total,
+                         sparse_plus_lowrank, sweep_output_error)
 
 __all__ = ["compress_aware", "layer_error", "known_error", "time_apply", "warm_quant",
            "remember_error", "weights_hash"]
@@ -98,21 +97,14 @@ _MEMO = _Memo()
 
 
 def _h_key(stats: CalibrationStats) -> str:
-    H = stats.hessian()
-    return hashlib.blake2b(H.data if H.flags.c_contiguous else np.ascontiguousarray(H).data,
-                           digest_size=16).hexdigest() + f"/{stats.n_samples}"
-
-
-def _hash(Wo: np.ndarray) -> str:
-    return hashlib.blake2b(Wo.data if Wo.flags.c_contiguous else np.ascontiguousarray(Wo).data,
-                           digest_size=16).hexdigest()
+    return array_digest(stats.hessian()) + f"/{stats.n_samples}"
 
 
 def weights_hash(W: Any, layout: str = "out_in") -> str:
     """The hash :func:`compress_aware` keys a layer's cached results by (its ``[out, in]``
     weights' bytes); passed as ``options["_w_hash"]`` it is not computed again per call."""
     Wa = as_matrix(W, "W")
-    return _hash(_oriented(Wa, layout))
+    return array_digest(_oriented(Wa, layout))
 
 
 def remember_error(m: CompressedMatrix, error: float) -> None:
@@ -143,8 +135,7 @@ def _output_error(Wo: np.ndarray, W_hat: Any, stats: CalibrationStats) -> float:
     if Wa.ndim != 2 or tuple(getattr(W_hat, "shape", ())) != Wa.shape:
         return output_error(Wa, W_hat, stats)  # (its errors for odd shapes)
     H = stats.hessian()
-    wk = hashlib.blake2b(Wa.data if Wa.flags.c_contiguous else np.ascontiguousarray(Wa).data,
-                         digest_size=16).hexdigest()
+    wk = array_digest(Wa)
     dkey = ("den64", wk, str(Wa.dtype), Wa.shape)
     with small_blas(4.0 * Wa.size * Wa.shape[1]):  # (output_error's threads: the same sums)
         den = stats._cache.get(dkey)
@@ -227,7 +218,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     # the cache key hashes W's bytes in place (tobytes() was one more copy of the layer)
     # (a caller that builds one layer at many budgets, an allocation curve, hashes it once:
     # options["_w_hash"], weights_hash of the same W and layout)
-    w_key = (shape_oi, str(Wo.dtype), options.get("_w_hash") or _hash(Wo))
+    w_key = (shape_oi, str(Wo.dtype), options.get("_w_hash") or array_digest(Wo))
 
     coding = options.get("coding")
     damp_q = float(options.get("damp", 1e-2))

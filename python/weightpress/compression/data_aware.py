@@ -343,14 +343,20 @@ def _compute_dtype(stats: CalibrationStats) -> np.dtype:
     return stats.hessian().dtype
 
 
+def array_digest(A: np.ndarray) -> str:
+    """A 128-bit blake2b digest of an array's bytes in C order, hashed in place when it is
+    C-contiguous (the cache keys of a layer's weights and of ``H``)."""
+    return hashlib.blake2b(A.data if A.flags.c_contiguous else np.ascontiguousarray(A).data,
+                           digest_size=16).hexdigest()
+
+
 def _gram_of(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`_gram` (``G`` a fresh array the caller may overwrite); statistics that are kept
     across visits (``keep_factors``) cache it by the weights' hash, so a layer's later builds
     (a ratio search's retry, the build after the allocation's curves) copy it instead."""
     if not stats.keep_factors:
         return _gram(Wa, stats)
-    Wc = Wa if Wa.flags.c_contiguous else np.ascontiguousarray(Wa)
-    key = ("gram", Wa.shape, str(Wa.dtype), hashlib.blake2b(Wc.data, digest_size=16).hexdigest())
+    key = ("gram", Wa.shape, str(Wa.dtype), array_digest(Wa))
     G, L = stats.cached(key, lambda: _gram(Wa, stats))
     return G.copy(), L
 
