@@ -904,7 +904,7 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
     ``auto`` off), onnxruntime, batch 1, 1 thread, best of 3 interleaved rounds of 7 calls.
     Returns ``{mode: why}``: why the layers stay dense (or MatMulNBits) for those measured
     slower, the times that kept the rewrite for the others."""
-    ort = require("onnxruntime", "timing the quantized convolutions and LSTMs ('auto')")
+    require("onnxruntime", "timing the quantized convolutions and LSTMs ('auto')")
     if not auto:
         return {}
     base = {k: (_OFF[k] if v == "auto" else v) for k, v in modes.items()}
@@ -912,16 +912,13 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
     d = os.path.dirname(os.path.abspath(output))
     notes: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix=".wp-auto-", dir=d) as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
         sess = {}
         for k, m in cands.items():
             p = os.path.join(tmp, f"{k}.onnx")
             rows = _export(c, p, like, compute, block_size, True, levels=None, **m)
             if k != "base" and not any(r.how.startswith(_SLOW_PREFIX[k]) for r in rows):
                 continue                  # nothing of this kind could be rewritten
-            sess[k] = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+            sess[k] = session(p)  # (1 thread, the default optimizations: as the check runs)
         feed = sample_feed(sess["base"], 1, _load_proto(os.fspath(like), external=False).graph)
         t = {k: float("inf") for k in sess}
         for _ in range(3):
