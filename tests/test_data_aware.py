@@ -132,7 +132,9 @@ def test_obs_sweep_same_weights_on_every_isa_level_and_thread_count():
 
     digests = set()
     for level, threads in (("2", "2"), ("1", "1"), ("0", "2")):
-        env = dict(os.environ, WP_MAX_ISA=level, OMP_NUM_THREADS=threads)
+        # (BLAS pinned to one thread: OpenBLAS's own blocking may change with its thread
+        # count, which is not what this checks)
+        env = dict(os.environ, WP_MAX_ISA=level, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS="1")
         r = subprocess.run([sys.executable, "-c", _SWEEP_DIGEST], env=env, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
