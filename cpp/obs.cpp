@@ -12,6 +12,7 @@
 #include "weightpress/blas.hpp"
 #include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
+#include "weightpress/tiled.hpp"
 
 namespace wp {
 
@@ -20,7 +21,7 @@ namespace {
 // In-place inverse of an upper triangular matrix (column-major, lda), recursively:
 // [A11 A12; 0 A22]⁻¹ = [A11⁻¹, −A11⁻¹ A12 A22⁻¹; 0, A22⁻¹], two TRMMs per level (n³/3 flops).
 template <class T>
-void tri_inv_upper(blas::blas_int n, T* A, blas::blas_int lda) {
+void tri_inv_upper(blas::blas_int n, T* A, blas::blas_int lda, int n_threads) {
   if (n <= 64) {
     for (blas::blas_int j = 0; j < n; ++j) {
       T* aj = A + static_cast<std::int64_t>(j) * lda;
@@ -37,10 +38,10 @@ void tri_inv_upper(blas::blas_int n, T* A, blas::blas_int lda) {
   const blas::blas_int n1 = n / 2, n2 = n - n1;
   T* A12 = A + static_cast<std::int64_t>(n1) * lda;
   T* A22 = A12 + n1;
-  tri_inv_upper(n1, A, lda);
-  tri_inv_upper(n2, A22, lda);
-  blas::trmm<T>('L', 'U', 'N', 'N', n1, n2, T(1), A, lda, A12, lda);
-  blas::trmm<T>('R', 'U', 'N', 'N', n1, n2, T(-1), A22, lda, A12, lda);
+  tri_inv_upper(n1, A, lda, n_threads);
+  tri_inv_upper(n2, A22, lda, n_threads);
+  tiled_trmm_upper<T>('L', n1, n2, T(1), A, lda, A12, lda, n_threads);
+  tiled_trmm_upper<T>('R', n1, n2, T(-1), A22, lda, A12, lda, n_threads);
 }
 
 // Indices of the k smallest scores (ties: lower index first), marked in mask.
@@ -251,7 +252,8 @@ void sweep_tile_dispatch(Isa level, const SweepBlock<T>& b, std::int64_t r0) {
 }  // namespace
 
 template <class T>
-int obs_factor(std::int64_t n, T* H, double damp, std::uint8_t* dead, bool keep_lower) {
+int obs_factor(std::int64_t n, T* H, double damp, std::uint8_t* dead, bool keep_lower,
+               int n_threads) {
   if (n == 0) return 0;
   const blas::blas_int N = blas::to_int(n, "obs_factor: n_features");
   double mean = 0;
@@ -269,12 +271,13 @@ int obs_factor(std::int64_t n, T* H, double damp, std::uint8_t* dead, bool keep_
   for (std::int64_t j = 0; j < n; ++j) H[j * n + j] += static_cast<T>(damp * mean);
   // H = R Rᵀ with R upper ("UL" Cholesky) is the ordinary Cholesky of J H J (J reverses the
   // order), and then H⁻¹ = UᵀU with U = R⁻¹ upper: one potrf and one triangular inverse.
-  // Reversing the whole n×n buffer maps (i, j) to (n−1−i, n−1−j).
+  // Reversing the whole n×n buffer maps (i, j) to (n−1−i, n−1−j). Our own blocked Cholesky,
+  // not LAPACK's potrf: OpenBLAS's threaded potrf rounds differently for each thread count.
   std::reverse(H, H + n * n);
-  const blas::blas_int info = blas::potrf<T>('L', N, H, N);
+  const int info = chol_lower<T>(n, H, n, n_threads);
   std::reverse(H, H + n * n);  // column-major R in the upper triangle
-  if (info > 0) return static_cast<int>(info);  // (the row-major upper triangle is still H)
-  tri_inv_upper<T>(N, H, N);
+  if (info > 0) return info;  // (the row-major upper triangle is still H)
+  tri_inv_upper<T>(N, H, N, n_threads);
   // column-major upper U → row-major upper U (a transpose). The swap moves the row-major
   // upper triangle, which the factorisation never touched (H's own values), below.
   for (std::int64_t i = 0; i < n; ++i)
@@ -357,15 +360,14 @@ void obs_sweep(std::int64_t rows, std::int64_t cols, T* W, const T* U, const Obs
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (std::int64_t t = 0; t < n_tiles; ++t) fe.run([&] { sweep_tile_dispatch(level, sb, t * kTileRows); });
     fe.rethrow();
-    if (i2 < cols)  // W[:, i2:] −= E (rows × nb) · U[i1:i2, i2:]
-      blas::gemm_rm<T>(false, false, blas::to_int(rows), blas::to_int(cols - i2), blas::to_int(nb),
-                       T(-1), err.data(), blas::to_int(nb), U + i1 * cols + i2, blas::to_int(cols),
-                       T(1), W + i2, blas::to_int(cols));
+    if (i2 < cols)  // W[:, i2:] −= E (rows × nb) · U[i1:i2, i2:], by fixed tiles (tiled.hpp)
+      tiled_gemm_rm<T>(rows, cols - i2, nb, T(-1), err.data(), nb, U + i1 * cols + i2, cols, T(1),
+                       W + i2, cols, n_threads);
   }
 }
 
-template int obs_factor<float>(std::int64_t, float*, double, std::uint8_t*, bool);
-template int obs_factor<double>(std::int64_t, double*, double, std::uint8_t*, bool);
+template int obs_factor<float>(std::int64_t, float*, double, std::uint8_t*, bool, int);
+template int obs_factor<double>(std::int64_t, double*, double, std::uint8_t*, bool, int);
 template void obs_sweep<float>(std::int64_t, std::int64_t, float*, const float*, const ObsOptions&,
                                std::uint8_t*, std::uint16_t*, std::uint8_t*, int);
 template void obs_sweep<double>(std::int64_t, std::int64_t, double*, const double*,

@@ -141,7 +141,8 @@ py::array quant_matmul(py::array packed, py::array scales, py::object zeros, std
   });
 }
 
-py::tuple obs_factor(py::array H_, double damp, bool keep_lower) {
+py::tuple obs_factor(py::array H_, double damp, bool keep_lower, int n_threads) {
+  check_threads(n_threads);
   if (!(damp >= 0)) throw py::value_error("damp must be >= 0");
   return dispatch_real(H_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
@@ -154,7 +155,7 @@ py::tuple obs_factor(py::array H_, double damp, bool keep_lower) {
     int info;
     {
       py::gil_scoped_release nogil;
-      info = wp::obs_factor<T>(n, hp, damp, dp, keep_lower);
+      info = wp::obs_factor<T>(n, hp, damp, dp, keep_lower, n_threads);
     }
     return py::make_tuple(info, dead);
   });
@@ -239,7 +240,7 @@ void bind_quant(py::module_& m) {
         "Vector path of quant_matmul on this CPU: 2 AVX-512, 1 AVX2, 0 baseline.");
   m.def("obs_factor", &obs_factor,
         "Replace H by the upper Cholesky factor of the damped inverse; returns (info, dead).",
-        "H"_a.noconvert(), "damp"_a, "keep_lower"_a = false);
+        "H"_a.noconvert(), "damp"_a, "keep_lower"_a = false, "n_threads"_a = 1);
   m.def("obs_sweep", &obs_sweep,
         "GPTQ / SparseGPT column sweep of W in place; returns (codes, scales, zeros|None) or None.",
         "W"_a.noconvert(), "U"_a.noconvert(), "bits"_a, "group"_a, "symmetric"_a, "mse"_a, "n_prune"_a,

@@ -112,6 +112,22 @@ def threads(n: int) -> Iterator[int]:
         _ctx.reset(token)
 
 
+_BLAS_CONTROLLER = None
+
+
+def blas_sequential() -> contextlib.AbstractContextManager[object]:
+    """A context that runs BLAS (SciPy's and NumPy's OpenBLAS) on one thread, restoring its
+    count after. Kernels that must give the same bits for any thread count run BLAS so and
+    spread their own tiles over weightpress's threads (``cpp/include/weightpress/tiled.hpp``):
+    OpenBLAS splits a threaded call by its thread count and rounds differently at the splits.
+    The libraries are looked up once per process (threadpoolctl's scan took ~1.5 ms a call)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        tp = require("threadpoolctl", "pinning BLAS to one thread")
+        _BLAS_CONTROLLER = tp.ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
 def _register_threadpoolctl() -> None:
     """A threadpoolctl LibController for weightpress's OpenMP pool (threadpoolctl >= 3.5)."""
     try:

@@ -20,13 +20,15 @@ namespace wp {
 
 // H (n × n, symmetric, row-major) is replaced by U (row-major, upper; zeros below). Features
 // with H[j, j] == 0 are dead: flagged in dead[j] (may be null) and given H[j, j] = 1. damp is
-// added to the diagonal relative to its mean: H += damp · mean(diag H) · I. Returns 0, or the
-// LAPACK potrf info (> 0) when the damped H is not positive definite.
+// added to the diagonal relative to its mean: H += damp · mean(diag H) · I. Returns 0, or (as
+// LAPACK's potrf) the order of the first minor that is not positive definite. The products run
+// on n_threads by fixed tiles (tiled.hpp): the same bits for any count, BLAS on one thread.
 // keep_lower: the strictly lower triangle keeps H's values instead of zeros (obs_sweep reads U's
 // upper triangle and diagonal only, so one n × n buffer holds both; the caller keeps H's
 // diagonal). The strictly upper triangle holds H's values when info > 0.
 template <class T>
-int obs_factor(std::int64_t n, T* H, double damp, std::uint8_t* dead, bool keep_lower = false);
+int obs_factor(std::int64_t n, T* H, double damp, std::uint8_t* dead, bool keep_lower = false,
+               int n_threads = 1);
 
 struct ObsOptions {
   int bits = 0;                // 0: no quantization (pruning only); else 2..8

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .._threads import _resolve
+from .._threads import _resolve, blas_sequential
 
 __all__ = ["check_bits", "check_group", "row_bytes", "n_groups", "pack_codes", "unpack_codes",
            "quantize_rtn", "dequantize", "quant_matmul", "obs_factor_inplace", "obs_sweep"]
@@ -98,13 +98,16 @@ def quant_matmul(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray | Non
                               group, bool(symmetric), X, _resolve(n_threads))
 
 
-def obs_factor_inplace(H: np.ndarray, damp: float, keep_lower: bool = False) -> tuple[int, np.ndarray]:
+def obs_factor_inplace(H: np.ndarray, damp: float, keep_lower: bool = False,
+                       n_threads: int | None = None) -> tuple[int, np.ndarray]:
     """Replace ``H`` (float32/float64, C-contiguous, writeable) by the upper Cholesky factor ``U``
     of its damped inverse, ``H⁻¹ = UᵀU``; returns ``(info, dead)`` (info > 0: not positive
     definite). With ``keep_lower`` the strictly lower triangle keeps ``H`` (its diagonal is
     lost; when info > 0 the strictly upper triangle holds ``H``), so one buffer serves the
-    sweep and, restored, the statistics."""
-    return _core.obs_factor(H, float(damp), bool(keep_lower))
+    sweep and, restored, the statistics. The same bits for any thread count (BLAS on one
+    thread, our tiles on ``n_threads``)."""
+    with blas_sequential():
+        return _core.obs_factor(H, float(damp), bool(keep_lower), _resolve(n_threads))
 
 
 def obs_sweep(W: np.ndarray, U: np.ndarray, *, bits: int = 0, group: int = 0, symmetric: bool = True,
@@ -119,8 +122,10 @@ def obs_sweep(W: np.ndarray, U: np.ndarray, *, bits: int = 0, group: int = 0, sy
     ``row_err`` (float64, one per row of ``W``) is added each row's squared error against the
     damped ``H`` (``Σ_c e_c²``)."""
     s16 = None if scales is None else _scales_u16(scales)
-    res = _core.obs_sweep(W, U, int(bits), int(group), bool(symmetric), bool(mse), int(n_prune), int(nm[0]),
-                          int(nm[1]), int(block), col_group, s16, zeros, _resolve(n_threads), row_err)
+    with blas_sequential():  # (its products by fixed tiles on our threads: any count, same bits)
+        res = _core.obs_sweep(W, U, int(bits), int(group), bool(symmetric), bool(mse), int(n_prune), int(nm[0]),
+                              int(nm[1]), int(block), col_group, s16, zeros, _resolve(n_threads),
+                              row_err)
     if res is None:
         return None
     codes, scales, zeros = res
