@@ -152,3 +152,35 @@ def test_threadpoolctl_governs_the_weightpress_pool():
         assert _threads._global == 2
     finally:
         wp.set_num_threads(None)
+
+
+@pytest.mark.parametrize("method", ["auto", "quant"])
+def test_calibrated_compress_is_the_same_for_any_blas_thread_count(tmp_path, method):
+    """A calibrated compress gives the same bytes with BLAS on one thread and on two (a Dask
+    worker runs with OPENBLAS_NUM_THREADS=1; issue 13: identical output for any number of
+    workers). The 1024-input layer is large enough for OpenBLAS to thread its products and
+    its Cholesky, which rounded differently per thread count before the factor and the sweep
+    ran by fixed tiles."""
+    import hashlib
+
+    from threadpoolctl import threadpool_limits
+
+    from helpers import correlated_inputs
+    from weightpress.io.safetensors import write_safetensors
+    from weightpress.model.compress import compress_model, open_source
+
+    rng = np.random.default_rng(3)
+    W = {"down.weight": (rng.standard_normal((64, 1024)) / 32).astype(np.float32),
+         "up.weight": (rng.standard_normal((160, 96)) / 10).astype(np.float32)}
+    X = {"down.weight": correlated_inputs(rng, 256, 1024, outliers=8).astype(np.float32),
+         "up.weight": correlated_inputs(rng, 256, 96).astype(np.float32)}
+    mp, cp = str(tmp_path / "m.safetensors"), str(tmp_path / "c.safetensors")
+    write_safetensors(mp, W)
+    write_safetensors(cp, X)
+    digests = []
+    for n in (1, 2):
+        out = tmp_path / f"out{n}.wpz"
+        with threadpool_limits(limits=n, user_api="blas"), open_source(mp) as src:
+            compress_model(src, out, ratio=4, method=method, calibration=cp, min_size=16)
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from .._validation import as_matrix
 from ..linalg.memory import release_free_memory
 from . import methods as M
-from .calibration import CalibrationStats, _quadratic_forms, output_error, small_blas
+from .calibration import CalibrationStats, _quadratic_forms, output_error, sequential_blas
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
 from .quant import Quantized, gptq_many
@@ -137,7 +137,7 @@ def _output_error(Wo: np.ndarray, W_hat: Any, stats: CalibrationStats) -> float:
     H = stats.hessian()
     wk = array_digest(Wa)
     dkey = ("den64", wk, str(Wa.dtype), Wa.shape)
-    with small_blas(4.0 * Wa.size * Wa.shape[1]):  # (output_error's threads: the same sums)
+    with sequential_blas():  # (output_error's threads: the same sums)
         den = stats._cache.get(dkey)
         num, d = _quadratic_forms(Wa, W_hat, H, den is None)
         if den is None:

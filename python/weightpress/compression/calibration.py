@@ -9,15 +9,14 @@ replacement ``Ŵ`` is then ``‖X(W − Ŵ)ᵀ‖_F² = tr((W − Ŵ) H (W − �
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from scipy.linalg.blas import get_blas_funcs
-from threadpoolctl import threadpool_limits
 
+from .._threads import blas_sequential
 from .._validation import float_dtype
 from ..io import open_model
 
@@ -110,6 +109,13 @@ class CalibrationStats:
                              f"{self.n_features} (W has shape (out, {self.n_features}))")
         step = max(1, min(int(chunk), (1 << 18) // self.n_features))
         syrk = get_blas_funcs("syrk", dtype=self._h.dtype)
+        with sequential_blas():  # (the same H for any BLAS thread count)
+            self._accumulate(Xa, step, syrk)
+        self.n_samples += Xa.shape[0]
+        self._cache.clear()
+        return self
+
+    def _accumulate(self, Xa: np.ndarray, step: int, syrk: Any) -> None:
         for s in range(0, Xa.shape[0], step):
             c = np.ascontiguousarray(Xa[s:s + step], dtype=self._h.dtype)
             if not np.isfinite(c).all():
@@ -119,9 +125,6 @@ class CalibrationStats:
             if not np.shares_memory(out, self._h):
                 self._h[...] = out.T
             self._full = False
-        self.n_samples += Xa.shape[0]
-        self._cache.clear()
-        return self
 
     def hessian(self) -> np.ndarray:
         """``XᵀX`` (``n_features × n_features`` in :attr:`dtype`; do not modify)."""
@@ -163,14 +166,17 @@ def _mirror_lower(H: np.ndarray, b: int = 64) -> None:
         blk[...] = np.tril(blk) + np.tril(blk, -1).T
 
 
-def small_blas(flops: float) -> Any:
-    """A context that keeps BLAS on one thread for problems under ~10⁹ flops: waking OpenBLAS's
-    pool (and its threads spinning afterwards) costs more than such a problem (measured on a
-    loaded 2-core machine: a 256-input factor and sweep 1 ms sequential, 50–500 ms threaded;
-    a 384 × 384 symmetric eigensolve 0.04 s sequential, 0.3–1.7 s threaded)."""
-    if flops >= 1e9:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+def sequential_blas() -> Any:
+    """BLAS on one thread, whatever the problem's size, for the calibrated passes (statistics,
+    factors, sweeps, eigensolves, exact errors): their results then do not depend on how
+    many threads OpenBLAS has (a Dask worker runs with one; issue 13 wants the same bytes for
+    any number of workers). OpenBLAS splits a threaded call by its thread count and rounds
+    differently at the splits (measured: potrf at 384 and 1536 inputs, dgemm and dsyrk of some
+    shapes). The large products run by fixed tiles on weightpress's own threads instead (the
+    GPTQ/OBS factor and sweep, ``tiled.hpp``). Small problems gained from it anyway: waking
+    OpenBLAS's pool costs more than they do (a 256-input factor and sweep 1 ms sequential,
+    50–500 ms threaded on a loaded 2-core machine; a 384² eigensolve 0.04 s vs 0.3–1.7 s)."""
+    return blas_sequential()
 
 
 def _rows_of(M: Any, r0: int, r1: int) -> np.ndarray:
@@ -197,7 +203,7 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 
         raise ValueError(f"W_hat: shape {shape} differs from W's {Wa.shape}")
     H = stats.hessian()
     n_in = Wa.shape[1] if Wa.ndim == 2 else 0
-    with small_blas(4.0 * Wa.size * n_in):
+    with sequential_blas():
         num, den = _quadratic_forms(Wa, W_hat, H, True, block)
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
