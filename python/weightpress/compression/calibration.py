@@ -202,7 +202,6 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 
     if shape != Wa.shape:
         raise ValueError(f"W_hat: shape {shape} differs from W's {Wa.shape}")
     H = stats.hessian()
-    n_in = Wa.shape[1] if Wa.ndim == 2 else 0
     with sequential_blas():
         num, den = _quadratic_forms(Wa, W_hat, H, True, block)
     if den <= 0:
