@@ -14,13 +14,15 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .._optional import require
+from .._threads import _resolve as _resolve_threads
 from .._validation import real_scalar
 from ..compression import methods as M
 from . import curves as C
@@ -39,6 +41,7 @@ from ..io.structure import skeleton_of
 from ..io._base import TensorSource
 from .container import FORMAT, Container, ContainerWriter, Staged, _compact, header_estimate, stage_tensor
 from .journal import Journal
+from .local_pool import PARALLEL_LAYER_BYTES, LockedSource, ordered_map
 from .report import Report, Row
 from .rules import (DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, _soft_kept, parse_rule, plan,
                     tensor_views)
@@ -620,8 +623,7 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
                                   cal, [budgeted.layers[i].decision.name for i in remote], n,
                                   n - len(remote), progress))
     else:
-        fresh = (stage_layer(source, *tasks[i], target, _stats(cal, tasks[i][0]), i, n, progress)
-                 for i in todo)
+        fresh = _local_stages(source, tasks, todo, target, cal, n, progress)
     here = set(local) if client is not None else set()
     with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
         if job.skeleton is not None:
@@ -655,6 +657,35 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
     rep.compressed_bytes = sum(e["bytes"] for e in w.entries.values()
                                if e["method"] not in ("keep", "tied"))
     return rep
+
+
+def _local_stages(source: TensorSource, tasks: Mapping[int, Any], todo: list[int], target: Target,
+                  cal: CalibrationSet | None, n: int,
+                  progress: Callable[[int, int, str], None] | None) -> Iterator[Staged]:
+    """:func:`stage_layer` of every layer of ``todo``, in order: side by side on this process's
+    threads (one each, :func:`~weightpress.model.local_pool.ordered_map`) when every layer is
+    at most :data:`~weightpress.model.local_pool.PARALLEL_LAYER_BYTES`, else one at a time on
+    all of them. The same bytes either way."""
+    workers = min(_resolve_threads(None), len(todo))
+    if workers < 2 or any(tasks[i][0].orig_bytes > PARALLEL_LAYER_BYTES for i in todo):
+        for i in todo:
+            yield stage_layer(source, *tasks[i], target, _stats(cal, tasks[i][0]), i, n, progress)
+        return
+    src = LockedSource(source)
+    lock = threading.Lock()
+
+    def one(i: int) -> Staged:
+        with lock:  # (a CalibrationSet computes and keeps statistics for one caller at a time)
+            st = _stats(cal, tasks[i][0])
+        return stage_layer(src, *tasks[i], target, st)  # type: ignore[arg-type]
+
+    def announced() -> Iterator[int]:
+        for i in todo:
+            if progress is not None:
+                progress(i, n, tasks[i][0].decision.name)
+            yield i
+
+    yield from ordered_map(one, announced(), workers)
 
 
 def _stats(cal: CalibrationSet | None, ly: Layer) -> Any:

@@ -1,0 +1,70 @@
+"""Layers built side by side in one process: a small ordered map over Python threads.
+
+The kernels release the GIL and give the same bits for any thread count (BLAS pinned to one
+thread, weightpress's own loops split by fixed tiles), so several small layers can be built at
+once, each on one thread, and written in plan order: the same container as one layer at a
+time on every thread. Small layers gain most: their kernels are too short for a parallel
+region to pay (fork/join, OpenBLAS's pool waking and spinning; issue 13's MiniLM-sized model
+ran faster on one thread than on two).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .._threads import blas_sequential, threads
+
+__all__ = ["ordered_map", "LockedSource", "PARALLEL_LAYER_BYTES"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Layers whose tensors are at most this large are built side by side: each in flight holds a
+# few times its tensor, so a run's peak grows by a few MiB per worker; larger layers are
+# built one at a time on every thread (peak memory within a few times the largest tensor,
+# issue 15).
+PARALLEL_LAYER_BYTES = 4 << 20
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``fn`` of every item, yielded in the items' order, ``workers`` at a time on Python
+    threads, each under ``threads(1)`` and with BLAS on one thread. At most ``workers`` items
+    are in flight beside the one the caller holds. An exception from ``fn`` is raised at its
+    item's turn; items not started by then are dropped."""
+    def one(it: T) -> R:
+        with threads(1):
+            return fn(it)
+
+    with blas_sequential(), ThreadPoolExecutor(max_workers=workers,
+                                               thread_name_prefix="wp-layer") as ex:
+        pending: deque[Future[R]] = deque()
+        try:
+            for it in items:
+                pending.append(ex.submit(one, it))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+class LockedSource:
+    """A tensor source read by one thread at a time (readers of zip archives and pickles share
+    one file handle); every other attribute is the source's own."""
+
+    def __init__(self, source: Any):
+        self._source = source
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> Any:
+        with self._lock:
+            return self._source[name]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
