@@ -127,24 +127,29 @@ def layer_error(Wo: np.ndarray, m: CompressedMatrix, stats: CalibrationStats | N
 
 
 def _output_error(Wo: np.ndarray, W_hat: Any, stats: CalibrationStats) -> float:
-    """:func:`~weightpress.compression.calibration.output_error` (float64, the same number to
-    rounding), with its denominator ``tr(W H Wᵀ)`` computed in the same pass as the first
-    numerator of a layer's weights and statistics and then reused (a ratio search's tries and
-    a report measure several forms of one layer: each then pays one ``out·in²`` product)."""
+    """:func:`~weightpress.compression.calibration.output_error`, its numerator in the same
+    float64 blocks, its denominator ``tr(W H Wᵀ)`` the one :func:`compress_aware`'s builds
+    share (:func:`~weightpress.compression.data_aware.quadratic_total`, kept on the statistics
+    by the weights' hash: a sum of ``w_iᵀ H w_i ≥ 0`` over the rows, which float32 products
+    give to ~1e-7 relative). A layer's builds and report then pay one ``out·in²`` product for
+    it, and each exact pass one more (the numerator), not two."""
     Wa = np.asarray(Wo)
     if Wa.ndim != 2 or tuple(getattr(W_hat, "shape", ())) != Wa.shape:
         return output_error(Wa, W_hat, stats)  # (its errors for odd shapes)
     H = stats.hessian()
-    wk = array_digest(Wa)
-    dkey = ("den64", wk, str(Wa.dtype), Wa.shape)
-    with sequential_blas():  # (output_error's threads: the same sums)
-        den = stats._cache.get(dkey)
-        num, d = _quadratic_forms(Wa, W_hat, H, den is None)
-        if den is None:
-            den = stats.cached(dkey, lambda: d)
+    den = _total(Wa, stats, array_digest(Wa))
+    with sequential_blas():
+        num, _ = _quadratic_forms(Wa, W_hat, H, False)
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")
     return float(np.sqrt(max(num, 0.0) / den))
+
+
+def _total(Wo: np.ndarray, stats: CalibrationStats, digest: str) -> float:
+    """``tr(W H Wᵀ)`` of the ``[out, in]`` weights whose :func:`array_digest` is ``digest``,
+    computed once per statistics."""
+    key = ("qtotal", (int(Wo.shape[0]), int(Wo.shape[1])), str(Wo.dtype), digest)
+    return stats.cached(key, lambda: quadratic_total(Wo, stats))
 
 
 def known_error(m: CompressedMatrix, stats: CalibrationStats | None) -> float | None:
@@ -165,7 +170,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
     def total() -> float:
         # on the statistics, by the weights' hash: a kept layer's next build (a ratio
         # search's retry, the build after the allocation's curves) does not compute it again
-        return stats.cached(("qtotal",) + w_key, lambda: quadratic_total(Wo, stats))
+        return _total(Wo, stats, w_key[2])
 
     def predicted(m: CompressedMatrix, num: float) -> CompressedMatrix:
         """Mark ``m`` with the relative output error its build measured (no product with H)."""
