@@ -998,12 +998,29 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
                                                options, vdt, want_bf16, progress)):
             curves[d.name] = cands
     else:
-        for i, d in enumerate(work):
-            if progress is not None:
-                progress(i, len(work), f"measuring {d.name}")
-            stats = cal[d.name] if cal is not None and d.name in cal else None
-            curves[d.name] = layer_curve(np.asarray(source[d.name]), d, orig[d.name], layout,
-                                         stats, options, vdt, want_bf16)
+        lock = threading.Lock()
+        src: Any = source
+        workers = min(_resolve_threads(None), len(work))
+        if workers >= 2 and all(orig[d.name] <= PARALLEL_LAYER_BYTES for d in work):
+            src = LockedSource(source)  # small layers side by side, as execute builds them
+
+        def one(i: int) -> list[Candidate]:
+            d = work[i]
+            with lock:  # (a CalibrationSet serves one caller at a time)
+                stats = cal[d.name] if cal is not None and d.name in cal else None
+            return layer_curve(np.asarray(src[d.name]), d, orig[d.name], layout, stats, options,
+                               vdt, want_bf16)
+
+        def announced() -> Iterator[int]:
+            for i, d in enumerate(work):
+                if progress is not None:
+                    progress(i, len(work), f"measuring {d.name}")
+                yield i
+
+        run = (ordered_map(one, announced(), workers) if src is not source
+               else map(one, announced()))
+        for d, cands in zip(work, run):
+            curves[d.name] = cands
     choice = allocate(curves, int(budget))
     if curves_out is not None:
         curves_out.update({n: {"candidates": curves[n], "chosen": i} for n, i in choice.items()})
