@@ -159,3 +159,44 @@ def test_a_curve_hashes_its_layer_once_and_finds_the_same_cached_results(layout)
                          options={"_w_hash": A.weights_hash(Ws, layout)})
     assert len(st._cache) == n  # nothing measured again: the same keys
     assert all(np.array_equal(a.parts()[k], b.parts()[k]) for k in a.parts())
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(scope="allocate"), dict(method="auto")],
+                         ids=["quant", "allocate", "auto"])
+def test_layers_side_by_side_write_the_same_file(model, tmp_path, kw, monkeypatch):
+    """Small layers are built (and their curves measured) two at a time on two threads; the
+    file is the one a single thread writes, layer by layer."""
+    import weightpress as wp
+    from weightpress.model import compress as C
+    from weightpress.model.compress import compress_model, open_source
+
+    used = []
+    real = C.ordered_map
+    monkeypatch.setattr(C, "ordered_map", lambda *a: used.append(a[2]) or real(*a))
+
+    mp, cp = model
+    kw = {"method": "quant", **kw}
+    outs = []
+    for n in (1, 2):
+        out = tmp_path / f"t{n}.wpz"
+        with wp.threads(n), open_source(mp) as src:
+            compress_model(src, out, ratio=4, calibration=cp, min_size=16, **kw)
+        outs.append(out.read_bytes())
+        assert bool(used) == (n == 2) and set(used) <= {2}  # side by side only on 2 threads
+    assert outs[0] == outs[1]
+
+
+def test_ordered_map_keeps_order_and_raises_at_the_failing_item():
+    from weightpress.model.local_pool import ordered_map
+
+    def f(i):
+        if i == 5:
+            raise ValueError("five")
+        return i * i
+
+    got = []
+    with pytest.raises(ValueError, match="five"):
+        for v in ordered_map(f, range(10), 2):
+            got.append(v)
+    assert got == [0, 1, 4, 9, 16]
+    assert list(ordered_map(lambda i: -i, range(7), 3)) == [0, -1, -2, -3, -4, -5, -6]
