@@ -30,16 +30,25 @@ best there:
   ``d``) read by ``Gather``: ``com.microsoft.GatherBlockQuantized`` over its codes (uint8, or
   two codes a byte for 2–4 bits), so only the gathered rows are dequantized and the table
   stays codes in memory;
-- a quantized ``Conv`` weight with one scale per output channel: ``DequantizeLinear`` (int8
-  codes, or uint8 with zero points, along axis 0) → ``Conv``. onnxruntime cannot pre-pack a
+- a quantized or low rank + int8 ``Conv`` weight (one group, input size fixed in the graph,
+  explicit pads): an im2col product: the input flattened with a zero appended, its patches
+  gathered with a fixed index (``Gather``, int32, one per geometry) into ``(B, P, C·Πk)``, times
+  the weight's ``(O, C·Πk)`` matrix view as above (``DynamicQuantizeMatMul`` over the int8
+  codes, two for low rank + int8; compensated or float as the check asks), back to
+  ``(B, O, *S)``. The codes are the kernel's pre-packed weight, so the conv stays int8 in
+  memory; measured (1 thread, batch 1) faster than the dense Conv where the weight is large
+  against the image (256→256 3×3 on 2×2: 0.08 vs 0.12 ms) and far slower on large images
+  (32→32 3×3 on 16×16: 0.36 vs 0.05 ms; so was ``ConvInteger``: 0.23 ms, it packs its weight
+  at each call). Otherwise, with one scale per output channel: ``DequantizeLinear`` (int8
+  codes, or uint8 with zero points, along axis 0) → ``Conv``: onnxruntime cannot pre-pack a
   weight computed in the graph (nor lay it out in NCHWc), so this is smaller in memory but
-  usually slower than the dense conv (measured, 1 thread, batch 1, 64→64 3×3 on 56×56:
-  2.1 ms vs 1.3 ms; ``ConvInteger`` with dynamically quantized activations: 16 ms; folding the
+  slower than the dense conv (64→64 3×3 on 56×56: 2.1 ms vs 1.3 ms; folding the
   ``DequantizeLinear`` at load, session option ``session.disable_quant_qdq``, gives the dense
-  speed and the dense memory). ``conv_quant="auto"`` (default) times the model both ways and
-  keeps the convs dense unless the dequantized ones are no slower; ``"dequant"`` and
-  ``"dense"`` force one. Group-wise scales along the flattened kernel have no
-  ``DequantizeLinear`` form below opset 21 and stay dense;
+  speed and more than the dense memory). ``conv_quant="auto"`` (default) times each conv alone
+  (dense against its compressed form, a low-rank pair included) and keeps the faster, then
+  the whole model against every conv dense; ``"int8"``, ``"dequant"`` and ``"dense"`` force
+  one. Group-wise scales along the flattened kernel have no ``DequantizeLinear`` form below
+  opset 21;
 - an ``LSTM`` whose ``W`` and ``R`` are quantized per row: ``com.microsoft.DynamicQuantizeLSTM``
   (int8 weights, activations rounded to uint8 per tensor at each step); faster than the dense
   LSTM when wide, slower when narrow, so ``lstm_quant="auto"`` times it like the convs. GRUs
@@ -776,12 +785,16 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         MatMulNBits with int8 activations per block everywhere (less rounding), or float.
     block_size : int, optional
         Largest MatMulNBits block (a power of two, 16–256); default: the group, or 128.
-    conv_quant : "auto", "dequant" or "dense"
-        Quantized Conv weights (one scale per output channel): ``DequantizeLinear`` → ``Conv``
-        (int8 in the file and in memory, dequantized in each call: onnxruntime cannot pre-pack
-        a computed weight, so usually slower than dense at batch 1), dense (the runtime's
-        fastest), or ``"auto"``: the model is timed both ways in onnxruntime at batch 1
-        (1 thread) and the convs stay int8 only when that is no slower.
+    conv_quant : "auto", "int8", "dequant" or "dense"
+        Quantized (and low rank + int8) Conv weights: ``"int8"``: an im2col integer product
+        (int8 in the file and in memory, the pre-packed integer MatMul kernels: faster than
+        the dense Conv on small images, far slower on large ones), where the conv has none
+        ``DequantizeLinear`` → ``Conv``; ``"dequant"``: ``DequantizeLinear`` → ``Conv``
+        (dequantized in each call: onnxruntime cannot pre-pack a computed weight, so usually
+        slower); ``"dense"`` (the runtime's fastest at large images); ``"auto"``: each conv
+        timed alone in onnxruntime at batch 1 (1 thread) against the dense Conv, the faster
+        kept, then the whole model against every conv dense (a low-rank conv's pair of Convs
+        is timed the same way; the other modes keep the pair).
     lstm_quant : "auto", "int8" or "dense"
         LSTMs whose ``W`` and ``R`` are both quantized per row: ``DynamicQuantizeLSTM`` (int8
         weights, activations rounded to uint8 per tensor; measured 2.4x faster than the dense
