@@ -1156,7 +1156,7 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
                   pick: tuple[dict[str, str], dict[str, str]] | None = None) -> dict[str, str]:
     """For each rewrite in ``auto`` (``conv_quant``, ``lstm_quant``) that may run slower than
     the dense layer: time the model with it against the model without it (the others of
-    ``auto`` off), onnxruntime, batch 1, 1 thread, best of 3 interleaved rounds of 7 calls.
+    ``auto`` off), onnxruntime, batch 1, 1 thread, best of 5 interleaved rounds of 9 calls.
     Returns ``{mode: why}``: why the layers stay dense (or MatMulNBits) for those measured
     slower, the times that kept the rewrite for the others."""
     require("onnxruntime", "timing the quantized convolutions and LSTMs ('auto')")
@@ -1176,9 +1176,9 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
             sess[k] = session(p)  # (1 thread, the default optimizations: as the check runs)
         feed = sample_feed(sess["base"], 1, _load_proto(os.fspath(like), external=False).graph)
         t = {k: float("inf") for k in sess}
-        for _ in range(3):
+        for _ in range(5):   # (a model's gain can be a few per cent: 5 rounds against the noise)
             for k, s in sess.items():
-                t[k] = min(t[k], best_time(lambda: s.run(None, feed), 7))
+                t[k] = min(t[k], best_time(lambda: s.run(None, feed), 9))
         del sess
     for k in auto:
         if k in t and t[k] > t["base"]:
