@@ -1144,8 +1144,9 @@ _SLOW_ON = {"conv_quant": "pick", "lstm_quant": "int8", "group_quant": "int8"}
 _OFF = {"conv_quant": "alldense", "lstm_quant": "dense", "group_quant": "nbits"}
 _SLOW_WHAT = {"conv_quant": "the convs picked by their own timing", "lstm_quant": "DynamicQuantizeLSTM",
               "group_quant": "DynamicQuantizeMatMul per group"}
-_SLOW_PREFIX = {"conv_quant": ("im2col", "Conv ", "DequantizeLinear"), "lstm_quant": "DynamicQuantizeLSTM",
-                "group_quant": "DynamicQuantizeMatMul per group"}   # how its rows begin
+_SLOW_PREFIX: dict[str, tuple[str, ...]] = {   # how its rows begin
+    "conv_quant": ("im2col", "Conv ", "DequantizeLinear"), "lstm_quant": ("DynamicQuantizeLSTM",),
+    "group_quant": ("DynamicQuantizeMatMul per group",)}
 _OFF_WORD = {k: "MatMulNBits" if v == "nbits" else "dense" for k, v in _OFF.items()}
 _OFF_NOTE = {k: v + ":" for k, v in _OFF_WORD.items()}
 
