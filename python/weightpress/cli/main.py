@@ -187,10 +187,12 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("-o", "--output", required=True, help="output .onnx model (or directory)")
     x.add_argument("--like", help="the original ONNX model or HF model directory (default for "
                                   "ONNX: the graph the container keeps)")
-    x.add_argument("--conv-quant", choices=["auto", "dequant", "dense"], default="auto",
-                   help="quantized Conv weights: DequantizeLinear -> Conv (int8 in memory, usually "
-                        "slower: onnxruntime cannot pre-pack them), dense, or auto (default: the "
-                        "model timed both ways at batch 1, int8 only if no slower)")
+    x.add_argument("--conv-quant", choices=["auto", "int8", "dequant", "dense"], default="auto",
+                   help="quantized (and low rank + int8) Conv weights: int8 (an im2col product "
+                        "through the integer MatMul kernels; DequantizeLinear -> Conv where the "
+                        "conv has none), dequant (DequantizeLinear -> Conv: int8 in memory, "
+                        "usually slower), dense, or auto (default: each conv timed alone at batch "
+                        "1, int8 where no slower, then the whole model against every conv dense)")
     x.add_argument("--lstm-quant", choices=["auto", "int8", "dense"], default="auto",
                    help="LSTMs with quantized weights: DynamicQuantizeLSTM (faster for wide "
                         "LSTMs, slower for narrow ones), dense, or auto (default: timed as "

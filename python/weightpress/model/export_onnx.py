@@ -30,16 +30,25 @@ best there:
   ``d``) read by ``Gather``: ``com.microsoft.GatherBlockQuantized`` over its codes (uint8, or
   two codes a byte for 2–4 bits), so only the gathered rows are dequantized and the table
   stays codes in memory;
-- a quantized ``Conv`` weight with one scale per output channel: ``DequantizeLinear`` (int8
-  codes, or uint8 with zero points, along axis 0) → ``Conv``. onnxruntime cannot pre-pack a
+- a quantized or low rank + int8 ``Conv`` weight (one group, input size fixed in the graph,
+  explicit pads): an im2col product: the input flattened with a zero appended, its patches
+  gathered with a fixed index (``Gather``, int32, one per geometry) into ``(B, P, C·Πk)``, times
+  the weight's ``(O, C·Πk)`` matrix view as above (``DynamicQuantizeMatMul`` over the int8
+  codes, two for low rank + int8; compensated or float as the check asks), back to
+  ``(B, O, *S)``. The codes are the kernel's pre-packed weight, so the conv stays int8 in
+  memory; measured (1 thread, batch 1) faster than the dense Conv where the weight is large
+  against the image (256→256 3×3 on 2×2: 0.08 vs 0.12 ms) and far slower on large images
+  (32→32 3×3 on 16×16: 0.36 vs 0.05 ms; so was ``ConvInteger``: 0.23 ms, it packs its weight
+  at each call). Otherwise, with one scale per output channel: ``DequantizeLinear`` (int8
+  codes, or uint8 with zero points, along axis 0) → ``Conv``: onnxruntime cannot pre-pack a
   weight computed in the graph (nor lay it out in NCHWc), so this is smaller in memory but
-  usually slower than the dense conv (measured, 1 thread, batch 1, 64→64 3×3 on 56×56:
-  2.1 ms vs 1.3 ms; ``ConvInteger`` with dynamically quantized activations: 16 ms; folding the
+  slower than the dense conv (64→64 3×3 on 56×56: 2.1 ms vs 1.3 ms; folding the
   ``DequantizeLinear`` at load, session option ``session.disable_quant_qdq``, gives the dense
-  speed and the dense memory). ``conv_quant="auto"`` (default) times the model both ways and
-  keeps the convs dense unless the dequantized ones are no slower; ``"dequant"`` and
-  ``"dense"`` force one. Group-wise scales along the flattened kernel have no
-  ``DequantizeLinear`` form below opset 21 and stay dense;
+  speed and more than the dense memory). ``conv_quant="auto"`` (default) times each conv alone
+  (dense against its compressed form, a low-rank pair included) and keeps the faster, then
+  the whole model against every conv dense; ``"int8"``, ``"dequant"`` and ``"dense"`` force
+  one. Group-wise scales along the flattened kernel have no ``DequantizeLinear`` form below
+  opset 21;
 - an ``LSTM`` whose ``W`` and ``R`` are quantized per row: ``com.microsoft.DynamicQuantizeLSTM``
   (int8 weights, activations rounded to uint8 per tensor at each step); faster than the dense
   LSTM when wide, slower when narrow, so ``lstm_quant="auto"`` times it like the convs. GRUs
@@ -304,6 +313,9 @@ class _Builder:
         self.nbytes = 0
         self.cache: dict[Any, Any] = {}  # initializers shared by the nodes reading one weight
         self.conv_quant = "dequant"
+        self.conv_pick: dict[str, str] = {}   # conv_quant="pick": weight -> "int8"/"pair"/"dense"
+        self.conv_why: dict[str, str] = {}    # why a picked conv stays dense (its times)
+        self.shapes: dict[str, list[Any]] = {}  # value -> its inferred dims (int, or a name)
         self.group_quant = "nbits"
         self.opset = 17                   # the model's default-domain opset
 
@@ -348,17 +360,59 @@ def _gemm_tail(b: _Builder, node: Any, prod: str, a: dict[str, Any], wdt: np.dty
 
 
 def _rewrite_conv(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
-                  wdt: np.dtype) -> tuple[list[Any], str] | str:
-    """A low-rank conv weight ``W (O, I/g·Πk) = L R``: a k×k Conv to ``r`` channels per group
-    (``R``, the same for every group), then a 1×1 Conv (``L``, grouped alike) with the bias."""
-    a = _attrs(node)
+                  wdt: np.dtype, compute: str = "fast", block_size: int | None = None
+                  ) -> tuple[list[Any], str] | str:
+    """A compressed Conv weight (its ``(O, I/g·Πk)`` matrix view), as ``b.conv_quant`` says:
+
+    - ``"int8"``: quantized and low rank + int8 weights as an im2col product
+      (:func:`_im2col_conv`: the integer kernels of the MatMul path), where the conv allows
+      (one group, fixed input size, explicit pads), else ``DequantizeLinear`` → Conv (quantized
+      weights with one scale per channel) or dense; low-rank weights as a k×k Conv to ``r``
+      channels then a 1×1 Conv (:func:`_lowrank_conv`);
+    - ``"dequant"``: quantized weights as ``DequantizeLinear`` → Conv (:func:`_quant_conv`),
+      low-rank ones as the Conv pair;
+    - ``"pick"``: per weight, what ``b.conv_pick`` names (``"int8"``, ``"pair"``, or
+      ``"dense"`` with the measured times ``b.conv_why`` gives);
+    - ``"dense"``: quantized weights dense, low-rank ones as the Conv pair.
+
+    ``compute="exact"`` (float activations, asked by the output check) keeps a quantized conv
+    dense: the dense Conv computes the container's decode to float rounding, fastest."""
     shape = tensor_shape(e)
-    if e["form"] not in ("lowrank", "quant"):
+    form = e["form"]
+    if form not in ("lowrank", "quant", "lowrank-int8"):
         return "dense: no Conv kernel for this form in onnxruntime's CPU provider"
     if e["layout"] != "out_in" or tuple(e["shape"]) != (shape[0], int(np.prod(shape[1:]))):
         return "dense: not the (out, in·k) matrix view of the Conv weight"
-    if e["form"] == "quant":
-        return _quant_conv(b, node, name, c, wdt, shape)
+    mode = b.conv_quant
+    if mode == "alldense":      # conv_quant="auto" when the picked convs made the model slower
+        return "dense: conv_quant='auto' (the model measured slower with its picked convs)"
+    if mode == "pick":
+        mode = b.conv_pick.get(name, "dense")
+        if mode == "dense":
+            return b.conv_why.get(name, "dense: measured no faster than the dense Conv")
+    if form == "lowrank":
+        return _lowrank_conv(b, node, name, c, wdt, shape)
+    if mode == "pair":
+        return "dense: no Conv pair for this form"
+    if mode == "dense":
+        return "dense: quantized Conv kept dense (conv_quant='dense': pre-packed, faster in onnxruntime)"
+    if compute == "exact":
+        return ("dense: float activations asked (the dense Conv computes the container's "
+                "weights to float rounding)")
+    if mode == "int8":
+        made = _im2col_conv(b, node, name, e, c, wdt, compute, block_size, shape)
+        if not isinstance(made, str) or form == "lowrank-int8":
+            return made
+    if form == "lowrank-int8":
+        return "dense: no Conv kernel for int8 factors in onnxruntime (conv_quant='int8' runs them)"
+    return _quant_conv(b, node, name, c, wdt, shape)
+
+
+def _lowrank_conv(b: _Builder, node: Any, name: str, c: Container, wdt: np.dtype,
+                  shape: tuple[int, ...]) -> tuple[list[Any], str] | str:
+    """A low-rank conv weight ``W (O, I/g·Πk) = L R``: a k×k Conv to ``r`` channels per group
+    (``R``, the same for every group), then a 1×1 Conv (``L``, grouped alike) with the bias."""
+    a = _attrs(node)
     g = int(a.get("group", 1))
     m = c.matrix(name)
     assert isinstance(m, LowRank)
@@ -375,6 +429,92 @@ def _rewrite_conv(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Conta
     ks = "x".join(str(k) for k in shape[2:])
     per = f" per group ({g} groups)" if g > 1 else ""
     return [first, second], f"Conv {ks} to {r} channels{per} + Conv 1x1"
+
+
+def im2col_index(size: tuple[int, ...], kernel: tuple[int, ...], strides: tuple[int, ...],
+                 pads: tuple[int, ...], dilations: tuple[int, ...]
+                 ) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``(index (P, Πk) int64, output size)``: for each output position (C order) and kernel
+    tap (C order), the flat input position it reads, or ``Πsize`` (a zero appended to the
+    flattened input) where it falls in the padding. ``pads``: ONNX order (begins, then ends)."""
+    nd = len(size)
+    out = tuple((size[d] + pads[d] + pads[nd + d] - dilations[d] * (kernel[d] - 1) - 1)
+                // strides[d] + 1 for d in range(nd))
+    if min(out, default=1) < 1:
+        raise ValueError(f"conv: output size {out} from input {size}")
+    flat = np.zeros((1,) * (2 * nd), np.int64)
+    ok = np.ones((1,) * (2 * nd), bool)
+    for d in range(nd):
+        o = np.arange(out[d]).reshape([-1 if i == d else 1 for i in range(2 * nd)])
+        j = np.arange(kernel[d]).reshape([-1 if i == nd + d else 1 for i in range(2 * nd)])
+        pos = o * strides[d] + j * dilations[d] - pads[d]
+        ok = ok & (pos >= 0) & (pos < size[d])
+        flat = flat * size[d] + pos
+    idx = np.where(ok, flat, int(np.prod(size)))
+    return idx.reshape(int(np.prod(out)), int(np.prod(kernel))).astype(np.int64), out
+
+
+def _im2col_conv(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
+                 wdt: np.dtype, compute: str, block_size: int | None, shape: tuple[int, ...]
+                 ) -> tuple[list[Any], str] | str:
+    """A Conv (one group) as an im2col product: the input ``(B, C, *S)`` flattened to
+    ``(B, C, ΠS)`` with one zero appended (``Reshape``, ``Pad``), its patches gathered
+    (``Gather`` with a fixed index: :func:`im2col_index`) and laid out as ``(B, P, C·Πk)``
+    (``Transpose``, ``Reshape``), times the weight's ``(O, C·Πk)`` matrix view as a MatMul
+    weight (:func:`_product`: DynamicQuantizeMatMul for int8 codes, two for low rank + int8,
+    compensated or MatMulNBits as ``compute`` says), the bias added, back to ``(B, O, *S')``.
+    The codes are the pre-packed integer weight: the conv's weight stays int8 in memory.
+    Measured (1 thread, batch 1): faster than the dense Conv where the weight is large
+    against the image (256→256 3×3 on 2×2: 0.08 vs 0.12 ms), far slower on large images
+    (32→32 3×3 on 16×16: 0.36 vs 0.05 ms), so ``conv_quant="auto"`` times each conv."""
+    a = _attrs(node)
+    if int(a.get("group", 1)) != 1:
+        return f"dense: a grouped Conv ({a.get('group')} groups) has no im2col product here"
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"", ""):
+        return "dense: auto_pad (the im2col index needs explicit pads)"
+    if b.opset < 11:
+        return f"dense: opset {b.opset} (Pad takes its pads as an input from opset 11)"
+    dims = b.shapes.get(node.input[0])
+    nd = len(shape) - 2
+    if dims is None or len(dims) != nd + 2 or any(not isinstance(d, int) or d <= 0 for d in dims[1:]):
+        return "dense: the Conv's input size is not fixed in the graph (the im2col index needs it)"
+    C, size = int(dims[1]), tuple(int(d) for d in dims[2:])
+    O, k = shape[0], tuple(shape[2:])
+    if C != shape[1]:
+        return f"dense: input channels {C} against the weight's {shape[1]}"
+    idx, out = im2col_index(size, k, tuple(a.get("strides", [1] * nd)),
+                            tuple(a.get("pads", [0] * 2 * nd)), tuple(a.get("dilations", [1] * nd)))
+    P, K = idx.shape[0], C * idx.shape[1]
+    y = node.output[0]
+    nm = {s_: b.name(f"{y}_wp_{s_}") for s_ in ("flat", "pad", "patch", "perm", "cols", "prod",
+                                                  "bias", "t")}
+    key = (name, "im2col")
+    geo = ("im2col-index", size, k, tuple(a.get("strides", [])), tuple(a.get("pads", [])),
+           tuple(a.get("dilations", [])))
+    if geo not in b.cache:   # one index per geometry, shared by the convs that have it
+        b.cache[geo] = b.init("wp_im2col_index", idx.astype(np.int32) if idx.max() < 2**31 else idx)
+    if key not in b.cache:
+        b.cache[key] = [b.init(f"{name}_wp_flat", np.array([0, C, int(np.prod(size))], np.int64)),
+                        b.init(f"{name}_wp_pads", np.array([0, 0, 0, 0, 0, 1], np.int64)),
+                        b.cache[geo],
+                        b.init(f"{name}_wp_cols", np.array([0, P, K], np.int64)),
+                        b.init(f"{name}_wp_out", np.array([0, O, *out], np.int64))]
+    s_flat, s_pads, s_idx, s_cols, s_out = b.cache[key]
+    made = _product(b, nm["cols"], nm["prod"], name, e, c, wdt, compute, block_size, trans_b=True)
+    if isinstance(made, str):
+        return made
+    nodes = [b.node("Reshape", [node.input[0], s_flat], [nm["flat"]]),
+             b.node("Pad", [nm["flat"], s_pads], [nm["pad"]]),
+             b.node("Gather", [nm["pad"], s_idx], [nm["patch"]], axis=2),
+             b.node("Transpose", [nm["patch"]], [nm["perm"]], perm=[0, 2, 1, 3]),
+             b.node("Reshape", [nm["perm"], s_cols], [nm["cols"]])] + made[0]
+    cur = nm["prod"]
+    if len(node.input) > 2 and node.input[2]:
+        nodes.append(b.node("Add", [cur, node.input[2]], [nm["bias"]]))
+        cur = nm["bias"]
+    nodes += [b.node("Transpose", [cur], [nm["t"]], perm=[0, 2, 1]),
+              b.node("Reshape", [nm["t"], s_out], [y])]
+    return nodes, f"im2col ({P} positions) + {made[1]}"
 
 
 def _quant_conv(b: _Builder, node: Any, name: str, c: Container, wdt: np.dtype,
@@ -532,7 +672,7 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
     """New nodes computing ``node`` from the compressed tensor, and a description; or the
     reason it stays dense."""
     if node.op_type == "Conv":
-        return _rewrite_conv(b, node, name, e, c, wdt)
+        return _rewrite_conv(b, node, name, e, c, wdt, compute, block_size)
     if node.op_type == "Gather":
         return _rewrite_gather(b, node, name, e, c, wdt)
     a = _attrs(node) if node.op_type == "Gemm" else {}
@@ -545,7 +685,22 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
         x = t
     gemm = node.op_type == "Gemm"
     final = b.name(f"{node.output[0]}_wp_p") if gemm else node.output[0]
+    made = _product(b, x, final, name, e, c, wdt, compute, block_size, trans_b)
+    if isinstance(made, str):
+        return made
+    nodes = pre + made[0]
+    if gemm:
+        nodes += _gemm_tail(b, node, final, a, wdt)
+    return nodes, made[1]
+
+
+def _product(b: _Builder, x: str, final: str, name: str, e: dict[str, Any], c: Container,
+             wdt: np.dtype, compute: str, block_size: int | None, trans_b: bool = False
+             ) -> tuple[list[Any], str] | str:
+    """Nodes computing ``final = x @ op(W)`` from the compressed tensor ``name`` (``op(W)``:
+    ``W`` as stored, transposed when ``trans_b``), and a description; or why not."""
     layout, form = e["layout"], e["form"]
+    nodes: list[Any]
     if form == "lowrank":
         m = c.matrix(name)
         assert isinstance(m, LowRank)
@@ -556,8 +711,8 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
             b.cache[key] = (b.init(f"{name}_wp_lowrank0", F1.astype(wdt)),
                             b.init(f"{name}_wp_lowrank1", F2.astype(wdt)))
         f1, f2 = b.cache[key]
-        t = b.name(f"{node.output[0]}_wp_r")
-        nodes = pre + [b.node("MatMul", [x, f1], [t]), b.node("MatMul", [t, f2], [final])]
+        t = b.name(f"{final}_wp_r")
+        nodes = [b.node("MatMul", [x, f1], [t]), b.node("MatMul", [t, f2], [final])]
         how = f"2 MatMul (rank {L.shape[1]})"
     elif form == "quant":
         q = QuantParts.of(c.matrix(name))
@@ -567,15 +722,14 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
         made = _qmatmul(b, x, final, q, name, wdt, compute, block_size)
         if isinstance(made, str):
             return made
-        nodes = pre + made[0]
-        how = made[1]
+        nodes, how = made
     elif form == "lowrank-int8":
         m = c.matrix(name)
         assert isinstance(m, LowRankQuant)
         # M = U V is the layer's (out, in) matrix unless the node reads it transposed
         if (layout == "in_out") == trans_b:
             return "dense: the int8 factors' rows are the layer's inputs, not its outputs"
-        t = b.name(f"{node.output[0]}_wp_r")
+        t = b.name(f"{final}_wp_r")
         first = _qmatmul(b, x, t, QuantParts.of(m.first), f"{name}_wp_v", wdt, compute, block_size)
         if isinstance(first, str):
             return first
@@ -583,7 +737,7 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
                           block_size)
         if isinstance(second, str):
             return second
-        nodes = pre + first[0] + second[0]
+        nodes = first[0] + second[0]
         r = m.first.shape[0]
         ops = [first[1].split()[0], second[1].split()[0]]
         how = (f"2 {ops[0]} 8-bit (rank {r})" if ops[0] == ops[1]
@@ -594,8 +748,6 @@ def _rewrite(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Container,
                 if "DynamicQuantizeMatMul" in ops else " (int8 activations)" if COMPUTE[compute] else "")
     else:
         return "dense"
-    if gemm:
-        nodes += _gemm_tail(b, node, final, a, wdt)
     return nodes, how
 
 
@@ -633,12 +785,16 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         MatMulNBits with int8 activations per block everywhere (less rounding), or float.
     block_size : int, optional
         Largest MatMulNBits block (a power of two, 16–256); default: the group, or 128.
-    conv_quant : "auto", "dequant" or "dense"
-        Quantized Conv weights (one scale per output channel): ``DequantizeLinear`` → ``Conv``
-        (int8 in the file and in memory, dequantized in each call: onnxruntime cannot pre-pack
-        a computed weight, so usually slower than dense at batch 1), dense (the runtime's
-        fastest), or ``"auto"``: the model is timed both ways in onnxruntime at batch 1
-        (1 thread) and the convs stay int8 only when that is no slower.
+    conv_quant : "auto", "int8", "dequant" or "dense"
+        Quantized (and low rank + int8) Conv weights: ``"int8"``: an im2col integer product
+        (int8 in the file and in memory, the pre-packed integer MatMul kernels: faster than
+        the dense Conv on small images, far slower on large ones), where the conv has none
+        ``DequantizeLinear`` → ``Conv``; ``"dequant"``: ``DequantizeLinear`` → ``Conv``
+        (dequantized in each call: onnxruntime cannot pre-pack a computed weight, so usually
+        slower); ``"dense"`` (the runtime's fastest at large images); ``"auto"``: each conv
+        timed alone in onnxruntime at batch 1 (1 thread) against the dense Conv, the faster
+        kept, then the whole model against every conv dense (a low-rank conv's pair of Convs
+        is timed the same way; the other modes keep the pair).
     lstm_quant : "auto", "int8" or "dense"
         LSTMs whose ``W`` and ``R`` are both quantized per row: ``DynamicQuantizeLSTM`` (int8
         weights, activations rounded to uint8 per tensor; measured 2.4x faster than the dense
@@ -689,8 +845,8 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         raise ValueError(f"compute: expected 'fast', 'block' or 'exact', got {compute!r}")
     if block_size is not None and (isinstance(block_size, bool) or block_size not in (16, 32, 64, 128, 256)):
         raise ValueError(f"block_size: expected a power of two in 16..256, got {block_size!r}")
-    if conv_quant not in ("auto", "dequant", "dense"):
-        raise ValueError(f"conv_quant: expected 'auto', 'dequant' or 'dense', got {conv_quant!r}")
+    if conv_quant not in ("auto", "int8", "dequant", "dense"):
+        raise ValueError(f"conv_quant: expected 'auto', 'int8', 'dequant' or 'dense', got {conv_quant!r}")
     if lstm_quant not in ("auto", "int8", "dense"):
         raise ValueError(f"lstm_quant: expected 'auto', 'int8' or 'dense', got {lstm_quant!r}")
     if group_quant not in ("auto", "int8", "nbits"):
@@ -713,27 +869,31 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                                inputs=inputs)
     modes = {"conv_quant": conv_quant, "lstm_quant": lstm_quant, "group_quant": group_quant}
     notes: dict[str, str] = {}
+    pick: tuple[dict[str, str], dict[str, str]] | None = None
     if "auto" in modes.values():
         head = _load_proto(os.fspath(like), external=False).graph
         quant = {nm for nm, e in c.entries.items() if e["form"] == "quant"}
-        has = {"conv_quant": any(n.op_type == "Conv" and n.input[1] in quant
+        convs = {nm for nm, e in c.entries.items() if e["form"] in _CONV_FORMS}
+        has = {"conv_quant": any(n.op_type == "Conv" and n.input[1] in convs
                                  for n in head.node if len(n.input) > 1),
                "lstm_quant": any(n.op_type == "LSTM" and {n.input[1], n.input[2]} <= quant
                                  for n in head.node if len(n.input) > 2),
                "group_quant": compute == "fast" and any(
                    n.op_type in ("MatMul", "Gemm") and n.input[1] in quant
                    for n in head.node if len(n.input) > 1)}
+        if conv_quant == "auto" and has["conv_quant"]:
+            pick = _pick_convs(c, output, like, compute, block_size)
         notes = _choose_modes(c, output, like, compute, block_size,
-                              {k: v for k, v in modes.items() if v == "auto" and has[k]}, modes)
+                              {k: v for k, v in modes.items() if v == "auto" and has[k]}, modes, pick)
         for k in modes:
             if modes[k] == "auto":
                 modes[k] = _OFF[k] if notes.get(k, "").startswith(_OFF_NOTE[k]) else _SLOW_ON[k]
     levels: dict[str, tuple[str, str]] = {}
     measured: tuple[float, float] | None = None
     if check:
-        levels, measured = _check_outputs(c, output, like, compute, block_size, modes, inputs)
+        levels, measured = _check_outputs(c, output, like, compute, block_size, modes, inputs, pick)
     rows = ExportRows(_export(c, output, like, compute, block_size, external_data,
-                              levels={k: v[0] for k, v in levels.items()}, **modes))
+                              levels={k: v[0] for k, v in levels.items()}, pick=pick, **modes))
     for r in rows:
         if r.name in levels:
             r.note = levels[r.name][1]
@@ -741,6 +901,9 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                 r.note += " (no compensated kernel for its form: float activations)"
         elif r.how == "dense":
             if "conv_quant" in notes and "conv_quant=" in r.note:
+                r.note = notes["conv_quant"]
+            elif "conv_quant" in notes and pick is not None and r.name in pick[0] \
+                    and "measured slower" in notes["conv_quant"]:
                 r.note = notes["conv_quant"]
             elif "lstm_quant" in notes and "read by LSTM" in r.note:
                 r.note = notes["lstm_quant"]
@@ -757,9 +920,11 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
 
 def _export(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
             compute: str, block_size: int | None, external_data: bool, *, conv_quant: str,
-            lstm_quant: str, group_quant: str = "nbits", levels: Mapping[str, str] | None = None) -> list[ExportRow]:
+            lstm_quant: str, group_quant: str = "nbits", levels: Mapping[str, str] | None = None,
+            pick: tuple[dict[str, str], dict[str, str]] | None = None) -> list[ExportRow]:
     """:func:`export_onnx` with every choice made; ``levels``: tensor -> the ``compute`` its
-    layer uses instead (an LSTM reading one stays dense)."""
+    layer uses instead (an LSTM reading one stays dense); ``pick``: with ``conv_quant="pick"``,
+    each conv weight's form and why the others stay dense (:func:`_pick_convs`)."""
     levels = levels or {}
     onnx = require("onnx", "exporting to ONNX")
     model = _load_proto(os.fspath(like), external=True)
@@ -778,6 +943,9 @@ def _export(c: Container, output: str | os.PathLike[str], like: str | os.PathLik
     drop: set[str] = set()
     b = _Builder(g, np.float32)
     b.conv_quant = conv_quant
+    b.conv_pick, b.conv_why = pick or ({}, {})
+    if conv_quant in ("int8", "pick"):
+        b.shapes = _value_dims(like)
     b.group_quant = group_quant
     b.opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     done_lstm: set[str] = set()
@@ -876,6 +1044,90 @@ def _export(c: Container, output: str | os.PathLike[str], like: str | os.PathLik
     return rows
 
 
+def _value_dims(like: str | os.PathLike[str]) -> dict[str, list[Any]]:
+    """Every value's dims in ``like`` as ONNX shape inference gives them (an int, or the
+    name of a dynamic dimension; None where unknown); the weights' data is not read."""
+    onnx = require("onnx", "exporting to ONNX")
+    m = _load_proto(os.fspath(like), external=False)
+    try:
+        m = onnx.shape_inference.infer_shapes(m)
+    except Exception:   # a graph shape inference cannot follow: convs needing sizes stay as they are
+        pass
+    out: dict[str, list[Any]] = {}
+    for v in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
+        t = v.type.tensor_type
+        if t.HasField("shape"):
+            out[v.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                           for d in t.shape.dim]
+    return out
+
+
+_CONV_FORMS = {"quant": "int8", "lowrank-int8": "int8", "lowrank": "pair"}
+
+
+def _pick_convs(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
+                compute: str, block_size: int | None) -> tuple[dict[str, str], dict[str, str]]:
+    """For ``conv_quant="auto"``: each Conv whose weight the container quantized (or made low
+    rank, with or without int8 factors) is timed alone in onnxruntime, at batch 1 (its input
+    size from the graph), 1 thread, best of 3 interleaved rounds of 7 calls: the dense Conv
+    against its compressed form (the im2col integer product of :func:`_im2col_conv`, where
+    the conv has none ``DequantizeLinear`` → Conv, or the Conv pair of :func:`_lowrank_conv`). Returns ``(pick, why)``: weight -> ``"int8"``,
+    ``"pair"`` or ``"dense"``, and for the dense ones the reason with both times."""
+    onnx = require("onnx", "exporting to ONNX")
+    h = onnx.helper
+    graph = _load_proto(os.fspath(like), external=False).graph
+    opset = next((int(o.version) for o in _load_proto(os.fspath(like), external=False).opset_import
+                  if o.domain in ("", "ai.onnx")), 17)
+    dims = _value_dims(like)
+    pick: dict[str, str] = {}
+    why: dict[str, str] = {}
+    d = os.path.dirname(os.path.abspath(output))
+    with tempfile.TemporaryDirectory(prefix=".wp-conv-", dir=d) as tmp:
+        for i, nd in enumerate(graph.node):
+            if nd.op_type != "Conv" or len(nd.input) < 2 or nd.input[1] in pick:
+                continue
+            w = nd.input[1]
+            e = c.entries.get(w)
+            if e is None or e["form"] not in _CONV_FORMS:
+                continue
+            xd = dims.get(nd.input[0])
+            if xd is None or any(not isinstance(v, int) or v <= 0 for v in xd[1:]):
+                pick[w] = "dense" if e["form"] != "lowrank" else "pair"
+                why[w] = "dense: the Conv's input size is not fixed in the graph (nothing to time)"
+                continue
+            shape = tensor_shape(e)
+            x = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1] + list(xd[1:]))
+            yd = dims.get(nd.output[0]) or [None] * len(xd)
+            y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1] + list(yd[1:]))
+            conv = h.make_node("Conv", ["x", w], ["y"], **_attrs(nd))
+            wt = onnx.numpy_helper.from_array(np.asarray(c[w], np.float32).reshape(shape), w)
+            one = h.make_model(h.make_graph([conv], "conv", [x], [y], [wt]),
+                               opset_imports=[h.make_opsetid("", max(opset, 11))])
+            dense, alt = os.path.join(tmp, f"{i}.onnx"), os.path.join(tmp, f"{i}-alt.onnx")
+            onnx.save_model(one, dense)
+            mode = "int8" if _CONV_FORMS[e["form"]] == "int8" else "dense"
+            row = next(r for r in _export(c, alt, dense, compute, block_size, False,
+                                          conv_quant=mode, lstm_quant="dense") if r.name == w)
+            if not row.compressed:
+                pick[w], why[w] = "dense", row.note
+                continue
+            sess = {k: session(p) for k, p in (("dense", dense), ("alt", alt))}
+            feed = {"x": np.random.default_rng(0).standard_normal([1] + list(xd[1:])).astype(np.float32)}
+            t = {k: float("inf") for k in sess}
+            for _ in range(3):
+                for k, s_ in sess.items():
+                    t[k] = min(t[k], best_time(lambda: s_.run(None, feed), 7))
+            del sess
+            if t["alt"] <= t["dense"]:
+                pick[w] = _CONV_FORMS[e["form"]]
+            else:
+                pick[w] = "dense"
+                what = row.how.split(" (")[0]
+                why[w] = (f"dense: {what} measured slower than the dense Conv in onnxruntime (this conv alone, "
+                          f"batch 1, 1 thread: {t['alt'] * 1e3:.3g} ms vs {t['dense'] * 1e3:.3g} ms)")
+    return pick, why
+
+
 def best_time(fn: Any, reps: int) -> float:
     """Least seconds of ``reps`` calls of ``fn`` after one warm-up call."""
     fn()
@@ -887,21 +1139,25 @@ def best_time(fn: Any, reps: int) -> float:
     return min(ts)
 
 
-_SLOW_ON = {"conv_quant": "dequant", "lstm_quant": "int8", "group_quant": "int8"}
-_OFF = {"conv_quant": "dense", "lstm_quant": "dense", "group_quant": "nbits"}
-_SLOW_WHAT = {"conv_quant": "DequantizeLinear -> Conv", "lstm_quant": "DynamicQuantizeLSTM",
+# conv_quant: "pick" = each conv as _pick_convs timed it; "alldense" = every compressed conv dense
+_SLOW_ON = {"conv_quant": "pick", "lstm_quant": "int8", "group_quant": "int8"}
+_OFF = {"conv_quant": "alldense", "lstm_quant": "dense", "group_quant": "nbits"}
+_SLOW_WHAT = {"conv_quant": "the convs picked by their own timing", "lstm_quant": "DynamicQuantizeLSTM",
               "group_quant": "DynamicQuantizeMatMul per group"}
-_SLOW_PREFIX = {"conv_quant": "DequantizeLinear", "lstm_quant": "DynamicQuantizeLSTM",
-                "group_quant": "DynamicQuantizeMatMul per group"}   # how its rows begin
-_OFF_NOTE = {k: ("dense" if v == "dense" else "MatMulNBits") + ":" for k, v in _OFF.items()}
+_SLOW_PREFIX: dict[str, tuple[str, ...]] = {   # how its rows begin
+    "conv_quant": ("im2col", "Conv ", "DequantizeLinear"), "lstm_quant": ("DynamicQuantizeLSTM",),
+    "group_quant": ("DynamicQuantizeMatMul per group",)}
+_OFF_WORD = {k: "MatMulNBits" if v == "nbits" else "dense" for k, v in _OFF.items()}
+_OFF_NOTE = {k: v + ":" for k, v in _OFF_WORD.items()}
 
 
 def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
                   compute: str, block_size: int | None, auto: dict[str, str],
-                  modes: dict[str, str]) -> dict[str, str]:
+                  modes: dict[str, str],
+                  pick: tuple[dict[str, str], dict[str, str]] | None = None) -> dict[str, str]:
     """For each rewrite in ``auto`` (``conv_quant``, ``lstm_quant``) that may run slower than
     the dense layer: time the model with it against the model without it (the others of
-    ``auto`` off), onnxruntime, batch 1, 1 thread, best of 3 interleaved rounds of 7 calls.
+    ``auto`` off), onnxruntime, batch 1, 1 thread, best of 5 interleaved rounds of 9 calls.
     Returns ``{mode: why}``: why the layers stay dense (or MatMulNBits) for those measured
     slower, the times that kept the rewrite for the others."""
     require("onnxruntime", "timing the quantized convolutions and LSTMs ('auto')")
@@ -915,24 +1171,24 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
         sess = {}
         for k, m in cands.items():
             p = os.path.join(tmp, f"{k}.onnx")
-            rows = _export(c, p, like, compute, block_size, True, levels=None, **m)
+            rows = _export(c, p, like, compute, block_size, True, levels=None, pick=pick, **m)
             if k != "base" and not any(r.how.startswith(_SLOW_PREFIX[k]) for r in rows):
                 continue                  # nothing of this kind could be rewritten
             sess[k] = session(p)  # (1 thread, the default optimizations: as the check runs)
         feed = sample_feed(sess["base"], 1, _load_proto(os.fspath(like), external=False).graph)
         t = {k: float("inf") for k in sess}
-        for _ in range(3):
+        for _ in range(5):   # (a model's gain can be a few per cent: 5 rounds against the noise)
             for k, s in sess.items():
-                t[k] = min(t[k], best_time(lambda: s.run(None, feed), 7))
+                t[k] = min(t[k], best_time(lambda: s.run(None, feed), 9))
         del sess
     for k in auto:
         if k in t and t[k] > t["base"]:
-            off = "dense" if _OFF[k] == "dense" else "MatMulNBits"
+            off = _OFF_WORD[k]
             notes[k] = (f"{off}: {_SLOW_WHAT[k]} measured slower in onnxruntime (model at batch 1, "
                         f"1 thread: {t[k] * 1e3:.3g} ms vs {t['base'] * 1e3:.3g} ms with "
-                        f"{off}); {k}='{_SLOW_ON[k]}' keeps it")
+                        f"{off})" + ("" if k == "conv_quant" else f"; {k}='{_SLOW_ON[k]}' keeps it"))
         elif k in t:
-            off = "dense" if _OFF[k] == "dense" else "MatMulNBits"
+            off = _OFF_WORD[k]
             notes[k] = (f"kept: measured no slower in onnxruntime than {off} (model at batch 1, "
                         f"1 thread: {t[k] * 1e3:.3g} ms vs {t['base'] * 1e3:.3g} ms)")
     return notes
@@ -952,7 +1208,8 @@ def _probes(graph: Any, names: list[str]) -> dict[str, list[tuple[str, str]]]:
 
 def _check_outputs(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
                    compute: str, block_size: int | None, modes: dict[str, str],
-                   inputs: Mapping[str, np.ndarray] | None
+                   inputs: Mapping[str, np.ndarray] | None,
+                   pick: tuple[dict[str, str], dict[str, str]] | None = None
                    ) -> tuple[dict[str, tuple[str, str]], tuple[float, float] | None]:
     """The layers that must compute more exactly so that the exported model's outputs stay
     within the container's stated error of its computation, ``{tensor: (compute, why)}``,
@@ -979,7 +1236,8 @@ def _check_outputs(c: Container, output: str | os.PathLike[str], like: str | os.
     with tempfile.TemporaryDirectory(prefix=".wp-check-", dir=d) as tmp:
         def export(levels: dict[str, str], tag: str) -> tuple[str, list[ExportRow]]:
             p = os.path.join(tmp, f"{tag}.onnx")
-            return p, _export(c, p, like, compute, block_size, True, levels=levels, **modes)
+            return p, _export(c, p, like, compute, block_size, True, levels=levels, pick=pick,
+                              **modes)
 
         def measure(p: str, feed: dict[str, np.ndarray]) -> float:
             e = output_error(run_model(p, feed), ref_out, list(ref_out))
