@@ -118,9 +118,11 @@ def sweep_output_error(Wa: np.ndarray, rows_hat: Any, stats: CalibrationStats, d
     step = row_step(*Wa.shape)
     for r in range(0, Wa.shape[0], step):
         r1 = min(r + step, Wa.shape[0])
-        w0 = np.asarray(Wa[r:r1], dtype=dtype).astype(np.float64)
-        w0[:, dead] = 0.0
-        dd = w0 - np.asarray(rows_hat(r, r1), dtype=np.float64)
+        # one float64 block: W's rows (in the sweep's dtype) less Ŵ's, in place (the same
+        # values as converting Ŵ's rows first: float32 -> float64 is exact)
+        dd = np.asarray(Wa[r:r1], dtype=dtype).astype(np.float64)
+        dd[:, dead] = 0.0
+        np.subtract(dd, rows_hat(r, r1), out=dd)
         d2 += float(np.einsum("ij,ij->", dd, dd))
     return max(swept - delta * d2, 0.0)
 
