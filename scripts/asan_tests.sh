@@ -15,7 +15,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 if [[ "${WP_ASAN_REUSE:-0}" != 1 || ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q numpy scipy pytest hypothesis scikit-learn threadpoolctl \
+  "$venv/bin/python" -m pip install -q numpy scipy pytest hypothesis scikit-learn threadpoolctl zstandard \
       scikit-build-core pybind11
 fi
 echo "== sanitizer build (WP_SANITIZE=ON, RelWithDebInfo)"

@@ -1,0 +1,65 @@
+"""The solvers' ISA copies give the same bits (their comments promise it).
+
+pursuit.cpp, basis_pursuit.cpp and linop.cpp compile their hot loops for AVX-512, AVX2 and the
+baseline and pick one at run time. Each loop is written elementwise in a fixed order, so every
+copy computes the same roundings, *if* the compiler does not fuse ``a - b*c`` into one FMA in
+the copies whose target has FMA (GCC does, under -std=c++17 too). Run with the dispatch capped
+by WP_MAX_ISA, the results must hash alike.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+_DIGEST = r"""
+import hashlib
+import numpy as np
+import scipy.sparse as sp
+import weightpress as wp
+
+h = hashlib.sha256()
+rng = np.random.default_rng(7)
+for dt in (np.float32, np.float64):
+    # OMP: full-Gram batch (many signals) and lazy Gram columns (few), odd sizes for tails
+    D = rng.standard_normal((61, 203)).astype(dt)
+    X0 = np.zeros((203, 40), dt)
+    for s in range(40):
+        X0[rng.choice(203, 9, replace=False), s] = rng.standard_normal(9)
+    Y = (D @ X0 + 1e-3 * rng.standard_normal((61, 40))).astype(dt)
+    for N in (40, 2):
+        X = wp.omp(D, Y[:, :N], n_nonzero=9)
+        X = X.toarray() if sp.issparse(X) else np.asarray(X)
+        h.update(np.ascontiguousarray(X).tobytes())
+    # basis pursuit, BPDN, LASSO on a dense operator (CSR products contract to FMA where the
+    # CPU has it: identical across thread counts, not across CPUs; see csr.cpp)
+    A = (rng.standard_normal((45, 131)) / np.sqrt(45)).astype(dt)
+    x0 = np.zeros(131, dt)
+    x0[rng.choice(131, 6, replace=False)] = rng.standard_normal(6)
+    y = (A @ x0).astype(dt)
+    for op in (A,):
+        for f in (lambda: wp.basis_pursuit(op, y), lambda: wp.basis_pursuit(op, y, sigma=0.05),
+                  lambda: wp.lasso(op, y, lam=0.02)):
+            r = f()
+            x = r.x if hasattr(r, "x") else r[0] if isinstance(r, tuple) else r
+            h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
+print(h.hexdigest())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="x86 dispatch levels")
+def test_solvers_same_bits_on_every_isa_level():
+    from weightpress import _core
+
+    top = _core.isa_level()
+    digests = {}
+    for level in sorted({0, 1, 2} & set(range(top + 1))):
+        # BLAS pinned to one thread: OpenBLAS's own blocking is not what this checks
+        env = dict(os.environ, WP_MAX_ISA=str(level), OMP_NUM_THREADS="2",
+                   OPENBLAS_NUM_THREADS="1")
+        r = subprocess.run([sys.executable, "-c", _DIGEST], env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        digests[level] = r.stdout.strip()
+    assert len(set(digests.values())) == 1, digests
