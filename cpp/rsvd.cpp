@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <string>
@@ -166,6 +167,21 @@ void release_scratch() { release_free_memory(); }
 void release_free_memory() {
 #if defined(__GLIBC__)
   malloc_trim(0);
+#endif
+}
+
+std::size_t fix_mmap_threshold(std::size_t bytes) {
+#if defined(__GLIBC__)
+  const char* own = std::getenv("WP_MALLOC_TUNE");
+  const char* tun = std::getenv("GLIBC_TUNABLES");
+  if ((own != nullptr && std::string(own) == "0") || std::getenv("MALLOC_MMAP_THRESHOLD_") != nullptr ||
+      (tun != nullptr && std::string(tun).find("mmap_threshold") != std::string::npos))
+    return 0;
+  if (bytes > static_cast<std::size_t>(std::numeric_limits<int>::max())) return 0;
+  return mallopt(M_MMAP_THRESHOLD, static_cast<int>(bytes)) == 1 ? bytes : 0;
+#else
+  (void)bytes;
+  return 0;
 #endif
 }
 

@@ -20,6 +20,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   m.def("release_free_memory", &wp::release_free_memory,
         "Return the C heap's free pages to the system (glibc malloc_trim; else nothing).",
         py::call_guard<py::gil_scoped_release>());
+  // (issue 15: glibc's heap kept freed full-size temporaries resident; see rsvd.hpp)
+  m.attr("mmap_threshold") = wp::fix_mmap_threshold(std::size_t(4) << 20);
   py::register_exception<wp::ShapeError>(m, "ShapeError", PyExc_ValueError);
   wpb::load_blas(m);
   wpb::bind_dense(m);

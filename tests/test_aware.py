@@ -99,6 +99,7 @@ def test_calibrated_methods_peak_memory_within_3x_the_layer(method):
     finally:
         tracemalloc.stop()
     assert m.nbytes <= W.nbytes / 4
-    # measured 2.52x (prune), 2.25x (lowrank), 2.58x (auto: 2.99x before GPTQ swept blocks
-    # of rows and act-order's codes were put back in place)
-    assert peak <= 2.75 * W.nbytes, f"{method}: peak {peak / W.nbytes:.2f}x the layer"
+    # measured 2.47x (prune), 2.26x (lowrank), 2.52x (auto: 2.99x before GPTQ swept blocks
+    # of rows and act-order's codes were put back in place, 2.58x before a byte budget's
+    # GPTQ kept one result instead of every candidate precision's)
+    assert peak <= 2.6 * W.nbytes, f"{method}: peak {peak / W.nbytes:.2f}x the layer"

@@ -100,3 +100,31 @@ def test_compress_of_many_empty_tensors_holds_a_small_multiple_of_the_input(tmp_
     s2, p2 = _compress_empty_tensors_peak(tmp_path, 1600)
     per_tensor = (p2 - p1) / (s2 - s1)
     assert per_tensor <= 12.0, f"{per_tensor:.1f}x the input's bytes per tensor"
+
+
+def test_glibc_mmap_threshold_is_fixed_at_import_unless_the_user_chose():
+    """issue 15: glibc raised its mmap threshold to every freed full-size temporary's size
+    and kept later ones in its heap, resident after they were freed (up to ~1x the largest
+    tensor over what was live). weightpress fixes it at 4 MiB when it loads, unless the user
+    set one (MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES) or opted out (WP_MALLOC_TUNE=0)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from weightpress import _core
+
+    glibc = platform.libc_ver()[0] == "glibc" and "asan" not in os.environ.get("LD_PRELOAD", "")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES", "WP_MALLOC_TUNE")}
+
+    def threshold(**extra: str) -> int:
+        r = subprocess.run([sys.executable, "-c", "import weightpress._core as c; print(c.mmap_threshold)"],
+                           capture_output=True, text=True, env={**env, **extra}, check=True)
+        return int(r.stdout)
+
+    assert threshold() == (4 << 20 if glibc else 0)
+    assert _core.mmap_threshold in (0, 4 << 20)
+    assert threshold(WP_MALLOC_TUNE="0") == 0
+    assert threshold(MALLOC_MMAP_THRESHOLD_="262144") == 0
+    assert threshold(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=262144") == 0

@@ -128,6 +128,32 @@ def test_gptq_many_is_gptq_at_each_setting_bit_for_bit(act_order):
         np.testing.assert_array_equal(e, e1)
     with pytest.raises(ValueError, match="row_errs"):
         Q.gptq_many(W, st, settings, row_errs=[None])
+    # handed on one at a time (issue 15: a caller keeps what it needs): the same results
+    got: dict[int, Q.Quantized] = {}
+    assert Q.gptq_many(W, st, settings, act_order=act_order,
+                       each=lambda i, q: got.__setitem__(i, q)) == []
+    np.testing.assert_array_equal(st.hessian(), H0)
+    for i, q in enumerate(many):
+        np.testing.assert_array_equal(got[i].packed, q.packed)
+        np.testing.assert_array_equal(got[i].scales, q.scales)
+
+
+def test_a_byte_budget_keeps_one_gptq_result_and_builds_the_same(layer):
+    """issue 15: a byte budget's build (lean) keeps only the lowest-error GPTQ result on the
+    statistics, not every candidate precision's, and chooses and builds the same matrix."""
+    W, X = layer
+    nb = W.nbytes / 5
+    built = []
+    for lean in (False, True):
+        A._MEMO.clear()
+        st = CalibrationStats.from_inputs(X)
+        q = A._builders(W, st, "quant", {}, "out_in", np.dtype(np.float32), None, lean=lean)["quant"](nb)
+        built.append((q, sum(k[0] == "gptq" for k in st._cache if isinstance(k, tuple))))
+    (full, n_full), (lean_q, n_lean) = built
+    assert n_full >= 2 and n_lean == 1
+    assert lean_q.name == full.name and lean_q._wp_predicted == full._wp_predicted
+    np.testing.assert_array_equal(lean_q.packed, full.packed)
+    np.testing.assert_array_equal(lean_q.scales, full.scales)
 
 
 def test_output_error_with_its_denominator_kept_is_the_same_number(layer):

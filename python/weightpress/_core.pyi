@@ -12,6 +12,7 @@ from numpy.typing import NDArray
 
 __version__: str
 has_openmp: bool
+mmap_threshold: int  # glibc mmap threshold fixed at import (bytes; 0: left alone)
 _cython_blas: ModuleType
 _cython_lapack: ModuleType
 

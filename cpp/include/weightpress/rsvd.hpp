@@ -8,6 +8,7 @@
 // wp::csr_matmat / wp::csr_matmat_t. Our own OpenMP loops (sketch, scans, CSR products) run in
 // separate phases from BLAS calls.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -74,5 +75,16 @@ void gaussian_sketch(std::int64_t rows, std::int64_t cols, std::int64_t col0, st
 // builds and drops full-size candidates one after another grew resident memory well past what
 // it held at any time (issue 15); the compression methods call this between candidates.
 void release_free_memory();
+
+// glibc serves a request from its heap or from a mapping of its own by a threshold that it
+// raises, by default, to the size of every mapped chunk freed (up to 32 MiB): after the first
+// full-size temporary is freed, later ones of up to that size come from the heap, whose freed
+// chunks stay resident wherever a live one sits above them (issue 15: up to ~1x the largest
+// tensor over what was live in `--method auto` and the calibrated methods). Fixes the
+// threshold at `bytes` (mallopt, which also stops the raising), so requests of that size and
+// more get mappings of their own, unmapped when freed. Left alone where the user chose a
+// threshold (MALLOC_MMAP_THRESHOLD_, GLIBC_TUNABLES) or WP_MALLOC_TUNE=0; nothing off glibc.
+// Returns the threshold set, 0 if none.
+std::size_t fix_mmap_threshold(std::size_t bytes);
 
 }  // namespace wp

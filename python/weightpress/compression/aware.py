@@ -159,9 +159,12 @@ def known_error(m: CompressedMatrix, stats: CalibrationStats | None) -> float | 
 
 
 def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Mapping[str, Any],
-              layout: str, od: np.dtype, storage: str | None
+              layout: str, od: np.dtype, storage: str | None, lean: bool = False
               ) -> dict[str, Callable[[float], CompressedMatrix]]:
-    """Per form: nbytes -> the data-aware matrix of at most (about) that many bytes."""
+    """Per form: nbytes -> the data-aware matrix of at most (about) that many bytes.
+    ``lean``: one build at one byte budget (a ratio search's layer), so GPTQ keeps only the
+    result that budget's choice builds, not every candidate precision (an error budget's
+    bisection and allocation curves reuse the others)."""
     isz = value_itemsize(od, storage)
     stored_shape = Wo.shape if layout == "out_in" else Wo.shape[::-1]
 
@@ -234,28 +237,42 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         return ("gptq", w_key, stats.cached(("h_key",), lambda: _h_key(stats)), p, sparsity,
                 damp_q, str(od))
 
-    def measure(settings: list[tuple[Precision, float]]) -> None:
+    def measure(settings: list[tuple[Precision, float]], best_only: bool = False) -> None:
         """GPTQ at every setting this layer's statistics have not cached yet, all with one
         factorisation of ``H`` (:func:`~weightpress.compression.quant.gptq_many`), each with
         the output error its own sweep measured (Σ e_c² less the dampening's share: no
         out·in² product with ``H`` per precision; the report measures the chosen form
-        exactly)."""
+        exactly). ``best_only``: of the settings measured here only the lowest-error result
+        stays cached (a byte budget's build with plain codes needs no other; issue 15: the
+        results of every candidate precision were held at once)."""
         todo = list(dict.fromkeys(ps for ps in settings
                                   if ("gptq", *ps, damp_q, w_key) not in stats._cache))
         if not todo:
             return
         res = [np.zeros(Wo.shape[0]) for _ in todo]
-        qs = gptq_many(Wo, stats, [(p.bits, p.group, p.symmetric, s or None) for p, s in todo],
-                       damp=damp_q, row_errs=res)
         if not den:
             den.append(total())
-        for (p, s), q, re in zip(todo, qs, res):
-            num = sweep_output_error(Wo, q.rows, stats, damp_q, float(re.sum()), Wo.dtype)
+        hd = np.diag(stats.hessian()).copy()  # (H holds its factor while the sweeps run)
+        kept: list[Any] = []  # (error, key) of the one result kept, with best_only
+
+        def each(i: int, q: Quantized) -> None:
+            p, s = todo[i]
+            num = sweep_output_error(Wo, q.rows, stats, damp_q, float(res[i].sum()), Wo.dtype, hd)
             e = float(np.sqrt(num / den[0])) if den[0] > 0 else 0.0
             _MEMO.put(memo_key(p, s), {"error": e, "nbytes": q.nbytes})
             q._wp_predicted = e
+            key = ("gptq", p, s, damp_q, w_key)
+            if best_only:  # only the lowest error is kept (the one a byte budget's choice builds)
+                if kept and e >= kept[0][0]:
+                    return
+                if kept:
+                    stats._cache.pop(kept[0][1], None)
+                kept[:] = [(e, key)]
             # every budget of one layer (bisection, allocation curves) shares these results
-            stats.cached(("gptq", p, s, damp_q, w_key), lambda q=q: q)
+            stats.cached(key, lambda: q)
+
+        gptq_many(Wo, stats, [(p.bits, p.group, p.symmetric, s or None) for p, s in todo],
+                  damp=damp_q, row_errs=res, each=each)
 
     def gptq_at(p: Precision, sparsity: float) -> Quantized:
         measure([(p, sparsity)])
@@ -298,7 +315,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
 
     def quant_b(nb: float) -> CompressedMatrix:
         cands = candidates(nb)
-        measure(unmeasured(cands, nb))
+        measure(unmeasured(cands, nb), best_only=lean and coding is None)
         best, best_key = None, (2, np.inf)
         for p, s in cands:  # the lowest output error that fits wins
             if coding is None:
@@ -412,7 +429,7 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     err, nb = Budget.of(error=error, nbytes=nbytes).pair()
     dense = Dense(Wa.astype(od, copy=False), layout)
     dense_bytes = Wa.size * value_itemsize(od, storage)
-    builders = _builders(Wo, stats, method, opts, layout, od, storage)
+    builders = _builders(Wo, stats, method, opts, layout, od, storage, lean=nb is not None)
     if method == "quant" and M.precision_of(opts) is not None:
         return builders["quant"](dense_bytes)  # a precision the rule fixes is what it gets
     cands: list[tuple[CompressedMatrix, float]] = []

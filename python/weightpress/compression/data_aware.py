@@ -105,12 +105,13 @@ def _prune_obs(Wa: np.ndarray, stats: CalibrationStats, n_prune: int, nm: tuple[
 
 
 def sweep_output_error(Wa: np.ndarray, rows_hat: Any, stats: CalibrationStats, damp: float,
-                       swept: float, dtype: Any) -> float:
+                       swept: float, dtype: Any, diag: np.ndarray | None = None) -> float:
     """``‖X(W − Ŵ)ᵀ‖²`` (undamped ``H``) of an OBS/GPTQ sweep from its own ``Σ e_c²``
     (``swept``: the error against the damped ``H``): less the dampening's ``δ‖W − Ŵ‖²`` over
     the live inputs (dead ones are zeroed before the sweep and count nothing). ``rows_hat(r0,
-    r1)`` gives rows of ``Ŵ``; one pass over ``W`` in row blocks, no product with ``H``."""
-    dg = np.diag(stats.hessian()).astype(np.float64)
+    r1)`` gives rows of ``Ŵ``; one pass over ``W`` in row blocks, no product with ``H``.
+    ``diag``: ``H``'s diagonal read before (while ``H`` holds its factor, in a sweep)."""
+    dg = (np.diag(stats.hessian()) if diag is None else np.asarray(diag)).astype(np.float64)
     dead = dg == 0
     dg[dead] = 1.0
     delta = float(damp) * float(dg.mean()) if dg.size else 0.0
@@ -118,10 +119,13 @@ def sweep_output_error(Wa: np.ndarray, rows_hat: Any, stats: CalibrationStats, d
     step = row_step(*Wa.shape)
     for r in range(0, Wa.shape[0], step):
         r1 = min(r + step, Wa.shape[0])
-        w0 = np.asarray(Wa[r:r1], dtype=dtype).astype(np.float64)
-        w0[:, dead] = 0.0
-        dd = w0 - np.asarray(rows_hat(r, r1), dtype=np.float64)
+        # one float64 block: W's rows (in the sweep's dtype) less Ŵ's, in place (the same
+        # values as converting Ŵ's rows first: float32 -> float64 is exact)
+        dd = np.asarray(Wa[r:r1], dtype=dtype).astype(np.float64)
+        dd[:, dead] = 0.0
+        np.subtract(dd, rows_hat(r, r1), out=dd)
         d2 += float(np.einsum("ij,ij->", dd, dd))
+        del dd  # (not held while the next block is converted)
     return max(swept - delta * d2, 0.0)
 
 
@@ -423,6 +427,7 @@ def _sq(R: np.ndarray) -> float:
     for r in range(0, R.shape[0], step):
         b = R[r:r + step].astype(np.float64)
         t += float(np.einsum("ij,ij->", b, b))
+        del b  # (not held while the next block is converted)
     return t
 
 
@@ -499,9 +504,10 @@ def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationSt
             np.multiply(Wa, dc, out=R)
             for r0 in range(0, R.shape[0], step):  # R = Ws − L, L = A B a block at a time
                 R[r0:r0 + step] -= A[r0:r0 + step] @ B
+        r2 = _sq(R)  # (before the sparse part exists: its float64 blocks are not held beside it)
         S = prune(R, sparsity=s)  # the largest entries of the residual, as they are
         sd = S.data.astype(np.float64)
-        res = float(np.sqrt(max(_sq(R) - float(sd @ sd), 0.0)))  # ‖Ws − L − S‖
+        res = float(np.sqrt(max(r2 - float(sd @ sd), 0.0)))  # ‖Ws − L − S‖
         del sd
         if abs(prev - res) <= tol * max(1.0, wnorm):
             break

@@ -402,12 +402,16 @@ def gptq(W: Any, stats: CalibrationStats, bits: int = 4, group: int | None = Non
 def gptq_many(W: Any, stats: CalibrationStats, settings: Any, *,
               pattern: str | tuple[int, int] | None = None, act_order: bool = True,
               mse: bool = True, block: int = 128, damp: float = 0.01,
-              n_threads: int | None = None, row_errs: Any = None) -> list[Quantized]:
+              n_threads: int | None = None, row_errs: Any = None,
+              each: Any = None) -> list[Quantized]:
     """:func:`gptq` at several settings ``(bits, group, symmetric, sparsity)`` of one layer
     with one factorisation of ``H`` (the ``in³`` step they share): what a budget's candidate
     precisions and an allocation curve's levels need. The same results as one :func:`gptq`
     call per setting, bit for bit. ``row_errs``: one :func:`gptq` ``row_err`` (or None) per
-    setting. Memory: the results, one working copy of ``W`` and ``H`` (factored in place)."""
+    setting. Memory: the results, one working copy of ``W`` and ``H`` (factored in place).
+    ``each(i, q)``, when given, receives setting i's result as soon as it is built (while
+    ``H`` still holds its factor: read ``H`` before the call), and the list is then empty: a
+    caller that keeps only some results never holds all of them (issue 15)."""
     Wa = _check(W, stats)
     specs = []
     for bits, group, symmetric, sparsity in settings:
@@ -430,12 +434,17 @@ def gptq_many(W: Any, stats: CalibrationStats, settings: Any, *,
         # the factor is written over H for the sweeps and H restored after (no second in x in
         # matrix; issue 15), unless one is cached already
         with obs_factor_shared(stats, damp, ct, perm) as U:
-            for (b, g, sym, n_prune), re in zip(specs, errs):
+            for i, ((b, g, sym, n_prune), re) in enumerate(zip(specs, errs)):
                 codes, scales, zeros = _sweep_by_rows(Wa, U, dead, perm, ct, b, g, sym, bool(mse),
                                                       n_prune, nm, block, n_threads, re)
-                out.append(Quantized(lq.pack_codes(codes, b, n_threads), scales, zeros, Wa.shape,
-                                     bits=b, group=g, symmetric=sym, dtype=Wa.dtype))
+                q = Quantized(lq.pack_codes(codes, b, n_threads), scales, zeros, Wa.shape,
+                              bits=b, group=g, symmetric=sym, dtype=Wa.dtype)
                 del codes
+                if each is None:
+                    out.append(q)
+                else:
+                    each(i, q)
+                del q
     return out
 
 
