@@ -7,6 +7,10 @@ Two figures, both relative to the largest tensor's bytes:
 - ``traced``: tracemalloc's peak over the compress call (NumPy arrays and Python objects);
 - ``rss``: growth of the process's peak resident set (``VmHWM``) over the call, which
   also counts the C++ kernels' own buffers and the memory-mapped input pages it touched.
+  OpenBLAS's per-thread work buffers (NumPy's and SciPy's libraries) are allocated by a few
+  products before the baseline: they are a fixed cost of the process (about 0.3-0.5x of a
+  16 MiB tensor here, the same for any size), printed in their own column, not a multiple
+  of the tensor. The input's pages are also touched before the baseline.
 
 The budget is 3x the largest tensor for ``--method auto`` and the calibrated methods.
 
@@ -55,14 +59,43 @@ if cfg["calibrated"]:
     z = np.load(cfg["cal"])
     cal = {k: z[k] for k in z.files}
 src = open_source(cfg["model"])
-np.asarray(src["big.weight"]).sum()  # the input's pages are in before the baseline
+# the input's pages are in before the baseline: the view is kept, so that its mapping (and
+# the pages it counts) stays for the call instead of being unmapped and mapped again inside it
+held = np.asarray(src["big.weight"])
+held.sum()
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
+cold = status("VmRSS")
+blas = 0
+if cfg["warm"]:
+    # OpenBLAS (NumPy's, and SciPy's, which the engine calls) allocates each thread's work
+    # buffer on its first level-3 call: a fixed cost of the process, the same for any tensor
+    # size. Paid before the baseline and reported on its own, like the imports. The peak is
+    # then reset to the current resident set (/proc/self/clear_refs), so that the warm-up's
+    # own arrays cannot hide growth under an earlier high-water mark.
+    from scipy.linalg import blas as _b
+    for t in (np.float32, np.float64):
+        x = np.ones((1024, 1024), t)
+        x @ x
+        (_b.sgemm if t == np.float32 else _b.dgemm)(1.0, x, x)
+        (_b.ssyrk if t == np.float32 else _b.dsyrk)(1.0, x)
+    del x
+    blas = status("VmRSS") - cold
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 base = hwm()
+file0 = status("RssFile")
 tracemalloc.start()
 compress_model(src, cfg["out"], calibration=cal, min_size=16, **cfg["kw"])
 traced = tracemalloc.get_traced_memory()[1]
 tracemalloc.stop()
 peak = hwm()
-print(json.dumps({"traced": traced, "rss": peak - base}))
+# pages of the input file the reader mapped during the call (page cache, reclaimable; src is
+# still alive, so its mappings are): counted in "rss", taken out in "rss_anon"
+filegrow = max(0, status("RssFile") - file0)
+print(json.dumps({"traced": traced, "rss": peak - base, "rss_anon": peak - base - filegrow,
+                  "blas": blas}))
 """
 
 
@@ -94,24 +127,30 @@ def _measure(tmp: str, rows: int, cols: int, configs) -> list[dict]:
     out = []
     for label, kw, calibrated in configs:
         cfg = {"model": model, "out": os.path.join(tmp, "o.wpz"), "kw": kw,
-               "calibrated": calibrated, "cal": cal}
+               "calibrated": calibrated, "cal": cal, "warm": True}
         r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(cfg)], capture_output=True,
                            text=True, env=child_env(OMP_NUM_THREADS="2"))
         if r.returncode != 0:
             raise RuntimeError(f"{label}: {r.stderr[-2000:]}")
         m = json.loads(r.stdout.strip().splitlines()[-1])
         out.append({"config": label, "traced_x": m["traced"] / largest, "rss_x": m["rss"] / largest,
-                    "largest_mib": largest / 2**20})
+                    "largest_mib": largest / 2**20, "blas_mib": m["blas"] / 2**20,
+                    "anon_x": m["rss_anon"] / largest})
     return out
 
 
 def report(rows: list[dict]) -> str:
-    lines = [f"{'configuration':32s} {'traced':>8s} {'rss':>8s}   (x largest tensor, "
-             f"{rows[0]['largest_mib']:.0f} MiB; budget {BUDGET:g}x)"]
+    lines = [f"{'configuration':32s} {'traced':>8s} {'rss':>8s} {'rss-file':>9s} {'BLAS MiB':>9s}"
+             f"   (x largest tensor, {rows[0]['largest_mib']:.0f} MiB; budget {BUDGET:g}x on traced "
+             f"and rss-file)"]
     for r in rows:
-        flag = "" if max(r["traced_x"], r["rss_x"]) <= BUDGET else (
+        flag = "" if max(r["traced_x"], r["anon_x"]) <= BUDGET else (
             "   OVER" if r["config"] in CHECKED else "   (over; not checked)")
-        lines.append(f"{r['config']:32s} {r['traced_x']:8.2f} {r['rss_x']:8.2f}{flag}")
+        lines.append(f"{r['config']:32s} {r['traced_x']:8.2f} {r['rss_x']:8.2f} {r['anon_x']:9.2f} "
+                     f"{r['blas_mib']:9.1f}{flag}")
+    lines.append("rss: all resident growth over the call; rss-file: less the input file's pages the "
+                 "reader mapped in the call (page cache); BLAS MiB: OpenBLAS's per-thread buffers, "
+                 "allocated before the baseline")
     return "\n".join(lines)
 
 
@@ -133,7 +172,7 @@ def main() -> int:
     a = ap.parse_args()
     rows = measure(a.rows, a.cols, [c for c in CONFIGS if a.only in c[0]])
     print(report(rows))
-    if a.check and any(max(r["traced_x"], r["rss_x"]) > BUDGET for r in rows
+    if a.check and any(max(r["traced_x"], r["anon_x"]) > BUDGET for r in rows
                        if r["config"] in CHECKED):
         return 1
     return 0
