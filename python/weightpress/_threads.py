@@ -119,8 +119,14 @@ def blas_sequential() -> contextlib.AbstractContextManager[object]:
     """A context that runs BLAS (SciPy's and NumPy's OpenBLAS) on one thread, restoring its
     count after. Kernels that must give the same bits for any thread count run BLAS so and
     spread their own tiles over weightpress's threads (``cpp/include/weightpress/tiled.hpp``):
-    OpenBLAS splits a threaded call by its thread count and rounds differently at the splits.
-    The libraries are looked up once per process (threadpoolctl's scan took ~1.5 ms a call)."""
+    OpenBLAS splits a threaded call by its thread count and rounds differently at the splits
+    (measured: potrf at 384 and 1536 inputs, dgemm and dsyrk of some shapes). The calibrated
+    passes (statistics, factors, sweeps, eigensolves, exact errors) run under it at every size,
+    so a Dask worker (one BLAS thread) writes the same bytes as a local run (issue 13). Small
+    problems gain from it anyway: waking OpenBLAS's pool costs more than they do (a 256-input
+    factor and sweep 1 ms sequential, 50-500 ms threaded on a loaded 2-core machine; a 384²
+    eigensolve 0.04 s vs 0.3-1.7 s). The libraries are looked up once per process
+    (threadpoolctl's scan took ~1.5 ms a call)."""
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
         tp = require("threadpoolctl", "pinning BLAS to one thread")

@@ -22,7 +22,8 @@ import scipy.sparse as sp
 from .._validation import as_matrix
 from ..linalg.memory import release_free_memory
 from . import methods as M
-from .calibration import CalibrationStats, _quadratic_forms, output_error, sequential_blas
+from .._threads import blas_sequential
+from .calibration import CalibrationStats, _quadratic_forms, output_error
 from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_bytes,
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
 from .quant import Quantized, gptq_many
@@ -138,7 +139,7 @@ def _output_error(Wo: np.ndarray, W_hat: Any, stats: CalibrationStats) -> float:
         return output_error(Wa, W_hat, stats)  # (its errors for odd shapes)
     H = stats.hessian()
     den = _total(Wa, stats, array_digest(Wa))
-    with sequential_blas():
+    with blas_sequential():
         num, _ = _quadratic_forms(Wa, W_hat, H, False)
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")

@@ -109,7 +109,7 @@ class CalibrationStats:
                              f"{self.n_features} (W has shape (out, {self.n_features}))")
         step = max(1, min(int(chunk), (1 << 18) // self.n_features))
         syrk = get_blas_funcs("syrk", dtype=self._h.dtype)
-        with sequential_blas():  # (the same H for any BLAS thread count)
+        with blas_sequential():  # (the same H for any BLAS thread count)
             self._accumulate(Xa, step, syrk)
         self.n_samples += Xa.shape[0]
         self._cache.clear()
@@ -166,19 +166,6 @@ def _mirror_lower(H: np.ndarray, b: int = 64) -> None:
         blk[...] = np.tril(blk) + np.tril(blk, -1).T
 
 
-def sequential_blas() -> Any:
-    """BLAS on one thread, whatever the problem's size, for the calibrated passes (statistics,
-    factors, sweeps, eigensolves, exact errors): their results then do not depend on how
-    many threads OpenBLAS has (a Dask worker runs with one; issue 13 wants the same bytes for
-    any number of workers). OpenBLAS splits a threaded call by its thread count and rounds
-    differently at the splits (measured: potrf at 384 and 1536 inputs, dgemm and dsyrk of some
-    shapes). The large products run by fixed tiles on weightpress's own threads instead (the
-    GPTQ/OBS factor and sweep, ``tiled.hpp``). Small problems gained from it anyway: waking
-    OpenBLAS's pool costs more than they do (a 256-input factor and sweep 1 ms sequential,
-    50–500 ms threaded on a loaded 2-core machine; a 384² eigensolve 0.04 s vs 0.3–1.7 s)."""
-    return blas_sequential()
-
-
 def _rows_of(M: Any, r0: int, r1: int) -> np.ndarray:
     if hasattr(M, "rows") and getattr(M, "layout", "out_in") == "out_in":
         return M.rows(r0, min(r1, M.shape[0]))  # (Quantized.rows needs stop <= rows)
@@ -202,7 +189,7 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 
     if shape != Wa.shape:
         raise ValueError(f"W_hat: shape {shape} differs from W's {Wa.shape}")
     H = stats.hessian()
-    with sequential_blas():
+    with blas_sequential():
         num, den = _quadratic_forms(Wa, W_hat, H, True, block)
     if den <= 0:
         return 0.0 if num <= 0 else float("inf")

@@ -24,7 +24,8 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 
 from .._validation import as_matrix, positive_int, real_scalar
-from .calibration import CalibrationStats, row_step, sequential_blas
+from .._threads import blas_sequential
+from .calibration import CalibrationStats, row_step
 from ..linalg.quant import obs_factor_inplace, obs_sweep
 from ..linalg.sparse import _parse_pattern, prune
 from ..linalg.svd import randomized_svd
@@ -94,7 +95,7 @@ def _prune_obs(Wa: np.ndarray, stats: CalibrationStats, n_prune: int, nm: tuple[
                block: int, damp: float, n_threads: int | None) -> tuple[sp.csr_array, float]:
     """:func:`prune_obs` and its squared output error ``‖X(W − Ŵ)ᵀ‖²`` (undamped ``H``),
     which the sweep measures itself: ``Σ e_c²`` less the dampening's ``δ‖W − Ŵ‖²``."""
-    with sequential_blas():
+    with blas_sequential():
         Wk = obs_prepare(Wa, stats, damp)
         re = np.zeros(Wk.shape[0])
         with obs_factor_shared(stats, damp, Wk.dtype) as U:
@@ -136,7 +137,7 @@ def quadratic_total(W: Any, stats: CalibrationStats) -> float:
     H = stats.hessian()
     den = 0.0
     step = row_step(*Wa.shape)
-    with sequential_blas():
+    with blas_sequential():
         for r in range(0, Wa.shape[0], step):
             Wb = np.asarray(Wa[r:r + step], dtype=H.dtype)
             den += float(np.multiply(Wb @ H, Wb).sum(dtype=np.float64))
@@ -313,7 +314,7 @@ def lowrank_whitened(W: Any, stats: CalibrationStats, rank: int | None = None, *
         raise ValueError("lowrank_whitened: give exactly one of rank and error")
     real_scalar(damp, "damp", low=0.0)
     k = min(Wa.shape)
-    with sequential_blas():
+    with blas_sequential():
         if rank is not None:
             r = positive_int(rank, "rank")
             if r > k:
@@ -336,7 +337,7 @@ def whitened_spectrum(W: Any, stats: CalibrationStats) -> tuple[np.ndarray, floa
     (float64; the squared output error of rank r is ``Σ λ[r:]``) and ``tr(W H Wᵀ)``, from
     one eigenvalue-only solve (no eigenvectors: the curve of every rank at once)."""
     Wa = _check(W, stats)
-    with sequential_blas():
+    with blas_sequential():
         G, _ = _gram_of(Wa, stats)
         lam = sla.eigh(G.T, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evr")
     lam = np.maximum(lam[::-1].astype(np.float64), 0.0)

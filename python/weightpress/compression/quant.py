@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from .._optional import require
+from .._threads import blas_sequential
 from .._validation import as_matrix, positive_int, real_scalar
 from ..linalg import quant as lq
 from ..linalg.sparse import _parse_pattern
 from .calibration import CalibrationStats
-from .data_aware import _check, act_order_perm, obs_factor_shared, sequential_blas
+from .data_aware import _check, act_order_perm, obs_factor_shared
 from ..linalg.sparse import prune
 from .matrices import (CompressedMatrix, Sparse, SumOfForms, _compute_dtype, _setup, _sub, register_form,
                        store_as)
@@ -427,7 +428,7 @@ def gptq_many(W: Any, stats: CalibrationStats, settings: Any, *,
         raise TypeError(f"act_order: expected a bool, got {type(act_order).__name__}")
     act = bool(act_order) and pattern is None
     out: list[Quantized] = []
-    with sequential_blas():
+    with blas_sequential():
         dead = np.diag(stats.hessian()) == 0  # read before H is overwritten by its factor
         perm = act_order_perm(stats) if act else None
         ct = np.float64 if Wa.dtype == np.float64 else np.float32

@@ -28,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg as sla
 
-from ..compression.data_aware import obs_factor_shared, obs_prepare, sequential_blas, whitened_spectrum
+from .._threads import blas_sequential
+from ..compression.data_aware import obs_factor_shared, obs_prepare, whitened_spectrum
 from ..linalg.quant import obs_sweep
 
 from ..compression.calibration import CalibrationStats, row_step
@@ -148,7 +149,7 @@ def obs_curve(Wo: np.ndarray, stats: CalibrationStats, stored_shape: tuple[int, 
     re = np.zeros(Wk.shape[0])
     out: list[tuple[int, float, float]] = []
     seen: set[int] = set()
-    with sequential_blas(), \
+    with blas_sequential(), \
             obs_factor_shared(stats, damp, dt) as U:
         for lv in levels:
             nb = orig_bytes * lv
