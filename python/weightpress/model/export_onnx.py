@@ -1075,9 +1075,9 @@ def _pick_convs(c: Container, output: str | os.PathLike[str], like: str | os.Pat
     ``"pair"`` or ``"dense"``, and for the dense ones the reason with both times."""
     onnx = require("onnx", "exporting to ONNX")
     h = onnx.helper
-    graph = _load_proto(os.fspath(like), external=False).graph
-    opset = next((int(o.version) for o in _load_proto(os.fspath(like), external=False).opset_import
-                  if o.domain in ("", "ai.onnx")), 17)
+    proto = _load_proto(os.fspath(like), external=False)
+    graph = proto.graph
+    opset = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
     dims = _value_dims(like)
     pick: dict[str, str] = {}
     why: dict[str, str] = {}
