@@ -506,29 +506,33 @@ def test_im2col_slices_quantize_the_input_once(tmp_path, k, stride, pads, dil, s
     """A quantized conv as im2col over uint8 patches (the input quantized per tensor, its
     zero point padding, strided slices per tap, the weight's columns tap-major): the result
     is the convolution of the input rounded as DynamicQuantizeLinear rounds it with the
-    container's weights (torch, float64), to float rounding (the integer product is exact),
+    container's weights and the bias (torch, float64), to float rounding (the integer product is exact),
     for any kernel, strides, pads, dilations and 1-3 spatial dims."""
     nd = len(k)
     rng = np.random.default_rng(len(k) + sum(k))
     C, O = 8, 16
     w = rng.standard_normal((O, C) + k).astype(np.float32)
     x = (rng.standard_normal((2, C) + size) + 0.3).astype(np.float32)
+    bias = rng.standard_normal(O).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=list(k), strides=list(stride),
+        [helper.make_node("Conv", ["x", "w", "bias"], ["y"], kernel_shape=list(k), strides=list(stride),
                           pads=list(pads), dilations=list(dil))], "c",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", C, *size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", O] + [
             (size[d] + pads[d] + pads[nd + d] - dil[d] * (k[d] - 1) - 1) // stride[d] + 1
-            for d in range(nd)])], [numpy_helper.from_array(w, "w")])
+            for d in range(nd)])], [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "bias")])
     like = tmp_path / "c.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(like))
     wpz = tmp_path / "c.wpz"
     compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=64)
     out = tmp_path / "q.onnx"
     rows = export_onnx(wpz, out, like, conv_quant="int8", check=False)
-    assert rows[0].how.startswith("im2col (") and "uint8 patches) + MatMulInteger" in rows[0].how, rows
+    assert rows[0].how.startswith("im2col (") and "uint8 patches) + MatMulIntegerToFloat" in rows[0].how, rows
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
-    assert ops.count("Slice") == (int(np.prod(k)) if any(pads) or max(stride) > 1 else 0), ops
+    # one strided Slice per tap of each dimension of more than one, one for those of one tap
+    # where they are subsampled
+    assert ops.count("Slice") == sum(kd for kd in k if kd > 1) + any(
+        kd == 1 and s_ > 1 for kd, s_ in zip(k, stride)), ops
     with Container(wpz) as c:
         wq = np.asarray(c["w"], np.float64).reshape(w.shape)
     lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
@@ -538,17 +542,29 @@ def test_im2col_slices_quantize_the_input_once(tmp_path, k, stride, pads, dil, s
     tx = torch.nn.functional.pad(torch.from_numpy(xq), [p for d in reversed(range(nd))
                                                         for p in (pads[d], pads[nd + d])])
     conv = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)[nd - 1]
-    ref = conv(tx, torch.from_numpy(wq), stride=stride, dilation=dil).numpy()
+    ref = conv(tx, torch.from_numpy(wq), torch.from_numpy(bias.astype(np.float64)), stride=stride,
+               dilation=dil).numpy()
     got = _run(out, x)
     assert got.shape == ref.shape
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-5
+    # compensated (compute="twopass"): the residual's product too, the same way: the rounding
+    # of the input (about 1e-2 here) falls by more than 20x against the unrounded input
+    exact = conv(torch.nn.functional.pad(torch.from_numpy(x.astype(np.float64)),
+                                         [p for d in reversed(range(nd)) for p in (pads[d], pads[nd + d])]),
+                 torch.from_numpy(wq), torch.from_numpy(bias.astype(np.float64)), stride=stride,
+                 dilation=dil).numpy()
+    rows = export_onnx(wpz, out, like, conv_quant="int8", check=False, compute="twopass")
+    assert "uint8 patches) + MatMulIntegerToFloat x2" in rows[0].how, rows
+    two = np.linalg.norm(_run(out, x) - exact) / np.linalg.norm(exact)
+    one = np.linalg.norm(got - exact) / np.linalg.norm(exact)
+    assert two < one / 20 and one > 1e-3, (two, one)
 
 
 def test_quant_conv_runs_as_im2col_integer_product(tmp_path):
     """conv_quant="int8": the ResNet-18-structured CNN's quantized convs (and its low rank +
     int8 ones) run as im2col (strided slices of the input, no index tensor) + an integer
-    product over their int8 codes (MatMulInteger over uint8 patches, or DynamicQuantizeMatMul
-    twice where the check asks for compensated rounding); the graph passes onnx.checker,
+    product over their int8 codes (MatMulIntegerToFloat over uint8 patches; twice, the
+    input's rounding residual too, where the check asks for compensated rounding); the graph passes onnx.checker,
     holds a quarter of the bytes, and computes the container's computation within its stated
     error (the export's check; measured here again, and without the check). A Conv1d with
     stride, dilation and padding likewise; an input of unknown size keeps DequantizeLinear."""
@@ -561,9 +577,9 @@ def test_quant_conv_runs_as_im2col_integer_product(tmp_path):
         torch.onnx.export(net, (torch.randn(1, 3, 32, 32),), str(like), dynamo=False,
                           input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}})
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
-    hows = {"quant": ("+ MatMulInteger 8-bit", "+ DynamicQuantizeMatMul x2 8-bit"),
-            "lowrank-int8": ("+ MatMulInteger + DynamicQuantizeMatMul 8-bit",
-                             "+ 2 DynamicQuantizeMatMul x2 8-bit")}
+    hows = {"quant": ("+ MatMulIntegerToFloat 8-bit", "+ MatMulIntegerToFloat x2 8-bit"),
+            "lowrank-int8": ("+ MatMulIntegerToFloat + DynamicQuantizeMatMul 8-bit",
+                             "+ MatMulIntegerToFloat x2 + DynamicQuantizeMatMul x2 8-bit")}
     for method, opts in (("quant", {"bits": 8}), ("lowrank-int8", {"ratio": 4})):
         wpz = tmp_path / f"{method}.wpz"
         compress_model(open_model(str(like)), wpz, method=method, options=opts,

@@ -524,10 +524,12 @@ def _im2col_conv(b: _Builder, node: Any, name: str, e: dict[str, Any], c: Contai
 
 def tap_major(C: int, kernel: tuple[int, ...]) -> np.ndarray:
     """The column order of a conv weight's ``(O, C·Πk)`` matrix view (C order: channel, then
-    the kernel taps) that reads the patches of :func:`_im2col_slices` (taps, then channel):
-    ``W[:, tap_major(C, k)]`` is ``W.reshape(O, C, *k)`` moved to ``(O, *k, C)``, flattened."""
-    nk = int(np.prod(kernel))
-    return np.arange(C * nk).reshape(C, nk).T.reshape(-1)
+    the kernel taps) that reads the patches of :func:`_patches` (the last kernel dimension's
+    tap, ..., the first's, then the channel): ``W[:, tap_major(C, k)]`` is
+    ``W.reshape(O, C, k0, ..., kn)`` moved to ``(O, kn, ..., k0, C)``, flattened."""
+    nd = len(kernel)
+    idx = np.arange(C * int(np.prod(kernel))).reshape((C,) + tuple(kernel))
+    return idx.transpose(tuple(range(nd, -1, -1))).reshape(-1)
 
 
 def _const(b: "_Builder", base: str, values: Any) -> str:
@@ -542,17 +544,18 @@ def _patches(b: "_Builder", x: str, y: str, C: int, size: tuple[int, ...], k: tu
              strides: tuple[int, ...], pads: tuple[int, ...], dil: tuple[int, ...],
              zero: str | None = None) -> tuple[list[Any], str, tuple[int, ...]] | str:
     """Nodes laying out the input ``x (B, C, *S)`` as its conv patches ``(B, P, Πk·C)``
-    (output positions in C order; per position the kernel taps in C order, each with its
-    ``C`` channels): channels last (``Transpose``), padded (``Pad``, with ``zero``: the value
-    that stands for 0, a quantized input's zero point), one strided ``Slice`` per tap,
-    ``Concat`` along the channels, ``Reshape``. Copies only, no index tensor. Returns
-    ``(nodes, patches, output size)``, or why not."""
+    (output positions in C order; per position the taps in :func:`tap_major`'s order):
+    channels last (``Transpose``), padded (``Pad``, with ``zero``: the value that stands for
+    0, a quantized input's zero point), the dimensions of one tap subsampled by one strided
+    ``Slice``, then per dimension of more taps one strided ``Slice`` per tap, joined along
+    the channels (``Concat``: a 3×3 kernel takes 6 slices, a 7×7 one 14), ``Reshape``.
+    Copies only, no index tensor. Returns ``(nodes, patches, output size)``, or why not."""
     nd = len(size)
     out = tuple((size[d] + pads[d] + pads[nd + d] - dil[d] * (k[d] - 1) - 1) // strides[d] + 1
                 for d in range(nd))
     if min(out, default=1) < 1:
         return f"dense: conv output size {out} from input {size}"
-    full = tuple(size[d] + pads[d] + pads[nd + d] for d in range(nd))
+    cur_size = [size[d] + pads[d] + pads[nd + d] for d in range(nd)]
     cur = b.name(f"{y}_wp_nhwc")
     nodes = [b.node("Transpose", [x], [cur], perm=[0, *range(2, nd + 2), 1])]
     if any(pads):
@@ -560,26 +563,30 @@ def _patches(b: "_Builder", x: str, y: str, C: int, size: tuple[int, ...], k: tu
         pv = _const(b, "wp_im2col_pads", [0, *pads[:nd], 0, 0, *pads[nd:], 0])
         nodes.append(b.node("Pad", [cur, pv] + ([zero] if zero else []), [padded]))
         cur = padded
-    axes = _const(b, "wp_im2col_axes", range(1, nd + 1))
-    steps = _const(b, "wp_im2col_steps", strides)
-    taps = []
-    for tap in np.ndindex(*k):
-        starts = [int(tap[d]) * dil[d] for d in range(nd)]
-        ends = [starts[d] + strides[d] * (out[d] - 1) + 1 for d in range(nd)]
-        if all(st == 0 and en == f and s_ == 1 for st, en, f, s_ in zip(starts, ends, full, strides)):
-            taps.append(cur)          # a 1x1 tap over the whole input, stride 1: the input
-            continue
+
+    def cut(src: str, dims: list[int], starts: list[int]) -> str:
         t = b.name(f"{y}_wp_tap")
-        nodes.append(b.node("Slice", [cur, _const(b, "wp_im2col_starts", starts),
-                                      _const(b, "wp_im2col_ends", ends), axes, steps], [t]))
-        taps.append(t)
-    cat = taps[0]
-    if len(taps) > 1:
+        ends = [starts[i] + strides[d] * (out[d] - 1) + 1 for i, d in enumerate(dims)]
+        nodes.append(b.node("Slice", [src, _const(b, "wp_im2col_starts", starts),
+                                      _const(b, "wp_im2col_ends", ends),
+                                      _const(b, "wp_im2col_axes", [d + 1 for d in dims]),
+                                      _const(b, "wp_im2col_steps", [strides[d] for d in dims])], [t]))
+        return t
+
+    ones = [d for d in range(nd) if k[d] == 1 and (strides[d] > 1 or cur_size[d] != out[d])]
+    if ones:          # the dimensions of one tap: subsampled (or cropped) once
+        cur = cut(cur, ones, [0] * len(ones))
+    width = C
+    for d in range(nd):
+        if k[d] == 1:
+            continue
+        taps = [cut(cur, [d], [j * dil[d]]) for j in range(k[d])]
         cat = b.name(f"{y}_wp_taps")
         nodes.append(b.node("Concat", taps, [cat], axis=nd + 1))
+        cur, width = cat, width * k[d]
     cols = b.name(f"{y}_wp_cols")
-    nodes.append(b.node("Reshape", [cat, _const(b, "wp_im2col_cols",
-                                                [0, int(np.prod(out)), len(taps) * C])], [cols]))
+    nodes.append(b.node("Reshape", [cur, _const(b, "wp_im2col_cols", [0, int(np.prod(out)), width])],
+                        [cols]))
     return nodes, cols, out
 
 
@@ -596,18 +603,20 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
     im2col product over the patches of :func:`_patches`, the weight's columns reordered to
     match (:func:`tap_major`).
 
-    With ``compute="fast"`` and 5–8-bit codes, the input is quantized before the patches
-    are laid out (``DynamicQuantizeLinear``: uint8 per tensor, the zero point pads), so the
-    patches are a quarter of the bytes and quantized once, not ``Πk`` times: ``MatMulInteger``
-    over the int8 codes (onnxruntime fuses it with the scales into ``MatMulIntegerToFloat``,
-    its weight pre-packed), the scales ``x_scale · w_scale`` applied. The activations' range
-    covers the whole input, as it does the patches (with a zero; a stride can skip some of
-    the input). Measured (onnxruntime 1.32, batch 1, 1 thread, 3×3 convs): 32→32 on 16×16
-    0.034 ms vs the dense Conv's 0.044 ms; 128→128 on 4×4 0.020 vs 0.038; 256→256 on 2×2
-    0.030 vs 0.136 (the Gather index it replaces took 0.34, 0.12 and 0.08 ms). A low rank +
-    int8 weight: its second factor by :func:`_qmatmul` on the rank-``r`` product. Otherwise
-    (compensated or float activations, 2–4-bit codes) the float patches times the reordered
-    weight (:func:`_product`)."""
+    With ``compute="fast"`` (or ``"twopass"``) and 5–8-bit codes, the input is quantized
+    before the patches are laid out (``DynamicQuantizeLinear``: uint8 per tensor, its zero
+    point pads), so the patches are a quarter of the bytes and quantized once, not ``Πk``
+    times: ``com.microsoft.MatMulIntegerToFloat`` over the int8 codes (its weight
+    pre-packed; the scales ``x_scale · w_scale`` and the bias applied in the kernel). The
+    activations' range covers the whole input, as it does the patches (with a zero; a
+    stride can skip some of the input). ``"twopass"``: the input's rounding residual
+    ``x − dq(q(x))`` is quantized and laid out the same way, its product (over the same
+    codes) added. Measured (onnxruntime 1.32, batch 1, 1 thread, 3×3 convs, uint8 patches
+    with one Slice per tap): 32→32 on 16×16 0.034 ms vs the dense Conv's 0.044 ms; 128→128
+    on 4×4 0.020 vs 0.038; 256→256 on 2×2 0.030 vs 0.136 (the Gather index it replaces took
+    0.34, 0.12 and 0.08 ms). A low rank + int8 weight: its second factor by :func:`_qmatmul`
+    on the rank-``r`` product. Otherwise (float activations, 2–4-bit codes) the float
+    patches times the reordered weight (:func:`_product`)."""
     a = _attrs(node)
     nd = len(shape) - 2
     k = tuple(shape[2:])
@@ -618,20 +627,9 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
     perm = tap_major(C, k)
     m = c.matrix(name)
     first = QuantParts.of(m.first if isinstance(m, LowRankQuant) else m)
-    quick = compute == "fast" and first.bits > 4 and wdt == np.float32
+    quick = compute in ("fast", "twopass") and first.bits > 4 and wdt == np.float32
     nodes: list[Any] = []
-    if quick:
-        xq, xs, xz = (b.name(f"{y}_wp_{s_}") for s_ in ("xq", "xs", "xz"))
-        nodes.append(b.node("DynamicQuantizeLinear", [node.input[0]], [xq, xs, xz]))
-        made = _patches(b, xq, y, C, size, k, strides, pads, dil, zero=xz)
-    else:
-        made = _patches(b, node.input[0], y, C, size, k, strides, pads, dil)
-    if isinstance(made, str):
-        return made
-    nodes += made[0]
-    cols, out = made[1], made[2]
-    P = int(np.prod(out))
-    prod = b.name(f"{y}_wp_prod")
+    lowrank = isinstance(m, LowRankQuant)
     if quick:
         key = (name, "im2col-int")
         if key not in b.cache:
@@ -639,23 +637,55 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
             b.cache[key] = ([b.init(f"{name}_wp_q", B), b.init(f"{name}_wp_scale", S)]
                             + ([b.init(f"{name}_wp_zero", Z)] if Z is not None else []))
         made_b = b.cache[key]
-        acc, accf, sc = (b.name(f"{y}_wp_{s_}") for s_ in ("acc", "accf", "sc"))
-        lowrank = isinstance(m, LowRankQuant)
+        xq, xs, xz = (b.name(f"{y}_wp_{s_}") for s_ in ("xq", "xs", "xz"))
+        nodes.append(b.node("DynamicQuantizeLinear", [node.input[0]], [xq, xs, xz]))
+        rounded = [(xq, xs, xz)]
+        if compute == "twopass":    # the input's rounding residual, rounded and multiplied too
+            x1, r, rq, rs, rz = (b.name(f"{y}_wp_{s_}") for s_ in ("x1", "resid", "rq", "rs", "rz"))
+            nodes += [b.node("DequantizeLinear", [xq, xs, xz], [x1]),
+                      b.node("Sub", [node.input[0], x1], [r]),
+                      b.node("DynamicQuantizeLinear", [r], [rq, rs, rz])]
+            rounded.append((rq, rs, rz))
+        parts = []
+        for xq, xs, xz in rounded:
+            made = _patches(b, xq, y, C, size, k, strides, pads, dil, zero=xz)
+            if isinstance(made, str):
+                return made
+            nodes += made[0]
+            cols, out = made[1], made[2]
+            part = b.name(f"{y}_wp_part")
+            bias = [node.input[2]] if (len(node.input) > 2 and node.input[2] and not parts
+                                       and not lowrank) else []
+            nodes.append(b.node("MatMulIntegerToFloat", [cols, made_b[0], xs, made_b[1], xz,
+                                                         made_b[2] if len(made_b) > 2 else ""] + bias,
+                                [part], domain=MS_DOMAIN))
+            parts.append(part)
+        P = int(np.prod(out))
+        prod = b.name(f"{y}_wp_prod")
         t = b.name(f"{y}_wp_r") if lowrank else prod
-        nodes += [b.node("MatMulInteger", [cols, made_b[0], xz] + made_b[2:], [acc]),
-                  b.node("Cast", [acc], [accf], to=b.onnx.TensorProto.FLOAT),
-                  b.node("Mul", [xs, made_b[1]], [sc]),
-                  b.node("Mul", [accf, sc], [t])]
-        how = f"MatMulInteger {first.bits}-bit per channel (uint8 activations per tensor)"
+        if len(parts) > 1:
+            nodes.append(b.node("Add", parts, [t]))
+        else:
+            nodes[-1].output[0] = t
+        two = " x2" if compute == "twopass" else ""
+        act = ("(uint8 activations per tensor" + (", and their rounding residual)" if two else ")"))
+        how = f"MatMulIntegerToFloat{two} {first.bits}-bit per channel {act}"
         if lowrank:
             second = _qmatmul(b, t, prod, QuantParts.of(m.second), f"{name}_wp_u", wdt, compute,
                               block_size)
             if isinstance(second, str):
                 return second
             nodes += second[0]
-            how = (f"MatMulInteger + {second[1].split()[0]} 8-bit (rank {first.out}) (uint8 "
-                   f"activations per tensor)")
+            how = (f"MatMulIntegerToFloat{two} + {' '.join(second[1].split()[:2 if two else 1])} "
+                   f"8-bit (rank {first.out}) {act}")
     else:
+        made = _patches(b, node.input[0], y, C, size, k, strides, pads, dil)
+        if isinstance(made, str):
+            return made
+        nodes += made[0]
+        cols, out = made[1], made[2]
+        P = int(np.prod(out))
+        prod = b.name(f"{y}_wp_prod")
         made_p = _product(b, cols, prod, name, e, c, wdt, compute, block_size, trans_b=True,
                           perm=perm)
         if isinstance(made_p, str):
@@ -663,7 +693,7 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
         nodes += made_p[0]
         how = made_p[1]
     cur = prod
-    if len(node.input) > 2 and node.input[2]:
+    if len(node.input) > 2 and node.input[2] and not (quick and not lowrank):  # (else in the product)
         biased = b.name(f"{y}_wp_bias")
         nodes.append(b.node("Add", [cur, node.input[2]], [biased]))
         cur = biased
