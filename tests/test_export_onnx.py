@@ -474,6 +474,19 @@ def test_conv_quant_auto_times_each_conv(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".wp-")]
 
 
+def test_spend_time_takes_least_time_per_byte_within_the_budget():
+    """conv_quant="auto" compresses convs slower than dense too while their summed excess
+    stays within half the time the faster ones save: least seconds per byte first, one that
+    does not fit passed over for a cheaper one after it."""
+    from weightpress.model.export_onnx import spend_time
+    slower = {"a": (3e-5, 1000), "b": (1e-5, 100_000), "c": (2e-5, 1000), "d": (1e-6, 10)}
+    assert spend_time(slower, 0.0) == []
+    assert spend_time(slower, 1e-5) == ["b"]                      # 1e-10 s/byte
+    assert spend_time(slower, 2.5e-5) == ["b", "d"]               # c (2e-8) no longer fits
+    assert spend_time(slower, 3.1e-5) == ["b", "c", "d"]          # a (3e-8) passed over
+    assert spend_time(slower, 1.0) == ["b", "c", "a", "d"]
+
+
 @pytest.mark.parametrize("nd,k,stride,pads,dil", [
     (2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), (2, (3, 2), (2, 1), (0, 1, 2, 0), (1, 2)),
     (2, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1)), (2, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),

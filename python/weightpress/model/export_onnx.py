@@ -1065,6 +1065,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                                inputs=inputs)
     modes = {"conv_quant": conv_quant, "lstm_quant": lstm_quant, "group_quant": group_quant}
     notes: dict[str, str] = {}
+    spent: dict[str, str] = {}
     pick: tuple[dict[str, str], dict[str, str]] | None = None
     if "auto" in modes.values():
         head = _load_proto(os.fspath(like), external=False).graph
@@ -1077,10 +1078,16 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                "group_quant": compute == "fast" and any(
                    n.op_type in ("MatMul", "Gemm") and n.input[1] in quant
                    for n in head.node if len(n.input) > 1)}
+        strict: tuple[dict[str, str], dict[str, str]] | None = None
         if conv_quant == "auto" and has["conv_quant"]:
-            pick = _pick_convs(c, output, like, compute, block_size)
+            pick, strict, spent = _pick_convs(c, output, like, compute, block_size)
         notes = _choose_modes(c, output, like, compute, block_size,
                               {k: v for k, v in modes.items() if v == "auto" and has[k]}, modes, pick)
+        if strict is not None and notes.get("conv_quant", "").startswith(_OFF_NOTE["conv_quant"]):
+            # the model measured slower with the convs taken for their bytes: only the faster
+            pick, spent = strict, {}
+            notes |= _choose_modes(c, output, like, compute, block_size, {"conv_quant": "auto"},
+                                   modes, pick)
         for k in modes:
             if modes[k] == "auto":
                 modes[k] = _OFF[k] if notes.get(k, "").startswith(_OFF_NOTE[k]) else _SLOW_ON[k]
@@ -1109,6 +1116,8 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         elif not r.note:   # kept by the timing: say what it measured
             r.note = next((notes[k] for k, pre in _SLOW_PREFIX.items()
                            if k in notes and r.how.startswith(pre)), "")
+            if r.name in spent and r.compressed:
+                r.note = spent[r.name] + ("; " + r.note if r.note else "")
     if measured is not None:
         rows.output_error, rows.stated_error = measured
     return rows
@@ -1261,14 +1270,40 @@ def _value_dims(like: str | os.PathLike[str]) -> dict[str, list[Any]]:
 _CONV_FORMS = {"quant": "int8", "lowrank-int8": "int8", "lowrank": "pair"}
 
 
+# conv_quant="auto": the share of the time the convs faster than dense save (each alone) that
+# the convs slower than dense may spend, least time per byte saved first, to be compressed too
+SPEND = 0.5
+
+
+def spend_time(slower: Mapping[str, tuple[float, int]], budget: float) -> list[str]:
+    """Of the layers ``slower`` (name -> (seconds slower than dense, bytes saved)), those to
+    compress within ``budget`` seconds: least seconds per byte first, each taken while the
+    summed seconds stay within the budget (one that does not fit is passed over; a cheaper
+    one after it may fit)."""
+    out = []
+    for w in sorted(slower, key=lambda w: (slower[w][0] / max(slower[w][1], 1), w)):
+        if slower[w][0] <= budget:
+            budget -= slower[w][0]
+            out.append(w)
+    return out
+
+
 def _pick_convs(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
-                compute: str, block_size: int | None) -> tuple[dict[str, str], dict[str, str]]:
+                compute: str, block_size: int | None
+                ) -> tuple[tuple[dict[str, str], dict[str, str]],
+                           tuple[dict[str, str], dict[str, str]] | None, dict[str, str]]:
     """For ``conv_quant="auto"``: each Conv whose weight the container quantized (or made low
     rank, with or without int8 factors) is timed alone in onnxruntime, at batch 1 (its input
     size from the graph), 1 thread, best of 3 interleaved rounds of 7 calls: the dense Conv
     against its compressed form (the im2col integer product of :func:`_im2col_conv`, where
     the conv has none ``DequantizeLinear`` → Conv, or the Conv pair of :func:`_lowrank_conv`). Returns ``(pick, why)``: weight -> ``"int8"``,
-    ``"pair"`` or ``"dense"``, and for the dense ones the reason with both times."""
+    ``"pair"`` or ``"dense"``, and for the dense ones the reason with both times.
+
+    Then memory within the time saved: the convs slower alone than the dense Conv are
+    compressed too, those costing the least time per byte saved first, while their summed
+    excess stays within :data:`SPEND` (half) of the time the faster convs save. Returns
+    ``((pick, why), strict, spent)``: ``strict`` the picks without those (None when there
+    are none), ``spent`` why each of them was taken (with its times)."""
     onnx = require("onnx", "exporting to ONNX")
     h = onnx.helper
     proto = _load_proto(os.fspath(like), external=False)
@@ -1277,6 +1312,8 @@ def _pick_convs(c: Container, output: str | os.PathLike[str], like: str | os.Pat
     dims = _value_dims(like)
     pick: dict[str, str] = {}
     why: dict[str, str] = {}
+    slower: dict[str, tuple[float, int, float, float, str]] = {}
+    saved = 0.0
     d = os.path.dirname(os.path.abspath(output))
     with tempfile.TemporaryDirectory(prefix=".wp-conv-", dir=d) as tmp:
         for i, nd in enumerate(graph.node):
@@ -1316,12 +1353,25 @@ def _pick_convs(c: Container, output: str | os.PathLike[str], like: str | os.Pat
             del sess
             if t["alt"] <= t["dense"]:
                 pick[w] = _CONV_FORMS[e["form"]]
+                saved += t["dense"] - t["alt"]
             else:
                 pick[w] = "dense"
                 what = row.how.split(" (")[0]
                 why[w] = (f"dense: {what} measured slower than the dense Conv in onnxruntime (this conv alone, "
                           f"batch 1, 1 thread: {t['alt'] * 1e3:.3g} ms vs {t['dense'] * 1e3:.3g} ms)")
-    return pick, why
+                if row.dense_nbytes > row.nbytes:
+                    slower[w] = (t["alt"] - t["dense"], row.dense_nbytes - row.nbytes,
+                                 t["alt"], t["dense"], _CONV_FORMS[e["form"]])
+    strict = (dict(pick), dict(why))
+    spent: dict[str, str] = {}
+    for w in spend_time({w: v[:2] for w, v in slower.items()}, SPEND * saved):
+        cost, nbytes, ta, td, form = slower[w]
+        pick[w] = form
+        del why[w]
+        spent[w] = (f"slower alone than the dense Conv (batch 1, 1 thread: {ta * 1e3:.3g} ms vs "
+                    f"{td * 1e3:.3g} ms), taken for its {nbytes:,} bytes fewer within "
+                    f"{SPEND:.0%} of the time the faster convs save ({saved * 1e3:.3g} ms)")
+    return (pick, why), (strict if spent else None), spent
 
 
 def best_time(fn: Any, reps: int) -> float:
