@@ -28,12 +28,17 @@ Each figure comes from its own process (fresh interpreter per model and runtime)
 batch 1 (batch 32's activations are left out), in three columns for onnxruntime:
 
 - ``ORT peak``: the growth, VmHWM (reset after the imports; ru_maxrss where it cannot be reset)
-  less the process's RSS after importing numpy, torch and onnxruntime, before the session is
-  created: the model's memory in the runtime *plus* what onnxruntime allocates for any session
-  (thread pool, kernel registry, arena: about 9.5 MB, which dominates a model of a few MB);
+  less the process's RSS after importing numpy, torch, onnxruntime and weightpress, making
+  the input arrays and giving the C heap's free pages back (``malloc_trim``: else the
+  session's first megabytes reuse freed heap left resident by the imports, unseen), before
+  the session is created: the model's memory in the runtime *plus*
+  what onnxruntime allocates for any session and the code pages it runs (thread pool, kernel
+  registry, arena: about 8 MB, which dominates a model of a few MB);
 - ``ORT model``: that growth less onnxruntime's own (a one-node session measured the same
-  way, printed in the title): the model's memory in the runtime, the figure that compression
-  can change;
+  way, in a process that imports and makes its inputs as the model's does before the
+  baseline; printed in the title): the model's memory in the runtime, the figure that
+  compression can change. Each process is fresh (dense and exported alike), so neither
+  inherits the other's heap;
 - ``ORT RSS``: the absolute VmHWM of the process (the interpreter, numpy, torch and
   onnxruntime's libraries included: about 56 MB before any session).
 
@@ -46,7 +51,9 @@ the container's stated error (its largest per-tensor relative error,
 compute in float).
 
 Environment: ``WP_EXPORT_ARCHS`` (comma list; default all), ``WP_EXPORT_THREADS`` (1),
-``WP_EXPORT_HIDDEN`` (256), ``WP_EXPORT_REPS`` (20), ``WP_EXPORT_VARIANTS`` (comma list).
+``WP_EXPORT_HIDDEN`` (256), ``WP_EXPORT_REPS`` (20), ``WP_EXPORT_VARIANTS`` (comma list),
+``WP_EXPORT_ORT_OPTS``: onnxruntime session options for every session, dense, exported and
+the floor's alike (:func:`_session_options`; default: onnxruntime's defaults).
 ``python benchmarks/run.py export`` (or ``--quick``: the MLP only, tiny, in-process).
 """
 
@@ -220,20 +227,62 @@ def _empty_module(name: str):
 
 # -- one measurement, in its own process ------------------------------------------------------
 
+def _session_options(threads: int):
+    """onnxruntime's session options for every session of the bench, dense and exported
+    alike: ``threads`` intra-op threads, one inter-op, and ``WP_EXPORT_ORT_OPTS`` (comma list:
+    ``level=disable|basic|extended|all``, ``arena=0``, ``pattern=0``, or a session config
+    entry ``key=value``, e.g. ``session.disable_prepacking=1``)."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    for item in filter(None, os.environ.get("WP_EXPORT_ORT_OPTS", "").split(",")):
+        k, _, v = item.partition("=")
+        if k == "level":
+            so.graph_optimization_level = {
+                "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[v]
+        elif k == "arena":
+            so.enable_cpu_mem_arena = v != "0"
+        elif k == "pattern":
+            so.enable_mem_pattern = v != "0"
+        else:
+            so.add_session_config_entry(k, v)
+    return so
+
+
+def _prelude(name: str | None) -> dict:
+    """What every measuring process does before its baseline (the model's and the floor's
+    alike): the imports (torch, onnxruntime, weightpress: its import sets the C heap's mmap
+    threshold), the input arrays made (numpy's random generator loaded), and the C heap's
+    free pages given back to the system (``malloc_trim``): the imports leave a few MB of
+    freed heap resident, which the session's first allocations would reuse without growing
+    the resident set (measured: 4-5 MB of a ResNet's weights hidden so, more of a small
+    model's share than a large one's). None of it is the model's memory."""
+    import gc
+    import torch  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import weightpress.model.export_timing  # noqa: F401
+    from weightpress.linalg.memory import release_free_memory
+    feeds = {b: _inputs(name, b) for b in (1, 32)} if name else {}
+    gc.collect()
+    release_free_memory()
+    return feeds
+
+
 def child(runtime: str, name: str, path: str, threads: int, reps: int) -> dict:
     import torch
     import onnxruntime as ort
     from weightpress.model.export_timing import best_time
     torch.set_num_threads(threads)
+    feeds = _prelude(name)
     base = _rss_kb()
     _reset_peak()
     out: dict = {}
-    feeds = {b: _inputs(name, b) for b in (1, 32)}
     if runtime == "ort":
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        s = ort.InferenceSession(path, _session_options(threads), providers=["CPUExecutionProvider"])
         names = [i.name for i in s.get_inputs()]
         run = {b: (lambda f: (lambda: s.run(None, dict(zip(names, f)))[0]))(feeds[b]) for b in feeds}
     else:
@@ -266,15 +315,13 @@ def child(runtime: str, name: str, path: str, threads: int, reps: int) -> dict:
 def floor_child(path: str, threads: int) -> dict:
     """onnxruntime's own resident memory: a session of a one-node model (Identity) created and
     run, measured like :func:`child` (what every model's ORT peak includes whatever its size)."""
-    import torch  # noqa: F401  (imported like child does, so the baseline RSS matches)
     import onnxruntime as ort
+    _prelude("mlp")   # the same imports and input making as child's, before the baseline
+    x = np.ones((1, 8), np.float32)
     base = _rss_kb()
     _reset_peak()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    s.run(None, {"x": np.ones((1, 8), np.float32)})
+    s = ort.InferenceSession(path, _session_options(threads), providers=["CPUExecutionProvider"])
+    s.run(None, {"x": x})
     return {"peak_mb": (_peak_kb() - base) / 1024}
 
 
@@ -390,7 +437,8 @@ def run(quick: bool = False) -> None:
               f"peak = resident MB growth from after the imports (before the session) to after "
               f"loading and running at batch 1 (x dense); ORT model = ORT peak less onnxruntime's "
               f"own {floor:.1f} MB (a one-node session's peak); ORT RSS = the process's absolute "
-              f"peak RSS, interpreter and libraries included; load average {load:.1f}",
+              f"peak RSS, interpreter and libraries included; session options "
+              f"{os.environ.get('WP_EXPORT_ORT_OPTS') or 'default'}; load average {load:.1f}",
               ["model", "variant", "ORT file MB", "ORT b1", "ORT b32", "ORT peak", "ORT model",
                "ORT RSS", "torch file MB",
                "torch b1", "torch b32", "torch peak", "diff vs dense", "diff vs decode",
