@@ -249,6 +249,12 @@ def test_cli_export(tmp_path, block, capsys):
     assert (tmp_path / "ext.onnx.data").stat().st_size > ext.stat().st_size
     x = np.random.default_rng(2).standard_normal((1, 3, 64)).astype(np.float32)
     np.testing.assert_array_equal(_run(ext, x), _run(out, x))
+    # again, from the output's directory, over the first export's files (a relative output:
+    # its .data file exists in the working directory; onnx's converter refused that)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        assert main(["export", str(wpz), "-o", "ext.onnx", "--like", str(like), "--external-data"]) == 0
+    np.testing.assert_array_equal(_run(ext, x), _run(out, x))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".wp-")) == []
     capsys.readouterr()
     assert main(["info", str(wpz), "--timing"]) == 0

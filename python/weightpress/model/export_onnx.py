@@ -1572,6 +1572,16 @@ def _check_outputs(c: Container, output: str | os.PathLike[str], like: str | os.
     return out, (final, stated)
 
 
+def _initializers(graph: Any) -> list[Any]:
+    """The initializers of ``graph`` and of its subgraphs (If/Loop/Scan bodies)."""
+    out = list(graph.initializer)
+    for n in graph.node:
+        for a in n.attribute:
+            for sg in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                out += _initializers(sg)
+    return out
+
+
 def _write_external(model: Any, output: str) -> None:
     """The graph to ``output``, tensors over 1 KiB to ``output.data`` (both replaced only once
     written)."""
@@ -1580,8 +1590,12 @@ def _write_external(model: Any, output: str) -> None:
     data_name = os.path.basename(output) + ".data"
     tmp = tempfile.mkdtemp(prefix=".wp-", dir=d)
     try:
-        ext.convert_model_to_external_data(model, all_tensors_to_one_file=True, location=data_name,
-                                           size_threshold=1024)
+        # (not onnx's convert_model_to_external_data: it refuses a location that exists
+        # relative to the *working directory*, so re-exporting from the output's directory
+        # failed with FileExistsError)
+        for t in _initializers(model.graph):
+            if t.HasField("raw_data") and len(t.raw_data) >= 1024:
+                ext.set_external_data(t, data_name)
         ext.write_external_data_tensors(model, tmp)
         if os.path.exists(os.path.join(tmp, data_name)):
             os.replace(os.path.join(tmp, data_name), os.path.join(d, data_name))
