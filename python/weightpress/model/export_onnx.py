@@ -31,24 +31,32 @@ best there:
   two codes a byte for 2–4 bits), so only the gathered rows are dequantized and the table
   stays codes in memory;
 - a quantized or low rank + int8 ``Conv`` weight (one group, input size fixed in the graph,
-  explicit pads): an im2col product: the input flattened with a zero appended, its patches
-  gathered with a fixed index (``Gather``, int32, one per geometry) into ``(B, P, C·Πk)``, times
-  the weight's ``(O, C·Πk)`` matrix view as above (``DynamicQuantizeMatMul`` over the int8
-  codes, two for low rank + int8; compensated or float as the check asks), back to
-  ``(B, O, *S)``. The codes are the kernel's pre-packed weight, so the conv stays int8 in
-  memory; measured (1 thread, batch 1) faster than the dense Conv where the weight is large
-  against the image (256→256 3×3 on 2×2: 0.08 vs 0.12 ms) and far slower on large images
-  (32→32 3×3 on 16×16: 0.36 vs 0.05 ms; so was ``ConvInteger``: 0.23 ms, it packs its weight
-  at each call). Otherwise, with one scale per output channel: ``DequantizeLinear`` (int8
+  explicit pads): an im2col product. With one scale per output channel (per row of the
+  first factor) the input goes channels last, padded, and each kernel dimension's taps are
+  cut by strided ``Slice`` nodes and joined along the channels (``(B, P, Πk·C)`` patches, no
+  index tensor), the weight's columns reordered to match; with ``compute="fast"`` the input
+  is quantized first (``DynamicQuantizeLinear``, uint8 per tensor) so the patches are uint8
+  and ``com.microsoft.MatMulIntegerToFloat`` multiplies them by the int8 codes (its
+  pre-packed weight; scales and bias inside), a low-rank pair's second factor by
+  ``DynamicQuantizeMatMul``; compensated (the residual's uint8 patches too) or float as the
+  check asks. Group-wise scales keep a ``Gather`` over a fixed index (int32, one per
+  geometry) of the float input. Back to ``(B, O, *S)``. The codes are the kernel's
+  pre-packed weight, so the conv stays int8 in memory; measured (1 thread, batch 1, uint8
+  patches) faster than the dense Conv on a CIFAR-sized ResNet's 3×3 convs (32→32 on 16×16:
+  0.034 vs 0.044 ms; 256→256 on 2×2: 0.030 vs 0.136 ms), a little slower on its strided
+  and 1×1 ones (the Gather index took 0.36 ms on 32→32 16×16; ``ConvInteger`` 0.23 ms: it
+  packs its weight at each call). Where the conv has no im2col form (grouped, input size
+  not fixed), with one scale per output channel: ``DequantizeLinear`` (int8
   codes, or uint8 with zero points, along axis 0) → ``Conv``: onnxruntime cannot pre-pack a
   weight computed in the graph (nor lay it out in NCHWc), so this is smaller in memory but
   slower than the dense conv (64→64 3×3 on 56×56: 2.1 ms vs 1.3 ms; folding the
   ``DequantizeLinear`` at load, session option ``session.disable_quant_qdq``, gives the dense
   speed and more than the dense memory). ``conv_quant="auto"`` (default) times each conv alone
-  (dense against its compressed form, a low-rank pair included) and keeps the faster, then
-  the whole model against every conv dense; ``"int8"``, ``"dequant"`` and ``"dense"`` force
-  one. Group-wise scales along the flattened kernel have no ``DequantizeLinear`` form below
-  opset 21;
+  (dense against its compressed form, a low-rank pair included) and keeps the faster, and
+  the slower ones too, least time per byte first, within half the time the faster ones
+  save; then the whole model against every conv dense; ``"int8"``, ``"dequant"`` and
+  ``"dense"`` force one. Group-wise scales along the flattened kernel have no
+  ``DequantizeLinear`` form below opset 21;
 - an ``LSTM`` whose ``W`` and ``R`` are quantized per row: ``com.microsoft.DynamicQuantizeLSTM``
   (int8 weights, activations rounded to uint8 per tensor at each step); faster than the dense
   LSTM when wide, slower when narrow, so ``lstm_quant="auto"`` times it like the convs. GRUs
