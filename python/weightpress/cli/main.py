@@ -192,7 +192,8 @@ def _parser() -> argparse.ArgumentParser:
                         "through the integer MatMul kernels; DequantizeLinear -> Conv where the "
                         "conv has none), dequant (DequantizeLinear -> Conv: int8 in memory, "
                         "usually slower), dense, or auto (default: each conv timed alone at batch "
-                        "1, int8 where no slower, then the whole model against every conv dense)")
+                        "1, int8 where no slower, and slower ones within half the time those "
+                        "save, then the whole model against every conv dense)")
     x.add_argument("--lstm-quant", choices=["auto", "int8", "dense"], default="auto",
                    help="LSTMs with quantized weights: DynamicQuantizeLSTM (faster for wide "
                         "LSTMs, slower for narrow ones), dense, or auto (default: timed as "
