@@ -216,6 +216,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
             if e < best_e:
                 best, best_e = cand, e
             del cand
+            release_free_memory()  # (the loser's arrays, before the next rank's residual)
         assert best is not None
         return best
 
