@@ -265,8 +265,11 @@ def act_order_perm(stats: CalibrationStats) -> np.ndarray:
 def obs_prepare(Wa: np.ndarray, stats: CalibrationStats, damp: float) -> np.ndarray:
     """A C-contiguous working copy of ``Wa`` in its compute dtype, dead input columns zeroed."""
     ct = np.float64 if Wa.dtype == np.float64 else np.float32
-    Wk = np.array(Wa, dtype=ct, order="C", copy=True)
-    release_rows(Wa)  # (a file's pages: the copy replaces them in the resident set)
+    Wk = np.empty(Wa.shape, dtype=ct)
+    step = row_step(*Wa.shape)
+    for r in range(0, Wa.shape[0], step):  # a file's pages released as the copy replaces them
+        Wk[r:r + step] = Wa[r:r + step]
+        release_rows(Wa, r, r + step)
     Wk[:, np.diag(stats.hessian()) == 0] = 0.0
     return Wk
 
@@ -440,8 +443,13 @@ def _whitened_factors(Wa: np.ndarray, stats: CalibrationStats, lam: np.ndarray, 
                       ) -> tuple[np.ndarray, np.ndarray]:
     """``Ŵ = U (Uᵀ W)``: ``A = U`` (out × r), ``B = Uᵀ W`` (r × in)."""
     Wc = np.asarray(Wa, dtype=U.dtype)
-    B = U.T @ Wc
-    release_rows(Wc)
+    # Σᵢ Uᵢᵀ Wᵢ over row blocks (the same sums whether W is in memory or a file's), the pages
+    # of a file-mapped W released behind
+    B = np.zeros((U.shape[1], Wc.shape[1]), U.dtype)
+    step = max(row_step(*Wc.shape), 256)
+    for r in range(0, Wc.shape[0], step):
+        B += U[r:r + step].T @ Wc[r:r + step]
+        release_rows(Wc, r, r + step)
     return U, B
 
 
