@@ -667,7 +667,7 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
                       b.node("Sub", [node.input[0], x1], [r]),
                       b.node("DynamicQuantizeLinear", [r], [rq, rs, rz])]
             rounded.append((rq, rs, rz))
-        parts = []
+        parts: list[str] = []
         for xq, xs, xz in rounded:
             made = _patches(b, xq, y, C, size, k, strides, pads, dil, zero=xz)
             if isinstance(made, str):
@@ -691,7 +691,7 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
         two = " x2" if compute == "twopass" else ""
         act = ("(uint8 activations per tensor" + (", and their rounding residual)" if two else ")"))
         how = f"MatMulIntegerToFloat{two} {first.bits}-bit per channel {act}"
-        if lowrank:
+        if isinstance(m, LowRankQuant):
             second = _qmatmul(b, t, prod, QuantParts.of(m.second), f"{name}_wp_u", wdt, compute,
                               block_size)
             if isinstance(second, str):
