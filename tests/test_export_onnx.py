@@ -493,6 +493,36 @@ def test_spend_time_takes_least_time_per_byte_within_the_budget():
     assert spend_time(slower, 1.0) == ["b", "c", "a", "d"]
 
 
+def test_conv_quant_auto_drops_the_spent_convs_when_the_model_is_slower(tmp_path, monkeypatch):
+    """conv_quant="auto": when the model with the convs taken for their bytes (slower alone,
+    within the faster ones' savings) measures slower than every conv dense, it is timed again
+    with only the faster ones, and those are what the file holds."""
+    import weightpress.model.export_onnx as eo
+    like = tmp_path / "c.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(_convnet(), (torch.randn(1, 3, 24, 24),), str(like), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=256)
+    fast, spent = "0.weight", "2.weight"           # the two convs with an im2col form
+    full = ({fast: "int8", spent: "int8"}, {})
+    strict = ({fast: "int8", spent: "dense"}, {spent: "dense: slower alone (made up)"})
+    monkeypatch.setattr(eo, "_pick_convs", lambda *a: (full, strict, {spent: "spent (made up)"}))
+    calls = []
+
+    def choose(c, output, like_, compute, block_size, auto, modes, pick=None):
+        calls.append(dict(pick[0]))
+        if len(calls) == 1:   # the model with the spent conv: slower than every conv dense
+            return {"conv_quant": "dense: the convs measured slower (made up)"}
+        return {"conv_quant": "kept: measured no slower (made up)"}
+
+    monkeypatch.setattr(eo, "_choose_modes", choose)
+    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "a.onnx", like, check=False)}
+    assert calls == [full[0], strict[0]]
+    assert rows[fast].how.startswith("im2col") and rows[fast].note == "kept: measured no slower (made up)"
+    assert rows[spent].how == "dense" and rows[spent].note == "dense: slower alone (made up)"
+
+
 @pytest.mark.parametrize("nd,k,stride,pads,dil", [
     (2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)), (2, (3, 2), (2, 1), (0, 1, 2, 0), (1, 2)),
     (2, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1)), (2, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
