@@ -28,8 +28,9 @@ Each figure comes from its own process (fresh interpreter per model and runtime)
 batch 1 (batch 32's activations are left out), in three columns for onnxruntime:
 
 - ``ORT peak``: the growth, VmHWM (reset after the imports; ru_maxrss where it cannot be reset)
-  less the process's RSS after importing numpy, torch, onnxruntime and weightpress, making
-  the input arrays and giving the C heap's free pages back (``malloc_trim``: else the
+  less the process's RSS after importing numpy, torch and onnxruntime (not weightpress: a
+  deployment does not, and its import changes the C heap's behaviour), making the input
+  arrays and giving the C heap's free pages back (``malloc_trim``: else the
   session's first megabytes reuse freed heap left resident by the imports, unseen), before
   the session is created: the model's memory in the runtime *plus*
   what onnxruntime allocates for any session and the code pages it runs (thread pool, kernel
@@ -253,31 +254,50 @@ def _session_options(threads: int):
     return so
 
 
-def _prelude(name: str | None) -> dict:
+def _prelude(name: str | None, runtime: str = "ort") -> dict:
     """What every measuring process does before its baseline (the model's and the floor's
-    alike): the imports (torch, onnxruntime, weightpress: its import sets the C heap's mmap
-    threshold), the input arrays made (numpy's random generator loaded), and the C heap's
-    free pages given back to the system (``malloc_trim``): the imports leave a few MB of
-    freed heap resident, which the session's first allocations would reuse without growing
-    the resident set (measured: 4-5 MB of a ResNet's weights hidden so, more of a small
-    model's share than a large one's). None of it is the model's memory."""
+    alike): the imports (torch, onnxruntime; weightpress only for PyTorch, where the user's
+    process imports it too: its import sets the C heap's mmap threshold, which changes how
+    onnxruntime's freed buffers stay resident, so an onnxruntime process, like a user's
+    deployment, does without it), the input arrays made (numpy's random generator loaded),
+    and the C heap's free pages given back to the system (glibc ``malloc_trim``): the imports
+    leave a few MB of freed heap resident, which the session's first allocations would reuse
+    without growing the resident set (measured: 4-5 MB of a ResNet's weights hidden so, more
+    of a small model's share than a large one's). None of it is the model's memory."""
+    import ctypes
     import gc
     import torch  # noqa: F401
     import onnxruntime  # noqa: F401
-    import weightpress.model.export_timing  # noqa: F401
-    from weightpress.linalg.memory import release_free_memory
+    if runtime != "ort":
+        import weightpress.torch  # noqa: F401
     feeds = {b: _inputs(name, b) for b in (1, 32)} if name else {}
     gc.collect()
-    release_free_memory()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to give back
+        pass
     return feeds
+
+
+def _best_time(fn, reps: int) -> float:
+    """Least seconds of ``reps`` calls of ``fn`` after one warm-up call (as
+    :func:`weightpress.model.export_timing.best_time`, without importing weightpress into an
+    onnxruntime process)."""
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
 
 
 def child(runtime: str, name: str, path: str, threads: int, reps: int) -> dict:
     import torch
     import onnxruntime as ort
-    from weightpress.model.export_timing import best_time
     torch.set_num_threads(threads)
-    feeds = _prelude(name)
+    feeds = _prelude(name, runtime)
+    best_time = _best_time
     base = _rss_kb()
     _reset_peak()
     out: dict = {}
