@@ -34,7 +34,7 @@ batch 1 (batch 32's activations are left out), in three columns for onnxruntime:
   session's first megabytes reuse freed heap left resident by the imports, unseen), before
   the session is created: the model's memory in the runtime *plus*
   what onnxruntime allocates for any session and the code pages it runs (thread pool, kernel
-  registry, arena: about 8 MB, which dominates a model of a few MB);
+  registry, arena: about 9.5 MB, which dominates a model of a few MB);
 - ``ORT model``: that growth less onnxruntime's own (a one-node session measured the same
   way, in a process that imports and makes its inputs as the model's does before the
   baseline; printed in the title): the model's memory in the runtime, the figure that

@@ -92,7 +92,7 @@ reordered copy besides the tensor; ``ORT_ENABLE_EXTENDED`` keeps one, mapped, at
 the time on a CIFAR-sized ResNet). Each node costs about 3 KB (600 Slice/Relu nodes: 1.9 MB),
 which is why the im2col convs cut each kernel dimension's taps in turn and put the scales and
 bias inside ``MatMulIntegerToFloat``. onnxruntime itself, with a one-node model: about 8-9 MB
-(its code pages and thread pool), the same for every model.
+(its code pages and thread pool), the same for every model (9.5 MB measured by the bench).
 """
 
 from __future__ import annotations
