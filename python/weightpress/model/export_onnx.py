@@ -91,8 +91,8 @@ costs about twice its weight for good at the default optimization level (the NCH
 reordered copy besides the tensor; ``ORT_ENABLE_EXTENDED`` keeps one, mapped, at about twice
 the time on a CIFAR-sized ResNet). Each node costs about 3 KB (600 Slice/Relu nodes: 1.9 MB),
 which is why the im2col convs cut each kernel dimension's taps in turn and put the scales and
-bias inside ``MatMulIntegerToFloat``. onnxruntime itself, with a one-node model: about 8-9 MB
-(its code pages and thread pool), the same for every model (9.5 MB measured by the bench).
+bias inside ``MatMulIntegerToFloat``. onnxruntime itself, with a one-node model: about 9.5 MB
+(its code pages and thread pool), the same for every model.
 """
 
 from __future__ import annotations
