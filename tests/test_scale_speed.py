@@ -32,6 +32,7 @@ def _compress(mp, out, cal, **kw):
 def test_the_mixed_try_reads_back_what_the_first_two_built(model, tmp_path, monkeypatch):
     import weightpress.model.compress as mc
 
+    monkeypatch.setattr(mc, "ALT_STEP", 0.0)  # no steps up: the two-sided search
     mp, cp = model
     builds, tries = [], []
     real_build, real_exec = mc._build_layer, mc.execute
@@ -50,6 +51,108 @@ def test_the_mixed_try_reads_back_what_the_first_two_built(model, tmp_path, monk
     _compress(mp, out2, CalibrationSet(cp, keep_bytes=0), journal=True)
     with open(out, "rb") as a, open(out2, "rb") as b:
         assert a.read() == b.read()
+
+
+def _output_rms(mp, cp, out):
+    """The parameter-weighted RMS of the layers' relative output errors (the allocation's
+    objective), measured here from the file."""
+    from weightpress.compression.calibration import output_error
+    from weightpress.model.compress import open_source
+    from weightpress.model.container import Container
+
+    num = tot = 0.0
+    with open_source(mp) as src, open_source(cp) as cal, Container(out) as c:
+        for n in cal.info():
+            W = np.asarray(src[n], np.float64)
+            num += W.size * output_error(W, np.asarray(c[n], np.float64),
+                                          CalibrationStats.from_inputs(cal[n])) ** 2
+            tot += W.size
+    return float(np.sqrt(num / tot))
+
+
+def test_first_try_steps_up_reach_the_target_with_one_tries_builds(model, tmp_path, monkeypatch):
+    """The first try also stages each quantized layer one step up; the file it writes is too
+    small, and the second try moves layers up that step: every layer is built once (the
+    second try builds nothing), the window is met, and the outputs err as little as the
+    two-sided search's (which builds every layer twice)."""
+    import weightpress.model.compress as mc
+
+    mp, cp = model
+    builds, tries = [], []
+    real_build, real_exec = mc._build_layer, mc.execute
+    monkeypatch.setattr(mc, "_build_layer", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    monkeypatch.setattr(mc, "execute", lambda *a, **k: tries.append(k) or real_exec(*a, **k))
+    out = str(tmp_path / "o.wpz")
+    rep = _compress(mp, out, CalibrationSet(cp, keep_bytes=0))
+    assert len(tries) == 2 and tries[0]["alt"] is None
+    moved = tries[1]["alt"]
+    assert isinstance(moved, dict) and 0 < len(moved) < 12  # some layers, not all, a step up
+    assert tries[1]["layer_ratio"] == tries[0]["layer_ratio"]
+    assert len(builds) == 12  # one try's builds
+    assert 0.99 * 4 <= rep.ratio <= 1.03 * 4
+    assert not rep.alternatives  # (only a first try's report has them)
+    # the moved layers are the ones built a step up: bigger than the first try's, same form
+    bytes_of = {r.name: r.nbytes for r in rep.rows}
+    assert all(bytes_of[n] > 0 for n in moved)
+    assert sorted(os.listdir(tmp_path)) == ["c.safetensors", "m.safetensors", "o.wpz"]
+    # a run with a journal (which the tries' steps up go through the same way) writes the same
+    out2 = str(tmp_path / "o2.wpz")
+    _compress(mp, out2, CalibrationSet(cp, keep_bytes=0), journal=True)
+    with open(out, "rb") as a, open(out2, "rb") as b:
+        assert a.read() == b.read()
+    # quality: as low an output error as the search without steps up (three tries)
+    monkeypatch.setattr(mc, "ALT_STEP", 0.0)
+    builds.clear()
+    out3 = str(tmp_path / "o3.wpz")
+    rep3 = _compress(mp, out3, CalibrationSet(cp, keep_bytes=0))
+    assert len(builds) == 24 and 0.99 * 4 <= rep3.ratio <= 1.03 * 4
+    assert _output_rms(mp, cp, out) <= 1.05 * _output_rms(mp, cp, out3)
+
+
+def test_a_step_up_is_what_its_budget_builds(model):
+    """``_alt``: the build at a byte budget also carries the quantization the budget alt
+    times larger builds (the same bits as building it there), which is larger and errs
+    less; at most two GPTQ results are held."""
+    from weightpress.compression.aware import _MEMO, compress_aware
+    from weightpress.io import open_model
+
+    mp, cp = model
+    with open_model(mp) as src, open_model(cp) as cal:
+        W, X = np.asarray(src["l2.weight"]), np.asarray(cal["l2.weight"])
+    nb = W.nbytes / 4  # int6 variants fit; int8 ones fit 1.1 x that
+    _MEMO.clear()
+    st = CalibrationStats.from_inputs(X)
+    q = compress_aware(W, st, "quant", nbytes=nb, options={"_alt": 1.1})
+    held = [k for k in st._cache if k[0] == "gptq"]
+    assert len(held) <= 2
+    nb_alt, up = q._wp_alt
+    assert nb_alt == nb * 1.1 and nb < up.nbytes <= nb_alt and q.nbytes <= nb
+    _MEMO.clear()
+    ref = compress_aware(W, CalibrationStats.from_inputs(X), "quant", nbytes=nb_alt)
+    assert ref.name == up.name
+    np.testing.assert_array_equal(ref.toarray(), up.toarray())
+    assert ref._wp_predicted == up._wp_predicted < q._wp_predicted
+    # without _alt: no step up, and the same build at nb
+    _MEMO.clear()
+    plain = compress_aware(W, CalibrationStats.from_inputs(X), "quant", nbytes=nb)
+    assert not hasattr(plain, "_wp_alt")
+    np.testing.assert_array_equal(plain.toarray(), q.toarray())
+
+
+def test_mix_up_moves_the_most_error_removed_per_byte_within_the_target():
+    from weightpress.model.compress import _mix_up
+    from weightpress.model.report import Report, Row
+
+    rows = [Row(f"l{i}", (10, 10), "int6", 100, 100, 400, 0.0, "", 0.4) for i in range(4)]
+    alts = {"l0": {"budget": 210.0, "bytes": 200, "error": 0.1},   # 15 per 100 bytes
+            "l1": {"budget": 160.0, "bytes": 150, "error": 0.39},  # 0.79 per 50
+            "l2": {"budget": 310.0, "bytes": 300, "error": 0.2},   # 12 per 200
+            "l3": {"budget": 90.0, "bytes": 90, "error": 0.3}}     # smaller: never a step up
+    rep = Report(rows, 1000, 4000, alternatives=alts)
+    assert _mix_up(rep, 1300) == {"l0": 210.0, "l2": 310.0}
+    assert _mix_up(rep, 1250) == {"l0": 210.0, "l1": 160.0}  # l2 no longer fits after l0
+    assert _mix_up(rep, 1000) is None  # no room
+    assert _mix_up(Report(rows, 1000, 4000), 1300) is None  # no steps up
 
 
 def test_kept_statistics_write_the_same_file_and_compute_h_once(model, tmp_path, monkeypatch):

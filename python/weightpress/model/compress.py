@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -265,10 +265,13 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
             # budgets) reads it back instead of building it again
             store = jr if jr is not None else _scratch_journal(out)
             try:
-                rep = _write_to_ratio(lambda path, lr: execute(source, path, job, plan_, target,
-                                                               cal, progress, layer_ratio=lr,
-                                                               client=client, journal=store),
-                                      out, target.ratio, plan_)
+                rep = _write_to_ratio(
+                lambda path, lr, alt=None: execute(
+                    source, path, job, plan_,
+                    replace(target, alt=ALT_STEP) if alt is True else target, cal, progress,
+                    layer_ratio=lr, client=client, journal=store,
+                    alt=alt if isinstance(alt, Mapping) else None),
+                out, target.ratio, plan_)
             finally:
                 if store is not jr:
                     store.remove()
@@ -307,6 +310,9 @@ class Target:
     bf16: bool                    # float32 values stored as bfloat16
     method: str = "auto"
     coding: str | None = None     # "zstd": entropy-coded integer codes
+    # a ratio search's first try: calibrated quantized layers are also built at alt x their
+    # byte budget (Staged.alt), which the search may take instead of a second try
+    alt: float = 0.0
 
     @classmethod
     def of(cls, *, ratio: Any, error: Any, method: str, scope: str, options: Any,
@@ -582,13 +588,16 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
             target: Target, cal: CalibrationSet | None = None,
             progress: Callable[[int, int, str], None] | None = None,
             layer_ratio: float | Mapping[str, float] | None = None, *, client: Any = None,
-            journal: Journal | None = None) -> Report:
+            journal: Journal | None = None, alt: Mapping[str, float] | None = None) -> Report:
     """Build every layer to its budget, one source tensor in memory at a time (or one per Dask
     worker with ``client``: :func:`stage_layer` is the task), into the container ``out``
     (written atomically, in plan order, so the bytes do not depend on where layers were built);
     returns the per-layer report. ``layer_ratio`` rescales the byte budgets that came from the
-    ratio (the ratio search's retries; a mapping gives each named layer its own). Layers the
-    ``journal`` holds at the same budget are taken from it; new ones are recorded in it."""
+    ratio (the ratio search's retries; a mapping gives each named layer its own). ``alt``
+    names layers built instead at the byte budget of their first try's step up
+    (``Staged.alt``: quantized, the form fixed). Layers the ``journal`` holds at the same
+    budget are taken from it; new ones are recorded in it, with their step up when the try
+    built one."""
     rows = []
     facts = {"name": os.path.basename(getattr(source, "path", "")),
              "format": getattr(source, "format", ""), "bytes": budgeted.src_bytes}
@@ -611,6 +620,9 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
                 and (ly.form is None or ly.form != "dense")):
             # every byte budget follows the retry, allocated ones too (their form is kept)
             budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / lr)
+        if alt is not None and d.name in alt:  # the step up its first try built
+            budget = Budget(nbytes=alt[d.name])
+            ly = replace(ly, form="quant", budget=budget)
         tasks[i] = (ly, budget, view, tlayout)
     keys = {i: journal.key(t[0], t[1]) for i, t in tasks.items()} if journal is not None else {}
     done = {i for i in tasks if journal is not None and journal.has(i, keys[i])}
@@ -625,6 +637,7 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
     else:
         fresh = _local_stages(source, tasks, todo, target, cal, n, progress)
     here = set(local) if client is not None else set()
+    alternatives: dict[str, dict[str, float]] = {}
     with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
         if job.skeleton is not None:
             w.set_structure(*job.skeleton)
@@ -638,6 +651,13 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
                 st = next(fresh)
                 if journal is not None and d.action != "skip":
                     journal.record(i, keys[i], st)
+                    if st.alt is not None and st.alt_staged is not None:
+                        journal.record(i, journal.key(replace(ly, form="quant"),
+                                                      Budget(nbytes=st.alt["budget"])),
+                                       st.alt_staged)
+                st.alt_staged = None
+            if st.alt is not None and target.alt:  # (a first try's report only)
+                alternatives[d.name] = st.alt
             e = w.add_staged(st)
             reshaped = view is not None and view.is_reshape
             rows.append(Row(d.name, tuple(view.shape) if view is not None else d.shape,
@@ -653,7 +673,8 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
         w.not_stored.update(skipped)
         if progress is not None:
             progress(n, n, "writing")
-    rep = Report(rows, w.file_bytes, budgeted.src_bytes, not_stored=skipped)
+    rep = Report(rows, w.file_bytes, budgeted.src_bytes, not_stored=skipped,
+                 alternatives=alternatives)
     rep.compressed_bytes = sum(e["bytes"] for e in w.entries.values()
                                if e["method"] not in ("keep", "tied"))
     return rep
@@ -733,9 +754,27 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
         if repr(d.name) in str(err) or f"{d.name}:" in str(err):
             raise
         raise ValueError(f"tensor {d.name!r}: {err}") from None
-    st = stage_tensor(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
-                      method=d.action, reason=reason,
-                      view=view if view is not None and view.is_reshape else None, dtype=W.dtype)
+    up = getattr(m, "_wp_alt", None)
+    if up is not None:
+        del m._wp_alt  # (not held with the chosen build)
+    st = _staged(d.name, m, Wa, stored, ly, reason, view, W.dtype, layout, target, stats)
+    if up is not None and stats is not None and up[1].nbytes < ly.orig_bytes:
+        # the first try's step up: staged as execute(..., alt=...) would build it
+        sa = _staged(d.name, up[1], Wa, stored, ly, d.reason, view, W.dtype, layout, target,
+                     stats)
+        st.alt = {"budget": float(up[0]), "bytes": int(sa.entry["bytes"]),
+                  "error": float(sa.entry["output_error"])}
+        st.alt_staged = sa
+    return st
+
+
+def _staged(name: str, m: CompressedMatrix, Wa: np.ndarray, stored: str | None, ly: Layer,
+            reason: str, view: MatrixView | None, dtype: Any, layout: str, target: Target,
+            stats: Any) -> Staged:
+    """``m`` staged, with its exact output error where there are statistics."""
+    st = stage_tensor(name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
+                      method=ly.decision.action, reason=reason,
+                      view=view if view is not None and view.is_reshape else None, dtype=dtype)
     if stats is not None:
         Wo = Wa if layout == "out_in" else Wa.T
         exact = target.value_dtype is None and not target.bf16
@@ -748,7 +787,7 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
     return st
 
 
-def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
+def _write_to_ratio(write: Callable[..., Report], out: str, ratio: float,
                     budgeted: Budgeted) -> Report:
     """Write, measure the file, and rewrite with the measured overhead until the file ratio
     is within 1 % below to 3 % above ``ratio`` (at most 6 tries; the first usually is: each
@@ -759,7 +798,13 @@ def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
     in those two tries (their reports) say what mixing them gives: the next try builds each
     layer at one of its two budgets (:func:`_mix`), which lands within a layer's step of the
     target where the forms' sizes move in steps (quantization's precisions) and bisecting
-    one ratio for all layers keeps jumping over it."""
+    one ratio for all layers keeps jumping over it.
+
+    The first try (``write(path, layer_ratio, True)``) also stages each calibrated quantized
+    layer one step up (``Report.alternatives``, recorded in the journal); when its file is too
+    small, the next try moves layers up that step (:func:`_mix_up`, ``write(path,
+    layer_ratio, {name: budget})``): its layers are all in the journal already, so the target
+    is met with one try's builds where the steps allow."""
     d = os.path.dirname(os.path.abspath(out))
     src_bytes, squeezable = budgeted.src_bytes, budgeted.squeezable
     layer_ratio: Any = budgeted.layer_ratio
@@ -770,16 +815,22 @@ def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
         lo = hi = None  # layer ratios known to give a file too big / too small
         reps: dict[float, Report] = {}
         mixed = False
+        up: Any = True  # the first try stages the steps up
+        after_up = None  # the layer ratio the search goes on with if the steps up miss
         for _ in range(6):
             fd, tmp = tempfile.mkstemp(prefix=".wp-try-", suffix=".tmp", dir=d)
             os.close(fd)
             tmps.append(tmp)
-            rep = write(tmp, layer_ratio)
+            rep = write(tmp, layer_ratio, up)
             r = src_bytes / rep.file_bytes
             if r >= 0.97 * ratio and (best is None or abs(r - ratio) < abs(best[0] - ratio)):
                 best = (r, tmp, rep)
             if 0.99 * ratio <= r <= 1.03 * ratio:  # aim close; >= 0.97 R is the promise
                 break
+            if isinstance(up, Mapping):  # the steps up missed the window: search on
+                up, layer_ratio = None, after_up
+                continue
+            first, up = up is True, None
             if isinstance(layer_ratio, Mapping):  # a mix that missed the window
                 if best is not None and best[1] == tmp:
                     break  # within a layer's step of the target: as close as the forms go
@@ -804,6 +855,10 @@ def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
                 break
             asked = squeezable / cur
             layer_ratio = squeezable / max(asked * left / spent, 1.0)  # the forms' shortfall, scaled
+            if first and r > ratio and rep.alternatives:
+                moved = _mix_up(rep, target)
+                if moved:  # the first try's layers, some a step up: no new builds
+                    up, after_up, layer_ratio = moved, layer_ratio, cur
         if best is None:
             got = src_bytes / rep.file_bytes
             raise ValueError(f"ratio {ratio:g} is not reached: the best file written was "
@@ -816,6 +871,31 @@ def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
         for t in tmps:
             with contextlib.suppress(OSError):
                 os.unlink(t)
+
+
+def _mix_up(rep: Report, target: float) -> dict[str, float] | None:
+    """Layers of a first try whose file (``rep``) is too small that move one step up
+    (``rep.alternatives``), by the most error removed per byte added (``size · error²``,
+    output errors: the allocation's objective), while the file stays within ``target``
+    bytes; name -> the step's byte budget. None when none moves."""
+    moves = []
+    for r in rep.rows:
+        a = rep.alternatives.get(r.name)
+        if a is None:
+            continue
+        extra = int(a["bytes"]) - r.nbytes
+        e = r.output_error if r.output_error is not None else r.error
+        gain = float(np.prod(r.shape)) * (e ** 2 - float(a["error"]) ** 2)
+        if extra > 0 and gain > 0:
+            moves.append((-gain / extra, r.name, extra))
+    room = target - rep.file_bytes
+    moves.sort()
+    chosen = {}
+    for _, name, extra in moves:
+        if extra <= room:
+            chosen[name] = float(rep.alternatives[name]["budget"])
+            room -= extra
+    return chosen or None
 
 
 def _mix(big: Report, small: Report, lo: float, hi: float, target: float
@@ -865,6 +945,11 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
     if target.coding is not None:
         options["coding"] = target.coding  # quantization sizes coded streams
     error, nb = budget.pair() if budget is not None else (None, None)
+    if (target.alt and stats is not None and nb is not None and error is None
+            and ly.form is None and ly.threshold is None and d.action in ("auto", "quant")
+            and storage is None and target.value_dtype is None and target.coding is None
+            and target.prefer == "size" and not _SIZED.intersection(options)):
+        options["_alt"] = target.alt  # its step up too (stage_layer stages it)
     if ly.threshold is not None:
         m: CompressedMatrix = M.magnitude_prune(Wv, threshold=ly.threshold, layout=layout,
                                                 storage=storage)
@@ -880,6 +965,15 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
         return Dense(Wa, layout), f"{d.action} would take {m.nbytes} bytes, dense is smaller"
     return m, d.reason
 
+
+# options that set a layer's size themselves (rule_budget): no step up for those
+_SIZED = frozenset(("error", "ratio", "rank", "sparsity", "pattern", "n_nonzero", "bits"))
+
+# the first try of a ratio search also builds calibrated quantized layers at this many times
+# their byte budget (their step up: the next precisions, which a budget between two of them
+# leaves unused); the search then moves layers up, by the most error removed per byte, to fill
+# the file instead of trying every layer again at a second ratio
+ALT_STEP = 1.1
 
 # kept small matrices whose bytes exceed this share of the file a ratio target asks for are
 # quantized too (below it they barely change what the others get); embeddings (often the most

@@ -246,6 +246,8 @@ class Journal:
     def record(self, i: int, key: str, st: Staged) -> None:
         """Keep a finished layer (atomically: the file is complete or absent)."""
         meta = {"name": st.name, "entry": json.dumps(st.entry), "dtypes": json.dumps(st.dtypes)}
+        if st.alt is not None:  # (a first try's step up: recorded under its own key)
+            meta["alt"] = json.dumps(st.alt)
         write_safetensors(self._file(i, key),
                           {r: np.ascontiguousarray(a) for r, a in st.parts.items()}, meta)
         self.done.add((i, key))
@@ -258,7 +260,8 @@ class Journal:
             parts = {r: np.array(src[r]) for r in src.info()}
             entry = json.loads(meta["entry"])
             parts = {r: parts[r] for r in entry["parts"]}  # the entry's role order
-            return Staged(meta["name"], entry, parts, json.loads(meta["dtypes"]))
+            alt = json.loads(meta["alt"]) if "alt" in meta else None
+            return Staged(meta["name"], entry, parts, json.loads(meta["dtypes"]), alt)
         finally:
             src.close()
 
