@@ -303,3 +303,40 @@ def test_ordered_map_keeps_order_and_raises_at_the_failing_item():
             got.append(v)
     assert got == [0, 1, 4, 9, 16]
     assert list(ordered_map(lambda i: -i, range(7), 3)) == [0, -1, -2, -3, -4, -5, -6]
+
+
+@pytest.mark.parametrize("ahead", [0, 3])
+def test_ordered_map_starts_at_most_ahead_items_past_the_workers(ahead):
+    """Behind a slow item the other workers go on with up to ``ahead`` more items (layers'
+    costs differ a lot), never more: what is held is bounded, the order kept."""
+    import threading
+    import time
+
+    from weightpress.model.local_pool import AHEAD_BYTES, MAX_AHEAD, ahead_for, ordered_map
+
+    lock = threading.Lock()
+    started: list[int] = []
+    consumed = [0]
+    worst = [0]
+
+    def f(i):
+        with lock:
+            started.append(i)
+            worst[0] = max(worst[0], len(started) - consumed[0])
+        if i == 0:
+            time.sleep(0.3)  # the slow one: the others run ahead meanwhile
+        return i
+
+    out = []
+    for v in ordered_map(f, range(12), 2, ahead):
+        if v == 0:
+            with lock:
+                ran = len(started)
+            assert ran == 2 + ahead + 1  # every slot filled behind the slow item
+        out.append(v)
+        with lock:
+            consumed[0] += 1
+    assert out == list(range(12))
+    assert worst[0] <= 2 + ahead + 1
+    assert ahead_for(1) == MAX_AHEAD and ahead_for(AHEAD_BYTES // 3) == 3
+    assert ahead_for(2 * AHEAD_BYTES) == 0

@@ -41,7 +41,7 @@ from ..io.structure import skeleton_of
 from ..io._base import TensorSource
 from .container import FORMAT, Container, ContainerWriter, Staged, _compact, header_estimate, stage_tensor
 from .journal import Journal
-from .local_pool import PARALLEL_LAYER_BYTES, LockedSource, ordered_map
+from .local_pool import PARALLEL_LAYER_BYTES, LockedSource, ahead_for, ordered_map
 from .report import Report, Row
 from .rules import (DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, _soft_kept, parse_rule, plan,
                     tensor_views)
@@ -706,7 +706,8 @@ def _local_stages(source: TensorSource, tasks: Mapping[int, Any], todo: list[int
                 progress(i, n, tasks[i][0].decision.name)
             yield i
 
-    yield from ordered_map(one, announced(), workers)
+    yield from ordered_map(one, announced(), workers,
+                           ahead_for(max(tasks[i][0].orig_bytes for i in todo)))
 
 
 def _stats(cal: CalibrationSet | None, ly: Layer) -> Any:
@@ -1111,8 +1112,9 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
                     progress(i, len(work), f"measuring {d.name}")
                 yield i
 
-        run = (ordered_map(one, announced(), workers) if src is not source
-               else map(one, announced()))
+        run = (ordered_map(one, announced(), workers,
+                           ahead_for(max(orig[d.name] for d in work)))
+               if src is not source else map(one, announced()))
         for d, cands in zip(work, run):
             curves[d.name] = cands
     choice = allocate(curves, int(budget))
