@@ -340,3 +340,21 @@ def test_ordered_map_starts_at_most_ahead_items_past_the_workers(ahead):
     assert worst[0] <= 2 + ahead + 1
     assert ahead_for(1) == MAX_AHEAD and ahead_for(AHEAD_BYTES // 3) == 3
     assert ahead_for(2 * AHEAD_BYTES) == 0
+
+
+def test_the_scratch_store_is_not_fsyncd_a_journal_is(model, tmp_path, monkeypatch):
+    """The ratio search's scratch store (nothing reads it after a crash) skips the fsync per
+    layer that a resumable run's journal makes; the files are the same."""
+    mp, cp = model
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    out, out2 = str(tmp_path / "a.wpz"), str(tmp_path / "b.wpz")
+    _compress(mp, out, CalibrationSet(cp, keep_bytes=0))
+    scratch = len(synced)
+    synced.clear()
+    _compress(mp, out2, CalibrationSet(cp, keep_bytes=0), journal=True)
+    assert scratch == 2  # the two tries' containers only
+    assert len(synced) >= scratch + 12  # and every layer the journal recorded
+    with open(out, "rb") as a, open(out2, "rb") as b:
+        assert a.read() == b.read()

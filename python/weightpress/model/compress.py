@@ -291,9 +291,10 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
 
 def _scratch_journal(out: str) -> Journal:
     """A private, empty journal in a fresh directory beside ``out`` (removed by the caller):
-    the finished layers of a ratio search's tries, on disk, not in memory."""
+    the finished layers of a ratio search's tries, on disk, not in memory; not fsync'd (a
+    crash loses the run anyway: nothing reads them after it)."""
     d = tempfile.mkdtemp(prefix=".wp-layers-", dir=os.path.dirname(os.path.abspath(out)))
-    return Journal(d, {})
+    return Journal(d, {}, durable=False)
 
 
 @dataclass(frozen=True)
