@@ -149,8 +149,10 @@ def test_mix_up_moves_the_most_error_removed_per_byte_within_the_target():
             "l2": {"budget": 310.0, "bytes": 300, "error": 0.2},   # 12 per 200
             "l3": {"budget": 90.0, "bytes": 90, "error": 0.3}}     # smaller: never a step up
     rep = Report(rows, 1000, 4000, alternatives=alts)
-    assert _mix_up(rep, 1300) == {"l0": 210.0, "l2": 310.0}
-    assert _mix_up(rep, 1250) == {"l0": 210.0, "l1": 160.0}  # l2 no longer fits after l0
+    assert _mix_up(rep, 1300) == {"l0": ("quant", 210.0), "l2": ("quant", 310.0)}
+    # l2 no longer fits after l0; a dense step up (no error left) has its own form
+    alts["l1"] = {"form": "dense", "budget": 400.0, "bytes": 150, "error": 0.0}
+    assert _mix_up(rep, 1250) == {"l0": ("quant", 210.0), "l1": ("dense", 400.0)}
     assert _mix_up(rep, 1000) is None  # no room
     assert _mix_up(Report(rows, 1000, 4000), 1300) is None  # no steps up
 
@@ -357,4 +359,35 @@ def test_the_scratch_store_is_not_fsyncd_a_journal_is(model, tmp_path, monkeypat
     assert scratch == 2  # the two tries' containers only
     assert len(synced) >= scratch + 12  # and every layer the journal recorded
     with open(out, "rb") as a, open(out2, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_a_generous_ratio_steps_up_to_dense_in_one_tries_builds(model, tmp_path, monkeypatch):
+    """At --ratio 1.5 every precision fits a layer's budget: its step up is to keep it dense,
+    so the first try's file (far too small) is filled by keeping layers, the most error per
+    byte first, without a second try building every layer at a budget past dense; the same
+    file as that search writes."""
+    import weightpress.model.compress as mc
+
+    mp, cp = model
+    builds, tries = [], []
+    real_build, real_exec = mc._build_layer, mc.execute
+    monkeypatch.setattr(mc, "_build_layer", lambda *a, **k: builds.append(a[1].form) or real_build(*a, **k))
+    monkeypatch.setattr(mc, "execute", lambda *a, **k: tries.append(k.get("alt")) or real_exec(*a, **k))
+    out = str(tmp_path / "o.wpz")
+    with mc.open_source(mp) as src:
+        rep = mc.compress_model(src, out, ratio=1.5, method="quant", min_size=16,
+                                calibration=CalibrationSet(cp, keep_bytes=0))
+    assert len(tries) == 2 and tries[1] and {f for f, _ in tries[1].values()} == {"dense"}
+    assert builds.count(None) == 12 and len(builds) == 24  # each layer, and its dense step
+    assert 0.99 * 1.5 <= rep.ratio <= 1.03 * 1.5
+    kept = {r.name for r in rep.rows if r.form == "dense"}
+    assert kept == set(tries[1]) and all(r.output_error == 0.0 for r in rep.rows if r.name in kept)
+    monkeypatch.setattr(mc, "ALT_STEP", 0.0)  # the search without steps up: three tries
+    tries.clear()
+    with mc.open_source(mp) as src:
+        mc.compress_model(src, str(tmp_path / "p.wpz"), ratio=1.5, method="quant", min_size=16,
+                          calibration=CalibrationSet(cp, keep_bytes=0))
+    assert len(tries) == 3
+    with open(out, "rb") as a, open(tmp_path / "p.wpz", "rb") as b:
         assert a.read() == b.read()

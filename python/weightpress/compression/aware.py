@@ -373,6 +373,9 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
                 qa = gptq_at(*up)
                 qa._wp_predicted = up_key[1]
                 q._wp_alt = (nb_alt, qa)  # what compress(W, "quant", Budget(nbytes=nb_alt)) builds
+        if (alt > 1 and coding is None and fixed is None and not hasattr(q, "_wp_alt")
+                and all(p.nbytes(shape_oi) <= nb for p in QUANT_LADDER)):
+            q._wp_alt = (float(dense_bytes), None)  # every precision fits: the step up is dense
         return q
 
     def prefetch(budgets: list[float]) -> None:

@@ -589,14 +589,15 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
             target: Target, cal: CalibrationSet | None = None,
             progress: Callable[[int, int, str], None] | None = None,
             layer_ratio: float | Mapping[str, float] | None = None, *, client: Any = None,
-            journal: Journal | None = None, alt: Mapping[str, float] | None = None) -> Report:
+            journal: Journal | None = None,
+            alt: Mapping[str, tuple[str, float]] | None = None) -> Report:
     """Build every layer to its budget, one source tensor in memory at a time (or one per Dask
     worker with ``client``: :func:`stage_layer` is the task), into the container ``out``
     (written atomically, in plan order, so the bytes do not depend on where layers were built);
     returns the per-layer report. ``layer_ratio`` rescales the byte budgets that came from the
     ratio (the ratio search's retries; a mapping gives each named layer its own). ``alt``
-    names layers built instead at the byte budget of their first try's step up
-    (``Staged.alt``: quantized, the form fixed). Layers the ``journal`` holds at the same
+    maps layers to the form and byte budget of their first try's step up (``Staged.alt``:
+    quantized, or dense), which they are built at instead. Layers the ``journal`` holds at the same
     budget are taken from it; new ones are recorded in it, with their step up when the try
     built one."""
     rows = []
@@ -622,8 +623,8 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
             # every byte budget follows the retry, allocated ones too (their form is kept)
             budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / lr)
         if alt is not None and d.name in alt:  # the step up its first try built
-            budget = Budget(nbytes=alt[d.name])
-            ly = replace(ly, form="quant", budget=budget)
+            budget = Budget(nbytes=alt[d.name][1])
+            ly = replace(ly, form=alt[d.name][0], budget=budget)
         tasks[i] = (ly, budget, view, tlayout)
     keys = {i: journal.key(t[0], t[1]) for i, t in tasks.items()} if journal is not None else {}
     done = {i for i in tasks if journal is not None and journal.has(i, keys[i])}
@@ -653,7 +654,7 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
                 if journal is not None and d.action != "skip":
                     journal.record(i, keys[i], st)
                     if st.alt is not None and st.alt_staged is not None:
-                        journal.record(i, journal.key(replace(ly, form="quant"),
+                        journal.record(i, journal.key(replace(ly, form=st.alt["form"]),
                                                       Budget(nbytes=st.alt["budget"])),
                                        st.alt_staged)
                 st.alt_staged = None
@@ -760,11 +761,17 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
     if up is not None:
         del m._wp_alt  # (not held with the chosen build)
     st = _staged(d.name, m, Wa, stored, ly, reason, view, W.dtype, layout, target, stats)
-    if up is not None and stats is not None and up[1].nbytes < ly.orig_bytes:
-        # the first try's step up: staged as execute(..., alt=...) would build it
-        sa = _staged(d.name, up[1], Wa, stored, ly, d.reason, view, W.dtype, layout, target,
-                     stats)
-        st.alt = {"budget": float(up[0]), "bytes": int(sa.entry["bytes"]),
+    if up is not None and stats is not None and (up[1] is None or up[1].nbytes < ly.orig_bytes):
+        # the first try's step up (quantized, or dense when every precision fits), staged as
+        # execute(..., alt=...) builds it
+        form = "quant" if up[1] is not None else "dense"
+        if up[1] is None:
+            m, reason = _build_layer(Wa, replace(ly, form=form), Budget(nbytes=up[0]), stats,
+                                     target, layout, stored)
+        else:
+            m, reason = up[1], d.reason
+        sa = _staged(d.name, m, Wa, stored, ly, reason, view, W.dtype, layout, target, stats)
+        st.alt = {"form": form, "budget": float(up[0]), "bytes": int(sa.entry["bytes"]),
                   "error": float(sa.entry["output_error"])}
         st.alt_staged = sa
     return st
@@ -781,6 +788,8 @@ def _staged(name: str, m: CompressedMatrix, Wa: np.ndarray, stored: str | None, 
         Wo = Wa if layout == "out_in" else Wa.T
         exact = target.value_dtype is None and not target.bf16
         e = known_error(m, stats) if exact else None
+        if isinstance(m, Dense) and m.W is Wa:
+            e = 0.0  # the layer as it is (what the pass gives: W − Ŵ is 0 exactly)
         if e is None:
             e = layer_error(Wo, m, stats)
             if exact:
@@ -805,8 +814,8 @@ def _write_to_ratio(write: Callable[..., Report], out: str, ratio: float,
     The first try (``write(path, layer_ratio, True)``) also stages each calibrated quantized
     layer one step up (``Report.alternatives``, recorded in the journal); when its file is too
     small, the next try moves layers up that step (:func:`_mix_up`, ``write(path,
-    layer_ratio, {name: budget})``): its layers are all in the journal already, so the target
-    is met with one try's builds where the steps allow."""
+    layer_ratio, {name: (form, budget)})``): its layers are all in the journal already, so
+    the target is met with one try's builds where the steps allow."""
     d = os.path.dirname(os.path.abspath(out))
     src_bytes, squeezable = budgeted.src_bytes, budgeted.squeezable
     layer_ratio: Any = budgeted.layer_ratio
@@ -829,8 +838,10 @@ def _write_to_ratio(write: Callable[..., Report], out: str, ratio: float,
                 best = (r, tmp, rep)
             if 0.99 * ratio <= r <= 1.03 * ratio:  # aim close; >= 0.97 R is the promise
                 break
-            if isinstance(up, Mapping):  # the steps up missed the window: search on
-                up, layer_ratio = None, after_up
+            if isinstance(up, Mapping):  # the steps up missed the window
+                if best is not None and best[1] == tmp:
+                    break  # within a layer's step of the target: as close as the steps go
+                up, layer_ratio = None, after_up  # (mispredicted: search on)
                 continue
             first, up = up is True, None
             if isinstance(layer_ratio, Mapping):  # a mix that missed the window
@@ -875,11 +886,11 @@ def _write_to_ratio(write: Callable[..., Report], out: str, ratio: float,
                 os.unlink(t)
 
 
-def _mix_up(rep: Report, target: float) -> dict[str, float] | None:
+def _mix_up(rep: Report, target: float) -> dict[str, tuple[str, float]] | None:
     """Layers of a first try whose file (``rep``) is too small that move one step up
     (``rep.alternatives``), by the most error removed per byte added (``size · error²``,
     output errors: the allocation's objective), while the file stays within ``target``
-    bytes; name -> the step's byte budget. None when none moves."""
+    bytes; name -> the step's form and byte budget. None when none moves."""
     moves = []
     for r in rep.rows:
         a = rep.alternatives.get(r.name)
@@ -895,7 +906,8 @@ def _mix_up(rep: Report, target: float) -> dict[str, float] | None:
     chosen = {}
     for _, name, extra in moves:
         if extra <= room:
-            chosen[name] = float(rep.alternatives[name]["budget"])
+            a = rep.alternatives[name]
+            chosen[name] = (str(a.get("form", "quant")), float(a["budget"]))
             room -= extra
     return chosen or None
 
