@@ -838,10 +838,10 @@ def _write_to_ratio(write: Callable[..., Report], out: str, ratio: float,
                 best = (r, tmp, rep)
             if 0.99 * ratio <= r <= 1.03 * ratio:  # aim close; >= 0.97 R is the promise
                 break
-            if isinstance(up, Mapping):  # the steps up missed the window
-                if best is not None and best[1] == tmp:
-                    break  # within a layer's step of the target: as close as the steps go
-                up, layer_ratio = None, after_up  # (mispredicted: search on)
+            if isinstance(up, Mapping):  # the steps up missed the window: search on (a
+                # second ratio's budgets may land closer than the steps; MiniLM-sized with
+                # d=64, 4.20x here against 4.06x after two more tries)
+                up, layer_ratio = None, after_up
                 continue
             first, up = up is True, None
             if isinstance(layer_ratio, Mapping):  # a mix that missed the window
