@@ -380,11 +380,13 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
             up, up_key = choose(acands, nb_alt)
             if up_key[0] == 0 and up != best and (best_key[0] != 0 or up_key[1] < best_key[1]):
                 qa = gptq_at(*up)
-                qa._wp_predicted = up_key[1]
-                q._wp_alt = (nb_alt, qa)  # what compress(W, "quant", Budget(nbytes=nb_alt)) builds
+                qa._wp_predicted = up_key[1]  # type: ignore[attr-defined]
+                # what compress(W, "quant", Budget(nbytes=nb_alt)) builds
+                q._wp_alt = (nb_alt, qa)  # type: ignore[attr-defined]
         if (alt > 1 and coding is None and fixed is None and not hasattr(q, "_wp_alt")
                 and all(p.nbytes(shape_oi) <= nb for p in QUANT_LADDER)):
-            q._wp_alt = (float(dense_bytes), None)  # every precision fits: the step up is dense
+            # every precision fits: the step up is to keep the layer dense
+            q._wp_alt = (float(dense_bytes), None)  # type: ignore[attr-defined]
         return q
 
     def prefetch(budgets: list[float]) -> None:

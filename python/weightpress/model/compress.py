@@ -639,7 +639,7 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
     else:
         fresh = _local_stages(source, tasks, todo, target, cal, n, progress)
     here = set(local) if client is not None else set()
-    alternatives: dict[str, dict[str, float]] = {}
+    alternatives: dict[str, dict[str, Any]] = {}
     with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
         if job.skeleton is not None:
             w.set_structure(*job.skeleton)
@@ -759,7 +759,7 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
         raise ValueError(f"tensor {d.name!r}: {err}") from None
     up = getattr(m, "_wp_alt", None)
     if up is not None:
-        del m._wp_alt  # (not held with the chosen build)
+        del m._wp_alt  # type: ignore[attr-defined]  # (not held with the chosen build)
     st = _staged(d.name, m, Wa, stored, ly, reason, view, W.dtype, layout, target, stats)
     if up is not None and stats is not None and (up[1] is None or up[1].nbytes < ly.orig_bytes):
         # the first try's step up (quantized, or dense when every precision fits), staged as

@@ -277,7 +277,7 @@ class Staged:
     dtypes: dict[str, str]
     # a ratio search's first try: the layer one step up, ``{"budget", "bytes", "error"}``,
     # and (until a journal records it) that build staged (never written into the container)
-    alt: dict[str, float] | None = None
+    alt: dict[str, Any] | None = None
     alt_staged: "Staged | None" = None
 
 

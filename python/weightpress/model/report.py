@@ -37,7 +37,7 @@ class Report:
     compressed_bytes: int = 0  # bytes of the tensors compressed (not kept) in the container
     not_stored: dict[str, str] | None = None  # tensors the reader could not hold, and why
     # a ratio search's first try: per layer, the build one step up (Staged.alt)
-    alternatives: dict[str, dict[str, float]] = field(default_factory=dict)
+    alternatives: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
