@@ -391,3 +391,21 @@ def test_a_generous_ratio_steps_up_to_dense_in_one_tries_builds(model, tmp_path,
     assert len(tries) == 3
     with open(out, "rb") as a, open(tmp_path / "p.wpz", "rb") as b:
         assert a.read() == b.read()
+
+
+@pytest.mark.parametrize("ratio,stepped", [(4, True), (10, False)])
+def test_steps_are_built_only_where_a_budget_fits_the_top_precisions(model, tmp_path,
+                                                                      monkeypatch, ratio, stepped):
+    """The byte model decides before the first try: at --ratio 4 the quantized layers fit 6
+    bits and the 8-bit step needs more than a try gives, so steps are built; at --ratio 10
+    (3 bits) a second ratio's try gives the mix more choice, and no step is built."""
+    import weightpress.model.compress as mc
+
+    mp, cp = model
+    alts = []
+    real = mc.execute
+    monkeypatch.setattr(mc, "execute", lambda *a, **k: alts.append(a[4].alt) or real(*a, **k))
+    with mc.open_source(mp) as src:
+        mc.compress_model(src, str(tmp_path / "o.wpz"), ratio=ratio, method="quant", min_size=16,
+                          calibration=CalibrationSet(cp, keep_bytes=0))
+    assert (alts[0] >= mc.ALT_STEP) is stepped and all(a == 0 for a in alts[1:])

@@ -35,6 +35,10 @@ __all__ = ["compress_aware", "layer_error", "known_error", "time_apply", "warm_q
            "remember_error", "weights_hash"]
 
 
+# a ratio search's first try builds a quantized layer's step up only where its budget fits
+# this many bits (model.compress: _steps_pay decides the same from the byte model)
+STEP_BITS = 6
+
 # joint sparsities tried below plain int2 when the codes are entropy-coded
 _LOW_SPARSITY = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
@@ -364,7 +368,11 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         # a ratio search's first try (options["_alt"]): the choice at alt·nb bytes as well,
         # measured with the same factorisation, so the search can move this layer up a step
         # without building it again (plain codes, a budget below dense's only)
-        nb_alt = nb * alt if alt > 1 and coding is None and fixed is None else 0.0
+        # (from 6 bits up only: the step is then to the 8-bit precisions, nearly alike, and
+        # one step a layer is the choice there is; below, precisions lie close in bytes and a
+        # second ratio's try gives the search more to mix: --ratio 10 erred 10 % more)
+        nb_alt = (nb * alt if alt > 1 and coding is None and fixed is None
+                  and max(p.bits for p, _ in cands) >= STEP_BITS else 0.0)
         nb_alt = nb_alt if nb_alt < dense_bytes else 0.0
         acands = candidates(nb_alt) if nb_alt else []
         here, there = unmeasured(cands, nb), unmeasured(acands, nb_alt)

@@ -28,12 +28,13 @@ from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
 from .allocate import Candidate, allocate, size_aware_budgets
-from ..compression.aware import known_error, layer_error, remember_error, warm_quant, weights_hash
+from ..compression.aware import (STEP_BITS, known_error, layer_error, remember_error, warm_quant,
+                                 weights_hash)
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
 from ..compression.quant import Quantized
-from ..compression.storage import (Budget, Precision, dense_nbytes, index_itemsize,
+from ..compression.storage import (QUANT_LADDER, Budget, Precision, dense_nbytes, index_itemsize,
                                    lowrank_nbytes, sparse_nbytes, stored_itemsize, value_itemsize)
 from ..compression.views import MatrixView
 from ..io import open_model
@@ -264,14 +265,15 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
             # earlier one built it at (the mixed try: every layer at one of two tried
             # budgets) reads it back instead of building it again
             store = jr if jr is not None else _scratch_journal(out)
+            steps = _steps_pay(job, plan_, target, cal)
             try:
                 rep = _write_to_ratio(
                 lambda path, lr, alt=None: execute(
                     source, path, job, plan_,
-                    replace(target, alt=ALT_STEP) if alt is True else target, cal, progress,
+                    replace(target, alt=steps) if alt is True else target, cal, progress,
                     layer_ratio=lr, client=client, journal=store,
                     alt=alt if isinstance(alt, Mapping) else None),
-                out, target.ratio, plan_)
+                out, target.ratio, plan_, steps > 0)
             finally:
                 if store is not jr:
                     store.remove()
@@ -799,7 +801,7 @@ def _staged(name: str, m: CompressedMatrix, Wa: np.ndarray, stored: str | None, 
 
 
 def _write_to_ratio(write: Callable[..., Report], out: str, ratio: float,
-                    budgeted: Budgeted) -> Report:
+                    budgeted: Budgeted, steps: bool = True) -> Report:
     """Write, measure the file, and rewrite with the measured overhead until the file ratio
     is within 1 % below to 3 % above ``ratio`` (at most 6 tries; the first usually is: each
     try reads every tensor again, one at a time); keep the closest file at or above
@@ -811,8 +813,8 @@ def _write_to_ratio(write: Callable[..., Report], out: str, ratio: float,
     target where the forms' sizes move in steps (quantization's precisions) and bisecting
     one ratio for all layers keeps jumping over it.
 
-    The first try (``write(path, layer_ratio, True)``) also stages each calibrated quantized
-    layer one step up (``Report.alternatives``, recorded in the journal); when its file is too
+    The first try (``write(path, layer_ratio, True)``, when ``steps``) also stages each
+    calibrated quantized layer one step up (``Report.alternatives``, recorded in the journal); when its file is too
     small, the next try moves layers up that step (:func:`_mix_up`, ``write(path,
     layer_ratio, {name: (form, budget)})``): its layers are all in the journal already, so
     the target is met with one try's builds where the steps allow."""
@@ -826,7 +828,7 @@ def _write_to_ratio(write: Callable[..., Report], out: str, ratio: float,
         lo = hi = None  # layer ratios known to give a file too big / too small
         reps: dict[float, Report] = {}
         mixed = False
-        up: Any = True  # the first try stages the steps up
+        up: Any = True if steps else None  # the first try stages the steps up
         after_up = None  # the layer ratio the search goes on with if the steps up miss
         for _ in range(6):
             fd, tmp = tempfile.mkstemp(prefix=".wp-try-", suffix=".tmp", dir=d)
@@ -884,6 +886,42 @@ def _write_to_ratio(write: Callable[..., Report], out: str, ratio: float,
         for t in tmps:
             with contextlib.suppress(OSError):
                 os.unlink(t)
+
+
+def _steps_pay(job: Job, budgeted: Budgeted, target: Target, cal: Any) -> float:
+    """How far up the first try should build each quantized layer's step (the factor on its
+    byte budget; 0: no steps). Steps pay when the calibrated quantized layers, each at the
+    largest precision its budget fits, would leave more of the file unused than the ratio's
+    window allows (3 %), so that a file within it needs more bytes than one try gives
+    (--ratio 4 on float32: int8 needs a little more than a quarter); otherwise the first try
+    usually lands in the window and steps would be built for nothing. The factor is what the
+    search's second try would ask of every layer to fill those bytes (at least
+    :data:`ALT_STEP`). Decided from the budgets and shapes alone (the byte model), before
+    anything is built."""
+    if (not ALT_STEP or cal is None or target.ratio is None or not budgeted.squeezable
+            or target.bf16 or target.value_dtype is not None or target.coding is not None
+            or target.prefer != "size"):
+        return 0.0
+    unused = total = 0.0
+    for ly in budgeted.work:
+        d = ly.decision
+        nb = ly.budget.nbytes if ly.budget is not None else None
+        if (nb is None or ly.form is not None or ly.threshold is not None
+                or d.action not in ("auto", "quant") or d.name not in cal
+                or _SIZED.intersection({**target.options, **d.options})):
+            continue
+        view = job.views.get(d.name)
+        lay = view.layout if view is not None and not job.layout_given else job.layout
+        r, c = int(d.shape[0]), int(d.shape[1])
+        shape = (r, c) if lay == "out_in" else (c, r)
+        nb = min(float(nb), float(ly.orig_bytes))
+        fit = [p for p in QUANT_LADDER if p.nbytes(shape) <= nb]
+        if fit and max(p.bits for p in fit) >= STEP_BITS:  # (quant_b steps only there)
+            unused += nb - max(p.nbytes(shape) for p in fit)
+            total += nb
+    if unused <= (1 - 1 / 1.03) * budgeted.src_bytes / target.ratio:
+        return 0.0
+    return max(ALT_STEP, total / (total - unused))
 
 
 def _mix_up(rep: Report, target: float) -> dict[str, tuple[str, float]] | None:
@@ -983,10 +1021,10 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
 # options that set a layer's size themselves (rule_budget): no step up for those
 _SIZED = frozenset(("error", "ratio", "rank", "sparsity", "pattern", "n_nonzero", "bits"))
 
-# the first try of a ratio search also builds calibrated quantized layers at this many times
-# their byte budget (their step up: the next precisions, which a budget between two of them
-# leaves unused); the search then moves layers up, by the most error removed per byte, to fill
-# the file instead of trying every layer again at a second ratio
+# the first try of a ratio search also builds calibrated quantized layers at at least this many
+# times their byte budget (their step up: the next precisions, which a budget between two of
+# them leaves unused; _steps_pay); the search then moves layers up, by the most error removed
+# per byte, to fill the file instead of trying every layer again at a second ratio. 0: never
 ALT_STEP = 1.1
 
 # kept small matrices whose bytes exceed this share of the file a ratio target asks for are
