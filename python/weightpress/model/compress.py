@@ -37,6 +37,7 @@ from ..compression.quant import Quantized
 from ..compression.storage import (QUANT_LADDER, Budget, Precision, dense_nbytes, index_itemsize,
                                    lowrank_nbytes, sparse_nbytes, stored_itemsize, value_itemsize)
 from ..compression.views import MatrixView
+from ..linalg.memory import release_rows
 from ..io import open_model
 from ..io.structure import skeleton_of
 from ..io._base import TensorSource
@@ -776,6 +777,7 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
         st.alt = {"form": form, "budget": float(up[0]), "bytes": int(sa.entry["bytes"]),
                   "error": float(sa.entry["output_error"])}
         st.alt_staged = sa
+    release_rows(Wa)  # the layer is done: a file's pages are not held through the next one
     return st
 
 
@@ -789,7 +791,8 @@ def _staged(name: str, m: CompressedMatrix, Wa: np.ndarray, stored: str | None, 
     if stats is not None:
         Wo = Wa if layout == "out_in" else Wa.T
         exact = target.value_dtype is None and not target.bf16
-        e = known_error(m, stats) if exact else None
+        e = known_error(m, stats)  # (taken off m either way: it holds stats)
+        e = e if exact else None
         if isinstance(m, Dense) and m.W is Wa:
             e = 0.0  # the layer as it is (what the pass gives: W − Ŵ is 0 exactly)
         if e is None:
@@ -797,6 +800,7 @@ def _staged(name: str, m: CompressedMatrix, Wa: np.ndarray, stored: str | None, 
             if exact:
                 remember_error(m, e)  # a ratio search's next try may build the same form
         st.entry["output_error"] = e
+    release_rows(Wa)  # the layer is done: a file's pages are not held through the next one
     return st
 
 
