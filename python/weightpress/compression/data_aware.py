@@ -556,9 +556,9 @@ def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationSt
                 R[r0:r0 + step] -= A[r0:r0 + step] @ B
         r2 = _sq(R)  # (before the sparse part exists: its float64 blocks are not held beside it)
         S = prune(R, sparsity=s)  # the largest entries of the residual, as they are
-        sd = S.data.astype(np.float64)
-        res = float(np.sqrt(max(r2 - float(sd @ sd), 0.0)))  # ‖Ws − L − S‖
-        del sd
+        # ‖Ws − L − S‖, S's squares summed in float64 without a float64 copy of its values
+        s2 = float(np.einsum("i,i->", S.data, S.data, dtype=np.float64)) if S.nnz else 0.0
+        res = float(np.sqrt(max(r2 - s2, 0.0)))
         if abs(prev - res) <= tol * max(1.0, wnorm):
             break
         prev = res
