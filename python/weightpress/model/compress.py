@@ -910,7 +910,8 @@ def _steps_pay(job: Job, budgeted: Budgeted, target: Target, cal: Any) -> float:
     for ly in budgeted.work:
         d = ly.decision
         nb = ly.budget.nbytes if ly.budget is not None else None
-        if (nb is None or ly.form is not None or ly.threshold is not None
+        if (nb is None or ly.orig_bytes > PARALLEL_LAYER_BYTES  # (memory: see _build_layer)
+                or ly.form is not None or ly.threshold is not None
                 or d.action not in ("auto", "quant") or d.name not in cal
                 or _SIZED.intersection({**target.options, **d.options})):
             continue
@@ -1002,10 +1003,14 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
         options["coding"] = target.coding  # quantization sizes coded streams
     error, nb = budget.pair() if budget is not None else (None, None)
     if (target.alt and stats is not None and nb is not None and error is None
-            and ly.form is None and ly.threshold is None and d.action in ("auto", "quant")
+            and ly.orig_bytes <= PARALLEL_LAYER_BYTES and ly.form is None
+            and ly.threshold is None and d.action in ("auto", "quant")
             and storage is None and target.value_dtype is None and target.coding is None
             and target.prefer == "size" and not _SIZED.intersection(options)):
-        options["_alt"] = target.alt  # its step up too (stage_layer stages it)
+        # its step up too (stage_layer stages it); small layers only: the step's GPTQ result
+        # and its staged copy are held beside the layer's (a 2048² layer's calibrated auto
+        # --ratio 4 peaked at 3.02x the tensor with them, over issue 15's 3x; 2.80 without)
+        options["_alt"] = target.alt
     if ly.threshold is not None:
         m: CompressedMatrix = M.magnitude_prune(Wv, threshold=ly.threshold, layout=layout,
                                                 storage=storage)
