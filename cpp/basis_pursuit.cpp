@@ -123,6 +123,52 @@ WP_INLINE void accumulate_impl(std::int64_t r0, std::int64_t r1, std::int64_t k,
   }
 }
 
+// The same in float (weights and sums; o[r − r0] += ...), for the float32 support guess: sixteen
+// lanes instead of
+// eight and no conversions, measured 1.4x faster per column (4096 rows, 100-400 columns, one
+// thread). Its sums carry rounding errors of the size the float Gram columns already carry.
+WP_INLINE void accumulate_f_impl(std::int64_t r0, std::int64_t r1, std::int64_t k,
+                                 const float* const* cols, const float* w, float* __restrict o) {
+  std::int64_t p = 0;
+  for (; p + 4 <= k; p += 4) {
+    const float* __restrict g0 = cols[p];
+    const float* __restrict g1 = cols[p + 1];
+    const float* __restrict g2 = cols[p + 2];
+    const float* __restrict g3 = cols[p + 3];
+    const float w0 = w[p], w1 = w[p + 1], w2 = w[p + 2], w3 = w[p + 3];
+    for (std::int64_t r = r0; r < r1; ++r)
+      o[r - r0] += (w0 * g0[r] + w1 * g1[r]) + (w2 * g2[r] + w3 * g3[r]);
+  }
+  for (; p < k; ++p) {
+    const float* __restrict g = cols[p];
+    const float wp = w[p];
+    for (std::int64_t r = r0; r < r1; ++r) o[r - r0] += wp * g[r];
+  }
+}
+
+#ifdef WP_X86_DISPATCH
+WP_TARGET_V4 void accumulate_f_v4(std::int64_t r0, std::int64_t r1, std::int64_t k,
+                                  const float* const* cols, const float* w, float* __restrict o) {
+  accumulate_f_impl(r0, r1, k, cols, w, o);
+}
+WP_TARGET_V3 void accumulate_f_v3(std::int64_t r0, std::int64_t r1, std::int64_t k,
+                                  const float* const* cols, const float* w, float* __restrict o) {
+  accumulate_f_impl(r0, r1, k, cols, w, o);
+}
+#endif
+
+void accumulate_f(std::int64_t r0, std::int64_t r1, std::int64_t k, const float* const* cols,
+                  const float* w, float* __restrict o) {
+#ifdef WP_X86_DISPATCH
+  switch (isa_level()) {
+    case Isa::kV4: return accumulate_f_v4(r0, r1, k, cols, w, o);
+    case Isa::kV3: return accumulate_f_v3(r0, r1, k, cols, w, o);
+    case Isa::kBase: break;
+  }
+#endif
+  accumulate_f_impl(r0, r1, k, cols, w, o);
+}
+
 #ifdef WP_X86_DISPATCH
 template <class T>
 WP_TARGET_V4 void accumulate_v4(std::int64_t r0, std::int64_t r1, std::int64_t k,
@@ -274,6 +320,7 @@ class Homotopy {
   Chol R_;
   double y2_ = 0, R2_ = 0, lam_ = 0, lam0_ = 0, q_ = 0, floor_ = 0, cnorm_max_ = 0;
   std::int64_t last_dropped_ = -1, entering_ = -1, it_ = 0;
+  bool lean_ = false;  // path(): float directions (T = float), Gram cache reserved up front
 
   const T* col(std::int64_t j) const {
     return cache_.data() + slot_[static_cast<std::size_t>(j)] * n_;
@@ -439,6 +486,24 @@ void Homotopy<T>::combine(const std::vector<std::int64_t>& S, const std::vector<
   // for large supports (and on a busy machine a descheduled worker stalls the barrier).
   const int nt = threads_for(n * k, nt_, std::int64_t(1) << 19);
   double* o = out.data();
+  if constexpr (std::is_same<T, float>::value) {
+    if (lean_) {  // float sums (the support guess), then o as below
+      std::vector<float> wf(w.size());
+      for (std::size_t p = 0; p < w.size(); ++p) wf[p] = static_cast<float>(w[p]);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+      for (std::int64_t b = 0; b < nb; ++b) {
+        const std::int64_t r0 = b * B, r1 = std::min(n, r0 + B);
+        float of[B];
+        for (std::int64_t r = 0; r < r1 - r0; ++r) of[r] = 0.0f;
+        accumulate_f(r0, r1, k, cols.data(), wf.data(), of);
+        if (base)
+          for (std::int64_t r = r0; r < r1; ++r) o[r] = base[r] + sign * static_cast<double>(of[r - r0]);
+        else
+          for (std::int64_t r = r0; r < r1; ++r) o[r] = sign * static_cast<double>(of[r - r0]);
+      }
+      return;
+    }
+  }
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t b = 0; b < nb; ++b) {
     const std::int64_t r0 = b * B, r1 = std::min(n, r0 + B);
@@ -768,6 +833,11 @@ template <class T>
 bool Homotopy<T>::path(const T* y, L1Mode mode, double target, std::int64_t max_iter,
                        std::vector<std::int64_t>* S, std::vector<double>* signs,
                        std::int64_t* events, std::int64_t* gram_columns) {
+  // Reserved for min(n, m + 128) columns (the atoms that enter, and those fetched with them,
+  // rarely outnumber that): the cache is then not copied as it grows, and only the pages
+  // written are touched. At most the size of the operator's own copy plus 128 columns.
+  lean_ = true;
+  cache_.reserve(static_cast<std::size_t>(n_ * std::min(n_, m_ + 128)));
   const bool done = follow(y, mode, target, max_iter);
   *events = it_;
   *gram_columns = ncache_;
