@@ -42,8 +42,9 @@ struct Chol {
   // Rᵀ t = b (forward), in place. Each t_i is a dot product with column i of R (contiguous),
   // summed in eight fixed lanes: the single running sum was a latency-bound chain, and with
   // solve() a tenth of a BPDN solve (k² per event at |S| ≈ 400).
-  void solve_t(double* b) {
-    for (std::int64_t i = 0; i < k; ++i) {
+  // Rows from i0 on (b[0:i0] already solved).
+  void solve_t(double* b, std::int64_t i0 = 0) {
+    for (std::int64_t i = i0; i < k; ++i) {
       const double* __restrict ci = R.data() + i * cap;
       double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
       std::int64_t l = 0;
@@ -315,6 +316,12 @@ class Homotopy {
                                         // the same with ties with the end removed
   std::vector<std::int64_t> S_, banned_;
   std::vector<double> sg_, xs_, w_;
+  std::vector<double> t_;               // R⁻ᵀ s, valid in its first tv_ rows
+  std::int64_t tv_ = 0;
+  void forget_t(std::int64_t p) {       // atom p left: rows from p on are stale
+    tv_ = std::min(tv_, p);
+    if (p < static_cast<std::int64_t>(t_.size())) t_.erase(t_.begin() + p);
+  }
   std::vector<double> r_, cc_;          // true residual and Aᵀr (after the path)
   Chol R_;
   double y2_ = 0, R2_ = 0, lam_ = 0, lam0_ = 0, q_ = 0, floor_ = 0, cnorm_max_ = 0;
@@ -539,11 +546,19 @@ void Homotopy<T>::enter() {
   }
 }
 
-// w = G_SS⁻¹ s, a = G[:, S] w, q = sᵀw.
+// w = G_SS⁻¹ s, a = G[:, S] w, q = sᵀw. The forward half t = R⁻ᵀs is kept between events:
+// its first rows depend only on the first rows of R and s, which an atom joining at the end
+// does not touch and one leaving at p keeps before p. So only rows from tv_ on are solved, by
+// the same expressions (the same bits as a full solve); the path's events are mostly joins,
+// and this was one of three k² triangular solves per event, each bound by add latency.
 template <class T>
 void Homotopy<T>::direction() {
-  w_ = sg_;
-  R_.solve_t(w_.data());
+  const std::int64_t k = static_cast<std::int64_t>(S_.size());
+  t_.resize(S_.size());
+  for (std::int64_t i = tv_; i < k; ++i) t_[static_cast<std::size_t>(i)] = sg_[static_cast<std::size_t>(i)];
+  R_.solve_t(t_.data(), tv_);
+  tv_ = k;
+  w_ = t_;
   R_.solve(w_.data());
   combine(S_, w_, a_, nullptr, 1.0);
   q_ = 0;
@@ -643,6 +658,7 @@ void Homotopy<T>::leave(std::int64_t p_out) {
   state_[static_cast<std::size_t>(S_[p])] = 0;
   last_dropped_ = S_[p];
   R_.remove(p_out);
+  forget_t(p_out);
   for (std::int64_t b : banned_) state_[static_cast<std::size_t>(b)] = 0;  // may fit now
   banned_.clear();
   S_.erase(S_.begin() + p_out);
@@ -677,6 +693,7 @@ void Homotopy<T>::drop_rounding_atoms() {
     if (share(static_cast<std::size_t>(p)) <= 1e-11 * smax) {
       state_[static_cast<std::size_t>(S_[static_cast<std::size_t>(p)])] = 0;
       R_.remove(p);
+      forget_t(p);
       S_.erase(S_.begin() + p);
       sg_.erase(sg_.begin() + p);
       xs_.erase(xs_.begin() + p);
