@@ -33,16 +33,27 @@ void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
   }
   const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features");
   blas::syrk<T>('U', 'N', bn, bm, T(1), D, bn, T(0), G, bn);
-  // Column-major upper triangle: G[i + j n], i <= j. Mirror into the lower one in tiles small
-  // enough that a tile and its mirror image stay in L1 (2 × 8 KiB) while the strided side is
-  // written (64 × 64 tiles: the mirror was 9% of a 100-signal call at 512×2048).
-  constexpr std::int64_t B = 32;
-  for (std::int64_t j0 = 0; j0 < n; j0 += B)
-    for (std::int64_t i0 = 0; i0 <= j0; i0 += B) {
-      const std::int64_t j1 = std::min(n, j0 + B), i1 = std::min(n, i0 + B);
-      for (std::int64_t j = j0; j < j1; ++j)
-        for (std::int64_t i = i0; i < std::min(i1, j); ++i) G[j + i * n] = G[i + j * n];
+  // Column-major upper triangle: G[i + j n], i <= j. Mirrored into the lower one eight
+  // destination columns at a time: for each later row j, the eight contiguous entries
+  // G[i0:i0+8, j] go to row j of columns i0..i0+7 (eight write streams advancing together).
+  // Measured 2.3-3.1x faster than 32×32 tiles (n = 1024: 1.72 -> 0.56 ms; n = 2048: 7.7 -> 3.4 ms,
+  // one thread), whose mirror was 13% of a 100-signal call at 256×1024.
+  constexpr std::int64_t W = 8;
+  for (std::int64_t i0 = 0; i0 < n; i0 += W) {
+    const std::int64_t i1 = std::min(n, i0 + W);
+    for (std::int64_t j = i0; j < i1; ++j)  // the diagonal block
+      for (std::int64_t i = i0; i < j; ++i) G[j + i * n] = G[i + j * n];
+    if (i1 - i0 == W) {
+      T* __restrict c0 = G + i0 * n;
+      for (std::int64_t j = i1; j < n; ++j) {
+        const T* __restrict src = G + i0 + j * n;
+        for (std::int64_t u = 0; u < W; ++u) c0[j + u * n] = src[u];
+      }
+    } else {
+      for (std::int64_t j = i1; j < n; ++j)
+        for (std::int64_t i = i0; i < i1; ++i) G[j + i * n] = G[i + j * n];
     }
+  }
 }
 
 // Below this many columns, DᵀX is a hand-written single pass over D: OpenBLAS would wake its
