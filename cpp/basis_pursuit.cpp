@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <type_traits>
@@ -935,16 +936,22 @@ std::vector<std::int64_t> float_support_guess(const LinOp<T>& A, const T* y, dou
     f.m = m;
     f.n = n;
     f.n_threads = n_threads;
-    f.own.resize(static_cast<std::size_t>(m * n));
-    constexpr std::int64_t B = 64;  // transposed in tiles that stay in L1
-    for (std::int64_t i0 = 0; i0 < m; i0 += B)
-      for (std::int64_t j0 = 0; j0 < n; j0 += B) {
-        const std::int64_t i1 = std::min(m, i0 + B), j1 = std::min(n, j0 + B);
-        for (std::int64_t j = j0; j < j1; ++j)
-          for (std::int64_t i = i0; i < i1; ++i)
-            f.own[static_cast<std::size_t>(j * m + i)] = static_cast<float>(a[i * ld + j]);
+    // Not value-initialised (every entry is written below). Transposed eight columns at a
+    // time: for each row, eight contiguous doubles go to eight columns' write streams, which
+    // advance together (64×64 tiles read down the columns at a stride of a row).
+    std::unique_ptr<float[]> own(new float[static_cast<std::size_t>(m * n)]);
+    float* o = own.get();
+    constexpr std::int64_t W = 8;
+    std::int64_t j0 = 0;
+    for (; j0 + W <= n; j0 += W)
+      for (std::int64_t i = 0; i < m; ++i) {
+        const double* __restrict src = a + i * ld + j0;
+        float* __restrict dst = o + j0 * m + i;
+        for (std::int64_t u = 0; u < W; ++u) dst[u * m] = static_cast<float>(src[u]);
       }
-    f.a = f.own.data();
+    for (; j0 < n; ++j0)
+      for (std::int64_t i = 0; i < m; ++i) o[j0 * m + i] = static_cast<float>(a[i * ld + j0]);
+    f.a = o;
     f.ld = m;
     f.col = true;
     std::vector<float> yf(static_cast<std::size_t>(m));
