@@ -61,12 +61,29 @@ void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
 constexpr std::int64_t kSmallBlock = 8;
 
 // out (b×n, row-major: row t is Dᵀx_t) = (DᵀX)ᵀ for row-major D (m×n) and X (m×b, row stride
-// ldx). Rows of D in order: fixed summation order.
+// ldx). Rows of D four at a time (their four terms summed as a pair of pairs, then added to
+// out), then one at a time: a fixed summation order. Four rows per pass load and store out
+// once per four products instead of once per product: one signal at 256×1024, k = 8 makes
+// nine such passes over D.
 template <class T>
 WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                               const T* X, std::int64_t ldx, T* out) {
   std::fill(out, out + b * n, T(0));
-  for (std::int64_t i = 0; i < m; ++i) {
+  std::int64_t i0 = 0;
+  for (; i0 + 4 <= m; i0 += 4) {
+    const T* __restrict d0 = D + i0 * n;
+    const T* __restrict d1 = d0 + n;
+    const T* __restrict d2 = d1 + n;
+    const T* __restrict d3 = d2 + n;
+    for (std::int64_t t = 0; t < b; ++t) {
+      const T x0 = X[i0 * ldx + t], x1 = X[(i0 + 1) * ldx + t], x2 = X[(i0 + 2) * ldx + t],
+              x3 = X[(i0 + 3) * ldx + t];
+      T* __restrict o = out + t * n;
+      for (std::int64_t j = 0; j < n; ++j)
+        o[j] += (d0[j] * x0 + d1[j] * x1) + (d2[j] * x2 + d3[j] * x3);
+    }
+  }
+  for (std::int64_t i = i0; i < m; ++i) {
     const T* __restrict di = D + i * n;
     for (std::int64_t t = 0; t < b; ++t) {
       const T xv = X[i * ldx + t];
