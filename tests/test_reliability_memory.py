@@ -128,3 +128,91 @@ def test_glibc_mmap_threshold_is_fixed_at_import_unless_the_user_chose():
     assert threshold(WP_MALLOC_TUNE="0") == 0
     assert threshold(MALLOC_MMAP_THRESHOLD_="262144") == 0
     assert threshold(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=262144") == 0
+
+
+def _statm_rss() -> int:
+    """Resident bytes counted from the page tables (smaps_rollup; statm's counters are
+    per-CPU approximations that can lag by megabytes)."""
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("Rss:"))
+
+
+def test_release_rows_drops_a_file_mapped_tensors_pages_and_keeps_its_values(tmp_path):
+    """A weight read from a model file views a read-only file mapping: every page a pass
+    touches stayed resident beside what the method built from it (1.0x of the tensor, issue
+    15). ``release_rows`` drops them; the values read back are the file's."""
+    import os
+
+    from weightpress.io.safetensors import write_safetensors
+    from weightpress.linalg.memory import file_backed, release_rows
+    from weightpress.model.compress import open_source
+
+    W = np.random.default_rng(0).standard_normal((2048, 1536)).astype(np.float32)  # 12 MiB
+    write_safetensors(tmp_path / "m.safetensors", {"a": W[:3, :5], "w": W})
+    a = open_source(str(tmp_path / "m.safetensors"))["w"]
+    assert file_backed(a) and not file_backed(W) and not file_backed(a.copy())
+    owned = W.copy()
+    release_rows(owned)  # arrays the process owns are never touched
+    np.testing.assert_array_equal(owned, W)
+    if not os.path.exists("/proc/self/smaps_rollup"):
+        return
+    release_rows(a)  # (a.copy() above read every page)
+    r0 = _statm_rss()
+    assert float(a.sum(dtype=np.float64)) == pytest.approx(float(W.sum(dtype=np.float64)))
+    touched = _statm_rss() - r0
+    assert touched >= 0.9 * W.nbytes, "the reader no longer maps the file: test is moot"
+    for r in range(0, a.shape[0], 100):  # a streamed pass releasing behind it
+        release_rows(a, r, r + 100)
+    assert _statm_rss() - r0 <= 0.05 * W.nbytes
+    np.testing.assert_array_equal(a, W)  # read back from the page cache, the same bytes
+    release_rows(a.T)  # a transposed view releases its whole span
+    assert _statm_rss() - r0 <= 0.05 * W.nbytes
+    np.testing.assert_array_equal(a[5:9], W[5:9])
+
+
+def test_randomized_svd_max_rank_caps_the_basis_without_warning():
+    import warnings
+
+    import weightpress as wp
+
+    rng = np.random.default_rng(1)
+    A = (rng.standard_normal((300, 40)) @ rng.standard_normal((40, 200)) / 6
+         + rng.standard_normal((300, 200))).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        U, s, Vt, info = wp.randomized_svd(A, tol=0.2, max_rank=48, seed=0, return_info=True)
+    assert len(s) <= 48 and info["basis"] <= 48 and info["rel_err"] > 0.2
+    err = np.linalg.norm(A - (U * s) @ Vt) / np.linalg.norm(A)
+    assert err == pytest.approx(info["rel_err"], rel=1e-3)
+    exact = np.linalg.svd(A.astype(np.float64), compute_uv=False)
+    best48 = np.sqrt((exact[48:] ** 2).sum() / (exact ** 2).sum())
+    assert best48 <= err <= 1.05 * best48
+    # a cap above what tol needs changes nothing about meeting it
+    U, s, Vt, info = wp.randomized_svd(A, tol=0.6, max_rank=150, seed=0, return_info=True)
+    assert info["rel_err"] <= 0.6 and np.linalg.norm(A - (U * s) @ Vt) / np.linalg.norm(A) <= 0.6
+    with pytest.raises(ValueError, match="max_rank"):
+        wp.randomized_svd(A, 5, max_rank=10)
+    with pytest.raises(ValueError, match="max_rank"):
+        wp.randomized_svd(A, tol=0.5, max_rank=0)
+
+
+@pytest.mark.parametrize("err", [0.05, 0.2, 0.3, 0.5])
+def test_auto_error_budget_chooses_the_same_with_its_spectrum_capped(monkeypatch, err):
+    """``auto`` stops the fixed-accuracy spectrum at 8x the first rank whose factors cannot
+    beat the best form so far (issue 15: Q and B of the rank a small error needs were the
+    peak, 3.7x the matrix). Whatever the cap cuts off could not have won: the same form, the
+    same bytes as with the whole spectrum."""
+    rng = np.random.default_rng(2)
+    n = 256
+    for W in (rng.standard_normal((n, 8)) @ rng.standard_normal((8, n)) + 0.05 * rng.standard_normal((n, n)),
+              rng.standard_normal((n, 24)) @ rng.standard_normal((24, n)) / 4 + rng.standard_normal((n, n)),
+              rng.standard_normal((n, n))):
+        W = W.astype(np.float32)
+        capped = methods.auto(W, error=err)
+        orig = methods._truncated_svd
+        monkeypatch.setattr(methods, "_truncated_svd",
+                            lambda M, rank=None, tol=None, max_rank=None: orig(M, rank=rank, tol=tol))
+        whole = methods.auto(W, error=err)
+        monkeypatch.setattr(methods, "_truncated_svd", orig)
+        assert type(capped) is type(whole) and capped.nbytes == whole.nbytes
+        assert capped.relative_error(W) <= err * (1 + 1e-6) or type(capped).__name__ == "Dense"

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from ._pages import release_rows
+
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -41,8 +43,23 @@ def as_float_array(x: Any, name: str, dtype: np.dtype | None = None) -> np.ndarr
     return arr.astype(dt, copy=False)
 
 
-def check_finite(x: np.ndarray, name: str) -> None:
-    if x.size and not np.isfinite(x).all():
+def check_finite(x: np.ndarray, name: str, block: int = 1 << 20) -> None:
+    """ValueError naming `name` if `x` holds NaN or Inf. Large arrays are scanned a block of
+    about `block` values along the first axis at a time (no full-size boolean temporary), the
+    pages of a file-mapped array released behind the scan."""
+    if not x.size:
+        return
+    if x.ndim == 0 or x.size <= block:
+        ok = bool(np.isfinite(x).all())
+    else:
+        step = max(1, block // max(1, x.size // x.shape[0]))
+        ok = True
+        for r in range(0, x.shape[0], step):
+            if not np.isfinite(x[r:r + step]).all():
+                ok = False
+                break
+            release_rows(x, r, r + step)
+    if not ok:
         raise ValueError(f"{name} contains NaN or Inf")
 
 

@@ -19,6 +19,7 @@ from scipy.linalg.blas import get_blas_funcs
 from .._threads import blas_sequential
 from .._validation import float_dtype
 from ..io import open_model
+from ..linalg.memory import release_rows
 
 __all__ = ["CalibrationStats", "CalibrationSet", "output_error", "check_calibration"]
 
@@ -219,6 +220,7 @@ def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool =
             num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c1]))
             if with_den:
                 den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, c:c1]))
+            release_rows(Wa, r, r1)  # (a file's pages, read back for the next columns)
     return num, den
 
 

@@ -29,6 +29,7 @@ from .calibration import CalibrationStats, row_step
 from ..linalg.quant import obs_factor_inplace, obs_sweep
 from ..linalg.sparse import _parse_pattern, prune
 from ..linalg.svd import randomized_svd
+from ..linalg.memory import file_backed, release_rows
 
 __all__ = ["prune_obs", "lowrank_whitened", "whitened_spectrum", "sparse_plus_lowrank",
            "rank_for_params", "obs_factor_shared", "quadratic_total"]
@@ -123,6 +124,7 @@ def sweep_output_error(Wa: np.ndarray, rows_hat: Any, stats: CalibrationStats, d
         # one float64 block: W's rows (in the sweep's dtype) less Ŵ's, in place (the same
         # values as converting Ŵ's rows first: float32 -> float64 is exact)
         dd = np.asarray(Wa[r:r1], dtype=dtype).astype(np.float64)
+        release_rows(Wa, r, r1)
         dd[:, dead] = 0.0
         np.subtract(dd, rows_hat(r, r1), out=dd)
         d2 += float(np.einsum("ij,ij->", dd, dd))
@@ -141,6 +143,7 @@ def quadratic_total(W: Any, stats: CalibrationStats) -> float:
         for r in range(0, Wa.shape[0], step):
             Wb = np.asarray(Wa[r:r + step], dtype=H.dtype)
             den += float(np.multiply(Wb @ H, Wb).sum(dtype=np.float64))
+            release_rows(Wa, r, r + step)
     return den
 
 
@@ -262,7 +265,11 @@ def act_order_perm(stats: CalibrationStats) -> np.ndarray:
 def obs_prepare(Wa: np.ndarray, stats: CalibrationStats, damp: float) -> np.ndarray:
     """A C-contiguous working copy of ``Wa`` in its compute dtype, dead input columns zeroed."""
     ct = np.float64 if Wa.dtype == np.float64 else np.float32
-    Wk = np.array(Wa, dtype=ct, order="C", copy=True)
+    Wk = np.empty(Wa.shape, dtype=ct)
+    step = row_step(*Wa.shape)
+    for r in range(0, Wa.shape[0], step):  # a file's pages released as the copy replaces them
+        Wk[r:r + step] = Wa[r:r + step]
+        release_rows(Wa, r, r + step)
     Wk[:, np.diag(stats.hessian()) == 0] = 0.0
     return Wk
 
@@ -339,7 +346,8 @@ def whitened_spectrum(W: Any, stats: CalibrationStats) -> tuple[np.ndarray, floa
     Wa = _check(W, stats)
     with blas_sequential():
         G, _ = _gram_of(Wa, stats)
-        lam = sla.eigh(G.T, eigvals_only=True, overwrite_a=True, check_finite=False, driver="evr")
+        lam = sla.eigh(G.T, lower=True, eigvals_only=True, overwrite_a=True, check_finite=False,
+                       driver="evr")  # (lower of G.T: the triangle _gram writes)
     lam = np.maximum(lam[::-1].astype(np.float64), 0.0)
     return lam, float(lam.sum())
 
@@ -350,7 +358,15 @@ def _compute_dtype(stats: CalibrationStats) -> np.dtype:
 
 def array_digest(A: np.ndarray) -> str:
     """A 128-bit blake2b digest of an array's bytes in C order, hashed in place when it is
-    C-contiguous (the cache keys of a layer's weights and of ``H``)."""
+    C-contiguous (the cache keys of a layer's weights and of ``H``). A file-mapped array is
+    hashed a block of rows at a time, its pages released behind (the same digest)."""
+    if A.flags.c_contiguous and A.ndim == 2 and file_backed(A):
+        h = hashlib.blake2b(digest_size=16)
+        step = row_step(*A.shape)
+        for r in range(0, A.shape[0], step):
+            h.update(A[r:r + step].data)
+            release_rows(A, r, r + step)
+        return h.hexdigest()
     return hashlib.blake2b(A.data if A.flags.c_contiguous else np.ascontiguousarray(A).data,
                            digest_size=16).hexdigest()
 
@@ -368,7 +384,13 @@ def _gram_of(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.nd
 
 def _gram(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarray | None]:
     """``(G, L)``: ``G = W H Wᵀ`` (out ≤ in; L None) or ``K = Lᵀ WᵀW L`` with ``H = L Lᵀ``
-    (out > in), in the statistics' dtype, built by row blocks (temporaries of a block)."""
+    (out > in), in the statistics' dtype, built by row blocks (temporaries of a block).
+
+    ``G`` holds its upper triangle only (``G[i, j]``, ``j ≥ i``; the rest is not written): the
+    triangle LAPACK reads of ``G.T`` (uplo 'L' of the Fortran-ordered view), which the callers
+    pass. Row block i needs only rows ``i:`` of ``W`` after it, so a file-mapped ``W``'s pages
+    are released behind, and the untouched triangle is never resident: ``W`` and ``G``
+    together hold about one layer instead of two (issue 15), for half the second product."""
     H = stats.hessian()
     dt = H.dtype
     out, n_in = Wa.shape
@@ -377,7 +399,8 @@ def _gram(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarr
         Wc = np.asarray(Wa, dtype=dt)
         step = row_step(out, n_in)
         for r0 in range(0, out, step):
-            G[r0:r0 + step] = (Wc[r0:r0 + step] @ H) @ Wc.T
+            G[r0:r0 + step, r0:] = (Wc[r0:r0 + step] @ H) @ Wc[r0:].T
+            release_rows(Wc, r0, r0 + step)
         return G, None
     lamH, Q = sla.eigh(H, check_finite=False, driver="evr")  # in × in: the smaller side
     L = Q * np.sqrt(np.maximum(lamH, 0.0)).astype(dt)
@@ -387,6 +410,7 @@ def _gram(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarr
     for r0 in range(0, out, step):
         Wb = np.asarray(Wa[r0:r0 + step], dtype=dt)
         WtW += Wb.T @ Wb
+        release_rows(Wa, r0, r0 + step)
     K = L.T @ WtW @ L
     return K, L
 
@@ -399,7 +423,8 @@ def _gram_eigh(Wa: np.ndarray, stats: CalibrationStats, r: int | None
     k = G.shape[0]
     sub = None if r is None else (k - r, k - 1)
     # G.T: the same symmetric matrix, Fortran-ordered, so LAPACK works in it without a copy
-    lam, V = sla.eigh(G.T, subset_by_index=sub, overwrite_a=True, check_finite=False, driver="evr")
+    lam, V = sla.eigh(G.T, lower=True, subset_by_index=sub, overwrite_a=True, check_finite=False,
+                     driver="evr")  # (lower of G.T: the triangle _gram writes)
     del G
     lam, V = lam[::-1].astype(np.float64), V[:, ::-1]
     if L is None:
@@ -418,7 +443,14 @@ def _whitened_factors(Wa: np.ndarray, stats: CalibrationStats, lam: np.ndarray, 
                       ) -> tuple[np.ndarray, np.ndarray]:
     """``Ŵ = U (Uᵀ W)``: ``A = U`` (out × r), ``B = Uᵀ W`` (r × in)."""
     Wc = np.asarray(Wa, dtype=U.dtype)
-    return U, U.T @ Wc
+    # Σᵢ Uᵢᵀ Wᵢ over row blocks (the same sums whether W is in memory or a file's), the pages
+    # of a file-mapped W released behind
+    B = np.zeros((U.shape[1], Wc.shape[1]), U.dtype)
+    step = max(row_step(*Wc.shape), 256)
+    for r in range(0, Wc.shape[0], step):
+        B += U[r:r + step].T @ Wc[r:r + step]
+        release_rows(Wc, r, r + step)
+    return U, B
 
 
 def _sq(R: np.ndarray) -> float:
@@ -444,6 +476,15 @@ def _sub_csr(R: np.ndarray, S: sp.csr_array) -> None:
             if a < b:
                 rows = np.repeat(np.arange(r0, r1), np.diff(ip[r0:r1 + 1]))
                 R[rows, S.indices[a:b]] -= S.data[a:b]
+
+
+def _scaled_into(Wa: np.ndarray, d: np.ndarray, R: np.ndarray) -> None:
+    """``R = W diag(d)`` by blocks of rows, a file-mapped ``W``'s pages released behind (R
+    replaces them in the resident set; each alternation reads ``W`` again)."""
+    step = row_step(*Wa.shape)
+    for r0 in range(0, Wa.shape[0], step):
+        np.multiply(Wa[r0:r0 + step], d, out=R[r0:r0 + step])
+        release_rows(Wa, r0, r0 + step)
 
 
 def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationStats | None = None,
@@ -491,18 +532,18 @@ def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationSt
     A = np.zeros((Wa.shape[0], r), ct)
     B = np.zeros((r, Wa.shape[1]), ct)
     prev = np.inf
-    np.multiply(Wa, dc, out=R)
+    _scaled_into(Wa, dc, R)
     wnorm = float(np.sqrt(_sq(R)))
     step = row_step(*R.shape)
     for _ in range(n_iter):
-        np.multiply(Wa, dc, out=R)
+        _scaled_into(Wa, dc, R)
         if r:
             _sub_csr(R, S)  # R = Ws − S
             del S, A, B  # (not held through the SVD; all three are set again below)
             U, sv, Vt = randomized_svd(R, r, seed=0)
             A, B = U * sv, Vt
             del U
-            np.multiply(Wa, dc, out=R)
+            _scaled_into(Wa, dc, R)
             for r0 in range(0, R.shape[0], step):  # R = Ws − L, L = A B a block at a time
                 R[r0:r0 + step] -= A[r0:r0 + step] @ B
         r2 = _sq(R)  # (before the sparse part exists: its float64 blocks are not held beside it)

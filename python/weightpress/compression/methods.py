@@ -28,7 +28,7 @@ from .quant import Quantized, fill_with_residual, quantize
 from .squant import sparse_quantize
 from .lowrank_quant import METHOD as LOWRANK_INT8, lowrank_int8
 from ..linalg.sparse import prune
-from ..linalg.memory import release_free_memory
+from ..linalg.memory import release_free_memory, release_rows
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
            "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS", "quantized", "precision_of"]
@@ -36,18 +36,25 @@ __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "s
 METHODS = ("prune", "nm", "lowrank", "slr", "code", "quant", LOWRANK_INT8, "auto")
 
 
-def _truncated_svd(W: np.ndarray, rank: int | None = None,
-                   tol: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _truncated_svd(W: np.ndarray, rank: int | None = None, tol: float | None = None,
+                   max_rank: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thin SVD truncated to ``rank`` or to relative Frobenius error ``tol`` (None: full).
 
     The one place an SVD is computed: ``weightpress.randomized_svd`` (seeded, so results are
     reproducible) when it is available and the truncation is worth it, else LAPACK's full SVD.
+    ``max_rank`` (with ``tol``): a caller that has no use for more triplets stops there; when
+    ``tol`` is not met by then, the ``max_rank`` triplets found are returned (their error above
+    ``tol``), and no full SVD is taken.
     """
     k = min(W.shape)
     if rank is not None:
         rank = max(0, min(int(rank), k))
     if rank == 0 or (tol is not None and tol >= 1.0) or k == 0:
         return (np.zeros((W.shape[0], 0), W.dtype), np.zeros(0, W.dtype), np.zeros((0, W.shape[1]), W.dtype))
+    if tol is not None and tol > 0 and max_rank is not None and 0 < max_rank < k:
+        # the basis stops growing at max_rank (memory: Q and B of that many columns, not of
+        # the rank a small tol needs, issue 15); its error is reported, not warned about
+        return randomized_svd(W, tol=float(tol), max_rank=int(max_rank), seed=0)
     if ((rank is not None and rank <= k // 2) or (tol is not None and tol > 0)):
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # tol not reachable: exact SVD below
@@ -270,9 +277,11 @@ class Spectrum:
     total2: float
 
     @classmethod
-    def of(cls, W: np.ndarray, rank: int | None = None, tol: float | None = None) -> "Spectrum":
-        """The SVD of W truncated to ``rank`` or error ``tol`` (full when neither)."""
-        U, s, Vt = _truncated_svd(W, rank=rank, tol=tol)
+    def of(cls, W: np.ndarray, rank: int | None = None, tol: float | None = None,
+           max_rank: int | None = None) -> "Spectrum":
+        """The SVD of W truncated to ``rank`` or error ``tol`` (full when neither; with ``tol``,
+        at most ``max_rank`` triplets, see :func:`_truncated_svd`)."""
+        U, s, Vt = _truncated_svd(W, rank=rank, tol=tol, max_rank=max_rank)
         return cls(U, s, Vt, fro2(W))
 
     def error(self, r: int) -> float:
@@ -341,7 +350,8 @@ def sparse_plus_low_rank(W: Any, rank: int, *, error: float | None = None,
 
 def _residual(Wa: np.ndarray, L: LowRank) -> np.ndarray:
     """``W − L``, decoded by blocks of rows into one full-size array (no full-size temporary
-    for the product: a block's decoded rows are subtracted in place)."""
+    for the product: a block's decoded rows are subtracted in place). Rows of a file-mapped
+    ``W`` are released as they are consumed: R replaces them in the resident set."""
     R = np.empty(Wa.shape, np.result_type(Wa.dtype, L.dtype))
     step = max(1, _CHUNK // max(1, Wa.shape[1]))
     direct = L.left.dtype == L.right.dtype == L.dtype == R.dtype and L.dtype.itemsize >= 4
@@ -352,6 +362,7 @@ def _residual(Wa: np.ndarray, L: LowRank) -> np.ndarray:
             np.subtract(Wa[r0:r1], R[r0:r1], out=R[r0:r1])
         else:
             np.subtract(Wa[r0:r1], L.rows(r0, r1), out=R[r0:r1])
+        release_rows(Wa, r0, r1)  # W's pages (a file's) not held beside R (issue 15)
     return R
 
 
@@ -487,7 +498,14 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
     if "lowrank" in forms or "sparse+lowrank" in forms:
         per_rank = (Wa.shape[0] + Wa.shape[1]) * isz
         if err is not None:
-            spec = Spectrum.of(Wa, tol=err)
+            # no form holding rank-r factors can win once their bytes reach the best form's
+            # (can_win below), and the sparse + low-rank ranks are r_full / 8 at least: a basis
+            # of 8x the first losing rank decides everything. Where the error needs more, the
+            # spectrum stops there (r_full then reads as its length, and every rank loses).
+            bound = min(best_key[1], dense_bytes) if best_key is not None else dense_bytes
+            losing = int(-(-bound // max(1, per_rank)))
+            cap = 8 * losing if "sparse+lowrank" in forms else losing
+            spec = Spectrum.of(Wa, tol=err, max_rank=cap if cap < min(Wa.shape) else None)
             r_full = _rank_for_error(spec.s, spec.total2, err)
         else:
             spec = Spectrum.of(Wa, rank=min(min(Wa.shape), int(nb // per_rank)))

@@ -28,6 +28,7 @@ from ..linalg.sparse import _parse_pattern
 from .calibration import CalibrationStats
 from .data_aware import _check, act_order_perm, obs_factor_shared
 from ..linalg.sparse import prune
+from ..linalg.memory import release_rows
 from .matrices import (CompressedMatrix, Sparse, SumOfForms, _compute_dtype, _setup, _sub, register_form,
                        store_as)
 from .storage import nnz_for_bytes, value_itemsize
@@ -467,6 +468,7 @@ def _sweep_by_rows(Wa: np.ndarray, U: np.ndarray, dead: np.ndarray, perm: np.nda
     for r0 in range(0, max(rows, 1), step):
         r1 = min(rows, r0 + step)
         Wk = np.array(Wa[r0:r1], dtype=ct, order="C", copy=True)  # obs_prepare's working copy
+        release_rows(Wa, r0, r1)  # (a file's pages: the copy replaces them)
         Wk[:, dead] = 0.0
         rb = re if re is None or step >= rows else re[r0:r1]
         if perm is not None:

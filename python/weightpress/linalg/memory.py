@@ -1,16 +1,22 @@
-"""Returning the C heap's free pages to the system between full-size temporaries.
+"""Keeping the resident set near what a computation holds (issue 15).
 
-glibc keeps the pages of freed chunks mapped while a live chunk sits above them, so building
-and dropping full-size candidates one after another (``auto``, the calibrated methods) grew
-the resident set well past what was held at any one time (issue 15). The methods call
-:func:`release_free_memory` once a candidate is dropped: ``malloc_trim`` (a no-op elsewhere).
+Two leaks of resident memory that no Python object shows:
+
+- glibc keeps the pages of freed chunks mapped while a live chunk sits above them, so building
+  and dropping full-size candidates one after another (``auto``, the calibrated methods) grew
+  the resident set well past what was held at any one time. The methods call
+  :func:`release_free_memory` once a candidate is dropped: ``malloc_trim`` (a no-op elsewhere).
+- A weight read from a model file views a read-only file mapping, whose touched pages stay
+  resident beside what a method builds from it: :func:`release_rows` (from
+  :mod:`weightpress._pages`) drops those a pass has finished with.
 """
 
 from __future__ import annotations
 
 from .. import _core
+from .._pages import file_backed, release_rows
 
-__all__ = ["release_free_memory"]
+__all__ = ["release_free_memory", "release_rows", "file_backed"]
 
 
 def release_free_memory() -> None:

@@ -87,7 +87,8 @@ def _run(A: Any, mode: Any, *, rank: int = 0, tol: float = 0.0, lam: float = 0.0
 
 
 def randomized_svd(A: Any, rank: int | None = None, *, tol: float | None = None,
-                   oversamples: int = 10, power_iters: int | None = None, seed: Any = None,
+                   max_rank: int | None = None, oversamples: int = 10,
+                   power_iters: int | None = None, seed: Any = None,
                    n_threads: int | None = None, return_info: bool = False):
     """Truncated SVD ``A ≈ U diag(s) Vt`` by randomized subspace iteration.
 
@@ -104,6 +105,11 @@ def randomized_svd(A: Any, rank: int | None = None, *, tol: float | None = None,
         Number of singular triplets, ``1 <= rank <= min(m, n)``.
     tol : float in (0, 1), optional
         Target ``||A - U diag(s) Vt||_F / ||A||_F``.
+    max_rank : int, optional
+        Fixed accuracy only: the basis grows to at most this many columns (memory and time
+        bounded by it). Where ``tol`` needs more, the ``max_rank`` triplets found are returned,
+        ``info["rel_err"]`` says their error and nothing is warned: a caller that sets a cap
+        has no use for more triplets.
     oversamples : int, default 10
         Extra sketch columns (fixed rank).
     power_iters : int or None, default None
@@ -186,15 +192,19 @@ def randomized_svd(A: Any, rank: int | None = None, *, tol: float | None = None,
     """
     if (rank is None) == (tol is None):
         raise ValueError("randomized_svd: give exactly one of rank and tol")
+    if rank is not None and max_rank is not None:
+        raise ValueError("randomized_svd: max_rank goes with tol (fixed accuracy), not rank")
     if rank is not None:
         r = positive_int(rank, "rank")
         U, s, Vt, info = _run(A, _MODE_RANK, rank=r, oversamples=oversamples,
                               power_iters=power_iters, seed=seed, n_threads=n_threads)
     else:
         t = real_scalar(tol, "tol", low=0.0, low_open=True, high=1.0, high_open=True)
-        U, s, Vt, info = _run(A, _MODE_TOL, tol=t, oversamples=oversamples,
+        mr = 0 if max_rank is None else positive_int(max_rank, "max_rank")
+        U, s, Vt, info = _run(A, _MODE_TOL, tol=t, max_rank=mr, oversamples=oversamples,
                               power_iters=power_iters, seed=seed, n_threads=n_threads)
-        if info["rel_err"] > t * (1 + 1e-6):
+        capped = mr > 0 and info["basis"] >= mr
+        if info["rel_err"] > t * (1 + 1e-6) and not capped:
             warnings.warn(f"randomized_svd: tol={t:g} not reached (relative error "
                           f"{info['rel_err']:.3g} at rank {info['rank']}); it is below the "
                           f"precision of {U.dtype}", RuntimeWarning, stacklevel=2)

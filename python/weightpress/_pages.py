@@ -1,0 +1,79 @@
+"""Releasing the resident pages of a weight read from a model file (issue 15).
+
+A weight read from a model file views a read-only file mapping (safetensors, npz, PyTorch,
+ONNX, Keras readers): every page a pass touches stays in the process's resident set until the
+mapping goes, a full copy of the tensor (1.0x of it) beside whatever the method builds from it.
+:func:`release_rows` drops the resident pages of rows a pass has finished with; the kernel reads
+them back from the page cache (or the file) if they are touched again, so values never change.
+Anything else (arrays the process owns, copy-on-write or writable mappings) is left alone.
+A base module (no weightpress imports), so that input validation's own passes release too.
+"""
+
+from __future__ import annotations
+
+import mmap
+from typing import Any
+
+import numpy as np
+
+__all__ = ["release_rows", "file_backed"]
+
+_PAGE = mmap.PAGESIZE
+
+
+def _mapping(a: np.ndarray) -> mmap.mmap | None:
+    """The read-only file mapping whose memory ``a`` views, or None."""
+    b: Any = a
+    while b is not None and not isinstance(b, mmap.mmap):
+        b = getattr(b, "base", None)
+    if b is None:
+        return None
+    try:
+        with memoryview(b) as v:
+            if not v.readonly:  # copy-on-write or shared-writable: its pages are its data
+                return None
+    except ValueError:  # closed
+        return None
+    return b
+
+
+def file_backed(a: Any) -> bool:
+    """Whether ``a`` views a read-only file mapping (its pages can be dropped and read back)."""
+    return isinstance(a, np.ndarray) and _mapping(a) is not None
+
+
+def release_rows(a: Any, r0: int = 0, r1: int | None = None) -> None:
+    """Drop the resident pages holding rows ``r0:r1`` of ``a`` (all rows by default) when
+    ``a`` views a read-only file mapping; a no-op for any other array.
+
+    ``madvise(MADV_DONTNEED)`` on a read-only shared file mapping only unmaps the pages: a
+    later read faults them back in from the page cache, with the same bytes. The range is
+    rounded out to whole pages (a neighbour's bytes sharing a page are read back the same
+    way). Rows are those of a C-contiguous ``a``, or of its first axis where each row is
+    contiguous; other layouts release the whole span they cover once ``r0:r1`` is all rows.
+    """
+    if not isinstance(a, np.ndarray) or a.size == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    mm = _mapping(a)
+    if mm is None:
+        return
+    n = a.shape[0] if a.ndim else 1
+    r1 = n if r1 is None else min(int(r1), n)
+    r0 = max(0, int(r0))
+    if r1 <= r0:
+        return
+    base = np.frombuffer(mm, np.uint8).ctypes.data
+    start = a.__array_interface__["data"][0] - base
+    if a.flags.c_contiguous or (a.ndim >= 1 and a[0:1].flags.c_contiguous and a.strides[0] > 0):
+        row = a.strides[0] if a.ndim else a.itemsize
+        lo, hi = start + r0 * row, start + (r1 - 1) * row + (a[0].nbytes if a.ndim else a.itemsize)
+    elif r0 == 0 and r1 == n:  # other strides: the whole span, once the pass is over
+        offs = [s * (d - 1) for s, d in zip(a.strides, a.shape)]
+        lo = start + sum(o for o in offs if o < 0)
+        hi = start + sum(o for o in offs if o > 0) + a.itemsize
+    else:
+        return
+    lo = max(0, lo // _PAGE * _PAGE)
+    hi = min(len(mm), -(-hi // _PAGE) * _PAGE)
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
