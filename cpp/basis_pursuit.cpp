@@ -7,16 +7,10 @@
 // ‖r‖² − 2δλq + δ²q with q = sᵀw (no product with A needed), which gives the BPDN stop.
 #include "weightpress/basis_pursuit.hpp"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
 #include <memory>
-#include <new>
 #include <numeric>
 #include <string>
 #include <type_traits>
@@ -27,33 +21,10 @@
 #include "weightpress/isa.hpp"
 #include "weightpress/linop.hpp"
 #include "weightpress/parallel.hpp"
+#include "weightpress/scratch.hpp"
 
 namespace wp {
 namespace {
-
-struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
-};
-using FloatBuffer = std::unique_ptr<float[], FreeDeleter>;
-
-// count floats, uninitialised. From 2 MiB on, aligned to 2 MiB and advised as huge pages
-// (Linux): the first touch of a 16 MiB copy then faults 8 times instead of 4096.
-FloatBuffer float_buffer(std::size_t count) {
-  const std::size_t bytes = std::max<std::size_t>(count * sizeof(float), 1);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr std::size_t kHuge = std::size_t(2) << 20;
-  if (bytes >= kHuge) {
-    const std::size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-    if (void* p = std::aligned_alloc(kHuge, rounded)) {
-      (void)madvise(p, rounded, MADV_HUGEPAGE);  // advice only: no huge pages is fine
-      return FloatBuffer(static_cast<float*>(p));
-    }
-  }
-#endif
-  void* p = std::malloc(bytes);
-  if (!p) throw std::bad_alloc();
-  return FloatBuffer(static_cast<float*>(p));
-}
 
 // Upper-triangular Cholesky factor R (RᵀR = G_SS) of the active set's Gram matrix, column-major
 // with a growing leading dimension.
@@ -969,7 +940,7 @@ std::vector<std::int64_t> float_support_guess(const LinOp<T>& A, const T* y, dou
     // Not value-initialised (every entry is written below). Transposed eight columns at a
     // time: for each row, eight contiguous doubles go to eight columns' write streams, which
     // advance together (64×64 tiles read down the columns at a stride of a row).
-    FloatBuffer own = float_buffer(static_cast<std::size_t>(m * n));
+    Scratch<float> own = scratch<float>(static_cast<std::size_t>(m * n));  // huge pages
     float* o = own.get();
     constexpr std::int64_t W = 8;
     std::int64_t j0 = 0;

@@ -21,6 +21,7 @@
 #include "weightpress/errors.hpp"
 #include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
+#include "weightpress/scratch.hpp"
 
 namespace wp {
 
@@ -588,18 +589,20 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
   // Few signals: Gram columns on demand beat the full n² Gram matrix (and their lockstep
   // workspaces, chunk·n·(kmax + 2) values, stay within ~512 MiB).
   const bool lazy = !G && 2 * N * kmax <= n && cb * n * (kmax + 2) <= (std::int64_t(1) << 26);
-  std::vector<T> cbuf(static_cast<std::size_t>(cb * n)), nbuf(static_cast<std::size_t>(cb));
+  // DᵀY for a chunk (up to 16 MiB; omp_correlate writes every entry) and the signals' norms.
+  Scratch<T> cbuf = scratch<T>(static_cast<std::size_t>(cb * n));
+  std::vector<T> nbuf(static_cast<std::size_t>(cb));
   // Not value-initialised: omp_gram writes every entry (zeroing 32 MiB first was 3% of a
   // 100-signal call at 512×2048).
-  std::unique_ptr<T[]> gbuf;
+  Scratch<T> gbuf;  // huge pages where the system gives them (weightpress/scratch.hpp)
   if (!G && !lazy) {
-    gbuf.reset(new T[static_cast<std::size_t>(n * n)]);
+    gbuf = scratch<T>(static_cast<std::size_t>(n * n));
     omp_gram<T>(m, n, D, gbuf.get());
     G = gbuf.get();
   }
   for (std::int64_t s0 = 0; s0 < N; s0 += chunk) {
     const std::int64_t b = std::min(chunk, N - s0);
-    omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.data());
+    omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.get());
     col_sqnorms<T>(m, b, Y + s0, ldy, nbuf.data(), n_threads);
     if (p.check_finite && N <= kSmallBlock) {
       T acc = T(0);  // 0·x stays 0 for finite x and is NaN for NaN or Inf
@@ -608,10 +611,10 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
       if (acc != T(0)) throw NonFinite("omp: D.T @ Y is not finite");
     }
     if (lazy)
-      omp_lazy<T>(m, n, b, D, cbuf.data(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
+      omp_lazy<T>(m, n, b, D, cbuf.get(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
                   coef + s0 * kmax, count + s0, resid2 + s0, n_threads);
     else
-      omp_batch<T>(n, b, G, cbuf.data(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
+      omp_batch<T>(n, b, G, cbuf.get(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
                    coef + s0 * kmax, count + s0, resid2 + s0, n_threads);
   }
 }
