@@ -889,6 +889,17 @@ void fixed_accuracy(const LinOp<T>& A, const RsvdParams& p, OpFactors<T>& f, Rsv
   bool gram = gram_accurate(tol2, qb.lmax());
   const double goal = must_verify ? resolution * fro2 : target;
   qb.grow([goal](const AdaptiveQB<T>& s, const T*, std::int64_t) { return s.energy_left() <= goal; });
+  if (!must_verify && p.max_rank > 0 && qb.l() >= qb.lmax() && qb.energy_left() > goal) {
+    // the caller's cap reached before the target: it has no use for these triplets (it asked
+    // for no more), so none are built (issue 15: U and Vt of the whole capped basis were the
+    // peak); the error says how far the basis got
+    info.basis = qb.l();
+    info.n_blocks = qb.blocks();
+    info.rel_err = std::sqrt(std::max(qb.energy_left(), 0.0) / fro2);
+    f = OpFactors<T>{};
+    f.u.clear();
+    return;
+  }
   for (;;) {
     const std::int64_t l = qb.l();
     info.basis = l;

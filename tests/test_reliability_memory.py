@@ -181,12 +181,13 @@ def test_randomized_svd_max_rank_caps_the_basis_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         U, s, Vt, info = wp.randomized_svd(A, tol=0.2, max_rank=48, seed=0, return_info=True)
-    assert len(s) <= 48 and info["basis"] <= 48 and info["rel_err"] > 0.2
-    err = np.linalg.norm(A - (U * s) @ Vt) / np.linalg.norm(A)
-    assert err == pytest.approx(info["rel_err"], rel=1e-3)
+    # not reachable within the cap: no triplets (a caller with a cap has no use for them), the
+    # error the capped basis reached (‖A − QB‖, at least the optimal rank-48 error)
+    assert U.shape == (300, 0) and s.shape == (0,) and Vt.shape == (0, 200)
+    assert info["basis"] == 48 and info["rank"] == 0
     exact = np.linalg.svd(A.astype(np.float64), compute_uv=False)
     best48 = np.sqrt((exact[48:] ** 2).sum() / (exact ** 2).sum())
-    assert best48 <= err <= 1.05 * best48
+    assert 0.2 < best48 <= info["rel_err"] <= 1.05 * best48
     # a cap above what tol needs changes nothing about meeting it
     U, s, Vt, info = wp.randomized_svd(A, tol=0.6, max_rank=150, seed=0, return_info=True)
     assert info["rel_err"] <= 0.6 and np.linalg.norm(A - (U * s) @ Vt) / np.linalg.norm(A) <= 0.6

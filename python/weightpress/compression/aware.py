@@ -154,8 +154,10 @@ def _total(Wo: np.ndarray, stats: CalibrationStats, digest: str) -> float:
 
 
 def known_error(m: CompressedMatrix, stats: CalibrationStats | None) -> float | None:
-    """The output error :func:`compress_aware` measured for ``m`` with ``stats`` (None if none)."""
-    k = getattr(m, "_wp_output_error", None)
+    """The output error :func:`compress_aware` measured for ``m`` with ``stats`` (None if none).
+    The record is taken off ``m``: it holds the statistics (``H``, as large as the layer), which
+    a kept result would otherwise keep alive through every later layer (issue 15)."""
+    k = m.__dict__.pop("_wp_output_error", None) if hasattr(m, "__dict__") else None
     return k[1] if k is not None and k[0] is stats else None
 
 

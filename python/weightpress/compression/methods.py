@@ -43,8 +43,7 @@ def _truncated_svd(W: np.ndarray, rank: int | None = None, tol: float | None = N
     The one place an SVD is computed: ``weightpress.randomized_svd`` (seeded, so results are
     reproducible) when it is available and the truncation is worth it, else LAPACK's full SVD.
     ``max_rank`` (with ``tol``): a caller that has no use for more triplets stops there; when
-    ``tol`` is not met by then, the ``max_rank`` triplets found are returned (their error above
-    ``tol``), and no full SVD is taken.
+    ``tol`` is not met by then, no triplets are returned, and no full SVD is taken.
     """
     k = min(W.shape)
     if rank is not None:
@@ -505,8 +504,11 @@ def auto(W: Any, *, error: float | None = None, nbytes: float | None = None,
             bound = min(best_key[1], dense_bytes) if best_key is not None else dense_bytes
             losing = int(-(-bound // max(1, per_rank)))
             cap = 8 * losing if "sparse+lowrank" in forms else losing
-            spec = Spectrum.of(Wa, tol=err, max_rank=cap if cap < min(Wa.shape) else None)
+            capped = cap < min(Wa.shape)
+            spec = Spectrum.of(Wa, tol=err, max_rank=cap if capped else None)
             r_full = _rank_for_error(spec.s, spec.total2, err)
+            if capped and spec.error(r_full) > err * (1 + 1e-9):
+                r_full = cap  # not within the cap (no triplets came back): every rank loses
         else:
             spec = Spectrum.of(Wa, rank=min(min(Wa.shape), int(nb // per_rank)))
             r_full = len(spec.s)

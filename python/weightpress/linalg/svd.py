@@ -107,9 +107,9 @@ def randomized_svd(A: Any, rank: int | None = None, *, tol: float | None = None,
         Target ``||A - U diag(s) Vt||_F / ||A||_F``.
     max_rank : int, optional
         Fixed accuracy only: the basis grows to at most this many columns (memory and time
-        bounded by it). Where ``tol`` needs more, the ``max_rank`` triplets found are returned,
-        ``info["rel_err"]`` says their error and nothing is warned: a caller that sets a cap
-        has no use for more triplets.
+        bounded by it). Where ``tol`` needs more, no triplets are returned (``U``, ``s``,
+        ``Vt`` empty), ``info["rel_err"]`` says the error the capped basis reaches and nothing
+        is warned: a caller that sets a cap has no use for a result above it.
     oversamples : int, default 10
         Extra sketch columns (fixed rank).
     power_iters : int or None, default None

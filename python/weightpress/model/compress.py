@@ -36,6 +36,7 @@ from ..compression.quant import Quantized
 from ..compression.storage import (Budget, Precision, dense_nbytes, index_itemsize,
                                    lowrank_nbytes, sparse_nbytes, stored_itemsize, value_itemsize)
 from ..compression.views import MatrixView
+from ..linalg.memory import release_rows
 from ..io import open_model
 from ..io.structure import skeleton_of
 from ..io._base import TensorSource
@@ -739,12 +740,14 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
     if stats is not None:
         Wo = Wa if layout == "out_in" else Wa.T
         exact = target.value_dtype is None and not target.bf16
-        e = known_error(m, stats) if exact else None
+        e = known_error(m, stats)  # (taken off m either way: it holds stats)
+        e = e if exact else None
         if e is None:
             e = layer_error(Wo, m, stats)
             if exact:
                 remember_error(m, e)  # a ratio search's next try may build the same form
         st.entry["output_error"] = e
+    release_rows(Wa)  # the layer is done: a file's pages are not held through the next one
     return st
 
 
