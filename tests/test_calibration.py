@@ -40,3 +40,25 @@ def test_stats_bad_input():
         st.hessian()
     with pytest.raises(ValueError, match="stats describe 8"):
         prune_obs(np.ones((3, 5)), CalibrationStats.from_inputs(np.ones((30, 8))), sparsity=0.5)
+
+
+@pytest.mark.parametrize("shape,block", [((37, 203), 512), ((90, 31), 1 << 17), ((5, 1), 64)])
+def test_quadratic_forms_over_half_of_h_are_the_full_products(shape, block):
+    """The exact passes take H's symmetry (each column block meets the inputs from its own on,
+    the ones below twice): the same numbers as the full products, for uneven blocks, a
+    quantized Ŵ decoded by rows, and tr(W H Wᵀ) of the float32 statistics."""
+    from weightpress.compression.calibration import _quadratic_forms
+    from weightpress.compression.data_aware import quadratic_total
+    from weightpress.compression.quant import quantize
+
+    rng = np.random.default_rng(shape[1])
+    W = rng.standard_normal(shape).astype(np.float32)
+    X = rng.standard_normal((300, shape[1])).astype(np.float32) * np.linspace(0.2, 3, shape[1])
+    st = CalibrationStats.from_inputs(X.astype(np.float32))
+    H = st.hessian().astype(np.float64)
+    Wh = quantize(W, bits=4)
+    D = W.astype(np.float64) - Wh.toarray().astype(np.float64)
+    num, den = _quadratic_forms(W, Wh, st.hessian(), True, block)
+    assert num == pytest.approx(np.einsum("ij,ij->", D @ H, D), rel=1e-12)
+    assert den == pytest.approx(np.einsum("ij,ij->", W @ H, W), rel=1e-12)
+    assert quadratic_total(W, st) == pytest.approx(den, rel=1e-5)  # float32 products

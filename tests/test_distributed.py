@@ -105,6 +105,21 @@ def test_cluster_output_is_byte_identical(model, client, tmp_path, case):
     assert built[-1][:2] == (n, n) and all(0 < i <= n for i, _, _ in built)
 
 
+def test_first_try_steps_up_come_back_from_the_workers(client, tmp_path, monkeypatch):
+    """A calibrated ratio search whose first try's steps up reach the target: the workers
+    send each layer's step up back with it, and the file is the one-process file."""
+    from helpers import twelve_layer_model
+
+    mp, cp = twelve_layer_model(tmp_path)
+    kw = dict(ratio=4, method="quant", calibration=cp, min_size=16)
+    local = _compress(mp, str(tmp_path / "local.wpz"), **kw)
+    tries = []
+    real = C.execute
+    monkeypatch.setattr(C, "execute", lambda *a, **k: tries.append(k.get("alt")) or real(*a, **k))
+    assert _compress(mp, str(tmp_path / "dask.wpz"), client=client, **kw) == local
+    assert len(tries) == 2 and tries[0] is None and tries[1]
+
+
 def test_in_memory_calibration_travels_with_the_task(model, client, tmp_path):
     mp, cp, names = model
     with open_source(cp) as cs:

@@ -217,3 +217,40 @@ def test_auto_error_budget_chooses_the_same_with_its_spectrum_capped(monkeypatch
         monkeypatch.setattr(methods, "_truncated_svd", orig)
         assert type(capped) is type(whole) and capped.nbytes == whole.nbytes
         assert capped.relative_error(W) <= err * (1 + 1e-6) or type(capped).__name__ == "Dense"
+
+
+def test_release_rows_never_changes_values_whatever_the_view(tmp_path):
+    """Any view of a file-mapped tensor (slices, steps, transposes, 0-D and 1-D), any row
+    range: the values read after a release are the file's (hypothesis)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from weightpress.io.safetensors import write_safetensors
+    from weightpress.linalg.memory import release_rows
+    from weightpress.model.compress import open_source
+
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((97, 1031)).astype(np.float32)
+    v = rng.standard_normal(5000)
+    write_safetensors(tmp_path / "m.safetensors", {"w": W, "v": v, "s": np.float32(2.5).reshape(())})
+    src = open_source(str(tmp_path / "m.safetensors"))
+    a, b, c = src["w"], src["v"], src["s"]
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(0, 96), st.integers(1, 97), st.integers(1, 5), st.integers(0, 1030),
+           st.integers(1, 7), st.booleans(), st.integers(-3, 120), st.integers(-3, 120))
+    def check(r0, n, rs, c0, cs, transpose, q0, q1):
+        view = a[r0:r0 + n:rs, c0::cs]
+        ref = W[r0:r0 + n:rs, c0::cs]
+        if transpose:
+            view, ref = view.T, ref.T
+        release_rows(view, q0, q1)
+        release_rows(view)
+        np.testing.assert_array_equal(view, ref)
+        release_rows(b[::-rs], q0, q1)
+        np.testing.assert_array_equal(b, v)
+        release_rows(c)
+        assert float(c) == 2.5
+
+    check()
+    np.testing.assert_array_equal(a, W)

@@ -128,6 +128,26 @@ def test_allocate_resume_reuses_the_budgets(model, tmp_path, monkeypatch):
     assert _sha(out) == _sha(ref)
 
 
+def test_calibrated_first_try_with_steps_up_resumes_to_identical_bytes(tmp_path, monkeypatch):
+    """A calibrated ratio search killed in its first try (which records each quantized layer
+    and its step up): the resumed run builds only the missing layers, takes the steps up of
+    the recorded ones from the journal, and writes the uninterrupted run's bytes."""
+    from helpers import twelve_layer_model
+
+    mp, cp = twelve_layer_model(tmp_path)
+    args = ["compress", mp, "--ratio", "4", "--method", "quant", "--calibration", cp,
+            "--min-size", "16", "-q"]
+    ref = str(tmp_path / "ref.wpz")
+    assert main([*args, "-o", ref]) == 0
+    out = str(tmp_path / "out.wpz")
+    _killed([*args, "-o", out], after=7)
+    assert len(_layer_files(out)) == 7  # layers and their steps up
+    calls = _count(monkeypatch, "_build_layer")
+    assert main([*args, "-o", out, "--resume"]) == 0
+    assert 0 < len(calls) < 12
+    assert _sha(out) == _sha(ref)
+
+
 def test_resume_without_journal_runs_afresh(model, tmp_path):
     out = str(tmp_path / "out.wpz")
     assert main(["compress", model, "--ratio", "4", "-q", "-o", out, "--resume"]) == 0

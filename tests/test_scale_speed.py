@@ -32,6 +32,7 @@ def _compress(mp, out, cal, **kw):
 def test_the_mixed_try_reads_back_what_the_first_two_built(model, tmp_path, monkeypatch):
     import weightpress.model.compress as mc
 
+    monkeypatch.setattr(mc, "ALT_STEP", 0.0)  # no steps up: the two-sided search
     mp, cp = model
     builds, tries = [], []
     real_build, real_exec = mc._build_layer, mc.execute
@@ -50,6 +51,110 @@ def test_the_mixed_try_reads_back_what_the_first_two_built(model, tmp_path, monk
     _compress(mp, out2, CalibrationSet(cp, keep_bytes=0), journal=True)
     with open(out, "rb") as a, open(out2, "rb") as b:
         assert a.read() == b.read()
+
+
+def _output_rms(mp, cp, out):
+    """The parameter-weighted RMS of the layers' relative output errors (the allocation's
+    objective), measured here from the file."""
+    from weightpress.compression.calibration import output_error
+    from weightpress.model.compress import open_source
+    from weightpress.model.container import Container
+
+    num = tot = 0.0
+    with open_source(mp) as src, open_source(cp) as cal, Container(out) as c:
+        for n in cal.info():
+            W = np.asarray(src[n], np.float64)
+            num += W.size * output_error(W, np.asarray(c[n], np.float64),
+                                          CalibrationStats.from_inputs(cal[n])) ** 2
+            tot += W.size
+    return float(np.sqrt(num / tot))
+
+
+def test_first_try_steps_up_reach_the_target_with_one_tries_builds(model, tmp_path, monkeypatch):
+    """The first try also stages each quantized layer one step up; the file it writes is too
+    small, and the second try moves layers up that step: every layer is built once (the
+    second try builds nothing), the window is met, and the outputs err as little as the
+    two-sided search's (which builds every layer twice)."""
+    import weightpress.model.compress as mc
+
+    mp, cp = model
+    builds, tries = [], []
+    real_build, real_exec = mc._build_layer, mc.execute
+    monkeypatch.setattr(mc, "_build_layer", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    monkeypatch.setattr(mc, "execute", lambda *a, **k: tries.append(k) or real_exec(*a, **k))
+    out = str(tmp_path / "o.wpz")
+    rep = _compress(mp, out, CalibrationSet(cp, keep_bytes=0))
+    assert len(tries) == 2 and tries[0]["alt"] is None
+    moved = tries[1]["alt"]
+    assert isinstance(moved, dict) and 0 < len(moved) < 12  # some layers, not all, a step up
+    assert tries[1]["layer_ratio"] == tries[0]["layer_ratio"]
+    assert len(builds) == 12  # one try's builds
+    assert 0.99 * 4 <= rep.ratio <= 1.03 * 4
+    assert not rep.alternatives  # (only a first try's report has them)
+    # the moved layers are the ones built a step up: bigger than the first try's, same form
+    bytes_of = {r.name: r.nbytes for r in rep.rows}
+    assert all(bytes_of[n] > 0 for n in moved)
+    assert sorted(os.listdir(tmp_path)) == ["c.safetensors", "m.safetensors", "o.wpz"]
+    # a run with a journal (which the tries' steps up go through the same way) writes the same
+    out2 = str(tmp_path / "o2.wpz")
+    _compress(mp, out2, CalibrationSet(cp, keep_bytes=0), journal=True)
+    with open(out, "rb") as a, open(out2, "rb") as b:
+        assert a.read() == b.read()
+    # quality: as low an output error as the search without steps up (three tries)
+    monkeypatch.setattr(mc, "ALT_STEP", 0.0)
+    builds.clear()
+    out3 = str(tmp_path / "o3.wpz")
+    rep3 = _compress(mp, out3, CalibrationSet(cp, keep_bytes=0))
+    assert len(builds) == 24 and 0.99 * 4 <= rep3.ratio <= 1.03 * 4
+    assert _output_rms(mp, cp, out) <= 1.05 * _output_rms(mp, cp, out3)
+
+
+def test_a_step_up_is_what_its_budget_builds(model):
+    """``_alt``: the build at a byte budget also carries the quantization the budget alt
+    times larger builds (the same bits as building it there), which is larger and errs
+    less; at most two GPTQ results are held."""
+    from weightpress.compression.aware import _MEMO, compress_aware
+    from weightpress.io import open_model
+
+    mp, cp = model
+    with open_model(mp) as src, open_model(cp) as cal:
+        W, X = np.asarray(src["l2.weight"]), np.asarray(cal["l2.weight"])
+    nb = W.nbytes / 4  # int6 variants fit; int8 ones fit 1.1 x that
+    _MEMO.clear()
+    st = CalibrationStats.from_inputs(X)
+    q = compress_aware(W, st, "quant", nbytes=nb, options={"_alt": 1.1})
+    held = [k for k in st._cache if k[0] == "gptq"]
+    assert len(held) <= 2
+    nb_alt, up = q._wp_alt
+    assert nb_alt == nb * 1.1 and nb < up.nbytes <= nb_alt and q.nbytes <= nb
+    _MEMO.clear()
+    ref = compress_aware(W, CalibrationStats.from_inputs(X), "quant", nbytes=nb_alt)
+    assert ref.name == up.name
+    np.testing.assert_array_equal(ref.toarray(), up.toarray())
+    assert ref._wp_predicted == up._wp_predicted < q._wp_predicted
+    # without _alt: no step up, and the same build at nb
+    _MEMO.clear()
+    plain = compress_aware(W, CalibrationStats.from_inputs(X), "quant", nbytes=nb)
+    assert not hasattr(plain, "_wp_alt")
+    np.testing.assert_array_equal(plain.toarray(), q.toarray())
+
+
+def test_mix_up_moves_the_most_error_removed_per_byte_within_the_target():
+    from weightpress.model.compress import _mix_up
+    from weightpress.model.report import Report, Row
+
+    rows = [Row(f"l{i}", (10, 10), "int6", 100, 100, 400, 0.0, "", 0.4) for i in range(4)]
+    alts = {"l0": {"budget": 210.0, "bytes": 200, "error": 0.1},   # 15 per 100 bytes
+            "l1": {"budget": 160.0, "bytes": 150, "error": 0.39},  # 0.79 per 50
+            "l2": {"budget": 310.0, "bytes": 300, "error": 0.2},   # 12 per 200
+            "l3": {"budget": 90.0, "bytes": 90, "error": 0.3}}     # smaller: never a step up
+    rep = Report(rows, 1000, 4000, alternatives=alts)
+    assert _mix_up(rep, 1300) == {"l0": ("quant", 210.0), "l2": ("quant", 310.0)}
+    # l2 no longer fits after l0; a dense step up (no error left) has its own form
+    alts["l1"] = {"form": "dense", "budget": 400.0, "bytes": 150, "error": 0.0}
+    assert _mix_up(rep, 1250) == {"l0": ("quant", 210.0), "l1": ("dense", 400.0)}
+    assert _mix_up(rep, 1000) is None  # no room
+    assert _mix_up(Report(rows, 1000, 4000), 1300) is None  # no steps up
 
 
 def test_kept_statistics_write_the_same_file_and_compute_h_once(model, tmp_path, monkeypatch):
@@ -200,3 +305,107 @@ def test_ordered_map_keeps_order_and_raises_at_the_failing_item():
             got.append(v)
     assert got == [0, 1, 4, 9, 16]
     assert list(ordered_map(lambda i: -i, range(7), 3)) == [0, -1, -2, -3, -4, -5, -6]
+
+
+@pytest.mark.parametrize("ahead", [0, 3])
+def test_ordered_map_starts_at_most_ahead_items_past_the_workers(ahead):
+    """Behind a slow item the other workers go on with up to ``ahead`` more items (layers'
+    costs differ a lot), never more: what is held is bounded, the order kept."""
+    import threading
+    import time
+
+    from weightpress.model.local_pool import AHEAD_BYTES, MAX_AHEAD, ahead_for, ordered_map
+
+    lock = threading.Lock()
+    started: list[int] = []
+    consumed = [0]
+    worst = [0]
+
+    def f(i):
+        with lock:
+            started.append(i)
+            worst[0] = max(worst[0], len(started) - consumed[0])
+        if i == 0:
+            time.sleep(0.3)  # the slow one: the others run ahead meanwhile
+        return i
+
+    out = []
+    for v in ordered_map(f, range(12), 2, ahead):
+        if v == 0:
+            with lock:
+                ran = len(started)
+            assert ran == 2 + ahead + 1  # every slot filled behind the slow item
+        out.append(v)
+        with lock:
+            consumed[0] += 1
+    assert out == list(range(12))
+    assert worst[0] <= 2 + ahead + 1
+    assert ahead_for(1) == MAX_AHEAD and ahead_for(AHEAD_BYTES // 3) == 3
+    assert ahead_for(2 * AHEAD_BYTES) == 0
+
+
+def test_the_scratch_store_is_not_fsyncd_a_journal_is(model, tmp_path, monkeypatch):
+    """The ratio search's scratch store (nothing reads it after a crash) skips the fsync per
+    layer that a resumable run's journal makes; the files are the same."""
+    mp, cp = model
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    out, out2 = str(tmp_path / "a.wpz"), str(tmp_path / "b.wpz")
+    _compress(mp, out, CalibrationSet(cp, keep_bytes=0))
+    scratch = len(synced)
+    synced.clear()
+    _compress(mp, out2, CalibrationSet(cp, keep_bytes=0), journal=True)
+    assert scratch == 2  # the two tries' containers only
+    assert len(synced) >= scratch + 12  # and every layer the journal recorded
+    with open(out, "rb") as a, open(out2, "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_a_generous_ratio_steps_up_to_dense_in_one_tries_builds(model, tmp_path, monkeypatch):
+    """At --ratio 1.5 every precision fits a layer's budget: its step up is to keep it dense,
+    so the first try's file (far too small) is filled by keeping layers, the most error per
+    byte first, without a second try building every layer at a budget past dense; the same
+    file as that search writes."""
+    import weightpress.model.compress as mc
+
+    mp, cp = model
+    builds, tries = [], []
+    real_build, real_exec = mc._build_layer, mc.execute
+    monkeypatch.setattr(mc, "_build_layer", lambda *a, **k: builds.append(a[1].form) or real_build(*a, **k))
+    monkeypatch.setattr(mc, "execute", lambda *a, **k: tries.append(k.get("alt")) or real_exec(*a, **k))
+    out = str(tmp_path / "o.wpz")
+    with mc.open_source(mp) as src:
+        rep = mc.compress_model(src, out, ratio=1.5, method="quant", min_size=16,
+                                calibration=CalibrationSet(cp, keep_bytes=0))
+    assert len(tries) == 2 and tries[1] and {f for f, _ in tries[1].values()} == {"dense"}
+    assert builds.count(None) == 12 and len(builds) == 24  # each layer, and its dense step
+    assert 0.99 * 1.5 <= rep.ratio <= 1.03 * 1.5
+    kept = {r.name for r in rep.rows if r.form == "dense"}
+    assert kept == set(tries[1]) and all(r.output_error == 0.0 for r in rep.rows if r.name in kept)
+    monkeypatch.setattr(mc, "ALT_STEP", 0.0)  # the search without steps up: three tries
+    tries.clear()
+    with mc.open_source(mp) as src:
+        mc.compress_model(src, str(tmp_path / "p.wpz"), ratio=1.5, method="quant", min_size=16,
+                          calibration=CalibrationSet(cp, keep_bytes=0))
+    assert len(tries) == 3
+    with open(out, "rb") as a, open(tmp_path / "p.wpz", "rb") as b:
+        assert a.read() == b.read()
+
+
+@pytest.mark.parametrize("ratio,stepped", [(4, True), (10, False)])
+def test_steps_are_built_only_where_a_budget_fits_the_top_precisions(model, tmp_path,
+                                                                      monkeypatch, ratio, stepped):
+    """The byte model decides before the first try: at --ratio 4 the quantized layers fit 6
+    bits and the 8-bit step needs more than a try gives, so steps are built; at --ratio 10
+    (3 bits) a second ratio's try gives the mix more choice, and no step is built."""
+    import weightpress.model.compress as mc
+
+    mp, cp = model
+    alts = []
+    real = mc.execute
+    monkeypatch.setattr(mc, "execute", lambda *a, **k: alts.append(a[4].alt) or real(*a, **k))
+    with mc.open_source(mp) as src:
+        mc.compress_model(src, str(tmp_path / "o.wpz"), ratio=ratio, method="quant", min_size=16,
+                          calibration=CalibrationSet(cp, keep_bytes=0))
+    assert (alts[0] >= mc.ALT_STEP) is stepped and all(a == 0 for a in alts[1:])

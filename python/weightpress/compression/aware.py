@@ -35,6 +35,10 @@ __all__ = ["compress_aware", "layer_error", "known_error", "time_apply", "warm_q
            "remember_error", "weights_hash"]
 
 
+# a ratio search's first try builds a quantized layer's step up only where its budget fits
+# this many bits (model.compress: _steps_pay decides the same from the byte model)
+STEP_BITS = 6
+
 # joint sparsities tried below plain int2 when the codes are entropy-coded
 _LOW_SPARSITY = (0.3, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)
 
@@ -249,23 +253,28 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         return ("gptq", w_key, stats.cached(("h_key",), lambda: _h_key(stats)), p, sparsity,
                 damp_q, str(od))
 
-    def measure(settings: list[tuple[Precision, float]], best_only: bool = False) -> None:
+    def measure(settings: list[tuple[Precision, float]], best_only: bool = False,
+                keep: list[set[tuple[Precision, float]]] | None = None) -> None:
         """GPTQ at every setting this layer's statistics have not cached yet, all with one
         factorisation of ``H`` (:func:`~weightpress.compression.quant.gptq_many`), each with
         the output error its own sweep measured (Σ e_c² less the dampening's share: no
         out·in² product with ``H`` per precision; the report measures the chosen form
         exactly). ``best_only``: of the settings measured here only the lowest-error result
         stays cached (a byte budget's build with plain codes needs no other; issue 15: the
-        results of every candidate precision were held at once)."""
+        results of every candidate precision were held at once). ``keep``: groups of
+        settings, of each only its lowest-error result stays cached (a first try's budget
+        and its alternative's: at most two results held)."""
         todo = list(dict.fromkeys(ps for ps in settings
                                   if ("gptq", *ps, damp_q, w_key) not in stats._cache))
         if not todo:
             return
+        if best_only:
+            keep = [set(todo)]
         res = [np.zeros(Wo.shape[0]) for _ in todo]
         if not den:
             den.append(total())
         hd = np.diag(stats.hessian()).copy()  # (H holds its factor while the sweeps run)
-        kept: list[Any] = []  # (error, key) of the one result kept, with best_only
+        kept: dict[int, tuple[float, Any]] = {}  # group -> (error, key) of its result kept
 
         def each(i: int, q: Quantized) -> None:
             p, s = todo[i]
@@ -274,12 +283,16 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
             _MEMO.put(memo_key(p, s), {"error": e, "nbytes": q.nbytes})
             q._wp_predicted = e
             key = ("gptq", p, s, damp_q, w_key)
-            if best_only:  # only the lowest error is kept (the one a byte budget's choice builds)
-                if kept and e >= kept[0][0]:
+            if keep is not None:  # only each group's lowest error is kept (first on ties)
+                won = [g for g, members in enumerate(keep)
+                       if (p, s) in members and (g not in kept or e < kept[g][0])]
+                if not won:
                     return
-                if kept:
-                    stats._cache.pop(kept[0][1], None)
-                kept[:] = [(e, key)]
+                for g in won:
+                    old = kept.get(g)
+                    kept[g] = (e, key)
+                    if old is not None and all(v[1] != old[1] for v in kept.values()):
+                        stats._cache.pop(old[1], None)
             # every budget of one layer (bisection, allocation curves) shares these results
             stats.cached(key, lambda: q)
 
@@ -325,9 +338,10 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         return [(p, s) for p, s in cands if p.nbytes(shape_oi) <= nb
                 and (_MEMO.get(memo_key(p, s)) or {}).get("error") is None]
 
-    def quant_b(nb: float) -> CompressedMatrix:
-        cands = candidates(nb)
-        measure(unmeasured(cands, nb), best_only=lean and coding is None)
+    def choose(cands: list[tuple[Precision, float]], nb: float
+               ) -> tuple[tuple[Precision, float], tuple[int, float]]:
+        """The setting a budget of ``nb`` bytes builds, and its key: ``(0, error)`` when it
+        fits, else ``(1, bytes)``."""
         best, best_key = None, (2, np.inf)
         for p, s in cands:  # the lowest output error that fits wins
             if coding is None:
@@ -346,9 +360,43 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
             if key < best_key:
                 best, best_key = (p, s), key
         assert best is not None
+        return best, best_key
+
+    dense_bytes = Wo.size * isz
+    alt = float(options.get("_alt") or 0.0)
+
+    def quant_b(nb: float) -> CompressedMatrix:
+        cands = candidates(nb)
+        # a ratio search's first try (options["_alt"]): the choice at alt·nb bytes as well,
+        # measured with the same factorisation, so the search can move this layer up a step
+        # without building it again (plain codes, a budget below dense's only)
+        # (from 6 bits up only: the step is then to the 8-bit precisions, nearly alike, and
+        # one step a layer is the choice there is; below, precisions lie close in bytes and a
+        # second ratio's try gives the search more to mix: --ratio 10 erred 10 % more)
+        nb_alt = (nb * alt if alt > 1 and coding is None and fixed is None
+                  and max(p.bits for p, _ in cands) >= STEP_BITS else 0.0)
+        nb_alt = nb_alt if nb_alt < dense_bytes else 0.0
+        acands = candidates(nb_alt) if nb_alt else []
+        here, there = unmeasured(cands, nb), unmeasured(acands, nb_alt)
+        if nb_alt and lean:
+            measure(here + there, keep=[set(here), set(there)])
+        else:
+            measure(here, best_only=lean and coding is None)
+        best, best_key = choose(cands, nb)
         q = gptq_at(*best)
         if best_key[0] == 0:
             q._wp_predicted = best_key[1]  # compress_aware's choice reuses it
+        if nb_alt:
+            up, up_key = choose(acands, nb_alt)
+            if up_key[0] == 0 and up != best and (best_key[0] != 0 or up_key[1] < best_key[1]):
+                qa = gptq_at(*up)
+                qa._wp_predicted = up_key[1]  # type: ignore[attr-defined]
+                # what compress(W, "quant", Budget(nbytes=nb_alt)) builds
+                q._wp_alt = (nb_alt, qa)  # type: ignore[attr-defined]
+        if (alt > 1 and coding is None and fixed is None and not hasattr(q, "_wp_alt")
+                and all(p.nbytes(shape_oi) <= nb for p in QUANT_LADDER)):
+            # every precision fits: the step up is to keep the layer dense
+            q._wp_alt = (float(dense_bytes), None)  # type: ignore[attr-defined]
         return q
 
     def prefetch(budgets: list[float]) -> None:

@@ -209,17 +209,20 @@ def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool =
     num = den = 0.0
     rows, n_in = Wa.shape
     step = max(1, min(rows, block // max(1, n_in)))
-    cstep = max(1, min(n_in, 4 * block // max(1, n_in)))
+    cstep = max(1, min(-(-n_in // 2), 4 * block // max(1, n_in)))
     for c in range(0, n_in, cstep):
         c1 = min(c + cstep, n_in)
-        Hc = np.asarray(H[:, c:c1], dtype=np.float64)
+        # H is symmetric: the column block meets the inputs from its own on (those below it
+        # twice, for the block above the diagonal), half the products of all of H's rows
+        Hc = np.array(H[c:, c:c1], dtype=np.float64)  # (a copy: scaled here)
+        Hc[c1 - c:] *= 2.0
         for r in range(0, rows, step):
             r1 = min(r + step, rows)  # rows() of a coded form takes no stop past its end
-            Wd = np.asarray(Wa[r:r1], dtype=np.float64)
-            D = Wd - np.asarray(_rows_of(W_hat, r, r1), dtype=np.float64)
-            num += float(np.einsum("ij,ij->", D @ Hc, D[:, c:c1]))
+            Wd = np.asarray(Wa[r:r1, c:], dtype=np.float64)
+            D = Wd - np.asarray(_rows_of(W_hat, r, r1)[:, c:], dtype=np.float64)
+            num += float(np.einsum("ij,ij->", D @ Hc, D[:, :c1 - c]))
             if with_den:
-                den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, c:c1]))
+                den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, :c1 - c]))
             release_rows(Wa, r, r1)  # (a file's pages, read back for the next columns)
     return num, den
 

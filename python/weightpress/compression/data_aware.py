@@ -138,12 +138,20 @@ def quadratic_total(W: Any, stats: CalibrationStats) -> float:
     Wa = np.asarray(W)
     H = stats.hessian()
     den = 0.0
+    n_in = Wa.shape[1]
     step = row_step(*Wa.shape)
+    cstep = max(1, min(-(-n_in // 2), (1 << 19) // max(1, n_in)))
     with blas_sequential():
-        for r in range(0, Wa.shape[0], step):
-            Wb = np.asarray(Wa[r:r + step], dtype=H.dtype)
-            den += float(np.multiply(Wb @ H, Wb).sum(dtype=np.float64))
-            release_rows(Wa, r, r + step)
+        for c in range(0, n_in, cstep):
+            c1 = min(c + cstep, n_in)
+            # H is symmetric: a block of its columns meets the inputs from its own on, those
+            # below it twice (for the block above the diagonal): half of the out·in² products
+            Hc = np.array(H[c:, c:c1])
+            Hc[c1 - c:] *= 2
+            for r in range(0, Wa.shape[0], step):
+                Wb = np.asarray(Wa[r:r + step, c:], dtype=H.dtype)
+                den += float(np.multiply(Wb @ Hc, Wb[:, :c1 - c]).sum(dtype=np.float64))
+                release_rows(Wa, r, r + step)  # (a file's pages, read back for the next columns)
     return den
 
 
@@ -548,9 +556,9 @@ def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationSt
                 R[r0:r0 + step] -= A[r0:r0 + step] @ B
         r2 = _sq(R)  # (before the sparse part exists: its float64 blocks are not held beside it)
         S = prune(R, sparsity=s)  # the largest entries of the residual, as they are
-        sd = S.data.astype(np.float64)
-        res = float(np.sqrt(max(r2 - float(sd @ sd), 0.0)))  # ‖Ws − L − S‖
-        del sd
+        # ‖Ws − L − S‖, S's squares summed in float64 without a float64 copy of its values
+        s2 = float(np.einsum("i,i->", S.data, S.data, dtype=np.float64)) if S.nnz else 0.0
+        res = float(np.sqrt(max(r2 - s2, 0.0)))
         if abs(prev - res) <= tol * max(1.0, wnorm):
             break
         prev = res

@@ -28,7 +28,7 @@ from ..linalg.sparse import _parse_pattern
 from .calibration import CalibrationStats
 from .data_aware import _check, act_order_perm, obs_factor_shared
 from ..linalg.sparse import prune
-from ..linalg.memory import release_rows
+from ..linalg.memory import release_free_memory, release_rows
 from .matrices import (CompressedMatrix, Sparse, SumOfForms, _compute_dtype, _setup, _sub, register_form,
                        store_as)
 from .storage import nnz_for_bytes, value_itemsize
@@ -437,16 +437,17 @@ def gptq_many(W: Any, stats: CalibrationStats, settings: Any, *,
         # matrix; issue 15), unless one is cached already
         with obs_factor_shared(stats, damp, ct, perm) as U:
             for i, ((b, g, sym, n_prune), re) in enumerate(zip(specs, errs)):
-                codes, scales, zeros = _sweep_by_rows(Wa, U, dead, perm, ct, b, g, sym, bool(mse),
-                                                      n_prune, nm, block, n_threads, re)
-                q = Quantized(lq.pack_codes(codes, b, n_threads), scales, zeros, Wa.shape,
+                packed, scales, zeros = _sweep_by_rows(Wa, U, dead, perm, ct, b, g, sym, bool(mse),
+                                                       n_prune, nm, block, n_threads, re)
+                q = Quantized(packed, scales, zeros, Wa.shape,
                               bits=b, group=g, symmetric=sym, dtype=Wa.dtype)
-                del codes
+                del packed
                 if each is None:
                     out.append(q)
                 else:
                     each(i, q)
                 del q
+                release_free_memory()  # (a sweep's blocks and a dropped result's heap pages)
     return out
 
 
@@ -454,14 +455,15 @@ def _sweep_by_rows(Wa: np.ndarray, U: np.ndarray, dead: np.ndarray, perm: np.nda
                    ct: Any, b: int, g: int, sym: bool, mse: bool, n_prune: int,
                    nm: tuple[int, int], block: int, n_threads: int | None, re: Any
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """One GPTQ sweep of ``Wa`` (codes in column order, scales, zeros), on working copies of
-    blocks of rows: rows are independent in the sweep (each row's errors go to its own later
-    columns) unless a sparsity's exact count is shared by all rows (``n_prune``: one block).
-    A quarter of the rows at a time (at least 256) holds a quarter of ``W``, not a copy of it
-    (issue 15: the calibrated methods within 3x the largest tensor); the codes are the same."""
+    """One GPTQ sweep of ``Wa`` (packed codes in column order, scales, zeros), on working
+    copies of blocks of rows: rows are independent in the sweep (each row's errors go to its
+    own later columns) unless a sparsity's exact count is shared by all rows (``n_prune``: one
+    block). An eighth of the rows at a time (at least 256) holds an eighth of ``W``, not a copy
+    of it, and each block's codes are packed as they come (no byte per value of the whole
+    matrix; issue 15: the calibrated methods within 3x the largest tensor); the same codes."""
     rows, cols = Wa.shape
-    step = rows if n_prune or rows == 0 else max(256, -(-rows // 4))
-    codes: np.ndarray | None = None
+    step = rows if n_prune or rows == 0 else max(256, -(-rows // 8))
+    codes: np.ndarray | None = None  # packed, (rows, ⌈cols·b/8⌉)
     scales, zeros = [], []
     gs = g if 0 < g < cols else max(cols, 1)
     cg = (perm // gs).astype(np.int64) if perm is not None else None
@@ -482,18 +484,19 @@ def _sweep_by_rows(Wa: np.ndarray, U: np.ndarray, dead: np.ndarray, perm: np.nda
                                nm=nm, block=block, n_threads=n_threads, row_err=rb)
         assert res is not None
         del Wk
+        if perm is not None:
+            _unpermute_columns(res[0], perm)
+        pk = lq.pack_codes(res[0], b, n_threads)
         if step >= rows:
-            codes = res[0]
+            codes = pk
         else:
             if codes is None:
-                codes = np.empty((rows, cols), res[0].dtype)
-            codes[r0:r1] = res[0]
+                codes = np.empty((rows, pk.shape[1]), pk.dtype)
+            codes[r0:r1] = pk
         scales.append(res[1])
         zeros.append(res[2])
-        del res
+        del res, pk
     assert codes is not None
-    if perm is not None:
-        _unpermute_columns(codes, perm)
     sc = scales[0] if len(scales) == 1 else np.concatenate(scales)
     zs = zeros[0] if len(zeros) == 1 or zeros[0] is None else np.concatenate(zeros)
     return codes, sc, zs

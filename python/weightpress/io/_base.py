@@ -171,11 +171,14 @@ def make_temp(directory: str, prefix: str = ".wp-", suffix: str = ".tmp") -> tup
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *,
+                 durable: bool = True) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path`; on success rename it over `path`.
 
     A failure (exception, Ctrl-C) removes the temporary file and leaves any existing `path`
-    untouched, so a failed run never leaves a half-written output.
+    untouched, so a failed run never leaves a half-written output. ``durable``: the data is
+    on disk (fsync) before the rename; False for scratch files that nothing reads after a
+    crash (each fsync waits for the disk).
     """
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path))
@@ -185,7 +188,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         umask = os.umask(0)  # mkstemp makes 0600 files; give the output the usual mode
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

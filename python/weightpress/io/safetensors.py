@@ -202,7 +202,7 @@ def _infos(tensors: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dt
 
 def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
                       metadata: Mapping[str, str] | None = None, *,
-                      dtypes: Mapping[str, str] | None = None) -> int:
+                      dtypes: Mapping[str, str] | None = None, durable: bool = True) -> int:
     """Write tensors to a ``.safetensors`` file, one tensor at a time, atomically.
 
     Parameters
@@ -232,6 +232,9 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
     ValueError
         A tensor whose shape or dtype differs from what ``info()`` announced, or a bad
         entry in ``dtypes``.
+
+    ``durable=False`` skips the fsync before the file is renamed into place (scratch files:
+    :func:`~weightpress.io._base.atomic_write`).
     """
     dtypes = dict(dtypes or {})
     meta = dict(metadata or {})
@@ -266,7 +269,7 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, Any],
     raw = ("{" + ",".join(frags) + "}").encode("utf-8")
     del frags
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as the reference writer does
-    with atomic_write(path) as f:
+    with atomic_write(path, durable=durable) as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for name, shape, dt, stored in plan:

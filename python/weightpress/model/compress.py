@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,12 +28,13 @@ from ..compression import methods as M
 from . import curves as C
 from . import distributed as D
 from .allocate import Candidate, allocate, size_aware_budgets
-from ..compression.aware import known_error, layer_error, remember_error, warm_quant, weights_hash
+from ..compression.aware import (STEP_BITS, known_error, layer_error, remember_error, warm_quant,
+                                 weights_hash)
 from ..compression.registry import compress
 from ..compression.calibration import CalibrationSet, check_calibration
 from ..compression.matrices import CompressedMatrix, Dense
 from ..compression.quant import Quantized
-from ..compression.storage import (Budget, Precision, dense_nbytes, index_itemsize,
+from ..compression.storage import (QUANT_LADDER, Budget, Precision, dense_nbytes, index_itemsize,
                                    lowrank_nbytes, sparse_nbytes, stored_itemsize, value_itemsize)
 from ..compression.views import MatrixView
 from ..linalg.memory import release_rows
@@ -42,7 +43,7 @@ from ..io.structure import skeleton_of
 from ..io._base import TensorSource
 from .container import FORMAT, Container, ContainerWriter, Staged, _compact, header_estimate, stage_tensor
 from .journal import Journal
-from .local_pool import PARALLEL_LAYER_BYTES, LockedSource, ordered_map
+from .local_pool import PARALLEL_LAYER_BYTES, LockedSource, ahead_for, ordered_map
 from .report import Report, Row
 from .rules import (DEFAULT_MIN_SIZE, DEFAULT_RULES, Decision, Rule, _soft_kept, parse_rule, plan,
                     tensor_views)
@@ -265,11 +266,15 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
             # earlier one built it at (the mixed try: every layer at one of two tried
             # budgets) reads it back instead of building it again
             store = jr if jr is not None else _scratch_journal(out)
+            steps = _steps_pay(job, plan_, target, cal)
             try:
-                rep = _write_to_ratio(lambda path, lr: execute(source, path, job, plan_, target,
-                                                               cal, progress, layer_ratio=lr,
-                                                               client=client, journal=store),
-                                      out, target.ratio, plan_)
+                rep = _write_to_ratio(
+                lambda path, lr, alt=None: execute(
+                    source, path, job, plan_,
+                    replace(target, alt=steps) if alt is True else target, cal, progress,
+                    layer_ratio=lr, client=client, journal=store,
+                    alt=alt if isinstance(alt, Mapping) else None),
+                out, target.ratio, plan_, steps > 0)
             finally:
                 if store is not jr:
                     store.remove()
@@ -289,9 +294,10 @@ def compress_model(source: TensorSource, out: str | os.PathLike[str], *,
 
 def _scratch_journal(out: str) -> Journal:
     """A private, empty journal in a fresh directory beside ``out`` (removed by the caller):
-    the finished layers of a ratio search's tries, on disk, not in memory."""
+    the finished layers of a ratio search's tries, on disk, not in memory; not fsync'd (a
+    crash loses the run anyway: nothing reads them after it)."""
     d = tempfile.mkdtemp(prefix=".wp-layers-", dir=os.path.dirname(os.path.abspath(out)))
-    return Journal(d, {})
+    return Journal(d, {}, durable=False)
 
 
 @dataclass(frozen=True)
@@ -308,6 +314,9 @@ class Target:
     bf16: bool                    # float32 values stored as bfloat16
     method: str = "auto"
     coding: str | None = None     # "zstd": entropy-coded integer codes
+    # a ratio search's first try: calibrated quantized layers are also built at alt x their
+    # byte budget (Staged.alt), which the search may take instead of a second try
+    alt: float = 0.0
 
     @classmethod
     def of(cls, *, ratio: Any, error: Any, method: str, scope: str, options: Any,
@@ -583,13 +592,17 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
             target: Target, cal: CalibrationSet | None = None,
             progress: Callable[[int, int, str], None] | None = None,
             layer_ratio: float | Mapping[str, float] | None = None, *, client: Any = None,
-            journal: Journal | None = None) -> Report:
+            journal: Journal | None = None,
+            alt: Mapping[str, tuple[str, float]] | None = None) -> Report:
     """Build every layer to its budget, one source tensor in memory at a time (or one per Dask
     worker with ``client``: :func:`stage_layer` is the task), into the container ``out``
     (written atomically, in plan order, so the bytes do not depend on where layers were built);
     returns the per-layer report. ``layer_ratio`` rescales the byte budgets that came from the
-    ratio (the ratio search's retries; a mapping gives each named layer its own). Layers the
-    ``journal`` holds at the same budget are taken from it; new ones are recorded in it."""
+    ratio (the ratio search's retries; a mapping gives each named layer its own). ``alt``
+    maps layers to the form and byte budget of their first try's step up (``Staged.alt``:
+    quantized, or dense), which they are built at instead. Layers the ``journal`` holds at the same
+    budget are taken from it; new ones are recorded in it, with their step up when the try
+    built one."""
     rows = []
     facts = {"name": os.path.basename(getattr(source, "path", "")),
              "format": getattr(source, "format", ""), "bytes": budgeted.src_bytes}
@@ -612,6 +625,9 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
                 and (ly.form is None or ly.form != "dense")):
             # every byte budget follows the retry, allocated ones too (their form is kept)
             budget = Budget(nbytes=budget.nbytes * budgeted.layer_ratio / lr)
+        if alt is not None and d.name in alt:  # the step up its first try built
+            budget = Budget(nbytes=alt[d.name][1])
+            ly = replace(ly, form=alt[d.name][0], budget=budget)
         tasks[i] = (ly, budget, view, tlayout)
     keys = {i: journal.key(t[0], t[1]) for i, t in tasks.items()} if journal is not None else {}
     done = {i for i in tasks if journal is not None and journal.has(i, keys[i])}
@@ -626,6 +642,7 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
     else:
         fresh = _local_stages(source, tasks, todo, target, cal, n, progress)
     here = set(local) if client is not None else set()
+    alternatives: dict[str, dict[str, Any]] = {}
     with ContainerWriter(out, facts, source_metadata=getattr(source, "metadata", None)) as w:
         if job.skeleton is not None:
             w.set_structure(*job.skeleton)
@@ -639,6 +656,13 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
                 st = next(fresh)
                 if journal is not None and d.action != "skip":
                     journal.record(i, keys[i], st)
+                    if st.alt is not None and st.alt_staged is not None:
+                        journal.record(i, journal.key(replace(ly, form=st.alt["form"]),
+                                                      Budget(nbytes=st.alt["budget"])),
+                                       st.alt_staged)
+                st.alt_staged = None
+            if st.alt is not None and target.alt:  # (a first try's report only)
+                alternatives[d.name] = st.alt
             e = w.add_staged(st)
             reshaped = view is not None and view.is_reshape
             rows.append(Row(d.name, tuple(view.shape) if view is not None else d.shape,
@@ -654,7 +678,8 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
         w.not_stored.update(skipped)
         if progress is not None:
             progress(n, n, "writing")
-    rep = Report(rows, w.file_bytes, budgeted.src_bytes, not_stored=skipped)
+    rep = Report(rows, w.file_bytes, budgeted.src_bytes, not_stored=skipped,
+                 alternatives=alternatives)
     rep.compressed_bytes = sum(e["bytes"] for e in w.entries.values()
                                if e["method"] not in ("keep", "tied"))
     return rep
@@ -686,7 +711,8 @@ def _local_stages(source: TensorSource, tasks: Mapping[int, Any], todo: list[int
                 progress(i, n, tasks[i][0].decision.name)
             yield i
 
-    yield from ordered_map(one, announced(), workers)
+    yield from ordered_map(one, announced(), workers,
+                           ahead_for(max(tasks[i][0].orig_bytes for i in todo)))
 
 
 def _stats(cal: CalibrationSet | None, ly: Layer) -> Any:
@@ -734,14 +760,41 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
         if repr(d.name) in str(err) or f"{d.name}:" in str(err):
             raise
         raise ValueError(f"tensor {d.name!r}: {err}") from None
-    st = stage_tensor(d.name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
-                      method=d.action, reason=reason,
-                      view=view if view is not None and view.is_reshape else None, dtype=W.dtype)
+    up = getattr(m, "_wp_alt", None)
+    if up is not None:
+        del m._wp_alt  # type: ignore[attr-defined]  # (not held with the chosen build)
+    st = _staged(d.name, m, Wa, stored, ly, reason, view, W.dtype, layout, target, stats)
+    if up is not None and stats is not None and (up[1] is None or up[1].nbytes < ly.orig_bytes):
+        # the first try's step up (quantized, or dense when every precision fits), staged as
+        # execute(..., alt=...) builds it
+        form = "quant" if up[1] is not None else "dense"
+        if up[1] is None:
+            m, reason = _build_layer(Wa, replace(ly, form=form), Budget(nbytes=up[0]), stats,
+                                     target, layout, stored)
+        else:
+            m, reason = up[1], d.reason
+        sa = _staged(d.name, m, Wa, stored, ly, reason, view, W.dtype, layout, target, stats)
+        st.alt = {"form": form, "budget": float(up[0]), "bytes": int(sa.entry["bytes"]),
+                  "error": float(sa.entry["output_error"])}
+        st.alt_staged = sa
+    release_rows(Wa)  # the layer is done: a file's pages are not held through the next one
+    return st
+
+
+def _staged(name: str, m: CompressedMatrix, Wa: np.ndarray, stored: str | None, ly: Layer,
+            reason: str, view: MatrixView | None, dtype: Any, layout: str, target: Target,
+            stats: Any) -> Staged:
+    """``m`` staged, with its exact output error where there are statistics."""
+    st = stage_tensor(name, m, original=Wa, stored_dtype=stored, orig_bytes=ly.orig_bytes,
+                      method=ly.decision.action, reason=reason,
+                      view=view if view is not None and view.is_reshape else None, dtype=dtype)
     if stats is not None:
         Wo = Wa if layout == "out_in" else Wa.T
         exact = target.value_dtype is None and not target.bf16
         e = known_error(m, stats)  # (taken off m either way: it holds stats)
         e = e if exact else None
+        if isinstance(m, Dense) and m.W is Wa:
+            e = 0.0  # the layer as it is (what the pass gives: W − Ŵ is 0 exactly)
         if e is None:
             e = layer_error(Wo, m, stats)
             if exact:
@@ -751,8 +804,8 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
     return st
 
 
-def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
-                    budgeted: Budgeted) -> Report:
+def _write_to_ratio(write: Callable[..., Report], out: str, ratio: float,
+                    budgeted: Budgeted, steps: bool = True) -> Report:
     """Write, measure the file, and rewrite with the measured overhead until the file ratio
     is within 1 % below to 3 % above ``ratio`` (at most 6 tries; the first usually is: each
     try reads every tensor again, one at a time); keep the closest file at or above
@@ -762,7 +815,13 @@ def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
     in those two tries (their reports) say what mixing them gives: the next try builds each
     layer at one of its two budgets (:func:`_mix`), which lands within a layer's step of the
     target where the forms' sizes move in steps (quantization's precisions) and bisecting
-    one ratio for all layers keeps jumping over it."""
+    one ratio for all layers keeps jumping over it.
+
+    The first try (``write(path, layer_ratio, True)``, when ``steps``) also stages each
+    calibrated quantized layer one step up (``Report.alternatives``, recorded in the journal); when its file is too
+    small, the next try moves layers up that step (:func:`_mix_up`, ``write(path,
+    layer_ratio, {name: (form, budget)})``): its layers are all in the journal already, so
+    the target is met with one try's builds where the steps allow."""
     d = os.path.dirname(os.path.abspath(out))
     src_bytes, squeezable = budgeted.src_bytes, budgeted.squeezable
     layer_ratio: Any = budgeted.layer_ratio
@@ -773,16 +832,24 @@ def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
         lo = hi = None  # layer ratios known to give a file too big / too small
         reps: dict[float, Report] = {}
         mixed = False
+        up: Any = True if steps else None  # the first try stages the steps up
+        after_up = None  # the layer ratio the search goes on with if the steps up miss
         for _ in range(6):
             fd, tmp = tempfile.mkstemp(prefix=".wp-try-", suffix=".tmp", dir=d)
             os.close(fd)
             tmps.append(tmp)
-            rep = write(tmp, layer_ratio)
+            rep = write(tmp, layer_ratio, up)
             r = src_bytes / rep.file_bytes
             if r >= 0.97 * ratio and (best is None or abs(r - ratio) < abs(best[0] - ratio)):
                 best = (r, tmp, rep)
             if 0.99 * ratio <= r <= 1.03 * ratio:  # aim close; >= 0.97 R is the promise
                 break
+            if isinstance(up, Mapping):  # the steps up missed the window: search on (a
+                # second ratio's budgets may land closer than the steps; MiniLM-sized with
+                # d=64, 4.20x here against 4.06x after two more tries)
+                up, layer_ratio = None, after_up
+                continue
+            first, up = up is True, None
             if isinstance(layer_ratio, Mapping):  # a mix that missed the window
                 if best is not None and best[1] == tmp:
                     break  # within a layer's step of the target: as close as the forms go
@@ -807,6 +874,10 @@ def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
                 break
             asked = squeezable / cur
             layer_ratio = squeezable / max(asked * left / spent, 1.0)  # the forms' shortfall, scaled
+            if first and r > ratio and rep.alternatives:
+                moved = _mix_up(rep, target)
+                if moved:  # the first try's layers, some a step up: no new builds
+                    up, after_up, layer_ratio = moved, layer_ratio, cur
         if best is None:
             got = src_bytes / rep.file_bytes
             raise ValueError(f"ratio {ratio:g} is not reached: the best file written was "
@@ -819,6 +890,69 @@ def _write_to_ratio(write: Callable[[str, Any], Report], out: str, ratio: float,
         for t in tmps:
             with contextlib.suppress(OSError):
                 os.unlink(t)
+
+
+def _steps_pay(job: Job, budgeted: Budgeted, target: Target, cal: Any) -> float:
+    """How far up the first try should build each quantized layer's step (the factor on its
+    byte budget; 0: no steps). Steps pay when the calibrated quantized layers, each at the
+    largest precision its budget fits, would leave more of the file unused than the ratio's
+    window allows (3 %), so that a file within it needs more bytes than one try gives
+    (--ratio 4 on float32: int8 needs a little more than a quarter); otherwise the first try
+    usually lands in the window and steps would be built for nothing. The factor is what the
+    search's second try would ask of every layer to fill those bytes (at least
+    :data:`ALT_STEP`). Decided from the budgets and shapes alone (the byte model), before
+    anything is built."""
+    if (not ALT_STEP or cal is None or target.ratio is None or not budgeted.squeezable
+            or target.bf16 or target.value_dtype is not None or target.coding is not None
+            or target.prefer != "size"):
+        return 0.0
+    unused = total = 0.0
+    for ly in budgeted.work:
+        d = ly.decision
+        nb = ly.budget.nbytes if ly.budget is not None else None
+        if (nb is None or ly.orig_bytes > PARALLEL_LAYER_BYTES  # (memory: see _build_layer)
+                or ly.form is not None or ly.threshold is not None
+                or d.action not in ("auto", "quant") or d.name not in cal
+                or _SIZED.intersection({**target.options, **d.options})):
+            continue
+        view = job.views.get(d.name)
+        lay = view.layout if view is not None and not job.layout_given else job.layout
+        r, c = int(d.shape[0]), int(d.shape[1])
+        shape = (r, c) if lay == "out_in" else (c, r)
+        nb = min(float(nb), float(ly.orig_bytes))
+        fit = [p for p in QUANT_LADDER if p.nbytes(shape) <= nb]
+        if fit and max(p.bits for p in fit) >= STEP_BITS:  # (quant_b steps only there)
+            unused += nb - max(p.nbytes(shape) for p in fit)
+            total += nb
+    if unused <= (1 - 1 / 1.03) * budgeted.src_bytes / target.ratio:
+        return 0.0
+    return max(ALT_STEP, total / (total - unused))
+
+
+def _mix_up(rep: Report, target: float) -> dict[str, tuple[str, float]] | None:
+    """Layers of a first try whose file (``rep``) is too small that move one step up
+    (``rep.alternatives``), by the most error removed per byte added (``size · error²``,
+    output errors: the allocation's objective), while the file stays within ``target``
+    bytes; name -> the step's form and byte budget. None when none moves."""
+    moves = []
+    for r in rep.rows:
+        a = rep.alternatives.get(r.name)
+        if a is None:
+            continue
+        extra = int(a["bytes"]) - r.nbytes
+        e = r.output_error if r.output_error is not None else r.error
+        gain = float(np.prod(r.shape)) * (e ** 2 - float(a["error"]) ** 2)
+        if extra > 0 and gain > 0:
+            moves.append((-gain / extra, r.name, extra))
+    room = target - rep.file_bytes
+    moves.sort()
+    chosen = {}
+    for _, name, extra in moves:
+        if extra <= room:
+            a = rep.alternatives[name]
+            chosen[name] = (str(a.get("form", "quant")), float(a["budget"]))
+            room -= extra
+    return chosen or None
 
 
 def _mix(big: Report, small: Report, lo: float, hi: float, target: float
@@ -868,6 +1002,15 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
     if target.coding is not None:
         options["coding"] = target.coding  # quantization sizes coded streams
     error, nb = budget.pair() if budget is not None else (None, None)
+    if (target.alt and stats is not None and nb is not None and error is None
+            and ly.orig_bytes <= PARALLEL_LAYER_BYTES and ly.form is None
+            and ly.threshold is None and d.action in ("auto", "quant")
+            and storage is None and target.value_dtype is None and target.coding is None
+            and target.prefer == "size" and not _SIZED.intersection(options)):
+        # its step up too (stage_layer stages it); small layers only: the step's GPTQ result
+        # and its staged copy are held beside the layer's (a 2048² layer's calibrated auto
+        # --ratio 4 peaked at 3.02x the tensor with them, over issue 15's 3x; 2.80 without)
+        options["_alt"] = target.alt
     if ly.threshold is not None:
         m: CompressedMatrix = M.magnitude_prune(Wv, threshold=ly.threshold, layout=layout,
                                                 storage=storage)
@@ -883,6 +1026,15 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
         return Dense(Wa, layout), f"{d.action} would take {m.nbytes} bytes, dense is smaller"
     return m, d.reason
 
+
+# options that set a layer's size themselves (rule_budget): no step up for those
+_SIZED = frozenset(("error", "ratio", "rank", "sparsity", "pattern", "n_nonzero", "bits"))
+
+# the first try of a ratio search also builds calibrated quantized layers at at least this many
+# times their byte budget (their step up: the next precisions, which a budget between two of
+# them leaves unused; _steps_pay); the search then moves layers up, by the most error removed
+# per byte, to fill the file instead of trying every layer again at a second ratio. 0: never
+ALT_STEP = 1.1
 
 # kept small matrices whose bytes exceed this share of the file a ratio target asks for are
 # quantized too (below it they barely change what the others get); embeddings (often the most
@@ -1020,8 +1172,9 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
                     progress(i, len(work), f"measuring {d.name}")
                 yield i
 
-        run = (ordered_map(one, announced(), workers) if src is not source
-               else map(one, announced()))
+        run = (ordered_map(one, announced(), workers,
+                           ahead_for(max(orig[d.name] for d in work)))
+               if src is not source else map(one, announced()))
         for d, cands in zip(work, run):
             curves[d.name] = cands
     choice = allocate(curves, int(budget))

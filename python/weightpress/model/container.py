@@ -275,6 +275,10 @@ class Staged:
     entry: dict[str, Any]
     parts: dict[str, np.ndarray]
     dtypes: dict[str, str]
+    # a ratio search's first try: the layer one step up, ``{"budget", "bytes", "error"}``,
+    # and (until a journal records it) that build staged (never written into the container)
+    alt: dict[str, Any] | None = None
+    alt_staged: "Staged | None" = None
 
 
 def stage_tensor(name: str, obj: CompressedMatrix | np.ndarray, *, original: Any = None,

@@ -110,9 +110,10 @@ def _calibration_identity(cal: Any) -> Any:
 class Journal:
     """A run's journal directory (see the module docstring). Use :meth:`start`."""
 
-    def __init__(self, path: str, manifest: dict[str, Any]):
+    def __init__(self, path: str, manifest: dict[str, Any], *, durable: bool = True):
         self.path = path
         self.manifest = manifest
+        self.durable = durable  # layers fsync'd (a resumable run's; not a scratch store's)
         self.done: set[tuple[int, str]] = set()  # (index, key) of the recorded layers
         for f in os.listdir(path):
             m = _LAYER.match(f)
@@ -246,8 +247,11 @@ class Journal:
     def record(self, i: int, key: str, st: Staged) -> None:
         """Keep a finished layer (atomically: the file is complete or absent)."""
         meta = {"name": st.name, "entry": json.dumps(st.entry), "dtypes": json.dumps(st.dtypes)}
+        if st.alt is not None:  # (a first try's step up: recorded under its own key)
+            meta["alt"] = json.dumps(st.alt)
         write_safetensors(self._file(i, key),
-                          {r: np.ascontiguousarray(a) for r, a in st.parts.items()}, meta)
+                          {r: np.ascontiguousarray(a) for r, a in st.parts.items()}, meta,
+                          durable=self.durable)
         self.done.add((i, key))
 
     def load(self, i: int, key: str) -> Staged:
@@ -258,7 +262,8 @@ class Journal:
             parts = {r: np.array(src[r]) for r in src.info()}
             entry = json.loads(meta["entry"])
             parts = {r: parts[r] for r in entry["parts"]}  # the entry's role order
-            return Staged(meta["name"], entry, parts, json.loads(meta["dtypes"]))
+            alt = json.loads(meta["alt"]) if "alt" in meta else None
+            return Staged(meta["name"], entry, parts, json.loads(meta["dtypes"]), alt)
         finally:
             src.close()
 

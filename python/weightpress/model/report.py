@@ -36,6 +36,8 @@ class Report:
     notes: list[str] = field(default_factory=list)  # what the search did beyond the rules
     compressed_bytes: int = 0  # bytes of the tensors compressed (not kept) in the container
     not_stored: dict[str, str] | None = None  # tensors the reader could not hold, and why
+    # a ratio search's first try: per layer, the build one step up (Staged.alt)
+    alternatives: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
