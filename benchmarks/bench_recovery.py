@@ -10,6 +10,9 @@ WP_BENCH_SERIAL=1 runs everything on one thread (BLAS limited by threadpoolctl, 
 n_threads=1, SPAMS numThreads=1) and reports the least process CPU time of three calls: on a
 shared, loaded machine that is the figure that stays reproducible (wall-clock medians of
 two-thread runs are reported otherwise).
+
+WP_BENCH_PARTS=omp,bp,bpdn,lasso (any subset, comma-separated; default all) selects the tables,
+e.g. ``WP_BENCH_SERIAL=1 WP_BENCH_PARTS=bpdn python benchmarks/run.py recovery``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from _harness import timeit as _wall_timeit
 import weightpress as wp
 
 SERIAL = os.environ.get("WP_BENCH_SERIAL", "") not in ("", "0")
+PARTS = {p.strip() for p in os.environ.get("WP_BENCH_PARTS", "omp,bp,bpdn,lasso").split(",")}
 NT = 1 if SERIAL else 2
 
 
@@ -246,8 +250,15 @@ def run(quick: bool) -> None:
         from threadpoolctl import threadpool_limits
         ctx = threadpool_limits(limits=1)
         print("WP_BENCH_SERIAL=1: one thread everywhere, times are process CPU time")
+    unknown = PARTS - {"omp", "bp", "bpdn", "lasso"}
+    if unknown:
+        raise SystemExit(f"WP_BENCH_PARTS: unknown part(s) {sorted(unknown)}; use omp, bp, bpdn, lasso")
     with ctx, wp.threads(NT):
-        bench_omp(quick or QUICK, spams)
-        bench_bp(quick or QUICK, spams, spgl1, cvxpy)
-        bench_bpdn(quick or QUICK, spams, spgl1)
-        bench_lasso(quick or QUICK, spams)
+        if "omp" in PARTS:
+            bench_omp(quick or QUICK, spams)
+        if "bp" in PARTS:
+            bench_bp(quick or QUICK, spams, spgl1, cvxpy)
+        if "bpdn" in PARTS:
+            bench_bpdn(quick or QUICK, spams, spgl1)
+        if "lasso" in PARTS:
+            bench_lasso(quick or QUICK, spams)

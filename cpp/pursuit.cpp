@@ -21,6 +21,7 @@
 #include "weightpress/errors.hpp"
 #include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
+#include "weightpress/scratch.hpp"
 
 namespace wp {
 
@@ -33,16 +34,27 @@ void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
   }
   const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features");
   blas::syrk<T>('U', 'N', bn, bm, T(1), D, bn, T(0), G, bn);
-  // Column-major upper triangle: G[i + j n], i <= j. Mirror into the lower one in tiles small
-  // enough that a tile and its mirror image stay in L1 (2 × 8 KiB) while the strided side is
-  // written (64 × 64 tiles: the mirror was 9% of a 100-signal call at 512×2048).
-  constexpr std::int64_t B = 32;
-  for (std::int64_t j0 = 0; j0 < n; j0 += B)
-    for (std::int64_t i0 = 0; i0 <= j0; i0 += B) {
-      const std::int64_t j1 = std::min(n, j0 + B), i1 = std::min(n, i0 + B);
-      for (std::int64_t j = j0; j < j1; ++j)
-        for (std::int64_t i = i0; i < std::min(i1, j); ++i) G[j + i * n] = G[i + j * n];
+  // Column-major upper triangle: G[i + j n], i <= j. Mirrored into the lower one eight
+  // destination columns at a time: for each later row j, the eight contiguous entries
+  // G[i0:i0+8, j] go to row j of columns i0..i0+7 (eight write streams advancing together).
+  // Measured 2.3-3.1x faster than 32×32 tiles (n = 1024: 1.72 -> 0.56 ms; n = 2048: 7.7 -> 3.4 ms,
+  // one thread), whose mirror was 13% of a 100-signal call at 256×1024.
+  constexpr std::int64_t W = 8;
+  for (std::int64_t i0 = 0; i0 < n; i0 += W) {
+    const std::int64_t i1 = std::min(n, i0 + W);
+    for (std::int64_t j = i0; j < i1; ++j)  // the diagonal block
+      for (std::int64_t i = i0; i < j; ++i) G[j + i * n] = G[i + j * n];
+    if (i1 - i0 == W) {
+      T* __restrict c0 = G + i0 * n;
+      for (std::int64_t j = i1; j < n; ++j) {
+        const T* __restrict src = G + i0 + j * n;
+        for (std::int64_t u = 0; u < W; ++u) c0[j + u * n] = src[u];
+      }
+    } else {
+      for (std::int64_t j = i1; j < n; ++j)
+        for (std::int64_t i = i0; i < i1; ++i) G[j + i * n] = G[i + j * n];
     }
+  }
 }
 
 // Below this many columns, DᵀX is a hand-written single pass over D: OpenBLAS would wake its
@@ -50,12 +62,29 @@ void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
 constexpr std::int64_t kSmallBlock = 8;
 
 // out (b×n, row-major: row t is Dᵀx_t) = (DᵀX)ᵀ for row-major D (m×n) and X (m×b, row stride
-// ldx). Rows of D in order: fixed summation order.
+// ldx). Rows of D four at a time (their four terms summed as a pair of pairs, then added to
+// out), then one at a time: a fixed summation order. Four rows per pass load and store out
+// once per four products instead of once per product: one signal at 256×1024, k = 8 makes
+// nine such passes over D.
 template <class T>
 WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                               const T* X, std::int64_t ldx, T* out) {
   std::fill(out, out + b * n, T(0));
-  for (std::int64_t i = 0; i < m; ++i) {
+  std::int64_t i0 = 0;
+  for (; i0 + 4 <= m; i0 += 4) {
+    const T* __restrict d0 = D + i0 * n;
+    const T* __restrict d1 = d0 + n;
+    const T* __restrict d2 = d1 + n;
+    const T* __restrict d3 = d2 + n;
+    for (std::int64_t t = 0; t < b; ++t) {
+      const T x0 = X[i0 * ldx + t], x1 = X[(i0 + 1) * ldx + t], x2 = X[(i0 + 2) * ldx + t],
+              x3 = X[(i0 + 3) * ldx + t];
+      T* __restrict o = out + t * n;
+      for (std::int64_t j = 0; j < n; ++j)
+        o[j] += (d0[j] * x0 + d1[j] * x1) + (d2[j] * x2 + d3[j] * x3);
+    }
+  }
+  for (std::int64_t i = i0; i < m; ++i) {
     const T* __restrict di = D + i * n;
     for (std::int64_t t = 0; t < b; ++t) {
       const T xv = X[i * ldx + t];
@@ -560,18 +589,20 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
   // Few signals: Gram columns on demand beat the full n² Gram matrix (and their lockstep
   // workspaces, chunk·n·(kmax + 2) values, stay within ~512 MiB).
   const bool lazy = !G && 2 * N * kmax <= n && cb * n * (kmax + 2) <= (std::int64_t(1) << 26);
-  std::vector<T> cbuf(static_cast<std::size_t>(cb * n)), nbuf(static_cast<std::size_t>(cb));
+  // DᵀY for a chunk (up to 16 MiB; omp_correlate writes every entry) and the signals' norms.
+  Scratch<T> cbuf = scratch<T>(static_cast<std::size_t>(cb * n));
+  std::vector<T> nbuf(static_cast<std::size_t>(cb));
   // Not value-initialised: omp_gram writes every entry (zeroing 32 MiB first was 3% of a
   // 100-signal call at 512×2048).
-  std::unique_ptr<T[]> gbuf;
+  Scratch<T> gbuf;  // huge pages where the system gives them (weightpress/scratch.hpp)
   if (!G && !lazy) {
-    gbuf.reset(new T[static_cast<std::size_t>(n * n)]);
+    gbuf = scratch<T>(static_cast<std::size_t>(n * n));
     omp_gram<T>(m, n, D, gbuf.get());
     G = gbuf.get();
   }
   for (std::int64_t s0 = 0; s0 < N; s0 += chunk) {
     const std::int64_t b = std::min(chunk, N - s0);
-    omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.data());
+    omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.get());
     col_sqnorms<T>(m, b, Y + s0, ldy, nbuf.data(), n_threads);
     if (p.check_finite && N <= kSmallBlock) {
       T acc = T(0);  // 0·x stays 0 for finite x and is NaN for NaN or Inf
@@ -580,10 +611,10 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
       if (acc != T(0)) throw NonFinite("omp: D.T @ Y is not finite");
     }
     if (lazy)
-      omp_lazy<T>(m, n, b, D, cbuf.data(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
+      omp_lazy<T>(m, n, b, D, cbuf.get(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
                   coef + s0 * kmax, count + s0, resid2 + s0, n_threads);
     else
-      omp_batch<T>(n, b, G, cbuf.data(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
+      omp_batch<T>(n, b, G, cbuf.get(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
                    coef + s0 * kmax, count + s0, resid2 + s0, n_threads);
   }
 }

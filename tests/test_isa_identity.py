@@ -44,6 +44,15 @@ for dt in (np.float32, np.float64):
             r = f()
             x = r.x if hasattr(r, "x") else r[0] if isinstance(r, tuple) else r
             h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
+# BPDN large enough for the float32 support guess (its float sums, entering steps, Cholesky):
+# the answer and the guess's path length (events, Gram columns) must not depend on the ISA
+A = rng.standard_normal((512, 2048)) / np.sqrt(512)
+x0 = np.zeros(2048)
+x0[rng.choice(2048, 64, replace=False)] = rng.standard_normal(64)
+e = 0.01 * rng.standard_normal(512)
+x, info = wp.basis_pursuit(A, A @ x0 + e, sigma=float(np.linalg.norm(e)), return_info=True)
+h.update(x.tobytes())
+h.update(str((info.iterations, info.n_active)).encode())
 print(h.hexdigest())
 """
 

@@ -8,10 +8,8 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from threadpoolctl import threadpool_limits
-
 from .. import _core
-from .._threads import _resolve
+from .._threads import _resolve, blas_sequential
 from .._validation import as_csr, as_float_array, check_finite, csr_parts, float_dtype, positive_int, real_scalar
 
 __all__ = ["basis_pursuit", "lasso", "SolverInfo", "ConvergenceWarning"]
@@ -108,7 +106,7 @@ def _solve(op: Any, y: np.ndarray, m: int, n: int, mode: Any, target: float, max
             # OpenBLAS's pool, woken for each and spinning after, fights our threads for the
             # cores (BPDN 1024x4096 on 2 threads: 513-529 ms with it, 213-226 ms without;
             # spgl1 155-200 ms). Below this size, asking threadpoolctl costs more than it saves.
-            with threadpool_limits(limits=1, user_api="blas"):
+            with blas_sequential():
                 return _core.l1_dense(o[1], y, mode, target, it, nt)
         _, indptr, indices, data = o
         return _core.l1_csr(indptr, indices, data, m, n, y, mode, target, it, nt)
