@@ -43,6 +43,7 @@ from ..compression.storage import array_nbytes, dense_nbytes
 from ..compression.matrices import CompressedMatrix, Dense, error_stats, from_parts, store_as
 from ..io._base import FormatError, TensorInfo, TensorSource, make_temp
 from ..io.safetensors import DTYPES, SafetensorsSource, bf16_to_f32, f32_to_bf16, write_safetensors
+from ..linalg.memory import release_rows
 
 __all__ = ["header_estimate", "ContainerWriter", "Staged", "stage_tensor", "Container", "open_container", "verify", "VerifyResult",
            "FORMAT", "FORMAT_VERSION"]
@@ -349,6 +350,8 @@ def stage_tensor(name: str, obj: CompressedMatrix | np.ndarray, *, original: Any
             ref = W[r0:r1] if W is not None else blk
             st = error_stats(ref, blk)
             n2, inner, nh2, d2 = n2 + st[0], inner + st[1], nh2 + st[2], d2 + st[3]
+            if W is not None:
+                release_rows(W, r0, r1)  # (a file's pages, not held through the decode)
     err = float(np.sqrt(d2 / n2)) if n2 > 0 else (0.0 if d2 == 0 else float("inf"))
     entry.update(error=err, norm=float(np.sqrt(n2)), norm_hat=float(np.sqrt(nh2)), inner=inner)
     dtypes = {keys[r]: "BF16" for r, a in parts.items() if storage == "BF16" and a.dtype == np.float32}
