@@ -101,101 +101,60 @@ struct Chol {
   }
 };
 
-// o[r0:r1] += Σ_p w_p g_p[r0:r1], columns in order, four at a time (o is loaded and stored
-// once per four columns; it stays in L1 while the columns stream). Elementwise and without FP
-// contraction, so every ISA variant gives the same bits. Measured: BPDN 1024×4096 (454 events,
-// one thread) 440 -> 335 ms; the scalar SSE2 loop, one column at a time, was 40% of the solve.
-template <class T>
+// o[r − r0] += Σ_p w_p g_p[r] for r in [r0, r1), columns in order, four at a time (o is
+// loaded and stored once per four columns; it stays in L1 while the columns stream).
+// Elementwise and without FP contraction, so every ISA variant gives the same bits. S = double
+// (the exact solves; columns of T widened): measured BPDN 1024×4096 (454 events, one thread)
+// 440 -> 335 ms, the scalar SSE2 loop, one column at a time, was 40% of the solve. S = float
+// (the float32 support guess: weights and sums in float): sixteen lanes instead of eight and no
+// conversions, measured 1.4x faster per column (4096 rows, 100-400 columns, one thread); its
+// sums carry rounding errors of the size the float Gram columns already carry.
+template <class T, class S>
 WP_INLINE void accumulate_impl(std::int64_t r0, std::int64_t r1, std::int64_t k,
-                               const T* const* cols, const double* w, double* __restrict o) {
+                               const T* const* cols, const S* w, S* __restrict o) {
   std::int64_t p = 0;
   for (; p + 4 <= k; p += 4) {
     const T* __restrict g0 = cols[p];
     const T* __restrict g1 = cols[p + 1];
     const T* __restrict g2 = cols[p + 2];
     const T* __restrict g3 = cols[p + 3];
-    const double w0 = w[p], w1 = w[p + 1], w2 = w[p + 2], w3 = w[p + 3];
+    const S w0 = w[p], w1 = w[p + 1], w2 = w[p + 2], w3 = w[p + 3];
     for (std::int64_t r = r0; r < r1; ++r)
-      o[r] += (w0 * static_cast<double>(g0[r]) + w1 * static_cast<double>(g1[r])) +
-              (w2 * static_cast<double>(g2[r]) + w3 * static_cast<double>(g3[r]));
+      o[r - r0] += (w0 * static_cast<S>(g0[r]) + w1 * static_cast<S>(g1[r])) +
+                   (w2 * static_cast<S>(g2[r]) + w3 * static_cast<S>(g3[r]));
   }
   for (; p < k; ++p) {
     const T* __restrict g = cols[p];
-    const double wp = w[p];
-    for (std::int64_t r = r0; r < r1; ++r) o[r] += wp * static_cast<double>(g[r]);
-  }
-}
-
-// The same in float (weights and sums; o[r − r0] += ...), for the float32 support guess: sixteen
-// lanes instead of
-// eight and no conversions, measured 1.4x faster per column (4096 rows, 100-400 columns, one
-// thread). Its sums carry rounding errors of the size the float Gram columns already carry.
-WP_INLINE void accumulate_f_impl(std::int64_t r0, std::int64_t r1, std::int64_t k,
-                                 const float* const* cols, const float* w, float* __restrict o) {
-  std::int64_t p = 0;
-  for (; p + 4 <= k; p += 4) {
-    const float* __restrict g0 = cols[p];
-    const float* __restrict g1 = cols[p + 1];
-    const float* __restrict g2 = cols[p + 2];
-    const float* __restrict g3 = cols[p + 3];
-    const float w0 = w[p], w1 = w[p + 1], w2 = w[p + 2], w3 = w[p + 3];
-    for (std::int64_t r = r0; r < r1; ++r)
-      o[r - r0] += (w0 * g0[r] + w1 * g1[r]) + (w2 * g2[r] + w3 * g3[r]);
-  }
-  for (; p < k; ++p) {
-    const float* __restrict g = cols[p];
-    const float wp = w[p];
-    for (std::int64_t r = r0; r < r1; ++r) o[r - r0] += wp * g[r];
+    const S wp = w[p];
+    for (std::int64_t r = r0; r < r1; ++r) o[r - r0] += wp * static_cast<S>(g[r]);
   }
 }
 
 #ifdef WP_X86_DISPATCH
-WP_TARGET_V4 void accumulate_f_v4(std::int64_t r0, std::int64_t r1, std::int64_t k,
-                                  const float* const* cols, const float* w, float* __restrict o) {
-  accumulate_f_impl(r0, r1, k, cols, w, o);
-}
-WP_TARGET_V3 void accumulate_f_v3(std::int64_t r0, std::int64_t r1, std::int64_t k,
-                                  const float* const* cols, const float* w, float* __restrict o) {
-  accumulate_f_impl(r0, r1, k, cols, w, o);
-}
-#endif
-
-void accumulate_f(std::int64_t r0, std::int64_t r1, std::int64_t k, const float* const* cols,
-                  const float* w, float* __restrict o) {
-#ifdef WP_X86_DISPATCH
-  switch (isa_level()) {
-    case Isa::kV4: return accumulate_f_v4(r0, r1, k, cols, w, o);
-    case Isa::kV3: return accumulate_f_v3(r0, r1, k, cols, w, o);
-    case Isa::kBase: break;
-  }
-#endif
-  accumulate_f_impl(r0, r1, k, cols, w, o);
-}
-
-#ifdef WP_X86_DISPATCH
-template <class T>
+template <class T, class S>
 WP_TARGET_V4 void accumulate_v4(std::int64_t r0, std::int64_t r1, std::int64_t k,
-                                const T* const* cols, const double* w, double* __restrict o) {
-  accumulate_impl<T>(r0, r1, k, cols, w, o);
+                                const T* const* cols, const S* w, S* __restrict o) {
+  accumulate_impl<T, S>(r0, r1, k, cols, w, o);
 }
-template <class T>
+template <class T, class S>
 WP_TARGET_V3 void accumulate_v3(std::int64_t r0, std::int64_t r1, std::int64_t k,
-                                const T* const* cols, const double* w, double* __restrict o) {
-  accumulate_impl<T>(r0, r1, k, cols, w, o);
+                                const T* const* cols, const S* w, S* __restrict o) {
+  accumulate_impl<T, S>(r0, r1, k, cols, w, o);
 }
 #endif
 
-template <class T>
+// o points at row r0 of the sums (o[r − r0]).
+template <class T, class S>
 void accumulate(std::int64_t r0, std::int64_t r1, std::int64_t k, const T* const* cols,
-                const double* w, double* __restrict o) {
+                const S* w, S* __restrict o) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return accumulate_v4<T>(r0, r1, k, cols, w, o);
-    case Isa::kV3: return accumulate_v3<T>(r0, r1, k, cols, w, o);
+    case Isa::kV4: return accumulate_v4<T, S>(r0, r1, k, cols, w, o);
+    case Isa::kV3: return accumulate_v3<T, S>(r0, r1, k, cols, w, o);
     case Isa::kBase: break;
   }
 #endif
-  accumulate_impl<T>(r0, r1, k, cols, w, o);
+  accumulate_impl<T, S>(r0, r1, k, cols, w, o);
 }
 
 // Each inactive atom's entering step on the current segment (λ − δ: c_j − δa_j = ±(λ − δ)),
@@ -506,7 +465,7 @@ void Homotopy<T>::combine(const std::vector<std::int64_t>& S, const std::vector<
         const std::int64_t r0 = b * B, r1 = std::min(n, r0 + B);
         float of[B];
         for (std::int64_t r = 0; r < r1 - r0; ++r) of[r] = 0.0f;
-        accumulate_f(r0, r1, k, cols.data(), wf.data(), of);
+        accumulate<float, float>(r0, r1, k, cols.data(), wf.data(), of);
         if (base)
           for (std::int64_t r = r0; r < r1; ++r) o[r] = base[r] + sign * static_cast<double>(of[r - r0]);
         else
@@ -519,7 +478,7 @@ void Homotopy<T>::combine(const std::vector<std::int64_t>& S, const std::vector<
   for (std::int64_t b = 0; b < nb; ++b) {
     const std::int64_t r0 = b * B, r1 = std::min(n, r0 + B);
     for (std::int64_t r = r0; r < r1; ++r) o[r] = 0.0;
-    accumulate<T>(r0, r1, k, cols.data(), w.data(), o);
+    accumulate<T, double>(r0, r1, k, cols.data(), w.data(), o + r0);
     if (base)
       for (std::int64_t r = r0; r < r1; ++r) o[r] = base[r] + sign * o[r];
     else if (sign != 1.0)
