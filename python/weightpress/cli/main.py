@@ -200,8 +200,9 @@ def _parser() -> argparse.ArgumentParser:
                         "--conv-quant)")
     x.add_argument("--group-quant", choices=["auto", "int8", "nbits"], default="auto",
                    help="group-quantized MatMuls: one integer MatMul per group (faster at batch "
-                        "32, a byte per code), MatMulNBits (packed codes), or auto (default: timed "
-                        "both ways)")
+                        "32, a byte per code), MatMulNBits (packed codes), or auto (default: "
+                        "8-bit codes timed both ways; fewer bits stay packed, so an int4 model "
+                        "exports as int4)")
     x.add_argument("--no-check", action="store_true",
                    help="skip the output check (by default the exported model runs beside the "
                         "container's computation on sample inputs, and layers whose integer "

@@ -118,6 +118,7 @@ from ..io.onnx_graph import _MAX_PROTO, _TYPED_FIELDS, _encode, _load_proto, col
 from ._packed import QuantParts, pack_bits, tensor_shape
 from ..compression.lowrank_quant import LowRankQuant
 from ..compression.matrices import LowRank
+from ..compression.quant import Quantized
 from .container import Container
 from .export_check import expose, output_error, run_model, sample_feed, session, stated_error
 
@@ -233,7 +234,8 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
         how = (f"DynamicQuantizeMatMul x2 {q.bits}-bit per channel (uint8 activations per "
                f"tensor, and their rounding residual)")
         return nodes, how
-    if compute == "fast" and q.n_groups > 1 and b.group_quant == "int8" and wdt == np.float32:
+    if (compute == "fast" and q.n_groups > 1 and wdt == np.float32
+            and (b.group_quant == "int8" or (b.group_quant == _INT8_GROUPS_8BIT and q.bits == 8))):
         return _dqmm_groups(b, x, y, q, key)
     accuracy = COMPUTE[compute]
     arr = nbits_arrays(q, block_size)
@@ -1021,9 +1023,12 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         With ``compute="fast"``, weights quantized in groups along their inputs (e.g. 4-bit,
         groups of 128): ``MatMulNBits`` (codes packed at 4 or 8 bits, int8 activations per
         block), or one ``DynamicQuantizeMatMul`` per group (codes a byte each, summed: faster
-        over many rows, slower for one, twice the memory at 4 bits), or ``"auto"``: timed
-        like ``conv_quant`` (at batch 1: the graph's dynamic dimensions, other than the first,
-        8), the per-group form kept only when faster.
+        over many rows, slower for one, twice the memory at 4 bits), or ``"auto"``: for 8-bit
+        codes (where a byte a code costs nothing) timed like ``conv_quant`` (at batch 1: the
+        graph's dynamic dimensions, other than the first, 8), the per-group form kept only when
+        faster; codes of fewer bits stay ``MatMulNBits`` (a byte each would make the exported
+        file and the session's weights larger than the compression asked for: an int4 model
+        exported as int8, whatever the timing says).
     check : bool
         Run the exported model and the container's own computation (its dense decode in the
         original graph) in onnxruntime on sample inputs, and where an integer path
@@ -1098,7 +1103,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                                  for n in head.node if len(n.input) > 2),
                "group_quant": compute == "fast" and any(
                    n.op_type in ("MatMul", "Gemm") and n.input[1] in quant
-                   for n in head.node if len(n.input) > 1)}
+                   and _grouped_8bit(c, n.input[1]) for n in head.node if len(n.input) > 1)}
         strict: tuple[dict[str, str], dict[str, str]] | None = None
         if conv_quant == "auto" and has["conv_quant"]:
             pick, strict, spent = _pick_convs(c, output, like, compute, block_size)
@@ -1407,7 +1412,9 @@ def best_time(fn: Any, reps: int) -> float:
 
 
 # conv_quant: "pick" = each conv as _pick_convs timed it; "alldense" = every compressed conv dense
-_SLOW_ON = {"conv_quant": "pick", "lstm_quant": "int8", "group_quant": "int8"}
+# group_quant "auto" takes the per-group products for 8-bit codes only (see export_onnx)
+_INT8_GROUPS_8BIT = "int8 (8-bit codes)"
+_SLOW_ON = {"conv_quant": "pick", "lstm_quant": "int8", "group_quant": _INT8_GROUPS_8BIT}
 _OFF = {"conv_quant": "alldense", "lstm_quant": "dense", "group_quant": "nbits"}
 _SLOW_WHAT = {"conv_quant": "the convs picked by their own timing", "lstm_quant": "DynamicQuantizeLSTM",
               "group_quant": "DynamicQuantizeMatMul per group"}
@@ -1416,6 +1423,16 @@ _SLOW_PREFIX: dict[str, tuple[str, ...]] = {   # how its rows begin
     "group_quant": ("DynamicQuantizeMatMul per group",)}
 _OFF_WORD = {k: "MatMulNBits" if v == "nbits" else "dense" for k, v in _OFF.items()}
 _OFF_NOTE = {k: v + ":" for k, v in _OFF_WORD.items()}
+
+
+def _grouped_8bit(c: Container, name: str) -> bool:
+    """Whether the quantized matrix ``name`` has 8-bit codes in groups (the only ones
+    ``group_quant="auto"`` may export as one integer product per group)."""
+    q = c.matrix(name)
+    if not isinstance(q, Quantized):
+        return False
+    p = QuantParts.of(q)
+    return p.bits == 8 and p.n_groups > 1
 
 
 def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
