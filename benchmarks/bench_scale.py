@@ -6,8 +6,10 @@ The model is synthetic and written by the benchmark, one tensor in memory at a t
 index file plus shards of at most 1 GiB: transformer blocks of d x d q/k/v/o and d x 4d, 4d x d
 feed-forward weights (float32, a decaying spectrum plus noise, so both pruning and low rank
 have something to find), with biases and norms. Full mode: d = 2048, 20 blocks = 1.0 B
-parameters, about 4 GB (``WP_SCALE_PARAMS`` sets another size, e.g. ``2.5e8``); quick mode:
-d = 64, 2 blocks. Each run is a fresh Python process, so its peak RSS is its own; the workers
+parameters, about 4 GB (``WP_SCALE_PARAMS`` sets another size: from ``1e8`` up the layers are
+the same d = 2048 ones, fewer blocks, so the per-process memory figures are comparable; below it
+d = 1024); quick mode: d = 64, 2 blocks. ``WP_SCALE_RUNS`` picks the runs by worker count
+(default ``1,2``: one process, then a 2-worker LocalCluster). Each run is a fresh Python process, so its peak RSS is its own; the workers
 report theirs, and how far each grew over its peak after the imports, in multiples of the
 largest tensor (the issue's bound: 3x). ``WP_SCALE_METHOD`` picks the method (default ``auto``).
 """
@@ -64,21 +66,69 @@ class Synthetic(TensorSource):
 
 RUN = r"""
 import json, os, sys, time
+import numpy as np
 from _harness import peak_rss
 from weightpress.model.compress import compress_model, open_source
 from weightpress.model.distributed import close, local_client
+def peak():  # this process's own high-water mark (VmHWM; workers import _harness too)
+    return peak_rss()
+def rss():  # this process's resident set now
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+def warm_blas():
+    # OpenBLAS (NumPy's, and SciPy's, which the engine calls) allocates each thread's work
+    # buffer on its first level-3 call: a fixed cost of the process, the same for any tensor
+    # size (as in bench_memory). Returns the resident growth it caused.
+    from scipy.linalg import blas as _b
+    r0 = rss()
+    for t in (np.float32, np.float64):
+        x = np.ones((1024, 1024), t)
+        x @ x
+        (_b.sgemm if t == np.float32 else _b.dgemm)(1.0, x, x)
+        (_b.ssyrk if t == np.float32 else _b.dsyrk)(1.0, x)
+    del x
+    return rss() - r0
+def reset():
+    # the high-water mark back to the resident set now (/proc/self/clear_refs), so that the
+    # warm-up's own arrays cannot hide growth under an earlier peak; False where it cannot
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+def cpu():  # this process's CPU seconds (user + system)
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 if __name__ == "__main__":
-    index, out, workers, method = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    def peak():  # this process's own high-water mark (workers import _harness too)
-        return peak_rss()
+    index, out, workers, method, warm_index = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
+                                               sys.argv[4], sys.argv[5])
     client = local_client(workers) if workers > 1 else None
     import weightpress.model.compress  # noqa: F401  (imports paid before the baselines)
     if client is not None:
         client.run(lambda: __import__("weightpress.model.compress"))
-    def cpu():  # this process's CPU seconds (user + system)
-        import resource
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
+    # The baseline of every process (the client and each worker) leaves out its fixed costs,
+    # reported on their own: the imports, OpenBLAS's per-thread buffers, and what the same
+    # compress of a model of the same layout at 1/8 the width (1/64 the bytes of every
+    # tensor) leaves resident: code pages mapped in, the allocator's heap in the state a
+    # run's later layers see, Dask's connections and their buffers. Then the peak is reset to
+    # the resident set; growth is the peak over the run minus that, so whatever the run holds
+    # in proportion to the tensors (inputs' pages, builds, results in flight) is counted.
+    def rss_all():
+        return rss(), (client.run(rss) if client is not None else {})
+    c0, w0 = rss_all()
+    blas = warm_blas()
+    wblas = client.run(warm_blas) if client is not None else {}
+    c1, w1 = rss_all()
+    with open_source(warm_index) as src:
+        compress_model(src, out + ".warm", ratio=4, method=method, client=client)
+    os.unlink(out + ".warm")
+    c2, w2 = rss_all()
+    ok = reset() and all((client.run(reset) if client is not None else {}).values())
+    if not ok:
+        print("bench_scale: could not reset the peak (/proc/self/clear_refs): the baselines "
+              "are the high-water marks after the warm-ups", file=sys.stderr)
     base = peak()
     workers_base = client.run(peak) if client is not None else {}
     workers_cpu0 = client.run(cpu) if client is not None else {}
@@ -98,9 +148,13 @@ if __name__ == "__main__":
     # a worker the cluster replaced mid-run (lost, restarted) is a new process with a new
     # address: its peak says nothing of the layers it did not build; say so, not a low figure
     replaced = sorted(set(wpeak) ^ set(workers_base))
+    keep = [k for k in sorted(wpeak) if k in workers_base]
     print(json.dumps({"wall": wall, "client_rss": peak(), "client_base": base,
-                      "workers_rss": [wpeak[k] for k in sorted(wpeak) if k in workers_base],
-                      "workers_base": [workers_base[k] for k in sorted(wpeak) if k in workers_base],
+                      "workers_rss": [wpeak[k] for k in keep],
+                      "workers_base": [workers_base[k] for k in keep],
+                      "client_fixed": [c0, blas, c2 - c1],
+                      "workers_fixed": [[w0[k], wblas[k], w2[k] - w1[k]] for k in keep],
+                      "reset": ok,
                       "replaced": replaced, "client_cpu": client_cpu, "workers_cpu": workers_cpu,
                       "ratio": rep.ratio, "bytes": rep.file_bytes}))
 """
@@ -120,7 +174,7 @@ def run(quick: bool) -> None:
         blocks, d = 2, 64
     else:
         params = float(os.environ.get("WP_SCALE_PARAMS", "1e9"))
-        d = 2048 if params >= 5e8 else 1024
+        d = 2048 if params >= 1e8 else 1024  # 1e8 and up: the 1 B model's layers, fewer blocks
         blocks = max(1, round(params / (12 * d * d)))
     src = Synthetic(blocks, d)
     n_params = sum(int(np.prod(i.shape)) for i in src.info().values())
@@ -129,15 +183,23 @@ def run(quick: bool) -> None:
               f"params ({n_params * 4 / 1e9:.3g} GB float32, {blocks} blocks of d={d}; largest "
               f"tensor {largest / 2**20:.0f} MiB)",
               ["run", "wall s", "CPU s client; workers", "peak RSS client MiB", "peak RSS workers MiB",
-               "growth over imports, x largest (client; workers)", "ratio", "sha256"])
+               "fixed MiB: imports/BLAS/warm-up (client; workers)",
+               "growth over baseline, x largest (client; workers)", "ratio", "sha256"])
     with tempfile.TemporaryDirectory(dir=os.environ.get("WP_SCALE_DIR")) as tmp:
         index = os.path.join(tmp, "model.safetensors.index.json")
         t0 = time.perf_counter()
         write_sharded(index, src, max_shard_bytes=1 << 30)
         write_s = time.perf_counter() - t0
-        for workers in (1, 2):
+        # the warm-up model: the same layout at 1/8 the width (see RUN; quick mode: the same
+        # width, whose tensors are too small for ratio 4 at 1/8 of it)
+        warm_index = os.path.join(tmp, "warm", "model.safetensors.index.json")
+        os.mkdir(os.path.dirname(warm_index))
+        write_sharded(warm_index, Synthetic(2, d // 8 if d >= 1024 else d), max_shard_bytes=1 << 30)
+        runs = [int(w) for w in os.environ.get("WP_SCALE_RUNS", "1,2").split(",")]
+        for workers in runs:
             out = os.path.join(tmp, f"out{workers}.wpz")
-            r = subprocess.run([sys.executable, "-c", RUN, index, out, str(workers), method],
+            r = subprocess.run([sys.executable, "-c", RUN, index, out, str(workers), method,
+                                warm_index],
                                capture_output=True, text=True, check=False, env=child_env())
             if r.returncode != 0:
                 raise RuntimeError(f"compress with {workers} worker(s) failed:\n{r.stderr[-2000:]}")
@@ -145,13 +207,24 @@ def run(quick: bool) -> None:
             label = "1 process" if workers == 1 else f"LocalCluster, {workers} workers"
             grow = [(res["client_rss"] - res["client_base"]) / largest] + [
                 (p - b) / largest for p, b in zip(res["workers_rss"], res["workers_base"])]
+            def fixed(f: list[int]) -> str:
+                return "/".join(f"{x / 2**20:.0f}" for x in f)
+            fixed_col = fixed(res["client_fixed"]) + (
+                "; " + " ".join(fixed(f) for f in res["workers_fixed"]) if res["workers_fixed"] else "")
+            if not res["reset"]:
+                label += " (peak not reset: baseline = high-water mark after the warm-ups)"
             if res.get("replaced"):
                 label += f" ({len(res['replaced'])} worker address(es) changed: replaced mid-run)"
             t.add(label, res["wall"], f"{res['client_cpu']:.0f}; {res['workers_cpu']:.0f}",
                   res["client_rss"] / 2**20,
-                  " ".join(f"{x / 2**20:.0f}" for x in res["workers_rss"]) or "-",
+                  " ".join(f"{x / 2**20:.0f}" for x in res["workers_rss"]) or "-", fixed_col,
                   f"{grow[0]:.2f}" + ("; " + " ".join(f"{g:.2f}" for g in grow[1:]) if grow[1:] else ""),
                   res["ratio"], _sha(out))
             os.unlink(out)
     t.print()
     print(f"(writing the shards took {write_s:.1f} s)")
+    print("growth: the process's peak resident set over the run (VmHWM) minus its resident set "
+          "at the start of the run, after the fixed costs (imports: resident set after the "
+          "imports; BLAS: OpenBLAS's per-thread buffers; warm-up: what the same compress of "
+          "the same layout at 1/8 the width left resident: code pages, allocator and Dask "
+          "state), the peak reset there (/proc/self/clear_refs)")
