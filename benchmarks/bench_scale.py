@@ -129,6 +129,15 @@ if __name__ == "__main__":
     if not ok:
         print("bench_scale: could not reset the peak (/proc/self/clear_refs): the baselines "
               "are the high-water marks after the warm-ups", file=sys.stderr)
+    probe = os.environ.get("WP_SCALE_PROBE")
+    if probe:  # where each process's peak is reached (benchmarks/_rssprobe.py; slow)
+        import _rssprobe
+        from distributed import wait
+        _rssprobe.install()
+        if client is not None:
+            client.run(_rssprobe.install)  # the event loop's thread and those started later
+            wait([client.submit(_rssprobe.install, pure=False, workers=[a])  # the task thread
+                  for a in client.scheduler_info()["workers"]])
     base = peak()
     workers_base = client.run(peak) if client is not None else {}
     workers_cpu0 = client.run(cpu) if client is not None else {}
@@ -142,6 +151,10 @@ if __name__ == "__main__":
         wpeak = client.run(peak) if client is not None else {}
         wcpu = client.run(cpu) if client is not None else {}
         workers_cpu = sum(v - workers_cpu0.get(k, 0.0) for k, v in wcpu.items())
+        if probe:
+            _rssprobe.write(probe)
+            if client is not None:
+                client.run(_rssprobe.write, probe)
     finally:
         if client is not None:
             close(client)
