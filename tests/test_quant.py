@@ -487,3 +487,39 @@ def test_quant_curves_name_their_precision():
     series = {_series(lab) for lab in labels}
     assert len(series) >= 3 and all(s.startswith("quant int") or s.startswith("quant uint") for s in series)
     assert _series("quant@123#int4g64+csr") == "quant int4g64" and _series("prune@5") == "prune"
+
+
+@pytest.mark.parametrize("kind", ["gauss", "ties", "few_nonzero"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fill_with_residual_by_blocks_is_prune_of_the_whole_residual(kind, dtype):
+    # issue 13: the quant + sparse correction is chosen a row block at a time (no full-size
+    # residual); the kept entries are exactly prune's on W − Q, ties at the cut included
+    from weightpress.compression.quant import QuantizedPlusSparse, fill_with_residual
+    from weightpress.linalg.sparse import prune
+
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((600, 70)).astype(dtype)  # 16 row blocks and a short last one
+    if kind == "ties":
+        W = np.round(W * 4) / 4  # many equal residual magnitudes at any cut
+    q = quantize(W, bits=4 if kind != "few_nonzero" else 8, group=None)
+    if kind == "few_nonzero":  # fewer nonzero residual entries than the budget keeps
+        W = q.toarray().astype(dtype)
+        W[rng.random(W.shape) < 0.01] += 1
+    for share in (0.02, 0.1, 0.4):
+        nb = q.nbytes + share * W.size * 8
+        got = fill_with_residual(q, W, nb)
+        assert isinstance(got, QuantizedPlusSparse)
+        R = W - q.toarray()
+        ref = prune(R, sparsity=1.0 - got.sparse.data.size / W.size if kind == "few_nonzero"
+                    else 1.0 - _kept(q, nb) / W.size)
+        assert np.array_equal(got.sparse.indptr, ref.indptr)
+        assert np.array_equal(got.sparse.indices, ref.indices)
+        assert np.array_equal(got.sparse.data, ref.data.astype(got.sparse.data.dtype))
+        if kind == "few_nonzero":
+            assert got.sparse.data.size == np.count_nonzero(R)
+
+
+def _kept(q, nb):
+    from weightpress.compression.storage import nnz_for_bytes, value_itemsize
+
+    return nnz_for_bytes(q.shape, nb - q.nbytes, value_itemsize(q.dtype, None))

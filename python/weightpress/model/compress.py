@@ -37,7 +37,7 @@ from ..compression.quant import Quantized
 from ..compression.storage import (QUANT_LADDER, Budget, Precision, dense_nbytes, index_itemsize,
                                    lowrank_nbytes, sparse_nbytes, stored_itemsize, value_itemsize)
 from ..compression.views import MatrixView
-from ..linalg.memory import release_rows
+from ..linalg.memory import release_free_memory, release_rows
 from ..io import open_model
 from ..io.structure import skeleton_of
 from ..io._base import TensorSource
@@ -664,6 +664,12 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
             if st.alt is not None and target.alt:  # (a first try's report only)
                 alternatives[d.name] = st.alt
             e = w.add_staged(st)
+            del st  # (its arrays are in the scratch file now)
+            if client is not None and e["bytes"] >= _TRIM_BYTES:
+                # a layer received from a worker: its frames' heap pages go back to the
+                # system before the next one arrives (glibc keeps freed blocks under its
+                # moving mmap threshold: the client crept up ~1x a layer over a 1 B run)
+                release_free_memory()
             reshaped = view is not None and view.is_reshape
             rows.append(Row(d.name, tuple(view.shape) if view is not None else d.shape,
                             (e.get("label") or e["form"]) + (f" ({view.describe()})" if reshaped else ""),
@@ -683,6 +689,10 @@ def execute(source: TensorSource, out: str | os.PathLike[str], job: Job, budgete
     rep.compressed_bytes = sum(e["bytes"] for e in w.entries.values()
                                if e["method"] not in ("keep", "tied"))
     return rep
+
+
+# a received layer of at least this many stored bytes is followed by a heap trim (execute)
+_TRIM_BYTES = 1 << 20
 
 
 def _local_stages(source: TensorSource, tasks: Mapping[int, Any], todo: list[int], target: Target,

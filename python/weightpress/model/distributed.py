@@ -149,6 +149,7 @@ def ordered(client: Any, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]
                 f.release()
                 yielded += 1
                 yield res
+                del res  # (not held here while the next result is fetched)
     finally:
         for f in futs.values():
             f.cancel()
