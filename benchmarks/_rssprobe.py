@@ -58,8 +58,30 @@ def _held() -> str:
     return ("  worker holds: " + " ".join(out)) if out else ""
 
 
-def install(step: int = 1 << 20, depth: int = 12) -> bool:
-    """Start recording in this thread and in threads started from now on."""
+def _traced() -> list[str]:
+    """With tracemalloc on (``trace=True``): the live allocations (NumPy's arrays, Python's
+    objects) by the line that made them, largest first."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        return []
+    cur = tracemalloc.get_traced_memory()[0]
+    stats = tracemalloc.take_snapshot().statistics("traceback")[:8]
+    out = [f"  traced now {cur / 2**20:.1f} MiB; largest:"]
+    for st in stats:
+        fr = [f"{os.path.basename(f.filename)}:{f.lineno}" for f in st.traceback][-4:]
+        out.append(f"    {st.size / 2**20:.1f} MiB in {st.count} blocks at {' < '.join(reversed(fr))}")
+    return out
+
+
+def install(step: int = 1 << 20, depth: int = 12, trace: bool = False) -> bool:
+    """Start recording in this thread and in threads started from now on (``trace``: with
+    tracemalloc's live allocations at each record, 4 frames deep; slower still)."""
+    if trace:
+        import tracemalloc
+
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(4)
     if "fd" not in _STATE:
         _STATE.update(fd=os.open("/proc/self/status", os.O_RDONLY), records=[], t0=time.time(),
                       last=0, step=step, depth=depth, lock=threading.Lock())
@@ -76,7 +98,7 @@ def install(step: int = 1 << 20, depth: int = 12) -> bool:
             st["records"].append((time.time() - st["t0"], hwm, threading.current_thread().name,
                                   f"{event} {what} at {os.path.basename(frame.f_code.co_filename)}:"
                                   f"{frame.f_lineno} {frame.f_code.co_name}",
-                                  [_held()] + _stacks(st["depth"])))
+                                  [_held()] + _traced() + _stacks(st["depth"])))
 
     sys.setprofile(hook)
     threading.setprofile(hook)

@@ -133,10 +133,11 @@ if __name__ == "__main__":
     if probe:  # where each process's peak is reached (benchmarks/_rssprobe.py; slow)
         import _rssprobe
         from distributed import wait
-        _rssprobe.install()
+        trace = bool(os.environ.get("WP_SCALE_PROBE_TRACE"))  # tracemalloc's sites too
+        _rssprobe.install(trace=trace)
         if client is not None:
-            client.run(_rssprobe.install)  # the event loop's thread and those started later
-            wait([client.submit(_rssprobe.install, pure=False, workers=[a])  # the task thread
+            client.run(_rssprobe.install, trace=trace)  # the event loop's thread, later ones
+            wait([client.submit(_rssprobe.install, trace=trace, pure=False, workers=[a])  # the task thread
                   for a in client.scheduler_info()["workers"]])
     base = peak()
     workers_base = client.run(peak) if client is not None else {}

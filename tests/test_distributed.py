@@ -222,3 +222,44 @@ def test_client_needs_a_file(client, tmp_path):
         compress_model(Mem(""), str(tmp_path / "x.wpz"), ratio=2, client=client)
     assert os.listdir(tmp_path) == []
     assert C.build_task.__module__ == "weightpress.model.compress"
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_a_tasks_result_carries_its_stored_bytes_once(model, tmp_path, monkeypatch, calibrated):
+    # issue 13: what a worker sends back is the staged layer's stored arrays, each once and
+    # out of band (pickle protocol 5, as Dask sends it), none a view holding a larger buffer
+    # alive on the worker, nothing else of the build (the layer, its candidates) in it
+    import pickle
+
+    from weightpress.model import distributed as D
+
+    seen = []
+
+    def in_process(client, task, source, specs, target, cal, names, n_total, n_done,
+                   progress=None):
+        for spec in specs:
+            st = task(source.path, *spec, target, D._cal_ref(cal, spec[0].decision.name))
+            bufs: list[pickle.PickleBuffer] = []
+            head = pickle.dumps(st, protocol=5, buffer_callback=bufs.append)
+            # (a calibrated first try's small layers also carry their step up, alt_staged,
+            # which the client's journal keeps for the next try)
+            parts = [np.asarray(a) for x in (st, st.alt_staged) if x is not None
+                     for a in x.parts.values()]
+            seen.append((len(head), sum(memoryview(b).nbytes for b in bufs),
+                         sum(a.nbytes for a in parts)))
+            for a in parts:
+                base = a
+                while isinstance(base.base, np.ndarray):
+                    base = base.base
+                assert base.nbytes == a.nbytes, (st.name, a.shape)
+            yield st
+
+    monkeypatch.setattr(C.D, "map_layers", in_process)
+    mp, cp, _ = model
+    kw = {"calibration": cp} if calibrated else {}
+    _compress(mp, str(tmp_path / "o.wpz"), ratio=3, client=object(), **kw)
+    assert len(seen) >= 18  # the 3 blocks' 6 linear layers at least
+    assert sum(oob for _, oob, _ in seen) > 100_000  # (the stored layers themselves)
+    for head, oob, stored in seen:
+        assert oob == stored  # every stored array out of band, once
+        assert head < 8 * 1024  # the entry

@@ -36,7 +36,10 @@ def local_client(n_workers: int) -> Any:
         raise ValueError(f"workers: expected a positive integer, got {n_workers!r}")
     cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                        dashboard_address=":0")
-    client = distributed.Client(cluster)
+    # results straight from the workers (on this machine, always reachable): through the
+    # scheduler, which a LocalCluster runs in this process, each layer's bytes were held here
+    # twice, in the scheduler's copy and the client's (issue 13: the client's peak)
+    client = distributed.Client(cluster, direct_to_workers=True)
     client._wp_cluster = cluster  # closed with the client (see close())
     return client
 
