@@ -523,3 +523,21 @@ def _kept(q, nb):
     from weightpress.compression.storage import nnz_for_bytes, value_itemsize
 
     return nnz_for_bytes(q.shape, nb - q.nbytes, value_itemsize(q.dtype, None))
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("share", [0.05, 0.3])
+def test_sparse_quantized_rows_decode_their_own_codes(bits, share):
+    # issue 13: a row block is decoded from the bytes holding its codes (no cached copy of
+    # every code); the same values as the whole matrix's CSR, at any rows, either structure
+    from weightpress.compression.squant import sparse_quantize
+
+    rng = np.random.default_rng(bits)
+    for shape in [(300, 70), (64, 513)]:
+        W = rng.standard_normal(shape).astype(np.float32)
+        c = sparse_quantize(W, nbytes=W.nbytes * share, bits=bits)
+        ref = c.csr(np.float32).toarray()
+        for r0, r1 in [(0, shape[0]), (3, 17), (5, 6), (shape[0] - 7, shape[0]), (9, 9)]:
+            got = c._dequant(np.float32, r0, r1)
+            assert got.shape == (r1 - r0, shape[1])
+            assert np.array_equal(got, ref[r0:r1])

@@ -200,17 +200,32 @@ class SparseQuantized(_CodedRows):
         r0 = min(max(r0, 0), r1)
         ip = self.indptr
         a, b = int(ip[r0]), int(ip[r1])
-        rows = np.repeat(np.arange(r1 - r0), np.diff(ip[r0:r1 + 1]))
-        vals = ((self._unpacked()[a:b].astype(dt) - (1 << (self.bits - 1)))
-                * self.scales[r0:r1, 0].astype(dt)[rows])
+        counts = np.diff(ip[r0:r1 + 1])
+        # each value's row scale repeated, not an int64 row number per value gathered
+        # (8 bytes a nonzero, a worker's peak: issue 13)
+        vals = ((self._codes_range(a, b).astype(dt) - (1 << (self.bits - 1)))
+                * np.repeat(self.scales[r0:r1, 0].astype(dt), counts))
         D = np.zeros((r1 - r0, n_in), dt)
         if self.structure == "bitmask":
             assert self.mask is not None
             D[np.unpackbits(self.mask[r0:r1], axis=1, bitorder="little", count=n_in).view(bool)] = vals
         else:
             assert self.indices is not None
-            D[rows, self.indices[a:b]] = vals
+            D[np.repeat(np.arange(r1 - r0, dtype=np.int32), counts), self.indices[a:b]] = vals
         return D
+
+    def _codes_range(self, a: int, b: int) -> np.ndarray:
+        """Codes ``a:b`` of the nonzeros, one uint8 each: unpacked from the bytes that hold
+        them (no cached copy of every code beside the packed ones: issue 13, a worker's peak
+        held both while auto measured the 8-bit candidate)."""
+        if b <= a:
+            return np.zeros(0, np.uint8)
+        if 8 % self.bits:  # (codes across byte boundaries: the whole stream, kept)
+            return self._unpacked()[a:b]
+        per = 8 // self.bits
+        b0, b1 = a // per, -(-b // per)
+        u = lq.unpack_codes(self.codes[None, b0:b1], (b1 - b0) * per, self.bits)[0]
+        return u[a - b0 * per:b - b0 * per]
 
     def _matmul(self, X: np.ndarray, transpose: bool) -> np.ndarray:
         direct = (self.layout == "out_in") != transpose  # the product is M @ X
