@@ -19,7 +19,7 @@ from scipy.linalg.blas import get_blas_funcs
 from .._threads import blas_sequential
 from .._validation import float_dtype
 from ..io import open_model
-from ..linalg.memory import release_rows
+from ..linalg.memory import row_blocks
 
 __all__ = ["CalibrationStats", "CalibrationSet", "output_error", "check_calibration"]
 
@@ -216,14 +216,12 @@ def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool =
         # twice, for the block above the diagonal), half the products of all of H's rows
         Hc = np.array(H[c:, c:c1], dtype=np.float64)  # (a copy: scaled here)
         Hc[c1 - c:] *= 2.0
-        for r in range(0, rows, step):
-            r1 = min(r + step, rows)  # rows() of a coded form takes no stop past its end
+        for r, r1 in row_blocks(Wa, step):  # (a file's pages read back for the next columns)
             Wd = np.asarray(Wa[r:r1, c:], dtype=np.float64)
             D = Wd - np.asarray(_rows_of(W_hat, r, r1)[:, c:], dtype=np.float64)
             num += float(np.einsum("ij,ij->", D @ Hc, D[:, :c1 - c]))
             if with_den:
                 den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, :c1 - c]))
-            release_rows(Wa, r, r1)  # (a file's pages, read back for the next columns)
     return num, den
 
 
