@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from .._validation import as_matrix, positive_int, real_scalar
 from .._threads import blas_sequential
-from .calibration import CalibrationStats, row_step
+from .calibration import CalibrationStats, half_h_blocks, row_step
 from ..linalg.quant import obs_factor_inplace, obs_sweep
 from ..linalg.sparse import _parse_pattern, prune
 from ..linalg.svd import randomized_svd
@@ -141,12 +141,7 @@ def quadratic_total(W: Any, stats: CalibrationStats) -> float:
     step = row_step(*Wa.shape)
     cstep = max(1, min(-(-n_in // 2), (1 << 19) // max(1, n_in)))
     with blas_sequential():
-        for c in range(0, n_in, cstep):
-            c1 = min(c + cstep, n_in)
-            # H is symmetric: a block of its columns meets the inputs from its own on, those
-            # below it twice (for the block above the diagonal): half of the out·in² products
-            Hc = np.array(H[c:, c:c1])
-            Hc[c1 - c:] *= 2
+        for c, c1, Hc in half_h_blocks(H, cstep, H.dtype):  # (half of the out·in² products)
             for r, r1 in row_blocks(Wa, step):  # (a file's pages read back for the next columns)
                 Wb = np.asarray(Wa[r:r1, c:], dtype=H.dtype)
                 den += float(np.multiply(Wb @ Hc, Wb[:, :c1 - c]).sum(dtype=np.float64))
