@@ -135,7 +135,7 @@ if __name__ == "__main__":
         from distributed import wait
         trace = bool(os.environ.get("WP_SCALE_PROBE_TRACE"))  # tracemalloc's sites too
         _rssprobe.install(trace=trace)
-        if client is not None:
+        if client is not None and os.environ.get("WP_SCALE_PROBE_WORKERS", "1") != "0":
             client.run(_rssprobe.install, trace=trace)  # the event loop's thread, later ones
             wait([client.submit(_rssprobe.install, trace=trace, pure=False, workers=[a])  # the task thread
                   for a in client.scheduler_info()["workers"]])
@@ -154,7 +154,7 @@ if __name__ == "__main__":
         workers_cpu = sum(v - workers_cpu0.get(k, 0.0) for k, v in wcpu.items())
         if probe:
             _rssprobe.write(probe)
-            if client is not None:
+            if client is not None and os.environ.get("WP_SCALE_PROBE_WORKERS", "1") != "0":
                 client.run(_rssprobe.write, probe)
     finally:
         if client is not None:
