@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from .._optional import require
 from .._threads import blas_sequential
@@ -306,8 +307,6 @@ def _residual_top(q: Quantized, W: Any, sparsity: float) -> Any:
     (at most as many as are kept) and so finds the cut; the second takes every entry above
     it and, of those at it, the first in row-major order, as :func:`prune` breaks ties; zeros
     are never kept. The same CSR, exactly; None where the residual holds NaN."""
-    import scipy.sparse as sp
-
     m, n = q.shape
     keep = m * n - int(round(sparsity * (m * n)))  # (prune's count)
     step = max(1, min((1 << 20) // max(1, n), -(-m // 16)))
