@@ -9,9 +9,20 @@ have something to find), with biases and norms. Full mode: d = 2048, 20 blocks =
 parameters, about 4 GB (``WP_SCALE_PARAMS`` sets another size: from ``1e8`` up the layers are
 the same d = 2048 ones, fewer blocks, so the per-process memory figures are comparable; below it
 d = 1024); quick mode: d = 64, 2 blocks. ``WP_SCALE_RUNS`` picks the runs by worker count
-(default ``1,2``: one process, then a 2-worker LocalCluster). Each run is a fresh Python process, so its peak RSS is its own; the workers
-report theirs, and how far each grew over its peak after the imports, in multiples of the
-largest tensor (the issue's bound: 3x). ``WP_SCALE_METHOD`` picks the method (default ``auto``).
+(default ``1,2``: one process, then a 2-worker LocalCluster). ``WP_SCALE_METHOD`` picks the
+method (default ``auto``).
+
+Each run is a fresh Python process, so its peak RSS is its own; the client and every worker
+report theirs, and how far each grew over its baseline, in multiples of the largest tensor
+(the issue's bound: 3x). The baseline, the same in every process: the resident set after the
+imports, OpenBLAS's per-thread buffers (a few level-3 products) and the same compress of the
+same layout at 1/8 the width (1/64 the bytes of every tensor: code pages mapped in, the
+allocator's and Dask's state), with the peak reset there through /proc/self/clear_refs (as
+benchmarks/bench_memory.py does). Those fixed costs are printed in their own column; nothing
+that grows with the tensors (their pages, the builds, results in flight) is in them.
+``WP_SCALE_PROBE=DIR`` records where each process's peak is reached (benchmarks/_rssprobe.py;
+slow: for diagnosis, not timing; ``WP_SCALE_PROBE_TRACE=1`` adds tracemalloc's live sites,
+``WP_SCALE_PROBE_WORKERS=0`` probes the client only).
 """
 
 from __future__ import annotations
