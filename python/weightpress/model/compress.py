@@ -788,6 +788,11 @@ def stage_layer(source: TensorSource, ly: Layer, budget: Budget | None, view: Ma
                   "error": float(sa.entry["output_error"])}
         st.alt_staged = sa
     release_rows(Wa)  # the layer is done: a file's pages are not held through the next one
+    if ly.orig_bytes >= _TRIM_BYTES:
+        # and the heap's free pages, the build's, go back before the next layer (every
+        # thread's arena: a Dask worker's task thread has its own, which glibc trims only
+        # from its top)
+        release_free_memory()
     return st
 
 
