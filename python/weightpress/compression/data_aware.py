@@ -32,7 +32,7 @@ from ..linalg.svd import randomized_svd
 from ..linalg.memory import file_backed, release_rows
 
 __all__ = ["prune_obs", "lowrank_whitened", "whitened_spectrum", "sparse_plus_lowrank",
-           "rank_for_params", "obs_factor_shared", "quadratic_total"]
+           "rank_for_params", "obs_factor_shared", "quadratic_total", "lowrank_error_floor"]
 
 
 def _check(W: Any, stats: CalibrationStats | None) -> np.ndarray:
@@ -358,6 +358,64 @@ def whitened_spectrum(W: Any, stats: CalibrationStats) -> tuple[np.ndarray, floa
                        driver="evr")  # (lower of G.T: the triangle _gram writes)
     lam = np.maximum(lam[::-1].astype(np.float64), 0.0)
     return lam, float(lam.sum())
+
+
+def lowrank_error_floor(W: Any, stats: CalibrationStats, rank: int, *, oversample: int = 8,
+                        seed: int = 0) -> float:
+    """A lower bound on ``‖X(W − Ŵ)ᵀ‖_F²`` (undamped ``H = XᵀX``, absolute) over *every*
+    ``Ŵ`` of rank at most ``rank``, much cheaper than the whitened spectrum it bounds.
+
+    Any such ``Ŵ`` errs by ``‖(W − Ŵ)L‖_F² ≥ Σ_{i>r} λᵢ(G)`` (Eckart–Young, ``G = W H Wᵀ``,
+    ``H = L Lᵀ``: ``Ŵ L`` has rank ≤ r), and for any ``m`` orthonormal columns ``Q`` the
+    eigenvalues of ``Qᵀ G Q`` lie below ``G``'s one by one (Poincaré's separation theorem),
+    so ``Σ_{i=r+1}^{m} λᵢ(Qᵀ G Q) ≤ Σ_{i>r} λᵢ(G)`` whatever ``Q`` is. ``Q`` spans a random
+    sketch ``W H Ω`` of ``W``'s whitened range (``m = rank + oversample`` columns; the sketch
+    only makes the bound tight, not valid); ``Qᵀ G Q = Zᵀ H Z`` with ``Z = Wᵀ Q`` is formed in
+    float64 from ``W`` and ``H`` as given (exact conversions), so its rounding is ~1e-13 of
+    ``tr(G)``; ``1e-9·tr(G)`` (estimated from the same float64 products' scale) is taken off
+    for it. 0.0 when ``rank ≥ min(W.shape)``.
+
+    Cost: ``2·out·in·m + in²·m`` flops (float64 for the last two terms) and an ``m × m`` eigenvalue solve (the spectrum itself:
+    ``out·in·k + in·k²`` and a ``k × k`` one); memory about ``(out + 2·in)·m`` float64 values,
+    blocks of ``W`` and ``H`` converted at a time. Deterministic for any thread count (BLAS on
+    one thread, a seeded sketch)."""
+    Wa = _check(W, stats)
+    r = int(rank)
+    out, n_in = Wa.shape
+    k = min(out, n_in)
+    if r < 0:
+        raise ValueError(f"rank must be >= 0, got {rank}")
+    if r >= k or Wa.size == 0:
+        return 0.0
+    m = min(k, r + max(1, int(oversample)))
+    H = stats.hessian()
+    dt = H.dtype
+    step = row_step(out, n_in)
+    hstep = max(1, (1 << 18) // max(1, n_in))
+    with blas_sequential():
+        # test directions scaled by the inputs' RMS (sqrt of H's diagonal): W's whitened
+        # range without a product with H (which would cost in²·m more)
+        hd = np.sqrt(np.maximum(np.diag(H).astype(np.float64), 0.0))
+        Om = (np.random.default_rng(seed).standard_normal((n_in, m)) * hd[:, None]).astype(dt)
+        Y = np.empty((out, m), np.float64)
+        for r0 in range(0, out, step):
+            Y[r0:r0 + step] = np.asarray(Wa[r0:r0 + step], dtype=dt) @ Om
+        del Om
+        Q = np.linalg.qr(Y)[0]  # (out, m) orthonormal: any such Q gives a valid bound
+        del Y
+        Z = np.zeros((n_in, m), np.float64)  # Wᵀ Q
+        for r0 in range(0, out, step):
+            Z += np.asarray(Wa[r0:r0 + step], dtype=np.float64).T @ Q[r0:r0 + step]
+            release_rows(Wa, r0, r0 + step)
+        del Q
+        B = np.zeros((m, m), np.float64)  # Zᵀ H Z, H's rows converted a block at a time
+        for c0 in range(0, n_in, hstep):
+            B += Z[c0:c0 + hstep].T @ (np.asarray(H[c0:c0 + hstep], dtype=np.float64) @ Z)
+        del Z
+        B = (B + B.T) * 0.5
+        mu = sla.eigh(B, eigvals_only=True, check_finite=False, driver="evr")[::-1]
+    scale = float(np.sum(np.maximum(mu, 0.0)))  # ≤ tr(G): the size of what was summed
+    return max(float(np.sum(mu[r:m])) - 1e-9 * scale, 0.0)
 
 
 def _compute_dtype(stats: CalibrationStats) -> np.dtype:
