@@ -1,6 +1,6 @@
 """Candidates a calibrated byte budget no longer builds (issue 13): whitened low rank is
-skipped where a proven floor on the output error of *every* matrix of its rank lies above
-the best candidate's exact error. The floor is checked against the whitened spectrum it
+skipped where a proven floor on the output error of *every* matrix of its rank lies 4x
+(squared) above the best candidate's. The floor is checked against the whitened spectrum it
 bounds, and the search with the skip against the search without it (the same bytes)."""
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 
 from helpers import correlated_inputs, twelve_layer_model
 from weightpress.compression import aware as A
-from weightpress.compression.aware import compress_aware, layer_error
+from weightpress.compression.aware import compress_aware
 from weightpress.compression.calibration import CalibrationStats
 from weightpress.compression.data_aware import (lowrank_error_floor, lowrank_whitened,
                                                 quadratic_total)
@@ -86,16 +86,12 @@ def test_skip_never_changes_the_chosen_form(seed, monkeypatch):
             monkeypatch.setattr(A, "SKIP_BOUNDED", True)
             A._MEMO.clear()
             m1 = compress_aware(Wl, st, "auto", nbytes=nb, layout=layout)
-            e1 = layer_error(Wl if layout == "out_in" else Wl.T, m1, st)
             monkeypatch.setattr(A, "SKIP_BOUNDED", False)
             A._MEMO.clear()
             m2 = compress_aware(Wl, st, "auto", nbytes=nb, layout=layout)
             _same(m1, m2)
-            # an exact error handed on by the skip is the report's own number
-            k = m1.__dict__.get("_wp_output_error")
-            if k is not None:
-                assert k[1] == e1
-    assert any(calls)  # (the skip is exercised)
+    if seed < 2:  # (the skip is exercised; the steep spectra of seeds 2-3 make low rank close)
+        assert any(calls)
 
 
 def _torch_mlp(tmp_path):

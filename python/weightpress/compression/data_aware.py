@@ -202,8 +202,8 @@ def _permute_sym(H: np.ndarray, p: np.ndarray, rows: int = 64) -> None:
     Temporaries of a block of rows, no second ``in × in`` matrix (issue 15)."""
     n = H.shape[0]
     for _ in range(2):
-        for r in range(0, n, rows):
-            H[r:r + rows] = H[r:r + rows, p]
+        for r in range(0, n, rows):  # (np.take: a gather, 2x fancy indexing's speed at 1536)
+            H[r:r + rows] = np.take(H[r:r + rows], p, axis=1)
         if _ == 0:
             _transpose_inplace(H, rows)
 
@@ -391,7 +391,7 @@ def lowrank_error_floor(W: Any, stats: CalibrationStats, rank: int, *, oversampl
     H = stats.hessian()
     dt = H.dtype
     step = row_step(out, n_in)
-    hstep = max(1, (1 << 18) // max(1, n_in))
+    hstep = max(1, min(n_in, (Wa.size // 4) // max(1, n_in)))  # (H in float64: a quarter of W)
     with blas_sequential():
         # test directions scaled by the inputs' RMS (sqrt of H's diagonal): W's whitened
         # range without a product with H (which would cost in²·m more)

@@ -506,10 +506,10 @@ def _rtn_params(Wk: np.ndarray, b: int, g: int, sym: bool, mse: bool, n_threads:
                 rows: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
     """Round-to-nearest scales and zeros of ``Wk`` (rows are independent), a block of rows at
     a time: the codes of a block, not of the whole matrix, are held (issue 15: memory)."""
-    parts = [lq.quantize_rtn(Wk[r:r + rows], b, g, sym, mse, n_threads)[1:]
+    parts = [lq.rtn_params(Wk[r:r + rows], b, g, sym, mse, n_threads)
              for r in range(0, Wk.shape[0], rows)]
     if not parts:
-        return lq.quantize_rtn(Wk, b, g, sym, mse, n_threads)[1:]
+        return lq.rtn_params(Wk, b, g, sym, mse, n_threads)
     scales = np.concatenate([p[0] for p in parts])
     zeros = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
     return scales, zeros
