@@ -413,6 +413,7 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
 
     quant_b.prefetch = prefetch  # type: ignore[attr-defined]
     lowrank_b.rank = lowrank_rank  # type: ignore[attr-defined]
+    lowrank_b.total = total  # type: ignore[attr-defined]  # (tr(W H Wᵀ), by the weights' hash)
 
     table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
              "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b}, "quant": {"quant": quant_b},
@@ -510,7 +511,7 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
         if nb is not None:
             if (bounded and form == "lowrank" and cands
                     and _lowrank_loses(Wo, stats, build.rank(min(nb, dense_bytes)),  # type: ignore[attr-defined]
-                                       cands[0], nb, dense_bytes)):
+                                       cands[0], nb, dense_bytes, build.total)):  # type: ignore[attr-defined]
                 continue
             m = build(min(nb, dense_bytes))
             cands.append((m, _error(Wo, m, stats)))
@@ -556,7 +557,8 @@ SKIP_BOUNDED = True
 
 
 def _lowrank_loses(Wo: np.ndarray, stats: CalibrationStats, rank: int,
-                   best: tuple[CompressedMatrix, float], nb: float, dense_bytes: int) -> bool:
+                   best: tuple[CompressedMatrix, float], nb: float, dense_bytes: int,
+                   total: Callable[[], float]) -> bool:
     """Whether every matrix of rank ``rank`` errs (output error, squared) more than
     :data:`LOWRANK_MARGIN` times ``best`` (the best candidate so far at a byte budget ``nb``,
     fitting it): then the whitened low-rank candidate cannot be chosen.
@@ -574,7 +576,7 @@ def _lowrank_loses(Wo: np.ndarray, stats: CalibrationStats, rank: int,
         # (from a third of the full rank up the floor's products cost about what the
         # whitened spectrum does: the candidate is built)
         return False
-    den = _total(Wo, stats, array_digest(Wo))
+    den = total()  # (``tr(W H Wᵀ)``: the denominator the candidates' errors were taken with)
     if not den > 0:
         return False
     return lowrank_error_floor(Wo, stats, rank) > LOWRANK_MARGIN * e * e * den
