@@ -499,19 +499,22 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
         return builders["quant"](dense_bytes)  # a precision the rule fixes is what it gets
     cands: list[tuple[CompressedMatrix, float]] = []
     order = list(enumerate(builders.items()))
-    bounded = nb is not None and prefer == "size" and SKIP_BOUNDED and "quant" in builders
+    bounded = (nb is not None and prefer == "size" and SKIP_BOUNDED and "quant" in builders
+               and not opts.get("_no_skip"))
     if bounded:
-        # quantization first (at a byte budget it is built anyway, and most often wins):
-        # low rank is then not built when no matrix of its rank can err less than the best
-        # so far (_lowrank_loses). The order of the choice is kept: ties go to the form
-        # listed first, as when every form is built in turn
-        order = [o for o in order if o[1][0] == "quant"] + [o for o in order if o[1][0] != "quant"]
+        # low rank last: it is not built when no matrix of its rank can err less than the
+        # best of the others (_lowrank_loses), quantization most often. Pruning and
+        # quantization keep their turn (each built with the least held: issue 15). The order
+        # of the choice is kept: ties go to the form listed first, as when every form is
+        # built in turn
+        order = [o for o in order if o[1][0] != "lowrank"] + [o for o in order if o[1][0] == "lowrank"]
     index: dict[int, int] = {}  # id of a kept candidate -> its form's place in builders
     for pos, (form, build) in order:
         if nb is not None:
             if (bounded and form == "lowrank" and cands
                     and _lowrank_loses(Wo, stats, build.rank(min(nb, dense_bytes)),  # type: ignore[attr-defined]
                                        cands[0], nb, dense_bytes, build.total)):  # type: ignore[attr-defined]
+                release_free_memory()  # (the floor's blocks' heap pages)
                 continue
             m = build(min(nb, dense_bytes))
             cands.append((m, _error(Wo, m, stats)))

@@ -369,15 +369,17 @@ def lowrank_error_floor(W: Any, stats: CalibrationStats, rank: int, *, oversampl
     ``H = L Lᵀ``: ``Ŵ L`` has rank ≤ r), and for any ``m`` orthonormal columns ``Q`` the
     eigenvalues of ``Qᵀ G Q`` lie below ``G``'s one by one (Poincaré's separation theorem),
     so ``Σ_{i=r+1}^{m} λᵢ(Qᵀ G Q) ≤ Σ_{i>r} λᵢ(G)`` whatever ``Q`` is. ``Q`` spans a random
-    sketch ``W H Ω`` of ``W``'s whitened range (``m = rank + oversample`` columns; the sketch
-    only makes the bound tight, not valid); ``Qᵀ G Q = Zᵀ H Z`` with ``Z = Wᵀ Q`` is formed in
-    float64 from ``W`` and ``H`` as given (exact conversions), so its rounding is ~1e-13 of
-    ``tr(G)``; ``1e-9·tr(G)`` (estimated from the same float64 products' scale) is taken off
-    for it. 0.0 when ``rank ≥ min(W.shape)``.
+    sketch ``W D Ω`` of ``W``'s range, ``D`` the inputs' RMS (``m = rank + oversample``
+    columns; the sketch only makes the bound tight, not valid), orthonormalised in float32:
+    its departure ``f = ‖QᵀQ − I‖_F`` (float64) is divided out as ``(1 + f)²``.
+    ``Qᵀ G Q = Zᵀ H Z`` with ``Z = Wᵀ Q`` is formed in float64 from ``W``, ``Q`` and ``H``
+    as given (exact conversions), so its rounding is ~1e-13 of ``tr(G)``; ``1e-9·tr(G)``
+    (estimated from the same products) is taken off for it. 0.0 when ``rank ≥ min(W.shape)``.
 
-    Cost: ``2·out·in·m + in²·m`` flops (float64 for the last two terms) and an ``m × m`` eigenvalue solve (the spectrum itself:
-    ``out·in·k + in·k²`` and a ``k × k`` one); memory about ``(out + 2·in)·m`` float64 values,
-    blocks of ``W`` and ``H`` converted at a time. Deterministic for any thread count (BLAS on
+    Cost: ``2·out·in·m + in²·m`` flops (float64 for the last two terms) and an ``m × m``
+    eigenvalue solve (the spectrum itself: ``out·in·k + in·k²`` and a ``k × k`` one); memory
+    about ``out·m`` float32 and ``in·m`` float64 values, blocks of ``W`` and ``H`` converted
+    at a time. Deterministic for any thread count (BLAS on
     one thread, a seeded sketch)."""
     Wa = _check(W, stats)
     r = int(rank)
@@ -389,33 +391,41 @@ def lowrank_error_floor(W: Any, stats: CalibrationStats, rank: int, *, oversampl
         return 0.0
     m = min(k, r + max(1, int(oversample)))
     H = stats.hessian()
-    dt = H.dtype
     step = row_step(out, n_in)
-    hstep = max(1, min(n_in, (Wa.size // 4) // max(1, n_in)))  # (H in float64: a quarter of W)
+    hstep = max(1, min(n_in, (Wa.size // 16) // max(1, n_in)))  # (H in float64: W's 1/8)
     with blas_sequential():
         # test directions scaled by the inputs' RMS (sqrt of H's diagonal): W's whitened
         # range without a product with H (which would cost in²·m more)
         hd = np.sqrt(np.maximum(np.diag(H).astype(np.float64), 0.0))
-        Om = (np.random.default_rng(seed).standard_normal((n_in, m)) * hd[:, None]).astype(dt)
-        Y = np.empty((out, m), np.float64)
+        Om = (np.random.default_rng(seed).standard_normal((n_in, m)) * hd[:, None]).astype(np.float32)
+        Y = np.empty((out, m), np.float32, order="F")  # (LAPACK's order: factored in place)
         for r0 in range(0, out, step):
-            Y[r0:r0 + step] = np.asarray(Wa[r0:r0 + step], dtype=dt) @ Om
+            Y[r0:r0 + step] = np.asarray(Wa[r0:r0 + step], dtype=np.float32) @ Om
+            release_rows(Wa, r0, r0 + step)  # (a file's pages: W is read again below)
         del Om
-        Q = np.linalg.qr(Y)[0]  # (out, m) orthonormal: any such Q gives a valid bound
+        # Q (out, m), orthonormal to float32's precision; its exact values span the subspace
+        # (SciPy's QR works in Y: NumPy's copies it twice, outside tracemalloc's sight)
+        Q = sla.qr(Y, mode="economic", overwrite_a=True, check_finite=False)[0]
         del Y
-        Z = np.zeros((n_in, m), np.float64)  # Wᵀ Q
+        Z = np.zeros((n_in, m), np.float64)  # Wᵀ Q, from float32 values: exact products
+        QtQ = np.zeros((m, m), np.float64)
         for r0 in range(0, out, step):
-            Z += np.asarray(Wa[r0:r0 + step], dtype=np.float64).T @ Q[r0:r0 + step]
+            Qb = Q[r0:r0 + step].astype(np.float64)
+            Z += np.asarray(Wa[r0:r0 + step], dtype=np.float64).T @ Qb
+            QtQ += Qb.T @ Qb
             release_rows(Wa, r0, r0 + step)
-        del Q
+        del Q, Qb
         B = np.zeros((m, m), np.float64)  # Zᵀ H Z, H's rows converted a block at a time
         for c0 in range(0, n_in, hstep):
             B += Z[c0:c0 + hstep].T @ (np.asarray(H[c0:c0 + hstep], dtype=np.float64) @ Z)
         del Z
         B = (B + B.T) * 0.5
         mu = sla.eigh(B, eigvals_only=True, check_finite=False, driver="evr")[::-1]
-    scale = float(np.sum(np.maximum(mu, 0.0)))  # ≤ tr(G): the size of what was summed
-    return max(float(np.sum(mu[r:m])) - 1e-9 * scale, 0.0)
+    # Q's singular values lie within 1 ± f, f ≤ ‖QᵀQ − I‖_F: Qᵀ G Q's eigenvalues are at most
+    # (1 + f)² times those of G compressed onto Q's span (Ostrowski), so divided by it
+    f = float(np.linalg.norm(QtQ - np.eye(m)))
+    scale = float(np.sum(np.maximum(mu, 0.0)))  # ≤ (1 + f)² tr(G): the size of what was summed
+    return max((float(np.sum(mu[r:m])) - 1e-9 * scale) / (1.0 + f) ** 2, 0.0)
 
 
 def _compute_dtype(stats: CalibrationStats) -> np.dtype:
