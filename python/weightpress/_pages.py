@@ -12,11 +12,12 @@ A base module (no weightpress imports), so that input validation's own passes re
 from __future__ import annotations
 
 import mmap
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["release_rows", "file_backed"]
+__all__ = ["release_rows", "file_backed", "row_blocks"]
 
 _PAGE = mmap.PAGESIZE
 
@@ -77,3 +78,16 @@ def release_rows(a: Any, r0: int = 0, r1: int | None = None) -> None:
     hi = min(len(mm), -(-hi // _PAGE) * _PAGE)
     if hi > lo:
         mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+def row_blocks(a: Any, step: int) -> Iterator[tuple[int, int]]:
+    """``(r0, r1)`` over the rows of ``a`` in blocks of ``step``, each block's rows released
+    (:func:`release_rows`) once the loop's body for it is done: a pass that reads a file's
+    tensor through this loop holds one block of its pages, not the tensor. A loop left early
+    releases nothing more."""
+    rows = a.shape[0]
+    step = max(1, int(step))
+    for r0 in range(0, rows, step):
+        r1 = min(r0 + step, rows)
+        yield r0, r1
+        release_rows(a, r0, r1)

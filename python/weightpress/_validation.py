@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from ._pages import release_rows
+from ._pages import row_blocks
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -54,11 +54,10 @@ def check_finite(x: np.ndarray, name: str, block: int = 1 << 20) -> None:
     else:
         step = max(1, block // max(1, x.size // x.shape[0]))
         ok = True
-        for r in range(0, x.shape[0], step):
-            if not np.isfinite(x[r:r + step]).all():
+        for r0, r1 in row_blocks(x, step):
+            if not np.isfinite(x[r0:r1]).all():
                 ok = False
                 break
-            release_rows(x, r, r + step)
     if not ok:
         raise ValueError(f"{name} contains NaN or Inf")
 

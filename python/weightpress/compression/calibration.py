@@ -10,7 +10,7 @@ replacement ``Ŵ`` is then ``‖X(W − Ŵ)ᵀ‖_F² = tr((W − Ŵ) H (W − �
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from scipy.linalg.blas import get_blas_funcs
 from .._threads import blas_sequential
 from .._validation import float_dtype
 from ..io import open_model
-from ..linalg.memory import release_rows
+from ..linalg.memory import row_blocks
 
 __all__ = ["CalibrationStats", "CalibrationSet", "output_error", "check_calibration"]
 
@@ -197,6 +197,20 @@ def output_error(W: Any, W_hat: Any, stats: CalibrationStats, block: int = 1 << 
     return float(np.sqrt(max(num, 0.0) / den))
 
 
+def half_h_blocks(H: np.ndarray, cstep: int, dtype: Any) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(c, c1, Hc)`` over blocks of ``cstep`` columns of the symmetric ``H``: ``Hc`` is
+    ``H[c:, c:c1]`` in ``dtype`` with the rows below the block doubled, so that
+    ``Σ_c ⟨D[:, c:] Hc, D[:, c:c1]⟩ = tr(D H Dᵀ)``: each column block meets the inputs from its
+    own on (those below it twice, for the block above the diagonal), half the products of all
+    of H's rows."""
+    n = H.shape[0]
+    for c in range(0, n, max(1, int(cstep))):
+        c1 = min(c + cstep, n)
+        Hc = np.array(H[c:, c:c1], dtype=dtype)  # (a copy: scaled here)
+        Hc[c1 - c:] *= 2
+        yield c, c1, Hc
+
+
 def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool = True,
                      block: int = 1 << 17) -> tuple[float, float]:
     """``(tr(D H Dᵀ), tr(W H Wᵀ))`` with ``D = W − Ŵ`` (the second 0.0 unless ``with_den``),
@@ -210,20 +224,13 @@ def _quadratic_forms(Wa: np.ndarray, W_hat: Any, H: np.ndarray, with_den: bool =
     rows, n_in = Wa.shape
     step = max(1, min(rows, block // max(1, n_in)))
     cstep = max(1, min(-(-n_in // 2), 4 * block // max(1, n_in)))
-    for c in range(0, n_in, cstep):
-        c1 = min(c + cstep, n_in)
-        # H is symmetric: the column block meets the inputs from its own on (those below it
-        # twice, for the block above the diagonal), half the products of all of H's rows
-        Hc = np.array(H[c:, c:c1], dtype=np.float64)  # (a copy: scaled here)
-        Hc[c1 - c:] *= 2.0
-        for r in range(0, rows, step):
-            r1 = min(r + step, rows)  # rows() of a coded form takes no stop past its end
+    for c, c1, Hc in half_h_blocks(H, cstep, np.float64):
+        for r, r1 in row_blocks(Wa, step):  # (a file's pages read back for the next columns)
             Wd = np.asarray(Wa[r:r1, c:], dtype=np.float64)
             D = Wd - np.asarray(_rows_of(W_hat, r, r1)[:, c:], dtype=np.float64)
             num += float(np.einsum("ij,ij->", D @ Hc, D[:, :c1 - c]))
             if with_den:
                 den += float(np.einsum("ij,ij->", Wd @ Hc, Wd[:, :c1 - c]))
-            release_rows(Wa, r, r1)  # (a file's pages, read back for the next columns)
     return num, den
 
 

@@ -25,11 +25,11 @@ import scipy.sparse as sp
 
 from .._validation import as_matrix, positive_int, real_scalar
 from .._threads import blas_sequential
-from .calibration import CalibrationStats, row_step
+from .calibration import CalibrationStats, half_h_blocks, row_step
 from ..linalg.quant import obs_factor_inplace, obs_sweep
 from ..linalg.sparse import _parse_pattern, prune
 from ..linalg.svd import randomized_svd
-from ..linalg.memory import file_backed, release_rows
+from ..linalg.memory import file_backed, release_rows, row_blocks
 
 __all__ = ["prune_obs", "lowrank_whitened", "whitened_spectrum", "sparse_plus_lowrank",
            "rank_for_params", "obs_factor_shared", "quadratic_total", "lowrank_error_floor"]
@@ -119,12 +119,11 @@ def sweep_output_error(Wa: np.ndarray, rows_hat: Any, stats: CalibrationStats, d
     delta = float(damp) * float(dg.mean()) if dg.size else 0.0
     d2 = 0.0
     step = row_step(*Wa.shape)
-    for r in range(0, Wa.shape[0], step):
-        r1 = min(r + step, Wa.shape[0])
+    for r, r1 in row_blocks(Wa, step):
         # one float64 block: W's rows (in the sweep's dtype) less Ŵ's, in place (the same
         # values as converting Ŵ's rows first: float32 -> float64 is exact)
         dd = np.asarray(Wa[r:r1], dtype=dtype).astype(np.float64)
-        release_rows(Wa, r, r1)
+        release_rows(Wa, r, r1)  # (now: Ŵ's rows are decoded beside dd)
         dd[:, dead] = 0.0
         np.subtract(dd, rows_hat(r, r1), out=dd)
         d2 += float(np.einsum("ij,ij->", dd, dd))
@@ -142,16 +141,10 @@ def quadratic_total(W: Any, stats: CalibrationStats) -> float:
     step = row_step(*Wa.shape)
     cstep = max(1, min(-(-n_in // 2), (1 << 19) // max(1, n_in)))
     with blas_sequential():
-        for c in range(0, n_in, cstep):
-            c1 = min(c + cstep, n_in)
-            # H is symmetric: a block of its columns meets the inputs from its own on, those
-            # below it twice (for the block above the diagonal): half of the out·in² products
-            Hc = np.array(H[c:, c:c1])
-            Hc[c1 - c:] *= 2
-            for r in range(0, Wa.shape[0], step):
-                Wb = np.asarray(Wa[r:r + step, c:], dtype=H.dtype)
+        for c, c1, Hc in half_h_blocks(H, cstep, H.dtype):  # (half of the out·in² products)
+            for r, r1 in row_blocks(Wa, step):  # (a file's pages read back for the next columns)
+                Wb = np.asarray(Wa[r:r1, c:], dtype=H.dtype)
                 den += float(np.multiply(Wb @ Hc, Wb[:, :c1 - c]).sum(dtype=np.float64))
-                release_rows(Wa, r, r + step)  # (a file's pages, read back for the next columns)
     return den
 
 
@@ -275,9 +268,8 @@ def obs_prepare(Wa: np.ndarray, stats: CalibrationStats, damp: float) -> np.ndar
     ct = np.float64 if Wa.dtype == np.float64 else np.float32
     Wk = np.empty(Wa.shape, dtype=ct)
     step = row_step(*Wa.shape)
-    for r in range(0, Wa.shape[0], step):  # a file's pages released as the copy replaces them
-        Wk[r:r + step] = Wa[r:r + step]
-        release_rows(Wa, r, r + step)
+    for r, r1 in row_blocks(Wa, step):  # a file's pages released as the copy replaces them
+        Wk[r:r1] = Wa[r:r1]
     Wk[:, np.diag(stats.hessian()) == 0] = 0.0
     return Wk
 
@@ -439,9 +431,8 @@ def array_digest(A: np.ndarray) -> str:
     if A.flags.c_contiguous and A.ndim == 2 and file_backed(A):
         h = hashlib.blake2b(digest_size=16)
         step = row_step(*A.shape)
-        for r in range(0, A.shape[0], step):
-            h.update(A[r:r + step].data)
-            release_rows(A, r, r + step)
+        for r, r1 in row_blocks(A, step):
+            h.update(A[r:r1].data)
         return h.hexdigest()
     return hashlib.blake2b(A.data if A.flags.c_contiguous else np.ascontiguousarray(A).data,
                            digest_size=16).hexdigest()
@@ -474,19 +465,17 @@ def _gram(Wa: np.ndarray, stats: CalibrationStats) -> tuple[np.ndarray, np.ndarr
         G = np.empty((out, out), dt)
         Wc = np.asarray(Wa, dtype=dt)
         step = row_step(out, n_in)
-        for r0 in range(0, out, step):
-            G[r0:r0 + step, r0:] = (Wc[r0:r0 + step] @ H) @ Wc[r0:].T
-            release_rows(Wc, r0, r0 + step)
+        for r0, r1 in row_blocks(Wc, step):
+            G[r0:r1, r0:] = (Wc[r0:r1] @ H) @ Wc[r0:].T
         return G, None
     lamH, Q = sla.eigh(H, check_finite=False, driver="evr")  # in × in: the smaller side
     L = Q * np.sqrt(np.maximum(lamH, 0.0)).astype(dt)
     del Q
     WtW = np.zeros((n_in, n_in), dt)
     step = row_step(out, n_in)
-    for r0 in range(0, out, step):
-        Wb = np.asarray(Wa[r0:r0 + step], dtype=dt)
+    for r0, r1 in row_blocks(Wa, step):
+        Wb = np.asarray(Wa[r0:r1], dtype=dt)
         WtW += Wb.T @ Wb
-        release_rows(Wa, r0, r0 + step)
     K = L.T @ WtW @ L
     return K, L
 
@@ -523,9 +512,8 @@ def _whitened_factors(Wa: np.ndarray, stats: CalibrationStats, lam: np.ndarray, 
     # of a file-mapped W released behind
     B = np.zeros((U.shape[1], Wc.shape[1]), U.dtype)
     step = max(row_step(*Wc.shape), 256)
-    for r in range(0, Wc.shape[0], step):
-        B += U[r:r + step].T @ Wc[r:r + step]
-        release_rows(Wc, r, r + step)
+    for r, r1 in row_blocks(Wc, step):
+        B += U[r:r1].T @ Wc[r:r1]
     return U, B
 
 
@@ -558,9 +546,8 @@ def _scaled_into(Wa: np.ndarray, d: np.ndarray, R: np.ndarray) -> None:
     """``R = W diag(d)`` by blocks of rows, a file-mapped ``W``'s pages released behind (R
     replaces them in the resident set; each alternation reads ``W`` again)."""
     step = row_step(*Wa.shape)
-    for r0 in range(0, Wa.shape[0], step):
-        np.multiply(Wa[r0:r0 + step], d, out=R[r0:r0 + step])
-        release_rows(Wa, r0, r0 + step)
+    for r0, r1 in row_blocks(Wa, step):
+        np.multiply(Wa[r0:r1], d, out=R[r0:r1])
 
 
 def sparse_plus_lowrank(W: Any, rank: int, sparsity: float, stats: CalibrationStats | None = None,

@@ -28,7 +28,7 @@ from .quant import Quantized, fill_with_residual, quantize
 from .squant import sparse_quantize
 from .lowrank_quant import METHOD as LOWRANK_INT8, lowrank_int8
 from ..linalg.sparse import prune
-from ..linalg.memory import release_free_memory, release_rows
+from ..linalg.memory import release_free_memory, row_blocks
 
 __all__ = ["magnitude_prune", "nm_prune", "low_rank", "sparse_plus_low_rank", "sparse_coded", "auto",
            "sparse_nbytes", "lowrank_nbytes", "Spectrum", "METHODS", "quantized", "precision_of"]
@@ -354,14 +354,12 @@ def _residual(Wa: np.ndarray, L: LowRank) -> np.ndarray:
     R = np.empty(Wa.shape, np.result_type(Wa.dtype, L.dtype))
     step = max(1, _CHUNK // max(1, Wa.shape[1]))
     direct = L.left.dtype == L.right.dtype == L.dtype == R.dtype and L.dtype.itemsize >= 4
-    for r0 in range(0, Wa.shape[0], step):
-        r1 = min(Wa.shape[0], r0 + step)
+    for r0, r1 in row_blocks(Wa, step):  # W's pages (a file's) not held beside R (issue 15)
         if direct:  # the decoded rows' own product, without copying the factors per block
             np.matmul(L.left[r0:r1], L.right, out=R[r0:r1])
             np.subtract(Wa[r0:r1], R[r0:r1], out=R[r0:r1])
         else:
             np.subtract(Wa[r0:r1], L.rows(r0, r1), out=R[r0:r1])
-        release_rows(Wa, r0, r1)  # W's pages (a file's) not held beside R (issue 15)
     return R
 
 

@@ -463,7 +463,7 @@ def _sweep_by_rows(Wa: np.ndarray, U: np.ndarray, dead: np.ndarray, perm: np.nda
     matrix; issue 15: the calibrated methods within 3x the largest tensor); the same codes."""
     rows, cols = Wa.shape
     step = rows if n_prune or rows == 0 else max(256, -(-rows // 8))
-    codes: np.ndarray | None = None  # packed, (rows, ⌈cols·b/8⌉)
+    packed: np.ndarray | None = None  # (rows, ⌈cols·b/8⌉)
     scales, zeros = [], []
     gs = g if 0 < g < cols else max(cols, 1)
     cg = (perm // gs).astype(np.int64) if perm is not None else None
@@ -488,18 +488,18 @@ def _sweep_by_rows(Wa: np.ndarray, U: np.ndarray, dead: np.ndarray, perm: np.nda
             _unpermute_columns(res[0], perm)
         pk = lq.pack_codes(res[0], b, n_threads)
         if step >= rows:
-            codes = pk
+            packed = pk
         else:
-            if codes is None:
-                codes = np.empty((rows, pk.shape[1]), pk.dtype)
-            codes[r0:r1] = pk
+            if packed is None:
+                packed = np.empty((rows, pk.shape[1]), pk.dtype)
+            packed[r0:r1] = pk
         scales.append(res[1])
         zeros.append(res[2])
         del res, pk
-    assert codes is not None
+    assert packed is not None
     sc = scales[0] if len(scales) == 1 else np.concatenate(scales)
     zs = zeros[0] if len(zeros) == 1 or zeros[0] is None else np.concatenate(zeros)
-    return codes, sc, zs
+    return packed, sc, zs
 
 
 def _rtn_params(Wk: np.ndarray, b: int, g: int, sym: bool, mse: bool, n_threads: int | None,

@@ -14,9 +14,9 @@ Two leaks of resident memory that no Python object shows:
 from __future__ import annotations
 
 from .. import _core
-from .._pages import file_backed, release_rows
+from .._pages import file_backed, release_rows, row_blocks
 
-__all__ = ["release_free_memory", "release_rows", "file_backed"]
+__all__ = ["release_free_memory", "release_rows", "file_backed", "row_blocks"]
 
 
 def release_free_memory() -> None:
