@@ -142,8 +142,9 @@ void quant_rtn(std::int64_t rows, std::int64_t cols, const T* __restrict W, cons
         const GroupParams p = quant_params_spec(w + c0, c1 - c0, spec);
         scales[r * ng + gi] = p.half;
         if (!spec.symmetric) zeros[r * ng + gi] = static_cast<std::uint8_t>(p.zero);
-        for (std::int64_t j = c0; j < c1; ++j)
-          codes[r * cols + j] = static_cast<std::uint8_t>(quant_code(w[j], p, maxq));
+        if (codes != nullptr)  // (null: the parameters only, GPTQ's static groups)
+          for (std::int64_t j = c0; j < c1; ++j)
+            codes[r * cols + j] = static_cast<std::uint8_t>(quant_code(w[j], p, maxq));
       }
     });
   }

@@ -75,7 +75,7 @@ py::array quant_unpack(py::array packed_, std::int64_t cols, int bits, int n_thr
 }
 
 py::tuple quant_rtn(py::array W_, int bits, std::int64_t group, bool symmetric, bool mse,
-                    int n_threads) {
+                    int n_threads, bool with_codes) {
   check_threads(n_threads);
   auto s = spec_of(bits, group, symmetric);
   s.mse = mse;
@@ -84,17 +84,18 @@ py::tuple quant_rtn(py::array W_, int bits, std::int64_t group, bool symmetric, 
     auto W = strict<T>(W_, "W");
     if (W.ndim() != 2) throw wp::ShapeError("W: expected a 2-D array");
     const std::int64_t rows = W.shape(0), cols = W.shape(1), ng = wp::quant_n_groups(cols, group);
-    carr<u8> codes({rows, cols});
+    carr<u8> codes({with_codes ? rows : std::int64_t(0), with_codes ? cols : std::int64_t(0)});
     carr<u16> scales({rows, ng});
     carr<u8> zeros({symmetric ? std::int64_t(0) : rows, symmetric ? std::int64_t(0) : ng});
     const T* wp_ = W.data();
-    u8 *cp = codes.mutable_data(), *zp = zeros.mutable_data();
+    u8 *cp = with_codes ? codes.mutable_data() : nullptr, *zp = zeros.mutable_data();
     u16* sp = scales.mutable_data();
     {
       py::gil_scoped_release nogil;
       wp::quant_rtn<T>(rows, cols, wp_, s, cp, sp, zp, n_threads);
     }
-    return py::make_tuple(codes, scales, symmetric ? py::object(py::none()) : py::object(zeros));
+    return py::make_tuple(with_codes ? py::object(codes) : py::object(py::none()), scales,
+                          symmetric ? py::object(py::none()) : py::object(zeros));
   });
 }
 
@@ -228,8 +229,10 @@ void bind_quant(py::module_& m) {
         "codes"_a.noconvert(), "bits"_a, "n_threads"_a);
   m.def("quant_unpack", &quant_unpack, "Unpack rows of bits-wide fields into uint8 codes.",
         "packed"_a.noconvert(), "cols"_a, "bits"_a, "n_threads"_a);
-  m.def("quant_rtn", &quant_rtn, "Round-to-nearest quantization: (codes, scales f16 bits, zeros|None).",
-        "W"_a.noconvert(), "bits"_a, "group"_a, "symmetric"_a, "mse"_a, "n_threads"_a);
+  m.def("quant_rtn", &quant_rtn,
+        "Round-to-nearest quantization: (codes|None, scales f16 bits, zeros|None).",
+        "W"_a.noconvert(), "bits"_a, "group"_a, "symmetric"_a, "mse"_a, "n_threads"_a,
+        "with_codes"_a = true);
   m.def("quant_dequantize", &quant_dequantize, "Dequantize a packed matrix into out.",
         "packed"_a.noconvert(), "scales"_a.noconvert(), "zeros"_a, "bits"_a, "group"_a,
         "symmetric"_a, "out"_a.noconvert(), "n_threads"_a);

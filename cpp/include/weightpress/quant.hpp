@@ -212,7 +212,8 @@ void quant_unpack(std::int64_t rows, std::int64_t cols, int bits, const std::uin
                   std::uint8_t* __restrict codes, int n_threads);
 
 // Round-to-nearest: codes (rows × cols), scales (rows × n_groups, float16 bits) and, when
-// asymmetric, zeros (rows × n_groups). W must be finite (ShapeError otherwise).
+// asymmetric, zeros (rows × n_groups). W must be finite (ShapeError otherwise). codes may be null: the
+// scales and zeros only.
 template <class T>
 void quant_rtn(std::int64_t rows, std::int64_t cols, const T* __restrict W, const QuantSpec& spec,
                std::uint8_t* __restrict codes, std::uint16_t* __restrict scales,

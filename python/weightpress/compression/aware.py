@@ -28,8 +28,8 @@ from .storage import (QUANT_LADDER, Budget, Precision, lowrank_nbytes, nnz_for_b
                       precisions_for_bytes, rank_for_bytes, value_itemsize)
 from .quant import Quantized, gptq_many
 from .matrices import CompressedMatrix, Dense, LowRank, Sparse, SparsePlusLowRank, store_as
-from .data_aware import (_prune_obs, array_digest, lowrank_whitened, prune_obs, quadratic_total,
-                         sparse_plus_lowrank, sweep_output_error)
+from .data_aware import (_prune_obs, array_digest, lowrank_error_floor, lowrank_whitened,
+                         prune_obs, quadratic_total, sparse_plus_lowrank, sweep_output_error)
 
 __all__ = ["compress_aware", "layer_error", "known_error", "time_apply", "warm_quant",
            "remember_error", "weights_hash"]
@@ -196,8 +196,11 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         return predicted(_sparse(P, layout, od, storage), num) if storage is None and od == Wo.dtype \
             else _sparse(P, layout, od, storage)
 
+    def lowrank_rank(nb: float) -> int:
+        return min(min(Wo.shape), rank_for_bytes(stored_shape, nb, isz))
+
     def lowrank_b(nb: float) -> CompressedMatrix:
-        r = min(min(Wo.shape), rank_for_bytes(stored_shape, nb, isz))
+        r = lowrank_rank(nb)
         if r == 0:
             return _lowrank(np.zeros((Wo.shape[0], 0)), np.zeros((0, Wo.shape[1])), layout, od, storage)
         A, B, sig = lowrank_whitened(Wo, stats, rank=r, damp=float(options.get("damp", 1e-2)))
@@ -409,6 +412,8 @@ def _builders(Wo: np.ndarray, stats: CalibrationStats, method: str, options: Map
         measure(todo)
 
     quant_b.prefetch = prefetch  # type: ignore[attr-defined]
+    lowrank_b.rank = lowrank_rank  # type: ignore[attr-defined]
+    lowrank_b.total = total  # type: ignore[attr-defined]  # (tr(W H Wᵀ), by the weights' hash)
 
     table = {"prune": {"sparse": prune_b}, "lowrank": {"lowrank": lowrank_b},
              "slr": {"sparse+lowrank": slr_b}, "nm": {"nm": nm_b}, "quant": {"quant": quant_b},
@@ -493,10 +498,27 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     if method == "quant" and M.precision_of(opts) is not None:
         return builders["quant"](dense_bytes)  # a precision the rule fixes is what it gets
     cands: list[tuple[CompressedMatrix, float]] = []
-    for form, build in builders.items():
+    order = list(enumerate(builders.items()))
+    bounded = (nb is not None and prefer == "size" and SKIP_BOUNDED and "quant" in builders
+               and not opts.get("_no_skip"))
+    if bounded:
+        # low rank last: it is not built when no matrix of its rank can err less than the
+        # best of the others (_lowrank_loses), quantization most often. Pruning and
+        # quantization keep their turn (each built with the least held: issue 15). The order
+        # of the choice is kept: ties go to the form listed first, as when every form is
+        # built in turn
+        order = [o for o in order if o[1][0] != "lowrank"] + [o for o in order if o[1][0] == "lowrank"]
+    index: dict[int, int] = {}  # id of a kept candidate -> its form's place in builders
+    for pos, (form, build) in order:
         if nb is not None:
+            if (bounded and form == "lowrank" and cands
+                    and _lowrank_loses(Wo, stats, build.rank(min(nb, dense_bytes)),  # type: ignore[attr-defined]
+                                       cands[0], nb, dense_bytes, build.total)):  # type: ignore[attr-defined]
+                release_free_memory()  # (the floor's blocks' heap pages)
+                continue
             m = build(min(nb, dense_bytes))
             cands.append((m, _error(Wo, m, stats)))
+            index[id(m)] = pos
         elif form == "lowrank":  # the rank for an error budget comes straight from the spectrum
             A, B, _ = lowrank_whitened(Wo, stats, error=max(err, 1e-12) if err < 1 else 0.999,
                                        damp=float(opts.get("damp", 1e-2)))
@@ -508,7 +530,8 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
         if prefer == "size" and len(cands) > 1:
             # only the best so far stays alive (issue 15: memory within 3x the layer); the
             # choice below is the same as over every candidate
-            cands = [min(cands, key=lambda c: _rank(c, nb, err, dense_bytes))]
+            cands = [min(cands, key=lambda c: (_rank(c, nb, err, dense_bytes),
+                                               index.get(id(c[0]), 0)))]
         m = None  # type: ignore[assignment]
         release_free_memory()  # (the dropped candidates' pages, before the next form is built)
     if nb is not None:
@@ -529,6 +552,42 @@ def compress_aware(W: Any, stats: CalibrationStats, method: str = "auto", *,
     if best[0] is not dense and getattr(best[0], "_wp_predicted", None) is None:
         best[0]._wp_output_error = (stats, best[1])  # measured: the caller's report reuses it
     return best[0]
+
+
+# compress_aware skips a candidate form only where a proven bound says it cannot win
+# (_lowrank_loses); False builds every form (the tests compare both ways)
+SKIP_BOUNDED = True
+
+
+def _lowrank_loses(Wo: np.ndarray, stats: CalibrationStats, rank: int,
+                   best: tuple[CompressedMatrix, float], nb: float, dense_bytes: int,
+                   total: Callable[[], float]) -> bool:
+    """Whether every matrix of rank ``rank`` errs (output error, squared) more than
+    :data:`LOWRANK_MARGIN` times ``best`` (the best candidate so far at a byte budget ``nb``,
+    fitting it): then the whitened low-rank candidate cannot be chosen.
+
+    :func:`~weightpress.compression.data_aware.lowrank_error_floor` bounds the squared output
+    error of any rank-r matrix from below (no spectrum of ``W L``). ``best``'s error is the one
+    its build measured (an OBS/GPTQ sweep's own ``Σ e_c²``, equal to the exact output error in
+    exact arithmetic and within 1e-3 of it in float32: tests/test_scale_reuse.py), or an
+    exact pass's. A low-rank candidate the search would have built could then only have won
+    with its predicted error undershooting its true one (at least the floor) by the margin,
+    i.e. with a measured error larger than ``best``'s: the choice is the same or better."""
+    e = float(best[1])
+    if (rank <= 0 or 3 * (rank + 8) > min(Wo.shape)
+            or _rank(best, nb, None, dense_bytes)[0] != 0):
+        # (from a third of the full rank up the floor's products cost about what the
+        # whitened spectrum does: the candidate is built)
+        return False
+    den = total()  # (``tr(W H Wᵀ)``: the denominator the candidates' errors were taken with)
+    if not den > 0:
+        return False
+    return lowrank_error_floor(Wo, stats, rank) > LOWRANK_MARGIN * e * e * den
+
+
+# how many times the best candidate's squared output error a rank's floor must exceed for
+# compress_aware to skip whitened low rank (2x in the error: far beyond the sweeps' 1e-3)
+LOWRANK_MARGIN = 4.0
 
 
 def _rank(c: tuple[CompressedMatrix, float], nb: float | None, err: float | None,

@@ -19,7 +19,7 @@ import numpy as np
 from .. import _core
 from .._threads import _resolve, blas_sequential
 
-__all__ = ["check_bits", "check_group", "row_bytes", "n_groups", "pack_codes", "unpack_codes",
+__all__ = ["check_bits", "rtn_params", "check_group", "row_bytes", "n_groups", "pack_codes", "unpack_codes",
            "quantize_rtn", "dequantize", "quant_matmul", "obs_factor_inplace", "obs_sweep"]
 
 
@@ -70,6 +70,15 @@ def quantize_rtn(W: np.ndarray, bits: int, group: int, symmetric: bool, mse: boo
     codes, scales, zeros = _core.quant_rtn(W, check_bits(bits), check_group(group), bool(symmetric),
                                            bool(mse), _resolve(n_threads))
     return codes, scales.view(np.float16), zeros
+
+
+def rtn_params(W: np.ndarray, bits: int, group: int, symmetric: bool, mse: bool = False,
+               n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`quantize_rtn`'s ``(scales, zeros)`` alone, the same values, without writing
+    the codes (GPTQ's static groups take only these)."""
+    _, scales, zeros = _core.quant_rtn(W, check_bits(bits), check_group(group), bool(symmetric),
+                                       bool(mse), _resolve(n_threads), False)
+    return scales.view(np.float16), zeros
 
 
 def _scales_u16(scales: np.ndarray) -> np.ndarray:

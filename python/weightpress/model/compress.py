@@ -1026,6 +1026,11 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
         # and its staged copy are held beside the layer's (a 2048² layer's calibrated auto
         # --ratio 4 peaked at 3.02x the tensor with them, over issue 15's 3x; 2.80 without)
         options["_alt"] = target.alt
+    if stats is not None and ly.orig_bytes > PARALLEL_LAYER_BYTES:
+        # no low-rank skip for large layers: the floor's sketch, held beside the best
+        # candidate, took a 2048² layer's calibrated auto --ratio 4 resident peak from 2.82x
+        # to 2.95x the tensor (bench_memory; its traced peak fell, 2.45x -> 2.38x)
+        options["_no_skip"] = True
     if ly.threshold is not None:
         m: CompressedMatrix = M.magnitude_prune(Wv, threshold=ly.threshold, layout=layout,
                                                 storage=storage)
