@@ -79,6 +79,39 @@ def peak_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def reset_peak() -> bool:
+    """Set this process's high-water mark (``VmHWM``) back to its resident set now
+    (``/proc/self/clear_refs``), so that a warm-up's own arrays cannot hide later growth under
+    an earlier peak; False where it cannot (no /proc, or not writable)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vmrss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def warm_blas() -> int:
+    """Make OpenBLAS (NumPy's, and SciPy's, which the engine calls) allocate each thread's
+    work buffer, which it does on its first level-3 call: a fixed cost of the process, the
+    same for any tensor size, paid before a memory baseline. Returns the resident growth."""
+    from scipy.linalg import blas as _b
+
+    r0 = _vmrss()
+    for t in (np.float32, np.float64):
+        x = np.ones((1024, 1024), t)
+        x @ x
+        (_b.sgemm if t == np.float32 else _b.dgemm)(1.0, x, x)
+        (_b.ssyrk if t == np.float32 else _b.dsyrk)(1.0, x)
+    del x
+    return _vmrss() - r0
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a benchmark's child process: this one's, with the benchmarks folder
     on PYTHONPATH (so the child, and Dask workers it starts, can import this module)."""

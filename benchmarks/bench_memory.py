@@ -63,7 +63,7 @@ CONFIGS = [  # (label, compress keyword arguments, calibrated?)
 _CHILD = r"""
 import json, os, sys, tracemalloc
 import numpy as np
-from _harness import peak_rss as hwm
+from _harness import peak_rss as hwm, reset_peak, warm_blas
 from weightpress.model.compress import compress_model, open_source
 cfg = json.loads(sys.argv[1])
 cal = None
@@ -85,14 +85,7 @@ if cfg["warm"]:
     # size. Paid before the baseline and reported on its own, like the imports. The peak is
     # then reset to the current resident set (/proc/self/clear_refs), so that the warm-up's
     # own arrays cannot hide growth under an earlier high-water mark.
-    from scipy.linalg import blas as _b
-    for t in (np.float32, np.float64):
-        x = np.ones((1024, 1024), t)
-        x @ x
-        (_b.sgemm if t == np.float32 else _b.dgemm)(1.0, x, x)
-        (_b.ssyrk if t == np.float32 else _b.dsyrk)(1.0, x)
-    del x
-    blas = status("VmRSS") - cold
+    blas = warm_blas()
     # the same compress on a model of the same layout 1/64 the size: the code it runs (the
     # engine's, NumPy's, SciPy's and OpenBLAS's pages, about 3 MiB here) is mapped in and the
     # allocator's heap is in the state a run's later layers see. A fixed cost of the process,
@@ -103,10 +96,7 @@ if cfg["warm"]:
                    min_size=16, **cfg["kw"])
     del z
     warm = status("VmRSS") - cold - blas
-try:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-except OSError:  # no /proc or not writable: the baseline stays the high-water mark (lenient)
+if not reset_peak():  # no /proc or not writable: the baseline stays the high-water mark
     print("bench_memory: could not reset the peak (/proc/self/clear_refs)", file=sys.stderr)
 base = hwm()
 tracemalloc.start()

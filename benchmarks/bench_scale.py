@@ -86,28 +86,12 @@ def peak():  # this process's own high-water mark (VmHWM; workers import _harnes
 def rss():  # this process's resident set now
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
-def warm_blas():
-    # OpenBLAS (NumPy's, and SciPy's, which the engine calls) allocates each thread's work
-    # buffer on its first level-3 call: a fixed cost of the process, the same for any tensor
-    # size (as in bench_memory). Returns the resident growth it caused.
-    from scipy.linalg import blas as _b
-    r0 = rss()
-    for t in (np.float32, np.float64):
-        x = np.ones((1024, 1024), t)
-        x @ x
-        (_b.sgemm if t == np.float32 else _b.dgemm)(1.0, x, x)
-        (_b.ssyrk if t == np.float32 else _b.dsyrk)(1.0, x)
-    del x
-    return rss() - r0
-def reset():
-    # the high-water mark back to the resident set now (/proc/self/clear_refs), so that the
-    # warm-up's own arrays cannot hide growth under an earlier peak; False where it cannot
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+def warm_blas():  # OpenBLAS's per-thread buffers, paid before the baseline (as bench_memory)
+    import _harness
+    return _harness.warm_blas()
+def reset():  # the high-water mark back to the resident set now; False where it cannot
+    import _harness
+    return _harness.reset_peak()
 def cpu():  # this process's CPU seconds (user + system)
     import resource
     r = resource.getrusage(resource.RUSAGE_SELF)
