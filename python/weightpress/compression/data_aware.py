@@ -391,9 +391,8 @@ def lowrank_error_floor(W: Any, stats: CalibrationStats, rank: int, *, oversampl
         hd = np.sqrt(np.maximum(np.diag(H).astype(np.float64), 0.0))
         Om = (np.random.default_rng(seed).standard_normal((n_in, m)) * hd[:, None]).astype(np.float32)
         Y = np.empty((out, m), np.float32, order="F")  # (LAPACK's order: factored in place)
-        for r0 in range(0, out, step):
-            Y[r0:r0 + step] = np.asarray(Wa[r0:r0 + step], dtype=np.float32) @ Om
-            release_rows(Wa, r0, r0 + step)  # (a file's pages: W is read again below)
+        for r0, r1 in row_blocks(Wa, step):  # (a file's pages: W is read again below)
+            Y[r0:r1] = np.asarray(Wa[r0:r1], dtype=np.float32) @ Om
         del Om
         # Q (out, m), orthonormal to float32's precision; its exact values span the subspace
         # (SciPy's QR works in Y: NumPy's copies it twice, outside tracemalloc's sight)
@@ -401,11 +400,10 @@ def lowrank_error_floor(W: Any, stats: CalibrationStats, rank: int, *, oversampl
         del Y
         Z = np.zeros((n_in, m), np.float64)  # Wᵀ Q, from float32 values: exact products
         QtQ = np.zeros((m, m), np.float64)
-        for r0 in range(0, out, step):
-            Qb = Q[r0:r0 + step].astype(np.float64)
-            Z += np.asarray(Wa[r0:r0 + step], dtype=np.float64).T @ Qb
+        for r0, r1 in row_blocks(Wa, step):
+            Qb = Q[r0:r1].astype(np.float64)
+            Z += np.asarray(Wa[r0:r1], dtype=np.float64).T @ Qb
             QtQ += Qb.T @ Qb
-            release_rows(Wa, r0, r0 + step)
         del Q, Qb
         B = np.zeros((m, m), np.float64)  # Zᵀ H Z, H's rows converted a block at a time
         for c0 in range(0, n_in, hstep):

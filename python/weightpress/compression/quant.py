@@ -26,10 +26,10 @@ from .._threads import blas_sequential
 from .._validation import as_matrix, positive_int, real_scalar
 from ..linalg import quant as lq
 from ..linalg.sparse import _parse_pattern
-from .calibration import CalibrationStats
+from .calibration import CalibrationStats, row_step
 from .data_aware import _check, act_order_perm, obs_factor_shared
 from ..linalg.sparse import prune
-from ..linalg.memory import release_free_memory, release_rows
+from ..linalg.memory import release_free_memory, release_rows, row_blocks
 from .matrices import (CompressedMatrix, Sparse, SumOfForms, _compute_dtype, _setup, _sub, register_form,
                        store_as)
 from .storage import nnz_for_bytes, value_itemsize
@@ -309,12 +309,10 @@ def _residual_top(q: Quantized, W: Any, sparsity: float) -> Any:
     are never kept. The same CSR, exactly; None where the residual holds NaN."""
     m, n = q.shape
     keep = m * n - int(round(sparsity * (m * n)))  # (prune's count)
-    step = max(1, min((1 << 20) // max(1, n), -(-m // 16)))
     Wa = np.asarray(W)
 
-    def blocks() -> Any:
-        for r0 in range(0, m, step):
-            r1 = min(m, r0 + step)
+    def blocks() -> Any:  # (a file's pages released behind: W is read twice)
+        for r0, r1 in row_blocks(Wa, row_step(m, n, 1 << 20)):
             Q = q.rows(r0, r1)
             Wb = Wa[r0:r1]
             yield (np.subtract(Wb, Q, out=Q) if Wb.dtype == Q.dtype

@@ -19,8 +19,8 @@ import numpy as np
 from .. import _core
 from .._threads import _resolve, blas_sequential
 
-__all__ = ["check_bits", "rtn_params", "check_group", "row_bytes", "n_groups", "pack_codes", "unpack_codes",
-           "quantize_rtn", "dequantize", "quant_matmul", "obs_factor_inplace", "obs_sweep"]
+__all__ = ["check_bits", "check_group", "row_bytes", "n_groups", "pack_codes", "unpack_codes",
+           "quantize_rtn", "rtn_params", "dequantize", "quant_matmul", "obs_factor_inplace", "obs_sweep"]
 
 
 def check_bits(bits: Any) -> int:
