@@ -918,17 +918,14 @@ def _steps_pay(job: Job, budgeted: Budgeted, target: Target, cal: Any) -> float:
     :data:`ALT_STEP`). Decided from the budgets and shapes alone (the byte model), before
     anything is built."""
     if (not ALT_STEP or cal is None or target.ratio is None or not budgeted.squeezable
-            or target.bf16 or target.value_dtype is not None or target.coding is not None
-            or target.prefer != "size"):
+            or target.bf16):
         return 0.0
     unused = total = 0.0
     for ly in budgeted.work:
         d = ly.decision
         nb = ly.budget.nbytes if ly.budget is not None else None
-        if (nb is None or ly.orig_bytes > PARALLEL_LAYER_BYTES  # (memory: see _build_layer)
-                or ly.form is not None or ly.threshold is not None
-                or d.action not in ("auto", "quant") or d.name not in cal
-                or _SIZED.intersection({**target.options, **d.options})):
+        if (nb is None or d.name not in cal
+                or not _may_step(ly, target, {**target.options, **d.options})):
             continue
         view = job.views.get(d.name)
         lay = view.layout if view is not None and not job.layout_given else job.layout
@@ -1018,14 +1015,8 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
         options["coding"] = target.coding  # quantization sizes coded streams
     error, nb = budget.pair() if budget is not None else (None, None)
     if (target.alt and stats is not None and nb is not None and error is None
-            and ly.orig_bytes <= PARALLEL_LAYER_BYTES and ly.form is None
-            and ly.threshold is None and d.action in ("auto", "quant")
-            and storage is None and target.value_dtype is None and target.coding is None
-            and target.prefer == "size" and not _SIZED.intersection(options)):
-        # its step up too (stage_layer stages it); small layers only: the step's GPTQ result
-        # and its staged copy are held beside the layer's (a 2048² layer's calibrated auto
-        # --ratio 4 peaked at 3.02x the tensor with them, over issue 15's 3x; 2.80 without)
-        options["_alt"] = target.alt
+            and storage is None and _may_step(ly, target, options)):
+        options["_alt"] = target.alt  # its step up too (stage_layer stages it)
     if stats is not None and ly.orig_bytes > PARALLEL_LAYER_BYTES:
         # no low-rank skip for large layers: the floor's sketch, held beside the best
         # candidate, took a 2048² layer's calibrated auto --ratio 4 resident peak from 2.82x
@@ -1049,6 +1040,20 @@ def _build_layer(Wa: np.ndarray, ly: Layer, budget: Budget | None, stats: Any, t
 
 # options that set a layer's size themselves (rule_budget): no step up for those
 _SIZED = frozenset(("error", "ratio", "rank", "sparsity", "pattern", "n_nonzero", "bits"))
+
+
+def _may_step(ly: Layer, target: Target, options: Mapping[str, Any]) -> bool:
+    """Whether a ratio search's first try may build this layer's step up (``Staged.alt``),
+    the one test :func:`_steps_pay` (before anything is built) and :func:`_build_layer` (as
+    it builds) both apply: auto or quant, sized by the search alone (no form, threshold or
+    size option of its own), plain values (no value dtype or coding) at ``prefer="size"``,
+    and small: the step's GPTQ result and its staged copy are held beside the layer's (a
+    2048² layer's calibrated auto --ratio 4 peaked at 3.02x the tensor with them, over issue
+    15's 3x; 2.80 without)."""
+    return (ly.orig_bytes <= PARALLEL_LAYER_BYTES and ly.form is None and ly.threshold is None
+            and ly.decision.action in ("auto", "quant") and target.value_dtype is None
+            and target.coding is None and target.prefer == "size"
+            and not _SIZED.intersection(options))
 
 # the first try of a ratio search also builds calibrated quantized layers at at least this many
 # times their byte budget (their step up: the next precisions, which a budget between two of
