@@ -38,10 +38,11 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
 // The same pursuit without the full Gram matrix, for few signals (N·kmax small against n):
 // all signals advance in lockstep, one atom per round, and the Gram columns of the atoms
 // chosen in a round that are not yet known come from one gemm, DᵀD[:, new]. Same outputs.
+// sqnorms: ‖d_j‖² (n values, rows summed in order), or nullptr to compute them here.
 template <class T>
 void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* C,
               const T* ynorm2, std::int64_t kmax, double tol, std::int64_t* supp, T* coef,
-              std::int64_t* count, T* resid2, int n_threads);
+              std::int64_t* count, T* resid2, int n_threads, const T* sqnorms = nullptr);
 
 // Options of a batch encode.
 struct OmpParams {
