@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "weightpress/errors.hpp"
+
 namespace wp {
 
 // G(n×n, row-major = column-major, symmetric) = DᵀD. One BLAS syrk, then a mirror copy.
@@ -57,10 +59,8 @@ struct OmpParams {
   bool check_finite = false;
 };
 
-// Thrown by omp_encode when OmpParams::check_finite finds a non-finite correlation.
-struct NonFinite : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+// omp_encode throws NonFinite (weightpress/errors.hpp) when OmpParams::check_finite finds a
+// non-finite correlation.
 
 // The whole batch for the columns of Y (row-major m×N, row stride ldy): signals in chunks,
 // each chunk's correlations DᵀY_chunk by one gemm, then the pursuit with the Gram matrix G
