@@ -148,9 +148,9 @@ def ordered(client: Any, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]
             if yielded not in got:
                 distributed.wait(list(futs.values()), return_when="FIRST_COMPLETED")
             # every finished result is fetched now, not at its turn: a worker that finished
-            # a layer ahead of an earlier one held it (a quarter of a 64 MiB layer at --ratio
-            # 4, each) beside the next layer's build (issue 13: workers at 2.97x the largest
-            # tensor); held here instead, until the container writer takes it
+            # a layer ahead of an earlier one would hold it (a quarter of a 64 MiB layer at
+            # --ratio 4) beside its next build; it waits here instead, for the writer (the
+            # workers' peaks are then their builds' alone)
             new = sorted(i for i, f in futs.items() if f.done())
             if new and progress is not None:
                 progress(len(got) + yielded + len(new), n, f"{what}{names[new[-1]]}")
