@@ -12,6 +12,7 @@ optional (``pip install weightpress[dask]``).
 
 from __future__ import annotations
 
+import copy
 import os
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,14 +35,19 @@ def local_client(n_workers: int) -> Any:
     distributed = require("distributed", "--workers / client= (Dask)")
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
         raise ValueError(f"workers: expected a positive integer, got {n_workers!r}")
-    dask = require("dask", "--workers / client= (Dask)")
     # Dask's statistical profiler samples each worker's stacks every 10 ms and keeps a second
     # of them for each of its last 1000 seconds, growing through a long run; a compression
-    # run needs neither. A cluster started here runs without it (a user's own cluster keeps
-    # its settings).
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
-        cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
-                                           processes=True, dashboard_address=":0")
+    # run needs neither. A cluster started here runs without it, and so does a worker its
+    # nanny restarts: the nanny is given its own copy of the "distributed" settings (it
+    # merges them over the caller's one level deep, and a dask.config.set() around the
+    # cluster's start is undone in the very dicts it shares). A user's own cluster keeps its
+    # settings.
+    dask = require("dask", "--workers / client= (Dask)")
+    dist_cfg = copy.deepcopy(dask.config.config.get("distributed", {}))
+    dist_cfg.setdefault("worker", {}).setdefault("profile", {})["enabled"] = False
+    cluster = distributed.LocalCluster(
+        n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+        config={"distributed": dist_cfg})
     # results straight from the workers (on this machine, always reachable): through the
     # scheduler, which a LocalCluster runs in this process, each layer's bytes were held here
     # twice, in the scheduler's copy and the client's (issue 13: the client's peak)
