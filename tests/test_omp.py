@@ -247,7 +247,11 @@ def test_property_least_squares_on_support(data):
     n = data.draw(st.integers(1, 20))
     N = data.draw(st.integers(1, 4))
     el = st.floats(-10, 10, width=32)
-    D = data.draw(hnp.arrays(dt, (m, n), elements=el))
+    # (float32 atoms whose squared norms fall below float32's normal range, entries under
+    # ~1e-19, are solved with subnormal precision: a 9.4e-23 atom's coefficient erred 5 %, on
+    # the code before and after issue 14's OMP changes alike; outside what float32 promises)
+    D = data.draw(hnp.arrays(dt, (m, n), elements=el if dt == np.float64
+                             else el.filter(lambda v: v == 0 or abs(v) >= 1e-15)))
     Y = data.draw(hnp.arrays(dt, (m, N), elements=el))
     if data.draw(st.booleans()):
         D, Y = np.asfortranarray(D), np.asfortranarray(Y)
