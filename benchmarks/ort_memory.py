@@ -20,7 +20,8 @@ each: the graph's initializer bytes (by the op that reads them), and the same se
 pre-packed copies cost) and without the arena. The floor (a one-node Identity session) is
 split the same way: what any model pays.
 
-``python benchmarks/ort_memory.py`` (env as bench_export; default ``bert`` int8).
+``python benchmarks/ort_memory.py`` (env as bench_export; default ``bert`` int8;
+``WP_ORT_MEMORY_OPTS``: the option sets, ``;``-separated, ``""`` the defaults).
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ def initializers(path: pathlib.Path) -> dict[str, float]:
     return {k: v / 2**20 for k, v in out.most_common()}
 
 
+# the option sets each model is loaded with (diagnostic; "" = onnxruntime's defaults), ";"-separated
+OPTS = os.environ.get("WP_ORT_MEMORY_OPTS", ";session.disable_prepacking=1;arena=0").split(";")
+
+
 def _fmt(d: dict) -> str:
     return " ".join(f"{k}={v:.2f}" for k, v in sorted(d.items()) if abs(v) >= 0.005)
 
@@ -138,7 +143,7 @@ def main() -> None:
                 p = fs["ort"]
                 print(f"\n{name} {v}: file {fs['ort_bytes'] / 2**20:.2f} MB")
                 print("  initializers MB: " + ", ".join(f"{k} {x:.2f}" for k, x in initializers(p).items()))
-                for opts in ("", "session.disable_prepacking=1", "arena=0"):
+                for opts in OPTS:
                     r = _measure(p, name, opts)
                     print(f"  [{opts or 'default options'}] peak {r['peak']:.2f} MB; "
                           f"after load {_fmt(r['load'])}; after run {_fmt(r['run'])}")
