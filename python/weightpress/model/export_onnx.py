@@ -984,7 +984,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                 like: str | os.PathLike[str] | None = None, *, compute: str = "fast",
                 block_size: int | None = None, external_data: bool = False,
                 conv_quant: str = "auto", lstm_quant: str = "auto", group_quant: str = "auto",
-                check: bool = True,
+                check: bool = True, never_slower: bool = True,
                 inputs: Mapping[str, np.ndarray] | None = None) -> "ExportRows":
     """Write ``output``: the ONNX model ``like`` with the container's tensors, compressed layers
     running compressed (see the module docstring).
@@ -1039,6 +1039,12 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         error first, until the outputs are within it (all of them, if need be:
         ``compute="exact"`` is the container's computation to float rounding). The rows say
         which, and why.
+    never_slower : bool
+        Time the export against the dense model (``like``) in onnxruntime, batch 1, 1 thread;
+        where it is slower (small layers: quantizing the activations at each call costs more
+        than the integer product saves), make the compressed tensors dense, the smallest
+        first (1, 2, 4, … of them), until it is no slower, or all of them are (the dense
+        graph). The rows say which. Default True; False keeps every rewrite as chosen.
     inputs : mapping, optional
         Sample inputs for ``check`` (input name -> array, e.g. calibration inputs); default:
         made from the graph's declared inputs (:func:`~weightpress.model.export_check.sample_feed`,
@@ -1088,7 +1094,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                                block_size=block_size, external_data=external_data,
                                conv_quant=conv_quant, lstm_quant=lstm_quant,
                                group_quant=group_quant, check=check,
-                               inputs=inputs)
+                               never_slower=never_slower, inputs=inputs)
     modes = {"conv_quant": conv_quant, "lstm_quant": lstm_quant, "group_quant": group_quant}
     notes: dict[str, str] = {}
     spent: dict[str, str] = {}
@@ -1121,6 +1127,9 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     measured: tuple[float, float] | None = None
     if check:
         levels, measured = _check_outputs(c, output, like, compute, block_size, modes, inputs, pick)
+    if never_slower:
+        levels |= _never_slower(c, output, like, compute, block_size, modes,
+                                {k: v[0] for k, v in levels.items()}, pick)
     rows = ExportRows(_export(c, output, like, compute, block_size, external_data,
                               levels={k: v[0] for k, v in levels.items()}, pick=pick, **modes))
     for r in rows:
@@ -1199,7 +1208,9 @@ def _export(c: Container, output: str | os.PathLike[str], like: str | os.PathLik
         wdt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
         dense_b = int(np.prod(dims)) * wdt.itemsize
         why = _DENSE_WHY.get(form, "dense")
-        if form in ("lowrank", "quant", "lowrank-int8"):
+        if levels.get(name) == "dense":
+            why = "dense: never_slower"   # (the caller's note replaces it)
+        elif form in ("lowrank", "quant", "lowrank-int8"):
             u = uses.get(name, [])
             if name not in inits or name in in_sub or name in graph_out or wdt.kind != "f":
                 why = "dense: not a plain initializer of the main graph"
@@ -1476,6 +1487,54 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
             notes[k] = (f"kept: measured no slower in onnxruntime than {off} (model at batch 1, "
                         f"1 thread: {t[k] * 1e3:.3g} ms vs {t['base'] * 1e3:.3g} ms)")
     return notes
+
+
+def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
+                  compute: str, block_size: int | None, modes: Mapping[str, str],
+                  levels: Mapping[str, str],
+                  pick: tuple[dict[str, str], dict[str, str]] | None) -> dict[str, tuple[str, str]]:
+    """The export as chosen, timed against the dense model (``like``: the same graph, dense
+    weights) in onnxruntime at batch 1, 1 thread, best of 5 interleaved rounds of 9 calls.
+    No slower: ``{}``. Slower (small layers, where quantizing the activations at each call
+    costs more than the integer product saves): the compressed tensors are made dense, the
+    smallest (dense bytes) first, 1, 2, 4, … of them, each set timed again, until the model is
+    no slower than dense, or every one is dense (the dense graph). Returns ``{tensor:
+    ("dense", why)}`` for those made dense."""
+    require("onnxruntime", "timing the export against the dense model (never_slower)")
+    d = os.path.dirname(os.path.abspath(output))
+    out: dict[str, tuple[str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix=".wp-speed-", dir=d) as tmp:
+        p = os.path.join(tmp, "x.onnx")
+        rows = _export(c, p, like, compute, block_size, True, levels=levels, pick=pick, **modes)
+        order = sorted((r for r in rows if r.compressed), key=lambda r: (r.dense_nbytes, r.name))
+        if not order:
+            return out
+        dense = session(os.fspath(like))
+        feed = sample_feed(dense, 1, _load_proto(os.fspath(like), external=False).graph)
+        k = 0
+        while True:
+            s_ = session(p)
+            t = {"dense": float("inf"), "export": float("inf")}
+            for _ in range(5):
+                t["dense"] = min(t["dense"], best_time(lambda: dense.run(None, feed), 9))
+                t["export"] = min(t["export"], best_time(lambda: s_.run(None, feed), 9))
+            del s_
+            if k == 0:
+                first = dict(t)
+            if t["export"] <= t["dense"]:
+                break
+            k = min(max(1, 2 * k), len(order))
+            why = (f"dense: the model measured slower than dense in onnxruntime with its "
+                   f"{'smallest ' if k < len(order) else ''}compressed layers (batch 1, 1 thread: "
+                   f"{first['export'] * 1e3:.3g} ms vs {first['dense'] * 1e3:.3g} ms); "
+                   f"never_slower=False keeps them")
+            out = {r.name: ("dense", why) for r in order[:k]}
+            if k == len(order):   # every compressed tensor dense: the dense model's graph
+                break
+            _export(c, p, like, compute, block_size, True,
+                    levels=dict(levels) | {w: v[0] for w, v in out.items()}, pick=pick, **modes)
+        del dense
+    return out
 
 
 def _probes(graph: Any, names: list[str]) -> dict[str, list[tuple[str, str]]]:
