@@ -923,11 +923,13 @@ def test_sample_inputs_index_the_embedding(tmp_path):
     assert (feed["attention_mask"] == 1).all()
 
 
-@pytest.mark.parametrize("dense_time,want_dense", [(2.0, 0), (1.15, 2), (0.5, 3)])
+@pytest.mark.parametrize("dense_time,want_dense,bits", [(2.0, 0, 8), (1.15, 2, 8), (0.5, 3, 8),
+                                                         (0.5, 0, 4)])
 def test_never_slower_makes_the_smallest_layers_dense_until_no_slower(tmp_path, monkeypatch,
-                                                                      dense_time, want_dense):
+                                                                      dense_time, want_dense, bits):
     """never_slower (default): the export is timed against the dense model; while slower, its
-    smallest compressed layers (1, 2, 4, ...) stay dense, down to the dense graph itself. The
+    smallest compressed layers (1, 2, 4, ...) stay dense, down to the dense graph itself; packed
+    int4 layers stay (an int4 file whatever the timing). The
     timing is made up here (each integer product costs 0.1 over a base of 1.0) so that the
     choice, not the machine, is tested; the notes say why."""
     import weightpress.model.export_onnx as eo
@@ -938,14 +940,15 @@ def test_never_slower_makes_the_smallest_layers_dense_until_no_slower(tmp_path, 
         torch.onnx.export(m, (torch.randn(1, 64),), str(like), dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "b"}})
     wpz = tmp_path / "q.wpz"
-    compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=256)
+    opts = {"bits": 8} if bits == 8 else {"bits": 4, "group": 32}   # int4: MatMulNBits, kept
+    compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=256)
     cost = {"now": 0.0}
 
     class Fake:
         def __init__(self, path):
             g = onnx.load(path, load_external_data=False).graph
             self.t = dense_time if path == str(like) else 1.0 + 0.1 * sum(
-                n.op_type == "DynamicQuantizeMatMul" for n in g.node)
+                n.op_type in ("DynamicQuantizeMatMul", "MatMulNBits") for n in g.node)
 
         def run(self, *a):
             cost["now"] = self.t
@@ -966,9 +969,9 @@ def test_never_slower_makes_the_smallest_layers_dense_until_no_slower(tmp_path, 
         assert "measured slower than dense" in r.note and "1.3 s" not in r.note
         assert "1.3e+03 ms vs" in r.note   # the first timing: all three compressed
     for r in by_size[want_dense:]:
-        assert r.how.startswith("DynamicQuantizeMatMul")
+        assert r.how.startswith("DynamicQuantizeMatMul" if bits == 8 else "MatMulNBits 4-bit")
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
-    assert ("DynamicQuantizeMatMul" in ops) == (want_dense < 3)
+    assert ("DynamicQuantizeMatMul" in ops or "MatMulNBits" in ops) == (want_dense < 3)
     x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
     with Container(wpz) as c:   # whatever it chose, the outputs are the container's
         save_model(tmp_path / "d.onnx", c, like=like)

@@ -1061,7 +1061,8 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         where it is slower (small layers: quantizing the activations at each call costs more
         than the integer product saves), make the compressed tensors dense, the smallest
         first (1, 2, 4, … of them), until it is no slower, or all of them are (the dense
-        graph). The rows say which. Default True; False keeps every rewrite as chosen.
+        graph; packed 2–4-bit layers and quantized embedding tables are never given back).
+        The rows say which. Default True; False keeps every rewrite as chosen.
     inputs : mapping, optional
         Sample inputs for ``check`` (input name -> array, e.g. calibration inputs); default:
         made from the graph's declared inputs (:func:`~weightpress.model.export_check.sample_feed`,
@@ -1506,6 +1507,9 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
     return notes
 
 
+_KEEP_HOW = ("MatMulNBits", "GatherBlockQuantized")   # what never_slower does not make dense
+
+
 def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
                   compute: str, block_size: int | None, modes: Mapping[str, str],
                   levels: Mapping[str, str],
@@ -1515,15 +1519,20 @@ def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.P
     No slower: ``{}``. Slower (small layers, where quantizing the activations at each call
     costs more than the integer product saves): the compressed tensors are made dense, the
     smallest (dense bytes) first, 1, 2, 4, … of them, each set timed again, until the model is
-    no slower than dense, or every one is dense (the dense graph). Returns ``{tensor:
-    ("dense", why)}`` for those made dense."""
+    no slower than dense, or every one is dense. Packed 2–4-bit layers (MatMulNBits) and
+    quantized embedding tables are kept: a user asking for int4 gets an int4 file whatever
+    the timing says. Returns ``{tensor: ("dense", why)}`` for those made dense."""
     require("onnxruntime", "timing the export against the dense model (never_slower)")
     d = os.path.dirname(os.path.abspath(output))
     out: dict[str, tuple[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix=".wp-speed-", dir=d) as tmp:
         p = os.path.join(tmp, "x.onnx")
         rows = _export(c, p, like, compute, block_size, True, levels=levels, pick=pick, **modes)
-        order = sorted((r for r in rows if r.compressed), key=lambda r: (r.dense_nbytes, r.name))
+        # MatMulNBits (codes of 2-4 bits: their size is what was asked for, as group_quant
+        # keeps them packed) and quantized tables (a Gather's few rows cost next to nothing)
+        # are not given back
+        order = sorted((r for r in rows if r.compressed and not r.how.startswith(_KEEP_HOW)),
+                       key=lambda r: (r.dense_nbytes, r.name))
         if not order:
             return out
         dense = session(os.fspath(like))
@@ -1546,7 +1555,7 @@ def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.P
                    f"{first['export'] * 1e3:.3g} ms vs {first['dense'] * 1e3:.3g} ms); "
                    f"never_slower=False keeps them")
             out = {r.name: ("dense", why) for r in order[:k]}
-            if k == len(order):   # every compressed tensor dense: the dense model's graph
+            if k == len(order):   # every one it may give back is dense
                 break
             _export(c, p, like, compute, block_size, True,
                     levels=dict(levels) | {w: v[0] for w, v in out.items()}, pick=pick, **modes)
