@@ -25,7 +25,9 @@ meta device (so the dense weights are never allocated for the compressed variant
 
 onnxruntime's latency (``ORT b1``, ``ORT b32``) comes from one process per architecture that
 holds the dense and every exported session and times them in interleaved rounds
-(:func:`time_child`: best of ``reps`` calls each, the machine's load reaching all alike).
+(:func:`time_child`: best of ``reps`` calls each, the machine's load reaching all alike),
+the dense model loaded twice: its row shows the second session against the first
+(``again 1.02x``), how far apart the same graph reads, the noise of every ratio beside it.
 Every other figure comes from its own process (fresh interpreter per model and runtime):
 PyTorch's latency (best of ``reps`` calls), file size, and resident memory with the model
 loaded and run at batch 1 (batch 32's activations are left out), in three columns for
@@ -347,7 +349,7 @@ def time_child(name: str, paths: list[str], threads: int, reps: int) -> dict:
     feeds = _prelude(name)
     sess = [ort.InferenceSession(p, _session_options(threads), providers=["CPUExecutionProvider"])
             for p in paths]
-    out: dict = {p: {} for p in paths}
+    out: list[dict] = [{} for _ in paths]
     for b in (1, 32):
         runs = [(lambda s, f: (lambda: s.run(None, f)))(s, dict(zip([i.name for i in s.get_inputs()], feeds[b])))
                 for s in sess]
@@ -358,9 +360,9 @@ def time_child(name: str, paths: list[str], threads: int, reps: int) -> dict:
             order = range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))
             for i in order:
                 best[i] = min(best[i], _best_time(runs[i], calls))
-        for p, t in zip(paths, best):
-            out[p][f"b{b}"] = t
-    return out
+        for o, t in zip(out, best):
+            o[f"b{b}"] = t
+    return {"times": out}
 
 
 def floor_child(path: str, threads: int) -> dict:
@@ -525,9 +527,12 @@ def run(quick: bool = False) -> None:
                         res[v][rt] = dict.fromkeys(("b1", "b32", "peak_mb", "rss_mb"), float("nan"))
             ok = [v for v in files if res[v]["ort"]["b1"] == res[v]["ort"]["b1"]]
             try:   # ORT latency side by side (the per-process times are the memory runs')
-                times = _times(name, [files[v]["ort"] for v in ok], threads, reps)
-                for v in ok:
-                    res[v]["ort"].update(times[str(files[v]["ort"])])
+                # the dense model twice: what the same graph reads apart (the noise)
+                times = _times(name, [files[v]["ort"] for v in ok] + [files["dense"]["ort"]],
+                               threads, reps)["times"]
+                for v, tv in zip(ok, times):
+                    res[v]["ort"].update(tv)
+                res["dense"]["ort"]["again"] = times[-1]
             except RuntimeError as e:
                 print(f"{name}: side-by-side times not run ({e}): per-process times shown",
                       file=sys.stderr)
@@ -538,6 +543,8 @@ def run(quick: bool = False) -> None:
 
                 def cell(rt, key, scale=1.0):
                     val, ref = r[rt][key] * scale, d[rt][key] * scale
+                    if v == "dense" and key in r[rt].get("again", {}):   # the same graph again
+                        return f"{val:.3g} (again {r[rt]['again'][key] * scale / val:.2f}x)"
                     return f"{val:.3g}" if v == "dense" or ref <= 0 else f"{val:.3g} ({val / ref:.2f}x)"
 
                 def mb(rt):
