@@ -1,5 +1,6 @@
-// Integer quantization kernels: pack/unpack, round-to-nearest, dequantize, and the product
-// with a packed matrix (dequantized in registers). See quant.hpp for the storage format.
+// Integer quantization kernels: pack/unpack, dequantize, and the product with a packed matrix
+// (dequantized in registers); round-to-nearest is in quant_rtn.cpp. See quant.hpp for the
+// storage format.
 #include "weightpress/quant.hpp"
 
 #include <algorithm>
@@ -118,37 +119,6 @@ void quant_unpack(std::int64_t rows, std::int64_t cols, int bits, const std::uin
   const int nt = threads_for(rows * cols, n_threads, kGrainIndexScan);  // a byte scan
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
   for (std::int64_t r = 0; r < rows; ++r) unpack_row(packed + r * rb, codes + r * cols, cols, bits, rb);
-}
-
-template <class T>
-void quant_rtn(std::int64_t rows, std::int64_t cols, const T* __restrict W, const QuantSpec& spec,
-               std::uint8_t* __restrict codes, std::uint16_t* __restrict scales,
-               std::uint8_t* __restrict zeros, int n_threads) {
-  quant_check_spec(spec, "quantize");
-  const std::int64_t g = quant_group(cols, spec.group), ng = quant_n_groups(cols, spec.group);
-  const int maxq = (1 << spec.bits) - 1;
-  FirstError err;
-  const int nt = threads_for(rows * cols, n_threads, kGrainElementwise);
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
-  for (std::int64_t r = 0; r < rows; ++r) {
-    err.run([&] {
-      for (std::int64_t gi = 0; gi < ng; ++gi) {
-        const std::int64_t c0 = gi * g, c1 = std::min(c0 + g, cols);
-        const T* w = W + r * cols;
-        for (std::int64_t j = c0; j < c1; ++j)
-          if (!std::isfinite(w[j]))
-            throw ShapeError("quantize: W[" + std::to_string(r) + ", " + std::to_string(j) +
-                             "] is not finite");
-        const GroupParams p = quant_params_spec(w + c0, c1 - c0, spec);
-        scales[r * ng + gi] = p.half;
-        if (!spec.symmetric) zeros[r * ng + gi] = static_cast<std::uint8_t>(p.zero);
-        if (codes != nullptr)  // (null: the parameters only, GPTQ's static groups)
-          for (std::int64_t j = c0; j < c1; ++j)
-            codes[r * cols + j] = static_cast<std::uint8_t>(quant_code(w[j], p, maxq));
-      }
-    });
-  }
-  err.rethrow();
 }
 
 template <class T>
@@ -335,8 +305,6 @@ void quant_matmul(std::int64_t rows, std::int64_t cols, const std::uint8_t* __re
 }
 
 #define WP_QUANT_INST(T)                                                                        \
-  template void quant_rtn<T>(std::int64_t, std::int64_t, const T*, const QuantSpec&,             \
-                             std::uint8_t*, std::uint16_t*, std::uint8_t*, int);                 \
   template void quant_dequantize<T>(std::int64_t, std::int64_t, const std::uint8_t*,             \
                                     const std::uint16_t*, const std::uint8_t*, const QuantSpec&, \
                                     T*, int);                                                     \

@@ -106,6 +106,7 @@ import hashlib, numpy as np
 from weightpress.compression.calibration import CalibrationStats
 from weightpress.compression.quant import gptq
 from weightpress.compression.data_aware import prune_obs
+from weightpress.linalg.quant import quantize_rtn
 rng = np.random.default_rng(7)
 h = hashlib.sha256()
 for o, i in ((37, 96), (16, 64), (1, 8), (33, 160)):  # rows around the 16-row tiles
@@ -118,14 +119,20 @@ for o, i in ((37, 96), (16, 64), (1, 8), (33, 160)):  # rows around the 16-row t
         h.update(gptq(W, st, 4, 32, sparsity=0.5, act_order=False).toarray().tobytes())
         for kw in (dict(sparsity=0.6, block=16), dict(pattern="2:4")):
             h.update(prune_obs(W, st, **kw).toarray().tobytes())
+        # the clipping search (quant_rtn.cpp's copies; GPTQ's static groups take its scales)
+        h.update(gptq(W, st, 3, 32, symmetric=False, act_order=True, mse=True).toarray().tobytes())
+        for bits, group, sym in ((4, 0, True), (3, 7, False), (8, 32, False)):
+            for part in quantize_rtn(np.ascontiguousarray(W * 3), bits, group, sym, mse=True):
+                h.update(b"" if part is None else part.tobytes())
 print(h.hexdigest())
 """
 
 
 def test_obs_sweep_same_weights_on_every_isa_level_and_thread_count():
-    # The sweep's AVX-512, AVX2 and baseline copies (16-row tiles, vectorized across rows) are
-    # compiled without FP contraction: the same weights to the bit on every level, with any
-    # number of threads, tiles with dead lanes included (37, 1, 33 rows)
+    # The sweep's AVX-512, AVX2 and baseline copies (16-row tiles, vectorized across rows) and
+    # round-to-nearest's clipping search are compiled without FP contraction: the same weights
+    # to the bit on every level, with any number of threads, tiles with dead lanes included
+    # (37, 1, 33 rows)
     import os
     import subprocess
     import sys

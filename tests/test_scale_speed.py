@@ -277,7 +277,7 @@ def test_layers_side_by_side_write_the_same_file(model, tmp_path, kw, monkeypatc
 
     used = []
     real = C.ordered_map
-    monkeypatch.setattr(C, "ordered_map", lambda *a: used.append(a[2]) or real(*a))
+    monkeypatch.setattr(C, "ordered_map", lambda *a, **k: used.append(a[2]) or real(*a, **k))
 
     mp, cp = model
     kw = {"method": "quant", **kw}
@@ -342,6 +342,76 @@ def test_ordered_map_starts_at_most_ahead_items_past_the_workers(ahead):
     assert worst[0] <= 2 + ahead + 1
     assert ahead_for(1) == MAX_AHEAD and ahead_for(AHEAD_BYTES // 3) == 3
     assert ahead_for(2 * AHEAD_BYTES) == 0
+
+
+def test_ordered_map_does_not_count_free_items_against_ahead():
+    """Items of cost 0 (layers kept as they are) hold nothing: behind a slow item, the window
+    of ``workers + ahead`` counts only the others."""
+    import threading
+    import time
+
+    from weightpress.model.local_pool import ordered_map
+
+    lock = threading.Lock()
+    started: list[int] = []
+
+    def f(i):
+        with lock:
+            started.append(i)
+        if i == 0:
+            time.sleep(0.3)
+        return i
+
+    out = []
+    for v in ordered_map(f, range(12), 2, 0, cost=lambda i: float(i % 2 == 0)):
+        if v == 0:
+            with lock:
+                assert sorted(started) == [0, 1, 2, 3, 4]  # 3 counted (0, 2, 4), 2 free
+        out.append(v)
+    assert out == list(range(12))
+
+
+def test_ordered_map_starts_the_longest_of_the_last_items_first():
+    """With costs, the items left once the last one is in flight start longest first (no
+    long item last beside an idle worker); before that, in order (the caller waits on the
+    earliest). Results in order, an error at its item's turn."""
+    import threading
+    import time
+
+    from weightpress.model.local_pool import ordered_map
+
+    lock = threading.Lock()
+    started: list[int] = []
+    gate = threading.Event()
+
+    def f(i):
+        with lock:
+            started.append(i)
+        if i == 0:
+            gate.wait(5)  # holds one worker until every other item is done
+        if i == 1:
+            time.sleep(0.1)  # (every item is in flight by its end)
+        return i * 10
+
+    cost = {i: (100.0 if i == 7 else float(i % 3)) for i in range(9)}
+    threading.Timer(0.4, gate.set).start()
+    assert list(ordered_map(f, range(9), 2, 8, cost=cost.__getitem__)) == [i * 10 for i in range(9)]
+    # 0 and 1 in order, then the rest longest first (ties in order)
+    assert set(started[:2]) == {0, 1} and started[2:] == [7, 2, 5, 8, 4, 3, 6], started
+    started.clear()  # without costs: in order
+    assert list(ordered_map(f, range(9), 2, 8)) == [i * 10 for i in range(9)]
+    assert set(started[:2]) == {0, 1} and started[2:] == list(range(2, 9)), started
+
+    def g(i):
+        if i == 3:
+            raise ValueError("three")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="three"):
+        for v in ordered_map(g, range(6), 2, 1, cost=lambda i: float(i)):
+            got.append(v)
+    assert got == [0, 1, 2]
 
 
 def test_the_scratch_store_is_not_fsyncd_a_journal_is(model, tmp_path, monkeypatch):

@@ -99,22 +99,58 @@ struct GroupParams {
 
 // Parameters for the values w[0 .. n) (min/max rule above). Throws ShapeError if the scale
 // overflows float16 (|w| beyond about 65504 · (2^(bits-1) - 1)).
+struct GroupRange {
+  double lo, hi, amax;  // min(0, w), max(0, w), max |w| (NaN skipped)
+};
+
+// The range of w[0 .. n), in 32-byte vectors of T (GCC's vector extension: the compares become
+// vector compares and blends on every level, which the scalar ternaries do not without
+// -ffinite-math-only; that scalar chain was a third of the clipping search's time). Exact:
+// minima and maxima round nothing, so the lanes' order does not matter, and T holds each value
+// exactly as double does.
+template <class T>
+WP_INLINE GroupRange group_range(const T* w, std::int64_t n) {
+  constexpr int L = 16 / sizeof(T);
+  typedef T V __attribute__((vector_size(16)));
+  V lo = {}, hi = {}, am = {};
+  const V zero = {};
+  std::int64_t j = 0;
+  for (; j + L <= n; j += L) {
+    V v;
+    std::memcpy(&v, w + j, sizeof v);
+    const V a = v < zero ? -v : v;
+    lo = v < lo ? v : lo;  // (NaN compares false: skipped, as by min_num/max_num)
+    hi = v > hi ? v : hi;
+    am = a > am ? a : am;
+  }
+  GroupRange r{0.0, 0.0, 0.0};
+  for (int i = 0; i < L; ++i) {
+    r.lo = min_num(r.lo, static_cast<double>(lo[i]));
+    r.hi = max_num(r.hi, static_cast<double>(hi[i]));
+    r.amax = max_num(r.amax, static_cast<double>(am[i]));
+  }
+  for (; j < n; ++j) {
+    const double v = static_cast<double>(w[j]);
+    r.lo = min_num(r.lo, v);
+    r.hi = max_num(r.hi, v);
+    r.amax = max_num(r.amax, std::fabs(v));
+  }
+  return r;
+}
+
+// Parameters of a group whose range is r.
+inline GroupParams quant_params_of(const GroupRange& r, int bits, bool symmetric);
+
 template <class T>
 inline GroupParams quant_params(const T* w, std::int64_t n, int bits, bool symmetric) {
+  return quant_params_of(group_range(w, n), bits, symmetric);
+}
+
+inline GroupParams quant_params_of(const GroupRange& r, int bits, bool symmetric) {
   const int maxq = (1 << bits) - 1;
-  double s;
-  double lo = 0, hi = 0;
-  if (symmetric) {
-    double amax = 0;
-    for (std::int64_t j = 0; j < n; ++j) amax = max_num(amax, std::fabs(static_cast<double>(w[j])));
-    s = amax / static_cast<double>((1 << (bits - 1)) - 1);
-  } else {
-    for (std::int64_t j = 0; j < n; ++j) {
-      lo = min_num(lo, static_cast<double>(w[j]));
-      hi = max_num(hi, static_cast<double>(w[j]));
-    }
-    s = (hi - lo) / maxq;
-  }
+  const double lo = r.lo;
+  const double s = symmetric ? r.amax / static_cast<double>((1 << (bits - 1)) - 1)
+                             : (r.hi - r.lo) / maxq;
   GroupParams p;
   p.half = float_to_half(static_cast<float>(s));
   // The scale is rounded UP to float16: rounded down, it spans the range in more steps than the
@@ -157,21 +193,17 @@ inline int quant_code(T w, const GroupParams& p, int maxq) {
 template <class T>
 WP_INLINE GroupParams quant_params_mse(const T* w, std::int64_t n, int bits, bool symmetric) {
   const float maxq = static_cast<float>((1 << bits) - 1);
-  double lo = 0, hi = 0, amax = 0;
-  for (std::int64_t j = 0; j < n; ++j) {
-    const double v = static_cast<double>(w[j]);
-    lo = min_num(lo, v);
-    hi = max_num(hi, v);
-    amax = max_num(amax, std::fabs(v));
-  }
+  const GroupRange range = group_range(w, n);
   GroupParams best{};
   double best_err = -1;
   for (int k = 0; k <= 10; ++k) {
     const double shrink = 1.0 - 0.05 * k;
-    T span[2];  // the shrunk range, as two points
-    span[0] = static_cast<T>(symmetric ? amax * shrink : lo * shrink);
-    span[1] = static_cast<T>(symmetric ? 0.0 : hi * shrink);
-    const GroupParams p = quant_params(span, 2, bits, symmetric);
+    // the shrunk range, as the two points it was taken from (rounded to T, then back)
+    const double a = static_cast<double>(static_cast<T>(symmetric ? range.amax * shrink : range.lo * shrink));
+    const double b = static_cast<double>(static_cast<T>(symmetric ? 0.0 : range.hi * shrink));
+    const GroupParams p = quant_params_of(
+        GroupRange{min_num(0.0, min_num(a, b)), max_num(0.0, max_num(a, b)),
+                   max_num(std::fabs(a), std::fabs(b))}, bits, symmetric);
     if (!(p.scale > 0)) return p;  // all zero: nothing to search
     // squared rounding error, in float with branch-free clamping and magic-number rounding
     // (to nearest even, like nearbyint, for |t| < 2^22), so the loop vectorizes

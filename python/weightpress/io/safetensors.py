@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .._pages import release_rows
 from ._base import FormatError, TensorInfo, TensorSource, atomic_write, check_shape
 from ._dtypes import F8_TABLES, bf16_bits_to_float32, float32_to_bf16_bits
 
@@ -295,3 +296,8 @@ def _write_array(f: Any, a: np.ndarray, stored: str, chunk: int = 1 << 24) -> No
         else:
             part = part.astype(DTYPES[stored], copy=False)
         f.write(memoryview(np.ascontiguousarray(part)).cast("B"))
+        del part
+        if contiguous:  # a file-mapped array's pages, once written (a container's scratch
+            release_rows(flat, i, i + step)  # files: all its layers resident, issue 13)
+    if not contiguous:
+        release_rows(a)

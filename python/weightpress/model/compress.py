@@ -722,7 +722,21 @@ def _local_stages(source: TensorSource, tasks: Mapping[int, Any], todo: list[int
             yield i
 
     yield from ordered_map(one, announced(), workers,
-                           ahead_for(max(tasks[i][0].orig_bytes for i in todo)))
+                           ahead_for(max(tasks[i][0].orig_bytes for i in todo)),
+                           cost=lambda i: _layer_cost(tasks[i][0].decision, tasks[i][3],
+                                                      cal is not None
+                                                      and tasks[i][0].decision.name in cal))
+
+
+def _layer_cost(d: Decision, layout: str, calibrated: bool) -> float:
+    """A layer's build time, up to a constant, to start the longest first: its weights,
+    times its inputs where it is calibrated (the OBS/GPTQ sweeps and the products with ``H``
+    cost ``out · in²``); 0 for a layer kept as it is."""
+    if d.action == "skip" or len(d.shape) < 2:
+        return 0.0
+    n = float(np.prod(d.shape, dtype=np.float64))
+    n_in = n / float(d.shape[0]) if layout == "out_in" else float(d.shape[-1])
+    return n * (1.0 + n_in / 64.0) if calibrated else n
 
 
 def _stats(cal: CalibrationSet | None, ly: Layer) -> Any:
@@ -1198,7 +1212,9 @@ def _allocate(source: Any, work: list[Decision], orig: Mapping[str, int], budget
                 yield i
 
         run = (ordered_map(one, announced(), workers,
-                           ahead_for(max(orig[d.name] for d in work)))
+                           ahead_for(max(orig[d.name] for d in work)),
+                           cost=lambda i: _layer_cost(work[i], layout,
+                                                      cal is not None and work[i].name in cal))
                if src is not source else map(one, announced()))
         for d, cands in zip(work, run):
             curves[d.name] = cands

@@ -121,16 +121,17 @@ def ordered(client: Any, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]
             what: str = "", window: int | None = None) -> Iterator[Any]:
     """Run ``fn(*args[i])`` as tasks and yield the results in order ``i = 0, 1, ...``.
 
-    At most ``window`` tasks (default: twice the workers, plus two) are in flight or waiting to
-    be taken, so results never pile up on the workers; ``progress(done, n, name)`` is called as
-    tasks finish, in any order.
+    At most ``window`` tasks (default: twice the workers, plus two) are in flight or finished
+    and not yet taken; a finished task's result is fetched as soon as it is done (held here,
+    not on its worker, until its turn). ``progress(done, n, name)`` is called as tasks
+    finish, in any order.
     """
     distributed = require("distributed", "client= (Dask)")
     n = len(args)
     window = window or 2 * _n_workers(client) + 2
     run = uuid.uuid4().hex[:12]
     futs: dict[int, Any] = {}
-    finished: set[int] = set()
+    got: dict[int, tuple[bool, Any]] = {}  # finished ahead of their turn: (ok, result or error)
     submitted = yielded = 0
     try:
         while yielded < n:
@@ -138,19 +139,28 @@ def ordered(client: Any, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]
                 futs[submitted] = client.submit(fn, *args[submitted], pure=False, retries=RETRIES,
                                                 key=f"weightpress-{fn.__name__}-{run}-{submitted}")
                 submitted += 1
-            head = futs[yielded]
-            if not head.done():
-                distributed.wait([f for i, f in futs.items() if i not in finished],
-                                 return_when="FIRST_COMPLETED")
-            while yielded < n and yielded in futs and futs[yielded].done():
-                new = [i for i, f in futs.items() if i not in finished and f.done()]
-                finished.update(new)
-                if new and progress is not None:
-                    progress(len(finished), n, f"{what}{names[max(new)]}")
-                f = futs.pop(yielded)
-                res = f.result()  # re-raises the task's error once its retries are spent
+            if yielded not in got:
+                distributed.wait(list(futs.values()), return_when="FIRST_COMPLETED")
+            # every finished result is fetched now, not at its turn: a worker that finished
+            # a layer ahead of an earlier one held it (a quarter of a 64 MiB layer at --ratio
+            # 4, each) beside the next layer's build (issue 13: workers at 2.97x the largest
+            # tensor); held here instead, until the container writer takes it
+            new = sorted(i for i, f in futs.items() if f.done())
+            if new and progress is not None:
+                progress(len(got) + yielded + len(new), n, f"{what}{names[new[-1]]}")
+            for i in new:
+                f = futs.pop(i)
+                try:
+                    got[i] = (True, f.result())
+                except Exception as e:  # noqa: BLE001 - raised at its turn, after its retries
+                    got[i] = (False, e)
                 f.release()
+                del f
+            while yielded in got:
+                ok, res = got.pop(yielded)
                 yielded += 1
+                if not ok:
+                    raise res
                 yield res
                 del res  # (not held here while the next result is fetched)
     finally:
