@@ -18,7 +18,9 @@ groups of 128: about 7x), ``lowrank-int8`` (low rank with int8 factors, each lay
 ONNX: ``export_onnx`` with its defaults (``compute="fast"``: DynamicQuantizeMatMul for
 per-channel int8, one per group or MatMulNBits for int4 groups as timed, convs and LSTMs
 quantized only where timed no slower; its output check makes the layers that put the outputs
-beyond the container's stated error compensate their rounding), both dense
+beyond the container's stated error compensate their rounding; ``never_slower``: an export
+timed slower than dense at batch 1 gives its smallest compressed layers back dense, packed
+int4 layers and quantized tables excepted), both dense
 and exported models with their weights in a ``.data`` file beside the graph (onnxruntime maps
 it); PyTorch: ``weightpress.torch.load_into`` into the module built with its parameters on the
 meta device (so the dense weights are never allocated for the compressed variants).

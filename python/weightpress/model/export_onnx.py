@@ -1535,16 +1535,16 @@ def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.P
                        key=lambda r: (r.dense_nbytes, r.name))
         if not order:
             return out
-        dense = session(os.fspath(like))
-        feed = sample_feed(dense, 1, _load_proto(os.fspath(like), external=False).graph)
+        sess = {"dense": session(os.fspath(like))}
+        feed = sample_feed(sess["dense"], 1, _load_proto(os.fspath(like), external=False).graph)
         k = 0
         while True:
-            s_ = session(p)
+            sess["export"] = session(p)
             t = {"dense": float("inf"), "export": float("inf")}
             for _ in range(5):
-                t["dense"] = min(t["dense"], best_time(lambda: dense.run(None, feed), 9))
-                t["export"] = min(t["export"], best_time(lambda: s_.run(None, feed), 9))
-            del s_
+                for key, s_ in sess.items():
+                    t[key] = min(t[key], best_time(lambda: s_.run(None, feed), 9))
+            del sess["export"]
             if k == 0:
                 first = dict(t)
             if t["export"] <= t["dense"]:
@@ -1559,7 +1559,7 @@ def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.P
                 break
             _export(c, p, like, compute, block_size, True,
                     levels=dict(levels) | {w: v[0] for w, v in out.items()}, pick=pick, **modes)
-        del dense
+        del sess
     return out
 
 
