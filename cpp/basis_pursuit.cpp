@@ -1210,7 +1210,8 @@ void check_args(std::int64_t m, std::int64_t n, L1Mode mode, double target, std:
 
 template <class T>
 L1Info l1_homotopy_dense(std::int64_t m, std::int64_t n, const T* A, const T* y, L1Mode mode,
-                         double target, std::int64_t max_iter, T* x, int n_threads) {
+                         double target, std::int64_t max_iter, T* x, int n_threads,
+                         bool check_finite) {
   check_args<T>(m, n, mode, target, max_iter);
   DenseOp<T> op;
   op.m = m;
@@ -1218,6 +1219,17 @@ L1Info l1_homotopy_dense(std::int64_t m, std::int64_t n, const T* A, const T* y,
   op.n_threads = n_threads;
   op.a = A;
   op.ld = n;
+  std::vector<double> norms;
+  if (check_finite && m > 0 && n > 0) {
+    // One pass over A for the norms the solve needs anyway (the separate NumPy isfinite pass
+    // over A was 5% of a LASSO solve at 1024×4096, one thread).
+    norms.resize(static_cast<std::size_t>(n));
+    op.col_sumsq(norms.data());
+    double acc = 0.0;  // 0·v is 0 for finite v, NaN for NaN or Inf
+    for (double v : norms) acc += 0.0 * v;
+    if (acc != 0.0) throw NonFinite("l1: a column of A has a non-finite squared norm");
+    op.sumsq = norms.data();
+  }
   return l1_solve<T>(op, y, mode, target, max_iter, x, n_threads);
 }
 
@@ -1240,7 +1252,7 @@ L1Info l1_homotopy_csr(std::int64_t m, std::int64_t n, const I* indptr, const I*
 
 #define WP_INST(T)                                                                                \
   template L1Info l1_homotopy_dense<T>(std::int64_t, std::int64_t, const T*, const T*, L1Mode,    \
-                                       double, std::int64_t, T*, int);                            \
+                                       double, std::int64_t, T*, int, bool);                      \
   template L1Info l1_homotopy_csr<T, std::int32_t>(std::int64_t, std::int64_t,                   \
                                                    const std::int32_t*, const std::int32_t*,      \
                                                    const T*, const T*, L1Mode, double,            \

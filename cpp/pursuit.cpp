@@ -65,31 +65,51 @@ constexpr std::int64_t kSmallBlock = 8;
 // ldx). Rows of D four at a time (their four terms summed as a pair of pairs, then added to
 // out), then one at a time: a fixed summation order. Four rows per pass load and store out
 // once per four products instead of once per product: one signal at 256×1024, k = 8 makes
-// nine such passes over D.
+// nine such passes over D. With sq, also sq[j] = Σ_i D[i, j]² (rows in order, from 0): the
+// column norms in the same pass over D (a separate pass was 9% of a one-signal call).
 template <class T>
 WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
-                              const T* X, std::int64_t ldx, T* out) {
+                              const T* X, std::int64_t ldx, T* out, T* sq) {
   std::fill(out, out + b * n, T(0));
-  std::int64_t i0 = 0;
-  for (; i0 + 4 <= m; i0 += 4) {
-    const T* __restrict d0 = D + i0 * n;
-    const T* __restrict d1 = d0 + n;
-    const T* __restrict d2 = d1 + n;
-    const T* __restrict d3 = d2 + n;
-    for (std::int64_t t = 0; t < b; ++t) {
-      const T x0 = X[i0 * ldx + t], x1 = X[(i0 + 1) * ldx + t], x2 = X[(i0 + 2) * ldx + t],
-              x3 = X[(i0 + 3) * ldx + t];
-      T* __restrict o = out + t * n;
-      for (std::int64_t j = 0; j < n; ++j)
-        o[j] += (d0[j] * x0 + d1[j] * x1) + (d2[j] * x2 + d3[j] * x3);
+  if (sq) std::fill(sq, sq + n, T(0));
+  // Columns of D in chunks whose b rows of out and four rows of D stay within 32 KiB (L1):
+  // with eight signals, out (8·n) spilled to L2 on every four rows, and eight Gram columns
+  // cost as much as eight passes over D. Each entry's sum runs over the rows in the same
+  // order for any chunk width.
+  const std::int64_t J = std::max<std::int64_t>(
+      64, (std::int64_t(32768) / ((b + 4 + (sq ? 1 : 0)) * static_cast<std::int64_t>(sizeof(T)))) / 16 * 16);
+  for (std::int64_t j0 = 0; j0 < n; j0 += J) {
+    const std::int64_t w = std::min(J, n - j0);
+    std::int64_t i0 = 0;
+    for (; i0 + 4 <= m; i0 += 4) {
+      const T* __restrict d0 = D + i0 * n + j0;
+      const T* __restrict d1 = d0 + n;
+      const T* __restrict d2 = d1 + n;
+      const T* __restrict d3 = d2 + n;
+      for (std::int64_t t = 0; t < b; ++t) {
+        const T x0 = X[i0 * ldx + t], x1 = X[(i0 + 1) * ldx + t], x2 = X[(i0 + 2) * ldx + t],
+                x3 = X[(i0 + 3) * ldx + t];
+        T* __restrict o = out + t * n + j0;
+        for (std::int64_t j = 0; j < w; ++j)
+          o[j] += (d0[j] * x0 + d1[j] * x1) + (d2[j] * x2 + d3[j] * x3);
+      }
+      if (sq) {
+        T* __restrict q = sq + j0;
+        for (std::int64_t j = 0; j < w; ++j)
+          q[j] = (((q[j] + d0[j] * d0[j]) + d1[j] * d1[j]) + d2[j] * d2[j]) + d3[j] * d3[j];
+      }
     }
-  }
-  for (std::int64_t i = i0; i < m; ++i) {
-    const T* __restrict di = D + i * n;
-    for (std::int64_t t = 0; t < b; ++t) {
-      const T xv = X[i * ldx + t];
-      T* __restrict o = out + t * n;
-      for (std::int64_t j = 0; j < n; ++j) o[j] += di[j] * xv;
+    for (std::int64_t i = i0; i < m; ++i) {
+      const T* __restrict di = D + i * n + j0;
+      for (std::int64_t t = 0; t < b; ++t) {
+        const T xv = X[i * ldx + t];
+        T* __restrict o = out + t * n + j0;
+        for (std::int64_t j = 0; j < w; ++j) o[j] += di[j] * xv;
+      }
+      if (sq) {
+        T* __restrict q = sq + j0;
+        for (std::int64_t j = 0; j < w; ++j) q[j] += di[j] * di[j];
+      }
     }
   }
 }
@@ -99,27 +119,27 @@ WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, co
 #ifdef WP_X86_DISPATCH
 template <class T>
 WP_TARGET_V4 void small_atb_v4(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
-                               const T* X, std::int64_t ldx, T* out) {
-  small_atb_impl<T>(m, n, b, D, X, ldx, out);
+                               const T* X, std::int64_t ldx, T* out, T* sq) {
+  small_atb_impl<T>(m, n, b, D, X, ldx, out, sq);
 }
 template <class T>
 WP_TARGET_V3 void small_atb_v3(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
-                               const T* X, std::int64_t ldx, T* out) {
-  small_atb_impl<T>(m, n, b, D, X, ldx, out);
+                               const T* X, std::int64_t ldx, T* out, T* sq) {
+  small_atb_impl<T>(m, n, b, D, X, ldx, out, sq);
 }
 #endif
 
 template <class T>
 void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const T* X,
-               std::int64_t ldx, T* out) {
+               std::int64_t ldx, T* out, T* sq = nullptr) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return small_atb_v4<T>(m, n, b, D, X, ldx, out);
-    case Isa::kV3: return small_atb_v3<T>(m, n, b, D, X, ldx, out);
+    case Isa::kV4: return small_atb_v4<T>(m, n, b, D, X, ldx, out, sq);
+    case Isa::kV3: return small_atb_v3<T>(m, n, b, D, X, ldx, out, sq);
     case Isa::kBase: break;
   }
 #endif
-  small_atb_impl<T>(m, n, b, D, X, ldx, out);
+  small_atb_impl<T>(m, n, b, D, X, ldx, out, sq);
 }
 
 template <class T>
@@ -474,12 +494,16 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
 template <class T>
 void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* C,
               const T* ynorm2, std::int64_t kmax, double tol, std::int64_t* supp, T* coef,
-              std::int64_t* count, T* resid2, int n_threads) {
+              std::int64_t* count, T* resid2, int n_threads, const T* sqnorms) {
   if (kmax < 1 || kmax > n) throw ShapeError("omp: kmax must be in [1, n_atoms]");
-  std::vector<T> diag(static_cast<std::size_t>(n), T(0));  // ‖d_j‖², rows in order
-  for (std::int64_t i = 0; i < m; ++i)
-    for (std::int64_t j = 0; j < n; ++j) diag[static_cast<std::size_t>(j)] += D[i * n + j] * D[i * n + j];
-  const std::vector<T> invdiag = inverse_diag<T>(n, diag.data(), 1);
+  std::vector<T> diag;
+  if (!sqnorms) {
+    diag.assign(static_cast<std::size_t>(n), T(0));  // ‖d_j‖², rows in order
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < n; ++j) diag[static_cast<std::size_t>(j)] += D[i * n + j] * D[i * n + j];
+    sqnorms = diag.data();
+  }
+  const std::vector<T> invdiag = inverse_diag<T>(n, sqnorms, 1);
   std::vector<Workspace<T>> wss(static_cast<std::size_t>(N));
   std::vector<Pursuit<T>> ps;
   ps.reserve(static_cast<std::size_t>(N));
@@ -491,12 +515,9 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
     ps.back().start(C + s * n, ynorm2[s]);
   }
   std::vector<T> cache, buf;                                   // Gram columns, n each
+  // at most 64 more columns than atoms chosen: reserved, so that growing never copies
+  cache.reserve(static_cast<std::size_t>(std::min(n, N * kmax + 64) * n));
   std::vector<std::int64_t> cand;
-  // Columns per gemm when few are wanted: 2·kmax, up to 64 (each costs m·n; a round that
-  // finds its atom cached costs nothing). Measured on one signal, one thread, against SPAMS:
-  // 512×2048 k = 32 went from 1.2× to 0.65×; at k = 8 (256×1024) the predictions missed too
-  // often to pay (1.56× → 1.8×), so short pursuits compute only the columns they choose.
-  const std::int64_t block = kmax >= 16 ? std::min<std::int64_t>(2 * kmax, 64) : 0;
   std::vector<std::int64_t> slot(static_cast<std::size_t>(n), -1), want(static_cast<std::size_t>(N));
   std::int64_t ncache = 0;
   // Rounds are short (N·n·k work at most): threads only when a round is worth it.
@@ -513,6 +534,13 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
       }
     if (fresh.empty() && std::all_of(want.begin(), want.end(), [](std::int64_t j) { return j < 0; }))
       break;
+    // Columns per gemm when a round needs any: as many as the steps the signals have left,
+    // N·(kmax − round), up to 64 (each costs m·n; a round that finds its atom cached costs
+    // nothing). Measured on one thread, one signal, against the former rule (2·kmax up to 64
+    // from kmax = 16, none below): 512×2048 k = 32 went from 128 columns in 2 gemms to 45 in
+    // 3, 6.2 -> 3.5-3.7 ms; 256×1024 k = 8 from 8 passes over D to 2 (8 + 3 columns),
+    // 440 -> 370 µs; four and sixteen signals alike or faster.
+    const std::int64_t block = std::min<std::int64_t>(64, N * (kmax - round));
     if (!fresh.empty() && static_cast<std::int64_t>(fresh.size()) < block) {
       // Predicted columns ride along: each signal's uncached atoms of highest score, the ones
       // likeliest to be chosen next (one gemm of `block` columns reads D once; a column at a
@@ -600,9 +628,16 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
     omp_gram<T>(m, n, D, gbuf.get());
     G = gbuf.get();
   }
+  std::vector<T> sq(lazy ? static_cast<std::size_t>(n) : 0);  // ‖d_j‖² for omp_lazy
   for (std::int64_t s0 = 0; s0 < N; s0 += chunk) {
     const std::int64_t b = std::min(chunk, N - s0);
-    omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.get());
+    if (lazy && s0 == 0 && b <= kSmallBlock)  // DᵀY and the column norms in one pass over D
+      small_atb<T>(m, n, b, D, Y, ldy, cbuf.get(), sq.data());
+    else
+      omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.get());
+    if (lazy && s0 == 0 && b > kSmallBlock)
+      for (std::int64_t i = 0; i < m; ++i)  // rows in order, as small_atb sums them
+        for (std::int64_t j = 0; j < n; ++j) sq[static_cast<std::size_t>(j)] += D[i * n + j] * D[i * n + j];
     col_sqnorms<T>(m, b, Y + s0, ldy, nbuf.data(), n_threads);
     if (p.check_finite && N <= kSmallBlock) {
       T acc = T(0);  // 0·x stays 0 for finite x and is NaN for NaN or Inf
@@ -612,7 +647,7 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
     }
     if (lazy)
       omp_lazy<T>(m, n, b, D, cbuf.get(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
-                  coef + s0 * kmax, count + s0, resid2 + s0, n_threads);
+                  coef + s0 * kmax, count + s0, resid2 + s0, n_threads, sq.data());
     else
       omp_batch<T>(n, b, G, cbuf.get(), nbuf.data(), kmax, p.tol, supp + s0 * kmax,
                    coef + s0 * kmax, count + s0, resid2 + s0, n_threads);
@@ -631,7 +666,7 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
                              std::int64_t, double, std::int64_t*, T*, std::int64_t*, T*, int);   \
   template void omp_lazy<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,       \
                             const T*, std::int64_t, double, std::int64_t*, T*, std::int64_t*, T*, \
-                            int);
+                            int, const T*);
 WP_INST(float)
 WP_INST(double)
 #undef WP_INST

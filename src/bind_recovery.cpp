@@ -78,7 +78,7 @@ py::dict info_dict(const wp::L1Info& i) {
 
 // Homotopy on dense row-major A: returns (x, info).
 py::tuple l1_dense(py::array a_, py::array y_, wp::L1Mode md, double target, std::int64_t max_iter,
-                   int n_threads) {
+                   int n_threads, bool check_finite) {
   check_threads(n_threads);
   return dispatch_real(a_.dtype(), [&](auto t) -> py::tuple {
     using T = typename decltype(t)::type;
@@ -93,7 +93,8 @@ py::tuple l1_dense(py::array a_, py::array y_, wp::L1Mode md, double target, std
     wp::L1Info info;
     {
       py::gil_scoped_release nogil;
-      info = wp::l1_homotopy_dense<T>(m, n, ap, yp, md, target, max_iter, xp, n_threads);
+      info = wp::l1_homotopy_dense<T>(m, n, ap, yp, md, target, max_iter, xp, n_threads,
+                                      check_finite);
     }
     return py::make_tuple(x, info_dict(info));
   });
@@ -149,7 +150,8 @@ void bind_recovery(py::module_& m) {
       .value("bp", wp::L1Mode::kBP)
       .finalize();
   m.def("l1_dense", &l1_dense, "l1 homotopy (L1Mode) on dense A: (x, info).",
-        "A"_a.noconvert(), "y"_a.noconvert(), "mode"_a, "target"_a, "max_iter"_a, "n_threads"_a);
+        "A"_a.noconvert(), "y"_a.noconvert(), "mode"_a, "target"_a, "max_iter"_a, "n_threads"_a,
+        "check_finite"_a = false);
   m.def("l1_csr", &l1_csr, "l1 homotopy on CSR A: (x, info).", "indptr"_a.noconvert(),
         "indices"_a.noconvert(), "data"_a.noconvert(), "n_rows"_a, "n_cols"_a, "y"_a.noconvert(),
         "mode"_a, "target"_a, "max_iter"_a, "n_threads"_a);

@@ -263,3 +263,20 @@ def test_a_tasks_result_carries_its_stored_bytes_once(model, tmp_path, monkeypat
     for head, oob, stored in seen:
         assert oob == stored  # every stored array out of band, once
         assert head < 8 * 1024  # the entry
+
+
+def test_local_cluster_workers_run_without_the_dask_profiler(client):
+    """A LocalCluster started by weightpress leaves Dask's sampling profiler off in its
+    workers: it samples stacks every 10 ms and keeps up to 1000 one-second cycles of them per
+    worker, and a compression run needs neither. The process calling us keeps its own
+    settings."""
+    import dask
+
+    def worker_state(dask_worker):
+        return (dask.config.get("distributed.worker.profile.enabled"),
+                len(dask_worker.profile_history))
+
+    states = client.run(worker_state)
+    assert len(states) == 2
+    assert all(enabled is False and n == 0 for enabled, n in states.values()), states
+    assert dask.config.get("distributed.worker.profile.enabled") is True

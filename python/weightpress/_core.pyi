@@ -123,7 +123,8 @@ class L1Mode(enum.IntEnum):
     bp = 2
 
 def l1_dense(A: NDArray[np.floating], y: NDArray[np.floating], mode: L1Mode, target: float,
-             max_iter: int, n_threads: int) -> tuple[NDArray[np.floating], dict[str, Any]]: ...
+             max_iter: int, n_threads: int,
+             check_finite: bool = False) -> tuple[NDArray[np.floating], dict[str, Any]]: ...
 def l1_csr(indptr: NDArray[np.integer], indices: NDArray[np.integer], data: NDArray[np.floating],
            n_rows: int, n_cols: int, y: NDArray[np.floating], mode: L1Mode, target: float,
            max_iter: int, n_threads: int) -> tuple[NDArray[np.floating], dict[str, Any]]: ...

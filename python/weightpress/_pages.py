@@ -52,7 +52,7 @@ class _Plan:
     __slots__ = ("mm", "start", "row", "row_bytes", "n", "rows_ok", "span", "ref")
 
     def __init__(self, a: np.ndarray, mm: mmap.mmap):
-        self.mm = mm
+        self.mm = weakref.ref(mm)  # (a plan outliving its array keeps no file mapped)
         self.ref = weakref.ref(a)
         self.start = a.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8).ctypes.data
         self.n = a.shape[0] if a.ndim else 1
@@ -73,11 +73,14 @@ class _Plan:
             lo, hi = self.span
         else:
             return
+        mm = self.mm()
+        if mm is None:
+            return
         lo = max(0, lo // _PAGE * _PAGE)
         try:
-            hi = min(len(self.mm), -(-hi // _PAGE) * _PAGE)
+            hi = min(len(mm), -(-hi // _PAGE) * _PAGE)
             if hi > lo:
-                self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+                mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
         except ValueError:  # the mapping was closed: nothing is resident
             pass
 

@@ -32,10 +32,13 @@ struct L1Info {
   bool finished = false;         // the path reached its end (not stopped by max_iter)
 };
 
-// A dense, row-major m×n.
+// A dense, row-major m×n. check_finite: the columns' squared norms (which every mode needs)
+// are computed first, and a non-finite one throws NonFinite (weightpress/errors.hpp): a NaN or
+// Inf in A, or squares that overflow; the caller's separate pass over A is then not needed.
 template <class T>
 L1Info l1_homotopy_dense(std::int64_t m, std::int64_t n, const T* A, const T* y, L1Mode mode,
-                         double target, std::int64_t max_iter, T* x, int n_threads);
+                         double target, std::int64_t max_iter, T* x, int n_threads,
+                         bool check_finite = false);
 
 // A in CSR (indptr validated by the caller; indices are range-checked here).
 template <class T, class I>

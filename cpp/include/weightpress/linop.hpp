@@ -64,6 +64,7 @@ class DenseOp final : public LinOp<T> {
   std::int64_t ld = 0;  // stride between stored rows
   bool col = false;     // stored rows are the operator's columns
   std::vector<T> own;   // a scaled copy, when the owner needed one
+  const double* sumsq = nullptr;  // the columns' squared norms, when known: col_sumsq copies them
 
   void mm(std::int64_t l, const T* x, std::int64_t ldx, T* y, std::int64_t ldy) const override;
   void mm_t(std::int64_t l, const T* x, std::int64_t ldx, T* y, std::int64_t ldy) const override;

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "weightpress/errors.hpp"
+
 namespace wp {
 
 // G(n×n, row-major = column-major, symmetric) = DᵀD. One BLAS syrk, then a mirror copy.
@@ -38,10 +40,11 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
 // The same pursuit without the full Gram matrix, for few signals (N·kmax small against n):
 // all signals advance in lockstep, one atom per round, and the Gram columns of the atoms
 // chosen in a round that are not yet known come from one gemm, DᵀD[:, new]. Same outputs.
+// sqnorms: ‖d_j‖² (n values, rows summed in order), or nullptr to compute them here.
 template <class T>
 void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* C,
               const T* ynorm2, std::int64_t kmax, double tol, std::int64_t* supp, T* coef,
-              std::int64_t* count, T* resid2, int n_threads);
+              std::int64_t* count, T* resid2, int n_threads, const T* sqnorms = nullptr);
 
 // Options of a batch encode.
 struct OmpParams {
@@ -56,10 +59,8 @@ struct OmpParams {
   bool check_finite = false;
 };
 
-// Thrown by omp_encode when OmpParams::check_finite finds a non-finite correlation.
-struct NonFinite : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+// omp_encode throws NonFinite (weightpress/errors.hpp) when OmpParams::check_finite finds a
+// non-finite correlation.
 
 // The whole batch for the columns of Y (row-major m×N, row stride ldy): signals in chunks,
 // each chunk's correlations DᵀY_chunk by one gemm, then the pursuit with the Gram matrix G

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
+from .._pages import release_rows, row_blocks
 from ..io.safetensors import bf16_to_f32, f32_to_bf16
 from ..linalg.sparse import csr_matmul, dense_product_pays
 from .sparse_coding import dct_dictionary
@@ -52,8 +53,10 @@ def fro2(a: np.ndarray, block: int = 1 << 20) -> float:
     """``‖a‖_F²`` accumulated in float64 (the first of :func:`error_stats`, the same blocks and
     the same number, in one pass: that one makes four when ``Ŵ`` is ``W``)."""
     x = np.asarray(a).reshape(-1)
-    return float(sum(float(np.einsum("i,i->", x[i:i + block], x[i:i + block], dtype=np.float64))
-                     for i in range(0, x.size, block)))
+    tot = 0.0
+    for i, i1 in row_blocks(x, block):  # (a file's pages dropped behind the pass)
+        tot += float(np.einsum("i,i->", x[i:i1], x[i:i1], dtype=np.float64))
+    return tot
 
 
 def error_stats(W: Any, W_hat: Any, block: int = 1 << 20) -> tuple[float, float, float, float]:
@@ -66,11 +69,13 @@ def error_stats(W: Any, W_hat: Any, block: int = 1 << 20) -> tuple[float, float,
     a = np.asarray(W).reshape(-1)
     b = np.asarray(W_hat).reshape(-1)
     n2 = inner = nh2 = 0.0
-    for i in range(0, a.size, block):
-        x, y = a[i:i + block], b[i:i + block]
+    for i, i1 in row_blocks(a, block):  # (a file's pages, W's or Ŵ's, dropped behind)
+        x, y = a[i:i1], b[i:i1]
         n2 += float(np.einsum("i,i->", x, x, dtype=np.float64))
         inner += float(np.einsum("i,i->", x, y, dtype=np.float64))
         nh2 += float(np.einsum("i,i->", y, y, dtype=np.float64))
+        del x, y
+        release_rows(b, i, i1)
     d2 = n2 - 2.0 * inner + nh2
     if d2 < 1e-6 * max(n2, nh2):
         d2 = 0.0
@@ -205,6 +210,7 @@ class CompressedMatrix:
         for r0, r1, blk in self.blocks():
             a, _, _, d = error_stats(Wa[r0:r1], blk)
             ref, diff = ref + a, diff + d
+            release_rows(Wa, r0, r1)  # (a file's pages: the whole of W was resident after)
         if ref == 0.0:
             return 0.0 if diff == 0.0 else float("inf")
         return float(np.sqrt(diff / ref))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from .. import _core
-from .._threads import _resolve
+from .._threads import _resolve, blas_sequential
 from .._validation import as_float_array, check_finite, float_dtype, positive_int, real_scalar
 
 __all__ = ["omp", "OMPDictionary"]
@@ -59,6 +59,19 @@ def _stopping(n_nonzero: Any, tol: Any, m: int, n: int) -> tuple[int, float]:
 _FUSED_CHECK = 8
 
 
+def _lazy_blas(m: int, n: int, N: int, kmax: int, have_gram: bool) -> bool:
+    """True when the engine takes its lazy path (pursuit.cpp, omp_encode: few signals, no Gram
+    matrix) with blocks of Gram columns wide enough for BLAS (more than 8). Those gemms are
+    short and come between OpenMP regions: OpenBLAS's pool, woken for each and spinning after,
+    stalled them on a loaded 2-core machine (one signal at 512x2048, k = 32, two threads: wall
+    medians 13-67 ms against 2.6-3.5 ms of CPU work), so they run on one BLAS thread (~30 µs
+    to set, under 1% of such a call; none is set for blocks our own loop computes)."""
+    if have_gram or N * kmax <= 8 or 2 * N * kmax > n:
+        return False
+    cb = min(N, min(max(2**21 // max(n, 1), 256), 8192))
+    return cb * n * (kmax + 2) <= 1 << 26
+
+
 def _run(Da: np.ndarray, G: np.ndarray | None, Y: Any, n_nonzero: Any, tol: Any,
          return_sparse: bool, n_threads: int | None, d_checked: bool = True) -> Any:
     m, n = Da.shape
@@ -76,8 +89,10 @@ def _run(Da: np.ndarray, G: np.ndarray | None, Y: Any, n_nonzero: Any, tol: Any,
         p = _core.OmpParams()
         p.kmax, p.tol = kmax, t
         p.check_finite = not d_checked
+        seq = _lazy_blas(m, n, N, kmax, G is not None)
         try:
-            supp, coef, _count, _r2 = _core.omp(Da, Y2, G, p, nt)
+            with blas_sequential() if seq else contextlib.nullcontext():
+                supp, coef, _count, _r2 = _core.omp(Da, Y2, G, p, nt)
         except _core.NonFinite:
             check_finite(Da, "D")  # Y is finite: then D is not, or DᵀY overflows
             raise ValueError("D/Y: D.T @ Y overflows the floating-point range") from None

@@ -34,8 +34,14 @@ def local_client(n_workers: int) -> Any:
     distributed = require("distributed", "--workers / client= (Dask)")
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
         raise ValueError(f"workers: expected a positive integer, got {n_workers!r}")
-    cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0")
+    dask = require("dask", "--workers / client= (Dask)")
+    # Dask's statistical profiler samples each worker's stacks every 10 ms and keeps a second
+    # of them for each of its last 1000 seconds, growing through a long run; a compression
+    # run needs neither. A cluster started here runs without it (a user's own cluster keeps
+    # its settings).
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1,
+                                           processes=True, dashboard_address=":0")
     # results straight from the workers (on this machine, always reachable): through the
     # scheduler, which a LocalCluster runs in this process, each layer's bytes were held here
     # twice, in the scheduler's copy and the client's (issue 13: the client's peak)
@@ -142,9 +148,9 @@ def ordered(client: Any, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]
             if yielded not in got:
                 distributed.wait(list(futs.values()), return_when="FIRST_COMPLETED")
             # every finished result is fetched now, not at its turn: a worker that finished
-            # a layer ahead of an earlier one held it (a quarter of a 64 MiB layer at --ratio
-            # 4, each) beside the next layer's build (issue 13: workers at 2.97x the largest
-            # tensor); held here instead, until the container writer takes it
+            # a layer ahead of an earlier one would hold it (a quarter of a 64 MiB layer at
+            # --ratio 4) beside its next build; it waits here instead, for the writer (the
+            # workers' peaks are then their builds' alone)
             new = sorted(i for i, f in futs.items() if f.done())
             if new and progress is not None:
                 progress(len(got) + yielded + len(new), n, f"{what}{names[new[-1]]}")

@@ -56,13 +56,14 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
     holds. An exception from ``fn`` is raised at its item's turn; items not started by then
     are dropped.
 
-    ``cost``: an estimate of each item's time; items of cost 0 (a layer kept as it is: little
-    work, little held) do not count against ``ahead``, up to four times as many of them. Once every item is in flight, a free worker
-    starts the costliest of those not started, not the earliest: the longest first, so no
-    long item is started last beside an idle worker (MiniLM-sized calibrated ``--ratio 4``:
-    the last block's 384 x 1536 layer ran alone for 0.5 s of a 4.6 s run). Before that,
-    items start in order: the earliest is the one the caller waits for, and behind it no
-    new item can enter. Which thread runs an item never changes what it gives."""
+    ``cost``: an estimate of each item's time. Items of cost 0 (a layer kept as it is: little
+    work, little held) do not count against ``ahead``, up to four times as many of them.
+    Once every item is in flight, a free worker starts the costliest of those not started,
+    not the earliest: the longest first, so no long item is started last beside an idle
+    worker (MiniLM-sized calibrated ``--ratio 4``: the last block's 384 x 1536 layer ran
+    alone for 0.5 s of a 4.6 s run). Before that, items start in order: the earliest is the
+    one the caller waits for, and behind it no new item can enter. Which thread runs an item
+    never changes what it gives."""
     def one(it: T) -> R:
         with threads(1):
             return fn(it)
