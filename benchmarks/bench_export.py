@@ -18,14 +18,22 @@ groups of 128: about 7x), ``lowrank-int8`` (low rank with int8 factors, each lay
 ONNX: ``export_onnx`` with its defaults (``compute="fast"``: DynamicQuantizeMatMul for
 per-channel int8, one per group or MatMulNBits for int4 groups as timed, convs and LSTMs
 quantized only where timed no slower; its output check makes the layers that put the outputs
-beyond the container's stated error compensate their rounding), both dense
+beyond the container's stated error compensate their rounding; ``never_slower``: an export
+timed slower than dense at batch 1 gives its smallest compressed layers back dense, packed
+int4 layers and quantized tables excepted), both dense
 and exported models with their weights in a ``.data`` file beside the graph (onnxruntime maps
 it); PyTorch: ``weightpress.torch.load_into`` into the module built with its parameters on the
 meta device (so the dense weights are never allocated for the compressed variants).
 
-Each figure comes from its own process (fresh interpreter per model and runtime): latency
-(best of ``reps`` calls), file size, and resident memory with the model loaded and run at
-batch 1 (batch 32's activations are left out), in three columns for onnxruntime:
+onnxruntime's latency (``ORT b1``, ``ORT b32``) comes from one process per architecture that
+holds the dense and every exported session and times them in interleaved rounds
+(:func:`time_child`: best of ``reps`` calls each, the machine's load reaching all alike),
+the dense model loaded twice: its row shows the second session against the first
+(``again 1.02x``), how far apart the same graph reads, the noise of every ratio beside it.
+Every other figure comes from its own process (fresh interpreter per model and runtime):
+PyTorch's latency (best of ``reps`` calls), file size, and resident memory with the model
+loaded and run at batch 1 (batch 32's activations are left out), in three columns for
+onnxruntime:
 
 - ``ORT peak``: the growth, VmHWM (reset after the imports; ru_maxrss where it cannot be reset)
   less the process's RSS after importing numpy, torch and onnxruntime (not weightpress: a
@@ -327,6 +335,38 @@ def child(runtime: str, name: str, path: str, threads: int, reps: int) -> dict:
     return out
 
 
+ROUNDS = 5
+
+
+def time_child(name: str, paths: list[str], threads: int, reps: int) -> dict:
+    """onnxruntime latency of the dense model and its exports side by side: one process holds
+    every session; at each batch size ``ROUNDS`` rounds, in alternating order, each time each
+    session's best of ``reps // ROUNDS`` calls (more for models of under a millisecond: a
+    round of each lasts about 20 ms), the least over the rounds kept. A change of the machine's
+    load then reaches dense and exported alike (separate processes, one after the other, read
+    the same graph up to 8 % apart at 0.1 ms under load)."""
+    import torch
+    import onnxruntime as ort
+    torch.set_num_threads(threads)
+    feeds = _prelude(name)
+    sess = [ort.InferenceSession(p, _session_options(threads), providers=["CPUExecutionProvider"])
+            for p in paths]
+    out: list[dict] = [{} for _ in paths]
+    for b in (1, 32):
+        runs = [(lambda s, f: (lambda: s.run(None, f)))(s, dict(zip([i.name for i in s.get_inputs()], feeds[b])))
+                for s in sess]
+        one = _best_time(runs[0], 3)
+        calls = max(reps // ROUNDS, 1, min(200, int(0.02 / max(one, 1e-6))))
+        best = [float("inf")] * len(runs)
+        for r in range(ROUNDS):
+            order = range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))
+            for i in order:
+                best[i] = min(best[i], _best_time(runs[i], calls))
+        for o, t in zip(out, best):
+            o[f"b{b}"] = t
+    return {"times": out}
+
+
 def floor_child(path: str, threads: int) -> dict:
     """onnxruntime's own resident memory: a session of a one-node model (Identity) created and
     run, measured like :func:`child` (what every model's ORT peak includes whatever its size)."""
@@ -353,6 +393,16 @@ def _floor(work: pathlib.Path, threads: int) -> float:
     cmd = [sys.executable, __file__, "--floor", str(p), str(threads)]
     r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return float(json.loads(r.stdout.strip().splitlines()[-1])["peak_mb"])
+
+
+def _times(name: str, paths: list[pathlib.Path], threads: int, reps: int) -> dict:
+    if QUICK:
+        return time_child(name, [str(p) for p in paths], threads, reps)
+    cmd = [sys.executable, __file__, "--times", name, str(threads), str(reps), *map(str, paths)]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"ort {name} times: {r.stderr.strip().splitlines()[-3:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def _measure(runtime: str, name: str, path: pathlib.Path, threads: int, reps: int) -> dict:
@@ -477,6 +527,17 @@ def run(quick: bool = False) -> None:
                     except RuntimeError as e:   # one runtime failing: say so, go on
                         print(f"{name} {v} {rt}: not run: {e}", file=sys.stderr)
                         res[v][rt] = dict.fromkeys(("b1", "b32", "peak_mb", "rss_mb"), float("nan"))
+            ok = [v for v in files if res[v]["ort"]["b1"] == res[v]["ort"]["b1"]]
+            try:   # ORT latency side by side (the per-process times are the memory runs')
+                # the dense model twice: what the same graph reads apart (the noise)
+                times = _times(name, [files[v]["ort"] for v in ok] + [files["dense"]["ort"]],
+                               threads, reps)["times"]
+                for v, tv in zip(ok, times):
+                    res[v]["ort"].update(tv)
+                res["dense"]["ort"]["again"] = times[-1]
+            except RuntimeError as e:
+                print(f"{name}: side-by-side times not run ({e}): per-process times shown",
+                      file=sys.stderr)
             dense_y = np.load(str(files["dense"]["ort"]) + ".ort.y1.npy")
             for v, f in files.items():
                 r, d = res[v], res["dense"]
@@ -484,6 +545,8 @@ def run(quick: bool = False) -> None:
 
                 def cell(rt, key, scale=1.0):
                     val, ref = r[rt][key] * scale, d[rt][key] * scale
+                    if v == "dense" and key in r[rt].get("again", {}):   # the same graph again
+                        return f"{val:.3g} (again {r[rt]['again'][key] * scale / val:.2f}x)"
                     return f"{val:.3g}" if v == "dense" or ref <= 0 else f"{val:.3g} ({val / ref:.2f}x)"
 
                 def mb(rt):
@@ -512,7 +575,9 @@ def run(quick: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--floor":
+    if len(sys.argv) > 1 and sys.argv[1] == "--times":
+        print(json.dumps(time_child(sys.argv[2], sys.argv[5:], int(sys.argv[3]), int(sys.argv[4]))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--floor":
         print(json.dumps(floor_child(sys.argv[2], int(sys.argv[3]))))
     elif len(sys.argv) > 1 and sys.argv[1] == "--child":
         rt, name, path, threads, reps = sys.argv[2:7]

@@ -93,7 +93,7 @@ def test_lowrank_runs_as_two_matmuls(tmp_path, block):
     wpz = tmp_path / "m.wpz"
     compress_model(open_model(str(like)), wpz, method="lowrank", options={"rank": 8}, min_size=1024)
     out = tmp_path / "out.onnx"
-    rows = export_onnx(wpz, out, like)
+    rows = export_onnx(wpz, out, like, never_slower=False)
     got = {r.name: r for r in rows}
     for w in weights:
         assert got[w].how == "2 MatMul (rank 8)" and got[w].nbytes < got[w].dense_nbytes / 2
@@ -115,7 +115,7 @@ def test_gemm_alpha_beta_and_transb(tmp_path):
     wpz = tmp_path / "g.wpz"
     compress_model(open_model(str(like)), wpz, method="lowrank", options={"rank": 6}, min_size=1024)
     out = tmp_path / "out.onnx"
-    rows = export_onnx(wpz, out, like)
+    rows = export_onnx(wpz, out, like, never_slower=False)
     assert [r.how for r in rows if r.name in ("W1", "W2")] == ["2 MatMul (rank 6)"] * 2
     x = rng.standard_normal((4, 48)).astype(np.float32)
     np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-4, atol=1e-4)
@@ -151,7 +151,7 @@ def test_quant_runs_as_matmulnbits(tmp_path, block, specs):
     y_ref = _run(ref, x)
     for compute, tol in (("exact", 1e-4), ("fast", 3e-2)):
         out = tmp_path / f"{compute}.onnx"
-        rows = export_onnx(wpz, out, like, compute=compute, group_quant="nbits")
+        rows = export_onnx(wpz, out, like, compute=compute, group_quant="nbits", never_slower=False)
         n_dq = 0
         for r in rows:
             bits, group, _ = specs[r.name]
@@ -193,7 +193,7 @@ def test_forms_without_a_faster_kernel_go_dense(tmp_path, block):
     wpz = tmp_path / "p.wpz"
     compress_model(open_model(str(like)), wpz, method="prune", options={"sparsity": 0.8}, min_size=1024)
     out = tmp_path / "p.onnx"
-    rows = export_onnx(wpz, out, like)
+    rows = export_onnx(wpz, out, like, never_slower=False)
     pr = [r for r in rows if r.name in weights]
     assert pr and all(r.how == "dense" and "sparse" in r.note for r in pr)
     x = np.random.default_rng(5).standard_normal((1, 4, 64)).astype(np.float32)
@@ -206,7 +206,7 @@ def test_quant_in_the_wrong_orientation_goes_dense(tmp_path):
     _gemm_model(like, rng)
     wpz = tmp_path / "g.wpz"
     decoded = _quant_container(wpz, like, {"W1": (4, 16, True), "W2": (4, 16, True)})
-    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "o.onnx", like, compute="exact")}
+    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "o.onnx", like, compute="exact", never_slower=False)}
     assert rows["W1"].how.startswith("MatMulNBits")      # transB=0, in_out: rows are outputs
     assert rows["W2"].how == "dense" and "inputs" in rows["W2"].note   # transB=1: they are inputs
     ref = tmp_path / "ref.onnx"
@@ -239,13 +239,13 @@ def test_cli_export(tmp_path, block, capsys):
     assert main(["compress", str(like), "-o", str(wpz), "--method", "lowrank", "--ratio", "2"]) == 0
     capsys.readouterr()
     out = tmp_path / "o.onnx"
-    assert main(["export", str(wpz), "-o", str(out), "--like", str(like)]) == 0
+    assert main(["export", str(wpz), "-o", str(out), "--like", str(like), "--allow-slower"]) == 0
     text = capsys.readouterr().out
     assert "2 MatMul" in text and f"wrote {out}" in text
     # low rank computes in float: nothing for the output check to measure, and it says so
     assert "no layer rounds its activations" in text
     ext = tmp_path / "ext.onnx"
-    assert main(["export", str(wpz), "-o", str(ext), "--like", str(like), "--external-data"]) == 0
+    assert main(["export", str(wpz), "-o", str(ext), "--like", str(like), "--external-data", "--allow-slower"]) == 0
     assert (tmp_path / "ext.onnx.data").stat().st_size > ext.stat().st_size
     x = np.random.default_rng(2).standard_normal((1, 3, 64)).astype(np.float32)
     np.testing.assert_array_equal(_run(ext, x), _run(out, x))
@@ -253,7 +253,7 @@ def test_cli_export(tmp_path, block, capsys):
     # its .data file exists in the working directory; onnx's converter refused that)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)
-        assert main(["export", str(wpz), "-o", "ext.onnx", "--like", str(like), "--external-data"]) == 0
+        assert main(["export", str(wpz), "-o", "ext.onnx", "--like", str(like), "--external-data", "--allow-slower"]) == 0
     np.testing.assert_array_equal(_run(ext, x), _run(out, x))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".wp-")) == []
     capsys.readouterr()
@@ -265,7 +265,7 @@ def test_cli_export(tmp_path, block, capsys):
     assert "2 layers run compressed, 0 decoded to dense" in lines[-1]
     onnx.checker.check_model(str(out))
     # without --like: the graph the container keeps, the same model
-    assert main(["export", str(wpz), "-o", str(tmp_path / "kept.onnx")]) == 0
+    assert main(["export", str(wpz), "-o", str(tmp_path / "kept.onnx"), "--allow-slower"]) == 0
     np.testing.assert_allclose(_run(tmp_path / "kept.onnx", x), _run(out, x), rtol=1e-6, atol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".wp-")) == []
     npz = tmp_path / "m.npz"
@@ -284,16 +284,16 @@ def test_bad_arguments(tmp_path, block):
     like, _ = block
     wpz = tmp_path / "m.wpz"
     compress_model(open_model(str(like)), wpz, method="lowrank", options={"rank": 4}, min_size=1024)
-    assert sum(r.compressed for r in export_onnx(wpz, tmp_path / "o.onnx")) == 2  # like: kept graph
+    assert sum(r.compressed for r in export_onnx(wpz, tmp_path / "o.onnx", never_slower=False)) == 2  # like: kept graph
     with pytest.raises(ValueError, match="conv_quant"):
-        export_onnx(wpz, tmp_path / "o.onnx", like, conv_quant="int4")
+        export_onnx(wpz, tmp_path / "o.onnx", like, conv_quant="int4", never_slower=False)
     with pytest.raises(ValueError, match="compute"):
-        export_onnx(wpz, tmp_path / "o.onnx", like, compute="int3")
+        export_onnx(wpz, tmp_path / "o.onnx", like, compute="int3", never_slower=False)
     with pytest.raises(ValueError, match="block_size"):
-        export_onnx(wpz, tmp_path / "o.onnx", like, block_size=48)
+        export_onnx(wpz, tmp_path / "o.onnx", like, block_size=48, never_slower=False)
     other = tmp_path / "g.onnx"
     _gemm_model(other, np.random.default_rng(0))
-    assert export_onnx(wpz, tmp_path / "o.onnx", other) == []   # no tensor of it in that graph
+    assert export_onnx(wpz, tmp_path / "o.onnx", other, never_slower=False) == []   # no tensor of it in that graph
 
 
 def _convnet():
@@ -312,7 +312,7 @@ def test_lowrank_conv_runs_as_two_convs(tmp_path):
     wpz = tmp_path / "c.wpz"
     compress_model(open_model(str(like)), wpz, method="lowrank", options={"rank": 5}, min_size=256)
     out = tmp_path / "o.onnx"
-    rows = {r.name: r for r in export_onnx(wpz, out, like, conv_quant="int8")}
+    rows = {r.name: r for r in export_onnx(wpz, out, like, conv_quant="int8", never_slower=False)}
     assert rows["0.weight"].how == "Conv 3x3 to 5 channels + Conv 1x1"
     assert rows["2.weight"].how == "Conv 3x3 to 5 channels + Conv 1x1"
     assert rows["4.weight"].how == "Conv 3x3 to 5 channels per group (4 groups) + Conv 1x1"
@@ -340,7 +340,7 @@ def test_quant_from_the_pipeline(tmp_path):
         wpz = tmp_path / "q.wpz"
         compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1024)
         out = tmp_path / "q.onnx"
-        rows = [r for r in export_onnx(wpz, out, like, compute="exact") if r.form == "quant"]
+        rows = [r for r in export_onnx(wpz, out, like, compute="exact", never_slower=False) if r.form == "quant"]
         assert len(rows) == 2 and all(r.how.startswith(how) for r in rows), rows
         np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-5, atol=1e-5)
 
@@ -359,14 +359,14 @@ def test_weight_read_by_two_nodes_is_stored_once(tmp_path):
         wpz = tmp_path / f"{method}.wpz"
         compress_model(open_model(str(like)), wpz, method=method, options=opts, min_size=1024)
         out = tmp_path / f"{method}.onnx"
-        export_onnx(wpz, out, like)
+        export_onnx(wpz, out, like, never_slower=False)
         m = onnx.load(str(out))
         assert len(m.graph.initializer) == 2 and sum(n.op_type == "MatMul" for n in m.graph.node) == 4
         x = rng.standard_normal((3, 64)).astype(np.float32)
         np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x), rtol=1e-4, atol=1e-5)
     wpz = tmp_path / "q.wpz"
     decoded = _quant_container(wpz, like, {"W": (4, 32, True)})
-    export_onnx(wpz, tmp_path / "q.onnx", like, compute="exact")
+    export_onnx(wpz, tmp_path / "q.onnx", like, compute="exact", never_slower=False)
     m = onnx.load(str(tmp_path / "q.onnx"))
     assert len(m.graph.initializer) == 3 and sum(n.op_type == "MatMulNBits" for n in m.graph.node) == 2
     ref = tmp_path / "qref.onnx"
@@ -385,7 +385,7 @@ def test_lowrank_int8_runs_as_two_matmulnbits(tmp_path, block):
     with Container(wpz) as c:
         assert {c.entries[w]["form"] for w in weights} == {"lowrank-int8"}
     out = tmp_path / "lq.onnx"
-    rows = {r.name: r for r in export_onnx(wpz, out, like, compute="exact")}
+    rows = {r.name: r for r in export_onnx(wpz, out, like, compute="exact", never_slower=False)}
     for w in weights:
         assert rows[w].how == "2 MatMulNBits 8-bit (rank 24)", rows[w]
         assert rows[w].nbytes < rows[w].dense_nbytes / 4
@@ -398,7 +398,7 @@ def test_lowrank_int8_runs_as_two_matmulnbits(tmp_path, block):
     assert not np.allclose(_run(like, x), ref, atol=1e-3)
     for compute, op in (("fast", "DynamicQuantizeMatMul"), ("block", "MatMulNBits")):
         fast = tmp_path / f"lq_{compute}.onnx"
-        rows = {r.name: r for r in export_onnx(wpz, fast, like, compute=compute)}
+        rows = {r.name: r for r in export_onnx(wpz, fast, like, compute=compute, never_slower=False)}
         assert all(rows[w].how.startswith(f"2 {op} 8-bit (rank 24)") for w in weights), rows
         m = onnx.load(str(fast))
         onnx.checker.check_model(m)
@@ -416,7 +416,7 @@ def test_lowrank_int8_runs_as_two_matmulnbits(tmp_path, block):
     wpz = tmp_path / "g.wpz"
     compress_model(open_model(str(gl)), wpz, method="lowrank-int8", ratio=4, min_size=1024)
     out = tmp_path / "g.onnx"
-    rows = [r for r in export_onnx(wpz, out, gl, compute="exact") if r.form == "lowrank-int8"]
+    rows = [r for r in export_onnx(wpz, out, gl, compute="exact", never_slower=False) if r.form == "lowrank-int8"]
     assert len(rows) == 2 and all(r.how.startswith("2 MatMulNBits") for r in rows), rows
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float32)
     np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, gl), x), rtol=1e-4, atol=1e-5)
@@ -435,7 +435,7 @@ def test_quant_conv_runs_as_dequantizelinear(tmp_path):
         wpz = tmp_path / "q.wpz"
         compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=256)
         out = tmp_path / "q.onnx"
-        rows = [r for r in export_onnx(wpz, out, like, conv_quant="dequant") if r.form == "quant"]
+        rows = [r for r in export_onnx(wpz, out, like, conv_quant="dequant", never_slower=False) if r.form == "quant"]
         assert len(rows) == 4 and all(r.how.startswith(f"DequantizeLinear {opts['bits']}-bit") for r in rows)
         assert all(r.nbytes <= r.dense_nbytes / 4 + 64 * 8 for r in rows)
         m = onnx.load(str(out))
@@ -443,12 +443,12 @@ def test_quant_conv_runs_as_dequantizelinear(tmp_path):
         assert sum(n.op_type == "DequantizeLinear" for n in m.graph.node) == 4
         np.testing.assert_allclose(_run(out, x), _run(_reference(tmp_path, wpz, like), x),
                                    rtol=1e-5, atol=1e-5)
-        rows = export_onnx(wpz, tmp_path / "d.onnx", like, conv_quant="dense")
+        rows = export_onnx(wpz, tmp_path / "d.onnx", like, conv_quant="dense", never_slower=False)
         assert all(r.how == "dense" and "conv_quant" in r.note for r in rows if r.form == "quant")
     wpz = tmp_path / "g.wpz"
     compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 4, "group": 32},
                    min_size=256)
-    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "g.onnx", like, conv_quant="dequant")}
+    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "g.onnx", like, conv_quant="dequant", never_slower=False)}
     assert rows["2.weight"].how == "dense" and "group-wise" in rows["2.weight"].note
 
 
@@ -463,7 +463,7 @@ def test_conv_quant_auto_times_each_conv(tmp_path):
     wpz = tmp_path / "q.wpz"
     compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=256)
     out = tmp_path / "a.onnx"
-    rows = export_onnx(wpz, out, like)
+    rows = export_onnx(wpz, out, like, never_slower=False)
     conv = [r for r in rows if r.form == "quant"]
     assert len(conv) == 4
     for r in conv:
@@ -517,7 +517,7 @@ def test_conv_quant_auto_drops_the_spent_convs_when_the_model_is_slower(tmp_path
         return {"conv_quant": "kept: measured no slower (made up)"}
 
     monkeypatch.setattr(eo, "_choose_modes", choose)
-    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "a.onnx", like, check=False)}
+    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "a.onnx", like, check=False, never_slower=False)}
     assert calls == [full[0], strict[0]]
     assert rows[fast].how.startswith("im2col") and rows[fast].note == "kept: measured no slower (made up)"
     assert rows[spent].how == "dense" and rows[spent].note == "dense: slower alone (made up)"
@@ -575,7 +575,7 @@ def test_im2col_slices_quantize_the_input_once(tmp_path, k, stride, pads, dil, s
     wpz = tmp_path / "c.wpz"
     compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=64)
     out = tmp_path / "q.onnx"
-    rows = export_onnx(wpz, out, like, conv_quant="int8", check=False)
+    rows = export_onnx(wpz, out, like, conv_quant="int8", check=False, never_slower=False)
     assert rows[0].how.startswith("im2col (") and "uint8 patches) + MatMulIntegerToFloat" in rows[0].how, rows
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     # one strided Slice per tap of each dimension of more than one, one for those of one tap
@@ -602,7 +602,7 @@ def test_im2col_slices_quantize_the_input_once(tmp_path, k, stride, pads, dil, s
                                          [p for d in reversed(range(nd)) for p in (pads[d], pads[nd + d])]),
                  torch.from_numpy(wq), torch.from_numpy(bias.astype(np.float64)), stride=stride,
                  dilation=dil).numpy()
-    rows = export_onnx(wpz, out, like, conv_quant="int8", check=False, compute="twopass")
+    rows = export_onnx(wpz, out, like, conv_quant="int8", check=False, compute="twopass", never_slower=False)
     assert "uint8 patches) + MatMulIntegerToFloat x2" in rows[0].how, rows
     two = np.linalg.norm(_run(out, x) - exact) / np.linalg.norm(exact)
     one = np.linalg.norm(got - exact) / np.linalg.norm(exact)
@@ -638,7 +638,7 @@ def test_quant_conv_runs_as_im2col_integer_product(tmp_path):
             stated = stated_error(c)
         for check in (True, False):
             out = tmp_path / f"{method}-{check}.onnx"
-            rows = export_onnx(wpz, out, like, conv_quant="int8", check=check)
+            rows = export_onnx(wpz, out, like, conv_quant="int8", check=check, never_slower=False)
             conv = [r for r in rows if r.name != "fc.weight" and r.form != "dense"]
             assert len(conv) == 19 and all(r.how.startswith("im2col (") and
                                            any(h in r.how for h in hows[method]) for r in conv), rows
@@ -677,7 +677,7 @@ def test_quant_conv_runs_as_im2col_integer_product(tmp_path):
         wpz = tmp_path / "c1.wpz"
         compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=256)
         out = tmp_path / "c1-q.onnx"
-        rows = export_onnx(wpz, out, like, conv_quant="int8")
+        rows = export_onnx(wpz, out, like, conv_quant="int8", never_slower=False)
         assert [r.how.split()[0] for r in rows if r.form == "quant"] == [want] * 2, rows
         onnx.checker.check_model(onnx.load(str(out)))
         x = np.random.default_rng(2).standard_normal((2, 8, 40)).astype(np.float32)
@@ -719,7 +719,7 @@ def test_quantized_embedding_runs_as_gatherblockquantized(tmp_path):
         with ContainerWriter(wpz) as w:
             w.add(name, q, original=np.asarray(src[name]), layout="out_in")
         out = tmp_path / "e_q.onnx"
-        row = {r.name: r for r in export_onnx(wpz, out, like)}[name]
+        row = {r.name: r for r in export_onnx(wpz, out, like, never_slower=False)}[name]
         m = onnx.load(str(out))
         onnx.checker.check_model(m)
         ops = [n.op_type for n in m.graph.node]
@@ -749,7 +749,7 @@ def test_quantized_lstm_runs_as_dynamicquantizelstm(tmp_path):
         compress_model(open_model(rm.path), wpz, method="quant", options=opts, min_size=256)
         ref = rm.run(str(_reference(tmp_path, wpz, rm.path)))
         out = tmp_path / "l.onnx"
-        rows = [r for r in export_onnx(wpz, out, rm.path, lstm_quant="int8") if r.form == "quant"]
+        rows = [r for r in export_onnx(wpz, out, rm.path, lstm_quant="int8", never_slower=False) if r.form == "quant"]
         lstm = [r for r in rows if "LSTM" in r.name]
         assert len(lstm) == 4 and all(r.how.startswith(f"DynamicQuantizeLSTM {opts['bits']}-bit")
                                       for r in lstm), rows
@@ -762,7 +762,7 @@ def test_quantized_lstm_runs_as_dynamicquantizelstm(tmp_path):
         y = rm.run(str(out))
         err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
         assert 1e-7 < err < 0.03, err
-    rows = [r for r in export_onnx(wpz, out, rm.path) if "LSTM" in r.name and r.form == "quant"]
+    rows = [r for r in export_onnx(wpz, out, rm.path, never_slower=False) if "LSTM" in r.name and r.form == "quant"]
     auto_q = [r.how.startswith("DynamicQuantizeLSTM") for r in rows]
     assert all(auto_q) or (not any(auto_q) and all("measured slower" in r.note for r in rows)), rows
 
@@ -808,12 +808,12 @@ def test_export_keeps_outputs_within_the_stated_error(tmp_path):
         return np.linalg.norm(y - ref) / np.linalg.norm(ref)
 
     raw = tmp_path / "raw.onnx"
-    rows = export_onnx(wpz, raw, like, check=False)
+    rows = export_onnx(wpz, raw, like, check=False, never_slower=False)
     assert rows.output_error is None
     assert all(r.how.startswith("DynamicQuantizeMatMul 8-bit") for r in rows if r.form == "quant")
     assert err(raw) > stated          # what the check is for: the one-pass integer model is not
     out = tmp_path / "checked.onnx"
-    rows = export_onnx(wpz, out, like)
+    rows = export_onnx(wpz, out, like, never_slower=False)
     assert err(out) <= stated, (err(out), stated)
     assert rows.stated_error == pytest.approx(stated)
     assert rows.output_error <= 0.8 * stated
@@ -826,10 +826,10 @@ def test_export_keeps_outputs_within_the_stated_error(tmp_path):
         2 if "x2" in r.how else r.how.startswith("DynamicQuantizeMatMul") for r in rows)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".wp-")]
     # the same with the caller's sample inputs; a missing input is named
-    rows = export_onnx(wpz, tmp_path / "mine.onnx", like, inputs={"x": x[:2]})
+    rows = export_onnx(wpz, tmp_path / "mine.onnx", like, inputs={"x": x[:2]}, never_slower=False)
     assert rows.output_error <= 0.8 * stated
     with pytest.raises(ValueError, match="inputs: no value for the model's input 'x'"):
-        export_onnx(wpz, tmp_path / "bad.onnx", like, inputs={"y": x})
+        export_onnx(wpz, tmp_path / "bad.onnx", like, inputs={"y": x}, never_slower=False)
 
 
 def test_twopass_compensates_the_activation_rounding(tmp_path, block):
@@ -845,7 +845,7 @@ def test_twopass_compensates_the_activation_rounding(tmp_path, block):
     errs = {}
     for compute in ("fast", "twopass"):
         out = tmp_path / f"{compute}.onnx"
-        rows = {r.name: r for r in export_onnx(wpz, out, like, compute=compute, check=False)}
+        rows = {r.name: r for r in export_onnx(wpz, out, like, compute=compute, check=False, never_slower=False)}
         m = onnx.load(str(out))
         onnx.checker.check_model(m)
         n_dq = [n.op_type for n in m.graph.node].count("DynamicQuantizeMatMul")
@@ -871,7 +871,7 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
     x = np.random.default_rng(2).standard_normal((2, 7, 64)).astype(np.float32)
     ref = _run(_reference(tmp_path, wpz, like), x)
     out = tmp_path / "g.onnx"
-    rows = {r.name: r for r in export_onnx(wpz, out, like, group_quant="int8", check=False)}
+    rows = {r.name: r for r in export_onnx(wpz, out, like, group_quant="int8", check=False, never_slower=False)}
     groups = {w: -(-({weights[0]: 64, weights[1]: 192}[w]) // opts["group"]) for w in weights}
     for w in weights:
         assert rows[w].how.startswith(f"DynamicQuantizeMatMul per group ({groups[w]} groups of "
@@ -884,7 +884,7 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
     assert ops.count("Split") == ops.count("Sum") == 2
     err = np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref)
     assert 1e-6 < err < 2e-2, err
-    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "a.onnx", like)}
+    rows = {r.name: r for r in export_onnx(wpz, tmp_path / "a.onnx", like, never_slower=False)}
     kinds = {rows[w].how.split(" (")[0].split(",")[0] for w in weights}
     if opts["bits"] < 8:
         # "auto" never trades the codes' size for speed: a byte a code would make an int3/int4
@@ -921,3 +921,58 @@ def test_sample_inputs_index_the_embedding(tmp_path):
     assert feed["ids"].shape == (4, 6) and feed["ids"].dtype == np.int64
     assert feed["ids"].min() >= 0 and feed["ids"].max() < 50 and len(np.unique(feed["ids"])) > 5
     assert (feed["attention_mask"] == 1).all()
+
+
+@pytest.mark.parametrize("dense_time,want_dense,bits", [(2.0, 0, 8), (1.15, 2, 8), (0.5, 3, 8),
+                                                         (0.5, 0, 4)])
+def test_never_slower_makes_the_smallest_layers_dense_until_no_slower(tmp_path, monkeypatch,
+                                                                      dense_time, want_dense, bits):
+    """never_slower (default): the export is timed against the dense model; while slower, its
+    smallest compressed layers (1, 2, 4, ...) stay dense, down to the dense graph itself; packed
+    int4 layers stay (an int4 file whatever the timing). The
+    timing is made up here (each integer product costs 0.1 over a base of 1.0) so that the
+    choice, not the machine, is tested; the notes say why."""
+    import weightpress.model.export_onnx as eo
+    like = tmp_path / "m.onnx"
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 128),
+                            torch.nn.ReLU(), torch.nn.Linear(128, 256)).eval()
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(m, (torch.randn(1, 64),), str(like), dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "b"}})
+    wpz = tmp_path / "q.wpz"
+    opts = {"bits": 8} if bits == 8 else {"bits": 4, "group": 32}   # int4: MatMulNBits, kept
+    compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=256)
+    cost = {"now": 0.0}
+
+    class Fake:
+        def __init__(self, path):
+            g = onnx.load(path, load_external_data=False).graph
+            self.t = dense_time if path == str(like) else 1.0 + 0.1 * sum(
+                n.op_type in ("DynamicQuantizeMatMul", "MatMulNBits") for n in g.node)
+
+        def run(self, *a):
+            cost["now"] = self.t
+
+    def best_time(fn, reps):
+        fn()
+        return cost["now"]
+
+    monkeypatch.setattr(eo, "session", Fake)
+    monkeypatch.setattr(eo, "best_time", best_time)
+    monkeypatch.setattr(eo, "sample_feed", lambda *a: {})
+    out = tmp_path / "o.onnx"
+    rows = [r for r in export_onnx(wpz, out, like, check=False) if r.form == "quant"]
+    assert len(rows) == 3
+    by_size = sorted(rows, key=lambda r: r.dense_nbytes)
+    assert [r.how == "dense" for r in by_size] == [True] * want_dense + [False] * (3 - want_dense)
+    for r in by_size[:want_dense]:
+        assert "measured slower than dense" in r.note and "1.3 s" not in r.note
+        assert "1.3e+03 ms vs" in r.note   # the first timing: all three compressed
+    for r in by_size[want_dense:]:
+        assert r.how.startswith("DynamicQuantizeMatMul" if bits == 8 else "MatMulNBits 4-bit")
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert ("DynamicQuantizeMatMul" in ops or "MatMulNBits" in ops) == (want_dense < 3)
+    x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
+    with Container(wpz) as c:   # whatever it chose, the outputs are the container's
+        save_model(tmp_path / "d.onnx", c, like=like)
+    np.testing.assert_allclose(_run(out, x), _run(tmp_path / "d.onnx", x), rtol=0.05, atol=0.05)

@@ -208,6 +208,10 @@ def _parser() -> argparse.ArgumentParser:
                         "container's computation on sample inputs, and layers whose integer "
                         "kernels put the outputs beyond the container's stated error compute "
                         "more exactly)")
+    x.add_argument("--allow-slower", action="store_true",
+                   help="keep every rewrite (by default the export is timed against the dense "
+                        "model at batch 1 and, where slower, its smallest compressed layers "
+                        "stay dense until it is no slower)")
     x.add_argument("--external-data", action="store_true",
                    help="weights in OUTPUT.data beside the graph (less resident memory in "
                         "onnxruntime; no 2 GB limit)")
@@ -380,7 +384,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast",
                        external_data=a.external_data, conv_quant=a.conv_quant,
                        lstm_quant=a.lstm_quant, group_quant=a.group_quant,
-                       check=not a.no_check)
+                       check=not a.no_check, never_slower=not a.allow_slower)
     for r in rows:
         print(f"{printable(r.name):<32} {r.form:<15} {r.how:<40} {human(r.nbytes):>9}  {r.note}")
     if rows.output_error is not None:

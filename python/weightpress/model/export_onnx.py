@@ -93,6 +93,23 @@ the time on a CIFAR-sized ResNet). Each node costs about 3 KB (600 Slice/Relu no
 which is why the im2col convs cut each kernel dimension's taps in turn and put the scales and
 bias inside ``MatMulIntegerToFloat``. onnxruntime itself, with a one-node model: about 9.5 MB
 (its code pages and thread pool), the same for every model.
+
+Split by mapping (``benchmarks/ort_memory.py``: growth of the resident set from before the
+session to after a batch-1 run, onnxruntime 1.32, 1 thread; MB): the one-node session holds
+8.2 of onnxruntime's code pages and 1.4 of heap. BERT-shaped, hidden 256, 4 layers
+(14.2 MB of float weights): dense 26.6 = code 9.2 + heap 15.2 (12.0 of pre-packed MatMul
+weights, 2.7 of session and graph) + 2.1 of the mapped embedding table; int8 16.7 = code
+9.6 + heap 6.4 (3.0 of pre-packed int8 weights, 2.8 of session and graph) + 0.7 mapped:
+0.63x, of which 12.4 MB would remain with no weights at all (0.47x of dense), so 4x on
+the weights cannot reach 0.5x of dense at this size. The same shapes at hidden 384 (30 MB
+of weights) measure 0.49x (low rank + int8 0.50x), at 512 (52 MB) 0.41x; BERT-base's 0.41x.
+Beyond the weights, the exported side pays the compensated layers of ``"twopass"``: their
+two products each pre-pack the shared weight while the session is created; one copy is kept,
+the other freed, but the freed copies stay resident in the C heap (one 3 MB weight read by
+two DynamicQuantizeMatMul: the same 4.4 MB held after loading, a 3 MB higher peak). Measured
+with and without the output check's twopass layers: GPT-2-shaped, hidden 256, 20.6 vs
+18.6 MB (15 layers); BERT-base with 4 layers, 66.6 vs 61.7 MB (13 layers: 0.41x vs 0.38x of
+dense). onnxruntime's integer kernels touch 0.4 MB more of its code than the float MatMul.
 """
 
 from __future__ import annotations
@@ -984,7 +1001,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                 like: str | os.PathLike[str] | None = None, *, compute: str = "fast",
                 block_size: int | None = None, external_data: bool = False,
                 conv_quant: str = "auto", lstm_quant: str = "auto", group_quant: str = "auto",
-                check: bool = True,
+                check: bool = True, never_slower: bool = True,
                 inputs: Mapping[str, np.ndarray] | None = None) -> "ExportRows":
     """Write ``output``: the ONNX model ``like`` with the container's tensors, compressed layers
     running compressed (see the module docstring).
@@ -1039,6 +1056,13 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         error first, until the outputs are within it (all of them, if need be:
         ``compute="exact"`` is the container's computation to float rounding). The rows say
         which, and why.
+    never_slower : bool
+        Time the export against the dense model (``like``) in onnxruntime, batch 1, 1 thread;
+        where it is slower (small layers: quantizing the activations at each call costs more
+        than the integer product saves), make the compressed tensors dense, the smallest
+        first (1, 2, 4, … of them), until it is no slower, or all of them are (the dense
+        graph; packed 2–4-bit layers and quantized embedding tables are never given back).
+        The rows say which. Default True; False keeps every rewrite as chosen.
     inputs : mapping, optional
         Sample inputs for ``check`` (input name -> array, e.g. calibration inputs); default:
         made from the graph's declared inputs (:func:`~weightpress.model.export_check.sample_feed`,
@@ -1088,7 +1112,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                                block_size=block_size, external_data=external_data,
                                conv_quant=conv_quant, lstm_quant=lstm_quant,
                                group_quant=group_quant, check=check,
-                               inputs=inputs)
+                               never_slower=never_slower, inputs=inputs)
     modes = {"conv_quant": conv_quant, "lstm_quant": lstm_quant, "group_quant": group_quant}
     notes: dict[str, str] = {}
     spent: dict[str, str] = {}
@@ -1121,6 +1145,9 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
     measured: tuple[float, float] | None = None
     if check:
         levels, measured = _check_outputs(c, output, like, compute, block_size, modes, inputs, pick)
+    if never_slower:
+        levels |= _never_slower(c, output, like, compute, block_size, modes,
+                                {k: v[0] for k, v in levels.items()}, pick)
     rows = ExportRows(_export(c, output, like, compute, block_size, external_data,
                               levels={k: v[0] for k, v in levels.items()}, pick=pick, **modes))
     for r in rows:
@@ -1199,7 +1226,9 @@ def _export(c: Container, output: str | os.PathLike[str], like: str | os.PathLik
         wdt = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
         dense_b = int(np.prod(dims)) * wdt.itemsize
         why = _DENSE_WHY.get(form, "dense")
-        if form in ("lowrank", "quant", "lowrank-int8"):
+        if levels.get(name) == "dense":
+            why = "dense: never_slower"   # (the caller's note replaces it)
+        elif form in ("lowrank", "quant", "lowrank-int8"):
             u = uses.get(name, [])
             if name not in inits or name in in_sub or name in graph_out or wdt.kind != "f":
                 why = "dense: not a plain initializer of the main graph"
@@ -1476,6 +1505,62 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
             notes[k] = (f"kept: measured no slower in onnxruntime than {off} (model at batch 1, "
                         f"1 thread: {t[k] * 1e3:.3g} ms vs {t['base'] * 1e3:.3g} ms)")
     return notes
+
+
+_KEEP_HOW = ("MatMulNBits", "GatherBlockQuantized")   # what never_slower does not make dense
+
+
+def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
+                  compute: str, block_size: int | None, modes: Mapping[str, str],
+                  levels: Mapping[str, str],
+                  pick: tuple[dict[str, str], dict[str, str]] | None) -> dict[str, tuple[str, str]]:
+    """The export as chosen, timed against the dense model (``like``: the same graph, dense
+    weights) in onnxruntime at batch 1, 1 thread, best of 5 interleaved rounds of 9 calls.
+    No slower: ``{}``. Slower (small layers, where quantizing the activations at each call
+    costs more than the integer product saves): the compressed tensors are made dense, the
+    smallest (dense bytes) first, 1, 2, 4, … of them, each set timed again, until the model is
+    no slower than dense, or every one is dense. Packed 2–4-bit layers (MatMulNBits) and
+    quantized embedding tables are kept: a user asking for int4 gets an int4 file whatever
+    the timing says. Returns ``{tensor: ("dense", why)}`` for those made dense."""
+    require("onnxruntime", "timing the export against the dense model (never_slower)")
+    d = os.path.dirname(os.path.abspath(output))
+    out: dict[str, tuple[str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix=".wp-speed-", dir=d) as tmp:
+        p = os.path.join(tmp, "x.onnx")
+        rows = _export(c, p, like, compute, block_size, True, levels=levels, pick=pick, **modes)
+        # MatMulNBits (codes of 2-4 bits: their size is what was asked for, as group_quant
+        # keeps them packed) and quantized tables (a Gather's few rows cost next to nothing)
+        # are not given back
+        order = sorted((r for r in rows if r.compressed and not r.how.startswith(_KEEP_HOW)),
+                       key=lambda r: (r.dense_nbytes, r.name))
+        if not order:
+            return out
+        sess = {"dense": session(os.fspath(like))}
+        feed = sample_feed(sess["dense"], 1, _load_proto(os.fspath(like), external=False).graph)
+        k = 0
+        while True:
+            sess["export"] = session(p)
+            t = {"dense": float("inf"), "export": float("inf")}
+            for _ in range(5):
+                for key, s_ in sess.items():
+                    t[key] = min(t[key], best_time(lambda: s_.run(None, feed), 9))
+            del sess["export"]
+            if k == 0:
+                first = dict(t)
+            if t["export"] <= t["dense"]:
+                break
+            k = min(max(1, 2 * k), len(order))
+            why = (f"dense: the model measured slower than dense in onnxruntime with its "
+                   f"{'smallest ' if k < len(order) else ''}compressed layers (batch 1, 1 thread: "
+                   f"{first['export'] * 1e3:.3g} ms vs {first['dense'] * 1e3:.3g} ms); "
+                   f"never_slower=False keeps them")
+            out = {r.name: ("dense", why) for r in order[:k]}
+            if k == len(order):   # every one it may give back is dense
+                break
+            _export(c, p, like, compute, block_size, True,
+                    levels=dict(levels) | {w: v[0] for w, v in out.items()}, pick=pick, **modes)
+        del sess
+    return out
 
 
 def _probes(graph: Any, names: list[str]) -> dict[str, list[tuple[str, str]]]:
