@@ -210,6 +210,33 @@ def test_writing_a_file_mapped_tensor_leaves_none_of_its_pages_resident(tmp_path
     assert out["h"].shape == (1024, 2048)
 
 
+def test_weight_error_passes_leave_none_of_a_file_mapped_ws_pages_resident(tmp_path):
+    """auto's candidates measure their weight error against a file-mapped W a block of rows
+    at a time (relative_error, fro2, error_stats): all of W stayed resident after the pass
+    (the 1 B run's workers peaked there with 97 MiB of file pages, issue 13)."""
+    import os
+
+    from weightpress.compression.matrices import error_stats, fro2
+    from weightpress.compression.methods import quantized
+    from weightpress.io.safetensors import write_safetensors
+    from weightpress.model.compress import open_source
+
+    if not os.path.exists("/proc/self/smaps_rollup"):
+        pytest.skip("needs /proc/self/smaps_rollup (Linux)")
+    W = np.random.default_rng(5).standard_normal((2048, 2048)).astype(np.float32)  # 16 MiB
+    q = quantized(W, bits=8)
+    write_safetensors(tmp_path / "w.safetensors", {"w": W})
+    a = open_source(str(tmp_path / "w.safetensors"))["w"]
+    for f in (lambda: q.relative_error(a), lambda: fro2(a), lambda: error_stats(a, a)):
+        r0 = _statm_rss("Private_Clean")
+        v = f()
+        # (without the releases: 1.0x of W, every page read by the pass)
+        assert _statm_rss("Private_Clean") - r0 <= 0.25 * W.nbytes
+    assert q.relative_error(a) == pytest.approx(q.relative_error(W), rel=1e-12)
+    assert fro2(a) == pytest.approx(float((W.astype(np.float64) ** 2).sum()), rel=1e-9)
+    assert v[3] == 0.0
+
+
 def test_randomized_svd_max_rank_caps_the_basis_without_warning():
     import warnings
 

@@ -79,9 +79,11 @@ def error_stats(W: Any, W_hat: Any, block: int = 1 << 20) -> tuple[float, float,
     d2 = n2 - 2.0 * inner + nh2
     if d2 < 1e-6 * max(n2, nh2):
         d2 = 0.0
-        for i in range(0, a.size, block):
-            d = a[i:i + block].astype(np.float64) - b[i:i + block]
+        for i, i1 in row_blocks(a, block):
+            d = a[i:i1].astype(np.float64) - b[i:i1]
             d2 += float(np.einsum("i,i->", d, d))
+            del d
+            release_rows(b, i, i1)
     return n2, inner, nh2, max(d2, 0.0)
 
 
