@@ -390,11 +390,11 @@ def test_ordered_map_starts_the_longest_of_the_last_items_first():
         if i == 0:
             gate.wait(5)  # holds one worker until every other item is done
         if i == 1:
-            time.sleep(0.1)  # (every item is in flight by its end)
+            time.sleep(0.5)  # (every item is in flight by its end: submitting takes µs)
         return i * 10
 
     cost = {i: (100.0 if i == 7 else float(i % 3)) for i in range(9)}
-    threading.Timer(0.4, gate.set).start()
+    threading.Timer(1.0, gate.set).start()
     assert list(ordered_map(f, range(9), 2, 8, cost=cost.__getitem__)) == [i * 10 for i in range(9)]
     # 0 and 1 in order, then the rest longest first (ties in order)
     assert set(started[:2]) == {0, 1} and started[2:] == [7, 2, 5, 8, 4, 3, 6], started
@@ -479,3 +479,22 @@ def test_steps_are_built_only_where_a_budget_fits_the_top_precisions(model, tmp_
         mc.compress_model(src, str(tmp_path / "o.wpz"), ratio=ratio, method="quant", min_size=16,
                           calibration=CalibrationSet(cp, keep_bytes=0))
     assert (alts[0] >= mc.ALT_STEP) is stepped and all(a == 0 for a in alts[1:])
+
+
+def test_layer_cost_counts_the_inputs_of_either_layout():
+    """The longest-first order's estimate: ``out·in`` weights, times ``in`` where calibrated;
+    the inputs are all but the first axis of an [out, in, ...] tensor and all but the last of
+    an [in, out] (Keras: [kh, kw, in, out]) one. Kept layers cost nothing."""
+    from weightpress.model.compress import _layer_cost
+    from weightpress.model.rules import Decision
+
+    def d(shape, action="auto"):
+        return Decision("w", shape, np.dtype(np.float32), action, "", {})
+
+    assert _layer_cost(d((384, 1536)), "out_in", True) == _layer_cost(d((1536, 384)), "in_out", True)
+    assert _layer_cost(d((384, 1536)), "out_in", True) == 384 * 1536 * (1 + 1536 / 64)
+    assert (_layer_cost(d((64, 32, 3, 3)), "out_in", True)
+            == _layer_cost(d((3, 3, 32, 64)), "in_out", True) == 64 * 288 * (1 + 288 / 64))
+    assert _layer_cost(d((384, 1536)), "out_in", False) == 384 * 1536
+    assert _layer_cost(d((384,)), "out_in", True) == 0.0
+    assert _layer_cost(d((384, 384), "skip"), "out_in", True) == 0.0

@@ -533,7 +533,7 @@ def _sweep_by_rows(Wa: np.ndarray, U: np.ndarray, dead: np.ndarray, perm: np.nda
         Wk[:, dead] = 0.0
         rb = re if re is None or step >= rows else re[r0:r1]
         if perm is not None:
-            scales0, zeros0 = _rtn_params(Wk, b, g, sym, mse, n_threads)
+            scales0, zeros0 = lq.rtn_params(Wk, b, g, sym, mse, n_threads)
             _permute_columns(Wk, perm)  # in place, a block of rows at a time
             res = lq.obs_sweep(Wk, U, bits=b, group=g, symmetric=sym, mse=mse, n_prune=n_prune,
                                block=block, col_group=cg, scales=scales0, zeros=zeros0,
@@ -559,19 +559,6 @@ def _sweep_by_rows(Wa: np.ndarray, U: np.ndarray, dead: np.ndarray, perm: np.nda
     sc = scales[0] if len(scales) == 1 else np.concatenate(scales)
     zs = zeros[0] if len(zeros) == 1 or zeros[0] is None else np.concatenate(zeros)
     return packed, sc, zs
-
-
-def _rtn_params(Wk: np.ndarray, b: int, g: int, sym: bool, mse: bool, n_threads: int | None,
-                rows: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
-    """Round-to-nearest scales and zeros of ``Wk`` (rows are independent), a block of rows at
-    a time: the codes of a block, not of the whole matrix, are held (issue 15: memory)."""
-    parts = [lq.rtn_params(Wk[r:r + rows], b, g, sym, mse, n_threads)
-             for r in range(0, Wk.shape[0], rows)]
-    if not parts:
-        return lq.rtn_params(Wk, b, g, sym, mse, n_threads)
-    scales = np.concatenate([p[0] for p in parts])
-    zeros = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
-    return scales, zeros
 
 
 def _unpermute_columns(C: np.ndarray, perm: np.ndarray, rows: int = 256) -> None:

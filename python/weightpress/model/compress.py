@@ -735,7 +735,9 @@ def _layer_cost(d: Decision, layout: str, calibrated: bool) -> float:
     if d.action == "skip" or len(d.shape) < 2:
         return 0.0
     n = float(np.prod(d.shape, dtype=np.float64))
-    n_in = n / float(d.shape[0]) if layout == "out_in" else float(d.shape[-1])
+    # inputs: all but the first axis ([out, in, kh, kw]), or all but the last ([in, out],
+    # Keras' [kh, kw, in, out])
+    n_in = n / float(d.shape[0] if layout == "out_in" else d.shape[-1])
     return n * (1.0 + n_in / 64.0) if calibrated else n
 
 
