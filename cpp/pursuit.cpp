@@ -491,6 +491,17 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
   err.rethrow();
 }
 
+namespace {
+// ‖d_j‖² of the n columns of a row-major m×n D, each summed over the rows in order (the
+// order small_atb's fused pass sums them in: the same bits either way).
+template <class T>
+void atom_sqnorms(std::int64_t m, std::int64_t n, const T* D, T* out) {
+  std::fill(out, out + n, T(0));
+  for (std::int64_t i = 0; i < m; ++i)
+    for (std::int64_t j = 0; j < n; ++j) out[j] += D[i * n + j] * D[i * n + j];
+}
+}  // namespace
+
 template <class T>
 void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* C,
               const T* ynorm2, std::int64_t kmax, double tol, std::int64_t* supp, T* coef,
@@ -498,9 +509,8 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
   if (kmax < 1 || kmax > n) throw ShapeError("omp: kmax must be in [1, n_atoms]");
   std::vector<T> diag;
   if (!sqnorms) {
-    diag.assign(static_cast<std::size_t>(n), T(0));  // ‖d_j‖², rows in order
-    for (std::int64_t i = 0; i < m; ++i)
-      for (std::int64_t j = 0; j < n; ++j) diag[static_cast<std::size_t>(j)] += D[i * n + j] * D[i * n + j];
+    diag.resize(static_cast<std::size_t>(n));
+    atom_sqnorms<T>(m, n, D, diag.data());
     sqnorms = diag.data();
   }
   const std::vector<T> invdiag = inverse_diag<T>(n, sqnorms, 1);
@@ -635,9 +645,7 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
       small_atb<T>(m, n, b, D, Y, ldy, cbuf.get(), sq.data());
     else
       omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.get());
-    if (lazy && s0 == 0 && b > kSmallBlock)
-      for (std::int64_t i = 0; i < m; ++i)  // rows in order, as small_atb sums them
-        for (std::int64_t j = 0; j < n; ++j) sq[static_cast<std::size_t>(j)] += D[i * n + j] * D[i * n + j];
+    if (lazy && s0 == 0 && b > kSmallBlock) atom_sqnorms<T>(m, n, D, sq.data());
     col_sqnorms<T>(m, b, Y + s0, ldy, nbuf.data(), n_threads);
     if (p.check_finite && N <= kSmallBlock) {
       T acc = T(0);  // 0·x stays 0 for finite x and is NaN for NaN or Inf
