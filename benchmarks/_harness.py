@@ -91,7 +91,8 @@ def reset_peak() -> bool:
         return False
 
 
-def _vmrss() -> int:
+def resident() -> int:
+    """This process's resident set now, in bytes (``VmRSS``, /proc/self/status)."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
@@ -102,14 +103,14 @@ def warm_blas() -> int:
     same for any tensor size, paid before a memory baseline. Returns the resident growth."""
     from scipy.linalg import blas as _b
 
-    r0 = _vmrss()
+    r0 = resident()
     for t in (np.float32, np.float64):
         x = np.ones((1024, 1024), t)
         x @ x
         (_b.sgemm if t == np.float32 else _b.dgemm)(1.0, x, x)
         (_b.ssyrk if t == np.float32 else _b.dsyrk)(1.0, x)
     del x
-    return _vmrss() - r0
+    return resident() - r0
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -102,9 +102,6 @@ def _rss_kb() -> int:
         return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
-_reset_peak = reset_peak  # (imported with the module: nothing imported after a baseline)
-
-
 def _peak_kb() -> int:
     try:
         with open("/proc/self/status") as f:
@@ -302,7 +299,7 @@ def child(runtime: str, name: str, path: str, threads: int, reps: int) -> dict:
     feeds = _prelude(name, runtime)
     best_time = _best_time
     base = _rss_kb()
-    _reset_peak()
+    reset_peak()
     out: dict = {}
     if runtime == "ort":
         s = ort.InferenceSession(path, _session_options(threads), providers=["CPUExecutionProvider"])
@@ -374,7 +371,7 @@ def floor_child(path: str, threads: int) -> dict:
     _prelude("mlp")   # the same imports and input making as child's, before the baseline
     x = np.ones((1, 8), np.float32)
     base = _rss_kb()
-    _reset_peak()
+    reset_peak()
     s = ort.InferenceSession(path, _session_options(threads), providers=["CPUExecutionProvider"])
     s.run(None, {"x": x})
     return {"peak_mb": (_peak_kb() - base) / 1024}

@@ -63,7 +63,7 @@ CONFIGS = [  # (label, compress keyword arguments, calibrated?)
 _CHILD = r"""
 import json, os, sys, tracemalloc
 import numpy as np
-from _harness import peak_rss as hwm, reset_peak, warm_blas
+from _harness import peak_rss as hwm, reset_peak, resident, warm_blas
 from weightpress.model.compress import compress_model, open_source
 cfg = json.loads(sys.argv[1])
 cal = None
@@ -74,10 +74,7 @@ src = open_source(cfg["model"])
 # the input's pages are read from disk before the baseline (page cache); the reader maps the
 # tensor anew in the call, and those resident pages are part of the call's growth (1.0x)
 np.asarray(src["big.weight"]).sum()
-def status(key):
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
-cold = status("VmRSS")
+cold = resident()
 blas = warm = 0
 if cfg["warm"]:
     # OpenBLAS (NumPy's, and SciPy's, which the engine calls) allocates each thread's work
@@ -95,7 +92,7 @@ if cfg["warm"]:
                    calibration=None if z is None else {k: z[k] for k in z.files},
                    min_size=16, **cfg["kw"])
     del z
-    warm = status("VmRSS") - cold - blas
+    warm = resident() - cold - blas
 if not reset_peak():  # no /proc or not writable: the baseline stays the high-water mark
     print("bench_memory: could not reset the peak (/proc/self/clear_refs)", file=sys.stderr)
 base = hwm()

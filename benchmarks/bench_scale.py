@@ -84,8 +84,8 @@ from weightpress.model.distributed import close, local_client
 def peak():  # this process's own high-water mark (VmHWM; workers import _harness too)
     return peak_rss()
 def rss():  # this process's resident set now
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+    import _harness
+    return _harness.resident()
 def warm_blas():  # OpenBLAS's per-thread buffers, paid before the baseline (as bench_memory)
     import _harness
     return _harness.warm_blas()

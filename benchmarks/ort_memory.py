@@ -39,6 +39,7 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import bench_export as be  # noqa: E402
+from _harness import reset_peak  # noqa: E402
 
 
 def _smaps(model_dir: str) -> dict[str, float]:
@@ -70,7 +71,7 @@ def child(path: str, name: str, opts: str) -> dict:
     d = os.path.dirname(os.path.abspath(path))
     before = _smaps(d)
     base = be._rss_kb()
-    be._reset_peak()
+    reset_peak()
     s = ort.InferenceSession(path, be._session_options(1), providers=["CPUExecutionProvider"])
     after_load = _smaps(d)
     names = [i.name for i in s.get_inputs()]
