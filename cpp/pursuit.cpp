@@ -70,16 +70,22 @@ constexpr std::int64_t kSmallBlock = 8;
 template <class T>
 WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                               const T* X, std::int64_t ldx, T* out, T* sq) {
-  std::fill(out, out + b * n, T(0));
-  if (sq) std::fill(sq, sq + n, T(0));
+  // The sums build up in a local block whose rows are `ld` apart, not n: with n a multiple
+  // of 512 values, the b rows of out and the four rows of D all fell in the same L1 sets
+  // (and each store 4K-aliased the next loads of D). Same summation order, so the same bits.
+  const std::int64_t pad = 64 / static_cast<std::int64_t>(sizeof(T));
   // Columns of D in chunks whose b rows of out and four rows of D stay within 32 KiB (L1):
   // with eight signals, out (8·n) spilled to L2 on every four rows, and eight Gram columns
   // cost as much as eight passes over D. Each entry's sum runs over the rows in the same
   // order for any chunk width.
   const std::int64_t J = std::max<std::int64_t>(
       64, (std::int64_t(32768) / ((b + 4 + (sq ? 1 : 0)) * static_cast<std::int64_t>(sizeof(T)))) / 16 * 16);
+  const std::int64_t ld = J + pad;
+  std::vector<T> acc(static_cast<std::size_t>((b + 1) * ld));
+  T* const qa = acc.data() + b * ld;  // the column norms' row
   for (std::int64_t j0 = 0; j0 < n; j0 += J) {
     const std::int64_t w = std::min(J, n - j0);
+    std::fill(acc.begin(), acc.end(), T(0));
     std::int64_t i0 = 0;
     for (; i0 + 4 <= m; i0 += 4) {
       const T* __restrict d0 = D + i0 * n + j0;
@@ -89,12 +95,12 @@ WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, co
       for (std::int64_t t = 0; t < b; ++t) {
         const T x0 = X[i0 * ldx + t], x1 = X[(i0 + 1) * ldx + t], x2 = X[(i0 + 2) * ldx + t],
                 x3 = X[(i0 + 3) * ldx + t];
-        T* __restrict o = out + t * n + j0;
+        T* __restrict o = acc.data() + t * ld;
         for (std::int64_t j = 0; j < w; ++j)
           o[j] += (d0[j] * x0 + d1[j] * x1) + (d2[j] * x2 + d3[j] * x3);
       }
       if (sq) {
-        T* __restrict q = sq + j0;
+        T* __restrict q = qa;
         for (std::int64_t j = 0; j < w; ++j)
           q[j] = (((q[j] + d0[j] * d0[j]) + d1[j] * d1[j]) + d2[j] * d2[j]) + d3[j] * d3[j];
       }
@@ -103,14 +109,17 @@ WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, co
       const T* __restrict di = D + i * n + j0;
       for (std::int64_t t = 0; t < b; ++t) {
         const T xv = X[i * ldx + t];
-        T* __restrict o = out + t * n + j0;
+        T* __restrict o = acc.data() + t * ld;
         for (std::int64_t j = 0; j < w; ++j) o[j] += di[j] * xv;
       }
       if (sq) {
-        T* __restrict q = sq + j0;
+        T* __restrict q = qa;
         for (std::int64_t j = 0; j < w; ++j) q[j] += di[j] * di[j];
       }
     }
+    for (std::int64_t t = 0; t < b; ++t)
+      std::copy(acc.data() + t * ld, acc.data() + t * ld + w, out + t * n + j0);
+    if (sq) std::copy(qa, qa + w, sq + j0);
   }
 }
 
