@@ -3,8 +3,10 @@
 pursuit.cpp, basis_pursuit.cpp and linop.cpp compile their hot loops for AVX-512, AVX2 and the
 baseline and pick one at run time. Each loop is written elementwise in a fixed order, so every
 copy computes the same roundings, *if* the compiler does not fuse ``a - b*c`` into one FMA in
-the copies whose target has FMA (GCC does, under -std=c++17 too). Run with the dispatch capped
-by WP_MAX_ISA, the results must hash alike.
+the copies whose target has FMA (GCC does, under -std=c++17 too). OMP's loops use explicit
+``std::fma`` instead (one rounding by definition, libm's on the baseline), in chains whose order
+does not depend on how a copy blocks them. Run with the dispatch capped by WP_MAX_ISA, the
+results must hash alike.
 """
 
 import os
@@ -28,8 +30,9 @@ for dt in (np.float32, np.float64):
     for s in range(40):
         X0[rng.choice(203, 9, replace=False), s] = rng.standard_normal(9)
     Y = (D @ X0 + 1e-3 * rng.standard_normal((61, 40))).astype(dt)
-    for N in (40, 2):
-        X = wp.omp(D, Y[:, :N], n_nonzero=9)
+    # (one signal, k = 8: a block of eight Gram columns, the AVX-512 copy's register tiles)
+    for N, k in ((40, 9), (2, 9), (1, 8)):
+        X = wp.omp(D, Y[:, :N], n_nonzero=k)
         X = X.toarray() if sp.issparse(X) else np.asarray(X)
         h.update(np.ascontiguousarray(X).tobytes())
     # basis pursuit, BPDN, LASSO on a dense operator (CSR products contract to FMA where the

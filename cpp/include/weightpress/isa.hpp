@@ -10,6 +10,8 @@
 // has FMA, so the v3/v4 copies of a loop may differ from the baseline copy in the last bit.
 // Kernels that must give bit-identical results on every CPU are compiled with
 // -ffp-contract=off (CMakeLists.txt: obs.cpp) or document where FMA changes the last bit.
+// Explicit std::fma is the other way (pursuit.cpp's OMP loops): one rounding by definition, so
+// every level gives the same bits (the baseline copy calls libm's fma: exact, slower).
 #pragma once
 
 #define WP_INLINE __attribute__((always_inline)) inline
