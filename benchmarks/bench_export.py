@@ -16,7 +16,8 @@ dense ``.pt`` state dict for PyTorch; default rules: embeddings, norms and biase
 ``int8`` (8-bit symmetric per channel, 4x on the compressed layers), ``int4g128`` (4-bit,
 groups of 128: about 7x), ``lowrank-int8`` (low rank with int8 factors, each layer 4x).
 ONNX: ``export_onnx`` with its defaults (``compute="fast"``: DynamicQuantizeMatMul for
-per-channel int8, one per group or MatMulNBits for int4 groups as timed, convs and LSTMs
+per-channel int8; for int4 groups MatMulNBits, or one per group over the 4-bit codes made
+int8 at load when MatMulNBits is slower than dense, convs and LSTMs
 quantized only where timed no slower; its output check makes the layers that put the outputs
 beyond the container's stated error compensate their rounding; ``never_slower``: an export
 timed slower than dense at batch 1 gives its smallest compressed layers back dense, packed

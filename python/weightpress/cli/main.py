@@ -199,10 +199,11 @@ def _parser() -> argparse.ArgumentParser:
                         "LSTMs, slower for narrow ones), dense, or auto (default: timed as "
                         "--conv-quant)")
     x.add_argument("--group-quant", choices=["auto", "int8", "nbits"], default="auto",
-                   help="group-quantized MatMuls: one integer MatMul per group (faster at batch "
-                        "32, a byte per code), MatMulNBits (packed codes), or auto (default: "
-                        "8-bit codes timed both ways; fewer bits stay packed, so an int4 model "
-                        "exports as int4)")
+                   help="MatMuls quantized in groups or to 2-4 bits: integer MatMuls on int8 "
+                        "weights, one per group (faster from a few rows on; 4-bit codes stay "
+                        "4-bit in the file, a byte each in memory), MatMulNBits (packed codes, "
+                        "least memory), or auto (default: timed; 4-bit codes leave MatMulNBits "
+                        "only when the model is slower than dense with it)")
     x.add_argument("--no-check", action="store_true",
                    help="skip the output check (by default the exported model runs beside the "
                         "container's computation on sample inputs, and layers whose integer "
