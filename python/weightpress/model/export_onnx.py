@@ -1167,9 +1167,10 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         dense MatMul at 32 rows where MatMulNBits 4-bit is 0.8–1.3x slower than it, but slower
         than MatMulNBits at 1 row; ``"auto"``: the model timed both ways like ``conv_quant``
         (at batch 1: the graph's dynamic dimensions, other than the first, 8), the integer
-        products kept only when faster, and for codes of 2–4 bits only when the model is
-        slower than dense with MatMulNBits (its half byte a code is worth keeping otherwise).
-        Either way a 4-bit model's file holds 4-bit codes. The 4-bit initializers need opset
+        products kept only when faster (measured on BERT-shaped models, batch 1: MatMulNBits
+        4-bit is 1.4–3x faster than dense at 1–8 tokens and no faster from 32, where the
+        integer products are 1.4–1.7x faster; ``inputs`` sets the length timed); memory is not
+        weighed: ``"nbits"`` keeps the least. Either way a 4-bit model's file holds 4-bit codes. The 4-bit initializers need opset
         21: an older graph is converted (onnx's version converter); where that fails, the
         layers stay MatMulNBits and the rows say why.
     check : bool
@@ -1190,7 +1191,9 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         graph; packed 2–4-bit layers and quantized embedding tables are never given back).
         The rows say which. Default True; False keeps every rewrite as chosen.
     inputs : mapping, optional
-        Sample inputs for ``check`` (input name -> array, e.g. calibration inputs); default:
+        Sample inputs for ``check`` (input name -> array, e.g. calibration inputs), whose first
+        sample (batch 1, e.g. its sequence length) the speed choices (``"auto"`` modes,
+        ``never_slower``) also time the model on; default:
         made from the graph's declared inputs (:func:`~weightpress.model.export_check.sample_feed`,
         batch 4: standard normal floats, token ids below the embedding's rows).
     external_data : bool
@@ -1258,12 +1261,13 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         if conv_quant == "auto" and has["conv_quant"]:
             pick, strict, spent = _pick_convs(c, output, like, compute, block_size)
         notes = _choose_modes(c, output, like, compute, block_size,
-                              {k: v for k, v in modes.items() if v == "auto" and has[k]}, modes, pick)
+                              {k: v for k, v in modes.items() if v == "auto" and has[k]}, modes, pick,
+                              inputs)
         if strict is not None and notes.get("conv_quant", "").startswith(_OFF_NOTE["conv_quant"]):
             # the model measured slower with the convs taken for their bytes: only the faster
             pick, spent = strict, {}
             notes |= _choose_modes(c, output, like, compute, block_size, {"conv_quant": "auto"},
-                                   modes, pick)
+                                   modes, pick, inputs)
         for k in modes:
             if modes[k] == "auto":
                 modes[k] = _OFF[k] if notes.get(k, "").startswith(_OFF_NOTE[k]) else _SLOW_ON[k]
@@ -1273,7 +1277,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         levels, measured = _check_outputs(c, output, like, compute, block_size, modes, inputs, pick)
     if never_slower:
         levels |= _never_slower(c, output, like, compute, block_size, modes,
-                                {k: v[0] for k, v in levels.items()}, pick)
+                                {k: v[0] for k, v in levels.items()}, pick, inputs)
     rows = ExportRows(_export(c, output, like, compute, block_size, external_data,
                               levels={k: v[0] for k, v in levels.items()}, pick=pick, **modes))
     for r in rows:
@@ -1594,17 +1598,33 @@ def _nbits_bound(c: Container, name: str) -> bool:
     return p.n_groups > 1 or p.bits <= 4
 
 
+def _timing_feed(sess: Any, like: str | os.PathLike[str],
+                 inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """What the speed choices time the model on, at batch 1: the first sample of the caller's
+    ``inputs`` (their sequence length is the one the model will run at: MatMulNBits 4-bit is
+    the fastest form for a few rows and the slowest from about 32), else inputs made from the
+    graph's declared ones (dynamic dimensions other than the first: 8)."""
+    if inputs is None:
+        return sample_feed(sess, 1, _load_proto(os.fspath(like), external=False).graph)
+    out = {}
+    for i in sess.get_inputs():
+        if i.name not in inputs:
+            raise ValueError(f"inputs: no value for the model's input {i.name!r}")
+        a = np.asarray(inputs[i.name])
+        fixed = bool(i.shape) and isinstance(i.shape[0], int) and i.shape[0] > 0
+        out[i.name] = a if a.ndim == 0 or fixed else a[:1]
+    return out
+
+
 def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
                   compute: str, block_size: int | None, auto: dict[str, str],
                   modes: dict[str, str],
-                  pick: tuple[dict[str, str], dict[str, str]] | None = None) -> dict[str, str]:
+                  pick: tuple[dict[str, str], dict[str, str]] | None = None,
+                  inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, str]:
     """For each rewrite in ``auto`` (``conv_quant``, ``lstm_quant``, ``group_quant``) that may
     run slower than the dense layer: time the model with it against the model without it (the
     others of ``auto`` off), onnxruntime, batch 1, 1 thread, best of 5 interleaved rounds of 9
-    calls. ``group_quant`` over codes of 2–4 bits trades memory (a byte a code in the session
-    against half a byte in MatMulNBits) for speed: taken only when the model with MatMulNBits
-    measures slower than dense (timed too) and the integer products are faster than it.
-    Returns ``{mode: why}``: why the layers stay dense (or MatMulNBits) for those measured
+    calls, on :func:`_timing_feed`. Returns ``{mode: why}``: why the layers stay dense (or MatMulNBits) for those measured
     slower, the times that kept the rewrite for the others."""
     require("onnxruntime", "timing the quantized convolutions and LSTMs ('auto')")
     if not auto:
@@ -1621,23 +1641,14 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
             if k != "base" and not any(r.how.startswith(_SLOW_PREFIX[k]) for r in rows):
                 continue                  # nothing of this kind could be rewritten
             sess[k] = session(p)  # (1 thread, the default optimizations: as the check runs)
-        packed = "group_quant" in sess and any(_packed_bound(c, nm) for nm in c.entries)
-        if packed:
-            sess["dense"] = session(os.fspath(like))
-        feed = sample_feed(sess["base"], 1, _load_proto(os.fspath(like), external=False).graph)
+        feed = _timing_feed(sess["base"], like, inputs)
         t = {k: float("inf") for k in sess}
         for _ in range(5):   # (a model's gain can be a few per cent: 5 rounds against the noise)
             for k, s in sess.items():
                 t[k] = min(t[k], best_time(lambda: s.run(None, feed), 9))
         del sess
     for k in auto:
-        if k == "group_quant" and packed and t[k] <= t["base"] and t["base"] <= t["dense"]:
-            notes[k] = (f"MatMulNBits: the least memory (half a byte a 4-bit code), and the model "
-                        f"measured no slower than dense with it in onnxruntime (batch 1, 1 "
-                        f"thread: {t['base'] * 1e3:.3g} ms vs {t['dense'] * 1e3:.3g} ms dense, "
-                        f"{t[k] * 1e3:.3g} ms with {_SLOW_WHAT[k]}); "
-                        f"{k}='{_SLOW_ON[k]}' takes the faster")
-        elif k in t and t[k] > t["base"]:
+        if k in t and t[k] > t["base"]:
             off = _OFF_WORD[k]
             notes[k] = (f"{off}: {_SLOW_WHAT[k]} measured slower in onnxruntime (model at batch 1, "
                         f"1 thread: {t[k] * 1e3:.3g} ms vs {t['base'] * 1e3:.3g} ms with "
@@ -1658,7 +1669,8 @@ _KEEP_IN_HOW = "packed two a byte"
 def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
                   compute: str, block_size: int | None, modes: Mapping[str, str],
                   levels: Mapping[str, str],
-                  pick: tuple[dict[str, str], dict[str, str]] | None) -> dict[str, tuple[str, str]]:
+                  pick: tuple[dict[str, str], dict[str, str]] | None,
+                  inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, tuple[str, str]]:
     """The export as chosen, timed against the dense model (``like``: the same graph, dense
     weights) in onnxruntime at batch 1, 1 thread, best of 5 interleaved rounds of 9 calls.
     No slower: ``{}``. Slower (small layers, where quantizing the activations at each call
@@ -1682,7 +1694,7 @@ def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.P
         if not order:
             return out
         sess = {"dense": session(os.fspath(like))}
-        feed = sample_feed(sess["dense"], 1, _load_proto(os.fspath(like), external=False).graph)
+        feed = _timing_feed(sess["dense"], like, inputs)
         k = 0
         while True:
             sess["export"] = session(p)
