@@ -567,7 +567,7 @@ def test_conv_quant_auto_drops_the_spent_convs_when_the_model_is_slower(tmp_path
     monkeypatch.setattr(eo, "_pick_convs", lambda *a: (full, strict, {spent: "spent (made up)"}))
     calls = []
 
-    def choose(c, output, like_, compute, block_size, auto, modes, pick=None):
+    def choose(c, output, like_, compute, block_size, auto, modes, pick=None, inputs=None):
         calls.append(dict(pick[0]))
         if len(calls) == 1:   # the model with the spent conv: slower than every conv dense
             return {"conv_quant": "dense: the convs measured slower (made up)"}
