@@ -373,8 +373,8 @@ def _unpacked_codes(b: "_Builder", key: str, q: QuantParts, sizes: list[int]
     if not q.symmetric:
         for j, o in enumerate(list(outs)):
             outs[j] = b.name(f"{key}_wp_w{j}")
-            nodes.append(b.node("Sub", [o, b.init(f"{key}_g{j}_zero", q.zeros[:, j].astype(np.int8))],
-                                [outs[j]]))
+            zero = b.init(f"{key}_g{j}_zero", q.zeros[:, j].astype(np.int8))
+            nodes.append(b.node("Sub", [o, zero], [outs[j]]))
     return outs, nodes
 
 
@@ -395,7 +395,8 @@ def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
     pre: list[Any] = []   # the unpacking, before the weight's first reader
     if key not in b.cache:
         u, z = (q.packed[:0] if nib else q.codes()), q.zeros
-        made = [b.init(f"{key}_split", np.array(sizes, np.int64)) if b.opset >= 13 and G > 1 else ""]
+        split = b.opset >= 13 and G > 1     # the activations' Split takes its sizes as an input
+        made = [b.init(f"{key}_split", np.array(sizes, np.int64)) if split else ""]
         ws, pre = _unpacked_codes(b, key, q, sizes) if nib else ([], [])
         for j in range(G):
             if nib:
@@ -427,7 +428,8 @@ def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
     nodes.append(b.node("Sum", ys, [y]))
     codes = (f"{q.bits}-bit codes packed two a byte, int8 at load" if nib
              else f"{q.bits}-bit codes as 8-bit")
-    return nodes, f"DynamicQuantizeMatMul per group ({G} groups of {g}, {codes}; uint8 activations per group)"
+    return nodes, (f"DynamicQuantizeMatMul per group ({G} groups of {g}, {codes}; uint8 "
+                   f"activations per group)")
 
 
 def _subgraph_names(graph: Any) -> set[str]:
@@ -1170,9 +1172,9 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         products kept only when faster (measured on BERT-shaped models, batch 1: MatMulNBits
         4-bit is 1.4–3x faster than dense at 1–8 tokens and no faster from 32, where the
         integer products are 1.4–1.7x faster; ``inputs`` sets the length timed); memory is not
-        weighed: ``"nbits"`` keeps the least. Either way a 4-bit model's file holds 4-bit codes. The 4-bit initializers need opset
-        21: an older graph is converted (onnx's version converter); where that fails, the
-        layers stay MatMulNBits and the rows say why.
+        weighed: ``"nbits"`` keeps the least. Either way a 4-bit model's file holds 4-bit
+        codes. The 4-bit initializers need opset 21: an older graph is converted (onnx's
+        version converter); where that fails, the layers stay MatMulNBits and the rows say why.
     check : bool
         Run the exported model and the container's own computation (its dense decode in the
         original graph) in onnxruntime on sample inputs, and where an integer path
@@ -1624,8 +1626,8 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
     """For each rewrite in ``auto`` (``conv_quant``, ``lstm_quant``, ``group_quant``) that may
     run slower than the dense layer: time the model with it against the model without it (the
     others of ``auto`` off), onnxruntime, batch 1, 1 thread, best of 5 interleaved rounds of 9
-    calls, on :func:`_timing_feed`. Returns ``{mode: why}``: why the layers stay dense (or MatMulNBits) for those measured
-    slower, the times that kept the rewrite for the others."""
+    calls, on :func:`_timing_feed`. Returns ``{mode: why}``: why the layers stay dense (or
+    MatMulNBits) for those measured slower, the times that kept the rewrite for the others."""
     require("onnxruntime", "timing the quantized convolutions and LSTMs ('auto')")
     if not auto:
         return {}
