@@ -16,9 +16,11 @@ dense ``.pt`` state dict for PyTorch; default rules: embeddings, norms and biase
 ``int8`` (8-bit symmetric per channel, 4x on the compressed layers), ``int4g128`` (4-bit,
 groups of 128: about 7x), ``lowrank-int8`` (low rank with int8 factors, each layer 4x).
 ONNX: ``export_onnx`` with its defaults (``compute="fast"``: DynamicQuantizeMatMul for
-per-channel int8, one per group or MatMulNBits for int4 groups as timed, convs and LSTMs
+per-channel int8; for int4 groups MatMulNBits, or one per group over the 4-bit codes made
+int8 at load when MatMulNBits is slower than dense, convs and LSTMs
 quantized only where timed no slower; its output check makes the layers that put the outputs
-beyond the container's stated error compensate their rounding; ``never_slower``: an export
+beyond the container's stated error compensate their rounding; given this benchmark's batch-1
+inputs, which its speed choices time too; ``never_slower``: an export
 timed slower than dense at batch 1 gives its smallest compressed layers back dense, packed
 int4 layers and quantized tables excepted), both dense
 and exported models with their weights in a ``.data`` file beside the graph (onnxruntime maps
@@ -460,7 +462,10 @@ def _files(name: str, work: pathlib.Path, variants: list[str]) -> dict:
                                rules=[parse_rule(r) for r in EMBEDDING_RULES])
             f[f"{rt}_wpz"] = wpz
         out = work / f"{name}-{v}.onnx"
-        rows = export_onnx(f["ort_wpz"], out, raw, external_data=True)
+        # the benchmark's own inputs (batch 1 at its sequence length) are what the export's
+        # output check and speed choices run on, as a user passes theirs (--inputs)
+        rows = export_onnx(f["ort_wpz"], out, raw, external_data=True,
+                           inputs=dict(zip(names, _inputs(name, 1))))
         ref = work / f"{name}-{v}-decoded.onnx"
         with Container(f["ort_wpz"]) as c:
             save_model(ref, c, like=raw)

@@ -233,6 +233,63 @@ def test_cli_export_prints_the_output_check(tmp_path, block, capsys):
     assert "outputs vs the container" not in out and "nothing to check" not in out
 
 
+def test_cli_export_times_and_checks_on_the_given_inputs(tmp_path, block, capsys, monkeypatch):
+    """--inputs: the output check runs on them, the speed choices on their first sample (the
+    sequence length the model will run at); a bad file is one line and exit 2, nothing
+    written."""
+    from weightpress.model import export_onnx as eo
+    like, _ = block
+    wpz = tmp_path / "q.wpz"
+    assert main(["compress", str(like), "-o", str(wpz), "--method", "quant", "--bits", "4",
+                 "--group", "32"]) == 0
+    seen = []
+    real = eo._timing_feed
+
+    def spy(sess, like_, inputs):
+        feed = real(sess, like_, inputs)
+        seen.append({k: v.shape for k, v in feed.items()})
+        return feed
+
+    monkeypatch.setattr(eo, "_timing_feed", spy)
+    x = np.random.default_rng(3).standard_normal((3, 40, 64)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", x=x)
+    capsys.readouterr()
+    assert main(["export", str(wpz), "-o", str(tmp_path / "q.onnx"), "--like", str(like),
+                 "--inputs", str(tmp_path / "in.npz")]) == 0
+    assert seen and all(s == {"x": (1, 40, 64)} for s in seen), seen   # auto and never_slower
+    assert "outputs vs the container" in capsys.readouterr().out
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    np.save(tmp_path / "one.npy", x)
+    np.savez(tmp_path / "other.npz", y=x)
+    for f, says in (("bad.npz", "not an .npz"), ("one.npy", "a single array"),
+                    ("other.npz", "no value for the model's input 'x'")):
+        out = tmp_path / f"{f}.onnx"
+        assert main(["export", str(wpz), "-o", str(out), "--like", str(like), "--inputs",
+                     str(tmp_path / f)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+        assert not out.exists()
+
+
+def test_timing_feed_takes_the_first_sample_where_the_batch_is_free(tmp_path):
+    from weightpress.model.export_check import session
+    from weightpress.model.export_onnx import _timing_feed
+    nodes = [helper.make_node("Add", ["a", "b"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 5]),
+                                       helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    p = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(p))
+    s = session(p)
+    a, b = np.ones((4, 5), np.float32), np.zeros((4, 5), np.float32)
+    feed = _timing_feed(s, p, {"a": a, "b": b, "unused": a})
+    assert feed["a"].shape == (1, 5) and feed["b"].shape == (4, 5)    # the fixed batch whole
+    assert set(feed) == {"a", "b"}
+    assert {k: v.shape for k, v in _timing_feed(s, p, None).items()} == {"a": (1, 5), "b": (4, 5)}
+    with pytest.raises(ValueError, match="inputs: no value for the model's input 'b'"):
+        _timing_feed(s, p, {"a": a})
+
+
 def test_cli_export(tmp_path, block, capsys):
     like, weights = block
     wpz = tmp_path / "m.wpz"
@@ -510,7 +567,7 @@ def test_conv_quant_auto_drops_the_spent_convs_when_the_model_is_slower(tmp_path
     monkeypatch.setattr(eo, "_pick_convs", lambda *a: (full, strict, {spent: "spent (made up)"}))
     calls = []
 
-    def choose(c, output, like_, compute, block_size, auto, modes, pick=None):
+    def choose(c, output, like_, compute, block_size, auto, modes, pick=None, inputs=None):
         calls.append(dict(pick[0]))
         if len(calls) == 1:   # the model with the spent conv: slower than every conv dense
             return {"conv_quant": "dense: the convs measured slower (made up)"}
@@ -861,10 +918,11 @@ def test_twopass_compensates_the_activation_rounding(tmp_path, block):
                                   {"bits": 3, "group": 48}])
 def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts):
     """group_quant="int8": a weight quantized in groups along its inputs is Split into the
-    groups' columns, one DynamicQuantizeMatMul per group (codes a byte each, exactly the
-    container's), summed; close to the container's decode (activations rounded per group).
-    "auto" writes one of the two forms for all such 8-bit layers, and says why when
-    MatMulNBits; codes of fewer bits stay MatMulNBits (their bytes)."""
+    groups' columns, one DynamicQuantizeMatMul per group (exactly the container's codes),
+    summed; close to the container's decode (activations rounded per group). Codes of 2–4
+    bits stay packed two a byte in the file (int8 once onnxruntime folds their unpacking);
+    8-bit codes take a byte each. "auto" writes one of the two forms for all such layers, and
+    says why when MatMulNBits; either way a 3/4-bit model's file holds packed codes."""
     like, weights = block
     wpz = tmp_path / "q.wpz"
     compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1024)
@@ -873,32 +931,133 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
     out = tmp_path / "g.onnx"
     rows = {r.name: r for r in export_onnx(wpz, out, like, group_quant="int8", check=False, never_slower=False)}
     groups = {w: -(-({weights[0]: 64, weights[1]: 192}[w]) // opts["group"]) for w in weights}
+    packed = opts["bits"] <= 4
     for w in weights:
         assert rows[w].how.startswith(f"DynamicQuantizeMatMul per group ({groups[w]} groups of "
                                       f"{opts['group']}, {opts['bits']}-bit"), rows[w]
-        assert rows[w].nbytes < rows[w].dense_nbytes / 3.2    # a byte a code, scales per group
+        assert ("packed two a byte" in rows[w].how) == packed, rows[w]
+        # half a byte a code (scales per group, the shared table), or a byte a code
+        assert rows[w].nbytes < rows[w].dense_nbytes / (5 if packed else 3.2), rows[w]
     m = onnx.load(str(out))
     onnx.checker.check_model(m)
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("DynamicQuantizeMatMul") == sum(groups.values())
-    assert ops.count("Split") == ops.count("Sum") == 2
+    assert ops.count("Sum") == 2
+    assert ops.count("Split") == (4 if packed else 2)   # the packed codes are split by group too
+    assert ops.count("Cast") == (2 if packed else 0)     # 4-bit codes to int8, folded at load
+    opset = {o.domain: o.version for o in m.opset_import}[""]
+    before = {o.domain: o.version for o in onnx.load(str(like)).opset_import}[""]
+    assert before < 21 and opset == (21 if packed else before)   # raised for the 4-bit codes
     err = np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref)
     assert 1e-6 < err < 2e-2, err
     rows = {r.name: r for r in export_onnx(wpz, tmp_path / "a.onnx", like, never_slower=False)}
     kinds = {rows[w].how.split(" (")[0].split(",")[0] for w in weights}
-    if opts["bits"] < 8:
-        # "auto" never trades the codes' size for speed: a byte a code would make an int3/int4
-        # model's file (and session) larger than it was compressed to, whatever the timing
-        assert kinds == {"MatMulNBits 4-bit"}, kinds
-        assert all(rows[w].nbytes <= rows[w].dense_nbytes / 5 for w in weights), rows
+    assert kinds in ({"DynamicQuantizeMatMul per group"},
+                     {"MatMulNBits 4-bit" if packed else "MatMulNBits 8-bit"}), kinds
+    if kinds != {"DynamicQuantizeMatMul per group"}:
+        assert all("measured slower" in rows[w].note for w in weights), rows
     else:
-        assert kinds in ({"DynamicQuantizeMatMul per group"}, {"MatMulNBits 8-bit"}), kinds
-        if kinds != {"DynamicQuantizeMatMul per group"}:
-            assert all("measured slower" in rows[w].note for w in weights), rows
-        else:
-            assert all("measured no slower" in rows[w].note for w in weights), rows
+        assert all("measured no slower" in rows[w].note for w in weights), rows
+    if packed:
+        assert all(rows[w].nbytes <= rows[w].dense_nbytes / 5 for w in weights), rows
     y = _run(tmp_path / "a.onnx", x)
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2e-2
+
+
+@pytest.mark.parametrize("opts", [{"bits": 4, "symmetric": False}, {"bits": 2}, {"bits": 4, "group": 16}])
+def test_packed_codes_become_int8_weights_at_load(tmp_path, opts):
+    """Codes of 2–4 bits with group_quant="int8": the file holds them two a byte (also for an
+    odd input count, and asymmetric ones with their zero points), onnxruntime's default
+    optimizations fold the unpacking into constant int8 weights (its optimized graph keeps no
+    Gather/Cast/Sub of theirs, only the DynamicQuantizeMatMul products), the outputs stay
+    within activation rounding of the container's decode, and never_slower keeps them (a
+    4-bit model's file is not traded for speed)."""
+    from weightpress.model import export_onnx as eo
+    rng = np.random.default_rng(4)
+    W1 = (rng.standard_normal((45, 40)) / 7).astype(np.float32)      # [in, out], in odd
+    W2 = (rng.standard_normal((40, 45)) / 7).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 45])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 45])],
+                          [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W2, "W2")])
+    like = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(like))
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1)
+    x = rng.standard_normal((6, 45)).astype(np.float32)
+    ref = _run(_reference(tmp_path, wpz, like), x)
+    out = tmp_path / "p.onnx"
+    rows = {r.name: r for r in export_onnx(wpz, out, like, group_quant="int8", check=False,
+                                            never_slower=False)}
+    kind = "per group" if "group" in opts else "per channel,"
+    for w in ("W1", "W2"):
+        assert rows[w].how.startswith(f"DynamicQuantizeMatMul {kind}"), rows[w]
+        assert "packed two a byte" in rows[w].how
+        assert rows[w].nbytes < rows[w].dense_nbytes / 3, rows[w]   # tiny: scales and table count
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m)
+    codes = [t for t in m.graph.initializer if t.name.endswith("_q4")]
+    four = TensorProto.UINT4 if opts.get("symmetric") is False else TensorProto.INT4
+    assert len(codes) == 2 and all(t.data_type == four for t in codes)
+    assert sorted(tuple(t.dims) for t in codes) == [(40, 45), (45, 40)]    # in × out
+    assert sorted(len(t.raw_data) for t in codes) == [900, 900]            # half a byte a code
+    with Container(wpz) as cont:   # the codes themselves, as onnx reads 4-bit tensors
+        q = QuantParts.of(cont.matrix("W1"))
+    w1 = next(t for t in codes if t.name.startswith("W1"))
+    want = q.codes().T.astype(np.int64) - ((1 << (q.bits - 1)) if q.symmetric else 0)
+    assert np.array_equal(numpy_helper.to_array(w1).astype(np.int64), want)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "opt.onnx"))
+    ops = {n.op_type for n in opt.graph.node}
+    assert not ops & {"Cast", "Sub"}, ops
+    splits = [n.op_type for n in opt.graph.node].count("Split")   # only the activations' own
+    assert splits == (2 if "group" in opts else 0), splits
+    assert "DynamicQuantizeMatMul" in ops
+    int8 = sorted(tuple(t.dims) for t in opt.graph.initializer if t.data_type == TensorProto.INT8)
+    assert (45, 40) in int8 or (16, 40) in int8, int8                # [in, out] int8, folded
+    err = np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref)
+    assert 1e-6 < err < 3e-2, err
+    # never_slower gives none of them back, however the timing reads
+    timed = iter([1.0, 2.0] * 10)
+    orig = eo.best_time
+    try:
+        eo.best_time = lambda fn, reps: (fn(), next(timed))[1]
+        rows = {r.name: r for r in export_onnx(wpz, tmp_path / "n.onnx", like, group_quant="int8",
+                                                check=False)}
+    finally:
+        eo.best_time = orig
+    assert all("packed two a byte" in rows[w].how for w in ("W1", "W2")), rows
+
+
+def test_packed_codes_stay_matmulnbits_where_the_opset_cannot_be_raised(tmp_path, block, monkeypatch):
+    """Where onnx's version converter fails on the graph, 4-bit codes stay MatMulNBits (the
+    opset as it was), and the rows say why."""
+    like, weights = block
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 4, "group": 32},
+                   min_size=1024)
+
+    def refuse(model, version):
+        raise RuntimeError("no adapter for this graph")
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", refuse)
+    out = tmp_path / "g.onnx"
+    rows = {r.name: r for r in export_onnx(wpz, out, like, group_quant="int8", check=False,
+                                            never_slower=False)}
+    for w in weights:
+        assert rows[w].how.startswith("MatMulNBits 4-bit"), rows[w]
+        assert "could not be raised to 21 (RuntimeError: no adapter for this graph)" in rows[w].how
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m)
+    assert {o.domain: o.version for o in m.opset_import}[""] == \
+        {o.domain: o.version for o in onnx.load(str(like)).opset_import}[""]
+    x = np.random.default_rng(2).standard_normal((2, 7, 64)).astype(np.float32)
+    ref = _run(_reference(tmp_path, wpz, like), x)
+    assert np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref) < 2e-2
 
 
 def test_sample_inputs_index_the_embedding(tmp_path):

@@ -187,6 +187,10 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("-o", "--output", required=True, help="output .onnx model (or directory)")
     x.add_argument("--like", help="the original ONNX model or HF model directory (default for "
                                   "ONNX: the graph the container keeps)")
+    x.add_argument("--inputs", metavar="INPUTS.npz",
+                   help="ONNX: sample model inputs (input name -> array) for the output check; "
+                        "their first sample (its sequence length) is what the speed choices "
+                        "time (default: made from the graph's inputs, dynamic sizes 8)")
     x.add_argument("--conv-quant", choices=["auto", "int8", "dequant", "dense"], default="auto",
                    help="quantized (and low rank + int8) Conv weights: int8 (an im2col product "
                         "through the integer MatMul kernels; DequantizeLinear -> Conv where the "
@@ -199,10 +203,11 @@ def _parser() -> argparse.ArgumentParser:
                         "LSTMs, slower for narrow ones), dense, or auto (default: timed as "
                         "--conv-quant)")
     x.add_argument("--group-quant", choices=["auto", "int8", "nbits"], default="auto",
-                   help="group-quantized MatMuls: one integer MatMul per group (faster at batch "
-                        "32, a byte per code), MatMulNBits (packed codes), or auto (default: "
-                        "8-bit codes timed both ways; fewer bits stay packed, so an int4 model "
-                        "exports as int4)")
+                   help="MatMuls quantized in groups or to 2-4 bits: integer MatMuls on int8 "
+                        "weights, one per group (faster from a few rows on; 4-bit codes stay "
+                        "4-bit in the file, a byte each in memory), MatMulNBits (packed codes, "
+                        "least memory), or auto (default: the faster, timed at batch 1; "
+                        "MatMulNBits wins for a few tokens, the integer MatMuls from about 32)")
     x.add_argument("--no-check", action="store_true",
                    help="skip the output check (by default the exported model runs beside the "
                         "container's computation on sample inputs, and layers whose integer "
@@ -259,8 +264,8 @@ def _cmd_compress(a: argparse.Namespace) -> int:
     if a.capture:
         if a.calibration:
             raise ValueError("--capture: give either --calibration or --capture")
-        with np.load(a.capture) as z:  # activations streamed into X^T X batch by batch
-            calibration = capture_onnx(a.model, {k: z[k] for k in z.files}, stats=True)
+        # activations streamed into X^T X batch by batch
+        calibration = capture_onnx(a.model, _model_inputs(a.capture, "--capture"), stats=True)
     curves: dict[str, Any] = {}
     client = None
     if a.workers is not None:
@@ -374,6 +379,22 @@ def _cmd_decompress(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _model_inputs(path: str, arg: str) -> dict[str, np.ndarray]:
+    """Sample model inputs from an ``.npz`` (input name -> array)."""
+    try:
+        z = np.load(path)
+    except (ValueError, EOFError) as e:
+        raise ValueError(f"{arg}: {printable(path)}: not an .npz of arrays ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{arg}: {printable(path)}: a single array, not an .npz mapping the "
+                         f"model's input names to arrays")
+    with z:
+        try:
+            return {k: z[k] for k in z.files}
+        except (ValueError, EOFError, OSError) as e:
+            raise ValueError(f"{arg}: {printable(path)}: unreadable array ({e})") from None
+
+
 def _cmd_export(a: argparse.Namespace) -> int:
     if a.like is not None and os.path.isdir(a.like):
         for r in export_compressed_tensors(a.file, a.output, a.like):
@@ -384,7 +405,8 @@ def _cmd_export(a: argparse.Namespace) -> int:
     rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast",
                        external_data=a.external_data, conv_quant=a.conv_quant,
                        lstm_quant=a.lstm_quant, group_quant=a.group_quant,
-                       check=not a.no_check, never_slower=not a.allow_slower)
+                       check=not a.no_check, never_slower=not a.allow_slower,
+                       inputs=_model_inputs(a.inputs, "--inputs") if a.inputs else None)
     for r in rows:
         print(f"{printable(r.name):<32} {r.form:<15} {r.how:<40} {human(r.nbytes):>9}  {r.note}")
     if rows.output_error is not None:

@@ -24,6 +24,11 @@ best there:
   (``accuracy_level=4``: less rounding than per tensor, slower at 8 bits); ``"exact"`` keeps
   the activations float (``accuracy_level=0``: the container's product to float rounding, but
   slow at 8 bits);
+- quantized weights with group scales or 2–4-bit codes, ``group_quant="int8"`` (or "auto"
+  where MatMulNBits measures slower than dense): ``DynamicQuantizeMatMul`` per group, summed;
+  codes of 2–4 bits stay 4-bit initializers in the file (``INT4``/``UINT4``, a ``Cast`` to
+  int8 that onnxruntime folds at load: a byte a code in the session; the graph is raised to
+  opset 21 for them with onnx's version converter);
 - low rank + int8 (``lowrank-int8``: per-row int8 factors ``M = U V``): two of the above
   (``V`` then ``U``; MatMulNBits pads the rank to a block with zero codes);
 - a quantized embedding table ``(V, d)`` (one scale per row, or groups of a power of two along
@@ -251,9 +256,11 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
         how = (f"DynamicQuantizeMatMul x2 {q.bits}-bit per channel (uint8 activations per "
                f"tensor, and their rounding residual)")
         return nodes, how
-    if (compute == "fast" and q.n_groups > 1 and wdt == np.float32
-            and (b.group_quant == "int8" or (b.group_quant == _INT8_GROUPS_8BIT and q.bits == 8))):
-        return _dqmm_groups(b, x, y, q, key)
+    if compute == "fast" and wdt == np.float32 and b.group_quant == "int8":
+        if q.bits <= 4 and _nibbles_ok(b, q):
+            return _dqmm_groups(b, x, y, q, key)
+        if q.n_groups > 1 and q.bits > 4:
+            return _dqmm_groups(b, x, y, q, key)
     accuracy = COMPUTE[compute]
     arr = nbits_arrays(q, block_size)
     if arr is None:
@@ -269,7 +276,106 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
         how += f" (from {q.bits}-bit codes)"
     if q.n_groups > 1:
         how += f"; groups of {q.group}"
+    if b.group_quant == "int8" and compute == "fast" and q.bits <= 4 and b.opset_why:
+        how += f"; not int8 at load: opset {b.opset} could not be raised to 21 ({b.opset_why})"
     return [node], how
+
+
+def _nibbles_ok(b: "_Builder", q: QuantParts) -> bool:
+    """Whether :func:`_unpacked_codes` can give ``q``'s codes in this graph: 4-bit tensors
+    and their ``Cast`` need opset 21 (:func:`_to_opset21` raises the model there when it can)."""
+    return b.opset >= 21
+
+
+def _opset(model: Any) -> int:
+    """The model's default-domain opset."""
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+
+
+def _packed_bound(c: Container, name: str) -> bool:
+    """Whether ``name`` is a quantized matrix with codes of 2–4 bits."""
+    e = c.entries[name]
+    if e.get("form") != "quant" or "alias" in e or len(e["shape"]) != 2:
+        return False
+    q = c.matrix(name)
+    return isinstance(q, Quantized) and q.bits <= 4
+
+
+def _to_opset21(model: Any) -> str | None:
+    """Raise ``model``'s default-domain opset to 21 in place (onnx's version converter, its
+    initializers stood in for by graph inputs so that their data is not copied), IR version
+    10: what 4-bit initializers and their Cast need. None when done, else why not."""
+    onnx = require("onnx", "exporting to ONNX")
+    g = model.graph
+    saved = list(g.initializer)
+    have = {v.name for v in g.input}
+    stand_in = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                for t in saved if t.name not in have]
+    del g.initializer[:]
+    g.input.extend(stand_in)
+    try:
+        new = onnx.version_converter.convert_version(model, 21)
+    except Exception as e:  # (the converter raises its own ConvertError, RuntimeError, ...)
+        new, why = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    del g.input[len(g.input) - len(stand_in):]
+    g.initializer.extend(saved)
+    if new is None:
+        return why
+    gone = {v.name for v in stand_in}
+    keep = [v for v in new.graph.input if v.name not in gone]
+    del new.graph.input[:]
+    new.graph.input.extend(keep)
+    new.graph.initializer.extend(saved)
+    del g.node[:]
+    model.CopyFrom(new)
+    model.ir_version = max(model.ir_version, 10)
+    return None
+
+
+def _unpacked_codes(b: "_Builder", key: str, q: QuantParts, sizes: list[int]
+                    ) -> tuple[list[str], list[Any]]:
+    """The int8 weights ``(codes − zeros)ᵀ`` of each group of a quantized ``(N, K)`` matrix
+    with codes of 2–4 bits (one ``(size, N)`` tensor per entry of ``sizes``), computed in the
+    graph from a ``(K, N)`` 4-bit initializer (half a byte a code in the file, as MatMulNBits
+    holds them: int4 codes less the zero point when symmetric, else uint4 codes): ``Cast`` to
+    int8 → ``Split`` into the groups → ``Sub`` of asymmetric zero points. Every input is an
+    initializer, so onnxruntime folds the chain at load (its default graph optimizations):
+    the products see constant int8 weights, which DynamicQuantizeMatMul pre-packs, and the
+    session holds a byte a code. Returns the weights' names and the nodes, which go before
+    the weight's first reader. Measured (onnxruntime 1.32, 1 thread, 32 rows, groups of 128,
+    256→1024): 48 µs, as for the same codes stored a byte each, against 97 µs for the dense
+    MatMul and 122 µs for MatMulNBits 4-bit. Memory, six 1024×1024 layers (6 M codes), growth
+    of the resident set over loading and one call: 27 MB, against 22 MB for the codes stored
+    a byte each and 18 MB for MatMulNBits. (Unpacking through a 256-entry table instead,
+    ``Cast`` to int32 → ``Gather``, which needs no opset 21, folds too but measured 41–46 MB:
+    the fold's intermediates stay resident.)"""
+    N, K = q.out, q.inn
+    u = q.codes().T                                        # (K, N)
+    if q.symmetric:
+        v = (u.astype(np.int16) - (1 << (q.bits - 1))).astype(np.int8) & 15
+        dt = b.onnx.TensorProto.INT4
+    else:
+        v, dt = u, b.onnx.TensorProto.UINT4
+    flat = np.ascontiguousarray(v, dtype=np.uint8).reshape(-1)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    raw = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+    codes4 = b.name(f"{key}_q4")
+    t = b.onnx.TensorProto(name=codes4, data_type=dt, dims=[K, N], raw_data=raw.tobytes())
+    b.inits.append(t)
+    b.nbytes += int(raw.nbytes)
+    cur = b.name(f"{key}_wp_codes")
+    nodes = [b.node("Cast", [codes4], [cur], to=b.onnx.TensorProto.INT8)]
+    outs = [cur] if len(sizes) == 1 else [b.name(f"{key}_wp_g{j}") for j in range(len(sizes))]
+    if len(sizes) > 1:
+        nodes.append(b.node("Split", [cur, b.init(f"{key}_rows", np.array(sizes, np.int64))], outs,
+                            axis=0))
+    if not q.symmetric:
+        for j, o in enumerate(list(outs)):
+            outs[j] = b.name(f"{key}_wp_w{j}")
+            zero = b.init(f"{key}_g{j}_zero", q.zeros[:, j].astype(np.int8))
+            nodes.append(b.node("Sub", [o, zero], [outs[j]]))
+    return outs, nodes
 
 
 def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tuple[list[Any], str]:
@@ -277,38 +383,53 @@ def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
     groups' columns (``Split`` on the last axis), one ``DynamicQuantizeMatMul`` per group
     (its codes minus zero points as int8, or uint8 codes with per-column zero points for 8-bit
     asymmetric ones: exact; the group's scales per column), summed (``Sum``). Each group's
-    activations are rounded to uint8 on their own. Measured, 1 thread, 32 rows, groups of 128:
-    0.5–0.65x the dense MatMul's time where MatMulNBits 4-bit (int8 activations) takes
-    0.75–1.2x; at 1 row MatMulNBits is faster (0.15x against 0.5x). The codes take a byte each
-    in memory and in the file (MatMulNBits: half a byte at 2–4 bits)."""
+    activations are rounded to uint8 on their own. Codes of 2–4 bits stay packed two a byte
+    in the file and become int8 at load (:func:`_unpacked_codes`; one group: a single
+    product). Measured, 1 thread, 32 rows, groups of 128: 0.5–0.65x the dense MatMul's time
+    where MatMulNBits 4-bit (int8 activations) takes 0.75–1.2x; at 1 row MatMulNBits is faster
+    (0.15x against 0.5x). The session holds a byte a code (MatMulNBits: half a byte at 2–4
+    bits); 5–8-bit codes take a byte each in the file too."""
     G, g = q.n_groups, q.group
     sizes = [g] * (G - 1) + [q.inn - g * (G - 1)]
+    nib = q.bits <= 4
+    pre: list[Any] = []   # the unpacking, before the weight's first reader
     if key not in b.cache:
-        u, z = q.codes(), q.zeros
-        made = [b.init(f"{key}_split", np.array(sizes, np.int64)) if b.opset >= 13 else ""]
+        u, z = (q.packed[:0] if nib else q.codes()), q.zeros
+        split = b.opset >= 13 and G > 1     # the activations' Split takes its sizes as an input
+        made = [b.init(f"{key}_split", np.array(sizes, np.int64)) if split else ""]
+        ws, pre = _unpacked_codes(b, key, q, sizes) if nib else ([], [])
         for j in range(G):
-            cols = u[:, j * g:j * g + sizes[j]]
-            if q.symmetric or q.bits < 8:       # codes minus zero points fit int8
+            if nib:
+                made += [ws[j], b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32))]
+            elif q.symmetric or q.bits < 8:       # codes minus zero points fit int8
+                cols = u[:, j * g:j * g + sizes[j]]
                 B = (cols.astype(np.int16) - z[:, j:j + 1].astype(np.int16)).astype(np.int8)
                 made += [b.init(f"{key}_g{j}_q", np.ascontiguousarray(B.T)),
                          b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32))]
             else:
+                cols = u[:, j * g:j * g + sizes[j]]
                 made += [b.init(f"{key}_g{j}_q", np.ascontiguousarray(cols.T)),
                          b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32)),
                          b.init(f"{key}_g{j}_zero", z[:, j].copy())]
         b.cache[key] = made
     made = b.cache[key]
     per = 3 if len(made) == 1 + 3 * G else 2
+    if G == 1:
+        node = b.node("DynamicQuantizeMatMul", [x] + made[1:1 + per], [y], domain=MS_DOMAIN)
+        return pre + [node], (f"DynamicQuantizeMatMul per channel, {q.bits}-bit codes packed two a "
+                        f"byte (int8 at load; uint8 activations per tensor)")
     xs = [b.name(f"{y}_wp_x{j}") for j in range(G)]
     ys = [b.name(f"{y}_wp_y{j}") for j in range(G)]
-    nodes = [b.node("Split", [x, made[0]], xs, axis=-1) if b.opset >= 13
-             else b.node("Split", [x], xs, axis=-1, split=sizes)]  # 'split' an attribute before 13
+    nodes = pre + [b.node("Split", [x, made[0]], xs, axis=-1) if b.opset >= 13
+                   else b.node("Split", [x], xs, axis=-1, split=sizes)]  # an attribute before 13
     for j in range(G):
         nodes.append(b.node("DynamicQuantizeMatMul", [xs[j]] + made[1 + per * j:1 + per * (j + 1)],
                             [ys[j]], domain=MS_DOMAIN))
     nodes.append(b.node("Sum", ys, [y]))
-    return nodes, (f"DynamicQuantizeMatMul per group ({G} groups of {g}, {q.bits}-bit codes as "
-                   f"8-bit; uint8 activations per group)")
+    codes = (f"{q.bits}-bit codes packed two a byte, int8 at load" if nib
+             else f"{q.bits}-bit codes as 8-bit")
+    return nodes, (f"DynamicQuantizeMatMul per group ({G} groups of {g}, {codes}; uint8 "
+                   f"activations per group)")
 
 
 def _subgraph_names(graph: Any) -> set[str]:
@@ -359,6 +480,7 @@ class _Builder:
         self.shapes: dict[str, list[Any]] = {}  # value -> its inferred dims (int, or a name)
         self.group_quant = "nbits"
         self.opset = 17                   # the model's default-domain opset
+        self.opset_why: str | None = None  # why it could not be raised to 21, if it was tried
 
     def name(self, base: str) -> str:
         n, i = base, 1
@@ -1037,15 +1159,22 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         LSTM at hidden 256, but 1.7x slower at hidden 48, batch 1, 1 thread), dense, or
         ``"auto"``: timed like ``conv_quant``.
     group_quant : "auto", "int8" or "nbits"
-        With ``compute="fast"``, weights quantized in groups along their inputs (e.g. 4-bit,
-        groups of 128): ``MatMulNBits`` (codes packed at 4 or 8 bits, int8 activations per
-        block), or one ``DynamicQuantizeMatMul`` per group (codes a byte each, summed: faster
-        over many rows, slower for one, twice the memory at 4 bits), or ``"auto"``: for 8-bit
-        codes (where a byte a code costs nothing) timed like ``conv_quant`` (at batch 1: the
-        graph's dynamic dimensions, other than the first, 8), the per-group form kept only when
-        faster; codes of fewer bits stay ``MatMulNBits`` (a byte each would make the exported
-        file and the session's weights larger than the compression asked for: an int4 model
-        exported as int8, whatever the timing says).
+        With ``compute="fast"``, the quantized weights MatMulNBits would take (codes in groups
+        along the inputs, e.g. 4-bit in groups of 128, or codes of 2–4 bits):
+        ``"nbits"``: ``MatMulNBits`` (codes packed at 4 or 8 bits, int8 activations per block;
+        the least memory: half a byte a 4-bit code); ``"int8"``: ``DynamicQuantizeMatMul``,
+        one per group, summed (codes of 2–4 bits stay packed two a byte in the file and
+        become int8 weights when onnxruntime loads the model, so the session holds a byte a
+        code; 5–8-bit codes a byte each in the file too): measured 1.5–2x faster than the
+        dense MatMul at 32 rows where MatMulNBits 4-bit is 0.8–1.3x slower than it, but slower
+        than MatMulNBits at 1 row; ``"auto"``: the model timed both ways like ``conv_quant``
+        (at batch 1: the graph's dynamic dimensions, other than the first, 8), the integer
+        products kept only when faster (measured on BERT-shaped models, batch 1: MatMulNBits
+        4-bit is 1.4–3x faster than dense at 1–8 tokens and no faster from 32, where the
+        integer products are 1.4–1.7x faster; ``inputs`` sets the length timed); memory is not
+        weighed: ``"nbits"`` keeps the least. Either way a 4-bit model's file holds 4-bit
+        codes. The 4-bit initializers need opset 21: an older graph is converted (onnx's
+        version converter); where that fails, the layers stay MatMulNBits and the rows say why.
     check : bool
         Run the exported model and the container's own computation (its dense decode in the
         original graph) in onnxruntime on sample inputs, and where an integer path
@@ -1064,7 +1193,9 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         graph; packed 2–4-bit layers and quantized embedding tables are never given back).
         The rows say which. Default True; False keeps every rewrite as chosen.
     inputs : mapping, optional
-        Sample inputs for ``check`` (input name -> array, e.g. calibration inputs); default:
+        Sample inputs for ``check`` (input name -> array, e.g. calibration inputs), whose first
+        sample (batch 1, e.g. its sequence length) the speed choices (``"auto"`` modes,
+        ``never_slower``) also time the model on; default:
         made from the graph's declared inputs (:func:`~weightpress.model.export_check.sample_feed`,
         batch 4: standard normal floats, token ids below the embedding's rows).
     external_data : bool
@@ -1127,17 +1258,18 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                                  for n in head.node if len(n.input) > 2),
                "group_quant": compute == "fast" and any(
                    n.op_type in ("MatMul", "Gemm") and n.input[1] in quant
-                   and _grouped_8bit(c, n.input[1]) for n in head.node if len(n.input) > 1)}
+                   and _nbits_bound(c, n.input[1]) for n in head.node if len(n.input) > 1)}
         strict: tuple[dict[str, str], dict[str, str]] | None = None
         if conv_quant == "auto" and has["conv_quant"]:
             pick, strict, spent = _pick_convs(c, output, like, compute, block_size)
         notes = _choose_modes(c, output, like, compute, block_size,
-                              {k: v for k, v in modes.items() if v == "auto" and has[k]}, modes, pick)
+                              {k: v for k, v in modes.items() if v == "auto" and has[k]}, modes, pick,
+                              inputs)
         if strict is not None and notes.get("conv_quant", "").startswith(_OFF_NOTE["conv_quant"]):
             # the model measured slower with the convs taken for their bytes: only the faster
             pick, spent = strict, {}
             notes |= _choose_modes(c, output, like, compute, block_size, {"conv_quant": "auto"},
-                                   modes, pick)
+                                   modes, pick, inputs)
         for k in modes:
             if modes[k] == "auto":
                 modes[k] = _OFF[k] if notes.get(k, "").startswith(_OFF_NOTE[k]) else _SLOW_ON[k]
@@ -1147,7 +1279,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         levels, measured = _check_outputs(c, output, like, compute, block_size, modes, inputs, pick)
     if never_slower:
         levels |= _never_slower(c, output, like, compute, block_size, modes,
-                                {k: v[0] for k, v in levels.items()}, pick)
+                                {k: v[0] for k, v in levels.items()}, pick, inputs)
     rows = ExportRows(_export(c, output, like, compute, block_size, external_data,
                               levels={k: v[0] for k, v in levels.items()}, pick=pick, **modes))
     for r in rows:
@@ -1164,7 +1296,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
             elif "lstm_quant" in notes and "read by LSTM" in r.note:
                 r.note = notes["lstm_quant"]
         elif ("group_quant" in notes and r.how.startswith("MatMulNBits") and "activations" in r.how
-              and "groups of" in r.how):
+              and ("groups of" in r.how or r.how.startswith("MatMulNBits 4-bit"))):
             r.note = notes["group_quant"]
         elif not r.note:   # kept by the timing: say what it measured
             r.note = next((notes[k] for k, pre in _SLOW_PREFIX.items()
@@ -1186,6 +1318,10 @@ def _export(c: Container, output: str | os.PathLike[str], like: str | os.PathLik
     levels = levels or {}
     onnx = require("onnx", "exporting to ONNX")
     model = _load_proto(os.fspath(like), external=True)
+    opset_why = None
+    if (group_quant == "int8" and _opset(model) < 21 and compute != "block"
+            and any(_packed_bound(c, nm) for nm in c.entries)):
+        opset_why = _to_opset21(model)   # for 4-bit initializers; else MatMulNBits, and why
     g = model.graph
     index = collect_tensors(g)
     inits = {t.name: t for t in g.initializer}
@@ -1205,7 +1341,8 @@ def _export(c: Container, output: str | os.PathLike[str], like: str | os.PathLik
     if conv_quant in ("int8", "pick"):
         b.shapes = _value_dims(like)
     b.group_quant = group_quant
-    b.opset = next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    b.opset = _opset(model)
+    b.opset_why = opset_why
     done_lstm: set[str] = set()
     if lstm_quant == "int8":
         for nid, (new_nodes, info) in _rewrite_lstms(b, g, c, index, inits, uses,
@@ -1441,38 +1578,56 @@ def best_time(fn: Any, reps: int) -> float:
 
 
 # conv_quant: "pick" = each conv as _pick_convs timed it; "alldense" = every compressed conv dense
-# group_quant "auto" takes the per-group products for 8-bit codes only (see export_onnx)
-_INT8_GROUPS_8BIT = "int8 (8-bit codes)"
-_SLOW_ON = {"conv_quant": "pick", "lstm_quant": "int8", "group_quant": _INT8_GROUPS_8BIT}
+_SLOW_ON = {"conv_quant": "pick", "lstm_quant": "int8", "group_quant": "int8"}
 _OFF = {"conv_quant": "alldense", "lstm_quant": "dense", "group_quant": "nbits"}
 _SLOW_WHAT = {"conv_quant": "the convs picked by their own timing", "lstm_quant": "DynamicQuantizeLSTM",
               "group_quant": "DynamicQuantizeMatMul per group"}
 _SLOW_PREFIX: dict[str, tuple[str, ...]] = {   # how its rows begin
     "conv_quant": ("im2col", "Conv ", "DequantizeLinear"), "lstm_quant": ("DynamicQuantizeLSTM",),
-    "group_quant": ("DynamicQuantizeMatMul per group",)}
+    "group_quant": ("DynamicQuantizeMatMul per group", "DynamicQuantizeMatMul per channel,")}
 _OFF_WORD = {k: "MatMulNBits" if v == "nbits" else "dense" for k, v in _OFF.items()}
 _OFF_NOTE = {k: v + ":" for k, v in _OFF_WORD.items()}
 
 
-def _grouped_8bit(c: Container, name: str) -> bool:
-    """Whether the quantized matrix ``name`` has 8-bit codes in groups (the only ones
-    ``group_quant="auto"`` may export as one integer product per group)."""
+def _nbits_bound(c: Container, name: str) -> bool:
+    """Whether the quantized matrix ``name`` would be a MatMulNBits with ``compute="fast"``
+    (codes in groups, or of 2–4 bits): what ``group_quant`` may export as integer products
+    on int8 weights instead."""
     q = c.matrix(name)
     if not isinstance(q, Quantized):
         return False
     p = QuantParts.of(q)
-    return p.bits == 8 and p.n_groups > 1
+    return p.n_groups > 1 or p.bits <= 4
+
+
+def _timing_feed(sess: Any, like: str | os.PathLike[str],
+                 inputs: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """What the speed choices time the model on, at batch 1: the first sample of the caller's
+    ``inputs`` (their sequence length is the one the model will run at: MatMulNBits 4-bit is
+    the fastest form for a few rows and the slowest from about 32), else inputs made from the
+    graph's declared ones (dynamic dimensions other than the first: 8)."""
+    if inputs is None:
+        return sample_feed(sess, 1, _load_proto(os.fspath(like), external=False).graph)
+    out = {}
+    for i in sess.get_inputs():
+        if i.name not in inputs:
+            raise ValueError(f"inputs: no value for the model's input {i.name!r}")
+        a = np.asarray(inputs[i.name])
+        fixed = bool(i.shape) and isinstance(i.shape[0], int) and i.shape[0] > 0
+        out[i.name] = a if a.ndim == 0 or fixed else a[:1]
+    return out
 
 
 def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
                   compute: str, block_size: int | None, auto: dict[str, str],
                   modes: dict[str, str],
-                  pick: tuple[dict[str, str], dict[str, str]] | None = None) -> dict[str, str]:
-    """For each rewrite in ``auto`` (``conv_quant``, ``lstm_quant``) that may run slower than
-    the dense layer: time the model with it against the model without it (the others of
-    ``auto`` off), onnxruntime, batch 1, 1 thread, best of 5 interleaved rounds of 9 calls.
-    Returns ``{mode: why}``: why the layers stay dense (or MatMulNBits) for those measured
-    slower, the times that kept the rewrite for the others."""
+                  pick: tuple[dict[str, str], dict[str, str]] | None = None,
+                  inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, str]:
+    """For each rewrite in ``auto`` (``conv_quant``, ``lstm_quant``, ``group_quant``) that may
+    run slower than the dense layer: time the model with it against the model without it (the
+    others of ``auto`` off), onnxruntime, batch 1, 1 thread, best of 5 interleaved rounds of 9
+    calls, on :func:`_timing_feed`. Returns ``{mode: why}``: why the layers stay dense (or
+    MatMulNBits) for those measured slower, the times that kept the rewrite for the others."""
     require("onnxruntime", "timing the quantized convolutions and LSTMs ('auto')")
     if not auto:
         return {}
@@ -1488,7 +1643,7 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
             if k != "base" and not any(r.how.startswith(_SLOW_PREFIX[k]) for r in rows):
                 continue                  # nothing of this kind could be rewritten
             sess[k] = session(p)  # (1 thread, the default optimizations: as the check runs)
-        feed = sample_feed(sess["base"], 1, _load_proto(os.fspath(like), external=False).graph)
+        feed = _timing_feed(sess["base"], like, inputs)
         t = {k: float("inf") for k in sess}
         for _ in range(5):   # (a model's gain can be a few per cent: 5 rounds against the noise)
             for k, s in sess.items():
@@ -1507,36 +1662,41 @@ def _choose_modes(c: Container, output: str | os.PathLike[str], like: str | os.P
     return notes
 
 
-_KEEP_HOW = ("MatMulNBits", "GatherBlockQuantized")   # what never_slower does not make dense
+# what never_slower does not make dense: packed 2-4-bit codes (MatMulNBits, or unpacked at load
+# for DynamicQuantizeMatMul) and quantized tables
+_KEEP_HOW = ("MatMulNBits", "GatherBlockQuantized")
+_KEEP_IN_HOW = "packed two a byte"
 
 
 def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.PathLike[str],
                   compute: str, block_size: int | None, modes: Mapping[str, str],
                   levels: Mapping[str, str],
-                  pick: tuple[dict[str, str], dict[str, str]] | None) -> dict[str, tuple[str, str]]:
+                  pick: tuple[dict[str, str], dict[str, str]] | None,
+                  inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, tuple[str, str]]:
     """The export as chosen, timed against the dense model (``like``: the same graph, dense
     weights) in onnxruntime at batch 1, 1 thread, best of 5 interleaved rounds of 9 calls.
     No slower: ``{}``. Slower (small layers, where quantizing the activations at each call
     costs more than the integer product saves): the compressed tensors are made dense, the
     smallest (dense bytes) first, 1, 2, 4, … of them, each set timed again, until the model is
-    no slower than dense, or every one is dense. Packed 2–4-bit layers (MatMulNBits) and
-    quantized embedding tables are kept: a user asking for int4 gets an int4 file whatever
-    the timing says. Returns ``{tensor: ("dense", why)}`` for those made dense."""
+    no slower than dense, or every one is dense. Packed 2–4-bit layers (MatMulNBits, or
+    DynamicQuantizeMatMul over codes packed in the file) and quantized embedding tables are
+    kept: a user asking for int4 gets an int4 file whatever the timing says. Returns ``{tensor: ("dense", why)}`` for those made dense."""
     require("onnxruntime", "timing the export against the dense model (never_slower)")
     d = os.path.dirname(os.path.abspath(output))
     out: dict[str, tuple[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix=".wp-speed-", dir=d) as tmp:
         p = os.path.join(tmp, "x.onnx")
         rows = _export(c, p, like, compute, block_size, True, levels=levels, pick=pick, **modes)
-        # MatMulNBits (codes of 2-4 bits: their size is what was asked for, as group_quant
-        # keeps them packed) and quantized tables (a Gather's few rows cost next to nothing)
+        # packed codes (2-4 bits: their size is what was asked for, as group_quant keeps
+        # them packed) and quantized tables (a Gather's few rows cost next to nothing)
         # are not given back
-        order = sorted((r for r in rows if r.compressed and not r.how.startswith(_KEEP_HOW)),
+        order = sorted((r for r in rows if r.compressed and not r.how.startswith(_KEEP_HOW)
+                        and _KEEP_IN_HOW not in r.how),
                        key=lambda r: (r.dense_nbytes, r.name))
         if not order:
             return out
         sess = {"dense": session(os.fspath(like))}
-        feed = sample_feed(sess["dense"], 1, _load_proto(os.fspath(like), external=False).graph)
+        feed = _timing_feed(sess["dense"], like, inputs)
         k = 0
         while True:
             sess["export"] = session(p)
