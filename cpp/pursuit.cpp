@@ -296,11 +296,22 @@ WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict 
   if (k == 0) {
     for (std::int64_t r = 0; r < n; ++r) v[r] = g[r];
   } else {
-    // the first pass folds g in: four columns, or one when k < 4 (the single-column loop below
-    // takes the others; the same chain of fmas either way)
+    // the first pass folds g in, with up to four columns
     const T* v0 = V;
     const T w0 = -w[0];
-    if (k >= 4) {
+    if (k == 2) {
+      const T* v1 = V + n;
+      const T w1 = -w[1];
+      for (std::int64_t r = 0; r < n; ++r) v[r] = std::fma(v1[r], w1, std::fma(v0[r], w0, g[r]));
+      i = 2;
+    } else if (k == 3) {
+      const T* v1 = V + n;
+      const T* v2 = V + 2 * n;
+      const T w1 = -w[1], w2 = -w[2];
+      for (std::int64_t r = 0; r < n; ++r)
+        v[r] = std::fma(v2[r], w2, std::fma(v1[r], w1, std::fma(v0[r], w0, g[r])));
+      i = 3;
+    } else if (k >= 4) {
       const T* v1 = V + n;
       const T* v2 = V + 2 * n;
       const T* v3 = V + 3 * n;
