@@ -61,17 +61,36 @@ void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
 // threads for a product this thin, and on a busy machine that costs more than the product.
 constexpr std::int64_t kSmallBlock = 8;
 
+// a·b + c for the OMP loops below: one fused multiply-add where the copy's target has FMA
+// (F: the AVX2 and AVX-512 copies, and portable builds on targets with it, e.g. aarch64), so
+// those give the same bits; a product then a sum in the baseline x86-64 copy, whose CPUs
+// have no FMA instruction (libm's fma, software there, made a one-signal call 4x slower even on
+// this AVX-512 machine). The baseline's results differ from the others' in the last bits.
+#if defined(__FMA__) || defined(__aarch64__) || !(defined(__x86_64__) || defined(__i386__))
+constexpr bool kPortableFma = true;
+#else
+constexpr bool kPortableFma = false;
+#endif
+template <bool F, class T>
+WP_INLINE T madd(T a, T b, T c) {
+  if constexpr (F) {
+    return std::fma(a, b, c);
+  } else {
+    return a * b + c;
+  }
+}
+
 // out (b×n, row-major: row t is Dᵀx_t) = (DᵀX)ᵀ for row-major D (m×n) and X (m×b, row stride
 // ldx); with sq, also sq[j] = ‖d_j‖² (the column norms in the same pass over D: a separate pass
 // was 9% of a one-signal call). Every entry is one chain of fused multiply-adds over the rows in
 // order, from 0: out[t, j] = fma(D[m−1, j], X[m−1, t], … fma(D[0, j], X[0, t], 0)). fma rounds
-// once by definition, so the chain gives the same bits on every ISA level and for any blocking
-// of rows or columns; the code below blocks them differently per level and per b.
+// once by definition, so the chain gives the same bits on every FMA level (madd) and for any
+// blocking of rows or columns; the code below blocks them differently per level and per b.
 //
 // small_atb_rows: columns [0, n) of D and out, row strides ldd and ldo. Rows of D four at a
 // time, each entry's four fmas in one go (out loaded and stored once per four rows), in
 // column chunks that keep the b rows of out and four rows of D within L1.
-template <class T>
+template <class T, bool F>
 WP_INLINE void small_atb_rows(std::int64_t m, std::int64_t n, std::int64_t ldd, std::int64_t b,
                               const T* D, const T* X, std::int64_t ldx, T* out, std::int64_t ldo,
                               T* sq) {
@@ -102,8 +121,8 @@ WP_INLINE void small_atb_rows(std::int64_t m, std::int64_t n, std::int64_t ldd, 
         T* __restrict o = acc.data();
         T* __restrict q = qa;
         for (std::int64_t j = 0; j < w; ++j) {
-          o[j] = std::fma(d3[j], x3, std::fma(d2[j], x2, std::fma(d1[j], x1, std::fma(d0[j], x0, o[j]))));
-          q[j] = std::fma(d3[j], d3[j], std::fma(d2[j], d2[j], std::fma(d1[j], d1[j], std::fma(d0[j], d0[j], q[j]))));
+          o[j] = madd<F>(d3[j], x3, madd<F>(d2[j], x2, madd<F>(d1[j], x1, madd<F>(d0[j], x0, o[j]))));
+          q[j] = madd<F>(d3[j], d3[j], madd<F>(d2[j], d2[j], madd<F>(d1[j], d1[j], madd<F>(d0[j], d0[j], q[j]))));
         }
         continue;
       }
@@ -112,12 +131,12 @@ WP_INLINE void small_atb_rows(std::int64_t m, std::int64_t n, std::int64_t ldd, 
                 x3 = X[(i0 + 3) * ldx + t];
         T* __restrict o = acc.data() + t * ld;
         for (std::int64_t j = 0; j < w; ++j)
-          o[j] = std::fma(d3[j], x3, std::fma(d2[j], x2, std::fma(d1[j], x1, std::fma(d0[j], x0, o[j]))));
+          o[j] = madd<F>(d3[j], x3, madd<F>(d2[j], x2, madd<F>(d1[j], x1, madd<F>(d0[j], x0, o[j]))));
       }
       if (sq) {
         T* __restrict q = qa;
         for (std::int64_t j = 0; j < w; ++j)
-          q[j] = std::fma(d3[j], d3[j], std::fma(d2[j], d2[j], std::fma(d1[j], d1[j], std::fma(d0[j], d0[j], q[j]))));
+          q[j] = madd<F>(d3[j], d3[j], madd<F>(d2[j], d2[j], madd<F>(d1[j], d1[j], madd<F>(d0[j], d0[j], q[j]))));
       }
     }
     for (std::int64_t i = i0; i < m; ++i) {
@@ -125,11 +144,11 @@ WP_INLINE void small_atb_rows(std::int64_t m, std::int64_t n, std::int64_t ldd, 
       for (std::int64_t t = 0; t < b; ++t) {
         const T xv = X[i * ldx + t];
         T* __restrict o = acc.data() + t * ld;
-        for (std::int64_t j = 0; j < w; ++j) o[j] = std::fma(di[j], xv, o[j]);
+        for (std::int64_t j = 0; j < w; ++j) o[j] = madd<F>(di[j], xv, o[j]);
       }
       if (sq) {
         T* __restrict q = qa;
-        for (std::int64_t j = 0; j < w; ++j) q[j] = std::fma(di[j], di[j], q[j]);
+        for (std::int64_t j = 0; j < w; ++j) q[j] = madd<F>(di[j], di[j], q[j]);
       }
     }
     for (std::int64_t t = 0; t < b; ++t)
@@ -141,7 +160,7 @@ WP_INLINE void small_atb_rows(std::int64_t m, std::int64_t n, std::int64_t ldd, 
 // A register tile: B signals × C columns of out, rows [i0, i1) of D fused onto it (from 0 when
 // FIRST, else onto what out holds). B·C/8 accumulators stay in registers (AVX-512: 32 of
 // them), D's C values of a row are loaded once for all B signals.
-template <class T, int B, int C, bool FIRST>
+template <class T, int B, int C, bool FIRST, bool F = true>
 WP_INLINE void atb_tile(std::int64_t i0, std::int64_t i1, std::int64_t n, const T* D, const T* X,
                         std::int64_t ldx, std::int64_t j, T* out) {
   T acc[B][C];
@@ -151,7 +170,7 @@ WP_INLINE void atb_tile(std::int64_t i0, std::int64_t i1, std::int64_t n, const 
     const T* __restrict d = D + i * n + j;
     for (int t = 0; t < B; ++t) {
       const T x = X[i * ldx + t];
-      for (int u = 0; u < C; ++u) acc[t][u] = std::fma(d[u], x, acc[t][u]);
+      for (int u = 0; u < C; ++u) acc[t][u] = madd<F>(d[u], x, acc[t][u]);
     }
   }
   for (int t = 0; t < B; ++t)
@@ -182,7 +201,7 @@ WP_INLINE std::int64_t atb_tiled(std::int64_t m, std::int64_t n, const T* D, con
 // k = 8: its pass of eight Gram columns 172 -> 71 µs, measured alone); fewer signals and the
 // norms are bound by reading D, which the row pass does as well. The other levels have 16
 // vector registers: the row pass throughout.
-template <class T, bool TILE>
+template <class T, bool TILE, bool F>
 WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                               const T* X, std::int64_t ldx, T* out, T* sq) {
   std::int64_t j0 = 0;
@@ -198,22 +217,22 @@ WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, co
     }
   }
   if (j0 < n)
-    small_atb_rows<T>(m, n - j0, n, b, D + j0, X, ldx, out ? out + j0 : nullptr, n,
+    small_atb_rows<T, F>(m, n - j0, n, b, D + j0, X, ldx, out ? out + j0 : nullptr, n,
                       sq ? sq + j0 : nullptr);
 }
 
 // Per ISA (weightpress/isa.hpp): the same chains of fmas, so the same bits everywhere (the
-// baseline x86-64 copy calls libm's fma, exact but slow; aarch64 has it in hardware).
+// baseline x86-64 copy multiplies then adds: madd above).
 #ifdef WP_X86_DISPATCH
 template <class T>
 WP_TARGET_V4 void small_atb_v4(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                                const T* X, std::int64_t ldx, T* out, T* sq) {
-  small_atb_impl<T, true>(m, n, b, D, X, ldx, out, sq);
+  small_atb_impl<T, true, true>(m, n, b, D, X, ldx, out, sq);
 }
 template <class T>
 WP_TARGET_V3 void small_atb_v3(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                                const T* X, std::int64_t ldx, T* out, T* sq) {
-  small_atb_impl<T, false>(m, n, b, D, X, ldx, out, sq);
+  small_atb_impl<T, false, true>(m, n, b, D, X, ldx, out, sq);
 }
 #endif
 
@@ -227,7 +246,7 @@ void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const
     case Isa::kBase: break;
   }
 #endif
-  small_atb_impl<T, false>(m, n, b, D, X, ldx, out, sq);
+  small_atb_impl<T, false, kPortableFma>(m, n, b, D, X, ldx, out, sq);
 }
 
 template <class T>
@@ -286,12 +305,12 @@ struct Workspace {
 // (the next selection's score, fused into this pass: sw_j = 1/G_jj, 0 for used atoms). Columns
 // of V in blocks of eight, then four, then one, so that v is loaded and stored once per block:
 // at k = 32 the loop is bound by the reads of V, not of v. Elementwise, in a fixed order.
-template <class T>
+template <class T, bool F>
 WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
                             const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a,
                             const T* __restrict sw) {
   // v_r = g_r − V_r0 w_0 − V_r1 w_1 − …, one fused multiply-add per term in order of i (the
-  // same bits for any blocking of the columns, and on every ISA: fma rounds once by definition)
+  // same bits for any blocking of the columns, and on every FMA level: madd above)
   std::int64_t i = 0;
   if (k == 0) {
     for (std::int64_t r = 0; r < n; ++r) v[r] = g[r];
@@ -302,14 +321,14 @@ WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict 
     if (k == 2) {
       const T* v1 = V + n;
       const T w1 = -w[1];
-      for (std::int64_t r = 0; r < n; ++r) v[r] = std::fma(v1[r], w1, std::fma(v0[r], w0, g[r]));
+      for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r]));
       i = 2;
     } else if (k == 3) {
       const T* v1 = V + n;
       const T* v2 = V + 2 * n;
       const T w1 = -w[1], w2 = -w[2];
       for (std::int64_t r = 0; r < n; ++r)
-        v[r] = std::fma(v2[r], w2, std::fma(v1[r], w1, std::fma(v0[r], w0, g[r])));
+        v[r] = madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r])));
       i = 3;
     } else if (k >= 4) {
       const T* v1 = V + n;
@@ -317,10 +336,10 @@ WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict 
       const T* v3 = V + 3 * n;
       const T w1 = -w[1], w2 = -w[2], w3 = -w[3];
       for (std::int64_t r = 0; r < n; ++r)
-        v[r] = std::fma(v3[r], w3, std::fma(v2[r], w2, std::fma(v1[r], w1, std::fma(v0[r], w0, g[r]))));
+        v[r] = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r]))));
       i = 4;
     } else {
-      for (std::int64_t r = 0; r < n; ++r) v[r] = std::fma(v0[r], w0, g[r]);
+      for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v0[r], w0, g[r]);
       i = 1;
     }
   }
@@ -336,8 +355,8 @@ WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict 
     const T w0 = -w[i], w1 = -w[i + 1], w2 = -w[i + 2], w3 = -w[i + 3];
     const T w4 = -w[i + 4], w5 = -w[i + 5], w6 = -w[i + 6], w7 = -w[i + 7];
     for (std::int64_t r = 0; r < n; ++r) {
-      T t = std::fma(v3[r], w3, std::fma(v2[r], w2, std::fma(v1[r], w1, std::fma(v0[r], w0, v[r]))));
-      v[r] = std::fma(v7[r], w7, std::fma(v6[r], w6, std::fma(v5[r], w5, std::fma(v4[r], w4, t))));
+      T t = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, v[r]))));
+      v[r] = madd<F>(v7[r], w7, madd<F>(v6[r], w6, madd<F>(v5[r], w5, madd<F>(v4[r], w4, t))));
     }
   }
   for (; i + 4 <= k; i += 4) {
@@ -347,12 +366,12 @@ WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict 
     const T* __restrict v3 = v2 + n;
     const T w0 = -w[i], w1 = -w[i + 1], w2 = -w[i + 2], w3 = -w[i + 3];
     for (std::int64_t r = 0; r < n; ++r)
-      v[r] = std::fma(v3[r], w3, std::fma(v2[r], w2, std::fma(v1[r], w1, std::fma(v0[r], w0, v[r]))));
+      v[r] = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, v[r]))));
   }
   for (; i < k; ++i) {
     const T* __restrict v0 = V + i * n;
     const T w0 = -w[i];
-    for (std::int64_t r = 0; r < n; ++r) v[r] = std::fma(v0[r], w0, v[r]);
+    for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v0[r], w0, v[r]);
   }
   constexpr int L = 16;
   T acc[L] = {};
@@ -361,7 +380,7 @@ WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict 
     for (int l = 0; l < L; ++l) {
       const T vr = v[r + l] * inv;
       v[r + l] = vr;
-      const T ar = std::fma(vr, -zk, a[r + l]);
+      const T ar = madd<F>(vr, -zk, a[r + l]);
       a[r + l] = ar;
       const T s = ar * ar * sw[r + l];
       acc[l] = acc[l] > s ? acc[l] : s;
@@ -369,7 +388,7 @@ WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict 
   T mx = T(0);
   for (; r < n; ++r) {
     v[r] *= inv;
-    a[r] = std::fma(v[r], -zk, a[r]);
+    a[r] = madd<F>(v[r], -zk, a[r]);
     const T s = a[r] * a[r] * sw[r];
     mx = mx > s ? mx : s;
   }
@@ -421,12 +440,12 @@ WP_INLINE std::int64_t select_atom_impl(std::int64_t n,
   WP_TARGET_V4 T new_column_v4(std::int64_t n, std::int64_t k, const T* __restrict g,          \
                                const T* V, const T* __restrict w, T inv, T zk,                 \
                                T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
-    return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);                               \
+    return new_column_impl<T, true>(n, k, g, V, w, inv, zk, v, a, sw);                         \
   }                                                                                            \
   WP_TARGET_V3 T new_column_v3(std::int64_t n, std::int64_t k, const T* __restrict g,          \
                                const T* V, const T* __restrict w, T inv, T zk,                 \
                                T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
-    return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);                               \
+    return new_column_impl<T, true>(n, k, g, V, w, inv, zk, v, a, sw);                         \
   }                                                                                            \
   WP_TARGET_V4 std::int64_t select_atom_v4(std::int64_t n, const T* __restrict a,              \
                                            const T* __restrict w) {                            \
@@ -452,7 +471,7 @@ T new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
     case Isa::kBase: break;
   }
 #endif
-  return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);
+  return new_column_impl<T, kPortableFma>(n, k, g, V, w, inv, zk, v, a, sw);
 }
 
 template <class T>
