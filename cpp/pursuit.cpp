@@ -61,23 +61,46 @@ void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
 // threads for a product this thin, and on a busy machine that costs more than the product.
 constexpr std::int64_t kSmallBlock = 8;
 
+// a·b + c for the OMP loops below: one fused multiply-add where the copy's target has FMA
+// (F: the AVX2 and AVX-512 copies, and portable builds on targets with it, e.g. aarch64), so
+// those give the same bits; a product then a sum in the baseline x86-64 copy, whose CPUs
+// have no FMA instruction (libm's fma, software there, made a one-signal call 4x slower even on
+// this AVX-512 machine). The baseline's results differ from the others' in the last bits.
+#if defined(__FMA__) || defined(__aarch64__) || !(defined(__x86_64__) || defined(__i386__))
+constexpr bool kPortableFma = true;
+#else
+constexpr bool kPortableFma = false;
+#endif
+template <bool F, class T>
+WP_INLINE T madd(T a, T b, T c) {
+  if constexpr (F) {
+    return std::fma(a, b, c);
+  } else {
+    return a * b + c;
+  }
+}
+
 // out (b×n, row-major: row t is Dᵀx_t) = (DᵀX)ᵀ for row-major D (m×n) and X (m×b, row stride
-// ldx). Rows of D four at a time (their four terms summed as a pair of pairs, then added to
-// out), then one at a time: a fixed summation order. Four rows per pass load and store out
-// once per four products instead of once per product: one signal at 256×1024, k = 8 makes
-// nine such passes over D. With sq, also sq[j] = Σ_i D[i, j]² (rows in order, from 0): the
-// column norms in the same pass over D (a separate pass was 9% of a one-signal call).
-template <class T>
-WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
-                              const T* X, std::int64_t ldx, T* out, T* sq) {
-  // The sums build up in a local block whose rows are `ld` apart, not n: with n a multiple
+// ldx); with sq, also sq[j] = ‖d_j‖² (the column norms in the same pass over D: a separate pass
+// was 9% of a one-signal call). Every entry is one chain of fused multiply-adds over the rows in
+// order, from 0: out[t, j] = fma(D[m−1, j], X[m−1, t], … fma(D[0, j], X[0, t], 0)). fma rounds
+// once by definition, so the chain gives the same bits on every FMA level (madd) and for any
+// blocking of rows or columns; the code below blocks them differently per level and per b.
+//
+// small_atb_rows: columns [0, n) of D and out, row strides ldd and ldo. Rows of D four at a
+// time, each entry's four fmas in one go (out loaded and stored once per four rows), in
+// column chunks that keep the b rows of out and four rows of D within L1.
+template <class T, bool F>
+WP_INLINE void small_atb_rows(std::int64_t m, std::int64_t n, std::int64_t ldd, std::int64_t b,
+                              const T* D, const T* X, std::int64_t ldx, T* out, std::int64_t ldo,
+                              T* sq) {
+  // The sums build up in a local block whose rows are `ld` apart, not ldo: with n a multiple
   // of 512 values, the b rows of out and the four rows of D all fell in the same L1 sets
-  // (and each store 4K-aliased the next loads of D). Same summation order, so the same bits.
+  // (and each store 4K-aliased the next loads of D).
   const std::int64_t pad = 64 / static_cast<std::int64_t>(sizeof(T));
   // Columns of D in chunks whose b rows of out and four rows of D stay within 32 KiB (L1):
   // with eight signals, out (8·n) spilled to L2 on every four rows, and eight Gram columns
-  // cost as much as eight passes over D. Each entry's sum runs over the rows in the same
-  // order for any chunk width.
+  // cost as much as eight passes over D.
   const std::int64_t J = std::max<std::int64_t>(
       64, (std::int64_t(32768) / ((b + 4 + (sq ? 1 : 0)) * static_cast<std::int64_t>(sizeof(T)))) / 16 * 16);
   const std::int64_t ld = J + pad;
@@ -88,53 +111,128 @@ WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, co
     std::fill(acc.begin(), acc.end(), T(0));
     std::int64_t i0 = 0;
     for (; i0 + 4 <= m; i0 += 4) {
-      const T* __restrict d0 = D + i0 * n + j0;
-      const T* __restrict d1 = d0 + n;
-      const T* __restrict d2 = d1 + n;
-      const T* __restrict d3 = d2 + n;
+      const T* __restrict d0 = D + i0 * ldd + j0;
+      const T* __restrict d1 = d0 + ldd;
+      const T* __restrict d2 = d1 + ldd;
+      const T* __restrict d3 = d2 + ldd;
+      if (b == 1 && sq) {  // one signal and the norms: one loop (one signal, 256×1024: 48 -> 45 µs)
+        const T x0 = X[i0 * ldx], x1 = X[(i0 + 1) * ldx], x2 = X[(i0 + 2) * ldx],
+                x3 = X[(i0 + 3) * ldx];
+        T* __restrict o = acc.data();
+        T* __restrict q = qa;
+        for (std::int64_t j = 0; j < w; ++j) {
+          o[j] = madd<F>(d3[j], x3, madd<F>(d2[j], x2, madd<F>(d1[j], x1, madd<F>(d0[j], x0, o[j]))));
+          q[j] = madd<F>(d3[j], d3[j], madd<F>(d2[j], d2[j], madd<F>(d1[j], d1[j], madd<F>(d0[j], d0[j], q[j]))));
+        }
+        continue;
+      }
       for (std::int64_t t = 0; t < b; ++t) {
         const T x0 = X[i0 * ldx + t], x1 = X[(i0 + 1) * ldx + t], x2 = X[(i0 + 2) * ldx + t],
                 x3 = X[(i0 + 3) * ldx + t];
         T* __restrict o = acc.data() + t * ld;
         for (std::int64_t j = 0; j < w; ++j)
-          o[j] += (d0[j] * x0 + d1[j] * x1) + (d2[j] * x2 + d3[j] * x3);
+          o[j] = madd<F>(d3[j], x3, madd<F>(d2[j], x2, madd<F>(d1[j], x1, madd<F>(d0[j], x0, o[j]))));
       }
       if (sq) {
         T* __restrict q = qa;
         for (std::int64_t j = 0; j < w; ++j)
-          q[j] = (((q[j] + d0[j] * d0[j]) + d1[j] * d1[j]) + d2[j] * d2[j]) + d3[j] * d3[j];
+          q[j] = madd<F>(d3[j], d3[j], madd<F>(d2[j], d2[j], madd<F>(d1[j], d1[j], madd<F>(d0[j], d0[j], q[j]))));
       }
     }
     for (std::int64_t i = i0; i < m; ++i) {
-      const T* __restrict di = D + i * n + j0;
+      const T* __restrict di = D + i * ldd + j0;
       for (std::int64_t t = 0; t < b; ++t) {
         const T xv = X[i * ldx + t];
         T* __restrict o = acc.data() + t * ld;
-        for (std::int64_t j = 0; j < w; ++j) o[j] += di[j] * xv;
+        for (std::int64_t j = 0; j < w; ++j) o[j] = madd<F>(di[j], xv, o[j]);
       }
       if (sq) {
         T* __restrict q = qa;
-        for (std::int64_t j = 0; j < w; ++j) q[j] += di[j] * di[j];
+        for (std::int64_t j = 0; j < w; ++j) q[j] = madd<F>(di[j], di[j], q[j]);
       }
     }
     for (std::int64_t t = 0; t < b; ++t)
-      std::copy(acc.data() + t * ld, acc.data() + t * ld + w, out + t * n + j0);
+      std::copy(acc.data() + t * ld, acc.data() + t * ld + w, out + t * ldo + j0);
     if (sq) std::copy(qa, qa + w, sq + j0);
   }
 }
 
-// Per ISA (weightpress/isa.hpp): elementwise, no FP contraction, so the same bits everywhere.
-// (One signal, 256×1024, k = 8: core 675 -> 570 µs CPU, within this machine's noise.)
+// A register tile: B signals × C columns of out, rows [i0, i1) of D fused onto it (from 0 when
+// FIRST, else onto what out holds). B·C/8 accumulators stay in registers (AVX-512: 32 of
+// them), D's C values of a row are loaded once for all B signals.
+template <class T, int B, int C, bool FIRST, bool F = true>
+WP_INLINE void atb_tile(std::int64_t i0, std::int64_t i1, std::int64_t n, const T* D, const T* X,
+                        std::int64_t ldx, std::int64_t j, T* out) {
+  T acc[B][C];
+  for (int t = 0; t < B; ++t)
+    for (int u = 0; u < C; ++u) acc[t][u] = FIRST ? T(0) : out[t * n + j + u];
+  for (std::int64_t i = i0; i < i1; ++i) {
+    const T* __restrict d = D + i * n + j;
+    for (int t = 0; t < B; ++t) {
+      const T x = X[i * ldx + t];
+      for (int u = 0; u < C; ++u) acc[t][u] = madd<F>(d[u], x, acc[t][u]);
+    }
+  }
+  for (int t = 0; t < B; ++t)
+    for (int u = 0; u < C; ++u) out[t * n + j + u] = acc[t][u];
+}
+
+// Columns [0, n − n mod C) by register tiles, in panels of 32 rows (the panel's D, 32 rows ×
+// n, stays in L2 while the tiles walk across it; one strip down all m rows missed every
+// cache). Returns the columns done.
+template <class T, int B, int C>
+WP_INLINE std::int64_t atb_tiled(std::int64_t m, std::int64_t n, const T* D, const T* X,
+                                 std::int64_t ldx, T* out) {
+  constexpr std::int64_t P = 32;
+  const std::int64_t nt = n - n % C;
+  for (std::int64_t i0 = 0; i0 < m; i0 += P) {
+    const std::int64_t i1 = std::min(m, i0 + P);
+    for (std::int64_t j = 0; j < nt; j += C) {
+      if (i0 == 0)
+        atb_tile<T, B, C, true>(i0, i1, n, D, X, ldx, j, out);
+      else
+        atb_tile<T, B, C, false>(i0, i1, n, D, X, ldx, j, out);
+    }
+  }
+  return nt;
+}
+
+// TILE: the AVX-512 copy takes four to eight signals by register tiles (one signal at 256×1024,
+// k = 8: its pass of eight Gram columns 172 -> 71 µs, measured alone); fewer signals and the
+// norms are bound by reading D, which the row pass does as well. The other levels have 16
+// vector registers: the row pass throughout.
+template <class T, bool TILE, bool F>
+WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
+                              const T* X, std::int64_t ldx, T* out, T* sq) {
+  std::int64_t j0 = 0;
+  if (TILE && !sq && m > 0) {
+    constexpr int C = 64 / static_cast<int>(sizeof(T)) * 3;  // three zmm registers of a row
+    switch (b) {
+      case 4: j0 = atb_tiled<T, 4, C>(m, n, D, X, ldx, out); break;
+      case 5: j0 = atb_tiled<T, 5, C>(m, n, D, X, ldx, out); break;
+      case 6: j0 = atb_tiled<T, 6, C>(m, n, D, X, ldx, out); break;
+      case 7: j0 = atb_tiled<T, 7, C>(m, n, D, X, ldx, out); break;
+      case 8: j0 = atb_tiled<T, 8, C>(m, n, D, X, ldx, out); break;
+      default: break;
+    }
+  }
+  if (j0 < n)
+    small_atb_rows<T, F>(m, n - j0, n, b, D + j0, X, ldx, out ? out + j0 : nullptr, n,
+                      sq ? sq + j0 : nullptr);
+}
+
+// Per ISA (weightpress/isa.hpp): the same chains of fmas, so the same bits everywhere (the
+// baseline x86-64 copy multiplies then adds: madd above).
 #ifdef WP_X86_DISPATCH
 template <class T>
 WP_TARGET_V4 void small_atb_v4(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                                const T* X, std::int64_t ldx, T* out, T* sq) {
-  small_atb_impl<T>(m, n, b, D, X, ldx, out, sq);
+  small_atb_impl<T, true, true>(m, n, b, D, X, ldx, out, sq);
 }
 template <class T>
 WP_TARGET_V3 void small_atb_v3(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                                const T* X, std::int64_t ldx, T* out, T* sq) {
-  small_atb_impl<T>(m, n, b, D, X, ldx, out, sq);
+  small_atb_impl<T, false, true>(m, n, b, D, X, ldx, out, sq);
 }
 #endif
 
@@ -148,7 +246,7 @@ void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const
     case Isa::kBase: break;
   }
 #endif
-  small_atb_impl<T>(m, n, b, D, X, ldx, out, sq);
+  small_atb_impl<T, false, kPortableFma>(m, n, b, D, X, ldx, out, sq);
 }
 
 template <class T>
@@ -207,25 +305,43 @@ struct Workspace {
 // (the next selection's score, fused into this pass: sw_j = 1/G_jj, 0 for used atoms). Columns
 // of V in blocks of eight, then four, then one, so that v is loaded and stored once per block:
 // at k = 32 the loop is bound by the reads of V, not of v. Elementwise, in a fixed order.
-template <class T>
+template <class T, bool F>
 WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
                             const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a,
                             const T* __restrict sw) {
+  // v_r = g_r − V_r0 w_0 − V_r1 w_1 − …, one fused multiply-add per term in order of i (the
+  // same bits for any blocking of the columns, and on every FMA level: madd above)
   std::int64_t i = 0;
   if (k == 0) {
     for (std::int64_t r = 0; r < n; ++r) v[r] = g[r];
   } else {
-    // first pass folds g in
-    const std::int64_t c = std::min<std::int64_t>(k, 4);
+    // the first pass folds g in, with up to four columns
     const T* v0 = V;
-    const T* v1 = V + (c > 1 ? n : 0);
-    const T* v2 = V + (c > 2 ? 2 * n : 0);
-    const T* v3 = V + (c > 3 ? 3 * n : 0);
-    const T w0 = w[0], w1 = c > 1 ? w[1] : T(0), w2 = c > 2 ? w[2] : T(0),
-            w3 = c > 3 ? w[3] : T(0);
-    for (std::int64_t r = 0; r < n; ++r)
-      v[r] = g[r] - ((v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3));
-    i = c;
+    const T w0 = -w[0];
+    if (k == 2) {
+      const T* v1 = V + n;
+      const T w1 = -w[1];
+      for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r]));
+      i = 2;
+    } else if (k == 3) {
+      const T* v1 = V + n;
+      const T* v2 = V + 2 * n;
+      const T w1 = -w[1], w2 = -w[2];
+      for (std::int64_t r = 0; r < n; ++r)
+        v[r] = madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r])));
+      i = 3;
+    } else if (k >= 4) {
+      const T* v1 = V + n;
+      const T* v2 = V + 2 * n;
+      const T* v3 = V + 3 * n;
+      const T w1 = -w[1], w2 = -w[2], w3 = -w[3];
+      for (std::int64_t r = 0; r < n; ++r)
+        v[r] = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r]))));
+      i = 4;
+    } else {
+      for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v0[r], w0, g[r]);
+      i = 1;
+    }
   }
   for (; i + 8 <= k; i += 8) {
     const T* __restrict v0 = V + i * n;
@@ -236,25 +352,26 @@ WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict 
     const T* __restrict v5 = v4 + n;
     const T* __restrict v6 = v5 + n;
     const T* __restrict v7 = v6 + n;
-    const T w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
-    const T w4 = w[i + 4], w5 = w[i + 5], w6 = w[i + 6], w7 = w[i + 7];
-    for (std::int64_t r = 0; r < n; ++r)
-      v[r] -= ((v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3)) +
-              ((v4[r] * w4 + v5[r] * w5) + (v6[r] * w6 + v7[r] * w7));
+    const T w0 = -w[i], w1 = -w[i + 1], w2 = -w[i + 2], w3 = -w[i + 3];
+    const T w4 = -w[i + 4], w5 = -w[i + 5], w6 = -w[i + 6], w7 = -w[i + 7];
+    for (std::int64_t r = 0; r < n; ++r) {
+      T t = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, v[r]))));
+      v[r] = madd<F>(v7[r], w7, madd<F>(v6[r], w6, madd<F>(v5[r], w5, madd<F>(v4[r], w4, t))));
+    }
   }
   for (; i + 4 <= k; i += 4) {
     const T* __restrict v0 = V + i * n;
     const T* __restrict v1 = v0 + n;
     const T* __restrict v2 = v1 + n;
     const T* __restrict v3 = v2 + n;
-    const T w0 = w[i], w1 = w[i + 1], w2 = w[i + 2], w3 = w[i + 3];
+    const T w0 = -w[i], w1 = -w[i + 1], w2 = -w[i + 2], w3 = -w[i + 3];
     for (std::int64_t r = 0; r < n; ++r)
-      v[r] -= (v0[r] * w0 + v1[r] * w1) + (v2[r] * w2 + v3[r] * w3);
+      v[r] = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, v[r]))));
   }
   for (; i < k; ++i) {
     const T* __restrict v0 = V + i * n;
-    const T w0 = w[i];
-    for (std::int64_t r = 0; r < n; ++r) v[r] -= v0[r] * w0;
+    const T w0 = -w[i];
+    for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v0[r], w0, v[r]);
   }
   constexpr int L = 16;
   T acc[L] = {};
@@ -263,7 +380,7 @@ WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict 
     for (int l = 0; l < L; ++l) {
       const T vr = v[r + l] * inv;
       v[r + l] = vr;
-      const T ar = a[r + l] - vr * zk;
+      const T ar = madd<F>(vr, -zk, a[r + l]);
       a[r + l] = ar;
       const T s = ar * ar * sw[r + l];
       acc[l] = acc[l] > s ? acc[l] : s;
@@ -271,7 +388,7 @@ WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict 
   T mx = T(0);
   for (; r < n; ++r) {
     v[r] *= inv;
-    a[r] -= v[r] * zk;
+    a[r] = madd<F>(v[r], -zk, a[r]);
     const T s = a[r] * a[r] * sw[r];
     mx = mx > s ? mx : s;
   }
@@ -323,12 +440,12 @@ WP_INLINE std::int64_t select_atom_impl(std::int64_t n,
   WP_TARGET_V4 T new_column_v4(std::int64_t n, std::int64_t k, const T* __restrict g,          \
                                const T* V, const T* __restrict w, T inv, T zk,                 \
                                T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
-    return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);                               \
+    return new_column_impl<T, true>(n, k, g, V, w, inv, zk, v, a, sw);                         \
   }                                                                                            \
   WP_TARGET_V3 T new_column_v3(std::int64_t n, std::int64_t k, const T* __restrict g,          \
                                const T* V, const T* __restrict w, T inv, T zk,                 \
                                T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
-    return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);                               \
+    return new_column_impl<T, true>(n, k, g, V, w, inv, zk, v, a, sw);                         \
   }                                                                                            \
   WP_TARGET_V4 std::int64_t select_atom_v4(std::int64_t n, const T* __restrict a,              \
                                            const T* __restrict w) {                            \
@@ -354,7 +471,7 @@ T new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
     case Isa::kBase: break;
   }
 #endif
-  return new_column_impl<T>(n, k, g, V, w, inv, zk, v, a, sw);
+  return new_column_impl<T, kPortableFma>(n, k, g, V, w, inv, zk, v, a, sw);
 }
 
 template <class T>
@@ -501,13 +618,11 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
 }
 
 namespace {
-// ‖d_j‖² of the n columns of a row-major m×n D, each summed over the rows in order (the
-// order small_atb's fused pass sums them in: the same bits either way).
+// ‖d_j‖² of the n columns of a row-major m×n D: small_atb's fused pass with no signals (the
+// same fused multiply-adds over the rows in order, so the same bits as with signals).
 template <class T>
 void atom_sqnorms(std::int64_t m, std::int64_t n, const T* D, T* out) {
-  std::fill(out, out + n, T(0));
-  for (std::int64_t i = 0; i < m; ++i)
-    for (std::int64_t j = 0; j < n; ++j) out[j] += D[i * n + j] * D[i * n + j];
+  small_atb<T>(m, n, 0, D, nullptr, 0, nullptr, out);
 }
 }  // namespace
 

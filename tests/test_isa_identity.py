@@ -4,7 +4,10 @@ pursuit.cpp, basis_pursuit.cpp and linop.cpp compile their hot loops for AVX-512
 baseline and pick one at run time. Each loop is written elementwise in a fixed order, so every
 copy computes the same roundings, *if* the compiler does not fuse ``a - b*c`` into one FMA in
 the copies whose target has FMA (GCC does, under -std=c++17 too). Run with the dispatch capped
-by WP_MAX_ISA, the results must hash alike.
+by WP_MAX_ISA, the results must hash alike. OMP's loops use explicit fused multiply-adds where
+the copy's target has FMA (AVX2, AVX-512: one rounding by definition, in chains whose order does
+not depend on how a copy blocks them), so those two hash alike; the baseline copy, for CPUs
+without FMA, multiplies then adds: the same supports, coefficients within rounding.
 """
 
 import os
@@ -19,7 +22,10 @@ import numpy as np
 import scipy.sparse as sp
 import weightpress as wp
 
+import sys
 h = hashlib.sha256()
+omp = hashlib.sha256()
+codes = []
 rng = np.random.default_rng(7)
 for dt in (np.float32, np.float64):
     # OMP: full-Gram batch (many signals) and lazy Gram columns (few), odd sizes for tails
@@ -28,10 +34,12 @@ for dt in (np.float32, np.float64):
     for s in range(40):
         X0[rng.choice(203, 9, replace=False), s] = rng.standard_normal(9)
     Y = (D @ X0 + 1e-3 * rng.standard_normal((61, 40))).astype(dt)
-    for N in (40, 2):
-        X = wp.omp(D, Y[:, :N], n_nonzero=9)
+    # (one signal, k = 8: a block of eight Gram columns, the AVX-512 copy's register tiles)
+    for N, k in ((40, 9), (2, 9), (1, 8)):
+        X = wp.omp(D, Y[:, :N], n_nonzero=k)
         X = X.toarray() if sp.issparse(X) else np.asarray(X)
-        h.update(np.ascontiguousarray(X).tobytes())
+        omp.update(np.ascontiguousarray(X).tobytes())
+        codes.append(X)
     # basis pursuit, BPDN, LASSO on a dense operator (CSR products contract to FMA where the
     # CPU has it: identical across thread counts, not across CPUs; see csr.cpp)
     A = (rng.standard_normal((45, 131)) / np.sqrt(45)).astype(dt)
@@ -53,22 +61,33 @@ e = 0.01 * rng.standard_normal(512)
 x, info = wp.basis_pursuit(A, A @ x0 + e, sigma=float(np.linalg.norm(e)), return_info=True)
 h.update(x.tobytes())
 h.update(str((info.iterations, info.n_active)).encode())
-print(h.hexdigest())
+np.savez(sys.argv[1], *codes)
+print(omp.hexdigest(), h.hexdigest())
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="x86 dispatch levels")
-def test_solvers_same_bits_on_every_isa_level():
+def test_solvers_same_bits_on_every_isa_level(tmp_path):
+    import numpy as np
     from weightpress import _core
 
     top = _core.isa_level()
-    digests = {}
+    digests, codes = {}, {}
     for level in sorted({0, 1, 2} & set(range(top + 1))):
         # BLAS pinned to one thread: OpenBLAS's own blocking is not what this checks
         env = dict(os.environ, WP_MAX_ISA=str(level), OMP_NUM_THREADS="2",
                    OPENBLAS_NUM_THREADS="1")
-        r = subprocess.run([sys.executable, "-c", _DIGEST], env=env, capture_output=True,
-                           text=True, timeout=300)
+        out = tmp_path / f"omp{level}.npz"
+        r = subprocess.run([sys.executable, "-c", _DIGEST, str(out)], env=env,
+                           capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
-        digests[level] = r.stdout.strip()
-    assert len(set(digests.values())) == 1, digests
+        digests[level] = r.stdout.split()
+        with np.load(out) as z:
+            codes[level] = [z[k] for k in z.files]
+    assert len({d[1] for d in digests.values()}) == 1, digests        # BP, BPDN, LASSO
+    assert len({d[0] for lv, d in digests.items() if lv >= 1}) == 1, digests   # OMP, FMA levels
+    for lv in codes:   # the baseline's OMP: the same supports, coefficients within rounding
+        for a, b in zip(codes[lv], codes[max(codes)]):
+            assert np.array_equal(a != 0, b != 0)
+            tol = 1e-4 if a.dtype == np.float32 else 1e-10
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())

@@ -10,6 +10,9 @@
 // has FMA, so the v3/v4 copies of a loop may differ from the baseline copy in the last bit.
 // Kernels that must give bit-identical results on every CPU are compiled with
 // -ffp-contract=off (CMakeLists.txt: obs.cpp) or document where FMA changes the last bit.
+// Explicit std::fma is the other way (pursuit.cpp's OMP loops): one rounding by definition, so
+// the AVX2 and AVX-512 copies give the same bits; the baseline copy, for CPUs without FMA,
+// multiplies then adds (libm's software fma is far slower) and differs in the last bits.
 #pragma once
 
 #define WP_INLINE __attribute__((always_inline)) inline
