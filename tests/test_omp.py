@@ -351,3 +351,27 @@ def test_few_signals_predicted_gram_columns_match_sklearn(N):
     # the full-Gram path (syrk instead of gemm columns: equal up to rounding)
     np.testing.assert_allclose(X, wp.OMPDictionary(D).encode(Y, n_nonzero=k), rtol=0, atol=1e-10)
     np.testing.assert_array_equal(X, wp.omp(D, Y, n_nonzero=k, n_threads=1))
+
+
+def test_few_signal_calls_reuse_their_buffers_safely():
+    """The lazy path keeps its buffers per calling thread between calls (small ones): calls of
+    other sizes in between, and calls from several Python threads at once, give exactly what
+    each gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(11)
+    cases = []
+    for m, n, k, dt in ((64, 256, 8, np.float64), (40, 97, 5, np.float32), (128, 512, 16, np.float64),
+                        (64, 256, 3, np.float64)):
+        D = rng.standard_normal((m, n)).astype(dt)
+        Y = rng.standard_normal((m, 2)).astype(dt)
+        cases.append((D, Y, k))
+    alone = [wp.omp(D, Y, n_nonzero=k) for D, Y, k in cases]
+    for _ in range(2):   # sizes alternating on one thread: the reused buffers shrink and grow
+        for (D, Y, k), want in zip(cases[::-1], alone[::-1]):
+            np.testing.assert_array_equal(wp.omp(D, Y, n_nonzero=k), want)
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda c: [wp.omp(c[0], c[1], n_nonzero=c[2]) for _ in range(20)], cases))
+    for g, want in zip(got, alone):
+        for x in g:
+            np.testing.assert_array_equal(x, want)
