@@ -29,7 +29,6 @@ weight) and works under ``torch.compile``. ``torch`` is an optional dependency.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 import warnings
@@ -626,20 +625,22 @@ def _run_capture(module: Any, inputs: Any, paths: list[str]) -> tuple[Any, dict[
     return out, seen
 
 
-def _check_dynamic(module: Any, ref: Any, inputs: Any, cands: dict[str, tuple[Any, ...]],
+def _check_dynamic(module: Any, inputs: Any, quants: dict[str, tuple[Any, ...]], cands: list[str],
                    rows: dict[str, LoadRow], stated: float) -> tuple[float, float] | None:
     """``quant="auto"`` with sample inputs: each quantized layer that can run ``"dynamic"``
     (int8 activations) is timed both ways on its input in the module run on ``inputs`` and
-    takes the faster; the module then runs next to ``ref`` (the container's dense decode) and
+    takes the faster; the module then runs next to the container's decode (itself with every
+    quantized layer ``quants`` dequantized in float: no copy of the model) and
     while its outputs are further than ``CHECK_MARGIN`` x the stated error, the dynamic
     layers adding the most error (their output's relative error less their input's) go back
     to their float-activation mode, 1, 2, 4, … of them (then bisected: at most 3 more runs).
     Returns (output error, stated error), or None when no layer took ``"dynamic"``."""
     if not cands:
         return None
-    _, seen = _run_capture(module, inputs, list(cands))
+    _, seen = _run_capture(module, inputs, cands)
     fast: dict[str, Any] = {}
-    for pth, (q, bias, kind) in cands.items():
+    for pth in cands:
+        q, bias, kind = quants[pth]
         if pth not in seen:
             continue           # not called on these inputs: nothing to time it on
         cur = module.get_submodule(pth)
@@ -653,7 +654,15 @@ def _check_dynamic(module: Any, ref: Any, inputs: Any, cands: dict[str, tuple[An
     target = CHECK_MARGIN * stated
     paths = list(fast)
     got, g_seen = _run_capture(module, inputs, paths)
-    want, w_seen = _run_capture(ref, inputs, paths)
+    deq = {pth: QuantLinear(q, bias, kind, "dequant") for pth, (q, bias, kind) in quants.items()}
+    now = {pth: module.get_submodule(pth) for pth in quants}
+    for pth in quants:
+        _replace(module, pth, deq[pth])
+    try:
+        want, w_seen = _run_capture(module, inputs, paths)
+    finally:
+        for pth in quants:
+            _replace(module, pth, now[pth])
     err0 = _out_error(got, want)
     final, back, exact = err0, [], []
     if err0 > target:
@@ -663,7 +672,6 @@ def _check_dynamic(module: Any, ref: Any, inputs: Any, cands: dict[str, tuple[An
         added = {pth: rel(pth, 1) - rel(pth, 0) for pth in paths}
         order = sorted(paths, key=lambda pth: -added[pth])
         n = len(order)
-        deq = {pth: QuantLinear(cands[pth][0], cands[pth][1], cands[pth][2], "dequant") for pth in paths}
 
         def search(pick: Any) -> tuple[int, float]:
             """The least k (1, 2, 4, …, then bisected: at most 3 more runs) whose modules
@@ -748,8 +756,9 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
         keywords, a tensor as the one argument), e.g. calibration inputs at a typical length.
         With ``quant="auto"``, each quantized layer that can run "dynamic" (int8
         activations, fbgemm) is timed both ways on its input there and takes the faster;
-        then the module runs next to the container's dense decode (a copy of ``module``
-        with the decoded weights, held during the load) and while its outputs are further
+        then the module runs next to the container's decode (the same module with its
+        quantized layers dequantized in float, one layer at a time in memory: no copy of
+        the model) and while its outputs are further
         than ``CHECK_MARGIN`` (0.8) x the container's stated error
         (:mod:`~weightpress.model.export_check`), the dynamic layers adding the most error
         go back to their float-activation mode, 1, 2, 4, … of them. The rows say which, and
@@ -776,8 +785,8 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
         raise TypeError(f"inputs: expected a tensor, tuple, list or dict, got {type(inputs).__name__}")
     c = container if isinstance(container, Container) else Container(container)
     check = inputs is not None and quant == "auto"
-    ref = copy.deepcopy(module) if check else None
-    cands: dict[str, tuple[Any, ...]] = {}
+    quants: dict[str, tuple[Any, ...]] = {}
+    cands: list[str] = []
     by_path: dict[str, LoadRow] = {}
     params = dict(module.named_parameters(remove_duplicate=False))
     params.update(dict(module.named_buffers(remove_duplicate=False)))
@@ -865,8 +874,9 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                     how = f"QuantLinear {new.mode} ({q.bits}-bit" + (f", group {q.group})" if q.group < q.inn else ")")
                     if new.mode == "dequant":
                         note = "dequantized in each call (no packed kernel for this layout in PyTorch CPU)"
+                    quants[path] = (q, bias, kind)
                     if check and "dynamic" in quant_modes(q):
-                        cands[path] = (q, bias, kind)
+                        cands.append(path)
                 else:
                     note = "dense: the quantized rows are the layer's inputs"
             elif form == "lowrank-int8":
@@ -903,17 +913,14 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
             p.copy_(torch.from_numpy(value).to(p.dtype))
         rows.append(LoadRow(name, form, how, note))
     out = LoadRows(rows)
-    if ref is not None and cands:
-        # the reference: the container's dense decode in a copy of the module as it came
-        refp = dict(ref.named_parameters(remove_duplicate=False))
-        refp.update(dict(ref.named_buffers(remove_duplicate=False)))
-        with torch.no_grad():
-            for name in c.entries:
-                if name in refp:
-                    v = np.array(c[name]).reshape(tuple(refp[name].shape))
-                    refp[name].copy_(torch.from_numpy(v).to(refp[name].dtype))
-        ref.eval()
-        measured = _check_dynamic(module, ref, inputs, cands, by_path, stated_error(c))
+    if check and cands:
+        was = [(m, m.training) for m in module.modules()]
+        module.eval()            # (dropout off: the two runs must see the same computation)
+        try:
+            measured = _check_dynamic(module, inputs, quants, cands, by_path, stated_error(c))
+        finally:
+            for m, t in was:
+                m.training = t
         if measured is not None:
             out.output_error, out.stated_error = measured
     return out
