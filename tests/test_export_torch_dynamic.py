@@ -139,3 +139,21 @@ def test_dynamic_under_torch_compile(tmp_path):
         y = m(x)
         yc = torch.compile(m, backend="aot_eager")(x)   # the product: a graph break
     torch.testing.assert_close(yc, y, rtol=1e-5, atol=1e-5)
+
+
+def test_bias_after_weight_reaches_the_replacement(tmp_path):
+    """The container's bias (stored after the weight) is the replacement's, not the bias
+    the module had when the weight was replaced (a fresh module: another init)."""
+    widths = [64, 96, 32]
+    m = _net(widths)
+    wpz = tmp_path / "b.wpz"
+    with ContainerWriter(wpz) as w:
+        for name, p in m.state_dict().items():
+            if name.endswith("weight"):
+                w.add(name, rtn_quant(p.numpy(), 8, 0, True, layout="out_in")[0], original=p.numpy())
+            else:
+                w.add(name, p.numpy())
+    fresh = _net(widths, seed=7)
+    load_into(fresh, wpz)
+    for i in (0, 2):
+        torch.testing.assert_close(fresh[i].bias, m[i].bias)

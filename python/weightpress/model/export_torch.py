@@ -800,6 +800,7 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
     embs = {f"{n}.weight" if n else "weight": (n, m) for n, m in module.named_modules()
             if isinstance(m, nn.Embedding)}
     rows: list[LoadRow] = []
+    biases: dict[str, Any] = {}   # layer path -> the bias its replacement holds (a copy)
     for name, e in c.entries.items():
         if name not in params:
             if strict:
@@ -828,6 +829,7 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 conv_new = LowRankConv(layer, torch.from_numpy(np.array(m.left, dtype=np.float32)),
                                        torch.from_numpy(np.array(m.right, dtype=np.float32)))
                 _replace(module, path, conv_new)
+                biases[path] = conv_new.second.bias
                 rows.append(LoadRow(name, form, f"LowRankConv (rank {conv_new.rank})"))
                 continue
         elif name in convs and form == "quant":
@@ -902,6 +904,7 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 how = f"SparseLinear ({'CSR' if use else 'dense, faster here than CSR'})"
             if new is not None:
                 _replace(module, path, new)
+                biases[path] = new.bias
                 rows.append(LoadRow(name, form, how, note))
                 by_path[path] = rows[-1]
                 continue
@@ -912,6 +915,13 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
         with torch.no_grad():
             p.copy_(torch.from_numpy(value).to(p.dtype))
         rows.append(LoadRow(name, form, how, note))
+    # a replacement copied its layer's bias when made; the container's bias, when it comes
+    # after the weight, went into the old parameter: into the replacement's too
+    with torch.no_grad():
+        for path, bias in biases.items():
+            bname = f"{path}.bias" if path else "bias"
+            if bias is not None and bname in c.entries and bname in params:
+                bias.copy_(torch.from_numpy(np.array(c[bname]).reshape(tuple(bias.shape))).to(bias.dtype))
     out = LoadRows(rows)
     if check and cands:
         was = [(m, m.training) for m in module.modules()]
