@@ -50,7 +50,8 @@ def test_dynamic_mode_against_decode(spec, shape):
     assert "dynamic" in quant_modes(parts)
     bias = torch.randn(shape[0])
     layer = QuantLinear(parts, bias, mode="dynamic")
-    assert layer.mode == "dynamic" and layer.qweight.dtype == torch.int8
+    assert layer.mode == "dynamic" and layer.int8_codes().dtype == torch.int8
+    assert "qweight" not in dict(layer.named_buffers())   # one copy: fbgemm's packed one
     assert len(layer._packed) == parts.n_groups == -(-shape[1] // min(parts.group, shape[1]))
     # matrix() is the container's decode to float rounding; dense() computes it
     torch.testing.assert_close(layer.matrix(), torch.from_numpy(W_hat), rtol=1e-6, atol=1e-7)
@@ -65,8 +66,11 @@ def test_dynamic_mode_against_decode(spec, shape):
         # state: a state dict loaded into another layer repacks fbgemm's weights
         other = QuantLinear(parts, torch.zeros(shape[0]), mode="dynamic")
         sd = layer.state_dict()
+        assert sd["qweight"].dtype == torch.int8 and sd["qweight"].shape == shape
         sd["scales"] = sd["scales"] * 2
         other.load_state_dict(sd)
+        with pytest.raises(RuntimeError, match="qweight"):
+            other.load_state_dict({k: v for k, v in sd.items() if k != "qweight"})
         torch.testing.assert_close(other(x) - bias, 2 * (y - bias), rtol=1e-4, atol=1e-4)
 
 

@@ -278,10 +278,10 @@ class QuantLinear(_NoWeight, _Compressed):
             w = q.codes().astype(np.int16) - q.zeros[:, gi].astype(np.int16)
             self.group, self.n_groups = g, q.n_groups
             self.reduce_range = _reduce_range()
-            self.register_buffer("qweight", torch.from_numpy(w.astype(np.int8)))
+            # the int8 codes live only in fbgemm's packed weights (no second copy); the state
+            # dict holds them as ``qweight`` (int8, unpacked on save, packed again on load)
             self.register_buffer("scales", torch.from_numpy(q.scales.astype(np.float32)))
-            self._pack()
-            self.register_load_state_dict_post_hook(lambda m, _: m._pack())
+            self._pack(torch.from_numpy(w.astype(np.int8)))
             return
         B = 4 if q.bits <= 4 else 8
         g = q.group
@@ -293,19 +293,51 @@ class QuantLinear(_NoWeight, _Compressed):
         self.register_buffer("scales", torch.from_numpy(q.scales.astype(np.float32)))
         self.register_buffer("zeros", torch.from_numpy(q.zeros.astype(np.float32)))
 
-    def _pack(self) -> None:
-        """fbgemm's packed weights from ``qweight``/``scales`` (again after a state load)."""
+    def _pack(self, qweight: Any) -> None:
+        """fbgemm's packed weights from int8 ``qweight`` and ``scales``."""
         b = list(range(0, self.in_features, self.group)) + [self.in_features]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)  # quantized tensors: deprecated
-            self._packed = [_prepack(self.qweight[:, b[j]:b[j + 1]], self.scales[:, j])
+            self._packed = [_prepack(qweight[:, b[j]:b[j + 1]], self.scales[:, j])
                             for j in range(self.n_groups)]
         self._bounds = b
+
+    def int8_codes(self) -> Any:
+        """The int8 ``u − z`` (out, in) of the "int8" and "dynamic" modes (in "dynamic"
+        unpacked from fbgemm's weights)."""
+        if self.mode != "dynamic":
+            return self.qweight
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            return torch.cat([torch.ops.quantized.linear_unpack(pk)[0].int_repr()
+                              for pk in self._packed], dim=1)
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.mode == "dynamic":
+            destination[prefix + "qweight"] = self.int8_codes()
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
+                              missing_keys: Any, unexpected_keys: Any, error_msgs: Any) -> None:
+        qw = state_dict.get(prefix + "qweight") if self.mode == "dynamic" else None
+        if self.mode == "dynamic":
+            state_dict = {k: v for k, v in state_dict.items() if k != prefix + "qweight"}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if self.mode == "dynamic":
+            if qw is None:
+                missing_keys.append(prefix + "qweight")
+            elif tuple(qw.shape) != (self.out_features, self.in_features) or qw.dtype != torch.int8:
+                error_msgs.append(f"size mismatch for {prefix}qweight: int8 "
+                                  f"{(self.out_features, self.in_features)} expected, got "
+                                  f"{qw.dtype} {tuple(qw.shape)}")
+            else:
+                self._pack(qw)
 
     def matrix(self) -> Any:
         if self.mode == "dynamic":
             gi = torch.arange(self.in_features) // self.group
-            return self.qweight.float() * self.scales[:, gi]
+            return self.int8_codes().float() * self.scales[:, gi]
         if self.mode == "int4":
             eye = torch.eye(self.in_features, dtype=torch.bfloat16)
             # A^T = I @ A^T: the kernel's own dequantization, in float32 for the identity
@@ -608,14 +640,16 @@ def _out_error(got: Any, ref: Any) -> float:
     return max((_rel(a, b) for a, b in zip(g, r)), default=0.0)
 
 
-def _run_capture(module: Any, inputs: Any, paths: list[str]) -> tuple[Any, dict[str, tuple[Any, Any]]]:
-    """The module's output on ``inputs`` and each layer's (input, output) of its first call."""
+def _run_capture(module: Any, inputs: Any, paths: list[str],
+                 outputs: bool = True) -> tuple[Any, dict[str, tuple[Any, Any]]]:
+    """The module's output on ``inputs`` and each layer's (input, output or None) of its first
+    call."""
     seen: dict[str, tuple[Any, Any]] = {}
     hooks = []
     for pth in paths:
         def hook(m: Any, args: Any, out: Any, pth: str = pth) -> None:
             if pth not in seen and args and isinstance(args[0], torch.Tensor):
-                seen[pth] = (args[0].detach(), out.detach())
+                seen[pth] = (args[0].detach(), out.detach() if outputs else None)
         hooks.append(module.get_submodule(pth).register_forward_hook(hook))
     try:
         out = _call(module, inputs)
@@ -625,7 +659,19 @@ def _run_capture(module: Any, inputs: Any, paths: list[str]) -> tuple[Any, dict[
     return out, seen
 
 
-def _check_dynamic(module: Any, inputs: Any, quants: dict[str, tuple[Any, ...]], cands: list[str],
+class _Decoded(nn.Module):  # type: ignore[name-defined,misc]
+    """The container's decode of a quantized layer for the output check's reference run: the
+    weight dequantized in float in each call (nothing kept between calls)."""
+
+    def __init__(self, parts: Any):
+        super().__init__()
+        self.parts = parts      # () -> (QuantParts, bias, kind)
+
+    def forward(self, x: Any) -> Any:
+        return QuantLinear(*self.parts(), "dequant")(x)
+
+
+def _check_dynamic(module: Any, inputs: Any, quants: dict[str, Any], cands: list[str],
                    rows: dict[str, LoadRow], stated: float) -> tuple[float, float] | None:
     """``quant="auto"`` with sample inputs: each quantized layer that can run ``"dynamic"``
     (int8 activations) is timed both ways on its input in the module run on ``inputs`` and
@@ -637,35 +683,49 @@ def _check_dynamic(module: Any, inputs: Any, quants: dict[str, tuple[Any, ...]],
     Returns (output error, stated error), or None when no layer took ``"dynamic"``."""
     if not cands:
         return None
-    _, seen = _run_capture(module, inputs, cands)
+    _, seen = _run_capture(module, inputs, cands, outputs=False)
     fast: dict[str, Any] = {}
     for pth in cands:
-        q, bias, kind = quants[pth]
+        q, bias, kind = quants[pth]()
         if pth not in seen:
             continue           # not called on these inputs: nothing to time it on
         cur = module.get_submodule(pth)
         dyn = QuantLinear(q, bias, kind, "dynamic")
         x = seen[pth][0]
         if _time(dyn, x) < _time(cur, x):
-            fast[pth] = (cur, dyn)
+            fast[pth] = (cur.mode, dyn)   # (the float-activation module goes: rebuilt if need be)
             _replace(module, pth, dyn)
     if not fast:
         return None
     target = CHECK_MARGIN * stated
     paths = list(fast)
-    got, g_seen = _run_capture(module, inputs, paths)
-    deq = {pth: QuantLinear(q, bias, kind, "dequant") for pth, (q, bias, kind) in quants.items()}
+    del seen
+    deq = {pth: _Decoded(quants[pth]) for pth in quants}
+    built: dict[str, Any] = {}
+
+    def accurate(pth: str) -> Any:
+        """The layer in its float-activation mode (made when first asked)."""
+        if pth not in built:
+            built[pth] = QuantLinear(*quants[pth](), fast[pth][0])
+        return built[pth]
     now = {pth: module.get_submodule(pth) for pth in quants}
-    for pth in quants:
-        _replace(module, pth, deq[pth])
-    try:
-        want, w_seen = _run_capture(module, inputs, paths)
-    finally:
+
+    def reference(paths: list[str]) -> tuple[Any, dict[str, tuple[Any, Any]]]:
         for pth in quants:
-            _replace(module, pth, now[pth])
-    err0 = _out_error(got, want)
+            _replace(module, pth, deq[pth])
+        try:
+            return _run_capture(module, inputs, paths)
+        finally:
+            for pth in quants:
+                _replace(module, pth, now[pth])
+
+    # the layers' values are kept only when the ranking needs them (memory: 2 per layer a run)
+    want, _ = reference([])
+    err0 = _out_error(_call(module, inputs), want)
     final, back, exact = err0, [], []
     if err0 > target:
+        want, w_seen = reference(paths)
+        _, g_seen = _run_capture(module, inputs, paths)
         def rel(pth: str, i: int) -> float:
             return _rel(g_seen[pth][i], w_seen[pth][i]) if pth in g_seen and pth in w_seen else 0.0
 
@@ -701,10 +761,10 @@ def _check_dynamic(module: Any, inputs: Any, quants: dict[str, tuple[Any, ...]],
 
         # first back to the float-activation mode (bfloat16 in int4/int8), then, if all of them
         # there is still too far, the top ones dequantized (float exact)
-        k1, final = search(lambda j, k: fast[order[j]][0 if j < k else 1])
+        k1, final = search(lambda j, k: accurate(order[j]) if j < k else fast[order[j]][1])
         back = order[:k1]
         if final > target:
-            k2, final = search(lambda j, k: deq[order[j]] if j < k else fast[order[j]][0])
+            k2, final = search(lambda j, k: deq[order[j]] if j < k else accurate(order[j]))
             exact = order[:k2]
         head = (f"int8 activations (\"dynamic\", faster here) put the outputs {err0:.2g} from the "
                 f"container's decode, above {CHECK_MARGIN}x its stated error {stated:.2g} (sample "
@@ -712,21 +772,22 @@ def _check_dynamic(module: Any, inputs: Any, quants: dict[str, tuple[Any, ...]],
         for pth in back:
             r = rows[pth]
             if pth in exact:
-                r.how = r.how.replace(f"QuantLinear {fast[pth][0].mode} ", "QuantLinear dequant ")
+                r.how = r.how.replace(f"QuantLinear {fast[pth][0]} ", "QuantLinear dequant ")
+                _replace(module, pth, QuantLinear(*quants[pth](), "dequant"))
                 r.note = head + (f"all {n} went back to float activations, and {len(exact)}, those "
                                  f"adding the most, dequantized ({final:.2g}); this one added "
                                  f"{added[pth]:.2g}")
             else:
                 r.note = head + (f"{len(back)} of {n} layers, those adding the most, kept "
-                                 f"{fast[pth][0].mode} ({final:.2g}); this one added {added[pth]:.2g}")
+                                 f"{fast[pth][0]} ({final:.2g}); this one added {added[pth]:.2g}")
     if final > stated:
         warnings.warn(f"load_into: the outputs are {final:.3g} from the container's decode on the "
                       f"sample inputs, above its stated error {stated:.3g}", RuntimeWarning, stacklevel=3)
     for pth in paths:
         if pth not in back:
             r = rows[pth]
-            r.how = r.how.replace(f"QuantLinear {fast[pth][0].mode} ", "QuantLinear dynamic ")
-            r.note = (f"int8 activations: faster here than {fast[pth][0].mode} at the sample inputs' "
+            r.how = r.how.replace(f"QuantLinear {fast[pth][0]} ", "QuantLinear dynamic ")
+            r.note = (f"int8 activations: faster here than {fast[pth][0]} at the sample inputs' "
                       f"shape; outputs {final:.2g} from the container's decode (stated error {stated:.2g})")
     return final, stated
 
@@ -785,7 +846,7 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
         raise TypeError(f"inputs: expected a tensor, tuple, list or dict, got {type(inputs).__name__}")
     c = container if isinstance(container, Container) else Container(container)
     check = inputs is not None and quant == "auto"
-    quants: dict[str, tuple[Any, ...]] = {}
+    quants: dict[str, Any] = {}   # layer path -> () -> (QuantParts, bias, kind)
     cands: list[str] = []
     by_path: dict[str, LoadRow] = {}
     params = dict(module.named_parameters(remove_duplicate=False))
@@ -876,7 +937,9 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                     how = f"QuantLinear {new.mode} ({q.bits}-bit" + (f", group {q.group})" if q.group < q.inn else ")")
                     if new.mode == "dequant":
                         note = "dequantized in each call (no packed kernel for this layout in PyTorch CPU)"
-                    quants[path] = (q, bias, kind)
+                    # (the codes read again from the container when the check needs them)
+                    quants[path] = (lambda name=name, bias=bias, kind=kind:
+                                    (QuantParts.of(c.matrix(name)), bias, kind))
                     if check and "dynamic" in quant_modes(q):
                         cands.append(path)
                 else:
