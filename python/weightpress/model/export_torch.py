@@ -759,11 +759,13 @@ def _check_dynamic(module: Any, inputs: Any, quants: dict[str, Any], cands: list
             trial(hi)
             return hi, errs[hi]
 
-        # first back to the float-activation mode (bfloat16 in int4/int8), then, if all of them
-        # there is still too far, the top ones dequantized (float exact)
+        # first back to the float-activation mode (bfloat16 in int4/int8), as without inputs;
+        # only if all of them there are beyond the stated error itself (not just the margin:
+        # that is where the load without inputs leaves them), the top ones dequantized (float
+        # exact, slower than dense) until within the margin
         k1, final = search(lambda j, k: accurate(order[j]) if j < k else fast[order[j]][1])
         back = order[:k1]
-        if final > target:
+        if final > stated:
             k2, final = search(lambda j, k: deq[order[j]] if j < k else accurate(order[j]))
             exact = order[:k2]
         head = (f"int8 activations (\"dynamic\", faster here) put the outputs {err0:.2g} from the "
@@ -822,7 +824,9 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
         the model) and while its outputs are further
         than ``CHECK_MARGIN`` (0.8) x the container's stated error
         (:mod:`~weightpress.model.export_check`), the dynamic layers adding the most error
-        go back to their float-activation mode, 1, 2, 4, … of them. The rows say which, and
+        go back to their float-activation mode, 1, 2, 4, … of them (where even all of them
+        there are beyond the stated error itself, the top ones are dequantized in float, slower
+        than dense, until within the margin). The rows say which, and
         the result's ``output_error``/``stated_error`` what was measured. Measured on the
         toy BERT/GPT-2 (32 tokens, torch 2.13, one thread): see benchmarks/bench_export.py.
 
