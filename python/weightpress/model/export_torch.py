@@ -9,7 +9,9 @@ weight the container compressed, puts in its place a module that computes from t
   groups of 32–256 (or per channel) run in PyTorch's int4 weight-only kernel, symmetric
   per-channel codes of more bits in its int8 one (activations in bfloat16: the fast paths it
   has on CPU); others are dequantized in each call (small in memory, slower than dense: the
-  report says so);
+  report says so). Given sample ``inputs``, layers also take fbgemm's int8-activation product
+  (``"dynamic"``) where it is faster there, held to the container's stated error by an output
+  check against its dense decode (see :func:`load_into`);
 - pruned (CSR): :class:`SparseLinear`, through ``torch.sparse`` CSR or dense, whichever measured
   faster here at load (``sparse="auto"``);
 - low rank + int8 (``lowrank-int8``): :class:`LowRankQuantLinear`, two per-channel int8
