@@ -661,6 +661,12 @@ def _run_capture(module: Any, inputs: Any, paths: list[str],
     return out, seen
 
 
+def _remake(parts: Any, mode: str) -> QuantLinear:
+    """A :class:`QuantLinear` in ``mode`` from ``parts() -> (QuantParts, bias, kind)``."""
+    q, bias, kind = parts()
+    return QuantLinear(q, bias, kind, mode)
+
+
 class _Decoded(nn.Module):  # type: ignore[name-defined,misc]
     """The container's decode of a quantized layer for the output check's reference run: the
     weight dequantized in float in each call (nothing kept between calls)."""
@@ -670,7 +676,7 @@ class _Decoded(nn.Module):  # type: ignore[name-defined,misc]
         self.parts = parts      # () -> (QuantParts, bias, kind)
 
     def forward(self, x: Any) -> Any:
-        return QuantLinear(*self.parts(), "dequant")(x)
+        return _remake(self.parts, "dequant")(x)
 
 
 def _check_dynamic(module: Any, inputs: Any, quants: dict[str, Any], cands: list[str],
@@ -708,7 +714,7 @@ def _check_dynamic(module: Any, inputs: Any, quants: dict[str, Any], cands: list
     def accurate(pth: str) -> Any:
         """The layer in its float-activation mode (made when first asked)."""
         if pth not in built:
-            built[pth] = QuantLinear(*quants[pth](), fast[pth][0])
+            built[pth] = _remake(quants[pth], fast[pth][0])
         return built[pth]
     now = {pth: module.get_submodule(pth) for pth in quants}
 
@@ -777,7 +783,7 @@ def _check_dynamic(module: Any, inputs: Any, quants: dict[str, Any], cands: list
             r = rows[pth]
             if pth in exact:
                 r.how = r.how.replace(f"QuantLinear {fast[pth][0]} ", "QuantLinear dequant ")
-                _replace(module, pth, QuantLinear(*quants[pth](), "dequant"))
+                _replace(module, pth, _remake(quants[pth], "dequant"))
                 r.note = head + (f"all {n} went back to float activations, and {len(exact)}, those "
                                  f"adding the most, dequantized ({final:.2g}); this one added "
                                  f"{added[pth]:.2g}")
