@@ -1317,7 +1317,7 @@ def _export(c: Container, output: str | os.PathLike[str], like: str | os.PathLik
     onnx = require("onnx", "exporting to ONNX")
     model = _load_proto(os.fspath(like), external=True)
     opset_why = None
-    if (group_quant == "int8" and _opset(model) < 21 and compute != "block"
+    if (group_quant == "int8" and _opset(model) < 21 and compute == "fast"
             and any(_packed_bound(c, nm) for nm in c.entries)):
         opset_why = _to_opset21(model)   # for 4-bit initializers; else MatMulNBits, and why
     g = model.graph
