@@ -2,9 +2,9 @@
 puts a container into a module with its compressed layers computing compressed; see
 :mod:`weightpress.model.export_torch`."""
 
-from .model.export_torch import (LoadRow, LowRankConv, LowRankLinear, LowRankQuantLinear,
+from .model.export_torch import (QUANT_MODES, LoadRow, LoadRows, LowRankConv, LowRankLinear, LowRankQuantLinear,
                                  QuantConv, QuantEmbedding, QuantLinear, SparseLinear, load_into,
                                  quant_modes)
 
-__all__ = ["load_into", "LoadRow", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
+__all__ = ["load_into", "LoadRow", "LoadRows", "QUANT_MODES", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
            "LowRankQuantLinear", "QuantConv", "QuantEmbedding", "quant_modes"]

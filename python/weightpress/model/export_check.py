@@ -26,7 +26,11 @@ import numpy as np
 from .._optional import require
 from .container import Container
 
-__all__ = ["stated_error", "sample_feed", "output_error", "run_model", "expose"]
+__all__ = ["stated_error", "sample_feed", "output_error", "run_model", "expose", "CHECK_MARGIN"]
+
+# an output check (ONNX export, PyTorch load with sample inputs) holds the sample inputs' error
+# to this fraction of the stated error: other inputs than the samples may do a little worse
+CHECK_MARGIN = 0.8
 
 _TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,

@@ -142,15 +142,13 @@ from ..compression.lowrank_quant import LowRankQuant
 from ..compression.matrices import LowRank
 from ..compression.quant import Quantized
 from .container import Container
-from .export_check import expose, output_error, run_model, sample_feed, session, stated_error
+from .export_check import (CHECK_MARGIN, expose, output_error, run_model, sample_feed, session,
+                           stated_error)
 
 __all__ = ["export_onnx", "ExportRow", "ExportRows", "COMPUTE"]
 
 COMPUTE = {"fast": 4, "twopass": 0, "block": 4, "exact": 0}  # -> MatMulNBits accuracy_level
 MS_DOMAIN = "com.microsoft"
-# the output check (``check``) holds the sample inputs' error to this fraction of the stated
-# error: other inputs than the samples may do a little worse
-CHECK_MARGIN = 0.8
 
 
 @dataclass

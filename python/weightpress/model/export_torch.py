@@ -9,7 +9,9 @@ weight the container compressed, puts in its place a module that computes from t
   groups of 32–256 (or per channel) run in PyTorch's int4 weight-only kernel, symmetric
   per-channel codes of more bits in its int8 one (activations in bfloat16: the fast paths it
   has on CPU); others are dequantized in each call (small in memory, slower than dense: the
-  report says so);
+  report says so). Given sample ``inputs``, layers also take fbgemm's int8-activation product
+  (``"dynamic"``) where it is faster there, held to the container's stated error by an output
+  check against its dense decode (see :func:`load_into`);
 - pruned (CSR): :class:`SparseLinear`, through ``torch.sparse`` CSR or dense, whichever measured
   faster here at load (``sparse="auto"``);
 - low rank + int8 (``lowrank-int8``): :class:`LowRankQuantLinear`, two per-channel int8
@@ -42,12 +44,13 @@ from ._packed import QuantParts, pack_bits, tensor_shape
 from ..compression.lowrank_quant import LowRankQuant
 from ..compression.matrices import LowRank
 from .container import Container
+from .export_check import CHECK_MARGIN, stated_error
 
 torch = require("torch", "loading a container into a PyTorch module")
 nn = torch.nn
 F = torch.nn.functional
 
-__all__ = ["load_into", "LoadRow", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
+__all__ = ["load_into", "LoadRow", "LoadRows", "QUANT_MODES", "LowRankLinear", "LowRankConv", "QuantLinear", "SparseLinear",
            "LowRankQuantLinear", "QuantConv", "QuantEmbedding", "quant_modes"]
 
 
@@ -142,10 +145,67 @@ def _int4_group(q: QuantParts) -> int | None:
     return q.group if q.group in (32, 64, 128, 256) and q.inn % q.group == 0 else None
 
 
+def _dynamic_ok(q: QuantParts) -> bool:
+    """True when ``u − z`` of every code fits int8 (codes of up to 7 bits always; 8-bit codes
+    when they do, e.g. symmetric ones) and PyTorch has fbgemm's ``linear_dynamic``."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines \
+            or not hasattr(torch.ops.quantized, "linear_dynamic"):
+        return False
+    if q.bits <= 7:
+        return True
+    gi = np.arange(q.inn) // max(q.group, 1)
+    d = q.codes().astype(np.int16) - q.zeros[:, gi].astype(np.int16)
+    return bool(d.min(initial=0) >= -128 and d.max(initial=0) <= 127)
+
+
+_REDUCE_RANGE: list[bool] = []
+
+
+def _reduce_range() -> bool:
+    """Whether fbgemm's u8×s8 products need 7-bit activations on this CPU, by measurement
+    (once per process): without VNNI its AVX2 path adds pairs of u8×s8 products in int16 with
+    saturation (255·127·2 > 32767), so a full-range activation is wrong there; with VNNI (or
+    AVX-512 VNNI) the pairs accumulate in int32. The probe multiplies activations that round
+    to 255 by weights of 127, at 1 and 32 rows: exact -> full range (False), else True."""
+    if not _REDUCE_RANGE:
+        ok = True
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            for m in (1, 32):
+                w = torch.full((16, 256), 127, dtype=torch.int8)
+                pk = _prepack(w, torch.full((16,), 2.0 ** -10))
+                y = torch.ops.quantized.linear_dynamic(torch.ones(m, 256), pk, False)
+                ok = ok and bool(torch.allclose(y, torch.full_like(y, 127 * 256 * 2.0 ** -10), rtol=1e-5))
+        _REDUCE_RANGE.append(not ok)
+    return _REDUCE_RANGE[0]
+
+
+def _prepack(w: Any, s: Any) -> Any:
+    """fbgemm's packed int8 weight ``w`` (out, in) with per-channel scales ``s``, no bias."""
+    qw = torch._make_per_channel_quantized_tensor(w.contiguous(), s.double(),
+                                                  torch.zeros(w.shape[0], dtype=torch.long), 0)
+    return torch.ops.quantized.linear_prepack(qw, None)
+
+
+@torch.compiler.disable  # type: ignore[misc]
+def _dynamic_mm(x2: Any, packed: list[Any], bounds: list[int], reduce_range: bool) -> Any:
+    """``Σ_groups linear_dynamic(x[:, group], packed)`` (a graph break under torch.compile:
+    the packed weights are TorchScript objects)."""
+    y = None
+    for j, pk in enumerate(packed):
+        xj = x2 if len(packed) == 1 else x2[:, bounds[j]:bounds[j + 1]].contiguous()
+        yj = torch.ops.quantized.linear_dynamic(xj, pk, reduce_range)
+        y = yj if y is None else y + yj
+    return y
+
+
 def quant_modes(q: QuantParts) -> list[str]:
-    """The ways :class:`QuantLinear` can run ``q``, fastest first (measured on x86-64 CPUs,
-    torch 2.13: int4 and int8 weight-only kernels 2.5-3x faster than dense at one row, with
-    bfloat16 activations; dequantizing in each call is slower than dense)."""
+    """The ways :class:`QuantLinear` can run ``q``: the float-activation ones fastest first
+    (measured on x86-64 CPUs, torch 2.13: int4 and int8 weight-only kernels 2.5-3x faster than
+    dense at one row, with bfloat16 activations; dequantizing in each call is slower than
+    dense), then ``"dynamic"`` where it can run (int8 activations: fastest from a few rows,
+    but it rounds the activations, so :func:`load_into` takes it only where asked, or checked
+    against the container on sample inputs)."""
     modes = []
     if _int4_group(q) is not None:
         modes.append("int4")
@@ -153,7 +213,7 @@ def quant_modes(q: QuantParts) -> list[str]:
     # 16 (e.g. 31 outputs x 8, 20, 100 inputs); with a multiple of 16 every shape tried ran
     if q.symmetric and q.group >= q.inn and q.inn % 16 == 0 and hasattr(torch, "_weight_int8pack_mm"):
         modes.append("int8")
-    return modes + ["dequant"]
+    return modes + ["dequant"] + (["dynamic"] if _dynamic_ok(q) else [])
 
 
 class QuantLinear(_NoWeight, _Compressed):
@@ -169,6 +229,15 @@ class QuantLinear(_NoWeight, _Compressed):
       ``torch._weight_int8pack_mm``, bfloat16 activations;
     - ``"dequant"``: 4- or 8-bit packed codes dequantized to float in each call (float
       exact, slower than dense);
+    - ``"dynamic"`` (codes whose ``u − z`` fits int8: any of up to 7 bits, symmetric 8-bit):
+      ``u − z`` as int8 with the float scales per channel, one fbgemm product
+      (``torch.ops.quantized.linear_dynamic``) per group of inputs, summed; the activations
+      are rounded to uint8 per tensor (per group) at each call. 2–4-bit codes take a byte
+      each in memory here. Measured (torch 2.13, one thread, 768→3072): 3.8x faster than
+      dense at 32 rows, 4x at one; relative output error about 9e-3 (full-range
+      activations) or 1.8e-2 (7-bit, ``reduce_range``: taken on CPUs whose fbgemm saturates,
+      found by a probe, see ``_reduce_range``), above an int8 container's stated error: see
+      :func:`load_into`'s ``inputs``. Under ``torch.compile`` the product is a graph break;
     - ``"auto"``: the first of :func:`quant_modes`.
     """
 
@@ -179,8 +248,8 @@ class QuantLinear(_NoWeight, _Compressed):
         modes = quant_modes(q)
         if mode == "auto":
             mode = modes[0]
-        if mode not in ("int4", "int8", "dequant"):
-            raise ValueError(f"quant: expected 'auto', 'int4', 'int8' or 'dequant', got {mode!r}")
+        if mode not in QUANT_MODES[1:]:
+            raise ValueError(f"quant: expected {_names(QUANT_MODES)}, got {mode!r}")
         if mode not in modes:
             raise ValueError(f"quant={mode!r} cannot run {q.bits}-bit codes "
                              f"({'symmetric' if q.symmetric else 'asymmetric'}, group {q.group}); "
@@ -205,6 +274,17 @@ class QuantLinear(_NoWeight, _Compressed):
             self.register_buffer("qweight", torch.from_numpy(w.astype(np.int8)))
             self.register_buffer("scales", torch.from_numpy(q.scales[:, 0].astype(np.float32)).to(torch.bfloat16))
             return
+        if mode == "dynamic":
+            g = min(q.group, q.inn)
+            gi = np.arange(q.inn) // g
+            w = q.codes().astype(np.int16) - q.zeros[:, gi].astype(np.int16)
+            self.group, self.n_groups = g, q.n_groups
+            self.reduce_range = _reduce_range()
+            # the int8 codes live only in fbgemm's packed weights (no second copy); the state
+            # dict holds them as ``qweight`` (int8, unpacked on save, packed again on load)
+            self.register_buffer("scales", torch.from_numpy(q.scales.astype(np.float32)))
+            self._pack(torch.from_numpy(w.astype(np.int8)))
+            return
         B = 4 if q.bits <= 4 else 8
         g = q.group
         ng = q.n_groups
@@ -215,7 +295,51 @@ class QuantLinear(_NoWeight, _Compressed):
         self.register_buffer("scales", torch.from_numpy(q.scales.astype(np.float32)))
         self.register_buffer("zeros", torch.from_numpy(q.zeros.astype(np.float32)))
 
+    def _pack(self, qweight: Any) -> None:
+        """fbgemm's packed weights from int8 ``qweight`` and ``scales``."""
+        b = list(range(0, self.in_features, self.group)) + [self.in_features]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)  # quantized tensors: deprecated
+            self._packed = [_prepack(qweight[:, b[j]:b[j + 1]], self.scales[:, j])
+                            for j in range(self.n_groups)]
+        self._bounds = b
+
+    def int8_codes(self) -> Any:
+        """The int8 ``u − z`` (out, in) of the "int8" and "dynamic" modes (in "dynamic"
+        unpacked from fbgemm's weights)."""
+        if self.mode != "dynamic":
+            return self.qweight
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            return torch.cat([torch.ops.quantized.linear_unpack(pk)[0].int_repr()
+                              for pk in self._packed], dim=1)
+
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.mode == "dynamic":
+            destination[prefix + "qweight"] = self.int8_codes()
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
+                              missing_keys: Any, unexpected_keys: Any, error_msgs: Any) -> None:
+        qw = state_dict.get(prefix + "qweight") if self.mode == "dynamic" else None
+        if self.mode == "dynamic":
+            state_dict = {k: v for k, v in state_dict.items() if k != prefix + "qweight"}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if self.mode == "dynamic":
+            if qw is None:
+                missing_keys.append(prefix + "qweight")
+            elif tuple(qw.shape) != (self.out_features, self.in_features) or qw.dtype != torch.int8:
+                error_msgs.append(f"size mismatch for {prefix}qweight: int8 "
+                                  f"{(self.out_features, self.in_features)} expected, got "
+                                  f"{qw.dtype} {tuple(qw.shape)}")
+            else:
+                self._pack(qw)
+
     def matrix(self) -> Any:
+        if self.mode == "dynamic":
+            gi = torch.arange(self.in_features) // self.group
+            return self.int8_codes().float() * self.scales[:, gi]
         if self.mode == "int4":
             eye = torch.eye(self.in_features, dtype=torch.bfloat16)
             # A^T = I @ A^T: the kernel's own dequantization, in float32 for the identity
@@ -236,6 +360,11 @@ class QuantLinear(_NoWeight, _Compressed):
         if self.mode == "dequant":
             return F.linear(x, self.matrix().to(x.dtype), self.bias)
         lead = x.shape[:-1]
+        if self.mode == "dynamic":
+            x2 = x.reshape(-1, self.in_features).float().contiguous()
+            y = _dynamic_mm(x2, self._packed, self._bounds, self.reduce_range)
+            y = y.to(x.dtype).reshape(*lead, self.out_features)
+            return y if self.bias is None else y + self.bias
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.mode == "int4":
             y = torch._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scales_zeros)
@@ -243,6 +372,14 @@ class QuantLinear(_NoWeight, _Compressed):
             y = torch._weight_int8pack_mm(x2, self.qweight, self.scales)
         y = y.to(x.dtype).reshape(*lead, self.out_features)
         return y if self.bias is None else y + self.bias
+
+
+QUANT_MODES = ("auto", "int4", "int8", "dequant", "dynamic")
+
+
+def _names(xs: Any) -> str:
+    q = [repr(x) for x in xs]
+    return ", ".join(q[:-1]) + " or " + q[-1]
 
 
 def _pad8(q: QuantParts, out: int, inn: int) -> QuantParts:
@@ -461,8 +598,212 @@ def _oriented(e: dict[str, Any], is_conv1d: bool) -> bool:
     return (e["layout"] == "out_in") != is_conv1d
 
 
+class LoadRows(list):  # type: ignore[type-arg]
+    """The rows of :func:`load_into` (a list of :class:`LoadRow`), with what its output check
+    measured (``inputs`` given, some layer in ``"dynamic"``): ``output_error`` (the loaded
+    module's outputs against the container's dense decode on the sample inputs, relative L2,
+    worst output) and ``stated_error`` (the container's); both None when not checked."""
+
+    output_error: float | None = None
+    stated_error: float | None = None
+
+
+def _call(module: Any, inputs: Any) -> Any:
+    with torch.no_grad():
+        if isinstance(inputs, dict):
+            return module(**inputs)
+        if isinstance(inputs, (tuple, list)):
+            return module(*inputs)
+        return module(inputs)
+
+
+def _floats(out: Any) -> list[Any]:
+    """The floating-point tensors of a module's output (tensor, tuple/list, dict or
+    transformers ModelOutput), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _floats(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _floats(v)]
+    return []
+
+
+def _rel(a: Any, b: Any) -> float:
+    a64, b64 = a.double(), b.double()
+    nb, d = float(b64.norm()), float((a64 - b64).norm())
+    return d / nb if nb > 0 else (0.0 if d == 0 else float("inf"))
+
+
+def _out_error(got: Any, ref: Any) -> float:
+    g, r = _floats(got), _floats(ref)
+    if len(g) != len(r) or any(a.shape != b.shape for a, b in zip(g, r)):
+        return float("inf")
+    return max((_rel(a, b) for a, b in zip(g, r)), default=0.0)
+
+
+def _run_capture(module: Any, inputs: Any, paths: list[str],
+                 outputs: bool = True) -> tuple[Any, dict[str, tuple[Any, Any]]]:
+    """The module's output on ``inputs`` and each layer's (input, output or None) of its first
+    call."""
+    seen: dict[str, tuple[Any, Any]] = {}
+    hooks = []
+    for pth in paths:
+        def hook(m: Any, args: Any, out: Any, pth: str = pth) -> None:
+            if pth not in seen and args and isinstance(args[0], torch.Tensor):
+                seen[pth] = (args[0].detach(), out.detach() if outputs else None)
+        hooks.append(module.get_submodule(pth).register_forward_hook(hook))
+    try:
+        out = _call(module, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return out, seen
+
+
+def _remake(parts: Any, mode: str) -> QuantLinear:
+    """A :class:`QuantLinear` in ``mode`` from ``parts() -> (QuantParts, bias, kind)``."""
+    q, bias, kind = parts()
+    return QuantLinear(q, bias, kind, mode)
+
+
+class _Decoded(nn.Module):  # type: ignore[name-defined,misc]
+    """The container's decode of a quantized layer for the output check's reference run: the
+    weight dequantized in float in each call (nothing kept between calls)."""
+
+    def __init__(self, parts: Any):
+        super().__init__()
+        self.parts = parts      # () -> (QuantParts, bias, kind)
+
+    def forward(self, x: Any) -> Any:
+        return _remake(self.parts, "dequant")(x)
+
+
+def _check_dynamic(module: Any, inputs: Any, quants: dict[str, Any], cands: list[str],
+                   rows: dict[str, LoadRow], stated: float) -> tuple[float, float] | None:
+    """``quant="auto"`` with sample inputs: each quantized layer that can run ``"dynamic"``
+    (int8 activations) is timed both ways on its input in the module run on ``inputs`` and
+    takes the faster; the module then runs next to the container's decode (itself with every
+    quantized layer ``quants`` dequantized in float: no copy of the model) and
+    while its outputs are further than ``CHECK_MARGIN`` x the stated error, the dynamic
+    layers adding the most error (their output's relative error less their input's) go back
+    to their float-activation mode, 1, 2, 4, … of them (then bisected: at most 3 more runs).
+    Returns (output error, stated error), or None when no layer took ``"dynamic"``."""
+    if not cands:
+        return None
+    _, seen = _run_capture(module, inputs, cands, outputs=False)
+    fast: dict[str, Any] = {}
+    for pth in cands:
+        q, bias, kind = quants[pth]()
+        if pth not in seen:
+            continue           # not called on these inputs: nothing to time it on
+        cur = module.get_submodule(pth)
+        dyn = QuantLinear(q, bias, kind, "dynamic")
+        x = seen[pth][0]
+        if _time(dyn, x) < _time(cur, x):
+            fast[pth] = (cur.mode, dyn)   # (the float-activation module goes: rebuilt if need be)
+            _replace(module, pth, dyn)
+    if not fast:
+        return None
+    target = CHECK_MARGIN * stated
+    paths = list(fast)
+    del seen
+    deq = {pth: _Decoded(quants[pth]) for pth in quants}
+    built: dict[str, Any] = {}
+
+    def accurate(pth: str) -> Any:
+        """The layer in its float-activation mode (made when first asked)."""
+        if pth not in built:
+            built[pth] = _remake(quants[pth], fast[pth][0])
+        return built[pth]
+    now = {pth: module.get_submodule(pth) for pth in quants}
+
+    def reference(paths: list[str]) -> tuple[Any, dict[str, tuple[Any, Any]]]:
+        for pth in quants:
+            _replace(module, pth, deq[pth])
+        try:
+            return _run_capture(module, inputs, paths)
+        finally:
+            for pth in quants:
+                _replace(module, pth, now[pth])
+
+    # the layers' values are kept only when the ranking needs them (memory: 2 per layer a run)
+    want, _ = reference([])
+    err0 = _out_error(_call(module, inputs), want)
+    final, back, exact = err0, [], []
+    if err0 > target:
+        want, w_seen = reference(paths)
+        _, g_seen = _run_capture(module, inputs, paths)
+        def rel(pth: str, i: int) -> float:
+            return _rel(g_seen[pth][i], w_seen[pth][i]) if pth in g_seen and pth in w_seen else 0.0
+
+        added = {pth: rel(pth, 1) - rel(pth, 0) for pth in paths}
+        order = sorted(paths, key=lambda pth: -added[pth])
+        n = len(order)
+
+        def search(pick: Any) -> tuple[int, float]:
+            """The least k (1, 2, 4, …, then bisected: at most 3 more runs) whose modules
+            ``pick(j, k)`` for the j-th layer bring the outputs within the target."""
+            errs: dict[int, float] = {}
+
+            def trial(k: int) -> float:
+                for j, pth in enumerate(order):
+                    _replace(module, pth, pick(j, k))
+                errs[k] = _out_error(_call(module, inputs), want)
+                return errs[k]
+
+            k, lo, hi = 1, 0, -1
+            while hi < 0:
+                k = min(k, n)
+                if trial(k) <= target or k == n:
+                    hi = k
+                else:
+                    lo, k = k, 2 * k
+            for _ in range(3):
+                if hi - lo <= 1 or errs[hi] > target:
+                    break
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if trial(mid) <= target else (mid, hi)
+            trial(hi)
+            return hi, errs[hi]
+
+        # first back to the float-activation mode (bfloat16 in int4/int8), as without inputs;
+        # only if all of them there are beyond the stated error itself (not just the margin:
+        # that is where the load without inputs leaves them), the top ones dequantized (float
+        # exact, slower than dense) until within the margin
+        k1, final = search(lambda j, k: accurate(order[j]) if j < k else fast[order[j]][1])
+        back = order[:k1]
+        if final > stated:
+            k2, final = search(lambda j, k: deq[order[j]] if j < k else accurate(order[j]))
+            exact = order[:k2]
+        head = (f"int8 activations (\"dynamic\", faster here) put the outputs {err0:.2g} from the "
+                f"container's decode, above {CHECK_MARGIN}x its stated error {stated:.2g} (sample "
+                f"inputs); ")
+        for pth in back:
+            r = rows[pth]
+            if pth in exact:
+                r.how = r.how.replace(f"QuantLinear {fast[pth][0]} ", "QuantLinear dequant ")
+                _replace(module, pth, _remake(quants[pth], "dequant"))
+                r.note = head + (f"all {n} went back to float activations, and {len(exact)}, those "
+                                 f"adding the most, dequantized ({final:.2g}); this one added "
+                                 f"{added[pth]:.2g}")
+            else:
+                r.note = head + (f"{len(back)} of {n} layers, those adding the most, kept "
+                                 f"{fast[pth][0]} ({final:.2g}); this one added {added[pth]:.2g}")
+    if final > stated:
+        warnings.warn(f"load_into: the outputs are {final:.3g} from the container's decode on the "
+                      f"sample inputs, above its stated error {stated:.3g}", RuntimeWarning, stacklevel=3)
+    for pth in paths:
+        if pth not in back:
+            r = rows[pth]
+            r.how = r.how.replace(f"QuantLinear {fast[pth][0]} ", "QuantLinear dynamic ")
+            r.note = (f"int8 activations: faster here than {fast[pth][0]} at the sample inputs' "
+                      f"shape; outputs {final:.2g} from the container's decode (stated error {stated:.2g})")
+    return final, stated
+
+
 def load_into(module: Any, container: str | os.PathLike[str] | Container, *, sparse: str = "auto",
-              quant: str = "auto", strict: bool = True) -> list[LoadRow]:
+              quant: str = "auto", strict: bool = True, inputs: Any = None) -> LoadRows:
     """Load a container's tensors into ``module`` (in place), compressed layers as modules that
     compute from the compressed form (see the module docstring).
 
@@ -473,16 +814,35 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
     container : path or Container
     sparse : "auto", "sparse" or "dense"
         Pruned layers: time both at batch 1 at load and keep the faster ("auto"), or force one.
-    quant : "auto", "int4", "int8" or "dequant"
-        Quantized layers (see :class:`QuantLinear`); "auto" takes the fastest way each layer
-        can run, a forced one raises where a layer cannot run that way.
+    quant : "auto", "int4", "int8", "dequant" or "dynamic"
+        Quantized layers (see :class:`QuantLinear`); a forced one raises where a layer cannot
+        run that way ("dynamic" rounds the activations: unchecked when forced). "auto"
+        without ``inputs``: the first of :func:`quant_modes` (float activations: int4, int8,
+        else dequant); with ``inputs``: also "dynamic" where it runs faster, held to the
+        container's stated error (below).
     strict : bool
         Raise if a container tensor has no parameter or buffer of that name.
+    inputs : tensor, tuple, list or dict, optional
+        Sample inputs of ``module`` (a tuple/list passed as positional arguments, a dict as
+        keywords, a tensor as the one argument), e.g. calibration inputs at a typical length.
+        With ``quant="auto"``, each quantized layer that can run "dynamic" (int8
+        activations, fbgemm) is timed both ways on its input there and takes the faster;
+        then the module runs next to the container's decode (the same module with its
+        quantized layers dequantized in float, one layer at a time in memory: no copy of
+        the model) and while its outputs are further
+        than ``CHECK_MARGIN`` (0.8) x the container's stated error
+        (:mod:`~weightpress.model.export_check`), the dynamic layers adding the most error
+        go back to their float-activation mode, 1, 2, 4, … of them (where even all of them
+        there are beyond the stated error itself, the top ones are dequantized in float, slower
+        than dense, until within the margin). The rows say which, and
+        the result's ``output_error``/``stated_error`` what was measured. Measured on the
+        toy BERT/GPT-2 (32 tokens, torch 2.13, one thread): see benchmarks/bench_export.py.
 
     Returns
     -------
-    list of LoadRow
-        One per container tensor.
+    LoadRows
+        One LoadRow per container tensor; with ``inputs`` (and a layer that took "dynamic"),
+        also the measured ``output_error`` and the container's ``stated_error``.
 
     Raises
     ------
@@ -492,9 +852,15 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
     """
     if sparse not in ("auto", "sparse", "dense"):
         raise ValueError(f"sparse: expected 'auto', 'sparse' or 'dense', got {sparse!r}")
-    if quant not in ("auto", "int4", "int8", "dequant"):
-        raise ValueError(f"quant: expected 'auto', 'int4', 'int8' or 'dequant', got {quant!r}")
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant: expected {_names(QUANT_MODES)}, got {quant!r}")
+    if inputs is not None and not isinstance(inputs, (torch.Tensor, tuple, list, dict)):
+        raise TypeError(f"inputs: expected a tensor, tuple, list or dict, got {type(inputs).__name__}")
     c = container if isinstance(container, Container) else Container(container)
+    check = inputs is not None and quant == "auto"
+    quants: dict[str, Any] = {}   # layer path -> () -> (QuantParts, bias, kind)
+    cands: list[str] = []
+    by_path: dict[str, LoadRow] = {}
     params = dict(module.named_parameters(remove_duplicate=False))
     params.update(dict(module.named_buffers(remove_duplicate=False)))
     owners: dict[int, list[str]] = {}
@@ -507,6 +873,7 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
     embs = {f"{n}.weight" if n else "weight": (n, m) for n, m in module.named_modules()
             if isinstance(m, nn.Embedding)}
     rows: list[LoadRow] = []
+    biases: dict[str, Any] = {}   # layer path -> the bias its replacement holds (a copy)
     for name, e in c.entries.items():
         if name not in params:
             if strict:
@@ -535,6 +902,7 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 conv_new = LowRankConv(layer, torch.from_numpy(np.array(m.left, dtype=np.float32)),
                                        torch.from_numpy(np.array(m.right, dtype=np.float32)))
                 _replace(module, path, conv_new)
+                biases[path] = conv_new.second.bias
                 rows.append(LoadRow(name, form, f"LowRankConv (rank {conv_new.rank})"))
                 continue
         elif name in convs and form == "quant":
@@ -581,6 +949,11 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                     how = f"QuantLinear {new.mode} ({q.bits}-bit" + (f", group {q.group})" if q.group < q.inn else ")")
                     if new.mode == "dequant":
                         note = "dequantized in each call (no packed kernel for this layout in PyTorch CPU)"
+                    # (the codes read again from the container when the check needs them)
+                    quants[path] = (lambda name=name, bias=bias, kind=kind:
+                                    (QuantParts.of(c.matrix(name)), bias, kind))
+                    if check and "dynamic" in quant_modes(q):
+                        cands.append(path)
                 else:
                     note = "dense: the quantized rows are the layer's inputs"
             elif form == "lowrank-int8":
@@ -606,7 +979,9 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 how = f"SparseLinear ({'CSR' if use else 'dense, faster here than CSR'})"
             if new is not None:
                 _replace(module, path, new)
+                biases[path] = new.bias
                 rows.append(LoadRow(name, form, how, note))
+                by_path[path] = rows[-1]
                 continue
         elif form != "dense":
             note = ("no compressed module for this form" if name in layers or name in convs
@@ -615,4 +990,22 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
         with torch.no_grad():
             p.copy_(torch.from_numpy(value).to(p.dtype))
         rows.append(LoadRow(name, form, how, note))
-    return rows
+    # a replacement copied its layer's bias when made; the container's bias, when it comes
+    # after the weight, went into the old parameter: into the replacement's too
+    with torch.no_grad():
+        for path, bias in biases.items():
+            bname = f"{path}.bias" if path else "bias"
+            if bias is not None and bname in c.entries and bname in params:
+                bias.copy_(torch.from_numpy(np.array(c[bname]).reshape(tuple(bias.shape))).to(bias.dtype))
+    out = LoadRows(rows)
+    if check and cands:
+        was = [(m, m.training) for m in module.modules()]
+        module.eval()            # (dropout off: the two runs must see the same computation)
+        try:
+            measured = _check_dynamic(module, inputs, quants, cands, by_path, stated_error(c))
+        finally:
+            for m, t in was:
+                m.training = t
+        if measured is not None:
+            out.output_error, out.stated_error = measured
+    return out
