@@ -18,7 +18,7 @@ the graph's declared inputs like the timing's (:func:`sample_feed`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,34 @@ _TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(flo
           "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 # ops an id passes through unchanged on its way to an embedding's Gather
 _PASS = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand"}
+
+
+def least_count(n: int, error: Callable[[int], float], target: float) -> tuple[int, float]:
+    """The least ``k`` of ``1..n`` with ``error(k) <= target`` (``error`` falls as ``k``
+    grows: the ``k`` layers adding the most made exact), found by doubling ``k`` (1, 2, 4, …)
+    then bisecting (at most 3 more calls): ``(k, error(k))``; ``(n, error(n))`` when none is
+    within. Each ``k`` tried is one call of ``error`` (a model exported or run): the ONNX
+    export's output check and ``load_into``'s share it."""
+    errs: dict[int, float] = {}
+
+    def err(k: int) -> float:
+        if k not in errs:
+            errs[k] = error(k)
+        return errs[k]
+
+    k, lo, hi = 1, 0, -1
+    while hi < 0:
+        k = min(k, n)
+        if err(k) <= target or k == n:
+            hi = k
+        else:
+            lo, k = k, 2 * k
+    for _ in range(3):
+        if hi - lo <= 1 or errs[hi] > target:
+            break
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if err(mid) <= target else (mid, hi)
+    return hi, errs[hi]
 
 
 def stated_error(c: Container) -> float:

@@ -142,7 +142,7 @@ from ..compression.lowrank_quant import LowRankQuant
 from ..compression.matrices import LowRank
 from ..compression.quant import Quantized
 from .container import Container
-from .export_check import (CHECK_MARGIN, expose, output_error, run_model, sample_feed, session,
+from .export_check import (CHECK_MARGIN, expose, least_count, output_error, run_model, sample_feed, session,
                            stated_error)
 
 __all__ = ["export_onnx", "ExportRow", "ExportRows", "COMPUTE"]
@@ -1809,23 +1809,9 @@ def _check_outputs(c: Container, output: str | os.PathLike[str], like: str | os.
         n = len(order)
 
         def search(make: Any) -> tuple[int, float]:
-            """The least k (doubling, then bisected: at most 3 more) whose levels ``make(k)``
-            bring the outputs within the stated error; else ``(n, its error)``."""
-            k, lo, hi, errs = 1, 0, -1, {}
-            while hi < 0:
-                k = min(k, n)
-                errs[k] = measure(export(make(k), f"k{k}")[0], feed)
-                if errs[k] <= target or k == n:
-                    hi = k
-                else:
-                    lo, k = k, 2 * k
-            for _ in range(3):
-                if hi - lo <= 1 or errs[hi] > target:
-                    break
-                mid = (lo + hi) // 2
-                errs[mid] = measure(export(make(mid), f"k{mid}")[0], feed)
-                lo, hi = (lo, mid) if errs[mid] <= target else (mid, hi)
-            return hi, errs[hi]
+            """The least k whose levels ``make(k)`` bring the outputs within the stated
+            error (:func:`least_count`); else ``(n, its error)``."""
+            return least_count(n, lambda k: measure(export(make(k), f"k{k}")[0], feed), target)
 
         def two(k: int) -> dict[str, str]:
             return {w: "twopass" for w in order[:k]}

@@ -44,7 +44,7 @@ from ._packed import QuantParts, pack_bits, tensor_shape
 from ..compression.lowrank_quant import LowRankQuant
 from ..compression.matrices import LowRank
 from .container import Container
-from .export_check import CHECK_MARGIN, stated_error
+from .export_check import CHECK_MARGIN, least_count, stated_error
 
 torch = require("torch", "loading a container into a PyTorch module")
 nn = torch.nn
@@ -744,28 +744,14 @@ def _check_dynamic(module: Any, inputs: Any, quants: dict[str, Any], cands: list
         def search(pick: Any) -> tuple[int, float]:
             """The least k (1, 2, 4, …, then bisected: at most 3 more runs) whose modules
             ``pick(j, k)`` for the j-th layer bring the outputs within the target."""
-            errs: dict[int, float] = {}
-
             def trial(k: int) -> float:
                 for j, pth in enumerate(order):
                     _replace(module, pth, pick(j, k))
-                errs[k] = _out_error(_call(module, inputs), want)
-                return errs[k]
+                return _out_error(_call(module, inputs), want)
 
-            k, lo, hi = 1, 0, -1
-            while hi < 0:
-                k = min(k, n)
-                if trial(k) <= target or k == n:
-                    hi = k
-                else:
-                    lo, k = k, 2 * k
-            for _ in range(3):
-                if hi - lo <= 1 or errs[hi] > target:
-                    break
-                mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if trial(mid) <= target else (mid, hi)
-            trial(hi)
-            return hi, errs[hi]
+            k, err = least_count(n, trial, target)
+            trial(k)   # the module left with the k found (the last trial may have been another)
+            return k, err
 
         # first back to the float-activation mode (bfloat16 in int4/int8), as without inputs;
         # only if all of them there are beyond the stated error itself (not just the margin:
