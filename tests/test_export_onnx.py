@@ -1023,6 +1023,15 @@ def test_packed_codes_become_int8_weights_at_load(tmp_path, opts):
     assert (45, 40) in int8 or (16, 40) in int8, int8                # [in, out] int8, folded
     err = np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref)
     assert 1e-6 < err < 3e-2, err
+    # `info` on the export lists the 4-bit tensors it cannot read as arrays, not silently
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["info", str(out)]) == 0
+    text = buf.getvalue()
+    assert text.count("_q4: not read (ONNX data type") == 2, text
+    assert "tensors and 2 not read, not a weightpress container" in text
     # never_slower gives none of them back, however the timing reads
     timed = iter([1.0, 2.0] * 10)
     orig = eo.best_time

@@ -354,7 +354,11 @@ def _cmd_info(a: argparse.Namespace) -> int:
         print("  ".join(c.rjust(w[i]) if i == 3 else c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
         if k == 0:
             print("  ".join("-" * x for x in w))
-    print(f"{src.format} model, {len(rows) - 1} tensors, not a weightpress container")
+    skipped = getattr(src, "skipped", None) or {}
+    for name, why in skipped.items():   # (not readable as arrays: 'compress' would not store them)
+        print(f"{printable(name)}: not read ({printable(why)})")
+    print(f"{src.format} model, {len(rows) - 1} tensors"
+          + (f" and {len(skipped)} not read" if skipped else "") + ", not a weightpress container")
     return EXIT_OK
 
 
