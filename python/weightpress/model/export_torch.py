@@ -716,6 +716,7 @@ def _check_dynamic(module: Any, inputs: Any, quants: dict[str, Any], cands: list
         if pth not in built:
             built[pth] = _remake(quants[pth], fast[pth][0])
         return built[pth]
+
     now = {pth: module.get_submodule(pth) for pth in quants}
 
     def reference(paths: list[str]) -> tuple[Any, dict[str, tuple[Any, Any]]]:
@@ -734,6 +735,7 @@ def _check_dynamic(module: Any, inputs: Any, quants: dict[str, Any], cands: list
     if err0 > target:
         want, w_seen = reference(paths)
         _, g_seen = _run_capture(module, inputs, paths)
+
         def rel(pth: str, i: int) -> float:
             return _rel(g_seen[pth][i], w_seen[pth][i]) if pth in g_seen and pth in w_seen else 0.0
 
@@ -859,8 +861,10 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
     embs = {f"{n}.weight" if n else "weight": (n, m) for n, m in module.named_modules()
             if isinstance(m, nn.Embedding)}
     rows: list[LoadRow] = []
-    biases: dict[str, Any] = {}   # layer path -> the bias its replacement holds (a copy)
-    for name, e in c.entries.items():
+    # Dense entries first: a layer's bias (stored after its weight) must be in the module's
+    # parameter before the weight's replacement copies it; the rows keep the container's order.
+    at = {name: i for i, name in enumerate(c.entries)}
+    for name, e in sorted(c.entries.items(), key=lambda kv: (kv[1]["form"] != "dense", at[kv[0]])):
         if name not in params:
             if strict:
                 raise ValueError(f"container: tensor {name!r} has no parameter or buffer in the module")
@@ -888,7 +892,6 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 conv_new = LowRankConv(layer, torch.from_numpy(np.array(m.left, dtype=np.float32)),
                                        torch.from_numpy(np.array(m.right, dtype=np.float32)))
                 _replace(module, path, conv_new)
-                biases[path] = conv_new.second.bias
                 rows.append(LoadRow(name, form, f"LowRankConv (rank {conv_new.rank})"))
                 continue
         elif name in convs and form == "quant":
@@ -965,7 +968,6 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
                 how = f"SparseLinear ({'CSR' if use else 'dense, faster here than CSR'})"
             if new is not None:
                 _replace(module, path, new)
-                biases[path] = new.bias
                 rows.append(LoadRow(name, form, how, note))
                 by_path[path] = rows[-1]
                 continue
@@ -976,14 +978,7 @@ def load_into(module: Any, container: str | os.PathLike[str] | Container, *, spa
         with torch.no_grad():
             p.copy_(torch.from_numpy(value).to(p.dtype))
         rows.append(LoadRow(name, form, how, note))
-    # a replacement copied its layer's bias when made; the container's bias, when it comes
-    # after the weight, went into the old parameter: into the replacement's too
-    with torch.no_grad():
-        for path, bias in biases.items():
-            bname = f"{path}.bias" if path else "bias"
-            if bias is not None and bname in c.entries and bname in params:
-                bias.copy_(torch.from_numpy(np.array(c[bname]).reshape(tuple(bias.shape))).to(bias.dtype))
-    out = LoadRows(rows)
+    out = LoadRows(sorted(rows, key=lambda r: at[r.name]))
     if check and cands:
         was = [(m, m.training) for m in module.modules()]
         module.eval()            # (dropout off: the two runs must see the same computation)
