@@ -25,7 +25,8 @@ best there:
   the activations float (``accuracy_level=0``: the container's product to float rounding, but
   slow at 8 bits);
 - quantized weights with group scales or 2–4-bit codes, ``group_quant="int8"`` (or "auto"
-  where MatMulNBits measures slower than dense): ``DynamicQuantizeMatMul`` per group, summed;
+  where the model runs faster this way than with MatMulNBits): ``DynamicQuantizeMatMul``
+  per group, summed;
   codes of 2–4 bits stay 4-bit initializers in the file (``INT4``/``UINT4``, a ``Cast`` to
   int8 that onnxruntime folds at load: a byte a code in the session; the graph is raised to
   opset 21 for them with onnx's version converter);
@@ -254,11 +255,10 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
         how = (f"DynamicQuantizeMatMul x2 {q.bits}-bit per channel (uint8 activations per "
                f"tensor, and their rounding residual)")
         return nodes, how
-    if compute == "fast" and wdt == np.float32 and b.group_quant == "int8":
-        if q.bits <= 4 and _nibbles_ok(b, q):
-            return _dqmm_groups(b, x, y, q, key)
-        if q.n_groups > 1 and q.bits > 4:
-            return _dqmm_groups(b, x, y, q, key)
+    if (compute == "fast" and wdt == np.float32 and b.group_quant == "int8"
+            and (b.opset >= 21 if q.bits <= 4 else q.n_groups > 1)):
+        # (2-4-bit codes as 4-bit initializers need opset 21: _to_opset21)
+        return _dqmm_groups(b, x, y, q, key)
     accuracy = COMPUTE[compute]
     arr = nbits_arrays(q, block_size)
     if arr is None:
@@ -279,12 +279,6 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
     return [node], how
 
 
-def _nibbles_ok(b: "_Builder", q: QuantParts) -> bool:
-    """Whether :func:`_unpacked_codes` can give ``q``'s codes in this graph: 4-bit tensors
-    and their ``Cast`` need opset 21 (:func:`_to_opset21` raises the model there when it can)."""
-    return b.opset >= 21
-
-
 def _opset(model: Any) -> int:
     """The model's default-domain opset."""
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
@@ -293,10 +287,8 @@ def _opset(model: Any) -> int:
 def _packed_bound(c: Container, name: str) -> bool:
     """Whether ``name`` is a quantized matrix with codes of 2–4 bits."""
     e = c.entries[name]
-    if e.get("form") != "quant" or "alias" in e or len(e["shape"]) != 2:
-        return False
-    q = c.matrix(name)
-    return isinstance(q, Quantized) and q.bits <= 4
+    p = _quant_parts(c, name) if e.get("form") == "quant" and len(e["shape"]) == 2 else None
+    return p is not None and p.bits <= 4
 
 
 def _to_opset21(model: Any) -> str | None:
@@ -312,21 +304,22 @@ def _to_opset21(model: Any) -> str | None:
     del g.initializer[:]
     g.input.extend(stand_in)
     try:
-        new = onnx.version_converter.convert_version(model, 21)
+        new, why = onnx.version_converter.convert_version(model, 21), None
     except Exception as e:  # (the converter raises its own ConvertError, RuntimeError, ...)
         new, why = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     del g.input[len(g.input) - len(stand_in):]
     g.initializer.extend(saved)
     if new is None:
         return why
-    gone = {v.name for v in stand_in}
-    keep = [v for v in new.graph.input if v.name not in gone]
-    del new.graph.input[:]
-    new.graph.input.extend(keep)
-    new.graph.initializer.extend(saved)
+    # the converted nodes into the model, which keeps its weights (one copy of them, not two)
     del g.node[:]
-    model.CopyFrom(new)
-    model.ir_version = max(model.ir_version, 10)
+    g.node.extend(new.graph.node)
+    del g.value_info[:]
+    g.value_info.extend(new.graph.value_info)
+    g.initializer.extend(new.graph.initializer)     # any the converter added
+    del model.opset_import[:]
+    model.opset_import.extend(new.opset_import)
+    model.ir_version = max(new.ir_version, 10)
     return None
 
 
@@ -354,10 +347,7 @@ def _unpacked_codes(b: "_Builder", key: str, q: QuantParts, sizes: list[int]
         dt = b.onnx.TensorProto.INT4
     else:
         v, dt = u, b.onnx.TensorProto.UINT4
-    flat = np.ascontiguousarray(v, dtype=np.uint8).reshape(-1)
-    if flat.size % 2:
-        flat = np.append(flat, np.uint8(0))
-    raw = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+    raw = pack_bits(np.asarray(v, dtype=np.uint8).reshape(1, -1), 4)   # onnx: flat, low half first
     codes4 = b.name(f"{key}_q4")
     t = b.onnx.TensorProto(name=codes4, data_type=dt, dims=[K, N], raw_data=raw.tobytes())
     b.inits.append(t)
@@ -392,23 +382,24 @@ def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
     nib = q.bits <= 4
     pre: list[Any] = []   # the unpacking, before the weight's first reader
     if key not in b.cache:
-        u, z = (q.packed[:0] if nib else q.codes()), q.zeros
         split = b.opset >= 13 and G > 1     # the activations' Split takes its sizes as an input
         made = [b.init(f"{key}_split", np.array(sizes, np.int64)) if split else ""]
-        ws, pre = _unpacked_codes(b, key, q, sizes) if nib else ([], [])
-        for j in range(G):
-            if nib:
+        if nib:
+            ws, pre = _unpacked_codes(b, key, q, sizes)
+            for j in range(G):
                 made += [ws[j], b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32))]
-            elif q.symmetric or q.bits < 8:       # codes minus zero points fit int8
+        else:
+            u, z = q.codes(), q.zeros
+            for j in range(G):
                 cols = u[:, j * g:j * g + sizes[j]]
-                B = (cols.astype(np.int16) - z[:, j:j + 1].astype(np.int16)).astype(np.int8)
-                made += [b.init(f"{key}_g{j}_q", np.ascontiguousarray(B.T)),
-                         b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32))]
-            else:
-                cols = u[:, j * g:j * g + sizes[j]]
-                made += [b.init(f"{key}_g{j}_q", np.ascontiguousarray(cols.T)),
-                         b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32)),
-                         b.init(f"{key}_g{j}_zero", z[:, j].copy())]
+                if q.symmetric or q.bits < 8:       # codes minus zero points fit int8
+                    B = (cols.astype(np.int16) - z[:, j:j + 1].astype(np.int16)).astype(np.int8)
+                    made += [b.init(f"{key}_g{j}_q", np.ascontiguousarray(B.T)),
+                             b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32))]
+                else:
+                    made += [b.init(f"{key}_g{j}_q", np.ascontiguousarray(cols.T)),
+                             b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32)),
+                             b.init(f"{key}_g{j}_zero", z[:, j].copy())]
         b.cache[key] = made
     made = b.cache[key]
     per = 3 if len(made) == 1 + 3 * G else 2
@@ -1587,15 +1578,18 @@ _OFF_WORD = {k: "MatMulNBits" if v == "nbits" else "dense" for k, v in _OFF.item
 _OFF_NOTE = {k: v + ":" for k, v in _OFF_WORD.items()}
 
 
+def _quant_parts(c: Container, name: str) -> QuantParts | None:
+    """The matrix ``name`` as :class:`QuantParts`, or None when it is not quantized."""
+    q = c.matrix(name)
+    return QuantParts.of(q) if isinstance(q, Quantized) else None
+
+
 def _nbits_bound(c: Container, name: str) -> bool:
     """Whether the quantized matrix ``name`` would be a MatMulNBits with ``compute="fast"``
     (codes in groups, or of 2–4 bits): what ``group_quant`` may export as integer products
     on int8 weights instead."""
-    q = c.matrix(name)
-    if not isinstance(q, Quantized):
-        return False
-    p = QuantParts.of(q)
-    return p.n_groups > 1 or p.bits <= 4
+    p = _quant_parts(c, name)
+    return p is not None and (p.n_groups > 1 or p.bits <= 4)
 
 
 def _timing_feed(sess: Any, like: str | os.PathLike[str],
@@ -1678,7 +1672,8 @@ def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.P
     smallest (dense bytes) first, 1, 2, 4, … of them, each set timed again, until the model is
     no slower than dense, or every one is dense. Packed 2–4-bit layers (MatMulNBits, or
     DynamicQuantizeMatMul over codes packed in the file) and quantized embedding tables are
-    kept: a user asking for int4 gets an int4 file whatever the timing says. Returns ``{tensor: ("dense", why)}`` for those made dense."""
+    kept: a user asking for int4 gets an int4 file whatever the timing says. Returns
+    ``{tensor: ("dense", why)}`` for those made dense."""
     require("onnxruntime", "timing the export against the dense model (never_slower)")
     d = os.path.dirname(os.path.abspath(output))
     out: dict[str, tuple[str, str]] = {}
