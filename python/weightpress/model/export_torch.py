@@ -667,9 +667,10 @@ def _remake(parts: Any, mode: str) -> QuantLinear:
     return QuantLinear(q, bias, kind, mode)
 
 
-class _Decoded(nn.Module):  # type: ignore[name-defined,misc]
+class _Decoded(_NoWeight, nn.Module):  # type: ignore[name-defined,misc]
     """The container's decode of a quantized layer for the output check's reference run: the
-    weight dequantized in float in each call (nothing kept between calls)."""
+    weight dequantized in float in each call (nothing kept between calls). No ``weight``,
+    as the layers it stands in for (transformers' T5 reads ``wo.weight`` in its forward)."""
 
     def __init__(self, parts: Any):
         super().__init__()
