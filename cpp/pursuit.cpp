@@ -115,17 +115,6 @@ WP_INLINE void small_atb_rows(std::int64_t m, std::int64_t n, std::int64_t ldd, 
       const T* __restrict d1 = d0 + ldd;
       const T* __restrict d2 = d1 + ldd;
       const T* __restrict d3 = d2 + ldd;
-      if (b == 1 && sq) {  // one signal and the norms: one loop (one signal, 256×1024: 48 -> 45 µs)
-        const T x0 = X[i0 * ldx], x1 = X[(i0 + 1) * ldx], x2 = X[(i0 + 2) * ldx],
-                x3 = X[(i0 + 3) * ldx];
-        T* __restrict o = acc.data();
-        T* __restrict q = qa;
-        for (std::int64_t j = 0; j < w; ++j) {
-          o[j] = madd<F>(d3[j], x3, madd<F>(d2[j], x2, madd<F>(d1[j], x1, madd<F>(d0[j], x0, o[j]))));
-          q[j] = madd<F>(d3[j], d3[j], madd<F>(d2[j], d2[j], madd<F>(d1[j], d1[j], madd<F>(d0[j], d0[j], q[j]))));
-        }
-        continue;
-      }
       for (std::int64_t t = 0; t < b; ++t) {
         const T x0 = X[i0 * ldx + t], x1 = X[(i0 + 1) * ldx + t], x2 = X[(i0 + 2) * ldx + t],
                 x3 = X[(i0 + 3) * ldx + t];
@@ -205,15 +194,17 @@ template <class T, bool TILE, bool F>
 WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                               const T* X, std::int64_t ldx, T* out, T* sq) {
   std::int64_t j0 = 0;
-  if (TILE && !sq && m > 0) {
+  if constexpr (TILE) {  // (the other copies do not instantiate the tiles)
     constexpr int C = 64 / static_cast<int>(sizeof(T)) * 3;  // three zmm registers of a row
-    switch (b) {
-      case 4: j0 = atb_tiled<T, 4, C>(m, n, D, X, ldx, out); break;
-      case 5: j0 = atb_tiled<T, 5, C>(m, n, D, X, ldx, out); break;
-      case 6: j0 = atb_tiled<T, 6, C>(m, n, D, X, ldx, out); break;
-      case 7: j0 = atb_tiled<T, 7, C>(m, n, D, X, ldx, out); break;
-      case 8: j0 = atb_tiled<T, 8, C>(m, n, D, X, ldx, out); break;
-      default: break;
+    if (!sq && m > 0) {
+      switch (b) {
+        case 4: j0 = atb_tiled<T, 4, C>(m, n, D, X, ldx, out); break;
+        case 5: j0 = atb_tiled<T, 5, C>(m, n, D, X, ldx, out); break;
+        case 6: j0 = atb_tiled<T, 6, C>(m, n, D, X, ldx, out); break;
+        case 7: j0 = atb_tiled<T, 7, C>(m, n, D, X, ldx, out); break;
+        case 8: j0 = atb_tiled<T, 8, C>(m, n, D, X, ldx, out); break;
+        default: break;
+      }
     }
   }
   if (j0 < n)
