@@ -916,6 +916,42 @@ def test_twopass_compensates_the_activation_rounding(tmp_path, block):
     assert errs["twopass"] < errs["fast"] / 30, errs
 
 
+def test_twopass_layers_reading_one_input_share_its_residual(tmp_path):
+    """Three projections of one input (q, k, v) compensated with compute="twopass": the input is
+    rounded and its residual taken once (one DynamicQuantizeLinear → DequantizeLinear → Sub),
+    read by all three; the model still computes the container's decode to the residual's
+    rounding. Without the sharing each layer had its own (3 nodes and 3 passes apiece)."""
+    torch.manual_seed(1)
+
+    class Attn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(64, 64) for _ in range(3))
+            self.o = torch.nn.Linear(64, 64)
+
+        def forward(self, x):
+            a = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2) / 8, dim=-1)
+            return self.o(a @ self.v(x))
+
+    like = tmp_path / "attn.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(Attn().eval(), (torch.randn(2, 5, 64),), str(like), dynamo=False,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "b", 1: "s"}})
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=1024)
+    out = tmp_path / "twopass.onnx"
+    rows = export_onnx(wpz, out, like, compute="twopass", check=False, never_slower=False)
+    assert sum("x2" in r.how for r in rows) == 4, rows
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m)
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 8
+    assert ops.count("DynamicQuantizeLinear") == 2 == ops.count("DequantizeLinear")  # x, and o's input
+    x = np.random.default_rng(2).standard_normal((3, 7, 64)).astype(np.float32)
+    ref = _run(_reference(tmp_path, wpz, like), x)
+    assert np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref) < 1e-3
+
+
 @pytest.mark.parametrize("opts", [{"bits": 4, "group": 32}, {"bits": 8, "group": 32, "symmetric": False},
                                   {"bits": 3, "group": 48}])
 def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts):
