@@ -171,6 +171,81 @@ WP_INLINE void atb_tile(std::int64_t i0, std::int64_t i1, std::int64_t n, const 
     for (int u = 0; u < C; ++u) out[t * n + j + u] = acc[t][u];
 }
 
+#ifdef WP_X86_DISPATCH
+// atb_tile for the AVX2 copy, in intrinsics: GCC kept the portable tile's accumulators in
+// memory there (a load and a store per fma; 2.4x the time of OpenBLAS's gemm). C = three ymm
+// registers of a row, B ≤ 4 signals (12 accumulators of 16 registers). _mm256_fmadd is the
+// same single rounding as std::fma, so the same bits as the other copies.
+template <class T>
+struct Ymm;
+template <>
+struct Ymm<double> {
+  using V = __m256d;
+  static constexpr int W = 4;
+};
+template <>
+struct Ymm<float> {
+  using V = __m256;
+  static constexpr int W = 8;
+};
+WP_TARGET_V3 WP_INLINE __m256d ymm_load(const double* p) { return _mm256_loadu_pd(p); }
+WP_TARGET_V3 WP_INLINE __m256 ymm_load(const float* p) { return _mm256_loadu_ps(p); }
+WP_TARGET_V3 WP_INLINE void ymm_store(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
+WP_TARGET_V3 WP_INLINE void ymm_store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+WP_TARGET_V3 WP_INLINE __m256d ymm_set1(double x) { return _mm256_set1_pd(x); }
+WP_TARGET_V3 WP_INLINE __m256 ymm_set1(float x) { return _mm256_set1_ps(x); }
+WP_TARGET_V3 WP_INLINE __m256d ymm_fma(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
+WP_TARGET_V3 WP_INLINE __m256 ymm_fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+
+template <class T, int B, bool FIRST>
+WP_TARGET_V3 void atb_tile_v3(std::int64_t i0, std::int64_t i1, std::int64_t n,
+                                        const T* D, const T* X, std::int64_t ldx,
+                                        std::int64_t j, T* out) {
+  using V = typename Ymm<T>::V;
+  constexpr int W = Ymm<T>::W;
+  V acc[B][3];
+  for (int t = 0; t < B; ++t)
+    for (int u = 0; u < 3; ++u)
+      acc[t][u] = FIRST ? ymm_set1(T(0)) : ymm_load(out + t * n + j + u * W);
+  for (std::int64_t i = i0; i < i1; ++i) {
+    const T* d = D + i * n + j;
+    const V d0 = ymm_load(d), d1 = ymm_load(d + W), d2 = ymm_load(d + 2 * W);
+    for (int t = 0; t < B; ++t) {
+      const V x = ymm_set1(X[i * ldx + t]);
+      acc[t][0] = ymm_fma(d0, x, acc[t][0]);
+      acc[t][1] = ymm_fma(d1, x, acc[t][1]);
+      acc[t][2] = ymm_fma(d2, x, acc[t][2]);
+    }
+  }
+  for (int t = 0; t < B; ++t)
+    for (int u = 0; u < 3; ++u) ymm_store(out + t * n + j + u * W, acc[t][u]);
+}
+#endif
+
+// The tile of B signals (the AVX2 copy's in intrinsics when Y2).
+template <class T, int B, int C, bool FIRST, bool Y2>
+WP_INLINE void atb_tile_any(std::int64_t i0, std::int64_t i1, std::int64_t n, const T* D,
+                            const T* X, std::int64_t ldx, std::int64_t j, T* out) {
+#ifdef WP_X86_DISPATCH
+  if constexpr (Y2) {
+    static_assert(C == 3 * Ymm<T>::W, "three ymm of a row");
+    atb_tile_v3<T, B, FIRST>(i0, i1, n, D, X, ldx, j, out);
+    return;
+  }
+#endif
+  if constexpr (!Y2) atb_tile<T, B, C, FIRST>(i0, i1, n, D, X, ldx, j, out);
+}
+
+// atb_tile for bs < B signals (the last group of a wide block).
+template <class T, int B, int C, bool FIRST, bool Y2>
+WP_INLINE void atb_tile_var(std::int64_t bs, std::int64_t i0, std::int64_t i1, std::int64_t n,
+                            const T* D, const T* X, std::int64_t ldx, std::int64_t j, T* out) {
+  if constexpr (B > 1) {
+    if (bs == B - 1) return atb_tile_any<T, B - 1, C, FIRST, Y2>(i0, i1, n, D, X, ldx, j, out);
+    return atb_tile_var<T, B - 1, C, FIRST, Y2>(bs, i0, i1, n, D, X, ldx, j, out);
+  }
+}
+
 // Columns [0, n − n mod C) by register tiles, in panels of 32 rows (the panel's D, 32 rows ×
 // n, stays in L2 while the tiles walk across it; one strip down all m rows missed every
 // cache). Returns the columns done.
@@ -191,17 +266,54 @@ WP_INLINE std::int64_t atb_tiled(std::int64_t m, std::int64_t n, const T* D, con
   return nt;
 }
 
+// Any number of columns of X (b > 8: the lazy path's blocks of Gram columns) by register tiles
+// of B signals: per panel of 32 rows (in L2), each group of B columns walks the tiles across
+// it, so D is read from memory once, not once per group. Every entry is still the chain over
+// the rows in order from 0 (the same bits as the row pass). Returns the columns done.
+template <class T, int B, int C, bool Y2 = false>
+WP_INLINE std::int64_t atb_tiled_wide(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
+                                      const T* X, std::int64_t ldx, T* out) {
+  constexpr std::int64_t P = 32;
+  const std::int64_t nt = n - n % C;
+  const std::int64_t rb = b % B;  // the last group's columns (when not B)
+  for (std::int64_t i0 = 0; i0 < m; i0 += P) {
+    const std::int64_t i1 = std::min(m, i0 + P);
+    for (std::int64_t t0 = 0; t0 < b; t0 += B) {
+      const T* Xg = X + t0;
+      T* og = out + t0 * n;
+      if (t0 + B <= b) {
+        for (std::int64_t j = 0; j < nt; j += C) {
+          if (i0 == 0)
+            atb_tile_any<T, B, C, true, Y2>(i0, i1, n, D, Xg, ldx, j, og);
+          else
+            atb_tile_any<T, B, C, false, Y2>(i0, i1, n, D, Xg, ldx, j, og);
+        }
+      } else {
+        for (std::int64_t j = 0; j < nt; j += C) {
+          if (i0 == 0)
+            atb_tile_var<T, B, C, true, Y2>(rb, i0, i1, n, D, Xg, ldx, j, og);
+          else
+            atb_tile_var<T, B, C, false, Y2>(rb, i0, i1, n, D, Xg, ldx, j, og);
+        }
+      }
+    }
+  }
+  return nt;
+}
+
 // TILE: the AVX-512 copy takes four to eight signals by register tiles (one signal at 256×1024,
 // k = 8: its pass of eight Gram columns 172 -> 71 µs, measured alone); fewer signals and the
 // norms are bound by reading D, which the row pass does as well. The other levels have 16
 // vector registers: the row pass throughout.
-template <class T, bool TILE, bool F>
+template <class T, bool TILE, bool F, bool WIDE2 = false>
 WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                               const T* X, std::int64_t ldx, T* out, T* sq) {
   std::int64_t j0 = 0;
   if constexpr (TILE) {  // (the other copies do not instantiate the tiles)
     constexpr int C = 64 / static_cast<int>(sizeof(T)) * 3;  // three zmm registers of a row
-    if (!sq && m > 0) {
+    if (!sq && m > 0 && b > kSmallBlock) {
+      j0 = atb_tiled_wide<T, 8, C>(m, n, b, D, X, ldx, out);
+    } else if (!sq && m > 0) {
       switch (b) {
         case 4: j0 = atb_tiled<T, 4, C>(m, n, D, X, ldx, out); break;
         case 5: j0 = atb_tiled<T, 5, C>(m, n, D, X, ldx, out); break;
@@ -211,6 +323,10 @@ WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, co
         default: break;
       }
     }
+  }
+  if constexpr (WIDE2) {  // AVX2: 16 registers, tiles of 4 signals × two ymm of a row
+    if (!sq && m > 0 && b > kSmallBlock)
+      j0 = atb_tiled_wide<T, 4, 32 / static_cast<int>(sizeof(T)) * 3, true>(m, n, b, D, X, ldx, out);
   }
   if (j0 < n)
     small_atb_rows<T, F>(m, n - j0, n, b, D + j0, X, ldx, out ? out + j0 : nullptr, n,
@@ -228,7 +344,7 @@ WP_TARGET_V4 void small_atb_v4(std::int64_t m, std::int64_t n, std::int64_t b, c
 template <class T>
 WP_TARGET_V3 void small_atb_v3(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                                const T* X, std::int64_t ldx, T* out, T* sq) {
-  small_atb_impl<T, false, true>(m, n, b, D, X, ldx, out, sq);
+  small_atb_impl<T, false, true, true>(m, n, b, D, X, ldx, out, sq);
 }
 #endif
 
@@ -243,6 +359,19 @@ void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const
   }
 #endif
   small_atb_impl<T, false, kPortableFma>(m, n, b, D, X, ldx, out, sq);
+}
+
+// Whether small_atb has register tiles for blocks of more than kSmallBlock columns (AVX2,
+// AVX-512). The lazy path's blocks of Gram columns go to it then, not to gemm: OpenBLAS packs
+// all of D for each such product, and at 512×2048, k = 32 (one signal: 45 columns in three
+// gemms) the packing was 27% of the call. Elsewhere (the baseline copy, other architectures)
+// gemm stays.
+inline bool wide_tiles() {
+#ifdef WP_X86_DISPATCH
+  return isa_level() != Isa::kBase;
+#else
+  return false;
+#endif
 }
 
 template <class T>
@@ -788,7 +917,7 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
       const auto b = static_cast<std::int64_t>(fresh.size());
       buf.resize(static_cast<std::size_t>(m * b));
       cache.resize(static_cast<std::size_t>((ncache + b) * n));
-      if (b <= kSmallBlock) {
+      if (b <= kSmallBlock || wide_tiles()) {
         for (std::int64_t i = 0; i < m; ++i)  // row-major m×b
           for (std::int64_t t = 0; t < b; ++t)
             buf[static_cast<std::size_t>(i * b + t)] = D[i * n + fresh[static_cast<std::size_t>(t)]];
