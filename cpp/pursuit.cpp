@@ -410,6 +410,22 @@ void col_sqnorms(std::int64_t m, std::int64_t N, const T* Y, std::int64_t ldy, T
 
 namespace {
 
+// V's layout: row tiles of R = 512 bytes of rows (64 doubles, 128 floats), each tile holding
+// its rows of all kmax columns one after another (column i of tile t at V + t·R·kmax + i·R), so
+// that a step reads the k columns of a tile as one contiguous run.
+template <class T>
+constexpr std::int64_t kTileRows = 512 / static_cast<std::int64_t>(sizeof(T));
+template <class T>
+WP_INLINE std::int64_t vtiles(std::int64_t n) {
+  return (n + kTileRows<T> - 1) / kTileRows<T>;
+}
+// V[j, i]
+template <class T>
+WP_INLINE std::int64_t vat(std::int64_t j, std::int64_t i, std::int64_t kmax) {
+  constexpr std::int64_t R = kTileRows<T>;
+  return (j / R) * R * kmax + i * R + j % R;
+}
+
 template <class T>
 struct Workspace {
   std::vector<T> V, a, z, L, x;
@@ -417,7 +433,7 @@ struct Workspace {
   std::vector<T> w;  // 1/G_jj, zeroed while atom j is in use
   // Zeroed, as fresh vectors are: a workspace reused from an earlier call (LazyPool) is too.
   void init(std::int64_t n, std::int64_t kmax) {
-    V.assign(static_cast<std::size_t>(n * kmax), T(0));
+    V.assign(static_cast<std::size_t>(vtiles<T>(n) * kTileRows<T> * kmax), T(0));
     a.assign(static_cast<std::size_t>(n), T(0));
     z.assign(static_cast<std::size_t>(kmax), T(0));
     L.assign(static_cast<std::size_t>(kmax * kmax), T(0));
@@ -443,98 +459,61 @@ LazyPool<T>& lazy_pool() {
   return pool;
 }
 
-// v = (g − Σ_{i<k} V_i w_i) * inv, then a −= v zk; returns max_j a_j² sw_j over the updated a
-// (the next selection's score, fused into this pass: sw_j = 1/G_jj, 0 for used atoms). Columns
-// of V in blocks of eight, then four, then one, so that v is loaded and stored once per block:
-// at k = 32 the loop is bound by the reads of V, not of v. Elementwise, in a fixed order.
-template <class T, bool F>
-WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
-                            const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a,
-                            const T* __restrict sw) {
-  // v_r = g_r − V_r0 w_0 − V_r1 w_1 − …, one fused multiply-add per term in order of i (the
-  // same bits for any blocking of the columns, and on every FMA level: madd above)
-  std::int64_t i = 0;
-  if (k == 0) {
-    for (std::int64_t r = 0; r < n; ++r) v[r] = g[r];
-  } else {
-    // the first pass folds g in, with up to four columns
-    const T* v0 = V;
-    const T w0 = -w[0];
-    if (k == 2) {
-      const T* v1 = V + n;
-      const T w1 = -w[1];
-      for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r]));
-      i = 2;
-    } else if (k == 3) {
-      const T* v1 = V + n;
-      const T* v2 = V + 2 * n;
-      const T w1 = -w[1], w2 = -w[2];
-      for (std::int64_t r = 0; r < n; ++r)
-        v[r] = madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r])));
-      i = 3;
-    } else if (k >= 4) {
-      const T* v1 = V + n;
-      const T* v2 = V + 2 * n;
-      const T* v3 = V + 3 * n;
-      const T w1 = -w[1], w2 = -w[2], w3 = -w[3];
-      for (std::int64_t r = 0; r < n; ++r)
-        v[r] = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r]))));
-      i = 4;
-    } else {
-      for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v0[r], w0, g[r]);
-      i = 1;
+// v = (g − Σ_{i<k} V_i w_i) * inv into column k of V, then a −= v zk; returns max_j a_j² sw_j
+// over the updated a (the next selection's score, fused into this pass: sw_j = 1/G_jj, 0 for
+// used atoms). S rows at a time (S/lanes accumulators in registers: 8 on every level), all k
+// columns of the tile onto them, then the update of a: g, v, a and sw are read once per step,
+// and V's tile as one run (it was: V in column blocks of eight, v loaded and stored once per
+// block, then a second pass for a). Each v_r is g_r − V_r0 w_0 − V_r1 w_1 − …, one fused
+// multiply-add per term in order of i (the same bits for any blocking of the rows, and on
+// every FMA level: madd above).
+template <class T, bool F, int S>
+WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, std::int64_t kmax,
+                            const T* __restrict g, T* __restrict V, const T* __restrict w, T inv,
+                            T zk, T* __restrict a, const T* __restrict sw) {
+  constexpr std::int64_t R = kTileRows<T>;
+  static_assert(R % S == 0, "sub-blocks divide a tile");
+  T mxl[S] = {};
+  std::int64_t r0 = 0;
+  for (; r0 + R <= n; r0 += R) {
+    T* tile = V + (r0 / R) * R * kmax;
+    for (std::int64_t s0 = 0; s0 < R; s0 += S) {
+      T acc[S];
+      for (int u = 0; u < S; ++u) acc[u] = g[r0 + s0 + u];
+      for (std::int64_t i = 0; i < k; ++i) {
+        const T* __restrict vp = tile + i * R + s0;
+        const T wi = -w[i];
+        for (int u = 0; u < S; ++u) acc[u] = madd<F>(vp[u], wi, acc[u]);
+      }
+      T* __restrict vk = tile + k * R + s0;
+      T* __restrict ap = a + r0 + s0;
+      const T* __restrict sp = sw + r0 + s0;
+      for (int u = 0; u < S; ++u) {
+        const T vr = acc[u] * inv;
+        vk[u] = vr;
+        const T ar = madd<F>(vr, -zk, ap[u]);
+        ap[u] = ar;
+        const T sc = ar * ar * sp[u];
+        mxl[u] = mxl[u] > sc ? mxl[u] : sc;
+      }
     }
   }
-  for (; i + 8 <= k; i += 8) {
-    const T* __restrict v0 = V + i * n;
-    const T* __restrict v1 = v0 + n;
-    const T* __restrict v2 = v1 + n;
-    const T* __restrict v3 = v2 + n;
-    const T* __restrict v4 = v3 + n;
-    const T* __restrict v5 = v4 + n;
-    const T* __restrict v6 = v5 + n;
-    const T* __restrict v7 = v6 + n;
-    const T w0 = -w[i], w1 = -w[i + 1], w2 = -w[i + 2], w3 = -w[i + 3];
-    const T w4 = -w[i + 4], w5 = -w[i + 5], w6 = -w[i + 6], w7 = -w[i + 7];
-    for (std::int64_t r = 0; r < n; ++r) {
-      T t = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, v[r]))));
-      v[r] = madd<F>(v7[r], w7, madd<F>(v6[r], w6, madd<F>(v5[r], w5, madd<F>(v4[r], w4, t))));
-    }
-  }
-  for (; i + 4 <= k; i += 4) {
-    const T* __restrict v0 = V + i * n;
-    const T* __restrict v1 = v0 + n;
-    const T* __restrict v2 = v1 + n;
-    const T* __restrict v3 = v2 + n;
-    const T w0 = -w[i], w1 = -w[i + 1], w2 = -w[i + 2], w3 = -w[i + 3];
-    for (std::int64_t r = 0; r < n; ++r)
-      v[r] = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, v[r]))));
-  }
-  for (; i < k; ++i) {
-    const T* __restrict v0 = V + i * n;
-    const T w0 = -w[i];
-    for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v0[r], w0, v[r]);
-  }
-  constexpr int L = 16;
-  T acc[L] = {};
-  std::int64_t r = 0;
-  for (; r + L <= n; r += L)
-    for (int l = 0; l < L; ++l) {
-      const T vr = v[r + l] * inv;
-      v[r + l] = vr;
-      const T ar = madd<F>(vr, -zk, a[r + l]);
-      a[r + l] = ar;
-      const T s = ar * ar * sw[r + l];
-      acc[l] = acc[l] > s ? acc[l] : s;
-    }
   T mx = T(0);
-  for (; r < n; ++r) {
-    v[r] *= inv;
-    a[r] = madd<F>(v[r], -zk, a[r]);
-    const T s = a[r] * a[r] * sw[r];
-    mx = mx > s ? mx : s;
+  if (r0 < n) {  // the last, partial tile: row by row
+    T* tile = V + (r0 / R) * R * kmax;
+    for (std::int64_t r = r0; r < n; ++r) {
+      const std::int64_t u = r - r0;
+      T acc = g[r];
+      for (std::int64_t i = 0; i < k; ++i) acc = madd<F>(tile[i * R + u], -w[i], acc);
+      const T vr = acc * inv;
+      tile[k * R + u] = vr;
+      const T ar = madd<F>(vr, -zk, a[r]);
+      a[r] = ar;
+      const T sc = ar * ar * sw[r];
+      mx = mx > sc ? mx : sc;
+    }
   }
-  for (int l = 0; l < L; ++l) mx = mx > acc[l] ? mx : acc[l];
+  for (int u = 0; u < S; ++u) mx = mx > mxl[u] ? mx : mxl[u];
   return mx;
 }
 
@@ -633,15 +612,15 @@ WP_INLINE T max_score_impl(std::int64_t n, const T* __restrict a, const T* __res
 // every variant gives bit-identical results.
 #ifdef WP_X86_DISPATCH
 #define WP_VARIANTS(T)                                                                         \
-  WP_TARGET_V4 T new_column_v4(std::int64_t n, std::int64_t k, const T* __restrict g,          \
-                               const T* V, const T* __restrict w, T inv, T zk,                 \
-                               T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
-    return new_column_impl<T, true>(n, k, g, V, w, inv, zk, v, a, sw);                         \
+  WP_TARGET_V4 T new_column_v4(std::int64_t n, std::int64_t k, std::int64_t kmax,            \
+                               const T* __restrict g, T* __restrict V, const T* __restrict w,  \
+                               T inv, T zk, T* __restrict a, const T* __restrict sw) {         \
+    return new_column_impl<T, true, 512 / sizeof(T)>(n, k, kmax, g, V, w, inv, zk, a, sw);     \
   }                                                                                            \
-  WP_TARGET_V3 T new_column_v3(std::int64_t n, std::int64_t k, const T* __restrict g,          \
-                               const T* V, const T* __restrict w, T inv, T zk,                 \
-                               T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
-    return new_column_impl<T, true>(n, k, g, V, w, inv, zk, v, a, sw);                         \
+  WP_TARGET_V3 T new_column_v3(std::int64_t n, std::int64_t k, std::int64_t kmax,            \
+                               const T* __restrict g, T* __restrict V, const T* __restrict w,  \
+                               T inv, T zk, T* __restrict a, const T* __restrict sw) {         \
+    return new_column_impl<T, true, 256 / sizeof(T)>(n, k, kmax, g, V, w, inv, zk, a, sw);     \
   }                                                                                            \
   WP_TARGET_V4 T max_score_v4(std::int64_t n, const T* __restrict a, const T* __restrict w) {  \
     return max_score_impl<T>(n, a, w);                                                         \
@@ -655,17 +634,17 @@ WP_VARIANTS(double)
 #endif
 
 template <class T>
-T new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
-             const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a,
+T new_column(std::int64_t n, std::int64_t k, std::int64_t kmax, const T* __restrict g,
+             T* __restrict V, const T* __restrict w, T inv, T zk, T* __restrict a,
              const T* __restrict sw) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return new_column_v4(n, k, g, V, w, inv, zk, v, a, sw);
-    case Isa::kV3: return new_column_v3(n, k, g, V, w, inv, zk, v, a, sw);
+    case Isa::kV4: return new_column_v4(n, k, kmax, g, V, w, inv, zk, a, sw);
+    case Isa::kV3: return new_column_v3(n, k, kmax, g, V, w, inv, zk, a, sw);
     case Isa::kBase: break;
   }
 #endif
-  return new_column_impl<T, kPortableFma>(n, k, g, V, w, inv, zk, v, a, sw);
+  return new_column_impl<T, kPortableFma, 128 / sizeof(T)>(n, k, kmax, g, V, w, inv, zk, a, sw);
 }
 
 template <class T>
@@ -733,7 +712,7 @@ struct Pursuit {
     T* Lk = ws->L.data() + k * kmax;
     T s2 = T(0), dot = T(0);
     for (std::int64_t i = 0; i < k; ++i) {
-      const T w = V[j + i * n];
+      const T w = V[vat<T>(j, i, kmax)];
       Lk[i] = w;
       s2 += w * w;
       dot += w * z[i];
@@ -747,7 +726,7 @@ struct Pursuit {
     Lk[k] = lkk;
     const T zk = (alpha0[j] - dot) / lkk;
     ws->w[static_cast<std::size_t>(j)] = T(0);
-    mx_next = new_column(n, k, g, V, Lk, T(1) / lkk, zk, V + k * n, ws->a.data(), ws->w.data());
+    mx_next = new_column(n, k, kmax, g, V, Lk, T(1) / lkk, zk, ws->a.data(), ws->w.data());
     z[k] = zk;
     ws->sel[static_cast<std::size_t>(k)] = j;
     r2 -= zk * zk;
