@@ -705,7 +705,11 @@ struct Pursuit {
     return best;
   }
   // Adds atom j with Gram column g = G[:, j]; stops instead if j is dependent (pivot test).
-  void add(std::int64_t j, const T* g) {
+  // gjj = G[j, j]. On the last step (k + 1 == kmax) g is not read and may be null: the new
+  // column of V and the update of Dᵀr serve only the next selection, and there is none (the
+  // lazy path then computes no Gram column: one pass over D, 10% of one signal at 512×2048,
+  // k = 32; in the Gram path one step's update in kmax).
+  void add(std::int64_t j, const T* g, T gjj) {
     const T ptol = T(1000) * std::numeric_limits<T>::epsilon();
     T* V = ws->V.data();
     T* z = ws->z.data();
@@ -717,8 +721,8 @@ struct Pursuit {
       s2 += w * w;
       dot += w * z[i];
     }
-    const T piv = g[j] - s2;
-    if (!(piv > ptol * g[j])) {  // dependent on the chosen atoms (or NaN)
+    const T piv = gjj - s2;
+    if (!(piv > ptol * gjj)) {  // dependent on the chosen atoms (or NaN)
       done = true;
       return;
     }
@@ -726,7 +730,8 @@ struct Pursuit {
     Lk[k] = lkk;
     const T zk = (alpha0[j] - dot) / lkk;
     ws->w[static_cast<std::size_t>(j)] = T(0);
-    mx_next = new_column(n, k, kmax, g, V, Lk, T(1) / lkk, zk, ws->a.data(), ws->w.data());
+    if (k + 1 < kmax)
+      mx_next = new_column(n, k, kmax, g, V, Lk, T(1) / lkk, zk, ws->a.data(), ws->w.data());
     z[k] = zk;
     ws->sel[static_cast<std::size_t>(k)] = j;
     r2 -= zk * zk;
@@ -795,7 +800,7 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
       while (!p.done) {
         const std::int64_t j = p.select();
         if (j < 0) break;
-        p.add(j, G + j * n);
+        p.add(j, G + j * n, G[j + j * n]);
       }
       p.finish(supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
     });
@@ -860,6 +865,24 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
       }
     if (fresh.empty() && std::all_of(want.begin(), want.end(), [](std::int64_t j) { return j < 0; }))
       break;
+    // The last step (every signal still going has k = round) reads no Gram column
+    // (Pursuit::add), only G[j, j]: the column norms give it with the same bits as our own
+    // kernels' column would (the same fma chain), so the columns are not computed where those
+    // kernels would have computed them (the block below has min(64, N) columns at most), and
+    // are where gemm would have.
+    const bool last = round == kmax - 1 && (wide_tiles() || std::min<std::int64_t>(64, N) <= kSmallBlock);
+    if (last) {
+      const T* cp = cache.data();
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+      for (std::int64_t s = 0; s < N; ++s) {
+        const std::int64_t j = want[static_cast<std::size_t>(s)];
+        if (j < 0) continue;
+        const std::int64_t sl = slot[static_cast<std::size_t>(j)];
+        const T* g = sl < ncache ? cp + sl * n : nullptr;
+        ps[static_cast<std::size_t>(s)].add(j, nullptr, g ? g[j] : sqnorms[j]);
+      }
+      break;
+    }
     // Columns per gemm when a round needs any: as many as the steps the signals have left,
     // N·(kmax − round), up to 64 (each costs m·n; a round that finds its atom cached costs
     // nothing). Measured on one thread, one signal, against the former rule (2·kmax up to 64
@@ -914,7 +937,10 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (std::int64_t s = 0; s < N; ++s) {
       const std::int64_t j = want[static_cast<std::size_t>(s)];
-      if (j >= 0) ps[static_cast<std::size_t>(s)].add(j, cp + slot[static_cast<std::size_t>(j)] * n);
+      if (j >= 0) {
+        const T* g = cp + slot[static_cast<std::size_t>(j)] * n;
+        ps[static_cast<std::size_t>(s)].add(j, g, g[j]);
+      }
     }
   }
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
