@@ -883,17 +883,19 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
       }
       break;
     }
-    // Columns per gemm when a round needs any: as many as the steps the signals have left,
+    // Columns per block when a round needs any: as many as the steps the signals have left,
     // N·(kmax − round), up to 64 (each costs m·n; a round that finds its atom cached costs
     // nothing). Measured on one thread, one signal, against the former rule (2·kmax up to 64
     // from kmax = 16, none below): 512×2048 k = 32 went from 128 columns in 2 gemms to 45 in
     // 3, 6.2 -> 3.5-3.7 ms; 256×1024 k = 8 from 8 passes over D to 2 (8 + 3 columns),
-    // 440 -> 370 µs; four and sixteen signals alike or faster.
+    // 440 -> 370 µs; four and sixteen signals alike or faster. (Since then the last round
+    // computes none, and blocks of more than 8 are our register tiles, not gemm: 512×2048
+    // k = 32 is 44 columns in 2 passes over D.)
     const std::int64_t block = std::min<std::int64_t>(64, N * (kmax - round));
     if (!fresh.empty() && static_cast<std::int64_t>(fresh.size()) < block) {
       // Predicted columns ride along: each signal's uncached atoms of highest score, the ones
-      // likeliest to be chosen next (one gemm of `block` columns reads D once; a column at a
-      // time read it once per column).
+      // likeliest to be chosen next (one block of `block` columns reads D once; a column at
+      // a time read it once per column).
       const std::int64_t per = (block - static_cast<std::int64_t>(fresh.size()) + N - 1) / N;
       for (std::int64_t s = 0; s < N && static_cast<std::int64_t>(fresh.size()) < block; ++s) {
         if (want[static_cast<std::size_t>(s)] < 0) continue;
@@ -915,7 +917,7 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
         }
       }
     }
-    if (!fresh.empty()) {  // G[:, fresh] = Dᵀ D[:, fresh]: one gemm
+    if (!fresh.empty()) {  // G[:, fresh] = Dᵀ D[:, fresh]: one product (tiles or gemm)
       const auto b = static_cast<std::int64_t>(fresh.size());
       buf.resize(static_cast<std::size_t>(m * b));
       cache.resize(static_cast<std::size_t>((ncache + b) * n));
