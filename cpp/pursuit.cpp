@@ -15,6 +15,7 @@
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "weightpress/blas.hpp"
@@ -22,6 +23,10 @@
 #include "weightpress/isa.hpp"
 #include "weightpress/parallel.hpp"
 #include "weightpress/scratch.hpp"
+
+#ifdef WP_X86_DISPATCH
+#include <immintrin.h>
+#endif
 
 namespace wp {
 
@@ -166,6 +171,81 @@ WP_INLINE void atb_tile(std::int64_t i0, std::int64_t i1, std::int64_t n, const 
     for (int u = 0; u < C; ++u) out[t * n + j + u] = acc[t][u];
 }
 
+#ifdef WP_X86_DISPATCH
+// atb_tile for the AVX2 copy, in intrinsics: GCC kept the portable tile's accumulators in
+// memory there (a load and a store per fma; 2.4x the time of OpenBLAS's gemm). C = three ymm
+// registers of a row, B ≤ 4 signals (12 accumulators of 16 registers). _mm256_fmadd is the
+// same single rounding as std::fma, so the same bits as the other copies.
+template <class T>
+struct Ymm;
+template <>
+struct Ymm<double> {
+  using V = __m256d;
+  static constexpr int W = 4;
+};
+template <>
+struct Ymm<float> {
+  using V = __m256;
+  static constexpr int W = 8;
+};
+WP_TARGET_V3 WP_INLINE __m256d ymm_load(const double* p) { return _mm256_loadu_pd(p); }
+WP_TARGET_V3 WP_INLINE __m256 ymm_load(const float* p) { return _mm256_loadu_ps(p); }
+WP_TARGET_V3 WP_INLINE void ymm_store(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
+WP_TARGET_V3 WP_INLINE void ymm_store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+WP_TARGET_V3 WP_INLINE __m256d ymm_set1(double x) { return _mm256_set1_pd(x); }
+WP_TARGET_V3 WP_INLINE __m256 ymm_set1(float x) { return _mm256_set1_ps(x); }
+WP_TARGET_V3 WP_INLINE __m256d ymm_fma(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
+WP_TARGET_V3 WP_INLINE __m256 ymm_fma(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+
+template <class T, int B, bool FIRST>
+WP_TARGET_V3 void atb_tile_v3(std::int64_t i0, std::int64_t i1, std::int64_t n,
+                                        const T* D, const T* X, std::int64_t ldx,
+                                        std::int64_t j, T* out) {
+  using V = typename Ymm<T>::V;
+  constexpr int W = Ymm<T>::W;
+  V acc[B][3];
+  for (int t = 0; t < B; ++t)
+    for (int u = 0; u < 3; ++u)
+      acc[t][u] = FIRST ? ymm_set1(T(0)) : ymm_load(out + t * n + j + u * W);
+  for (std::int64_t i = i0; i < i1; ++i) {
+    const T* d = D + i * n + j;
+    const V d0 = ymm_load(d), d1 = ymm_load(d + W), d2 = ymm_load(d + 2 * W);
+    for (int t = 0; t < B; ++t) {
+      const V x = ymm_set1(X[i * ldx + t]);
+      acc[t][0] = ymm_fma(d0, x, acc[t][0]);
+      acc[t][1] = ymm_fma(d1, x, acc[t][1]);
+      acc[t][2] = ymm_fma(d2, x, acc[t][2]);
+    }
+  }
+  for (int t = 0; t < B; ++t)
+    for (int u = 0; u < 3; ++u) ymm_store(out + t * n + j + u * W, acc[t][u]);
+}
+#endif
+
+// The tile of B signals (the AVX2 copy's in intrinsics when Y2).
+template <class T, int B, int C, bool FIRST, bool Y2>
+WP_INLINE void atb_tile_any(std::int64_t i0, std::int64_t i1, std::int64_t n, const T* D,
+                            const T* X, std::int64_t ldx, std::int64_t j, T* out) {
+#ifdef WP_X86_DISPATCH
+  if constexpr (Y2) {
+    static_assert(C == 3 * Ymm<T>::W, "three ymm of a row");
+    atb_tile_v3<T, B, FIRST>(i0, i1, n, D, X, ldx, j, out);
+    return;
+  }
+#endif
+  if constexpr (!Y2) atb_tile<T, B, C, FIRST>(i0, i1, n, D, X, ldx, j, out);
+}
+
+// atb_tile for bs < B signals (the last group of a wide block).
+template <class T, int B, int C, bool FIRST, bool Y2>
+WP_INLINE void atb_tile_var(std::int64_t bs, std::int64_t i0, std::int64_t i1, std::int64_t n,
+                            const T* D, const T* X, std::int64_t ldx, std::int64_t j, T* out) {
+  if constexpr (B > 1) {
+    if (bs == B - 1) return atb_tile_any<T, B - 1, C, FIRST, Y2>(i0, i1, n, D, X, ldx, j, out);
+    return atb_tile_var<T, B - 1, C, FIRST, Y2>(bs, i0, i1, n, D, X, ldx, j, out);
+  }
+}
+
 // Columns [0, n − n mod C) by register tiles, in panels of 32 rows (the panel's D, 32 rows ×
 // n, stays in L2 while the tiles walk across it; one strip down all m rows missed every
 // cache). Returns the columns done.
@@ -186,17 +266,54 @@ WP_INLINE std::int64_t atb_tiled(std::int64_t m, std::int64_t n, const T* D, con
   return nt;
 }
 
+// Any number of columns of X (b > 8: the lazy path's blocks of Gram columns) by register tiles
+// of B signals: per panel of 32 rows (in L2), each group of B columns walks the tiles across
+// it, so D is read from memory once, not once per group. Every entry is still the chain over
+// the rows in order from 0 (the same bits as the row pass). Returns the columns done.
+template <class T, int B, int C, bool Y2 = false>
+WP_INLINE std::int64_t atb_tiled_wide(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
+                                      const T* X, std::int64_t ldx, T* out) {
+  constexpr std::int64_t P = 32;
+  const std::int64_t nt = n - n % C;
+  const std::int64_t rb = b % B;  // the last group's columns (when not B)
+  for (std::int64_t i0 = 0; i0 < m; i0 += P) {
+    const std::int64_t i1 = std::min(m, i0 + P);
+    for (std::int64_t t0 = 0; t0 < b; t0 += B) {
+      const T* Xg = X + t0;
+      T* og = out + t0 * n;
+      if (t0 + B <= b) {
+        for (std::int64_t j = 0; j < nt; j += C) {
+          if (i0 == 0)
+            atb_tile_any<T, B, C, true, Y2>(i0, i1, n, D, Xg, ldx, j, og);
+          else
+            atb_tile_any<T, B, C, false, Y2>(i0, i1, n, D, Xg, ldx, j, og);
+        }
+      } else {
+        for (std::int64_t j = 0; j < nt; j += C) {
+          if (i0 == 0)
+            atb_tile_var<T, B, C, true, Y2>(rb, i0, i1, n, D, Xg, ldx, j, og);
+          else
+            atb_tile_var<T, B, C, false, Y2>(rb, i0, i1, n, D, Xg, ldx, j, og);
+        }
+      }
+    }
+  }
+  return nt;
+}
+
 // TILE: the AVX-512 copy takes four to eight signals by register tiles (one signal at 256×1024,
 // k = 8: its pass of eight Gram columns 172 -> 71 µs, measured alone); fewer signals and the
 // norms are bound by reading D, which the row pass does as well. The other levels have 16
 // vector registers: the row pass throughout.
-template <class T, bool TILE, bool F>
+template <class T, bool TILE, bool F, bool WIDE2 = false>
 WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                               const T* X, std::int64_t ldx, T* out, T* sq) {
   std::int64_t j0 = 0;
   if constexpr (TILE) {  // (the other copies do not instantiate the tiles)
     constexpr int C = 64 / static_cast<int>(sizeof(T)) * 3;  // three zmm registers of a row
-    if (!sq && m > 0) {
+    if (!sq && m > 0 && b > kSmallBlock) {
+      j0 = atb_tiled_wide<T, 8, C>(m, n, b, D, X, ldx, out);
+    } else if (!sq && m > 0) {
       switch (b) {
         case 4: j0 = atb_tiled<T, 4, C>(m, n, D, X, ldx, out); break;
         case 5: j0 = atb_tiled<T, 5, C>(m, n, D, X, ldx, out); break;
@@ -206,6 +323,10 @@ WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, co
         default: break;
       }
     }
+  }
+  if constexpr (WIDE2) {  // AVX2: 16 registers, tiles of 4 signals × two ymm of a row
+    if (!sq && m > 0 && b > kSmallBlock)
+      j0 = atb_tiled_wide<T, 4, 32 / static_cast<int>(sizeof(T)) * 3, true>(m, n, b, D, X, ldx, out);
   }
   if (j0 < n)
     small_atb_rows<T, F>(m, n - j0, n, b, D + j0, X, ldx, out ? out + j0 : nullptr, n,
@@ -223,7 +344,7 @@ WP_TARGET_V4 void small_atb_v4(std::int64_t m, std::int64_t n, std::int64_t b, c
 template <class T>
 WP_TARGET_V3 void small_atb_v3(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
                                const T* X, std::int64_t ldx, T* out, T* sq) {
-  small_atb_impl<T, false, true>(m, n, b, D, X, ldx, out, sq);
+  small_atb_impl<T, false, true, true>(m, n, b, D, X, ldx, out, sq);
 }
 #endif
 
@@ -238,6 +359,19 @@ void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const
   }
 #endif
   small_atb_impl<T, false, kPortableFma>(m, n, b, D, X, ldx, out, sq);
+}
+
+// Whether small_atb has register tiles for blocks of more than kSmallBlock columns (AVX2,
+// AVX-512). The lazy path's blocks of Gram columns go to it then, not to gemm: OpenBLAS packs
+// all of D for each such product, and at 512×2048, k = 32 (one signal: 45 columns in three
+// gemms) the packing was 27% of the call. Elsewhere (the baseline copy, other architectures)
+// gemm stays.
+inline bool wide_tiles() {
+#ifdef WP_X86_DISPATCH
+  return isa_level() != Isa::kBase;
+#else
+  return false;
+#endif
 }
 
 template <class T>
@@ -276,6 +410,22 @@ void col_sqnorms(std::int64_t m, std::int64_t N, const T* Y, std::int64_t ldy, T
 
 namespace {
 
+// V's layout: row tiles of R = 512 bytes of rows (64 doubles, 128 floats), each tile holding
+// its rows of all kmax columns one after another (column i of tile t at V + t·R·kmax + i·R), so
+// that a step reads the k columns of a tile as one contiguous run.
+template <class T>
+constexpr std::int64_t kTileRows = 512 / static_cast<std::int64_t>(sizeof(T));
+template <class T>
+WP_INLINE std::int64_t vtiles(std::int64_t n) {
+  return (n + kTileRows<T> - 1) / kTileRows<T>;
+}
+// V[j, i]
+template <class T>
+WP_INLINE std::int64_t vat(std::int64_t j, std::int64_t i, std::int64_t kmax) {
+  constexpr std::int64_t R = kTileRows<T>;
+  return (j / R) * R * kmax + i * R + j % R;
+}
+
 template <class T>
 struct Workspace {
   std::vector<T> V, a, z, L, x;
@@ -283,7 +433,7 @@ struct Workspace {
   std::vector<T> w;  // 1/G_jj, zeroed while atom j is in use
   // Zeroed, as fresh vectors are: a workspace reused from an earlier call (LazyPool) is too.
   void init(std::int64_t n, std::int64_t kmax) {
-    V.assign(static_cast<std::size_t>(n * kmax), T(0));
+    V.assign(static_cast<std::size_t>(vtiles<T>(n) * kTileRows<T> * kmax), T(0));
     a.assign(static_cast<std::size_t>(n), T(0));
     z.assign(static_cast<std::size_t>(kmax), T(0));
     L.assign(static_cast<std::size_t>(kmax * kmax), T(0));
@@ -309,117 +459,137 @@ LazyPool<T>& lazy_pool() {
   return pool;
 }
 
-// v = (g − Σ_{i<k} V_i w_i) * inv, then a −= v zk; returns max_j a_j² sw_j over the updated a
-// (the next selection's score, fused into this pass: sw_j = 1/G_jj, 0 for used atoms). Columns
-// of V in blocks of eight, then four, then one, so that v is loaded and stored once per block:
-// at k = 32 the loop is bound by the reads of V, not of v. Elementwise, in a fixed order.
-template <class T, bool F>
-WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
-                            const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a,
-                            const T* __restrict sw) {
-  // v_r = g_r − V_r0 w_0 − V_r1 w_1 − …, one fused multiply-add per term in order of i (the
-  // same bits for any blocking of the columns, and on every FMA level: madd above)
-  std::int64_t i = 0;
-  if (k == 0) {
-    for (std::int64_t r = 0; r < n; ++r) v[r] = g[r];
-  } else {
-    // the first pass folds g in, with up to four columns
-    const T* v0 = V;
-    const T w0 = -w[0];
-    if (k == 2) {
-      const T* v1 = V + n;
-      const T w1 = -w[1];
-      for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r]));
-      i = 2;
-    } else if (k == 3) {
-      const T* v1 = V + n;
-      const T* v2 = V + 2 * n;
-      const T w1 = -w[1], w2 = -w[2];
-      for (std::int64_t r = 0; r < n; ++r)
-        v[r] = madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r])));
-      i = 3;
-    } else if (k >= 4) {
-      const T* v1 = V + n;
-      const T* v2 = V + 2 * n;
-      const T* v3 = V + 3 * n;
-      const T w1 = -w[1], w2 = -w[2], w3 = -w[3];
-      for (std::int64_t r = 0; r < n; ++r)
-        v[r] = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, g[r]))));
-      i = 4;
-    } else {
-      for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v0[r], w0, g[r]);
-      i = 1;
+// v = (g − Σ_{i<k} V_i w_i) * inv into column k of V, then a −= v zk; returns max_j a_j² sw_j
+// over the updated a (the next selection's score, fused into this pass: sw_j = 1/G_jj, 0 for
+// used atoms). S rows at a time (S/lanes accumulators in registers: 8 on every level), all k
+// columns of the tile onto them, then the update of a: g, v, a and sw are read once per step,
+// and V's tile as one run (it was: V in column blocks of eight, v loaded and stored once per
+// block, then a second pass for a). Each v_r is g_r − V_r0 w_0 − V_r1 w_1 − …, one fused
+// multiply-add per term in order of i (the same bits for any blocking of the rows, and on
+// every FMA level: madd above).
+template <class T, bool F, int S>
+WP_INLINE T new_column_impl(std::int64_t n, std::int64_t k, std::int64_t kmax,
+                            const T* __restrict g, T* __restrict V, const T* __restrict w, T inv,
+                            T zk, T* __restrict a, const T* __restrict sw) {
+  constexpr std::int64_t R = kTileRows<T>;
+  static_assert(R % S == 0, "sub-blocks divide a tile");
+  T mxl[S] = {};
+  std::int64_t r0 = 0;
+  for (; r0 + R <= n; r0 += R) {
+    T* tile = V + (r0 / R) * R * kmax;
+    for (std::int64_t s0 = 0; s0 < R; s0 += S) {
+      T acc[S];
+      for (int u = 0; u < S; ++u) acc[u] = g[r0 + s0 + u];
+      for (std::int64_t i = 0; i < k; ++i) {
+        const T* __restrict vp = tile + i * R + s0;
+        const T wi = -w[i];
+        for (int u = 0; u < S; ++u) acc[u] = madd<F>(vp[u], wi, acc[u]);
+      }
+      T* __restrict vk = tile + k * R + s0;
+      T* __restrict ap = a + r0 + s0;
+      const T* __restrict sp = sw + r0 + s0;
+      for (int u = 0; u < S; ++u) {
+        const T vr = acc[u] * inv;
+        vk[u] = vr;
+        const T ar = madd<F>(vr, -zk, ap[u]);
+        ap[u] = ar;
+        const T sc = ar * ar * sp[u];
+        mxl[u] = mxl[u] > sc ? mxl[u] : sc;
+      }
     }
   }
-  for (; i + 8 <= k; i += 8) {
-    const T* __restrict v0 = V + i * n;
-    const T* __restrict v1 = v0 + n;
-    const T* __restrict v2 = v1 + n;
-    const T* __restrict v3 = v2 + n;
-    const T* __restrict v4 = v3 + n;
-    const T* __restrict v5 = v4 + n;
-    const T* __restrict v6 = v5 + n;
-    const T* __restrict v7 = v6 + n;
-    const T w0 = -w[i], w1 = -w[i + 1], w2 = -w[i + 2], w3 = -w[i + 3];
-    const T w4 = -w[i + 4], w5 = -w[i + 5], w6 = -w[i + 6], w7 = -w[i + 7];
-    for (std::int64_t r = 0; r < n; ++r) {
-      T t = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, v[r]))));
-      v[r] = madd<F>(v7[r], w7, madd<F>(v6[r], w6, madd<F>(v5[r], w5, madd<F>(v4[r], w4, t))));
-    }
-  }
-  for (; i + 4 <= k; i += 4) {
-    const T* __restrict v0 = V + i * n;
-    const T* __restrict v1 = v0 + n;
-    const T* __restrict v2 = v1 + n;
-    const T* __restrict v3 = v2 + n;
-    const T w0 = -w[i], w1 = -w[i + 1], w2 = -w[i + 2], w3 = -w[i + 3];
-    for (std::int64_t r = 0; r < n; ++r)
-      v[r] = madd<F>(v3[r], w3, madd<F>(v2[r], w2, madd<F>(v1[r], w1, madd<F>(v0[r], w0, v[r]))));
-  }
-  for (; i < k; ++i) {
-    const T* __restrict v0 = V + i * n;
-    const T w0 = -w[i];
-    for (std::int64_t r = 0; r < n; ++r) v[r] = madd<F>(v0[r], w0, v[r]);
-  }
-  constexpr int L = 16;
-  T acc[L] = {};
-  std::int64_t r = 0;
-  for (; r + L <= n; r += L)
-    for (int l = 0; l < L; ++l) {
-      const T vr = v[r + l] * inv;
-      v[r + l] = vr;
-      const T ar = madd<F>(vr, -zk, a[r + l]);
-      a[r + l] = ar;
-      const T s = ar * ar * sw[r + l];
-      acc[l] = acc[l] > s ? acc[l] : s;
-    }
   T mx = T(0);
-  for (; r < n; ++r) {
-    v[r] *= inv;
-    a[r] = madd<F>(v[r], -zk, a[r]);
-    const T s = a[r] * a[r] * sw[r];
-    mx = mx > s ? mx : s;
+  if (r0 < n) {  // the last, partial tile: row by row
+    T* tile = V + (r0 / R) * R * kmax;
+    for (std::int64_t r = r0; r < n; ++r) {
+      const std::int64_t u = r - r0;
+      T acc = g[r];
+      for (std::int64_t i = 0; i < k; ++i) acc = madd<F>(tile[i * R + u], -w[i], acc);
+      const T vr = acc * inv;
+      tile[k * R + u] = vr;
+      const T ar = madd<F>(vr, -zk, a[r]);
+      a[r] = ar;
+      const T sc = ar * ar * sw[r];
+      mx = mx > sc ? mx : sc;
+    }
   }
-  for (int l = 0; l < L; ++l) mx = mx > acc[l] ? mx : acc[l];
+  for (int u = 0; u < S; ++u) mx = mx > mxl[u] ? mx : mxl[u];
   return mx;
 }
 
 // The first j with a_j² w_j == mx (the maximum, computed by the same expression), -1 if none.
 template <class T>
-std::int64_t first_with(std::int64_t n, const T* __restrict a, const T* __restrict w, T mx) {
+WP_INLINE std::int64_t first_with_impl(std::int64_t n, const T* __restrict a,
+                                       const T* __restrict w, T mx) {
   if (!(mx > T(0))) return -1;
   for (std::int64_t j = 0; j < n; ++j)
     if (a[j] * a[j] * w[j] == mx) return j;
   return -1;  // unreachable unless NaN
 }
 
+// The same search a vector at a time (a compare mask, its lowest bit): the scalar scan, with
+// its exit test on every element and GCC vectorising none of it, was 9% of a 10 000-signal
+// call at 512×2048, k = 32 (half of n per step on average). The same products, so the same j.
+#ifdef WP_X86_DISPATCH
+template <class T>
+WP_TARGET_V4 std::int64_t first_with_v4(std::int64_t n, const T* __restrict a,
+                                        const T* __restrict w, T mx) {
+  if (!(mx > T(0))) return -1;
+  std::int64_t j = 0;
+  if constexpr (std::is_same_v<T, double>) {
+    const __m512d m = _mm512_set1_pd(mx);
+    for (; j + 8 <= n; j += 8) {
+      const __m512d x = _mm512_loadu_pd(a + j);
+      const __m512d sc = _mm512_mul_pd(_mm512_mul_pd(x, x), _mm512_loadu_pd(w + j));
+      const unsigned h = _mm512_cmp_pd_mask(sc, m, _CMP_EQ_OQ);
+      if (h) return j + __builtin_ctz(h);
+    }
+  } else {
+    const __m512 m = _mm512_set1_ps(mx);
+    for (; j + 16 <= n; j += 16) {
+      const __m512 x = _mm512_loadu_ps(a + j);
+      const __m512 sc = _mm512_mul_ps(_mm512_mul_ps(x, x), _mm512_loadu_ps(w + j));
+      const unsigned h = _mm512_cmp_ps_mask(sc, m, _CMP_EQ_OQ);
+      if (h) return j + __builtin_ctz(h);
+    }
+  }
+  for (; j < n; ++j)
+    if (a[j] * a[j] * w[j] == mx) return j;
+  return -1;
+}
+template <class T>
+WP_TARGET_V3 std::int64_t first_with_v3(std::int64_t n, const T* __restrict a,
+                                        const T* __restrict w, T mx) {
+  if (!(mx > T(0))) return -1;
+  std::int64_t j = 0;
+  if constexpr (std::is_same_v<T, double>) {
+    const __m256d m = _mm256_set1_pd(mx);
+    for (; j + 4 <= n; j += 4) {
+      const __m256d x = _mm256_loadu_pd(a + j);
+      const __m256d sc = _mm256_mul_pd(_mm256_mul_pd(x, x), _mm256_loadu_pd(w + j));
+      const int h = _mm256_movemask_pd(_mm256_cmp_pd(sc, m, _CMP_EQ_OQ));
+      if (h) return j + __builtin_ctz(static_cast<unsigned>(h));
+    }
+  } else {
+    const __m256 m = _mm256_set1_ps(mx);
+    for (; j + 8 <= n; j += 8) {
+      const __m256 x = _mm256_loadu_ps(a + j);
+      const __m256 sc = _mm256_mul_ps(_mm256_mul_ps(x, x), _mm256_loadu_ps(w + j));
+      const int h = _mm256_movemask_ps(_mm256_cmp_ps(sc, m, _CMP_EQ_OQ));
+      if (h) return j + __builtin_ctz(static_cast<unsigned>(h));
+    }
+  }
+  for (; j < n; ++j)
+    if (a[j] * a[j] * w[j] == mx) return j;
+  return -1;
+}
+#endif
+
 // argmax_j a_j² w_j (w_j = 1/G_jj for unused atoms, 0 for used or zero ones) with a positive
 // score, first index on ties; -1 if none. Pass 1 takes the maximum in L independent lanes (a
 // vector max), pass 2 finds its first occurrence.
 template <class T>
-WP_INLINE std::int64_t select_atom_impl(std::int64_t n,
-                                                                    const T* __restrict a,
-                                                                    const T* __restrict w) {
+WP_INLINE T max_score_impl(std::int64_t n, const T* __restrict a, const T* __restrict w) {
   constexpr int L = 16;
   T acc[L] = {};
   std::int64_t j = 0;
@@ -434,10 +604,7 @@ WP_INLINE std::int64_t select_atom_impl(std::int64_t n,
     mx = mx > v ? mx : v;
   }
   for (int l = 0; l < L; ++l) mx = mx > acc[l] ? mx : acc[l];
-  if (!(mx > T(0))) return -1;
-  for (j = 0; j < n; ++j)
-    if (a[j] * a[j] * w[j] == mx) return j;
-  return -1;  // unreachable unless NaN
+  return mx;
 }
 
 // The two hot loops, compiled for AVX-512, AVX2-era CPUs and the baseline, chosen at run time
@@ -445,23 +612,21 @@ WP_INLINE std::int64_t select_atom_impl(std::int64_t n,
 // every variant gives bit-identical results.
 #ifdef WP_X86_DISPATCH
 #define WP_VARIANTS(T)                                                                         \
-  WP_TARGET_V4 T new_column_v4(std::int64_t n, std::int64_t k, const T* __restrict g,          \
-                               const T* V, const T* __restrict w, T inv, T zk,                 \
-                               T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
-    return new_column_impl<T, true>(n, k, g, V, w, inv, zk, v, a, sw);                         \
+  WP_TARGET_V4 T new_column_v4(std::int64_t n, std::int64_t k, std::int64_t kmax,            \
+                               const T* __restrict g, T* __restrict V, const T* __restrict w,  \
+                               T inv, T zk, T* __restrict a, const T* __restrict sw) {         \
+    return new_column_impl<T, true, 512 / sizeof(T)>(n, k, kmax, g, V, w, inv, zk, a, sw);     \
   }                                                                                            \
-  WP_TARGET_V3 T new_column_v3(std::int64_t n, std::int64_t k, const T* __restrict g,          \
-                               const T* V, const T* __restrict w, T inv, T zk,                 \
-                               T* __restrict v, T* __restrict a, const T* __restrict sw) {     \
-    return new_column_impl<T, true>(n, k, g, V, w, inv, zk, v, a, sw);                         \
+  WP_TARGET_V3 T new_column_v3(std::int64_t n, std::int64_t k, std::int64_t kmax,            \
+                               const T* __restrict g, T* __restrict V, const T* __restrict w,  \
+                               T inv, T zk, T* __restrict a, const T* __restrict sw) {         \
+    return new_column_impl<T, true, 256 / sizeof(T)>(n, k, kmax, g, V, w, inv, zk, a, sw);     \
   }                                                                                            \
-  WP_TARGET_V4 std::int64_t select_atom_v4(std::int64_t n, const T* __restrict a,              \
-                                           const T* __restrict w) {                            \
-    return select_atom_impl<T>(n, a, w);                                                       \
+  WP_TARGET_V4 T max_score_v4(std::int64_t n, const T* __restrict a, const T* __restrict w) {  \
+    return max_score_impl<T>(n, a, w);                                                         \
   }                                                                                            \
-  WP_TARGET_V3 std::int64_t select_atom_v3(std::int64_t n, const T* __restrict a,              \
-                                           const T* __restrict w) {                            \
-    return select_atom_impl<T>(n, a, w);                                                       \
+  WP_TARGET_V3 T max_score_v3(std::int64_t n, const T* __restrict a, const T* __restrict w) {  \
+    return max_score_impl<T>(n, a, w);                                                         \
   }
 WP_VARIANTS(float)
 WP_VARIANTS(double)
@@ -469,29 +634,41 @@ WP_VARIANTS(double)
 #endif
 
 template <class T>
-T new_column(std::int64_t n, std::int64_t k, const T* __restrict g, const T* V,
-             const T* __restrict w, T inv, T zk, T* __restrict v, T* __restrict a,
+T new_column(std::int64_t n, std::int64_t k, std::int64_t kmax, const T* __restrict g,
+             T* __restrict V, const T* __restrict w, T inv, T zk, T* __restrict a,
              const T* __restrict sw) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return new_column_v4(n, k, g, V, w, inv, zk, v, a, sw);
-    case Isa::kV3: return new_column_v3(n, k, g, V, w, inv, zk, v, a, sw);
+    case Isa::kV4: return new_column_v4(n, k, kmax, g, V, w, inv, zk, a, sw);
+    case Isa::kV3: return new_column_v3(n, k, kmax, g, V, w, inv, zk, a, sw);
     case Isa::kBase: break;
   }
 #endif
-  return new_column_impl<T, kPortableFma>(n, k, g, V, w, inv, zk, v, a, sw);
+  return new_column_impl<T, kPortableFma, 128 / sizeof(T)>(n, k, kmax, g, V, w, inv, zk, a, sw);
+}
+
+template <class T>
+std::int64_t first_with(std::int64_t n, const T* __restrict a, const T* __restrict w, T mx) {
+#ifdef WP_X86_DISPATCH
+  switch (isa_level()) {
+    case Isa::kV4: return first_with_v4(n, a, w, mx);
+    case Isa::kV3: return first_with_v3(n, a, w, mx);
+    case Isa::kBase: break;
+  }
+#endif
+  return first_with_impl<T>(n, a, w, mx);
 }
 
 template <class T>
 std::int64_t select_atom(std::int64_t n, const T* __restrict a, const T* __restrict w) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return select_atom_v4(n, a, w);
-    case Isa::kV3: return select_atom_v3(n, a, w);
+    case Isa::kV4: return first_with_v4<T>(n, a, w, max_score_v4(n, a, w));
+    case Isa::kV3: return first_with_v3<T>(n, a, w, max_score_v3(n, a, w));
     case Isa::kBase: break;
   }
 #endif
-  return select_atom_impl<T>(n, a, w);
+  return first_with_impl<T>(n, a, w, max_score_impl<T>(n, a, w));
 }
 
 // One signal's pursuit, step by step: start, then select/add until done, then finish. The
@@ -528,20 +705,24 @@ struct Pursuit {
     return best;
   }
   // Adds atom j with Gram column g = G[:, j]; stops instead if j is dependent (pivot test).
-  void add(std::int64_t j, const T* g) {
+  // gjj = G[j, j]. On the last step (k + 1 == kmax) g is not read and may be null: the new
+  // column of V and the update of Dᵀr serve only the next selection, and there is none (the
+  // lazy path then computes no Gram column: one pass over D, 10% of one signal at 512×2048,
+  // k = 32; in the Gram path one step's update in kmax).
+  void add(std::int64_t j, const T* g, T gjj) {
     const T ptol = T(1000) * std::numeric_limits<T>::epsilon();
     T* V = ws->V.data();
     T* z = ws->z.data();
     T* Lk = ws->L.data() + k * kmax;
     T s2 = T(0), dot = T(0);
     for (std::int64_t i = 0; i < k; ++i) {
-      const T w = V[j + i * n];
+      const T w = V[vat<T>(j, i, kmax)];
       Lk[i] = w;
       s2 += w * w;
       dot += w * z[i];
     }
-    const T piv = g[j] - s2;
-    if (!(piv > ptol * g[j])) {  // dependent on the chosen atoms (or NaN)
+    const T piv = gjj - s2;
+    if (!(piv > ptol * gjj)) {  // dependent on the chosen atoms (or NaN)
       done = true;
       return;
     }
@@ -549,7 +730,8 @@ struct Pursuit {
     Lk[k] = lkk;
     const T zk = (alpha0[j] - dot) / lkk;
     ws->w[static_cast<std::size_t>(j)] = T(0);
-    mx_next = new_column(n, k, g, V, Lk, T(1) / lkk, zk, V + k * n, ws->a.data(), ws->w.data());
+    if (k + 1 < kmax)
+      mx_next = new_column(n, k, kmax, g, V, Lk, T(1) / lkk, zk, ws->a.data(), ws->w.data());
     z[k] = zk;
     ws->sel[static_cast<std::size_t>(k)] = j;
     r2 -= zk * zk;
@@ -618,7 +800,7 @@ void omp_batch(std::int64_t n, std::int64_t N, const T* G, const T* C, const T* 
       while (!p.done) {
         const std::int64_t j = p.select();
         if (j < 0) break;
-        p.add(j, G + j * n);
+        p.add(j, G + j * n, G[j + j * n]);
       }
       p.finish(supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
     });
@@ -683,17 +865,37 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
       }
     if (fresh.empty() && std::all_of(want.begin(), want.end(), [](std::int64_t j) { return j < 0; }))
       break;
-    // Columns per gemm when a round needs any: as many as the steps the signals have left,
+    // The last step (every signal still going has k = round) reads no Gram column
+    // (Pursuit::add), only G[j, j]: the column norms give it with the same bits as our own
+    // kernels' column would (the same fma chain), so the columns are not computed where those
+    // kernels would have computed them (the block below has min(64, N) columns at most), and
+    // are where gemm would have.
+    const bool last = round == kmax - 1 && (wide_tiles() || std::min<std::int64_t>(64, N) <= kSmallBlock);
+    if (last) {
+      const T* cp = cache.data();
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+      for (std::int64_t s = 0; s < N; ++s) {
+        const std::int64_t j = want[static_cast<std::size_t>(s)];
+        if (j < 0) continue;
+        const std::int64_t sl = slot[static_cast<std::size_t>(j)];
+        const T* g = sl < ncache ? cp + sl * n : nullptr;
+        ps[static_cast<std::size_t>(s)].add(j, nullptr, g ? g[j] : sqnorms[j]);
+      }
+      break;
+    }
+    // Columns per block when a round needs any: as many as the steps the signals have left,
     // N·(kmax − round), up to 64 (each costs m·n; a round that finds its atom cached costs
     // nothing). Measured on one thread, one signal, against the former rule (2·kmax up to 64
     // from kmax = 16, none below): 512×2048 k = 32 went from 128 columns in 2 gemms to 45 in
     // 3, 6.2 -> 3.5-3.7 ms; 256×1024 k = 8 from 8 passes over D to 2 (8 + 3 columns),
-    // 440 -> 370 µs; four and sixteen signals alike or faster.
+    // 440 -> 370 µs; four and sixteen signals alike or faster. (Since then the last round
+    // computes none, and blocks of more than 8 are our register tiles, not gemm: 512×2048
+    // k = 32 is 44 columns in 2 passes over D.)
     const std::int64_t block = std::min<std::int64_t>(64, N * (kmax - round));
     if (!fresh.empty() && static_cast<std::int64_t>(fresh.size()) < block) {
       // Predicted columns ride along: each signal's uncached atoms of highest score, the ones
-      // likeliest to be chosen next (one gemm of `block` columns reads D once; a column at a
-      // time read it once per column).
+      // likeliest to be chosen next (one block of `block` columns reads D once; a column at
+      // a time read it once per column).
       const std::int64_t per = (block - static_cast<std::int64_t>(fresh.size()) + N - 1) / N;
       for (std::int64_t s = 0; s < N && static_cast<std::int64_t>(fresh.size()) < block; ++s) {
         if (want[static_cast<std::size_t>(s)] < 0) continue;
@@ -715,11 +917,11 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
         }
       }
     }
-    if (!fresh.empty()) {  // G[:, fresh] = Dᵀ D[:, fresh]: one gemm
+    if (!fresh.empty()) {  // G[:, fresh] = Dᵀ D[:, fresh]: one product (tiles or gemm)
       const auto b = static_cast<std::int64_t>(fresh.size());
       buf.resize(static_cast<std::size_t>(m * b));
       cache.resize(static_cast<std::size_t>((ncache + b) * n));
-      if (b <= kSmallBlock) {
+      if (b <= kSmallBlock || wide_tiles()) {
         for (std::int64_t i = 0; i < m; ++i)  // row-major m×b
           for (std::int64_t t = 0; t < b; ++t)
             buf[static_cast<std::size_t>(i * b + t)] = D[i * n + fresh[static_cast<std::size_t>(t)]];
@@ -737,7 +939,10 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
     for (std::int64_t s = 0; s < N; ++s) {
       const std::int64_t j = want[static_cast<std::size_t>(s)];
-      if (j >= 0) ps[static_cast<std::size_t>(s)].add(j, cp + slot[static_cast<std::size_t>(j)] * n);
+      if (j >= 0) {
+        const T* g = cp + slot[static_cast<std::size_t>(j)] * n;
+        ps[static_cast<std::size_t>(s)].add(j, g, g[j]);
+      }
     }
   }
 #pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)

@@ -61,12 +61,15 @@ _FUSED_CHECK = 8
 
 def _lazy_blas(m: int, n: int, N: int, kmax: int, have_gram: bool) -> bool:
     """True when the engine takes its lazy path (pursuit.cpp, omp_encode: few signals, no Gram
-    matrix) with blocks of Gram columns wide enough for BLAS (more than 8). Those gemms are
-    short and come between OpenMP regions: OpenBLAS's pool, woken for each and spinning after,
-    stalled them on a loaded 2-core machine (one signal at 512x2048, k = 32, two threads: wall
-    medians 13-67 ms against 2.6-3.5 ms of CPU work), so they run on one BLAS thread (~30 µs
-    to set, under 1% of such a call; none is set for blocks our own loop computes)."""
+    matrix) and calls BLAS in it. Its gemms are short and come between OpenMP regions:
+    OpenBLAS's pool, woken for each and spinning after, stalled them on a loaded 2-core machine
+    (one signal at 512x2048, k = 32, two threads: wall medians 13-67 ms against 2.6-3.5 ms of
+    CPU work), so they run on one BLAS thread (~30 µs to set). With AVX2 or AVX-512 the blocks
+    of Gram columns are our own register tiles (pursuit.cpp, wide_tiles) and DᵀY too for up to
+    8 signals: no BLAS call is left there, and nothing is set."""
     if have_gram or N * kmax <= 8 or 2 * N * kmax > n:
+        return False
+    if N <= 8 and _core.isa_level() >= 1:  # pursuit.cpp: kSmallBlock
         return False
     cb = min(N, min(max(2**21 // max(n, 1), 256), 8192))
     return cb * n * (kmax + 2) <= 1 << 26
