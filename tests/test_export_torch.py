@@ -292,3 +292,37 @@ def test_compressed_linears_have_no_dense_weight(tmp_path):
         load_into(m, wpz)
         assert type(m[0]).__name__ in ("QuantLinear", "LowRankLinear")
         assert m[0].weight is None
+
+
+def test_quant_conv_decodes_into_a_reused_buffer_and_keeps_autograd():
+    """Without autograd, QuantConv (and QuantLinear "dequant") decode into one scratch buffer
+    per thread, reused by layers of every size (it grows to the largest), by blocks of rows:
+    the outputs equal the convolution with the container's decode, whatever the order. With
+    autograd each call gets its own tensor, so the backward pass is right."""
+    from weightpress.model._packed import QuantParts
+    from weightpress.model.export_torch import QuantConv
+    rng = np.random.default_rng(9)
+    layers, refs = [], []
+    # 8-bit per channel, and 4-bit in groups of 48 that do not divide the 5·3·3 inputs (padded);
+    # the largest spans several blocks of rows
+    for (C, O, bits, group) in ((5, 7, 4, 48), (64, 600, 8, 0), (16, 24, 8, 0)):
+        W = rng.standard_normal((O, C * 9)).astype(np.float32)
+        q, W_hat = rtn_quant(W, bits, group, True, layout="out_in")
+        conv = torch.nn.Conv2d(C, O, 3, padding=1)
+        ref = torch.nn.Conv2d(C, O, 3, padding=1)
+        with torch.no_grad():
+            ref.weight.copy_(torch.from_numpy(W_hat).reshape(O, C, 3, 3))
+            ref.bias.copy_(conv.bias)
+        layers.append(QuantConv(conv, QuantParts.of(q)))
+        refs.append(ref)
+    xs = [torch.randn(2, c.conv.in_channels, 6, 6) for c in layers]
+    with torch.no_grad():
+        for i in (1, 0, 2, 1, 0):                      # sizes up and down: the buffer is reused
+            torch.testing.assert_close(layers[i](xs[i]), refs[i](xs[i]), rtol=1e-5, atol=1e-5)
+    x = xs[1].clone().requires_grad_(True)
+    x_ref = xs[1].clone().requires_grad_(True)
+    y = layers[1](x)
+    layers[0](xs[0])                                   # another layer's call in between
+    y.sum().backward()
+    refs[1](x_ref).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
