@@ -130,9 +130,9 @@ WP_INLINE void store(T* p, const vec_t<T, W>& v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-// Lanes in one 64-byte vector: the widest register the dispatch targets.
-template <class T>
-constexpr int kLanes = 64 / static_cast<int>(sizeof(T));
+// Lanes of T in one native vector of VB bytes (Blocking::vec_bytes of the level compiled).
+template <int VB, class T>
+constexpr int kLanes = VB / static_cast<int>(sizeof(T));
 
 // X(j, c0 .. c0+W) for the entry `PF` positions ahead of q in its row, fetched into L1 while
 // the FMAs of the entries before it run (PF = 0: none).
@@ -172,7 +172,7 @@ WP_INLINE T column_sum(std::int64_t p0, std::int64_t p1, const I* __restrict ind
 // is narrow); each row still sums its own entries in index order with one accumulator per
 // output element, so a row's result does not depend on R, on which rows share its block or
 // on the thread count.
-template <int R, int W, int PF, class T, class I>
+template <int VB, int R, int W, int PF, class T, class I>
 WP_INLINE void gather_block(std::int64_t i0, const I* __restrict indptr,
                             const I* __restrict indices, const T* __restrict data,
                             const T* __restrict x, std::int64_t ldx, std::int64_t c0,
@@ -187,7 +187,7 @@ WP_INLINE void gather_block(std::int64_t i0, const I* __restrict indptr,
     static_assert(R == 1, "one column goes row by row (gather_tiles)");
     y[i0 * ldy + c0] = column_sum(p[0], e[0], indices, data, x, ldx, c0, T(0));
   } else {
-    constexpr int L = W < kLanes<T> ? W : kLanes<T>;
+    constexpr int L = W < kLanes<VB, T> ? W : kLanes<VB, T>;
     constexpr int NV = W / L;
     vec_t<T, L> acc[R][NV], xv;
     for (int r = 0; r < R; ++r)
@@ -222,7 +222,7 @@ WP_INLINE void gather_block(std::int64_t i0, const I* __restrict indptr,
 }
 
 // out(j, c0 .. c0+W) += a * x(i, c0 .. c0+W) for the entries of row i (Aᵀ X).
-template <int W, class T, class I>
+template <int VB, int W, class T, class I>
 WP_INLINE void scatter_tile(std::int64_t p0, std::int64_t p1, const I* __restrict indices,
                             const T* __restrict data, const T* __restrict xr, std::int64_t c0,
                             T* __restrict out, std::int64_t ld) {
@@ -231,7 +231,7 @@ WP_INLINE void scatter_tile(std::int64_t p0, std::int64_t p1, const I* __restric
     for (std::int64_t p = p0; p < p1; ++p)
       out[static_cast<std::int64_t>(indices[p]) * ld + c0] += data[p] * xv;
   } else {
-    constexpr int L = W < kLanes<T> ? W : kLanes<T>;
+    constexpr int L = W < kLanes<VB, T> ? W : kLanes<VB, T>;
     constexpr int NV = W / L;
     vec_t<T, L> xt[NV], ov;
     for (int v = 0; v < NV; ++v) load<L>(xt[v], xr + c0 + v * L);
@@ -254,7 +254,7 @@ template <class T>
 constexpr int kTile = 256 / static_cast<int>(sizeof(T));
 
 // Columns [c0, k) of the R rows from i0: tiles of W columns, then halves down to one column.
-template <int R, int W, int PF, class T, class I>
+template <int VB, int R, int W, int PF, class T, class I>
 WP_INLINE void gather_tiles(std::int64_t i0, const I* indptr, const I* indices, const T* data,
                             const T* x, std::int64_t ldx, std::int64_t k, T* y, std::int64_t ldy,
                             std::int64_t c0) {
@@ -262,29 +262,29 @@ WP_INLINE void gather_tiles(std::int64_t i0, const I* indptr, const I* indices, 
     // one column left: row by row (GCC vectorizes R scalar chains across the rows, and may
     // then contract their a*x+acc differently from one row's chain: not bit-identical)
     if (c0 < k)
-      for (int r = 0; r < R; ++r) gather_block<1, 1, PF>(i0 + r, indptr, indices, data, x, ldx, c0, y, ldy);
+      for (int r = 0; r < R; ++r) gather_block<VB, 1, 1, PF>(i0 + r, indptr, indices, data, x, ldx, c0, y, ldy);
   } else {
-    for (; c0 + W <= k; c0 += W) gather_block<R, W, PF>(i0, indptr, indices, data, x, ldx, c0, y, ldy);
-    if constexpr (W > 1) gather_tiles<R, W / 2, PF>(i0, indptr, indices, data, x, ldx, k, y, ldy, c0);
+    for (; c0 + W <= k; c0 += W) gather_block<VB, R, W, PF>(i0, indptr, indices, data, x, ldx, c0, y, ldy);
+    if constexpr (W > 1) gather_tiles<VB, R, W / 2, PF>(i0, indptr, indices, data, x, ldx, k, y, ldy, c0);
   }
 }
 
 // Rows [r0, r1) in blocks of R (the last few one by one: the same sums, see gather_block).
-template <int R, int W, int PF, class T, class I>
+template <int VB, int R, int W, int PF, class T, class I>
 WP_INLINE void gather_range(std::int64_t r0, std::int64_t r1, const I* indptr, const I* indices,
                             const T* data, const T* x, std::int64_t ldx, std::int64_t k, T* y,
                             std::int64_t ldy) {
   std::int64_t i = r0;
   if constexpr (R > 1)
-    for (; i + R <= r1; i += R) gather_tiles<R, W, PF>(i, indptr, indices, data, x, ldx, k, y, ldy, 0);
-  for (; i < r1; ++i) gather_tiles<1, W, PF>(i, indptr, indices, data, x, ldx, k, y, ldy, 0);
+    for (; i + R <= r1; i += R) gather_tiles<VB, R, W, PF>(i, indptr, indices, data, x, ldx, k, y, ldy, 0);
+  for (; i < r1; ++i) gather_tiles<VB, 1, W, PF>(i, indptr, indices, data, x, ldx, k, y, ldy, 0);
 }
 
-template <int W, class T, class I>
+template <int VB, int W, class T, class I>
 WP_INLINE void scatter_row(std::int64_t p0, std::int64_t p1, const I* indices, const T* data,
                            const T* xr, std::int64_t k, T* out, std::int64_t ld, std::int64_t c0) {
-  for (; c0 + W <= k; c0 += W) scatter_tile<W>(p0, p1, indices, data, xr, c0, out, ld);
-  if constexpr (W > 1) scatter_row<W / 2>(p0, p1, indices, data, xr, k, out, ld, c0);
+  for (; c0 + W <= k; c0 += W) scatter_tile<VB, W>(p0, p1, indices, data, xr, c0, out, ld);
+  if constexpr (W > 1) scatter_row<VB, W / 2>(p0, p1, indices, data, xr, k, out, ld, c0);
 }
 
 // True if the row's column indices do not decrease (what gather_column_blocks needs).
@@ -310,14 +310,14 @@ inline std::int64_t x_block_rows(std::int64_t row_bytes) {
 
 // y(i, c0 .. c0+W) += the entries [p, q) of row i: the accumulators start from y and end
 // there, so a row summed over consecutive segments is summed exactly as in one pass.
-template <int W, int PF, class T, class I>
+template <int VB, int W, int PF, class T, class I>
 WP_INLINE void gather_segment(std::int64_t p, std::int64_t q, const I* __restrict indices,
                               const T* __restrict data, const T* __restrict x, std::int64_t ldx,
                               std::int64_t c0, T* __restrict yr) {
   if constexpr (W == 1) {
     yr[c0] = column_sum(p, q, indices, data, x, ldx, c0, yr[c0]);
   } else {
-    constexpr int L = W < kLanes<T> ? W : kLanes<T>;
+    constexpr int L = W < kLanes<VB, T> ? W : kLanes<VB, T>;
     constexpr int NV = W / L;
     vec_t<T, L> acc[NV], xv;
     for (int v = 0; v < NV; ++v) load<L>(acc[v], yr + c0 + v * L);
@@ -335,17 +335,17 @@ WP_INLINE void gather_segment(std::int64_t p, std::int64_t q, const I* __restric
   }
 }
 
-template <int W, int PF, class T, class I>
+template <int VB, int W, int PF, class T, class I>
 WP_INLINE void segment_tiles(std::int64_t p, std::int64_t q, const I* indices, const T* data,
                              const T* x, std::int64_t ldx, std::int64_t k, T* yr, std::int64_t c0) {
-  for (; c0 + W <= k; c0 += W) gather_segment<W, PF>(p, q, indices, data, x, ldx, c0, yr);
-  if constexpr (W > 1) segment_tiles<W / 2, PF>(p, q, indices, data, x, ldx, k, yr, c0);
+  for (; c0 + W <= k; c0 += W) gather_segment<VB, W, PF>(p, q, indices, data, x, ldx, c0, yr);
+  if constexpr (W > 1) segment_tiles<VB, W / 2, PF>(p, q, indices, data, x, ldx, k, yr, c0);
 }
 
 // Rows [r0, r1) against X in blocks of `block` of its rows (the columns of A), each block
 // small enough to stay in L2 while every row of the range consumes its entries in it. Needs
 // column indices sorted within each row (checked by the caller); pos: r1 - r0 cursors.
-template <int W, int PF, class T, class I>
+template <int VB, int W, int PF, class T, class I>
 WP_INLINE void gather_column_blocks(std::int64_t r0, std::int64_t r1, std::int64_t cols,
                                     const I* indptr, const I* indices, const T* data,
                                     const T* x, std::int64_t ldx, std::int64_t k, T* y,
@@ -361,7 +361,7 @@ WP_INLINE void gather_column_blocks(std::int64_t r0, std::int64_t r1, std::int64
       std::int64_t q = p;
       while (q < e && static_cast<std::int64_t>(indices[q]) < j1) ++q;
       pos[i - r0] = q;
-      if (q > p) segment_tiles<W, PF>(p, q, indices, data, x, ldx, k, y + i * ldy, 0);
+      if (q > p) segment_tiles<VB, W, PF>(p, q, indices, data, x, ldx, k, y + i * ldy, 0);
     }
   }
 }
@@ -373,10 +373,11 @@ struct Blocking {
   int rows;        // R: rows in lockstep for narrow tiles
   int tile_bytes;  // of one row's tile in that case: R x tile_bytes of accumulators
   int wide_bytes;  // tile of a wide row
+  int vec_bytes;   // the level's native register: tiles are held as vectors of this width
 };
-inline constexpr Blocking kBlockV4{8, 128, 256};   // 16 zmm of accumulators out of 32; 4
-inline constexpr Blocking kBlockV3{4, 64, 256};    // 8 ymm out of 16; 8
-inline constexpr Blocking kBlockBase{4, 32, 128};  // 8 xmm out of 16 (SSE2) or of NEON's 32; 8
+inline constexpr Blocking kBlockV4{8, 128, 256, 64};   // 16 zmm of accumulators out of 32; 4
+inline constexpr Blocking kBlockV3{4, 64, 256, 32};    // 8 ymm out of 16; 8
+inline constexpr Blocking kBlockBase{4, 32, 128, 16};  // 8 xmm out of 16 (SSE2) or of NEON's 32; 8
 
 // Rows [r0, r1) of Y = A X. Returns the first bad index position, or -1.
 template <class T, class I, const Blocking& B = kBlockBase>
@@ -432,16 +433,16 @@ WP_INLINE std::int64_t gather_rows(std::int64_t r0, std::int64_t r1, std::int64_
   // with interleaved chains (prefetching there measured slower).
   constexpr int kWide = B.wide_bytes / static_cast<int>(sizeof(T));
   if (sorted)
-    gather_column_blocks<kWide, 16>(r0, r1, cols, indptr, indices, data, x, ldx, k, y, ldy, block, pos);
+    gather_column_blocks<B.vec_bytes, kWide, 16>(r0, r1, cols, indptr, indices, data, x, ldx, k, y, ldy, block, pos);
   else if (k * static_cast<std::int64_t>(sizeof(T)) >= 256)
-    gather_range<1, kWide, 16>(r0, r1, indptr, indices, data, x, ldx, k, y, ldy);
+    gather_range<B.vec_bytes, 1, kWide, 16>(r0, r1, indptr, indices, data, x, ldx, k, y, ldy);
   else
-    gather_range<B.rows, B.tile_bytes / static_cast<int>(sizeof(T)), 0>(r0, r1, indptr, indices,
+    gather_range<B.vec_bytes, B.rows, B.tile_bytes / static_cast<int>(sizeof(T)), 0>(r0, r1, indptr, indices,
                                                                        data, x, ldx, k, y, ldy);
   return -1;
 }
 
-template <class T, class I>
+template <class T, class I, const Blocking& B = kBlockBase>
 WP_INLINE std::int64_t scatter_rows(std::int64_t r0, std::int64_t r1, std::int64_t cols,
                                     const I* indptr, const I* indices, const T* data,
                                     std::int64_t k, const T* x, std::int64_t ldx, T* out,
@@ -450,7 +451,7 @@ WP_INLINE std::int64_t scatter_rows(std::int64_t r0, std::int64_t r1, std::int64
     const std::int64_t p0 = indptr[i], p1 = indptr[i + 1];
     const std::int64_t bad = row_bad(indices, p0, p1, cols);
     if (bad >= 0) return bad;
-    scatter_row<kTile<T>>(p0, p1, indices, data, x + i * ldx, k, out, ld, 0);
+    scatter_row<B.vec_bytes, kTile<T>>(p0, p1, indices, data, x + i * ldx, k, out, ld, 0);
   }
   return -1;
 }
@@ -649,7 +650,7 @@ WP_TARGET_V3 std::int64_t spmv_v3(std::int64_t r0, std::int64_t r1, std::int64_t
 
 template <bool Scatter, class T, class I>
 std::int64_t rows_base(WP_ROWS_ARGS) {
-  if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
+  if constexpr (Scatter) return scatter_rows<T, I, kBlockBase>(WP_ROWS_PASS);
   else return gather_rows<T, I, kBlockBase>(WP_ROWS_PASS, pos);
 }
 #ifdef WP_X86_DISPATCH
@@ -657,14 +658,14 @@ template <bool Scatter, class T, class I>
 WP_TARGET_V3 std::int64_t rows_v3(WP_ROWS_ARGS) {
   if constexpr (!Scatter)
     if (k == 1 && ldx == 1) return spmv_v3<T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
-  if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
+  if constexpr (Scatter) return scatter_rows<T, I, kBlockV3>(WP_ROWS_PASS);
   else return gather_rows<T, I, kBlockV3>(WP_ROWS_PASS, pos);
 }
 template <bool Scatter, class T, class I>
 WP_TARGET_V4 std::int64_t rows_v4(WP_ROWS_ARGS) {
   if constexpr (!Scatter)
     if (k == 1 && ldx == 1) return spmv_v4<T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
-  if constexpr (Scatter) return scatter_rows<T, I>(WP_ROWS_PASS);
+  if constexpr (Scatter) return scatter_rows<T, I, kBlockV4>(WP_ROWS_PASS);
   else return gather_rows<T, I, kBlockV4>(WP_ROWS_PASS, pos);
 }
 #endif

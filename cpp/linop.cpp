@@ -20,29 +20,35 @@ inline std::size_t sz(std::int64_t v) { return static_cast<std::size_t>(v); }
 constexpr std::int64_t kSmallVec = blas::kSmallProduct;
 
 // out[i] = Σ_j s[i, j] x[j] for a row-major r×c s (ld): 64 partial sums (entry j feeds sum
-// j % 64: four independent 16-lane chains, so the adds overlap), added in a fixed tree. Written
-// with generic 16-lane vectors, which every ISA level lowers to the same operations in the
-// same order (no FMA contraction under -std=c++17), so the result is the same on every CPU;
-// compiled per level through isa.hpp.
-template <class T>
+// j % 64, so the adds of independent chains overlap), added in a fixed tree. The sums are held
+// as vectors of the level's native width VB (16, 32 or 64 bytes): each lane does the same
+// operations in the same order whatever VB is (no FMA contraction: -ffp-contract=off), so the
+// result is the same on every CPU; compiled per level through isa.hpp. (One 16-lane generic
+// vector, wider than a ymm register, was lowered through the stack in the AVX2 copy: 3-7x
+// BLAS gemv's time on an AMD EPYC, bench_sparse "small products".)
+template <int VB, class T>
 WP_INLINE void row_dots_body(std::int64_t r, std::int64_t c, const T* s, std::int64_t ld,
                              const T* x, T* out) {
-  typedef T v16 __attribute__((vector_size(16 * sizeof(T))));
+  constexpr int L = VB / static_cast<int>(sizeof(T));
+  constexpr int NV = 64 / L;
+  typedef T vn __attribute__((vector_size(VB)));
   for (std::int64_t i = 0; i < r; ++i) {
     const T* a = s + i * ld;
-    v16 acc[4] = {}, av, xv;
+    vn acc[NV] = {}, av, xv;
     std::int64_t j = 0;
     for (; j + 64 <= c; j += 64)
-#pragma GCC unroll 4
-      for (int q = 0; q < 4; ++q) {
-        std::memcpy(&av, a + j + 16 * q, sizeof av);
-        std::memcpy(&xv, x + j + 16 * q, sizeof xv);
+#pragma GCC unroll 32
+      for (int q = 0; q < NV; ++q) {
+        std::memcpy(&av, a + j + L * q, sizeof av);
+        std::memcpy(&xv, x + j + L * q, sizeof xv);
         acc[q] += av * xv;
       }
-    for (int l = 0; j < c; ++j, ++l) acc[l >> 4][l & 15] += a[j] * x[j];
-    const v16 t = (acc[0] + acc[2]) + (acc[1] + acc[3]);
-    T h[8];
-    for (int l = 0; l < 8; ++l) h[l] = t[l] + t[l + 8];
+    T sum[64];  // sum[j % 64]
+    std::memcpy(sum, acc, sizeof sum);
+    for (int l = 0; j < c; ++j, ++l) sum[l] += a[j] * x[j];
+    T h[16];
+    for (int l = 0; l < 16; ++l) h[l] = (sum[l] + sum[l + 32]) + (sum[l + 16] + sum[l + 48]);
+    for (int l = 0; l < 8; ++l) h[l] = h[l] + h[l + 8];
     out[i] = ((h[0] + h[4]) + (h[2] + h[6])) + ((h[1] + h[5]) + (h[3] + h[7]));
   }
 }
@@ -61,14 +67,14 @@ WP_INLINE void row_axpys_body(std::int64_t r, std::int64_t c, const T* s, std::i
 
 #define WP_ROWOP_ARGS std::int64_t r, std::int64_t c, const T *s, std::int64_t ld, const T *x, T *out
 template <class T>
-void row_dots_base(WP_ROWOP_ARGS) { row_dots_body(r, c, s, ld, x, out); }
+void row_dots_base(WP_ROWOP_ARGS) { row_dots_body<16>(r, c, s, ld, x, out); }
 template <class T>
 void row_axpys_base(WP_ROWOP_ARGS) { row_axpys_body(r, c, s, ld, x, out); }
 #ifdef WP_X86_DISPATCH
 template <class T>
-WP_TARGET_V3 void row_dots_v3(WP_ROWOP_ARGS) { row_dots_body(r, c, s, ld, x, out); }
+WP_TARGET_V3 void row_dots_v3(WP_ROWOP_ARGS) { row_dots_body<32>(r, c, s, ld, x, out); }
 template <class T>
-WP_TARGET_V4 void row_dots_v4(WP_ROWOP_ARGS) { row_dots_body(r, c, s, ld, x, out); }
+WP_TARGET_V4 void row_dots_v4(WP_ROWOP_ARGS) { row_dots_body<64>(r, c, s, ld, x, out); }
 template <class T>
 WP_TARGET_V3 void row_axpys_v3(WP_ROWOP_ARGS) { row_axpys_body(r, c, s, ld, x, out); }
 template <class T>

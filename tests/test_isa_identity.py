@@ -85,7 +85,8 @@ def test_solvers_same_bits_on_every_isa_level(tmp_path):
         with np.load(out) as z:
             codes[level] = [z[k] for k in z.files]
     assert len({d[1] for d in digests.values()}) == 1, digests        # BP, BPDN, LASSO
-    assert len({d[0] for lv, d in digests.items() if lv >= 1}) == 1, digests   # OMP, FMA levels
+    # OMP, FMA levels (none on a CPU without AVX2, or with WP_MAX_ISA=0 set for the whole run)
+    assert len({d[0] for lv, d in digests.items() if lv >= 1}) == (1 if top >= 1 else 0), digests
     for lv in codes:   # the baseline's OMP: the same supports, coefficients within rounding
         for a, b in zip(codes[lv], codes[max(codes)]):
             assert np.array_equal(a != 0, b != 0)
