@@ -426,6 +426,23 @@ def _measure(runtime: str, name: str, path: pathlib.Path, threads: int, reps: in
 
 # -- files ----------------------------------------------------------------------------------
 
+def _int8_weights() -> str:
+    """export_onnx's ``int8_weights`` for this machine, where the exported models run:
+    "vnni" (full-range int8 weights) on x86 with VNNI or AMX and off x86, else "portable"
+    (the uint8 x int8 kernel saturates there). ``WP_EXPORT_INT8`` overrides."""
+    import platform
+    if os.environ.get("WP_EXPORT_INT8"):
+        return os.environ["WP_EXPORT_INT8"]
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return "vnni"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return "portable"
+    return "vnni" if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags) else "portable"
+
+
 def _size(p: pathlib.Path) -> int:
     return sum(q.stat().st_size for q in (p, p.with_name(p.name + ".data")) if q.exists())
 
@@ -475,7 +492,7 @@ def _files(name: str, work: pathlib.Path, variants: list[str]) -> dict:
         # the benchmark's own inputs (batch 1 at its sequence length) are what the export's
         # output check and speed choices run on, as a user passes theirs (--inputs)
         rows = export_onnx(f["ort_wpz"], out, raw, external_data=True,
-                           inputs=dict(zip(names, _inputs(name, 1))))
+                           inputs=dict(zip(names, _inputs(name, 1))), int8_weights=_int8_weights())
         ref = work / f"{name}-{v}-decoded.onnx"
         with Container(f["ort_wpz"]) as c:
             save_model(ref, c, like=raw)
@@ -515,7 +532,8 @@ def run(quick: bool = False) -> None:
               f"loading and running at batch 1 (x dense); ORT model = ORT peak less onnxruntime's "
               f"own {floor:.1f} MB (a one-node session's peak); ORT RSS = the process's absolute "
               f"peak RSS, interpreter and libraries included; session options "
-              f"{os.environ.get('WP_EXPORT_ORT_OPTS') or 'default'}; load average {load:.1f}",
+              f"{os.environ.get('WP_EXPORT_ORT_OPTS') or 'default'}; int8 weights "
+              f"{_int8_weights()} (this CPU); load average {load:.1f}",
               ["model", "variant", "ORT file MB", "ORT b1", "ORT b32", "ORT peak", "ORT model",
                "ORT RSS", "torch file MB",
                "torch b1", "torch b32", "torch peak", "diff vs dense", "diff vs decode",

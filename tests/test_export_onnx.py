@@ -826,6 +826,119 @@ def test_quantized_lstm_runs_as_dynamicquantizelstm(tmp_path):
     assert all(auto_q) or (not any(auto_q) and all("measured slower" in r.note for r in rows)), rows
 
 
+# The weight inputs of onnxruntime's integer products, and of their zero points, by op.
+_INTEGER_WEIGHTS = {"DynamicQuantizeMatMul": ((1, 3),), "MatMulIntegerToFloat": ((1, 5),),
+                    "DynamicQuantizeLSTM": ((1, 9), (2, 11))}
+
+
+def _saturating_product(xu8, w):
+    """``xu8 @ w`` as MLAS's uint8 x int8 AVX2 kernel (no VNNI) computes it: ``vpmaddubsw`` adds
+    the products of two neighbouring inputs in int16, saturating, then ``vpmaddwd`` widens."""
+    x = np.asarray(xu8, np.int64)
+    w = np.asarray(w, np.int64)
+    if x.shape[-1] % 2:
+        x, w = np.pad(x, [(0, 0), (0, 1)]), np.pad(w, [(0, 1), (0, 0)])
+    pair = x[:, 0::2, None] * w[None, 0::2] + x[:, 1::2, None] * w[None, 1::2]
+    return np.clip(pair, -32768, 32767).sum(axis=1)
+
+
+def test_integer_weights_are_exact_on_cpus_without_vnni(tmp_path, block):
+    """Every weight the exported graph hands to an integer product (DynamicQuantizeMatMul per
+    channel and per group, MatMulIntegerToFloat of an im2col conv, DynamicQuantizeLSTM) is exact
+    on x86 CPUs without VNNI (AMD Zen 1-3, Intel before Ice Lake), whatever CPU runs this test:
+    an int8 weight holds codes within ±64 of their zero points, so the uint8 x int8 kernel's
+    saturating int16 pair sums (emulated here over the worst activations, all 255) equal the
+    exact product; wider codes go as uint8 with their zero points. 8-bit symmetric codes use the
+    whole [-127, 127]: as int8 they were off by up to 1.8e5 in int32 on an AMD EPYC (Zen 3)."""
+    import realmodels
+    like, _ = block
+    conv = tmp_path / "conv.onnx"
+    with pytest.warns(DeprecationWarning):
+        torch.onnx.export(torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, padding=1)).eval(),
+                          (torch.randn(1, 16, 8, 8),), str(conv), dynamo=False, input_names=["x"])
+    lstm = realmodels.build("lstm", "onnx", str(tmp_path)).path
+    cases = [(like, {"bits": 8}, {}), (like, {"bits": 8}, {"compute": "twopass"}),
+             (like, {"bits": 7, "symmetric": False}, {}),
+             (like, {"bits": 8, "group": 32}, {"group_quant": "int8"}),
+             (like, {"bits": 6, "group": 32}, {"group_quant": "int8"}),
+             (conv, {"bits": 8}, {"conv_quant": "int8"}),
+             (lstm, {"bits": 8}, {"lstm_quant": "int8"})]
+    kinds = set()
+    for i, (src, opts, how) in enumerate(cases):
+        wpz, out = tmp_path / f"{i}.wpz", tmp_path / f"{i}.onnx"
+        compress_model(open_model(str(src)), wpz, method="quant", options=opts, min_size=256)
+        export_onnx(wpz, out, src, check=False, never_slower=False, **how)
+        g = onnx.load(str(out)).graph
+        inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        seen = 0
+        for n in g.node:
+            for wi, zi in _INTEGER_WEIGHTS.get(n.op_type, ()):
+                w = inits[n.input[wi]]
+                if n.op_type == "DynamicQuantizeLSTM":     # (D, in, 4H) -> one (in, D·4H) product
+                    w = np.concatenate(list(w), axis=1)
+                has_zero = len(n.input) > zi and n.input[zi] != ""
+                if w.dtype == np.int8:
+                    if has_zero:
+                        assert not np.any(inits[n.input[zi]]), (n.name, "int8 weight, nonzero zero points")
+                    exact = np.asarray(w, np.int64)
+                    worst = np.full((2, w.shape[0]), 255, np.uint8)
+                    worst[1, ::2] = 0           # and every other input off
+                    assert np.array_equal(_saturating_product(worst, w), worst.astype(np.int64) @ exact), (
+                        n.op_type, opts, how, int(np.abs(exact).max()))
+                else:
+                    assert w.dtype == np.uint8 and has_zero, (n.op_type, opts, how, w.dtype)
+                kinds.add((n.op_type, w.dtype.name))
+                seen += 1
+        assert seen, (opts, how, [n.op_type for n in g.node])
+    # both forms occur: 8-bit symmetric codes go wide (uint8), 6- and 7-bit ones stay int8
+    assert {("DynamicQuantizeMatMul", "uint8"), ("DynamicQuantizeMatMul", "int8"),
+            ("MatMulIntegerToFloat", "uint8"), ("DynamicQuantizeLSTM", "uint8")} <= kinds, kinds
+
+
+def test_int8_weights_vnni_keeps_full_range_int8_and_says_so(tmp_path, block):
+    """int8_weights="vnni": 8-bit symmetric codes stay int8 over their whole range (the fast
+    kernel on CPUs with VNNI or AMX), computing what the portable export computes (on this CPU,
+    where it has VNNI, exactly; else within the saturation's reach, not checked), and the
+    model's metadata says where it is exact; a bad value is refused naming the argument."""
+    like, _ = block
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options={"bits": 8}, min_size=256)
+    got = {}
+    for mode in ("portable", "vnni"):
+        out = tmp_path / f"{mode}.onnx"
+        export_onnx(wpz, out, like, check=False, never_slower=False, int8_weights=mode)
+        m = onnx.load(str(out))
+        inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+        ws = [inits[n.input[1]] for n in m.graph.node if n.op_type == "DynamicQuantizeMatMul"]
+        assert len(ws) == 2
+        props = {p.key: p.value for p in m.metadata_props}
+        if mode == "vnni":
+            assert all(w.dtype == np.int8 and int(np.abs(w.astype(np.int16)).max()) > 64 for w in ws)
+            assert props["weightpress.int8_weights"].startswith("vnni")
+        else:
+            assert all(w.dtype == np.uint8 for w in ws) and "weightpress.int8_weights" not in props
+        got[mode] = _run(out, np.random.default_rng(3).standard_normal((2, 5, 64)).astype(np.float32))
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        flags = ""
+    if re.search(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", flags):
+        np.testing.assert_allclose(got["vnni"], got["portable"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="int8_weights: expected 'portable' or 'vnni'"):
+        export_onnx(wpz, tmp_path / "x.onnx", like, int8_weights="avx2")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_saturating_product_model_catches_wide_int8_weights():
+    """The emulation above is not vacuous: full-range int8 codes saturate it, ±64 ones do not."""
+    w = np.full((4, 1), 127, np.int8)
+    x = np.full((1, 4), 255, np.uint8)
+    assert _saturating_product(x, w)[0, 0] == 2 * 32767 < 4 * 255 * 127
+    w64 = np.full((4, 1), -64, np.int8)
+    assert _saturating_product(x, w64)[0, 0] == 4 * 255 * -64
+
+
 def _deep_mlp(path, layers=6, d=64):
     """A residual stack of d -> 2d -> d blocks exported by torch (MatMul + Add per layer)."""
     torch.manual_seed(0)

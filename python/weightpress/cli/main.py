@@ -208,6 +208,11 @@ def _parser() -> argparse.ArgumentParser:
                         "4-bit in the file, a byte each in memory), MatMulNBits (packed codes, "
                         "least memory), or auto (default: the faster, timed at batch 1; "
                         "MatMulNBits wins for a few tokens, the integer MatMuls from about 32)")
+    x.add_argument("--int8-weights", choices=["portable", "vnni"], default="portable",
+                   help="weights of the integer MatMuls: portable (default: exact on every CPU; "
+                        "8-bit codes beyond +-64 go as uint8 with zero points, slower at many "
+                        "rows on Intel CPUs with VNNI/AMX) or vnni (int8 over the full range: "
+                        "faster there, wrong on x86 CPUs without VNNI such as AMD Zen 1-3)")
     x.add_argument("--no-check", action="store_true",
                    help="skip the output check (by default the exported model runs beside the "
                         "container's computation on sample inputs, and layers whose integer "
@@ -409,7 +414,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     rows = export_onnx(a.file, a.output, a.like, compute="exact" if a.exact else "fast",
                        external_data=a.external_data, conv_quant=a.conv_quant,
                        lstm_quant=a.lstm_quant, group_quant=a.group_quant,
-                       check=not a.no_check, never_slower=not a.allow_slower,
+                       int8_weights=a.int8_weights, check=not a.no_check, never_slower=not a.allow_slower,
                        inputs=_model_inputs(a.inputs, "--inputs") if a.inputs else None)
     for r in rows:
         print(f"{printable(r.name):<32} {r.form:<15} {r.how:<40} {human(r.nbytes):>9}  {r.note}")

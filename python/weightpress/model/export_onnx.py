@@ -10,7 +10,9 @@ best there:
   per group, the factor ``R`` repeated per group, while that stays below the outputs);
 - quantized (``quant``: 2–8 bit codes, float16 group scales, zero points) with one scale per
   row and 5–8-bit codes, ``compute="fast"``: onnxruntime's ``com.microsoft.DynamicQuantizeMatMul``
-  (the codes as its int8 weight, exactly; activations rounded to uint8 per tensor at each call;
+  (the codes as its integer weight, exactly: int8 where they lie within ±64 of their zero
+  points, else uint8 with the zero points, see :func:`_integer_codes`; activations rounded to
+  uint8 per tensor at each call;
   its pre-packed integer GEMM measured 4–9x faster than the dense MatMul at 32 and 1024 rows,
   1 thread, on an AMX/VNNI Xeon, with about 1e-2 relative rounding error per product on
   Gaussian activations); ``compute="twopass"``: the same, plus the product of the
@@ -42,7 +44,7 @@ best there:
   cut by strided ``Slice`` nodes and joined along the channels (``(B, P, Πk·C)`` patches, no
   index tensor), the weight's columns reordered to match; with ``compute="fast"`` the input
   is quantized first (``DynamicQuantizeLinear``, uint8 per tensor) so the patches are uint8
-  and ``com.microsoft.MatMulIntegerToFloat`` multiplies them by the int8 codes (its
+  and ``com.microsoft.MatMulIntegerToFloat`` multiplies them by the integer codes (its
   pre-packed weight; scales and bias inside), a low-rank pair's second factor by
   ``DynamicQuantizeMatMul``; compensated (the residual's uint8 patches too) or float as the
   check asks. Group-wise scales keep a ``Gather`` over a fixed index (int32, one per
@@ -64,7 +66,8 @@ best there:
   ``"dense"`` force one. Group-wise scales along the flattened kernel have no
   ``DequantizeLinear`` form below opset 21;
 - an ``LSTM`` whose ``W`` and ``R`` are quantized per row: ``com.microsoft.DynamicQuantizeLSTM``
-  (int8 weights, activations rounded to uint8 per tensor at each step); faster than the dense
+  (integer weights as for DynamicQuantizeMatMul, activations rounded to uint8 per tensor at
+  each step); faster than the dense
   LSTM when wide, slower when narrow, so ``lstm_quant="auto"`` times it like the convs. GRUs
   (no quantized kernel) stay dense;
 - everything else dense: pruned (CSR), sparse + low rank, sparse-coded and codebook tensors are
@@ -120,6 +123,7 @@ dense). onnxruntime's integer kernels touch 0.4 MB more of its code than the flo
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
 import shutil
@@ -208,17 +212,46 @@ def nbits_arrays(q: QuantParts, block_size: int | None = None
     return Bp, q.scales[:, gidx], pack_bits(zp, B), B, bs
 
 
-def _dqmm_arrays(q: QuantParts) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _dqmm_arrays(q: QuantParts, full: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(B (K, N), scale (N,), zero_point (N,) or None)`` for DynamicQuantizeMatMul from a
     quantized ``(N, K)`` matrix with one scale per row and 5–8-bit codes, exactly: symmetric
-    codes minus their zero point as int8, asymmetric ones as uint8 with per-column zero points."""
-    u = q.codes()
-    if q.symmetric:
-        B = (u.astype(np.int16) - q.zeros[:, :1].astype(np.int16)).astype(np.int8)
-        zp = None
-    else:
-        B, zp = u, q.zeros[:, 0].copy()
+    as int8 or uint8 with per-column zero points, whichever :func:`_integer_codes` finds exact."""
+    B, wide = _integer_codes(q.codes(), q.zeros[:, :1], full)
+    zp = q.zeros[:, 0].astype(np.uint8) if wide else None
     return np.ascontiguousarray(B.T), q.scales[:, 0].astype(np.float32), zp
+
+
+# The most |code − zero point| an int8 weight of onnxruntime's integer products may hold on
+# every CPU (int8_weights="portable").
+_INT8_SAFE = 64
+# The operators whose integer weights int8_weights decides.
+_INTEGER_OPS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantizeLSTM")
+# export_onnx's int8_weights == "vnni", for the builders of the export under way.
+_INT8_FULL: contextvars.ContextVar[bool] = contextvars.ContextVar("wp_int8_full", default=False)
+
+
+def _integer_codes(u: np.ndarray, z: np.ndarray, full: bool = False) -> tuple[np.ndarray, bool]:
+    """Codes ``u (N, K)`` with zero points ``z`` (broadcast to ``u``) as the weight of
+    onnxruntime's integer products (DynamicQuantizeMatMul, MatMulIntegerToFloat,
+    DynamicQuantizeLSTM), exactly: ``(u − z as int8, False)`` when every ``|u − z| ≤ 64``
+    (with ``full``: when ``u − z`` fits int8), else ``(u as uint8, True)``: the caller gives
+    the zero points. ``full`` is exact only on CPUs with VNNI or AMX (and on ARM).
+
+    Why not int8 always: on x86 without VNNI (Haswell to Skylake clients, AMD Zen 1–3) MLAS
+    multiplies uint8 activations by an int8 weight with ``vpmaddubsw``, which adds the
+    products of two neighbouring inputs in int16 and saturates: ``255·(|w₀|+|w₁|)`` must stay
+    within 32767, so ``|w| ≤ 64``. Measured on an AMD EPYC (Zen 3, AVX2; onnxruntime 1.32),
+    ``MatMulInteger`` over int8 weights in [−127, 127], K = 1024: int32 results off by up to
+    1.8e5. A uint8 weight goes through MLAS's uint8×uint8 kernel there (16-bit products,
+    exact; batch 1 as fast, 32 rows 1.7x slower than the saturating kernel). Its cost where
+    int8 is exact: on a Xeon with AMX (Sapphire Rapids class), DynamicQuantizeMatMul
+    1024x1024, 1 thread: 1 row 34 vs 30 µs, 32 rows 516 vs 78 µs, 256 rows 3.6 vs 0.57 ms
+    (uint8 x uint8 has no VNNI or AMX kernel), hence ``int8_weights="vnni"``."""
+    d = u.astype(np.int16) - z.astype(np.int16)
+    if d.size == 0 or (int(d.min()) >= -128 and int(d.max()) <= 127 if full
+                       else int(np.abs(d).max()) <= _INT8_SAFE):
+        return d.astype(np.int8), False
+    return np.asarray(u, np.uint8), True
 
 
 def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dtype,
@@ -226,7 +259,7 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
     """Nodes computing ``y = x @ Mᵀ`` from the quantized ``(N, K)`` matrix ``M``; or why not.
 
     With one scale per row and 5–8-bit codes, ``compute="fast"``: ``DynamicQuantizeMatMul``
-    (activations rounded to uint8 per tensor each call, int8 codes as its pre-packed integer
+    (activations rounded to uint8 per tensor each call, the codes as its pre-packed integer
     weight: measured 4–9x faster than the dense MatMul at 32 and 1024 rows, 1 thread, and
     3–8x faster than MatMulNBits 8-bit); ``"twopass"``: that, plus the same product of the
     activations' rounding residual ``x − dq(q(x))`` (``DynamicQuantizeLinear`` →
@@ -237,7 +270,7 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
     or "twopass")."""
     if compute in ("fast", "twopass") and q.n_groups == 1 and q.bits > 4 and wdt == np.float32:
         if key not in b.cache:
-            B, S, Z = _dqmm_arrays(q)
+            B, S, Z = _dqmm_arrays(q, b.int8_full)
             b.cache[key] = ([b.init(f"{key}_q", B), b.init(f"{key}_scale", S)]
                             + ([b.init(f"{key}_zero", Z)] if Z is not None else []))
         if compute == "fast":
@@ -369,8 +402,8 @@ def _unpacked_codes(b: "_Builder", key: str, q: QuantParts, sizes: list[int]
 def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tuple[list[Any], str]:
     """``y = x @ Mᵀ`` for ``M`` quantized in groups along its inputs: ``x`` split into the
     groups' columns (``Split`` on the last axis), one ``DynamicQuantizeMatMul`` per group
-    (its codes minus zero points as int8, or uint8 codes with per-column zero points for 8-bit
-    asymmetric ones: exact; the group's scales per column), summed (``Sum``). Each group's
+    (its codes as :func:`_integer_codes` gives them, decided once for the whole matrix: exact;
+    the group's scales per column), summed (``Sum``). Each group's
     activations are rounded to uint8 on their own. Codes of 2–4 bits stay packed two a byte
     in the file and become int8 at load (:func:`_unpacked_codes`; one group: a single
     product). Measured, 1 thread, 32 rows, groups of 128: 0.5–0.65x the dense MatMul's time
@@ -389,17 +422,14 @@ def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
             for j in range(G):
                 made += [ws[j], b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32))]
         else:
-            u, z = q.codes(), q.zeros
+            z = q.zeros
+            codes, wide = _integer_codes(q.codes(), np.repeat(z, g, axis=1)[:, :q.inn], b.int8_full)
             for j in range(G):
-                cols = u[:, j * g:j * g + sizes[j]]
-                if q.symmetric or q.bits < 8:       # codes minus zero points fit int8
-                    B = (cols.astype(np.int16) - z[:, j:j + 1].astype(np.int16)).astype(np.int8)
-                    made += [b.init(f"{key}_g{j}_q", np.ascontiguousarray(B.T)),
-                             b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32))]
-                else:
-                    made += [b.init(f"{key}_g{j}_q", np.ascontiguousarray(cols.T)),
-                             b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32)),
-                             b.init(f"{key}_g{j}_zero", z[:, j].copy())]
+                B = codes[:, j * g:j * g + sizes[j]]
+                made += [b.init(f"{key}_g{j}_q", np.ascontiguousarray(B.T)),
+                         b.init(f"{key}_g{j}_scale", q.scales[:, j].astype(np.float32))]
+                if wide:
+                    made.append(b.init(f"{key}_g{j}_zero", z[:, j].astype(np.uint8)))
         b.cache[key] = made
     made = b.cache[key]
     per = 3 if len(made) == 1 + 3 * G else 2
@@ -468,6 +498,7 @@ class _Builder:
         self.conv_why: dict[str, str] = {}    # why a picked conv stays dense (its times)
         self.shapes: dict[str, list[Any]] = {}  # value -> its inferred dims (int, or a name)
         self.group_quant = "nbits"
+        self.int8_full = _INT8_FULL.get()  # export_onnx(int8_weights="vnni")
         self.opset = 17                   # the model's default-domain opset
         self.opset_why: str | None = None  # why it could not be raised to 21, if it was tried
 
@@ -818,7 +849,7 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
     if quick:
         key = (name, "im2col-int")
         if key not in b.cache:
-            B, S, Z = _dqmm_arrays(_permuted(first, perm))
+            B, S, Z = _dqmm_arrays(_permuted(first, perm), b.int8_full)
             b.cache[key] = ([b.init(f"{name}_wp_q", B), b.init(f"{name}_wp_scale", S)]
                             + ([b.init(f"{name}_wp_zero", Z)] if Z is not None else []))
         made_b = b.cache[key]
@@ -966,22 +997,20 @@ _LSTM_ATTRS = ("activation_alpha", "activation_beta", "activations", "clip", "di
                "hidden_size", "input_forget")
 
 
-def _lstm_weight(q: QuantParts, D: int, shape: tuple[int, ...]) -> list[np.ndarray] | str:
+def _lstm_weight(q: QuantParts, D: int, shape: tuple[int, ...],
+                 full: bool = False) -> list[np.ndarray] | str:
     """``[codes (D, in, 4H), scales (D, 4H), zero points (D, 4H)]`` for DynamicQuantizeLSTM from
     an LSTM weight ``(D, 4H, in)`` quantized per row of its ``(D·4H, in)`` view, exactly: codes
-    minus their zero points as int8 (symmetric, or up to 7 bits), or uint8 codes with their one
-    zero point; or why not."""
+    as :func:`_integer_codes` gives them (uint8 ones need one zero point for the whole tensor);
+    or why not."""
     if q.n_groups != 1:
         return f"dense: group-wise scales (group {q.group}); DynamicQuantizeLSTM takes one per row"
-    u = q.codes()
-    zp: np.ndarray
-    if q.symmetric or q.bits <= 7:      # codes minus zero points fit int8: zero points 0
-        codes = (u.astype(np.int16) - q.zeros.astype(np.int16)).astype(np.int8)
-        zp = np.zeros(q.out, np.int8)
-    elif np.all(q.zeros == q.zeros[0, 0]):
-        codes, zp = u, q.zeros[:, 0].copy()
-    else:   # onnxruntime: "InputWeight point must be constant" (one zero point per tensor)
-        return "dense: 8-bit codes with per-row zero points (DynamicQuantizeLSTM takes one)"
+    codes, wide = _integer_codes(q.codes(), q.zeros[:, :1], full)
+    zp: np.ndarray = q.zeros[:, 0].astype(np.uint8) if wide else np.zeros(q.out, np.int8)
+    if wide and np.any(zp != zp[0]):
+        # onnxruntime: "InputWeight point must be constant" (one zero point per tensor)
+        return ("dense: codes more than 64 from per-row zero points (DynamicQuantizeLSTM "
+                "takes one zero point; int8 weights that wide saturate on CPUs without VNNI)")
     return [np.ascontiguousarray(codes.reshape(shape).transpose(0, 2, 1)),
             q.scales[:, 0].astype(np.float32).reshape(D, -1), zp.reshape(D, -1)]
 
@@ -1017,7 +1046,7 @@ def _rewrite_lstms(b: _Builder, g: Any, c: Container, index: dict[str, Any], ini
         for w in ws:
             shapes.append(tuple(int(d) for d in index[w].dims))
             qs.append(QuantParts.of(c.matrix(w)))
-            arr = _lstm_weight(qs[-1], shapes[-1][0], shapes[-1])
+            arr = _lstm_weight(qs[-1], shapes[-1][0], shapes[-1], b.int8_full)
             if isinstance(arr, str):
                 break
             arrs.append(arr)
@@ -1147,7 +1176,8 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                 block_size: int | None = None, external_data: bool = False,
                 conv_quant: str = "auto", lstm_quant: str = "auto", group_quant: str = "auto",
                 check: bool = True, never_slower: bool = True,
-                inputs: Mapping[str, np.ndarray] | None = None) -> "ExportRows":
+                inputs: Mapping[str, np.ndarray] | None = None,
+                int8_weights: str = "portable") -> "ExportRows":
     """Write ``output``: the ONNX model ``like`` with the container's tensors, compressed layers
     running compressed (see the module docstring).
 
@@ -1221,6 +1251,17 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         ``never_slower``) also time the model on; default:
         made from the graph's declared inputs (:func:`~weightpress.model.export_check.sample_feed`,
         batch 4: standard normal floats, token ids below the embedding's rows).
+    int8_weights : "portable" or "vnni"
+        The weights of the integer products (DynamicQuantizeMatMul, MatMulIntegerToFloat,
+        DynamicQuantizeLSTM): ``"portable"`` (default) computes exactly on every CPU: int8
+        where the codes lie within ±64 of their zero points, else uint8 with the zero points
+        (on x86 without VNNI, AMD Zen 1–3 and Intel cores before Ice Lake, onnxruntime's
+        uint8 x int8 kernel saturates beyond that: 8-bit symmetric codes as int8 were off by
+        up to 1.8e5 in int32 on a Zen 3). ``"vnni"``: int8 wherever the codes fit, for
+        models run on x86 CPUs with VNNI or AMX, or on ARM: as fast as int8 everywhere
+        (uint8 x uint8 products have no VNNI/AMX kernel: 6.6x slower at 32 rows on a
+        Sapphire Rapids class Xeon), but wrong on CPUs without VNNI; the model's
+        ``metadata_props`` say so (``weightpress.int8_weights``).
     external_data : bool
         Write the weights to ``output + ".data"`` beside the graph (onnxruntime maps that file
         instead of copying the weights out of the parsed model: measured 0.44x of dense's
@@ -1241,6 +1282,17 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         a bad ``compute`` or ``block_size``, or a result over 2 GB.
     """
     require("onnx", "exporting to ONNX")  # fails early, naming the missing package
+    if int8_weights not in ("portable", "vnni"):
+        raise ValueError(f"int8_weights: expected 'portable' or 'vnni', got {int8_weights!r}")
+    if _INT8_FULL.get() != (int8_weights == "vnni"):    # every model built below sees it
+        token = _INT8_FULL.set(int8_weights == "vnni")
+        try:
+            return export_onnx(container, output, like, compute=compute, block_size=block_size,
+                               external_data=external_data, conv_quant=conv_quant,
+                               lstm_quant=lstm_quant, group_quant=group_quant, check=check,
+                               never_slower=never_slower, inputs=inputs, int8_weights=int8_weights)
+        finally:
+            _INT8_FULL.reset(token)
     if compute not in COMPUTE:
         raise ValueError(f"compute: expected 'fast', 'block' or 'exact', got {compute!r}")
     if block_size is not None and (isinstance(block_size, bool) or block_size not in (16, 32, 64, 128, 256)):
@@ -1266,7 +1318,7 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
                                block_size=block_size, external_data=external_data,
                                conv_quant=conv_quant, lstm_quant=lstm_quant,
                                group_quant=group_quant, check=check,
-                               never_slower=never_slower, inputs=inputs)
+                               never_slower=never_slower, inputs=inputs, int8_weights=int8_weights)
     modes = {"conv_quant": conv_quant, "lstm_quant": lstm_quant, "group_quant": group_quant}
     notes: dict[str, str] = {}
     spent: dict[str, str] = {}
@@ -1444,6 +1496,10 @@ def _export(c: Container, output: str | os.PathLike[str], like: str | os.PathLik
         if any(n.domain == MS_DOMAIN for n in g.node) and not any(
                 o.domain == MS_DOMAIN for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
+    if b.int8_full and any(n.op_type in _INTEGER_OPS for n in g.node):
+        onnx.helper.set_model_props(model, {p.key: p.value for p in model.metadata_props} | {
+            "weightpress.int8_weights": "vnni: int8 weights over the full range, exact on x86 "
+                                        "CPUs with VNNI or AMX and on ARM, wrong on x86 without"})
     for t in collect_tensors(g).values():  # anything still external is loaded: one file out
         if t.data_location == 1:
             t.ClearField("external_data")
