@@ -428,19 +428,10 @@ def _measure(runtime: str, name: str, path: pathlib.Path, threads: int, reps: in
 
 def _int8_weights() -> str:
     """export_onnx's ``int8_weights`` for this machine, where the exported models run:
-    "vnni" (full-range int8 weights) on x86 with VNNI or AMX and off x86, else "portable"
-    (the uint8 x int8 kernel saturates there). ``WP_EXPORT_INT8`` overrides."""
-    import platform
-    if os.environ.get("WP_EXPORT_INT8"):
-        return os.environ["WP_EXPORT_INT8"]
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return "vnni"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        return "portable"
-    return "vnni" if {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags) else "portable"
+    "vnni" (full-range int8 weights) where it computes them exactly (x86 with VNNI or AMX, or
+    not x86), else "portable". ``WP_EXPORT_INT8`` overrides."""
+    from weightpress.model.export_onnx import full_int8_exact
+    return os.environ.get("WP_EXPORT_INT8") or ("vnni" if full_int8_exact() else "portable")
 
 
 def _size(p: pathlib.Path) -> int:

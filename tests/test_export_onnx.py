@@ -13,7 +13,7 @@ from weightpress.io import open_model, save_model
 from weightpress.model.compress import compress_model
 from weightpress.model.container import Container, ContainerWriter
 from weightpress.model.export_check import stated_error
-from weightpress.model.export_onnx import export_onnx, nbits_arrays
+from weightpress.model.export_onnx import export_onnx, full_int8_exact, nbits_arrays
 from weightpress.model._packed import QuantParts, pack_bits, unpack_bits
 
 ort = pytest.importorskip("onnxruntime")
@@ -918,12 +918,7 @@ def test_int8_weights_vnni_keeps_full_range_int8_and_says_so(tmp_path, block):
         else:
             assert all(w.dtype == np.uint8 for w in ws) and "weightpress.int8_weights" not in props
         got[mode] = _run(out, np.random.default_rng(3).standard_normal((2, 5, 64)).astype(np.float32))
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        flags = ""
-    if re.search(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", flags):
+    if full_int8_exact():
         np.testing.assert_allclose(got["vnni"], got["portable"], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="int8_weights: expected 'portable' or 'vnni'"):
         export_onnx(wpz, tmp_path / "x.onnx", like, int8_weights="avx2")
@@ -1279,6 +1274,8 @@ def test_never_slower_makes_the_smallest_layers_dense_until_no_slower(tmp_path, 
     monkeypatch.setattr(eo, "session", Fake)
     monkeypatch.setattr(eo, "best_time", best_time)
     monkeypatch.setattr(eo, "sample_feed", lambda *a: {})
+    vnni_cpu = dense_time == 1.15     # the note points a CPU with VNNI at int8_weights="vnni"
+    monkeypatch.setattr(eo, "full_int8_exact", lambda: vnni_cpu)
     out = tmp_path / "o.onnx"
     rows = [r for r in export_onnx(wpz, out, like, check=False) if r.form == "quant"]
     assert len(rows) == 3
@@ -1287,6 +1284,7 @@ def test_never_slower_makes_the_smallest_layers_dense_until_no_slower(tmp_path, 
     for r in by_size[:want_dense]:
         assert "measured slower than dense" in r.note and "1.3 s" not in r.note
         assert "1.3e+03 ms vs" in r.note   # the first timing: all three compressed
+        assert ("--int8-weights vnni" in r.note) == vnni_cpu, r.note
     for r in by_size[want_dense:]:
         assert r.how.startswith("DynamicQuantizeMatMul" if bits == 8 else "MatMulNBits 4-bit")
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}

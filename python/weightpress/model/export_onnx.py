@@ -230,6 +230,20 @@ _INTEGER_OPS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "DynamicQuantiz
 _INT8_FULL: contextvars.ContextVar[bool] = contextvars.ContextVar("wp_int8_full", default=False)
 
 
+def full_int8_exact() -> bool:
+    """Whether this CPU computes onnxruntime's uint8 x int8 products exactly over the full int8
+    range (``int8_weights="vnni"``): x86 with VNNI or AMX (``/proc/cpuinfo``), or not x86."""
+    import platform
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
 def _integer_codes(u: np.ndarray, z: np.ndarray, full: bool = False) -> tuple[np.ndarray, bool]:
     """Codes ``u (N, K)`` with zero points ``z`` (broadcast to ``u``) as the weight of
     onnxruntime's integer products (DynamicQuantizeMatMul, MatMulIntegerToFloat,
@@ -1796,7 +1810,10 @@ def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.P
             why = (f"dense: the model measured slower than dense in onnxruntime with its "
                    f"{'smallest ' if k < len(order) else ''}compressed layers (batch 1, 1 thread: "
                    f"{first['export'] * 1e3:.3g} ms vs {first['dense'] * 1e3:.3g} ms); "
-                   f"never_slower=False keeps them")
+                   f"never_slower=False keeps them"
+                   + ("; this CPU has VNNI/AMX: int8_weights='vnni' (--int8-weights vnni) may "
+                      "keep them faster, for a model run only on such CPUs"
+                      if not _INT8_FULL.get() and full_int8_exact() else ""))
             out = {r.name: ("dense", why) for r in order[:k]}
             if k == len(order):   # every one it may give back is dense
                 break
