@@ -209,10 +209,11 @@ def _parser() -> argparse.ArgumentParser:
                         "least memory), or auto (default: the faster, timed at batch 1; "
                         "MatMulNBits wins for a few tokens, the integer MatMuls from about 32)")
     x.add_argument("--int8-weights", choices=["portable", "vnni"], default="portable",
-                   help="weights of the integer MatMuls: portable (default: exact on every CPU; "
-                        "8-bit codes beyond +-64 go as uint8 with zero points, slower at many "
-                        "rows on Intel CPUs with VNNI/AMX) or vnni (int8 over the full range: "
-                        "faster there, wrong on x86 CPUs without VNNI such as AMD Zen 1-3)")
+                   help="integer MatMuls over full-range 8-bit codes: portable (default: exact "
+                        "on every CPU: activations rounded to 7 bits, or uint8 weights in "
+                        "groups and LSTMs) or vnni (8-bit activations over int8 weights: faster "
+                        "and closer on CPUs with VNNI/AMX, wrong on x86 CPUs without VNNI such "
+                        "as AMD Zen 1-3)")
     x.add_argument("--no-check", action="store_true",
                    help="skip the output check (by default the exported model runs beside the "
                         "container's computation on sample inputs, and layers whose integer "

@@ -11,7 +11,9 @@ best there:
 - quantized (``quant``: 2–8 bit codes, float16 group scales, zero points) with one scale per
   row and 5–8-bit codes, ``compute="fast"``: onnxruntime's ``com.microsoft.DynamicQuantizeMatMul``
   (the codes as its integer weight, exactly: int8 where they lie within ±64 of their zero
-  points, else uint8 with the zero points, see :func:`_integer_codes`; activations rounded to
+  points; beyond, ``com.microsoft.MatMulIntegerToFloat`` over full-range int8 with the
+  activations rounded to 7 bits in the graph, or uint8 weights with zero points, so that the
+  product is exact on CPUs without VNNI, see ``int8_weights``; activations rounded to
   uint8 per tensor at each call;
   its pre-packed integer GEMM measured 4–9x faster than the dense MatMul at 32 and 1024 rows,
   1 thread, on an AMX/VNNI Xeon, with about 1e-2 relative rounding error per product on
@@ -126,6 +128,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -212,13 +215,50 @@ def nbits_arrays(q: QuantParts, block_size: int | None = None
     return Bp, q.scales[:, gidx], pack_bits(zp, B), B, bs
 
 
-def _dqmm_arrays(q: QuantParts, full: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``(B (K, N), scale (N,), zero_point (N,) or None)`` for DynamicQuantizeMatMul from a
-    quantized ``(N, K)`` matrix with one scale per row and 5–8-bit codes, exactly: symmetric
-    as int8 or uint8 with per-column zero points, whichever :func:`_integer_codes` finds exact."""
-    B, wide = _integer_codes(q.codes(), q.zeros[:, :1], full)
+def _dqmm_arrays(q: QuantParts, full: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
+    """``(B (K, N), scale (N,), zero_point (N,) or None, seven)`` for the integer products from
+    a quantized ``(N, K)`` matrix with one scale per row and 5–8-bit codes, exactly: the codes
+    minus their zero points as int8 where they fit, else uint8 codes with per-column zero
+    points. ``seven``: int8 weights beyond ±64 without ``full`` (``int8_weights="portable"``):
+    the activations must be rounded to 7 bits (:func:`_round_input`) for the product to be
+    exact on CPUs without VNNI (``127·(|w₀|+|w₁|) ≤ 32767``)."""
+    B, wide = _integer_codes(q.codes(), q.zeros[:, :1], True)
     zp = q.zeros[:, 0].astype(np.uint8) if wide else None
-    return np.ascontiguousarray(B.T), q.scales[:, 0].astype(np.float32), zp
+    seven = (not full and not wide and B.size > 0
+             and int(np.abs(B.astype(np.int16)).max()) > _INT8_SAFE)
+    return np.ascontiguousarray(B.T), q.scales[:, 0].astype(np.float32), zp, seven
+
+
+def _round_input(b: "_Builder", x: str, y: str, seven: bool) -> tuple[list[Any], tuple[str, str, str]]:
+    """Nodes rounding the activations ``x`` to uint8 per tensor: ``(nodes, (q, scale, zero))``.
+
+    ``DynamicQuantizeLinear`` (8 bits, one fused pass) or, with ``seven``, to 0–127 over the
+    same range: ``ReduceMin``/``ReduceMax`` (with 0), ``scale = range / 127``, the zero point
+    rounded, ``QuantizeLinear``. Seven bits keep onnxruntime's uint8 x int8 product exact on x86
+    without VNNI over full-range int8 weights (its int16 pair sums: ``≤ 129·254 < 32767``, a
+    code at most 129 with the rounding of both ends), twice the rounding error of eight bits.
+    Measured on a Xeon with AMX (1 thread, 768 -> 768 and 768 -> 3072, 1–256 rows): 1.0–1.3x
+    the time of ``DynamicQuantizeMatMul`` over the same int8 weights, where uint8 weights with
+    zero points (exact too) took 1.1–5x. Layers reading one input share these nodes
+    (:func:`_shared`)."""
+    q, s, z = (b.name(f"{y}_wp_{t}") for t in ("xq", "xs", "xz"))
+    if not seven:
+        return [b.node("DynamicQuantizeLinear", [x], [q, s, z])], (q, s, z)
+    if "q7" not in b.cache:
+        b.cache["q7"] = [b.init("wp_q7_zero", np.array(0.0, np.float32)),
+                         b.init("wp_q7_levels", np.array(127.0, np.float32)),
+                         b.init("wp_q7_tiny", np.array(1e-30, np.float32))]
+    zero, levels, tiny = b.cache["q7"]
+    mn, mx, lo, hi, rg, s0, nl, zf, zr = (b.name(f"{y}_wp_q7_{t}") for t in
+                                          ("min", "max", "lo", "hi", "range", "s0", "neg", "zf", "zr"))
+    nodes = [b.node("ReduceMin", [x], [mn], keepdims=0), b.node("ReduceMax", [x], [mx], keepdims=0),
+             b.node("Min", [mn, zero], [lo]), b.node("Max", [mx, zero], [hi]),
+             b.node("Sub", [hi, lo], [rg]), b.node("Div", [rg, levels], [s0]),
+             b.node("Max", [s0, tiny], [s]), b.node("Neg", [lo], [nl]),
+             b.node("Div", [nl, s], [zf]), b.node("Round", [zf], [zr]),
+             b.node("Cast", [zr], [z], to=b.onnx.TensorProto.UINT8),
+             b.node("QuantizeLinear", [x, s, z], [q])]
+    return nodes, (q, s, z)
 
 
 # The most |code − zero point| an int8 weight of onnxruntime's integer products may hold on
@@ -233,7 +273,6 @@ _INT8_FULL: contextvars.ContextVar[bool] = contextvars.ContextVar("wp_int8_full"
 def full_int8_exact() -> bool:
     """Whether this CPU computes onnxruntime's uint8 x int8 products exactly over the full int8
     range (``int8_weights="vnni"``): x86 with VNNI or AMX (``/proc/cpuinfo``), or not x86."""
-    import platform
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return True
     try:
@@ -284,9 +323,12 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
     or "twopass")."""
     if compute in ("fast", "twopass") and q.n_groups == 1 and q.bits > 4 and wdt == np.float32:
         if key not in b.cache:
-            B, S, Z = _dqmm_arrays(q, b.int8_full)
+            B, S, Z, seven = _dqmm_arrays(q, b.int8_full)
             b.cache[key] = ([b.init(f"{key}_q", B), b.init(f"{key}_scale", S)]
                             + ([b.init(f"{key}_zero", Z)] if Z is not None else []))
+            b.cache[(key, "seven")] = seven
+        if b.cache[(key, "seven")]:
+            return _qmatmul7(b, x, y, q, b.cache[key], compute)
         if compute == "fast":
             node = b.node("DynamicQuantizeMatMul", [x] + b.cache[key], [y], domain=MS_DOMAIN)
             how = f"DynamicQuantizeMatMul {q.bits}-bit per channel (uint8 activations per tensor)"
@@ -324,6 +366,31 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
     if b.group_quant == "int8" and compute == "fast" and q.bits <= 4 and b.opset_why:
         how += f"; not int8 at load: opset {b.opset} could not be raised to 21 ({b.opset_why})"
     return [node], how
+
+
+def _qmatmul7(b: "_Builder", x: str, y: str, q: QuantParts, made: list[str],
+              compute: str) -> tuple[list[Any], str]:
+    """``y = x @ Mᵀ`` over full-range int8 weights ``made`` (``[B, scale]``) exact on every CPU:
+    the activations rounded to 7 bits (:func:`_round_input`), ``MatMulIntegerToFloat``; with
+    ``compute="twopass"`` also their rounding residual, rounded and multiplied the same way."""
+    nodes, (xq, xs, xz) = _round_input(b, x, y, True)
+    rounded = [(xq, xs, xz)]
+    if compute == "twopass":
+        x1, r = b.name(f"{y}_wp_x1"), b.name(f"{y}_wp_resid")
+        more, rq = _round_input(b, r, f"{y}_r", True)
+        nodes += [b.node("DequantizeLinear", [xq, xs, xz], [x1]), b.node("Sub", [x, x1], [r])] + more
+        rounded.append(rq)
+    parts = []
+    for aq, a_s, az in rounded:
+        part = y if len(rounded) == 1 else b.name(f"{y}_wp_p")
+        nodes.append(b.node("MatMulIntegerToFloat", [aq, made[0], a_s, made[1], az], [part],
+                            domain=MS_DOMAIN))
+        parts.append(part)
+    if len(parts) > 1:
+        nodes.append(b.node("Add", parts, [y]))
+    two = " x2" if compute == "twopass" else ""
+    return nodes, (f"MatMulIntegerToFloat{two} {q.bits}-bit per channel (7-bit activations per "
+                   f"tensor{', and their rounding residual' if two else ''})")
 
 
 def _opset(model: Any) -> int:
@@ -525,7 +592,8 @@ class _Builder:
 
     def init(self, base: str, a: np.ndarray) -> str:
         n = self.name(base)
-        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(a), n))
+        # (a 0-d array stays a scalar: np.ascontiguousarray makes it 1-d)
+        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(a) if a.ndim else a, n))
         self.nbytes += int(a.nbytes)
         return n
 
@@ -535,7 +603,8 @@ class _Builder:
 
 
 # the export's own nodes that compute only from their inputs (no state, no randomness)
-_PURE = frozenset({"DynamicQuantizeLinear", "DequantizeLinear", "QuantizeLinear", "Sub", "Cast"})
+_PURE = frozenset({"DynamicQuantizeLinear", "DequantizeLinear", "QuantizeLinear", "Sub", "Cast",
+                   "ReduceMin", "ReduceMax", "Min", "Max", "Div", "Neg", "Round"})
 
 
 def _shared(nodes: list[Any], outputs: set[str]) -> list[Any]:
@@ -863,19 +932,21 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
     if quick:
         key = (name, "im2col-int")
         if key not in b.cache:
-            B, S, Z = _dqmm_arrays(_permuted(first, perm), b.int8_full)
+            B, S, Z, seven = _dqmm_arrays(_permuted(first, perm), b.int8_full)
             b.cache[key] = ([b.init(f"{name}_wp_q", B), b.init(f"{name}_wp_scale", S)]
                             + ([b.init(f"{name}_wp_zero", Z)] if Z is not None else []))
+            b.cache[(key, "seven")] = seven
         made_b = b.cache[key]
-        xq, xs, xz = (b.name(f"{y}_wp_{s_}") for s_ in ("xq", "xs", "xz"))
-        nodes.append(b.node("DynamicQuantizeLinear", [node.input[0]], [xq, xs, xz]))
+        seven = b.cache[(key, "seven")]
+        more, (xq, xs, xz) = _round_input(b, node.input[0], y, seven)
+        nodes += more
         rounded = [(xq, xs, xz)]
         if compute == "twopass":    # the input's rounding residual, rounded and multiplied too
-            x1, r, rq, rs, rz = (b.name(f"{y}_wp_{s_}") for s_ in ("x1", "resid", "rq", "rs", "rz"))
+            x1, r = (b.name(f"{y}_wp_{s_}") for s_ in ("x1", "resid"))
+            more, rq = _round_input(b, r, f"{y}_r", seven)
             nodes += [b.node("DequantizeLinear", [xq, xs, xz], [x1]),
-                      b.node("Sub", [node.input[0], x1], [r]),
-                      b.node("DynamicQuantizeLinear", [r], [rq, rs, rz])]
-            rounded.append((rq, rs, rz))
+                      b.node("Sub", [node.input[0], x1], [r])] + more
+            rounded.append(rq)
         parts: list[str] = []
         for xq, xs, xz in rounded:
             made = _patches(b, xq, y, C, size, k, strides, pads, dil, zero=xz)
@@ -898,7 +969,8 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
         else:
             nodes[-1].output[0] = t
         two = " x2" if compute == "twopass" else ""
-        act = ("(uint8 activations per tensor" + (", and their rounding residual)" if two else ")"))
+        act = (f"({7 if seven else 'uint8'}{'-bit' if seven else ''} activations per tensor"
+               + (", and their rounding residual)" if two else ")"))
         how = f"MatMulIntegerToFloat{two} {first.bits}-bit per channel {act}"
         if isinstance(m, LowRankQuant):
             second = _qmatmul(b, t, prod, QuantParts.of(m.second), f"{name}_wp_u", wdt, compute,
@@ -906,6 +978,11 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
             if isinstance(second, str):
                 return second
             nodes += second[0]
+            kinds = ["7-bit" if seven else "uint8"]
+            kinds += [k for k in ("7-bit", "uint8") if f"({k} activations" in second[1]
+                      and k not in kinds]
+            act = (f"({' and '.join(kinds)} activations per tensor"
+                   + (", and their rounding residual)" if two else ")"))
             how = (f"MatMulIntegerToFloat{two} + {' '.join(second[1].split()[:2 if two else 1])} "
                    f"8-bit (rank {first.out}) {act}")
     else:
@@ -1167,9 +1244,13 @@ def _product(b: _Builder, x: str, final: str, name: str, e: dict[str, Any], c: C
         how = (f"2 {ops[0]} 8-bit (rank {r})" if ops[0] == ops[1]
                else f"{ops[0]} + {ops[1]} 8-bit (rank {r})")
         two = " x2" if "x2" in first[1].split()[:2] + second[1].split()[:2] else ""
-        how = how.replace("DynamicQuantizeMatMul", f"DynamicQuantizeMatMul{two}", 1)
-        how += (" (uint8 activations per tensor" + (", and their rounding residual)" if two else ")")
-                if "DynamicQuantizeMatMul" in ops else " (int8 activations)" if COMPUTE[compute] else "")
+        integer = [op for op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat") if op in ops]
+        for op in integer:
+            how = how.replace(op, f"{op}{two}", 1)
+        acts = " and ".join({"DynamicQuantizeMatMul": "uint8", "MatMulIntegerToFloat": "7-bit"}[op]
+                            for op in integer)
+        how += (f" ({acts} activations per tensor" + (", and their rounding residual)" if two else ")")
+                if integer else " (int8 activations)" if COMPUTE[compute] else "")
     else:
         return "dense"
     return nodes, how
@@ -1267,15 +1348,20 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         batch 4: standard normal floats, token ids below the embedding's rows).
     int8_weights : "portable" or "vnni"
         The weights of the integer products (DynamicQuantizeMatMul, MatMulIntegerToFloat,
-        DynamicQuantizeLSTM): ``"portable"`` (default) computes exactly on every CPU: int8
-        where the codes lie within ±64 of their zero points, else uint8 with the zero points
-        (on x86 without VNNI, AMD Zen 1–3 and Intel cores before Ice Lake, onnxruntime's
-        uint8 x int8 kernel saturates beyond that: 8-bit symmetric codes as int8 were off by
-        up to 1.8e5 in int32 on a Zen 3). ``"vnni"``: int8 wherever the codes fit, for
-        models run on x86 CPUs with VNNI or AMX, or on ARM: as fast as int8 everywhere
-        (uint8 x uint8 products have no VNNI/AMX kernel: 6.6x slower at 32 rows on a
-        Sapphire Rapids class Xeon), but wrong on CPUs without VNNI; the model's
-        ``metadata_props`` say so (``weightpress.int8_weights``).
+        DynamicQuantizeLSTM): ``"portable"`` (default) computes exactly on every CPU. On x86
+        without VNNI (AMD Zen 1–3, Intel cores before Ice Lake) onnxruntime's uint8 x int8
+        kernel saturates int16 pair sums: 8-bit symmetric codes as int8 under 8-bit
+        activations were off by up to 1.8e5 in int32 on a Zen 3. So codes within ±64 of their
+        zero points go as int8 (DynamicQuantizeMatMul); per-channel ones beyond as full-range
+        int8 with the activations rounded to 7 bits (MatMulIntegerToFloat, see
+        :func:`_round_input`: twice the rounding error, which the check compensates where it
+        must); in groups or in an LSTM, uint8 with the zero points (uint8 x uint8: exact, but
+        no VNNI/AMX kernel: 6.6x slower at 32 rows on a Sapphire Rapids class Xeon).
+        ``"vnni"``: full-range int8 under 8-bit activations, for models run on x86 CPUs with
+        VNNI or AMX, or on ARM; wrong on x86 without VNNI; the model's ``metadata_props`` say
+        so (``weightpress.int8_weights``). Measured on that Xeon (bench_export, int8, 1 thread,
+        batch 1 / 32, x dense): BERT-base portable 0.39 / 0.49, vnni 0.31 / 0.36; GPT-2 (toy)
+        portable 0.98 / 0.93 (17 layers compensated by the check), vnni 0.74 / 0.84.
     external_data : bool
         Write the weights to ``output + ".data"`` beside the graph (onnxruntime maps that file
         instead of copying the weights out of the parsed model: measured 0.44x of dense's
