@@ -261,6 +261,40 @@ def _round_input(b: "_Builder", x: str, y: str, seven: bool) -> tuple[list[Any],
     return nodes, (q, s, z)
 
 
+def _round_inputs(b: "_Builder", x: str, y: str, seven: bool,
+                  twopass: bool) -> tuple[list[Any], list[tuple[str, str, str]]]:
+    """``x`` rounded (:func:`_round_input`) and, with ``twopass``, its rounding residual
+    ``x − dq(q(x))`` (``DequantizeLinear`` → ``Sub``) rounded the same way: the nodes, and
+    each rounded input's ``(q, scale, zero)``, for the integer products over them."""
+    nodes, first = _round_input(b, x, y, seven)
+    rounded = [first]
+    if twopass:
+        x1, r = b.name(f"{y}_wp_x1"), b.name(f"{y}_wp_resid")
+        more, second = _round_input(b, r, f"{y}_r", seven)
+        nodes += [b.node("DequantizeLinear", list(first), [x1]), b.node("Sub", [x, x1], [r])] + more
+        rounded.append(second)
+    return nodes, rounded
+
+
+def _integer_weight(b: "_Builder", key: Any, prefix: str, q: QuantParts) -> tuple[list[str], bool]:
+    """The initializers ``[B, scale(, zero)]`` of ``q`` as an integer product's weight
+    (:func:`_dqmm_arrays`), made once per ``key``, and whether its activations must be rounded
+    to 7 bits."""
+    if key not in b.cache:
+        B, S, Z, seven = _dqmm_arrays(q, b.int8_full)
+        b.cache[key] = ([b.init(f"{prefix}_q", B), b.init(f"{prefix}_scale", S)]
+                        + ([b.init(f"{prefix}_zero", Z)] if Z is not None else []))
+        b.cache[(key, "seven")] = seven
+    return b.cache[key], b.cache[(key, "seven")]
+
+
+def _activations(kinds: list[str], two: bool) -> str:
+    """How a row names its layer's rounded activations: ``kinds`` ("uint8", "7-bit"), per tensor,
+    with ``two`` their rounding residual too."""
+    return (f"({' and '.join(kinds)} activations per tensor"
+            + (", and their rounding residual)" if two else ")"))
+
+
 # The most |code − zero point| an int8 weight of onnxruntime's integer products may hold on
 # every CPU (int8_weights="portable").
 _INT8_SAFE = 64
@@ -322,28 +356,21 @@ def _qmatmul(b: "_Builder", x: str, y: str, q: QuantParts, key: str, wdt: np.dty
     ``MatMulNBits`` (int8 activations per block when "fast" or "block", float when "exact"
     or "twopass")."""
     if compute in ("fast", "twopass") and q.n_groups == 1 and q.bits > 4 and wdt == np.float32:
-        if key not in b.cache:
-            B, S, Z, seven = _dqmm_arrays(q, b.int8_full)
-            b.cache[key] = ([b.init(f"{key}_q", B), b.init(f"{key}_scale", S)]
-                            + ([b.init(f"{key}_zero", Z)] if Z is not None else []))
-            b.cache[(key, "seven")] = seven
-        if b.cache[(key, "seven")]:
-            return _qmatmul7(b, x, y, q, b.cache[key], compute)
+        made, seven = _integer_weight(b, key, key, q)
+        if seven:
+            return _qmatmul7(b, x, y, q, made, compute)
         if compute == "fast":
-            node = b.node("DynamicQuantizeMatMul", [x] + b.cache[key], [y], domain=MS_DOMAIN)
-            how = f"DynamicQuantizeMatMul {q.bits}-bit per channel (uint8 activations per tensor)"
-            return [node], how
+            node = b.node("DynamicQuantizeMatMul", [x] + made, [y], domain=MS_DOMAIN)
+            return [node], f"DynamicQuantizeMatMul {q.bits}-bit per channel {_activations(['uint8'], False)}"
         xq, xs, xz, x1, r, y1, y2 = (b.name(f"{y}_wp_{s}") for s in
                                      ("xq", "xs", "xz", "x1", "resid", "p1", "p2"))
         nodes = [b.node("DynamicQuantizeLinear", [x], [xq, xs, xz]),
                  b.node("DequantizeLinear", [xq, xs, xz], [x1]),
                  b.node("Sub", [x, x1], [r]),
-                 b.node("DynamicQuantizeMatMul", [x] + b.cache[key], [y1], domain=MS_DOMAIN),
-                 b.node("DynamicQuantizeMatMul", [r] + b.cache[key], [y2], domain=MS_DOMAIN),
+                 b.node("DynamicQuantizeMatMul", [x] + made, [y1], domain=MS_DOMAIN),
+                 b.node("DynamicQuantizeMatMul", [r] + made, [y2], domain=MS_DOMAIN),
                  b.node("Add", [y1, y2], [y])]
-        how = (f"DynamicQuantizeMatMul x2 {q.bits}-bit per channel (uint8 activations per "
-               f"tensor, and their rounding residual)")
-        return nodes, how
+        return nodes, f"DynamicQuantizeMatMul x2 {q.bits}-bit per channel {_activations(['uint8'], True)}"
     if (compute == "fast" and wdt == np.float32 and b.group_quant == "int8"
             and (b.opset >= 21 if q.bits <= 4 else q.n_groups > 1)):
         # (2-4-bit codes as 4-bit initializers need opset 21: _to_opset21)
@@ -373,13 +400,7 @@ def _qmatmul7(b: "_Builder", x: str, y: str, q: QuantParts, made: list[str],
     """``y = x @ Mᵀ`` over full-range int8 weights ``made`` (``[B, scale]``) exact on every CPU:
     the activations rounded to 7 bits (:func:`_round_input`), ``MatMulIntegerToFloat``; with
     ``compute="twopass"`` also their rounding residual, rounded and multiplied the same way."""
-    nodes, (xq, xs, xz) = _round_input(b, x, y, True)
-    rounded = [(xq, xs, xz)]
-    if compute == "twopass":
-        x1, r = b.name(f"{y}_wp_x1"), b.name(f"{y}_wp_resid")
-        more, rq = _round_input(b, r, f"{y}_r", True)
-        nodes += [b.node("DequantizeLinear", [xq, xs, xz], [x1]), b.node("Sub", [x, x1], [r])] + more
-        rounded.append(rq)
+    nodes, rounded = _round_inputs(b, x, y, True, compute == "twopass")
     parts = []
     for aq, a_s, az in rounded:
         part = y if len(rounded) == 1 else b.name(f"{y}_wp_p")
@@ -388,9 +409,9 @@ def _qmatmul7(b: "_Builder", x: str, y: str, q: QuantParts, made: list[str],
         parts.append(part)
     if len(parts) > 1:
         nodes.append(b.node("Add", parts, [y]))
-    two = " x2" if compute == "twopass" else ""
-    return nodes, (f"MatMulIntegerToFloat{two} {q.bits}-bit per channel (7-bit activations per "
-                   f"tensor{', and their rounding residual' if two else ''})")
+    two = compute == "twopass"
+    return nodes, (f"MatMulIntegerToFloat{' x2' if two else ''} {q.bits}-bit per channel "
+                   f"{_activations(['7-bit'], two)}")
 
 
 def _opset(model: Any) -> int:
@@ -930,23 +951,11 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
     nodes: list[Any] = []
     lowrank = isinstance(m, LowRankQuant)
     if quick:
-        key = (name, "im2col-int")
-        if key not in b.cache:
-            B, S, Z, seven = _dqmm_arrays(_permuted(first, perm), b.int8_full)
-            b.cache[key] = ([b.init(f"{name}_wp_q", B), b.init(f"{name}_wp_scale", S)]
-                            + ([b.init(f"{name}_wp_zero", Z)] if Z is not None else []))
-            b.cache[(key, "seven")] = seven
-        made_b = b.cache[key]
-        seven = b.cache[(key, "seven")]
-        more, (xq, xs, xz) = _round_input(b, node.input[0], y, seven)
+        made_b, seven = _integer_weight(b, (name, "im2col-int"), f"{name}_wp",
+                                        _permuted(first, perm))
+        # the input rounded; with "twopass" its rounding residual too, multiplied the same way
+        more, rounded = _round_inputs(b, node.input[0], y, seven, compute == "twopass")
         nodes += more
-        rounded = [(xq, xs, xz)]
-        if compute == "twopass":    # the input's rounding residual, rounded and multiplied too
-            x1, r = (b.name(f"{y}_wp_{s_}") for s_ in ("x1", "resid"))
-            more, rq = _round_input(b, r, f"{y}_r", seven)
-            nodes += [b.node("DequantizeLinear", [xq, xs, xz], [x1]),
-                      b.node("Sub", [node.input[0], x1], [r])] + more
-            rounded.append(rq)
         parts: list[str] = []
         for xq, xs, xz in rounded:
             made = _patches(b, xq, y, C, size, k, strides, pads, dil, zero=xz)
@@ -969,22 +978,18 @@ def _im2col_slices(b: "_Builder", node: Any, name: str, e: dict[str, Any], c: Co
         else:
             nodes[-1].output[0] = t
         two = " x2" if compute == "twopass" else ""
-        act = (f"({7 if seven else 'uint8'}{'-bit' if seven else ''} activations per tensor"
-               + (", and their rounding residual)" if two else ")"))
-        how = f"MatMulIntegerToFloat{two} {first.bits}-bit per channel {act}"
+        kinds = ["7-bit" if seven else "uint8"]
+        how = f"MatMulIntegerToFloat{two} {first.bits}-bit per channel {_activations(kinds, bool(two))}"
         if isinstance(m, LowRankQuant):
             second = _qmatmul(b, t, prod, QuantParts.of(m.second), f"{name}_wp_u", wdt, compute,
                               block_size)
             if isinstance(second, str):
                 return second
             nodes += second[0]
-            kinds = ["7-bit" if seven else "uint8"]
             kinds += [k for k in ("7-bit", "uint8") if f"({k} activations" in second[1]
                       and k not in kinds]
-            act = (f"({' and '.join(kinds)} activations per tensor"
-                   + (", and their rounding residual)" if two else ")"))
             how = (f"MatMulIntegerToFloat{two} + {' '.join(second[1].split()[:2 if two else 1])} "
-                   f"8-bit (rank {first.out}) {act}")
+                   f"8-bit (rank {first.out}) {_activations(kinds, bool(two))}")
     else:
         made = _patches(b, node.input[0], y, C, size, k, strides, pads, dil)
         if isinstance(made, str):
@@ -1247,10 +1252,10 @@ def _product(b: _Builder, x: str, final: str, name: str, e: dict[str, Any], c: C
         integer = [op for op in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat") if op in ops]
         for op in integer:
             how = how.replace(op, f"{op}{two}", 1)
-        acts = " and ".join({"DynamicQuantizeMatMul": "uint8", "MatMulIntegerToFloat": "7-bit"}[op]
-                            for op in integer)
-        how += (f" ({acts} activations per tensor" + (", and their rounding residual)" if two else ")")
-                if integer else " (int8 activations)" if COMPUTE[compute] else "")
+        kinds = [{"DynamicQuantizeMatMul": "uint8", "MatMulIntegerToFloat": "7-bit"}[op]
+                 for op in integer]
+        how += (" " + _activations(kinds, bool(two)) if integer
+                else " (int8 activations)" if COMPUTE[compute] else "")
     else:
         return "dense"
     return nodes, how
