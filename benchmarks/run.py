@@ -31,7 +31,8 @@ def main() -> int:
     from weightpress import _core
     from _harness import cpu_model, last_level_cache, memory_bandwidth, read_bandwidth
     print(f"weightpress {wp.__version__}, openmp={wp.has_openmp}, threads={wp.get_num_threads()}, "
-          f"CPU {cpu_model()}, ISA level {_core.isa_level()} (0 base, 1 AVX2, 2 AVX-512), "
+          f"CPU {cpu_model()}, ISA level {_core.isa_level()} (0 base, 1 AVX2, 2 AVX-512), SpMV x "
+          f"by {_core.spmv_x_path()}, "
           f"last-level cache {last_level_cache() >> 20} MiB, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"memory bandwidth: read (XOR reduction) {read_bandwidth(1) / 1e9:.1f} GB/s 1 thread, "

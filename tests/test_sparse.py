@@ -398,9 +398,13 @@ def test_spmv_long_rows_every_isa_path(dtype, index):
 
 
 _ISA_CHECK = """
+import hashlib, os
 import numpy as np, scipy.sparse as sp, weightpress as wp
 from weightpress import _core
 assert _core.isa_level() <= LEVEL, _core.isa_level()
+if _core.isa_level() == 1 and os.environ.get("WP_SPMV_X"):
+    assert _core.spmv_x_path() == "avx2-" + os.environ["WP_SPMV_X"], _core.spmv_x_path()
+digest = hashlib.sha256()
 rng = np.random.default_rng(13)
 for dt in (np.float32, np.float64):
     for ix in (np.int32, np.int64):
@@ -411,6 +415,7 @@ for dt in (np.float32, np.float64):
             X = rng.standard_normal((500, k) if k > 1 else 500).astype(dt)
             y = wp.csr_matmul(A, X, n_threads=1)
             assert np.array_equal(y, wp.csr_matmul(A, X, n_threads=2))
+            digest.update(y.tobytes())
             ref = A.astype(np.float64) @ X.astype(np.float64)
             bound = abs(A).astype(np.float64) @ np.abs(X.astype(np.float64))
             assert np.all(np.abs(y - ref) <= (1e-4 if dt == np.float32 else 1e-10) * (bound + 1))
@@ -418,14 +423,15 @@ for dt in (np.float32, np.float64):
         for where, val in ((40, 500), (41, -1), (-1, 500)):  # vector body, negative, row tail
             bad = A.copy()
             row = 150
-            bad.indices[(bad.indptr[row] if where >= 0 else bad.indptr[row + 1]) + where] = val
+            pos = (bad.indptr[row] if where >= 0 else bad.indptr[row + 1]) + where
+            bad.indices[pos] = val
             try:
                 wp.csr_matmul(bad, x)
             except ValueError as e:
-                assert "out of range" in str(e), e
+                assert f"column index {val} at position {pos} is out of range" in str(e), e
             else:
                 raise AssertionError(("no error", dt, ix, where))
-print("ok")
+print("ok", digest.hexdigest())
 """
 
 
@@ -440,7 +446,25 @@ def test_products_on_capped_isa(level):
     env = dict(os.environ, WP_MAX_ISA=str(level))
     r = subprocess.run([sys.executable, "-c", _ISA_CHECK.replace("LEVEL", str(level))], env=env,
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    assert r.returncode == 0 and r.stdout.split()[0] == "ok", r.stderr[-2000:]
+
+
+def test_avx2_spmv_reads_x_by_gather_or_loads_with_the_same_bits():
+    # the AVX2 SpMV reads x with vgatherdps or entry by entry, whichever a one-time measurement
+    # finds faster (cpp/csr.cpp spmv_x_loads); WP_SPMV_X forces either: both must give the same
+    # bits, range errors at the same positions, and the library must report the path it took
+    import os
+    import subprocess
+    import sys
+
+    out = {}
+    for mode in ("gather", "loads"):
+        env = dict(os.environ, WP_MAX_ISA="1", WP_SPMV_X=mode)
+        r = subprocess.run([sys.executable, "-c", _ISA_CHECK.replace("LEVEL", "1")], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and r.stdout.split()[0] == "ok", r.stderr[-2000:]
+        out[mode] = r.stdout.split()[1]
+    assert out["gather"] == out["loads"], out
 
 
 def test_read_probe_is_xor_of_words():

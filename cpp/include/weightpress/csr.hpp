@@ -38,4 +38,8 @@ std::int64_t csr_matmat_t(std::int64_t rows, std::int64_t cols, const I* indptr,
                           const T* data, std::int64_t k, const T* x, std::int64_t ldx, T* y,
                           std::int64_t ldy, int n_threads);
 
+// How this CPU's SpMV (k = 1) reads x: "avx512-gather", "avx2-gather", "avx2-loads" (AVX2,
+// chosen by timing both loops once: same bits either way) or "scalar".
+const char* spmv_x_path();
+
 }  // namespace wp
