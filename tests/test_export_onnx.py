@@ -1118,8 +1118,10 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
     groups' columns, one DynamicQuantizeMatMul per group (exactly the container's codes),
     summed; close to the container's decode (activations rounded per group). Codes of 2–4
     bits stay packed two a byte in the file (int8 once onnxruntime folds their unpacking);
-    8-bit codes take a byte each. "auto" writes one of the two forms for all such layers, and
-    says why when MatMulNBits; either way a 3/4-bit model's file holds packed codes."""
+    8-bit codes take a byte each. 2–4-bit codes whose groups tile the inputs are one product
+    over int8 weights per channel made at load instead (:func:`_requantized`). "auto" writes
+    integer products for all such layers or MatMulNBits for all, and says why when
+    MatMulNBits; either way a 3/4-bit model's file holds packed codes."""
     like, weights = block
     wpz = tmp_path / "q.wpz"
     compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1024)
@@ -1127,31 +1129,41 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
     ref = _run(_reference(tmp_path, wpz, like), x)
     out = tmp_path / "g.onnx"
     rows = {r.name: r for r in export_onnx(wpz, out, like, group_quant="int8", check=False, never_slower=False)}
-    groups = {w: -(-({weights[0]: 64, weights[1]: 192}[w]) // opts["group"]) for w in weights}
+    inn = {weights[0]: 64, weights[1]: 192}
+    groups = {w: -(-inn[w] // opts["group"]) for w in weights}
     packed = opts["bits"] <= 4
+    one = {w: packed and inn[w] % opts["group"] == 0 for w in weights}
     for w in weights:
-        assert rows[w].how.startswith(f"DynamicQuantizeMatMul per group ({groups[w]} groups of "
-                                      f"{opts['group']}, {opts['bits']}-bit"), rows[w]
+        if one[w]:
+            assert rows[w].how.startswith(
+                f"MatMulIntegerToFloat per channel over {opts['bits']}-bit codes in {groups[w]} "
+                f"groups of {opts['group']} packed two a byte, int8 per channel at load"), rows[w]
+        else:
+            assert rows[w].how.startswith(f"DynamicQuantizeMatMul per group ({groups[w]} groups of "
+                                          f"{opts['group']}, {opts['bits']}-bit"), rows[w]
         assert ("packed two a byte" in rows[w].how) == packed, rows[w]
         # half a byte a code (scales per group, the shared table), or a byte a code
         assert rows[w].nbytes < rows[w].dense_nbytes / (5 if packed else 3.2), rows[w]
     m = onnx.load(str(out))
     onnx.checker.check_model(m)
     ops = [n.op_type for n in m.graph.node]
-    assert ops.count("DynamicQuantizeMatMul") == sum(groups.values())
-    assert ops.count("Sum") == 2
-    assert ops.count("Split") == (4 if packed else 2)   # the packed codes are split by group too
-    assert ops.count("Cast") == (2 if packed else 0)     # 4-bit codes to int8, folded at load
+    per_group = [w for w in weights if not one[w]]
+    assert ops.count("DynamicQuantizeMatMul") == sum(groups[w] for w in per_group)
+    assert ops.count("Sum") == len(per_group)
+    assert ops.count("Split") == (2 if packed else 1) * len(per_group)  # packed codes split too
+    assert ops.count("MatMulIntegerToFloat") == ops.count("Clip") == sum(one.values())
     opset = {o.domain: o.version for o in m.opset_import}[""]
     before = {o.domain: o.version for o in onnx.load(str(like)).opset_import}[""]
     assert before < 21 and opset == (21 if packed else before)   # raised for the 4-bit codes
     err = np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref)
     assert 1e-6 < err < 2e-2, err
     rows = {r.name: r for r in export_onnx(wpz, tmp_path / "a.onnx", like, never_slower=False)}
-    kinds = {rows[w].how.split(" (")[0].split(",")[0] for w in weights}
-    assert kinds in ({"DynamicQuantizeMatMul per group"},
-                     {"MatMulNBits 4-bit" if packed else "MatMulNBits 8-bit"}), kinds
-    if kinds != {"DynamicQuantizeMatMul per group"}:
+    integer = {rows[w].how.startswith(("DynamicQuantizeMatMul per group",
+                                       "MatMulIntegerToFloat per channel over")) for w in weights}
+    nbits = {rows[w].how.startswith("MatMulNBits 4-bit" if packed else "MatMulNBits 8-bit")
+             for w in weights}
+    assert integer == {True} or nbits == {True}, rows
+    if nbits == {True}:
         assert all("measured slower" in rows[w].note for w in weights), rows
     else:
         assert all("measured no slower" in rows[w].note for w in weights), rows
@@ -1159,6 +1171,74 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
         assert all(rows[w].nbytes <= rows[w].dense_nbytes / 5 for w in weights), rows
     y = _run(tmp_path / "a.onnx", x)
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2e-2
+
+
+@pytest.mark.parametrize("opts", [{"bits": 4, "group": 16}, {"bits": 4, "group": 16, "symmetric": False},
+                                  {"bits": 3, "group": 8}])
+def test_grouped_low_bit_codes_run_as_one_int8_product_per_channel(tmp_path, opts):
+    """2–4-bit codes in groups that tile the inputs, group_quant="int8": the file holds the
+    codes half a byte each; onnxruntime folds the requantization at load into one int8 weight
+    per layer (its optimized graph keeps no Clip or Reshape of ours); those weights are the
+    container's matrix rounded to 8 bits per output channel (within half a step of
+    max|row|/127, independently of how the graph computes it) and are exact under the
+    saturating uint8 x int8 kernel of CPUs without VNNI at the 7-bit activations they get; the
+    outputs stay within that rounding of the container's decode."""
+    rng = np.random.default_rng(5)
+    W1 = (rng.standard_normal((64, 48)) / 8).astype(np.float32)      # [in, out]
+    W2 = (rng.standard_normal((48, 64)) / 7).astype(np.float32)
+    W2[:, 3] *= 40                                                  # one loud output channel
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])],
+                          [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W2, "W2")])
+    like = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(like))
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1)
+    x = rng.standard_normal((6, 64)).astype(np.float32)
+    ref = _run(_reference(tmp_path, wpz, like), x)
+    out = tmp_path / "p.onnx"
+    rows = {r.name: r for r in export_onnx(wpz, out, like, group_quant="int8", check=False,
+                                            never_slower=False)}
+    for w, k in (("W1", 64), ("W2", 48)):
+        assert rows[w].how.startswith(f"MatMulIntegerToFloat per channel over {opts['bits']}-bit "
+                                      f"codes in {k // opts['group']} groups of {opts['group']}"), rows[w]
+        assert rows[w].nbytes < rows[w].dense_nbytes / 4, rows[w]
+    m = onnx.load(str(out))
+    onnx.checker.check_model(m)
+    codes = sorted((t.name, len(t.raw_data)) for t in m.graph.initializer if t.name.endswith("_q4"))
+    assert [n for _, n in codes] == [64 * 48 // 2] * 2, codes               # half a byte a code
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "opt.onnx"))
+    assert not {n.op_type for n in opt.graph.node} & {"Clip", "Reshape"}, [n.op_type for n in opt.graph.node]
+    inits = {t.name: numpy_helper.to_array(t) for t in opt.graph.initializer}
+    prods = [n for n in opt.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert len(prods) == 2
+    with Container(wpz) as cont:
+        dense = {w: QuantParts.of(cont.matrix(w)).dense() for w in ("W1", "W2")}   # (out, in)
+    seen = set()
+    for n in prods:
+        B, s = inits[n.input[1]], inits[n.input[3]]
+        assert B.dtype == np.int8 and s.dtype == np.float32
+        w = next(w for w, M in dense.items() if M.T.shape == B.shape and w not in seen)
+        seen.add(w)
+        M = dense[w]
+        np.testing.assert_allclose(s, np.abs(M).max(axis=1) / 127, rtol=1e-6)
+        assert np.array_equal(B.T, np.clip(np.round(M / s[:, None]), -127, 127)), w
+        assert np.all(np.abs(B.T * s[:, None] - M) <= 0.5 * s[:, None] * (1 + 1e-5)), w
+        assert int(np.abs(B.astype(np.int16)).max()) == 127
+        top = _activation_top(m.graph, {t.name: numpy_helper.to_array(t) for t in m.graph.initializer},
+                              next(k for k in m.graph.node if k.op_type == "MatMulIntegerToFloat"))
+        assert top == 129
+        worst = np.full((2, B.shape[0]), top, np.uint8)
+        worst[1, ::2] = 0
+        assert np.array_equal(_saturating_product(worst, B), worst.astype(np.int64) @ B.astype(np.int64))
+    err = np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref)
+    assert 1e-6 < err < 3e-2, err
 
 
 @pytest.mark.parametrize("opts", [{"bits": 4, "symmetric": False}, {"bits": 2}, {"bits": 4, "group": 16}])
@@ -1337,7 +1417,11 @@ def test_never_slower_makes_the_smallest_layers_dense_until_no_slower(tmp_path, 
         assert "1.3e+03 ms vs" in r.note   # the first timing: all three compressed
         assert ("--int8-weights vnni" in r.note) == vnni_cpu, r.note
     for r in by_size[want_dense:]:
-        assert r.how.startswith(_INT_PRODUCTS if bits == 8 else "MatMulNBits 4-bit")
+        if bits == 8:
+            assert r.how.startswith(_INT_PRODUCTS), r.how
+        else:   # MatMulNBits, or integer products over the 4-bit codes made int8 at load
+            assert r.how.startswith("MatMulNBits 4-bit") or "4-bit codes" in r.how and \
+                "packed two a byte" in r.how, r.how
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert bool(ops & {*_INT_PRODUCTS, "MatMulNBits"}) == (want_dense < 3)
     x = np.random.default_rng(0).standard_normal((2, 64)).astype(np.float32)
