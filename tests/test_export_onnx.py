@@ -1136,7 +1136,7 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
     for w in weights:
         if one[w]:
             assert rows[w].how.startswith(
-                f"MatMulIntegerToFloat per channel over {opts['bits']}-bit codes in {groups[w]} "
+                f"DynamicQuantizeMatMul per channel over {opts['bits']}-bit codes in {groups[w]} "
                 f"groups of {opts['group']} packed two a byte, int8 per channel at load"), rows[w]
         else:
             assert rows[w].how.startswith(f"DynamicQuantizeMatMul per group ({groups[w]} groups of "
@@ -1148,10 +1148,10 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
     onnx.checker.check_model(m)
     ops = [n.op_type for n in m.graph.node]
     per_group = [w for w in weights if not one[w]]
-    assert ops.count("DynamicQuantizeMatMul") == sum(groups[w] for w in per_group)
+    assert ops.count("DynamicQuantizeMatMul") == sum(groups[w] for w in per_group) + sum(one.values())
     assert ops.count("Sum") == len(per_group)
     assert ops.count("Split") == (2 if packed else 1) * len(per_group)  # packed codes split too
-    assert ops.count("MatMulIntegerToFloat") == ops.count("Clip") == sum(one.values())
+    assert ops.count("Clip") == sum(one.values())
     opset = {o.domain: o.version for o in m.opset_import}[""]
     before = {o.domain: o.version for o in onnx.load(str(like)).opset_import}[""]
     assert before < 21 and opset == (21 if packed else before)   # raised for the 4-bit codes
@@ -1159,7 +1159,7 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
     assert 1e-6 < err < 2e-2, err
     rows = {r.name: r for r in export_onnx(wpz, tmp_path / "a.onnx", like, never_slower=False)}
     integer = {rows[w].how.startswith(("DynamicQuantizeMatMul per group",
-                                       "MatMulIntegerToFloat per channel over")) for w in weights}
+                                       "DynamicQuantizeMatMul per channel over")) for w in weights}
     nbits = {rows[w].how.startswith("MatMulNBits 4-bit" if packed else "MatMulNBits 8-bit")
              for w in weights}
     assert integer == {True} or nbits == {True}, rows
@@ -1179,10 +1179,10 @@ def test_grouped_low_bit_codes_run_as_one_int8_product_per_channel(tmp_path, opt
     """2–4-bit codes in groups that tile the inputs, group_quant="int8": the file holds the
     codes half a byte each; onnxruntime folds the requantization at load into one int8 weight
     per layer (its optimized graph keeps no Clip or Reshape of ours); those weights are the
-    container's matrix rounded to 8 bits per output channel (within half a step of
-    max|row|/127, independently of how the graph computes it) and are exact under the
-    saturating uint8 x int8 kernel of CPUs without VNNI at the 7-bit activations they get; the
-    outputs stay within that rounding of the container's decode."""
+    container's matrix rounded per output channel to ±64 steps of max|row|/64 (recomputed here
+    from its decode), exact under the saturating uint8 x int8 kernel of CPUs without VNNI at
+    any 8-bit activation, one DynamicQuantizeMatMul each; "vnni" takes ±127; the outputs stay
+    within that rounding of the container's decode."""
     rng = np.random.default_rng(5)
     W1 = (rng.standard_normal((64, 48)) / 8).astype(np.float32)      # [in, out]
     W2 = (rng.standard_normal((48, 64)) / 7).astype(np.float32)
@@ -1198,47 +1198,51 @@ def test_grouped_low_bit_codes_run_as_one_int8_product_per_channel(tmp_path, opt
     compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1)
     x = rng.standard_normal((6, 64)).astype(np.float32)
     ref = _run(_reference(tmp_path, wpz, like), x)
-    out = tmp_path / "p.onnx"
-    rows = {r.name: r for r in export_onnx(wpz, out, like, group_quant="int8", check=False,
-                                            never_slower=False)}
-    for w, k in (("W1", 64), ("W2", 48)):
-        assert rows[w].how.startswith(f"MatMulIntegerToFloat per channel over {opts['bits']}-bit "
-                                      f"codes in {k // opts['group']} groups of {opts['group']}"), rows[w]
-        assert rows[w].nbytes < rows[w].dense_nbytes / 4, rows[w]
-    m = onnx.load(str(out))
-    onnx.checker.check_model(m)
-    codes = sorted((t.name, len(t.raw_data)) for t in m.graph.initializer if t.name.endswith("_q4"))
-    assert [n for _, n in codes] == [64 * 48 // 2] * 2, codes               # half a byte a code
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
-    opt = onnx.load(str(tmp_path / "opt.onnx"))
-    assert not {n.op_type for n in opt.graph.node} & {"Clip", "Reshape"}, [n.op_type for n in opt.graph.node]
-    inits = {t.name: numpy_helper.to_array(t) for t in opt.graph.initializer}
-    prods = [n for n in opt.graph.node if n.op_type == "MatMulIntegerToFloat"]
-    assert len(prods) == 2
     with Container(wpz) as cont:
         dense = {w: QuantParts.of(cont.matrix(w)).dense() for w in ("W1", "W2")}   # (out, in)
-    seen = set()
-    for n in prods:
-        B, s = inits[n.input[1]], inits[n.input[3]]
-        assert B.dtype == np.int8 and s.dtype == np.float32
-        w = next(w for w, M in dense.items() if M.T.shape == B.shape and w not in seen)
-        seen.add(w)
-        M = dense[w]
-        np.testing.assert_allclose(s, np.abs(M).max(axis=1) / 127, rtol=1e-6)
-        assert np.array_equal(B.T, np.clip(np.round(M / s[:, None]), -127, 127)), w
-        assert np.all(np.abs(B.T * s[:, None] - M) <= 0.5 * s[:, None] * (1 + 1e-5)), w
-        assert int(np.abs(B.astype(np.int16)).max()) == 127
-        top = _activation_top(m.graph, {t.name: numpy_helper.to_array(t) for t in m.graph.initializer},
-                              next(k for k in m.graph.node if k.op_type == "MatMulIntegerToFloat"))
-        assert top == 129
-        worst = np.full((2, B.shape[0]), top, np.uint8)
-        worst[1, ::2] = 0
-        assert np.array_equal(_saturating_product(worst, B), worst.astype(np.int64) @ B.astype(np.int64))
-    err = np.linalg.norm(_run(out, x) - ref) / np.linalg.norm(ref)
-    assert 1e-6 < err < 3e-2, err
+    for mode, top in (("portable", 64), ("vnni", 127)):
+        out = tmp_path / f"{mode}.onnx"
+        rows = {r.name: r for r in export_onnx(wpz, out, like, group_quant="int8", check=False,
+                                                never_slower=False, int8_weights=mode)}
+        for w, k in (("W1", 64), ("W2", 48)):
+            assert rows[w].how.startswith(f"DynamicQuantizeMatMul per channel over {opts['bits']}-bit "
+                                          f"codes in {k // opts['group']} groups of {opts['group']}"), rows[w]
+            assert ("(7-bit weights)" in rows[w].how) == (mode == "portable"), rows[w]
+            assert rows[w].nbytes < rows[w].dense_nbytes / 4, rows[w]
+        m = onnx.load(str(out))
+        onnx.checker.check_model(m)
+        codes = sorted((t.name, len(t.raw_data)) for t in m.graph.initializer if t.name.endswith("_q4"))
+        assert [n for _, n in codes] == [64 * 48 // 2] * 2, codes             # half a byte a code
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.optimized_model_filepath = str(tmp_path / f"opt-{mode}.onnx")
+        ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(str(tmp_path / f"opt-{mode}.onnx"))
+        assert not {n.op_type for n in opt.graph.node} & {"Clip", "Reshape", "Round"}, \
+            [n.op_type for n in opt.graph.node]
+        inits = {t.name: numpy_helper.to_array(t) for t in opt.graph.initializer}
+        prods = [n for n in opt.graph.node if n.op_type == "DynamicQuantizeMatMul"]
+        assert len(prods) == 2
+        seen = set()
+        for n in prods:
+            B, s = inits[n.input[1]], inits[n.input[2]]
+            assert B.dtype == np.int8 and s.dtype == np.float32
+            w = next(w for w, M in dense.items() if M.T.shape == B.shape and w not in seen)
+            seen.add(w)
+            M = dense[w]
+            np.testing.assert_allclose(s, np.abs(M).max(axis=1) / top, rtol=1e-6)
+            assert np.array_equal(B.T, np.clip(np.round(M / s[:, None]), -top, top)), w
+            assert np.all(np.abs(B.T * s[:, None] - M) <= 0.5 * s[:, None] * (1 + 1e-5)), w
+            assert int(np.abs(B.astype(np.int16)).max()) == top
+            if mode == "portable":   # any 8-bit activations: exact on the saturating kernel
+                worst = np.full((2, B.shape[0]), 255, np.uint8)
+                worst[1, ::2] = 0
+                assert np.array_equal(_saturating_product(worst, B),
+                                      worst.astype(np.int64) @ B.astype(np.int64)), w
+        y = _run(out, x)
+        if mode == "portable" or full_int8_exact():
+            err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+            assert 1e-6 < err < 3e-2, (mode, err)
 
 
 @pytest.mark.parametrize("opts", [{"bits": 4, "symmetric": False}, {"bits": 2}, {"bits": 4, "group": 16}])

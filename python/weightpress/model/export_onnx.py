@@ -566,26 +566,30 @@ def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
 
 def _requantized(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tuple[list[Any], str]:
     """``y = x @ Mᵀ`` for ``M`` with codes of 2–4 bits in groups along its inputs (``K`` a
-    multiple of the group), as one integer product over int8 weights per output channel made
-    at load: the 4-bit initializer (:func:`_codes4`, half a byte a code in the file) → ``Cast``
-    to float → ``(G, g, N)`` → less the zero points → times the group scales (float16, as the
-    container holds them: ``M`` exactly, as its decode computes it) → ``(K, N)`` → divided by
-    ``s = max |M[n]| / 127`` → ``Round`` → ``Clip`` ±127 → ``Cast`` to int8. Every input is
-    an initializer, so onnxruntime folds the chain at load and pre-packs the result (a byte a
-    code in the session, as the per-group products hold). The codes are rounded once more, to
-    8 bits per channel (at most half a step of ``s``, about 0.4 % of the channel's largest
-    weight, next to the 4-bit step of 1/7–1/15 of its group's); the export's output check holds
-    the model to the container's stated error. The product is ``MatMulIntegerToFloat`` over
-    activations rounded to 7 bits (:func:`_qmatmul7`: full-range int8 weights, exact on every
-    CPU), or ``DynamicQuantizeMatMul`` where ``int8_weights="vnni"``: one product where the
-    per-group form runs one a group, each rounding its activations (``export_onnx``'s
-    ``group_quant`` gives the times)."""
+    multiple of the group), as one ``DynamicQuantizeMatMul`` over int8 weights per output
+    channel made at load: the 4-bit initializer (:func:`_codes4`, half a byte a code in the
+    file) → ``Cast`` to float → ``(G, g, N)`` → less the zero points → times the group scales
+    (float16, as the container holds them: ``M`` exactly, as its decode computes it) →
+    ``(K, N)`` → divided by ``s = max |M[n]| / 64`` → ``Round`` → ``Clip`` ±64 → ``Cast`` to
+    int8. Every input is an initializer, so onnxruntime folds the chain at load and pre-packs
+    the result (a byte a code in the session, as the per-group products hold). Weights within
+    ±64 are exact under uint8 activations on every CPU (:data:`_INT8_SAFE`), so the product
+    rounds its activations itself, to 8 bits, in one node; ``int8_weights="vnni"`` takes ±127.
+    The codes are rounded once more, per channel (at most half a step of ``s``, about 0.8 % of
+    the channel's largest weight, next to the 4-bit step of 1/7–1/15 of its group's); the
+    export's output check holds the model to the container's stated error. Measured on an AMD
+    EPYC (Zen 3), onnxruntime 1.32, 1 thread, toy BERT and GPT-2 (hidden 256, 4-bit in groups
+    of 128), 32 tokens: 0.61x and 0.66x the dense model's time, where int8 weights to ±127 under
+    7-bit activations (the 12-node rounding before a ``MatMulIntegerToFloat``) took 0.65x and
+    0.73x and one ``DynamicQuantizeMatMul`` per group 0.85x and 0.74x; output error against the
+    container's 0.0055 and 0.034 (±127 and 7 bits: 0.0062 and 0.043)."""
     G, g, N, K = q.n_groups, q.group, q.out, q.inn
     pre: list[Any] = []
     if key not in b.cache:
         f32 = b.onnx.TensorProto.FLOAT
         codes4 = _codes4(b, key, q)
-        s = np.abs(q.dense()).max(axis=1) / np.float32(127)
+        top = 127 if b.int8_full else _INT8_SAFE
+        s = np.abs(q.dense()).max(axis=1) / np.float32(top)
         s[s == 0] = 1
         f, f3, sc, m3, m, d, r8, c8, q8 = (b.name(f"{key}_wp_{t}") for t in
                                           ("f", "f3", "sc", "m3", "m", "d", "r8", "c8", "q8"))
@@ -604,19 +608,16 @@ def _requantized(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
                 b.node("Reshape", [m3, b.init(f"{key}_kn", np.array([K, N], np.int64))], [m]),
                 b.node("Div", [m, s8], [d]),
                 b.node("Round", [d], [r8]),
-                b.node("Clip", [r8, b.init(f"{key}_lo", np.array(-127, np.float32)),
-                                b.init(f"{key}_hi", np.array(127, np.float32))], [c8]),
+                b.node("Clip", [r8, b.init(f"{key}_lo", np.array(-top, np.float32)),
+                                b.init(f"{key}_hi", np.array(top, np.float32))], [c8]),
                 b.node("Cast", [c8], [q8], to=b.onnx.TensorProto.INT8)]
         b.cache[key] = [q8, s8]
     made = b.cache[key]
     src = (f"{q.bits}-bit codes in {G} groups of {g} packed two a byte, int8 per channel at "
            f"load")
-    if b.int8_full:
-        node = b.node("DynamicQuantizeMatMul", [x] + made, [y], domain=MS_DOMAIN)
-        return pre + [node], (f"DynamicQuantizeMatMul per channel over {src} "
-                              f"{_activations(['uint8'], False)}")
-    nodes, _ = _qmatmul7(b, x, y, q, made, "fast")
-    return pre + nodes, f"MatMulIntegerToFloat per channel over {src} {_activations(['7-bit'], False)}"
+    node = b.node("DynamicQuantizeMatMul", [x] + made, [y], domain=MS_DOMAIN)
+    return pre + [node], (f"DynamicQuantizeMatMul per channel over {src} "
+                          f"{'' if b.int8_full else '(7-bit weights) '}{_activations(['uint8'], False)}")
 
 
 def _subgraph_names(graph: Any) -> set[str]:
@@ -1387,12 +1388,11 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         code; 5–8-bit codes a byte each in the file too): measured 1.5–2x faster than the
         dense MatMul at 32 rows where MatMulNBits 4-bit is 0.8–1.3x slower than it, but slower
         than MatMulNBits at 1 row. 2–4-bit codes whose groups tile the inputs become one int8
-        weight per layer at load instead, rounded to 8 bits per output channel (half a step
-        of max|row|/127 more error, held to the stated error by ``check``), one product with
+        weight per layer at load instead, rounded per output channel to ±64 (half a step of
+        max|row|/64 more error, held to the stated error by ``check``), one product with
         one activation rounding: measured on an AMD EPYC (Zen 3), 1 thread, toy BERT and
-        GPT-2 (hidden 256, 4-bit in groups of 128, 32 tokens), 0.82x and 0.66x the dense
-        model's time where the per-group products took 0.85x and 0.74x (32 sequences: 0.70x
-        against 0.87x, 0.71x against 0.72x); ``"auto"``: the model timed both ways like ``conv_quant``
+        GPT-2 (hidden 256, 4-bit in groups of 128, 32 tokens), 0.61x and 0.66x the dense
+        model's time where the per-group products took 0.85x and 0.74x; ``"auto"``: the model timed both ways like ``conv_quant``
         (at batch 1: the graph's dynamic dimensions, other than the first, 8), the integer
         products kept only when faster (measured on BERT-shaped models, batch 1: MatMulNBits
         4-bit is 1.4–3x faster than dense at 1–8 tokens and no faster from 32, where the
@@ -1841,7 +1841,7 @@ _SLOW_WHAT = {"conv_quant": "the convs picked by their own timing", "lstm_quant"
 _SLOW_PREFIX: dict[str, tuple[str, ...]] = {   # how its rows begin
     "conv_quant": ("im2col", "Conv ", "DequantizeLinear"), "lstm_quant": ("DynamicQuantizeLSTM",),
     "group_quant": ("DynamicQuantizeMatMul per group", "DynamicQuantizeMatMul per channel,",
-                    "DynamicQuantizeMatMul per channel over", "MatMulIntegerToFloat per channel over")}
+                    "DynamicQuantizeMatMul per channel over")}
 _OFF_WORD = {k: "MatMulNBits" if v == "nbits" else "dense" for k, v in _OFF.items()}
 _OFF_NOTE = {k: v + ":" for k, v in _OFF_WORD.items()}
 
