@@ -1934,8 +1934,8 @@ def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.P
                   pick: tuple[dict[str, str], dict[str, str]] | None,
                   inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, tuple[str, str]]:
     """The export as chosen, timed against the dense model (``like``: the same graph, dense
-    weights) in onnxruntime at batch 1, 1 thread, best of 5 interleaved rounds of 9 calls.
-    No slower: ``{}``. Slower (small layers, where quantizing the activations at each call
+    weights) in onnxruntime at batch 1, 1 thread, best of 5 interleaved rounds of 9 calls;
+    no slower counts when a second such timing, in a fresh session, agrees. No slower: ``{}``. Slower (small layers, where quantizing the activations at each call
     costs more than the integer product saves): the compressed tensors are made dense, the
     smallest (dense bytes) first, 1, 2, 4, … of them, each set timed again, until the model is
     no slower than dense, or every one is dense. Packed 2–4-bit layers (MatMulNBits, or
@@ -1959,16 +1959,24 @@ def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.P
         sess = {"dense": session(os.fspath(like))}
         feed = _timing_feed(sess["dense"], like, inputs)
         k = 0
-        while True:
+
+        def timed(sess: dict[str, Any]) -> dict[str, float]:
             sess["export"] = session(p)
             t = {"dense": float("inf"), "export": float("inf")}
             for _ in range(5):
                 for key, s_ in sess.items():
                     t[key] = min(t[key], best_time(lambda: s_.run(None, feed), 9))
             del sess["export"]
+            return t
+
+        while True:
+            t = timed(sess)
             if k == 0:
                 first = dict(t)
-            if t["export"] <= t["dense"]:
+            # no slower twice, the second time in a fresh session: on a shared AMD EPYC VM one
+            # toy GPT-2 export read 0.86-1.26x dense from one minute to the next
+            if t["export"] <= t["dense"] and (k == len(order) or
+                                              (t2 := timed(sess))["export"] <= t2["dense"]):
                 break
             k = min(max(1, 2 * k), len(order))
             why = (f"dense: the model measured slower than dense in onnxruntime with its "
