@@ -1173,6 +1173,22 @@ def test_group_quant_runs_as_one_integer_matmul_per_group(tmp_path, block, opts)
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2e-2
 
 
+def _mlp_quantized(tmp_path, W1, W2, opts):
+    """An opset-17 ONNX ``x @ W1 → Relu → @ W2`` (weights [in, out]) and its container
+    quantized with ``opts``: ``(model path, container path)``."""
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "W2"], ["y"])]
+    g = helper.make_graph(nodes, "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, W1.shape[0]])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, W2.shape[1]])],
+                          [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W2, "W2")])
+    like = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(like))
+    wpz = tmp_path / "q.wpz"
+    compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1)
+    return like, wpz
+
+
 @pytest.mark.parametrize("opts", [{"bits": 4, "group": 16}, {"bits": 4, "group": 16, "symmetric": False},
                                   {"bits": 3, "group": 8}])
 def test_grouped_low_bit_codes_run_as_one_int8_product_per_channel(tmp_path, opts):
@@ -1187,15 +1203,7 @@ def test_grouped_low_bit_codes_run_as_one_int8_product_per_channel(tmp_path, opt
     W1 = (rng.standard_normal((64, 48)) / 8).astype(np.float32)      # [in, out]
     W2 = (rng.standard_normal((48, 64)) / 7).astype(np.float32)
     W2[:, 3] *= 40                                                  # one loud output channel
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "W2"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 64])],
-                          [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W2, "W2")])
-    like = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(like))
-    wpz = tmp_path / "q.wpz"
-    compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1)
+    like, wpz = _mlp_quantized(tmp_path, W1, W2, opts)
     x = rng.standard_normal((6, 64)).astype(np.float32)
     ref = _run(_reference(tmp_path, wpz, like), x)
     with Container(wpz) as cont:
@@ -1257,15 +1265,7 @@ def test_packed_codes_become_int8_weights_at_load(tmp_path, opts):
     rng = np.random.default_rng(4)
     W1 = (rng.standard_normal((45, 40)) / 7).astype(np.float32)      # [in, out], in odd
     W2 = (rng.standard_normal((40, 45)) / 7).astype(np.float32)
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "W2"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 45])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 45])],
-                          [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(W2, "W2")])
-    like = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(like))
-    wpz = tmp_path / "q.wpz"
-    compress_model(open_model(str(like)), wpz, method="quant", options=opts, min_size=1)
+    like, wpz = _mlp_quantized(tmp_path, W1, W2, opts)
     x = rng.standard_normal((6, 45)).astype(np.float32)
     ref = _run(_reference(tmp_path, wpz, like), x)
     out = tmp_path / "p.onnx"
