@@ -30,8 +30,8 @@ best there:
   slow at 8 bits);
 - quantized weights with group scales or 2–4-bit codes, ``group_quant="int8"`` (or "auto"
   where the model runs faster this way than with MatMulNBits): ``DynamicQuantizeMatMul``
-  per group, summed; 2–4-bit codes whose groups tile the inputs: one product over int8
-  weights per channel, requantized from the 4-bit codes at load (``_requantized``);
+  per group, summed; symmetric 2–4-bit codes whose groups tile the inputs: one product over
+  int8 weights per channel, requantized from the 4-bit codes at load (``_requantized``);
   codes of 2–4 bits stay 4-bit initializers in the file (``INT4``/``UINT4``, a ``Cast`` to
   int8 that onnxruntime folds at load: a byte a code in the session; the graph is raised to
   opset 21 for them with onnx's version converter);
@@ -524,7 +524,7 @@ def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
     G, g = q.n_groups, q.group
     sizes = [g] * (G - 1) + [q.inn - g * (G - 1)]
     nib = q.bits <= 4
-    if nib and G > 1 and q.inn % g == 0:
+    if nib and q.symmetric and G > 1 and q.inn % g == 0:
         return _requantized(b, x, y, q, key)
     pre: list[Any] = []   # the unpacking, before the weight's first reader
     if key not in b.cache:
@@ -565,56 +565,45 @@ def _dqmm_groups(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tupl
 
 
 def _requantized(b: "_Builder", x: str, y: str, q: QuantParts, key: str) -> tuple[list[Any], str]:
-    """``y = x @ Mᵀ`` for ``M`` with codes of 2–4 bits in groups along its inputs (``K`` a
-    multiple of the group), as one ``DynamicQuantizeMatMul`` over int8 weights per output
-    channel made at load: the 4-bit initializer (:func:`_codes4`, half a byte a code in the
-    file) → ``Cast`` to float → ``(G, g, N)`` → less the zero points → times the group scales
-    (float16, as the container holds them: ``M`` exactly, as its decode computes it) →
-    ``(K, N)`` → divided by ``s = max |M[n]| / 64`` → ``Round`` → ``Clip`` ±64 → ``Cast`` to
-    int8. Every input is an initializer, so onnxruntime folds the chain at load and pre-packs
-    the result (a byte a code in the session, as the per-group products hold). Weights within
-    ±64 are exact under uint8 activations on every CPU (:data:`_INT8_SAFE`), so the product
-    rounds its activations itself, to 8 bits, in one node; ``int8_weights="vnni"`` takes ±127.
-    The codes are rounded once more, per channel (at most half a step of ``s``, about 0.8 % of
-    the channel's largest weight, next to the 4-bit step of 1/7–1/15 of its group's); the
-    export's output check holds the model to the container's stated error. Measured on an AMD
+    """``y = x @ Mᵀ`` for ``M`` with symmetric codes of 2–4 bits in groups along its inputs
+    (``K`` a multiple of the group), as one ``DynamicQuantizeMatMul`` over int8 weights per
+    output channel made at load: the 4-bit initializer (:func:`_codes4`, half a byte a code in
+    the file; the codes less their zero point) → ``Cast`` to float16 (exact) →
+    ``QuantizeLinear`` in blocks of the group along the inputs, by the step ``s / scale`` of
+    each group and channel, ``s = max |M[n]| / 64``: ``round(M / s)``, the codes rounded again,
+    per channel. Both inputs are initializers, so onnxruntime folds the two nodes at load and
+    pre-packs the result: a byte a code in the session. Weights within ±64 are exact under
+    uint8 activations on every CPU (:data:`_INT8_SAFE`), so the product rounds its activations
+    itself, to 8 bits, in the one node; ``int8_weights="vnni"`` takes ±127.
+
+    The added error: half a step of ``s`` (about 0.8 % of the channel's largest weight, next to
+    the 4-bit step of 1/7 of its group's), and the step held in float16 (the weight off by at
+    most 2⁻¹¹ of itself more); the export's output check holds the model to the container's
+    stated error. (float32 in the chain, or the scales applied by Mul/Div and a Round/Clip,
+    left the fold's float intermediates resident: toy BERT's session grew by 29–108 MB at
+    load, against 23 MB with this and 22 MB for the per-group products.) Measured on an AMD
     EPYC (Zen 3), onnxruntime 1.32, 1 thread, toy BERT and GPT-2 (hidden 256, 4-bit in groups
-    of 128), 32 tokens: 0.61x and 0.66x the dense model's time, where int8 weights to ±127 under
-    7-bit activations (the 12-node rounding before a ``MatMulIntegerToFloat``) took 0.65x and
-    0.73x and one ``DynamicQuantizeMatMul`` per group 0.85x and 0.74x; output error against the
-    container's 0.0055 and 0.034 (±127 and 7 bits: 0.0062 and 0.043)."""
-    G, g, N, K = q.n_groups, q.group, q.out, q.inn
+    of 128), 32 tokens: 0.60x and 0.65x the dense model's time, where one
+    ``DynamicQuantizeMatMul`` per group took 0.85x and 0.73x, and ±127 weights under 7-bit
+    activations (a 12-node rounding before ``MatMulIntegerToFloat``) 0.65x and 0.73x; output
+    error against the container's 0.0056 and 0.034 (±127 and 7 bits: 0.0062 and 0.043)."""
+    G, g, N = q.n_groups, q.group, q.out
     pre: list[Any] = []
     if key not in b.cache:
-        f32 = b.onnx.TensorProto.FLOAT
         codes4 = _codes4(b, key, q)
         top = 127 if b.int8_full else _INT8_SAFE
         s = np.abs(q.dense()).max(axis=1) / np.float32(top)
         s[s == 0] = 1
-        f, f3, sc, m3, m, d, r8, c8, q8 = (b.name(f"{key}_wp_{t}") for t in
-                                          ("f", "f3", "sc", "m3", "m", "d", "r8", "c8", "q8"))
-        pre = [b.node("Cast", [codes4], [f], to=f32),
-               b.node("Reshape", [f, b.init(f"{key}_g3", np.array([G, g, N], np.int64))], [f3])]
-        if not q.symmetric:       # (symmetric: the int4 codes are less their zero point already)
-            zf, z3 = b.name(f"{key}_wp_zf"), b.name(f"{key}_wp_z3")
-            pre += [b.node("Cast", [b.init(f"{key}_zeros3", q.zeros.T.reshape(G, 1, N).copy())], [zf],
-                           to=f32),
-                    b.node("Sub", [f3, zf], [z3])]
-            f3 = z3
-        scales = np.asarray(q.scales).T.reshape(G, 1, N).copy()   # (float16: as held)
-        s8 = b.init(f"{key}_scale8", s.astype(np.float32))
-        pre += [b.node("Cast", [b.init(f"{key}_scales3", scales)], [sc], to=f32),
-                b.node("Mul", [f3, sc], [m3]),
-                b.node("Reshape", [m3, b.init(f"{key}_kn", np.array([K, N], np.int64))], [m]),
-                b.node("Div", [m, s8], [d]),
-                b.node("Round", [d], [r8]),
-                b.node("Clip", [r8, b.init(f"{key}_lo", np.array(-top, np.float32)),
-                                b.init(f"{key}_hi", np.array(top, np.float32))], [c8]),
-                b.node("Cast", [c8], [q8], to=b.onnx.TensorProto.INT8)]
-        b.cache[key] = [q8, s8]
+        with np.errstate(divide="ignore"):   # (a group of zero scale: its codes become 0)
+            step = np.minimum(s[:, None] / np.asarray(q.scales, np.float32), 65504)
+        f, q8 = b.name(f"{key}_wp_f16"), b.name(f"{key}_wp_q8")
+        pre = [b.node("Cast", [codes4], [f], to=b.onnx.TensorProto.FLOAT16),
+               b.node("QuantizeLinear", [f, b.init(f"{key}_step", step.T.astype(np.float16)),
+                                         b.init(f"{key}_zero8", np.zeros((G, N), np.int8))], [q8],
+                      axis=0, block_size=g)]
+        b.cache[key] = [q8, b.init(f"{key}_scale8", s.astype(np.float32))]
     made = b.cache[key]
-    src = (f"{q.bits}-bit codes in {G} groups of {g} packed two a byte, int8 per channel at "
-           f"load")
+    src = f"{q.bits}-bit codes in {G} groups of {g} packed two a byte, int8 per channel at load"
     node = b.node("DynamicQuantizeMatMul", [x] + made, [y], domain=MS_DOMAIN)
     return pre + [node], (f"DynamicQuantizeMatMul per channel over {src} "
                           f"{'' if b.int8_full else '(7-bit weights) '}{_activations(['uint8'], False)}")
@@ -1387,9 +1376,9 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         become int8 weights when onnxruntime loads the model, so the session holds a byte a
         code; 5–8-bit codes a byte each in the file too): measured 1.5–2x faster than the
         dense MatMul at 32 rows where MatMulNBits 4-bit is 0.8–1.3x slower than it, but slower
-        than MatMulNBits at 1 row. 2–4-bit codes whose groups tile the inputs become one int8
-        weight per layer at load instead, rounded per output channel to ±64 (half a step of
-        max|row|/64 more error, held to the stated error by ``check``), one product with
+        than MatMulNBits at 1 row. Symmetric 2–4-bit codes whose groups tile the inputs become
+        one int8 weight per layer at load instead, rounded per output channel to ±64 (half a
+        step of max|row|/64 more error, held to the stated error by ``check``), one product with
         one activation rounding: measured on an AMD EPYC (Zen 3), 1 thread, toy BERT and
         GPT-2 (hidden 256, 4-bit in groups of 128, 32 tokens), 0.61x and 0.66x the dense
         model's time where the per-group products took 0.85x and 0.74x; ``"auto"``: the model timed both ways like ``conv_quant``
