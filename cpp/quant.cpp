@@ -266,11 +266,11 @@ void quant_matmul(std::int64_t rows, std::int64_t cols, const std::uint8_t* __re
   const MatArgs a{rows, cols, quant_group(cols, spec.group), quant_n_groups(cols, spec.group),
                   quant_row_bytes(cols, spec.bits), n, spec.bits, spec.symmetric, packed, scales,
                   zeros};
-  const int level = quant_isa_level();
 #ifdef WP_X86_DISPATCH
+  const int level = quant_isa_level();
   const int L = level == 2 ? qk_v4::lanes<T>() : level == 1 ? qk_v3::lanes<T>() : qk_base::lanes<T>();
 #else
-  const int L = qk_base::lanes<T>();
+  const int L = qk_base::lanes<T>();  // (one copy off x86-64: no level to ask, aarch64 included)
 #endif
   const bool fast = fast_bits(a.bits, a.g);
   std::vector<T> xpbuf(static_cast<size_t>(n * cols));
