@@ -1380,8 +1380,9 @@ def export_onnx(container: str | os.PathLike[str] | Container, output: str | os.
         one int8 weight per layer at load instead, rounded per output channel to ±64 (half a
         step of max|row|/64 more error, held to the stated error by ``check``), one product with
         one activation rounding: measured on an AMD EPYC (Zen 3), 1 thread, toy BERT and
-        GPT-2 (hidden 256, 4-bit in groups of 128, 32 tokens), 0.61x and 0.66x the dense
-        model's time where the per-group products took 0.85x and 0.74x; ``"auto"``: the model timed both ways like ``conv_quant``
+        GPT-2 (hidden 256, 4-bit in groups of 128, 32 tokens), 0.60x and 0.65x the dense
+        model's time where the per-group products took 0.85x and 0.73x (``_requantized``);
+        ``"auto"``: the model timed both ways like ``conv_quant``
         (at batch 1: the graph's dynamic dimensions, other than the first, 8), the integer
         products kept only when faster (measured on BERT-shaped models, batch 1: MatMulNBits
         4-bit is 1.4–3x faster than dense at 1–8 tokens and no faster from 32, where the
@@ -1826,7 +1827,8 @@ def best_time(fn: Any, reps: int) -> float:
 _SLOW_ON = {"conv_quant": "pick", "lstm_quant": "int8", "group_quant": "int8"}
 _OFF = {"conv_quant": "alldense", "lstm_quant": "dense", "group_quant": "nbits"}
 _SLOW_WHAT = {"conv_quant": "the convs picked by their own timing", "lstm_quant": "DynamicQuantizeLSTM",
-              "group_quant": "DynamicQuantizeMatMul per group"}
+              "group_quant": ("DynamicQuantizeMatMul (per group, or per channel over codes made "
+                              "int8 at load)")}
 _SLOW_PREFIX: dict[str, tuple[str, ...]] = {   # how its rows begin
     "conv_quant": ("im2col", "Conv ", "DequantizeLinear"), "lstm_quant": ("DynamicQuantizeLSTM",),
     "group_quant": ("DynamicQuantizeMatMul per group", "DynamicQuantizeMatMul per channel,",
@@ -1924,7 +1926,8 @@ def _never_slower(c: Container, output: str | os.PathLike[str], like: str | os.P
                   inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, tuple[str, str]]:
     """The export as chosen, timed against the dense model (``like``: the same graph, dense
     weights) in onnxruntime at batch 1, 1 thread, best of 5 interleaved rounds of 9 calls;
-    no slower counts when a second such timing, in a fresh session, agrees. No slower: ``{}``. Slower (small layers, where quantizing the activations at each call
+    no slower counts when a second such timing, in a fresh session, agrees. No slower:
+    ``{}``. Slower (small layers, where quantizing the activations at each call
     costs more than the integer product saves): the compressed tensors are made dense, the
     smallest (dense bytes) first, 1, 2, 4, … of them, each set timed again, until the model is
     no slower than dense, or every one is dense. Packed 2–4-bit layers (MatMulNBits, or
