@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -475,11 +477,23 @@ WP_INLINE void prefetch_streams(const I* indices, const T* data, std::int64_t p)
   for (int b = 0; b < N * static_cast<int>(sizeof(T)); b += 64) __builtin_prefetch(dp + b);
 }
 
+// x's entries at 16 (8) indices, read one by one into the lanes a gather would fill: the
+// same values in the same lanes, so the same sums and bits (callers check the range first).
+template <class I>
+WP_TARGET_V4 WP_INLINE __m512 x_loads16(const float* x, const I* q) {
+  return _mm512_setr_ps(x[q[0]], x[q[1]], x[q[2]], x[q[3]], x[q[4]], x[q[5]], x[q[6]], x[q[7]],
+                        x[q[8]], x[q[9]], x[q[10]], x[q[11]], x[q[12]], x[q[13]], x[q[14]], x[q[15]]);
+}
+template <class I>
+WP_TARGET_V4 WP_INLINE __m512d x_loads8(const double* x, const I* q) {
+  return _mm512_setr_pd(x[q[0]], x[q[1]], x[q[2]], x[q[3]], x[q[4]], x[q[5]], x[q[6]], x[q[7]]);
+}
+
 // AVX-512: the range check rides in the gather loop (no separate pass over the row's indices:
 // on a matrix larger than the LLC that pass read the index stream alone, then the loop read
 // the values alone). Each vector of indices is compared unsigned against cols and only the
 // lanes in range are gathered; a row with any lane out of range is rescanned for the first.
-template <class T, class I>
+template <bool Loads, class T, class I>
 WP_TARGET_V4 std::int64_t spmv_v4(std::int64_t r0, std::int64_t r1, std::int64_t cols,
                                   const I* __restrict indptr, const I* __restrict indices,
                                   const T* __restrict data, const T* __restrict x,
@@ -502,14 +516,24 @@ WP_TARGET_V4 std::int64_t spmv_v4(std::int64_t r0, std::int64_t r1, std::int64_t
         const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 16);
         const __mmask16 m0 = _mm512_cmplt_epu32_mask(j0, vl), m1 = _mm512_cmplt_epu32_mask(j1, vl);
         all = static_cast<__mmask16>(all & m0 & m1);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, j0, x, 4), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p + 16), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, j1, x, 4), a1);
+        if constexpr (Loads) {
+          if (all != 0xffff) break;
+          a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), x_loads16(x, indices + p), a0);
+          a1 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p + 16), x_loads16(x, indices + p + 16), a1);
+        } else {
+          a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, j0, x, 4), a0);
+          a1 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p + 16), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, j1, x, 4), a1);
+        }
       }
-      if (p + 16 <= p1) {
+      if (all == 0xffff && p + 16 <= p1) {
         const __m512i j0 = _mm512_loadu_si512(indices + p);
         const __mmask16 m0 = _mm512_cmplt_epu32_mask(j0, vl);
         all = static_cast<__mmask16>(all & m0);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, j0, x, 4), a0);
+        if constexpr (Loads) {
+          if (all == 0xffff) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), x_loads16(x, indices + p), a0);
+        } else {
+          a0 = _mm512_fmadd_ps(_mm512_loadu_ps(data + p), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, j0, x, 4), a0);
+        }
         p += 16;
       }
       ok = all == 0xffff;
@@ -547,8 +571,15 @@ WP_TARGET_V4 std::int64_t spmv_v4(std::int64_t r0, std::int64_t r1, std::int64_t
           const __m256i j1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(indices + p + 8));
           m0 = _mm256_cmplt_epu32_mask(j0, vl);
           m1 = _mm256_cmplt_epu32_mask(j1, vl);
-          x0 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m0, j0, x, 8);
-          x1 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m1, j1, x, 8);
+          if constexpr (Loads) {
+            all = static_cast<__mmask8>(all & m0 & m1);
+            if (all != 0xff) break;
+            x0 = x_loads8(x, indices + p);
+            x1 = x_loads8(x, indices + p + 8);
+          } else {
+            x0 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m0, j0, x, 8);
+            x1 = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m1, j1, x, 8);
+          }
         } else {
           const __m512i vl = _mm512_set1_epi64(static_cast<long long>(lim));
           const __m512i j0 = _mm512_loadu_si512(indices + p), j1 = _mm512_loadu_si512(indices + p + 8);
@@ -666,39 +697,157 @@ WP_TARGET_V3 std::int64_t spmv_v3(std::int64_t r0, std::int64_t r1, std::int64_t
     return -1;
   }
 }
-// Whether spmv_v3 reads x entry by entry (Loads) rather than with vgatherdps on this CPU:
-// WP_SPMV_X=loads|gather decides; else both loops are timed once, on 64 rows of 256 random
-// columns of a 4096-entry x (16 KiB, in L1: the loops' own cost, which decides out of cache
-// too: the Zen 3 above ran 8192² at 90 % in 0.70 ns per entry with loads, 0.90 with gathers),
-// the least of 7 calls each, interleaved (about 0.1 ms, once per process). Both give the
-// same bits, so the choice changes the time only.
-bool spmv_x_loads() {
-  static const bool loads = [] {
-    const char* env = std::getenv("WP_SPMV_X");
-    if (env && std::strcmp(env, "loads") == 0) return true;
-    if (env && std::strcmp(env, "gather") == 0) return false;
-    constexpr int kCols = 4096, kRows = 64, kLen = 256;
-    std::vector<float> x(kCols, 1.0f), data(kRows * kLen, 0.5f), y(kRows);
-    std::vector<std::int32_t> idx(kRows * kLen), ptr(kRows + 1);
-    std::uint32_t state = 12345;
-    for (auto& j : idx) {
-      state = state * 1664525u + 1013904223u;
-      j = static_cast<std::int32_t>((state >> 8) % kCols);
+// Whether the SpMV loop reads x entry by entry (Loads) rather than with a gather on this
+// CPU: WP_SPMV_X=loads|gather decides; else both loops are timed once, on 64 rows of 256
+// random columns of a 4096-entry x (16 KiB, in L1: the loops' own cost, which decides out of
+// cache too: the Zen 3 above ran 8192² at 90 % in 0.70 ns per entry with loads, 0.90 with
+// gathers), the least of 7 calls each, interleaved (about 0.1 ms, once per process and ISA
+// level). Both give the same bits, so the choice changes the time only.
+template <class Loop>
+bool loads_faster(Loop loop) {
+  const char* env = std::getenv("WP_SPMV_X");
+  if (env && std::strcmp(env, "loads") == 0) return true;
+  if (env && std::strcmp(env, "gather") == 0) return false;
+  constexpr int kCols = 4096, kRows = 64, kLen = 256;
+  std::vector<float> x(kCols, 1.0f), data(kRows * kLen, 0.5f), y(kRows);
+  std::vector<std::int32_t> idx(kRows * kLen), ptr(kRows + 1);
+  std::uint32_t state = 12345;
+  for (auto& j : idx) {
+    state = state * 1664525u + 1013904223u;
+    j = static_cast<std::int32_t>((state >> 8) % kCols);
+  }
+  for (int i = 0; i <= kRows; ++i) ptr[i] = i * kLen;
+  double best[2] = {1e30, 1e30};
+  for (int round = 0; round < 8; ++round)
+    for (int v = 0; v < 2; ++v) {
+      const auto t0 = std::chrono::steady_clock::now();
+      loop(v == 1, kRows, kCols, ptr.data(), idx.data(), data.data(), x.data(), y.data());
+      const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (round > 0) best[v] = std::min(best[v], t);  // round 0 warms caches and clocks
     }
-    for (int i = 0; i <= kRows; ++i) ptr[i] = i * kLen;
-    double best[2] = {1e30, 1e30};
-    for (int round = 0; round < 8; ++round)
-      for (int v = 0; v < 2; ++v) {
-        const auto t0 = std::chrono::steady_clock::now();
-        if (v) spmv_v3<true, float, std::int32_t>(0, kRows, kCols, ptr.data(), idx.data(), data.data(), x.data(), y.data(), 1);
-        else spmv_v3<false, float, std::int32_t>(0, kRows, kCols, ptr.data(), idx.data(), data.data(), x.data(), y.data(), 1);
-        const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (round > 0) best[v] = std::min(best[v], t);  // round 0 warms caches and clocks
-      }
-    return best[1] < best[0];
-  }();
+  return best[1] < best[0];
+}
+#define WP_SPMV_PROBE(fn)                                                                       \
+  [](bool by_loads, int rows, int cols, const std::int32_t* ptr, const std::int32_t* idx,       \
+     const float* data, const float* x, float* y) {                                             \
+    if (by_loads) fn<true, float, std::int32_t>(0, rows, cols, ptr, idx, data, x, y, 1);        \
+    else fn<false, float, std::int32_t>(0, rows, cols, ptr, idx, data, x, y, 1);                \
+  }
+bool spmv_x_loads() {
+  static const bool loads = loads_faster(WP_SPMV_PROBE(spmv_v3));
   return loads;
 }
+// The same choice for spmv_v4 (Zen 4: vgatherdps zmm against 16 loads and inserts).
+bool spmv_x_loads_v4() {
+  static const bool loads = loads_faster(WP_SPMV_PROBE(spmv_v4));
+  return loads;
+}
+#undef WP_SPMV_PROBE
+
+// How an SpMV reads x: `loads` entry by entry (else by gathers), `trial` when this call is
+// timed towards the choice for matrices larger than the last-level cache. Out of cache the
+// in-L1 probe above can mislead: on an AMD EPYC (Zen 4, 2 cores, 32 MiB L3) the loads took
+// 0.36 ns per entry against 0.44 for vgatherdps zmm with the CSR in cache, and as long with
+// a 16 KiB x out of cache (4096² at 50 %), but 8192² at 90 % (54 MB, a 32 KiB x) ran in
+// 4.3-4.6 ms against 3.5-3.6 (1 thread: the gathers keep more of x's L2 reads in flight
+// beside the streams), while the Zen 3 above ran the loads faster there too. So per size of x
+// (powers of two) and for one thread or more, the first 6 calls larger than the cache alternate
+// the two (same bits), and the one with the least time per entry serves every later one. WP_SPMV_X=loads|gather
+// forces either; WP_LLC_BYTES overrides the cache size (containers may misreport it).
+struct XRead {
+  bool loads, trial;
+  int bucket;
+};
+struct XReadTrials {
+  int n = 0;  // trials recorded
+  double best[2] = {1e30, 1e30};
+  std::atomic<int> chosen{-1};  // -1 measuring, 0 gather, 1 loads
+};
+constexpr int kXBuckets = 48, kXReadTrials = 6;
+std::mutex& x_read_mutex() {
+  static std::mutex m;
+  return m;
+}
+XReadTrials* x_read_trials() {
+  static XReadTrials t[2 * kXBuckets];  // one thread, then more
+  return t;
+}
+int x_bucket(std::int64_t x_bytes) {  // ceil(log2(bytes))
+  int b = 0;
+  while (b + 1 < kXBuckets && (std::int64_t(1) << b) < x_bytes) ++b;
+  return b;
+}
+
+std::int64_t llc_bytes() {
+  static const std::int64_t bytes = [] {
+    if (const char* env = std::getenv("WP_LLC_BYTES")) {
+      const long long v = std::atoll(env);
+      if (v > 0) return static_cast<std::int64_t>(v);
+    }
+    // sysfs first: in a VM sysconf may report the host's whole L3 (320 MiB on the Zen 4
+    // above, whose guest sees one 32 MiB instance), sysfs what this CPU's cores share
+    std::int64_t best = 0;
+    for (int i = 0; i < 8; ++i) {
+      const std::string f = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/size";
+      if (FILE* fp = std::fopen(f.c_str(), "r")) {
+        long long v = 0;
+        char unit = 0;
+        const int got = std::fscanf(fp, "%lld%c", &v, &unit);
+        std::fclose(fp);
+        if (got >= 1 && v > 0)
+          best = std::max<std::int64_t>(best, v << (unit == 'K' ? 10 : unit == 'M' ? 20 : unit == 'G' ? 30 : 0));
+      }
+    }
+    long l3 = 0;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    if (best == 0 && l3 > 0) best = l3;
+    return best > 0 ? best : std::int64_t(32) << 20;
+  }();
+  return bytes;
+}
+
+bool x_loads_in_cache() {
+  switch (isa_level()) {
+    case Isa::kV4: return spmv_x_loads_v4();
+    case Isa::kV3: return spmv_x_loads();
+    case Isa::kBase: break;
+  }
+  return false;
+}
+
+bool x_forced() {
+  const char* env = std::getenv("WP_SPMV_X");
+  return env && (std::strcmp(env, "loads") == 0 || std::strcmp(env, "gather") == 0);
+}
+
+XRead x_read(std::int64_t stream_bytes, std::int64_t x_bytes, int n_threads) {
+  if (isa_level() == Isa::kBase || stream_bytes <= llc_bytes() || x_forced())
+    return {x_loads_in_cache(), false, 0};
+  const int b = x_bucket(x_bytes) + (n_threads > 1 ? kXBuckets : 0);
+  XReadTrials& t = x_read_trials()[b];
+  const int chosen = t.chosen.load(std::memory_order_acquire);
+  if (chosen >= 0) return {chosen == 1, false, b};
+  std::lock_guard<std::mutex> lock(x_read_mutex());
+  return {t.n % 2 == 1, true, b};
+}
+
+void x_read_trial(const XRead& how, double seconds_per_entry) {
+  XReadTrials& t = x_read_trials()[how.bucket];
+  std::lock_guard<std::mutex> lock(x_read_mutex());
+  if (t.chosen.load() >= 0) return;
+  double& best = t.best[how.loads ? 1 : 0];
+  best = std::min(best, seconds_per_entry);
+  if (++t.n >= kXReadTrials) t.chosen.store(t.best[1] < t.best[0] ? 1 : 0, std::memory_order_release);
+}
+#else
+struct XRead {  // one way to read x off x86-64
+  bool loads, trial;
+  int bucket;
+};
+XRead x_read(std::int64_t, std::int64_t, int) { return {false, false, 0}; }
+void x_read_trial(const XRead&, double) {}
 #endif
 
 #define WP_ROWS_ARGS                                                                        \
@@ -708,40 +857,43 @@ bool spmv_x_loads() {
 #define WP_ROWS_PASS r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy
 
 template <bool Scatter, class T, class I>
-std::int64_t rows_base(WP_ROWS_ARGS) {
+std::int64_t rows_base(WP_ROWS_ARGS, bool) {
   if constexpr (Scatter) return scatter_rows<T, I, kBlockBase>(WP_ROWS_PASS);
   else return gather_rows<T, I, kBlockBase>(WP_ROWS_PASS, pos);
 }
 #ifdef WP_X86_DISPATCH
 template <bool Scatter, class T, class I>
-WP_TARGET_V3 std::int64_t rows_v3(WP_ROWS_ARGS) {
+WP_TARGET_V3 std::int64_t rows_v3(WP_ROWS_ARGS, bool loads) {
   if constexpr (!Scatter)
     if (k == 1 && ldx == 1)
-      return spmv_x_loads() ? spmv_v3<true, T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy)
+      return loads ? spmv_v3<true, T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy)
                             : spmv_v3<false, T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
   if constexpr (Scatter) return scatter_rows<T, I, kBlockV3>(WP_ROWS_PASS);
   else return gather_rows<T, I, kBlockV3>(WP_ROWS_PASS, pos);
 }
 template <bool Scatter, class T, class I>
-WP_TARGET_V4 std::int64_t rows_v4(WP_ROWS_ARGS) {
+WP_TARGET_V4 std::int64_t rows_v4(WP_ROWS_ARGS, bool loads) {
   if constexpr (!Scatter)
-    if (k == 1 && ldx == 1) return spmv_v4<T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
+    if (k == 1 && ldx == 1)
+      return loads ? spmv_v4<true, T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy)
+                   : spmv_v4<false, T, I>(r0, r1, cols, indptr, indices, data, x, y, ldy);
   if constexpr (Scatter) return scatter_rows<T, I, kBlockV4>(WP_ROWS_PASS);
   else return gather_rows<T, I, kBlockV4>(WP_ROWS_PASS, pos);
 }
 #endif
 
 template <bool Scatter, class T, class I>
-std::int64_t rows(WP_ROWS_ARGS) {
+std::int64_t rows(WP_ROWS_ARGS, bool loads) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return rows_v4<Scatter, T, I>(WP_ROWS_PASS, pos);
-    case Isa::kV3: return rows_v3<Scatter, T, I>(WP_ROWS_PASS, pos);
+    case Isa::kV4: return rows_v4<Scatter, T, I>(WP_ROWS_PASS, pos, loads);
+    case Isa::kV3: return rows_v3<Scatter, T, I>(WP_ROWS_PASS, pos, loads);
     case Isa::kBase: break;
   }
 #endif
-  return rows_base<Scatter, T, I>(WP_ROWS_PASS, pos);
+  return rows_base<Scatter, T, I>(WP_ROWS_PASS, pos, loads);
 }
+
 
 }  // namespace
 
@@ -779,15 +931,22 @@ std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, 
     const std::int64_t n_blocks = (cols + block - 1) / block;
     if (n_blocks > 1 && block >= 64 && rows_ * n_blocks * 4 <= nnz) pos.resize(static_cast<size_t>(rows_));
   }
+  const std::int64_t stream = nnz * static_cast<std::int64_t>(sizeof(T) + sizeof(I));
+  const XRead how = k == 1 && ldx == 1 ? x_read(stream, cols * static_cast<std::int64_t>(sizeof(T)), nt)
+                                       : XRead{false, false, 0};
+  const auto t0 = std::chrono::steady_clock::now();
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), nth = team_size();
     const std::int64_t r0 = part_start(rows_, indptr, tid, nth);
     const std::int64_t r1 = part_start(rows_, indptr, tid + 1, nth);
     const std::int64_t bad = rows<false, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy,
-                                                   pos.empty() ? nullptr : pos.data() + r0);
+                                                   pos.empty() ? nullptr : pos.data() + r0, how.loads);
     if (bad >= 0) note_bad(first_bad, bad);
   }
+  if (how.trial && first_bad.load() < 0)
+    x_read_trial(how, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+                                static_cast<double>(std::max<std::int64_t>(nnz, 1)));
   return first_bad.load();
 }
 
@@ -816,7 +975,7 @@ std::int64_t csr_matmat_t(std::int64_t rows_, std::int64_t cols, const I* indptr
       for (std::int64_t c = 0; c < k; ++c) out[j * ld + c] = T(0);
     const std::int64_t r0 = part_start(rows_, indptr, b, n_blocks);
     const std::int64_t r1 = part_start(rows_, indptr, b + 1, n_blocks);
-    const std::int64_t bad = rows<true, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, out, ld, nullptr);
+    const std::int64_t bad = rows<true, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, out, ld, nullptr, false);
     if (bad >= 0) note_bad(first_bad, bad);
   }
   if (n_blocks > 1 && first_bad.load() < 0) {
@@ -850,12 +1009,27 @@ WP_CSR_INST(float, std::int64_t)
 WP_CSR_INST(double, std::int32_t)
 WP_CSR_INST(double, std::int64_t)
 
-const char* spmv_x_path() {
+// "avx2-loads", "avx512-gather", ...: how an SpMV in cache reads x and, unless WP_SPMV_X
+// forces one way, how one larger than the last-level cache does ("measuring" until decided).
+std::string spmv_x_path() {
 #ifdef WP_X86_DISPATCH
-  switch (isa_level()) {
-    case Isa::kV4: return "avx512-gather";
-    case Isa::kV3: return spmv_x_loads() ? "avx2-loads" : "avx2-gather";
-    case Isa::kBase: break;
+  if (isa_level() != Isa::kBase) {
+    std::string path = std::string(isa_level() == Isa::kV4 ? "avx512-" : "avx2-") +
+                       (x_loads_in_cache() ? "loads" : "gather");
+    if (!x_forced()) {
+      path += "; larger than the LLC:";
+      int decided = 0;
+      for (int b = 0; b < 2 * kXBuckets; ++b) {
+        const int chosen = x_read_trials()[b].chosen.load();
+        if (chosen < 0) continue;
+        const std::int64_t bytes = std::int64_t(1) << (b % kXBuckets);
+        path += std::string(decided++ ? "," : "") + " x " +
+                (bytes < 1024 ? std::to_string(bytes) + " B " : std::to_string(bytes >> 10) + " KiB ") +
+                (b < kXBuckets ? "1t " : "2+t ") + (chosen == 1 ? "loads" : "gather");
+      }
+      if (!decided) path += " measuring";
+    }
+    return path;
   }
 #endif
   return "scalar";

@@ -402,8 +402,9 @@ import hashlib, os
 import numpy as np, scipy.sparse as sp, weightpress as wp
 from weightpress import _core
 assert _core.isa_level() <= LEVEL, _core.isa_level()
-if _core.isa_level() == 1 and os.environ.get("WP_SPMV_X"):
-    assert _core.spmv_x_path() == "avx2-" + os.environ["WP_SPMV_X"], _core.spmv_x_path()
+if _core.isa_level() > 0 and os.environ.get("WP_SPMV_X"):
+    isa = "avx512-" if _core.isa_level() == 2 else "avx2-"
+    assert _core.spmv_x_path() == isa + os.environ["WP_SPMV_X"], _core.spmv_x_path()
 digest = hashlib.sha256()
 rng = np.random.default_rng(13)
 for dt in (np.float32, np.float64):
@@ -449,22 +450,69 @@ def test_products_on_capped_isa(level):
     assert r.returncode == 0 and r.stdout.split()[0] == "ok", r.stderr[-2000:]
 
 
-def test_avx2_spmv_reads_x_by_gather_or_loads_with_the_same_bits():
-    # the AVX2 SpMV reads x with vgatherdps or entry by entry, whichever a one-time measurement
-    # finds faster (cpp/csr.cpp spmv_x_loads); WP_SPMV_X forces either: both must give the same
-    # bits, range errors at the same positions, and the library must report the path it took
+@pytest.mark.parametrize("level", [1, 2])
+def test_spmv_reads_x_by_gather_or_loads_with_the_same_bits(level):
+    # the AVX2 and AVX-512 SpMVs read x with a gather or entry by entry, whichever a one-time
+    # measurement finds faster (cpp/csr.cpp loads_faster); WP_SPMV_X forces either: both must
+    # give the same bits, range errors at the same positions, and the library must report the
+    # path it took
     import os
     import subprocess
     import sys
 
+    from weightpress import _core
+
+    if _core.isa_level() < level:
+        pytest.skip(f"this CPU runs ISA level {_core.isa_level()} (2 = AVX-512), not {level}")
     out = {}
     for mode in ("gather", "loads"):
-        env = dict(os.environ, WP_MAX_ISA="1", WP_SPMV_X=mode)
-        r = subprocess.run([sys.executable, "-c", _ISA_CHECK.replace("LEVEL", "1")], env=env,
+        env = dict(os.environ, WP_MAX_ISA=str(level), WP_SPMV_X=mode)
+        r = subprocess.run([sys.executable, "-c", _ISA_CHECK.replace("LEVEL", str(level))], env=env,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0 and r.stdout.split()[0] == "ok", r.stderr[-2000:]
         out[mode] = r.stdout.split()[1]
     assert out["gather"] == out["loads"], out
+
+
+_LARGE_SPMV = """
+import numpy as np, scipy.sparse as sp, weightpress as wp
+from weightpress import _core
+rng = np.random.default_rng(5)
+A = sp.random_array((700, 900), density=0.2, format="csr", dtype=np.float32, rng=rng)
+A.indptr, A.indices = A.indptr.astype(np.int32), A.indices.astype(np.int32)
+x = rng.standard_normal(900).astype(np.float32)
+before = _core.spmv_x_path()
+ys = [wp.csr_matmul(A, x, n_threads=1) for i in range(8)] + [wp.csr_matmul(A, x, n_threads=2)]
+print(before.split("LLC: ")[1], _core.spmv_x_path().split("LLC: ")[1].replace(" ", "_"),
+      all(np.array_equal(ys[0], y) for y in ys), ys[0].tobytes().hex()[:64])
+"""
+
+
+def test_spmv_larger_than_the_cache_chooses_how_to_read_x_by_timing_its_first_calls():
+    # out of the last-level cache the first 6 SpMVs per size of x and thread class alternate
+    # gathers and loads and the faster serves later calls (cpp/csr.cpp x_read); WP_LLC_BYTES shrinks the cache so that
+    # a small matrix counts as large. Every call gives the same bits as a forced path.
+    import os
+    import subprocess
+    import sys
+
+    from weightpress import _core
+
+    if _core.isa_level() == 0:
+        pytest.skip("the baseline SpMV has one way to read x")
+    env = dict(os.environ, WP_LLC_BYTES="4096")
+    env.pop("WP_SPMV_X", None)
+    r = subprocess.run([sys.executable, "-c", _LARGE_SPMV], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after, same, head = r.stdout.split()
+    # x: 900 float32 entries, 3.6 kB: the 4 KiB class, decided for one thread after 6 calls
+    assert before == "measuring" and after in ("x_4_KiB_1t_gather", "x_4_KiB_1t_loads") and same == "True", r.stdout
+    env["WP_SPMV_X"] = "gather"
+    forced = subprocess.run([sys.executable, "-c", _LARGE_SPMV.replace('.split("LLC: ")[1]', "")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert forced.stdout.split()[-1] == head
 
 
 def test_read_probe_is_xor_of_words():

@@ -3,6 +3,7 @@
 // on n_threads.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace wp {
 
@@ -38,8 +39,10 @@ std::int64_t csr_matmat_t(std::int64_t rows, std::int64_t cols, const I* indptr,
                           const T* data, std::int64_t k, const T* x, std::int64_t ldx, T* y,
                           std::int64_t ldy, int n_threads);
 
-// How this CPU's SpMV (k = 1) reads x: "avx512-gather", "avx2-gather", "avx2-loads" (AVX2,
-// chosen by timing both loops once: same bits either way) or "scalar".
-const char* spmv_x_path();
+// How this CPU's SpMV (k = 1) reads x: "avx512-gather", "avx512-loads", "avx2-gather",
+// "avx2-loads" (chosen by timing both loops once: same bits either way) or "scalar"; unless
+// WP_SPMV_X forces one, followed by "; larger than the LLC: gather|loads|measuring" (the
+// choice for matrices out of cache, made by timing the first such calls).
+std::string spmv_x_path();
 
 }  // namespace wp
