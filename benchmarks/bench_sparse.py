@@ -200,6 +200,8 @@ def bench_spmv_bandwidth(quick: bool) -> None:
                   by / t1 / bw1, by / t2 / bw2, "-" if t_dense is None else n * n * 4 / t_dense / bw2,
                   vs_read[0], vs_read[1], f"{os.getloadavg()[0]:.1f}")
     t.print()
+    # out of the LLC the way x is read is chosen by timing the first calls (cpp/csr.cpp x_read)
+    print(f"SpMV reads x by {_core.spmv_x_path()}")
 
 
 def _best(fn, n: int) -> float:
