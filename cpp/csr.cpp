@@ -751,8 +751,10 @@ bool spmv_x_loads_v4() {
 // a 16 KiB x out of cache (4096² at 50 %), but 8192² at 90 % (54 MB, a 32 KiB x) ran in
 // 4.3-4.6 ms against 3.5-3.6 (1 thread: the gathers keep more of x's L2 reads in flight
 // beside the streams), while the Zen 3 above ran the loads faster there too. So per size of x
-// (powers of two) and for one thread or more, the first 6 calls larger than the cache alternate
-// the two (same bits), and the one with the least time per entry serves every later one. WP_SPMV_X=loads|gather
+// (powers of two) and for one thread or more, the first 11 calls larger than the cache alternate
+// the two (same bits; the first, which may fault pages in, is not counted), and the one with
+// the least time per entry over 5 calls each serves every later one (3 each picked wrong
+// once in the SpMV benchmark, whose calls come in bursts of one kind). WP_SPMV_X=loads|gather
 // forces either; WP_LLC_BYTES overrides the cache size (containers may misreport it).
 struct XRead {
   bool loads, trial;
@@ -763,7 +765,7 @@ struct XReadTrials {
   double best[2] = {1e30, 1e30};
   std::atomic<int> chosen{-1};  // -1 measuring, 0 gather, 1 loads
 };
-constexpr int kXBuckets = 48, kXReadTrials = 6;
+constexpr int kXBuckets = 48, kXReadTrials = 11;
 std::mutex& x_read_mutex() {
   static std::mutex m;
   return m;
@@ -838,7 +840,7 @@ void x_read_trial(const XRead& how, double seconds_per_entry) {
   std::lock_guard<std::mutex> lock(x_read_mutex());
   if (t.chosen.load() >= 0) return;
   double& best = t.best[how.loads ? 1 : 0];
-  best = std::min(best, seconds_per_entry);
+  if (t.n > 0) best = std::min(best, seconds_per_entry);
   if (++t.n >= kXReadTrials) t.chosen.store(t.best[1] < t.best[0] ? 1 : 0, std::memory_order_release);
 }
 #else
