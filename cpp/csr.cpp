@@ -744,28 +744,30 @@ bool spmv_x_loads_v4() {
 }
 #undef WP_SPMV_PROBE
 
-// How an SpMV reads x: `loads` entry by entry (else by gathers), `trial` when this call is
-// timed towards the choice for matrices larger than the last-level cache. Out of cache the
-// in-L1 probe above can mislead: on an AMD EPYC (Zen 4, 2 cores, 32 MiB L3) the loads took
+// How an SpMV reads x: `loads` entry by entry (else by gathers); `trial` when this call
+// times the two towards the choice for matrices larger than the last-level cache. Out of cache
+// the in-L1 probe above can mislead: on an AMD EPYC (Zen 4, 2 cores, 32 MiB L3) the loads took
 // 0.36 ns per entry against 0.44 for vgatherdps zmm with the CSR in cache, and as long with
 // a 16 KiB x out of cache (4096² at 50 %), but 8192² at 90 % (54 MB, a 32 KiB x) ran in
-// 4.3-4.6 ms against 3.5-3.6 (1 thread: the gathers keep more of x's L2 reads in flight
-// beside the streams), while the Zen 3 above ran the loads faster there too. So per size of x
-// (powers of two) and for one thread or more, the first 11 calls larger than the cache alternate
-// the two (same bits; the first, which may fault pages in, is not counted), and the one with
-// the least time per entry over 5 calls each serves every later one (3 each picked wrong
-// once in the SpMV benchmark, whose calls come in bursts of one kind). WP_SPMV_X=loads|gather
-// forces either; WP_LLC_BYTES overrides the cache size (containers may misreport it).
+// 3.7-4.6 ms against 3.4-3.6 (1 thread, least of 40: the gathers keep more of x's L2 reads
+// in flight beside the streams), while the Zen 3 above ran the loads faster there too. So per
+// size of x (powers of two) and for one thread or more, the first 3 calls larger than the
+// cache compute each thread's rows in 16 slices of equal entries, alternately by gathers and
+// by loads (same bits), each slice timed; the way with the lesser median time per entry over
+// those slices serves every later call. Whole calls timed in turn (3-5 of each) picked the
+// slower way in the SpMV benchmark, whose other libraries' threads spin on the same 2 cores
+// for a while after their calls: slices side by side in one call see the same machine.
+// WP_SPMV_X=loads|gather forces either; WP_LLC_BYTES overrides the cache size.
 struct XRead {
   bool loads, trial;
   int bucket;
 };
 struct XReadTrials {
-  int n = 0;  // trials recorded
-  double best[2] = {1e30, 1e30};
-  std::atomic<int> chosen{-1};  // -1 measuring, 0 gather, 1 loads
+  int n = 0;                         // trial calls recorded
+  std::vector<double> per_entry[2];  // seconds per entry of each slice: gathers, loads
+  std::atomic<int> chosen{-1};       // -1 measuring, 0 gather, 1 loads
 };
-constexpr int kXBuckets = 48, kXReadTrials = 11;
+constexpr int kXBuckets = 48, kXReadTrials = 3, kXSlices = 16;
 std::mutex& x_read_mutex() {
   static std::mutex m;
   return m;
@@ -832,24 +834,39 @@ XRead x_read(std::int64_t stream_bytes, std::int64_t x_bytes, int n_threads) {
   const int chosen = t.chosen.load(std::memory_order_acquire);
   if (chosen >= 0) return {chosen == 1, false, b};
   std::lock_guard<std::mutex> lock(x_read_mutex());
-  return {t.n % 2 == 1, true, b};
+  return {t.n % 2 == 1, true, b};  // (which way the first slice takes, alternating per call)
 }
 
-void x_read_trial(const XRead& how, double seconds_per_entry) {
+void x_read_trial(const XRead& how, const std::vector<double>& secs, const std::vector<std::int64_t>& entries) {
   XReadTrials& t = x_read_trials()[how.bucket];
   std::lock_guard<std::mutex> lock(x_read_mutex());
   if (t.chosen.load() >= 0) return;
-  double& best = t.best[how.loads ? 1 : 0];
-  if (t.n > 0) best = std::min(best, seconds_per_entry);
-  if (++t.n >= kXReadTrials) t.chosen.store(t.best[1] < t.best[0] ? 1 : 0, std::memory_order_release);
+  for (std::size_t i = 0; i < secs.size(); ++i)
+    if (entries[i] > 0)
+      t.per_entry[(static_cast<int>(i % kXSlices) + how.loads) % 2].push_back(secs[i] / static_cast<double>(entries[i]));
+  if (++t.n < kXReadTrials) return;
+  double med[2];
+  for (int v = 0; v < 2; ++v) {
+    std::vector<double>& e = t.per_entry[v];
+    if (e.empty()) {
+      med[v] = 1e30;
+      continue;
+    }
+    std::nth_element(e.begin(), e.begin() + static_cast<std::ptrdiff_t>(e.size() / 2), e.end());
+    med[v] = e[e.size() / 2];
+  }
+  t.chosen.store(med[1] < med[0] ? 1 : 0, std::memory_order_release);
+  t.per_entry[0] = {};
+  t.per_entry[1] = {};
 }
 #else
 struct XRead {  // one way to read x off x86-64
   bool loads, trial;
   int bucket;
 };
+constexpr int kXSlices = 1;
 XRead x_read(std::int64_t, std::int64_t, int) { return {false, false, 0}; }
-void x_read_trial(const XRead&, double) {}
+void x_read_trial(const XRead&, const std::vector<double>&, const std::vector<std::int64_t>&) {}
 #endif
 
 #define WP_ROWS_ARGS                                                                        \
@@ -936,19 +953,34 @@ std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, 
   const std::int64_t stream = nnz * static_cast<std::int64_t>(sizeof(T) + sizeof(I));
   const XRead how = k == 1 && ldx == 1 ? x_read(stream, cols * static_cast<std::int64_t>(sizeof(T)), nt)
                                        : XRead{false, false, 0};
-  const auto t0 = std::chrono::steady_clock::now();
+  // a trial: slice q of thread tid's rows is part tid·S + q of nt·S (the same boundaries as
+  // the thread's own part), by loads when (q + how.loads) is odd
+  const int n_slices = how.trial ? kXSlices : 1;
+  std::vector<double> secs(how.trial ? static_cast<std::size_t>(nt * n_slices) : 0);
+  std::vector<std::int64_t> entries(secs.size());
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id(), nth = team_size();
-    const std::int64_t r0 = part_start(rows_, indptr, tid, nth);
-    const std::int64_t r1 = part_start(rows_, indptr, tid + 1, nth);
-    const std::int64_t bad = rows<false, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy,
-                                                   pos.empty() ? nullptr : pos.data() + r0, how.loads);
-    if (bad >= 0) note_bad(first_bad, bad);
+    for (int q = 0; q < n_slices; ++q) {
+      const std::int64_t part = static_cast<std::int64_t>(tid) * n_slices + q, parts = static_cast<std::int64_t>(nth) * n_slices;
+      const std::int64_t r0 = part_start(rows_, indptr, part, parts);
+      const std::int64_t r1 = part_start(rows_, indptr, part + 1, parts);
+      const bool loads = how.trial ? (q + how.loads) % 2 == 1 : how.loads;
+      const auto t0 = std::chrono::steady_clock::now();
+      const std::int64_t bad = rows<false, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy,
+                                                     pos.empty() ? nullptr : pos.data() + r0, loads);
+      if (how.trial) {
+        const std::size_t at = static_cast<std::size_t>(part);
+        secs[at] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        entries[at] = static_cast<std::int64_t>(indptr[r1]) - static_cast<std::int64_t>(indptr[r0]);
+      }
+      if (bad >= 0) {
+        note_bad(first_bad, bad);
+        break;
+      }
+    }
   }
-  if (how.trial && first_bad.load() < 0)
-    x_read_trial(how, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
-                                static_cast<double>(std::max<std::int64_t>(nnz, 1)));
+  if (how.trial && first_bad.load() < 0) x_read_trial(how, secs, entries);
   return first_bad.load();
 }
 
