@@ -371,13 +371,18 @@ std::int64_t select_range(const T* r, std::int64_t j0, std::int64_t j1, std::int
 // Column chunk of the row buffers of the compaction.
 constexpr std::int64_t kSelectChunk = std::int64_t(1) << 16;
 
-// Keys of a deterministic sample of W (the same for any thread count): 4096 runs of up to 32
-// consecutive row-major entries, spread evenly over W with a hashed jitter.
+// Keys of a deterministic sample of W (the same for any thread count): runs of up to 32
+// consecutive row-major entries, spread evenly over W with a hashed jitter; one run per 2048
+// entries of W, 512 to 4096 runs. (A fixed 4096 runs, 131k keys, was 22 % of a 1536×384 W:
+// gathering and selecting in it took 1.7 ms of a 2.3 ms prune to 90 %, against 0.58 ms for
+// the threshold prune, which has no sample. A smaller sample widens the band that the pass
+// collects, as 1/√runs: 3 % of W at 512 runs, 1 % at 4096, both cheap beside the sample.)
 template <class T>
 std::vector<typename Key<T>::U> sample_keys(std::int64_t rows, std::int64_t cols, const T* w,
                                             std::int64_t rs, std::int64_t cs) {
   const std::int64_t total = rows * cols;
-  constexpr std::int64_t kRuns = 4096, kRun = 32;
+  const std::int64_t kRuns = std::clamp<std::int64_t>(total / 2048, 512, 4096);
+  constexpr std::int64_t kRun = 32;
   std::vector<typename Key<T>::U> keys;
   keys.reserve(static_cast<size_t>(kRuns * kRun));
   const std::int64_t stride = total / kRuns;
@@ -483,7 +488,8 @@ std::int64_t prune_count(std::int64_t rows, std::int64_t cols, const T* w, std::
       if (r_hi >= S) {
         hi = K::kInf;
       } else {
-        std::nth_element(sk.begin(), sk.begin() + r_hi, sk.end());
+        // (after the first selection, every key from r_lo + 1 on is at or above sk[r_lo])
+        std::nth_element(sk.begin() + std::max<std::int64_t>(r_lo + 1, 0), sk.begin() + r_hi, sk.end());
         hi = std::min(sk[static_cast<size_t>(r_hi)], K::kInf);
       }
       lo = std::min(lo, hi);
