@@ -184,3 +184,27 @@ def test_calibrated_compress_is_the_same_for_any_blas_thread_count(tmp_path, met
             compress_model(src, out, ratio=4, method=method, calibration=cp, min_size=16)
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
     assert digests[0] == digests[1]
+
+
+_ENV_AFTER_IMPORT = """
+import os, sys
+before = dict(os.environ)
+import weightpress
+print(dict(os.environ) == before, os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+@pytest.mark.parametrize("user", [None, "300000"])
+def test_import_tunes_libgomp_spin_but_leaves_the_environment_as_it_was(user):
+    # weightpress/__init__.py sets GOMP_SPINCOUNT=1000 while libgomp loads (its idle workers
+    # otherwise spin for milliseconds against OpenBLAS's on a small machine) and restores the
+    # environment: child processes see the user's, and a user's own setting is kept
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    if user is not None:
+        env["GOMP_SPINCOUNT"] = user
+    r = subprocess.run([sys.executable, "-c", _ENV_AFTER_IMPORT], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["True", str(user)]

@@ -11,7 +11,24 @@ Subpackages, each importing only the ones below it: ``cli`` -> ``model`` -> ``co
 
 from __future__ import annotations
 
-from . import _core
+import os
+
+# libgomp's idle workers spin for about 300 000 iterations (milliseconds) after each parallel
+# region, and OpenBLAS's threads spin after each BLAS call: on a 2-core AMD EPYC (Zen 4) the
+# two kept taking each other's cores in randomized_svd (perf: 45 % of its samples in the two
+# spin loops), 25 ms per call (768x3072 float32, k = 16) against 12-14 ms with workers that
+# spin 1000 iterations before they sleep; the small kernels (SpMV 768x3072, 0.06 ms) kept
+# their time, where OMP_WAIT_POLICY=passive slowed them 1.6x. libgomp reads the setting
+# once, when it is loaded with the extension below; the environment is then restored, so
+# that child processes and other OpenMP runtimes see the user's. A user's own
+# GOMP_SPINCOUNT or OMP_WAIT_POLICY is left alone.
+_SPIN = not ({"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & os.environ.keys())
+if _SPIN:
+    os.environ["GOMP_SPINCOUNT"] = "1000"
+from . import _core  # noqa: E402  (libgomp loads here)
+
+if _SPIN:
+    os.environ.pop("GOMP_SPINCOUNT", None)
 from ._threads import get_num_threads, set_num_threads, threads
 from .compression import CalibrationStats, Dense, LowRank, Sparse, SparseCoded, SparsePlusLowRank
 from .linalg import (ConvergenceWarning, DenseFasterWarning, OMPDictionary, SolverInfo,
