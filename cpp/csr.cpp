@@ -572,8 +572,7 @@ WP_TARGET_V4 std::int64_t spmv_v4(std::int64_t r0, std::int64_t r1, std::int64_t
           m0 = _mm256_cmplt_epu32_mask(j0, vl);
           m1 = _mm256_cmplt_epu32_mask(j1, vl);
           if constexpr (Loads) {
-            all = static_cast<__mmask8>(all & m0 & m1);
-            if (all != 0xff) break;
+            if ((all & m0 & m1) != 0xff) break;  // (all is updated below, as for the gathers)
             x0 = x_loads8(x, indices + p);
             x1 = x_loads8(x, indices + p + 8);
           } else {
@@ -703,11 +702,16 @@ WP_TARGET_V3 std::int64_t spmv_v3(std::int64_t r0, std::int64_t r1, std::int64_t
 // cache too: the Zen 3 above ran 8192² at 90 % in 0.70 ns per entry with loads, 0.90 with
 // gathers), the least of 7 calls each, interleaved (about 0.1 ms, once per process and ISA
 // level). Both give the same bits, so the choice changes the time only.
+// WP_SPMV_X: 1 "loads", 0 "gather", -1 unset (or anything else: measured).
+int x_forced() {
+  const char* env = std::getenv("WP_SPMV_X");
+  if (env && std::strcmp(env, "loads") == 0) return 1;
+  if (env && std::strcmp(env, "gather") == 0) return 0;
+  return -1;
+}
 template <class Loop>
 bool loads_faster(Loop loop) {
-  const char* env = std::getenv("WP_SPMV_X");
-  if (env && std::strcmp(env, "loads") == 0) return true;
-  if (env && std::strcmp(env, "gather") == 0) return false;
+  if (const int forced = x_forced(); forced >= 0) return forced == 1;
   constexpr int kCols = 4096, kRows = 64, kLen = 256;
   std::vector<float> x(kCols, 1.0f), data(kRows * kLen, 0.5f), y(kRows);
   std::vector<std::int32_t> idx(kRows * kLen), ptr(kRows + 1);
@@ -821,13 +825,8 @@ bool x_loads_in_cache() {
   return false;
 }
 
-bool x_forced() {
-  const char* env = std::getenv("WP_SPMV_X");
-  return env && (std::strcmp(env, "loads") == 0 || std::strcmp(env, "gather") == 0);
-}
-
 XRead x_read(std::int64_t stream_bytes, std::int64_t x_bytes, int n_threads) {
-  if (isa_level() == Isa::kBase || stream_bytes <= llc_bytes() || x_forced())
+  if (isa_level() == Isa::kBase || stream_bytes <= llc_bytes() || x_forced() >= 0)
     return {x_loads_in_cache(), false, 0};
   const int b = x_bucket(x_bytes) + (n_threads > 1 ? kXBuckets : 0);
   XReadTrials& t = x_read_trials()[b];
@@ -913,7 +912,6 @@ std::int64_t rows(WP_ROWS_ARGS, bool loads) {
   return rows_base<Scatter, T, I>(WP_ROWS_PASS, pos, loads);
 }
 
-
 }  // namespace
 
 // Serial cost of the products in units of 1/40 ns, fitted to measurements (benchmarks/
@@ -966,7 +964,7 @@ std::int64_t csr_matmat(std::int64_t rows_, std::int64_t cols, const I* indptr, 
       const std::int64_t r0 = part_start(rows_, indptr, part, parts);
       const std::int64_t r1 = part_start(rows_, indptr, part + 1, parts);
       const bool loads = how.trial ? (q + how.loads) % 2 == 1 : how.loads;
-      const auto t0 = std::chrono::steady_clock::now();
+      const auto t0 = how.trial ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
       const std::int64_t bad = rows<false, T, I>(r0, r1, cols, indptr, indices, data, k, x, ldx, y, ldy,
                                                      pos.empty() ? nullptr : pos.data() + r0, loads);
       if (how.trial) {
@@ -1050,7 +1048,7 @@ std::string spmv_x_path() {
   if (isa_level() != Isa::kBase) {
     std::string path = std::string(isa_level() == Isa::kV4 ? "avx512-" : "avx2-") +
                        (x_loads_in_cache() ? "loads" : "gather");
-    if (!x_forced()) {
+    if (x_forced() < 0) {
       path += "; larger than the LLC:";
       int decided = 0;
       for (int b = 0; b < 2 * kXBuckets; ++b) {

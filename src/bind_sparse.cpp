@@ -136,7 +136,8 @@ void bind_sparse(py::module_& m) {
         "n_cols"_a, "x"_a.noconvert(), "out"_a.noconvert(), "transpose"_a, "n_threads"_a);
   m.def("spmv_x_path", &wp::spmv_x_path,
         "How this CPU's SpMV reads x: avx512-gather|loads, avx2-gather|loads or scalar, then "
-        "(unless WP_SPMV_X forces one) '; larger than the LLC: gather|loads|measuring'.");
+        "(unless WP_SPMV_X forces one) '; larger than the LLC: ' and 'measuring' or the choices "
+        "made so far, e.g. 'x 32 KiB 1t gather'.");
   py::class_<wp::PruneSpec> spec(m, "PruneSpec", "What prune keeps.");
   py::native_enum<wp::PruneSpec::Mode>(spec, "Mode", "enum.IntEnum")
       .value("threshold", wp::PruneSpec::kThreshold)

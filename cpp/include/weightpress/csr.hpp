@@ -41,8 +41,9 @@ std::int64_t csr_matmat_t(std::int64_t rows, std::int64_t cols, const I* indptr,
 
 // How this CPU's SpMV (k = 1) reads x: "avx512-gather", "avx512-loads", "avx2-gather",
 // "avx2-loads" (chosen by timing both loops once: same bits either way) or "scalar"; unless
-// WP_SPMV_X forces one, followed by "; larger than the LLC: gather|loads|measuring" (the
-// choice for matrices out of cache, made by timing the first such calls).
+// WP_SPMV_X forces one, followed by "; larger than the LLC: " and either "measuring" or the
+// choices made so far for matrices out of cache, e.g. "x 32 KiB 1t gather, x 32 KiB 2+t
+// loads" (per size class of x and thread class, by timing the first such calls).
 std::string spmv_x_path();
 
 }  // namespace wp
