@@ -452,7 +452,6 @@ struct LazyPool {
   std::vector<Workspace<T>> wss;
   std::vector<T> cache, buf;
 };
-constexpr std::size_t kKeepBytes = std::size_t(4) << 20;
 template <class T>
 LazyPool<T>& lazy_pool() {
   thread_local LazyPool<T> pool;

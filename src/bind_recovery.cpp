@@ -66,6 +66,7 @@ py::dict info_dict(const wp::L1Info& i) {
   d["iterations"] = i.iterations;
   d["n_active"] = i.n_active;
   d["gram_columns"] = i.gram_columns;
+  d["support_solves"] = i.support_solves;
   d["lambda"] = i.lambda;
   d["resid_norm"] = i.resid_norm;
   d["primal"] = i.primal;

@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 from scipy.optimize import linprog
 
 import weightpress as wp
+from weightpress import _core
 
 sklm = pytest.importorskip("sklearn.linear_model")
 
@@ -452,6 +453,79 @@ def test_lasso_working_sets_csr_scaled_columns_and_threads():
     assert info.converged
     np.testing.assert_allclose(wp.lasso(Ad, y, lam), x, atol=1e-10)
     np.testing.assert_array_equal(wp.lasso(A, y, lam, n_threads=1), wp.lasso(A, y, lam, n_threads=2))
+
+
+def _wide_lasso(m, n, k, frac, seed):
+    """Unit-norm Gaussian columns, k-sparse truth, 1 % noise, lam = frac·‖Aᵀy‖∞."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, n))
+    A /= np.linalg.norm(A, axis=0)
+    y = A @ sparse_vec(n, k, seed + 1)
+    y += 0.01 * np.linalg.norm(y) / np.sqrt(m) * rng.standard_normal(m)
+    return A, y, frac * np.abs(A.T @ y).max()
+
+
+def _raw_lasso(A, y, lam, n_threads=1):
+    return _core.l1_dense(np.ascontiguousarray(A), y, _core.L1Mode.lasso, lam, 20_000, n_threads,
+                          check_finite=True)
+
+
+# After the first block, the block's support and the largest violators are solved on exactly
+# and revised (an active-set method, one product with A per solve) instead of growing the
+# block: the answer must be the same optimum as the blocks alone (WP_L1_REVISIONS=0) and as
+# coordinate descent run to 1e-14, certified on every column; the blocks' later events are
+# skipped, and a revision budget that runs out hands over to the blocks, still exact. Supports
+# past 0.6m (the last case: 0.98m) skip the revisions.
+@pytest.mark.parametrize("m,n,k,frac,revised", [(200, 1200, 20, 0.05, True), (256, 1536, 30, 0.01, True),
+                                                 (128, 768, 40, 0.003, False)])
+def test_lasso_revised_support_is_the_optimum_of_the_blocks_and_of_cd(m, n, k, frac, revised, monkeypatch):
+    A, y, lam = _wide_lasso(m, n, k, frac, 60 + m)
+    x, raw = _raw_lasso(A, y, lam)
+    assert raw["finished"] and (raw["support_solves"] >= 1) == revised
+    ref = sklm.Lasso(alpha=lam / m, fit_intercept=False, tol=1e-14, max_iter=10**6).fit(A, y).coef_
+    assert lasso_gap(A, y, ref, lam) <= 1e-11
+    np.testing.assert_allclose(x, ref, atol=1e-9)
+    assert lasso_gap(A, y, x, lam) <= 1e-12
+    c = A.T @ (y - A @ x)
+    S = x != 0
+    np.testing.assert_allclose(c[S], lam * np.sign(x[S]), rtol=0, atol=1e-9 * lam)
+    assert np.all(np.abs(c) <= lam * (1 + 1e-9))
+    monkeypatch.setenv("WP_L1_REVISIONS", "0")
+    xb, rawb = _raw_lasso(A, y, lam)
+    assert rawb["support_solves"] == 0
+    np.testing.assert_allclose(xb, x, atol=1e-10)
+    if raw["support_solves"] > 1:
+        monkeypatch.setenv("WP_L1_REVISIONS", "1")  # runs out: the blocks take over
+        x1, raw1 = _raw_lasso(A, y, lam)
+        assert raw1["support_solves"] == 1 and raw1["finished"]
+        assert raw1["iterations"] > raw["iterations"]
+        np.testing.assert_allclose(x1, x, atol=1e-10)
+    monkeypatch.delenv("WP_L1_REVISIONS")
+    wx, info = wp.lasso(A, y, lam, return_info=True)
+    assert info.converged
+    np.testing.assert_array_equal(wx, x)
+
+
+def test_lasso_revisions_repeat_bit_for_bit_across_calls_threads_and_problems():
+    """The solver keeps its largest buffers between calls (scratch.hpp, Lent): a solve after
+    other problems, of other sizes, must give the same bits as the first one."""
+    A, y, lam = _wide_lasso(200, 1200, 20, 0.02, 5)
+    first, raw = _raw_lasso(A, y, lam)
+    assert raw["support_solves"] >= 1
+    for m, n in [(300, 2000), (64, 400), (200, 1200)]:
+        B, z, mu = _wide_lasso(m, n, 10, 0.01, m)
+        _raw_lasso(B, z, mu)
+    np.testing.assert_array_equal(_raw_lasso(A, y, lam)[0], first)
+    np.testing.assert_array_equal(_raw_lasso(A, y, lam, n_threads=2)[0], first)
+
+
+def test_lasso_revision_budget_env_is_read_strictly(monkeypatch):
+    A, y, lam = _wide_lasso(200, 1200, 20, 0.05, 7)
+    default = _raw_lasso(A, y, lam)[1]["support_solves"]
+    assert default >= 1
+    for junk in ["", "x", "1.5", "-1", "3 "]:  # not an integer in range: the default budget
+        monkeypatch.setenv("WP_L1_REVISIONS", junk)
+        assert _raw_lasso(A, y, lam)[1]["support_solves"] == default
 
 
 def bpdn_kkt(A, y, x, sigma, lam, rtol=1e-8):

@@ -23,6 +23,7 @@ struct L1Info {
   std::int64_t iterations = 0;   // path events (entering or leaving atoms)
   std::int64_t n_active = 0;     // support size at the end
   std::int64_t gram_columns = 0; // Gram columns computed (cache size)
+  std::int64_t support_solves = 0;  // exact solves on a guessed support (LASSO, BPDN)
   double lambda = 0;             // final λ
   double resid_norm = 0;         // ‖y − Ax‖ (true residual)
   double primal = 0;             // primal objective
