@@ -949,6 +949,44 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
     ps[static_cast<std::size_t>(s)].finish(supp + s * kmax, coef + s * kmax, count + s, resid2 + s);
 }
 
+namespace {
+// DᵀY for b signals in blocks of 256 (fixed: the bits do not depend on the thread count), one
+// gemm each on weightpress's threads. One gemm of the whole chunk on OpenBLAS's threads left
+// them spinning through the pursuit that follows on ours, on the same cores (20% of the
+// samples of a 10000-signal call at 512×2048, k = 32, two threads).
+template <class T>
+void correlate_blocks(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const T* Y,
+                      std::int64_t ldy, T* C, int n_threads) {
+  constexpr std::int64_t B = 256;
+  const std::int64_t nb = (b + B - 1) / B;
+  const int nt = static_cast<int>(std::min<std::int64_t>(nb, threads_for(m * n * b, n_threads, std::int64_t(1) << 22)));
+  FirstError err;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+  for (std::int64_t t = 0; t < nb; ++t)
+    err.run([&] {
+      const std::int64_t s0 = t * B, bs = std::min(B, b - s0);
+      omp_correlate<T>(m, n, bs, D, Y + s0, ldy, C + s0 * n);
+    });
+  err.rethrow();
+}
+
+std::int64_t omp_chunk(std::int64_t n, std::int64_t N, std::int64_t chunk) {
+  return std::max<std::int64_t>(
+      1, chunk > 0 ? chunk
+                   : std::min<std::int64_t>(N, std::clamp<std::int64_t>(
+                                                   (std::int64_t(1) << 21) / std::max<std::int64_t>(n, 1),
+                                                   256, 8192)));
+}
+}  // namespace
+
+// Few signals: Gram columns on demand beat the full n² Gram matrix (and their lockstep
+// workspaces, chunk·n·(kmax + 2) values, stay within ~512 MiB).
+bool omp_lazy_path(std::int64_t n, std::int64_t N, std::int64_t kmax, bool have_gram,
+                   std::int64_t chunk) {
+  const std::int64_t cb = std::min(N, omp_chunk(n, N, chunk));
+  return !have_gram && 2 * N * kmax <= n && cb * n * (kmax + 2) <= (std::int64_t(1) << 26);
+}
+
 template <class T>
 void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
                 std::int64_t ldy, const T* G, const OmpParams& p, std::int64_t* supp, T* coef,
@@ -961,15 +999,9 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
   // thread). Not smaller: each chunk alternates a BLAS gemm with an OpenMP region, and with
   // 512-signal chunks the two-thread wall time tripled on a loaded machine (BLAS threads
   // spinning, barriers stalled); 2048-8192 signals measured alike.
-  const std::int64_t chunk = std::max<std::int64_t>(
-      1, p.chunk > 0 ? p.chunk
-                     : std::min<std::int64_t>(N, std::clamp<std::int64_t>(
-                                                     (std::int64_t(1) << 21) / std::max<std::int64_t>(n, 1),
-                                                     256, 8192)));
+  const std::int64_t chunk = omp_chunk(n, N, p.chunk);
   const std::int64_t cb = std::min(N, chunk);
-  // Few signals: Gram columns on demand beat the full n² Gram matrix (and their lockstep
-  // workspaces, chunk·n·(kmax + 2) values, stay within ~512 MiB).
-  const bool lazy = !G && 2 * N * kmax <= n && cb * n * (kmax + 2) <= (std::int64_t(1) << 26);
+  const bool lazy = omp_lazy_path(n, N, kmax, G != nullptr, p.chunk);
   // DᵀY for a chunk (up to 16 MiB; omp_correlate writes every entry) and the signals' norms.
   Scratch<T> cbuf = scratch<T>(static_cast<std::size_t>(cb * n));
   std::vector<T> nbuf(static_cast<std::size_t>(cb));
@@ -986,8 +1018,10 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
     const std::int64_t b = std::min(chunk, N - s0);
     if (lazy && s0 == 0 && b <= kSmallBlock)  // DᵀY and the column norms in one pass over D
       small_atb<T>(m, n, b, D, Y, ldy, cbuf.get(), sq.data());
-    else
+    else if (lazy || b <= kSmallBlock)
       omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.get());
+    else
+      correlate_blocks<T>(m, n, b, D, Y + s0, ldy, cbuf.get(), n_threads);
     if (lazy && s0 == 0 && b > kSmallBlock) atom_sqnorms<T>(m, n, D, sq.data());
     col_sqnorms<T>(m, b, Y + s0, ldy, nbuf.data(), n_threads);
     if (p.check_finite && N <= kSmallBlock) {

@@ -136,6 +136,9 @@ py::tuple l1_csr(py::array ip_, py::array ix_, py::array dt_, std::int64_t m, st
 
 void bind_recovery(py::module_& m) {
   py::register_exception<wp::NonFinite>(m, "NonFinite", PyExc_ValueError);
+  m.def("omp_lazy_path", &wp::omp_lazy_path,
+        "Whether omp takes its lazy path (Gram columns on demand) for N signals of n atoms.",
+        "n"_a, "N"_a, "kmax"_a, "have_gram"_a, "chunk"_a = 0);
   m.def("omp_gram", &omp_gram, "G = D.T @ D for row-major D (one BLAS syrk).", "D"_a.noconvert());
   py::class_<wp::OmpParams>(m, "OmpParams", "Options of omp.")
       .def(py::init<>())

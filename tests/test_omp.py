@@ -206,6 +206,20 @@ def test_threads_identical():
     np.testing.assert_array_equal(a, b)
 
 
+def test_correlation_blocks_match_sklearn_threads_and_the_cached_gram():
+    # Past a few signals DᵀY is computed in gemms of 256 signals on weightpress's threads, BLAS
+    # on one (pursuit.cpp, correlate_blocks); 517 = 2·256 + 5 also sends a last block of at
+    # most 8 signals to the hand-written product.
+    D = unit_dict(40, 120, 30)
+    Y = np.random.default_rng(31).standard_normal((40, 517))
+    X = wp.omp(D, Y, n_nonzero=6)
+    Xs = sklm.orthogonal_mp(D, Y, n_nonzero_coefs=6)
+    np.testing.assert_array_equal(X != 0, Xs != 0)
+    np.testing.assert_allclose(X, Xs, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(X, wp.omp(D, Y, n_nonzero=6, n_threads=1))
+    np.testing.assert_array_equal(X, wp.OMPDictionary(D).encode(Y, n_nonzero=6, n_threads=2))
+
+
 def test_sparse_result():
     D = unit_dict(20, 50, 16)
     Y = np.random.default_rng(17).standard_normal((20, 9))

@@ -59,13 +59,20 @@ struct OmpParams {
   bool check_finite = false;
 };
 
+// Whether omp_encode takes its lazy path (Gram columns on demand, no n×n Gram matrix) for N
+// signals of n atoms: few signals, and no Gram matrix given.
+bool omp_lazy_path(std::int64_t n, std::int64_t N, std::int64_t kmax, bool have_gram,
+                   std::int64_t chunk = 0);
+
 // omp_encode throws NonFinite (weightpress/errors.hpp) when OmpParams::check_finite finds a
 // non-finite correlation.
 
 // The whole batch for the columns of Y (row-major m×N, row stride ldy): signals in chunks,
-// each chunk's correlations DᵀY_chunk by one gemm, then the pursuit with the Gram matrix G
-// (n×n, given; or nullptr: built here once, or, for few signals, Gram columns on demand by
-// omp_lazy). Outputs as omp_batch, N rows each.
+// each chunk's correlations DᵀY_chunk, then the pursuit with the Gram matrix G (n×n, given;
+// or nullptr: built here once, or, for few signals, Gram columns on demand by omp_lazy).
+// With G, a chunk's correlations are gemms of 256 signals on weightpress's threads, for a
+// caller that runs BLAS on one thread (as weightpress.omp does). Outputs as omp_batch, N rows
+// each.
 template <class T>
 void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
                 std::int64_t ldy, const T* G, const OmpParams& p, std::int64_t* supp, T* coef,

@@ -59,20 +59,17 @@ def _stopping(n_nonzero: Any, tol: Any, m: int, n: int) -> tuple[int, float]:
 _FUSED_CHECK = 8
 
 
-def _lazy_blas(m: int, n: int, N: int, kmax: int, have_gram: bool) -> bool:
-    """True when the engine takes its lazy path (pursuit.cpp, omp_encode: few signals, no Gram
-    matrix) and calls BLAS in it. Its gemms are short and come between OpenMP regions:
+def _lazy_blas(m: int, n: int, N: int, kmax: int) -> bool:
+    """True when the engine's lazy path (pursuit.cpp, omp_encode: few signals, no Gram matrix,
+    ``_core.omp_lazy_path``) calls BLAS. Its gemms are short and come between OpenMP regions:
     OpenBLAS's pool, woken for each and spinning after, stalled them on a loaded 2-core machine
     (one signal at 512x2048, k = 32, two threads: wall medians 13-67 ms against 2.6-3.5 ms of
     CPU work), so they run on one BLAS thread (~30 µs to set). With AVX2 or AVX-512 the blocks
     of Gram columns are our own register tiles (pursuit.cpp, wide_tiles) and DᵀY too for up to
     8 signals: no BLAS call is left there, and nothing is set."""
-    if have_gram or N * kmax <= 8 or 2 * N * kmax > n:
+    if N * kmax <= 8:
         return False
-    if N <= 8 and _core.isa_level() >= 1:  # pursuit.cpp: kSmallBlock
-        return False
-    cb = min(N, min(max(2**21 // max(n, 1), 256), 8192))
-    return cb * n * (kmax + 2) <= 1 << 26
+    return not (N <= 8 and _core.isa_level() >= 1)  # pursuit.cpp: kSmallBlock
 
 
 def _run(Da: np.ndarray, G: np.ndarray | None, Y: Any, n_nonzero: Any, tol: Any,
@@ -92,7 +89,16 @@ def _run(Da: np.ndarray, G: np.ndarray | None, Y: Any, n_nonzero: Any, tol: Any,
         p = _core.OmpParams()
         p.kmax, p.tol = kmax, t
         p.check_finite = not d_checked
-        seq = _lazy_blas(m, n, N, kmax, G is not None)
+        if _core.omp_lazy_path(n, N, kmax, G is not None):
+            seq = _lazy_blas(m, n, N, kmax)
+        else:
+            # The Gram matrix on OpenBLAS's threads first; then the engine's gemms of DᵀY, 256
+            # signals each, run on its own threads with BLAS on one (pursuit.cpp,
+            # correlate_blocks): OpenBLAS's pool spinning after one gemm of the whole chunk
+            # took 20% of the samples of the pursuit that followed on the same cores.
+            if G is None and N > _FUSED_CHECK:
+                G = _core.omp_gram(Da)
+            seq = N > _FUSED_CHECK
         try:
             with blas_sequential() if seq else contextlib.nullcontext():
                 supp, coef, _count, _r2 = _core.omp(Da, Y2, G, p, nt)
