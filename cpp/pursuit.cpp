@@ -250,17 +250,17 @@ WP_INLINE void atb_tile_var(std::int64_t bs, std::int64_t i0, std::int64_t i1, s
 // n, stays in L2 while the tiles walk across it; one strip down all m rows missed every
 // cache). Returns the columns done.
 template <class T, int B, int C>
-WP_INLINE std::int64_t atb_tiled(std::int64_t m, std::int64_t n, const T* D, const T* X,
-                                 std::int64_t ldx, T* out) {
+WP_INLINE std::int64_t atb_tiled(std::int64_t m, std::int64_t n, std::int64_t ld, const T* D,
+                                 const T* X, std::int64_t ldx, T* out) {
   constexpr std::int64_t P = 32;
   const std::int64_t nt = n - n % C;
   for (std::int64_t i0 = 0; i0 < m; i0 += P) {
     const std::int64_t i1 = std::min(m, i0 + P);
     for (std::int64_t j = 0; j < nt; j += C) {
       if (i0 == 0)
-        atb_tile<T, B, C, true>(i0, i1, n, D, X, ldx, j, out);
+        atb_tile<T, B, C, true>(i0, i1, ld, D, X, ldx, j, out);
       else
-        atb_tile<T, B, C, false>(i0, i1, n, D, X, ldx, j, out);
+        atb_tile<T, B, C, false>(i0, i1, ld, D, X, ldx, j, out);
     }
   }
   return nt;
@@ -271,8 +271,8 @@ WP_INLINE std::int64_t atb_tiled(std::int64_t m, std::int64_t n, const T* D, con
 // it, so D is read from memory once, not once per group. Every entry is still the chain over
 // the rows in order from 0 (the same bits as the row pass). Returns the columns done.
 template <class T, int B, int C, bool Y2 = false>
-WP_INLINE std::int64_t atb_tiled_wide(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
-                                      const T* X, std::int64_t ldx, T* out) {
+WP_INLINE std::int64_t atb_tiled_wide(std::int64_t m, std::int64_t n, std::int64_t ld, std::int64_t b,
+                                      const T* D, const T* X, std::int64_t ldx, T* out) {
   constexpr std::int64_t P = 32;
   const std::int64_t nt = n - n % C;
   const std::int64_t rb = b % B;  // the last group's columns (when not B)
@@ -280,20 +280,20 @@ WP_INLINE std::int64_t atb_tiled_wide(std::int64_t m, std::int64_t n, std::int64
     const std::int64_t i1 = std::min(m, i0 + P);
     for (std::int64_t t0 = 0; t0 < b; t0 += B) {
       const T* Xg = X + t0;
-      T* og = out + t0 * n;
+      T* og = out + t0 * ld;
       if (t0 + B <= b) {
         for (std::int64_t j = 0; j < nt; j += C) {
           if (i0 == 0)
-            atb_tile_any<T, B, C, true, Y2>(i0, i1, n, D, Xg, ldx, j, og);
+            atb_tile_any<T, B, C, true, Y2>(i0, i1, ld, D, Xg, ldx, j, og);
           else
-            atb_tile_any<T, B, C, false, Y2>(i0, i1, n, D, Xg, ldx, j, og);
+            atb_tile_any<T, B, C, false, Y2>(i0, i1, ld, D, Xg, ldx, j, og);
         }
       } else {
         for (std::int64_t j = 0; j < nt; j += C) {
           if (i0 == 0)
-            atb_tile_var<T, B, C, true, Y2>(rb, i0, i1, n, D, Xg, ldx, j, og);
+            atb_tile_var<T, B, C, true, Y2>(rb, i0, i1, ld, D, Xg, ldx, j, og);
           else
-            atb_tile_var<T, B, C, false, Y2>(rb, i0, i1, n, D, Xg, ldx, j, og);
+            atb_tile_var<T, B, C, false, Y2>(rb, i0, i1, ld, D, Xg, ldx, j, og);
         }
       }
     }
@@ -306,30 +306,30 @@ WP_INLINE std::int64_t atb_tiled_wide(std::int64_t m, std::int64_t n, std::int64
 // norms are bound by reading D, which the row pass does as well. The other levels have 16
 // vector registers: the row pass throughout.
 template <class T, bool TILE, bool F, bool WIDE2 = false>
-WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
-                              const T* X, std::int64_t ldx, T* out, T* sq) {
+WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t ld, std::int64_t b,
+                              const T* D, const T* X, std::int64_t ldx, T* out, T* sq) {
   std::int64_t j0 = 0;
   if constexpr (TILE) {  // (the other copies do not instantiate the tiles)
     constexpr int C = 64 / static_cast<int>(sizeof(T)) * 3;  // three zmm registers of a row
     if (!sq && m > 0 && b > kSmallBlock) {
-      j0 = atb_tiled_wide<T, 8, C>(m, n, b, D, X, ldx, out);
+      j0 = atb_tiled_wide<T, 8, C>(m, n, ld, b, D, X, ldx, out);
     } else if (!sq && m > 0) {
       switch (b) {
-        case 4: j0 = atb_tiled<T, 4, C>(m, n, D, X, ldx, out); break;
-        case 5: j0 = atb_tiled<T, 5, C>(m, n, D, X, ldx, out); break;
-        case 6: j0 = atb_tiled<T, 6, C>(m, n, D, X, ldx, out); break;
-        case 7: j0 = atb_tiled<T, 7, C>(m, n, D, X, ldx, out); break;
-        case 8: j0 = atb_tiled<T, 8, C>(m, n, D, X, ldx, out); break;
+        case 4: j0 = atb_tiled<T, 4, C>(m, n, ld, D, X, ldx, out); break;
+        case 5: j0 = atb_tiled<T, 5, C>(m, n, ld, D, X, ldx, out); break;
+        case 6: j0 = atb_tiled<T, 6, C>(m, n, ld, D, X, ldx, out); break;
+        case 7: j0 = atb_tiled<T, 7, C>(m, n, ld, D, X, ldx, out); break;
+        case 8: j0 = atb_tiled<T, 8, C>(m, n, ld, D, X, ldx, out); break;
         default: break;
       }
     }
   }
   if constexpr (WIDE2) {  // AVX2: 16 registers, tiles of 4 signals × two ymm of a row
     if (!sq && m > 0 && b > kSmallBlock)
-      j0 = atb_tiled_wide<T, 4, 32 / static_cast<int>(sizeof(T)) * 3, true>(m, n, b, D, X, ldx, out);
+      j0 = atb_tiled_wide<T, 4, 32 / static_cast<int>(sizeof(T)) * 3, true>(m, n, ld, b, D, X, ldx, out);
   }
   if (j0 < n)
-    small_atb_rows<T, F>(m, n - j0, n, b, D + j0, X, ldx, out ? out + j0 : nullptr, n,
+    small_atb_rows<T, F>(m, n - j0, ld, b, D + j0, X, ldx, out ? out + j0 : nullptr, ld,
                       sq ? sq + j0 : nullptr);
 }
 
@@ -337,28 +337,52 @@ WP_INLINE void small_atb_impl(std::int64_t m, std::int64_t n, std::int64_t b, co
 // baseline x86-64 copy multiplies then adds: madd above).
 #ifdef WP_X86_DISPATCH
 template <class T>
-WP_TARGET_V4 void small_atb_v4(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
-                               const T* X, std::int64_t ldx, T* out, T* sq) {
-  small_atb_impl<T, true, true>(m, n, b, D, X, ldx, out, sq);
+WP_TARGET_V4 void small_atb_v4(std::int64_t m, std::int64_t n, std::int64_t ld, std::int64_t b,
+                               const T* D, const T* X, std::int64_t ldx, T* out, T* sq) {
+  small_atb_impl<T, true, true>(m, n, ld, b, D, X, ldx, out, sq);
 }
 template <class T>
-WP_TARGET_V3 void small_atb_v3(std::int64_t m, std::int64_t n, std::int64_t b, const T* D,
-                               const T* X, std::int64_t ldx, T* out, T* sq) {
-  small_atb_impl<T, false, true, true>(m, n, b, D, X, ldx, out, sq);
+WP_TARGET_V3 void small_atb_v3(std::int64_t m, std::int64_t n, std::int64_t ld, std::int64_t b,
+                               const T* D, const T* X, std::int64_t ldx, T* out, T* sq) {
+  small_atb_impl<T, false, true, true>(m, n, ld, b, D, X, ldx, out, sq);
 }
 #endif
 
+// Columns [0, n) of D (row stride ld) and of out (the same stride).
 template <class T>
-void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const T* X,
-               std::int64_t ldx, T* out, T* sq = nullptr) {
+void small_atb_cols(std::int64_t m, std::int64_t n, std::int64_t ld, std::int64_t b, const T* D,
+                    const T* X, std::int64_t ldx, T* out, T* sq) {
 #ifdef WP_X86_DISPATCH
   switch (isa_level()) {
-    case Isa::kV4: return small_atb_v4<T>(m, n, b, D, X, ldx, out, sq);
-    case Isa::kV3: return small_atb_v3<T>(m, n, b, D, X, ldx, out, sq);
+    case Isa::kV4: return small_atb_v4<T>(m, n, ld, b, D, X, ldx, out, sq);
+    case Isa::kV3: return small_atb_v3<T>(m, n, ld, b, D, X, ldx, out, sq);
     case Isa::kBase: break;
   }
 #endif
-  small_atb_impl<T, false, kPortableFma>(m, n, b, D, X, ldx, out, sq);
+  small_atb_impl<T, false, kPortableFma>(m, n, ld, b, D, X, ldx, out, sq);
+}
+
+// All n columns, in fixed strips of 384 (a multiple of every tile width) spread over
+// n_threads: every entry is the same chain of fmas in any strip, so the bits do not depend on
+// the thread count. One thread did all of it: the lazy path's blocks of Gram columns were 60%
+// of a one-signal call at 512×2048, k = 32, with the second core idle.
+template <class T>
+void small_atb(std::int64_t m, std::int64_t n, std::int64_t b, const T* D, const T* X,
+               std::int64_t ldx, T* out, T* sq = nullptr, int n_threads = 1) {
+  constexpr std::int64_t W = 384;
+  const std::int64_t ns = (n + W - 1) / W;
+  const int nt = static_cast<int>(std::min<std::int64_t>(
+      ns, threads_for(m * n * std::max<std::int64_t>(b, 1), n_threads, std::int64_t(1) << 20)));
+  if (nt <= 1) {
+    small_atb_cols<T>(m, n, n, b, D, X, ldx, out, sq);
+    return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (std::int64_t t = 0; t < ns; ++t) {
+    const std::int64_t c = t * W;
+    small_atb_cols<T>(m, std::min(W, n - c), n, b, D + c, X, ldx, out ? out + c : nullptr,
+                      sq ? sq + c : nullptr);
+  }
 }
 
 // Whether small_atb has register tiles for blocks of more than kSmallBlock columns (AVX2,
@@ -376,14 +400,14 @@ inline bool wide_tiles() {
 
 template <class T>
 void omp_correlate(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
-                   std::int64_t ldy, T* C) {
+                   std::int64_t ldy, T* C, int n_threads) {
   if (n == 0 || N == 0) return;
   if (m == 0) {
     std::fill(C, C + n * N, T(0));
     return;
   }
   if (N <= kSmallBlock) {  // a few signals: one pass over D, no BLAS thread wake-up
-    small_atb<T>(m, n, N, D, Y, ldy, C);
+    small_atb<T>(m, n, N, D, Y, ldy, C, nullptr, n_threads);
     return;
   }
   const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features"),
@@ -810,8 +834,8 @@ namespace {
 // ‖d_j‖² of the n columns of a row-major m×n D: small_atb's fused pass with no signals (the
 // same fused multiply-adds over the rows in order, so the same bits as with signals).
 template <class T>
-void atom_sqnorms(std::int64_t m, std::int64_t n, const T* D, T* out) {
-  small_atb<T>(m, n, 0, D, nullptr, 0, nullptr, out);
+void atom_sqnorms(std::int64_t m, std::int64_t n, const T* D, T* out, int n_threads) {
+  small_atb<T>(m, n, 0, D, nullptr, 0, nullptr, out, n_threads);
 }
 }  // namespace
 
@@ -823,7 +847,7 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
   std::vector<T> diag;
   if (!sqnorms) {
     diag.resize(static_cast<std::size_t>(n));
-    atom_sqnorms<T>(m, n, D, diag.data());
+    atom_sqnorms<T>(m, n, D, diag.data(), n_threads);
     sqnorms = diag.data();
   }
   const std::vector<T> invdiag = inverse_diag<T>(n, sqnorms, 1);
@@ -924,7 +948,7 @@ void omp_lazy(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const 
         for (std::int64_t i = 0; i < m; ++i)  // row-major m×b
           for (std::int64_t t = 0; t < b; ++t)
             buf[static_cast<std::size_t>(i * b + t)] = D[i * n + fresh[static_cast<std::size_t>(t)]];
-        small_atb<T>(m, n, b, D, buf.data(), b, cache.data() + ncache * n);
+        small_atb<T>(m, n, b, D, buf.data(), b, cache.data() + ncache * n, nullptr, n_threads);
       } else {
         for (std::int64_t i = 0; i < m; ++i)  // column-major m×b
           for (std::int64_t t = 0; t < b; ++t)
@@ -965,7 +989,7 @@ void correlate_blocks(std::int64_t m, std::int64_t n, std::int64_t b, const T* D
   for (std::int64_t t = 0; t < nb; ++t)
     err.run([&] {
       const std::int64_t s0 = t * B, bs = std::min(B, b - s0);
-      omp_correlate<T>(m, n, bs, D, Y + s0, ldy, C + s0 * n);
+      omp_correlate<T>(m, n, bs, D, Y + s0, ldy, C + s0 * n, 1);
     });
   err.rethrow();
 }
@@ -1017,12 +1041,12 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
   for (std::int64_t s0 = 0; s0 < N; s0 += chunk) {
     const std::int64_t b = std::min(chunk, N - s0);
     if (lazy && s0 == 0 && b <= kSmallBlock)  // DᵀY and the column norms in one pass over D
-      small_atb<T>(m, n, b, D, Y, ldy, cbuf.get(), sq.data());
+      small_atb<T>(m, n, b, D, Y, ldy, cbuf.get(), sq.data(), n_threads);
     else if (lazy || b <= kSmallBlock)
-      omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.get());
+      omp_correlate<T>(m, n, b, D, Y + s0, ldy, cbuf.get(), n_threads);
     else
       correlate_blocks<T>(m, n, b, D, Y + s0, ldy, cbuf.get(), n_threads);
-    if (lazy && s0 == 0 && b > kSmallBlock) atom_sqnorms<T>(m, n, D, sq.data());
+    if (lazy && s0 == 0 && b > kSmallBlock) atom_sqnorms<T>(m, n, D, sq.data(), n_threads);
     col_sqnorms<T>(m, b, Y + s0, ldy, nbuf.data(), n_threads);
     if (p.check_finite && N <= kSmallBlock) {
       T acc = T(0);  // 0·x stays 0 for finite x and is NaN for NaN or Inf
@@ -1045,7 +1069,7 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
                               std::int64_t*, T*, int);                                          \
   template void omp_gram<T>(std::int64_t, std::int64_t, const T*, T*);                          \
   template void omp_correlate<T>(std::int64_t, std::int64_t, std::int64_t, const T*, const T*,  \
-                                 std::int64_t, T*);                                             \
+                                 std::int64_t, T*, int);                                        \
   template void col_sqnorms<T>(std::int64_t, std::int64_t, const T*, std::int64_t, T*, int);    \
   template void omp_batch<T>(std::int64_t, std::int64_t, const T*, const T*, const T*,          \
                              std::int64_t, double, std::int64_t*, T*, std::int64_t*, T*, int);   \

@@ -367,6 +367,20 @@ def test_few_signals_predicted_gram_columns_match_sklearn(N):
     np.testing.assert_array_equal(X, wp.omp(D, Y, n_nonzero=k, n_threads=1))
 
 
+@pytest.mark.parametrize("N", [1, 2])
+def test_few_signals_gram_columns_in_strips_on_two_threads_match_one_and_sklearn(N):
+    # Blocks of Gram columns of at least 1M multiply-adds go in strips of 384 atoms over the
+    # threads (pursuit.cpp, small_atb): 2000 atoms make five strips and a partial sixth.
+    m, n, k = 160, 2000, 24
+    D = unit_dict(m, n, 41)
+    Y = D @ sparse_codes(n, N, k, 42) + 0.01 * np.random.default_rng(43).standard_normal((m, N))
+    X = wp.omp(D, Y, n_nonzero=k, n_threads=2)
+    np.testing.assert_array_equal(X, wp.omp(D, Y, n_nonzero=k, n_threads=1))
+    Xs = sklm.orthogonal_mp(D, Y, n_nonzero_coefs=k).reshape(n, N)
+    np.testing.assert_array_equal(X.reshape(n, N) != 0, Xs != 0)
+    np.testing.assert_allclose(X.reshape(n, N), Xs, rtol=0, atol=1e-8)
+
+
 def test_few_signal_calls_reuse_their_buffers_safely():
     """The lazy path keeps its buffers per calling thread between calls (small ones): calls of
     other sizes in between, and calls from several Python threads at once, give exactly what

@@ -16,10 +16,10 @@ template <class T>
 void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G);
 
 // C(N×n, row-major: row s is Dᵀy_s) = (DᵀY)ᵀ for the row-major m×N block Y with row stride
-// ldy (>= N). One BLAS gemm.
+// ldy (>= N). One BLAS gemm; up to 8 signals, one pass over D on n_threads.
 template <class T>
 void omp_correlate(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, const T* Y,
-                   std::int64_t ldy, T* C);
+                   std::int64_t ldy, T* C, int n_threads = 1);
 
 // Squared column norms of the row-major m×N block Y, row stride ldy (fixed summation order).
 template <class T>
