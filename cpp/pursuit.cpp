@@ -30,15 +30,9 @@
 
 namespace wp {
 
+namespace {
 template <class T>
-void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
-  if (n == 0) return;
-  if (m == 0) {
-    std::fill(G, G + n * n, T(0));
-    return;
-  }
-  const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features");
-  blas::syrk<T>('U', 'N', bn, bm, T(1), D, bn, T(0), G, bn);
+void mirror_upper(std::int64_t n, T* G) {
   // Column-major upper triangle: G[i + j n], i <= j. Mirrored into the lower one eight
   // destination columns at a time: for each later row j, the eight contiguous entries
   // G[i0:i0+8, j] go to row j of columns i0..i0+7 (eight write streams advancing together).
@@ -61,6 +55,47 @@ void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
     }
   }
 }
+}  // namespace
+
+template <class T>
+void omp_gram(std::int64_t m, std::int64_t n, const T* D, T* G) {
+  if (n == 0) return;
+  if (m == 0) {
+    std::fill(G, G + n * n, T(0));
+    return;
+  }
+  const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features");
+  blas::syrk<T>('U', 'N', bn, bm, T(1), D, bn, T(0), G, bn);
+  mirror_upper<T>(n, G);
+}
+
+namespace {
+// omp_gram for a caller that runs BLAS on one thread: strips of 256 columns of the upper
+// triangle, G[0:j1, j0:j1] = Dᵀ D[:, j0:j1], one gemm each on weightpress's threads (fixed
+// strips: the bits do not depend on the thread count), then the mirror.
+template <class T>
+void omp_gram_strips(std::int64_t m, std::int64_t n, const T* D, T* G, int n_threads) {
+  if (n == 0) return;
+  if (m == 0) {
+    std::fill(G, G + n * n, T(0));
+    return;
+  }
+  constexpr std::int64_t W = 256;
+  const std::int64_t ns = (n + W - 1) / W;
+  const int nt = static_cast<int>(std::min<std::int64_t>(ns, threads_for(m * n * n / 2, n_threads, std::int64_t(1) << 22)));
+  const auto bn = blas::to_int(n, "n_atoms"), bm = blas::to_int(m, "n_features");
+  FirstError err;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+  for (std::int64_t t = ns - 1; t >= 0; --t)  // the largest strips first
+    err.run([&] {
+      const std::int64_t j0 = t * W, j1 = std::min(n, j0 + W);
+      blas::gemm<T>('N', 'T', blas::to_int(j1, "n_atoms"), blas::to_int(j1 - j0, "n_atoms"), bm, T(1), D,
+                    bn, D + j0, bn, T(0), G + j0 * n, bn);
+    });
+  err.rethrow();
+  mirror_upper<T>(n, G);
+}
+}  // namespace
 
 // Below this many columns, DᵀX is a hand-written single pass over D: OpenBLAS would wake its
 // threads for a product this thin, and on a busy machine that costs more than the product.
@@ -1034,7 +1069,10 @@ void omp_encode(std::int64_t m, std::int64_t n, std::int64_t N, const T* D, cons
   Scratch<T> gbuf;  // huge pages where the system gives them (weightpress/scratch.hpp)
   if (!G && !lazy) {
     gbuf = scratch<T>(static_cast<std::size_t>(n * n));
-    omp_gram<T>(m, n, D, gbuf.get());
+    if (N > kSmallBlock)
+      omp_gram_strips<T>(m, n, D, gbuf.get(), n_threads);  // (BLAS on one thread: see below)
+    else
+      omp_gram<T>(m, n, D, gbuf.get());
     G = gbuf.get();
   }
   std::vector<T> sq(lazy ? static_cast<std::size_t>(n) : 0);  // ‖d_j‖² for omp_lazy

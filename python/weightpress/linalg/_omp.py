@@ -92,12 +92,10 @@ def _run(Da: np.ndarray, G: np.ndarray | None, Y: Any, n_nonzero: Any, tol: Any,
         if _core.omp_lazy_path(n, N, kmax, G is not None):
             seq = _lazy_blas(m, n, N, kmax)
         else:
-            # The Gram matrix on OpenBLAS's threads first; then the engine's gemms of DᵀY, 256
-            # signals each, run on its own threads with BLAS on one (pursuit.cpp,
+            # Past a few signals the engine's gemms (the Gram matrix in strips, DᵀY in blocks
+            # of 256 signals) run on its own threads with BLAS on one (pursuit.cpp,
             # correlate_blocks): OpenBLAS's pool spinning after one gemm of the whole chunk
             # took 20% of the samples of the pursuit that followed on the same cores.
-            if G is None and N > _FUSED_CHECK:
-                G = _core.omp_gram(Da)
             seq = N > _FUSED_CHECK
         try:
             with blas_sequential() if seq else contextlib.nullcontext():
