@@ -200,6 +200,7 @@ void randomized_svd_dense(std::int64_t m, std::int64_t n, const T* a, std::int64
   op.n_threads = std::max(1, n_threads);
   op.a = a;
   op.ld = lda;
+  op.tiled = p.tiled;
   const int e = scale_exponent<T>(sc.amax);
   op.fro2 = sc.fro2;
   if (e != 0) {

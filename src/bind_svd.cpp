@@ -114,7 +114,8 @@ void bind_svd(py::module_& m) {
       .def_readwrite("seed", &wp::RsvdParams::seed)
       .def_readwrite("block", &wp::RsvdParams::block)
       .def_readwrite("orth", &wp::RsvdParams::orth)
-      .def_readwrite("direct", &wp::RsvdParams::direct);
+      .def_readwrite("direct", &wp::RsvdParams::direct)
+      .def_readwrite("tiled", &wp::RsvdParams::tiled);
   m.def("rsvd_dense", &rsvd_dense, "Randomized SVD/SVT of a dense C-contiguous A (or Aᵀ).",
         "a"_a.noconvert(), "fortran"_a, "params"_a, "n_threads"_a);
   m.def("rsvd_csr", &rsvd_csr, "Randomized SVD/SVT of a CSR matrix.", "indptr"_a.noconvert(),

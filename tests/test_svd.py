@@ -441,6 +441,24 @@ def test_threads_identical(sparse):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_tiled_products_match_one_gemm_and_give_the_same_bits_on_any_thread_count(order, monkeypatch):
+    # From m·n = 2^20 the dense products go by fixed tiles of 512 rows on our threads with
+    # BLAS on one (linop.cpp, DenseOp::tiled); 1500×900 makes three tiles and a partial one
+    # on each side. WP_RSVD_TILED=0 runs the one-gemm path for comparison.
+    A = np.asarray(planted(1500, 900, spectrum("poly", 900), np.float64, seed=23), order=order)
+    for kw in ({"rank": 12}, {"tol": 0.2}):
+        r1 = wp.randomized_svd(A, **kw, seed=5, n_threads=1)
+        r2 = wp.randomized_svd(A, **kw, seed=5, n_threads=2)
+        for a, b in zip(r1, r2):
+            np.testing.assert_array_equal(a, b)
+        monkeypatch.setenv("WP_RSVD_TILED", "0")
+        U, s, Vt = wp.randomized_svd(A, **kw, seed=5, n_threads=2)
+        monkeypatch.delenv("WP_RSVD_TILED")
+        np.testing.assert_allclose(s, r1[1], rtol=1e-10)
+        np.testing.assert_allclose(np.abs(U.T @ r1[0]), np.eye(len(s)), atol=1e-6)
+
+
 def test_seed_reproducible():
     A = planted(200, 100, spectrum("poly", 100), seed=20)
     a = wp.randomized_svd(A, 10, seed=42)

@@ -89,6 +89,7 @@ class RsvdParams:
     block: int
     orth: int
     direct: int
+    tiled: bool
     def __init__(self) -> None: ...
 
 _SvdOut = tuple[NDArray[np.floating], NDArray[np.floating], NDArray[np.floating], dict[str, Any]]

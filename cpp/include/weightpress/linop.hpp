@@ -65,6 +65,9 @@ class DenseOp final : public LinOp<T> {
   bool col = false;     // stored rows are the operator's columns
   std::vector<T> own;   // a scaled copy, when the owner needed one
   const double* sumsq = nullptr;  // the columns' squared norms, when known: col_sumsq copies them
+  // mm / mm_t of many vectors as gemms of fixed row tiles on weightpress's threads, for a
+  // caller that runs BLAS on one thread (randomized_svd); otherwise one gemm on BLAS's threads.
+  bool tiled = false;
 
   void mm(std::int64_t l, const T* x, std::int64_t ldx, T* y, std::int64_t ldy) const override;
   void mm_t(std::int64_t l, const T* x, std::int64_t ldx, T* y, std::int64_t ldy) const override;

@@ -30,6 +30,8 @@ struct RsvdParams {
                                  // double, Householder when ill-conditioned), 1 Householder
   int direct = -1;               // dense: -1 auto (kRank: when rank + oversamples >= min(m,n)/2;
                                  // kTol/kSvt: min(m, n) <= 32), 0 never, 1 always (exact SVD)
+  bool tiled = false;            // dense: products with A as gemms of fixed row tiles on our
+                                 // threads, for a caller that runs BLAS on one (DenseOp::tiled)
 };
 
 struct RsvdInfo {

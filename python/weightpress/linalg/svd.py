@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 import warnings
 from typing import Any
 
@@ -10,10 +11,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import _core
-from .._threads import _resolve
+from .._threads import _resolve, blas_sequential
 from .._validation import as_csr, as_float_array, csr_parts, float_dtype, positive_int, real_scalar
 
 __all__ = ["randomized_svd", "svt"]
+
+# m·n from which dense products go by tiles on our threads (below it, asking threadpoolctl
+# costs more than the spinning it saves). WP_RSVD_TILED=0: one gemm on BLAS's threads.
+_TILED_FROM = 1 << 20
 
 _MODE_RANK, _MODE_TOL, _MODE_SVT = (_core.RsvdParams.Mode.rank, _core.RsvdParams.Mode.tol,
                                     _core.RsvdParams.Mode.svt)
@@ -81,6 +86,13 @@ def _run(A: Any, mode: Any, *, rank: int = 0, tol: float = 0.0, lam: float = 0.0
     p.block, p.orth, p.direct = block, orth, direct
     if kind == "dense":
         a, fortran = parts
+        if os.environ.get("WP_RSVD_TILED", "1") != "0" and m * n >= _TILED_FROM:
+            # Products by fixed row tiles on our threads, BLAS on one (DenseOp::tiled):
+            # OpenBLAS's pool, woken for each product and spinning through the OpenMP regions
+            # between them, held 14% of the samples at 4096², k = 64.
+            p.tiled = True
+            with blas_sequential():
+                return _core.rsvd_dense(a, fortran, p, nt)
         return _core.rsvd_dense(a, fortran, p, nt)
     data, indices, indptr = parts
     return _core.rsvd_csr(indptr, indices, data, m, n, p, nt)
