@@ -220,21 +220,11 @@ def read_bandwidth(n_threads: int = 2) -> float:
 
 
 def last_level_cache() -> int:
-    """Bytes of the largest CPU cache Linux reports (0 where unknown)."""
-    import glob
+    """Bytes of the largest CPU cache (0 where unknown): the engine's own lookup (sysfs, then
+    sysconf), the one its SpMV uses to tell matrices in cache from larger ones."""
+    from weightpress import _core
 
-    best = 0
-    for f in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
-        try:
-            txt = open(f).read().strip()
-        except OSError:
-            continue
-        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:], 1)
-        try:
-            best = max(best, int(txt.rstrip("KMG")) * mult)
-        except ValueError:
-            pass
-    return best
+    return int(_core.cache_bytes(0))
 
 
 def cpu_model() -> str:

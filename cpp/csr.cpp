@@ -96,6 +96,40 @@ void csr_bad_index(const I* indices, std::int64_t bad, std::int64_t cols) {
 // for the baseline ISA, chosen at run time (weightpress/isa.hpp). The AVX levels contract
 // a*b+c into FMA; results are identical for any thread count on one machine, and may differ
 // in the last bit between CPUs with and without FMA.
+// The size of this CPU's level-`level` data or unified cache, 0 if unknown: sysfs first (what
+// cpu0's cores see), else sysconf. In a VM sysconf may report the host's: the L3 of 320 MiB on
+// a Zen 4 guest whose sysfs shows its 32 MiB instance. level 0: the largest of any level.
+std::int64_t cache_bytes(int level) {
+  std::int64_t best = 0;
+  for (int i = 0; i < 8; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    long long lv = 0, v = 0;
+    char unit = 0, type[32] = {0};
+    if (FILE* fp = std::fopen((dir + "level").c_str(), "r")) {
+      if (std::fscanf(fp, "%lld", &lv) != 1) lv = 0;
+      std::fclose(fp);
+    }
+    if (FILE* fp = std::fopen((dir + "type").c_str(), "r")) {
+      if (std::fscanf(fp, "%31s", type) != 1) type[0] = 0;
+      std::fclose(fp);
+    }
+    if (std::string(type) == "Instruction" || (level > 0 && lv != level)) continue;
+    if (FILE* fp = std::fopen((dir + "size").c_str(), "r")) {
+      const int got = std::fscanf(fp, "%lld%c", &v, &unit);
+      std::fclose(fp);
+      if (got >= 1 && v > 0)
+        best = std::max<std::int64_t>(best, v << (unit == 'K' ? 10 : unit == 'M' ? 20 : unit == 'G' ? 30 : 0));
+    }
+  }
+  if (best > 0) return best;
+  long sc = 0;
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
+  if (level >= 0 && level <= 3)
+    sc = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE : level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);
+#endif
+  return sc > 0 ? static_cast<std::int64_t>(sc) : 0;
+}
+
 namespace {
 
 // Position of the first out-of-range index in [p0, p1), or -1. A branch-free OR over the row
@@ -303,10 +337,7 @@ WP_INLINE bool row_sorted(const I* __restrict indices, std::int64_t p0, std::int
 // Y and the other hyperthread), 512 KiB where the OS does not say.
 inline std::int64_t x_block_rows(std::int64_t row_bytes) {
   static const std::int64_t budget = [] {
-    long l2 = 0;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
+    const std::int64_t l2 = cache_bytes(2);
     return l2 > 0 ? std::clamp<std::int64_t>(l2 / 2, 128 << 10, 2 << 20) : std::int64_t(512) << 10;
   }();
   return std::max<std::int64_t>(1, budget / std::max<std::int64_t>(row_bytes, 1));
@@ -792,26 +823,8 @@ std::int64_t llc_bytes() {
       const long long v = std::atoll(env);
       if (v > 0) return static_cast<std::int64_t>(v);
     }
-    // sysfs first: in a VM sysconf may report the host's whole L3 (320 MiB on the Zen 4
-    // above, whose guest sees one 32 MiB instance), sysfs what this CPU's cores share
-    std::int64_t best = 0;
-    for (int i = 0; i < 8; ++i) {
-      const std::string f = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/size";
-      if (FILE* fp = std::fopen(f.c_str(), "r")) {
-        long long v = 0;
-        char unit = 0;
-        const int got = std::fscanf(fp, "%lld%c", &v, &unit);
-        std::fclose(fp);
-        if (got >= 1 && v > 0)
-          best = std::max<std::int64_t>(best, v << (unit == 'K' ? 10 : unit == 'M' ? 20 : unit == 'G' ? 30 : 0));
-      }
-    }
-    long l3 = 0;
-#ifdef _SC_LEVEL3_CACHE_SIZE
-    l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-    if (best == 0 && l3 > 0) best = l3;
-    return best > 0 ? best : std::int64_t(32) << 20;
+    const std::int64_t c = cache_bytes(0);  // the largest cache this CPU's cores share
+    return c > 0 ? c : std::int64_t(32) << 20;
   }();
   return bytes;
 }

@@ -134,6 +134,9 @@ void bind_sparse(py::module_& m) {
   m.def("csr_matmat", &csr_matmat, "out = A @ x or A.T @ x for CSR A and C-contiguous 2-D x.",
         "indptr"_a.noconvert(), "indices"_a.noconvert(), "data"_a.noconvert(), "n_rows"_a,
         "n_cols"_a, "x"_a.noconvert(), "out"_a.noconvert(), "transpose"_a, "n_threads"_a);
+  m.def("cache_bytes", &wp::cache_bytes,
+        "Bytes of this CPU's level-`level` data or unified cache (0: the largest), 0 if unknown.",
+        "level"_a);
   m.def("spmv_x_path", &wp::spmv_x_path,
         "How this CPU's SpMV reads x: avx512-gather|loads, avx2-gather|loads or scalar, then "
         "(unless WP_SPMV_X forces one) '; larger than the LLC: ' and 'measuring' or the choices "

@@ -551,3 +551,39 @@ def test_prune_by_row_blocks_keeps_what_prune_keeps(rows, cols, block, levels, d
         np.testing.assert_array_equal(np.asarray(p), ptr[r0:r1 + 1] - ptr[r0])
         got[r0:r1] = sp.csr_array((d, i, p), shape=(r1 - r0, cols)).toarray()
     np.testing.assert_array_equal(got, ref)
+
+
+def _sysfs_caches():
+    """{level: bytes} of cpu0's data and unified caches, read here from sysfs."""
+    import glob
+    import os
+
+    def read(d, name):
+        with open(os.path.join(d, name)) as f:
+            return f.read().strip()
+
+    out = {}
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            level, kind, txt = int(read(d, "level")), read(d, "type"), read(d, "size")
+        except (OSError, ValueError):
+            continue
+        if kind == "Instruction":
+            continue
+        size = int(txt.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:], 1)
+        out[level] = max(out.get(level, 0), size)
+    return out
+
+
+def test_cache_sizes_come_from_sysfs_where_linux_has_it():
+    from weightpress import _core
+
+    # The SpMV's column blocks (L2) and its larger-than-cache choice (the largest cache) use
+    # one lookup; in a VM sysconf may report the host's L3 (320 MiB on a Zen 4 guest of 32).
+    caches = _sysfs_caches()
+    if not caches:
+        pytest.skip("no /sys/devices/system/cpu/cpu0/cache on this system")
+    for level, size in caches.items():
+        assert _core.cache_bytes(level) == size
+    assert _core.cache_bytes(0) == max(caches.values())
+    assert _core.cache_bytes(9) == 0 or 9 in caches

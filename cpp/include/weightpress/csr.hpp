@@ -46,4 +46,8 @@ std::int64_t csr_matmat_t(std::int64_t rows, std::int64_t cols, const I* indptr,
 // loads" (per size class of x and thread class, by timing the first such calls).
 std::string spmv_x_path();
 
+// Bytes of this CPU's level-`level` data or unified cache (0: the largest of any level), 0 if
+// unknown: sysfs (cpu0) first, else sysconf, which in a VM may report the host's cache.
+std::int64_t cache_bytes(int level);
+
 }  // namespace wp
