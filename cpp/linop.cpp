@@ -12,13 +12,15 @@
 
 namespace wp {
 namespace {
-// f(r0, r1) over rows [0, rows) in tiles of 512 (fixed: the bits do not depend on the thread
-// count), on up to n_threads threads; `work` is each row's multiply-adds. OpenBLAS's own
+// f(r0, r1) over rows [0, rows) in eight tiles (multiples of 16 rows, at least 64: a function
+// of the shape only, so the bits do not depend on the thread count; eight, so that 2, 4 or 8
+// threads share them evenly: 768 rows in tiles of 512 left one thread a third of the product
+// alone), on up to n_threads threads; `work` is each row's multiply-adds. OpenBLAS's own
 // threads, woken for each product of randomized_svd and spinning between them through its
 // OpenMP regions on the same cores, were 14% of its samples (4096², k = 64, float32).
 template <class F>
 void row_tiles(std::int64_t rows, std::int64_t work, int n_threads, const F& f) {
-  constexpr std::int64_t B = 512;
+  const std::int64_t B = std::max<std::int64_t>(64, ((rows + 7) / 8 + 15) / 16 * 16);
   const std::int64_t nb = (rows + B - 1) / B;
   const int nt = static_cast<int>(std::min<std::int64_t>(nb, threads_for(rows * work, n_threads, std::int64_t(1) << 22)));
   FirstError err;

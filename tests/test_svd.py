@@ -443,9 +443,9 @@ def test_threads_identical(sparse):
 
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_tiled_products_match_one_gemm_and_give_the_same_bits_on_any_thread_count(order, monkeypatch):
-    # From m·n = 2^20 the dense products go by fixed tiles of 512 rows on our threads with
-    # BLAS on one (linop.cpp, DenseOp::tiled); 1500×900 makes three tiles and a partial one
-    # on each side. WP_RSVD_TILED=0 runs the one-gemm path for comparison.
+    # From m·n = 2^20 the dense products go by eight row tiles (a function of the shape) on
+    # our threads with BLAS on one (linop.cpp, DenseOp::tiled); 1500 and 900 rows make seven
+    # full tiles and a partial one. WP_RSVD_TILED=0 runs the one-gemm path for comparison.
     A = np.asarray(planted(1500, 900, spectrum("poly", 900), np.float64, seed=23), order=order)
     for kw in ({"rank": 12}, {"tol": 0.2}):
         r1 = wp.randomized_svd(A, **kw, seed=5, n_threads=1)
