@@ -288,8 +288,13 @@ def lasso(A: Any, y: Any, lam: float, *, tol: float = 1e-6, max_iter: int | None
 
     Notes
     -----
-    The homotopy of :func:`basis_pursuit`, stopped at ``λ = lam``. The certificate is the
-    scaled residual ``θ = r·min(1, lam/‖Aᵀr‖∞)`` with the dual ``yᵀθ − ½‖θ‖²``.
+    The homotopy of :func:`basis_pursuit`, stopped at ``λ = lam``. Wide problems
+    (``n >= 4·max(64, m/4)``) run it on a block of the columns most correlated with ``y``,
+    then solve exactly on the block's support plus the largest violators of the optimality
+    conditions, revising that support as an active-set method (one product with ``A`` per
+    revision, at most 8), and grow the block if that does not settle. Every answer is checked
+    against the optimality conditions of the whole problem. The certificate is the scaled
+    residual ``θ = r·min(1, lam/‖Aᵀr‖∞)`` with the dual ``yᵀθ − ½‖θ‖²``.
 
     Examples
     --------
